@@ -1,0 +1,5 @@
+"""`python -m mde` is the `mde` CLI."""
+
+from mde.cli import main
+
+main()

@@ -1,0 +1,74 @@
+"""The `mde` command line: one typer app; each command lives in `mde.commands.<name>`.
+
+Command modules import heavy libraries (torch, onnx) inside their functions, so
+`mde --help` stays fast and torch-free.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+
+import typer
+
+from mde import __version__
+from mde.errors import MdeError
+
+COMMANDS = ("data", "train", "eval", "export", "calibrate", "parity", "predict", "bench", "info")
+
+app = typer.Typer(
+    name="mde",
+    help="Monocular depth estimation: data -> train -> export -> calibrate -> parity -> robot.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state = {"verbose": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mde {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks on errors."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    _state["verbose"] = verbose
+
+
+for _name in COMMANDS:
+    importlib.import_module(f"mde.commands.{_name}").register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; `MdeError` becomes one line on stderr and its exit code."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    _state["verbose"] = "--verbose" in args or "-v" in args
+    try:
+        app(args=args, prog_name="mde")
+    except MdeError as err:
+        if _state["verbose"]:
+            traceback.print_exc()
+        print(f"mde: error: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
+    except KeyboardInterrupt:
+        print("mde: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as err:  # noqa: BLE001 - the last line of defence: never a traceback
+        if _state["verbose"]:
+            traceback.print_exc()
+        msg = str(err).splitlines()[0] if str(err) else ""
+        print(
+            f"mde: internal error: {type(err).__name__}: {msg} (run with --verbose for the traceback)",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None

@@ -1,0 +1,37 @@
+"""The one exception family of mde: every user-facing failure is an `MdeError`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MdeError(Exception):
+    """A failure the user can act on. The CLI prints it as one line and exits `exit_code`."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, path: str | Path | None = None):
+        self.path = None if path is None else Path(path)
+        super().__init__(f"{path}: {message}" if path is not None else message)
+
+
+class InputError(MdeError):
+    """Bad input: a missing, unreadable, corrupt or mis-shaped file or argument (exit 2)."""
+
+
+class DataError(InputError):
+    """A dataset problem: unpaired files, bad images, wrong sizes, no valid depth."""
+
+
+class ModelError(InputError):
+    """A checkpoint or artifact that cannot be used: corrupt, wrong architecture, no metadata."""
+
+
+class BackendError(MdeError):
+    """A backend that cannot be used here: not installed, no GPU, incompatible engine."""
+
+
+class CheckFailed(MdeError):
+    """A check ran and failed (parity or export accuracy out of tolerance): exit 1."""
+
+    exit_code = 1

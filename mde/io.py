@@ -1,0 +1,88 @@
+"""Atomic file writes and small JSON helpers shared by every stage."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mde.errors import InputError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    A crash or SIGKILL at any moment leaves either the old complete file or the new
+    complete file, never a half-written one (the rename is atomic on POSIX).
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except OSError as err:
+        raise InputError(f"cannot write here ({err.strerror or err})", parent) from None
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write `obj` as indented JSON to `path` atomically."""
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def require_file(path: str | Path, what: str = "file") -> Path:
+    """Return `path` as a Path if it is an existing regular file, else raise `InputError`."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{what} not found", path)
+    if path.is_dir():
+        raise InputError(f"expected a {what}, found a directory", path)
+    if path.stat().st_size == 0:
+        raise InputError(f"{what} is empty (0 bytes)", path)
+    return path
+
+
+def prepare_output_dir(path: str | Path, force: bool = False) -> Path:
+    """Create `path` for writing; refuse a non-empty folder unless `force`."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError("output exists and is not a directory", path)
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise InputError("output folder is not empty (use --force to overwrite)", path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create output folder ({err.strerror or err})", path) from None
+    if not os.access(path, os.W_OK):
+        raise InputError("output folder is not writable", path)
+    return path

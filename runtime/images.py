@@ -1,0 +1,136 @@
+"""Safe image reading and conversion to the one input format: H x W x 3 uint8 RGB."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from mde.errors import DataError, InputError
+
+log = logging.getLogger(__name__)
+
+# Images larger than this are refused from their header, before any pixel is decoded.
+MAX_PIXELS = 8192 * 8192
+MIN_SIDE = 8
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _open_checked(path: Path) -> Image.Image:
+    """Open an image lazily and check its header (size limits) before decoding."""
+    if not path.exists():
+        raise InputError("image not found", path)
+    if path.is_dir():
+        raise InputError("expected an image file, found a directory", path)
+    try:
+        img = Image.open(path)
+    except UnidentifiedImageError:
+        raise DataError("not a readable image (unknown or corrupt format)", path) from None
+    except OSError as err:
+        raise DataError(f"cannot read image ({err})", path) from None
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        img.close()
+        raise DataError(f"image is {w}x{h}, larger than the {MAX_PIXELS} pixel limit", path)
+    if min(w, h) < MIN_SIDE:
+        img.close()
+        raise DataError(f"image is {w}x{h}, smaller than {MIN_SIDE} pixels on a side", path)
+    return img
+
+
+def _decode(img: Image.Image, path: Path) -> np.ndarray:
+    try:
+        img.load()
+        return np.asarray(img)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"truncated or corrupt image ({err})", path) from None
+    finally:
+        img.close()
+
+
+def to_rgb8(array: np.ndarray, source: str = "image") -> np.ndarray:
+    """Convert gray, gray+alpha, RGBA and 16-bit/float images to H x W x 3 uint8 RGB.
+
+    Conversions are logged (info level) so a user knows the input was changed.
+    """
+    if not isinstance(array, np.ndarray):
+        raise InputError(f"{source}: expected a numpy array, got {type(array).__name__}")
+    if array.size == 0:
+        raise InputError(f"{source}: empty image (shape {array.shape})")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
+        raise InputError(f"{source}: expected H x W x 3 RGB, got shape {array.shape}")
+    if array.dtype == np.uint16:
+        log.info("%s: 16-bit image scaled to 8-bit", source)
+        array = (array >> 8).astype(np.uint8)
+    elif array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    elif np.issubdtype(array.dtype, np.floating):
+        log.info("%s: float image in [0, 1] scaled to 8-bit", source)
+        array = (np.clip(np.nan_to_num(array), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise InputError(f"{source}: unsupported dtype {array.dtype} (expected uint8)")
+    channels = array.shape[2]
+    if channels in (1, 2):
+        log.info("%s: grayscale image converted to RGB", source)
+        array = np.repeat(array[:, :, :1], 3, axis=2)
+    elif channels == 4:
+        log.info("%s: RGBA image, alpha channel dropped", source)
+        array = array[:, :, :3]
+    return np.ascontiguousarray(array)
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Read an image file as H x W x 3 uint8 RGB (gray, RGBA, 16-bit are converted)."""
+    path = Path(path)
+    img = _open_checked(path)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = _decode(img, path).astype(np.uint16)
+    elif img.mode not in ("RGB", "L", "LA", "RGBA"):
+        try:
+            img = img.convert("RGB")
+        except OSError as err:
+            raise DataError(f"truncated or corrupt image ({err})", path) from None
+        array = _decode(img, path)
+    else:
+        array = _decode(img, path)
+    return to_rgb8(array, str(path))
+
+
+def read_depth(path: str | Path, png_scale: float = 1000.0) -> np.ndarray:
+    """Read a depth map as H x W float32 metres; invalid pixels become 0.
+
+    Args:
+        path: a 16-bit PNG (value / `png_scale` metres; 1000 for millimetres, 256 for KITTI)
+            or a float32 `.npy` in metres (0 or NaN invalid).
+        png_scale: PNG units per metre.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        if not path.exists():
+            raise InputError("depth map not found", path)
+        try:
+            depth = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise DataError(f"cannot read depth .npy ({err})", path) from None
+        if depth.ndim == 3 and depth.shape[0] == 1:
+            depth = depth[0]
+        if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.floating):
+            raise DataError(f"expected an H x W float depth map, got {depth.dtype} {depth.shape}", path)
+        depth = depth.astype(np.float32)
+    else:
+        img = _open_checked(path)
+        if img.mode not in ("I;16", "I;16B", "I;16L", "I", "L"):
+            img.close()
+            raise DataError(f"expected a 16-bit single-channel depth PNG, got mode {img.mode}", path)
+        depth = _decode(img, path).astype(np.float32) / np.float32(png_scale)
+    depth = np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float32)
+    return depth
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files in `folder` (not recursive), sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())

@@ -1,0 +1,102 @@
+"""The artifact metadata contract: `mde.*` ONNX metadata_props (JSON values) and the engine sidecar."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mde import __version__
+from mde.errors import ModelError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+INPUT_NAME = "image"
+OUTPUT_NAME = "depth"
+REQUIRED_KEYS = ("mde.version", "mde.preprocess", "mde.output", "mde.precision")
+
+
+@dataclass
+class ModelMetadata:
+    """What a runtime needs to use an artifact; nothing is guessed from file names."""
+
+    input_size: tuple[int, int]            # (height, width) the model was exported for
+    max_depth: float                       # metres; outputs are clipped to [0, max_depth]
+    precision: str = "fp32"
+    dynamic_size: bool = False             # H and W dynamic (multiples of 32)
+    backbone: str = "resnet50"
+    parameters: int = 0
+    source: dict[str, Any] = field(default_factory=dict)    # checkpoint sha256, training config
+    metrics: dict[str, Any] = field(default_factory=dict)   # validation rmse/ssim of the checkpoint
+    calibration: dict[str, Any] | None = None               # INT8 only
+    version: str = __version__
+
+    def preprocess_spec(self) -> dict[str, Any]:
+        return {
+            "input_name": INPUT_NAME,
+            "input_size": list(self.input_size),
+            "dynamic_size": self.dynamic_size,
+            "size_multiple": 32,
+            "resize": "bilinear",
+            "channel_order": "RGB",
+            "layout": "NCHW",
+            "dtype": "float32",
+            "value_range": [0.0, 1.0],
+            "normalization": "imagenet mean/std, inside the graph",
+        }
+
+    def output_spec(self) -> dict[str, Any]:
+        return {
+            "output_name": OUTPUT_NAME,
+            "units": "m",
+            "kind": "z-depth along the optical axis",
+            "min_depth": 0.0,
+            "max_depth": self.max_depth,
+            "postprocess": "bilinear resize to the input image size, clip to [min_depth, max_depth]",
+        }
+
+    def to_props(self) -> dict[str, str]:
+        """The ONNX metadata_props, each value a JSON document."""
+        props = {
+            "mde.version": self.version,
+            "mde.preprocess": self.preprocess_spec(),
+            "mde.output": self.output_spec(),
+            "mde.model": {"backbone": self.backbone, "parameters": self.parameters},
+            "mde.source": self.source,
+            "mde.metrics": self.metrics,
+            "mde.precision": self.precision,
+        }
+        if self.calibration is not None:
+            props["mde.calibration"] = self.calibration
+        return {key: json.dumps(value, sort_keys=True) for key, value in props.items()}
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str | Path = "artifact") -> ModelMetadata:
+        """Parse `mde.*` props; raise `ModelError` naming `source` when they are missing or bad."""
+        missing = [key for key in REQUIRED_KEYS if key not in props]
+        if missing:
+            raise ModelError(f"no mde metadata ({', '.join(missing)} missing); export it with `mde export`", source)
+        try:
+            values = {key: json.loads(value) for key, value in props.items() if key.startswith("mde.")}
+            pre, out = values["mde.preprocess"], values["mde.output"]
+            model = values.get("mde.model", {})
+            precision = values["mde.precision"]
+            if precision not in PRECISIONS:
+                raise ValueError(f"unknown precision {precision!r}")
+            return cls(
+                input_size=(int(pre["input_size"][0]), int(pre["input_size"][1])),
+                max_depth=float(out["max_depth"]),
+                precision=precision,
+                dynamic_size=bool(pre.get("dynamic_size", False)),
+                backbone=str(model.get("backbone", "unknown")),
+                parameters=int(model.get("parameters", 0)),
+                source=values.get("mde.source", {}),
+                metrics=values.get("mde.metrics", {}),
+                calibration=values.get("mde.calibration"),
+                version=str(values["mde.version"]),
+            )
+        except (ValueError, KeyError, TypeError, IndexError) as err:
+            raise ModelError(f"malformed mde metadata ({err})", source) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

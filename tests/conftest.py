@@ -1,0 +1,106 @@
+"""Shared fixtures: a tiny synthetic dataset, a tiny resnet18 64x64 checkpoint and its exports, a CLI runner.
+
+Heavy fixtures are session-scoped: built once and shared by every test that needs them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+TINY_SIZE = 64
+TINY_BACKBONE = "resnet18"
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `mde ARGS...` in-process; return its exit code, stdout and stderr."""
+    from mde.cli import main
+
+    def run(*args: object) -> CliResult:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> Path:
+    """A tiny procedural dataset: 24 train + 8 val pairs at 64x64."""
+    from mde.synth import synthesize
+
+    out = tmp_path_factory.mktemp("synth") / "data"
+    synthesize(out, train=24, val=8, size=TINY_SIZE, seed=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, synth_data) -> Path:
+    """A resnet18 64x64 checkpoint: random weights, BatchNorm statistics from the synthetic images."""
+    import numpy as np
+    import torch
+
+    from mde.runtime.images import list_images, read_rgb
+    from mde.runtime.preprocess import preprocess
+    from mde.train.checkpoint import save_checkpoint
+    from mde.train.model import ModelArgs, build_model
+
+    torch.manual_seed(0)
+    args = ModelArgs(backbone=TINY_BACKBONE, image_size=TINY_SIZE, max_depth=20.0)
+    model = build_model(args)
+    images = [read_rgb(p) for p in list_images(synth_data / "train" / "rgb")]
+    batch = torch.from_numpy(preprocess(images, (TINY_SIZE, TINY_SIZE)))
+    model.train()
+    with torch.no_grad():
+        for chunk in torch.split(batch, 8):
+            model(chunk)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(
+        path,
+        {
+            "model_args": vars(args),
+            "model": model.state_dict(),
+            "config": {"backbone": TINY_BACKBONE, "image_size": TINY_SIZE},
+            "epoch": 0,
+            "metrics": {},
+            "rng": {"numpy_seed": int(np.uint32(0))},
+        },
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory, tiny_checkpoint) -> Path:
+    """`model.onnx` and `model.fp16.onnx` (plus golden.npz) exported from the tiny checkpoint."""
+    from mde.export.exporter import ExportConfig, export_checkpoint
+
+    out = tmp_path_factory.mktemp("export")
+    export_checkpoint(ExportConfig(checkpoint=tiny_checkpoint, out=out, precisions=("fp32", "fp16")))
+    return out
+
+
+@pytest.fixture
+def block_torch(monkeypatch):
+    """Make `import torch` (and torchvision, onnx) fail in this process."""
+    import sys
+
+    for name in ("torch", "torchvision", "onnx"):
+        monkeypatch.setitem(sys.modules, name, None)

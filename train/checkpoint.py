@@ -1,0 +1,64 @@
+"""Checkpoints: atomic writes, `weights_only` loading, and the model arguments needed to rebuild the network."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mde import __version__
+from mde.errors import ModelError
+from mde.io import atomic_path, require_file
+from mde.train.model import BACKBONES, DepthNet, ModelArgs, build_model
+
+FORMAT = "mde.checkpoint/1"
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write `state` (must hold `model_args` and `model`) atomically: temp file, fsync, rename."""
+    state = {"format": FORMAT, "mde_version": __version__, **state}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint with `weights_only=True` (no pickled code runs); raise `ModelError` if unusable."""
+    path = require_file(path, "checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).splitlines()[0] if str(err) else "unsafe pickle"
+        raise ModelError(f"refused: not a plain weights checkpoint ({first})", path) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelError(f"corrupt or truncated checkpoint ({first})", path) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ModelError(f"not an mde checkpoint (expected format {FORMAT})", path)
+    return state
+
+
+def model_from_checkpoint(state: dict[str, Any], path: str | Path = "checkpoint") -> DepthNet:
+    """Rebuild the network from a loaded checkpoint; a mismatched architecture is a `ModelError`."""
+    try:
+        args = ModelArgs(**state["model_args"])
+    except (KeyError, TypeError) as err:
+        raise ModelError(f"checkpoint has no valid model_args ({err})", path) from None
+    if args.backbone not in BACKBONES:
+        raise ModelError(f"unknown backbone {args.backbone!r} in checkpoint", path)
+    model = build_model(args)
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as err:
+        first = str(err).splitlines()[0]
+        raise ModelError(f"weights do not match a {args.backbone} DepthNet ({first})", path) from None
+    return model
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[DepthNet, dict[str, Any]]:
+    """Load a checkpoint as an eval-mode model on `device`, and the checkpoint dict."""
+    state = load_checkpoint(path)
+    model = model_from_checkpoint(state, path).to(device).eval()
+    return model, state
