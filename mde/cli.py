@@ -7,6 +7,7 @@ Command modules import heavy libraries (torch, onnx) inside their functions, so
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import traceback
 
@@ -46,7 +47,8 @@ def _root(
 
 
 for _name in COMMANDS:
-    importlib.import_module(f"mde.commands.{_name}").register(app)
+    if importlib.util.find_spec(f"mde.commands.{_name}") is not None:
+        importlib.import_module(f"mde.commands.{_name}").register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
