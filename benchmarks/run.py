@@ -1,0 +1,43 @@
+"""One entry for every benchmark: `python benchmarks/run.py [--quick] [--only NAME ...]`.
+
+Each `bench_*.py` module has `run(quick) -> dict` and prints its own figures; this
+runner collects them and prints every ratio measured in this one run, then writes
+`benchmarks/results.json`. Targets are checked here, not in timed tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHES = ("synth", "train", "export", "runtime", "int8", "memory")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--only", nargs="*", choices=BENCHES, default=list(BENCHES))
+    parser.add_argument("--out", type=Path, default=HERE / "results.json")
+    opts = parser.parse_args()
+
+    sys.path.insert(0, str(HERE))
+    results: dict[str, dict] = {"machine": {"cpu": platform.processor() or platform.machine(),
+                                            "python": platform.python_version()}}
+    for name in opts.only:
+        print(f"\n=== bench_{name} ===", flush=True)
+        start = time.perf_counter()
+        module = importlib.import_module(f"bench_{name}")
+        results[name] = module.run(quick=opts.quick)
+        results[name]["seconds"] = round(time.perf_counter() - start, 1)
+    opts.out.write_text(json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
+    print(f"\nresults written to {opts.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""`make demo`: synthesize -> train -> export -> calibrate -> parity -> bench, then one summary table.
+
+Every step runs the real `mde` CLI in a subprocess (what a user would type) and is
+skipped when its output already exists, so re-running the demo reuses earlier work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True, highlight=False)
+
+
+def step(title: str, outputs: list[Path], args: list[str], capture: bool = False) -> str:
+    """Run `mde ARGS` unless all `outputs` exist; return its stdout when `capture`."""
+    if outputs and all(p.exists() for p in outputs) and not capture:
+        console.print(f"[green]✓[/] {title} [dim](reusing {outputs[0]})[/]")
+        return ""
+    console.rule(f"[bold]{title}")
+    console.print(f"[dim]$ mde {' '.join(args)}[/]")
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "mde", *args],
+        stdout=subprocess.PIPE if capture else None,
+        text=True,
+    )
+    if proc.returncode not in (0, 1):
+        console.print(f"[red]✗ {title} failed (exit {proc.returncode})[/]")
+        raise SystemExit(proc.returncode)
+    console.print(f"[green]✓[/] {title} [dim]({time.perf_counter() - start:.0f} s)[/]")
+    return proc.stdout or ""
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("demo"))
+    parser.add_argument("--train-images", type=int, default=1200)
+    parser.add_argument("--val-images", type=int, default=100)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--calib-images", type=int, default=128)
+    parser.add_argument("--bench-iterations", type=int, default=30)
+    opts = parser.parse_args(argv)
+
+    out: Path = opts.out
+    data, run, export = out / "data", out / "run", out / "export"
+    ckpt = run / "best.pt"
+    started = time.perf_counter()
+
+    step("1/6 synthesize the virtual-world dataset", [data / "meta.json"],
+         ["data", "synth", str(data), "--train", str(opts.train_images),
+          "--val", str(opts.val_images), "--size", str(opts.size), "--seed", "0", "--force"])
+    step("2/6 train (CyclicLR, augmentation)", [ckpt],
+         ["train", "--data", str(data), "--out", str(run), "--backbone", opts.backbone,
+          "--image-size", str(opts.size), "--epochs", str(opts.epochs), "--no-pretrained",
+          "--device", "auto"])
+    step("3/6 export ONNX FP32 + FP16", [export / "model.onnx", export / "model.fp16.onnx"],
+         ["export", str(ckpt), "--out", str(export), "--precision", "fp32",
+          "--precision", "fp16", "--force"])
+    step("4/6 calibrate INT8 (Q/DQ)", [export / "model.int8.onnx"],
+         ["calibrate", str(export / "model.onnx"), "--data", str(data),
+          "--out", str(export / "model.int8.onnx"), "--num-images", str(opts.calib_images),
+          "--force"])
+    artifacts = [export / "model.onnx", export / "model.fp16.onnx", export / "model.int8.onnx"]
+    parity_json = out / "parity.json"
+    step("5/6 parity against PyTorch", [],
+         ["parity", str(ckpt), *map(str, artifacts), "--data", str(data),
+          "--json", str(parity_json), "--report", str(out / "parity.md")])
+    bench_out = step("6/6 benchmark (ONNX Runtime CPU vs PyTorch)", [],
+                     ["bench", *map(str, artifacts), "--torch", str(ckpt),
+                      "--iterations", str(opts.bench_iterations), "--json"], capture=True)
+
+    summary(json.loads(parity_json.read_text()), json.loads(bench_out), artifacts, run)
+    console.print(f"\n[bold]demo finished in {time.perf_counter() - started:.0f} s[/]; "
+                  f"outputs in {out}/ (parity report: {out / 'parity.md'})")
+
+
+def _by_name(rows: list[dict], key: str) -> dict[str, dict]:
+    return {Path(str(r.get(key, ""))).name: r for r in rows}
+
+
+def summary(parity: dict, bench: dict, artifacts: list[Path], run: Path) -> None:
+    """One table: per artifact its size, latency, RMSE, SSIM, deltas to PyTorch and PASS/FAIL."""
+    checks = _by_name(parity["artifacts"], "artifact")
+    speeds = _by_name(bench["results"], "artifact")
+    table = Table(title="mde demo summary")
+    for col in ("artifact", "size MB", "latency ms", "RMSE m", "SSIM", "dRMSE", "dSSIM", "parity"):
+        table.add_column(col, justify="left" if col == "artifact" else "right")
+    ref = parity["reference"]
+    torch_speed = speeds.get("pytorch", {})
+    table.add_row("PyTorch (best.pt)", f"{(run / 'best.pt').stat().st_size / 1e6:.1f}",
+                  _fmt(torch_speed.get("latency_ms", {}).get("mean")),
+                  _fmt(ref["rmse"], 4), _fmt(ref["ssim"], 4), "", "", "reference")
+    for path in artifacts:
+        c, s = checks.get(path.name, {}), speeds.get(path.name, {})
+        table.add_row(path.name, f"{path.stat().st_size / 1e6:.1f}",
+                      _fmt(s.get("latency_ms", {}).get("mean")),
+                      _fmt(c.get("rmse"), 4), _fmt(c.get("ssim"), 4),
+                      _fmt(c.get("d_rmse"), 2, sci=True), _fmt(c.get("d_ssim"), 2, sci=True),
+                      "[green]PASS[/]" if c.get("passed") else "[red]FAIL[/]")
+    Console().print(table)
+
+
+def _fmt(value: float | None, digits: int = 2, sci: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.{digits}e}" if sci else f"{value:.{digits}f}"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""Every command against bad input: exit 2, one line naming the file, no traceback, nothing half-written."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+# ---------------------------------------------------------------- bad files
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims width x height: a decompression bomb is refused before decoding."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def truncated_copy(src: Path, dst: Path, keep: float = 0.5) -> Path:
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * keep)])
+    return dst
+
+
+class Evil:
+    """Unpickling this would run a shell command: weights_only loading must refuse it."""
+
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ.get('MDE_PWNED', '/tmp/mde-pwned')}",))
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory, synth_data, tiny_checkpoint, tiny_export) -> dict[str, Path]:
+    """A zoo of bad inputs, built once."""
+    import onnx
+    import torch
+
+    root = tmp_path_factory.mktemp("bad")
+    rgb = sorted((synth_data / "val" / "rgb").iterdir())[0]
+    files: dict[str, Path] = {"missing": root / "does-not-exist.png", "dir": root / "a-folder"}
+    files["dir"].mkdir()
+    files["empty"] = root / "empty.png"
+    files["empty"].write_bytes(b"")
+    files["text_png"] = root / "notes.png"
+    files["text_png"].write_text("this is not an image\n")
+    files["truncated_png"] = truncated_copy(rgb, root / "truncated.png")
+    Image.open(rgb).convert("RGB").save(root / "full.jpg", quality=90)
+    files["truncated_jpg"] = truncated_copy(root / "full.jpg", root / "truncated.jpg", 0.4)
+    files["tiny_png"] = root / "one-pixel.png"
+    Image.new("RGB", (1, 1)).save(files["tiny_png"])
+    files["bomb_png"] = png_header_only(root / "bomb.png", 20000, 20000)
+
+    # checkpoints
+    files["ckpt_truncated"] = truncated_copy(tiny_checkpoint, root / "truncated.pt")
+    files["ckpt_text"] = root / "text.pt"
+    files["ckpt_text"].write_text("not a checkpoint")
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    other = dict(state, model_args=dict(state["model_args"], backbone="resnet50"))
+    torch.save(other, root / "other-arch.pt")
+    files["ckpt_other_arch"] = root / "other-arch.pt"
+    files["ckpt_pickle_code"] = root / "evil.pt"
+    with open(files["ckpt_pickle_code"], "wb") as fh:
+        pickle.dump({"format": "mde.checkpoint/1", "model": Evil()}, fh)
+    torch.save({"model": Evil()}, root / "evil-zip.pt")
+    files["ckpt_pickle_code_zip"] = root / "evil-zip.pt"
+
+    # ONNX
+    files["onnx_truncated"] = truncated_copy(tiny_export / "model.onnx", root / "truncated.onnx")
+    model = onnx.load(tiny_export / "model.onnx")
+    del model.metadata_props[:]
+    files["onnx_no_meta"] = root / "no-meta.onnx"
+    onnx.save(model, files["onnx_no_meta"])
+    files["onnx_text"] = root / "text.onnx"
+    files["onnx_text"].write_text("hello")
+
+    # an engine whose sidecar names another TensorRT and GPU
+    files["engine_foreign"] = root / "model.engine"
+    files["engine_foreign"].write_bytes(b"\0" * 1024)
+    (root / "model.engine.json").write_text(
+        '{"tensorrt_version": "0.0.1", "gpu_name": "Imaginary GPU", "compute_capability": "1.0",'
+        ' "precision": "fp32", "profile": {}, "onnx_sha256": "0", "build_date": "2020-01-01",'
+        f' "metadata": {{}}}}'
+    )
+
+    # datasets
+    for name in ("ds_wrong_size", "ds_all_nan", "ds_unpaired", "ds_truncated"):
+        shutil.copytree(synth_data, root / name)
+    victim = sorted((root / "ds_wrong_size" / "train" / "depth").iterdir())[0]
+    Image.fromarray(np.full((10, 12), 1000, np.uint16)).save(victim)
+    files["ds_wrong_size"] = root / "ds_wrong_size"
+    nan_dir = root / "ds_all_nan" / "train" / "depth"
+    first = sorted(nan_dir.iterdir())[0]
+    h, w = np.asarray(Image.open(first)).shape
+    first.unlink()
+    np.save(nan_dir / (first.stem + ".npy"), np.full((h, w), np.nan, np.float32))
+    files["ds_all_nan"] = root / "ds_all_nan"
+    sorted((root / "ds_unpaired" / "train" / "depth").iterdir())[0].unlink()
+    files["ds_unpaired"] = root / "ds_unpaired"
+    victim = sorted((root / "ds_truncated" / "train" / "rgb").iterdir())[0]
+    truncated_copy(victim, victim.with_suffix(".tmp"))
+    victim.with_suffix(".tmp").replace(victim)
+    files["ds_truncated"] = root / "ds_truncated"
+    files["ds_empty"] = root / "ds_empty"
+    (files["ds_empty"] / "train" / "rgb").mkdir(parents=True)
+    (files["ds_empty"] / "train" / "depth").mkdir(parents=True)
+    return files
+
+
+# (case id, argv template, the file name the message must name)
+# Templates: {bad:KEY} a bad file, {ckpt} {onnx} {data} good inputs, {out} a fresh output path.
+CASES = [
+    # data synth
+    ("synth-out-is-file", "data synth {bad:text_png} --train 2 --val 1 --size 64", "notes.png"),
+    # train
+    ("train-missing-data", "train --data {bad:missing} --out {out} --epochs 1", "does-not-exist.png"),
+    ("train-wrong-size-depth", "train --data {bad:ds_wrong_size} --out {out} --epochs 1 --backbone resnet18 --image-size 64 --batch-size 4 --no-pretrained", "ds_wrong_size"),
+    ("train-all-nan-depth", "train --data {bad:ds_all_nan} --out {out} --epochs 1 --backbone resnet18 --image-size 64 --batch-size 4 --no-pretrained", ".npy"),
+    ("train-unpaired", "train --data {bad:ds_unpaired} --out {out} --epochs 1 --backbone resnet18 --image-size 64 --no-pretrained", "ds_unpaired"),
+    ("train-truncated-rgb", "train --data {bad:ds_truncated} --out {out} --epochs 1 --backbone resnet18 --image-size 64 --batch-size 4 --no-pretrained", ".png"),
+    ("train-empty-split", "train --data {bad:ds_empty} --out {out} --epochs 1", "ds_empty"),
+    ("train-epochs-0", "train --data {data} --out {out} --epochs 0", "epochs"),
+    ("train-resume-missing", "train --data {data} --out {out} --resume {bad:missing}", "does-not-exist.png"),
+    # eval
+    ("eval-missing-model", "eval {bad:missing} --data {data}", "does-not-exist.png"),
+    ("eval-dir-model", "eval {bad:dir} --data {data}", "a-folder"),
+    ("eval-empty-ckpt", "eval {bad:empty} --data {data}", "empty.png"),
+    ("eval-truncated-ckpt", "eval {bad:ckpt_truncated} --data {data}", "truncated.pt"),
+    ("eval-text-ckpt", "eval {bad:ckpt_text} --data {data}", "text.pt"),
+    ("eval-other-arch", "eval {bad:ckpt_other_arch} --data {data}", "other-arch.pt"),
+    ("eval-pickle-code", "eval {bad:ckpt_pickle_code} --data {data}", "evil.pt"),
+    ("eval-pickle-code-zip", "eval {bad:ckpt_pickle_code_zip} --data {data}", "evil-zip.pt"),
+    ("eval-truncated-onnx", "eval {bad:onnx_truncated} --data {data}", "truncated.onnx"),
+    ("eval-missing-data", "eval {ckpt} --data {bad:missing}", "does-not-exist.png"),
+    # export
+    ("export-missing-ckpt", "export {bad:missing} --out {out}", "does-not-exist.png"),
+    ("export-truncated-ckpt", "export {bad:ckpt_truncated} --out {out}", "truncated.pt"),
+    ("export-pickle-code", "export {bad:ckpt_pickle_code} --out {out}", "evil.pt"),
+    ("export-unknown-precision", "export {ckpt} --out {out} --precision fp8", "fp8"),
+    ("export-int8-no-calib", "export {ckpt} --out {out} --precision int8", "calib"),
+    ("export-out-is-file", "export {ckpt} --out {bad:text_png}", "notes.png"),
+    # calibrate
+    ("calibrate-not-onnx", "calibrate {bad:onnx_text} --data {data} --out {out}.onnx", "text.onnx"),
+    ("calibrate-no-meta", "calibrate {bad:onnx_no_meta} --data {data} --out {out}.onnx", "no-meta.onnx"),
+    ("calibrate-too-few", "calibrate {onnx} --data {data} --out {out}.onnx --num-images 8", "8"),
+    ("calibrate-missing-data", "calibrate {onnx} --data {bad:missing} --out {out}.onnx", "does-not-exist.png"),
+    # parity
+    ("parity-truncated-onnx", "parity {ckpt} {bad:onnx_truncated} --data {data}", "truncated.onnx"),
+    ("parity-no-meta", "parity {ckpt} {bad:onnx_no_meta} --data {data}", "no-meta.onnx"),
+    ("parity-pickle-code", "parity {bad:ckpt_pickle_code} {onnx} --data {data}", "evil.pt"),
+    ("parity-missing-artifact", "parity {ckpt} {bad:missing} --data {data}", "does-not-exist.png"),
+    # predict
+    ("predict-missing-model", "predict {bad:missing} {bad:tiny_png} --out {out}", "does-not-exist.png"),
+    ("predict-truncated-onnx", "predict {bad:onnx_truncated} {bad:tiny_png} --out {out}", "truncated.onnx"),
+    ("predict-no-meta", "predict {bad:onnx_no_meta} {bad:tiny_png} --out {out}", "no-meta.onnx"),
+    ("predict-unknown-backend", "predict {onnx} {bad:tiny_png} --out {out} --backend tflite", "tflite"),
+    ("predict-foreign-engine", "predict {bad:engine_foreign} {bad:tiny_png} --out {out}", "model.engine"),
+    # bench / info
+    ("bench-missing", "bench {bad:missing} --iterations 2", "does-not-exist.png"),
+    ("bench-unknown-backend", "bench {onnx} --backend tflite --iterations 2", "tflite"),
+    ("info-missing", "info {bad:missing}", "does-not-exist.png"),
+    ("info-truncated-onnx", "info {bad:onnx_truncated}", "truncated.onnx"),
+    ("info-text-onnx", "info {bad:onnx_text}", "text.onnx"),
+    ("info-foreign-engine", "info {bad:engine_foreign}", "model.engine"),
+]
+
+
+def _argv(template: str, bad: dict[str, Path], out: Path, good: dict[str, Path]) -> list[str]:
+    argv = []
+    for word in template.split():
+        if word.startswith("{bad:"):
+            word = str(bad[word[5:-1]])
+        else:
+            word = word.format(out=out, **good)
+        argv.append(word)
+    return argv
+
+
+@pytest.mark.parametrize("case,template,names", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2(case, template, names, bad, cli, tmp_path, synth_data,
+                                      tiny_checkpoint, tiny_export, monkeypatch):
+    pwned = tmp_path / "pwned"
+    monkeypatch.setenv("MDE_PWNED", str(pwned))
+    out = tmp_path / "out"
+    good = {"ckpt": tiny_checkpoint, "onnx": tiny_export / "model.onnx", "data": synth_data}
+    result = cli(*_argv(template, bad, out, good))
+
+    assert result.code == 2, f"{case}: exit {result.code}\nstderr: {result.err}\nstdout: {result.out}"
+    assert "Traceback" not in result.err + result.out
+    errors = [line for line in result.err.splitlines() if line.startswith("mde: error:")]
+    assert len(errors) == 1, result.err
+    assert names in errors[0], f"{case}: message does not name {names!r}: {errors[0]}"
+    assert not pwned.exists(), "a pickled payload ran"
+    leftovers = [p for p in tmp_path.rglob("*") if p.is_file() and p != pwned]
+    assert not [p for p in leftovers if p.suffix in (".pt", ".onnx", ".npz", ".tmp")], leftovers
+
+
+@pytest.mark.parametrize("case", ["unknown-command", "bad-int"])
+def test_usage_errors_exit_2(case, cli):
+    argv = {"unknown-command": ["frobnicate"], "bad-int": ["data", "synth", "/tmp/x", "--train", "many"]}[case]
+    result = cli(*argv)
+    assert result.code == 2
+    assert "Traceback" not in result.err
+
+
+def test_verbose_shows_traceback(cli, tmp_path):
+    result = cli("--verbose", "info", tmp_path / "missing.onnx")
+    assert result.code == 2
+    assert "Traceback" in result.err
