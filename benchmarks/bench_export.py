@@ -1,0 +1,72 @@
+"""Export time and sizes: checkpoint -> model.onnx + model.fp16.onnx, resnet50 at 224x224.
+
+`python benchmarks/bench_export.py [--quick]` (quick: resnet18 at 64x64). Random weights:
+export time and size do not depend on the weight values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+
+def run(quick: bool = False) -> dict:
+    """Export a fresh checkpoint to FP32 and FP16 ONNX; return seconds, sizes and errors vs PyTorch."""
+    import torch
+    from mde.export.exporter import ExportConfig, export_checkpoint
+    from mde.train.checkpoint import save_checkpoint
+    from mde.train.model import ModelArgs, build_model
+
+    backbone, size = ("resnet18", 64) if quick else ("resnet50", 224)
+    torch.manual_seed(0)
+    args = ModelArgs(backbone=backbone, image_size=size, max_depth=20.0)
+    model = build_model(args).eval()
+    with tempfile.TemporaryDirectory(prefix="mde-bench-export-") as tmp:
+        ckpt = Path(tmp) / "model.pt"
+        save_checkpoint(
+            ckpt,
+            {"model_args": vars(args), "model": model.state_dict(), "config": {}, "metrics": {}},
+        )
+        started = time.perf_counter()
+        artifacts = export_checkpoint(
+            ExportConfig(
+                checkpoint=ckpt,
+                out=Path(tmp) / "export",
+                precisions=("fp32", "fp16"),
+                progress=False,
+            )
+        )
+        total = time.perf_counter() - started
+    result = {
+        "backbone": backbone,
+        "image_size": size,
+        "torch_threads": torch.get_num_threads(),
+        "total_seconds": round(total, 2),
+    }
+    for a in artifacts:
+        result[a.precision] = {
+            "seconds": round(a.seconds, 2),
+            "size_mib": round(a.size_bytes / 2**20, 1),
+            "p99_abs_diff_m": a.p99_abs_diff,
+            "max_abs_diff_m": a.max_abs_diff,
+            "p99_over_range": a.p99_over_range,
+        }
+    print(
+        f"export {backbone} {size}x{size}: total {total:.1f} s (includes checkpoint load, "
+        "golden run, checks)"
+    )
+    for a in artifacts:
+        print(
+            f"  {a.precision}: {a.seconds:6.1f} s  {a.size_bytes / 2**20:7.1f} MiB  "
+            f"p99 |diff| {a.p99_abs_diff:.2e} m  max {a.max_abs_diff:.2e} m"
+        )
+    return result
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="resnet18 at 64x64")
+    print(json.dumps(run(parser.parse_args().quick), indent=2))

@@ -1,0 +1,449 @@
+"""`mde export`: checkpoint -> ONNX FP32/FP16/INT8 and a TensorRT engine, each checked vs PyTorch.
+
+Every artifact is written under a temporary folder inside the output folder, checked
+(onnx.checker, shape inference, ONNX Runtime vs PyTorch on the golden inputs), and only
+when every requested artifact passes are they all renamed into place: an export leaves
+either all of its artifacts or none.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mde.errors import CheckFailed, InputError
+from mde.export.golden import TOLERANCES, golden_checkpoint, golden_inputs, write_golden
+from mde.runtime.metadata import PRECISIONS
+
+ARTIFACT_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+ENGINE_NAME = "model.engine"
+GOLDEN_NAME = "golden.npz"
+# files written beside an artifact that move with it: the engine's sidecar, INT8 calibration ranges
+EXTRAS = {ENGINE_NAME: (ENGINE_NAME + ".json",), "model.int8.onnx": ("model.int8.ranges.json",)}
+MIN_OPSET = 17
+
+
+def _default_timing_cache() -> Path:
+    return Path.home() / ".cache" / "mde" / "tensorrt-timing.cache"
+
+
+@dataclass
+class ExportConfig:
+    """Settings of `mde export` (the CLI options map one to one onto these fields).
+
+    Args:
+        checkpoint: the training checkpoint (.pt).
+        out: the export folder.
+        precisions: ONNX artifacts to write, from fp32, fp16, int8.
+        engine: also build `model.engine` (TensorRT 11) from the first precision's ONNX.
+        calib_data: dataset folder for INT8 calibration (needed by int8).
+        calib_images: calibration images drawn from it.
+        calib_allow_few: accept fewer than the calibration stage's minimum number of images.
+        opset: ONNX opset (>= 17).
+        dynamic_size: make H and W dynamic (multiples of 32) besides the batch.
+        force: overwrite existing artifacts.
+        golden_images: golden inputs saved in golden.npz and used for the checks.
+        golden_seed: seed of the random golden inputs (when no dataset is found).
+        min_batch: TensorRT profile minimum batch.
+        opt_batch: TensorRT profile batch the kernels are tuned for.
+        max_batch: TensorRT profile maximum batch.
+        min_size: TensorRT profile smallest H/W with dynamic_size.
+        max_size: TensorRT profile largest H/W with dynamic_size.
+        workspace_mib: TensorRT workspace memory-pool limit.
+        timing_cache: TensorRT timing cache file, reused across builds.
+        progress: show a progress display on stderr.
+    """
+
+    checkpoint: Path
+    out: Path
+    precisions: tuple[str, ...] = ("fp32",)
+    engine: bool = False
+    calib_data: Path | None = None
+    calib_images: int = 256
+    calib_allow_few: bool = False
+    opset: int = 18
+    dynamic_size: bool = False
+    force: bool = False
+    golden_images: int = 4
+    golden_seed: int = 0
+    min_batch: int = 1
+    opt_batch: int = 1
+    max_batch: int = 8
+    min_size: int = 32
+    max_size: int = 1024
+    workspace_mib: int = 4096
+    timing_cache: Path = field(default_factory=_default_timing_cache)
+    progress: bool = True
+
+
+@dataclass
+class Artifact:
+    """One written artifact and its measured error against PyTorch on the golden inputs."""
+
+    path: Path
+    precision: str
+    size_bytes: int
+    max_abs_diff: float | None = None
+    p99_abs_diff: float | None = None
+    p99_over_range: float | None = None
+    tolerance: float | None = None
+    passed: bool = True
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+
+
+def validate(cfg: ExportConfig) -> None:
+    """Reject bad settings before any work (exit 2)."""
+    if not cfg.precisions:
+        raise InputError("no --precision given; choose from " + ", ".join(PRECISIONS))
+    for precision in cfg.precisions:
+        if precision not in PRECISIONS:
+            raise InputError(
+                f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}"
+            )
+    if len(set(cfg.precisions)) != len(cfg.precisions):
+        raise InputError(f"--precision repeated: {', '.join(cfg.precisions)}")
+    if "int8" in cfg.precisions:
+        if cfg.calib_data is None:
+            raise InputError("--precision int8 needs calibration images: pass --calib-data DIR")
+        if not Path(cfg.calib_data).is_dir():
+            raise InputError("calibration data folder not found", cfg.calib_data)
+    if cfg.opset < MIN_OPSET:
+        raise InputError(f"--opset must be >= {MIN_OPSET}, got {cfg.opset}")
+    if cfg.golden_images < 1:
+        raise InputError(f"golden_images must be >= 1, got {cfg.golden_images}")
+    if not 1 <= cfg.min_batch <= cfg.opt_batch <= cfg.max_batch:
+        raise InputError(
+            f"batch profile must satisfy 1 <= min <= opt <= max, got "
+            f"{cfg.min_batch}/{cfg.opt_batch}/{cfg.max_batch}"
+        )
+    if cfg.engine:
+        from mde.export.tensorrt_build import require_tensorrt
+
+        require_tensorrt()
+
+
+def planned_names(cfg: ExportConfig) -> list[str]:
+    """File names this export writes into `cfg.out`."""
+    names = [ARTIFACT_NAMES[p] for p in cfg.precisions]
+    if cfg.engine:
+        names += [ENGINE_NAME, ENGINE_NAME + ".json"]
+    return names
+
+
+def _check_out(cfg: ExportConfig, checkpoint_sha: str) -> Path:
+    """Check the output folder (creating nothing); refuse existing artifacts unless `force`."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise InputError("output exists and is not a directory", out)
+    if out.is_dir() and not cfg.force:
+        existing = [name for name in planned_names(cfg) if (out / name).exists()]
+        golden = out / GOLDEN_NAME
+        if golden.exists() and golden_checkpoint(golden) != checkpoint_sha:
+            existing.append(f"{GOLDEN_NAME} (from another checkpoint)")
+        if existing:
+            raise InputError(f"would overwrite {', '.join(existing)} (use --force)", out)
+    return out
+
+
+@contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """Create `out`, and a temporary folder inside it that is always removed."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".mde-export-", dir=out))
+    except OSError as err:
+        raise InputError(f"output folder is not writable ({err.strerror or err})", out) from None
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+class _Steps:
+    """A progress display: one line per step on stderr."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.enabled, self.total, self.done = enabled, total, 0
+        self._progress: Any = None
+
+    def __enter__(self) -> _Steps:
+        if self.enabled:
+            from mde.console import make_progress
+
+            self._progress = make_progress()
+            self._progress.__enter__()
+            self._task = self._progress.add_task("export", total=self.total, info="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def step(self, description: str) -> None:
+        if self._progress is not None:
+            if self.done:
+                self._progress.advance(self._task)
+            self._progress.update(self._task, description=description)
+        self.done += 1
+
+    def finish(self) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=self.total, description="export done")
+
+
+def _metadata(
+    cfg: ExportConfig, state: dict[str, Any], model: Any, checkpoint_sha: str, precision: str
+) -> Any:
+    from mde.runtime.metadata import ModelMetadata
+
+    args = model.args
+    metrics = state.get("metrics") or {}
+    return ModelMetadata(
+        input_size=(args.image_size, args.image_size),
+        max_depth=float(args.max_depth),
+        precision=precision,
+        dynamic_size=cfg.dynamic_size,
+        backbone=args.backbone,
+        parameters=int(sum(p.numel() for p in model.parameters())),
+        source={
+            "checkpoint": Path(cfg.checkpoint).name,
+            "checkpoint_sha256": checkpoint_sha,
+            "epoch": state.get("epoch"),
+            "config": state.get("config") or {},
+            "opset": cfg.opset,
+        },
+        metrics={
+            k: float(v) for k, v in metrics.items() if k in ("rmse", "ssim") and v is not None
+        },
+    )
+
+
+def _check(
+    path: Path,
+    precision: str,
+    image: np.ndarray,
+    reference: np.ndarray,
+    depth_range: float,
+    started: float,
+) -> Artifact:
+    """Graph checks + ONNX Runtime CPU vs PyTorch; `CheckFailed` (nothing renamed) when out of tolerance."""
+    from mde.export.onnx_export import EXPECTED_OPS, check_graph, compare, run_onnxruntime
+
+    allowed = EXPECTED_OPS if precision == "fp32" else None
+    check_graph(path, allowed, shown=ARTIFACT_NAMES[precision])
+    stats = compare(run_onnxruntime(path, image), reference, depth_range)
+    tol = TOLERANCES[precision]["p99_over_range"]
+    if not stats["p99_over_range"] <= tol:
+        raise CheckFailed(
+            f"{precision} ONNX Runtime output differs from PyTorch: p99 |diff| / depth range = "
+            f"{stats['p99_over_range']:.3g} > {tol:g} (max |diff| {stats['max_abs_diff']:.4g} m); "
+            "no artifact written",
+            ARTIFACT_NAMES[precision],
+        )
+    return Artifact(
+        path=path,
+        precision=precision,
+        size_bytes=path.stat().st_size,
+        max_abs_diff=stats["max_abs_diff"],
+        p99_abs_diff=stats["p99_abs_diff"],
+        p99_over_range=stats["p99_over_range"],
+        tolerance=tol,
+        passed=True,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def export_fp32_onnx(ctx: _Context, dst: Path) -> Artifact:
+    """`model.onnx`: FP32, dynamic batch (and H/W with dynamic_size), metadata, checked."""
+    from mde.export.onnx_export import set_metadata
+
+    started = time.perf_counter()
+    shutil.copyfile(ctx.base_onnx, dst)
+    set_metadata(dst, ctx.props("fp32"))
+    return _check(
+        dst, "fp32", ctx.image, ctx.reference, ctx.depth_range, started - ctx.base_seconds
+    )
+
+
+def export_fp16_onnx(ctx: _Context, dst: Path) -> Artifact:
+    """`model.fp16.onnx`: FP16 compute, FP32 I/O, metadata precision fp16, checked."""
+    from mde.export.fp16 import convert_fp16
+    from mde.export.onnx_export import set_metadata
+
+    started = time.perf_counter()
+    convert_fp16(ctx.base_onnx, dst)
+    set_metadata(dst, ctx.props("fp16"))
+    return _check(dst, "fp16", ctx.image, ctx.reference, ctx.depth_range, started)
+
+
+def export_int8_onnx(ctx: _Context, dst: Path) -> Artifact:
+    """`model.int8.onnx`: delegates to the calibration stage, then the same checks."""
+    from mde.calibration.calibrate import CalibrationConfig, calibrate
+    from mde.export.onnx_export import set_metadata
+
+    started = time.perf_counter()
+    fp32 = dst.with_name("int8-source.onnx")
+    shutil.copyfile(ctx.base_onnx, fp32)
+    set_metadata(fp32, ctx.props("fp32"))
+    calibrate(
+        CalibrationConfig(
+            model=fp32,
+            data=Path(ctx.cfg.calib_data),
+            out=dst,  # type: ignore[arg-type]
+            num_images=ctx.cfg.calib_images,
+            allow_few=ctx.cfg.calib_allow_few,
+            force=True,
+            progress=ctx.cfg.progress,
+        )
+    )
+    return _check(dst, "int8", ctx.image, ctx.reference, ctx.depth_range, started)
+
+
+def export_engine(ctx: _Context, onnx_path: Path, dst: Path, precision: str) -> Artifact:
+    """`model.engine` + sidecar from `onnx_path` (TensorRT 11); compared with PyTorch on the GPU."""
+    from mde.export.onnx_export import compare
+    from mde.export.tensorrt_build import BuildConfig, build_engine, run_engine
+
+    started = time.perf_counter()
+    cfg = ctx.cfg
+    build_engine(
+        onnx_path,
+        dst,
+        BuildConfig(
+            min_batch=cfg.min_batch,
+            opt_batch=cfg.opt_batch,
+            max_batch=cfg.max_batch,
+            dynamic_size=cfg.dynamic_size,
+            input_size=ctx.input_size,
+            min_size=cfg.min_size,
+            max_size=cfg.max_size,
+            workspace_mib=cfg.workspace_mib,
+            timing_cache=cfg.timing_cache,
+            precision=precision,
+        ),
+    )
+    batch = ctx.image[: cfg.max_batch]
+    stats = compare(run_engine(dst, batch), ctx.reference[: cfg.max_batch], ctx.depth_range)
+    tol = TOLERANCES[precision]["p99_over_range"]
+    if not stats["p99_over_range"] <= tol:
+        raise CheckFailed(
+            f"TensorRT engine output differs from PyTorch: p99 |diff| / depth range = "
+            f"{stats['p99_over_range']:.3g} > {tol:g}; no artifact written",
+            ENGINE_NAME,
+        )
+    return Artifact(
+        path=dst,
+        precision=precision,
+        size_bytes=dst.stat().st_size,
+        max_abs_diff=stats["max_abs_diff"],
+        p99_abs_diff=stats["p99_abs_diff"],
+        p99_over_range=stats["p99_over_range"],
+        tolerance=tol,
+        passed=True,
+        seconds=time.perf_counter() - started,
+    )
+
+
+EXPORTERS: dict[str, Callable[[_Context, Path], Artifact]] = {
+    "fp32": export_fp32_onnx,
+    "fp16": export_fp16_onnx,
+    "int8": export_int8_onnx,
+}
+
+
+@dataclass
+class _Context:
+    """What every per-format exporter needs: the base FP32 graph, golden inputs and references."""
+
+    cfg: ExportConfig
+    base_onnx: Path
+    base_seconds: float
+    image: np.ndarray
+    reference: np.ndarray
+    depth_range: float
+    input_size: tuple[int, int]
+    metadata: Callable[[str], Any]
+
+    def props(self, precision: str) -> dict[str, str]:
+        return self.metadata(precision).to_props()
+
+
+def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:
+    """Export `cfg.checkpoint` to every requested artifact in `cfg.out`; all or nothing.
+
+    Raises:
+        InputError: bad settings, checkpoint or output folder (exit 2), before anything is written.
+        BackendError: `engine` without TensorRT or a CUDA GPU (exit 2), before anything is written.
+        CheckFailed: an artifact failed a check or is out of tolerance (exit 1); nothing is written.
+    """
+    validate(cfg)
+    from mde.io import require_file, sha256_file
+
+    checkpoint = require_file(cfg.checkpoint, "checkpoint")
+    checkpoint_sha = sha256_file(checkpoint)
+    out = _check_out(cfg, checkpoint_sha)
+    steps = 3 + len(cfg.precisions) + int(cfg.engine)
+    with _Steps(steps, cfg.progress) as progress:
+        progress.step("loading checkpoint")
+        import torch
+
+        from mde.export.onnx_export import export_fp32
+        from mde.train.checkpoint import load_model
+
+        model, state = load_model(checkpoint, "cpu")
+        size = (model.args.image_size, model.args.image_size)
+        image, image_source = golden_inputs(state, size, cfg.golden_images, cfg.golden_seed)
+        with torch.no_grad():
+            reference = model(torch.from_numpy(image)).numpy()
+
+        with _staging(out) as stage:
+            progress.step("exporting FP32 graph (torch.onnx, dynamo)")
+            started = time.perf_counter()
+            base = stage / "base.onnx"
+            export_fp32(model, base, size, cfg.opset, cfg.dynamic_size)
+            ctx = _Context(
+                cfg=cfg,
+                base_onnx=base,
+                base_seconds=time.perf_counter() - started,
+                image=image,
+                reference=reference,
+                depth_range=float(model.args.max_depth),
+                input_size=size,
+                metadata=lambda p: _metadata(cfg, state, model, checkpoint_sha, p),
+            )
+            staged: list[Artifact] = []
+            for precision in cfg.precisions:
+                progress.step(f"{precision}: convert + check against PyTorch")
+                staged.append(EXPORTERS[precision](ctx, stage / ARTIFACT_NAMES[precision]))
+            if cfg.engine:
+                precision = cfg.precisions[0]
+                progress.step(f"TensorRT engine from {ARTIFACT_NAMES[precision]}")
+                staged.append(export_engine(ctx, staged[0].path, stage / ENGINE_NAME, precision))
+
+            progress.step("writing artifacts")
+            artifacts = []
+            for artifact in staged:
+                final = out / artifact.path.name
+                for extra in EXTRAS.get(artifact.path.name, ()):
+                    if (artifact.path.parent / extra).exists():
+                        os.replace(artifact.path.parent / extra, out / extra)
+                os.replace(artifact.path, final)
+                artifact.path = final
+                artifacts.append(artifact)
+            write_golden(
+                out / GOLDEN_NAME, image, reference, ctx.depth_range, checkpoint_sha, image_source
+            )
+            progress.finish()
+    return artifacts

@@ -1,0 +1,174 @@
+"""DepthNet -> FP32 ONNX (dynamic batch, optional H/W), metadata, checks, ORT comparison.
+
+Exporter choice: `torch.onnx.export(..., dynamo=True)` (torch.export + onnxscript), not the
+TorchScript exporter. Measured on torch 2.14.1 with this network (resnet18, opset 18):
+- dynamo=True: Conv, ConvTranspose, Relu, Add, MaxPool, Sub, Div, Sigmoid, Mul only. The
+  onnxscript optimizer folds every BatchNorm (including the decoder's BatchNorm after
+  ConvTranspose) into the weights and leaves no Identity/Constant nodes.
+- dynamo=False: the same ops plus 4 un-folded BatchNormalization nodes (the TorchScript
+  exporter folds BatchNorm only into Conv), 28 Identity and 3 Constant nodes.
+Both parse in TensorRT, but the dynamo graph is the smaller, cleaner one, it is the exporter
+torch maintains (TorchScript export is deprecated), and its `dynamic_shapes` can express
+"H and W are multiples of 32" (`32 * Dim`), which `dynamic_axes` cannot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mde.errors import CheckFailed
+from mde.runtime.metadata import INPUT_NAME, OUTPUT_NAME
+
+# ONNX ops the FP32 graph may contain: anything else means the exporter changed behaviour
+# (an unfolded BatchNorm, a decomposition TensorRT may not like) and is worth a look.
+EXPECTED_OPS = frozenset(
+    {"Conv", "ConvTranspose", "Relu", "Add", "MaxPool", "Sub", "Div", "Sigmoid", "Mul"}
+)
+DIM_NAMES = ("batch", None, "height", "width")
+
+
+def export_fp32(
+    model: Any, path: Path, input_size: tuple[int, int], opset: int, dynamic_size: bool
+) -> None:
+    """Export `model` (eval mode, CPU) to `path` as FP32 ONNX: `image` N x 3 x H x W -> `depth` N x 1 x H x W.
+
+    Args:
+        model: the DepthNet.
+        path: where to write the ONNX (a temporary name; the caller renames it).
+        input_size: (height, width) of the example input (multiples of 32).
+        opset: ONNX opset (>= 17).
+        dynamic_size: also make H and W dynamic (multiples of 32); the batch is always dynamic.
+    """
+    import onnx
+    import torch
+    from torch.export import Dim
+
+    dims: dict[int, Any] = {0: Dim("batch", min=1)}
+    if dynamic_size:
+        dims[2] = 32 * Dim("h32", min=1, max=256)
+        dims[3] = 32 * Dim("w32", min=1, max=256)
+    example = torch.rand(2, 3, *input_size)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            (example,),
+            None,
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            dynamic_shapes={"x": dims},
+            optimize=True,
+            verbose=False,
+        )
+    proto = program.model_proto
+    _rename_dims(proto)
+    onnx.save_model(proto, str(path))
+
+
+def _rename_dims(proto: Any) -> None:
+    """Name the symbolic I/O dimensions `batch`, `height`, `width` (torch.export calls them `32*h32`)."""
+    renames: dict[str, str] = {}
+    for value in (*proto.graph.input, *proto.graph.output):
+        for dim, name in zip(value.type.tensor_type.shape.dim, DIM_NAMES):
+            if name and dim.HasField("dim_param"):
+                renames[dim.dim_param] = name
+    for value in (*proto.graph.input, *proto.graph.output, *proto.graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and dim.dim_param in renames:
+                dim.dim_param = renames[dim.dim_param]
+
+
+def set_metadata(path: Path, props: dict[str, str]) -> None:
+    """Replace the `mde.*` metadata_props of the ONNX at `path` with `props` (in place)."""
+    import onnx
+
+    proto = onnx.load_model(str(path))
+    kept = [(p.key, p.value) for p in proto.metadata_props if not p.key.startswith("mde.")]
+    del proto.metadata_props[:]
+    for key, value in [*kept, *sorted(props.items())]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "mde"
+    onnx.save_model(proto, str(path))
+
+
+def check_graph(
+    path: Path, allowed_ops: frozenset[str] | None = None, shown: str | Path | None = None
+) -> list[str]:
+    """`onnx.checker` (full check) and strict shape inference; return the graph's op types.
+
+    Args:
+        path: the ONNX to check.
+        allowed_ops: op types the graph may contain (None: any).
+        shown: the name to put in error messages (the final artifact name, not a temp path).
+
+    Raises:
+        CheckFailed: the checker or shape inference rejects the model, the I/O is not
+            `image`/`depth` float32, or an op outside `allowed_ops` appears.
+    """
+    import onnx
+
+    shown = path if shown is None else shown
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+        proto = onnx.shape_inference.infer_shapes(
+            onnx.load_model(str(path)), check_type=True, strict_mode=True
+        )
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckFailed(f"ONNX check failed ({first})", shown) from None
+    io_types = [
+        (v.name, v.type.tensor_type.elem_type) for v in (*proto.graph.input, *proto.graph.output)
+    ]
+    want = [(INPUT_NAME, onnx.TensorProto.FLOAT), (OUTPUT_NAME, onnx.TensorProto.FLOAT)]
+    if io_types != want:
+        raise CheckFailed(f"expected float32 I/O {want}, found {io_types}", shown)
+    ops = sorted({node.op_type for node in proto.graph.node})
+    if allowed_ops is not None and (odd := sorted(set(ops) - allowed_ops)):
+        raise CheckFailed(f"unexpected ONNX ops {odd} (expected only {sorted(allowed_ops)})", shown)
+    return ops
+
+
+def run_onnxruntime(path: Path, image: np.ndarray) -> np.ndarray:
+    """Run the ONNX at `path` on ONNX Runtime's CPU provider; return `depth`."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run([OUTPUT_NAME], {INPUT_NAME: image})[0]
+
+
+def compare(output: np.ndarray, reference: np.ndarray, depth_range: float) -> dict[str, float]:
+    """Statistics of |output - reference|: max, mean, p99 (metres) and p99 / depth_range."""
+    if output.shape != reference.shape:
+        return {
+            "max_abs_diff": float("inf"),
+            "mean_abs_diff": float("inf"),
+            "p99_abs_diff": float("inf"),
+            "p99_over_range": float("inf"),
+        }
+    diff = np.abs(output.astype(np.float64) - reference.astype(np.float64))
+    if not np.all(np.isfinite(diff)):
+        p99 = float("inf")
+        return {
+            "max_abs_diff": p99,
+            "mean_abs_diff": p99,
+            "p99_abs_diff": p99,
+            "p99_over_range": p99,
+        }
+    p99 = float(np.percentile(diff, 99))
+    return {
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "p99_abs_diff": p99,
+        "p99_over_range": p99 / depth_range,
+    }

@@ -1,0 +1,115 @@
+"""`mde export CKPT --out DIR`: ONNX FP32/FP16/INT8 and TensorRT engines, each checked against PyTorch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+import typer
+
+from mde.export.exporter import ExportConfig
+
+_D = ExportConfig(checkpoint=Path("CKPT"), out=Path("DIR"))  # the defaults, for --help
+
+
+def export(
+    checkpoint: Path = typer.Argument(..., help="Training checkpoint (.pt), e.g. RUN/best.pt."),
+    out: Path = typer.Option(..., "--out", "-o", help="Export folder."),
+    precision: list[str] = typer.Option(
+        list(_D.precisions),
+        "--precision",
+        "-p",
+        help="fp32 (model.onnx), fp16 (model.fp16.onnx), int8 (model.int8.onnx); repeatable.",
+    ),
+    engine: bool = typer.Option(
+        _D.engine,
+        "--engine",
+        help="Also build model.engine (TensorRT 11, needs a GPU) from the first --precision.",
+    ),
+    calib_data: Path | None = typer.Option(
+        None, "--calib-data", help="Dataset folder for int8 calibration."
+    ),
+    calib_images: int = typer.Option(
+        _D.calib_images, "--calib-images", help="Calibration images for int8."
+    ),
+    calib_allow_few: bool = typer.Option(
+        _D.calib_allow_few,
+        "--calib-allow-few",
+        help="Accept fewer calibration images than the calibration stage's minimum.",
+    ),
+    opset: int = typer.Option(_D.opset, "--opset", help="ONNX opset (>= 17)."),
+    dynamic_size: bool = typer.Option(
+        _D.dynamic_size,
+        "--dynamic-size",
+        help="Dynamic H and W (multiples of 32) besides the batch.",
+    ),
+    force: bool = typer.Option(_D.force, "--force", help="Overwrite existing artifacts."),
+    golden_images: int = typer.Option(
+        _D.golden_images, "--golden-images", help="Golden inputs checked and saved in golden.npz."
+    ),
+    min_batch: int = typer.Option(
+        _D.min_batch, "--min-batch", help="TensorRT profile: smallest batch."
+    ),
+    opt_batch: int = typer.Option(
+        _D.opt_batch, "--opt-batch", help="TensorRT profile: batch tuned for."
+    ),
+    max_batch: int = typer.Option(
+        _D.max_batch, "--max-batch", help="TensorRT profile: largest batch."
+    ),
+    min_size: int = typer.Option(
+        _D.min_size, "--min-size", help="TensorRT profile: smallest H/W with --dynamic-size."
+    ),
+    max_size: int = typer.Option(
+        _D.max_size, "--max-size", help="TensorRT profile: largest H/W with --dynamic-size."
+    ),
+    workspace_mib: int = typer.Option(
+        _D.workspace_mib, "--workspace-mib", help="TensorRT workspace memory-pool limit."
+    ),
+    timing_cache: Path = typer.Option(
+        _D.timing_cache, "--timing-cache", help="TensorRT timing cache, reused across builds."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the artifacts as one JSON object on stdout."
+    ),
+) -> None:
+    """Export a checkpoint to ONNX (FP32/FP16/INT8) and optionally a TensorRT engine; every artifact
+    is checked against PyTorch and written only when all pass."""
+    from mde.export.exporter import export_checkpoint
+
+    cfg = ExportConfig(
+        checkpoint=checkpoint,
+        out=out,
+        precisions=tuple(precision),
+        engine=engine,
+        calib_data=calib_data,
+        calib_images=calib_images,
+        calib_allow_few=calib_allow_few,
+        opset=opset,
+        dynamic_size=dynamic_size,
+        force=force,
+        golden_images=golden_images,
+        min_batch=min_batch,
+        opt_batch=opt_batch,
+        max_batch=max_batch,
+        min_size=min_size,
+        max_size=max_size,
+        workspace_mib=workspace_mib,
+        timing_cache=timing_cache,
+    )
+    artifacts = export_checkpoint(cfg)
+    if as_json:
+        typer.echo(json.dumps({"artifacts": [a.to_dict() for a in artifacts]}, sort_keys=True))
+        return
+    for a in artifacts:
+        err = (
+            (
+                f"p99 |diff| {a.p99_abs_diff:.3g} m = {a.p99_over_range:.2e} of range "
+                f"(max {a.max_abs_diff:.3g} m, tolerance {a.tolerance:g})"
+            )
+            if a.p99_abs_diff is not None
+            else ""
+        )
+        typer.echo(f"{a.path}  {a.precision:<4}  {a.size_bytes / 2**20:8.1f} MiB  {err}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export)

@@ -1,0 +1,306 @@
+"""Export: ONNX FP32/FP16 pass the checker, carry metadata, match PyTorch; bad input refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TOL = {"fp32": 1e-4, "fp16": 5e-3}
+FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx"}
+
+
+def _ort(path: Path, image: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["depth"], {"image": image})[0]
+
+
+def _torch(checkpoint: Path, image: np.ndarray) -> np.ndarray:
+    import torch
+
+    from mde.train.checkpoint import load_model
+
+    model, _ = load_model(checkpoint)
+    with torch.no_grad():
+        return model(torch.from_numpy(image)).numpy()
+
+
+def _p99_over_range(a: np.ndarray, b: np.ndarray, depth_range: float = 20.0) -> float:
+    return float(np.percentile(np.abs(a.astype(np.float64) - b), 99)) / depth_range
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_checker_and_metadata(tiny_export, tiny_checkpoint, precision):
+    import onnx
+
+    from mde.io import sha256_file
+    from mde.runtime.metadata import ModelMetadata
+
+    path = tiny_export / FILES[precision]
+    onnx.checker.check_model(str(path), full_check=True)
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in model.metadata_props}
+    for key in (
+        "mde.version",
+        "mde.preprocess",
+        "mde.output",
+        "mde.model",
+        "mde.source",
+        "mde.metrics",
+        "mde.precision",
+    ):
+        json.loads(props[key])  # every value is JSON
+    meta = ModelMetadata.from_props(props, path)
+    assert meta.precision == precision
+    assert meta.input_size == (64, 64)
+    assert meta.max_depth == 20.0
+    assert meta.backbone == "resnet18"
+    assert meta.parameters > 1_000_000
+    assert meta.source["checkpoint_sha256"] == sha256_file(tiny_checkpoint)
+    assert meta.dynamic_size is False
+    assert [i.name for i in model.graph.input] == ["image"]
+    assert [o.name for o in model.graph.output] == ["depth"]
+    batch = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param == "batch"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_matches_pytorch_at_any_batch(tiny_export, tiny_checkpoint, precision, batch):
+    image = np.random.default_rng(batch).random((batch, 3, 64, 64), dtype=np.float32)
+    got = _ort(tiny_export / FILES[precision], image)
+    want = _torch(tiny_checkpoint, image)
+    assert got.shape == want.shape == (batch, 1, 64, 64)
+    assert got.dtype == np.float32
+    error = _p99_over_range(got, want)
+    assert error <= TOL[precision], f"{precision}: p99/range {error:.3g} > {TOL[precision]}"
+    if precision == "fp16":
+        assert error > 0  # really computed in half precision
+
+
+def test_fp16_graph_has_fp32_io_and_fp16_weights(tiny_export):
+    import onnx
+    from onnx import TensorProto
+
+    model = onnx.load(str(tiny_export / "model.fp16.onnx"))
+    io_types = [v.type.tensor_type.elem_type for v in (*model.graph.input, *model.graph.output)]
+    assert io_types == [TensorProto.FLOAT, TensorProto.FLOAT]
+    weight_types = {
+        t.data_type for t in model.graph.initializer if len(t.dims) >= 1 and np.prod(t.dims) > 1
+    }
+    assert weight_types == {TensorProto.FLOAT16}
+    assert sum(n.op_type == "Cast" for n in model.graph.node) >= 2
+    size32 = (tiny_export / "model.onnx").stat().st_size
+    assert (tiny_export / "model.fp16.onnx").stat().st_size < 0.6 * size32
+
+
+def test_fp32_graph_is_clean_for_tensorrt(tiny_export):
+    import onnx
+
+    from mde.export.onnx_export import EXPECTED_OPS
+
+    model = onnx.load(str(tiny_export / "model.onnx"))
+    ops = {n.op_type for n in model.graph.node}
+    assert ops <= EXPECTED_OPS
+    assert {"ConvTranspose", "Sigmoid"} <= ops
+    assert "BatchNormalization" not in ops  # folded
+    assert model.opset_import[0].version >= 17
+
+
+def test_golden_npz(tiny_export, tiny_checkpoint):
+    from mde.io import sha256_file
+
+    with np.load(tiny_export / "golden.npz") as golden:
+        image, depth = golden["image"], golden["depth"]
+        tolerances = json.loads(str(golden["tolerances"]))
+        assert str(golden["checkpoint_sha256"]) == sha256_file(tiny_checkpoint)
+    assert image.dtype == depth.dtype == np.float32
+    assert image.shape == (4, 3, 64, 64) and depth.shape == (4, 1, 64, 64)
+    assert 0.0 <= image.min() and image.max() <= 1.0
+    np.testing.assert_allclose(depth, _torch(tiny_checkpoint, image), atol=1e-5)
+    assert tolerances["fp32"]["p99_over_range"] == 1e-4
+    assert tolerances["fp16"]["p99_over_range"] == 5e-3
+    assert tolerances["int8"]["p99_over_range"] == 5e-2
+    assert tolerances["depth_range"] == 20.0
+    # a torch-free check from the golden file alone
+    assert _p99_over_range(_ort(tiny_export / "model.fp16.onnx", image), depth) <= 5e-3
+
+
+def test_dynamic_size_and_force(tmp_path, tiny_checkpoint):
+    """--dynamic-size runs at two sizes; --force replaces an existing artifact."""
+    from mde.export.exporter import ExportConfig, export_checkpoint
+    from mde.runtime.metadata import ModelMetadata
+
+    out = tmp_path / "dyn"
+    out.mkdir()
+    (out / "model.onnx").write_text("old")
+    artifacts = export_checkpoint(
+        ExportConfig(
+            checkpoint=tiny_checkpoint, out=out, dynamic_size=True, force=True, progress=False
+        )
+    )
+    assert [a.path.name for a in artifacts] == ["model.onnx"]
+    assert artifacts[0].passed and artifacts[0].p99_over_range <= 1e-4
+    assert artifacts[0].size_bytes == (out / "model.onnx").stat().st_size > 1000
+    for shape in [(1, 3, 64, 64), (2, 3, 96, 128)]:
+        image = np.random.default_rng(0).random(shape, dtype=np.float32)
+        got = _ort(out / "model.onnx", image)
+        assert got.shape == (shape[0], 1, *shape[2:])
+        assert _p99_over_range(got, _torch(tiny_checkpoint, image)) <= 1e-4
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
+    assert ModelMetadata.from_props(props).dynamic_size is True
+    assert _files(out) == ["golden.npz", "model.onnx"]
+
+
+def test_failed_check_leaves_nothing(tmp_path, tiny_checkpoint, monkeypatch, cli):
+    """An out-of-tolerance artifact: exit 1, and no artifact or temp file is left."""
+    from mde.export import exporter
+
+    monkeypatch.setitem(exporter.TOLERANCES, "fp32", {"p99_over_range": 0.0})
+    out = tmp_path / "out"
+    result = cli("export", tiny_checkpoint, "--out", out, "--precision", "fp32")
+    assert result.code == 1, result.err
+    assert "differs from PyTorch" in result.err and "Traceback" not in result.err
+    assert _files(out) == []
+
+
+def test_refuses_existing_artifact(tmp_path, tiny_checkpoint, cli):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.fp16.onnx").write_text("keep me")
+    result = cli("export", tiny_checkpoint, "--out", out, "--precision", "fp16")
+    assert result.code == 2
+    assert "model.fp16.onnx" in result.err and "--force" in result.err
+    assert (out / "model.fp16.onnx").read_text() == "keep me"
+    assert _files(out) == ["model.fp16.onnx"]
+
+
+def test_engine_without_tensorrt_says_how_to_install(tmp_path, tiny_checkpoint, cli, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # as on a machine without TensorRT
+    out = tmp_path / "out"
+    result = cli("export", tiny_checkpoint, "--out", out, "--engine")
+    assert result.code == 2
+    line = result.err.strip().splitlines()[-1]
+    assert line.startswith("mde: error:") and "TensorRT" in line
+    assert "pip install 'mde[tensorrt]'" in line
+    assert not out.exists()  # checked before any work
+
+
+def test_engine_without_gpu_names_the_gpu(tmp_path, tiny_checkpoint, monkeypatch):
+    """TensorRT importable but no CUDA device: the message names the missing GPU."""
+    import sys
+    import types
+
+    from mde.errors import BackendError
+    from mde.export.exporter import ExportConfig, export_checkpoint
+    from mde.runtime.backends import tensorrt as trt_backend
+
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="11.0.0"))
+    monkeypatch.setattr(trt_backend, "import_cudart", lambda: object())
+
+    def no_gpu(cudart, device=0):
+        raise BackendError("no CUDA GPU 0 on this machine (found 0); TensorRT needs one")
+
+    monkeypatch.setattr(trt_backend, "gpu_info", no_gpu)
+    with pytest.raises(BackendError, match="needs a CUDA GPU"):
+        export_checkpoint(ExportConfig(checkpoint=tiny_checkpoint, out=tmp_path / "o", engine=True))
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture
+def corrupt_checkpoint(tmp_path, tiny_checkpoint) -> Path:
+    path = tmp_path / "corrupt.pt"
+    path.write_bytes(tiny_checkpoint.read_bytes()[:5000])
+    return path
+
+
+BAD = [
+    ("missing-ckpt", ["{missing}", "--out", "{out}"], "missing.pt"),
+    ("corrupt-ckpt", ["{corrupt}", "--out", "{out}"], "corrupt.pt"),
+    ("unknown-precision", ["{ckpt}", "--out", "{out}", "-p", "fp8"], "fp32, fp16, int8"),
+    ("int8-no-calib", ["{ckpt}", "--out", "{out}", "-p", "int8"], "--calib-data"),
+    (
+        "int8-calib-missing",
+        ["{ckpt}", "--out", "{out}", "-p", "int8", "--calib-data", "{missing}"],
+        "missing.pt",
+    ),
+    ("repeated-precision", ["{ckpt}", "--out", "{out}", "-p", "fp16", "-p", "fp16"], "repeated"),
+    ("old-opset", ["{ckpt}", "--out", "{out}", "--opset", "13"], "opset"),
+    ("out-is-file", ["{ckpt}", "--out", "{file}"], "notes.txt"),
+    (
+        "bad-profile",
+        ["{ckpt}", "--out", "{out}", "--min-batch", "4", "--max-batch", "2"],
+        "batch profile",
+    ),
+]
+
+
+@pytest.mark.parametrize("case,argv,names", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_exit_2(case, argv, names, tmp_path, tiny_checkpoint, corrupt_checkpoint, cli):
+    (tmp_path / "notes.txt").write_text("a file")
+    values = {
+        "missing": tmp_path / "missing.pt",
+        "corrupt": corrupt_checkpoint,
+        "ckpt": tiny_checkpoint,
+        "out": tmp_path / "out",
+        "file": tmp_path / "notes.txt",
+    }
+    result = cli("export", *[a.format(**values) for a in argv])
+    assert result.code == 2, result.err
+    errors = [line for line in result.err.splitlines() if line.startswith("mde: error:")]
+    assert len(errors) == 1 and names in errors[0], result.err
+    assert "Traceback" not in result.err
+    assert not (tmp_path / "out").exists()
+
+
+def test_read_only_output_folder(tmp_path, tiny_checkpoint, cli, monkeypatch):
+    """A folder we cannot write into: exit 2 naming it, nothing written (simulated when running as root)."""
+    import os
+    import tempfile
+
+    out = tmp_path / "ro"
+    out.mkdir()
+    if (
+        os.geteuid() == 0
+    ):  # root ignores permission bits: make the temp-folder creation fail instead
+
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    out.chmod(0o555)
+    try:
+        result = cli("export", tiny_checkpoint, "--out", out)
+    finally:
+        out.chmod(0o755)
+    assert result.code == 2, result.err
+    assert "not writable" in result.err and str(out) in result.err
+    assert _files(out) == []
+
+
+def test_metrics_and_source_in_metadata(tiny_checkpoint):
+    """The checkpoint's validation RMSE/SSIM and training config end up in mde.metrics/mde.source."""
+    from mde.export.exporter import ExportConfig, _metadata
+    from mde.runtime.metadata import ModelMetadata
+    from mde.train.checkpoint import load_model
+
+    model, state = load_model(tiny_checkpoint)
+    state = dict(state, metrics={"rmse": 1.25, "ssim": 0.5, "loss": 9.0}, epoch=7)
+    cfg = ExportConfig(checkpoint=tiny_checkpoint, out=Path("unused"))
+    meta = ModelMetadata.from_props(_metadata(cfg, state, model, "abc", "fp16").to_props())
+    assert meta.metrics == {"rmse": 1.25, "ssim": 0.5}
+    assert meta.source["epoch"] == 7 and meta.source["checkpoint_sha256"] == "abc"
+    assert meta.source["config"]["backbone"] == "resnet18"
+    assert meta.precision == "fp16"
