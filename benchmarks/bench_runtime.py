@@ -1,0 +1,263 @@
+"""Runtime benchmark: ONNX Runtime (via DepthEstimator) vs PyTorch eager, as ratios measured in one run.
+
+    python benchmarks/bench_runtime.py [--quick] [--threads T] [--model model.onnx --checkpoint ckpt.pt] [--json]
+
+Figures (resnet50 at 224x224, batch 1, CPU, FP32, same thread count for both):
+1. latency of `DepthEstimator.predict` (pre/post included) / PyTorch eager (`inference_mode`);
+2. model FLOPs / ORT inference latency, as a fraction of this machine's FP32 GEMM rate;
+3. cold start (fresh process: launch -> first depth map) and peak RSS, runtime / PyTorch path;
+4. preprocessing + postprocessing time as a % of inference time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TARGETS = {"latency_ratio": 0.5, "gemm_efficiency": 0.9, "cold_start_ratio": 0.5,
+           "peak_rss_ratio": 0.4, "pre_post_pct": 5.0}
+SIZE = 224
+
+
+def build_artifacts(folder: Path, backbone: str = "resnet50", size: int = SIZE) -> tuple[Path, Path]:
+    """A random-weight DepthNet checkpoint and its FP32 ONNX (dynamic batch, mde metadata)."""
+    import onnx
+    import torch
+    from mde.runtime.metadata import ModelMetadata
+    from mde.train.checkpoint import save_checkpoint
+    from mde.train.model import ModelArgs, build_model
+
+    torch.manual_seed(0)
+    args = ModelArgs(backbone=backbone, image_size=size, max_depth=20.0)
+    model = build_model(args).eval()
+    ckpt = folder / "model.pt"
+    save_checkpoint(ckpt, {"model_args": vars(args), "model": model.state_dict(), "config": {},
+                           "epoch": 0, "metrics": {}})
+    path = folder / "model.onnx"
+    torch.onnx.export(model, torch.rand(1, 3, size, size), str(path), input_names=["image"],
+                      output_names=["depth"], dynamic_axes={"image": {0: "n"}, "depth": {0: "n"}},
+                      opset_version=17, dynamo=False)
+    proto = onnx.load(str(path))
+    meta = ModelMetadata(input_size=(size, size), max_depth=20.0, backbone=backbone,
+                         parameters=sum(p.numel() for p in model.parameters()))
+    for key, value in meta.to_props().items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+    return path, ckpt
+
+
+def count_flops(model: Any, size: int = SIZE) -> int:
+    """FLOPs (2 x multiply-adds) of the convolutions, transposed convolutions and linear layers."""
+    import torch
+    from torch import nn
+
+    macs = [0]
+
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        x = inputs[0]
+        if isinstance(module, nn.ConvTranspose2d):  # every input pixel scatters a k x k x out/groups patch
+            k = module.kernel_size[0] * module.kernel_size[1]
+            macs[0] += x.numel() * (module.out_channels // module.groups) * k
+        elif isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1]
+            macs[0] += output.numel() * (module.in_channels // module.groups) * k
+        elif isinstance(module, nn.Linear):
+            macs[0] += output.numel() * module.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+    with torch.inference_mode():
+        model(torch.rand(1, 3, size, size))
+    for h in handles:
+        h.remove()
+    return 2 * macs[0]
+
+
+def gemm_rate(threads: int, n: int = 2048, seconds: float = 2.0) -> float:
+    """Measured FP32 GEMM FLOP/s (torch.matmul, `threads` threads): median of repeated n x n products."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    out = torch.empty(n, n)
+    torch.matmul(a, b, out=out)
+    times, start = [], time.perf_counter()
+    while time.perf_counter() - start < seconds or len(times) < 5:
+        t0 = time.perf_counter()
+        torch.matmul(a, b, out=out)
+        times.append(time.perf_counter() - t0)
+    return 2.0 * n**3 / statistics.median(times)
+
+
+def _time(fn: Any, iterations: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iterations):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+# VmHWM (this process's own peak RSS): ru_maxrss would carry the forking parent's peak across exec.
+_PEAK = "def PEAK_RSS_KIB():\n    return [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+
+COLD_RUNTIME = _PEAK + """
+import sys, numpy as np
+from mde.runtime import DepthEstimator
+est = DepthEstimator.open(sys.argv[1], threads=int(sys.argv[3]))
+depth = est.predict(np.full((224, 224, 3), 127, np.uint8))
+print(PEAK_RSS_KIB(), float(depth.mean()))
+"""
+
+COLD_TORCH = _PEAK + """
+import sys, numpy as np, torch
+torch.set_num_threads(int(sys.argv[3]))
+from mde.train.checkpoint import load_model
+from mde.runtime.preprocess import postprocess, preprocess
+model, _ = load_model(sys.argv[2], "cpu")
+with torch.inference_mode():
+    out = model(torch.from_numpy(preprocess([np.full((224, 224, 3), 127, np.uint8)], (224, 224)))).numpy()
+depth = postprocess(out[0], (224, 224), model.args.max_depth)
+print(PEAK_RSS_KIB(), float(depth.mean()))
+"""
+
+
+def cold_start(code: str, onnx_path: Path, ckpt: Path, threads: int, repeats: int) -> tuple[float, float]:
+    """Median wall seconds (launch -> exit after the first depth map) and median peak RSS (MiB)."""
+    walls, rss = [], []
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", code, str(onnx_path), str(ckpt), str(threads)],
+                              capture_output=True, text=True, env=env, check=False)
+        walls.append(time.perf_counter() - t0)
+        if proc.returncode != 0:
+            raise RuntimeError(f"cold-start child failed: {proc.stderr.strip().splitlines()[-1:]}")
+        rss.append(int(proc.stdout.split()[0]) / 1024.0)
+    return statistics.median(walls), statistics.median(rss)
+
+
+def run(quick: bool = False, threads: int = 0, model: Path | None = None,
+        checkpoint: Path | None = None) -> dict[str, Any]:
+    """Measure the four figures in this process (and fresh subprocesses); return them with targets."""
+    import torch
+    from mde.runtime import DepthEstimator
+    from mde.runtime.preprocess import postprocess, preprocess
+    from mde.train.checkpoint import load_model
+
+    threads = threads or len(os.sched_getaffinity(0))
+    iterations, warmup, repeats = (10, 3, 1) if quick else (40, 5, 3)
+    with tempfile.TemporaryDirectory(prefix="mde-bench-") as tmp:
+        if model is None or checkpoint is None:
+            model, checkpoint = build_artifacts(Path(tmp))
+        torch.set_num_threads(threads)
+        net, _ = load_model(checkpoint, "cpu")
+        size = net.args.image_size
+        rgb = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+        est = DepthEstimator.open(model, providers=["CPUExecutionProvider"], threads=threads)
+
+        def torch_predict() -> np.ndarray:
+            with torch.inference_mode():
+                out = net(torch.from_numpy(preprocess([rgb], (size, size)))).numpy()
+            return postprocess(out[0], (size, size), net.args.max_depth)
+
+        diff = float(np.abs(est.predict(rgb) - torch_predict()).max())
+        # interleave ORT and torch rounds so machine noise hits both alike
+        ort_t, torch_t = [], []
+        for _ in range(3):
+            ort_t += _time(lambda: est.predict(rgb), iterations // 3 + 1, warmup)
+            torch_t += _time(torch_predict, iterations // 3 + 1, warmup)
+        batch = preprocess([rgb], (size, size))
+        infer_t = _time(lambda: est.infer(batch), iterations, warmup)
+        out = est.infer(batch)
+        pre_t = _time(lambda: preprocess([rgb], (size, size)), iterations * 5, warmup)
+        post_t = _time(lambda: postprocess(out[0], (size, size), est.metadata.max_depth), iterations * 5, warmup)
+        cam = np.random.default_rng(1).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+        pre_cam = _time(lambda: preprocess([cam], (size, size)), iterations, warmup)
+        post_cam = _time(lambda: postprocess(out[0], (480, 640), est.metadata.max_depth), iterations, warmup)
+        flops = count_flops(net, size)
+        gemm = gemm_rate(threads, seconds=1.0 if quick else 3.0)
+        est.close()
+        cold_rt = cold_start(COLD_RUNTIME, model, checkpoint, threads, repeats)
+        cold_pt = cold_start(COLD_TORCH, model, checkpoint, threads, repeats)
+
+    med = statistics.median
+    ort_ms, torch_ms, infer_ms = med(ort_t) * 1e3, med(torch_t) * 1e3, med(infer_t) * 1e3
+    pre_ms, post_ms = med(pre_t) * 1e3, med(post_t) * 1e3
+    figures = {
+        "latency_ratio": ort_ms / torch_ms,
+        "gemm_efficiency": (flops / (infer_ms / 1e3)) / gemm,
+        "cold_start_ratio": cold_rt[0] / cold_pt[0],
+        "peak_rss_ratio": cold_rt[1] / cold_pt[1],
+        "pre_post_pct": 100.0 * (pre_ms + post_ms) / infer_ms,
+    }
+    return {
+        "machine": {"cpus": len(os.sched_getaffinity(0)), "threads": threads, "torch": torch.__version__,
+                    "onnxruntime": __import__("onnxruntime").__version__, "platform": sys.platform},
+        "model": {"backbone": net.args.backbone, "size": size, "gflops": flops / 1e9,
+                  "max_abs_diff_ort_vs_torch_m": diff},
+        "measured": {
+            "ort_predict_ms": ort_ms, "torch_predict_ms": torch_ms, "ort_infer_ms": infer_ms,
+            "ort_gflops_per_s": flops / (infer_ms / 1e3) / 1e9, "gemm_gflops_per_s": gemm / 1e9,
+            "cold_start_runtime_s": cold_rt[0], "cold_start_torch_s": cold_pt[0],
+            "peak_rss_runtime_mib": cold_rt[1], "peak_rss_torch_mib": cold_pt[1],
+            "preprocess_ms": pre_ms, "postprocess_ms": post_ms,
+            "preprocess_480x640_ms": med(pre_cam) * 1e3, "postprocess_480x640_ms": med(post_cam) * 1e3,
+        },
+        "figures": figures,
+        "targets": TARGETS,
+        "met": {k: (v <= TARGETS[k] if k != "gemm_efficiency" else v >= TARGETS[k]) for k, v in figures.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer iterations")
+    parser.add_argument("--threads", type=int, default=0, help="threads for both (0 = all CPUs available)")
+    parser.add_argument("--model", type=Path, help="an existing model.onnx (with --checkpoint)")
+    parser.add_argument("--checkpoint", type=Path, help="the checkpoint it was exported from")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    result = run(args.quick, args.threads, args.model, args.checkpoint)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    m, f, t, ok = result["measured"], result["figures"], result["targets"], result["met"]
+    print(f"mde runtime benchmark: {result['model']['backbone']} {result['model']['size']}x{result['model']['size']}, "
+          f"batch 1, FP32, {result['machine']['threads']} threads ({result['machine']['cpus']} CPUs), "
+          f"ORT {result['machine']['onnxruntime']} CPU vs torch {result['machine']['torch']} eager")
+    rows = [
+        ("1 latency ORT predict / torch eager", f["latency_ratio"], f"<= {t['latency_ratio']}",
+         f"{m['ort_predict_ms']:.1f} ms vs {m['torch_predict_ms']:.1f} ms", ok["latency_ratio"]),
+        ("2 model FLOP/s / GEMM FLOP/s", f["gemm_efficiency"], f">= {t['gemm_efficiency']}",
+         (f"{m['ort_gflops_per_s']:.0f} vs {m['gemm_gflops_per_s']:.0f} GFLOP/s "
+          f"({result['model']['gflops']:.2f} GFLOP in {m['ort_infer_ms']:.1f} ms)"), ok["gemm_efficiency"]),
+        ("3a cold start runtime / torch", f["cold_start_ratio"], f"<= {t['cold_start_ratio']}",
+         f"{m['cold_start_runtime_s']:.2f} s vs {m['cold_start_torch_s']:.2f} s", ok["cold_start_ratio"]),
+        ("3b peak RSS runtime / torch", f["peak_rss_ratio"], f"<= {t['peak_rss_ratio']}",
+         f"{m['peak_rss_runtime_mib']:.0f} MiB vs {m['peak_rss_torch_mib']:.0f} MiB", ok["peak_rss_ratio"]),
+        ("4 pre+post % of inference", f["pre_post_pct"], f"<= {t['pre_post_pct']}",
+         f"{m['preprocess_ms']:.3f} + {m['postprocess_ms']:.3f} ms vs {m['ort_infer_ms']:.1f} ms", ok["pre_post_pct"]),
+    ]
+    for name, value, target, detail, met in rows:
+        print(f"  {name:38s} {value:7.3f}  target {target:7s} {'met' if met else 'MISSED':6s}  {detail}")
+    print(f"  (480x640 camera image: preprocess {m['preprocess_480x640_ms']:.2f} ms, "
+          f"postprocess {m['postprocess_480x640_ms']:.2f} ms; max |ORT - torch| "
+          f"{result['model']['max_abs_diff_ort_vs_torch_m']:.2e} m)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""`mde info`: what an artifact is (metadata, precision, I/O, size, hash) and what can run it here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+
+def artifact_info(path: Path) -> dict[str, Any]:
+    """A JSON-able description of an `.onnx` or `.engine` artifact and of this machine's backends."""
+    from mde.io import sha256_file
+    from mde.runtime.artifact import inspect_artifact
+
+    desc = inspect_artifact(path)
+    meta = desc["metadata"]
+    info: dict[str, Any] = {
+        "path": str(path),
+        "kind": desc["kind"],
+        "size_bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+        "precision": meta.precision,
+        "metadata": meta.to_dict(),
+        "inputs": [s.to_dict() for s in desc["inputs"]],
+        "outputs": [s.to_dict() for s in desc["outputs"]],
+    }
+    if desc["kind"] == "onnx":
+        from mde.runtime.backends.onnxruntime import (
+            cuda_device_count,
+            default_providers,
+            import_ort,
+        )
+
+        ort = import_ort()
+        info["machine"] = {
+            "onnxruntime": ort.__version__,
+            "providers_available": ort.get_available_providers(),
+            "providers_usable": default_providers(ort.get_available_providers()),
+            "cuda_devices": cuda_device_count(),
+        }
+    else:
+        from mde.runtime.backends.tensorrt import tensorrt_version
+
+        sidecar = desc["sidecar"]
+        info["engine"] = {k: v for k, v in sidecar.items() if k != "metadata"}
+        info["machine"] = {"tensorrt": tensorrt_version()}
+    return info
+
+
+def print_info(info: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    meta = info["metadata"]
+    table = Table(title=info["path"], show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    rows = [
+        ("kind", info["kind"]),
+        ("precision", info["precision"]),
+        ("backbone", f"{meta['backbone']} ({meta['parameters']:,} parameters)"),
+        ("input size", f"{meta['input_size'][0]}x{meta['input_size'][1]} (dynamic H/W: {meta['dynamic_size']})"),
+        ("max depth", f"{meta['max_depth']} m"),
+        ("metrics", json.dumps(meta["metrics"]) if meta["metrics"] else "-"),
+        ("mde version", meta["version"]),
+        ("size", f"{info['size_bytes']:,} bytes"),
+        ("sha256", info["sha256"]),
+    ]
+    for spec in info["inputs"]:
+        rows.append(("input", f"{spec['name']}: {spec['dtype']} {_shape(spec['shape'])}"))
+    for spec in info["outputs"]:
+        rows.append(("output", f"{spec['name']}: {spec['dtype']} {_shape(spec['shape'])}"))
+    if meta.get("calibration"):
+        rows.append(("calibration", json.dumps(meta["calibration"])))
+    for key, value in info.get("engine", {}).items():
+        rows.append((f"engine {key}", json.dumps(value) if isinstance(value, (dict, list)) else str(value)))
+    for key, value in info["machine"].items():
+        rows.append((f"here: {key}", ", ".join(value) if isinstance(value, list) else ("not installed" if value is None else str(value))))
+    for row in rows:
+        table.add_row(*row)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    console.print(table)
+
+
+def _shape(shape: list) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def info(
+    artifact: Path = typer.Argument(..., help="Model artifact: .onnx or .engine (with its .engine.json)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Show an artifact's metadata, precision, inputs/outputs, size, sha256 and this machine's backends."""
+    report = artifact_info(artifact)
+    if as_json:
+        typer.echo(json.dumps(report))
+    else:
+        print_info(report)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("info")(info)

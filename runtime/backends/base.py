@@ -1,0 +1,205 @@
+"""The runner base class (Polygraphy's shape) and the backend registry behind `--backend`."""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from mde.runtime.metadata import ModelMetadata
+
+from mde.errors import InputError, ModelError
+
+# Backend modules shipped with mde; importing one registers it (they import their library lazily).
+BUILTIN_BACKENDS = ("onnxruntime", "tensorrt")
+# File suffix -> backend for `backend="auto"`.
+AUTO_BACKENDS = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
+
+BACKENDS: dict[str, type[Runner]] = {}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output: name, numpy dtype, shape (an int per static axis, None when dynamic)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | None, ...]
+
+    def describe(self) -> str:
+        dims = "x".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name}: {np.dtype(self.dtype).name}[{dims}]"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": np.dtype(self.dtype).name, "shape": list(self.shape)}
+
+
+class Runner(abc.ABC):
+    """One model on one backend: `activate()`, `infer(feed)`, `deactivate()`; a context manager.
+
+    Subclasses implement `_activate_impl` (load the model, fill `metadata`, `input_specs`,
+    `output_specs`), `_infer_impl` and `_deactivate_impl`. `infer` is safe to call from
+    several threads at once when the subclass's `_infer_impl` is.
+    """
+
+    name: ClassVar[str] = "base"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.is_active = False
+        self.metadata: ModelMetadata | None = None
+        self.input_specs: dict[str, TensorSpec] = {}
+        self.output_specs: dict[str, TensorSpec] = {}
+
+    # -- lifecycle ---------------------------------------------------------------
+    def activate(self) -> Runner:
+        """Load the model (idempotent); return self."""
+        if not self.is_active:
+            self._activate_impl()
+            self.is_active = True
+        return self
+
+    def deactivate(self) -> None:
+        """Release the model and its buffers (idempotent)."""
+        if self.is_active:
+            self._deactivate_impl()
+            self.is_active = False
+
+    def __enter__(self) -> Runner:
+        return self.activate()
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+
+    # -- inference ---------------------------------------------------------------
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Check `feed` against the model's inputs, run the model, return its outputs by name.
+
+        Raises:
+            InputError: not activated, or a missing/unexpected input, wrong dtype or shape.
+        """
+        if not self.is_active:
+            raise InputError(f"{self.name} runner is not active; call activate() first", self.path)
+        self.check_feed(feed)
+        return self._infer_impl(feed)
+
+    def check_feed(self, feed: dict[str, np.ndarray]) -> None:
+        """Raise `InputError` (expected vs found) unless `feed` matches `input_specs` exactly."""
+        if not isinstance(feed, dict):
+            raise InputError(f"feed must be a dict of name -> numpy array, got {type(feed).__name__}")
+        expected = set(self.input_specs)
+        if set(feed) != expected:
+            raise InputError(
+                f"expected inputs {sorted(expected)}, got {sorted(feed)}", self.path
+            )
+        for name, spec in self.input_specs.items():
+            array = feed[name]
+            if not isinstance(array, np.ndarray):
+                raise InputError(f"input {name!r}: expected a numpy array, got {type(array).__name__}")
+            if array.dtype != spec.dtype:
+                raise InputError(
+                    f"input {name!r}: expected dtype {np.dtype(spec.dtype).name}, got {array.dtype.name}",
+                    self.path,
+                )
+            shape_ok = array.ndim == len(spec.shape) and all(
+                (want is None and got > 0) or got == want for want, got in zip(spec.shape, array.shape)
+            )
+            if not shape_ok:
+                raise InputError(
+                    f"input {name!r}: expected shape {_fmt_shape(spec.shape)}, got {tuple(array.shape)}",
+                    self.path,
+                )
+
+    def max_batch(self) -> int | None:
+        """The largest batch the model takes in one call: 1 when static, None when unbounded."""
+        spec = next(iter(self.input_specs.values()))
+        return spec.shape[0] if spec.shape and spec.shape[0] is not None else None
+
+    @property
+    def providers(self) -> list[str]:
+        """What executes the model (ONNX Runtime providers, or the backend name)."""
+        return [self.name]
+
+    # -- for subclasses ------------------------------------------------------------
+    @abc.abstractmethod
+    def _activate_impl(self) -> None: ...
+
+    @abc.abstractmethod
+    def _infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def _deactivate_impl(self) -> None:
+        """Release resources; the default drops nothing."""
+
+
+def _fmt_shape(shape: tuple[int | None, ...]) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+def register_backend(name: str) -> Callable[[type[Runner]], type[Runner]]:
+    """Class decorator: register a `Runner` subclass under `name` (its `--backend` value)."""
+
+    def wrap(cls: type[Runner]) -> type[Runner]:
+        cls.name = name
+        BACKENDS[name] = cls
+        return cls
+
+    return wrap
+
+
+def _load_builtin() -> None:
+    for module in BUILTIN_BACKENDS:
+        if module not in BACKENDS:
+            importlib.import_module(f"mde.runtime.backends.{module}")
+
+
+def backend_names() -> list[str]:
+    """Registered backend names (built-ins included), sorted."""
+    _load_builtin()
+    return sorted(BACKENDS)
+
+
+def resolve_backend(path: str | Path, backend: str = "auto") -> str:
+    """The backend name for `path`: `backend` itself, or from the file suffix when "auto"."""
+    names = backend_names()
+    if backend != "auto" and backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; choose from: auto, {', '.join(names)}")
+    if backend != "auto":
+        return backend
+    suffix = Path(path).suffix.lower()
+    if suffix not in AUTO_BACKENDS:
+        raise InputError(
+            f"cannot pick a backend for a {suffix or 'suffix-less'} file; expected one of "
+            f"{', '.join(sorted(AUTO_BACKENDS))} or an explicit --backend",
+            path,
+        )
+    return AUTO_BACKENDS[suffix]
+
+
+def open_runner(path: str | Path, backend: str = "auto", **options: Any) -> Runner:
+    """Open `path` with the named backend ("auto": `.engine` -> tensorrt, `.onnx` -> onnxruntime).
+
+    Returns an activated runner; `options` go to the runner's constructor
+    (e.g. providers=, threads= for onnxruntime).
+
+    Raises:
+        InputError: unknown backend name (the message lists the valid ones).
+        ModelError: missing, empty, truncated or metadata-less model file.
+        BackendError: the backend cannot run here (not installed, no GPU, engine mismatch).
+    """
+    if backend != "auto" and backend not in backend_names():
+        resolve_backend(path, backend)  # raises the error listing the valid names
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError("model file not found" if not path.exists() else "expected a model file", path)
+    if path.stat().st_size == 0:
+        raise ModelError("model file is empty (0 bytes)", path)
+    name = resolve_backend(path, backend)
+    try:
+        runner = BACKENDS[name](path, **options)
+    except TypeError as err:
+        raise InputError(f"bad option for the {name} backend ({err})") from None
+    return runner.activate()

@@ -1,0 +1,252 @@
+"""TensorRT runner (TensorRT 11 Python API + cuda-python): sidecar check, then deserialize and run."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mde.runtime.backends.base import Runner, TensorSpec, register_backend
+from mde.runtime.metadata import ModelMetadata
+
+from mde.errors import BackendError, InputError, ModelError
+
+INSTALL_HINT = "pip install 'mde[tensorrt]'"
+SIDECAR_KEYS = ("tensorrt_version", "compute_capability", "profile", "metadata")
+
+
+def sidecar_path(engine: str | Path) -> Path:
+    """`model.engine` -> `model.engine.json`."""
+    engine = Path(engine)
+    return engine.with_name(engine.name + ".json")
+
+
+def read_sidecar(engine: str | Path) -> dict[str, Any]:
+    """Load and check the engine's JSON sidecar; `ModelError` naming it when missing or malformed."""
+    path = sidecar_path(engine)
+    if not path.is_file():
+        raise ModelError(f"engine sidecar {path.name} not found (written by `mde export --engine`)", path)
+    try:
+        sidecar = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelError(f"unreadable engine sidecar ({err})", path) from None
+    if not isinstance(sidecar, dict):
+        raise ModelError("engine sidecar must be a JSON object", path)
+    missing = [key for key in SIDECAR_KEYS if key not in sidecar]
+    if missing:
+        raise ModelError(f"engine sidecar lacks {', '.join(missing)}", path)
+    return sidecar
+
+
+def sidecar_metadata(sidecar: dict[str, Any], source: str | Path) -> ModelMetadata:
+    """The `mde.*` metadata stored in a sidecar (same JSON strings as the ONNX props)."""
+    props = {k: v if isinstance(v, str) else json.dumps(v) for k, v in sidecar["metadata"].items()}
+    return ModelMetadata.from_props(props, source)
+
+
+def _version_key(version: str) -> tuple[str, ...]:
+    """TensorRT engines are tied to major.minor.patch: "11.0.1.5" -> ("11", "0", "1")."""
+    return tuple(str(version).split(".")[:3])
+
+
+def check_sidecar(
+    sidecar: dict[str, Any],
+    installed_version: str,
+    compute_capability: str,
+    gpu_name: str = "",
+    source: str | Path = "engine",
+) -> None:
+    """Raise `BackendError` unless the engine was built by this TensorRT for this GPU architecture.
+
+    Pure: no TensorRT or GPU needed, so it is tested everywhere.
+
+    Args:
+        sidecar: the engine's `model.engine.json`.
+        installed_version: `tensorrt.__version__` here.
+        compute_capability: this GPU's, as "major.minor" (e.g. "8.7").
+        gpu_name: this GPU's name, for the message.
+        source: the engine path, for the message.
+    """
+    built_version = str(sidecar.get("tensorrt_version", "?"))
+    built_cc = str(sidecar.get("compute_capability", "?"))
+    same_version = _version_key(built_version) == _version_key(installed_version)
+    same_cc = built_cc == str(compute_capability)
+    if same_version and same_cc:
+        return
+    built_gpu = sidecar.get("gpu_name") or "unknown GPU"
+    here_gpu = f" ({gpu_name})" if gpu_name else ""
+    sm = lambda cc: "sm_" + str(cc).replace(".", "")
+    raise BackendError(
+        f"engine built with TensorRT {built_version} for {sm(built_cc)} ({built_gpu}); "
+        f"this machine has TensorRT {installed_version} / {sm(compute_capability)}{here_gpu}. "
+        "Rebuild it here with `mde export --engine`, or run the .onnx with --backend onnxruntime",
+        source,
+    )
+
+
+def import_tensorrt() -> Any:
+    try:
+        import tensorrt
+    except ImportError as err:
+        raise BackendError(f"TensorRT is not installed ({err}); {INSTALL_HINT}") from None
+    return tensorrt
+
+
+def import_cudart() -> Any:
+    """cuda-python's runtime bindings (new `cuda.bindings.runtime`, or the older `cuda.cudart`)."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart
+        except ImportError as err:
+            raise BackendError(f"cuda-python is not installed ({err}); {INSTALL_HINT}") from None
+    return cudart
+
+
+def _check(result: Any, what: str) -> Any:
+    """Unpack a cuda-python `(err, *values)` tuple; raise `BackendError` on a CUDA error."""
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        raise BackendError(f"CUDA error in {what}: {err}")
+    return values[0] if len(values) == 1 else values
+
+
+def gpu_info(cudart: Any, device: int = 0) -> tuple[str, str]:
+    """(name, "major.minor") of CUDA device `device`."""
+    count = _check(cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
+    if count <= device:
+        raise BackendError(f"no CUDA GPU {device} on this machine (found {count}); TensorRT needs one")
+    props = _check(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    name = props.name.decode(errors="replace").rstrip("\x00") if isinstance(props.name, bytes) else str(props.name)
+    return name, f"{props.major}.{props.minor}"
+
+
+@register_backend("tensorrt")
+class TensorRTRunner(Runner):
+    """Runs a serialized TensorRT engine (`.engine` + `.engine.json` sidecar) on CUDA device `device`.
+
+    One execution context per runner; calls are serialized by a lock (a TensorRT context
+    is not thread-safe). Device buffers grow on demand and are reused.
+    """
+
+    def __init__(self, path: str | Path, device: int = 0, **_ignored: Any):
+        # providers/threads are onnxruntime options; accepted and ignored so one CLI works for both.
+        super().__init__(path)
+        self.device = device
+        self.sidecar: dict[str, Any] = {}
+        self.profile: dict[str, tuple[tuple[int, ...], ...]] = {}
+        self._lock = threading.Lock()
+        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
+        self._trt: Any = None
+        self._cudart: Any = None
+        self._engine: Any = None
+        self._context: Any = None
+        self._stream: Any = None
+
+    def _activate_impl(self) -> None:
+        self.sidecar = read_sidecar(self.path)
+        self.metadata = sidecar_metadata(self.sidecar, sidecar_path(self.path))
+        trt = import_tensorrt()
+        cudart = import_cudart()
+        _check(cudart.cudaSetDevice(self.device), "cudaSetDevice")
+        gpu_name, cc = gpu_info(cudart, self.device)
+        check_sidecar(self.sidecar, trt.__version__, cc, gpu_name, self.path)
+        logger = trt.Logger(trt.Logger.WARNING)
+        runtime = trt.Runtime(logger)
+        engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if engine is None:
+            raise ModelError("TensorRT could not deserialize the engine (truncated or corrupt?)", self.path)
+        context = engine.create_execution_context()
+        if context is None:
+            raise BackendError("could not create a TensorRT execution context (GPU memory?)", self.path)
+        self._trt, self._cudart, self._engine, self._context = trt, cudart, engine, context
+        self._stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+            shape = tuple(d if d >= 0 else None for d in engine.get_tensor_shape(name))
+            spec = TensorSpec(name, dtype, shape)
+            if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                self.input_specs[name] = spec
+                lo, opt, hi = engine.get_tensor_profile_shape(name, 0)
+                self.profile[name] = (tuple(lo), tuple(opt), tuple(hi))
+            else:
+                self.output_specs[name] = spec
+
+    def max_batch(self) -> int | None:
+        name = next(iter(self.input_specs))
+        return int(self.profile[name][2][0]) if name in self.profile else super().max_batch()
+
+    def check_feed(self, feed: dict[str, np.ndarray]) -> None:
+        super().check_feed(feed)
+        for name, (lo, _, hi) in self.profile.items():
+            shape = feed[name].shape
+            if any(s < a or s > b for s, a, b in zip(shape, lo, hi)):
+                raise InputError(
+                    f"input {name!r}: shape {tuple(shape)} is outside the engine's profile "
+                    f"(min {tuple(lo)}, max {tuple(hi)})",
+                    self.path,
+                )
+
+    def _buffer(self, name: str, nbytes: int) -> int:
+        ptr, size = self._buffers.get(name, (0, 0))
+        if size < nbytes:
+            if ptr:
+                _check(self._cudart.cudaFree(ptr), "cudaFree")
+            ptr = int(_check(self._cudart.cudaMalloc(nbytes), "cudaMalloc"))
+            self._buffers[name] = (ptr, nbytes)
+        return ptr
+
+    def _infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        cudart, ctx, stream = self._cudart, self._context, self._stream
+        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        with self._lock:
+            hosts = {}
+            for name, array in feed.items():
+                array = np.ascontiguousarray(array)
+                hosts[name] = array  # keep alive until the stream is synchronized
+                if not ctx.set_input_shape(name, array.shape):
+                    raise InputError(f"TensorRT rejected shape {array.shape} for {name!r}", self.path)
+                ptr = self._buffer(name, array.nbytes)
+                _check(cudart.cudaMemcpyAsync(ptr, array.ctypes.data, array.nbytes, h2d, stream), "copy in")
+                ctx.set_tensor_address(name, ptr)
+            outputs = {}
+            for name, spec in self.output_specs.items():
+                out = np.empty(tuple(ctx.get_tensor_shape(name)), dtype=spec.dtype)
+                ptr = self._buffer(name, max(out.nbytes, 1))
+                ctx.set_tensor_address(name, ptr)
+                outputs[name] = out
+            if not ctx.execute_async_v3(stream):
+                raise BackendError("TensorRT execution failed", self.path)
+            for name, out in outputs.items():
+                ptr = self._buffers[name][0]
+                _check(cudart.cudaMemcpyAsync(out.ctypes.data, ptr, out.nbytes, d2h, stream), "copy out")
+            _check(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+        return outputs
+
+    def _deactivate_impl(self) -> None:
+        if self._cudart is not None:
+            for ptr, _ in self._buffers.values():
+                self._cudart.cudaFree(ptr)
+            if self._stream is not None:
+                self._cudart.cudaStreamDestroy(self._stream)
+        self._buffers.clear()
+        self._context = self._engine = self._stream = None
+
+    @property
+    def providers(self) -> list[str]:
+        version = self.sidecar.get("tensorrt_version", "?")
+        return [f"TensorRT {version}"]
+
+
+def tensorrt_version() -> str | None:
+    """The installed TensorRT version, or None."""
+    try:
+        import tensorrt
+    except ImportError:
+        return None
+    return str(tensorrt.__version__)

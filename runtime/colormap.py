@@ -1,0 +1,46 @@
+"""Depth -> color image through the turbo lookup table (generated from matplotlib by tools/make_colormap.py)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from mde.errors import InputError
+
+LUT_PATH = Path(__file__).with_name("turbo_lut.npy")
+
+
+@functools.lru_cache(maxsize=1)
+def turbo_lut() -> np.ndarray:
+    """The 256 x 3 uint8 turbo table (index 0 = dark blue, 255 = dark red)."""
+    lut = np.load(LUT_PATH, allow_pickle=False)
+    if lut.shape != (256, 3) or lut.dtype != np.uint8:
+        raise InputError(f"colormap table must be 256x3 uint8, got {lut.dtype} {lut.shape}", LUT_PATH)
+    lut.setflags(write=False)
+    return lut
+
+
+def colorize(
+    depth: np.ndarray, max_depth: float, invalid_color: tuple[int, int, int] = (0, 0, 0)
+) -> np.ndarray:
+    """H x W depth in metres -> H x W x 3 uint8 RGB, turbo colormap.
+
+    Near is red (depth 0 -> the table's red end), far is blue (depth >= `max_depth` -> its
+    blue end); the scale is fixed by `max_depth`, so colors mean the same distance in
+    every image. Invalid pixels (0, negative, NaN, inf) get `invalid_color`.
+    """
+    depth = np.asarray(depth, dtype=np.float32)
+    if depth.ndim == 3 and depth.shape[0] == 1:
+        depth = depth[0]
+    if depth.ndim != 2:
+        raise InputError(f"expected an H x W depth map, got shape {depth.shape}")
+    if not max_depth > 0:
+        raise InputError(f"max_depth must be > 0, got {max_depth}")
+    valid = np.isfinite(depth) & (depth > 0)
+    scaled = np.clip(np.where(valid, depth, 0.0) / np.float32(max_depth), 0.0, 1.0)
+    index = np.rint((1.0 - scaled) * 255.0).astype(np.uint8)
+    rgb = turbo_lut()[index]
+    rgb[~valid] = np.asarray(invalid_color, dtype=np.uint8)
+    return rgb

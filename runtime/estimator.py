@@ -1,0 +1,179 @@
+"""`DepthEstimator`: RGB image in, metric depth map (or point cloud) out, on any registered backend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mde.runtime.backends.base import Runner, open_runner
+from mde.runtime.images import to_rgb8
+from mde.runtime.metadata import OUTPUT_NAME, ModelMetadata
+from mde.runtime.preprocess import postprocess, preprocess
+
+from mde.errors import InputError
+
+SIZE_MULTIPLE = 32
+
+
+def round_size(height: int, width: int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
+    """Round an image size to the nearest multiples of `multiple` (at least one multiple)."""
+    return (
+        max(multiple, round(height / multiple) * multiple),
+        max(multiple, round(width / multiple) * multiple),
+    )
+
+
+class DepthEstimator:
+    """Metric depth from one RGB image, using the preprocessing stored in the artifact's metadata.
+
+    Every image is resized to the model's input size (`metadata.input_size`, the size it
+    was trained and exported at), run, and the depth resized back to the image's own
+    resolution. With `native_resolution=True` and a model exported with dynamic H/W
+    (`metadata.dynamic_size`), images run at their own size rounded to multiples of 32
+    instead (sharper, slower, and outside the resolution parity was checked at).
+
+    Thread-safe: the estimator keeps no per-call state, so one instance may serve several
+    threads (ONNX Runtime's `run` is thread-safe; the TensorRT runner serializes calls).
+
+    Args:
+        runner: an activated backend runner (see `DepthEstimator.open`).
+        native_resolution: see above; ignored unless the model has dynamic H/W.
+        batch_size: largest chunk `predict_batch` sends through a dynamic-batch model.
+    """
+
+    def __init__(self, runner: Runner, native_resolution: bool = False, batch_size: int = 8):
+        if runner.metadata is None or not runner.input_specs:
+            raise InputError("DepthEstimator needs an activated runner", runner.path)
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        self.runner = runner
+        self.native_resolution = native_resolution and runner.metadata.dynamic_size
+        self.batch_size = batch_size
+        self.input_name = next(iter(runner.input_specs))
+        outputs = list(runner.output_specs)
+        self.output_name = OUTPUT_NAME if OUTPUT_NAME in outputs else outputs[0]
+        self.input_dtype = runner.input_specs[self.input_name].dtype
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        backend: str = "auto",
+        providers: Sequence[str] | None = None,
+        threads: int = 0,
+        **options: Any,
+    ) -> DepthEstimator:
+        """Open an `.onnx` or `.engine` artifact.
+
+        Args:
+            path: the artifact.
+            backend: "auto" (from the suffix), "onnxruntime" or "tensorrt".
+            providers: ONNX Runtime providers (None: chosen for this machine).
+            threads: ONNX Runtime intra-op threads (0: its default).
+            options: `native_resolution`, `batch_size` for the estimator; the rest go to the runner.
+        """
+        est_opts = {k: options.pop(k) for k in ("native_resolution", "batch_size") if k in options}
+        runner_opts: dict[str, Any] = dict(options)
+        if providers is not None:
+            runner_opts["providers"] = providers
+        if threads:
+            runner_opts["threads"] = threads
+        return cls(open_runner(path, backend, **runner_opts), **est_opts)
+
+    # -- properties ---------------------------------------------------------------
+    @property
+    def metadata(self) -> ModelMetadata:
+        return self.runner.metadata  # type: ignore[return-value]
+
+    @property
+    def backend(self) -> str:
+        return self.runner.name
+
+    @property
+    def providers(self) -> list[str]:
+        return self.runner.providers
+
+    def network_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) an image of this size is run at."""
+        if self.native_resolution:
+            return round_size(height, width)
+        return tuple(self.metadata.input_size)  # type: ignore[return-value]
+
+    # -- inference ----------------------------------------------------------------
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Raw model call: N x 3 x h x w float32 in [0, 1] -> N x 1 x h x w depth in metres."""
+        batch = np.asarray(batch)
+        if batch.dtype != self.input_dtype:
+            if not np.issubdtype(batch.dtype, np.floating):
+                raise InputError(f"expected a float32 batch, got {batch.dtype}")
+            batch = batch.astype(self.input_dtype)
+        return self.runner.infer({self.input_name: batch})[self.output_name]
+
+    def predict(self, rgb: np.ndarray) -> np.ndarray:
+        """H x W x 3 uint8 RGB -> H x W float32 depth in metres, at the image's resolution.
+
+        Grayscale, RGBA, 16-bit and float [0, 1] images are converted first.
+        """
+        rgb = to_rgb8(rgb, "image")
+        size = rgb.shape[:2]
+        out = self.infer(preprocess([rgb], self.network_size(*size)))
+        return postprocess(out[0], size, self.metadata.max_depth)
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Several images of any sizes -> their depth maps, in order.
+
+        Images that run at the same network size go through the model together, in chunks
+        of up to `batch_size` when the model has a dynamic batch axis.
+        """
+        rgbs = [to_rgb8(img, f"image {i}") for i, img in enumerate(images)]
+        limit = self.runner.max_batch()
+        chunk = self.batch_size if limit is None else max(1, min(self.batch_size, limit))
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, rgb in enumerate(rgbs):
+            groups.setdefault(self.network_size(*rgb.shape[:2]), []).append(i)
+        results: list[np.ndarray | None] = [None] * len(rgbs)
+        for size, idx in groups.items():
+            for start in range(0, len(idx), chunk):
+                part = idx[start : start + chunk]
+                out = self.infer(preprocess([rgbs[i] for i in part], size))
+                for j, i in enumerate(part):
+                    results[i] = postprocess(out[j], rgbs[i].shape[:2], self.metadata.max_depth)
+        return results  # type: ignore[return-value]
+
+    @staticmethod
+    def to_points(depth: np.ndarray, fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
+        """Back-project a depth map (z in metres) to an N x 3 float32 camera-frame point cloud.
+
+        Pinhole model, pixel (u, v) = (column, row) indices: x = (u - cx) z / fx,
+        y = (v - cy) z / fy, z = depth. Invalid pixels (0, negative, NaN, inf) are dropped;
+        points are in row-major pixel order.
+        """
+        depth = np.asarray(depth)
+        if depth.ndim == 3 and depth.shape[0] == 1:
+            depth = depth[0]
+        if depth.ndim != 2 or depth.size == 0:
+            raise InputError(f"expected an H x W depth map, got shape {depth.shape}")
+        if not (fx > 0 and fy > 0):
+            raise InputError(f"focal lengths must be > 0, got fx={fx}, fy={fy}")
+        depth = depth.astype(np.float32, copy=False)
+        valid = np.isfinite(depth) & (depth > 0)
+        v, u = np.nonzero(valid)
+        z = depth[v, u]
+        x = (u.astype(np.float32) - np.float32(cx)) * z / np.float32(fx)
+        y = (v.astype(np.float32) - np.float32(cy)) * z / np.float32(fy)
+        return np.stack([x, y, z], axis=1).astype(np.float32, copy=False)
+
+    # -- lifecycle ----------------------------------------------------------------
+    def close(self) -> None:
+        self.runner.deactivate()
+
+    def __enter__(self) -> DepthEstimator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"DepthEstimator({str(self.runner.path)!r}, backend={self.backend!r}, providers={self.providers})"

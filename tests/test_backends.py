@@ -1,0 +1,266 @@
+"""Backend registry, runner input validation, ONNX Runtime providers, TensorRT sidecar checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mde.runtime.backends import base
+from mde.runtime.backends.base import (
+    BACKENDS,
+    Runner,
+    TensorSpec,
+    backend_names,
+    open_runner,
+    register_backend,
+)
+from mde.runtime.backends.onnxruntime import CPU_EP, OnnxRuntimeRunner, default_providers
+from mde.runtime.backends.tensorrt import (
+    TensorRTRunner,
+    check_sidecar,
+    read_sidecar,
+    sidecar_metadata,
+)
+from mde.runtime.metadata import ModelMetadata
+
+from mde.errors import BackendError, InputError, ModelError
+
+
+@pytest.fixture(scope="module")
+def onnx_path(tiny_export) -> Path:
+    return tiny_export / "model.onnx"
+
+
+@pytest.fixture(scope="module")
+def runner(onnx_path):
+    with open_runner(onnx_path, threads=1) as r:
+        yield r
+
+
+def _sidecar(version: str = "11.0.1.5", cc: str = "9.0") -> dict:
+    meta = ModelMetadata(input_size=(64, 64), max_depth=20.0, precision="fp16", backbone="resnet18")
+    return {
+        "tensorrt_version": version,
+        "gpu_name": "NVIDIA H100 80GB HBM3",
+        "compute_capability": cc,
+        "profile": {"image": {"min": [1, 3, 64, 64], "opt": [4, 3, 64, 64], "max": [8, 3, 64, 64]}},
+        "precision": "fp16",
+        "onnx_sha256": "0" * 64,
+        "build_date": "2025-01-01T00:00:00Z",
+        "metadata": meta.to_props(),
+    }
+
+
+@pytest.fixture
+def fake_engine(tmp_path) -> Path:
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"not really an engine")
+    (tmp_path / "model.engine.json").write_text(json.dumps(_sidecar()))
+    return engine
+
+
+# -- registry -----------------------------------------------------------------------
+def test_builtin_backends_registered():
+    names = backend_names()
+    assert {"onnxruntime", "tensorrt"} <= set(names)
+    assert BACKENDS["onnxruntime"] is OnnxRuntimeRunner and BACKENDS["tensorrt"] is TensorRTRunner
+
+
+def test_register_backend_adds_a_runner(monkeypatch, tmp_path):
+    monkeypatch.setattr(base, "BACKENDS", dict(BACKENDS))
+
+    @register_backend("echo")
+    class EchoRunner(Runner):
+        def _activate_impl(self) -> None:
+            self.metadata = ModelMetadata(input_size=(2, 2), max_depth=1.0)
+            self.input_specs = {"x": TensorSpec("x", np.dtype(np.float32), (None, 2))}
+            self.output_specs = {"y": TensorSpec("y", np.dtype(np.float32), (None, 2))}
+
+        def _infer_impl(self, feed):
+            return {"y": feed["x"] * 2}
+
+    model = tmp_path / "m.bin"
+    model.write_bytes(b"x")
+    assert "echo" in base.backend_names()
+    with open_runner(model, backend="echo") as r:
+        assert r.name == "echo" and r.is_active
+        np.testing.assert_array_equal(r.infer({"x": np.ones((3, 2), np.float32)})["y"], np.full((3, 2), 2.0))
+    assert not r.is_active
+    with pytest.raises(InputError, match="not active"):
+        r.infer({"x": np.ones((3, 2), np.float32)})
+
+
+def test_unknown_backend_lists_valid_names(onnx_path):
+    with pytest.raises(InputError, match="unknown backend 'tflite'; choose from: auto, onnxruntime, tensorrt"):
+        open_runner(onnx_path, backend="tflite")
+
+
+@pytest.mark.parametrize(
+    "name, content, error, match",
+    [
+        ("missing.onnx", None, ModelError, "not found"),
+        ("empty.onnx", b"", ModelError, "empty"),
+        ("garbage.onnx", b"\x08\x07garbage" * 10, ModelError, "cannot load ONNX model"),
+        ("model.tflite", b"abc", InputError, "cannot pick a backend"),
+        ("model.engine", b"abc", ModelError, "sidecar model.engine.json not found"),
+    ],
+)
+def test_open_runner_bad_files(tmp_path, name, content, error, match):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(error, match=match) as info:
+        open_runner(path)
+    assert name in str(info.value)
+
+
+def test_onnx_without_metadata_is_model_error(tmp_path, onnx_path):
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(str(onnx_path))
+    del model.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, str(bare))
+    with pytest.raises(ModelError, match="no mde metadata"):
+        open_runner(bare)
+
+
+# -- input validation -----------------------------------------------------------------
+def test_runner_specs(runner):
+    spec = runner.input_specs["image"]
+    assert spec.dtype == np.float32 and spec.shape[1:] == (3, 64, 64)
+    assert list(runner.output_specs) == ["depth"]
+    assert runner.providers == [CPU_EP]
+
+
+@pytest.mark.parametrize(
+    "feed, match",
+    [
+        ({"img": np.zeros((1, 3, 64, 64), np.float32)}, r"expected inputs \['image'\], got \['img'\]"),
+        ({"image": np.zeros((1, 3, 64, 64), np.float32), "extra": np.zeros(1)}, "expected inputs"),
+        ({"image": np.zeros((1, 3, 64, 64), np.float64)}, "expected dtype float32, got float64"),
+        ({"image": np.zeros((1, 3, 32, 32), np.float32)}, r"expected shape \(\?, 3, 64, 64\), got \(1, 3, 32, 32\)"),
+        ({"image": np.zeros((3, 64, 64), np.float32)}, "expected shape"),
+        ({"image": np.zeros((0, 3, 64, 64), np.float32)}, "expected shape"),
+        ({"image": [[0.0]]}, "numpy array"),
+        ([np.zeros((1, 3, 64, 64), np.float32)], "dict"),
+    ],
+    ids=["name", "extra", "dtype", "shape", "ndim", "zero-batch", "list-value", "not-dict"],
+)
+def test_runner_rejects_bad_feeds(runner, feed, match):
+    with pytest.raises(InputError, match=match):
+        runner.infer(feed)
+
+
+def test_runner_infers_batches(runner):
+    x = np.random.default_rng(0).random((3, 3, 64, 64), dtype=np.float32)
+    out = runner.infer({"image": x})["depth"]
+    assert out.shape == (3, 1, 64, 64) and out.dtype == np.float32
+    np.testing.assert_allclose(out[1:2], runner.infer({"image": x[1:2]})["depth"], atol=1e-5)
+
+
+# -- onnxruntime providers ------------------------------------------------------------
+def test_default_providers_order_and_fallback():
+    assert default_providers(["CPUExecutionProvider"]) == [CPU_EP]
+    chosen = default_providers(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert chosen[-1] == CPU_EP
+    order = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert chosen == [p for p in order if p in chosen]
+
+
+def test_explicit_unknown_provider_is_backend_error(onnx_path):
+    with pytest.raises(BackendError, match="NopeExecutionProvider"):
+        open_runner(onnx_path, providers=["NopeExecutionProvider"])
+
+
+def test_explicit_cpu_provider_and_threads(onnx_path):
+    with open_runner(onnx_path, providers=[CPU_EP], threads=1, inter_op_threads=1) as r:
+        assert r.providers == [CPU_EP]
+
+
+def test_negative_threads_rejected(onnx_path):
+    with pytest.raises(InputError, match="thread"):
+        open_runner(onnx_path, threads=-1)
+
+
+# -- tensorrt: sidecar (pure, runs everywhere) -------------------------------------------
+def test_check_sidecar_accepts_same_version_and_arch():
+    check_sidecar(_sidecar("11.0.1.5", "9.0"), "11.0.1.5", "9.0")
+    check_sidecar(_sidecar("11.0.1.5", "9.0"), "11.0.1", "9.0")  # build number not significant
+
+
+@pytest.mark.parametrize(
+    "installed, cc, match",
+    [
+        ("10.3.0", "9.0", (r"engine built with TensorRT 11\.0\.1\.5 for sm_90 \(NVIDIA H100 80GB HBM3\); "
+                           r"this machine has TensorRT 10\.3\.0 / sm_90")),
+        ("11.0.1.5", "8.7", r"TensorRT 11\.0\.1\.5 for sm_90 .*this machine has TensorRT 11\.0\.1\.5 / sm_87 \(Orin\)"),
+        ("10.3", "8.7", "this machine has TensorRT 10.3 / sm_87"),
+        ("11.1.0", "9.0", "11.1.0"),
+    ],
+    ids=["version", "arch", "both", "minor"],
+)
+def test_check_sidecar_mismatch_names_both(installed, cc, match):
+    with pytest.raises(BackendError, match=match):
+        check_sidecar(_sidecar("11.0.1.5", "9.0"), installed, cc, gpu_name="Orin", source="model.engine")
+
+
+def test_read_sidecar_errors(tmp_path):
+    engine = tmp_path / "model.engine"
+    with pytest.raises(ModelError, match="model.engine.json not found"):
+        read_sidecar(engine)
+    (tmp_path / "model.engine.json").write_text("{not json")
+    with pytest.raises(ModelError, match="unreadable engine sidecar"):
+        read_sidecar(engine)
+    (tmp_path / "model.engine.json").write_text(json.dumps({"tensorrt_version": "11.0"}))
+    with pytest.raises(ModelError, match="lacks compute_capability, profile, metadata"):
+        read_sidecar(engine)
+
+
+def test_sidecar_metadata_roundtrip(fake_engine):
+    meta = sidecar_metadata(read_sidecar(fake_engine), fake_engine)
+    assert meta.precision == "fp16" and meta.input_size == (64, 64)
+
+
+def test_tensorrt_missing_is_backend_error_with_install_hint(fake_engine):
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("TensorRT is installed here; the not-installed message cannot be tested")
+    with pytest.raises(BackendError, match=r"pip install 'mde\[tensorrt\]'"):
+        open_runner(fake_engine)
+
+
+# -- tensorrt: real engine (GPU + TensorRT only) -------------------------------------------
+def _have_tensorrt_gpu() -> str | None:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "TensorRT is not installed (pip install 'mde[tensorrt]')"
+    from mde.runtime.backends.onnxruntime import cuda_device_count
+
+    if cuda_device_count() == 0:
+        return "no CUDA GPU"
+    return None
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_tensorrt_engine_runs(tiny_checkpoint, tmp_path):
+    reason = _have_tensorrt_gpu()
+    if reason:
+        pytest.skip(reason)
+    from mde.export.exporter import ExportConfig, export_checkpoint
+    from mde.runtime import DepthEstimator
+
+    export_checkpoint(ExportConfig(checkpoint=tiny_checkpoint, out=tmp_path, precisions=("fp32",), engine=True))
+    with DepthEstimator.open(tmp_path / "model.engine") as est, DepthEstimator.open(tmp_path / "model.onnx") as ref:
+        assert est.backend == "tensorrt"
+        rgb = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+        np.testing.assert_allclose(est.predict(rgb), ref.predict(rgb), atol=5e-3 * est.metadata.max_depth)
+        with pytest.raises(InputError, match="outside the engine's profile"):
+            limit = est.runner.max_batch()
+            est.infer(np.zeros((limit + 1, 3, 64, 64), np.float32))

@@ -1,0 +1,200 @@
+"""`mde predict`, `mde bench` and `mde info` on the tiny export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mde.runtime.metadata import ModelMetadata
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def onnx_path(tiny_export) -> Path:
+    return tiny_export / "model.onnx"
+
+
+@pytest.fixture
+def images(tmp_path) -> Path:
+    """A folder: two RGB images of odd sizes, a grayscale and a 16-bit one; plus a nested glob target."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(rng.integers(0, 256, (45, 61, 3), dtype=np.uint8)).save(folder / "a.png")
+    Image.fromarray(rng.integers(0, 256, (70, 33, 3), dtype=np.uint8)).save(folder / "b.jpg")
+    Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)).save(folder / "gray.png")
+    Image.fromarray(rng.integers(0, 65535, (36, 48), dtype=np.uint16)).save(folder / "deep.png")
+    other = tmp_path / "more"
+    other.mkdir()
+    Image.fromarray(rng.integers(0, 256, (50, 52, 3), dtype=np.uint8)).save(other / "c.png")
+    return folder
+
+
+def _sizes(folder: Path) -> dict[str, tuple[int, int]]:
+    return {"a": (45, 61), "b": (70, 33), "gray": (40, 40), "deep": (36, 48)}
+
+
+@pytest.mark.parametrize("fmt", ["color", "png16", "npy"])
+def test_predict_formats_keep_resolution(cli, onnx_path, images, tmp_path, fmt):
+    out = tmp_path / "out"
+    result = cli("predict", onnx_path, images, "--out", out, "--format", fmt)
+    assert result.code == 0, result.err
+    suffix = ".npy" if fmt == "npy" else ".png"
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(f"{stem}{suffix}" for stem in _sizes(images))
+    for stem, size in _sizes(images).items():
+        path = out / f"{stem}{suffix}"
+        if fmt == "npy":
+            depth = np.load(path)
+            assert depth.dtype == np.float32 and depth.shape == size
+            assert 0 < depth.min() and depth.max() <= 20.0
+        else:
+            array = np.asarray(Image.open(path))
+            if fmt == "color":
+                assert array.dtype == np.uint8 and array.shape == (*size, 3)
+            else:
+                assert array.dtype == np.uint16 and array.shape == size
+                assert 0 < array.min() and array.max() <= 20000  # millimetres, max_depth 20 m
+
+
+def test_png16_is_millimetres_of_npy(cli, onnx_path, images, tmp_path):
+    assert cli("predict", onnx_path, images / "a.png", "--out", tmp_path / "n", "--format", "npy").code == 0
+    assert cli("predict", onnx_path, images / "a.png", "--out", tmp_path / "p", "--format", "png16").code == 0
+    metres = np.load(tmp_path / "n" / "a.npy")
+    mm = np.asarray(Image.open(tmp_path / "p" / "a.png")).astype(np.float64)
+    np.testing.assert_allclose(mm, np.rint(metres * 1000.0), atol=0)
+
+
+def test_predict_folder_plus_glob(cli, onnx_path, images, tmp_path):
+    out = tmp_path / "out"
+    pattern = str(tmp_path / "mo*" / "*.png")
+    result = cli("predict", onnx_path, images / "a.png", pattern, "--out", out, "--format", "npy")
+    assert result.code == 0, result.err
+    assert sorted(p.name for p in out.iterdir()) == ["a.npy", "c.npy"]
+    assert np.load(out / "c.npy").shape == (50, 52)
+
+
+def test_predict_skips_corrupt_image_and_exits_1(cli, onnx_path, images, tmp_path):
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    (images / "truncated.jpg").write_bytes((images / "b.jpg").read_bytes()[:200])
+    out = tmp_path / "out"
+    result = cli("predict", onnx_path, images, "--out", out, "--format", "npy")
+    assert result.code == 1
+    assert "skipped" in result.err and "broken.png" in result.err and "truncated.jpg" in result.err
+    assert "2 of 6 images failed" in result.err
+    assert "Traceback" not in result.err
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{s}.npy" for s in _sizes(images))
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--backend", "tflite"], "unknown --backend 'tflite'; choose from: auto, onnxruntime, tensorrt"),
+        (["--format", "jpeg"], "unknown --format 'jpeg'"),
+    ],
+)
+def test_predict_bad_options_exit_2(cli, onnx_path, images, tmp_path, args, match):
+    out = tmp_path / "out"
+    result = cli("predict", onnx_path, images, "--out", out, *args)
+    assert result.code == 2
+    assert match in result.err and len(result.err.strip().splitlines()) == 1
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize(
+    "model, inputs, match",
+    [
+        ("missing.onnx", None, "model file not found"),
+        (None, ["nope.png"], "input not found"),
+        (None, ["*.nothing"], "no images match"),
+    ],
+)
+def test_predict_bad_paths_exit_2(cli, onnx_path, images, tmp_path, model, inputs, match):
+    model_path = tmp_path / model if model else onnx_path
+    args = [str(tmp_path / i) for i in inputs] if inputs else [images]
+    result = cli("predict", model_path, *args, "--out", tmp_path / "out")
+    assert result.code == 2 and match in result.err
+
+
+def test_predict_truncated_model_exit_2(cli, onnx_path, images, tmp_path):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(onnx_path.read_bytes()[:4096])
+    result = cli("predict", bad, images, "--out", tmp_path / "out")
+    assert result.code == 2 and str(bad) in result.err and "cannot load ONNX model" in result.err
+
+
+# -- bench ------------------------------------------------------------------------------
+def test_bench_json(cli, onnx_path, tiny_export, tiny_checkpoint):
+    fp16 = tiny_export / "model.fp16.onnx"
+    result = cli("bench", onnx_path, fp16, "--torch", tiny_checkpoint, "--iterations", "3", "--warmup", "1",
+                 "--batch", "2", "--threads", "1", "--image-size", "48x80", "--json")
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    assert report["config"]["batch"] == 2 and report["config"]["iterations"] == 3
+    rows = report["results"]
+    assert [r["backend"] for r in rows] == ["onnxruntime", "onnxruntime", "torch"]
+    assert [r["precision"] for r in rows] == ["fp32", "fp16", "fp32"]
+    for row in rows:
+        lat = row["latency_ms"]
+        assert set(lat) == {"p50", "p90", "p99", "mean"}
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+        assert row["preprocess_ms"] > 0 and row["postprocess_ms"] > 0 and row["images_per_s"] > 0
+        assert row["end_to_end_ms"]["mean"] >= lat["mean"]
+
+
+def test_bench_table_and_errors(cli, onnx_path):
+    result = cli("bench", onnx_path, "--iterations", "2", "--warmup", "0", "--threads", "1")
+    assert result.code == 0 and "p99" in result.out and "model.onnx" in result.out
+    assert cli("bench").code == 2
+    bad = cli("bench", onnx_path, "--iterations", "0")
+    assert bad.code == 2 and "--iterations" in bad.err
+    assert cli("bench", onnx_path, "--backend", "nope").code == 2
+
+
+# -- info -------------------------------------------------------------------------------
+def test_info_onnx_json(cli, onnx_path):
+    from mde.io import sha256_file
+
+    result = cli("info", onnx_path, "--json")
+    assert result.code == 0, result.err
+    info = json.loads(result.out)
+    assert info["kind"] == "onnx" and info["precision"] == "fp32"
+    assert info["sha256"] == sha256_file(onnx_path) and info["size_bytes"] == onnx_path.stat().st_size
+    assert info["inputs"][0]["name"] == "image" and info["inputs"][0]["shape"][1:] == [3, 64, 64]
+    assert info["outputs"][0]["name"] == "depth"
+    assert info["metadata"]["input_size"] == [64, 64]
+    assert "CPUExecutionProvider" in info["machine"]["providers_available"]
+
+
+def test_info_table(cli, onnx_path):
+    result = cli("info", onnx_path)
+    assert result.code == 0 and "resnet18" in result.out and "CPUExecutionProvider" in result.out
+
+
+def test_info_engine_from_sidecar(cli, tmp_path):
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"engine bytes")
+    meta = ModelMetadata(input_size=(64, 64), max_depth=20.0, precision="fp16", backbone="resnet18")
+    (tmp_path / "model.engine.json").write_text(json.dumps({
+        "tensorrt_version": "11.0.1", "gpu_name": "H100", "compute_capability": "9.0",
+        "profile": {"image": {"min": [1, 3, 64, 64], "opt": [4, 3, 64, 64], "max": [8, 3, 64, 64]}},
+        "precision": "fp16", "onnx_sha256": "0" * 64, "build_date": "2025-01-01", "metadata": meta.to_props(),
+    }))
+    result = cli("info", engine, "--json")
+    assert result.code == 0, result.err
+    info = json.loads(result.out)
+    assert info["kind"] == "engine" and info["precision"] == "fp16"
+    assert info["inputs"][0]["shape"] == [None, 3, 64, 64]
+    assert info["engine"]["tensorrt_version"] == "11.0.1"
+    assert "tensorrt" in info["machine"]
+
+
+@pytest.mark.parametrize("name, content, match", [("x.onnx", None, "not found"), ("x.txt", b"abc", "expected an .onnx")])
+def test_info_bad_file_exit_2(cli, tmp_path, name, content, match):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    result = cli("info", path)
+    assert result.code == 2 and match in result.err

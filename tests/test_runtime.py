@@ -1,0 +1,256 @@
+"""mde.runtime: torch-free import, DepthEstimator API, bad inputs, thread safety, colormap."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mde.runtime import DepthEstimator, colorize, read_metadata
+from mde.runtime.colormap import turbo_lut
+from mde.runtime.estimator import round_size
+from mde.runtime.metadata import ModelMetadata
+
+from mde.errors import InputError, ModelError
+
+
+@pytest.fixture(scope="module")
+def onnx_path(tiny_export) -> Path:
+    return tiny_export / "model.onnx"
+
+
+@pytest.fixture(scope="module")
+def est(onnx_path):
+    with DepthEstimator.open(onnx_path, threads=2) as estimator:
+        yield estimator
+
+
+def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], check=False, capture_output=True, text=True, timeout=120)
+
+
+# -- thinness ---------------------------------------------------------------------
+def test_import_and_cpu_predict_without_torch(onnx_path):
+    """`import mde.runtime` and a CPU prediction work with torch, torchvision and onnx blocked."""
+    proc = _run_python(f"""
+        import sys, json
+        for name in ("torch", "torchvision", "onnx"):
+            sys.modules[name] = None
+        import mde.runtime
+        light = "onnxruntime" not in sys.modules
+        import numpy as np
+        from mde.runtime import DepthEstimator
+        est = DepthEstimator.open({str(onnx_path)!r}, threads=1)
+        depth = est.predict(np.full((37, 53, 3), 128, np.uint8))
+        print(json.dumps({{"light": light, "shape": list(depth.shape), "dtype": str(depth.dtype),
+                          "finite": bool(np.isfinite(depth).all()), "providers": est.providers}}))
+    """)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"light": True, "shape": [37, 53], "dtype": "float32", "finite": True,
+                      "providers": ["CPUExecutionProvider"]}
+
+
+def test_cli_help_does_not_import_torch():
+    proc = _run_python("""
+        import sys
+        from mde.cli import main
+        try:
+            main(["--help"])
+        except SystemExit:
+            pass
+        print("HEAVY", sorted(m for m in ("torch", "torchvision", "onnx") if m in sys.modules))
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout
+
+
+# -- API ----------------------------------------------------------------------------
+@pytest.mark.parametrize("size", [(64, 64), (37, 53), (101, 19), (200, 320)])
+def test_predict_keeps_input_resolution(est, size):
+    depth = est.predict(_rgb(*size))
+    assert depth.shape == size and depth.dtype == np.float32
+    assert np.isfinite(depth).all()
+    assert 0.0 <= depth.min() and depth.max() <= est.metadata.max_depth
+
+
+def test_predict_matches_raw_infer(est):
+    from mde.runtime.preprocess import postprocess, preprocess
+
+    rgb = _rgb(64, 64, seed=3)
+    raw = est.infer(preprocess([rgb], est.metadata.input_size))
+    assert raw.shape == (1, 1, *est.metadata.input_size)
+    np.testing.assert_array_equal(est.predict(rgb), postprocess(raw[0], (64, 64), est.metadata.max_depth))
+
+
+def test_predict_batch_matches_predict(est):
+    images = [_rgb(64, 64, 1), _rgb(40, 90, 2), _rgb(64, 64, 3), _rgb(33, 33, 4)]
+    batch = est.predict_batch(images)
+    assert [d.shape for d in batch] == [im.shape[:2] for im in images]
+    for image, depth in zip(images, batch):
+        np.testing.assert_allclose(depth, est.predict(image), rtol=0, atol=1e-5)
+
+
+def test_metadata_and_properties(est, onnx_path):
+    assert isinstance(est.metadata, ModelMetadata)
+    assert est.metadata.input_size == (64, 64)
+    assert est.metadata.backbone == "resnet18"
+    assert est.backend == "onnxruntime"
+    assert est.providers == ["CPUExecutionProvider"]
+    assert read_metadata(onnx_path) == est.metadata
+
+
+def test_to_points_hand_computed():
+    depth = np.array([[2.0, 0.0, 4.0], [np.nan, 1.0, -1.0]], dtype=np.float32)
+    points = DepthEstimator.to_points(depth, fx=2.0, fy=4.0, cx=1.0, cy=0.5)
+    # valid pixels (v, u, z): (0, 0, 2), (0, 2, 4), (1, 1, 1)
+    expected = np.array([
+        [(0 - 1) * 2 / 2, (0 - 0.5) * 2 / 4, 2.0],
+        [(2 - 1) * 4 / 2, (0 - 0.5) * 4 / 4, 4.0],
+        [(1 - 1) * 1 / 2, (1 - 0.5) * 1 / 4, 1.0],
+    ], dtype=np.float32)
+    assert points.dtype == np.float32
+    np.testing.assert_allclose(points, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "depth, kwargs, match",
+    [
+        (np.ones((4, 4, 3), np.float32), {}, "H x W"),
+        (np.ones((0, 4), np.float32), {}, "H x W"),
+        (np.ones((4, 4), np.float32), {"fx": 0.0}, "focal"),
+    ],
+)
+def test_to_points_rejects(depth, kwargs, match):
+    args = {"fx": 1.0, "fy": 1.0, "cx": 0.0, "cy": 0.0, **kwargs}
+    with pytest.raises(InputError, match=match):
+        DepthEstimator.to_points(depth, **args)
+
+
+def test_round_size():
+    assert round_size(37, 53) == (32, 64)
+    assert round_size(5, 500) == (32, 512)
+
+
+# -- bad inputs ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.full((30, 40), 100, np.uint8),                  # grayscale
+        np.full((30, 40, 4), 100, np.uint8),               # RGBA
+        np.full((30, 40, 3), 100 * 256, np.uint16),        # 16-bit
+        np.full((30, 40, 1), 100, np.uint8),               # single channel
+    ],
+    ids=["gray", "rgba", "16bit", "1ch"],
+)
+def test_predict_converts_image_kinds(est, image):
+    depth = est.predict(image)
+    assert depth.shape == (30, 40)
+    rgb = np.full((30, 40, 3), 100, np.uint8)
+    np.testing.assert_allclose(depth, est.predict(rgb), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "image, match",
+    [
+        (np.zeros((0, 10, 3), np.uint8), "empty"),
+        (np.zeros((10, 10, 3), np.int32), "dtype"),
+        (np.zeros((10, 10, 5), np.uint8), "shape"),
+        (np.zeros((2, 10, 10, 3), np.uint8), "shape"),
+        ([[1, 2, 3]], "numpy array"),
+    ],
+    ids=["zero-size", "int32", "5-channels", "4d", "list"],
+)
+def test_predict_rejects_bad_images(est, image, match):
+    with pytest.raises(InputError, match=match):
+        est.predict(image)
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda d: d / "missing.onnx", ModelError, "not found"),
+        (lambda d: (d / "empty.onnx").write_bytes(b"") or d / "empty.onnx", ModelError, "empty"),
+        (lambda d: d, ModelError, "expected a model file"),
+    ],
+    ids=["missing", "empty", "directory"],
+)
+def test_open_rejects_bad_paths(tmp_path, make, error, match):
+    with pytest.raises(error, match=match):
+        DepthEstimator.open(make(tmp_path))
+
+
+def test_open_rejects_truncated_model(tmp_path, onnx_path):
+    truncated = tmp_path / "model.onnx"
+    truncated.write_bytes(onnx_path.read_bytes()[:5000])
+    with pytest.raises(ModelError, match="cannot load ONNX model") as info:
+        DepthEstimator.open(truncated)
+    assert str(truncated) in str(info.value)
+
+
+# -- threads ------------------------------------------------------------------------
+def test_thread_safety_matches_serial(est):
+    images = [_rgb(48 + 8 * i, 64 + 4 * i, seed=10 + i) for i in range(8)]
+    serial = [est.predict(im) for im in images]
+    results: dict[tuple[int, int], np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def work(tid: int) -> None:
+        try:
+            for rep in range(2):
+                for i in range(len(images)):
+                    k = (i + tid) % len(images)  # threads hit different images at the same time
+                    results[(tid, rep * 100 + k)] = est.predict(images[k])
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(results) == 4 * 2 * len(images)
+    for (_, key), depth in results.items():
+        np.testing.assert_array_equal(depth, serial[key % 100])
+
+
+# -- colormap -----------------------------------------------------------------------
+def test_turbo_lut_is_matplotlib_turbo():
+    lut = turbo_lut()
+    assert lut.shape == (256, 3) and lut.dtype == np.uint8
+    pytest.importorskip("matplotlib")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    try:
+        from make_colormap import make_lut
+    finally:
+        sys.path.pop(0)
+    np.testing.assert_array_equal(lut, make_lut())
+
+
+def test_colorize_near_red_far_blue_invalid_black():
+    lut = turbo_lut()
+    depth = np.array([[0.01, 10.0, 30.0], [0.0, np.nan, 20.0]], dtype=np.float32)
+    rgb = colorize(depth, max_depth=20.0)
+    assert rgb.shape == (2, 3, 3) and rgb.dtype == np.uint8
+    np.testing.assert_array_equal(rgb[0, 0], lut[255])  # near: red end
+    np.testing.assert_array_equal(rgb[0, 2], lut[0])    # beyond max: blue end
+    np.testing.assert_array_equal(rgb[1, 2], lut[0])
+    np.testing.assert_array_equal(rgb[1, 0], [0, 0, 0])
+    np.testing.assert_array_equal(rgb[1, 1], [0, 0, 0])
+    assert rgb[0, 0, 0] > rgb[0, 0, 2] and rgb[0, 2, 2] > rgb[0, 2, 0]
+
+
+@pytest.mark.parametrize("depth, max_depth", [(np.ones((2, 2, 2)), 1.0), (np.ones((2, 2)), 0.0)])
+def test_colorize_rejects(depth, max_depth):
+    with pytest.raises(InputError):
+        colorize(depth, max_depth)
