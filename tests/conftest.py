@@ -104,3 +104,20 @@ def block_torch(monkeypatch):
 
     for name in ("torch", "torchvision", "onnx"):
         monkeypatch.setitem(sys.modules, name, None)
+
+
+@pytest.fixture(scope="session")
+def tiny_int8(tmp_path_factory, tiny_export, synth_data):
+    """`model.int8.onnx` calibrated from the tiny export (12 images, no fallback) and its CalibrationReport.
+
+    Shared by the calibration and parity tests (added by the calibration helper).
+    """
+    from mde.calibration.calibrate import calibrate
+    from mde.calibration.config import CalibrationConfig
+
+    out = tmp_path_factory.mktemp("int8") / "model.int8.onnx"
+    report = calibrate(CalibrationConfig(
+        model=tiny_export / "model.onnx", data=synth_data, out=out, num_images=12,
+        holdout_images=6, allow_few=True, max_float_nodes=0, progress=False,
+    ))
+    return out, report

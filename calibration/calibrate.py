@@ -1,0 +1,213 @@
+"""`calibrate(cfg)`: FP32 ONNX -> INT8 Q/DQ ONNX from seeded train images, with accuracy-driven float fallback."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mde.calibration.config import METHODS, MIN_IMAGES, CalibrationConfig
+from mde.runtime.metadata import ModelMetadata
+from mde.runtime.preprocess import preprocess
+
+from mde.console import info, make_progress
+from mde.errors import DataError, InputError, ModelError
+from mde.io import atomic_path, require_file, sha256_file
+
+
+@dataclass
+class CalibrationReport:
+    """What `calibrate` did: images, ranges (computed or reused), float nodes, accuracy before/after."""
+
+    model: str
+    out: str
+    ranges: str
+    ranges_reused: bool
+    method: str
+    seed: int
+    num_images: int
+    holdout_images: int
+    quantized_nodes: int
+    qdq: dict[str, int]
+    target_ssim_drop: float
+    target_met: bool
+    float_nodes: list[str]
+    fp32: dict[str, float]               # FP32 RMSE/SSIM vs ground truth on the held-out images
+    before: dict[str, float]             # all quantizable nodes INT8
+    after: dict[str, float]              # with `float_nodes` kept float (the written model)
+    ranking: list[tuple[str, float]] = field(default_factory=list)
+    steps: list[tuple[int, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check_config(cfg: CalibrationConfig) -> None:
+    if cfg.method not in METHODS:
+        raise InputError(f"--method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
+    if cfg.num_images < 1 or cfg.holdout_images < 1:
+        raise InputError(f"--num-images and holdout images must be >= 1, got {cfg.num_images}, {cfg.holdout_images}")
+    if cfg.max_float_nodes < 0 or not 0.0 <= cfg.target_ssim_drop <= 1.0:
+        raise InputError("--max-float-nodes must be >= 0 and --target-ssim-drop in [0, 1]")
+    if not 0.0 < cfg.percentile <= 100.0:
+        raise InputError(f"percentile must be in (0, 100], got {cfg.percentile}")
+    if Path(cfg.out).suffix != ".onnx":
+        raise InputError("expected an output file name ending in .onnx", cfg.out)
+    if Path(cfg.out).resolve() == Path(cfg.model).resolve():
+        raise InputError("the output would overwrite the input model", cfg.out)
+    if Path(cfg.out).exists() and not cfg.force:
+        raise InputError("output exists (use --force to overwrite)", cfg.out)
+
+
+def load_source(path: Path) -> tuple[Any, ModelMetadata]:
+    """Load the FP32 ONNX and its `mde.*` metadata; refuse non-ONNX, metadata-less, FP16 or quantized models."""
+    import onnx
+    from google.protobuf.message import DecodeError
+    from mde.calibration.quantize import is_quantized
+
+    path = require_file(path, "ONNX model")
+    try:
+        model = onnx.load(str(path))
+    except (DecodeError, ValueError, OSError, RuntimeError) as err:
+        raise ModelError(f"not an ONNX model ({type(err).__name__})", path) from None
+    if not model.ir_version or not model.graph.node:
+        raise ModelError("not an ONNX model (no graph)", path)
+    meta = ModelMetadata.from_props({p.key: p.value for p in model.metadata_props}, path)
+    if is_quantized(model):
+        raise ModelError("already quantized (has QuantizeLinear/DequantizeLinear nodes); "
+                         "calibrate the FP32 model.onnx", path)
+    if meta.precision != "fp32":
+        raise ModelError(f"expected an FP32 model, found precision {meta.precision}", path)
+    return model, meta
+
+
+def select_images(names: list[str], cfg: CalibrationConfig, source: Path) -> tuple[list[int], list[int]]:
+    """Seeded draw: held-out indices first (min(holdout, N//4)), then up to `num_images` calibration indices."""
+    perm = np.random.default_rng(cfg.seed).permutation(len(names)).tolist()
+    n_hold = min(cfg.holdout_images, len(names) // 4)
+    if n_hold == 0:
+        raise DataError(f"train split has {len(names)} images; need at least 4 (calibration + held-out)", source)
+    holdout, calib = perm[:n_hold], perm[n_hold:n_hold + cfg.num_images]
+    if len(calib) < MIN_IMAGES and not cfg.allow_few:
+        raise DataError(
+            f"{len(calib)} calibration images (train split: {len(names)}, {n_hold} held out); "
+            f"expected at least {MIN_IMAGES} (use --allow-few to accept fewer)", source)
+    return holdout, calib
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool) -> Iterator[Any]:
+    if not enabled:
+        yield None
+        return
+    with make_progress() as progress:
+        yield progress
+
+
+def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
+    """Calibrate `cfg.model` on train images, quantize to Q/DQ INT8, fall back to float where needed, write `cfg.out`.
+
+    Raises:
+        InputError, ModelError, DataError: bad model, dataset or options (exit 2).
+    """
+    import onnx
+    import onnxruntime
+    from mde.calibration import fallback
+    from mde.calibration import quantize as qz
+    from mde.train.data import open_dataset
+
+    started = time.perf_counter()
+    cfg.model, cfg.data, cfg.out = Path(cfg.model), Path(cfg.data), Path(cfg.out)
+    _check_config(cfg)
+    source, meta = load_source(cfg.model)
+    dataset = open_dataset(cfg.data, split="train")
+    names = list(dataset.names)
+    hold_idx, calib_idx = select_images(names, cfg, cfg.data)
+    calib_names = [names[i] for i in calib_idx]
+    size = tuple(meta.input_size)
+
+    key = {
+        "model_sha256": sha256_file(cfg.model), "method": cfg.method, "seed": cfg.seed,
+        "images": calib_names, "input_size": list(size), "op_types": list(cfg.op_types),
+        "percentile": cfg.percentile if cfg.method == "percentile" else None,
+        "onnxruntime": onnxruntime.__version__,
+    }
+    ranges = qz.load_ranges(cfg.ranges_path, key) if cfg.reuse_ranges else None
+    reused = ranges is not None
+
+    with tempfile.TemporaryDirectory(prefix="mde-calibrate-") as tmp, _progress(cfg.progress) as progress:
+        pre_path = Path(tmp) / "pre.onnx"
+        qz.pre_process(cfg.model, pre_path)
+        pre = onnx.load(str(pre_path))
+        if ranges is None:
+            task = progress.add_task("calibrate", total=len(calib_idx), info=cfg.method) if progress else None
+            batches = []
+            for i in calib_idx:
+                batches.append(preprocess(dataset[i].rgb, size))
+            ranges = qz.collect_ranges(
+                pre_path, batches, cfg.method, cfg.op_types, cfg.percentile,
+                on_batch=(lambda: progress.advance(task)) if progress else None)
+            qz.save_ranges(cfg.ranges_path, key, ranges)
+        else:
+            info(f"reusing calibration ranges from {cfg.ranges_path}")
+
+        holdout = [dataset[i] for i in hold_idx]
+        inputs = np.concatenate([preprocess(s.rgb, size) for s in holdout])
+        evaluator = fallback.Evaluator(source.SerializeToString(), inputs, [s.depth for s in holdout],
+                                       meta.max_depth)
+        qdq = qz.quantize(pre, ranges, cfg.method, cfg.op_types)
+        before = evaluator.measure(qdq)
+        candidates = qz.quantizable_nodes(qdq, cfg.fallback_op_types)
+        search = fallback.SearchResult(steps=[(0, before.drop)])
+        if before.drop > cfg.target_ssim_drop and cfg.max_float_nodes > 0 and candidates:
+            task = progress.add_task("sensitivity", total=len(candidates), info="") if progress else None
+
+            def build(nodes):
+                return qz.with_float_nodes(qdq, pre, nodes, cfg.op_types)
+
+            ranking = fallback.rank_nodes(
+                build, candidates, evaluator,
+                on_node=(lambda n: progress.update(task, advance=1, info=n[-40:])) if progress else None)
+            search = fallback.greedy_fallback(build, ranking, evaluator, cfg.target_ssim_drop,
+                                              cfg.max_float_nodes, before.drop)
+        final, after = qdq, before
+        if search.float_nodes:
+            final = qz.quantize(pre, ranges, cfg.method, cfg.op_types, nodes_to_exclude=search.float_nodes)
+            after = evaluator.measure(final)
+
+    calibration = {
+        "method": cfg.method, "images": len(calib_idx), "seed": cfg.seed,
+        "holdout_images": len(hold_idx), "float_nodes": search.float_nodes,
+        "ssim_drop": round(after.drop, 6), "ssim_drop_all_int8": round(before.drop, 6),
+        "target_ssim_drop": cfg.target_ssim_drop,
+        "drop_definition": "1 - SSIM(int8 prediction, fp32 prediction) on held-out train images",
+        "tool": f"onnxruntime.quantization {onnxruntime.__version__} (QDQ, symmetric int8, per-channel weights)",
+    }
+    props = {p.key: p.value for p in source.metadata_props}
+    props["mde.precision"] = json.dumps("int8")
+    props["mde.calibration"] = json.dumps(calibration, sort_keys=True)
+    del final.metadata_props[:]
+    for k, v in props.items():
+        final.metadata_props.add(key=k, value=v)
+    with atomic_path(cfg.out) as tmp_out:
+        onnx.save(final, str(tmp_out))
+
+    return CalibrationReport(
+        model=str(cfg.model), out=str(cfg.out), ranges=str(cfg.ranges_path), ranges_reused=reused,
+        method=cfg.method, seed=cfg.seed, num_images=len(calib_idx), holdout_images=len(hold_idx),
+        quantized_nodes=len(candidates) - len(search.float_nodes), qdq=qz.qdq_summary(final),
+        target_ssim_drop=cfg.target_ssim_drop, target_met=after.drop <= cfg.target_ssim_drop,
+        float_nodes=list(search.float_nodes),
+        fp32={"rmse": round(evaluator.fp32[0], 6), "ssim": round(evaluator.fp32[1], 6)},
+        before=before.to_dict(), after=after.to_dict(),
+        ranking=[(n, round(d, 6)) for n, d in search.ranking], steps=search.steps,
+        seconds=round(time.perf_counter() - started, 2),
+    )
+

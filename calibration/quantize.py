@@ -1,0 +1,246 @@
+"""INT8 Q/DQ building blocks on ONNX Runtime's quantization tools: pre-process, calibrate ranges once, quantize with them.
+
+Why ONNX Runtime's quantizer and not NVIDIA ModelOpt (`modelopt.onnx.quantization`, TensorRT's
+documented path): ModelOpt is not installed here and is heavy (it pulls in torch extras and
+CUDA-oriented dependencies), while `onnxruntime.quantization` ships with the runtime we already
+depend on. With `QuantFormat.QDQ`, per-channel symmetric INT8 weights and symmetric INT8
+activations (zero-point 0) its output is the explicit-quantization ONNX TensorRT 11 builds
+as a strongly typed network, and the same file runs on ONNX Runtime's CPU provider, so INT8
+accuracy is measured here without a GPU. The lower layer (`create_calibrator` -> ranges,
+`QDQQuantizer(tensors_range=...)`) is called directly, as `quantize_static` does internally,
+so the ranges are computed once, saved, and reused by every quantization the fallback needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from mde.errors import ModelError
+from mde.io import write_json_atomic
+
+RANGES_FORMAT = "mde.ranges/1"
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+_EXTRA_OPTIONS = {
+    "ActivationSymmetric": True,   # zero-point 0: TensorRT accepts only symmetric Q/DQ
+    "WeightSymmetric": True,
+    "QDQKeepRemovableActivations": True,  # Relu stays explicit, TensorRT fuses it
+}
+
+
+def _method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile,
+            "minmax": CalibrationMethod.MinMax}[name]
+
+
+def is_quantized(model: onnx.ModelProto) -> bool:
+    """True when the graph already holds QuantizeLinear/DequantizeLinear (or QLinear*) nodes."""
+    return any(n.op_type in QDQ_OPS or n.op_type.startswith("QLinear") for n in model.graph.node)
+
+
+def pre_process(src: Path, dst: Path) -> None:
+    """ONNX Runtime's quantization pre-processing: shape inference and graph optimization (BN folding)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+    except Exception as err:  # noqa: BLE001 - any failure here means the graph is unusable
+        raise ModelError(f"quantization pre-processing failed ({type(err).__name__}: {err})", src) from None
+
+
+def collect_ranges(
+    model_path: Path,
+    batches: Sequence[np.ndarray],
+    method: str,
+    op_types: Sequence[str],
+    percentile: float = 99.999,
+    input_name: str = "image",
+    chunk: int = 16,
+    on_batch: Callable[[], None] | None = None,
+) -> dict[str, tuple[float, float]]:
+    """Run the calibrator over `batches` (one 1x3xHxW array each); return {tensor: (low, high)}.
+
+    Args:
+        model_path: the pre-processed FP32 model.
+        batches: preprocessed calibration inputs.
+        method: "entropy", "percentile" or "minmax".
+        op_types: ops whose tensors are calibrated.
+        percentile: the percentile method's percentile.
+        chunk: images per `collect_data` call (bounds the memory of histogram calibrators).
+        on_batch: called after each image (progress bar).
+    """
+    from onnxruntime.quantization import CalibrationDataReader, create_calibrator
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, items: Sequence[np.ndarray]):
+            self.items = iter(items)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            item = next(self.items, None)
+            if item is None:
+                return None
+            if on_batch is not None:
+                on_batch()
+            return {input_name: item}
+
+    options: dict[str, Any] = {"symmetric": True}
+    if method == "percentile":
+        options["percentile"] = percentile
+    # The histogram calibrators print progress to stdout, which belongs to results (--json).
+    with tempfile.TemporaryDirectory(prefix="mde-calib-") as tmp, contextlib.redirect_stdout(io.StringIO()):
+        calibrator = create_calibrator(
+            model_path, list(op_types), augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            calibrate_method=_method(method), providers=["CPUExecutionProvider"],
+            extra_options=options,
+        )
+        for start in range(0, len(batches), chunk):
+            calibrator.collect_data(Reader(batches[start:start + chunk]))
+        data = calibrator.compute_data()
+    ranges = {}
+    for name, td in data.items():
+        low, high = td.range_value
+        ranges[name] = (float(np.asarray(low).min()), float(np.asarray(high).max()))
+    return ranges
+
+
+def save_ranges(path: Path, key: dict[str, Any], ranges: dict[str, tuple[float, float]]) -> None:
+    """Write the ranges and the key they belong to (model hash, images, seed, method) atomically."""
+    write_json_atomic(path, {"format": RANGES_FORMAT, "key": key,
+                             "ranges": {k: [lo, hi] for k, (lo, hi) in sorted(ranges.items())}})
+
+
+def load_ranges(path: Path, key: dict[str, Any]) -> dict[str, tuple[float, float]] | None:
+    """The saved ranges when `path` exists, parses and was computed for `key`; else None."""
+    try:
+        doc = json.loads(path.read_text())
+        if doc.get("format") != RANGES_FORMAT or doc.get("key") != key:
+            return None
+        return {str(k): (float(v[0]), float(v[1])) for k, v in doc["ranges"].items()}
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return None
+
+
+def quantize(
+    model: onnx.ModelProto,
+    ranges: dict[str, tuple[float, float]],
+    method: str,
+    op_types: Sequence[str],
+    nodes_to_exclude: Sequence[str] = (),
+) -> onnx.ModelProto:
+    """Q/DQ-quantize `model` (pre-processed FP32) with saved `ranges`, keeping `nodes_to_exclude` float.
+
+    Per-channel symmetric INT8 weights, symmetric INT8 activations: every zero-point is 0.
+    """
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData
+    from onnxruntime.quantization.onnx_model import ONNXModel
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+    tensors = TensorsData(_method(method), {
+        name: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for name, (lo, hi) in ranges.items()
+    })
+    quantizer = QDQQuantizer(
+        copy.deepcopy(model), True, False, QuantType.QInt8, QuantType.QInt8, tensors,
+        [], list(nodes_to_exclude), list(op_types), dict(_EXTRA_OPTIONS),
+    )
+    # The quantizer appends some DequantizeLinear nodes after their consumers; ONNX Runtime
+    # does not mind, but onnx.checker and TensorRT's parser want a topologically sorted graph.
+    quantized = ONNXModel(quantizer.quantize_model())
+    quantized.topological_sort()
+    return quantized.model
+
+
+def quantizable_nodes(qdq: onnx.ModelProto, op_types: Sequence[str]) -> list[str]:
+    """Names of the nodes of `op_types` that read at least one DequantizeLinear output, in graph order."""
+    dq_outputs = {o for n in qdq.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [n.name for n in qdq.graph.node
+            if n.op_type in op_types and any(i in dq_outputs for i in n.input)]
+
+
+def with_float_nodes(
+    qdq: onnx.ModelProto, fp32: onnx.ModelProto, nodes: Sequence[str], op_types: Sequence[str]
+) -> onnx.ModelProto:
+    """A cheap stand-in for re-quantizing with `nodes_to_exclude=nodes`: rewire those nodes to float.
+
+    Each named node reads its original float inputs again (the activation before its Q/DQ pair,
+    the float weight and bias copied from `fp32`); Q/DQ on its outputs stays only where a
+    quantized node (`op_types`, not float) reads it. This is what
+    `QDQQuantizer(nodes_to_exclude=...)` produces, without re-running the quantizer, so the
+    sensitivity search costs one ONNX Runtime session per candidate.
+    """
+    model = onnx.ModelProto()
+    model.CopyFrom(qdq)
+    float_nodes = {n.name: n for n in fp32.graph.node}
+    float_inits = {i.name: i for i in fp32.graph.initializer}
+    present = {i.name for i in model.graph.initializer}
+    wanted = set(nodes)
+    for node in model.graph.node:
+        if node.name not in wanted:
+            continue
+        inputs = []
+        for name in float_nodes[node.name].input:
+            if name in float_inits:
+                # The quantizer names a weight's DequantizeLinear output after the weight: use a copy.
+                copy_name = f"{name}_mde_float"
+                if copy_name not in present:
+                    init = model.graph.initializer.add()
+                    init.CopyFrom(float_inits[name])
+                    init.name = copy_name
+                    present.add(copy_name)
+                name = copy_name
+            inputs.append(name)
+        del node.input[:]
+        node.input.extend(inputs)
+    _drop_orphan_output_qdq(model, wanted, op_types)
+    return model
+
+
+def _drop_orphan_output_qdq(model: onnx.ModelProto, float_nodes: set[str], op_types: Sequence[str]) -> None:
+    """Bypass Q/DQ pairs on float nodes' outputs that no quantized consumer needs (as the quantizer does)."""
+    graph = model.graph
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    for node in graph.node:
+        if node.name not in float_nodes:
+            continue
+        for tensor in node.output:
+            for q in [c for c in consumers.get(tensor, []) if c.op_type == "QuantizeLinear"]:
+                dqs = [c for c in consumers.get(q.output[0], []) if c.op_type == "DequantizeLinear"]
+                users = [u for dq in dqs for u in consumers.get(dq.output[0], [])]
+                if any(dq.output[0] in outputs for dq in dqs) or any(
+                    u.op_type in op_types and u.name not in float_nodes for u in users
+                ):
+                    continue
+                for dq in dqs:
+                    for user in consumers.get(dq.output[0], []):
+                        for i, name in enumerate(user.input):
+                            if name == dq.output[0]:
+                                user.input[i] = tensor
+
+
+def qdq_summary(model: onnx.ModelProto) -> dict[str, int]:
+    """Counts of Q, DQ nodes and of non-zero zero-points (must be 0 for TensorRT)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    q = dq = nonzero = 0
+    for node in model.graph.node:
+        if node.op_type not in QDQ_OPS:
+            continue
+        q += node.op_type == "QuantizeLinear"
+        dq += node.op_type == "DequantizeLinear"
+        if len(node.input) > 2 and node.input[2] in inits:
+            nonzero += int(np.any(onnx.numpy_helper.to_array(inits[node.input[2]]) != 0))
+    return {"quantize_linear": q, "dequantize_linear": dq, "nonzero_zero_points": nonzero}

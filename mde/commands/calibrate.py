@@ -1,0 +1,76 @@
+"""`mde calibrate`: FP32 ONNX -> INT8 Q/DQ ONNX (seeded train images, saved ranges, automatic float fallback)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from mde.calibration.config import METHODS, CalibrationConfig
+
+_D = CalibrationConfig.__dataclass_fields__
+
+
+def _default(name: str):
+    return _D[name].default
+
+
+def calibrate_command(
+    model: Path = typer.Argument(..., help="FP32 ONNX exported by `mde export` (model.onnx)."),
+    data: Path = typer.Option(..., "--data", help="Dataset folder; images come from its train split."),
+    out: Path = typer.Option(..., "--out", help="INT8 Q/DQ ONNX to write (ranges go to OUT.ranges.json)."),
+    method: str = typer.Option(_default("method"), "--method", help=f"Range method: {'|'.join(METHODS)}."),
+    num_images: int = typer.Option(_default("num_images"), "--num-images", help="Calibration images."),
+    seed: int = typer.Option(_default("seed"), "--seed", help="Seed of the image draw."),
+    max_float_nodes: int = typer.Option(
+        _default("max_float_nodes"), "--max-float-nodes", help="Most nodes the fallback keeps float."),
+    target_ssim_drop: float = typer.Option(
+        _default("target_ssim_drop"), "--target-ssim-drop",
+        help="Accepted 1 - SSIM(INT8, FP32) on held-out train images."),
+    holdout_images: int = typer.Option(
+        _default("holdout_images"), "--holdout-images", help="Held-out train images for the accuracy check."),
+    allow_few: bool = typer.Option(_default("allow_few"), "--allow-few", help="Accept fewer than 32 images."),
+    reuse_ranges: bool = typer.Option(
+        _default("reuse_ranges"), "--reuse-ranges/--recalibrate", help="Reuse OUT.ranges.json when it matches."),
+    force: bool = typer.Option(_default("force"), "--force", help="Overwrite OUT."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+) -> None:
+    """Calibrate and quantize an FP32 ONNX to INT8 (Q/DQ, symmetric, per-channel weights)."""
+    from mde.calibration.calibrate import calibrate
+
+    cfg = CalibrationConfig(
+        model=model, data=data, out=out, method=method, num_images=num_images, seed=seed,
+        allow_few=allow_few, max_float_nodes=max_float_nodes, target_ssim_drop=target_ssim_drop,
+        holdout_images=holdout_images, force=force, reuse_ranges=reuse_ranges,
+    )
+    report = calibrate(cfg)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), sort_keys=True))
+        return
+    _print(report)
+
+
+def _print(report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"INT8 calibration: {report.out}")
+    for col in ("model", "float nodes", "1-SSIM vs FP32", "RMSE vs FP32 (m)", "RMSE vs GT (m)", "SSIM vs GT"):
+        table.add_column(col)
+    table.add_row("FP32", "-", "0", "0", f"{report.fp32['rmse']:.4f}", f"{report.fp32['ssim']:.4f}")
+    for label, m, n in (("INT8 (all)", report.before, 0), ("INT8 (written)", report.after, len(report.float_nodes))):
+        table.add_row(label, str(n), f"{m['drop']:.2e}", f"{m['rmse_vs_fp32']:.4f}",
+                      f"{m['rmse']:.4f}", f"{m['ssim']:.4f}")
+    console = Console(width=120)
+    console.print(table)
+    console.print(
+        f"{report.num_images} images ({report.method}, seed {report.seed}), ranges "
+        f"{'reused from' if report.ranges_reused else 'saved to'} {report.ranges}; "
+        f"target {report.target_ssim_drop:g} {'met' if report.target_met else 'NOT met'}; "
+        f"float nodes: {', '.join(report.float_nodes) or 'none'}"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("calibrate")(calibrate_command)

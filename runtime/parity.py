@@ -1,0 +1,270 @@
+"""Parity: tolerances per precision and the pure comparison of an artifact's outputs with PyTorch's (torch-free).
+
+Tolerances (DESIGN.md), all checked per artifact on the mean over images:
+  |dRMSE|  = |RMSE(artifact, GT) - RMSE(PyTorch, GT)|  <= rmse_abs (m), or rmse_rel * RMSE(PyTorch, GT)
+  |dSSIM|  = |SSIM(artifact, GT) - SSIM(PyTorch, GT)|  <= ssim_abs
+  p99(|artifact - PyTorch|) / max_depth                <= p99_over_range   (model resolution, all pixels)
+Golden mode has no ground truth: only the tensor statistic is a gate there; RMSE/SSIM of the
+artifact against the saved PyTorch outputs are reported for information.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomllib
+from mde.runtime.preprocess import postprocess
+
+from mde.errors import InputError, ModelError
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """One precision's row of the tolerance table; `rmse_rel` (fraction of PyTorch's RMSE) wins over `rmse_abs`."""
+
+    rmse_abs: float | None = None
+    rmse_rel: float | None = None
+    ssim_abs: float = 0.0
+    p99_over_range: float = 0.0
+
+    def rmse_limit(self, reference_rmse: float) -> float:
+        if self.rmse_rel is not None:
+            return self.rmse_rel * reference_rmse
+        return self.rmse_abs if self.rmse_abs is not None else float("inf")
+
+
+DEFAULT_TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(rmse_abs=1e-4, ssim_abs=1e-4, p99_over_range=1e-4),
+    "fp16": Tolerance(rmse_abs=5e-3, ssim_abs=2e-3, p99_over_range=5e-3),
+    "int8": Tolerance(rmse_rel=0.02, ssim_abs=1e-2, p99_over_range=5e-2),
+}
+
+
+def tolerances_from_dict(table: dict[str, Any], base: dict[str, Tolerance] | None = None,
+                         source: str | Path = "tolerances") -> dict[str, Tolerance]:
+    """Override `base` (default: DESIGN.md's table) with {precision: {field: value}}; unknown names are errors."""
+    result = dict(DEFAULT_TOLERANCES if base is None else base)
+    names = {f.name for f in fields(Tolerance)}
+    for precision, row in table.items():
+        if precision not in DEFAULT_TOLERANCES:
+            raise InputError(f"unknown precision [{precision}]; expected {', '.join(DEFAULT_TOLERANCES)}", source)
+        if not isinstance(row, dict):
+            raise InputError(f"[{precision}] must be a table of tolerances", source)
+        unknown = set(row) - names
+        if unknown:
+            raise InputError(f"unknown tolerance {sorted(unknown)} in [{precision}]; expected {sorted(names)}", source)
+        for key, value in row.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise InputError(f"[{precision}] {key} must be a number >= 0, got {value!r}", source)
+        result[precision] = replace(result[precision], **{k: float(v) for k, v in row.items()})
+    return result
+
+
+def load_tolerances(path: str | Path) -> dict[str, Tolerance]:
+    """Read a TOML file of overrides, e.g. `[int8]\\nssim_abs = 0.02`, over the default table."""
+    path = Path(path)
+    try:
+        table = tomllib.loads(path.read_text())
+    except OSError as err:
+        raise InputError(f"cannot read tolerances ({err.strerror or err})", path) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"not a valid TOML file ({err})", path) from None
+    return tolerances_from_dict(table, source=path)
+
+
+@dataclass
+class ArtifactResult:
+    """One artifact against the reference: metrics, deltas, tensor statistics, verdict."""
+
+    artifact: str
+    precision: str
+    backend: str
+    images: int = 0
+    rmse: float | None = None          # vs ground truth (None in golden mode)
+    ssim: float | None = None
+    abs_rel: float | None = None
+    delta1: float | None = None
+    d_rmse: float | None = None        # artifact - reference
+    d_ssim: float | None = None
+    rmse_vs_reference: float | None = None
+    max_abs_diff: float | None = None  # |artifact - reference| at model resolution, metres
+    mean_abs_diff: float | None = None
+    p99_abs_diff: float | None = None
+    p99_over_range: float | None = None
+    worst_image: str | None = None
+    worst_index: int | None = None
+    tolerance: dict[str, float | None] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)
+    reason: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
+def gt_metrics(raws: Sequence[np.ndarray], gts: Sequence[np.ndarray], max_depth: float,
+                data_range: float) -> list[dict[str, float]]:
+    from mde.runtime.metrics import compute_metrics
+
+    return [compute_metrics(postprocess(raw, gt.shape, max_depth), gt, data_range) for raw, gt in zip(raws, gts)]
+
+
+def compare(
+    reference: Sequence[np.ndarray],
+    artifact: Sequence[np.ndarray],
+    gts: Sequence[np.ndarray] | None,
+    *,
+    tolerance: Tolerance,
+    max_depth: float,
+    data_range: float,
+    names: Sequence[str] | None = None,
+    label: str = "artifact",
+    precision: str = "fp32",
+    backend: str = "onnxruntime",
+    reference_metrics: list[dict[str, float]] | None = None,
+) -> ArtifactResult:
+    """Compare per-image raw outputs (1 x h x w, model resolution) of an artifact with the reference's.
+
+    Args:
+        reference: PyTorch's raw outputs, one per image.
+        artifact: the artifact's raw outputs, same images, same preprocessed input.
+        gts: ground-truth depth maps (any resolution; outputs are postprocessed to it), or None.
+        tolerance: the row of the tolerance table for this artifact's precision.
+        max_depth: the model's output range (postprocess clip; divides the p99 diff).
+        data_range: SSIM's data range (the dataset's max depth).
+        names: image names, for the worst image.
+        reference_metrics: precomputed per-image GT metrics of the reference (saves work).
+    """
+    if len(reference) != len(artifact) or not len(reference):
+        raise InputError(f"expected as many artifact outputs as reference outputs (> 0), got "
+                         f"{len(artifact)} and {len(reference)}")
+    result = ArtifactResult(label, precision, backend, images=len(reference),
+                            tolerance=asdict(tolerance))
+    diffs, p99s = [], []
+    for ref, out in zip(reference, artifact):
+        ref, out = np.asarray(ref, np.float64), np.asarray(out, np.float64)
+        if ref.shape != out.shape:
+            raise InputError(f"{label}: output shape {out.shape} differs from the reference's {ref.shape}")
+        diff = np.abs(out - ref).ravel()
+        diff[~np.isfinite(diff)] = np.inf
+        diffs.append(diff)
+        p99s.append(float(np.percentile(diff, 99)))
+    alldiff = np.concatenate(diffs)
+    worst = int(np.argmax(p99s))
+    result.max_abs_diff = float(alldiff.max())
+    result.mean_abs_diff = float(alldiff.mean())
+    result.p99_abs_diff = float(np.percentile(alldiff, 99))
+    result.p99_over_range = result.p99_abs_diff / max_depth
+    result.worst_index = worst
+    result.worst_image = names[worst] if names is not None else str(worst)
+    result.rmse_vs_reference = float(np.mean([np.sqrt(np.mean(d**2)) for d in diffs]))
+    if not np.isfinite(result.max_abs_diff):
+        result.failed.append("nan")
+    if result.p99_over_range > tolerance.p99_over_range or not np.isfinite(result.p99_over_range):
+        result.failed.append("p99")
+    if gts is None:
+        return result
+    art = gt_metrics(artifact, gts, max_depth, data_range)
+    ref_m = reference_metrics if reference_metrics is not None else gt_metrics(reference, gts, max_depth, data_range)
+    result.rmse, result.ssim = _mean([m["rmse"] for m in art]), _mean([m["ssim"] for m in art])
+    result.abs_rel = _mean([m.get("abs_rel", np.nan) for m in art])
+    result.delta1 = _mean([m.get("delta1", np.nan) for m in art])
+    ref_rmse, ref_ssim = _mean([m["rmse"] for m in ref_m]), _mean([m["ssim"] for m in ref_m])
+    result.d_rmse, result.d_ssim = result.rmse - ref_rmse, result.ssim - ref_ssim
+    if not abs(result.d_rmse) <= tolerance.rmse_limit(ref_rmse):
+        result.failed.append("rmse")
+    if not abs(result.d_ssim) <= tolerance.ssim_abs:
+        result.failed.append("ssim")
+    return result
+
+
+def mismatch(label: str, precision: str, backend: str, reason: str) -> ArtifactResult:
+    """A failed result for an artifact that cannot be compared (preprocessing mismatch)."""
+    return ArtifactResult(label, precision, backend, failed=["preprocess"], reason=reason)
+
+
+def check_golden(
+    golden: str | Path,
+    artifact: str | Path,
+    backend: str = "auto",
+    tolerances: dict[str, Tolerance] | None = None,
+) -> ArtifactResult:
+    """Run `artifact` on `golden.npz`'s inputs and compare with its saved PyTorch outputs (no torch needed).
+
+    Args:
+        golden: the export's golden.npz (`image`, `depth`, `tolerances`).
+        artifact: an .onnx or .engine file.
+        backend: runtime backend name, or "auto".
+        tolerances: overrides; default: the golden file's own table, else DESIGN.md's.
+    """
+    from mde.runtime.backends.base import open_runner
+    from mde.runtime.metadata import INPUT_NAME, OUTPUT_NAME
+
+    golden = Path(golden)
+    try:
+        with np.load(golden, allow_pickle=False) as npz:
+            images, depth = npz["image"].astype(np.float32), npz["depth"].astype(np.float32)
+            saved = json.loads(str(npz["tolerances"])) if "tolerances" in npz.files else {}
+    except (OSError, ValueError, KeyError, EOFError) as err:
+        raise InputError(f"not a golden.npz with 'image' and 'depth' arrays ({type(err).__name__}: {err})",
+                         golden) from None
+    if images.ndim != 4 or depth.ndim != 4 or len(images) != len(depth):
+        raise InputError(f"golden arrays must be N x 3 x H x W and N x 1 x H x W, got {images.shape}, {depth.shape}",
+                         golden)
+    if tolerances is None:
+        table = {p: {k: v for k, v in row.items() if k in {f.name for f in fields(Tolerance)}}
+                 for p, row in saved.items() if p in DEFAULT_TOLERANCES and isinstance(row, dict)}
+        tolerances = tolerances_from_dict(table, source=golden)
+    with open_runner(artifact, backend) as runner:
+        meta = runner.metadata
+        if meta is None:
+            raise ModelError("artifact has no mde metadata", artifact)
+        label = Path(artifact).name
+        if not meta.dynamic_size and tuple(meta.input_size) != tuple(images.shape[2:]):
+            return mismatch(label, meta.precision, runner.name,
+                            f"artifact input size {tuple(meta.input_size)} != golden inputs {tuple(images.shape[2:])}")
+        outputs = [runner.infer({INPUT_NAME: images[i:i + 1]})[OUTPUT_NAME][0] for i in range(len(images))]
+    result = compare(list(depth), outputs, None, tolerance=tolerances[meta.precision], max_depth=meta.max_depth,
+                     data_range=meta.max_depth, label=label, precision=meta.precision, backend=runner.name)
+    return result
+
+
+@dataclass
+class ParityConfig:
+    """Settings of `mde parity` (the CLI options map one to one onto these fields).
+
+    Args:
+        checkpoint: the PyTorch checkpoint (None in golden mode).
+        artifacts: .onnx / .engine files to check.
+        data: dataset folder (checkpoint mode).
+        split: dataset split.
+        limit: at most this many images (0 = all).
+        tolerances: TOML file of tolerance overrides.
+        json_path: write the results as one JSON object here.
+        report: write a Markdown report (and worst-image PNGs beside it) here.
+        backend: runtime backend for every artifact ("auto": from the file suffix).
+        golden: golden.npz for the torch-free mode.
+    """
+
+    checkpoint: Path | None = None
+    artifacts: tuple[Path, ...] = ()
+    data: Path | None = None
+    split: str = "val"
+    limit: int = 0
+    tolerances: Path | None = None
+    json_path: Path | None = None
+    report: Path | None = None
+    backend: str = "auto"
+    golden: Path | None = None

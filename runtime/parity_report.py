@@ -1,0 +1,93 @@
+"""Parity outputs: the rich table, the JSON object and the Markdown report with worst-image PNGs (torch-free)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mde.runtime.parity import ArtifactResult
+
+from mde.io import atomic_path, write_bytes_atomic
+
+COLUMNS = ("artifact", "precision", "backend", "RMSE", "dRMSE", "SSIM", "dSSIM", "p99 diff", "result")
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def rows(results: Sequence[ArtifactResult]) -> list[list[str]]:
+    """Table rows, one per artifact (the table printed, and the Markdown one)."""
+    out = []
+    for r in results:
+        verdict = "PASS" if r.passed else "FAIL (" + ", ".join(r.failed) + ")"
+        out.append([r.artifact, r.precision, r.backend, _fmt(r.rmse, ".4f"), _fmt(r.d_rmse, "+.2e"),
+                    _fmt(r.ssim, ".4f"), _fmt(r.d_ssim, "+.2e"),
+                    "-" if r.p99_abs_diff is None else f"{r.p99_abs_diff:.2e} ({r.p99_over_range:.1e})",
+                    verdict])
+    return out
+
+
+def print_table(results: Sequence[ArtifactResult], title: str) -> None:
+    """The parity table on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in COLUMNS:
+        table.add_column(col, justify="left" if col in ("artifact", "result") else "right")
+    for row, r in zip(rows(results), results):
+        style = "green" if r.passed else "red"
+        table.add_row(*row[:-1], f"[{style}]{row[-1]}[/]")
+    console = Console(width=160)
+    console.print(table)
+    for r in results:
+        if r.reason:
+            console.print(f"[red]{r.artifact}[/]: {r.reason}")
+
+
+def panel(rgb: np.ndarray, reference: np.ndarray, artifact: np.ndarray, max_depth: float) -> np.ndarray:
+    """RGB | PyTorch | artifact | |difference| side by side (H x 4W x 3 uint8), all at the RGB's size."""
+    from mde.runtime.colormap import colorize
+    from mde.runtime.preprocess import resize_rgb
+
+    h, w = reference.shape
+    diff = np.abs(artifact - reference)
+    scale = max(float(diff.max()), 1e-12)
+    gray = np.rint(255.0 * diff / scale).astype(np.uint8)
+    return np.concatenate([resize_rgb(rgb, (h, w)), colorize(reference, max_depth),
+                           colorize(artifact, max_depth), np.repeat(gray[..., None], 3, axis=2)], axis=1)
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Write an RGB uint8 array as PNG, atomically."""
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+
+
+def write_markdown(path: Path, results: Sequence[ArtifactResult], header: dict[str, Any],
+                   images: dict[str, str]) -> None:
+    """The Markdown report: settings, the table, per artifact its tolerances, failures and worst image."""
+    lines = ["# mde parity report", ""]
+    lines += [f"- **{k}**: {v}" for k, v in header.items()]
+    lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows(results)]
+    lines += ["", ("p99 diff: 99th percentile of |artifact - PyTorch| at model resolution, metres "
+                   "(in brackets: divided by the model's max depth)."), ""]
+    for r in results:
+        lines += [f"## {r.artifact} ({r.precision}, {r.backend}): {'PASS' if r.passed else 'FAIL'}", ""]
+        if r.reason:
+            lines += [f"Reason: {r.reason}", ""]
+        if r.failed:
+            lines += [f"Failing metrics: {', '.join(r.failed)}", ""]
+        tol = ", ".join(f"{k} {v:g}" for k, v in r.tolerance.items() if v is not None)
+        lines += [(f"Tolerance: {tol or '-'}; max |diff| {_fmt(r.max_abs_diff, '.3e')} m, "
+                   f"mean |diff| {_fmt(r.mean_abs_diff, '.3e')} m, AbsRel {_fmt(r.abs_rel, '.4f')}, "
+                   f"delta1 {_fmt(r.delta1, '.4f')}, worst image {r.worst_image or '-'}"), ""]
+        if r.artifact in images:
+            lines += [f"![{r.artifact}: RGB | PyTorch | artifact | difference]({images[r.artifact]})", ""]
+    write_bytes_atomic(path, "\n".join(lines).encode())

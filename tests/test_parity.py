@@ -1,0 +1,155 @@
+"""Parity: FP32/FP16/INT8 pass against PyTorch, a perturbed artifact fails by name, mismatches are caught, golden mode is torch-free."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mde.runtime.parity import DEFAULT_TOLERANCES, Tolerance, compare, load_tolerances
+
+from mde.errors import InputError
+
+onnx = pytest.importorskip("onnx")
+
+
+def _edit(src: Path, dst: Path, scale_conv: bool = False, input_size: int | None = None) -> Path:
+    """Copy an exported ONNX, scaling one Conv weight and/or rewriting the metadata's input size."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    if scale_conv:
+        conv = next(n for n in model.graph.node if n.op_type == "Conv")
+        init = next(i for i in model.graph.initializer if i.name == conv.input[1])
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.5, init.name))
+    if input_size is not None:
+        for prop in model.metadata_props:
+            if prop.key == "mde.preprocess":
+                spec = json.loads(prop.value)
+                spec["input_size"] = [input_size, input_size]
+                prop.value = json.dumps(spec)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_all_precisions_pass_against_pytorch(cli, tiny_checkpoint, tiny_export, tiny_int8, synth_data, tmp_path):
+    artifacts = [tiny_export / "model.onnx", tiny_export / "model.fp16.onnx", tiny_int8[0]]
+    out_json, report = tmp_path / "parity.json", tmp_path / "parity.md"
+    result = cli("parity", tiny_checkpoint, *artifacts, "--data", synth_data,
+                 "--json", out_json, "--report", report)
+    assert result.code == 0, result.err
+    assert "PASS" in result.out and "model.int8.onnx" in result.out
+    doc = json.loads(out_json.read_text())
+    assert doc["passed"] is True and doc["images"] == 8
+    by_precision = {a["precision"]: a for a in doc["artifacts"]}
+    assert set(by_precision) == {"fp32", "fp16", "int8"}
+    ref_rmse = doc["reference"]["rmse"]
+    for precision, row in by_precision.items():
+        tol = DEFAULT_TOLERANCES[precision]
+        assert abs(row["d_rmse"]) <= tol.rmse_limit(ref_rmse), precision
+        assert abs(row["d_ssim"]) <= tol.ssim_abs, precision
+        assert row["p99_over_range"] <= tol.p99_over_range, precision
+        assert row["max_abs_diff"] >= row["p99_abs_diff"] >= 0.0
+    # INT8 (the DESIGN.md row): |dRMSE| within 2 % of PyTorch's RMSE, |dSSIM| <= 1e-2.
+    assert abs(by_precision["int8"]["d_rmse"]) <= 0.02 * ref_rmse
+    assert by_precision["fp32"]["p99_over_range"] <= by_precision["int8"]["p99_over_range"]
+    text = report.read_text()
+    assert "| model.fp16.onnx | fp16 |" in text
+    for row in doc["artifacts"]:
+        png = tmp_path / f"parity.{Path(row['artifact']).stem}.worst.png"
+        assert png.is_file() and png.name in text
+        from PIL import Image
+
+        width, height = Image.open(png).size
+        assert width == 4 * height
+
+
+def test_perturbed_weights_fail_by_name_while_others_pass(cli, tiny_checkpoint, tiny_export, synth_data, tmp_path):
+    bad = _edit(tiny_export / "model.onnx", tmp_path / "perturbed.onnx", scale_conv=True)
+    out_json = tmp_path / "p.json"
+    result = cli("parity", tiny_checkpoint, tiny_export / "model.onnx", bad, tiny_export / "model.fp16.onnx",
+                 "--data", synth_data, "--limit", 4, "--json", out_json)
+    assert result.code == 1
+    assert "perturbed.onnx" in result.err and "model.fp16.onnx" not in result.err
+    rows = {a["artifact"]: a for a in json.loads(out_json.read_text())["artifacts"]}
+    assert rows["model.onnx"]["passed"] and rows["model.fp16.onnx"]["passed"]
+    assert not rows["perturbed.onnx"]["passed"] and "p99" in rows["perturbed.onnx"]["failed"]
+
+
+def test_preprocessing_mismatch_is_caught(cli, tiny_checkpoint, tiny_export, synth_data, tmp_path):
+    other = _edit(tiny_export / "model.onnx", tmp_path / "resized.onnx", input_size=96)
+    out_json = tmp_path / "m.json"
+    result = cli("parity", tiny_checkpoint, other, tiny_export / "model.onnx", "--data", synth_data,
+                 "--limit", 2, "--json", out_json)
+    assert result.code == 1 and "resized.onnx (preprocess)" in result.err
+    rows = {a["artifact"]: a for a in json.loads(out_json.read_text())["artifacts"]}
+    assert rows["resized.onnx"]["failed"] == ["preprocess"]
+    assert "input size (96, 96)" in rows["resized.onnx"]["reason"]
+    assert rows["model.onnx"]["passed"]
+
+
+def test_golden_mode_without_torch(tiny_export, tiny_int8, tmp_path):
+    out_json = tmp_path / "golden.json"
+    code = (
+        "import sys\n"
+        "for m in ('torch', 'torchvision', 'onnx'): sys.modules[m] = None\n"
+        "from mde.cli import main\n"
+        f"main(['parity', '--golden', {str(tiny_export / 'golden.npz')!r}, {str(tiny_export / 'model.onnx')!r},"
+        f" {str(tiny_export / 'model.fp16.onnx')!r}, {str(tiny_int8[0])!r}, '--json', {str(out_json)!r}])\n"
+        "assert 'torch' not in sys.modules or sys.modules['torch'] is None\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "2"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out_json.read_text())
+    assert doc["mode"] == "golden" and doc["passed"] is True
+    assert [a["precision"] for a in doc["artifacts"]] == ["fp32", "fp16", "int8"]
+    assert doc["artifacts"][0]["p99_over_range"] <= 1e-4
+
+
+def test_tolerance_override_makes_golden_fail(cli, tiny_export, tmp_path):
+    toml = tmp_path / "tight.toml"
+    toml.write_text("[fp16]\np99_over_range = 0.0\n")
+    result = cli("parity", "--golden", tiny_export / "golden.npz", tiny_export / "model.onnx",
+                 tiny_export / "model.fp16.onnx", "--tolerances", toml)
+    assert result.code == 1 and "model.fp16.onnx (p99)" in result.err and "model.onnx (" not in result.err
+
+
+def test_load_tolerances(tmp_path):
+    good = tmp_path / "t.toml"
+    good.write_text("[int8]\nssim_abs = 0.02\n")
+    table = load_tolerances(good)
+    assert table["int8"].ssim_abs == 0.02 and table["int8"].rmse_rel == 0.02
+    assert table["fp32"] == DEFAULT_TOLERANCES["fp32"]
+    for text, match in (("[int4]\nssim_abs = 1\n", "unknown precision"), ("[fp16]\nrmse = 1\n", "unknown tolerance"),
+                        ("[fp16]\nssim_abs = -1\n", ">= 0"), ("[fp16\n", "not a valid TOML")):
+        good.write_text(text)
+        with pytest.raises(InputError, match=match):
+            load_tolerances(good)
+
+
+def test_compare_statistics_and_verdicts():
+    rng = np.random.default_rng(0)
+    ref = [rng.uniform(1, 10, (1, 16, 16)).astype(np.float32) for _ in range(3)]
+    gts = [r[0] + 0.5 for r in ref]
+    tol = Tolerance(rmse_abs=1e-3, ssim_abs=1e-3, p99_over_range=1e-3)
+    same = compare(ref, [r.copy() for r in ref], gts, tolerance=tol, max_depth=10, data_range=10)
+    assert same.passed and same.max_abs_diff == 0.0 and same.d_rmse == 0.0
+    shifted = [r.copy() for r in ref]
+    shifted[2] += 0.2
+    bad = compare(ref, shifted, gts, tolerance=tol, max_depth=10, data_range=10, names=["a", "b", "c"])
+    assert set(bad.failed) >= {"p99", "rmse"} and bad.worst_image == "c"
+    assert bad.p99_abs_diff == pytest.approx(0.2, abs=1e-5) and bad.p99_over_range == pytest.approx(0.02, abs=1e-6)
+
+
+@pytest.mark.parametrize("args, match", [
+    (["parity", "missing.pt"], "expected CKPT and at least one ARTIFACT"),
+    (["parity", "--golden", "nope.npz", "nope.onnx"], "artifact not found"),
+])
+def test_bad_input_exit_2(cli, args, match):
+    result = cli(*args)
+    assert result.code == 2 and match in result.err
