@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import sys
 import traceback
 
@@ -51,10 +52,33 @@ for _name in COMMANDS:
         importlib.import_module(f"mde.commands.{_name}").register(app)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time (tests swap it)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def _setup_logging(verbose: bool) -> None:
+    """Library log lines (e.g. "grayscale image converted to RGB") go to stderr, prefixed `mde:`."""
+    logger = logging.getLogger("mde")
+    if not logger.handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("mde: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; `MdeError` becomes one line on stderr and its exit code."""
     args = sys.argv[1:] if argv is None else list(argv)
     _state["verbose"] = "--verbose" in args or "-v" in args
+    _setup_logging(_state["verbose"])
     try:
         app(args=args, prog_name="mde")
     except MdeError as err:

@@ -30,6 +30,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise InputError(f"cannot write here ({err.strerror or err})", parent) from None
     os.close(fd)
     tmp_path = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
