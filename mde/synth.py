@@ -1,0 +1,157 @@
+"""`mde data synth`: write a dataset of procedural scenes (`mde.world`) in the DESIGN.md folder format.
+
+OUT/{train,val}/rgb/NAME.png (8-bit RGB) and OUT/{train,val}/depth/NAME.png (16-bit, millimetres)
+with NAME = the zero-padded index, plus OUT/meta.json: generator and version, seed, counts,
+size, max/min depth, the depth PNG scale and, under cameras[split][name], each image's
+intrinsics (fx, fy, cx, cy; pixel centres at integer coordinates) and camera (height_m,
+pitch_deg, hfov_deg, scene kind). Image i of a split is rendered from
+SeedSequence([seed, split index, i]), so files are byte-identical for a seed whatever the
+number of workers.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mde.io import prepare_output_dir, write_json_atomic
+from mde.world import MAX_DEPTH, MIN_DEPTH, draw_scene, render_scene
+
+__all__ = ["MAX_DEPTH", "MIN_DEPTH", "SPLITS", "SynthConfig", "draw_scene", "render_scene", "synthesize"]
+
+GENERATOR_VERSION = 1
+DEPTH_PNG_SCALE = 1000.0  # PNG units per metre (millimetres)
+SPLITS = ("train", "val")
+
+
+# --- dataset writer -----------------------------------------------------------------------------
+
+
+def _png(array: np.ndarray) -> bytes:
+    """Encode H x W x 3 uint8 RGB or H x W uint16 depth as PNG with Pillow at zlib level 1 (fast).
+
+    The bytes depend only on the pixels, so datasets stay byte-identical.
+    """
+    buffer = io.BytesIO()
+    image = Image.fromarray(array.astype(np.uint16) if array.ndim == 2 else array)
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _render_job(job: tuple) -> tuple[str, str, dict]:
+    """Render and write one image pair (worker entry point); returns (split, name, intrinsics)."""
+    tmp, split, index, size, seed = job
+    rng = np.random.default_rng(np.random.SeedSequence([seed, SPLITS.index(split), index]))
+    rgb, depth, intr = render_scene(rng, size)
+    name = f"{index:06d}"
+    mm = np.round(depth * DEPTH_PNG_SCALE).astype(np.uint16)
+    (Path(tmp) / split / "rgb" / f"{name}.png").write_bytes(_png(rgb))
+    (Path(tmp) / split / "depth" / f"{name}.png").write_bytes(_png(mm))
+    return split, name, intr
+
+
+@dataclass
+class SynthConfig:
+    """`mde data synth` defaults: dataset size and seed."""
+
+    train: int = 1000
+    val: int = 100
+    size: int = 224
+    seed: int = 0
+    workers: int = 0  # 0: automatic (2 processes for 64 images or more)
+
+
+def _default_workers(count: int) -> int:
+    return 1 if count < 64 else max(1, min(2, os.cpu_count() or 1))
+
+
+def synthesize(out: str | Path, train: int, val: int, size: int, seed: int, force: bool = False,
+               progress: bool = True, workers: int | None = None) -> dict:
+    """Write a procedural dataset in the DESIGN.md folder format plus `OUT/meta.json`.
+
+    Files are written into a temporary folder inside OUT and moved into place at the end, then
+    meta.json is written last, so an interrupted run leaves no half-written split and a folder
+    with meta.json is complete. With `force`, existing train/, val/ and meta.json in OUT are
+    replaced; other files there are left alone. With workers > 1 the pool uses the "spawn" start
+    method (safe after torch is imported): call it from a `__main__`-guarded script.
+
+    Args:
+        out: output folder (must be empty or missing unless `force`).
+        train: number of training pairs.
+        val: number of validation pairs.
+        size: image height and width in pixels.
+        seed: dataset seed; image i of a split is seeded by (seed, split, i), so the files do
+            not depend on the number of workers.
+        force: overwrite a non-empty OUT.
+        progress: show a progress bar on stderr.
+        workers: processes (default: 2 for 64 images or more, else 1 in-process).
+
+    Returns:
+        The meta dict written to `meta.json`.
+    """
+    from mde.errors import InputError
+
+    if train < 0 or val < 0 or train + val == 0:
+        raise InputError(f"expected train >= 0, val >= 0 and some images, got train={train} val={val}")
+    if seed < 0:
+        raise InputError(f"expected a seed >= 0, got {seed}")
+    if not 16 <= size <= 4096:
+        raise InputError(f"expected a size between 16 and 4096 pixels, got {size}")
+    out = prepare_output_dir(out, force=force)
+    tmp = Path(tempfile.mkdtemp(prefix=".synth-", dir=out))
+    try:
+        for split in SPLITS:
+            for sub in ("rgb", "depth"):
+                (tmp / split / sub).mkdir(parents=True)
+        jobs = [(str(tmp), s, i, size, seed) for s, n in zip(SPLITS, (train, val)) for i in range(n)]
+        workers = _default_workers(len(jobs)) if workers is None else max(1, workers)
+        cameras: dict[str, dict] = {s: {} for s in SPLITS}
+        with _pool(workers) as pool:
+            results = pool.imap_unordered(_render_job, jobs, chunksize=8) if pool else map(_render_job, jobs)
+            if progress:
+                from mde.console import track
+
+                results = track(results, f"synthesizing {size}x{size}", total=len(jobs))
+            for split, name, intr in results:
+                cameras[split][name] = intr
+        (out / "meta.json").unlink(missing_ok=True)  # written last: it marks a complete dataset
+        for split in SPLITS:
+            if (out / split).exists():
+                shutil.rmtree(out / split)
+            os.replace(tmp / split, out / split)
+        meta = {"generator": "mde.synth", "version": GENERATOR_VERSION, "seed": seed,
+                "counts": {"train": train, "val": val}, "size": [size, size],
+                "max_depth": MAX_DEPTH, "min_depth": MIN_DEPTH, "depth_png_scale": DEPTH_PNG_SCALE,
+                "intrinsics_convention": "pixel centres at integer coordinates (OpenCV)",
+                "cameras": {s: dict(sorted(cameras[s].items())) for s in SPLITS}}
+        write_json_atomic(out / "meta.json", meta)
+        return meta
+    except OSError as err:
+        raise InputError(f"cannot write the dataset ({err.strerror or err})", out) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _pool:
+    """A process pool context (spawn: safe after torch/OpenMP imports), or None for one worker."""
+
+    def __init__(self, workers: int):
+        self.workers, self.pool = workers, None
+
+    def __enter__(self):
+        if self.workers > 1:
+            self.pool = multiprocessing.get_context("spawn").Pool(self.workers)
+        return self.pool
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.terminate() if exc[0] else self.pool.close()
+            self.pool.join()

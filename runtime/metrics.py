@@ -1,0 +1,161 @@
+"""Depth metrics (numpy only), the one implementation used by training, eval, calibration and parity.
+
+A pixel is valid when the ground truth is finite and > 0. Metrics are computed per image over
+its valid pixels, then averaged over images (`MetricAccumulator`).
+
+- rmse, abs_rel, sq_rel in metres; rmse_log on natural logs; delta1..3 = share of pixels with
+  max(pred/gt, gt/pred) < 1.25, 1.25^2, 1.25^3. Predictions are clipped to `EPS` for the logs
+  and ratios only.
+- silog = 100 * sqrt(mean(d^2) - mean(d)^2), d = log(pred) - log(gt) (KITTI benchmark).
+- ssim: Wang et al. 2004, 11x11 Gaussian window (sigma 1.5, truncated at 3.5 sigma), K1 0.01,
+  K2 0.03, population covariance, data range = the dataset's max depth; identical to
+  `skimage.metrics.structural_similarity(pred, gt, gaussian_weights=True, sigma=1.5,
+  use_sample_covariance=False, data_range=R)` when every pixel is valid (the mean of the SSIM map
+  with a 5-pixel border cropped). With invalid pixels, gt is replaced there by pred (the window
+  statistics then see no error at those pixels) and the map is averaged over the valid pixels of
+  the cropped region (over all valid pixels when the crop holds none).
+- A prediction containing NaN/inf gives NaN metrics (never silently skipped); ground truth without
+  any valid pixel raises `DataError`; mismatched shapes or data_range <= 0 raise `InputError`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mde.errors import DataError, InputError
+
+METRIC_NAMES = ("rmse", "ssim", "abs_rel", "sq_rel", "rmse_log", "delta1", "delta2", "delta3", "silog")
+EPS = 1e-6
+SSIM_SIGMA = 1.5
+SSIM_TRUNCATE = 3.5
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+
+
+def _gaussian_kernel(sigma: float = SSIM_SIGMA, truncate: float = SSIM_TRUNCATE) -> np.ndarray:
+    """The normalized 1-D Gaussian of scipy.ndimage (radius int(truncate * sigma + 0.5))."""
+    radius = int(truncate * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+_KERNEL = _gaussian_kernel()
+RADIUS = (len(_KERNEL) - 1) // 2
+
+
+def _filter(maps: np.ndarray) -> np.ndarray:
+    """Separable Gaussian filter of a stack (..., H, W), edges mirrored like scipy's 'reflect'."""
+    r = RADIUS
+    pad = [(0, 0)] * (maps.ndim - 2) + [(r, r), (r, r)]
+    x = np.pad(maps, pad, mode="symmetric")
+    h, w = maps.shape[-2:]
+    rows = _KERNEL[0] * x[..., :, 0:w]
+    for k in range(1, len(_KERNEL)):
+        rows += _KERNEL[k] * x[..., :, k : k + w]
+    out = _KERNEL[0] * rows[..., 0:h, :]
+    for k in range(1, len(_KERNEL)):
+        out += _KERNEL[k] * rows[..., k : k + h, :]
+    return out
+
+
+def ssim_map(pred: np.ndarray, gt: np.ndarray, data_range: float) -> np.ndarray:
+    """Per-pixel SSIM of two H x W maps (same values as scikit-image's full SSIM image)."""
+    if not data_range > 0:
+        raise InputError(f"expected a positive SSIM data range, got {data_range}")
+    x = np.asarray(pred, dtype=np.float64)
+    y = np.asarray(gt, dtype=np.float64)
+    ux, uy, uxx, uyy, uxy = _filter(np.stack([x, y, x * x, y * y, x * y]))
+    vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+    return ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+
+
+def ssim(pred: np.ndarray, gt: np.ndarray, data_range: float, mask: np.ndarray | None = None) -> float:
+    """Mean SSIM (see the module docstring for the exact definition and the masking rule).
+
+    Args:
+        pred: H x W prediction.
+        gt: H x W ground truth.
+        data_range: the dataset's depth range (max depth).
+        mask: valid pixels (default: all).
+    """
+    pred, gt = _check_shapes(pred, gt)
+    if mask is not None:
+        gt = np.where(mask, gt, pred)
+    smap = ssim_map(pred, gt, data_range)
+    r = RADIUS
+    inner = smap[r:-r, r:-r] if min(smap.shape) > 2 * r else smap[:0, :0]
+    if mask is None:
+        return float(inner.mean(dtype=np.float64)) if inner.size else float(smap.mean())
+    inner_mask = mask[r:-r, r:-r] if inner.size else mask[:0, :0]
+    if inner_mask.any():
+        return float(inner[inner_mask].mean(dtype=np.float64))
+    if not mask.any():
+        raise DataError("no valid ground-truth pixel for SSIM")
+    return float(smap[mask].mean(dtype=np.float64))
+
+
+def _check_shapes(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pred, gt = np.squeeze(np.asarray(pred)), np.squeeze(np.asarray(gt))
+    if pred.shape != gt.shape or pred.ndim != 2:
+        raise InputError(f"expected prediction and ground truth of the same H x W shape, got "
+                         f"{pred.shape} and {gt.shape}")
+    return pred, gt
+
+
+def compute_metrics(pred: np.ndarray, gt: np.ndarray, data_range: float) -> dict[str, float]:
+    """All metrics of one image (keys `METRIC_NAMES`), over pixels where gt is finite and > 0.
+
+    Args:
+        pred: H x W predicted depth in metres.
+        gt: H x W ground-truth depth in metres (0, negative or NaN = invalid).
+        data_range: SSIM data range, the dataset's max depth.
+    """
+    pred, gt = _check_shapes(pred, gt)
+    pred = pred.astype(np.float64)
+    gt = gt.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(gt) & (gt > 0)
+    if not valid.any():
+        raise DataError("ground truth has no valid pixel (finite and > 0)")
+    p, g = pred[valid], gt[valid]
+    diff = p - g
+    pc = np.maximum(p, EPS)
+    dlog = np.log(pc) - np.log(g)
+    ratio = np.maximum(pc / g, g / pc)
+    return {
+        "rmse": float(np.sqrt(np.mean(diff**2))),
+        "ssim": ssim(pred, np.where(valid, gt, 0.0), data_range, mask=None if valid.all() else valid),
+        "abs_rel": float(np.mean(np.abs(diff) / g)),
+        "sq_rel": float(np.mean(diff**2 / g)),
+        "rmse_log": float(np.sqrt(np.mean(dlog**2))),
+        "delta1": float(np.mean(ratio < 1.25)),
+        "delta2": float(np.mean(ratio < 1.25**2)),
+        "delta3": float(np.mean(ratio < 1.25**3)),
+        "silog": float(100.0 * np.sqrt(max(np.mean(dlog**2) - np.mean(dlog) ** 2, 0.0))),
+    }
+
+
+class MetricAccumulator:
+    """Per-image metrics, averaged over images: `add(pred, gt)` per image, then `result()`."""
+
+    def __init__(self, data_range: float):
+        if not data_range > 0:
+            raise InputError(f"expected a positive data range, got {data_range}")
+        self.data_range = float(data_range)
+        self.sums = dict.fromkeys(METRIC_NAMES, 0.0)
+        self.count = 0
+
+    def add(self, pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+        """Score one image; return its metrics."""
+        metrics = compute_metrics(pred, gt, self.data_range)
+        for name in METRIC_NAMES:
+            self.sums[name] += metrics[name]
+        self.count += 1
+        return metrics
+
+    def result(self) -> dict[str, float]:
+        """Mean of each metric over the images added, plus `images` (their count)."""
+        if self.count == 0:
+            raise DataError("no images were scored")
+        return {**{k: v / self.count for k, v in self.sums.items()}, "images": self.count}

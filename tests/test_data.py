@@ -1,0 +1,249 @@
+"""Dataset readers: the folder format, NYU Depth v2 .mat (HDF5), KITTI PNG/256, and their bad inputs."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mde.train.data import (
+    FolderDataset,
+    KittiDataset,
+    NYUDataset,
+    dataset_max_depth,
+    open_dataset,
+)
+from PIL import Image
+
+from mde.errors import DataError, InputError
+
+RNG = np.random.default_rng(0)
+
+
+def _rgb(h: int = 12, w: int = 16) -> np.ndarray:
+    return RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _write_pair(root: Path, split: str, name: str, depth_m: np.ndarray, scale: float = 1000.0,
+                rgb: np.ndarray | None = None, npy: bool = False, ext: str = ".png") -> np.ndarray:
+    (root / split / "rgb").mkdir(parents=True, exist_ok=True)
+    (root / split / "depth").mkdir(parents=True, exist_ok=True)
+    rgb = _rgb(*depth_m.shape) if rgb is None else rgb
+    Image.fromarray(rgb).save(root / split / "rgb" / f"{name}{ext}", quality=95)
+    if npy:
+        np.save(root / split / "depth" / f"{name}.npy", depth_m.astype(np.float32))
+    else:
+        Image.fromarray(np.round(depth_m * scale).astype(np.uint16)).save(root / split / "depth" / f"{name}.png")
+    return rgb
+
+
+def _depth(h: int = 12, w: int = 16) -> np.ndarray:
+    return RNG.uniform(0.5, 15.0, (h, w)).astype(np.float32)
+
+
+def _write_nyu(path: Path, n: int = 12, h: int = 12, w: int = 16, **override) -> tuple[np.ndarray, np.ndarray]:
+    """A tiny file in the NYU labeled layout: images N x 3 x W x H uint8, depths N x W x H."""
+    import h5py
+
+    rgbs = RNG.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+    depths = RNG.uniform(0.7, 9.0, (n, h, w)).astype(np.float32)
+    with h5py.File(path, "w") as f:
+        f["images"] = override.get("images", rgbs.transpose(0, 3, 2, 1))
+        f["depths"] = override.get("depths", depths.transpose(0, 2, 1))
+    return rgbs, depths
+
+
+def test_folder_dataset_on_synthetic_data(synth_data):
+    meta = json.loads((synth_data / "meta.json").read_text())
+    train, val = FolderDataset(synth_data, "train"), FolderDataset(synth_data, "val")
+    assert len(train) == 24 and len(val) == 8
+    assert val.names == sorted(meta["cameras"]["val"])
+    s = val[3]
+    assert s.name == val.names[3]
+    assert s.rgb.shape == (64, 64, 3) and s.rgb.dtype == np.uint8
+    assert s.depth.shape == (64, 64) and s.depth.dtype == np.float32
+    assert 0.5 <= s.depth.min() and s.depth.max() <= 20.0
+    assert dataset_max_depth(synth_data) == 20.0
+    assert isinstance(open_dataset(synth_data, "train"), FolderDataset)
+
+
+def test_folder_npy_jpeg_and_depth_scale(tmp_path):
+    d1, d2 = _depth(), _depth()
+    d2[0, :3] = np.nan  # NaN = invalid in .npy
+    _write_pair(tmp_path, "val", "a", d1, scale=256.0)
+    _write_pair(tmp_path, "val", "b", d2, npy=True, ext=".jpg")
+    ds = open_dataset(tmp_path, "val", depth_scale=256.0)
+    assert ds.names == ["a", "b"]
+    np.testing.assert_allclose(ds[0].depth, np.round(d1 * 256) / 256, atol=1e-6)
+    b = ds[1]
+    assert b.rgb.shape == (12, 16, 3)
+    assert np.all(b.depth[0, :3] == 0) and np.allclose(b.depth[1:], d2[1:])
+
+
+def test_nyu_mat_layout_is_transposed(tmp_path):
+    path = tmp_path / "nyu_depth_v2_labeled.mat"
+    rgbs, depths = _write_nyu(path)
+    ds = open_dataset(path, split="all")
+    assert isinstance(ds, NYUDataset) and len(ds) == 12
+    s = ds[5]
+    np.testing.assert_array_equal(s.rgb, rgbs[5])
+    np.testing.assert_array_equal(s.depth, depths[5])
+    assert s.rgb.shape == (12, 16, 3) and s.name == "00005"
+    assert open_dataset(path, "val").names == ["00009"]
+    assert len(open_dataset(path, "train")) == 11
+    assert dataset_max_depth(path) == 10.0
+    clone = pickle.loads(pickle.dumps(ds))  # DataLoader workers re-open the file
+    np.testing.assert_array_equal(clone[5].depth, depths[5])
+
+
+def test_kitti_folder_format_png_over_256(tmp_path):
+    depth = _depth()
+    depth[:4] = 0  # KITTI ground truth is sparse: 0 = invalid
+    _write_pair(tmp_path, "val", "0000000005", depth, scale=256.0)
+    ds = open_dataset(tmp_path, "val", fmt="kitti")
+    assert isinstance(ds, KittiDataset)
+    np.testing.assert_allclose(ds[0].depth, np.round(depth * 256) / 256, atol=1e-6)
+    assert np.all(ds[0].depth[:4] == 0)
+
+
+def test_kitti_selection_layout(tmp_path):
+    sel = tmp_path / "depth_selection" / "val_selection_cropped"
+    (sel / "image").mkdir(parents=True)
+    (sel / "groundtruth_depth").mkdir()
+    depth = _depth()
+    stem = "2011_09_26_drive_0002_sync_{}_0000000005_image_02.png"
+    Image.fromarray(_rgb()).save(sel / "image" / stem.format("image"))
+    Image.fromarray(np.round(depth * 256).astype(np.uint16)).save(sel / "groundtruth_depth" / stem.format("groundtruth_depth"))
+    ds = open_dataset(tmp_path / "depth_selection")
+    assert isinstance(ds, KittiDataset) and len(ds) == 1
+    np.testing.assert_allclose(ds[0].depth, np.round(depth * 256) / 256, atol=1e-6)
+    assert dataset_max_depth(tmp_path / "depth_selection") == 80.0
+    (sel / "groundtruth_depth" / stem.format("groundtruth_depth")).unlink()
+    with pytest.raises(DataError, match="no depth map"):
+        KittiDataset(sel)
+
+
+def test_dataset_max_depth_rules(tmp_path):
+    _write_pair(tmp_path, "val", "a", _depth())
+    assert dataset_max_depth(tmp_path) == 20.0  # no meta.json: the default
+    (tmp_path / "meta.json").write_text(json.dumps({"max_depth": 15.5}))
+    assert dataset_max_depth(tmp_path) == 15.5
+    (tmp_path / "meta.json").write_text("{not json")
+    with pytest.raises(DataError, match="meta.json"):
+        dataset_max_depth(tmp_path)
+
+
+def _bad_rgb_without_depth(root):
+    _write_pair(root, "val", "a", _depth())
+    Image.fromarray(_rgb()).save(root / "val" / "rgb" / "orphan.png")
+    return lambda: FolderDataset(root, "val"), "orphan.png.*no depth map"
+
+
+def _bad_depth_without_rgb(root):
+    _write_pair(root, "val", "a", _depth())
+    np.save(root / "val" / "depth" / "lonely.npy", _depth())
+    return lambda: FolderDataset(root, "val"), "lonely.npy.*no image"
+
+
+def _bad_empty_split(root):
+    (root / "val" / "rgb").mkdir(parents=True)
+    (root / "val" / "depth").mkdir(parents=True)
+    return lambda: FolderDataset(root, "val"), "val.*is empty"
+
+
+def _bad_missing_split(root):
+    _write_pair(root, "train", "a", _depth())
+    return lambda: FolderDataset(root, "val"), "val.*rgb/ and depth/"
+
+
+def _bad_truncated_image(root):
+    _write_pair(root, "val", "a", _depth())
+    path = root / "val" / "rgb" / "a.png"
+    path.write_bytes(path.read_bytes()[:60])
+    return lambda: FolderDataset(root, "val")[0], "a.png.*(truncated|corrupt|readable)"
+
+
+def _bad_size_mismatch(root):
+    _write_pair(root, "val", "a", _depth(), rgb=_rgb(10, 16))
+    return lambda: FolderDataset(root, "val")[0], "depth/a.png.*16x12 but its image is 16x10"
+
+
+def _bad_no_valid_pixel(root):
+    _write_pair(root, "val", "a", np.zeros((12, 16), np.float32))
+    return lambda: FolderDataset(root, "val")[0], "depth/a.png.*no valid pixel"
+
+
+def _bad_duplicate_stem(root):
+    rgb = _write_pair(root, "val", "a", _depth())
+    Image.fromarray(rgb).save(root / "val" / "rgb" / "a.jpg")
+    return lambda: FolderDataset(root, "val"), "two files share the name 'a'"
+
+
+def _bad_nyu_not_hdf5(root):
+    path = root / "nyu.mat"
+    path.write_bytes(b"MATLAB 5.0 MAT-file, not HDF5" * 10)
+    return lambda: open_dataset(path), "nyu.mat.*HDF5"
+
+
+def _bad_nyu_missing_key(root):
+    import h5py
+
+    with h5py.File(root / "nyu.mat", "w") as f:
+        f["images"] = np.zeros((2, 3, 16, 12), np.uint8)
+    return lambda: NYUDataset(root / "nyu.mat"), "nyu.mat.*missing \\['depths'\\]"
+
+
+def _bad_nyu_shapes(root):
+    _write_nyu(root / "nyu.mat", n=3, depths=np.ones((3, 12, 16), np.float32))
+    return lambda: NYUDataset(root / "nyu.mat"), "nyu.mat.*'depths' of shape"
+
+
+def _bad_nyu_no_valid_pixel(root):
+    _write_nyu(root / "nyu.mat", n=3, depths=np.zeros((3, 16, 12), np.float32))
+    return lambda: NYUDataset(root / "nyu.mat")[1], r"nyu.mat\[1\].*no valid pixel"
+
+
+def _bad_not_a_dataset(root):
+    (root / "notes.txt").write_text("hello")
+    return lambda: open_dataset(root / "notes.txt"), "notes.txt.*expected a dataset folder"
+
+
+def _bad_missing_path(root):
+    return lambda: open_dataset(root / "nowhere"), "nowhere.*not found"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [_bad_rgb_without_depth, _bad_depth_without_rgb, _bad_empty_split, _bad_missing_split,
+     _bad_truncated_image, _bad_size_mismatch, _bad_no_valid_pixel, _bad_duplicate_stem,
+     _bad_nyu_not_hdf5, _bad_nyu_missing_key, _bad_nyu_shapes, _bad_nyu_no_valid_pixel,
+     _bad_not_a_dataset, _bad_missing_path],
+    ids=lambda f: f.__name__[5:],
+)
+def test_bad_inputs_raise_data_error_naming_the_file(tmp_path, make):
+    action, match = make(tmp_path)
+    with pytest.raises(DataError, match=match):
+        action()
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [(lambda p: open_dataset(p, fmt="coco"), "unknown dataset format 'coco'"),
+     (lambda p: FolderDataset(p, "val", depth_scale=0), "positive depth scale")],
+)
+def test_bad_options_raise_input_error(tmp_path, call, match):
+    _write_pair(tmp_path, "val", "a", _depth())
+    with pytest.raises(InputError, match=match):
+        call(tmp_path)
+
+
+def test_data_module_imports_no_torch():
+    code = ("import sys\nfor m in ('torch', 'torchvision', 'onnx'): sys.modules[m] = None\n"
+            "import mde.train.data, mde.runtime.metrics, mde.synth\nprint('ok')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr

@@ -1,0 +1,147 @@
+"""Depth metrics: SSIM against scikit-image, hand-checked values, invalid pixels, NaN, constant maps."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from mde.runtime.metrics import METRIC_NAMES, MetricAccumulator, compute_metrics, ssim, ssim_map
+
+from mde.errors import DataError, InputError
+from mde.synth import render_scene
+
+skimage_metrics = pytest.importorskip("skimage.metrics", reason="scikit-image is the SSIM reference")
+R = 20.0
+
+
+def _sk(pred, gt, data_range=R, full=False):
+    return skimage_metrics.structural_similarity(
+        pred, gt, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+        data_range=data_range, full=full)
+
+
+@pytest.mark.parametrize("shape", [(11, 11), (16, 40), (64, 64), (97, 131)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ssim_matches_skimage_on_random_maps(shape, dtype):
+    rng = np.random.default_rng(shape[0])
+    gt = rng.uniform(0.5, R, shape).astype(dtype)
+    pred = (gt + rng.normal(0, 2.0, shape)).astype(dtype)
+    assert ssim(pred, gt, R) == pytest.approx(_sk(pred, gt), abs=1e-4)
+    smooth = np.cumsum(np.cumsum(rng.normal(size=shape), 0), 1).astype(dtype)
+    assert ssim(smooth, gt, R) == pytest.approx(_sk(smooth, gt), abs=1e-4)
+
+
+def test_ssim_matches_skimage_on_synthetic_depth_maps():
+    worst = 0.0
+    for i in range(4):
+        _, gt, _ = render_scene(np.random.default_rng(i), 96)
+        _, other, _ = render_scene(np.random.default_rng(100 + i), 96)
+        blurred = (gt + np.roll(gt, 2, 0) + np.roll(gt, 3, 1)) / 3  # a plausible prediction
+        for pred in (other, blurred, gt * 1.1):
+            ours = compute_metrics(pred, gt, R)["ssim"]
+            worst = max(worst, abs(ours - _sk(pred.astype(np.float32), gt)))
+    assert worst < 1e-4
+
+
+def test_ssim_map_equals_skimage_full_map():
+    rng = np.random.default_rng(5)
+    gt = rng.uniform(1, R, (40, 50))
+    pred = gt + rng.normal(0, 1, gt.shape)
+    _, full = _sk(pred, gt, full=True)
+    np.testing.assert_allclose(ssim_map(pred, gt, R), full, atol=1e-9)
+
+
+def test_hand_checked_values():
+    gt = np.full((4, 4), 2.0)
+    pred = gt.copy()
+    pred[0] = 3.0  # 4 of 16 pixels 50 % too far
+    m = compute_metrics(pred, gt, R)
+    log15 = math.log(1.5)
+    assert m["rmse"] == pytest.approx(0.5)
+    assert m["abs_rel"] == pytest.approx(0.125)
+    assert m["sq_rel"] == pytest.approx(0.125)
+    assert m["rmse_log"] == pytest.approx(0.5 * log15)
+    assert m["delta1"] == pytest.approx(0.75)
+    assert m["delta2"] == m["delta3"] == pytest.approx(1.0)
+    assert m["silog"] == pytest.approx(100 * log15 * math.sqrt(0.25 - 0.0625))
+    assert set(m) == set(METRIC_NAMES)
+
+
+def test_perfect_prediction():
+    gt = np.random.default_rng(1).uniform(0.5, R, (32, 32))
+    m = compute_metrics(gt, gt, R)
+    assert m["rmse"] == m["abs_rel"] == m["sq_rel"] == m["rmse_log"] == m["silog"] == 0.0
+    assert m["delta1"] == 1.0 and m["ssim"] == pytest.approx(1.0)
+
+
+def test_invalid_pixels_are_ignored():
+    rng = np.random.default_rng(2)
+    gt = rng.uniform(1, R, (32, 32))
+    pred = gt + rng.normal(0, 0.5, gt.shape)
+    bad_gt = gt.copy()
+    bad_gt[:5] = 0.0
+    bad_gt[10, 10:20] = np.nan
+    bad_gt[20, :4] = -1.0
+    valid = np.isfinite(bad_gt) & (bad_gt > 0)
+    garbage = pred.copy()
+    garbage[~valid] = 1e6  # predictions at invalid pixels must not matter
+    m = compute_metrics(garbage, bad_gt, R)
+    diff = pred[valid] - gt[valid]
+    assert m["rmse"] == pytest.approx(np.sqrt(np.mean(diff**2)))
+    assert m["abs_rel"] == pytest.approx(np.mean(np.abs(diff) / gt[valid]))
+    # SSIM rule: gt := pred at invalid pixels, average the map over the valid cropped pixels.
+    filled = np.where(valid, gt, garbage)
+    _, full = _sk(garbage, filled, full=True)
+    assert m["ssim"] == pytest.approx(full[5:-5, 5:-5][valid[5:-5, 5:-5]].mean(), abs=1e-9)
+    assert ssim(garbage, np.where(valid, gt, 0.0), R, mask=valid) == pytest.approx(m["ssim"])
+
+
+def test_nan_prediction_gives_nan_not_a_silent_skip():
+    gt = np.full((16, 16), 5.0)
+    pred = gt.copy()
+    pred[3, 3] = np.nan
+    m = compute_metrics(pred, gt, R)
+    assert math.isnan(m["rmse"]) and math.isnan(m["ssim"])
+
+
+def test_constant_maps():
+    a, b = np.full((20, 20), 4.0), np.full((20, 20), 6.0)
+    m = compute_metrics(a, b, R)
+    c1 = (0.01 * R) ** 2
+    assert m["ssim"] == pytest.approx((2 * 4 * 6 + c1) / (16 + 36 + c1))
+    assert m["ssim"] == pytest.approx(_sk(a, b), abs=1e-6)
+    assert m["rmse"] == pytest.approx(2.0) and m["delta1"] == 0.0 and m["delta2"] == 1.0
+    assert compute_metrics(a, a, R)["ssim"] == pytest.approx(1.0)
+    z = compute_metrics(np.zeros((20, 20)), b, R)  # a zero prediction: finite logs via EPS
+    assert np.isfinite(z["rmse_log"]) and z["delta3"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("pred", "gt", "data_range", "error", "match"),
+    [(np.ones((8, 8)), np.zeros((8, 8)), R, DataError, "no valid pixel"),
+     (np.ones((8, 8)), np.full((8, 8), np.nan), R, DataError, "no valid pixel"),
+     (np.ones((8, 8)), np.ones((8, 9)), R, InputError, "same H x W shape"),
+     (np.ones((2, 8, 8)), np.ones((2, 8, 8)), R, InputError, "same H x W shape"),
+     (np.ones((8, 8)), np.ones((8, 8)), 0.0, InputError, "positive SSIM data range")],
+)
+def test_bad_inputs(pred, gt, data_range, error, match):
+    with pytest.raises(error, match=match):
+        compute_metrics(pred, gt, data_range)
+
+
+def test_accumulator_averages_per_image():
+    rng = np.random.default_rng(3)
+    acc = MetricAccumulator(R)
+    per = []
+    for _ in range(3):
+        gt = rng.uniform(1, R, (24, 24))
+        per.append(acc.add(gt + rng.normal(0, 1, gt.shape), gt))
+    res = acc.result()
+    assert res["images"] == 3
+    for name in METRIC_NAMES:
+        assert res[name] == pytest.approx(np.mean([p[name] for p in per]))
+    with pytest.raises(DataError, match="no images"):
+        MetricAccumulator(R).result()
+    with pytest.raises(InputError, match="positive"):
+        MetricAccumulator(0.0)

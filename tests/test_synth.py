@@ -1,0 +1,154 @@
+"""The procedural virtual world: geometry, determinism, the folder format, meta.json, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mde.errors import InputError
+from mde.synth import synthesize
+from mde.world import MAX_DEPTH, MIN_DEPTH, _rot, _sample_scene, draw_scene, render_scene
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _flat_scene(height: float, objects: list | None = None) -> dict:
+    """An open ground plane, camera level (no pitch/roll/yaw), optional objects."""
+    scene = _sample_scene(np.random.default_rng(3))
+    scene.pop("bounds", None)
+    scene.update(kind="open", hfov=np.radians(60.0), pitch=0.0, objects=objects or [],
+                 rot=_rot(0.0, 0.0, 0.0), origin=np.array([0.0, height, 0.0], np.float32),
+                 sky=(np.ones(3, np.float32) * 0.8, np.ones(3, np.float32) * 0.5), haze=50.0)
+    return scene
+
+
+def test_ground_plane_depth_is_exact_z():
+    size, h = 64, 1.5
+    _, depth, intr = draw_scene(_flat_scene(h), size)
+    f, cy = intr["fx"], intr["cy"]
+    assert f == pytest.approx((size / 2) / np.tan(np.radians(30.0)))
+    rows = np.arange(size)
+    below = rows > cy
+    expected = np.clip(h * f / (rows[below] - cy), MIN_DEPTH, MAX_DEPTH)  # z of the floor point
+    np.testing.assert_allclose(depth[below], np.repeat(expected[:, None], size, 1), rtol=1e-4)
+    assert np.all(depth[~below] == MAX_DEPTH)  # sky reads the maximum depth
+
+
+def test_sphere_depth_along_optical_axis():
+    size = 65  # odd: the centre pixel looks straight along the optical axis
+    sphere = {"shape": "sphere", "size": np.array([1.0, 0, 0], np.float32),
+              "center": np.array([0.0, 1.5, 6.0], np.float32), "radius": 1.0,
+              "rot": _rot(0.3, 0.2, 0.0), "material": _sample_scene(np.random.default_rng(1))["materials"]["floor"]}
+    _, depth, _ = draw_scene(_flat_scene(1.5, [sphere]), size)
+    assert depth[32, 32] == pytest.approx(5.0, abs=1e-4)
+    # An off-axis pixel on the sphere: z-depth, not the distance along the ray.
+    x = 4 / ((size / 2) / np.tan(np.radians(30.0)))  # ray (x, 0, 1) for column 36
+    b, c = -6.0, 36.0 - 1.0
+    t = (-b - np.sqrt(b * b - (1 + x * x) * c)) / (1 + x * x)
+    assert depth[32, 36] == pytest.approx(t, abs=1e-4)
+
+
+def test_render_scene_outputs_and_depth_cues():
+    kinds, near_bottom = set(), []
+    for i in range(16):
+        rgb, depth, intr = render_scene(np.random.default_rng(i), 48)
+        assert rgb.shape == (48, 48, 3) and rgb.dtype == np.uint8
+        assert depth.shape == (48, 48) and depth.dtype == np.float32
+        assert depth.min() >= MIN_DEPTH and depth.max() <= MAX_DEPTH
+        assert rgb.std() > 5 and depth.std() > 0.1  # not blank
+        assert set(intr) >= {"fx", "fy", "cx", "cy"}
+        kinds.add(intr["scene"])
+        near_bottom.append(depth[-4:].mean() < depth[20:28].mean())
+    assert kinds == {"room", "yard", "open"}
+    assert np.mean(near_bottom) > 0.8  # the floor comes closer towards the bottom of the image
+
+
+def test_synthesize_folder_format_and_meta(tmp_path):
+    out = tmp_path / "d"
+    meta = synthesize(out, train=5, val=2, size=40, seed=7, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train", "val"]
+    assert json.loads((out / "meta.json").read_text()) == meta
+    assert meta["counts"] == {"train": 5, "val": 2} and meta["size"] == [40, 40]
+    assert meta["max_depth"] == MAX_DEPTH and meta["seed"] == 7 and meta["version"] >= 1
+    for split, n in (("train", 5), ("val", 2)):
+        names = sorted(p.stem for p in (out / split / "rgb").iterdir())
+        assert names == sorted(meta["cameras"][split]) and len(names) == n
+        for name in names:
+            rgb = Image.open(out / split / "rgb" / f"{name}.png")
+            dep = Image.open(out / split / "depth" / f"{name}.png")
+            assert rgb.mode == "RGB" and rgb.size == (40, 40)
+            assert dep.mode.startswith("I") and dep.size == (40, 40)
+            mm = np.asarray(dep)
+            assert mm.min() >= MIN_DEPTH * 1000 and mm.max() <= MAX_DEPTH * 1000
+            cam = meta["cameras"][split][name]
+            assert cam["fx"] == pytest.approx(20 / np.tan(np.radians(cam["hfov_deg"]) / 2), rel=1e-4)
+
+
+def test_written_pngs_decode_to_the_rendered_arrays(tmp_path):
+    synthesize(tmp_path / "d", train=2, val=1, size=33, seed=5, progress=False)
+    for split, index in (("train", 1), ("val", 0)):
+        rng = np.random.default_rng(np.random.SeedSequence([5, ("train", "val").index(split), index]))
+        rgb, depth, _ = render_scene(rng, 33)
+        name = f"{index:06d}.png"
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "d" / split / "rgb" / name)), rgb)
+        mm = np.asarray(Image.open(tmp_path / "d" / split / "depth" / name))
+        np.testing.assert_array_equal(mm, np.round(depth * 1000).astype(np.uint16))
+
+
+def test_synthesize_is_deterministic_and_worker_independent(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    synthesize(a, train=4, val=2, size=32, seed=3, progress=False)
+    synthesize(b, train=4, val=2, size=32, seed=3, progress=False)
+    synthesize(c, train=4, val=2, size=32, seed=3, progress=False, workers=2)
+    assert _tree(a) == _tree(b) == _tree(c)
+    synthesize(b, train=4, val=2, size=32, seed=4, progress=False, force=True)
+    assert _tree(a) != _tree(b)
+
+
+def test_val_images_do_not_depend_on_train_count(tmp_path):
+    synthesize(tmp_path / "a", train=1, val=2, size=32, seed=0, progress=False)
+    synthesize(tmp_path / "b", train=3, val=2, size=32, seed=0, progress=False)
+    assert _tree(tmp_path / "a" / "val") == _tree(tmp_path / "b" / "val")
+
+
+def test_refuses_non_empty_output_unless_force(tmp_path):
+    out = tmp_path / "d"
+    synthesize(out, train=3, val=1, size=32, seed=0, progress=False)
+    with pytest.raises(InputError, match="not empty"):
+        synthesize(out, train=2, val=1, size=32, seed=0, progress=False)
+    (out / "notes.txt").write_text("keep me")
+    synthesize(out, train=2, val=1, size=32, seed=0, progress=False, force=True)
+    assert len(list((out / "train" / "rgb").iterdir())) == 2  # old split replaced, not merged
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp folder left
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"train": 0, "val": 0}, "some images"), ({"train": -1}, "train >= 0"), ({"size": 8}, "size"),
+     ({"seed": -1}, "seed >= 0")],
+)
+def test_bad_arguments(tmp_path, kwargs, match):
+    args = {"train": 2, "val": 1, "size": 32, "seed": 0, **kwargs}
+    with pytest.raises(InputError, match=match):
+        synthesize(tmp_path / "d", progress=False, **args)
+    assert not (tmp_path / "d").exists()
+
+
+def test_cli_data_synth(cli, tmp_path):
+    out = tmp_path / "d"
+    res = cli("data", "synth", out, "--train", 3, "--val", 2, "--size", 32, "--seed", 1)
+    assert res.code == 0, res.err
+    assert "wrote 3 train + 2 val pairs" in res.out
+    assert len(list((out / "val" / "depth").iterdir())) == 2
+    res = cli("data", "synth", out, "--train", 3, "--val", 2, "--size", 32)
+    assert res.code == 2
+    assert res.err.strip().startswith("mde: error:") and "not empty" in res.err
+    assert len(res.err.strip().splitlines()) == 1
+    assert cli("data", "synth", out, "--train", 1, "--val", 1, "--size", 32, "--force").code == 0

@@ -1,0 +1,288 @@
+"""Torch-free dataset readers: the DESIGN.md folder format, NYU Depth v2 (labeled .mat), KITTI depth.
+
+Every dataset has `names`, `__len__` and `__getitem__(i) -> Sample` (RGB H x W x 3 uint8, depth
+H x W float32 metres, 0 = invalid). Pairing problems are found on construction; unreadable
+images, size mismatches and depth maps without a valid pixel on load. All raise `DataError`
+naming the file or folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from mde.runtime.images import list_images, read_depth, read_rgb
+
+from mde.errors import DataError, InputError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("auto", "folder", "nyu", "kitti")
+NYU_SUFFIXES = (".mat", ".h5", ".hdf5")
+DEPTH_SUFFIXES = (".png", ".npy")
+DEFAULT_MAX_DEPTH = 20.0  # the synthetic world's range; used when a folder has no meta.json
+NYU_MAX_DEPTH = 10.0
+KITTI_MAX_DEPTH = 80.0
+KITTI_DEPTH_SCALE = 256.0
+# KITTI depth-completion "depth_selection/val_selection_cropped" layout.
+KITTI_SELECTION = "val_selection_cropped"
+
+
+@dataclass
+class Sample:
+    """One RGB image and its metric depth map (0 = invalid)."""
+
+    name: str
+    rgb: np.ndarray
+    depth: np.ndarray
+
+
+def _check_pair(name: str, rgb: np.ndarray, depth: np.ndarray, depth_file: str | Path) -> Sample:
+    if depth.shape != rgb.shape[:2]:
+        raise DataError(
+            f"depth map is {depth.shape[1]}x{depth.shape[0]} but its image is "
+            f"{rgb.shape[1]}x{rgb.shape[0]} (width x height)", depth_file)
+    if not np.any(depth > 0):
+        raise DataError("depth map has no valid pixel (all 0, NaN or negative)", depth_file)
+    return Sample(name, rgb, depth)
+
+
+class PairedFiles:
+    """Pairs of (RGB file, depth file) read on demand; base of the folder and KITTI readers."""
+
+    def __init__(self, pairs: list[tuple[str, Path, Path]], depth_scale: float):
+        if depth_scale <= 0:
+            raise InputError(f"expected a positive depth scale (PNG units per metre), got {depth_scale}")
+        self.pairs, self.depth_scale = pairs, float(depth_scale)
+
+    @property
+    def names(self) -> list[str]:
+        """Sample names (file stems), in order."""
+        return [name for name, _, _ in self.pairs]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> Sample:
+        name, rgb_path, depth_path = self.pairs[index]
+        rgb = read_rgb(rgb_path)
+        depth = read_depth(depth_path, png_scale=self.depth_scale)
+        return _check_pair(name, rgb, depth, depth_path)
+
+
+def _by_stem(files: list[Path], folder: Path) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for path in files:
+        if path.stem in out:
+            raise DataError(f"two files share the name {path.stem!r}: {out[path.stem].name} and "
+                            f"{path.name}", folder)
+        out[path.stem] = path
+    return out
+
+
+class FolderDataset(PairedFiles):
+    """`root/split/rgb/NAME.png|jpg` with `root/split/depth/NAME.png` (16-bit) or `NAME.npy` (metres).
+
+    Args:
+        root: dataset folder.
+        split: sub-folder, e.g. "train" or "val".
+        depth_scale: PNG depth units per metre (1000 = millimetres, 256 = KITTI).
+    """
+
+    def __init__(self, root: str | Path, split: str = "val", depth_scale: float = 1000.0):
+        folder = Path(root) / split
+        rgb_dir, depth_dir = folder / "rgb", folder / "depth"
+        for sub in (folder, rgb_dir, depth_dir):
+            if not sub.is_dir():
+                raise DataError(f"expected a folder with rgb/ and depth/ for split {split!r}, "
+                                "found none", sub)
+        rgbs = _by_stem(list_images(rgb_dir), rgb_dir)
+        depths = _by_stem(sorted(p for p in depth_dir.iterdir()
+                                 if p.is_file() and p.suffix.lower() in DEPTH_SUFFIXES), depth_dir)
+        if not rgbs and not depths:
+            raise DataError(f"split {split!r} is empty: no images in rgb/ and depth/", folder)
+        for stem, path in rgbs.items():
+            if stem not in depths:
+                raise DataError(f"image has no depth map (expected depth/{stem}.png or .npy)", path)
+        for stem, path in depths.items():
+            if stem not in rgbs:
+                raise DataError(f"depth map has no image (expected rgb/{stem}.png or .jpg)", path)
+        super().__init__([(s, rgbs[s], depths[s]) for s in sorted(rgbs)], depth_scale)
+        self.root, self.split = Path(root), split
+
+
+class KittiDataset(PairedFiles):
+    """KITTI depth: 16-bit PNG, value / 256 metres, 0 = invalid.
+
+    Two layouts are accepted:
+    - the folder format (`root/split/{rgb,depth}/NAME.png`) with depth in 1/256 m;
+    - KITTI's depth-completion selection: `root` is `depth_selection/` or its
+      `val_selection_cropped/` folder, holding `image/*_sync_image_*.png` and
+      `groundtruth_depth/*_sync_groundtruth_depth_*.png` (split is ignored: it is the val set).
+    """
+
+    def __init__(self, root: str | Path, split: str = "val", depth_scale: float = KITTI_DEPTH_SCALE):
+        root = Path(root)
+        sel = _kitti_selection(root)
+        if sel is None:
+            folder = FolderDataset(root, split, depth_scale)
+            super().__init__(folder.pairs, depth_scale)
+            return
+        image_dir, gt_dir = sel / "image", sel / "groundtruth_depth"
+        images = list_images(image_dir)
+        gts = {p.name: p for p in list_images(gt_dir)}
+        if not images and not gts:
+            raise DataError("KITTI selection is empty: no images in image/", image_dir)
+        pairs, used = [], set()
+        for path in images:
+            gt_name = path.name.replace("_sync_image_", "_sync_groundtruth_depth_", 1)
+            if gt_name not in gts:
+                raise DataError(f"image has no depth map (expected groundtruth_depth/{gt_name})", path)
+            used.add(gt_name)
+            pairs.append((path.stem, path, gts[gt_name]))
+        for name in sorted(set(gts) - used):
+            raise DataError("depth map has no image in image/", gts[name])
+        super().__init__(pairs, depth_scale)
+
+
+def _kitti_selection(root: Path) -> Path | None:
+    for cand in (root, root / KITTI_SELECTION):
+        if (cand / "image").is_dir() and (cand / "groundtruth_depth").is_dir():
+            return cand
+    return None
+
+
+class NYUDataset:
+    """NYU Depth v2 labeled `.mat` (MATLAB v7.3 = HDF5): `images` N x 3 x W x H uint8,
+    `depths` N x W x H float32 metres (MATLAB's column-major order, so both are transposed here).
+
+    The file has no train/val split; `split` picks a fixed one: "val" = every 10th image
+    (index % 10 == 9), "train" = the others, "all" = every image.
+    """
+
+    SPLITS = ("train", "val", "all")
+
+    def __init__(self, path: str | Path, split: str = "all"):
+        self.path = Path(path)
+        if split not in self.SPLITS:
+            raise InputError(f"unknown NYU split {split!r}; expected one of {', '.join(self.SPLITS)}")
+        if not self.path.is_file():
+            raise DataError("NYU Depth v2 file not found", self.path)
+        h5 = self._open()
+        try:
+            images, depths = self._arrays(h5)
+            if images.ndim != 4 or images.shape[1] != 3 or images.dtype != np.uint8:
+                raise DataError(f"expected 'images' N x 3 x W x H uint8, found {images.dtype} "
+                                f"{images.shape}", self.path)
+            if depths.shape != (images.shape[0], images.shape[2], images.shape[3]):
+                raise DataError(f"expected 'depths' of shape {(images.shape[0], *images.shape[2:])} "
+                                f"to match 'images', found {depths.shape}", self.path)
+            count = images.shape[0]
+        finally:
+            h5.close()
+        every = range(count)
+        idx = [i for i in every if split == "all" or (i % 10 == 9) == (split == "val")]
+        if not idx:
+            raise DataError(f"NYU split {split!r} is empty ({count} images in the file)", self.path)
+        self.indices, self.split = idx, split
+        self._h5 = None
+        self._pid = -1
+
+    def _open(self):
+        try:
+            import h5py
+        except ImportError:
+            raise InputError("reading NYU Depth v2 .mat files needs h5py (pip install h5py)") from None
+        try:
+            return h5py.File(self.path, "r")
+        except OSError as err:
+            raise DataError(f"not a readable HDF5 / MATLAB v7.3 file ({err})", self.path) from None
+
+    def _arrays(self, h5):
+        missing = [k for k in ("images", "depths") if k not in h5]
+        if missing:
+            raise DataError(f"expected datasets 'images' and 'depths', missing {missing}", self.path)
+        return h5["images"], h5["depths"]
+
+    @property
+    def names(self) -> list[str]:
+        """Sample names: the image's index in the file, zero-padded."""
+        return [f"{i:05d}" for i in self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Sample:
+        if self._h5 is None or self._pid != os.getpid():  # one handle per process (DataLoader workers)
+            self._h5, self._pid = self._open(), os.getpid()
+        images, depths = self._arrays(self._h5)
+        i = self.indices[index]
+        try:
+            rgb = np.ascontiguousarray(np.asarray(images[i]).transpose(2, 1, 0))
+            depth = np.asarray(depths[i], dtype=np.float32).T
+        except (OSError, ValueError) as err:
+            raise DataError(f"cannot read image {i} ({err})", self.path) from None
+        depth = np.where(np.isfinite(depth) & (depth > 0), depth, 0).astype(np.float32)
+        return _check_pair(f"{i:05d}", rgb, np.ascontiguousarray(depth), f"{self.path}[{i}]")
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_h5": None, "_pid": -1}
+
+
+def open_dataset(path: str | Path, split: str = "val", fmt: str = "auto",
+                 depth_scale: float = 1000.0) -> FolderDataset | KittiDataset | NYUDataset:
+    """Open a dataset by what is on disk.
+
+    Args:
+        path: a folder (folder format, or KITTI's selection layout) or an NYU .mat / .h5 file.
+        split: "train" / "val" (NYU also "all"; see `NYUDataset`).
+        fmt: "auto" (detect), "folder", "nyu" or "kitti".
+        depth_scale: PNG depth units per metre for the folder format (KITTI uses 256 unless
+            a different value than the 1000 default is given).
+    """
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise InputError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if not path.exists():
+        raise DataError("dataset not found", path)
+    if fmt == "auto":
+        if path.is_file():
+            if path.suffix.lower() not in NYU_SUFFIXES:
+                raise DataError(f"expected a dataset folder or an NYU {'/'.join(NYU_SUFFIXES)} file",
+                                path)
+            fmt = "nyu"
+        else:
+            fmt = "kitti" if _kitti_selection(path) is not None else "folder"
+    if fmt == "nyu":
+        return NYUDataset(path, split)
+    if fmt == "kitti":
+        scale = KITTI_DEPTH_SCALE if depth_scale == 1000.0 else depth_scale
+        return KittiDataset(path, split, scale)
+    return FolderDataset(path, split, depth_scale)
+
+
+def dataset_max_depth(path: str | Path) -> float:
+    """The dataset's maximum depth in metres (the SSIM data range).
+
+    `meta.json`'s `max_depth` when the folder has one (the synthetic world writes 20);
+    10 for an NYU file, 80 for KITTI's selection layout, else 20.
+    """
+    path = Path(path)
+    meta = path / "meta.json"
+    if path.is_dir() and meta.is_file():
+        try:
+            value = float(json.loads(meta.read_text())["max_depth"])
+        except (ValueError, KeyError, TypeError, OSError) as err:
+            raise DataError(f"expected a JSON object with a numeric 'max_depth' ({err})", meta) from None
+        if not np.isfinite(value) or value <= 0:
+            raise DataError(f"expected a positive max_depth, found {value}", meta)
+        return value
+    if path.is_file() and path.suffix.lower() in NYU_SUFFIXES:
+        return NYU_MAX_DEPTH
+    if path.is_dir() and _kitti_selection(path) is not None:
+        return KITTI_MAX_DEPTH
+    return DEFAULT_MAX_DEPTH
