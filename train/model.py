@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -55,7 +56,7 @@ class DepthNet(nn.Module):
         self.stages = nn.ModuleList([resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4])
         chans = (BACKBONES[args.backbone], *DECODER_CHANNELS)
         self.decoder = nn.Sequential(
-            *(up_block(c_in, c_out) for c_in, c_out in zip(chans[:-1], chans[1:])),
+            *(up_block(c_in, c_out) for c_in, c_out in itertools.pairwise(chans)),
             nn.ConvTranspose2d(DECODER_CHANNELS[-1], 1, kernel_size=4, stride=2, padding=1),
         )
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)

@@ -1,0 +1,79 @@
+"""`mde eval MODEL --data DIR`: score a checkpoint (.pt, via PyTorch) or an artifact (.onnx/.engine, via the runtime)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from mde.errors import InputError
+
+METRIC_ORDER = ("rmse", "ssim", "abs_rel", "sq_rel", "rmse_log", "delta1", "delta2", "delta3",
+                "silog", "images")
+
+
+def eval_command(
+    model: str = typer.Argument(..., help="A .pt checkpoint, .onnx model or .engine."),
+    data: str = typer.Option(..., "--data", help="Dataset folder."),
+    split: str = typer.Option("val", "--split", help="Which split to score: train or val."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Images per inference call."),
+    device: str = typer.Option("auto", "--device", help=".pt only: auto, cpu or cuda."),
+    backend: str = typer.Option("auto", "--backend", help=".onnx/.engine: runtime backend."),
+    depth_scale: float = typer.Option(1000.0, "--depth-scale", help="16-bit depth PNG units per metre."),
+) -> None:
+    """Mean RMSE, SSIM, AbsRel, SqRel, RMSE log, delta1-3 and SILog over a split."""
+    from mde.io import require_file
+    from mde.runtime.evaluate import evaluate
+    from mde.train.data import dataset_max_depth, open_dataset
+
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {batch_size}")
+    path = require_file(model, "model")
+    dataset = open_dataset(data, split=split, depth_scale=depth_scale)
+    data_range = float(dataset_max_depth(data))
+    suffix = path.suffix.lower()
+    if suffix == ".pt":
+        predict = _torch_predict(path, device)
+    elif suffix in (".onnx", ".engine", ".plan"):
+        from mde.runtime.estimator import DepthEstimator
+
+        estimator = DepthEstimator.open(path, backend=backend, batch_size=batch_size)
+        predict = estimator.predict_batch
+    else:
+        raise InputError("expected a .pt, .onnx or .engine file", path)
+    metrics = evaluate(predict, dataset, data_range, batch_size, progress=not json_out)
+    metrics = {k: metrics[k] for k in METRIC_ORDER if k in metrics}
+    if json_out:
+        typer.echo(json.dumps(metrics))
+    else:
+        _print_table(path, split, metrics)
+
+
+def _torch_predict(path: Path, device: str):
+    from mde.train.checkpoint import load_model
+    from mde.train.distributed import resolve_device
+    from mde.train.evaluate import torch_predictor
+
+    dev = resolve_device(device)
+    net, _ = load_model(path, dev)
+    return torch_predictor(net, net.args.image_size, net.args.max_depth, dev)
+
+
+def _print_table(path: Path, split: str, metrics: dict[str, float]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"{path.name} on {split}: {metrics.get('images', 0)} images")
+    table = Table()
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in metrics.items():
+        table.add_row(name, str(value) if name == "images" else f"{value:.4f}")
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_command)

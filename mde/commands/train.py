@@ -1,0 +1,68 @@
+"""`mde train`: train the depth network (CyclicLR, augmentation, AMP, DDP under torchrun, resumable)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import typer
+
+from mde.train.config import BACKBONE_CHOICES, CYCLE_MODES, LOSS_CHOICES, TrainConfig
+
+D = TrainConfig()
+
+
+def train_command(
+    data: str = typer.Option(..., "--data", help="Dataset folder ({train,val}/{rgb,depth})."),
+    out: str = typer.Option(..., "--out", help="Run folder: best.pt, last.pt, config.json, metrics.jsonl, curves.png, samples.png."),
+    backbone: str = typer.Option(D.backbone, help=f"Encoder: {', '.join(BACKBONE_CHOICES)}."),
+    image_size: int = typer.Option(D.image_size, help="Square network input size (multiple of 32)."),
+    epochs: int = typer.Option(D.epochs, help="Training epochs."),
+    batch_size: int = typer.Option(D.batch_size, help="Images per batch per process."),
+    lr_min: float = typer.Option(D.lr_min, help="CyclicLR lower bound."),
+    lr_max: float = typer.Option(D.lr_max, help="CyclicLR upper bound."),
+    cycle_mode: str = typer.Option(D.cycle_mode, help=f"CyclicLR mode: {', '.join(CYCLE_MODES)}."),
+    step_size_up: int = typer.Option(D.step_size_up, help="CyclicLR half-cycle, in batches."),
+    optimizer: str = typer.Option(D.optimizer, help="adamw or sgd."),
+    weight_decay: float = typer.Option(D.weight_decay, help="Weight decay."),
+    loss: str = typer.Option(D.loss, help=f"Loss: {', '.join(LOSS_CHOICES)}."),
+    freeze_stages: int = typer.Option(D.freeze_stages, help="Freeze the stem + first K-1 residual stages; -1 = auto (3 with pretrained weights, 0 from scratch)."),
+    pretrained: bool = typer.Option(D.pretrained, "--pretrained/--no-pretrained", help="Start the encoder from torchvision ImageNet weights (downloads)."),
+    backbone_weights: str = typer.Option(D.backbone_weights, help="Local torchvision ResNet state dict for the encoder (with --no-pretrained)."),
+    augment: bool = typer.Option(D.augment, "--augment/--no-augment", help="Flip, colour jitter, scale-crop."),
+    max_depth: float = typer.Option(D.max_depth, help="Output range in metres; 0 = the dataset's maximum depth."),
+    depth_scale: float = typer.Option(D.depth_scale, help="16-bit depth PNG units per metre."),
+    device: str = typer.Option(D.device, help="auto, cpu or cuda."),
+    amp: bool = typer.Option(D.amp, "--amp/--no-amp", help="Mixed precision on CUDA (bf16 where supported)."),
+    channels_last: bool = typer.Option(D.channels_last, "--channels-last/--no-channels-last", help="channels_last memory format."),
+    compile: bool = typer.Option(D.compile, "--compile/--no-compile", help="torch.compile the model."),
+    workers: int = typer.Option(D.workers, help="Data loader worker processes."),
+    seed: int = typer.Option(D.seed, help="Seed of initialisation, shuffling and augmentation."),
+    resume: str = typer.Option(D.resume, help="Continue from RUN/last.pt (its config is used)."),
+    force: bool = typer.Option(D.force, "--force", help="Allow a non-empty --out."),
+    val_every: int = typer.Option(D.val_every, help="Validate every N epochs."),
+    log_interval: int = typer.Option(D.log_interval, help="Progress update every N batches."),
+    checkpoint_every: int = typer.Option(D.checkpoint_every, help="Also save last.pt every N batches (0 = epoch ends only)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+) -> None:
+    """Train the depth network; writes RUN/{best,last}.pt, config.json, metrics.jsonl, curves.png, samples.png."""
+    values = dict(locals())
+    values.pop("json_out")
+    cfg = TrainConfig(**values)
+    if not resume:
+        cfg.validate()  # before importing torch: bad flags fail fast
+    from mde.train.trainer import train
+
+    result = train(cfg)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun only rank 0 reports
+    if json_out:
+        typer.echo(json.dumps(result))
+    elif result.get("best"):
+        best = result["best"]
+        typer.echo(f"best epoch {best.get('epoch')}: rmse {best.get('rmse', float('nan')):.4f} "
+                   f"ssim {best.get('ssim', float('nan')):.4f} -> {out}/best.pt")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)

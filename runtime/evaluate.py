@@ -1,0 +1,72 @@
+"""The evaluation loop every backend shares (torch-free): predict in batches, score with the one metrics module."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from mde.runtime.preprocess import resize_depth
+
+from mde.errors import DataError
+
+PredictBatch = Callable[[list[np.ndarray]], list[np.ndarray]]
+
+
+def metric_sums(
+    predict_batch: PredictBatch,
+    dataset: Any,
+    data_range: float,
+    indices: Sequence[int] | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> tuple[dict[str, float], int]:
+    """Per-image metrics summed over `indices` of `dataset` (all when None), and the image count.
+
+    Sums (not means; `MetricAccumulator`'s) so shards scored by several processes add up exactly.
+
+    Args:
+        predict_batch: RGB images (H x W x 3 uint8) -> depth maps (H x W metres) in order.
+        dataset: indexable, items with `.rgb` and `.depth` (see `mde.train.data`).
+        data_range: SSIM data range, the dataset's maximum depth.
+        indices: which items to score.
+        batch_size: images per `predict_batch` call.
+        progress: show a progress bar on stderr.
+    """
+    from mde.runtime.metrics import MetricAccumulator
+
+    order = list(range(len(dataset))) if indices is None else list(indices)
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if progress:
+        from mde.console import track
+
+        chunks = track(chunks, "evaluate", total=len(chunks))
+    acc = MetricAccumulator(data_range)
+    for chunk in chunks:
+        samples = [dataset[i] for i in chunk]
+        preds = predict_batch([s.rgb for s in samples])
+        for sample, pred in zip(samples, preds):
+            gt = np.asarray(sample.depth, dtype=np.float32)
+            pred = np.asarray(pred, dtype=np.float32)
+            if pred.shape != gt.shape:
+                pred = resize_depth(pred, gt.shape)
+            acc.add(pred, gt)
+    return dict(acc.sums), acc.count
+
+
+def average(sums: dict[str, float], count: int) -> dict[str, float]:
+    """Means of `metric_sums` output, plus `images`."""
+    if count == 0:
+        raise DataError("no images to evaluate")
+    return {**{k: v / count for k, v in sums.items()}, "images": count}
+
+
+def evaluate(
+    predict_batch: PredictBatch,
+    dataset: Any,
+    data_range: float,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Mean per-image metrics (rmse, ssim, abs_rel, ...) of `predict_batch` on `dataset`, plus `images`."""
+    return average(*metric_sums(predict_batch, dataset, data_range, None, batch_size, progress))

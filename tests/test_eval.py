@@ -1,0 +1,88 @@
+"""`mde eval`: a checkpoint or an ONNX model scored with the one metrics module; table, --json, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+KEYS = {"rmse", "ssim", "abs_rel", "sq_rel", "rmse_log", "delta1", "delta2", "delta3", "silog", "images"}
+
+
+def test_eval_checkpoint_json(cli, tiny_checkpoint, synth_data):
+    res = cli("eval", tiny_checkpoint, "--data", synth_data, "--json", "--device", "cpu")
+    assert res.code == 0, res.err
+    metrics = json.loads(res.out)  # stdout holds exactly one JSON object
+    assert set(metrics) == KEYS
+    assert metrics["images"] == 8 and metrics["rmse"] > 0 and -1 <= metrics["ssim"] <= 1
+
+
+def test_eval_checkpoint_table(cli, tiny_checkpoint, synth_data):
+    res = cli("eval", tiny_checkpoint, "--data", synth_data, "--split", "train", "--device", "cpu")
+    assert res.code == 0, res.err
+    assert "rmse" in res.out and "delta1" in res.out and "24 images" in res.out
+
+
+def test_eval_matches_a_direct_computation(tiny_checkpoint, synth_data):
+    """The shared loop equals scoring each image by hand with the metrics module."""
+    from mde.runtime.evaluate import evaluate
+    from mde.runtime.metrics import compute_metrics
+    from mde.train.checkpoint import load_model
+    from mde.train.data import dataset_max_depth, open_dataset
+    from mde.train.evaluate import torch_predictor
+
+    model, _ = load_model(tiny_checkpoint)
+    data = open_dataset(synth_data, "val")
+    rng = float(dataset_max_depth(synth_data))
+    predict = torch_predictor(model, 64, model.args.max_depth)
+    got = evaluate(predict, data, rng, batch_size=3)
+    by_hand = [compute_metrics(predict([data[i].rgb])[0], data[i].depth, rng)["rmse"]
+               for i in range(len(data))]
+    assert got["rmse"] == pytest.approx(float(np.mean(by_hand)), rel=1e-5)
+
+
+def test_eval_onnx_matches_checkpoint(cli, tiny_checkpoint, tiny_export, synth_data):
+    pytest.importorskip("onnxruntime")
+    pt = json.loads(cli("eval", tiny_checkpoint, "--data", synth_data, "--json", "--device", "cpu").out)
+    res = cli("eval", tiny_export / "model.onnx", "--data", synth_data, "--json")
+    assert res.code == 0, res.err
+    onnx = json.loads(res.out)
+    assert onnx["rmse"] == pytest.approx(pt["rmse"], abs=1e-4)
+    assert onnx["ssim"] == pytest.approx(pt["ssim"], abs=1e-4)
+
+
+@pytest.fixture
+def other_arch(tmp_path, tiny_checkpoint):
+    import torch
+
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    state["model_args"]["backbone"] = "resnet50"
+    path = tmp_path / "other.pt"
+    torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize("kind, match", [
+    ("corrupt", "corrupt"),
+    ("missing", "not found"),
+    ("other_arch", "do not match"),
+    ("suffix", "expected a .pt, .onnx or .engine"),
+    ("split", "split"),
+])
+def test_eval_bad_input(cli, tmp_path, synth_data, request, kind, match):
+    model = {"missing": tmp_path / "nope.pt", "suffix": tmp_path / "model.txt",
+             "corrupt": tmp_path / "bad.pt"}.get(kind)
+    if kind == "corrupt":
+        model.write_bytes(b"\x00garbage" * 10)
+    if kind == "suffix":
+        model.write_text("hello")
+    if kind == "other_arch":
+        model = request.getfixturevalue("other_arch")
+    if kind == "split":
+        model = request.getfixturevalue("tiny_checkpoint")
+    extra = ["--split", "test"] if kind == "split" else []
+    res = cli("eval", model, "--data", synth_data, "--json", *extra)
+    assert res.code == 2, res.err
+    assert match in res.err and len(res.err.strip().splitlines()) == 1
+    assert res.out == ""

@@ -1,0 +1,283 @@
+"""The trainer: losses, augmentation, CyclicLR, a tiny run's outputs, resume after SIGKILL, DDP, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mde.train.augment import AugmentConfig, augment_pair, scale_crop, to_training_pair
+from mde.train.config import TrainConfig
+from mde.train.losses import LOSSES, get_loss, masked_loss
+
+torch.set_num_threads(2)
+TINY = ["--backbone", "resnet18", "--image-size", "64", "--batch-size", "4", "--no-pretrained",
+        "--workers", "0", "--device", "cpu", "--seed", "0"]
+
+
+def tiny_config(data: Path, out: Path, **overrides) -> TrainConfig:
+    values = {"data": str(data), "out": str(out), "backbone": "resnet18", "image_size": 64,
+              "batch_size": 4, "epochs": 1, "pretrained": False, "workers": 0, "device": "cpu",
+              "step_size_up": 3}
+    return TrainConfig(**{**values, **overrides})
+
+
+# -- losses -------------------------------------------------------------------------------------
+def test_losses_on_known_values():
+    target = torch.tensor([[[[1.0, 2.0, 4.0, 0.0]]]])       # last pixel invalid
+    pred = torch.tensor([[[[2.0, 4.0, 8.0, 100.0]]]])
+    assert masked_loss("l1", pred, target).item() == pytest.approx((1 + 2 + 4) / 3)
+    # berHu: c = 0.2 * max|e| = 0.8; |e| = 1, 2, 4 are all above c -> (e^2 + c^2) / 2c
+    c = 0.8
+    expected = np.mean([(e * e + c * c) / (2 * c) for e in (1, 2, 4)])
+    assert masked_loss("berhu", pred, target).item() == pytest.approx(expected, rel=1e-5)
+    # SILog of a constant scale error: 10 * sqrt(d^2 - 0.85 d^2), d = log 2
+    assert masked_loss("silog", pred, target).item() == pytest.approx(
+        10 * math.log(2) * math.sqrt(0.15), rel=1e-3)
+
+
+def test_losses_are_zero_for_a_perfect_prediction_and_ignore_invalid():
+    target = torch.rand(2, 1, 32, 32) * 9 + 1
+    target[:, :, :4] = 0
+    pred = target.clone()
+    pred[:, :, :4] = 50.0   # garbage where ground truth is invalid
+    for name in LOSSES:
+        assert masked_loss(name, pred, target).item() == pytest.approx(0.0, abs=2e-3), name
+    worse = masked_loss("ssim_l1", target.clamp_min(1) + 1, target)
+    assert worse.item() > 0.05
+
+
+def test_losses_have_gradients_and_unknown_name():
+    pred = (torch.rand(1, 1, 16, 16) * 5 + 1).requires_grad_()
+    target = torch.rand(1, 1, 16, 16) * 5 + 1
+    for name in LOSSES:
+        pred.grad = None
+        masked_loss(name, pred, target).backward()
+        assert torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0, name
+    from mde.errors import InputError
+
+    with pytest.raises(InputError, match="choose from"):
+        get_loss("mse")
+
+
+# -- augmentation -------------------------------------------------------------------------------
+def _coded_pair(h: int = 24, w: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """RGB whose red channel and depth both encode the column index (depth also the row)."""
+    cols = np.tile(np.arange(w), (h, 1))
+    rows = np.tile(np.arange(h)[:, None], (1, w))
+    rgb = np.stack([cols * 7, rows * 9, np.zeros_like(cols)], -1).astype(np.uint8)
+    return rgb, (1 + cols + 100 * rows).astype(np.float32)
+
+
+def test_flip_and_crop_move_rgb_and_depth_together():
+    rgb, depth = _coded_pair()
+    no_color = {"brightness": 0, "contrast": 0, "saturation": 0}
+    a_rgb, a_depth = augment_pair(rgb, depth, np.random.default_rng(0),
+                                  AugmentConfig(flip_p=1.0, crop_p=0.0, **no_color))
+    assert np.array_equal(a_depth, depth[:, ::-1])
+    assert np.array_equal(a_rgb, rgb[:, ::-1])
+    for seed in range(5):
+        c_rgb, c_depth = scale_crop(rgb, depth, np.random.default_rng(seed), 0.5)
+        col = c_rgb[..., 0].astype(int) // 7
+        row = c_rgb[..., 1].astype(int) // 9
+        assert np.array_equal(c_depth, (1 + col + 100 * row).astype(np.float32))
+        assert c_depth.shape[0] >= 12
+
+
+def test_augmentation_is_seeded_and_depth_stays_clean():
+    rgb, depth = _coded_pair()
+    depth[:4] = 0  # invalid band
+    one = augment_pair(rgb, depth, np.random.default_rng(3))
+    two = augment_pair(rgb, depth, np.random.default_rng(3))
+    assert all(np.array_equal(a, b) for a, b in zip(one, two))
+    x, y = to_training_pair(*one, 16)
+    assert x.shape == (3, 16, 16) and y.shape == (1, 16, 16)
+    assert 0 <= x.min() and x.max() <= 1
+    values = set(np.unique(depth).tolist())
+    assert set(np.unique(y).tolist()) <= values  # nearest: no blended depths (invalid stays 0)
+
+
+# -- CyclicLR -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode, second_peak", [("triangular", 1e-3), ("triangular2", 5.5e-4)])
+def test_cyclic_lr_trajectory(mode, second_peak):
+    from mde.train.trainer import make_optimizer, make_scheduler
+
+    cfg = TrainConfig(lr_min=1e-4, lr_max=1e-3, step_size_up=4, cycle_mode=mode)
+    model = torch.nn.Linear(2, 1)
+    opt = make_optimizer(cfg, model)
+    sched = make_scheduler(cfg, opt)
+    lrs = [sched.get_last_lr()[0]]
+    for _ in range(12):
+        opt.step()
+        sched.step()
+        lrs.append(sched.get_last_lr()[0])
+    assert lrs[0] == pytest.approx(1e-4)
+    assert lrs[4] == pytest.approx(1e-3)
+    assert lrs[2] == pytest.approx(5.5e-4)
+    assert lrs[8] == pytest.approx(1e-4)
+    assert lrs[12] == pytest.approx(second_peak)
+
+
+# -- a tiny run ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, synth_data):
+    from mde.train.trainer import train
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    result = train(tiny_config(synth_data, out, epochs=2, checkpoint_every=0))
+    return out, result
+
+
+def test_run_folder_outputs(tiny_run):
+    out, result = tiny_run
+    for name in ("best.pt", "last.pt", "config.json", "metrics.jsonl", "curves.png", "samples.png"):
+        assert (out / name).stat().st_size > 0, name
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for key in ("train_loss", "lr", "val_rmse", "val_ssim", "val_abs_rel", "val_delta1", "images_per_s"):
+        assert all(math.isfinite(r[key]) for r in records), key
+    config = json.loads((out / "config.json").read_text())
+    assert config["freeze_stages"] == 0 and config["max_depth"] > 0  # resolved values
+    assert result["final"]["rmse"] == pytest.approx(records[-1]["val_rmse"])
+    assert result["best"]["rmse"] == min(r["val_rmse"] for r in records)
+
+
+def test_checkpoint_carries_training_state(tiny_run):
+    from mde.train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(tiny_run[0] / "last.pt")  # weights_only=True
+    for key in ("model_args", "model", "config", "epoch", "step", "optimizer", "scheduler",
+                "scaler", "rng", "metrics"):
+        assert key in state, key
+    assert state["epoch"] == 2 and state["step"] == 12 and state["epoch_step"] == 0
+    assert state["model_args"]["backbone"] == "resnet18"
+    assert set(state["rng"]) == {"torch", "numpy", "python"}
+
+
+def test_trained_model_evaluates_like_the_run(tiny_run, synth_data):
+    from mde.train.checkpoint import load_model
+    from mde.train.data import dataset_max_depth, open_dataset
+    from mde.train.evaluate import evaluate_model
+
+    out, _ = tiny_run
+    model, state = load_model(out / "best.pt")
+    metrics = evaluate_model(model, open_dataset(synth_data, "val"), 64, model.args.max_depth,
+                             data_range=dataset_max_depth(synth_data))
+    assert metrics["rmse"] == pytest.approx(state["metrics"]["rmse"], rel=1e-5)
+    assert metrics["images"] == 8
+
+
+# -- resume after SIGKILL -----------------------------------------------------------------------
+def _train_cmd(data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "mde.train", "--data", str(data), "--out", str(out), *TINY,
+            "--epochs", "2", "--step-size-up", "3", "--json", *extra]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, synth_data, tiny_run):
+    run = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    proc = subprocess.Popen(_train_cmd(synth_data, run, "--checkpoint-every", "2"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert last.exists(), "no mid-epoch checkpoint before the kill"
+    from mde.train.checkpoint import load_checkpoint
+
+    killed_at = load_checkpoint(last)
+    assert killed_at["epoch"] == 0 and 0 < killed_at["epoch_step"] < 6  # really mid-epoch 1
+    done = subprocess.run(_train_cmd(synth_data, run, "--resume", str(last)), env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    resumed = json.loads(done.stdout)
+    reference = tiny_run[1]  # the same config, uninterrupted
+    for key in ("rmse", "ssim", "abs_rel"):
+        assert resumed["final"][key] == pytest.approx(reference["final"][key], rel=1e-4)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+
+
+# -- DDP ------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_ddp_two_cpu_ranks_split_data_and_rank0_writes_once(tmp_path, synth_data):
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "mde.train", "--data", str(synth_data), "--out", str(run), *TINY,
+           "--epochs", "1", "--checkpoint-every", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MDE_TRAIN_TRACE": str(trace)}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = {r: (trace / f"rank{r}.txt").read_text().splitlines() for r in (0, 1)}
+    names = {r: {line.split()[1] for line in lines if line.startswith("0 ")} for r, lines in seen.items()}
+    assert len(names[0]) == len(names[1]) == 12   # 24 images / 2 ranks, 3 batches of 4 each
+    assert not names[0] & names[1]                 # different data on each rank
+    saves = {r: [line for line in lines if line.startswith("save ")] for r, lines in seen.items()}
+    assert saves[1] == [] and sorted(saves[0]) == ["save best.pt", "save last.pt"]
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    assert sorted(p.name for p in run.iterdir()) == [
+        "best.pt", "config.json", "curves.png", "last.pt", "metrics.jsonl", "samples.png"]
+
+
+# -- bad input ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("extra, match", [
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--batch-size", "64"], "too few for --batch-size"),
+    (["--backbone", "resnet99"], "unknown --backbone"),
+    (["--loss", "mse"], "unknown --loss"),
+    (["--resume", "missing/last.pt"], "not found"),
+    (["--pretrained", "--backbone-weights", "w.pth"], "conflict"),
+    (["--freeze-stages", "3"], "randomly initialised"),
+    (["--image-size", "70"], "multiple of 32"),
+])
+def test_bad_train_input_is_one_line_exit_2(cli, tmp_path, synth_data, extra, match):
+    res = cli("train", "--data", synth_data, "--out", tmp_path / "run", *TINY, "--epochs", "1", *extra)
+    assert res.code == 2, res.err
+    assert match in res.err and len(res.err.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_resume_rejects_conflicting_flags_and_foreign_checkpoints(cli, tmp_path, synth_data, tiny_run,
+                                                                  tiny_checkpoint):
+    last = tiny_run[0] / "last.pt"
+    res = cli("train", "--data", synth_data, "--out", tmp_path / "r", "--resume", last, "--lr-max", "0.5")
+    assert res.code == 2 and "conflicts with the resumed checkpoint" in res.err
+    res = cli("train", "--data", synth_data, "--out", tmp_path / "r", "--resume", tiny_checkpoint)
+    assert res.code == 2 and "cannot resume" in res.err
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(last.read_bytes()[:1000])
+    res = cli("train", "--data", synth_data, "--out", tmp_path / "r", "--resume", bad)
+    assert res.code == 2 and "corrupt" in res.err
+
+
+# -- config ---------------------------------------------------------------------------------------
+def test_freeze_auto_follows_the_starting_weights():
+    assert TrainConfig().frozen_stages == 3                       # report: ImageNet + 3 frozen
+    assert TrainConfig(pretrained=False).frozen_stages == 0       # from scratch: nothing frozen
+    assert TrainConfig(pretrained=False, backbone_weights="w.pth").frozen_stages == 3
+    assert TrainConfig(pretrained=False, freeze_stages=0, backbone_weights="w.pth").frozen_stages == 0
+
+
+def test_merge_resume_keeps_the_checkpoint_config():
+    from mde.train.config import merge_resume
+
+    from mde.errors import InputError
+
+    saved = TrainConfig(data="d", out="o", lr_max=5e-3, epochs=2, pretrained=False)
+    merged = merge_resume(TrainConfig(data="d2", out="o2", epochs=4, resume="o/last.pt"), saved)
+    assert (merged.lr_max, merged.epochs, merged.data, merged.pretrained) == (5e-3, 4, "d2", False)
+    with pytest.raises(InputError, match="conflicts"):
+        merge_resume(TrainConfig(data="d", out="o", backbone="resnet34", resume="x"), saved)

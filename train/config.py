@@ -1,0 +1,132 @@
+"""`TrainConfig`: every training option with its real default (torch-free, so `mde --help` stays fast)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from mde.errors import InputError
+
+BACKBONE_CHOICES = ("resnet18", "resnet34", "resnet50")
+CYCLE_MODES = ("triangular", "triangular2", "exp_range")
+OPTIMIZERS = ("adamw", "sgd")
+DEVICES = ("auto", "cpu", "cuda")
+LOSS_CHOICES = ("l1", "berhu", "silog", "ssim_l1")
+
+# Options a resumed run may change; everything else comes from the checkpoint's config.
+RESUME_OVERRIDES = ("data", "out", "resume", "epochs", "device", "workers", "log_interval",
+                    "val_every", "checkpoint_every", "force", "compile")
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Defaults follow the source report where it says something.
+
+    `max_depth` 0 means "the dataset's maximum depth" (read from the data folder).
+    `freeze_stages` K freezes the stem and the first K-1 residual stages; -1 (auto) means the
+    report's 3 when the encoder starts from ImageNet weights or --backbone-weights, and 0 when
+    training from scratch (frozen random layers only hurt). An explicit K > 0 from scratch is refused.
+    """
+
+    data: str = ""
+    out: str = ""
+    backbone: str = "resnet50"
+    image_size: int = 224
+    epochs: int = 20
+    batch_size: int = 16
+    lr_min: float = 2e-4
+    lr_max: float = 2e-3
+    cycle_mode: str = "triangular2"
+    step_size_up: int = 250
+    optimizer: str = "adamw"
+    weight_decay: float = 1e-4
+    loss: str = "berhu"  # lowest val RMSE of the four on the synthetic benchmark
+    freeze_stages: int = -1
+    pretrained: bool = True
+    backbone_weights: str = ""
+    augment: bool = True
+    max_depth: float = 0.0
+    depth_scale: float = 1000.0
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    workers: int = 2
+    seed: int = 0
+    resume: str = ""
+    force: bool = False
+    val_every: int = 1
+    log_interval: int = 10
+    checkpoint_every: int = 200
+
+    def validate(self) -> None:
+        """Raise `InputError` for values no run can use."""
+        choices = {"backbone": BACKBONE_CHOICES, "cycle_mode": CYCLE_MODES,
+                   "optimizer": OPTIMIZERS, "device": DEVICES, "loss": LOSS_CHOICES}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise InputError(f"unknown --{name.replace('_', '-')} {getattr(self, name)!r}; "
+                                 f"choose from {', '.join(allowed)}")
+        if not self.data:
+            raise InputError("--data is required")
+        if not self.out:
+            raise InputError("--out is required")
+        positive = ("epochs", "batch_size", "image_size", "step_size_up", "val_every", "log_interval")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.image_size % 32:
+            raise InputError(f"--image-size must be a multiple of 32, got {self.image_size}")
+        if not 0 < self.lr_min <= self.lr_max:
+            raise InputError(f"need 0 < --lr-min <= --lr-max, got {self.lr_min} and {self.lr_max}")
+        if self.workers < 0 or self.checkpoint_every < 0 or self.max_depth < 0:
+            raise InputError("--workers, --checkpoint-every and --max-depth must be >= 0")
+        if not -1 <= self.freeze_stages <= 5:
+            raise InputError(f"--freeze-stages must be -1 (auto) or 0..5, got {self.freeze_stages}")
+        if self.pretrained and self.backbone_weights:
+            raise InputError("--pretrained and --backbone-weights conflict; pass --no-pretrained "
+                             "with --backbone-weights FILE")
+        if self.freeze_stages > 0 and not self.from_weights:
+            raise InputError(f"--freeze-stages {self.freeze_stages} would freeze randomly initialised "
+                             "layers when training from scratch; pass --freeze-stages 0 "
+                             "(or use --pretrained / --backbone-weights FILE)")
+
+    @property
+    def from_weights(self) -> bool:
+        """Whether the encoder starts from trained weights (ImageNet or a local file)."""
+        return self.pretrained or bool(self.backbone_weights)
+
+    @property
+    def frozen_stages(self) -> int:
+        """`freeze_stages` with auto (-1) resolved: 3 from trained weights, 0 from scratch."""
+        if self.freeze_stages >= 0:
+            return self.freeze_stages
+        return 3 if self.from_weights else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Rebuild from `to_dict` output, ignoring unknown keys (older/newer checkpoints)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def merge_resume(cli: TrainConfig, saved: TrainConfig) -> TrainConfig:
+    """The config of a resumed run: the checkpoint's, with the few options a resume may change.
+
+    An option the user set (differs from the default) that contradicts the checkpoint is an
+    error rather than silently ignored.
+    """
+    default = TrainConfig()
+    for f in fields(TrainConfig):
+        if f.name in RESUME_OVERRIDES:
+            continue
+        mine, theirs = getattr(cli, f.name), getattr(saved, f.name)
+        if mine != getattr(default, f.name) and mine != theirs:
+            raise InputError(f"--{f.name.replace('_', '-')} {mine!r} conflicts with the resumed "
+                             f"checkpoint's {theirs!r}; drop it when using --resume")
+    merged = TrainConfig.from_dict({**saved.to_dict(),
+                                    **{k: getattr(cli, k) for k in RESUME_OVERRIDES}})
+    return merged

@@ -1,0 +1,73 @@
+"""Process-group set-up for `torchrun` (gloo on CPU, NCCL on CUDA) and the few collectives the trainer needs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from mde.errors import BackendError
+
+
+@dataclass
+class DistEnv:
+    """Where this process runs: its rank among `world_size` and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
+    """"auto" -> CUDA when available, else CPU; "cuda" without a GPU is a `BackendError`."""
+    if choice == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    if choice == "cuda":
+        raise BackendError("--device cuda: no CUDA GPU is visible to PyTorch (use --device cpu)")
+    return torch.device("cpu")
+
+
+def setup(device_choice: str) -> DistEnv:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); otherwise a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_choice, local_rank)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+    return DistEnv(rank, world, local_rank, device)
+
+
+def cleanup(env: DistEnv) -> None:
+    if env.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values: list[float], env: DistEnv) -> list[float]:
+    """Element-wise sum of `values` over all ranks (identity in a single process)."""
+    if not env.distributed:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=env.device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()

@@ -1,0 +1,66 @@
+"""Evaluate a PyTorch model exactly as every exported artifact is: preprocess -> model -> postprocess -> metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from mde.runtime.evaluate import PredictBatch, average, metric_sums
+from mde.runtime.preprocess import postprocess, preprocess
+
+
+def torch_predictor(model: torch.nn.Module, image_size: int, max_depth: float,
+                    device: str | torch.device = "cpu") -> PredictBatch:
+    """A `predict_batch` callable for an eval-mode model: RGB images -> depth at each image's resolution."""
+
+    def predict(images: list[np.ndarray]) -> list[np.ndarray]:
+        x = torch.from_numpy(preprocess(images, (image_size, image_size))).to(device)
+        with torch.inference_mode():
+            out = model(x).float().cpu().numpy()
+        return [postprocess(o, img.shape[:2], max_depth) for o, img in zip(out, images)]
+
+    return predict
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    dataset: Any,
+    image_size: int,
+    max_depth: float,
+    device: str | torch.device = "cpu",
+    batch_size: int = 8,
+    data_range: float = 0.0,
+    indices: Sequence[int] | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Mean metrics of `model` on `dataset` (or its `indices`), plus `images`.
+
+    Args:
+        data_range: SSIM data range; 0 uses `max_depth`.
+    """
+    sums, count = model_metric_sums(model, dataset, image_size, max_depth, device, batch_size,
+                                    data_range, indices, progress)
+    return average(sums, count)
+
+
+def model_metric_sums(
+    model: torch.nn.Module,
+    dataset: Any,
+    image_size: int,
+    max_depth: float,
+    device: str | torch.device = "cpu",
+    batch_size: int = 8,
+    data_range: float = 0.0,
+    indices: Sequence[int] | None = None,
+    progress: bool = False,
+) -> tuple[dict[str, float], int]:
+    """`metric_sums` for a PyTorch model (the model is put in eval mode and restored after)."""
+    was_training = model.training
+    model.eval()
+    try:
+        predict = torch_predictor(model, image_size, max_depth, device)
+        return metric_sums(predict, dataset, data_range or max_depth, indices, batch_size, progress)
+    finally:
+        model.train(was_training)

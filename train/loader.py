@@ -1,0 +1,50 @@
+"""Training batches: a torch `Dataset` over `mde.train.data` samples with seeded augmentation, and per-epoch order.
+
+Everything random is a function of (seed, epoch, index), so a resumed run (even mid-epoch,
+with any number of workers) sees exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from mde.train.augment import augment_pair, to_training_pair
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+
+class DepthPairs(Dataset):
+    """(image 3 x S x S float [0,1], depth 1 x S x S metres with 0 = invalid, index) training items."""
+
+    def __init__(self, base: Any, image_size: int, augment: bool, seed: int):
+        self.base, self.image_size, self.augment, self.seed = base, image_size, augment, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        sample = self.base[index]
+        rgb, depth = sample.rgb, sample.depth
+        if self.augment:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            rgb, depth = augment_pair(rgb, depth, rng)
+        x, y = to_training_pair(rgb, depth, self.image_size)
+        return torch.from_numpy(x), torch.from_numpy(y), index
+
+
+def epoch_indices(n: int, epoch: int, seed: int, rank: int, world_size: int) -> list[int]:
+    """This rank's shuffled share of `n` items for `epoch` (DistributedSampler, drop_last)."""
+    sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=True,
+                                 seed=seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def epoch_loader(pairs: DepthPairs, indices: list[int], batch_size: int, workers: int,
+                 pin_memory: bool) -> DataLoader:
+    """Batches over `indices` in order (full batches only)."""
+    return DataLoader(pairs, batch_size=batch_size, sampler=indices, drop_last=True,
+                      num_workers=workers, pin_memory=pin_memory,
+                      persistent_workers=False, prefetch_factor=4 if workers else None)

@@ -1,0 +1,89 @@
+"""Depth losses, all masked to valid ground-truth pixels (finite and > 0), and a registry by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from mde.errors import InputError
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+EPS = 1e-3
+
+
+def valid_mask(target: torch.Tensor) -> torch.Tensor:
+    """Pixels that count: finite ground truth > 0."""
+    return torch.isfinite(target) & (target > 0)
+
+
+def l1_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error (metres) over valid pixels."""
+    return (pred - target).abs()[mask].mean()
+
+
+def berhu_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Reverse Huber (Laina et al. 2016): L1 below c, scaled L2 above; c = 0.2 * max |error| in the batch."""
+    diff = (pred - target).abs()[mask]
+    c = (0.2 * diff.max().detach()).clamp_min(1e-6)
+    return torch.where(diff <= c, diff, (diff**2 + c**2) / (2 * c)).mean()
+
+
+def silog_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+               variance_focus: float = 0.85) -> torch.Tensor:
+    """Scale-invariant log loss (Eigen et al. 2014, BTS form): 10 * sqrt(E[d^2] - lambda E[d]^2)."""
+    d = torch.log(pred[mask].clamp_min(EPS)) - torch.log(target[mask])
+    return 10.0 * torch.sqrt((d**2).mean() - variance_focus * d.mean() ** 2 + 1e-8)
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5, device=None) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).view(1, 1, size, size)
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float) -> torch.Tensor:
+    """SSIM map (N x 1 x H x W, 11x11 Gaussian, sigma 1.5, 'same' padding by reflection)."""
+    window = _gaussian_window(device=x.device).to(x.dtype)
+    pad = window.shape[-1] // 2
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(t, (pad,) * 4, mode="reflect"), window)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+
+
+def ssim_l1_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """DenseDepth-style: (1 - SSIM) / 2 plus 0.1 * L1 (metres); invalid pixels take the prediction."""
+    filled = torch.where(mask, target, pred.detach())
+    data_range = float(target[mask].max().detach()) if mask.any() else 1.0
+    structure = ((1 - ssim_map(pred, filled, data_range)) / 2).clamp(0, 1)[mask].mean()
+    return structure + 0.1 * l1_loss(pred, target, mask)
+
+
+LOSSES: dict[str, LossFn] = {
+    "l1": l1_loss,
+    "berhu": berhu_loss,
+    "silog": silog_loss,
+    "ssim_l1": ssim_l1_loss,
+}
+
+
+def get_loss(name: str) -> LossFn:
+    """The loss registered as `name`; an unknown name lists the valid ones."""
+    if name not in LOSSES:
+        raise InputError(f"unknown --loss {name!r}; choose from {', '.join(LOSSES)}")
+    return LOSSES[name]
+
+
+def masked_loss(name: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Apply loss `name` on valid pixels; a batch with no valid pixel gives a zero (with gradient)."""
+    mask = valid_mask(target)
+    if not mask.any():
+        return pred.sum() * 0.0
+    return get_loss(name)(pred.float(), target.float(), mask)

@@ -1,0 +1,331 @@
+"""The training loop, readable top to bottom (nanoGPT style): data, model, CyclicLR, AMP, DDP, checkpoints.
+
+`train(cfg)` runs one job; under `torchrun` every rank runs it, rank 0 alone writes.
+Checkpoints (`last.pt` every `checkpoint_every` steps and at each epoch end, `best.pt` by
+validation RMSE) carry the model arguments, config, step, optimizer/scheduler/scaler and
+RNG states, so `--resume RUN/last.pt` continues exactly, even from the middle of an epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from mde.runtime.evaluate import average
+from mde.train.checkpoint import load_checkpoint, save_checkpoint
+from mde.train.config import TrainConfig, merge_resume
+from mde.train.distributed import DistEnv, all_reduce_sum, barrier, cleanup, setup
+from mde.train.evaluate import model_metric_sums
+from mde.train.loader import DepthPairs, epoch_indices, epoch_loader
+from mde.train.losses import masked_loss
+from mde.train.model import ModelArgs, build_model
+
+from mde.console import info, make_progress
+from mde.errors import DataError, InputError, ModelError
+from mde.io import prepare_output_dir, write_bytes_atomic, write_json_atomic
+
+TRACE_ENV = "MDE_TRAIN_TRACE"  # a folder: each rank appends the sample names it trained on
+
+
+# -- set-up helpers ---------------------------------------------------------------------------
+def rng_state() -> dict[str, Any]:
+    """torch, numpy and python RNG states as plain tensors/lists (loadable with weights_only)."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": [int(x) for x in np_state[1]] + [int(np_state[2])],
+            "python": [int(x) for x in py_state[1]]}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    keys = np.array(state["numpy"][:-1], dtype=np.uint32)
+    np.random.set_state(("MT19937", keys, int(state["numpy"][-1]), 0, 0.0))
+    random.setstate((3, tuple(state["python"]), None))
+
+
+def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
+    """CyclicLR between lr_min and lr_max, stepped once per batch."""
+    return torch.optim.lr_scheduler.CyclicLR(
+        optimizer, base_lr=cfg.lr_min, max_lr=cfg.lr_max, step_size_up=cfg.step_size_up,
+        mode=cfg.cycle_mode, gamma=0.9995, cycle_momentum=cfg.optimizer == "sgd")
+
+
+def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr_min, momentum=0.9, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr_min, weight_decay=cfg.weight_decay)
+
+
+def open_splits(cfg: TrainConfig, env: DistEnv):
+    """(train, val) datasets and the SSIM data range; a dataset too small for a batch is an error."""
+    from mde.train.data import dataset_max_depth, open_dataset
+
+    train_set = open_dataset(cfg.data, split="train", depth_scale=cfg.depth_scale)
+    val_set = open_dataset(cfg.data, split="val", depth_scale=cfg.depth_scale)
+    per_rank = len(train_set) // env.world_size
+    if per_rank < cfg.batch_size:
+        raise DataError(f"{len(train_set)} training images are too few for --batch-size "
+                        f"{cfg.batch_size} on {env.world_size} process(es)", cfg.data)
+    if len(val_set) == 0:
+        raise DataError("the val split has no images", cfg.data)
+    return train_set, val_set, float(dataset_max_depth(cfg.data))
+
+
+def resolve_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """The effective config (the checkpoint's when resuming) and the resume checkpoint, if any."""
+    if not cfg.resume:
+        cfg.validate()
+        return cfg, None
+    if not Path(cfg.resume).exists():
+        raise InputError("--resume checkpoint not found", cfg.resume)
+    state = load_checkpoint(cfg.resume)
+    if "optimizer" not in state or "config" not in state:
+        raise ModelError("not a training checkpoint (no optimizer state); cannot resume", cfg.resume)
+    merged = merge_resume(cfg, TrainConfig.from_dict(state["config"]))
+    merged.validate()
+    return merged, state
+
+
+# -- the run ----------------------------------------------------------------------------------
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train one model; return {"best": val metrics of best.pt, "final": last epoch's, ...}."""
+    cfg, resume_state = resolve_config(cfg)
+    env = setup(cfg.device)
+    try:
+        return _train(cfg, env, resume_state)
+    finally:
+        cleanup(env)
+
+
+def _train(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dict[str, Any]:
+    out = Path(cfg.out)
+    if env.is_main:
+        prepare_output_dir(out, force=cfg.force or resume is not None)
+    train_set, val_set, data_range = open_splits(cfg, env)
+    cuda = env.device.type == "cuda"
+    torch.manual_seed(cfg.seed + env.rank)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    # model: rebuilt from the checkpoint's arguments when resuming
+    max_depth = cfg.max_depth or data_range
+    args = ModelArgs(cfg.backbone, cfg.image_size, float(max_depth))
+    if resume is not None:
+        args = ModelArgs(**resume["model_args"])
+        model = build_model(args)
+        try:
+            model.load_state_dict(resume["model"])
+        except RuntimeError as err:
+            raise ModelError(f"weights do not match a {args.backbone} DepthNet "
+                             f"({str(err).splitlines()[0]})", cfg.resume) from None
+    else:
+        model = build_model(args, pretrained=cfg.pretrained,
+                            backbone_weights=cfg.backbone_weights or None)
+    model.freeze(cfg.frozen_stages)
+    model.to(env.device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(cfg, model)
+    scheduler = make_scheduler(cfg, optimizer)
+    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+    use_amp = cfg.amp and cuda
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    start_epoch, epoch_step, step, best_rmse = 0, 0, 0, float("inf")
+    # the epoch's running loss stays on the device (no sync per step)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
+    loss_count = 0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        scaler.load_state_dict(resume["scaler"])
+        set_rng_state(resume["rng"])
+        start_epoch, epoch_step, step = resume["epoch"], resume["epoch_step"], resume["step"]
+        best_rmse = resume.get("best_rmse", best_rmse)
+        loss_sum.fill_(resume.get("loss_sum", 0.0))
+        loss_count = resume.get("loss_count", 0)
+    ddp_model = model
+    if env.distributed:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[env.device.index] if cuda else None)
+    fwd = torch.compile(ddp_model) if cfg.compile else ddp_model
+
+    resolved = replace(cfg, max_depth=float(max_depth), freeze_stages=cfg.frozen_stages)
+    records = _read_records(out / "metrics.jsonl", upto=start_epoch) if resume else []
+    if env.is_main:
+        write_json_atomic(out / "config.json", resolved.to_dict())
+        _write_records(out / "metrics.jsonl", records)
+        info(f"training {args.backbone} {args.image_size}px on {env.device} x{env.world_size}: "
+             f"{len(train_set)} train / {len(val_set)} val images, max depth {max_depth:g} m")
+
+    trace = os.environ.get(TRACE_ENV)
+
+    def checkpoint(path: Path, epoch: int, e_step: int, metrics: dict[str, float]) -> None:
+        save_checkpoint(path, {
+            "model_args": vars(args), "model": model.state_dict(), "config": resolved.to_dict(),
+            "epoch": epoch, "epoch_step": e_step, "step": step, "metrics": metrics,
+            "best_rmse": best_rmse, "loss_sum": float(loss_sum), "loss_count": loss_count,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "rng": rng_state()})
+        if trace:
+            with open(Path(trace) / f"rank{env.rank}.txt", "a") as fh:
+                fh.write(f"save {path.name}\n")
+
+    pairs = DepthPairs(train_set, cfg.image_size, cfg.augment, cfg.seed)
+    last_metrics = _val_metrics(records[-1]) if records else {}
+    progress = make_progress() if env.is_main else None
+    if progress:
+        progress.start()
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            pairs.epoch = epoch
+            indices = epoch_indices(len(pairs), epoch, cfg.seed, env.rank, env.world_size)
+            steps_per_epoch = len(indices) // cfg.batch_size
+            skip = epoch_step * cfg.batch_size
+            loader = epoch_loader(pairs, indices[skip:], cfg.batch_size, cfg.workers, cuda)
+            task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch,
+                                     completed=epoch_step, info="") if progress else None
+            model.train()
+            t0, seen = time.perf_counter(), 0
+            for x, y, idx in loader:
+                x = x.to(env.device, non_blocking=True)
+                y = y.to(env.device, non_blocking=True)
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(env.device.type, dtype=amp_dtype, enabled=use_amp):
+                    pred = fwd(x)
+                loss = masked_loss(cfg.loss, pred, y)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                step, epoch_step, seen = step + 1, epoch_step + 1, seen + len(x)
+                loss_sum += loss.detach()
+                loss_count += 1
+                if trace:
+                    with open(Path(trace) / f"rank{env.rank}.txt", "a") as fh:
+                        fh.writelines(f"{epoch} {train_set.names[i]}\n" for i in idx.tolist())
+                if progress and (epoch_step % cfg.log_interval == 0 or epoch_step == steps_per_epoch):
+                    ips = seen * env.world_size / (time.perf_counter() - t0)
+                    progress.update(task, completed=epoch_step, info=(
+                        f"loss {float(loss_sum) / loss_count:.4f}  lr {scheduler.get_last_lr()[0]:.2e}  "
+                        f"{ips:.1f} img/s"))
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 \
+                        and epoch_step < steps_per_epoch and env.is_main:
+                    checkpoint(out / "last.pt", epoch, epoch_step, last_metrics)
+            images_per_s = seen * env.world_size / max(time.perf_counter() - t0, 1e-9)
+
+            # end of epoch: reduce the train loss, validate on every rank's shard, rank 0 writes
+            total, count = all_reduce_sum([float(loss_sum), loss_count], env)
+            record: dict[str, Any] = {"epoch": epoch + 1, "step": step,
+                                      "train_loss": total / max(count, 1),
+                                      "lr": scheduler.get_last_lr()[0],
+                                      "images_per_s": images_per_s}
+            if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
+                val = _validate(model, val_set, cfg, float(max_depth), data_range, env)
+                record.update({f"val_{k}": v for k, v in val.items()})
+            loss_sum.zero_()
+            loss_count, epoch_step = 0, 0
+            records.append(record)
+            last_metrics = _val_metrics(record) or last_metrics
+            improved = "val_rmse" in record and record["val_rmse"] < best_rmse
+            if improved:
+                best_rmse = record["val_rmse"]
+            if env.is_main:
+                _write_records(out / "metrics.jsonl", records)
+                if improved:
+                    checkpoint(out / "best.pt", epoch + 1, 0, last_metrics)
+                checkpoint(out / "last.pt", epoch + 1, 0, last_metrics)
+                _plot_curves(records, out)
+                if progress:
+                    progress.update(task, info=_summary(record))
+            barrier(env)
+    finally:
+        if progress:
+            progress.stop()
+
+    if env.is_main:
+        _plot_samples(model, val_set, cfg, float(max_depth), env.device, out)
+    best = min((r for r in records if "val_rmse" in r), key=lambda r: r["val_rmse"], default={})
+    return {"run": str(out), "best": _val_metrics(best) | {"epoch": best.get("epoch", 0)},
+            "final": _val_metrics(records[-1]) if records else {},
+            "images_per_s": records[-1]["images_per_s"] if records else 0.0,
+            "epochs": len(records)}
+
+
+def _validate(model, val_set, cfg: TrainConfig, max_depth: float, data_range: float,
+              env: DistEnv) -> dict[str, float]:
+    """Validation metrics over the whole val split, each rank scoring its own shard."""
+    shard = range(env.rank, len(val_set), env.world_size)
+    sums, count = model_metric_sums(model, val_set, cfg.image_size, max_depth, env.device,
+                                    cfg.batch_size, data_range, shard)
+    names = sorted(sums) if sums else []
+    names = _broadcast_names(names, env)
+    reduced = all_reduce_sum([sums.get(n, 0.0) for n in names] + [count], env)
+    return average(dict(zip(names, reduced[:-1])), int(reduced[-1]))
+
+
+def _broadcast_names(names: list[str], env: DistEnv) -> list[str]:
+    """Metric names as rank 0 has them (a rank with an empty shard has none)."""
+    if not env.distributed:
+        return names
+    import torch.distributed as dist
+
+    box = [names]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _val_metrics(record: dict[str, Any]) -> dict[str, float]:
+    return {k[4:]: v for k, v in record.items() if k.startswith("val_")}
+
+
+def _summary(record: dict[str, Any]) -> str:
+    text = f"loss {record['train_loss']:.4f}  {record['images_per_s']:.1f} img/s"
+    if "val_rmse" in record:
+        text += f"  val rmse {record['val_rmse']:.3f} ssim {record['val_ssim']:.3f}"
+    return text
+
+
+def _read_records(path: Path, upto: int) -> list[dict[str, Any]]:
+    """metrics.jsonl lines of the epochs a resumed checkpoint had completed (later ones are redone)."""
+    if not path.is_file():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in lines if r.get("epoch", 0) <= upto]
+
+
+def _write_records(path: Path, records: list[dict[str, Any]]) -> None:
+    write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in records).encode())
+
+
+def _plot_curves(records: list[dict[str, Any]], out: Path) -> None:
+    from mde.train.report import plot_curves
+
+    plot_curves(records, out / "curves.png")
+
+
+def _plot_samples(model, val_set, cfg: TrainConfig, max_depth: float, device, out: Path,
+                  count: int = 4) -> None:
+    from mde.train.evaluate import torch_predictor
+    from mde.train.report import plot_samples
+
+    model.eval()
+    samples = [val_set[i] for i in range(min(count, len(val_set)))]
+    preds = torch_predictor(model, cfg.image_size, max_depth, device)([s.rgb for s in samples])
+    plot_samples([(s.rgb, s.depth, p) for s, p in zip(samples, preds)], max_depth,
+                 out / "samples.png")
