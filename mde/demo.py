@@ -79,9 +79,30 @@ def main(argv: list[str] | None = None) -> None:
                      ["bench", *map(str, artifacts), "--torch", str(ckpt),
                       "--iterations", str(opts.bench_iterations), "--json"], capture=True)
 
+    picture(export / "model.onnx", data, out / "predictions.png")
     summary(json.loads(parity_json.read_text()), json.loads(bench_out), artifacts, run)
     console.print(f"\n[bold]demo finished in {time.perf_counter() - started:.0f} s[/]; "
                   f"outputs in {out}/ (parity report: {out / 'parity.md'})")
+
+
+def picture(model: Path, data: Path, out: Path, count: int = 4) -> None:
+    """Rows of input | ground truth | prediction for the first `count` validation images."""
+    import numpy as np
+    from PIL import Image
+
+    from mde.runtime import DepthEstimator, colorize
+    from mde.train.data import open_dataset
+
+    est = DepthEstimator.open(model)
+    val = open_dataset(data, "val")
+    rows = []
+    for i in range(min(count, len(val))):
+        sample = val[i]
+        depth = est.predict(sample.rgb)
+        colored = [colorize(d, est.metadata.max_depth) for d in (sample.depth, depth)]
+        rows.append(np.concatenate([sample.rgb, *colored], axis=1))
+    Image.fromarray(np.concatenate(rows, axis=0)).save(out)
+    console.print(f"[green]✓[/] predictions picture: {out}")
 
 
 def _by_name(rows: list[dict], key: str) -> dict[str, dict]:
@@ -91,12 +112,12 @@ def _by_name(rows: list[dict], key: str) -> dict[str, dict]:
 def summary(parity: dict, bench: dict, artifacts: list[Path], run: Path) -> None:
     """One table: per artifact its size, latency, RMSE, SSIM, deltas to PyTorch and PASS/FAIL."""
     checks = _by_name(parity["artifacts"], "artifact")
-    speeds = _by_name(bench["results"], "artifact")
+    speeds = _by_name([r for r in bench["results"] if r["backend"] != "torch"], "artifact")
+    torch_speed = next((r for r in bench["results"] if r["backend"] == "torch"), {})
     table = Table(title="mde demo summary")
     for col in ("artifact", "size MB", "latency ms", "RMSE m", "SSIM", "dRMSE", "dSSIM", "parity"):
         table.add_column(col, justify="left" if col == "artifact" else "right")
     ref = parity["reference"]
-    torch_speed = speeds.get("pytorch", {})
     table.add_row("PyTorch (best.pt)", f"{(run / 'best.pt').stat().st_size / 1e6:.1f}",
                   _fmt(torch_speed.get("latency_ms", {}).get("mean")),
                   _fmt(ref["rmse"], 4), _fmt(ref["ssim"], 4), "", "", "reference")

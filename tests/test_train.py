@@ -132,6 +132,7 @@ def tiny_run(tmp_path_factory, synth_data):
     from mde.train.trainer import train
 
     out = tmp_path_factory.mktemp("run") / "run"
+    torch.set_num_threads(2)  # the resume test's subprocesses use 2 threads: same arithmetic
     result = train(tiny_config(synth_data, out, epochs=2, checkpoint_every=0))
     return out, result
 

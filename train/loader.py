@@ -6,12 +6,15 @@ with any number of workers) sees exactly the batches an uninterrupted run would.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
-from mde.train.augment import augment_pair, to_training_pair
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from mde.errors import MdeError
+from mde.train.augment import augment_pair, to_training_pair
 
 
 class DepthPairs(Dataset):
@@ -48,3 +51,18 @@ def epoch_loader(pairs: DepthPairs, indices: list[int], batch_size: int, workers
     return DataLoader(pairs, batch_size=batch_size, sampler=indices, drop_last=True,
                       num_workers=workers, pin_memory=pin_memory,
                       persistent_workers=False, prefetch_factor=4 if workers else None)
+
+
+def batches(loader: DataLoader) -> Iterator[Any]:
+    """Iterate `loader`; an `MdeError` from a worker process keeps its own one-line message.
+
+    torch re-raises a worker's exception as the same type with the worker's traceback as
+    its message; the original message is that traceback's last line.
+    """
+    try:
+        yield from loader
+    except MdeError as err:
+        lines = str(err).strip().splitlines()
+        if len(lines) > 1 and "Traceback" in str(err):
+            raise type(err)(lines[-1].split(": ", 1)[-1]) from None
+        raise

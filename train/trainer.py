@@ -23,7 +23,7 @@ from mde.train.checkpoint import load_checkpoint, save_checkpoint
 from mde.train.config import TrainConfig, merge_resume
 from mde.train.distributed import DistEnv, all_reduce_sum, barrier, cleanup, setup
 from mde.train.evaluate import model_metric_sums
-from mde.train.loader import DepthPairs, epoch_indices, epoch_loader
+from mde.train.loader import DepthPairs, batches, epoch_indices, epoch_loader
 from mde.train.losses import masked_loss
 from mde.train.model import ModelArgs, build_model
 
@@ -200,7 +200,7 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dic
                                      completed=epoch_step, info="") if progress else None
             model.train()
             t0, seen = time.perf_counter(), 0
-            for x, y, idx in loader:
+            for x, y, idx in batches(loader):
                 x = x.to(env.device, non_blocking=True)
                 y = y.to(env.device, non_blocking=True)
                 if cfg.channels_last:

@@ -104,14 +104,23 @@ def bench_artifact(path: Path, cfg: BenchConfig) -> dict[str, Any]:
 
 def bench_torch(path: Path, cfg: BenchConfig) -> dict[str, Any]:
     """Benchmark the PyTorch checkpoint in eager mode (CPU, `torch.inference_mode`, same threads)."""
-    import numpy as np
     import torch
 
     from mde.train.checkpoint import load_model
 
+    threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model, _ = load_model(path, "cpu")
+    try:
+        return _bench_torch_model(path, cfg, load_model(path, "cpu")[0])
+    finally:
+        torch.set_num_threads(threads)  # leave the process as we found it
+
+
+def _bench_torch_model(path: Path, cfg: BenchConfig, model: Any) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
     size = (model.args.image_size, model.args.image_size)
     h, w = parse_size(cfg.image_size, size)
     rng = np.random.default_rng(cfg.seed)
