@@ -16,6 +16,7 @@ from pathlib import Path
 def run(quick: bool = False) -> dict:
     """Export a fresh checkpoint to FP32 and FP16 ONNX; return seconds, sizes and errors vs PyTorch."""
     import torch
+
     from mde.export.exporter import ExportConfig, export_checkpoint
     from mde.train.checkpoint import save_checkpoint
     from mde.train.model import ModelArgs, build_model

@@ -48,6 +48,7 @@ def _latency(path: Path, x: np.ndarray, iterations: int, threads: int) -> float:
 def _checkpoint(path: Path, data: Path, backbone: str, size: int) -> None:
     """A checkpoint with random weights and BatchNorm statistics from the training images."""
     import torch
+
     from mde.runtime.images import list_images, read_rgb
     from mde.runtime.preprocess import preprocess
     from mde.train.checkpoint import save_checkpoint
@@ -67,15 +68,15 @@ def _checkpoint(path: Path, data: Path, backbone: str, size: int) -> None:
 def run(quick: bool = False) -> dict:
     """Build a model, export FP32, calibrate INT8, time both on ONNX Runtime CPU, compare with PyTorch."""
     import torch
+
     from mde.calibration.calibrate import calibrate
     from mde.calibration.config import CalibrationConfig
     from mde.export.exporter import ExportConfig, export_checkpoint
     from mde.runtime.parity import DEFAULT_TOLERANCES, compare, gt_metrics
     from mde.runtime.preprocess import preprocess
+    from mde.synth import synthesize
     from mde.train.checkpoint import load_model
     from mde.train.data import open_dataset
-
-    from mde.synth import synthesize
 
     backbone, size = ("resnet18", 128) if quick else ("resnet50", 224)
     n_calib, n_val, iterations, threads = (16, 4, 10, 2) if quick else (64, 16, 30, 0)

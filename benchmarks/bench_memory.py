@@ -18,6 +18,7 @@ TARGET_GROWTH = 0.05
 def _tiny_model(workdir: Path, size: int = 64) -> Path:
     """Export a resnet18 model (random weights) for the run; memory behaviour does not need training."""
     import torch
+
     from mde.export.exporter import ExportConfig, export_checkpoint
     from mde.train.checkpoint import save_checkpoint
     from mde.train.model import ModelArgs, build_model

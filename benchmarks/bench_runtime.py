@@ -33,6 +33,7 @@ def build_artifacts(folder: Path, backbone: str = "resnet50", size: int = SIZE) 
     """A random-weight DepthNet checkpoint and its FP32 ONNX (dynamic batch, mde metadata)."""
     import onnx
     import torch
+
     from mde.runtime.metadata import ModelMetadata
     from mde.train.checkpoint import save_checkpoint
     from mde.train.model import ModelArgs, build_model
@@ -154,6 +155,7 @@ def run(quick: bool = False, threads: int = 0, model: Path | None = None,
         checkpoint: Path | None = None) -> dict[str, Any]:
     """Measure the four figures in this process (and fresh subprocesses); return them with targets."""
     import torch
+
     from mde.runtime import DepthEstimator
     from mde.runtime.preprocess import postprocess, preprocess
     from mde.train.checkpoint import load_model

@@ -102,11 +102,12 @@ def gemm_flops(threads: int, n: int = 2048, repeat: int = 10) -> float:
 def throughput(data: Path, quick: bool, batch: int = 16, size: int = 128) -> dict:
     """Loader-alone images/s vs training images/s; training FLOP/s vs GEMM FLOP/s."""
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     from mde.train.data import open_dataset
     from mde.train.loader import DepthPairs, epoch_indices, epoch_loader
     from mde.train.losses import masked_loss
     from mde.train.model import ModelArgs, build_model
-    from torch.utils.flop_counter import FlopCounterMode
 
     threads = torch.get_num_threads()
     data = ensure_data(data, 120 if quick else 2000, 20 if quick else 200, 64 if quick else 128)
@@ -149,6 +150,7 @@ def throughput(data: Path, quick: bool, batch: int = 16, size: int = 128) -> dic
 def _cuda_images_per_s(amp: bool, dtype, batch: int, size: int, steps: int) -> float:
     """resnet50 training images/s on CUDA, FP32 or autocast(`dtype`) + channels_last."""
     import torch
+
     from mde.train.losses import masked_loss
     from mde.train.model import ModelArgs, build_model
 

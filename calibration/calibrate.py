@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mde.calibration.config import METHODS, MIN_IMAGES, CalibrationConfig
-from mde.runtime.metadata import ModelMetadata
-from mde.runtime.preprocess import preprocess
 
+from mde.calibration.config import METHODS, MIN_IMAGES, CalibrationConfig
 from mde.console import info, make_progress
 from mde.errors import DataError, InputError, ModelError
 from mde.io import atomic_path, require_file, sha256_file
+from mde.runtime.metadata import ModelMetadata
+from mde.runtime.preprocess import preprocess
 
 
 @dataclass
@@ -70,6 +70,7 @@ def load_source(path: Path) -> tuple[Any, ModelMetadata]:
     """Load the FP32 ONNX and its `mde.*` metadata; refuse non-ONNX, metadata-less, FP16 or quantized models."""
     import onnx
     from google.protobuf.message import DecodeError
+
     from mde.calibration.quantize import is_quantized
 
     path = require_file(path, "ONNX model")
@@ -119,6 +120,7 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
     """
     import onnx
     import onnxruntime
+
     from mde.calibration import fallback
     from mde.calibration import quantize as qz
     from mde.train.data import open_dataset

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx
+
 from mde.runtime.preprocess import postprocess
 
 

@@ -7,7 +7,6 @@ Command modules import heavy libraries (torch, onnx) inside their functions, so
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import sys
 import traceback
@@ -48,8 +47,7 @@ def _root(
 
 
 for _name in COMMANDS:
-    if importlib.util.find_spec(f"mde.commands.{_name}") is not None:
-        importlib.import_module(f"mde.commands.{_name}").register(app)
+    importlib.import_module(f"mde.commands.{_name}").register(app)
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mde.errors import InputError, ModelError
 from mde.runtime.backends.base import AUTO_BACKENDS, TensorSpec
 from mde.runtime.metadata import ModelMetadata
-
-from mde.errors import InputError, ModelError
 
 
 def _require_model(path: str | Path) -> Path:

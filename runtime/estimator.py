@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mde.errors import InputError
 from mde.runtime.backends.base import Runner, open_runner
 from mde.runtime.images import to_rgb8
 from mde.runtime.metadata import OUTPUT_NAME, ModelMetadata
 from mde.runtime.preprocess import postprocess, preprocess
-
-from mde.errors import InputError
 
 SIZE_MULTIPLE = 32
 

@@ -6,9 +6,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from mde.runtime.preprocess import resize_depth
 
 from mde.errors import DataError
+from mde.runtime.preprocess import resize_depth
 
 PredictBatch = Callable[[list[np.ndarray]], list[np.ndarray]]
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 import tomllib
-from mde.runtime.preprocess import postprocess
 
 from mde.errors import InputError, ModelError
+from mde.runtime.preprocess import postprocess
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mde.runtime.parity import ArtifactResult
 
 from mde.io import atomic_path, write_bytes_atomic
+from mde.runtime.parity import ArtifactResult
 
 COLUMNS = ("artifact", "precision", "backend", "RMSE", "dRMSE", "SSIM", "dSSIM", "p99 diff", "result")
 

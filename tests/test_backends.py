@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from mde.errors import BackendError, InputError, ModelError
 from mde.runtime.backends import base
 from mde.runtime.backends.base import (
     BACKENDS,
@@ -24,8 +26,6 @@ from mde.runtime.backends.tensorrt import (
     sidecar_metadata,
 )
 from mde.runtime.metadata import ModelMetadata
-
-from mde.errors import BackendError, InputError, ModelError
 
 
 @pytest.fixture(scope="module")

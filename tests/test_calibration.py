@@ -16,8 +16,9 @@ def _props(path) -> dict[str, str]:
 
 
 def test_int8_model_is_symmetric_qdq_and_runs_on_ort_cpu(tiny_int8):
-    from mde.runtime.backends.base import open_runner
     from onnx import numpy_helper
+
+    from mde.runtime.backends.base import open_runner
 
     path, report = tiny_int8
     model = onnx.load(str(path))

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
+from mde.errors import DataError, InputError
 from mde.train.data import (
     FolderDataset,
     KittiDataset,
@@ -17,9 +20,6 @@ from mde.train.data import (
     dataset_max_depth,
     open_dataset,
 )
-from PIL import Image
-
-from mde.errors import DataError, InputError
 
 RNG = np.random.default_rng(0)
 

@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
-from mde.runtime.metrics import METRIC_NAMES, MetricAccumulator, compute_metrics, ssim, ssim_map
 
 from mde.errors import DataError, InputError
+from mde.runtime.metrics import METRIC_NAMES, MetricAccumulator, compute_metrics, ssim, ssim_map
 from mde.synth import render_scene
 
 skimage_metrics = pytest.importorskip("skimage.metrics", reason="scikit-image is the SSIM reference")

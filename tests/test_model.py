@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mde.train.checkpoint import load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
-from mde.train.model import ModelArgs, build_model
 
 from mde.errors import InputError, ModelError
+from mde.train.checkpoint import load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
+from mde.train.model import ModelArgs, build_model
 
 torch.set_num_threads(2)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mde.runtime.parity import DEFAULT_TOLERANCES, Tolerance, compare, load_tolerances
 
 from mde.errors import InputError
+from mde.runtime.parity import DEFAULT_TOLERANCES, Tolerance, compare, load_tolerances
 
 onnx = pytest.importorskip("onnx")
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mde.runtime.metadata import ModelMetadata
 from PIL import Image
+
+from mde.runtime.metadata import ModelMetadata
 
 
 @pytest.fixture(scope="module")

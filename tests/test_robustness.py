@@ -89,7 +89,7 @@ def bad(tmp_path_factory, synth_data, tiny_checkpoint, tiny_export) -> dict[str,
     (root / "model.engine.json").write_text(
         '{"tensorrt_version": "0.0.1", "gpu_name": "Imaginary GPU", "compute_capability": "1.0",'
         ' "precision": "fp32", "profile": {}, "onnx_sha256": "0", "build_date": "2020-01-01",'
-        f' "metadata": {{}}}}'
+        ' "metadata": {}}'
     )
 
     # datasets

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from mde.errors import InputError, ModelError
 from mde.runtime import DepthEstimator, colorize, read_metadata
 from mde.runtime.colormap import turbo_lut
 from mde.runtime.estimator import round_size
 from mde.runtime.metadata import ModelMetadata
-
-from mde.errors import InputError, ModelError
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from mde.train.augment import AugmentConfig, augment_pair, scale_crop, to_training_pair
 from mde.train.config import TrainConfig
 from mde.train.losses import LOSSES, get_loss, masked_loss
@@ -273,9 +274,8 @@ def test_freeze_auto_follows_the_starting_weights():
 
 
 def test_merge_resume_keeps_the_checkpoint_config():
-    from mde.train.config import merge_resume
-
     from mde.errors import InputError
+    from mde.train.config import merge_resume
 
     saved = TrainConfig(data="d", out="o", lr_max=5e-3, epochs=2, pretrained=False)
     merged = merge_resume(TrainConfig(data="d2", out="o2", epochs=4, resume="o/last.pt"), saved)

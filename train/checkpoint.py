@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from mde.train.model import BACKBONES, DepthNet, ModelArgs, build_model
 
 from mde import __version__
 from mde.errors import ModelError
 from mde.io import atomic_path, require_file
+from mde.train.model import BACKBONES, DepthNet, ModelArgs, build_model
 
 FORMAT = "mde.checkpoint/1"
 

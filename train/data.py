@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from mde.runtime.images import list_images, read_depth, read_rgb
 
 from mde.errors import DataError, InputError
+from mde.runtime.images import list_images, read_depth, read_rgb
 
 log = logging.getLogger(__name__)
 

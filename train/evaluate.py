@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from mde.runtime.evaluate import PredictBatch, average, metric_sums
 from mde.runtime.preprocess import postprocess, preprocess
 

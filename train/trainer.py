@@ -18,6 +18,10 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from mde.console import info, make_progress
+from mde.errors import DataError, InputError, ModelError
+from mde.io import prepare_output_dir, write_bytes_atomic, write_json_atomic
 from mde.runtime.evaluate import average
 from mde.train.checkpoint import load_checkpoint, save_checkpoint
 from mde.train.config import TrainConfig, merge_resume
@@ -26,10 +30,6 @@ from mde.train.evaluate import model_metric_sums
 from mde.train.loader import DepthPairs, batches, epoch_indices, epoch_loader
 from mde.train.losses import masked_loss
 from mde.train.model import ModelArgs, build_model
-
-from mde.console import info, make_progress
-from mde.errors import DataError, InputError, ModelError
-from mde.io import prepare_output_dir, write_bytes_atomic, write_json_atomic
 
 TRACE_ENV = "MDE_TRAIN_TRACE"  # a folder: each rank appends the sample names it trained on
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 import typer
 
 from mde.export.exporter import ExportConfig

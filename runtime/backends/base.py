@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from mde.runtime.metadata import ModelMetadata
 
 from mde.errors import InputError, ModelError
+from mde.runtime.metadata import ModelMetadata
 
 # Backend modules shipped with mde; importing one registers it (they import their library lazily).
 BUILTIN_BACKENDS = ("onnxruntime", "tensorrt")

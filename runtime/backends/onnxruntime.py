@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mde.runtime.backends.base import Runner, TensorSpec, register_backend
-from mde.runtime.metadata import ModelMetadata
 
 from mde.errors import BackendError, InputError, ModelError
+from mde.runtime.backends.base import Runner, TensorSpec, register_backend
+from mde.runtime.metadata import ModelMetadata
 
 TRT_EP = "TensorrtExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"

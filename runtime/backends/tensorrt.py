@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mde.runtime.backends.base import Runner, TensorSpec, register_backend
-from mde.runtime.metadata import ModelMetadata
 
 from mde.errors import BackendError, InputError, ModelError
+from mde.runtime.backends.base import Runner, TensorSpec, register_backend
+from mde.runtime.metadata import ModelMetadata
 
 INSTALL_HINT = "pip install 'mde[tensorrt]'"
 SIDECAR_KEYS = ("tensorrt_version", "compute_capability", "profile", "metadata")
