@@ -40,28 +40,15 @@ def ensure_data(path: Path, train: int, val: int, size: int) -> Path:
 
 
 def baselines(data: Path) -> dict[str, float]:
-    """Val RMSE of the training set's mean depth and of its per-pixel mean depth map."""
-    from mde.runtime.metrics import compute_metrics
+    """Val RMSE/SSIM of the training set's mean depth and of its per-pixel mean depth map."""
+    from mde.runtime.evaluate import baselines as image_blind_baselines
     from mde.train.data import dataset_max_depth, open_dataset
 
-    train, val = open_dataset(data, "train"), open_dataset(data, "val")
-    total, count, pix_sum, pix_count = 0.0, 0, None, None
-    for i in range(len(train)):
-        d = train[i].depth.astype(np.float64)
-        valid = np.isfinite(d) & (d > 0)
-        total, count = total + d[valid].sum(), count + valid.sum()
-        pix_sum = np.where(valid, d, 0) + (0 if pix_sum is None else pix_sum)
-        pix_count = valid.astype(np.int64) + (0 if pix_count is None else pix_count)
-    mean = total / count
-    pixmap = (pix_sum / np.maximum(pix_count, 1)).astype(np.float32)
-    rng = dataset_max_depth(data)
-    out = {}
-    for name, guess in (("mean_depth", lambda gt: np.full_like(gt, mean)),
-                        ("pixel_mean_map", lambda gt: pixmap)):
-        scores = [compute_metrics(guess(val[i].depth), val[i].depth, rng) for i in range(len(val))]
-        out[f"{name}_rmse"] = float(np.mean([s["rmse"] for s in scores]))
-        out[f"{name}_ssim"] = float(np.mean([s["ssim"] for s in scores]))
-    out["train_mean_depth_m"] = float(mean)
+    base = image_blind_baselines(open_dataset(data, "train"), open_dataset(data, "val"), dataset_max_depth(data))
+    out = {"train_mean_depth_m": base["train_mean_depth_m"]}
+    for name in ("mean_depth", "pixel_mean_map"):
+        out[f"{name}_rmse"] = base[name]["rmse"]
+        out[f"{name}_ssim"] = base[name]["ssim"]
     return out
 
 

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val-images", type=int, default=100)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--backbone", default="resnet18")
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--calib-images", type=int, default=128)
     parser.add_argument("--bench-iterations", type=int, default=30)
     opts = parser.parse_args(argv)
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
                       "--iterations", str(opts.bench_iterations), "--json"], capture=True)
 
     picture(export / "model.onnx", data, out / "predictions.png")
-    summary(json.loads(parity_json.read_text()), json.loads(bench_out), artifacts, run)
+    summary(json.loads(parity_json.read_text()), json.loads(bench_out), artifacts, run, data)
     console.print(f"\n[bold]demo finished in {time.perf_counter() - started:.0f} s[/]; "
                   f"outputs in {out}/ (parity report: {out / 'parity.md'})")
 
@@ -109,8 +109,15 @@ def _by_name(rows: list[dict], key: str) -> dict[str, dict]:
     return {Path(str(r.get(key, ""))).name: r for r in rows}
 
 
-def summary(parity: dict, bench: dict, artifacts: list[Path], run: Path) -> None:
-    """One table: per artifact its size, latency, RMSE, SSIM, deltas to PyTorch and PASS/FAIL."""
+def summary(parity: dict, bench: dict, artifacts: list[Path], run: Path, data: Path) -> None:
+    """One table: per artifact its size, latency, RMSE, SSIM, deltas to PyTorch and PASS/FAIL.
+
+    Two image-blind baselines come first, so the table shows what training bought.
+    """
+    from mde.runtime.evaluate import baselines
+    from mde.train.data import dataset_max_depth, open_dataset
+
+    base = baselines(open_dataset(data, "train"), open_dataset(data, "val"), dataset_max_depth(data))
     checks = _by_name(parity["artifacts"], "artifact")
     speeds = _by_name([r for r in bench["results"] if r["backend"] != "torch"], "artifact")
     torch_speed = next((r for r in bench["results"] if r["backend"] == "torch"), {})
@@ -118,6 +125,9 @@ def summary(parity: dict, bench: dict, artifacts: list[Path], run: Path) -> None
     for col in ("artifact", "size MB", "latency ms", "RMSE m", "SSIM", "dRMSE", "dSSIM", "parity"):
         table.add_column(col, justify="left" if col == "artifact" else "right")
     ref = parity["reference"]
+    for name, label in (("mean_depth", "baseline: train mean depth"),
+                        ("pixel_mean_map", "baseline: per-pixel mean map")):
+        table.add_row(label, "", "", _fmt(base[name]["rmse"], 4), _fmt(base[name]["ssim"], 4), "", "", "")
     table.add_row("PyTorch (best.pt)", f"{(run / 'best.pt').stat().st_size / 1e6:.1f}",
                   _fmt(torch_speed.get("latency_ms", {}).get("mean")),
                   _fmt(ref["rmse"], 4), _fmt(ref["ssim"], 4), "", "", "reference")
@@ -128,7 +138,9 @@ def summary(parity: dict, bench: dict, artifacts: list[Path], run: Path) -> None
                       _fmt(c.get("rmse"), 4), _fmt(c.get("ssim"), 4),
                       _fmt(c.get("d_rmse"), 2, sci=True), _fmt(c.get("d_ssim"), 2, sci=True),
                       "[green]PASS[/]" if c.get("passed") else "[red]FAIL[/]")
-    Console().print(table)
+    Console(width=130).print(table)
+    ratio = ref["rmse"] / base["mean_depth"]["rmse"]
+    Console(width=130).print(f"model RMSE = {ratio:.2f} x the mean-depth baseline's")
 
 
 def _fmt(value: float | None, digits: int = 2, sci: bool = False) -> str:

@@ -70,3 +70,31 @@ def evaluate(
 ) -> dict[str, float]:
     """Mean per-image metrics (rmse, ssim, abs_rel, ...) of `predict_batch` on `dataset`, plus `images`."""
     return average(*metric_sums(predict_batch, dataset, data_range, None, batch_size, progress))
+
+
+def baselines(train: Any, val: Any, data_range: float) -> dict[str, Any]:
+    """Val metrics of two predictors that ignore the image, the floor a trained model must clear.
+
+    `mean_depth` predicts the training set's mean valid depth everywhere; `pixel_mean_map`
+    predicts its per-pixel mean depth map (at the first training image's size, resized to
+    each ground truth).
+    """
+    shape = train[0].depth.shape
+    total, count = 0.0, 0
+    pix_sum, pix_count = np.zeros(shape, np.float64), np.zeros(shape, np.int64)
+    for i in range(len(train)):
+        depth = resize_depth(train[i].depth, shape, nearest=True).astype(np.float64)
+        valid = np.isfinite(depth) & (depth > 0)
+        total, count = total + depth[valid].sum(), count + int(valid.sum())
+        pix_sum += np.where(valid, depth, 0.0)
+        pix_count += valid
+    if count == 0:
+        raise DataError("the training split has no valid depth")
+    mean = total / count
+    pixmap = np.where(pix_count > 0, pix_sum / np.maximum(pix_count, 1), mean).astype(np.float32)
+    return {
+        "train_mean_depth_m": float(mean),
+        "mean_depth": evaluate(lambda rgbs: [np.full(r.shape[:2], mean, np.float32) for r in rgbs],
+                               val, data_range),
+        "pixel_mean_map": evaluate(lambda rgbs: [pixmap for _ in rgbs], val, data_range),
+    }

@@ -162,6 +162,9 @@ def test_checkpoint_carries_training_state(tiny_run):
     assert state["epoch"] == 2 and state["step"] == 12 and state["epoch_step"] == 0
     assert state["model_args"]["backbone"] == "resnet18"
     assert set(state["rng"]) == {"torch", "numpy", "python"}
+    best = load_checkpoint(tiny_run[0] / "best.pt")  # the deployable model: no optimizer state
+    assert "optimizer" not in best and best["metrics"]["rmse"] > 0
+    assert (tiny_run[0] / "best.pt").stat().st_size < 0.5 * (tiny_run[0] / "last.pt").stat().st_size
 
 
 def test_trained_model_evaluates_like_the_run(tiny_run, synth_data):

@@ -173,13 +173,16 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dic
 
     trace = os.environ.get(TRACE_ENV)
 
-    def checkpoint(path: Path, epoch: int, e_step: int, metrics: dict[str, float]) -> None:
-        save_checkpoint(path, {
-            "model_args": vars(args), "model": model.state_dict(), "config": resolved.to_dict(),
-            "epoch": epoch, "epoch_step": e_step, "step": step, "metrics": metrics,
-            "best_rmse": best_rmse, "loss_sum": float(loss_sum), "loss_count": loss_count,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "rng": rng_state()})
+    def checkpoint(path: Path, epoch: int, e_step: int, metrics: dict[str, float],
+                   training_state: bool = True) -> None:
+        """Save the model; with `training_state` (last.pt) also what `--resume` needs."""
+        state = {"model_args": vars(args), "model": model.state_dict(), "config": resolved.to_dict(),
+                 "epoch": epoch, "epoch_step": e_step, "step": step, "metrics": metrics}
+        if training_state:
+            state |= {"best_rmse": best_rmse, "loss_sum": float(loss_sum), "loss_count": loss_count,
+                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                      "scaler": scaler.state_dict(), "rng": rng_state()}
+        save_checkpoint(path, state)
         if trace:
             with open(Path(trace) / f"rank{env.rank}.txt", "a") as fh:
                 fh.write(f"save {path.name}\n")
@@ -248,11 +251,12 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dic
             if env.is_main:
                 _write_records(out / "metrics.jsonl", records)
                 if improved:
-                    checkpoint(out / "best.pt", epoch + 1, 0, last_metrics)
+                    checkpoint(out / "best.pt", epoch + 1, 0, last_metrics, training_state=False)
                 checkpoint(out / "last.pt", epoch + 1, 0, last_metrics)
                 _plot_curves(records, out)
                 if progress:
                     progress.update(task, info=_summary(record))
+                info(f"epoch {epoch + 1}/{cfg.epochs}: {_summary(record)}")  # also in logs without a TTY
             barrier(env)
     finally:
         if progress:

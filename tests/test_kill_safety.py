@@ -1,0 +1,76 @@
+"""A SIGKILL at any moment of `export` or `calibrate` leaves the old complete file or the new one, never a broken one."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _kill_after(argv: list[str], seconds: float) -> int | None:
+    """Start `mde ARGV`, SIGKILL it after `seconds` (if still running); return its exit code if it finished."""
+    proc = subprocess.Popen([sys.executable, "-m", "mde", *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        return proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return None
+
+
+def _complete_onnx(path: Path) -> bool:
+    """True when `path` is a whole ONNX model with its mde metadata (what a reader needs)."""
+    import onnx
+
+    from mde.runtime.metadata import ModelMetadata
+
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    ModelMetadata.from_props({p.key: p.value for p in model.metadata_props}, path)
+    return True
+
+
+@pytest.mark.slow
+def test_export_killed_at_random_moments(tmp_path, tiny_checkpoint):
+    out = tmp_path / "export"
+    rng = random.Random(1)
+    argv = ["export", str(tiny_checkpoint), "--out", str(out), "--precision", "fp32",
+            "--precision", "fp16", "--force"]
+    finished = 0
+    for _ in range(4):
+        before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.onnx")} if out.exists() else {}
+        code = _kill_after(argv, rng.uniform(1.0, 9.0))
+        finished += code == 0
+        for name in ("model.onnx", "model.fp16.onnx"):
+            path = out / name
+            if path.exists():
+                assert _complete_onnx(path), name
+            else:
+                assert name not in before, f"{name} vanished after a kill"
+    # whatever happened, a final uninterrupted run completes over the leftovers
+    assert _kill_after(argv, 120) == 0
+    assert _complete_onnx(out / "model.onnx") and _complete_onnx(out / "model.fp16.onnx")
+
+
+@pytest.mark.slow
+def test_calibrate_killed_at_random_moments(tmp_path, tiny_export, synth_data):
+    out = tmp_path / "model.int8.onnx"
+    rng = random.Random(2)
+    argv = ["calibrate", str(tiny_export / "model.onnx"), "--data", str(synth_data), "--out", str(out),
+            "--num-images", "12", "--holdout-images", "4", "--allow-few", "--max-float-nodes", "0",
+            "--recalibrate", "--force"]
+    for _ in range(3):
+        existed = out.exists()
+        _kill_after(argv, rng.uniform(1.0, 6.0))
+        if out.exists():
+            assert _complete_onnx(out)
+        else:
+            assert not existed, "the previous INT8 model vanished after a kill"
+    assert _kill_after(argv, 120) == 0
+    assert _complete_onnx(out)
