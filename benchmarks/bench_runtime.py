@@ -237,6 +237,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
+    report(result)
+
+
+def report(result: dict[str, Any]) -> None:
+    """Print the figures of `run` against their targets."""
     m, f, t, ok = result["measured"], result["figures"], result["targets"], result["met"]
     print(f"mde runtime benchmark: {result['model']['backbone']} {result['model']['size']}x{result['model']['size']}, "
           f"batch 1, FP32, {result['machine']['threads']} threads ({result['machine']['cpus']} CPUs), "

@@ -34,6 +34,8 @@ def main() -> None:
         start = time.perf_counter()
         module = importlib.import_module(f"bench_{name}")
         results[name] = module.run(quick=opts.quick)
+        if hasattr(module, "report"):
+            module.report(results[name])
         results[name]["seconds"] = round(time.perf_counter() - start, 1)
     opts.out.write_text(json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
     print(f"\nresults written to {opts.out}")

@@ -244,13 +244,19 @@ def _check(
     allowed = EXPECTED_OPS if precision == "fp32" else None
     check_graph(path, allowed, shown=ARTIFACT_NAMES[precision])
     stats = compare(run_onnxruntime(path, image), reference, depth_range)
+    return _within_tolerance(path, precision, stats, started, "ONNX Runtime output", ARTIFACT_NAMES[precision])
+
+
+def _within_tolerance(path: Path, precision: str, stats: dict[str, float], started: float, what: str,
+                      shown: str) -> Artifact:
+    """The `Artifact` for `path` when `stats` (vs PyTorch) meet the precision's tolerance, else `CheckFailed`."""
     tol = TOLERANCES[precision]["p99_over_range"]
     if not stats["p99_over_range"] <= tol:
         raise CheckFailed(
-            f"{precision} ONNX Runtime output differs from PyTorch: p99 |diff| / depth range = "
+            f"{precision} {what} differs from PyTorch: p99 |diff| / depth range = "
             f"{stats['p99_over_range']:.3g} > {tol:g} (max |diff| {stats['max_abs_diff']:.4g} m); "
             "no artifact written",
-            ARTIFACT_NAMES[precision],
+            shown,
         )
     return Artifact(
         path=path,
@@ -336,24 +342,7 @@ def export_engine(ctx: _Context, onnx_path: Path, dst: Path, precision: str) -> 
     )
     batch = ctx.image[: cfg.max_batch]
     stats = compare(run_engine(dst, batch), ctx.reference[: cfg.max_batch], ctx.depth_range)
-    tol = TOLERANCES[precision]["p99_over_range"]
-    if not stats["p99_over_range"] <= tol:
-        raise CheckFailed(
-            f"TensorRT engine output differs from PyTorch: p99 |diff| / depth range = "
-            f"{stats['p99_over_range']:.3g} > {tol:g}; no artifact written",
-            ENGINE_NAME,
-        )
-    return Artifact(
-        path=dst,
-        precision=precision,
-        size_bytes=dst.stat().st_size,
-        max_abs_diff=stats["max_abs_diff"],
-        p99_abs_diff=stats["p99_abs_diff"],
-        p99_over_range=stats["p99_over_range"],
-        tolerance=tol,
-        passed=True,
-        seconds=time.perf_counter() - started,
-    )
+    return _within_tolerance(dst, precision, stats, started, "TensorRT engine output", ENGINE_NAME)
 
 
 EXPORTERS: dict[str, Callable[[_Context, Path], Artifact]] = {
