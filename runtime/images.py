@@ -28,6 +28,8 @@ def _open_checked(path: Path) -> Image.Image:
         img = Image.open(path)
     except UnidentifiedImageError:
         raise DataError("not a readable image (unknown or corrupt format)", path) from None
+    except Image.DecompressionBombError as err:  # Pillow refuses > 2x its own limit at open
+        raise DataError(f"image header claims too many pixels, refused before decoding ({err})", path) from None
     except OSError as err:
         raise DataError(f"cannot read image ({err})", path) from None
     w, h = img.size

@@ -74,3 +74,24 @@ def test_calibrate_killed_at_random_moments(tmp_path, tiny_export, synth_data):
             assert not existed, "the previous INT8 model vanished after a kill"
     assert _kill_after(argv, 120) == 0
     assert _complete_onnx(out)
+
+
+@pytest.mark.slow
+def test_train_killed_at_random_moments_then_resumed(tmp_path, synth_data):
+    from mde.train.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    rng = random.Random(3)
+    fresh = ["train", "--data", str(synth_data), "--out", str(run), "--backbone", "resnet18",
+             "--image-size", "64", "--batch-size", "4", "--no-pretrained", "--workers", "0",
+             "--epochs", "3", "--checkpoint-every", "1", "--device", "cpu"]
+    argv = fresh
+    for _ in range(3):
+        _kill_after(argv, rng.uniform(3.0, 9.0))
+        for name in ("last.pt", "best.pt"):
+            if (run / name).exists():
+                assert load_checkpoint(run / name)["model"], name  # complete, loadable
+        if (run / "last.pt").exists():
+            argv = ["train", "--resume", str(run / "last.pt"), "--data", str(synth_data), "--out", str(run)]
+    assert _kill_after(argv, 300) == 0
+    assert load_checkpoint(run / "last.pt")["epoch"] == 3

@@ -110,6 +110,14 @@ def bad(tmp_path_factory, synth_data, tiny_checkpoint, tiny_export) -> dict[str,
     truncated_copy(victim, victim.with_suffix(".tmp"))
     victim.with_suffix(".tmp").replace(victim)
     files["ds_truncated"] = root / "ds_truncated"
+    # one bad validation image each: refused by `eval` (exit 2), skipped by `predict` (exit 1)
+    for key in ("bomb_png", "tiny_png", "text_png", "truncated_png", "truncated_jpg"):
+        ds = root / f"ds_{key}"
+        shutil.copytree(synth_data, ds)
+        victim = sorted((ds / "val" / "rgb").iterdir())[0]
+        victim.unlink()
+        shutil.copy(files[key], victim.with_suffix(files[key].suffix))
+        files[f"ds_{key}"] = ds
     files["ds_empty"] = root / "ds_empty"
     (files["ds_empty"] / "train" / "rgb").mkdir(parents=True)
     (files["ds_empty"] / "train" / "depth").mkdir(parents=True)
@@ -141,6 +149,11 @@ CASES = [
     ("eval-pickle-code-zip", "eval {bad:ckpt_pickle_code_zip} --data {data}", "evil-zip.pt"),
     ("eval-truncated-onnx", "eval {bad:onnx_truncated} --data {data}", "truncated.onnx"),
     ("eval-missing-data", "eval {ckpt} --data {bad:missing}", "does-not-exist.png"),
+    ("eval-decompression-bomb", "eval {ckpt} --data {bad:ds_bomb_png}", "000000.png"),
+    ("eval-1x1-image", "eval {ckpt} --data {bad:ds_tiny_png}", "000000.png"),
+    ("eval-text-as-png", "eval {ckpt} --data {bad:ds_text_png}", "000000.png"),
+    ("eval-truncated-png", "eval {onnx} --data {bad:ds_truncated_png}", "000000.png"),
+    ("eval-truncated-jpg", "eval {onnx} --data {bad:ds_truncated_jpg}", "000000.jpg"),
     # export
     ("export-missing-ckpt", "export {bad:missing} --out {out}", "does-not-exist.png"),
     ("export-truncated-ckpt", "export {bad:ckpt_truncated} --out {out}", "truncated.pt"),
@@ -202,6 +215,18 @@ def test_bad_input_is_one_line_exit_2(case, template, names, bad, cli, tmp_path,
     assert not pwned.exists(), "a pickled payload ran"
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file() and p != pwned]
     assert not [p for p in leftovers if p.suffix in (".pt", ".onnx", ".npz", ".tmp")], leftovers
+
+
+@pytest.mark.parametrize("key", ["bomb_png", "tiny_png", "text_png", "truncated_png", "truncated_jpg", "empty"])
+def test_predict_skips_a_bad_image_and_exits_1(key, bad, cli, tmp_path, synth_data, tiny_export):
+    good = sorted((synth_data / "val" / "rgb").iterdir())[0]
+    out = tmp_path / "pred"
+    result = cli("predict", tiny_export / "model.onnx", good, bad[key], "--out", out, "--format", "npy")
+    assert result.code == 1, result.err
+    assert "Traceback" not in result.err
+    named = [line for line in result.err.splitlines() if bad[key].name in line]
+    assert len(named) == 1, result.err
+    assert sorted(p.name for p in out.iterdir()) == [good.stem + ".npy"]
 
 
 @pytest.mark.parametrize("case", ["unknown-command", "bad-int"])

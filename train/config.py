@@ -127,6 +127,8 @@ def merge_resume(cli: TrainConfig, saved: TrainConfig) -> TrainConfig:
         if mine != getattr(default, f.name) and mine != theirs:
             raise InputError(f"--{f.name.replace('_', '-')} {mine!r} conflicts with the resumed "
                              f"checkpoint's {theirs!r}; drop it when using --resume")
-    merged = TrainConfig.from_dict({**saved.to_dict(),
-                                    **{k: getattr(cli, k) for k in RESUME_OVERRIDES}})
-    return merged
+    # an override applies when the user set it (it differs from the default): a plain
+    # `--resume RUN/last.pt` continues the saved run to its own number of epochs
+    changed = {k: getattr(cli, k) for k in RESUME_OVERRIDES
+               if k in ("data", "out", "resume") or getattr(cli, k) != getattr(default, k)}
+    return TrainConfig.from_dict({**saved.to_dict(), **changed})
