@@ -22,8 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 # TrainConfig's defaults (batch 16, CyclicLR triangular2 2e-4..2e-3 over 250-step half cycles,
 # berHu loss, augmentation on), from scratch (so freeze auto -> 0), resnet18 at 96 px on CPU.
 QUALITY = {"backbone": "resnet18", "image_size": 96, "epochs": 8, "pretrained": False,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mde.export.exporter import ExportConfig
+from mde.export.config import ExportConfig
 
 _D = ExportConfig(checkpoint=Path("CKPT"), out=Path("DIR"))  # the defaults, for --help
 

@@ -1,0 +1,127 @@
+"""`ExportConfig` (what `mde export` is asked for), its validation, and the artifact names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mde.errors import InputError
+from mde.runtime.metadata import PRECISIONS
+
+ARTIFACT_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+ENGINE_NAME = "model.engine"
+GOLDEN_NAME = "golden.npz"
+# files written beside an artifact that move with it: the engine's sidecar, INT8 calibration ranges
+EXTRAS = {ENGINE_NAME: (ENGINE_NAME + ".json",), "model.int8.onnx": ("model.int8.ranges.json",)}
+MIN_OPSET = 17
+
+
+def _default_timing_cache() -> Path:
+    return Path.home() / ".cache" / "mde" / "tensorrt-timing.cache"
+
+
+@dataclass
+class ExportConfig:
+    """Settings of `mde export` (the CLI options map one to one onto these fields).
+
+    Args:
+        checkpoint: the training checkpoint (.pt).
+        out: the export folder.
+        precisions: ONNX artifacts to write, from fp32, fp16, int8.
+        engine: also build `model.engine` (TensorRT 11) from the first precision's ONNX.
+        calib_data: dataset folder for INT8 calibration (needed by int8).
+        calib_images: calibration images drawn from it.
+        calib_allow_few: accept fewer than the calibration stage's minimum number of images.
+        opset: ONNX opset (>= 17).
+        dynamic_size: make H and W dynamic (multiples of 32) besides the batch.
+        force: overwrite existing artifacts.
+        golden_images: golden inputs saved in golden.npz and used for the checks.
+        golden_seed: seed of the random golden inputs (when no dataset is found).
+        min_batch: TensorRT profile minimum batch.
+        opt_batch: TensorRT profile batch the kernels are tuned for.
+        max_batch: TensorRT profile maximum batch.
+        min_size: TensorRT profile smallest H/W with dynamic_size.
+        max_size: TensorRT profile largest H/W with dynamic_size.
+        workspace_mib: TensorRT workspace memory-pool limit.
+        timing_cache: TensorRT timing cache file, reused across builds.
+        progress: show a progress display on stderr.
+    """
+
+    checkpoint: Path
+    out: Path
+    precisions: tuple[str, ...] = ("fp32",)
+    engine: bool = False
+    calib_data: Path | None = None
+    calib_images: int = 256
+    calib_allow_few: bool = False
+    opset: int = 18
+    dynamic_size: bool = False
+    force: bool = False
+    golden_images: int = 4
+    golden_seed: int = 0
+    min_batch: int = 1
+    opt_batch: int = 1
+    max_batch: int = 8
+    min_size: int = 32
+    max_size: int = 1024
+    workspace_mib: int = 4096
+    timing_cache: Path = field(default_factory=_default_timing_cache)
+    progress: bool = True
+
+
+@dataclass
+class Artifact:
+    """One written artifact and its measured error against PyTorch on the golden inputs."""
+
+    path: Path
+    precision: str
+    size_bytes: int
+    max_abs_diff: float | None = None
+    p99_abs_diff: float | None = None
+    p99_over_range: float | None = None
+    tolerance: float | None = None
+    passed: bool = True
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+
+
+def validate(cfg: ExportConfig) -> None:
+    """Reject bad settings before any work (exit 2)."""
+    if not cfg.precisions:
+        raise InputError("no --precision given; choose from " + ", ".join(PRECISIONS))
+    for precision in cfg.precisions:
+        if precision not in PRECISIONS:
+            raise InputError(
+                f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}"
+            )
+    if len(set(cfg.precisions)) != len(cfg.precisions):
+        raise InputError(f"--precision repeated: {', '.join(cfg.precisions)}")
+    if "int8" in cfg.precisions:
+        if cfg.calib_data is None:
+            raise InputError("--precision int8 needs calibration images: pass --calib-data DIR")
+        if not Path(cfg.calib_data).is_dir():
+            raise InputError("calibration data folder not found", cfg.calib_data)
+    if cfg.opset < MIN_OPSET:
+        raise InputError(f"--opset must be >= {MIN_OPSET}, got {cfg.opset}")
+    if cfg.golden_images < 1:
+        raise InputError(f"golden_images must be >= 1, got {cfg.golden_images}")
+    if not 1 <= cfg.min_batch <= cfg.opt_batch <= cfg.max_batch:
+        raise InputError(
+            f"batch profile must satisfy 1 <= min <= opt <= max, got "
+            f"{cfg.min_batch}/{cfg.opt_batch}/{cfg.max_batch}"
+        )
+    if cfg.engine:
+        from mde.export.tensorrt_build import require_tensorrt
+
+        require_tensorrt()
+
+
+def planned_names(cfg: ExportConfig) -> list[str]:
+    """File names this export writes into `cfg.out`."""
+    names = [ARTIFACT_NAMES[p] for p in cfg.precisions]
+    if cfg.engine:
+        names += [ENGINE_NAME, ENGINE_NAME + ".json"]
+    return names
