@@ -113,7 +113,10 @@ def _time(fn: Any, iterations: int, warmup: int) -> list[float]:
 
 
 # VmHWM (this process's own peak RSS): ru_maxrss would carry the forking parent's peak across exec.
-_PEAK = "def PEAK_RSS_KIB():\n    return [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+_PEAK = (
+    "def PEAK_RSS_KIB():\n"
+    "    return [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+)
 
 COLD_RUNTIME = _PEAK + """
 import sys, numpy as np

@@ -1,4 +1,4 @@
-"""INT8 Q/DQ building blocks on ONNX Runtime's quantization tools: pre-process, calibrate ranges once, quantize with them.
+"""INT8 Q/DQ building blocks on ONNX Runtime's quantization tools: pre-process, calibrate once, quantize.
 
 Why ONNX Runtime's quantizer and not NVIDIA ModelOpt (`modelopt.onnx.quantization`, TensorRT's
 documented path): ModelOpt is not installed here and is heavy (it pulls in torch extras and

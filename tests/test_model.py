@@ -44,7 +44,10 @@ def test_freeze_three_stages_keeps_frozen_batchnorm_in_eval():
     trainable = [model.stages[2], model.stages[3], model.decoder]
     assert all(not p.requires_grad for m in frozen for p in m.parameters())
     assert all(p.requires_grad for m in trainable for p in m.parameters())
-    bns = lambda mods: [b for m in mods for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d)]
+
+    def bns(mods):
+        return [b for m in mods for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d)]
+
     assert bns(frozen) and not any(b.training for b in bns(frozen))
     assert all(b.training for b in bns(trainable))
     before = model.stem[1].running_mean.clone()

@@ -25,7 +25,7 @@ class BenchConfig:
     iterations: int = 50
     warmup: int = 5
     threads: int = 0
-    image_size: str = "model"   # "HxW" of the synthetic camera images, or the model's input size
+    image_size: str = "model"  # "HxW" of the synthetic camera images, or the model's input size
     seed: int = 0
 
 
@@ -55,8 +55,12 @@ def parse_size(text: str, default: tuple[int, int]) -> tuple[int, int]:
 
 
 def time_pipeline(
-    images: list, size: tuple[int, int], max_depth: float, forward: Callable[[Any], Any],
-    iterations: int, warmup: int,
+    images: list,
+    size: tuple[int, int],
+    max_depth: float,
+    forward: Callable[[Any], Any],
+    iterations: int,
+    warmup: int,
 ) -> dict[str, Any]:
     """Time preprocess -> forward -> postprocess `iterations` times (after `warmup` untimed runs)."""
     from mde.runtime.preprocess import postprocess, preprocess
@@ -98,8 +102,14 @@ def bench_artifact(path: Path, cfg: BenchConfig) -> dict[str, Any]:
         if limit is not None and limit < cfg.batch:
             raise InputError(f"model takes batches of at most {limit}, --batch is {cfg.batch}", path)
         timing = time_pipeline(images, size, est.metadata.max_depth, est.infer, cfg.iterations, cfg.warmup)
-        return {"name": path.name, "artifact": str(path), "backend": est.backend,
-                "providers": est.providers, "precision": est.metadata.precision, **timing}
+        return {
+            "name": path.name,
+            "artifact": str(path),
+            "backend": est.backend,
+            "providers": est.providers,
+            "precision": est.metadata.precision,
+            **timing,
+        }
 
 
 def bench_torch(path: Path, cfg: BenchConfig) -> dict[str, Any]:
@@ -131,17 +141,26 @@ def _bench_torch_model(path: Path, cfg: BenchConfig, model: Any) -> dict[str, An
             return model(torch.from_numpy(batch)).numpy()
 
     timing = time_pipeline(images, size, model.args.max_depth, forward, cfg.iterations, cfg.warmup)
-    return {"name": f"{path.name} (torch eager)", "artifact": str(path), "backend": "torch",
-            "providers": [f"torch {torch.__version__} CPU, {torch.get_num_threads()} threads"],
-            "precision": "fp32", **timing}
+    return {
+        "name": f"{path.name} (torch eager)",
+        "artifact": str(path),
+        "backend": "torch",
+        "providers": [f"torch {torch.__version__} CPU, {torch.get_num_threads()} threads"],
+        "precision": "fp32",
+        **timing,
+    }
 
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Benchmark every artifact (and the checkpoint) in one process; return one JSON-able dict."""
     if not cfg.artifacts and cfg.torch_checkpoint is None:
         raise InputError("nothing to benchmark: give artifacts and/or --torch CKPT")
-    for name, value, low in (("--batch", cfg.batch, 1), ("--iterations", cfg.iterations, 1),
-                             ("--warmup", cfg.warmup, 0), ("--threads", cfg.threads, 0)):
+    for name, value, low in (
+        ("--batch", cfg.batch, 1),
+        ("--iterations", cfg.iterations, 1),
+        ("--warmup", cfg.warmup, 0),
+        ("--threads", cfg.threads, 0),
+    ):
         if value < low:
             raise InputError(f"{name} must be >= {low}, got {value}")
     results = [bench_artifact(Path(p), cfg) for p in cfg.artifacts]
@@ -157,14 +176,23 @@ def print_table(report: dict[str, Any]) -> None:
     from rich.table import Table
 
     cfg = report["config"]
-    table = Table(title=f"mde bench: batch {cfg['batch']}, {cfg['iterations']} iterations, "
-                        f"threads {cfg['threads'] or 'default'} (inference ms; pre/post ms separate)")
+    table = Table(
+        title=f"mde bench: batch {cfg['batch']}, {cfg['iterations']} iterations, "
+        f"threads {cfg['threads'] or 'default'} (inference ms; pre/post ms separate)"
+    )
     for col in ("artifact", "backend", "precision", "p50", "p90", "p99", "mean", "pre", "post", "img/s"):
         table.add_column(col, justify="left" if col in ("artifact", "backend", "precision") else "right")
     for r in report["results"]:
         lat = r["latency_ms"]
-        table.add_row(r["name"], r["backend"], r["precision"], *(f"{lat[k]:.2f}" for k in ("p50", "p90", "p99", "mean")),
-                      f"{r['preprocess_ms']:.2f}", f"{r['postprocess_ms']:.2f}", f"{r['images_per_s']:.1f}")
+        table.add_row(
+            r["name"],
+            r["backend"],
+            r["precision"],
+            *(f"{lat[k]:.2f}" for k in ("p50", "p90", "p99", "mean")),
+            f"{r['preprocess_ms']:.2f}",
+            f"{r['postprocess_ms']:.2f}",
+            f"{r['images_per_s']:.1f}",
+        )
     console = Console()
     if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
         console = Console(width=160)

@@ -1,4 +1,4 @@
-"""`mde eval MODEL --data DIR`: score a checkpoint (.pt, via PyTorch) or an artifact (.onnx/.engine, via the runtime)."""
+"""`mde eval MODEL --data DIR`: score a checkpoint (.pt, PyTorch) or an artifact (.onnx/.engine, the runtime)."""
 
 from __future__ import annotations
 

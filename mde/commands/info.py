@@ -77,7 +77,12 @@ def print_info(info: dict[str, Any]) -> None:
     for key, value in info.get("engine", {}).items():
         rows.append((f"engine {key}", json.dumps(value) if isinstance(value, (dict, list)) else str(value)))
     for key, value in info["machine"].items():
-        rows.append((f"here: {key}", ", ".join(value) if isinstance(value, list) else ("not installed" if value is None else str(value))))
+        rows.append(
+            (
+                f"here: {key}",
+                ", ".join(value) if isinstance(value, list) else ("not installed" if value is None else str(value)),
+            )
+        )
     for row in rows:
         table.add_row(*row)
     console = Console()

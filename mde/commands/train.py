@@ -14,7 +14,9 @@ D = TrainConfig()
 
 def train_command(
     data: str = typer.Option(..., "--data", help="Dataset folder ({train,val}/{rgb,depth})."),
-    out: str = typer.Option(..., "--out", help="Run folder: best.pt, last.pt, config.json, metrics.jsonl, curves.png, samples.png."),
+    out: str = typer.Option(
+        ..., "--out", help="Run folder: best.pt, last.pt, config.json, metrics.jsonl, curves.png, samples.png."
+    ),
     backbone: str = typer.Option(D.backbone, help=f"Encoder: {', '.join(BACKBONE_CHOICES)}."),
     image_size: int = typer.Option(D.image_size, help="Square network input size (multiple of 32)."),
     epochs: int = typer.Option(D.epochs, help="Training epochs."),
@@ -26,15 +28,26 @@ def train_command(
     optimizer: str = typer.Option(D.optimizer, help="adamw or sgd."),
     weight_decay: float = typer.Option(D.weight_decay, help="Weight decay."),
     loss: str = typer.Option(D.loss, help=f"Loss: {', '.join(LOSS_CHOICES)}."),
-    freeze_stages: int = typer.Option(D.freeze_stages, help="Freeze the stem + first K-1 residual stages; -1 = auto (3 with pretrained weights, 0 from scratch)."),
-    pretrained: bool = typer.Option(D.pretrained, "--pretrained/--no-pretrained", help="Start the encoder from torchvision ImageNet weights (downloads)."),
-    backbone_weights: str = typer.Option(D.backbone_weights, help="Local torchvision ResNet state dict for the encoder (with --no-pretrained)."),
+    freeze_stages: int = typer.Option(
+        D.freeze_stages,
+        help="Freeze the stem + first K-1 residual stages; -1 = auto (3 with pretrained weights, 0 from scratch).",
+    ),
+    pretrained: bool = typer.Option(
+        D.pretrained,
+        "--pretrained/--no-pretrained",
+        help="Start the encoder from torchvision ImageNet weights (downloads).",
+    ),
+    backbone_weights: str = typer.Option(
+        D.backbone_weights, help="Local torchvision ResNet state dict for the encoder (with --no-pretrained)."
+    ),
     augment: bool = typer.Option(D.augment, "--augment/--no-augment", help="Flip, colour jitter, scale-crop."),
     max_depth: float = typer.Option(D.max_depth, help="Output range in metres; 0 = the dataset's maximum depth."),
     depth_scale: float = typer.Option(D.depth_scale, help="16-bit depth PNG units per metre."),
     device: str = typer.Option(D.device, help="auto, cpu or cuda."),
     amp: bool = typer.Option(D.amp, "--amp/--no-amp", help="Mixed precision on CUDA (bf16 where supported)."),
-    channels_last: bool = typer.Option(D.channels_last, "--channels-last/--no-channels-last", help="channels_last memory format."),
+    channels_last: bool = typer.Option(
+        D.channels_last, "--channels-last/--no-channels-last", help="channels_last memory format."
+    ),
     compile: bool = typer.Option(D.compile, "--compile/--no-compile", help="torch.compile the model."),
     workers: int = typer.Option(D.workers, help="Data loader worker processes."),
     seed: int = typer.Option(D.seed, help="Seed of initialisation, shuffling and augmentation."),
@@ -42,7 +55,9 @@ def train_command(
     force: bool = typer.Option(D.force, "--force", help="Allow a non-empty --out."),
     val_every: int = typer.Option(D.val_every, help="Validate every N epochs."),
     log_interval: int = typer.Option(D.log_interval, help="Progress update every N batches."),
-    checkpoint_every: int = typer.Option(D.checkpoint_every, help="Also save last.pt every N batches (0 = epoch ends only)."),
+    checkpoint_every: int = typer.Option(
+        D.checkpoint_every, help="Also save last.pt every N batches (0 = epoch ends only)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
     """Train the depth network; writes RUN/{best,last}.pt, config.json, metrics.jsonl, curves.png, samples.png."""
@@ -60,8 +75,10 @@ def train_command(
         typer.echo(json.dumps(result))
     elif result.get("best"):
         best = result["best"]
-        typer.echo(f"best epoch {best.get('epoch')}: rmse {best.get('rmse', float('nan')):.4f} "
-                   f"ssim {best.get('ssim', float('nan')):.4f} -> {out}/best.pt")
+        typer.echo(
+            f"best epoch {best.get('epoch')}: rmse {best.get('rmse', float('nan')):.4f} "
+            f"ssim {best.get('ssim', float('nan')):.4f} -> {out}/best.pt"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -131,7 +131,7 @@ class Runner(abc.ABC):
     @abc.abstractmethod
     def _infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
-    def _deactivate_impl(self) -> None:
+    def _deactivate_impl(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release resources; the default drops nothing."""
 
 

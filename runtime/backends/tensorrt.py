@@ -77,7 +77,10 @@ def check_sidecar(
         return
     built_gpu = sidecar.get("gpu_name") or "unknown GPU"
     here_gpu = f" ({gpu_name})" if gpu_name else ""
-    sm = lambda cc: "sm_" + str(cc).replace(".", "")
+
+    def sm(cc: object) -> str:
+        return "sm_" + str(cc).replace(".", "")
+
     raise BackendError(
         f"engine built with TensorRT {built_version} for {sm(built_cc)} ({built_gpu}); "
         f"this machine has TensorRT {installed_version} / {sm(compute_capability)}{here_gpu}. "
