@@ -177,6 +177,12 @@ CASES = [
     ("predict-no-meta", "predict {bad:onnx_no_meta} {bad:tiny_png} --out {out}", "no-meta.onnx"),
     ("predict-unknown-backend", "predict {onnx} {bad:tiny_png} --out {out} --backend tflite", "tflite"),
     ("predict-foreign-engine", "predict {bad:engine_foreign} {bad:tiny_png} --out {out}", "model.engine"),
+    # unknown values and conflicting flags
+    ("predict-unknown-format", "predict {onnx} {bad:tiny_png} --out {out} --format jpeg", "jpeg"),
+    ("calibrate-unknown-method", "calibrate {onnx} --data {data} --out {out}.onnx --method foo", "foo"),
+    ("parity-golden-and-data", "parity --golden {bad:missing} {onnx} --data {data}", "--golden"),
+    ("train-pretrained-and-weights", "train --data {data} --out {out} --pretrained --backbone-weights {ckpt}", "--backbone-weights"),
+    ("train-freeze-from-scratch", "train --data {data} --out {out} --no-pretrained --freeze-stages 3", "freeze"),
     # bench / info
     ("bench-missing", "bench {bad:missing} --iterations 2", "does-not-exist.png"),
     ("bench-unknown-backend", "bench {onnx} --backend tflite --iterations 2", "tflite"),
