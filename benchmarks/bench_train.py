@@ -71,22 +71,10 @@ def quality(data: Path, quick: bool) -> dict:
             and best["rmse"] < base["pixel_mean_map_rmse"] and wall <= 900}
 
 
-def gemm_flops(threads: int, n: int = 2048, repeat: int = 10) -> float:
-    import torch
-
-    torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    start = time.perf_counter()
-    for _ in range(repeat):
-        a @ b
-    return 2 * n**3 * repeat / (time.perf_counter() - start)
-
-
 def throughput(data: Path, quick: bool, batch: int = 16, size: int = 128) -> dict:
     """Loader-alone images/s vs training images/s; training FLOP/s vs GEMM FLOP/s."""
     import torch
+    from bench_runtime import gemm_rate  # benchmarks/ is on sys.path when these scripts run
     from torch.utils.flop_counter import FlopCounterMode
 
     from mde.train.data import open_dataset
@@ -122,7 +110,7 @@ def throughput(data: Path, quick: bool, batch: int = 16, size: int = 128) -> dic
     for _ in range(steps):
         step()
     step_s = (time.perf_counter() - start) / steps
-    gemm = gemm_flops(threads)
+    gemm = gemm_rate(threads)  # the one GEMM measurement, shared with bench_runtime
     return {"threads": threads, "batch": batch, "size": size,
             "loader_images_per_s": round(loader_ips, 1),
             "train_images_per_s": round(batch / step_s, 2),

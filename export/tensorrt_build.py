@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from mde.errors import BackendError, CheckFailed, InputError
+from mde.runtime.backends.tensorrt import sidecar_path  # the one name of the sidecar contract
 from mde.runtime.metadata import INPUT_NAME
 
 INSTALL_HINT = "pip install 'mde[tensorrt]' (TensorRT 11 and cuda-python; needs an NVIDIA driver)"
@@ -193,11 +194,6 @@ def build_engine(onnx_path: Path, engine_path: Path, cfg: BuildConfig) -> dict[s
     }
     write_json_atomic(sidecar_path(engine_path), sidecar)
     return sidecar
-
-
-def sidecar_path(engine_path: Path) -> Path:
-    """`model.engine` -> `model.engine.json`."""
-    return Path(engine_path).with_name(Path(engine_path).name + ".json")
 
 
 def run_engine(engine_path: Path, image: np.ndarray) -> np.ndarray:
