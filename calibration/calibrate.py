@@ -190,7 +190,8 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
         "ssim_drop": round(after.drop, 6), "ssim_drop_all_int8": round(before.drop, 6),
         "target_ssim_drop": cfg.target_ssim_drop,
         "drop_definition": "1 - SSIM(int8 prediction, fp32 prediction) on held-out train images",
-        "tool": f"onnxruntime.quantization {onnxruntime.__version__} (QDQ, symmetric int8, per-channel weights)",
+        "tool": f"onnxruntime.quantization {onnxruntime.__version__} "
+                "(QDQ, symmetric int8, per-channel weights, float bias)",
     }
     props = {p.key: p.value for p in source.metadata_props}
     props["mde.precision"] = json.dumps("int8")
@@ -198,6 +199,7 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
     del final.metadata_props[:]
     for k, v in props.items():
         final.metadata_props.add(key=k, value=v)
+    qz.check_tensorrt_qdq(final, cfg.out)
     with atomic_path(cfg.out) as tmp_out:
         onnx.save(final, str(tmp_out))
 

@@ -34,6 +34,9 @@ _EXTRA_OPTIONS = {
     "ActivationSymmetric": True,   # zero-point 0: TensorRT accepts only symmetric Q/DQ
     "WeightSymmetric": True,
     "QDQKeepRemovableActivations": True,  # Relu stays explicit, TensorRT fuses it
+    # Biases stay float: an INT32 DequantizeLinear is rejected by TensorRT's IDequantizeLayer
+    # (int8/fp8/int4/fp4 inputs only); TensorRT folds the float bias into the INT8 convolution.
+    "QuantizeBias": False,
 }
 
 
@@ -140,7 +143,7 @@ def quantize(
 ) -> onnx.ModelProto:
     """Q/DQ-quantize `model` (pre-processed FP32) with saved `ranges`, keeping `nodes_to_exclude` float.
 
-    Per-channel symmetric INT8 weights, symmetric INT8 activations: every zero-point is 0.
+    Per-channel symmetric INT8 weights, symmetric INT8 activations (every zero-point is 0), float biases.
     """
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.calibrate import TensorData, TensorsData
@@ -230,6 +233,53 @@ def _drop_orphan_output_qdq(model: onnx.ModelProto, float_nodes: set[str], op_ty
                         for i, name in enumerate(user.input):
                             if name == dq.output[0]:
                                 user.input[i] = tensor
+
+
+def _dtype_name(elem_type: int) -> str:
+    return onnx.TensorProto.DataType.Name(elem_type)
+
+
+def check_tensorrt_qdq(model: onnx.ModelProto, path: str | Path) -> None:
+    """Refuse a Q/DQ model TensorRT cannot build: every DequantizeLinear reads INT8, every zero point is 0.
+
+    Pure ONNX (no runtime): the input type of a DequantizeLinear is its initializer's type, or the
+    zero point's type of the QuantizeLinear that feeds it.
+
+    Raises:
+        ModelError: naming `path` and the first offending node.
+    """
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+
+    def quantized_type(node: onnx.NodeProto) -> int:
+        if node.op_type == "QuantizeLinear":
+            attr = next((a.i for a in node.attribute if a.name == "output_dtype" and a.i), 0)
+            if attr:
+                return attr
+            if len(node.input) > 2 and node.input[2] in inits:
+                return inits[node.input[2]].data_type
+            return onnx.TensorProto.UINT8  # ONNX's default without a zero point
+        source = node.input[0]
+        if source in inits:
+            return inits[source].data_type
+        if source in producers and producers[source].op_type == "QuantizeLinear":
+            return quantized_type(producers[source])
+        return onnx.TensorProto.UNDEFINED
+
+    for node in model.graph.node:
+        if node.op_type not in QDQ_OPS:
+            continue
+        name = node.name or node.output[0]
+        if node.op_type == "DequantizeLinear" and quantized_type(node) != onnx.TensorProto.INT8:
+            raise ModelError(f"{name} reads {_dtype_name(quantized_type(node))}; TensorRT's DequantizeLinear "
+                             "takes INT8 only (biases must stay float)", path)
+        if len(node.input) > 2 and node.input[2]:
+            zero_point = inits.get(node.input[2])
+            if zero_point is None or numpy_helper.to_array(zero_point).any():
+                raise ModelError(f"{name} has a zero point that is not a constant 0; TensorRT takes symmetric "
+                                 "quantization only", path)
 
 
 def qdq_summary(model: onnx.ModelProto) -> dict[str, int]:

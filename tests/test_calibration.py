@@ -25,9 +25,9 @@ def test_int8_model_is_symmetric_qdq_and_runs_on_ort_cpu(tiny_int8):
     inits = {i.name: i for i in model.graph.initializer}
     qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert sum(n.op_type == "QuantizeLinear" for n in qdq) >= 10
-    for node in qdq:  # every zero-point is an int8 (or int32 bias) zero
+    for node in qdq:  # every zero-point is an int8 zero (biases stay float)
         zp = numpy_helper.to_array(inits[node.input[2]])
-        assert zp.dtype in (np.int8, np.int32) and not zp.any(), node.name
+        assert zp.dtype == np.int8 and not zp.any(), node.name
     # Every weighted layer reads INT8 weights quantized per output channel.
     producers = {o: n for n in model.graph.node for o in n.output}
     convs = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")]
@@ -158,3 +158,83 @@ def test_bad_inputs_exit_2(cli, case, match, tiny_export, tiny_int8, synth_data,
     assert match in result.err and result.err.startswith("mde: error:")
     assert len(result.err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_tensorrt_int8_has_only_int8_dequantize_inputs_and_zero_points(tiny_int8):
+    """TensorRT's IDequantizeLayer takes int8 inputs only: Conv biases stay float, every zero point is 0."""
+    from onnx import numpy_helper
+
+    from mde.calibration.quantize import check_tensorrt_qdq
+
+    path, _ = tiny_int8
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    elem = {i.name: i.data_type for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    dqs = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert dqs
+    for dq in dqs:
+        src = dq.input[0]
+        if src in elem:
+            assert elem[src] == onnx.TensorProto.INT8, (dq.name, elem[src])
+        else:
+            q = producers[src]
+            assert q.op_type == "QuantizeLinear"
+            assert numpy_helper.to_array(inits[q.input[2]]).dtype == np.int8, q.name
+        assert not numpy_helper.to_array(inits[dq.input[2]]).any(), dq.name
+    # Conv biases are read as float initializers, not through an INT32 DequantizeLinear.
+    convs = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose") and len(n.input) > 2]
+    assert convs and all(n.input[2] in inits for n in convs)
+    check_tensorrt_qdq(model, path)  # the writer's own check accepts it
+
+
+def _int32_bias_model():
+    """A one-Conv Q/DQ model whose bias is an INT32 DequantizeLinear (what QuantizeBias=True writes)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [
+        numpy_helper.from_array(np.zeros((1, 1, 1, 1), np.int8), "w_q"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "s"),
+        numpy_helper.from_array(np.array(0, np.int8), "zp8"),
+        numpy_helper.from_array(np.zeros(1, np.int32), "b_q"),
+        numpy_helper.from_array(np.array([0], np.int32), "zp32"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "zp8"], ["xq"], name="q"),
+        helper.make_node("DequantizeLinear", ["xq", "s", "zp8"], ["xd"], name="dq_x"),
+        helper.make_node("DequantizeLinear", ["w_q", "s", "zp8"], ["w"], name="dq_w"),
+        helper.make_node("DequantizeLinear", ["b_q", "s"], ["b"], name="dq_b"),
+        helper.make_node("Conv", ["xd", "w", "b"], ["y"], name="conv"),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 2, 2])], inits)
+    return helper.make_model(graph)
+
+
+@pytest.mark.parametrize("edit, match", [
+    ("int32_bias", "dq_b reads INT32"),
+    ("nonzero_zero_point", "dq_w has a zero point that is not a constant 0"),
+    ("uint8_activation", "dq_x reads UINT8"),
+])
+def test_tensorrt_qdq_check_rejects(edit, match, tmp_path):
+    from onnx import numpy_helper
+
+    from mde.calibration.quantize import check_tensorrt_qdq
+    from mde.errors import ModelError
+
+    model = _int32_bias_model()
+    inits = {i.name: i for i in model.graph.initializer}
+    if edit != "int32_bias":
+        model.graph.node[3].input[:] = ["b_q_f"]  # make the bias float
+        model.graph.initializer.append(numpy_helper.from_array(np.zeros(1, np.float32), "b_q_f"))
+        model.graph.node[4].input[2] = "b_q_f"
+        del model.graph.node[3]
+    if edit == "nonzero_zero_point":
+        model.graph.node[2].input[2] = "zp1"
+        model.graph.initializer.append(numpy_helper.from_array(np.array(1, np.int8), "zp1"))
+    if edit == "uint8_activation":
+        inits["zp8"].CopyFrom(numpy_helper.from_array(np.array(0, np.uint8), "zp8"))
+        inits["w_q"].CopyFrom(numpy_helper.from_array(np.zeros((1, 1, 1, 1), np.uint8), "w_q"))
+    with pytest.raises(ModelError, match=match) as err:
+        check_tensorrt_qdq(model, tmp_path / "m.onnx")
+    assert "m.onnx" in str(err.value)
