@@ -200,6 +200,7 @@ def check_golden(
     artifact: str | Path,
     backend: str = "auto",
     tolerances: dict[str, Tolerance] | None = None,
+    providers: Sequence[str] | None = None,
 ) -> ArtifactResult:
     """Run `artifact` on `golden.npz`'s inputs and compare with its saved PyTorch outputs (no torch needed).
 
@@ -208,6 +209,7 @@ def check_golden(
         artifact: an .onnx or .engine file.
         backend: runtime backend name, or "auto".
         tolerances: overrides; default: the golden file's own table, else DESIGN.md's.
+        providers: ONNX Runtime providers (None: the best this machine can run).
     """
     from mde.runtime.backends.base import open_runner
     from mde.runtime.metadata import INPUT_NAME, OUTPUT_NAME
@@ -227,17 +229,17 @@ def check_golden(
         table = {p: {k: v for k, v in row.items() if k in {f.name for f in fields(Tolerance)}}
                  for p, row in saved.items() if p in DEFAULT_TOLERANCES and isinstance(row, dict)}
         tolerances = tolerances_from_dict(table, source=golden)
-    with open_runner(artifact, backend) as runner:
+    with open_runner(artifact, backend, providers=providers) as runner:
         meta = runner.metadata
         if meta is None:
             raise ModelError("artifact has no mde metadata", artifact)
         label = Path(artifact).name
         if not meta.dynamic_size and tuple(meta.input_size) != tuple(images.shape[2:]):
-            return mismatch(label, meta.precision, runner.name,
+            return mismatch(label, meta.precision, runner.label,
                             f"artifact input size {tuple(meta.input_size)} != golden inputs {tuple(images.shape[2:])}")
         outputs = [runner.infer({INPUT_NAME: images[i:i + 1]})[OUTPUT_NAME][0] for i in range(len(images))]
     result = compare(list(depth), outputs, None, tolerance=tolerances[meta.precision], max_depth=meta.max_depth,
-                     data_range=meta.max_depth, label=label, precision=meta.precision, backend=runner.name)
+                     data_range=meta.max_depth, label=label, precision=meta.precision, backend=runner.label)
     return result
 
 
@@ -256,6 +258,7 @@ class ParityConfig:
         report: write a Markdown report (and worst-image PNGs beside it) here.
         backend: runtime backend for every artifact ("auto": from the file suffix).
         golden: golden.npz for the torch-free mode.
+        providers: ONNX Runtime providers for every .onnx artifact (None: the best this machine can run).
     """
 
     checkpoint: Path | None = None
@@ -268,3 +271,4 @@ class ParityConfig:
     report: Path | None = None
     backend: str = "auto"
     golden: Path | None = None
+    providers: list[str] | None = None

@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 
+from mde.commands.options import backend_help, check_backend, providers_option
 from mde.errors import InputError
 
 
@@ -27,6 +28,7 @@ class BenchConfig:
     threads: int = 0
     image_size: str = "model"  # "HxW" of the synthetic camera images, or the model's input size
     seed: int = 0
+    providers: list[str] | None = None
 
 
 def latency_stats(times_s: list[float]) -> dict[str, float]:
@@ -93,7 +95,7 @@ def bench_artifact(path: Path, cfg: BenchConfig) -> dict[str, Any]:
 
     from mde.runtime import DepthEstimator
 
-    with DepthEstimator.open(path, backend=cfg.backend, threads=cfg.threads) as est:
+    with DepthEstimator.open(path, backend=cfg.backend, threads=cfg.threads, providers=cfg.providers) as est:
         size = tuple(est.metadata.input_size)
         h, w = parse_size(cfg.image_size, size)
         rng = np.random.default_rng(cfg.seed)
@@ -180,13 +182,15 @@ def print_table(report: dict[str, Any]) -> None:
         title=f"mde bench: batch {cfg['batch']}, {cfg['iterations']} iterations, "
         f"threads {cfg['threads'] or 'default'} (inference ms; pre/post ms separate)"
     )
-    for col in ("artifact", "backend", "precision", "p50", "p90", "p99", "mean", "pre", "post", "img/s"):
-        table.add_column(col, justify="left" if col in ("artifact", "backend", "precision") else "right")
+    text_columns = ("artifact", "backend", "runs on", "precision")
+    for col in (*text_columns, "p50", "p90", "p99", "mean", "pre", "post", "img/s"):
+        table.add_column(col, justify="left" if col in text_columns else "right")
     for r in report["results"]:
         lat = r["latency_ms"]
         table.add_row(
             r["name"],
             r["backend"],
+            r["providers"][0].removesuffix("ExecutionProvider") if r["providers"] else "?",
             r["precision"],
             *(f"{lat[k]:.2f}" for k in ("p50", "p90", "p99", "mean")),
             f"{r['preprocess_ms']:.2f}",
@@ -209,13 +213,12 @@ def bench(
     threads: int = typer.Option(BenchConfig.threads, help="CPU threads for ORT and torch (0 = default)."),
     image_size: str = typer.Option(BenchConfig.image_size, help="Synthetic image size HxW, or 'model'."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    providers: list[str] = providers_option(),
 ) -> None:
     """Time artifacts side by side: latency p50/p90/p99/mean, images/s, pre/postprocessing."""
-    from mde.runtime.backends.base import backend_names
-
-    if backend != "auto" and backend not in backend_names():
-        raise InputError(f"unknown --backend {backend!r}; choose from: auto, {', '.join(backend_names())}")
-    cfg = BenchConfig(list(artifacts or []), torch_ckpt, backend, batch, iterations, warmup, threads, image_size)
+    check_backend(backend)
+    cfg = BenchConfig(list(artifacts or []), torch_ckpt, backend, batch, iterations, warmup, threads, image_size,
+                      providers=providers or None)
     report = run_bench(cfg)
     if as_json:
         typer.echo(json.dumps(report))
@@ -224,7 +227,5 @@ def bench(
 
 
 def register(app: typer.Typer) -> None:
-    from mde.commands.predict import backend_help
-
     backend_help(bench)
     app.command("bench")(bench)

@@ -13,6 +13,7 @@ from typing import Any
 
 import typer
 
+from mde.commands.options import check_backend, providers_option
 from mde.runtime.parity import ParityConfig
 
 _D = ParityConfig.__dataclass_fields__
@@ -28,10 +29,12 @@ def parity_command(
     report: Path = typer.Option(None, "--report", help="Write a Markdown report (+ worst-image PNGs)."),
     backend: str = typer.Option(_D["backend"].default, "--backend", help="auto, onnxruntime or tensorrt."),
     golden: Path = typer.Option(None, "--golden", help="golden.npz: torch-free check of ARTIFACT..."),
+    providers: list[str] = providers_option(),
 ) -> None:
     """Compare artifacts with PyTorch on the same images and preprocessing; exit 1 if any is out of tolerance."""
     from mde.errors import InputError
 
+    check_backend(backend)
     if golden is None:
         if len(paths) < 2:
             raise InputError("expected CKPT and at least one ARTIFACT (or --golden FILE ARTIFACT...)")
@@ -45,7 +48,7 @@ def parity_command(
     if limit < 0:
         raise InputError(f"--limit must be >= 0, got {limit}")
     cfg.split, cfg.limit, cfg.tolerances, cfg.backend = split, limit, tolerances, backend
-    cfg.json_path, cfg.report = json_path, report
+    cfg.json_path, cfg.report, cfg.providers = json_path, report, providers or None
     run(cfg)
 
 
@@ -64,7 +67,7 @@ def run(cfg: ParityConfig) -> list[Any]:
             raise ModelError("artifact not found", artifact)
     pngs: dict[str, str] = {}
     if cfg.golden is not None:
-        results = [check_golden(cfg.golden, a, cfg.backend, tolerances) for a in cfg.artifacts]
+        results = [check_golden(cfg.golden, a, cfg.backend, tolerances, cfg.providers) for a in cfg.artifacts]
         header: dict[str, Any] = {"mode": "golden", "golden": str(cfg.golden)}
     else:
         results, header, pngs = _run_checkpoint(cfg, tolerances or dict(DEFAULT_TOLERANCES))
@@ -109,11 +112,11 @@ def _run_checkpoint(cfg: ParityConfig, tolerances: dict) -> tuple[list[Any], dic
     with contextlib.ExitStack() as stack:
         runners = []
         for i, path in enumerate(cfg.artifacts):
-            runner = stack.enter_context(open_runner(path, cfg.backend))
+            runner = stack.enter_context(open_runner(path, cfg.backend, providers=cfg.providers))
             meta = runner.metadata
             if tuple(meta.input_size) != size or abs(meta.max_depth - max_depth) > 1e-6:
                 results[i] = mismatch(
-                    Path(path).name, meta.precision, runner.name,
+                    Path(path).name, meta.precision, runner.label,
                     f"preprocessing mismatch: artifact input size {tuple(meta.input_size)}, max depth "
                     f"{meta.max_depth:g}; checkpoint {size}, {max_depth:g}")
             else:
@@ -133,7 +136,7 @@ def _run_checkpoint(cfg: ParityConfig, tolerances: dict) -> tuple[list[Any], dic
         results[i] = compare(reference, outputs[i], gts, tolerance=tolerances[meta.precision],
                              max_depth=max_depth, data_range=data_range, names=names,
                              label=Path(cfg.artifacts[i]).name, precision=meta.precision,
-                             backend=runner.name, reference_metrics=ref_metrics)
+                             backend=runner.label, reference_metrics=ref_metrics)
     ordered = [results[i] for i in range(len(cfg.artifacts))]
     header = {"mode": "checkpoint", "checkpoint": str(cfg.checkpoint), "data": str(cfg.data),
               "split": cfg.split, "images": count, "input_size": list(size), "max_depth": max_depth,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from mde.commands.options import backend_help, check_backend, providers_option
 from mde.errors import CheckFailed, InputError, MdeError
 
 FORMATS = ("color", "png16", "npy")
@@ -24,6 +25,7 @@ class PredictConfig:
     backend: str = "auto"
     format: str = "color"
     threads: int = 0
+    providers: list[str] | None = None
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
@@ -86,7 +88,7 @@ def write_depth(depth, path: Path, fmt: str, max_depth: float) -> None:
 
 def run_predict(cfg: PredictConfig) -> dict[str, int]:
     """Predict every input image; bad images are reported and skipped. Returns counts."""
-    from mde.console import err_console, track
+    from mde.console import err_console, info, track
     from mde.runtime import DepthEstimator
     from mde.runtime.images import read_rgb
 
@@ -101,7 +103,9 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
     out.mkdir(parents=True, exist_ok=True)
     names = output_names(paths, ".npy" if cfg.format == "npy" else ".png")
     failed = 0
-    with DepthEstimator.open(cfg.artifact, backend=cfg.backend, threads=cfg.threads) as est:
+    with DepthEstimator.open(cfg.artifact, backend=cfg.backend, threads=cfg.threads,
+                             providers=cfg.providers) as est:
+        info(f"{Path(cfg.artifact).name}: {est.backend} on {', '.join(est.providers)}")
         items = list(zip(paths, names))
         for path, name in track(items, "predict", total=len(items)) if len(items) > 1 else items:
             try:
@@ -124,28 +128,17 @@ def predict(
         PredictConfig.format, "--format", help="color (turbo PNG), png16 (uint16 millimetres) or npy (float32 metres)."
     ),
     threads: int = typer.Option(PredictConfig.threads, help="ONNX Runtime threads (0 = its default)."),
+    providers: list[str] = providers_option(),
 ) -> None:
     """Write a depth map for each input image, at the image's own resolution."""
     from mde.console import info
-    from mde.runtime.backends.base import backend_names
 
-    if backend != "auto" and backend not in backend_names():
-        raise InputError(f"unknown --backend {backend!r}; choose from: auto, {', '.join(backend_names())}")
-    cfg = PredictConfig(artifact, list(inputs), out, backend, format, threads)
+    check_backend(backend)
+    cfg = PredictConfig(artifact, list(inputs), out, backend, format, threads, providers or None)
     counts = run_predict(cfg)
     info(f"wrote {counts['written']} of {counts['images']} depth maps to {out}")
     if counts["failed"]:
         raise CheckFailed(f"{counts['failed']} of {counts['images']} images failed (listed above)")
-
-
-def backend_help(command) -> None:
-    """Put the registered backend names into `command`'s --backend help (the registry is light)."""
-    import inspect
-
-    from mde.runtime.backends.base import backend_names
-
-    option = inspect.signature(command).parameters["backend"].default
-    option.help = f"auto (from the file suffix) or one of: {', '.join(backend_names())}."
 
 
 def register(app: typer.Typer) -> None:

@@ -124,6 +124,12 @@ class Runner(abc.ABC):
         """What executes the model (ONNX Runtime providers, or the backend name)."""
         return [self.name]
 
+    @property
+    def label(self) -> str:
+        """The backend and what it actually runs on, for tables: "onnxruntime (CUDA)"."""
+        first = self.providers[0].removesuffix("ExecutionProvider") if self.providers else "?"
+        return self.name if first == self.name else f"{self.name} ({first})"
+
     # -- for subclasses ------------------------------------------------------------
     @abc.abstractmethod
     def _activate_impl(self) -> None: ...

@@ -1,10 +1,21 @@
-"""ONNX Runtime runner: providers picked for the machine, full graph optimization, one thread-safe session."""
+"""ONNX Runtime: the one place mde opens a session (providers checked, GPU libraries preloaded), and its runner.
+
+Every ONNX Runtime session in mde — the runner, export's self-check, metadata reads, the
+calibration fallback, the benchmarks — comes from `create_session`, so the provider rules live
+here once: the providers asked for are compared with the ones the session really uses; a GPU
+provider that did not load is a warning (providers chosen automatically) or an error (providers
+named by the user), never a silent CPU run; nothing ONNX Runtime prints reaches stdout.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
-from collections.abc import Sequence
+import io
+import logging
+import struct
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +25,20 @@ from mde.errors import BackendError, InputError, ModelError
 from mde.runtime.backends.base import Runner, TensorSpec, register_backend
 from mde.runtime.metadata import ModelMetadata
 
+log = logging.getLogger(__name__)
+
 TRT_EP = "TensorrtExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
 PREFERENCE = (TRT_EP, CUDA_EP, CPU_EP)
 GPU_EPS = (TRT_EP, CUDA_EP)
+# The shared library behind each GPU provider in onnxruntime-gpu's capi/ folder.
+PROVIDER_LIBRARIES = {
+    TRT_EP: "libonnxruntime_providers_tensorrt.so",
+    CUDA_EP: "libonnxruntime_providers_cuda.so",
+}
+OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+CACHE_DIR = Path.home() / ".cache" / "mde"
 
 ORT_DTYPES = {
     "tensor(float)": np.float32,
@@ -54,41 +74,245 @@ def cuda_device_count() -> int:
     return count.value
 
 
-@functools.lru_cache(maxsize=1)
-def tensorrt_libs_present() -> bool:
-    """Whether TensorRT's shared library can be loaded (what ORT's TensorRT EP needs)."""
-    for name in ("libnvinfer.so.11", "libnvinfer.so.10", "libnvinfer.so"):
+# -- which GPU providers can load here -------------------------------------------------
+def elf_needed(path: str | Path) -> list[str]:
+    """The DT_NEEDED sonames of an ELF shared library (what the dynamic loader must find to load it).
+
+    A reader of just the dynamic section, so the runtime needs no ELF package for one field.
+
+    Raises:
+        ModelError: not an ELF file, or no dynamic section.
+    """
+    data = Path(path).read_bytes()
+    if data[:4] != b"\x7fELF":
+        raise ModelError("not an ELF shared library", path)
+    is64, endian = data[4] == 2, "<" if data[5] == 1 else ">"
+    if is64:
+        shoff, = struct.unpack_from(endian + "Q", data, 0x28)
+        shentsize, shnum = struct.unpack_from(endian + "HH", data, 0x3A)
+        sh_fmt, dyn_fmt = endian + "IIQQQQIIQQ", endian + "qQ"
+    else:
+        shoff, = struct.unpack_from(endian + "I", data, 0x20)
+        shentsize, shnum = struct.unpack_from(endian + "HH", data, 0x2E)
+        sh_fmt, dyn_fmt = endian + "IIIIIIIIII", endian + "iI"
+    sections = [struct.unpack_from(sh_fmt, data, shoff + i * shentsize) for i in range(shnum)]
+    dynamic = [s for s in sections if s[1] == 6]  # SHT_DYNAMIC
+    if not dynamic:
+        raise ModelError("ELF file has no dynamic section", path)
+    _, _, _, _, offset, size, link, *_ = dynamic[0]
+    strtab_offset = sections[link][4]
+    needed = []
+    for pos in range(offset, offset + size, struct.calcsize(dyn_fmt)):
+        tag, value = struct.unpack_from(dyn_fmt, data, pos)
+        if tag == 0:  # DT_NULL
+            break
+        if tag == 1:  # DT_NEEDED
+            end = data.index(b"\0", strtab_offset + value)
+            needed.append(data[strtab_offset + value:end].decode())
+    return needed
+
+
+def load_library(soname: str) -> Any:
+    """dlopen `soname` (found by the system's search path, or already loaded by preload_dlls)."""
+    return ctypes.CDLL(soname)
+
+
+def missing_libraries(library: str | Path, load: Callable[[str], Any] | None = None) -> list[str]:
+    """The sonames `library` needs that cannot be loaded here ([] when it can load)."""
+    load = load or load_library
+    missing = []
+    for soname in elf_needed(library):
         try:
-            ctypes.CDLL(name)
-            return True
+            load(soname)
         except OSError:
-            continue
-    return False
+            missing.append(soname)
+    return missing
+
+
+@functools.lru_cache(maxsize=1)
+def preload_gpu_libraries() -> str:
+    """Load the CUDA/cuDNN libraries of the nvidia-* wheels (`onnxruntime.preload_dlls`), once; return its output.
+
+    Without it the CUDA provider finds `libcublas.so.13` only when torch happened to be imported
+    first. What preload_dlls prints goes to the debug log, never to stdout.
+    """
+    ort = import_ort()
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime-gpu >= 1.21
+    if preload is None:
+        return ""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        try:
+            preload()
+        except Exception as err:  # noqa: BLE001 - a failed preload shows up as a provider that did not load
+            print(f"preload_dlls failed: {err}")
+    text = printed.getvalue().strip()
+    if text:
+        log.debug("onnxruntime.preload_dlls: %s", text)
+    return text
+
+
+@functools.cache
+def provider_problem(provider: str) -> str:
+    """Why a GPU provider cannot run on this machine ("" when it can): no GPU, or libraries it needs are missing.
+
+    The libraries are read from the provider's own shared library (its ELF needed entries), so
+    the check follows the installed onnxruntime-gpu: 1.31's TensorRT provider needs
+    `libnvinfer.so.10`, and a TensorRT 11 install does not satisfy it.
+    """
+    if provider not in GPU_EPS:
+        return ""
+    if cuda_device_count() == 0:
+        return "no CUDA GPU or NVIDIA driver on this machine"
+    preload_gpu_libraries()
+    library = Path(import_ort().__file__).parent / "capi" / PROVIDER_LIBRARIES[provider]
+    if not library.is_file():
+        return f"{library.name} is not part of this onnxruntime"
+    missing = missing_libraries(library)
+    return f"{library.name} needs {', '.join(missing)}, not found" if missing else ""
 
 
 def default_providers(available: Sequence[str]) -> list[str]:
-    """TensorRT EP, then CUDA EP, then CPU: those built into ORT *and* usable on this machine.
+    """TensorRT EP, then CUDA EP, then CPU: those built into ORT *and* able to run on this machine.
 
-    onnxruntime-gpu lists the GPU providers even where there is no GPU, so a GPU and
-    (for the TensorRT EP) TensorRT's library are checked too.
+    onnxruntime-gpu lists the GPU providers even where there is no GPU or no CUDA/TensorRT
+    library, so both are checked (`provider_problem`). On a machine with a GPU, a CUDA provider
+    that cannot run is a warning naming the reason: the model will run on the CPU.
     """
-    usable = {CPU_EP}
-    if cuda_device_count() > 0:
-        usable.add(CUDA_EP)
-        if tensorrt_libs_present():
-            usable.add(TRT_EP)
-    return [p for p in PREFERENCE if p in available and p in usable] or [CPU_EP]
+    chosen = []
+    for provider in PREFERENCE:
+        if provider not in available:
+            continue
+        problem = provider_problem(provider)
+        if not problem:
+            chosen.append(provider)
+        elif cuda_device_count() > 0:
+            level = logging.WARNING if provider == CUDA_EP else logging.INFO
+            log.log(level, "%s cannot run here: %s", provider, problem)
+    return chosen or [CPU_EP]
 
 
-def session_options(ort: Any, threads: int = 0, inter_op_threads: int = 0) -> Any:
-    """SessionOptions: all graph optimizations, sequential execution, thread counts (0 = ORT default)."""
+def tensorrt_provider_options(cache_dir: Path = CACHE_DIR / "ort-tensorrt") -> dict[str, str]:
+    """TensorRT EP options: engine and timing caches on disk, so a session start does not rebuild engines."""
+    path = str(cache_dir.expanduser())
+    return {
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": path,
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": path,
+    }
+
+
+def session_options(
+    ort: Any,
+    threads: int = 0,
+    inter_op_threads: int = 0,
+    optimization: str = "all",
+    optimized_model_path: str | Path | None = None,
+) -> Any:
+    """SessionOptions: graph optimization level, sequential execution, thread counts (0 = ORT default)."""
+    levels = ort.GraphOptimizationLevel
+    level = {"disable": levels.ORT_DISABLE_ALL, "basic": levels.ORT_ENABLE_BASIC,
+             "extended": levels.ORT_ENABLE_EXTENDED, "all": levels.ORT_ENABLE_ALL}
+    if optimization not in level:
+        raise InputError(f"unknown optimization level {optimization!r}; choose from {', '.join(level)}")
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.graph_optimization_level = level[optimization]
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.intra_op_num_threads = int(threads)
     opts.inter_op_num_threads = int(inter_op_threads)
-    opts.log_severity_level = 3  # errors only: provider fall-back notices are not user errors
+    opts.log_severity_level = 3  # errors only; provider problems are reported by create_session
+    if optimized_model_path is not None:
+        opts.optimized_model_filepath = str(optimized_model_path)
     return opts
+
+
+def create_session(
+    model: str | Path | bytes,
+    *,
+    providers: Sequence[str] | None = None,
+    threads: int = 0,
+    inter_op_threads: int = 0,
+    optimization: str = "all",
+    optimized_model_path: str | Path | None = None,
+    source: str | Path | None = None,
+) -> Any:
+    """Open an ONNX Runtime session on `model` (a file or serialized bytes): the one way mde does it.
+
+    Args:
+        model: the ONNX file, or the bytes of a serialized ModelProto.
+        providers: providers in order of preference; None picks them for this machine (`default_providers`).
+        threads: intra-op threads (0 = ONNX Runtime's default).
+        inter_op_threads: inter-op threads (0 = default).
+        optimization: graph optimization level: disable, basic, extended or all.
+        optimized_model_path: where ONNX Runtime writes the graph it actually runs (None: nowhere).
+        source: the name used in messages (default: `model` when it is a path).
+
+    Raises:
+        BackendError: a named provider is unknown to this onnxruntime or did not load.
+        ModelError: ONNX Runtime cannot load the model.
+    """
+    ort = import_ort()
+    source = source if source is not None else (None if isinstance(model, bytes) else model)
+    available = ort.get_available_providers()
+    explicit = providers is not None
+    if explicit:
+        unknown = [p for p in providers if p not in available]
+        if unknown or not providers:
+            raise BackendError(f"provider(s) {unknown or '[]'} not available; this onnxruntime has {available}")
+        problems = [f"{p} cannot run here ({provider_problem(p)})" for p in providers if provider_problem(p)]
+        if problems:
+            raise BackendError("; ".join(problems), source)
+        wanted = list(providers)
+    else:
+        wanted = default_providers(available)
+    if any(p in GPU_EPS for p in wanted):
+        preload_gpu_libraries()
+    opts = session_options(ort, threads, inter_op_threads, optimization, optimized_model_path)
+    provider_args = [(p, tensorrt_provider_options()) if p == TRT_EP else p for p in wanted]
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):  # ORT prints "EP Error ... Falling back" on stdout
+            session = ort.InferenceSession(
+                model if isinstance(model, bytes) else str(model), sess_options=opts, providers=provider_args
+            )
+    except Exception as err:  # noqa: BLE001 - ORT raises its own pybind types for bad files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"cannot load ONNX model ({first[:300]})", source) from None
+    check_providers(wanted, session.get_providers(), explicit, printed.getvalue(), source)
+    return session
+
+
+def check_providers(
+    wanted: Sequence[str], used: Sequence[str], explicit: bool, printed: str = "", source: str | Path | None = None
+) -> None:
+    """Compare the providers asked for with those the session uses: an error when the user named them, else a warning.
+
+    Raises:
+        BackendError: a provider named by the user did not load (never a silent CPU run).
+    """
+    lost = [p for p in wanted if p not in used]
+    if not lost:
+        return
+    reasons = []
+    for provider in lost:
+        reason = provider_problem(provider) or _ep_error(printed) or "see ONNX Runtime's log above"
+        reasons.append(f"{provider} did not load ({reason})")
+    message = f"{'; '.join(reasons)}; running on {', '.join(used)}"
+    if explicit:
+        raise BackendError(message, source)
+    log.warning("%s: %s", source if source is not None else "onnxruntime", message)
+
+
+def _ep_error(printed: str) -> str:
+    """The first "EP Error" line ONNX Runtime printed while falling back, shortened."""
+    for line in printed.splitlines():
+        if "EP Error" in line and "****" not in line:
+            return line.split("EP Error", 1)[1].strip(" :")[:300]
+    return ""
+
+
+Specs = dict[str, TensorSpec]
 
 
 def _spec(node: Any) -> TensorSpec:
@@ -97,6 +321,14 @@ def _spec(node: Any) -> TensorSpec:
         raise ModelError(f"unsupported tensor type {node.type} for {node.name!r}")
     shape = tuple(d if isinstance(d, int) and d > 0 else None for d in node.shape)
     return TensorSpec(node.name, np.dtype(dtype), shape)
+
+
+def describe_session(session: Any, source: str | Path) -> tuple[ModelMetadata, Specs, Specs]:
+    """The `mde.*` metadata and the input/output specs of an open session."""
+    meta = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map, source)
+    inputs = {n.name: _spec(n) for n in session.get_inputs()}
+    outputs = {n.name: _spec(n) for n in session.get_outputs()}
+    return meta, inputs, outputs
 
 
 @register_backend("onnxruntime")
@@ -127,27 +359,11 @@ class OnnxRuntimeRunner(Runner):
         self._use_io_binding = False
 
     def _activate_impl(self) -> None:
-        ort = import_ort()
-        available = ort.get_available_providers()
-        if self.requested_providers is None:
-            providers = default_providers(available)
-        else:
-            unknown = [p for p in self.requested_providers if p not in available]
-            if unknown or not self.requested_providers:
-                raise BackendError(
-                    f"provider(s) {unknown or '[]'} not available; this onnxruntime has {available}"
-                )
-            providers = self.requested_providers
-        opts = session_options(ort, self.threads, self.inter_op_threads)
-        try:
-            session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
-        except Exception as err:  # noqa: BLE001 - ORT raises its own pybind types for bad files
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ModelError(f"cannot load ONNX model ({first[:300]})", self.path) from None
-        props = session.get_modelmeta().custom_metadata_map
-        self.metadata = ModelMetadata.from_props(props, self.path)
-        self.input_specs = {n.name: _spec(n) for n in session.get_inputs()}
-        self.output_specs = {n.name: _spec(n) for n in session.get_outputs()}
+        session = create_session(
+            self.path, providers=self.requested_providers, threads=self.threads,
+            inter_op_threads=self.inter_op_threads,
+        )
+        self.metadata, self.input_specs, self.output_specs = describe_session(session, self.path)
         self._session = session
         self._use_io_binding = session.get_providers()[0] in GPU_EPS
 
@@ -180,18 +396,7 @@ class OnnxRuntimeRunner(Runner):
         return dict(zip(names, binding.copy_outputs_to_cpu()))
 
 
-def read_onnx_metadata(path: str | Path) -> tuple[ModelMetadata, dict[str, TensorSpec], dict[str, TensorSpec]]:
+def read_onnx_metadata(path: str | Path) -> tuple[ModelMetadata, Specs, Specs]:
     """Metadata and I/O specs of an ONNX file via onnxruntime (CPU, no optimization)."""
-    ort = import_ort()
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(str(path), sess_options=opts, providers=[CPU_EP])
-    except Exception as err:  # noqa: BLE001
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(f"cannot load ONNX model ({first[:300]})", path) from None
-    meta = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map, path)
-    inputs = {n.name: _spec(n) for n in session.get_inputs()}
-    outputs = {n.name: _spec(n) for n in session.get_outputs()}
-    return meta, inputs, outputs
+    session = create_session(path, providers=[CPU_EP], optimization="disable")
+    return describe_session(session, path)

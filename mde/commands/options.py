@@ -1,0 +1,38 @@
+"""Options shared by the commands that run artifacts (`predict`, `bench`, `parity`): --backend and --providers."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+from mde.errors import InputError
+
+PROVIDERS_HELP = (
+    "ONNX Runtime execution providers in order of preference (repeat the option, e.g. "
+    "--providers CUDAExecutionProvider --providers CPUExecutionProvider). One that cannot run here is an "
+    "error, never a silent CPU run. Default: the best this machine can run."
+)
+
+
+def providers_option() -> Any:
+    """`--providers NAME` (repeatable); None when not given."""
+    return typer.Option(None, "--providers", help=PROVIDERS_HELP)
+
+
+def check_backend(backend: str) -> None:
+    """Raise `InputError` listing the registered backends unless `backend` is "auto" or one of them."""
+    from mde.runtime.backends.base import backend_names
+
+    if backend != "auto" and backend not in backend_names():
+        raise InputError(f"unknown --backend {backend!r}; choose from: auto, {', '.join(backend_names())}")
+
+
+def backend_help(command: Callable[..., Any]) -> None:
+    """Put the registered backend names into `command`'s --backend help (the registry is light)."""
+    from mde.runtime.backends.base import backend_names
+
+    option = inspect.signature(command).parameters["backend"].default
+    option.help = f"auto (from the file suffix) or one of: {', '.join(backend_names())}."

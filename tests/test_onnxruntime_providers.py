@@ -1,0 +1,205 @@
+"""ONNX Runtime providers: the GPU libraries preloaded, the TensorRT EP probed from its own ELF, no silent CPU run.
+
+The GPU paths cannot run here (no GPU); they are driven through the real onnxruntime module with
+its session class and device count replaced, so what is checked is mde's provider logic.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mde.runtime.backends.onnxruntime as ortb
+from mde.errors import BackendError, ModelError
+from mde.runtime.backends.onnxruntime import CPU_EP, CUDA_EP, TRT_EP
+
+ort = pytest.importorskip("onnxruntime")
+CAPI = Path(ort.__file__).parent / "capi"
+
+
+@pytest.fixture
+def gpu_machine(monkeypatch):
+    """A machine with one GPU as far as mde can tell; caches cleared before and after."""
+    ortb.provider_problem.cache_clear()
+    monkeypatch.setattr(ortb, "cuda_device_count", lambda: 1)
+    preloads = []
+    monkeypatch.setattr(ortb, "preload_gpu_libraries", lambda: preloads.append(1) or "")
+    yield preloads
+    ortb.provider_problem.cache_clear()
+
+
+def _loader(missing: set[str]):
+    def load(soname: str) -> object:
+        if soname in missing:
+            raise OSError(f"{soname}: cannot open shared object file")
+        return object()
+
+    return load
+
+
+class FakeSession:
+    """Stands in for InferenceSession: records its providers, uses only `uses`, prints like ORT's fallback."""
+
+    uses: list[str] = [CPU_EP]
+    calls: list = []
+
+    def __init__(self, model, sess_options=None, providers=None):
+        FakeSession.calls.append(providers)
+        names = [p[0] if isinstance(p, tuple) else p for p in providers]
+        if any(p not in self.uses for p in names):
+            print("*************** EP Error ***************")
+            print(f"EP Error libcublasLt.so.13: cannot open shared object file when using {names}")
+        self._providers = [p for p in names if p in self.uses] or [CPU_EP]
+
+    def get_providers(self):
+        return self._providers
+
+
+@pytest.fixture
+def fake_session(monkeypatch):
+    FakeSession.calls = []
+    FakeSession.uses = [CPU_EP]
+    monkeypatch.setattr(ort, "InferenceSession", FakeSession)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [TRT_EP, CUDA_EP, CPU_EP])
+    return FakeSession
+
+
+# -- the ELF reader and the TensorRT EP probe (defect 3) ---------------------------------
+@pytest.mark.skipif(not (CAPI / "libonnxruntime_providers_tensorrt.so").is_file(),
+                    reason="this onnxruntime has no TensorRT provider library")
+def test_elf_needed_reads_the_tensorrt_provider_sonames():
+    needed = ortb.elf_needed(CAPI / "libonnxruntime_providers_tensorrt.so")
+    nvinfer = [n for n in needed if n.startswith("libnvinfer.so.")]
+    assert len(nvinfer) == 1 and any(n.startswith("libnvonnxparser.so.") for n in needed)
+    assert "libc.so.6" in needed
+
+
+def test_elf_needed_rejects_a_non_elf_file(tmp_path):
+    bogus = tmp_path / "libfake.so"
+    bogus.write_bytes(b"not an elf at all")
+    with pytest.raises(ModelError, match="not an ELF"):
+        ortb.elf_needed(bogus)
+
+
+@pytest.mark.skipif(not (CAPI / "libonnxruntime_providers_tensorrt.so").is_file(),
+                    reason="this onnxruntime has no TensorRT provider library")
+def test_tensorrt_ep_probe_wants_the_sonames_its_library_links(gpu_machine, monkeypatch):
+    """A TensorRT of another major (what `mde[tensorrt]` may install) does not make the EP usable."""
+    needed = ortb.elf_needed(CAPI / "libonnxruntime_providers_tensorrt.so")
+    linked = {n for n in needed if n.startswith(("libnvinfer.so.", "libnvonnxparser.so."))}
+    other_major = {n.rsplit(".", 1)[0] + ".99" for n in linked}
+    present = set(needed) - linked | other_major  # everything but the exact TensorRT sonames
+    monkeypatch.setattr(ortb, "load_library", _loader(set(needed) - present))
+    problem = ortb.provider_problem(TRT_EP)
+    assert all(n in problem for n in linked), problem
+    assert TRT_EP not in ortb.default_providers([TRT_EP, CUDA_EP, CPU_EP])
+
+
+def test_provider_problem_needs_a_gpu_first(monkeypatch):
+    ortb.provider_problem.cache_clear()
+    monkeypatch.setattr(ortb, "cuda_device_count", lambda: 0)
+    try:
+        assert "no CUDA GPU" in ortb.provider_problem(CUDA_EP)
+        assert ortb.provider_problem(CPU_EP) == ""
+        assert ortb.default_providers([TRT_EP, CUDA_EP, CPU_EP]) == [CPU_EP]
+    finally:
+        ortb.provider_problem.cache_clear()
+
+
+def test_tensorrt_ep_gets_engine_and_timing_caches(gpu_machine, fake_session, monkeypatch, tiny_export):
+    monkeypatch.setattr(ortb, "load_library", _loader(set()))
+    fake_session.uses = [TRT_EP, CUDA_EP, CPU_EP]
+    ortb.create_session(tiny_export / "model.onnx")
+    trt = [p for p in fake_session.calls[-1] if isinstance(p, tuple)]
+    assert trt and trt[0][0] == TRT_EP
+    options = trt[0][1]
+    assert options["trt_engine_cache_enable"] == "True" and options["trt_timing_cache_enable"] == "True"
+    assert options["trt_engine_cache_path"] and options["trt_timing_cache_path"]
+
+
+# -- no silent CPU run (defect 2) ----------------------------------------------------------
+def test_gpu_libraries_are_preloaded_before_a_gpu_session(gpu_machine, fake_session, monkeypatch, tiny_export):
+    monkeypatch.setattr(ortb, "load_library", _loader(set()))
+    fake_session.uses = [CUDA_EP, CPU_EP]
+    session = ortb.create_session(tiny_export / "model.onnx", providers=[CUDA_EP, CPU_EP])
+    assert gpu_machine, "preload_gpu_libraries was not called"
+    assert session.get_providers() == [CUDA_EP, CPU_EP]
+
+
+def test_named_provider_that_did_not_load_is_an_error(gpu_machine, fake_session, monkeypatch, tiny_export, capsys):
+    monkeypatch.setattr(ortb, "load_library", _loader(set()))  # the probe passes, the session still falls back
+    with pytest.raises(BackendError, match="CUDAExecutionProvider did not load .*libcublasLt"):
+        ortb.create_session(tiny_export / "model.onnx", providers=[CUDA_EP, CPU_EP])
+    assert capsys.readouterr().out == "", "ONNX Runtime's fallback notice reached stdout"
+
+
+def test_named_provider_that_cannot_run_is_refused_before_onnxruntime_tries(
+    gpu_machine, fake_session, monkeypatch, tiny_export
+):
+    monkeypatch.setattr(ortb, "load_library", _loader({"libcublas.so.13", "libcublasLt.so.13"}))
+    with pytest.raises(BackendError, match="CUDAExecutionProvider cannot run here .*libcublas"):
+        ortb.create_session(tiny_export / "model.onnx", providers=[CUDA_EP])
+    assert fake_session.calls == []
+
+
+def test_automatic_providers_warn_when_a_gpu_provider_did_not_load(
+    gpu_machine, fake_session, monkeypatch, tiny_export, caplog, capsys
+):
+    monkeypatch.setattr(ortb, "load_library", _loader(set()))
+    fake_session.uses = [CPU_EP]
+    with caplog.at_level(logging.WARNING, logger="mde"):
+        session = ortb.create_session(tiny_export / "model.onnx")
+    assert session.get_providers() == [CPU_EP]
+    assert any("did not load" in r.getMessage() and CUDA_EP in r.getMessage() for r in caplog.records)
+    assert capsys.readouterr().out == ""
+
+
+def test_automatic_providers_warn_when_cuda_libraries_are_missing(gpu_machine, monkeypatch, caplog):
+    cuda_lib = CAPI / "libonnxruntime_providers_cuda.so"
+    if not cuda_lib.is_file():
+        pytest.skip("this onnxruntime has no CUDA provider library")
+    monkeypatch.setattr(ortb, "load_library", _loader({"libcublas.so.13", "libcublasLt.so.13"}))
+    with caplog.at_level(logging.WARNING, logger="mde"):
+        chosen = ortb.default_providers([CUDA_EP, CPU_EP])
+    assert chosen == [CPU_EP]
+    assert any("libcublas" in r.getMessage() for r in caplog.records)
+
+
+# -- through the CLI, on this machine ---------------------------------------------------------
+@pytest.mark.skipif(CUDA_EP not in ort.get_available_providers() or ortb.cuda_device_count() > 0,
+                    reason="needs onnxruntime-gpu on a machine without a GPU")
+@pytest.mark.parametrize("command", ["predict", "bench", "parity"])
+def test_cli_named_gpu_provider_without_gpu_exits_2(cli, command, tiny_export, synth_data, tmp_path):
+    model = tiny_export / "model.onnx"
+    image = sorted((synth_data / "val" / "rgb").iterdir())[0]
+    args = {
+        "predict": ["predict", model, image, "--out", tmp_path / "out"],
+        "bench": ["bench", model, "--iterations", "2", "--json"],
+        "parity": ["parity", "--golden", tiny_export / "golden.npz", model],
+    }[command]
+    result = cli(*args, "--backend", "onnxruntime", "--providers", CUDA_EP)
+    assert result.code == 2, result.err
+    assert result.out == ""
+    lines = [line for line in result.err.splitlines() if line.startswith("mde: error")]
+    assert len(lines) == 1 and CUDA_EP in lines[0] and "no CUDA GPU" in lines[0]
+
+
+def test_cli_bench_json_names_the_provider_used(cli, tiny_export):
+    result = cli("bench", tiny_export / "model.onnx", "--iterations", "2", "--warmup", "1", "--json",
+                 "--providers", CPU_EP)
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    assert report["results"][0]["providers"] == [CPU_EP]
+
+
+def test_runner_label_names_what_it_runs_on(tiny_export):
+    from mde.runtime.backends.base import open_runner
+
+    with open_runner(tiny_export / "model.onnx") as runner:
+        assert runner.label == "onnxruntime (CPU)"
+        out = runner.infer({"image": np.zeros((1, 3, 64, 64), np.float32)})
+    assert out["depth"].shape[-2:] == (64, 64)
