@@ -31,7 +31,7 @@ from mde.export.config import (  # noqa: F401 - ExportConfig and Artifact are th
     planned_names,
     validate,
 )
-from mde.export.golden import TOLERANCES, golden_checkpoint, golden_inputs, write_golden
+from mde.export.golden import golden_checkpoint, golden_inputs, write_golden
 
 
 def _check_out(cfg: ExportConfig, checkpoint_sha: str) -> Path:
@@ -131,22 +131,34 @@ def _check(
     started: float,
 ) -> Artifact:
     """Graph checks + ONNX Runtime CPU vs PyTorch; `CheckFailed` (nothing renamed) when out of tolerance."""
-    from mde.export.onnx_export import EXPECTED_OPS, check_graph, compare, run_onnxruntime
+    from mde.export.onnx_export import EXPECTED_OPS, check_graph, run_onnxruntime
 
     allowed = EXPECTED_OPS if precision == "fp32" else None
     check_graph(path, allowed, shown=ARTIFACT_NAMES[precision])
-    stats = compare(run_onnxruntime(path, image), reference, depth_range)
-    return _within_tolerance(path, precision, stats, started, "ONNX Runtime output", ARTIFACT_NAMES[precision])
+    output = run_onnxruntime(path, image)
+    return _within_tolerance(path, precision, output, reference, depth_range, started, "ONNX Runtime output",
+                             ARTIFACT_NAMES[precision])
 
 
-def _within_tolerance(path: Path, precision: str, stats: dict[str, float], started: float, what: str,
-                      shown: str) -> Artifact:
-    """The `Artifact` for `path` when `stats` (vs PyTorch) meet the precision's tolerance, else `CheckFailed`."""
-    tol = TOLERANCES[precision]["p99_over_range"]
-    if not stats["p99_over_range"] <= tol:
+def _within_tolerance(path: Path, precision: str, output: np.ndarray, reference: np.ndarray, depth_range: float,
+                      started: float, what: str, shown: str) -> Artifact:
+    """The `Artifact` for `path` when `output` matches PyTorch's `reference` within the parity tolerance.
+
+    The comparison and the table are parity's own (`mde.runtime.parity`); without ground truth
+    only the tensor statistic p99 |diff| / depth range gates, as in golden mode.
+
+    Raises:
+        CheckFailed: out of tolerance (nothing is renamed into place).
+    """
+    from mde.runtime.parity import DEFAULT_TOLERANCES, compare
+
+    tolerance = DEFAULT_TOLERANCES[precision]
+    result = compare(list(reference), list(output), None, tolerance=tolerance, max_depth=depth_range,
+                     data_range=depth_range, label=shown, precision=precision)
+    if not result.passed:
         raise CheckFailed(
             f"{precision} {what} differs from PyTorch: p99 |diff| / depth range = "
-            f"{stats['p99_over_range']:.3g} > {tol:g} (max |diff| {stats['max_abs_diff']:.4g} m); "
+            f"{result.p99_over_range:.3g} > {tolerance.p99_over_range:g} (max |diff| {result.max_abs_diff:.4g} m); "
             "no artifact written",
             shown,
         )
@@ -154,10 +166,10 @@ def _within_tolerance(path: Path, precision: str, stats: dict[str, float], start
         path=path,
         precision=precision,
         size_bytes=path.stat().st_size,
-        max_abs_diff=stats["max_abs_diff"],
-        p99_abs_diff=stats["p99_abs_diff"],
-        p99_over_range=stats["p99_over_range"],
-        tolerance=tol,
+        max_abs_diff=result.max_abs_diff,
+        p99_abs_diff=result.p99_abs_diff,
+        p99_over_range=result.p99_over_range,
+        tolerance=tolerance.p99_over_range,
         passed=True,
         seconds=time.perf_counter() - started,
     )
@@ -211,7 +223,6 @@ def export_int8_onnx(ctx: _Context, dst: Path) -> Artifact:
 
 def export_engine(ctx: _Context, onnx_path: Path, dst: Path, precision: str) -> Artifact:
     """`model.engine` + sidecar from `onnx_path` (TensorRT 11); compared with PyTorch on the GPU."""
-    from mde.export.onnx_export import compare
     from mde.export.tensorrt_build import BuildConfig, build_engine, run_engine
 
     started = time.perf_counter()
@@ -233,8 +244,8 @@ def export_engine(ctx: _Context, onnx_path: Path, dst: Path, precision: str) -> 
         ),
     )
     batch = ctx.image[: cfg.max_batch]
-    stats = compare(run_engine(dst, batch), ctx.reference[: cfg.max_batch], ctx.depth_range)
-    return _within_tolerance(dst, precision, stats, started, "TensorRT engine output", ENGINE_NAME)
+    return _within_tolerance(dst, precision, run_engine(dst, batch), ctx.reference[: cfg.max_batch],
+                             ctx.depth_range, started, "TensorRT engine output", ENGINE_NAME)
 
 
 EXPORTERS: dict[str, Callable[[_Context, Path], Artifact]] = {

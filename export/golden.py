@@ -8,13 +8,6 @@ from typing import Any
 
 import numpy as np
 
-# DESIGN.md parity tolerances; export checks `p99_over_range` = p99 |artifact - torch| / max_depth.
-TOLERANCES: dict[str, dict[str, float]] = {
-    "fp32": {"p99_over_range": 1e-4, "rmse_abs": 1e-4, "ssim_abs": 1e-4},
-    "fp16": {"p99_over_range": 5e-3, "rmse_abs": 5e-3, "ssim_abs": 2e-3},
-    "int8": {"p99_over_range": 5e-2, "rmse_rel": 0.02, "ssim_abs": 1e-2},
-}
-
 
 def golden_inputs(
     state: dict[str, Any], size: tuple[int, int], count: int, seed: int
@@ -58,12 +51,15 @@ def write_golden(
     image_source: str,
 ) -> None:
     """`golden.npz`: inputs `image`, PyTorch outputs `depth`, `tolerances` (JSON), provenance; atomic."""
+    from dataclasses import asdict
+
     from mde.io import atomic_path
+    from mde.runtime.parity import DEFAULT_TOLERANCES
 
     tolerances = {
         "metric": "p99(|artifact - torch|) / depth_range",
         "depth_range": depth_range,
-        **TOLERANCES,
+        **{precision: asdict(row) for precision, row in DEFAULT_TOLERANCES.items()},
     }
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(

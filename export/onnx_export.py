@@ -138,37 +138,9 @@ def check_graph(
 
 
 def run_onnxruntime(path: Path, image: np.ndarray) -> np.ndarray:
-    """Run the ONNX at `path` on ONNX Runtime's CPU provider; return `depth`."""
-    import onnxruntime as ort
+    """Run the ONNX at `path` with the runtime's ONNX Runtime runner on the CPU provider; return `depth`."""
+    from mde.runtime.backends.base import open_runner
+    from mde.runtime.backends.onnxruntime import CPU_EP
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return session.run([OUTPUT_NAME], {INPUT_NAME: image})[0]
-
-
-def compare(output: np.ndarray, reference: np.ndarray, depth_range: float) -> dict[str, float]:
-    """Statistics of |output - reference|: max, mean, p99 (metres) and p99 / depth_range."""
-    if output.shape != reference.shape:
-        return {
-            "max_abs_diff": float("inf"),
-            "mean_abs_diff": float("inf"),
-            "p99_abs_diff": float("inf"),
-            "p99_over_range": float("inf"),
-        }
-    diff = np.abs(output.astype(np.float64) - reference.astype(np.float64))
-    if not np.all(np.isfinite(diff)):
-        p99 = float("inf")
-        return {
-            "max_abs_diff": p99,
-            "mean_abs_diff": p99,
-            "p99_abs_diff": p99,
-            "p99_over_range": p99,
-        }
-    p99 = float(np.percentile(diff, 99))
-    return {
-        "max_abs_diff": float(diff.max()),
-        "mean_abs_diff": float(diff.mean()),
-        "p99_abs_diff": p99,
-        "p99_over_range": p99 / depth_range,
-    }
+    with open_runner(path, "onnxruntime", providers=[CPU_EP]) as runner:
+        return runner.infer({INPUT_NAME: np.ascontiguousarray(image, dtype=np.float32)})[OUTPUT_NAME]

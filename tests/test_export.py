@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-TOL = {"fp32": 1e-4, "fp16": 5e-3}
+from mde.runtime.parity import DEFAULT_TOLERANCES
+
 FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx"}
 
 
 def _ort(path: Path, image: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
+    from mde.runtime.backends.onnxruntime import CPU_EP, create_session
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(["depth"], {"image": image})[0]
+    return create_session(path, providers=[CPU_EP]).run(["depth"], {"image": image})[0]
 
 
 def _torch(checkpoint: Path, image: np.ndarray) -> np.ndarray:
@@ -81,7 +81,8 @@ def test_matches_pytorch_at_any_batch(tiny_export, tiny_checkpoint, precision, b
     assert got.shape == want.shape == (batch, 1, 64, 64)
     assert got.dtype == np.float32
     error = _p99_over_range(got, want)
-    assert error <= TOL[precision], f"{precision}: p99/range {error:.3g} > {TOL[precision]}"
+    limit = DEFAULT_TOLERANCES[precision].p99_over_range
+    assert error <= limit, f"{precision}: p99/range {error:.3g} > {limit}"
     if precision == "fp16":
         assert error > 0  # really computed in half precision
 
@@ -164,9 +165,9 @@ def test_dynamic_size_and_force(tmp_path, tiny_checkpoint):
 
 def test_failed_check_leaves_nothing(tmp_path, tiny_checkpoint, monkeypatch, cli):
     """An out-of-tolerance artifact: exit 1, and no artifact or temp file is left."""
-    from mde.export import exporter
+    from mde.runtime.parity import Tolerance
 
-    monkeypatch.setitem(exporter.TOLERANCES, "fp32", {"p99_over_range": 0.0})
+    monkeypatch.setitem(DEFAULT_TOLERANCES, "fp32", Tolerance(p99_over_range=0.0))
     out = tmp_path / "out"
     result = cli("export", tiny_checkpoint, "--out", out, "--precision", "fp32")
     assert result.code == 1, result.err
