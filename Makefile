@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DEMO   ?= demo
+PYTEST_ARGS ?=
 
 .PHONY: test demo bench lint clean
 
@@ -12,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: $(VENV)/.installed
 	$(PY) -m mde.demo --out $(DEMO)
@@ -22,6 +23,8 @@ bench: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/vermin -q --target=3.10- --violations --no-tips --eval-annotations \
+		mde train export calibration runtime benchmarks examples tools
 
 clean:
 	rm -rf $(DEMO) .pytest_cache build *.egg-info

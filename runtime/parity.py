@@ -17,7 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tomllib
+
+try:  # Python 3.11+; tomli is the same parser for 3.10 (Ubuntu 22.04 / ROS 2 Humble)
+    import tomllib  # novermin - guarded: tomli below on 3.10
+except ModuleNotFoundError:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
 
 from mde.errors import InputError, ModelError
 from mde.runtime.preprocess import postprocess
