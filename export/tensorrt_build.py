@@ -1,15 +1,16 @@
-"""ONNX -> TensorRT 11 engine (strongly typed, profile, timing cache) + `model.engine.json`.
+"""ONNX -> TensorRT 10.3+ / 11 engine (strongly typed, profile, timing cache) + `model.engine.json`.
 
-TensorRT 11 has no precision builder flags (BuilderFlag.FP16/INT8 and the INT8 calibrators
-were removed) and every network is strongly typed; `NetworkDefinitionCreationFlag.STRONGLY_TYPED`
-is deprecated and ignored there, and `EXPLICIT_BATCH` no longer exists. So precision comes
-from the ONNX (FP16 casts, INT8 Q/DQ) and the network is created with no flags; on TensorRT 10
-the STRONGLY_TYPED flag is set so the same code builds the same engine.
+Precision comes from the ONNX (FP16 casts, INT8 Q/DQ), never from builder flags: TensorRT 11
+removed BuilderFlag.FP16/INT8 and the INT8 calibrators and makes every network strongly typed
+(no creation flags); on TensorRT 10 the network is created STRONGLY_TYPED so the same ONNX
+builds the same engine (Jetson Orin on JetPack 6.1+ runs TensorRT 10.3).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from mde.errors import BackendError, CheckFailed, InputError
+from mde.errors import BackendError, CheckFailed, InputError, ModelError
 from mde.runtime.backends.tensorrt import sidecar_path  # the one name of the sidecar contract
 from mde.runtime.metadata import INPUT_NAME
 
-INSTALL_HINT = "pip install 'mde[tensorrt]' (TensorRT 11 and cuda-python; needs an NVIDIA driver)"
+INSTALL_HINT = "pip install 'mde[tensorrt]' (TensorRT 10.3+ or 11 and cuda-python; needs an NVIDIA driver)"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,7 +32,7 @@ class BuildConfig:
     """Engine build settings.
 
     Args:
-        precision: recorded in the sidecar (the ONNX decides the actual types).
+        precision: the ONNX's precision (its `mde.precision`, checked); the ONNX decides the actual types.
         input_size: (height, width) the model was exported for: the profile's opt size.
         min_batch: profile minimum batch.
         opt_batch: profile batch the tactics are tuned for.
@@ -38,7 +41,9 @@ class BuildConfig:
         min_size: smallest H and W (multiple of 32) with dynamic_size.
         max_size: largest H and W (multiple of 32) with dynamic_size.
         workspace_mib: the WORKSPACE memory-pool limit.
-        timing_cache: timing cache file, read before and written after every build.
+        timing_cache: timing cache file, read before and written after every build; the TensorRT
+            version and compute capability are added to its name (`timing_cache_file`), so caches of
+            different GPUs and TensorRT versions never mix.
     """
 
     precision: str = "fp32"
@@ -83,14 +88,12 @@ def require_tensorrt() -> tuple[str, str, str]:
     Raises:
         BackendError: naming what is missing and how to install it (exit 2).
     """
-    try:
-        import tensorrt as trt
-    except ImportError as err:
-        raise BackendError(
-            f"--engine needs TensorRT, which is not installed ({err}); {INSTALL_HINT}"
-        ) from None
-    from mde.runtime.backends.tensorrt import gpu_info, import_cudart
+    from mde.runtime.backends.tensorrt import gpu_info, import_cudart, import_tensorrt
 
+    try:
+        trt = import_tensorrt()
+    except BackendError as err:
+        raise BackendError(f"--engine needs TensorRT: {err}") from None
     try:
         cudart = import_cudart()
     except BackendError as err:
@@ -105,6 +108,15 @@ def require_tensorrt() -> tuple[str, str, str]:
     return str(trt.__version__), name, cc
 
 
+def network_flags(trt: Any) -> int:
+    """`create_network` flags: STRONGLY_TYPED on TensorRT 10 (precision from the ONNX); none on 11 (its default)."""
+    from mde.runtime.backends.tensorrt import tensorrt_major
+
+    if tensorrt_major(trt.__version__) >= 11:
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
 def parse_onnx(trt: Any, network: Any, logger: Any, onnx_path: Path) -> None:
     """Parse `onnx_path` into `network`; raise `CheckFailed` listing EVERY parser error with its node."""
     parser = trt.OnnxParser(network, logger)
@@ -113,14 +125,7 @@ def parse_onnx(trt: Any, network: Any, logger: Any, onnx_path: Path) -> None:
     errors = []
     for i in range(parser.num_errors):
         error = parser.get_error(i)
-        where = []
-        for attr in ("node_name", "node_operator"):
-            getter = getattr(error, attr, None)
-            value = getter() if callable(getter) else None
-            if value:
-                where.append(str(value))
-        node = error.node() if callable(getattr(error, "node", None)) else -1
-        where.append(f"node #{node}")
+        where = [str(v) for v in (error.node_name(), error.node_operator()) if v] + [f"node #{error.node()}"]
         errors.append(f"[{' '.join(where)}] {error.code()}: {error.desc()}")
     raise CheckFailed(
         f"TensorRT's ONNX parser failed with {len(errors)} error(s): " + " | ".join(errors),
@@ -128,25 +133,89 @@ def parse_onnx(trt: Any, network: Any, logger: Any, onnx_path: Path) -> None:
     )
 
 
+def timing_cache_file(base: Path, trt_version: str, cc: str) -> Path:
+    """`base` with the TensorRT version and compute capability in its name.
+
+    `~/.cache/mde/tensorrt-timing.cache` -> `~/.cache/mde/tensorrt-timing-11.4.0.106-sm90.cache`.
+    """
+    base = Path(base).expanduser()
+    return base.with_name(f"{base.stem}-{trt_version}-sm{cc.replace('.', '')}{base.suffix}")
+
+
+def attach_timing_cache(config: Any, path: Path) -> None:
+    """Give `config` the timing cache stored at `path`, or an empty one when there is none or TensorRT rejects it.
+
+    The stored cache is checked (`ignore_mismatch=False`); a rejected one is said in one log line.
+
+    Raises:
+        BackendError: TensorRT cannot create even an empty timing cache.
+    """
+    try:
+        blob = path.read_bytes() if path.is_file() else b""
+    except OSError as err:
+        log.warning("cannot read the TensorRT timing cache %s (%s); starting from an empty cache", path, err)
+        blob = b""
+    if blob:
+        cache = config.create_timing_cache(blob)
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            return
+        log.warning(
+            "TensorRT rejected the timing cache %s (built by another TensorRT or GPU?); starting from an empty cache",
+            path,
+        )
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise BackendError("TensorRT could not create an empty timing cache (see the TensorRT log above)")
+
+
+def save_timing_cache(config: Any, path: Path) -> None:
+    """Write `config`'s timing cache to `path`; a folder that cannot be written only costs time next build."""
+    from mde.io import write_bytes_atomic
+
+    cache = config.get_timing_cache()
+    if cache is None:
+        return
+    try:
+        write_bytes_atomic(path, bytes(cache.serialize()))
+    except (OSError, InputError) as err:
+        log.warning("could not save the TensorRT timing cache %s (%s)", path, err)
+
+
+def onnx_metadata(onnx_path: Path, precision: str) -> dict[str, str]:
+    """The ONNX's `mde.*` metadata props; `ModelError` unless its `mde.precision` is `precision`."""
+    import onnx
+
+    props = {
+        p.key: p.value
+        for p in onnx.load_model(str(onnx_path), load_external_data=False).metadata_props
+        if p.key.startswith("mde.")
+    }
+    try:
+        found = json.loads(props.get("mde.precision", "null"))
+    except json.JSONDecodeError:
+        found = None
+    if found != precision:
+        raise ModelError(
+            f"the engine was asked for precision {precision}, but the ONNX's mde.precision is {found}", onnx_path
+        )
+    return props
+
+
 def build_engine(onnx_path: Path, engine_path: Path, cfg: BuildConfig) -> dict[str, Any]:
     """Build `engine_path` (plain serialized engine) and `engine_path`.json (sidecar) from `onnx_path`.
 
     Both files are written atomically. Returns the sidecar dict.
     """
-    import onnx
+    from mde.io import sha256_file, write_bytes_atomic, write_json_atomic
+    from mde.runtime.backends.tensorrt import tensorrt_major
+
+    props = onnx_metadata(onnx_path, cfg.precision)
+    trt_version, gpu_name, cc = require_tensorrt()
     import tensorrt as trt
 
-    from mde.io import sha256_file, write_bytes_atomic, write_json_atomic
-
-    trt_version, gpu_name, cc = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 0
-    if int(trt.__version__.split(".")[0]) < 11 and hasattr(
-        trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"
-    ):
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
+    network = builder.create_network(network_flags(trt))
     parse_onnx(trt, network, logger, onnx_path)
 
     config = builder.create_builder_config()
@@ -156,11 +225,8 @@ def build_engine(onnx_path: Path, engine_path: Path, cfg: BuildConfig) -> dict[s
     for name, (lo, opt, hi) in shapes.items():
         profile.set_shape(name, lo, opt, hi)
     config.add_optimization_profile(profile)
-
-    cache_path = Path(cfg.timing_cache).expanduser()
-    blob = cache_path.read_bytes() if cache_path.is_file() else b""
-    cache = config.create_timing_cache(blob)
-    config.set_timing_cache(cache, ignore_mismatch=True)
+    cache_path = timing_cache_file(cfg.timing_cache, trt_version, cc)
+    attach_timing_cache(config, cache_path)
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -168,29 +234,21 @@ def build_engine(onnx_path: Path, engine_path: Path, cfg: BuildConfig) -> dict[s
             "TensorRT failed to build the engine (see the TensorRT log above)", onnx_path
         )
     write_bytes_atomic(engine_path, bytes(serialized))
-    try:
-        write_bytes_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
-    except (OSError, InputError):
-        pass  # a read-only cache folder only costs build time next time
+    save_timing_cache(config, cache_path)
 
-    props = {
-        p.key: p.value
-        for p in onnx.load_model(str(onnx_path), load_external_data=False).metadata_props
-        if p.key.startswith("mde.")
-    }
     sidecar = {
         "tensorrt_version": trt_version,
+        "tensorrt_major": tensorrt_major(trt_version),
         "gpu_name": gpu_name,
         "compute_capability": cc,
         "profile": {
             name: {"min": lo, "opt": opt, "max": hi} for name, (lo, opt, hi) in shapes.items()
         },
-        "precision": cfg.precision,
         "onnx_sha256": sha256_file(onnx_path),
         "onnx_file": Path(onnx_path).name,
         "build_date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "workspace_mib": cfg.workspace_mib,
-        "metadata": props,
+        "metadata": props,  # mde.precision among them: the one record of the engine's precision
     }
     write_json_atomic(sidecar_path(engine_path), sidecar)
     return sidecar

@@ -1,12 +1,15 @@
-"""Backend registry, runner input validation, ONNX Runtime providers, TensorRT sidecar checks."""
+"""Backend registry, runner input validation, ONNX Runtime providers, TensorRT sidecar checks and runner (on fakes)."""
 
 from __future__ import annotations
 
 import json
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from trt_fakes import FakeCudart, Recorder, fake_tensorrt
 
 from mde.errors import BackendError, InputError, ModelError
 from mde.runtime.backends import base
@@ -193,17 +196,33 @@ def test_check_sidecar_accepts_same_version_and_arch():
 @pytest.mark.parametrize(
     "installed, cc, match",
     [
-        ("10.3.0", "9.0", (r"engine built with TensorRT 11\.0\.1\.5 for sm_90 \(NVIDIA H100 80GB HBM3\); "
-                           r"this machine has TensorRT 10\.3\.0 / sm_90")),
+        ("10.3.0", "9.0", (r"engine built by TensorRT 11 \(11\.0\.1\.5, sm_90, NVIDIA H100 80GB HBM3\), but this "
+                           r"machine has TensorRT 10 \(10\.3\.0, sm_90 \(Orin\)\); TensorRT 10 cannot load a "
+                           r"TensorRT 11 engine")),
         ("11.0.1.5", "8.7", r"TensorRT 11\.0\.1\.5 for sm_90 .*this machine has TensorRT 11\.0\.1\.5 / sm_87 \(Orin\)"),
-        ("10.3", "8.7", "this machine has TensorRT 10.3 / sm_87"),
-        ("11.1.0", "9.0", "11.1.0"),
+        ("10.3", "8.7", r"TensorRT 11 \(11\.0\.1\.5, sm_90.*TensorRT 10 \(10\.3, sm_87 \(Orin\)\)"),
+        ("11.1.0", "9.0", "this machine has TensorRT 11.1.0 / sm_90"),
     ],
-    ids=["version", "arch", "both", "minor"],
+    ids=["major", "arch", "both", "minor"],
 )
 def test_check_sidecar_mismatch_names_both(installed, cc, match):
     with pytest.raises(BackendError, match=match):
         check_sidecar(_sidecar("11.0.1.5", "9.0"), installed, cc, gpu_name="Orin", source="model.engine")
+
+
+def test_check_sidecar_major_from_the_key_or_from_old_sidecars():
+    """`tensorrt_major` names the builder's major; sidecars written before it existed derive it from the version."""
+    old = _sidecar("10.3.0.30", "8.7")
+    assert "tensorrt_major" not in old
+    check_sidecar(old, "10.3.0", "8.7")
+    with pytest.raises(BackendError, match="engine built by TensorRT 10 .* this machine has TensorRT 11"):
+        check_sidecar(old, "11.4.0.106", "8.7")
+    new = {**_sidecar("10.3.0.30", "8.7"), "tensorrt_major": 10}
+    new.pop("precision")  # written once, in the metadata
+    check_sidecar(new, "10.3.0.30", "8.7")
+    assert sidecar_metadata(new, "model.engine.json").precision == "fp16"
+    with pytest.raises(ModelError, match="tensorrt_major must be an integer"):
+        check_sidecar({**new, "tensorrt_major": "ten"}, "10.3.0", "8.7")
 
 
 def test_read_sidecar_errors(tmp_path):
@@ -232,6 +251,77 @@ def test_tensorrt_missing_is_backend_error_with_install_hint(fake_engine):
         pytest.skip("TensorRT is installed here; the not-installed message cannot be tested")
     with pytest.raises(BackendError, match=r"pip install 'mde\[tensorrt\]'"):
         open_runner(fake_engine)
+
+
+# -- tensorrt: the runner on the fakes of tests/trt_fakes.py (everywhere) ----------------------
+@pytest.fixture
+def fake_gpu(monkeypatch, tmp_path):
+    """Install a fake TensorRT 11.4 and a fake cuda-python; return a function (**fake options) -> (engine, cudart)."""
+    from mde.runtime.backends import tensorrt as trt_backend
+
+    def install(devices: int = 2, driver: bool = True, output_dtype: str = "FLOAT") -> tuple[Path, FakeCudart]:
+        cudart = FakeCudart(devices=devices, driver=driver)
+        monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(Recorder(), output_dtype=output_dtype))
+        monkeypatch.setattr(trt_backend, "import_cudart", lambda: cudart)
+        engine = tmp_path / "model.engine"
+        engine.write_bytes(b"\x7fSERIALIZED-ENGINE")
+        sidecar = {**_sidecar("11.4.0.106", "9.0"), "tensorrt_major": 11}
+        del sidecar["precision"]
+        (tmp_path / "model.engine.json").write_text(json.dumps(sidecar))
+        return engine, cudart
+
+    return install
+
+
+def test_tensorrt_runner_moves_data_through_the_engine(fake_gpu):
+    engine, cudart = fake_gpu()
+    x = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
+    with open_runner(engine) as runner:
+        assert runner.input_specs["image"].shape == (None, 3, 64, 64) and runner.max_batch() == 8
+        out = runner.infer({"image": x})["depth"]
+        with pytest.raises(InputError, match="outside the engine's profile"):
+            runner.infer({"image": np.zeros((9, 3, 64, 64), np.float32)})
+    np.testing.assert_allclose(out, x.mean(axis=1, keepdims=True) / 2, rtol=1e-6)
+    assert cudart.memory == {} and cudart.streams == set()  # deactivate released everything
+
+
+def test_tensorrt_runner_sets_its_device_on_every_calling_thread(fake_gpu):
+    """The current CUDA device is per thread: infer and deactivate from other threads still use GPU 1."""
+    engine, cudart = fake_gpu(devices=2)
+    runner = open_runner(engine, device=1)
+    x = np.ones((1, 3, 64, 64), np.float32)
+    worker = threading.Thread(target=lambda: runner.infer({"image": x}))
+    worker.start()
+    worker.join()
+    closer = threading.Thread(target=runner.deactivate)
+    closer.start()
+    closer.join()
+    calls = [(call, device) for call, device, _ in cudart.log]
+    assert ("cudaMalloc", 1) in calls and ("cudaFree", 1) in calls and ("cudaStreamDestroy", 1) in calls
+    assert all(device == 1 for _, device in calls), calls
+
+
+def test_tensorrt_runner_without_driver_says_what_is_missing(fake_gpu):
+    engine, _ = fake_gpu(driver=False)
+    with pytest.raises(BackendError, match="TensorRT needs a CUDA GPU: no NVIDIA driver, or one older than the "
+                       r"CUDA 13\.0 runtime inside cuda-python .*cudaErrorInsufficientDriver, CUDA error 35"):
+        open_runner(engine)
+
+
+def test_tensorrt_runner_missing_device_is_backend_error(fake_gpu):
+    engine, cudart = fake_gpu(devices=1)
+    with pytest.raises(BackendError, match="no CUDA GPU 1 on this machine"):
+        open_runner(engine, device=1)
+    assert cudart.log == []
+
+
+def test_tensorrt_runner_unmappable_dtype_is_model_error_and_releases(fake_gpu):
+    """A BF16 output has no numpy type (`trt.nptype` raises TypeError): a ModelError, nothing left allocated."""
+    engine, cudart = fake_gpu(output_dtype="BF16")
+    with pytest.raises(ModelError, match="engine tensor 'depth' is BF16, which has no numpy type") as info:
+        open_runner(engine)
+    assert "model.engine" in str(info.value)
+    assert cudart.memory == {} and cudart.streams == set()
 
 
 # -- tensorrt: real engine (GPU + TensorRT only) -------------------------------------------

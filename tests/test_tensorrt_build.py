@@ -1,156 +1,60 @@
-"""TensorRT build: the API sequence against a recording fake (everywhere), a real build on a GPU."""
+"""TensorRT build: the API sequence against the recording fake of tests/trt_fakes.py (everywhere), a real build on a GPU."""
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
+from trt_fakes import FOREIGN_CACHE, Recorder, fake_tensorrt
 
-from mde.errors import CheckFailed, InputError
-
-
-class _Recorder:
-    def __init__(self):
-        self.calls: list[tuple] = []
-
-
-def fake_tensorrt(rec: _Recorder, parse_ok: bool = True, build_ok: bool = True) -> types.ModuleType:
-    """A stand-in for the `tensorrt` module with the TensorRT 11 Python API surface build_engine uses."""
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = "11.0.0"
-
-    class Logger:
-        WARNING = 2
-
-        def __init__(self, severity):
-            pass
-
-    class Cache:
-        def __init__(self, blob: bytes):
-            self.blob = blob
-
-        def serialize(self) -> bytes:
-            return b"CACHE<" + self.blob + b">"
-
-    class Profile:
-        def set_shape(self, name, lo, opt, hi):
-            rec.calls.append(("set_shape", name, list(lo), list(opt), list(hi)))
-
-    class Config:
-        def set_memory_pool_limit(self, pool, size):
-            rec.calls.append(("set_memory_pool_limit", pool, size))
-
-        def add_optimization_profile(self, profile):
-            rec.calls.append(("add_optimization_profile",))
-
-        def create_timing_cache(self, blob):
-            rec.calls.append(("create_timing_cache", bytes(blob)))
-            self.cache = Cache(bytes(blob))
-            return self.cache
-
-        def set_timing_cache(self, cache, ignore_mismatch):
-            rec.calls.append(("set_timing_cache", ignore_mismatch))
-
-        def get_timing_cache(self):
-            return self.cache
-
-    class Builder:
-        def __init__(self, logger):
-            pass
-
-        def create_network(self, flags):
-            rec.calls.append(("create_network", flags))
-            return object()
-
-        def create_builder_config(self):
-            return Config()
-
-        def create_optimization_profile(self):
-            return Profile()
-
-        def build_serialized_network(self, network, config):
-            rec.calls.append(("build_serialized_network",))
-            return b"\x7fSERIALIZED-ENGINE" if build_ok else None
-
-    class Error:
-        def __init__(self, i):
-            self.i = i
-
-        def node_name(self):
-            return f"node_conv_{self.i}"
-
-        def node_operator(self):
-            return "Conv"
-
-        def node(self):
-            return self.i
-
-        def code(self):
-            return "ErrorCode.UNSUPPORTED_NODE"
-
-        def desc(self):
-            return f"problem {self.i}"
-
-    class OnnxParser:
-        def __init__(self, network, logger):
-            self.num_errors = 0 if parse_ok else 3
-
-        def parse_from_file(self, path):
-            rec.calls.append(("parse_from_file", Path(path).name))
-            return parse_ok
-
-        def get_error(self, i):
-            return Error(i)
-
-    trt.Logger, trt.Builder, trt.OnnxParser = Logger, Builder, OnnxParser
-    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=0)
-    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
-    return trt
+from mde.errors import BackendError, CheckFailed, InputError, ModelError
+from mde.export.tensorrt_build import BuildConfig
 
 
 @pytest.fixture
 def fake_trt(monkeypatch):
+    """Install the fake `tensorrt` (tests/trt_fakes.py) on a fake 9.0 GPU; return its call recorder."""
     from mde.export import tensorrt_build
 
-    def install(**kwargs) -> _Recorder:
-        rec = _Recorder()
-        monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(rec, **kwargs))
-        monkeypatch.setattr(
-            tensorrt_build, "require_tensorrt", lambda: ("11.0.0", "Fake GPU", "9.0")
-        )
+    def install(version: str = "11.4.0.106", **kwargs) -> Recorder:
+        rec = Recorder()
+        monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(rec, version=version, **kwargs))
+        monkeypatch.setattr(tensorrt_build, "require_tensorrt", lambda: (version, "Fake GPU", "9.0"))
         return rec
 
     return install
 
 
+def _cfg(tmp_path: Path, **kwargs) -> BuildConfig:
+    return BuildConfig(input_size=(64, 64), timing_cache=tmp_path / "cache" / "timing.cache", **kwargs)
+
+
 def test_build_engine_api_sequence_and_sidecar(fake_trt, tiny_export, tmp_path):
-    from mde.export.tensorrt_build import BuildConfig, build_engine
+    from mde.export.tensorrt_build import build_engine
     from mde.io import sha256_file
     from mde.runtime.backends.tensorrt import read_sidecar, sidecar_metadata
 
     rec = fake_trt()
     onnx_path = tiny_export / "model.fp16.onnx"
     engine = tmp_path / "model.engine"
-    cache = tmp_path / "cache" / "timing.cache"
-    cfg = BuildConfig(
-        precision="fp16", input_size=(64, 64), max_batch=4, workspace_mib=256, timing_cache=cache
-    )
+    cfg = _cfg(tmp_path, precision="fp16", max_batch=4, workspace_mib=256)
     build_engine(onnx_path, engine, cfg)
 
     assert ("create_network", 0) in rec.calls  # TensorRT 11: always strongly typed, no flags
-    assert ("set_memory_pool_limit", "WORKSPACE", 256 << 20) in rec.calls
+    assert ("set_memory_pool_limit", 0, 256 << 20) in rec.calls
     assert ("set_shape", "image", [1, 3, 64, 64], [1, 3, 64, 64], [4, 3, 64, 64]) in rec.calls
     assert ("parse_from_file", "model.fp16.onnx") in rec.calls
     assert engine.read_bytes() == b"\x7fSERIALIZED-ENGINE"  # plain: nothing prepended
-    assert cache.read_bytes() == b"CACHE<>"
 
     sidecar = json.loads((tmp_path / "model.engine.json").read_text())
-    assert sidecar["tensorrt_version"] == "11.0.0" and sidecar["compute_capability"] == "9.0"
-    assert sidecar["gpu_name"] == "Fake GPU" and sidecar["precision"] == "fp16"
+    assert sidecar["tensorrt_version"] == "11.4.0.106" and sidecar["tensorrt_major"] == 11
+    assert sidecar["compute_capability"] == "9.0" and sidecar["gpu_name"] == "Fake GPU"
+    assert "precision" not in sidecar  # one record of the precision: the metadata
+    assert json.loads(sidecar["metadata"]["mde.precision"]) == "fp16"
     assert sidecar["onnx_sha256"] == sha256_file(onnx_path)
     assert sidecar["profile"]["image"] == {
         "min": [1, 3, 64, 64],
@@ -162,9 +66,77 @@ def test_build_engine_api_sequence_and_sidecar(fake_trt, tiny_export, tmp_path):
     meta = sidecar_metadata(read_sidecar(engine), tmp_path / "model.engine.json")
     assert meta.precision == "fp16" and meta.input_size == (64, 64)
 
-    # the timing cache is reused by the next build
-    build_engine(onnx_path, engine, cfg)
-    assert ("create_timing_cache", b"CACHE<>") in rec.calls
+
+def test_tensorrt_10_network_is_strongly_typed(fake_trt, tiny_export, tmp_path):
+    """TensorRT 10 obeys the ONNX's precision only in a STRONGLY_TYPED network (11 is always strongly typed)."""
+    from mde.export.tensorrt_build import build_engine
+
+    rec = fake_trt(version="10.3.0")
+    sidecar = build_engine(tiny_export / "model.onnx", tmp_path / "model.engine", _cfg(tmp_path))
+    assert ("create_network", 1 << 1) in rec.calls  # STRONGLY_TYPED is 1 in TensorRT 10
+    assert sidecar["tensorrt_major"] == 10
+
+
+def test_timing_cache_is_keyed_by_version_and_gpu_and_checked(fake_trt, tiny_export, tmp_path):
+    from mde.export.tensorrt_build import build_engine
+
+    rec = fake_trt()
+    build_engine(tiny_export / "model.onnx", tmp_path / "model.engine", _cfg(tmp_path))
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["timing-11.4.0.106-sm90.cache"]
+    assert ("set_timing_cache", b"", False) in rec.calls  # the mismatch check stays on
+    assert not any(call[0] == "set_timing_cache" and call[2] for call in rec.calls)
+
+    # the next build on the same TensorRT and GPU starts from the saved cache
+    build_engine(tiny_export / "model.onnx", tmp_path / "model.engine", _cfg(tmp_path))
+    assert ("create_timing_cache", b"CACHE<>") in rec.calls and ("set_timing_cache", b"CACHE<>", False) in rec.calls
+
+    # another TensorRT version reads and writes its own file
+    fake_trt(version="11.5.0.1")
+    build_engine(tiny_export / "model.onnx", tmp_path / "model.engine", _cfg(tmp_path))
+    assert (tmp_path / "cache" / "timing-11.5.0.1-sm90.cache").read_bytes() == b"CACHE<>"
+
+
+def test_rejected_timing_cache_starts_empty_and_says_so(fake_trt, tiny_export, tmp_path, caplog):
+    from mde.export.tensorrt_build import build_engine
+
+    rec = fake_trt()
+    stored = tmp_path / "cache" / "timing-11.4.0.106-sm90.cache"
+    stored.parent.mkdir()
+    stored.write_bytes(FOREIGN_CACHE)
+    with caplog.at_level(logging.WARNING, logger="mde"):
+        build_engine(tiny_export / "model.onnx", tmp_path / "model.engine", _cfg(tmp_path))
+    assert ("set_timing_cache", FOREIGN_CACHE, False) in rec.calls
+    assert ("set_timing_cache", b"", False) in rec.calls  # then an empty cache
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "rejected the timing cache" in warnings[0] and stored.name in warnings[0]
+    assert stored.read_bytes() == b"CACHE<>"  # replaced by the cache of this build
+
+
+def test_timing_cache_that_cannot_be_created_is_backend_error(fake_trt, tiny_export, tmp_path, monkeypatch):
+    from mde.export.tensorrt_build import build_engine
+
+    fake_trt()
+    trt = sys.modules["tensorrt"]
+    monkeypatch.setattr(trt.IBuilderConfig, "create_timing_cache", lambda self, serialized_timing_cache: None)
+    with pytest.raises(BackendError, match="could not create an empty timing cache"):
+        build_engine(tiny_export / "model.onnx", tmp_path / "model.engine", _cfg(tmp_path))
+    assert not (tmp_path / "model.engine").exists()
+
+
+def test_engine_precision_must_match_the_onnx(fake_trt, tiny_export, tmp_path):
+    from mde.export.tensorrt_build import build_engine
+
+    fake_trt()
+    with pytest.raises(ModelError, match="asked for precision int8, but the ONNX's mde.precision is fp16"):
+        build_engine(tiny_export / "model.fp16.onnx", tmp_path / "model.engine", _cfg(tmp_path, precision="int8"))
+
+
+def test_tensorrt_older_than_10_3_is_refused(monkeypatch):
+    from mde.export.tensorrt_build import require_tensorrt
+
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(Recorder(), version="8.6.2"))
+    with pytest.raises(BackendError, match=r"TensorRT 8\.6\.2 is too old: mde needs TensorRT 10\.3 or newer"):
+        require_tensorrt()
 
 
 def test_parser_reports_every_error_with_node_names(fake_trt, tiny_export, tmp_path):
@@ -291,6 +263,6 @@ def test_export_with_engine_moves_engine_and_sidecar(
         "model.engine.json",
         "model.fp16.onnx",
     ]
-    assert seen["sidecar"]["precision"] == "fp16"
+    assert json.loads(seen["sidecar"]["metadata"]["mde.precision"]) == "fp16"
     assert seen["sidecar"]["profile"]["image"]["max"] == [2, 3, 64, 64]
     assert artifacts[1].p99_over_range <= 5e-3

@@ -1,4 +1,4 @@
-"""TensorRT runner (TensorRT 11 Python API + cuda-python): sidecar check, then deserialize and run."""
+"""TensorRT runner (TensorRT 10.3+ / 11 Python API + cuda-python): sidecar check, then deserialize and run."""
 
 from __future__ import annotations
 
@@ -13,8 +13,16 @@ from mde.errors import BackendError, InputError, ModelError
 from mde.runtime.backends.base import Runner, TensorSpec, register_backend
 from mde.runtime.metadata import ModelMetadata
 
-INSTALL_HINT = "pip install 'mde[tensorrt]'"
+INSTALL_HINT = "pip install 'mde[tensorrt]' (on a Jetson: JetPack's own TensorRT, see the README)"
+MIN_TENSORRT = (10, 3)
 SIDECAR_KEYS = ("tensorrt_version", "compute_capability", "profile", "metadata")
+# cudaError_t values that mean "this machine cannot run CUDA at all", and what to tell the user.
+CUDA_MISSING = {
+    35: "no NVIDIA driver, or one older than the CUDA {runtime} runtime inside cuda-python "
+    "(on a CUDA 12 driver use cuda-python 12.x)",
+    100: "no CUDA GPU",
+    101: "no such CUDA device",
+}
 
 
 def sidecar_path(engine: str | Path) -> Path:
@@ -46,6 +54,27 @@ def sidecar_metadata(sidecar: dict[str, Any], source: str | Path) -> ModelMetada
     return ModelMetadata.from_props(props, source)
 
 
+def tensorrt_major(version: str) -> int:
+    """The major of a TensorRT version ("10.3.0.30" -> 10); `BackendError` when it does not start with one."""
+    head = str(version).split(".")[0]
+    if not head.isdigit():
+        raise BackendError(f"cannot read a TensorRT major version from {version!r}")
+    return int(head)
+
+
+def sidecar_major(sidecar: dict[str, Any], source: str | Path = "engine") -> int:
+    """The TensorRT major that built the engine: `tensorrt_major`, or from `tensorrt_version` in older sidecars."""
+    major = sidecar.get("tensorrt_major")
+    if major is None:
+        try:
+            return tensorrt_major(sidecar.get("tensorrt_version", "?"))
+        except BackendError as err:
+            raise ModelError(f"malformed engine sidecar: {err}", source) from None
+    if not isinstance(major, int) or isinstance(major, bool):
+        raise ModelError(f"malformed engine sidecar: tensorrt_major must be an integer, got {major!r}", source)
+    return major
+
+
 def _version_key(version: str) -> tuple[str, ...]:
     """TensorRT engines are tied to major.minor.patch: "11.0.1.5" -> ("11", "0", "1")."""
     return tuple(str(version).split(".")[:3])
@@ -70,30 +99,46 @@ def check_sidecar(
         source: the engine path, for the message.
     """
     built_version = str(sidecar.get("tensorrt_version", "?"))
+    built_major = sidecar_major(sidecar, source)
+    here_major = tensorrt_major(installed_version)
     built_cc = str(sidecar.get("compute_capability", "?"))
-    same_version = _version_key(built_version) == _version_key(installed_version)
-    same_cc = built_cc == str(compute_capability)
-    if same_version and same_cc:
-        return
-    built_gpu = sidecar.get("gpu_name") or "unknown GPU"
     here_gpu = f" ({gpu_name})" if gpu_name else ""
+    built_gpu = sidecar.get("gpu_name") or "unknown GPU"
+    rebuild = "Rebuild it here with `mde export --engine`, or run the .onnx with --backend onnxruntime"
 
     def sm(cc: object) -> str:
         return "sm_" + str(cc).replace(".", "")
 
+    if built_major != here_major:
+        raise BackendError(
+            f"engine built by TensorRT {built_major} ({built_version}, {sm(built_cc)}, {built_gpu}), but this "
+            f"machine has TensorRT {here_major} ({installed_version}, {sm(compute_capability)}{here_gpu}); "
+            f"TensorRT {here_major} cannot load a TensorRT {built_major} engine. {rebuild}",
+            source,
+        )
+    if _version_key(built_version) == _version_key(installed_version) and built_cc == str(compute_capability):
+        return
     raise BackendError(
         f"engine built with TensorRT {built_version} for {sm(built_cc)} ({built_gpu}); "
-        f"this machine has TensorRT {installed_version} / {sm(compute_capability)}{here_gpu}. "
-        "Rebuild it here with `mde export --engine`, or run the .onnx with --backend onnxruntime",
+        f"this machine has TensorRT {installed_version} / {sm(compute_capability)}{here_gpu}. {rebuild}",
         source,
     )
 
 
 def import_tensorrt() -> Any:
+    """The `tensorrt` module; `BackendError` when it is missing or older than TensorRT 10.3."""
     try:
         import tensorrt
     except ImportError as err:
         raise BackendError(f"TensorRT is not installed ({err}); {INSTALL_HINT}") from None
+    version = str(tensorrt.__version__)
+    parts = version.split(".")
+    found = tuple(int(p) for p in parts[:2] if p.isdigit())
+    if len(found) < 2 or found < MIN_TENSORRT:
+        raise BackendError(
+            f"TensorRT {version} is too old: mde needs TensorRT {'.'.join(map(str, MIN_TENSORRT))} or newer "
+            f"(JetPack 6.1+ on a Jetson); {INSTALL_HINT}"
+        )
     return tensorrt
 
 
@@ -109,22 +154,53 @@ def import_cudart() -> Any:
     return cudart
 
 
-def _check(result: Any, what: str) -> Any:
-    """Unpack a cuda-python `(err, *values)` tuple; raise `BackendError` on a CUDA error."""
+def _cuda_runtime_version(cudart: Any) -> str:
+    """The version ("13.0") of the CUDA runtime inside cuda-python (asking needs no driver); "?" when unknown."""
+    try:
+        err, version = cudart.cudaRuntimeGetVersion()
+    except (AttributeError, TypeError, ValueError):
+        return "?"
+    return f"{version // 1000}.{version % 1000 // 10}" if int(err) == 0 else "?"
+
+
+def _check(result: Any, what: str, cudart: Any = None) -> Any:
+    """Unpack a cuda-python `(err, *values)` tuple; raise `BackendError` on a CUDA error.
+
+    A driver or GPU that is missing altogether is said in words, not only as an error number.
+    """
     err, *values = result if isinstance(result, tuple) else (result,)
-    if int(err) != 0:
-        raise BackendError(f"CUDA error in {what}: {err}")
+    code = int(err)
+    if code != 0:
+        name = getattr(err, "name", str(err))
+        if code in CUDA_MISSING:
+            runtime = _cuda_runtime_version(cudart) if cudart is not None else "?"
+            reason = CUDA_MISSING[code].format(runtime=runtime)
+            raise BackendError(f"TensorRT needs a CUDA GPU: {reason} ({what}: {name}, CUDA error {code})")
+        raise BackendError(f"CUDA error in {what}: {name} ({code})")
     return values[0] if len(values) == 1 else values
 
 
 def gpu_info(cudart: Any, device: int = 0) -> tuple[str, str]:
     """(name, "major.minor") of CUDA device `device`."""
-    count = _check(cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
+    count = _check(cudart.cudaGetDeviceCount(), "cudaGetDeviceCount", cudart)
     if count <= device:
         raise BackendError(f"no CUDA GPU {device} on this machine (found {count}); TensorRT needs one")
-    props = _check(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    props = _check(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties", cudart)
     name = props.name.decode(errors="replace").rstrip("\x00") if isinstance(props.name, bytes) else str(props.name)
     return name, f"{props.major}.{props.minor}"
+
+
+def tensor_dtype(trt: Any, engine: Any, name: str, source: Path) -> np.dtype:
+    """The numpy dtype of engine tensor `name`; `ModelError` for types numpy lacks (BF16, FP8, FP4, INT4)."""
+    dtype = engine.get_tensor_dtype(name)
+    try:
+        return np.dtype(trt.nptype(dtype))
+    except TypeError:
+        raise ModelError(
+            f"engine tensor {name!r} is {getattr(dtype, 'name', dtype)}, which has no numpy type; "
+            "export the model with FP32 inputs and outputs (FP16/INT8 compute inside)",
+            source,
+        ) from None
 
 
 @register_backend("tensorrt")
@@ -132,7 +208,8 @@ class TensorRTRunner(Runner):
     """Runs a serialized TensorRT engine (`.engine` + `.engine.json` sidecar) on CUDA device `device`.
 
     One execution context per runner; calls are serialized by a lock (a TensorRT context
-    is not thread-safe). Device buffers grow on demand and are reused.
+    is not thread-safe), and each call selects `device` on its own thread first (the
+    current CUDA device is per thread). Device buffers grow on demand and are reused.
     """
 
     def __init__(self, path: str | Path, device: int = 0, **_ignored: Any):
@@ -154,22 +231,27 @@ class TensorRTRunner(Runner):
         self.metadata = sidecar_metadata(self.sidecar, sidecar_path(self.path))
         trt = import_tensorrt()
         cudart = import_cudart()
-        _check(cudart.cudaSetDevice(self.device), "cudaSetDevice")
         gpu_name, cc = gpu_info(cudart, self.device)
         check_sidecar(self.sidecar, trt.__version__, cc, gpu_name, self.path)
+        self._cudart = cudart
+        try:
+            self._open(trt, cudart)
+        except BaseException:
+            self._release()
+            raise
+
+    def _open(self, trt: Any, cudart: Any) -> None:
+        """Deserialize the engine, read its I/O tensors, create the context and the stream."""
+        _check(cudart.cudaSetDevice(self.device), "cudaSetDevice", cudart)
         logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(logger)
         engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
         if engine is None:
             raise ModelError("TensorRT could not deserialize the engine (truncated or corrupt?)", self.path)
-        context = engine.create_execution_context()
-        if context is None:
-            raise BackendError("could not create a TensorRT execution context (GPU memory?)", self.path)
-        self._trt, self._cudart, self._engine, self._context = trt, cudart, engine, context
-        self._stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self._trt, self._engine = trt, engine
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
-            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+            dtype = tensor_dtype(trt, engine, name, self.path)
             shape = tuple(d if d >= 0 else None for d in engine.get_tensor_shape(name))
             spec = TensorSpec(name, dtype, shape)
             if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
@@ -178,6 +260,10 @@ class TensorRTRunner(Runner):
                 self.profile[name] = (tuple(lo), tuple(opt), tuple(hi))
             else:
                 self.output_specs[name] = spec
+        self._context = engine.create_execution_context()
+        if self._context is None:
+            raise BackendError("could not create a TensorRT execution context (GPU memory?)", self.path)
+        self._stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate", cudart)
 
     def max_batch(self) -> int | None:
         name = next(iter(self.input_specs))
@@ -199,20 +285,24 @@ class TensorRTRunner(Runner):
         if size < nbytes:
             if ptr:
                 _check(self._cudart.cudaFree(ptr), "cudaFree")
+                del self._buffers[name]
             ptr = int(_check(self._cudart.cudaMalloc(nbytes), "cudaMalloc"))
             self._buffers[name] = (ptr, nbytes)
         return ptr
 
     def _infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        cudart, ctx, stream = self._cudart, self._context, self._stream
+        cudart = self._cudart
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         with self._lock:
+            # the current device is per thread: this call may come from a thread that never chose it
+            _check(cudart.cudaSetDevice(self.device), "cudaSetDevice", cudart)
+            ctx, stream = self._context, self._stream
             hosts = {}
             for name, array in feed.items():
                 array = np.ascontiguousarray(array)
                 hosts[name] = array  # keep alive until the stream is synchronized
-                if not ctx.set_input_shape(name, array.shape):
+                if not ctx.set_input_shape(name, tuple(int(d) for d in array.shape)):
                     raise InputError(f"TensorRT rejected shape {array.shape} for {name!r}", self.path)
                 ptr = self._buffer(name, array.nbytes)
                 _check(cudart.cudaMemcpyAsync(ptr, array.ctypes.data, array.nbytes, h2d, stream), "copy in")
@@ -223,7 +313,7 @@ class TensorRTRunner(Runner):
                 ptr = self._buffer(name, max(out.nbytes, 1))
                 ctx.set_tensor_address(name, ptr)
                 outputs[name] = out
-            if not ctx.execute_async_v3(stream):
+            if not ctx.execute_async_v3(int(stream)):
                 raise BackendError("TensorRT execution failed", self.path)
             for name, out in outputs.items():
                 ptr = self._buffers[name][0]
@@ -232,11 +322,18 @@ class TensorRTRunner(Runner):
         return outputs
 
     def _deactivate_impl(self) -> None:
-        if self._cudart is not None:
+        with self._lock:
+            self._release()
+
+    def _release(self) -> None:
+        """Free the buffers and the stream on this runner's device, then drop the context and engine."""
+        cudart = self._cudart
+        if cudart is not None:
+            cudart.cudaSetDevice(self.device)  # the thread that deactivates may have another device current
             for ptr, _ in self._buffers.values():
-                self._cudart.cudaFree(ptr)
+                cudart.cudaFree(ptr)
             if self._stream is not None:
-                self._cudart.cudaStreamDestroy(self._stream)
+                cudart.cudaStreamDestroy(self._stream)
         self._buffers.clear()
         self._context = self._engine = self._stream = None
 
