@@ -1,0 +1,33 @@
+"""Output when stderr is not a terminal (CI logs, `make demo > log`): plain whole lines, never wrapped."""
+
+from __future__ import annotations
+
+from mde.console import PlainProgress, info, make_progress, track
+
+
+def test_plain_progress_is_throttled_whole_lines():
+    lines: list[str] = []
+    with PlainProgress(interval=3600, write=lines.append) as progress:
+        task = progress.add_task("calibrate", total=200, info="entropy")
+        for _ in range(200):
+            progress.advance(task)
+    assert lines == ["calibrate: 200/200 (100%) 00:00 entropy"]
+
+
+def test_plain_progress_reports_where_an_interrupted_task_stopped():
+    lines: list[str] = []
+    progress = PlainProgress(interval=3600, write=lines.append)
+    progress.start()
+    task = progress.add_task("epoch 1/8", total=75, completed=0)
+    progress.update(task, completed=30, info="loss 0.41")
+    progress.stop()
+    assert lines == ["epoch 1/8: 30/75 (40%) 00:00 loss 0.41"]
+
+
+def test_without_a_terminal_progress_is_plain_and_lines_are_not_wrapped(capsys):
+    assert isinstance(make_progress(), PlainProgress)  # pytest's captured stderr is not a terminal
+    list(track(range(3), "predict"))
+    long_message = "mde: skipped " + "/very/deep/folder" * 12 + "/image.png: not an image"
+    info(long_message)
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["predict: 3/3 (100%) 00:00", long_message]
