@@ -1,6 +1,6 @@
 """Parity: tolerances per precision and the pure comparison of an artifact's outputs with PyTorch's (torch-free).
 
-Tolerances (DESIGN.md), all checked per artifact on the mean over images:
+Tolerances (docs/reference.md), all checked per artifact on the mean over images:
   |dRMSE|  = |RMSE(artifact, GT) - RMSE(PyTorch, GT)|  <= rmse_abs (m), or rmse_rel * RMSE(PyTorch, GT)
   |dSSIM|  = |SSIM(artifact, GT) - SSIM(PyTorch, GT)|  <= ssim_abs
   p99(|artifact - PyTorch|) / max_depth                <= p99_over_range   (model resolution, all pixels)
@@ -51,7 +51,7 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
 
 def tolerances_from_dict(table: dict[str, Any], base: dict[str, Tolerance] | None = None,
                          source: str | Path = "tolerances") -> dict[str, Tolerance]:
-    """Override `base` (default: DESIGN.md's table) with {precision: {field: value}}; unknown names are errors."""
+    """Override `base` (default: `DEFAULT_TOLERANCES`) with {precision: {field: value}}; unknown names are errors."""
     result = dict(DEFAULT_TOLERANCES if base is None else base)
     names = {f.name for f in fields(Tolerance)}
     for precision, row in table.items():
@@ -103,6 +103,7 @@ class ArtifactResult:
     worst_image: str | None = None
     worst_index: int | None = None
     tolerance: dict[str, float | None] = field(default_factory=dict)
+    regions: dict[str, dict[str, float]] = field(default_factory=dict)  # information, never a gate
     failed: list[str] = field(default_factory=list)
     reason: str = ""
 
@@ -125,6 +126,25 @@ def gt_metrics(raws: Sequence[np.ndarray], gts: Sequence[np.ndarray], max_depth:
     return [compute_metrics(postprocess(raw, gt.shape, max_depth), gt, data_range) for raw, gt in zip(raws, gts)]
 
 
+def region_means(raws: Sequence[np.ndarray], gts: Sequence[np.ndarray], masks: Sequence[np.ndarray | None],
+                 max_depth: float) -> dict[str, dict[str, float]]:
+    """{region: {rmse, abs_rel, delta1, images}}, each the mean over the images having that region.
+
+    Empty when no image has a mask.
+    """
+    from mde.runtime.metrics import REGION_METRIC_NAMES, REGIONS, region_metrics
+
+    per_image = [region_metrics(postprocess(raw, gt.shape, max_depth), gt, mask)
+                 for raw, gt, mask in zip(raws, gts, masks) if mask is not None]
+    out = {}
+    for region in REGIONS:
+        rows = [m for m in per_image if f"{region}_rmse" in m]
+        if rows:
+            out[region] = {k: _mean([m[f"{region}_{k}"] for m in rows]) for k in REGION_METRIC_NAMES}
+            out[region]["images"] = len(rows)
+    return out
+
+
 def compare(
     reference: Sequence[np.ndarray],
     artifact: Sequence[np.ndarray],
@@ -138,6 +158,7 @@ def compare(
     precision: str = "fp32",
     backend: str = "onnxruntime",
     reference_metrics: list[dict[str, float]] | None = None,
+    masks: Sequence[np.ndarray | None] | None = None,
 ) -> ArtifactResult:
     """Compare per-image raw outputs (1 x h x w, model resolution) of an artifact with the reference's.
 
@@ -150,6 +171,8 @@ def compare(
         data_range: SSIM's data range (the dataset's max depth).
         names: image names, for the worst image.
         reference_metrics: precomputed per-image GT metrics of the reference (saves work).
+        masks: region masks of the ground truths (None where an image has none): per-region
+            figures for information in `regions`, not gates.
     """
     if len(reference) != len(artifact) or not len(reference):
         raise InputError(f"expected as many artifact outputs as reference outputs (> 0), got "
@@ -187,6 +210,8 @@ def compare(
     result.delta1 = _mean([m.get("delta1", np.nan) for m in art])
     ref_rmse, ref_ssim = _mean([m["rmse"] for m in ref_m]), _mean([m["ssim"] for m in ref_m])
     result.d_rmse, result.d_ssim = result.rmse - ref_rmse, result.ssim - ref_ssim
+    if masks is not None:
+        result.regions = region_means(artifact, gts, masks, max_depth)
     if not abs(result.d_rmse) <= tolerance.rmse_limit(ref_rmse):
         result.failed.append("rmse")
     if not abs(result.d_ssim) <= tolerance.ssim_abs:
@@ -212,7 +237,7 @@ def check_golden(
         golden: the export's golden.npz (`image`, `depth`, `tolerances`).
         artifact: an .onnx or .engine file.
         backend: runtime backend name, or "auto".
-        tolerances: overrides; default: the golden file's own table, else DESIGN.md's.
+        tolerances: overrides; default: the golden file's own table, else `DEFAULT_TOLERANCES`.
         providers: ONNX Runtime providers (None: the best this machine can run).
     """
     from mde.runtime.backends.base import open_runner
