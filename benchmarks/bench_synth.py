@@ -1,7 +1,7 @@
 """Benchmark: procedural generator throughput at 224x224 (target: 100 images/s on 2 cores).
 
 Measures, in one run, (1) the end-to-end `synthesize` wall-clock rate with 2 worker processes
-(rendering + PNG encoding + writing, pool start-up included) and (2) the single-process CPU time
+(rendering + PNG encoding of RGB, depth and mask + writing, pool start-up included) and (2) the single-process CPU time
 per image, from which the per-core rate follows.
 
     python benchmarks/bench_synth.py [--quick]
@@ -36,6 +36,7 @@ def run(quick: bool = False, verbose: bool = True) -> dict:
         single = 30 if quick else 100
         os.makedirs(os.path.join(tmp, "s", "train", "rgb"))
         os.makedirs(os.path.join(tmp, "s", "train", "depth"))
+        os.makedirs(os.path.join(tmp, "s", "train", "mask"))
         cpu0 = time.process_time()
         for i in range(single):
             _render_job((os.path.join(tmp, "s"), "train", i, SIZE, 0))

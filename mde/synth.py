@@ -1,7 +1,8 @@
 """`mde data synth`: write a dataset of procedural scenes (`mde.world`) in the DESIGN.md folder format.
 
-OUT/{train,val}/rgb/NAME.png (8-bit RGB) and OUT/{train,val}/depth/NAME.png (16-bit, millimetres)
-with NAME = the zero-padded index, plus OUT/meta.json: generator and version, seed, counts,
+OUT/{train,val}/rgb/NAME.png (8-bit RGB), OUT/{train,val}/depth/NAME.png (16-bit, millimetres) and
+OUT/{train,val}/mask/NAME.png (8-bit regions: 0 structure, 1 object, 255 sky) with NAME = the
+zero-padded index, plus OUT/meta.json: generator and version, seed, counts,
 size, max/min depth, the depth PNG scale and, under cameras[split][name], each image's
 intrinsics (fx, fy, cx, cy; pixel centres at integer coordinates) and camera (height_m,
 pitch_deg, hfov_deg, scene kind). Image i of a split is rendered from
@@ -23,11 +24,11 @@ import numpy as np
 from PIL import Image
 
 from mde.io import prepare_output_dir, write_json_atomic
-from mde.world import MAX_DEPTH, MIN_DEPTH, draw_scene, render_scene
+from mde.world import MAX_DEPTH, MIN_DEPTH, draw_scene, render_labelled, render_scene
 
 __all__ = ["MAX_DEPTH", "MIN_DEPTH", "SPLITS", "SynthConfig", "draw_scene", "render_scene", "synthesize"]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: region masks
 DEPTH_PNG_SCALE = 1000.0  # PNG units per metre (millimetres)
 SPLITS = ("train", "val")
 
@@ -36,12 +37,12 @@ SPLITS = ("train", "val")
 
 
 def _png(array: np.ndarray) -> bytes:
-    """Encode H x W x 3 uint8 RGB or H x W uint16 depth as PNG with Pillow at zlib level 1 (fast).
+    """Encode H x W x 3 uint8 RGB, H x W uint8 mask or H x W uint16 depth as PNG (Pillow, zlib level 1: fast).
 
     The bytes depend only on the pixels, so datasets stay byte-identical.
     """
     buffer = io.BytesIO()
-    image = Image.fromarray(array.astype(np.uint16) if array.ndim == 2 else array)
+    image = Image.fromarray(array.astype(np.uint16) if array.ndim == 2 and array.dtype != np.uint8 else array)
     image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
@@ -50,11 +51,12 @@ def _render_job(job: tuple) -> tuple[str, str, dict]:
     """Render and write one image pair (worker entry point); returns (split, name, intrinsics)."""
     tmp, split, index, size, seed = job
     rng = np.random.default_rng(np.random.SeedSequence([seed, SPLITS.index(split), index]))
-    rgb, depth, intr = render_scene(rng, size)
+    rgb, depth, mask, intr = render_labelled(rng, size)
     name = f"{index:06d}"
     mm = np.round(depth * DEPTH_PNG_SCALE).astype(np.uint16)
     (Path(tmp) / split / "rgb" / f"{name}.png").write_bytes(_png(rgb))
     (Path(tmp) / split / "depth" / f"{name}.png").write_bytes(_png(mm))
+    (Path(tmp) / split / "mask" / f"{name}.png").write_bytes(_png(mask))
     return split, name, intr
 
 
@@ -109,7 +111,7 @@ def synthesize(out: str | Path, train: int, val: int, size: int, seed: int, forc
     tmp = Path(tempfile.mkdtemp(prefix=".synth-", dir=out))
     try:
         for split in SPLITS:
-            for sub in ("rgb", "depth"):
+            for sub in ("rgb", "depth", "mask"):
                 (tmp / split / sub).mkdir(parents=True)
         jobs = [(str(tmp), s, i, size, seed) for s, n in zip(SPLITS, (train, val)) for i in range(n)]
         workers = _default_workers(len(jobs)) if workers is None else max(1, workers)
@@ -130,6 +132,7 @@ def synthesize(out: str | Path, train: int, val: int, size: int, seed: int, forc
         meta = {"generator": "mde.synth", "version": GENERATOR_VERSION, "seed": seed,
                 "counts": {"train": train, "val": val}, "size": [size, size],
                 "max_depth": MAX_DEPTH, "min_depth": MIN_DEPTH, "depth_png_scale": DEPTH_PNG_SCALE,
+                "mask_values": {"structure": 0, "object": 1, "invalid": 255},
                 "intrinsics_convention": "pixel centres at integer coordinates (OpenCV)",
                 "cameras": {s: dict(sorted(cameras[s].items())) for s in SPLITS}}
         write_json_atomic(out / "meta.json", meta)

@@ -7,7 +7,8 @@ metres (checker, stripes, tiles, value noise, gradients), so texture density, pe
 the ground, occlusion and object size all encode distance. Shading is Lambertian (ambient + one
 directional light) with cast shadows; scenes with a sky add atmospheric haze. Depth is the z
 coordinate along the optical axis, clipped to [MIN_DEPTH, MAX_DEPTH]; the sky and ground beyond
-MAX_DEPTH read MAX_DEPTH, so every pixel is valid.
+MAX_DEPTH read MAX_DEPTH, so every pixel is valid. `draw_labelled` also returns a region mask (structure,
+object, sky) for region metrics.
 
 Camera (pinhole, square pixels): fx = fy = (W / 2) / tan(hfov / 2), cx = (W - 1) / 2,
 cy = (H - 1) / 2 with pixel centres at integer coordinates (OpenCV convention); randomized
@@ -24,6 +25,7 @@ KINDS = ("room", "yard", "open")
 SHAPES = ("box", "sphere", "cylinder")
 PATTERNS = ("checker", "stripes", "noise", "gradient", "tiles")
 EPS = 1e-4
+MASK_STRUCTURE, MASK_OBJECT, MASK_INVALID = 0, 1, 255  # region mask values (DESIGN.md folder format)
 F = np.float32
 
 
@@ -338,13 +340,29 @@ def render_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nd
     return draw_scene(_sample_scene(rng), size)
 
 
+def render_labelled(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """`render_scene` plus the region mask: (rgb, depth, mask H x W uint8, intrinsics); see `draw_labelled`."""
+    return draw_labelled(_sample_scene(rng), size)
+
+
 def draw_scene(scene: dict, size: int) -> tuple[np.ndarray, np.ndarray, dict]:
     """Ray-cast a scene dict (as `_sample_scene` makes it); see `render_scene` for the outputs."""
+    rgb, depth, _, intr = draw_labelled(scene, size)
+    return rgb, depth, intr
+
+
+def draw_labelled(scene: dict, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """`draw_scene` plus the region mask (rgb, depth, mask, intrinsics).
+
+    The mask is MASK_STRUCTURE (0) where the pixel's ray hits the floor, a wall or the ceiling,
+    MASK_OBJECT (1) where it hits a placed object (box, sphere, cylinder, backdrop building) and
+    MASK_INVALID (255) on the sky.
+    """
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         return _draw(scene, size)
 
 
-def _draw(scene: dict, size: int) -> tuple[np.ndarray, np.ndarray, dict]:
+def _draw(scene: dict, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     f = (size / 2) / np.tan(scene["hfov"] / 2)
     c = (size - 1) / 2
     grid = ((np.arange(size, dtype=F) - F(c)) / F(f))
@@ -413,11 +431,12 @@ def _draw(scene: dict, size: int) -> tuple[np.ndarray, np.ndarray, dict]:
     for i in range(3):
         rgb8[..., i] = np.clip(rgb[i] * F(255) + F(0.5), 0, 255)
     depth = np.clip(np.where(sky, F(MAX_DEPTH), t), MIN_DEPTH, MAX_DEPTH).astype(F)
+    mask = np.where(sky, np.uint8(MASK_INVALID), (oid >= 0).astype(np.uint8))
     intr = {"fx": float(f), "fy": float(f), "cx": float(c), "cy": float(c),
             "height_m": round(float(o[1]), 4), "pitch_deg": round(float(np.degrees(scene["pitch"])), 3),
             "hfov_deg": round(float(np.degrees(scene["hfov"])), 3),
             "scene": scene["kind"]}
-    return rgb8, depth, intr
+    return rgb8, depth, mask, intr
 
 
 def _shadow(scene: dict, p: list, normal: list, lit: np.ndarray, size: int, f: float) -> np.ndarray:

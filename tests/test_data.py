@@ -69,6 +69,27 @@ def test_folder_dataset_on_synthetic_data(synth_data):
     assert 0.5 <= s.depth.min() and s.depth.max() <= 20.0
     assert dataset_max_depth(synth_data) == 20.0
     assert isinstance(open_dataset(synth_data, "train"), FolderDataset)
+    assert s.mask.shape == (64, 64) and s.mask.dtype == np.uint8
+    assert set(np.unique(s.mask).tolist()) <= {0, 1, 255}
+    assert np.all(s.depth[s.mask == 255] == 20.0)  # the sky
+
+
+def _write_mask(root: Path, split: str, name: str, mask: np.ndarray) -> None:
+    (root / split / "mask").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask).save(root / split / "mask" / f"{name}.png")
+
+
+def test_masks_are_optional_per_image(tmp_path):
+    _write_pair(tmp_path, "val", "a", _depth())
+    _write_pair(tmp_path, "val", "b", _depth())
+    assert all(s.mask is None for s in FolderDataset(tmp_path, "val"))  # no mask/ folder at all
+    mask = RNG.choice(np.array([0, 1, 255], np.uint8), (12, 16))
+    _write_mask(tmp_path, "val", "a", mask)
+    ds = FolderDataset(tmp_path, "val")
+    np.testing.assert_array_equal(ds[0].mask, mask)
+    assert ds[1].mask is None  # b has none
+    kitti = open_dataset(tmp_path, "val", fmt="kitti")
+    np.testing.assert_array_equal(kitti[0].mask, mask)
 
 
 def test_folder_npy_jpeg_and_depth_scale(tmp_path):
@@ -172,6 +193,19 @@ def _bad_size_mismatch(root):
     return lambda: FolderDataset(root, "val")[0], "depth/a.png.*16x12 but its image is 16x10"
 
 
+def _bad_mask_size(root):
+    _write_pair(root, "val", "a", _depth())
+    _write_mask(root, "val", "a", np.zeros((8, 16), np.uint8))
+    return lambda: FolderDataset(root, "val")[0], "mask/a.png.*16x8 but its depth map is 16x12"
+
+
+def _bad_mask_mode(root):
+    _write_pair(root, "val", "a", _depth())
+    (root / "val" / "mask").mkdir()
+    Image.fromarray(np.zeros((12, 16), np.uint16)).save(root / "val" / "mask" / "a.png")
+    return lambda: FolderDataset(root, "val")[0], "mask/a.png.*8-bit single-channel"
+
+
 def _bad_no_valid_pixel(root):
     _write_pair(root, "val", "a", np.zeros((12, 16), np.float32))
     return lambda: FolderDataset(root, "val")[0], "depth/a.png.*no valid pixel"
@@ -219,7 +253,8 @@ def _bad_missing_path(root):
 @pytest.mark.parametrize(
     "make",
     [_bad_rgb_without_depth, _bad_depth_without_rgb, _bad_empty_split, _bad_missing_split,
-     _bad_truncated_image, _bad_size_mismatch, _bad_no_valid_pixel, _bad_duplicate_stem,
+     _bad_truncated_image, _bad_size_mismatch, _bad_mask_size, _bad_mask_mode, _bad_no_valid_pixel,
+     _bad_duplicate_stem,
      _bad_nyu_not_hdf5, _bad_nyu_missing_key, _bad_nyu_shapes, _bad_nyu_no_valid_pixel,
      _bad_not_a_dataset, _bad_missing_path],
     ids=lambda f: f.__name__[5:],

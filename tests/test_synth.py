@@ -11,7 +11,19 @@ from PIL import Image
 
 from mde.errors import InputError
 from mde.synth import synthesize
-from mde.world import MAX_DEPTH, MIN_DEPTH, _rot, _sample_scene, draw_scene, render_scene
+from mde.world import (
+    MASK_INVALID,
+    MASK_OBJECT,
+    MASK_STRUCTURE,
+    MAX_DEPTH,
+    MIN_DEPTH,
+    _rot,
+    _sample_scene,
+    draw_labelled,
+    draw_scene,
+    render_labelled,
+    render_scene,
+)
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -54,6 +66,31 @@ def test_sphere_depth_along_optical_axis():
     assert depth[32, 36] == pytest.approx(t, abs=1e-4)
 
 
+def test_mask_marks_sky_ground_and_objects():
+    size = 65
+    sphere = {"shape": "sphere", "size": np.array([1.0, 0, 0], np.float32),
+              "center": np.array([0.0, 1.5, 6.0], np.float32), "radius": 1.0,
+              "rot": _rot(0.0, 0.0, 0.0), "material": _sample_scene(np.random.default_rng(1))["materials"]["floor"]}
+    rgb, depth, mask, _ = draw_labelled(_flat_scene(1.5, [sphere]), size)
+    assert mask.dtype == np.uint8 and mask.shape == (size, size)
+    assert mask[32, 32] == MASK_OBJECT and depth[32, 32] == pytest.approx(5.0, abs=1e-4)
+    assert mask[0, 0] == MASK_INVALID and mask[-1, 0] == MASK_STRUCTURE  # sky corner, floor corner
+    on_sphere = mask == MASK_OBJECT
+    assert np.all(depth[on_sphere] < 7.0)  # the sphere spans z 5..7 (its back half is hidden)
+    assert set(np.unique(mask).tolist()) == {MASK_STRUCTURE, MASK_OBJECT, MASK_INVALID}
+    rgb2, depth2, _ = draw_scene(_flat_scene(1.5, [sphere]), size)
+    assert np.array_equal(rgb, rgb2) and np.array_equal(depth, depth2)
+
+
+def test_random_scene_masks_agree_with_depth():
+    for i in range(6):
+        rgb, depth, mask, intr = render_labelled(np.random.default_rng(i), 48)
+        assert set(np.unique(mask).tolist()) <= {MASK_STRUCTURE, MASK_OBJECT, MASK_INVALID}
+        assert np.all(depth[mask == MASK_INVALID] == MAX_DEPTH)  # the sky reads the maximum depth
+        if intr["scene"] == "room":
+            assert not np.any(mask == MASK_INVALID)  # a room has no sky
+
+
 def test_render_scene_outputs_and_depth_cues():
     kinds, near_bottom = set(), []
     for i in range(16):
@@ -82,7 +119,9 @@ def test_synthesize_folder_format_and_meta(tmp_path):
         for name in names:
             rgb = Image.open(out / split / "rgb" / f"{name}.png")
             dep = Image.open(out / split / "depth" / f"{name}.png")
+            mask = Image.open(out / split / "mask" / f"{name}.png")
             assert rgb.mode == "RGB" and rgb.size == (40, 40)
+            assert mask.mode == "L" and mask.size == (40, 40)
             assert dep.mode.startswith("I") and dep.size == (40, 40)
             mm = np.asarray(dep)
             assert mm.min() >= MIN_DEPTH * 1000 and mm.max() <= MAX_DEPTH * 1000
@@ -94,9 +133,10 @@ def test_written_pngs_decode_to_the_rendered_arrays(tmp_path):
     synthesize(tmp_path / "d", train=2, val=1, size=33, seed=5, progress=False)
     for split, index in (("train", 1), ("val", 0)):
         rng = np.random.default_rng(np.random.SeedSequence([5, ("train", "val").index(split), index]))
-        rgb, depth, _ = render_scene(rng, 33)
+        rgb, depth, mask, _ = render_labelled(rng, 33)
         name = f"{index:06d}.png"
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "d" / split / "rgb" / name)), rgb)
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "d" / split / "mask" / name)), mask)
         mm = np.asarray(Image.open(tmp_path / "d" / split / "depth" / name))
         np.testing.assert_array_equal(mm, np.round(depth * 1000).astype(np.uint16))
 

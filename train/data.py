@@ -1,9 +1,10 @@
 """Torch-free dataset readers: the DESIGN.md folder format, NYU Depth v2 (labeled .mat), KITTI depth.
 
 Every dataset has `names`, `__len__` and `__getitem__(i) -> Sample` (RGB H x W x 3 uint8, depth
-H x W float32 metres, 0 = invalid). Pairing problems are found on construction; unreadable
-images, size mismatches and depth maps without a valid pixel on load. All raise `DataError`
-naming the file or folder.
+H x W float32 metres, 0 = invalid, and the optional region mask: H x W uint8, 0 structure,
+1 object, 255 invalid, read from `split/mask/NAME.png` where the folder has one). Pairing
+problems are found on construction; unreadable images, size mismatches and depth maps without
+a valid pixel on load. All raise `DataError` naming the file or folder.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mde.errors import DataError, InputError
-from mde.runtime.images import list_images, read_depth, read_rgb
+from mde.runtime.images import _decode, _open_checked, list_images, read_depth, read_rgb
 
 log = logging.getLogger(__name__)
 
@@ -39,25 +40,41 @@ class Sample:
     name: str
     rgb: np.ndarray
     depth: np.ndarray
+    mask: np.ndarray | None = None  # regions: MASK_STRUCTURE, MASK_OBJECT, else invalid
 
 
-def _check_pair(name: str, rgb: np.ndarray, depth: np.ndarray, depth_file: str | Path) -> Sample:
+def read_mask(path: Path) -> np.ndarray:
+    """Read an 8-bit single-channel region mask PNG as H x W uint8."""
+    img = _open_checked(path)
+    if img.mode not in ("L", "P"):
+        img.close()
+        raise DataError(f"expected an 8-bit single-channel mask PNG, got mode {img.mode}", path)
+    return np.ascontiguousarray(_decode(img, path), dtype=np.uint8)
+
+
+def _check_pair(name: str, rgb: np.ndarray, depth: np.ndarray, depth_file: str | Path,
+                mask: np.ndarray | None = None, mask_file: str | Path = "mask") -> Sample:
     if depth.shape != rgb.shape[:2]:
         raise DataError(
             f"depth map is {depth.shape[1]}x{depth.shape[0]} but its image is "
             f"{rgb.shape[1]}x{rgb.shape[0]} (width x height)", depth_file)
     if not np.any(depth > 0):
         raise DataError("depth map has no valid pixel (all 0, NaN or negative)", depth_file)
-    return Sample(name, rgb, depth)
+    if mask is not None and mask.shape != depth.shape:
+        raise DataError(f"mask is {mask.shape[1]}x{mask.shape[0]} but its depth map is "
+                        f"{depth.shape[1]}x{depth.shape[0]} (width x height)", mask_file)
+    return Sample(name, rgb, depth, mask)
 
 
 class PairedFiles:
     """Pairs of (RGB file, depth file) read on demand; base of the folder and KITTI readers."""
 
-    def __init__(self, pairs: list[tuple[str, Path, Path]], depth_scale: float):
+    def __init__(self, pairs: list[tuple[str, Path, Path]], depth_scale: float,
+                 masks: dict[str, Path] | None = None):
         if depth_scale <= 0:
             raise InputError(f"expected a positive depth scale (PNG units per metre), got {depth_scale}")
         self.pairs, self.depth_scale = pairs, float(depth_scale)
+        self.masks = masks or {}
 
     @property
     def names(self) -> list[str]:
@@ -71,7 +88,9 @@ class PairedFiles:
         name, rgb_path, depth_path = self.pairs[index]
         rgb = read_rgb(rgb_path)
         depth = read_depth(depth_path, png_scale=self.depth_scale)
-        return _check_pair(name, rgb, depth, depth_path)
+        mask_path = self.masks.get(name)
+        mask = read_mask(mask_path) if mask_path is not None else None
+        return _check_pair(name, rgb, depth, depth_path, mask, mask_path or "mask")
 
 
 def _by_stem(files: list[Path], folder: Path) -> dict[str, Path]:
@@ -86,6 +105,9 @@ def _by_stem(files: list[Path], folder: Path) -> dict[str, Path]:
 
 class FolderDataset(PairedFiles):
     """`root/split/rgb/NAME.png|jpg` with `root/split/depth/NAME.png` (16-bit) or `NAME.npy` (metres).
+
+    An optional `root/split/mask/NAME.png` (8-bit regions) is loaded where present; images
+    without one get `mask=None`.
 
     Args:
         root: dataset folder.
@@ -111,7 +133,9 @@ class FolderDataset(PairedFiles):
         for stem, path in depths.items():
             if stem not in rgbs:
                 raise DataError(f"depth map has no image (expected rgb/{stem}.png or .jpg)", path)
-        super().__init__([(s, rgbs[s], depths[s]) for s in sorted(rgbs)], depth_scale)
+        mask_dir = folder / "mask"
+        masks = {p.stem: p for p in mask_dir.glob("*.png") if p.stem in rgbs} if mask_dir.is_dir() else {}
+        super().__init__([(s, rgbs[s], depths[s]) for s in sorted(rgbs)], depth_scale, masks)
         self.root, self.split = Path(root), split
 
 
@@ -130,7 +154,7 @@ class KittiDataset(PairedFiles):
         sel = _kitti_selection(root)
         if sel is None:
             folder = FolderDataset(root, split, depth_scale)
-            super().__init__(folder.pairs, depth_scale)
+            super().__init__(folder.pairs, depth_scale, folder.masks)
             return
         image_dir, gt_dir = sel / "image", sel / "groundtruth_depth"
         images = list_images(image_dir)
