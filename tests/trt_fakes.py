@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import operator
 import threading
 import types
 from pathlib import Path
@@ -179,15 +180,11 @@ def fake_tensorrt(
             return (n, 1, 64, 64) if name == "depth" else self.shapes[name]
 
         def set_tensor_address(self, name, memory):
-            if not isinstance(memory, int):
-                raise TypeError(f"set_tensor_address(): memory must be an int, got {type(memory).__name__}")
-            self.addresses[name] = memory
+            self.addresses[name] = operator.index(memory)  # pybind11's int conversion: ints and __index__
             return True
 
         def execute_async_v3(self, stream_handle):
-            if not isinstance(stream_handle, int):
-                raise TypeError(f"execute_async_v3(): stream_handle must be an int, got {type(stream_handle).__name__}")
-            rec.calls.append(("execute_async_v3", threading.get_ident()))
+            rec.calls.append(("execute_async_v3", operator.index(stream_handle)))
             shape = self.shapes["image"]
             image = _view(self.addresses["image"], shape, np.float32)
             depth = _view(self.addresses["depth"], self.get_tensor_shape("depth"), np.float32)
@@ -267,6 +264,8 @@ class FakeCudart:
 
         def __int__(self) -> int:
             return self.value
+
+        __index__ = __int__  # as the real one: pybind11 takes it where an int is expected
 
     class cudaDeviceProp:  # noqa: N801
         def __init__(self):
