@@ -325,11 +325,17 @@ def test_the_scan_sees_the_api_the_code_uses(real_api):
 def test_the_modules_are_always_named_trt_and_cudart():
     """The scan follows the names `trt` and `cudart`: the code must not bind the modules to other names."""
     for path in SOURCES:
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 for alias in node.names:
-                    if alias.name == "tensorrt":
-                        assert alias.asname == "trt" or path == SOURCES[1], f"{path.name}:{node.lineno}"
+                    if alias.name == "tensorrt" and alias.asname != "trt":  # only tensorrt.__version__ then
+                        assert alias.asname is None, f"{path.name}:{node.lineno}: import tensorrt as {alias.asname}"
+                        func = next(f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
+                                    and f.lineno <= node.lineno <= f.end_lineno)
+                        used = {a.attr for a in ast.walk(func) if isinstance(a, ast.Attribute)
+                                and isinstance(a.value, ast.Name) and a.value.id == "tensorrt"}
+                        assert used <= {"__version__"}, f"{path.name}:{node.lineno}: tensorrt.{used} is not scanned"
             if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
                 func = node.value.func
                 if isinstance(func, ast.Name) and func.id in ("import_tensorrt", "import_cudart"):
