@@ -9,7 +9,6 @@ builds the same engine (Jetson Orin on JetPack 6.1+ runs TensorRT 10.3).
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -181,23 +180,25 @@ def save_timing_cache(config: Any, path: Path) -> None:
         log.warning("could not save the TensorRT timing cache %s (%s)", path, err)
 
 
-def onnx_metadata(onnx_path: Path, precision: str) -> dict[str, str]:
-    """The ONNX's `mde.*` metadata props; `ModelError` unless its `mde.precision` is `precision`."""
+def onnx_metadata(onnx_path: Path, cfg: BuildConfig) -> dict[str, str]:
+    """The ONNX's `mde.*` metadata props; `ModelError` unless its precision, size and dynamic H/W are `cfg`'s."""
     import onnx
+
+    from mde.runtime.metadata import ModelMetadata
 
     props = {
         p.key: p.value
         for p in onnx.load_model(str(onnx_path), load_external_data=False).metadata_props
         if p.key.startswith("mde.")
     }
-    try:
-        found = json.loads(props.get("mde.precision", "null"))
-    except json.JSONDecodeError:
-        found = None
-    if found != precision:
-        raise ModelError(
-            f"the engine was asked for precision {precision}, but the ONNX's mde.precision is {found}", onnx_path
-        )
+    meta = ModelMetadata.from_props(props, onnx_path)
+    asked = (cfg.precision, tuple(cfg.input_size), cfg.dynamic_size)
+    found = (meta.precision, tuple(meta.input_size), meta.dynamic_size)
+    if asked != found:
+        def fmt(precision: str, size: tuple[int, int], dynamic: bool) -> str:
+            return f"{precision} {size[0]}x{size[1]}" + (" dynamic H/W" if dynamic else "")
+
+        raise ModelError(f"the engine was asked for {fmt(*asked)}, but the ONNX is {fmt(*found)}", onnx_path)
     return props
 
 
@@ -209,7 +210,7 @@ def build_engine(onnx_path: Path, engine_path: Path, cfg: BuildConfig) -> dict[s
     from mde.io import sha256_file, write_bytes_atomic, write_json_atomic
     from mde.runtime.backends.tensorrt import tensorrt_major
 
-    props = onnx_metadata(onnx_path, cfg.precision)
+    props = onnx_metadata(onnx_path, cfg)
     trt_version, gpu_name, cc = require_tensorrt()
     import tensorrt as trt
 

@@ -123,12 +123,14 @@ def test_timing_cache_that_cannot_be_created_is_backend_error(fake_trt, tiny_exp
     assert not (tmp_path / "model.engine").exists()
 
 
-def test_engine_precision_must_match_the_onnx(fake_trt, tiny_export, tmp_path):
+def test_engine_precision_and_size_must_match_the_onnx(fake_trt, tiny_export, tmp_path):
     from mde.export.tensorrt_build import build_engine
 
     fake_trt()
-    with pytest.raises(ModelError, match="asked for precision int8, but the ONNX's mde.precision is fp16"):
+    with pytest.raises(ModelError, match="asked for int8 64x64, but the ONNX is fp16 64x64"):
         build_engine(tiny_export / "model.fp16.onnx", tmp_path / "model.engine", _cfg(tmp_path, precision="int8"))
+    with pytest.raises(ModelError, match="asked for fp32 224x224, but the ONNX is fp32 64x64"):
+        build_engine(tiny_export / "model.onnx", tmp_path / "model.engine", BuildConfig(timing_cache=tmp_path / "c"))
 
 
 def test_tensorrt_older_than_10_3_is_refused(monkeypatch):
