@@ -37,7 +37,8 @@ class ExportConfig:
         dynamic_size: make H and W dynamic (multiples of 32) besides the batch.
         force: overwrite existing artifacts.
         golden_images: golden inputs saved in golden.npz and used for the checks.
-        golden_seed: seed of the random golden inputs (when no dataset is found).
+        golden_seed: seed of the random golden inputs (when no `golden_data` is given).
+        golden_data: dataset folder whose val images (and ground truth) are the golden inputs; None: noise.
         min_batch: TensorRT profile minimum batch.
         opt_batch: TensorRT profile batch the kernels are tuned for.
         max_batch: TensorRT profile maximum batch.
@@ -60,6 +61,7 @@ class ExportConfig:
     force: bool = False
     golden_images: int = 4
     golden_seed: int = 0
+    golden_data: Path | None = None
     min_batch: int = 1
     opt_batch: int = 1
     max_batch: int = 8

@@ -98,26 +98,19 @@ class _Steps:
 def _metadata(
     cfg: ExportConfig, state: dict[str, Any], model: Any, checkpoint_sha: str, precision: str
 ) -> Any:
-    from mde.runtime.metadata import ModelMetadata
+    from mde.train.runner import checkpoint_metadata
 
-    args = model.args
-    metrics = state.get("metrics") or {}
-    return ModelMetadata(
-        input_size=(args.image_size, args.image_size),
-        max_depth=float(args.max_depth),
+    return checkpoint_metadata(
+        model,
+        state,
         precision=precision,
         dynamic_size=cfg.dynamic_size,
-        backbone=args.backbone,
-        parameters=int(sum(p.numel() for p in model.parameters())),
         source={
             "checkpoint": Path(cfg.checkpoint).name,
             "checkpoint_sha256": checkpoint_sha,
             "epoch": state.get("epoch"),
             "config": state.get("config") or {},
             "opset": cfg.opset,
-        },
-        metrics={
-            k: float(v) for k, v in metrics.items() if k in ("rmse", "ssim") and v is not None
         },
     )
 
@@ -296,7 +289,8 @@ def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:
 
         model, state = load_model(checkpoint, "cpu")
         size = (model.args.image_size, model.args.image_size)
-        image, image_source = golden_inputs(state, size, cfg.golden_images, cfg.golden_seed)
+        golden = golden_inputs(cfg.golden_data, size, cfg.golden_images, cfg.golden_seed)
+        image = golden.image
         with torch.no_grad():
             reference = model(torch.from_numpy(image)).numpy()
 
@@ -334,8 +328,7 @@ def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:
                 os.replace(artifact.path, final)
                 artifact.path = final
                 artifacts.append(artifact)
-            write_golden(
-                out / GOLDEN_NAME, image, reference, ctx.depth_range, checkpoint_sha, image_source
-            )
+            write_golden(out / GOLDEN_NAME, golden, reference, ctx.depth_range, checkpoint_sha,
+                         {"backbone": model.args.backbone, "decoder": model.args.decoder})
             progress.finish()
     return artifacts

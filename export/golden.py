@@ -3,35 +3,48 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 
-def golden_inputs(
-    state: dict[str, Any], size: tuple[int, int], count: int, seed: int
-) -> tuple[np.ndarray, str]:
-    """`count` golden inputs N x 3 x H x W in [0, 1]: validation images of the training dataset
-    when its folder exists here, else seeded uniform noise. Returns (images, description)."""
-    from mde.runtime.images import list_images, read_rgb
-    from mde.runtime.preprocess import preprocess
+@dataclass
+class GoldenInputs:
+    """Golden inputs (N x 3 x H x W in [0, 1]) and, when they come from a dataset, its ground truth."""
 
-    config = state.get("config") or {}
-    data = config.get("data") if isinstance(config, dict) else None
-    if isinstance(data, str) and data:
-        for split in ("val", "train"):
-            folder = Path(data) / split / "rgb"
-            try:
-                files = list_images(folder)[:count] if folder.is_dir() else []
-                if len(files) == count:
-                    return preprocess(
-                        [read_rgb(f) for f in files], size
-                    ), f"{folder} ({count} images)"
-            except Exception:  # noqa: BLE001 - a broken dataset falls back to noise
-                break
-    rng = np.random.default_rng(seed)
-    return rng.random((count, 3, *size), dtype=np.float32), f"uniform noise, seed {seed}"
+    image: np.ndarray
+    source: str                                   # "dataset DIR/split (N images)" or "uniform noise, seed K"
+    gts: list[np.ndarray] = field(default_factory=list)      # metres, at each image's own resolution
+    masks: list[np.ndarray | None] = field(default_factory=list)
+    data_range: float | None = None               # SSIM's data range: the dataset's max depth
+
+
+def golden_inputs(data: Path | None, size: tuple[int, int], count: int, seed: int, split: str = "val") -> GoldenInputs:
+    """`count` golden inputs: the first images of `data`'s `split` with their depth (and masks), or, only
+    when no dataset is given, seeded uniform noise.
+
+    Raises:
+        DataError: the dataset cannot be read, or has fewer than `count` images in `split`.
+    """
+    if data is None:
+        rng = np.random.default_rng(seed)
+        return GoldenInputs(rng.random((count, 3, *size), dtype=np.float32), f"uniform noise, seed {seed}")
+    from mde.errors import DataError
+    from mde.runtime.preprocess import preprocess
+    from mde.train.data import dataset_max_depth, open_dataset
+
+    dataset = open_dataset(data, split=split)
+    if len(dataset) < count:
+        raise DataError(f"the {split} split has {len(dataset)} images; --golden-images asks for {count}", data)
+    samples = [dataset[i] for i in range(count)]
+    return GoldenInputs(
+        image=preprocess([s.rgb for s in samples], size),
+        source=f"dataset {data}/{split} ({count} images)",
+        gts=[s.depth.astype(np.float32) for s in samples],
+        masks=[s.mask for s in samples],
+        data_range=dataset_max_depth(data),
+    )
 
 
 def golden_checkpoint(path: Path) -> str:
@@ -44,13 +57,16 @@ def golden_checkpoint(path: Path) -> str:
 
 def write_golden(
     path: Path,
-    image: np.ndarray,
+    inputs: GoldenInputs,
     reference: np.ndarray,
     depth_range: float,
     checkpoint_sha: str,
-    image_source: str,
+    model: dict[str, str],
 ) -> None:
-    """`golden.npz`: inputs `image`, PyTorch outputs `depth`, `tolerances` (JSON), provenance; atomic."""
+    """`golden.npz`, atomically: inputs `image`, PyTorch outputs `depth`, the tolerance table (JSON),
+    `meta` (JSON: where the inputs came from, depth and data ranges, model), and with a dataset
+    the ground truth `gt_I` (and region `mask_I`) of each image, so a torch-free parity reports
+    RMSE/SSIM and their deltas to PyTorch."""
     from dataclasses import asdict
 
     from mde.io import atomic_path
@@ -59,15 +75,22 @@ def write_golden(
     tolerances = {
         "metric": "p99(|artifact - torch|) / depth_range",
         "depth_range": depth_range,
-        **{precision: asdict(row) for precision, row in DEFAULT_TOLERANCES.items()},
+        **{precision: {k: v for k, v in asdict(row).items() if v is not None}
+           for precision, row in DEFAULT_TOLERANCES.items()},
     }
+    meta = {"inputs": inputs.source, "ground_truth": bool(inputs.gts), "max_depth": depth_range,
+            "data_range": inputs.data_range or depth_range, "model": model}
+    extra = {f"gt_{i}": gt for i, gt in enumerate(inputs.gts)}
+    extra.update({f"mask_{i}": m for i, m in enumerate(inputs.masks) if m is not None})
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(
             fh,
-            image=image,
+            image=inputs.image,
             depth=reference,
             tolerances=np.array(json.dumps(tolerances, sort_keys=True)),
+            meta=np.array(json.dumps(meta, sort_keys=True)),
             checkpoint_sha256=np.array(checkpoint_sha),
-            source=np.array(image_source),
+            source=np.array(inputs.source),
+            **extra,
         )
     path.chmod(0o644)  # mkstemp creates 0600; golden.npz is read by other users/tools

@@ -21,7 +21,7 @@ def _require_model(path: str | Path) -> Path:
 
 def _kind(path: Path) -> str:
     backend = AUTO_BACKENDS.get(path.suffix.lower())
-    if backend is None:
+    if backend not in ("onnxruntime", "tensorrt"):
         raise InputError(f"expected an .onnx or .engine file, got {path.suffix or 'no suffix'}", path)
     return backend
 

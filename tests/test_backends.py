@@ -96,7 +96,7 @@ def test_register_backend_adds_a_runner(monkeypatch, tmp_path):
 
 
 def test_unknown_backend_lists_valid_names(onnx_path):
-    with pytest.raises(InputError, match="unknown backend 'tflite'; choose from: auto, onnxruntime, tensorrt"):
+    with pytest.raises(InputError, match="unknown backend 'tflite'; choose from: auto, golden, onnxruntime, tensorrt, torch"):
         open_runner(onnx_path, backend="tflite")
 
 

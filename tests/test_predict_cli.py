@@ -92,7 +92,7 @@ def test_predict_skips_corrupt_image_and_exits_1(cli, onnx_path, images, tmp_pat
 @pytest.mark.parametrize(
     "args, match",
     [
-        (["--backend", "tflite"], "unknown --backend 'tflite'; choose from: auto, onnxruntime, tensorrt"),
+        (["--backend", "tflite"], "unknown --backend 'tflite'; choose from: auto, golden, onnxruntime, tensorrt, torch"),
         (["--format", "jpeg"], "unknown --format 'jpeg'"),
     ],
 )

@@ -47,6 +47,10 @@ def export(
     golden_images: int = typer.Option(
         _D.golden_images, "--golden-images", help="Golden inputs checked and saved in golden.npz."
     ),
+    golden_data: Path = typer.Option(
+        _D.golden_data, "--golden-data",
+        help="Dataset whose val images and ground truth become the golden inputs (default: seeded noise).",
+    ),
     min_batch: int = typer.Option(
         _D.min_batch, "--min-batch", help="TensorRT profile: smallest batch."
     ),
@@ -88,6 +92,7 @@ def export(
         dynamic_size=dynamic_size,
         force=force,
         golden_images=golden_images,
+        golden_data=golden_data,
         min_batch=min_batch,
         opt_batch=opt_batch,
         max_batch=max_batch,

@@ -14,10 +14,17 @@ import numpy as np
 from mde.errors import InputError, ModelError
 from mde.runtime.metadata import ModelMetadata
 
-# Backend modules shipped with mde; importing one registers it (they import their library lazily).
-BUILTIN_BACKENDS = ("onnxruntime", "tensorrt")
+# Backend modules shipped with mde; importing one registers it (each imports its library lazily,
+# so listing the backends imports neither torch nor TensorRT).
+BUILTIN_BACKENDS = {
+    "onnxruntime": "mde.runtime.backends.onnxruntime",
+    "tensorrt": "mde.runtime.backends.tensorrt",
+    "golden": "mde.runtime.backends.golden",
+    "torch": "mde.train.runner",
+}
 # File suffix -> backend for `backend="auto"`.
-AUTO_BACKENDS = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
+AUTO_BACKENDS = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".pt": "torch",
+                 ".npz": "golden"}
 
 BACKENDS: dict[str, type[Runner]] = {}
 
@@ -157,9 +164,9 @@ def register_backend(name: str) -> Callable[[type[Runner]], type[Runner]]:
 
 
 def _load_builtin() -> None:
-    for module in BUILTIN_BACKENDS:
-        if module not in BACKENDS:
-            importlib.import_module(f"mde.runtime.backends.{module}")
+    for name, module in BUILTIN_BACKENDS.items():
+        if name not in BACKENDS:
+            importlib.import_module(module)
 
 
 def backend_names() -> list[str]:

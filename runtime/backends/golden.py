@@ -1,0 +1,79 @@
+"""The `golden` backend: replays the PyTorch outputs saved in an export's `golden.npz` (torch-free parity)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mde.errors import InputError
+from mde.runtime.backends.base import Runner, TensorSpec, register_backend
+from mde.runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
+
+
+def read_golden(path: str | Path) -> dict[str, Any]:
+    """The arrays of a golden.npz: `image`, `depth`, optional `gt` (ground truth) and `mask`, and its JSON fields.
+
+    Raises:
+        InputError: not a golden.npz with N x 3 x H x W `image` and N x 1 x H x W `depth`.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            golden = {name: npz[name] for name in npz.files}
+        images, depth = golden["image"].astype(np.float32), golden["depth"].astype(np.float32)
+    except (OSError, ValueError, KeyError, EOFError) as err:
+        raise InputError(f"not a golden.npz with 'image' and 'depth' arrays ({type(err).__name__}: {err})",
+                         path) from None
+    if images.ndim != 4 or depth.ndim != 4 or len(images) != len(depth):
+        raise InputError(f"golden arrays must be N x 3 x H x W and N x 1 x H x W, got {images.shape}, {depth.shape}",
+                         path)
+    golden["image"], golden["depth"] = images, depth
+    for key in ("tolerances", "meta"):
+        golden[key] = json.loads(str(golden[key])) if key in golden else {}
+    return golden
+
+
+def _key(image: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(image, dtype=np.float32).tobytes()).hexdigest()
+
+
+@register_backend("golden")
+class GoldenRunner(Runner):
+    """Answers each golden input with PyTorch's saved output for it; any other input is an error."""
+
+    def __init__(self, path: str | Path, **_ignored: Any):
+        super().__init__(path)
+        self._outputs: dict[str, np.ndarray] = {}
+        self.golden: dict[str, Any] = {}
+
+    def _activate_impl(self) -> None:
+        golden = read_golden(self.path)
+        images, depth = golden["image"], golden["depth"]
+        max_depth = float(golden["meta"].get("max_depth") or golden["tolerances"].get("depth_range") or 0.0)
+        if max_depth <= 0:
+            raise InputError("golden.npz records no depth range (re-export it with `mde export`)", self.path)
+        self.golden = golden
+        self._outputs = {_key(image): out for image, out in zip(images, depth)}
+        h, w = images.shape[2:]
+        self.metadata = ModelMetadata(input_size=(int(h), int(w)), max_depth=max_depth, precision="fp32",
+                                      **golden["meta"].get("model", {}))
+        self.input_specs = {INPUT_NAME: TensorSpec(INPUT_NAME, np.dtype(np.float32), (None, 3, int(h), int(w)))}
+        self.output_specs = {OUTPUT_NAME: TensorSpec(OUTPUT_NAME, np.dtype(np.float32), (None, 1, int(h), int(w)))}
+
+    def _infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = []
+        for image in feed[INPUT_NAME]:
+            saved = self._outputs.get(_key(image))
+            if saved is None:
+                raise InputError("input is not one of the golden inputs; the golden backend only replays them",
+                                 self.path)
+            outputs.append(saved)
+        return {OUTPUT_NAME: np.stack(outputs)}
+
+    @property
+    def providers(self) -> list[str]:
+        return ["saved PyTorch outputs"]

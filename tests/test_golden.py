@@ -1,0 +1,57 @@
+"""golden.npz from a dataset: ground truth travels with it, so torch-free parity reports RMSE/SSIM deltas."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def export_with_gt(tmp_path_factory, tiny_checkpoint, synth_data):
+    from mde.export.exporter import ExportConfig, export_checkpoint
+
+    out = tmp_path_factory.mktemp("export-gt")
+    export_checkpoint(ExportConfig(checkpoint=tiny_checkpoint, out=out, precisions=("fp32",),
+                                   golden_data=synth_data, golden_images=3, progress=False))
+    return out
+
+
+def test_golden_from_a_dataset_carries_its_ground_truth(export_with_gt, synth_data):
+    from mde.runtime.backends.golden import read_golden
+    from mde.train.data import open_dataset
+
+    golden = read_golden(export_with_gt / "golden.npz")
+    assert golden["meta"]["ground_truth"] is True and str(synth_data) in golden["meta"]["inputs"]
+    val = open_dataset(synth_data, "val")
+    for i in range(3):
+        np.testing.assert_array_equal(golden[f"gt_{i}"], val[i].depth.astype(np.float32))
+
+
+def test_golden_parity_reports_rmse_and_ssim_deltas(cli, export_with_gt, tmp_path):
+    out = tmp_path / "parity.json"
+    result = cli("parity", "--golden", export_with_gt / "golden.npz", export_with_gt / "model.onnx", "--json", out)
+    assert result.code == 0, result.err
+    row = json.loads(out.read_text())["artifacts"][0]
+    assert row["rmse"] > 0 and 0 < row["ssim"] <= 1
+    assert abs(row["d_rmse"]) <= 1e-4 and abs(row["d_ssim"]) <= 1e-4
+
+
+def test_golden_without_a_dataset_is_noise_and_says_so(tiny_export, cli, tmp_path):
+    from mde.runtime.backends.golden import read_golden
+
+    golden = read_golden(tiny_export / "golden.npz")
+    assert golden["meta"]["ground_truth"] is False and "noise" in golden["meta"]["inputs"]
+    out = tmp_path / "parity.json"
+    assert cli("parity", "--golden", tiny_export / "golden.npz", tiny_export / "model.onnx", "--json", out).code == 0
+    assert json.loads(out.read_text())["artifacts"][0]["rmse"] is None
+
+
+def test_bad_golden_data_is_one_line_exit_2_and_writes_nothing(cli, tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    result = cli("export", tiny_checkpoint, "--out", out, "--precision", "fp32", "--golden-data", tmp_path / "nope")
+    assert result.code == 2
+    errors = [line for line in result.err.splitlines() if line.startswith("mde: error")]
+    assert len(errors) == 1 and "nope" in errors[0]
+    assert not out.exists() or not any(out.iterdir())

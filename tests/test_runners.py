@@ -1,0 +1,54 @@
+"""The `torch` and `golden` runners: a checkpoint and a golden.npz behind the same Runner interface."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mde.errors import BackendError, InputError
+from mde.runtime.backends.base import backend_names, open_runner
+
+
+def test_torch_runner_matches_the_checkpoint(tiny_checkpoint):
+    torch = pytest.importorskip("torch")
+    from mde.train.checkpoint import load_model
+
+    x = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
+    model, _ = load_model(tiny_checkpoint)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x)).numpy()
+    before = torch.get_num_threads()
+    with open_runner(tiny_checkpoint, threads=1) as runner:  # ".pt" -> torch
+        assert runner.name == "torch" and torch.get_num_threads() == 1
+        assert runner.metadata.input_size == (64, 64) and runner.metadata.precision == "fp32"
+        out = runner.infer({"image": x})["depth"]
+    assert torch.get_num_threads() == before, "threads were not restored"
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_depth_estimator_runs_a_checkpoint(tiny_checkpoint):
+    from mde.runtime import DepthEstimator
+
+    with DepthEstimator.open(tiny_checkpoint) as est:
+        depth = est.predict(np.full((48, 80, 3), 127, np.uint8))
+    assert depth.shape == (48, 80) and np.isfinite(depth).all()
+
+
+def test_listing_backends_imports_no_torch(block_torch):
+    assert {"torch", "golden", "onnxruntime", "tensorrt"} <= set(backend_names())
+
+
+def test_torch_runner_without_torch_says_how_to_install(block_torch, tiny_checkpoint):
+    with pytest.raises(BackendError, match=r"pip install 'mde\[train\]'"):
+        open_runner(tiny_checkpoint, backend="torch")
+
+
+def test_golden_runner_replays_the_saved_outputs(tiny_export):
+    with np.load(tiny_export / "golden.npz") as npz:
+        images, depth = npz["image"], npz["depth"]
+    with open_runner(tiny_export / "golden.npz") as runner:  # ".npz" -> golden
+        assert runner.name == "golden"
+        out = runner.infer({"image": images[1:3]})["depth"]
+        np.testing.assert_array_equal(out, depth[1:3])
+        with pytest.raises(InputError, match="not one of the golden inputs"):
+            runner.infer({"image": images[:1] + 0.5})

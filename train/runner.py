@@ -1,0 +1,84 @@
+"""The `torch` backend: a PyTorch checkpoint behind the runtime's Runner interface (parity's reference, bench).
+
+Registered by name from here, so `mde.runtime` stays torch-free: the registry imports this module
+when it lists backends, and torch is imported only when a runner is activated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mde.errors import BackendError
+from mde.runtime.backends.base import Runner, TensorSpec, register_backend
+from mde.runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
+
+
+def checkpoint_metadata(model: Any, state: dict[str, Any], **fields: Any) -> ModelMetadata:
+    """The runtime metadata of a loaded checkpoint; `fields` (precision, source, ...) override or add."""
+    args = model.args
+    metrics = state.get("metrics") or {}
+    return ModelMetadata(**{
+        "input_size": (args.image_size, args.image_size),
+        "max_depth": float(args.max_depth),
+        "backbone": args.backbone,
+        "decoder": args.decoder,
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "metrics": {k: float(v) for k, v in metrics.items() if k in ("rmse", "ssim") and v is not None},
+        **fields,
+    })
+
+
+@register_backend("torch")
+class TorchRunner(Runner):
+    """Runs a `.pt` checkpoint in PyTorch eager mode (`torch.inference_mode`), FP32.
+
+    Args:
+        path: the checkpoint (`mde train`'s best.pt / last.pt).
+        device: "cpu" or "cuda[:N]"; chosen by the caller, never here.
+        threads: torch intra-op threads while active (0 = leave torch's setting); restored on deactivate.
+    """
+
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int = 0, **_ignored: Any):
+        # providers are ONNX Runtime options: accepted and ignored so one CLI works for every backend.
+        super().__init__(path)
+        self.device = device
+        self.threads = threads
+        self._torch: Any = None
+        self._model: Any = None
+        self._saved_threads = 0
+
+    def _activate_impl(self) -> None:
+        try:
+            import torch
+        except ImportError as err:
+            raise BackendError(f"the torch backend needs PyTorch ({err}); pip install 'mde[train]'") from None
+        from mde.train.checkpoint import load_model
+
+        self._saved_threads = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        model, state = load_model(self.path, self.device)
+        self._torch, self._model = torch, model
+        self.metadata = checkpoint_metadata(model, state)
+        h, w = self.metadata.input_size
+        self.input_specs = {INPUT_NAME: TensorSpec(INPUT_NAME, np.dtype(np.float32), (None, 3, h, w))}
+        self.output_specs = {OUTPUT_NAME: TensorSpec(OUTPUT_NAME, np.dtype(np.float32), (None, 1, h, w))}
+
+    def _infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(feed[INPUT_NAME])).to(self.device)
+            return {OUTPUT_NAME: self._model(x).float().cpu().numpy()}
+
+    def _deactivate_impl(self) -> None:
+        if self._torch is not None and self.threads:
+            self._torch.set_num_threads(self._saved_threads)  # leave the process as we found it
+        self._model = None
+
+    @property
+    def providers(self) -> list[str]:
+        version = self._torch.__version__ if self._torch is not None else "?"
+        return [f"torch {version} {self.device}"]
