@@ -1,0 +1,200 @@
+"""benchmarks/gpu_check.py: the --device cpu dry run end to end, fail-soft sections and budgets, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+SCRIPT = BENCH / "gpu_check.py"
+SECTIONS = ["environment", "tests", "model", "training", "torch_inference", "export", "onnxruntime", "tensorrt"]
+
+
+def run(*args: object, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
+                          check=False, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture
+def gpu_check(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import gpu_check
+    import gpu_check_sections
+
+    return gpu_check, gpu_check_sections
+
+
+@pytest.mark.slow
+def test_cpu_dry_run_writes_both_reports_with_every_section(tmp_path):
+    out = tmp_path / "out"
+    started = time.perf_counter()
+    proc = run("--out", out, "--device", "cpu")
+    seconds = time.perf_counter() - started
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert {"gpu_check.json", "gpu_check.md"} <= set(files) and len(files) <= 8, files
+
+    report = json.loads((out / "gpu_check.json").read_text())
+    sections = report["sections"]
+    assert list(sections) == SECTIONS
+    status = {name: r["status"] for name, r in sections.items()}
+    assert status == {"environment": "ok", "tests": "ok", "model": "ok", "training": "skipped",
+                      "torch_inference": "ok", "export": "ok", "onnxruntime": "ok", "tensorrt": "skipped"}, sections
+    assert report["exit_code"] == 0 and report["device"] == "cpu" and not report["problems"]
+    assert set(report["found"]) == set(report["ran"]) == {"pytorch_cuda", "onnxruntime_gpu", "tensorrt"}
+    assert report["ran"] == {"pytorch_cuda": False, "onnxruntime_gpu": False, "tensorrt": False}
+    assert report["total_s"] <= report["budget_s"] and report["total_s"] <= seconds
+
+    # the GPU-only parts say why they did not run
+    assert "--device cpu" in sections["training"]["reason"]
+    assert "TensorRT is not installed" in sections["tensorrt"]["reason"] or "--device cpu" in sections["tensorrt"]["reason"]
+    assert set(sections["torch_inference"]["not_run"]) == {"fp16", "bf16"}
+    assert "CUDAExecutionProvider" in sections["onnxruntime"]["not_run"]
+    assert report["skipped"] == {"training": sections["training"]["reason"], "tensorrt": sections["tensorrt"]["reason"]}
+
+    # tests: the CUDA-only selection ran in a subprocess; without a GPU every one skips, with its reason
+    tests = sections["tests"]
+    assert tests["failed"] == tests["errors"] == 0 and tests["skipped"] >= 2
+    assert any("test_cuda" in t["test"] and t["outcome"] == "skipped" and t["message"] for t in tests["not_passed"])
+    assert (out / "gpu_check.pytest.log").read_text().startswith(sys.executable)
+
+    # figures with their units
+    lat = sections["torch_inference"]["latency"]
+    assert {(r["precision"], r["batch"]) for r in lat} == {("fp32", 1), ("fp32", 8)}
+    assert all(r["median_ms"] > 0 and r["images_per_s"] > 0 and r["max_abs_diff_vs_cpu_fp32_m"] < 1e-3 for r in lat)
+    assert [a["precision"] for a in sections["export"]["artifacts"]] == ["fp32", "fp16", "int8"]
+    assert all(a["size_mib"] > 0 for a in sections["export"]["artifacts"])
+    ort = sections["onnxruntime"]
+    assert [r["precision"] for r in ort["parity"]] == ["fp32", "fp16", "int8"]
+    assert all(r["passed"] and r["images"] == 4 for r in ort["parity"]), ort["parity"]
+    assert all(run["providers"][0] == "CPUExecutionProvider" for run in ort["runs"].values())
+    assert {(r["precision"], r["call"], r["batch"]) for r in ort["latency"]} >= {("int8", "infer", 8),
+                                                                                  ("fp32", "predict 480x640", 1)}
+
+    md = (out / "gpu_check.md").read_text()
+    for heading in ("# mde GPU check", "## Found and ran", "## Sections", "## tests", "## torch_inference",
+                    "## export", "## onnxruntime"):
+        assert f"\n{heading}\n" in f"\n{md}", heading
+    for unit in ("median (ms)", "images/s", "size (MiB)", "RMSE (m)", "time (s)"):
+        assert unit in md, unit
+    assert sections["training"]["reason"] in md and sections["tensorrt"]["reason"] in md
+    assert "skipped training: --device cpu" in proc.stdout and "skipped tensorrt:" in proc.stdout
+
+
+def _fakes(gs, calls: list[str]) -> dict:
+    def environment(ck):
+        calls.append("environment")
+        ck.found = {"pytorch_cuda": False, "onnxruntime_gpu": False, "tensorrt": False}
+        return {"versions": {"python": "3"}, "found": ck.found}
+
+    def tests(ck, budget):
+        calls.append("tests")
+        return {"selection": "x", "exit_code": 1, "passed": 1, "failed": 1, "errors": 0, "skipped": 0,
+                "not_passed": [{"test": "t::a", "outcome": "failed", "message": "boom"}], "log": "l",
+                "failed_checks": ["1 failed"]}
+
+    def model(ck):
+        calls.append("model")
+        raise RuntimeError("cannot build the model\nsecond line")
+
+    def training(ck):
+        calls.append("training")
+        ck.partial["fp32_images_per_s"] = 123.0  # measured before the budget ran out: kept
+        time.sleep(30)
+
+    def tensorrt(ck):
+        calls.append("tensorrt")
+        raise gs.Skip("TensorRT is not installed (fake)")
+
+    def never(ck):  # needs the model's checkpoint: must not be called
+        calls.append("never")
+        return {}
+
+    return {"environment": environment, "tests": tests, "model": model, "training": training,
+            "torch_inference": never, "export": never, "onnxruntime": never, "tensorrt": tensorrt}
+
+
+def test_sections_fail_soft_within_their_budgets(gpu_check, monkeypatch, tmp_path, capsys):
+    gc, gs = gpu_check
+    calls: list[str] = []
+    for name, fake in _fakes(gs, calls).items():
+        monkeypatch.setitem(gs.RUNNERS, name, fake)
+    profile = gs.PROFILES["cpu"]
+    monkeypatch.setitem(gs.PROFILES, "cpu", replace(profile, budgets={**profile.budgets, "training": 1}))
+    started = time.perf_counter()
+    code = gc.main(["--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert code == 1 and time.perf_counter() - started < 10
+    assert calls == ["environment", "tests", "model", "training"]
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    s = report["sections"]
+    assert s["model"]["status"] == "error" and s["model"]["reason"] == "RuntimeError: cannot build the model"
+    assert s["training"]["status"] == "error" and "exceeded its 1 s budget" in s["training"]["reason"]
+    assert s["training"]["fp32_images_per_s"] == 123.0 and s["training"]["seconds"] < 5
+    assert s["tests"]["status"] == "failed" and s["tests"]["reason"] == "1 failed"
+    for name in ("torch_inference", "export", "onnxruntime", "tensorrt"):
+        assert s[name]["status"] == "skipped" and "needs the model section" in s[name]["reason"], s[name]
+    assert set(report["problems"]) == {"tests", "model", "training"} and report["exit_code"] == 1
+    md = (tmp_path / "out" / "gpu_check.md").read_text()
+    assert "exceeded its 1 s budget" in md and "| t::a | failed | boom |" in md
+    out = capsys.readouterr().out
+    assert "skipped export: needs the model section's checkpoint (RuntimeError: cannot build the model)" in out
+
+
+def test_only_runs_the_sections_it_needs(gpu_check, monkeypatch, tmp_path, capsys):
+    gc, gs = gpu_check
+    calls: list[str] = []
+    fakes = _fakes(gs, calls)
+
+    def model(ck):
+        calls.append("model")
+        ck.checkpoint = tmp_path / "model.pt"
+        return {}
+
+    def export(ck):
+        calls.append("export")
+        ck.onnx["fp32"] = tmp_path / "model.onnx"
+        return {}
+
+    def onnxruntime(ck):
+        calls.append("onnxruntime")
+        return {"runs": {}}
+
+    fakes.update(model=model, export=export, onnxruntime=onnxruntime)
+    for name, fake in fakes.items():
+        monkeypatch.setitem(gs.RUNNERS, name, fake)
+    assert gc.main(["--out", str(tmp_path / "out"), "--device", "cpu", "--only", "onnxruntime", "tensorrt"]) == 0
+    assert calls == ["environment", "model", "export", "onnxruntime", "tensorrt"]
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert report["sections"]["tests"]["reason"] == "not selected (--only)"
+    assert report["sections"]["tensorrt"] == {"status": "skipped", "reason": "TensorRT is not installed (fake)",
+                                              "seconds": 0.0, "budget_s": report["sections"]["tensorrt"]["budget_s"]}
+    assert report["skipped"]["tensorrt"] == "TensorRT is not installed (fake)" and report["exit_code"] == 0
+    assert "skipped tensorrt: TensorRT is not installed (fake)" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu_check.json", "gpu_check.md"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--out", "{tmp}/file.txt"], "file.txt: --out folder exists and is not a folder"),
+    (["--out", "{tmp}/o", "--ort-path", "{tmp}/nowhere"], "nowhere: --ort-path folder not found"),
+    (["--out", "{tmp}/o", "--ort-path", "{tmp}/empty"], "empty: no onnxruntime package in this folder"),
+    (["--out", "{tmp}/o", "--budget", "0"], "--budget must be > 0"),
+    (["--out", "{tmp}/o", "--only", "bogus"], "invalid choice: 'bogus'"),
+    (["--out", "{tmp}/o", "--device", "tpu"], "invalid choice: 'tpu'"),
+    (["--out", "{tmp}/o", "--work", "{tmp}/file.txt"], "--work folder exists and is not a folder"),
+    ([], "the following arguments are required: --out"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, args, needle):
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "empty").mkdir()
+    proc = run(*(a.format(tmp=tmp_path) for a in args), timeout=60)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("gpu_check: error: "), proc.stderr
+    assert not (tmp_path / "o").exists()
