@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 DEMO   ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench lint clean
+.PHONY: test demo bench lint clean gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ demo: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run.py
+
+# On a CUDA machine, after README "GPU check" steps 1-3: no venv, no network.
+GPU_CHECK_OUT ?= runs/gpu-check
+ORT_PATH      ?= .whl/site
+gpu-check:
+	$(PYTHON) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT) $(if $(wildcard $(ORT_PATH)/onnxruntime),--ort-path $(ORT_PATH))
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
