@@ -1,122 +1,14 @@
-"""`mde predict`: depth maps for image files, folders and globs, written atomically per image."""
+"""`mde predict`: depth maps for image files, folders and globs (options here, the work in `mde.runtime.predict`)."""
 
 from __future__ import annotations
 
-import glob
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import typer
 
 from mde.commands.options import backend_help, check_backend, providers_option
-from mde.errors import CheckFailed, InputError, MdeError
-
-FORMATS = ("color", "png16", "npy")
-PNG16_SCALE = 1000.0  # millimetres per metre
-
-
-@dataclass
-class PredictConfig:
-    """`mde predict` options."""
-
-    artifact: Path
-    inputs: list[str] = field(default_factory=list)
-    out: Path = Path("predictions")
-    backend: str = "auto"
-    format: str = "color"
-    threads: int = 0
-    providers: list[str] | None = None
-
-
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files, folders (their images, not recursive) and glob patterns -> unique paths, in order."""
-    from mde.runtime.images import IMAGE_SUFFIXES, list_images
-
-    paths: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = list_images(path)
-            if not found:
-                raise InputError("folder has no images", path)
-        elif path.exists():
-            found = [path]
-        elif glob.has_magic(item):
-            found = sorted(
-                Path(p) for p in glob.glob(item, recursive=True)
-                if Path(p).suffix.lower() in IMAGE_SUFFIXES and Path(p).is_file()
-            )
-            if not found:
-                raise InputError(f"no images match the pattern {item!r}")
-        else:
-            raise InputError("input not found", path)
-        paths.extend(found)
-    seen: set[Path] = set()
-    return [p for p in paths if not (p.resolve() in seen or seen.add(p.resolve()))]
-
-
-def output_names(paths: list[Path], suffix: str) -> list[str]:
-    """One output file name per input, from its stem; repeated stems get _1, _2, ..."""
-    counts: dict[str, int] = {}
-    names = []
-    for path in paths:
-        n = counts.get(path.stem, 0)
-        counts[path.stem] = n + 1
-        names.append(f"{path.stem}{'' if n == 0 else f'_{n}'}{suffix}")
-    return names
-
-
-def write_depth(depth, path: Path, fmt: str, max_depth: float) -> None:
-    """Write one depth map atomically as a color PNG, a 16-bit millimetre PNG, or float32 .npy."""
-    import numpy as np
-    from PIL import Image
-
-    from mde.io import atomic_path
-    from mde.runtime.colormap import colorize
-
-    with atomic_path(path) as tmp:
-        if fmt == "npy":
-            with open(tmp, "wb") as fh:
-                np.save(fh, depth.astype(np.float32), allow_pickle=False)
-        elif fmt == "png16":
-            mm = np.where(np.isfinite(depth) & (depth > 0), depth * PNG16_SCALE, 0.0)
-            Image.fromarray(np.clip(np.rint(mm), 0, 65535).astype(np.uint16)).save(tmp, format="PNG")
-        else:
-            Image.fromarray(colorize(depth, max_depth)).save(tmp, format="PNG")
-        tmp.chmod(0o644)  # mkstemp makes 0600; outputs are ordinary files
-
-
-def run_predict(cfg: PredictConfig) -> dict[str, int]:
-    """Predict every input image; bad images are reported and skipped. Returns counts."""
-    from mde.console import err_console, info, track
-    from mde.runtime import DepthEstimator
-    from mde.runtime.images import read_rgb
-
-    if cfg.format not in FORMATS:
-        raise InputError(f"unknown --format {cfg.format!r}; choose from {', '.join(FORMATS)}")
-    paths = expand_inputs(cfg.inputs)
-    if not paths:
-        raise InputError("no input images given")
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise InputError("output exists and is not a directory", out)
-    out.mkdir(parents=True, exist_ok=True)
-    names = output_names(paths, ".npy" if cfg.format == "npy" else ".png")
-    failed = 0
-    with DepthEstimator.open(cfg.artifact, backend=cfg.backend, threads=cfg.threads,
-                             providers=cfg.providers) as est:
-        info(f"{Path(cfg.artifact).name}: {est.backend} on {', '.join(est.providers)}")
-        items = list(zip(paths, names))
-        for path, name in track(items, "predict", total=len(items)) if len(items) > 1 else items:
-            try:
-                depth = est.predict(read_rgb(path))
-                write_depth(depth, out / name, cfg.format, est.metadata.max_depth)
-            except MdeError as err:
-                if isinstance(err, InputError) and err.path is not None and err.path != path:
-                    raise  # not the image's fault (e.g. the output folder): stop
-                failed += 1
-                err_console.print(f"mde: skipped {path}: {str(err).removeprefix(f'{path}: ')}", markup=False)
-    return {"images": len(paths), "written": len(paths) - failed, "failed": failed}
+from mde.errors import CheckFailed
+from mde.runtime.predict import PredictConfig, run_predict
 
 
 def predict(

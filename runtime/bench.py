@@ -1,0 +1,130 @@
+"""Latency percentiles and throughput of artifacts and checkpoints, through their runners (what `mde bench` runs)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from mde.errors import InputError
+
+
+@dataclass
+class BenchConfig:
+    """`mde bench` options."""
+
+    artifacts: list[Path] = field(default_factory=list)
+    torch_checkpoint: Path | None = None
+    backend: str = "auto"
+    batch: int = 1
+    iterations: int = 50
+    warmup: int = 5
+    threads: int = 0
+    image_size: str = "model"  # "HxW" of the synthetic camera images, or the model's input size
+    seed: int = 0
+    providers: list[str] | None = None
+
+
+def latency_stats(times_s: list[float]) -> dict[str, float]:
+    """p50/p90/p99/mean in milliseconds."""
+    import numpy as np
+
+    ms = np.asarray(times_s, dtype=np.float64) * 1e3
+    return {
+        "p50": float(np.percentile(ms, 50)),
+        "p90": float(np.percentile(ms, 90)),
+        "p99": float(np.percentile(ms, 99)),
+        "mean": float(ms.mean()),
+    }
+
+
+def parse_size(text: str, default: tuple[int, int]) -> tuple[int, int]:
+    if text == "model":
+        return default
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise InputError(f"--image-size must be 'model' or HxW like 480x640, got {text!r}") from None
+    if h < 8 or w < 8:
+        raise InputError(f"--image-size must be at least 8x8, got {text!r}")
+    return h, w
+
+
+def time_pipeline(
+    images: list,
+    size: tuple[int, int],
+    max_depth: float,
+    forward: Callable[[Any], Any],
+    iterations: int,
+    warmup: int,
+) -> dict[str, Any]:
+    """Time preprocess -> forward -> postprocess `iterations` times (after `warmup` untimed runs)."""
+    from mde.runtime.preprocess import postprocess, preprocess
+
+    pre, inf, post, total = [], [], [], []
+    for i in range(warmup + iterations):
+        t0 = time.perf_counter()
+        batch = preprocess(images, size)
+        t1 = time.perf_counter()
+        out = forward(batch)
+        t2 = time.perf_counter()
+        for j, img in enumerate(images):
+            postprocess(out[j], img.shape[:2], max_depth)
+        t3 = time.perf_counter()
+        if i >= warmup:
+            pre.append(t1 - t0), inf.append(t2 - t1), post.append(t3 - t2), total.append(t3 - t0)
+    e2e = latency_stats(total)
+    return {
+        "latency_ms": latency_stats(inf),
+        "end_to_end_ms": e2e,
+        "preprocess_ms": latency_stats(pre)["mean"],
+        "postprocess_ms": latency_stats(post)["mean"],
+        "images_per_s": len(images) * 1e3 / e2e["mean"],
+    }
+
+
+def bench_artifact(path: Path, cfg: BenchConfig) -> dict[str, Any]:
+    """Benchmark one artifact through its runner with the shared pre/postprocessing."""
+    import numpy as np
+
+    from mde.runtime import DepthEstimator
+
+    with DepthEstimator.open(path, backend=cfg.backend, threads=cfg.threads, providers=cfg.providers) as est:
+        size = tuple(est.metadata.input_size)
+        h, w = parse_size(cfg.image_size, size)
+        rng = np.random.default_rng(cfg.seed)
+        images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(cfg.batch)]
+        limit = est.runner.max_batch()
+        if limit is not None and limit < cfg.batch:
+            raise InputError(f"model takes batches of at most {limit}, --batch is {cfg.batch}", path)
+        timing = time_pipeline(images, size, est.metadata.max_depth, est.infer, cfg.iterations, cfg.warmup)
+        return {
+            "name": path.name,
+            "artifact": str(path),
+            "backend": est.backend,
+            "providers": est.providers,
+            "precision": est.metadata.precision,
+            **timing,
+        }
+
+
+def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+    """Benchmark every artifact (and the checkpoint) in one process; return one JSON-able dict."""
+    if not cfg.artifacts and cfg.torch_checkpoint is None:
+        raise InputError("nothing to benchmark: give artifacts and/or --torch CKPT")
+    for name, value, low in (
+        ("--batch", cfg.batch, 1),
+        ("--iterations", cfg.iterations, 1),
+        ("--warmup", cfg.warmup, 0),
+        ("--threads", cfg.threads, 0),
+    ):
+        if value < low:
+            raise InputError(f"{name} must be >= {low}, got {value}")
+    results = [bench_artifact(Path(p), cfg) for p in cfg.artifacts]
+    if cfg.torch_checkpoint is not None:  # PyTorch eager through the torch runner, same pipeline
+        results.append(bench_artifact(Path(cfg.torch_checkpoint), replace(cfg, backend="torch")))
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    config["artifacts"] = [str(p) for p in cfg.artifacts]
+    return {"config": config, "results": results}
