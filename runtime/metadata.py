@@ -14,6 +14,16 @@ PRECISIONS = ("fp32", "fp16", "int8")
 INPUT_NAME = "image"
 OUTPUT_NAME = "depth"
 REQUIRED_KEYS = ("mde.version", "mde.preprocess", "mde.output", "mde.precision")
+# The preprocessing `mde.runtime.preprocess` implements: an artifact asking for anything else is refused.
+PREPROCESS: dict[str, Any] = {
+    "size_multiple": 32,
+    "resize": "bilinear",
+    "channel_order": "RGB",
+    "layout": "NCHW",
+    "dtype": "float32",
+    "value_range": [0.0, 1.0],
+    "normalization": "imagenet mean/std, inside the graph",
+}
 
 
 @dataclass
@@ -25,6 +35,7 @@ class ModelMetadata:
     precision: str = "fp32"
     dynamic_size: bool = False             # H and W dynamic (multiples of 32)
     backbone: str = "resnet50"
+    decoder: str = "report"                # mde.train.model's decoder registry name
     parameters: int = 0
     source: dict[str, Any] = field(default_factory=dict)    # checkpoint sha256, training config
     metrics: dict[str, Any] = field(default_factory=dict)   # validation rmse/ssim of the checkpoint
@@ -36,13 +47,7 @@ class ModelMetadata:
             "input_name": INPUT_NAME,
             "input_size": list(self.input_size),
             "dynamic_size": self.dynamic_size,
-            "size_multiple": 32,
-            "resize": "bilinear",
-            "channel_order": "RGB",
-            "layout": "NCHW",
-            "dtype": "float32",
-            "value_range": [0.0, 1.0],
-            "normalization": "imagenet mean/std, inside the graph",
+            **PREPROCESS,
         }
 
     def output_spec(self) -> dict[str, Any]:
@@ -61,7 +66,7 @@ class ModelMetadata:
             "mde.version": self.version,
             "mde.preprocess": self.preprocess_spec(),
             "mde.output": self.output_spec(),
-            "mde.model": {"backbone": self.backbone, "parameters": self.parameters},
+            "mde.model": {"backbone": self.backbone, "decoder": self.decoder, "parameters": self.parameters},
             "mde.source": self.source,
             "mde.metrics": self.metrics,
             "mde.precision": self.precision,
@@ -79,6 +84,11 @@ class ModelMetadata:
         try:
             values = {key: json.loads(value) for key, value in props.items() if key.startswith("mde.")}
             pre, out = values["mde.preprocess"], values["mde.output"]
+            unsupported = {k: pre[k] for k, v in PREPROCESS.items() if k in pre and pre[k] != v}
+            if unsupported:
+                raise ModelError(
+                    f"preprocessing {json.dumps(unsupported)} is not what this runtime implements "
+                    f"({json.dumps({k: PREPROCESS[k] for k in unsupported})})", source)
             model = values.get("mde.model", {})
             precision = values["mde.precision"]
             if precision not in PRECISIONS:
@@ -89,6 +99,7 @@ class ModelMetadata:
                 precision=precision,
                 dynamic_size=bool(pre.get("dynamic_size", False)),
                 backbone=str(model.get("backbone", "unknown")),
+                decoder=str(model.get("decoder", "report")),  # exported before decoders had names
                 parameters=int(model.get("parameters", 0)),
                 source=values.get("mde.source", {}),
                 metrics=values.get("mde.metrics", {}),
