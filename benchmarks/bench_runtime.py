@@ -30,11 +30,10 @@ SIZE = 224
 
 
 def build_artifacts(folder: Path, backbone: str = "resnet50", size: int = SIZE) -> tuple[Path, Path]:
-    """A random-weight DepthNet checkpoint and its FP32 ONNX (dynamic batch, mde metadata)."""
-    import onnx
+    """A random-weight DepthNet checkpoint and the FP32 ONNX that `mde export` makes of it (the graph users get)."""
     import torch
 
-    from mde.runtime.metadata import ModelMetadata
+    from mde.export.exporter import ExportConfig, export_checkpoint
     from mde.train.checkpoint import save_checkpoint
     from mde.train.model import ModelArgs, build_model
 
@@ -44,18 +43,9 @@ def build_artifacts(folder: Path, backbone: str = "resnet50", size: int = SIZE) 
     ckpt = folder / "model.pt"
     save_checkpoint(ckpt, {"model_args": vars(args), "model": model.state_dict(), "config": {},
                            "epoch": 0, "metrics": {}})
-    path = folder / "model.onnx"
-    torch.onnx.export(model, torch.rand(1, 3, size, size), str(path), input_names=["image"],
-                      output_names=["depth"], dynamic_axes={"image": {0: "n"}, "depth": {0: "n"}},
-                      opset_version=17, dynamo=False)
-    proto = onnx.load(str(path))
-    meta = ModelMetadata(input_size=(size, size), max_depth=20.0, backbone=backbone,
-                         parameters=sum(p.numel() for p in model.parameters()))
-    for key, value in meta.to_props().items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(proto, str(path))
-    return path, ckpt
+    artifacts = export_checkpoint(ExportConfig(checkpoint=ckpt, out=folder / "export", precisions=("fp32",),
+                                               progress=False))
+    return artifacts[0].path, ckpt
 
 
 def count_flops(model: Any, size: int = SIZE) -> int:
@@ -173,11 +163,10 @@ def run(quick: bool = False, threads: int = 0, model: Path | None = None,
         size = net.args.image_size
         rgb = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
         est = DepthEstimator.open(model, providers=["CPUExecutionProvider"], threads=threads)
+        torch_est = DepthEstimator.open(checkpoint, threads=threads)  # the torch runner: same pre/post
 
         def torch_predict() -> np.ndarray:
-            with torch.inference_mode():
-                out = net(torch.from_numpy(preprocess([rgb], (size, size)))).numpy()
-            return postprocess(out[0], (size, size), net.args.max_depth)
+            return torch_est.predict(rgb)
 
         diff = float(np.abs(est.predict(rgb) - torch_predict()).max())
         # interleave ORT and torch rounds so machine noise hits both alike

@@ -174,7 +174,7 @@ def export_fp32_onnx(ctx: _Context, dst: Path) -> Artifact:
 
     started = time.perf_counter()
     shutil.copyfile(ctx.base_onnx, dst)
-    set_metadata(dst, ctx.props("fp32"))
+    set_metadata(dst, ctx.metadata("fp32"))
     return _check(
         dst, "fp32", ctx.image, ctx.reference, ctx.depth_range, started - ctx.base_seconds
     )
@@ -187,7 +187,7 @@ def export_fp16_onnx(ctx: _Context, dst: Path) -> Artifact:
 
     started = time.perf_counter()
     convert_fp16(ctx.base_onnx, dst)
-    set_metadata(dst, ctx.props("fp16"))
+    set_metadata(dst, ctx.metadata("fp16"))
     return _check(dst, "fp16", ctx.image, ctx.reference, ctx.depth_range, started)
 
 
@@ -199,7 +199,7 @@ def export_int8_onnx(ctx: _Context, dst: Path) -> Artifact:
     started = time.perf_counter()
     fp32 = dst.with_name("int8-source.onnx")
     shutil.copyfile(ctx.base_onnx, fp32)
-    set_metadata(fp32, ctx.props("fp32"))
+    set_metadata(fp32, ctx.metadata("fp32"))
     calibrate(
         CalibrationConfig(
             model=fp32,
@@ -260,9 +260,6 @@ class _Context:
     depth_range: float
     input_size: tuple[int, int]
     metadata: Callable[[str], Any]
-
-    def props(self, precision: str) -> dict[str, str]:
-        return self.metadata(precision).to_props()
 
 
 def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:

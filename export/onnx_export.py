@@ -23,12 +23,13 @@ from typing import Any
 import numpy as np
 
 from mde.errors import CheckFailed
-from mde.runtime.metadata import INPUT_NAME, OUTPUT_NAME
+from mde.runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata, stamp
 
 # ONNX ops the FP32 graph may contain: anything else means the exporter changed behaviour
 # (an unfolded BatchNorm, a decomposition TensorRT may not like) and is worth a look.
+# Resize and Concat come from the skip-connection decoder (`--decoder unet`).
 EXPECTED_OPS = frozenset(
-    {"Conv", "ConvTranspose", "Relu", "Add", "MaxPool", "Sub", "Div", "Sigmoid", "Mul"}
+    {"Conv", "ConvTranspose", "Relu", "Add", "MaxPool", "Sub", "Div", "Sigmoid", "Mul", "Resize", "Concat"}
 )
 DIM_NAMES = ("batch", None, "height", "width")
 
@@ -86,16 +87,12 @@ def _rename_dims(proto: Any) -> None:
                 dim.dim_param = renames[dim.dim_param]
 
 
-def set_metadata(path: Path, props: dict[str, str]) -> None:
-    """Replace the `mde.*` metadata_props of the ONNX at `path` with `props` (in place)."""
+def set_metadata(path: Path, meta: ModelMetadata) -> None:
+    """Write `meta` into the ONNX at `path` (in place), through the contract's one writer."""
     import onnx
 
     proto = onnx.load_model(str(path))
-    kept = [(p.key, p.value) for p in proto.metadata_props if not p.key.startswith("mde.")]
-    del proto.metadata_props[:]
-    for key, value in [*kept, *sorted(props.items())]:
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
+    stamp(proto, meta)
     proto.producer_name = "mde"
     onnx.save_model(proto, str(path))
 

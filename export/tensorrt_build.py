@@ -184,13 +184,9 @@ def onnx_metadata(onnx_path: Path, cfg: BuildConfig) -> dict[str, str]:
     """The ONNX's `mde.*` metadata props; `ModelError` unless its precision, size and dynamic H/W are `cfg`'s."""
     import onnx
 
-    from mde.runtime.metadata import ModelMetadata
+    from mde.runtime.metadata import ModelMetadata, read_props
 
-    props = {
-        p.key: p.value
-        for p in onnx.load_model(str(onnx_path), load_external_data=False).metadata_props
-        if p.key.startswith("mde.")
-    }
+    props = read_props(onnx.load_model(str(onnx_path), load_external_data=False))
     meta = ModelMetadata.from_props(props, onnx_path)
     asked = (cfg.precision, tuple(cfg.input_size), cfg.dynamic_size)
     found = (meta.precision, tuple(meta.input_size), meta.dynamic_size)

@@ -111,3 +111,21 @@ class ModelMetadata:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def read_props(model: Any) -> dict[str, str]:
+    """The `mde.*` metadata_props of an ONNX ModelProto (no onnx import needed)."""
+    return {p.key: p.value for p in model.metadata_props if p.key.startswith("mde.")}
+
+
+def stamp(model: Any, meta: ModelMetadata) -> None:
+    """Write `meta` into an ONNX ModelProto's metadata_props: the one writer of the contract.
+
+    The `mde.*` keys are replaced, any other key is kept; the engine sidecar stores the same
+    `to_props()` strings under "metadata".
+    """
+    kept = [(p.key, p.value) for p in model.metadata_props if not p.key.startswith("mde.")]
+    del model.metadata_props[:]
+    for key, value in [*kept, *sorted(meta.to_props().items())]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
