@@ -24,6 +24,7 @@ def metric_sums(
     """Per-image metrics summed over `indices` of `dataset` (all when None), and the image count.
 
     Sums (not means; `MetricAccumulator`'s) so shards scored by several processes add up exactly.
+    Samples with a region `mask` add per-region sums and region image counts (`average` divides).
 
     Args:
         predict_batch: RGB images (H x W x 3 uint8) -> depth maps (H x W metres) in order.
@@ -50,15 +51,17 @@ def metric_sums(
             pred = np.asarray(pred, dtype=np.float32)
             if pred.shape != gt.shape:
                 pred = resize_depth(pred, gt.shape)
-            acc.add(pred, gt)
+            acc.add(pred, gt, getattr(sample, "mask", None))
     return dict(acc.sums), acc.count
 
 
 def average(sums: dict[str, float], count: int) -> dict[str, float]:
-    """Means of `metric_sums` output, plus `images`."""
+    """Means of `metric_sums` output (region metrics over the images having that region), plus `images`."""
+    from mde.runtime.metrics import average_sums
+
     if count == 0:
         raise DataError("no images to evaluate")
-    return {**{k: v / count for k, v in sums.items()}, "images": count}
+    return average_sums(sums, count)
 
 
 def evaluate(
@@ -72,13 +75,29 @@ def evaluate(
     return average(*metric_sums(predict_batch, dataset, data_range, None, batch_size, progress))
 
 
+def pixel_mean_map(train: Any) -> np.ndarray:
+    """The training set's per-pixel mean valid depth (H x W float32 at the first image's size)."""
+    return _depth_statistics(train)[1]
+
+
 def baselines(train: Any, val: Any, data_range: float) -> dict[str, Any]:
     """Val metrics of two predictors that ignore the image, the floor a trained model must clear.
 
     `mean_depth` predicts the training set's mean valid depth everywhere; `pixel_mean_map`
     predicts its per-pixel mean depth map (at the first training image's size, resized to
-    each ground truth).
+    each ground truth). Where val has region masks both carry per-region figures too.
     """
+    mean, pixmap = _depth_statistics(train)
+    return {
+        "train_mean_depth_m": float(mean),
+        "mean_depth": evaluate(lambda rgbs: [np.full(r.shape[:2], mean, np.float32) for r in rgbs],
+                               val, data_range),
+        "pixel_mean_map": evaluate(lambda rgbs: [pixmap for _ in rgbs], val, data_range),
+    }
+
+
+def _depth_statistics(train: Any) -> tuple[float, np.ndarray]:
+    """The mean valid depth of a split and its per-pixel mean map."""
     shape = train[0].depth.shape
     total, count = 0.0, 0
     pix_sum, pix_count = np.zeros(shape, np.float64), np.zeros(shape, np.int64)
@@ -91,10 +110,4 @@ def baselines(train: Any, val: Any, data_range: float) -> dict[str, Any]:
     if count == 0:
         raise DataError("the training split has no valid depth")
     mean = total / count
-    pixmap = np.where(pix_count > 0, pix_sum / np.maximum(pix_count, 1), mean).astype(np.float32)
-    return {
-        "train_mean_depth_m": float(mean),
-        "mean_depth": evaluate(lambda rgbs: [np.full(r.shape[:2], mean, np.float32) for r in rgbs],
-                               val, data_range),
-        "pixel_mean_map": evaluate(lambda rgbs: [pixmap for _ in rgbs], val, data_range),
-    }
+    return mean, np.where(pix_count > 0, pix_sum / np.maximum(pix_count, 1), mean).astype(np.float32)

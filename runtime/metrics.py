@@ -14,6 +14,9 @@ its valid pixels, then averaged over images (`MetricAccumulator`).
   with a 5-pixel border cropped). With invalid pixels, gt is replaced there by pred (the window
   statistics then see no error at those pixels) and the map is averaged over the valid pixels of
   the cropped region (over all valid pixels when the crop holds none).
+- Regions (`region_metrics`): where the dataset has a mask (0 structure, 1 object, other values
+  invalid), rmse, abs_rel and delta1 over each region's valid pixels, as `objects_rmse`, ...;
+  each is averaged over the images that have pixels of that region (`objects_images` of them).
 - A prediction containing NaN/inf gives NaN metrics (never silently skipped); ground truth without
   any valid pixel raises `DataError`; mismatched shapes or data_range <= 0 raise `InputError`.
 """
@@ -29,6 +32,8 @@ EPS = 1e-6
 SSIM_SIGMA = 1.5
 SSIM_TRUNCATE = 3.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
+REGIONS = {"structure": 0, "objects": 1}  # region name -> mask value
+REGION_METRIC_NAMES = ("rmse", "abs_rel", "delta1")
 
 
 def _gaussian_kernel(sigma: float = SSIM_SIGMA, truncate: float = SSIM_TRUNCATE) -> np.ndarray:
@@ -136,8 +141,56 @@ def compute_metrics(pred: np.ndarray, gt: np.ndarray, data_range: float) -> dict
     }
 
 
+def region_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """rmse, abs_rel and delta1 of one image per region of `mask` (keys `objects_rmse`, ...).
+
+    A region without valid pixels (gt finite and > 0) in this image has no keys.
+
+    Args:
+        pred: H x W predicted depth in metres.
+        gt: H x W ground-truth depth in metres.
+        mask: H x W region mask (`REGIONS` values; anything else is ignored).
+    """
+    pred, gt = _check_shapes(pred, gt)
+    mask = np.squeeze(np.asarray(mask))
+    if mask.shape != gt.shape:
+        raise InputError(f"expected a region mask of shape {gt.shape}, got {mask.shape}")
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(gt) & (gt > 0)
+    out: dict[str, float] = {}
+    for name, value in REGIONS.items():
+        sel = valid & (mask == value)
+        if not sel.any():
+            continue
+        p, g = pred[sel].astype(np.float64), gt[sel].astype(np.float64)
+        pc = np.maximum(p, EPS)
+        out[f"{name}_rmse"] = float(np.sqrt(np.mean((p - g) ** 2)))
+        out[f"{name}_abs_rel"] = float(np.mean(np.abs(p - g) / g))
+        out[f"{name}_delta1"] = float(np.mean(np.maximum(pc / g, g / pc) < 1.25))
+    return out
+
+
+def average_sums(sums: dict[str, float], count: int) -> dict[str, float]:
+    """Means of summed per-image metrics: region metrics over `REGION_images` images, the rest over `count`.
+
+    Also returns `images` (= count) and each region's image count.
+    """
+    if count == 0:
+        raise DataError("no images were scored")
+    out = {}
+    for key, value in sums.items():
+        region = key.split("_", 1)[0]
+        if key.endswith("_images"):
+            out[key] = int(value)
+        elif region in REGIONS:
+            out[key] = value / max(sums.get(f"{region}_images", 0), 1)
+        else:
+            out[key] = value / count
+    return {**out, "images": count}
+
+
 class MetricAccumulator:
-    """Per-image metrics, averaged over images: `add(pred, gt)` per image, then `result()`."""
+    """Per-image metrics, averaged over images: `add(pred, gt[, mask])` per image, then `result()`."""
 
     def __init__(self, data_range: float):
         if not data_range > 0:
@@ -146,16 +199,19 @@ class MetricAccumulator:
         self.sums = dict.fromkeys(METRIC_NAMES, 0.0)
         self.count = 0
 
-    def add(self, pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
-        """Score one image; return its metrics."""
+    def add(self, pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
+        """Score one image (and its regions, given a mask); return its metrics."""
         metrics = compute_metrics(pred, gt, self.data_range)
-        for name in METRIC_NAMES:
-            self.sums[name] += metrics[name]
+        if mask is not None:
+            metrics |= region_metrics(pred, gt, mask)
+        for name, value in metrics.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        for region in REGIONS:
+            if f"{region}_rmse" in metrics:
+                self.sums[f"{region}_images"] = self.sums.get(f"{region}_images", 0) + 1
         self.count += 1
         return metrics
 
     def result(self) -> dict[str, float]:
         """Mean of each metric over the images added, plus `images` (their count)."""
-        if self.count == 0:
-            raise DataError("no images were scored")
-        return {**{k: v / self.count for k, v in self.sums.items()}, "images": self.count}
+        return average_sums(self.sums, self.count)

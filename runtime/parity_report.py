@@ -30,6 +30,34 @@ def rows(results: Sequence[ArtifactResult]) -> list[list[str]]:
     return out
 
 
+def region_rows(results: Sequence[ArtifactResult], figures: dict[str, Any]) -> list[list[str]]:
+    """Per-region rows (region, model, RMSE, AbsRel, delta1, images): PyTorch, each artifact, the pixel mean map."""
+    out = []
+    for region in ("objects", "structure"):
+        models = [("PyTorch", figures.get("reference", {}).get(region))]
+        models += [(r.artifact, r.regions.get(region)) for r in results]
+        models.append(("per-pixel mean map", figures.get("pixel_mean_map", {}).get(region)))
+        out += [[region, name, f"{m['rmse']:.4f}", f"{m['abs_rel']:.4f}", f"{m['delta1']:.4f}", str(m["images"])]
+                for name, m in models if m]
+    return out
+
+
+REGION_COLUMNS = ("region", "model", "RMSE", "AbsRel", "delta1", "images")
+
+
+def print_regions(results: Sequence[ArtifactResult], figures: dict[str, Any]) -> None:
+    """The per-region figures on stdout (information: parity gates use the whole image)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="per region (information, not gated)")
+    for col in REGION_COLUMNS:
+        table.add_column(col, justify="left" if col in ("region", "model") else "right")
+    for row in region_rows(results, figures):
+        table.add_row(*row)
+    Console(width=160).print(table)
+
+
 def print_table(results: Sequence[ArtifactResult], title: str) -> None:
     """The parity table on stdout."""
     from rich.console import Console
@@ -73,9 +101,13 @@ def write_markdown(path: Path, results: Sequence[ArtifactResult], header: dict[s
                    images: dict[str, str]) -> None:
     """The Markdown report: settings, the table, per artifact its tolerances, failures and worst image."""
     lines = ["# mde parity report", ""]
-    lines += [f"- **{k}**: {v}" for k, v in header.items()]
+    lines += [f"- **{k}**: {v}" for k, v in header.items() if k != "regions"]
     lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in rows(results)]
+    if header.get("regions"):
+        lines += ["", "Per region (information; the gates use the whole image):", "",
+                  "| " + " | ".join(REGION_COLUMNS) + " |", "|" + "---|" * len(REGION_COLUMNS)]
+        lines += ["| " + " | ".join(row) + " |" for row in region_rows(results, header["regions"])]
     lines += ["", ("p99 diff: 99th percentile of |artifact - PyTorch| at model resolution, metres "
                    "(in brackets: divided by the model's max depth)."), ""]
     for r in results:

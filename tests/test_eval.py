@@ -8,14 +8,41 @@ import numpy as np
 import pytest
 
 KEYS = {"rmse", "ssim", "abs_rel", "sq_rel", "rmse_log", "delta1", "delta2", "delta3", "silog", "images"}
+REGION_KEYS = {f"{r}_{m}" for r in ("objects", "structure") for m in ("rmse", "abs_rel", "delta1", "images")}
 
 
 def test_eval_checkpoint_json(cli, tiny_checkpoint, synth_data):
     res = cli("eval", tiny_checkpoint, "--data", synth_data, "--json", "--device", "cpu")
     assert res.code == 0, res.err
     metrics = json.loads(res.out)  # stdout holds exactly one JSON object
-    assert set(metrics) == KEYS
+    assert set(metrics) == KEYS | REGION_KEYS | {"pixel_mean_map"}  # the synthetic set has masks
     assert metrics["images"] == 8 and metrics["rmse"] > 0 and -1 <= metrics["ssim"] <= 1
+    assert 0 < metrics["objects_images"] <= 8 and metrics["structure_images"] == 8
+    assert set(metrics["pixel_mean_map"]) == {"rmse", "abs_rel", "delta1"} | REGION_KEYS
+
+
+def test_eval_region_figures_match_a_direct_computation(cli, tiny_checkpoint, synth_data, tmp_path):
+    """Region figures are per-image region metrics averaged over the images having the region;
+    without mask/ folders they are absent."""
+    import shutil
+
+    from mde.runtime.metrics import region_metrics
+    from mde.train.checkpoint import load_model
+    from mde.train.data import open_dataset
+    from mde.train.evaluate import torch_predictor
+
+    res = json.loads(cli("eval", tiny_checkpoint, "--data", synth_data, "--json", "--device", "cpu").out)
+    model, _ = load_model(tiny_checkpoint)
+    data = open_dataset(synth_data, "val")
+    predict = torch_predictor(model, 64, model.args.max_depth)
+    per = [region_metrics(predict([s.rgb])[0], s.depth, s.mask) for s in data]
+    objects = [m["objects_rmse"] for m in per if "objects_rmse" in m]
+    assert res["objects_rmse"] == pytest.approx(float(np.mean(objects)), rel=1e-5)
+    assert res["objects_images"] == len(objects)
+    plain = tmp_path / "plain"
+    shutil.copytree(synth_data, plain, ignore=shutil.ignore_patterns("mask"))
+    res = json.loads(cli("eval", tiny_checkpoint, "--data", plain, "--json", "--device", "cpu").out)
+    assert set(res) == KEYS
 
 
 def test_eval_checkpoint_table(cli, tiny_checkpoint, synth_data):

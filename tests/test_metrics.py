@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from mde.errors import DataError, InputError
-from mde.runtime.metrics import METRIC_NAMES, MetricAccumulator, compute_metrics, ssim, ssim_map
+from mde.runtime.metrics import (
+    METRIC_NAMES,
+    MetricAccumulator,
+    compute_metrics,
+    region_metrics,
+    ssim,
+    ssim_map,
+)
 from mde.synth import render_scene
 
 skimage_metrics = pytest.importorskip("skimage.metrics", reason="scikit-image is the SSIM reference")
@@ -145,3 +152,39 @@ def test_accumulator_averages_per_image():
         MetricAccumulator(R).result()
     with pytest.raises(InputError, match="positive"):
         MetricAccumulator(0.0)
+
+
+
+def test_region_metrics_hand_checked():
+    gt = np.array([[2.0, 4.0], [5.0, 0.0], [7.0, 8.0]])
+    pred = np.array([[3.0, 4.0], [4.5, 9.0], [1.0, 1.0]])
+    # objects: top row; structure: (1, 0) and (1, 1) whose gt is invalid; 255 (sky): bottom row
+    mask = np.array([[1, 1], [0, 0], [255, 255]], np.uint8)
+    got = region_metrics(pred, gt, mask)
+    assert set(got) == {f"{r}_{m}" for r in ("objects", "structure") for m in ("rmse", "abs_rel", "delta1")}
+    assert got["objects_rmse"] == pytest.approx(math.sqrt((1 + 0) / 2))
+    assert got["objects_abs_rel"] == pytest.approx((0.5 + 0) / 2)
+    assert got["objects_delta1"] == pytest.approx(0.5)  # 3 / 2 = 1.5 fails, 4 / 4 passes
+    assert got["structure_rmse"] == pytest.approx(0.5)
+    assert got["structure_abs_rel"] == pytest.approx(0.1)
+    assert got["structure_delta1"] == pytest.approx(1.0)
+    assert region_metrics(pred, gt, np.full((3, 2), 255, np.uint8)) == {}
+    with pytest.raises(InputError, match="region mask"):
+        region_metrics(pred, gt, mask[:2])
+
+
+def test_accumulator_averages_regions_over_the_images_having_them():
+    rng = np.random.default_rng(4)
+    acc = MetricAccumulator(R)
+    gts = [rng.uniform(1, R, (16, 16)) for _ in range(3)]
+    preds = [g + rng.normal(0, 1, g.shape) for g in gts]
+    masks = [np.zeros((16, 16), np.uint8), np.zeros((16, 16), np.uint8), None]
+    masks[1][4:8, 4:8] = 1  # only image 1 has objects; image 2 has no mask at all
+    for p, g, m in zip(preds, gts, masks):
+        acc.add(p, g, m)
+    res = acc.result()
+    assert res["images"] == 3 and res["objects_images"] == 1 and res["structure_images"] == 2
+    assert res["objects_rmse"] == pytest.approx(np.sqrt(np.mean((preds[1] - gts[1])[4:8, 4:8] ** 2)))
+    structure = [region_metrics(p, g, m)["structure_rmse"] for p, g, m in zip(preds[:2], gts[:2], masks[:2])]
+    assert res["structure_rmse"] == pytest.approx(np.mean(structure))
+    assert res["rmse"] == pytest.approx(np.mean([compute_metrics(p, g, R)["rmse"] for p, g in zip(preds, gts)]))

@@ -11,6 +11,8 @@ from mde.errors import InputError
 
 METRIC_ORDER = ("rmse", "ssim", "abs_rel", "sq_rel", "rmse_log", "delta1", "delta2", "delta3",
                 "silog", "images")
+REGION_ORDER = tuple(f"{region}_{name}" for region in ("objects", "structure")
+                     for name in ("rmse", "abs_rel", "delta1", "images"))
 
 
 def eval_command(
@@ -23,7 +25,11 @@ def eval_command(
     backend: str = typer.Option("auto", "--backend", help=".onnx/.engine: runtime backend."),
     depth_scale: float = typer.Option(1000.0, "--depth-scale", help="16-bit depth PNG units per metre."),
 ) -> None:
-    """Mean RMSE, SSIM, AbsRel, SqRel, RMSE log, delta1-3 and SILog over a split."""
+    """Mean RMSE, SSIM, AbsRel, SqRel, RMSE log, delta1-3 and SILog over a split.
+
+    Where the split has region masks, also RMSE / AbsRel / delta1 on objects and on structure,
+    and (when DIR has a train split) those of the train split's per-pixel mean depth map.
+    """
     from mde.io import require_file
     from mde.runtime.evaluate import evaluate
     from mde.train.data import dataset_max_depth, open_dataset
@@ -44,11 +50,24 @@ def eval_command(
     else:
         raise InputError("expected a .pt, .onnx or .engine file", path)
     metrics = evaluate(predict, dataset, data_range, batch_size, progress=not json_out)
-    metrics = {k: metrics[k] for k in METRIC_ORDER if k in metrics}
+    regions = any(k in metrics for k in REGION_ORDER)
+    metrics = {k: metrics[k] for k in METRIC_ORDER + REGION_ORDER if k in metrics}
+    if regions and split != "train" and (Path(data) / "train").is_dir():
+        metrics["pixel_mean_map"] = _pixel_mean_map_figures(data, dataset, data_range, depth_scale)
     if json_out:
         typer.echo(json.dumps(metrics))
     else:
         _print_table(path, split, metrics)
+
+
+def _pixel_mean_map_figures(data: str, dataset, data_range: float, depth_scale: float) -> dict[str, float]:
+    """The image-blind baseline on the same split: the train split's per-pixel mean depth map."""
+    from mde.runtime.evaluate import evaluate, pixel_mean_map
+    from mde.train.data import open_dataset
+
+    pixmap = pixel_mean_map(open_dataset(data, split="train", depth_scale=depth_scale))
+    figures = evaluate(lambda rgbs: [pixmap for _ in rgbs], dataset, data_range)
+    return {k: figures[k] for k in ("rmse", "abs_rel", "delta1") + REGION_ORDER if k in figures}
 
 
 def _torch_predict(path: Path, device: str):
@@ -70,9 +89,19 @@ def _print_table(path: Path, split: str, metrics: dict[str, float]) -> None:
     table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
+    baseline = metrics.get("pixel_mean_map", {})
+    if baseline:
+        table.add_column("per-pixel mean map", justify="right")
     for name, value in metrics.items():
-        table.add_row(name, str(value) if name == "images" else f"{value:.4f}")
+        if name == "pixel_mean_map":
+            continue
+        cells = [_cell(name, value)] + ([_cell(name, baseline[name]) if name in baseline else ""] if baseline else [])
+        table.add_row(name, *cells)
     console.print(table)
+
+
+def _cell(name: str, value: float) -> str:
+    return str(int(value)) if name.endswith("images") else f"{value:.4f}"
 
 
 def register(app: typer.Typer) -> None:

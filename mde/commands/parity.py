@@ -57,7 +57,7 @@ def run(cfg: ParityConfig) -> list[Any]:
     from mde.errors import CheckFailed
     from mde.io import write_json_atomic
     from mde.runtime.parity import DEFAULT_TOLERANCES, check_golden, load_tolerances
-    from mde.runtime.parity_report import print_table, write_markdown
+    from mde.runtime.parity_report import print_regions, print_table, write_markdown
 
     tolerances = load_tolerances(cfg.tolerances) if cfg.tolerances else None
     for artifact in cfg.artifacts:
@@ -72,6 +72,8 @@ def run(cfg: ParityConfig) -> list[Any]:
     else:
         results, header, pngs = _run_checkpoint(cfg, tolerances or dict(DEFAULT_TOLERANCES))
     print_table(results, f"parity vs {'golden outputs' if cfg.golden else 'PyTorch'}")
+    if header.get("regions"):
+        print_regions(results, header["regions"])
     passed = all(r.passed for r in results)
     if cfg.json_path is not None:
         write_json_atomic(cfg.json_path, {**header, "passed": passed,
@@ -121,13 +123,14 @@ def _run_checkpoint(cfg: ParityConfig, tolerances: dict) -> tuple[list[Any], dic
                     f"{meta.max_depth:g}; checkpoint {size}, {max_depth:g}")
             else:
                 runners.append((i, runner))
-        reference, gts, outputs = [], [], {i: [] for i, _ in runners}
+        reference, gts, masks, outputs = [], [], [], {i: [] for i, _ in runners}
         with torch.inference_mode():
             for index in track(range(count), "parity", total=count):
                 sample = dataset[index]
                 x = preprocess(sample.rgb, size)
                 reference.append(model(torch.from_numpy(x)).numpy()[0])
                 gts.append(sample.depth)
+                masks.append(sample.mask)
                 for i, runner in runners:
                     outputs[i].append(runner.infer({INPUT_NAME: x})[OUTPUT_NAME][0])
     ref_metrics = gt_metrics(reference, gts, max_depth, data_range)
@@ -136,13 +139,15 @@ def _run_checkpoint(cfg: ParityConfig, tolerances: dict) -> tuple[list[Any], dic
         results[i] = compare(reference, outputs[i], gts, tolerance=tolerances[meta.precision],
                              max_depth=max_depth, data_range=data_range, names=names,
                              label=Path(cfg.artifacts[i]).name, precision=meta.precision,
-                             backend=runner.label, reference_metrics=ref_metrics)
+                             backend=runner.label, reference_metrics=ref_metrics, masks=masks)
     ordered = [results[i] for i in range(len(cfg.artifacts))]
     header = {"mode": "checkpoint", "checkpoint": str(cfg.checkpoint), "data": str(cfg.data),
               "split": cfg.split, "images": count, "input_size": list(size), "max_depth": max_depth,
               "data_range": data_range,
               "reference": {"rmse": float(np.mean([m["rmse"] for m in ref_metrics])),
                             "ssim": float(np.mean([m["ssim"] for m in ref_metrics]))}}
+    if any(m is not None for m in masks):  # region figures: information, not gates
+        header["regions"] = _region_figures(cfg, reference, gts, masks, max_depth)
     pngs: dict[str, str] = {}
     if cfg.report is not None:
         from mde.runtime.parity_report import panel, write_png
@@ -157,6 +162,19 @@ def _run_checkpoint(cfg: ParityConfig, tolerances: dict) -> tuple[list[Any], dic
             write_png(cfg.report.parent / name, image)
             pngs[r.artifact] = name
     return ordered, header, pngs
+
+
+def _region_figures(cfg: ParityConfig, reference: list, gts: list, masks: list, max_depth: float) -> dict:
+    """Per-region figures of PyTorch and of the per-pixel mean depth map of the train split (when there is one)."""
+    from mde.runtime.evaluate import pixel_mean_map
+    from mde.runtime.parity import region_means
+    from mde.train.data import open_dataset
+
+    figures = {"reference": region_means(reference, gts, masks, max_depth)}
+    if (Path(cfg.data) / "train").is_dir():
+        pixmap = pixel_mean_map(open_dataset(cfg.data, split="train"))[None]
+        figures["pixel_mean_map"] = region_means([pixmap] * len(gts), gts, masks, max_depth)
+    return figures
 
 
 def register(app: typer.Typer) -> None:
