@@ -1,4 +1,4 @@
-"""The report's network, freezing, and checkpoints (atomic, weights_only, architecture checks)."""
+"""The network (the report's decoder and the skip decoder), freezing, and checkpoints (atomic, weights_only, architecture checks)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import torch
 
 from mde.errors import InputError, ModelError
 from mde.train.checkpoint import load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
-from mde.train.model import ModelArgs, build_model
+from mde.train.config import DECODER_CHOICES
+from mde.train.model import DECODERS, ModelArgs, build_model
 
 torch.set_num_threads(2)
 
@@ -33,7 +34,37 @@ def test_resnet50_decoder_matches_the_report():
         (2048, 512), (512, 256), (256, 128), (128, 64), (64, 1)]
     assert all(c.kernel_size == (4, 4) and c.stride == (2, 2) and c.padding == (1, 1) for c in convs)
     with torch.no_grad():
-        assert model.forward_features(torch.rand(1, 3, 224, 224)).shape == (1, 2048, 7, 7)
+        features = model.forward_features(torch.rand(1, 3, 224, 224))
+    assert [tuple(f.shape) for f in features] == [
+        (1, 64, 112, 112), (1, 256, 56, 56), (1, 512, 28, 28), (1, 1024, 14, 14), (1, 2048, 7, 7)]
+
+
+def test_decoder_registry_and_cli_choices_agree():
+    assert tuple(DECODERS) == DECODER_CHOICES  # config keeps a torch-free copy for `mde --help`
+    assert ModelArgs().decoder == "report"  # what an old checkpoint without the field holds
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
+def test_unet_decoder_shapes_and_ops(backbone):
+    torch.manual_seed(0)
+    model = build_model(ModelArgs(backbone, 64, 10.0, "unet")).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 64, 96))
+    assert out.shape == (2, 1, 64, 96)
+    assert float(out.min()) >= 0 and float(out.max()) <= 10.0
+    kinds = {type(m).__name__ for m in model.decoder.modules() if not list(m.children())}
+    assert kinds == {"Conv2d", "BatchNorm2d", "ReLU"}  # no transposed convs; Resize and Concat in forward
+    # skip connections: the output reacts to a stride-2 feature map, which the report decoder ignores
+    feats = model.forward_features(torch.rand(1, 3, 64, 64))
+    with torch.no_grad():
+        base = model.forward_head(feats)
+        feats[0] = feats[0] + 1.0
+        assert not torch.allclose(model.forward_head(feats), base)
+
+
+def test_unknown_decoder_lists_the_registered_ones():
+    with pytest.raises(InputError, match="unknown decoder 'fpn'; choose from report, unet"):
+        build_model(ModelArgs("resnet18", 64, 10.0, "fpn"))
 
 
 def test_freeze_three_stages_keeps_frozen_batchnorm_in_eval():
@@ -96,3 +127,24 @@ def test_checkpoint_errors(tmp_path, net):
                             "model": net.state_dict()})
     with pytest.raises(ModelError, match="do not match"):
         model_from_checkpoint(load_checkpoint(other), other)
+    unknown = tmp_path / "unknown.pt"
+    save_checkpoint(unknown, {"model_args": {**vars(net.args), "decoder": "fpn"}, "model": net.state_dict()})
+    with pytest.raises(ModelError, match="unknown.pt.*unknown decoder 'fpn'.*report, unet"):
+        model_from_checkpoint(load_checkpoint(unknown), unknown)
+    swapped = tmp_path / "swapped.pt"
+    save_checkpoint(swapped, {"model_args": {**vars(net.args), "decoder": "unet"}, "model": net.state_dict()})
+    with pytest.raises(ModelError, match="resnet18/unet DepthNet"):
+        model_from_checkpoint(load_checkpoint(swapped), swapped)
+
+
+def test_checkpoint_without_decoder_loads_as_report(tmp_path, net):
+    """Checkpoints written before decoders had names hold no `decoder` key."""
+    old = tmp_path / "old.pt"
+    args = {k: v for k, v in vars(net.args).items() if k != "decoder"}
+    save_checkpoint(old, {"model_args": args, "model": net.state_dict()})
+    model, _ = load_model(old)
+    assert model.args.decoder == "report"
+    x = torch.rand(1, 3, 64, 64)
+    net.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), net(x))

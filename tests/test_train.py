@@ -15,7 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from mde.train.augment import AugmentConfig, augment_pair, scale_crop, to_training_pair
+from mde.train.augment import (
+    AugmentConfig,
+    augment_pair,
+    crop_window,
+    resize_intrinsics,
+    scale_crop,
+    to_training_pair,
+)
 from mde.train.config import TrainConfig
 from mde.train.losses import LOSSES, get_loss, masked_loss
 
@@ -86,10 +93,11 @@ def test_flip_and_crop_move_rgb_and_depth_together():
     assert np.array_equal(a_depth, depth[:, ::-1])
     assert np.array_equal(a_rgb, rgb[:, ::-1])
     for seed in range(5):
-        c_rgb, c_depth = scale_crop(rgb, depth, np.random.default_rng(seed), 0.5)
+        c_rgb, c_depth, _ = scale_crop(rgb, depth, np.random.default_rng(seed), 0.5)
         col = c_rgb[..., 0].astype(int) // 7
         row = c_rgb[..., 1].astype(int) // 9
-        assert np.array_equal(c_depth, (1 + col + 100 * row).astype(np.float32))
+        s = c_depth.shape[1] / depth.shape[1]  # the zoom-in divides depth by 1 / s
+        np.testing.assert_allclose(c_depth, (1 + col + 100 * row) * s, rtol=1e-6)
         assert c_depth.shape[0] >= 12
 
 
@@ -102,8 +110,42 @@ def test_augmentation_is_seeded_and_depth_stays_clean():
     x, y = to_training_pair(*one, 16)
     assert x.shape == (3, 16, 16) and y.shape == (1, 16, 16)
     assert 0 <= x.min() and x.max() <= 1
-    values = set(np.unique(depth).tolist())
+    s = one[1].shape[1] / depth.shape[1]  # the crop's scale (1 without a crop)
+    values = set(np.unique(depth * np.float32(s)).tolist())
     assert set(np.unique(y).tolist()) <= values  # nearest: no blended depths (invalid stays 0)
+    assert s < 1  # this seed crops
+
+
+def test_scale_crop_matches_a_longer_focal_length_rendering():
+    """One scene of the virtual world rendered at two focal lengths: the wide view, centre-cropped to
+    half its side and resized back, must match the narrow view (f x 2) as the recorded camera sees it:
+    same image, same principal point, depth divided by the zoom (depth / fx identical)."""
+    from mde.runtime.preprocess import resize_rgb
+    from mde.world import _sample_scene, draw_scene
+
+    size, s = 96, 0.5
+    scene = _sample_scene(np.random.default_rng(11))
+    scene["hfov"] = np.radians(80.0)
+    wide_rgb, wide_depth, wide_k = draw_scene(scene, size)
+    narrow = dict(scene, hfov=2 * np.arctan(np.tan(scene["hfov"] / 2) * s))  # focal length / s
+    narrow_rgb, narrow_depth, narrow_k = draw_scene(narrow, size)
+    assert narrow_k["fx"] == pytest.approx(wide_k["fx"] / s)
+
+    side = round(size * s)
+    off = (size - side) // 2
+    c_rgb, c_depth, c_k = crop_window(wide_rgb, wide_depth, off, off, side, side, wide_k)
+    rgb, depth = resize_rgb(c_rgb, (size, size)), to_training_pair(c_rgb, c_depth, size)[1][0]
+    k = resize_intrinsics(c_k, (side, side), (size, size))
+    assert k["fx"] == pytest.approx(wide_k["fx"]) and k["fy"] == pytest.approx(wide_k["fy"])  # the camera's
+    assert (k["cx"], k["cy"]) == pytest.approx((narrow_k["cx"], narrow_k["cy"]))
+    # depth in units of the focal length matches the narrow rendering (pixels away from edges)
+    rel = np.abs(depth / k["fx"] - narrow_depth / narrow_k["fx"]) / (narrow_depth / narrow_k["fx"])
+    assert np.median(rel) < 0.02 and np.mean(rel < 0.05) > 0.9  # unscaled depth would be off by 1 / s
+    assert np.median(np.abs(depth - narrow_depth * s) / (narrow_depth * s)) < 0.02
+    # and the picture is the narrow view (bilinear upsampling blurs the texture a little)
+    err = np.abs(rgb.astype(float) - narrow_rgb).mean()
+    other = np.abs(wide_rgb.astype(float) - narrow_rgb).mean()
+    assert err < 0.5 * other
 
 
 # -- CyclicLR -----------------------------------------------------------------------------------
@@ -114,7 +156,7 @@ def test_cyclic_lr_trajectory(mode, second_peak):
     cfg = TrainConfig(lr_min=1e-4, lr_max=1e-3, step_size_up=4, cycle_mode=mode)
     model = torch.nn.Linear(2, 1)
     opt = make_optimizer(cfg, model)
-    sched = make_scheduler(cfg, opt)
+    sched = make_scheduler(cfg, opt, total_steps=100)  # CyclicLR ignores the run length
     lrs = [sched.get_last_lr()[0]]
     for _ in range(12):
         opt.step()
@@ -125,6 +167,34 @@ def test_cyclic_lr_trajectory(mode, second_peak):
     assert lrs[2] == pytest.approx(5.5e-4)
     assert lrs[8] == pytest.approx(1e-4)
     assert lrs[12] == pytest.approx(second_peak)
+
+
+def test_onecycle_lr_warms_up_then_anneals_over_the_run():
+    from mde.train.trainer import make_optimizer, make_scheduler
+
+    cfg = TrainConfig(lr_min=1e-4, lr_max=1e-3, schedule="onecycle")
+    model = torch.nn.Linear(2, 1)
+    opt = make_optimizer(cfg, model)
+    sched = make_scheduler(cfg, opt, total_steps=20)
+    lrs = [sched.get_last_lr()[0]]
+    for _ in range(19):
+        opt.step()
+        sched.step()
+        lrs.append(sched.get_last_lr()[0])
+    peak = int(np.argmax(lrs))
+    assert lrs[0] == pytest.approx(1e-4) and lrs[peak] == pytest.approx(1e-3)
+    assert 4 <= peak <= 7  # 30 % of the run
+    assert all(a <= b for a, b in zip(lrs[:peak], lrs[1:peak + 1]))
+    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))
+    assert lrs[-1] == pytest.approx(1e-6, rel=0.05)  # lr_min / 100
+
+
+def test_old_configs_read_as_report_decoder_and_cyclic_schedule():
+    old = {k: v for k, v in TrainConfig(decoder="unet", schedule="onecycle").to_dict().items()
+           if k not in ("decoder", "schedule")}
+    cfg = TrainConfig.from_dict(old)
+    assert (cfg.decoder, cfg.schedule) == ("report", "cyclic")
+    assert TrainConfig.from_dict(TrainConfig(decoder="unet").to_dict()).decoder == "unet"
 
 
 # -- a tiny run ---------------------------------------------------------------------------------
@@ -150,6 +220,30 @@ def test_run_folder_outputs(tiny_run):
     assert config["freeze_stages"] == 0 and config["max_depth"] > 0  # resolved values
     assert result["final"]["rmse"] == pytest.approx(records[-1]["val_rmse"])
     assert result["best"]["rmse"] == min(r["val_rmse"] for r in records)
+
+
+def test_validation_reports_regions(tiny_run):
+    records = [json.loads(line) for line in (tiny_run[0] / "metrics.jsonl").read_text().splitlines()]
+    for key in ("val_objects_rmse", "val_structure_rmse", "val_objects_delta1", "val_structure_abs_rel"):
+        assert all(math.isfinite(r[key]) for r in records), key
+    assert records[-1]["val_structure_images"] == 8
+
+
+def test_unet_onecycle_run_records_its_decoder(tmp_path, synth_data):
+    from mde.train.checkpoint import load_checkpoint, load_model
+    from mde.train.trainer import train
+
+    out = tmp_path / "unet"
+    result = train(tiny_config(synth_data, out, decoder="unet", schedule="onecycle", scale_crop=False))
+    assert math.isfinite(result["best"]["rmse"])
+    state = load_checkpoint(out / "best.pt")
+    assert state["model_args"]["decoder"] == "unet"
+    config = json.loads((out / "config.json").read_text())
+    assert (config["decoder"], config["schedule"], config["scale_crop"]) == ("unet", "onecycle", False)
+    model, _ = load_model(out / "best.pt")
+    assert type(model.decoder).__name__ == "UNetDecoder"
+    last = load_checkpoint(out / "last.pt")
+    assert last["scheduler"]["total_steps"] == 6  # 24 images / batch 4, one epoch
 
 
 def test_checkpoint_carries_training_state(tiny_run):
@@ -243,6 +337,8 @@ def test_ddp_two_cpu_ranks_split_data_and_rank0_writes_once(tmp_path, synth_data
     (["--batch-size", "64"], "too few for --batch-size"),
     (["--backbone", "resnet99"], "unknown --backbone"),
     (["--loss", "mse"], "unknown --loss"),
+    (["--decoder", "fpn"], "unknown --decoder 'fpn'; choose from report, unet"),
+    (["--schedule", "cosine"], "unknown --schedule 'cosine'; choose from cyclic, onecycle"),
     (["--resume", "missing/last.pt"], "not found"),
     (["--pretrained", "--backbone-weights", "w.pth"], "conflict"),
     (["--freeze-stages", "3"], "randomly initialised"),

@@ -3,6 +3,12 @@
 Geometric changes (random scale-crop, horizontal flip) move RGB and depth together; depth is
 resized with NEAREST so invalid pixels (0) never blend into valid ones. Photometric changes
 (colour jitter) touch RGB only. Validation never augments: it uses `mde.runtime.preprocess`.
+
+The scale-crop is geometrically consistent (Eigen et al., NIPS 2014): a window of side fraction
+s, resized back to the input size, makes everything look 1/s times larger, so depth is
+multiplied by s. The pair is then exactly what the recorded camera (same focal length in
+pixels of the output size) sees of the scene squeezed along its optical axis by s: with
+z' = s z, u = fx x / z = (s fx) x / z'. Intrinsics, where given, follow the crop.
 """
 
 from __future__ import annotations
@@ -34,15 +40,43 @@ def hflip(rgb: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rgb[:, ::-1], depth[:, ::-1]
 
 
-def scale_crop(rgb: np.ndarray, depth: np.ndarray, rng: np.random.Generator,
-               min_scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """Crop the same random window (side fraction in [min_scale, 1], same aspect) from both."""
+def crop_window(rgb: np.ndarray, depth: np.ndarray, y: int, x: int, ch: int, cw: int,
+                intrinsics: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict | None]:
+    """Crop rows y..y+ch, columns x..x+cw of both and rescale depth to the zoom (see the module docstring).
+
+    Depth is multiplied by s = cw / W (the crop's side fraction); invalid pixels (0) stay 0.
+    Returned intrinsics (fx, fy, cx, cy at the crop's own pixel grid) are those of the
+    recorded camera looking at the depth-scaled scene: after resizing the crop back to W x H
+    they give the original fx, fy again.
+
+    Args:
+        intrinsics: a dict with fx, fy, cx, cy (other keys are copied), or None.
+    """
+    h, w = depth.shape
+    s = cw / w
+    out = None
+    if intrinsics is not None:
+        out = {**intrinsics, "fx": intrinsics["fx"] * s, "fy": intrinsics["fy"] * ch / h,
+               "cx": intrinsics["cx"] - x, "cy": intrinsics["cy"] - y}
+    return rgb[y:y + ch, x:x + cw], depth[y:y + ch, x:x + cw] * np.float32(s), out
+
+
+def scale_crop(rgb: np.ndarray, depth: np.ndarray, rng: np.random.Generator, min_scale: float,
+               intrinsics: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict | None]:
+    """A random window (side fraction in [min_scale, 1], same aspect) of both, depth rescaled (`crop_window`)."""
     h, w = depth.shape
     s = rng.uniform(min_scale, 1.0)
     ch, cw = max(1, round(h * s)), max(1, round(w * s))
     y = int(rng.integers(0, h - ch + 1))
     x = int(rng.integers(0, w - cw + 1))
-    return rgb[y:y + ch, x:x + cw], depth[y:y + ch, x:x + cw]
+    return crop_window(rgb, depth, y, x, ch, cw, intrinsics)
+
+
+def resize_intrinsics(intrinsics: dict, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> dict:
+    """fx, fy, cx, cy after resizing an image from src_hw to dst_hw (pixel centres at integers)."""
+    sy, sx = dst_hw[0] / src_hw[0], dst_hw[1] / src_hw[1]
+    return {**intrinsics, "fx": intrinsics["fx"] * sx, "fy": intrinsics["fy"] * sy,
+            "cx": (intrinsics["cx"] + 0.5) * sx - 0.5, "cy": (intrinsics["cy"] + 0.5) * sy - 0.5}
 
 
 def color_jitter(rgb: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
@@ -61,7 +95,7 @@ def augment_pair(rgb: np.ndarray, depth: np.ndarray, rng: np.random.Generator,
                  cfg: AugmentConfig = DEFAULT_AUGMENT) -> tuple[np.ndarray, np.ndarray]:
     """One random augmentation of an (H x W x 3 uint8, H x W float32) pair, at the input size."""
     if rng.random() < cfg.crop_p:
-        rgb, depth = scale_crop(rgb, depth, rng, cfg.min_scale)
+        rgb, depth, _ = scale_crop(rgb, depth, rng, cfg.min_scale)
     if rng.random() < cfg.flip_p:
         rgb, depth = hflip(rgb, depth)
     rgb = color_jitter(np.ascontiguousarray(rgb), rng, cfg)

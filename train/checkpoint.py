@@ -12,7 +12,7 @@ import torch
 from mde import __version__
 from mde.errors import ModelError
 from mde.io import atomic_path, require_file
-from mde.train.model import BACKBONES, DepthNet, ModelArgs, build_model
+from mde.train.model import BACKBONES, DECODERS, DepthNet, ModelArgs, build_model
 
 FORMAT = "mde.checkpoint/1"
 
@@ -41,19 +41,26 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def model_from_checkpoint(state: dict[str, Any], path: str | Path = "checkpoint") -> DepthNet:
-    """Rebuild the network from a loaded checkpoint; a mismatched architecture is a `ModelError`."""
+    """Rebuild the network from a loaded checkpoint; a mismatched architecture is a `ModelError`.
+
+    Checkpoints written before decoders had names hold no `decoder` and load as `report`.
+    """
     try:
         args = ModelArgs(**state["model_args"])
     except (KeyError, TypeError) as err:
         raise ModelError(f"checkpoint has no valid model_args ({err})", path) from None
     if args.backbone not in BACKBONES:
         raise ModelError(f"unknown backbone {args.backbone!r} in checkpoint", path)
+    if args.decoder not in DECODERS:
+        raise ModelError(f"unknown decoder {args.decoder!r} in checkpoint; this mde knows "
+                         f"{', '.join(DECODERS)}", path)
     model = build_model(args)
     try:
         model.load_state_dict(state["model"])
     except (KeyError, RuntimeError) as err:
         first = str(err).splitlines()[0]
-        raise ModelError(f"weights do not match a {args.backbone} DepthNet ({first})", path) from None
+        raise ModelError(f"weights do not match a {args.backbone}/{args.decoder} DepthNet ({first})",
+                         path) from None
     return model
 
 

@@ -8,12 +8,18 @@ from typing import Any
 from mde.errors import InputError
 
 BACKBONE_CHOICES = ("resnet18", "resnet34", "resnet50")
+# The registered decoders (mde.train.model.DECODERS); kept here so `mde --help` needs no torch.
+# tests/test_model.py checks that the two lists agree.
+DECODER_CHOICES = ("report", "unet")
+SCHEDULES = ("cyclic", "onecycle")
 CYCLE_MODES = ("triangular", "triangular2", "exp_range")
 OPTIMIZERS = ("adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 LOSS_CHOICES = ("l1", "berhu", "silog", "ssim_l1")
 
 # Options a resumed run may change; everything else comes from the checkpoint's config.
+# What a config written before an option existed meant (an absent key is not today's default).
+LEGACY_DEFAULTS = {"decoder": "report", "schedule": "cyclic"}
 RESUME_OVERRIDES = ("data", "out", "resume", "epochs", "device", "workers", "log_interval",
                     "val_every", "checkpoint_every", "force", "compile")
 
@@ -31,11 +37,13 @@ class TrainConfig:
     data: str = ""
     out: str = ""
     backbone: str = "resnet50"
+    decoder: str = "report"
     image_size: int = 224
     epochs: int = 20
     batch_size: int = 16
     lr_min: float = 2e-4
     lr_max: float = 2e-3
+    schedule: str = "cyclic"
     cycle_mode: str = "triangular2"
     step_size_up: int = 250
     optimizer: str = "adamw"
@@ -45,6 +53,7 @@ class TrainConfig:
     pretrained: bool = True
     backbone_weights: str = ""
     augment: bool = True
+    scale_crop: bool = True
     max_depth: float = 0.0
     depth_scale: float = 1000.0
     device: str = "auto"
@@ -61,7 +70,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise `InputError` for values no run can use."""
-        choices = {"backbone": BACKBONE_CHOICES, "cycle_mode": CYCLE_MODES,
+        choices = {"backbone": BACKBONE_CHOICES, "decoder": DECODER_CHOICES, "schedule": SCHEDULES,
+                   "cycle_mode": CYCLE_MODES,
                    "optimizer": OPTIMIZERS, "device": DEVICES, "loss": LOSS_CHOICES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -108,9 +118,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Rebuild from `to_dict` output, ignoring unknown keys (older/newer checkpoints)."""
+        """Rebuild from `to_dict` output, ignoring unknown keys (older/newer checkpoints).
+
+        Keys an older config lacks take `LEGACY_DEFAULTS` (e.g. its decoder was the report's).
+        """
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        return cls(**{k: v for k, v in {**LEGACY_DEFAULTS, **values}.items() if k in names})
 
 
 def merge_resume(cli: TrainConfig, saved: TrainConfig) -> TrainConfig:

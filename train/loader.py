@@ -7,6 +7,7 @@ with any number of workers) sees exactly the batches an uninterrupted run would.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -14,14 +15,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mde.errors import MdeError
-from mde.train.augment import augment_pair, to_training_pair
+from mde.train.augment import DEFAULT_AUGMENT, augment_pair, to_training_pair
 
 
 class DepthPairs(Dataset):
     """(image 3 x S x S float [0,1], depth 1 x S x S metres with 0 = invalid, index) training items."""
 
-    def __init__(self, base: Any, image_size: int, augment: bool, seed: int):
+    def __init__(self, base: Any, image_size: int, augment: bool, seed: int, scale_crop: bool = True):
         self.base, self.image_size, self.augment, self.seed = base, image_size, augment, seed
+        self.augment_cfg = DEFAULT_AUGMENT if scale_crop else replace(DEFAULT_AUGMENT, crop_p=0.0)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -32,7 +34,7 @@ class DepthPairs(Dataset):
         rgb, depth = sample.rgb, sample.depth
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, index])
-            rgb, depth = augment_pair(rgb, depth, rng)
+            rgb, depth = augment_pair(rgb, depth, rng, self.augment_cfg)
         x, y = to_training_pair(rgb, depth, self.image_size)
         return torch.from_numpy(x), torch.from_numpy(y), index
 

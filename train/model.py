@@ -1,12 +1,18 @@
-"""The source report's network: a ResNet encoder (avgpool/fc removed) and a five-layer transposed-conv decoder."""
+"""The depth network (timm style: building blocks, decoders in a registry, the model, the factory).
+
+A ResNet encoder (avgpool/fc removed) and a decoder chosen by name: `report` (the source
+report's five transposed convs) or `unet` (skip connections from every encoder stride).
+"""
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mde.errors import InputError, ModelError
@@ -14,18 +20,28 @@ from mde.errors import InputError, ModelError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BACKBONES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
-DECODER_CHANNELS = (512, 256, 128, 64)
+# Encoder channels at strides 2 (stem), 4, 8, 16 and 32 (layer1..layer4).
+ENCODER_CHANNELS = {"resnet18": (64, 64, 128, 256, 512), "resnet34": (64, 64, 128, 256, 512),
+                    "resnet50": (64, 256, 512, 1024, 2048)}
+DECODER_CHANNELS = (512, 256, 128, 64)  # the report's transposed convs
+UNET_CHANNELS = (256, 128, 64, 32)      # the skip decoder's outputs at strides 16, 8, 4, 2
 
 
 @dataclass
 class ModelArgs:
-    """Everything needed to rebuild the network; stored in every checkpoint."""
+    """Everything needed to rebuild the network; stored in every checkpoint.
+
+    `decoder` defaults to "report" so checkpoints written before decoders had names load as
+    the network they hold.
+    """
 
     backbone: str = "resnet50"
     image_size: int = 224
     max_depth: float = 20.0
+    decoder: str = "report"
 
 
+# -- building blocks --------------------------------------------------------------------------
 def up_block(in_ch: int, out_ch: int) -> nn.Sequential:
     """ConvTranspose2d(4, 2, 1) doubling the resolution, then BatchNorm and ReLU."""
     return nn.Sequential(
@@ -35,11 +51,102 @@ def up_block(in_ch: int, out_ch: int) -> nn.Sequential:
     )
 
 
+def conv_bn_relu(in_ch: int, out_ch: int, kernel_size: int = 3) -> nn.Sequential:
+    """Conv2d (same padding, no bias) -> BatchNorm -> ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(out_ch),
+        nn.ReLU(inplace=True),
+    )
+
+
+def upsample2x(x: torch.Tensor) -> torch.Tensor:
+    """Bilinear x2 upsampling (one ONNX Resize)."""
+    return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+
+
+class FuseBlock(nn.Module):
+    """Upsample x2, concatenate the skip feature map, then two Conv-BN-ReLU."""
+
+    def __init__(self, in_ch: int, skip_ch: int, out_ch: int):
+        super().__init__()
+        self.conv1 = conv_bn_relu(in_ch + skip_ch, out_ch)
+        self.conv2 = conv_bn_relu(out_ch, out_ch)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.conv1(torch.cat([upsample2x(x), skip], dim=1)))
+
+
+# -- decoders: features at strides (2, 4, 8, 16, 32) -> one-channel logits at stride 1 ----------
+DecoderFactory = Callable[[tuple[int, ...]], nn.Module]
+DECODERS: dict[str, DecoderFactory] = {}
+
+
+def register_decoder(name: str) -> Callable[[DecoderFactory], DecoderFactory]:
+    """Register a decoder class or factory under `name` (the `--decoder` choices come from here)."""
+
+    def add(factory: DecoderFactory) -> DecoderFactory:
+        DECODERS[name] = factory
+        return factory
+
+    return add
+
+
+def decoder_names() -> tuple[str, ...]:
+    return tuple(DECODERS)
+
+
+@register_decoder("report")
+class ReportDecoder(nn.Sequential):
+    """The source report's decoder: five ConvTranspose2d(4, 2, 1) on the stride-32 features only."""
+
+    def __init__(self, encoder_channels: tuple[int, ...]):
+        chans = (encoder_channels[-1], *DECODER_CHANNELS)
+        super().__init__(
+            *(up_block(c_in, c_out) for c_in, c_out in itertools.pairwise(chans)),
+            nn.ConvTranspose2d(DECODER_CHANNELS[-1], 1, kernel_size=4, stride=2, padding=1),
+        )
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return super().forward(features[-1])
+
+
+@register_decoder("unet")
+class UNetDecoder(nn.Module):
+    """Skip connections at strides 16, 8, 4 and 2 (upsample, concat, Conv-BN-ReLU x2), then a full-resolution head.
+
+    The stride-32 features are first reduced by a 1x1 Conv-BN-ReLU; the last block's stride-2
+    output is upsampled to the input resolution and a 3x3 conv gives the logits.
+    """
+
+    def __init__(self, encoder_channels: tuple[int, ...], channels: tuple[int, ...] = UNET_CHANNELS):
+        super().__init__()
+        skips = encoder_channels[-2::-1]  # strides 16, 8, 4, 2
+        self.bottleneck = conv_bn_relu(encoder_channels[-1], channels[0], kernel_size=1)
+        ins = (channels[0], *channels[:-1])
+        self.blocks = nn.ModuleList(FuseBlock(i, s, o) for i, s, o in zip(ins, skips, channels))
+        self.head = nn.Conv2d(channels[-1], 1, kernel_size=3, padding=1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = self.bottleneck(features[-1])
+        for block, skip in zip(self.blocks, features[-2::-1]):
+            x = block(x, skip)
+        return self.head(upsample2x(x))
+
+
+def build_decoder(name: str, encoder_channels: tuple[int, ...]) -> nn.Module:
+    """The registered decoder `name`; an unknown name lists the valid ones."""
+    if name not in DECODERS:
+        raise InputError(f"unknown decoder {name!r}; choose from {', '.join(DECODERS)}")
+    return DECODERS[name](encoder_channels)
+
+
+# -- the model --------------------------------------------------------------------------------
 class DepthNet(nn.Module):
     """RGB in [0, 1] (N x 3 x H x W) -> depth in metres (N x 1 x H x W), H and W multiples of 32.
 
     ImageNet normalization is the first step of `forward`, so exported graphs carry it.
-    The head maps the last transposed conv to (0, max_depth) with a sigmoid: depth is
+    The head maps the decoder's logits to (0, max_depth) with a sigmoid: depth is
     positive (log losses are defined) and bounded (FP16/INT8 ranges are known).
     """
 
@@ -49,26 +156,27 @@ class DepthNet(nn.Module):
 
         if args.backbone not in BACKBONES:
             raise InputError(f"unknown backbone {args.backbone!r}; choose from {', '.join(BACKBONES)}")
+        decoder = build_decoder(args.decoder, ENCODER_CHANNELS[args.backbone])
         self.args = args
         resnet = getattr(torchvision.models, args.backbone)(weights=weights)
         # The report: ResNet without its last two layers (avgpool, fc).
         self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
         self.stages = nn.ModuleList([resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4])
-        chans = (BACKBONES[args.backbone], *DECODER_CHANNELS)
-        self.decoder = nn.Sequential(
-            *(up_block(c_in, c_out) for c_in, c_out in itertools.pairwise(chans)),
-            nn.ConvTranspose2d(DECODER_CHANNELS[-1], 1, kernel_size=4, stride=2, padding=1),
-        )
+        self.decoder = decoder
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem((x - self.mean) / self.std)
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Encoder feature maps at strides 2, 4, 8, 16 and 32."""
+        x = self.stem[:3]((x - self.mean) / self.std)
+        features = [x]
+        x = self.stem[3](x)
         for stage in self.stages:
             x = stage(x)
-        return x
+            features.append(x)
+        return features
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+    def forward_head(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.args.max_depth * torch.sigmoid(self.decoder(features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

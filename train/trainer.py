@@ -51,8 +51,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((3, tuple(state["python"]), None))
 
 
-def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
-    """CyclicLR between lr_min and lr_max, stepped once per batch."""
+def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int):
+    """The learning-rate schedule, stepped once per batch.
+
+    `cyclic` (the report's): CyclicLR between lr_min and lr_max. `onecycle`: one warm-up from
+    lr_min to lr_max over the first 30 % of the `total_steps`, then cosine annealing to lr_min / 100.
+    """
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr_max, total_steps=max(total_steps, 2), pct_start=0.3,
+            div_factor=cfg.lr_max / cfg.lr_min, final_div_factor=100.0,
+            cycle_momentum=cfg.optimizer == "sgd")
     return torch.optim.lr_scheduler.CyclicLR(
         optimizer, base_lr=cfg.lr_min, max_lr=cfg.lr_max, step_size_up=cfg.step_size_up,
         mode=cfg.cycle_mode, gamma=0.9995, cycle_momentum=cfg.optimizer == "sgd")
@@ -122,14 +131,14 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dic
 
     # model: rebuilt from the checkpoint's arguments when resuming
     max_depth = cfg.max_depth or data_range
-    args = ModelArgs(cfg.backbone, cfg.image_size, float(max_depth))
+    args = ModelArgs(cfg.backbone, cfg.image_size, float(max_depth), cfg.decoder)
     if resume is not None:
         args = ModelArgs(**resume["model_args"])
         model = build_model(args)
         try:
             model.load_state_dict(resume["model"])
         except RuntimeError as err:
-            raise ModelError(f"weights do not match a {args.backbone} DepthNet "
+            raise ModelError(f"weights do not match a {args.backbone}/{args.decoder} DepthNet "
                              f"({str(err).splitlines()[0]})", cfg.resume) from None
     else:
         model = build_model(args, pretrained=cfg.pretrained,
@@ -139,7 +148,8 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dic
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, model)
-    scheduler = make_scheduler(cfg, optimizer)
+    steps_per_epoch = len(train_set) // env.world_size // cfg.batch_size
+    scheduler = make_scheduler(cfg, optimizer, steps_per_epoch * cfg.epochs)
     amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
     use_amp = cfg.amp and cuda
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
@@ -168,7 +178,7 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dic
     if env.is_main:
         write_json_atomic(out / "config.json", resolved.to_dict())
         _write_records(out / "metrics.jsonl", records)
-        info(f"training {args.backbone} {args.image_size}px on {env.device} x{env.world_size}: "
+        info(f"training {args.backbone}/{args.decoder} {args.image_size}px on {env.device} x{env.world_size}: "
              f"{len(train_set)} train / {len(val_set)} val images, max depth {max_depth:g} m")
 
     trace = os.environ.get(TRACE_ENV)
@@ -187,7 +197,7 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dic
             with open(Path(trace) / f"rank{env.rank}.txt", "a") as fh:
                 fh.write(f"save {path.name}\n")
 
-    pairs = DepthPairs(train_set, cfg.image_size, cfg.augment, cfg.seed)
+    pairs = DepthPairs(train_set, cfg.image_size, cfg.augment, cfg.seed, cfg.scale_crop)
     last_metrics = _val_metrics(records[-1]) if records else {}
     progress = make_progress() if env.is_main else None
     if progress:

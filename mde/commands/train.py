@@ -7,7 +7,7 @@ import os
 
 import typer
 
-from mde.train.config import BACKBONE_CHOICES, CYCLE_MODES, LOSS_CHOICES, TrainConfig
+from mde.train.config import BACKBONE_CHOICES, CYCLE_MODES, DECODER_CHOICES, LOSS_CHOICES, SCHEDULES, TrainConfig
 
 D = TrainConfig()
 
@@ -18,11 +18,17 @@ def train_command(
         ..., "--out", help="Run folder: best.pt, last.pt, config.json, metrics.jsonl, curves.png, samples.png."
     ),
     backbone: str = typer.Option(D.backbone, help=f"Encoder: {', '.join(BACKBONE_CHOICES)}."),
+    decoder: str = typer.Option(
+        D.decoder, help=f"Decoder: {', '.join(DECODER_CHOICES)} (report: the source report's transposed convs)."
+    ),
     image_size: int = typer.Option(D.image_size, help="Square network input size (multiple of 32)."),
     epochs: int = typer.Option(D.epochs, help="Training epochs."),
     batch_size: int = typer.Option(D.batch_size, help="Images per batch per process."),
-    lr_min: float = typer.Option(D.lr_min, help="CyclicLR lower bound."),
-    lr_max: float = typer.Option(D.lr_max, help="CyclicLR upper bound."),
+    lr_min: float = typer.Option(D.lr_min, help="Learning-rate floor (CyclicLR lower bound, one-cycle start)."),
+    lr_max: float = typer.Option(D.lr_max, help="Learning-rate peak."),
+    schedule: str = typer.Option(
+        D.schedule, help=f"LR schedule: {', '.join(SCHEDULES)} (cyclic: the report's CyclicLR)."
+    ),
     cycle_mode: str = typer.Option(D.cycle_mode, help=f"CyclicLR mode: {', '.join(CYCLE_MODES)}."),
     step_size_up: int = typer.Option(D.step_size_up, help="CyclicLR half-cycle, in batches."),
     optimizer: str = typer.Option(D.optimizer, help="adamw or sgd."),
@@ -41,6 +47,9 @@ def train_command(
         D.backbone_weights, help="Local torchvision ResNet state dict for the encoder (with --no-pretrained)."
     ),
     augment: bool = typer.Option(D.augment, "--augment/--no-augment", help="Flip, colour jitter, scale-crop."),
+    scale_crop: bool = typer.Option(
+        D.scale_crop, "--scale-crop/--no-scale-crop", help="With --augment: random zoom-in crops, depth scaled along."
+    ),
     max_depth: float = typer.Option(D.max_depth, help="Output range in metres; 0 = the dataset's maximum depth."),
     depth_scale: float = typer.Option(D.depth_scale, help="16-bit depth PNG units per metre."),
     device: str = typer.Option(D.device, help="auto, cpu or cuda."),
