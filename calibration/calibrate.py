@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import tempfile
 import time
 from collections.abc import Iterator
@@ -13,12 +14,20 @@ from typing import Any
 
 import numpy as np
 
-from mde.calibration.config import METHODS, MIN_IMAGES, CalibrationConfig
+from mde.calibration.config import METHODS, MIN_IMAGES, TARGETS, CalibrationConfig
+from mde.calibration.inspect import integer_kernel_share
+from mde.calibration.subpixel import rewritable, rewrite_conv_transpose
 from mde.console import info, make_progress
 from mde.errors import DataError, InputError, ModelError
 from mde.io import atomic_path, require_file, sha256_file
 from mde.runtime.metadata import ModelMetadata
 from mde.runtime.preprocess import preprocess
+
+log = logging.getLogger(__name__)
+TOOL = {
+    "tensorrt": "QDQ, symmetric int8 activations, per-channel int8 weights, float bias",
+    "cpu": "QDQ, uint8 activations, per-channel int8 weights, int32 bias, ConvTranspose as phase Convs",
+}
 
 
 @dataclass
@@ -27,6 +36,7 @@ class CalibrationReport:
 
     model: str
     out: str
+    target: str
     ranges: str
     ranges_reused: bool
     method: str
@@ -44,12 +54,15 @@ class CalibrationReport:
     ranking: list[tuple[str, float]] = field(default_factory=list)
     steps: list[tuple[int, float]] = field(default_factory=list)
     seconds: float = 0.0
+    integer_kernels: dict[str, Any] = field(default_factory=dict)  # cpu: `inspect.integer_kernel_share`
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def _check_config(cfg: CalibrationConfig) -> None:
+    if cfg.target not in TARGETS:
+        raise InputError(f"--target must be one of {', '.join(TARGETS)}, got {cfg.target!r}")
     if cfg.method not in METHODS:
         raise InputError(f"--method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
     if cfg.num_images < 1 or cfg.holdout_images < 1:
@@ -139,7 +152,7 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
         "model_sha256": sha256_file(cfg.model), "method": cfg.method, "seed": cfg.seed,
         "images": calib_names, "input_size": list(size), "op_types": list(cfg.op_types),
         "percentile": cfg.percentile if cfg.method == "percentile" else None,
-        "onnxruntime": onnxruntime.__version__,
+        "onnxruntime": onnxruntime.__version__, "target": cfg.target,
     }
     ranges = qz.load_ranges(cfg.ranges_path, key) if cfg.reuse_ranges else None
     reused = ranges is not None
@@ -148,6 +161,9 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
         pre_path = Path(tmp) / "pre.onnx"
         qz.pre_process(cfg.model, pre_path)
         pre = onnx.load(str(pre_path))
+        if cfg.spec.phase_convs and rewritable(pre):
+            pre = rewrite_conv_transpose(pre)
+            onnx.save(pre, str(pre_path))
         if ranges is None:
             task = progress.add_task("calibrate", total=len(calib_idx), info=cfg.method) if progress else None
             batches = []
@@ -155,7 +171,8 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
                 batches.append(preprocess(dataset[i].rgb, size))
             ranges = qz.collect_ranges(
                 pre_path, batches, cfg.method, cfg.op_types, cfg.percentile,
-                on_batch=(lambda: progress.advance(task)) if progress else None)
+                on_batch=(lambda: progress.advance(task)) if progress else None,
+                symmetric=cfg.spec.activation_type == "int8")
             qz.save_ranges(cfg.ranges_path, key, ranges)
         else:
             info(f"reusing calibration ranges from {cfg.ranges_path}")
@@ -164,7 +181,7 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
         inputs = np.concatenate([preprocess(s.rgb, size) for s in holdout])
         evaluator = fallback.Evaluator(source.SerializeToString(), inputs, [s.depth for s in holdout],
                                        meta.max_depth)
-        qdq = qz.quantize(pre, ranges, cfg.method, cfg.op_types)
+        qdq = qz.quantize(pre, ranges, cfg.method, cfg.spec)
         before = evaluator.measure(qdq)
         candidates = qz.quantizable_nodes(qdq, cfg.fallback_op_types)
         search = fallback.SearchResult(steps=[(0, before.drop)])
@@ -181,30 +198,41 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
                                               cfg.max_float_nodes, before.drop)
         final, after = qdq, before
         if search.float_nodes:
-            final = qz.quantize(pre, ranges, cfg.method, cfg.op_types, nodes_to_exclude=search.float_nodes)
+            final = qz.quantize(pre, ranges, cfg.method, cfg.spec, nodes_to_exclude=search.float_nodes)
             after = evaluator.measure(final)
 
+    kernels: dict[str, Any] = {}
+    if cfg.target == "tensorrt":
+        qz.check_tensorrt_qdq(final, cfg.out)
+    else:
+        qz.fold_byte_moves(final)
+        kernels = integer_kernel_share(final.SerializeToString())
+        if kernels["unfused"]:
+            log.warning("%s: %d quantized convolutions run in float on ONNX Runtime's CPU provider: %s",
+                        cfg.out, len(kernels["unfused"]), ", ".join(kernels["unfused"][:4]))
     calibration = {
+        "target": cfg.target,
         "method": cfg.method, "images": len(calib_idx), "seed": cfg.seed,
         "holdout_images": len(hold_idx), "float_nodes": search.float_nodes,
         "ssim_drop": round(after.drop, 6), "ssim_drop_all_int8": round(before.drop, 6),
         "target_ssim_drop": cfg.target_ssim_drop,
         "drop_definition": "1 - SSIM(int8 prediction, fp32 prediction) on held-out train images",
-        "tool": f"onnxruntime.quantization {onnxruntime.__version__} "
-                "(QDQ, symmetric int8, per-channel weights, float bias)",
+        "tool": f"onnxruntime.quantization {onnxruntime.__version__} ({TOOL[cfg.target]})",
     }
+    if kernels:
+        calibration["integer_kernel_share"] = kernels["share"]
     props = {p.key: p.value for p in source.metadata_props}
     props["mde.precision"] = json.dumps("int8")
     props["mde.calibration"] = json.dumps(calibration, sort_keys=True)
     del final.metadata_props[:]
     for k, v in props.items():
         final.metadata_props.add(key=k, value=v)
-    qz.check_tensorrt_qdq(final, cfg.out)
     with atomic_path(cfg.out) as tmp_out:
         onnx.save(final, str(tmp_out))
 
     return CalibrationReport(
-        model=str(cfg.model), out=str(cfg.out), ranges=str(cfg.ranges_path), ranges_reused=reused,
+        model=str(cfg.model), out=str(cfg.out), target=cfg.target, ranges=str(cfg.ranges_path),
+        ranges_reused=reused,
         method=cfg.method, seed=cfg.seed, num_images=len(calib_idx), holdout_images=len(hold_idx),
         quantized_nodes=len(candidates) - len(search.float_nodes), qdq=qz.qdq_summary(final),
         target_ssim_drop=cfg.target_ssim_drop, target_met=after.drop <= cfg.target_ssim_drop,
@@ -213,5 +241,6 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
         before=before.to_dict(), after=after.to_dict(),
         ranking=[(n, round(d, 6)) for n, d in search.ranking], steps=search.steps,
         seconds=round(time.perf_counter() - started, 2),
+        integer_kernels={k: v for k, v in kernels.items() if k != "op_counts"},
     )
 

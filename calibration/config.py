@@ -2,11 +2,49 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 METHODS = ("entropy", "percentile", "minmax")
 MIN_IMAGES = 32
+
+
+@dataclass(frozen=True)
+class Target:
+    """How the INT8 model is written for one runtime (the measurements behind it: calibration/quantize.py).
+
+    Args:
+        name: "tensorrt" or "cpu".
+        op_types: ops whose inputs get Q/DQ.
+        activation_type: "int8" (symmetric, zero point 0) or "uint8" (asymmetric).
+        quantize_bias: biases as INT32 DequantizeLinear (ONNX Runtime's QLinearConv needs them)
+            or float (TensorRT's IDequantizeLayer takes INT8 only).
+        keep_relu: keep Relu explicit between Q/DQ pairs (TensorRT fuses it) instead of
+            folding it into the activation range.
+        phase_convs: rewrite strided ConvTranspose as phase Convs + DepthToSpace (calibration/subpixel.py).
+    """
+
+    name: str
+    op_types: tuple[str, ...]
+    activation_type: str
+    quantize_bias: bool
+    keep_relu: bool
+    phase_convs: bool
+
+
+TARGETS: dict[str, Target] = {
+    # Ops whose inputs get Q/DQ: the weighted layers TensorRT runs in INT8, the residual Add
+    # and pooling (so TensorRT can fuse them). The ImageNet normalization (Sub/Div) and the
+    # head (Sigmoid, Mul by max_depth) stay float: quantizing the head would round every depth
+    # to max_depth/127 steps for no speed gain.
+    "tensorrt": Target("tensorrt", ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool"),
+                       activation_type="int8", quantize_bias=False, keep_relu=True, phase_convs=False),
+    # ONNX Runtime CPU: only ops with integer kernels (QLinearConv, QLinearAdd, QLinearConcat,
+    # uint8 MaxPool/DepthToSpace); ConvTranspose has none, so it is rewritten into Convs first.
+    # The head stays float here too.
+    "cpu": Target("cpu", ("Conv", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool", "Concat"),
+                  activation_type="uint8", quantize_bias=True, keep_relu=False, phase_convs=True),
+}
 
 
 @dataclass
@@ -17,6 +55,8 @@ class CalibrationConfig:
         model: the FP32 ONNX exported by `mde export` (with `mde.*` metadata).
         data: dataset folder; calibration and held-out images come from its train split.
         out: the INT8 Q/DQ ONNX to write; `OUT` with suffix `.ranges.json` holds the ranges.
+        target: the runtime the INT8 model is written for: tensorrt (Q/DQ, symmetric INT8, float
+            biases) or cpu (ONNX Runtime's CPU provider: U8 activations, integer kernels throughout).
         method: activation range method (entropy = KL divergence, percentile, minmax).
         num_images: calibration images drawn (seeded) from the train split.
         seed: seed of the image draw.
@@ -33,6 +73,7 @@ class CalibrationConfig:
     model: Path
     data: Path
     out: Path
+    target: str = "tensorrt"
     method: str = "entropy"
     num_images: int = 256
     seed: int = 0
@@ -44,15 +85,18 @@ class CalibrationConfig:
     force: bool = False
     reuse_ranges: bool = True
     progress: bool = True
-    # Ops whose inputs get Q/DQ: the weighted layers TensorRT runs in INT8, the residual Add
-    # and pooling (so TensorRT can fuse them). The ImageNet normalization (Sub/Div) and the
-    # head (Sigmoid, Mul by max_depth) stay float: quantizing the head would round every depth
-    # to max_depth/127 steps for no speed gain.
-    op_types: tuple[str, ...] = field(
-        default=("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool")
-    )
     # Ops the sensitivity search may keep in float (the weighted layers).
     fallback_op_types: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+    @property
+    def spec(self) -> Target:
+        """The `Target` named by `target` (validated by `calibrate`)."""
+        return TARGETS[self.target]
+
+    @property
+    def op_types(self) -> tuple[str, ...]:
+        """Ops whose inputs get Q/DQ for this target."""
+        return self.spec.op_types
 
     @property
     def ranges_path(self) -> Path:

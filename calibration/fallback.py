@@ -50,13 +50,10 @@ class SearchResult:
 
 
 def _session(model: onnx.ModelProto | bytes, threads: int = 0):
-    import onnxruntime as ort
+    from mde.runtime.backends.onnxruntime import create_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads
     data = model if isinstance(model, bytes) else model.SerializeToString()
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    return create_session(data, providers=["CPUExecutionProvider"], threads=threads, source="calibration model")
 
 
 class Evaluator:

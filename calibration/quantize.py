@@ -25,11 +25,13 @@ from typing import Any
 import numpy as np
 import onnx
 
+from mde.calibration.config import Target
 from mde.errors import ModelError
 from mde.io import write_json_atomic
 
 RANGES_FORMAT = "mde.ranges/1"
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+_BYTE_MOVES = ("DepthToSpace",)
 _EXTRA_OPTIONS = {
     "ActivationSymmetric": True,   # zero-point 0: TensorRT accepts only symmetric Q/DQ
     "WeightSymmetric": True,
@@ -71,6 +73,7 @@ def collect_ranges(
     input_name: str = "image",
     chunk: int = 16,
     on_batch: Callable[[], None] | None = None,
+    symmetric: bool = True,
 ) -> dict[str, tuple[float, float]]:
     """Run the calibrator over `batches` (one 1x3xHxW array each); return {tensor: (low, high)}.
 
@@ -82,6 +85,7 @@ def collect_ranges(
         percentile: the percentile method's percentile.
         chunk: images per `collect_data` call (bounds the memory of histogram calibrators).
         on_batch: called after each image (progress bar).
+        symmetric: ranges symmetric around 0 (int8 activations with zero point 0); False for uint8.
     """
     from onnxruntime.quantization import CalibrationDataReader, create_calibrator
 
@@ -97,7 +101,7 @@ def collect_ranges(
                 on_batch()
             return {input_name: item}
 
-    options: dict[str, Any] = {"symmetric": True}
+    options: dict[str, Any] = {"symmetric": symmetric}
     if method == "percentile":
         options["percentile"] = percentile
     # The histogram calibrators print progress to stdout, which belongs to results (--json).
@@ -134,34 +138,93 @@ def load_ranges(path: Path, key: dict[str, Any]) -> dict[str, tuple[float, float
         return None
 
 
+def _extra_options(target: Target) -> dict[str, Any]:
+    if target.name == "tensorrt":
+        return dict(_EXTRA_OPTIONS)
+    return {
+        "ActivationSymmetric": False,   # uint8 activations: after Relu the whole [0, max] range is used
+        "WeightSymmetric": True,        # int8 weights, zero point 0 (what MLAS's U8S8 kernels take)
+        "QuantizeBias": True,           # INT32 bias: ONNX Runtime fuses DQ-Conv-Q into QLinearConv only with it
+        "QDQKeepRemovableActivations": False,  # Relu folded into the Conv's output range
+    }
+
+
 def quantize(
     model: onnx.ModelProto,
     ranges: dict[str, tuple[float, float]],
     method: str,
-    op_types: Sequence[str],
+    target: Target,
     nodes_to_exclude: Sequence[str] = (),
 ) -> onnx.ModelProto:
     """Q/DQ-quantize `model` (pre-processed FP32) with saved `ranges`, keeping `nodes_to_exclude` float.
 
-    Per-channel symmetric INT8 weights, symmetric INT8 activations (every zero-point is 0), float biases.
+    Weights are INT8 per output channel, symmetric. tensorrt: symmetric INT8 activations (every
+    zero-point is 0), float biases. cpu: asymmetric UINT8 activations, INT32 biases, Relu folded;
+    a DepthToSpace gets its input's range, so that `fold_byte_moves` can run it on the bytes.
     """
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.calibrate import TensorData, TensorsData
     from onnxruntime.quantization.onnx_model import ONNXModel
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 
+    ranges = dict(ranges)
+    for node in model.graph.node:  # a permutation's output has its input's range: one scale, no requantize
+        if node.op_type in _BYTE_MOVES and node.input[0] in ranges:
+            ranges[node.output[0]] = ranges[node.input[0]]
     tensors = TensorsData(_method(method), {
         name: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for name, (lo, hi) in ranges.items()
     })
+    activation = QuantType.QUInt8 if target.activation_type == "uint8" else QuantType.QInt8
     quantizer = QDQQuantizer(
-        copy.deepcopy(model), True, False, QuantType.QInt8, QuantType.QInt8, tensors,
-        [], list(nodes_to_exclude), list(op_types), dict(_EXTRA_OPTIONS),
+        copy.deepcopy(model), True, False, QuantType.QInt8, activation, tensors,
+        [], list(nodes_to_exclude), list(target.op_types), _extra_options(target),
     )
     # The quantizer appends some DequantizeLinear nodes after their consumers; ONNX Runtime
     # does not mind, but onnx.checker and TensorRT's parser want a topologically sorted graph.
     quantized = ONNXModel(quantizer.quantize_model())
     quantized.topological_sort()
     return quantized.model
+
+
+def fold_byte_moves(model: onnx.ModelProto) -> int:
+    """Run DequantizeLinear -> DepthToSpace -> QuantizeLinear (same scale and zero point) on the bytes.
+
+    DepthToSpace only moves elements, so with equal quantization parameters on both sides it
+    can read and write the quantized tensor directly; ONNX Runtime has a uint8 DepthToSpace
+    kernel but no QDQ rule for it. Exact (the same bytes come out), so it runs once on the
+    written model, after the fallback (whose float nodes may read the dequantized tensor).
+    Returns the number of nodes removed; edits `model` in place.
+    """
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    drop: set[int] = set()
+    for node in graph.node:
+        if node.op_type not in _BYTE_MOVES:
+            continue
+        dq, users = producers.get(node.input[0]), readers.get(node.output[0], [])
+        if dq is None or dq.op_type != "DequantizeLinear" or len(users) != 1 or users[0].op_type != "QuantizeLinear":
+            continue
+        q = users[0]
+        params = list(zip(dq.input[1:], q.input[1:]))
+        if len(dq.input) != len(q.input) or not all(
+                a in inits and b in inits and np.array_equal(inits[a], inits[b])
+                and inits[a].dtype == inits[b].dtype for a, b in params):
+            continue
+        node.input[0], node.output[0] = dq.input[0], q.output[0]
+        drop.add(id(q))
+        if len(readers[dq.output[0]]) == 1:
+            drop.add(id(dq))
+    kept = [n for n in graph.node if id(n) not in drop]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return len(drop)
 
 
 def quantizable_nodes(qdq: onnx.ModelProto, op_types: Sequence[str]) -> list[str]:

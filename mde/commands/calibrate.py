@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mde.calibration.config import METHODS, CalibrationConfig
+from mde.calibration.config import METHODS, TARGETS, CalibrationConfig
 
 _D = CalibrationConfig.__dataclass_fields__
 
@@ -20,6 +20,10 @@ def calibrate_command(
     model: Path = typer.Argument(..., help="FP32 ONNX exported by `mde export` (model.onnx)."),
     data: Path = typer.Option(..., "--data", help="Dataset folder; images come from its train split."),
     out: Path = typer.Option(..., "--out", help="INT8 Q/DQ ONNX to write (ranges go to OUT.ranges.json)."),
+    target: str = typer.Option(
+        _default("target"), "--target",
+        help=f"Runtime the INT8 model is for: {'|'.join(TARGETS)} (tensorrt: symmetric INT8 Q/DQ, float "
+             "biases; cpu: the fastest form for ONNX Runtime's CPU provider)."),
     method: str = typer.Option(_default("method"), "--method", help=f"Range method: {'|'.join(METHODS)}."),
     num_images: int = typer.Option(_default("num_images"), "--num-images", help="Calibration images."),
     seed: int = typer.Option(_default("seed"), "--seed", help="Seed of the image draw."),
@@ -36,11 +40,11 @@ def calibrate_command(
     force: bool = typer.Option(_default("force"), "--force", help="Overwrite OUT."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
 ) -> None:
-    """Calibrate and quantize an FP32 ONNX to INT8 (Q/DQ, symmetric, per-channel weights)."""
+    """Calibrate and quantize an FP32 ONNX to INT8 Q/DQ for TensorRT or for ONNX Runtime's CPU provider."""
     from mde.calibration.calibrate import calibrate
 
     cfg = CalibrationConfig(
-        model=model, data=data, out=out, method=method, num_images=num_images, seed=seed,
+        model=model, data=data, out=out, target=target, method=method, num_images=num_images, seed=seed,
         allow_few=allow_few, max_float_nodes=max_float_nodes, target_ssim_drop=target_ssim_drop,
         holdout_images=holdout_images, force=force, reuse_ranges=reuse_ranges,
     )
@@ -55,7 +59,7 @@ def _print(report) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"INT8 calibration: {report.out}")
+    table = Table(title=f"INT8 calibration ({report.target}): {report.out}")
     for col in ("model", "float nodes", "1-SSIM vs FP32", "RMSE vs FP32 (m)", "RMSE vs GT (m)", "SSIM vs GT"):
         table.add_column(col)
     table.add_row("FP32", "-", "0", "0", f"{report.fp32['rmse']:.4f}", f"{report.fp32['ssim']:.4f}")
@@ -70,6 +74,10 @@ def _print(report) -> None:
         f"target {report.target_ssim_drop:g} {'met' if report.target_met else 'NOT met'}; "
         f"float nodes: {', '.join(report.float_nodes) or 'none'}"
     )
+    kernels = report.integer_kernels
+    if kernels:
+        console.print(f"ONNX Runtime CPU: {kernels['integer']} of {kernels['convolutions']} convolutions run as "
+                      f"integer kernels ({len(kernels['unfused'])} quantized ones left in float)")
 
 
 def register(app: typer.Typer) -> None:

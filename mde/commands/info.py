@@ -22,6 +22,7 @@ def artifact_info(path: Path) -> dict[str, Any]:
         "size_bytes": path.stat().st_size,
         "sha256": sha256_file(path),
         "precision": meta.precision,
+        "target": (meta.calibration or {}).get("target"),  # INT8: the runtime it was calibrated for
         "metadata": meta.to_dict(),
         "inputs": [s.to_dict() for s in desc["inputs"]],
         "outputs": [s.to_dict() for s in desc["outputs"]],
@@ -60,6 +61,7 @@ def print_info(info: dict[str, Any]) -> None:
     rows = [
         ("kind", info["kind"]),
         ("precision", info["precision"]),
+        *([("target", info["target"])] if info.get("target") else []),
         ("backbone", f"{meta['backbone']} ({meta['parameters']:,} parameters)"),
         ("input size", f"{meta['input_size'][0]}x{meta['input_size'][1]} (dynamic H/W: {meta['dynamic_size']})"),
         ("max depth", f"{meta['max_depth']} m"),

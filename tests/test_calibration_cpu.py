@@ -1,0 +1,184 @@
+"""`mde calibrate --target cpu`: integer kernels in ONNX Runtime's optimized graph, exact phase-conv rewrite,
+fallback, metadata, parity."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def cpu_int8(tmp_path_factory, tiny_export, synth_data):
+    """`model.int8.cpu.onnx` calibrated from the tiny export for ONNX Runtime's CPU provider, and its report."""
+    from mde.calibration.calibrate import calibrate
+    from mde.calibration.config import CalibrationConfig
+
+    out = tmp_path_factory.mktemp("int8cpu") / "model.int8.cpu.onnx"
+    report = calibrate(CalibrationConfig(
+        model=tiny_export / "model.onnx", data=synth_data, out=out, target="cpu", num_images=12,
+        holdout_images=6, allow_few=True, max_float_nodes=0, progress=False,
+    ))
+    return out, report
+
+
+def _ops(model) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def test_every_convolution_runs_as_an_integer_kernel(cpu_int8, tiny_export, tmp_path):
+    """ONNX Runtime's own optimized graph: each quantized convolution became QLinearConv, none runs in float."""
+    from mde.calibration.inspect import integer_kernel_share
+
+    path, report = cpu_int8
+    optimized = tmp_path / "optimized.onnx"
+    share = integer_kernel_share(path, optimized)
+    graph = onnx.load(str(optimized)).graph
+    assert not [n.name for n in graph.node if n.op_type in ("Conv", "ConvTranspose", "FusedConv")]
+    assert share["unfused"] == [] and share["float"] == 0
+    # Every Conv of the FP32 model, and each ConvTranspose as its 4 phase Convs, is an integer kernel.
+    source = _ops(onnx.load(str(tiny_export / "model.onnx")))
+    assert share["integer"] == source["Conv"] + 4 * source["ConvTranspose"] == share["convolutions"]
+    assert share["share"] == 1.0
+    assert report.integer_kernels["share"] == 1.0 and report.integer_kernels["unfused"] == []
+
+
+def test_tensorrt_form_is_caught_running_float_convolutions(tiny_int8):
+    """The TensorRT Q/DQ model (symmetric INT8, float biases) is what the CPU check exists to catch."""
+    from mde.calibration.inspect import integer_kernel_share
+
+    share = integer_kernel_share(tiny_int8[0])
+    assert share["unfused"] and share["share"] < 1.0
+    assert len(share["unfused"]) == share["float"]
+
+
+def test_fallback_nodes_are_the_only_float_convolutions(cli, tiny_export, synth_data, tmp_path):
+    from mde.calibration.inspect import integer_kernel_share
+
+    out = tmp_path / "fallback.int8.cpu.onnx"
+    result = cli("calibrate", tiny_export / "model.onnx", "--data", synth_data, "--out", out, "--target", "cpu",
+                 "--num-images", 12, "--holdout-images", 6, "--allow-few", "--target-ssim-drop", 1e-9,
+                 "--max-float-nodes", 2, "--method", "minmax", "--json")
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    assert 1 <= len(report["float_nodes"]) <= 2
+    share = integer_kernel_share(out)
+    assert share["unfused"] == []
+    assert share["float"] == len(report["float_nodes"])
+    assert share["integer"] == share["convolutions"] - len(report["float_nodes"])
+
+
+def test_cpu_model_form(cpu_int8):
+    """U8 activations, per-channel symmetric S8 weights, INT32 biases, no ConvTranspose, DepthToSpace on bytes."""
+    from onnx import TensorProto, numpy_helper
+
+    path, _ = cpu_int8
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    ops = _ops(model)
+    assert "ConvTranspose" not in ops and ops["DepthToSpace"] == 5
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear":
+            assert inits[node.input[2]].data_type == TensorProto.UINT8, node.name
+        if node.op_type == "Conv":
+            weight, bias = producers[node.input[1]], producers[node.input[2]]
+            assert inits[weight.input[0]].data_type == TensorProto.INT8
+            assert not numpy_helper.to_array(inits[weight.input[2]]).any()
+            assert inits[bias.input[0]].data_type == TensorProto.INT32
+        if node.op_type == "DepthToSpace" and node.input[0] in producers:
+            # Inside the decoder it moves the quantized bytes; only the head's reads float.
+            source = producers[node.input[0]]
+            assert source.op_type != "DequantizeLinear" or node is _last(model, "DepthToSpace")
+
+
+def _last(model, op_type):
+    return [n for n in model.graph.node if n.op_type == op_type][-1]
+
+
+def test_metadata_records_the_target(cpu_int8, tiny_int8, cli):
+    from mde.runtime.metadata import ModelMetadata
+
+    for path, target in ((cpu_int8[0], "cpu"), (tiny_int8[0], "tensorrt")):
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        meta = ModelMetadata.from_props(props, path)
+        assert meta.precision == "int8" and meta.calibration["target"] == target
+        result = cli("info", path, "--json")
+        assert result.code == 0, result.err
+        assert json.loads(result.out)["target"] == target
+        assert re.search(rf"^\W*target\W+{target}\W", cli("info", path).out, re.M)
+    assert ModelMetadata.from_props(props, path).calibration.get("integer_kernel_share") is None
+    cpu_props = {p.key: p.value for p in onnx.load(str(cpu_int8[0]), load_external_data=False).metadata_props}
+    assert json.loads(cpu_props["mde.calibration"])["integer_kernel_share"] == 1.0
+
+
+def test_trained_model_cpu_int8_passes_parity_at_int8_tolerances(cli, synth_data, tmp_path):
+    """A tiny trained model: train -> export -> calibrate --target cpu -> parity on the synthetic val set."""
+    run, export, out = tmp_path / "run", tmp_path / "export", tmp_path / "parity.json"
+    steps = [
+        ("train", "--data", synth_data, "--out", run, "--backbone", "resnet18", "--image-size", 64,
+         "--batch-size", 4, "--epochs", 1, "--no-pretrained", "--workers", 0, "--device", "cpu"),
+        ("export", run / "best.pt", "--out", export, "--precision", "fp32"),
+        ("calibrate", export / "model.onnx", "--data", synth_data, "--out", export / "model.int8.cpu.onnx",
+         "--target", "cpu", "--num-images", 12, "--holdout-images", 6, "--allow-few"),
+        ("parity", run / "best.pt", export / "model.onnx", export / "model.int8.cpu.onnx", "--data", synth_data,
+         "--json", out),
+    ]
+    for args in steps:
+        result = cli(*args)
+        assert result.code == 0, (args[0], result.err)
+    rows = {r["precision"]: r for r in json.loads(out.read_text())["artifacts"]}
+    assert rows["int8"]["passed"] is True, rows["int8"]
+    assert rows["int8"]["tolerance"]["ssim_abs"] == pytest.approx(1e-2)  # the INT8 row of the table
+    assert rows["int8"]["images"] == 8 and rows["int8"]["rmse"] > 0
+
+
+def test_phase_conv_rewrite_is_exact(tiny_export):
+    import onnxruntime as ort
+
+    from mde.calibration.subpixel import rewritable, rewrite_conv_transpose
+
+    model = onnx.load(str(tiny_export / "model.onnx"))
+    assert len(rewritable(model)) == 5
+    rewritten = rewrite_conv_transpose(model)
+    onnx.checker.check_model(rewritten)
+    assert "ConvTranspose" not in _ops(rewritten)
+    x = np.random.default_rng(0).random((2, 3, 64, 64), np.float32)
+    a, b = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+            for m in (model, rewritten))
+    assert np.abs(a - b).max() < 1e-4 * max(1.0, float(np.abs(a).max()))
+
+
+@pytest.mark.parametrize("attrs", [
+    {"strides": [2, 2], "pads": [0, 0, 0, 0], "kernel_shape": [4, 4]},                  # output 2H + 2: not a plain upsampling
+    {"strides": [2, 2], "pads": [1, 1, 1, 1], "kernel_shape": [4, 4], "output_padding": [1, 1]},
+    {"strides": [2, 2], "pads": [1, 1, 1, 1], "kernel_shape": [4, 4], "dilations": [2, 2]},
+    {"strides": [1, 1], "pads": [1, 1, 1, 1], "kernel_shape": [3, 3]},                  # stride 1: nothing to gain
+])
+def test_phase_conv_rewrite_leaves_other_forms_alone(attrs):
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mde.calibration.subpixel import rewritable, rewrite_conv_transpose
+
+    k = attrs["kernel_shape"][0]
+    weight = numpy_helper.from_array(np.ones((2, 3, k, k), np.float32), "w")
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="up", **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    model = helper.make_model(graph)
+    assert rewritable(model) == []
+    assert [n.op_type for n in rewrite_conv_transpose(model).graph.node] == ["ConvTranspose"]
+
+
+def test_unknown_target_exit_2(cli, tiny_export, synth_data, tmp_path):
+    out = tmp_path / "x.onnx"
+    result = cli("calibrate", tiny_export / "model.onnx", "--data", synth_data, "--out", out, "--target", "gpu")
+    assert result.code == 2 and "--target must be one of tensorrt, cpu, got 'gpu'" in result.err
+    assert len(result.err.strip().splitlines()) == 1 and not out.exists()
