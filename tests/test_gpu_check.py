@@ -198,3 +198,31 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, needle):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("gpu_check: error: "), proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_markdown_renders_the_gpu_only_sections(gpu_check):
+    """The renderers of sections the dry run skips (training, TensorRT), fed a report of the JSON's shape (made-up numbers)."""
+    import gpu_check_report
+
+    training = {"status": "ok", "reason": "", "seconds": 9.0, "budget_s": 45, "device": "GPU-X", "backbone": "resnet50",
+                "batch": 64, "size": 224, "amp_dtype": "torch.bfloat16", "fp32_images_per_s": 100.0,
+                "amp_channels_last_images_per_s": 160.0, "speedup": 1.6, "goal_speedup": 1.5, "goal_met": True,
+                "fp32_note": "FP32 convolutions may use TF32 (cudnn.allow_tf32=True)"}
+    trt = {"status": "failed", "reason": "parity FAIL: model.int8.engine", "seconds": 50.0, "budget_s": 60,
+           "tensorrt": "11.4", "gpu": "GPU-X", "compute_capability": "9.0",
+           "builds": [{"precision": "fp16", "source": "model.fp16.onnx", "build_s": 20.0, "engine_mib": 50.0}],
+           "parity": [{"artifact": "model.fp16.engine", "precision": "fp16", "backend": "tensorrt", "images": 16,
+                       "rmse": 3.0, "ssim": 0.5, "d_rmse": 1e-4, "d_ssim": 1e-5, "max_abs_diff": 0.01,
+                       "p99_over_range": 1e-4, "passed": True, "failed": []}],
+           "latency": [{"precision": "fp16", "call": "infer", "batch": 8, "median_ms": 2.0, "p90_ms": 2.5,
+                        "images_per_s": 4000.0}], "errors": {}}
+    report = {"command": "gpu_check.py --out x", "started": "now", "device": "cuda", "budget_s": 450, "total_s": 60,
+              "exit_code": 1, "found": {"pytorch_cuda": True, "onnxruntime_gpu": False, "tensorrt": True},
+              "ran": {"pytorch_cuda": True, "onnxruntime_gpu": False, "tensorrt": True},
+              "sections": {"environment": {"status": "ok", "reason": "", "versions": {"gpu": "GPU-X"}},
+                           "training": training, "tensorrt": trt}}
+    md = gpu_check_report.render(report)
+    assert "GPU: GPU-X" in md and "| TensorRT | yes | yes |" in md and "partial result" not in md
+    assert "Speed-up: **1.6x** (goal >= 1.5x: met)" in md and "| torch.bfloat16 autocast + channels_last | 160 |" in md
+    assert "| fp16 | model.fp16.onnx | 20 | 50 |" in md and "| model.fp16.engine | fp16 | tensorrt | 16 |" in md
+    assert "| fp16 | infer | 8 | 2 | 2.5 | 4000 |" in md
