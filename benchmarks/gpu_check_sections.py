@@ -305,7 +305,7 @@ def export(ck: Check) -> dict[str, Any]:
     try:
         report = calibrate(CalibrationConfig(model=ck.onnx["fp32"], data=ck.data, out=out / "model.int8.onnx",
                                              num_images=p.calib_images, holdout_images=p.holdout_images,
-                                             allow_few=True, progress=False))
+                                             allow_few=True, progress=False, target="tensorrt"))
         ck.onnx["int8"] = Path(report.out)
         rows.append({"precision": "int8", "file": Path(report.out).name,
                      "size_mib": round(Path(report.out).stat().st_size / 2**20, 2),
