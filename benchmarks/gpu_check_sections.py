@@ -341,7 +341,7 @@ def _runtime_latency(ck: Check, path: Path, **options: Any) -> tuple[dict[str, A
     p, rows = ck.profile, []
     rng = np.random.default_rng(0)
     with DepthEstimator.open(path, **options) as est:
-        info = {"providers": est.providers, "io_binding": getattr(est.runner, "_use_io_binding", None)}
+        info = {"providers": est.providers, "io_binding": getattr(est.runner, "uses_io_binding", None)}
         for batch in p.batches:
             x = rng.random((batch, 3, p.size, p.size), dtype=np.float32)
             rows.append({"call": "infer", "batch": batch, **_latency(lambda x=x: est.infer(x), p.iterations,

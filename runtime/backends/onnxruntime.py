@@ -356,7 +356,7 @@ class OnnxRuntimeRunner(Runner):
         self.threads = threads
         self.inter_op_threads = inter_op_threads
         self._session: Any = None
-        self._use_io_binding = False
+        self.uses_io_binding = False  # GPU providers: inputs copied once, outputs kept on the device
 
     def _activate_impl(self) -> None:
         session = create_session(
@@ -365,7 +365,7 @@ class OnnxRuntimeRunner(Runner):
         )
         self.metadata, self.input_specs, self.output_specs = describe_session(session, self.path)
         self._session = session
-        self._use_io_binding = session.get_providers()[0] in GPU_EPS
+        self.uses_io_binding = session.get_providers()[0] in GPU_EPS
 
     def _deactivate_impl(self) -> None:
         self._session = None
@@ -380,7 +380,7 @@ class OnnxRuntimeRunner(Runner):
     def _infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # InferenceSession.run is thread-safe; nothing here mutates the runner.
         names = list(self.output_specs)
-        if self._use_io_binding:
+        if self.uses_io_binding:
             return self._infer_io_binding(feed, names)
         outputs = self._session.run(names, feed)
         return dict(zip(names, outputs))
