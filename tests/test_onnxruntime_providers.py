@@ -54,9 +54,13 @@ class FakeSession:
             print("*************** EP Error ***************")
             print(f"EP Error libcublasLt.so.13: cannot open shared object file when using {names}")
         self._providers = [p for p in names if p in self.uses] or [CPU_EP]
+        self.fallback = True
 
     def get_providers(self):
         return self._providers
+
+    def disable_fallback(self):
+        self.fallback = False
 
 
 @pytest.fixture
@@ -128,6 +132,7 @@ def test_gpu_libraries_are_preloaded_before_a_gpu_session(gpu_machine, fake_sess
     session = ortb.create_session(tiny_export / "model.onnx", providers=[CUDA_EP, CPU_EP])
     assert gpu_machine, "preload_gpu_libraries was not called"
     assert session.get_providers() == [CUDA_EP, CPU_EP]
+    assert session.fallback is False, "a run-time provider failure would silently re-run on the CPU"
 
 
 def test_named_provider_that_did_not_load_is_an_error(gpu_machine, fake_session, monkeypatch, tiny_export, capsys):

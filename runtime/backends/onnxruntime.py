@@ -280,6 +280,7 @@ def create_session(
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(f"cannot load ONNX model ({first[:300]})", source) from None
     check_providers(wanted, session.get_providers(), explicit, printed.getvalue(), source)
+    session.disable_fallback()  # a provider failing at run time raises, instead of re-running on the CPU
     return session
 
 
