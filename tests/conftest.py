@@ -52,8 +52,7 @@ def synth_data(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory, synth_data) -> Path:
+def _tiny_checkpoint(tmp_path_factory, synth_data: Path, decoder: str) -> Path:
     """A resnet18 64x64 checkpoint: random weights, BatchNorm statistics from the synthetic images."""
     import numpy as np
     import torch
@@ -64,7 +63,7 @@ def tiny_checkpoint(tmp_path_factory, synth_data) -> Path:
     from mde.train.model import ModelArgs, build_model
 
     torch.manual_seed(0)
-    args = ModelArgs(backbone=TINY_BACKBONE, image_size=TINY_SIZE, max_depth=20.0)
+    args = ModelArgs(backbone=TINY_BACKBONE, image_size=TINY_SIZE, max_depth=20.0, decoder=decoder)
     model = build_model(args)
     images = [read_rgb(p) for p in list_images(synth_data / "train" / "rgb")]
     batch = torch.from_numpy(preprocess(images, (TINY_SIZE, TINY_SIZE)))
@@ -72,13 +71,13 @@ def tiny_checkpoint(tmp_path_factory, synth_data) -> Path:
     with torch.no_grad():
         for chunk in torch.split(batch, 8):
             model(chunk)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    path = tmp_path_factory.mktemp("ckpt") / f"tiny-{decoder}.pt"
     save_checkpoint(
         path,
         {
             "model_args": vars(args),
             "model": model.state_dict(),
-            "config": {"backbone": TINY_BACKBONE, "image_size": TINY_SIZE},
+            "config": {"backbone": TINY_BACKBONE, "image_size": TINY_SIZE, "decoder": decoder},
             "epoch": 0,
             "metrics": {},
             "rng": {"numpy_seed": int(np.uint32(0))},
@@ -87,14 +86,36 @@ def tiny_checkpoint(tmp_path_factory, synth_data) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_export(tmp_path_factory, tiny_checkpoint) -> Path:
-    """`model.onnx` and `model.fp16.onnx` (plus golden.npz) exported from the tiny checkpoint."""
+def _tiny_export(tmp_path_factory, checkpoint: Path) -> Path:
     from mde.export.exporter import ExportConfig, export_checkpoint
 
     out = tmp_path_factory.mktemp("export")
-    export_checkpoint(ExportConfig(checkpoint=tiny_checkpoint, out=out, precisions=("fp32", "fp16")))
+    export_checkpoint(ExportConfig(checkpoint=checkpoint, out=out, precisions=("fp32", "fp16")))
     return out
+
+
+def _tiny_int8(tmp_path_factory, export: Path, synth_data: Path):
+    from mde.calibration.calibrate import calibrate
+    from mde.calibration.config import CalibrationConfig
+
+    out = tmp_path_factory.mktemp("int8") / "model.int8.onnx"
+    report = calibrate(CalibrationConfig(
+        model=export / "model.onnx", data=synth_data, out=out, num_images=12,
+        holdout_images=6, allow_few=True, max_float_nodes=0, progress=False,
+    ))
+    return out, report
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, synth_data) -> Path:
+    """The tiny resnet18 64x64 checkpoint with the report's decoder (`_tiny_checkpoint`)."""
+    return _tiny_checkpoint(tmp_path_factory, synth_data, "report")
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory, tiny_checkpoint) -> Path:
+    """`model.onnx` and `model.fp16.onnx` (plus golden.npz) exported from the tiny checkpoint."""
+    return _tiny_export(tmp_path_factory, tiny_checkpoint)
 
 
 @pytest.fixture
@@ -112,12 +133,30 @@ def tiny_int8(tmp_path_factory, tiny_export, synth_data):
 
     Shared by the calibration and parity tests (added by the calibration helper).
     """
-    from mde.calibration.calibrate import calibrate
-    from mde.calibration.config import CalibrationConfig
+    return _tiny_int8(tmp_path_factory, tiny_export, synth_data)
 
-    out = tmp_path_factory.mktemp("int8") / "model.int8.onnx"
-    report = calibrate(CalibrationConfig(
-        model=tiny_export / "model.onnx", data=synth_data, out=out, num_images=12,
-        holdout_images=6, allow_few=True, max_float_nodes=0, progress=False,
-    ))
-    return out, report
+
+@dataclass
+class TinyModel:
+    """One tiny model and its artifacts: checkpoint, export folder (fp32, fp16, golden), INT8 file."""
+
+    decoder: str
+    checkpoint: Path
+    export: Path
+    int8: Path
+
+
+@pytest.fixture(scope="session")
+def tiny_unet(tmp_path_factory, synth_data) -> TinyModel:
+    """The tiny model with the skip-connection decoder, exported and calibrated like the report one."""
+    checkpoint = _tiny_checkpoint(tmp_path_factory, synth_data, "unet")
+    export = _tiny_export(tmp_path_factory, checkpoint)
+    return TinyModel("unet", checkpoint, export, _tiny_int8(tmp_path_factory, export, synth_data)[0])
+
+
+@pytest.fixture(scope="session", params=["report", "unet"])
+def tiny_model(request, tiny_checkpoint, tiny_export, tiny_int8) -> TinyModel:
+    """Each decoder's tiny model in turn (the report one reuses the shared fixtures)."""
+    if request.param == "report":
+        return TinyModel("report", tiny_checkpoint, tiny_export, tiny_int8[0])
+    return request.getfixturevalue("tiny_unet")
