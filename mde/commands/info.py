@@ -63,6 +63,7 @@ def print_info(info: dict[str, Any]) -> None:
         ("precision", info["precision"]),
         *([("target", info["target"])] if info.get("target") else []),
         ("backbone", f"{meta['backbone']} ({meta['parameters']:,} parameters)"),
+        ("decoder", meta.get("decoder", "report")),
         ("input size", f"{meta['input_size'][0]}x{meta['input_size'][1]} (dynamic H/W: {meta['dynamic_size']})"),
         ("max depth", f"{meta['max_depth']} m"),
         ("metrics", json.dumps(meta["metrics"]) if meta["metrics"] else "-"),
