@@ -312,6 +312,8 @@ def _summary(record: dict[str, Any]) -> str:
     text = f"loss {record['train_loss']:.4f}  {record['images_per_s']:.1f} img/s"
     if "val_rmse" in record:
         text += f"  val rmse {record['val_rmse']:.3f} ssim {record['val_ssim']:.3f}"
+    if "val_objects_rmse" in record:
+        text += f" objects rmse {record['val_objects_rmse']:.3f}"
     return text
 
 
