@@ -13,6 +13,26 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+
+def _tensorrt_gpu_missing() -> str:
+    """Why TensorRT engines cannot be built and run here ("" when they can): `require_tensorrt`'s reason."""
+    from mde.errors import BackendError
+    from mde.export.tensorrt_build import require_tensorrt
+
+    try:
+        require_tensorrt()
+    except BackendError as err:
+        return str(err)
+    return ""
+
+
+def pytest_collection_modifyitems(config, items):
+    """`@pytest.mark.tensorrt` tests need TensorRT *and* a CUDA GPU: skipped with the reason otherwise."""
+    marked = [item for item in items if item.get_closest_marker("tensorrt")]
+    reason = _tensorrt_gpu_missing() if marked else ""
+    for item in marked if reason else ():
+        item.add_marker(pytest.mark.skip(reason=f"needs TensorRT and a CUDA GPU: {reason}"))
+
 TINY_SIZE = 64
 TINY_BACKBONE = "resnet18"
 
