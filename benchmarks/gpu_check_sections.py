@@ -319,9 +319,9 @@ def export(ck: Check) -> dict[str, Any]:
 
 def _parity(ck: Check, artifacts: list[Path], name: str) -> list[dict[str, Any]]:
     """`mde parity CKPT ARTIFACT... --data DIR --limit N --json FILE` (the library call behind the command)."""
-    from mde.commands.parity import run as parity_run
     from mde.errors import CheckFailed
-    from mde.runtime.parity import ParityConfig
+    from mde.runtime.parity_run import ParityConfig
+    from mde.runtime.parity_run import run_parity as parity_run
 
     path = ck.work / f"parity-{name}.json"
     with contextlib.suppress(CheckFailed):  # a FAIL is a result, read back below

@@ -22,8 +22,7 @@ try:  # Python 3.11+; tomli is the same parser for 3.10 (Ubuntu 22.04 / ROS 2 Hu
 except ModuleNotFoundError:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-from mde.errors import InputError, ModelError
-from mde.runtime.backends.base import Runner
+from mde.errors import InputError
 from mde.runtime.preprocess import postprocess
 
 
@@ -222,108 +221,3 @@ def compare(
 def mismatch(label: str, precision: str, backend: str, reason: str) -> ArtifactResult:
     """A failed result for an artifact that cannot be compared (preprocessing mismatch)."""
     return ArtifactResult(label, precision, backend, failed=["preprocess"], reason=reason)
-
-
-def run_all(runners: Sequence[Runner], feeds: Sequence[np.ndarray], description: str = "parity"
-            ) -> list[list[np.ndarray]]:
-    """Every runner on the same preprocessed feeds (Polygraphy's `Comparator.run`): outputs[runner][image].
-
-    Each feed is one 1 x 3 x H x W image; each output is that image's raw 1 x h x w depth.
-    """
-    from mde.console import track
-    from mde.runtime.metadata import INPUT_NAME, OUTPUT_NAME
-
-    outputs: list[list[np.ndarray]] = [[] for _ in runners]
-    for feed in track(feeds, description) if len(feeds) > 1 else feeds:
-        for runner, out in zip(runners, outputs):
-            out.append(runner.infer({INPUT_NAME: feed})[OUTPUT_NAME][0])
-    return outputs
-
-
-def size_mismatch(runner: Runner, reference: Runner) -> str:
-    """Why `runner`'s preprocessing differs from the reference's (input size, depth range), or ""."""
-    meta, ref = runner.metadata, reference.metadata
-    if meta is None or ref is None:
-        return "no mde metadata"
-    same_size = meta.dynamic_size or tuple(meta.input_size) == tuple(ref.input_size)
-    if same_size and abs(meta.max_depth - ref.max_depth) <= 1e-6:
-        return ""
-    return (f"preprocessing mismatch: artifact input size {tuple(meta.input_size)}, max depth {meta.max_depth:g}; "
-            f"reference {tuple(ref.input_size)}, {ref.max_depth:g}")
-
-
-def check_golden(
-    golden: str | Path,
-    artifact: str | Path,
-    backend: str = "auto",
-    tolerances: dict[str, Tolerance] | None = None,
-    providers: Sequence[str] | None = None,
-) -> ArtifactResult:
-    """Run `artifact` on `golden.npz`'s inputs and compare with its saved PyTorch outputs (no torch needed).
-
-    The reference is the `golden` runner, which replays the saved outputs. When the golden
-    inputs came from a dataset (`mde export --golden-data`), their ground truth is in the file
-    too, and RMSE/SSIM and their deltas to PyTorch are reported and gated as in checkpoint mode.
-
-    Args:
-        golden: the export's golden.npz.
-        artifact: an .onnx or .engine file.
-        backend: runtime backend name, or "auto".
-        tolerances: overrides; default: the golden file's own table, else `DEFAULT_TOLERANCES`.
-        providers: ONNX Runtime providers (None: the best this machine can run).
-    """
-    from mde.runtime.backends.base import open_runner
-    from mde.runtime.backends.golden import GoldenRunner
-
-    with GoldenRunner(golden) as reference, open_runner(artifact, backend, providers=providers) as runner:
-        saved = reference.golden
-        if tolerances is None:
-            table = {p: {k: v for k, v in row.items() if k in {f.name for f in fields(Tolerance)}}
-                     for p, row in saved["tolerances"].items() if p in DEFAULT_TOLERANCES and isinstance(row, dict)}
-            tolerances = tolerances_from_dict(table, source=golden)
-        meta, label = runner.metadata, Path(artifact).name
-        if meta is None:
-            raise ModelError("artifact has no mde metadata", artifact)
-        reason = size_mismatch(runner, reference)
-        if reason:
-            return mismatch(label, meta.precision, runner.label, reason)
-        images = saved["image"]
-        ref_out, art_out = run_all([reference, runner], [images[i:i + 1] for i in range(len(images))])
-    count = len(images)
-    gts = [saved[f"gt_{i}"] for i in range(count)] if all(f"gt_{i}" in saved for i in range(count)) else None
-    masks = [saved.get(f"mask_{i}") for i in range(count)] if gts is not None else None
-    data_range = float(saved["meta"].get("data_range") or meta.max_depth)
-    return compare(ref_out, art_out, gts, tolerance=tolerances[meta.precision], max_depth=meta.max_depth,
-                   data_range=data_range, label=label, precision=meta.precision, backend=runner.label,
-                   masks=masks)
-
-
-@dataclass
-class ParityConfig:
-    """Settings of `mde parity` (the CLI options map one to one onto these fields).
-
-    Args:
-        checkpoint: the PyTorch checkpoint (None in golden mode).
-        artifacts: .onnx / .engine files to check.
-        data: dataset folder (checkpoint mode).
-        split: dataset split.
-        limit: at most this many images (0 = all).
-        tolerances: TOML file of tolerance overrides.
-        json_path: write the results as one JSON object here.
-        report: write a Markdown report (and worst-image PNGs beside it) here.
-        backend: runtime backend for every artifact ("auto": from the file suffix).
-        golden: golden.npz for the torch-free mode.
-        providers: ONNX Runtime providers for every .onnx artifact (None: the best this machine can run).
-    """
-
-    checkpoint: Path | None = None
-    artifacts: tuple[Path, ...] = ()
-    data: Path | None = None
-    split: str = "val"
-    limit: int = 0
-    tolerances: Path | None = None
-    json_path: Path | None = None
-    report: Path | None = None
-    backend: str = "auto"
-    golden: Path | None = None
-    providers: list[str] | None = None

@@ -1,0 +1,258 @@
+"""Running parity (Polygraphy's `Comparator.run`): a reference runner and the artifact runners on the same feeds.
+
+Two modes, one shape: the reference is the `torch` runner on a checkpoint (checkpoint mode, over a
+dataset split) or the `golden` runner replaying `golden.npz` (golden mode, torch-free). Every
+artifact's outputs are then compared with the reference's by `mde.runtime.parity.compare`, with
+the tolerances passed in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mde.errors import CheckFailed, DataError, InputError, ModelError
+from mde.runtime.backends.base import Runner, open_runner
+from mde.runtime.parity import (
+    DEFAULT_TOLERANCES,
+    ArtifactResult,
+    Tolerance,
+    compare,
+    gt_metrics,
+    load_tolerances,
+    mismatch,
+    region_means,
+    tolerances_from_dict,
+)
+
+
+@dataclass
+class ParityConfig:
+    """Settings of `mde parity` (the CLI options map one to one onto these fields).
+
+    Args:
+        checkpoint: the PyTorch checkpoint (None in golden mode).
+        artifacts: .onnx / .engine files to check.
+        data: dataset folder (checkpoint mode).
+        split: dataset split.
+        limit: at most this many images (0 = all).
+        tolerances: TOML file of tolerance overrides.
+        json_path: write the results as one JSON object here.
+        report: write a Markdown report (and worst-image PNGs beside it) here.
+        backend: runtime backend for every artifact ("auto": from the file suffix).
+        golden: golden.npz for the torch-free mode.
+        providers: ONNX Runtime providers for every .onnx artifact (None: the best this machine can run).
+        device: where the PyTorch reference runs in checkpoint mode ("cpu", "cuda", "cuda:1").
+    """
+
+    checkpoint: Path | None = None
+    artifacts: tuple[Path, ...] = ()
+    data: Path | None = None
+    split: str = "val"
+    limit: int = 0
+    tolerances: Path | None = None
+    json_path: Path | None = None
+    report: Path | None = None
+    backend: str = "auto"
+    golden: Path | None = None
+    providers: list[str] | None = None
+    device: str = "cpu"
+
+
+def run_all(runners: Sequence[Runner], feeds: Iterable[np.ndarray], total: int | None = None,
+            description: str = "parity") -> list[list[np.ndarray]]:
+    """Every runner on the same preprocessed feeds: outputs[runner][image].
+
+    Each feed is one 1 x 3 x H x W image; each output is that image's raw 1 x h x w depth.
+    """
+    from mde.console import track
+    from mde.runtime.metadata import INPUT_NAME, OUTPUT_NAME
+
+    outputs: list[list[np.ndarray]] = [[] for _ in runners]
+    for feed in track(feeds, description, total=total):
+        for runner, out in zip(runners, outputs):
+            out.append(runner.infer({INPUT_NAME: feed})[OUTPUT_NAME][0])
+    return outputs
+
+
+def size_mismatch(runner: Runner, reference: Runner) -> str:
+    """Why `runner`'s preprocessing differs from the reference's (input size, depth range), or ""."""
+    meta, ref = runner.metadata, reference.metadata
+    if meta is None or ref is None:
+        return "no mde metadata"
+    same_size = meta.dynamic_size or tuple(meta.input_size) == tuple(ref.input_size)
+    if same_size and abs(meta.max_depth - ref.max_depth) <= 1e-6:
+        return ""
+    return (f"preprocessing mismatch: artifact input size {tuple(meta.input_size)}, max depth {meta.max_depth:g}; "
+            f"reference {tuple(ref.input_size)}, {ref.max_depth:g}")
+
+
+def check_golden(
+    golden: str | Path,
+    artifact: str | Path,
+    backend: str = "auto",
+    tolerances: dict[str, Tolerance] | None = None,
+    providers: Sequence[str] | None = None,
+) -> ArtifactResult:
+    """Run `artifact` on `golden.npz`'s inputs and compare with its saved PyTorch outputs (no torch needed).
+
+    When the golden inputs came from a dataset (`mde export --golden-data`), their ground truth
+    is in the file too, and RMSE/SSIM and their deltas to PyTorch are reported and gated as in
+    checkpoint mode.
+
+    Args:
+        golden: the export's golden.npz.
+        artifact: an .onnx or .engine file.
+        backend: runtime backend name, or "auto".
+        tolerances: overrides; default: the golden file's own table, else `DEFAULT_TOLERANCES`.
+        providers: ONNX Runtime providers (None: the best this machine can run).
+    """
+    from mde.runtime.backends.golden import GoldenRunner
+
+    with GoldenRunner(golden) as reference, open_runner(artifact, backend, providers=providers) as runner:
+        saved = reference.golden
+        if tolerances is None:
+            names = {f.name for f in fields(Tolerance)}
+            table = {p: {k: v for k, v in row.items() if k in names}
+                     for p, row in saved["tolerances"].items() if p in DEFAULT_TOLERANCES and isinstance(row, dict)}
+            tolerances = tolerances_from_dict(table, source=golden)
+        meta, label = runner.metadata, Path(artifact).name
+        if meta is None:
+            raise ModelError("artifact has no mde metadata", artifact)
+        reason = size_mismatch(runner, reference)
+        if reason:
+            return mismatch(label, meta.precision, runner.label, reason)
+        images = saved["image"]
+        ref_out, art_out = run_all([reference, runner], [images[i:i + 1] for i in range(len(images))],
+                                   len(images))
+    count = len(images)
+    gts = [saved[f"gt_{i}"] for i in range(count)] if all(f"gt_{i}" in saved for i in range(count)) else None
+    masks = [saved.get(f"mask_{i}") for i in range(count)] if gts is not None else None
+    data_range = float(saved["meta"].get("data_range") or meta.max_depth)
+    return compare(ref_out, art_out, gts, tolerance=tolerances[meta.precision], max_depth=meta.max_depth,
+                   data_range=data_range, label=label, precision=meta.precision, backend=runner.label,
+                   masks=masks)
+
+
+def check_checkpoint(cfg: ParityConfig, tolerances: dict[str, Tolerance]
+                     ) -> tuple[list[ArtifactResult], dict[str, Any], dict[str, str]]:
+    """The checkpoint (torch runner) and every artifact on the same preprocessed images of `cfg.data`.
+
+    Returns (one result per artifact, the report header, worst-image PNG names for --report).
+    """
+    from mde.runtime.preprocess import preprocess
+    from mde.train.data import dataset_max_depth, open_dataset
+
+    dataset = open_dataset(cfg.data, split=cfg.split)
+    count = len(dataset) if cfg.limit == 0 else min(cfg.limit, len(dataset))
+    if count == 0:
+        raise DataError(f"no images in the {cfg.split} split", cfg.data)
+    names = list(dataset.names)[:count]
+    data_range = dataset_max_depth(cfg.data)
+    results: dict[int, ArtifactResult] = {}
+    gts: list[np.ndarray] = []
+    masks: list[np.ndarray | None] = []
+    with contextlib.ExitStack() as stack:
+        reference = stack.enter_context(open_runner(cfg.checkpoint, "torch", device=cfg.device))
+        size, max_depth = tuple(reference.metadata.input_size), reference.metadata.max_depth
+        runners = []
+        for i, path in enumerate(cfg.artifacts):
+            runner = stack.enter_context(open_runner(path, cfg.backend, providers=cfg.providers))
+            reason = size_mismatch(runner, reference)
+            if reason:
+                results[i] = mismatch(Path(path).name, runner.metadata.precision, runner.label, reason)
+            else:
+                runners.append((i, runner))
+
+        def feeds() -> Iterator[np.ndarray]:
+            for index in range(count):
+                sample = dataset[index]
+                gts.append(sample.depth)
+                masks.append(sample.mask)
+                yield preprocess(sample.rgb, size)
+
+        ref_out, *art_outs = run_all([reference, *(r for _, r in runners)], feeds(), count)
+    ref_metrics = gt_metrics(ref_out, gts, max_depth, data_range)
+    for (i, runner), outputs in zip(runners, art_outs):
+        meta = runner.metadata
+        results[i] = compare(ref_out, outputs, gts, tolerance=tolerances[meta.precision],
+                             max_depth=max_depth, data_range=data_range, names=names,
+                             label=Path(cfg.artifacts[i]).name, precision=meta.precision,
+                             backend=runner.label, reference_metrics=ref_metrics, masks=masks)
+    header: dict[str, Any] = {
+        "mode": "checkpoint", "checkpoint": str(cfg.checkpoint), "data": str(cfg.data), "split": cfg.split,
+        "images": count, "input_size": list(size), "max_depth": max_depth, "data_range": data_range,
+        "reference": {"rmse": float(np.mean([m["rmse"] for m in ref_metrics])),
+                      "ssim": float(np.mean([m["ssim"] for m in ref_metrics])), "device": cfg.device},
+    }
+    if any(m is not None for m in masks):  # region figures: information, not gates
+        header["regions"] = _region_figures(cfg, ref_out, gts, masks, max_depth)
+    pngs = {}
+    if cfg.report is not None:
+        for (i, _), outputs in zip(runners, art_outs):
+            pngs[results[i].artifact] = _worst_png(cfg.report, dataset, results[i], ref_out, outputs, gts,
+                                                   max_depth)
+    return [results[i] for i in range(len(cfg.artifacts))], header, pngs
+
+
+def _worst_png(report: Path, dataset: Any, result: ArtifactResult, reference: list[np.ndarray],
+               outputs: list[np.ndarray], gts: list[np.ndarray], max_depth: float) -> str:
+    """RGB | PyTorch | artifact of the artifact's worst image, beside the Markdown report; returns its name."""
+    from mde.runtime.parity_report import panel, write_png
+    from mde.runtime.preprocess import postprocess
+
+    k = result.worst_index
+    shape = gts[k].shape
+    image = panel(dataset[k].rgb, postprocess(reference[k], shape, max_depth),
+                  postprocess(outputs[k], shape, max_depth), max_depth)
+    name = f"{report.stem}.{Path(result.artifact).stem}.worst.png"
+    write_png(report.parent / name, image)
+    return name
+
+
+def _region_figures(cfg: ParityConfig, reference: list, gts: list, masks: list, max_depth: float) -> dict:
+    """Per-region figures of PyTorch and of the per-pixel mean depth map of the train split (when there is one)."""
+    from mde.runtime.evaluate import pixel_mean_map
+    from mde.train.data import open_dataset
+
+    figures = {"reference": region_means(reference, gts, masks, max_depth)}
+    if (Path(cfg.data) / "train").is_dir():
+        pixmap = pixel_mean_map(open_dataset(cfg.data, split="train"))[None]
+        figures["pixel_mean_map"] = region_means([pixmap] * len(gts), gts, masks, max_depth)
+    return figures
+
+
+def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
+    """`mde parity`: run either mode, print the table, write --json / --report; `CheckFailed` when any fails."""
+    from mde.io import write_json_atomic
+    from mde.runtime.parity_report import print_regions, print_table, write_markdown
+
+    if (cfg.golden is None) == (cfg.checkpoint is None):
+        raise InputError("parity needs either a checkpoint (with --data) or --golden FILE")
+    tolerances = load_tolerances(cfg.tolerances) if cfg.tolerances else None
+    for artifact in cfg.artifacts:
+        if not Path(artifact).is_file():
+            raise ModelError("artifact not found", artifact)
+    pngs: dict[str, str] = {}
+    if cfg.golden is not None:
+        results = [check_golden(cfg.golden, a, cfg.backend, tolerances, cfg.providers) for a in cfg.artifacts]
+        header: dict[str, Any] = {"mode": "golden", "golden": str(cfg.golden)}
+    else:
+        results, header, pngs = check_checkpoint(cfg, tolerances or dict(DEFAULT_TOLERANCES))
+    print_table(results, f"parity vs {'golden outputs' if cfg.golden else 'PyTorch'}")
+    if header.get("regions"):
+        print_regions(results, header["regions"])
+    passed = all(r.passed for r in results)
+    if cfg.json_path is not None:
+        write_json_atomic(cfg.json_path, {**header, "passed": passed, "artifacts": [r.to_dict() for r in results]})
+    if cfg.report is not None:
+        write_markdown(cfg.report, results, header, pngs)
+    if not passed:
+        failed = "; ".join(f"{r.artifact} ({', '.join(r.failed)})" for r in results if not r.passed)
+        raise CheckFailed(f"parity failed: {failed}")
+    return results
