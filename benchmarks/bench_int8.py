@@ -1,21 +1,35 @@
-"""INT8 (Q/DQ) vs FP32 on ONNX Runtime CPU: latency ratio in one run, and the accuracy deltas to PyTorch.
+"""INT8 on ONNX Runtime's CPU provider: the quantization options' latency ratios to FP32, measured in one run.
 
-INT8 is only faster on CPUs with 8-bit dot-product instructions (VNNI: avx512_vnni / avx_vnni,
-or AMX); without them ONNX Runtime's int8 kernels may be no faster than FP32. The CPU flags
-are reported beside the figures.
+For each decoder (report: five ConvTranspose; unet: skip connections, no ConvTranspose) it
+exports a model with random weights and BatchNorm statistics from synthetic images, writes the
+two INT8 artifacts `mde calibrate` makes (`--target tensorrt`, `--target cpu`), builds the
+alternatives `--target cpu` was chosen against (QOperator format, S8 activations, per-tensor
+weights, ConvTranspose left float), and reports for each: latency and its ratio to FP32 (median
+of per-round ratios, rounds interleaved so machine load hits every option alike), and the share
+of convolutions ONNX Runtime runs as integer kernels. Then batch 8 for the artifacts, PyTorch
+eager FP32 for reference, and parity of the artifacts against PyTorch on the validation images
+at the INT8 tolerances.
 
-    python benchmarks/bench_int8.py [--quick]
+INT8 gains need 8-bit dot-product instructions (AVX-512 VNNI / AVX-VNNI, or AMX); the CPU
+flags and the load average are reported beside the figures.
+
+    python benchmarks/bench_int8.py [--quick] [--decoder report --decoder unet] [--rounds 7]
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
-import sys
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+TARGETS = {"report": 0.60, "unet": 0.55}   # CPU INT8 / FP32 latency, batch 1 (issue 14)
+TORCH_TARGET = 0.35                        # CPU INT8 / PyTorch eager FP32
 
 
 def cpu_int8_flags() -> dict[str, bool]:
@@ -24,28 +38,10 @@ def cpu_int8_flags() -> dict[str, bool]:
         flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
         flags = set()
-    return {name: name in flags for name in ("avx512_vnni", "avx_vnni", "amx_int8", "avx2")}
+    return {name: name in flags for name in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")}
 
 
-def _latency(path: Path, x: np.ndarray, iterations: int, threads: int) -> float:
-    """Median milliseconds of one ONNX Runtime CPU call."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    for _ in range(3):
-        session.run(None, {"image": x})
-    times = []
-    for _ in range(iterations):
-        start = time.perf_counter()
-        session.run(None, {"image": x})
-        times.append(time.perf_counter() - start)
-    return 1000.0 * float(np.median(times))
-
-
-def _checkpoint(path: Path, data: Path, backbone: str, size: int) -> None:
+def _checkpoint(path: Path, data: Path, backbone: str, size: int, decoder: str) -> None:
     """A checkpoint with random weights and BatchNorm statistics from the training images."""
     import torch
 
@@ -55,7 +51,7 @@ def _checkpoint(path: Path, data: Path, backbone: str, size: int) -> None:
     from mde.train.model import ModelArgs, build_model
 
     torch.manual_seed(0)
-    args = ModelArgs(backbone=backbone, image_size=size, max_depth=20.0)
+    args = ModelArgs(backbone=backbone, image_size=size, max_depth=20.0, decoder=decoder)
     model = build_model(args).train()
     images = [read_rgb(p) for p in list_images(data / "train" / "rgb")[:32]]
     with torch.no_grad():
@@ -65,68 +61,260 @@ def _checkpoint(path: Path, data: Path, backbone: str, size: int) -> None:
                            "epoch": 0, "metrics": {}})
 
 
-def run(quick: bool = False) -> dict:
-    """Build a model, export FP32, calibrate INT8, time both on ONNX Runtime CPU, compare with PyTorch."""
+def _qoperator(pre, ranges: dict, per_channel: bool = True):
+    """The same CPU choices in ONNX Runtime's QOperator format (QLinearConv nodes written directly)."""
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+    from onnxruntime.quantization.onnx_model import ONNXModel
+    from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+    from onnxruntime.quantization.quant_utils import QuantizationMode
+
+    from mde.calibration.config import TARGETS as SPECS
+
+    tensors = TensorsData(CalibrationMethod.MinMax, {
+        k: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for k, (lo, hi) in ranges.items()})
+    quantizer = ONNXQuantizer(pre, per_channel, False, QuantizationMode.QLinearOps, True, QuantType.QInt8,
+                              QuantType.QUInt8, tensors, [], [], list(SPECS["cpu"].op_types),
+                              {"WeightSymmetric": True})
+    model = ONNXModel(quantizer.quantize_model())
+    model.topological_sort()
+    return model.model
+
+
+def build_variants(pre_path: Path, images: list[np.ndarray], out: Path) -> dict[str, Path]:
+    """The alternatives to `--target cpu`, from min/max ranges (latency does not depend on the range method)."""
+    import onnx
+
+    from mde.calibration import quantize as qz
+    from mde.calibration.config import TARGETS as SPECS
+    from mde.calibration.subpixel import rewrite_conv_transpose
+
+    cpu = SPECS["cpu"]
+    plain = onnx.load(str(pre_path))
+    phase = rewrite_conv_transpose(plain)
+    phase_path = out / "pre.phase.onnx"
+    onnx.save(phase, str(phase_path))
+
+    def ranges(path: Path, symmetric: bool) -> dict:
+        return qz.collect_ranges(path, images, "minmax", cpu.op_types, symmetric=symmetric)
+
+    asym_phase, asym_plain = ranges(phase_path, False), ranges(pre_path, False)
+    s8 = dataclasses.replace(cpu, activation_type="int8")
+    built = {
+        "cpu, ConvTranspose left float": qz.quantize(plain, asym_plain, "minmax", cpu),
+        "cpu, S8 activations": qz.quantize(phase, ranges(phase_path, True), "minmax", s8),
+        "cpu, per-tensor weights": qz.quantize(phase, asym_phase, "minmax", cpu, per_channel=False),
+        "cpu, QOperator format": _qoperator(phase, asym_phase),
+    }
+    paths = {}
+    for i, (name, model) in enumerate(built.items()):
+        if "QOperator" not in name and "S8" not in name:
+            qz.fold_byte_moves(model)
+        paths[name] = out / f"variant{i}.onnx"
+        onnx.save(model, str(paths[name]))
+    return paths
+
+
+def time_interleaved(runners: dict, rounds: int, iterations: int, warmup: dict[str, int]) -> dict[str, list[float]]:
+    """Per round and per option, the median milliseconds of `iterations` calls; options alternate each round.
+
+    `warmup` gives the untimed calls per option (PyTorch eager needs about five before its
+    latency settles; ONNX Runtime one or two).
+    """
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for name, run in runners.items():
+        for _ in range(warmup.get(name, 2)):
+            run()
+    for _ in range(rounds):
+        for name, run in runners.items():
+            calls = []
+            for _ in range(iterations):
+                start = time.perf_counter()
+                run()
+                calls.append(time.perf_counter() - start)
+            times[name].append(1000.0 * float(np.median(calls)))
+    return times
+
+
+def ratios(times: dict[str, list[float]], base: str) -> dict[str, float]:
+    """Median over rounds of each option's latency divided by `base`'s in the same round."""
+    return {name: round(float(np.median(np.array(t) / np.array(times[base]))), 3) for name, t in times.items()}
+
+
+def _runners(paths: dict[str, Path], x: np.ndarray, threads: int) -> dict:
+    from mde.runtime.backends.onnxruntime import create_session
+
+    runners = {}
+    for name, path in paths.items():
+        session = create_session(path, providers=["CPUExecutionProvider"], threads=threads)
+        runners[name] = (lambda s: lambda: s.run(None, {"image": x}))(session)
+    return runners
+
+
+def _torch_runner(ckpt: Path, x: np.ndarray):
     import torch
 
-    from mde.calibration.calibrate import calibrate
-    from mde.calibration.config import CalibrationConfig
-    from mde.export.exporter import ExportConfig, export_checkpoint
+    from mde.train.checkpoint import load_model
+
+    model, _ = load_model(ckpt)
+    model.eval()
+    tensor = torch.from_numpy(x)
+
+    def run():
+        with torch.inference_mode():
+            model(tensor)
+    return run
+
+
+def _parity(ckpt: Path, artifacts: dict[str, Path], data: Path, size: int) -> dict[str, dict]:
+    """Each artifact against PyTorch on the validation images, with its precision's default tolerances."""
+    import torch
+
+    from mde.runtime.backends.onnxruntime import create_session
     from mde.runtime.parity import DEFAULT_TOLERANCES, compare, gt_metrics
     from mde.runtime.preprocess import preprocess
-    from mde.synth import synthesize
     from mde.train.checkpoint import load_model
     from mde.train.data import open_dataset
 
+    model, _ = load_model(ckpt)
+    val = open_dataset(data, split="val")
+    sessions = {k: create_session(p, providers=["CPUExecutionProvider"]) for k, p in artifacts.items()}
+    ref, outs, gts = [], {k: [] for k in sessions}, []
+    with torch.inference_mode():
+        for i in range(len(val)):
+            sample = val[i]
+            batch = preprocess(sample.rgb, (size, size))
+            ref.append(model(torch.from_numpy(batch)).numpy()[0])
+            gts.append(sample.depth)
+            for k, s in sessions.items():
+                outs[k].append(s.run(None, {"image": batch})[0][0])
+    ref_m = gt_metrics(ref, gts, 20.0, 20.0)
+    result = {}
+    for k in sessions:
+        precision = "fp32" if k == "fp32" else "int8"
+        r = compare(ref, outs[k], gts, tolerance=DEFAULT_TOLERANCES[precision], max_depth=20.0, data_range=20.0,
+                    precision=precision, reference_metrics=ref_m)
+        result[k] = {"rmse": r.rmse, "d_rmse": r.d_rmse, "ssim": r.ssim, "d_ssim": r.d_ssim,
+                     "p99_over_range": r.p99_over_range, "passed": r.passed}
+    return result
+
+
+def bench_decoder(decoder: str, quick: bool, rounds: int, root: Path) -> dict:
+    """Everything above for one decoder; returns the figures."""
+    import torch
+
+    from mde.calibration import quantize as qz
+    from mde.calibration.calibrate import calibrate
+    from mde.calibration.config import CalibrationConfig
+    from mde.calibration.inspect import integer_kernel_share
+    from mde.export.exporter import ExportConfig, export_checkpoint
+    from mde.runtime.preprocess import preprocess
+    from mde.synth import synthesize
+    from mde.train.data import open_dataset
+
     backbone, size = ("resnet18", 128) if quick else ("resnet50", 224)
-    n_calib, n_val, iterations, threads = (16, 4, 10, 2) if quick else (64, 16, 30, 0)
-    torch.set_num_threads(2)
-    with tempfile.TemporaryDirectory(prefix="mde-bench-int8-") as tmp:
-        root = Path(tmp)
-        data, ckpt, export = root / "data", root / "model.pt", root / "export"
-        synthesize(data, train=n_calib + 16, val=n_val, size=size, seed=0, progress=False)
-        _checkpoint(ckpt, data, backbone, size)
-        export_checkpoint(ExportConfig(checkpoint=ckpt, out=export, precisions=("fp32",), progress=False))
-        report = calibrate(CalibrationConfig(
-            model=export / "model.onnx", data=data, out=export / "model.int8.onnx", num_images=n_calib,
+    n_calib, n_val, iterations, threads = (16, 4, 3, 2) if quick else (64, 16, 5, 2)
+    torch.set_num_threads(threads)
+    data, ckpt, export = root / "data", root / f"{decoder}.pt", root / decoder
+    if not (data / "meta.json").exists():
+        synthesize(data, train=n_calib + 16, val=n_val, size=size, seed=0, progress=False, workers=1)
+    _checkpoint(ckpt, data, backbone, size, decoder)
+    export_checkpoint(ExportConfig(checkpoint=ckpt, out=export, precisions=("fp32",), progress=False))
+    artifacts = {"fp32": export / "model.onnx"}
+    reports = {}
+    for target, name in (("tensorrt", "model.int8.onnx"), ("cpu", "model.int8.cpu.onnx")):
+        reports[target] = calibrate(CalibrationConfig(
+            model=export / "model.onnx", data=data, out=export / name, target=target, num_images=n_calib,
             allow_few=True, max_float_nodes=0, progress=False))
-        x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
-        fp32_ms = _latency(export / "model.onnx", x, iterations, threads)
-        int8_ms = _latency(export / "model.int8.onnx", x, iterations, threads)
+        artifacts[f"int8 {target}"] = export / name
 
-        import onnxruntime as ort
+    train = open_dataset(data, split="train")
+    images = [preprocess(train[i].rgb, (size, size)) for i in range(8)]
+    pre = root / f"{decoder}.pre.onnx"
+    qz.pre_process(export / "model.onnx", pre)
+    (root / f"{decoder}-variants").mkdir(exist_ok=True)
+    options = {**artifacts, **build_variants(pre, images, root / f"{decoder}-variants")}
 
-        model, _ = load_model(ckpt)
-        val = open_dataset(data, split="val")
-        sessions = {p: ort.InferenceSession(str(export / f), providers=["CPUExecutionProvider"])
-                    for p, f in (("fp32", "model.onnx"), ("int8", "model.int8.onnx"))}
-        ref, outs, gts = [], {p: [] for p in sessions}, []
-        with torch.inference_mode():
-            for i in range(len(val)):
-                sample = val[i]
-                batch = preprocess(sample.rgb, (size, size))
-                ref.append(model(torch.from_numpy(batch)).numpy()[0])
-                gts.append(sample.depth)
-                for p, s in sessions.items():
-                    outs[p].append(s.run(None, {"image": batch})[0][0])
-        ref_m = gt_metrics(ref, gts, 20.0, 20.0)
-        accuracy = {}
-        for p in sessions:
-            r = compare(ref, outs[p], gts, tolerance=DEFAULT_TOLERANCES[p], max_depth=20.0, data_range=20.0,
-                        precision=p, reference_metrics=ref_m)
-            accuracy[p] = {"rmse": r.rmse, "d_rmse": r.d_rmse, "ssim": r.ssim, "d_ssim": r.d_ssim,
-                           "p99_over_range": r.p99_over_range, "passed": r.passed}
-    result = {
-        "backbone": backbone, "image_size": size, "calibration_images": report.num_images,
-        "threads": threads or "ort default", "iterations": iterations, "cpu_flags": cpu_int8_flags(),
-        "fp32_ms": round(fp32_ms, 3), "int8_ms": round(int8_ms, 3),
-        "int8_over_fp32_latency": round(int8_ms / fp32_ms, 3),
-        "pytorch_rmse": float(np.mean([m["rmse"] for m in ref_m])),
-        "accuracy": accuracy, "heldout_drop": report.before["drop"],
+    x1 = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
+    x8 = np.random.default_rng(1).random((8, 3, size, size), dtype=np.float32)
+    shares = {k: integer_kernel_share(p) for k, p in options.items()}
+    warmup = {"pytorch fp32": 8}
+    b1 = time_interleaved({**_runners(options, x1, threads), "pytorch fp32": _torch_runner(ckpt, x1)},
+                          rounds, iterations, warmup)
+    b8 = time_interleaved({**_runners(artifacts, x8, threads), "pytorch fp32": _torch_runner(ckpt, x8)},
+                          max(3, rounds // 2), max(2, iterations // 2), warmup)
+    parity = _parity(ckpt, options, data, size)
+    r1, r8 = ratios(b1, "fp32"), ratios(b8, "fp32")
+    t1, t8 = ratios(b1, "pytorch fp32"), ratios(b8, "pytorch fp32")
+    cpu = "int8 cpu"
+    return {
+        "backbone": backbone, "decoder": decoder, "image_size": size, "threads": threads,
+        "rounds": rounds, "iterations_per_round": iterations,
+        "batch1": {k: {"ms": round(float(np.median(v)), 2), "vs_fp32": r1[k], "vs_pytorch": t1[k],
+                       "integer_share": shares[k]["share"] if k in shares else None,
+                       "integer_convs": f"{shares[k]['integer']}/{shares[k]['convolutions']}" if k in shares else None}
+                   for k, v in b1.items()},
+        "batch8": {k: {"ms": round(float(np.median(v)), 2), "vs_fp32": r8[k], "vs_pytorch": t8[k]}
+                   for k, v in b8.items()},
+        "parity": parity,
+        "heldout_drop": {t: r.before["drop"] for t, r in reports.items()},
+        "targets": {
+            "cpu_int8_over_fp32_b1": [r1[cpu], TARGETS.get(decoder), r1[cpu] <= TARGETS.get(decoder, 1.0)],
+            "cpu_int8_over_pytorch_b1": [t1[cpu], TORCH_TARGET, t1[cpu] <= TORCH_TARGET],
+            "cpu_int8_over_fp32_b8": [r8[cpu], TARGETS.get(decoder), r8[cpu] <= TARGETS.get(decoder, 1.0)],
+            "cpu_int8_over_pytorch_b8": [t8[cpu], TORCH_TARGET, t8[cpu] <= TORCH_TARGET],
+            "parity_pass": parity[cpu]["passed"],
+        },
     }
+
+
+def available_decoders() -> tuple[str, ...]:
+    """The decoders this checkout's model has (`ModelArgs.decoder`), report first."""
+    from mde.train.model import ModelArgs
+
+    if "decoder" not in {f.name for f in dataclasses.fields(ModelArgs)}:
+        return ("report",)
+    from mde.train import model as model_module
+
+    names = getattr(model_module, "DECODERS", {"report": None})
+    return tuple(sorted(names, key=lambda n: n != "report"))
+
+
+def run(quick: bool = False, decoders: tuple[str, ...] = (), rounds: int = 7) -> dict:
+    """Benchmark every decoder; print and return the figures."""
+    decoders = decoders or available_decoders()
+    load_before = os.getloadavg()
+    result: dict = {"cpu_flags": cpu_int8_flags(), "cpu_count": os.cpu_count(), "decoders": {}}
+    with tempfile.TemporaryDirectory(prefix="mde-bench-int8-") as tmp:
+        for decoder in decoders:
+            result["decoders"][decoder] = bench_decoder(decoder, quick, rounds, Path(tmp))
+    result["load_average"] = {"start": [round(v, 2) for v in load_before],
+                              "end": [round(v, 2) for v in os.getloadavg()]}
     print(json.dumps(result, indent=2, default=str))
     return result
 
 
+def report(result: dict) -> None:
+    """One table per decoder: latency, ratios and integer-kernel share of every option."""
+    for decoder, figures in result["decoders"].items():
+        print(f"\n{figures['backbone']} + {decoder} decoder, {figures['image_size']} px, "
+              f"{figures['threads']} threads, ONNX Runtime CPU (load {result['load_average']})")
+        print(f"{'option':34s} {'b1 ms':>8s} {'/FP32':>6s} {'/torch':>7s} {'integer convs':>14s} "
+              f"{'dRMSE':>8s} {'dSSIM':>8s} parity")
+        for name, row in figures["batch1"].items():
+            p = figures["parity"].get(name)
+            acc = (f"{p['d_rmse']:+8.4f} {p['d_ssim']:+8.4f} {'PASS' if p['passed'] else 'FAIL'}" if p else "")
+            print(f"{name:34s} {row['ms']:8.1f} {row['vs_fp32']:6.3f} {row['vs_pytorch']:7.3f} "
+                  f"{row['integer_convs'] or '-':>14s} {acc}")
+        for name, row in figures["batch8"].items():
+            print(f"{name + ' (batch 8)':34s} {row['ms']:8.1f} {row['vs_fp32']:6.3f} {row['vs_pytorch']:7.3f}")
+        print("targets:", json.dumps(figures["targets"]))
+
+
 if __name__ == "__main__":
-    run(quick="--quick" in sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="resnet18 at 128 px, fewer images and rounds")
+    parser.add_argument("--decoder", action="append", default=[], help="decoder(s) to measure (default: all)")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
+    opts = parser.parse_args()
+    report(run(quick=opts.quick, decoders=tuple(opts.decoder), rounds=opts.rounds))

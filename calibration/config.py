@@ -40,9 +40,9 @@ TARGETS: dict[str, Target] = {
     "tensorrt": Target("tensorrt", ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool"),
                        activation_type="int8", quantize_bias=False, keep_relu=True, phase_convs=False),
     # ONNX Runtime CPU: only ops with integer kernels (QLinearConv, QLinearAdd, QLinearConcat,
-    # uint8 MaxPool/DepthToSpace); ConvTranspose has none, so it is rewritten into Convs first.
-    # The head stays float here too.
-    "cpu": Target("cpu", ("Conv", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool", "Concat"),
+    # uint8 MaxPool, Resize and DepthToSpace); ConvTranspose has none, so it is rewritten into
+    # Convs first. The head stays float here too.
+    "cpu": Target("cpu", ("Conv", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool", "Concat", "Resize"),
                   activation_type="uint8", quantize_bias=True, keep_relu=False, phase_convs=True),
 }
 

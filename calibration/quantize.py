@@ -9,6 +9,26 @@ as a strongly typed network, and the same file runs on ONNX Runtime's CPU provid
 accuracy is measured here without a GPU. The lower layer (`create_calibrator` -> ranges,
 `QDQQuantizer(tensors_range=...)`) is called directly, as `quantize_static` does internally,
 so the ranges are computed once, saved, and reused by every quantization the fallback needs.
+
+Two targets (`calibration.config.TARGETS`). `tensorrt` is the form above, with float biases
+(TensorRT's IDequantizeLayer takes INT8 inputs only; `check_tensorrt_qdq` refuses anything
+else). `cpu` is the form ONNX Runtime's CPU provider runs fastest, chosen by measuring
+(`benchmarks/bench_int8.py`: resnet50 at 224 px, batch 1, 2 threads, AVX-512 VNNI, ORT 1.31,
+latency / FP32 latency, report decoder | skip decoder):
+- UINT8 activations, INT8 per-channel weights, INT32 biases, Relu folded: ORT fuses every
+  DQ-Conv-Q group into QLinearConv (NHWC, VNNI kernels): 0.41 | 0.51. The TensorRT form
+  (S8 activations, float biases, explicit Relu): 0.97 | 0.92, with 33 of 58 | 43 of 63
+  convolutions as integer kernels; S8 activations alone: 1.05 | 0.84, 33 of 73 | 43 of 63.
+- ConvTranspose rewritten as phase Convs (`calibration/subpixel.py`, exact): ORT has no
+  integer ConvTranspose kernel on the CPU provider (the QDQ rules fuse Conv only; the
+  QOperator quantizer leaves it float), and the report decoder's five transposed convolutions
+  are 38 % of FP32 time; left float they cap the ratio at 0.63.
+- QDQ, not QOperator: the same kernels after ORT's fusion (0.38 | 0.53, within the noise of
+  the shared machine), while QDQ keeps the sensitivity fallback (`with_float_nodes`) and the
+  DepthToSpace fold working. Per-tensor weights: no faster (0.42 | 0.49), less accurate on
+  BatchNorm-folded weights, so per-channel stays.
+`calibration/inspect.py` reads ORT's optimized graph to check that every quantized
+convolution became an integer kernel.
 """
 
 from __future__ import annotations
@@ -155,12 +175,14 @@ def quantize(
     method: str,
     target: Target,
     nodes_to_exclude: Sequence[str] = (),
+    per_channel: bool = True,
 ) -> onnx.ModelProto:
     """Q/DQ-quantize `model` (pre-processed FP32) with saved `ranges`, keeping `nodes_to_exclude` float.
 
-    Weights are INT8 per output channel, symmetric. tensorrt: symmetric INT8 activations (every
-    zero-point is 0), float biases. cpu: asymmetric UINT8 activations, INT32 biases, Relu folded;
-    a DepthToSpace gets its input's range, so that `fold_byte_moves` can run it on the bytes.
+    Weights are INT8, symmetric, per output channel (per tensor with `per_channel=False`, for
+    comparison). tensorrt: symmetric INT8 activations (every zero-point is 0), float biases.
+    cpu: asymmetric UINT8 activations, INT32 biases, Relu folded; a DepthToSpace gets its
+    input's range, so that `fold_byte_moves` can run it on the bytes.
     """
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.calibrate import TensorData, TensorsData
@@ -176,7 +198,7 @@ def quantize(
     })
     activation = QuantType.QUInt8 if target.activation_type == "uint8" else QuantType.QInt8
     quantizer = QDQQuantizer(
-        copy.deepcopy(model), True, False, QuantType.QInt8, activation, tensors,
+        copy.deepcopy(model), per_channel, False, QuantType.QInt8, activation, tensors,
         [], list(nodes_to_exclude), list(target.op_types), _extra_options(target),
     )
     # The quantizer appends some DequantizeLinear nodes after their consumers; ONNX Runtime

@@ -10,10 +10,13 @@ from mde.errors import InputError
 from mde.runtime.metadata import PRECISIONS
 
 ARTIFACT_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+# INT8 for ONNX Runtime's CPU provider (`mde calibrate --target cpu`); model.int8.onnx is the TensorRT form
+INT8_CPU_NAME = "model.int8.cpu.onnx"
 ENGINE_NAME = "model.engine"
 GOLDEN_NAME = "golden.npz"
 # files written beside an artifact that move with it: the engine's sidecar, INT8 calibration ranges
-EXTRAS = {ENGINE_NAME: (ENGINE_NAME + ".json",), "model.int8.onnx": ("model.int8.ranges.json",)}
+EXTRAS = {ENGINE_NAME: (ENGINE_NAME + ".json",), "model.int8.onnx": ("model.int8.ranges.json",),
+          INT8_CPU_NAME: ("model.int8.cpu.ranges.json",)}
 MIN_OPSET = 17
 
 

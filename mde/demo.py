@@ -16,6 +16,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from mde.export.config import ARTIFACT_NAMES, INT8_CPU_NAME
+
 console = Console(stderr=True, highlight=False)
 
 
@@ -66,11 +68,14 @@ def main(argv: list[str] | None = None) -> None:
     step("3/6 export ONNX FP32 + FP16", [export / "model.onnx", export / "model.fp16.onnx"],
          ["export", str(ckpt), "--out", str(export), "--precision", "fp32",
           "--precision", "fp16", "--force"])
-    step("4/6 calibrate INT8 (Q/DQ)", [export / "model.int8.onnx"],
-         ["calibrate", str(export / "model.onnx"), "--data", str(data),
-          "--out", str(export / "model.int8.onnx"), "--num-images", str(opts.calib_images),
-          "--force"])
-    artifacts = [export / "model.onnx", export / "model.fp16.onnx", export / "model.int8.onnx"]
+    int8, int8_cpu = export / ARTIFACT_NAMES["int8"], export / INT8_CPU_NAME
+    step("4a/6 calibrate INT8 (Q/DQ for TensorRT)", [int8],
+         ["calibrate", str(export / "model.onnx"), "--data", str(data), "--target", "tensorrt",
+          "--out", str(int8), "--num-images", str(opts.calib_images), "--force"])
+    step("4b/6 calibrate INT8 for ONNX Runtime's CPU provider", [int8_cpu],
+         ["calibrate", str(export / "model.onnx"), "--data", str(data), "--target", "cpu",
+          "--out", str(int8_cpu), "--num-images", str(opts.calib_images), "--force"])
+    artifacts = [export / ARTIFACT_NAMES["fp32"], export / ARTIFACT_NAMES["fp16"], int8, int8_cpu]
     parity_json = out / "parity.json"
     step("5/6 parity against PyTorch", [],
          ["parity", str(ckpt), *map(str, artifacts), "--data", str(data),
@@ -141,6 +146,10 @@ def summary(parity: dict, bench: dict, artifacts: list[Path], run: Path, data: P
     Console(width=130).print(table)
     ratio = ref["rmse"] / base["mean_depth"]["rmse"]
     Console(width=130).print(f"model RMSE = {ratio:.2f} x the mean-depth baseline's")
+    fp32_ms, cpu_ms = (speeds.get(n, {}).get("latency_ms", {}).get("mean") for n in (artifacts[0].name, INT8_CPU_NAME))
+    if fp32_ms and cpu_ms:
+        Console(width=130).print(f"ONNX Runtime CPU: {INT8_CPU_NAME} runs in {cpu_ms / fp32_ms:.2f} x the time "
+                                 f"of {artifacts[0].name} (FP32)")
 
 
 def _fmt(value: float | None, digits: int = 2, sci: bool = False) -> str:
