@@ -119,6 +119,7 @@ def test_metadata_records_the_target(cpu_int8, tiny_int8, cli):
     assert json.loads(cpu_props["mde.calibration"])["integer_kernel_share"] == 1.0
 
 
+@pytest.mark.slow
 def test_trained_model_cpu_int8_passes_parity_at_int8_tolerances(cli, synth_data, tmp_path):
     """A tiny trained model: train -> export -> calibrate --target cpu -> parity on the synthetic val set."""
     run, export, out = tmp_path / "run", tmp_path / "export", tmp_path / "parity.json"
