@@ -73,7 +73,8 @@ def rewritable(model: onnx.ModelProto) -> list[str]:
 def rewrite_conv_transpose(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of `model` with every rewritable ConvTranspose replaced by phase Convs + Concat + DepthToSpace.
 
-    The new Conv nodes are named `<ConvTranspose name>/phase<i><j>`; nodes it cannot rewrite
+    The new Conv nodes are named `<ConvTranspose name>/phase<i><j>` (the output's name for an
+    unnamed node); nodes it cannot rewrite
     (groups, dilation, output padding, a crop) are left as they are.
     """
     out = onnx.ModelProto()
@@ -99,12 +100,13 @@ def rewrite_conv_transpose(model: onnx.ModelProto) -> onnx.ModelProto:
         if relu is not None:
             absorbed.add(id(relu))
         stride, (rows, cols) = planned
+        base = node.name or node.output[0]
         weight = numpy_helper.to_array(inits[node.input[1]])  # Cin x Cout x kH x kW
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else ""
         phase_outputs = []
         for i, (row_taps, top, bottom) in enumerate(rows):
             for j, (col_taps, left, right) in enumerate(cols):
-                name = f"{node.name}/phase{i}{j}"
+                name = f"{base}/phase{i}{j}"
                 w = weight[:, :, row_taps][:, :, :, col_taps].transpose(1, 0, 2, 3)  # Cout x Cin x u x v
                 graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w), f"{name}.weight"))
                 inputs = [node.input[0], f"{name}.weight"] + ([bias] if bias else [])
@@ -117,11 +119,10 @@ def rewrite_conv_transpose(model: onnx.ModelProto) -> onnx.ModelProto:
                     nodes.append(helper.make_node("Relu", [phase_outputs[-1]], [f"{name}_relu"],
                                                   name=f"{name}/relu"))
                     phase_outputs[-1] = f"{name}_relu"
-        nodes.append(helper.make_node("Concat", phase_outputs, [f"{node.name}/phases"],
-                                      name=f"{node.name}/concat", axis=1))
+        nodes.append(helper.make_node("Concat", phase_outputs, [f"{base}/phases"], name=f"{base}/concat", axis=1))
         nodes.append(helper.make_node(
-            "DepthToSpace", [f"{node.name}/phases"], list((relu or node).output),
-            name=f"{node.name}/depth_to_space", blocksize=stride, mode="DCR"))
+            "DepthToSpace", [f"{base}/phases"], list((relu or node).output),
+            name=f"{base}/depth_to_space", blocksize=stride, mode="DCR"))
     del graph.node[:]
     graph.node.extend(nodes)
     used = {i for n in graph.node for i in n.input}

@@ -183,3 +183,31 @@ def test_unknown_target_exit_2(cli, tiny_export, synth_data, tmp_path):
     result = cli("calibrate", tiny_export / "model.onnx", "--data", synth_data, "--out", out, "--target", "gpu")
     assert result.code == 2 and "--target must be one of tensorrt, cpu, got 'gpu'" in result.err
     assert len(result.err.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("kernel, stride, pad, relu", [(4, 2, 1, True), (2, 2, 0, False), (3, 3, 0, True),
+                                                       (6, 2, 2, False)])
+def test_phase_conv_rewrite_is_exact_for_other_upsamplings(kernel, stride, pad, relu):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mde.calibration.subpixel import rewrite_conv_transpose
+
+    rng = np.random.default_rng(kernel)
+    inits = [numpy_helper.from_array(rng.standard_normal((3, 5, kernel, kernel)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(5).astype(np.float32), "b")]
+    nodes = [helper.make_node("ConvTranspose", ["x", "w", "b"], ["t" if relu else "y"], kernel_shape=[kernel, kernel],
+                              strides=[stride, stride], pads=[pad] * 4)]  # unnamed on purpose
+    if relu:
+        nodes.append(helper.make_node("Relu", ["t"], ["y"], name="relu"))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 5, 7])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    rewritten = rewrite_conv_transpose(model)
+    assert [n.op_type for n in rewritten.graph.node].count("Conv") == stride * stride
+    assert "ConvTranspose" not in _ops(rewritten) and ("Relu" in _ops(rewritten)) == relu
+    x = rng.random((2, 3, 5, 7), np.float32)
+    a, b = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+            for m in (model, rewritten))
+    assert a.shape == b.shape == (2, 5, 5 * stride, 7 * stride)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
