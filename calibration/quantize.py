@@ -14,19 +14,20 @@ Two targets (`calibration.config.TARGETS`). `tensorrt` is the form above, with f
 (TensorRT's IDequantizeLayer takes INT8 inputs only; `check_tensorrt_qdq` refuses anything
 else). `cpu` is the form ONNX Runtime's CPU provider runs fastest, chosen by measuring
 (`benchmarks/bench_int8.py`: resnet50 at 224 px, batch 1, 2 threads, AVX-512 VNNI, ORT 1.31,
-latency / FP32 latency, report decoder | skip decoder):
+latency / FP32 latency over two runs, report decoder | skip decoder):
 - UINT8 activations, INT8 per-channel weights, INT32 biases, Relu folded: ORT fuses every
-  DQ-Conv-Q group into QLinearConv (NHWC, VNNI kernels): 0.41 | 0.51. The TensorRT form
-  (S8 activations, float biases, explicit Relu): 0.97 | 0.92, with 33 of 58 | 43 of 63
-  convolutions as integer kernels; S8 activations alone: 1.05 | 0.84, 33 of 73 | 43 of 63.
+  DQ-Conv-Q group into QLinearConv (NHWC, VNNI kernels): 0.41-0.43 | 0.43-0.51. The TensorRT form
+  (S8 activations, float biases, explicit Relu): 0.97-1.07 | 0.86-0.92, with 33 of 58 | 43 of 63
+  convolutions as integer kernels; S8 activations alone: 1.05-1.08 | 0.78-0.84, 33 of 73 | 43 of 63.
 - ConvTranspose rewritten as phase Convs (`calibration/subpixel.py`, exact): ORT has no
   integer ConvTranspose kernel on the CPU provider (the QDQ rules fuse Conv only; the
   QOperator quantizer leaves it float), and the report decoder's five transposed convolutions
-  are 38 % of FP32 time; left float they cap the ratio at 0.63.
-- QDQ, not QOperator: the same kernels after ORT's fusion (0.38 | 0.53, within the noise of
+  are 38 % of FP32 time; left float they cap the ratio at 0.63-0.67.
+- QDQ, not QOperator: the same kernels after ORT's fusion (0.38-0.43 | 0.41-0.53, within the noise of
   the shared machine), while QDQ keeps the sensitivity fallback (`with_float_nodes`) and the
-  DepthToSpace fold working. Per-tensor weights: no faster (0.42 | 0.49), less accurate on
-  BatchNorm-folded weights, so per-channel stays.
+  DepthToSpace fold working. Per-tensor weights: no faster (0.42-0.47 | 0.49-0.58), so
+  per-channel stays (the usual safeguard for BatchNorm-folded weights, whose channel
+  ranges differ widely; on the benchmark's random weights both were as accurate).
 `calibration/inspect.py` reads ORT's optimized graph to check that every quantized
 convolution became an integer kernel.
 """
