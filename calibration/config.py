@@ -101,4 +101,6 @@ class CalibrationConfig:
     @property
     def ranges_path(self) -> Path:
         """`FILE.ranges.json` beside the output `FILE.onnx`."""
-        return self.out.with_suffix(".ranges.json")
+        from mde.runtime.metadata import ranges_path
+
+        return ranges_path(self.out)

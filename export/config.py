@@ -7,16 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from mde.errors import InputError
-from mde.runtime.metadata import PRECISIONS
+from mde.runtime.metadata import (  # noqa: F401 - the artifact names are re-exported for the export stage
+    ARTIFACT_NAMES,
+    ENGINE_NAME,
+    EXTRAS,
+    GOLDEN_NAME,
+    INT8_CPU_NAME,
+    PRECISIONS,
+)
 
-ARTIFACT_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
-# INT8 for ONNX Runtime's CPU provider (`mde calibrate --target cpu`); model.int8.onnx is the TensorRT form
-INT8_CPU_NAME = "model.int8.cpu.onnx"
-ENGINE_NAME = "model.engine"
-GOLDEN_NAME = "golden.npz"
-# files written beside an artifact that move with it: the engine's sidecar, INT8 calibration ranges
-EXTRAS = {ENGINE_NAME: (ENGINE_NAME + ".json",), "model.int8.onnx": ("model.int8.ranges.json",),
-          INT8_CPU_NAME: ("model.int8.cpu.ranges.json",)}
 MIN_OPSET = 17
 
 

@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 
 from mde.errors import BackendError, CheckFailed, InputError, ModelError
-from mde.runtime.backends.tensorrt import sidecar_path  # the one name of the sidecar contract
-from mde.runtime.metadata import INPUT_NAME
+from mde.runtime.metadata import INPUT_NAME, sidecar_path
 
 INSTALL_HINT = "pip install 'mde[tensorrt]' (TensorRT 10.3+ or 11 and cuda-python; needs an NVIDIA driver)"
 

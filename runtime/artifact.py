@@ -43,7 +43,8 @@ def inspect_artifact(path: str | Path) -> dict[str, Any]:
         meta, inputs, outputs = read_onnx_metadata(path)
         return {"kind": "onnx", "metadata": meta, "inputs": list(inputs.values()),
                 "outputs": list(outputs.values()), "sidecar": None}
-    from mde.runtime.backends.tensorrt import read_sidecar, sidecar_metadata, sidecar_path
+    from mde.runtime.backends.tensorrt import read_sidecar, sidecar_metadata
+    from mde.runtime.metadata import sidecar_path
 
     sidecar = read_sidecar(path)
     meta = sidecar_metadata(sidecar, sidecar_path(path))

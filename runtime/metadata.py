@@ -13,6 +13,29 @@ from mde.errors import ModelError
 PRECISIONS = ("fp32", "fp16", "int8")
 INPUT_NAME = "image"
 OUTPUT_NAME = "depth"
+
+# -- the export folder's file names: this is the one place they are spelled ----------------
+ARTIFACT_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+# INT8 for ONNX Runtime's CPU provider (`mde calibrate --target cpu`); model.int8.onnx is the TensorRT form
+INT8_CPU_NAME = "model.int8.cpu.onnx"
+ENGINE_NAME = "model.engine"
+GOLDEN_NAME = "golden.npz"
+
+
+def sidecar_path(engine: str | Path) -> Path:
+    """`model.engine` -> `model.engine.json`: the engine's sidecar."""
+    engine = Path(engine)
+    return engine.with_name(engine.name + ".json")
+
+
+def ranges_path(int8_onnx: str | Path) -> Path:
+    """`model.int8.onnx` -> `model.int8.ranges.json`: the calibration ranges saved beside an INT8 model."""
+    return Path(int8_onnx).with_suffix(".ranges.json")
+
+
+# files written beside an artifact that move with it: the engine's sidecar, INT8 calibration ranges
+EXTRAS = {name: (extra(name).name,) for name, extra in (
+    (ENGINE_NAME, sidecar_path), (ARTIFACT_NAMES["int8"], ranges_path), (INT8_CPU_NAME, ranges_path))}
 REQUIRED_KEYS = ("mde.version", "mde.preprocess", "mde.output", "mde.precision")
 # The preprocessing `mde.runtime.preprocess` implements: an artifact asking for anything else is refused.
 PREPROCESS: dict[str, Any] = {

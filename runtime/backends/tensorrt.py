@@ -11,7 +11,7 @@ import numpy as np
 
 from mde.errors import BackendError, InputError, ModelError
 from mde.runtime.backends.base import Runner, TensorSpec, register_backend
-from mde.runtime.metadata import ModelMetadata
+from mde.runtime.metadata import ModelMetadata, sidecar_path
 
 INSTALL_HINT = "pip install 'mde[tensorrt]' (on a Jetson: JetPack's own TensorRT, see the README)"
 MIN_TENSORRT = (10, 3)
@@ -23,12 +23,6 @@ CUDA_MISSING = {
     100: "no CUDA GPU",
     101: "no such CUDA device",
 }
-
-
-def sidecar_path(engine: str | Path) -> Path:
-    """`model.engine` -> `model.engine.json`."""
-    engine = Path(engine)
-    return engine.with_name(engine.name + ".json")
 
 
 def read_sidecar(engine: str | Path) -> dict[str, Any]:
