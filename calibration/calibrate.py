@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from mde.calibration.subpixel import rewritable, rewrite_conv_transpose
 from mde.console import info, make_progress
 from mde.errors import DataError, InputError, ModelError
 from mde.io import atomic_path, require_file, sha256_file
-from mde.runtime.metadata import ModelMetadata
+from mde.runtime.metadata import ModelMetadata, read_props, stamp
 from mde.runtime.preprocess import preprocess
 
 log = logging.getLogger(__name__)
@@ -93,7 +92,7 @@ def load_source(path: Path) -> tuple[Any, ModelMetadata]:
         raise ModelError(f"not an ONNX model ({type(err).__name__})", path) from None
     if not model.ir_version or not model.graph.node:
         raise ModelError("not an ONNX model (no graph)", path)
-    meta = ModelMetadata.from_props({p.key: p.value for p in model.metadata_props}, path)
+    meta = ModelMetadata.from_props(read_props(model), path)
     if is_quantized(model):
         raise ModelError("already quantized (has QuantizeLinear/DequantizeLinear nodes); "
                          "calibrate the FP32 model.onnx", path)
@@ -221,12 +220,7 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
     }
     if kernels:
         calibration["integer_kernel_share"] = kernels["share"]
-    props = {p.key: p.value for p in source.metadata_props}
-    props["mde.precision"] = json.dumps("int8")
-    props["mde.calibration"] = json.dumps(calibration, sort_keys=True)
-    del final.metadata_props[:]
-    for k, v in props.items():
-        final.metadata_props.add(key=k, value=v)
+    stamp(final, replace(meta, precision="int8", calibration=calibration))
     with atomic_path(cfg.out) as tmp_out:
         onnx.save(final, str(tmp_out))
 
