@@ -1,6 +1,7 @@
 """Benchmark the trainer: quality vs two baselines, loader vs step rate, FLOP/s vs GEMM, and the loss choice.
 
-    python benchmarks/bench_train.py [--quick] [--only quality throughput losses] [--data DIR]
+    python benchmarks/bench_train.py [--quick] [--only quality throughput losses decoders] [--data DIR]
+    python benchmarks/bench_train.py --only decoders --data DIR --runs DIR [--variants NAME ...]
 
 (1) quality: on `mde data synth D --train 2000 --val 200 --size 128 --seed 0`, a resnet18 trained
     from scratch on CPU (<= 15 min) against predicting the training set's mean depth and its
@@ -10,6 +11,9 @@
     at 128x128, same thread count.
 (3) losses: a short run of each loss on the same data, scored with the same metrics.
 (4) cuda_amp (only with a GPU): bf16/fp16 autocast + channels_last vs FP32 images/s (target >= 1.5x).
+(5) decoders: the quality settings once per variant (decoder x schedule x crop, same data, epochs
+    and seed), then one per-region table (whole image, objects, structure: RMSE / AbsRel / delta1)
+    of every variant and of the per-pixel mean map. Runs are kept in --runs and reused.
 """
 
 from __future__ import annotations
@@ -22,11 +26,26 @@ import tempfile
 import time
 from pathlib import Path
 
-# TrainConfig's defaults (batch 16, CyclicLR triangular2 2e-4..2e-3 over 250-step half cycles,
-# berHu loss, augmentation on), from scratch (so freeze auto -> 0), resnet18 at 96 px on CPU.
+import numpy as np
+
+# TrainConfig's defaults (unet decoder, batch 16, one-cycle 2e-4..2e-3, berHu loss, augmentation
+# on), from scratch (so freeze auto -> 0), resnet18 at 96 px on CPU.
 QUALITY = {"backbone": "resnet18", "image_size": 96, "epochs": 8, "pretrained": False,
            "workers": 1, "device": "cpu", "checkpoint_every": 0}
 QUICK = {"image_size": 64, "epochs": 1, "batch_size": 8}
+# name -> TrainConfig overrides of QUALITY; "legacy_crop" runs the pre-fix crop (depth left unscaled)
+VARIANTS = {
+    "report": {"decoder": "report", "schedule": "cyclic"},
+    "unet-onecycle": {"decoder": "unet", "schedule": "onecycle"},
+    "unet-cyclic": {"decoder": "unet", "schedule": "cyclic"},
+    "unet-onecycle-nocrop": {"decoder": "unet", "schedule": "onecycle", "scale_crop": False},
+    "unet-onecycle-legacycrop": {"decoder": "unet", "schedule": "onecycle", "legacy_crop": True},
+    "unet-cyclic-nocrop": {"decoder": "unet", "schedule": "cyclic", "scale_crop": False},
+    "unet-cyclic-legacycrop": {"decoder": "unet", "schedule": "cyclic", "legacy_crop": True},
+    "report-onecycle": {"decoder": "report", "schedule": "onecycle"},
+    "report-nocrop": {"decoder": "report", "schedule": "cyclic", "scale_crop": False},
+    "report-legacycrop": {"decoder": "report", "schedule": "cyclic", "legacy_crop": True},
+}
 
 
 def ensure_data(path: Path, train: int, val: int, size: int) -> Path:
@@ -174,13 +193,157 @@ def losses(data: Path, quick: bool) -> dict:
     table = {}
     for loss in LOSS_CHOICES:
         with tempfile.TemporaryDirectory() as tmp:
-            settings = {**QUALITY, "loss": loss, "image_size": 64, "epochs": 1 if quick else 2,
+            settings = {**QUALITY, "loss": loss, "image_size": 64, "epochs": 1 if quick else 2, "schedule": "cyclic",
                         "step_size_up": 125}
             best = train(TrainConfig(data=str(data), out=os.path.join(tmp, "r"), **settings))["best"]
         table[loss] = {k: round(best[k], 4) for k in ("rmse", "ssim", "abs_rel", "delta1")}
         print(f"  {loss:8s} {table[loss]}", flush=True)
     return {"settings": "resnet18 64px, from scratch, 2 epochs, batch 16, CyclicLR 2e-4..2e-3 (125-step half cycle)",
             "results": table, "best_rmse": min(table, key=lambda k: table[k]["rmse"])}
+
+
+def _legacy_crop_window(rgb, depth, y, x, ch, cw, intrinsics=None):
+    """The crop before the geometry fix: depth left unscaled (for the before/after measurement)."""
+    return rgb[y:y + ch, x:x + cw], depth[y:y + ch, x:x + cw], intrinsics
+
+
+def train_variant(data: Path, run_dir: Path, overrides: dict, quick: bool, epochs: int = 0) -> dict:
+    """Train one variant at the quality settings into `run_dir` (reused when its summary exists)."""
+    import contextlib
+    from unittest import mock
+
+    from mde.train.config import TrainConfig
+    from mde.train.trainer import train
+
+    summary = run_dir / "bench.json"
+    if summary.is_file():
+        return json.loads(summary.read_text())
+    overrides = dict(overrides)
+    legacy = overrides.pop("legacy_crop", False)
+    settings = {**QUALITY, **(QUICK if quick else {}), **overrides, **({"epochs": epochs} if epochs else {})}
+    patch = mock.patch("mde.train.augment.crop_window", _legacy_crop_window) if legacy else contextlib.nullcontext()
+    start = time.perf_counter()
+    with patch:  # DataLoader workers fork after the patch, so they see it too
+        result = train(TrainConfig(data=str(data), out=str(run_dir), force=True, **settings))
+    out = {"settings": {**settings, "legacy_crop": legacy}, "wall_s": round(time.perf_counter() - start, 1),
+           "train_images_per_s": round(result["images_per_s"], 2), "best_epoch": result["best"]["epoch"]}
+    summary.write_text(json.dumps(out, indent=2))
+    return out
+
+
+def region_rows(data: Path, runs: dict[str, Path]) -> dict[str, dict]:
+    """Val metrics (whole image and per region) of each run's best.pt and of the per-pixel mean map."""
+    from mde.runtime.evaluate import baselines, evaluate
+    from mde.train.checkpoint import load_model
+    from mde.train.data import dataset_max_depth, open_dataset
+    from mde.train.evaluate import torch_predictor
+
+    val, data_range = open_dataset(data, "val"), dataset_max_depth(data)
+    rows = {"pixel_mean_map": baselines(open_dataset(data, "train"), val, data_range)["pixel_mean_map"]}
+    for name, run_dir in runs.items():
+        model, _ = load_model(run_dir / "best.pt")
+        rows[name] = evaluate(torch_predictor(model, model.args.image_size, model.args.max_depth), val, data_range)
+    return rows
+
+
+def format_region_table(rows: dict[str, dict], reference: str = "report") -> str:
+    """One line per model: RMSE / AbsRel / delta1 on the whole image, objects and structure."""
+    head = f"{'model':26s} " + " ".join(f"{r + ' RMSE':>15s} {'AbsRel':>7s} {'d1':>6s}"
+                                        for r in ("image", "objects", "structure"))
+    lines = [head]
+    for name, m in rows.items():
+        cells = []
+        for prefix in ("", "objects_", "structure_"):
+            cells.append(f"{m.get(prefix + 'rmse', float('nan')):15.3f} {m.get(prefix + 'abs_rel', float('nan')):7.3f} "
+                         f"{m.get(prefix + 'delta1', float('nan')):6.3f}")
+        lines.append(f"{name:26s} " + " ".join(cells))
+    if reference in rows:
+        ref, base = rows[reference], rows["pixel_mean_map"]
+        for name, m in rows.items():
+            if name in (reference, "pixel_mean_map"):
+                continue
+            lines.append(f"{name}: image RMSE {m['rmse'] / ref['rmse']:.2f}x {reference}'s; object RMSE "
+                         f"{m['objects_rmse'] / ref['objects_rmse']:.2f}x {reference}'s and "
+                         f"{m['objects_rmse'] / base['objects_rmse']:.2f}x the pixel mean map's")
+    return "\n".join(lines)
+
+
+def decoders(data: Path, quick: bool, runs: Path | None = None,
+             variants: tuple[str, ...] = ("report", "unet-onecycle"), train_only: bool = False,
+             epochs: int = 0) -> dict:
+    """Train each variant (same data, epochs and seed) and print the per-region quality table."""
+    data = ensure_data(data, 120 if quick else 2000, 20 if quick else 200, 64 if quick else 128)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = runs or Path(tmp)
+        trained = {}
+        for name in variants:
+            trained[name] = train_variant(data, root / name, VARIANTS[name], quick, epochs)
+            print(f"  {name}: {json.dumps(trained[name])}", flush=True)
+        if train_only:
+            return {"runs": trained}
+        rows = region_rows(data, {name: root / name for name in variants})
+    print(format_region_table(rows), flush=True)
+    return {"runs": trained, "metrics": rows}
+
+
+def decoder_speed(quick: bool = False, decoders: tuple[str, ...] = ("report", "unet")) -> dict:
+    """Per decoder: ONNX Runtime CPU latency of the exported FP32 resnet50 at 224 px (batch 1) and
+    training images/s of resnet18 at 96 px (batch 16), measured in turns so load changes hit both."""
+    import onnxruntime as ort
+    import torch
+
+    from mde.export.exporter import ExportConfig, export_checkpoint
+    from mde.train.checkpoint import save_checkpoint
+    from mde.train.losses import masked_loss
+    from mde.train.model import ModelArgs, build_model
+
+    size, rounds, iters = (64, 2, 3) if quick else (224, 5, 10)
+    threads = torch.get_num_threads()
+    sessions, steps = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in decoders:
+            torch.manual_seed(0)
+            args = ModelArgs("resnet50", size, 20.0, name)
+            ckpt = Path(tmp) / f"{name}.pt"
+            save_checkpoint(ckpt, {"model_args": vars(args), "model": build_model(args).eval().state_dict(),
+                                   "config": {}, "epoch": 0, "metrics": {}})
+            onnx_path = export_checkpoint(ExportConfig(checkpoint=ckpt, out=Path(tmp) / name,
+                                                       precisions=("fp32",), progress=False))[0].path
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            sessions[name] = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+            model = build_model(ModelArgs("resnet18", 96, 20.0, name)).to(memory_format=torch.channels_last)
+            steps[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4))
+        image = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
+        x = torch.rand(16, 3, 96, 96).contiguous(memory_format=torch.channels_last)
+        y = torch.rand(16, 1, 96, 96) * 20
+        latency = {n: [] for n in decoders}
+        step_s = {n: [] for n in decoders}
+        for _ in range(rounds):
+            for name in decoders:
+                sess = sessions[name]
+                sess.run(None, {"image": image})
+                for _ in range(iters):
+                    t0 = time.perf_counter()
+                    sess.run(None, {"image": image})
+                    latency[name].append(time.perf_counter() - t0)
+                model, opt = steps[name]
+                for i in range(3):
+                    t0 = time.perf_counter()
+                    opt.zero_grad(set_to_none=True)
+                    masked_loss("berhu", model(x), y).backward()
+                    opt.step()
+                    if i:
+                        step_s[name].append(time.perf_counter() - t0)
+    out = {"threads": threads, "ort_size": size, "load_avg_1min": round(os.getloadavg()[0], 2)}
+    for name in decoders:
+        out[name] = {"ort_latency_ms_median": round(1000 * float(np.median(latency[name])), 1),
+                     "train_images_per_s": round(16 / float(np.median(step_s[name])), 2)}
+    for name in decoders[1:]:
+        out[f"{name}_vs_{decoders[0]}"] = {
+            "latency_ratio": round(out[name]["ort_latency_ms_median"] / out[decoders[0]]["ort_latency_ms_median"], 3),
+            "train_speed_ratio": round(out[name]["train_images_per_s"] / out[decoders[0]]["train_images_per_s"], 3)}
+    return out
 
 
 def run(quick: bool = False,
@@ -190,7 +353,7 @@ def run(quick: bool = False,
     with tempfile.TemporaryDirectory() as tmp:
         root = data or Path(tmp) / "synth"
         parts = {"throughput": throughput, "cuda_amp": cuda_amp, "losses": losses,
-                 "quality": quality}
+                 "quality": quality, "decoder_speed": lambda _root, q: decoder_speed(q)}
         results = {}
         for name in only:
             start = time.perf_counter()
@@ -206,7 +369,16 @@ if __name__ == "__main__":
     parser.add_argument("--only", nargs="*", default=["throughput", "cuda_amp", "losses", "quality"])
     parser.add_argument("--data", type=Path, default=None,
                         help="the synthetic set (made here when missing)")
+    parser.add_argument("--runs", type=Path, default=None, help="decoders: keep (and reuse) the runs here")
+    parser.add_argument("--variants", nargs="*", default=["report", "unet-onecycle"], choices=list(VARIANTS))
+    parser.add_argument("--train-only", action="store_true", help="decoders: train, skip the table")
+    parser.add_argument("--epochs", type=int, default=0, help="decoders: override the quality epochs (0: keep)")
     opts = parser.parse_args()
-    out = run(opts.quick, tuple(opts.only), opts.data)
+    if opts.only == ["decoders"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = decoders(opts.data or Path(tmp) / "synth", opts.quick, opts.runs, tuple(opts.variants),
+                           opts.train_only, opts.epochs)
+    else:
+        out = run(opts.quick, tuple(opts.only), opts.data)
     json.dump(out, sys.stdout, indent=2, default=str)
     print()

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     step("1/6 synthesize the virtual-world dataset", [data / "meta.json"],
          ["data", "synth", str(data), "--train", str(opts.train_images),
           "--val", str(opts.val_images), "--size", str(opts.size), "--seed", "0", "--force"])
-    step("2/6 train (CyclicLR, augmentation)", [ckpt],
+    step("2/6 train (default decoder and LR schedule, augmentation)", [ckpt],
          ["train", "--data", str(data), "--out", str(run), "--backbone", opts.backbone,
           "--image-size", str(opts.size), "--epochs", str(opts.epochs), "--no-pretrained",
           "--device", "auto"])

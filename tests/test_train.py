@@ -153,7 +153,7 @@ def test_scale_crop_matches_a_longer_focal_length_rendering():
 def test_cyclic_lr_trajectory(mode, second_peak):
     from mde.train.trainer import make_optimizer, make_scheduler
 
-    cfg = TrainConfig(lr_min=1e-4, lr_max=1e-3, step_size_up=4, cycle_mode=mode)
+    cfg = TrainConfig(lr_min=1e-4, lr_max=1e-3, step_size_up=4, cycle_mode=mode, schedule="cyclic")
     model = torch.nn.Linear(2, 1)
     opt = make_optimizer(cfg, model)
     sched = make_scheduler(cfg, opt, total_steps=100)  # CyclicLR ignores the run length
@@ -229,21 +229,21 @@ def test_validation_reports_regions(tiny_run):
     assert records[-1]["val_structure_images"] == 8
 
 
-def test_unet_onecycle_run_records_its_decoder(tmp_path, synth_data):
+def test_defaults_are_unet_onecycle_and_the_report_recipe_stays_selectable(tiny_run, tmp_path, synth_data):
     from mde.train.checkpoint import load_checkpoint, load_model
     from mde.train.trainer import train
 
-    out = tmp_path / "unet"
-    result = train(tiny_config(synth_data, out, decoder="unet", schedule="onecycle", scale_crop=False))
+    state = load_checkpoint(tiny_run[0] / "last.pt")  # the tiny run uses the defaults
+    assert state["model_args"]["decoder"] == "unet" and state["config"]["schedule"] == "onecycle"
+    assert state["scheduler"]["total_steps"] == 12  # 24 images / batch 4, two epochs
+    out = tmp_path / "report"
+    result = train(tiny_config(synth_data, out, decoder="report", schedule="cyclic", scale_crop=False))
     assert math.isfinite(result["best"]["rmse"])
-    state = load_checkpoint(out / "best.pt")
-    assert state["model_args"]["decoder"] == "unet"
     config = json.loads((out / "config.json").read_text())
-    assert (config["decoder"], config["schedule"], config["scale_crop"]) == ("unet", "onecycle", False)
-    model, _ = load_model(out / "best.pt")
-    assert type(model.decoder).__name__ == "UNetDecoder"
-    last = load_checkpoint(out / "last.pt")
-    assert last["scheduler"]["total_steps"] == 6  # 24 images / batch 4, one epoch
+    assert (config["decoder"], config["schedule"], config["scale_crop"]) == ("report", "cyclic", False)
+    model, state = load_model(out / "best.pt")
+    assert state["model_args"]["decoder"] == "report" and type(model.decoder).__name__ == "ReportDecoder"
+    assert "base_lrs" in load_checkpoint(out / "last.pt")["scheduler"]
 
 
 def test_checkpoint_carries_training_state(tiny_run):
