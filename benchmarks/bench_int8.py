@@ -170,11 +170,11 @@ def _parity(ckpt: Path, artifacts: dict[str, Path], data: Path, size: int) -> di
     """Each artifact against PyTorch on the validation images, with its precision's default tolerances."""
     import torch
 
+    from mde.data.readers import open_dataset
     from mde.runtime.backends.onnxruntime import create_session
     from mde.runtime.parity import DEFAULT_TOLERANCES, compare, gt_metrics
     from mde.runtime.preprocess import preprocess
     from mde.train.checkpoint import load_model
-    from mde.train.data import open_dataset
 
     model, _ = load_model(ckpt)
     val = open_dataset(data, split="val")
@@ -207,10 +207,10 @@ def bench_decoder(decoder: str, quick: bool, rounds: int, root: Path) -> dict:
     from mde.calibration.calibrate import calibrate
     from mde.calibration.config import CalibrationConfig
     from mde.calibration.inspect import integer_kernel_share
+    from mde.data.readers import open_dataset
+    from mde.data.synth import synthesize
     from mde.export.exporter import ExportConfig, export_checkpoint
     from mde.runtime.preprocess import preprocess
-    from mde.synth import synthesize
-    from mde.train.data import open_dataset
 
     backbone, size = ("resnet18", 128) if quick else ("resnet50", 224)
     n_calib, n_val, iterations, threads = (16, 4, 3, 2) if quick else (64, 16, 5, 2)

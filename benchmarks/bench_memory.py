@@ -52,7 +52,7 @@ def estimator_calls(model: Path, calls: int, warmup: int) -> dict:
 
 def predict_cli(model: Path, workdir: Path, images: int) -> dict:
     """RSS of an `mde predict` process over `images` files: after 10% of outputs vs the peak after."""
-    from mde.synth import synthesize
+    from mde.data.synth import synthesize
 
     data = workdir / "frames"
     synthesize(data, train=images, val=1, size=64, seed=1, progress=False)

@@ -23,7 +23,7 @@ SIZE = 224
 
 def run(quick: bool = False, verbose: bool = True) -> dict:
     """Time the generator, print one summary line, return the figures (images_per_s, ratio_to_target, ...)."""
-    from mde.synth import _render_job, synthesize
+    from mde.data.synth import _render_job, synthesize
 
     count = 120 if quick else 600
     workers = min(2, os.cpu_count() or 1)

@@ -49,7 +49,7 @@ VARIANTS = {
 
 
 def ensure_data(path: Path, train: int, val: int, size: int) -> Path:
-    from mde.synth import synthesize
+    from mde.data.synth import synthesize
 
     if not (path / "meta.json").is_file():
         synthesize(path, train=train, val=val, size=size, seed=0, progress=False)
@@ -58,8 +58,8 @@ def ensure_data(path: Path, train: int, val: int, size: int) -> Path:
 
 def baselines(data: Path) -> dict[str, float]:
     """Val RMSE/SSIM of the training set's mean depth and of its per-pixel mean depth map."""
+    from mde.data.readers import dataset_max_depth, open_dataset
     from mde.runtime.evaluate import baselines as image_blind_baselines
-    from mde.train.data import dataset_max_depth, open_dataset
 
     base = image_blind_baselines(open_dataset(data, "train"), open_dataset(data, "val"), dataset_max_depth(data))
     out = {"train_mean_depth_m": base["train_mean_depth_m"]}
@@ -96,7 +96,7 @@ def throughput(data: Path, quick: bool, batch: int = 16, size: int = 128) -> dic
     from bench_runtime import gemm_rate  # benchmarks/ is on sys.path when these scripts run
     from torch.utils.flop_counter import FlopCounterMode
 
-    from mde.train.data import open_dataset
+    from mde.data.readers import open_dataset
     from mde.train.loader import DepthPairs, epoch_indices, epoch_loader
     from mde.train.losses import masked_loss
     from mde.train.model import ModelArgs, build_model
@@ -233,9 +233,9 @@ def train_variant(data: Path, run_dir: Path, overrides: dict, quick: bool, epoch
 
 def region_rows(data: Path, runs: dict[str, Path]) -> dict[str, dict]:
     """Val metrics (whole image and per region) of each run's best.pt and of the per-pixel mean map."""
+    from mde.data.readers import dataset_max_depth, open_dataset
     from mde.runtime.evaluate import baselines, evaluate
     from mde.train.checkpoint import load_model
-    from mde.train.data import dataset_max_depth, open_dataset
     from mde.train.evaluate import torch_predictor
 
     val, data_range = open_dataset(data, "val"), dataset_max_depth(data)

@@ -3,7 +3,7 @@
 Each section takes the `Check` and returns a dict of figures (keys carry their units); it raises
 `Skip` when it cannot run here, puts per-item problems under "errors" and failed checks under
 "failed_checks". The project's own code does the work: bench_train / bench_runtime for timing,
-`mde.synth`, `mde.train.model`, `mde.export`, `mde.calibration`, `mde parity`, `DepthEstimator`.
+`mde.data.synth`, `mde.train.model`, `mde.export`, `mde.calibration`, `mde parity`, `DepthEstimator`.
 """
 
 from __future__ import annotations
@@ -187,9 +187,9 @@ def model(ck: Check) -> dict[str, Any]:
     """Synthetic images (`mde data synth`) and a random-weight checkpoint whose BatchNorm statistics come from them."""
     import torch
 
+    from mde.data.synth import synthesize
     from mde.runtime.images import list_images, read_rgb
     from mde.runtime.preprocess import preprocess
-    from mde.synth import synthesize
     from mde.train.checkpoint import save_checkpoint
     from mde.train.model import ModelArgs, build_model, model_args_dict
 

@@ -14,8 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from mde.synth import MAX_DEPTH, SPLITS, render_scene
-from mde.world import KINDS
+from mde.data.synth import MAX_DEPTH, SPLITS, render_scene
+from mde.data.world import KINDS
 
 
 def main() -> None:

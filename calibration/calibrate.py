@@ -135,7 +135,7 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
 
     from mde.calibration import fallback
     from mde.calibration import quantize as qz
-    from mde.train.data import open_dataset
+    from mde.data.readers import open_dataset
 
     started = time.perf_counter()
     cfg.model, cfg.data, cfg.out = Path(cfg.model), Path(cfg.data), Path(cfg.out)

@@ -30,9 +30,9 @@ def golden_inputs(data: Path | None, size: tuple[int, int], count: int, seed: in
     if data is None:
         rng = np.random.default_rng(seed)
         return GoldenInputs(rng.random((count, 3, *size), dtype=np.float32), f"uniform noise, seed {seed}")
+    from mde.data.readers import dataset_max_depth, open_dataset
     from mde.errors import DataError
     from mde.runtime.preprocess import preprocess
-    from mde.train.data import dataset_max_depth, open_dataset
 
     dataset = open_dataset(data, split=split)
     if len(dataset) < count:

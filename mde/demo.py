@@ -95,8 +95,8 @@ def picture(model: Path, data: Path, out: Path, count: int = 4) -> None:
     import numpy as np
     from PIL import Image
 
+    from mde.data.readers import open_dataset
     from mde.runtime import DepthEstimator, colorize
-    from mde.train.data import open_dataset
 
     est = DepthEstimator.open(model)
     val = open_dataset(data, "val")
@@ -119,8 +119,8 @@ def summary(parity: dict, bench: dict, artifacts: list[Path], run: Path, data: P
 
     Two image-blind baselines come first, so the table shows what training bought.
     """
+    from mde.data.readers import dataset_max_depth, open_dataset
     from mde.runtime.evaluate import baselines
-    from mde.train.data import dataset_max_depth, open_dataset
 
     base = baselines(open_dataset(data, "train"), open_dataset(data, "val"), dataset_max_depth(data))
     checks = _by_name(parity["artifacts"], "artifact")

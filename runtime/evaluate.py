@@ -28,7 +28,7 @@ def metric_sums(
 
     Args:
         predict_batch: RGB images (H x W x 3 uint8) -> depth maps (H x W metres) in order.
-        dataset: indexable, items with `.rgb` and `.depth` (see `mde.train.data`).
+        dataset: indexable, items with `.rgb` and `.depth` (see `mde.data.readers`).
         data_range: SSIM data range, the dataset's maximum depth.
         indices: which items to score.
         batch_size: images per `predict_batch` call.

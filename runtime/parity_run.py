@@ -145,8 +145,8 @@ def check_checkpoint(cfg: ParityConfig, tolerances: dict[str, Tolerance]
 
     Returns (one result per artifact, the report header, worst-image PNG names for --report).
     """
+    from mde.data.readers import dataset_max_depth, open_dataset
     from mde.runtime.preprocess import preprocess
-    from mde.train.data import dataset_max_depth, open_dataset
 
     dataset = open_dataset(cfg.data, split=cfg.split)
     count = len(dataset) if cfg.limit == 0 else min(cfg.limit, len(dataset))
@@ -217,8 +217,8 @@ def _worst_png(report: Path, dataset: Any, result: ArtifactResult, reference: li
 
 def _region_figures(cfg: ParityConfig, reference: list, gts: list, masks: list, max_depth: float) -> dict:
     """Per-region figures of PyTorch and of the per-pixel mean depth map of the train split (when there is one)."""
+    from mde.data.readers import open_dataset
     from mde.runtime.evaluate import pixel_mean_map
-    from mde.train.data import open_dataset
 
     figures = {"reference": region_means(reference, gts, masks, max_depth)}
     if (Path(cfg.data) / "train").is_dir():

@@ -65,7 +65,7 @@ def cli(capsys):
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory) -> Path:
     """A tiny procedural dataset: 24 train + 8 val pairs at 64x64."""
-    from mde.synth import synthesize
+    from mde.data.synth import synthesize
 
     out = tmp_path_factory.mktemp("synth") / "data"
     synthesize(out, train=24, val=8, size=TINY_SIZE, seed=0, progress=False)

@@ -30,8 +30,8 @@ def test_amp_channels_last_training_on_cuda(tmp_path, synth_data):
 
 
 def test_cuda_inference_matches_cpu(tiny_checkpoint, synth_data):
+    from mde.data.readers import dataset_max_depth, open_dataset
     from mde.train.checkpoint import load_model
-    from mde.train.data import dataset_max_depth, open_dataset
     from mde.train.evaluate import evaluate_model
 
     val = open_dataset(synth_data, "val")

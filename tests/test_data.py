@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mde.errors import DataError, InputError
-from mde.train.data import (
+from mde.data.readers import (
     FolderDataset,
     KittiDataset,
     NYUDataset,
     dataset_max_depth,
     open_dataset,
 )
+from mde.errors import DataError, InputError
 
 RNG = np.random.default_rng(0)
 
@@ -278,7 +278,7 @@ def test_bad_options_raise_input_error(tmp_path, call, match):
 
 def test_data_module_imports_no_torch():
     code = ("import sys\nfor m in ('torch', 'torchvision', 'onnx'): sys.modules[m] = None\n"
-            "import mde.train.data, mde.runtime.metrics, mde.synth\nprint('ok')")
+            "import mde.data.readers, mde.runtime.metrics, mde.data.synth\nprint('ok')")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          check=False)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr

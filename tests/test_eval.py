@@ -26,9 +26,9 @@ def test_eval_region_figures_match_a_direct_computation(cli, tiny_checkpoint, sy
     without mask/ folders they are absent."""
     import shutil
 
+    from mde.data.readers import open_dataset
     from mde.runtime.metrics import region_metrics
     from mde.train.checkpoint import load_model
-    from mde.train.data import open_dataset
     from mde.train.evaluate import torch_predictor
 
     res = json.loads(cli("eval", tiny_checkpoint, "--data", synth_data, "--json", "--device", "cpu").out)
@@ -53,10 +53,10 @@ def test_eval_checkpoint_table(cli, tiny_checkpoint, synth_data):
 
 def test_eval_matches_a_direct_computation(tiny_checkpoint, synth_data):
     """The shared loop equals scoring each image by hand with the metrics module."""
+    from mde.data.readers import dataset_max_depth, open_dataset
     from mde.runtime.evaluate import evaluate
     from mde.runtime.metrics import compute_metrics
     from mde.train.checkpoint import load_model
-    from mde.train.data import dataset_max_depth, open_dataset
     from mde.train.evaluate import torch_predictor
 
     model, _ = load_model(tiny_checkpoint)

@@ -19,8 +19,8 @@ def export_with_gt(tmp_path_factory, tiny_checkpoint, synth_data):
 
 
 def test_golden_from_a_dataset_carries_its_ground_truth(export_with_gt, synth_data):
+    from mde.data.readers import open_dataset
     from mde.runtime.backends.golden import read_golden
-    from mde.train.data import open_dataset
 
     golden = read_golden(export_with_gt / "golden.npz")
     assert golden["meta"]["ground_truth"] is True and str(synth_data) in golden["meta"]["inputs"]

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from mde.data.synth import render_scene
 from mde.errors import DataError, InputError
 from mde.runtime.metrics import (
     METRIC_NAMES,
@@ -16,7 +17,6 @@ from mde.runtime.metrics import (
     ssim,
     ssim_map,
 )
-from mde.synth import render_scene
 
 skimage_metrics = pytest.importorskip("skimage.metrics", reason="scikit-image is the SSIM reference")
 R = 20.0

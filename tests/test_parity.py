@@ -54,7 +54,7 @@ def test_all_precisions_pass_against_pytorch(cli, tiny_checkpoint, tiny_export, 
         assert abs(row["d_ssim"]) <= tol.ssim_abs, precision
         assert row["p99_over_range"] <= tol.p99_over_range, precision
         assert row["max_abs_diff"] >= row["p99_abs_diff"] >= 0.0
-    # INT8 (the DESIGN.md row): |dRMSE| within 2 % of PyTorch's RMSE, |dSSIM| <= 1e-2.
+    # INT8 (the tolerance table's row): |dRMSE| within 2 % of PyTorch's RMSE, |dSSIM| <= 1e-2.
     assert abs(by_precision["int8"]["d_rmse"]) <= 0.02 * ref_rmse
     assert by_precision["fp32"]["p99_over_range"] <= by_precision["int8"]["p99_over_range"]
     text = report.read_text()

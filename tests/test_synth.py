@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mde.errors import InputError
-from mde.synth import synthesize
-from mde.world import (
+from mde.data.synth import synthesize
+from mde.data.world import (
     MASK_INVALID,
     MASK_OBJECT,
     MASK_STRUCTURE,
@@ -24,6 +23,7 @@ from mde.world import (
     render_labelled,
     render_scene,
 )
+from mde.errors import InputError
 
 
 def _tree(root: Path) -> dict[str, bytes]:

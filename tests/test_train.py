@@ -120,8 +120,8 @@ def test_scale_crop_matches_a_longer_focal_length_rendering():
     """One scene of the virtual world rendered at two focal lengths: the wide view, centre-cropped to
     half its side and resized back, must match the narrow view (f x 2) as the recorded camera sees it:
     same image, same principal point, depth divided by the zoom (depth / fx identical)."""
+    from mde.data.world import _sample_scene, draw_scene
     from mde.runtime.preprocess import resize_rgb
-    from mde.world import _sample_scene, draw_scene
 
     size, s = 96, 0.5
     scene = _sample_scene(np.random.default_rng(11))
@@ -262,8 +262,8 @@ def test_checkpoint_carries_training_state(tiny_run):
 
 
 def test_trained_model_evaluates_like_the_run(tiny_run, synth_data):
+    from mde.data.readers import dataset_max_depth, open_dataset
     from mde.train.checkpoint import load_model
-    from mde.train.data import dataset_max_depth, open_dataset
     from mde.train.evaluate import evaluate_model
 
     out, _ = tiny_run

@@ -1,4 +1,4 @@
-"""Training batches: a torch `Dataset` over `mde.train.data` samples with seeded augmentation, and per-epoch order.
+"""Training batches: a torch `Dataset` over `mde.data.readers` samples with seeded augmentation, and per-epoch order.
 
 Everything random is a function of (seed, epoch, index), so a resumed run (even mid-epoch,
 with any number of workers) sees exactly the batches an uninterrupted run would.

@@ -76,7 +76,7 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
 
 def open_splits(cfg: TrainConfig, env: DistEnv):
     """(train, val) datasets and the SSIM data range; a dataset too small for a batch is an error."""
-    from mde.train.data import dataset_max_depth, open_dataset
+    from mde.data.readers import dataset_max_depth, open_dataset
 
     train_set = open_dataset(cfg.data, split="train", depth_scale=cfg.depth_scale)
     val_set = open_dataset(cfg.data, split="val", depth_scale=cfg.depth_scale)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mde.synth import SynthConfig
+from mde.data.synth import SynthConfig
 
 _D = SynthConfig()
 data_app = typer.Typer(
@@ -26,7 +26,7 @@ def synth(
     force: bool = typer.Option(False, "--force", help="Replace train/, val/ and meta.json in OUT."),
 ) -> None:
     """Write a procedural RGB + metric depth dataset in the folder format, plus meta.json."""
-    from mde.synth import synthesize
+    from mde.data.synth import synthesize
 
     start = time.perf_counter()
     meta = synthesize(out, train=train, val=val, size=size, seed=seed, force=force,

@@ -30,9 +30,9 @@ def eval_command(
     Where the split has region masks, also RMSE / AbsRel / delta1 on objects and on structure,
     and (when DIR has a train split) those of the train split's per-pixel mean depth map.
     """
+    from mde.data.readers import dataset_max_depth, open_dataset
     from mde.io import require_file
     from mde.runtime.evaluate import evaluate
-    from mde.train.data import dataset_max_depth, open_dataset
 
     if batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
@@ -62,8 +62,8 @@ def eval_command(
 
 def _pixel_mean_map_figures(data: str, dataset, data_range: float, depth_scale: float) -> dict[str, float]:
     """The image-blind baseline on the same split: the train split's per-pixel mean depth map."""
+    from mde.data.readers import open_dataset
     from mde.runtime.evaluate import evaluate, pixel_mean_map
-    from mde.train.data import open_dataset
 
     pixmap = pixel_mean_map(open_dataset(data, split="train", depth_scale=depth_scale))
     figures = evaluate(lambda rgbs: [pixmap for _ in rgbs], dataset, data_range)

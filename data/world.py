@@ -12,7 +12,7 @@ object, sky) for region metrics.
 
 Camera (pinhole, square pixels): fx = fy = (W / 2) / tan(hfov / 2), cx = (W - 1) / 2,
 cy = (H - 1) / 2 with pixel centres at integer coordinates (OpenCV convention); randomized
-height, pitch, roll and field of view. `mde.synth` writes datasets of these scenes.
+height, pitch, roll and field of view. `mde.data.synth` writes datasets of these scenes.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ KINDS = ("room", "yard", "open")
 SHAPES = ("box", "sphere", "cylinder")
 PATTERNS = ("checker", "stripes", "noise", "gradient", "tiles")
 EPS = 1e-4
-MASK_STRUCTURE, MASK_OBJECT, MASK_INVALID = 0, 1, 255  # region mask values (DESIGN.md folder format)
+MASK_STRUCTURE, MASK_OBJECT, MASK_INVALID = 0, 1, 255  # region mask values (docs/reference.md, dataset folder)
 F = np.float32
 
 

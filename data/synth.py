@@ -1,4 +1,4 @@
-"""`mde data synth`: write a dataset of procedural scenes (`mde.world`) in the DESIGN.md folder format.
+"""`mde data synth`: a dataset of procedural scenes (`mde.data.world`) in the folder format of docs/reference.md.
 
 OUT/{train,val}/rgb/NAME.png (8-bit RGB), OUT/{train,val}/depth/NAME.png (16-bit, millimetres) and
 OUT/{train,val}/mask/NAME.png (8-bit regions: 0 structure, 1 object, 255 sky) with NAME = the
@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mde.data.world import MAX_DEPTH, MIN_DEPTH, draw_scene, render_labelled, render_scene
 from mde.io import prepare_output_dir, write_json_atomic
-from mde.world import MAX_DEPTH, MIN_DEPTH, draw_scene, render_labelled, render_scene
 
 __all__ = ["MAX_DEPTH", "MIN_DEPTH", "SPLITS", "SynthConfig", "draw_scene", "render_scene", "synthesize"]
 
@@ -77,7 +77,7 @@ def _default_workers(count: int) -> int:
 
 def synthesize(out: str | Path, train: int, val: int, size: int, seed: int, force: bool = False,
                progress: bool = True, workers: int | None = None) -> dict:
-    """Write a procedural dataset in the DESIGN.md folder format plus `OUT/meta.json`.
+    """Write a procedural dataset in the dataset folder format (docs/reference.md) plus `OUT/meta.json`.
 
     Files are written into a temporary folder inside OUT and moved into place at the end, then
     meta.json is written last, so an interrupted run leaves no half-written split and a folder
@@ -129,7 +129,7 @@ def synthesize(out: str | Path, train: int, val: int, size: int, seed: int, forc
             if (out / split).exists():
                 shutil.rmtree(out / split)
             os.replace(tmp / split, out / split)
-        meta = {"generator": "mde.synth", "version": GENERATOR_VERSION, "seed": seed,
+        meta = {"generator": "mde.data.synth", "version": GENERATOR_VERSION, "seed": seed,
                 "counts": {"train": train, "val": val}, "size": [size, size],
                 "max_depth": MAX_DEPTH, "min_depth": MIN_DEPTH, "depth_png_scale": DEPTH_PNG_SCALE,
                 "mask_values": {"structure": 0, "object": 1, "invalid": 255},

@@ -1,4 +1,4 @@
-"""Torch-free dataset readers: the DESIGN.md folder format, NYU Depth v2 (labeled .mat), KITTI depth.
+"""Torch-free dataset readers: the dataset folder format (docs/reference.md), NYU Depth v2 (labeled .mat), KITTI depth.
 
 Every dataset has `names`, `__len__` and `__getitem__(i) -> Sample` (RGB H x W x 3 uint8, depth
 H x W float32 metres, 0 = invalid, and the optional region mask: H x W uint8, 0 structure,
