@@ -309,21 +309,43 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, synth_dat
 
 
 # -- DDP ------------------------------------------------------------------------------------------
+# Loaded by every process of the DDP test (sitecustomize on PYTHONPATH): records, per rank, the sample
+# indices of every batch and every checkpoint saved, by wrapping the functions the trainer imports.
+_DDP_SPY = """
+import os
+import mde.train.checkpoint as checkpoint
+import mde.train.loader as loader
+_log = open(os.path.join(os.environ["MDE_TEST_SPY"], "rank" + os.environ.get("RANK", "x") + ".txt"), "a")
+_save, _batches = checkpoint.save_checkpoint, loader.batches
+def _spy_save(path, state):
+    _log.write("save " + os.path.basename(path) + "\\n"); _log.flush()
+    return _save(path, state)
+def _spy_batches(data):
+    for x, y, idx in _batches(data):
+        _log.write("batch " + " ".join(map(str, idx.tolist())) + "\\n"); _log.flush()
+        yield x, y, idx
+checkpoint.save_checkpoint, loader.batches = _spy_save, _spy_batches
+"""
+
+
 @pytest.mark.slow
 def test_ddp_two_cpu_ranks_split_data_and_rank0_writes_once(tmp_path, synth_data):
-    trace = tmp_path / "trace"
-    trace.mkdir()
+    spy = tmp_path / "spy"
+    spy.mkdir()
+    (spy / "sitecustomize.py").write_text(_DDP_SPY)
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "mde.train", "--data", str(synth_data), "--out", str(run), *TINY,
            "--epochs", "1", "--checkpoint-every", "0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MDE_TRAIN_TRACE": str(trace)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MDE_TEST_SPY": str(spy),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(spy), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    seen = {r: (trace / f"rank{r}.txt").read_text().splitlines() for r in (0, 1)}
-    names = {r: {line.split()[1] for line in lines if line.startswith("0 ")} for r, lines in seen.items()}
-    assert len(names[0]) == len(names[1]) == 12   # 24 images / 2 ranks, 3 batches of 4 each
-    assert not names[0] & names[1]                 # different data on each rank
+    seen = {r: (spy / f"rank{r}.txt").read_text().splitlines() for r in (0, 1)}
+    used = {r: [int(i) for line in lines if line.startswith("batch ") for i in line.split()[1:]]
+            for r, lines in seen.items()}
+    assert len(used[0]) == len(used[1]) == 12       # 24 images / 2 ranks, 3 batches of 4 each
+    assert not set(used[0]) & set(used[1])          # different data on each rank
     saves = {r: [line for line in lines if line.startswith("save ")] for r, lines in seen.items()}
     assert saves[1] == [] and sorted(saves[0]) == ["save best.pt", "save last.pt"]
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1

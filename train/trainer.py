@@ -1,4 +1,5 @@
-"""The training loop, readable top to bottom (nanoGPT style): data, model, CyclicLR, AMP, DDP, checkpoints.
+"""The training loop in torchvision's reference shape: `main` over epochs of `train_one_epoch` and `evaluate`,
+`save_checkpoint` for `last.pt`/`best.pt`; data, model, schedule (CyclicLR or one-cycle), AMP, DDP.
 
 `train(cfg)` runs one job; under `torchrun` every rank runs it, rank 0 alone writes.
 Checkpoints (`last.pt` every `checkpoint_every` steps and at each epoch end, `best.pt` by
@@ -9,10 +10,9 @@ RNG states, so `--resume RUN/last.pt` continues exactly, even from the middle of
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +23,14 @@ from mde.console import info, make_progress
 from mde.errors import DataError, InputError, ModelError
 from mde.io import prepare_output_dir, write_bytes_atomic, write_json_atomic
 from mde.runtime.evaluate import average
-from mde.train.checkpoint import load_checkpoint, save_checkpoint
+from mde.train.checkpoint import load_checkpoint, model_from_checkpoint
+from mde.train.checkpoint import save_checkpoint as write_checkpoint
 from mde.train.config import TrainConfig, merge_resume
 from mde.train.distributed import DistEnv, all_reduce_sum, barrier, cleanup, setup
 from mde.train.evaluate import model_metric_sums
 from mde.train.loader import DepthPairs, batches, epoch_indices, epoch_loader
 from mde.train.losses import masked_loss
 from mde.train.model import ModelArgs, build_model
-
-TRACE_ENV = "MDE_TRAIN_TRACE"  # a folder: each rank appends the sample names it trained on
 
 
 # -- set-up helpers ---------------------------------------------------------------------------
@@ -105,17 +104,98 @@ def resolve_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None
 
 
 # -- the run ----------------------------------------------------------------------------------
+@dataclass
+class Job:
+    """What one training run is made of, built once: data, model, optimizer, schedule, AMP."""
+
+    cfg: TrainConfig              # resolved: max_depth and frozen stages filled in
+    env: DistEnv
+    out: Path
+    args: ModelArgs
+    model: torch.nn.Module
+    forward: Any                  # the model as called for training (DDP-wrapped, compiled)
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype
+    train_set: Any
+    val_set: Any
+    pairs: DepthPairs
+    data_range: float
+
+
+@dataclass
+class TrainState:
+    """Where the run is: what `last.pt` saves and `--resume` restores."""
+
+    epoch: int = 0                # epochs completed
+    epoch_step: int = 0           # batches done in the current epoch
+    step: int = 0
+    best_rmse: float = float("inf")
+    loss_sum: float = 0.0         # the current epoch's running train loss
+    loss_count: int = 0
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train one model; return {"best": val metrics of best.pt, "final": last epoch's, ...}."""
     cfg, resume_state = resolve_config(cfg)
     env = setup(cfg.device)
     try:
-        return _train(cfg, env, resume_state)
+        return main(cfg, env, resume_state)
     finally:
         cleanup(env)
 
 
-def _train(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dict[str, Any]:
+def main(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dict[str, Any]:
+    """The epochs: train, validate, write metrics and checkpoints (rank 0), draw curves and samples."""
+    job = build_job(cfg, env, resume)
+    state = restore(job, resume)
+    cfg, out = job.cfg, job.out
+    if env.is_main:
+        write_json_atomic(out / "config.json", cfg.to_dict())
+        _write_records(out / "metrics.jsonl", state.records)
+        info(f"training {job.args.backbone}/{job.args.decoder} {cfg.image_size}px on {env.device} "
+             f"x{env.world_size}: {len(job.train_set)} train / {len(job.val_set)} val images, "
+             f"max depth {cfg.max_depth:g} m")
+    progress = make_progress() if env.is_main else None
+    if progress:
+        progress.start()
+    try:
+        for epoch in range(state.epoch, cfg.epochs):
+            record = train_one_epoch(job, state, epoch, progress)
+            if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
+                record.update({f"val_{k}": v for k, v in evaluate(job).items()})
+            state.records.append(record)
+            state.epoch, state.epoch_step = epoch + 1, 0
+            state.last_metrics = _val_metrics(record) or state.last_metrics
+            improved = "val_rmse" in record and record["val_rmse"] < state.best_rmse
+            if improved:
+                state.best_rmse = record["val_rmse"]
+            if env.is_main:
+                _write_records(out / "metrics.jsonl", state.records)
+                if improved:
+                    save_checkpoint(job, state, out / "best.pt", training_state=False)
+                save_checkpoint(job, state, out / "last.pt")
+                _plot_curves(state.records, out)
+                info(f"epoch {epoch + 1}/{cfg.epochs}: {_summary(record)}")  # also in logs without a TTY
+            barrier(env)
+    finally:
+        if progress:
+            progress.stop()
+    if env.is_main:
+        _plot_samples(job.model, job.val_set, cfg, cfg.max_depth, env.device, out)
+    records = state.records
+    best = min((r for r in records if "val_rmse" in r), key=lambda r: r["val_rmse"], default={})
+    return {"run": str(out), "best": _val_metrics(best) | {"epoch": best.get("epoch", 0)},
+            "final": _val_metrics(records[-1]) if records else {},
+            "images_per_s": records[-1]["images_per_s"] if records else 0.0,
+            "epochs": len(records)}
+
+
+def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> Job:
+    """Data, model (from the checkpoint's arguments and weights when resuming), optimizer, schedule, AMP."""
     out = Path(cfg.out)
     if env.is_main:
         prepare_output_dir(out, force=cfg.force or resume is not None)
@@ -128,167 +208,114 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dic
         torch.backends.cudnn.allow_tf32 = True
     else:
         torch.use_deterministic_algorithms(True, warn_only=True)
-
-    # model: rebuilt from the checkpoint's arguments when resuming
-    max_depth = cfg.max_depth or data_range
-    args = ModelArgs(cfg.backbone, cfg.image_size, float(max_depth), cfg.decoder)
     if resume is not None:
-        args = ModelArgs(**resume["model_args"])
-        model = build_model(args)
-        try:
-            model.load_state_dict(resume["model"])
-        except RuntimeError as err:
-            raise ModelError(f"weights do not match a {args.backbone}/{args.decoder} DepthNet "
-                             f"({str(err).splitlines()[0]})", cfg.resume) from None
+        model = model_from_checkpoint(resume, cfg.resume)
+        args = model.args
     else:
-        model = build_model(args, pretrained=cfg.pretrained,
-                            backbone_weights=cfg.backbone_weights or None)
+        args = ModelArgs(cfg.backbone, cfg.image_size, float(cfg.max_depth or data_range), cfg.decoder)
+        model = build_model(args, pretrained=cfg.pretrained, backbone_weights=cfg.backbone_weights or None)
     model.freeze(cfg.frozen_stages)
     model.to(env.device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, model)
     steps_per_epoch = len(train_set) // env.world_size // cfg.batch_size
-    scheduler = make_scheduler(cfg, optimizer, steps_per_epoch * cfg.epochs)
     amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
-    use_amp = cfg.amp and cuda
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-
-    start_epoch, epoch_step, step, best_rmse = 0, 0, 0, float("inf")
-    # the epoch's running loss stays on the device (no sync per step)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
-    loss_count = 0
-    if resume is not None:
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        scaler.load_state_dict(resume["scaler"])
-        set_rng_state(resume["rng"])
-        start_epoch, epoch_step, step = resume["epoch"], resume["epoch_step"], resume["step"]
-        best_rmse = resume.get("best_rmse", best_rmse)
-        loss_sum.fill_(resume.get("loss_sum", 0.0))
-        loss_count = resume.get("loss_count", 0)
-    ddp_model = model
+    forward = model
     if env.distributed:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[env.device.index] if cuda else None)
-    fwd = torch.compile(ddp_model) if cfg.compile else ddp_model
-
-    resolved = replace(cfg, max_depth=float(max_depth), freeze_stages=cfg.frozen_stages)
-    records = _read_records(out / "metrics.jsonl", upto=start_epoch) if resume else []
-    if env.is_main:
-        write_json_atomic(out / "config.json", resolved.to_dict())
-        _write_records(out / "metrics.jsonl", records)
-        info(f"training {args.backbone}/{args.decoder} {args.image_size}px on {env.device} x{env.world_size}: "
-             f"{len(train_set)} train / {len(val_set)} val images, max depth {max_depth:g} m")
-
-    trace = os.environ.get(TRACE_ENV)
-
-    def checkpoint(path: Path, epoch: int, e_step: int, metrics: dict[str, float],
-                   training_state: bool = True) -> None:
-        """Save the model; with `training_state` (last.pt) also what `--resume` needs."""
-        state = {"model_args": vars(args), "model": model.state_dict(), "config": resolved.to_dict(),
-                 "epoch": epoch, "epoch_step": e_step, "step": step, "metrics": metrics}
-        if training_state:
-            state |= {"best_rmse": best_rmse, "loss_sum": float(loss_sum), "loss_count": loss_count,
-                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                      "scaler": scaler.state_dict(), "rng": rng_state()}
-        save_checkpoint(path, state)
-        if trace:
-            with open(Path(trace) / f"rank{env.rank}.txt", "a") as fh:
-                fh.write(f"save {path.name}\n")
-
-    pairs = DepthPairs(train_set, cfg.image_size, cfg.augment, cfg.seed, cfg.scale_crop)
-    last_metrics = _val_metrics(records[-1]) if records else {}
-    progress = make_progress() if env.is_main else None
-    if progress:
-        progress.start()
-    try:
-        for epoch in range(start_epoch, cfg.epochs):
-            pairs.epoch = epoch
-            indices = epoch_indices(len(pairs), epoch, cfg.seed, env.rank, env.world_size)
-            steps_per_epoch = len(indices) // cfg.batch_size
-            skip = epoch_step * cfg.batch_size
-            loader = epoch_loader(pairs, indices[skip:], cfg.batch_size, cfg.workers, cuda)
-            task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch,
-                                     completed=epoch_step, info="") if progress else None
-            model.train()
-            t0, seen = time.perf_counter(), 0
-            for x, y, idx in batches(loader):
-                x = x.to(env.device, non_blocking=True)
-                y = y.to(env.device, non_blocking=True)
-                if cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(env.device.type, dtype=amp_dtype, enabled=use_amp):
-                    pred = fwd(x)
-                loss = masked_loss(cfg.loss, pred, y)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                step, epoch_step, seen = step + 1, epoch_step + 1, seen + len(x)
-                loss_sum += loss.detach()
-                loss_count += 1
-                if trace:
-                    with open(Path(trace) / f"rank{env.rank}.txt", "a") as fh:
-                        fh.writelines(f"{epoch} {train_set.names[i]}\n" for i in idx.tolist())
-                if progress and (epoch_step % cfg.log_interval == 0 or epoch_step == steps_per_epoch):
-                    ips = seen * env.world_size / (time.perf_counter() - t0)
-                    progress.update(task, completed=epoch_step, info=(
-                        f"loss {float(loss_sum) / loss_count:.4f}  lr {scheduler.get_last_lr()[0]:.2e}  "
-                        f"{ips:.1f} img/s"))
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 \
-                        and epoch_step < steps_per_epoch and env.is_main:
-                    checkpoint(out / "last.pt", epoch, epoch_step, last_metrics)
-            images_per_s = seen * env.world_size / max(time.perf_counter() - t0, 1e-9)
-
-            # end of epoch: reduce the train loss, validate on every rank's shard, rank 0 writes
-            total, count = all_reduce_sum([float(loss_sum), loss_count], env)
-            record: dict[str, Any] = {"epoch": epoch + 1, "step": step,
-                                      "train_loss": total / max(count, 1),
-                                      "lr": scheduler.get_last_lr()[0],
-                                      "images_per_s": images_per_s}
-            if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
-                val = _validate(model, val_set, cfg, float(max_depth), data_range, env)
-                record.update({f"val_{k}": v for k, v in val.items()})
-            loss_sum.zero_()
-            loss_count, epoch_step = 0, 0
-            records.append(record)
-            last_metrics = _val_metrics(record) or last_metrics
-            improved = "val_rmse" in record and record["val_rmse"] < best_rmse
-            if improved:
-                best_rmse = record["val_rmse"]
-            if env.is_main:
-                _write_records(out / "metrics.jsonl", records)
-                if improved:
-                    checkpoint(out / "best.pt", epoch + 1, 0, last_metrics, training_state=False)
-                checkpoint(out / "last.pt", epoch + 1, 0, last_metrics)
-                _plot_curves(records, out)
-                if progress:
-                    progress.update(task, info=_summary(record))
-                info(f"epoch {epoch + 1}/{cfg.epochs}: {_summary(record)}")  # also in logs without a TTY
-            barrier(env)
-    finally:
-        if progress:
-            progress.stop()
-
-    if env.is_main:
-        _plot_samples(model, val_set, cfg, float(max_depth), env.device, out)
-    best = min((r for r in records if "val_rmse" in r), key=lambda r: r["val_rmse"], default={})
-    return {"run": str(out), "best": _val_metrics(best) | {"epoch": best.get("epoch", 0)},
-            "final": _val_metrics(records[-1]) if records else {},
-            "images_per_s": records[-1]["images_per_s"] if records else 0.0,
-            "epochs": len(records)}
+        forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[env.device.index] if cuda else None)
+    if cfg.compile:
+        forward = torch.compile(forward)
+    return Job(
+        cfg=replace(cfg, max_depth=float(args.max_depth), freeze_stages=cfg.frozen_stages), env=env, out=out,
+        args=args, model=model, forward=forward, optimizer=optimizer,
+        scheduler=make_scheduler(cfg, optimizer, steps_per_epoch * cfg.epochs),
+        scaler=torch.amp.GradScaler("cuda", enabled=cfg.amp and cuda and amp_dtype == torch.float16),
+        amp_dtype=amp_dtype, train_set=train_set, val_set=val_set,
+        pairs=DepthPairs(train_set, cfg.image_size, cfg.augment, cfg.seed, cfg.scale_crop), data_range=data_range,
+    )
 
 
-def _validate(model, val_set, cfg: TrainConfig, max_depth: float, data_range: float,
-              env: DistEnv) -> dict[str, float]:
+def restore(job: Job, resume: dict[str, Any] | None) -> TrainState:
+    """A fresh `TrainState`, or the resumed one: optimizer, schedule, scaler and RNG states loaded."""
+    if resume is None:
+        return TrainState()
+    job.optimizer.load_state_dict(resume["optimizer"])
+    job.scheduler.load_state_dict(resume["scheduler"])
+    job.scaler.load_state_dict(resume["scaler"])
+    set_rng_state(resume["rng"])
+    records = _read_records(job.out / "metrics.jsonl", upto=resume["epoch"])
+    return TrainState(epoch=resume["epoch"], epoch_step=resume["epoch_step"], step=resume["step"],
+                      best_rmse=resume.get("best_rmse", float("inf")), loss_sum=resume.get("loss_sum", 0.0),
+                      loss_count=resume.get("loss_count", 0),
+                      last_metrics=_val_metrics(records[-1]) if records else {}, records=records)
+
+
+def save_checkpoint(job: Job, state: TrainState, path: Path, training_state: bool = True) -> None:
+    """Save the model and its arguments; with `training_state` (last.pt) also what `--resume` needs."""
+    checkpoint = {"model_args": vars(job.args), "model": job.model.state_dict(), "config": job.cfg.to_dict(),
+                  "epoch": state.epoch, "epoch_step": state.epoch_step, "step": state.step,
+                  "metrics": state.last_metrics}
+    if training_state:
+        checkpoint |= {"best_rmse": state.best_rmse, "loss_sum": state.loss_sum, "loss_count": state.loss_count,
+                       "optimizer": job.optimizer.state_dict(), "scheduler": job.scheduler.state_dict(),
+                       "scaler": job.scaler.state_dict(), "rng": rng_state()}
+    write_checkpoint(path, checkpoint)
+
+
+def train_one_epoch(job: Job, state: TrainState, epoch: int, progress: Any) -> dict[str, Any]:
+    """One epoch from `state.epoch_step` on (mid-epoch resume); returns the epoch's record (loss, lr, img/s)."""
+    cfg, env = job.cfg, job.env
+    cuda = env.device.type == "cuda"
+    job.pairs.epoch = epoch
+    indices = epoch_indices(len(job.pairs), epoch, cfg.seed, env.rank, env.world_size)
+    steps = len(indices) // cfg.batch_size
+    loader = epoch_loader(job.pairs, indices[state.epoch_step * cfg.batch_size:], cfg.batch_size, cfg.workers,
+                          cuda)
+    task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps, completed=state.epoch_step,
+                             info="") if progress else None
+    # the running loss stays on the device: no host sync per step
+    loss_sum = torch.full((), state.loss_sum, dtype=torch.float64, device=env.device)
+    job.model.train()
+    t0, seen = time.perf_counter(), 0
+    for x, y, _ in batches(loader):
+        x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(env.device.type, dtype=job.amp_dtype, enabled=cfg.amp and cuda):
+            pred = job.forward(x)
+        loss = masked_loss(cfg.loss, pred, y)
+        job.optimizer.zero_grad(set_to_none=True)
+        job.scaler.scale(loss).backward()
+        job.scaler.step(job.optimizer)
+        job.scaler.update()
+        job.scheduler.step()
+        state.step, state.epoch_step, seen = state.step + 1, state.epoch_step + 1, seen + len(x)
+        loss_sum += loss.detach()
+        state.loss_count += 1
+        if progress and (state.epoch_step % cfg.log_interval == 0 or state.epoch_step == steps):
+            ips = seen * env.world_size / (time.perf_counter() - t0)
+            progress.update(task, completed=state.epoch_step, info=(
+                f"loss {float(loss_sum) / state.loss_count:.4f}  lr {job.scheduler.get_last_lr()[0]:.2e}  "
+                f"{ips:.1f} img/s"))
+        if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.epoch_step < steps \
+                and env.is_main:
+            state.loss_sum = float(loss_sum)
+            save_checkpoint(job, state, job.out / "last.pt")
+    images_per_s = seen * env.world_size / max(time.perf_counter() - t0, 1e-9)
+    total, count = all_reduce_sum([float(loss_sum), state.loss_count], env)
+    state.loss_sum, state.loss_count = 0.0, 0
+    return {"epoch": epoch + 1, "step": state.step, "train_loss": total / max(count, 1),
+            "lr": job.scheduler.get_last_lr()[0], "images_per_s": images_per_s}
+
+
+def evaluate(job: Job) -> dict[str, float]:
     """Validation metrics over the whole val split, each rank scoring its own shard."""
-    shard = range(env.rank, len(val_set), env.world_size)
-    sums, count = model_metric_sums(model, val_set, cfg.image_size, max_depth, env.device,
-                                    cfg.batch_size, data_range, shard)
-    names = sorted(sums) if sums else []
-    names = _broadcast_names(names, env)
+    env, cfg = job.env, job.cfg
+    shard = range(env.rank, len(job.val_set), env.world_size)
+    sums, count = model_metric_sums(job.model, job.val_set, cfg.image_size, cfg.max_depth, env.device,
+                                    cfg.batch_size, job.data_range, shard)
+    names = _broadcast_names(sorted(sums) if sums else [], env)
     reduced = all_reduce_sum([sums.get(n, 0.0) for n in names] + [count], env)
     return average(dict(zip(names, reduced[:-1])), int(reduced[-1]))
 
