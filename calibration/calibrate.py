@@ -131,7 +131,6 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
         InputError, ModelError, DataError: bad model, dataset or options (exit 2).
     """
     import onnx
-    import onnxruntime
 
     from mde.calibration import fallback
     from mde.calibration import quantize as qz
@@ -142,20 +141,8 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
     _check_config(cfg)
     source, meta = load_source(cfg.model)
     dataset = open_dataset(cfg.data, split="train")
-    names = list(dataset.names)
-    hold_idx, calib_idx = select_images(names, cfg, cfg.data)
-    calib_names = [names[i] for i in calib_idx]
+    hold_idx, calib_idx = select_images(list(dataset.names), cfg, cfg.data)
     size = tuple(meta.input_size)
-
-    key = {
-        "model_sha256": sha256_file(cfg.model), "method": cfg.method, "seed": cfg.seed,
-        "images": calib_names, "input_size": list(size), "op_types": list(cfg.op_types),
-        "percentile": cfg.percentile if cfg.method == "percentile" else None,
-        "onnxruntime": onnxruntime.__version__, "target": cfg.target,
-    }
-    ranges = qz.load_ranges(cfg.ranges_path, key) if cfg.reuse_ranges else None
-    reused = ranges is not None
-
     with tempfile.TemporaryDirectory(prefix="mde-calibrate-") as tmp, _progress(cfg.progress) as progress:
         pre_path = Path(tmp) / "pre.onnx"
         qz.pre_process(cfg.model, pre_path)
@@ -163,19 +150,7 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
         if cfg.spec.phase_convs and rewritable(pre):
             pre = rewrite_conv_transpose(pre)
             onnx.save(pre, str(pre_path))
-        if ranges is None:
-            task = progress.add_task("calibrate", total=len(calib_idx), info=cfg.method) if progress else None
-            batches = []
-            for i in calib_idx:
-                batches.append(preprocess(dataset[i].rgb, size))
-            ranges = qz.collect_ranges(
-                pre_path, batches, cfg.method, cfg.op_types, cfg.percentile,
-                on_batch=(lambda: progress.advance(task)) if progress else None,
-                symmetric=cfg.spec.activation_type == "int8")
-            qz.save_ranges(cfg.ranges_path, key, ranges)
-        else:
-            info(f"reusing calibration ranges from {cfg.ranges_path}")
-
+        ranges, reused = _ranges(cfg, pre_path, dataset, calib_idx, size, progress)
         holdout = [dataset[i] for i in hold_idx]
         inputs = np.concatenate([preprocess(s.rgb, size) for s in holdout])
         evaluator = fallback.Evaluator(source.SerializeToString(), inputs, [s.depth for s in holdout],
@@ -183,47 +158,14 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
         qdq = qz.quantize(pre, ranges, cfg.method, cfg.spec)
         before = evaluator.measure(qdq)
         candidates = qz.quantizable_nodes(qdq, cfg.fallback_op_types)
-        search = fallback.SearchResult(steps=[(0, before.drop)])
-        if before.drop > cfg.target_ssim_drop and cfg.max_float_nodes > 0 and candidates:
-            task = progress.add_task("sensitivity", total=len(candidates), info="") if progress else None
-
-            def build(nodes):
-                return qz.with_float_nodes(qdq, pre, nodes, cfg.op_types)
-
-            ranking = fallback.rank_nodes(
-                build, candidates, evaluator,
-                on_node=(lambda n: progress.update(task, advance=1, info=n[-40:])) if progress else None)
-            search = fallback.greedy_fallback(build, ranking, evaluator, cfg.target_ssim_drop,
-                                              cfg.max_float_nodes, before.drop)
+        search = _fallback_search(cfg, pre, qdq, candidates, evaluator, before.drop, progress)
         final, after = qdq, before
         if search.float_nodes:
             final = qz.quantize(pre, ranges, cfg.method, cfg.spec, nodes_to_exclude=search.float_nodes)
             after = evaluator.measure(final)
-
-    kernels: dict[str, Any] = {}
-    if cfg.target == "tensorrt":
-        qz.check_tensorrt_qdq(final, cfg.out)
-    else:
-        qz.fold_byte_moves(final)
-        kernels = integer_kernel_share(final.SerializeToString())
-        if kernels["unfused"]:
-            log.warning("%s: %d quantized convolutions run in float on ONNX Runtime's CPU provider: %s",
-                        cfg.out, len(kernels["unfused"]), ", ".join(kernels["unfused"][:4]))
-    calibration = {
-        "target": cfg.target,
-        "method": cfg.method, "images": len(calib_idx), "seed": cfg.seed,
-        "holdout_images": len(hold_idx), "float_nodes": search.float_nodes,
-        "ssim_drop": round(after.drop, 6), "ssim_drop_all_int8": round(before.drop, 6),
-        "target_ssim_drop": cfg.target_ssim_drop,
-        "drop_definition": "1 - SSIM(int8 prediction, fp32 prediction) on held-out train images",
-        "tool": f"onnxruntime.quantization {onnxruntime.__version__} ({TOOL[cfg.target]})",
-    }
-    if kernels:
-        calibration["integer_kernel_share"] = kernels["share"]
-    stamp(final, replace(meta, precision="int8", calibration=calibration))
-    with atomic_path(cfg.out) as tmp_out:
-        onnx.save(final, str(tmp_out))
-
+    record = {"images": len(calib_idx), "holdout_images": len(hold_idx), "float_nodes": search.float_nodes,
+              "ssim_drop": round(after.drop, 6), "ssim_drop_all_int8": round(before.drop, 6)}
+    kernels = _write(cfg, final, meta, record)
     return CalibrationReport(
         model=str(cfg.model), out=str(cfg.out), target=cfg.target, ranges=str(cfg.ranges_path),
         ranges_reused=reused,
@@ -238,3 +180,84 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
         integer_kernels={k: v for k, v in kernels.items() if k != "op_counts"},
     )
 
+
+def _ranges(cfg: CalibrationConfig, pre_path: Path, dataset: Any, calib_idx: list[int], size: tuple[int, int],
+            progress: Any) -> tuple[dict[str, tuple[float, float]], bool]:
+    """The activation ranges: the saved ones when they were computed for this very key, else calibrated and saved.
+
+    Returns (ranges, whether they were reused).
+    """
+    import onnxruntime
+
+    from mde.calibration import quantize as qz
+
+    key = {
+        "model_sha256": sha256_file(cfg.model), "method": cfg.method, "seed": cfg.seed,
+        "images": [dataset.names[i] for i in calib_idx], "input_size": list(size), "op_types": list(cfg.op_types),
+        "percentile": cfg.percentile if cfg.method == "percentile" else None,
+        "onnxruntime": onnxruntime.__version__, "target": cfg.target,
+    }
+    ranges = qz.load_ranges(cfg.ranges_path, key) if cfg.reuse_ranges else None
+    if ranges is not None:
+        info(f"reusing calibration ranges from {cfg.ranges_path}")
+        return ranges, True
+    task = progress.add_task("calibrate", total=len(calib_idx), info=cfg.method) if progress else None
+    batches = [preprocess(dataset[i].rgb, size) for i in calib_idx]
+    ranges = qz.collect_ranges(
+        pre_path, batches, cfg.method, cfg.op_types, cfg.percentile,
+        on_batch=(lambda: progress.advance(task)) if progress else None,
+        symmetric=cfg.spec.activation_type == "int8")
+    qz.save_ranges(cfg.ranges_path, key, ranges)
+    return ranges, False
+
+
+def _fallback_search(cfg: CalibrationConfig, pre: Any, qdq: Any, candidates: list[str], evaluator: Any,
+                     drop: float, progress: Any) -> Any:
+    """Which layers to keep in float: none when the all-INT8 `drop` meets the target, else the sensitivity search."""
+    from mde.calibration import fallback
+    from mde.calibration import quantize as qz
+
+    if not (drop > cfg.target_ssim_drop and cfg.max_float_nodes > 0 and candidates):
+        return fallback.SearchResult(steps=[(0, drop)])
+    task = progress.add_task("sensitivity", total=len(candidates), info="") if progress else None
+
+    def build(nodes: list[str]) -> Any:
+        return qz.with_float_nodes(qdq, pre, nodes, cfg.op_types)
+
+    ranking = fallback.rank_nodes(
+        build, candidates, evaluator,
+        on_node=(lambda n: progress.update(task, advance=1, info=n[-40:])) if progress else None)
+    return fallback.greedy_fallback(build, ranking, evaluator, cfg.target_ssim_drop, cfg.max_float_nodes, drop)
+
+
+def _write(cfg: CalibrationConfig, final: Any, meta: ModelMetadata, record: dict[str, Any]) -> dict[str, Any]:
+    """Check the model for its target, stamp the INT8 metadata (`record` + settings), save atomically.
+
+    Returns the integer-kernel inspection of the CPU form ({} for TensorRT).
+    """
+    import onnx
+    import onnxruntime
+
+    from mde.calibration import quantize as qz
+
+    kernels: dict[str, Any] = {}
+    if cfg.target == "tensorrt":
+        qz.check_tensorrt_qdq(final, cfg.out)
+    else:
+        qz.fold_byte_moves(final)
+        kernels = integer_kernel_share(final.SerializeToString())
+        if kernels["unfused"]:
+            log.warning("%s: %d quantized convolutions run in float on ONNX Runtime's CPU provider: %s",
+                        cfg.out, len(kernels["unfused"]), ", ".join(kernels["unfused"][:4]))
+    calibration = {
+        "target": cfg.target, "method": cfg.method, "seed": cfg.seed, **record,
+        "target_ssim_drop": cfg.target_ssim_drop,
+        "drop_definition": "1 - SSIM(int8 prediction, fp32 prediction) on held-out train images",
+        "tool": f"onnxruntime.quantization {onnxruntime.__version__} ({TOOL[cfg.target]})",
+    }
+    if kernels:
+        calibration["integer_kernel_share"] = kernels["share"]
+    stamp(final, replace(meta, precision="int8", calibration=calibration))
+    with atomic_path(cfg.out) as tmp_out:
+        onnx.save(final, str(tmp_out))
+    return kernels
