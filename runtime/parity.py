@@ -178,11 +178,24 @@ def compare(
                          f"{len(artifact)} and {len(reference)}")
     result = ArtifactResult(label, precision, backend, images=len(reference),
                             tolerance=asdict(tolerance))
+    _tensor_statistics(result, reference, artifact, tolerance, max_depth, names)
+    if gts is not None:
+        ref_m = reference_metrics if reference_metrics is not None else gt_metrics(reference, gts, max_depth,
+                                                                                   data_range)
+        _gt_deltas(result, gt_metrics(artifact, gts, max_depth, data_range), ref_m, tolerance)
+        if masks is not None:
+            result.regions = region_means(artifact, gts, masks, max_depth)
+    return result
+
+
+def _tensor_statistics(result: ArtifactResult, reference: Sequence[np.ndarray], artifact: Sequence[np.ndarray],
+                       tolerance: Tolerance, max_depth: float, names: Sequence[str] | None) -> None:
+    """|artifact - reference| statistics at model resolution, the worst image, and the p99 / NaN gates."""
     diffs, p99s = [], []
     for ref, out in zip(reference, artifact):
         ref, out = np.asarray(ref, np.float64), np.asarray(out, np.float64)
         if ref.shape != out.shape:
-            raise InputError(f"{label}: output shape {out.shape} differs from the reference's {ref.shape}")
+            raise InputError(f"{result.artifact}: output shape {out.shape} differs from the reference's {ref.shape}")
         diff = np.abs(out - ref).ravel()
         diff[~np.isfinite(diff)] = np.inf
         diffs.append(diff)
@@ -200,22 +213,20 @@ def compare(
         result.failed.append("nan")
     if result.p99_over_range > tolerance.p99_over_range or not np.isfinite(result.p99_over_range):
         result.failed.append("p99")
-    if gts is None:
-        return result
-    art = gt_metrics(artifact, gts, max_depth, data_range)
-    ref_m = reference_metrics if reference_metrics is not None else gt_metrics(reference, gts, max_depth, data_range)
+
+
+def _gt_deltas(result: ArtifactResult, art: list[dict[str, float]], ref: list[dict[str, float]],
+               tolerance: Tolerance) -> None:
+    """The artifact's ground-truth metrics, their deltas to the reference's, and the RMSE / SSIM gates."""
     result.rmse, result.ssim = _mean([m["rmse"] for m in art]), _mean([m["ssim"] for m in art])
     result.abs_rel = _mean([m.get("abs_rel", np.nan) for m in art])
     result.delta1 = _mean([m.get("delta1", np.nan) for m in art])
-    ref_rmse, ref_ssim = _mean([m["rmse"] for m in ref_m]), _mean([m["ssim"] for m in ref_m])
+    ref_rmse, ref_ssim = _mean([m["rmse"] for m in ref]), _mean([m["ssim"] for m in ref])
     result.d_rmse, result.d_ssim = result.rmse - ref_rmse, result.ssim - ref_ssim
-    if masks is not None:
-        result.regions = region_means(artifact, gts, masks, max_depth)
     if not abs(result.d_rmse) <= tolerance.rmse_limit(ref_rmse):
         result.failed.append("rmse")
     if not abs(result.d_ssim) <= tolerance.ssim_abs:
         result.failed.append("ssim")
-    return result
 
 
 def mismatch(label: str, precision: str, backend: str, reason: str) -> ArtifactResult:
