@@ -248,6 +248,18 @@ EXPORTERS: dict[str, Callable[[_Context, Path], Artifact]] = {
 }
 
 
+def _publish(staged: list[Artifact], out: Path) -> list[Artifact]:
+    """Rename every checked artifact (and the files that travel with it) from the staging folder into `out`."""
+    for artifact in staged:
+        for extra in EXTRAS.get(artifact.path.name, ()):
+            if (artifact.path.parent / extra).exists():
+                os.replace(artifact.path.parent / extra, out / extra)
+        final = out / artifact.path.name
+        os.replace(artifact.path, final)
+        artifact.path = final
+    return staged
+
+
 @dataclass
 class _Context:
     """What every per-format exporter needs: the base FP32 graph, golden inputs and references."""
@@ -316,15 +328,7 @@ def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:
                 staged.append(export_engine(ctx, staged[0].path, stage / ENGINE_NAME, precision))
 
             progress.step("writing artifacts")
-            artifacts = []
-            for artifact in staged:
-                final = out / artifact.path.name
-                for extra in EXTRAS.get(artifact.path.name, ()):
-                    if (artifact.path.parent / extra).exists():
-                        os.replace(artifact.path.parent / extra, out / extra)
-                os.replace(artifact.path, final)
-                artifact.path = final
-                artifacts.append(artifact)
+            artifacts = _publish(staged, out)
             write_golden(out / GOLDEN_NAME, golden, reference, ctx.depth_range, checkpoint_sha,
                          {"backbone": model.args.backbone, "decoder": model.args.decoder})
             progress.finish()
