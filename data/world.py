@@ -392,6 +392,29 @@ def _draw(scene: dict, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, d
     sky = ~np.isfinite(t)
     tt = np.where(sky, F(MAX_DEPTH * 4), t)
     p = [o[i] + tt * d[i] for i in range(3)]
+    albedo = _albedo(scene, p, normal, sid, oid, rects, size)
+    light = scene["light"]
+    lam = np.maximum(normal[0] * light[0] + normal[1] * light[1] + normal[2] * light[2], 0)
+    lam *= _shadow(scene, p, normal, lam > 0, size, f)
+    shade = F(scene["ambient"]) + F(scene["diffuse"]) * lam
+    rgb = [a * shade for a in albedo]
+    if "sky" in scene:
+        _sky_and_haze(scene, rgb, d, sky, tt)
+    rgb8 = np.empty((size, size, 3), dtype=np.uint8)
+    for i in range(3):
+        rgb8[..., i] = np.clip(rgb[i] * F(255) + F(0.5), 0, 255)
+    depth = np.clip(np.where(sky, F(MAX_DEPTH), t), MIN_DEPTH, MAX_DEPTH).astype(F)
+    mask = np.where(sky, np.uint8(MASK_INVALID), (oid >= 0).astype(np.uint8))
+    intr = {"fx": float(f), "fy": float(f), "cx": float(c), "cy": float(c),
+            "height_m": round(float(o[1]), 4), "pitch_deg": round(float(np.degrees(scene["pitch"])), 3),
+            "hfov_deg": round(float(np.degrees(scene["hfov"])), 3),
+            "scene": scene["kind"]}
+    return rgb8, depth, mask, intr
+
+
+def _albedo(scene: dict, p: list, normal: list, sid: np.ndarray, oid: np.ndarray, rects: list,
+            size: int) -> list[np.ndarray]:
+    """Per-pixel surface colour: the structure's materials, then each object's in its own frame."""
     albedo = [np.zeros((size, size), dtype=F) for _ in range(3)]
     for s, key in ((0, "floor"), (1, "wall"), (2, "ceiling")):
         m = (sid == s) & (oid < 0)
@@ -414,29 +437,18 @@ def _draw(scene: dict, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, d
         u = np.where(ln[0] > 0.5, lp[2], lp[0])
         v = np.where(ln[1] > 0.5, lp[2], lp[1])
         _paint([x[sl] for x in albedo], m, obj["material"], u, v)
-    light = scene["light"]
-    lam = np.maximum(normal[0] * light[0] + normal[1] * light[1] + normal[2] * light[2], 0)
-    lam *= _shadow(scene, p, normal, lam > 0, size, f)
-    shade = F(scene["ambient"]) + F(scene["diffuse"]) * lam
-    rgb = [a * shade for a in albedo]
-    if "sky" in scene:
-        fog = 1 - np.exp(tt * F(-1.0 / scene["haze"]))
-        dy = d[1][sky]
-        v = np.clip(dy / np.sqrt(d[0][sky] ** 2 + dy * dy + d[2][sky] ** 2), 0, 1)
-        lo, hi = scene["sky"]
-        for i in range(3):
-            rgb[i] += (lo[i] - rgb[i]) * fog
-            rgb[i][sky] = lo[i] + (hi[i] - lo[i]) * v
-    rgb8 = np.empty((size, size, 3), dtype=np.uint8)
+    return albedo
+
+
+def _sky_and_haze(scene: dict, rgb: list, d: tuple, sky: np.ndarray, tt: np.ndarray) -> None:
+    """Blend distant points into the horizon colour (haze) and paint the sky gradient, in place."""
+    fog = 1 - np.exp(tt * F(-1.0 / scene["haze"]))
+    dy = d[1][sky]
+    v = np.clip(dy / np.sqrt(d[0][sky] ** 2 + dy * dy + d[2][sky] ** 2), 0, 1)
+    lo, hi = scene["sky"]
     for i in range(3):
-        rgb8[..., i] = np.clip(rgb[i] * F(255) + F(0.5), 0, 255)
-    depth = np.clip(np.where(sky, F(MAX_DEPTH), t), MIN_DEPTH, MAX_DEPTH).astype(F)
-    mask = np.where(sky, np.uint8(MASK_INVALID), (oid >= 0).astype(np.uint8))
-    intr = {"fx": float(f), "fy": float(f), "cx": float(c), "cy": float(c),
-            "height_m": round(float(o[1]), 4), "pitch_deg": round(float(np.degrees(scene["pitch"])), 3),
-            "hfov_deg": round(float(np.degrees(scene["hfov"])), 3),
-            "scene": scene["kind"]}
-    return rgb8, depth, mask, intr
+        rgb[i] += (lo[i] - rgb[i]) * fog
+        rgb[i][sky] = lo[i] + (hi[i] - lo[i]) * v
 
 
 def _shadow(scene: dict, p: list, normal: list, lit: np.ndarray, size: int, f: float) -> np.ndarray:
