@@ -289,10 +289,10 @@ def decoders(data: Path, quick: bool, runs: Path | None = None,
 def decoder_speed(quick: bool = False, decoders: tuple[str, ...] = ("report", "unet")) -> dict:
     """Per decoder: ONNX Runtime CPU latency of the exported FP32 resnet50 at 224 px (batch 1) and
     training images/s of resnet18 at 96 px (batch 16), measured in turns so load changes hit both."""
-    import onnxruntime as ort
     import torch
 
     from mde.export.exporter import ExportConfig, export_checkpoint
+    from mde.runtime.backends.onnxruntime import create_session
     from mde.train.checkpoint import save_checkpoint
     from mde.train.losses import masked_loss
     from mde.train.model import ModelArgs, build_model
@@ -309,9 +309,7 @@ def decoder_speed(quick: bool = False, decoders: tuple[str, ...] = ("report", "u
                                    "config": {}, "epoch": 0, "metrics": {}})
             onnx_path = export_checkpoint(ExportConfig(checkpoint=ckpt, out=Path(tmp) / name,
                                                        precisions=("fp32",), progress=False))[0].path
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads
-            sessions[name] = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+            sessions[name] = create_session(onnx_path, providers=["CPUExecutionProvider"], threads=threads)
             model = build_model(ModelArgs("resnet18", 96, 20.0, name)).to(memory_format=torch.channels_last)
             steps[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4))
         image = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
