@@ -40,7 +40,14 @@ def test_resnet50_decoder_matches_the_report():
 
 
 def test_decoder_registry_and_cli_choices_agree():
-    assert tuple(DECODERS) == DECODER_CHOICES  # config keeps a torch-free copy for `mde --help`
+    from mde.train.config import BACKBONE_CHOICES, LOSS_CHOICES
+    from mde.train.losses import LOSSES
+    from mde.train.model import BACKBONES
+
+    # the config keeps torch-free copies of the registries' names for `mde --help`: they cannot drift
+    assert tuple(DECODERS) == DECODER_CHOICES
+    assert tuple(BACKBONES) == BACKBONE_CHOICES
+    assert tuple(LOSSES) == LOSS_CHOICES
     assert ModelArgs().decoder == "report"  # what an old checkpoint without the field holds
 
 
