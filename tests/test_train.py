@@ -403,3 +403,21 @@ def test_merge_resume_keeps_the_checkpoint_config():
     assert (merged.lr_max, merged.epochs, merged.data, merged.pretrained) == (5e-3, 4, "d2", False)
     with pytest.raises(InputError, match="conflicts"):
         merge_resume(TrainConfig(data="d", out="o", backbone="resnet34", resume="x"), saved)
+
+
+def test_training_without_matplotlib_skips_the_figures(tmp_path, synth_data, monkeypatch, caplog):
+    """A bare GPU image has no matplotlib: training still runs and says what it left out."""
+    import logging
+
+    from mde.train import trainer
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    trainer._can_plot.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="mde"):
+            result = trainer.train(tiny_config(synth_data, tmp_path / "run", checkpoint_every=0))
+    finally:
+        trainer._can_plot.cache_clear()
+    assert result["epochs"] == 1 and (tmp_path / "run" / "best.pt").is_file()
+    assert not (tmp_path / "run" / "curves.png").exists() and not (tmp_path / "run" / "samples.png").exists()
+    assert any("matplotlib is not installed" in r.getMessage() for r in caplog.records)

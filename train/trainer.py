@@ -9,7 +9,9 @@ RNG states, so `--resume RUN/last.pt` continues exactly, even from the middle of
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import random
 import time
 from dataclasses import dataclass, field, replace
@@ -31,6 +33,8 @@ from mde.train.evaluate import model_metric_sums
 from mde.train.loader import DepthPairs, batches, epoch_indices, epoch_loader
 from mde.train.losses import masked_loss
 from mde.train.model import ModelArgs, build_model
+
+log = logging.getLogger(__name__)
 
 
 # -- set-up helpers ---------------------------------------------------------------------------
@@ -356,10 +360,22 @@ def _write_records(path: Path, records: list[dict[str, Any]]) -> None:
     write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in records).encode())
 
 
+@functools.cache
+def _can_plot() -> bool:
+    """matplotlib draws the run folder's figures; without it (a bare GPU image) training goes on without them."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        log.warning("matplotlib is not installed: no curves.png or samples.png (pip install matplotlib)")
+        return False
+    return True
+
+
 def _plot_curves(records: list[dict[str, Any]], out: Path) -> None:
     from mde.train.report import plot_curves
 
-    plot_curves(records, out / "curves.png")
+    if _can_plot():
+        plot_curves(records, out / "curves.png")
 
 
 def _plot_samples(model, val_set, cfg: TrainConfig, max_depth: float, device, out: Path,
@@ -367,6 +383,8 @@ def _plot_samples(model, val_set, cfg: TrainConfig, max_depth: float, device, ou
     from mde.train.evaluate import torch_predictor
     from mde.train.report import plot_samples
 
+    if not _can_plot():
+        return
     model.eval()
     samples = [val_set[i] for i in range(min(count, len(val_set)))]
     preds = torch_predictor(model, cfg.image_size, max_depth, device)([s.rgb for s in samples])
