@@ -25,25 +25,11 @@ def torch_predictor(model: torch.nn.Module, image_size: int, max_depth: float,
     return predict
 
 
-def evaluate_model(
-    model: torch.nn.Module,
-    dataset: Any,
-    image_size: int,
-    max_depth: float,
-    device: str | torch.device = "cpu",
-    batch_size: int = 8,
-    data_range: float = 0.0,
-    indices: Sequence[int] | None = None,
-    progress: bool = False,
-) -> dict[str, float]:
-    """Mean metrics of `model` on `dataset` (or its `indices`), plus `images`.
-
-    Args:
-        data_range: SSIM data range; 0 uses `max_depth`.
-    """
-    sums, count = model_metric_sums(model, dataset, image_size, max_depth, device, batch_size,
-                                    data_range, indices, progress)
-    return average(sums, count)
+def evaluate_model(model: torch.nn.Module, dataset: Any, image_size: int, max_depth: float,
+                   device: str | torch.device = "cpu", **options: Any) -> dict[str, float]:
+    """Mean metrics of `model` on `dataset`, plus `images`; `options` are `model_metric_sums`'s
+    (batch_size, data_range — 0 uses `max_depth` —, indices, progress)."""
+    return average(*model_metric_sums(model, dataset, image_size, max_depth, device, **options))
 
 
 def model_metric_sums(
