@@ -8,6 +8,11 @@ import shutil
 import subprocess
 import sys
 import zipfile
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 from pathlib import Path
 
 import pytest
@@ -28,7 +33,9 @@ def wheel(tmp_path_factory) -> Path:
     src = tmp_path_factory.mktemp("src")
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    for pkg in ("mde", "train", "export", "calibration", "runtime"):
+    with open(ROOT / "pyproject.toml", "rb") as fh:  # every stage folder the package maps, so none is missed
+        folders = set(tomllib.load(fh)["tool"]["setuptools"]["package-dir"].values())
+    for pkg in sorted(folders):
         shutil.copytree(ROOT / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path_factory.mktemp("wheel")
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
