@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from mde.commands.options import backend_help, check_backend, providers_option
+from mde.commands.options import backend_help, check_backend, emit, providers_option
 from mde.runtime.bench import BenchConfig, run_bench
 
 
@@ -59,11 +58,7 @@ def bench(
     check_backend(backend)
     cfg = BenchConfig(list(artifacts or []), torch_ckpt, backend, batch, iterations, warmup, threads, image_size,
                       providers=providers or None)
-    report = run_bench(cfg)
-    if as_json:
-        typer.echo(json.dumps(report))
-    else:
-        print_table(report)
+    emit(run_bench(cfg), as_json, print_table)
 
 
 def register(app: typer.Typer) -> None:

@@ -8,6 +8,8 @@ from typing import Any
 
 import typer
 
+from mde.commands.options import emit
+
 
 def artifact_info(path: Path) -> dict[str, Any]:
     """A JSON-able description of an `.onnx` or `.engine` artifact and of this machine's backends."""
@@ -103,11 +105,7 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Show an artifact's metadata, precision, inputs/outputs, size, sha256 and this machine's backends."""
-    report = artifact_info(artifact)
-    if as_json:
-        typer.echo(json.dumps(report))
-    else:
-        print_info(report)
+    emit(artifact_info(artifact), as_json, print_info)
 
 
 def register(app: typer.Typer) -> None:

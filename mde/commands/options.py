@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,14 @@ PROVIDERS_HELP = (
     "--providers CUDAExecutionProvider --providers CPUExecutionProvider). One that cannot run here is an "
     "error, never a silent CPU run. Default: the best this machine can run."
 )
+
+
+def emit(report: dict[str, Any], as_json: bool, show: Callable[[dict[str, Any]], None]) -> None:
+    """`--json`: the report as one JSON object on stdout; otherwise `show` it (a table on stdout)."""
+    if as_json:
+        typer.echo(json.dumps(report))
+    else:
+        show(report)
 
 
 def providers_option() -> Any:
