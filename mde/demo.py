@@ -16,9 +16,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from mde.console import err_console as console  # stderr, soft-wrapped: whole lines in logs
 from mde.export.config import ARTIFACT_NAMES, INT8_CPU_NAME
-
-console = Console(stderr=True, highlight=False)
 
 
 def step(title: str, outputs: list[Path], args: list[str], capture: bool = False) -> str:
