@@ -259,7 +259,8 @@ def create_session(
     if explicit:
         unknown = [p for p in providers if p not in available]
         if unknown or not providers:
-            raise BackendError(f"provider(s) {unknown or '[]'} not available; this onnxruntime has {available}")
+            raise BackendError(f"provider(s) {unknown or '[]'} not available; this onnxruntime has {available}",
+                               source)
         problems = [f"{p} cannot run here ({provider_problem(p)})" for p in providers if provider_problem(p)]
         if problems:
             raise BackendError("; ".join(problems), source)
