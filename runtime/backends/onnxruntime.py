@@ -37,7 +37,6 @@ PROVIDER_LIBRARIES = {
     TRT_EP: "libonnxruntime_providers_tensorrt.so",
     CUDA_EP: "libonnxruntime_providers_cuda.so",
 }
-OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 CACHE_DIR = Path.home() / ".cache" / "mde"
 
 ORT_DTYPES = {
