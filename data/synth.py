@@ -101,46 +101,64 @@ def synthesize(out: str | Path, train: int, val: int, size: int, seed: int, forc
     """
     from mde.errors import InputError
 
+    _check_request(train, val, size, seed)
+    out = prepare_output_dir(out, force=force)
+    tmp = Path(tempfile.mkdtemp(prefix=".synth-", dir=out))
+    try:
+        cameras = _render_splits(tmp, {"train": train, "val": val}, size, seed, progress, workers)
+        meta = {"generator": "mde.data.synth", "version": GENERATOR_VERSION, "seed": seed,
+                "counts": {"train": train, "val": val}, "size": [size, size],
+                "max_depth": MAX_DEPTH, "min_depth": MIN_DEPTH, "depth_png_scale": DEPTH_PNG_SCALE,
+                "mask_values": {"structure": 0, "object": 1, "invalid": 255},
+                "intrinsics_convention": "pixel centres at integer coordinates (OpenCV)",
+                "cameras": cameras}
+        _publish(tmp, out, meta)
+        return meta
+    except OSError as err:
+        raise InputError(f"cannot write the dataset ({err.strerror or err})", out) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_request(train: int, val: int, size: int, seed: int) -> None:
+    from mde.errors import InputError
+
     if train < 0 or val < 0 or train + val == 0:
         raise InputError(f"expected train >= 0, val >= 0 and some images, got train={train} val={val}")
     if seed < 0:
         raise InputError(f"expected a seed >= 0, got {seed}")
     if not 16 <= size <= 4096:
         raise InputError(f"expected a size between 16 and 4096 pixels, got {size}")
-    out = prepare_output_dir(out, force=force)
-    tmp = Path(tempfile.mkdtemp(prefix=".synth-", dir=out))
-    try:
-        for split in SPLITS:
-            for sub in ("rgb", "depth", "mask"):
-                (tmp / split / sub).mkdir(parents=True)
-        jobs = [(str(tmp), s, i, size, seed) for s, n in zip(SPLITS, (train, val)) for i in range(n)]
-        workers = _default_workers(len(jobs)) if workers is None else max(1, workers)
-        cameras: dict[str, dict] = {s: {} for s in SPLITS}
-        with _pool(workers) as pool:
-            results = pool.imap_unordered(_render_job, jobs, chunksize=8) if pool else map(_render_job, jobs)
-            if progress:
-                from mde.console import track
 
-                results = track(results, f"synthesizing {size}x{size}", total=len(jobs))
-            for split, name, intr in results:
-                cameras[split][name] = intr
-        (out / "meta.json").unlink(missing_ok=True)  # written last: it marks a complete dataset
-        for split in SPLITS:
-            if (out / split).exists():
-                shutil.rmtree(out / split)
-            os.replace(tmp / split, out / split)
-        meta = {"generator": "mde.data.synth", "version": GENERATOR_VERSION, "seed": seed,
-                "counts": {"train": train, "val": val}, "size": [size, size],
-                "max_depth": MAX_DEPTH, "min_depth": MIN_DEPTH, "depth_png_scale": DEPTH_PNG_SCALE,
-                "mask_values": {"structure": 0, "object": 1, "invalid": 255},
-                "intrinsics_convention": "pixel centres at integer coordinates (OpenCV)",
-                "cameras": {s: dict(sorted(cameras[s].items())) for s in SPLITS}}
-        write_json_atomic(out / "meta.json", meta)
-        return meta
-    except OSError as err:
-        raise InputError(f"cannot write the dataset ({err.strerror or err})", out) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+def _render_splits(tmp: Path, counts: dict[str, int], size: int, seed: int, progress: bool,
+                   workers: int | None) -> dict[str, dict]:
+    """Render every image of every split into `tmp`; returns {split: {name: camera}}, sorted by name."""
+    for split in SPLITS:
+        for sub in ("rgb", "depth", "mask"):
+            (tmp / split / sub).mkdir(parents=True)
+    jobs = [(str(tmp), s, i, size, seed) for s in SPLITS for i in range(counts[s])]
+    workers = _default_workers(len(jobs)) if workers is None else max(1, workers)
+    cameras: dict[str, dict] = {s: {} for s in SPLITS}
+    with _pool(workers) as pool:
+        results = pool.imap_unordered(_render_job, jobs, chunksize=8) if pool else map(_render_job, jobs)
+        if progress:
+            from mde.console import track
+
+            results = track(results, f"synthesizing {size}x{size}", total=len(jobs))
+        for split, name, intr in results:
+            cameras[split][name] = intr
+    return {s: dict(sorted(cameras[s].items())) for s in SPLITS}
+
+
+def _publish(tmp: Path, out: Path, meta: dict) -> None:
+    """Move the rendered splits from `tmp` into `out`, then write meta.json (last: it marks a complete dataset)."""
+    (out / "meta.json").unlink(missing_ok=True)
+    for split in SPLITS:
+        if (out / split).exists():
+            shutil.rmtree(out / split)
+        os.replace(tmp / split, out / split)
+    write_json_atomic(out / "meta.json", meta)
 
 
 class _pool:

@@ -12,6 +12,12 @@ from mde.export.config import ExportConfig
 _D = ExportConfig(checkpoint=Path("CKPT"), out=Path("DIR"))  # the defaults, for --help
 
 
+def _engine_option(field: str, help: str):  # noqa: A002 - typer's name
+    """A TensorRT build option `--field-name` defaulting to ExportConfig's value, in its own --help panel."""
+    return typer.Option(getattr(_D, field), "--" + field.replace("_", "-"), help=help,
+                        rich_help_panel="TensorRT engine")
+
+
 def export(
     checkpoint: Path = typer.Argument(..., help="Training checkpoint (.pt), e.g. RUN/best.pt."),
     out: Path = typer.Option(..., "--out", "-o", help="Export folder."),
@@ -24,7 +30,7 @@ def export(
     engine: bool = typer.Option(
         _D.engine,
         "--engine",
-        help="Also build model.engine (TensorRT 11, needs a GPU) from the first --precision.",
+        help="Also build model.engine (TensorRT 10.3+ or 11, needs a GPU) from the first --precision.",
     ),
     calib_data: Path | None = typer.Option(
         None, "--calib-data", help="Dataset folder for int8 calibration."
@@ -51,27 +57,13 @@ def export(
         _D.golden_data, "--golden-data",
         help="Dataset whose val images and ground truth become the golden inputs (default: seeded noise).",
     ),
-    min_batch: int = typer.Option(
-        _D.min_batch, "--min-batch", help="TensorRT profile: smallest batch."
-    ),
-    opt_batch: int = typer.Option(
-        _D.opt_batch, "--opt-batch", help="TensorRT profile: batch tuned for."
-    ),
-    max_batch: int = typer.Option(
-        _D.max_batch, "--max-batch", help="TensorRT profile: largest batch."
-    ),
-    min_size: int = typer.Option(
-        _D.min_size, "--min-size", help="TensorRT profile: smallest H/W with --dynamic-size."
-    ),
-    max_size: int = typer.Option(
-        _D.max_size, "--max-size", help="TensorRT profile: largest H/W with --dynamic-size."
-    ),
-    workspace_mib: int = typer.Option(
-        _D.workspace_mib, "--workspace-mib", help="TensorRT workspace memory-pool limit."
-    ),
-    timing_cache: Path = typer.Option(
-        _D.timing_cache, "--timing-cache", help="TensorRT timing cache, reused across builds."
-    ),
+    min_batch: int = _engine_option("min_batch", "Profile: smallest batch."),
+    opt_batch: int = _engine_option("opt_batch", "Profile: batch tuned for."),
+    max_batch: int = _engine_option("max_batch", "Profile: largest batch."),
+    min_size: int = _engine_option("min_size", "Profile: smallest H/W with --dynamic-size."),
+    max_size: int = _engine_option("max_size", "Profile: largest H/W with --dynamic-size."),
+    workspace_mib: int = _engine_option("workspace_mib", "Workspace memory-pool limit."),
+    timing_cache: Path = _engine_option("timing_cache", "Timing cache, reused across builds."),
     as_json: bool = typer.Option(
         False, "--json", help="Print the artifacts as one JSON object on stdout."
     ),
