@@ -4,6 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DEMO   ?= demo
 PYTEST_ARGS ?=
+# pytest-xdist: one worker per core (at most 4); `make test PYTEST_PARALLEL=` runs serially
+PYTEST_PARALLEL ?= -n auto --maxprocesses 4 --dist loadgroup
 
 .PHONY: test demo bench lint clean gpu-check
 
@@ -13,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 demo: $(VENV)/.installed
 	$(PY) -m mde.demo --out $(DEMO)

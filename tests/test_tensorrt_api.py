@@ -28,6 +28,9 @@ from trt_fakes import FakeCudart, Recorder, fake_tensorrt
 import mde.export.tensorrt_build as build_module
 import mde.runtime.backends.tensorrt as runtime_module
 
+# one pytest-xdist worker downloads and imports the binding wheels (they share a cache folder)
+pytestmark = pytest.mark.xdist_group("tensorrt-bindings")
+
 SOURCES = (Path(build_module.__file__), Path(runtime_module.__file__))
 ROOTS = {"trt": "tensorrt", "cudart": "cudart"}  # the names the code gives the two modules, everywhere
 INT_TYPES = {"int", "typing.SupportsInt", "SupportsInt"}
