@@ -33,18 +33,20 @@ import numpy as np
 QUALITY = {"backbone": "resnet18", "image_size": 96, "epochs": 8, "pretrained": False,
            "workers": 1, "device": "cpu", "checkpoint_every": 0}
 QUICK = {"image_size": 64, "epochs": 1, "batch_size": 8}
-# name -> TrainConfig overrides of QUALITY; "legacy_crop" runs the pre-fix crop (depth left unscaled)
+# name -> TrainConfig overrides of QUALITY; a "patch" names a PATCHES entry that changes the run in
+# a way no option does ("legacy_crop": the pre-fix crop, depth left unscaled). More variants:
+# bench_decoder_ideas.py.
 VARIANTS = {
     "report": {"decoder": "report", "schedule": "cyclic"},
     "unet-onecycle": {"decoder": "unet", "schedule": "onecycle"},
     "unet-cyclic": {"decoder": "unet", "schedule": "cyclic"},
     "unet-onecycle-nocrop": {"decoder": "unet", "schedule": "onecycle", "scale_crop": False},
-    "unet-onecycle-legacycrop": {"decoder": "unet", "schedule": "onecycle", "legacy_crop": True},
+    "unet-onecycle-legacycrop": {"decoder": "unet", "schedule": "onecycle", "patch": "legacy_crop"},
     "unet-cyclic-nocrop": {"decoder": "unet", "schedule": "cyclic", "scale_crop": False},
-    "unet-cyclic-legacycrop": {"decoder": "unet", "schedule": "cyclic", "legacy_crop": True},
+    "unet-cyclic-legacycrop": {"decoder": "unet", "schedule": "cyclic", "patch": "legacy_crop"},
     "report-onecycle": {"decoder": "report", "schedule": "onecycle"},
     "report-nocrop": {"decoder": "report", "schedule": "cyclic", "scale_crop": False},
-    "report-legacycrop": {"decoder": "report", "schedule": "cyclic", "legacy_crop": True},
+    "report-legacycrop": {"decoder": "report", "schedule": "cyclic", "patch": "legacy_crop"},
 }
 
 
@@ -207,11 +209,25 @@ def _legacy_crop_window(rgb, depth, y, x, ch, cw, intrinsics=None):
     return rgb[y:y + ch, x:x + cw], depth[y:y + ch, x:x + cw], intrinsics
 
 
-def train_variant(data: Path, run_dir: Path, overrides: dict, quick: bool, epochs: int = 0) -> dict:
-    """Train one variant at the quality settings into `run_dir` (reused when its summary exists)."""
-    import contextlib
+def _legacy_crop():
     from unittest import mock
 
+    return mock.patch("mde.train.augment.crop_window", _legacy_crop_window)
+
+
+# patch name -> a context manager factory; active while a variant trains and while its model is loaded
+PATCHES = {"legacy_crop": _legacy_crop}
+
+
+def variant_patch(name: str | None):
+    """The context of PATCHES[name] (nothing for None)."""
+    import contextlib
+
+    return PATCHES[name]() if name else contextlib.nullcontext()
+
+
+def train_variant(data: Path, run_dir: Path, overrides: dict, quick: bool, epochs: int = 0) -> dict:
+    """Train one variant at the quality settings into `run_dir` (reused when its summary exists)."""
     from mde.train.config import TrainConfig
     from mde.train.trainer import train
 
@@ -219,29 +235,38 @@ def train_variant(data: Path, run_dir: Path, overrides: dict, quick: bool, epoch
     if summary.is_file():
         return json.loads(summary.read_text())
     overrides = dict(overrides)
-    legacy = overrides.pop("legacy_crop", False)
+    patch = overrides.pop("patch", None)
     settings = {**QUALITY, **(QUICK if quick else {}), **overrides, **({"epochs": epochs} if epochs else {})}
-    patch = mock.patch("mde.train.augment.crop_window", _legacy_crop_window) if legacy else contextlib.nullcontext()
     start = time.perf_counter()
-    with patch:  # DataLoader workers fork after the patch, so they see it too
+    with variant_patch(patch):  # DataLoader workers fork after the patch, so they see it too
         result = train(TrainConfig(data=str(data), out=str(run_dir), force=True, **settings))
-    out = {"settings": {**settings, "legacy_crop": legacy}, "wall_s": round(time.perf_counter() - start, 1),
+    out = {"settings": {**settings, "patch": patch}, "wall_s": round(time.perf_counter() - start, 1),
            "train_images_per_s": round(result["images_per_s"], 2), "best_epoch": result["best"]["epoch"]}
     summary.write_text(json.dumps(out, indent=2))
     return out
+
+
+def load_run(run_dir: Path):
+    """A run's best.pt as an eval model, under its variant's patch (a patched decoder needs it to load)."""
+    from mde.train.checkpoint import load_model
+
+    summary = run_dir / "bench.json"
+    patch = json.loads(summary.read_text())["settings"].get("patch") if summary.is_file() else None
+    with variant_patch(patch):
+        model, _ = load_model(run_dir / "best.pt")
+    return model.eval()
 
 
 def region_rows(data: Path, runs: dict[str, Path]) -> dict[str, dict]:
     """Val metrics (whole image and per region) of each run's best.pt and of the per-pixel mean map."""
     from mde.data.readers import dataset_max_depth, open_dataset
     from mde.runtime.evaluate import baselines, evaluate
-    from mde.train.checkpoint import load_model
     from mde.train.evaluate import torch_predictor
 
     val, data_range = open_dataset(data, "val"), dataset_max_depth(data)
     rows = {"pixel_mean_map": baselines(open_dataset(data, "train"), val, data_range)["pixel_mean_map"]}
     for name, run_dir in runs.items():
-        model, _ = load_model(run_dir / "best.pt")
+        model = load_run(run_dir)
         rows[name] = evaluate(torch_predictor(model, model.args.image_size, model.args.max_depth), val, data_range)
     return rows
 
@@ -270,7 +295,7 @@ def format_region_table(rows: dict[str, dict], reference: str = "report") -> str
 
 def decoders(data: Path, quick: bool, runs: Path | None = None,
              variants: tuple[str, ...] = ("report", "unet-onecycle"), train_only: bool = False,
-             epochs: int = 0) -> dict:
+             epochs: int = 0, reference: str = "report") -> dict:
     """Train each variant (same data, epochs and seed) and print the per-region quality table."""
     data = ensure_data(data, 120 if quick else 2000, 20 if quick else 200, 64 if quick else 128)
     with tempfile.TemporaryDirectory() as tmp:
@@ -282,7 +307,7 @@ def decoders(data: Path, quick: bool, runs: Path | None = None,
         if train_only:
             return {"runs": trained}
         rows = region_rows(data, {name: root / name for name in variants})
-    print(format_region_table(rows), flush=True)
+    print(format_region_table(rows, reference), flush=True)
     return {"runs": trained, "metrics": rows}
 
 

@@ -1,0 +1,195 @@
+"""What else might make objects visible: recipe and decoder ideas beyond `--decoder unet`, and where the error is.
+
+    python benchmarks/bench_decoder_ideas.py --data D --runs R [--epochs 4] [--variants NAME ...]
+    python benchmarks/bench_decoder_ideas.py --data D --anatomy R/report R/unet-onecycle
+
+(1) variants: each idea trained like bench_train.py's decoder variants (resnet18 from scratch, 96 px,
+    one-cycle, same data and seed; runs kept in R and reused), then the per-region table with
+    `unet-onecycle` as the reference. None of them is a product option: the decoder ideas are
+    patched in here, and `batch_size`/`lr_max` are ordinary `mde train` options.
+(2) anatomy: for trained runs, where the val error is — per region, pixels near a depth edge
+    (a jump over 0.5 m within 2 px) against the rest; object pixels by ground-truth depth (share,
+    RMSE, mean signed error); and the RMSE left after rescaling each prediction by its
+    least-squares factor (what one global scale per image — camera height, focal length —
+    would explain).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from bench_train import PATCHES, VARIANTS, decoders, ensure_data, load_run
+
+DEPTH_BINS = (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 14.0, 20.1)
+EDGE_JUMP_M, EDGE_RADIUS_PX = 0.5, 2
+
+
+# -- the ideas ---------------------------------------------------------------------------------
+def gradient_loss(pred, target, scales: int = 1, weight: float = 1.0):
+    """berHu plus `weight` x the mean |d/dx, d/dy of (pred - target)| over valid neighbour pairs,
+    at `scales` resolutions (each half the previous: MiDaS's multi-scale gradient matching)."""
+    from mde.train.losses import masked_loss, valid_mask
+
+    total = masked_loss("berhu", pred, target)
+    diff, mask = (pred - target).float(), valid_mask(target)
+    for scale in range(scales):
+        if scale:
+            diff, mask = diff[..., ::2, ::2], mask[..., ::2, ::2]
+        mx, my = mask[..., :, 1:] & mask[..., :, :-1], mask[..., 1:, :] & mask[..., :-1, :]
+        gx = (diff[..., :, 1:] - diff[..., :, :-1]).abs()[mx]
+        gy = (diff[..., 1:, :] - diff[..., :-1, :]).abs()[my]
+        total = total + weight * (gx.sum() + gy.sum()) / (mx.sum() + my.sum()).clamp_min(1)
+    return total
+
+
+def _loss_patch(scales: int):
+    from unittest import mock
+
+    import mde.train.trainer as trainer
+
+    return mock.patch.object(trainer, "masked_loss", lambda _name, pred, target: gradient_loss(pred, target, scales))
+
+
+def _decoder_patch(factory):
+    from unittest import mock
+
+    import mde.train.model as model
+
+    return mock.patch.dict(model.DECODERS, {"unet": factory})
+
+
+def _wide_unet(encoder_channels):
+    from mde.train.model import UNetDecoder
+
+    return UNetDecoder(encoder_channels, (256, 256, 128, 64))
+
+
+def _coord_unet(encoder_channels):
+    """The unet with two coordinate channels (row, column in [-1, 1]) joined to the stride-32 features."""
+    import torch
+
+    from mde.train.model import UNetDecoder
+
+    class CoordUNet(UNetDecoder):
+        def forward(self, features):
+            x = features[-1]
+            n, _, h, w = x.shape
+            rows = torch.linspace(-1, 1, h, device=x.device).view(1, 1, h, 1).expand(n, 1, h, w)
+            cols = torch.linspace(-1, 1, w, device=x.device).view(1, 1, 1, w).expand(n, 1, h, w)
+            return super().forward([*features[:-1], torch.cat([x, rows, cols], 1)])
+
+    return CoordUNet((*encoder_channels[:-1], encoder_channels[-1] + 2))
+
+
+PATCHES.update({
+    "gradient_loss": lambda: _loss_patch(1),
+    "gradient_loss4": lambda: _loss_patch(4),
+    "wide_unet": lambda: _decoder_patch(_wide_unet),
+    "coord_unet": lambda: _decoder_patch(_coord_unet),
+})
+UNET = {"decoder": "unet", "schedule": "onecycle"}
+IDEAS = {
+    "unet-gradloss": {**UNET, "patch": "gradient_loss"},
+    "unet-gradloss4": {**UNET, "patch": "gradient_loss4"},
+    "unet-batch8": {**UNET, "batch_size": 8},
+    "unet-lr1e-3": {**UNET, "lr_max": 1e-3},
+    "unet-wide": {**UNET, "patch": "wide_unet"},
+    "unet-coord": {**UNET, "patch": "coord_unet"},
+}
+VARIANTS.update(IDEAS)
+
+
+# -- where the error is ------------------------------------------------------------------------
+def _near_edge(depth: np.ndarray) -> np.ndarray:
+    """Pixels within EDGE_RADIUS_PX of a neighbour-to-neighbour depth jump over EDGE_JUMP_M."""
+    gy, gx = np.gradient(depth)
+    edge = np.hypot(gx, gy) > EDGE_JUMP_M
+    out = edge.copy()
+    for _ in range(EDGE_RADIUS_PX):  # 4-neighbour dilation
+        grown = out.copy()
+        grown[1:] |= out[:-1]
+        grown[:-1] |= out[1:]
+        grown[:, 1:] |= out[:, :-1]
+        grown[:, :-1] |= out[:, 1:]
+        out = grown
+    return out
+
+
+def anatomy(data: Path, run_dir: Path) -> dict:
+    """Edge/interior split per region, object error by depth, and RMSE after a per-image LS scale."""
+    from mde.data.readers import open_dataset
+    from mde.train.evaluate import torch_predictor
+
+    model = load_run(run_dir)
+    predict = torch_predictor(model, model.args.image_size, model.args.max_depth)
+    nbins = len(DEPTH_BINS) - 1
+    split = {(r, e): np.zeros(2) for r in ("objects", "structure") for e in ("edge", "interior")}
+    by_depth = np.zeros((3, nbins))  # count, sum of squared error, sum of signed error
+    scaled = {"image": np.zeros(2), "objects": np.zeros(2)}
+    val = open_dataset(data, "val")
+    for sample in (val[i] for i in range(len(val))):
+        gt, pred = sample.depth, predict([sample.rgb])[0]
+        valid, edge = gt > 0, _near_edge(gt)
+        err = pred - gt
+        for region, code in (("objects", 1), ("structure", 0)):
+            for where, sel in (("edge", edge), ("interior", ~edge)):
+                m = valid & (sample.mask == code) & sel
+                split[(region, where)] += ((err[m] ** 2).sum(), m.sum())
+        obj = valid & (sample.mask == 1)
+        idx = np.digitize(gt[obj], DEPTH_BINS) - 1
+        by_depth += [np.bincount(idx, None, nbins), np.bincount(idx, err[obj] ** 2, nbins),
+                     np.bincount(idx, err[obj], nbins)]
+        k = (pred[valid] * gt[valid]).sum() / max((pred[valid] ** 2).sum(), 1e-9)
+        for name, m in (("image", valid), ("objects", obj)):
+            scaled[name] += (((k * pred - gt)[m] ** 2).sum(), m.sum())
+    return _anatomy_table(split, by_depth, scaled)
+
+
+def _anatomy_table(split: dict, by_depth: np.ndarray, scaled: dict) -> dict:
+    out: dict = {"regions": {}, "objects_by_depth": [], "rmse_after_per_image_scale": {}}
+    for region in ("objects", "structure"):
+        total_sse, total_n = sum(split[(region, e)] for e in ("edge", "interior"))
+        for where in ("edge", "interior"):
+            sse, n = split[(region, where)]
+            out["regions"][f"{region}_{where}"] = {
+                "pixel_share": round(n / total_n, 3), "rmse": round(float(np.sqrt(sse / max(n, 1))), 3),
+                "error_share": round(sse / total_sse, 3)}
+    count, sse, signed = by_depth
+    for j in range(len(count)):
+        out["objects_by_depth"].append({
+            "depth_m": [DEPTH_BINS[j], DEPTH_BINS[j + 1]], "pixel_share": round(count[j] / count.sum(), 3),
+            "rmse": round(float(np.sqrt(sse[j] / max(count[j], 1))), 3),
+            "mean_error": round(float(signed[j] / max(count[j], 1)), 3), "error_share": round(sse[j] / sse.sum(), 3)})
+    # pixel-pooled RMSE (the metrics module averages per image, so these differ a little from its figures)
+    out["rmse_after_per_image_scale"] = {k: round(float(np.sqrt(v[0] / v[1])), 3) for k, v in scaled.items()}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="the synthetic set (made here when missing)")
+    parser.add_argument("--runs", type=Path, default=None, help="keep (and reuse) the runs here")
+    parser.add_argument("--variants", nargs="*", default=["unet-onecycle", *IDEAS], choices=list(VARIANTS))
+    parser.add_argument("--epochs", type=int, default=4, help="training epochs of every variant")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    parser.add_argument("--anatomy", nargs="*", type=Path, default=None, metavar="RUN",
+                        help="only the error anatomy of these trained runs")
+    opts = parser.parse_args()
+    if opts.anatomy:
+        data = ensure_data(opts.data, 2000, 200, 128)
+        out = {str(run): anatomy(data, run) for run in opts.anatomy}
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = decoders(opts.data, opts.quick, opts.runs or Path(tmp), tuple(opts.variants), epochs=opts.epochs,
+                           reference="unet-onecycle")
+    json.dump(out, sys.stdout, indent=2, default=str)
+    print()
+
+
+if __name__ == "__main__":
+    main()
