@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +92,7 @@ PATCHES.update({
     "wide_unet": lambda: _decoder_patch(_wide_unet),
     "coord_unet": lambda: _decoder_patch(_coord_unet),
 })
-UNET = {"decoder": "unet", "schedule": "onecycle"}
+UNET = VARIANTS["unet-onecycle"]
 IDEAS = {
     "unet-gradloss": {**UNET, "patch": "gradient_loss"},
     "unet-gradloss4": {**UNET, "patch": "gradient_loss4"},
@@ -127,12 +126,13 @@ def _near_edge(depth: np.ndarray) -> np.ndarray:
 def anatomy(data: Path, run_dir: Path) -> dict:
     """Edge/interior split per region, object error by depth, and RMSE after a per-image LS scale."""
     from mde.data.readers import open_dataset
+    from mde.runtime.metrics import REGIONS
     from mde.train.evaluate import torch_predictor
 
     model = load_run(run_dir)
     predict = torch_predictor(model, model.args.image_size, model.args.max_depth)
     nbins = len(DEPTH_BINS) - 1
-    split = {(r, e): np.zeros(2) for r in ("objects", "structure") for e in ("edge", "interior")}
+    split = {(r, e): np.zeros(2) for r in REGIONS for e in ("edge", "interior")}
     by_depth = np.zeros((3, nbins))  # count, sum of squared error, sum of signed error
     scaled = {"image": np.zeros(2), "objects": np.zeros(2)}
     val = open_dataset(data, "val")
@@ -140,11 +140,11 @@ def anatomy(data: Path, run_dir: Path) -> dict:
         gt, pred = sample.depth, predict([sample.rgb])[0]
         valid, edge = gt > 0, _near_edge(gt)
         err = pred - gt
-        for region, code in (("objects", 1), ("structure", 0)):
+        for region, code in REGIONS.items():
             for where, sel in (("edge", edge), ("interior", ~edge)):
                 m = valid & (sample.mask == code) & sel
                 split[(region, where)] += ((err[m] ** 2).sum(), m.sum())
-        obj = valid & (sample.mask == 1)
+        obj = valid & (sample.mask == REGIONS["objects"])
         idx = np.digitize(gt[obj], DEPTH_BINS) - 1
         by_depth += [np.bincount(idx, None, nbins), np.bincount(idx, err[obj] ** 2, nbins),
                      np.bincount(idx, err[obj], nbins)]
@@ -188,9 +188,8 @@ def main() -> None:
         data = ensure_data(opts.data, 2000, 200, 128)
         out = {str(run): anatomy(data, run) for run in opts.anatomy}
     else:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = decoders(opts.data, opts.quick, opts.runs or Path(tmp), tuple(opts.variants), epochs=opts.epochs,
-                           reference="unet-onecycle")
+        out = decoders(opts.data, opts.quick, opts.runs, tuple(opts.variants), epochs=opts.epochs,
+                       reference="unet-onecycle")
     json.dump(out, sys.stdout, indent=2, default=str)
     print()
 

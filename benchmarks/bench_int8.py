@@ -268,21 +268,11 @@ def bench_decoder(decoder: str, quick: bool, rounds: int, root: Path) -> dict:
     }
 
 
-def available_decoders() -> tuple[str, ...]:
-    """The decoders this checkout's model has (`ModelArgs.decoder`), report first."""
-    from mde.train.model import ModelArgs
-
-    if "decoder" not in {f.name for f in dataclasses.fields(ModelArgs)}:
-        return ("report",)
-    from mde.train import model as model_module
-
-    names = getattr(model_module, "DECODERS", {"report": None})
-    return tuple(sorted(names, key=lambda n: n != "report"))
-
-
 def run(quick: bool = False, decoders: tuple[str, ...] = (), rounds: int = 7) -> dict:
     """Benchmark every decoder; print and return the figures."""
-    decoders = decoders or available_decoders()
+    from mde.train.model import decoder_names
+
+    decoders = decoders or decoder_names()  # registration order: report first
     load_before = os.getloadavg()
     result: dict = {"cpu_flags": cpu_int8_flags(), "cpu_count": os.cpu_count(), "decoders": {}}
     with tempfile.TemporaryDirectory(prefix="mde-bench-int8-") as tmp:

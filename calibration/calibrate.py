@@ -23,10 +23,6 @@ from mde.runtime.metadata import ModelMetadata, read_props, stamp
 from mde.runtime.preprocess import preprocess
 
 log = logging.getLogger(__name__)
-TOOL = {
-    "tensorrt": "QDQ, symmetric int8 activations, per-channel int8 weights, float bias",
-    "cpu": "QDQ, uint8 activations, per-channel int8 weights, int32 bias, ConvTranspose as phase Convs",
-}
 
 
 @dataclass
@@ -253,7 +249,7 @@ def _write(cfg: CalibrationConfig, final: Any, meta: ModelMetadata, record: dict
         "target": cfg.target, "method": cfg.method, "seed": cfg.seed, **record,
         "target_ssim_drop": cfg.target_ssim_drop,
         "drop_definition": "1 - SSIM(int8 prediction, fp32 prediction) on held-out train images",
-        "tool": f"onnxruntime.quantization {onnxruntime.__version__} ({TOOL[cfg.target]})",
+        "tool": f"onnxruntime.quantization {onnxruntime.__version__} ({cfg.spec.describe()})",
     }
     if kernels:
         calibration["integer_kernel_share"] = kernels["share"]

@@ -31,6 +31,15 @@ class Target:
     keep_relu: bool
     phase_convs: bool
 
+    def describe(self) -> str:
+        """What a model quantized for this target holds (its `mde.calibration` metadata's tool)."""
+        parts = ["QDQ", "symmetric int8 activations" if self.activation_type == "int8"
+                 else f"{self.activation_type} activations", "per-channel int8 weights",
+                 "int32 bias" if self.quantize_bias else "float bias"]
+        if self.phase_convs:
+            parts.append("ConvTranspose as phase Convs")
+        return ", ".join(parts)
+
 
 TARGETS: dict[str, Target] = {
     # Ops whose inputs get Q/DQ: the weighted layers TensorRT runs in INT8, the residual Add

@@ -53,16 +53,6 @@ from mde.io import write_json_atomic
 RANGES_FORMAT = "mde.ranges/1"
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 _BYTE_MOVES = ("DepthToSpace",)
-_EXTRA_OPTIONS = {
-    "ActivationSymmetric": True,   # zero-point 0: TensorRT accepts only symmetric Q/DQ
-    "WeightSymmetric": True,
-    "QDQKeepRemovableActivations": True,  # Relu stays explicit, TensorRT fuses it
-    # Biases stay float: an INT32 DequantizeLinear is rejected by TensorRT's IDequantizeLayer
-    # (int8/fp8/int4/fp4 inputs only); TensorRT folds the float bias into the INT8 convolution.
-    "QuantizeBias": False,
-}
-
-
 def _method(name: str):
     from onnxruntime.quantization import CalibrationMethod
 
@@ -160,13 +150,16 @@ def load_ranges(path: Path, key: dict[str, Any]) -> dict[str, tuple[float, float
 
 
 def _extra_options(target: Target) -> dict[str, Any]:
-    if target.name == "tensorrt":
-        return dict(_EXTRA_OPTIONS)
+    """onnxruntime.quantization's extra options for `target` (see `Target`)."""
     return {
-        "ActivationSymmetric": False,   # uint8 activations: after Relu the whole [0, max] range is used
-        "WeightSymmetric": True,        # int8 weights, zero point 0 (what MLAS's U8S8 kernels take)
-        "QuantizeBias": True,           # INT32 bias: ONNX Runtime fuses DQ-Conv-Q into QLinearConv only with it
-        "QDQKeepRemovableActivations": False,  # Relu folded into the Conv's output range
+        # int8: zero point 0 (TensorRT accepts only symmetric Q/DQ); uint8: after Relu the whole
+        # [0, max] range is used
+        "ActivationSymmetric": target.activation_type == "int8",
+        "WeightSymmetric": True,  # int8 weights, zero point 0 (TensorRT, and MLAS's U8S8 kernels)
+        # float biases for TensorRT (its IDequantizeLayer rejects INT32 input; it folds the bias into
+        # the INT8 convolution); INT32 for ONNX Runtime, which fuses DQ-Conv-Q into QLinearConv only so
+        "QuantizeBias": target.quantize_bias,
+        "QDQKeepRemovableActivations": target.keep_relu,  # explicit Relu (TensorRT fuses it) or folded
     }
 
 

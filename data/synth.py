@@ -25,6 +25,7 @@ from PIL import Image
 
 from mde.data.world import MAX_DEPTH, MIN_DEPTH, draw_scene, render_labelled, render_scene
 from mde.io import prepare_output_dir, write_json_atomic
+from mde.runtime.metrics import MASK_INVALID, MASK_OBJECT, MASK_STRUCTURE
 
 __all__ = ["MAX_DEPTH", "MIN_DEPTH", "SPLITS", "SynthConfig", "draw_scene", "render_scene", "synthesize"]
 
@@ -109,7 +110,7 @@ def synthesize(out: str | Path, train: int, val: int, size: int, seed: int, forc
         meta = {"generator": "mde.data.synth", "version": GENERATOR_VERSION, "seed": seed,
                 "counts": {"train": train, "val": val}, "size": [size, size],
                 "max_depth": MAX_DEPTH, "min_depth": MIN_DEPTH, "depth_png_scale": DEPTH_PNG_SCALE,
-                "mask_values": {"structure": 0, "object": 1, "invalid": 255},
+                "mask_values": {"structure": MASK_STRUCTURE, "object": MASK_OBJECT, "invalid": MASK_INVALID},
                 "intrinsics_convention": "pixel centres at integer coordinates (OpenCV)",
                 "cameras": cameras}
         _publish(tmp, out, meta)

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from mde.runtime.metrics import MASK_INVALID, MASK_OBJECT, MASK_STRUCTURE  # noqa: F401 - re-exported
+
 MAX_DEPTH = 20.0
 MIN_DEPTH = 0.5
 KINDS = ("room", "yard", "open")
 SHAPES = ("box", "sphere", "cylinder")
 PATTERNS = ("checker", "stripes", "noise", "gradient", "tiles")
 EPS = 1e-4
-MASK_STRUCTURE, MASK_OBJECT, MASK_INVALID = 0, 1, 255  # region mask values (docs/reference.md, dataset folder)
 F = np.float32
 
 
@@ -404,7 +405,7 @@ def _draw(scene: dict, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, d
     for i in range(3):
         rgb8[..., i] = np.clip(rgb[i] * F(255) + F(0.5), 0, 255)
     depth = np.clip(np.where(sky, F(MAX_DEPTH), t), MIN_DEPTH, MAX_DEPTH).astype(F)
-    mask = np.where(sky, np.uint8(MASK_INVALID), (oid >= 0).astype(np.uint8))
+    mask = np.where(sky, MASK_INVALID, np.where(oid >= 0, MASK_OBJECT, MASK_STRUCTURE)).astype(np.uint8)
     intr = {"fx": float(f), "fy": float(f), "cx": float(c), "cy": float(c),
             "height_m": round(float(o[1]), 4), "pitch_deg": round(float(np.degrees(scene["pitch"])), 3),
             "hfov_deg": round(float(np.degrees(scene["hfov"])), 3),

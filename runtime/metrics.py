@@ -32,7 +32,8 @@ EPS = 1e-6
 SSIM_SIGMA = 1.5
 SSIM_TRUNCATE = 3.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
-REGIONS = {"structure": 0, "objects": 1}  # region name -> mask value
+MASK_STRUCTURE, MASK_OBJECT, MASK_INVALID = 0, 1, 255  # region mask values (docs/reference.md)
+REGIONS = {"structure": MASK_STRUCTURE, "objects": MASK_OBJECT}  # region name -> mask value
 REGION_METRIC_NAMES = ("rmse", "abs_rel", "delta1")
 
 

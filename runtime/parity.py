@@ -119,22 +119,27 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def gt_metrics(raws: Sequence[np.ndarray], gts: Sequence[np.ndarray], max_depth: float,
-                data_range: float) -> list[dict[str, float]]:
-    from mde.runtime.metrics import compute_metrics
+               data_range: float, masks: Sequence[np.ndarray | None] | None = None) -> list[dict[str, float]]:
+    """Per-image metrics against the ground truth, plus each image's region figures where it has a mask
+    (each output is postprocessed once)."""
+    from mde.runtime.metrics import compute_metrics, region_metrics
 
-    return [compute_metrics(postprocess(raw, gt.shape, max_depth), gt, data_range) for raw, gt in zip(raws, gts)]
+    out = []
+    for raw, gt, mask in zip(raws, gts, masks if masks is not None else [None] * len(gts)):
+        depth = postprocess(raw, gt.shape, max_depth)
+        metrics = compute_metrics(depth, gt, data_range)
+        if mask is not None:
+            metrics |= region_metrics(depth, gt, mask)
+        out.append(metrics)
+    return out
 
 
-def region_means(raws: Sequence[np.ndarray], gts: Sequence[np.ndarray], masks: Sequence[np.ndarray | None],
-                 max_depth: float) -> dict[str, dict[str, float]]:
-    """{region: {rmse, abs_rel, delta1, images}}, each the mean over the images having that region.
-
-    Empty when no image has a mask.
+def region_means(per_image: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """{region: {rmse, abs_rel, delta1, images}} from per-image figures (`gt_metrics` with masks), each
+    the mean over the images having that region. Empty when no image has a region figure.
     """
-    from mde.runtime.metrics import REGION_METRIC_NAMES, REGIONS, region_metrics
+    from mde.runtime.metrics import REGION_METRIC_NAMES, REGIONS
 
-    per_image = [region_metrics(postprocess(raw, gt.shape, max_depth), gt, mask)
-                 for raw, gt, mask in zip(raws, gts, masks) if mask is not None]
     out = {}
     for region in REGIONS:
         rows = [m for m in per_image if f"{region}_rmse" in m]
@@ -182,9 +187,10 @@ def compare(
     if gts is not None:
         ref_m = reference_metrics if reference_metrics is not None else gt_metrics(reference, gts, max_depth,
                                                                                    data_range)
-        _gt_deltas(result, gt_metrics(artifact, gts, max_depth, data_range), ref_m, tolerance)
+        art_m = gt_metrics(artifact, gts, max_depth, data_range, masks)
+        _gt_deltas(result, art_m, ref_m, tolerance)
         if masks is not None:
-            result.regions = region_means(artifact, gts, masks, max_depth)
+            result.regions = region_means(art_m)
     return result
 
 

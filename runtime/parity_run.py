@@ -177,7 +177,7 @@ def check_checkpoint(cfg: ParityConfig, tolerances: dict[str, Tolerance]
                 yield preprocess(sample.rgb, size)
 
         ref_out, *art_outs = run_all([reference, *(r for _, r in runners)], feeds(), count)
-    ref_metrics = gt_metrics(ref_out, gts, max_depth, data_range)
+    ref_metrics = gt_metrics(ref_out, gts, max_depth, data_range, masks)
     for (i, runner), outputs in zip(runners, art_outs):
         meta = runner.metadata
         results[i] = compare(ref_out, outputs, gts, tolerance=tolerances[meta.precision],
@@ -191,7 +191,7 @@ def check_checkpoint(cfg: ParityConfig, tolerances: dict[str, Tolerance]
                       "ssim": float(np.mean([m["ssim"] for m in ref_metrics])), "device": cfg.device},
     }
     if any(m is not None for m in masks):  # region figures: information, not gates
-        header["regions"] = _region_figures(cfg, ref_out, gts, masks, max_depth)
+        header["regions"] = _region_figures(cfg, ref_metrics, gts, masks, max_depth)
     pngs = {}
     if cfg.report is not None:
         for (i, _), outputs in zip(runners, art_outs):
@@ -215,15 +215,20 @@ def _worst_png(report: Path, dataset: Any, result: ArtifactResult, reference: li
     return name
 
 
-def _region_figures(cfg: ParityConfig, reference: list, gts: list, masks: list, max_depth: float) -> dict:
-    """Per-region figures of PyTorch and of the per-pixel mean depth map of the train split (when there is one)."""
+def _region_figures(cfg: ParityConfig, reference: list[dict[str, float]], gts: list, masks: list,
+                    max_depth: float) -> dict:
+    """Per-region figures of PyTorch (from its per-image figures) and of the per-pixel mean depth map of
+    the train split (when there is one)."""
     from mde.data.readers import open_dataset
     from mde.runtime.evaluate import pixel_mean_map
+    from mde.runtime.metrics import region_metrics
+    from mde.runtime.preprocess import postprocess
 
-    figures = {"reference": region_means(reference, gts, masks, max_depth)}
+    figures = {"reference": region_means(reference)}
     if (Path(cfg.data) / "train").is_dir():
         pixmap = pixel_mean_map(open_dataset(cfg.data, split="train"))[None]
-        figures["pixel_mean_map"] = region_means([pixmap] * len(gts), gts, masks, max_depth)
+        figures["pixel_mean_map"] = region_means([region_metrics(postprocess(pixmap, gt.shape, max_depth), gt, mask)
+                                                  for gt, mask in zip(gts, masks) if mask is not None])
     return figures
 
 

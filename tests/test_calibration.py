@@ -242,14 +242,15 @@ def test_tensorrt_qdq_check_rejects(edit, match, tmp_path):
 
 def test_every_tensorrt_int8_written_is_checked(tiny_int8, tiny_export, synth_data, tmp_path, monkeypatch):
     """An INT32 bias DequantizeLinear (ONNX Runtime's default) is refused before anything is written."""
-    from mde.calibration import quantize
+    from dataclasses import replace
+
     from mde.calibration.calibrate import calibrate
-    from mde.calibration.config import CalibrationConfig
+    from mde.calibration.config import TARGETS, CalibrationConfig
     from mde.errors import ModelError
 
     out = tmp_path / "int32bias.onnx"
     shutil.copy(tiny_int8[0].with_suffix(".ranges.json"), out.with_suffix(".ranges.json"))  # no recalibration
-    monkeypatch.setitem(quantize._EXTRA_OPTIONS, "QuantizeBias", True)
+    monkeypatch.setitem(TARGETS, "tensorrt", replace(TARGETS["tensorrt"], quantize_bias=True))
     cfg = CalibrationConfig(model=tiny_export / "model.onnx", data=synth_data, out=out, num_images=12,
                             holdout_images=6, allow_few=True, max_float_nodes=0, progress=False)
     with pytest.raises(ModelError, match="reads INT32; TensorRT's DequantizeLinear takes INT8 only"):

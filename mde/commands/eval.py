@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
+from mde.commands.options import emit
 from mde.errors import InputError
 
 METRIC_ORDER = ("rmse", "ssim", "abs_rel", "sq_rel", "rmse_log", "delta1", "delta2", "delta3",
@@ -54,10 +54,7 @@ def eval_command(
     metrics = {k: metrics[k] for k in METRIC_ORDER + REGION_ORDER if k in metrics}
     if regions and split != "train" and (Path(data) / "train").is_dir():
         metrics["pixel_mean_map"] = _pixel_mean_map_figures(data, dataset, data_range, depth_scale)
-    if json_out:
-        typer.echo(json.dumps(metrics))
-    else:
-        _print_table(path, split, metrics)
+    emit(metrics, json_out, lambda m: _print_table(path, split, m))
 
 
 def _pixel_mean_map_figures(data: str, dataset, data_range: float, depth_scale: float) -> dict[str, float]:
