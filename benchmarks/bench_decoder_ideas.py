@@ -86,7 +86,96 @@ def _coord_unet(encoder_channels):
     return CoordUNet((*encoder_channels[:-1], encoder_channels[-1] + 2))
 
 
+def _vertical_unet(encoder_channels):
+    """The unet with a residual 9x1 Conv-BN-ReLU after the stride-16, 8 and 4 blocks: context along each
+    image column, the path from an object's ground contact up through the object."""
+    from torch import nn
+
+    from mde.train.model import UNetDecoder
+
+    class VerticalUNet(UNetDecoder):
+        def __init__(self, encoder_channels):
+            super().__init__(encoder_channels)
+            self.vertical = nn.ModuleList(
+                nn.Sequential(nn.Conv2d(block.conv2[0].out_channels, block.conv2[0].out_channels, (9, 1),
+                                        padding=(4, 0), bias=False),
+                              nn.BatchNorm2d(block.conv2[0].out_channels), nn.ReLU(inplace=True))
+                for block in self.blocks[:3])
+
+        def forward(self, features):
+            x = self.bottleneck(features[-1])
+            for i, (block, skip) in enumerate(zip(self.blocks, features[-2::-1])):
+                x = block(x, skip)
+                if i < len(self.vertical):
+                    x = x + self.vertical[i](x)
+            return self.head(nn.functional.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False))
+
+    return VerticalUNet(encoder_channels)
+
+
+_AUX: list = []  # the auxiliary depth maps of the last training forward (deep supervision)
+
+
+def _deep_unet(encoder_channels):
+    """The unet with a 3x3 logit head on the stride-16, 8 and 4 blocks, each upsampled to full size."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from mde.train.model import UNET_CHANNELS, UNetDecoder
+
+    class DeepUNet(UNetDecoder):
+        def __init__(self, encoder_channels):
+            super().__init__(encoder_channels)
+            self.aux_heads = nn.ModuleList(nn.Conv2d(c, 1, 3, padding=1) for c in UNET_CHANNELS[:-1])
+
+        def forward(self, features):
+            x, self.aux = self.bottleneck(features[-1]), []
+            size = tuple(2 * s for s in features[0].shape[-2:])
+            for i, (block, skip) in enumerate(zip(self.blocks, features[-2::-1])):
+                x = block(x, skip)
+                if self.training and i < len(self.aux_heads):
+                    self.aux.append(F.interpolate(self.aux_heads[i](x), size=size, mode="bilinear",
+                                                  align_corners=False))
+            return self.head(F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False))
+
+    return DeepUNet(encoder_channels)
+
+
+def _deep_forward_head(self, features):
+    import torch
+
+    logits = self.decoder(features)
+    _AUX[:] = [self.args.max_depth * torch.sigmoid(a) for a in getattr(self.decoder, "aux", [])]
+    return self.args.max_depth * torch.sigmoid(logits)
+
+
+def deep_supervision_loss(name, pred, target, weight=None):
+    """The loss of `pred` plus half the mean loss of the auxiliary full-resolution maps (`_AUX`)."""
+    from mde.train.losses import masked_loss
+
+    total = masked_loss(name, pred, target, weight)
+    if _AUX:
+        total = total + 0.5 * sum(masked_loss(name, a, target, weight) for a in _AUX) / len(_AUX)
+    return total
+
+
+def _deep_supervision_patch():
+    import contextlib
+    from unittest import mock
+
+    import mde.train.model as model
+    import mde.train.trainer as trainer
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(_decoder_patch(_deep_unet))
+    stack.enter_context(mock.patch.object(model.DepthNet, "forward_head", _deep_forward_head))
+    stack.enter_context(mock.patch.object(trainer, "masked_loss", deep_supervision_loss))
+    return stack
+
+
 PATCHES.update({
+    "vertical_unet": lambda: _decoder_patch(_vertical_unet),
+    "deep_supervision": _deep_supervision_patch,
     "gradient_loss": lambda: _loss_patch(1),
     "gradient_loss4": lambda: _loss_patch(4),
     "wide_unet": lambda: _decoder_patch(_wide_unet),
@@ -100,6 +189,13 @@ IDEAS = {
     "unet-lr1e-3": {**UNET, "lr_max": 1e-3},
     "unet-wide": {**UNET, "patch": "wide_unet"},
     "unet-coord": {**UNET, "patch": "coord_unet"},
+    "unet-vertical": {**UNET, "patch": "vertical_unet"},
+    # `mde train --object-weight`: object pixels weigh 2x / 4x in the loss (both decoders at 4x)
+    "unet-objw4": {**UNET, "object_weight": 4.0},
+    "unet-objw2": {**UNET, "object_weight": 2.0},
+    "report-objw4": {"decoder": "report", "schedule": "cyclic", "object_weight": 4.0},
+    # auxiliary depth heads at strides 16, 8, 4: a direct gradient to the deep encoder stages
+    "unet-deepsup": {**UNET, "patch": "deep_supervision"},
     # both decoders at the data's own 128 px: does the skip decoder gain where there is more detail?
     "report-128": {"decoder": "report", "schedule": "cyclic", "image_size": 128},
     "unet-128": {**UNET, "image_size": 128},

@@ -23,10 +23,10 @@ import dataclasses
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from bench_runtime import time_calls  # benchmarks/ is on sys.path when these scripts run
 
 TARGETS = {"report": 0.60, "unet": 0.55}   # CPU INT8 / FP32 latency, batch 1 (issue 14)
 TORCH_TARGET = 0.35                        # CPU INT8 / PyTorch eager FP32
@@ -127,12 +127,7 @@ def time_interleaved(runners: dict, rounds: int, iterations: int, warmup: dict[s
             run()
     for _ in range(rounds):
         for name, run in runners.items():
-            calls = []
-            for _ in range(iterations):
-                start = time.perf_counter()
-                run()
-                calls.append(time.perf_counter() - start)
-            times[name].append(1000.0 * float(np.median(calls)))
+            times[name].append(1000.0 * float(np.median(time_calls(run, iterations, 0))))
     return times
 
 

@@ -91,7 +91,8 @@ def gemm_rate(threads: int, n: int = 2048, seconds: float = 2.0) -> float:
     return 2.0 * n**3 / statistics.median(times)
 
 
-def _time(fn: Any, iterations: int, warmup: int) -> list[float]:
+def time_calls(fn: Any, iterations: int, warmup: int) -> list[float]:
+    """Seconds of each of `iterations` calls of `fn`, after `warmup` untimed ones (the benchmarks' one timing loop)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -172,16 +173,16 @@ def run(quick: bool = False, threads: int = 0, model: Path | None = None,
         # interleave ORT and torch rounds so machine noise hits both alike
         ort_t, torch_t = [], []
         for _ in range(3):
-            ort_t += _time(lambda: est.predict(rgb), iterations // 3 + 1, warmup)
-            torch_t += _time(torch_predict, iterations // 3 + 1, warmup)
+            ort_t += time_calls(lambda: est.predict(rgb), iterations // 3 + 1, warmup)
+            torch_t += time_calls(torch_predict, iterations // 3 + 1, warmup)
         batch = preprocess([rgb], (size, size))
-        infer_t = _time(lambda: est.infer(batch), iterations, warmup)
+        infer_t = time_calls(lambda: est.infer(batch), iterations, warmup)
         out = est.infer(batch)
-        pre_t = _time(lambda: preprocess([rgb], (size, size)), iterations * 5, warmup)
-        post_t = _time(lambda: postprocess(out[0], (size, size), est.metadata.max_depth), iterations * 5, warmup)
+        pre_t = time_calls(lambda: preprocess([rgb], (size, size)), iterations * 5, warmup)
+        post_t = time_calls(lambda: postprocess(out[0], (size, size), est.metadata.max_depth), iterations * 5, warmup)
         cam = np.random.default_rng(1).integers(0, 256, (480, 640, 3), dtype=np.uint8)
-        pre_cam = _time(lambda: preprocess([cam], (size, size)), iterations, warmup)
-        post_cam = _time(lambda: postprocess(out[0], (480, 640), est.metadata.max_depth), iterations, warmup)
+        pre_cam = time_calls(lambda: preprocess([cam], (size, size)), iterations, warmup)
+        post_cam = time_calls(lambda: postprocess(out[0], (480, 640), est.metadata.max_depth), iterations, warmup)
         flops = count_flops(net, size)
         gemm = gemm_rate(threads, seconds=1.0 if quick else 3.0)
         est.close()

@@ -24,6 +24,7 @@ import os
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +109,7 @@ def throughput(data: Path, quick: bool, batch: int = 16, size: int = 128) -> dic
     pairs = DepthPairs(open_dataset(data, "train"), size, augment=True, seed=0)
     indices = epoch_indices(len(pairs), 0, 0, 0, 1)[: (64 if quick else 512)]
     start = time.perf_counter()
-    n = sum(len(x) for x, _, _ in epoch_loader(pairs, indices, batch, 0, False))
+    n = sum(len(x) for x, *_ in epoch_loader(pairs, indices, batch, 0, False))
     loader_ips = n / (time.perf_counter() - start)
 
     torch.manual_seed(0)
@@ -260,11 +261,11 @@ def load_run(run_dir: Path):
 def region_rows(data: Path, runs: dict[str, Path]) -> dict[str, dict]:
     """Val metrics (whole image and per region) of each run's best.pt and of the per-pixel mean map."""
     from mde.data.readers import dataset_max_depth, open_dataset
-    from mde.runtime.evaluate import baselines, evaluate
+    from mde.runtime.evaluate import evaluate, pixel_mean_map_metrics
     from mde.train.evaluate import torch_predictor
 
     val, data_range = open_dataset(data, "val"), dataset_max_depth(data)
-    rows = {"pixel_mean_map": baselines(open_dataset(data, "train"), val, data_range)["pixel_mean_map"]}
+    rows = {"pixel_mean_map": pixel_mean_map_metrics(open_dataset(data, "train"), val, data_range)}
     for name, run_dir in runs.items():
         model = load_run(run_dir)
         rows[name] = evaluate(torch_predictor(model, model.args.image_size, model.args.max_depth), val, data_range)
@@ -315,6 +316,7 @@ def decoder_speed(quick: bool = False, decoders: tuple[str, ...] = ("report", "u
     """Per decoder: ONNX Runtime CPU latency of the exported FP32 resnet50 at 224 px (batch 1) and
     training images/s of resnet18 at 96 px (batch 16), measured in turns so load changes hit both."""
     import torch
+    from bench_runtime import time_calls
 
     from mde.export.exporter import ExportConfig, export_checkpoint
     from mde.runtime.backends.onnxruntime import create_session
@@ -342,22 +344,15 @@ def decoder_speed(quick: bool = False, decoders: tuple[str, ...] = ("report", "u
         y = torch.rand(16, 1, 96, 96) * 20
         latency = {n: [] for n in decoders}
         step_s = {n: [] for n in decoders}
+        def train_step(model, opt) -> None:
+            opt.zero_grad(set_to_none=True)
+            masked_loss("berhu", model(x), y).backward()
+            opt.step()
+
         for _ in range(rounds):
             for name in decoders:
-                sess = sessions[name]
-                sess.run(None, {"image": image})
-                for _ in range(iters):
-                    t0 = time.perf_counter()
-                    sess.run(None, {"image": image})
-                    latency[name].append(time.perf_counter() - t0)
-                model, opt = steps[name]
-                for i in range(3):
-                    t0 = time.perf_counter()
-                    opt.zero_grad(set_to_none=True)
-                    masked_loss("berhu", model(x), y).backward()
-                    opt.step()
-                    if i:
-                        step_s[name].append(time.perf_counter() - t0)
+                latency[name] += time_calls(partial(sessions[name].run, None, {"image": image}), iters, 1)
+                step_s[name] += time_calls(partial(train_step, *steps[name]), 2, 1)
     out = {"threads": threads, "ort_size": size, "load_avg_1min": round(os.getloadavg()[0], 2)}
     for name in decoders:
         out[name] = {"ort_latency_ms_median": round(1000 * float(np.median(latency[name])), 1),

@@ -236,9 +236,9 @@ def training(ck: Check) -> dict[str, Any]:
 def _latency(fn: Any, iterations: int, warmup: int, batch: int) -> dict[str, float]:
     import statistics
 
-    from bench_runtime import _time  # the one timing loop of the benchmarks
+    from bench_runtime import time_calls  # the one timing loop of the benchmarks
 
-    times = sorted(_time(fn, iterations, warmup))
+    times = sorted(time_calls(fn, iterations, warmup))
     median = statistics.median(times)
     return {"median_ms": round(median * 1e3, 3), "p90_ms": round(times[int(0.9 * (len(times) - 1))] * 1e3, 3),
             "images_per_s": round(batch / median, 1)}

@@ -80,6 +80,16 @@ def pixel_mean_map(train: Any) -> np.ndarray:
     return _depth_statistics(train)[1]
 
 
+def pixel_mean_map_metrics(train: Any, val: Any, data_range: float) -> dict[str, float]:
+    """`evaluate` of the image-blind per-pixel mean map of `train` on `val` (per region where val has masks)."""
+    return _fixed_map_metrics(pixel_mean_map(train), val, data_range)
+
+
+def _fixed_map_metrics(depth_map: np.ndarray, val: Any, data_range: float) -> dict[str, float]:
+    """`evaluate` of a predictor that returns `depth_map` for every image (resized to each ground truth)."""
+    return evaluate(lambda rgbs: [depth_map for _ in rgbs], val, data_range)
+
+
 def baselines(train: Any, val: Any, data_range: float) -> dict[str, Any]:
     """Val metrics of two predictors that ignore the image, the floor a trained model must clear.
 
@@ -92,7 +102,7 @@ def baselines(train: Any, val: Any, data_range: float) -> dict[str, Any]:
         "train_mean_depth_m": float(mean),
         "mean_depth": evaluate(lambda rgbs: [np.full(r.shape[:2], mean, np.float32) for r in rgbs],
                                val, data_range),
-        "pixel_mean_map": evaluate(lambda rgbs: [pixmap for _ in rgbs], val, data_range),
+        "pixel_mean_map": _fixed_map_metrics(pixmap, val, data_range),
     }
 
 

@@ -19,6 +19,7 @@ from mde.train.augment import (
     AugmentConfig,
     augment_pair,
     crop_window,
+    object_weights,
     resize_intrinsics,
     scale_crop,
     to_training_pair,
@@ -76,6 +77,25 @@ def test_losses_have_gradients_and_unknown_name():
         get_loss("mse")
 
 
+def test_weighted_losses_reduce_to_unweighted_and_follow_the_weights():
+    gen = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 1, 16, 16, generator=gen) * 9 + 1
+    target[:, :, :2] = 0
+    wrong = torch.rand(2, 1, 16, 16, generator=gen) < 0.3  # exact elsewhere
+    pred = torch.where(wrong, target * 1.5 + 1, target)
+    ones = torch.ones_like(target)
+    for name in LOSSES:
+        plain = masked_loss(name, pred, target).item()
+        assert masked_loss(name, pred, target, ones).item() == pytest.approx(plain, rel=1e-5), name
+        assert masked_loss(name, pred, target, 3 * ones).item() == pytest.approx(plain, rel=1e-5), name
+        heavy = torch.where(wrong, 5.0, 1.0)  # the wrong pixels weigh more: a larger loss
+        assert masked_loss(name, pred, target, heavy).item() > plain, name
+    target = torch.tensor([[[[1.0, 2.0, 4.0, 0.0]]]])       # last pixel invalid: its weight is ignored
+    pred = torch.tensor([[[[2.0, 4.0, 8.0, 100.0]]]])
+    weight = torch.tensor([[[[1.0, 1.0, 5.0, 9.0]]]])
+    assert masked_loss("l1", pred, target, weight).item() == pytest.approx((1 + 2 + 5 * 4) / 7)
+
+
 # -- augmentation -------------------------------------------------------------------------------
 def _coded_pair(h: int = 24, w: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """RGB whose red channel and depth both encode the column index (depth also the row)."""
@@ -88,8 +108,9 @@ def _coded_pair(h: int = 24, w: int = 32) -> tuple[np.ndarray, np.ndarray]:
 def test_flip_and_crop_move_rgb_and_depth_together():
     rgb, depth = _coded_pair()
     no_color = {"brightness": 0, "contrast": 0, "saturation": 0}
-    a_rgb, a_depth = augment_pair(rgb, depth, np.random.default_rng(0),
-                                  AugmentConfig(flip_p=1.0, crop_p=0.0, **no_color))
+    a_rgb, a_depth, no_mask = augment_pair(rgb, depth, np.random.default_rng(0),
+                                           AugmentConfig(flip_p=1.0, crop_p=0.0, **no_color))
+    assert no_mask is None
     assert np.array_equal(a_depth, depth[:, ::-1])
     assert np.array_equal(a_rgb, rgb[:, ::-1])
     for seed in range(5):
@@ -101,13 +122,54 @@ def test_flip_and_crop_move_rgb_and_depth_together():
         assert c_depth.shape[0] >= 12
 
 
+def _column(depth: np.ndarray, s: float) -> np.ndarray:
+    """The column index a `_coded_pair` depth value (1 + col + 100 row, times the crop's scale s) encodes."""
+    return np.rint(depth / s - 1).astype(int) % 100
+
+
+def test_region_mask_moves_with_depth_and_weights_land_on_objects():
+    rgb, depth = _coded_pair()
+    mask = np.tile(np.arange(32) % 3 == 0, (24, 1)).astype(np.uint8)  # object columns 0, 3, 6, ...
+    seen = set()
+    for seed in range(8):
+        m_rgb, m_depth, m_mask = augment_pair(rgb, depth, np.random.default_rng(seed), mask=mask)
+        p_rgb, p_depth, _ = augment_pair(rgb, depth, np.random.default_rng(seed))
+        assert np.array_equal(m_rgb, p_rgb) and np.array_equal(m_depth, p_depth)  # masks draw nothing
+        s = m_depth.shape[1] / depth.shape[1]
+        cols = _column(m_depth, s)
+        seen |= {"crop" if s < 1 else "full", "flip" if cols[0, 0] > cols[0, -1] else "same"}
+        assert np.array_equal(m_mask == 1, cols % 3 == 0)
+        _, y = to_training_pair(m_rgb, m_depth, 16)
+        weights = object_weights(m_mask, 16, 4.0)
+        assert set(np.unique(weights).tolist()) == {1.0, 4.0}
+        assert np.array_equal(weights[0] == 4.0, _column(y[0], s) % 3 == 0)
+    assert seen == {"crop", "full", "flip", "same"}
+    assert np.array_equal(object_weights(None, 8, 4.0), np.ones((1, 8, 8), np.float32))
+
+
+def test_depth_pairs_weigh_object_pixels_only_when_asked(synth_data):
+    from mde.data.readers import open_dataset
+    from mde.runtime.preprocess import resize_depth
+    from mde.train.loader import DepthPairs
+
+    base = open_dataset(synth_data, "train")
+    k = next(i for i in range(len(base)) if (base[i].mask == 1).any())
+    x, y, w, index = DepthPairs(base, 32, augment=False, seed=0)[k]
+    assert index == k and torch.equal(w, torch.ones(1, 32, 32))
+    x3, y3, w3, _ = DepthPairs(base, 32, augment=False, seed=0, object_weight=3.0)[k]
+    assert torch.equal(x, x3) and torch.equal(y, y3)
+    objects = resize_depth(base[k].mask.astype(np.float32), (32, 32), nearest=True) == 1
+    assert objects.any() and torch.equal(w3[0] == 3.0, torch.from_numpy(objects))
+    assert set(w3.unique().tolist()) == {1.0, 3.0}
+
+
 def test_augmentation_is_seeded_and_depth_stays_clean():
     rgb, depth = _coded_pair()
     depth[:4] = 0  # invalid band
     one = augment_pair(rgb, depth, np.random.default_rng(3))
     two = augment_pair(rgb, depth, np.random.default_rng(3))
     assert all(np.array_equal(a, b) for a, b in zip(one, two))
-    x, y = to_training_pair(*one, 16)
+    x, y = to_training_pair(*one[:2], 16)
     assert x.shape == (3, 16, 16) and y.shape == (1, 16, 16)
     assert 0 <= x.min() and x.max() <= 1
     s = one[1].shape[1] / depth.shape[1]  # the crop's scale (1 without a crop)
@@ -246,6 +308,34 @@ def test_defaults_are_unet_onecycle_and_the_report_recipe_stays_selectable(tiny_
     assert "base_lrs" in load_checkpoint(out / "last.pt")["scheduler"]
 
 
+def test_object_weight_reaches_the_loss_and_the_config(tmp_path, synth_data, monkeypatch):
+    import mde.train.trainer as trainer
+
+    seen = []
+
+    def spy(name, pred, target, weight=None):
+        seen.append(set() if weight is None else set(weight.unique().tolist()))
+        return masked_loss(name, pred, target, weight)
+
+    monkeypatch.setattr(trainer, "masked_loss", spy)
+    result = trainer.train(tiny_config(synth_data, tmp_path / "run", object_weight=4.0))
+    assert math.isfinite(result["best"]["rmse"])
+    assert len(seen) == 6 and all(s <= {1.0, 4.0} and 1.0 in s for s in seen) and any(4.0 in s for s in seen)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["object_weight"] == 4.0
+
+
+def test_object_weight_needs_masks(cli, tmp_path, synth_data):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    shutil.rmtree(data / "train" / "mask")
+    res = cli("train", "--data", data, "--out", tmp_path / "run", *TINY, "--epochs", "1", "--object-weight", "2")
+    assert res.code == 2 and len(res.err.strip().splitlines()) == 1
+    assert "--object-weight 2 needs region masks" in res.err and str(data) in res.err
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
 def test_checkpoint_carries_training_state(tiny_run):
     from mde.train.checkpoint import load_checkpoint
 
@@ -321,9 +411,9 @@ def _spy_save(path, state):
     _log.write("save " + os.path.basename(path) + "\\n"); _log.flush()
     return _save(path, state)
 def _spy_batches(data):
-    for x, y, idx in _batches(data):
+    for x, y, w, idx in _batches(data):
         _log.write("batch " + " ".join(map(str, idx.tolist())) + "\\n"); _log.flush()
-        yield x, y, idx
+        yield x, y, w, idx
 checkpoint.save_checkpoint, loader.batches = _spy_save, _spy_batches
 """
 
@@ -365,6 +455,8 @@ def test_ddp_two_cpu_ranks_split_data_and_rank0_writes_once(tmp_path, synth_data
     (["--pretrained", "--backbone-weights", "w.pth"], "conflict"),
     (["--freeze-stages", "3"], "randomly initialised"),
     (["--image-size", "70"], "multiple of 32"),
+    (["--object-weight", "0"], "--object-weight must be a positive number"),
+    (["--object-weight", "nan"], "--object-weight must be a positive number"),
 ])
 def test_bad_train_input_is_one_line_exit_2(cli, tmp_path, synth_data, extra, match):
     res = cli("train", "--data", synth_data, "--out", tmp_path / "run", *TINY, "--epochs", "1", *extra)

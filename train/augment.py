@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mde.runtime.metrics import MASK_OBJECT
 from mde.runtime.preprocess import resize_depth, resize_rgb
 
 
@@ -61,15 +62,19 @@ def crop_window(rgb: np.ndarray, depth: np.ndarray, y: int, x: int, ch: int, cw:
     return rgb[y:y + ch, x:x + cw], depth[y:y + ch, x:x + cw] * np.float32(s), out
 
 
-def scale_crop(rgb: np.ndarray, depth: np.ndarray, rng: np.random.Generator, min_scale: float,
-               intrinsics: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict | None]:
-    """A random window (side fraction in [min_scale, 1], same aspect) of both, depth rescaled (`crop_window`)."""
-    h, w = depth.shape
+def random_window(h: int, w: int, rng: np.random.Generator, min_scale: float) -> tuple[int, int, int, int]:
+    """(y, x, height, width) of a random window of an h x w image: side fraction in [min_scale, 1], same aspect."""
     s = rng.uniform(min_scale, 1.0)
     ch, cw = max(1, round(h * s)), max(1, round(w * s))
     y = int(rng.integers(0, h - ch + 1))
     x = int(rng.integers(0, w - cw + 1))
-    return crop_window(rgb, depth, y, x, ch, cw, intrinsics)
+    return y, x, ch, cw
+
+
+def scale_crop(rgb: np.ndarray, depth: np.ndarray, rng: np.random.Generator, min_scale: float,
+               intrinsics: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict | None]:
+    """A `random_window` of both, depth rescaled (`crop_window`)."""
+    return crop_window(rgb, depth, *random_window(*depth.shape, rng, min_scale), intrinsics)
 
 
 def resize_intrinsics(intrinsics: dict, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> dict:
@@ -92,14 +97,35 @@ def color_jitter(rgb: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) 
 
 
 def augment_pair(rgb: np.ndarray, depth: np.ndarray, rng: np.random.Generator,
-                 cfg: AugmentConfig = DEFAULT_AUGMENT) -> tuple[np.ndarray, np.ndarray]:
-    """One random augmentation of an (H x W x 3 uint8, H x W float32) pair, at the input size."""
+                 cfg: AugmentConfig = DEFAULT_AUGMENT,
+                 mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """One random augmentation of an (H x W x 3 uint8, H x W float32) pair, at the input size.
+
+    A region `mask` (H x W uint8), when given, is cropped and flipped with the depth map; it
+    draws nothing from `rng`, so a run with masks sees the same images as one without.
+    """
     if rng.random() < cfg.crop_p:
-        rgb, depth, _ = scale_crop(rgb, depth, rng, cfg.min_scale)
+        y, x, ch, cw = random_window(*depth.shape, rng, cfg.min_scale)
+        rgb, depth, _ = crop_window(rgb, depth, y, x, ch, cw)
+        mask = None if mask is None else mask[y:y + ch, x:x + cw]
     if rng.random() < cfg.flip_p:
         rgb, depth = hflip(rgb, depth)
+        mask = None if mask is None else mask[:, ::-1]
     rgb = color_jitter(np.ascontiguousarray(rgb), rng, cfg)
-    return rgb, np.ascontiguousarray(depth)
+    return rgb, np.ascontiguousarray(depth), None if mask is None else np.ascontiguousarray(mask)
+
+
+def object_weights(mask: np.ndarray | None, size: int, object_weight: float) -> np.ndarray:
+    """1 x size x size per-pixel loss weights: `object_weight` on the object pixels of `mask`, 1 elsewhere.
+
+    The mask is resized like the depth map in `to_training_pair` (nearest), so each weight
+    belongs to the depth value beside it; no mask means all ones.
+    """
+    weights = np.ones((1, size, size), np.float32)
+    if mask is not None:
+        small = resize_depth(mask.astype(np.float32), (size, size), nearest=True)
+        weights[0][small == MASK_OBJECT] = object_weight
+    return weights
 
 
 def to_training_pair(rgb: np.ndarray, depth: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

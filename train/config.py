@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -56,6 +57,7 @@ class TrainConfig:
     backbone_weights: str = ""
     augment: bool = True
     scale_crop: bool = True
+    object_weight: float = 1.0  # >1 trades whole-image RMSE for object RMSE (README, "Quality per region")
     max_depth: float = 0.0
     depth_scale: float = 1000.0
     device: str = "auto"
@@ -93,6 +95,8 @@ class TrainConfig:
             raise InputError(f"need 0 < --lr-min <= --lr-max, got {self.lr_min} and {self.lr_max}")
         if self.workers < 0 or self.checkpoint_every < 0 or self.max_depth < 0:
             raise InputError("--workers, --checkpoint-every and --max-depth must be >= 0")
+        if not (math.isfinite(self.object_weight) and self.object_weight > 0):
+            raise InputError(f"--object-weight must be a positive number, got {self.object_weight}")
         if not -1 <= self.freeze_stages <= 5:
             raise InputError(f"--freeze-stages must be -1 (auto) or 0..5, got {self.freeze_stages}")
         if self.pretrained and self.backbone_weights:

@@ -15,28 +15,33 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mde.errors import MdeError
-from mde.train.augment import DEFAULT_AUGMENT, augment_pair, to_training_pair
+from mde.train.augment import DEFAULT_AUGMENT, augment_pair, object_weights, to_training_pair
 
 
 class DepthPairs(Dataset):
-    """(image 3 x S x S float [0,1], depth 1 x S x S metres with 0 = invalid, index) training items."""
+    """(image 3 x S x S float [0,1], depth 1 x S x S metres with 0 = invalid, loss weights 1 x S x S, index)
+    training items; the weights are `object_weight` on the object pixels of the sample's region mask, else 1."""
 
-    def __init__(self, base: Any, image_size: int, augment: bool, seed: int, scale_crop: bool = True):
+    def __init__(self, base: Any, image_size: int, augment: bool, seed: int, scale_crop: bool = True,
+                 object_weight: float = 1.0):
         self.base, self.image_size, self.augment, self.seed = base, image_size, augment, seed
         self.augment_cfg = DEFAULT_AUGMENT if scale_crop else replace(DEFAULT_AUGMENT, crop_p=0.0)
+        self.object_weight = object_weight
         self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         sample = self.base[index]
+        mask = sample.mask if self.object_weight != 1 else None  # masks only move when they weigh
         rgb, depth = sample.rgb, sample.depth
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, index])
-            rgb, depth = augment_pair(rgb, depth, rng, self.augment_cfg)
+            rgb, depth, mask = augment_pair(rgb, depth, rng, self.augment_cfg, mask)
         x, y = to_training_pair(rgb, depth, self.image_size)
-        return torch.from_numpy(x), torch.from_numpy(y), index
+        weights = object_weights(mask, self.image_size, self.object_weight)
+        return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(weights), index
 
 
 def epoch_indices(n: int, epoch: int, seed: int, rank: int, world_size: int) -> list[int]:

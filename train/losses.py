@@ -1,4 +1,8 @@
-"""Depth losses, all masked to valid ground-truth pixels (finite and > 0), and a registry by name."""
+"""Depth losses, all masked to valid ground-truth pixels (finite and > 0), and a registry by name.
+
+Every loss takes optional per-pixel weights (`--object-weight`): its means over pixels become
+weighted means, so all-equal weights give the unweighted loss.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,13 @@ import torch.nn.functional as F
 
 from mde.errors import InputError
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 EPS = 1e-3
+
+
+def weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """The mean of `values`, weighted by `weight` (same shape) when given."""
+    return values.mean() if weight is None else (weight * values).sum() / weight.sum()
 
 
 def valid_mask(target: torch.Tensor) -> torch.Tensor:
@@ -18,23 +27,25 @@ def valid_mask(target: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(target) & (target > 0)
 
 
-def l1_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def l1_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+            weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean absolute error (metres) over valid pixels."""
-    return (pred - target).abs()[mask].mean()
+    return weighted_mean((pred - target).abs()[mask], weight)
 
 
-def berhu_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def berhu_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+               weight: torch.Tensor | None = None) -> torch.Tensor:
     """Reverse Huber (Laina et al. 2016): L1 below c, scaled L2 above; c = 0.2 * max |error| in the batch."""
     diff = (pred - target).abs()[mask]
     c = (0.2 * diff.max().detach()).clamp_min(1e-6)
-    return torch.where(diff <= c, diff, (diff**2 + c**2) / (2 * c)).mean()
+    return weighted_mean(torch.where(diff <= c, diff, (diff**2 + c**2) / (2 * c)), weight)
 
 
 def silog_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-               variance_focus: float = 0.85) -> torch.Tensor:
+               weight: torch.Tensor | None = None, variance_focus: float = 0.85) -> torch.Tensor:
     """Scale-invariant log loss (Eigen et al. 2014, BTS form): 10 * sqrt(E[d^2] - lambda E[d]^2)."""
     d = torch.log(pred[mask].clamp_min(EPS)) - torch.log(target[mask])
-    return 10.0 * torch.sqrt((d**2).mean() - variance_focus * d.mean() ** 2 + 1e-8)
+    return 10.0 * torch.sqrt(weighted_mean(d**2, weight) - variance_focus * weighted_mean(d, weight) ** 2 + 1e-8)
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5, device=None) -> torch.Tensor:
@@ -58,12 +69,13 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float) -> torch.Tenso
     return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
 
 
-def ssim_l1_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def ssim_l1_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                 weight: torch.Tensor | None = None) -> torch.Tensor:
     """DenseDepth-style: (1 - SSIM) / 2 plus 0.1 * L1 (metres); invalid pixels take the prediction."""
     filled = torch.where(mask, target, pred.detach())
     data_range = float(target[mask].max().detach()) if mask.any() else 1.0
-    structure = ((1 - ssim_map(pred, filled, data_range)) / 2).clamp(0, 1)[mask].mean()
-    return structure + 0.1 * l1_loss(pred, target, mask)
+    structure = weighted_mean(((1 - ssim_map(pred, filled, data_range)) / 2).clamp(0, 1)[mask], weight)
+    return structure + 0.1 * l1_loss(pred, target, mask, weight)
 
 
 LOSSES: dict[str, LossFn] = {
@@ -81,9 +93,11 @@ def get_loss(name: str) -> LossFn:
     return LOSSES[name]
 
 
-def masked_loss(name: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Apply loss `name` on valid pixels; a batch with no valid pixel gives a zero (with gradient)."""
+def masked_loss(name: str, pred: torch.Tensor, target: torch.Tensor,
+                weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply loss `name` on valid pixels, weighted per pixel by `weight` (target's shape) when given;
+    a batch with no valid pixel gives a zero (with gradient)."""
     mask = valid_mask(target)
     if not mask.any():
         return pred.sum() * 0.0
-    return get_loss(name)(pred.float(), target.float(), mask)
+    return get_loss(name)(pred.float(), target.float(), mask, None if weight is None else weight.float()[mask])

@@ -89,6 +89,9 @@ def open_splits(cfg: TrainConfig, env: DistEnv):
                         f"{cfg.batch_size} on {env.world_size} process(es)", cfg.data)
     if len(val_set) == 0:
         raise DataError("the val split has no images", cfg.data)
+    if cfg.object_weight != 1 and not getattr(train_set, "masks", None):  # NYU files carry no masks
+        raise DataError(f"--object-weight {cfg.object_weight:g} needs region masks (train/mask/NAME.png); "
+                        "the train split has none", cfg.data)
     return train_set, val_set, float(dataset_max_depth(cfg.data))
 
 
@@ -236,7 +239,8 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
         scheduler=make_scheduler(cfg, optimizer, steps_per_epoch * cfg.epochs),
         scaler=torch.amp.GradScaler("cuda", enabled=cfg.amp and cuda and amp_dtype == torch.float16),
         amp_dtype=amp_dtype, train_set=train_set, val_set=val_set,
-        pairs=DepthPairs(train_set, cfg.image_size, cfg.augment, cfg.seed, cfg.scale_crop), data_range=data_range,
+        pairs=DepthPairs(train_set, cfg.image_size, cfg.augment, cfg.seed, cfg.scale_crop, cfg.object_weight),
+        data_range=data_range,
     )
 
 
@@ -282,13 +286,15 @@ def train_one_epoch(job: Job, state: TrainState, epoch: int, progress: Any) -> d
     loss_sum = torch.full((), state.loss_sum, dtype=torch.float64, device=env.device)
     job.model.train()
     t0, seen = time.perf_counter(), 0
-    for x, y, _ in batches(loader):
+    weighted = cfg.object_weight != 1
+    for x, y, w, _ in batches(loader):
         x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
+        w = w.to(env.device, non_blocking=True) if weighted else None
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(env.device.type, dtype=job.amp_dtype, enabled=cfg.amp and cuda):
             pred = job.forward(x)
-        loss = masked_loss(cfg.loss, pred, y)
+        loss = masked_loss(cfg.loss, pred, y, w)
         job.optimizer.zero_grad(set_to_none=True)
         job.scaler.scale(loss).backward()
         job.scaler.step(job.optimizer)

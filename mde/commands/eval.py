@@ -60,10 +60,9 @@ def eval_command(
 def _pixel_mean_map_figures(data: str, dataset, data_range: float, depth_scale: float) -> dict[str, float]:
     """The image-blind baseline on the same split: the train split's per-pixel mean depth map."""
     from mde.data.readers import open_dataset
-    from mde.runtime.evaluate import evaluate, pixel_mean_map
+    from mde.runtime.evaluate import pixel_mean_map_metrics
 
-    pixmap = pixel_mean_map(open_dataset(data, split="train", depth_scale=depth_scale))
-    figures = evaluate(lambda rgbs: [pixmap for _ in rgbs], dataset, data_range)
+    figures = pixel_mean_map_metrics(open_dataset(data, split="train", depth_scale=depth_scale), dataset, data_range)
     return {k: figures[k] for k in ("rmse", "abs_rel", "delta1") + REGION_ORDER if k in figures}
 
 

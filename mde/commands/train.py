@@ -50,6 +50,10 @@ def train_command(
     scale_crop: bool = typer.Option(
         D.scale_crop, "--scale-crop/--no-scale-crop", help="With --augment: random zoom-in crops, depth scaled along."
     ),
+    object_weight: float = typer.Option(
+        D.object_weight, help="Loss weight of object pixels (needs train/mask/); >1 lowers object error, "
+        "raises the rest's."
+    ),
     max_depth: float = typer.Option(D.max_depth, help="Output range in metres; 0 = the dataset's maximum depth."),
     depth_scale: float = typer.Option(D.depth_scale, help="16-bit depth PNG units per metre."),
     device: str = typer.Option(D.device, help="auto, cpu or cuda."),
