@@ -6,8 +6,8 @@
 (1) variants: each idea trained like bench_train.py's decoder variants (resnet18 from scratch, 96 px,
     one-cycle, same data and seed; runs kept in R and reused), then the per-region table with
     `unet-onecycle` as the reference; `report-128` and `unet-128` are the two decoders at 128 px.
-    None of them is a product option: the decoder ideas are patched in here, and
-    `batch_size`/`lr_max`/`image_size` are ordinary `mde train` options.
+    The decoder and loss ideas are patched in here (none is a product option);
+    `batch_size`/`lr_max`/`image_size`/`object_weight` are ordinary `mde train` options.
 (2) anatomy: for trained runs, where the val error is — per region, pixels near a depth edge
     (a jump over 0.5 m within 2 px) against the rest; object pixels by ground-truth depth (share,
     RMSE, mean signed error); and the RMSE left after rescaling each prediction by its
