@@ -7,7 +7,7 @@
     one-cycle, same data and seed; runs kept in R and reused), then the per-region table with
     `unet-onecycle` as the reference; `report-128` and `unet-128` are the two decoders at 128 px.
     The decoder and loss ideas are patched in here (none is a product option);
-    `batch_size`/`lr_max`/`image_size`/`object_weight` are ordinary `mde train` options.
+    `batch_size`/`lr_max`/`image_size`/`object_weight`/`seed` are ordinary `mde train` options.
 (2) anatomy: for trained runs, where the val error is — per region, pixels near a depth edge
     (a jump over 0.5 m within 2 px) against the rest; object pixels by ground-truth depth (share,
     RMSE, mean signed error); and the RMSE left after rescaling each prediction by its
@@ -30,12 +30,13 @@ EDGE_JUMP_M, EDGE_RADIUS_PX = 0.5, 2
 
 
 # -- the ideas ---------------------------------------------------------------------------------
-def gradient_loss(pred, target, scales: int = 1, weight: float = 1.0):
-    """berHu plus `weight` x the mean |d/dx, d/dy of (pred - target)| over valid neighbour pairs,
-    at `scales` resolutions (each half the previous: MiDaS's multi-scale gradient matching)."""
+def gradient_loss(pred, target, pixel_weight=None, scales: int = 1, grad_weight: float = 1.0):
+    """berHu (weighted per pixel like the trainer's loss) plus `grad_weight` x the mean |d/dx, d/dy of
+    (pred - target)| over valid neighbour pairs, at `scales` resolutions (each half the previous:
+    MiDaS's multi-scale gradient matching)."""
     from mde.train.losses import masked_loss, valid_mask
 
-    total = masked_loss("berhu", pred, target)
+    total = masked_loss("berhu", pred, target, pixel_weight)
     diff, mask = (pred - target).float(), valid_mask(target)
     for scale in range(scales):
         if scale:
@@ -43,7 +44,7 @@ def gradient_loss(pred, target, scales: int = 1, weight: float = 1.0):
         mx, my = mask[..., :, 1:] & mask[..., :, :-1], mask[..., 1:, :] & mask[..., :-1, :]
         gx = (diff[..., :, 1:] - diff[..., :, :-1]).abs()[mx]
         gy = (diff[..., 1:, :] - diff[..., :-1, :]).abs()[my]
-        total = total + weight * (gx.sum() + gy.sum()) / (mx.sum() + my.sum()).clamp_min(1)
+        total = total + grad_weight * (gx.sum() + gy.sum()) / (mx.sum() + my.sum()).clamp_min(1)
     return total
 
 
@@ -52,7 +53,8 @@ def _loss_patch(scales: int):
 
     import mde.train.trainer as trainer
 
-    return mock.patch.object(trainer, "masked_loss", lambda _name, pred, target: gradient_loss(pred, target, scales))
+    return mock.patch.object(trainer, "masked_loss",
+                             lambda _name, pred, target, weight=None: gradient_loss(pred, target, weight, scales))
 
 
 def _decoder_patch(factory):
@@ -196,6 +198,8 @@ IDEAS = {
     "report-objw4": {"decoder": "report", "schedule": "cyclic", "object_weight": 4.0},
     # auxiliary depth heads at strides 16, 8, 4: a direct gradient to the deep encoder stages
     "unet-deepsup": {**UNET, "patch": "deep_supervision"},
+    # the same two recipes from other seeds (initialisation, order, augmentation): how much the ratio moves
+    **{f"{name}-seed{k}": {**VARIANTS[name], "seed": k} for name in ("report", "unet-onecycle") for k in (1, 2)},
     # both decoders at the data's own 128 px: does the skip decoder gain where there is more detail?
     "report-128": {"decoder": "report", "schedule": "cyclic", "image_size": 128},
     "unet-128": {**UNET, "image_size": 128},

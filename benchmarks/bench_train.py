@@ -344,6 +344,7 @@ def decoder_speed(quick: bool = False, decoders: tuple[str, ...] = ("report", "u
         y = torch.rand(16, 1, 96, 96) * 20
         latency = {n: [] for n in decoders}
         step_s = {n: [] for n in decoders}
+
         def train_step(model, opt) -> None:
             opt.zero_grad(set_to_none=True)
             masked_loss("berhu", model(x), y).backward()

@@ -91,9 +91,26 @@ def test_weighted_losses_reduce_to_unweighted_and_follow_the_weights():
         heavy = torch.where(wrong, 5.0, 1.0)  # the wrong pixels weigh more: a larger loss
         assert masked_loss(name, pred, target, heavy).item() > plain, name
     target = torch.tensor([[[[1.0, 2.0, 4.0, 0.0]]]])       # last pixel invalid: its weight is ignored
-    pred = torch.tensor([[[[2.0, 4.0, 8.0, 100.0]]]])
+    pred = torch.tensor([[[[1.5, 4.0, 10.0, 100.0]]]])  # three different ratios: SILog's mean matters
     weight = torch.tensor([[[[1.0, 1.0, 5.0, 9.0]]]])
-    assert masked_loss("l1", pred, target, weight).item() == pytest.approx((1 + 2 + 5 * 4) / 7)
+    assert masked_loss("l1", pred, target, weight).item() == pytest.approx((0.5 + 2 + 5 * 6) / 7)
+    # a weight of k is the pixel counted k times (per-pixel losses; berHu's c is the same max)
+    repeated = [0, 1, 2, 2, 2, 2, 2]
+    for name in ("l1", "berhu", "silog"):
+        once = masked_loss(name, pred[..., repeated], target[..., repeated]).item()
+        assert masked_loss(name, pred, target, weight).item() == pytest.approx(once, rel=1e-5), name
+
+
+def test_weighted_ssim_l1_is_the_weighted_mean_of_its_map():
+    from mde.train.losses import ssim_map
+
+    gen = torch.Generator().manual_seed(1)
+    target = torch.rand(1, 1, 16, 16, generator=gen) * 9 + 1
+    pred = target + torch.rand(1, 1, 16, 16, generator=gen)
+    weight = torch.where(torch.rand(1, 1, 16, 16, generator=gen) < 0.3, 4.0, 1.0)
+    structure = ((1 - ssim_map(pred, target, float(target.max()))) / 2).clamp(0, 1)
+    expected = (weight * structure).sum() / weight.sum() + 0.1 * (weight * (pred - target).abs()).sum() / weight.sum()
+    assert masked_loss("ssim_l1", pred, target, weight).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 # -- augmentation -------------------------------------------------------------------------------
@@ -122,28 +139,36 @@ def test_flip_and_crop_move_rgb_and_depth_together():
         assert c_depth.shape[0] >= 12
 
 
-def _column(depth: np.ndarray, s: float) -> np.ndarray:
-    """The column index a `_coded_pair` depth value (1 + col + 100 row, times the crop's scale s) encodes."""
-    return np.rint(depth / s - 1).astype(int) % 100
+def _row_column(depth: np.ndarray, s: float) -> tuple[np.ndarray, np.ndarray]:
+    """The row and column a `_coded_pair` depth value (1 + col + 100 row, times the crop's scale s) encodes."""
+    code = np.rint(depth / s - 1).astype(int)
+    return code // 100, code % 100
 
 
 def test_region_mask_moves_with_depth_and_weights_land_on_objects():
     rgb, depth = _coded_pair()
-    mask = np.tile(np.arange(32) % 3 == 0, (24, 1)).astype(np.uint8)  # object columns 0, 3, 6, ...
+    rows, cols = np.indices(depth.shape)
+    mask = ((rows + 2 * cols) % 5 == 0).astype(np.uint8)  # objects on a diagonal pattern
+
+    def is_object(d, s):
+        row, col = _row_column(d, s)
+        return (row + 2 * col) % 5 == 0
+
     seen = set()
     for seed in range(8):
         m_rgb, m_depth, m_mask = augment_pair(rgb, depth, np.random.default_rng(seed), mask=mask)
         p_rgb, p_depth, _ = augment_pair(rgb, depth, np.random.default_rng(seed))
         assert np.array_equal(m_rgb, p_rgb) and np.array_equal(m_depth, p_depth)  # masks draw nothing
         s = m_depth.shape[1] / depth.shape[1]
-        cols = _column(m_depth, s)
-        seen |= {"crop" if s < 1 else "full", "flip" if cols[0, 0] > cols[0, -1] else "same"}
-        assert np.array_equal(m_mask == 1, cols % 3 == 0)
+        row, col = _row_column(m_depth, s)
+        seen |= {"crop" if s < 1 else "full", "flip" if col[0, 0] > col[0, -1] else "same",
+                 "moved" if row[0, 0] > 0 else "top"}
+        assert np.array_equal(m_mask == 1, is_object(m_depth, s))
         _, y = to_training_pair(m_rgb, m_depth, 16)
         weights = object_weights(m_mask, 16, 4.0)
         assert set(np.unique(weights).tolist()) == {1.0, 4.0}
-        assert np.array_equal(weights[0] == 4.0, _column(y[0], s) % 3 == 0)
-    assert seen == {"crop", "full", "flip", "same"}
+        assert np.array_equal(weights[0] == 4.0, is_object(y[0], s))
+    assert seen == {"crop", "full", "flip", "same", "moved", "top"}
     assert np.array_equal(object_weights(None, 8, 4.0), np.ones((1, 8, 8), np.float32))
 
 
@@ -155,7 +180,7 @@ def test_depth_pairs_weigh_object_pixels_only_when_asked(synth_data):
     base = open_dataset(synth_data, "train")
     k = next(i for i in range(len(base)) if (base[i].mask == 1).any())
     x, y, w, index = DepthPairs(base, 32, augment=False, seed=0)[k]
-    assert index == k and torch.equal(w, torch.ones(1, 32, 32))
+    assert index == k and w.numel() == 0  # unweighted: nothing to ship
     x3, y3, w3, _ = DepthPairs(base, 32, augment=False, seed=0, object_weight=3.0)[k]
     assert torch.equal(x, x3) and torch.equal(y, y3)
     objects = resize_depth(base[k].mask.astype(np.float32), (32, 32), nearest=True) == 1
@@ -333,7 +358,7 @@ def test_object_weight_needs_masks(cli, tmp_path, synth_data):
     res = cli("train", "--data", data, "--out", tmp_path / "run", *TINY, "--epochs", "1", "--object-weight", "2")
     assert res.code == 2 and len(res.err.strip().splitlines()) == 1
     assert "--object-weight 2 needs region masks" in res.err and str(data) in res.err
-    assert not (tmp_path / "run" / "last.pt").exists()
+    assert not (tmp_path / "run").exists()  # refused before the output folder is made
 
 
 def test_checkpoint_carries_training_state(tiny_run):
@@ -455,8 +480,9 @@ def test_ddp_two_cpu_ranks_split_data_and_rank0_writes_once(tmp_path, synth_data
     (["--pretrained", "--backbone-weights", "w.pth"], "conflict"),
     (["--freeze-stages", "3"], "randomly initialised"),
     (["--image-size", "70"], "multiple of 32"),
-    (["--object-weight", "0"], "--object-weight must be a positive number"),
-    (["--object-weight", "nan"], "--object-weight must be a positive number"),
+    (["--object-weight", "0"], "--object-weight must be in 0.001..1000, got 0.0"),
+    (["--object-weight", "nan"], "--object-weight must be in 0.001..1000"),
+    (["--object-weight", "1e39"], "--object-weight must be in 0.001..1000"),
 ])
 def test_bad_train_input_is_one_line_exit_2(cli, tmp_path, synth_data, extra, match):
     res = cli("train", "--data", synth_data, "--out", tmp_path / "run", *TINY, "--epochs", "1", *extra)

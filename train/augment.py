@@ -99,7 +99,7 @@ def color_jitter(rgb: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) 
 def augment_pair(rgb: np.ndarray, depth: np.ndarray, rng: np.random.Generator,
                  cfg: AugmentConfig = DEFAULT_AUGMENT,
                  mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """One random augmentation of an (H x W x 3 uint8, H x W float32) pair, at the input size.
+    """One random augmentation of an (H x W x 3 uint8, H x W float32) pair and its region mask (or None).
 
     A region `mask` (H x W uint8), when given, is cropped and flipped with the depth map; it
     draws nothing from `rng`, so a run with masks sees the same images as one without.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -17,6 +16,7 @@ CYCLE_MODES = ("triangular", "triangular2", "exp_range")
 OPTIMIZERS = ("adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 LOSS_CHOICES = ("l1", "berhu", "silog", "ssim_l1")
+OBJECT_WEIGHT_RANGE = (1e-3, 1e3)  # float32 weights: far outside it they round to 0 or inf
 
 # Options a resumed run may change; everything else comes from the checkpoint's config.
 # What a config written before an option existed meant (an absent key is not today's default).
@@ -95,8 +95,9 @@ class TrainConfig:
             raise InputError(f"need 0 < --lr-min <= --lr-max, got {self.lr_min} and {self.lr_max}")
         if self.workers < 0 or self.checkpoint_every < 0 or self.max_depth < 0:
             raise InputError("--workers, --checkpoint-every and --max-depth must be >= 0")
-        if not (math.isfinite(self.object_weight) and self.object_weight > 0):
-            raise InputError(f"--object-weight must be a positive number, got {self.object_weight}")
+        if not OBJECT_WEIGHT_RANGE[0] <= self.object_weight <= OBJECT_WEIGHT_RANGE[1]:  # NaN fails too
+            raise InputError(f"--object-weight must be in {OBJECT_WEIGHT_RANGE[0]:g}..{OBJECT_WEIGHT_RANGE[1]:g}, "
+                             f"got {self.object_weight}")
         if not -1 <= self.freeze_stages <= 5:
             raise InputError(f"--freeze-stages must be -1 (auto) or 0..5, got {self.freeze_stages}")
         if self.pretrained and self.backbone_weights:

@@ -19,8 +19,12 @@ from mde.train.augment import DEFAULT_AUGMENT, augment_pair, object_weights, to_
 
 
 class DepthPairs(Dataset):
-    """(image 3 x S x S float [0,1], depth 1 x S x S metres with 0 = invalid, loss weights 1 x S x S, index)
-    training items; the weights are `object_weight` on the object pixels of the sample's region mask, else 1."""
+    """Training items: (image, depth, loss weights, index), seeded and augmented.
+
+    The image is 3 x S x S float in [0, 1], depth 1 x S x S metres with 0 = invalid. The
+    weights are 1 x S x S, `object_weight` on the object pixels of the sample's region mask
+    and 1 elsewhere; with `object_weight` 1 they are an empty tensor, as nothing reads them.
+    """
 
     def __init__(self, base: Any, image_size: int, augment: bool, seed: int, scale_crop: bool = True,
                  object_weight: float = 1.0):
@@ -40,8 +44,8 @@ class DepthPairs(Dataset):
             rng = np.random.default_rng([self.seed, self.epoch, index])
             rgb, depth, mask = augment_pair(rgb, depth, rng, self.augment_cfg, mask)
         x, y = to_training_pair(rgb, depth, self.image_size)
-        weights = object_weights(mask, self.image_size, self.object_weight)
-        return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(weights), index
+        weights = object_weights(mask, self.image_size, self.object_weight) if self.object_weight != 1 else np.empty(0)
+        return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(weights.astype(np.float32)), index
 
 
 def epoch_indices(n: int, epoch: int, seed: int, rank: int, world_size: int) -> list[int]:

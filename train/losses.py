@@ -95,8 +95,10 @@ def get_loss(name: str) -> LossFn:
 
 def masked_loss(name: str, pred: torch.Tensor, target: torch.Tensor,
                 weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Apply loss `name` on valid pixels, weighted per pixel by `weight` (target's shape) when given;
-    a batch with no valid pixel gives a zero (with gradient)."""
+    """Apply loss `name` on valid pixels, weighted per pixel by `weight` (target's shape) when given.
+
+    A batch with no valid pixel gives a zero (with gradient).
+    """
     mask = valid_mask(target)
     if not mask.any():
         return pred.sum() * 0.0

@@ -204,9 +204,9 @@ def main(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dict[
 def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> Job:
     """Data, model (from the checkpoint's arguments and weights when resuming), optimizer, schedule, AMP."""
     out = Path(cfg.out)
+    train_set, val_set, data_range = open_splits(cfg, env)  # first: bad data leaves no output folder
     if env.is_main:
         prepare_output_dir(out, force=cfg.force or resume is not None)
-    train_set, val_set, data_range = open_splits(cfg, env)
     cuda = env.device.type == "cuda"
     torch.manual_seed(cfg.seed + env.rank)
     if cuda:
