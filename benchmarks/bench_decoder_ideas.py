@@ -204,7 +204,29 @@ IDEAS = {
     "report-128": {"decoder": "report", "schedule": "cyclic", "image_size": 128},
     "unet-128": {**UNET, "image_size": 128},
 }
+# Both decoders from an encoder that has already learned this task (--encoder-from RUN, its weights
+# written to R/task_encoder.pth): does the decoder gap open once the encoder knows how far things are?
+TASK_ENCODER = {"backbone_weights": "", "freeze_stages": 0}  # the path is filled in by --encoder-from
+TASK_ENCODER_VARIANTS = {
+    "report-taskenc": {**VARIANTS["report"], **TASK_ENCODER},
+    "unet-taskenc": {**UNET, **TASK_ENCODER},
+}
 VARIANTS.update(IDEAS)
+VARIANTS.update(TASK_ENCODER_VARIANTS)
+
+
+def write_task_encoder(run_dir: Path, out: Path) -> Path:
+    """A trained run's encoder as a torchvision ResNet state dict, the form `--backbone-weights` reads."""
+    import torch
+
+    names = {"stem.0.": "conv1.", "stem.1.": "bn1.", **{f"stages.{i}.": f"layer{i + 1}." for i in range(4)}}
+    state = {}
+    for key, value in load_run(run_dir).state_dict().items():
+        for ours, torchvision_name in names.items():
+            if key.startswith(ours):
+                state[torchvision_name + key[len(ours):]] = value
+    torch.save(state, out)
+    return out
 
 
 # -- where the error is ------------------------------------------------------------------------
@@ -283,7 +305,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     parser.add_argument("--anatomy", nargs="*", type=Path, default=None, metavar="RUN",
                         help="only the error anatomy of these trained runs")
+    parser.add_argument("--encoder-from", type=Path, default=None, metavar="RUN",
+                        help="the *-taskenc variants start from this trained run's encoder (needs --runs)")
     opts = parser.parse_args()
+    if opts.encoder_from:
+        path = write_task_encoder(opts.encoder_from, opts.runs / "task_encoder.pth")
+        for name in TASK_ENCODER_VARIANTS:
+            VARIANTS[name]["backbone_weights"] = str(path)
     if opts.anatomy:
         data = ensure_data(opts.data, 2000, 200, 128)
         out = {str(run): anatomy(data, run) for run in opts.anatomy}
