@@ -309,6 +309,9 @@ def main() -> None:
                         help="the *-taskenc variants start from this trained run's encoder (needs --runs)")
     opts = parser.parse_args()
     if opts.encoder_from:
+        if opts.runs is None:
+            parser.error("--encoder-from needs --runs (the encoder file is written there)")
+        opts.runs.mkdir(parents=True, exist_ok=True)
         path = write_task_encoder(opts.encoder_from, opts.runs / "task_encoder.pth")
         for name in TASK_ENCODER_VARIANTS:
             VARIANTS[name]["backbone_weights"] = str(path)
