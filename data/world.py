@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mde.runtime.metrics import MASK_INVALID, MASK_OBJECT, MASK_STRUCTURE  # noqa: F401 - re-exported
+from mde.runtime.metrics import MASK_INVALID, MASK_OBJECT, MASK_STRUCTURE
 
 MAX_DEPTH = 20.0
 MIN_DEPTH = 0.5

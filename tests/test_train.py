@@ -20,8 +20,8 @@ from mde.train.augment import (
     augment_pair,
     crop_window,
     object_weights,
+    random_window,
     resize_intrinsics,
-    scale_crop,
     to_training_pair,
 )
 from mde.train.config import TrainConfig
@@ -131,7 +131,8 @@ def test_flip_and_crop_move_rgb_and_depth_together():
     assert np.array_equal(a_depth, depth[:, ::-1])
     assert np.array_equal(a_rgb, rgb[:, ::-1])
     for seed in range(5):
-        c_rgb, c_depth, _ = scale_crop(rgb, depth, np.random.default_rng(seed), 0.5)
+        window = random_window(*depth.shape, np.random.default_rng(seed), 0.5)
+        c_rgb, c_depth, _ = crop_window(rgb, depth, *window)
         col = c_rgb[..., 0].astype(int) // 7
         row = c_rgb[..., 1].astype(int) // 9
         s = c_depth.shape[1] / depth.shape[1]  # the zoom-in divides depth by 1 / s

@@ -71,12 +71,6 @@ def random_window(h: int, w: int, rng: np.random.Generator, min_scale: float) ->
     return y, x, ch, cw
 
 
-def scale_crop(rgb: np.ndarray, depth: np.ndarray, rng: np.random.Generator, min_scale: float,
-               intrinsics: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict | None]:
-    """A `random_window` of both, depth rescaled (`crop_window`)."""
-    return crop_window(rgb, depth, *random_window(*depth.shape, rng, min_scale), intrinsics)
-
-
 def resize_intrinsics(intrinsics: dict, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> dict:
     """fx, fy, cx, cy after resizing an image from src_hw to dst_hw (pixel centres at integers)."""
     sy, sx = dst_hw[0] / src_hw[0], dst_hw[1] / src_hw[1]

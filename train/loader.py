@@ -38,14 +38,15 @@ class DepthPairs(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         sample = self.base[index]
-        mask = sample.mask if self.object_weight != 1 else None  # masks only move when they weigh
+        weighted = self.object_weight != 1
+        mask = sample.mask if weighted else None  # masks only move when they weigh
         rgb, depth = sample.rgb, sample.depth
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             rgb, depth, mask = augment_pair(rgb, depth, rng, self.augment_cfg, mask)
         x, y = to_training_pair(rgb, depth, self.image_size)
-        weights = object_weights(mask, self.image_size, self.object_weight) if self.object_weight != 1 else np.empty(0)
-        return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(weights.astype(np.float32)), index
+        weights = object_weights(mask, self.image_size, self.object_weight) if weighted else np.empty(0, np.float32)
+        return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(weights), index
 
 
 def epoch_indices(n: int, epoch: int, seed: int, rank: int, world_size: int) -> list[int]:

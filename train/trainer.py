@@ -286,10 +286,9 @@ def train_one_epoch(job: Job, state: TrainState, epoch: int, progress: Any) -> d
     loss_sum = torch.full((), state.loss_sum, dtype=torch.float64, device=env.device)
     job.model.train()
     t0, seen = time.perf_counter(), 0
-    weighted = cfg.object_weight != 1
     for x, y, w, _ in batches(loader):
         x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
-        w = w.to(env.device, non_blocking=True) if weighted else None
+        w = w.to(env.device, non_blocking=True) if w.numel() else None  # empty: unweighted (DepthPairs)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(env.device.type, dtype=job.amp_dtype, enabled=cfg.amp and cuda):
