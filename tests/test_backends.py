@@ -27,6 +27,8 @@ from mde.runtime.backends.tensorrt import (
     check_sidecar,
     read_sidecar,
     sidecar_metadata,
+    tensorrt_major,
+    version_numbers,
 )
 from mde.runtime.metadata import ModelMetadata
 
@@ -210,6 +212,18 @@ def test_check_sidecar_accepts_same_version_and_arch():
 def test_check_sidecar_mismatch_names_both(installed, cc, match):
     with pytest.raises(BackendError, match=match):
         check_sidecar(_sidecar("11.0.1.5", "9.0"), installed, cc, gpu_name="Orin", source="model.engine")
+
+
+@pytest.mark.parametrize("version, numbers", [("10.3.0.30", (10, 3, 0, 30)), ("11.4", (11, 4)),
+                                              ("11.0rc1", (11,)), ("11.1.post2", (11, 1)), ("dev", ())])
+def test_version_numbers_stop_at_the_first_non_number(version, numbers):
+    assert version_numbers(version) == numbers
+
+
+def test_tensorrt_major_needs_a_leading_number():
+    assert tensorrt_major("11.4.0.106") == 11
+    with pytest.raises(BackendError, match="cannot read a TensorRT major version from 'dev'"):
+        tensorrt_major("dev")
 
 
 def test_check_sidecar_major_from_the_key_or_from_old_sidecars():

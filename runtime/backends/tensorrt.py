@@ -48,12 +48,22 @@ def sidecar_metadata(sidecar: dict[str, Any], source: str | Path) -> ModelMetada
     return ModelMetadata.from_props(props, source)
 
 
+def version_numbers(version: str) -> tuple[int, ...]:
+    """The leading numeric parts of a version string: "10.3.0.30" -> (10, 3, 0, 30), "11.0rc1" -> (11,)."""
+    numbers = []
+    for part in str(version).split("."):
+        if not part.isdigit():
+            break
+        numbers.append(int(part))
+    return tuple(numbers)
+
+
 def tensorrt_major(version: str) -> int:
     """The major of a TensorRT version ("10.3.0.30" -> 10); `BackendError` when it does not start with one."""
-    head = str(version).split(".")[0]
-    if not head.isdigit():
+    numbers = version_numbers(version)
+    if not numbers:
         raise BackendError(f"cannot read a TensorRT major version from {version!r}")
-    return int(head)
+    return numbers[0]
 
 
 def sidecar_major(sidecar: dict[str, Any], source: str | Path = "engine") -> int:
@@ -67,11 +77,6 @@ def sidecar_major(sidecar: dict[str, Any], source: str | Path = "engine") -> int
     if not isinstance(major, int) or isinstance(major, bool):
         raise ModelError(f"malformed engine sidecar: tensorrt_major must be an integer, got {major!r}", source)
     return major
-
-
-def _version_key(version: str) -> tuple[str, ...]:
-    """TensorRT engines are tied to major.minor.patch: "11.0.1.5" -> ("11", "0", "1")."""
-    return tuple(str(version).split(".")[:3])
 
 
 def check_sidecar(
@@ -110,7 +115,9 @@ def check_sidecar(
             f"TensorRT {here_major} cannot load a TensorRT {built_major} engine. {rebuild}",
             source,
         )
-    if _version_key(built_version) == _version_key(installed_version) and built_cc == str(compute_capability):
+    # Engines are tied to TensorRT's major.minor.patch ("11.0.1.5" -> (11, 0, 1)) and the GPU architecture.
+    if (version_numbers(built_version)[:3] == version_numbers(installed_version)[:3]
+            and built_cc == str(compute_capability)):
         return
     raise BackendError(
         f"engine built with TensorRT {built_version} for {sm(built_cc)} ({built_gpu}); "
@@ -126,8 +133,7 @@ def import_tensorrt() -> Any:
     except ImportError as err:
         raise BackendError(f"TensorRT is not installed ({err}); {INSTALL_HINT}") from None
     version = str(tensorrt.__version__)
-    parts = version.split(".")
-    found = tuple(int(p) for p in parts[:2] if p.isdigit())
+    found = version_numbers(version)[:2]
     if len(found) < 2 or found < MIN_TENSORRT:
         raise BackendError(
             f"TensorRT {version} is too old: mde needs TensorRT {'.'.join(map(str, MIN_TENSORRT))} or newer "
