@@ -18,19 +18,13 @@ def run(quick: bool = False) -> dict:
     import torch
 
     from mde.export.exporter import ExportConfig, export_checkpoint
-    from mde.train.checkpoint import save_checkpoint
-    from mde.train.model import ModelArgs, build_model
+    from mde.train.checkpoint import save_untrained
+    from mde.train.model import ModelArgs
 
     backbone, size = ("resnet18", 64) if quick else ("resnet50", 224)
-    torch.manual_seed(0)
-    args = ModelArgs(backbone=backbone, image_size=size, max_depth=20.0)
-    model = build_model(args).eval()
     with tempfile.TemporaryDirectory(prefix="mde-bench-export-") as tmp:
         ckpt = Path(tmp) / "model.pt"
-        save_checkpoint(
-            ckpt,
-            {"model_args": vars(args), "model": model.state_dict(), "config": {}, "metrics": {}},
-        )
+        save_untrained(ckpt, ModelArgs(backbone=backbone, image_size=size, max_depth=20.0))
         started = time.perf_counter()
         artifacts = export_checkpoint(
             ExportConfig(

@@ -43,22 +43,14 @@ def cpu_int8_flags() -> dict[str, bool]:
 
 def _checkpoint(path: Path, data: Path, backbone: str, size: int, decoder: str) -> None:
     """A checkpoint with random weights and BatchNorm statistics from the training images."""
-    import torch
-
     from mde.runtime.images import list_images, read_rgb
     from mde.runtime.preprocess import preprocess
-    from mde.train.checkpoint import save_checkpoint
-    from mde.train.model import ModelArgs, build_model
+    from mde.train.checkpoint import save_untrained
+    from mde.train.model import ModelArgs
 
-    torch.manual_seed(0)
-    args = ModelArgs(backbone=backbone, image_size=size, max_depth=20.0, decoder=decoder)
-    model = build_model(args).train()
     images = [read_rgb(p) for p in list_images(data / "train" / "rgb")[:32]]
-    with torch.no_grad():
-        for chunk in torch.split(torch.from_numpy(preprocess(images, (size, size))), 8):
-            model(chunk)
-    save_checkpoint(path, {"model_args": vars(args), "model": model.state_dict(), "config": {},
-                           "epoch": 0, "metrics": {}})
+    save_untrained(path, ModelArgs(backbone=backbone, image_size=size, max_depth=20.0, decoder=decoder),
+                   preprocess(images, (size, size)))
 
 
 def _qoperator(pre, ranges: dict, per_channel: bool = True):

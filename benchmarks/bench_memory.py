@@ -17,17 +17,12 @@ TARGET_GROWTH = 0.05
 
 def _tiny_model(workdir: Path, size: int = 64) -> Path:
     """Export a resnet18 model (random weights) for the run; memory behaviour does not need training."""
-    import torch
-
     from mde.export.exporter import ExportConfig, export_checkpoint
-    from mde.train.checkpoint import save_checkpoint
-    from mde.train.model import ModelArgs, build_model
+    from mde.train.checkpoint import save_untrained
+    from mde.train.model import ModelArgs
 
-    torch.manual_seed(0)
-    args = ModelArgs(backbone="resnet18", image_size=size)
     ckpt = workdir / "tiny.pt"
-    save_checkpoint(ckpt, {"model_args": vars(args), "model": build_model(args).state_dict(),
-                           "config": {}, "epoch": 0, "metrics": {}})
+    save_untrained(ckpt, ModelArgs(backbone="resnet18", image_size=size))
     export_checkpoint(ExportConfig(checkpoint=ckpt, out=workdir / "export", precisions=("fp32",)))
     return workdir / "export" / "model.onnx"
 

@@ -31,18 +31,12 @@ SIZE = 224
 
 def build_artifacts(folder: Path, backbone: str = "resnet50", size: int = SIZE) -> tuple[Path, Path]:
     """A random-weight DepthNet checkpoint and the FP32 ONNX that `mde export` makes of it (the graph users get)."""
-    import torch
-
     from mde.export.exporter import ExportConfig, export_checkpoint
-    from mde.train.checkpoint import save_checkpoint
-    from mde.train.model import ModelArgs, build_model
+    from mde.train.checkpoint import save_untrained
+    from mde.train.model import ModelArgs
 
-    torch.manual_seed(0)
-    args = ModelArgs(backbone=backbone, image_size=size, max_depth=20.0)
-    model = build_model(args).eval()
     ckpt = folder / "model.pt"
-    save_checkpoint(ckpt, {"model_args": vars(args), "model": model.state_dict(), "config": {},
-                           "epoch": 0, "metrics": {}})
+    save_untrained(ckpt, ModelArgs(backbone=backbone, image_size=size, max_depth=20.0))
     artifacts = export_checkpoint(ExportConfig(checkpoint=ckpt, out=folder / "export", precisions=("fp32",),
                                                progress=False))
     return artifacts[0].path, ckpt

@@ -320,7 +320,7 @@ def decoder_speed(quick: bool = False, decoders: tuple[str, ...] = ("report", "u
 
     from mde.export.exporter import ExportConfig, export_checkpoint
     from mde.runtime.backends.onnxruntime import create_session
-    from mde.train.checkpoint import save_checkpoint
+    from mde.train.checkpoint import save_untrained
     from mde.train.losses import masked_loss
     from mde.train.model import ModelArgs, build_model
 
@@ -329,11 +329,8 @@ def decoder_speed(quick: bool = False, decoders: tuple[str, ...] = ("report", "u
     sessions, steps = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in decoders:
-            torch.manual_seed(0)
-            args = ModelArgs("resnet50", size, 20.0, name)
             ckpt = Path(tmp) / f"{name}.pt"
-            save_checkpoint(ckpt, {"model_args": vars(args), "model": build_model(args).eval().state_dict(),
-                                   "config": {}, "epoch": 0, "metrics": {}})
+            save_untrained(ckpt, ModelArgs("resnet50", size, 20.0, name))
             onnx_path = export_checkpoint(ExportConfig(checkpoint=ckpt, out=Path(tmp) / name,
                                                        precisions=("fp32",), progress=False))[0].path
             sessions[name] = create_session(onnx_path, providers=["CPUExecutionProvider"], threads=threads)

@@ -190,27 +190,19 @@ def model(ck: Check) -> dict[str, Any]:
     from mde.data.synth import synthesize
     from mde.runtime.images import list_images, read_rgb
     from mde.runtime.preprocess import preprocess
-    from mde.train.checkpoint import save_checkpoint
-    from mde.train.model import ModelArgs, build_model, model_args_dict
+    from mde.train.checkpoint import save_untrained
+    from mde.train.model import ModelArgs
 
     if ck.cuda and not torch.cuda.is_available():
         raise Skip("no CUDA GPU visible to PyTorch (--device cpu is the dry run)")
     p = ck.profile
     data = ck.work / "data"
     synthesize(data, train=p.synth_train, val=p.synth_val, size=p.size, seed=0, progress=False)
-    torch.manual_seed(0)
-    args = ModelArgs(backbone=p.backbone, image_size=p.size, max_depth=20.0)
-    net = build_model(args, pretrained=False).to(ck.device)
     images = [read_rgb(f) for f in list_images(data / "train" / "rgb")]
-    net.train()  # BatchNorm statistics as tests/conftest.py's tiny checkpoint makes them
-    with torch.no_grad():
-        for start in range(0, len(images), 8):
-            net(torch.from_numpy(preprocess(images[start:start + 8], (p.size, p.size))).to(ck.device))
     ck.checkpoint = ck.work / "model.pt"
-    save_checkpoint(ck.checkpoint, {"model_args": model_args_dict(args),
-                                    "model": {k: v.cpu() for k, v in net.state_dict().items()},
-                                    "config": {"data": str(data), "note": "gpu_check: random weights"},
-                                    "epoch": 0, "metrics": {}})
+    net = save_untrained(ck.checkpoint, ModelArgs(backbone=p.backbone, image_size=p.size, max_depth=20.0),
+                         preprocess(images, (p.size, p.size)), device=ck.device,
+                         config={"data": str(data), "note": "gpu_check: random weights"})
     ck.data = data
     return {"backbone": p.backbone, "image_size": p.size, "synth_train_images": p.synth_train,
             "synth_val_images": p.synth_val, "parameters_m": round(sum(x.numel() for x in net.parameters()) / 1e6, 2)}

@@ -74,35 +74,16 @@ def synth_data(tmp_path_factory) -> Path:
 
 def _tiny_checkpoint(tmp_path_factory, synth_data: Path, decoder: str) -> Path:
     """A resnet18 64x64 checkpoint: random weights, BatchNorm statistics from the synthetic images."""
-    import numpy as np
-    import torch
-
     from mde.runtime.images import list_images, read_rgb
     from mde.runtime.preprocess import preprocess
-    from mde.train.checkpoint import save_checkpoint
-    from mde.train.model import ModelArgs, build_model
+    from mde.train.checkpoint import save_untrained
+    from mde.train.model import ModelArgs
 
-    torch.manual_seed(0)
     args = ModelArgs(backbone=TINY_BACKBONE, image_size=TINY_SIZE, max_depth=20.0, decoder=decoder)
-    model = build_model(args)
     images = [read_rgb(p) for p in list_images(synth_data / "train" / "rgb")]
-    batch = torch.from_numpy(preprocess(images, (TINY_SIZE, TINY_SIZE)))
-    model.train()
-    with torch.no_grad():
-        for chunk in torch.split(batch, 8):
-            model(chunk)
     path = tmp_path_factory.mktemp("ckpt") / f"tiny-{decoder}.pt"
-    save_checkpoint(
-        path,
-        {
-            "model_args": vars(args),
-            "model": model.state_dict(),
-            "config": {"backbone": TINY_BACKBONE, "image_size": TINY_SIZE, "decoder": decoder},
-            "epoch": 0,
-            "metrics": {},
-            "rng": {"numpy_seed": int(np.uint32(0))},
-        },
-    )
+    save_untrained(path, args, preprocess(images, (TINY_SIZE, TINY_SIZE)),
+                   config={"backbone": TINY_BACKBONE, "image_size": TINY_SIZE, "decoder": decoder})
     return path
 
 

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from mde.errors import InputError, ModelError
-from mde.train.checkpoint import load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
+from mde.train.checkpoint import (
+    load_checkpoint,
+    load_model,
+    model_from_checkpoint,
+    save_checkpoint,
+    save_untrained,
+)
 from mde.train.config import DECODER_CHOICES
 from mde.train.model import DECODERS, ModelArgs, build_model
 
@@ -118,6 +124,23 @@ def test_checkpoint_roundtrip(tmp_path, net):
     for key, value in net.state_dict().items():
         assert torch.equal(value, model.state_dict()[key])
     assert not list(tmp_path.glob(".*tmp"))  # atomic: no temp file left
+
+
+def test_save_untrained_takes_batchnorm_statistics_from_the_images(tmp_path):
+    args = ModelArgs("resnet18", 64, 10.0, "unet")
+    images = torch.rand(10, 3, 64, 64).numpy()
+    blank = save_untrained(tmp_path / "blank.pt", args)
+    primed = save_untrained(tmp_path / "primed.pt", args, images, config={"note": "x"})
+    stem_bn = "stem.1.running_mean"
+    assert torch.count_nonzero(blank.state_dict()[stem_bn]) == 0
+    assert torch.count_nonzero(primed.state_dict()[stem_bn]) > 0
+    assert not primed.training
+    loaded, state = load_model(tmp_path / "primed.pt")
+    assert state["config"] == {"note": "x"} and state["model_args"]["decoder"] == "unet"
+    x = torch.from_numpy(images[:2])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), primed(x))
+        assert not torch.allclose(blank(x), primed(x))
 
 
 def test_checkpoint_errors(tmp_path, net):

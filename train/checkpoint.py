@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pickle
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from mde import __version__
@@ -22,6 +24,35 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     state = {"format": FORMAT, "mde_version": __version__, **state}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+def save_untrained(path: str | Path, args: ModelArgs, images: np.ndarray | None = None, *,
+                   device: str | torch.device = "cpu", config: dict[str, Any] | None = None) -> DepthNet:
+    """Write a checkpoint of a random-weight DepthNet (seed 0), for tests, benchmarks and dry runs.
+
+    Args:
+        path: where the checkpoint goes.
+        args: the network to build.
+        images: N x 3 x H x W float32 in [0, 1], as `preprocess` makes them; when given, the
+            BatchNorm statistics come from them (in batches of 8), so the outputs vary with the
+            image as a trained network's do. Without them BatchNorm is the identity.
+        device: where the statistics are gathered.
+        config: stored as the checkpoint's `config`.
+
+    Returns:
+        the network, in eval mode on `device`.
+    """
+    torch.manual_seed(0)
+    model = build_model(args).to(device)
+    if images is not None:
+        model.train()
+        with torch.no_grad():
+            for chunk in torch.split(torch.from_numpy(images), 8):
+                model(chunk.to(device))
+    model.eval()
+    save_checkpoint(path, {"model_args": asdict(args), "config": config or {}, "epoch": 0, "metrics": {},
+                           "model": {k: v.cpu() for k, v in model.state_dict().items()}})
+    return model
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -244,7 +244,3 @@ def load_backbone_weights(model: DepthNet, path: Path) -> None:
             f"not a torchvision {model.args.backbone} state dict ({len(bad)} mismatched keys)", path
         )
     model.load_state_dict(renamed, strict=False)
-
-
-def model_args_dict(args: ModelArgs) -> dict:
-    return asdict(args)
