@@ -2,6 +2,7 @@
 
     python benchmarks/bench_decoder_ideas.py --data D --runs R [--epochs 4] [--variants NAME ...]
     python benchmarks/bench_decoder_ideas.py --data D --anatomy R/report R/unet-onecycle
+    python benchmarks/bench_decoder_ideas.py --world fixed-camera --data DF --runs RF --variants report unet-onecycle
 
 (1) variants: each idea trained like bench_train.py's decoder variants (resnet18 from scratch, 96 px,
     one-cycle, same data and seed; runs kept in R and reused), then the per-region table with
@@ -13,6 +14,12 @@
     RMSE, mean signed error); and the RMSE left after rescaling each prediction by its
     least-squares factor (what one global scale per image — camera height, focal length —
     would explain).
+(3) --world fixed-camera: the same world with every image taken by one camera (hfov 70 deg, pitch
+    10 deg down, no roll, 1.2 m up; only where it stands and looks varies), so in every image a
+    floor pixel's depth follows from its row alone, and a standing object's from the row where it
+    meets the floor. Against the built-in world (camera height, pitch, roll and field of view
+    drawn per image) it shows how much of the decoder comparison the varying camera hides. The
+    set is made at --data when missing (in one process: the patch does not reach spawned workers).
 """
 
 from __future__ import annotations
@@ -25,8 +32,35 @@ from pathlib import Path
 import numpy as np
 from bench_train import PATCHES, VARIANTS, decoders, ensure_data, load_run
 
+FIXED_CAMERA = {"hfov_deg": 70.0, "pitch_deg": 10.0, "height_m": 1.2}
 DEPTH_BINS = (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 14.0, 20.1)
 EDGE_JUMP_M, EDGE_RADIUS_PX = 0.5, 2
+
+
+# -- a world without scale ambiguity ----------------------------------------------------------
+def make_fixed_camera_data(path: Path) -> Path:
+    """`ensure_data`'s synthetic set, every scene re-shot by the `FIXED_CAMERA` (same place and heading)."""
+    from unittest import mock
+
+    from mde.data import world
+    from mde.data.synth import synthesize
+
+    if (path / "meta.json").is_file():
+        return path
+    sample = world._sample_scene
+
+    def fixed_camera_scene(rng: np.random.Generator) -> dict:
+        scene = sample(rng)
+        forward = scene["rot"][:, 2]  # the camera's z axis in the world
+        pitch = float(np.radians(FIXED_CAMERA["pitch_deg"]))
+        scene["hfov"], scene["pitch"] = float(np.radians(FIXED_CAMERA["hfov_deg"])), pitch
+        scene["rot"] = world._rot(float(np.arctan2(forward[0], forward[2])), pitch, 0.0)
+        scene["origin"][1] = FIXED_CAMERA["height_m"]
+        return scene
+
+    with mock.patch.object(world, "_sample_scene", fixed_camera_scene):
+        synthesize(path, train=2000, val=200, size=128, seed=0, progress=False, workers=1)
+    return path
 
 
 # -- the ideas ---------------------------------------------------------------------------------
@@ -307,7 +341,11 @@ def main() -> None:
                         help="only the error anatomy of these trained runs")
     parser.add_argument("--encoder-from", type=Path, default=None, metavar="RUN",
                         help="the *-taskenc variants start from this trained run's encoder (needs --runs)")
+    parser.add_argument("--world", choices=("builtin", "fixed-camera"), default="builtin",
+                        help="fixed-camera: make D with one camera for every image (see the docstring)")
     opts = parser.parse_args()
+    if opts.world == "fixed-camera":
+        make_fixed_camera_data(opts.data)
     if opts.encoder_from:
         if opts.runs is None:
             parser.error("--encoder-from needs --runs (the encoder file is written there)")
