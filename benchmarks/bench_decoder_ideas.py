@@ -46,6 +46,10 @@ def make_fixed_camera_data(path: Path) -> Path:
     from mde.data.synth import synthesize
 
     if (path / "meta.json").is_file():
+        cameras = json.loads((path / "meta.json").read_text())["cameras"]
+        if any(c["hfov_deg"] != FIXED_CAMERA["hfov_deg"] or c["pitch_deg"] != FIXED_CAMERA["pitch_deg"]
+               or c["height_m"] != FIXED_CAMERA["height_m"] for split in cameras.values() for c in split.values()):
+            sys.exit(f"{path}: holds a dataset with other cameras; --world fixed-camera needs a new folder")
         return path
     sample = world._sample_scene
 

@@ -197,6 +197,11 @@ def test_check_sidecar_accepts_same_version_and_arch():
     check_sidecar(_sidecar("11.0.1.5", "9.0"), "11.0.1", "9.0")  # build number not significant
 
 
+def test_check_sidecar_tells_prereleases_apart():
+    with pytest.raises(BackendError, match=r"TensorRT 11\.0rc1 for sm_90.*this machine has TensorRT 11\.1rc1"):
+        check_sidecar(_sidecar("11.0rc1", "9.0"), "11.1rc1", "9.0")
+
+
 @pytest.mark.parametrize(
     "installed, cc, match",
     [
@@ -215,7 +220,8 @@ def test_check_sidecar_mismatch_names_both(installed, cc, match):
 
 
 @pytest.mark.parametrize("version, numbers", [("10.3.0.30", (10, 3, 0, 30)), ("11.4", (11, 4)),
-                                              ("11.0rc1", (11,)), ("11.1.post2", (11, 1)), ("dev", ())])
+                                              ("11.0rc1", (11,)), ("11.1.post2", (11, 1)), ("dev", ()),
+                                              ("1²", ())])
 def test_version_numbers_stop_at_the_first_non_number(version, numbers):
     assert version_numbers(version) == numbers
 

@@ -52,7 +52,7 @@ def version_numbers(version: str) -> tuple[int, ...]:
     """The leading numeric parts of a version string: "10.3.0.30" -> (10, 3, 0, 30), "11.0rc1" -> (11,)."""
     numbers = []
     for part in str(version).split("."):
-        if not part.isdigit():
+        if not part.isdecimal() or not part.isascii():
             break
         numbers.append(int(part))
     return tuple(numbers)
@@ -115,9 +115,9 @@ def check_sidecar(
             f"TensorRT {here_major} cannot load a TensorRT {built_major} engine. {rebuild}",
             source,
         )
-    # Engines are tied to TensorRT's major.minor.patch ("11.0.1.5" -> (11, 0, 1)) and the GPU architecture.
-    if (version_numbers(built_version)[:3] == version_numbers(installed_version)[:3]
-            and built_cc == str(compute_capability)):
+    # Engines are tied to TensorRT's major.minor.patch ("11.0.1.5" -> "11.0.1", compared as written, so
+    # "11.0rc1" and "11.1rc1" differ) and to the GPU architecture.
+    if built_version.split(".")[:3] == str(installed_version).split(".")[:3] and built_cc == str(compute_capability):
         return
     raise BackendError(
         f"engine built with TensorRT {built_version} for {sm(built_cc)} ({built_gpu}); "
