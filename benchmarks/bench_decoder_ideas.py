@@ -50,7 +50,7 @@ def make_fixed_camera_data(path: Path) -> Path:
         cameras = json.loads((path / "meta.json").read_text())["cameras"]
         if any(c["hfov_deg"] != FIXED_CAMERA["hfov_deg"] or c["pitch_deg"] != FIXED_CAMERA["pitch_deg"]
                or c["height_m"] != FIXED_CAMERA["height_m"] for split in cameras.values() for c in split.values()):
-            sys.exit(f"{path}: holds a dataset with other cameras; --world fixed-camera needs a new folder")
+            raise ValueError(f"{path}: holds a dataset with other cameras; --world fixed-camera needs a new folder")
         return path
     sample = world._sample_scene
 
@@ -363,7 +363,10 @@ def main() -> None:
                         help="fixed-camera: make D with one camera for every image (see the docstring)")
     opts = parser.parse_args()
     if opts.world == "fixed-camera":
-        make_fixed_camera_data(opts.data)
+        try:
+            make_fixed_camera_data(opts.data)
+        except ValueError as err:
+            parser.exit(2, f"{parser.prog}: {err}\n")
     if opts.encoder_from:
         if opts.runs is None:
             parser.error("--encoder-from needs --runs (the encoder file is written there)")
