@@ -38,7 +38,7 @@ AREA_BINS = (0, 16, 64, 256, 1024, 4096, 1 << 30)  # pixels of a connected objec
 EDGE_JUMP_M, EDGE_RADIUS_PX = 0.5, 2
 
 
-# -- a world without scale ambiguity ----------------------------------------------------------
+# -- one camera for every image ---------------------------------------------------------------
 def make_fixed_camera_data(path: Path) -> Path:
     """`ensure_data`'s synthetic set, every scene re-shot by the `FIXED_CAMERA` (same place and heading)."""
     from unittest import mock
@@ -48,8 +48,8 @@ def make_fixed_camera_data(path: Path) -> Path:
 
     if (path / "meta.json").is_file():
         cameras = json.loads((path / "meta.json").read_text())["cameras"]
-        if any(c["hfov_deg"] != FIXED_CAMERA["hfov_deg"] or c["pitch_deg"] != FIXED_CAMERA["pitch_deg"]
-               or c["height_m"] != FIXED_CAMERA["height_m"] for split in cameras.values() for c in split.values()):
+        if any(c[key] != value for split in cameras.values() for c in split.values()
+               for key, value in FIXED_CAMERA.items()):
             raise ValueError(f"{path}: holds a dataset with other cameras; --world fixed-camera needs a new folder")
         return path
     sample = world._sample_scene
@@ -297,7 +297,8 @@ def anatomy(data: Path, run_dir: Path) -> dict:
     nbins = len(DEPTH_BINS) - 1
     split = {(r, e): np.zeros(2) for r in REGIONS for e in ("edge", "interior")}
     by_depth = np.zeros((3, nbins))  # count, sum of squared error, sum of signed error
-    by_size = np.zeros((3, len(AREA_BINS) - 1))
+    nareas = len(AREA_BINS) - 1
+    by_size = np.zeros((3, nareas))
     scaled = {"image": np.zeros(2), "objects": np.zeros(2)}
     val = open_dataset(data, "val")
     for sample in (val[i] for i in range(len(val))):
@@ -315,8 +316,8 @@ def anatomy(data: Path, run_dir: Path) -> dict:
         regions = label(sample.mask == REGIONS["objects"], connectivity=1)  # touching objects count as one
         area = np.bincount(regions.ravel())[regions[obj]]
         idx = np.digitize(area, AREA_BINS) - 1
-        by_size += [np.bincount(idx, None, by_size.shape[1]), np.bincount(idx, err[obj] ** 2, by_size.shape[1]),
-                    np.bincount(idx, err[obj], by_size.shape[1])]
+        by_size += [np.bincount(idx, None, nareas), np.bincount(idx, err[obj] ** 2, nareas),
+                    np.bincount(idx, err[obj], nareas)]
         k = (pred[valid] * gt[valid]).sum() / max((pred[valid] ** 2).sum(), 1e-9)
         for name, m in (("image", valid), ("objects", obj)):
             scaled[name] += (((k * pred - gt)[m] ** 2).sum(), m.sum())
@@ -333,7 +334,7 @@ def _binned(stats: np.ndarray, edges: tuple, key: str) -> list[dict]:
 
 
 def _anatomy_table(split: dict, by_depth: np.ndarray, by_size: np.ndarray, scaled: dict) -> dict:
-    out: dict = {"regions": {}, "objects_by_depth": [], "rmse_after_per_image_scale": {}}
+    out: dict = {"regions": {}}
     for region in ("objects", "structure"):
         total_sse, total_n = sum(split[(region, e)] for e in ("edge", "interior"))
         for where in ("edge", "interior"):
