@@ -3,8 +3,8 @@
 Every dataset has `names`, `__len__` and `__getitem__(i) -> Sample` (RGB H x W x 3 uint8, depth
 H x W float32 metres, 0 = invalid, and the optional region mask: H x W uint8, 0 structure,
 1 object, 255 invalid, read from `split/mask/NAME.png` where the folder has one). Pairing
-problems are found on construction; unreadable images, size mismatches and depth maps without
-a valid pixel on load. All raise `DataError` naming the file or folder.
+problems are found on construction; unreadable images, size mismatches, depth maps without a
+valid pixel and masks holding other values on load. All raise `DataError` naming the file or folder.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 
 from mde.errors import DataError, InputError
 from mde.runtime.images import _decode, _open_checked, list_images, read_depth, read_rgb
+from mde.runtime.metrics import MASK_INVALID, MASK_OBJECT, MASK_STRUCTURE
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ DEFAULT_MAX_DEPTH = 20.0  # the synthetic world's range; used when a folder has 
 NYU_MAX_DEPTH = 10.0
 KITTI_MAX_DEPTH = 80.0
 KITTI_DEPTH_SCALE = 256.0
+MASK_VALUES = (MASK_STRUCTURE, MASK_OBJECT, MASK_INVALID)
 # KITTI depth-completion "depth_selection/val_selection_cropped" layout.
 KITTI_SELECTION = "val_selection_cropped"
 
@@ -40,16 +42,21 @@ class Sample:
     name: str
     rgb: np.ndarray
     depth: np.ndarray
-    mask: np.ndarray | None = None  # regions: MASK_STRUCTURE, MASK_OBJECT, else invalid
+    mask: np.ndarray | None = None  # regions: MASK_STRUCTURE, MASK_OBJECT, MASK_INVALID
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """Read an 8-bit single-channel region mask PNG as H x W uint8."""
+    """Read an 8-bit single-channel region mask PNG as H x W uint8; a value other than 0, 1, 255 is a `DataError`."""
     img = _open_checked(path)
     if img.mode not in ("L", "P"):
         img.close()
         raise DataError(f"expected an 8-bit single-channel mask PNG, got mode {img.mode}", path)
-    return np.ascontiguousarray(_decode(img, path), dtype=np.uint8)
+    mask = np.ascontiguousarray(_decode(img, path), dtype=np.uint8)
+    stray = np.setdiff1d(np.flatnonzero(np.bincount(mask.ravel(), minlength=256)), MASK_VALUES)  # O(pixels)
+    if stray.size:
+        raise DataError(f"mask has value {stray[0]}; expected {MASK_STRUCTURE} structure, {MASK_OBJECT} object "
+                        f"or {MASK_INVALID} invalid", path)
+    return mask
 
 
 def _check_pair(name: str, rgb: np.ndarray, depth: np.ndarray, depth_file: str | Path,

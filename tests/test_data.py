@@ -206,6 +206,14 @@ def _bad_mask_mode(root):
     return lambda: FolderDataset(root, "val")[0], "mask/a.png.*8-bit single-channel"
 
 
+def _bad_mask_value(root):  # object instance ids, say
+    _write_pair(root, "val", "a", _depth())
+    mask = np.zeros((12, 16), np.uint8)
+    mask[3:5, 4:9], mask[0, 0] = 7, 255
+    _write_mask(root, "val", "a", mask)
+    return lambda: FolderDataset(root, "val")[0], "mask/a.png: mask has value 7; expected 0 structure, 1 object"
+
+
 def _bad_no_valid_pixel(root):
     _write_pair(root, "val", "a", np.zeros((12, 16), np.float32))
     return lambda: FolderDataset(root, "val")[0], "depth/a.png.*no valid pixel"
@@ -253,7 +261,8 @@ def _bad_missing_path(root):
 @pytest.mark.parametrize(
     "make",
     [_bad_rgb_without_depth, _bad_depth_without_rgb, _bad_empty_split, _bad_missing_split,
-     _bad_truncated_image, _bad_size_mismatch, _bad_mask_size, _bad_mask_mode, _bad_no_valid_pixel,
+     _bad_truncated_image, _bad_size_mismatch, _bad_mask_size, _bad_mask_mode, _bad_mask_value,
+     _bad_no_valid_pixel,
      _bad_duplicate_stem,
      _bad_nyu_not_hdf5, _bad_nyu_missing_key, _bad_nyu_shapes, _bad_nyu_no_valid_pixel,
      _bad_not_a_dataset, _bad_missing_path],
