@@ -214,7 +214,34 @@ def _deep_supervision_patch():
     return stack
 
 
+def _prototype_unet(encoder_channels):
+    """The issue's quick prototype: nearest x2 upsampling, concatenate, one Conv-BN-ReLU per stage."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from mde.train.model import UNET_CHANNELS, conv_bn_relu
+
+    class PrototypeUNet(nn.Module):
+        def __init__(self, encoder_channels):
+            super().__init__()
+            skips = encoder_channels[-2::-1]
+            self.bottleneck = conv_bn_relu(encoder_channels[-1], UNET_CHANNELS[0], kernel_size=1)
+            ins = (UNET_CHANNELS[0], *UNET_CHANNELS[:-1])
+            self.blocks = nn.ModuleList(conv_bn_relu(i + s, o) for i, s, o in zip(ins, skips, UNET_CHANNELS))
+            self.head = nn.Conv2d(UNET_CHANNELS[-1], 1, kernel_size=3, padding=1)
+
+        def forward(self, features):
+            x = self.bottleneck(features[-1])
+            for block, skip in zip(self.blocks, features[-2::-1]):
+                x = block(torch.cat([F.interpolate(x, scale_factor=2.0, mode="nearest"), skip], 1))
+            return self.head(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+    return PrototypeUNet(encoder_channels)
+
+
 PATCHES.update({
+    "prototype": lambda: _decoder_patch(_prototype_unet),
     "vertical_unet": lambda: _decoder_patch(_vertical_unet),
     "deep_supervision": _deep_supervision_patch,
     "gradient_loss": lambda: _loss_patch(1),
@@ -234,14 +261,21 @@ IDEAS = {
     # `mde train --object-weight`: object pixels weigh 2x / 4x in the loss (both decoders at 4x)
     "unet-objw4": {**UNET, "object_weight": 4.0},
     "unet-objw2": {**UNET, "object_weight": 2.0},
-    "report-objw4": {"decoder": "report", "schedule": "cyclic", "object_weight": 4.0},
+    "report-objw4": {**VARIANTS["report"], "object_weight": 4.0},
     # auxiliary depth heads at strides 16, 8, 4: a direct gradient to the deep encoder stages
     "unet-deepsup": {**UNET, "patch": "deep_supervision"},
     # the same two recipes from other seeds (initialisation, order, augmentation): how much the ratio moves
     **{f"{name}-seed{k}": {**VARIANTS[name], "seed": k} for name in ("report", "unet-onecycle") for k in (1, 2)},
     # both decoders at the data's own 128 px: does the skip decoder gain where there is more detail?
-    "report-128": {"decoder": "report", "schedule": "cyclic", "image_size": 128},
+    "report-128": {**VARIANTS["report"], "image_size": 128},
     "unet-128": {**UNET, "image_size": 128},
+    # the issue's prototype recipe (its decoder, one-cycle, flips only, as the defaults now are), and
+    # which of the scale-crop and the colour jitter costs accuracy at this budget
+    "unet-prototype": {**VARIANTS["unet-flips"], "patch": "prototype"},
+    "unet-nojitter": {**UNET, "color_jitter": False},
+    "report-nojitter": {**VARIANTS["report"], "color_jitter": False},
+    **{f"{name}-seed1": {**VARIANTS[name], "seed": 1}
+       for name in ("unet-flips", "report-flips", "unet-onecycle-nocrop")},
 }
 # Both decoders from an encoder that has already learned this task (--encoder-from RUN, its weights
 # written to R/task_encoder.pth): does the decoder gap open once the encoder knows how far things are?

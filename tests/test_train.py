@@ -16,7 +16,9 @@ import pytest
 import torch
 
 from mde.train.augment import (
+    DEFAULT_AUGMENT,
     AugmentConfig,
+    augment_config,
     augment_pair,
     crop_window,
     object_weights,
@@ -277,12 +279,35 @@ def test_onecycle_lr_warms_up_then_anneals_over_the_run():
     assert lrs[-1] == pytest.approx(1e-6, rel=0.05)  # lr_min / 100
 
 
-def test_old_configs_read_as_report_decoder_and_cyclic_schedule():
-    old = {k: v for k, v in TrainConfig(decoder="unet", schedule="onecycle").to_dict().items()
-           if k not in ("decoder", "schedule")}
+def test_old_configs_read_with_the_recipe_they_were_trained_with():
+    new_keys = ("decoder", "schedule", "scale_crop", "color_jitter")
+    old = {k: v for k, v in TrainConfig(decoder="unet", schedule="onecycle").to_dict().items() if k not in new_keys}
     cfg = TrainConfig.from_dict(old)
-    assert (cfg.decoder, cfg.schedule) == ("report", "cyclic")
+    assert (cfg.decoder, cfg.schedule, cfg.scale_crop, cfg.color_jitter) == ("report", "cyclic", True, True)
     assert TrainConfig.from_dict(TrainConfig(decoder="unet").to_dict()).decoder == "unet"
+    assert not TrainConfig.from_dict(TrainConfig().to_dict()).color_jitter
+
+
+def test_default_augmentation_is_flips_only_and_the_rest_can_be_turned_on(synth_data):
+    from mde.data.readers import open_dataset
+    from mde.train.loader import DepthPairs
+
+    assert (TrainConfig().augment, TrainConfig().scale_crop, TrainConfig().color_jitter) == (True, False, False)
+    base = open_dataset(synth_data, "train")
+
+    def kind(x: np.ndarray, plain: np.ndarray) -> str:
+        return ("same" if np.allclose(x, plain, atol=1e-5) else
+                "flip" if np.allclose(x, plain[:, :, ::-1], atol=1e-5) else "changed")
+
+    plain = [DepthPairs(base, 32, augment=False, seed=0)[i][0].numpy() for i in range(len(base))]
+    flips = DepthPairs(base, 32, augment=True, seed=0)
+    assert {kind(flips[i][0].numpy(), plain[i]) for i in range(len(base))} == {"same", "flip"}
+    jitter = DepthPairs(base, 32, augment=True, seed=0, color_jitter=True)
+    assert {kind(jitter[i][0].numpy(), plain[i]) for i in range(len(base))} == {"changed"}
+    on = augment_config(DEFAULT_AUGMENT, scale_crop=True, color_jitter=True)
+    off = augment_config(DEFAULT_AUGMENT, scale_crop=False, color_jitter=False)
+    assert on == DEFAULT_AUGMENT and (off.crop_p, off.brightness, off.contrast, off.saturation) == (0, 0, 0, 0)
+    assert off.flip_p == DEFAULT_AUGMENT.flip_p > 0
 
 
 # -- a tiny run ---------------------------------------------------------------------------------
@@ -325,10 +350,11 @@ def test_defaults_are_unet_onecycle_and_the_report_recipe_stays_selectable(tiny_
     assert state["model_args"]["decoder"] == "unet" and state["config"]["schedule"] == "onecycle"
     assert state["scheduler"]["total_steps"] == 12  # 24 images / batch 4, two epochs
     out = tmp_path / "report"
-    result = train(tiny_config(synth_data, out, decoder="report", schedule="cyclic", scale_crop=False))
+    result = train(tiny_config(synth_data, out, decoder="report", schedule="cyclic", scale_crop=True, color_jitter=True))
     assert math.isfinite(result["best"]["rmse"])
     config = json.loads((out / "config.json").read_text())
-    assert (config["decoder"], config["schedule"], config["scale_crop"]) == ("report", "cyclic", False)
+    assert (config["decoder"], config["schedule"], config["scale_crop"], config["color_jitter"]) == (
+        "report", "cyclic", True, True)
     model, state = load_model(out / "best.pt")
     assert state["model_args"]["decoder"] == "report" and type(model.decoder).__name__ == "ReportDecoder"
     assert "base_lrs" in load_checkpoint(out / "last.pt")["scheduler"]

@@ -13,7 +13,7 @@ z' = s z, u = fx x / z = (s fx) x / z'. Intrinsics, where given, follow the crop
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -33,7 +33,14 @@ class AugmentConfig:
     saturation: float = 0.2
 
 
-DEFAULT_AUGMENT = AugmentConfig()
+DEFAULT_AUGMENT = AugmentConfig()  # every transform on; `augment_config` turns the optional ones off
+
+
+def augment_config(base: AugmentConfig, scale_crop: bool, color_jitter: bool) -> AugmentConfig:
+    """`base` with the scale-crop and the colour jitter each kept or turned off (flips always stay)."""
+    off = {**({} if scale_crop else {"crop_p": 0.0}),
+           **({} if color_jitter else {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0})}
+    return replace(base, **off)
 
 
 def hflip(rgb: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -105,8 +112,9 @@ def augment_pair(rgb: np.ndarray, depth: np.ndarray, rng: np.random.Generator,
     if rng.random() < cfg.flip_p:
         rgb, depth = hflip(rgb, depth)
         mask = None if mask is None else mask[:, ::-1]
-    rgb = color_jitter(np.ascontiguousarray(rgb), rng, cfg)
-    return rgb, np.ascontiguousarray(depth), None if mask is None else np.ascontiguousarray(mask)
+    if cfg.brightness or cfg.contrast or cfg.saturation:
+        rgb = color_jitter(np.ascontiguousarray(rgb), rng, cfg)
+    return np.ascontiguousarray(rgb), np.ascontiguousarray(depth), None if mask is None else np.ascontiguousarray(mask)
 
 
 def object_weights(mask: np.ndarray | None, size: int, object_weight: float) -> np.ndarray:

@@ -7,7 +7,6 @@ with any number of workers) sees exactly the batches an uninterrupted run would.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -15,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mde.errors import MdeError
-from mde.train.augment import DEFAULT_AUGMENT, augment_pair, object_weights, to_training_pair
+from mde.train.augment import DEFAULT_AUGMENT, augment_config, augment_pair, object_weights, to_training_pair
 
 
 class DepthPairs(Dataset):
@@ -26,10 +25,10 @@ class DepthPairs(Dataset):
     and 1 elsewhere; with `object_weight` 1 they are an empty tensor, as nothing reads them.
     """
 
-    def __init__(self, base: Any, image_size: int, augment: bool, seed: int, scale_crop: bool = True,
-                 object_weight: float = 1.0):
+    def __init__(self, base: Any, image_size: int, augment: bool, seed: int, scale_crop: bool = False,
+                 color_jitter: bool = False, object_weight: float = 1.0):
         self.base, self.image_size, self.augment, self.seed = base, image_size, augment, seed
-        self.augment_cfg = DEFAULT_AUGMENT if scale_crop else replace(DEFAULT_AUGMENT, crop_p=0.0)
+        self.augment_cfg = augment_config(DEFAULT_AUGMENT, scale_crop, color_jitter)
         self.object_weight = object_weight
         self.epoch = 0
 

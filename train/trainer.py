@@ -239,7 +239,8 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
         scheduler=make_scheduler(cfg, optimizer, steps_per_epoch * cfg.epochs),
         scaler=torch.amp.GradScaler("cuda", enabled=cfg.amp and cuda and amp_dtype == torch.float16),
         amp_dtype=amp_dtype, train_set=train_set, val_set=val_set,
-        pairs=DepthPairs(train_set, cfg.image_size, cfg.augment, cfg.seed, cfg.scale_crop, cfg.object_weight),
+        pairs=DepthPairs(train_set, cfg.image_size, cfg.augment, cfg.seed, scale_crop=cfg.scale_crop,
+                         color_jitter=cfg.color_jitter, object_weight=cfg.object_weight),
         data_range=data_range,
     )
 

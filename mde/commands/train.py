@@ -46,9 +46,15 @@ def train_command(
     backbone_weights: str = typer.Option(
         D.backbone_weights, help="Local torchvision ResNet state dict for the encoder (with --no-pretrained)."
     ),
-    augment: bool = typer.Option(D.augment, "--augment/--no-augment", help="Flip, colour jitter, scale-crop."),
+    augment: bool = typer.Option(
+        D.augment, "--augment/--no-augment", help="Horizontal flips (and --scale-crop, --color-jitter where on)."
+    ),
     scale_crop: bool = typer.Option(
         D.scale_crop, "--scale-crop/--no-scale-crop", help="With --augment: random zoom-in crops, depth scaled along."
+    ),
+    color_jitter: bool = typer.Option(
+        D.color_jitter, "--color-jitter/--no-color-jitter", help="With --augment: random brightness, contrast, "
+        "saturation."
     ),
     object_weight: float = typer.Option(
         D.object_weight, help="Loss weight of object pixels (needs train/mask/); >1 lowers object error, "
