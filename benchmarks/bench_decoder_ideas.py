@@ -7,6 +7,10 @@
 (1) variants: each idea trained like bench_train.py's decoder variants (resnet18 from scratch, 96 px,
     one-cycle, same data and seed; runs kept in R and reused), then the per-region table with
     `unet-onecycle` as the reference; `report-128` and `unet-128` are the two decoders at 128 px.
+    The ideas were measured with scale-crop and colour jitter on (the default then), and keep them;
+    `unet-prototype` is the decoder issue's prototype (nearest upsampling, one Conv-BN-ReLU per
+    stage) with today's flips-only default, and `*-nojitter` / `*-nocrop` / `*-flips` split the
+    augmentation.
     The decoder and loss ideas are patched in here (none is a product option);
     `batch_size`/`lr_max`/`image_size`/`object_weight`/`seed` are ordinary `mde train` options.
 (2) anatomy: for trained runs, where the val error is — per region, pixels near a depth edge
