@@ -11,9 +11,10 @@
     at 128x128, same thread count.
 (3) losses: a short run of each loss on the same data, scored with the same metrics.
 (4) cuda_amp (only with a GPU): bf16/fp16 autocast + channels_last vs FP32 images/s (target >= 1.5x).
-(5) decoders: the quality settings once per variant (decoder x schedule x crop, same data, epochs
-    and seed), then one per-region table (whole image, objects, structure: RMSE / AbsRel / delta1)
-    of every variant and of the per-pixel mean map. Runs are kept in --runs and reused.
+(5) decoders: the quality settings once per variant (decoder x schedule x augmentation, same data,
+    epochs and seed), then one per-region table (whole image, objects, structure: RMSE / AbsRel /
+    delta1) of every variant and of the per-pixel mean map, with ratios to the first variant.
+    Runs are kept in --runs and reused.
 """
 
 from __future__ import annotations
@@ -36,23 +37,25 @@ QUALITY = {"backbone": "resnet18", "image_size": 96, "epochs": 8, "pretrained": 
 QUICK = {"image_size": 64, "epochs": 1, "batch_size": 8}
 # name -> TrainConfig overrides of QUALITY; a "patch" names a PATCHES entry that changes the run in
 # a way no option does ("legacy_crop": the pre-fix crop, depth left unscaled). More variants:
-# bench_decoder_ideas.py. Until flips-only became the default, training also scale-cropped and
-# colour-jittered (FULL_AUGMENT); the variants measured then keep it, so their names keep their meaning.
-FULL_AUGMENT = {"scale_crop": True, "color_jitter": True}
+# bench_decoder_ideas.py. Every variant pins its augmentation, so a saved run keeps its meaning when
+# the defaults change: earlier versions also scale-cropped and colour-jittered (CROP_JITTER), and the
+# variants measured then keep that; FLIPS is today's default.
+CROP_JITTER = {"scale_crop": True, "color_jitter": True}
+FLIPS = {"scale_crop": False, "color_jitter": False}
 VARIANTS = {
-    "report": {"decoder": "report", "schedule": "cyclic", **FULL_AUGMENT},
-    "unet-onecycle": {"decoder": "unet", "schedule": "onecycle", **FULL_AUGMENT},
-    "unet-cyclic": {"decoder": "unet", "schedule": "cyclic", **FULL_AUGMENT},
-    "unet-onecycle-nocrop": {"decoder": "unet", "schedule": "onecycle", "color_jitter": True},
-    "unet-onecycle-legacycrop": {"decoder": "unet", "schedule": "onecycle", **FULL_AUGMENT, "patch": "legacy_crop"},
-    "unet-cyclic-nocrop": {"decoder": "unet", "schedule": "cyclic", "color_jitter": True},
-    "unet-cyclic-legacycrop": {"decoder": "unet", "schedule": "cyclic", **FULL_AUGMENT, "patch": "legacy_crop"},
-    "report-onecycle": {"decoder": "report", "schedule": "onecycle", **FULL_AUGMENT},
-    "report-nocrop": {"decoder": "report", "schedule": "cyclic", "color_jitter": True},
-    "report-legacycrop": {"decoder": "report", "schedule": "cyclic", **FULL_AUGMENT, "patch": "legacy_crop"},
+    "report": {"decoder": "report", "schedule": "cyclic", **CROP_JITTER},
+    "unet-onecycle": {"decoder": "unet", "schedule": "onecycle", **CROP_JITTER},
+    "unet-cyclic": {"decoder": "unet", "schedule": "cyclic", **CROP_JITTER},
+    "unet-onecycle-nocrop": {"decoder": "unet", "schedule": "onecycle", "scale_crop": False, "color_jitter": True},
+    "unet-onecycle-legacycrop": {"decoder": "unet", "schedule": "onecycle", **CROP_JITTER, "patch": "legacy_crop"},
+    "unet-cyclic-nocrop": {"decoder": "unet", "schedule": "cyclic", "scale_crop": False, "color_jitter": True},
+    "unet-cyclic-legacycrop": {"decoder": "unet", "schedule": "cyclic", **CROP_JITTER, "patch": "legacy_crop"},
+    "report-onecycle": {"decoder": "report", "schedule": "onecycle", **CROP_JITTER},
+    "report-nocrop": {"decoder": "report", "schedule": "cyclic", "scale_crop": False, "color_jitter": True},
+    "report-legacycrop": {"decoder": "report", "schedule": "cyclic", **CROP_JITTER, "patch": "legacy_crop"},
     # today's defaults: flips only
-    "unet-flips": {"decoder": "unet", "schedule": "onecycle"},
-    "report-flips": {"decoder": "report", "schedule": "cyclic"},
+    "unet-flips": {"decoder": "unet", "schedule": "onecycle", **FLIPS},
+    "report-flips": {"decoder": "report", "schedule": "cyclic", **FLIPS},
 }
 
 
@@ -111,7 +114,8 @@ def throughput(data: Path, quick: bool, batch: int = 16, size: int = 128) -> dic
 
     threads = torch.get_num_threads()
     data = ensure_data(data, 120 if quick else 2000, 20 if quick else 200, 64 if quick else 128)
-    pairs = DepthPairs(open_dataset(data, "train"), size, augment=True, seed=0)
+    # every transform on: the loader's worst case
+    pairs = DepthPairs(open_dataset(data, "train"), size, augment=True, seed=0, scale_crop=True, color_jitter=True)
     indices = epoch_indices(len(pairs), 0, 0, 0, 1)[: (64 if quick else 512)]
     start = time.perf_counter()
     n = sum(len(x) for x, *_ in epoch_loader(pairs, indices, batch, 0, False))
@@ -300,9 +304,10 @@ def format_region_table(rows: dict[str, dict], reference: str = "report") -> str
 
 
 def decoders(data: Path, quick: bool, runs: Path | None = None,
-             variants: tuple[str, ...] = ("report", "unet-onecycle"), train_only: bool = False,
-             epochs: int = 0, reference: str = "report") -> dict:
-    """Train each variant (same data, epochs and seed) and print the per-region quality table."""
+             variants: tuple[str, ...] = ("report-flips", "unet-flips"), train_only: bool = False,
+             epochs: int = 0, reference: str | None = None) -> dict:
+    """Train each variant (same data, epochs and seed) and print the per-region quality table, with
+    ratios to `reference` (default: the first variant)."""
     data = ensure_data(data, 120 if quick else 2000, 20 if quick else 200, 64 if quick else 128)
     with tempfile.TemporaryDirectory() as tmp:
         root = runs or Path(tmp)
@@ -313,7 +318,7 @@ def decoders(data: Path, quick: bool, runs: Path | None = None,
         if train_only:
             return {"runs": trained}
         rows = region_rows(data, {name: root / name for name in variants})
-    print(format_region_table(rows, reference), flush=True)
+    print(format_region_table(rows, reference or variants[0]), flush=True)
     return {"runs": trained, "metrics": rows}
 
 
@@ -391,7 +396,8 @@ if __name__ == "__main__":
     parser.add_argument("--data", type=Path, default=None,
                         help="the synthetic set (made here when missing)")
     parser.add_argument("--runs", type=Path, default=None, help="decoders: keep (and reuse) the runs here")
-    parser.add_argument("--variants", nargs="*", default=["report", "unet-onecycle"], choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="*", default=["report-flips", "unet-flips"], choices=list(VARIANTS),
+                        help="decoders: what to train and compare; ratios are to the first")
     parser.add_argument("--train-only", action="store_true", help="decoders: train, skip the table")
     parser.add_argument("--epochs", type=int, default=0, help="decoders: override the quality epochs (0: keep)")
     opts = parser.parse_args()

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from mde.train.augment import (
-    DEFAULT_AUGMENT,
+    FULL_AUGMENT,
     AugmentConfig,
     augment_config,
     augment_pair,
@@ -286,6 +286,27 @@ def test_old_configs_read_with_the_recipe_they_were_trained_with():
     assert (cfg.decoder, cfg.schedule, cfg.scale_crop, cfg.color_jitter) == ("report", "cyclic", True, True)
     assert TrainConfig.from_dict(TrainConfig(decoder="unet").to_dict()).decoder == "unet"
     assert not TrainConfig.from_dict(TrainConfig().to_dict()).color_jitter
+    no_augment = {**old, "augment": False, "data": "d", "out": "o"}  # older configs said scale_crop: true even then
+    no_augment["scale_crop"] = True
+    cfg = TrainConfig.from_dict(no_augment)
+    assert (cfg.augment, cfg.scale_crop, cfg.color_jitter) == (False, False, False)
+    cfg.validate()
+
+
+def test_trainer_hands_the_augmentation_options_to_the_loader(tmp_path, synth_data, monkeypatch):
+    import mde.train.trainer as trainer
+
+    class Built(Exception):
+        pass
+
+    def spy(*args, **kwargs):
+        raise Built(kwargs)
+
+    monkeypatch.setattr(trainer, "DepthPairs", spy)
+    for crop, jitter in ((True, False), (False, True)):
+        with pytest.raises(Built) as built:
+            trainer.train(tiny_config(synth_data, tmp_path / f"{crop}{jitter}", scale_crop=crop, color_jitter=jitter))
+        assert (built.value.args[0]["scale_crop"], built.value.args[0]["color_jitter"]) == (crop, jitter)
 
 
 def test_default_augmentation_is_flips_only_and_the_rest_can_be_turned_on(synth_data):
@@ -304,10 +325,10 @@ def test_default_augmentation_is_flips_only_and_the_rest_can_be_turned_on(synth_
     assert {kind(flips[i][0].numpy(), plain[i]) for i in range(len(base))} == {"same", "flip"}
     jitter = DepthPairs(base, 32, augment=True, seed=0, color_jitter=True)
     assert {kind(jitter[i][0].numpy(), plain[i]) for i in range(len(base))} == {"changed"}
-    on = augment_config(DEFAULT_AUGMENT, scale_crop=True, color_jitter=True)
-    off = augment_config(DEFAULT_AUGMENT, scale_crop=False, color_jitter=False)
-    assert on == DEFAULT_AUGMENT and (off.crop_p, off.brightness, off.contrast, off.saturation) == (0, 0, 0, 0)
-    assert off.flip_p == DEFAULT_AUGMENT.flip_p > 0
+    on = augment_config(FULL_AUGMENT, scale_crop=True, color_jitter=True)
+    off = augment_config(FULL_AUGMENT, scale_crop=False, color_jitter=False)
+    assert on == FULL_AUGMENT and (off.crop_p, off.brightness, off.contrast, off.saturation) == (0, 0, 0, 0)
+    assert off.flip_p == FULL_AUGMENT.flip_p > 0
 
 
 # -- a tiny run ---------------------------------------------------------------------------------
@@ -317,7 +338,8 @@ def tiny_run(tmp_path_factory, synth_data):
 
     out = tmp_path_factory.mktemp("run") / "run"
     torch.set_num_threads(2)  # the resume test's subprocesses use 2 threads: same arithmetic
-    result = train(tiny_config(synth_data, out, epochs=2, checkpoint_every=0))
+    # every transform on, so the exact-resume test covers their random draws too
+    result = train(tiny_config(synth_data, out, epochs=2, checkpoint_every=0, scale_crop=True, color_jitter=True))
     return out, result
 
 
@@ -419,7 +441,7 @@ def test_trained_model_evaluates_like_the_run(tiny_run, synth_data):
 # -- resume after SIGKILL -----------------------------------------------------------------------
 def _train_cmd(data: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "mde.train", "--data", str(data), "--out", str(out), *TINY,
-            "--epochs", "2", "--step-size-up", "3", "--json", *extra]
+            "--epochs", "2", "--step-size-up", "3", "--scale-crop", "--color-jitter", "--json", *extra]
 
 
 @pytest.mark.slow
@@ -510,6 +532,7 @@ def test_ddp_two_cpu_ranks_split_data_and_rank0_writes_once(tmp_path, synth_data
     (["--object-weight", "0"], "--object-weight must be in 0.001..1000, got 0.0"),
     (["--object-weight", "nan"], "--object-weight must be in 0.001..1000"),
     (["--object-weight", "1e39"], "--object-weight must be in 0.001..1000"),
+    (["--no-augment", "--color-jitter"], "--scale-crop and --color-jitter add to --augment"),
 ])
 def test_bad_train_input_is_one_line_exit_2(cli, tmp_path, synth_data, extra, match):
     res = cli("train", "--data", synth_data, "--out", tmp_path / "run", *TINY, "--epochs", "1", *extra)

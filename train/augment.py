@@ -33,7 +33,7 @@ class AugmentConfig:
     saturation: float = 0.2
 
 
-DEFAULT_AUGMENT = AugmentConfig()  # every transform on; `augment_config` turns the optional ones off
+FULL_AUGMENT = AugmentConfig()  # every transform on; training turns the optional ones off with `augment_config`
 
 
 def augment_config(base: AugmentConfig, scale_crop: bool, color_jitter: bool) -> AugmentConfig:
@@ -98,7 +98,7 @@ def color_jitter(rgb: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) 
 
 
 def augment_pair(rgb: np.ndarray, depth: np.ndarray, rng: np.random.Generator,
-                 cfg: AugmentConfig = DEFAULT_AUGMENT,
+                 cfg: AugmentConfig = FULL_AUGMENT,
                  mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """One random augmentation of an (H x W x 3 uint8, H x W float32) pair and its region mask (or None).
 

@@ -28,8 +28,8 @@ RESUME_OVERRIDES = ("data", "out", "resume", "epochs", "device", "workers", "log
 @dataclass
 class TrainConfig:
     """One training run. Defaults follow the source report where it says something, except the
-    decoder and the LR schedule, chosen by measurement (`--decoder report --schedule cyclic` is
-    the report's network and schedule).
+    decoder, the LR schedule and the augmentation (flips only), chosen by measurement
+    (`--decoder report --schedule cyclic` is the report's network and schedule).
 
     `max_depth` 0 means "the dataset's maximum depth" (read from the data folder).
     `freeze_stages` K freezes the stem and the first K-1 residual stages; -1 (auto) means the
@@ -55,7 +55,7 @@ class TrainConfig:
     freeze_stages: int = -1
     pretrained: bool = True
     backbone_weights: str = ""
-    augment: bool = True            # flips; the two below add to it (both off: they cost accuracy at 8 epochs, README)
+    augment: bool = True  # flips; the two below add to it (off: they cost accuracy at 8 epochs, README)
     scale_crop: bool = False
     color_jitter: bool = False
     object_weight: float = 1.0  # >1 trades whole-image RMSE for object RMSE (README, "Quality per region")
@@ -96,6 +96,8 @@ class TrainConfig:
             raise InputError(f"need 0 < --lr-min <= --lr-max, got {self.lr_min} and {self.lr_max}")
         if self.workers < 0 or self.checkpoint_every < 0 or self.max_depth < 0:
             raise InputError("--workers, --checkpoint-every and --max-depth must be >= 0")
+        if not self.augment and (self.scale_crop or self.color_jitter):
+            raise InputError("--scale-crop and --color-jitter add to --augment; drop them or drop --no-augment")
         if not OBJECT_WEIGHT_RANGE[0] <= self.object_weight <= OBJECT_WEIGHT_RANGE[1]:  # NaN fails too
             raise InputError(f"--object-weight must be in {OBJECT_WEIGHT_RANGE[0]:g}..{OBJECT_WEIGHT_RANGE[1]:g}, "
                              f"got {self.object_weight}")
@@ -128,10 +130,14 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Rebuild from `to_dict` output, ignoring unknown keys (older/newer checkpoints).
 
-        Keys an older config lacks take `LEGACY_DEFAULTS` (e.g. its decoder was the report's).
+        Keys an older config lacks take `LEGACY_DEFAULTS` (e.g. its decoder was the report's); the
+        crop and jitter of a run without augmentation read as off (older configs said on).
         """
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in {**LEGACY_DEFAULTS, **values}.items() if k in names})
+        merged = {k: v for k, v in {**LEGACY_DEFAULTS, **values}.items() if k in names}
+        if not merged.get("augment", True):
+            merged.update(scale_crop=False, color_jitter=False)
+        return cls(**merged)
 
 
 def merge_resume(cli: TrainConfig, saved: TrainConfig) -> TrainConfig:
