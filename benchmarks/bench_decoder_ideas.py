@@ -266,6 +266,7 @@ IDEAS = {
     "unet-objw4": {**UNET, "object_weight": 4.0},
     "unet-objw2": {**UNET, "object_weight": 2.0},
     "report-objw4": {**VARIANTS["report"], "object_weight": 4.0},
+    "unet-flips-objw2": {**VARIANTS["unet-flips"], "object_weight": 2.0},
     # auxiliary depth heads at strides 16, 8, 4: a direct gradient to the deep encoder stages
     "unet-deepsup": {**UNET, "patch": "deep_supervision"},
     # the same two recipes from other seeds (initialisation, order, augmentation): how much the ratio moves
