@@ -325,8 +325,8 @@ def test_default_augmentation_is_flips_only_and_the_rest_can_be_turned_on(synth_
     assert {kind(flips[i][0].numpy(), plain[i]) for i in range(len(base))} == {"same", "flip"}
     jitter = DepthPairs(base, 32, augment=True, seed=0, color_jitter=True)
     assert {kind(jitter[i][0].numpy(), plain[i]) for i in range(len(base))} == {"changed"}
-    on = augment_config(FULL_AUGMENT, scale_crop=True, color_jitter=True)
-    off = augment_config(FULL_AUGMENT, scale_crop=False, color_jitter=False)
+    on = augment_config(scale_crop=True, color_jitter=True)
+    off = augment_config(scale_crop=False, color_jitter=False)
     assert on == FULL_AUGMENT and (off.crop_p, off.brightness, off.contrast, off.saturation) == (0, 0, 0, 0)
     assert off.flip_p == FULL_AUGMENT.flip_p > 0
 

@@ -36,11 +36,11 @@ class AugmentConfig:
 FULL_AUGMENT = AugmentConfig()  # every transform on; training turns the optional ones off with `augment_config`
 
 
-def augment_config(base: AugmentConfig, scale_crop: bool, color_jitter: bool) -> AugmentConfig:
-    """`base` with the scale-crop and the colour jitter each kept or turned off (flips always stay)."""
+def augment_config(scale_crop: bool, color_jitter: bool) -> AugmentConfig:
+    """`FULL_AUGMENT` with the scale-crop and the colour jitter each kept or turned off (flips always stay)."""
     off = {**({} if scale_crop else {"crop_p": 0.0}),
            **({} if color_jitter else {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0})}
-    return replace(base, **off)
+    return replace(FULL_AUGMENT, **off)
 
 
 def hflip(rgb: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +113,7 @@ def augment_pair(rgb: np.ndarray, depth: np.ndarray, rng: np.random.Generator,
         rgb, depth = hflip(rgb, depth)
         mask = None if mask is None else mask[:, ::-1]
     if cfg.brightness or cfg.contrast or cfg.saturation:
-        rgb = color_jitter(np.ascontiguousarray(rgb), rng, cfg)
+        rgb = color_jitter(rgb, rng, cfg)
     return np.ascontiguousarray(rgb), np.ascontiguousarray(depth), None if mask is None else np.ascontiguousarray(mask)
 
 

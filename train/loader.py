@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mde.errors import MdeError
-from mde.train.augment import FULL_AUGMENT, augment_config, augment_pair, object_weights, to_training_pair
+from mde.train.augment import augment_config, augment_pair, object_weights, to_training_pair
 
 
 class DepthPairs(Dataset):
@@ -28,7 +28,7 @@ class DepthPairs(Dataset):
     def __init__(self, base: Any, image_size: int, augment: bool, seed: int, scale_crop: bool = False,
                  color_jitter: bool = False, object_weight: float = 1.0):
         self.base, self.image_size, self.augment, self.seed = base, image_size, augment, seed
-        self.augment_cfg = augment_config(FULL_AUGMENT, scale_crop, color_jitter)
+        self.augment_cfg = augment_config(scale_crop, color_jitter)
         self.object_weight = object_weight
         self.epoch = 0
 
