@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -546,6 +547,9 @@ def test_resume_rejects_conflicting_flags_and_foreign_checkpoints(cli, tmp_path,
     last = tiny_run[0] / "last.pt"
     res = cli("train", "--data", synth_data, "--out", tmp_path / "r", "--resume", last, "--lr-max", "0.5")
     assert res.code == 2 and "conflicts with the resumed checkpoint" in res.err
+    # tiny_run crops: turning the crop off is refused though --no-scale-crop is the default
+    res = cli("train", "--data", synth_data, "--out", tmp_path / "r", "--resume", last, "--no-scale-crop")
+    assert res.code == 2 and "--scale-crop False conflicts with the resumed checkpoint's True" in res.err
     res = cli("train", "--data", synth_data, "--out", tmp_path / "r", "--resume", tiny_checkpoint)
     assert res.code == 2 and "cannot resume" in res.err
     bad = tmp_path / "corrupt.pt"
@@ -573,6 +577,21 @@ def test_merge_resume_keeps_the_checkpoint_config():
         merge_resume(TrainConfig(data="d", out="o", backbone="resnet34", resume="x"), saved)
 
 
+def test_merge_resume_counts_given_options_even_at_their_default():
+    """`mde train --resume R --no-scale-crop` on a crop run is refused, `--epochs 20` applies: the CLI names what was typed."""
+    from mde.errors import InputError
+    from mde.train.config import merge_resume
+
+    saved = TrainConfig(data="d", out="o", epochs=2, pretrained=False, scale_crop=True)
+    cli = TrainConfig(data="d", out="o", resume="o/last.pt")  # every other option at its default
+    assert merge_resume(cli, saved).scale_crop                 # nothing given: the checkpoint's
+    with pytest.raises(InputError, match="--scale-crop False conflicts with the resumed checkpoint's True"):
+        merge_resume(cli, saved, given={"data", "out", "resume", "scale_crop"})
+    assert merge_resume(cli, saved).epochs == 2
+    assert merge_resume(cli, saved, given={"epochs"}).epochs == 20
+    assert merge_resume(cli, saved, given={"decoder"}) == merge_resume(cli, saved)  # given, and the same as saved
+
+
 def test_training_without_matplotlib_skips_the_figures(tmp_path, synth_data, monkeypatch, caplog):
     """A bare GPU image has no matplotlib: training still runs and says what it left out."""
     import logging
@@ -589,3 +608,13 @@ def test_training_without_matplotlib_skips_the_figures(tmp_path, synth_data, mon
     assert result["epochs"] == 1 and (tmp_path / "run" / "best.pt").is_file()
     assert not (tmp_path / "run" / "curves.png").exists() and not (tmp_path / "run" / "samples.png").exists()
     assert any("matplotlib is not installed" in r.getMessage() for r in caplog.records)
+
+
+def test_reference_lists_the_options_a_resume_may_change():
+    """docs/reference.md names exactly `RESUME_OVERRIDES` (less --resume itself)."""
+    from mde.train.config import RESUME_OVERRIDES
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "reference.md").read_text()
+    sentence = doc[doc.index("Only\n`--data`"):doc.index("may change;")]
+    named = set(re.findall(r"`--([a-z-]+)`", sentence))
+    assert named == {k.replace("_", "-") for k in RESUME_OVERRIDES} - {"resume"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -140,22 +141,26 @@ class TrainConfig:
         return cls(**merged)
 
 
-def merge_resume(cli: TrainConfig, saved: TrainConfig) -> TrainConfig:
+def merge_resume(cli: TrainConfig, saved: TrainConfig, given: Collection[str] | None = None) -> TrainConfig:
     """The config of a resumed run: the checkpoint's, with the few options a resume may change.
 
-    An option the user set (differs from the default) that contradicts the checkpoint is an
-    error rather than silently ignored.
+    `given` names the options the user set (the CLI knows, even for a value equal to the
+    default); without it, an option counts as set when it differs from the default. A set
+    option that contradicts the checkpoint is an error rather than silently ignored.
     """
     default = TrainConfig()
+
+    def is_set(name: str) -> bool:
+        return name in given if given is not None else getattr(cli, name) != getattr(default, name)
+
     for f in fields(TrainConfig):
         if f.name in RESUME_OVERRIDES:
             continue
         mine, theirs = getattr(cli, f.name), getattr(saved, f.name)
-        if mine != getattr(default, f.name) and mine != theirs:
+        if is_set(f.name) and mine != theirs:
             raise InputError(f"--{f.name.replace('_', '-')} {mine!r} conflicts with the resumed "
                              f"checkpoint's {theirs!r}; drop it when using --resume")
-    # an override applies when the user set it (it differs from the default): a plain
-    # `--resume RUN/last.pt` continues the saved run to its own number of epochs
-    changed = {k: getattr(cli, k) for k in RESUME_OVERRIDES
-               if k in ("data", "out", "resume") or getattr(cli, k) != getattr(default, k)}
+    # an override applies when the user set it: a plain `--resume RUN/last.pt` continues the
+    # saved run to its own number of epochs
+    changed = {k: getattr(cli, k) for k in RESUME_OVERRIDES if k in ("data", "out", "resume") or is_set(k)}
     return TrainConfig.from_dict({**saved.to_dict(), **changed})

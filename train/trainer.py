@@ -14,6 +14,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -95,8 +96,12 @@ def open_splits(cfg: TrainConfig, env: DistEnv):
     return train_set, val_set, float(dataset_max_depth(cfg.data))
 
 
-def resolve_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
-    """The effective config (the checkpoint's when resuming) and the resume checkpoint, if any."""
+def resolve_config(cfg: TrainConfig, given: Collection[str] | None = None
+                   ) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """The effective config (the checkpoint's when resuming) and the resume checkpoint, if any.
+
+    `given`: the options the user set, for `merge_resume`.
+    """
     if not cfg.resume:
         cfg.validate()
         return cfg, None
@@ -105,7 +110,7 @@ def resolve_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None
     state = load_checkpoint(cfg.resume)
     if "optimizer" not in state or "config" not in state:
         raise ModelError("not a training checkpoint (no optimizer state); cannot resume", cfg.resume)
-    merged = merge_resume(cfg, TrainConfig.from_dict(state["config"]))
+    merged = merge_resume(cfg, TrainConfig.from_dict(state["config"]), given)
     merged.validate()
     return merged, state
 
@@ -145,9 +150,13 @@ class TrainState:
     records: list[dict[str, Any]] = field(default_factory=list)
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train one model; return {"best": val metrics of best.pt, "final": last epoch's, ...}."""
-    cfg, resume_state = resolve_config(cfg)
+def train(cfg: TrainConfig, given: Collection[str] | None = None) -> dict[str, Any]:
+    """Train one model; return {"best": val metrics of best.pt, "final": last epoch's, ...}.
+
+    `given` names the options the user set (`mde train` passes them): on `--resume`, a given
+    option that contradicts the checkpoint is refused even when it equals the default.
+    """
+    cfg, resume_state = resolve_config(cfg, given)
     env = setup(cfg.device)
     try:
         return main(cfg, env, resume_state)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 
 import typer
 
 from mde.train.config import BACKBONE_CHOICES, CYCLE_MODES, DECODER_CHOICES, LOSS_CHOICES, SCHEDULES, TrainConfig
 
 D = TrainConfig()
+USER_SOURCES = ("COMMANDLINE", "ENVIRONMENT", "PROMPT")  # click's ParameterSource names; not DEFAULT(_MAP)
 
 
 def train_command(
+    ctx: typer.Context,
     data: str = typer.Option(..., "--data", help="Dataset folder ({train,val}/{rgb,depth})."),
     out: str = typer.Option(
         ..., "--out", help="Run folder: best.pt, last.pt, config.json, metrics.jsonl, curves.png, samples.png."
@@ -81,13 +84,13 @@ def train_command(
 ) -> None:
     """Train the depth network; writes RUN/{best,last}.pt, config.json, metrics.jsonl, curves.png, samples.png."""
     values = dict(locals())
-    values.pop("json_out")
+    del values["ctx"], values["json_out"]
     cfg = TrainConfig(**values)
     if not resume:
         cfg.validate()  # before importing torch: bad flags fail fast
     from mde.train.trainer import train
 
-    result = train(cfg)
+    result = train(cfg, given=given_options(ctx, values))
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 reports
     if json_out:
@@ -98,6 +101,11 @@ def train_command(
             f"best epoch {best.get('epoch')}: rmse {best.get('rmse', float('nan')):.4f} "
             f"ssim {best.get('ssim', float('nan')):.4f} -> {out}/best.pt"
         )
+
+
+def given_options(ctx: typer.Context, names: Iterable[str]) -> set[str]:
+    """The options set on the command line or through the environment, even to their default value."""
+    return {name for name in names if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") in USER_SOURCES}
 
 
 def register(app: typer.Typer) -> None:
