@@ -1,0 +1,69 @@
+"""benchmarks/bench_decoder_ideas.py's other worlds: what each patch changes in a scene, and what it keeps."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_decoder_ideas as ideas  # noqa: E402
+
+from mde.data import world  # noqa: E402
+from mde.data.synth import MASK_OBJECT  # noqa: E402
+
+SEEDS = range(6)
+
+
+def _scenes(patch=None, buildings: bool = True) -> list[dict]:
+    """The scenes of `SEEDS`, drawn under `patch`; without the far buildings (drawn last) when asked."""
+    with contextlib.ExitStack() as stack:
+        if patch is not None:
+            stack.enter_context(patch())
+        if not buildings:
+            stack.enter_context(mock.patch.object(world, "_place_buildings", lambda *a: None))
+        return [world._sample_scene(np.random.default_rng(k)) for k in SEEDS]
+
+
+def _foot_height(obj: dict) -> float:
+    return float(obj["center"][1] - (obj["size"][0] if obj["shape"] == "sphere" else obj["size"][1]))
+
+
+def test_small_objects_halves_each_placed_object_where_it_stood():
+    placed = _scenes(buildings=False)
+    for plain, small in zip(placed, _scenes(ideas.small_objects, buildings=False), strict=True):
+        assert len(plain["objects"]) == len(small["objects"]) > 0
+        for a, b in zip(plain["objects"], small["objects"], strict=True):
+            np.testing.assert_allclose(b["size"], a["size"] * ideas.SMALL_OBJECTS_SCALE, rtol=1e-6)
+            np.testing.assert_allclose(b["center"][[0, 2]], a["center"][[0, 2]])
+            assert _foot_height(b) == pytest.approx(_foot_height(a), abs=1e-5)
+    # the far buildings, drawn after the objects, keep their size
+    for plain, small, without in zip(_scenes(), _scenes(ideas.small_objects), placed, strict=True):
+        for a, b in zip(plain["objects"][len(without["objects"]):], small["objects"][len(without["objects"]):],
+                        strict=True):
+            np.testing.assert_array_equal(a["size"], b["size"])
+    # rendered, objects cover less of the image
+    share = {name: float(np.mean([world.draw_labelled(scene, 48)[2] == MASK_OBJECT for scene in scenes]))
+             for name, scenes in (("plain", _scenes()), ("small", _scenes(ideas.small_objects)))}
+    assert share["small"] < 0.75 * share["plain"]
+
+
+def test_fixed_camera_gives_every_scene_one_camera():
+    for plain, fixed in zip(_scenes(), _scenes(ideas.fixed_camera), strict=True):
+        assert fixed["hfov"] == pytest.approx(np.radians(ideas.FIXED_CAMERA["hfov_deg"]))
+        assert fixed["origin"][1] == pytest.approx(ideas.FIXED_CAMERA["height_m"])
+        np.testing.assert_allclose(fixed["origin"][[0, 2]], plain["origin"][[0, 2]])
+        assert len(fixed["objects"]) == len(plain["objects"])
+
+
+def test_world_data_refuses_a_folder_of_another_world(tmp_path):
+    (tmp_path / "meta.json").write_text(json.dumps({"cameras": {}}))
+    (tmp_path / "bench_world.json").write_text(json.dumps({"world": "small-objects"}))
+    assert ideas.make_world_data(tmp_path, "small-objects") == tmp_path
+    with pytest.raises(ValueError, match="--world fixed-camera needs a new folder"):
+        ideas.make_world_data(tmp_path, "fixed-camera")
