@@ -547,6 +547,12 @@ def test_resume_rejects_conflicting_flags_and_foreign_checkpoints(cli, tmp_path,
     last = tiny_run[0] / "last.pt"
     res = cli("train", "--data", synth_data, "--out", tmp_path / "r", "--resume", last, "--lr-max", "0.5")
     assert res.code == 2 and "conflicts with the resumed checkpoint" in res.err
+    # tiny_run is one-cycle over 2 epochs: a third would step past its schedule's end
+    before = (last.read_bytes(), (tiny_run[0] / "metrics.jsonl").read_bytes())
+    res = cli("train", "--data", synth_data, "--out", tiny_run[0], "--resume", last, "--epochs", "3")
+    assert res.code == 2 and "more than this one-cycle run's schedule" in res.err, res.err
+    assert len(res.err.strip().splitlines()) == 1 and str(last) in res.err
+    assert (last.read_bytes(), (tiny_run[0] / "metrics.jsonl").read_bytes()) == before
     # tiny_run crops: turning the crop off is refused though --no-scale-crop is the default
     res = cli("train", "--data", synth_data, "--out", tmp_path / "r", "--resume", last, "--no-scale-crop")
     assert res.code == 2 and "--scale-crop False conflicts with the resumed checkpoint's True" in res.err

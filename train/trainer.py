@@ -214,6 +214,9 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
     """Data, model (from the checkpoint's arguments and weights when resuming), optimizer, schedule, AMP."""
     out = Path(cfg.out)
     train_set, val_set, data_range = open_splits(cfg, env)  # first: bad data leaves no output folder
+    steps_per_epoch = len(train_set) // env.world_size // cfg.batch_size
+    if resume is not None:
+        check_schedule_length(cfg, resume, steps_per_epoch)
     if env.is_main:
         prepare_output_dir(out, force=cfg.force or resume is not None)
     cuda = env.device.type == "cuda"
@@ -235,7 +238,6 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, model)
-    steps_per_epoch = len(train_set) // env.world_size // cfg.batch_size
     amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
     forward = model
     if env.distributed:
@@ -252,6 +254,19 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
                          color_jitter=cfg.color_jitter, object_weight=cfg.object_weight),
         data_range=data_range,
     )
+
+
+def check_schedule_length(cfg: TrainConfig, resume: dict[str, Any], steps_per_epoch: int) -> None:
+    """A one-cycle schedule's length is fixed when its run starts: a resume may stop earlier, not go on longer.
+
+    (Its learning rate anneals to the floor over the saved number of steps; CyclicLR has no end.)
+    """
+    planned = resume["scheduler"].get("total_steps") if cfg.schedule == "onecycle" else None
+    needed = steps_per_epoch * cfg.epochs
+    if planned is not None and needed > planned:
+        raise InputError(f"--epochs {cfg.epochs} needs {needed} steps ({steps_per_epoch} per epoch), more than "
+                         f"this one-cycle run's schedule of {planned}; resume it to at most its own length, "
+                         "or start a new run", cfg.resume)
 
 
 def restore(job: Job, resume: dict[str, Any] | None) -> TrainState:
