@@ -28,6 +28,8 @@ app = typer.Typer(
 )
 
 _state = {"verbose": False}
+# click's exception base, for command-line errors (typer exports BadParameter, one of them, not the base)
+CommandLineError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 def _version(value: bool) -> None:
@@ -78,7 +80,14 @@ def main(argv: list[str] | None = None) -> None:
     _state["verbose"] = "--verbose" in args or "-v" in args
     _setup_logging(_state["verbose"])
     try:
-        app(args=args, prog_name="mde")
+        code = app(args=args, prog_name="mde", standalone_mode=False)  # an exit code when a command exits early
+    except CommandLineError as err:  # unknown option, bad value, missing argument: one line too
+        if type(err).__name__ != "NoArgsIsHelpError":  # bare `mde`: the help is printed already
+            print(f"mde: error: {_command_line_message(err)}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
+    except typer.Abort:
+        print("mde: aborted", file=sys.stderr)
+        raise SystemExit(1) from None
     except MdeError as err:
         if _state["verbose"]:
             traceback.print_exc()
@@ -96,3 +105,14 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         raise SystemExit(1) from None
+    if code == 130:  # typer turns Ctrl-C into exit code 130
+        print("mde: interrupted", file=sys.stderr)
+    if isinstance(code, int) and code:
+        raise SystemExit(code)
+
+
+def _command_line_message(err: Exception) -> str:
+    """click's message on one line, with where to look: "No such option: --x (see 'mde eval --help')"."""
+    message = " ".join(err.format_message().split())
+    ctx = getattr(err, "ctx", None)
+    return f"{message} (see '{ctx.command_path} --help')" if ctx is not None else message

@@ -235,12 +235,23 @@ def test_predict_skips_a_bad_image_and_exits_1(key, bad, cli, tmp_path, synth_da
     assert sorted(p.name for p in out.iterdir()) == [good.stem + ".npy"]
 
 
-@pytest.mark.parametrize("case", ["unknown-command", "bad-int"])
-def test_usage_errors_exit_2(case, cli):
-    argv = {"unknown-command": ["frobnicate"], "bad-int": ["data", "synth", "/tmp/x", "--train", "many"]}[case]
+@pytest.mark.parametrize("argv, says", [
+    (["frobnicate"], "No such command 'frobnicate'. (see 'mde --help')"),
+    (["data", "synth", "/tmp/x", "--train", "many"], "Invalid value for '--train'"),
+    (["data", "synth", "/tmp/x", "--size", "0"], "Invalid value for '--size'"),
+    (["eval", "m.onnx", "--frobnicate"], "No such option: --frobnicate (see 'mde eval --help')"),
+    (["eval"], "Missing argument 'model'"),
+])
+def test_usage_errors_are_one_line_exit_2(argv, says, cli):
     result = cli(*argv)
     assert result.code == 2
-    assert "Traceback" not in result.err
+    assert result.err.startswith("mde: error: ") and says in result.err, result.err
+    assert len(result.err.strip().splitlines()) == 1 and not result.out
+
+
+def test_bare_mde_prints_its_help(cli):
+    result = cli()
+    assert result.code == 2 and "Usage" in result.out and "train" in result.out and not result.err
 
 
 def test_verbose_shows_traceback(cli, tmp_path):
