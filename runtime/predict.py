@@ -97,11 +97,15 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise InputError("output exists and is not a directory", out)
-    out.mkdir(parents=True, exist_ok=True)
     names = output_names(paths, ".npy" if cfg.format == "npy" else ".png")
-    failed = 0
+    check_no_overwrite(paths, [out / name for name in names])
+    failed, made_out = 0, not out.exists()
     with DepthEstimator.open(cfg.artifact, backend=cfg.backend, threads=cfg.threads,
                              providers=cfg.providers) as est:
+        try:
+            out.mkdir(parents=True, exist_ok=True)  # once the model opened: a bad one leaves no folder
+        except OSError as err:
+            raise InputError(f"cannot create output folder ({err.strerror or err})", out) from None
         info(f"{Path(cfg.artifact).name}: {est.backend} on {', '.join(est.providers)}")
         items = list(zip(paths, names))
         for path, name in track(items, "predict", total=len(items)) if len(items) > 1 else items:
@@ -113,4 +117,15 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
                     raise  # not the image's fault (e.g. the output folder): stop
                 failed += 1
                 err_console.print(f"mde: skipped {path}: {str(err).removeprefix(f'{path}: ')}", markup=False)
+    if made_out and failed == len(paths):
+        out.rmdir()  # nothing written: leave no empty folder behind
     return {"images": len(paths), "written": len(paths) - failed, "failed": failed}
+
+
+def check_no_overwrite(inputs: list[Path], outputs: list[Path]) -> None:
+    """Refuse an output path that is one of the input images (e.g. `--out` is the images' own folder)."""
+    sources = {path.resolve() for path in inputs}
+    clash = next((path for path in outputs if path.resolve() in sources), None)
+    if clash is not None:
+        raise InputError("the depth map would overwrite this input image; choose another --out "
+                         "(or --format npy)", clash)

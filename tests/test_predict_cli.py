@@ -117,6 +117,32 @@ def test_predict_bad_paths_exit_2(cli, onnx_path, images, tmp_path, model, input
     args = [str(tmp_path / i) for i in inputs] if inputs else [images]
     result = cli("predict", model_path, *args, "--out", tmp_path / "out")
     assert result.code == 2 and match in result.err
+    assert not (tmp_path / "out").exists()  # nothing opened, no folder made
+
+
+def test_predict_never_overwrites_its_inputs(cli, onnx_path, images):
+    before = {p.name: p.read_bytes() for p in images.iterdir() if p.is_file()}
+    result = cli("predict", onnx_path, images, "--out", images)  # color PNGs named like a.png
+    assert result.code == 2 and "would overwrite this input image" in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in images.iterdir() if p.is_file()} == before
+    result = cli("predict", onnx_path, images, "--out", images, "--format", "npy")  # a.npy beside a.png
+    assert result.code == 0 and (images / "a.npy").is_file()
+
+
+def test_predict_out_under_a_file_exit_2(cli, onnx_path, images, tmp_path):
+    (tmp_path / "file").write_text("x")
+    result = cli("predict", onnx_path, images, "--out", tmp_path / "file" / "sub")
+    assert result.code == 2 and "cannot create output folder" in result.err
+    assert len(result.err.strip().splitlines()) == 1
+
+
+def test_predict_writing_nothing_leaves_no_folder(cli, onnx_path, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    result = cli("predict", onnx_path, bad, "--out", tmp_path / "out")
+    assert result.code == 1 and "skipped" in result.err
+    assert not (tmp_path / "out").exists()
 
 
 def test_predict_truncated_model_exit_2(cli, onnx_path, images, tmp_path):
