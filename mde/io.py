@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,23 @@ def require_file(path: str | Path, what: str = "file") -> Path:
         raise InputError(f"expected a {what}, found a directory", path)
     if path.stat().st_size == 0:
         raise InputError(f"{what} is empty (0 bytes)", path)
+    return path
+
+
+def check_output_file(path: str | Path, option: str, inputs: Iterable[str | Path]) -> Path:
+    """Refuse an output file that is a folder, or that is one of `inputs` or lies inside one of them.
+
+    A run must not overwrite what it reads: `--json model.onnx`, or a report inside the dataset.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{option} needs a file name; this is a folder", path)
+    target = path.resolve()
+    for source in map(Path, inputs):
+        if target == source.resolve():
+            raise InputError(f"{option} would write over the input {source}; choose another file", path)
+        if source.resolve() in target.parents:
+            raise InputError(f"{option} would write inside the input folder {source}; choose another file", path)
     return path
 
 

@@ -234,7 +234,7 @@ def _region_figures(cfg: ParityConfig, reference: list[dict[str, float]], gts: l
 
 def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
     """`mde parity`: run either mode, print the table, write --json / --report; `CheckFailed` when any fails."""
-    from mde.io import write_json_atomic
+    from mde.io import check_output_file, write_json_atomic
     from mde.runtime.parity_report import print_regions, print_table, write_markdown
 
     if (cfg.golden is None) == (cfg.checkpoint is None):
@@ -243,6 +243,10 @@ def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
     for artifact in cfg.artifacts:
         if not Path(artifact).is_file():
             raise ModelError("artifact not found", artifact)
+    inputs = [*cfg.artifacts, *(p for p in (cfg.checkpoint, cfg.golden, cfg.data, cfg.tolerances) if p)]
+    for option, out in (("--json", cfg.json_path), ("--report", cfg.report)):
+        if out is not None:
+            check_output_file(out, option, inputs)
     pngs: dict[str, str] = {}
     if cfg.golden is not None:
         results = [check_golden(cfg.golden, a, cfg.backend, tolerances, cfg.providers) for a in cfg.artifacts]

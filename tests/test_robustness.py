@@ -80,6 +80,8 @@ def bad(tmp_path_factory, synth_data, tiny_checkpoint, tiny_export) -> dict[str,
     del model.metadata_props[:]
     files["onnx_no_meta"] = root / "no-meta.onnx"
     onnx.save(model, files["onnx_no_meta"])
+    files["golden_truncated"] = root / "golden.npz"
+    files["golden_truncated"].write_bytes(b"PK\x03\x04" + b"\0" * 60)  # a zip's first bytes, cut short
     files["onnx_text"] = root / "text.onnx"
     files["onnx_text"].write_text("hello")
 
@@ -171,6 +173,10 @@ CASES = [
     ("parity-no-meta", "parity {ckpt} {bad:onnx_no_meta} --data {data}", "no-meta.onnx"),
     ("parity-pickle-code", "parity {bad:ckpt_pickle_code} {onnx} --data {data}", "evil.pt"),
     ("parity-missing-artifact", "parity {ckpt} {bad:missing} --data {data}", "does-not-exist.png"),
+    ("parity-truncated-golden", "parity --golden {bad:golden_truncated} {onnx}", "golden.npz"),
+    ("parity-json-over-artifact", "parity {ckpt} {onnx} --data {data} --json {onnx}", "--json would write over"),
+    ("parity-json-into-data", "parity {ckpt} {onnx} --data {data} --json {data}/meta.json", "inside the input folder"),
+    ("parity-report-is-folder", "parity {ckpt} {onnx} --data {data} --report {bad:dir}", "a-folder"),
     # predict
     ("predict-missing-model", "predict {bad:missing} {bad:tiny_png} --out {out}", "does-not-exist.png"),
     ("predict-truncated-onnx", "predict {bad:onnx_truncated} {bad:tiny_png} --out {out}", "truncated.onnx"),

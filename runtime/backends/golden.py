@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ def read_golden(path: str | Path) -> dict[str, Any]:
         with np.load(path, allow_pickle=False) as npz:
             golden = {name: npz[name] for name in npz.files}
         images, depth = golden["image"].astype(np.float32), golden["depth"].astype(np.float32)
-    except (OSError, ValueError, KeyError, EOFError) as err:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:  # truncated, not npz
         raise InputError(f"not a golden.npz with 'image' and 'depth' arrays ({type(err).__name__}: {err})",
                          path) from None
     if images.ndim != 4 or depth.ndim != 4 or len(images) != len(depth):
