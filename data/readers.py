@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,8 +79,8 @@ class PairedFiles:
 
     def __init__(self, pairs: list[tuple[str, Path, Path]], depth_scale: float,
                  masks: dict[str, Path] | None = None):
-        if depth_scale <= 0:
-            raise InputError(f"expected a positive depth scale (PNG units per metre), got {depth_scale}")
+        if not (math.isfinite(depth_scale) and depth_scale > 0):
+            raise InputError(f"--depth-scale must be a positive number (PNG units per metre), got {depth_scale}")
         self.pairs, self.depth_scale = pairs, float(depth_scale)
         self.masks = masks or {}
 
@@ -306,7 +307,10 @@ def dataset_max_depth(path: str | Path) -> float:
     meta = path / "meta.json"
     if path.is_dir() and meta.is_file():
         try:
-            value = float(json.loads(meta.read_text())["max_depth"])
+            value = json.loads(meta.read_text())["max_depth"]
+            if isinstance(value, bool):  # float(true) is 1.0
+                raise TypeError(f"max_depth is {str(value).lower()}")
+            value = float(value)
         except (ValueError, KeyError, TypeError, OSError) as err:
             raise DataError(f"expected a JSON object with a numeric 'max_depth' ({err})", meta) from None
         if not np.isfinite(value) or value <= 0:

@@ -62,8 +62,8 @@ def tolerances_from_dict(table: dict[str, Any], base: dict[str, Tolerance] | Non
         if unknown:
             raise InputError(f"unknown tolerance {sorted(unknown)} in [{precision}]; expected {sorted(names)}", source)
         for key, value in row.items():
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise InputError(f"[{precision}] {key} must be a number >= 0, got {value!r}", source)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < float("inf"):
+                raise InputError(f"[{precision}] {key} must be a finite number >= 0, got {value!r}", source)
         result[precision] = replace(result[precision], **{k: float(v) for k, v in row.items()})
     return result
 

@@ -153,9 +153,11 @@ def test_dataset_max_depth_rules(tmp_path):
     assert dataset_max_depth(tmp_path) == 20.0  # no meta.json: the default
     (tmp_path / "meta.json").write_text(json.dumps({"max_depth": 15.5}))
     assert dataset_max_depth(tmp_path) == 15.5
-    (tmp_path / "meta.json").write_text("{not json")
-    with pytest.raises(DataError, match="meta.json"):
-        dataset_max_depth(tmp_path)
+    for text, match in (("{not json", "meta.json"), ('{"max_depth": true}', "max_depth is true"),
+                        ('{"max_depth": NaN}', "positive max_depth")):
+        (tmp_path / "meta.json").write_text(text)
+        with pytest.raises(DataError, match=match):
+            dataset_max_depth(tmp_path)
 
 
 def _bad_rgb_without_depth(root):

@@ -126,7 +126,9 @@ def test_load_tolerances(tmp_path):
     assert table["int8"].ssim_abs == 0.02 and table["int8"].rmse_rel == 0.02
     assert table["fp32"] == DEFAULT_TOLERANCES["fp32"]
     for text, match in (("[int4]\nssim_abs = 1\n", "unknown precision"), ("[fp16]\nrmse = 1\n", "unknown tolerance"),
-                        ("[fp16]\nssim_abs = -1\n", ">= 0"), ("[fp16\n", "not a valid TOML")):
+                        ("[fp16]\nssim_abs = -1\n", ">= 0"), ("[fp16\n", "not a valid TOML"),
+                        ("[int8]\nssim_abs = nan\n", "finite number >= 0, got nan"),
+                        ("[int8]\nrmse_rel = inf\n", "finite number >= 0, got inf")):
         good.write_text(text)
         with pytest.raises(InputError, match=match):
             load_tolerances(good)

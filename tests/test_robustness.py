@@ -151,6 +151,8 @@ CASES = [
     ("eval-pickle-code-zip", "eval {bad:ckpt_pickle_code_zip} --data {data}", "evil-zip.pt"),
     ("eval-truncated-onnx", "eval {bad:onnx_truncated} --data {data}", "truncated.onnx"),
     ("eval-missing-data", "eval {ckpt} --data {bad:missing}", "does-not-exist.png"),
+    ("eval-unknown-device", "eval {ckpt} --data {data} --device tpu", "unknown --device 'tpu'"),
+    ("eval-nan-depth-scale", "eval {onnx} --data {data} --depth-scale nan", "--depth-scale must be a positive"),
     ("eval-decompression-bomb", "eval {ckpt} --data {bad:ds_bomb_png}", "000000.png"),
     ("eval-1x1-image", "eval {ckpt} --data {bad:ds_tiny_png}", "000000.png"),
     ("eval-text-as-png", "eval {ckpt} --data {bad:ds_text_png}", "000000.png"),

@@ -534,6 +534,10 @@ def test_ddp_two_cpu_ranks_split_data_and_rank0_writes_once(tmp_path, synth_data
     (["--object-weight", "nan"], "--object-weight must be in 0.001..1000"),
     (["--object-weight", "1e39"], "--object-weight must be in 0.001..1000"),
     (["--no-augment", "--color-jitter"], "--scale-crop and --color-jitter add to --augment"),
+    (["--weight-decay", "-1"], "--weight-decay must be >= 0, got -1.0"),
+    (["--max-depth", "nan"], "--max-depth must be a finite number, got nan"),
+    (["--depth-scale", "inf"], "--depth-scale must be a finite number, got inf"),
+    (["--workers", "-1"], "--workers must be >= 0, got -1"),
 ])
 def test_bad_train_input_is_one_line_exit_2(cli, tmp_path, synth_data, extra, match):
     res = cli("train", "--data", synth_data, "--out", tmp_path / "run", *TINY, "--epochs", "1", *extra)
@@ -553,6 +557,16 @@ def test_resume_rejects_conflicting_flags_and_foreign_checkpoints(cli, tmp_path,
     assert res.code == 2 and "more than this one-cycle run's schedule" in res.err, res.err
     assert len(res.err.strip().splitlines()) == 1 and str(last) in res.err
     assert (last.read_bytes(), (tiny_run[0] / "metrics.jsonl").read_bytes()) == before
+    # tiny_run has trained all of its 2 epochs
+    res = cli("train", "--data", synth_data, "--out", tiny_run[0], "--resume", last)
+    assert res.code == 2 and "already trained 2 of --epochs 2; nothing to resume" in res.err, res.err
+    # into another folder: it must be empty, as for a new run (from a copy that stopped after epoch 1)
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    torch.save({**state, "epoch": 1}, tmp_path / "half.pt")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    res = cli("train", "--data", synth_data, "--out", tmp_path / "full", "--resume", tmp_path / "half.pt")
+    assert res.code == 2 and "not empty" in res.err and sorted(os.listdir(tmp_path / "full")) == ["keep.txt"]
     # tiny_run crops: turning the crop off is refused though --no-scale-crop is the default
     res = cli("train", "--data", synth_data, "--out", tmp_path / "r", "--resume", last, "--no-scale-crop")
     assert res.code == 2 and "--scale-crop False conflicts with the resumed checkpoint's True" in res.err
@@ -570,6 +584,24 @@ def test_freeze_auto_follows_the_starting_weights():
     assert TrainConfig(pretrained=False).frozen_stages == 0       # from scratch: nothing frozen
     assert TrainConfig(pretrained=False, backbone_weights="w.pth").frozen_stages == 3
     assert TrainConfig(pretrained=False, freeze_stages=0, backbone_weights="w.pth").frozen_stages == 0
+
+
+def test_bad_data_found_mid_epoch_leaves_no_folder_and_spares_an_old_run(cli, tmp_path, synth_data, tiny_run):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    image = sorted((data / "train" / "rgb").iterdir())[5]
+    image.write_bytes(image.read_bytes()[:200])  # found only when the loader reads it
+    res = cli("train", "--data", data, "--out", tmp_path / "new", *TINY, "--epochs", "1")
+    assert res.code == 2 and image.name in res.err
+    assert not (tmp_path / "new").exists()
+    old = tmp_path / "old"
+    shutil.copytree(tiny_run[0], old)
+    before = {p.name: p.read_bytes() for p in old.iterdir()}
+    res = cli("train", "--data", data, "--out", old, "--force", *TINY, "--epochs", "1", "--lr-max", "1e-3")
+    assert res.code == 2 and image.name in res.err
+    assert {p.name: p.read_bytes() for p in old.iterdir()} == before  # config.json, metrics.jsonl untouched
 
 
 def test_merge_resume_keeps_the_checkpoint_config():

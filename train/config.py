@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -95,8 +96,14 @@ class TrainConfig:
             raise InputError(f"--image-size must be a multiple of 32, got {self.image_size}")
         if not 0 < self.lr_min <= self.lr_max:
             raise InputError(f"need 0 < --lr-min <= --lr-max, got {self.lr_min} and {self.lr_max}")
-        if self.workers < 0 or self.checkpoint_every < 0 or self.max_depth < 0:
-            raise InputError("--workers, --checkpoint-every and --max-depth must be >= 0")
+        for name in ("lr_min", "lr_max", "weight_decay", "max_depth", "depth_scale"):  # object_weight: its range
+            if not math.isfinite(getattr(self, name)):
+                raise InputError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
+        for name in ("workers", "checkpoint_every", "max_depth", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.depth_scale <= 0:
+            raise InputError(f"--depth-scale must be > 0, got {self.depth_scale}")
         if not self.augment and (self.scale_crop or self.color_jitter):
             raise InputError("--scale-crop and --color-jitter add to --augment; drop them or drop --no-augment")
         if not OBJECT_WEIGHT_RANGE[0] <= self.object_weight <= OBJECT_WEIGHT_RANGE[1]:  # NaN fails too

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from mde.errors import BackendError
+from mde.errors import BackendError, InputError
 
 
 @dataclass
@@ -31,6 +31,8 @@ class DistEnv:
 
 def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
     """"auto" -> CUDA when available, else CPU; "cuda" without a GPU is a `BackendError`."""
+    if choice not in ("auto", "cpu", "cuda"):
+        raise InputError(f"unknown --device {choice!r}; choose from auto, cpu, cuda")
     if choice == "cpu":
         return torch.device("cpu")
     if torch.cuda.is_available():

@@ -158,8 +158,13 @@ def train(cfg: TrainConfig, given: Collection[str] | None = None) -> dict[str, A
     """
     cfg, resume_state = resolve_config(cfg, given)
     env = setup(cfg.device)
+    out, fresh = Path(cfg.out), not Path(cfg.out).exists()
     try:
         return main(cfg, env, resume_state)
+    except BaseException:
+        if fresh and env.is_main and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # failed (bad data found mid-epoch, Ctrl-C) before writing anything: leave no folder
+        raise
     finally:
         cleanup(env)
 
@@ -170,8 +175,6 @@ def main(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dict[
     state = restore(job, resume)
     cfg, out = job.cfg, job.out
     if env.is_main:
-        write_json_atomic(out / "config.json", cfg.to_dict())
-        _write_records(out / "metrics.jsonl", state.records)
         info(f"training {job.args.backbone}/{job.args.decoder} {cfg.image_size}px on {env.device} "
              f"x{env.world_size}: {len(job.train_set)} train / {len(job.val_set)} val images, "
              f"max depth {cfg.max_depth:g} m")
@@ -216,9 +219,10 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
     train_set, val_set, data_range = open_splits(cfg, env)  # first: bad data leaves no output folder
     steps_per_epoch = len(train_set) // env.world_size // cfg.batch_size
     if resume is not None:
-        check_schedule_length(cfg, resume, steps_per_epoch)
-    if env.is_main:
-        prepare_output_dir(out, force=cfg.force or resume is not None)
+        check_resume(cfg, resume, steps_per_epoch)
+    if env.is_main:  # a resume writes over its own run folder; any other must be empty (or --force)
+        own_folder = resume is not None and out.resolve() == Path(cfg.resume).resolve().parent
+        prepare_output_dir(out, force=cfg.force or own_folder)
     cuda = env.device.type == "cuda"
     torch.manual_seed(cfg.seed + env.rank)
     if cuda:
@@ -256,11 +260,16 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
     )
 
 
-def check_schedule_length(cfg: TrainConfig, resume: dict[str, Any], steps_per_epoch: int) -> None:
-    """A one-cycle schedule's length is fixed when its run starts: a resume may stop earlier, not go on longer.
+def check_resume(cfg: TrainConfig, resume: dict[str, Any], steps_per_epoch: int) -> None:
+    """Refuse a resume with nothing left to train, or one that runs past a one-cycle schedule's end.
 
-    (Its learning rate anneals to the floor over the saved number of steps; CyclicLR has no end.)
+    A one-cycle schedule's length is fixed when its run starts (its learning rate anneals to the
+    floor over the saved number of steps): a resume may stop earlier, not go on longer. CyclicLR
+    has no end.
     """
+    if resume["epoch"] >= cfg.epochs:
+        raise InputError(f"this run has already trained {resume['epoch']} of --epochs {cfg.epochs}; nothing to "
+                         "resume (give more --epochs to train on)", cfg.resume)
     planned = resume["scheduler"].get("total_steps") if cfg.schedule == "onecycle" else None
     needed = steps_per_epoch * cfg.epochs
     if planned is not None and needed > planned:
@@ -294,6 +303,8 @@ def save_checkpoint(job: Job, state: TrainState, path: Path, training_state: boo
                        "optimizer": job.optimizer.state_dict(), "scheduler": job.scheduler.state_dict(),
                        "scaler": job.scaler.state_dict(), "rng": rng_state()}
     write_checkpoint(path, checkpoint)
+    if training_state:  # the run's config beside its first checkpoint: a run that fails before one leaves none
+        write_json_atomic(path.parent / "config.json", job.cfg.to_dict())
 
 
 def train_one_epoch(job: Job, state: TrainState, epoch: int, progress: Any) -> dict[str, Any]:
