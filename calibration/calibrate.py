@@ -60,10 +60,13 @@ def _check_config(cfg: CalibrationConfig) -> None:
         raise InputError(f"--target must be one of {', '.join(TARGETS)}, got {cfg.target!r}")
     if cfg.method not in METHODS:
         raise InputError(f"--method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
-    if cfg.num_images < 1 or cfg.holdout_images < 1:
-        raise InputError(f"--num-images and holdout images must be >= 1, got {cfg.num_images}, {cfg.holdout_images}")
-    if cfg.max_float_nodes < 0 or not 0.0 <= cfg.target_ssim_drop <= 1.0:
-        raise InputError("--max-float-nodes must be >= 0 and --target-ssim-drop in [0, 1]")
+    for name, value in (("--num-images", cfg.num_images), ("--holdout-images", cfg.holdout_images)):
+        if value < 1:
+            raise InputError(f"{name} must be >= 1, got {value}")
+    if cfg.max_float_nodes < 0:
+        raise InputError(f"--max-float-nodes must be >= 0, got {cfg.max_float_nodes}")
+    if not 0.0 <= cfg.target_ssim_drop <= 1.0:  # NaN fails too
+        raise InputError(f"--target-ssim-drop must be in [0, 1], got {cfg.target_ssim_drop}")
     if not 0.0 < cfg.percentile <= 100.0:
         raise InputError(f"percentile must be in (0, 100], got {cfg.percentile}")
     if Path(cfg.out).suffix != ".onnx":
@@ -97,8 +100,13 @@ def load_source(path: Path) -> tuple[Any, ModelMetadata]:
     return model, meta
 
 
-def select_images(names: list[str], cfg: CalibrationConfig, source: Path) -> tuple[list[int], list[int]]:
-    """Seeded draw: held-out indices first (min(holdout, N//4)), then up to `num_images` calibration indices."""
+def select_images(names: list[str], cfg: CalibrationConfig, source: Path,
+                  allow_few_option: str = "--allow-few") -> tuple[list[int], list[int]]:
+    """Seeded draw: held-out indices first (min(holdout, N//4)), then up to `num_images` calibration indices.
+
+    Args:
+        allow_few_option: the option that accepts fewer images, as the command being run names it.
+    """
     perm = np.random.default_rng(cfg.seed).permutation(len(names)).tolist()
     n_hold = min(cfg.holdout_images, len(names) // 4)
     if n_hold == 0:
@@ -107,8 +115,21 @@ def select_images(names: list[str], cfg: CalibrationConfig, source: Path) -> tup
     if len(calib) < MIN_IMAGES and not cfg.allow_few:
         raise DataError(
             f"{len(calib)} calibration images (train split: {len(names)}, {n_hold} held out); "
-            f"expected at least {MIN_IMAGES} (use --allow-few to accept fewer)", source)
+            f"expected at least {MIN_IMAGES} (use {allow_few_option} to accept fewer)", source)
     return holdout, calib
+
+
+def open_train_split(cfg: CalibrationConfig, allow_few_option: str = "--allow-few") -> tuple[Any, list[int], list[int]]:
+    """The train split of `cfg.data` and its held-out and calibration indices (`select_images`).
+
+    Raises:
+        DataError: no usable train split, or too few images in it.
+    """
+    from mde.data.readers import open_dataset
+
+    dataset = open_dataset(cfg.data, split="train")
+    holdout, calib = select_images(list(dataset.names), cfg, cfg.data, allow_few_option)
+    return dataset, holdout, calib
 
 
 @contextlib.contextmanager
@@ -130,14 +151,12 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
 
     from mde.calibration import fallback
     from mde.calibration import quantize as qz
-    from mde.data.readers import open_dataset
 
     started = time.perf_counter()
     cfg.model, cfg.data, cfg.out = Path(cfg.model), Path(cfg.data), Path(cfg.out)
     _check_config(cfg)
     source, meta = load_source(cfg.model)
-    dataset = open_dataset(cfg.data, split="train")
-    hold_idx, calib_idx = select_images(list(dataset.names), cfg, cfg.data)
+    dataset, hold_idx, calib_idx = open_train_split(cfg)
     size = tuple(meta.input_size)
     with tempfile.TemporaryDirectory(prefix="mde-calibrate-") as tmp, _progress(cfg.progress) as progress:
         pre_path = Path(tmp) / "pre.onnx"
@@ -193,7 +212,9 @@ def _ranges(cfg: CalibrationConfig, pre_path: Path, dataset: Any, calib_idx: lis
         "percentile": cfg.percentile if cfg.method == "percentile" else None,
         "onnxruntime": onnxruntime.__version__, "target": cfg.target,
     }
-    ranges = qz.load_ranges(cfg.ranges_path, key) if cfg.reuse_ranges else None
+    ranges = None
+    if cfg.reuse_ranges and cfg.ranges_path.exists():  # validating it costs a shape inference
+        ranges = qz.load_ranges(cfg.ranges_path, key, qz.calibrated_tensors(pre_path, cfg.op_types))
     if ranges is not None:
         info(f"reusing calibration ranges from {cfg.ranges_path}")
         return ranges, True

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mde.calibration.config import CalibrationConfig
 from mde.errors import InputError
 from mde.runtime.metadata import (  # noqa: F401 - the artifact names are re-exported for the export stage
     ARTIFACT_NAMES,
@@ -17,6 +18,9 @@ from mde.runtime.metadata import (  # noqa: F401 - the artifact names are re-exp
 )
 
 MIN_OPSET = 17
+# ONNX Runtime 1.31, which checks every export, officially loads opsets up to 26 and refuses newer ones;
+# an older onnx package lowers the bound (`max_opset`).
+MAX_OPSET = 26
 
 
 def _default_timing_cache() -> Path:
@@ -35,7 +39,7 @@ class ExportConfig:
         calib_data: dataset folder for INT8 calibration (needed by int8).
         calib_images: calibration images drawn from it.
         calib_allow_few: accept fewer than the calibration stage's minimum number of images.
-        opset: ONNX opset (>= 17).
+        opset: ONNX opset (MIN_OPSET to `max_opset()`).
         dynamic_size: make H and W dynamic (multiples of 32) besides the batch.
         force: overwrite existing artifacts.
         golden_images: golden inputs saved in golden.npz and used for the checks.
@@ -92,8 +96,21 @@ class Artifact:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
 
 
+def max_opset() -> int:
+    """The newest opset an export may target: MAX_OPSET, or less when the installed onnx stops earlier."""
+    import onnx
+
+    return min(MAX_OPSET, onnx.defs.onnx_opset_version())
+
+
+def calibration_config(cfg: ExportConfig, model: Path, out: Path) -> CalibrationConfig:
+    """The calibration stage's settings for `--precision int8`: FP32 `model` in, INT8 `out` written."""
+    return CalibrationConfig(model=model, data=Path(cfg.calib_data), out=out, num_images=cfg.calib_images,
+                             allow_few=cfg.calib_allow_few, force=True, progress=cfg.progress)
+
+
 def validate(cfg: ExportConfig) -> None:
-    """Reject bad settings before any work (exit 2)."""
+    """Reject bad settings, and calibration data int8 cannot use, before any work (exit 2)."""
     if not cfg.precisions:
         raise InputError("no --precision given; choose from " + ", ".join(PRECISIONS))
     for precision in cfg.precisions:
@@ -108,8 +125,14 @@ def validate(cfg: ExportConfig) -> None:
             raise InputError("--precision int8 needs calibration images: pass --calib-data DIR")
         if not Path(cfg.calib_data).is_dir():
             raise InputError("calibration data folder not found", cfg.calib_data)
-    if cfg.opset < MIN_OPSET:
-        raise InputError(f"--opset must be >= {MIN_OPSET}, got {cfg.opset}")
+        if cfg.calib_images < 1:
+            raise InputError(f"--calib-images must be >= 1, got {cfg.calib_images}")
+        from mde.calibration.calibrate import open_train_split
+
+        open_train_split(calibration_config(cfg, Path("model.onnx"), Path("model.int8.onnx")),
+                         allow_few_option="--calib-allow-few")
+    if not MIN_OPSET <= cfg.opset <= max_opset():
+        raise InputError(f"--opset must be in {MIN_OPSET}..{max_opset()}, got {cfg.opset}")
     if cfg.golden_images < 1:
         raise InputError(f"golden_images must be >= 1, got {cfg.golden_images}")
     if not 1 <= cfg.min_batch <= cfg.opt_batch <= cfg.max_batch:

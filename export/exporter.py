@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from mde.export.config import (  # noqa: F401 - ExportConfig and Artifact are th
     GOLDEN_NAME,
     Artifact,
     ExportConfig,
+    calibration_config,
     planned_names,
     validate,
 )
@@ -51,16 +52,22 @@ def _check_out(cfg: ExportConfig, checkpoint_sha: str) -> Path:
 
 @contextmanager
 def _staging(out: Path) -> Iterator[Path]:
-    """Create `out`, and a temporary folder inside it that is always removed."""
+    """Create `out` and a temporary folder in it (always removed); a failure removes an `out` it created."""
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=".mde-export-", dir=out))
     except OSError as err:
         raise InputError(f"output folder is not writable ({err.strerror or err})", out) from None
+    succeeded = False
     try:
         yield stage
+        succeeded = True
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        if created and not succeeded:
+            with suppress(OSError):
+                out.rmdir()  # only when empty
 
 
 class _Steps:
@@ -193,24 +200,14 @@ def export_fp16_onnx(ctx: _Context, dst: Path) -> Artifact:
 
 def export_int8_onnx(ctx: _Context, dst: Path) -> Artifact:
     """`model.int8.onnx`: delegates to the calibration stage, then the same checks."""
-    from mde.calibration.calibrate import CalibrationConfig, calibrate
+    from mde.calibration.calibrate import calibrate
     from mde.export.onnx_export import set_metadata
 
     started = time.perf_counter()
     fp32 = dst.with_name("int8-source.onnx")
     shutil.copyfile(ctx.base_onnx, fp32)
     set_metadata(fp32, ctx.metadata("fp32"))
-    calibrate(
-        CalibrationConfig(
-            model=fp32,
-            data=Path(ctx.cfg.calib_data),
-            out=dst,  # type: ignore[arg-type]
-            num_images=ctx.cfg.calib_images,
-            allow_few=ctx.cfg.calib_allow_few,
-            force=True,
-            progress=ctx.cfg.progress,
-        )
-    )
+    calibrate(calibration_config(ctx.cfg, fp32, dst))
     return _check(dst, "int8", ctx.image, ctx.reference, ctx.depth_range, started)
 
 

@@ -10,6 +10,9 @@ from typing import Any
 
 from mde.errors import InputError
 
+# Largest --image-size side: beyond any camera a robot carries, and 8192 x 8192 x 3 bytes is already 192 MiB an image.
+MAX_IMAGE_SIDE = 8192
+
 
 @dataclass
 class BenchConfig:
@@ -41,6 +44,7 @@ def latency_stats(times_s: list[float]) -> dict[str, float]:
 
 
 def parse_size(text: str, default: tuple[int, int]) -> tuple[int, int]:
+    """`--image-size`: "HxW" as (H, W), each in 8..MAX_IMAGE_SIDE, or `default` for "model"."""
     if text == "model":
         return default
     try:
@@ -49,6 +53,8 @@ def parse_size(text: str, default: tuple[int, int]) -> tuple[int, int]:
         raise InputError(f"--image-size must be 'model' or HxW like 480x640, got {text!r}") from None
     if h < 8 or w < 8:
         raise InputError(f"--image-size must be at least 8x8, got {text!r}")
+    if h > MAX_IMAGE_SIDE or w > MAX_IMAGE_SIDE:
+        raise InputError(f"--image-size must be at most {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}, got {text!r}")
     return h, w
 
 
@@ -122,6 +128,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     ):
         if value < low:
             raise InputError(f"{name} must be >= {low}, got {value}")
+    parse_size(cfg.image_size, (0, 0))  # a bad --image-size fails before any model loads
     results = [bench_artifact(Path(p), cfg) for p in cfg.artifacts]
     if cfg.torch_checkpoint is not None:  # PyTorch eager through the torch runner, same pipeline
         results.append(bench_artifact(Path(cfg.torch_checkpoint), replace(cfg, backend="torch")))

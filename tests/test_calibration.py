@@ -103,6 +103,66 @@ def test_ranges_saved_and_reused_without_recalibrating(tiny_int8, tiny_export, s
         calibrate(cfg)
 
 
+def _damage(doc: dict, damage: str) -> str:
+    """The text of the ranges file `doc` with one kind of `damage`."""
+    first = sorted(doc["ranges"])[0]
+    if damage == "nan":
+        doc["ranges"][first] = [float("nan"), 1.0]
+    elif damage == "inverted":
+        doc["ranges"][first] = [5.0, -5.0]
+    elif damage == "missing":
+        del doc["ranges"][first]
+    elif damage == "string":
+        doc["ranges"][first] = "x"
+    elif damage == "list":
+        doc["ranges"] = []
+    elif damage == "truncated":
+        return json.dumps(doc)[:100]
+    return json.dumps(doc)
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("nan", "has [NaN, 1.0], expected two finite numbers low <= high"),
+    ("inverted", "has [5.0, -5.0], expected two finite numbers low <= high"),
+    ("missing", "no range for "),
+    ("string", 'has "x", expected two finite numbers'),
+    ("list", "expected an object of ranges, found list"),
+    ("truncated", "unreadable: JSONDecodeError"),
+])
+def test_damaged_ranges_file_is_ignored_with_a_warning(damage, match, tmp_path, caplog):
+    """The ranges file is a cache: a damaged one for the right key is reported in one line and not used."""
+    from mde.calibration.quantize import load_ranges, save_ranges
+
+    path, key = tmp_path / "q.ranges.json", {"model_sha256": "abc"}
+    good = {"conv_out": (-1.0, 2.0), "add_out": (0.0, 0.0)}
+    save_ranges(path, key, good)
+    assert load_ranges(path, key, set(good)) == good
+    path.write_text(_damage(json.loads(path.read_text()), damage))
+    with caplog.at_level("WARNING", logger="mde"):
+        assert load_ranges(path, key, set(good)) is None
+    assert len(caplog.records) == 1
+    line = caplog.records[0].getMessage()
+    assert line.startswith(f"{path}: ignoring the saved ranges") and match in line and "\n" not in line
+    assert load_ranges(tmp_path / "absent.ranges.json", key, set(good)) is None  # no file: silently calibrate
+
+
+@pytest.mark.parametrize("damage", ["nan", "missing"])
+def test_calibrate_recomputes_damaged_ranges(damage, cli, tiny_int8, tiny_export, synth_data, tmp_path):
+    """A damaged OUT.ranges.json whose key matches: a one-line warning, fresh ranges, a valid model (exit 0)."""
+    out = tmp_path / "q.onnx"
+    ranges = out.with_suffix(".ranges.json")
+    saved = tiny_int8[0].with_suffix(".ranges.json").read_text()
+    ranges.write_text(_damage(json.loads(saved), damage))
+    result = cli("calibrate", tiny_export / "model.onnx", "--data", synth_data, "--out", out, "--num-images", 12,
+                 "--holdout-images", 6, "--allow-few", "--max-float-nodes", 0, "--json")
+    assert result.code == 0, result.err
+    warnings = [line for line in result.err.splitlines() if "ignoring the saved ranges" in line]
+    assert len(warnings) == 1 and str(ranges) in warnings[0], result.err
+    assert json.loads(result.out)["ranges_reused"] is False
+    assert set(json.loads(ranges.read_text())["ranges"]) == set(json.loads(saved)["ranges"])  # rewritten whole
+    assert out.is_file()
+
+
 def test_fallback_keeps_sensitive_nodes_float(cli, tiny_export, synth_data, tmp_path):
     out = tmp_path / "fallback.int8.onnx"
     result = cli("calibrate", tiny_export / "model.onnx", "--data", synth_data, "--out", out,
@@ -135,6 +195,8 @@ def _no_metadata(src, dst):
     ("fp16", "expected an FP32 model"),
     ("few_images", "at least 32"),
     ("bad_method", "--method must be one of"),
+    ("nan_ssim_drop", "--target-ssim-drop must be in [0, 1], got nan"),
+    ("zero_holdout", "--holdout-images must be >= 1, got 0"),
 ])
 def test_bad_inputs_exit_2(cli, case, match, tiny_export, tiny_int8, synth_data, tmp_path):
     model, extra = tiny_export / "model.onnx", []
@@ -152,11 +214,16 @@ def test_bad_inputs_exit_2(cli, case, match, tiny_export, tiny_int8, synth_data,
         extra = ["--num-images", "8"]
     elif case == "bad_method":
         extra = ["--method", "kl"]
+    elif case == "nan_ssim_drop":
+        extra = ["--target-ssim-drop", "nan"]
+    elif case == "zero_holdout":
+        extra = ["--holdout-images", "0"]
     out = tmp_path / "out.int8.onnx"
     result = cli("calibrate", model, "--data", synth_data, "--out", out, *extra)
     assert result.code == 2
     assert match in result.err and result.err.startswith("mde: error:")
     assert len(result.err.strip().splitlines()) == 1
+    assert "--max-float-nodes" not in result.err  # only the bad option is named
     assert not out.exists()
 
 

@@ -164,7 +164,7 @@ def test_dynamic_size_and_force(tmp_path, tiny_checkpoint):
 
 
 def test_failed_check_leaves_nothing(tmp_path, tiny_checkpoint, monkeypatch, cli):
-    """An out-of-tolerance artifact: exit 1, and no artifact or temp file is left."""
+    """An out-of-tolerance artifact: exit 1, and no artifact, temp file or empty output folder is left."""
     from mde.runtime.parity import Tolerance
 
     monkeypatch.setitem(DEFAULT_TOLERANCES, "fp32", Tolerance(p99_over_range=0.0))
@@ -172,7 +172,7 @@ def test_failed_check_leaves_nothing(tmp_path, tiny_checkpoint, monkeypatch, cli
     result = cli("export", tiny_checkpoint, "--out", out, "--precision", "fp32")
     assert result.code == 1, result.err
     assert "differs from PyTorch" in result.err and "Traceback" not in result.err
-    assert _files(out) == []
+    assert not out.exists()  # not even the folder it created
 
 
 def test_refuses_existing_artifact(tmp_path, tiny_checkpoint, cli):
@@ -239,6 +239,22 @@ BAD = [
     ),
     ("repeated-precision", ["{ckpt}", "--out", "{out}", "-p", "fp16", "-p", "fp16"], "repeated"),
     ("old-opset", ["{ckpt}", "--out", "{out}", "--opset", "13"], "opset"),
+    ("unknown-opset", ["{ckpt}", "--out", "{out}", "--opset", "99"], "--opset must be in 17.."),
+    (
+        "int8-no-calib-images",
+        ["{ckpt}", "--out", "{out}", "-p", "int8", "--calib-data", "{data}", "--calib-images", "0"],
+        "--calib-images must be >= 1, got 0",
+    ),
+    (
+        "int8-calib-no-train-split",
+        ["{ckpt}", "--out", "{out}", "-p", "int8", "--calib-data", "{notrain}"],
+        "notrain/train: expected a folder with rgb/ and depth/ for split 'train'",
+    ),
+    (
+        "int8-too-few-calib-images",
+        ["{ckpt}", "--out", "{out}", "-p", "int8", "--calib-data", "{data}"],
+        "(use --calib-allow-few to accept fewer)",
+    ),
     ("out-is-file", ["{ckpt}", "--out", "{file}"], "notes.txt"),
     (
         "bad-profile",
@@ -249,14 +265,17 @@ BAD = [
 
 
 @pytest.mark.parametrize("case,argv,names", BAD, ids=[b[0] for b in BAD])
-def test_bad_input_exit_2(case, argv, names, tmp_path, tiny_checkpoint, corrupt_checkpoint, cli):
+def test_bad_input_exit_2(case, argv, names, tmp_path, tiny_checkpoint, corrupt_checkpoint, synth_data, cli):
     (tmp_path / "notes.txt").write_text("a file")
+    (tmp_path / "notrain" / "val").mkdir(parents=True)
     values = {
         "missing": tmp_path / "missing.pt",
         "corrupt": corrupt_checkpoint,
         "ckpt": tiny_checkpoint,
         "out": tmp_path / "out",
         "file": tmp_path / "notes.txt",
+        "data": synth_data,
+        "notrain": tmp_path / "notrain",
     }
     result = cli("export", *[a.format(**values) for a in argv])
     assert result.code == 2, result.err
@@ -264,6 +283,13 @@ def test_bad_input_exit_2(case, argv, names, tmp_path, tiny_checkpoint, corrupt_
     assert len(errors) == 1 and names in errors[0], result.err
     assert "Traceback" not in result.err
     assert not (tmp_path / "out").exists()
+
+
+def test_opset_bounds_are_accepted(tiny_checkpoint, tmp_path):
+    from mde.export.config import MIN_OPSET, ExportConfig, max_opset, validate
+
+    for opset in (MIN_OPSET, max_opset()):
+        validate(ExportConfig(checkpoint=tiny_checkpoint, out=tmp_path / "out", opset=opset))
 
 
 def test_read_only_output_folder(tmp_path, tiny_checkpoint, cli, monkeypatch):

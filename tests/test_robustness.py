@@ -194,6 +194,8 @@ CASES = [
     # bench / info
     ("bench-missing", "bench {bad:missing} --iterations 2", "does-not-exist.png"),
     ("bench-unknown-backend", "bench {onnx} --backend tflite --iterations 2", "tflite"),
+    ("bench-absurd-size", "bench {onnx} --image-size 100000x100000 --iterations 2", "at most 8192x8192"),
+    ("bench-size-one-over", "bench {onnx} --image-size 8193x64 --iterations 2", "at most 8192x8192"),
     ("info-missing", "info {bad:missing}", "does-not-exist.png"),
     ("info-truncated-onnx", "info {bad:onnx_truncated}", "truncated.onnx"),
     ("info-text-onnx", "info {bad:onnx_text}", "text.onnx"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mde.export.config import ExportConfig
+from mde.export.config import MAX_OPSET, MIN_OPSET, ExportConfig
 
 _D = ExportConfig(checkpoint=Path("CKPT"), out=Path("DIR"))  # the defaults, for --help
 
@@ -43,7 +43,7 @@ def export(
         "--calib-allow-few",
         help="Accept fewer calibration images than the calibration stage's minimum.",
     ),
-    opset: int = typer.Option(_D.opset, "--opset", help="ONNX opset (>= 17)."),
+    opset: int = typer.Option(_D.opset, "--opset", help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET}."),
     dynamic_size: bool = typer.Option(
         _D.dynamic_size,
         "--dynamic-size",
