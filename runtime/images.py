@@ -125,9 +125,10 @@ def read_depth(path: str | Path, png_scale: float = 1000.0) -> np.ndarray:
         depth = depth.astype(np.float32)
     else:
         img = _open_checked(path)
-        if img.mode not in ("I;16", "I;16B", "I;16L", "I", "L"):
+        if img.mode not in ("I;16", "I;16B", "I;16L", "I"):  # 8-bit "L" would cap depth at 0.255 m
             img.close()
-            raise DataError(f"expected a 16-bit single-channel depth PNG, got mode {img.mode}", path)
+            raise DataError(f"expected a 16-bit single-channel depth PNG, got mode {img.mode}"
+                            f"{' (8-bit: a picture of depth, not depth?)' if img.mode == 'L' else ''}", path)
         depth = _decode(img, path).astype(np.float32) / np.float32(png_scale)
     depth = np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float32)
     return depth

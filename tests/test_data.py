@@ -208,6 +208,14 @@ def _bad_mask_mode(root):
     return lambda: FolderDataset(root, "val")[0], "mask/a.png.*8-bit single-channel"
 
 
+def _bad_depth_8bit(root):  # a depth picture saved as 8-bit grey: values up to 0.255 m
+    _write_pair(root, "val", "a", _depth())
+    for old in (root / "val" / "depth").iterdir():
+        old.unlink()
+    Image.fromarray(np.full((12, 16), 200, np.uint8)).save(root / "val" / "depth" / "a.png")
+    return lambda: FolderDataset(root, "val")[0], "depth/a.png.*16-bit single-channel depth PNG, got mode L"
+
+
 def _bad_mask_value(root):  # object instance ids, say
     _write_pair(root, "val", "a", _depth())
     mask = np.zeros((12, 16), np.uint8)
@@ -264,6 +272,7 @@ def _bad_missing_path(root):
     "make",
     [_bad_rgb_without_depth, _bad_depth_without_rgb, _bad_empty_split, _bad_missing_split,
      _bad_truncated_image, _bad_size_mismatch, _bad_mask_size, _bad_mask_mode, _bad_mask_value,
+     _bad_depth_8bit,
      _bad_no_valid_pixel,
      _bad_duplicate_stem,
      _bad_nyu_not_hdf5, _bad_nyu_missing_key, _bad_nyu_shapes, _bad_nyu_no_valid_pixel,
@@ -279,7 +288,7 @@ def test_bad_inputs_raise_data_error_naming_the_file(tmp_path, make):
 @pytest.mark.parametrize(
     ("call", "match"),
     [(lambda p: open_dataset(p, fmt="coco"), "unknown dataset format 'coco'"),
-     (lambda p: FolderDataset(p, "val", depth_scale=0), "positive depth scale")],
+     (lambda p: FolderDataset(p, "val", depth_scale=0), "--depth-scale must be a positive number")],
 )
 def test_bad_options_raise_input_error(tmp_path, call, match):
     _write_pair(tmp_path, "val", "a", _depth())
