@@ -137,7 +137,8 @@ def _render_splits(tmp: Path, counts: dict[str, int], size: int, seed: int, prog
     """Render every image of every split into `tmp`; returns {split: {name: camera}}, sorted by name."""
     for split in SPLITS:
         for sub in ("rgb", "depth", "mask"):
-            (tmp / split / sub).mkdir(parents=True)
+            if counts[split]:  # no empty split folder: readers take one for a split with no images
+                (tmp / split / sub).mkdir(parents=True)
     jobs = [(str(tmp), s, i, size, seed) for s in SPLITS for i in range(counts[s])]
     workers = _default_workers(len(jobs)) if workers is None else max(1, workers)
     cameras: dict[str, dict] = {s: {} for s in SPLITS}
@@ -158,7 +159,8 @@ def _publish(tmp: Path, out: Path, meta: dict) -> None:
     for split in SPLITS:
         if (out / split).exists():
             shutil.rmtree(out / split)
-        os.replace(tmp / split, out / split)
+        if (tmp / split).exists():
+            os.replace(tmp / split, out / split)
     write_json_atomic(out / "meta.json", meta)
 
 

@@ -12,6 +12,7 @@ from mde.errors import InputError
 
 # Largest --image-size side: beyond any camera a robot carries, and 8192 x 8192 x 3 bytes is already 192 MiB an image.
 MAX_IMAGE_SIDE = 8192
+MAX_BATCH_BYTES = 4 << 30  # one benchmark batch's float32 input: more is a typo, not a robot's workload
 
 
 @dataclass
@@ -100,6 +101,10 @@ def bench_artifact(path: Path, cfg: BenchConfig) -> dict[str, Any]:
     with DepthEstimator.open(path, backend=cfg.backend, threads=cfg.threads, providers=cfg.providers) as est:
         size = tuple(est.metadata.input_size)
         h, w = parse_size(cfg.image_size, size)
+        batch_bytes = cfg.batch * 3 * max(h * w, size[0] * size[1]) * 4  # the network's float32 input at least
+        if batch_bytes > MAX_BATCH_BYTES:
+            raise InputError(f"--batch {cfg.batch} of {h}x{w} images needs {batch_bytes / 2**30:.1f} GiB of input "
+                             f"alone; at most {MAX_BATCH_BYTES // 2**30} GiB")
         rng = np.random.default_rng(cfg.seed)
         images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(cfg.batch)]
         limit = est.runner.max_batch()

@@ -165,6 +165,7 @@ CASES = [
     ("export-unknown-precision", "export {ckpt} --out {out} --precision fp8", "fp8"),
     ("export-int8-no-calib", "export {ckpt} --out {out} --precision int8", "calib"),
     ("export-out-is-file", "export {ckpt} --out {bad:text_png}", "notes.png"),
+    ("export-onnx-as-ckpt", "export {onnx} --out {out}", "expected a PyTorch checkpoint (.pt)"),
     # calibrate
     ("calibrate-not-onnx", "calibrate {bad:onnx_text} --data {data} --out {out}.onnx", "text.onnx"),
     ("calibrate-no-meta", "calibrate {bad:onnx_no_meta} --data {data} --out {out}.onnx", "no-meta.onnx"),
@@ -196,6 +197,7 @@ CASES = [
     ("bench-unknown-backend", "bench {onnx} --backend tflite --iterations 2", "tflite"),
     ("bench-absurd-size", "bench {onnx} --image-size 100000x100000 --iterations 2", "at most 8192x8192"),
     ("bench-size-one-over", "bench {onnx} --image-size 8193x64 --iterations 2", "at most 8192x8192"),
+    ("bench-huge-batch", "bench {onnx} --batch 10000000 --iterations 2", "--batch 10000000 of 64x64 images"),
     ("info-missing", "info {bad:missing}", "does-not-exist.png"),
     ("info-truncated-onnx", "info {bad:onnx_truncated}", "truncated.onnx"),
     ("info-text-onnx", "info {bad:onnx_text}", "text.onnx"),

@@ -157,6 +157,15 @@ def test_val_images_do_not_depend_on_train_count(tmp_path):
     assert _tree(tmp_path / "a" / "val") == _tree(tmp_path / "b" / "val")
 
 
+def test_a_split_of_no_images_gets_no_folder(tmp_path):
+    """`--train 0`: a val-only set that `mde eval` reads, not an empty train/ that readers refuse."""
+    from mde.data.readers import open_dataset
+
+    synthesize(tmp_path / "d", train=0, val=2, size=32, seed=0, progress=False)
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["meta.json", "val"]
+    assert len(open_dataset(tmp_path / "d", split="val")) == 2
+
+
 def test_refuses_non_empty_output_unless_force(tmp_path):
     out = tmp_path / "d"
     synthesize(out, train=3, val=1, size=32, seed=0, progress=False)

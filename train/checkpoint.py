@@ -17,6 +17,7 @@ from mde.io import atomic_path, require_file
 from mde.train.model import BACKBONES, DECODERS, DepthNet, ModelArgs, build_model
 
 FORMAT = "mde.checkpoint/1"
+ARTIFACT_SUFFIXES = (".onnx", ".engine", ".plan")  # what `mde export` writes: not loadable as a checkpoint
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -58,6 +59,8 @@ def save_untrained(path: str | Path, args: ModelArgs, images: np.ndarray | None 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint with `weights_only=True` (no pickled code runs); raise `ModelError` if unusable."""
     path = require_file(path, "checkpoint")
+    if path.suffix.lower() in ARTIFACT_SUFFIXES:
+        raise ModelError(f"this is an exported model ({path.suffix}); expected a PyTorch checkpoint (.pt)", path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
