@@ -82,7 +82,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = app(args=args, prog_name="mde", standalone_mode=False)  # an exit code when a command exits early
     except CommandLineError as err:  # unknown option, bad value, missing argument: one line too
-        if type(err).__name__ != "NoArgsIsHelpError":  # bare `mde`: the help is printed already
+        if type(err).__name__ == "NoArgsIsHelpError":  # bare `mde`: rich has printed the help, plain text has not
+            if err.format_message().strip():
+                print(err.format_message())
+        else:
             print(f"mde: error: {_command_line_message(err)}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
     except typer.Abort:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,7 +119,8 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
                 failed += 1
                 err_console.print(f"mde: skipped {path}: {str(err).removeprefix(f'{path}: ')}", markup=False)
     if made_out and failed == len(paths):
-        out.rmdir()  # nothing written: leave no empty folder behind
+        with contextlib.suppress(OSError):
+            out.rmdir()  # nothing written: leave no empty folder behind
     return {"images": len(paths), "written": len(paths) - failed, "failed": failed}
 
 

@@ -261,9 +261,23 @@ def test_usage_errors_are_one_line_exit_2(argv, says, cli):
     assert len(result.err.strip().splitlines()) == 1 and not result.out
 
 
-def test_bare_mde_prints_its_help(cli):
+@pytest.mark.parametrize("rich", ["1", "0"])
+def test_bare_mde_prints_its_help(rich, cli, monkeypatch):
+    monkeypatch.setenv("TYPER_USE_RICH", rich)
     result = cli()
     assert result.code == 2 and "Usage" in result.out and "train" in result.out and not result.err
+
+
+def test_help_and_version_exit_0_and_ctrl_c_exits_130(cli, monkeypatch):
+    assert cli("--version").code == 0 and cli("train", "--help").code == 0
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("mde.runtime.predict.run_predict", interrupted)
+    monkeypatch.setattr("mde.commands.predict.run_predict", interrupted)
+    result = cli("predict", "m.onnx", "x.png")
+    assert result.code == 130 and result.err.strip() == "mde: interrupted"
 
 
 def test_verbose_shows_traceback(cli, tmp_path):

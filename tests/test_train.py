@@ -628,6 +628,9 @@ def test_merge_resume_counts_given_options_even_at_their_default():
     assert merge_resume(cli, saved).epochs == 2
     assert merge_resume(cli, saved, given={"epochs"}).epochs == 20
     assert merge_resume(cli, saved, given={"decoder"}) == merge_resume(cli, saved)  # given, and the same as saved
+    # "auto" typed again (the original command plus --resume): the checkpoint holds what it resolved to
+    resolved = TrainConfig(data="d", out="o", pretrained=False, max_depth=20.0, freeze_stages=0)
+    assert merge_resume(cli, resolved, given={"max_depth", "freeze_stages"}).max_depth == 20.0
 
 
 def test_training_without_matplotlib_skips_the_figures(tmp_path, synth_data, monkeypatch, caplog):

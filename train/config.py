@@ -23,6 +23,9 @@ OBJECT_WEIGHT_RANGE = (1e-3, 1e3)  # float32 weights: far outside it they round 
 # Options a resumed run may change; everything else comes from the checkpoint's config.
 # What a config written before an option existed meant (an absent key is not today's default).
 LEGACY_DEFAULTS = {"decoder": "report", "schedule": "cyclic", "scale_crop": True, "color_jitter": True}
+# Values that mean "work it out" (the dataset's maximum depth; 3 or 0 frozen stages): a saved
+# config holds what they resolved to, so giving them again on --resume is no conflict.
+AUTO_VALUES = {"max_depth": 0.0, "freeze_stages": -1}
 RESUME_OVERRIDES = ("data", "out", "resume", "epochs", "device", "workers", "log_interval",
                     "val_every", "checkpoint_every", "force", "compile")
 
@@ -148,23 +151,24 @@ class TrainConfig:
         return cls(**merged)
 
 
-def merge_resume(cli: TrainConfig, saved: TrainConfig, given: Collection[str] | None = None) -> TrainConfig:
+def merge_resume(cli: TrainConfig, saved: TrainConfig, given: Collection[str] = ()) -> TrainConfig:
     """The config of a resumed run: the checkpoint's, with the few options a resume may change.
 
-    `given` names the options the user set (the CLI knows, even for a value equal to the
-    default); without it, an option counts as set when it differs from the default. A set
-    option that contradicts the checkpoint is an error rather than silently ignored.
+    An option counts as set when it differs from its default or is named in `given` (the CLI
+    passes what was typed, even a default value). A set option that contradicts the checkpoint
+    is an error rather than silently ignored, except at its "auto" value (`AUTO_VALUES`): the
+    checkpoint holds what auto resolved to.
     """
     default = TrainConfig()
 
     def is_set(name: str) -> bool:
-        return name in given if given is not None else getattr(cli, name) != getattr(default, name)
+        return name in given or getattr(cli, name) != getattr(default, name)
 
     for f in fields(TrainConfig):
         if f.name in RESUME_OVERRIDES:
             continue
         mine, theirs = getattr(cli, f.name), getattr(saved, f.name)
-        if is_set(f.name) and mine != theirs:
+        if is_set(f.name) and mine != theirs and mine != AUTO_VALUES.get(f.name):
             raise InputError(f"--{f.name.replace('_', '-')} {mine!r} conflicts with the resumed "
                              f"checkpoint's {theirs!r}; drop it when using --resume")
     # an override applies when the user set it: a plain `--resume RUN/last.pt` continues the

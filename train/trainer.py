@@ -9,6 +9,7 @@ RNG states, so `--resume RUN/last.pt` continues exactly, even from the middle of
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -96,8 +97,7 @@ def open_splits(cfg: TrainConfig, env: DistEnv):
     return train_set, val_set, float(dataset_max_depth(cfg.data))
 
 
-def resolve_config(cfg: TrainConfig, given: Collection[str] | None = None
-                   ) -> tuple[TrainConfig, dict[str, Any] | None]:
+def resolve_config(cfg: TrainConfig, given: Collection[str] = ()) -> tuple[TrainConfig, dict[str, Any] | None]:
     """The effective config (the checkpoint's when resuming) and the resume checkpoint, if any.
 
     `given`: the options the user set, for `merge_resume`.
@@ -150,7 +150,7 @@ class TrainState:
     records: list[dict[str, Any]] = field(default_factory=list)
 
 
-def train(cfg: TrainConfig, given: Collection[str] | None = None) -> dict[str, Any]:
+def train(cfg: TrainConfig, given: Collection[str] = ()) -> dict[str, Any]:
     """Train one model; return {"best": val metrics of best.pt, "final": last epoch's, ...}.
 
     `given` names the options the user set (`mde train` passes them): on `--resume`, a given
@@ -163,7 +163,8 @@ def train(cfg: TrainConfig, given: Collection[str] | None = None) -> dict[str, A
         return main(cfg, env, resume_state)
     except BaseException:
         if fresh and env.is_main and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # failed (bad data found mid-epoch, Ctrl-C) before writing anything: leave no folder
+            with contextlib.suppress(OSError):  # never hide the error itself
+                out.rmdir()  # failed (bad data found mid-epoch, Ctrl-C) before writing anything: leave no folder
         raise
     finally:
         cleanup(env)
@@ -268,8 +269,10 @@ def check_resume(cfg: TrainConfig, resume: dict[str, Any], steps_per_epoch: int)
     has no end.
     """
     if resume["epoch"] >= cfg.epochs:
+        more = ("a finished one-cycle run cannot go on: start a new run" if cfg.schedule == "onecycle"
+                else "give more --epochs to train on")
         raise InputError(f"this run has already trained {resume['epoch']} of --epochs {cfg.epochs}; nothing to "
-                         "resume (give more --epochs to train on)", cfg.resume)
+                         f"resume ({more})", cfg.resume)
     planned = resume["scheduler"].get("total_steps") if cfg.schedule == "onecycle" else None
     needed = steps_per_epoch * cfg.epochs
     if planned is not None and needed > planned:
