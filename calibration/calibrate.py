@@ -15,6 +15,7 @@ import numpy as np
 
 from mde.calibration.config import METHODS, MIN_IMAGES, TARGETS, CalibrationConfig
 from mde.calibration.inspect import integer_kernel_share
+from mde.calibration.ranges import load_ranges, save_ranges
 from mde.calibration.subpixel import rewritable, rewrite_conv_transpose
 from mde.console import info, make_progress
 from mde.errors import DataError, InputError, ModelError
@@ -214,7 +215,7 @@ def _ranges(cfg: CalibrationConfig, pre_path: Path, dataset: Any, calib_idx: lis
     }
     ranges = None
     if cfg.reuse_ranges and cfg.ranges_path.exists():  # validating it costs a shape inference
-        ranges = qz.load_ranges(cfg.ranges_path, key, qz.calibrated_tensors(pre_path, cfg.op_types))
+        ranges = load_ranges(cfg.ranges_path, key, qz.calibrated_tensors(pre_path, cfg.op_types))
     if ranges is not None:
         info(f"reusing calibration ranges from {cfg.ranges_path}")
         return ranges, True
@@ -224,7 +225,7 @@ def _ranges(cfg: CalibrationConfig, pre_path: Path, dataset: Any, calib_idx: lis
         pre_path, batches, cfg.method, cfg.op_types, cfg.percentile,
         on_batch=(lambda: progress.advance(task)) if progress else None,
         symmetric=cfg.spec.activation_type == "int8")
-    qz.save_ranges(cfg.ranges_path, key, ranges)
+    save_ranges(cfg.ranges_path, key, ranges)
     return ranges, False
 
 

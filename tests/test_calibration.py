@@ -131,7 +131,7 @@ def _damage(doc: dict, damage: str) -> str:
 ])
 def test_damaged_ranges_file_is_ignored_with_a_warning(damage, match, tmp_path, caplog):
     """The ranges file is a cache: a damaged one for the right key is reported in one line and not used."""
-    from mde.calibration.quantize import load_ranges, save_ranges
+    from mde.calibration.ranges import load_ranges, save_ranges
 
     path, key = tmp_path / "q.ranges.json", {"model_sha256": "abc"}
     good = {"conv_out": (-1.0, 2.0), "add_out": (0.0, 0.0)}

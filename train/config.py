@@ -1,4 +1,4 @@
-"""`TrainConfig`: every training option with its real default (torch-free, so `mde --help` stays fast)."""
+"""`TrainConfig`: every training option with its default, and the rules of a resume (torch-free: fast `--help`)."""
 
 from __future__ import annotations
 
@@ -175,3 +175,23 @@ def merge_resume(cli: TrainConfig, saved: TrainConfig, given: Collection[str] = 
     # saved run to its own number of epochs
     changed = {k: getattr(cli, k) for k in RESUME_OVERRIDES if k in ("data", "out", "resume") or is_set(k)}
     return TrainConfig.from_dict({**saved.to_dict(), **changed})
+
+
+def check_resume(cfg: TrainConfig, resume: dict[str, Any], steps_per_epoch: int) -> None:
+    """Refuse a resume with nothing left to train, or one that runs past a one-cycle schedule's end.
+
+    A one-cycle schedule's length is fixed when its run starts (its learning rate anneals to the
+    floor over the saved number of steps): a resume may stop earlier, not go on longer. CyclicLR
+    has no end.
+    """
+    if resume["epoch"] >= cfg.epochs:
+        more = ("a finished one-cycle run cannot go on: start a new run" if cfg.schedule == "onecycle"
+                else "give more --epochs to train on")
+        raise InputError(f"this run has already trained {resume['epoch']} of --epochs {cfg.epochs}; nothing to "
+                         f"resume ({more})", cfg.resume)
+    planned = resume["scheduler"].get("total_steps") if cfg.schedule == "onecycle" else None
+    needed = steps_per_epoch * cfg.epochs
+    if planned is not None and needed > planned:
+        raise InputError(f"--epochs {cfg.epochs} needs {needed} steps ({steps_per_epoch} per epoch), more than "
+                         f"this one-cycle run's schedule of {planned}; resume it to at most its own length, "
+                         "or start a new run", cfg.resume)

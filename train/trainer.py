@@ -29,7 +29,7 @@ from mde.io import prepare_output_dir, write_bytes_atomic, write_json_atomic
 from mde.runtime.evaluate import average
 from mde.train.checkpoint import load_checkpoint, model_from_checkpoint
 from mde.train.checkpoint import save_checkpoint as write_checkpoint
-from mde.train.config import TrainConfig, merge_resume
+from mde.train.config import TrainConfig, check_resume, merge_resume
 from mde.train.distributed import DistEnv, all_reduce_sum, barrier, cleanup, setup
 from mde.train.evaluate import model_metric_sums
 from mde.train.loader import DepthPairs, batches, epoch_indices, epoch_loader
@@ -259,26 +259,6 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
                          color_jitter=cfg.color_jitter, object_weight=cfg.object_weight),
         data_range=data_range,
     )
-
-
-def check_resume(cfg: TrainConfig, resume: dict[str, Any], steps_per_epoch: int) -> None:
-    """Refuse a resume with nothing left to train, or one that runs past a one-cycle schedule's end.
-
-    A one-cycle schedule's length is fixed when its run starts (its learning rate anneals to the
-    floor over the saved number of steps): a resume may stop earlier, not go on longer. CyclicLR
-    has no end.
-    """
-    if resume["epoch"] >= cfg.epochs:
-        more = ("a finished one-cycle run cannot go on: start a new run" if cfg.schedule == "onecycle"
-                else "give more --epochs to train on")
-        raise InputError(f"this run has already trained {resume['epoch']} of --epochs {cfg.epochs}; nothing to "
-                         f"resume ({more})", cfg.resume)
-    planned = resume["scheduler"].get("total_steps") if cfg.schedule == "onecycle" else None
-    needed = steps_per_epoch * cfg.epochs
-    if planned is not None and needed > planned:
-        raise InputError(f"--epochs {cfg.epochs} needs {needed} steps ({steps_per_epoch} per epoch), more than "
-                         f"this one-cycle run's schedule of {planned}; resume it to at most its own length, "
-                         "or start a new run", cfg.resume)
 
 
 def restore(job: Job, resume: dict[str, Any] | None) -> TrainState:
