@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from mde.export.config import (  # noqa: F401 - ExportConfig and Artifact are th
     validate,
 )
 from mde.export.golden import golden_checkpoint, golden_inputs, write_golden
+from mde.io import no_empty_new_folder
 
 
 def _check_out(cfg: ExportConfig, checkpoint_sha: str) -> Path:
@@ -52,22 +53,17 @@ def _check_out(cfg: ExportConfig, checkpoint_sha: str) -> Path:
 
 @contextmanager
 def _staging(out: Path) -> Iterator[Path]:
-    """Create `out` and a temporary folder in it (always removed); a failure removes an `out` it created."""
-    created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=".mde-export-", dir=out))
-    except OSError as err:
-        raise InputError(f"output folder is not writable ({err.strerror or err})", out) from None
-    succeeded = False
-    try:
-        yield stage
-        succeeded = True
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-        if created and not succeeded:
-            with suppress(OSError):
-                out.rmdir()  # only when empty
+    """Create `out` and a temporary folder in it (always removed); an `out` it created and left empty goes too."""
+    with no_empty_new_folder(out):
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            stage = Path(tempfile.mkdtemp(prefix=".mde-export-", dir=out))
+        except OSError as err:
+            raise InputError(f"output folder is not writable ({err.strerror or err})", out) from None
+        try:
+            yield stage
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 class _Steps:

@@ -75,6 +75,19 @@ def require_file(path: str | Path, what: str = "file") -> Path:
     return path
 
 
+@contextlib.contextmanager
+def no_empty_new_folder(path: str | Path) -> Iterator[None]:
+    """When the block ends, remove `path` if the block created it and left it empty (it failed or wrote nothing)."""
+    path = Path(path)
+    existed = path.exists()
+    try:
+        yield
+    finally:
+        if not existed:
+            with contextlib.suppress(OSError):  # not empty (the usual case), or already gone: leave it
+                path.rmdir()
+
+
 def check_output_file(path: str | Path, option: str, inputs: Iterable[str | Path]) -> Path:
     """Refuse an output file that is a folder, or that is one of `inputs` or lies inside one of them.
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import glob
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +86,7 @@ def write_depth(depth, path: Path, fmt: str, max_depth: float) -> None:
 def run_predict(cfg: PredictConfig) -> dict[str, int]:
     """Predict every input image; bad images are reported and skipped. Returns counts."""
     from mde.console import err_console, info, track
+    from mde.io import no_empty_new_folder
     from mde.runtime import DepthEstimator
     from mde.runtime.images import read_rgb
 
@@ -100,9 +100,9 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
         raise InputError("output exists and is not a directory", out)
     names = output_names(paths, ".npy" if cfg.format == "npy" else ".png")
     check_no_overwrite(paths, [out / name for name in names])
-    failed, made_out = 0, not out.exists()
-    with DepthEstimator.open(cfg.artifact, backend=cfg.backend, threads=cfg.threads,
-                             providers=cfg.providers) as est:
+    failed = 0
+    with no_empty_new_folder(out), DepthEstimator.open(cfg.artifact, backend=cfg.backend, threads=cfg.threads,
+                                                       providers=cfg.providers) as est:
         try:
             out.mkdir(parents=True, exist_ok=True)  # once the model opened: a bad one leaves no folder
         except OSError as err:
@@ -118,9 +118,6 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
                     raise  # not the image's fault (e.g. the output folder): stop
                 failed += 1
                 err_console.print(f"mde: skipped {path}: {str(err).removeprefix(f'{path}: ')}", markup=False)
-    if made_out and failed == len(paths):
-        with contextlib.suppress(OSError):
-            out.rmdir()  # nothing written: leave no empty folder behind
     return {"images": len(paths), "written": len(paths) - failed, "failed": failed}
 
 

@@ -20,12 +20,12 @@ DEVICES = ("auto", "cpu", "cuda")
 LOSS_CHOICES = ("l1", "berhu", "silog", "ssim_l1")
 OBJECT_WEIGHT_RANGE = (1e-3, 1e3)  # float32 weights: far outside it they round to 0 or inf
 
-# Options a resumed run may change; everything else comes from the checkpoint's config.
 # What a config written before an option existed meant (an absent key is not today's default).
 LEGACY_DEFAULTS = {"decoder": "report", "schedule": "cyclic", "scale_crop": True, "color_jitter": True}
 # Values that mean "work it out" (the dataset's maximum depth; 3 or 0 frozen stages): a saved
 # config holds what they resolved to, so giving them again on --resume is no conflict.
 AUTO_VALUES = {"max_depth": 0.0, "freeze_stages": -1}
+# Options a resumed run may change; everything else comes from the checkpoint's config.
 RESUME_OVERRIDES = ("data", "out", "resume", "epochs", "device", "workers", "log_interval",
                     "val_every", "checkpoint_every", "force", "compile")
 

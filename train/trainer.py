@@ -9,7 +9,6 @@ RNG states, so `--resume RUN/last.pt` continues exactly, even from the middle of
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -25,7 +24,7 @@ import torch
 
 from mde.console import info, make_progress
 from mde.errors import DataError, InputError, ModelError
-from mde.io import prepare_output_dir, write_bytes_atomic, write_json_atomic
+from mde.io import no_empty_new_folder, prepare_output_dir, write_bytes_atomic, write_json_atomic
 from mde.runtime.evaluate import average
 from mde.train.checkpoint import load_checkpoint, model_from_checkpoint
 from mde.train.checkpoint import save_checkpoint as write_checkpoint
@@ -158,14 +157,9 @@ def train(cfg: TrainConfig, given: Collection[str] = ()) -> dict[str, Any]:
     """
     cfg, resume_state = resolve_config(cfg, given)
     env = setup(cfg.device)
-    out, fresh = Path(cfg.out), not Path(cfg.out).exists()
     try:
-        return main(cfg, env, resume_state)
-    except BaseException:
-        if fresh and env.is_main and out.is_dir() and not any(out.iterdir()):
-            with contextlib.suppress(OSError):  # never hide the error itself
-                out.rmdir()  # failed (bad data found mid-epoch, Ctrl-C) before writing anything: leave no folder
-        raise
+        with no_empty_new_folder(cfg.out):  # bad data found mid-epoch, Ctrl-C: no empty run folder left
+            return main(cfg, env, resume_state)
     finally:
         cleanup(env)
 
