@@ -116,5 +116,7 @@ def test_train_killed_at_random_moments_then_resumed(tmp_path, synth_data):
                 assert load_checkpoint(run / name)["model"], name  # complete, loadable
         if (run / "last.pt").exists():
             argv = ["train", "--resume", str(run / "last.pt"), "--data", str(synth_data), "--out", str(run)]
-    assert _kill_after(argv, 300)[0] == 0
+    finished = (run / "last.pt").exists() and load_checkpoint(run / "last.pt")["epoch"] == 3
+    # whatever happened, a final uninterrupted run completes; one that a window outlived has nothing to resume
+    assert _kill_after(argv, 300)[0] == (2 if finished else 0)
     assert load_checkpoint(run / "last.pt")["epoch"] == 3
