@@ -15,11 +15,7 @@
     augmentation.
     The decoder and loss ideas are patched in here (none is a product option);
     `batch_size`/`lr_max`/`image_size`/`object_weight`/`seed` are ordinary `mde train` options.
-(2) anatomy: for trained runs, where the val error is — per region, pixels near a depth edge
-    (a jump over 0.5 m within 2 px) against the rest; object pixels by ground-truth depth and by
-    the area of their connected object region (share, RMSE, mean signed error); and the RMSE
-    left after rescaling each prediction by its least-squares factor (what one global scale per
-    image — camera height, focal length — would explain).
+(2) anatomy: for trained runs, where the val error is (error_anatomy.py says what it splits by).
 (3) --world fixed-camera: the same world with every image taken by one camera (hfov 70 deg, pitch
     10 deg down, no roll, 1.2 m up; only where it stands and looks varies), so in every image a
     floor pixel's depth follows from its row alone, and a standing object's from the row where it
@@ -36,17 +32,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 from bench_train import PATCHES, VARIANTS, decoders, ensure_data, load_run
+from error_anatomy import anatomy
 
 FIXED_CAMERA = {"hfov_deg": 70.0, "pitch_deg": 10.0, "height_m": 1.2}
-DEPTH_BINS = (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 14.0, 20.1)
-AREA_BINS = (0, 16, 64, 256, 1024, 4096, 1 << 30)  # pixels of a connected object region, at the data's size
-EDGE_JUMP_M, EDGE_RADIUS_PX = 0.5, 2
 
 
 # -- other worlds: the built-in one with a patch while the set is made ------------------------
@@ -359,87 +354,6 @@ def write_task_encoder(run_dir: Path, out: Path) -> Path:
     return out
 
 
-# -- where the error is ------------------------------------------------------------------------
-def _near_edge(depth: np.ndarray) -> np.ndarray:
-    """Pixels within EDGE_RADIUS_PX of a neighbour-to-neighbour depth jump over EDGE_JUMP_M."""
-    gy, gx = np.gradient(depth)
-    edge = np.hypot(gx, gy) > EDGE_JUMP_M
-    out = edge.copy()
-    for _ in range(EDGE_RADIUS_PX):  # 4-neighbour dilation
-        grown = out.copy()
-        grown[1:] |= out[:-1]
-        grown[:-1] |= out[1:]
-        grown[:, 1:] |= out[:, :-1]
-        grown[:, :-1] |= out[:, 1:]
-        out = grown
-    return out
-
-
-def anatomy(data: Path, run_dir: Path) -> dict:
-    """Edge/interior split per region, object error by depth and by size, and RMSE after a per-image LS scale."""
-    from skimage.measure import label
-
-    from mde.data.readers import open_dataset
-    from mde.runtime.metrics import REGIONS
-    from mde.train.evaluate import torch_predictor
-
-    model = load_run(run_dir)
-    predict = torch_predictor(model, model.args.image_size, model.args.max_depth)
-    nbins = len(DEPTH_BINS) - 1
-    split = {(r, e): np.zeros(2) for r in REGIONS for e in ("edge", "interior")}
-    by_depth = np.zeros((3, nbins))  # count, sum of squared error, sum of signed error
-    nareas = len(AREA_BINS) - 1
-    by_size = np.zeros((3, nareas))
-    scaled = {"image": np.zeros(2), "objects": np.zeros(2)}
-    val = open_dataset(data, "val")
-    for sample in (val[i] for i in range(len(val))):
-        gt, pred = sample.depth, predict([sample.rgb])[0]
-        valid, edge = gt > 0, _near_edge(gt)
-        err = pred - gt
-        for region, code in REGIONS.items():
-            for where, sel in (("edge", edge), ("interior", ~edge)):
-                m = valid & (sample.mask == code) & sel
-                split[(region, where)] += ((err[m] ** 2).sum(), m.sum())
-        obj = valid & (sample.mask == REGIONS["objects"])
-        idx = np.digitize(gt[obj], DEPTH_BINS) - 1
-        by_depth += [np.bincount(idx, None, nbins), np.bincount(idx, err[obj] ** 2, nbins),
-                     np.bincount(idx, err[obj], nbins)]
-        regions = label(sample.mask == REGIONS["objects"], connectivity=1)  # touching objects count as one
-        area = np.bincount(regions.ravel())[regions[obj]]
-        idx = np.digitize(area, AREA_BINS) - 1
-        by_size += [np.bincount(idx, None, nareas), np.bincount(idx, err[obj] ** 2, nareas),
-                    np.bincount(idx, err[obj], nareas)]
-        k = (pred[valid] * gt[valid]).sum() / max((pred[valid] ** 2).sum(), 1e-9)
-        for name, m in (("image", valid), ("objects", obj)):
-            scaled[name] += (((k * pred - gt)[m] ** 2).sum(), m.sum())
-    return _anatomy_table(split, by_depth, by_size, scaled)
-
-
-def _binned(stats: np.ndarray, edges: tuple, key: str) -> list[dict]:
-    """Rows of (count, sum of squared error, sum of signed error) per bin [edges[j], edges[j + 1])."""
-    count, sse, signed = stats
-    return [{key: [edges[j], edges[j + 1]], "pixel_share": round(count[j] / count.sum(), 3),
-             "rmse": round(float(np.sqrt(sse[j] / max(count[j], 1))), 3),
-             "mean_error": round(float(signed[j] / max(count[j], 1)), 3), "error_share": round(sse[j] / sse.sum(), 3)}
-            for j in range(len(count))]
-
-
-def _anatomy_table(split: dict, by_depth: np.ndarray, by_size: np.ndarray, scaled: dict) -> dict:
-    out: dict = {"regions": {}}
-    for region in ("objects", "structure"):
-        total_sse, total_n = sum(split[(region, e)] for e in ("edge", "interior"))
-        for where in ("edge", "interior"):
-            sse, n = split[(region, where)]
-            out["regions"][f"{region}_{where}"] = {
-                "pixel_share": round(n / total_n, 3), "rmse": round(float(np.sqrt(sse / max(n, 1))), 3),
-                "error_share": round(sse / total_sse, 3)}
-    out["objects_by_depth"] = _binned(by_depth, DEPTH_BINS, "depth_m")
-    out["objects_by_area"] = _binned(by_size, AREA_BINS, "area_px")
-    # pixel-pooled RMSE (the metrics module averages per image, so these differ a little from its figures)
-    out["rmse_after_per_image_scale"] = {k: round(float(np.sqrt(v[0] / v[1])), 3) for k, v in scaled.items()}
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="the synthetic set (made here when missing)")
@@ -469,7 +383,8 @@ def main() -> None:
             VARIANTS[name]["backbone_weights"] = str(path)
     if opts.anatomy:
         data = ensure_data(opts.data, 2000, 200, 128)
-        out = {str(run): anatomy(data, run) for run in opts.anatomy}
+        world = WORLDS.get(opts.world, contextlib.nullcontext)
+        out = {str(run): anatomy(data, run, world) for run in opts.anatomy}
     else:
         out = decoders(opts.data, opts.quick, opts.runs, tuple(opts.variants), epochs=opts.epochs,
                        reference="unet-onecycle")

@@ -1,0 +1,155 @@
+"""Where a trained run's val error is (`bench_decoder_ideas.py --anatomy`).
+
+Per region, pixels near a depth edge (a jump over 0.5 m within 2 px) against the rest; object
+pixels by ground-truth depth, by the area of their connected object region, and by whether that
+region reaches the image's bottom row (its foot, where it meets the floor, out of frame); on a set
+that `mde data synth` made, object pixels split into the open scenes' far backdrop buildings and
+the placed boxes, spheres and cylinders (the scenes are drawn again from the set's seed to tell
+them apart); and the RMSE left after rescaling each prediction by its least-squares factor (what
+one global scale per image, camera height or focal length, would explain). RMSEs here are
+pixel-pooled, so they differ a little from the metrics module's per-image means.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+
+DEPTH_BINS = (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 14.0, 20.1)
+AREA_BINS = (0, 16, 64, 256, 1024, 4096, 1 << 30)  # pixels of a connected object region, at the data's size
+EDGE_JUMP_M, EDGE_RADIUS_PX = 0.5, 2
+FOOT = ("in_frame", "cut_by_bottom_edge")  # does the object region reach the image's bottom row?
+KINDS = ("placed", "buildings")  # the placed objects; the open scenes' far backdrop boxes
+
+
+def near_edge(depth: np.ndarray) -> np.ndarray:
+    """Pixels within EDGE_RADIUS_PX of a neighbour-to-neighbour depth jump over EDGE_JUMP_M."""
+    gy, gx = np.gradient(depth)
+    edge = np.hypot(gx, gy) > EDGE_JUMP_M
+    out = edge.copy()
+    for _ in range(EDGE_RADIUS_PX):  # 4-neighbour dilation
+        grown = out.copy()
+        grown[1:] |= out[:-1]
+        grown[:-1] |= out[1:]
+        grown[:, 1:] |= out[:, :-1]
+        grown[:, :-1] |= out[:, 1:]
+        out = grown
+    return out
+
+
+def cut_by_bottom_edge(regions: np.ndarray) -> np.ndarray:
+    """Of a labelled image (0 = background), the pixels whose region reaches the bottom row."""
+    bottom = regions[-1][regions[-1] > 0]
+    return np.isin(regions, bottom) & (regions > 0)
+
+
+def backdrop_buildings(data: Path, samples: list, world=contextlib.nullcontext) -> list[np.ndarray] | None:
+    """Per val sample, its backdrop-building pixels; None unless `mde data synth` (under `world`) made the set.
+
+    Each scene is drawn again from the set's seed and drawn a second time without its buildings;
+    an object pixel whose depth changes is a building's. The first drawing must give the stored
+    mask, or the set is not this generator's and None is returned.
+    """
+    from mde.data import world as w
+    from mde.data.synth import SPLITS
+
+    meta = json.loads((data / "meta.json").read_text()) if (data / "meta.json").is_file() else {}
+    if meta.get("generator") not in ("mde.data.synth", "mde.synth"):  # its name before the package moved
+        return None
+    size, place, added = meta["size"][0], w._place_buildings, []
+
+    def counted(rng, scene, *args) -> None:
+        before = len(scene["objects"])
+        place(rng, scene, *args)
+        added.append(len(scene["objects"]) - before)
+
+    out = []
+    with world(), mock.patch.object(w, "_place_buildings", counted):
+        for index, sample in enumerate(samples):
+            added.clear()
+            scene = w._sample_scene(np.random.default_rng(np.random.SeedSequence([meta["seed"], SPLITS.index("val"),
+                                                                                   index])))
+            _, depth, mask, _ = w.draw_labelled(scene, size)
+            if not np.array_equal(mask, sample.mask):
+                return None
+            if not sum(added):
+                out.append(np.zeros_like(mask, dtype=bool))
+                continue
+            _, bare, _, _ = w.draw_labelled({**scene, "objects": scene["objects"][:-sum(added)]}, size)
+            out.append((mask == 1) & (np.abs(bare - depth) > 1e-4))
+    return out
+
+
+def anatomy(data: Path, run_dir: Path, world=contextlib.nullcontext) -> dict:
+    """The error table of the trained run in `run_dir` on `data`'s val split (see the module docstring)."""
+    from bench_train import load_run
+    from skimage.measure import label
+
+    from mde.data.readers import open_dataset
+    from mde.runtime.metrics import REGIONS
+    from mde.train.evaluate import torch_predictor
+
+    model = load_run(run_dir)
+    predict = torch_predictor(model, model.args.image_size, model.args.max_depth)
+    val = open_dataset(data, "val")
+    samples = [val[i] for i in range(len(val))]
+    buildings = backdrop_buildings(data, samples, world)
+    split = {(r, e): np.zeros(2) for r in REGIONS for e in ("edge", "interior")}
+    nbins, nareas = len(DEPTH_BINS) - 1, len(AREA_BINS) - 1
+    # per bin: count, sum of squared error, sum of signed error
+    by_depth, by_size, by_foot, by_kind = (np.zeros((3, n)) for n in (nbins, nareas, len(FOOT), len(KINDS)))
+    scaled = {"image": np.zeros(2), "objects": np.zeros(2)}
+    for k, sample in enumerate(samples):
+        gt, pred = sample.depth, predict([sample.rgb])[0]
+        valid, edge = gt > 0, near_edge(gt)
+        err = pred - gt
+        for region, code in REGIONS.items():
+            for where, sel in (("edge", edge), ("interior", ~edge)):
+                m = valid & (sample.mask == code) & sel
+                split[(region, where)] += ((err[m] ** 2).sum(), m.sum())
+        obj = valid & (sample.mask == REGIONS["objects"])
+        regions = label(sample.mask == REGIONS["objects"], connectivity=1)  # touching objects count as one
+        area = np.bincount(regions.ravel())[regions[obj]]
+        bins = [(by_depth, np.digitize(gt[obj], DEPTH_BINS) - 1), (by_size, np.digitize(area, AREA_BINS) - 1),
+                (by_foot, cut_by_bottom_edge(regions)[obj].astype(int))]
+        if buildings is not None:
+            bins.append((by_kind, buildings[k][obj].astype(int)))
+        for stats, idx in bins:
+            n = stats.shape[1]
+            stats += [np.bincount(idx, None, n), np.bincount(idx, err[obj] ** 2, n), np.bincount(idx, err[obj], n)]
+        s = (pred[valid] * gt[valid]).sum() / max((pred[valid] ** 2).sum(), 1e-9)
+        for name, m in (("image", valid), ("objects", obj)):
+            scaled[name] += (((s * pred - gt)[m] ** 2).sum(), m.sum())
+    out = _regions_table(split)
+    out["objects_by_depth"] = _binned(by_depth, [DEPTH_BINS[j:j + 2] for j in range(nbins)])
+    out["objects_by_area"] = _binned(by_size, [AREA_BINS[j:j + 2] for j in range(nareas)])
+    out["objects_by_foot"] = dict(zip(FOOT, _binned(by_foot, FOOT)))
+    if buildings is not None:
+        out["objects_by_kind"] = dict(zip(KINDS, _binned(by_kind, KINDS)))
+    out["rmse_after_per_image_scale"] = {k: round(float(np.sqrt(v[0] / v[1])), 3) for k, v in scaled.items()}
+    return out
+
+
+def _binned(stats: np.ndarray, keys: list) -> list[dict]:
+    """Rows of share, RMSE, mean signed error and error share from (count, sum of squared error, sum of error)."""
+    count, sse, signed = stats
+    return [{"bin": key, "pixel_share": round(count[j] / count.sum(), 3),
+             "rmse": round(float(np.sqrt(sse[j] / max(count[j], 1))), 3),
+             "mean_error": round(float(signed[j] / max(count[j], 1)), 3), "error_share": round(sse[j] / sse.sum(), 3)}
+            for j, key in enumerate(keys)]
+
+
+def _regions_table(split: dict) -> dict:
+    out: dict = {"regions": {}}
+    for region in ("objects", "structure"):
+        total_sse, total_n = sum(split[(region, e)] for e in ("edge", "interior"))
+        for where in ("edge", "interior"):
+            sse, n = split[(region, where)]
+            out["regions"][f"{region}_{where}"] = {
+                "pixel_share": round(n / total_n, 3), "rmse": round(float(np.sqrt(sse / max(n, 1))), 3),
+                "error_share": round(sse / total_sse, 3)}
+    return out

@@ -1,0 +1,60 @@
+"""benchmarks/error_anatomy.py's splits: object regions cut by the bottom edge, and the backdrop buildings."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_decoder_ideas as ideas  # noqa: E402
+from error_anatomy import backdrop_buildings, cut_by_bottom_edge  # noqa: E402
+
+from mde.data import world  # noqa: E402
+from mde.data.readers import open_dataset  # noqa: E402
+from mde.data.synth import MASK_OBJECT, synthesize  # noqa: E402
+
+
+def test_cut_by_bottom_edge_marks_whole_regions_that_reach_the_last_row():
+    regions = np.array([[1, 1, 0, 2],
+                        [0, 1, 0, 2],
+                        [3, 0, 0, 2],
+                        [3, 0, 4, 0]])
+    expected = np.isin(regions, [3, 4])
+    np.testing.assert_array_equal(cut_by_bottom_edge(regions), expected)
+    np.testing.assert_array_equal(cut_by_bottom_edge(np.zeros((3, 3), int)), np.zeros((3, 3), bool))
+
+
+def _samples(path: Path) -> list:
+    val = open_dataset(path, "val")
+    return [val[i] for i in range(len(val))]
+
+
+def test_backdrop_buildings_are_object_pixels_of_open_scenes_only(tmp_path):
+    synthesize(tmp_path, train=1, val=12, size=48, seed=3, progress=False, workers=1)
+    samples = _samples(tmp_path)
+    buildings = backdrop_buildings(tmp_path, samples)
+    assert buildings is not None and len(buildings) == len(samples)
+    scenes = json.loads((tmp_path / "meta.json").read_text())["cameras"]["val"]
+    for name, sample, b in zip(sorted(scenes), samples, buildings, strict=True):
+        assert not (b & (sample.mask != MASK_OBJECT)).any()
+        if scenes[name]["scene"] != "open":
+            assert not b.any()
+    assert any(b.any() for b in buildings), "no building seen in 12 scenes: pick another seed"
+    # a building is a box 11-19 m away: its pixels are far
+    far = np.concatenate([s.depth[b] for s, b in zip(samples, buildings, strict=True)])
+    assert far.min() > 5.0
+
+
+def test_backdrop_buildings_need_the_generator_and_the_world_that_made_the_set(tmp_path):
+    with ideas.small_objects():
+        synthesize(tmp_path, train=1, val=4, size=32, seed=1, progress=False, workers=1)
+    samples = _samples(tmp_path)
+    assert backdrop_buildings(tmp_path, samples, ideas.small_objects) is not None
+    assert backdrop_buildings(tmp_path, samples) is None  # drawn again without the patch: other masks
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    (tmp_path / "meta.json").write_text(json.dumps({**meta, "generator": "someone else"}))
+    assert backdrop_buildings(tmp_path, samples, ideas.small_objects) is None
+    assert world._place_buildings.__module__ == world.__name__  # the counting patch is undone
