@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,8 @@ from mde.runtime.metadata import (  # noqa: F401 - the artifact names are re-exp
 )
 
 MIN_OPSET = 17
-# ONNX Runtime 1.31, which checks every export, officially loads opsets up to 26 and refuses newer ones;
-# an older onnx package lowers the bound (`max_opset`).
+# The newest opset exported and checked here (ONNX Runtime 1.31 loads up to 26 and refuses newer ones);
+# an older onnx or ONNX Runtime, which checks every export, lowers the bound (`max_opset`).
 MAX_OPSET = 26
 
 
@@ -96,11 +97,31 @@ class Artifact:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
 
 
+@functools.cache
 def max_opset() -> int:
-    """The newest opset an export may target: MAX_OPSET, or less when the installed onnx stops earlier."""
+    """The newest opset an export may target: MAX_OPSET, or less where the installed onnx stops earlier
+    or the installed ONNX Runtime refuses to load it (tried on a one-node model)."""
     import onnx
 
-    return min(MAX_OPSET, onnx.defs.onnx_opset_version())
+    newest = min(MAX_OPSET, onnx.defs.onnx_opset_version())
+    while newest > MIN_OPSET and not _runtime_loads(newest):
+        newest -= 1
+    return newest
+
+
+def _runtime_loads(opset: int) -> bool:
+    """Whether ONNX Runtime opens a model stamped with `opset` (an Identity node)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    x, y = (helper.make_tensor_value_info(name, TensorProto.FLOAT, [1]) for name in "xy")
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "opset_probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - ORT raises its own pybind types
+        return False
+    return True
 
 
 def calibration_config(cfg: ExportConfig, model: Path, out: Path) -> CalibrationConfig:
@@ -132,7 +153,8 @@ def validate(cfg: ExportConfig) -> None:
         open_train_split(calibration_config(cfg, Path("model.onnx"), Path("model.int8.onnx")),
                          allow_few_option="--calib-allow-few")
     if not MIN_OPSET <= cfg.opset <= max_opset():
-        raise InputError(f"--opset must be in {MIN_OPSET}..{max_opset()}, got {cfg.opset}")
+        why = "" if max_opset() == MAX_OPSET else ", the newest the installed onnx and ONNX Runtime load"
+        raise InputError(f"--opset must be in {MIN_OPSET}..{max_opset()}{why}, got {cfg.opset}")
     if cfg.golden_images < 1:
         raise InputError(f"golden_images must be >= 1, got {cfg.golden_images}")
     if not 1 <= cfg.min_batch <= cfg.opt_batch <= cfg.max_batch:

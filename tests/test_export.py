@@ -337,3 +337,33 @@ def test_metrics_and_source_in_metadata(tiny_checkpoint):
     assert meta.source["epoch"] == 7 and meta.source["checkpoint_sha256"] == "abc"
     assert meta.source["config"]["backbone"] == "resnet18"
     assert meta.precision == "fp16"
+
+
+def test_an_older_onnx_runtime_lowers_the_newest_opset(tiny_checkpoint, tmp_path, cli, monkeypatch):
+    """Where the installed ONNX Runtime refuses an opset (as 1.18 refuses 22), --opset stops below it,
+    refused up front in one line instead of after the export."""
+    import onnxruntime as ort
+
+    from mde.export import config
+
+    real = ort.InferenceSession
+
+    def old_runtime(model, *args, **kwargs):
+        import onnx
+
+        opset = {o.domain: o.version for o in onnx.load_from_string(model).opset_import}[""]
+        if opset > 21:
+            raise RuntimeError(f"Opset {opset} is under development")
+        return real(model, *args, **kwargs)
+
+    config.max_opset.cache_clear()
+    monkeypatch.setattr(ort, "InferenceSession", old_runtime)
+    try:
+        assert config.max_opset() == 21
+        out = tmp_path / "out"
+        result = cli("export", tiny_checkpoint, "--out", out, "--precision", "fp32", "--opset", "23")
+        assert result.code == 2, result.err
+        assert "--opset must be in 17..21, the newest the installed onnx and ONNX Runtime load" in result.err
+        assert not out.exists()
+    finally:
+        config.max_opset.cache_clear()

@@ -43,7 +43,10 @@ def export(
         "--calib-allow-few",
         help="Accept fewer calibration images than the calibration stage's minimum.",
     ),
-    opset: int = typer.Option(_D.opset, "--opset", help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET}."),
+    opset: int = typer.Option(
+        _D.opset, "--opset",
+        help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (or the newest the installed onnx and ONNX Runtime load).",
+    ),
     dynamic_size: bool = typer.Option(
         _D.dynamic_size,
         "--dynamic-size",
