@@ -659,3 +659,26 @@ def test_reference_lists_the_options_a_resume_may_change():
     sentence = doc[doc.index("Only\n`--data`"):doc.index("may change;")]
     named = set(re.findall(r"`--([a-z-]+)`", sentence))
     assert named == {k.replace("_", "-") for k in RESUME_OVERRIDES} - {"resume"}
+
+
+@pytest.mark.slow
+def test_ddp_a_rank_that_fails_leaves_no_run_folder(tmp_path, synth_data):
+    """Rank 1 meets a damaged image before any checkpoint: torchrun stops rank 0 (SIGTERM), which
+    removes the run folder it created instead of leaving it empty."""
+    import shutil
+
+    from mde.train.loader import epoch_indices
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    first_of_rank1 = epoch_indices(24, 0, 0, 1, 2)[0]
+    image = sorted((data / "train" / "rgb").iterdir())[first_of_rank1]
+    image.write_bytes(image.read_bytes()[:200])  # found only when the loader reads it
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "mde.train", "--data", str(data), "--out", str(run), *TINY, "--epochs", "1"]
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode != 0
+    assert image.name in done.stderr, done.stderr[-3000:]
+    assert not run.exists(), sorted(p.name for p in run.iterdir())

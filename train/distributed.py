@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 
 import torch
@@ -49,11 +50,18 @@ def setup(device_choice: str) -> DistEnv:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_choice, local_rank)
     if world > 1 and not dist.is_initialized():
+        # When one rank fails, torchrun stops the others with SIGTERM; exiting through Python runs their
+        # `finally` blocks (rank 0 removes a run folder it made and left empty).
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
     return DistEnv(rank, world, local_rank, device)
+
+
+def _exit_on_sigterm(signum: int, _frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def cleanup(env: DistEnv) -> None:
