@@ -94,7 +94,8 @@ WORLDS = {"fixed-camera": fixed_camera, "small-objects": small_objects}
 def make_world_data(path: Path, name: str) -> Path:
     """`ensure_data`'s synthetic set drawn from world `name`, made at `path` unless it is there.
 
-    A `bench_world.json` marks the folder; a fixed-camera set made before the marker existed is
+    A `bench_world.json` marks the folder (written first: a folder with it and no meta.json was
+    interrupted, and is made again); a fixed-camera set made before the marker existed is
     recognised by its cameras. Made in one process: the patch does not reach spawned workers.
     """
     from mde.data.synth import synthesize
@@ -110,9 +111,13 @@ def make_world_data(path: Path, name: str) -> Path:
         if not ours:
             raise ValueError(f"{path}: holds another dataset; --world {name} needs a new folder")
         return path
-    with WORLDS[name]():
-        synthesize(path, train=2000, val=200, size=128, seed=0, progress=False, workers=1)
+    # The marker goes first, so a set interrupted before its meta.json is made again, not refused.
+    path.mkdir(parents=True, exist_ok=True)
+    if any(p.name != marker.name and not p.name.startswith(".synth-") for p in path.iterdir()):
+        raise ValueError(f"{path}: holds other files and no dataset; --world {name} needs a new folder")
     marker.write_text(json.dumps({"world": name}))
+    with WORLDS[name]():
+        synthesize(path, train=2000, val=200, size=128, seed=0, force=True, progress=False, workers=1)
     return path
 
 
@@ -173,6 +178,30 @@ def _coord_unet(encoder_channels):
             return super().forward([*features[:-1], torch.cat([x, rows, cols], 1)])
 
     return CoordUNet((*encoder_channels[:-1], encoder_channels[-1] + 2))
+
+
+def _coords_like(x):
+    """Two channels, row and column in [-1, 1], the size of `x`."""
+    import torch
+
+    n, _, h, w = x.shape
+    rows = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype).view(1, 1, h, 1).expand(n, 1, h, w)
+    cols = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype).view(1, 1, 1, w).expand(n, 1, h, w)
+    return torch.cat([rows, cols], 1)
+
+
+def _coord_all_unet(encoder_channels):
+    """The unet with the two coordinate channels joined to the features at every stride (CoordConv in
+    each fusion): a pixel's row, with the horizon, is where it meets the floor."""
+    import torch
+
+    from mde.train.model import UNetDecoder
+
+    class CoordAllUNet(UNetDecoder):
+        def forward(self, features):
+            return super().forward([torch.cat([f, _coords_like(f)], 1) for f in features])
+
+    return CoordAllUNet(tuple(c + 2 for c in encoder_channels))
 
 
 def _vertical_unet(encoder_channels):
@@ -296,6 +325,7 @@ PATCHES.update({
     "gradient_loss4": lambda: _loss_patch(4),
     "wide_unet": lambda: _decoder_patch(_wide_unet),
     "coord_unet": lambda: _decoder_patch(_coord_unet),
+    "coord_all_unet": lambda: _decoder_patch(_coord_all_unet),
 })
 UNET = VARIANTS["unet-onecycle"]
 IDEAS = {
@@ -305,6 +335,7 @@ IDEAS = {
     "unet-lr1e-3": {**UNET, "lr_max": 1e-3},
     "unet-wide": {**UNET, "patch": "wide_unet"},
     "unet-coord": {**UNET, "patch": "coord_unet"},
+    "unet-flips-coordall": {**VARIANTS["unet-flips"], "patch": "coord_all_unet"},
     "unet-vertical": {**UNET, "patch": "vertical_unet"},
     # `mde train --object-weight`: object pixels weigh 2x / 4x in the loss (both decoders at 4x)
     "unet-objw4": {**UNET, "object_weight": 4.0},

@@ -67,3 +67,32 @@ def test_world_data_refuses_a_folder_of_another_world(tmp_path):
     assert ideas.make_world_data(tmp_path, "small-objects") == tmp_path
     with pytest.raises(ValueError, match="--world fixed-camera needs a new folder"):
         ideas.make_world_data(tmp_path, "fixed-camera")
+
+
+def test_world_data_interrupted_before_its_meta_is_made_again(tmp_path, monkeypatch):
+    import mde.data.synth as synth
+
+    made = []
+
+    def interrupted(path, **kwargs):
+        made.append(kwargs["force"])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth, "synthesize", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ideas.make_world_data(tmp_path / "set", "small-objects")
+    (tmp_path / "set" / ".synth-left-by-a-kill").mkdir()
+
+    def finished(path, **kwargs):
+        made.append(kwargs["force"])
+        (path / "meta.json").write_text(json.dumps({"cameras": {}}))
+
+    monkeypatch.setattr(synth, "synthesize", finished)
+    assert ideas.make_world_data(tmp_path / "set", "small-objects") == tmp_path / "set"
+    assert made == [True, True]
+    assert ideas.make_world_data(tmp_path / "set", "small-objects") == tmp_path / "set"  # there: not made again
+    assert len(made) == 2
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds other files and no dataset"):
+        ideas.make_world_data(tmp_path / "other", "small-objects")
