@@ -163,23 +163,6 @@ def _wide_unet(encoder_channels):
     return UNetDecoder(encoder_channels, (256, 256, 128, 64))
 
 
-def _coord_unet(encoder_channels):
-    """The unet with two coordinate channels (row, column in [-1, 1]) joined to the stride-32 features."""
-    import torch
-
-    from mde.train.model import UNetDecoder
-
-    class CoordUNet(UNetDecoder):
-        def forward(self, features):
-            x = features[-1]
-            n, _, h, w = x.shape
-            rows = torch.linspace(-1, 1, h, device=x.device).view(1, 1, h, 1).expand(n, 1, h, w)
-            cols = torch.linspace(-1, 1, w, device=x.device).view(1, 1, 1, w).expand(n, 1, h, w)
-            return super().forward([*features[:-1], torch.cat([x, rows, cols], 1)])
-
-    return CoordUNet((*encoder_channels[:-1], encoder_channels[-1] + 2))
-
-
 def _coords_like(x):
     """Two channels, row and column in [-1, 1], the size of `x`."""
     import torch
@@ -188,6 +171,19 @@ def _coords_like(x):
     rows = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype).view(1, 1, h, 1).expand(n, 1, h, w)
     cols = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype).view(1, 1, 1, w).expand(n, 1, h, w)
     return torch.cat([rows, cols], 1)
+
+
+def _coord_unet(encoder_channels):
+    """The unet with two coordinate channels (row, column in [-1, 1]) joined to the stride-32 features."""
+    import torch
+
+    from mde.train.model import UNetDecoder
+
+    class CoordUNet(UNetDecoder):
+        def forward(self, features):
+            return super().forward([*features[:-1], torch.cat([features[-1], _coords_like(features[-1])], 1)])
+
+    return CoordUNet((*encoder_channels[:-1], encoder_channels[-1] + 2))
 
 
 def _coord_all_unet(encoder_channels):
