@@ -1,23 +1,26 @@
 """Where a trained run's val error is (`bench_decoder_ideas.py --anatomy`).
 
 Per region, pixels near a depth edge (a jump over 0.5 m within 2 px) against the rest; object
-pixels by ground-truth depth, by the area of their connected object region, and by whether that
-region reaches the image's bottom row (its foot, where it meets the floor, out of frame); on a set
-that `mde data synth` made, object pixels split into the open scenes' far backdrop buildings and
-the placed boxes, spheres and cylinders (the scenes are drawn again from the set's seed to tell
-them apart); and the RMSE left after rescaling each prediction by its least-squares factor (what
-one global scale per image, camera height or focal length, would explain). RMSEs here are
-pixel-pooled, so they differ a little from the metrics module's per-image means.
+pixels by ground-truth depth and by the area of their connected object region; on a set that
+`mde data synth` made, object pixels split into the open scenes' far backdrop buildings and the
+placed boxes, spheres and cylinders (the scenes are drawn again from the set's seed to tell them
+apart); the placed objects (all objects on other sets) by whether their connected region reaches
+the image's bottom row (its foot, where it would meet the floor, out of frame); and the RMSE left
+after rescaling each prediction by its least-squares factor (what one global scale per image,
+camera height or focal length, would explain). RMSEs here are pixel-pooled, so they differ a
+little from the metrics module's per-image means.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
+
+from mde.runtime.metrics import MASK_OBJECT, REGIONS
 
 DEPTH_BINS = (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 14.0, 20.1)
 AREA_BINS = (0, 16, 64, 256, 1024, 4096, 1 << 30)  # pixels of a connected object region, at the data's size
@@ -47,50 +50,42 @@ def cut_by_bottom_edge(regions: np.ndarray) -> np.ndarray:
     return np.isin(regions, bottom) & (regions > 0)
 
 
-def backdrop_buildings(data: Path, samples: list, world=contextlib.nullcontext) -> list[np.ndarray] | None:
+def backdrop_buildings(data: Path, samples: list, world: Callable[[], AbstractContextManager] = nullcontext,
+                       ) -> list[np.ndarray] | None:
     """Per val sample, its backdrop-building pixels; None unless `mde data synth` (under `world`) made the set.
 
-    Each scene is drawn again from the set's seed and drawn a second time without its buildings;
-    an object pixel whose depth changes is a building's. The first drawing must give the stored
-    mask, or the set is not this generator's and None is returned.
+    Each scene is drawn again from the set's seed, then without its buildings (the objects marked
+    `backdrop`); an object pixel whose label or depth changes is a building's. The first drawing
+    must give the stored mask, or the set is not this generator's and None is returned.
     """
     from mde.data import world as w
-    from mde.data.synth import SPLITS
+    from mde.data.synth import scene_rng
 
     meta = json.loads((data / "meta.json").read_text()) if (data / "meta.json").is_file() else {}
     if meta.get("generator") not in ("mde.data.synth", "mde.synth"):  # its name before the package moved
         return None
-    size, place, added = meta["size"][0], w._place_buildings, []
-
-    def counted(rng, scene, *args) -> None:
-        before = len(scene["objects"])
-        place(rng, scene, *args)
-        added.append(len(scene["objects"]) - before)
-
-    out = []
-    with world(), mock.patch.object(w, "_place_buildings", counted):
+    out, size = [], meta["size"][0]
+    with world():
         for index, sample in enumerate(samples):
-            added.clear()
-            scene = w._sample_scene(np.random.default_rng(np.random.SeedSequence([meta["seed"], SPLITS.index("val"),
-                                                                                   index])))
+            scene = w._sample_scene(scene_rng(meta["seed"], "val", index))
             _, depth, mask, _ = w.draw_labelled(scene, size)
             if not np.array_equal(mask, sample.mask):
                 return None
-            if not sum(added):
+            placed = [obj for obj in scene["objects"] if not obj.get("backdrop")]
+            if len(placed) == len(scene["objects"]):
                 out.append(np.zeros_like(mask, dtype=bool))
                 continue
-            _, bare, _, _ = w.draw_labelled({**scene, "objects": scene["objects"][:-sum(added)]}, size)
-            out.append((mask == 1) & (np.abs(bare - depth) > 1e-4))
+            _, bare_depth, bare_mask, _ = w.draw_labelled({**scene, "objects": placed}, size)
+            out.append((mask == MASK_OBJECT) & ((bare_mask != mask) | (np.abs(bare_depth - depth) > 1e-4)))
     return out
 
 
-def anatomy(data: Path, run_dir: Path, world=contextlib.nullcontext) -> dict:
+def anatomy(data: Path, run_dir: Path, world: Callable[[], AbstractContextManager] = nullcontext) -> dict:
     """The error table of the trained run in `run_dir` on `data`'s val split (see the module docstring)."""
     from bench_train import load_run
     from skimage.measure import label
 
     from mde.data.readers import open_dataset
-    from mde.runtime.metrics import REGIONS
     from mde.train.evaluate import torch_predictor
 
     model = load_run(run_dir)
@@ -111,16 +106,21 @@ def anatomy(data: Path, run_dir: Path, world=contextlib.nullcontext) -> dict:
             for where, sel in (("edge", edge), ("interior", ~edge)):
                 m = valid & (sample.mask == code) & sel
                 split[(region, where)] += ((err[m] ** 2).sum(), m.sum())
-        obj = valid & (sample.mask == REGIONS["objects"])
-        regions = label(sample.mask == REGIONS["objects"], connectivity=1)  # touching objects count as one
+        objects = sample.mask == MASK_OBJECT
+        obj = valid & objects
+        regions = label(objects, connectivity=1)  # touching objects count as one
         area = np.bincount(regions.ravel())[regions[obj]]
-        bins = [(by_depth, np.digitize(gt[obj], DEPTH_BINS) - 1), (by_size, np.digitize(area, AREA_BINS) - 1),
-                (by_foot, cut_by_bottom_edge(regions)[obj].astype(int))]
+        # pixels, and the bin of each: the foot split counts placed objects only, where buildings are known
+        bins = [(by_depth, obj, np.digitize(gt[obj], DEPTH_BINS) - 1),
+                (by_size, obj, np.digitize(area, AREA_BINS) - 1)]
+        placed = obj if buildings is None else obj & ~buildings[k]
+        placed_regions = regions if buildings is None else label(objects & ~buildings[k], connectivity=1)
+        bins.append((by_foot, placed, cut_by_bottom_edge(placed_regions)[placed].astype(int)))
         if buildings is not None:
-            bins.append((by_kind, buildings[k][obj].astype(int)))
-        for stats, idx in bins:
+            bins.append((by_kind, obj, buildings[k][obj].astype(int)))
+        for stats, sel, idx in bins:
             n = stats.shape[1]
-            stats += [np.bincount(idx, None, n), np.bincount(idx, err[obj] ** 2, n), np.bincount(idx, err[obj], n)]
+            stats += [np.bincount(idx, None, n), np.bincount(idx, err[sel] ** 2, n), np.bincount(idx, err[sel], n)]
         s = (pred[valid] * gt[valid]).sum() / max((pred[valid] ** 2).sum(), 1e-9)
         for name, m in (("image", valid), ("objects", obj)):
             scaled[name] += (((s * pred - gt)[m] ** 2).sum(), m.sum())
@@ -144,6 +144,7 @@ def _binned(stats: np.ndarray, keys: list) -> list[dict]:
 
 
 def _regions_table(split: dict) -> dict:
+    """Share, RMSE and error share of each region's pixels near a depth edge and away from one."""
     out: dict = {"regions": {}}
     for region in ("objects", "structure"):
         total_sse, total_n = sum(split[(region, e)] for e in ("edge", "interior"))

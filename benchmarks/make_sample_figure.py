@@ -12,9 +12,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import numpy as np
 
-from mde.data.synth import MAX_DEPTH, SPLITS, render_scene
+from mde.data.synth import MAX_DEPTH, render_scene, scene_rng
 from mde.data.world import KINDS
 
 
@@ -28,8 +27,7 @@ def main() -> None:
     # The first train images of `mde data synth --seed S`, one of each scene kind first.
     samples = []
     for i in range(10 * args.count):
-        rng = np.random.default_rng(np.random.SeedSequence([args.seed, SPLITS.index("train"), i]))
-        samples.append((i, *render_scene(rng, args.size)))
+        samples.append((i, *render_scene(scene_rng(args.seed, "train", i), args.size)))
     chosen: list = []
     for kind in KINDS:
         chosen += [s for s in samples if s[3]["scene"] == kind][:1]

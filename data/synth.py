@@ -27,7 +27,8 @@ from mde.data.world import MAX_DEPTH, MIN_DEPTH, draw_scene, render_labelled, re
 from mde.io import prepare_output_dir, write_json_atomic
 from mde.runtime.metrics import MASK_INVALID, MASK_OBJECT, MASK_STRUCTURE
 
-__all__ = ["MAX_DEPTH", "MIN_DEPTH", "SPLITS", "SynthConfig", "draw_scene", "render_scene", "synthesize"]
+__all__ = ["MAX_DEPTH", "MIN_DEPTH", "SPLITS", "SynthConfig", "draw_scene", "render_scene", "scene_rng",
+           "synthesize"]
 
 GENERATOR_VERSION = 2  # 2: region masks
 DEPTH_PNG_SCALE = 1000.0  # PNG units per metre (millimetres)
@@ -48,11 +49,15 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The generator that draws image `index` of `split` in the set made with `seed`."""
+    return np.random.default_rng(np.random.SeedSequence([seed, SPLITS.index(split), index]))
+
+
 def _render_job(job: tuple) -> tuple[str, str, dict]:
     """Render and write one image pair (worker entry point); returns (split, name, intrinsics)."""
     tmp, split, index, size, seed = job
-    rng = np.random.default_rng(np.random.SeedSequence([seed, SPLITS.index(split), index]))
-    rgb, depth, mask, intr = render_labelled(rng, size)
+    rgb, depth, mask, intr = render_labelled(scene_rng(seed, split, index), size)
     name = f"{index:06d}"
     mm = np.round(depth * DEPTH_PNG_SCALE).astype(np.uint16)
     (Path(tmp) / split / "rgb" / f"{name}.png").write_bytes(_png(rgb))

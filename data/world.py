@@ -223,14 +223,14 @@ def _sample_scene(rng: np.random.Generator) -> dict:
 
 
 def _place_buildings(rng: np.random.Generator, scene: dict, yaw: float, cam_xz: np.ndarray) -> None:
-    """A few large boxes 11-19 m away: a far backdrop for open scenes."""
+    """A few large boxes 11-19 m away: a far backdrop for open scenes (marked `backdrop`)."""
     fwd = np.array([np.sin(yaw), np.cos(yaw)])
     right = np.array([fwd[1], -fwd[0]])
     for _ in range(int(rng.integers(0, 5))):
         dist = rng.uniform(11, 19)
         xz = cam_xz + fwd * dist + right * rng.uniform(-1.3, 1.3) * dist * np.tan(scene["hfov"] / 2)
         size = np.array([rng.uniform(1.5, 4), rng.uniform(1.5, 5), rng.uniform(1.5, 4)], dtype=F)
-        scene["objects"].append({"shape": "box", "size": size,
+        scene["objects"].append({"shape": "box", "size": size, "backdrop": True,
                                  "center": np.array([xz[0], size[1], xz[1]], dtype=F),
                                  "radius": float(np.linalg.norm(size)),
                                  "rot": _rot(rng.uniform(-np.pi, np.pi)),

@@ -1,4 +1,4 @@
-"""benchmarks/bench_decoder_ideas.py's other worlds: what each patch changes in a scene, and what it keeps."""
+"""benchmarks/worlds.py: what each world patch changes in a scene, and what it keeps; how a world set is made."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import bench_decoder_ideas as ideas  # noqa: E402
+import worlds as bench_worlds  # noqa: E402
 
 from mde.data import world  # noqa: E402
 from mde.data.synth import MASK_OBJECT  # noqa: E402
@@ -36,27 +36,27 @@ def _foot_height(obj: dict) -> float:
 
 def test_small_objects_halves_each_placed_object_where_it_stood():
     placed = _scenes(buildings=False)
-    for plain, small in zip(placed, _scenes(ideas.small_objects, buildings=False), strict=True):
+    for plain, small in zip(placed, _scenes(bench_worlds.small_objects, buildings=False), strict=True):
         assert len(plain["objects"]) == len(small["objects"]) > 0
         for a, b in zip(plain["objects"], small["objects"], strict=True):
-            np.testing.assert_allclose(b["size"], a["size"] * ideas.SMALL_OBJECTS_SCALE, rtol=1e-6)
+            np.testing.assert_allclose(b["size"], a["size"] * bench_worlds.SMALL_OBJECTS_SCALE, rtol=1e-6)
             np.testing.assert_allclose(b["center"][[0, 2]], a["center"][[0, 2]])
             assert _foot_height(b) == pytest.approx(_foot_height(a), abs=1e-5)
     # the far buildings, drawn after the objects, keep their size
-    for plain, small, without in zip(_scenes(), _scenes(ideas.small_objects), placed, strict=True):
+    for plain, small, without in zip(_scenes(), _scenes(bench_worlds.small_objects), placed, strict=True):
         for a, b in zip(plain["objects"][len(without["objects"]):], small["objects"][len(without["objects"]):],
                         strict=True):
             np.testing.assert_array_equal(a["size"], b["size"])
     # rendered, objects cover less of the image
     share = {name: float(np.mean([world.draw_labelled(scene, 48)[2] == MASK_OBJECT for scene in scenes]))
-             for name, scenes in (("plain", _scenes()), ("small", _scenes(ideas.small_objects)))}
+             for name, scenes in (("plain", _scenes()), ("small", _scenes(bench_worlds.small_objects)))}
     assert share["small"] < 0.75 * share["plain"]
 
 
 def test_fixed_camera_gives_every_scene_one_camera():
-    for plain, fixed in zip(_scenes(), _scenes(ideas.fixed_camera), strict=True):
-        assert fixed["hfov"] == pytest.approx(np.radians(ideas.FIXED_CAMERA["hfov_deg"]))
-        assert fixed["origin"][1] == pytest.approx(ideas.FIXED_CAMERA["height_m"])
+    for plain, fixed in zip(_scenes(), _scenes(bench_worlds.fixed_camera), strict=True):
+        assert fixed["hfov"] == pytest.approx(np.radians(bench_worlds.FIXED_CAMERA["hfov_deg"]))
+        assert fixed["origin"][1] == pytest.approx(bench_worlds.FIXED_CAMERA["height_m"])
         np.testing.assert_allclose(fixed["origin"][[0, 2]], plain["origin"][[0, 2]])
         assert len(fixed["objects"]) == len(plain["objects"])
 
@@ -64,9 +64,9 @@ def test_fixed_camera_gives_every_scene_one_camera():
 def test_world_data_refuses_a_folder_of_another_world(tmp_path):
     (tmp_path / "meta.json").write_text(json.dumps({"cameras": {}}))
     (tmp_path / "bench_world.json").write_text(json.dumps({"world": "small-objects"}))
-    assert ideas.make_world_data(tmp_path, "small-objects") == tmp_path
+    assert bench_worlds.make_world_data(tmp_path, "small-objects") == tmp_path
     with pytest.raises(ValueError, match="--world fixed-camera needs a new folder"):
-        ideas.make_world_data(tmp_path, "fixed-camera")
+        bench_worlds.make_world_data(tmp_path, "fixed-camera")
 
 
 def test_world_data_interrupted_before_its_meta_is_made_again(tmp_path, monkeypatch):
@@ -80,19 +80,22 @@ def test_world_data_interrupted_before_its_meta_is_made_again(tmp_path, monkeypa
 
     monkeypatch.setattr(synth, "synthesize", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        ideas.make_world_data(tmp_path / "set", "small-objects")
-    (tmp_path / "set" / ".synth-left-by-a-kill").mkdir()
+        bench_worlds.make_world_data(tmp_path / "set", "small-objects")
+    (tmp_path / "set" / ".synth-left-by-a-kill").mkdir()  # a kill: synthesize's own cleanup did not run
+    (tmp_path / "set" / "train").mkdir()  # stopped while moving its splits into place
 
     def finished(path, **kwargs):
         made.append(kwargs["force"])
         (path / "meta.json").write_text(json.dumps({"cameras": {}}))
 
     monkeypatch.setattr(synth, "synthesize", finished)
-    assert ideas.make_world_data(tmp_path / "set", "small-objects") == tmp_path / "set"
+    assert bench_worlds.make_world_data(tmp_path / "set", "small-objects") == tmp_path / "set"
     assert made == [True, True]
-    assert ideas.make_world_data(tmp_path / "set", "small-objects") == tmp_path / "set"  # there: not made again
+    assert bench_worlds.make_world_data(tmp_path / "set", "small-objects") == tmp_path / "set"  # there: not made again
     assert len(made) == 2
-    (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="holds other files and no dataset"):
-        ideas.make_world_data(tmp_path / "other", "small-objects")
+    for leftover in ("notes.txt", "train"):  # without the marker, nothing there is the benchmark's
+        other = tmp_path / f"other-{leftover}"
+        other.mkdir()
+        (other / leftover).write_text("mine")
+        with pytest.raises(ValueError, match="holds other files and no dataset"):
+            bench_worlds.make_world_data(other, "small-objects")

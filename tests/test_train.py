@@ -661,24 +661,32 @@ def test_reference_lists_the_options_a_resume_may_change():
     assert named == {k.replace("_", "-") for k in RESUME_OVERRIDES} - {"resume"}
 
 
+_DDP_HARD_EXIT = """
+import os, time
+import mde.train.loader as loader
+_batches = loader.batches
+def _first_batch(data):
+    if os.environ.get("RANK") == "1":
+        os._exit(1)  # dies at once: no cleanup of its own runs
+    time.sleep(120)  # rank 0 is in Python code when torchrun's SIGTERM comes
+    yield from _batches(data)
+loader.batches = _first_batch
+"""
+
+
 @pytest.mark.slow
-def test_ddp_a_rank_that_fails_leaves_no_run_folder(tmp_path, synth_data):
-    """Rank 1 meets a damaged image before any checkpoint: torchrun stops rank 0 (SIGTERM), which
-    removes the run folder it created instead of leaving it empty."""
-    import shutil
-
-    from mde.train.loader import epoch_indices
-
-    data = tmp_path / "data"
-    shutil.copytree(synth_data, data)
-    first_of_rank1 = epoch_indices(24, 0, 0, 1, 2)[0]
-    image = sorted((data / "train" / "rgb").iterdir())[first_of_rank1]
-    image.write_bytes(image.read_bytes()[:200])  # found only when the loader reads it
+def test_ddp_a_rank_that_dies_leaves_no_run_folder(tmp_path, synth_data):
+    """Rank 1 dies before any checkpoint; torchrun stops rank 0 with SIGTERM, and rank 0 exits through
+    Python and removes the run folder it created, instead of leaving it empty."""
+    spy = tmp_path / "spy"
+    spy.mkdir()
+    (spy / "sitecustomize.py").write_text(_DDP_HARD_EXIT)
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "mde.train", "--data", str(data), "--out", str(run), *TINY, "--epochs", "1"]
-    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=300, check=False)
-    assert done.returncode != 0
-    assert image.name in done.stderr, done.stderr[-3000:]
+           "-m", "mde.train", "--data", str(synth_data), "--out", str(run), *TINY, "--epochs", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(spy), os.environ.get("PYTHONPATH")]))}
+    started = time.monotonic()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode != 0 and time.monotonic() - started < 100, done.stderr[-3000:]
     assert not run.exists(), sorted(p.name for p in run.iterdir())
