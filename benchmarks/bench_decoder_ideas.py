@@ -41,6 +41,9 @@ from bench_train import PATCHES, VARIANTS, decoders, ensure_data, load_run
 from error_anatomy import anatomy
 from worlds import WORLDS, make_world_data
 
+from mde.errors import MdeError
+from mde.io import require_file
+
 
 # -- the ideas ---------------------------------------------------------------------------------
 def gradient_loss(pred, target, pixel_weight=None, scales: int = 1, grad_weight: float = 1.0):
@@ -302,6 +305,25 @@ def write_task_encoder(run_dir: Path, out: Path) -> Path:
     return out
 
 
+def run(opts: argparse.Namespace) -> dict:
+    """What `main`'s options ask for: the variants' table, or the anatomy of trained runs."""
+    for run_dir in opts.anatomy or ():  # before a set is made or read
+        require_file(run_dir / "best.pt", "trained run's checkpoint")
+    if opts.world in WORLDS:
+        make_world_data(opts.data, opts.world)
+    if opts.encoder_from:
+        opts.runs.mkdir(parents=True, exist_ok=True)
+        path = write_task_encoder(opts.encoder_from, opts.runs / "task_encoder.pth")
+        for name in TASK_ENCODER_VARIANTS:
+            VARIANTS[name]["backbone_weights"] = str(path)
+    if opts.anatomy:
+        data = ensure_data(opts.data, 2000, 200, 128)
+        world = WORLDS.get(opts.world, contextlib.nullcontext)
+        return {str(run_dir): anatomy(data, run_dir, world) for run_dir in opts.anatomy}
+    return decoders(opts.data, opts.quick, opts.runs, tuple(opts.variants), epochs=opts.epochs,
+                    reference="unet-onecycle")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="the synthetic set (made here when missing)")
@@ -317,25 +339,12 @@ def main() -> None:
                         help="fixed-camera / small-objects: make D with one camera for every image / with "
                              "every object at half size (see the docstring)")
     opts = parser.parse_args()
-    if opts.world in WORLDS:
-        try:
-            make_world_data(opts.data, opts.world)
-        except ValueError as err:
-            parser.exit(2, f"{parser.prog}: {err}\n")
-    if opts.encoder_from:
-        if opts.runs is None:
-            parser.error("--encoder-from needs --runs (the encoder file is written there)")
-        opts.runs.mkdir(parents=True, exist_ok=True)
-        path = write_task_encoder(opts.encoder_from, opts.runs / "task_encoder.pth")
-        for name in TASK_ENCODER_VARIANTS:
-            VARIANTS[name]["backbone_weights"] = str(path)
-    if opts.anatomy:
-        data = ensure_data(opts.data, 2000, 200, 128)
-        world = WORLDS.get(opts.world, contextlib.nullcontext)
-        out = {str(run): anatomy(data, run, world) for run in opts.anatomy}
-    else:
-        out = decoders(opts.data, opts.quick, opts.runs, tuple(opts.variants), epochs=opts.epochs,
-                       reference="unet-onecycle")
+    if opts.encoder_from and opts.runs is None:
+        parser.error("--encoder-from needs --runs (the encoder file is written there)")
+    try:
+        out = run(opts)
+    except (ValueError, MdeError) as err:  # a folder of another world, a run that is not there: one line
+        parser.exit(2, f"{parser.prog}: {err}\n")
     json.dump(out, sys.stdout, indent=2, default=str)
     print()
 

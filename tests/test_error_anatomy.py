@@ -56,3 +56,16 @@ def test_backdrop_buildings_need_the_generator_and_the_world_that_made_the_set(t
     meta = json.loads((tmp_path / "meta.json").read_text())
     (tmp_path / "meta.json").write_text(json.dumps({**meta, "generator": "someone else"}))
     assert backdrop_buildings(tmp_path, samples, bench_worlds.small_objects) is None
+
+
+def test_anatomy_of_a_run_that_is_not_there_is_one_line_and_makes_no_set(tmp_path):
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_decoder_ideas.py"
+    done = subprocess.run([sys.executable, str(script), "--world", "small-objects", "--data", str(tmp_path / "set"),
+                           "--anatomy", str(tmp_path / "no-run")], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"bench_decoder_ideas.py: {tmp_path / 'no-run' / 'best.pt'}: trained run's checkpoint not found"]
+    assert not (tmp_path / "set").exists()
