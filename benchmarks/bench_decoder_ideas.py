@@ -12,7 +12,8 @@
     The ideas were measured with scale-crop and colour jitter on (the default then), and keep them;
     `unet-prototype` is the decoder issue's prototype (nearest upsampling, one Conv-BN-ReLU per
     stage) with today's flips-only default, and `*-nojitter` / `*-nocrop` / `*-flips` split the
-    augmentation.
+    augmentation; `unet-flips-coordall` (row and column channels joined at every stride) and
+    `*-flips-silog` (the SILog loss) start from the flips-only default too.
     The decoder and loss ideas are patched in here (none is a product option);
     `batch_size`/`lr_max`/`image_size`/`object_weight`/`seed` are ordinary `mde train` options.
 (2) anatomy: for trained runs, where the val error is (error_anatomy.py says what it splits by).
@@ -256,6 +257,7 @@ IDEAS = {
     "unet-wide": {**UNET, "patch": "wide_unet"},
     "unet-coord": {**UNET, "patch": "coord_unet"},
     "unet-flips-coordall": {**VARIANTS["unet-flips"], "patch": "coord_all_unet"},
+    **{f"{name}-silog": {**VARIANTS[name], "loss": "silog"} for name in ("unet-flips", "report-flips")},
     "unet-vertical": {**UNET, "patch": "vertical_unet"},
     # `mde train --object-weight`: object pixels weigh 2x / 4x in the loss (both decoders at 4x)
     "unet-objw4": {**UNET, "object_weight": 4.0},
