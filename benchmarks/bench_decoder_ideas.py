@@ -308,11 +308,8 @@ def write_task_encoder(run_dir: Path, out: Path) -> Path:
 
 
 def run(opts: argparse.Namespace) -> dict:
-    """What `main`'s options ask for: the variants' table, or the anatomy of trained runs."""
-    for run_dir in opts.anatomy or ():  # before a set is made or read
-        require_file(run_dir / "best.pt", "trained run's checkpoint")
-    if opts.world in WORLDS:
-        make_world_data(opts.data, opts.world)
+    """What `main`'s options ask for (checked, and any --world set made): the variants' table, or the
+    anatomy of trained runs."""
     if opts.encoder_from:
         opts.runs.mkdir(parents=True, exist_ok=True)
         path = write_task_encoder(opts.encoder_from, opts.runs / "task_encoder.pth")
@@ -343,10 +340,14 @@ def main() -> None:
     opts = parser.parse_args()
     if opts.encoder_from and opts.runs is None:
         parser.error("--encoder-from needs --runs (the encoder file is written there)")
-    try:
-        out = run(opts)
-    except (ValueError, MdeError) as err:  # a folder of another world, a run that is not there: one line
+    try:  # a run that is not there, a folder of another world: one line, before any work
+        for run_dir in [*(opts.anatomy or ()), *([opts.encoder_from] if opts.encoder_from else [])]:
+            require_file(run_dir / "best.pt", "trained run's checkpoint")
+        if opts.world in WORLDS:
+            make_world_data(opts.data, opts.world)
+    except (ValueError, MdeError) as err:
         parser.exit(2, f"{parser.prog}: {err}\n")
+    out = run(opts)
     json.dump(out, sys.stdout, indent=2, default=str)
     print()
 
