@@ -53,13 +53,19 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 
 def output_names(paths: list[Path], suffix: str) -> list[str]:
-    """One output file name per input, from its stem; repeated stems get _1, _2, ..."""
-    counts: dict[str, int] = {}
+    """One distinct output file name per input, from its stem; a name already given gets _1, _2, ...
+
+    (`img.png`, `img.tiff`, `img_1.png` give `img`, `img_1`, `img_1_1`: never one file for two inputs.)
+    """
+    given: set[str] = set()
     names = []
     for path in paths:
-        n = counts.get(path.stem, 0)
-        counts[path.stem] = n + 1
-        names.append(f"{path.stem}{'' if n == 0 else f'_{n}'}{suffix}")
+        name, n = path.stem, 0
+        while name in given:
+            n += 1
+            name = f"{path.stem}_{n}"
+        given.add(name)
+        names.append(name + suffix)
     return names
 
 

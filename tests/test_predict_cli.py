@@ -77,6 +77,19 @@ def test_predict_folder_plus_glob(cli, onnx_path, images, tmp_path):
     assert np.load(out / "c.npy").shape == (50, 52)
 
 
+def test_predict_gives_every_input_its_own_output(cli, onnx_path, images, tmp_path):
+    """`img.png`, `img.jpg` and `img_1.png`: the second must not take the third's name (one map lost)."""
+    rng = np.random.default_rng(1)
+    sizes = {"img.png": (30, 34), "img.jpg": (36, 40), "img_1.png": (42, 46)}
+    for name, size in sizes.items():
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(tmp_path / name)
+    out = tmp_path / "out"
+    result = cli("predict", onnx_path, *(tmp_path / name for name in sizes), "--out", out, "--format", "npy")
+    assert result.code == 0, result.err
+    assert sorted(p.name for p in out.iterdir()) == ["img.npy", "img_1.npy", "img_1_1.npy"]
+    assert [np.load(out / name).shape for name in ("img.npy", "img_1.npy", "img_1_1.npy")] == list(sizes.values())
+
+
 def test_predict_skips_corrupt_image_and_exits_1(cli, onnx_path, images, tmp_path):
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     (images / "truncated.jpg").write_bytes((images / "b.jpg").read_bytes()[:200])
