@@ -85,12 +85,32 @@ def to_rgb8(array: np.ndarray, source: str = "image") -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+def _wide_gray(array: np.ndarray, path: Path) -> np.ndarray:
+    """A one-channel image of more than 8 bits in a form `to_rgb8` scales right, or DataError.
+
+    Integers of at most 255 are 8-bit values in a wider file and are read as 8-bit (shifting them
+    as 16-bit would make the image black); up to 65535 they are 16-bit. Floats must lie in [0, 1].
+    """
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+            raise DataError(f"floating-point image with values outside [0, 1] ({np.nanmin(array):g} to "
+                            f"{np.nanmax(array):g}); save it as 8- or 16-bit", path)
+        return array
+    lo, hi = int(array.min()), int(array.max())
+    if lo < 0 or hi > 65535:
+        raise DataError(f"integer image with values {lo} to {hi}; expected 8- or 16-bit values", path)
+    if hi <= 255:
+        log.info("%s: 8-bit values in a %s-bit image, read as 8-bit", path, 8 * array.dtype.itemsize)
+        return array.astype(np.uint8)
+    return array.astype(np.uint16)
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as H x W x 3 uint8 RGB (gray, RGBA, 16-bit are converted)."""
+    """Read an image file as H x W x 3 uint8 RGB (gray, RGBA, 16-bit and float gray are converted)."""
     path = Path(path)
     img = _open_checked(path)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = _decode(img, path).astype(np.uint16)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = _wide_gray(_decode(img, path), path)
     elif img.mode not in ("RGB", "L", "LA", "RGBA"):
         try:
             img = img.convert("RGB")

@@ -254,3 +254,29 @@ def test_colorize_near_red_far_blue_invalid_black():
 def test_colorize_rejects(depth, max_depth):
     with pytest.raises(InputError):
         colorize(depth, max_depth)
+
+
+def test_read_rgb_wide_gray_images_by_their_values(tmp_path):
+    """16- and 32-bit integer and float gray images: 8-bit values stay, 16-bit ones are shifted, floats in
+    [0, 1] are scaled; what cannot be read right is refused, never turned black."""
+    from PIL import Image
+
+    from mde.errors import DataError
+    from mde.runtime.images import read_rgb
+
+    rng = np.random.default_rng(0)
+    gray8 = rng.integers(1, 256, (20, 24), dtype=np.uint8)
+    expect8 = np.repeat(gray8[:, :, None], 3, axis=2)
+    cases = {"png16_8bit.png": Image.fromarray(gray8.astype(np.uint16)),
+             "int32_8bit.tif": Image.fromarray(gray8.astype(np.int32)),
+             "float01.tif": Image.fromarray(gray8.astype(np.float32) / 255)}
+    for name, image in cases.items():
+        image.save(tmp_path / name)
+        np.testing.assert_array_equal(read_rgb(tmp_path / name), expect8, err_msg=name)
+    Image.fromarray(gray8.astype(np.uint16) * 257).save(tmp_path / "png16.png")  # full 16-bit range
+    np.testing.assert_array_equal(read_rgb(tmp_path / "png16.png"), expect8)
+    for name, array, match in [("int32_wide.tif", gray8.astype(np.int32) * 100000, "expected 8- or 16-bit"),
+                               ("float255.tif", gray8.astype(np.float32), r"outside \[0, 1\]")]:
+        Image.fromarray(array).save(tmp_path / name)
+        with pytest.raises(DataError, match=match):
+            read_rgb(tmp_path / name)
