@@ -20,7 +20,7 @@ from mde.calibration.subpixel import rewritable, rewrite_conv_transpose
 from mde.console import info, make_progress
 from mde.errors import DataError, InputError, ModelError
 from mde.io import atomic_path, require_file, sha256_file
-from mde.runtime.metadata import ModelMetadata, read_props, stamp
+from mde.runtime.metadata import ModelMetadata, check_graph_input, read_props, stamp
 from mde.runtime.preprocess import preprocess
 
 log = logging.getLogger(__name__)
@@ -88,11 +88,19 @@ def load_source(path: Path) -> tuple[Any, ModelMetadata]:
     path = require_file(path, "ONNX model")
     try:
         model = onnx.load(str(path))
+    except onnx.checker.ValidationError as err:  # external data missing or outside the model's folder
+        raise ModelError(f"cannot load ONNX model ({str(err).strip().splitlines()[0][:300]})", path) from None
     except (DecodeError, ValueError, OSError, RuntimeError) as err:
         raise ModelError(f"not an ONNX model ({type(err).__name__})", path) from None
     if not model.ir_version or not model.graph.node:
         raise ModelError("not an ONNX model (no graph)", path)
     meta = ModelMetadata.from_props(read_props(model), path)
+    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    if len(inputs) != 1:
+        raise ModelError(f"graph has {len(inputs)} inputs; expected one image input", path)
+    tensor = inputs[0].type.tensor_type
+    check_graph_input(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type) if tensor.elem_type else np.void,
+                      tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim), meta, path)
     if is_quantized(model):
         raise ModelError("already quantized (has QuantizeLinear/DequantizeLinear nodes); "
                          "calibrate the FP32 model.onnx", path)

@@ -117,8 +117,8 @@ class ModelMetadata:
             if precision not in PRECISIONS:
                 raise ValueError(f"unknown precision {precision!r}")
             return cls(
-                input_size=(int(pre["input_size"][0]), int(pre["input_size"][1])),
-                max_depth=float(out["max_depth"]),
+                input_size=_input_size(pre["input_size"]),
+                max_depth=_max_depth(out["max_depth"]),
                 precision=precision,
                 dynamic_size=bool(pre.get("dynamic_size", False)),
                 backbone=str(model.get("backbone", "unknown")),
@@ -134,6 +134,48 @@ class ModelMetadata:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+MAX_INPUT_SIDE = 8192  # pixels: the largest image side the runtime reads (`images.MAX_PIXELS`)
+
+
+def _input_size(value: Any) -> tuple[int, int]:
+    """`mde.preprocess` input_size: [height, width], positive multiples of 32 up to MAX_INPUT_SIDE."""
+    multiple = PREPROCESS["size_multiple"]
+    ok = (isinstance(value, list) and len(value) == 2
+          and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_INPUT_SIDE and v % multiple == 0
+                  for v in value))
+    if not ok:
+        raise ValueError(f"input_size must be [height, width], multiples of {multiple} up to {MAX_INPUT_SIDE}, "
+                         f"got {json.dumps(value)}")
+    return int(value[0]), int(value[1])
+
+
+def _max_depth(value: Any) -> float:
+    """`mde.output` max_depth: a finite number of metres above 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+        raise ValueError(f"max_depth must be a finite number of metres above 0, got {json.dumps(value)}")
+    return float(value)
+
+
+def check_graph_input(dtype: Any, shape: tuple[int | None, ...], meta: ModelMetadata,
+                      source: str | Path = "artifact") -> None:
+    """Refuse a graph whose image input is not what the runtime feeds: float32 N x 3 x H x W, with H x W the
+    metadata's input size (dynamic when the metadata says so).
+
+    Raises:
+        ModelError: naming the input the graph has and the one it would be given.
+    """
+    import numpy as np
+
+    size = (None, None) if meta.dynamic_size else tuple(meta.input_size)
+    fits = (len(shape) == 4 and shape[1] == 3
+            and all(got is None or got == want for got, want in zip(shape[2:], size, strict=True)))
+    if np.dtype(dtype) != np.float32 or not fits:
+        dims = "x".join("?" if d is None else str(d) for d in shape)
+        want = "x".join("?" if d is None else str(d) for d in (None, 3, *size))
+        raise ModelError(f"graph input is {np.dtype(dtype).name} {dims}; the runtime feeds float32 {want} "
+                         f"(from its mde metadata)", source)
 
 
 def read_props(model: Any) -> dict[str, str]:

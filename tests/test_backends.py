@@ -82,8 +82,8 @@ def test_register_backend_adds_a_runner(monkeypatch, tmp_path):
     class EchoRunner(Runner):
         def _activate_impl(self) -> None:
             self.metadata = ModelMetadata(input_size=(2, 2), max_depth=1.0)
-            self.input_specs = {"x": TensorSpec("x", np.dtype(np.float32), (None, 2))}
-            self.output_specs = {"y": TensorSpec("y", np.dtype(np.float32), (None, 2))}
+            self.input_specs = {"x": TensorSpec("x", np.dtype(np.float32), (None, 3, 2, 2))}
+            self.output_specs = {"y": TensorSpec("y", np.dtype(np.float32), (None, 3, 2, 2))}
 
         def _infer_impl(self, feed):
             return {"y": feed["x"] * 2}
@@ -93,10 +93,11 @@ def test_register_backend_adds_a_runner(monkeypatch, tmp_path):
     assert "echo" in base.backend_names()
     with open_runner(model, backend="echo") as r:
         assert r.name == "echo" and r.is_active
-        np.testing.assert_array_equal(r.infer({"x": np.ones((3, 2), np.float32)})["y"], np.full((3, 2), 2.0))
+        x = np.ones((3, 3, 2, 2), np.float32)
+        np.testing.assert_array_equal(r.infer({"x": x})["y"], np.full((3, 3, 2, 2), 2.0))
     assert not r.is_active
     with pytest.raises(InputError, match="not active"):
-        r.infer({"x": np.ones((3, 2), np.float32)})
+        r.infer({"x": x})
 
 
 def test_unknown_backend_lists_valid_names(onnx_path):

@@ -18,7 +18,8 @@ onnx = pytest.importorskip("onnx")
 
 
 def _edit(src: Path, dst: Path, scale_conv: bool = False, input_size: int | None = None) -> Path:
-    """Copy an exported ONNX, scaling one Conv weight and/or rewriting the metadata's input size."""
+    """Copy an exported ONNX, scaling one Conv weight and/or rewriting the metadata's input size (the
+    graph's H and W made symbolic, so the artifact is consistent, only exported for another size)."""
     from onnx import numpy_helper
 
     model = onnx.load(str(src))
@@ -32,6 +33,9 @@ def _edit(src: Path, dst: Path, scale_conv: bool = False, input_size: int | None
                 spec = json.loads(prop.value)
                 spec["input_size"] = [input_size, input_size]
                 prop.value = json.dumps(spec)
+        for dim, name in zip(model.graph.input[0].type.tensor_type.shape.dim[2:], "HW", strict=True):
+            dim.dim_param = name
+        del model.graph.value_info[:]
     onnx.save(model, str(dst))
     return dst
 

@@ -39,6 +39,47 @@ class Evil:
         return (os.system, (f"touch {os.environ.get('MDE_PWNED', '/tmp/mde-pwned')}",))
 
 
+def _bad_artifacts(root: Path, good_onnx: Path) -> dict[str, Path]:
+    """ONNX files with the good export's mde metadata that the runtime must refuse when it opens them."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    files = {}
+    model = onnx.load(good_onnx)
+    props = {p.key: p.value for p in model.metadata_props}
+
+    def restamp(model, name: str, **changes) -> None:
+        values = dict(props)
+        for key, (field, value) in changes.items():
+            values[key] = json.dumps({**json.loads(values[key]), field: value})
+        del model.metadata_props[:]
+        for key, value in values.items():
+            model.metadata_props.add(key=key, value=value)
+        files[name] = root / f"{name}.onnx"
+        onnx.save(model, files[name])
+
+    restamp(onnx.load(good_onnx), "huge_size", **{"mde.preprocess": ("input_size", [100000, 100000])})
+    restamp(onnx.load(good_onnx), "zero_size", **{"mde.preprocess": ("input_size", [0, 0])})
+    restamp(onnx.load(good_onnx), "negative_max_depth", **{"mde.output": ("max_depth", -1.0)})
+    # a graph that takes uint8 pixels (Cast, then the mean over channels as "depth")
+    h, w = json.loads(props["mde.preprocess"])["input_size"]
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
+         helper.make_node("ReduceMean", ["f"], ["depth"], axes=[1], keepdims=1)], "uint8_input",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, 3, h, w])],
+        [helper.make_tensor_value_info("depth", TensorProto.FLOAT, [1, 1, h, w])])
+    restamp(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), "uint8_input")
+    # weights in an external file that is not there
+    external = root / "external"
+    external.mkdir()
+    onnx.save(onnx.load(good_onnx), external / "ext.onnx", save_as_external_data=True, location="ext.onnx.data")
+    (external / "ext.onnx.data").unlink()
+    files["missing_external"] = external / "ext.onnx"
+    return files
+
+
 @pytest.fixture(scope="module")
 def bad(tmp_path_factory, synth_data, tiny_checkpoint, tiny_export) -> dict[str, Path]:
     """A zoo of bad inputs, built once."""
@@ -80,6 +121,7 @@ def bad(tmp_path_factory, synth_data, tiny_checkpoint, tiny_export) -> dict[str,
     del model.metadata_props[:]
     files["onnx_no_meta"] = root / "no-meta.onnx"
     onnx.save(model, files["onnx_no_meta"])
+    files.update(_bad_artifacts(root, tiny_export / "model.onnx"))
     files["golden_truncated"] = root / "golden.npz"
     files["golden_truncated"].write_bytes(b"PK\x03\x04" + b"\0" * 60)  # a zip's first bytes, cut short
     files["onnx_text"] = root / "text.onnx"
@@ -192,6 +234,16 @@ CASES = [
     ("parity-golden-and-data", "parity --golden {bad:missing} {onnx} --data {data}", "--golden"),
     ("train-pretrained-and-weights", "train --data {data} --out {out} --pretrained --backbone-weights {ckpt}", "--backbone-weights"),
     ("train-freeze-from-scratch", "train --data {data} --out {out} --no-pretrained --freeze-stages 3", "freeze"),
+    # artifacts whose graph or metadata the runtime cannot feed: refused when opened
+    ("predict-uint8-input", "predict {bad:uint8_input} {data}/val/rgb/000000.png --out {out}", "graph input is uint8"),
+    ("calibrate-uint8-input", "calibrate {bad:uint8_input} --data {data} --out {out}.onnx", "uint8_input.onnx"),
+    ("parity-uint8-input", "parity {ckpt} {bad:uint8_input} --data {data}", "graph input is uint8"),
+    ("predict-huge-size", "predict {bad:huge_size} {data}/val/rgb/000000.png --out {out}", "input_size must be"),
+    ("calibrate-huge-size", "calibrate {bad:huge_size} --data {data} --out {out}.onnx", "huge_size.onnx"),
+    ("bench-zero-size", "bench {bad:zero_size} --iterations 2", "zero_size.onnx"),
+    ("predict-negative-max-depth", "predict {bad:negative_max_depth} {data}/val/rgb/000000.png --out {out}",
+     "max_depth must be a finite number of metres above 0"),
+    ("calibrate-missing-external", "calibrate {bad:missing_external} --data {data} --out {out}.onnx", "ext.onnx"),
     # bench / info
     ("bench-missing", "bench {bad:missing} --iterations 2", "does-not-exist.png"),
     ("bench-unknown-backend", "bench {onnx} --backend tflite --iterations 2", "tflite"),

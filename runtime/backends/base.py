@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from mde.errors import InputError, ModelError
-from mde.runtime.metadata import ModelMetadata
+from mde.runtime.metadata import ModelMetadata, check_graph_input
 
 # Backend modules shipped with mde; importing one registers it (each imports its library lazily,
 # so listing the backends imports neither torch nor TensorRT).
@@ -67,8 +67,23 @@ class Runner(abc.ABC):
         """Load the model (idempotent); return self."""
         if not self.is_active:
             self._activate_impl()
+            try:
+                self._check_image_input()
+            except ModelError:
+                self._deactivate_impl()
+                raise
             self.is_active = True
         return self
+
+    def _check_image_input(self) -> None:
+        """One input, the float32 N x 3 x H x W image the runtime feeds (`check_graph_input`)."""
+        if self.metadata is None:
+            return
+        if len(self.input_specs) != 1:
+            raise ModelError(f"graph has {len(self.input_specs)} inputs ({', '.join(self.input_specs)}); "
+                             f"expected one image input", self.path)
+        spec = next(iter(self.input_specs.values()))
+        check_graph_input(spec.dtype, spec.shape, self.metadata, self.path)
 
     def deactivate(self) -> None:
         """Release the model and its buffers (idempotent)."""
