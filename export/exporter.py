@@ -26,6 +26,7 @@ from mde.export.config import (  # noqa: F401 - ExportConfig and Artifact are th
     ENGINE_NAME,
     EXTRAS,
     GOLDEN_NAME,
+    INT8_CPU_NAME,
     Artifact,
     ExportConfig,
     calibration_config,
@@ -324,5 +325,32 @@ def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:
             artifacts = _publish(staged, out)
             write_golden(out / GOLDEN_NAME, golden, reference, ctx.depth_range, checkpoint_sha,
                          {"backbone": model.args.backbone, "decoder": model.args.decoder})
+            stale = _remove_stale(out, checkpoint_sha, {a.path.name for a in artifacts})
             progress.finish()
+    if stale:
+        from mde.console import info
+
+        info(f"--force: removed {', '.join(stale)} from {out}, made from another checkpoint than golden.npz's")
     return artifacts
+
+
+def _remove_stale(out: Path, checkpoint_sha: str, written: set[str]) -> list[str]:
+    """Remove the artifacts in `out` (by this project's names, with the files that travel with them) that
+    this export did not write and that come from another checkpoint, or whose metadata cannot be read:
+    `--force` leaves a folder whose every artifact matches its golden.npz. Returns their names."""
+    from mde.runtime.artifact import read_metadata
+
+    stale = []
+    for name in (*ARTIFACT_NAMES.values(), INT8_CPU_NAME, ENGINE_NAME):
+        path = out / name
+        if name in written or not path.is_file():
+            continue
+        try:
+            same = read_metadata(path).source.get("checkpoint_sha256") == checkpoint_sha
+        except Exception:  # noqa: BLE001 - unreadable: not an artifact of this checkpoint either
+            same = False
+        if not same:
+            for extra in (name, *EXTRAS.get(name, ())):
+                (out / extra).unlink(missing_ok=True)
+            stale.append(name)
+    return stale

@@ -367,3 +367,23 @@ def test_an_older_onnx_runtime_lowers_the_newest_opset(tiny_checkpoint, tmp_path
         assert not out.exists()
     finally:
         config.max_opset.cache_clear()
+
+
+def test_force_removes_artifacts_of_another_checkpoint(cli, tiny_checkpoint, tmp_path):
+    """--force into a folder exported from another checkpoint: what it does not rewrite would no longer
+    match golden.npz, so it goes (and says so); the same checkpoint's other artifacts stay."""
+    import torch
+
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    state["model"] = {k: v + 1e-3 if v.is_floating_point() else v for k, v in state["model"].items()}
+    other = tmp_path / "other.pt"
+    torch.save(state, other)
+    out = tmp_path / "out"
+    assert cli("export", tiny_checkpoint, "--out", out, "--precision", "fp32", "--precision", "fp16").code == 0
+    same = cli("export", tiny_checkpoint, "--out", out, "--precision", "fp32", "--force")
+    assert same.code == 0, same.err
+    assert (out / "model.fp16.onnx").is_file() and "removed" not in same.err
+    result = cli("export", other, "--out", out, "--precision", "fp32", "--force")
+    assert result.code == 0, result.err
+    assert "removed model.fp16.onnx" in result.err
+    assert sorted(p.name for p in out.iterdir()) == ["golden.npz", "model.onnx"]
