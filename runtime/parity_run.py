@@ -247,6 +247,8 @@ def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
     for option, out in (("--json", cfg.json_path), ("--report", cfg.report)):
         if out is not None:
             check_output_file(out, option, inputs)
+    if cfg.json_path and cfg.report and Path(cfg.json_path).resolve() == Path(cfg.report).resolve():
+        raise InputError("--json and --report name the same file; one would replace the other", cfg.report)
     pngs: dict[str, str] = {}
     if cfg.golden is not None:
         results = [check_golden(cfg.golden, a, cfg.backend, tolerances, cfg.providers) for a in cfg.artifacts]

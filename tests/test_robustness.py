@@ -221,6 +221,8 @@ CASES = [
     ("parity-truncated-golden", "parity --golden {bad:golden_truncated} {onnx}", "golden.npz"),
     ("parity-json-over-artifact", "parity {ckpt} {onnx} --data {data} --json {onnx}", "--json would write over"),
     ("parity-json-into-data", "parity {ckpt} {onnx} --data {data} --json {data}/meta.json", "inside the input folder"),
+    ("parity-json-is-report", "parity {ckpt} {onnx} --data {data} --json {out}.txt --report {out}.txt",
+     "--json and --report name the same file"),
     ("parity-report-is-folder", "parity {ckpt} {onnx} --data {data} --report {bad:dir}", "a-folder"),
     # predict
     ("predict-missing-model", "predict {bad:missing} {bad:tiny_png} --out {out}", "does-not-exist.png"),
