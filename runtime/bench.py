@@ -133,6 +133,10 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     ):
         if value < low:
             raise InputError(f"{name} must be >= {low}, got {value}")
+    from mde.runtime.backends.onnxruntime import max_threads
+
+    if cfg.threads > max_threads():
+        raise InputError(f"--threads must be at most {max_threads()} (4 per CPU here), got {cfg.threads}")
     parse_size(cfg.image_size, (0, 0))  # a bad --image-size fails before any model loads
     results = [bench_artifact(Path(p), cfg) for p in cfg.artifacts]
     if cfg.torch_checkpoint is not None:  # PyTorch eager through the torch runner, same pipeline

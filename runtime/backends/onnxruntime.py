@@ -14,6 +14,7 @@ import ctypes
 import functools
 import io
 import logging
+import os
 import struct
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -332,6 +333,11 @@ def describe_session(session: Any, source: str | Path) -> tuple[ModelMetadata, S
     return meta, inputs, outputs
 
 
+def max_threads() -> int:
+    """The most threads a run may ask for: 4 per CPU (more only oversubscribes; 100000 hung at start-up)."""
+    return 4 * (os.cpu_count() or 1)
+
+
 @register_backend("onnxruntime")
 class OnnxRuntimeRunner(Runner):
     """Runs an `.onnx` file with ONNX Runtime.
@@ -351,8 +357,9 @@ class OnnxRuntimeRunner(Runner):
         inter_op_threads: int = 0,
     ):
         super().__init__(path)
-        if threads < 0 or inter_op_threads < 0:
-            raise InputError(f"thread counts must be >= 0, got {threads} and {inter_op_threads}")
+        if not (0 <= threads <= max_threads() and 0 <= inter_op_threads <= max_threads()):
+            raise InputError(f"thread counts must be in 0..{max_threads()} (0: ONNX Runtime's default; at most "
+                             f"4 per CPU here), got {threads} and {inter_op_threads}")
         self.requested_providers = None if providers is None else list(providers)
         self.threads = threads
         self.inter_op_threads = inter_op_threads
