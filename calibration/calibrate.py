@@ -211,9 +211,10 @@ def _ranges(cfg: CalibrationConfig, pre_path: Path, dataset: Any, calib_idx: lis
 
     Returns (ranges, whether they were reused).
     """
-    import onnxruntime
-
     from mde.calibration import quantize as qz
+    from mde.runtime.backends.onnxruntime import import_ort
+
+    onnxruntime = import_ort()
 
     key = {
         "model_sha256": sha256_file(cfg.model), "method": cfg.method, "seed": cfg.seed,
@@ -262,9 +263,11 @@ def _write(cfg: CalibrationConfig, final: Any, meta: ModelMetadata, record: dict
     Returns the integer-kernel inspection of the CPU form ({} for TensorRT).
     """
     import onnx
-    import onnxruntime
 
     from mde.calibration import quantize as qz
+    from mde.runtime.backends.onnxruntime import import_ort
+
+    onnxruntime = import_ort()
 
     kernels: dict[str, Any] = {}
     if cfg.target == "tensorrt":
