@@ -228,6 +228,10 @@ CASES = [
     ("predict-missing-model", "predict {bad:missing} {bad:tiny_png} --out {out}", "does-not-exist.png"),
     ("predict-truncated-onnx", "predict {bad:onnx_truncated} {bad:tiny_png} --out {out}", "truncated.onnx"),
     ("predict-no-meta", "predict {bad:onnx_no_meta} {bad:tiny_png} --out {out}", "no-meta.onnx"),
+    ("predict-onnx-as-golden", "predict {onnx} {data}/val/rgb/000000.png --out {out} --backend golden",
+     "a .onnx file is read by the onnxruntime backend; --backend golden reads .npz"),
+    ("predict-onnx-as-engine", "predict {onnx} {data}/val/rgb/000000.png --out {out} --backend tensorrt",
+     "--backend tensorrt reads .engine, .plan"),
     ("predict-unknown-backend", "predict {onnx} {bad:tiny_png} --out {out} --backend tflite", "tflite"),
     ("predict-foreign-engine", "predict {bad:engine_foreign} {bad:tiny_png} --out {out}", "model.engine"),
     # unknown values and conflicting flags

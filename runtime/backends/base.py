@@ -195,9 +195,13 @@ def resolve_backend(path: str | Path, backend: str = "auto") -> str:
     names = backend_names()
     if backend != "auto" and backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose from: auto, {', '.join(names)}")
-    if backend != "auto":
-        return backend
     suffix = Path(path).suffix.lower()
+    if backend != "auto":
+        kind = AUTO_BACKENDS.get(suffix)
+        if kind is not None and kind != backend:  # e.g. an .onnx given to --backend golden
+            wants = ", ".join(sorted(s for s, b in AUTO_BACKENDS.items() if b == backend)) or "its own files"
+            raise InputError(f"a {suffix} file is read by the {kind} backend; --backend {backend} reads {wants}", path)
+        return backend
     if suffix not in AUTO_BACKENDS:
         raise InputError(
             f"cannot pick a backend for a {suffix or 'suffix-less'} file; expected one of "
