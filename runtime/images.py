@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mde.errors import DataError, InputError
 
@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 MAX_PIXELS = 8192 * 8192
 MIN_SIDE = 8
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+ORIENTATION_TAG = 0x0112  # EXIF: how the stored pixels are turned for display (1: as stored)
 
 
 def _open_checked(path: Path) -> Image.Image:
@@ -105,10 +106,19 @@ def _wide_gray(array: np.ndarray, path: Path) -> np.ndarray:
     return array.astype(np.uint16)
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as H x W x 3 uint8 RGB (gray, RGBA, 16-bit and float gray are converted)."""
+def read_rgb(path: str | Path, upright: bool = False) -> np.ndarray:
+    """Read an image file as H x W x 3 uint8 RGB (gray, RGBA, 16-bit and float gray are converted).
+
+    upright: turn it as its EXIF orientation says, as viewers show it (`mde predict`: the depth map
+        matches the picture the user sees). Datasets are read as stored, like their depth maps.
+    """
     path = Path(path)
     img = _open_checked(path)
+    if upright and img.getexif().get(ORIENTATION_TAG, 1) != 1:
+        try:
+            img = ImageOps.exif_transpose(img)
+        except (OSError, SyntaxError, ValueError) as err:
+            raise DataError(f"truncated or corrupt image ({err})", path) from None
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = _wide_gray(_decode(img, path), path)
     elif img.mode not in ("RGB", "L", "LA", "RGBA"):

@@ -117,7 +117,7 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
         items = list(zip(paths, names))
         for path, name in track(items, "predict", total=len(items)) if len(items) > 1 else items:
             try:
-                depth = est.predict(read_rgb(path))
+                depth = est.predict(read_rgb(path, upright=True))
                 write_depth(depth, out / name, cfg.format, est.metadata.max_depth)
             except MdeError as err:
                 if isinstance(err, InputError) and err.path is not None and err.path != path:

@@ -238,3 +238,17 @@ def test_info_bad_file_exit_2(cli, tmp_path, name, content, match):
         path.write_bytes(content)
     result = cli("info", path)
     assert result.code == 2 and match in result.err
+
+
+def test_predict_turns_a_photo_as_its_exif_orientation_says(cli, onnx_path, tmp_path):
+    """A phone photo stored 64 wide x 48 high with orientation 6 (turn 90 degrees) is shown 48 x 64:
+    its depth map is too."""
+    rng = np.random.default_rng(2)
+    photo = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    exif = photo.getexif()
+    exif[0x0112] = 6
+    photo.save(tmp_path / "phone.jpg", exif=exif)
+    out = tmp_path / "out"
+    result = cli("predict", onnx_path, tmp_path / "phone.jpg", "--out", out, "--format", "npy")
+    assert result.code == 0, result.err
+    assert np.load(out / "phone.npy").shape == (64, 48)

@@ -22,7 +22,7 @@ def predict(
     threads: int = typer.Option(PredictConfig.threads, help="ONNX Runtime threads (0 = its default)."),
     providers: list[str] = providers_option(),
 ) -> None:
-    """Write a depth map for each input image, at the image's own resolution."""
+    """Write a depth map for each input image, at the image's own resolution (turned upright as its EXIF says)."""
     from mde.console import info
 
     check_backend(backend)
