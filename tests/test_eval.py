@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 KEYS = {"rmse", "ssim", "abs_rel", "sq_rel", "rmse_log", "delta1", "delta2", "delta3", "silog", "images"}
 REGION_KEYS = {f"{r}_{m}" for r in ("objects", "structure") for m in ("rmse", "abs_rel", "delta1", "images")}
@@ -41,8 +42,16 @@ def test_eval_region_figures_match_a_direct_computation(cli, tiny_checkpoint, sy
     assert res["objects_images"] == len(objects)
     plain = tmp_path / "plain"
     shutil.copytree(synth_data, plain, ignore=shutil.ignore_patterns("mask"))
-    res = json.loads(cli("eval", tiny_checkpoint, "--data", plain, "--json", "--device", "cpu").out)
-    assert set(res) == KEYS
+    res = cli("eval", tiny_checkpoint, "--data", plain, "--json", "--device", "cpu")
+    assert set(json.loads(res.out)) == KEYS and "no region figures" not in res.err
+    # masks that mark every pixel invalid: no region figures either, and it says so
+    blank = tmp_path / "blank"
+    shutil.copytree(synth_data, blank)
+    for mask in (blank / "val" / "mask").iterdir():
+        Image.fromarray(np.full_like(np.asarray(Image.open(mask)), 255)).save(mask)
+    res = cli("eval", tiny_checkpoint, "--data", blank, "--json", "--device", "cpu")
+    assert res.code == 0, res.err
+    assert set(json.loads(res.out)) == KEYS and "the val masks mark no object or structure pixel" in res.err
 
 
 def test_eval_checkpoint_table(cli, tiny_checkpoint, synth_data):

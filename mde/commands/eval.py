@@ -45,12 +45,20 @@ def eval_command(
     elif suffix in (".onnx", ".engine", ".plan"):
         from mde.runtime.estimator import DepthEstimator
 
+        if device != "auto":
+            raise InputError(f"--device {device} applies to .pt checkpoints; a {suffix} file runs where its "
+                             "backend runs (ONNX Runtime takes CUDA when this machine has it)", path)
+
         estimator = DepthEstimator.open(path, backend=backend, batch_size=batch_size)
         predict = estimator.predict_batch
     else:
         raise InputError("expected a .pt, .onnx or .engine file", path)
     metrics = evaluate(predict, dataset, data_range, batch_size, progress=not json_out)
     regions = any(k in metrics for k in REGION_ORDER)
+    if not regions and getattr(dataset, "masks", None):
+        from mde.console import info
+
+        info(f"{data}: the {split} masks mark no object or structure pixel; no region figures")
     metrics = {k: metrics[k] for k in METRIC_ORDER + REGION_ORDER if k in metrics}
     if regions and split != "train" and (Path(data) / "train").is_dir():
         metrics["pixel_mean_map"] = _pixel_mean_map_figures(data, dataset, data_range, depth_scale)
