@@ -121,6 +121,9 @@ def select_images(names: list[str], cfg: CalibrationConfig, source: Path,
     if n_hold == 0:
         raise DataError(f"train split has {len(names)} images; need at least 4 (calibration + held-out)", source)
     holdout, calib = perm[:n_hold], perm[n_hold:n_hold + cfg.num_images]
+    if n_hold < cfg.holdout_images:
+        info(f"{source}: holding out {n_hold} of its {len(names)} train images for the accuracy check, "
+             f"not {cfg.holdout_images} (at most a quarter)")
     if len(calib) < MIN_IMAGES and not cfg.allow_few:
         raise DataError(
             f"{len(calib)} calibration images (train split: {len(names)}, {n_hold} held out); "

@@ -323,3 +323,17 @@ def test_every_tensorrt_int8_written_is_checked(tiny_int8, tiny_export, synth_da
     with pytest.raises(ModelError, match="reads INT32; TensorRT's DequantizeLinear takes INT8 only"):
         calibrate(cfg)
     assert not out.exists()
+
+
+def test_select_images_says_when_it_holds_out_fewer_than_asked(tmp_path, capsys):
+    from mde.calibration.calibrate import CalibrationConfig, select_images
+
+    names = [f"{i:06d}" for i in range(24)]
+    cfg = CalibrationConfig(model=tmp_path / "m.onnx", data=tmp_path, out=tmp_path / "o.onnx", num_images=8,
+                            holdout_images=100, allow_few=True)
+    holdout, calib = select_images(names, cfg, tmp_path)
+    assert len(holdout) == 6 and len(calib) == 8 and not set(holdout) & set(calib)
+    assert "holding out 6 of its 24 train images for the accuracy check, not 100" in capsys.readouterr().err
+    select_images(names, CalibrationConfig(model=tmp_path / "m.onnx", data=tmp_path, out=tmp_path / "o.onnx",
+                                           num_images=8, holdout_images=4, allow_few=True), tmp_path)
+    assert "holding out" not in capsys.readouterr().err
