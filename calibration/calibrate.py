@@ -99,7 +99,7 @@ def load_source(path: Path) -> tuple[Any, ModelMetadata]:
     if len(inputs) != 1:
         raise ModelError(f"graph has {len(inputs)} inputs; expected one image input", path)
     tensor = inputs[0].type.tensor_type
-    check_graph_input(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type) if tensor.elem_type else np.void,
+    check_graph_input(np.float32 if tensor.elem_type == onnx.TensorProto.FLOAT else np.void,
                       tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim), meta, path)
     if is_quantized(model):
         raise ModelError("already quantized (has QuantizeLinear/DequantizeLinear nodes); "
@@ -121,13 +121,13 @@ def select_images(names: list[str], cfg: CalibrationConfig, source: Path,
     if n_hold == 0:
         raise DataError(f"train split has {len(names)} images; need at least 4 (calibration + held-out)", source)
     holdout, calib = perm[:n_hold], perm[n_hold:n_hold + cfg.num_images]
-    if n_hold < cfg.holdout_images:
-        info(f"{source}: holding out {n_hold} of its {len(names)} train images for the accuracy check, "
-             f"not {cfg.holdout_images} (at most a quarter)")
     if len(calib) < MIN_IMAGES and not cfg.allow_few:
         raise DataError(
             f"{len(calib)} calibration images (train split: {len(names)}, {n_hold} held out); "
             f"expected at least {MIN_IMAGES} (use {allow_few_option} to accept fewer)", source)
+    if n_hold < cfg.holdout_images:
+        info(f"{source}: holding out {n_hold} of its {len(names)} train images for the accuracy check, "
+             f"not {cfg.holdout_images} (at most a quarter)")
     return holdout, calib
 
 
@@ -218,6 +218,7 @@ def _ranges(cfg: CalibrationConfig, pre_path: Path, dataset: Any, calib_idx: lis
     from mde.runtime.backends.onnxruntime import import_ort
 
     onnxruntime = import_ort()
+    onnxruntime.set_default_logger_severity(3)  # the quantizer's own sessions: errors only, as ours are
 
     key = {
         "model_sha256": sha256_file(cfg.model), "method": cfg.method, "seed": cfg.seed,
@@ -271,6 +272,7 @@ def _write(cfg: CalibrationConfig, final: Any, meta: ModelMetadata, record: dict
     from mde.runtime.backends.onnxruntime import import_ort
 
     onnxruntime = import_ort()
+    onnxruntime.set_default_logger_severity(3)  # the quantizer's own sessions: errors only, as ours are
 
     kernels: dict[str, Any] = {}
     if cfg.target == "tensorrt":

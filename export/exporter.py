@@ -35,6 +35,7 @@ from mde.export.config import (  # noqa: F401 - ExportConfig and Artifact are th
 )
 from mde.export.golden import golden_checkpoint, golden_inputs, write_golden
 from mde.io import no_empty_new_folder
+from mde.runtime.metadata import read_props, sidecar_path
 
 
 def _check_out(cfg: ExportConfig, checkpoint_sha: str) -> Path:
@@ -49,7 +50,36 @@ def _check_out(cfg: ExportConfig, checkpoint_sha: str) -> Path:
             existing.append(f"{GOLDEN_NAME} (from another checkpoint)")
         if existing:
             raise InputError(f"would overwrite {', '.join(existing)} (use --force)", out)
+        others = _other_checkpoints(out, checkpoint_sha, set(planned_names(cfg)))
+        if others:
+            raise InputError(f"would leave {', '.join(others)}, made from another checkpoint, beside this one's "
+                             f"{GOLDEN_NAME} (use --force to remove them)", out)
     return out
+
+
+def _other_checkpoints(out: Path, checkpoint_sha: str, written: set[str]) -> list[str]:
+    """The artifacts in `out` (by this project's names) that an export writing `written` leaves, made
+    from another checkpoint than `checkpoint_sha`. Files whose metadata cannot be read are not counted."""
+    import json
+
+    found = []
+    for name in (*ARTIFACT_NAMES.values(), INT8_CPU_NAME, ENGINE_NAME):
+        path = out / name
+        if name in written or not path.is_file():
+            continue
+        try:
+            if name == ENGINE_NAME:
+                props = json.loads(sidecar_path(path).read_text())["metadata"]
+            else:
+                import onnx
+
+                props = read_props(onnx.load(str(path), load_external_data=False))
+            sha = json.loads(props["mde.source"])["checkpoint_sha256"]
+        except Exception:  # noqa: BLE001 - not readable as an mde artifact: not ours to judge
+            continue
+        if sha != checkpoint_sha:
+            found.append(name)
+    return found
 
 
 @contextmanager
@@ -325,32 +355,14 @@ def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:
             artifacts = _publish(staged, out)
             write_golden(out / GOLDEN_NAME, golden, reference, ctx.depth_range, checkpoint_sha,
                          {"backbone": model.args.backbone, "decoder": model.args.decoder})
-            stale = _remove_stale(out, checkpoint_sha, {a.path.name for a in artifacts})
+            # --force: what this export did not rewrite and another checkpoint made would not match golden.npz
+            stale = _other_checkpoints(out, checkpoint_sha, {a.path.name for a in artifacts}) if cfg.force else []
+            for name in stale:
+                for extra in (name, *EXTRAS.get(name, ())):
+                    (out / extra).unlink(missing_ok=True)
             progress.finish()
     if stale:
         from mde.console import info
 
-        info(f"--force: removed {', '.join(stale)} from {out}, made from another checkpoint than golden.npz's")
+        info(f"--force: removed {', '.join(stale)} from {out}, made from another checkpoint")
     return artifacts
-
-
-def _remove_stale(out: Path, checkpoint_sha: str, written: set[str]) -> list[str]:
-    """Remove the artifacts in `out` (by this project's names, with the files that travel with them) that
-    this export did not write and that come from another checkpoint, or whose metadata cannot be read:
-    `--force` leaves a folder whose every artifact matches its golden.npz. Returns their names."""
-    from mde.runtime.artifact import read_metadata
-
-    stale = []
-    for name in (*ARTIFACT_NAMES.values(), INT8_CPU_NAME, ENGINE_NAME):
-        path = out / name
-        if name in written or not path.is_file():
-            continue
-        try:
-            same = read_metadata(path).source.get("checkpoint_sha256") == checkpoint_sha
-        except Exception:  # noqa: BLE001 - unreadable: not an artifact of this checkpoint either
-            same = False
-        if not same:
-            for extra in (name, *EXTRAS.get(name, ())):
-                (out / extra).unlink(missing_ok=True)
-            stale.append(name)
-    return stale

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -93,17 +94,29 @@ def _wide_gray(array: np.ndarray, path: Path) -> np.ndarray:
     as 16-bit would make the image black); up to 65535 they are 16-bit. Floats must lie in [0, 1].
     """
     if np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
-            raise DataError(f"floating-point image with values outside [0, 1] ({np.nanmin(array):g} to "
-                            f"{np.nanmax(array):g}); save it as 8- or 16-bit", path)
+        if not np.isfinite(array).all():
+            raise DataError("floating-point image with NaN or infinite values", path)
+        if array.min() < 0 or array.max() > 1:
+            raise DataError(f"floating-point image with values outside [0, 1] ({array.min():g} to {array.max():g}); "
+                            "save it as 8- or 16-bit", path)
         return array
     lo, hi = int(array.min()), int(array.max())
     if lo < 0 or hi > 65535:
         raise DataError(f"integer image with values {lo} to {hi}; expected 8- or 16-bit values", path)
-    if hi <= 255:
-        log.info("%s: 8-bit values in a %s-bit image, read as 8-bit", path, 8 * array.dtype.itemsize)
+    if hi <= 255:  # a guess, per image: say so louder than the other conversions
+        log.warning("%s: 8-bit values in a %s-bit image, read as 8-bit", path, 8 * array.dtype.itemsize)
         return array.astype(np.uint8)
     return array.astype(np.uint16)
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1: as stored); 1 too where the EXIF is damaged or the file ends early."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow warns about corrupt EXIF on stderr
+        try:
+            return int(img.getexif().get(ORIENTATION_TAG, 1))
+        except Exception:  # noqa: BLE001 - any EXIF Pillow cannot parse: the pixels as stored
+            return 1
 
 
 def read_rgb(path: str | Path, upright: bool = False) -> np.ndarray:
@@ -114,7 +127,7 @@ def read_rgb(path: str | Path, upright: bool = False) -> np.ndarray:
     """
     path = Path(path)
     img = _open_checked(path)
-    if upright and img.getexif().get(ORIENTATION_TAG, 1) != 1:
+    if upright and _orientation(img) != 1:
         try:
             img = ImageOps.exif_transpose(img)
         except (OSError, SyntaxError, ValueError) as err:

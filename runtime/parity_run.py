@@ -121,7 +121,7 @@ def check_golden(
             table = {p: {k: v for k, v in row.items() if k in names}
                      for p, row in saved["tolerances"].items() if p in DEFAULT_TOLERANCES and isinstance(row, dict)}
             tolerances = tolerances_from_dict(table, source=golden)
-        meta, label = runner.metadata, Path(artifact).name
+        meta, label, backend_label = runner.metadata, Path(artifact).name, runner.label
         if meta is None:
             raise ModelError("artifact has no mde metadata", artifact)
         reason = size_mismatch(runner, reference)
@@ -135,7 +135,7 @@ def check_golden(
     masks = [saved.get(f"mask_{i}") for i in range(count)] if gts is not None else None
     data_range = float(saved["meta"].get("data_range") or meta.max_depth)
     return compare(ref_out, art_out, gts, tolerance=tolerances[meta.precision], max_depth=meta.max_depth,
-                   data_range=data_range, label=label, precision=meta.precision, backend=runner.label,
+                   data_range=data_range, label=label, precision=meta.precision, backend=backend_label,
                    masks=masks)
 
 

@@ -88,7 +88,7 @@ def test_register_backend_adds_a_runner(monkeypatch, tmp_path):
         def _infer_impl(self, feed):
             return {"y": feed["x"] * 2}
 
-    model = tmp_path / "m.bin"
+    model = tmp_path / "m.onnx"  # a registered backend may read any file, an .onnx too
     model.write_bytes(b"x")
     assert "echo" in base.backend_names()
     with open_runner(model, backend="echo") as r:

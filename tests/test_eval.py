@@ -122,3 +122,20 @@ def test_eval_bad_input(cli, tmp_path, synth_data, request, kind, match):
     assert res.code == 2, res.err
     assert match in res.err and len(res.err.strip().splitlines()) == 1
     assert res.out == ""
+
+
+def test_eval_onnx_device_picks_the_provider(cli, tiny_export, synth_data):
+    """--device cpu runs an .onnx on ONNX Runtime's CPU provider; the figures are those of auto here."""
+    auto = cli("eval", tiny_export / "model.onnx", "--data", synth_data, "--json")
+    cpu = cli("eval", tiny_export / "model.onnx", "--data", synth_data, "--json", "--device", "cpu")
+    assert auto.code == cpu.code == 0, cpu.err
+    assert json.loads(cpu.out)["rmse"] == pytest.approx(json.loads(auto.out)["rmse"], rel=1e-6)
+
+
+def test_eval_onnx_on_cuda_without_cuda_is_one_line(cli, tiny_export, synth_data):
+    from mde.runtime.backends.onnxruntime import provider_problem
+
+    if not provider_problem("CUDAExecutionProvider"):
+        pytest.skip("this machine runs ONNX Runtime on CUDA")
+    res = cli("eval", tiny_export / "model.onnx", "--data", synth_data, "--device", "cuda")
+    assert res.code == 2 and res.err.count("\n") == 1 and "CUDAExecutionProvider" in res.err, res.err

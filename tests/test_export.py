@@ -383,6 +383,11 @@ def test_force_removes_artifacts_of_another_checkpoint(cli, tiny_checkpoint, tmp
     same = cli("export", tiny_checkpoint, "--out", out, "--precision", "fp32", "--force")
     assert same.code == 0, same.err
     assert (out / "model.fp16.onnx").is_file() and "removed" not in same.err
+    (out / "golden.npz").unlink()  # without it, only the models tell which checkpoint made them
+    (out / "model.onnx").unlink()
+    refused = cli("export", other, "--out", out, "--precision", "fp32")
+    assert refused.code == 2 and "would leave model.fp16.onnx, made from another checkpoint" in refused.err
+    assert sorted(p.name for p in out.iterdir()) == ["model.fp16.onnx"]
     result = cli("export", other, "--out", out, "--precision", "fp32", "--force")
     assert result.code == 0, result.err
     assert "removed model.fp16.onnx" in result.err

@@ -193,7 +193,7 @@ CASES = [
     ("eval-pickle-code-zip", "eval {bad:ckpt_pickle_code_zip} --data {data}", "evil-zip.pt"),
     ("eval-truncated-onnx", "eval {bad:onnx_truncated} --data {data}", "truncated.onnx"),
     ("eval-missing-data", "eval {ckpt} --data {bad:missing}", "does-not-exist.png"),
-    ("eval-onnx-on-cuda", "eval {onnx} --data {data} --device cuda", "--device cuda applies to .pt checkpoints"),
+    ("eval-onnx-on-tpu", "eval {onnx} --data {data} --device tpu", "unknown --device 'tpu'"),
     ("eval-unknown-device", "eval {ckpt} --data {data} --device tpu", "unknown --device 'tpu'"),
     ("eval-nan-depth-scale", "eval {onnx} --data {data} --depth-scale nan", "--depth-scale must be a positive"),
     ("eval-decompression-bomb", "eval {ckpt} --data {bad:ds_bomb_png}", "000000.png"),

@@ -276,7 +276,9 @@ def test_read_rgb_wide_gray_images_by_their_values(tmp_path):
     Image.fromarray(gray8.astype(np.uint16) * 257).save(tmp_path / "png16.png")  # full 16-bit range
     np.testing.assert_array_equal(read_rgb(tmp_path / "png16.png"), expect8)
     for name, array, match in [("int32_wide.tif", gray8.astype(np.int32) * 100000, "expected 8- or 16-bit"),
-                               ("float255.tif", gray8.astype(np.float32), r"outside \[0, 1\]")]:
+                               ("float255.tif", gray8.astype(np.float32), r"outside \[0, 1\]"),
+                               ("float_nan.tif", np.where(gray8 > 128, np.nan, 0.5).astype(np.float32),
+                                "NaN or infinite")]:
         Image.fromarray(array).save(tmp_path / name)
         with pytest.raises(DataError, match=match):
             read_rgb(tmp_path / name)

@@ -15,13 +15,16 @@ REGION_ORDER = tuple(f"{region}_{name}" for region in ("objects", "structure")
                      for name in ("rmse", "abs_rel", "delta1", "images"))
 
 
+DEVICE_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}  # --device for an .onnx
+
+
 def eval_command(
     model: str = typer.Argument(..., help="A .pt checkpoint, .onnx model or .engine."),
     data: str = typer.Option(..., "--data", help="Dataset folder."),
     split: str = typer.Option("val", "--split", help="Which split to score: train or val."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     batch_size: int = typer.Option(8, "--batch-size", help="Images per inference call."),
-    device: str = typer.Option("auto", "--device", help=".pt only: auto, cpu or cuda."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (an .onnx: ONNX Runtime's provider)."),
     backend: str = typer.Option("auto", "--backend", help=".onnx/.engine: runtime backend."),
     depth_scale: float = typer.Option(1000.0, "--depth-scale", help="16-bit depth PNG units per metre."),
 ) -> None:
@@ -36,6 +39,8 @@ def eval_command(
 
     if batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
+    if device not in ("auto", *DEVICE_PROVIDERS):
+        raise InputError(f"unknown --device {device!r}; choose from auto, cpu, cuda")
     path = require_file(model, "model")
     dataset = open_dataset(data, split=split, depth_scale=depth_scale)
     data_range = float(dataset_max_depth(data))
@@ -45,11 +50,12 @@ def eval_command(
     elif suffix in (".onnx", ".engine", ".plan"):
         from mde.runtime.estimator import DepthEstimator
 
-        if device != "auto":
-            raise InputError(f"--device {device} applies to .pt checkpoints; a {suffix} file runs where its "
-                             "backend runs (ONNX Runtime takes CUDA when this machine has it)", path)
-
-        estimator = DepthEstimator.open(path, backend=backend, batch_size=batch_size)
+        providers = None  # auto: the best this machine runs
+        if device != "auto" and suffix == ".onnx":
+            providers = [DEVICE_PROVIDERS[device]]
+        elif device == "cpu":
+            raise InputError(f"--device cpu: a TensorRT {suffix} runs on the GPU it was built for", path)
+        estimator = DepthEstimator.open(path, backend=backend, batch_size=batch_size, providers=providers)
         predict = estimator.predict_batch
     else:
         raise InputError("expected a .pt, .onnx or .engine file", path)

@@ -198,7 +198,7 @@ def resolve_backend(path: str | Path, backend: str = "auto") -> str:
     suffix = Path(path).suffix.lower()
     if backend != "auto":
         kind = AUTO_BACKENDS.get(suffix)
-        if kind is not None and kind != backend:  # e.g. an .onnx given to --backend golden
+        if kind is not None and backend in AUTO_BACKENDS.values() and kind != backend:  # .onnx to golden
             wants = ", ".join(sorted(s for s, b in AUTO_BACKENDS.items() if b == backend)) or "its own files"
             raise InputError(f"a {suffix} file is read by the {kind} backend; --backend {backend} reads {wants}", path)
         return backend

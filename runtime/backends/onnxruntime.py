@@ -53,16 +53,11 @@ ORT_DTYPES = {
 
 
 def import_ort() -> Any:
-    """Import onnxruntime or raise `BackendError` saying how to install it.
-
-    Its default logger is set to errors only, as every session opened here is: warnings from sessions
-    others open (the quantizer's) and from its environment would break the one-line error contract.
-    """
+    """Import onnxruntime or raise `BackendError` saying how to install it."""
     try:
         import onnxruntime
     except ImportError as err:
         raise BackendError(f"onnxruntime is not installed ({err}); pip install onnxruntime") from None
-    onnxruntime.set_default_logger_severity(3)
     return onnxruntime
 
 
