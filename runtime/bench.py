@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -66,12 +66,21 @@ def time_pipeline(
     forward: Callable[[Any], Any],
     iterations: int,
     warmup: int,
+    progress: str | None = None,
 ) -> dict[str, Any]:
-    """Time preprocess -> forward -> postprocess `iterations` times (after `warmup` untimed runs)."""
+    """Time preprocess -> forward -> postprocess `iterations` times (after `warmup` untimed runs).
+
+    progress: a description for a progress bar on stderr over warm-up and timed runs (None: none).
+    """
     from mde.runtime.preprocess import postprocess, preprocess
 
+    runs: Iterable[int] = range(warmup + iterations)
+    if progress is not None:
+        from mde.console import track
+
+        runs = track(runs, progress)
     pre, inf, post, total = [], [], [], []
-    for i in range(warmup + iterations):
+    for i in runs:
         t0 = time.perf_counter()
         batch = preprocess(images, size)
         t1 = time.perf_counter()
@@ -110,7 +119,8 @@ def bench_artifact(path: Path, cfg: BenchConfig) -> dict[str, Any]:
         limit = est.runner.max_batch()
         if limit is not None and limit < cfg.batch:
             raise InputError(f"model takes batches of at most {limit}, --batch is {cfg.batch}", path)
-        timing = time_pipeline(images, size, est.metadata.max_depth, est.infer, cfg.iterations, cfg.warmup)
+        timing = time_pipeline(images, size, est.metadata.max_depth, est.infer, cfg.iterations, cfg.warmup,
+                               progress=f"{path.name}: {cfg.warmup} warm-up + {cfg.iterations} timed runs")
         return {
             "name": path.name,
             "artifact": str(path),

@@ -182,6 +182,9 @@ def test_bench_json(cli, onnx_path, tiny_export, tiny_checkpoint):
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
         assert row["preprocess_ms"] > 0 and row["postprocess_ms"] > 0 and row["images_per_s"] > 0
         assert row["end_to_end_ms"]["mean"] >= lat["mean"]
+    # progress on stderr (plain lines here: not a terminal), one task per model; stdout stays JSON
+    for name in ("model.onnx", "model.fp16.onnx", tiny_checkpoint.name):
+        assert f"{name}: 1 warm-up + 3 timed runs" in result.err, result.err
 
 
 def test_bench_table_and_errors(cli, onnx_path):
