@@ -177,13 +177,14 @@ def check_checkpoint(cfg: ParityConfig, tolerances: dict[str, Tolerance]
                 yield preprocess(sample.rgb, size)
 
         ref_out, *art_outs = run_all([reference, *(r for _, r in runners)], feeds(), count)
+        labels = {i: runner.label for i, runner in runners}  # what each ran on: known while it is open
     ref_metrics = gt_metrics(ref_out, gts, max_depth, data_range, masks)
     for (i, runner), outputs in zip(runners, art_outs):
         meta = runner.metadata
         results[i] = compare(ref_out, outputs, gts, tolerance=tolerances[meta.precision],
                              max_depth=max_depth, data_range=data_range, names=names,
                              label=Path(cfg.artifacts[i]).name, precision=meta.precision,
-                             backend=runner.label, reference_metrics=ref_metrics, masks=masks)
+                             backend=labels[i], reference_metrics=ref_metrics, masks=masks)
     header: dict[str, Any] = {
         "mode": "checkpoint", "checkpoint": str(cfg.checkpoint), "data": str(cfg.data), "split": cfg.split,
         "images": count, "input_size": list(size), "max_depth": max_depth, "data_range": data_range,

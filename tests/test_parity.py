@@ -49,6 +49,8 @@ def test_all_precisions_pass_against_pytorch(cli, tiny_checkpoint, tiny_export, 
     assert "PASS" in result.out and "model.int8.onnx" in result.out
     doc = json.loads(out_json.read_text())
     assert doc["passed"] is True and doc["images"] == 8
+    for row in doc["artifacts"]:  # the provider each ran on, read while its runner was open
+        assert row["backend"].startswith("onnxruntime (") and "(?)" not in row["backend"], row["backend"]
     by_precision = {a["precision"]: a for a in doc["artifacts"]}
     assert set(by_precision) == {"fp32", "fp16", "int8"}
     ref_rmse = doc["reference"]["rmse"]
@@ -111,6 +113,7 @@ def test_golden_mode_without_torch(tiny_export, tiny_int8, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(out_json.read_text())
     assert doc["mode"] == "golden" and doc["passed"] is True
+    assert all(a["backend"].startswith("onnxruntime (") and "(?)" not in a["backend"] for a in doc["artifacts"])
     assert [a["precision"] for a in doc["artifacts"]] == ["fp32", "fp16", "int8"]
     assert doc["artifacts"][0]["p99_over_range"] <= 1e-4
 
