@@ -78,6 +78,16 @@ def _check_config(cfg: CalibrationConfig) -> None:
         raise InputError("output exists (use --force to overwrite)", cfg.out)
 
 
+def _quiet_onnxruntime() -> Any:
+    """onnxruntime, its default logger at errors only: the quantizer opens sessions of its own, and their
+    warnings would stand beside the one error line (ours are opened at that level)."""
+    from mde.runtime.backends.onnxruntime import import_ort
+
+    ort = import_ort()
+    ort.set_default_logger_severity(3)
+    return ort
+
+
 def load_source(path: Path) -> tuple[Any, ModelMetadata]:
     """Load the FP32 ONNX and its `mde.*` metadata; refuse non-ONNX, metadata-less, FP16 or quantized models."""
     import onnx
@@ -215,10 +225,8 @@ def _ranges(cfg: CalibrationConfig, pre_path: Path, dataset: Any, calib_idx: lis
     Returns (ranges, whether they were reused).
     """
     from mde.calibration import quantize as qz
-    from mde.runtime.backends.onnxruntime import import_ort
 
-    onnxruntime = import_ort()
-    onnxruntime.set_default_logger_severity(3)  # the quantizer's own sessions: errors only, as ours are
+    onnxruntime = _quiet_onnxruntime()
 
     key = {
         "model_sha256": sha256_file(cfg.model), "method": cfg.method, "seed": cfg.seed,
@@ -269,10 +277,8 @@ def _write(cfg: CalibrationConfig, final: Any, meta: ModelMetadata, record: dict
     import onnx
 
     from mde.calibration import quantize as qz
-    from mde.runtime.backends.onnxruntime import import_ort
 
-    onnxruntime = import_ort()
-    onnxruntime.set_default_logger_severity(3)  # the quantizer's own sessions: errors only, as ours are
+    onnxruntime = _quiet_onnxruntime()
 
     kernels: dict[str, Any] = {}
     if cfg.target == "tensorrt":

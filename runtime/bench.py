@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from mde.errors import InputError
+from mde.runtime.metadata import MAX_INPUT_SIDE
 
-# Largest --image-size side: beyond any camera a robot carries, and 8192 x 8192 x 3 bytes is already 192 MiB an image.
-MAX_IMAGE_SIDE = 8192
 MAX_BATCH_BYTES = 4 << 30  # one benchmark batch's float32 input: more is a typo, not a robot's workload
 
 
@@ -45,7 +44,7 @@ def latency_stats(times_s: list[float]) -> dict[str, float]:
 
 
 def parse_size(text: str, default: tuple[int, int]) -> tuple[int, int]:
-    """`--image-size`: "HxW" as (H, W), each in 8..MAX_IMAGE_SIDE, or `default` for "model"."""
+    """`--image-size`: "HxW" as (H, W), each in 8..MAX_INPUT_SIDE, or `default` for "model"."""
     if text == "model":
         return default
     try:
@@ -54,8 +53,8 @@ def parse_size(text: str, default: tuple[int, int]) -> tuple[int, int]:
         raise InputError(f"--image-size must be 'model' or HxW like 480x640, got {text!r}") from None
     if h < 8 or w < 8:
         raise InputError(f"--image-size must be at least 8x8, got {text!r}")
-    if h > MAX_IMAGE_SIDE or w > MAX_IMAGE_SIDE:
-        raise InputError(f"--image-size must be at most {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}, got {text!r}")
+    if h > MAX_INPUT_SIDE or w > MAX_INPUT_SIDE:
+        raise InputError(f"--image-size must be at most {MAX_INPUT_SIDE}x{MAX_INPUT_SIDE}, got {text!r}")
     return h, w
 
 

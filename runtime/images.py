@@ -10,11 +10,12 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mde.errors import DataError, InputError
+from mde.runtime.metadata import MAX_INPUT_SIDE
 
 log = logging.getLogger(__name__)
 
 # Images larger than this are refused from their header, before any pixel is decoded.
-MAX_PIXELS = 8192 * 8192
+MAX_PIXELS = MAX_INPUT_SIDE * MAX_INPUT_SIDE
 MIN_SIDE = 8
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 ORIENTATION_TAG = 0x0112  # EXIF: how the stored pixels are turned for display (1: as stored)

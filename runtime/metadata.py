@@ -136,7 +136,9 @@ class ModelMetadata:
         return asdict(self)
 
 
-MAX_INPUT_SIDE = 8192  # pixels: the largest image side the runtime reads (`images.MAX_PIXELS`)
+# The largest image side the runtime handles (a model's input, an image it reads, a bench camera): beyond
+# any camera a robot carries, and 8192 x 8192 x 3 bytes is already 192 MiB an image.
+MAX_INPUT_SIDE = 8192
 
 
 def _input_size(value: Any) -> tuple[int, int]:
