@@ -229,6 +229,20 @@ def _bad_no_valid_pixel(root):
     return lambda: FolderDataset(root, "val")[0], "depth/a.png.*no valid pixel"
 
 
+def _bad_depth_absurd(root):  # a "no return" code of 1e30 m would overflow the loss in float32
+    depth = _depth()
+    depth[0, 0] = 1e30
+    _write_pair(root, "val", "a", depth, npy=True)
+    return lambda: FolderDataset(root, "val")[0], "depth/a.npy: depth reaches 1e\\+30 m, beyond any plausible"
+
+
+def _bad_nyu_depth_absurd(root):
+    depths = np.ones((3, 16, 12), np.float32)
+    depths[2, 0, 0] = 3e38
+    _write_nyu(root / "nyu.mat", n=3, depths=depths)
+    return lambda: NYUDataset(root / "nyu.mat")[2], r"nyu.mat\[2\].*depth reaches 3e\+38 m"
+
+
 def _bad_duplicate_stem(root):
     rgb = _write_pair(root, "val", "a", _depth())
     Image.fromarray(rgb).save(root / "val" / "rgb" / "a.jpg")
@@ -273,9 +287,9 @@ def _bad_missing_path(root):
     [_bad_rgb_without_depth, _bad_depth_without_rgb, _bad_empty_split, _bad_missing_split,
      _bad_truncated_image, _bad_size_mismatch, _bad_mask_size, _bad_mask_mode, _bad_mask_value,
      _bad_depth_8bit,
-     _bad_no_valid_pixel,
+     _bad_no_valid_pixel, _bad_depth_absurd,
      _bad_duplicate_stem,
-     _bad_nyu_not_hdf5, _bad_nyu_missing_key, _bad_nyu_shapes, _bad_nyu_no_valid_pixel,
+     _bad_nyu_not_hdf5, _bad_nyu_missing_key, _bad_nyu_shapes, _bad_nyu_no_valid_pixel, _bad_nyu_depth_absurd,
      _bad_not_a_dataset, _bad_missing_path],
     ids=lambda f: f.__name__[5:],
 )
