@@ -58,7 +58,8 @@ def _decode(img: Image.Image, path: Path) -> np.ndarray:
 def to_rgb8(array: np.ndarray, source: str = "image") -> np.ndarray:
     """Convert gray, gray+alpha, RGBA and 16-bit/float images to H x W x 3 uint8 RGB.
 
-    Conversions are logged (info level) so a user knows the input was changed.
+    Pixel values follow one rule, for arrays and files alike (`_to_uint8`). Conversions are logged
+    (info level; a guess at warning level) so a user knows the input was changed.
     """
     if not isinstance(array, np.ndarray):
         raise InputError(f"{source}: expected a numpy array, got {type(array).__name__}")
@@ -68,16 +69,7 @@ def to_rgb8(array: np.ndarray, source: str = "image") -> np.ndarray:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
         raise InputError(f"{source}: expected H x W x 3 RGB, got shape {array.shape}")
-    if array.dtype == np.uint16:
-        log.info("%s: 16-bit image scaled to 8-bit", source)
-        array = (array >> 8).astype(np.uint8)
-    elif array.dtype == np.bool_:
-        array = array.astype(np.uint8) * 255
-    elif np.issubdtype(array.dtype, np.floating):
-        log.info("%s: float image in [0, 1] scaled to 8-bit", source)
-        array = (np.clip(np.nan_to_num(array), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    elif array.dtype != np.uint8:
-        raise InputError(f"{source}: unsupported dtype {array.dtype} (expected uint8)")
+    array = _to_uint8(array, source)
     channels = array.shape[2]
     if channels in (1, 2):
         log.info("%s: grayscale image converted to RGB", source)
@@ -88,26 +80,36 @@ def to_rgb8(array: np.ndarray, source: str = "image") -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _wide_gray(array: np.ndarray, path: Path) -> np.ndarray:
-    """A one-channel image of more than 8 bits in a form `to_rgb8` scales right, or DataError.
+def _to_uint8(array: np.ndarray, source: str) -> np.ndarray:
+    """Pixel values as 8-bit, or InputError where they cannot be an image's.
 
-    Integers of at most 255 are 8-bit values in a wider file and are read as 8-bit (shifting them
-    as 16-bit would make the image black); up to 65535 they are 16-bit. Floats must lie in [0, 1].
+    Floats must be finite and lie in [0, 1]. Integers of at most 255 in a wider type are 8-bit
+    values (shifting them as 16-bit would make the image black), up to 65535 they are 16-bit;
+    negative or larger values are refused.
     """
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
-            raise DataError("floating-point image with NaN or infinite values", path)
-        if array.min() < 0 or array.max() > 1:
-            raise DataError(f"floating-point image with values outside [0, 1] ({array.min():g} to {array.max():g}); "
-                            "save it as 8- or 16-bit", path)
-        return array
+            raise InputError(f"{source}: floating-point image with NaN or infinite values")
+        lo, hi = float(array.min()), float(array.max())
+        if lo < 0 or hi > 1:
+            raise InputError(f"{source}: floating-point image with values {lo:g} to {hi:g}; expected [0, 1] "
+                             "(or 8-bit integers 0 to 255)")
+        log.info("%s: float image in [0, 1] scaled to 8-bit", source)
+        return (array * 255.0 + 0.5).astype(np.uint8)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise InputError(f"{source}: unsupported dtype {array.dtype} (expected uint8)")
     lo, hi = int(array.min()), int(array.max())
     if lo < 0 or hi > 65535:
-        raise DataError(f"integer image with values {lo} to {hi}; expected 8- or 16-bit values", path)
+        raise InputError(f"{source}: integer image with values {lo} to {hi}; expected 8- or 16-bit values")
     if hi <= 255:  # a guess, per image: say so louder than the other conversions
-        log.warning("%s: 8-bit values in a %s-bit image, read as 8-bit", path, 8 * array.dtype.itemsize)
+        log.warning("%s: 8-bit values in a %d-bit image, read as 8-bit", source, 8 * array.dtype.itemsize)
         return array.astype(np.uint8)
-    return array.astype(np.uint16)
+    log.info("%s: 16-bit image scaled to 8-bit", source)
+    return (array.astype(np.uint16) >> 8).astype(np.uint8)
 
 
 def _orientation(img: Image.Image) -> int:
@@ -133,9 +135,7 @@ def read_rgb(path: str | Path, upright: bool = False) -> np.ndarray:
             img = ImageOps.exif_transpose(img)
         except (OSError, SyntaxError, ValueError) as err:
             raise DataError(f"truncated or corrupt image ({err})", path) from None
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = _wide_gray(_decode(img, path), path)
-    elif img.mode not in ("RGB", "L", "LA", "RGBA"):
+    if img.mode not in ("RGB", "L", "LA", "RGBA", "I;16", "I;16B", "I;16L", "I", "F"):
         try:
             img = img.convert("RGB")
         except OSError as err:

@@ -128,6 +128,8 @@ def test_to_points_hand_computed():
         (np.ones((4, 4, 3), np.float32), {}, "H x W"),
         (np.ones((0, 4), np.float32), {}, "H x W"),
         (np.ones((4, 4), np.float32), {"fx": 0.0}, "focal"),
+        (np.ones((4, 4), np.float32), {"fy": float("nan")}, "focal"),
+        (np.ones((4, 4), np.float32), {"cx": "50"}, "must be numbers"),
     ],
 )
 def test_to_points_rejects(depth, kwargs, match):
@@ -149,8 +151,11 @@ def test_round_size():
         np.full((30, 40, 4), 100, np.uint8),               # RGBA
         np.full((30, 40, 3), 100 * 256, np.uint16),        # 16-bit
         np.full((30, 40, 1), 100, np.uint8),               # single channel
+        np.full((30, 40, 3), 100, np.uint16),              # 8-bit values in a 16-bit array
+        np.full((30, 40, 3), 100, np.int64),               # ... in an int64 one (np.array(image, int))
+        np.full((30, 40, 3), 100 / 255, np.float32),       # float in [0, 1]
     ],
-    ids=["gray", "rgba", "16bit", "1ch"],
+    ids=["gray", "rgba", "16bit", "1ch", "16bit-holding-8bit", "int64", "float01"],
 )
 def test_predict_converts_image_kinds(est, image):
     depth = est.predict(image)
@@ -163,16 +168,43 @@ def test_predict_converts_image_kinds(est, image):
     "image, match",
     [
         (np.zeros((0, 10, 3), np.uint8), "empty"),
-        (np.zeros((10, 10, 3), np.int32), "dtype"),
+        (np.zeros((10, 10, 3), np.complex64), "dtype"),
+        (np.full((10, 10, 3), 200.0, np.float32), r"values 200 to 200; expected \[0, 1\]"),  # 0..255 floats
+        (np.full((10, 10, 3), np.nan, np.float32), "NaN"),
+        (np.full((10, 10, 3), -1, np.int32), "expected 8- or 16-bit"),
         (np.zeros((10, 10, 5), np.uint8), "shape"),
         (np.zeros((2, 10, 10, 3), np.uint8), "shape"),
         ([[1, 2, 3]], "numpy array"),
     ],
-    ids=["zero-size", "int32", "5-channels", "4d", "list"],
+    ids=["zero-size", "complex", "float-0-255", "nan", "negative", "5-channels", "4d", "list"],
 )
 def test_predict_rejects_bad_images(est, image, match):
     with pytest.raises(InputError, match=match):
         est.predict(image)
+
+
+def test_predict_batch_refuses_one_image_and_non_sequences(est):
+    image = np.full((48, 64, 3), 100, np.uint8)
+    with pytest.raises(InputError, match=r"shape \(48, 64, 3\); for one image call predict"):
+        est.predict_batch(image)  # would be 48 one-row grey images
+    with pytest.raises(InputError, match="sequence of images, got NoneType"):
+        est.predict_batch(None)
+    stacked = est.predict_batch(np.stack([image, image]))
+    assert len(stacked) == 2 and stacked[0].shape == (48, 64)
+
+
+def test_open_accepts_one_provider_name_and_refuses_a_non_path(onnx_path):
+    with DepthEstimator.open(onnx_path, providers="CPUExecutionProvider") as est:
+        assert est.providers == ["CPUExecutionProvider"]
+    with pytest.raises(InputError, match="expected a model path, got int"):
+        DepthEstimator.open(123)
+
+
+def test_closed_estimator_says_so(onnx_path):
+    est = DepthEstimator.open(onnx_path)
+    est.close()
+    with pytest.raises(InputError, match=r"not active \(closed"):
+        est.predict(np.full((32, 32, 3), 100, np.uint8))
 
 
 @pytest.mark.parametrize(
@@ -261,7 +293,6 @@ def test_read_rgb_wide_gray_images_by_their_values(tmp_path):
     [0, 1] are scaled; what cannot be read right is refused, never turned black."""
     from PIL import Image
 
-    from mde.errors import DataError
     from mde.runtime.images import read_rgb
 
     rng = np.random.default_rng(0)
@@ -276,9 +307,9 @@ def test_read_rgb_wide_gray_images_by_their_values(tmp_path):
     Image.fromarray(gray8.astype(np.uint16) * 257).save(tmp_path / "png16.png")  # full 16-bit range
     np.testing.assert_array_equal(read_rgb(tmp_path / "png16.png"), expect8)
     for name, array, match in [("int32_wide.tif", gray8.astype(np.int32) * 100000, "expected 8- or 16-bit"),
-                               ("float255.tif", gray8.astype(np.float32), r"outside \[0, 1\]"),
+                               ("float255.tif", gray8.astype(np.float32), r"expected \[0, 1\]"),
                                ("float_nan.tif", np.where(gray8 > 128, np.nan, 0.5).astype(np.float32),
                                 "NaN or infinite")]:
         Image.fromarray(array).save(tmp_path / name)
-        with pytest.raises(DataError, match=match):
+        with pytest.raises(InputError, match=f"{name}: .*{match}"):
             read_rgb(tmp_path / name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +106,7 @@ class Runner(abc.ABC):
             InputError: not activated, or a missing/unexpected input, wrong dtype or shape.
         """
         if not self.is_active:
-            raise InputError(f"{self.name} runner is not active; call activate() first", self.path)
+            raise InputError(f"{self.name} runner is not active (closed, or never activated)", self.path)
         self.check_feed(feed)
         return self._infer_impl(feed)
 
@@ -222,6 +223,8 @@ def open_runner(path: str | Path, backend: str = "auto", **options: Any) -> Runn
         ModelError: missing, empty, truncated or metadata-less model file.
         BackendError: the backend cannot run here (not installed, no GPU, engine mismatch).
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"expected a model path, got {type(path).__name__}")
     if backend != "auto" and backend not in backend_names():
         resolve_backend(path, backend)  # raises the error listing the valid names
     path = Path(path)

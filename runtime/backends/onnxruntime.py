@@ -360,6 +360,8 @@ class OnnxRuntimeRunner(Runner):
         if not (0 <= threads <= max_threads() and 0 <= inter_op_threads <= max_threads()):
             raise InputError(f"thread counts must be in 0..{max_threads()} (0: ONNX Runtime's default; at most "
                              f"4 per CPU here), got {threads} and {inter_op_threads}")
+        if isinstance(providers, str):  # one provider's name, not its letters
+            providers = [providers]
         self.requested_providers = None if providers is None else list(providers)
         self.threads = threads
         self.inter_op_threads = inter_op_threads
