@@ -129,7 +129,7 @@ class ModelMetadata:
                 calibration=values.get("mde.calibration"),
                 version=str(values["mde.version"]),
             )
-        except (ValueError, KeyError, TypeError, IndexError) as err:
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:  # a list or string for an object
             raise ModelError(f"malformed mde metadata ({err})", source) from None
 
     def to_dict(self) -> dict[str, Any]:

@@ -258,6 +258,18 @@ def test_read_sidecar_errors(tmp_path):
     (tmp_path / "model.engine.json").write_text(json.dumps({"tensorrt_version": "11.0"}))
     with pytest.raises(ModelError, match="lacks compute_capability, profile, metadata"):
         read_sidecar(engine)
+    good = {"tensorrt_version": "11.0", "compute_capability": "9.0", "profile": {"input": {}}, "metadata": {"a": 1}}
+    for key, value, match in [("metadata", "str", r"metadata \(str, expected dict\)"),
+                              ("compute_capability", None, r"compute_capability \(NoneType, expected str\)"),
+                              ("profile", [], r"empty or malformed profile \(list")]:
+        (tmp_path / "model.engine.json").write_text(json.dumps({**good, key: value}))
+        with pytest.raises(ModelError, match=match):
+            read_sidecar(engine)
+    listed = _sidecar()
+    listed["metadata"]["mde.model"] = "[1]"  # a list where an object belongs
+    (tmp_path / "model.engine.json").write_text(json.dumps(listed))
+    with pytest.raises(ModelError, match="model.engine: malformed mde metadata"):
+        sidecar_metadata(read_sidecar(engine), engine)
 
 
 def test_sidecar_metadata_roundtrip(fake_engine):
@@ -272,7 +284,7 @@ def test_tensorrt_missing_is_backend_error_with_install_hint(fake_engine):
         pass
     else:
         pytest.skip("TensorRT is installed here; the not-installed message cannot be tested")
-    with pytest.raises(BackendError, match=r"pip install 'mde\[tensorrt\]'"):
+    with pytest.raises(BackendError, match=r"model.engine: TensorRT is not installed .*pip install 'mde\[tensorrt\]'"):
         open_runner(fake_engine)
 
 

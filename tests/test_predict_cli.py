@@ -150,6 +150,23 @@ def test_predict_out_under_a_file_exit_2(cli, onnx_path, images, tmp_path):
     assert len(result.err.strip().splitlines()) == 1
 
 
+def test_predict_on_golden_skips_images_it_has_no_output_for(cli, tiny_export, synth_data, images, tmp_path):
+    """The golden backend answers only its saved inputs: any other image is skipped, named, and the rest written."""
+    from mde.runtime.images import read_rgb
+    from mde.runtime.preprocess import preprocess
+
+    with np.load(tiny_export / "golden.npz") as npz:
+        golden = {name: npz[name] for name in npz.files}
+    first_val = sorted((synth_data / "val" / "rgb").iterdir())[0]
+    golden["image"][0] = preprocess([read_rgb(first_val)], golden["image"].shape[2:])[0]  # a saved input
+    np.savez(tmp_path / "golden.npz", **golden)
+    out = tmp_path / "out"
+    result = cli("predict", tmp_path / "golden.npz", first_val, images / "a.png", "--out", out, "--format", "npy")
+    assert result.code == 1, result.err
+    assert f"skipped {images / 'a.png'}: not one of the inputs saved in golden.npz" in result.err
+    assert sorted(p.name for p in out.iterdir()) == [f"{first_val.stem}.npy"]
+
+
 def test_predict_writing_nothing_leaves_no_folder(cli, onnx_path, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")

@@ -124,6 +124,10 @@ def bad(tmp_path_factory, synth_data, tiny_checkpoint, tiny_export) -> dict[str,
     files.update(_bad_artifacts(root, tiny_export / "model.onnx"))
     files["golden_truncated"] = root / "golden.npz"
     files["golden_truncated"].write_bytes(b"PK\x03\x04" + b"\0" * 60)  # a zip's first bytes, cut short
+    with np.load(tiny_export / "golden.npz") as npz:
+        golden = {name: npz[name] for name in npz.files}
+    np.savez(root / "golden-bad-json.npz", **{**golden, "tolerances": np.array("{bad")})
+    files["golden_bad_json"] = root / "golden-bad-json.npz"
     files["onnx_text"] = root / "text.onnx"
     files["onnx_text"].write_text("hello")
 
@@ -135,6 +139,13 @@ def bad(tmp_path_factory, synth_data, tiny_checkpoint, tiny_export) -> dict[str,
         ' "precision": "fp32", "profile": {}, "onnx_sha256": "0", "build_date": "2020-01-01",'
         ' "metadata": {}}'
     )
+
+    # an engine whose sidecar holds a string where its metadata object belongs
+    (root / "str-meta").mkdir()
+    files["engine_str_meta"] = root / "str-meta" / "model.engine"
+    files["engine_str_meta"].write_bytes(b"\0" * 1024)
+    (root / "str-meta" / "model.engine.json").write_text(
+        '{"tensorrt_version": "11.4.0", "compute_capability": "9.0", "profile": {"input": {}}, "metadata": "str"}')
 
     # datasets
     for name in ("ds_wrong_size", "ds_all_nan", "ds_unpaired", "ds_truncated"):
@@ -220,6 +231,8 @@ CASES = [
     ("parity-pickle-code", "parity {bad:ckpt_pickle_code} {onnx} --data {data}", "evil.pt"),
     ("parity-missing-artifact", "parity {ckpt} {bad:missing} --data {data}", "does-not-exist.png"),
     ("parity-truncated-golden", "parity --golden {bad:golden_truncated} {onnx}", "golden.npz"),
+    ("parity-golden-bad-json", "parity --golden {bad:golden_bad_json} {onnx}",
+     "golden-bad-json.npz: golden.npz field 'tolerances' is not JSON"),
     ("parity-json-over-artifact", "parity {ckpt} {onnx} --data {data} --json {onnx}", "--json would write over"),
     ("parity-json-into-data", "parity {ckpt} {onnx} --data {data} --json {data}/meta.json", "inside the input folder"),
     ("parity-json-is-report", "parity {ckpt} {onnx} --data {data} --json {out}.txt --report {out}.txt",
@@ -264,6 +277,9 @@ CASES = [
     ("info-truncated-onnx", "info {bad:onnx_truncated}", "truncated.onnx"),
     ("info-text-onnx", "info {bad:onnx_text}", "text.onnx"),
     ("info-foreign-engine", "info {bad:engine_foreign}", "model.engine"),
+    ("info-engine-str-metadata", "info {bad:engine_str_meta}", "model.engine.json: engine sidecar has an empty or malformed metadata (str, expected dict)"),
+    ("predict-engine-str-metadata", "predict {bad:engine_str_meta} {bad:tiny_png} --out {out}",
+     "model.engine.json: engine sidecar has an empty or malformed metadata (str, expected dict)"),
 ]
 
 

@@ -50,5 +50,5 @@ def test_golden_runner_replays_the_saved_outputs(tiny_export):
         assert runner.name == "golden"
         out = runner.infer({"image": images[1:3]})["depth"]
         np.testing.assert_array_equal(out, depth[1:3])
-        with pytest.raises(InputError, match="not one of the golden inputs"):
+        with pytest.raises(InputError, match="not one of the inputs saved in golden.npz"):
             runner.infer({"image": images[:1] + 0.5})

@@ -35,7 +35,12 @@ def read_golden(path: str | Path) -> dict[str, Any]:
                          path)
     golden["image"], golden["depth"] = images, depth
     for key in ("tolerances", "meta"):
-        golden[key] = json.loads(str(golden[key])) if key in golden else {}
+        try:
+            golden[key] = json.loads(str(golden[key])) if key in golden else {}
+        except json.JSONDecodeError as err:
+            raise InputError(f"golden.npz field {key!r} is not JSON ({err})", path) from None
+        if not isinstance(golden[key], dict):
+            raise InputError(f"golden.npz field {key!r} must be a JSON object", path)
     return golden
 
 
@@ -55,14 +60,18 @@ class GoldenRunner(Runner):
     def _activate_impl(self) -> None:
         golden = read_golden(self.path)
         images, depth = golden["image"], golden["depth"]
-        max_depth = float(golden["meta"].get("max_depth") or golden["tolerances"].get("depth_range") or 0.0)
-        if max_depth <= 0:
+        h, w = images.shape[2:]
+        try:
+            max_depth = float(golden["meta"].get("max_depth") or golden["tolerances"].get("depth_range") or 0.0)
+            metadata = ModelMetadata(input_size=(int(h), int(w)), max_depth=max_depth, precision="fp32",
+                                     **golden["meta"].get("model", {}))
+        except (TypeError, ValueError) as err:
+            raise InputError(f"golden.npz has a malformed 'meta' or 'tolerances' field ({err})", self.path) from None
+        if not max_depth > 0:
             raise InputError("golden.npz records no depth range (re-export it with `mde export`)", self.path)
         self.golden = golden
         self._outputs = {_key(image): out for image, out in zip(images, depth)}
-        h, w = images.shape[2:]
-        self.metadata = ModelMetadata(input_size=(int(h), int(w)), max_depth=max_depth, precision="fp32",
-                                      **golden["meta"].get("model", {}))
+        self.metadata = metadata
         self.input_specs = {INPUT_NAME: TensorSpec(INPUT_NAME, np.dtype(np.float32), (None, 3, int(h), int(w)))}
         self.output_specs = {OUTPUT_NAME: TensorSpec(OUTPUT_NAME, np.dtype(np.float32), (None, 1, int(h), int(w)))}
 
@@ -71,8 +80,9 @@ class GoldenRunner(Runner):
         for image in feed[INPUT_NAME]:
             saved = self._outputs.get(_key(image))
             if saved is None:
-                raise InputError("input is not one of the golden inputs; the golden backend only replays them",
-                                 self.path)
+                # the input's fault, not the file's: no path, so `mde predict` skips that image and goes on
+                raise InputError(f"not one of the inputs saved in {self.path.name}; the golden backend only "
+                                 "replays those")
             outputs.append(saved)
         return {OUTPUT_NAME: np.stack(outputs)}
 

@@ -39,6 +39,11 @@ def read_sidecar(engine: str | Path) -> dict[str, Any]:
     missing = [key for key in SIDECAR_KEYS if key not in sidecar]
     if missing:
         raise ModelError(f"engine sidecar lacks {', '.join(missing)}", path)
+    expected = {"tensorrt_version": str, "compute_capability": str, "profile": dict, "metadata": dict}
+    wrong = [f"{key} ({type(sidecar[key]).__name__}, expected {kind.__name__})" for key, kind in expected.items()
+             if not isinstance(sidecar[key], kind) or not sidecar[key]]
+    if wrong:
+        raise ModelError(f"engine sidecar has an empty or malformed {', '.join(wrong)}", path)
     return sidecar
 
 
@@ -229,8 +234,10 @@ class TensorRTRunner(Runner):
     def _activate_impl(self) -> None:
         self.sidecar = read_sidecar(self.path)
         self.metadata = sidecar_metadata(self.sidecar, sidecar_path(self.path))
-        trt = import_tensorrt()
-        cudart = import_cudart()
+        try:
+            trt, cudart = import_tensorrt(), import_cudart()
+        except BackendError as err:  # name the engine the user asked to run
+            raise BackendError(str(err), self.path) from None
         gpu_name, cc = gpu_info(cudart, self.device)
         check_sidecar(self.sidecar, trt.__version__, cc, gpu_name, self.path)
         self._cudart = cudart
