@@ -161,7 +161,8 @@ class KittiDataset(PairedFiles):
     - the folder format (`root/split/{rgb,depth}/NAME.png`) with depth in 1/256 m;
     - KITTI's depth-completion selection: `root` is `depth_selection/` or its
       `val_selection_cropped/` folder, holding `image/*_sync_image_*.png` and
-      `groundtruth_depth/*_sync_groundtruth_depth_*.png` (split is ignored: it is the val set).
+      `groundtruth_depth/*_sync_groundtruth_depth_*.png`. It is KITTI's validation set: split
+      "val" (or "all") reads it; any other split is refused, so nothing trains or calibrates on it.
     """
 
     def __init__(self, root: str | Path, split: str = "val", depth_scale: float = KITTI_DEPTH_SCALE):
@@ -171,6 +172,9 @@ class KittiDataset(PairedFiles):
             folder = FolderDataset(root, split, depth_scale)
             super().__init__(folder.pairs, depth_scale, folder.masks)
             return
+        if split not in ("val", "all"):
+            raise DataError(f"KITTI's depth-selection layout holds only validation images; it has no {split!r} "
+                            "split (arrange training pairs in the folder format)", sel)
         image_dir, gt_dir = sel / "image", sel / "groundtruth_depth"
         images = list_images(image_dir)
         gts = {p.name: p for p in list_images(gt_dir)}

@@ -143,6 +143,9 @@ def test_kitti_selection_layout(tmp_path):
     assert isinstance(ds, KittiDataset) and len(ds) == 1
     np.testing.assert_allclose(ds[0].depth, np.round(depth * 256) / 256, atol=1e-6)
     assert dataset_max_depth(tmp_path / "depth_selection") == 80.0
+    with pytest.raises(DataError, match="val_selection_cropped: KITTI's depth-selection layout holds only "
+                                        "validation images; it has no 'train' split"):
+        open_dataset(tmp_path / "depth_selection", "train")  # training would pick best.pt on its own images
     (sel / "groundtruth_depth" / stem.format("groundtruth_depth")).unlink()
     with pytest.raises(DataError, match="no depth map"):
         KittiDataset(sel)
