@@ -16,7 +16,9 @@ import io
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from mde.data.world import MAX_DEPTH, MIN_DEPTH, draw_scene, render_labelled, render_scene
-from mde.io import prepare_output_dir, write_json_atomic
+from mde.io import no_empty_new_folder, prepare_output_dir, write_json_atomic
 from mde.runtime.metrics import MASK_INVALID, MASK_OBJECT, MASK_STRUCTURE
 
 __all__ = ["MAX_DEPTH", "MIN_DEPTH", "SPLITS", "SynthConfig", "draw_scene", "render_scene", "scene_rng",
@@ -108,22 +110,23 @@ def synthesize(out: str | Path, train: int, val: int, size: int, seed: int, forc
     from mde.errors import InputError
 
     _check_request(train, val, size, seed)
-    out = prepare_output_dir(out, force=force)
-    tmp = Path(tempfile.mkdtemp(prefix=".synth-", dir=out))
-    try:
-        cameras = _render_splits(tmp, {"train": train, "val": val}, size, seed, progress, workers)
-        meta = {"generator": "mde.data.synth", "version": GENERATOR_VERSION, "seed": seed,
-                "counts": {"train": train, "val": val}, "size": [size, size],
-                "max_depth": MAX_DEPTH, "min_depth": MIN_DEPTH, "depth_png_scale": DEPTH_PNG_SCALE,
-                "mask_values": {"structure": MASK_STRUCTURE, "object": MASK_OBJECT, "invalid": MASK_INVALID},
-                "intrinsics_convention": "pixel centres at integer coordinates (OpenCV)",
-                "cameras": cameras}
-        _publish(tmp, out, meta)
-        return meta
-    except OSError as err:
-        raise InputError(f"cannot write the dataset ({err.strerror or err})", out) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with no_empty_new_folder(out):  # a run that fails or is stopped leaves no folder it made
+        out = prepare_output_dir(out, force=force)
+        tmp = Path(tempfile.mkdtemp(prefix=".synth-", dir=out))
+        try:
+            cameras = _render_splits(tmp, {"train": train, "val": val}, size, seed, progress, workers)
+            meta = {"generator": "mde.data.synth", "version": GENERATOR_VERSION, "seed": seed,
+                    "counts": {"train": train, "val": val}, "size": [size, size],
+                    "max_depth": MAX_DEPTH, "min_depth": MIN_DEPTH, "depth_png_scale": DEPTH_PNG_SCALE,
+                    "mask_values": {"structure": MASK_STRUCTURE, "object": MASK_OBJECT, "invalid": MASK_INVALID},
+                    "intrinsics_convention": "pixel centres at integer coordinates (OpenCV)",
+                    "cameras": cameras}
+            _publish(tmp, out, meta)
+            return meta
+        except OSError as err:
+            raise InputError(f"cannot write the dataset ({err.strerror or err})", out) from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _check_request(train: int, val: int, size: int, seed: int) -> None:
@@ -177,7 +180,16 @@ class _pool:
 
     def __enter__(self):
         if self.workers > 1:
-            self.pool = multiprocessing.get_context("spawn").Pool(self.workers)
+            # Ctrl-C reaches the whole process group: the workers ignore it from birth (an ignored signal
+            # stays ignored across exec, and Python then installs no KeyboardInterrupt handler), and
+            # the parent stops the pool, so no worker prints a traceback.
+            ignoring = threading.current_thread() is threading.main_thread()
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if ignoring else None
+            try:
+                self.pool = multiprocessing.get_context("spawn").Pool(self.workers)
+            finally:
+                if ignoring:
+                    signal.signal(signal.SIGINT, previous)
         return self.pool
 
     def __exit__(self, *exc) -> None:

@@ -6,10 +6,14 @@ Command modules import heavy libraries (torch, onnx) inside their functions, so
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import signal
 import sys
+import threading
 import traceback
+from collections.abc import Iterator
 
 import typer
 
@@ -74,11 +78,50 @@ def _setup_logging(verbose: bool) -> None:
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `timeout`, a job scheduler), raised where Python runs next, so every cleanup that
+    runs on Ctrl-C runs too: temporary files and half-made folders are removed."""
+
+
+def _raise_terminated(signum: int, _frame: object) -> None:
+    _state["terminated"] = True
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _stop_through_python_on_sigterm() -> Iterator[None]:
+    """Within the block, SIGTERM raises `Terminated`. Only from the main thread, and over the default
+    action (an embedding program's own handler is kept); the default comes back afterwards."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _stopped(code: int = 130) -> SystemExit:
+    """The line and exit status of a run stopped by Ctrl-C (130) or SIGTERM (143)."""
+    if _state.get("terminated"):
+        print("mde: terminated", file=sys.stderr)
+        return SystemExit(128 + signal.SIGTERM)
+    print("mde: interrupted", file=sys.stderr)
+    return SystemExit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; `MdeError` becomes one line on stderr and its exit code."""
     args = sys.argv[1:] if argv is None else list(argv)
     _state["verbose"] = "--verbose" in args or "-v" in args
+    _state["terminated"] = False
     _setup_logging(_state["verbose"])
+    with _stop_through_python_on_sigterm():
+        _run(args)
+
+
+def _run(args: list[str]) -> None:
     try:
         code = app(args=args, prog_name="mde", standalone_mode=False)  # an exit code when a command exits early
     except CommandLineError as err:  # unknown option, bad value, missing argument: one line too
@@ -97,9 +140,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"mde: error: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
     except KeyboardInterrupt:
-        print("mde: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise _stopped() from None
     except Exception as err:  # noqa: BLE001 - the last line of defence: never a traceback
+        if _state["terminated"]:  # what SIGTERM broke on its way out (a DataLoader's worker it also reached)
+            raise _stopped() from None
         if _state["verbose"]:
             traceback.print_exc()
         msg = str(err).splitlines()[0] if str(err) else ""
@@ -108,8 +152,8 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         raise SystemExit(1) from None
-    if code == 130:  # typer turns Ctrl-C into exit code 130
-        print("mde: interrupted", file=sys.stderr)
+    if code == 130:  # typer turns Ctrl-C (and so `Terminated`) into exit code 130
+        raise _stopped()
     if isinstance(code, int) and code:
         raise SystemExit(code)
 

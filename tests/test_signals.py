@@ -1,0 +1,78 @@
+"""Stopped by Ctrl-C or SIGTERM mid-work, a command says so in one line and leaves nothing half-made.
+
+The signal goes to the whole process group, as a terminal's Ctrl-C and `timeout` send it, so worker
+processes (the synth pool's, a DataLoader's) receive it too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+
+def _stop_when(argv: list[str], ready: Callable[[], bool], signum: int) -> tuple[int, str]:
+    """Run `mde ARGV` in its own process group; once `ready()`, send `signum` to the group.
+
+    Returns the exit code and stderr. Fails the test when the command ends before `ready()`.
+    """
+    proc = subprocess.Popen([sys.executable, "-m", "mde", *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, f"`mde {argv[0]}` ended before it could be stopped: {proc.stderr.read()}"
+    os.killpg(proc.pid, signum)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+def _has_files(pattern: str, folder: Path) -> Callable[[], bool]:
+    return lambda: any(folder.glob(pattern))
+
+
+@pytest.mark.parametrize(("signum", "code", "line"), [(signal.SIGTERM, 143, "mde: terminated"),
+                                                      (signal.SIGINT, 130, "mde: interrupted")],
+                         ids=["sigterm", "sigint"])
+def test_synth_stopped_mid_way_leaves_no_folder_and_one_line(tmp_path, signum, code, line):
+    out = tmp_path / "set"
+    argv = ["data", "synth", str(out), "--train", "2000", "--val", "8", "--size", "64", "--workers", "2"]
+    returncode, err = _stop_when(argv, _has_files(".synth-*/train/rgb/*.png", out), signum)
+    assert returncode == code, err
+    assert err.strip().splitlines()[-1] == line
+    assert "Traceback" not in err and "PoolWorker" not in err, err
+    assert not out.exists(), sorted(p.name for p in out.iterdir())
+
+
+def test_export_terminated_mid_way_leaves_no_folder(tmp_path, tiny_checkpoint):
+    out = tmp_path / "export"
+    argv = ["export", str(tiny_checkpoint), "--out", str(out), "--precision", "fp32", "--precision", "fp16"]
+    returncode, err = _stop_when(argv, _has_files(".mde-export-*", out), signal.SIGTERM)
+    assert returncode == 143, err
+    assert err.strip().splitlines()[-1] == "mde: terminated" and "Traceback" not in err, err
+    assert not out.exists(), sorted(p.name for p in out.rglob("*"))
+
+
+def test_an_error_that_sigterm_causes_is_reported_as_terminated(cli, monkeypatch, tmp_path):
+    """A DataLoader whose workers died of the same SIGTERM raises its own RuntimeError over `Terminated`
+    (seen on `mde train` stopped by `timeout`): that is the stop, not an internal error."""
+    import mde.runtime.artifact
+
+    def killed_mid_way(path):
+        try:
+            signal.raise_signal(signal.SIGTERM)
+        except KeyboardInterrupt:
+            raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Terminated.") from None
+
+    monkeypatch.setattr(mde.runtime.artifact, "inspect_artifact", killed_mid_way)
+    (tmp_path / "model.onnx").write_bytes(b"x")
+    result = cli("info", tmp_path / "model.onnx")
+    assert result.code == 143 and result.err.strip() == "mde: terminated", result.err
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # put back once the command ended
