@@ -149,7 +149,7 @@ def open_train_split(cfg: CalibrationConfig, allow_few_option: str = "--allow-fe
     """
     from mde.data.readers import open_dataset
 
-    dataset = open_dataset(cfg.data, split="train")
+    dataset = open_dataset(cfg.data, split="train", depth_scale=cfg.depth_scale)
     holdout, calib = select_images(list(dataset.names), cfg, cfg.data, allow_few_option)
     return dataset, holdout, calib
 

@@ -76,6 +76,7 @@ class CalibrationConfig:
         percentile: the percentile of the `percentile` method.
         force: overwrite an existing output.
         reuse_ranges: reuse `OUT.ranges.json` when it matches the model, images, seed and method.
+        depth_scale: 16-bit depth PNG units per metre in `data` (the ground truth of the report's GT columns).
         progress: show progress bars on stderr.
     """
 
@@ -94,6 +95,7 @@ class CalibrationConfig:
     force: bool = False
     reuse_ranges: bool = True
     progress: bool = True
+    depth_scale: float = 1000.0
     # Ops the sensitivity search may keep in float (the weighted layers).
     fallback_op_types: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 

@@ -46,6 +46,7 @@ class ExportConfig:
         golden_images: golden inputs saved in golden.npz and used for the checks.
         golden_seed: seed of the random golden inputs (when no `golden_data` is given).
         golden_data: dataset folder whose val images (and ground truth) are the golden inputs; None: noise.
+        depth_scale: 16-bit depth PNG units per metre in `golden_data` and `calib_data`.
         min_batch: TensorRT profile minimum batch.
         opt_batch: TensorRT profile batch the kernels are tuned for.
         max_batch: TensorRT profile maximum batch.
@@ -69,6 +70,7 @@ class ExportConfig:
     golden_images: int = 4
     golden_seed: int = 0
     golden_data: Path | None = None
+    depth_scale: float = 1000.0
     min_batch: int = 1
     opt_batch: int = 1
     max_batch: int = 8
@@ -132,7 +134,8 @@ def _runtime_loads(opset: int) -> bool:
 def calibration_config(cfg: ExportConfig, model: Path, out: Path) -> CalibrationConfig:
     """The calibration stage's settings for `--precision int8`: FP32 `model` in, INT8 `out` written."""
     return CalibrationConfig(model=model, data=Path(cfg.calib_data), out=out, num_images=cfg.calib_images,
-                             allow_few=cfg.calib_allow_few, force=True, progress=cfg.progress)
+                             allow_few=cfg.calib_allow_few, force=True, progress=cfg.progress,
+                             depth_scale=cfg.depth_scale)
 
 
 def validate(cfg: ExportConfig) -> None:

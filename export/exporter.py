@@ -322,7 +322,8 @@ def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:
 
         model, state = load_model(checkpoint, "cpu")
         size = (model.args.image_size, model.args.image_size)
-        golden = golden_inputs(cfg.golden_data, size, cfg.golden_images, cfg.golden_seed)
+        golden = golden_inputs(cfg.golden_data, size, cfg.golden_images, cfg.golden_seed,
+                               depth_scale=cfg.depth_scale)
         image = golden.image
         with torch.no_grad():
             reference = model(torch.from_numpy(image)).numpy()

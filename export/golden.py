@@ -20,7 +20,8 @@ class GoldenInputs:
     data_range: float | None = None               # SSIM's data range: the dataset's max depth
 
 
-def golden_inputs(data: Path | None, size: tuple[int, int], count: int, seed: int, split: str = "val") -> GoldenInputs:
+def golden_inputs(data: Path | None, size: tuple[int, int], count: int, seed: int, split: str = "val",
+                  depth_scale: float = 1000.0) -> GoldenInputs:
     """`count` golden inputs: the first images of `data`'s `split` with their depth (and masks), or, only
     when no dataset is given, seeded uniform noise.
 
@@ -34,7 +35,7 @@ def golden_inputs(data: Path | None, size: tuple[int, int], count: int, seed: in
     from mde.errors import DataError
     from mde.runtime.preprocess import preprocess
 
-    dataset = open_dataset(data, split=split)
+    dataset = open_dataset(data, split=split, depth_scale=depth_scale)
     if len(dataset) < count:
         raise DataError(f"the {split} split has {len(dataset)} images; --golden-images asks for {count}", data)
     samples = [dataset[i] for i in range(count)]

@@ -48,6 +48,7 @@ class ParityConfig:
         golden: golden.npz for the torch-free mode.
         providers: ONNX Runtime providers for every .onnx artifact (None: the best this machine can run).
         device: where the PyTorch reference runs in checkpoint mode ("cpu", "cuda", "cuda:1").
+        depth_scale: 16-bit depth PNG units per metre in `data`.
     """
 
     checkpoint: Path | None = None
@@ -62,6 +63,7 @@ class ParityConfig:
     golden: Path | None = None
     providers: list[str] | None = None
     device: str = "cpu"
+    depth_scale: float = 1000.0
 
 
 def run_all(runners: Sequence[Runner], feeds: Iterable[np.ndarray], total: int | None = None,
@@ -148,7 +150,7 @@ def check_checkpoint(cfg: ParityConfig, tolerances: dict[str, Tolerance]
     from mde.data.readers import dataset_max_depth, open_dataset
     from mde.runtime.preprocess import preprocess
 
-    dataset = open_dataset(cfg.data, split=cfg.split)
+    dataset = open_dataset(cfg.data, split=cfg.split, depth_scale=cfg.depth_scale)
     count = len(dataset) if cfg.limit == 0 else min(cfg.limit, len(dataset))
     if count == 0:
         raise DataError(f"no images in the {cfg.split} split", cfg.data)
@@ -227,7 +229,7 @@ def _region_figures(cfg: ParityConfig, reference: list[dict[str, float]], gts: l
 
     figures = {"reference": region_means(reference)}
     if (Path(cfg.data) / "train").is_dir():
-        pixmap = pixel_mean_map(open_dataset(cfg.data, split="train"))[None]
+        pixmap = pixel_mean_map(open_dataset(cfg.data, split="train", depth_scale=cfg.depth_scale))[None]
         figures["pixel_mean_map"] = region_means([region_metrics(postprocess(pixmap, gt.shape, max_depth), gt, mask)
                                                   for gt, mask in zip(gts, masks) if mask is not None])
     return figures

@@ -55,3 +55,34 @@ def test_bad_golden_data_is_one_line_exit_2_and_writes_nothing(cli, tiny_checkpo
     errors = [line for line in result.err.splitlines() if line.startswith("mde: error")]
     assert len(errors) == 1 and "nope" in errors[0]
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_export_and_calibrate_read_depth_pngs_by_depth_scale(synth_data, tmp_path):
+    """`--depth-scale` reaches the readers of `export --golden-data`/`--calib-data` and `calibrate --data`."""
+    import shutil
+
+    from PIL import Image
+
+    from mde.calibration.calibrate import open_train_split
+    from mde.calibration.config import CalibrationConfig
+    from mde.export.config import ExportConfig, calibration_config
+    from mde.export.golden import golden_inputs
+
+    kitti = tmp_path / "kitti"
+    shutil.copytree(synth_data, kitti)
+    for png in kitti.glob("*/depth/*.png"):  # the same depths in KITTI's 1/256 m
+        mm = np.asarray(Image.open(png)).astype(np.float64)
+        Image.fromarray(np.round(mm / 1000 * 256).astype(np.uint16)).save(png)
+    want = golden_inputs(synth_data, (64, 64), 2, 0).gts
+    got = golden_inputs(kitti, (64, 64), 2, 0, depth_scale=256.0).gts
+    for a, b in zip(want, got):
+        np.testing.assert_allclose(b, a, atol=1 / 256)
+    export = ExportConfig(checkpoint=tmp_path / "c.pt", out=tmp_path, calib_data=kitti, depth_scale=256.0,
+                          calib_allow_few=True)
+    for cfg in (calibration_config(export, tmp_path / "m.onnx", tmp_path / "q.onnx"),
+                CalibrationConfig(model=tmp_path / "m.onnx", data=kitti, out=tmp_path / "q.onnx", depth_scale=256.0,
+                                  allow_few=True)):
+        dataset, _, _ = open_train_split(cfg)
+        reference, _, _ = open_train_split(CalibrationConfig(model=cfg.model, data=synth_data, out=cfg.out,
+                                                             allow_few=True))
+        np.testing.assert_allclose(dataset[0].depth, reference[0].depth, atol=1 / 256)

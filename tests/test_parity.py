@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,26 @@ def test_all_precisions_pass_against_pytorch(cli, tiny_checkpoint, tiny_export, 
 
         width, height = Image.open(png).size
         assert width == 4 * height
+
+
+def test_depth_scale_reads_another_png_convention(cli, tiny_checkpoint, tiny_export, synth_data, tmp_path):
+    """The same set with its depth PNGs in KITTI's 1/256 m scores the same with --depth-scale 256 (not 3.9x off)."""
+    from PIL import Image
+
+    kitti = tmp_path / "kitti"
+    shutil.copytree(synth_data, kitti)
+    for png in (kitti / "val" / "depth").glob("*.png"):
+        mm = np.asarray(Image.open(png)).astype(np.float64)
+        Image.fromarray(np.round(mm / 1000 * 256).astype(np.uint16)).save(png)
+    scores = {}
+    for name, data, extra in [("mm", synth_data, []), ("kitti", kitti, ["--depth-scale", "256"]),
+                              ("kitti-as-mm", kitti, [])]:
+        result = cli("parity", tiny_checkpoint, tiny_export / "model.onnx", "--data", data, *extra,
+                     "--json", tmp_path / f"{name}.json")
+        assert result.code in (0, 1), result.err
+        scores[name] = json.loads((tmp_path / f"{name}.json").read_text())["reference"]["rmse"]
+    assert scores["kitti"] == pytest.approx(scores["mm"], abs=0.01)
+    assert scores["kitti-as-mm"] > scores["mm"] + 0.5  # read as millimetres, every depth is 3.9x too small
 
 
 def test_perturbed_weights_fail_by_name_while_others_pass(cli, tiny_checkpoint, tiny_export, synth_data, tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from mde.calibration.config import METHODS, TARGETS, CalibrationConfig
+from mde.commands.options import depth_scale_option
 
 _D = CalibrationConfig.__dataclass_fields__
 
@@ -19,6 +20,7 @@ def _default(name: str):
 def calibrate_command(
     model: Path = typer.Argument(..., help="FP32 ONNX exported by `mde export` (model.onnx)."),
     data: Path = typer.Option(..., "--data", help="Dataset folder; images come from its train split."),
+    depth_scale: float = depth_scale_option(_default("depth_scale")),
     out: Path = typer.Option(..., "--out", help="INT8 Q/DQ ONNX to write (ranges go to OUT.ranges.json)."),
     target: str = typer.Option(
         _default("target"), "--target",
@@ -46,7 +48,7 @@ def calibrate_command(
     cfg = CalibrationConfig(
         model=model, data=data, out=out, target=target, method=method, num_images=num_images, seed=seed,
         allow_few=allow_few, max_float_nodes=max_float_nodes, target_ssim_drop=target_ssim_drop,
-        holdout_images=holdout_images, force=force, reuse_ranges=reuse_ranges,
+        holdout_images=holdout_images, force=force, reuse_ranges=reuse_ranges, depth_scale=depth_scale,
     )
     report = calibrate(cfg)
     if as_json:

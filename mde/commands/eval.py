@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from mde.commands.options import emit
+from mde.commands.options import depth_scale_option, emit
 from mde.errors import InputError
 
 METRIC_ORDER = ("rmse", "ssim", "abs_rel", "sq_rel", "rmse_log", "delta1", "delta2", "delta3",
@@ -26,7 +26,7 @@ def eval_command(
     batch_size: int = typer.Option(8, "--batch-size", help="Images per inference call."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (an .onnx: ONNX Runtime's provider)."),
     backend: str = typer.Option("auto", "--backend", help=".onnx/.engine: runtime backend."),
-    depth_scale: float = typer.Option(1000.0, "--depth-scale", help="16-bit depth PNG units per metre."),
+    depth_scale: float = depth_scale_option(),
 ) -> None:
     """Mean RMSE, SSIM, AbsRel, SqRel, RMSE log, delta1-3 and SILog over a split.
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from mde.commands.options import DEPTH_SCALE_HELP, depth_scale_option
 from mde.export.config import MAX_OPSET, MIN_OPSET, ExportConfig
 
 _D = ExportConfig(checkpoint=Path("CKPT"), out=Path("DIR"))  # the defaults, for --help
@@ -60,6 +61,7 @@ def export(
         _D.golden_data, "--golden-data",
         help="Dataset whose val images and ground truth become the golden inputs (default: seeded noise).",
     ),
+    depth_scale: float = depth_scale_option(_D.depth_scale, f"Of --golden-data and --calib-data: {DEPTH_SCALE_HELP}"),
     min_batch: int = _engine_option("min_batch", "Profile: smallest batch."),
     opt_batch: int = _engine_option("opt_batch", "Profile: batch tuned for."),
     max_batch: int = _engine_option("max_batch", "Profile: largest batch."),
@@ -88,6 +90,7 @@ def export(
         force=force,
         golden_images=golden_images,
         golden_data=golden_data,
+        depth_scale=depth_scale,
         min_batch=min_batch,
         opt_batch=opt_batch,
         max_batch=max_batch,

@@ -1,4 +1,4 @@
-"""Options shared by the commands that run artifacts (`predict`, `bench`, `parity`): --backend and --providers."""
+"""Options shared by several commands: --backend and --providers (`predict`, `bench`, `parity`), --depth-scale."""
 
 from __future__ import annotations
 
@@ -24,6 +24,14 @@ def emit(report: dict[str, Any], as_json: bool, show: Callable[[dict[str, Any]],
         typer.echo(json.dumps(report))
     else:
         show(report)
+
+
+DEPTH_SCALE_HELP = "16-bit depth PNG units per metre (1000: millimetres; KITTI: 256)."
+
+
+def depth_scale_option(default: float = 1000.0, help_: str = DEPTH_SCALE_HELP) -> Any:
+    """`--depth-scale`: how the dataset's 16-bit depth PNGs encode metres (the same option on every command)."""
+    return typer.Option(default, "--depth-scale", help=help_)
 
 
 def providers_option() -> Any:

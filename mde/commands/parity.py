@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from mde.commands.options import backend_help, check_backend, providers_option
+from mde.commands.options import DEPTH_SCALE_HELP, backend_help, check_backend, depth_scale_option, providers_option
 from mde.errors import InputError
 from mde.runtime.parity_run import ParityConfig, run_parity
 
@@ -30,6 +30,7 @@ def parity_command(
     backend: str = typer.Option(_D["backend"].default, "--backend", help="auto, or a registered backend."),
     golden: Path = typer.Option(None, "--golden", help="golden.npz: torch-free check of ARTIFACT..."),
     providers: list[str] = providers_option(),
+    depth_scale: float = depth_scale_option(help_=f"With --data: {DEPTH_SCALE_HELP}"),
     device: str = typer.Option(_D["device"].default, "--device",
                                help="Where the PyTorch reference runs: cpu, cuda or cuda:N."),
 ) -> None:
@@ -40,10 +41,11 @@ def parity_command(
             raise InputError("expected CKPT and at least one ARTIFACT (or --golden FILE ARTIFACT...)")
         if data is None:
             raise InputError("--data is required with a checkpoint (or use --golden FILE)")
-        cfg = ParityConfig(checkpoint=paths[0], artifacts=tuple(paths[1:]), data=data)
+        cfg = ParityConfig(checkpoint=paths[0], artifacts=tuple(paths[1:]), data=data, depth_scale=depth_scale)
     else:
-        if data is not None:
-            raise InputError("--golden and --data are exclusive: golden mode uses the saved inputs")
+        if data is not None or depth_scale != _D["depth_scale"].default:
+            raise InputError(f"--golden and {'--data' if data is not None else '--depth-scale'} are exclusive: "
+                             "golden mode uses the saved inputs")
         cfg = ParityConfig(artifacts=tuple(paths), golden=golden)
     if limit < 0:
         raise InputError(f"--limit must be >= 0, got {limit}")

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 import typer
 
+from mde.commands.options import depth_scale_option
 from mde.train.config import BACKBONE_CHOICES, CYCLE_MODES, DECODER_CHOICES, LOSS_CHOICES, SCHEDULES, TrainConfig
 
 D = TrainConfig()
@@ -64,7 +65,7 @@ def train_command(
         "raises the rest's."
     ),
     max_depth: float = typer.Option(D.max_depth, help="Output range in metres; 0 = the dataset's maximum depth."),
-    depth_scale: float = typer.Option(D.depth_scale, help="16-bit depth PNG units per metre."),
+    depth_scale: float = depth_scale_option(D.depth_scale),
     device: str = typer.Option(D.device, help="auto, cpu or cuda."),
     amp: bool = typer.Option(D.amp, "--amp/--no-amp", help="Mixed precision on CUDA (bf16 where supported)."),
     channels_last: bool = typer.Option(
