@@ -34,7 +34,7 @@ from mde.export.config import (  # noqa: F401 - ExportConfig and Artifact are th
     validate,
 )
 from mde.export.golden import golden_checkpoint, golden_inputs, write_golden
-from mde.io import no_empty_new_folder
+from mde.io import UNWRITABLE, no_empty_new_folder
 from mde.runtime.metadata import read_props, sidecar_path
 
 
@@ -93,6 +93,10 @@ def _staging(out: Path) -> Iterator[Path]:
             raise InputError(f"output folder is not writable ({err.strerror or err})", out) from None
         try:
             yield stage
+        except OSError as err:
+            if err.errno not in UNWRITABLE:
+                raise
+            raise InputError(f"cannot write the export ({err.strerror})", out) from None
         finally:
             shutil.rmtree(stage, ignore_errors=True)
 

@@ -19,6 +19,7 @@ import typer
 
 from mde import __version__
 from mde.errors import MdeError
+from mde.io import UNWRITABLE
 
 COMMANDS = ("data", "train", "eval", "export", "calibrate", "parity", "predict", "bench", "info")
 
@@ -146,6 +147,10 @@ def _run(args: list[str]) -> None:
             raise _stopped() from None
         if _state["verbose"]:
             traceback.print_exc()
+        if isinstance(err, OSError) and err.errno in UNWRITABLE:  # no space left, read-only, no permission
+            where = f"{err.filename}: " if err.filename else ""
+            print(f"mde: error: {where}{err.strerror or err}", file=sys.stderr)
+            raise SystemExit(2) from None
         msg = str(err).splitlines()[0] if str(err) else ""
         print(
             f"mde: internal error: {type(err).__name__}: {msg} (run with --verbose for the traceback)",

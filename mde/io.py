@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -12,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from mde.errors import InputError
+
+# Why a write fails that is the place's fault, not mde's: the CLI says so in one line (exit 2).
+UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM}
 
 
 @contextlib.contextmanager
@@ -38,6 +42,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
+    except OSError as err:
+        if err.errno not in UNWRITABLE:
+            raise
+        raise InputError(f"cannot write ({err.strerror})", path) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import shutil
@@ -362,3 +363,41 @@ def test_verbose_shows_traceback(cli, tmp_path):
     result = cli("--verbose", "info", tmp_path / "missing.onnx")
     assert result.code == 2
     assert "Traceback" in result.err
+
+
+# -- a full disk: one line naming where, exit 2, nothing half-written ---------------------------------
+def _no_space(*_args, **_kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_full_disk_during_export_is_one_line_and_leaves_no_folder(cli, tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr("mde.export.onnx_export.export_fp32", _no_space)
+    out = tmp_path / "export"
+    result = cli("export", tiny_checkpoint, "--out", out)
+    assert result.code == 2, result.err
+    assert result.err.strip().splitlines()[-1] == f"mde: error: {out}: cannot write the export (No space left on device)"
+    assert not out.exists()
+
+
+def test_full_disk_during_a_checkpoint_names_it_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    from mde.errors import InputError
+    from mde.train.checkpoint import save_checkpoint
+
+    def zip_writer_fails(_state, _path):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 15913920 vs 15913816")
+
+    monkeypatch.setattr("torch.save", zip_writer_fails)
+    with pytest.raises(InputError, match=r"best.pt: cannot write the checkpoint \(\d+ MiB free there; torch: "):
+        save_checkpoint(tmp_path / "best.pt", {"model": {}, "model_args": {}})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unwritable_place_anywhere_is_one_line_exit_2(cli, monkeypatch, tmp_path):
+    """The last line of defence: an OSError a full disk or a read-only folder raises outside mde's own writers."""
+    def read_only(_path):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / "x.json"))
+
+    monkeypatch.setattr("mde.runtime.artifact.inspect_artifact", read_only)
+    (tmp_path / "model.onnx").write_bytes(b"x")
+    result = cli("info", tmp_path / "model.onnx")
+    assert result.code == 2 and result.err.strip() == f"mde: error: {tmp_path / 'x.json'}: Read-only file system"

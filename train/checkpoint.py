@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import shutil
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 
 from mde import __version__
-from mde.errors import ModelError
+from mde.errors import InputError, ModelError
 from mde.io import atomic_path, require_file
 from mde.train.model import BACKBONES, DECODERS, DepthNet, ModelArgs, build_model
 
@@ -24,7 +25,12 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write `state` (must hold `model_args` and `model`) atomically: temp file, fsync, rename."""
     state = {"format": FORMAT, "mde_version": __version__, **state}
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as err:  # torch's zip writer reports a failed write (a full disk) without an errno
+            free = shutil.disk_usage(tmp.parent).free / 2**20
+            raise InputError(f"cannot write the checkpoint ({free:.0f} MiB free there; torch: "
+                             f"{str(err).splitlines()[0]})", path) from None
 
 
 def save_untrained(path: str | Path, args: ModelArgs, images: np.ndarray | None = None, *,
