@@ -159,6 +159,8 @@ def read_depth(path: str | Path, png_scale: float = 1000.0) -> np.ndarray:
         if not path.exists():
             raise InputError("depth map not found", path)
         try:
+            if not _starts_with(path, b"\x93NUMPY"):  # numpy takes any other file for a pickle
+                raise DataError("not a NumPy .npy file", path)
             depth = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as err:
             raise DataError(f"cannot read depth .npy ({err})", path) from None
@@ -176,6 +178,11 @@ def read_depth(path: str | Path, png_scale: float = 1000.0) -> np.ndarray:
         depth = _decode(img, path).astype(np.float32) / np.float32(png_scale)
     depth = np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float32)
     return depth
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(len(magic)) == magic
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -122,6 +122,8 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
             except MdeError as err:
                 if isinstance(err, InputError) and err.path is not None and err.path != path:
                     raise  # not the image's fault (e.g. the output folder): stop
+                if len(items) == 1:
+                    raise  # the one image given is bad input: one line, exit 2
                 failed += 1
                 err_console.print(f"mde: skipped {path}: {str(err).removeprefix(f'{path}: ')}", markup=False)
     return {"images": len(paths), "written": len(paths) - failed, "failed": failed}

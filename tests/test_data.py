@@ -246,6 +246,12 @@ def _bad_nyu_depth_absurd(root):
     return lambda: NYUDataset(root / "nyu.mat")[2], r"nyu.mat\[2\].*depth reaches 3e\+38 m"
 
 
+def _bad_npy_not_numpy(root):  # numpy would call any such file a pickle
+    _write_pair(root, "val", "a", _depth(), npy=True)
+    (root / "val" / "depth" / "a.npy").write_text("0.5 0.7 0.9\n")
+    return lambda: FolderDataset(root, "val")[0], "depth/a.npy: not a NumPy .npy file"
+
+
 def _bad_duplicate_stem(root):
     rgb = _write_pair(root, "val", "a", _depth())
     Image.fromarray(rgb).save(root / "val" / "rgb" / "a.jpg")
@@ -290,7 +296,7 @@ def _bad_missing_path(root):
     [_bad_rgb_without_depth, _bad_depth_without_rgb, _bad_empty_split, _bad_missing_split,
      _bad_truncated_image, _bad_size_mismatch, _bad_mask_size, _bad_mask_mode, _bad_mask_value,
      _bad_depth_8bit,
-     _bad_no_valid_pixel, _bad_depth_absurd,
+     _bad_no_valid_pixel, _bad_depth_absurd, _bad_npy_not_numpy,
      _bad_duplicate_stem,
      _bad_nyu_not_hdf5, _bad_nyu_missing_key, _bad_nyu_shapes, _bad_nyu_no_valid_pixel, _bad_nyu_depth_absurd,
      _bad_not_a_dataset, _bad_missing_path],

@@ -171,7 +171,8 @@ def test_predict_writing_nothing_leaves_no_folder(cli, onnx_path, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
     result = cli("predict", onnx_path, bad, "--out", tmp_path / "out")
-    assert result.code == 1 and "skipped" in result.err
+    assert result.code == 2 and result.err.strip().splitlines()[1:] == [f"mde: error: {bad}: not a readable image "
+                                                                         "(unknown or corrupt format)"], result.err
     assert not (tmp_path / "out").exists()
 
 

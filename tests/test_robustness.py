@@ -129,6 +129,11 @@ def bad(tmp_path_factory, synth_data, tiny_checkpoint, tiny_export) -> dict[str,
         golden = {name: npz[name] for name in npz.files}
     np.savez(root / "golden-bad-json.npz", **{**golden, "tolerances": np.array("{bad")})
     files["golden_bad_json"] = root / "golden-bad-json.npz"
+    golden["depth"] = np.full_like(golden["depth"], np.nan)
+    np.savez(root / "golden-nan.npz", **golden)
+    files["golden_nan"] = root / "golden-nan.npz"
+    files["golden_text"] = root / "text.npz"
+    files["golden_text"].write_text("not an archive")
     files["onnx_text"] = root / "text.onnx"
     files["onnx_text"].write_text("hello")
 
@@ -234,6 +239,12 @@ CASES = [
     ("parity-truncated-golden", "parity --golden {bad:golden_truncated} {onnx}", "golden.npz"),
     ("parity-golden-bad-json", "parity --golden {bad:golden_bad_json} {onnx}",
      "golden-bad-json.npz: golden.npz field 'tolerances' is not JSON"),
+    ("parity-golden-nan", "parity --golden {bad:golden_nan} {onnx}", "golden-nan.npz: golden arrays hold NaN"),
+    ("parity-golden-text", "parity --golden {bad:golden_text} {onnx}",
+     "text.npz: not a golden.npz (not a NumPy .npz archive)"),
+    ("train-checkpoint-as-backbone", "train --data {data} --out {out} --no-pretrained --backbone-weights {ckpt}",
+     "no torchvision ResNet weights (conv1.*, layer1.* ...) in this file (an mde training checkpoint: "
+     "continue it with --resume)"),
     ("parity-json-over-artifact", "parity {ckpt} {onnx} --data {data} --json {onnx}", "--json would write over"),
     ("parity-json-into-data", "parity {ckpt} {onnx} --data {data} --json {data}/meta.json", "inside the input folder"),
     ("parity-json-is-report", "parity {ckpt} {onnx} --data {data} --json {out}.txt --report {out}.txt",

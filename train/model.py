@@ -230,6 +230,8 @@ def load_backbone_weights(model: DepthNet, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
         raise ModelError(f"cannot read backbone weights ({type(err).__name__})", path) from None
+    if not isinstance(state, dict):
+        raise ModelError(f"expected a state dict, found a {type(state).__name__}", path)
     mapping = {"conv1.": "stem.0.", "bn1.": "stem.1."}
     mapping.update({f"layer{i + 1}.": f"stages.{i}." for i in range(4)})
     renamed = {}
@@ -239,8 +241,10 @@ def load_backbone_weights(model: DepthNet, path: Path) -> None:
                 renamed[new + key[len(old):]] = value
     own = model.state_dict()
     bad = [k for k, v in renamed.items() if k not in own or own[k].shape != v.shape]
-    if not renamed or bad:
-        raise ModelError(
-            f"not a torchvision {model.args.backbone} state dict ({len(bad)} mismatched keys)", path
-        )
+    if not renamed:
+        kind = " (an mde training checkpoint: continue it with --resume)" if "model_args" in state else ""
+        raise ModelError(f"no torchvision ResNet weights (conv1.*, layer1.* ...) in this file{kind}", path)
+    if bad:
+        raise ModelError(f"not a torchvision {model.args.backbone} state dict ({len(bad)} mismatched keys, "
+                         f"e.g. {bad[0]})", path)
     model.load_state_dict(renamed, strict=False)

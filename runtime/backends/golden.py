@@ -24,6 +24,9 @@ def read_golden(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     try:
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"PK\x03\x04":  # numpy takes any other file for a pickle
+                raise InputError("not a golden.npz (not a NumPy .npz archive)", path)
         with np.load(path, allow_pickle=False) as npz:
             golden = {name: npz[name] for name in npz.files}
         images, depth = golden["image"].astype(np.float32), golden["depth"].astype(np.float32)
@@ -33,6 +36,8 @@ def read_golden(path: str | Path) -> dict[str, Any]:
     if images.ndim != 4 or depth.ndim != 4 or len(images) != len(depth):
         raise InputError(f"golden arrays must be N x 3 x H x W and N x 1 x H x W, got {images.shape}, {depth.shape}",
                          path)
+    if not (np.isfinite(images).all() and np.isfinite(depth).all()):
+        raise InputError("golden arrays hold NaN or infinite values (a damaged file: export it again)", path)
     golden["image"], golden["depth"] = images, depth
     for key in ("tolerances", "meta"):
         try:
