@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from mde.runtime.metadata import MM_PER_M
+
 METHODS = ("entropy", "percentile", "minmax")
 MIN_IMAGES = 32
 
@@ -95,7 +97,7 @@ class CalibrationConfig:
     force: bool = False
     reuse_ranges: bool = True
     progress: bool = True
-    depth_scale: float = 1000.0
+    depth_scale: float = MM_PER_M
     # Ops the sensitivity search may keep in float (the weighted layers).
     fallback_op_types: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from mde.errors import DataError, InputError
 from mde.runtime.images import _decode, _open_checked, list_images, read_depth, read_rgb
+from mde.runtime.metadata import MM_PER_M
 from mde.runtime.metrics import MASK_INVALID, MASK_OBJECT, MASK_STRUCTURE
 
 # A depth beyond this many metres is an encoding mistake (a "no return" or sky code such as
@@ -130,7 +131,7 @@ class FolderDataset(PairedFiles):
         depth_scale: PNG depth units per metre (1000 = millimetres, 256 = KITTI).
     """
 
-    def __init__(self, root: str | Path, split: str = "val", depth_scale: float = 1000.0):
+    def __init__(self, root: str | Path, split: str = "val", depth_scale: float = MM_PER_M):
         folder = Path(root) / split
         rgb_dir, depth_dir = folder / "rgb", folder / "depth"
         for sub in (folder, rgb_dir, depth_dir):
@@ -277,7 +278,7 @@ class NYUDataset:
 
 
 def open_dataset(path: str | Path, split: str = "val", fmt: str = "auto",
-                 depth_scale: float = 1000.0) -> FolderDataset | KittiDataset | NYUDataset:
+                 depth_scale: float = MM_PER_M) -> FolderDataset | KittiDataset | NYUDataset:
     """Open a dataset by what is on disk.
 
     Args:
@@ -303,7 +304,7 @@ def open_dataset(path: str | Path, split: str = "val", fmt: str = "auto",
     if fmt == "nyu":
         return NYUDataset(path, split)
     if fmt == "kitti":
-        scale = KITTI_DEPTH_SCALE if depth_scale == 1000.0 else depth_scale
+        scale = KITTI_DEPTH_SCALE if depth_scale == MM_PER_M else depth_scale
         return KittiDataset(path, split, scale)
     return FolderDataset(path, split, depth_scale)
 

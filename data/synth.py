@@ -27,13 +27,14 @@ from PIL import Image
 
 from mde.data.world import MAX_DEPTH, MIN_DEPTH, draw_scene, render_labelled, render_scene
 from mde.io import no_empty_new_folder, prepare_output_dir, write_json_atomic
+from mde.runtime.metadata import MM_PER_M
 from mde.runtime.metrics import MASK_INVALID, MASK_OBJECT, MASK_STRUCTURE
 
 __all__ = ["MAX_DEPTH", "MIN_DEPTH", "SPLITS", "SynthConfig", "draw_scene", "render_scene", "scene_rng",
            "synthesize"]
 
 GENERATOR_VERSION = 2  # 2: region masks
-DEPTH_PNG_SCALE = 1000.0  # PNG units per metre (millimetres)
+DEPTH_PNG_SCALE = MM_PER_M  # PNG units per metre
 SPLITS = ("train", "val")
 
 
@@ -188,7 +189,7 @@ class _pool:
             try:
                 self.pool = multiprocessing.get_context("spawn").Pool(self.workers)
             finally:
-                if ignoring:
+                if ignoring and previous is not None:  # None: a handler installed from C, left as it is
                     signal.signal(signal.SIGINT, previous)
         return self.pool
 

@@ -15,6 +15,7 @@ from mde.runtime.metadata import (  # noqa: F401 - the artifact names are re-exp
     EXTRAS,
     GOLDEN_NAME,
     INT8_CPU_NAME,
+    MM_PER_M,
     PRECISIONS,
 )
 
@@ -70,7 +71,7 @@ class ExportConfig:
     golden_images: int = 4
     golden_seed: int = 0
     golden_data: Path | None = None
-    depth_scale: float = 1000.0
+    depth_scale: float = MM_PER_M
     min_batch: int = 1
     opt_batch: int = 1
     max_batch: int = 8

@@ -357,9 +357,10 @@ def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:
                 staged.append(export_engine(ctx, staged[0].path, stage / ENGINE_NAME, precision))
 
             progress.step("writing artifacts")
-            artifacts = _publish(staged, out)
-            write_golden(out / GOLDEN_NAME, golden, reference, ctx.depth_range, checkpoint_sha,
+            write_golden(stage / GOLDEN_NAME, golden, reference, ctx.depth_range, checkpoint_sha,
                          {"backbone": model.args.backbone, "decoder": model.args.decoder})
+            artifacts = _publish(staged, out)  # renames only from here on: a full disk cannot split them
+            os.replace(stage / GOLDEN_NAME, out / GOLDEN_NAME)
             # --force: what this export did not rewrite and another checkpoint made would not match golden.npz
             stale = _other_checkpoints(out, checkpoint_sha, {a.path.name for a in artifacts}) if cfg.force else []
             for name in stale:

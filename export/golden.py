@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mde.runtime.metadata import MM_PER_M
+
 
 @dataclass
 class GoldenInputs:
@@ -21,7 +23,7 @@ class GoldenInputs:
 
 
 def golden_inputs(data: Path | None, size: tuple[int, int], count: int, seed: int, split: str = "val",
-                  depth_scale: float = 1000.0) -> GoldenInputs:
+                  depth_scale: float = MM_PER_M) -> GoldenInputs:
     """`count` golden inputs: the first images of `data`'s `split` with their depth (and masks), or, only
     when no dataset is given, seeded uniform noise.
 

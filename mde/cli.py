@@ -85,6 +85,9 @@ class Terminated(KeyboardInterrupt):
 
 
 def _raise_terminated(signum: int, _frame: object) -> None:
+    # Python runs this only between bytecodes, so a long native call (a TensorRT build) finishes first;
+    # the default action back in place lets a second SIGTERM stop the process at once.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _state["terminated"] = True
     raise Terminated
 
@@ -136,6 +139,8 @@ def _run(args: list[str]) -> None:
         print("mde: aborted", file=sys.stderr)
         raise SystemExit(1) from None
     except MdeError as err:
+        if _state["terminated"]:  # e.g. a write SIGTERM cut short, reported as one
+            raise _stopped() from None
         if _state["verbose"]:
             traceback.print_exc()
         print(f"mde: error: {err}", file=sys.stderr)

@@ -51,6 +51,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def starts_with(path: str | Path, magic: bytes) -> bool:
+    """Whether the file begins with `magic` (a format's signature: numpy takes any non-.npy file for a pickle)."""
+    with open(path, "rb") as fh:
+        return fh.read(len(magic)) == magic
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` atomically."""
     with atomic_path(path) as tmp:

@@ -129,9 +129,9 @@ class DepthEstimator:
         Images that run at the same network size go through the model together, in chunks
         of up to `batch_size` when the model has a dynamic batch axis.
         """
-        if isinstance(images, np.ndarray) and images.ndim != 4:
-            raise InputError(f"predict_batch takes a sequence of images (a list, or an N x H x W x C array), "
-                             f"got an array of shape {images.shape}; for one image call predict()")
+        if isinstance(images, np.ndarray) and (images.ndim < 3 or (images.ndim == 3 and images.shape[2] <= 4)):
+            raise InputError(f"predict_batch takes a sequence of images (a list, or an N x H x W [x C] array), "
+                             f"got an array of shape {images.shape}: one image; call predict()")
         if not isinstance(images, Iterable) or isinstance(images, (str, bytes)):
             raise InputError(f"predict_batch takes a sequence of images, got {type(images).__name__}")
         rgbs = [to_rgb8(img, f"image {i}") for i, img in enumerate(images)]
@@ -164,7 +164,7 @@ class DepthEstimator:
             raise InputError(f"expected an H x W depth map, got shape {depth.shape}")
         if not all(isinstance(v, numbers.Real) for v in (fx, fy, cx, cy)):
             raise InputError(f"intrinsics must be numbers, got fx={fx!r}, fy={fy!r}, cx={cx!r}, cy={cy!r}")
-        if not (fx > 0 and fy > 0 and math.isfinite(fx * fy * cx * cy)):
+        if not (fx > 0 and fy > 0 and all(math.isfinite(v) for v in (fx, fy, cx, cy))):
             raise InputError(f"focal lengths must be finite and > 0 (and centres finite), got fx={fx}, fy={fy}, "
                              f"cx={cx}, cy={cy}")
         depth = depth.astype(np.float32, copy=False)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mde.errors import DataError, InputError
-from mde.runtime.metadata import MAX_INPUT_SIDE
+from mde.io import starts_with
+from mde.runtime.metadata import MAX_INPUT_SIDE, MM_PER_M
 
 log = logging.getLogger(__name__)
 
@@ -55,21 +57,27 @@ def _decode(img: Image.Image, path: Path) -> np.ndarray:
         img.close()
 
 
-def to_rgb8(array: np.ndarray, source: str = "image") -> np.ndarray:
+def to_rgb8(array: np.ndarray, source: str | Path = "image", by_value: bool = False) -> np.ndarray:
     """Convert gray, gray+alpha, RGBA and 16-bit/float images to H x W x 3 uint8 RGB.
 
-    Pixel values follow one rule, for arrays and files alike (`_to_uint8`). Conversions are logged
-    (info level; a guess at warning level) so a user knows the input was changed.
+    Args:
+        array: the image.
+        source: what to name in messages; a `Path` (an image file) makes refusals `DataError`s.
+        by_value: read 16-bit integers by their values (`_to_uint8`): a file's 16-bit grey may hold
+            8-bit values; an array's dtype is trusted.
+
+    Conversions are logged (info level; a guess at warning level, once per source) so a user knows
+    the input was changed.
     """
     if not isinstance(array, np.ndarray):
-        raise InputError(f"{source}: expected a numpy array, got {type(array).__name__}")
+        _refuse(f"expected a numpy array, got {type(array).__name__}", source)
     if array.size == 0:
-        raise InputError(f"{source}: empty image (shape {array.shape})")
+        _refuse(f"empty image (shape {array.shape})", source)
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
-        raise InputError(f"{source}: expected H x W x 3 RGB, got shape {array.shape}")
-    array = _to_uint8(array, source)
+        _refuse(f"expected H x W x 3 RGB, got shape {array.shape}", source)
+    array = _to_uint8(array, source, by_value)
     channels = array.shape[2]
     if channels in (1, 2):
         log.info("%s: grayscale image converted to RGB", source)
@@ -80,33 +88,50 @@ def to_rgb8(array: np.ndarray, source: str = "image") -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _to_uint8(array: np.ndarray, source: str) -> np.ndarray:
-    """Pixel values as 8-bit, or InputError where they cannot be an image's.
+def _refuse(message: str, source: str | Path) -> NoReturn:
+    if isinstance(source, Path):
+        raise DataError(message, source)
+    raise InputError(f"{source}: {message}")
 
-    Floats must be finite and lie in [0, 1]. Integers of at most 255 in a wider type are 8-bit
-    values (shifting them as 16-bit would make the image black), up to 65535 they are 16-bit;
-    negative or larger values are refused.
+
+HALF_STEP = 0.5 / 255  # floats this far outside [0, 1] (resampling overshoot) still round into 0..255
+_guessed: set[str] = set()  # sources already warned about the 8-bit guess
+
+
+def _to_uint8(array: np.ndarray, source: str | Path, by_value: bool) -> np.ndarray:
+    """Pixel values as 8-bit, or a refusal where they cannot be an image's.
+
+    Floats must be finite and lie in [0, 1] (within half an 8-bit step). uint16 arrays are 16-bit.
+    Integers of types that record no bit depth (int32, int64, ...; 16-bit files with `by_value`)
+    are read by their values: at most 255 they are 8-bit (shifting them as 16-bit would make the
+    image black), up to 65535 they are 16-bit; negative or larger values are refused.
     """
-    if array.dtype == np.uint8:
+    kind, bits = array.dtype.kind, 8 * array.dtype.itemsize
+    if kind == "u" and bits == 8:
         return array
-    if array.dtype == np.bool_:
+    if kind == "b":
         return array.astype(np.uint8) * 255
-    if np.issubdtype(array.dtype, np.floating):
+    if kind == "f":
         if not np.isfinite(array).all():
-            raise InputError(f"{source}: floating-point image with NaN or infinite values")
+            _refuse("floating-point image with NaN or infinite values", source)
         lo, hi = float(array.min()), float(array.max())
-        if lo < 0 or hi > 1:
-            raise InputError(f"{source}: floating-point image with values {lo:g} to {hi:g}; expected [0, 1] "
-                             "(or 8-bit integers 0 to 255)")
+        if lo < -HALF_STEP or hi > 1 + HALF_STEP:
+            hint = "; 0 to 255 values belong in a uint8 array" if hi > 1.5 else ""
+            _refuse(f"floating-point image with values {lo:.7g} to {hi:.7g}; expected [0, 1]{hint}", source)
         log.info("%s: float image in [0, 1] scaled to 8-bit", source)
-        return (array * 255.0 + 0.5).astype(np.uint8)
-    if not np.issubdtype(array.dtype, np.integer):
-        raise InputError(f"{source}: unsupported dtype {array.dtype} (expected uint8)")
+        return (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if kind not in "iu":
+        _refuse(f"unsupported dtype {array.dtype} (expected uint8)", source)
+    if kind == "u" and bits == 16 and not by_value:
+        log.info("%s: 16-bit image scaled to 8-bit", source)
+        return (array >> 8).astype(np.uint8)
     lo, hi = int(array.min()), int(array.max())
     if lo < 0 or hi > 65535:
-        raise InputError(f"{source}: integer image with values {lo} to {hi}; expected 8- or 16-bit values")
-    if hi <= 255:  # a guess, per image: say so louder than the other conversions
-        log.warning("%s: 8-bit values in a %d-bit image, read as 8-bit", source, 8 * array.dtype.itemsize)
+        _refuse(f"integer image with values {lo} to {hi}; expected 8- or 16-bit values", source)
+    if hi <= 255:  # a guess: say so louder than the other conversions, once per source
+        if str(source) not in _guessed:
+            _guessed.add(str(source))
+            log.warning("%s: 8-bit values in a %d-bit image, read as 8-bit", source, bits)
         return array.astype(np.uint8)
     log.info("%s: 16-bit image scaled to 8-bit", source)
     return (array.astype(np.uint16) >> 8).astype(np.uint8)
@@ -143,10 +168,10 @@ def read_rgb(path: str | Path, upright: bool = False) -> np.ndarray:
         array = _decode(img, path)
     else:
         array = _decode(img, path)
-    return to_rgb8(array, str(path))
+    return to_rgb8(array, path, by_value=True)
 
 
-def read_depth(path: str | Path, png_scale: float = 1000.0) -> np.ndarray:
+def read_depth(path: str | Path, png_scale: float = MM_PER_M) -> np.ndarray:
     """Read a depth map as H x W float32 metres; invalid pixels become 0.
 
     Args:
@@ -159,7 +184,7 @@ def read_depth(path: str | Path, png_scale: float = 1000.0) -> np.ndarray:
         if not path.exists():
             raise InputError("depth map not found", path)
         try:
-            if not _starts_with(path, b"\x93NUMPY"):  # numpy takes any other file for a pickle
+            if not starts_with(path, b"\x93NUMPY"):
                 raise DataError("not a NumPy .npy file", path)
             depth = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as err:
@@ -178,11 +203,6 @@ def read_depth(path: str | Path, png_scale: float = 1000.0) -> np.ndarray:
         depth = _decode(img, path).astype(np.float32) / np.float32(png_scale)
     depth = np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float32)
     return depth
-
-
-def _starts_with(path: Path, magic: bytes) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(len(magic)) == magic
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mde.errors import InputError, MdeError
+from mde.runtime.metadata import MM_PER_M
 
 FORMATS = ("color", "png16", "npy")
-PNG16_SCALE = 1000.0  # millimetres per metre
 
 
 @dataclass
@@ -82,7 +82,7 @@ def write_depth(depth, path: Path, fmt: str, max_depth: float) -> None:
             with open(tmp, "wb") as fh:
                 np.save(fh, depth.astype(np.float32), allow_pickle=False)
         elif fmt == "png16":
-            mm = np.where(np.isfinite(depth) & (depth > 0), depth * PNG16_SCALE, 0.0)
+            mm = np.where(np.isfinite(depth) & (depth > 0), depth * MM_PER_M, 0.0)
             Image.fromarray(np.clip(np.rint(mm), 0, 65535).astype(np.uint16)).save(tmp, format="PNG")
         else:
             Image.fromarray(colorize(depth, max_depth)).save(tmp, format="PNG")
@@ -122,8 +122,8 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
             except MdeError as err:
                 if isinstance(err, InputError) and err.path is not None and err.path != path:
                     raise  # not the image's fault (e.g. the output folder): stop
-                if len(items) == 1:
-                    raise  # the one image given is bad input: one line, exit 2
+                if len(items) == 1:  # the one image given is bad input: one line naming it, exit 2
+                    raise err if err.path is not None else type(err)(str(err), path) from None
                 failed += 1
                 err_console.print(f"mde: skipped {path}: {str(err).removeprefix(f'{path}: ')}", markup=False)
     return {"images": len(paths), "written": len(paths) - failed, "failed": failed}

@@ -261,7 +261,8 @@ def test_read_sidecar_errors(tmp_path):
     good = {"tensorrt_version": "11.0", "compute_capability": "9.0", "profile": {"input": {}}, "metadata": {"a": 1}}
     for key, value, match in [("metadata", "str", r"metadata \(str, expected dict\)"),
                               ("compute_capability", None, r"compute_capability \(NoneType, expected str\)"),
-                              ("profile", [], r"empty or malformed profile \(list")]:
+                              ("profile", [], r"malformed profile \(list"),
+                              ("tensorrt_version", "", r"malformed tensorrt_version \(empty\)")]:
         (tmp_path / "model.engine.json").write_text(json.dumps({**good, key: value}))
         with pytest.raises(ModelError, match=match):
             read_sidecar(engine)

@@ -150,6 +150,13 @@ def test_predict_out_under_a_file_exit_2(cli, onnx_path, images, tmp_path):
     assert len(result.err.strip().splitlines()) == 1
 
 
+def test_predict_of_one_image_golden_has_no_output_for_names_it(cli, tiny_export, images, tmp_path):
+    result = cli("predict", tiny_export / "golden.npz", images / "a.png", "--out", tmp_path / "out")
+    assert result.code == 2, result.err
+    assert result.err.strip().splitlines()[-1] == (f"mde: error: {images / 'a.png'}: not one of the inputs saved "
+                                                   "in golden.npz; the golden backend only replays those")
+
+
 def test_predict_on_golden_skips_images_it_has_no_output_for(cli, tiny_export, synth_data, images, tmp_path):
     """The golden backend answers only its saved inputs: any other image is skipped, named, and the rest written."""
     from mde.runtime.images import read_rgb
@@ -165,6 +172,16 @@ def test_predict_on_golden_skips_images_it_has_no_output_for(cli, tiny_export, s
     assert result.code == 1, result.err
     assert f"skipped {images / 'a.png'}: not one of the inputs saved in golden.npz" in result.err
     assert sorted(p.name for p in out.iterdir()) == [f"{first_val.stem}.npy"]
+
+
+def test_predict_skipping_every_image_exits_1_and_leaves_no_folder(cli, onnx_path, tmp_path):
+    bad = [tmp_path / "bad.png", tmp_path / "worse.png"]
+    for path in bad:
+        path.write_bytes(b"not a png")
+    result = cli("predict", onnx_path, *bad, "--out", tmp_path / "out")
+    assert result.code == 1 and all(f"skipped {p}" in result.err for p in bad), result.err
+    assert "2 of 2 images failed" in result.err
+    assert not (tmp_path / "out").exists()
 
 
 def test_predict_writing_nothing_leaves_no_folder(cli, onnx_path, tmp_path):

@@ -243,8 +243,7 @@ CASES = [
     ("parity-golden-text", "parity --golden {bad:golden_text} {onnx}",
      "text.npz: not a golden.npz (not a NumPy .npz archive)"),
     ("train-checkpoint-as-backbone", "train --data {data} --out {out} --no-pretrained --backbone-weights {ckpt}",
-     "no torchvision ResNet weights (conv1.*, layer1.* ...) in this file (an mde training checkpoint: "
-     "continue it with --resume)"),
+     "no torchvision ResNet weights (conv1.*, layer1.* ...) in this file (an mde checkpoint)"),
     ("parity-json-over-artifact", "parity {ckpt} {onnx} --data {data} --json {onnx}", "--json would write over"),
     ("parity-json-into-data", "parity {ckpt} {onnx} --data {data} --json {data}/meta.json", "inside the input folder"),
     ("parity-json-is-report", "parity {ckpt} {onnx} --data {data} --json {out}.txt --report {out}.txt",
@@ -259,7 +258,8 @@ CASES = [
     ("predict-onnx-as-engine", "predict {onnx} {data}/val/rgb/000000.png --out {out} --backend tensorrt",
      "--backend tensorrt reads .engine, .plan"),
     ("predict-unknown-backend", "predict {onnx} {bad:tiny_png} --out {out} --backend tflite", "tflite"),
-    ("predict-foreign-engine", "predict {bad:engine_foreign} {bad:tiny_png} --out {out}", "model.engine"),
+    ("predict-foreign-engine", "predict {bad:engine_foreign} {bad:tiny_png} --out {out}",
+     "model.engine.json: no mde metadata"),
     # unknown values and conflicting flags
     ("predict-unknown-format", "predict {onnx} {bad:tiny_png} --out {out} --format jpeg", "jpeg"),
     ("calibrate-unknown-method", "calibrate {onnx} --data {data} --out {out}.onnx --method foo", "foo"),
@@ -288,10 +288,10 @@ CASES = [
     ("info-missing", "info {bad:missing}", "does-not-exist.png"),
     ("info-truncated-onnx", "info {bad:onnx_truncated}", "truncated.onnx"),
     ("info-text-onnx", "info {bad:onnx_text}", "text.onnx"),
-    ("info-foreign-engine", "info {bad:engine_foreign}", "model.engine"),
-    ("info-engine-str-metadata", "info {bad:engine_str_meta}", "model.engine.json: engine sidecar has an empty or malformed metadata (str, expected dict)"),
+    ("info-foreign-engine", "info {bad:engine_foreign}", "model.engine.json: no mde metadata"),
+    ("info-engine-str-metadata", "info {bad:engine_str_meta}", "model.engine.json: engine sidecar has a malformed metadata (str, expected dict)"),
     ("predict-engine-str-metadata", "predict {bad:engine_str_meta} {bad:tiny_png} --out {out}",
-     "model.engine.json: engine sidecar has an empty or malformed metadata (str, expected dict)"),
+     "model.engine.json: engine sidecar has a malformed metadata (str, expected dict)"),
 ]
 
 

@@ -151,11 +151,12 @@ def test_round_size():
         np.full((30, 40, 4), 100, np.uint8),               # RGBA
         np.full((30, 40, 3), 100 * 256, np.uint16),        # 16-bit
         np.full((30, 40, 1), 100, np.uint8),               # single channel
-        np.full((30, 40, 3), 100, np.uint16),              # 8-bit values in a 16-bit array
-        np.full((30, 40, 3), 100, np.int64),               # ... in an int64 one (np.array(image, int))
+        np.full((30, 40, 3), 100 * 256, ">u2"),            # 16-bit, big-endian
+        np.full((30, 40, 3), 100, np.int64),               # 8-bit values in an int64 array (np.array(image, int))
         np.full((30, 40, 3), 100 / 255, np.float32),       # float in [0, 1]
+        np.where(np.arange(40) < 20, 100 / 255, 100 / 255 + 1e-4).astype(np.float32)[None, :, None].repeat(30, 0),
     ],
-    ids=["gray", "rgba", "16bit", "1ch", "16bit-holding-8bit", "int64", "float01"],
+    ids=["gray", "rgba", "16bit", "1ch", "16bit-big-endian", "int64", "float01", "float-overshoot"],
 )
 def test_predict_converts_image_kinds(est, image):
     depth = est.predict(image)
@@ -169,14 +170,15 @@ def test_predict_converts_image_kinds(est, image):
     [
         (np.zeros((0, 10, 3), np.uint8), "empty"),
         (np.zeros((10, 10, 3), np.complex64), "dtype"),
-        (np.full((10, 10, 3), 200.0, np.float32), r"values 200 to 200; expected \[0, 1\]"),  # 0..255 floats
+        (np.full((10, 10, 3), 200.0, np.float32), r"values 200 to 200; expected \[0, 1\]; 0 to 255 values belong"),
+        (np.full((10, 10, 3), 1.01, np.float32), r"values 1.01 to 1.01; expected \[0, 1\]$"),
         (np.full((10, 10, 3), np.nan, np.float32), "NaN"),
         (np.full((10, 10, 3), -1, np.int32), "expected 8- or 16-bit"),
         (np.zeros((10, 10, 5), np.uint8), "shape"),
         (np.zeros((2, 10, 10, 3), np.uint8), "shape"),
         ([[1, 2, 3]], "numpy array"),
     ],
-    ids=["zero-size", "complex", "float-0-255", "nan", "negative", "5-channels", "4d", "list"],
+    ids=["zero-size", "complex", "float-0-255", "float-over-1", "nan", "negative", "5-channels", "4d", "list"],
 )
 def test_predict_rejects_bad_images(est, image, match):
     with pytest.raises(InputError, match=match):
@@ -185,8 +187,10 @@ def test_predict_rejects_bad_images(est, image, match):
 
 def test_predict_batch_refuses_one_image_and_non_sequences(est):
     image = np.full((48, 64, 3), 100, np.uint8)
-    with pytest.raises(InputError, match=r"shape \(48, 64, 3\); for one image call predict"):
+    with pytest.raises(InputError, match=r"shape \(48, 64, 3\): one image; call predict"):
         est.predict_batch(image)  # would be 48 one-row grey images
+    greys = est.predict_batch(np.full((2, 48, 64), 100, np.uint8))  # N x H x W: a stack of grey images
+    assert len(greys) == 2 and greys[0].shape == (48, 64)
     with pytest.raises(InputError, match="sequence of images, got NoneType"):
         est.predict_batch(None)
     stacked = est.predict_batch(np.stack([image, image]))
@@ -293,6 +297,7 @@ def test_read_rgb_wide_gray_images_by_their_values(tmp_path):
     [0, 1] are scaled; what cannot be read right is refused, never turned black."""
     from PIL import Image
 
+    from mde.errors import DataError
     from mde.runtime.images import read_rgb
 
     rng = np.random.default_rng(0)
@@ -311,5 +316,6 @@ def test_read_rgb_wide_gray_images_by_their_values(tmp_path):
                                ("float_nan.tif", np.where(gray8 > 128, np.nan, 0.5).astype(np.float32),
                                 "NaN or infinite")]:
         Image.fromarray(array).save(tmp_path / name)
-        with pytest.raises(InputError, match=f"{name}: .*{match}"):
+        with pytest.raises(DataError, match=f"{name}: .*{match}") as info:
             read_rgb(tmp_path / name)
+        assert info.value.path == tmp_path / name

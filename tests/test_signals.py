@@ -65,14 +65,18 @@ def test_an_error_that_sigterm_causes_is_reported_as_terminated(cli, monkeypatch
     (seen on `mde train` stopped by `timeout`): that is the stop, not an internal error."""
     import mde.runtime.artifact
 
+    handler_after_first = []
+
     def killed_mid_way(path):
         try:
             signal.raise_signal(signal.SIGTERM)
         except KeyboardInterrupt:
+            handler_after_first.append(signal.getsignal(signal.SIGTERM))
             raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Terminated.") from None
 
     monkeypatch.setattr(mde.runtime.artifact, "inspect_artifact", killed_mid_way)
     (tmp_path / "model.onnx").write_bytes(b"x")
     result = cli("info", tmp_path / "model.onnx")
     assert result.code == 143 and result.err.strip() == "mde: terminated", result.err
+    assert handler_after_first == [signal.SIG_DFL]  # a second SIGTERM stops at once, even inside native code
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # put back once the command ended

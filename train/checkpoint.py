@@ -28,6 +28,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         try:
             torch.save(state, tmp)
         except RuntimeError as err:  # torch's zip writer reports a failed write (a full disk) without an errno
+            if not any(sign in str(err) for sign in ("PytorchStreamWriter", "unexpected pos", "write failed")):
+                raise
             free = shutil.disk_usage(tmp.parent).free / 2**20
             raise InputError(f"cannot write the checkpoint ({free:.0f} MiB free there; torch: "
                              f"{str(err).splitlines()[0]})", path) from None

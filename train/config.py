@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from mde.errors import InputError
+from mde.runtime.metadata import MM_PER_M
 
 BACKBONE_CHOICES = ("resnet18", "resnet34", "resnet50")
 # The registered decoders (mde.train.model.DECODERS); kept here so `mde --help` needs no torch.
@@ -65,7 +66,7 @@ class TrainConfig:
     color_jitter: bool = False
     object_weight: float = 1.0  # >1 trades whole-image RMSE for object RMSE (README, "Quality per region")
     max_depth: float = 0.0
-    depth_scale: float = 1000.0
+    depth_scale: float = MM_PER_M
     device: str = "auto"
     amp: bool = True
     channels_last: bool = True

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
-import threading
 from dataclasses import dataclass
-from types import FrameType
 
 import torch
 import torch.distributed as dist
@@ -52,7 +49,10 @@ def setup(device_choice: str) -> DistEnv:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_choice, local_rank)
     if world > 1 and not dist.is_initialized():
-        _exit_through_python_on_sigterm()
+        # When one rank fails, torchrun stops the others with SIGTERM; `mde.cli` (every entry point,
+        # `-m mde.train` included) turns it into an exit through Python, so rank 0 still removes a run
+        # folder it made and left empty. A rank blocked in a collective that never completes runs no
+        # Python until torchrun's later SIGKILL.
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -60,30 +60,9 @@ def setup(device_choice: str) -> DistEnv:
     return DistEnv(rank, world, local_rank, device)
 
 
-_default_sigterm: list = []  # the SIGTERM handler `_exit_through_python_on_sigterm` replaced, while it does
-
-
-def _exit_through_python_on_sigterm() -> None:
-    """When one rank fails, torchrun stops the others with SIGTERM: make that an exit through Python, so
-    their `finally` blocks run (rank 0 removes a run folder it made and left empty).
-
-    Only from the main thread and over the default action (a launcher's own handler, a SLURM requeue
-    say, is kept). It takes effect when the rank next runs Python code: a rank blocked in a collective
-    that never completes is killed by torchrun's later SIGKILL, as before.
-    """
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        _default_sigterm.append(signal.signal(signal.SIGTERM, _raise_system_exit))
-
-
-def _raise_system_exit(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
 def cleanup(env: DistEnv) -> None:
     if env.distributed and dist.is_initialized():
         dist.destroy_process_group()
-    if _default_sigterm:
-        signal.signal(signal.SIGTERM, _default_sigterm.pop())
 
 
 def all_reduce_sum(values: list[float], env: DistEnv) -> list[float]:

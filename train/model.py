@@ -242,7 +242,8 @@ def load_backbone_weights(model: DepthNet, path: Path) -> None:
     own = model.state_dict()
     bad = [k for k, v in renamed.items() if k not in own or own[k].shape != v.shape]
     if not renamed:
-        kind = " (an mde training checkpoint: continue it with --resume)" if "model_args" in state else ""
+        kind = (" (an mde checkpoint" + (": continue its training with --resume)" if "optimizer" in state else ")")
+                if "model_args" in state else "")
         raise ModelError(f"no torchvision ResNet weights (conv1.*, layer1.* ...) in this file{kind}", path)
     if bad:
         raise ModelError(f"not a torchvision {model.args.backbone} state dict ({len(bad)} mismatched keys, "

@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from mde.errors import InputError
+from mde.runtime.metadata import MM_PER_M
 
 PROVIDERS_HELP = (
     "ONNX Runtime execution providers in order of preference (repeat the option, e.g. "
@@ -29,7 +30,7 @@ def emit(report: dict[str, Any], as_json: bool, show: Callable[[dict[str, Any]],
 DEPTH_SCALE_HELP = "16-bit depth PNG units per metre (1000: millimetres; KITTI: 256)."
 
 
-def depth_scale_option(default: float = 1000.0, help_: str = DEPTH_SCALE_HELP) -> Any:
+def depth_scale_option(default: float = MM_PER_M, help_: str = DEPTH_SCALE_HELP) -> Any:
     """`--depth-scale`: how the dataset's 16-bit depth PNGs encode metres (the same option on every command)."""
     return typer.Option(default, "--depth-scale", help=help_)
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from mde.errors import InputError
+from mde.io import starts_with
 from mde.runtime.backends.base import Runner, TensorSpec, register_backend
 from mde.runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
 
@@ -24,9 +25,8 @@ def read_golden(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            if fh.read(4) != b"PK\x03\x04":  # numpy takes any other file for a pickle
-                raise InputError("not a golden.npz (not a NumPy .npz archive)", path)
+        if not starts_with(path, b"PK\x03\x04"):  # a zip archive, as every .npz
+            raise InputError("not a golden.npz (not a NumPy .npz archive)", path)
         with np.load(path, allow_pickle=False) as npz:
             golden = {name: npz[name] for name in npz.files}
         images, depth = golden["image"].astype(np.float32), golden["depth"].astype(np.float32)

@@ -41,9 +41,10 @@ def read_sidecar(engine: str | Path) -> dict[str, Any]:
         raise ModelError(f"engine sidecar lacks {', '.join(missing)}", path)
     expected = {"tensorrt_version": str, "compute_capability": str, "profile": dict, "metadata": dict}
     wrong = [f"{key} ({type(sidecar[key]).__name__}, expected {kind.__name__})" for key, kind in expected.items()
-             if not isinstance(sidecar[key], kind) or not sidecar[key]]
+             if not isinstance(sidecar[key], kind)]
+    wrong += [f"{key} (empty)" for key in ("tensorrt_version", "compute_capability") if sidecar[key] == ""]
     if wrong:
-        raise ModelError(f"engine sidecar has an empty or malformed {', '.join(wrong)}", path)
+        raise ModelError(f"engine sidecar has a malformed {', '.join(wrong)}", path)
     return sidecar
 
 
