@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import tempfile
 import time
@@ -228,9 +229,14 @@ def _ranges(cfg: CalibrationConfig, pre_path: Path, dataset: Any, calib_idx: lis
 
     onnxruntime = _quiet_onnxruntime()
 
+    batches = [preprocess(dataset[i].rgb, size) for i in calib_idx]
+    pixels = hashlib.sha256()  # the images themselves: another dataset's files may have the same names
+    for batch in batches:
+        pixels.update(batch.tobytes())
     key = {
         "model_sha256": sha256_file(cfg.model), "method": cfg.method, "seed": cfg.seed,
-        "images": [dataset.names[i] for i in calib_idx], "input_size": list(size), "op_types": list(cfg.op_types),
+        "images": [dataset.names[i] for i in calib_idx], "images_sha256": pixels.hexdigest(),
+        "input_size": list(size), "op_types": list(cfg.op_types),
         "percentile": cfg.percentile if cfg.method == "percentile" else None,
         "onnxruntime": onnxruntime.__version__, "target": cfg.target,
     }
@@ -241,7 +247,6 @@ def _ranges(cfg: CalibrationConfig, pre_path: Path, dataset: Any, calib_idx: lis
         info(f"reusing calibration ranges from {cfg.ranges_path}")
         return ranges, True
     task = progress.add_task("calibrate", total=len(calib_idx), info=cfg.method) if progress else None
-    batches = [preprocess(dataset[i].rgb, size) for i in calib_idx]
     ranges = qz.collect_ranges(
         pre_path, batches, cfg.method, cfg.op_types, cfg.percentile,
         on_batch=(lambda: progress.advance(task)) if progress else None,

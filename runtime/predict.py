@@ -9,6 +9,8 @@ from pathlib import Path
 from mde.errors import InputError, MdeError
 from mde.runtime.metadata import MM_PER_M
 
+PNG16_MAX = 65535  # the largest millimetre value a 16-bit PNG holds
+
 FORMATS = ("color", "png16", "npy")
 
 
@@ -83,7 +85,7 @@ def write_depth(depth, path: Path, fmt: str, max_depth: float) -> None:
                 np.save(fh, depth.astype(np.float32), allow_pickle=False)
         elif fmt == "png16":
             mm = np.where(np.isfinite(depth) & (depth > 0), depth * MM_PER_M, 0.0)
-            Image.fromarray(np.clip(np.rint(mm), 0, 65535).astype(np.uint16)).save(tmp, format="PNG")
+            Image.fromarray(np.clip(np.rint(mm), 0, PNG16_MAX).astype(np.uint16)).save(tmp, format="PNG")
         else:
             Image.fromarray(colorize(depth, max_depth)).save(tmp, format="PNG")
         tmp.chmod(0o644)  # mkstemp makes 0600; outputs are ordinary files
@@ -109,6 +111,9 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
     failed = 0
     with no_empty_new_folder(out), DepthEstimator.open(cfg.artifact, backend=cfg.backend, threads=cfg.threads,
                                                        providers=cfg.providers) as est:
+        if cfg.format == "png16" and est.metadata.max_depth * MM_PER_M > PNG16_MAX:
+            raise InputError(f"--format png16 holds depths up to {PNG16_MAX / MM_PER_M:g} m; this model predicts up "
+                             f"to {est.metadata.max_depth:g} m (use --format npy)", cfg.artifact)
         try:
             out.mkdir(parents=True, exist_ok=True)  # once the model opened: a bad one leaves no folder
         except OSError as err:

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
 onnx = pytest.importorskip("onnx")
 
@@ -99,6 +100,14 @@ def test_ranges_saved_and_reused_without_recalibrating(tiny_int8, tiny_export, s
     assert second.before["drop"] == pytest.approx(first.before["drop"], abs=1e-9)
     # Another seed draws other images: the saved ranges do not apply and calibration must run.
     cfg.seed, cfg.force = 1, True
+    with pytest.raises(AssertionError, match="recalibrated"):
+        calibrate(cfg)
+    # Another dataset whose files have the same names (every synthesized set's): calibration must run too.
+    other = tmp_path / "other"
+    shutil.copytree(synth_data, other)
+    for png in (other / "train" / "rgb").glob("*.png"):
+        Image.fromarray(255 - np.asarray(Image.open(png))).save(png)
+    cfg.seed, cfg.data = 0, other
     with pytest.raises(AssertionError, match="recalibrated"):
         calibrate(cfg)
 

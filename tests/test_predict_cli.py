@@ -184,6 +184,26 @@ def test_predict_skipping_every_image_exits_1_and_leaves_no_folder(cli, onnx_pat
     assert not (tmp_path / "out").exists()
 
 
+def test_png16_refuses_a_model_whose_depths_it_cannot_hold(cli, onnx_path, images, tmp_path):
+    """16-bit millimetres end at 65.535 m: a KITTI-range (80 m) model's far depths would be clipped unseen."""
+    import dataclasses
+
+    import onnx
+
+    from mde.runtime.metadata import ModelMetadata, read_props, stamp
+
+    model = onnx.load(onnx_path)
+    stamp(model, dataclasses.replace(ModelMetadata.from_props(read_props(model)), max_depth=80.0))
+    far = tmp_path / "far.onnx"
+    onnx.save(model, far)
+    result = cli("predict", far, images / "a.png", "--out", tmp_path / "out", "--format", "png16")
+    assert result.code == 2 and result.err.strip().splitlines()[-1] == (
+        f"mde: error: {far}: --format png16 holds depths up to 65.535 m; this model predicts up to 80 m "
+        "(use --format npy)"), result.err
+    assert not (tmp_path / "out").exists()
+    assert cli("predict", far, images / "a.png", "--out", tmp_path / "out", "--format", "npy").code == 0
+
+
 def test_predict_writing_nothing_leaves_no_folder(cli, onnx_path, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")

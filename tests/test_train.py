@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -494,13 +495,17 @@ checkpoint.save_checkpoint, loader.batches = _spy_save, _spy_batches
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_ranks_split_data_and_rank0_writes_once(tmp_path, synth_data):
+def test_ddp_two_cpu_ranks_split_data_and_rank0_writes_once(tmp_path, synth_data, cli):
     spy = tmp_path / "spy"
     spy.mkdir()
     (spy / "sitecustomize.py").write_text(_DDP_SPY)
+    data = tmp_path / "data"  # rank 0's val shard (even images) without masks: only rank 1 has region metrics
+    shutil.copytree(synth_data, data)
+    for mask in sorted((data / "val" / "mask").iterdir())[::2]:
+        mask.unlink()
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "mde.train", "--data", str(synth_data), "--out", str(run), *TINY,
+           "-m", "mde.train", "--data", str(data), "--out", str(run), *TINY,
            "--epochs", "1", "--checkpoint-every", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MDE_TEST_SPY": str(spy),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(spy), os.environ.get("PYTHONPATH")]))}
@@ -516,6 +521,13 @@ def test_ddp_two_cpu_ranks_split_data_and_rank0_writes_once(tmp_path, synth_data
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
     assert sorted(p.name for p in run.iterdir()) == [
         "best.pt", "config.json", "curves.png", "last.pt", "metrics.jsonl", "samples.png"]
+    # validation scored the model rank 0 saved (rank 1 held its own last batch's BatchNorm statistics)
+    logged = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    scored = cli("eval", run / "best.pt", "--data", data, "--json")
+    assert scored.code == 0, scored.err
+    evaluated = json.loads(scored.out)
+    for name in ("rmse", "ssim", "objects_rmse", "structure_rmse"):  # regions: over rank 1's images
+        assert logged[f"val_{name}"] == pytest.approx(evaluated[name], rel=1e-5), name
 
 
 # -- bad input ------------------------------------------------------------------------------------
@@ -690,3 +702,17 @@ def test_ddp_a_rank_that_dies_leaves_no_run_folder(tmp_path, synth_data):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode != 0 and time.monotonic() - started < 100, done.stderr[-3000:]
     assert not run.exists(), sorted(p.name for p in run.iterdir())
+
+
+def test_resume_into_another_folder_keeps_the_history_and_names_the_real_best(cli, synth_data, tmp_path):
+    """The resumed run's earlier epochs come along, and the best checkpoint named is one that exists."""
+    run, out = tmp_path / "first", tmp_path / "more"
+    assert cli("train", "--data", synth_data, "--out", run, *TINY, "--epochs", "1", "--schedule", "cyclic").code == 0
+    result = cli("train", "--resume", run / "last.pt", "--data", synth_data, "--out", out, "--epochs", "2")
+    assert result.code == 0, result.err
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    best = min(records, key=lambda r: r["val_rmse"])
+    where = out / "best.pt" if best["epoch"] == 2 else run / "best.pt"
+    assert result.out.strip().splitlines()[-1].startswith(f"best epoch {best['epoch']}: rmse {best['val_rmse']:.4f}")
+    assert result.out.strip().endswith(f"-> {where}") and where.exists()

@@ -263,7 +263,8 @@ def restore(job: Job, resume: dict[str, Any] | None) -> TrainState:
     job.scheduler.load_state_dict(resume["scheduler"])
     job.scaler.load_state_dict(resume["scaler"])
     set_rng_state(resume["rng"])
-    records = _read_records(job.out / "metrics.jsonl", upto=resume["epoch"])
+    # the resumed run's history, also when --out is another folder (its best epoch may be an earlier one)
+    records = _read_records(Path(job.cfg.resume).parent / "metrics.jsonl", upto=resume["epoch"])
     return TrainState(epoch=resume["epoch"], epoch_step=resume["epoch_step"], step=resume["step"],
                       best_rmse=resume.get("best_rmse", float("inf")), loss_sum=resume.get("loss_sum", 0.0),
                       loss_count=resume.get("loss_count", 0),
@@ -332,25 +333,38 @@ def train_one_epoch(job: Job, state: TrainState, epoch: int, progress: Any) -> d
 
 
 def evaluate(job: Job) -> dict[str, float]:
-    """Validation metrics over the whole val split, each rank scoring its own shard."""
+    """Validation metrics over the whole val split, each rank scoring its own shard of the model rank 0 saves."""
     env, cfg = job.env, job.cfg
+    _share_rank0_buffers(job.model, env)
     shard = range(env.rank, len(job.val_set), env.world_size)
     sums, count = model_metric_sums(job.model, job.val_set, cfg.image_size, cfg.max_depth, env.device,
                                     cfg.batch_size, job.data_range, shard)
-    names = _broadcast_names(sorted(sums) if sums else [], env)
+    names = _all_names(sorted(sums), env)
     reduced = all_reduce_sum([sums.get(n, 0.0) for n in names] + [count], env)
     return average(dict(zip(names, reduced[:-1])), int(reduced[-1]))
 
 
-def _broadcast_names(names: list[str], env: DistEnv) -> list[str]:
-    """Metric names as rank 0 has them (a rank with an empty shard has none)."""
+def _share_rank0_buffers(model: torch.nn.Module, env: DistEnv) -> None:
+    """Give every rank rank 0's BatchNorm statistics. DDP broadcasts them before each training forward,
+    so after the last step every rank holds its own batch's update; validation must score the model
+    that rank 0 saves."""
+    if not env.distributed:
+        return
+    import torch.distributed as dist
+
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
+def _all_names(names: list[str], env: DistEnv) -> list[str]:
+    """The metric names of every rank's shard (a region may appear in one shard only), sorted."""
     if not env.distributed:
         return names
     import torch.distributed as dist
 
-    box = [names]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    gathered: list[list[str] | None] = [None] * env.world_size
+    dist.all_gather_object(gathered, names)
+    return sorted(set().union(*gathered))
 
 
 def _val_metrics(record: dict[str, Any]) -> dict[str, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
+from pathlib import Path
 
 import typer
 
@@ -98,9 +99,12 @@ def train_command(
         typer.echo(json.dumps(result))
     elif result.get("best"):
         best = result["best"]
+        best_pt = Path(result["run"]) / "best.pt"
+        if not best_pt.exists() and resume:  # resumed into another folder, and no later epoch did better
+            best_pt = Path(resume).parent / "best.pt"
         typer.echo(
             f"best epoch {best.get('epoch')}: rmse {best.get('rmse', float('nan')):.4f} "
-            f"ssim {best.get('ssim', float('nan')):.4f} -> {out}/best.pt"
+            f"ssim {best.get('ssim', float('nan')):.4f} -> {best_pt}"
         )
 
 
