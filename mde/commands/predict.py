@@ -17,7 +17,8 @@ def predict(
     out: Path = typer.Option(PredictConfig.out, "--out", "-o", help="Output folder."),
     backend: str = typer.Option(PredictConfig.backend, help="auto, or a registered backend."),
     format: str = typer.Option(
-        PredictConfig.format, "--format", help="color (turbo PNG), png16 (uint16 millimetres, up to 65.535 m) or npy (float32 metres)."
+        PredictConfig.format, "--format",
+        help="color (turbo PNG), png16 (uint16 millimetres, up to 65.535 m) or npy (float32 metres).",
     ),
     threads: int = typer.Option(PredictConfig.threads, help="ONNX Runtime threads (0 = its default)."),
     providers: list[str] = providers_option(),
