@@ -6,7 +6,9 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -22,10 +24,18 @@ UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
+    A symlink's target is replaced, not the link; a path that is not a regular file (a device such
+    as /dev/stdout, a FIFO) is written directly.
+
     A crash or SIGKILL at any moment leaves either the old complete file or the new
     complete file, never a half-written one (the rename is atomic on POSIX).
     """
     path = Path(path)
+    if path.exists() and not stat.S_ISREG(path.stat().st_mode):  # /dev/stdout, a FIFO, >(jq .): write through
+        yield path
+        return
+    if path.is_symlink():  # replace the file it points to, not the link
+        path = path.resolve()
     parent = path.parent if str(path.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -63,9 +73,20 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def json_safe(obj: Any) -> Any:
+    """`obj` with NaN and infinities as None (null): strict JSON parsers refuse bare NaN."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: json_safe(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(value) for value in obj]
+    return obj
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write `obj` as indented JSON to `path` atomically."""
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    """Write `obj` as indented, strict JSON (NaN as null) to `path` atomically."""
+    write_bytes_atomic(path, (json.dumps(json_safe(obj), indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from mde.errors import InputError
+from mde.errors import InputError, ModelError
 from mde.runtime.backends.base import Runner, open_runner
 from mde.runtime.images import to_rgb8
 from mde.runtime.metadata import OUTPUT_NAME, ModelMetadata
@@ -111,7 +111,10 @@ class DepthEstimator:
             if not np.issubdtype(batch.dtype, np.floating):
                 raise InputError(f"expected a float32 batch, got {batch.dtype}")
             batch = batch.astype(self.input_dtype)
-        return self.runner.infer({self.input_name: batch})[self.output_name]
+        depth = self.runner.infer({self.input_name: batch})[self.output_name]
+        if not np.isfinite(depth).all():  # a depth map a robot would trust: never pass NaN on
+            raise ModelError("the model predicts NaN or infinite depth: a diverged or broken model", self.runner.path)
+        return depth
 
     def predict(self, rgb: np.ndarray) -> np.ndarray:
         """H x W x 3 uint8 RGB -> H x W float32 depth in metres, at the image's resolution.

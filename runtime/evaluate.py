@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from mde.errors import DataError
+from mde.errors import DataError, ModelError
 from mde.runtime.preprocess import resize_depth
 
 PredictBatch = Callable[[list[np.ndarray]], list[np.ndarray]]
@@ -49,6 +49,9 @@ def metric_sums(
         for sample, pred in zip(samples, preds):
             gt = np.asarray(sample.depth, dtype=np.float32)
             pred = np.asarray(pred, dtype=np.float32)
+            if not np.isfinite(pred).all():
+                raise ModelError(f"the model predicts NaN or infinite depth (image {sample.name}): "
+                                 "a diverged or broken model")
             if pred.shape != gt.shape:
                 pred = resize_depth(pred, gt.shape)
             acc.add(pred, gt, getattr(sample, "mask", None))

@@ -264,6 +264,8 @@ CASES = [
     ("predict-unknown-format", "predict {onnx} {bad:tiny_png} --out {out} --format jpeg", "jpeg"),
     ("calibrate-unknown-method", "calibrate {onnx} --data {data} --out {out}.onnx --method foo", "foo"),
     ("parity-golden-and-data", "parity --golden {bad:missing} {onnx} --data {data}", "--golden"),
+    ("parity-golden-and-limit", "parity --golden {bad:missing} {onnx} --limit 2",
+     "--golden and --limit are exclusive"),
     ("train-pretrained-and-weights", "train --data {data} --out {out} --pretrained --backbone-weights {ckpt}", "--backbone-weights"),
     ("train-freeze-from-scratch", "train --data {data} --out {out} --no-pretrained --freeze-stages 3", "freeze"),
     # artifacts whose graph or metadata the runtime cannot feed: refused when opened

@@ -716,3 +716,26 @@ def test_resume_into_another_folder_keeps_the_history_and_names_the_real_best(cl
     where = out / "best.pt" if best["epoch"] == 2 else run / "best.pt"
     assert result.out.strip().splitlines()[-1].startswith(f"best epoch {best['epoch']}: rmse {best['val_rmse']:.4f}")
     assert result.out.strip().endswith(f"-> {where}") and where.exists()
+
+
+def test_a_diverged_run_stops_with_one_line_and_saves_no_nan_weights(cli, synth_data, tmp_path):
+    run = tmp_path / "run"
+    result = cli("train", "--data", synth_data, "--out", run, *TINY, "--epochs", "2",
+                 "--lr-max", "1e12", "--lr-min", "1e11", "--json")
+    assert result.code == 1 and not result.out, result.out
+    assert result.err.strip().splitlines()[-1] == (f"mde: error: {run}: training diverged: the loss became NaN or "
+                                                   "infinite in epoch 1; lower --lr-max (1e+12) and start again")
+    assert not (run / "last.pt").exists() and not (run / "best.pt").exists()
+
+
+def test_eval_of_a_nan_model_is_refused_naming_it(cli, tiny_checkpoint, synth_data, tmp_path):
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    name = next(k for k, v in state["model"].items() if v.is_floating_point() and v.dim() == 4)
+    state["model"][name] = torch.full_like(state["model"][name], float("nan"))
+    broken = tmp_path / "nan.pt"
+    torch.save(state, broken)
+    result = cli("eval", broken, "--data", synth_data, "--json")
+    assert result.code == 2 and not result.out
+    assert result.err.strip().splitlines()[-1].startswith(f"mde: error: {broken}: the model predicts NaN or infinite")
+    good = cli("eval", tiny_checkpoint, "--data", synth_data, "--json")
+    assert good.code == 0 and "evaluate" in good.err and json.loads(good.out)["images"] == 8  # progress on stderr

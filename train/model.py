@@ -6,7 +6,9 @@ report's five transposed convs) or `unet` (skip connections from every encoder s
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,7 +212,8 @@ def build_model(
     if pretrained:
         weights = "DEFAULT"
     try:
-        model = DepthNet(args, weights=weights)
+        with contextlib.redirect_stdout(sys.stderr):  # torch.hub prints "Downloading: ..." on stdout (--json)
+            model = DepthNet(args, weights=weights)
     except (OSError, RuntimeError) as err:  # URLError is an OSError
         raise ModelError(
             f"cannot download ImageNet weights for {args.backbone} ({err}); "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Collection
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from mde.console import info, make_progress
-from mde.errors import DataError, InputError, ModelError
+from mde.errors import CheckFailed, DataError, InputError, ModelError
 from mde.io import no_empty_new_folder, prepare_output_dir, write_bytes_atomic, write_json_atomic
 from mde.runtime.evaluate import average
 from mde.train.checkpoint import load_checkpoint, model_from_checkpoint
@@ -327,6 +328,9 @@ def train_one_epoch(job: Job, state: TrainState, epoch: int, progress: Any) -> d
             save_checkpoint(job, state, job.out / "last.pt")
     images_per_s = seen * env.world_size / max(time.perf_counter() - t0, 1e-9)
     total, count = all_reduce_sum([float(loss_sum), state.loss_count], env)
+    if not math.isfinite(total):  # the same sum on every rank: all stop together, before saving NaN weights
+        raise CheckFailed(f"training diverged: the loss became NaN or infinite in epoch {epoch + 1}; lower "
+                          f"--lr-max ({cfg.lr_max:g}) and start again", job.out)
     state.loss_sum, state.loss_count = 0.0, 0
     return {"epoch": epoch + 1, "step": state.step, "train_loss": total / max(count, 1),
             "lr": job.scheduler.get_last_lr()[0], "images_per_s": images_per_s}

@@ -9,6 +9,7 @@ import typer
 
 from mde.calibration.config import METHODS, TARGETS, CalibrationConfig
 from mde.commands.options import depth_scale_option
+from mde.io import json_safe
 
 _D = CalibrationConfig.__dataclass_fields__
 
@@ -52,7 +53,7 @@ def calibrate_command(
     )
     report = calibrate(cfg)
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), sort_keys=True))
+        typer.echo(json.dumps(json_safe(report.to_dict()), sort_keys=True, allow_nan=False))
         return
     _print(report)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from mde.commands.options import depth_scale_option, emit
-from mde.errors import InputError
+from mde.errors import InputError, ModelError
 
 METRIC_ORDER = ("rmse", "ssim", "abs_rel", "sq_rel", "rmse_log", "delta1", "delta2", "delta3",
                 "silog", "images")
@@ -59,7 +59,10 @@ def eval_command(
         predict = estimator.predict_batch
     else:
         raise InputError("expected a .pt, .onnx or .engine file", path)
-    metrics = evaluate(predict, dataset, data_range, batch_size, progress=not json_out)
+    try:
+        metrics = evaluate(predict, dataset, data_range, batch_size, progress=True)  # progress is on stderr
+    except ModelError as err:  # the model's fault: name it
+        raise ModelError(str(err), path) if err.path is None else err from None
     regions = any(k in metrics for k in REGION_ORDER)
     if not regions and getattr(dataset, "masks", None):
         from mde.console import info

@@ -9,6 +9,7 @@ import typer
 
 from mde.commands.options import DEPTH_SCALE_HELP, depth_scale_option
 from mde.export.config import MAX_OPSET, MIN_OPSET, ExportConfig
+from mde.io import json_safe
 
 _D = ExportConfig(checkpoint=Path("CKPT"), out=Path("DIR"))  # the defaults, for --help
 
@@ -101,7 +102,8 @@ def export(
     )
     artifacts = export_checkpoint(cfg)
     if as_json:
-        typer.echo(json.dumps({"artifacts": [a.to_dict() for a in artifacts]}, sort_keys=True))
+        report = {"artifacts": [a.to_dict() for a in artifacts]}
+        typer.echo(json.dumps(json_safe(report), sort_keys=True, allow_nan=False))
         return
     for a in artifacts:
         err = (

@@ -22,7 +22,9 @@ PROVIDERS_HELP = (
 def emit(report: dict[str, Any], as_json: bool, show: Callable[[dict[str, Any]], None]) -> None:
     """`--json`: the report as one JSON object on stdout; otherwise `show` it (a table on stdout)."""
     if as_json:
-        typer.echo(json.dumps(report))
+        from mde.io import json_safe
+
+        typer.echo(json.dumps(json_safe(report), allow_nan=False))
     else:
         show(report)
 

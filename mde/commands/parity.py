@@ -14,6 +14,7 @@ import typer
 
 from mde.commands.options import DEPTH_SCALE_HELP, backend_help, check_backend, depth_scale_option, providers_option
 from mde.errors import InputError
+from mde.runtime.metadata import MM_PER_M
 from mde.runtime.parity_run import ParityConfig, run_parity
 
 _D = ParityConfig.__dataclass_fields__
@@ -43,9 +44,11 @@ def parity_command(
             raise InputError("--data is required with a checkpoint (or use --golden FILE)")
         cfg = ParityConfig(checkpoint=paths[0], artifacts=tuple(paths[1:]), data=data, depth_scale=depth_scale)
     else:
-        if data is not None or depth_scale != _D["depth_scale"].default:
-            raise InputError(f"--golden and {'--data' if data is not None else '--depth-scale'} are exclusive: "
-                             "golden mode uses the saved inputs")
+        given = [name for name, value, default in (("--data", data, None), ("--depth-scale", depth_scale, MM_PER_M),
+                                                    ("--split", split, _D["split"].default),
+                                                    ("--limit", limit, _D["limit"].default)) if value != default]
+        if given:
+            raise InputError(f"--golden and {given[0]} are exclusive: golden mode uses the saved inputs")
         cfg = ParityConfig(artifacts=tuple(paths), golden=golden)
     if limit < 0:
         raise InputError(f"--limit must be >= 0, got {limit}")

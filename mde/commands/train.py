@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from mde.commands.options import depth_scale_option
+from mde.io import json_safe
 from mde.train.config import BACKBONE_CHOICES, CYCLE_MODES, DECODER_CHOICES, LOSS_CHOICES, SCHEDULES, TrainConfig
 
 D = TrainConfig()
@@ -96,7 +97,7 @@ def train_command(
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 reports
     if json_out:
-        typer.echo(json.dumps(result))
+        typer.echo(json.dumps(json_safe(result), allow_nan=False))
     elif result.get("best"):
         best = result["best"]
         best_pt = Path(result["run"]) / "best.pt"
