@@ -96,4 +96,8 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    run(quick="--quick" in sys.argv)
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    run(quick=parser.parse_args().quick)

@@ -392,7 +392,8 @@ def run(quick: bool = False,
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", nargs="*", default=["throughput", "cuda_amp", "losses", "quality"])
+    parser.add_argument("--only", nargs="*", default=["throughput", "cuda_amp", "losses", "quality"],
+                        choices=["throughput", "cuda_amp", "losses", "quality", "decoders", "decoder_speed"])
     parser.add_argument("--data", type=Path, default=None,
                         help="the synthetic set (made here when missing)")
     parser.add_argument("--runs", type=Path, default=None, help="decoders: keep (and reuse) the runs here")

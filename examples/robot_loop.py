@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from mde.errors import MdeError
 from mde.runtime import DepthEstimator
 from mde.runtime.images import list_images, read_rgb
 
@@ -25,20 +27,36 @@ def frames(folder: Path) -> Iterator[tuple[str, np.ndarray]]:
         yield path.name, read_rgb(path)
 
 
+def field_of_view(text: str) -> float:
+    degrees = float(text)
+    if not 0 < degrees < 180:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 180 degrees, got {text}")
+    return degrees
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="model.onnx, model.fp16.onnx, model.int8.onnx or model.engine")
     parser.add_argument("frames", type=Path, help="a folder of RGB images")
-    parser.add_argument("--fov", type=float, default=60.0, help="horizontal field of view, degrees")
+    parser.add_argument("--fov", type=field_of_view, default=60.0, help="horizontal field of view, degrees")
     parser.add_argument("--backend", default="auto")
     opts = parser.parse_args()
+    if not opts.frames.is_dir():
+        parser.error(f"{opts.frames}: not a folder of images")
+    try:
+        run(opts.model, opts.frames, opts.fov, opts.backend)
+    except MdeError as err:  # a bad model or image: one line and its exit code, as the mde commands do
+        print(f"robot_loop: error: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
 
-    estimator = DepthEstimator.open(opts.model, backend=opts.backend)
-    print(f"{opts.model.name}: backend {estimator.backend}, precision {estimator.metadata.precision}")
+
+def run(model: Path, folder: Path, fov: float, backend: str) -> None:
+    estimator = DepthEstimator.open(model, backend=backend)
+    print(f"{model.name}: backend {estimator.backend}, precision {estimator.metadata.precision}")
     latencies = []
-    for name, rgb in frames(opts.frames):
+    for name, rgb in frames(folder):
         h, w = rgb.shape[:2]
-        fx = fy = 0.5 * w / math.tan(math.radians(opts.fov) / 2)   # pinhole intrinsics
+        fx = fy = 0.5 * w / math.tan(math.radians(fov) / 2)        # pinhole intrinsics
         start = time.perf_counter()
         depth = estimator.predict(rgb)                            # H x W metres
         points = estimator.to_points(depth, fx, fy, (w - 1) / 2, (h - 1) / 2)

@@ -27,3 +27,13 @@ def test_robot_loop_without_torch(tiny_export, synth_data):
     # every frame back-projects to a point cloud with positive depth
     assert all(int(line.split(" ms ")[1].split()[0]) > 0 for line in per_frame)
     assert lines[-1].startswith(f"{len(per_frame)} frames: median")
+
+
+def test_robot_loop_bad_arguments_are_one_line_exit_2(tiny_export, synth_data, tmp_path):
+    frames = synth_data / "val" / "rgb"
+    cases = [([str(tmp_path / "missing.onnx"), str(frames)], "missing.onnx: model file not found"),
+             ([str(tiny_export / "model.onnx"), str(frames), "--fov", "0"], "must be between 0 and 180 degrees"),
+             ([str(tiny_export / "model.onnx"), str(tmp_path / "nowhere")], "nowhere: not a folder of images")]
+    for argv, says in cases:
+        proc = subprocess.run([sys.executable, str(EXAMPLE), *argv], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, (argv, proc.stderr)

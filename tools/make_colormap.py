@@ -23,6 +23,9 @@ def make_lut(name: str = "turbo", n: int = 256) -> np.ndarray:
 
 
 def main() -> None:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help, and no stray arguments
     lut = make_lut()
     np.save(OUT, lut, allow_pickle=False)
     print(f"wrote {OUT} {lut.shape} {lut.dtype}")
