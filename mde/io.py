@@ -61,6 +61,32 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+@contextlib.contextmanager
+def claim_output(path: str | Path) -> Iterator[None]:
+    """Hold `path` (an output file or folder) for the block: another mde command claiming it meanwhile is
+    refused, where two writers would mix their files. An advisory lock, in a per-user folder of the
+    temporary directory (nothing is left beside the output); where there is no `fcntl`, no lock."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    key = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:20]
+    folder = Path(tempfile.gettempdir()) / f"mde-locks-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    lock = folder / f"{key}.lock"
+    with open(lock, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError("another mde command is writing this output now; let it finish, or choose "
+                             "another", path) from None
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)  # while still held; the lock goes with the file
+
+
 def starts_with(path: str | Path, magic: bytes) -> bool:
     """Whether the file begins with `magic` (a format's signature: numpy takes any non-.npy file for a pickle)."""
     with open(path, "rb") as fh:

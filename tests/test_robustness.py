@@ -414,3 +414,20 @@ def test_an_unwritable_place_anywhere_is_one_line_exit_2(cli, monkeypatch, tmp_p
     (tmp_path / "model.onnx").write_bytes(b"x")
     result = cli("info", tmp_path / "model.onnx")
     assert result.code == 2 and result.err.strip() == f"mde: error: {tmp_path / 'x.json'}: Read-only file system"
+
+
+# -- two commands writing one output at once: the second is refused --------------------------------
+@pytest.mark.parametrize("command", ["export", "calibrate", "train"])
+def test_an_output_another_command_is_writing_is_refused(cli, command, tiny_checkpoint, tiny_export, synth_data,
+                                                         tmp_path):
+    from mde.io import claim_output
+
+    out = tmp_path / ("model.int8.onnx" if command == "calibrate" else "out")
+    argv = {"export": ["export", tiny_checkpoint, "--out", out],
+            "calibrate": ["calibrate", tiny_export / "model.onnx", "--data", synth_data, "--out", out],
+            "train": ["train", "--data", synth_data, "--out", out, "--no-pretrained", "--epochs", "1"]}[command]
+    with claim_output(out):  # as a concurrent run of the same command would
+        result = cli(*argv)
+    assert result.code == 2 and result.err.strip().splitlines()[-1] == (
+        f"mde: error: {out}: another mde command is writing this output now; let it finish, or choose another")
+    assert not out.exists()

@@ -9,7 +9,7 @@ import typer
 
 from mde.calibration.config import METHODS, TARGETS, CalibrationConfig
 from mde.commands.options import depth_scale_option
-from mde.io import json_safe
+from mde.io import claim_output, json_safe
 
 _D = CalibrationConfig.__dataclass_fields__
 
@@ -51,7 +51,8 @@ def calibrate_command(
         allow_few=allow_few, max_float_nodes=max_float_nodes, target_ssim_drop=target_ssim_drop,
         holdout_images=holdout_images, force=force, reuse_ranges=reuse_ranges, depth_scale=depth_scale,
     )
-    report = calibrate(cfg)
+    with claim_output(out):
+        report = calibrate(cfg)
     if as_json:
         typer.echo(json.dumps(json_safe(report.to_dict()), sort_keys=True, allow_nan=False))
         return

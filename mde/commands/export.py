@@ -9,7 +9,7 @@ import typer
 
 from mde.commands.options import DEPTH_SCALE_HELP, depth_scale_option
 from mde.export.config import MAX_OPSET, MIN_OPSET, ExportConfig
-from mde.io import json_safe
+from mde.io import claim_output, json_safe
 
 _D = ExportConfig(checkpoint=Path("CKPT"), out=Path("DIR"))  # the defaults, for --help
 
@@ -100,7 +100,8 @@ def export(
         workspace_mib=workspace_mib,
         timing_cache=timing_cache,
     )
-    artifacts = export_checkpoint(cfg)
+    with claim_output(out):
+        artifacts = export_checkpoint(cfg)
     if as_json:
         report = {"artifacts": [a.to_dict() for a in artifacts]}
         typer.echo(json.dumps(json_safe(report), sort_keys=True, allow_nan=False))

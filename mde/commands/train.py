@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable
@@ -10,7 +11,7 @@ from pathlib import Path
 import typer
 
 from mde.commands.options import depth_scale_option
-from mde.io import json_safe
+from mde.io import claim_output, json_safe
 from mde.train.config import BACKBONE_CHOICES, CYCLE_MODES, DECODER_CHOICES, LOSS_CHOICES, SCHEDULES, TrainConfig
 
 D = TrainConfig()
@@ -93,7 +94,9 @@ def train_command(
         cfg.validate()  # before importing torch: bad flags fail fast
     from mde.train.trainer import train
 
-    result = train(cfg, given=given_options(ctx, values))
+    rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 holds the run folder for all
+    with claim_output(out) if out and rank0 else contextlib.nullcontext():
+        result = train(cfg, given=given_options(ctx, values))
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 reports
     if json_out:
