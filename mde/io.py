@@ -110,9 +110,14 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+def json_text(obj: Any, **options: Any) -> str:
+    """`obj` as strict JSON, NaN and infinities as null: what every `--json` and JSON file of mde holds."""
+    return json.dumps(json_safe(obj), allow_nan=False, **options)
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     """Write `obj` as indented, strict JSON (NaN as null) to `path` atomically."""
-    write_bytes_atomic(path, (json.dumps(json_safe(obj), indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
+    write_bytes_atomic(path, (json_text(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

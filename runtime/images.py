@@ -95,7 +95,7 @@ def _refuse(message: str, source: str | Path) -> NoReturn:
 
 
 HALF_STEP = 0.5 / 255  # floats this far outside [0, 1] (resampling overshoot) still round into 0..255
-_guessed: set[str] = set()  # sources already warned about the 8-bit guess
+_guessed: set[str] = set()  # array sources ("image", "image 3") already warned about the 8-bit guess
 
 
 def _to_uint8(array: np.ndarray, source: str | Path, by_value: bool) -> np.ndarray:
@@ -122,17 +122,16 @@ def _to_uint8(array: np.ndarray, source: str | Path, by_value: bool) -> np.ndarr
         return (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     if kind not in "iu":
         _refuse(f"unsupported dtype {array.dtype} (expected uint8)", source)
-    if kind == "u" and bits == 16 and not by_value:
-        log.info("%s: 16-bit image scaled to 8-bit", source)
-        return (array >> 8).astype(np.uint8)
-    lo, hi = int(array.min()), int(array.max())
-    if lo < 0 or hi > 65535:
-        _refuse(f"integer image with values {lo} to {hi}; expected 8- or 16-bit values", source)
-    if hi <= 255:  # a guess: say so louder than the other conversions, once per source
-        if str(source) not in _guessed:
-            _guessed.add(str(source))
-            log.warning("%s: 8-bit values in a %d-bit image, read as 8-bit", source, bits)
-        return array.astype(np.uint8)
+    if by_value or not (kind == "u" and bits == 16):
+        lo, hi = int(array.min()), int(array.max())
+        if lo < 0 or hi > 65535:
+            _refuse(f"integer image with values {lo} to {hi}; expected 8- or 16-bit values", source)
+        if hi <= 255:  # a guess: say so louder than the other conversions (once for an array source)
+            if isinstance(source, Path) or source not in _guessed:  # a file names itself each time
+                log.warning("%s: 8-bit values in a %d-bit image, read as 8-bit", source, bits)
+            if not isinstance(source, Path):
+                _guessed.add(source)
+            return array.astype(np.uint8)
     log.info("%s: 16-bit image scaled to 8-bit", source)
     return (array.astype(np.uint16) >> 8).astype(np.uint8)
 

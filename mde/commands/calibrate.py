@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
 from mde.calibration.config import METHODS, TARGETS, CalibrationConfig
 from mde.commands.options import depth_scale_option
-from mde.io import claim_output, json_safe
+from mde.io import claim_output, json_text
 
 _D = CalibrationConfig.__dataclass_fields__
 
@@ -54,7 +53,7 @@ def calibrate_command(
     with claim_output(out):
         report = calibrate(cfg)
     if as_json:
-        typer.echo(json.dumps(json_safe(report.to_dict()), sort_keys=True, allow_nan=False))
+        typer.echo(json_text(report.to_dict(), sort_keys=True))
         return
     _print(report)
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
 from mde.commands.options import DEPTH_SCALE_HELP, depth_scale_option
 from mde.export.config import MAX_OPSET, MIN_OPSET, ExportConfig
-from mde.io import claim_output, json_safe
+from mde.io import claim_output, json_text
 
 _D = ExportConfig(checkpoint=Path("CKPT"), out=Path("DIR"))  # the defaults, for --help
 
@@ -103,8 +102,7 @@ def export(
     with claim_output(out):
         artifacts = export_checkpoint(cfg)
     if as_json:
-        report = {"artifacts": [a.to_dict() for a in artifacts]}
-        typer.echo(json.dumps(json_safe(report), sort_keys=True, allow_nan=False))
+        typer.echo(json_text({"artifacts": [a.to_dict() for a in artifacts]}, sort_keys=True))
         return
     for a in artifacts:
         err = (

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Callable
 from typing import Any
 
 import typer
 
 from mde.errors import InputError
+from mde.io import json_text
 from mde.runtime.metadata import MM_PER_M
 
 PROVIDERS_HELP = (
@@ -22,9 +22,7 @@ PROVIDERS_HELP = (
 def emit(report: dict[str, Any], as_json: bool, show: Callable[[dict[str, Any]], None]) -> None:
     """`--json`: the report as one JSON object on stdout; otherwise `show` it (a table on stdout)."""
     if as_json:
-        from mde.io import json_safe
-
-        typer.echo(json.dumps(json_safe(report), allow_nan=False))
+        typer.echo(json_text(report))
     else:
         show(report)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import typer
 
 from mde.commands.options import depth_scale_option
-from mde.io import claim_output, json_safe
+from mde.io import claim_output, json_text
 from mde.train.config import BACKBONE_CHOICES, CYCLE_MODES, DECODER_CHOICES, LOSS_CHOICES, SCHEDULES, TrainConfig
 
 D = TrainConfig()
@@ -100,7 +99,7 @@ def train_command(
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 reports
     if json_out:
-        typer.echo(json.dumps(json_safe(result), allow_nan=False))
+        typer.echo(json_text(result))
     elif result.get("best"):
         best = result["best"]
         best_pt = Path(result["run"]) / "best.pt"
