@@ -42,7 +42,7 @@ from bench_train import PATCHES, VARIANTS, decoders, ensure_data, load_run
 from error_anatomy import anatomy
 from worlds import WORLDS, make_world_data
 
-from mde.errors import MdeError
+from mde.errors import InputError, MdeError
 from mde.io import require_file
 
 
@@ -345,6 +345,10 @@ def main() -> None:
             require_file(run_dir / "best.pt", "trained run's checkpoint")
         if opts.world in WORLDS:
             make_world_data(opts.data, opts.world)
+        elif opts.data.exists() and not (opts.data / "meta.json").is_file() and (
+                not opts.data.is_dir() or any(opts.data.iterdir())):
+            raise InputError("not a synthetic set (no meta.json); give a new or empty folder to make one there",
+                             opts.data)
     except (ValueError, MdeError) as err:
         parser.exit(2, f"{parser.prog}: {err}\n")
     out = run(opts)

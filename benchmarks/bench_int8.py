@@ -294,4 +294,11 @@ if __name__ == "__main__":
     parser.add_argument("--decoder", action="append", default=[], help="decoder(s) to measure (default: all)")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
     opts = parser.parse_args()
+    from mde.train.model import decoder_names
+
+    unknown = sorted(set(opts.decoder) - set(decoder_names()))
+    if unknown:
+        parser.error(f"unknown --decoder {', '.join(unknown)}; choose from {', '.join(decoder_names())}")
+    if opts.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {opts.rounds}")
     report(run(quick=opts.quick, decoders=tuple(opts.decoder), rounds=opts.rounds))

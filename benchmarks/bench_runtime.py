@@ -220,6 +220,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", type=Path, help="the checkpoint it was exported from")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
+    if (args.model is None) != (args.checkpoint is None):
+        parser.error("--model and --checkpoint go together (the model is compared with the checkpoint it came from)")
+    for path in (args.model, args.checkpoint):
+        if path is not None and not path.is_file():
+            parser.error(f"{path}: file not found")
+    if args.threads < 0:
+        parser.error(f"--threads must be >= 0, got {args.threads}")
     result = run(args.quick, args.threads, args.model, args.checkpoint)
     if args.json:
         print(json.dumps(result, indent=2))

@@ -24,6 +24,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=224)
     args = parser.parse_args()
+    if args.count < 1:
+        parser.error(f"--count must be >= 1, got {args.count}")
+    if args.size < 16:
+        parser.error(f"--size must be >= 16 (the world's smallest image), got {args.size}")
     # The first train images of `mde data synth --seed S`, one of each scene kind first.
     samples = []
     for i in range(10 * args.count):

@@ -121,11 +121,12 @@ def load_source(path: Path) -> tuple[Any, ModelMetadata]:
 
 
 def select_images(names: list[str], cfg: CalibrationConfig, source: Path,
-                  allow_few_option: str = "--allow-few") -> tuple[list[int], list[int]]:
+                  allow_few_option: str = "--allow-few", notice: bool = True) -> tuple[list[int], list[int]]:
     """Seeded draw: held-out indices first (min(holdout, N//4)), then up to `num_images` calibration indices.
 
     Args:
         allow_few_option: the option that accepts fewer images, as the command being run names it.
+        notice: say when fewer images than asked are held out (off for a check before the real draw).
     """
     perm = np.random.default_rng(cfg.seed).permutation(len(names)).tolist()
     n_hold = min(cfg.holdout_images, len(names) // 4)
@@ -136,13 +137,14 @@ def select_images(names: list[str], cfg: CalibrationConfig, source: Path,
         raise DataError(
             f"{len(calib)} calibration images (train split: {len(names)}, {n_hold} held out); "
             f"expected at least {MIN_IMAGES} (use {allow_few_option} to accept fewer)", source)
-    if n_hold < cfg.holdout_images:
+    if notice and n_hold < cfg.holdout_images:
         info(f"{source}: holding out {n_hold} of its {len(names)} train images for the accuracy check, "
              f"not {cfg.holdout_images} (at most a quarter)")
     return holdout, calib
 
 
-def open_train_split(cfg: CalibrationConfig, allow_few_option: str = "--allow-few") -> tuple[Any, list[int], list[int]]:
+def open_train_split(cfg: CalibrationConfig, allow_few_option: str = "--allow-few",
+                     notice: bool = True) -> tuple[Any, list[int], list[int]]:
     """The train split of `cfg.data` and its held-out and calibration indices (`select_images`).
 
     Raises:
@@ -151,7 +153,7 @@ def open_train_split(cfg: CalibrationConfig, allow_few_option: str = "--allow-fe
     from mde.data.readers import open_dataset
 
     dataset = open_dataset(cfg.data, split="train", depth_scale=cfg.depth_scale)
-    holdout, calib = select_images(list(dataset.names), cfg, cfg.data, allow_few_option)
+    holdout, calib = select_images(list(dataset.names), cfg, cfg.data, allow_few_option, notice)
     return dataset, holdout, calib
 
 

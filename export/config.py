@@ -160,7 +160,7 @@ def validate(cfg: ExportConfig) -> None:
         from mde.calibration.calibrate import open_train_split
 
         open_train_split(calibration_config(cfg, Path("model.onnx"), Path("model.int8.onnx")),
-                         allow_few_option="--calib-allow-few")
+                         allow_few_option="--calib-allow-few", notice=False)
     if not MIN_OPSET <= cfg.opset <= max_opset():
         why = "" if max_opset() == MAX_OPSET else ", the newest the installed onnx and ONNX Runtime load"
         raise InputError(f"--opset must be in {MIN_OPSET}..{max_opset()}{why}, got {cfg.opset}")

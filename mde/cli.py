@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -118,6 +119,8 @@ def _stopped(code: int = 130) -> SystemExit:
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; `MdeError` becomes one line on stderr and its exit code."""
     args = sys.argv[1:] if argv is None else list(argv)
+    if sys.stderr is None:  # started with stderr closed (`2>&-`): print(file=None) would write to stdout
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the life of the process
     _state["verbose"] = "--verbose" in args or "-v" in args
     _state["terminated"] = False
     _setup_logging(_state["verbose"])

@@ -107,6 +107,9 @@ def bench_artifact(path: Path, cfg: BenchConfig) -> dict[str, Any]:
     from mde.runtime import DepthEstimator
 
     with DepthEstimator.open(path, backend=cfg.backend, threads=cfg.threads, providers=cfg.providers) as est:
+        if est.backend == "golden":
+            raise InputError("golden.npz replays the outputs saved for its own images, so there is nothing to "
+                             "time; bench the ONNX models or the engine next to it", path)
         size = tuple(est.metadata.input_size)
         h, w = parse_size(cfg.image_size, size)
         batch_bytes = cfg.batch * 3 * max(h * w, size[0] * size[1]) * 4  # the network's float32 input at least

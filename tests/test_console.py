@@ -31,3 +31,16 @@ def test_without_a_terminal_progress_is_plain_and_lines_are_not_wrapped(capsys):
     info(long_message)
     err = capsys.readouterr().err.splitlines()
     assert err == ["predict: 3/3 (100%) 00:00", long_message]
+
+
+def test_with_stderr_closed_errors_and_progress_stay_off_stdout(tmp_path):
+    """`mde ... 2>&-` (Python sees sys.stderr as None): the error line and progress go nowhere,
+    not into stdout, where a caller reads JSON or depth data; the exit code still says what happened."""
+    import subprocess
+    import sys
+
+    missing = tmp_path / "missing.pt"
+    result = subprocess.run(["bash", "-c", f'"{sys.executable}" -m mde eval "{missing}" --data "{tmp_path}" 2>&-'],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stdout == ""

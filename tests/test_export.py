@@ -392,3 +392,13 @@ def test_force_removes_artifacts_of_another_checkpoint(cli, tiny_checkpoint, tmp
     assert result.code == 0, result.err
     assert "removed model.fp16.onnx" in result.err
     assert sorted(p.name for p in out.iterdir()) == ["golden.npz", "model.onnx"]
+
+
+def test_int8_settings_check_leaves_the_holdout_notice_to_calibration(tiny_checkpoint, synth_data, capsys):
+    """Export checks the calibration set up front, then calibrates from it: the notice that fewer
+    images are held out than asked is printed once, by calibration, not also by the check."""
+    from mde.export.config import ExportConfig, validate
+
+    validate(ExportConfig(checkpoint=tiny_checkpoint, out=Path("unused"), precisions=("int8",),
+                          calib_data=synth_data, calib_allow_few=True))
+    assert "holding out" not in capsys.readouterr().err

@@ -249,6 +249,8 @@ def test_bench_table_and_errors(cli, onnx_path):
     bad = cli("bench", onnx_path, "--iterations", "0")
     assert bad.code == 2 and "--iterations" in bad.err
     assert cli("bench", onnx_path, "--backend", "nope").code == 2
+    golden = cli("bench", onnx_path.parent / "golden.npz")
+    assert golden.code == 2 and "golden.npz: golden.npz replays the outputs saved" in golden.err
 
 
 # -- info -------------------------------------------------------------------------------

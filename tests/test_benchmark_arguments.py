@@ -1,0 +1,34 @@
+"""The benchmark scripts answer bad arguments with argparse's one-line error and exit 2, before any work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+CASES = [
+    ("make_sample_figure.py", ["--count", "-1", "--out", "{tmp}/x.png"], "--count must be >= 1, got -1"),
+    ("make_sample_figure.py", ["--size", "8", "--out", "{tmp}/x.png"], "--size must be >= 16"),
+    ("bench_int8.py", ["--decoder", "nosuch"], "unknown --decoder nosuch; choose from report, unet"),
+    ("bench_int8.py", ["--rounds", "0"], "--rounds must be >= 1, got 0"),
+    ("bench_runtime.py", ["--model", "{tmp}/model.onnx"], "--model and --checkpoint go together"),
+    ("bench_runtime.py", ["--model", "{tmp}/nosuch.onnx", "--checkpoint", "{tmp}/nosuch.pt"],
+     "nosuch.onnx: file not found"),
+    ("bench_decoder_ideas.py", ["--data", "{tmp}/full"], "full: not a synthetic set (no meta.json)"),
+]
+
+
+@pytest.mark.parametrize(("script", "args", "message"), CASES, ids=[f"{c[0]}-{c[1][1]}" for c in CASES])
+def test_bad_arguments_are_one_line_and_exit_2(tmp_path, script, args, message):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("not a dataset")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *argv], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]  # nothing written
