@@ -649,15 +649,15 @@ def test_training_without_matplotlib_skips_the_figures(tmp_path, synth_data, mon
     """A bare GPU image has no matplotlib: training still runs and says what it left out."""
     import logging
 
-    from mde.train import trainer
+    from mde.train import report, trainer
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    trainer._can_plot.cache_clear()
+    report.can_plot.cache_clear()
     try:
         with caplog.at_level(logging.WARNING, logger="mde"):
             result = trainer.train(tiny_config(synth_data, tmp_path / "run", checkpoint_every=0))
     finally:
-        trainer._can_plot.cache_clear()
+        report.can_plot.cache_clear()
     assert result["epochs"] == 1 and (tmp_path / "run" / "best.pt").is_file()
     assert not (tmp_path / "run" / "curves.png").exists() and not (tmp_path / "run" / "samples.png").exists()
     assert any("matplotlib is not installed" in r.getMessage() for r in caplog.records)

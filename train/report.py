@@ -1,13 +1,71 @@
-"""Run-folder figures: `curves.png` (loss and validation metrics per epoch) and `samples.png`."""
+"""What a run folder records besides checkpoints: `metrics.jsonl` (one line per epoch), the epoch
+summary line, and the figures `curves.png` (loss and validation metrics per epoch) and `samples.png`."""
 
 from __future__ import annotations
 
+import functools
+import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mde.io import atomic_path
+from mde.io import atomic_path, write_bytes_atomic
+
+log = logging.getLogger(__name__)
+
+
+def summary(record: dict[str, Any]) -> str:
+    """An epoch's `metrics.jsonl` record as one progress line."""
+    text = f"loss {record['train_loss']:.4f}  {record['images_per_s']:.1f} img/s"
+    if "val_rmse" in record:
+        text += f"  val rmse {record['val_rmse']:.3f} ssim {record['val_ssim']:.3f}"
+    if "val_objects_rmse" in record:
+        text += f" objects rmse {record['val_objects_rmse']:.3f}"
+    return text
+
+
+def read_records(path: Path, upto: int) -> list[dict[str, Any]]:
+    """metrics.jsonl lines of the epochs a resumed checkpoint had completed (later ones are redone)."""
+    if not path.is_file():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in lines if r.get("epoch", 0) <= upto]
+
+
+def write_records(path: Path, records: list[dict[str, Any]]) -> None:
+    write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in records).encode())
+
+
+@functools.cache
+def can_plot() -> bool:
+    """matplotlib draws the run folder's figures; without it (a bare GPU image) training goes on without them."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        log.warning("matplotlib is not installed: no curves.png or samples.png (pip install matplotlib)")
+        return False
+    return True
+
+
+def write_curves(records: list[dict[str, Any]], out: Path) -> None:
+    """OUT/curves.png, where matplotlib is installed."""
+    if can_plot():
+        plot_curves(records, out / "curves.png")
+
+
+def write_samples(model: Any, val_set: Any, image_size: int, max_depth: float, device: Any, out: Path,
+                  count: int = 4) -> None:
+    """OUT/samples.png of the first `count` validation images, where matplotlib is installed."""
+    from mde.train.evaluate import torch_predictor
+
+    if not can_plot():
+        return
+    model.eval()
+    samples = [val_set[i] for i in range(min(count, len(val_set)))]
+    preds = torch_predictor(model, image_size, max_depth, device)([s.rgb for s in samples])
+    plot_samples([(s.rgb, s.depth, p) for s, p in zip(samples, preds)], max_depth, out / "samples.png")
 
 
 def _pyplot():

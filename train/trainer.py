@@ -9,9 +9,6 @@ RNG states, so `--resume RUN/last.pt` continues exactly, even from the middle of
 
 from __future__ import annotations
 
-import functools
-import json
-import logging
 import math
 import random
 import time
@@ -25,8 +22,9 @@ import torch
 
 from mde.console import info, make_progress
 from mde.errors import CheckFailed, DataError, InputError, ModelError
-from mde.io import no_empty_new_folder, prepare_output_dir, write_bytes_atomic, write_json_atomic
+from mde.io import no_empty_new_folder, prepare_output_dir, write_json_atomic
 from mde.runtime.evaluate import average
+from mde.train import report
 from mde.train.checkpoint import load_checkpoint, model_from_checkpoint
 from mde.train.checkpoint import save_checkpoint as write_checkpoint
 from mde.train.config import TrainConfig, check_resume, merge_resume
@@ -35,8 +33,6 @@ from mde.train.evaluate import model_metric_sums
 from mde.train.loader import DepthPairs, batches, epoch_indices, epoch_loader
 from mde.train.losses import masked_loss
 from mde.train.model import ModelArgs, build_model
-
-log = logging.getLogger(__name__)
 
 
 # -- set-up helpers ---------------------------------------------------------------------------
@@ -189,18 +185,18 @@ def main(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dict[
             if improved:
                 state.best_rmse = record["val_rmse"]
             if env.is_main:
-                _write_records(out / "metrics.jsonl", state.records)
+                report.write_records(out / "metrics.jsonl", state.records)
                 if improved:
                     save_checkpoint(job, state, out / "best.pt", training_state=False)
                 save_checkpoint(job, state, out / "last.pt")
-                _plot_curves(state.records, out)
-                info(f"epoch {epoch + 1}/{cfg.epochs}: {_summary(record)}")  # also in logs without a TTY
+                report.write_curves(state.records, out)
+                info(f"epoch {epoch + 1}/{cfg.epochs}: {report.summary(record)}")  # also in logs without a TTY
             barrier(env)
     finally:
         if progress:
             progress.stop()
     if env.is_main:
-        _plot_samples(job.model, job.val_set, cfg, cfg.max_depth, env.device, out)
+        report.write_samples(job.model, job.val_set, cfg.image_size, cfg.max_depth, env.device, out)
     records = state.records
     best = min((r for r in records if "val_rmse" in r), key=lambda r: r["val_rmse"], default={})
     return {"run": str(out), "best": _val_metrics(best) | {"epoch": best.get("epoch", 0)},
@@ -265,7 +261,7 @@ def restore(job: Job, resume: dict[str, Any] | None) -> TrainState:
     job.scaler.load_state_dict(resume["scaler"])
     set_rng_state(resume["rng"])
     # the resumed run's history, also when --out is another folder (its best epoch may be an earlier one)
-    records = _read_records(Path(job.cfg.resume).parent / "metrics.jsonl", upto=resume["epoch"])
+    records = report.read_records(Path(job.cfg.resume).parent / "metrics.jsonl", upto=resume["epoch"])
     return TrainState(epoch=resume["epoch"], epoch_step=resume["epoch_step"], step=resume["step"],
                       best_rmse=resume.get("best_rmse", float("inf")), loss_sum=resume.get("loss_sum", 0.0),
                       loss_count=resume.get("loss_count", 0),
@@ -373,56 +369,3 @@ def _all_names(names: list[str], env: DistEnv) -> list[str]:
 
 def _val_metrics(record: dict[str, Any]) -> dict[str, float]:
     return {k[4:]: v for k, v in record.items() if k.startswith("val_")}
-
-
-def _summary(record: dict[str, Any]) -> str:
-    text = f"loss {record['train_loss']:.4f}  {record['images_per_s']:.1f} img/s"
-    if "val_rmse" in record:
-        text += f"  val rmse {record['val_rmse']:.3f} ssim {record['val_ssim']:.3f}"
-    if "val_objects_rmse" in record:
-        text += f" objects rmse {record['val_objects_rmse']:.3f}"
-    return text
-
-
-def _read_records(path: Path, upto: int) -> list[dict[str, Any]]:
-    """metrics.jsonl lines of the epochs a resumed checkpoint had completed (later ones are redone)."""
-    if not path.is_file():
-        return []
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in lines if r.get("epoch", 0) <= upto]
-
-
-def _write_records(path: Path, records: list[dict[str, Any]]) -> None:
-    write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in records).encode())
-
-
-@functools.cache
-def _can_plot() -> bool:
-    """matplotlib draws the run folder's figures; without it (a bare GPU image) training goes on without them."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        log.warning("matplotlib is not installed: no curves.png or samples.png (pip install matplotlib)")
-        return False
-    return True
-
-
-def _plot_curves(records: list[dict[str, Any]], out: Path) -> None:
-    from mde.train.report import plot_curves
-
-    if _can_plot():
-        plot_curves(records, out / "curves.png")
-
-
-def _plot_samples(model, val_set, cfg: TrainConfig, max_depth: float, device, out: Path,
-                  count: int = 4) -> None:
-    from mde.train.evaluate import torch_predictor
-    from mde.train.report import plot_samples
-
-    if not _can_plot():
-        return
-    model.eval()
-    samples = [val_set[i] for i in range(min(count, len(val_set)))]
-    preds = torch_predictor(model, cfg.image_size, max_depth, device)([s.rgb for s in samples])
-    plot_samples([(s.rgb, s.depth, p) for s, p in zip(samples, preds)], max_depth,
-                 out / "samples.png")
