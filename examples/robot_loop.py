@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from mde.errors import MdeError
-from mde.runtime import DepthEstimator
-from mde.runtime.images import list_images, read_rgb
+from mde.runtime import DepthEstimator, read_rgb
+from mde.runtime.images import list_images
 
 
 def frames(folder: Path) -> Iterator[tuple[str, np.ndarray]]:

@@ -22,6 +22,7 @@ _EXPORTS = {
     "read_metadata": "mde.runtime.artifact",
     "inspect_artifact": "mde.runtime.artifact",
     "colorize": "mde.runtime.colormap",
+    "read_rgb": "mde.runtime.images",
 }
 
 __all__ = list(_EXPORTS)

@@ -17,6 +17,9 @@ from mde.runtime.metadata import OUTPUT_NAME, ModelMetadata
 from mde.runtime.preprocess import postprocess, preprocess
 
 SIZE_MULTIPLE = 32
+# `infer` takes [0, 1] pixels; values this far outside are another convention (0-255, or normalized
+# already), not a resampling overshoot
+INPUT_SLACK = 0.5
 
 
 def round_size(height: int, width: int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
@@ -46,10 +49,15 @@ class DepthEstimator:
     """
 
     def __init__(self, runner: Runner, native_resolution: bool = False, batch_size: int = 8):
+        if not isinstance(runner, Runner):
+            raise InputError(f"DepthEstimator takes a Runner (or use DepthEstimator.open(path)), "
+                             f"got {type(runner).__name__}")
         if runner.metadata is None or not runner.input_specs:
             raise InputError("DepthEstimator needs an activated runner", runner.path)
-        if batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
+            raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if not isinstance(native_resolution, (bool, np.bool_)):
+            raise InputError(f"native_resolution must be True or False, got {native_resolution!r}")
         self.runner = runner
         self.native_resolution = native_resolution and runner.metadata.dynamic_size
         self.batch_size = batch_size
@@ -105,11 +113,24 @@ class DepthEstimator:
 
     # -- inference ----------------------------------------------------------------
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Raw model call: N x 3 x h x w float32 in [0, 1] -> N x 1 x h x w depth in metres."""
+        """Raw model call: N x 3 x h x w float32 in [0, 1] -> N x 1 x h x w depth in metres.
+
+        Raises:
+            InputError: not a float batch of that shape, values that are not [0, 1] pixels (NaN, raw
+                0-255 values, or input already normalized: the model normalizes inside), or h and w
+                not multiples of 32 on a dynamic-size model.
+        """
         batch = np.asarray(batch)
+        if not np.issubdtype(batch.dtype, np.floating):
+            raise InputError(f"expected a float32 batch, got {batch.dtype}")
+        if batch.size:
+            lo, hi = float(batch.min()), float(batch.max())  # NaN propagates into both
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise InputError("input batch has NaN or infinite values")
+            if lo < -INPUT_SLACK or hi > 1 + INPUT_SLACK:
+                raise InputError(f"input batch values run from {lo:.4g} to {hi:.4g}; expected pixels in [0, 1] "
+                                 f"(ImageNet normalization is inside the model; predict() takes images)")
         if batch.dtype != self.input_dtype:
-            if not np.issubdtype(batch.dtype, np.floating):
-                raise InputError(f"expected a float32 batch, got {batch.dtype}")
             batch = batch.astype(self.input_dtype)
         depth = self.runner.infer({self.input_name: batch})[self.output_name]
         if not np.isfinite(depth).all():  # a depth map a robot would trust: never pass NaN on
@@ -157,30 +178,49 @@ class DepthEstimator:
         """Back-project a depth map (z in metres) to an N x 3 float32 camera-frame point cloud.
 
         Pinhole model, pixel (u, v) = (column, row) indices: x = (u - cx) z / fx,
-        y = (v - cy) z / fy, z = depth. Invalid pixels (0, negative, NaN, inf) are dropped;
-        points are in row-major pixel order.
+        y = (v - cy) z / fy, z = depth. Invalid pixels (0, negative, NaN, inf, or masked in a
+        `np.ma.MaskedArray`) are dropped; points are in row-major pixel order. Depth must be
+        floating-point metres: integer maps (a depth camera's millimetres) are refused, not guessed.
         """
+        masked = np.ma.getmaskarray(depth) if isinstance(depth, np.ma.MaskedArray) else None  # invalid pixels
         depth = np.asarray(depth)
         if depth.ndim == 3 and depth.shape[0] == 1:
             depth = depth[0]
+            masked = None if masked is None else masked[0]
         if depth.ndim != 2 or depth.size == 0:
             raise InputError(f"expected an H x W depth map, got shape {depth.shape}")
+        if not np.issubdtype(depth.dtype, np.floating):
+            hint = " (a depth camera's millimetres: divide by 1000)" if depth.dtype.kind in "ui" else ""
+            raise InputError(f"expected depth in metres as floating point, got {depth.dtype}{hint}")
         if not all(isinstance(v, numbers.Real) for v in (fx, fy, cx, cy)):
             raise InputError(f"intrinsics must be numbers, got fx={fx!r}, fy={fy!r}, cx={cx!r}, cy={cy!r}")
-        if not (fx > 0 and fy > 0 and all(math.isfinite(v) for v in (fx, fy, cx, cy))):
+        try:
+            ok = fx > 0 and fy > 0 and all(math.isfinite(float(v)) for v in (fx, fy, cx, cy))
+        except OverflowError:  # an int beyond float range
+            ok = False
+        if not ok:
             raise InputError(f"focal lengths must be finite and > 0 (and centres finite), got fx={fx}, fy={fy}, "
                              f"cx={cx}, cy={cy}")
         depth = depth.astype(np.float32, copy=False)
         valid = np.isfinite(depth) & (depth > 0)
+        if masked is not None:
+            valid &= ~masked
         v, u = np.nonzero(valid)
-        z = depth[v, u]
-        x = (u.astype(np.float32) - np.float32(cx)) * z / np.float32(fx)
-        y = (v.astype(np.float32) - np.float32(cy)) * z / np.float32(fy)
-        return np.stack([x, y, z], axis=1).astype(np.float32, copy=False)
+        z = depth[v, u].astype(np.float64)
+        x = (u - float(cx)) * z / float(fx)
+        y = (v - float(cy)) * z / float(fy)
+        points = np.stack([x, y, z], axis=1)
+        if not np.isfinite(points).all() or np.abs(points).max(initial=0.0) > np.finfo(np.float32).max:
+            raise InputError(f"intrinsics fx={fx}, fy={fy}, cx={cx}, cy={cy} put points beyond float32 range")
+        return points.astype(np.float32)
 
     # -- lifecycle ----------------------------------------------------------------
     def close(self) -> None:
         self.runner.deactivate()
+
+    def __reduce__(self) -> Any:
+        raise InputError("a DepthEstimator holds a native session and cannot be pickled; pass the model's path "
+                         "and call DepthEstimator.open(path) in each process")
 
     def __enter__(self) -> DepthEstimator:
         return self

@@ -71,8 +71,13 @@ def to_rgb8(array: np.ndarray, source: str | Path = "image", by_value: bool = Fa
     """
     if not isinstance(array, np.ndarray):
         _refuse(f"expected a numpy array, got {type(array).__name__}", source)
+    if isinstance(array, np.ma.MaskedArray):
+        _refuse("a masked array; fill the masked pixels first (np.ma.filled)", source)
+    array = np.asarray(array)  # a subclass (np.matrix, memmap) as a plain array: numpy's own routines from here
     if array.size == 0:
         _refuse(f"empty image (shape {array.shape})", source)
+    if array.ndim >= 2 and array.shape[0] * array.shape[1] > MAX_PIXELS:
+        _refuse(f"image is {array.shape[1]}x{array.shape[0]}, larger than the {MAX_PIXELS} pixel limit", source)
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):

@@ -162,6 +162,17 @@ def test_dynamic_size_and_force(tmp_path, tiny_checkpoint):
     assert ModelMetadata.from_props(props).dynamic_size is True
     assert _files(out) == ["golden.npz", "model.onnx"]
 
+    from mde.errors import InputError
+    from mde.runtime import DepthEstimator
+
+    with DepthEstimator.open(out / "model.onnx", native_resolution=True) as est:
+        with pytest.raises(InputError, match="height and width must be multiples of 32.*got 48x48"):
+            est.infer(np.full((1, 3, 48, 48), 0.5, np.float32))  # ONNX Runtime failed, or returned 64x64 for 63
+        small, large = np.zeros((1, 3, 64, 64), np.float32), np.zeros((1, 3, 64, 96), np.float32)
+        assert est.runner._run_options({"image": small}) is None  # the exported size: ORT's arena as it is
+        assert est.runner._run_options({"image": large}) is not None  # larger: its memory is given back after
+        assert est.predict(np.full((70, 100, 3), 100, np.uint8)).shape == (70, 100)  # run at 64x96
+
 
 def test_failed_check_leaves_nothing(tmp_path, tiny_checkpoint, monkeypatch, cli):
     """An out-of-tolerance artifact: exit 1, and no artifact, temp file or empty output folder is left."""

@@ -39,8 +39,13 @@ def _run_python(code: str) -> subprocess.CompletedProcess:
 
 
 # -- thinness ---------------------------------------------------------------------
-def test_import_and_cpu_predict_without_torch(onnx_path):
-    """`import mde.runtime` and a CPU prediction work with torch, torchvision and onnx blocked."""
+def test_import_and_cpu_predict_without_torch(onnx_path, tmp_path):
+    """`import mde.runtime`, reading an image file and a CPU prediction work with torch, torchvision and
+    onnx blocked."""
+    from PIL import Image
+
+    frame = tmp_path / "frame.png"
+    Image.fromarray(np.full((37, 53, 3), 128, np.uint8)).save(frame)
     proc = _run_python(f"""
         import sys, json
         for name in ("torch", "torchvision", "onnx"):
@@ -48,9 +53,9 @@ def test_import_and_cpu_predict_without_torch(onnx_path):
         import mde.runtime
         light = "onnxruntime" not in sys.modules
         import numpy as np
-        from mde.runtime import DepthEstimator
+        from mde.runtime import DepthEstimator, read_rgb
         est = DepthEstimator.open({str(onnx_path)!r}, threads=1)
-        depth = est.predict(np.full((37, 53, 3), 128, np.uint8))
+        depth = est.predict(read_rgb({str(frame)!r}, upright=True))
         print(json.dumps({{"light": light, "shape": list(depth.shape), "dtype": str(depth.dtype),
                           "finite": bool(np.isfinite(depth).all()), "providers": est.providers}}))
     """)
@@ -202,6 +207,85 @@ def test_open_accepts_one_provider_name_and_refuses_a_non_path(onnx_path):
         assert est.providers == ["CPUExecutionProvider"]
     with pytest.raises(InputError, match="expected a model path, got int"):
         DepthEstimator.open(123)
+
+
+def test_infer_refuses_what_is_not_0_1_pixels(est):
+    """`infer` takes [0, 1] pixels; NaN, raw 0-255 values and input normalized already (the model
+    normalizes inside) would give a confident wrong depth map, so they are refused."""
+    good = np.full((1, 3, 64, 64), 0.5, np.float32)
+    assert est.infer(good).shape == (1, 1, 64, 64)
+    for batch, match in [(np.full((1, 3, 64, 64), np.nan, np.float32), "NaN or infinite"),
+                         (np.full((1, 3, 64, 64), 200.0, np.float32), "values run from 200 to 200"),
+                         (good - 0.485 * 4, r"ImageNet normalization is inside the model"),
+                         (np.ones((1, 3, 64, 64), np.uint8), "expected a float32 batch")]:
+        with pytest.raises(InputError, match=match):
+            est.infer(batch)
+
+
+def test_to_points_masked_integer_and_overflowing_inputs():
+    depth = np.ma.masked_array(np.full((2, 2), 2.0, np.float32), mask=[[True, False], [False, False]])
+    assert DepthEstimator.to_points(depth, 1.0, 1.0, 0.0, 0.0).shape == (3, 3)  # the masked pixel is dropped
+    with pytest.raises(InputError, match=r"got uint16 \(a depth camera's millimetres: divide by 1000\)"):
+        DepthEstimator.to_points(np.full((2, 2), 2000, np.uint16), 1.0, 1.0, 0.0, 0.0)
+    with pytest.raises(InputError, match="beyond float32 range"):
+        DepthEstimator.to_points(np.full((2, 2), 2.0, np.float32), 1.0, 1.0, 1e39, 0.0)  # float32(1e39) was inf
+    with pytest.raises(InputError, match="beyond float32 range"):
+        DepthEstimator.to_points(np.full((2, 2), 2.0, np.float32), 1e-45, 500.0, 3.0, 0.0)
+    with pytest.raises(InputError, match="focal lengths must be finite"):
+        DepthEstimator.to_points(np.full((2, 2), 2.0, np.float32), 10**400, 1.0, 0.0, 0.0)
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+def test_array_subclasses_and_oversized_arrays(est):
+    grey = np.full((48, 64), 100, np.uint8)
+    np.testing.assert_array_equal(est.predict(np.asmatrix(grey)), est.predict(grey))  # numpy crashed on a matrix
+    with pytest.raises(InputError, match="masked array; fill the masked pixels first"):
+        est.predict(np.ma.masked_array(np.dstack([grey] * 3)))
+    huge = np.broadcast_to(np.uint8(0), (8193, 8193, 3))  # no memory: a view with zero strides
+    with pytest.raises(InputError, match="image is 8193x8193, larger than the 67108864 pixel limit"):
+        est.predict(huge)
+
+
+def test_open_refuses_options_of_the_wrong_type(onnx_path):
+    for options, match in [({"batch_size": 2.5}, "batch_size must be an integer"),
+                           ({"batch_size": "4"}, "batch_size must be an integer"),
+                           ({"batch_size": True}, "batch_size must be an integer"),
+                           ({"native_resolution": "no"}, "native_resolution must be True or False"),
+                           ({"threads": 1.5}, "thread counts must be in")]:
+        with pytest.raises(InputError, match=match):
+            DepthEstimator.open(onnx_path, **options)
+    with pytest.raises(InputError, match="DepthEstimator takes a Runner"):
+        DepthEstimator(object())
+
+
+def test_an_estimator_refuses_pickling_in_one_line(est):
+    import pickle
+
+    with pytest.raises(InputError, match="cannot be pickled; pass the model's path"):
+        pickle.dumps(est)
+
+
+def test_a_close_that_overtakes_a_call_and_a_failed_run_are_mde_errors(onnx_path):
+    """Another thread's close() between the active check and the run, and a run ONNX Runtime fails
+    (a GPU out of memory), both surface as one-line mde errors, not AttributeError or a pybind11 error."""
+    from mde.errors import BackendError
+
+    image = np.full((32, 32, 3), 100, np.uint8)
+    with DepthEstimator.open(onnx_path) as est:
+        session = est.runner._session
+        est.runner._session = None  # what a concurrent deactivate leaves while this call is past its check
+        with pytest.raises(InputError, match=r"not active \(closed"):
+            est.predict(image)
+
+        class Failing:
+            def run(self, *args):
+                raise RuntimeError("CUDA failure 2: out of memory\nstack trace ...")
+
+        est.runner._session = Failing()
+        with pytest.raises(BackendError, match=r"ONNX Runtime could not run the model \(CUDA failure 2: out of "
+                                               r"memory\)$"):
+            est.predict(image)
+        est.runner._session = session
 
 
 def test_closed_estimator_says_so(onnx_path):

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from mde.errors import InputError, ModelError
-from mde.runtime.metadata import ModelMetadata, check_graph_input
+from mde.runtime.metadata import PREPROCESS, ModelMetadata, check_graph_input
 
 # Backend modules shipped with mde; importing one registers it (each imports its library lazily,
 # so listing the backends imports neither torch nor TensorRT).
@@ -106,9 +106,13 @@ class Runner(abc.ABC):
             InputError: not activated, or a missing/unexpected input, wrong dtype or shape.
         """
         if not self.is_active:
-            raise InputError(f"{self.name} runner is not active (closed, or never activated)", self.path)
+            raise self.not_active()
         self.check_feed(feed)
         return self._infer_impl(feed)
+
+    def not_active(self) -> InputError:
+        """The error for a call on a closed runner (also raised by a call that a `deactivate` overtook)."""
+        return InputError(f"{self.name} runner is not active (closed, or never activated)", self.path)
 
     def check_feed(self, feed: dict[str, np.ndarray]) -> None:
         """Raise `InputError` (expected vs found) unless `feed` matches `input_specs` exactly."""
@@ -136,6 +140,11 @@ class Runner(abc.ABC):
                     f"input {name!r}: expected shape {_fmt_shape(spec.shape)}, got {tuple(array.shape)}",
                     self.path,
                 )
+            multiple = PREPROCESS["size_multiple"]
+            if self.metadata is not None and self.metadata.dynamic_size and array.ndim == 4 and (
+                    array.shape[2] % multiple or array.shape[3] % multiple):
+                raise InputError(f"input {name!r}: height and width must be multiples of {multiple} (the encoder's "
+                                 f"stride), got {array.shape[2]}x{array.shape[3]}", self.path)
 
     def max_batch(self) -> int | None:
         """The largest batch the model takes in one call: 1 when static, None when unbounded."""

@@ -14,6 +14,8 @@ import ctypes
 import functools
 import io
 import logging
+import math
+import numbers
 import os
 import struct
 from collections.abc import Callable, Sequence
@@ -357,7 +359,9 @@ class OnnxRuntimeRunner(Runner):
         inter_op_threads: int = 0,
     ):
         super().__init__(path)
-        if not (0 <= threads <= max_threads() and 0 <= inter_op_threads <= max_threads()):
+        counts = (threads, inter_op_threads)
+        if not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and 0 <= n <= max_threads()
+                   for n in counts):
             raise InputError(f"thread counts must be in 0..{max_threads()} (0: ONNX Runtime's default; at most "
                              f"4 per CPU here), got {threads} and {inter_op_threads}")
         if isinstance(providers, str):  # one provider's name, not its letters
@@ -389,20 +393,40 @@ class OnnxRuntimeRunner(Runner):
 
     def _infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # InferenceSession.run is thread-safe; nothing here mutates the runner.
+        session = self._session  # one read: a `deactivate` from another thread may clear it meanwhile
+        if session is None:
+            raise self.not_active()
         names = list(self.output_specs)
-        if self.uses_io_binding:
-            return self._infer_io_binding(feed, names)
-        outputs = self._session.run(names, feed)
+        try:
+            if self.uses_io_binding:
+                return self._infer_io_binding(session, feed, names)
+            outputs = session.run(names, feed, self._run_options(feed))
+        except (InputError, BackendError):
+            raise
+        except Exception as err:  # noqa: BLE001 - onnxruntime's pybind11 errors share no base class but Exception
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise BackendError(f"ONNX Runtime could not run the model ({first})", self.path) from None
         return dict(zip(names, outputs))
 
-    def _infer_io_binding(self, feed: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+    def _run_options(self, feed: dict[str, np.ndarray]) -> Any:
+        """Give the CPU arena's memory back after a run larger than the exported size (one big native-resolution
+        frame or batch would otherwise keep it for the life of the session); None for ordinary runs."""
+        exported = math.prod(self.metadata.input_size) if self.metadata else 0
+        if all(a.ndim != 4 or a.shape[0] * a.shape[2] * a.shape[3] <= exported for a in feed.values()):
+            return None
+        options = import_ort().RunOptions()
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        return options
+
+    @staticmethod
+    def _infer_io_binding(session: Any, feed: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
         """GPU path: inputs copied once, outputs left on the device until the final copy."""
-        binding = self._session.io_binding()  # per call: no shared mutable state
+        binding = session.io_binding()  # per call: no shared mutable state
         for name, array in feed.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(array))
         for name in names:
             binding.bind_output(name, "cuda")
-        self._session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
         return dict(zip(names, binding.copy_outputs_to_cpu()))
 
 

@@ -303,9 +303,11 @@ class TensorRTRunner(Runner):
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         with self._lock:
+            ctx, stream = self._context, self._stream
+            if ctx is None:  # a `deactivate` from another thread got the lock first
+                raise self.not_active()
             # the current device is per thread: this call may come from a thread that never chose it
             _check(cudart.cudaSetDevice(self.device), "cudaSetDevice", cudart)
-            ctx, stream = self._context, self._stream
             hosts = {}
             for name, array in feed.items():
                 array = np.ascontiguousarray(array)
