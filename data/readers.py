@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 FORMATS = ("auto", "folder", "nyu", "kitti")
 NYU_SUFFIXES = (".mat", ".h5", ".hdf5")
 DEPTH_SUFFIXES = (".png", ".npy")
-DEFAULT_MAX_DEPTH = 20.0  # the synthetic world's range; used when a folder has no meta.json
 NYU_MAX_DEPTH = 10.0
 KITTI_MAX_DEPTH = 80.0
 KITTI_DEPTH_SCALE = 256.0
@@ -309,11 +308,16 @@ def open_dataset(path: str | Path, split: str = "val", fmt: str = "auto",
     return FolderDataset(path, split, depth_scale)
 
 
-def dataset_max_depth(path: str | Path) -> float:
+def dataset_max_depth(path: str | Path, model_range: float | None = None) -> float:
     """The dataset's maximum depth in metres (the SSIM data range).
 
     `meta.json`'s `max_depth` when the folder has one (the synthetic world writes 20);
-    10 for an NYU file, 80 for KITTI's selection layout, else 20.
+    10 for an NYU file, 80 for KITTI's selection layout; else `model_range`, the output range
+    of the model being trained or scored (the range its predictions can take).
+
+    Raises:
+        DataError: a folder with none of these and no `model_range` (training without `--max-depth`):
+            a guessed range would cap every prediction of a deeper dataset without a word.
     """
     path = Path(path)
     meta = path / "meta.json"
@@ -332,4 +336,7 @@ def dataset_max_depth(path: str | Path) -> float:
         return NYU_MAX_DEPTH
     if path.is_dir() and _kitti_selection(path) is not None:
         return KITTI_MAX_DEPTH
-    return DEFAULT_MAX_DEPTH
+    if model_range is not None:
+        return float(model_range)
+    raise DataError("no meta.json, so the depth range is unknown (the model's output range and the SSIM data "
+                    "range): pass --max-depth METRES, or write {\"max_depth\": METRES} to meta.json", path)

@@ -327,7 +327,7 @@ def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:
         model, state = load_model(checkpoint, "cpu")
         size = (model.args.image_size, model.args.image_size)
         golden = golden_inputs(cfg.golden_data, size, cfg.golden_images, cfg.golden_seed,
-                               depth_scale=cfg.depth_scale)
+                               depth_scale=cfg.depth_scale, model_range=float(model.args.max_depth))
         image = golden.image
         with torch.no_grad():
             reference = model(torch.from_numpy(image)).numpy()

@@ -23,9 +23,10 @@ class GoldenInputs:
 
 
 def golden_inputs(data: Path | None, size: tuple[int, int], count: int, seed: int, split: str = "val",
-                  depth_scale: float = MM_PER_M) -> GoldenInputs:
+                  depth_scale: float = MM_PER_M, model_range: float | None = None) -> GoldenInputs:
     """`count` golden inputs: the first images of `data`'s `split` with their depth (and masks), or, only
-    when no dataset is given, seeded uniform noise.
+    when no dataset is given, seeded uniform noise. `model_range` is the SSIM data range of a dataset
+    without one (`dataset_max_depth`).
 
     Raises:
         DataError: the dataset cannot be read, or has fewer than `count` images in `split`.
@@ -46,7 +47,7 @@ def golden_inputs(data: Path | None, size: tuple[int, int], count: int, seed: in
         source=f"dataset {data}/{split} ({count} images)",
         gts=[s.depth.astype(np.float32) for s in samples],
         masks=[s.mask for s in samples],
-        data_range=dataset_max_depth(data),
+        data_range=dataset_max_depth(data, model_range),
     )
 
 

@@ -17,8 +17,13 @@ its valid pixels, then averaged over images (`MetricAccumulator`).
 - Regions (`region_metrics`): where the dataset has a mask (0 structure, 1 object, other values
   invalid), rmse, abs_rel and delta1 over each region's valid pixels, as `objects_rmse`, ...;
   each is averaged over the images that have pixels of that region (`objects_images` of them).
-- A prediction containing NaN/inf gives NaN metrics (never silently skipped); ground truth without
-  any valid pixel raises `DataError`; mismatched shapes or data_range <= 0 raise `InputError`.
+- A prediction containing NaN/inf at a valid pixel gives NaN for every metric of that image (and
+  region); never a number, never silently skipped. Ground truth without any valid pixel raises
+  `DataError`; mismatched shapes or data_range <= 0 raise `InputError`.
+- Images smaller than the 11 x 11 window: SSIM is the mean of the whole map (edges reflected), as
+  no border can be cropped; scikit-image refuses such images.
+- Sparse ground truth (KITTI's LiDAR) raises SSIM: the replaced pixels agree perfectly, so with few
+  valid pixels most of each window sees no error. Compare SSIM only between models on the same data.
 """
 
 from __future__ import annotations
@@ -101,8 +106,16 @@ def ssim(pred: np.ndarray, gt: np.ndarray, data_range: float, mask: np.ndarray |
     return float(smap[mask].mean(dtype=np.float64))
 
 
+def _as_map(array: np.ndarray) -> np.ndarray:
+    """An H x W map from H x W, 1 x H x W or 1 x 1 x H x W (a 1 x W image stays 1 x W)."""
+    array = np.asarray(array)
+    while array.ndim > 2 and array.shape[0] == 1:
+        array = array[0]
+    return array
+
+
 def _check_shapes(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    pred, gt = np.squeeze(np.asarray(pred)), np.squeeze(np.asarray(gt))
+    pred, gt = _as_map(pred), _as_map(gt)
     if pred.shape != gt.shape or pred.ndim != 2:
         raise InputError(f"expected prediction and ground truth of the same H x W shape, got "
                          f"{pred.shape} and {gt.shape}")
@@ -125,6 +138,8 @@ def compute_metrics(pred: np.ndarray, gt: np.ndarray, data_range: float) -> dict
     if not valid.any():
         raise DataError("ground truth has no valid pixel (finite and > 0)")
     p, g = pred[valid], gt[valid]
+    if not np.isfinite(p).all():  # not a number to average: every metric says so
+        return dict.fromkeys(METRIC_NAMES, float("nan"))
     diff = p - g
     pc = np.maximum(p, EPS)
     dlog = np.log(pc) - np.log(g)
@@ -153,7 +168,7 @@ def region_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> dict[s
         mask: H x W region mask (`REGIONS` values; anything else is ignored).
     """
     pred, gt = _check_shapes(pred, gt)
-    mask = np.squeeze(np.asarray(mask))
+    mask = _as_map(mask)
     if mask.shape != gt.shape:
         raise InputError(f"expected a region mask of shape {gt.shape}, got {mask.shape}")
     with np.errstate(invalid="ignore"):
@@ -164,6 +179,9 @@ def region_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> dict[s
         if not sel.any():
             continue
         p, g = pred[sel].astype(np.float64), gt[sel].astype(np.float64)
+        if not np.isfinite(p).all():
+            out.update({f"{name}_{metric}": float("nan") for metric in REGION_METRIC_NAMES})
+            continue
         pc = np.maximum(p, EPS)
         out[f"{name}_rmse"] = float(np.sqrt(np.mean((p - g) ** 2)))
         out[f"{name}_abs_rel"] = float(np.mean(np.abs(p - g) / g))

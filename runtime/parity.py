@@ -1,9 +1,11 @@
 """Parity: tolerances per precision and the pure comparison of an artifact's outputs with PyTorch's (torch-free).
 
-Tolerances (docs/reference.md), all checked per artifact on the mean over images:
+Tolerances (docs/reference.md), all checked per artifact: RMSE and SSIM are means over images,
+the tensor statistic is pooled over every pixel of every image:
   |dRMSE|  = |RMSE(artifact, GT) - RMSE(PyTorch, GT)|  <= rmse_abs (m), or rmse_rel * RMSE(PyTorch, GT)
   |dSSIM|  = |SSIM(artifact, GT) - SSIM(PyTorch, GT)|  <= ssim_abs
-  p99(|artifact - PyTorch|) / max_depth                <= p99_over_range   (model resolution, all pixels)
+  p99(|artifact - PyTorch|) / max_depth                <= p99_over_range   (model resolution, all pixels of
+                                                                             all images together)
 Golden mode has no ground truth: only the tensor statistic is a gate there; RMSE/SSIM of the
 artifact against the saved PyTorch outputs are reported for information.
 """

@@ -156,13 +156,13 @@ def check_checkpoint(cfg: ParityConfig, tolerances: dict[str, Tolerance]
     if count == 0:
         raise DataError(f"no images in the {cfg.split} split", cfg.data)
     names = list(dataset.names)[:count]
-    data_range = dataset_max_depth(cfg.data)
     results: dict[int, ArtifactResult] = {}
     gts: list[np.ndarray] = []
     masks: list[np.ndarray | None] = []
     with contextlib.ExitStack() as stack:
         reference = stack.enter_context(open_runner(cfg.checkpoint, "torch", device=cfg.device))
         size, max_depth = tuple(reference.metadata.input_size), reference.metadata.max_depth
+        data_range = dataset_max_depth(cfg.data, max_depth)
         runners = []
         for i, path in enumerate(cfg.artifacts):
             runner = stack.enter_context(open_runner(path, cfg.backend, providers=cfg.providers))

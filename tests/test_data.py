@@ -153,7 +153,9 @@ def test_kitti_selection_layout(tmp_path):
 
 def test_dataset_max_depth_rules(tmp_path):
     _write_pair(tmp_path, "val", "a", _depth())
-    assert dataset_max_depth(tmp_path) == 20.0  # no meta.json: the default
+    with pytest.raises(DataError, match=r"no meta.json, so the depth range is unknown .*pass --max-depth METRES"):
+        dataset_max_depth(tmp_path)  # no guess: 20 m would cap a deeper dataset's model without a word
+    assert dataset_max_depth(tmp_path, model_range=80.0) == 80.0  # scoring a model: its output range
     (tmp_path / "meta.json").write_text(json.dumps({"max_depth": 15.5}))
     assert dataset_max_depth(tmp_path) == 15.5
     for text, match in (("{not json", "meta.json"), ('{"max_depth": true}', "max_depth is true"),

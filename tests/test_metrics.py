@@ -10,6 +10,7 @@ import pytest
 from mde.data.synth import render_scene
 from mde.errors import DataError, InputError
 from mde.runtime.metrics import (
+    MASK_OBJECT,
     METRIC_NAMES,
     MetricAccumulator,
     compute_metrics,
@@ -108,8 +109,21 @@ def test_nan_prediction_gives_nan_not_a_silent_skip():
     gt = np.full((16, 16), 5.0)
     pred = gt.copy()
     pred[3, 3] = np.nan
-    m = compute_metrics(pred, gt, R)
-    assert math.isnan(m["rmse"]) and math.isnan(m["ssim"])
+    for bad in (np.nan, np.inf):
+        pred[3, 3] = bad
+        m = compute_metrics(pred, gt, R)
+        assert all(math.isnan(v) for v in m.values()), m  # delta1 was 0.996 and RMSE inf
+    mask = np.zeros((16, 16), np.uint8)
+    mask[:4, :4] = MASK_OBJECT
+    regions = region_metrics(pred, gt, mask)
+    assert math.isnan(regions["objects_rmse"]) and math.isnan(regions["objects_delta1"])
+    assert regions["structure_rmse"] == 0.0  # the region without the bad pixel keeps its figure
+
+
+def test_a_one_row_image_is_scored_not_refused():
+    gt = np.linspace(1.0, 5.0, 30)[None, :]
+    m = compute_metrics(gt[None] * 1.1, gt, R)  # 1 x 1 x W against 1 x W: the leading axis only
+    assert m["abs_rel"] == pytest.approx(0.1) and m["delta1"] == 1.0
 
 
 def test_constant_maps():

@@ -739,3 +739,24 @@ def test_eval_of_a_nan_model_is_refused_naming_it(cli, tiny_checkpoint, synth_da
     assert result.err.strip().splitlines()[-1].startswith(f"mde: error: {broken}: the model predicts NaN or infinite")
     good = cli("eval", tiny_checkpoint, "--data", synth_data, "--json")
     assert good.code == 0 and "evaluate" in good.err and json.loads(good.out)["images"] == 8  # progress on stderr
+
+
+def test_a_folder_without_meta_json_needs_max_depth_and_is_scored_at_the_models_range(tmp_path, synth_data, cli):
+    """A folder of one's own data (no meta.json) has no known depth range: training asks for --max-depth
+    instead of capping the model at a guessed 20 m, and eval takes the model's range as the SSIM range."""
+    import shutil
+
+    data = tmp_path / "mine"
+    shutil.copytree(synth_data, data)
+    (data / "meta.json").unlink()
+    refused = cli("train", "--data", data, "--out", tmp_path / "r0", "--backbone", "resnet18", "--image-size", "64",
+                  "--epochs", "1", "--batch-size", "4", "--no-pretrained", "--workers", "0")
+    assert refused.code == 2 and "pass --max-depth METRES" in refused.err and "Traceback" not in refused.err
+    assert not (tmp_path / "r0").exists()
+
+    from mde.train.trainer import train
+
+    result = train(tiny_config(data, tmp_path / "run", max_depth=30.0, checkpoint_every=0))
+    scored = cli("eval", tmp_path / "run" / "best.pt", "--data", data, "--json")
+    assert scored.code == 0, scored.err
+    assert json.loads(scored.out)["ssim"] == pytest.approx(result["best"]["ssim"], abs=1e-5)  # range 30 both

@@ -90,7 +90,7 @@ def open_splits(cfg: TrainConfig, env: DistEnv):
     if cfg.object_weight != 1 and not getattr(train_set, "masks", None):  # NYU files carry no masks
         raise DataError(f"--object-weight {cfg.object_weight:g} needs region masks (train/mask/NAME.png); "
                         "the train split has none", cfg.data)
-    return train_set, val_set, float(dataset_max_depth(cfg.data))
+    return train_set, val_set, float(dataset_max_depth(cfg.data, cfg.max_depth or None))
 
 
 def resolve_config(cfg: TrainConfig, given: Collection[str] = ()) -> tuple[TrainConfig, dict[str, Any] | None]:

@@ -43,10 +43,9 @@ def eval_command(
         raise InputError(f"unknown --device {device!r}; choose from auto, cpu, cuda")
     path = require_file(model, "model")
     dataset = open_dataset(data, split=split, depth_scale=depth_scale)
-    data_range = float(dataset_max_depth(data))
     suffix = path.suffix.lower()
     if suffix == ".pt":
-        predict = _torch_predict(path, device)
+        predict, model_range = _torch_predict(path, device)
     elif suffix in (".onnx", ".engine", ".plan"):
         from mde.runtime.estimator import DepthEstimator
 
@@ -56,9 +55,10 @@ def eval_command(
         elif device == "cpu":
             raise InputError(f"--device cpu: a TensorRT {suffix} runs on the GPU it was built for", path)
         estimator = DepthEstimator.open(path, backend=backend, batch_size=batch_size, providers=providers)
-        predict = estimator.predict_batch
+        predict, model_range = estimator.predict_batch, estimator.metadata.max_depth
     else:
         raise InputError("expected a .pt, .onnx or .engine file", path)
+    data_range = float(dataset_max_depth(data, model_range))
     try:
         metrics = evaluate(predict, dataset, data_range, batch_size, progress=True)  # progress is on stderr
     except ModelError as err:  # the model's fault: name it
@@ -90,7 +90,7 @@ def _torch_predict(path: Path, device: str):
 
     dev = resolve_device(device)
     net, _ = load_model(path, dev)
-    return torch_predictor(net, net.args.image_size, net.args.max_depth, dev)
+    return torch_predictor(net, net.args.image_size, net.args.max_depth, dev), float(net.args.max_depth)
 
 
 def _print_table(path: Path, split: str, metrics: dict[str, float]) -> None:
