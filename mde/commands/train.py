@@ -66,7 +66,8 @@ def train_command(
         D.object_weight, help="Loss weight of object pixels (needs train/mask/); >1 lowers object error, "
         "raises the rest's."
     ),
-    max_depth: float = typer.Option(D.max_depth, help="Output range in metres; 0 = the dataset's max_depth (meta.json; required without one)."),
+    max_depth: float = typer.Option(
+        D.max_depth, help="Output range in metres; 0 = the dataset's max_depth (meta.json; required without one)."),
     depth_scale: float = depth_scale_option(D.depth_scale),
     device: str = typer.Option(D.device, help="auto, cpu or cuda."),
     amp: bool = typer.Option(D.amp, "--amp/--no-amp", help="Mixed precision on CUDA (bf16 where supported)."),
