@@ -30,7 +30,8 @@ from mde.runtime.preprocess import postprocess
 
 @dataclass(frozen=True)
 class Tolerance:
-    """One precision's row of the tolerance table; `rmse_rel` (fraction of PyTorch's RMSE) wins over `rmse_abs`."""
+    """One precision's row of the tolerance table; the RMSE limit is `rmse_abs` (metres) or `rmse_rel` (a
+    fraction of PyTorch's RMSE), one of them (an override naming one drops the other)."""
 
     rmse_abs: float | None = None
     rmse_rel: float | None = None
@@ -66,7 +67,14 @@ def tolerances_from_dict(table: dict[str, Any], base: dict[str, Tolerance] | Non
         for key, value in row.items():
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < float("inf"):
                 raise InputError(f"[{precision}] {key} must be a finite number >= 0, got {value!r}", source)
-        result[precision] = replace(result[precision], **{k: float(v) for k, v in row.items()})
+        if {"rmse_abs", "rmse_rel"} <= set(row):
+            raise InputError(f"[{precision}] gives rmse_abs and rmse_rel; the RMSE limit is one of them", source)
+        changes: dict[str, float | None] = {k: float(v) for k, v in row.items()}
+        if "rmse_abs" in row:  # the row's RMSE limit becomes absolute (int8's default is relative)
+            changes["rmse_rel"] = None
+        elif "rmse_rel" in row:
+            changes["rmse_abs"] = None
+        result[precision] = replace(result[precision], **changes)
     return result
 
 

@@ -153,10 +153,15 @@ def test_load_tolerances(tmp_path):
     table = load_tolerances(good)
     assert table["int8"].ssim_abs == 0.02 and table["int8"].rmse_rel == 0.02
     assert table["fp32"] == DEFAULT_TOLERANCES["fp32"]
+    good.write_text("[int8]\nrmse_abs = 0.000001\n[fp16]\nrmse_rel = 0.5\n")  # the int8 override was ignored
+    table = load_tolerances(good)
+    assert table["int8"].rmse_limit(reference_rmse=2.0) == 1e-6 and table["int8"].rmse_rel is None
+    assert table["fp16"].rmse_limit(reference_rmse=2.0) == 1.0 and table["fp16"].rmse_abs is None
     for text, match in (("[int4]\nssim_abs = 1\n", "unknown precision"), ("[fp16]\nrmse = 1\n", "unknown tolerance"),
                         ("[fp16]\nssim_abs = -1\n", ">= 0"), ("[fp16\n", "not a valid TOML"),
                         ("[int8]\nssim_abs = nan\n", "finite number >= 0, got nan"),
-                        ("[int8]\nrmse_rel = inf\n", "finite number >= 0, got inf")):
+                        ("[int8]\nrmse_rel = inf\n", "finite number >= 0, got inf"),
+                        ("[int8]\nrmse_rel = 0.1\nrmse_abs = 0.1\n", "the RMSE limit is one of them")):
         good.write_text(text)
         with pytest.raises(InputError, match=match):
             load_tolerances(good)

@@ -106,6 +106,8 @@ def bad(tmp_path_factory, synth_data, tiny_checkpoint, tiny_export) -> dict[str,
     files["ckpt_truncated"] = truncated_copy(tiny_checkpoint, root / "truncated.pt")
     files["ckpt_text"] = root / "text.pt"
     files["ckpt_text"].write_text("not a checkpoint")
+    files["ckpt_url"] = root / "url.pt"  # a download saved its link: the unpickler raised KeyError (exit 1)
+    files["ckpt_url"].write_text("https://example.com/best.pt\n")
     state = torch.load(tiny_checkpoint, weights_only=True)
     other = dict(state, model_args=dict(state["model_args"], backbone="resnet50"))
     torch.save(other, root / "other-arch.pt")
@@ -205,6 +207,8 @@ CASES = [
     ("eval-empty-ckpt", "eval {bad:empty} --data {data}", "empty.png"),
     ("eval-truncated-ckpt", "eval {bad:ckpt_truncated} --data {data}", "truncated.pt"),
     ("eval-text-ckpt", "eval {bad:ckpt_text} --data {data}", "text.pt"),
+    ("eval-url-ckpt", "eval {bad:ckpt_url} --data {data}", "url.pt: not a PyTorch checkpoint"),
+    ("export-url-ckpt", "export {bad:ckpt_url} --out {out}", "url.pt: not a PyTorch checkpoint"),
     ("eval-other-arch", "eval {bad:ckpt_other_arch} --data {data}", "other-arch.pt"),
     ("eval-pickle-code", "eval {bad:ckpt_pickle_code} --data {data}", "evil.pt"),
     ("eval-pickle-code-zip", "eval {bad:ckpt_pickle_code_zip} --data {data}", "evil-zip.pt"),

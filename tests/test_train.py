@@ -760,3 +760,18 @@ def test_a_folder_without_meta_json_needs_max_depth_and_is_scored_at_the_models_
     scored = cli("eval", tmp_path / "run" / "best.pt", "--data", data, "--json")
     assert scored.code == 0, scored.err
     assert json.loads(scored.out)["ssim"] == pytest.approx(result["best"]["ssim"], abs=1e-5)  # range 30 both
+
+
+def test_resume_needs_neither_data_nor_out(cli, tmp_path, synth_data):
+    """`mde train --resume RUN/last.pt` alone continues the run: the dataset from its config, the run folder
+    the checkpoint is in (also after the folder was moved); without --resume both are required."""
+    assert "missing option '--data'" in cli("train", "--out", tmp_path / "x", *TINY).err
+    assert "missing option '--out'" in cli("train", "--data", synth_data, *TINY).err
+    first = cli("train", "--data", synth_data, "--out", tmp_path / "run", *TINY, "--epochs", "1", "--schedule", "cyclic")
+    assert first.code == 0, first.err
+    (tmp_path / "run").rename(tmp_path / "moved")
+    resumed = cli("train", "--resume", tmp_path / "moved" / "last.pt", "--epochs", "2", "--json")
+    assert resumed.code == 0, resumed.err
+    assert json.loads(resumed.out)["run"] == str(tmp_path / "moved")
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "moved" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2] and not (tmp_path / "run").exists()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pickle
 import shutil
+import struct
+import warnings
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
@@ -70,10 +72,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if path.suffix.lower() in ARTIFACT_SUFFIXES:
         raise ModelError(f"this is an exported model ({path.suffix}); expected a PyTorch checkpoint (.pt)", path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a stray first byte reads as "pickle protocol 222", a warning before the error
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).splitlines()[0] if str(err) else "unsafe pickle"
         raise ModelError(f"refused: not a plain weights checkpoint ({first})", path) from None
+    except (KeyError, IndexError, struct.error):  # the weights-only unpickler on bytes that are no pickle at all
+        raise ModelError("not a PyTorch checkpoint (neither a zip archive nor a pickle)", path) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ModelError(f"corrupt or truncated checkpoint ({first})", path) from None

@@ -174,7 +174,7 @@ def merge_resume(cli: TrainConfig, saved: TrainConfig, given: Collection[str] = 
                              f"checkpoint's {theirs!r}; drop it when using --resume")
     # an override applies when the user set it: a plain `--resume RUN/last.pt` continues the
     # saved run to its own number of epochs
-    changed = {k: getattr(cli, k) for k in RESUME_OVERRIDES if k in ("data", "out", "resume") or is_set(k)}
+    changed = {k: getattr(cli, k) for k in RESUME_OVERRIDES if k == "resume" or is_set(k)}  # no --data: the saved
     return TrainConfig.from_dict({**saved.to_dict(), **changed})
 
 

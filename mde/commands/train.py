@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from mde.commands.options import depth_scale_option
+from mde.errors import InputError
 from mde.io import claim_output, json_text
 from mde.train.config import BACKBONE_CHOICES, CYCLE_MODES, DECODER_CHOICES, LOSS_CHOICES, SCHEDULES, TrainConfig
 
@@ -19,9 +20,11 @@ USER_SOURCES = ("COMMANDLINE", "ENVIRONMENT", "PROMPT")  # click's ParameterSour
 
 def train_command(
     ctx: typer.Context,
-    data: str = typer.Option(..., "--data", help="Dataset folder ({train,val}/{rgb,depth})."),
+    data: str = typer.Option(
+        "", "--data", help="Dataset folder ({train,val}/{rgb,depth}); with --resume, the run's own by default."),
     out: str = typer.Option(
-        ..., "--out", help="Run folder: best.pt, last.pt, config.json, metrics.jsonl, curves.png, samples.png."
+        "", "--out", help="Run folder: best.pt, last.pt, config.json, metrics.jsonl, curves.png, samples.png; "
+                          "with --resume, the checkpoint's folder by default."
     ),
     backbone: str = typer.Option(D.backbone, help=f"Encoder: {', '.join(BACKBONE_CHOICES)}."),
     decoder: str = typer.Option(
@@ -89,6 +92,12 @@ def train_command(
     """Train the depth network; writes RUN/{best,last}.pt, config.json, metrics.jsonl, curves.png, samples.png."""
     values = dict(locals())
     del values["ctx"], values["json_out"]
+    if not resume:
+        for name in ("data", "out"):
+            if not values[name]:
+                raise InputError(f"missing option '--{name}' (only --resume may leave it out)")
+    elif not out:  # continue in the checkpoint's folder, wherever the run folder now is
+        out = values["out"] = str(Path(resume).parent)
     cfg = TrainConfig(**values)
     if not resume:
         cfg.validate()  # before importing torch: bad flags fail fast
