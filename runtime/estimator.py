@@ -195,10 +195,11 @@ class DepthEstimator:
         if not all(isinstance(v, numbers.Real) for v in (fx, fy, cx, cy)):
             raise InputError(f"intrinsics must be numbers, got fx={fx!r}, fy={fy!r}, cx={cx!r}, cy={cy!r}")
         try:
-            ok = fx > 0 and fy > 0 and all(math.isfinite(float(v)) for v in (fx, fy, cx, cy))
-        except OverflowError:  # an int beyond float range
-            ok = False
-        if not ok:
+            with np.errstate(over="ignore"):  # beyond float32: inf, refused below
+                fx32, fy32, cx32, cy32 = (np.float32(v) for v in (fx, fy, cx, cy))
+        except OverflowError:  # an int beyond even float64
+            fx32 = fy32 = cx32 = cy32 = np.float32("nan")
+        if not (fx32 > 0 and fy32 > 0 and all(np.isfinite(v) for v in (fx32, fy32, cx32, cy32))):
             raise InputError(f"focal lengths must be finite and > 0 (and centres finite), got fx={fx}, fy={fy}, "
                              f"cx={cx}, cy={cy}")
         depth = depth.astype(np.float32, copy=False)
@@ -206,13 +207,14 @@ class DepthEstimator:
         if masked is not None:
             valid &= ~masked
         v, u = np.nonzero(valid)
-        z = depth[v, u].astype(np.float64)
-        x = (u - float(cx)) * z / float(fx)
-        y = (v - float(cy)) * z / float(fy)
+        z = depth[v, u]
+        with np.errstate(over="ignore"):
+            x = (u.astype(np.float32) - cx32) * z / fx32
+            y = (v.astype(np.float32) - cy32) * z / fy32
         points = np.stack([x, y, z], axis=1)
-        if not np.isfinite(points).all() or np.abs(points).max(initial=0.0) > np.finfo(np.float32).max:
+        if not np.isfinite(points).all():  # a tiny focal length or huge centre: beyond float32
             raise InputError(f"intrinsics fx={fx}, fy={fy}, cx={cx}, cy={cy} put points beyond float32 range")
-        return points.astype(np.float32)
+        return points
 
     # -- lifecycle ----------------------------------------------------------------
     def close(self) -> None:

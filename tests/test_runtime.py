@@ -227,8 +227,8 @@ def test_to_points_masked_integer_and_overflowing_inputs():
     assert DepthEstimator.to_points(depth, 1.0, 1.0, 0.0, 0.0).shape == (3, 3)  # the masked pixel is dropped
     with pytest.raises(InputError, match=r"got uint16 \(a depth camera's millimetres: divide by 1000\)"):
         DepthEstimator.to_points(np.full((2, 2), 2000, np.uint16), 1.0, 1.0, 0.0, 0.0)
-    with pytest.raises(InputError, match="beyond float32 range"):
-        DepthEstimator.to_points(np.full((2, 2), 2.0, np.float32), 1.0, 1.0, 1e39, 0.0)  # float32(1e39) was inf
+    with pytest.raises(InputError, match="focal lengths must be finite and > 0 \\(and centres finite\\)"):
+        DepthEstimator.to_points(np.full((2, 2), 2.0, np.float32), 1.0, 1.0, 1e39, 0.0)  # float32(1e39) is inf
     with pytest.raises(InputError, match="beyond float32 range"):
         DepthEstimator.to_points(np.full((2, 2), 2.0, np.float32), 1e-45, 500.0, 3.0, 0.0)
     with pytest.raises(InputError, match="focal lengths must be finite"):
