@@ -44,14 +44,15 @@ class CalibrationReport:
     qdq: dict[str, int]
     target_ssim_drop: float
     target_met: bool
-    float_nodes: list[str]
+    float_nodes: list[str]               # kept float by the fallback search
     fp32: dict[str, float]               # FP32 RMSE/SSIM vs ground truth on the held-out images
-    before: dict[str, float]             # all quantizable nodes INT8
+    before: dict[str, float]             # every quantizable node INT8 but the head
     after: dict[str, float]              # with `float_nodes` kept float (the written model)
     ranking: list[tuple[str, float]] = field(default_factory=list)
     steps: list[tuple[int, float]] = field(default_factory=list)
     seconds: float = 0.0
     integer_kernels: dict[str, Any] = field(default_factory=dict)  # cpu: `inspect.integer_kernel_share`
+    float_head: list[str] = field(default_factory=list)  # the depth head's nodes, never quantized (`head_nodes`)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -176,6 +177,7 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
 
     from mde.calibration import fallback
     from mde.calibration import quantize as qz
+    from mde.data.readers import dataset_max_depth
 
     started = time.perf_counter()
     cfg.model, cfg.data, cfg.out = Path(cfg.model), Path(cfg.data), Path(cfg.out)
@@ -194,17 +196,19 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
         holdout = [dataset[i] for i in hold_idx]
         inputs = np.concatenate([preprocess(s.rgb, size) for s in holdout])
         evaluator = fallback.Evaluator(source.SerializeToString(), inputs, [s.depth for s in holdout],
-                                       meta.max_depth)
+                                       meta.max_depth, data_range=dataset_max_depth(cfg.data, meta.max_depth))
         qdq = qz.quantize(pre, ranges, cfg.method, cfg.spec)
+        head = qz.head_nodes(qdq, cfg.op_types)
+        qdq = qz.with_float_nodes(qdq, pre, head, cfg.op_types)  # the depth head is never quantized
         before = evaluator.measure(qdq)
         candidates = qz.quantizable_nodes(qdq, cfg.fallback_op_types)
         search = _fallback_search(cfg, pre, qdq, candidates, evaluator, before.drop, progress)
         final, after = qdq, before
-        if search.float_nodes:
-            final = qz.quantize(pre, ranges, cfg.method, cfg.spec, nodes_to_exclude=search.float_nodes)
+        if search.float_nodes:  # the very graph the search measured
+            final = qz.with_float_nodes(qdq, pre, search.float_nodes, cfg.op_types)
             after = evaluator.measure(final)
     record = {"images": len(calib_idx), "holdout_images": len(hold_idx), "float_nodes": search.float_nodes,
-              "ssim_drop": round(after.drop, 6), "ssim_drop_all_int8": round(before.drop, 6)}
+              "float_head": head, "ssim_drop": round(after.drop, 6), "ssim_drop_all_int8": round(before.drop, 6)}
     kernels = _write(cfg, final, meta, record)
     return CalibrationReport(
         model=str(cfg.model), out=str(cfg.out), target=cfg.target, ranges=str(cfg.ranges_path),
@@ -217,7 +221,7 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
         before=before.to_dict(), after=after.to_dict(),
         ranking=[(n, round(d, 6)) for n, d in search.ranking], steps=search.steps,
         seconds=round(time.perf_counter() - started, 2),
-        integer_kernels={k: v for k, v in kernels.items() if k != "op_counts"},
+        integer_kernels={k: v for k, v in kernels.items() if k != "op_counts"}, float_head=head,
     )
 
 

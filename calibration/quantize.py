@@ -50,6 +50,10 @@ from mde.errors import ModelError
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 _BYTE_MOVES = ("DepthToSpace",)
+HEAD_OUTPUT = "Sigmoid"  # the depth head: max_depth * sigmoid(logits)
+# Ops that only gather values between the last convolutions and the head (the report decoder's
+# last ConvTranspose, rewritten for the CPU, is 4 phase Convs -> Concat -> DepthToSpace).
+_HEAD_PATH = (*_BYTE_MOVES, "Concat", "Reshape", "Transpose", "Identity")
 
 
 def _method(name: str):
@@ -234,6 +238,33 @@ def fold_byte_moves(model: onnx.ModelProto) -> int:
     return len(drop)
 
 
+def head_nodes(qdq: onnx.ModelProto, op_types: Sequence[str]) -> list[str]:
+    """The quantized nodes that compute the depth logits: the last convolutions before the Sigmoid head and
+    the gathering ops (`_HEAD_PATH`, e.g. a Concat) between them, in graph order.
+
+    Quantizing these rounds every depth to one of 256 logit levels (a posterized depth map) for
+    almost no time (each makes one output channel), so `with_float_nodes` keeps them float.
+    """
+    producers = {o: n for n in qdq.graph.node for o in n.output}
+    found: set[str] = set()
+    pending = [t for n in qdq.graph.node if n.op_type == HEAD_OUTPUT for t in n.input[:1]]
+    while pending:
+        node = producers.get(pending.pop())
+        if node is not None and node.op_type == "DequantizeLinear":  # an activation's Q/DQ pair: look behind it
+            quantize = producers.get(node.input[0])
+            node = producers.get(quantize.input[0]) if quantize is not None and quantize.op_type == "QuantizeLinear" \
+                else None
+        if node is None or node.name in found:
+            continue
+        if node.op_type in _HEAD_PATH:
+            pending.extend(node.input if node.op_type == "Concat" else node.input[:1])
+            if node.op_type in op_types:
+                found.add(node.name)
+        elif node.op_type in ("Conv", "ConvTranspose"):
+            found.add(node.name)
+    return [n.name for n in qdq.graph.node if n.name in found]
+
+
 def quantizable_nodes(qdq: onnx.ModelProto, op_types: Sequence[str]) -> list[str]:
     """Names of the nodes of `op_types` that read at least one DequantizeLinear output, in graph order."""
     dq_outputs = {o for n in qdq.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
@@ -244,13 +275,14 @@ def quantizable_nodes(qdq: onnx.ModelProto, op_types: Sequence[str]) -> list[str
 def with_float_nodes(
     qdq: onnx.ModelProto, fp32: onnx.ModelProto, nodes: Sequence[str], op_types: Sequence[str]
 ) -> onnx.ModelProto:
-    """A cheap stand-in for re-quantizing with `nodes_to_exclude=nodes`: rewire those nodes to float.
+    """`qdq` with those nodes in float: the model the fallback search measures, and the one written.
 
     Each named node reads its original float inputs again (the activation before its Q/DQ pair,
     the float weight and bias copied from `fp32`); Q/DQ on its outputs stays only where a
-    quantized node (`op_types`, not float) reads it. This is what
-    `QDQQuantizer(nodes_to_exclude=...)` produces, without re-running the quantizer, so the
-    sensitivity search costs one ONNX Runtime session per candidate.
+    quantized node (`op_types`, not float) reads it. Re-quantizing with
+    `QDQQuantizer(nodes_to_exclude=...)` is not the same: an excluded node whose input activation
+    another, quantized node also reads keeps reading the dequantized tensor, and ONNX Runtime
+    then quantizes its weights again, so a "float" node would not be float.
     """
     model = onnx.ModelProto()
     model.CopyFrom(qdq)
@@ -276,7 +308,24 @@ def with_float_nodes(
         del node.input[:]
         node.input.extend(inputs)
     _drop_orphan_output_qdq(model, wanted, op_types)
+    _prune(model)
     return model
+
+
+def _prune(model: onnx.ModelProto) -> None:
+    """Remove the Q/DQ nodes and initializers nothing reads any more (ONNX Runtime warns about each)."""
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {name for node in graph.node for name in node.input} | outputs
+        kept = [n for n in graph.node if n.op_type not in QDQ_OPS or any(o in read for o in n.output)]
+        if len(kept) == len(graph.node):
+            break
+        del graph.node[:]
+        graph.node.extend(kept)
+    unused = [init for init in graph.initializer if init.name not in read]
+    for init in unused:
+        graph.initializer.remove(init)
 
 
 def _drop_orphan_output_qdq(model: onnx.ModelProto, float_nodes: set[str], op_types: Sequence[str]) -> None:

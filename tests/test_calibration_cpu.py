@@ -34,20 +34,22 @@ def _ops(model) -> dict[str, int]:
 
 
 def test_every_convolution_runs_as_an_integer_kernel(cpu_int8, tiny_export, tmp_path):
-    """ONNX Runtime's own optimized graph: each quantized convolution became QLinearConv, none runs in float."""
+    """ONNX Runtime's own optimized graph: each quantized convolution became QLinearConv, none runs in float
+    but the depth head's (the last ConvTranspose's 4 phase Convs: one output channel each)."""
     from mde.calibration.inspect import integer_kernel_share
 
     path, report = cpu_int8
+    head_convs = [n for n in report.float_head if "/phase" in n]
+    assert len(head_convs) == 4 and len(report.float_head) == 5  # and their Concat
     optimized = tmp_path / "optimized.onnx"
     share = integer_kernel_share(path, optimized)
-    graph = onnx.load(str(optimized)).graph
-    assert not [n.name for n in graph.node if n.op_type in ("Conv", "ConvTranspose", "FusedConv")]
-    assert share["unfused"] == [] and share["float"] == 0
+    assert share["unfused"] == [] and share["float"] == len(head_convs)
     # Every Conv of the FP32 model, and each ConvTranspose as its 4 phase Convs, is an integer kernel.
     source = _ops(onnx.load(str(tiny_export / "model.onnx")))
-    assert share["integer"] == source["Conv"] + 4 * source["ConvTranspose"] == share["convolutions"]
-    assert share["share"] == 1.0
-    assert report.integer_kernels["share"] == 1.0 and report.integer_kernels["unfused"] == []
+    assert share["convolutions"] == source["Conv"] + 4 * source["ConvTranspose"]
+    assert share["integer"] == share["convolutions"] - len(head_convs)
+    assert report.integer_kernels["share"] == share["share"] == round(share["integer"] / share["convolutions"], 4)
+    assert report.integer_kernels["unfused"] == []
 
 
 def test_tensorrt_form_is_caught_running_float_convolutions(tiny_int8):
@@ -56,7 +58,7 @@ def test_tensorrt_form_is_caught_running_float_convolutions(tiny_int8):
 
     share = integer_kernel_share(tiny_int8[0])
     assert share["unfused"] and share["share"] < 1.0
-    assert len(share["unfused"]) == share["float"]
+    assert len(share["unfused"]) == share["float"] - 1  # all but the float head
 
 
 def test_fallback_nodes_are_the_only_float_convolutions(cli, tiny_export, synth_data, tmp_path):
@@ -70,16 +72,17 @@ def test_fallback_nodes_are_the_only_float_convolutions(cli, tiny_export, synth_
     report = json.loads(result.out)
     assert 1 <= len(report["float_nodes"]) <= 2
     share = integer_kernel_share(out)
+    floats = len(report["float_nodes"]) + sum("/phase" in n for n in report["float_head"])
     assert share["unfused"] == []
-    assert share["float"] == len(report["float_nodes"])
-    assert share["integer"] == share["convolutions"] - len(report["float_nodes"])
+    assert share["float"] == floats  # each one the search chose is float in the file written (not re-quantized)
+    assert share["integer"] == share["convolutions"] - floats
 
 
 def test_cpu_model_form(cpu_int8):
     """U8 activations, per-channel symmetric S8 weights, INT32 biases, no ConvTranspose, DepthToSpace on bytes."""
     from onnx import TensorProto, numpy_helper
 
-    path, _ = cpu_int8
+    path, report = cpu_int8
     model = onnx.load(str(path))
     inits = {i.name: i for i in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}
@@ -88,15 +91,20 @@ def test_cpu_model_form(cpu_int8):
     for node in model.graph.node:
         if node.op_type == "QuantizeLinear":
             assert inits[node.input[2]].data_type == TensorProto.UINT8, node.name
-        if node.op_type == "Conv":
+        if node.op_type == "Conv" and node.name not in report.float_head:
             weight, bias = producers[node.input[1]], producers[node.input[2]]
             assert inits[weight.input[0]].data_type == TensorProto.INT8
             assert not numpy_helper.to_array(inits[weight.input[2]]).any()
             assert inits[bias.input[0]].data_type == TensorProto.INT32
         if node.op_type == "DepthToSpace" and node.input[0] in producers:
-            # Inside the decoder it moves the quantized bytes; only the head's reads float.
+            # Inside the decoder it moves the quantized bytes; the head's gathers the float phase outputs,
+            # and the one before the head dequantizes for the float head convolutions it feeds.
             source = producers[node.input[0]]
-            assert source.op_type != "DequantizeLinear" or node is _last(model, "DepthToSpace")
+            readers = [n for n in model.graph.node if node.output[0] in n.input]
+            if node is _last(model, "DepthToSpace"):
+                assert source.name in report.float_head and source.op_type == "Concat"
+            elif source.op_type == "DequantizeLinear":
+                assert readers and all(n.name in report.float_head for n in readers), node.name
 
 
 def _last(model, op_type):
@@ -116,7 +124,9 @@ def test_metadata_records_the_target(cpu_int8, tiny_int8, cli):
         assert re.search(rf"^\W*target\W+{target}\W", cli("info", path).out, re.M)
     assert ModelMetadata.from_props(props, path).calibration.get("integer_kernel_share") is None
     cpu_props = {p.key: p.value for p in onnx.load(str(cpu_int8[0]), load_external_data=False).metadata_props}
-    assert json.loads(cpu_props["mde.calibration"])["integer_kernel_share"] == 1.0
+    calibration = json.loads(cpu_props["mde.calibration"])
+    assert calibration["integer_kernel_share"] == cpu_int8[1].integer_kernels["share"] < 1.0  # the head is float
+    assert calibration["float_head"] == cpu_int8[1].float_head
 
 
 @pytest.mark.slow
