@@ -245,6 +245,7 @@ def _gt_deltas(result: ArtifactResult, art: list[dict[str, float]], ref: list[di
         result.failed.append("ssim")
 
 
-def mismatch(label: str, precision: str, backend: str, reason: str) -> ArtifactResult:
-    """A failed result for an artifact that cannot be compared (preprocessing mismatch)."""
-    return ArtifactResult(label, precision, backend, failed=["preprocess"], reason=reason)
+def mismatch(label: str, precision: str, backend: str, reason: str, check: str = "preprocess") -> ArtifactResult:
+    """A failed result for an artifact that cannot be compared (`check`: preprocess, or source: another
+    checkpoint's export)."""
+    return ArtifactResult(label, precision, backend, failed=[check], reason=reason)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from mde.errors import CheckFailed, DataError, InputError, ModelError
+from mde.io import sha256_file
 from mde.runtime.backends.base import Runner, open_runner
 from mde.runtime.metadata import MM_PER_M
 from mde.runtime.parity import (
@@ -95,6 +96,20 @@ def size_mismatch(runner: Runner, reference: Runner) -> str:
             f"reference {tuple(ref.input_size)}, {ref.max_depth:g}")
 
 
+def source_mismatch(runner: Runner, reference_sha: str, reference: str) -> str:
+    """Why `runner` was not exported from the reference checkpoint (sha256 `reference_sha`), or "".
+
+    Its `mde.source` names the checkpoint it came from; comparing another checkpoint's export
+    measures the difference between two models, which loose (INT8) tolerances may call a PASS.
+    Artifacts that record no source, or a reference without one, are compared as before.
+    """
+    exported = str((runner.metadata.source or {}).get("checkpoint_sha256") or "") if runner.metadata else ""
+    if not exported or not reference_sha or exported == reference_sha:
+        return ""
+    return (f"exported from another checkpoint (sha256 {exported[:12]}…), not from {reference} "
+            f"({reference_sha[:12]}…)")
+
+
 def check_golden(
     golden: str | Path,
     artifact: str | Path,
@@ -130,6 +145,9 @@ def check_golden(
         reason = size_mismatch(runner, reference)
         if reason:
             return mismatch(label, meta.precision, runner.label, reason)
+        reason = source_mismatch(runner, str(saved.get("checkpoint_sha256", "")), Path(golden).name)
+        if reason:
+            return mismatch(label, meta.precision, runner.label, reason, check="source")
         images = saved["image"]
         ref_out, art_out = run_all([reference, runner], [images[i:i + 1] for i in range(len(images))],
                                    len(images))
@@ -163,12 +181,15 @@ def check_checkpoint(cfg: ParityConfig, tolerances: dict[str, Tolerance]
         reference = stack.enter_context(open_runner(cfg.checkpoint, "torch", device=cfg.device))
         size, max_depth = tuple(reference.metadata.input_size), reference.metadata.max_depth
         data_range = dataset_max_depth(cfg.data, max_depth)
+        checkpoint_sha = sha256_file(cfg.checkpoint)
         runners = []
         for i, path in enumerate(cfg.artifacts):
             runner = stack.enter_context(open_runner(path, cfg.backend, providers=cfg.providers))
             reason = size_mismatch(runner, reference)
-            if reason:
-                results[i] = mismatch(Path(path).name, runner.metadata.precision, runner.label, reason)
+            source = "" if reason else source_mismatch(runner, checkpoint_sha, Path(cfg.checkpoint).name)
+            if reason or source:
+                results[i] = mismatch(Path(path).name, runner.metadata.precision, runner.label, reason or source,
+                                      check="preprocess" if reason else "source")
             else:
                 runners.append((i, runner))
 

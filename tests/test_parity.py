@@ -119,6 +119,30 @@ def test_preprocessing_mismatch_is_caught(cli, tiny_checkpoint, tiny_export, syn
     assert rows["model.onnx"]["passed"]
 
 
+def test_another_checkpoints_export_fails_as_source(cli, tiny_checkpoint, tiny_export, synth_data, tmp_path):
+    """An artifact records the checkpoint it was exported from: compared with another checkpoint (or another
+    export's golden.npz) it fails by name, where loose INT8 tolerances could have passed two different models."""
+    import torch
+
+    state = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    torch.save({**state, "note": "a copy, saved again"}, tmp_path / "other.pt")  # same weights, another file
+    out_json = tmp_path / "s.json"
+    result = cli("parity", tmp_path / "other.pt", tiny_export / "model.onnx", "--data", synth_data, "--limit", 2,
+                 "--json", out_json)
+    assert result.code == 1 and "model.onnx (source)" in result.err, result.err
+    row = json.loads(out_json.read_text())["artifacts"][0]
+    assert row["failed"] == ["source"] and "exported from another checkpoint" in row["reason"]
+    assert "not from other.pt" in row["reason"]
+
+    model = onnx.load(str(tiny_export / "model.onnx"))
+    for prop in model.metadata_props:
+        if prop.key == "mde.source":
+            prop.value = json.dumps({**json.loads(prop.value), "checkpoint_sha256": "f" * 64})
+    onnx.save(model, str(tmp_path / "foreign.onnx"))
+    golden = cli("parity", "--golden", tiny_export / "golden.npz", tmp_path / "foreign.onnx")
+    assert golden.code == 1 and "foreign.onnx (source)" in golden.err, golden.err
+
+
 def test_golden_mode_without_torch(tiny_export, tiny_int8, tmp_path):
     out_json = tmp_path / "golden.json"
     code = (
