@@ -33,7 +33,7 @@ from mde.export.config import (  # noqa: F401 - ExportConfig and Artifact are th
     planned_names,
     validate,
 )
-from mde.export.golden import golden_checkpoint, golden_inputs, write_golden
+from mde.export.golden import GoldenInputs, golden_checkpoint, golden_inputs, write_golden
 from mde.io import UNWRITABLE, no_empty_new_folder
 from mde.runtime.metadata import read_props, sidecar_path
 
@@ -153,30 +153,24 @@ def _metadata(
     )
 
 
-def _check(
-    path: Path,
-    precision: str,
-    image: np.ndarray,
-    reference: np.ndarray,
-    depth_range: float,
-    started: float,
-) -> Artifact:
+def _check(path: Path, precision: str, ctx: _Context, started: float) -> Artifact:
     """Graph checks + ONNX Runtime CPU vs PyTorch; `CheckFailed` (nothing renamed) when out of tolerance."""
     from mde.export.onnx_export import EXPECTED_OPS, check_graph, run_onnxruntime
 
     allowed = EXPECTED_OPS if precision == "fp32" else None
     check_graph(path, allowed, shown=ARTIFACT_NAMES[precision])
-    output = run_onnxruntime(path, image)
-    return _within_tolerance(path, precision, output, reference, depth_range, started, "ONNX Runtime output",
-                             ARTIFACT_NAMES[precision])
+    output = run_onnxruntime(path, ctx.image)
+    return _within_tolerance(path, precision, output, ctx, started, "ONNX Runtime output", ARTIFACT_NAMES[precision])
 
 
-def _within_tolerance(path: Path, precision: str, output: np.ndarray, reference: np.ndarray, depth_range: float,
-                      started: float, what: str, shown: str) -> Artifact:
-    """The `Artifact` for `path` when `output` matches PyTorch's `reference` within the parity tolerance.
+def _within_tolerance(path: Path, precision: str, output: np.ndarray, ctx: _Context, started: float, what: str,
+                      shown: str) -> Artifact:
+    """The `Artifact` for `path` when `output` (of the first golden images) matches PyTorch's within the parity
+    tolerance.
 
-    The comparison and the table are parity's own (`mde.runtime.parity`); without ground truth
-    only the tensor statistic p99 |diff| / depth range gates, as in golden mode.
+    The comparison and the table are parity's own (`mde.runtime.parity`): with golden inputs from a
+    dataset (`--golden-data`) dRMSE and dSSIM against its ground truth gate too, as in `mde parity`;
+    with noise inputs only the tensor statistic p99 |diff| / depth range does, as in golden mode.
 
     Raises:
         CheckFailed: out of tolerance (nothing is renamed into place).
@@ -184,15 +178,21 @@ def _within_tolerance(path: Path, precision: str, output: np.ndarray, reference:
     from mde.runtime.parity import DEFAULT_TOLERANCES, compare
 
     tolerance = DEFAULT_TOLERANCES[precision]
-    result = compare(list(reference), list(output), None, tolerance=tolerance, max_depth=depth_range,
-                     data_range=depth_range, label=shown, precision=precision)
+    count = len(output)
+    gts = ctx.golden.gts[:count] or None
+    result = compare(list(ctx.reference[:count]), list(output), gts, tolerance=tolerance, max_depth=ctx.depth_range,
+                     data_range=ctx.golden.data_range or ctx.depth_range, label=shown, precision=precision)
     if not result.passed:
-        raise CheckFailed(
-            f"{precision} {what} differs from PyTorch: p99 |diff| / depth range = "
-            f"{result.p99_over_range:.3g} > {tolerance.p99_over_range:g} (max |diff| {result.max_abs_diff:.4g} m); "
-            "no artifact written",
-            shown,
-        )
+        why = []
+        if "p99" in result.failed or "nan" in result.failed:
+            why.append(f"p99 |diff| / depth range = {result.p99_over_range:.3g} > {tolerance.p99_over_range:g} "
+                       f"(max |diff| {result.max_abs_diff:.4g} m)")
+        if "rmse" in result.failed:
+            why.append(f"|dRMSE| against the ground truth = {abs(result.d_rmse):.3g} m > "
+                       f"{tolerance.rmse_limit(result.rmse - result.d_rmse):.3g} m")
+        if "ssim" in result.failed:
+            why.append(f"|dSSIM| = {abs(result.d_ssim):.3g} > {tolerance.ssim_abs:g}")
+        raise CheckFailed(f"{precision} {what} differs from PyTorch: {'; '.join(why)}; no artifact written", shown)
     return Artifact(
         path=path,
         precision=precision,
@@ -213,9 +213,7 @@ def export_fp32_onnx(ctx: _Context, dst: Path) -> Artifact:
     started = time.perf_counter()
     shutil.copyfile(ctx.base_onnx, dst)
     set_metadata(dst, ctx.metadata("fp32"))
-    return _check(
-        dst, "fp32", ctx.image, ctx.reference, ctx.depth_range, started - ctx.base_seconds
-    )
+    return _check(dst, "fp32", ctx, started - ctx.base_seconds)
 
 
 def export_fp16_onnx(ctx: _Context, dst: Path) -> Artifact:
@@ -226,7 +224,7 @@ def export_fp16_onnx(ctx: _Context, dst: Path) -> Artifact:
     started = time.perf_counter()
     convert_fp16(ctx.base_onnx, dst)
     set_metadata(dst, ctx.metadata("fp16"))
-    return _check(dst, "fp16", ctx.image, ctx.reference, ctx.depth_range, started)
+    return _check(dst, "fp16", ctx, started)
 
 
 def export_int8_onnx(ctx: _Context, dst: Path) -> Artifact:
@@ -239,7 +237,7 @@ def export_int8_onnx(ctx: _Context, dst: Path) -> Artifact:
     shutil.copyfile(ctx.base_onnx, fp32)
     set_metadata(fp32, ctx.metadata("fp32"))
     calibrate(calibration_config(ctx.cfg, fp32, dst))
-    return _check(dst, "int8", ctx.image, ctx.reference, ctx.depth_range, started)
+    return _check(dst, "int8", ctx, started)
 
 
 def export_engine(ctx: _Context, onnx_path: Path, dst: Path, precision: str) -> Artifact:
@@ -265,8 +263,8 @@ def export_engine(ctx: _Context, onnx_path: Path, dst: Path, precision: str) -> 
         ),
     )
     batch = ctx.image[: cfg.max_batch]
-    return _within_tolerance(dst, precision, run_engine(dst, batch), ctx.reference[: cfg.max_batch],
-                             ctx.depth_range, started, "TensorRT engine output", ENGINE_NAME)
+    return _within_tolerance(dst, precision, run_engine(dst, batch), ctx, started, "TensorRT engine output",
+                             ENGINE_NAME)
 
 
 EXPORTERS: dict[str, Callable[[_Context, Path], Artifact]] = {
@@ -300,6 +298,7 @@ class _Context:
     depth_range: float
     input_size: tuple[int, int]
     metadata: Callable[[str], Any]
+    golden: GoldenInputs  # the inputs `image` came from, with their ground truth when from a dataset
 
 
 def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:
@@ -346,6 +345,7 @@ def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:
                 depth_range=float(model.args.max_depth),
                 input_size=size,
                 metadata=lambda p: _metadata(cfg, state, model, checkpoint_sha, p),
+                golden=golden,
             )
             staged: list[Artifact] = []
             for precision in cfg.precisions:

@@ -174,6 +174,19 @@ def test_dynamic_size_and_force(tmp_path, tiny_checkpoint):
         assert est.predict(np.full((70, 100, 3), 100, np.uint8)).shape == (70, 100)  # run at 64x96
 
 
+def test_with_golden_data_the_self_check_gates_rmse_as_parity_does(tmp_path, tiny_checkpoint, synth_data,
+                                                                   monkeypatch, cli):
+    """Golden inputs from a dataset carry ground truth: export gates dRMSE / dSSIM like `mde parity`, so it
+    cannot write an artifact parity then fails (an FP16 model of 300 m range did); noise inputs gate p99 only."""
+    from mde.runtime.parity import Tolerance
+
+    monkeypatch.setitem(DEFAULT_TOLERANCES, "fp32", Tolerance(rmse_abs=0.0, ssim_abs=1.0, p99_over_range=1.0))
+    result = cli("export", tiny_checkpoint, "--out", tmp_path / "gt", "--golden-data", synth_data)
+    assert result.code == 1 and "|dRMSE| against the ground truth" in result.err, result.err
+    assert not (tmp_path / "gt").exists()
+    assert cli("export", tiny_checkpoint, "--out", tmp_path / "noise").code == 0
+
+
 def test_failed_check_leaves_nothing(tmp_path, tiny_checkpoint, monkeypatch, cli):
     """An out-of-tolerance artifact: exit 1, and no artifact, temp file or empty output folder is left."""
     from mde.runtime.parity import Tolerance
