@@ -208,7 +208,8 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
             final = qz.with_float_nodes(qdq, pre, search.float_nodes, cfg.op_types)
             after = evaluator.measure(final)
     record = {"images": len(calib_idx), "holdout_images": len(hold_idx), "float_nodes": search.float_nodes,
-              "float_head": head, "ssim_drop": round(after.drop, 6), "ssim_drop_all_int8": round(before.drop, 6)}
+              "float_head": head, "ssim_drop": round(after.drop, 6),
+              "ssim_drop_all_int8": round(before.drop, 6)}  # every layer INT8 but the head's
     kernels = _write(cfg, final, meta, record)
     return CalibrationReport(
         model=str(cfg.model), out=str(cfg.out), target=cfg.target, ranges=str(cfg.ranges_path),

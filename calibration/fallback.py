@@ -1,8 +1,9 @@
 """Accuracy-driven float fallback: measure INT8 against FP32 on held-out images, rank nodes by sensitivity.
 
 The accuracy measure ("drop") is `1 - mean SSIM(INT8 prediction, FP32 prediction)` over the
-held-out images at the model's resolution, with SSIM's data range = the model's max depth
-(its outputs lie in [0, max_depth]). It needs no ground truth, is 0 for a perfect INT8 model,
+held-out images at the model's resolution, with SSIM's data range = the dataset's max depth
+(as parity scores SSIM; a model's range far beyond its scenes would make every error look
+small). It needs no ground truth, is 0 for a perfect INT8 model,
 and grows with quantization error, so it ranks nodes reliably even for an untrained model;
 RMSE/SSIM against ground truth are reported beside it.
 
@@ -64,16 +65,16 @@ class Evaluator:
         inputs: preprocessed held-out images, N x 3 x h x w float32.
         gts: their ground-truth depth maps (H x W metres, 0 = invalid).
         max_depth: the model's max depth, the postprocess clip.
-        data_range: SSIM's data range, the dataset's max depth (default: `max_depth`). The drop is
+        data_range: SSIM's data range, the dataset's max depth. The drop is
             1 - SSIM against FP32: with a model's range far beyond the scenes' (300 m for 20 m scenes)
             SSIM's constants would swamp any error.
         input_name: the model's input name.
     """
 
     def __init__(self, fp32: onnx.ModelProto | bytes, inputs: np.ndarray, gts: Sequence[np.ndarray],
-                 max_depth: float, input_name: str = "image", data_range: float | None = None):
+                 max_depth: float, data_range: float, input_name: str = "image"):
         self.inputs, self.gts, self.max_depth, self.input_name = inputs, list(gts), max_depth, input_name
-        self.data_range = max_depth if data_range is None else data_range
+        self.data_range = data_range
         self.reference = self.run(fp32)
         self.fp32 = self._gt_metrics(self.reference)
 

@@ -134,7 +134,7 @@ class _Steps:
 
 
 def _metadata(
-    cfg: ExportConfig, state: dict[str, Any], model: Any, checkpoint_sha: str, precision: str
+    cfg: ExportConfig, state: dict[str, Any], model: Any, checkpoint_sha: str, weights_sha: str, precision: str
 ) -> Any:
     from mde.train.runner import checkpoint_metadata
 
@@ -146,6 +146,7 @@ def _metadata(
         source={
             "checkpoint": Path(cfg.checkpoint).name,
             "checkpoint_sha256": checkpoint_sha,
+            "weights_sha256": weights_sha,
             "epoch": state.get("epoch"),
             "config": state.get("config") or {},
             "opset": cfg.opset,
@@ -321,9 +322,10 @@ def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:
         import torch
 
         from mde.export.onnx_export import export_fp32
-        from mde.train.checkpoint import load_model
+        from mde.train.checkpoint import load_model, weights_sha256
 
         model, state = load_model(checkpoint, "cpu")
+        weights_sha = weights_sha256(state)
         size = (model.args.image_size, model.args.image_size)
         golden = golden_inputs(cfg.golden_data, size, cfg.golden_images, cfg.golden_seed,
                                depth_scale=cfg.depth_scale, model_range=float(model.args.max_depth))
@@ -344,7 +346,7 @@ def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:
                 reference=reference,
                 depth_range=float(model.args.max_depth),
                 input_size=size,
-                metadata=lambda p: _metadata(cfg, state, model, checkpoint_sha, p),
+                metadata=lambda p: _metadata(cfg, state, model, checkpoint_sha, weights_sha, p),
                 golden=golden,
             )
             staged: list[Artifact] = []
@@ -357,7 +359,7 @@ def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:
                 staged.append(export_engine(ctx, staged[0].path, stage / ENGINE_NAME, precision))
 
             progress.step("writing artifacts")
-            write_golden(stage / GOLDEN_NAME, golden, reference, ctx.depth_range, checkpoint_sha,
+            write_golden(stage / GOLDEN_NAME, golden, reference, ctx.depth_range, checkpoint_sha, weights_sha,
                          {"backbone": model.args.backbone, "decoder": model.args.decoder})
             artifacts = _publish(staged, out)  # renames only from here on: a full disk cannot split them
             os.replace(stage / GOLDEN_NAME, out / GOLDEN_NAME)

@@ -65,6 +65,7 @@ def write_golden(
     reference: np.ndarray,
     depth_range: float,
     checkpoint_sha: str,
+    weights_sha: str,
     model: dict[str, str],
 ) -> None:
     """`golden.npz`, atomically: inputs `image`, PyTorch outputs `depth`, the tolerance table (JSON),
@@ -83,7 +84,7 @@ def write_golden(
            for precision, row in DEFAULT_TOLERANCES.items()},
     }
     meta = {"inputs": inputs.source, "ground_truth": bool(inputs.gts), "max_depth": depth_range,
-            "data_range": inputs.data_range or depth_range, "model": model}
+            "data_range": inputs.data_range or depth_range, "model": model, "weights_sha256": weights_sha}
     extra = {f"gt_{i}": gt for i, gt in enumerate(inputs.gts)}
     extra.update({f"mask_{i}": m for i, m in enumerate(inputs.masks) if m is not None})
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:

@@ -90,7 +90,12 @@ class DepthEstimator:
             runner_opts["providers"] = providers
         if threads:
             runner_opts["threads"] = threads
-        return cls(open_runner(path, backend, **runner_opts), **est_opts)
+        runner = open_runner(path, backend, **runner_opts)
+        try:
+            return cls(runner, **est_opts)
+        except BaseException:  # a refused option: do not leave the session (or a GPU context) behind
+            runner.deactivate()
+            raise
 
     # -- properties ---------------------------------------------------------------
     @property
@@ -121,15 +126,16 @@ class DepthEstimator:
                 not multiples of 32 on a dynamic-size model.
         """
         batch = np.asarray(batch)
+        model = self.runner.path
         if not np.issubdtype(batch.dtype, np.floating):
-            raise InputError(f"expected a float32 batch, got {batch.dtype}")
+            raise InputError(f"expected a float32 batch, got {batch.dtype}", model)
         if batch.size:
             lo, hi = float(batch.min()), float(batch.max())  # NaN propagates into both
             if not (math.isfinite(lo) and math.isfinite(hi)):
-                raise InputError("input batch has NaN or infinite values")
+                raise InputError("input batch has NaN or infinite values", model)
             if lo < -INPUT_SLACK or hi > 1 + INPUT_SLACK:
                 raise InputError(f"input batch values run from {lo:.4g} to {hi:.4g}; expected pixels in [0, 1] "
-                                 f"(ImageNet normalization is inside the model; predict() takes images)")
+                                 f"(ImageNet normalization is inside the model; predict() takes images)", model)
         if batch.dtype != self.input_dtype:
             batch = batch.astype(self.input_dtype)
         depth = self.runner.infer({self.input_name: batch})[self.output_name]

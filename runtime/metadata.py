@@ -116,6 +116,9 @@ class ModelMetadata:
             precision = values["mde.precision"]
             if precision not in PRECISIONS:
                 raise ValueError(f"unknown precision {precision!r}")
+            for key in ("mde.source", "mde.metrics"):
+                if not isinstance(values.get(key, {}), dict):
+                    raise ValueError(f"{key} must be a JSON object, got {type(values[key]).__name__}")
             return cls(
                 input_size=_input_size(pre["input_size"]),
                 max_depth=_max_depth(out["max_depth"]),

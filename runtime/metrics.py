@@ -107,10 +107,12 @@ def ssim(pred: np.ndarray, gt: np.ndarray, data_range: float, mask: np.ndarray |
 
 
 def _as_map(array: np.ndarray) -> np.ndarray:
-    """An H x W map from H x W, 1 x H x W or 1 x 1 x H x W (a 1 x W image stays 1 x W)."""
+    """An H x W map from H x W, H x W x 1, 1 x H x W or 1 x 1 x H x W (a 1 x W image stays 1 x W)."""
     array = np.asarray(array)
     while array.ndim > 2 and array.shape[0] == 1:
         array = array[0]
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
     return array
 
 

@@ -96,18 +96,25 @@ def size_mismatch(runner: Runner, reference: Runner) -> str:
             f"reference {tuple(ref.input_size)}, {ref.max_depth:g}")
 
 
-def source_mismatch(runner: Runner, reference_sha: str, reference: str) -> str:
-    """Why `runner` was not exported from the reference checkpoint (sha256 `reference_sha`), or "".
+SOURCE_KEYS = ("weights_sha256", "checkpoint_sha256")  # the model's weights first; the file where no more is known
 
-    Its `mde.source` names the checkpoint it came from; comparing another checkpoint's export
-    measures the difference between two models, which loose (INT8) tolerances may call a PASS.
-    Artifacts that record no source, or a reference without one, are compared as before.
+
+def source_mismatch(runner: Runner, reference: dict[str, str], name: str) -> str:
+    """Why `runner` was not exported from the reference model, or "".
+
+    Its `mde.source` records the checkpoint it came from: the SHA-256 of the model's weights
+    (`train.checkpoint.weights_sha256`: best.pt and last.pt of one epoch agree) and of the file.
+    Comparing another model's export measures the difference between two models, which loose
+    (INT8) tolerances may call a PASS. Where either side records neither, it is compared as before.
     """
-    exported = str((runner.metadata.source or {}).get("checkpoint_sha256") or "") if runner.metadata else ""
-    if not exported or not reference_sha or exported == reference_sha:
-        return ""
-    return (f"exported from another checkpoint (sha256 {exported[:12]}…), not from {reference} "
-            f"({reference_sha[:12]}…)")
+    source = runner.metadata.source if runner.metadata is not None else {}
+    for key in SOURCE_KEYS:
+        exported, expected = str(source.get(key) or ""), str(reference.get(key) or "")
+        if exported and expected:
+            return "" if exported == expected else (
+                f"exported from another model ({key.split('_')[0]} sha256 {exported[:12]}…), not from {name} "
+                f"({expected[:12]}…)")
+    return ""
 
 
 def check_golden(
@@ -145,7 +152,9 @@ def check_golden(
         reason = size_mismatch(runner, reference)
         if reason:
             return mismatch(label, meta.precision, runner.label, reason)
-        reason = source_mismatch(runner, str(saved.get("checkpoint_sha256", "")), Path(golden).name)
+        reason = source_mismatch(runner, {"checkpoint_sha256": str(saved.get("checkpoint_sha256", "")),
+                                          "weights_sha256": str(saved["meta"].get("weights_sha256", ""))},
+                                 Path(golden).name)
         if reason:
             return mismatch(label, meta.precision, runner.label, reason, check="source")
         images = saved["image"]
@@ -168,6 +177,7 @@ def check_checkpoint(cfg: ParityConfig, tolerances: dict[str, Tolerance]
     """
     from mde.data.readers import dataset_max_depth, open_dataset
     from mde.runtime.preprocess import preprocess
+    from mde.train.checkpoint import load_checkpoint, weights_sha256
 
     dataset = open_dataset(cfg.data, split=cfg.split, depth_scale=cfg.depth_scale)
     count = len(dataset) if cfg.limit == 0 else min(cfg.limit, len(dataset))
@@ -181,12 +191,13 @@ def check_checkpoint(cfg: ParityConfig, tolerances: dict[str, Tolerance]
         reference = stack.enter_context(open_runner(cfg.checkpoint, "torch", device=cfg.device))
         size, max_depth = tuple(reference.metadata.input_size), reference.metadata.max_depth
         data_range = dataset_max_depth(cfg.data, max_depth)
-        checkpoint_sha = sha256_file(cfg.checkpoint)
+        reference_source = {"checkpoint_sha256": sha256_file(cfg.checkpoint),
+                            "weights_sha256": weights_sha256(load_checkpoint(cfg.checkpoint))}
         runners = []
         for i, path in enumerate(cfg.artifacts):
             runner = stack.enter_context(open_runner(path, cfg.backend, providers=cfg.providers))
             reason = size_mismatch(runner, reference)
-            source = "" if reason else source_mismatch(runner, checkpoint_sha, Path(cfg.checkpoint).name)
+            source = "" if reason else source_mismatch(runner, reference_source, Path(cfg.checkpoint).name)
             if reason or source:
                 results[i] = mismatch(Path(path).name, runner.metadata.precision, runner.label, reason or source,
                                       check="preprocess" if reason else "source")

@@ -369,3 +369,27 @@ def test_the_drop_is_measured_on_the_datasets_depth_range(tiny_int8, tiny_export
     scene = Evaluator(fp32, inputs, [s.depth for s in samples], max_depth=20.0, data_range=20.0).measure(int8)
     wide = Evaluator(fp32, inputs, [s.depth for s in samples], max_depth=20.0, data_range=300.0).measure(int8)
     assert scene.drop > 5 * wide.drop > 0
+
+
+def test_calibrate_measures_the_drop_at_the_datasets_range(tiny_export, synth_data, tmp_path, monkeypatch):
+    """The wiring: calibrate hands the dataset's max depth (meta.json), not the model's, to the evaluator."""
+    import shutil
+
+    from mde.calibration import fallback
+    from mde.calibration.calibrate import CalibrationConfig, calibrate
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    meta = json.loads((data / "meta.json").read_text())
+    (data / "meta.json").write_text(json.dumps({**meta, "max_depth": 12.0}))
+    seen = {}
+
+    class Recording(fallback.Evaluator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.update(max_depth=self.max_depth, data_range=self.data_range)
+
+    monkeypatch.setattr(fallback, "Evaluator", Recording)
+    calibrate(CalibrationConfig(model=tiny_export / "model.onnx", data=data, out=tmp_path / "m.int8.onnx",
+                                num_images=12, holdout_images=6, allow_few=True, max_float_nodes=0, progress=False))
+    assert seen == {"max_depth": 20.0, "data_range": 12.0}

@@ -33,8 +33,8 @@ def test_without_a_terminal_progress_is_plain_and_lines_are_not_wrapped(capsys):
     assert err == ["predict: 3/3 (100%) 00:00", long_message]
 
 
-def test_with_stderr_closed_errors_and_progress_stay_off_stdout(tmp_path):
-    """`mde ... 2>&-` (Python sees sys.stderr as None): the error line and progress go nowhere,
+def test_with_stderr_closed_error_lines_stay_off_stdout(tmp_path):
+    """`mde ... 2>&-` (Python sees sys.stderr as None): the error line goes nowhere,
     not into stdout, where a caller reads JSON or depth data; the exit code still says what happened."""
     import subprocess
     import sys

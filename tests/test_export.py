@@ -356,9 +356,10 @@ def test_metrics_and_source_in_metadata(tiny_checkpoint):
     model, state = load_model(tiny_checkpoint)
     state = dict(state, metrics={"rmse": 1.25, "ssim": 0.5, "loss": 9.0}, epoch=7)
     cfg = ExportConfig(checkpoint=tiny_checkpoint, out=Path("unused"))
-    meta = ModelMetadata.from_props(_metadata(cfg, state, model, "abc", "fp16").to_props())
+    meta = ModelMetadata.from_props(_metadata(cfg, state, model, "abc", "def", "fp16").to_props())
     assert meta.metrics == {"rmse": 1.25, "ssim": 0.5}
     assert meta.source["epoch"] == 7 and meta.source["checkpoint_sha256"] == "abc"
+    assert meta.source["weights_sha256"] == "def"
     assert meta.source["config"]["backbone"] == "resnet18"
     assert meta.precision == "fp16"
 

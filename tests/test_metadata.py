@@ -40,3 +40,11 @@ def test_preprocessing_the_runtime_does_not_implement_is_refused(key, value):
     assert key in PREPROCESS
     with pytest.raises(ModelError, match=f"model.onnx: preprocessing .*{key}.* is not what this runtime implements"):
         ModelMetadata.from_props(_props(**{key: value}), "model.onnx")
+
+
+@pytest.mark.parametrize("key", ["mde.source", "mde.metrics"])
+def test_source_and_metrics_must_be_objects(key):
+    """Parity reads `mde.source` for the checkpoint an artifact came from: a list there was an AttributeError."""
+    props = {**_props(), key: json.dumps(["not", "an", "object"])}
+    with pytest.raises(ModelError, match=f"model.onnx: malformed mde metadata .*{key} must be a JSON object"):
+        ModelMetadata.from_props(props, "model.onnx")

@@ -119,25 +119,32 @@ def test_preprocessing_mismatch_is_caught(cli, tiny_checkpoint, tiny_export, syn
     assert rows["model.onnx"]["passed"]
 
 
-def test_another_checkpoints_export_fails_as_source(cli, tiny_checkpoint, tiny_export, synth_data, tmp_path):
-    """An artifact records the checkpoint it was exported from: compared with another checkpoint (or another
-    export's golden.npz) it fails by name, where loose INT8 tolerances could have passed two different models."""
+def test_another_models_export_fails_as_source(cli, tiny_checkpoint, tiny_export, synth_data, tmp_path):
+    """An artifact records the model it was exported from: compared with another model (or another export's
+    golden.npz) it fails by name, where loose INT8 tolerances could have passed two different models. The
+    same weights in another file (best.pt and last.pt of one epoch) are the same model."""
     import torch
 
     state = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
-    torch.save({**state, "note": "a copy, saved again"}, tmp_path / "other.pt")  # same weights, another file
+    torch.save({**state, "note": "a copy, saved again"}, tmp_path / "same.pt")
+    assert cli("parity", tmp_path / "same.pt", tiny_export / "model.onnx", "--data", synth_data,
+               "--limit", 2).code == 0
+    weights = dict(state["model"])
+    name = next(k for k in weights if k.endswith("bias"))
+    weights[name] = weights[name] + 1e-4  # within fp32 tolerance: only the source check can tell
+    torch.save({**state, "model": weights}, tmp_path / "other.pt")
     out_json = tmp_path / "s.json"
     result = cli("parity", tmp_path / "other.pt", tiny_export / "model.onnx", "--data", synth_data, "--limit", 2,
                  "--json", out_json)
     assert result.code == 1 and "model.onnx (source)" in result.err, result.err
     row = json.loads(out_json.read_text())["artifacts"][0]
-    assert row["failed"] == ["source"] and "exported from another checkpoint" in row["reason"]
+    assert row["failed"] == ["source"] and "exported from another model (weights sha256" in row["reason"]
     assert "not from other.pt" in row["reason"]
 
     model = onnx.load(str(tiny_export / "model.onnx"))
     for prop in model.metadata_props:
         if prop.key == "mde.source":
-            prop.value = json.dumps({**json.loads(prop.value), "checkpoint_sha256": "f" * 64})
+            prop.value = json.dumps({**json.loads(prop.value), "weights_sha256": "f" * 64})
     onnx.save(model, str(tmp_path / "foreign.onnx"))
     golden = cli("parity", "--golden", tiny_export / "golden.npz", tmp_path / "foreign.onnx")
     assert golden.code == 1 and "foreign.onnx (source)" in golden.err, golden.err

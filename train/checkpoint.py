@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
 import shutil
 import struct
@@ -64,6 +66,19 @@ def save_untrained(path: str | Path, args: ModelArgs, images: np.ndarray | None 
     save_checkpoint(path, {"model_args": asdict(args), "config": config or {}, "epoch": 0, "metrics": {},
                            "model": {k: v.cpu() for k, v in model.state_dict().items()}})
     return model
+
+
+def weights_sha256(state: dict[str, Any]) -> str:
+    """SHA-256 of the model a checkpoint holds: its arguments and every weight, in order.
+
+    `best.pt` and `last.pt` of one epoch differ as files (`last.pt` adds the optimizer) but hold
+    the same model; parity compares artifacts to checkpoints by this.
+    """
+    digest = hashlib.sha256(json.dumps(state.get("model_args", {}), sort_keys=True).encode())
+    for name, tensor in state.get("model", {}).items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from mde.errors import InputError
@@ -152,6 +153,12 @@ class TrainConfig:
         return cls(**merged)
 
 
+def resume_folder(out: str, resume: str) -> str:
+    """Where a resumed run writes: `out` when given, else the folder its checkpoint is in (wherever the run
+    folder is now, not where the saved config says it was)."""
+    return out or str(Path(resume).parent)
+
+
 def merge_resume(cli: TrainConfig, saved: TrainConfig, given: Collection[str] = ()) -> TrainConfig:
     """The config of a resumed run: the checkpoint's, with the few options a resume may change.
 
@@ -175,6 +182,7 @@ def merge_resume(cli: TrainConfig, saved: TrainConfig, given: Collection[str] = 
     # an override applies when the user set it: a plain `--resume RUN/last.pt` continues the
     # saved run to its own number of epochs
     changed = {k: getattr(cli, k) for k in RESUME_OVERRIDES if k == "resume" or is_set(k)}  # no --data: the saved
+    changed.setdefault("out", resume_folder(cli.out, cli.resume))
     return TrainConfig.from_dict({**saved.to_dict(), **changed})
 
 

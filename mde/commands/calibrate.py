@@ -66,7 +66,9 @@ def _print(report) -> None:
     for col in ("model", "float nodes", "1-SSIM vs FP32", "RMSE vs FP32 (m)", "RMSE vs GT (m)", "SSIM vs GT"):
         table.add_column(col)
     table.add_row("FP32", "-", "0", "0", f"{report.fp32['rmse']:.4f}", f"{report.fp32['ssim']:.4f}")
-    for label, m, n in (("INT8 (all)", report.before, 0), ("INT8 (written)", report.after, len(report.float_nodes))):
+    head = len(report.float_head)
+    for label, m, n in (("INT8 (all but the head)", report.before, head),
+                        ("INT8 (written)", report.after, head + len(report.float_nodes))):
         table.add_row(label, str(n), f"{m['drop']:.2e}", f"{m['rmse_vs_fp32']:.4f}",
                       f"{m['rmse']:.4f}", f"{m['ssim']:.4f}")
     console = Console(width=120)

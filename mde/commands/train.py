@@ -12,7 +12,15 @@ import typer
 from mde.commands.options import depth_scale_option
 from mde.errors import InputError
 from mde.io import claim_output, json_text
-from mde.train.config import BACKBONE_CHOICES, CYCLE_MODES, DECODER_CHOICES, LOSS_CHOICES, SCHEDULES, TrainConfig
+from mde.train.config import (
+    BACKBONE_CHOICES,
+    CYCLE_MODES,
+    DECODER_CHOICES,
+    LOSS_CHOICES,
+    SCHEDULES,
+    TrainConfig,
+    resume_folder,
+)
 
 D = TrainConfig()
 USER_SOURCES = ("COMMANDLINE", "ENVIRONMENT", "PROMPT")  # click's ParameterSource names; not DEFAULT(_MAP)
@@ -96,15 +104,14 @@ def train_command(
         for name in ("data", "out"):
             if not values[name]:
                 raise InputError(f"missing option '--{name}' (only --resume may leave it out)")
-    elif not out:  # continue in the checkpoint's folder, wherever the run folder now is
-        out = values["out"] = str(Path(resume).parent)
     cfg = TrainConfig(**values)
     if not resume:
         cfg.validate()  # before importing torch: bad flags fail fast
     from mde.train.trainer import train
 
     rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 holds the run folder for all
-    with claim_output(out) if out and rank0 else contextlib.nullcontext():
+    run_folder = resume_folder(out, resume) if resume else out
+    with claim_output(run_folder) if rank0 else contextlib.nullcontext():
         result = train(cfg, given=given_options(ctx, values))
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 reports
