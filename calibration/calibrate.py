@@ -175,7 +175,7 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
     """
     import onnx
 
-    from mde.calibration import fallback
+    from mde.calibration import fallback, float_layers
     from mde.calibration import quantize as qz
     from mde.data.readers import dataset_max_depth
 
@@ -198,14 +198,14 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
         evaluator = fallback.Evaluator(source.SerializeToString(), inputs, [s.depth for s in holdout],
                                        meta.max_depth, data_range=dataset_max_depth(cfg.data, meta.max_depth))
         qdq = qz.quantize(pre, ranges, cfg.method, cfg.spec)
-        head = qz.head_nodes(qdq, cfg.op_types)
-        qdq = qz.with_float_nodes(qdq, pre, head, cfg.op_types)  # the depth head is never quantized
+        head = float_layers.head_nodes(qdq, cfg.op_types)
+        qdq = float_layers.with_float_nodes(qdq, pre, head, cfg.op_types)  # the depth head is never quantized
         before = evaluator.measure(qdq)
         candidates = qz.quantizable_nodes(qdq, cfg.fallback_op_types)
         search = _fallback_search(cfg, pre, qdq, candidates, evaluator, before.drop, progress)
         final, after = qdq, before
         if search.float_nodes:  # the very graph the search measured
-            final = qz.with_float_nodes(qdq, pre, search.float_nodes, cfg.op_types)
+            final = float_layers.with_float_nodes(qdq, pre, search.float_nodes, cfg.op_types)
             after = evaluator.measure(final)
     record = {"images": len(calib_idx), "holdout_images": len(hold_idx), "float_nodes": search.float_nodes,
               "float_head": head, "ssim_drop": round(after.drop, 6),
@@ -265,15 +265,14 @@ def _ranges(cfg: CalibrationConfig, pre_path: Path, dataset: Any, calib_idx: lis
 def _fallback_search(cfg: CalibrationConfig, pre: Any, qdq: Any, candidates: list[str], evaluator: Any,
                      drop: float, progress: Any) -> Any:
     """Which layers to keep in float: none when the all-INT8 `drop` meets the target, else the sensitivity search."""
-    from mde.calibration import fallback
-    from mde.calibration import quantize as qz
+    from mde.calibration import fallback, float_layers
 
     if not (drop > cfg.target_ssim_drop and cfg.max_float_nodes > 0 and candidates):
         return fallback.SearchResult(steps=[(0, drop)])
     task = progress.add_task("sensitivity", total=len(candidates), info="") if progress else None
 
     def build(nodes: list[str]) -> Any:
-        return qz.with_float_nodes(qdq, pre, nodes, cfg.op_types)
+        return float_layers.with_float_nodes(qdq, pre, nodes, cfg.op_types)
 
     ranking = fallback.rank_nodes(
         build, candidates, evaluator,

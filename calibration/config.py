@@ -47,7 +47,7 @@ TARGETS: dict[str, Target] = {
     # Ops whose inputs get Q/DQ: the weighted layers TensorRT runs in INT8, the residual Add
     # and pooling (so TensorRT can fuse them). The ImageNet normalization (Sub/Div) is not among
     # them, and the depth head (its last convolutions, Sigmoid, Mul by max_depth) is put back in
-    # float after quantizing (`quantize.head_nodes`): quantized logits would give at most 256
+    # float after quantizing (`float_layers.head_nodes`): quantized logits would give at most 256
     # depths per map, for no speed gain (those convolutions make one output channel).
     "tensorrt": Target("tensorrt", ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool"),
                        activation_type="int8", quantize_bias=False, keep_relu=True, phase_convs=False),

@@ -8,7 +8,7 @@ and grows with quantization error, so it ranks nodes reliably even for an untrai
 RMSE/SSIM against ground truth are reported beside it.
 
 Sensitivity: for each quantized weighted node, the node alone is put back in float (its
-inputs rewired to the float tensors, see `quantize.with_float_nodes`) and the drop is
+inputs rewired to the float tensors, see `float_layers.with_float_nodes`) and the drop is
 re-measured; the nodes whose float version lowers the drop most are the most sensitive.
 Greedy search then keeps the top-ranked nodes float one at a time, re-checking the drop,
 until it meets the target or `max_float_nodes` is reached. Cost: one ONNX Runtime session

@@ -24,7 +24,7 @@ latency / FP32 latency over two runs, report decoder | skip decoder):
   QOperator quantizer leaves it float), and the report decoder's five transposed convolutions
   are 38 % of FP32 time; left float they cap the ratio at 0.63-0.67.
 - QDQ, not QOperator: the same kernels after ORT's fusion (0.38-0.43 | 0.41-0.53, within the noise of
-  the shared machine), while QDQ keeps the sensitivity fallback (`with_float_nodes`) and the
+  the shared machine), while QDQ keeps the sensitivity fallback (`float_layers`) and the
   DepthToSpace fold working. Per-tensor weights: no faster (0.42-0.47 | 0.49-0.58), so
   per-channel stays (the usual safeguard for BatchNorm-folded weights, whose channel
   ranges differ widely; on the benchmark's random weights both were as accurate).
@@ -50,10 +50,6 @@ from mde.errors import ModelError
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 _BYTE_MOVES = ("DepthToSpace",)
-HEAD_OUTPUT = "Sigmoid"  # the depth head: max_depth * sigmoid(logits)
-# Ops that only gather values between the last convolutions and the head (the report decoder's
-# last ConvTranspose, rewritten for the CPU, is 4 phase Convs -> Concat -> DepthToSpace).
-_HEAD_PATH = (*_BYTE_MOVES, "Concat", "Reshape", "Transpose", "Identity")
 
 
 def _method(name: str):
@@ -238,120 +234,11 @@ def fold_byte_moves(model: onnx.ModelProto) -> int:
     return len(drop)
 
 
-def head_nodes(qdq: onnx.ModelProto, op_types: Sequence[str]) -> list[str]:
-    """The quantized nodes that compute the depth logits: the last convolutions before the Sigmoid head and
-    the gathering ops (`_HEAD_PATH`, e.g. a Concat) between them, in graph order.
-
-    Quantizing these rounds every depth to one of 256 logit levels (a posterized depth map) for
-    almost no time (each makes one output channel), so `with_float_nodes` keeps them float.
-    """
-    producers = {o: n for n in qdq.graph.node for o in n.output}
-    found: set[str] = set()
-    pending = [t for n in qdq.graph.node if n.op_type == HEAD_OUTPUT for t in n.input[:1]]
-    while pending:
-        node = producers.get(pending.pop())
-        if node is not None and node.op_type == "DequantizeLinear":  # an activation's Q/DQ pair: look behind it
-            quantize = producers.get(node.input[0])
-            node = producers.get(quantize.input[0]) if quantize is not None and quantize.op_type == "QuantizeLinear" \
-                else None
-        if node is None or node.name in found:
-            continue
-        if node.op_type in _HEAD_PATH:
-            pending.extend(node.input if node.op_type == "Concat" else node.input[:1])
-            if node.op_type in op_types:
-                found.add(node.name)
-        elif node.op_type in ("Conv", "ConvTranspose"):
-            found.add(node.name)
-    return [n.name for n in qdq.graph.node if n.name in found]
-
-
 def quantizable_nodes(qdq: onnx.ModelProto, op_types: Sequence[str]) -> list[str]:
     """Names of the nodes of `op_types` that read at least one DequantizeLinear output, in graph order."""
     dq_outputs = {o for n in qdq.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     return [n.name for n in qdq.graph.node
             if n.op_type in op_types and any(i in dq_outputs for i in n.input)]
-
-
-def with_float_nodes(
-    qdq: onnx.ModelProto, fp32: onnx.ModelProto, nodes: Sequence[str], op_types: Sequence[str]
-) -> onnx.ModelProto:
-    """`qdq` with those nodes in float: the model the fallback search measures, and the one written.
-
-    Each named node reads its original float inputs again (the activation before its Q/DQ pair,
-    the float weight and bias copied from `fp32`); Q/DQ on its outputs stays only where a
-    quantized node (`op_types`, not float) reads it. Re-quantizing with
-    `QDQQuantizer(nodes_to_exclude=...)` is not the same: an excluded node whose input activation
-    another, quantized node also reads keeps reading the dequantized tensor, and ONNX Runtime
-    then quantizes its weights again, so a "float" node would not be float.
-    """
-    model = onnx.ModelProto()
-    model.CopyFrom(qdq)
-    float_nodes = {n.name: n for n in fp32.graph.node}
-    float_inits = {i.name: i for i in fp32.graph.initializer}
-    present = {i.name for i in model.graph.initializer}
-    wanted = set(nodes)
-    for node in model.graph.node:
-        if node.name not in wanted:
-            continue
-        inputs = []
-        for name in float_nodes[node.name].input:
-            if name in float_inits:
-                # The quantizer names a weight's DequantizeLinear output after the weight: use a copy.
-                copy_name = f"{name}_mde_float"
-                if copy_name not in present:
-                    init = model.graph.initializer.add()
-                    init.CopyFrom(float_inits[name])
-                    init.name = copy_name
-                    present.add(copy_name)
-                name = copy_name
-            inputs.append(name)
-        del node.input[:]
-        node.input.extend(inputs)
-    _drop_orphan_output_qdq(model, wanted, op_types)
-    _prune(model)
-    return model
-
-
-def _prune(model: onnx.ModelProto) -> None:
-    """Remove the Q/DQ nodes and initializers nothing reads any more (ONNX Runtime warns about each)."""
-    graph = model.graph
-    outputs = {o.name for o in graph.output}
-    while True:
-        read = {name for node in graph.node for name in node.input} | outputs
-        kept = [n for n in graph.node if n.op_type not in QDQ_OPS or any(o in read for o in n.output)]
-        if len(kept) == len(graph.node):
-            break
-        del graph.node[:]
-        graph.node.extend(kept)
-    unused = [init for init in graph.initializer if init.name not in read]
-    for init in unused:
-        graph.initializer.remove(init)
-
-
-def _drop_orphan_output_qdq(model: onnx.ModelProto, float_nodes: set[str], op_types: Sequence[str]) -> None:
-    """Bypass Q/DQ pairs on float nodes' outputs that no quantized consumer needs (as the quantizer does)."""
-    graph = model.graph
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    outputs = {o.name for o in graph.output}
-    for node in graph.node:
-        if node.name not in float_nodes:
-            continue
-        for tensor in node.output:
-            for q in [c for c in consumers.get(tensor, []) if c.op_type == "QuantizeLinear"]:
-                dqs = [c for c in consumers.get(q.output[0], []) if c.op_type == "DequantizeLinear"]
-                users = [u for dq in dqs for u in consumers.get(dq.output[0], [])]
-                if any(dq.output[0] in outputs for dq in dqs) or any(
-                    u.op_type in op_types and u.name not in float_nodes for u in users
-                ):
-                    continue
-                for dq in dqs:
-                    for user in consumers.get(dq.output[0], []):
-                        for i, name in enumerate(user.input):
-                            if name == dq.output[0]:
-                                user.input[i] = tensor
 
 
 def _dtype_name(elem_type: int) -> str:
