@@ -21,7 +21,8 @@ from mde.runtime.backends.base import (
     open_runner,
     register_backend,
 )
-from mde.runtime.backends.onnxruntime import CPU_EP, OnnxRuntimeRunner, default_providers
+from mde.runtime.backends.onnxruntime import CPU_EP, OnnxRuntimeRunner
+from mde.runtime.backends.ort_providers import default_providers
 from mde.runtime.backends.tensorrt import (
     TensorRTRunner,
     check_sidecar,

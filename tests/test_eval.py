@@ -133,7 +133,7 @@ def test_eval_onnx_device_picks_the_provider(cli, tiny_export, synth_data):
 
 
 def test_eval_onnx_on_cuda_without_cuda_is_one_line(cli, tiny_export, synth_data):
-    from mde.runtime.backends.onnxruntime import provider_problem
+    from mde.runtime.backends.ort_providers import provider_problem
 
     if not provider_problem("CUDAExecutionProvider"):
         pytest.skip("this machine runs ONNX Runtime on CUDA")

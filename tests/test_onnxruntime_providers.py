@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import mde.runtime.backends.onnxruntime as ortb
+import mde.runtime.backends.ort_providers as eps
 from mde.errors import BackendError, ModelError
 from mde.runtime.backends.onnxruntime import CPU_EP, CUDA_EP, TRT_EP
 
@@ -24,12 +25,12 @@ CAPI = Path(ort.__file__).parent / "capi"
 @pytest.fixture
 def gpu_machine(monkeypatch):
     """A machine with one GPU as far as mde can tell; caches cleared before and after."""
-    ortb.provider_problem.cache_clear()
-    monkeypatch.setattr(ortb, "cuda_device_count", lambda: 1)
+    eps.provider_problem.cache_clear()
+    monkeypatch.setattr(eps, "cuda_device_count", lambda: 1)
     preloads = []
-    monkeypatch.setattr(ortb, "preload_gpu_libraries", lambda: preloads.append(1) or "")
+    monkeypatch.setattr(eps, "preload_gpu_libraries", lambda: preloads.append(1) or "")
     yield preloads
-    ortb.provider_problem.cache_clear()
+    eps.provider_problem.cache_clear()
 
 
 def _loader(missing: set[str]):
@@ -76,7 +77,7 @@ def fake_session(monkeypatch):
 @pytest.mark.skipif(not (CAPI / "libonnxruntime_providers_tensorrt.so").is_file(),
                     reason="this onnxruntime has no TensorRT provider library")
 def test_elf_needed_reads_the_tensorrt_provider_sonames():
-    needed = ortb.elf_needed(CAPI / "libonnxruntime_providers_tensorrt.so")
+    needed = eps.elf_needed(CAPI / "libonnxruntime_providers_tensorrt.so")
     nvinfer = [n for n in needed if n.startswith("libnvinfer.so.")]
     assert len(nvinfer) == 1 and any(n.startswith("libnvonnxparser.so.") for n in needed)
     assert "libc.so.6" in needed
@@ -86,36 +87,36 @@ def test_elf_needed_rejects_a_non_elf_file(tmp_path):
     bogus = tmp_path / "libfake.so"
     bogus.write_bytes(b"not an elf at all")
     with pytest.raises(ModelError, match="not an ELF"):
-        ortb.elf_needed(bogus)
+        eps.elf_needed(bogus)
 
 
 @pytest.mark.skipif(not (CAPI / "libonnxruntime_providers_tensorrt.so").is_file(),
                     reason="this onnxruntime has no TensorRT provider library")
 def test_tensorrt_ep_probe_wants_the_sonames_its_library_links(gpu_machine, monkeypatch):
     """A TensorRT of another major (what `mde[tensorrt]` may install) does not make the EP usable."""
-    needed = ortb.elf_needed(CAPI / "libonnxruntime_providers_tensorrt.so")
+    needed = eps.elf_needed(CAPI / "libonnxruntime_providers_tensorrt.so")
     linked = {n for n in needed if n.startswith(("libnvinfer.so.", "libnvonnxparser.so."))}
     other_major = {n.rsplit(".", 1)[0] + ".99" for n in linked}
     present = set(needed) - linked | other_major  # everything but the exact TensorRT sonames
-    monkeypatch.setattr(ortb, "load_library", _loader(set(needed) - present))
-    problem = ortb.provider_problem(TRT_EP)
+    monkeypatch.setattr(eps, "load_library", _loader(set(needed) - present))
+    problem = eps.provider_problem(TRT_EP)
     assert all(n in problem for n in linked), problem
-    assert TRT_EP not in ortb.default_providers([TRT_EP, CUDA_EP, CPU_EP])
+    assert TRT_EP not in eps.default_providers([TRT_EP, CUDA_EP, CPU_EP])
 
 
 def test_provider_problem_needs_a_gpu_first(monkeypatch):
-    ortb.provider_problem.cache_clear()
-    monkeypatch.setattr(ortb, "cuda_device_count", lambda: 0)
+    eps.provider_problem.cache_clear()
+    monkeypatch.setattr(eps, "cuda_device_count", lambda: 0)
     try:
-        assert "no CUDA GPU" in ortb.provider_problem(CUDA_EP)
-        assert ortb.provider_problem(CPU_EP) == ""
-        assert ortb.default_providers([TRT_EP, CUDA_EP, CPU_EP]) == [CPU_EP]
+        assert "no CUDA GPU" in eps.provider_problem(CUDA_EP)
+        assert eps.provider_problem(CPU_EP) == ""
+        assert eps.default_providers([TRT_EP, CUDA_EP, CPU_EP]) == [CPU_EP]
     finally:
-        ortb.provider_problem.cache_clear()
+        eps.provider_problem.cache_clear()
 
 
 def test_tensorrt_ep_gets_engine_and_timing_caches(gpu_machine, fake_session, monkeypatch, tiny_export):
-    monkeypatch.setattr(ortb, "load_library", _loader(set()))
+    monkeypatch.setattr(eps, "load_library", _loader(set()))
     fake_session.uses = [TRT_EP, CUDA_EP, CPU_EP]
     ortb.create_session(tiny_export / "model.onnx")
     trt = [p for p in fake_session.calls[-1] if isinstance(p, tuple)]
@@ -127,7 +128,7 @@ def test_tensorrt_ep_gets_engine_and_timing_caches(gpu_machine, fake_session, mo
 
 # -- no silent CPU run (defect 2) ----------------------------------------------------------
 def test_gpu_libraries_are_preloaded_before_a_gpu_session(gpu_machine, fake_session, monkeypatch, tiny_export):
-    monkeypatch.setattr(ortb, "load_library", _loader(set()))
+    monkeypatch.setattr(eps, "load_library", _loader(set()))
     fake_session.uses = [CUDA_EP, CPU_EP]
     session = ortb.create_session(tiny_export / "model.onnx", providers=[CUDA_EP, CPU_EP])
     assert gpu_machine, "preload_gpu_libraries was not called"
@@ -136,7 +137,7 @@ def test_gpu_libraries_are_preloaded_before_a_gpu_session(gpu_machine, fake_sess
 
 
 def test_named_provider_that_did_not_load_is_an_error(gpu_machine, fake_session, monkeypatch, tiny_export, capsys):
-    monkeypatch.setattr(ortb, "load_library", _loader(set()))  # the probe passes, the session still falls back
+    monkeypatch.setattr(eps, "load_library", _loader(set()))  # the probe passes, the session still falls back
     with pytest.raises(BackendError, match="CUDAExecutionProvider did not load .*libcublasLt"):
         ortb.create_session(tiny_export / "model.onnx", providers=[CUDA_EP, CPU_EP])
     assert capsys.readouterr().out == "", "ONNX Runtime's fallback notice reached stdout"
@@ -145,7 +146,7 @@ def test_named_provider_that_did_not_load_is_an_error(gpu_machine, fake_session,
 def test_named_provider_that_cannot_run_is_refused_before_onnxruntime_tries(
     gpu_machine, fake_session, monkeypatch, tiny_export
 ):
-    monkeypatch.setattr(ortb, "load_library", _loader({"libcublas.so.13", "libcublasLt.so.13"}))
+    monkeypatch.setattr(eps, "load_library", _loader({"libcublas.so.13", "libcublasLt.so.13"}))
     with pytest.raises(BackendError, match="CUDAExecutionProvider cannot run here .*libcublas"):
         ortb.create_session(tiny_export / "model.onnx", providers=[CUDA_EP])
     assert fake_session.calls == []
@@ -154,7 +155,7 @@ def test_named_provider_that_cannot_run_is_refused_before_onnxruntime_tries(
 def test_automatic_providers_warn_when_a_gpu_provider_did_not_load(
     gpu_machine, fake_session, monkeypatch, tiny_export, caplog, capsys
 ):
-    monkeypatch.setattr(ortb, "load_library", _loader(set()))
+    monkeypatch.setattr(eps, "load_library", _loader(set()))
     fake_session.uses = [CPU_EP]
     with caplog.at_level(logging.WARNING, logger="mde"):
         session = ortb.create_session(tiny_export / "model.onnx")
@@ -167,15 +168,15 @@ def test_automatic_providers_warn_when_cuda_libraries_are_missing(gpu_machine, m
     cuda_lib = CAPI / "libonnxruntime_providers_cuda.so"
     if not cuda_lib.is_file():
         pytest.skip("this onnxruntime has no CUDA provider library")
-    monkeypatch.setattr(ortb, "load_library", _loader({"libcublas.so.13", "libcublasLt.so.13"}))
+    monkeypatch.setattr(eps, "load_library", _loader({"libcublas.so.13", "libcublasLt.so.13"}))
     with caplog.at_level(logging.WARNING, logger="mde"):
-        chosen = ortb.default_providers([CUDA_EP, CPU_EP])
+        chosen = eps.default_providers([CUDA_EP, CPU_EP])
     assert chosen == [CPU_EP]
     assert any("libcublas" in r.getMessage() for r in caplog.records)
 
 
 # -- through the CLI, on this machine ---------------------------------------------------------
-@pytest.mark.skipif(CUDA_EP not in ort.get_available_providers() or ortb.cuda_device_count() > 0,
+@pytest.mark.skipif(CUDA_EP not in ort.get_available_providers() or eps.cuda_device_count() > 0,
                     reason="needs onnxruntime-gpu on a machine without a GPU")
 @pytest.mark.parametrize("command", ["predict", "bench", "parity"])
 def test_cli_named_gpu_provider_without_gpu_exits_2(cli, command, tiny_export, synth_data, tmp_path):

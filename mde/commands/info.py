@@ -30,11 +30,7 @@ def artifact_info(path: Path) -> dict[str, Any]:
         "outputs": [s.to_dict() for s in desc["outputs"]],
     }
     if desc["kind"] == "onnx":
-        from mde.runtime.backends.onnxruntime import (
-            cuda_device_count,
-            default_providers,
-            import_ort,
-        )
+        from mde.runtime.backends.ort_providers import cuda_device_count, default_providers, import_ort
 
         ort = import_ort()
         info["machine"] = {

@@ -1,4 +1,4 @@
-"""ONNX Runtime: the one place mde opens a session (providers checked, GPU libraries preloaded), and its runner.
+"""ONNX Runtime: the one place mde opens a session (providers checked by `ort_providers`), and its runner.
 
 Every ONNX Runtime session in mde — the runner, export's self-check, metadata reads, the
 calibration fallback, the benchmarks — comes from `create_session`, so the provider rules live
@@ -10,36 +10,32 @@ named by the user), never a silent CPU run; nothing ONNX Runtime prints reaches 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import io
 import logging
 import math
 import numbers
 import os
-import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mde.errors import BackendError, InputError, ModelError
+from mde.runtime.backends import ort_providers as eps
 from mde.runtime.backends.base import Runner, TensorSpec, register_backend
+from mde.runtime.backends.ort_providers import (  # noqa: F401 - the names callers import from here too
+    CPU_EP,
+    CUDA_EP,
+    GPU_EPS,
+    PREFERENCE,
+    TRT_EP,
+    import_ort,
+)
 from mde.runtime.metadata import ModelMetadata
 
 log = logging.getLogger(__name__)
 
-TRT_EP = "TensorrtExecutionProvider"
-CUDA_EP = "CUDAExecutionProvider"
-CPU_EP = "CPUExecutionProvider"
-PREFERENCE = (TRT_EP, CUDA_EP, CPU_EP)
-GPU_EPS = (TRT_EP, CUDA_EP)
-# The shared library behind each GPU provider in onnxruntime-gpu's capi/ folder.
-PROVIDER_LIBRARIES = {
-    TRT_EP: "libonnxruntime_providers_tensorrt.so",
-    CUDA_EP: "libonnxruntime_providers_cuda.so",
-}
 CACHE_DIR = Path.home() / ".cache" / "mde"
 
 ORT_DTYPES = {
@@ -52,146 +48,6 @@ ORT_DTYPES = {
     "tensor(int64)": np.int64,
     "tensor(bool)": np.bool_,
 }
-
-
-def import_ort() -> Any:
-    """Import onnxruntime or raise `BackendError` saying how to install it."""
-    try:
-        import onnxruntime
-    except ImportError as err:
-        raise BackendError(f"onnxruntime is not installed ({err}); pip install onnxruntime") from None
-    return onnxruntime
-
-
-@functools.lru_cache(maxsize=1)
-def cuda_device_count() -> int:
-    """Number of CUDA devices the driver sees (0 without a driver or GPU); no CUDA toolkit needed."""
-    try:
-        libcuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return 0
-    count = ctypes.c_int(0)
-    if libcuda.cuInit(0) != 0 or libcuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
-        return 0
-    return count.value
-
-
-# -- which GPU providers can load here -------------------------------------------------
-def elf_needed(path: str | Path) -> list[str]:
-    """The DT_NEEDED sonames of an ELF shared library (what the dynamic loader must find to load it).
-
-    A reader of just the dynamic section, so the runtime needs no ELF package for one field.
-
-    Raises:
-        ModelError: not an ELF file, or no dynamic section.
-    """
-    data = Path(path).read_bytes()
-    if data[:4] != b"\x7fELF":
-        raise ModelError("not an ELF shared library", path)
-    is64, endian = data[4] == 2, "<" if data[5] == 1 else ">"
-    if is64:
-        shoff, = struct.unpack_from(endian + "Q", data, 0x28)
-        shentsize, shnum = struct.unpack_from(endian + "HH", data, 0x3A)
-        sh_fmt, dyn_fmt = endian + "IIQQQQIIQQ", endian + "qQ"
-    else:
-        shoff, = struct.unpack_from(endian + "I", data, 0x20)
-        shentsize, shnum = struct.unpack_from(endian + "HH", data, 0x2E)
-        sh_fmt, dyn_fmt = endian + "IIIIIIIIII", endian + "iI"
-    sections = [struct.unpack_from(sh_fmt, data, shoff + i * shentsize) for i in range(shnum)]
-    dynamic = [s for s in sections if s[1] == 6]  # SHT_DYNAMIC
-    if not dynamic:
-        raise ModelError("ELF file has no dynamic section", path)
-    _, _, _, _, offset, size, link, *_ = dynamic[0]
-    strtab_offset = sections[link][4]
-    needed = []
-    for pos in range(offset, offset + size, struct.calcsize(dyn_fmt)):
-        tag, value = struct.unpack_from(dyn_fmt, data, pos)
-        if tag == 0:  # DT_NULL
-            break
-        if tag == 1:  # DT_NEEDED
-            end = data.index(b"\0", strtab_offset + value)
-            needed.append(data[strtab_offset + value:end].decode())
-    return needed
-
-
-def load_library(soname: str) -> Any:
-    """dlopen `soname` (found by the system's search path, or already loaded by preload_dlls)."""
-    return ctypes.CDLL(soname)
-
-
-def missing_libraries(library: str | Path, load: Callable[[str], Any] | None = None) -> list[str]:
-    """The sonames `library` needs that cannot be loaded here ([] when it can load)."""
-    load = load or load_library
-    missing = []
-    for soname in elf_needed(library):
-        try:
-            load(soname)
-        except OSError:
-            missing.append(soname)
-    return missing
-
-
-@functools.lru_cache(maxsize=1)
-def preload_gpu_libraries() -> str:
-    """Load the CUDA/cuDNN libraries of the nvidia-* wheels (`onnxruntime.preload_dlls`), once; return its output.
-
-    Without it the CUDA provider finds `libcublas.so.13` only when torch happened to be imported
-    first. What preload_dlls prints goes to the debug log, never to stdout.
-    """
-    ort = import_ort()
-    preload = getattr(ort, "preload_dlls", None)  # onnxruntime-gpu >= 1.21
-    if preload is None:
-        return ""
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        try:
-            preload()
-        except Exception as err:  # noqa: BLE001 - a failed preload shows up as a provider that did not load
-            print(f"preload_dlls failed: {err}")
-    text = printed.getvalue().strip()
-    if text:
-        log.debug("onnxruntime.preload_dlls: %s", text)
-    return text
-
-
-@functools.cache
-def provider_problem(provider: str) -> str:
-    """Why a GPU provider cannot run on this machine ("" when it can): no GPU, or libraries it needs are missing.
-
-    The libraries are read from the provider's own shared library (its ELF needed entries), so
-    the check follows the installed onnxruntime-gpu: 1.31's TensorRT provider needs
-    `libnvinfer.so.10`, and a TensorRT 11 install does not satisfy it.
-    """
-    if provider not in GPU_EPS:
-        return ""
-    if cuda_device_count() == 0:
-        return "no CUDA GPU or NVIDIA driver on this machine"
-    preload_gpu_libraries()
-    library = Path(import_ort().__file__).parent / "capi" / PROVIDER_LIBRARIES[provider]
-    if not library.is_file():
-        return f"{library.name} is not part of this onnxruntime"
-    missing = missing_libraries(library)
-    return f"{library.name} needs {', '.join(missing)}, not found" if missing else ""
-
-
-def default_providers(available: Sequence[str]) -> list[str]:
-    """TensorRT EP, then CUDA EP, then CPU: those built into ORT *and* able to run on this machine.
-
-    onnxruntime-gpu lists the GPU providers even where there is no GPU or no CUDA/TensorRT
-    library, so both are checked (`provider_problem`). On a machine with a GPU, a CUDA provider
-    that cannot run is a warning naming the reason: the model will run on the CPU.
-    """
-    chosen = []
-    for provider in PREFERENCE:
-        if provider not in available:
-            continue
-        problem = provider_problem(provider)
-        if not problem:
-            chosen.append(provider)
-        elif cuda_device_count() > 0:
-            level = logging.WARNING if provider == CUDA_EP else logging.INFO
-            log.log(level, "%s cannot run here: %s", provider, problem)
-    return chosen or [CPU_EP]
 
 
 def tensorrt_provider_options(cache_dir: Path = CACHE_DIR / "ort-tensorrt") -> dict[str, str]:
@@ -263,14 +119,14 @@ def create_session(
         if unknown or not providers:
             raise BackendError(f"provider(s) {unknown or '[]'} not available; this onnxruntime has {available}",
                                source)
-        problems = [f"{p} cannot run here ({provider_problem(p)})" for p in providers if provider_problem(p)]
+        problems = [f"{p} cannot run here ({eps.provider_problem(p)})" for p in providers if eps.provider_problem(p)]
         if problems:
             raise BackendError("; ".join(problems), source)
         wanted = list(providers)
     else:
-        wanted = default_providers(available)
+        wanted = eps.default_providers(available)
     if any(p in GPU_EPS for p in wanted):
-        preload_gpu_libraries()
+        eps.preload_gpu_libraries()
     opts = session_options(ort, threads, inter_op_threads, optimization, optimized_model_path)
     provider_args = [(p, tensorrt_provider_options()) if p == TRT_EP else p for p in wanted]
     printed = io.StringIO()
@@ -300,7 +156,7 @@ def check_providers(
         return
     reasons = []
     for provider in lost:
-        reason = provider_problem(provider) or _ep_error(printed) or "see ONNX Runtime's log above"
+        reason = eps.provider_problem(provider) or _ep_error(printed) or "see ONNX Runtime's log above"
         reasons.append(f"{provider} did not load ({reason})")
     message = f"{'; '.join(reasons)}; running on {', '.join(used)}"
     if explicit:
