@@ -16,7 +16,8 @@ else). `cpu` is the form ONNX Runtime's CPU provider runs fastest, chosen by mea
 (`benchmarks/bench_int8.py`: resnet50 at 224 px, batch 1, 2 threads, AVX-512 VNNI, ORT 1.31,
 latency / FP32 latency over two runs, report decoder | skip decoder):
 - UINT8 activations, INT8 per-channel weights, INT32 biases, Relu folded: ORT fuses every
-  DQ-Conv-Q group into QLinearConv (NHWC, VNNI kernels): 0.41-0.43 | 0.43-0.51. The TensorRT form
+  DQ-Conv-Q group into QLinearConv (NHWC, VNNI kernels): 0.41-0.43 | 0.43-0.51 (head quantized then;
+  0.50 | 0.51 with it float). The TensorRT form
   (S8 activations, float biases, explicit Relu): 0.97-1.07 | 0.86-0.92, with 33 of 58 | 43 of 63
   convolutions as integer kernels; S8 activations alone: 1.05-1.08 | 0.78-0.84, 33 of 73 | 43 of 63.
 - ConvTranspose rewritten as phase Convs (`calibration/subpixel.py`, exact): ORT has no
