@@ -77,7 +77,8 @@ def _print(report) -> None:
         f"{report.num_images} images ({report.method}, seed {report.seed}), ranges "
         f"{'reused from' if report.ranges_reused else 'saved to'} {report.ranges}; "
         f"target {report.target_ssim_drop:g} {'met' if report.target_met else 'NOT met'}; "
-        f"float nodes: {', '.join(report.float_nodes) or 'none'}"
+        f"kept float by the search: {', '.join(report.float_nodes) or 'none'}; the head's "
+        f"{len(report.float_head)} node(s) are always float"
     )
     kernels = report.integer_kernels
     if kernels:
