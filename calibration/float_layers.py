@@ -10,12 +10,12 @@ from collections.abc import Sequence
 
 import onnx
 
-from mde.calibration.quantize import _BYTE_MOVES, QDQ_OPS
+from mde.calibration.quantize import BYTE_MOVES, QDQ_OPS
 
 HEAD_OUTPUT = "Sigmoid"  # the depth head: max_depth * sigmoid(logits)
 # Ops that only gather values between the last convolutions and the head (the report decoder's
 # last ConvTranspose, rewritten for the CPU, is 4 phase Convs -> Concat -> DepthToSpace).
-_HEAD_PATH = (*_BYTE_MOVES, "Concat", "Reshape", "Transpose", "Identity")
+_HEAD_PATH = (*BYTE_MOVES, "Concat", "Reshape", "Transpose", "Identity")
 
 
 def head_nodes(qdq: onnx.ModelProto, op_types: Sequence[str]) -> list[str]:

@@ -50,7 +50,7 @@ from mde.calibration.config import Target
 from mde.errors import ModelError
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-_BYTE_MOVES = ("DepthToSpace",)
+BYTE_MOVES = ("DepthToSpace",)  # ops that only move elements: their output keeps the input's quantization
 
 
 def _method(name: str):
@@ -177,7 +177,7 @@ def quantize(
 
     ranges = dict(ranges)
     for node in model.graph.node:  # a permutation's output has its input's range: one scale, no requantize
-        if node.op_type in _BYTE_MOVES and node.input[0] in ranges:
+        if node.op_type in BYTE_MOVES and node.input[0] in ranges:
             ranges[node.output[0]] = ranges[node.input[0]]
     tensors = TensorsData(_method(method), {
         name: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for name, (lo, hi) in ranges.items()
@@ -214,7 +214,7 @@ def fold_byte_moves(model: onnx.ModelProto) -> int:
             readers.setdefault(name, []).append(node)
     drop: set[int] = set()
     for node in graph.node:
-        if node.op_type not in _BYTE_MOVES:
+        if node.op_type not in BYTE_MOVES:
             continue
         dq, users = producers.get(node.input[0]), readers.get(node.output[0], [])
         if dq is None or dq.op_type != "DequantizeLinear" or len(users) != 1 or users[0].op_type != "QuantizeLinear":
