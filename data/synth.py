@@ -17,7 +17,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from mde.data.world import MAX_DEPTH, MIN_DEPTH, draw_scene, render_labelled, render_scene
-from mde.io import no_empty_new_folder, prepare_output_dir, write_json_atomic
+from mde.io import no_empty_new_folder, prepare_output_dir, scratch_folder, write_json_atomic
 from mde.runtime.metadata import MM_PER_M
 from mde.runtime.metrics import MASK_INVALID, MASK_OBJECT, MASK_STRUCTURE
 
@@ -113,21 +112,20 @@ def synthesize(out: str | Path, train: int, val: int, size: int, seed: int, forc
     _check_request(train, val, size, seed)
     with no_empty_new_folder(out):  # a run that fails or is stopped leaves no folder it made
         out = prepare_output_dir(out, force=force)
-        tmp = Path(tempfile.mkdtemp(prefix=".synth-", dir=out))
         try:
-            cameras = _render_splits(tmp, {"train": train, "val": val}, size, seed, progress, workers)
-            meta = {"generator": "mde.data.synth", "version": GENERATOR_VERSION, "seed": seed,
-                    "counts": {"train": train, "val": val}, "size": [size, size],
-                    "max_depth": MAX_DEPTH, "min_depth": MIN_DEPTH, "depth_png_scale": DEPTH_PNG_SCALE,
-                    "mask_values": {"structure": MASK_STRUCTURE, "object": MASK_OBJECT, "invalid": MASK_INVALID},
-                    "intrinsics_convention": "pixel centres at integer coordinates (OpenCV)",
-                    "cameras": cameras}
-            _publish(tmp, out, meta)
-            return meta
+            with scratch_folder(out, ".synth-") as tmp:
+                cameras = _render_splits(tmp, {"train": train, "val": val}, size, seed, progress, workers)
+                meta = {"generator": "mde.data.synth", "version": GENERATOR_VERSION, "seed": seed,
+                        "counts": {"train": train, "val": val}, "size": [size, size],
+                        "max_depth": MAX_DEPTH, "min_depth": MIN_DEPTH, "depth_png_scale": DEPTH_PNG_SCALE,
+                        "mask_values": {"structure": MASK_STRUCTURE, "object": MASK_OBJECT,
+                                        "invalid": MASK_INVALID},
+                        "intrinsics_convention": "pixel centres at integer coordinates (OpenCV)",
+                        "cameras": cameras}
+                _publish(tmp, out, meta)
+                return meta
         except OSError as err:
             raise InputError(f"cannot write the dataset ({err.strerror or err})", out) from None
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _check_request(train: int, val: int, size: int, seed: int) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,7 +33,7 @@ from mde.export.config import (  # noqa: F401 - ExportConfig and Artifact are th
     validate,
 )
 from mde.export.golden import GoldenInputs, golden_checkpoint, golden_inputs, write_golden
-from mde.io import UNWRITABLE, no_empty_new_folder
+from mde.io import UNWRITABLE, no_empty_new_folder, scratch_folder
 from mde.runtime.metadata import read_props, sidecar_path
 
 
@@ -88,17 +87,19 @@ def _staging(out: Path) -> Iterator[Path]:
     with no_empty_new_folder(out):
         try:
             out.mkdir(parents=True, exist_ok=True)
-            stage = Path(tempfile.mkdtemp(prefix=".mde-export-", dir=out))
         except OSError as err:
             raise InputError(f"output folder is not writable ({err.strerror or err})", out) from None
+        made = False
         try:
-            yield stage
+            with scratch_folder(out, ".mde-export-") as stage:
+                made = True
+                yield stage
         except OSError as err:
+            if not made:
+                raise InputError(f"output folder is not writable ({err.strerror or err})", out) from None
             if err.errno not in UNWRITABLE:
                 raise
             raise InputError(f"cannot write the export ({err.strerror})", out) from None
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
 
 
 class _Steps:

@@ -8,6 +8,8 @@ import hashlib
 import json
 import math
 import os
+import secrets
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -139,6 +141,21 @@ def require_file(path: str | Path, what: str = "file") -> Path:
     if path.stat().st_size == 0:
         raise InputError(f"{what} is empty (0 bytes)", path)
     return path
+
+
+@contextlib.contextmanager
+def scratch_folder(parent: str | Path, prefix: str) -> Iterator[Path]:
+    """A new folder `parent/PREFIX<pid>-<random>`, removed with its contents when the block ends, however it ends.
+
+    It is named before it is made, so a stop that lands between making it and entering the block
+    (SIGTERM raises where Python next runs) still removes it; `tempfile.mkdtemp` leaves that gap.
+    """
+    path = Path(parent) / f"{prefix}{os.getpid()}-{secrets.token_hex(8)}"
+    try:
+        path.mkdir()
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -325,18 +325,18 @@ def test_the_newest_accepted_opset_exports_and_runs(tiny_checkpoint, tmp_path, c
 def test_read_only_output_folder(tmp_path, tiny_checkpoint, cli, monkeypatch):
     """A folder we cannot write into: exit 2 naming it, nothing written (simulated when running as root)."""
     import os
-    import tempfile
 
     out = tmp_path / "ro"
     out.mkdir()
-    if (
-        os.geteuid() == 0
-    ):  # root ignores permission bits: make the temp-folder creation fail instead
+    if os.geteuid() == 0:  # root ignores permission bits: make the staging folder's creation fail instead
+        real_mkdir = Path.mkdir
 
-        def refuse(*args, **kwargs):
-            raise PermissionError(13, "Permission denied")
+        def refuse(self, *args, **kwargs):
+            if self.name.startswith(".mde-export-"):
+                raise PermissionError(13, "Permission denied")
+            return real_mkdir(self, *args, **kwargs)
 
-        monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+        monkeypatch.setattr(Path, "mkdir", refuse)
     out.chmod(0o555)
     try:
         result = cli("export", tiny_checkpoint, "--out", out)
