@@ -160,10 +160,10 @@ def quantize(
     ranges: dict[str, tuple[float, float]],
     method: str,
     target: Target,
-    nodes_to_exclude: Sequence[str] = (),
     per_channel: bool = True,
 ) -> onnx.ModelProto:
-    """Q/DQ-quantize `model` (pre-processed FP32) with saved `ranges`, keeping `nodes_to_exclude` float.
+    """Q/DQ-quantize `model` (pre-processed FP32) with saved `ranges` (layers go back to float with
+    `float_layers.with_float_nodes`, not by excluding them here).
 
     Weights are INT8, symmetric, per output channel (per tensor with `per_channel=False`, for
     comparison). tensorrt: symmetric INT8 activations (every zero-point is 0), float biases.
@@ -185,7 +185,7 @@ def quantize(
     activation = QuantType.QUInt8 if target.activation_type == "uint8" else QuantType.QInt8
     quantizer = QDQQuantizer(
         copy.deepcopy(model), per_channel, False, QuantType.QInt8, activation, tensors,
-        [], list(nodes_to_exclude), list(target.op_types), _extra_options(target),
+        [], [], list(target.op_types), _extra_options(target),
     )
     # The quantizer appends some DequantizeLinear nodes after their consumers; ONNX Runtime
     # does not mind, but onnx.checker and TensorRT's parser want a topologically sorted graph.

@@ -326,7 +326,7 @@ def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:
         from mde.train.checkpoint import load_model, weights_sha256
 
         model, state = load_model(checkpoint, "cpu")
-        weights_sha = weights_sha256(state)
+        weights_sha = weights_sha256(model)
         size = (model.args.image_size, model.args.image_size)
         golden = golden_inputs(cfg.golden_data, size, cfg.golden_images, cfg.golden_seed,
                                depth_scale=cfg.depth_scale, model_range=float(model.args.max_depth))

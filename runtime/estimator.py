@@ -13,10 +13,10 @@ import numpy as np
 from mde.errors import InputError, ModelError
 from mde.runtime.backends.base import Runner, open_runner
 from mde.runtime.images import to_rgb8
-from mde.runtime.metadata import OUTPUT_NAME, ModelMetadata
+from mde.runtime.metadata import OUTPUT_NAME, PREPROCESS, ModelMetadata
 from mde.runtime.preprocess import postprocess, preprocess
 
-SIZE_MULTIPLE = 32
+SIZE_MULTIPLE = PREPROCESS["size_multiple"]  # the encoder's stride: H and W of a dynamic-size model
 # `infer` takes [0, 1] pixels; values this far outside are another convention (0-255, or normalized
 # already), not a resampling overshoot
 INPUT_SLACK = 0.5

@@ -177,7 +177,6 @@ def check_checkpoint(cfg: ParityConfig, tolerances: dict[str, Tolerance]
     """
     from mde.data.readers import dataset_max_depth, open_dataset
     from mde.runtime.preprocess import preprocess
-    from mde.train.checkpoint import load_checkpoint, weights_sha256
 
     dataset = open_dataset(cfg.data, split=cfg.split, depth_scale=cfg.depth_scale)
     count = len(dataset) if cfg.limit == 0 else min(cfg.limit, len(dataset))
@@ -192,7 +191,7 @@ def check_checkpoint(cfg: ParityConfig, tolerances: dict[str, Tolerance]
         size, max_depth = tuple(reference.metadata.input_size), reference.metadata.max_depth
         data_range = dataset_max_depth(cfg.data, max_depth)
         reference_source = {"checkpoint_sha256": sha256_file(cfg.checkpoint),
-                            "weights_sha256": weights_sha256(load_checkpoint(cfg.checkpoint))}
+                            "weights_sha256": reference.weights_sha256()}
         runners = []
         for i, path in enumerate(cfg.artifacts):
             runner = stack.enter_context(open_runner(path, cfg.backend, providers=cfg.providers))

@@ -68,14 +68,14 @@ def save_untrained(path: str | Path, args: ModelArgs, images: np.ndarray | None 
     return model
 
 
-def weights_sha256(state: dict[str, Any]) -> str:
-    """SHA-256 of the model a checkpoint holds: its arguments and every weight, in order.
+def weights_sha256(model: DepthNet) -> str:
+    """SHA-256 of a loaded model: its arguments and every weight, in order.
 
     `best.pt` and `last.pt` of one epoch differ as files (`last.pt` adds the optimizer) but hold
-    the same model; parity compares artifacts to checkpoints by this.
+    the same model; export records this and parity compares artifacts to checkpoints by it.
     """
-    digest = hashlib.sha256(json.dumps(state.get("model_args", {}), sort_keys=True).encode())
-    for name, tensor in state.get("model", {}).items():
+    digest = hashlib.sha256(json.dumps(asdict(model.args), sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()

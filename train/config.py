@@ -154,8 +154,8 @@ class TrainConfig:
 
 
 def resume_folder(out: str, resume: str) -> str:
-    """Where a resumed run writes: `out` when given, else the folder its checkpoint is in (wherever the run
-    folder is now, not where the saved config says it was)."""
+    """Where a run writes: `out` when given, else (a resume) the folder its checkpoint is in, wherever the
+    run folder is now, not where the saved config says it was."""
     return out or str(Path(resume).parent)
 
 

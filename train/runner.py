@@ -73,6 +73,14 @@ class TorchRunner(Runner):
             x = torch.from_numpy(np.ascontiguousarray(feed[INPUT_NAME])).to(self.device)
             return {OUTPUT_NAME: self._model(x).float().cpu().numpy()}
 
+    def weights_sha256(self) -> str:
+        """`checkpoint.weights_sha256` of the loaded model: what an artifact exported from it records."""
+        from mde.train.checkpoint import weights_sha256
+
+        if self._model is None:
+            raise self.not_active()
+        return weights_sha256(self._model)
+
     def _deactivate_impl(self) -> None:
         if self._torch is not None and self.threads:
             self._torch.set_num_threads(self._saved_threads)  # leave the process as we found it

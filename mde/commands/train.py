@@ -110,8 +110,7 @@ def train_command(
     from mde.train.trainer import train
 
     rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 holds the run folder for all
-    run_folder = resume_folder(out, resume) if resume else out
-    with claim_output(run_folder) if rank0 else contextlib.nullcontext():
+    with claim_output(resume_folder(out, resume)) if rank0 else contextlib.nullcontext():
         result = train(cfg, given=given_options(ctx, values))
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 reports

@@ -140,7 +140,7 @@ class Runner(abc.ABC):
                     f"input {name!r}: expected shape {_fmt_shape(spec.shape)}, got {tuple(array.shape)}",
                     self.path,
                 )
-            multiple = PREPROCESS["size_multiple"]
+            multiple = PREPROCESS["size_multiple"]  # the encoder's stride
             if self.metadata is not None and self.metadata.dynamic_size and array.ndim == 4 and (
                     array.shape[2] % multiple or array.shape[3] % multiple):
                 raise InputError(f"input {name!r}: height and width must be multiples of {multiple} (the encoder's "
