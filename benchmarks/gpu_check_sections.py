@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.util
 import json
 import os
 import platform
@@ -147,8 +146,11 @@ def tests(ck: Check, budget: float) -> dict[str, Any]:
     """`pytest tests -m "gpu or tensorrt"` in a subprocess; counts and every non-passed test from its JUnit XML."""
     import xml.etree.ElementTree as ET
 
-    if importlib.util.find_spec("pytest") is None:
-        raise Skip("pytest is not installed (README 'GPU check' ships it with the wheels)")
+    try:  # an import, not find_spec: pytest present without one of its own dependencies is a skip too
+        import pytest  # noqa: F401
+    except ImportError as err:
+        raise Skip(f"pytest does not import ({err}); README 'GPU check' ships it and its dependencies "
+                   "with the wheels") from None
     junit = ck.work / "pytest.junit.xml"
     env = dict(os.environ)
     if ck.ort_path is not None:
@@ -282,8 +284,10 @@ def export(ck: Check) -> dict[str, Any]:
 
     p, out = ck.profile, ck.work / "export"
     precisions, not_run, errors = ["fp32"], {}, {}
-    if importlib.util.find_spec("onnxconverter_common") is None:
-        not_run["fp16"] = "onnxconverter-common is not installed (mde's FP16 converter); see README 'GPU check'"
+    try:  # an import, not find_spec: present without one of its own dependencies is "not run" too
+        import onnxconverter_common  # noqa: F401
+    except ImportError as err:
+        not_run["fp16"] = f"onnxconverter-common does not import ({err}; mde's FP16 converter); see README 'GPU check'"
     else:
         precisions.append("fp16")
     artifacts = export_checkpoint(ExportConfig(checkpoint=ck.checkpoint, out=out, precisions=tuple(precisions),

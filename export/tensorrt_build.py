@@ -22,6 +22,8 @@ from mde.runtime.metadata import INPUT_NAME, sidecar_path
 
 INSTALL_HINT = "pip install 'mde[tensorrt]' (TensorRT 10.3+ or 11 and cuda-python; needs an NVIDIA driver)"
 
+BUILD_DEVICE = 0  # engines are built on CUDA GPU 0, the one the sidecar describes
+
 log = logging.getLogger(__name__)
 
 
@@ -97,7 +99,7 @@ def require_tensorrt() -> tuple[str, str, str]:
     except BackendError as err:
         raise BackendError(f"--engine needs cuda-python to find the GPU: {err}") from None
     try:
-        name, cc = gpu_info(cudart, 0)
+        name, cc = gpu_info(cudart, BUILD_DEVICE)
     except BackendError as err:
         raise BackendError(
             f"--engine needs a CUDA GPU and none was found ({err}); TensorRT "
@@ -197,18 +199,9 @@ def onnx_metadata(onnx_path: Path, cfg: BuildConfig) -> dict[str, str]:
     return props
 
 
-def build_engine(onnx_path: Path, engine_path: Path, cfg: BuildConfig) -> dict[str, Any]:
-    """Build `engine_path` (plain serialized engine) and `engine_path`.json (sidecar) from `onnx_path`.
-
-    Both files are written atomically. Returns the sidecar dict.
-    """
-    from mde.io import sha256_file, write_bytes_atomic, write_json_atomic
-    from mde.runtime.backends.tensorrt import tensorrt_major
-
-    props = onnx_metadata(onnx_path, cfg)
-    trt_version, gpu_name, cc = require_tensorrt()
-    import tensorrt as trt
-
+def _build(trt: Any, onnx_path: Path, cfg: BuildConfig, shapes: dict[str, list[list[int]]],
+           cache_path: Path) -> Any:
+    """Parse `onnx_path`, set the profile and the timing cache, and build: the serialized engine."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt))
@@ -216,21 +209,43 @@ def build_engine(onnx_path: Path, engine_path: Path, cfg: BuildConfig) -> dict[s
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_mib << 20)
+    # TF32 (on by default) would round FP32 layers' inputs to 10-bit mantissas: FP32 stays FP32, as typed
+    config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
-    shapes = cfg.profile()
     for name, (lo, opt, hi) in shapes.items():
-        profile.set_shape(name, lo, opt, hi)
-    config.add_optimization_profile(profile)
-    cache_path = timing_cache_file(cfg.timing_cache, trt_version, cc)
+        try:
+            profile.set_shape(name, lo, opt, hi)
+        except (ValueError, TypeError) as err:  # TensorRT's own check of min <= opt <= max
+            raise InputError(f"TensorRT refused the profile of {name!r} (min {lo}, opt {opt}, max {hi}): {err}",
+                             onnx_path) from None
+    if config.add_optimization_profile(profile) < 0:
+        raise InputError(f"TensorRT refused the optimization profile {shapes}", onnx_path)
     attach_timing_cache(config, cache_path)
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise CheckFailed(
-            "TensorRT failed to build the engine (see the TensorRT log above)", onnx_path
-        )
-    write_bytes_atomic(engine_path, bytes(serialized))
+        raise CheckFailed("TensorRT failed to build the engine (see the TensorRT log above)", onnx_path)
     save_timing_cache(config, cache_path)
+    return serialized
+
+
+def build_engine(onnx_path: Path, engine_path: Path, cfg: BuildConfig) -> dict[str, Any]:
+    """Build `engine_path` (plain serialized engine) and `engine_path`.json (sidecar) from `onnx_path`.
+
+    Both files are written atomically. Returns the sidecar dict.
+    """
+    from mde.io import sha256_file, write_bytes_atomic, write_json_atomic
+    from mde.runtime.backends.tensorrt import import_cudart, on_device, tensorrt_major
+
+    props = onnx_metadata(onnx_path, cfg)
+    trt_version, gpu_name, cc = require_tensorrt()
+    import tensorrt as trt
+
+    shapes = cfg.profile()
+    # the builder builds on this thread's current device: make it the one the sidecar describes
+    with on_device(import_cudart(), BUILD_DEVICE):
+        serialized = _build(trt, onnx_path, cfg, shapes, timing_cache_file(cfg.timing_cache, trt_version, cc))
+    write_bytes_atomic(engine_path, bytes(serialized))
 
     sidecar = {
         "tensorrt_version": trt_version,

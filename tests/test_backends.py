@@ -338,6 +338,32 @@ def test_tensorrt_runner_sets_its_device_on_every_calling_thread(fake_gpu):
     assert all(device == 1 for _, device in calls), calls
 
 
+def test_tensorrt_runner_gives_the_callers_device_back(fake_gpu):
+    """A runner on GPU 1 leaves the calling thread's current device (shared with PyTorch) as it found it."""
+    engine, cudart = fake_gpu(devices=2)
+    assert cudart.cudaGetDevice()[1] == 0
+    runner = open_runner(engine, device=1)
+    assert cudart.cudaGetDevice()[1] == 0
+    runner.infer({"image": np.ones((1, 3, 64, 64), np.float32)})
+    assert cudart.cudaGetDevice()[1] == 0
+    runner.deactivate()
+    assert cudart.cudaGetDevice()[1] == 0
+    assert ("cudaMalloc", 1) in [(call, device) for call, device, _ in cudart.log]
+
+
+def test_tensorrt_runner_never_frees_a_buffer_twice(fake_gpu, monkeypatch):
+    """A failed cudaFree while a buffer grows is an error once; closing does not free that pointer again."""
+    engine, cudart = fake_gpu()
+    runner = open_runner(engine)
+    runner.infer({"image": np.ones((1, 3, 64, 64), np.float32)})
+    freed: list[int] = []
+    monkeypatch.setattr(cudart, "cudaFree", lambda ptr: freed.append(int(ptr)) or (cudart.cudaError_t.cudaErrorInvalidValue,))
+    with pytest.raises(BackendError, match="cudaFree"):
+        runner.infer({"image": np.ones((2, 3, 64, 64), np.float32)})
+    runner.deactivate()
+    assert len(freed) == len(set(freed)), freed
+
+
 def test_tensorrt_runner_without_driver_says_what_is_missing(fake_gpu):
     engine, _ = fake_gpu(driver=False)
     with pytest.raises(BackendError, match="TensorRT needs a CUDA GPU: no NVIDIA driver, or one older than the "

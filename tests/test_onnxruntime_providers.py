@@ -126,6 +126,26 @@ def test_tensorrt_ep_gets_engine_and_timing_caches(gpu_machine, fake_session, mo
     assert options["trt_engine_cache_path"] and options["trt_timing_cache_path"]
 
 
+def test_cuda_ep_computes_fp32_in_fp32(gpu_machine, fake_session, monkeypatch, tiny_export):
+    """ORT's CUDA EP would run FP32 convolutions in TF32 on Ampere+; the session asks for FP32 math."""
+    monkeypatch.setattr(eps, "load_library", _loader(set()))
+    fake_session.uses = [CUDA_EP, CPU_EP]
+    ortb.create_session(tiny_export / "model.onnx", providers=[CUDA_EP, CPU_EP])
+    assert (CUDA_EP, {"use_tf32": "0"}) in fake_session.calls[-1]
+
+
+@pytest.mark.skipif(not (CAPI / "libonnxruntime_providers_cuda.so").is_file(),
+                    reason="this onnxruntime has no CUDA provider library")
+def test_cuda_ep_knows_the_options_mde_gives_it():
+    """Every CUDA EP option key mde passes is one this onnxruntime's CUDA provider library parses."""
+    import mmap
+
+    with open(CAPI / "libonnxruntime_providers_cuda.so", "rb") as f, \
+            mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as library:
+        for key in ortb.cuda_provider_options():
+            assert library.find(b"\0" + key.encode() + b"\0") >= 0, key
+
+
 # -- no silent CPU run (defect 2) ----------------------------------------------------------
 def test_gpu_libraries_are_preloaded_before_a_gpu_session(gpu_machine, fake_session, monkeypatch, tiny_export):
     monkeypatch.setattr(eps, "load_library", _loader(set()))

@@ -42,6 +42,7 @@ SAMPLE_ARGS = {
     "cudaRuntimeGetVersion": lambda rt, stream: (),
     "cudaGetDeviceCount": lambda rt, stream: (),
     "cudaGetDeviceProperties": lambda rt, stream: (0,),
+    "cudaGetDevice": lambda rt, stream: (),
     "cudaSetDevice": lambda rt, stream: (0,),
     "cudaStreamCreate": lambda rt, stream: (),
     "cudaMalloc": lambda rt, stream: (16,),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from trt_fakes import FOREIGN_CACHE, Recorder, fake_tensorrt
+from trt_fakes import FOREIGN_CACHE, FakeCudart, Recorder, fake_tensorrt
 
 from mde.errors import BackendError, CheckFailed, InputError, ModelError
 from mde.export.tensorrt_build import BuildConfig
@@ -17,13 +17,15 @@ from mde.export.tensorrt_build import BuildConfig
 
 @pytest.fixture
 def fake_trt(monkeypatch):
-    """Install the fake `tensorrt` (tests/trt_fakes.py) on a fake 9.0 GPU; return its call recorder."""
+    """Install the fake `tensorrt` and cuda-python (tests/trt_fakes.py) on two fake 9.0 GPUs; return the recorder."""
     from mde.export import tensorrt_build
+    from mde.runtime.backends import tensorrt as trt_backend
 
-    def install(version: str = "11.4.0.106", **kwargs) -> Recorder:
+    def install(version: str = "11.4.0.106", cudart: FakeCudart | None = None, **kwargs) -> Recorder:
         rec = Recorder()
         monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(rec, version=version, **kwargs))
         monkeypatch.setattr(tensorrt_build, "require_tensorrt", lambda: (version, "Fake GPU", "9.0"))
+        monkeypatch.setattr(trt_backend, "import_cudart", lambda: cudart or FakeCudart(devices=2))
         return rec
 
     return install
@@ -46,6 +48,7 @@ def test_build_engine_api_sequence_and_sidecar(fake_trt, tiny_export, tmp_path):
 
     assert ("create_network", 0) in rec.calls  # TensorRT 11: always strongly typed, no flags
     assert ("set_memory_pool_limit", 0, 256 << 20) in rec.calls
+    assert ("clear_flag", sys.modules["tensorrt"].BuilderFlag.TF32) in rec.calls  # FP32 layers stay FP32
     assert ("set_shape", "image", [1, 3, 64, 64], [1, 3, 64, 64], [4, 3, 64, 64]) in rec.calls
     assert ("parse_from_file", "model.fp16.onnx") in rec.calls
     assert engine.read_bytes() == b"\x7fSERIALIZED-ENGINE"  # plain: nothing prepended
@@ -165,6 +168,34 @@ def test_failed_build_writes_nothing(fake_trt, tiny_export, tmp_path):
             BuildConfig(input_size=(64, 64), timing_cache=tmp_path / "c"),
         )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_engine_is_built_on_gpu_0_and_the_callers_device_is_restored(fake_trt, tiny_export, tmp_path, monkeypatch):
+    """The sidecar describes GPU 0, so the build runs there even when the thread had GPU 1 current."""
+    from mde.export.tensorrt_build import build_engine
+
+    cudart = FakeCudart(devices=2)
+    fake_trt(cudart=cudart)
+    cudart.cudaSetDevice(1)
+    trt = sys.modules["tensorrt"]
+    built_on: list[int] = []
+    build = trt.Builder.build_serialized_network
+    monkeypatch.setattr(trt.Builder, "build_serialized_network",
+                        lambda self, *a: built_on.append(cudart.cudaGetDevice()[1]) or build(self, *a))
+    build_engine(tiny_export / "model.onnx", tmp_path / "model.engine", _cfg(tmp_path))
+    assert built_on == [0]
+    assert cudart.cudaGetDevice()[1] == 1
+
+
+def test_refused_profile_is_input_error_and_writes_nothing(fake_trt, tiny_export, tmp_path, monkeypatch):
+    from mde.export.tensorrt_build import build_engine
+
+    fake_trt()
+    trt = sys.modules["tensorrt"]
+    monkeypatch.setattr(trt.IBuilderConfig, "add_optimization_profile", lambda self, profile: -1)
+    with pytest.raises(InputError, match="model.onnx: TensorRT refused the optimization profile"):
+        build_engine(tiny_export / "model.onnx", tmp_path / "out" / "model.engine", _cfg(tmp_path))
+    assert not (tmp_path / "out").exists()
 
 
 def test_dynamic_size_profile():

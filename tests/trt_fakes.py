@@ -81,6 +81,9 @@ def fake_tensorrt(
         def serialize(self) -> bytes:
             return b"CACHE<" + self.blob + b">"
 
+    class BuilderFlag(enum.IntEnum):
+        TF32 = 2
+
     class IOptimizationProfile:
         def set_shape(self, input, min, opt, max):  # noqa: A002 - the real parameter names
             rec.calls.append(("set_shape", input, list(min), list(opt), list(max)))
@@ -91,6 +94,9 @@ def fake_tensorrt(
 
         def set_memory_pool_limit(self, pool, pool_size):
             rec.calls.append(("set_memory_pool_limit", pool, pool_size))
+
+        def clear_flag(self, flag):
+            rec.calls.append(("clear_flag", flag))
 
         def add_optimization_profile(self, profile):
             rec.calls.append(("add_optimization_profile",))
@@ -220,7 +226,7 @@ def fake_tensorrt(
             return ICudaEngine() if bytes(serialized_engine).startswith(b"\x7fSERIALIZED") else None
 
     for cls in (
-        DataType, TensorIOMode, NetworkDefinitionCreationFlag, MemoryPoolType, Logger, ITimingCache,
+        DataType, TensorIOMode, NetworkDefinitionCreationFlag, MemoryPoolType, BuilderFlag, Logger, ITimingCache,
         IOptimizationProfile, IBuilderConfig, INetworkDefinition, Builder, ParserError, OnnxParser,
         IExecutionContext, ICudaEngine, Runtime,
     ):
@@ -299,6 +305,11 @@ class FakeCudart:
         if not self.driver:
             return self.cudaError_t.cudaErrorInsufficientDriver, None
         return self.cudaError_t.cudaSuccess, self.cudaDeviceProp()
+
+    def cudaGetDevice(self):  # noqa: N802
+        if not self.driver:
+            return self.cudaError_t.cudaErrorInsufficientDriver, None
+        return self.cudaError_t.cudaSuccess, self._device()
 
     def cudaSetDevice(self, device):  # noqa: N802
         if not self.driver:

@@ -61,6 +61,16 @@ def tensorrt_provider_options(cache_dir: Path = CACHE_DIR / "ort-tensorrt") -> d
     }
 
 
+def cuda_provider_options() -> dict[str, str]:
+    """CUDA EP options: FP32 math in FP32, not TF32.
+
+    ONNX Runtime's default lets FP32 convolutions run in TF32 on Ampere and later (10-bit
+    mantissas): an FP32 artifact would no longer compute what its name says, nor match PyTorch
+    within the FP32 tolerance. FP16 is the fast path on a GPU.
+    """
+    return {"use_tf32": "0"}
+
+
 def session_options(
     ort: Any,
     threads: int = 0,
@@ -128,7 +138,8 @@ def create_session(
     if any(p in GPU_EPS for p in wanted):
         eps.preload_gpu_libraries()
     opts = session_options(ort, threads, inter_op_threads, optimization, optimized_model_path)
-    provider_args = [(p, tensorrt_provider_options()) if p == TRT_EP else p for p in wanted]
+    options = {TRT_EP: tensorrt_provider_options, CUDA_EP: cuda_provider_options}
+    provider_args = [(p, options[p]()) if p in options else p for p in wanted]
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed):  # ORT prints "EP Error ... Falling back" on stdout

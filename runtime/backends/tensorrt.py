@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,8 @@ from mde.errors import BackendError, InputError, ModelError
 from mde.runtime.backends.base import Runner, TensorSpec, register_backend
 from mde.runtime.metadata import ModelMetadata, sidecar_path
 
-INSTALL_HINT = "pip install 'mde[tensorrt]' (on a Jetson: JetPack's own TensorRT, see the README)"
+INSTALL_HINT = ("pip install 'mde[tensorrt]' (beside PyPI's CUDA 13 PyTorch: 'mde[tensorrt-cu13]'; "
+                "on a Jetson: JetPack's own TensorRT, see the README)")
 MIN_TENSORRT = (10, 3)
 SIDECAR_KEYS = ("tensorrt_version", "compute_capability", "profile", "metadata")
 # cudaError_t values that mean "this machine cannot run CUDA at all", and what to tell the user.
@@ -186,6 +189,23 @@ def _check(result: Any, what: str, cudart: Any = None) -> Any:
     return values[0] if len(values) == 1 else values
 
 
+@contextlib.contextmanager
+def on_device(cudart: Any, device: int) -> Iterator[None]:
+    """Make CUDA device `device` current on this thread for the block, then give back the one that was.
+
+    The current device is per thread and shared with whatever else the caller runs (PyTorch
+    among them), so a runner must not leave its own device selected behind it.
+    """
+    previous = _check(cudart.cudaGetDevice(), "cudaGetDevice", cudart)
+    if previous != device:
+        _check(cudart.cudaSetDevice(device), "cudaSetDevice", cudart)
+    try:
+        yield
+    finally:
+        if previous != device:
+            cudart.cudaSetDevice(previous)
+
+
 def gpu_info(cudart: Any, device: int = 0) -> tuple[str, str]:
     """(name, "major.minor") of CUDA device `device`."""
     count = _check(cudart.cudaGetDeviceCount(), "cudaGetDeviceCount", cudart)
@@ -249,8 +269,11 @@ class TensorRTRunner(Runner):
             raise
 
     def _open(self, trt: Any, cudart: Any) -> None:
-        """Deserialize the engine, read its I/O tensors, create the context and the stream."""
-        _check(cudart.cudaSetDevice(self.device), "cudaSetDevice", cudart)
+        """Deserialize the engine, read its I/O tensors, create the context and the stream (on `device`)."""
+        with on_device(cudart, self.device):
+            self._open_on_device(trt, cudart)
+
+    def _open_on_device(self, trt: Any, cudart: Any) -> None:
         logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(logger)
         engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
@@ -292,43 +315,46 @@ class TensorRTRunner(Runner):
         ptr, size = self._buffers.get(name, (0, 0))
         if size < nbytes:
             if ptr:
+                del self._buffers[name]  # forgotten even when the free fails: never freed twice
                 _check(self._cudart.cudaFree(ptr), "cudaFree")
-                del self._buffers[name]
             ptr = int(_check(self._cudart.cudaMalloc(nbytes), "cudaMalloc"))
             self._buffers[name] = (ptr, nbytes)
         return ptr
 
     def _infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        cudart = self._cudart
-        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         with self._lock:
-            ctx, stream = self._context, self._stream
-            if ctx is None:  # a `deactivate` from another thread got the lock first
+            if self._context is None:  # a `deactivate` from another thread got the lock first
                 raise self.not_active()
             # the current device is per thread: this call may come from a thread that never chose it
-            _check(cudart.cudaSetDevice(self.device), "cudaSetDevice", cudart)
-            hosts = {}
-            for name, array in feed.items():
-                array = np.ascontiguousarray(array)
-                hosts[name] = array  # keep alive until the stream is synchronized
-                if not ctx.set_input_shape(name, tuple(int(d) for d in array.shape)):
-                    raise InputError(f"TensorRT rejected shape {array.shape} for {name!r}", self.path)
-                ptr = self._buffer(name, array.nbytes)
-                _check(cudart.cudaMemcpyAsync(ptr, array.ctypes.data, array.nbytes, h2d, stream), "copy in")
-                ctx.set_tensor_address(name, ptr)
-            outputs = {}
-            for name, spec in self.output_specs.items():
-                out = np.empty(tuple(ctx.get_tensor_shape(name)), dtype=spec.dtype)
-                ptr = self._buffer(name, max(out.nbytes, 1))
-                ctx.set_tensor_address(name, ptr)
-                outputs[name] = out
-            if not ctx.execute_async_v3(int(stream)):
-                raise BackendError("TensorRT execution failed", self.path)
-            for name, out in outputs.items():
-                ptr = self._buffers[name][0]
-                _check(cudart.cudaMemcpyAsync(out.ctypes.data, ptr, out.nbytes, d2h, stream), "copy out")
-            _check(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+            with on_device(self._cudart, self.device):
+                return self._run(feed)
+
+    def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One inference on the current device, under the lock: copy in, execute, copy out, synchronize."""
+        cudart, ctx, stream = self._cudart, self._context, self._stream
+        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        hosts = {}
+        for name, array in feed.items():
+            array = np.ascontiguousarray(array)
+            hosts[name] = array  # keep alive until the stream is synchronized
+            if not ctx.set_input_shape(name, tuple(int(d) for d in array.shape)):
+                raise InputError(f"TensorRT rejected shape {array.shape} for {name!r}", self.path)
+            ptr = self._buffer(name, array.nbytes)
+            _check(cudart.cudaMemcpyAsync(ptr, array.ctypes.data, array.nbytes, h2d, stream), "copy in")
+            ctx.set_tensor_address(name, ptr)
+        outputs = {}
+        for name, spec in self.output_specs.items():
+            out = np.empty(tuple(ctx.get_tensor_shape(name)), dtype=spec.dtype)
+            ptr = self._buffer(name, max(out.nbytes, 1))
+            ctx.set_tensor_address(name, ptr)
+            outputs[name] = out
+        if not ctx.execute_async_v3(int(stream)):
+            raise BackendError("TensorRT execution failed", self.path)
+        for name, out in outputs.items():
+            ptr = self._buffers[name][0]
+            _check(cudart.cudaMemcpyAsync(out.ctypes.data, ptr, out.nbytes, d2h, stream), "copy out")
+        _check(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
         return outputs
 
     def _deactivate_impl(self) -> None:
@@ -339,11 +365,12 @@ class TensorRTRunner(Runner):
         """Free the buffers and the stream on this runner's device, then drop the context and engine."""
         cudart = self._cudart
         if cudart is not None:
-            cudart.cudaSetDevice(self.device)  # the thread that deactivates may have another device current
-            for ptr, _ in self._buffers.values():
-                cudart.cudaFree(ptr)
-            if self._stream is not None:
-                cudart.cudaStreamDestroy(self._stream)
+            # the thread that deactivates may have another device current; best effort, never raises
+            with contextlib.suppress(BackendError), on_device(cudart, self.device):
+                for ptr, _ in self._buffers.values():
+                    cudart.cudaFree(ptr)
+                if self._stream is not None:
+                    cudart.cudaStreamDestroy(self._stream)
         self._buffers.clear()
         self._context = self._engine = self._stream = None
 
