@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mde.runtime.metadata import MM_PER_M
-
 METHODS = ("entropy", "percentile", "minmax")
 MIN_IMAGES = 32
 
@@ -79,7 +77,8 @@ class CalibrationConfig:
         percentile: the percentile of the `percentile` method.
         force: overwrite an existing output.
         reuse_ranges: reuse `OUT.ranges.json` when it matches the model, images, seed and method.
-        depth_scale: 16-bit depth PNG units per metre in `data` (the ground truth of the report's GT columns).
+        depth_scale: 16-bit depth PNG units per metre in `data` (the ground truth of the report's GT
+            columns); None: the format's own (1000, KITTI 256).
         progress: show progress bars on stderr.
     """
 
@@ -98,7 +97,7 @@ class CalibrationConfig:
     force: bool = False
     reuse_ranges: bool = True
     progress: bool = True
-    depth_scale: float = MM_PER_M
+    depth_scale: float | None = None
     # Ops the sensitivity search may keep in float (the weighted layers).
     fallback_op_types: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 

@@ -33,6 +33,7 @@ FORMATS = ("auto", "folder", "nyu", "kitti")
 NYU_SUFFIXES = (".mat", ".h5", ".hdf5")
 DEPTH_SUFFIXES = (".png", ".npy")
 NYU_MAX_DEPTH = 10.0
+NYU_UNIT_CHECK = 5  # an NYU depth beyond 5 x its range is another unit, not a far wall
 KITTI_MAX_DEPTH = 80.0
 KITTI_DEPTH_SCALE = 256.0
 MASK_VALUES = (MASK_STRUCTURE, MASK_OBJECT, MASK_INVALID)
@@ -212,7 +213,7 @@ class NYUDataset:
     def __init__(self, path: str | Path, split: str = "all"):
         self.path = Path(path)
         if split not in self.SPLITS:
-            raise InputError(f"unknown NYU split {split!r}; expected one of {', '.join(self.SPLITS)}")
+            raise InputError(f"unknown NYU split {split!r}; expected one of {', '.join(self.SPLITS)}", self.path)
         if not self.path.is_file():
             raise DataError("NYU Depth v2 file not found", self.path)
         h5 = self._open()
@@ -224,7 +225,15 @@ class NYUDataset:
             if depths.shape != (images.shape[0], images.shape[2], images.shape[3]):
                 raise DataError(f"expected 'depths' of shape {(images.shape[0], *images.shape[2:])} "
                                 f"to match 'images', found {depths.shape}", self.path)
+            if not np.issubdtype(depths.dtype, np.floating):  # uint16 would be millimetres read as metres
+                raise DataError(f"expected 'depths' as floating-point metres, found {depths.dtype}", self.path)
             count = images.shape[0]
+            if count:  # units: NYU's Kinect reaches about 10 m; millimetres stored as floats read 1000 x too far
+                first = np.asarray(depths[0], dtype=np.float64)
+                far = float(first[np.isfinite(first)].max(initial=0.0))
+                if far > NYU_UNIT_CHECK * NYU_MAX_DEPTH:
+                    raise DataError(f"'depths' must be metres (NYU reaches {NYU_MAX_DEPTH:g} m); image 0 holds "
+                                    f"{far:g} (millimetres?)", self.path)
         finally:
             h5.close()
         every = range(count)
@@ -246,9 +255,14 @@ class NYUDataset:
             raise DataError(f"not a readable HDF5 / MATLAB v7.3 file ({err})", self.path) from None
 
     def _arrays(self, h5):
+        import h5py
+
         missing = [k for k in ("images", "depths") if k not in h5]
         if missing:
             raise DataError(f"expected datasets 'images' and 'depths', missing {missing}", self.path)
+        groups = [k for k in ("images", "depths") if not isinstance(h5[k], h5py.Dataset)]
+        if groups:  # e.g. a MATLAB struct saved under that name
+            raise DataError(f"expected 'images' and 'depths' to be arrays; {groups[0]!r} is an HDF5 group", self.path)
         return h5["images"], h5["depths"]
 
     @property
@@ -277,15 +291,15 @@ class NYUDataset:
 
 
 def open_dataset(path: str | Path, split: str = "val", fmt: str = "auto",
-                 depth_scale: float = MM_PER_M) -> FolderDataset | KittiDataset | NYUDataset:
+                 depth_scale: float | None = None) -> FolderDataset | KittiDataset | NYUDataset:
     """Open a dataset by what is on disk.
 
     Args:
         path: a folder (folder format, or KITTI's selection layout) or an NYU .mat / .h5 file.
         split: "train" / "val" (NYU also "all"; see `NYUDataset`).
         fmt: "auto" (detect), "folder", "nyu" or "kitti".
-        depth_scale: PNG depth units per metre for the folder format (KITTI uses 256 unless
-            a different value than the 1000 default is given).
+        depth_scale: PNG depth units per metre; None: the format's own (1000 for the folder
+            format, 256 for KITTI). A value given is used as given, KITTI's layout included.
     """
     path = Path(path)
     if fmt not in FORMATS:
@@ -303,9 +317,8 @@ def open_dataset(path: str | Path, split: str = "val", fmt: str = "auto",
     if fmt == "nyu":
         return NYUDataset(path, split)
     if fmt == "kitti":
-        scale = KITTI_DEPTH_SCALE if depth_scale == MM_PER_M else depth_scale
-        return KittiDataset(path, split, scale)
-    return FolderDataset(path, split, depth_scale)
+        return KittiDataset(path, split, KITTI_DEPTH_SCALE if depth_scale is None else depth_scale)
+    return FolderDataset(path, split, MM_PER_M if depth_scale is None else depth_scale)
 
 
 def dataset_max_depth(path: str | Path, model_range: float | None = None) -> float:

@@ -47,7 +47,8 @@ class ExportConfig:
         golden_images: golden inputs saved in golden.npz and used for the checks.
         golden_seed: seed of the random golden inputs (when no `golden_data` is given).
         golden_data: dataset folder whose val images (and ground truth) are the golden inputs; None: noise.
-        depth_scale: 16-bit depth PNG units per metre in `golden_data` and `calib_data`.
+        depth_scale: 16-bit depth PNG units per metre in `golden_data` and `calib_data`; None: the
+            format's own (1000, KITTI 256).
         min_batch: TensorRT profile minimum batch.
         opt_batch: TensorRT profile batch the kernels are tuned for.
         max_batch: TensorRT profile maximum batch.
@@ -71,7 +72,7 @@ class ExportConfig:
     golden_images: int = 4
     golden_seed: int = 0
     golden_data: Path | None = None
-    depth_scale: float = MM_PER_M
+    depth_scale: float | None = None
     min_batch: int = 1
     opt_batch: int = 1
     max_batch: int = 8

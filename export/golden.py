@@ -8,8 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from mde.runtime.metadata import MM_PER_M
-
 
 @dataclass
 class GoldenInputs:
@@ -23,7 +21,7 @@ class GoldenInputs:
 
 
 def golden_inputs(data: Path | None, size: tuple[int, int], count: int, seed: int, split: str = "val",
-                  depth_scale: float = MM_PER_M, model_range: float | None = None) -> GoldenInputs:
+                  depth_scale: float | None = None, model_range: float | None = None) -> GoldenInputs:
     """`count` golden inputs: the first images of `data`'s `split` with their depth (and masks), or, only
     when no dataset is given, seeded uniform noise. `model_range` is the SSIM data range of a dataset
     without one (`dataset_max_depth`).

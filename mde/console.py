@@ -20,7 +20,9 @@ from rich.progress import (
 T = TypeVar("T")
 
 # soft_wrap: a long line (an error naming a deep path) stays one line in logs and terminals alike.
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# markup=False on every console: paths and names are printed as they are ("runs/[v2]" is no style tag);
+# styles are given as rich Text styles, never as markup inside a string.
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 PLAIN_INTERVAL_S = 10.0
 
 
@@ -92,12 +94,12 @@ def make_progress(transient: bool = False) -> Progress | PlainProgress:
     if not err_console.is_terminal:
         return PlainProgress()
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
+        TextColumn("{task.fields[info]}", markup=False),
         console=err_console,
         transient=transient,
     )
@@ -112,6 +114,11 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
         for item in items:
             yield item
             progress.advance(task)
+
+
+def stdout_console(width: int | None = None) -> Console:
+    """A console for tables and results on stdout; text is printed as it is (no markup)."""
+    return Console(width=width, markup=False)
 
 
 def info(message: str) -> None:

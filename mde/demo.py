@@ -13,20 +13,21 @@ import sys
 import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from mde.console import err_console as console  # stderr, soft-wrapped: whole lines in logs
+from mde.console import stdout_console
 from mde.export.config import ARTIFACT_NAMES, INT8_CPU_NAME
 
 
 def step(title: str, outputs: list[Path], args: list[str], capture: bool = False) -> str:
     """Run `mde ARGS` unless all `outputs` exist; return its stdout when `capture`."""
     if outputs and all(p.exists() for p in outputs) and not capture:
-        console.print(f"[green]✓[/] {title} [dim](reusing {outputs[0]})[/]")
+        console.print(Text.assemble(("✓", "green"), f" {title} ", (f"(reusing {outputs[0]})", "dim")))
         return ""
-    console.rule(f"[bold]{title}")
-    console.print(f"[dim]$ mde {' '.join(args)}[/]")
+    console.rule(Text(title, style="bold"))
+    console.print(Text(f"$ mde {' '.join(args)}", style="dim"))
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "mde", *args],
@@ -34,9 +35,9 @@ def step(title: str, outputs: list[Path], args: list[str], capture: bool = False
         text=True,
     )
     if proc.returncode not in (0, 1):
-        console.print(f"[red]✗ {title} failed (exit {proc.returncode})[/]")
+        console.print(Text(f"✗ {title} failed (exit {proc.returncode})", style="red"))
         raise SystemExit(proc.returncode)
-    console.print(f"[green]✓[/] {title} [dim]({time.perf_counter() - start:.0f} s)[/]")
+    console.print(Text.assemble(("✓", "green"), f" {title} ", (f"({time.perf_counter() - start:.0f} s)", "dim")))
     return proc.stdout or ""
 
 
@@ -85,8 +86,8 @@ def main(argv: list[str] | None = None) -> None:
 
     picture(export / "model.onnx", data, out / "predictions.png")
     summary(json.loads(parity_json.read_text()), json.loads(bench_out), artifacts, run, data)
-    console.print(f"\n[bold]demo finished in {time.perf_counter() - started:.0f} s[/]; "
-                  f"outputs in {out}/ (parity report: {out / 'parity.md'})")
+    console.print(Text.assemble("\n", (f"demo finished in {time.perf_counter() - started:.0f} s", "bold"),
+                                f"; outputs in {out}/ (parity report: {out / 'parity.md'})"))
 
 
 def picture(model: Path, data: Path, out: Path, count: int = 4) -> None:
@@ -106,7 +107,7 @@ def picture(model: Path, data: Path, out: Path, count: int = 4) -> None:
         colored = [colorize(d, est.metadata.max_depth) for d in (sample.depth, depth)]
         rows.append(np.concatenate([sample.rgb, *colored], axis=1))
     Image.fromarray(np.concatenate(rows, axis=0)).save(out)
-    console.print(f"[green]✓[/] predictions picture: {out}")
+    console.print(Text.assemble(("✓", "green"), f" predictions picture: {out}"))
 
 
 def _by_name(rows: list[dict], key: str) -> dict[str, dict]:
@@ -141,13 +142,13 @@ def summary(parity: dict, bench: dict, artifacts: list[Path], run: Path, data: P
                       _fmt(s.get("latency_ms", {}).get("mean")),
                       _fmt(c.get("rmse"), 4), _fmt(c.get("ssim"), 4),
                       _fmt(c.get("d_rmse"), 2, sci=True), _fmt(c.get("d_ssim"), 2, sci=True),
-                      "[green]PASS[/]" if c.get("passed") else "[red]FAIL[/]")
-    Console(width=130).print(table)
+                      Text("PASS", style="green") if c.get("passed") else Text("FAIL", style="red"))
+    stdout_console(130).print(table)
     ratio = ref["rmse"] / base["mean_depth"]["rmse"]
-    Console(width=130).print(f"model RMSE = {ratio:.2f} x the mean-depth baseline's")
+    stdout_console(130).print(f"model RMSE = {ratio:.2f} x the mean-depth baseline's")
     fp32_ms, cpu_ms = (speeds.get(n, {}).get("latency_ms", {}).get("mean") for n in (artifacts[0].name, INT8_CPU_NAME))
     if fp32_ms and cpu_ms:
-        Console(width=130).print(f"ONNX Runtime CPU: {INT8_CPU_NAME} runs in {cpu_ms / fp32_ms:.2f} x the time "
+        stdout_console(130).print(f"ONNX Runtime CPU: {INT8_CPU_NAME} runs in {cpu_ms / fp32_ms:.2f} x the time "
                                  f"of {artifacts[0].name} (FP32)")
 
 

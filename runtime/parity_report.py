@@ -47,33 +47,36 @@ REGION_COLUMNS = ("region", "model", "RMSE", "AbsRel", "delta1", "images")
 
 def print_regions(results: Sequence[ArtifactResult], figures: dict[str, Any]) -> None:
     """The per-region figures on stdout (information: parity gates use the whole image)."""
-    from rich.console import Console
     from rich.table import Table
+
+    from mde.console import stdout_console
 
     table = Table(title="per region (information, not gated)")
     for col in REGION_COLUMNS:
         table.add_column(col, justify="left" if col in ("region", "model") else "right")
     for row in region_rows(results, figures):
         table.add_row(*row)
-    Console(width=160).print(table)
+    stdout_console(160).print(table)
 
 
 def print_table(results: Sequence[ArtifactResult], title: str) -> None:
     """The parity table on stdout."""
-    from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
+
+    from mde.console import stdout_console
 
     table = Table(title=title)
     for col in COLUMNS:
         table.add_column(col, justify="left" if col in ("artifact", "result") else "right")
     for row, r in zip(rows(results), results):
         style = "green" if r.passed else "red"
-        table.add_row(*row[:-1], f"[{style}]{row[-1]}[/]")
-    console = Console(width=160)
+        table.add_row(*row[:-1], Text(row[-1], style=style))
+    console = stdout_console(160)
     console.print(table)
     for r in results:
         if r.reason:
-            console.print(f"[red]{r.artifact}[/]: {r.reason}")
+            console.print(Text.assemble((str(r.artifact), "red"), f": {r.reason}"))
 
 
 def panel(rgb: np.ndarray, reference: np.ndarray, artifact: np.ndarray, max_depth: float) -> np.ndarray:

@@ -19,7 +19,6 @@ import numpy as np
 from mde.errors import CheckFailed, DataError, InputError, ModelError
 from mde.io import sha256_file
 from mde.runtime.backends.base import Runner, open_runner
-from mde.runtime.metadata import MM_PER_M
 from mde.runtime.parity import (
     DEFAULT_TOLERANCES,
     ArtifactResult,
@@ -65,7 +64,7 @@ class ParityConfig:
     golden: Path | None = None
     providers: list[str] | None = None
     device: str = "cpu"
-    depth_scale: float = MM_PER_M
+    depth_scale: float | None = None
 
 
 def run_all(runners: Sequence[Runner], feeds: Iterable[np.ndarray], total: int | None = None,

@@ -108,6 +108,9 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
         raise InputError("output exists and is not a directory", out)
     names = output_names(paths, ".npy" if cfg.format == "npy" else ".png")
     check_no_overwrite(paths, [out / name for name in names])
+    for path, name in zip(paths, names):
+        if Path(name).stem != path.stem:  # two inputs share a stem: say which file is whose
+            info(f"{path}: written as {name} (another input is named {path.stem})")
     failed = 0
     with no_empty_new_folder(out), DepthEstimator.open(cfg.artifact, backend=cfg.backend, threads=cfg.threads,
                                                        providers=cfg.providers) as est:
@@ -131,13 +134,24 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
                     raise err if err.path is not None else type(err)(str(err), path) from None
                 failed += 1
                 err_console.print(f"mde: skipped {path}: {str(err).removeprefix(f'{path}: ')}", markup=False)
+    if failed == len(paths):  # nothing usable among the inputs: bad input, not a partial run
+        raise InputError(f"none of the {len(paths)} images could be read (each is listed above)")
     return {"images": len(paths), "written": len(paths) - failed, "failed": failed}
 
 
 def check_no_overwrite(inputs: list[Path], outputs: list[Path]) -> None:
-    """Refuse an output path that is one of the input images (e.g. `--out` is the images' own folder)."""
+    """Refuse an output path that is an input image, or an existing file in the input images' own folder.
+
+    An output folder of its own is rewritten freely (a rerun replaces its depth maps); in a folder
+    that holds the images, `photo.png` beside `photo.jpg` is the user's file, not an earlier output.
+    """
     sources = {path.resolve() for path in inputs}
     clash = next((path for path in outputs if path.resolve() in sources), None)
     if clash is not None:
         raise InputError("the depth map would overwrite this input image; choose another --out "
                          "(or --format npy)", clash)
+    folders = {path.parent for path in sources}
+    taken = next((path for path in outputs if path.resolve().parent in folders and path.exists()), None)
+    if taken is not None:
+        raise InputError("the depth map would replace this existing file in the images' own folder; "
+                         "choose another --out", taken)

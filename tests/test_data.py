@@ -143,6 +143,9 @@ def test_kitti_selection_layout(tmp_path):
     assert isinstance(ds, KittiDataset) and len(ds) == 1
     np.testing.assert_allclose(ds[0].depth, np.round(depth * 256) / 256, atol=1e-6)
     assert dataset_max_depth(tmp_path / "depth_selection") == 80.0
+    # a --depth-scale the user states is used as stated, 1000 (the folder format's default) included
+    np.testing.assert_allclose(open_dataset(tmp_path / "depth_selection", depth_scale=1000)[0].depth,
+                               np.round(depth * 256) / 1000, atol=1e-6)
     with pytest.raises(DataError, match="val_selection_cropped: KITTI's depth-selection layout holds only "
                                         "validation images; it has no 'train' split"):
         open_dataset(tmp_path / "depth_selection", "train")  # training would pick best.pt on its own images
@@ -284,6 +287,25 @@ def _bad_nyu_no_valid_pixel(root):
     return lambda: NYUDataset(root / "nyu.mat")[1], r"nyu.mat\[1\].*no valid pixel"
 
 
+def _bad_nyu_millimetres(root):
+    _write_nyu(root / "nyu.mat", n=3, depths=np.full((3, 16, 12), 2500, np.uint16))
+    return lambda: NYUDataset(root / "nyu.mat"), "nyu.mat.*'depths' as floating-point metres, found uint16"
+
+
+def _bad_nyu_millimetres_as_floats(root):
+    _write_nyu(root / "nyu.mat", n=3, depths=np.full((3, 16, 12), 2500.0, np.float32))
+    return lambda: NYUDataset(root / "nyu.mat"), r"nyu.mat.*must be metres .*holds 2500 \(millimetres\?\)"
+
+
+def _bad_nyu_struct(root):
+    import h5py
+
+    with h5py.File(root / "nyu.mat", "w") as f:
+        f["images"] = np.zeros((2, 3, 16, 12), np.uint8)
+        f.create_group("depths")["data"] = np.ones((2, 16, 12), np.float32)
+    return lambda: open_dataset(root / "nyu.mat"), "nyu.mat.*'depths' is an HDF5 group"
+
+
 def _bad_not_a_dataset(root):
     (root / "notes.txt").write_text("hello")
     return lambda: open_dataset(root / "notes.txt"), "notes.txt.*expected a dataset folder"
@@ -301,6 +323,7 @@ def _bad_missing_path(root):
      _bad_no_valid_pixel, _bad_depth_absurd, _bad_npy_not_numpy,
      _bad_duplicate_stem,
      _bad_nyu_not_hdf5, _bad_nyu_missing_key, _bad_nyu_shapes, _bad_nyu_no_valid_pixel, _bad_nyu_depth_absurd,
+     _bad_nyu_millimetres, _bad_nyu_millimetres_as_floats, _bad_nyu_struct,
      _bad_not_a_dataset, _bad_missing_path],
     ids=lambda f: f.__name__[5:],
 )

@@ -88,6 +88,9 @@ def test_predict_gives_every_input_its_own_output(cli, onnx_path, images, tmp_pa
     assert result.code == 0, result.err
     assert sorted(p.name for p in out.iterdir()) == ["img.npy", "img_1.npy", "img_1_1.npy"]
     assert [np.load(out / name).shape for name in ("img.npy", "img_1.npy", "img_1_1.npy")] == list(sizes.values())
+    assert f"{tmp_path / 'img.jpg'}: written as img_1_1.npy" not in result.err  # said for the renamed only:
+    assert f"{tmp_path / 'img.jpg'}: written as img_1.npy (another input is named img)" in result.err
+    assert f"{tmp_path / 'img_1.png'}: written as img_1_1.npy (another input is named img_1)" in result.err
 
 
 def test_predict_skips_corrupt_image_and_exits_1(cli, onnx_path, images, tmp_path):
@@ -143,6 +146,31 @@ def test_predict_never_overwrites_its_inputs(cli, onnx_path, images):
     assert result.code == 0 and (images / "a.npy").is_file()
 
 
+def test_predict_never_replaces_a_users_file_beside_the_images(cli, onnx_path, images, tmp_path):
+    """`b.png` beside the input `b.jpg` is the user's photo, not an earlier depth map; `--out` of its own is rewritten."""
+    photo = images / "b.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
+    before = photo.read_bytes()
+    result = cli("predict", onnx_path, images / "b.jpg", "--out", images)
+    assert result.code == 2 and result.err.strip().splitlines() == [
+        f"mde: error: {photo}: the depth map would replace this existing file in the images' own folder; "
+        "choose another --out"]
+    assert photo.read_bytes() == before
+    out = tmp_path / "depth"
+    for _ in range(2):  # a rerun into an output folder of its own replaces its maps
+        result = cli("predict", onnx_path, images / "b.jpg", "--out", out)
+        assert result.code == 0, result.err
+
+
+def test_paths_are_printed_as_they_are(cli, onnx_path, images, tmp_path):
+    """A folder named like rich markup ("[/x]", "[bold]") is neither a crash nor a different name."""
+    for name in ("o[/x]", "o[bold]y"):
+        out = tmp_path / name
+        result = cli("predict", onnx_path, images / "a.png", "--out", out)
+        assert result.code == 0, result.err
+        assert f"to {out}" in result.err and (out / "a.png").is_file()
+
+
 def test_predict_out_under_a_file_exit_2(cli, onnx_path, images, tmp_path):
     (tmp_path / "file").write_text("x")
     result = cli("predict", onnx_path, images, "--out", tmp_path / "file" / "sub")
@@ -174,13 +202,14 @@ def test_predict_on_golden_skips_images_it_has_no_output_for(cli, tiny_export, s
     assert sorted(p.name for p in out.iterdir()) == [f"{first_val.stem}.npy"]
 
 
-def test_predict_skipping_every_image_exits_1_and_leaves_no_folder(cli, onnx_path, tmp_path):
+def test_predict_skipping_every_image_exits_2_and_leaves_no_folder(cli, onnx_path, tmp_path):
+    """Nothing usable among the inputs is bad input (exit 2), not a partial run (exit 1)."""
     bad = [tmp_path / "bad.png", tmp_path / "worse.png"]
     for path in bad:
         path.write_bytes(b"not a png")
     result = cli("predict", onnx_path, *bad, "--out", tmp_path / "out")
-    assert result.code == 1 and all(f"skipped {p}" in result.err for p in bad), result.err
-    assert "2 of 2 images failed" in result.err
+    assert result.code == 2 and all(f"skipped {p}" in result.err for p in bad), result.err
+    assert result.err.strip().splitlines()[-1] == "mde: error: none of the 2 images could be read (each is listed above)"
     assert not (tmp_path / "out").exists()
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from mde.errors import InputError
-from mde.runtime.metadata import MM_PER_M
 
 BACKBONE_CHOICES = ("resnet18", "resnet34", "resnet50")
 # The registered decoders (mde.train.model.DECODERS); kept here so `mde --help` needs no torch.
@@ -67,7 +66,7 @@ class TrainConfig:
     color_jitter: bool = False
     object_weight: float = 1.0  # >1 trades whole-image RMSE for object RMSE (README, "Quality per region")
     max_depth: float = 0.0
-    depth_scale: float = MM_PER_M
+    depth_scale: float | None = None  # None: the dataset format's own (1000; KITTI 256)
     device: str = "auto"
     amp: bool = True
     channels_last: bool = True
@@ -102,12 +101,12 @@ class TrainConfig:
         if not 0 < self.lr_min <= self.lr_max:
             raise InputError(f"need 0 < --lr-min <= --lr-max, got {self.lr_min} and {self.lr_max}")
         for name in ("lr_min", "lr_max", "weight_decay", "max_depth", "depth_scale"):  # object_weight: its range
-            if not math.isfinite(getattr(self, name)):
+            if getattr(self, name) is not None and not math.isfinite(getattr(self, name)):
                 raise InputError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
         for name in ("workers", "checkpoint_every", "max_depth", "weight_decay"):
             if getattr(self, name) < 0:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if self.depth_scale <= 0:
+        if self.depth_scale is not None and self.depth_scale <= 0:
             raise InputError(f"--depth-scale must be > 0, got {self.depth_scale}")
         if not self.augment and (self.scale_crop or self.color_jitter):
             raise InputError("--scale-crop and --color-jitter add to --augment; drop them or drop --no-augment")

@@ -13,8 +13,9 @@ from mde.runtime.bench import BenchConfig, run_bench
 
 
 def print_table(report: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from mde.console import stdout_console
 
     cfg = report["config"]
     table = Table(
@@ -36,9 +37,9 @@ def print_table(report: dict[str, Any]) -> None:
             f"{r['postprocess_ms']:.2f}",
             f"{r['images_per_s']:.1f}",
         )
-    console = Console()
+    console = stdout_console()
     if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
-        console = Console(width=160)
+        console = stdout_console(160)
     console.print(table)
 
 

@@ -20,7 +20,7 @@ def _default(name: str):
 def calibrate_command(
     model: Path = typer.Argument(..., help="FP32 ONNX exported by `mde export` (model.onnx)."),
     data: Path = typer.Option(..., "--data", help="Dataset folder; images come from its train split."),
-    depth_scale: float = depth_scale_option(_default("depth_scale")),
+    depth_scale: float | None = depth_scale_option(_default("depth_scale")),
     out: Path = typer.Option(..., "--out", help="INT8 Q/DQ ONNX to write (ranges go to OUT.ranges.json)."),
     target: str = typer.Option(
         _default("target"), "--target",
@@ -59,8 +59,9 @@ def calibrate_command(
 
 
 def _print(report) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from mde.console import stdout_console
 
     table = Table(title=f"INT8 calibration ({report.target}): {report.out}")
     for col in ("model", "float nodes", "1-SSIM vs FP32", "RMSE vs FP32 (m)", "RMSE vs GT (m)", "SSIM vs GT"):
@@ -71,7 +72,7 @@ def _print(report) -> None:
                         ("INT8 (written)", report.after, head + len(report.float_nodes))):
         table.add_row(label, str(n), f"{m['drop']:.2e}", f"{m['rmse_vs_fp32']:.4f}",
                       f"{m['rmse']:.4f}", f"{m['ssim']:.4f}")
-    console = Console(width=120)
+    console = stdout_console(120)
     console.print(table)
     console.print(
         f"{report.num_images} images ({report.method}, seed {report.seed}), ranges "

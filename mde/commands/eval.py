@@ -21,12 +21,12 @@ DEVICE_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvide
 def eval_command(
     model: str = typer.Argument(..., help="A .pt checkpoint, .onnx model or .engine."),
     data: str = typer.Option(..., "--data", help="Dataset folder."),
-    split: str = typer.Option("val", "--split", help="Which split to score: train or val."),
+    split: str = typer.Option("val", "--split", help="Which split to score: train or val (an NYU file: also all)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     batch_size: int = typer.Option(8, "--batch-size", help="Images per inference call."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (an .onnx: ONNX Runtime's provider)."),
     backend: str = typer.Option("auto", "--backend", help=".onnx/.engine: runtime backend."),
-    depth_scale: float = depth_scale_option(),
+    depth_scale: float | None = depth_scale_option(),
 ) -> None:
     """Mean RMSE, SSIM, AbsRel, SqRel, RMSE log, delta1-3 and SILog over a split.
 
@@ -74,7 +74,7 @@ def eval_command(
     emit(metrics, json_out, lambda m: _print_table(path, split, m))
 
 
-def _pixel_mean_map_figures(data: str, dataset, data_range: float, depth_scale: float) -> dict[str, float]:
+def _pixel_mean_map_figures(data: str, dataset, data_range: float, depth_scale: float | None) -> dict[str, float]:
     """The image-blind baseline on the same split: the train split's per-pixel mean depth map."""
     from mde.data.readers import open_dataset
     from mde.runtime.evaluate import pixel_mean_map_metrics
@@ -94,10 +94,11 @@ def _torch_predict(path: Path, device: str):
 
 
 def _print_table(path: Path, split: str, metrics: dict[str, float]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from mde.console import stdout_console
+
+    console = stdout_console()
     console.print(f"{path.name} on {split}: {metrics.get('images', 0)} images")
     table = Table()
     table.add_column("metric")

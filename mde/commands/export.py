@@ -61,7 +61,8 @@ def export(
         _D.golden_data, "--golden-data",
         help="Dataset whose val images and ground truth become the golden inputs (default: seeded noise).",
     ),
-    depth_scale: float = depth_scale_option(_D.depth_scale, f"Of --golden-data and --calib-data: {DEPTH_SCALE_HELP}"),
+    depth_scale: float | None = depth_scale_option(
+        _D.depth_scale, f"Of --golden-data and --calib-data: {DEPTH_SCALE_HELP}"),
     min_batch: int = _engine_option("min_batch", "Profile: smallest batch."),
     opt_batch: int = _engine_option("opt_batch", "Profile: batch tuned for."),
     max_batch: int = _engine_option("max_batch", "Profile: largest batch."),

@@ -49,8 +49,9 @@ def artifact_info(path: Path) -> dict[str, Any]:
 
 
 def print_info(info: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from mde.console import stdout_console
 
     meta = info["metadata"]
     table = Table(title=info["path"], show_header=False)
@@ -86,9 +87,9 @@ def print_info(info: dict[str, Any]) -> None:
         )
     for row in rows:
         table.add_row(*row)
-    console = Console()
+    console = stdout_console()
     if not console.is_terminal:
-        console = Console(width=160)
+        console = stdout_console(160)
     console.print(table)
 
 

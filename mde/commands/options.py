@@ -10,7 +10,6 @@ import typer
 
 from mde.errors import InputError
 from mde.io import json_text
-from mde.runtime.metadata import MM_PER_M
 
 PROVIDERS_HELP = (
     "ONNX Runtime execution providers in order of preference (repeat the option, e.g. "
@@ -27,12 +26,12 @@ def emit(report: dict[str, Any], as_json: bool, show: Callable[[dict[str, Any]],
         show(report)
 
 
-DEPTH_SCALE_HELP = "16-bit depth PNG units per metre (1000: millimetres; KITTI: 256)."
+DEPTH_SCALE_HELP = "16-bit depth PNG units per metre (default: 1000, millimetres; KITTI's layout: 256)."
 
 
-def depth_scale_option(default: float = MM_PER_M, help_: str = DEPTH_SCALE_HELP) -> Any:
-    """`--depth-scale`: how the dataset's 16-bit depth PNGs encode metres (the same option on every command)."""
-    return typer.Option(default, "--depth-scale", help=help_)
+def depth_scale_option(default: float | None = None, help_: str = DEPTH_SCALE_HELP) -> Any:
+    """`--depth-scale`: how the dataset's 16-bit depth PNGs encode metres (None: the dataset format's own)."""
+    return typer.Option(default, "--depth-scale", help=help_, show_default=False)
 
 
 def providers_option() -> Any:

@@ -15,7 +15,6 @@ import typer
 
 from mde.commands.options import DEPTH_SCALE_HELP, backend_help, check_backend, depth_scale_option, providers_option
 from mde.errors import InputError
-from mde.runtime.metadata import MM_PER_M
 from mde.runtime.parity_run import ParityConfig, run_parity
 
 _D = ParityConfig.__dataclass_fields__
@@ -32,7 +31,7 @@ def parity_command(
     backend: str = typer.Option(_D["backend"].default, "--backend", help="auto, or a registered backend."),
     golden: Path = typer.Option(None, "--golden", help="golden.npz: torch-free check of ARTIFACT..."),
     providers: list[str] = providers_option(),
-    depth_scale: float = depth_scale_option(help_=f"With --data: {DEPTH_SCALE_HELP}"),
+    depth_scale: float | None = depth_scale_option(help_=f"With --data: {DEPTH_SCALE_HELP}"),
     device: str = typer.Option(_D["device"].default, "--device",
                                help="Where the PyTorch reference runs: cpu, cuda or cuda:N."),
 ) -> None:
@@ -45,7 +44,7 @@ def parity_command(
             raise InputError("--data is required with a checkpoint (or use --golden FILE)")
         cfg = ParityConfig(checkpoint=paths[0], artifacts=tuple(paths[1:]), data=data, depth_scale=depth_scale)
     else:
-        given = [name for name, value, default in (("--data", data, None), ("--depth-scale", depth_scale, MM_PER_M),
+        given = [name for name, value, default in (("--data", data, None), ("--depth-scale", depth_scale, None),
                                                     ("--split", split, _D["split"].default),
                                                     ("--limit", limit, _D["limit"].default)) if value != default]
         if given:

@@ -79,7 +79,7 @@ def train_command(
     ),
     max_depth: float = typer.Option(
         D.max_depth, help="Output range in metres; 0 = the dataset's max_depth (meta.json; required without one)."),
-    depth_scale: float = depth_scale_option(D.depth_scale),
+    depth_scale: float | None = depth_scale_option(D.depth_scale),
     device: str = typer.Option(D.device, help="auto, cpu or cuda."),
     amp: bool = typer.Option(D.amp, "--amp/--no-amp", help="Mixed precision on CUDA (bf16 where supported)."),
     channels_last: bool = typer.Option(
