@@ -90,7 +90,14 @@ def _raise_terminated(signum: int, _frame: object) -> None:
     # the default action back in place lets a second SIGTERM stop the process at once.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _state["terminated"] = True
+    _quiet_shutdown()
     raise Terminated
+
+
+def _quiet_shutdown() -> None:
+    """The process is stopping: what breaks on the way out (a DataLoader whose workers the same signal
+    reached, in its `__del__`) says nothing; the one line of `_stopped` says why the run ended."""
+    sys.unraisablehook = lambda _unraisable: None
 
 
 @contextlib.contextmanager
@@ -109,6 +116,7 @@ def _stop_through_python_on_sigterm() -> Iterator[None]:
 
 def _stopped(code: int = 130) -> SystemExit:
     """The line and exit status of a run stopped by Ctrl-C (130) or SIGTERM (143)."""
+    _quiet_shutdown()
     if _state.get("terminated"):
         print("mde: terminated", file=sys.stderr)
         return SystemExit(128 + signal.SIGTERM)
@@ -160,6 +168,10 @@ def _run(args: list[str]) -> None:
             print(f"mde: error: {where}{err.strerror or err}", file=sys.stderr)
             raise SystemExit(2) from None
         msg = str(err).splitlines()[0] if str(err) else ""
+        if _lost_peer(err):  # torchrun: another training process stopped first, and said why
+            print(f"mde: error: rank {os.environ.get('RANK', '?')}: another training process stopped, so this one "
+                  "cannot go on (that process's own message says why)", file=sys.stderr)
+            raise SystemExit(1) from None
         print(
             f"mde: internal error: {type(err).__name__}: {msg} (run with --verbose for the traceback)",
             file=sys.stderr,
@@ -169,6 +181,15 @@ def _run(args: list[str]) -> None:
         raise _stopped()
     if isinstance(code, int) and code:
         raise SystemExit(code)
+
+
+def _lost_peer(err: Exception) -> bool:
+    """Whether `err` is a collective that failed because another torchrun process went away."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return False
+    text = str(err)
+    return type(err).__name__ == "DistBackendError" or any(
+        sign in text for sign in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
 
 
 def _command_line_message(err: Exception) -> str:

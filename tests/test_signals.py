@@ -80,3 +80,43 @@ def test_an_error_that_sigterm_causes_is_reported_as_terminated(cli, monkeypatch
     assert result.code == 143 and result.err.strip() == "mde: terminated", result.err
     assert handler_after_first == [signal.SIG_DFL]  # a second SIGTERM stops at once, even inside native code
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # put back once the command ended
+
+
+def test_what_breaks_on_the_way_out_says_nothing(monkeypatch, capsys):
+    """A stopped run's DataLoader, also reached by the signal, fails in its __del__: no "Exception ignored" block."""
+    from types import SimpleNamespace
+
+    from mde import cli
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # restored after the test
+    monkeypatch.setattr(cli, "_state", {"verbose": False, "terminated": False})
+    before = sys.unraisablehook
+    stopped = cli._stopped()
+    assert stopped.code == 130 and sys.unraisablehook is not before
+    error = RuntimeError("DataLoader worker (pid 123) is killed by signal: Terminated")
+    sys.unraisablehook(SimpleNamespace(exc_type=RuntimeError, exc_value=error, exc_traceback=None,
+                                       err_msg="Exception ignored in", object=None))
+    assert capsys.readouterr().err == "mde: interrupted\n"
+
+
+def test_a_lost_torchrun_peer_is_one_line(monkeypatch, capsys):
+    """Under torchrun, a rank whose peer went away says so in one line, not gloo's RuntimeError."""
+    from mde import cli
+
+    def lost() -> None:
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer "
+                           "[127.0.0.1]:29500")
+
+    monkeypatch.setattr(cli, "app", lambda **_kwargs: lost())
+    monkeypatch.setattr(cli, "_state", {"verbose": False, "terminated": False})
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SystemExit) as stopped:
+        cli._run(["train"])
+    assert stopped.value.code == 1
+    assert capsys.readouterr().err.strip() == ("mde: error: rank 1: another training process stopped, so this one "
+                                               "cannot go on (that process's own message says why)")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: the same error is no lost peer
+    with pytest.raises(SystemExit):
+        cli._run(["train"])
+    assert "mde: internal error: RuntimeError" in capsys.readouterr().err

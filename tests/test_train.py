@@ -38,9 +38,10 @@ TINY = ["--backbone", "resnet18", "--image-size", "64", "--batch-size", "4", "--
 
 def tiny_config(data: Path, out: Path, **overrides) -> TrainConfig:
     values = {"data": str(data), "out": str(out), "backbone": "resnet18", "image_size": 64,
-              "batch_size": 4, "epochs": 1, "pretrained": False, "workers": 0, "device": "cpu",
-              "step_size_up": 3}
-    return TrainConfig(**{**values, **overrides})
+              "batch_size": 4, "epochs": 1, "pretrained": False, "workers": 0, "device": "cpu", **overrides}
+    if values.get("schedule") == "cyclic":  # a short cycle; the option shapes nothing else
+        values.setdefault("step_size_up", 3)
+    return TrainConfig(**values)
 
 
 # -- losses -------------------------------------------------------------------------------------
@@ -355,6 +356,8 @@ def test_run_folder_outputs(tiny_run):
         assert all(math.isfinite(r[key]) for r in records), key
     config = json.loads((out / "config.json").read_text())
     assert config["freeze_stages"] == 0 and config["max_depth"] > 0  # resolved values
+    # `lr` is the rate the epoch's last step used: one-cycle's last step anneals to lr_min / 100
+    assert records[-1]["lr"] == pytest.approx(config["lr_min"] / 100, rel=1e-6)
     assert result["final"]["rmse"] == pytest.approx(records[-1]["val_rmse"])
     assert result["best"]["rmse"] == min(r["val_rmse"] for r in records)
 
@@ -443,7 +446,7 @@ def test_trained_model_evaluates_like_the_run(tiny_run, synth_data):
 # -- resume after SIGKILL -----------------------------------------------------------------------
 def _train_cmd(data: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "mde.train", "--data", str(data), "--out", str(out), *TINY,
-            "--epochs", "2", "--step-size-up", "3", "--scale-crop", "--color-jitter", "--json", *extra]
+            "--epochs", "2", "--scale-crop", "--color-jitter", "--json", *extra]
 
 
 @pytest.mark.slow
@@ -472,6 +475,30 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, synth_dat
         assert resumed["final"][key] == pytest.approx(reference["final"][key], rel=1e-4)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
+    reference_records = [json.loads(line) for line in (tiny_run[0] / "metrics.jsonl").read_text().splitlines()]
+    for mine, theirs in zip(records, reference_records):  # the running loss carried over the kill too
+        assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-4)
+
+
+def test_a_resumed_running_loss_is_carried_by_rank_0_only(tiny_run):
+    """A mid-epoch last.pt holds the running loss summed over every rank; on resume rank 0 carries it and the
+    others start from 0, so the epoch's all-reduced loss counts each rank's batches once."""
+    from types import SimpleNamespace
+
+    from mde.train.trainer import restore, rng_state, set_rng_state
+
+    state = torch.load(tiny_run[0] / "last.pt", map_location="cpu", weights_only=True)
+    state |= {"loss_sum": 12.0, "loss_count": 4}
+    noop = SimpleNamespace(load_state_dict=lambda _state: None)
+    before = rng_state()
+    try:
+        for rank, expected in ((0, (12.0, 4)), (1, (0.0, 0))):
+            job = SimpleNamespace(optimizer=noop, scheduler=noop, scaler=noop, env=SimpleNamespace(is_main=rank == 0),
+                                  cfg=SimpleNamespace(resume=str(tiny_run[0] / "last.pt")))
+            resumed = restore(job, state)
+            assert (resumed.loss_sum, resumed.loss_count) == expected, rank
+    finally:
+        set_rng_state(before)
 
 
 # -- DDP ------------------------------------------------------------------------------------------
@@ -550,6 +577,11 @@ def test_ddp_two_cpu_ranks_split_data_and_rank0_writes_once(tmp_path, synth_data
     (["--max-depth", "nan"], "--max-depth must be a finite number, got nan"),
     (["--depth-scale", "inf"], "--depth-scale must be a finite number, got inf"),
     (["--workers", "-1"], "--workers must be >= 0, got -1"),
+    (["--seed", "-1"], "--seed must be in 0..4294967295, got -1"),
+    (["--seed", "100000000000000000000000"], "--seed must be in 0..4294967295"),
+    (["--max-depth", "1e300"], "--max-depth must be at most 10000 m"),
+    (["--step-size-up", "3"], "--step-size-up shapes the cyclic schedule; with --schedule onecycle it would do nothing"),
+    (["--cycle-mode", "exp_range"], "--cycle-mode shapes the cyclic schedule"),
 ])
 def test_bad_train_input_is_one_line_exit_2(cli, tmp_path, synth_data, extra, match):
     res = cli("train", "--data", synth_data, "--out", tmp_path / "run", *TINY, "--epochs", "1", *extra)
@@ -558,11 +590,71 @@ def test_bad_train_input_is_one_line_exit_2(cli, tmp_path, synth_data, extra, ma
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+def test_out_inside_the_dataset_is_refused(cli, tmp_path, synth_data):
+    """A run folder inside --data would add curves.png & co. to the dataset's images."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    res = cli("train", "--data", data, "--out", data / "train" / "rgb", "--force", *TINY, "--epochs", "1")
+    assert res.code == 2 and "lies inside the dataset --data" in res.err and len(res.err.strip().splitlines()) == 1
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+
+
+def test_resume_reads_the_history_from_its_checkpoint_and_the_data_from_anywhere(cli, synth_data, tmp_path,
+                                                                                 monkeypatch):
+    """last.pt carries the records: a metrics.jsonl of another run in the folder (a --force run killed before
+    its first last.pt) does not leak into the resumed history; stale temporary copies are removed; the
+    dataset path is absolute, so a resume from another working folder trains on the same data."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    assert cli("train", "--data", "data", "--out", run, *TINY, "--epochs", "1", "--schedule", "cyclic").code == 0
+    assert json.loads((run / "config.json").read_text())["data"] == str(data)
+    first = json.loads((run / "metrics.jsonl").read_text())
+    (run / "metrics.jsonl").write_text(json.dumps({**first, "train_loss": 99.0}) + "\n")  # another run's
+    (run / ".last.pt.x1y2.tmp").write_bytes(b"half a checkpoint")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = cli("train", "--resume", run / "last.pt", "--epochs", "2")
+    assert result.code == 0, result.err
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and records[0] == first
+    assert not list(run.glob(".*.tmp"))
+    shutil.move(data, tmp_path / "moved")
+    result = cli("train", "--resume", run / "last.pt", "--epochs", "3")
+    assert result.code == 2 and result.err.strip() == (
+        f"mde: error: {run / 'last.pt'}: the run's dataset {data} (its --data, saved in the checkpoint) is not "
+        "found from here; give --data")
+
+
+@pytest.mark.parametrize("damage, what", [
+    (lambda s: s.pop("rng"), "rng"),
+    (lambda s: s.pop("epoch_step"), "epoch_step"),
+    (lambda s: s.update(epoch="1"), "epoch"),
+    (lambda s: s["optimizer"].update(param_groups=[]), "optimizer"),
+    (lambda s: s.update(scheduler={"foo": 1}), "scheduler"),
+])
+def test_damaged_training_checkpoint_is_one_line_naming_it(cli, tmp_path, tiny_run, damage, what):
+    state = torch.load(tiny_run[0] / "last.pt", map_location="cpu", weights_only=True)
+    damage(state)
+    bad = tmp_path / "bad.pt"
+    torch.save(state, bad)
+    res = cli("train", "--resume", bad, "--out", tmp_path / "r", "--epochs", "3")
+    assert res.code == 2 and res.err.strip() == (
+        f"mde: error: {bad}: damaged training checkpoint: {what} missing or malformed; cannot resume")
+
+
 def test_resume_rejects_conflicting_flags_and_foreign_checkpoints(cli, tmp_path, synth_data, tiny_run,
                                                                   tiny_checkpoint):
     last = tiny_run[0] / "last.pt"
     res = cli("train", "--data", synth_data, "--out", tmp_path / "r", "--resume", last, "--lr-max", "0.5")
-    assert res.code == 2 and "conflicts with the resumed checkpoint" in res.err
+    assert res.code == 2 and f"{last}: --lr-max 0.5 conflicts with the resumed checkpoint" in res.err
     # tiny_run is one-cycle over 2 epochs: a third would step past its schedule's end
     before = (last.read_bytes(), (tiny_run[0] / "metrics.jsonl").read_bytes())
     res = cli("train", "--data", synth_data, "--out", tiny_run[0], "--resume", last, "--epochs", "3")

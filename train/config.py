@@ -20,6 +20,9 @@ OPTIMIZERS = ("adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 LOSS_CHOICES = ("l1", "berhu", "silog", "ssim_l1")
 OBJECT_WEIGHT_RANGE = (1e-3, 1e3)  # float32 weights: far outside it they round to 0 or inf
+MAX_DEPTH_LIMIT = 10_000.0  # metres: the output head computes in float32 (and FP16 after export)
+SEED_LIMIT = 2**32 - 1  # numpy's and torch's seeds
+CYCLIC_ONLY = ("cycle_mode", "step_size_up")  # options that shape CyclicLR and nothing else
 
 # What a config written before an option existed meant (an absent key is not today's default).
 LEGACY_DEFAULTS = {"decoder": "report", "schedule": "cyclic", "scale_crop": True, "color_jitter": True}
@@ -108,6 +111,10 @@ class TrainConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.depth_scale is not None and self.depth_scale <= 0:
             raise InputError(f"--depth-scale must be > 0, got {self.depth_scale}")
+        if self.max_depth > MAX_DEPTH_LIMIT:
+            raise InputError(f"--max-depth must be at most {MAX_DEPTH_LIMIT:g} m, got {self.max_depth:g}")
+        if not 0 <= self.seed <= SEED_LIMIT:
+            raise InputError(f"--seed must be in 0..{SEED_LIMIT}, got {self.seed}")
         if not self.augment and (self.scale_crop or self.color_jitter):
             raise InputError("--scale-crop and --color-jitter add to --augment; drop them or drop --no-augment")
         if not OBJECT_WEIGHT_RANGE[0] <= self.object_weight <= OBJECT_WEIGHT_RANGE[1]:  # NaN fails too
@@ -122,6 +129,19 @@ class TrainConfig:
             raise InputError(f"--freeze-stages {self.freeze_stages} would freeze randomly initialised "
                              "layers when training from scratch; pass --freeze-stages 0 "
                              "(or use --pretrained / --backbone-weights FILE)")
+
+    def check_new_run(self) -> None:
+        """Refuse options a new run would record but not use (a resumed run keeps what it saved)."""
+        if self.schedule != "cyclic":
+            default = TrainConfig()
+            unused = [name for name in CYCLIC_ONLY if getattr(self, name) != getattr(default, name)]
+            if unused:
+                flag = f"--{unused[0].replace('_', '-')}"
+                raise InputError(f"{flag} shapes the cyclic schedule; with --schedule {self.schedule} it would do "
+                                 f"nothing: drop it, or add --schedule cyclic")
+        if self.out and self.data and Path(self.data).is_dir() and _inside(Path(self.out), Path(self.data)):
+            raise InputError(f"--out {self.out} lies inside the dataset --data {self.data}: its files would "
+                             "become part of the dataset; choose a folder outside it")
 
     @property
     def from_weights(self) -> bool:
@@ -152,6 +172,11 @@ class TrainConfig:
         return cls(**merged)
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path` is `folder` or below it (symlinks resolved)."""
+    return path.resolve().is_relative_to(folder.resolve())
+
+
 def resume_folder(out: str, resume: str) -> str:
     """Where a run writes: `out` when given, else (a resume) the folder its checkpoint is in, wherever the
     run folder is now, not where the saved config says it was."""
@@ -177,11 +202,14 @@ def merge_resume(cli: TrainConfig, saved: TrainConfig, given: Collection[str] = 
         mine, theirs = getattr(cli, f.name), getattr(saved, f.name)
         if is_set(f.name) and mine != theirs and mine != AUTO_VALUES.get(f.name):
             raise InputError(f"--{f.name.replace('_', '-')} {mine!r} conflicts with the resumed "
-                             f"checkpoint's {theirs!r}; drop it when using --resume")
+                             f"checkpoint's {theirs!r}; drop it when using --resume", cli.resume)
     # an override applies when the user set it: a plain `--resume RUN/last.pt` continues the
     # saved run to its own number of epochs
     changed = {k: getattr(cli, k) for k in RESUME_OVERRIDES if k == "resume" or is_set(k)}  # no --data: the saved
     changed.setdefault("out", resume_folder(cli.out, cli.resume))
+    if "data" not in changed and saved.data and not Path(saved.data).exists():
+        raise InputError(f"the run's dataset {saved.data} (its --data, saved in the checkpoint) is not found "
+                         "from here; give --data", cli.resume)
     return TrainConfig.from_dict({**saved.to_dict(), **changed})
 
 

@@ -26,6 +26,16 @@ def summary(record: dict[str, Any]) -> str:
     return text
 
 
+RUN_FILES = ("best.pt", "last.pt", "config.json", "metrics.jsonl", "curves.png", "samples.png")
+
+
+def remove_partial_writes(out: Path) -> None:
+    """Delete the temporary copies (`.last.pt.*.tmp`, ...) that a run killed mid-write left in `out`."""
+    for name in RUN_FILES:
+        for tmp in out.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
 def read_records(path: Path, upto: int) -> list[dict[str, Any]]:
     """metrics.jsonl lines of the epochs a resumed checkpoint had completed (later ones are redone)."""
     if not path.is_file():

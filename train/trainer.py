@@ -100,15 +100,43 @@ def resolve_config(cfg: TrainConfig, given: Collection[str] = ()) -> tuple[Train
     """
     if not cfg.resume:
         cfg.validate()
-        return cfg, None
+        cfg.check_new_run()
+        # the dataset as an absolute path: a resume started from another folder finds the same one
+        return replace(cfg, data=str(Path(cfg.data).resolve())), None
     if not Path(cfg.resume).exists():
         raise InputError("--resume checkpoint not found", cfg.resume)
     state = load_checkpoint(cfg.resume)
     if "optimizer" not in state or "config" not in state:
         raise ModelError("not a training checkpoint (no optimizer state); cannot resume", cfg.resume)
+    check_training_state(state, cfg.resume)
     merged = merge_resume(cfg, TrainConfig.from_dict(state["config"]), given)
-    merged.validate()
+    try:
+        merged.validate()
+    except InputError as err:  # the saved config, or what the resume changed in it
+        raise InputError(str(err), cfg.resume) from None
     return merged, state
+
+
+# What `restore` reads from a training checkpoint, and the type each must have.
+TRAINING_STATE = {"epoch": int, "epoch_step": int, "step": int, "optimizer": dict, "scheduler": dict,
+                  "scaler": dict, "rng": dict}
+
+
+def check_training_state(state: dict[str, Any], path: str | Path) -> None:
+    """Raise `ModelError` naming `path` when a checkpoint lacks what a resume restores (damaged or foreign)."""
+    wrong = [key for key, kind in TRAINING_STATE.items()
+             if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool)]
+    if not wrong:
+        groups = state["optimizer"].get("param_groups")
+        if not (isinstance(groups, list) and groups and isinstance(state["optimizer"].get("state"), dict)):
+            wrong.append("optimizer")
+        if "last_epoch" not in state["scheduler"]:
+            wrong.append("scheduler")
+        if not all(k in state["rng"] for k in ("torch", "numpy", "python")):
+            wrong.append("rng")
+    if wrong:
+        raise ModelError(f"damaged training checkpoint: {', '.join(wrong)} missing or malformed; cannot resume",
+                         path)
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -184,11 +212,12 @@ def main(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dict[
             improved = "val_rmse" in record and record["val_rmse"] < state.best_rmse
             if improved:
                 state.best_rmse = record["val_rmse"]
-            if env.is_main:
-                report.write_records(out / "metrics.jsonl", state.records)
+            if env.is_main:  # last.pt, which holds the records, decides what a resume continues from:
+                # killed before it, a resume redoes this epoch and rewrites best.pt and the records alike
                 if improved:
                     save_checkpoint(job, state, out / "best.pt", training_state=False)
                 save_checkpoint(job, state, out / "last.pt")
+                report.write_records(out / "metrics.jsonl", state.records)
                 report.write_curves(state.records, out)
                 info(f"epoch {epoch + 1}/{cfg.epochs}: {report.summary(record)}")  # also in logs without a TTY
             barrier(env)
@@ -215,6 +244,10 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
     if env.is_main:  # a resume writes over its own run folder; any other must be empty (or --force)
         own_folder = resume is not None and out.resolve() == Path(cfg.resume).resolve().parent
         prepare_output_dir(out, force=cfg.force or own_folder)
+        report.remove_partial_writes(out)  # a run killed while writing a file left its temporary copy
+        if cfg.max_depth and cfg.max_depth < data_range and resume is None:
+            info(f"note: --max-depth {cfg.max_depth:g} m is below the dataset's {data_range:g} m: the model "
+                 f"cannot predict beyond {cfg.max_depth:g} m")
     cuda = env.device.type == "cuda"
     torch.manual_seed(cfg.seed + env.rank)
     if cuda:
@@ -256,16 +289,27 @@ def restore(job: Job, resume: dict[str, Any] | None) -> TrainState:
     """A fresh `TrainState`, or the resumed one: optimizer, schedule, scaler and RNG states loaded."""
     if resume is None:
         return TrainState()
-    job.optimizer.load_state_dict(resume["optimizer"])
-    job.scheduler.load_state_dict(resume["scheduler"])
-    job.scaler.load_state_dict(resume["scaler"])
-    set_rng_state(resume["rng"])
-    # the resumed run's history, also when --out is another folder (its best epoch may be an earlier one)
-    records = report.read_records(Path(job.cfg.resume).parent / "metrics.jsonl", upto=resume["epoch"])
+    try:
+        job.optimizer.load_state_dict(resume["optimizer"])
+        job.scheduler.load_state_dict(resume["scheduler"])
+        job.scaler.load_state_dict(resume["scaler"])
+        set_rng_state(resume["rng"])
+    except (KeyError, IndexError, ValueError, TypeError, RuntimeError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelError(f"damaged training checkpoint: cannot restore its training state ({first})",
+                         job.cfg.resume) from None
+    # the resumed run's history, also when --out is another folder (its best epoch may be an earlier one);
+    # checkpoints from before the records were saved in them read the run's metrics.jsonl
+    records = resume.get("records")
+    if records is None:
+        records = report.read_records(Path(job.cfg.resume).parent / "metrics.jsonl", upto=resume["epoch"])
+    # the epoch's running loss was summed over every rank when saved: rank 0 carries it on, the others start at 0
+    main_rank = job.env.is_main
     return TrainState(epoch=resume["epoch"], epoch_step=resume["epoch_step"], step=resume["step"],
-                      best_rmse=resume.get("best_rmse", float("inf")), loss_sum=resume.get("loss_sum", 0.0),
-                      loss_count=resume.get("loss_count", 0),
-                      last_metrics=_val_metrics(records[-1]) if records else {}, records=records)
+                      best_rmse=resume.get("best_rmse", float("inf")),
+                      loss_sum=resume.get("loss_sum", 0.0) if main_rank else 0.0,
+                      loss_count=resume.get("loss_count", 0) if main_rank else 0,
+                      last_metrics=_val_metrics(records[-1]) if records else {}, records=list(records))
 
 
 def save_checkpoint(job: Job, state: TrainState, path: Path, training_state: bool = True) -> None:
@@ -276,7 +320,7 @@ def save_checkpoint(job: Job, state: TrainState, path: Path, training_state: boo
     if training_state:
         checkpoint |= {"best_rmse": state.best_rmse, "loss_sum": state.loss_sum, "loss_count": state.loss_count,
                        "optimizer": job.optimizer.state_dict(), "scheduler": job.scheduler.state_dict(),
-                       "scaler": job.scaler.state_dict(), "rng": rng_state()}
+                       "scaler": job.scaler.state_dict(), "rng": rng_state(), "records": state.records}
     write_checkpoint(path, checkpoint)
     if training_state:  # the run's config beside its first checkpoint: a run that fails before one leaves none
         write_json_atomic(path.parent / "config.json", job.cfg.to_dict())
@@ -296,7 +340,7 @@ def train_one_epoch(job: Job, state: TrainState, epoch: int, progress: Any) -> d
     # the running loss stays on the device: no host sync per step
     loss_sum = torch.full((), state.loss_sum, dtype=torch.float64, device=env.device)
     job.model.train()
-    t0, seen = time.perf_counter(), 0
+    t0, seen, lr = time.perf_counter(), 0, job.scheduler.get_last_lr()[0]
     for x, y, w, _ in batches(loader):
         x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
         w = w.to(env.device, non_blocking=True) if w.numel() else None  # empty: unweighted (DepthPairs)
@@ -309,6 +353,7 @@ def train_one_epoch(job: Job, state: TrainState, epoch: int, progress: Any) -> d
         job.scaler.scale(loss).backward()
         job.scaler.step(job.optimizer)
         job.scaler.update()
+        lr = job.scheduler.get_last_lr()[0]  # the rate this step used (after `step()`: the next one's)
         job.scheduler.step()
         state.step, state.epoch_step, seen = state.step + 1, state.epoch_step + 1, seen + len(x)
         loss_sum += loss.detach()
@@ -316,12 +361,14 @@ def train_one_epoch(job: Job, state: TrainState, epoch: int, progress: Any) -> d
         if progress and (state.epoch_step % cfg.log_interval == 0 or state.epoch_step == steps):
             ips = seen * env.world_size / (time.perf_counter() - t0)
             progress.update(task, completed=state.epoch_step, info=(
-                f"loss {float(loss_sum) / state.loss_count:.4f}  lr {job.scheduler.get_last_lr()[0]:.2e}  "
+                f"loss {float(loss_sum) / state.loss_count:.4f}  lr {lr:.2e}  "
                 f"{ips:.1f} img/s"))
-        if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.epoch_step < steps \
-                and env.is_main:
-            state.loss_sum = float(loss_sum)
-            save_checkpoint(job, state, job.out / "last.pt")
+        if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.epoch_step < steps:
+            # every rank's running loss, summed (a collective: all ranks reach this step together)
+            partial_sum, partial_count = all_reduce_sum([float(loss_sum), state.loss_count], env)
+            if env.is_main:
+                save_checkpoint(job, replace(state, loss_sum=partial_sum, loss_count=int(partial_count)),
+                                job.out / "last.pt")
     images_per_s = seen * env.world_size / max(time.perf_counter() - t0, 1e-9)
     total, count = all_reduce_sum([float(loss_sum), state.loss_count], env)
     if not math.isfinite(total):  # the same sum on every rank: all stop together, before saving NaN weights
@@ -329,7 +376,7 @@ def train_one_epoch(job: Job, state: TrainState, epoch: int, progress: Any) -> d
                           f"--lr-max ({cfg.lr_max:g}) and start again", job.out)
     state.loss_sum, state.loss_count = 0.0, 0
     return {"epoch": epoch + 1, "step": state.step, "train_loss": total / max(count, 1),
-            "lr": job.scheduler.get_last_lr()[0], "images_per_s": images_per_s}
+            "lr": lr, "images_per_s": images_per_s}
 
 
 def evaluate(job: Job) -> dict[str, float]:
