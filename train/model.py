@@ -227,12 +227,15 @@ def build_model(
 
 def load_backbone_weights(model: DepthNet, path: Path) -> None:
     """Load a torchvision ResNet state dict (e.g. resnet50-*.pth) into the encoder."""
+    if path.is_dir():
+        raise InputError("--backbone-weights is a folder; expected a torchvision ResNet .pth file", path)
     if not path.is_file():
         raise InputError("backbone weights file not found", path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise ModelError(f"cannot read backbone weights ({type(err).__name__})", path) from None
+    except Exception:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise ModelError("cannot read backbone weights: not a PyTorch weights file (a torchvision ResNet .pth, "
+                         "saved with torch.save)", path) from None
     if not isinstance(state, dict):
         raise ModelError(f"expected a state dict, found a {type(state).__name__}", path)
     mapping = {"conv1.": "stem.0.", "bn1.": "stem.1."}
