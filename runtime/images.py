@@ -12,7 +12,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mde.errors import DataError, InputError
 from mde.io import starts_with
-from mde.runtime.metadata import MAX_INPUT_SIDE, MM_PER_M
+from mde.runtime.metadata import MAX_INPUT_SIDE, MM_PER_M, PNG16_MAX
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,11 @@ def read_depth(path: str | Path, png_scale: float = MM_PER_M) -> np.ndarray:
             img.close()
             raise DataError(f"expected a 16-bit single-channel depth PNG, got mode {img.mode}"
                             f"{' (8-bit: a picture of depth, not depth?)' if img.mode == 'L' else ''}", path)
-        depth = _decode(img, path).astype(np.float32) / np.float32(png_scale)
+        raw = _decode(img, path)
+        if img.mode == "I" and raw.size and (raw.min() < 0 or raw.max() > PNG16_MAX):  # a 32-bit image
+            raise DataError(f"expected 16-bit depth values (0..{PNG16_MAX}), found {raw.min()}..{raw.max()}: "
+                            "a 32-bit image, not a depth PNG", path)
+        depth = raw.astype(np.float32) / np.float32(png_scale)
     depth = np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float32)
     return depth
 

@@ -7,9 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mde.errors import InputError, MdeError
-from mde.runtime.metadata import MM_PER_M
-
-PNG16_MAX = 65535  # the largest millimetre value a 16-bit PNG holds
+from mde.runtime.metadata import MM_PER_M, PNG16_MAX
 
 FORMATS = ("color", "png16", "npy")
 

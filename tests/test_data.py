@@ -216,6 +216,14 @@ def _bad_mask_mode(root):
     return lambda: FolderDataset(root, "val")[0], "mask/a.png.*8-bit single-channel"
 
 
+def _bad_depth_32bit(root):  # a 32-bit TIFF named .png: 70000 units would read as 70 m
+    _write_pair(root, "val", "a", _depth())
+    for old in (root / "val" / "depth").iterdir():
+        old.unlink()
+    Image.fromarray(np.full((12, 16), 70000, np.int32)).save(root / "val" / "depth" / "a.png", format="TIFF")
+    return lambda: FolderDataset(root, "val")[0], r"depth/a.png.*expected 16-bit depth values \(0..65535\), found 70000"
+
+
 def _bad_depth_8bit(root):  # a depth picture saved as 8-bit grey: values up to 0.255 m
     _write_pair(root, "val", "a", _depth())
     for old in (root / "val" / "depth").iterdir():
@@ -319,7 +327,7 @@ def _bad_missing_path(root):
     "make",
     [_bad_rgb_without_depth, _bad_depth_without_rgb, _bad_empty_split, _bad_missing_split,
      _bad_truncated_image, _bad_size_mismatch, _bad_mask_size, _bad_mask_mode, _bad_mask_value,
-     _bad_depth_8bit,
+     _bad_depth_8bit, _bad_depth_32bit,
      _bad_no_valid_pixel, _bad_depth_absurd, _bad_npy_not_numpy,
      _bad_duplicate_stem,
      _bad_nyu_not_hdf5, _bad_nyu_missing_key, _bad_nyu_shapes, _bad_nyu_no_valid_pixel, _bad_nyu_depth_absurd,
