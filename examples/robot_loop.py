@@ -2,7 +2,8 @@
 
     python examples/robot_loop.py demo/export/model.onnx demo/data/val/rgb --fov 60
 
-Replace `frames()` with your camera driver; everything else stays.
+Replace `frames()` with your camera driver; everything else stays. Frames are RGB: an OpenCV
+driver's BGR frame needs `frame[..., ::-1]` (or `cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)`) first.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ from mde.runtime.metadata import (  # noqa: F401 - the artifact names are re-exp
     EXTRAS,
     GOLDEN_NAME,
     INT8_CPU_NAME,
-    MM_PER_M,
     PRECISIONS,
 )
 

@@ -20,8 +20,6 @@ import numpy as np
 from mde.errors import BackendError, CheckFailed, InputError, ModelError
 from mde.runtime.metadata import INPUT_NAME, sidecar_path
 
-INSTALL_HINT = "pip install 'mde[tensorrt]' (TensorRT 10.3+ or 11 and cuda-python; needs an NVIDIA driver)"
-
 BUILD_DEVICE = 0  # engines are built on CUDA GPU 0, the one the sidecar describes
 
 log = logging.getLogger(__name__)

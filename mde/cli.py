@@ -168,6 +168,10 @@ def _run(args: list[str]) -> None:
             print(f"mde: error: {where}{err.strerror or err}", file=sys.stderr)
             raise SystemExit(2) from None
         msg = str(err).splitlines()[0] if str(err) else ""
+        missing = _missing_module_hint(err)
+        if missing:  # the runtime-only install, asked for training or export
+            print(f"mde: error: {missing}", file=sys.stderr)
+            raise SystemExit(2) from None
         if _lost_peer(err):  # torchrun: another training process stopped first, and said why
             print(f"mde: error: rank {os.environ.get('RANK', '?')}: another training process stopped, so this one "
                   "cannot go on (that process's own message says why)", file=sys.stderr)
@@ -183,13 +187,28 @@ def _run(args: list[str]) -> None:
         raise SystemExit(code)
 
 
+# The optional modules commands import, and how to get them (mde installs from its checkout, not PyPI).
+TRAIN_EXTRA = "in the mde checkout: pip install -e '.[train]'"
+OPTIONAL_MODULES = {"torch": TRAIN_EXTRA, "torchvision": TRAIN_EXTRA, "onnxscript": TRAIN_EXTRA,
+                    "onnxconverter_common": TRAIN_EXTRA, "h5py": TRAIN_EXTRA, "matplotlib": TRAIN_EXTRA,
+                    "onnx": f"pip install onnx (or {TRAIN_EXTRA})"}
+
+
+def _missing_module_hint(err: Exception) -> str:
+    """For a missing optional module (a runtime-only install asked to train or export), what to install."""
+    if not isinstance(err, ModuleNotFoundError) or not err.name:
+        return ""
+    name = err.name.split(".")[0]
+    if name not in OPTIONAL_MODULES:
+        return ""
+    return f"this command needs {name}, which is not installed; {OPTIONAL_MODULES[name]}"
+
+
 def _lost_peer(err: Exception) -> bool:
     """Whether `err` is a collective that failed because another torchrun process went away."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or isinstance(err, OSError):  # OSError: a pipe, a disk
         return False
-    text = str(err)
-    return type(err).__name__ == "DistBackendError" or any(
-        sign in text for sign in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
+    return any(sign in str(err) for sign in ("Connection closed by peer", "Connection reset by peer"))
 
 
 def _command_line_message(err: Exception) -> str:

@@ -49,7 +49,7 @@ class ParityConfig:
         golden: golden.npz for the torch-free mode.
         providers: ONNX Runtime providers for every .onnx artifact (None: the best this machine can run).
         device: where the PyTorch reference runs in checkpoint mode ("cpu", "cuda", "cuda:1").
-        depth_scale: 16-bit depth PNG units per metre in `data`.
+        depth_scale: 16-bit depth PNG units per metre in `data`; None: the format's own (1000, KITTI 256).
     """
 
     checkpoint: Path | None = None

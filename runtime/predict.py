@@ -133,7 +133,7 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
                 failed += 1
                 err_console.print(f"mde: skipped {path}: {str(err).removeprefix(f'{path}: ')}", markup=False)
     if failed == len(paths):  # nothing usable among the inputs: bad input, not a partial run
-        raise InputError(f"none of the {len(paths)} images could be read (each is listed above)")
+        raise InputError(f"none of the {len(paths)} images could be predicted (each is listed above)")
     return {"images": len(paths), "written": len(paths) - failed, "failed": failed}
 
 

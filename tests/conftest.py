@@ -6,6 +6,7 @@ Heavy fixtures are session-scoped: built once and shared by every test that need
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,9 +46,12 @@ class CliResult:
 
 
 @pytest.fixture
-def cli(capsys):
+def cli(capsys, monkeypatch):
     """Run `mde ARGS...` in-process; return its exit code, stdout and stderr."""
     from mde.cli import main
+
+    # a stopped command silences sys.unraisablehook for its process's way out: not for the next tests
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
 
     def run(*args: object) -> CliResult:
         capsys.readouterr()

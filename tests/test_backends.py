@@ -286,7 +286,7 @@ def test_tensorrt_missing_is_backend_error_with_install_hint(fake_engine):
         pass
     else:
         pytest.skip("TensorRT is installed here; the not-installed message cannot be tested")
-    with pytest.raises(BackendError, match=r"model.engine: TensorRT is not installed .*pip install 'mde\[tensorrt\]'"):
+    with pytest.raises(BackendError, match=r"model.engine: TensorRT is not installed .*pip install -e '\.\[tensorrt\]'"):
         open_runner(fake_engine)
 
 
@@ -349,6 +349,16 @@ def test_tensorrt_runner_gives_the_callers_device_back(fake_gpu):
     runner.deactivate()
     assert cudart.cudaGetDevice()[1] == 0
     assert ("cudaMalloc", 1) in [(call, device) for call, device, _ in cudart.log]
+
+
+def test_tensorrt_runner_frees_even_when_its_device_cannot_be_chosen(fake_gpu, monkeypatch):
+    """Closing never raises and never leaks: a failing cudaGetDevice still lets the buffers and stream go."""
+    engine, cudart = fake_gpu()
+    runner = open_runner(engine)
+    runner.infer({"image": np.ones((1, 3, 64, 64), np.float32)})
+    monkeypatch.setattr(cudart, "cudaGetDevice", lambda: (cudart.cudaError_t.cudaErrorInvalidValue, None))
+    runner.deactivate()
+    assert cudart.memory == {} and cudart.streams == set()
 
 
 def test_tensorrt_runner_never_frees_a_buffer_twice(fake_gpu, monkeypatch):

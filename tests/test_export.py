@@ -219,7 +219,7 @@ def test_engine_without_tensorrt_says_how_to_install(tmp_path, tiny_checkpoint, 
     assert result.code == 2
     line = result.err.strip().splitlines()[-1]
     assert line.startswith("mde: error:") and "TensorRT" in line
-    assert "pip install 'mde[tensorrt]'" in line
+    assert "pip install -e '.[tensorrt]'" in line
     assert not out.exists()  # checked before any work
 
 

@@ -209,7 +209,7 @@ def test_predict_skipping_every_image_exits_2_and_leaves_no_folder(cli, onnx_pat
         path.write_bytes(b"not a png")
     result = cli("predict", onnx_path, *bad, "--out", tmp_path / "out")
     assert result.code == 2 and all(f"skipped {p}" in result.err for p in bad), result.err
-    assert result.err.strip().splitlines()[-1] == "mde: error: none of the 2 images could be read (each is listed above)"
+    assert result.err.strip().splitlines()[-1] == "mde: error: none of the 2 images could be predicted (each is listed above)"
     assert not (tmp_path / "out").exists()
 
 
@@ -280,6 +280,18 @@ def test_bench_table_and_errors(cli, onnx_path):
     assert cli("bench", onnx_path, "--backend", "nope").code == 2
     golden = cli("bench", onnx_path.parent / "golden.npz")
     assert golden.code == 2 and "golden.npz: golden.npz replays the outputs saved" in golden.err
+
+
+def test_bench_torch_without_pytorch_is_refused_before_timing(cli, onnx_path, tiny_checkpoint, monkeypatch):
+    """A runtime-only install: `--torch` says what to install before any artifact is timed."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    result = cli("bench", onnx_path, "--torch", tiny_checkpoint, "--iterations", "2", "--warmup", "0")
+    assert result.code == 2 and result.err.strip() == (
+        f"mde: error: {tiny_checkpoint}: --torch needs PyTorch, which is not installed; in the mde checkout: "
+        "pip install -e '.[train]'")
 
 
 # -- info -------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def test_listing_backends_imports_no_torch(block_torch):
 
 
 def test_torch_runner_without_torch_says_how_to_install(block_torch, tiny_checkpoint):
-    with pytest.raises(BackendError, match=r"pip install 'mde\[train\]'"):
+    with pytest.raises(BackendError, match=r"pip install -e '\.\[train\]'"):
         open_runner(tiny_checkpoint, backend="torch")
 
 
@@ -52,3 +52,21 @@ def test_golden_runner_replays_the_saved_outputs(tiny_export):
         np.testing.assert_array_equal(out, depth[1:3])
         with pytest.raises(InputError, match="not one of the inputs saved in golden.npz"):
             runner.infer({"image": images[:1] + 0.5})
+
+
+def test_the_torch_reference_runs_fp32_math_on_cuda():
+    """cuDNN's default lets CUDA convolutions run in TF32: the FP32 reference turns it off, then restores it."""
+    import torch
+
+    from mde.train.runner import fp32_math
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        with fp32_math(torch, "cuda:0"):  # the flags are settable without a GPU
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        with fp32_math(torch, "cpu"):  # the CPU has no TF32: nothing touched
+            assert torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -120,3 +120,22 @@ def test_a_lost_torchrun_peer_is_one_line(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         cli._run(["train"])
     assert "mde: internal error: RuntimeError" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module, hint", [
+    ("torch", "this command needs torch, which is not installed; in the mde checkout: pip install -e '.[train]'"),
+    ("onnx.helper", "this command needs onnx, which is not installed; pip install onnx (or in the mde checkout: "
+                    "pip install -e '.[train]')"),
+])
+def test_a_runtime_only_install_says_what_to_install(monkeypatch, capsys, module, hint):
+    """`mde train` / `export` / `calibrate` without the train extra: one line naming the package, exit 2."""
+    from mde import cli
+
+    def missing() -> None:
+        raise ModuleNotFoundError(f"No module named '{module}'", name=module)
+
+    monkeypatch.setattr(cli, "app", lambda **_kwargs: missing())
+    monkeypatch.setattr(cli, "_state", {"verbose": False, "terminated": False})
+    with pytest.raises(SystemExit) as stopped:
+        cli._run(["train"])
+    assert stopped.value.code == 2 and capsys.readouterr().err.strip() == f"mde: error: {hint}"

@@ -511,7 +511,7 @@ import mde.train.loader as loader
 _log = open(os.path.join(os.environ["MDE_TEST_SPY"], "rank" + os.environ.get("RANK", "x") + ".txt"), "a")
 _save, _batches = checkpoint.save_checkpoint, loader.batches
 def _spy_save(path, state):
-    _log.write("save " + os.path.basename(path) + "\\n"); _log.flush()
+    _log.write("save " + os.path.basename(path) + " " + str(state.get("loss_count")) + "\\n"); _log.flush()
     return _save(path, state)
 def _spy_batches(data):
     for x, y, w, idx in _batches(data):
@@ -533,7 +533,7 @@ def test_ddp_two_cpu_ranks_split_data_and_rank0_writes_once(tmp_path, synth_data
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "mde.train", "--data", str(data), "--out", str(run), *TINY,
-           "--epochs", "1", "--checkpoint-every", "0"]
+           "--epochs", "1", "--checkpoint-every", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MDE_TEST_SPY": str(spy),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(spy), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
@@ -544,7 +544,9 @@ def test_ddp_two_cpu_ranks_split_data_and_rank0_writes_once(tmp_path, synth_data
     assert len(used[0]) == len(used[1]) == 12       # 24 images / 2 ranks, 3 batches of 4 each
     assert not set(used[0]) & set(used[1])          # different data on each rank
     saves = {r: [line for line in lines if line.startswith("save ")] for r, lines in seen.items()}
-    assert saves[1] == [] and sorted(saves[0]) == ["save best.pt", "save last.pt"]
+    # a mid-epoch last.pt after step 2 holds the running loss of both ranks' 2 batches (4), summed by a
+    # collective that every rank joined; the epoch-end one starts the next epoch from 0
+    assert saves[1] == [] and saves[0] == ["save last.pt 4", "save best.pt None", "save last.pt 0"]
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
     assert sorted(p.name for p in run.iterdir()) == [
         "best.pt", "config.json", "curves.png", "last.pt", "metrics.jsonl", "samples.png"]
@@ -598,8 +600,10 @@ def test_out_inside_the_dataset_is_refused(cli, tmp_path, synth_data):
     shutil.copytree(synth_data, data)
     before = sorted(p.relative_to(data) for p in data.rglob("*"))
     res = cli("train", "--data", data, "--out", data / "train" / "rgb", "--force", *TINY, "--epochs", "1")
-    assert res.code == 2 and "lies inside the dataset --data" in res.err and len(res.err.strip().splitlines()) == 1
+    assert res.code == 2 and "lies inside the dataset's train/ or val/" in res.err
+    assert len(res.err.strip().splitlines()) == 1
     assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+    assert cli("train", "--data", data, "--out", data / "runs" / "r", *TINY, "--epochs", "1").code == 0  # beside them
 
 
 def test_resume_reads_the_history_from_its_checkpoint_and_the_data_from_anywhere(cli, synth_data, tmp_path,
@@ -626,8 +630,11 @@ def test_resume_reads_the_history_from_its_checkpoint_and_the_data_from_anywhere
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2] and records[0] == first
     assert not list(run.glob(".*.tmp"))
+    result = cli("train", "--resume", run / "last.pt", "--data", "../data", "--epochs", "3")  # given, relative
+    assert result.code == 0, result.err
+    assert json.loads((run / "config.json").read_text())["data"] == str(data)  # recorded absolute again
     shutil.move(data, tmp_path / "moved")
-    result = cli("train", "--resume", run / "last.pt", "--epochs", "3")
+    result = cli("train", "--resume", run / "last.pt", "--epochs", "4")
     assert result.code == 2 and result.err.strip() == (
         f"mde: error: {run / 'last.pt'}: the run's dataset {data} (its --data, saved in the checkpoint) is not "
         "found from here; give --data")

@@ -103,6 +103,28 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+# What a resume restores from a training checkpoint (`last.pt`), and the type each must have.
+TRAINING_STATE = {"epoch": int, "epoch_step": int, "step": int, "optimizer": dict, "scheduler": dict,
+                  "scaler": dict, "rng": dict}
+
+
+def check_training_state(state: dict[str, Any], path: str | Path) -> None:
+    """Raise `ModelError` naming `path` when a checkpoint lacks what a resume restores (damaged or foreign)."""
+    wrong = [key for key, kind in TRAINING_STATE.items()
+             if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool)]
+    if not wrong:
+        groups = state["optimizer"].get("param_groups")
+        if not (isinstance(groups, list) and groups and isinstance(state["optimizer"].get("state"), dict)):
+            wrong.append("optimizer")
+        if "last_epoch" not in state["scheduler"]:
+            wrong.append("scheduler")
+        if not all(k in state["rng"] for k in ("torch", "numpy", "python")):
+            wrong.append("rng")
+    if wrong:
+        raise ModelError(f"damaged training checkpoint: {', '.join(wrong)} missing or malformed; cannot resume",
+                         path)
+
+
 def model_from_checkpoint(state: dict[str, Any], path: str | Path = "checkpoint") -> DepthNet:
     """Rebuild the network from a loaded checkpoint; a mismatched architecture is a `ModelError`.
 

@@ -139,9 +139,10 @@ class TrainConfig:
                 flag = f"--{unused[0].replace('_', '-')}"
                 raise InputError(f"{flag} shapes the cyclic schedule; with --schedule {self.schedule} it would do "
                                  f"nothing: drop it, or add --schedule cyclic")
-        if self.out and self.data and Path(self.data).is_dir() and _inside(Path(self.out), Path(self.data)):
-            raise InputError(f"--out {self.out} lies inside the dataset --data {self.data}: its files would "
-                             "become part of the dataset; choose a folder outside it")
+        splits = [Path(self.data) / split for split in ("train", "val")] if self.data else []
+        if self.out and any(split.is_dir() and _inside(Path(self.out), split) for split in splits):
+            raise InputError(f"--out {self.out} lies inside the dataset's train/ or val/ ({self.data}): its "
+                             "files would become part of the dataset; choose a folder outside them")
 
     @property
     def from_weights(self) -> bool:

@@ -6,6 +6,8 @@ when it lists backends, and torch is imported only when a runner is activated.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +33,24 @@ def checkpoint_metadata(model: Any, state: dict[str, Any], **fields: Any) -> Mod
     })
 
 
+@contextlib.contextmanager
+def fp32_math(torch: Any, device: str) -> Iterator[None]:
+    """On CUDA, FP32 convolutions and matmuls in FP32 for the block: cuDNN's default lets convolutions
+    run in TF32 (10-bit mantissas), and the reference every artifact is compared with is FP32."""
+    if not str(device).startswith("cuda"):
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @register_backend("torch")
 class TorchRunner(Runner):
-    """Runs a `.pt` checkpoint in PyTorch eager mode (`torch.inference_mode`), FP32.
+    """Runs a `.pt` checkpoint in PyTorch eager mode (`torch.inference_mode`), FP32 (no TF32 on CUDA).
 
     Args:
         path: the checkpoint (`mde train`'s best.pt / last.pt).
@@ -54,7 +71,8 @@ class TorchRunner(Runner):
         try:
             import torch
         except ImportError as err:
-            raise BackendError(f"the torch backend needs PyTorch ({err}); pip install 'mde[train]'") from None
+            raise BackendError(f"the torch backend needs PyTorch ({err}); in the mde checkout: "
+                               "pip install -e '.[train]'") from None
         from mde.train.checkpoint import load_model
 
         self._saved_threads = torch.get_num_threads()
@@ -69,7 +87,7 @@ class TorchRunner(Runner):
 
     def _infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self._torch
-        with torch.inference_mode():
+        with torch.inference_mode(), fp32_math(torch, self.device):
             x = torch.from_numpy(np.ascontiguousarray(feed[INPUT_NAME])).to(self.device)
             return {OUTPUT_NAME: self._model(x).float().cpu().numpy()}
 

@@ -10,6 +10,7 @@ RNG states, so `--resume RUN/last.pt` continues exactly, even from the middle of
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from collections.abc import Collection
@@ -25,7 +26,7 @@ from mde.errors import CheckFailed, DataError, InputError, ModelError
 from mde.io import no_empty_new_folder, prepare_output_dir, write_json_atomic
 from mde.runtime.evaluate import average
 from mde.train import report
-from mde.train.checkpoint import load_checkpoint, model_from_checkpoint
+from mde.train.checkpoint import check_training_state, load_checkpoint, model_from_checkpoint
 from mde.train.checkpoint import save_checkpoint as write_checkpoint
 from mde.train.config import TrainConfig, check_resume, merge_resume
 from mde.train.distributed import DistEnv, all_reduce_sum, barrier, cleanup, setup
@@ -101,8 +102,7 @@ def resolve_config(cfg: TrainConfig, given: Collection[str] = ()) -> tuple[Train
     if not cfg.resume:
         cfg.validate()
         cfg.check_new_run()
-        # the dataset as an absolute path: a resume started from another folder finds the same one
-        return replace(cfg, data=str(Path(cfg.data).resolve())), None
+        return with_absolute_data(cfg), None
     if not Path(cfg.resume).exists():
         raise InputError("--resume checkpoint not found", cfg.resume)
     state = load_checkpoint(cfg.resume)
@@ -114,29 +114,12 @@ def resolve_config(cfg: TrainConfig, given: Collection[str] = ()) -> tuple[Train
         merged.validate()
     except InputError as err:  # the saved config, or what the resume changed in it
         raise InputError(str(err), cfg.resume) from None
-    return merged, state
+    return with_absolute_data(merged), state
 
 
-# What `restore` reads from a training checkpoint, and the type each must have.
-TRAINING_STATE = {"epoch": int, "epoch_step": int, "step": int, "optimizer": dict, "scheduler": dict,
-                  "scaler": dict, "rng": dict}
-
-
-def check_training_state(state: dict[str, Any], path: str | Path) -> None:
-    """Raise `ModelError` naming `path` when a checkpoint lacks what a resume restores (damaged or foreign)."""
-    wrong = [key for key, kind in TRAINING_STATE.items()
-             if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool)]
-    if not wrong:
-        groups = state["optimizer"].get("param_groups")
-        if not (isinstance(groups, list) and groups and isinstance(state["optimizer"].get("state"), dict)):
-            wrong.append("optimizer")
-        if "last_epoch" not in state["scheduler"]:
-            wrong.append("scheduler")
-        if not all(k in state["rng"] for k in ("torch", "numpy", "python")):
-            wrong.append("rng")
-    if wrong:
-        raise ModelError(f"damaged training checkpoint: {', '.join(wrong)} missing or malformed; cannot resume",
-                         path)
+def with_absolute_data(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with `--data` as an absolute path (symlinks kept): a resume from another folder reads the same data."""
+    return replace(cfg, data=os.path.abspath(cfg.data))
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -294,6 +277,8 @@ def restore(job: Job, resume: dict[str, Any] | None) -> TrainState:
         job.scheduler.load_state_dict(resume["scheduler"])
         job.scaler.load_state_dict(resume["scaler"])
         set_rng_state(resume["rng"])
+    except torch.cuda.OutOfMemoryError:  # the GPU's fault, not the checkpoint's
+        raise
     except (KeyError, IndexError, ValueError, TypeError, RuntimeError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ModelError(f"damaged training checkpoint: cannot restore its training state ({first})",

@@ -57,6 +57,14 @@ def bench(
 ) -> None:
     """Time artifacts side by side: latency p50/p90/p99/mean, images/s, pre/postprocessing."""
     check_backend(backend)
+    if torch_ckpt is not None:  # before timing anything: a runtime-only install has no PyTorch
+        import importlib.util
+
+        from mde.errors import BackendError
+
+        if importlib.util.find_spec("torch") is None:
+            raise BackendError("--torch needs PyTorch, which is not installed; in the mde checkout: "
+                               "pip install -e '.[train]'", torch_ckpt)
     cfg = BenchConfig(list(artifacts or []), torch_ckpt, backend, batch, iterations, warmup, threads, image_size,
                       providers=providers or None)
     emit(run_bench(cfg), as_json, print_table)

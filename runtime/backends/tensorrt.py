@@ -15,8 +15,8 @@ from mde.errors import BackendError, InputError, ModelError
 from mde.runtime.backends.base import Runner, TensorSpec, register_backend
 from mde.runtime.metadata import ModelMetadata, sidecar_path
 
-INSTALL_HINT = ("pip install 'mde[tensorrt]' (beside PyPI's CUDA 13 PyTorch: 'mde[tensorrt-cu13]'; "
-                "on a Jetson: JetPack's own TensorRT, see the README)")
+INSTALL_HINT = ("in the mde checkout: pip install -e '.[tensorrt]' (beside PyPI's CUDA 13 PyTorch: "
+                "'.[tensorrt-cu13]'; on a Jetson: JetPack's own TensorRT, see the README)")
 MIN_TENSORRT = (10, 3)
 SIDECAR_KEYS = ("tensorrt_version", "compute_capability", "profile", "metadata")
 # cudaError_t values that mean "this machine cannot run CUDA at all", and what to tell the user.
@@ -365,14 +365,20 @@ class TensorRTRunner(Runner):
         """Free the buffers and the stream on this runner's device, then drop the context and engine."""
         cudart = self._cudart
         if cudart is not None:
-            # the thread that deactivates may have another device current; best effort, never raises
-            with contextlib.suppress(BackendError), on_device(cudart, self.device):
-                for ptr, _ in self._buffers.values():
-                    cudart.cudaFree(ptr)
-                if self._stream is not None:
-                    cudart.cudaStreamDestroy(self._stream)
+            try:  # the thread that deactivates may have another device current
+                with on_device(cudart, self.device):
+                    self._free_all(cudart)
+            except BackendError:  # the device could not be chosen: free anyway, best effort
+                self._free_all(cudart)
         self._buffers.clear()
         self._context = self._engine = self._stream = None
+
+    def _free_all(self, cudart: Any) -> None:
+        """Free every buffer and the stream; CUDA's answers are not checked (closing never raises)."""
+        for ptr, _ in self._buffers.values():
+            cudart.cudaFree(ptr)
+        if self._stream is not None:
+            cudart.cudaStreamDestroy(self._stream)
 
     @property
     def providers(self) -> list[str]:
