@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mde.calibration.config import METHODS, MIN_IMAGES, TARGETS, CalibrationConfig
+from mde.calibration.config import METHODS, MIN_IMAGES, SEED_LIMIT, TARGETS, CalibrationConfig
 from mde.calibration.inspect import integer_kernel_share
 from mde.calibration.ranges import load_ranges, save_ranges
 from mde.calibration.subpixel import rewritable, rewrite_conv_transpose
@@ -78,6 +78,14 @@ def _check_config(cfg: CalibrationConfig) -> None:
         raise InputError("the output would overwrite the input model", cfg.out)
     if Path(cfg.out).exists() and not cfg.force:
         raise InputError("output exists (use --force to overwrite)", cfg.out)
+    if not 0 <= cfg.seed <= SEED_LIMIT:
+        raise InputError(f"--seed must be in 0..{SEED_LIMIT}, got {cfg.seed}")
+    for path in (Path(cfg.out), cfg.ranges_path):  # found now, not after the whole calibration
+        if path.is_dir():
+            raise InputError("the output is a folder; expected a file name", path)
+    above = next((p for p in Path(cfg.out).absolute().parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise InputError(f"cannot write under {above}, which is a file", cfg.out)
 
 
 def _quiet_onnxruntime() -> Any:
@@ -141,6 +149,9 @@ def select_images(names: list[str], cfg: CalibrationConfig, source: Path,
     if notice and n_hold < cfg.holdout_images:
         info(f"{source}: holding out {n_hold} of its {len(names)} train images for the accuracy check, "
              f"not {cfg.holdout_images} (at most a quarter)")
+    if notice and len(calib) < cfg.num_images:
+        info(f"{source}: calibrating on {len(calib)} images, all its train split has besides the held-out ones, "
+             f"not {cfg.num_images}")
     return holdout, calib
 
 
@@ -208,8 +219,8 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
             final = float_layers.with_float_nodes(qdq, pre, search.float_nodes, cfg.op_types)
             after = evaluator.measure(final)
     record = {"images": len(calib_idx), "holdout_images": len(hold_idx), "float_nodes": search.float_nodes,
-              "float_head": head, "ssim_drop": round(after.drop, 6),
-              "ssim_drop_all_int8": round(before.drop, 6)}  # every layer INT8 but the head's
+              "float_head": head, "ssim_drop": _figure(after.drop),
+              "ssim_drop_all_int8": _figure(before.drop)}  # every layer INT8 but the head's
     kernels = _write(cfg, final, meta, record)
     return CalibrationReport(
         model=str(cfg.model), out=str(cfg.out), target=cfg.target, ranges=str(cfg.ranges_path),
@@ -220,10 +231,15 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
         float_nodes=list(search.float_nodes),
         fp32={"rmse": round(evaluator.fp32[0], 6), "ssim": round(evaluator.fp32[1], 6)},
         before=before.to_dict(), after=after.to_dict(),
-        ranking=[(n, round(d, 6)) for n, d in search.ranking], steps=search.steps,
+        ranking=[(n, _figure(d)) for n, d in search.ranking], steps=search.steps,
         seconds=round(time.perf_counter() - started, 2),
         integer_kernels={k: v for k, v in kernels.items() if k != "op_counts"}, float_head=head,
     )
+
+
+def _figure(value: float) -> float:
+    """A recorded figure to 6 significant digits (a drop of 5.42e-06 stays that, not 5e-06)."""
+    return float(f"{value:.6g}")
 
 
 def _ranges(cfg: CalibrationConfig, pre_path: Path, dataset: Any, calib_idx: list[int], size: tuple[int, int],

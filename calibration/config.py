@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 METHODS = ("entropy", "percentile", "minmax")
+SEED_LIMIT = 2**32 - 1  # numpy's seeds (the image draw)
 MIN_IMAGES = 32
 
 

@@ -38,7 +38,7 @@ class Measurement:
     ssim: float            # vs ground truth
 
     def to_dict(self) -> dict[str, float]:
-        return {k: round(float(v), 6) for k, v in asdict(self).items()}
+        return {k: float(f"{float(v):.6g}") for k, v in asdict(self).items()}  # significant digits: drops are tiny
 
 
 @dataclass

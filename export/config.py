@@ -161,6 +161,8 @@ def validate(cfg: ExportConfig) -> None:
 
         open_train_split(calibration_config(cfg, Path("model.onnx"), Path("model.int8.onnx")),
                          allow_few_option="--calib-allow-few", notice=False)
+    elif cfg.calib_data is not None:  # given for nothing: say so rather than ignore it
+        raise InputError("--calib-data calibrates INT8; add --precision int8 (or drop --calib-data)")
     if not MIN_OPSET <= cfg.opset <= max_opset():
         why = "" if max_opset() == MAX_OPSET else ", the newest the installed onnx and ONNX Runtime load"
         raise InputError(f"--opset must be in {MIN_OPSET}..{max_opset()}{why}, got {cfg.opset}")

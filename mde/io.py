@@ -171,14 +171,25 @@ def no_empty_new_folder(path: str | Path) -> Iterator[None]:
                 path.rmdir()
 
 
-def check_output_file(path: str | Path, option: str, inputs: Iterable[str | Path]) -> Path:
-    """Refuse an output file that is a folder, or that is one of `inputs` or lies inside one of them.
+# Files a report or a JSON result must never replace, even when the run does not read them.
+PRECIOUS_SUFFIXES = (".onnx", ".engine", ".plan", ".pt", ".pth", ".npz", ".npy", ".ranges.json")
 
-    A run must not overwrite what it reads: `--json model.onnx`, or a report inside the dataset.
+
+def check_output_file(path: str | Path, option: str, inputs: Iterable[str | Path]) -> Path:
+    """Refuse an output file that is a folder, lies under a file, is a model or data file, or is one of
+    `inputs` or lies inside one of them. Checked before any work, so a long run does not fail at its end.
+
+    A run must not overwrite what it reads (`--json model.onnx`, a report inside the dataset), nor
+    another model it did not read (`--report export/model.int8.onnx`).
     """
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{option} needs a file name; this is a folder", path)
+    above = next((p for p in path.absolute().parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise InputError(f"{option} would write under {above}, which is a file", path)
+    if path.is_file() and path.name.lower().endswith(PRECIOUS_SUFFIXES):
+        raise InputError(f"{option} would replace a model or data file; choose another file", path)
     target = path.resolve()
     for source in map(Path, inputs):
         if target == source.resolve():

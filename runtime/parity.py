@@ -6,8 +6,8 @@ the tensor statistic is pooled over every pixel of every image:
   |dSSIM|  = |SSIM(artifact, GT) - SSIM(PyTorch, GT)|  <= ssim_abs
   p99(|artifact - PyTorch|) / max_depth                <= p99_over_range   (model resolution, all pixels of
                                                                              all images together)
-Golden mode has no ground truth: only the tensor statistic is a gate there; RMSE/SSIM of the
-artifact against the saved PyTorch outputs are reported for information.
+Golden mode gates the same way when the golden file holds ground truth (`mde export --golden-data`);
+a golden file of seeded noise has none, and there the tensor statistic is the only gate.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ the tolerances passed in.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -116,12 +117,20 @@ def source_mismatch(runner: Runner, reference: dict[str, str], name: str) -> str
     return ""
 
 
+def artifact_labels(paths: Sequence[str | Path]) -> list[str]:
+    """How each artifact is named in tables, JSON and reports: its file name, or its path where two share
+    a name (`exp/model.int8.onnx`, `fallback/model.int8.onnx`), so no row or worst-image PNG stands for two."""
+    names = [Path(p).name for p in paths]
+    return [name if names.count(name) == 1 else str(p) for name, p in zip(names, paths)]
+
+
 def check_golden(
     golden: str | Path,
     artifact: str | Path,
     backend: str = "auto",
     tolerances: dict[str, Tolerance] | None = None,
     providers: Sequence[str] | None = None,
+    label: str | None = None,
 ) -> ArtifactResult:
     """Run `artifact` on `golden.npz`'s inputs and compare with its saved PyTorch outputs (no torch needed).
 
@@ -135,6 +144,7 @@ def check_golden(
         backend: runtime backend name, or "auto".
         tolerances: overrides; default: the golden file's own table, else `DEFAULT_TOLERANCES`.
         providers: ONNX Runtime providers (None: the best this machine can run).
+        label: the artifact's name in the results (default: its file name).
     """
     from mde.runtime.backends.golden import GoldenRunner
 
@@ -145,7 +155,7 @@ def check_golden(
             table = {p: {k: v for k, v in row.items() if k in names}
                      for p, row in saved["tolerances"].items() if p in DEFAULT_TOLERANCES and isinstance(row, dict)}
             tolerances = tolerances_from_dict(table, source=golden)
-        meta, label, backend_label = runner.metadata, Path(artifact).name, runner.label
+        meta, label, backend_label = runner.metadata, label or Path(artifact).name, runner.label
         if meta is None:
             raise ModelError("artifact has no mde metadata", artifact)
         reason = size_mismatch(runner, reference)
@@ -182,6 +192,7 @@ def check_checkpoint(cfg: ParityConfig, tolerances: dict[str, Tolerance]
     if count == 0:
         raise DataError(f"no images in the {cfg.split} split", cfg.data)
     names = list(dataset.names)[:count]
+    artifact_names = artifact_labels(cfg.artifacts)
     results: dict[int, ArtifactResult] = {}
     gts: list[np.ndarray] = []
     masks: list[np.ndarray | None] = []
@@ -197,7 +208,7 @@ def check_checkpoint(cfg: ParityConfig, tolerances: dict[str, Tolerance]
             reason = size_mismatch(runner, reference)
             source = "" if reason else source_mismatch(runner, reference_source, Path(cfg.checkpoint).name)
             if reason or source:
-                results[i] = mismatch(Path(path).name, runner.metadata.precision, runner.label, reason or source,
+                results[i] = mismatch(artifact_names[i], runner.metadata.precision, runner.label, reason or source,
                                       check="preprocess" if reason else "source")
             else:
                 runners.append((i, runner))
@@ -216,7 +227,7 @@ def check_checkpoint(cfg: ParityConfig, tolerances: dict[str, Tolerance]
         meta = runner.metadata
         results[i] = compare(ref_out, outputs, gts, tolerance=tolerances[meta.precision],
                              max_depth=max_depth, data_range=data_range, names=names,
-                             label=Path(cfg.artifacts[i]).name, precision=meta.precision,
+                             label=artifact_names[i], precision=meta.precision,
                              backend=labels[i], reference_metrics=ref_metrics, masks=masks)
     header: dict[str, Any] = {
         "mode": "checkpoint", "checkpoint": str(cfg.checkpoint), "data": str(cfg.data), "split": cfg.split,
@@ -244,7 +255,8 @@ def _worst_png(report: Path, dataset: Any, result: ArtifactResult, reference: li
     shape = gts[k].shape
     image = panel(dataset[k].rgb, postprocess(reference[k], shape, max_depth),
                   postprocess(outputs[k], shape, max_depth), max_depth)
-    name = f"{report.stem}.{Path(result.artifact).stem}.worst.png"
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", result.artifact.rsplit(".", 1)[0]).strip("_.")
+    name = f"{report.stem}.{stem}.worst.png"
     write_png(report.parent / name, image)
     return name
 
@@ -277,6 +289,9 @@ def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
     for artifact in cfg.artifacts:
         if not Path(artifact).is_file():
             raise ModelError("artifact not found", artifact)
+        if Path(artifact).suffix.lower() == ".npz":  # golden outputs compared with themselves would always pass
+            raise InputError("a golden.npz holds the reference, it is not an artifact to check; give it as "
+                             "--golden FILE", artifact)
     inputs = [*cfg.artifacts, *(p for p in (cfg.checkpoint, cfg.golden, cfg.data, cfg.tolerances) if p)]
     for option, out in (("--json", cfg.json_path), ("--report", cfg.report)):
         if out is not None:
@@ -285,7 +300,8 @@ def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
         raise InputError("--json and --report name the same file; one would replace the other", cfg.report)
     pngs: dict[str, str] = {}
     if cfg.golden is not None:
-        results = [check_golden(cfg.golden, a, cfg.backend, tolerances, cfg.providers) for a in cfg.artifacts]
+        results = [check_golden(cfg.golden, a, cfg.backend, tolerances, cfg.providers, label)
+                   for a, label in zip(cfg.artifacts, artifact_labels(cfg.artifacts))]
         header: dict[str, Any] = {"mode": "golden", "golden": str(cfg.golden)}
     else:
         results, header, pngs = check_checkpoint(cfg, tolerances or dict(DEFAULT_TOLERANCES))

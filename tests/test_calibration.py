@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -182,8 +183,10 @@ def test_fallback_keeps_sensitive_nodes_float(cli, tiny_export, synth_data, tmp_
     result = cli("calibrate", tiny_export / "model.onnx", "--data", synth_data, "--out", out,
                  "--num-images", 12, "--holdout-images", 6, "--allow-few", "--target-ssim-drop", 1e-9,
                  "--max-float-nodes", 6, "--method", "minmax", "--json")
-    assert result.code == 0, result.err
+    # 1e-9 is out of reach: the search runs to its limit, the file is written, and the unmet target is exit 1
+    assert result.code == 1 and "is above the target 1e-09" in result.err.strip().splitlines()[-1], result.err
     report = json.loads(result.out)
+    assert not report["target_met"] and out.is_file()
     assert 1 <= len(report["float_nodes"]) <= 6
     assert report["after"]["drop"] < report["before"]["drop"]
     assert report["ranking"] and report["steps"][0][0] == 0
@@ -213,6 +216,8 @@ def _no_metadata(src, dst):
     ("bad_method", "--method must be one of"),
     ("nan_ssim_drop", "--target-ssim-drop must be in [0, 1], got nan"),
     ("zero_holdout", "--holdout-images must be >= 1, got 0"),
+    ("negative_seed", "--seed must be in 0..4294967295, got -1"),
+    ("ranges_is_folder", "out.int8.ranges.json: the output is a folder; expected a file name"),
 ])
 def test_bad_inputs_exit_2(cli, case, match, tiny_export, tiny_int8, synth_data, tmp_path):
     model, extra = tiny_export / "model.onnx", []
@@ -234,6 +239,10 @@ def test_bad_inputs_exit_2(cli, case, match, tiny_export, tiny_int8, synth_data,
         extra = ["--target-ssim-drop", "nan"]
     elif case == "zero_holdout":
         extra = ["--holdout-images", "0"]
+    elif case == "negative_seed":
+        extra = ["--seed", "-1"]
+    elif case == "ranges_is_folder":  # found before calibrating, not by the last write
+        (tmp_path / "out.int8.ranges.json").mkdir()
     out = tmp_path / "out.int8.onnx"
     result = cli("calibrate", model, "--data", synth_data, "--out", out, *extra)
     assert result.code == 2
@@ -393,3 +402,22 @@ def test_calibrate_measures_the_drop_at_the_datasets_range(tiny_export, synth_da
     calibrate(CalibrationConfig(model=tiny_export / "model.onnx", data=data, out=tmp_path / "m.int8.onnx",
                                 num_images=12, holdout_images=6, allow_few=True, max_float_nodes=0, progress=False))
     assert seen == {"max_depth": 20.0, "data_range": 12.0}
+
+
+@pytest.mark.parametrize("report, message", [
+    ({"quantized_nodes": 0, "target_met": True}, "no layer is left in INT8"),
+    ({"quantized_nodes": 5, "target_met": False}, "SSIM drop 0.0123 is above the target 0.01 with 2 layer(s) kept float"),
+])
+def test_a_calibration_that_misses_its_purpose_is_a_failed_check(report, message):
+    """Exit 1: the model is written, but it is not the INT8 model asked for."""
+    from types import SimpleNamespace
+
+    from mde.commands.calibrate import _check_result
+    from mde.errors import CheckFailed
+
+    result = SimpleNamespace(out="q.onnx", after={"drop": 0.0123}, target_ssim_drop=0.01, float_nodes=["a", "b"],
+                             **report)
+    with pytest.raises(CheckFailed, match=re.escape(message)) as failed:
+        _check_result(result)
+    assert failed.value.exit_code == 1
+    _check_result(SimpleNamespace(**{**vars(result), "quantized_nodes": 5, "target_met": True}))  # met: no error

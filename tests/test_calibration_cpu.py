@@ -68,7 +68,7 @@ def test_fallback_nodes_are_the_only_float_convolutions(cli, tiny_export, synth_
     result = cli("calibrate", tiny_export / "model.onnx", "--data", synth_data, "--out", out, "--target", "cpu",
                  "--num-images", 12, "--holdout-images", 6, "--allow-few", "--target-ssim-drop", 1e-9,
                  "--max-float-nodes", 2, "--method", "minmax", "--json")
-    assert result.code == 0, result.err
+    assert result.code == 1, result.err  # 1e-9 is out of reach: written anyway, the unmet target is exit 1
     report = json.loads(result.out)
     assert 1 <= len(report["float_nodes"]) <= 2
     share = integer_kernel_share(out)

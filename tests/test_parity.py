@@ -219,3 +219,46 @@ def test_compare_statistics_and_verdicts():
 def test_bad_input_exit_2(cli, args, match):
     result = cli(*args)
     assert result.code == 2 and match in result.err
+
+
+def test_two_artifacts_with_one_name_keep_their_own_rows_and_pictures(cli, tiny_checkpoint, tiny_export, synth_data,
+                                                                      tmp_path):
+    """`exp/model.onnx` and `copy/model.onnx`: labelled by path, one worst-image PNG each."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(tiny_export / "model.onnx", copy / "model.onnx")
+    artifacts = [tiny_export / "model.onnx", copy / "model.onnx"]
+    out_json, report = tmp_path / "p.json", tmp_path / "rep" / "p.md"
+    result = cli("parity", tiny_checkpoint, *artifacts, "--data", synth_data, "--limit", 2,
+                 "--json", out_json, "--report", report)
+    assert result.code == 0, result.err
+    labels = [row["artifact"] for row in json.loads(out_json.read_text())["artifacts"]]
+    assert labels == [str(p) for p in artifacts]
+    pngs = sorted(p.name for p in report.parent.glob("*.worst.png"))
+    assert len(pngs) == 2 and all(name in report.read_text() for name in pngs)
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["{golden}"], "golden.npz: a golden.npz holds the reference, it is not an artifact to check; give it as --golden"),
+    (["{onnx}", "--device", "cuda:zz"], "--device must be cpu, cuda or cuda:N, got 'cuda:zz'"),
+    (["{onnx}", "--device", "cuda:7"], "the PyTorch reference was asked to run on cuda:7"),
+    (["{onnx}", "--report", "{int8}"], "--report would replace a model or data file"),
+    (["{onnx}", "--json", "{golden}/x.json"], "--json would write under"),
+])
+def test_parity_refuses_before_any_work(cli, tiny_checkpoint, tiny_export, tiny_int8, synth_data, extra, match):
+    paths = {"golden": tiny_export / "golden.npz", "onnx": tiny_export / "model.onnx", "int8": tiny_int8[0]}
+    before = tiny_int8[0].read_bytes()
+    args = [a.format(**paths) for a in extra]
+    result = cli("parity", tiny_checkpoint, *args, "--data", synth_data)
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1 and match in result.err, result.err
+    assert tiny_int8[0].read_bytes() == before
+
+
+def test_golden_mode_refuses_device_and_a_golden_artifact(cli, tiny_export):
+    golden = tiny_export / "golden.npz"
+    result = cli("parity", "--golden", golden, tiny_export / "model.onnx", "--device", "cuda:0")
+    assert result.code == 2 and "--golden and --device are exclusive" in result.err
+    result = cli("parity", "--golden", golden, golden)
+    assert result.code == 2 and "it is not an artifact to check" in result.err

@@ -248,6 +248,8 @@ CASES = [
      "text.npz: not a golden.npz (not a NumPy .npz archive)"),
     ("train-checkpoint-as-backbone", "train --data {data} --out {out} --no-pretrained --backbone-weights {ckpt}",
      "no torchvision ResNet weights (conv1.*, layer1.* ...) in this file (an mde checkpoint)"),
+    ("export-calib-data-without-int8", "export {ckpt} --out {out} --calib-data {data}",
+     "--calib-data calibrates INT8; add --precision int8"),
     ("train-folder-as-backbone", "train --data {data} --out {out} --no-pretrained --backbone-weights {bad:dir}",
      "a-folder: --backbone-weights is a folder; expected a torchvision ResNet .pth file"),
     ("train-text-as-backbone", "train --data {data} --out {out} --no-pretrained --backbone-weights {bad:onnx_text}",

@@ -33,6 +33,17 @@ def checkpoint_metadata(model: Any, state: dict[str, Any], **fields: Any) -> Mod
     })
 
 
+def check_device(torch: Any, device: str, source: Path) -> None:
+    """Raise `BackendError` naming `source` when `device` ("cuda", "cuda:N") is not a CUDA GPU here."""
+    if not str(device).startswith("cuda"):
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = str(device).partition(":")[2] or "0"
+    if not index.isdigit() or int(index) >= count:
+        raise BackendError(f"the PyTorch reference was asked to run on {device}, and this machine has "
+                           f"{count} CUDA GPU(s) that PyTorch can use; use --device cpu", source)
+
+
 @contextlib.contextmanager
 def fp32_math(torch: Any, device: str) -> Iterator[None]:
     """On CUDA, FP32 convolutions and matmuls in FP32 for the block: cuDNN's default lets convolutions
@@ -75,6 +86,7 @@ class TorchRunner(Runner):
                                "pip install -e '.[train]'") from None
         from mde.train.checkpoint import load_model
 
+        check_device(torch, self.device, self.path)
         self._saved_threads = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)

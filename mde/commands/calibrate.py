@@ -54,8 +54,22 @@ def calibrate_command(
         report = calibrate(cfg)
     if as_json:
         typer.echo(json_text(report.to_dict(), sort_keys=True))
-        return
-    _print(report)
+    else:
+        _print(report)
+    _check_result(report)
+
+
+def _check_result(report) -> None:
+    """Exit 1 (a check that failed) when the written model misses its accuracy target or holds no INT8 layer."""
+    from mde.errors import CheckFailed
+
+    if report.quantized_nodes == 0:
+        raise CheckFailed("no layer is left in INT8: every candidate was kept float (the file is an FP32 model "
+                          "labelled int8); allow a larger --target-ssim-drop or fewer --max-float-nodes", report.out)
+    if not report.target_met:
+        raise CheckFailed(f"SSIM drop {report.after['drop']:.3g} is above the target {report.target_ssim_drop:g} "
+                          f"with {len(report.float_nodes)} layer(s) kept float (written anyway); raise "
+                          "--max-float-nodes or --target-ssim-drop, or calibrate on more images", report.out)
 
 
 def _print(report) -> None:

@@ -9,6 +9,7 @@ checkpoint (failing metric "source").
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import typer
@@ -46,13 +47,15 @@ def parity_command(
     else:
         given = [name for name, value, default in (("--data", data, None), ("--depth-scale", depth_scale, None),
                                                     ("--split", split, _D["split"].default),
-                                                    ("--limit", limit, _D["limit"].default)) if value != default]
+                                                    ("--limit", limit, _D["limit"].default),
+                                                    ("--device", device, _D["device"].default)) if value != default]
         if given:
-            raise InputError(f"--golden and {given[0]} are exclusive: golden mode uses the saved inputs")
+            raise InputError(f"--golden and {given[0]} are exclusive: golden mode uses the saved inputs "
+                             "and outputs")
         cfg = ParityConfig(artifacts=tuple(paths), golden=golden)
     if limit < 0:
         raise InputError(f"--limit must be >= 0, got {limit}")
-    if device != "cpu" and not (device == "cuda" or device.startswith("cuda:")):
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
         raise InputError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
     cfg.split, cfg.limit, cfg.tolerances, cfg.backend = split, limit, tolerances, backend
     cfg.json_path, cfg.report, cfg.providers, cfg.device = json_path, report, providers or None, device
