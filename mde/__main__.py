@@ -1,5 +1,5 @@
 """`python -m mde` is the `mde` CLI."""
 
-from mde.cli import main
+from mde import entry
 
-main()
+entry()

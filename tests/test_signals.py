@@ -139,3 +139,17 @@ def test_a_runtime_only_install_says_what_to_install(monkeypatch, capsys, module
     with pytest.raises(SystemExit) as stopped:
         cli._run(["train"])
     assert stopped.value.code == 2 and capsys.readouterr().err.strip() == f"mde: error: {hint}"
+
+
+def test_ctrl_c_while_the_cli_imports_is_one_line():
+    """The console script's first moments (importing typer, rich, ...) end like the rest: one line, exit 130."""
+    code = ("import sys, importlib.abc\n"
+            "class Interrupted(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            "        if name == 'mde.cli':\n"
+            "            raise KeyboardInterrupt\n"
+            "sys.meta_path.insert(0, Interrupted())\n"
+            "from mde import entry\n"
+            "entry()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stderr) == (130, "mde: interrupted\n")
