@@ -20,7 +20,7 @@ from mde.calibration.ranges import load_ranges, save_ranges
 from mde.calibration.subpixel import rewritable, rewrite_conv_transpose
 from mde.console import info, make_progress
 from mde.errors import DataError, InputError, ModelError
-from mde.io import atomic_path, require_file, sha256_file
+from mde.io import atomic_path, check_not_under_file, require_file, sha256_file
 from mde.runtime.metadata import ModelMetadata, check_graph_input, read_props, stamp
 from mde.runtime.preprocess import preprocess
 
@@ -76,16 +76,14 @@ def _check_config(cfg: CalibrationConfig) -> None:
         raise InputError("expected an output file name ending in .onnx", cfg.out)
     if Path(cfg.out).resolve() == Path(cfg.model).resolve():
         raise InputError("the output would overwrite the input model", cfg.out)
+    for path in (Path(cfg.out), cfg.ranges_path):  # found now, not after the whole calibration
+        if path.is_dir():
+            raise InputError("the output is a folder; expected a file name", path)
+    check_not_under_file(cfg.out, "--out")
     if Path(cfg.out).exists() and not cfg.force:
         raise InputError("output exists (use --force to overwrite)", cfg.out)
     if not 0 <= cfg.seed <= SEED_LIMIT:
         raise InputError(f"--seed must be in 0..{SEED_LIMIT}, got {cfg.seed}")
-    for path in (Path(cfg.out), cfg.ranges_path):  # found now, not after the whole calibration
-        if path.is_dir():
-            raise InputError("the output is a folder; expected a file name", path)
-    above = next((p for p in Path(cfg.out).absolute().parents if p.exists()), None)
-    if above is not None and not above.is_dir():
-        raise InputError(f"cannot write under {above}, which is a file", cfg.out)
 
 
 def _quiet_onnxruntime() -> Any:
@@ -219,8 +217,8 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
             final = float_layers.with_float_nodes(qdq, pre, search.float_nodes, cfg.op_types)
             after = evaluator.measure(final)
     record = {"images": len(calib_idx), "holdout_images": len(hold_idx), "float_nodes": search.float_nodes,
-              "float_head": head, "ssim_drop": _figure(after.drop),
-              "ssim_drop_all_int8": _figure(before.drop)}  # every layer INT8 but the head's
+              "float_head": head, "ssim_drop": fallback.significant(after.drop),
+              "ssim_drop_all_int8": fallback.significant(before.drop)}  # every layer INT8 but the head's
     kernels = _write(cfg, final, meta, record)
     return CalibrationReport(
         model=str(cfg.model), out=str(cfg.out), target=cfg.target, ranges=str(cfg.ranges_path),
@@ -229,17 +227,12 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
         quantized_nodes=len(candidates) - len(search.float_nodes), qdq=qz.qdq_summary(final),
         target_ssim_drop=cfg.target_ssim_drop, target_met=after.drop <= cfg.target_ssim_drop,
         float_nodes=list(search.float_nodes),
-        fp32={"rmse": round(evaluator.fp32[0], 6), "ssim": round(evaluator.fp32[1], 6)},
+        fp32={"rmse": fallback.significant(evaluator.fp32[0]), "ssim": fallback.significant(evaluator.fp32[1])},
         before=before.to_dict(), after=after.to_dict(),
-        ranking=[(n, _figure(d)) for n, d in search.ranking], steps=search.steps,
+        ranking=[(n, fallback.significant(d)) for n, d in search.ranking], steps=search.steps,
         seconds=round(time.perf_counter() - started, 2),
         integer_kernels={k: v for k, v in kernels.items() if k != "op_counts"}, float_head=head,
     )
-
-
-def _figure(value: float) -> float:
-    """A recorded figure to 6 significant digits (a drop of 5.42e-06 stays that, not 5e-06)."""
-    return float(f"{value:.6g}")
 
 
 def _ranges(cfg: CalibrationConfig, pre_path: Path, dataset: Any, calib_idx: list[int], size: tuple[int, int],

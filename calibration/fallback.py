@@ -27,6 +27,11 @@ import onnx
 from mde.runtime.preprocess import postprocess
 
 
+def significant(value: float) -> float:
+    """A recorded figure to 6 significant digits: drops are tiny (5.42e-06 stays that, not 5e-06)."""
+    return float(f"{float(value):.6g}")
+
+
 @dataclass
 class Measurement:
     """INT8 (or partly float) model vs the FP32 model and vs ground truth, averaged over held-out images."""
@@ -38,7 +43,7 @@ class Measurement:
     ssim: float            # vs ground truth
 
     def to_dict(self) -> dict[str, float]:
-        return {k: float(f"{float(v):.6g}") for k, v in asdict(self).items()}  # significant digits: drops are tiny
+        return {k: significant(v) for k, v in asdict(self).items()}
 
 
 @dataclass

@@ -196,11 +196,16 @@ OPTIONAL_MODULES = {"torch": TRAIN_EXTRA, "torchvision": TRAIN_EXTRA, "onnxscrip
 
 def _missing_module_hint(err: Exception) -> str:
     """For a missing optional module (a runtime-only install asked to train or export), what to install."""
+    import importlib.util
+
     if not isinstance(err, ModuleNotFoundError) or not err.name:
         return ""
     name = err.name.split(".")[0]
     if name not in OPTIONAL_MODULES:
         return ""
+    if importlib.util.find_spec(name) is not None:  # there, without the part asked for: too old
+        return (f"{err.name} is missing from the installed {name} (too old?); in the mde checkout: "
+                "pip install -U -e '.[train]'")
     return f"this command needs {name}, which is not installed; {OPTIONAL_MODULES[name]}"
 
 
@@ -208,7 +213,8 @@ def _lost_peer(err: Exception) -> bool:
     """Whether `err` is a collective that failed because another torchrun process went away."""
     if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or isinstance(err, OSError):  # OSError: a pipe, a disk
         return False
-    return any(sign in str(err) for sign in ("Connection closed by peer", "Connection reset by peer"))
+    return type(err).__name__ == "DistBackendError" or any(  # NCCL's, or gloo's words
+        sign in str(err) for sign in ("Connection closed by peer", "Connection reset by peer"))
 
 
 def _command_line_message(err: Exception) -> str:

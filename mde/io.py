@@ -185,18 +185,23 @@ def check_output_file(path: str | Path, option: str, inputs: Iterable[str | Path
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{option} needs a file name; this is a folder", path)
-    above = next((p for p in path.absolute().parents if p.exists()), None)
-    if above is not None and not above.is_dir():
-        raise InputError(f"{option} would write under {above}, which is a file", path)
-    if path.is_file() and path.name.lower().endswith(PRECIOUS_SUFFIXES):
-        raise InputError(f"{option} would replace a model or data file; choose another file", path)
+    check_not_under_file(path, option)
     target = path.resolve()
     for source in map(Path, inputs):
         if target == source.resolve():
             raise InputError(f"{option} would write over the input {source}; choose another file", path)
         if source.resolve() in target.parents:
             raise InputError(f"{option} would write inside the input folder {source}; choose another file", path)
+    if path.is_file() and path.name.lower().endswith(PRECIOUS_SUFFIXES):
+        raise InputError(f"{option} would replace a model or data file; choose another file", path)
     return path
+
+
+def check_not_under_file(path: str | Path, what: str) -> None:
+    """Refuse an output `path` below a regular file (`export/golden.npz/x.json`): found now, not at the last write."""
+    above = next((p for p in Path(path).absolute().parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise InputError(f"{what} would write under {above}, which is a file", path)
 
 
 def prepare_output_dir(path: str | Path, force: bool = False) -> Path:

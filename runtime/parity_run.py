@@ -255,7 +255,7 @@ def _worst_png(report: Path, dataset: Any, result: ArtifactResult, reference: li
     shape = gts[k].shape
     image = panel(dataset[k].rgb, postprocess(reference[k], shape, max_depth),
                   postprocess(outputs[k], shape, max_depth), max_depth)
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", result.artifact.rsplit(".", 1)[0]).strip("_.")
+    stem = re.sub(r"[^\w.-]+", "_", result.artifact.rsplit(".", 1)[0]).strip("_.")  # a path label: one name
     name = f"{report.stem}.{stem}.worst.png"
     write_png(report.parent / name, image)
     return name
@@ -292,6 +292,10 @@ def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
         if Path(artifact).suffix.lower() == ".npz":  # golden outputs compared with themselves would always pass
             raise InputError("a golden.npz holds the reference, it is not an artifact to check; give it as "
                              "--golden FILE", artifact)
+    resolved = [Path(a).resolve() for a in cfg.artifacts]
+    twice = next((a for a, r in zip(cfg.artifacts, resolved) if resolved.count(r) > 1), None)
+    if twice is not None:
+        raise InputError("artifact given twice; each file is checked once", twice)
     inputs = [*cfg.artifacts, *(p for p in (cfg.checkpoint, cfg.golden, cfg.data, cfg.tolerances) if p)]
     for option, out in (("--json", cfg.json_path), ("--report", cfg.report)):
         if out is not None:

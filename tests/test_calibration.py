@@ -421,3 +421,18 @@ def test_a_calibration_that_misses_its_purpose_is_a_failed_check(report, message
         _check_result(result)
     assert failed.value.exit_code == 1
     _check_result(SimpleNamespace(**{**vars(result), "quantized_nodes": 5, "target_met": True}))  # met: no error
+
+
+def test_calibrate_refuses_an_output_under_a_file_and_says_when_it_has_fewer_images(cli, tiny_export, synth_data,
+                                                                                    tmp_path):
+    under = tmp_path / "golden.npz" / "q.onnx"
+    (tmp_path / "golden.npz").write_bytes(b"a file")
+    result = cli("calibrate", tiny_export / "model.onnx", "--data", synth_data, "--out", under)
+    assert result.code == 2 and result.err.strip() == (
+        f"mde: error: {under}: --out would write under {tmp_path / 'golden.npz'}, which is a file")
+    out = tmp_path / "q.onnx"
+    result = cli("calibrate", tiny_export / "model.onnx", "--data", synth_data, "--out", out, "--num-images", 100,
+                 "--holdout-images", 6, "--allow-few", "--max-float-nodes", 0, "--target-ssim-drop", 1)
+    assert result.code == 0, result.err
+    assert f"{synth_data}: calibrating on 18 images, all its train split has besides the held-out ones, not 100" \
+        in result.err

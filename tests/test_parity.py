@@ -243,9 +243,10 @@ def test_two_artifacts_with_one_name_keep_their_own_rows_and_pictures(cli, tiny_
 @pytest.mark.parametrize("extra, match", [
     (["{golden}"], "golden.npz: a golden.npz holds the reference, it is not an artifact to check; give it as --golden"),
     (["{onnx}", "--device", "cuda:zz"], "--device must be cpu, cuda or cuda:N, got 'cuda:zz'"),
-    (["{onnx}", "--device", "cuda:7"], "the PyTorch reference was asked to run on cuda:7"),
+    (["{onnx}", "--device", "cuda:7"], "PyTorch was asked to run on cuda:7; it sees "),
     (["{onnx}", "--report", "{int8}"], "--report would replace a model or data file"),
     (["{onnx}", "--json", "{golden}/x.json"], "--json would write under"),
+    (["{onnx}", "{int8}", "{onnx}"], "model.onnx: artifact given twice; each file is checked once"),
 ])
 def test_parity_refuses_before_any_work(cli, tiny_checkpoint, tiny_export, tiny_int8, synth_data, extra, match):
     paths = {"golden": tiny_export / "golden.npz", "onnx": tiny_export / "model.onnx", "int8": tiny_int8[0]}

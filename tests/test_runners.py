@@ -60,13 +60,32 @@ def test_the_torch_reference_runs_fp32_math_on_cuda():
 
     from mde.train.runner import fp32_math
 
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    try:
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
-        with fp32_math(torch, "cuda:0"):  # the flags are settable without a GPU
-            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
-        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
-        with fp32_math(torch, "cpu"):  # the CPU has no TF32: nothing touched
-            assert torch.backends.cudnn.allow_tf32
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):  # PyTorch 2.9+
+        flags, fp32 = [(conv, "fp32_precision"), (torch.backends.cuda.matmul, "fp32_precision")], "ieee"
+    else:
+        flags, fp32 = [(torch.backends.cudnn, "allow_tf32"), (torch.backends.cuda.matmul, "allow_tf32")], False
+    before = [getattr(owner, name) for owner, name in flags]
+    with fp32_math(torch, "cuda:0"):  # the flags are settable without a GPU
+        assert [getattr(owner, name) for owner, name in flags] == [fp32, fp32]
+    assert [getattr(owner, name) for owner, name in flags] == before
+    with fp32_math(torch, "cpu"):  # the CPU has no TF32: nothing touched
+        assert [getattr(owner, name) for owner, name in flags] == before
+
+
+def test_every_torch_inference_runs_under_fp32_math(tiny_checkpoint, monkeypatch):
+    import contextlib
+
+    import mde.train.runner as runner_module
+
+    devices = []
+
+    @contextlib.contextmanager
+    def recording(_torch, device):
+        devices.append(device)
+        yield
+
+    monkeypatch.setattr(runner_module, "fp32_math", recording)
+    with runner_module.TorchRunner(tiny_checkpoint) as runner:
+        runner.infer({"image": np.zeros((1, 3, 64, 64), np.float32)})
+    assert devices == ["cpu"]

@@ -116,20 +116,34 @@ def test_a_lost_torchrun_peer_is_one_line(monkeypatch, capsys):
     assert stopped.value.code == 1
     assert capsys.readouterr().err.strip() == ("mde: error: rank 1: another training process stopped, so this one "
                                                "cannot go on (that process's own message says why)")
+    def broken_pipe() -> None:
+        raise BrokenPipeError(32, "Broken pipe")  # stdout piped to `head`: no peer of ours
+
+    monkeypatch.setattr(cli, "app", lambda **_kwargs: broken_pipe())
+    with pytest.raises(SystemExit):
+        cli._run(["train"])
+    assert "another training process" not in capsys.readouterr().err
+    monkeypatch.setattr(cli, "app", lambda **_kwargs: lost())
     monkeypatch.setenv("WORLD_SIZE", "1")  # one process: the same error is no lost peer
     with pytest.raises(SystemExit):
         cli._run(["train"])
     assert "mde: internal error: RuntimeError" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("module, hint", [
-    ("torch", "this command needs torch, which is not installed; in the mde checkout: pip install -e '.[train]'"),
-    ("onnx.helper", "this command needs onnx, which is not installed; pip install onnx (or in the mde checkout: "
-                    "pip install -e '.[train]')"),
+@pytest.mark.parametrize("module, installed, hint", [
+    ("torch", False, "this command needs torch, which is not installed; in the mde checkout: pip install -e '.[train]'"),
+    ("onnx.helper", False, "this command needs onnx, which is not installed; pip install onnx (or in the mde "
+                           "checkout: pip install -e '.[train]')"),
+    ("onnx.reference", True, "onnx.reference is missing from the installed onnx (too old?); in the mde checkout: "
+                             "pip install -U -e '.[train]'"),
 ])
-def test_a_runtime_only_install_says_what_to_install(monkeypatch, capsys, module, hint):
+def test_a_runtime_only_install_says_what_to_install(monkeypatch, capsys, module, installed, hint):
     """`mde train` / `export` / `calibrate` without the train extra: one line naming the package, exit 2."""
+    import importlib.util
+
     from mde import cli
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *_: object() if installed else None)
 
     def missing() -> None:
         raise ModuleNotFoundError(f"No module named '{module}'", name=module)

@@ -40,8 +40,7 @@ def check_device(torch: Any, device: str, source: Path) -> None:
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     index = str(device).partition(":")[2] or "0"
     if not index.isdigit() or int(index) >= count:
-        raise BackendError(f"the PyTorch reference was asked to run on {device}, and this machine has "
-                           f"{count} CUDA GPU(s) that PyTorch can use; use --device cpu", source)
+        raise BackendError(f"PyTorch was asked to run on {device}; it sees {count} CUDA GPU(s) here", source)
 
 
 @contextlib.contextmanager
@@ -51,12 +50,19 @@ def fp32_math(torch: Any, device: str) -> Iterator[None]:
     if not str(device).startswith("cuda"):
         yield
         return
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):  # PyTorch 2.9+: mixing in the old flags is an error
+        flags, fp32 = [(conv, "fp32_precision"), (torch.backends.cuda.matmul, "fp32_precision")], "ieee"
+    else:
+        flags, fp32 = [(torch.backends.cudnn, "allow_tf32"), (torch.backends.cuda.matmul, "allow_tf32")], False
+    saved = [getattr(owner, name) for owner, name in flags]
+    for owner, name in flags:
+        setattr(owner, name, fp32)
     try:
         yield
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+        for (owner, name), value in zip(flags, saved):
+            setattr(owner, name, value)
 
 
 @register_backend("torch")
