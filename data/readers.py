@@ -315,6 +315,8 @@ def open_dataset(path: str | Path, split: str = "val", fmt: str = "auto",
         else:
             fmt = "kitti" if _kitti_selection(path) is not None else "folder"
     if fmt == "nyu":
+        if depth_scale is not None:  # accepted and ignored would look like it had been applied
+            raise InputError("--depth-scale reads 16-bit PNG depth; NYU's depths are float metres", path)
         return NYUDataset(path, split)
     if fmt == "kitti":
         return KittiDataset(path, split, KITTI_DEPTH_SCALE if depth_scale is None else depth_scale)

@@ -341,10 +341,16 @@ def test_bad_inputs_raise_data_error_naming_the_file(tmp_path, make):
         action()
 
 
+def _nyu_with_scale(root: Path):
+    _write_nyu(root / "nyu.mat", n=3)
+    return open_dataset(root / "nyu.mat", "val", depth_scale=1000)
+
+
 @pytest.mark.parametrize(
     ("call", "match"),
     [(lambda p: open_dataset(p, fmt="coco"), "unknown dataset format 'coco'"),
-     (lambda p: FolderDataset(p, "val", depth_scale=0), "--depth-scale must be a positive number")],
+     (lambda p: FolderDataset(p, "val", depth_scale=0), "--depth-scale must be a positive number"),
+     (lambda p: _nyu_with_scale(p), "nyu.mat: --depth-scale reads 16-bit PNG depth; NYU's depths are float metres")],
 )
 def test_bad_options_raise_input_error(tmp_path, call, match):
     _write_pair(tmp_path, "val", "a", _depth())

@@ -715,6 +715,17 @@ def test_bad_data_found_mid_epoch_leaves_no_folder_and_spares_an_old_run(cli, tm
     assert {p.name: p.read_bytes() for p in old.iterdir()} == before  # config.json, metrics.jsonl untouched
 
 
+def test_an_older_configs_depth_scale_of_1000_reads_as_the_formats_own():
+    """Configs written before --depth-scale could be unset saved 1000 for "the default": an NYU run resumes."""
+    assert TrainConfig.from_dict({"data": "nyu.mat", "depth_scale": 1000.0}).depth_scale is None
+    assert TrainConfig.from_dict({"data": "d", "depth_scale": 256.0}).depth_scale == 256.0
+    from mde.train.config import merge_resume
+
+    saved = TrainConfig(data="d", out="o", pretrained=False)  # depth_scale None
+    cli = TrainConfig(data="d", out="o", resume="o/last.pt", depth_scale=1000.0)
+    assert merge_resume(cli, saved, given={"depth_scale"}).depth_scale is None  # the same meaning: no conflict
+
+
 def test_merge_resume_keeps_the_checkpoint_config():
     from mde.errors import InputError
     from mde.train.config import merge_resume

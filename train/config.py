@@ -26,6 +26,7 @@ CYCLIC_ONLY = ("cycle_mode", "step_size_up")  # options that shape CyclicLR and 
 
 # What a config written before an option existed meant (an absent key is not today's default).
 LEGACY_DEFAULTS = {"decoder": "report", "schedule": "cyclic", "scale_crop": True, "color_jitter": True}
+LEGACY_DEPTH_SCALE = 1000.0
 # Values that mean "work it out" (the dataset's maximum depth; 3 or 0 frozen stages): a saved
 # config holds what they resolved to, so giving them again on --resume is no conflict.
 AUTO_VALUES = {"max_depth": 0.0, "freeze_stages": -1}
@@ -164,10 +165,13 @@ class TrainConfig:
         """Rebuild from `to_dict` output, ignoring unknown keys (older/newer checkpoints).
 
         Keys an older config lacks take `LEGACY_DEFAULTS` (e.g. its decoder was the report's); the
-        crop and jitter of a run without augmentation read as off (older configs said on).
+        crop and jitter of a run without augmentation read as off (older configs said on), and a
+        saved depth scale of 1000 reads as unset (older configs wrote the default out).
         """
         names = {f.name for f in fields(cls)}
         merged = {k: v for k, v in {**LEGACY_DEFAULTS, **values}.items() if k in names}
+        if merged.get("depth_scale") == LEGACY_DEPTH_SCALE:  # older configs saved the folder default as 1000
+            merged["depth_scale"] = None  # what it meant: the format's own (the same 1000 on folders; NYU has none)
         if not merged.get("augment", True):
             merged.update(scale_crop=False, color_jitter=False)
         return cls(**merged)
@@ -201,6 +205,8 @@ def merge_resume(cli: TrainConfig, saved: TrainConfig, given: Collection[str] = 
         if f.name in RESUME_OVERRIDES:
             continue
         mine, theirs = getattr(cli, f.name), getattr(saved, f.name)
+        if f.name == "depth_scale" and mine == LEGACY_DEPTH_SCALE and theirs is None:
+            continue  # 1000 typed again is what the saved "unset" means on the folder format
         if is_set(f.name) and mine != theirs and mine != AUTO_VALUES.get(f.name):
             raise InputError(f"--{f.name.replace('_', '-')} {mine!r} conflicts with the resumed "
                              f"checkpoint's {theirs!r}; drop it when using --resume", cli.resume)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from mde.calibration.config import METHODS, TARGETS, CalibrationConfig
 from mde.commands.options import depth_scale_option
 from mde.io import claim_output, json_text
+
+if TYPE_CHECKING:  # the calibration module imports onnx: only for the annotations
+    from mde.calibration.calibrate import CalibrationReport
 
 _D = CalibrationConfig.__dataclass_fields__
 
@@ -59,7 +63,7 @@ def calibrate_command(
     _check_result(report)
 
 
-def _check_result(report) -> None:
+def _check_result(report: CalibrationReport) -> None:
     """Exit 1 (a check that failed) when the written model misses its accuracy target or holds no INT8 layer."""
     from mde.errors import CheckFailed
 
@@ -72,7 +76,7 @@ def _check_result(report) -> None:
                           "--max-float-nodes or --target-ssim-drop, or calibrate on more images", report.out)
 
 
-def _print(report) -> None:
+def _print(report: CalibrationReport) -> None:
     from rich.table import Table
 
     from mde.console import stdout_console
