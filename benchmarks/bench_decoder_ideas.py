@@ -315,7 +315,7 @@ def run(opts: argparse.Namespace) -> dict:
         path = write_task_encoder(opts.encoder_from, opts.runs / "task_encoder.pth")
         for name in TASK_ENCODER_VARIANTS:
             VARIANTS[name]["backbone_weights"] = str(path)
-    if opts.anatomy:
+    if opts.anatomy is not None:
         data = ensure_data(opts.data, 2000, 200, 128)
         world = WORLDS.get(opts.world, contextlib.nullcontext)
         return {str(run_dir): anatomy(data, run_dir, world) for run_dir in opts.anatomy}
@@ -340,6 +340,14 @@ def main() -> None:
     opts = parser.parse_args()
     if opts.encoder_from and opts.runs is None:
         parser.error("--encoder-from needs --runs (the encoder file is written there)")
+    if opts.anatomy == []:  # `--anatomy` with no run: not "train every variant"
+        parser.error("--anatomy needs at least one trained run folder")
+    if not opts.variants:
+        parser.error("--variants needs at least one variant name")
+    if opts.epochs < 1:
+        parser.error(f"--epochs must be >= 1, got {opts.epochs}")
+    if opts.runs is not None and opts.runs.exists() and not opts.runs.is_dir():
+        parser.error(f"--runs {opts.runs}: not a folder")
     try:  # a run that is not there, a folder of another world: one line, before any work
         for run_dir in [*(opts.anatomy or ()), *([opts.encoder_from] if opts.encoder_from else [])]:
             require_file(run_dir / "best.pt", "trained run's checkpoint")
@@ -351,7 +359,10 @@ def main() -> None:
                              opts.data)
     except (ValueError, MdeError) as err:
         parser.exit(2, f"{parser.prog}: {err}\n")
-    out = run(opts)
+    try:
+        out = run(opts)
+    except MdeError as err:  # e.g. a --runs folder whose runs were trained with other settings
+        parser.exit(2, f"{parser.prog}: {err}\n")
     json.dump(out, sys.stdout, indent=2, default=str)
     print()
 

@@ -237,16 +237,31 @@ def variant_patch(name: str | None):
 
 
 def train_variant(data: Path, run_dir: Path, overrides: dict, quick: bool, epochs: int = 0) -> dict:
-    """Train one variant at the quality settings into `run_dir` (reused when its summary exists)."""
+    """Train one variant at the quality settings into `run_dir`; reused when its summary holds the same settings.
+
+    Raises:
+        InputError: `run_dir` holds a run of other settings (another --epochs): its figures would be
+            labelled with these.
+    """
+    from mde.errors import InputError
     from mde.train.config import TrainConfig
     from mde.train.trainer import train
 
-    summary = run_dir / "bench.json"
-    if summary.is_file():
-        return json.loads(summary.read_text())
     overrides = dict(overrides)
     patch = overrides.pop("patch", None)
     settings = {**QUALITY, **(QUICK if quick else {}), **overrides, **({"epochs": epochs} if epochs else {})}
+    summary = run_dir / "bench.json"
+    if summary.is_file():
+        saved = json.loads(summary.read_text())
+        wanted = json.loads(json.dumps({**settings, "patch": patch}))  # as the summary stores them
+        changed = sorted(k for k in wanted.keys() | saved["settings"].keys()
+                         if wanted.get(k) != saved["settings"].get(k))
+        if changed:
+            raise InputError(f"holds a run trained with other settings ({', '.join(changed)}: "
+                             f"{', '.join(str(saved['settings'].get(k)) for k in changed)}, not "
+                             f"{', '.join(str(wanted.get(k)) for k in changed)}); use another --runs folder",
+                             run_dir)
+        return saved
     start = time.perf_counter()
     with variant_patch(patch):  # DataLoader workers fork after the patch, so they see it too
         result = train(TrainConfig(data=str(data), out=str(run_dir), force=True, **settings))
@@ -402,11 +417,27 @@ if __name__ == "__main__":
     parser.add_argument("--train-only", action="store_true", help="decoders: train, skip the table")
     parser.add_argument("--epochs", type=int, default=0, help="decoders: override the quality epochs (0: keep)")
     opts = parser.parse_args()
-    if opts.only == ["decoders"]:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = decoders(opts.data or Path(tmp) / "synth", opts.quick, opts.runs, tuple(opts.variants),
-                           opts.train_only, opts.epochs)
-    else:
-        out = run(opts.quick, tuple(opts.only), opts.data)
+    if not opts.only:
+        parser.error("--only needs at least one benchmark name")
+    if "decoders" in opts.only and opts.only != ["decoders"]:
+        parser.error("--only decoders runs on its own (its runs and table differ from the others')")
+    if opts.only == ["decoders"] and not opts.variants:
+        parser.error("--variants needs at least one variant name")
+    if opts.epochs < 0:
+        parser.error(f"--epochs must be >= 0 (0: the quality settings' own), got {opts.epochs}")
+    from mde.errors import MdeError
+
+    try:
+        if opts.data is not None and opts.data.exists() and not (opts.data / "meta.json").is_file():
+            raise MdeError(f"{opts.data}: not a synthetic set (no meta.json); give a new or empty folder to make "
+                           "one there")
+        if opts.only == ["decoders"]:
+            with tempfile.TemporaryDirectory() as tmp:
+                out = decoders(opts.data or Path(tmp) / "synth", opts.quick, opts.runs, tuple(opts.variants),
+                               opts.train_only, opts.epochs)
+        else:
+            out = run(opts.quick, tuple(opts.only), opts.data)
+    except MdeError as err:
+        parser.exit(2, f"{parser.prog}: {err}\n")
     json.dump(out, sys.stdout, indent=2, default=str)
     print()

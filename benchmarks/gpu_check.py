@@ -198,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep data, checkpoint, ONNX and engines here (default: a temporary folder)")
     try:
         args = parser.parse_args(argv)
-        if args.budget is not None and not args.budget > 0:
-            raise BadInput(f"--budget must be > 0 seconds, got {args.budget:g}")
+        if args.budget is not None and not 30 <= args.budget <= 24 * 3600:  # NaN and inf fail too
+            raise BadInput(f"--budget must be 30 s to 24 h (a section needs a few seconds to start), "
+                           f"got {args.budget:g}")
         if args.ort_path is not None:
             if not args.ort_path.is_dir():
                 raise BadInput(f"{args.ort_path}: --ort-path folder not found")

@@ -28,6 +28,8 @@ def main() -> None:
         parser.error(f"--count must be >= 1, got {args.count}")
     if args.size < 16:
         parser.error(f"--size must be >= 16 (the world's smallest image), got {args.size}")
+    if args.out.suffix.lower() != ".png" or args.out.is_dir() or not args.out.parent.is_dir():
+        parser.error(f"--out {args.out}: expected a .png file name in an existing folder")
     # The first train images of `mde data synth --seed S`, one of each scene kind first.
     samples = []
     for i in range(10 * args.count):

@@ -25,6 +25,10 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=BENCHES, default=list(BENCHES))
     parser.add_argument("--out", type=Path, default=HERE / "results.json")
     opts = parser.parse_args()
+    if not opts.only:
+        parser.error("--only needs at least one benchmark name")
+    if opts.out.is_dir() or not opts.out.parent.is_dir():  # found now, not after every benchmark has run
+        parser.error(f"--out {opts.out}: expected a file in an existing folder")
 
     sys.path.insert(0, str(HERE))
     results: dict[str, dict] = {"machine": {"cpu": platform.processor() or platform.machine(),

@@ -247,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "split":
             if args.max_mib is not None and args.part_bytes is not None:
                 raise PartsError("--max-mib and --part-bytes conflict: give one")
-            if args.max_mib is not None and not args.max_mib > 0:
-                raise PartsError(f"--max-mib must be > 0, got {args.max_mib:g}")
+            if args.max_mib is not None and not 0 < args.max_mib <= 2**20:  # NaN and inf fail too
+                raise PartsError(f"--max-mib must be > 0 and at most 1 TiB (2**20 MiB), got {args.max_mib:g}")
             size = args.part_bytes if args.part_bytes is not None else int((args.max_mib or 60) * 2**20)
             manifest = split(args.wheels, args.out, size, args.force)
             for wheel in manifest["wheels"]:

@@ -44,6 +44,8 @@ def main() -> None:
     opts = parser.parse_args()
     if not opts.frames.is_dir():
         parser.error(f"{opts.frames}: not a folder of images")
+    if not list_images(opts.frames):
+        parser.error(f"{opts.frames}: folder has no images")
     try:
         run(opts.model, opts.frames, opts.fov, opts.backend)
     except MdeError as err:  # a bad model or image: one line and its exit code, as the mde commands do

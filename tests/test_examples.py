@@ -33,7 +33,8 @@ def test_robot_loop_bad_arguments_are_one_line_exit_2(tiny_export, synth_data, t
     frames = synth_data / "val" / "rgb"
     cases = [([str(tmp_path / "missing.onnx"), str(frames)], "missing.onnx: model file not found"),
              ([str(tiny_export / "model.onnx"), str(frames), "--fov", "0"], "must be between 0 and 180 degrees"),
-             ([str(tiny_export / "model.onnx"), str(tmp_path / "nowhere")], "nowhere: not a folder of images")]
+             ([str(tiny_export / "model.onnx"), str(tmp_path / "nowhere")], "nowhere: not a folder of images"),
+             ([str(tiny_export / "model.onnx"), str(tmp_path)], f"{tmp_path}: folder has no images")]
     for argv, says in cases:
         proc = subprocess.run([sys.executable, str(EXAMPLE), *argv], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, (argv, proc.stderr)

@@ -150,6 +150,7 @@ def test_a_wheel_pip_refuses_is_one_line(tmp_path):
     (["split", "{wheel}", "--out", "{tmp}/file.txt"], "not a folder"),
     (["split", "{wheel}", "--out", "{tmp}/full"], "not empty"),
     (["split", "{wheel}", "--out", "{tmp}/o", "--max-mib", "0"], "--max-mib must be > 0"),
+    (["split", "{wheel}", "--out", "{tmp}/o", "--max-mib", "inf"], "--max-mib must be > 0 and at most 1 TiB"),
     (["split", "{wheel}", "--out", "{tmp}/o", "--part-bytes", "0"], "must be >= 1 byte"),
     (["split", "{wheel}", "--out", "{tmp}/o", "--part-bytes", "10"], "more than 999 parts"),
     (["split", "{wheel}", "--out", "{tmp}/o", "--max-mib", "1", "--part-bytes", "9"], "conflict"),
