@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ NYU_MAX_DEPTH = 10.0
 NYU_UNIT_CHECK = 5  # an NYU depth beyond 5 x its range is another unit, not a far wall
 KITTI_MAX_DEPTH = 80.0
 KITTI_DEPTH_SCALE = 256.0
+DEPTH_SCALE_RANGE = (1e-3, 1e6)  # units per metre: 1 unit = 1 km .. 1 micrometre; beyond, float32 over/underflows
 MASK_VALUES = (MASK_STRUCTURE, MASK_OBJECT, MASK_INVALID)
 # KITTI depth-completion "depth_selection/val_selection_cropped" layout.
 KITTI_SELECTION = "val_selection_cropped"
@@ -87,8 +87,9 @@ class PairedFiles:
 
     def __init__(self, pairs: list[tuple[str, Path, Path]], depth_scale: float,
                  masks: dict[str, Path] | None = None):
-        if not (math.isfinite(depth_scale) and depth_scale > 0):
-            raise InputError(f"--depth-scale must be a positive number (PNG units per metre), got {depth_scale}")
+        if not (DEPTH_SCALE_RANGE[0] <= depth_scale <= DEPTH_SCALE_RANGE[1]):  # NaN fails too
+            raise InputError(f"--depth-scale must be a positive number of PNG units per metre, "
+                             f"{DEPTH_SCALE_RANGE[0]:g} to {DEPTH_SCALE_RANGE[1]:g}, got {depth_scale}")
         self.pairs, self.depth_scale = pairs, float(depth_scale)
         self.masks = masks or {}
 

@@ -112,6 +112,7 @@ def synthesize(out: str | Path, train: int, val: int, size: int, seed: int, forc
     _check_request(train, val, size, seed)
     with no_empty_new_folder(out):  # a run that fails or is stopped leaves no folder it made
         out = prepare_output_dir(out, force=force)
+        _check_replaceable(out)
         try:
             with scratch_folder(out, ".synth-") as tmp:
                 cameras = _render_splits(tmp, {"train": train, "val": val}, size, seed, progress, workers)
@@ -126,6 +127,21 @@ def synthesize(out: str | Path, train: int, val: int, size: int, seed: int, forc
                 return meta
         except OSError as err:
             raise InputError(f"cannot write the dataset ({err.strerror or err})", out) from None
+
+
+def _check_replaceable(out: Path) -> None:
+    """Before rendering: what `_publish` replaces must be a real folder (train/, val/) and a file (meta.json),
+    or absent; anything else would fail half-way through the swap, with the old dataset half removed."""
+    from mde.errors import InputError
+
+    for split in SPLITS:
+        path = out / split
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            raise InputError("expected a split folder here (or nothing), found a link or a file; move it away "
+                             "first", path)
+    meta = out / "meta.json"
+    if meta.is_symlink() or (meta.exists() and not meta.is_file()):
+        raise InputError("expected meta.json to be a file (or absent); move it away first", meta)
 
 
 def _check_request(train: int, val: int, size: int, seed: int) -> None:
@@ -147,7 +163,9 @@ def _render_splits(tmp: Path, counts: dict[str, int], size: int, seed: int, prog
             if counts[split]:  # no empty split folder: readers take one for a split with no images
                 (tmp / split / sub).mkdir(parents=True)
     jobs = [(str(tmp), s, i, size, seed) for s in SPLITS for i in range(counts[s])]
-    workers = _default_workers(len(jobs)) if workers is None else max(1, workers)
+    # no more processes than images or cores: a pool of 99 for 3 images only costs start-up time
+    limit = max(1, min(len(jobs), os.cpu_count() or 1))
+    workers = _default_workers(len(jobs)) if workers is None else max(1, min(workers, limit))
     cameras: dict[str, dict] = {s: {} for s in SPLITS}
     with _pool(workers) as pool:
         results = pool.imap_unordered(_render_job, jobs, chunksize=8) if pool else map(_render_job, jobs)

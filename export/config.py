@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mde.calibration.config import CalibrationConfig
+from mde.data.readers import DEPTH_SCALE_RANGE
 from mde.errors import InputError
 from mde.runtime.metadata import (  # noqa: F401 - the artifact names are re-exported for the export stage
     ARTIFACT_NAMES,
@@ -19,6 +20,7 @@ from mde.runtime.metadata import (  # noqa: F401 - the artifact names are re-exp
 )
 
 MIN_OPSET = 17
+MAX_GOLDEN_IMAGES = 64  # golden.npz holds each input and its output: 64 at 224 px is about 50 MB
 # The newest opset exported and checked here (ONNX Runtime 1.31 loads up to 26 and refuses newer ones);
 # an older onnx or ONNX Runtime, which checks every export, lowers the bound (`max_opset`).
 MAX_OPSET = 26
@@ -166,8 +168,23 @@ def validate(cfg: ExportConfig) -> None:
     if not MIN_OPSET <= cfg.opset <= max_opset():
         why = "" if max_opset() == MAX_OPSET else ", the newest the installed onnx and ONNX Runtime load"
         raise InputError(f"--opset must be in {MIN_OPSET}..{max_opset()}{why}, got {cfg.opset}")
-    if cfg.golden_images < 1:
-        raise InputError(f"golden_images must be >= 1, got {cfg.golden_images}")
+    if not 1 <= cfg.golden_images <= MAX_GOLDEN_IMAGES:  # each is an input and an output saved in golden.npz
+        raise InputError(f"--golden-images must be 1..{MAX_GOLDEN_IMAGES}, got {cfg.golden_images}")
+    # options of the steps they shape, checked even when that step is not asked for (a typo would wait for it)
+    if cfg.calib_images < 1:
+        raise InputError(f"--calib-images must be >= 1, got {cfg.calib_images}")
+    if cfg.depth_scale is not None and not DEPTH_SCALE_RANGE[0] <= cfg.depth_scale <= DEPTH_SCALE_RANGE[1]:
+        raise InputError(f"--depth-scale must be {DEPTH_SCALE_RANGE[0]:g} to {DEPTH_SCALE_RANGE[1]:g} PNG units "
+                         f"per metre, got {cfg.depth_scale}")
+    if cfg.workspace_mib < 1:
+        raise InputError(f"--workspace-mib must be >= 1, got {cfg.workspace_mib}")
+    if not 32 <= cfg.min_size <= cfg.max_size:
+        raise InputError(f"--min-size/--max-size must satisfy 32 <= min <= max, got {cfg.min_size}/{cfg.max_size}")
+    for data in (cfg.golden_data, cfg.calib_data):  # an export folder inside a split would become its images
+        if data is not None and any(Path(cfg.out).resolve().is_relative_to((Path(data) / s).resolve())
+                                    for s in ("train", "val")):
+            raise InputError(f"--out lies inside the dataset's train/ or val/ ({data}); choose a folder "
+                             "outside them", cfg.out)
     if not 1 <= cfg.min_batch <= cfg.opt_batch <= cfg.max_batch:
         raise InputError(
             f"batch profile must satisfy 1 <= min <= opt <= max, got "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +177,37 @@ def test_refuses_non_empty_output_unless_force(tmp_path):
     assert len(list((out / "train" / "rgb").iterdir())) == 2  # old split replaced, not merged
     assert (out / "notes.txt").read_text() == "keep me"
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp folder left
+
+
+@pytest.mark.parametrize("spoil", ["train_is_a_file", "val_is_a_link"])
+def test_force_over_what_it_cannot_replace_changes_nothing(tmp_path, spoil):
+    """train/ as a file or val/ as a link would fail half-way through the swap: refused before rendering."""
+    out = tmp_path / "d"
+    synthesize(out, train=3, val=1, size=32, seed=0, progress=False)
+    if spoil == "train_is_a_file":
+        shutil.rmtree(out / "train")
+        (out / "train").write_text("not a split")
+        bad = out / "train"
+    else:
+        shutil.move(out / "val", tmp_path / "elsewhere")
+        (out / "val").symlink_to(tmp_path / "elsewhere")
+        bad = out / "val"
+    before = sorted((p.relative_to(out), p.is_file() and p.read_bytes()) for p in out.rglob("*"))
+    with pytest.raises(InputError, match="expected a split folder here") as refused:
+        synthesize(out, train=2, val=1, size=32, seed=0, progress=False, force=True)
+    assert str(bad) in str(refused.value)
+    assert sorted((p.relative_to(out), p.is_file() and p.read_bytes()) for p in out.rglob("*")) == before
+
+
+def test_workers_are_capped_by_the_images(tmp_path, monkeypatch):
+    """`--workers 99` for 3 images starts no pool of 99 (one per image at most, and per core)."""
+    from mde.data import synth
+
+    started = []
+    real = synth._pool
+    monkeypatch.setattr(synth, "_pool", lambda workers: started.append(workers) or real(workers))
+    synthesize(tmp_path / "d", train=2, val=1, size=16, seed=0, progress=False, workers=99)
+    assert started and started[0] <= 3
 
 
 @pytest.mark.parametrize(

@@ -41,10 +41,14 @@ def eval_command(
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
     if device not in ("auto", *DEVICE_PROVIDERS):
         raise InputError(f"unknown --device {device!r}; choose from auto, cpu, cuda")
+    if split not in ("train", "val", "all"):  # a split is a name, not a path into another folder
+        raise InputError(f"unknown --split {split!r}; choose from train, val (an NYU file: also all)")
     path = require_file(model, "model")
     dataset = open_dataset(data, split=split, depth_scale=depth_scale)
     suffix = path.suffix.lower()
     if suffix == ".pt":
+        if backend not in ("auto", "torch"):  # a checkpoint runs in PyTorch; another backend would be ignored
+            raise InputError(f"--backend {backend}: a .pt checkpoint runs in PyTorch; export it first", path)
         predict, model_range = _torch_predict(path, device)
     elif suffix in (".onnx", ".engine", ".plan"):
         from mde.runtime.estimator import DepthEstimator
