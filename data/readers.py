@@ -19,7 +19,7 @@ import numpy as np
 
 from mde.errors import DataError, InputError
 from mde.runtime.images import _decode, _open_checked, list_images, read_depth, read_rgb
-from mde.runtime.metadata import MM_PER_M
+from mde.runtime.metadata import DEPTH_SCALE_RANGE, MM_PER_M
 from mde.runtime.metrics import MASK_INVALID, MASK_OBJECT, MASK_STRUCTURE
 
 # A depth beyond this many metres is an encoding mistake (a "no return" or sky code such as
@@ -35,7 +35,6 @@ NYU_MAX_DEPTH = 10.0
 NYU_UNIT_CHECK = 5  # an NYU depth beyond 5 x its range is another unit, not a far wall
 KITTI_MAX_DEPTH = 80.0
 KITTI_DEPTH_SCALE = 256.0
-DEPTH_SCALE_RANGE = (1e-3, 1e6)  # units per metre: 1 unit = 1 km .. 1 micrometre; beyond, float32 over/underflows
 MASK_VALUES = (MASK_STRUCTURE, MASK_OBJECT, MASK_INVALID)
 # KITTI depth-completion "depth_selection/val_selection_cropped" layout.
 KITTI_SELECTION = "val_selection_cropped"

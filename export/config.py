@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from mde.calibration.config import CalibrationConfig
-from mde.data.readers import DEPTH_SCALE_RANGE
 from mde.errors import InputError
+from mde.io import check_outside_splits
 from mde.runtime.metadata import (  # noqa: F401 - the artifact names are re-exported for the export stage
     ARTIFACT_NAMES,
+    DEPTH_SCALE_RANGE,
     ENGINE_NAME,
     EXTRAS,
     GOLDEN_NAME,
@@ -180,11 +181,9 @@ def validate(cfg: ExportConfig) -> None:
         raise InputError(f"--workspace-mib must be >= 1, got {cfg.workspace_mib}")
     if not 32 <= cfg.min_size <= cfg.max_size:
         raise InputError(f"--min-size/--max-size must satisfy 32 <= min <= max, got {cfg.min_size}/{cfg.max_size}")
-    for data in (cfg.golden_data, cfg.calib_data):  # an export folder inside a split would become its images
-        if data is not None and any(Path(cfg.out).resolve().is_relative_to((Path(data) / s).resolve())
-                                    for s in ("train", "val")):
-            raise InputError(f"--out lies inside the dataset's train/ or val/ ({data}); choose a folder "
-                             "outside them", cfg.out)
+    for data in (cfg.golden_data, cfg.calib_data):
+        if data is not None:
+            check_outside_splits(cfg.out, data)
     if not 1 <= cfg.min_batch <= cfg.opt_batch <= cfg.max_batch:
         raise InputError(
             f"batch profile must satisfy 1 <= min <= opt <= max, got "

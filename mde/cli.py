@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import typer
 
 from mde import __version__
-from mde.errors import MdeError
+from mde.errors import TRAIN_EXTRA, MdeError
 from mde.io import UNWRITABLE
 
 COMMANDS = ("data", "train", "eval", "export", "calibrate", "parity", "predict", "bench", "info")
@@ -188,7 +188,6 @@ def _run(args: list[str]) -> None:
 
 
 # The optional modules commands import, and how to get them (mde installs from its checkout, not PyPI).
-TRAIN_EXTRA = "in the mde checkout: pip install -e '.[train]'"
 OPTIONAL_MODULES = {"torch": TRAIN_EXTRA, "torchvision": TRAIN_EXTRA, "onnxscript": TRAIN_EXTRA,
                     "onnxconverter_common": TRAIN_EXTRA, "h5py": TRAIN_EXTRA, "matplotlib": TRAIN_EXTRA,
                     "onnx": f"pip install onnx (or {TRAIN_EXTRA})"}

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# What to install for training and export (from the checkout: PyPI's `mde` is another project).
+TRAIN_EXTRA = "in the mde checkout: pip install -e '.[train]'"
+
 
 class MdeError(Exception):
     """A failure the user can act on. The CLI prints it as one line and exits `exit_code`."""

@@ -197,6 +197,15 @@ def check_output_file(path: str | Path, option: str, inputs: Iterable[str | Path
     return path
 
 
+def check_outside_splits(out: str | Path, data: str | Path, option: str = "--out") -> None:
+    """Refuse an output folder inside `data`'s train/ or val/: its files would become the dataset's images."""
+    target = Path(out).resolve()
+    for split in ("train", "val"):
+        if (Path(data) / split).is_dir() and target.is_relative_to((Path(data) / split).resolve()):
+            raise InputError(f"{option} lies inside the dataset's train/ or val/ ({data}): its files would become "
+                             "part of the dataset; choose a folder outside them", out)
+
+
 def check_not_under_file(path: str | Path, what: str) -> None:
     """Refuse an output `path` below a regular file (`export/golden.npz/x.json`): found now, not at the last write."""
     above = next((p for p in Path(path).absolute().parents if p.exists()), None)

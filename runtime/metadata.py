@@ -142,6 +142,7 @@ class ModelMetadata:
 # The largest image side the runtime handles (a model's input, an image it reads, a bench camera): beyond
 # any camera a robot carries, and 8192 x 8192 x 3 bytes is already 192 MiB an image.
 MM_PER_M = 1000.0  # the dataset format's 16-bit depth PNGs hold millimetres (`--depth-scale` changes it)
+DEPTH_SCALE_RANGE = (1e-3, 1e6)  # --depth-scale, PNG units per metre: beyond, float32 over/underflows
 PNG16_MAX = 65535  # the largest value (millimetres, in mde's depth PNGs) a 16-bit PNG holds
 MAX_INPUT_SIDE = 8192
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mde.errors import InputError
+from mde.io import check_outside_splits
 
 BACKBONE_CHOICES = ("resnet18", "resnet34", "resnet50")
 # The registered decoders (mde.train.model.DECODERS); kept here so `mde --help` needs no torch.
@@ -140,10 +141,8 @@ class TrainConfig:
                 flag = f"--{unused[0].replace('_', '-')}"
                 raise InputError(f"{flag} shapes the cyclic schedule; with --schedule {self.schedule} it would do "
                                  f"nothing: drop it, or add --schedule cyclic")
-        splits = [Path(self.data) / split for split in ("train", "val")] if self.data else []
-        if self.out and any(split.is_dir() and _inside(Path(self.out), split) for split in splits):
-            raise InputError(f"--out {self.out} lies inside the dataset's train/ or val/ ({self.data}): its "
-                             "files would become part of the dataset; choose a folder outside them")
+        if self.out and self.data:
+            check_outside_splits(self.out, self.data)
 
     @property
     def from_weights(self) -> bool:
@@ -175,11 +174,6 @@ class TrainConfig:
         if not merged.get("augment", True):
             merged.update(scale_crop=False, color_jitter=False)
         return cls(**merged)
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    """Whether `path` is `folder` or below it (symlinks resolved)."""
-    return path.resolve().is_relative_to(folder.resolve())
 
 
 def resume_folder(out: str, resume: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from mde.errors import BackendError
+from mde.errors import TRAIN_EXTRA, BackendError
 from mde.runtime.backends.base import Runner, TensorSpec, register_backend
 from mde.runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
 
@@ -88,8 +88,7 @@ class TorchRunner(Runner):
         try:
             import torch
         except ImportError as err:
-            raise BackendError(f"the torch backend needs PyTorch ({err}); in the mde checkout: "
-                               "pip install -e '.[train]'") from None
+            raise BackendError(f"the torch backend needs PyTorch ({err}); {TRAIN_EXTRA}") from None
         from mde.train.checkpoint import load_model
 
         check_device(torch, self.device, self.path)

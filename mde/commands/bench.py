@@ -60,11 +60,10 @@ def bench(
     if torch_ckpt is not None:  # before timing anything: a runtime-only install has no PyTorch
         import importlib.util
 
-        from mde.errors import BackendError
+        from mde.errors import TRAIN_EXTRA, BackendError
 
         if importlib.util.find_spec("torch") is None:
-            raise BackendError("--torch needs PyTorch, which is not installed; in the mde checkout: "
-                               "pip install -e '.[train]'", torch_ckpt)
+            raise BackendError(f"--torch needs PyTorch, which is not installed; {TRAIN_EXTRA}", torch_ckpt)
     cfg = BenchConfig(list(artifacts or []), torch_ckpt, backend, batch, iterations, warmup, threads, image_size,
                       providers=providers or None)
     emit(run_bench(cfg), as_json, print_table)
