@@ -282,6 +282,11 @@ def test_bench_table_and_errors(cli, onnx_path):
     assert golden.code == 2 and "golden.npz: golden.npz replays the outputs saved" in golden.err
 
 
+def test_bench_torch_checkpoint_that_is_not_there_is_refused_before_timing(cli, onnx_path, tmp_path):
+    result = cli("bench", onnx_path, "--torch", tmp_path / "nosuch.pt", "--iterations", "2", "--warmup", "0")
+    assert result.code == 2 and result.err.strip() == f"mde: error: {tmp_path / 'nosuch.pt'}: model file not found"
+
+
 def test_bench_torch_without_pytorch_is_refused_before_timing(cli, onnx_path, tiny_checkpoint, monkeypatch):
     """A runtime-only install: `--torch` says what to install before any artifact is timed."""
     import importlib.util

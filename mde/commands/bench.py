@@ -57,11 +57,13 @@ def bench(
 ) -> None:
     """Time artifacts side by side: latency p50/p90/p99/mean, images/s, pre/postprocessing."""
     check_backend(backend)
-    if torch_ckpt is not None:  # before timing anything: a runtime-only install has no PyTorch
+    if torch_ckpt is not None:  # before timing anything: a missing checkpoint, a runtime-only install
         import importlib.util
 
         from mde.errors import TRAIN_EXTRA, BackendError
+        from mde.io import require_file
 
+        require_file(torch_ckpt, "model file")
         if importlib.util.find_spec("torch") is None:
             raise BackendError(f"--torch needs PyTorch, which is not installed; {TRAIN_EXTRA}", torch_ckpt)
     cfg = BenchConfig(list(artifacts or []), torch_ckpt, backend, batch, iterations, warmup, threads, image_size,
