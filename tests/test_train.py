@@ -657,6 +657,28 @@ def test_damaged_training_checkpoint_is_one_line_naming_it(cli, tmp_path, tiny_r
         f"mde: error: {bad}: damaged training checkpoint: {what} missing or malformed; cannot resume")
 
 
+def test_last_pt_is_the_last_file_an_epoch_writes(tmp_path, synth_data, monkeypatch):
+    """A run killed as soon as its final last.pt is written has the final epoch in metrics.jsonl and
+    curves.png too: a resume would refuse ("already trained"), so nothing could write them later."""
+    from mde.train import trainer
+
+    saved = trainer.save_checkpoint
+
+    def killed_after_last_pt(job, state, path, training_state=True):
+        saved(job, state, path, training_state)
+        if path.name == "last.pt" and state.epoch == job.cfg.epochs:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "save_checkpoint", killed_after_last_pt)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(tiny_config(synth_data, out, epochs=2, checkpoint_every=0))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert [r["epoch"] for r in torch.load(out / "last.pt", weights_only=False)["records"]] == [1, 2]
+    assert (out / "curves.png").stat().st_size > 0
+
+
 def test_resume_rejects_conflicting_flags_and_foreign_checkpoints(cli, tmp_path, synth_data, tiny_run,
                                                                   tiny_checkpoint):
     last = tiny_run[0] / "last.pt"

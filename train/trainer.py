@@ -195,13 +195,13 @@ def main(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dict[
             improved = "val_rmse" in record and record["val_rmse"] < state.best_rmse
             if improved:
                 state.best_rmse = record["val_rmse"]
-            if env.is_main:  # last.pt, which holds the records, decides what a resume continues from:
-                # killed before it, a resume redoes this epoch and rewrites best.pt and the records alike
+            if env.is_main:  # last.pt, which holds the records, decides what a resume continues from, so it
+                # comes last: killed before it, a resume redoes this epoch and rewrites the files before it
                 if improved:
                     save_checkpoint(job, state, out / "best.pt", training_state=False)
-                save_checkpoint(job, state, out / "last.pt")
                 report.write_records(out / "metrics.jsonl", state.records)
                 report.write_curves(state.records, out)
+                save_checkpoint(job, state, out / "last.pt")
                 info(f"epoch {epoch + 1}/{cfg.epochs}: {report.summary(record)}")  # also in logs without a TTY
             barrier(env)
     finally:
