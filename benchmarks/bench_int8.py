@@ -13,7 +13,7 @@ at the INT8 tolerances.
 INT8 gains need 8-bit dot-product instructions (AVX-512 VNNI / AVX-VNNI, or AMX); the CPU
 flags and the load average are reported beside the figures.
 
-    python benchmarks/bench_int8.py [--quick] [--decoder report --decoder unet] [--rounds 7]
+    python benchmarks/bench_int8.py [--quick] [--decoder report --decoder unet] [--rounds N]
 """
 
 from __future__ import annotations
@@ -255,10 +255,14 @@ def bench_decoder(decoder: str, quick: bool, rounds: int, root: Path) -> dict:
     }
 
 
-def run(quick: bool = False, decoders: tuple[str, ...] = (), rounds: int = 7) -> dict:
-    """Benchmark every decoder; print and return the figures."""
+QUICK_ROUNDS, ROUNDS = 3, 7
+
+
+def run(quick: bool = False, decoders: tuple[str, ...] = (), rounds: int | None = None) -> dict:
+    """Benchmark every decoder; print and return the figures. `rounds`: 3 with `quick`, else 7."""
     from mde.train.model import decoder_names
 
+    rounds = rounds or (QUICK_ROUNDS if quick else ROUNDS)
     decoders = decoders or decoder_names()  # registration order: report first
     load_before = os.getloadavg()
     result: dict = {"cpu_flags": cpu_int8_flags(), "cpu_count": os.cpu_count(), "decoders": {}}
@@ -290,15 +294,17 @@ def report(result: dict) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="resnet18 at 128 px, fewer images and rounds")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"resnet18 at 128 px, fewer images and {QUICK_ROUNDS} rounds")
     parser.add_argument("--decoder", action="append", default=[], help="decoder(s) to measure (default: all)")
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
+    parser.add_argument("--rounds", type=int, help=f"interleaved timing rounds (default {ROUNDS}; "
+                        f"{QUICK_ROUNDS} with --quick)")
     opts = parser.parse_args()
     from mde.train.model import decoder_names
 
     unknown = sorted(set(opts.decoder) - set(decoder_names()))
     if unknown:
         parser.error(f"unknown --decoder {', '.join(unknown)}; choose from {', '.join(decoder_names())}")
-    if opts.rounds < 1:
+    if opts.rounds is not None and opts.rounds < 1:
         parser.error(f"--rounds must be >= 1, got {opts.rounds}")
     report(run(quick=opts.quick, decoders=tuple(opts.decoder), rounds=opts.rounds))
