@@ -144,7 +144,9 @@ def run(quick: bool = False, threads: int = 0, model: Path | None = None,
     """Measure the four figures in this process (and fresh subprocesses); return them with targets."""
     import torch
 
+    from mde.io import sha256_file
     from mde.runtime import DepthEstimator
+    from mde.runtime.parity_run import source_mismatch
     from mde.runtime.preprocess import postprocess, preprocess
     from mde.train.checkpoint import load_model
 
@@ -159,6 +161,12 @@ def run(quick: bool = False, threads: int = 0, model: Path | None = None,
         rgb = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
         est = DepthEstimator.open(model, providers=["CPUExecutionProvider"], threads=threads)
         torch_est = DepthEstimator.open(checkpoint, threads=threads)  # the torch runner: same pre/post
+        mismatch = source_mismatch(est.runner, {"checkpoint_sha256": sha256_file(checkpoint),
+                                                "weights_sha256": torch_est.runner.weights_sha256()},
+                                   Path(checkpoint).name)
+        if mismatch:  # the comparison (and the latency ratio) would be of two different models
+            print(f"bench_runtime.py: error: {model}: {mismatch}", file=sys.stderr)
+            raise SystemExit(2)
 
         def torch_predict() -> np.ndarray:
             return torch_est.predict(rgb)

@@ -57,3 +57,12 @@ def test_a_saved_run_of_other_settings_is_not_reused_under_new_labels(tmp_path):
     assert bench_train.train_variant(tmp_path, run_dir, {}, quick=True, epochs=1)["settings"] == settings  # reused
     with pytest.raises(InputError, match=r"unet-flips: holds a run trained with other settings \(epochs: 1, not 2\)"):
         bench_train.train_variant(tmp_path, run_dir, {}, quick=True, epochs=2)
+
+
+def test_bench_runtime_refuses_a_model_exported_from_another_checkpoint(tmp_path, tiny_export, tiny_unet):
+    """Its ORT-vs-torch difference and latency ratio would compare two different models."""
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_runtime.py"), "--quick", "--threads", "1",
+                           "--model", str(tiny_export / "model.onnx"), "--checkpoint", str(tiny_unet.checkpoint)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "model.onnx: exported from another model" in done.stderr and "Traceback" not in done.stderr
