@@ -162,6 +162,10 @@ class DepthEstimator:
         if isinstance(images, np.ndarray) and (images.ndim < 3 or (images.ndim == 3 and images.shape[2] <= 4)):
             raise InputError(f"predict_batch takes a sequence of images (a list, or an N x H x W [x C] array), "
                              f"got an array of shape {images.shape}: one image; call predict()")
+        if isinstance(images, np.ndarray) and images.ndim == 3 and images.shape[0] in (3, 4):
+            raise InputError(f"predict_batch got an array of shape {images.shape}: {images.shape[0]} grey images, "
+                             f"or one channels-first image? Pass a list of images, or N x H x W x C "
+                             f"(one image: predict() on H x W x C)")
         if not isinstance(images, Iterable) or isinstance(images, (str, bytes)):
             raise InputError(f"predict_batch takes a sequence of images, got {type(images).__name__}")
         rgbs = [to_rgb8(img, f"image {i}") for i, img in enumerate(images)]

@@ -196,6 +196,9 @@ def test_predict_batch_refuses_one_image_and_non_sequences(est):
         est.predict_batch(image)  # would be 48 one-row grey images
     greys = est.predict_batch(np.full((2, 48, 64), 100, np.uint8))  # N x H x W: a stack of grey images
     assert len(greys) == 2 and greys[0].shape == (48, 64)
+    with pytest.raises(InputError, match=r"shape \(3, 48, 64\): 3 grey images, or one channels-first image"):
+        est.predict_batch(np.full((3, 48, 64), 100, np.uint8))  # PyTorch's C x H x W is not read as 3 greys
+    assert len(est.predict_batch(list(np.full((3, 48, 64), 100, np.uint8)))) == 3  # as a list: three greys
     with pytest.raises(InputError, match="sequence of images, got NoneType"):
         est.predict_batch(None)
     stacked = est.predict_batch(np.stack([image, image]))
