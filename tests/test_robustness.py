@@ -117,6 +117,8 @@ def bad(tmp_path_factory, synth_data, tiny_checkpoint, tiny_export) -> dict[str,
         pickle.dump({"format": "mde.checkpoint/1", "model": Evil()}, fh)
     torch.save({"model": Evil()}, root / "evil-zip.pt")
     files["ckpt_pickle_code_zip"] = root / "evil-zip.pt"
+    files["ckpt_module"] = root / "module.pt"  # a whole nn.Module saved, as many tutorials do
+    torch.save({"model": torch.nn.Linear(2, 2)}, files["ckpt_module"])
 
     # ONNX
     files["onnx_truncated"] = truncated_copy(tiny_export / "model.onnx", root / "truncated.onnx")
@@ -212,6 +214,9 @@ CASES = [
     ("eval-other-arch", "eval {bad:ckpt_other_arch} --data {data}", "other-arch.pt"),
     ("eval-pickle-code", "eval {bad:ckpt_pickle_code} --data {data}", "evil.pt"),
     ("eval-pickle-code-zip", "eval {bad:ckpt_pickle_code_zip} --data {data}", "evil-zip.pt"),
+    ("eval-pickled-module", "eval {bad:ckpt_module} --data {data}",
+     "module.pt: refused: not a plain weights checkpoint (it refers to torch.nn.modules.linear.Linear, "
+     "which is no tensor); mde does not unpickle Python objects"),
     ("eval-truncated-onnx", "eval {bad:onnx_truncated} --data {data}", "truncated.onnx"),
     ("eval-missing-data", "eval {ckpt} --data {bad:missing}", "does-not-exist.png"),
     ("eval-onnx-on-tpu", "eval {onnx} --data {data} --device tpu", "unknown --device 'tpu'"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import re
 import shutil
 import struct
 import warnings
@@ -91,8 +92,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).splitlines()[0] if str(err) else "unsafe pickle"
-        raise ModelError(f"refused: not a plain weights checkpoint ({first})", path) from None
+        raise ModelError(f"refused: not a plain weights checkpoint ({_unpickling_reason(err)}); mde does not "
+                         "unpickle Python objects", path) from None
     except (KeyError, IndexError, struct.error):  # the weights-only unpickler on bytes that are no pickle at all
         raise ModelError("not a PyTorch checkpoint (neither a zip archive nor a pickle)", path) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
@@ -101,6 +102,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ModelError(f"not an mde checkpoint (expected format {FORMAT})", path)
     return state
+
+
+def _unpickling_reason(err: pickle.UnpicklingError) -> str:
+    """What the weights-only unpickler refused, in a few words: torch's message is a paragraph of advice
+    (with terminal escape codes) around the one fact, the object that is no weight."""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    if found:
+        return f"it refers to {found.group(1)}, which is no tensor"
+    first = str(err).splitlines()[0] if str(err) else ""
+    return re.sub(r"\x1b\[[0-9;]*m", "", first) or "unsafe pickle"
 
 
 # What a resume restores from a training checkpoint (`last.pt`), and the type each must have.
