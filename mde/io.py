@@ -131,9 +131,16 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def as_path(path: Any, what: str = "file") -> Path:
+    """`path` as a Path; `InputError` for what is no path (None from a failed camera read, an array, bytes)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"expected a path to the {what}, got {type(path).__name__}")
+    return Path(path)
+
+
 def require_file(path: str | Path, what: str = "file") -> Path:
     """Return `path` as a Path if it is an existing regular file, else raise `InputError`."""
-    path = Path(path)
+    path = as_path(path, what)
     if not path.exists():
         raise InputError(f"{what} not found", path)
     if path.is_dir():

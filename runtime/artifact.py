@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from mde.errors import InputError, ModelError
+from mde.io import as_path
 from mde.runtime.backends.base import AUTO_BACKENDS, TensorSpec
 from mde.runtime.metadata import ModelMetadata
 
 
 def _require_model(path: str | Path) -> Path:
-    path = Path(path)
+    path = as_path(path, "model")
     if not path.is_file():
         raise ModelError("model file not found" if not path.exists() else "expected a model file", path)
     if path.stat().st_size == 0:

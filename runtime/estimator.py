@@ -13,7 +13,7 @@ import numpy as np
 from mde.errors import InputError, ModelError
 from mde.runtime.backends.base import Runner, open_runner
 from mde.runtime.images import to_rgb8
-from mde.runtime.metadata import OUTPUT_NAME, PREPROCESS, ModelMetadata
+from mde.runtime.metadata import MAX_INPUT_SIDE, OUTPUT_NAME, PREPROCESS, ModelMetadata
 from mde.runtime.preprocess import postprocess, preprocess
 
 SIZE_MULTIPLE = PREPROCESS["size_multiple"]  # the encoder's stride: H and W of a dynamic-size model
@@ -62,8 +62,7 @@ class DepthEstimator:
         self.native_resolution = native_resolution and runner.metadata.dynamic_size
         self.batch_size = batch_size
         self.input_name = next(iter(runner.input_specs))
-        outputs = list(runner.output_specs)
-        self.output_name = OUTPUT_NAME if OUTPUT_NAME in outputs else outputs[0]
+        self.output_name = OUTPUT_NAME  # the runner checked that the graph has it
         self.input_dtype = runner.input_specs[self.input_name].dtype
 
     @classmethod
@@ -113,7 +112,12 @@ class DepthEstimator:
     def network_size(self, height: int, width: int) -> tuple[int, int]:
         """The (height, width) an image of this size is run at."""
         if self.native_resolution:
-            return round_size(height, width)
+            size = round_size(height, width)
+            if max(size) > MAX_INPUT_SIDE:
+                raise InputError(f"a {width}x{height} image would run at {size[1]}x{size[0]} at native resolution, "
+                                 f"beyond the {MAX_INPUT_SIDE} pixel side limit; resize it first, or open the "
+                                 f"model without native_resolution")
+            return size
         return tuple(self.metadata.input_size)  # type: ignore[return-value]
 
     # -- inference ----------------------------------------------------------------

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mde.errors import DataError, InputError
-from mde.io import starts_with
+from mde.io import as_path, starts_with
 from mde.runtime.metadata import MAX_INPUT_SIDE, MM_PER_M, PNG16_MAX
 
 log = logging.getLogger(__name__)
@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 MAX_PIXELS = MAX_INPUT_SIDE * MAX_INPUT_SIDE
 MIN_SIDE = 8
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+DARK_16BIT = 4096  # a uint16 image below this uses at most 12 bits: read as 16-bit, it is 1/16 as bright
 ORIENTATION_TAG = 0x0112  # EXIF: how the stored pixels are turned for display (1: as stored)
 
 
@@ -137,6 +138,12 @@ def _to_uint8(array: np.ndarray, source: str | Path, by_value: bool) -> np.ndarr
             if not isinstance(source, Path):
                 _guessed.add(source)
             return array.astype(np.uint8)
+    if int(array.max()) < DARK_16BIT and (isinstance(source, Path) or source not in _guessed):
+        # the dtype is trusted, but a 10- or 12-bit camera frame in uint16 would come out all but black
+        log.warning("%s: a 16-bit image whose values stay below %d (10- or 12-bit?) is read as 16-bit and "
+                    "comes out dark; scale it to 16 bits (or to uint8) first", source, DARK_16BIT)
+        if not isinstance(source, Path):
+            _guessed.add(source)
     log.info("%s: 16-bit image scaled to 8-bit", source)
     return (array.astype(np.uint16) >> 8).astype(np.uint8)
 
@@ -157,7 +164,7 @@ def read_rgb(path: str | Path, upright: bool = False) -> np.ndarray:
     upright: turn it as its EXIF orientation says, as viewers show it (`mde predict`: the depth map
         matches the picture the user sees). Datasets are read as stored, like their depth maps.
     """
-    path = Path(path)
+    path = as_path(path, "image")
     img = _open_checked(path)
     if upright and _orientation(img) != 1:
         try:
@@ -183,7 +190,7 @@ def read_depth(path: str | Path, png_scale: float = MM_PER_M) -> np.ndarray:
             or a float32 `.npy` in metres (0 or NaN invalid).
         png_scale: PNG units per metre.
     """
-    path = Path(path)
+    path = as_path(path, "depth map")
     if path.suffix.lower() == ".npy":
         if not path.exists():
             raise InputError("depth map not found", path)

@@ -48,6 +48,14 @@ PREPROCESS: dict[str, Any] = {
     "normalization": "imagenet mean/std, inside the graph",
 }
 
+# What the runtime's postprocessing and every caller take the output to be: an artifact saying otherwise is refused.
+OUTPUT: dict[str, Any] = {
+    "output_name": OUTPUT_NAME,
+    "units": "m",
+    "kind": "z-depth along the optical axis",
+    "min_depth": 0.0,
+}
+
 
 @dataclass
 class ModelMetadata:
@@ -75,10 +83,7 @@ class ModelMetadata:
 
     def output_spec(self) -> dict[str, Any]:
         return {
-            "output_name": OUTPUT_NAME,
-            "units": "m",
-            "kind": "z-depth along the optical axis",
-            "min_depth": 0.0,
+            **OUTPUT,
             "max_depth": self.max_depth,
             "postprocess": "bilinear resize to the input image size, clip to [min_depth, max_depth]",
         }
@@ -107,11 +112,12 @@ class ModelMetadata:
         try:
             values = {key: json.loads(value) for key, value in props.items() if key.startswith("mde.")}
             pre, out = values["mde.preprocess"], values["mde.output"]
-            unsupported = {k: pre[k] for k, v in PREPROCESS.items() if k in pre and pre[k] != v}
-            if unsupported:
-                raise ModelError(
-                    f"preprocessing {json.dumps(unsupported)} is not what this runtime implements "
-                    f"({json.dumps({k: PREPROCESS[k] for k in unsupported})})", source)
+            for what, given, implemented in (("preprocessing", pre, PREPROCESS), ("output", out, OUTPUT)):
+                unsupported = {k: given[k] for k, v in implemented.items() if k in given and given[k] != v}
+                if unsupported:
+                    raise ModelError(
+                        f"{what} {json.dumps(unsupported)} is not what this runtime implements "
+                        f"({json.dumps({k: implemented[k] for k in unsupported})})", source)
             model = values.get("mde.model", {})
             precision = values["mde.precision"]
             if precision not in PRECISIONS:
@@ -177,13 +183,33 @@ def check_graph_input(dtype: Any, shape: tuple[int | None, ...], meta: ModelMeta
     import numpy as np
 
     size = (None, None) if meta.dynamic_size else tuple(meta.input_size)
-    fits = (len(shape) == 4 and shape[1] == 3
+    fits = (len(shape) == 4 and shape[0] in (None, 1) and shape[1] == 3  # a fixed batch of 2 cannot take 1 image
             and all(got is None or got == want for got, want in zip(shape[2:], size, strict=True)))
     if np.dtype(dtype) != np.float32 or not fits:
         dims = "x".join("?" if d is None else str(d) for d in shape)
         want = "x".join("?" if d is None else str(d) for d in (None, 3, *size))
         raise ModelError(f"graph input is {np.dtype(dtype).name} {dims}; the runtime feeds float32 {want} "
                          f"(from its mde metadata)", source)
+
+
+def check_graph_output(outputs: dict[str, tuple[Any, tuple[int | None, ...]]], source: str | Path = "artifact") -> None:
+    """Refuse a graph without the depth output its metadata names: float N x 1 x H x W, called `depth`.
+
+    `outputs`: each output's (dtype, shape) by name.
+
+    Raises:
+        ModelError: naming the outputs the graph has.
+    """
+    import numpy as np
+
+    if OUTPUT_NAME not in outputs:
+        raise ModelError(f"graph has no output {OUTPUT_NAME!r} (its outputs: {', '.join(outputs) or 'none'}); "
+                         f"the depth map is the output its mde metadata names", source)
+    dtype, shape = outputs[OUTPUT_NAME]
+    if not np.issubdtype(np.dtype(dtype), np.floating) or len(shape) != 4 or shape[1] not in (None, 1):
+        dims = "x".join("?" if d is None else str(d) for d in shape)
+        raise ModelError(f"graph output {OUTPUT_NAME!r} is {np.dtype(dtype).name} {dims}; expected a float "
+                         f"N x 1 x H x W depth map", source)
 
 
 def read_props(model: Any) -> dict[str, str]:

@@ -84,10 +84,10 @@ def test_register_backend_adds_a_runner(monkeypatch, tmp_path):
         def _activate_impl(self) -> None:
             self.metadata = ModelMetadata(input_size=(2, 2), max_depth=1.0)
             self.input_specs = {"x": TensorSpec("x", np.dtype(np.float32), (None, 3, 2, 2))}
-            self.output_specs = {"y": TensorSpec("y", np.dtype(np.float32), (None, 3, 2, 2))}
+            self.output_specs = {"depth": TensorSpec("depth", np.dtype(np.float32), (None, 1, 2, 2))}
 
         def _infer_impl(self, feed):
-            return {"y": feed["x"] * 2}
+            return {"depth": feed["x"][:, :1] * 2}
 
     model = tmp_path / "m.onnx"  # a registered backend may read any file, an .onnx too
     model.write_bytes(b"x")
@@ -95,7 +95,7 @@ def test_register_backend_adds_a_runner(monkeypatch, tmp_path):
     with open_runner(model, backend="echo") as r:
         assert r.name == "echo" and r.is_active
         x = np.ones((3, 3, 2, 2), np.float32)
-        np.testing.assert_array_equal(r.infer({"x": x})["y"], np.full((3, 3, 2, 2), 2.0))
+        np.testing.assert_array_equal(r.infer({"x": x})["depth"], np.full((3, 1, 2, 2), 2.0))
     assert not r.is_active
     with pytest.raises(InputError, match="not active"):
         r.infer({"x": x})

@@ -172,6 +172,8 @@ def test_dynamic_size_and_force(tmp_path, tiny_checkpoint):
         assert est.runner._run_options({"image": small}) is None  # the exported size: ORT's arena as it is
         assert est.runner._run_options({"image": large}) is not None  # larger: its memory is given back after
         assert est.predict(np.full((70, 100, 3), 100, np.uint8)).shape == (70, 100)  # run at 64x96
+        with pytest.raises(InputError, match=r"a 9000x8 image would run at 8992x32 .* beyond the 8192 pixel side"):
+            est.predict(np.zeros((8, 9000, 3), np.uint8))  # a 2 x 33M frame would have asked for 12 GB
 
 
 def test_with_golden_data_the_self_check_gates_rmse_as_parity_does(tmp_path, tiny_checkpoint, synth_data,

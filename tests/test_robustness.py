@@ -72,6 +72,20 @@ def _bad_artifacts(root: Path, good_onnx: Path) -> dict[str, Path]:
         [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, 3, h, w])],
         [helper.make_tensor_value_info("depth", TensorProto.FLOAT, [1, 1, h, w])])
     restamp(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), "uint8_input")
+    restamp(onnx.load(good_onnx), "millimetres", **{"mde.output": ("units", "mm")})
+
+    def float_graph(name: str, batch: int | str, output: str, channels: int) -> None:
+        """A one-node graph, image -> mean (or copy) over channels, with the good export's metadata."""
+        node = (helper.make_node("ReduceMean", ["image"], [output], axes=[1], keepdims=1) if channels == 1
+                else helper.make_node("Identity", ["image"], [output]))
+        graph = helper.make_graph(
+            [node], name, [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, h, w])],
+            [helper.make_tensor_value_info(output, TensorProto.FLOAT, [batch, channels, h, w])])
+        restamp(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), name)
+
+    float_graph("other_output_name", "n", "pred", 1)  # its metadata names `depth`
+    float_graph("three_channel_output", "n", "depth", 3)
+    float_graph("fixed_batch_2", 2, "depth", 1)  # the runtime feeds one image at a time
     # weights in an external file that is not there
     external = root / "external"
     external.mkdir()
@@ -299,6 +313,14 @@ CASES = [
     ("parity-uint8-input", "parity {ckpt} {bad:uint8_input} --data {data}", "graph input is uint8"),
     ("predict-huge-size", "predict {bad:huge_size} {data}/val/rgb/000000.png --out {out}", "input_size must be"),
     ("calibrate-huge-size", "calibrate {bad:huge_size} --data {data} --out {out}.onnx", "huge_size.onnx"),
+    ("predict-millimetre-output", "predict {bad:millimetres} {data}/val/rgb/000000.png --out {out}",
+     'millimetres.onnx: output {"units": "mm"} is not what this runtime implements ({"units": "m"})'),
+    ("predict-other-output-name", "predict {bad:other_output_name} {data}/val/rgb/000000.png --out {out}",
+     "other_output_name.onnx: graph has no output 'depth' (its outputs: pred)"),
+    ("eval-three-channel-output", "eval {bad:three_channel_output} --data {data}",
+     "three_channel_output.onnx: graph output 'depth' is float32 ?x3x64x64; expected a float N x 1 x H x W"),
+    ("predict-fixed-batch-2", "predict {bad:fixed_batch_2} {data}/val/rgb/000000.png --out {out}",
+     "fixed_batch_2.onnx: graph input is float32 2x3x64x64; the runtime feeds float32 ?x3x64x64"),
     ("bench-zero-size", "bench {bad:zero_size} --iterations 2", "zero_size.onnx"),
     ("predict-negative-max-depth", "predict {bad:negative_max_depth} {data}/val/rgb/000000.png --out {out}",
      "max_depth must be a finite number of metres above 0"),

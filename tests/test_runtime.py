@@ -170,6 +170,20 @@ def test_predict_converts_image_kinds(est, image):
     np.testing.assert_allclose(depth, est.predict(rgb), atol=1e-6)
 
 
+def test_a_dark_16_bit_image_is_converted_with_a_warning(caplog):
+    """uint16 is 16-bit (the dtype is trusted), but a 12-bit frame in it would come out near black: said once."""
+    from mde.runtime.images import to_rgb8
+
+    twelve_bit = np.full((30, 40, 3), 4000, np.uint16)
+    with caplog.at_level("WARNING", logger="mde.runtime.images"):
+        assert to_rgb8(twelve_bit, "frame 12bit").max() == 4000 >> 8  # converted as documented
+        to_rgb8(twelve_bit, "frame 12bit")
+        to_rgb8(np.full((30, 40, 3), 40000, np.uint16), "frame 16bit")  # uses the range: no warning
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == ["frame 12bit: a 16-bit image whose values stay below 4096 (10- or 12-bit?) is read as "
+                      "16-bit and comes out dark; scale it to 16 bits (or to uint8) first"]
+
+
 @pytest.mark.parametrize(
     "image, match",
     [
@@ -406,3 +420,15 @@ def test_read_rgb_wide_gray_images_by_their_values(tmp_path):
         with pytest.raises(DataError, match=f"{name}: .*{match}") as info:
             read_rgb(tmp_path / name)
         assert info.value.path == tmp_path / name
+
+
+@pytest.mark.parametrize("value", [None, b"frame.png", np.zeros((4, 4, 3), np.uint8)], ids=["None", "bytes", "array"])
+def test_file_readers_refuse_what_is_no_path(value):
+    """A failed camera read (None) or a frame given to a file reader: one InputError, not pathlib's TypeError."""
+    from mde.runtime import inspect_artifact
+    from mde.runtime.images import read_depth, read_rgb
+
+    for reader, what in ((read_rgb, "image"), (read_depth, "depth map"), (read_metadata, "model"),
+                         (inspect_artifact, "model")):
+        with pytest.raises(InputError, match=f"expected a path to the {what}, got {type(value).__name__}"):
+            reader(value)

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from mde.errors import InputError, ModelError
-from mde.runtime.metadata import PREPROCESS, ModelMetadata, check_graph_input
+from mde.runtime.metadata import PREPROCESS, ModelMetadata, check_graph_input, check_graph_output
 
 # Backend modules shipped with mde; importing one registers it (each imports its library lazily,
 # so listing the backends imports neither torch nor TensorRT).
@@ -77,7 +77,8 @@ class Runner(abc.ABC):
         return self
 
     def _check_image_input(self) -> None:
-        """One input, the float32 N x 3 x H x W image the runtime feeds (`check_graph_input`)."""
+        """One input, the float32 N x 3 x H x W image the runtime feeds (`check_graph_input`), and the
+        `depth` output (`check_graph_output`)."""
         if self.metadata is None:
             return
         if len(self.input_specs) != 1:
@@ -85,6 +86,7 @@ class Runner(abc.ABC):
                              f"expected one image input", self.path)
         spec = next(iter(self.input_specs.values()))
         check_graph_input(spec.dtype, spec.shape, self.metadata, self.path)
+        check_graph_output({name: (out.dtype, out.shape) for name, out in self.output_specs.items()}, self.path)
 
     def deactivate(self) -> None:
         """Release the model and its buffers (idempotent)."""
