@@ -9,16 +9,18 @@ valid pixel and masks holding other values on load. All raise `DataError` naming
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
 from mde.errors import DataError, InputError
-from mde.runtime.images import _decode, _open_checked, list_images, read_depth, read_rgb
+from mde.runtime.images import IMAGE_SUFFIXES, _decode, _open_checked, list_files, list_images, read_depth, read_rgb
 from mde.runtime.metadata import DEPTH_SCALE_RANGE, MM_PER_M
 from mde.runtime.metrics import MASK_INVALID, MASK_OBJECT, MASK_STRUCTURE
 
@@ -119,6 +121,15 @@ def _by_stem(files: list[Path], folder: Path) -> dict[str, Path]:
     return out
 
 
+def _refuse_unpaired(path: Path, other: Path, stem: str, suffixes: tuple[str, ...], problem: str) -> NoReturn:
+    """A file without its partner in the folder `other`: name the partner where it is there but no readable
+    file (a broken link, a folder), else say what was expected."""
+    for entry in sorted(other.glob(f"{glob.escape(stem)}.*")):
+        if entry.suffix.lower() in suffixes and not entry.is_file():
+            raise DataError("not a readable file (a broken link or a folder)", entry)
+    raise DataError(f"{problem} (expected {other.name}/{stem}{suffixes[0]} or {suffixes[1]})", path)
+
+
 class FolderDataset(PairedFiles):
     """`root/split/rgb/NAME.png|jpg` with `root/split/depth/NAME.png` (16-bit) or `NAME.npy` (metres).
 
@@ -139,18 +150,18 @@ class FolderDataset(PairedFiles):
                 raise DataError(f"expected a folder with rgb/ and depth/ for split {split!r}, "
                                 "found none", sub)
         rgbs = _by_stem(list_images(rgb_dir), rgb_dir)
-        depths = _by_stem(sorted(p for p in depth_dir.iterdir()
-                                 if p.is_file() and p.suffix.lower() in DEPTH_SUFFIXES), depth_dir)
+        depths = _by_stem(list_files(depth_dir, DEPTH_SUFFIXES), depth_dir)
         if not rgbs and not depths:
             raise DataError(f"split {split!r} is empty: no images in rgb/ and depth/", folder)
+        mask_dir = folder / "mask"
+        masks = _by_stem(list_files(mask_dir, (".png",)), mask_dir) if mask_dir.is_dir() else {}
         for stem, path in rgbs.items():
             if stem not in depths:
-                raise DataError(f"image has no depth map (expected depth/{stem}.png or .npy)", path)
-        for stem, path in depths.items():
+                _refuse_unpaired(path, depth_dir, stem, DEPTH_SUFFIXES, "image has no depth map")
+        for stem, path in {**depths, **masks}.items():
             if stem not in rgbs:
-                raise DataError(f"depth map has no image (expected rgb/{stem}.png or .jpg)", path)
-        mask_dir = folder / "mask"
-        masks = {p.stem: p for p in mask_dir.glob("*.png") if p.stem in rgbs} if mask_dir.is_dir() else {}
+                _refuse_unpaired(path, rgb_dir, stem, IMAGE_SUFFIXES,
+                                 f"{'mask' if path.parent == mask_dir else 'depth map'} has no image")
         super().__init__([(s, rgbs[s], depths[s]) for s in sorted(rgbs)], depth_scale, masks)
         self.root, self.split = Path(root), split
 

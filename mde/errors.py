@@ -8,6 +8,15 @@ from pathlib import Path
 TRAIN_EXTRA = "in the mde checkout: pip install -e '.[train]'"
 
 
+# Control characters a file name may hold (a newline, an escape), shown escaped: a message stays one line.
+_CONTROL = {i: f"\\x{i:02x}" for i in (*range(32), 127)} | {9: "\\t", 10: "\\n", 13: "\\r"}
+
+
+def shown_path(path: str | Path) -> str:
+    """`path` as messages show it: as given, with control characters escaped."""
+    return str(path).translate(_CONTROL)
+
+
 class MdeError(Exception):
     """A failure the user can act on. The CLI prints it as one line and exits `exit_code`."""
 
@@ -15,7 +24,7 @@ class MdeError(Exception):
 
     def __init__(self, message: str, path: str | Path | None = None):
         self.path = None if path is None else Path(path)
-        super().__init__(f"{path}: {message}" if path is not None else message)
+        super().__init__(f"{shown_path(path)}: {message}" if path is not None else message)
 
 
 class InputError(MdeError):

@@ -33,6 +33,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     complete file, never a half-written one (the rename is atomic on POSIX).
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError("is a folder; expected a file to write", path)
     if path.exists() and not stat.S_ISREG(path.stat().st_mode):  # /dev/stdout, a FIFO, >(jq .): write through
         yield path
         return

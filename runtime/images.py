@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import struct
 import warnings
 from pathlib import Path
 from typing import NoReturn
@@ -24,19 +25,29 @@ DARK_16BIT = 4096  # a uint16 image below this uses at most 12 bits: read as 16-
 ORIENTATION_TAG = 0x0112  # EXIF: how the stored pixels are turned for display (1: as stored)
 
 
+# What Pillow raises on a damaged file besides OSError: a text or colour-profile chunk too large to
+# inflate (ValueError), a malformed TIFF tag (TypeError), a header cut short (struct.error, SyntaxError, ...).
+CORRUPT = (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError, ZeroDivisionError,
+           struct.error)
+
+
 def _open_checked(path: Path) -> Image.Image:
     """Open an image lazily and check its header (size limits) before decoding."""
     if not path.exists():
         raise InputError("image not found", path)
     if path.is_dir():
         raise InputError("expected an image file, found a directory", path)
+    if not path.is_file():  # reading a named pipe would wait for a writer forever
+        raise InputError("not a regular file (a pipe, socket or device)", path)
     try:
-        img = Image.open(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's own size warning: the limit below says it in one line
+            img = Image.open(path)
     except UnidentifiedImageError:
         raise DataError("not a readable image (unknown or corrupt format)", path) from None
     except Image.DecompressionBombError as err:  # Pillow refuses > 2x its own limit at open
         raise DataError(f"image header claims too many pixels, refused before decoding ({err})", path) from None
-    except OSError as err:
+    except CORRUPT as err:
         raise DataError(f"cannot read image ({err})", path) from None
     w, h = img.size
     if w * h > MAX_PIXELS:
@@ -48,12 +59,22 @@ def _open_checked(path: Path) -> Image.Image:
     return img
 
 
-def _decode(img: Image.Image, path: Path) -> np.ndarray:
+def _load(img: Image.Image, path: Path) -> None:
+    """Decode every pixel now, so a damaged file fails here; Pillow's later calls would not decode again
+    (an EXIF read that loaded half a PNG left a half-black image behind, read without an error)."""
     try:
-        img.load()
-        return np.asarray(img)
-    except (OSError, SyntaxError, ValueError) as err:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Corrupt EXIF data" and the like: the pixels are what counts
+            img.load()
+    except CORRUPT as err:
+        img.close()
         raise DataError(f"truncated or corrupt image ({err})", path) from None
+
+
+def _decode(img: Image.Image, path: Path) -> np.ndarray:
+    _load(img, path)
+    try:
+        return np.asarray(img)
     finally:
         img.close()
 
@@ -165,20 +186,21 @@ def read_rgb(path: str | Path, upright: bool = False) -> np.ndarray:
         matches the picture the user sees). Datasets are read as stored, like their depth maps.
     """
     path = as_path(path, "image")
-    img = _open_checked(path)
-    if upright and _orientation(img) != 1:
-        try:
-            img = ImageOps.exif_transpose(img)
-        except (OSError, SyntaxError, ValueError) as err:
-            raise DataError(f"truncated or corrupt image ({err})", path) from None
-    if img.mode not in ("RGB", "L", "LA", "RGBA", "I;16", "I;16B", "I;16L", "I", "F"):
-        try:
-            img = img.convert("RGB")
-        except OSError as err:
-            raise DataError(f"truncated or corrupt image ({err})", path) from None
-        array = _decode(img, path)
-    else:
-        array = _decode(img, path)
+    img = opened = _open_checked(path)
+    _load(img, path)  # first: what follows works on the decoded pixels
+    try:
+        if upright and _orientation(img) != 1:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # it reads the EXIF again: "Corrupt EXIF data" once more
+                img = ImageOps.exif_transpose(img)
+        if img.mode not in ("RGB", "L", "LA", "RGBA", "I;16", "I;16B", "I;16L", "I", "F"):
+            img = img.convert("RGB")  # palette, CMYK, YCbCr, 1-bit ...
+        array = np.asarray(img)
+    except CORRUPT as err:
+        raise DataError(f"truncated or corrupt image ({err})", path) from None
+    finally:
+        img.close()
+        opened.close()
     return to_rgb8(array, path, by_value=True)
 
 
@@ -220,6 +242,13 @@ def read_depth(path: str | Path, png_scale: float = MM_PER_M) -> np.ndarray:
     return depth
 
 
+def list_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Regular files in `folder` (not recursive) with one of `suffixes` (any case), sorted by name. Hidden
+    files are left out: macOS's `._NAME.png` companions and editors' copies are not the user's images."""
+    return sorted(p for p in folder.iterdir()
+                  if p.suffix.lower() in suffixes and not p.name.startswith(".") and p.is_file())
+
+
 def list_images(folder: Path) -> list[Path]:
-    """Image files in `folder` (not recursive), sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    """Image files in `folder` (not recursive, hidden files left out), sorted by name."""
+    return list_files(folder, IMAGE_SUFFIXES)

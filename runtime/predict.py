@@ -6,7 +6,7 @@ import glob
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mde.errors import InputError, MdeError
+from mde.errors import InputError, MdeError, shown_path
 from mde.runtime.metadata import MM_PER_M, PNG16_MAX
 
 FORMATS = ("color", "png16", "npy")
@@ -131,18 +131,23 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
                 if len(items) == 1:  # the one image given is bad input: one line naming it, exit 2
                     raise err if err.path is not None else type(err)(str(err), path) from None
                 failed += 1
-                err_console.print(f"mde: skipped {path}: {str(err).removeprefix(f'{path}: ')}", markup=False)
+                shown = shown_path(path)
+                err_console.print(f"mde: skipped {shown}: {str(err).removeprefix(f'{shown}: ')}", markup=False)
     if failed == len(paths):  # nothing usable among the inputs: bad input, not a partial run
         raise InputError(f"none of the {len(paths)} images could be predicted (each is listed above)")
     return {"images": len(paths), "written": len(paths) - failed, "failed": failed}
 
 
 def check_no_overwrite(inputs: list[Path], outputs: list[Path]) -> None:
-    """Refuse an output path that is an input image, or an existing file in the input images' own folder.
+    """Refuse an output path that is a folder, an input image, or an existing file in the input images' own folder.
 
     An output folder of its own is rewritten freely (a rerun replaces its depth maps); in a folder
     that holds the images, `photo.png` beside `photo.jpg` is the user's file, not an earlier output.
     """
+    folder = next((path for path in outputs if path.is_dir()), None)
+    if folder is not None:  # found now, not after the images before it were predicted
+        raise InputError("a depth map would be written here, but it is a folder; remove it or choose another "
+                         "--out", folder)
     sources = {path.resolve() for path in inputs}
     clash = next((path for path in outputs if path.resolve() in sources), None)
     if clash is not None:

@@ -92,6 +92,21 @@ def test_masks_are_optional_per_image(tmp_path):
     np.testing.assert_array_equal(kitti[0].mask, mask)
 
 
+def test_hidden_files_are_not_samples_and_mask_suffixes_take_any_case(tmp_path):
+    """macOS's `._NAME.png` companions (copied from a Mac, in rgb/ and depth/ alike) are not samples;
+    a mask named `.PNG` is read like an image named so."""
+    _write_pair(tmp_path, "val", "a", _depth())
+    _write_pair(tmp_path, "val", "b", _depth())
+    for sub in ("rgb", "depth"):
+        (tmp_path / "val" / sub / "._a.png").write_bytes(b"\0\x05\x16\x07 AppleDouble")
+    mask = RNG.choice(np.array([0, 1, 255], np.uint8), (12, 16))
+    _write_mask(tmp_path, "val", "b", mask)
+    (tmp_path / "val" / "mask" / "b.png").rename(tmp_path / "val" / "mask" / "b.PNG")
+    ds = FolderDataset(tmp_path, "val")
+    assert ds.names == ["a", "b"]
+    np.testing.assert_array_equal(ds[1].mask, mask)
+
+
 def test_folder_npy_jpeg_and_depth_scale(tmp_path):
     d1, d2 = _depth(), _depth()
     d2[0, :3] = np.nan  # NaN = invalid in .npy
@@ -319,6 +334,20 @@ def _bad_not_a_dataset(root):
     return lambda: open_dataset(root / "notes.txt"), "notes.txt.*expected a dataset folder"
 
 
+def _bad_mask_without_image(root):  # a mask whose name matches no image was dropped without a word
+    _write_pair(root, "val", "a", _depth())
+    _write_mask(root, "val", "ax", np.zeros((12, 16), np.uint8))
+    return lambda: FolderDataset(root, "val"), r"mask/ax.png: mask has no image \(expected rgb/ax.png or .jpg\)"
+
+
+def _bad_rgb_broken_link(root):  # the depth map was blamed for an image that is a dangling link
+    _write_pair(root, "val", "a", _depth())
+    _write_pair(root, "val", "b", _depth())
+    (root / "val" / "rgb" / "b.png").unlink()
+    (root / "val" / "rgb" / "b.png").symlink_to(root / "gone.png")
+    return lambda: FolderDataset(root, "val"), r"rgb/b.png: not a readable file \(a broken link or a folder\)"
+
+
 def _bad_missing_path(root):
     return lambda: open_dataset(root / "nowhere"), "nowhere.*not found"
 
@@ -332,7 +361,7 @@ def _bad_missing_path(root):
      _bad_duplicate_stem,
      _bad_nyu_not_hdf5, _bad_nyu_missing_key, _bad_nyu_shapes, _bad_nyu_no_valid_pixel, _bad_nyu_depth_absurd,
      _bad_nyu_millimetres, _bad_nyu_millimetres_as_floats, _bad_nyu_struct,
-     _bad_not_a_dataset, _bad_missing_path],
+     _bad_not_a_dataset, _bad_missing_path, _bad_mask_without_image, _bad_rgb_broken_link],
     ids=lambda f: f.__name__[5:],
 )
 def test_bad_inputs_raise_data_error_naming_the_file(tmp_path, make):

@@ -136,6 +136,42 @@ def test_predict_bad_paths_exit_2(cli, onnx_path, images, tmp_path, model, input
     assert not (tmp_path / "out").exists()  # nothing opened, no folder made
 
 
+def test_predict_refuses_an_output_that_is_a_folder_before_predicting(cli, onnx_path, images, tmp_path):
+    first, second = sorted(p for p in images.iterdir() if p.is_file())[:2]
+    out = tmp_path / "out"
+    (out / f"{second.stem}.png").mkdir(parents=True)
+    result = cli("predict", onnx_path, first, second, "--out", out)
+    assert result.code == 2 and result.err.strip() == (
+        f"mde: error: {out / (second.stem + '.png')}: a depth map would be written here, but it is a folder; "
+        "remove it or choose another --out")
+    assert [p.name for p in out.iterdir()] == [f"{second.stem}.png"]  # the first image's map not written either
+
+
+def test_predict_skips_hidden_files_in_a_folder_and_refuses_a_pipe(cli, onnx_path, images, tmp_path):
+    import os
+
+    folder = tmp_path / "from-a-mac"
+    folder.mkdir()
+    good = sorted(p for p in images.iterdir() if p.is_file())[0]
+    (folder / good.name).write_bytes(good.read_bytes())
+    (folder / f"._{good.name}").write_bytes(b"\0\x05\x16\x07 AppleDouble")  # copied from a Mac
+    result = cli("predict", onnx_path, folder, "--out", tmp_path / "out")
+    assert result.code == 0 and "skipped" not in result.err, result.err
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [f"{good.stem}.png"]
+    os.mkfifo(tmp_path / "pipe.png")  # reading it would wait for a writer forever
+    result = cli("predict", onnx_path, tmp_path / "pipe.png", "--out", tmp_path / "out2")
+    assert result.code == 2 and result.err.strip().splitlines()[-1] == (
+        f"mde: error: {tmp_path / 'pipe.png'}: not a regular file (a pipe, socket or device)")
+
+
+def test_a_file_name_with_a_newline_stays_one_line(cli, onnx_path, tmp_path):
+    bad = tmp_path / "two\nlines.png"
+    bad.write_text("not a picture")
+    result = cli("predict", onnx_path, bad, "--out", tmp_path / "out")
+    assert result.code == 2 and result.err.strip().splitlines()[1:] == [  # after the model's line
+        f"mde: error: {tmp_path}/two\\nlines.png: not a readable image (unknown or corrupt format)"]
+
+
 def test_predict_never_overwrites_its_inputs(cli, onnx_path, images):
     before = {p.name: p.read_bytes() for p in images.iterdir() if p.is_file()}
     result = cli("predict", onnx_path, images, "--out", images)  # color PNGs named like a.png

@@ -16,15 +16,33 @@ from PIL import Image
 
 
 # ---------------------------------------------------------------- bad files
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def png_header_only(path: Path, width: int, height: int) -> Path:
     """A PNG whose header claims width x height: a decompression bomb is refused before decoding."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
+                     + png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + png_chunk(b"IEND", b""))
     return path
+
+
+def damaged_pngs(root: Path) -> dict[str, Path]:
+    """PNGs with sound chunks (checksums right) that still cannot be read: a byte of the compressed pixels
+    changed (read half-black without an error once), and a text chunk that inflates past Pillow's limit."""
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(root / "noise.png")
+    data = (root / "noise.png").read_bytes()
+    start = data.index(b"IDAT") + 4
+    size = struct.unpack(">I", data[start - 8 : start - 4])[0]
+    pixels = bytearray(data[start : start + size])
+    pixels[size // 2] ^= 0xFF
+    files = {"corrupt_png": root / "corrupt-pixels.png", "text_chunk_png": root / "huge-text.png"}
+    files["corrupt_png"].write_bytes(data[: start - 8] + png_chunk(b"IDAT", bytes(pixels)) + data[start + size + 4 :])
+    text = png_chunk(b"zTXt", b"Comment\0\0" + zlib.compress(b"x" * 2_000_000))
+    files["text_chunk_png"].write_bytes(data[: start - 8] + text + data[start - 8 :])
+    return files
 
 
 def truncated_copy(src: Path, dst: Path, keep: float = 0.5) -> Path:
@@ -115,6 +133,8 @@ def bad(tmp_path_factory, synth_data, tiny_checkpoint, tiny_export) -> dict[str,
     files["tiny_png"] = root / "one-pixel.png"
     Image.new("RGB", (1, 1)).save(files["tiny_png"])
     files["bomb_png"] = png_header_only(root / "bomb.png", 20000, 20000)
+    files["big_png"] = png_header_only(root / "big.png", 10000, 10000)  # Pillow warns; mde's limit refuses
+    files.update(damaged_pngs(root))
 
     # checkpoints
     files["ckpt_truncated"] = truncated_copy(tiny_checkpoint, root / "truncated.pt")
@@ -190,7 +210,8 @@ def bad(tmp_path_factory, synth_data, tiny_checkpoint, tiny_export) -> dict[str,
     victim.with_suffix(".tmp").replace(victim)
     files["ds_truncated"] = root / "ds_truncated"
     # one bad validation image each: refused by `eval` (exit 2), skipped by `predict` (exit 1)
-    for key in ("bomb_png", "tiny_png", "text_png", "truncated_png", "truncated_jpg"):
+    for key in ("bomb_png", "big_png", "tiny_png", "text_png", "truncated_png", "truncated_jpg", "corrupt_png",
+                "text_chunk_png"):
         ds = root / f"ds_{key}"
         shutil.copytree(synth_data, ds)
         victim = sorted((ds / "val" / "rgb").iterdir())[0]
@@ -241,6 +262,12 @@ CASES = [
     ("eval-text-as-png", "eval {ckpt} --data {bad:ds_text_png}", "000000.png"),
     ("eval-truncated-png", "eval {onnx} --data {bad:ds_truncated_png}", "000000.png"),
     ("eval-truncated-jpg", "eval {onnx} --data {bad:ds_truncated_jpg}", "000000.jpg"),
+    ("eval-big-png", "eval {onnx} --data {bad:ds_big_png}", "000000.png: image is 10000x10000"),
+    ("eval-corrupt-pixels", "eval {onnx} --data {bad:ds_corrupt_png}", "000000.png: truncated or corrupt image"),
+    ("eval-huge-text-chunk", "eval {onnx} --data {bad:ds_text_chunk_png}", "000000.png: cannot read image"),
+    ("predict-corrupt-pixels", "predict {onnx} {bad:corrupt_png} --out {out}",
+     "corrupt-pixels.png: truncated or corrupt image"),  # read upright: its EXIF was looked for first
+    ("predict-huge-text-chunk", "predict {onnx} {bad:text_chunk_png} --out {out}", "huge-text.png"),
     # export
     ("export-missing-ckpt", "export {bad:missing} --out {out}", "does-not-exist.png"),
     ("export-truncated-ckpt", "export {bad:ckpt_truncated} --out {out}", "truncated.pt"),
@@ -374,7 +401,30 @@ def test_bad_input_is_one_line_exit_2(case, template, names, bad, cli, tmp_path,
     assert not [p for p in leftovers if p.suffix in (".pt", ".onnx", ".npz", ".tmp")], leftovers
 
 
-@pytest.mark.parametrize("key", ["bomb_png", "tiny_png", "text_png", "truncated_png", "truncated_jpg", "empty"])
+def test_pillow_warnings_do_not_reach_the_terminal(bad, tiny_export):
+    """A header past Pillow's warning size, and a JPEG with corrupt EXIF: mde's own line only."""
+    import subprocess
+    import sys
+
+    jpeg = bad["big_png"].parent / "bad-exif.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned: read twice, once to find the orientation and once to turn it
+    Image.fromarray(np.full((32, 48, 3), 90, np.uint8)).save(jpeg, exif=exif.tobytes()[:-4])  # cut short
+    mde = [sys.executable, "-m", "mde"]
+    done = subprocess.run([*mde, "eval", str(tiny_export / "model.onnx"), "--data", str(bad["ds_big_png"])],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        f"mde: error: {bad['ds_big_png'] / 'val' / 'rgb' / '000000.png'}: image is 10000x10000, larger than the "
+        "67108864 pixel limit"], done.stderr
+    out = jpeg.parent / "bad-exif-out"
+    done = subprocess.run([*mde, "predict", str(tiny_export / "model.onnx"), str(jpeg), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr
+    assert Image.open(out / "bad-exif.png").size == (32, 48)  # turned upright
+
+
+@pytest.mark.parametrize("key", ["bomb_png", "big_png", "tiny_png", "text_png", "truncated_png", "truncated_jpg",
+                                 "corrupt_png", "text_chunk_png", "empty"])
 def test_predict_skips_a_bad_image_and_exits_1(key, bad, cli, tmp_path, synth_data, tiny_export):
     good = sorted((synth_data / "val" / "rgb").iterdir())[0]
     out = tmp_path / "pred"
