@@ -20,7 +20,16 @@ from typing import NoReturn
 import numpy as np
 
 from mde.errors import DataError, InputError
-from mde.runtime.images import IMAGE_SUFFIXES, _decode, _open_checked, list_files, list_images, read_depth, read_rgb
+from mde.runtime.images import (
+    IMAGE_SUFFIXES,
+    _decode,
+    _open_checked,
+    exif_orientation,
+    list_files,
+    list_images,
+    read_depth,
+    read_rgb,
+)
 from mde.runtime.metadata import DEPTH_SCALE_RANGE, MM_PER_M
 from mde.runtime.metrics import MASK_INVALID, MASK_OBJECT, MASK_STRUCTURE
 
@@ -106,6 +115,10 @@ class PairedFiles:
         name, rgb_path, depth_path = self.pairs[index]
         rgb = read_rgb(rgb_path)
         depth = read_depth(depth_path, png_scale=self.depth_scale)
+        if depth.shape != rgb.shape[:2] and depth.shape == rgb.shape[1::-1] and exif_orientation(rgb_path) >= 5:
+            raise DataError(f"depth map is {depth.shape[1]}x{depth.shape[0]}, its image {rgb.shape[1]}x{rgb.shape[0]} "
+                            f"as stored: the image's EXIF turns it a quarter for viewers, and datasets are read as "
+                            f"stored; save the image upright (PIL.ImageOps.exif_transpose)", depth_path)
         mask_path = self.masks.get(name)
         mask = read_mask(mask_path) if mask_path is not None else None
         return _check_pair(name, rgb, depth, depth_path, mask, mask_path or "mask")

@@ -179,6 +179,15 @@ def _orientation(img: Image.Image) -> int:
             return 1
 
 
+def exif_orientation(path: str | Path) -> int:
+    """The EXIF orientation of an image file (1: shown as stored; 5-8: turned a quarter), read from its header."""
+    img = _open_checked(as_path(path, "image"))
+    try:
+        return _orientation(img)
+    finally:
+        img.close()
+
+
 def read_rgb(path: str | Path, upright: bool = False) -> np.ndarray:
     """Read an image file as H x W x 3 uint8 RGB (gray, RGBA, 16-bit and float gray are converted).
 

@@ -348,6 +348,14 @@ def _bad_rgb_broken_link(root):  # the depth map was blamed for an image that is
     return lambda: FolderDataset(root, "val"), r"rgb/b.png: not a readable file \(a broken link or a folder\)"
 
 
+def _bad_image_turned_by_exif(root):  # a phone photo, stored sideways; its depth map upright
+    _write_pair(root, "val", "a", _depth(12, 16))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(_rgb(16, 12)).save(root / "val" / "rgb" / "a.png", exif=exif.tobytes())
+    return lambda: FolderDataset(root, "val")[0], r"depth/a.png: .*the image's EXIF turns it a quarter"
+
+
 def _bad_missing_path(root):
     return lambda: open_dataset(root / "nowhere"), "nowhere.*not found"
 
@@ -361,7 +369,8 @@ def _bad_missing_path(root):
      _bad_duplicate_stem,
      _bad_nyu_not_hdf5, _bad_nyu_missing_key, _bad_nyu_shapes, _bad_nyu_no_valid_pixel, _bad_nyu_depth_absurd,
      _bad_nyu_millimetres, _bad_nyu_millimetres_as_floats, _bad_nyu_struct,
-     _bad_not_a_dataset, _bad_missing_path, _bad_mask_without_image, _bad_rgb_broken_link],
+     _bad_not_a_dataset, _bad_missing_path, _bad_mask_without_image, _bad_rgb_broken_link,
+     _bad_image_turned_by_exif],
     ids=lambda f: f.__name__[5:],
 )
 def test_bad_inputs_raise_data_error_naming_the_file(tmp_path, make):
