@@ -15,7 +15,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -345,6 +345,18 @@ def open_dataset(path: str | Path, split: str = "val", fmt: str = "auto",
     if fmt == "kitti":
         return KittiDataset(path, split, KITTI_DEPTH_SCALE if depth_scale is None else depth_scale)
     return FolderDataset(path, split, MM_PER_M if depth_scale is None else depth_scale)
+
+
+QUIET_CHECK = 256  # samples read without a progress bar (about a second)
+
+
+def read_every_sample(dataset: Any, description: str) -> None:
+    """Read every sample once, so a damaged or mismatched file raises its `DataError` now."""
+    from mde.console import track
+
+    indices = range(len(dataset))
+    for i in track(indices, description) if len(dataset) > QUIET_CHECK else indices:
+        dataset[i]
 
 
 def dataset_max_depth(path: str | Path, model_range: float | None = None) -> float:

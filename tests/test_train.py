@@ -657,6 +657,23 @@ def test_damaged_training_checkpoint_is_one_line_naming_it(cli, tmp_path, tiny_r
         f"mde: error: {bad}: damaged training checkpoint: {what} missing or malformed; cannot resume")
 
 
+def test_a_damaged_val_file_is_found_before_any_training(cli, synth_data, tmp_path, monkeypatch):
+    """Validation reads val/ after the first epoch: its files are read once before, so that epoch is not lost."""
+    from PIL import Image
+
+    from mde.train import trainer
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    mask = sorted((data / "val" / "mask").iterdir())[-1]
+    Image.fromarray(np.full((64, 64), 7, np.uint8)).save(mask)  # instance ids, say
+    epochs = []
+    monkeypatch.setattr(trainer, "train_one_epoch", lambda *args: epochs.append(args))
+    result = cli("train", "--data", data, "--out", tmp_path / "run", *TINY, "--epochs", "1")
+    assert result.code == 2 and f"{mask}: mask has value 7" in result.err, result.err
+    assert not epochs and not (tmp_path / "run").exists()
+
+
 def test_last_pt_is_the_last_file_an_epoch_writes(tmp_path, synth_data, monkeypatch):
     """A run killed as soon as its final last.pt is written has the final epoch in metrics.jsonl and
     curves.png too: a resume would refuse ("already trained"), so nothing could write them later."""

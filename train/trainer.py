@@ -78,7 +78,7 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
 
 def open_splits(cfg: TrainConfig, env: DistEnv):
     """(train, val) datasets and the SSIM data range; a dataset too small for a batch is an error."""
-    from mde.data.readers import dataset_max_depth, open_dataset
+    from mde.data.readers import dataset_max_depth, open_dataset, read_every_sample
 
     train_set = open_dataset(cfg.data, split="train", depth_scale=cfg.depth_scale)
     val_set = open_dataset(cfg.data, split="val", depth_scale=cfg.depth_scale)
@@ -91,7 +91,11 @@ def open_splits(cfg: TrainConfig, env: DistEnv):
     if cfg.object_weight != 1 and not getattr(train_set, "masks", None):  # NYU files carry no masks
         raise DataError(f"--object-weight {cfg.object_weight:g} needs region masks (train/mask/NAME.png); "
                         "the train split has none", cfg.data)
+    if env.is_main:  # a damaged val file found now, not after an epoch's work
+        read_every_sample(val_set, "check val files")
     return train_set, val_set, float(dataset_max_depth(cfg.data, cfg.max_depth or None))
+
+
 
 
 def resolve_config(cfg: TrainConfig, given: Collection[str] = ()) -> tuple[TrainConfig, dict[str, Any] | None]:
