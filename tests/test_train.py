@@ -674,6 +674,16 @@ def test_a_damaged_val_file_is_found_before_any_training(cli, synth_data, tmp_pa
     assert not epochs and not (tmp_path / "run").exists()
 
 
+def test_a_run_killed_while_writing_its_first_checkpoint_starts_again_without_force(cli, synth_data, tmp_path):
+    """All such a run leaves is the checkpoint's temporary copy: not a run to protect with --force."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".last.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")
+    result = cli("train", "--data", synth_data, "--out", run, *TINY, "--epochs", "1")
+    assert result.code == 0, result.err
+    assert not list(run.glob(".*.tmp")) and (run / "last.pt").is_file()
+
+
 def test_last_pt_is_the_last_file_an_epoch_writes(tmp_path, synth_data, monkeypatch):
     """A run killed as soon as its final last.pt is written has the final epoch in metrics.jsonl and
     curves.png too: a resume would refuse ("already trained"), so nothing could write them later."""

@@ -230,8 +230,9 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
         check_resume(cfg, resume, steps_per_epoch)
     if env.is_main:  # a resume writes over its own run folder; any other must be empty (or --force)
         own_folder = resume is not None and out.resolve() == Path(cfg.resume).resolve().parent
+        if out.is_dir():  # first: a run killed while writing its first checkpoint left only a temporary copy
+            report.remove_partial_writes(out)
         prepare_output_dir(out, force=cfg.force or own_folder)
-        report.remove_partial_writes(out)  # a run killed while writing a file left its temporary copy
         if cfg.max_depth and cfg.max_depth < data_range and resume is None:
             info(f"note: --max-depth {cfg.max_depth:g} m is below the dataset's {data_range:g} m: the model "
                  f"cannot predict beyond {cfg.max_depth:g} m")
