@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
-import shutil
 import signal
 import threading
 from dataclasses import dataclass
@@ -25,7 +24,15 @@ import numpy as np
 from PIL import Image
 
 from mde.data.world import MAX_DEPTH, MIN_DEPTH, draw_scene, render_labelled, render_scene
-from mde.io import no_empty_new_folder, prepare_output_dir, scratch_folder, write_json_atomic
+from mde.io import (
+    claim_output,
+    no_empty_new_folder,
+    prepare_output_dir,
+    remove_stale_scratch,
+    replace_together,
+    scratch_folder,
+    write_json_atomic,
+)
 from mde.runtime.metadata import MM_PER_M
 from mde.runtime.metrics import MASK_INVALID, MASK_OBJECT, MASK_STRUCTURE
 
@@ -38,6 +45,9 @@ SPLITS = ("train", "val")
 
 
 # --- dataset writer -----------------------------------------------------------------------------
+
+
+SCRATCH_PREFIX = ".synth-"  # the folder images are rendered into, beside the splits it replaces
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -87,10 +97,11 @@ def synthesize(out: str | Path, train: int, val: int, size: int, seed: int, forc
                progress: bool = True, workers: int | None = None) -> dict:
     """Write a procedural dataset in the dataset folder format (docs/reference.md) plus `OUT/meta.json`.
 
-    Files are written into a temporary folder inside OUT and moved into place at the end, then
-    meta.json is written last, so an interrupted run leaves no half-written split and a folder
-    with meta.json is complete. With `force`, existing train/, val/ and meta.json in OUT are
-    replaced; other files there are left alone. With workers > 1 the pool uses the "spawn" start
+    Files are written into a temporary folder inside OUT and swapped into place at the end by
+    renames that all happen or none (`mde.io.replace_together`), so an interrupted run leaves the
+    old dataset or the new one, never a mix, and a folder with meta.json is complete. With `force`,
+    existing train/, val/ and meta.json in OUT are replaced; other files there are left alone.
+    Another mde command writing OUT meanwhile is refused. With workers > 1 the pool uses the "spawn" start
     method (safe after torch is imported): call it from a `__main__`-guarded script.
 
     Args:
@@ -110,11 +121,13 @@ def synthesize(out: str | Path, train: int, val: int, size: int, seed: int, forc
     from mde.errors import InputError
 
     _check_request(train, val, size, seed)
-    with no_empty_new_folder(out):  # a run that fails or is stopped leaves no folder it made
+    with claim_output(out), no_empty_new_folder(out):  # a run that fails or is stopped leaves no folder it made
+        if Path(out).is_dir():  # first: a run killed with SIGKILL left its scratch folder, nothing else
+            remove_stale_scratch(out, SCRATCH_PREFIX)
         out = prepare_output_dir(out, force=force)
         _check_replaceable(out)
         try:
-            with scratch_folder(out, ".synth-") as tmp:
+            with scratch_folder(out, SCRATCH_PREFIX) as tmp:
                 cameras = _render_splits(tmp, {"train": train, "val": val}, size, seed, progress, workers)
                 meta = {"generator": "mde.data.synth", "version": GENERATOR_VERSION, "seed": seed,
                         "counts": {"train": train, "val": val}, "size": [size, size],
@@ -179,14 +192,11 @@ def _render_splits(tmp: Path, counts: dict[str, int], size: int, seed: int, prog
 
 
 def _publish(tmp: Path, out: Path, meta: dict) -> None:
-    """Move the rendered splits from `tmp` into `out`, then write meta.json (last: it marks a complete dataset)."""
-    (out / "meta.json").unlink(missing_ok=True)
-    for split in SPLITS:
-        if (out / split).exists():
-            shutil.rmtree(out / split)
-        if (tmp / split).exists():
-            os.replace(tmp / split, out / split)
-    write_json_atomic(out / "meta.json", meta)
+    """Swap the rendered splits and their meta.json (last: it marks a complete dataset) from `tmp` into `out`,
+    by renames that all happen or none; the old dataset goes into `tmp`, deleted with it afterwards."""
+    write_json_atomic(tmp / "meta.json", meta)
+    moves = [((tmp / split) if (tmp / split).exists() else None, out / split) for split in SPLITS]
+    replace_together([*moves, (tmp / "meta.json", out / "meta.json")], tmp / "old")
 
 
 class _pool:

@@ -8,7 +8,6 @@ either all of its artifacts or none.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -33,15 +32,25 @@ from mde.export.config import (  # noqa: F401 - ExportConfig and Artifact are th
     validate,
 )
 from mde.export.golden import GoldenInputs, golden_checkpoint, golden_inputs, write_golden
-from mde.io import UNWRITABLE, no_empty_new_folder, scratch_folder
+from mde.io import UNWRITABLE, no_empty_new_folder, remove_stale_scratch, replace_together, scratch_folder
 from mde.runtime.metadata import read_props, sidecar_path
+
+SCRATCH_PREFIX = ".mde-export-"  # the staging folder inside the output folder
 
 
 def _check_out(cfg: ExportConfig, checkpoint_sha: str) -> Path:
-    """Check the output folder (creating nothing); refuse existing artifacts unless `force`."""
+    """Check the output folder (creating nothing; a killed export's staging folder is removed); refuse existing
+    artifacts unless `force`, and a folder where an output file goes."""
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise InputError("output exists and is not a directory", out)
+    written = [*planned_names(cfg), GOLDEN_NAME]
+    written += [extra for name in written for extra in EXTRAS.get(name, ())]
+    blocked = [name for name in written if (out / name).exists() and not (out / name).is_file()]
+    if blocked:  # found now: a rename onto a folder would fail only after every artifact was made
+        raise InputError(f"{', '.join(blocked)} in the output folder is not a file (a folder?); remove it", out)
+    if out.is_dir():
+        remove_stale_scratch(out, SCRATCH_PREFIX)  # an export killed with SIGKILL left its staging folder
     if out.is_dir() and not cfg.force:
         existing = [name for name in planned_names(cfg) if (out / name).exists()]
         golden = out / GOLDEN_NAME
@@ -91,7 +100,7 @@ def _staging(out: Path) -> Iterator[Path]:
             raise InputError(f"output folder is not writable ({err.strerror or err})", out) from None
         made = False
         try:
-            with scratch_folder(out, ".mde-export-") as stage:
+            with scratch_folder(out, SCRATCH_PREFIX) as stage:
                 made = True
                 yield stage
         except OSError as err:
@@ -280,15 +289,20 @@ EXPORTERS: dict[str, Callable[[_Context, Path], Artifact]] = {
 }
 
 
-def _publish(staged: list[Artifact], out: Path) -> list[Artifact]:
-    """Rename every checked artifact (and the files that travel with it) from the staging folder into `out`."""
+def _publish(staged: list[Artifact], stage: Path, out: Path, stale: list[str]) -> list[Artifact]:
+    """Rename every checked artifact, the files that travel with it and golden.npz from the staging folder
+    into `out`, and remove the `stale` artifacts of another checkpoint: all of it or none of it (a failed
+    rename, a Ctrl-C, leaves the old export whole), by `replace_together`."""
+    moves: list[tuple[Path | None, Path]] = []
     for artifact in staged:
         for extra in EXTRAS.get(artifact.path.name, ()):
-            if (artifact.path.parent / extra).exists():
-                os.replace(artifact.path.parent / extra, out / extra)
-        final = out / artifact.path.name
-        os.replace(artifact.path, final)
-        artifact.path = final
+            if (stage / extra).exists():
+                moves.append((stage / extra, out / extra))
+        moves.append((artifact.path, out / artifact.path.name))
+    moves += [(None, out / extra) for name in stale for extra in (name, *EXTRAS.get(name, ()))]
+    replace_together([*moves, (stage / GOLDEN_NAME, out / GOLDEN_NAME)], stage / "old")
+    for artifact in staged:
+        artifact.path = out / artifact.path.name
     return staged
 
 
@@ -366,13 +380,9 @@ def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:
             progress.step("writing artifacts")
             write_golden(stage / GOLDEN_NAME, golden, reference, ctx.depth_range, checkpoint_sha, weights_sha,
                          {"backbone": model.args.backbone, "decoder": model.args.decoder})
-            artifacts = _publish(staged, out)  # renames only from here on: a full disk cannot split them
-            os.replace(stage / GOLDEN_NAME, out / GOLDEN_NAME)
-            # --force: what this export did not rewrite and another checkpoint made would not match golden.npz
-            stale = _other_checkpoints(out, checkpoint_sha, {a.path.name for a in artifacts}) if cfg.force else []
-            for name in stale:
-                for extra in (name, *EXTRAS.get(name, ())):
-                    (out / extra).unlink(missing_ok=True)
+            # --force: what this export does not rewrite and another checkpoint made would not match golden.npz
+            stale = _other_checkpoints(out, checkpoint_sha, {a.path.name for a in staged}) if cfg.force else []
+            artifacts = _publish(staged, stage, out, stale)  # renames only: a full disk cannot split them
             progress.finish()
     if stale:
         from mde.console import info

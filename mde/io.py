@@ -19,7 +19,11 @@ from typing import Any
 from mde.errors import InputError
 
 # Why a write fails that is the place's fault, not mde's: the CLI says so in one line (exit 2).
-UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM}
+UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG}
+# A rename onto the output refused by where it is (a file bind-mounted into a container, another file system):
+# the new content is copied over it instead.
+RENAME_REFUSED = {errno.EBUSY, errno.EXDEV}
+TMP_NAME_CHARS = 200  # of the output's name in its temporary copy's: `.NAME.XXXXXXXX.tmp` within 255 bytes
 
 
 @contextlib.contextmanager
@@ -43,7 +47,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     parent = path.parent if str(path.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:TMP_NAME_CHARS]}.", suffix=".tmp", dir=parent)
     except OSError as err:
         raise InputError(f"cannot write here ({err.strerror or err})", parent) from None
     os.close(fd)
@@ -55,7 +59,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp_path, path)
+        try:
+            os.replace(tmp_path, path)
+        except OSError as err:
+            if err.errno not in RENAME_REFUSED:
+                raise
+            shutil.copyfile(tmp_path, path)  # in place: not atomic, but the only write such a path takes
     except OSError as err:
         if err.errno not in UNWRITABLE:
             raise
@@ -77,7 +86,11 @@ def claim_output(path: str | Path) -> Iterator[None]:
         return
     key = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:20]
     folder = Path(tempfile.gettempdir()) / f"mde-locks-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+    except OSError as err:  # a file of that name, a full or read-only temporary folder
+        raise InputError(f"cannot keep mde's output locks here ({err.strerror or err}); set TMPDIR to another "
+                         "folder", folder) from None
     lock = folder / f"{key}.lock"
     with open(lock, "w") as fh:
         try:
@@ -165,6 +178,79 @@ def scratch_folder(parent: str | Path, prefix: str) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_stale_scratch(parent: str | Path, prefix: str) -> None:
+    """Remove `scratch_folder`s in `parent` whose process is gone (killed with SIGKILL, it removed nothing)."""
+    for path in Path(parent).glob(f"{prefix}*-*"):
+        pid = path.name[len(prefix):].split("-")[0]
+        if path.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's: alive
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Within the block, Ctrl-C and SIGTERM wait; the first one comes back when it ends. For a handful of
+    renames that must all happen (or none). Only from the main thread, and over Python-level handlers."""
+    import signal
+    import threading
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    if threading.current_thread() is not threading.main_thread() or None in previous.values():
+        yield
+        return
+    caught: list[int] = []
+    for sig in signals:
+        signal.signal(sig, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            signal.raise_signal(caught[0])
+
+
+def replace_together(moves: list[tuple[Path | None, Path]], aside: Path) -> None:
+    """Move each source onto its target (a file or a folder), all or none; a None source removes the target.
+
+    The targets' old entries are first moved into the folder `aside` (on the same file system; the caller
+    removes it and them), the last target first, and come back if a move fails. So a target listed last
+    (a dataset's meta.json) is the first to go and the last to come.
+    """
+    aside.mkdir(exist_ok=True)
+    moved_aside: list[tuple[Path, Path]] = []
+    moved_in: list[tuple[Path, Path]] = []
+    with deferred_signals():
+        try:
+            for i, (_, target) in reversed(list(enumerate(moves))):
+                if target.exists() or target.is_symlink():
+                    old = aside / f"{i}-{target.name}"
+                    os.replace(target, old)
+                    moved_aside.append((old, target))
+            for source, target in moves:
+                if source is not None:
+                    os.replace(source, target)
+                    moved_in.append((source, target))
+        except OSError:
+            for source, target in reversed(moved_in):  # best effort: what cannot go back stays in `aside`
+                with contextlib.suppress(OSError):
+                    os.replace(target, source)
+            for old, target in reversed(moved_aside):
+                with contextlib.suppress(OSError):
+                    os.replace(old, target)
+            raise
 
 
 @contextlib.contextmanager

@@ -144,10 +144,11 @@ def check_no_overwrite(inputs: list[Path], outputs: list[Path]) -> None:
     An output folder of its own is rewritten freely (a rerun replaces its depth maps); in a folder
     that holds the images, `photo.png` beside `photo.jpg` is the user's file, not an earlier output.
     """
-    folder = next((path for path in outputs if path.is_dir()), None)
-    if folder is not None:  # found now, not after the images before it were predicted
-        raise InputError("a depth map would be written here, but it is a folder; remove it or choose another "
-                         "--out", folder)
+    blocked = next((path for path in outputs if path.exists() and not path.is_file()), None)
+    if blocked is not None:  # found now, not after the images before it were predicted
+        kind = "a folder" if blocked.is_dir() else "not a regular file (a pipe?)"
+        raise InputError(f"a depth map would be written here, but it is {kind}; remove it or choose another "
+                         "--out", blocked)
     sources = {path.resolve() for path in inputs}
     clash = next((path for path in outputs if path.resolve() in sources), None)
     if clash is not None:

@@ -421,6 +421,18 @@ def test_force_removes_artifacts_of_another_checkpoint(cli, tiny_checkpoint, tmp
     assert sorted(p.name for p in out.iterdir()) == ["golden.npz", "model.onnx"]
 
 
+def test_force_onto_a_folder_named_like_an_output_is_refused_before_any_work(cli, tiny_checkpoint, tmp_path):
+    """The rename onto it would fail after model.onnx was published beside the old golden.npz."""
+    out = tmp_path / "out"
+    assert cli("export", tiny_checkpoint, "--out", out).code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (out / "model.fp16.onnx").mkdir()
+    result = cli("export", tiny_checkpoint, "--out", out, "--precision", "fp32", "--precision", "fp16", "--force")
+    assert result.code == 2 and result.err.strip().splitlines()[-1] == (
+        f"mde: error: {out}: model.fp16.onnx in the output folder is not a file (a folder?); remove it")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
 def test_int8_settings_check_leaves_the_holdout_notice_to_calibration(tiny_checkpoint, synth_data, capsys):
     """Export checks the calibration set up front, then calibrates from it: the notice that fewer
     images are held out than asked is printed once, by calibration, not also by the check."""

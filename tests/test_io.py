@@ -56,3 +56,81 @@ def test_a_scratch_folder_goes_even_when_a_stop_lands_right_after_it_is_made(tmp
     with pytest.raises(KeyboardInterrupt), scratch_folder(tmp_path, ".mde-export-"):
         pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_replace_together_is_all_or_none(tmp_path, monkeypatch):
+    """A rename that fails half-way puts the old entries back, and the new ones back in their staging folder."""
+    from mde import io
+
+    out, stage = tmp_path / "out", tmp_path / "stage"
+    out.mkdir()
+    stage.mkdir()
+    for name in ("a.onnx", "golden.npz", "stale.onnx"):
+        (out / name).write_text(f"old {name}")
+    (stage / "a.onnx").write_text("new a")
+    (stage / "golden.npz").write_text("new golden")
+    moves = [(stage / "a.onnx", out / "a.onnx"), (None, out / "stale.onnx"), (stage / "golden.npz", out / "golden.npz")]
+    real_replace = os.replace
+
+    def fail_on_golden(src, dst):
+        if Path(src) == stage / "golden.npz":
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", fail_on_golden)
+    with pytest.raises(OSError):
+        io.replace_together(moves, stage / "old")
+    assert {p.name: p.read_text() for p in out.iterdir()} == {n: f"old {n}" for n in ("a.onnx", "golden.npz",
+                                                                                       "stale.onnx")}
+    assert (stage / "a.onnx").read_text() == "new a"
+    monkeypatch.setattr(io.os, "replace", real_replace)
+    io.replace_together(moves, stage / "old")
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"a.onnx": "new a", "golden.npz": "new golden"}
+
+
+def test_deferred_signals_hold_ctrl_c_until_the_block_ends():
+    import signal
+
+    from mde.io import deferred_signals
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_signals():
+            signal.raise_signal(signal.SIGINT)
+            done.append("the block ran to its end")
+    assert done == ["the block ran to its end"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers given back
+
+
+def test_stale_scratch_folders_of_dead_processes_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    from mde.io import remove_stale_scratch
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    (tmp_path / f".synth-{dead}-0123abcd").mkdir()
+    (tmp_path / f".synth-{os.getpid()}-4567ef01").mkdir()  # a live process's: kept
+    (tmp_path / ".synth-notes").mkdir()  # not a scratch folder's name: kept
+    remove_stale_scratch(tmp_path, ".synth-")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".synth-{os.getpid()}-4567ef01", ".synth-notes"]
+
+
+def test_long_file_names_and_rename_refusing_targets_are_written(tmp_path, monkeypatch):
+    """A 250-byte name is legal: its temporary copy's name must be too. A bind-mounted file refuses a rename
+    onto it (EBUSY): the content is copied over it instead."""
+    from mde import io
+
+    long = tmp_path / ("d" * 245 + ".json")
+    write_json_atomic(long, {"a": 1})
+    assert json.loads(long.read_text()) == {"a": 1}
+    mounted = tmp_path / "res.json"
+    mounted.write_text("old")
+
+    def busy(src, dst):
+        raise OSError(16, "Device or resource busy")
+
+    monkeypatch.setattr(io.os, "replace", busy)
+    write_json_atomic(mounted, {"b": 2})
+    assert json.loads(mounted.read_text()) == {"b": 2} and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -136,7 +136,9 @@ def test_predict_bad_paths_exit_2(cli, onnx_path, images, tmp_path, model, input
     assert not (tmp_path / "out").exists()  # nothing opened, no folder made
 
 
-def test_predict_refuses_an_output_that_is_a_folder_before_predicting(cli, onnx_path, images, tmp_path):
+def test_predict_refuses_an_output_that_is_a_folder_or_a_pipe_before_predicting(cli, onnx_path, images, tmp_path):
+    import os
+
     first, second = sorted(p for p in images.iterdir() if p.is_file())[:2]
     out = tmp_path / "out"
     (out / f"{second.stem}.png").mkdir(parents=True)
@@ -145,6 +147,10 @@ def test_predict_refuses_an_output_that_is_a_folder_before_predicting(cli, onnx_
         f"mde: error: {out / (second.stem + '.png')}: a depth map would be written here, but it is a folder; "
         "remove it or choose another --out")
     assert [p.name for p in out.iterdir()] == [f"{second.stem}.png"]  # the first image's map not written either
+    (out / f"{second.stem}.png").rmdir()
+    os.mkfifo(out / f"{second.stem}.png")  # a depth map written into it would wait for a reader
+    result = cli("predict", onnx_path, first, second, "--out", out)
+    assert result.code == 2 and "but it is not a regular file (a pipe?)" in result.err
 
 
 def test_predict_skips_hidden_files_in_a_folder_and_refuses_a_pipe(cli, onnx_path, images, tmp_path):

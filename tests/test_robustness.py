@@ -262,6 +262,9 @@ CASES = [
     ("eval-text-as-png", "eval {ckpt} --data {bad:ds_text_png}", "000000.png"),
     ("eval-truncated-png", "eval {onnx} --data {bad:ds_truncated_png}", "000000.png"),
     ("eval-truncated-jpg", "eval {onnx} --data {bad:ds_truncated_jpg}", "000000.jpg"),
+    ("synth-name-too-long", "data synth {out}/" + "a" * 260 + " --train 2 --val 1 --size 32", "File name too long"),
+    ("parity-json-name-too-long", "parity --golden {onnx_golden} {onnx} --json {out}/" + "b" * 260 + ".json",
+     "File name too long"),
     ("eval-big-png", "eval {onnx} --data {bad:ds_big_png}", "000000.png: image is 10000x10000"),
     ("eval-corrupt-pixels", "eval {onnx} --data {bad:ds_corrupt_png}", "000000.png: truncated or corrupt image"),
     ("eval-huge-text-chunk", "eval {onnx} --data {bad:ds_text_chunk_png}", "000000.png: cannot read image"),
@@ -388,7 +391,8 @@ def test_bad_input_is_one_line_exit_2(case, template, names, bad, cli, tmp_path,
     pwned = tmp_path / "pwned"
     monkeypatch.setenv("MDE_PWNED", str(pwned))
     out = tmp_path / "out"
-    good = {"ckpt": tiny_checkpoint, "onnx": tiny_export / "model.onnx", "data": synth_data}
+    good = {"ckpt": tiny_checkpoint, "onnx": tiny_export / "model.onnx", "data": synth_data,
+            "onnx_golden": tiny_export / "golden.npz"}
     result = cli(*_argv(template, bad, out, good))
 
     assert result.code == 2, f"{case}: exit {result.code}\nstderr: {result.err}\nstdout: {result.out}"

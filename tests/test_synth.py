@@ -179,6 +179,34 @@ def test_refuses_non_empty_output_unless_force(tmp_path):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp folder left
 
 
+def test_a_stop_while_the_new_dataset_is_swapped_in_leaves_the_old_one_whole(tmp_path, monkeypatch):
+    """The swap is renames, all or none: a failure part-way (here the second rename) puts the old splits
+    and meta.json back, and the killed run's scratch folder is removed by the next run."""
+    import os
+
+    from mde import io
+
+    out = tmp_path / "d"
+    synthesize(out, train=3, val=1, size=32, seed=0, progress=False)
+    before = sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file())
+    real_replace, calls = os.replace, []
+
+    def stopped_at_the_second_move_in(src, dst):
+        calls.append(Path(src).name)
+        if Path(src).name == "val" and ".synth-" in str(src) and "old" not in str(src):
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", stopped_at_the_second_move_in)
+    with pytest.raises(InputError, match="cannot write the dataset"):
+        synthesize(out, train=2, val=2, size=32, seed=1, progress=False, force=True)
+    monkeypatch.setattr(io.os, "replace", real_replace)
+    assert sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file()) == before
+    (out / f".synth-{2**22 + 7}-00aa11bb" / "train").mkdir(parents=True)  # a SIGKILLed run's (no such pid)
+    synthesize(out, train=2, val=1, size=32, seed=0, progress=False, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train", "val"]
+
+
 @pytest.mark.parametrize("spoil", ["train_is_a_file", "val_is_a_link"])
 def test_force_over_what_it_cannot_replace_changes_nothing(tmp_path, spoil):
     """train/ as a file or val/ as a link would fail half-way through the swap: refused before rendering."""
