@@ -289,7 +289,7 @@ def region_rows(data: Path, runs: dict[str, Path]) -> dict[str, dict]:
     from mde.train.evaluate import torch_predictor
 
     val, data_range = open_dataset(data, "val"), dataset_max_depth(data)
-    rows = {"pixel_mean_map": pixel_mean_map_metrics(open_dataset(data, "train"), val, data_range)}
+    rows = {"pixel_mean_map": pixel_mean_map_metrics(open_dataset(data, "train"), val, data_range, data_range)}
     for name, run_dir in runs.items():
         model = load_run(run_dir)
         rows[name] = evaluate(torch_predictor(model, model.args.image_size, model.args.max_depth), val, data_range)

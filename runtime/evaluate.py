@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from mde.errors import DataError, ModelError
-from mde.runtime.preprocess import resize_depth
+from mde.runtime.preprocess import postprocess, resize_depth
 
 PredictBatch = Callable[[list[np.ndarray]], list[np.ndarray]]
 
@@ -83,14 +83,23 @@ def pixel_mean_map(train: Any) -> np.ndarray:
     return _depth_statistics(train)[1]
 
 
-def pixel_mean_map_metrics(train: Any, val: Any, data_range: float) -> dict[str, float]:
-    """`evaluate` of the image-blind per-pixel mean map of `train` on `val` (per region where val has masks)."""
-    return _fixed_map_metrics(pixel_mean_map(train), val, data_range)
+def pixel_mean_map_metrics(train: Any, val: Any, data_range: float, max_depth: float) -> dict[str, float]:
+    """`evaluate` of the image-blind per-pixel mean map of `train` on `val` (per region where val has masks),
+    as a model of range `max_depth` would predict it (`fixed_map_prediction`)."""
+    return _fixed_map_metrics(pixel_mean_map(train), val, data_range, max_depth)
 
 
-def _fixed_map_metrics(depth_map: np.ndarray, val: Any, data_range: float) -> dict[str, float]:
-    """`evaluate` of a predictor that returns `depth_map` for every image (resized to each ground truth)."""
-    return evaluate(lambda rgbs: [depth_map for _ in rgbs], val, data_range)
+def fixed_map_prediction(depth_map: np.ndarray, size: tuple[int, int], max_depth: float) -> np.ndarray:
+    """An image-blind map as the prediction for an image of `size`: resized and clipped to [0, max_depth] as a
+    model's output is (`postprocess`), so it is scored on the terms of the model it is compared with. `mde eval`
+    and `mde parity` both score the per-pixel mean map through this."""
+    return postprocess(depth_map, size, max_depth)
+
+
+def _fixed_map_metrics(depth_map: np.ndarray, val: Any, data_range: float, max_depth: float) -> dict[str, float]:
+    """`evaluate` of a predictor that returns `depth_map` for every image (`fixed_map_prediction`)."""
+    return evaluate(lambda rgbs: [fixed_map_prediction(depth_map, r.shape[:2], max_depth) for r in rgbs],
+                    val, data_range)
 
 
 def baselines(train: Any, val: Any, data_range: float) -> dict[str, Any]:
@@ -98,14 +107,14 @@ def baselines(train: Any, val: Any, data_range: float) -> dict[str, Any]:
 
     `mean_depth` predicts the training set's mean valid depth everywhere; `pixel_mean_map`
     predicts its per-pixel mean depth map (at the first training image's size, resized to
-    each ground truth). Where val has region masks both carry per-region figures too.
+    each ground truth). Both are clipped to [0, data_range], the range of a model trained on it.
+    Where val has region masks both carry per-region figures too.
     """
     mean, pixmap = _depth_statistics(train)
     return {
         "train_mean_depth_m": float(mean),
-        "mean_depth": evaluate(lambda rgbs: [np.full(r.shape[:2], mean, np.float32) for r in rgbs],
-                               val, data_range),
-        "pixel_mean_map": _fixed_map_metrics(pixmap, val, data_range),
+        "mean_depth": _fixed_map_metrics(np.full((1, 1), mean, np.float32), val, data_range, data_range),
+        "pixel_mean_map": _fixed_map_metrics(pixmap, val, data_range, data_range),
     }
 
 

@@ -235,6 +235,10 @@ def read_depth(path: str | Path, png_scale: float = MM_PER_M) -> np.ndarray:
             depth = depth[0]
         if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.floating):
             raise DataError(f"expected an H x W float depth map, got {depth.dtype} {depth.shape}", path)
+        deepest = float(np.max(depth, initial=0.0, where=np.isfinite(depth)))
+        if deepest > float(np.finfo(np.float32).max):  # float32 would make it inf, which reads as "invalid"
+            raise DataError(f"depth reaches {deepest:.3g} m, beyond any plausible distance: store metres, and 0 "
+                            "or NaN where depth is invalid", path)
         depth = depth.astype(np.float32)
     else:
         img = _open_checked(path)

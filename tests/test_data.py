@@ -356,6 +356,12 @@ def _bad_image_turned_by_exif(root):  # a phone photo, stored sideways; its dept
     return lambda: FolderDataset(root, "val")[0], r"depth/a.png: .*the image's EXIF turns it a quarter"
 
 
+def _bad_depth_beyond_float32(root):  # float64 1e300 became inf (invalid) in float32: accepted silently
+    _write_pair(root, "val", "a", _depth(), npy=True)
+    np.save(root / "val" / "depth" / "a.npy", np.full((12, 16), 1e300))
+    return lambda: FolderDataset(root, "val")[0], r"a.npy: depth reaches 1e\+300 m, beyond any plausible"
+
+
 def _bad_missing_path(root):
     return lambda: open_dataset(root / "nowhere"), "nowhere.*not found"
 
@@ -370,7 +376,7 @@ def _bad_missing_path(root):
      _bad_nyu_not_hdf5, _bad_nyu_missing_key, _bad_nyu_shapes, _bad_nyu_no_valid_pixel, _bad_nyu_depth_absurd,
      _bad_nyu_millimetres, _bad_nyu_millimetres_as_floats, _bad_nyu_struct,
      _bad_not_a_dataset, _bad_missing_path, _bad_mask_without_image, _bad_rgb_broken_link,
-     _bad_image_turned_by_exif],
+     _bad_image_turned_by_exif, _bad_depth_beyond_float32],
     ids=lambda f: f.__name__[5:],
 )
 def test_bad_inputs_raise_data_error_naming_the_file(tmp_path, make):

@@ -54,6 +54,31 @@ def test_eval_region_figures_match_a_direct_computation(cli, tiny_checkpoint, sy
     assert set(json.loads(res.out)) == KEYS and "the val masks mark no object or structure pixel" in res.err
 
 
+def test_eval_and_parity_score_the_pixel_mean_map_alike(cli, tiny_checkpoint, tiny_export, synth_data, tmp_path):
+    """Both score the image-blind map as a model of the same range would predict it (clipped to its max
+    depth): with training depth beyond that range, eval's figure was unclipped and parity's clipped."""
+    import shutil
+
+    from mde.train.checkpoint import load_checkpoint
+
+    max_depth = load_checkpoint(tiny_checkpoint)["model_args"]["max_depth"]
+    data = tmp_path / "far"
+    shutil.copytree(synth_data, data)
+    for depth in (data / "train" / "depth").iterdir():
+        mm = np.asarray(Image.open(depth)).copy()
+        mm[: mm.shape[0] // 2] = min(65000, round(max_depth * 3000))  # the top half far beyond the range
+        Image.fromarray(mm).save(depth)
+    res = cli("eval", tiny_export / "model.onnx", "--data", data, "--json")
+    assert res.code == 0, res.err
+    evaluated = json.loads(res.out)["pixel_mean_map"]
+    report = tmp_path / "parity.json"
+    assert cli("parity", tiny_checkpoint, tiny_export / "model.onnx", "--data", data, "--json", report).code == 0
+    compared = json.loads(report.read_text())["regions"]["pixel_mean_map"]
+    for region in ("objects", "structure"):
+        for metric in ("rmse", "abs_rel", "delta1", "images"):
+            assert evaluated[f"{region}_{metric}"] == pytest.approx(compared[region][metric], rel=1e-6), metric
+
+
 def test_eval_checkpoint_table(cli, tiny_checkpoint, synth_data):
     res = cli("eval", tiny_checkpoint, "--data", synth_data, "--split", "train", "--device", "cpu")
     assert res.code == 0, res.err

@@ -74,16 +74,18 @@ def eval_command(
         info(f"{data}: the {split} masks mark no object or structure pixel; no region figures")
     metrics = {k: metrics[k] for k in METRIC_ORDER + REGION_ORDER if k in metrics}
     if regions and split != "train" and (Path(data) / "train").is_dir():
-        metrics["pixel_mean_map"] = _pixel_mean_map_figures(data, dataset, data_range, depth_scale)
+        metrics["pixel_mean_map"] = _pixel_mean_map_figures(data, dataset, data_range, model_range, depth_scale)
     emit(metrics, json_out, lambda m: _print_table(path, split, m))
 
 
-def _pixel_mean_map_figures(data: str, dataset, data_range: float, depth_scale: float | None) -> dict[str, float]:
-    """The image-blind baseline on the same split: the train split's per-pixel mean depth map."""
+def _pixel_mean_map_figures(data: str, dataset, data_range: float, max_depth: float,
+                            depth_scale: float | None) -> dict[str, float]:
+    """The image-blind baseline on the same split: the train split's per-pixel mean depth map, in the model's range."""
     from mde.data.readers import open_dataset
     from mde.runtime.evaluate import pixel_mean_map_metrics
 
-    figures = pixel_mean_map_metrics(open_dataset(data, split="train", depth_scale=depth_scale), dataset, data_range)
+    figures = pixel_mean_map_metrics(open_dataset(data, split="train", depth_scale=depth_scale), dataset, data_range,
+                                     max_depth)
     return {k: figures[k] for k in ("rmse", "abs_rel", "delta1") + REGION_ORDER if k in figures}
 
 
