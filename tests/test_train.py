@@ -584,6 +584,7 @@ def test_ddp_two_cpu_ranks_split_data_and_rank0_writes_once(tmp_path, synth_data
     (["--max-depth", "1e300"], "--max-depth must be at most 10000 m"),
     (["--step-size-up", "3"], "--step-size-up shapes the cyclic schedule; with --schedule onecycle it would do nothing"),
     (["--cycle-mode", "exp_range"], "--cycle-mode shapes the cyclic schedule"),
+    (["--image-size", "32", "--batch-size", "1"], "--batch-size 1 at --image-size 32 gives BatchNorm one value"),
 ])
 def test_bad_train_input_is_one_line_exit_2(cli, tmp_path, synth_data, extra, match):
     res = cli("train", "--data", synth_data, "--out", tmp_path / "run", *TINY, "--epochs", "1", *extra)
@@ -684,6 +685,77 @@ def test_a_run_killed_while_writing_its_first_checkpoint_starts_again_without_fo
     assert not list(run.glob(".*.tmp")) and (run / "last.pt").is_file()
 
 
+def test_force_belongs_to_the_command_that_types_it(cli, synth_data, tmp_path, monkeypatch):
+    """A run started with --force, resumed into another folder, must not empty that folder unasked; a new run
+    with --force overwrites the old run whole (stopped early, never one run's best.pt beside another's)."""
+    from mde.train import trainer
+
+    first = tmp_path / "first"
+    assert cli("train", "--data", synth_data, "--out", first, *TINY, "--epochs", "1", "--force",
+               "--schedule", "cyclic").code == 0
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "best.pt").write_bytes(b"another run's")
+    res = cli("train", "--resume", first / "last.pt", "--out", victim, "--epochs", "2")
+    assert res.code == 2 and "output folder is not empty (use --force to overwrite)" in res.err, res.err
+    assert (victim / "best.pt").read_bytes() == b"another run's"
+    (first / "notes.txt").write_text("mine")
+
+    def stopped(*_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train_one_epoch", stopped)
+    res = cli("train", "--data", synth_data, "--out", first, *TINY, "--epochs", "1", "--force")
+    assert res.code == 130
+    assert sorted(p.name for p in first.iterdir()) == ["notes.txt"]  # the old run's files went, not the user's
+
+
+def test_a_checkpoint_carries_only_its_own_validation(tmp_path, synth_data, monkeypatch):
+    """An epoch --val-every skipped gets no metrics in last.pt: export would stamp an earlier epoch's on it."""
+    from mde.train import trainer
+
+    saved = trainer.save_checkpoint
+
+    def stop_after_epoch_1(job, state, path, training_state=True):
+        saved(job, state, path, training_state)
+        if path.name == "last.pt" and state.epoch == 1 and state.epoch_step == 0:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    trainer.train(tiny_config(synth_data, out, epochs=1, checkpoint_every=0))
+    first = torch.load(out / "last.pt", weights_only=False)
+    assert first["metrics"]["rmse"] > 0  # validated: its own figures
+    monkeypatch.setattr(trainer, "save_checkpoint", stop_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(tiny_config(synth_data, tmp_path / "skip", epochs=3, val_every=2, checkpoint_every=1))
+    skipped = torch.load(tmp_path / "skip" / "last.pt", weights_only=False)
+    assert skipped["epoch"] == 1 and skipped["metrics"] == {}
+
+
+def test_a_diverging_run_saves_no_nan_weights(cli, synth_data, tmp_path):
+    run = tmp_path / "run"
+    res = cli("train", "--data", synth_data, "--out", run, *TINY, "--epochs", "1", "--schedule", "cyclic",
+              "--lr-min", "1e11", "--lr-max", "1e12", "--checkpoint-every", "1")
+    assert res.code == 1 and "training diverged" in res.err and "--force to reuse this folder" in res.err
+    if (run / "last.pt").exists():  # one written before the weights went bad
+        weights = torch.load(run / "last.pt", weights_only=True)["model"]
+        assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+
+
+def test_partial_backbone_weights_are_refused(cli, synth_data, tmp_path):
+    """Only conv1/bn1 given: layer1.. would start random, and be frozen so by --freeze-stages."""
+    import torchvision
+
+    partial = tmp_path / "partial.pth"
+    torch.save({k: v for k, v in torchvision.models.resnet18().state_dict().items()
+                if k.startswith(("conv1.", "bn1."))}, partial)
+    res = cli("train", "--data", synth_data, "--out", tmp_path / "run", *TINY, "--epochs", "1",
+              "--backbone-weights", partial, "--freeze-stages", "3")
+    assert res.code == 2 and res.err.strip() == (
+        f"mde: error: {partial}: incomplete resnet18 weights: 95 encoder tensors missing "
+        "(e.g. layer1.0.conv1.weight)"), res.err
+
+
 def test_last_pt_is_the_last_file_an_epoch_writes(tmp_path, synth_data, monkeypatch):
     """A run killed as soon as its final last.pt is written has the final epoch in metrics.jsonl and
     curves.png too: a resume would refuse ("already trained"), so nothing could write them later."""
@@ -729,7 +801,7 @@ def test_resume_rejects_conflicting_flags_and_foreign_checkpoints(cli, tmp_path,
     assert res.code == 2 and "not empty" in res.err and sorted(os.listdir(tmp_path / "full")) == ["keep.txt"]
     # tiny_run crops: turning the crop off is refused though --no-scale-crop is the default
     res = cli("train", "--data", synth_data, "--out", tmp_path / "r", "--resume", last, "--no-scale-crop")
-    assert res.code == 2 and "--scale-crop False conflicts with the resumed checkpoint's True" in res.err
+    assert res.code == 2 and "--no-scale-crop conflicts with the resumed checkpoint's --scale-crop" in res.err
     res = cli("train", "--data", synth_data, "--out", tmp_path / "r", "--resume", tiny_checkpoint)
     assert res.code == 2 and "cannot resume" in res.err
     bad = tmp_path / "corrupt.pt"
@@ -794,7 +866,7 @@ def test_merge_resume_counts_given_options_even_at_their_default():
     saved = TrainConfig(data="d", out="o", epochs=2, pretrained=False, scale_crop=True)
     cli = TrainConfig(data="d", out="o", resume="o/last.pt")  # every other option at its default
     assert merge_resume(cli, saved).scale_crop                 # nothing given: the checkpoint's
-    with pytest.raises(InputError, match="--scale-crop False conflicts with the resumed checkpoint's True"):
+    with pytest.raises(InputError, match="--no-scale-crop conflicts with the resumed checkpoint's --scale-crop"):
         merge_resume(cli, saved, given={"data", "out", "resume", "scale_crop"})
     assert merge_resume(cli, saved).epochs == 2
     assert merge_resume(cli, saved, given={"epochs"}).epochs == 20

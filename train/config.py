@@ -103,6 +103,10 @@ class TrainConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.image_size % 32:
             raise InputError(f"--image-size must be a multiple of 32, got {self.image_size}")
+        if self.batch_size * (self.image_size // 32) ** 2 < 2:  # the encoder's last stage sees 1 x 1 per image
+            raise InputError(f"--batch-size {self.batch_size} at --image-size {self.image_size} gives BatchNorm one "
+                             "value per channel at the encoder's last stage, which it cannot train on; use "
+                             "--batch-size 2 or more, or --image-size 64 or more")
         if not 0 < self.lr_min <= self.lr_max:
             raise InputError(f"need 0 < --lr-min <= --lr-max, got {self.lr_min} and {self.lr_max}")
         for name in ("lr_min", "lr_max", "weight_decay", "max_depth", "depth_scale"):  # object_weight: its range
@@ -182,6 +186,16 @@ def resume_folder(out: str, resume: str) -> str:
     return out or str(Path(resume).parent)
 
 
+def _as_typed(name: str, value: object) -> str:
+    """An option and its value as the command line writes them: `--no-scale-crop`, `--lr-max 0.5`."""
+    flag = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    if value is None:
+        return f"--{flag} unset"
+    return f"--{flag} {value:g}" if isinstance(value, float) else f"--{flag} {value}"
+
+
 def merge_resume(cli: TrainConfig, saved: TrainConfig, given: Collection[str] = ()) -> TrainConfig:
     """The config of a resumed run: the checkpoint's, with the few options a resume may change.
 
@@ -202,12 +216,13 @@ def merge_resume(cli: TrainConfig, saved: TrainConfig, given: Collection[str] = 
         if f.name == "depth_scale" and mine == LEGACY_DEPTH_SCALE and theirs is None:
             continue  # 1000 typed again is what the saved "unset" means on the folder format
         if is_set(f.name) and mine != theirs and mine != AUTO_VALUES.get(f.name):
-            raise InputError(f"--{f.name.replace('_', '-')} {mine!r} conflicts with the resumed "
-                             f"checkpoint's {theirs!r}; drop it when using --resume", cli.resume)
+            raise InputError(f"{_as_typed(f.name, mine)} conflicts with the resumed checkpoint's "
+                             f"{_as_typed(f.name, theirs)}; drop it when using --resume", cli.resume)
     # an override applies when the user set it: a plain `--resume RUN/last.pt` continues the
     # saved run to its own number of epochs
     changed = {k: getattr(cli, k) for k in RESUME_OVERRIDES if k == "resume" or is_set(k)}  # no --data: the saved
     changed.setdefault("out", resume_folder(cli.out, cli.resume))
+    changed["force"] = cli.force  # this command's choice: the saved run's --force must not empty another folder
     if "data" not in changed and saved.data and not Path(saved.data).exists():
         raise InputError(f"the run's dataset {saved.data} (its --data, saved in the checkpoint) is not found "
                          "from here; give --data", cli.resume)

@@ -254,4 +254,17 @@ def load_backbone_weights(model: DepthNet, path: Path) -> None:
     if bad:
         raise ModelError(f"not a torchvision {model.args.backbone} state dict ({len(bad)} mismatched keys, "
                          f"e.g. {bad[0]})", path)
+    missing = [k for k in own if k.startswith(("stem.", "stages.")) and k not in renamed
+               and not k.endswith("num_batches_tracked")]  # a counter older ImageNet files do not have
+    if missing:  # the layers it lacks would start random, and be frozen so by --freeze-stages
+        raise ModelError(f"incomplete {model.args.backbone} weights: {len(missing)} encoder tensors missing "
+                         f"(e.g. {_torchvision_name(missing[0], mapping)})", path)
     model.load_state_dict(renamed, strict=False)
+
+
+def _torchvision_name(key: str, mapping: dict[str, str]) -> str:
+    """An encoder key under the name a torchvision state dict gives it (`stages.0.` -> `layer1.`)."""
+    for old, new in mapping.items():
+        if key.startswith(new):
+            return old + key[len(new):]
+    return key

@@ -36,6 +36,12 @@ def remove_partial_writes(out: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def remove_run_files(out: Path) -> None:
+    """Delete a run's own files (`RUN_FILES`) from `out`; anything else there stays."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
 def read_records(path: Path, upto: int) -> list[dict[str, Any]]:
     """metrics.jsonl lines of the epochs a resumed checkpoint had completed (later ones are redone)."""
     if not path.is_file():

@@ -157,7 +157,6 @@ class TrainState:
     best_rmse: float = float("inf")
     loss_sum: float = 0.0         # the current epoch's running train loss
     loss_count: int = 0
-    last_metrics: dict[str, float] = field(default_factory=dict)
     records: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -195,7 +194,6 @@ def main(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dict[
                 record.update({f"val_{k}": v for k, v in evaluate(job).items()})
             state.records.append(record)
             state.epoch, state.epoch_step = epoch + 1, 0
-            state.last_metrics = _val_metrics(record) or state.last_metrics
             improved = "val_rmse" in record and record["val_rmse"] < state.best_rmse
             if improved:
                 state.best_rmse = record["val_rmse"]
@@ -233,6 +231,8 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
         if out.is_dir():  # first: a run killed while writing its first checkpoint left only a temporary copy
             report.remove_partial_writes(out)
         prepare_output_dir(out, force=cfg.force or own_folder)
+        if cfg.force and not own_folder:  # overwrite means all of it: never one run's best.pt beside another's
+            report.remove_run_files(out)
         if cfg.max_depth and cfg.max_depth < data_range and resume is None:
             info(f"note: --max-depth {cfg.max_depth:g} m is below the dataset's {data_range:g} m: the model "
                  f"cannot predict beyond {cfg.max_depth:g} m")
@@ -298,15 +298,17 @@ def restore(job: Job, resume: dict[str, Any] | None) -> TrainState:
     return TrainState(epoch=resume["epoch"], epoch_step=resume["epoch_step"], step=resume["step"],
                       best_rmse=resume.get("best_rmse", float("inf")),
                       loss_sum=resume.get("loss_sum", 0.0) if main_rank else 0.0,
-                      loss_count=resume.get("loss_count", 0) if main_rank else 0,
-                      last_metrics=_val_metrics(records[-1]) if records else {}, records=list(records))
+                      loss_count=resume.get("loss_count", 0) if main_rank else 0, records=list(records))
 
 
 def save_checkpoint(job: Job, state: TrainState, path: Path, training_state: bool = True) -> None:
     """Save the model and its arguments; with `training_state` (last.pt) also what `--resume` needs."""
+    own = state.epoch_step == 0 and state.records and state.records[-1]["epoch"] == state.epoch
     checkpoint = {"model_args": vars(job.args), "model": job.model.state_dict(), "config": job.cfg.to_dict(),
                   "epoch": state.epoch, "epoch_step": state.epoch_step, "step": state.step,
-                  "metrics": state.last_metrics}
+                  # the validation of these weights, or none (mid-epoch, or an epoch --val-every skipped):
+                  # export stamps them on the model
+                  "metrics": _val_metrics(state.records[-1]) if own else {}}
     if training_state:
         checkpoint |= {"best_rmse": state.best_rmse, "loss_sum": state.loss_sum, "loss_count": state.loss_count,
                        "optimizer": job.optimizer.state_dict(), "scheduler": job.scheduler.state_dict(),
@@ -356,17 +358,27 @@ def train_one_epoch(job: Job, state: TrainState, epoch: int, progress: Any) -> d
         if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.epoch_step < steps:
             # every rank's running loss, summed (a collective: all ranks reach this step together)
             partial_sum, partial_count = all_reduce_sum([float(loss_sum), state.loss_count], env)
+            check_finite(job, partial_sum, epoch)
             if env.is_main:
                 save_checkpoint(job, replace(state, loss_sum=partial_sum, loss_count=int(partial_count)),
                                 job.out / "last.pt")
     images_per_s = seen * env.world_size / max(time.perf_counter() - t0, 1e-9)
     total, count = all_reduce_sum([float(loss_sum), state.loss_count], env)
-    if not math.isfinite(total):  # the same sum on every rank: all stop together, before saving NaN weights
-        raise CheckFailed(f"training diverged: the loss became NaN or infinite in epoch {epoch + 1}; lower "
-                          f"--lr-max ({cfg.lr_max:g}) and start again", job.out)
+    check_finite(job, total, epoch)
     state.loss_sum, state.loss_count = 0.0, 0
     return {"epoch": epoch + 1, "step": state.step, "train_loss": total / max(count, 1),
             "lr": lr, "images_per_s": images_per_s}
+
+
+def check_finite(job: Job, loss_sum: float, epoch: int) -> None:
+    """Stop before a checkpoint holds NaN weights: `CheckFailed` when the running loss (summed over the ranks)
+    or a weight (the same on every rank) is not finite, so all ranks stop together."""
+    weights = torch.stack([torch.isfinite(p).all() for p in job.model.parameters()]).all()
+    if math.isfinite(loss_sum) and bool(weights):
+        return
+    raise CheckFailed(f"training diverged: the loss or the weights became NaN or infinite in epoch {epoch + 1}; "
+                      f"start again with a lower --lr-max than {job.cfg.lr_max:g} (--force to reuse this folder)",
+                      job.out)
 
 
 def evaluate(job: Job) -> dict[str, float]:
