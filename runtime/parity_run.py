@@ -255,10 +255,15 @@ def _worst_png(report: Path, dataset: Any, result: ArtifactResult, reference: li
     shape = gts[k].shape
     image = panel(dataset[k].rgb, postprocess(reference[k], shape, max_depth),
                   postprocess(outputs[k], shape, max_depth), max_depth)
-    stem = re.sub(r"[^\w.-]+", "_", result.artifact.rsplit(".", 1)[0]).strip("_.")  # a path label: one name
-    name = f"{report.stem}.{stem}.worst.png"
-    write_png(report.parent / name, image)
-    return name
+    path = worst_png_path(report, result.artifact)
+    write_png(path, image)
+    return path.name
+
+
+def worst_png_path(report: Path, label: str) -> Path:
+    """Where the worst-image picture of the artifact labelled `label` goes: beside the Markdown report."""
+    stem = re.sub(r"[^\w.-]+", "_", label.rsplit(".", 1)[0]).strip("_.")  # a path label: one name
+    return Path(report).parent / f"{Path(report).stem}.{stem}.worst.png"
 
 
 def _region_figures(cfg: ParityConfig, reference: list[dict[str, float]], gts: list, masks: list,
@@ -300,8 +305,11 @@ def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
     for option, out in (("--json", cfg.json_path), ("--report", cfg.report)):
         if out is not None:
             check_output_file(out, option, inputs)
-    if cfg.json_path and cfg.report and Path(cfg.json_path).resolve() == Path(cfg.report).resolve():
-        raise InputError("--json and --report name the same file; one would replace the other", cfg.report)
+    if cfg.json_path and cfg.report:
+        pictures = [worst_png_path(cfg.report, label).resolve() for label in artifact_labels(cfg.artifacts)]
+        if Path(cfg.json_path).resolve() in (Path(cfg.report).resolve(), *pictures):
+            raise InputError("--json names a file the report writes (the report, or an artifact's worst-image "
+                             "picture); one would replace the other", cfg.json_path)
     pngs: dict[str, str] = {}
     if cfg.golden is not None:
         results = [check_golden(cfg.golden, a, cfg.backend, tolerances, cfg.providers, label)

@@ -316,7 +316,9 @@ CASES = [
     ("parity-json-over-artifact", "parity {ckpt} {onnx} --data {data} --json {onnx}", "--json would write over"),
     ("parity-json-into-data", "parity {ckpt} {onnx} --data {data} --json {data}/meta.json", "inside the input folder"),
     ("parity-json-is-report", "parity {ckpt} {onnx} --data {data} --json {out}.txt --report {out}.txt",
-     "--json and --report name the same file"),
+     "out.txt: --json names a file the report writes"),
+    ("parity-json-is-worst-png", "parity {ckpt} {onnx} --data {data} --json {out}.model.worst.png --report {out}.md",
+     "out.model.worst.png: --json names a file the report writes (the report, or an artifact's worst-image"),
     ("parity-report-is-folder", "parity {ckpt} {onnx} --data {data} --report {bad:dir}", "a-folder"),
     # predict
     ("predict-missing-model", "predict {bad:missing} {bad:tiny_png} --out {out}", "does-not-exist.png"),
