@@ -32,7 +32,14 @@ from mde.export.config import (  # noqa: F401 - ExportConfig and Artifact are th
     validate,
 )
 from mde.export.golden import GoldenInputs, golden_checkpoint, golden_inputs, write_golden
-from mde.io import UNWRITABLE, no_empty_new_folder, remove_stale_scratch, replace_together, scratch_folder
+from mde.io import (
+    RENAME_REFUSED,
+    UNWRITABLE,
+    no_empty_new_folder,
+    remove_stale_scratch,
+    replace_together,
+    scratch_folder,
+)
 from mde.runtime.metadata import read_props, sidecar_path
 
 SCRATCH_PREFIX = ".mde-export-"  # the staging folder inside the output folder
@@ -106,7 +113,7 @@ def _staging(out: Path) -> Iterator[Path]:
         except OSError as err:
             if not made:
                 raise InputError(f"output folder is not writable ({err.strerror or err})", out) from None
-            if err.errno not in UNWRITABLE:
+            if err.errno not in UNWRITABLE | RENAME_REFUSED:  # RENAME_REFUSED: a bind-mounted model.onnx, say
                 raise
             raise InputError(f"cannot write the export ({err.strerror})", out) from None
 

@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -23,7 +24,7 @@ UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES
 # A rename onto the output refused by where it is (a file bind-mounted into a container, another file system):
 # the new content is copied over it instead.
 RENAME_REFUSED = {errno.EBUSY, errno.EXDEV}
-TMP_NAME_CHARS = 200  # of the output's name in its temporary copy's: `.NAME.XXXXXXXX.tmp` within 255 bytes
+TMP_NAME_BYTES = 200  # of the output's name in its temporary copy's: `.NAME.XXXXXXXX.tmp` within 255 bytes
 
 
 @contextlib.contextmanager
@@ -47,7 +48,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     parent = path.parent if str(path.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:TMP_NAME_CHARS]}.", suffix=".tmp", dir=parent)
+        short = path.name.encode()[:TMP_NAME_BYTES].decode(errors="ignore")  # bytes: é is two of them
+        fd, tmp = tempfile.mkstemp(prefix=f".{short}.", suffix=".tmp", dir=parent)
     except OSError as err:
         raise InputError(f"cannot write here ({err.strerror or err})", parent) from None
     os.close(fd)
@@ -64,7 +66,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         except OSError as err:
             if err.errno not in RENAME_REFUSED:
                 raise
-            shutil.copyfile(tmp_path, path)  # in place: not atomic, but the only write such a path takes
+            # in place: not atomic, but the only write such a path takes; a full disk is found before it starts
+            if shutil.disk_usage(path.parent).free < tmp_path.stat().st_size:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+            shutil.copyfile(tmp_path, path)
     except OSError as err:
         if err.errno not in UNWRITABLE:
             raise
@@ -181,10 +186,12 @@ def scratch_folder(parent: str | Path, prefix: str) -> Iterator[Path]:
 
 
 def remove_stale_scratch(parent: str | Path, prefix: str) -> None:
-    """Remove `scratch_folder`s in `parent` whose process is gone (killed with SIGKILL, it removed nothing)."""
-    for path in Path(parent).glob(f"{prefix}*-*"):
-        pid = path.name[len(prefix):].split("-")[0]
-        if path.is_dir() and pid.isdigit() and not _alive(int(pid)):
+    """Remove `scratch_folder`s in `parent` whose process is gone (killed with SIGKILL, it removed nothing):
+    folders named exactly as `scratch_folder` names them, of a process id no process of this machine has."""
+    pattern = re.compile(rf"{re.escape(prefix)}(\d{{1,7}})-[0-9a-f]{{16}}")  # pids stay below 2**22
+    for path in Path(parent).glob(f"{prefix}*"):
+        found = pattern.fullmatch(path.name)
+        if found and path.is_dir() and not path.is_symlink() and not _alive(int(found.group(1))):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -200,26 +207,29 @@ def _alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def deferred_signals() -> Iterator[None]:
-    """Within the block, Ctrl-C and SIGTERM wait; the first one comes back when it ends. For a handful of
-    renames that must all happen (or none). Only from the main thread, and over Python-level handlers."""
+    """Within the block, Ctrl-C and SIGTERM wait, and come back when it ends (SIGTERM first, where both came).
+    For a handful of renames that must all happen, or none. Only from the main thread, and only for a signal
+    whose handler is Python's (one installed from C is left alone)."""
     import signal
     import threading
 
-    signals = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.getsignal(sig) for sig in signals}
-    if threading.current_thread() is not threading.main_thread() or None in previous.values():
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: handler for sig, handler in previous.items() if handler is not None}
     caught: list[int] = []
-    for sig in signals:
+    for sig in previous:
         signal.signal(sig, lambda signum, _frame: caught.append(signum))
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if caught:
-            signal.raise_signal(caught[0])
+        for sig in previous:  # SIGTERM before SIGINT: stopped from outside says more than Ctrl-C
+            if sig in caught:
+                signal.raise_signal(sig)
+                break
 
 
 def replace_together(moves: list[tuple[Path | None, Path]], aside: Path) -> None:
@@ -227,7 +237,8 @@ def replace_together(moves: list[tuple[Path | None, Path]], aside: Path) -> None
 
     The targets' old entries are first moved into the folder `aside` (on the same file system; the caller
     removes it and them), the last target first, and come back if a move fails. So a target listed last
-    (a dataset's meta.json) is the first to go and the last to come.
+    (a dataset's meta.json) is the first to go and the last to come. Where one cannot come back, `aside`
+    is kept beside its folder and the error names it.
     """
     aside.mkdir(exist_ok=True)
     moved_aside: list[tuple[Path, Path]] = []
@@ -243,13 +254,18 @@ def replace_together(moves: list[tuple[Path | None, Path]], aside: Path) -> None
                 if source is not None:
                     os.replace(source, target)
                     moved_in.append((source, target))
-        except OSError:
-            for source, target in reversed(moved_in):  # best effort: what cannot go back stays in `aside`
-                with contextlib.suppress(OSError):
-                    os.replace(target, source)
-            for old, target in reversed(moved_aside):
-                with contextlib.suppress(OSError):
-                    os.replace(old, target)
+        except BaseException:
+            stuck = False
+            for back, place in [*((s, t) for s, t in reversed(moved_in)), *((t, o) for o, t in reversed(moved_aside))]:
+                try:
+                    os.replace(place, back)
+                except OSError:
+                    stuck = True
+            if stuck:  # out of the folder its caller deletes, and said where
+                kept = aside.parent.parent / f".mde-kept-{secrets.token_hex(4)}"
+                os.replace(aside, kept)
+                raise InputError(f"a swap failed half-way and the old files could not all be put back; they are "
+                                 f"in {kept}", aside.parent.parent) from None
             raise
 
 

@@ -123,6 +123,7 @@ def _refuse(message: str, source: str | Path) -> NoReturn:
 
 HALF_STEP = 0.5 / 255  # floats this far outside [0, 1] (resampling overshoot) still round into 0..255
 _guessed: set[str] = set()  # array sources ("image", "image 3") already warned about the 8-bit guess
+_dark: set[str] = set()  # sources (files too: a dataset is read every epoch) warned about dark 16-bit values
 
 
 def _to_uint8(array: np.ndarray, source: str | Path, by_value: bool) -> np.ndarray:
@@ -159,12 +160,11 @@ def _to_uint8(array: np.ndarray, source: str | Path, by_value: bool) -> np.ndarr
             if not isinstance(source, Path):
                 _guessed.add(source)
             return array.astype(np.uint8)
-    if int(array.max()) < DARK_16BIT and (isinstance(source, Path) or source not in _guessed):
+    if int(array.max()) < DARK_16BIT and str(source) not in _dark:  # once per file or array source
         # the dtype is trusted, but a 10- or 12-bit camera frame in uint16 would come out all but black
         log.warning("%s: a 16-bit image whose values stay below %d (10- or 12-bit?) is read as 16-bit and "
                     "comes out dark; scale it to 16 bits (or to uint8) first", source, DARK_16BIT)
-        if not isinstance(source, Path):
-            _guessed.add(source)
+        _dark.add(str(source))
     log.info("%s: 16-bit image scaled to 8-bit", source)
     return (array.astype(np.uint16) >> 8).astype(np.uint8)
 
@@ -198,15 +198,16 @@ def read_rgb(path: str | Path, upright: bool = False) -> np.ndarray:
     img = opened = _open_checked(path)
     _load(img, path)  # first: what follows works on the decoded pixels
     try:
-        if upright and _orientation(img) != 1:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # it reads the EXIF again: "Corrupt EXIF data" once more
-                img = ImageOps.exif_transpose(img)
-        if img.mode not in ("RGB", "L", "LA", "RGBA", "I;16", "I;16B", "I;16L", "I", "F"):
-            img = img.convert("RGB")  # palette, CMYK, YCbCr, 1-bit ...
+        try:  # Pillow's calls only: what they raise on a damaged file is the file's fault
+            if upright and _orientation(img) != 1:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # it reads the EXIF again: "Corrupt EXIF data" once more
+                    img = ImageOps.exif_transpose(img)
+            if img.mode not in ("RGB", "L", "LA", "RGBA", "I;16", "I;16B", "I;16L", "I", "F"):
+                img = img.convert("RGB")  # palette, CMYK, YCbCr, 1-bit ...
+        except CORRUPT as err:
+            raise DataError(f"truncated, corrupt or unsupported image ({err})", path) from None
         array = np.asarray(img)
-    except CORRUPT as err:
-        raise DataError(f"truncated or corrupt image ({err})", path) from None
     finally:
         img.close()
         opened.close()

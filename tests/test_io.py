@@ -58,8 +58,10 @@ def test_a_scratch_folder_goes_even_when_a_stop_lands_right_after_it_is_made(tmp
     assert list(tmp_path.iterdir()) == []
 
 
-def test_replace_together_is_all_or_none(tmp_path, monkeypatch):
-    """A rename that fails half-way puts the old entries back, and the new ones back in their staging folder."""
+@pytest.mark.parametrize("stop", [OSError(28, "No space left on device"), KeyboardInterrupt()], ids=["full", "ctrl-c"])
+def test_replace_together_is_all_or_none(tmp_path, monkeypatch, stop):
+    """A rename that fails half-way (or a stop Python raises there) puts the old entries back, and the new ones
+    back in their staging folder."""
     from mde import io
 
     out, stage = tmp_path / "out", tmp_path / "stage"
@@ -74,11 +76,11 @@ def test_replace_together_is_all_or_none(tmp_path, monkeypatch):
 
     def fail_on_golden(src, dst):
         if Path(src) == stage / "golden.npz":
-            raise OSError(28, "No space left on device")
+            raise stop
         real_replace(src, dst)
 
     monkeypatch.setattr(io.os, "replace", fail_on_golden)
-    with pytest.raises(OSError):
+    with pytest.raises(type(stop)):
         io.replace_together(moves, stage / "old")
     assert {p.name: p.read_text() for p in out.iterdir()} == {n: f"old {n}" for n in ("a.onnx", "golden.npz",
                                                                                        "stale.onnx")}
@@ -102,6 +104,19 @@ def test_deferred_signals_hold_ctrl_c_until_the_block_ends():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers given back
 
 
+def test_deferred_signals_give_sigterm_back_before_ctrl_c(monkeypatch):
+    import signal
+
+    from mde.io import deferred_signals
+
+    given = []
+    monkeypatch.setattr(signal, "raise_signal", given.append)
+    with deferred_signals():
+        signal.getsignal(signal.SIGINT)(signal.SIGINT, None)  # as the interpreter calls a handler
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+    assert given == [signal.SIGTERM]
+
+
 def test_stale_scratch_folders_of_dead_processes_are_removed(tmp_path):
     import subprocess
     import sys
@@ -110,11 +125,12 @@ def test_stale_scratch_folders_of_dead_processes_are_removed(tmp_path):
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True).stdout.strip()
-    (tmp_path / f".synth-{dead}-0123abcd").mkdir()
-    (tmp_path / f".synth-{os.getpid()}-4567ef01").mkdir()  # a live process's: kept
-    (tmp_path / ".synth-notes").mkdir()  # not a scratch folder's name: kept
+    kept = [f".synth-{os.getpid()}-4567ef0123456789", ".synth-notes", ".synth-2020-backup",  # live; no scratch names
+            ".synth-99999999999999999999-0123456789abcdef"]  # no pid: os.kill would overflow
+    for name in [f".synth-{dead}-0123456789abcdef", *kept]:
+        (tmp_path / name).mkdir()
     remove_stale_scratch(tmp_path, ".synth-")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f".synth-{os.getpid()}-4567ef01", ".synth-notes"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
 
 
 def test_long_file_names_and_rename_refusing_targets_are_written(tmp_path, monkeypatch):
@@ -122,9 +138,9 @@ def test_long_file_names_and_rename_refusing_targets_are_written(tmp_path, monke
     onto it (EBUSY): the content is copied over it instead."""
     from mde import io
 
-    long = tmp_path / ("d" * 245 + ".json")
-    write_json_atomic(long, {"a": 1})
-    assert json.loads(long.read_text()) == {"a": 1}
+    for long in (tmp_path / ("d" * 245 + ".json"), tmp_path / ("é" * 120 + ".json")):  # 250 and 245 bytes
+        write_json_atomic(long, {"a": 1})
+        assert json.loads(long.read_text()) == {"a": 1}
     mounted = tmp_path / "res.json"
     mounted.write_text("old")
 

@@ -202,7 +202,7 @@ def test_a_stop_while_the_new_dataset_is_swapped_in_leaves_the_old_one_whole(tmp
         synthesize(out, train=2, val=2, size=32, seed=1, progress=False, force=True)
     monkeypatch.setattr(io.os, "replace", real_replace)
     assert sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file()) == before
-    (out / f".synth-{2**22 + 7}-00aa11bb" / "train").mkdir(parents=True)  # a SIGKILLed run's (no such pid)
+    (out / f".synth-{2**22 + 7}-00aa11bb00aa11bb" / "train").mkdir(parents=True)  # a SIGKILLed run's (no such pid)
     synthesize(out, train=2, val=1, size=32, seed=0, progress=False, force=True)
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train", "val"]
 

@@ -687,7 +687,10 @@ def test_a_run_killed_while_writing_its_first_checkpoint_starts_again_without_fo
 
 def test_force_belongs_to_the_command_that_types_it(cli, synth_data, tmp_path, monkeypatch):
     """A run started with --force, resumed into another folder, must not empty that folder unasked; a new run
-    with --force overwrites the old run whole (stopped early, never one run's best.pt beside another's)."""
+    with --force overwrites the old run whole (stopped early, never one run's best.pt beside another's), but
+    only once what it loads has loaded."""
+    import torchvision
+
     from mde.train import trainer
 
     first = tmp_path / "first"
@@ -704,6 +707,12 @@ def test_force_belongs_to_the_command_that_types_it(cli, synth_data, tmp_path, m
     def stopped(*_args):
         raise KeyboardInterrupt
 
+    partial = tmp_path / "partial.pth"  # refused once loaded: the old run must still be there
+    torch.save({k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("layer4")},
+               partial)
+    res = cli("train", "--data", synth_data, "--out", first, *TINY, "--epochs", "1", "--force",
+              "--backbone-weights", partial)
+    assert res.code == 2 and "incomplete resnet18 weights" in res.err and (first / "last.pt").is_file()
     monkeypatch.setattr(trainer, "train_one_epoch", stopped)
     res = cli("train", "--data", synth_data, "--out", first, *TINY, "--epochs", "1", "--force")
     assert res.code == 130

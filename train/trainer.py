@@ -180,6 +180,10 @@ def main(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dict[
     job = build_job(cfg, env, resume)
     state = restore(job, resume)
     cfg, out = job.cfg, job.out
+    if env.is_main and cfg.force and not (resume is not None and out.resolve() == Path(cfg.resume).resolve().parent):
+        # --force over another run, once data, model and checkpoint have loaded: all of it goes, so a stop
+        # before the first checkpoint never leaves one run's best.pt beside another's last.pt
+        report.remove_run_files(out)
     if env.is_main:
         info(f"training {job.args.backbone}/{job.args.decoder} {cfg.image_size}px on {env.device} "
              f"x{env.world_size}: {len(job.train_set)} train / {len(job.val_set)} val images, "
@@ -231,8 +235,6 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
         if out.is_dir():  # first: a run killed while writing its first checkpoint left only a temporary copy
             report.remove_partial_writes(out)
         prepare_output_dir(out, force=cfg.force or own_folder)
-        if cfg.force and not own_folder:  # overwrite means all of it: never one run's best.pt beside another's
-            report.remove_run_files(out)
         if cfg.max_depth and cfg.max_depth < data_range and resume is None:
             info(f"note: --max-depth {cfg.max_depth:g} m is below the dataset's {data_range:g} m: the model "
                  f"cannot predict beyond {cfg.max_depth:g} m")
