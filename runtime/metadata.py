@@ -110,7 +110,7 @@ class ModelMetadata:
         if missing:
             raise ModelError(f"no mde metadata ({', '.join(missing)} missing); export it with `mde export`", source)
         try:
-            values = {key: json.loads(value) for key, value in props.items() if key.startswith("mde.")}
+            values = {key: _json_value(key, value) for key, value in props.items() if key.startswith("mde.")}
             pre, out = values["mde.preprocess"], values["mde.output"]
             for what, given, implemented in (("preprocessing", pre, PREPROCESS), ("output", out, OUTPUT)):
                 unsupported = {k: given[k] for k, v in implemented.items() if k in given and given[k] != v}
@@ -122,8 +122,8 @@ class ModelMetadata:
             precision = values["mde.precision"]
             if precision not in PRECISIONS:
                 raise ValueError(f"unknown precision {precision!r}")
-            for key in ("mde.source", "mde.metrics"):
-                if not isinstance(values.get(key, {}), dict):
+            for key in ("mde.source", "mde.metrics", "mde.calibration"):  # calibration: INT8 only, may be null
+                if not isinstance(values.get(key, {}), dict) and not (key == "mde.calibration" and values[key] is None):
                     raise ValueError(f"{key} must be a JSON object, got {type(values[key]).__name__}")
             return cls(
                 input_size=_input_size(pre["input_size"]),
@@ -151,6 +151,14 @@ MM_PER_M = 1000.0  # the dataset format's 16-bit depth PNGs hold millimetres (`-
 DEPTH_SCALE_RANGE = (1e-3, 1e6)  # --depth-scale, PNG units per metre: beyond, float32 over/underflows
 PNG16_MAX = 65535  # the largest value (millimetres, in mde's depth PNGs) a 16-bit PNG holds
 MAX_INPUT_SIDE = 8192
+
+
+def _json_value(key: str, text: str) -> Any:
+    """One `mde.*` prop's JSON document; a ValueError naming the key where it is none."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{key} is not JSON: {err}") from None
 
 
 def _input_size(value: Any) -> tuple[int, int]:

@@ -78,8 +78,8 @@ def tolerances_from_dict(table: dict[str, Any], base: dict[str, Tolerance] | Non
     return result
 
 
-def load_tolerances(path: str | Path) -> dict[str, Tolerance]:
-    """Read a TOML file of overrides, e.g. `[int8]\\nssim_abs = 0.02`, over the default table."""
+def read_tolerance_table(path: str | Path) -> dict[str, Any]:
+    """A TOML file of overrides, e.g. `[int8]\\nssim_abs = 0.02`, as {precision: {field: value}}; checked."""
     path = Path(path)
     try:
         table = tomllib.loads(path.read_text())
@@ -87,7 +87,13 @@ def load_tolerances(path: str | Path) -> dict[str, Tolerance]:
         raise InputError(f"cannot read tolerances ({err.strerror or err})", path) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"not a valid TOML file ({err})", path) from None
-    return tolerances_from_dict(table, source=path)
+    tolerances_from_dict(table, source=path)  # refuses unknown names and bad values now, before any work
+    return table
+
+
+def load_tolerances(path: str | Path, base: dict[str, Tolerance] | None = None) -> dict[str, Tolerance]:
+    """A TOML file of overrides over `base` (default: the default table)."""
+    return tolerances_from_dict(read_tolerance_table(path), base, source=path)
 
 
 @dataclass

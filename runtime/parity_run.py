@@ -26,8 +26,8 @@ from mde.runtime.parity import (
     Tolerance,
     compare,
     gt_metrics,
-    load_tolerances,
     mismatch,
+    read_tolerance_table,
     region_means,
     tolerances_from_dict,
 )
@@ -128,7 +128,7 @@ def check_golden(
     golden: str | Path,
     artifact: str | Path,
     backend: str = "auto",
-    tolerances: dict[str, Tolerance] | None = None,
+    overrides: dict[str, Any] | None = None,
     providers: Sequence[str] | None = None,
     label: str | None = None,
 ) -> ArtifactResult:
@@ -142,7 +142,8 @@ def check_golden(
         golden: the export's golden.npz.
         artifact: an .onnx or .engine file.
         backend: runtime backend name, or "auto".
-        tolerances: overrides; default: the golden file's own table, else `DEFAULT_TOLERANCES`.
+        overrides: {precision: {field: value}} (`read_tolerance_table`) over the golden file's own table
+            (over `DEFAULT_TOLERANCES` where it has none).
         providers: ONNX Runtime providers (None: the best this machine can run).
         label: the artifact's name in the results (default: its file name).
     """
@@ -150,11 +151,10 @@ def check_golden(
 
     with GoldenRunner(golden) as reference, open_runner(artifact, backend, providers=providers) as runner:
         saved = reference.golden
-        if tolerances is None:
-            names = {f.name for f in fields(Tolerance)}
-            table = {p: {k: v for k, v in row.items() if k in names}
-                     for p, row in saved["tolerances"].items() if p in DEFAULT_TOLERANCES and isinstance(row, dict)}
-            tolerances = tolerances_from_dict(table, source=golden)
+        names = {f.name for f in fields(Tolerance)}
+        table = {p: {k: v for k, v in row.items() if k in names}
+                 for p, row in saved["tolerances"].items() if p in DEFAULT_TOLERANCES and isinstance(row, dict)}
+        tolerances = tolerances_from_dict(overrides or {}, base=tolerances_from_dict(table, source=golden))
         meta, label, backend_label = runner.metadata, label or Path(artifact).name, runner.label
         if meta is None:
             raise ModelError("artifact has no mde metadata", artifact)
@@ -239,15 +239,16 @@ def check_checkpoint(cfg: ParityConfig, tolerances: dict[str, Tolerance]
         header["regions"] = _region_figures(cfg, ref_metrics, gts, masks, max_depth)
     pngs = {}
     if cfg.report is not None:
+        paths = worst_png_paths(cfg.report, artifact_names)
         for (i, _), outputs in zip(runners, art_outs):
-            pngs[results[i].artifact] = _worst_png(cfg.report, dataset, results[i], ref_out, outputs, gts,
-                                                   max_depth)
+            pngs[results[i].artifact] = _worst_png(paths[results[i].artifact], dataset, results[i], ref_out, outputs,
+                                                   gts, max_depth)
     return [results[i] for i in range(len(cfg.artifacts))], header, pngs
 
 
-def _worst_png(report: Path, dataset: Any, result: ArtifactResult, reference: list[np.ndarray],
+def _worst_png(path: Path, dataset: Any, result: ArtifactResult, reference: list[np.ndarray],
                outputs: list[np.ndarray], gts: list[np.ndarray], max_depth: float) -> str:
-    """RGB | PyTorch | artifact of the artifact's worst image, beside the Markdown report; returns its name."""
+    """RGB | PyTorch | artifact of the artifact's worst image, written to `path`; returns its name."""
     from mde.runtime.parity_report import panel, write_png
     from mde.runtime.preprocess import postprocess
 
@@ -255,15 +256,29 @@ def _worst_png(report: Path, dataset: Any, result: ArtifactResult, reference: li
     shape = gts[k].shape
     image = panel(dataset[k].rgb, postprocess(reference[k], shape, max_depth),
                   postprocess(outputs[k], shape, max_depth), max_depth)
-    path = worst_png_path(report, result.artifact)
     write_png(path, image)
     return path.name
 
 
-def worst_png_path(report: Path, label: str) -> Path:
-    """Where the worst-image picture of the artifact labelled `label` goes: beside the Markdown report."""
-    stem = re.sub(r"[^\w.-]+", "_", label.rsplit(".", 1)[0]).strip("_.")  # a path label: one name
-    return Path(report).parent / f"{Path(report).stem}.{stem}.worst.png"
+def worst_png_paths(report: str | Path, labels: Sequence[str]) -> dict[str, Path]:
+    """Where each artifact's worst-image picture goes, beside the Markdown report, one file each: `model.onnx`
+    gives `REPORT.model.worst.png`; where two labels make one name (`model.onnx` and `model.engine`, or
+    `x y/m.onnx` and `x_y/m.onnx`) they keep their suffix, and then a number."""
+    def clean(text: str) -> str:
+        return re.sub(r"[^\w.-]+", "_", text).strip("_.")  # a path label: one file name
+
+    stems = [clean(label.rsplit(".", 1)[0]) for label in labels]
+    names = [stem if stems.count(stem) == 1 else clean(label) for stem, label in zip(stems, labels)]
+    paths: dict[str, Path] = {}
+    used: set[str] = set()
+    for label, name in zip(labels, names):
+        unique, n = name, 1
+        while unique in used:
+            n += 1
+            unique = f"{name}-{n}"
+        used.add(unique)
+        paths[label] = Path(report).parent / f"{Path(report).stem}.{unique}.worst.png"
+    return paths
 
 
 def _region_figures(cfg: ParityConfig, reference: list[dict[str, float]], gts: list, masks: list,
@@ -290,13 +305,16 @@ def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
 
     if (cfg.golden is None) == (cfg.checkpoint is None):
         raise InputError("parity needs either a checkpoint (with --data) or --golden FILE")
-    tolerances = load_tolerances(cfg.tolerances) if cfg.tolerances else None
+    overrides = read_tolerance_table(cfg.tolerances) if cfg.tolerances else None
     for artifact in cfg.artifacts:
         if not Path(artifact).is_file():
             raise ModelError("artifact not found", artifact)
         if Path(artifact).suffix.lower() == ".npz":  # golden outputs compared with themselves would always pass
             raise InputError("a golden.npz holds the reference, it is not an artifact to check; give it as "
                              "--golden FILE", artifact)
+    if cfg.checkpoint is not None and Path(cfg.checkpoint).resolve() in {Path(a).resolve() for a in cfg.artifacts}:
+        raise InputError("the checkpoint is the reference, not an artifact to check against it; give the models "
+                         "exported from it", cfg.checkpoint)
     resolved = [Path(a).resolve() for a in cfg.artifacts]
     twice = next((a for a, r in zip(cfg.artifacts, resolved) if resolved.count(r) > 1), None)
     if twice is not None:
@@ -306,17 +324,17 @@ def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
         if out is not None:
             check_output_file(out, option, inputs)
     if cfg.json_path and cfg.report:
-        pictures = [worst_png_path(cfg.report, label).resolve() for label in artifact_labels(cfg.artifacts)]
+        pictures = [p.resolve() for p in worst_png_paths(cfg.report, artifact_labels(cfg.artifacts)).values()]
         if Path(cfg.json_path).resolve() in (Path(cfg.report).resolve(), *pictures):
             raise InputError("--json names a file the report writes (the report, or an artifact's worst-image "
                              "picture); one would replace the other", cfg.json_path)
     pngs: dict[str, str] = {}
     if cfg.golden is not None:
-        results = [check_golden(cfg.golden, a, cfg.backend, tolerances, cfg.providers, label)
+        results = [check_golden(cfg.golden, a, cfg.backend, overrides, cfg.providers, label)
                    for a, label in zip(cfg.artifacts, artifact_labels(cfg.artifacts))]
         header: dict[str, Any] = {"mode": "golden", "golden": str(cfg.golden)}
     else:
-        results, header, pngs = check_checkpoint(cfg, tolerances or dict(DEFAULT_TOLERANCES))
+        results, header, pngs = check_checkpoint(cfg, tolerances_from_dict(overrides or {}))  # checked when read
     print_table(results, f"parity vs {'golden outputs' if cfg.golden else 'PyTorch'}")
     if header.get("regions"):
         print_regions(results, header["regions"])

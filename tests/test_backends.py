@@ -259,8 +259,10 @@ def test_read_sidecar_errors(tmp_path):
     (tmp_path / "model.engine.json").write_text(json.dumps({"tensorrt_version": "11.0"}))
     with pytest.raises(ModelError, match="lacks compute_capability, profile, metadata"):
         read_sidecar(engine)
-    good = {"tensorrt_version": "11.0", "compute_capability": "9.0", "profile": {"input": {}}, "metadata": {"a": 1}}
+    good = {"tensorrt_version": "11.0", "compute_capability": "9.0", "metadata": {"a": 1},
+            "profile": {"input": {"min": [1, 3, 64, 64], "opt": [1, 3, 64, 64], "max": [2, 3, 64, 64]}}}
     for key, value, match in [("metadata", "str", r"metadata \(str, expected dict\)"),
+                              ("profile", {"input": {}}, r"malformed profile of 'input'"),
                               ("compute_capability", None, r"compute_capability \(NoneType, expected str\)"),
                               ("profile", [], r"malformed profile \(list"),
                               ("tensorrt_version", "", r"malformed tensorrt_version \(empty\)")]:

@@ -263,3 +263,37 @@ def test_golden_mode_refuses_device_and_a_golden_artifact(cli, tiny_export):
     assert result.code == 2 and "--golden and --device are exclusive" in result.err
     result = cli("parity", "--golden", golden, golden)
     assert result.code == 2 and "it is not an artifact to check" in result.err
+
+
+def test_tolerance_overrides_apply_over_a_golden_files_own_table(cli, tiny_export, tmp_path):
+    """`--tolerances` naming one row changes that row; the golden file's other rows stay (they were reset to
+    the defaults, which turned a PASS by the file's own looser fp32 row into a FAIL)."""
+    with np.load(tiny_export / "golden.npz") as npz:
+        golden = {name: npz[name] for name in npz.files}
+    table = json.loads(str(golden["tolerances"]))
+    table["fp32"]["p99_over_range"] = 0.5  # this export's own, looser row
+    golden["tolerances"] = np.array(json.dumps(table))
+    golden["depth"] = golden["depth"] + np.float32(0.01 * json.loads(str(golden["meta"]))["max_depth"])
+    loose = tmp_path / "golden.npz"
+    np.savez(loose, **golden)
+    assert cli("parity", "--golden", loose, tiny_export / "model.onnx").code == 0
+    other_row = tmp_path / "t.toml"
+    other_row.write_text("[int8]\nssim_abs = 0.02\n")
+    result = cli("parity", "--golden", loose, tiny_export / "model.onnx", "--tolerances", other_row)
+    assert result.code == 0, result.err
+    tight = tmp_path / "tight.toml"
+    tight.write_text("[fp32]\np99_over_range = 0.001\n")
+    assert cli("parity", "--golden", loose, tiny_export / "model.onnx", "--tolerances", tight).code == 1
+
+
+def test_every_artifact_gets_its_own_worst_image_picture():
+    """`model.onnx` beside `model.engine` (the usual GPU pair), or two folders whose names clean to one,
+    made one picture that both report sections linked."""
+    from mde.runtime.parity_run import worst_png_paths
+
+    labels = ["model.onnx", "model.engine", "x y/m.onnx", "x_y/m.onnx", "model.int8.onnx"]
+    paths = worst_png_paths(Path("out/parity.md"), labels)
+    assert [p.name for p in paths.values()] == [
+        "parity.model.onnx.worst.png", "parity.model.engine.worst.png", "parity.x_y_m.onnx.worst.png",
+        "parity.x_y_m.onnx-2.worst.png", "parity.model.int8.worst.png"]
+    assert all(p.parent == Path("out") for p in paths.values())

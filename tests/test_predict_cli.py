@@ -379,6 +379,27 @@ def test_info_engine_from_sidecar(cli, tmp_path):
     assert "tensorrt" in info["machine"]
 
 
+def test_info_reads_a_hand_written_sidecar_and_refuses_a_malformed_one(cli, tmp_path):
+    """Plain JSON values (`"mde.precision": "fp16"`) as a person writes them are read; a profile that is not
+    min/opt/max shapes, and calibration metadata that is not an object, are one line (they were AttributeErrors)."""
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"engine bytes")
+    meta = {key: json.loads(value) for key, value in
+            ModelMetadata(input_size=(64, 64), max_depth=20.0, precision="fp16").to_props().items()}
+    sidecar = {"tensorrt_version": "11.4.0", "compute_capability": "9.0", "metadata": meta,
+               "profile": {"image": {"min": [1, 3, 64, 64], "opt": [1, 3, 64, 64], "max": [4, 3, 64, 64]}}}
+    (tmp_path / "model.engine.json").write_text(json.dumps(sidecar))
+    result = cli("info", engine, "--json")
+    assert result.code == 0 and json.loads(result.out)["precision"] == "fp16", result.err
+    for profile, metadata in (({"image": [1, 3, 64, 64]}, meta), ({"image": {"min": None}}, meta),
+                              (sidecar["profile"], {**meta, "mde.calibration": [1, 2]})):
+        (tmp_path / "model.engine.json").write_text(json.dumps({**sidecar, "profile": profile, "metadata": metadata}))
+        result = cli("info", engine)
+        assert result.code == 2 and len(result.err.strip().splitlines()) == 1, result.err
+        assert result.err.startswith(f"mde: error: {tmp_path / 'model.engine.json'}: ")
+        assert ("profile of 'image'" in result.err) != ("mde.calibration must be a JSON object" in result.err)
+
+
 @pytest.mark.parametrize("name, content, match", [("x.onnx", None, "not found"), ("x.txt", b"abc", "expected an .onnx")])
 def test_info_bad_file_exit_2(cli, tmp_path, name, content, match):
     path = tmp_path / name

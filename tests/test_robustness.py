@@ -317,6 +317,8 @@ CASES = [
     ("parity-json-into-data", "parity {ckpt} {onnx} --data {data} --json {data}/meta.json", "inside the input folder"),
     ("parity-json-is-report", "parity {ckpt} {onnx} --data {data} --json {out}.txt --report {out}.txt",
      "out.txt: --json names a file the report writes"),
+    ("parity-checkpoint-as-artifact", "parity {ckpt} {ckpt} --data {data}",
+     "tiny-report.pt: the checkpoint is the reference, not an artifact to check against it"),
     ("parity-json-is-worst-png", "parity {ckpt} {onnx} --data {data} --json {out}.model.worst.png --report {out}.md",
      "out.model.worst.png: --json names a file the report writes (the report, or an artifact's worst-image"),
     ("parity-report-is-folder", "parity {ckpt} {onnx} --data {data} --report {bad:dir}", "a-folder"),

@@ -46,15 +46,37 @@ def read_sidecar(engine: str | Path) -> dict[str, Any]:
     wrong = [f"{key} ({type(sidecar[key]).__name__}, expected {kind.__name__})" for key, kind in expected.items()
              if not isinstance(sidecar[key], kind)]
     wrong += [f"{key} (empty)" for key in ("tensorrt_version", "compute_capability") if sidecar[key] == ""]
+    wrong += [f"profile of {name!r} (expected {{\"min\", \"opt\", \"max\"}} lists of whole numbers)"
+              for name, shapes in (sidecar["profile"] if isinstance(sidecar["profile"], dict) else {}).items()
+              if not _profile_entry(shapes)]
     if wrong:
         raise ModelError(f"engine sidecar has a malformed {', '.join(wrong)}", path)
     return sidecar
 
 
+def _profile_entry(shapes: Any) -> bool:
+    """Whether a sidecar profile entry is {"min", "opt", "max"}: shapes of equal length, whole numbers >= 0."""
+    if not isinstance(shapes, dict) or not all(isinstance(shapes.get(k), list) for k in ("min", "opt", "max")):
+        return False
+    dims = [shapes[k] for k in ("min", "opt", "max")]
+    return len({len(d) for d in dims}) == 1 and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for d in dims for v in d)
+
+
 def sidecar_metadata(sidecar: dict[str, Any], source: str | Path) -> ModelMetadata:
     """The `mde.*` metadata stored in a sidecar (same JSON strings as the ONNX props)."""
-    props = {k: v if isinstance(v, str) else json.dumps(v) for k, v in sidecar["metadata"].items()}
+    props = {k: v if isinstance(v, str) and _is_json(v) else json.dumps(v) for k, v in sidecar["metadata"].items()}
     return ModelMetadata.from_props(props, source)
+
+
+def _is_json(text: str) -> bool:
+    """Whether `text` is a JSON document (as `mde export` writes each value) rather than a plain string
+    (`"fp16"`, as a hand-written sidecar may give it)."""
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def version_numbers(version: str) -> tuple[int, ...]:
