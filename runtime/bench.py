@@ -10,6 +10,7 @@ from typing import Any
 
 from mde.errors import InputError
 from mde.runtime.metadata import MAX_INPUT_SIDE
+from mde.runtime.parity_run import artifact_labels
 
 MAX_BATCH_BYTES = 4 << 30  # one benchmark batch's float32 input: more is a typo, not a robot's workload
 
@@ -151,6 +152,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         raise InputError(f"--threads must be at most {max_threads()} (4 per CPU here), got {cfg.threads}")
     parse_size(cfg.image_size, (0, 0))  # a bad --image-size fails before any model loads
     results = [bench_artifact(Path(p), cfg) for p in cfg.artifacts]
+    for row, label in zip(results, artifact_labels(cfg.artifacts)):  # two model.onnx rows name their folders
+        row["name"] = label
     if cfg.torch_checkpoint is not None:  # PyTorch eager through the torch runner, same pipeline
         results.append(bench_artifact(Path(cfg.torch_checkpoint), replace(cfg, backend="torch")))
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}

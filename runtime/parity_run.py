@@ -197,6 +197,9 @@ def check_checkpoint(cfg: ParityConfig, tolerances: dict[str, Tolerance]
     gts: list[np.ndarray] = []
     masks: list[np.ndarray | None] = []
     with contextlib.ExitStack() as stack:
+        if Path(cfg.checkpoint).suffix.lower() in (".onnx", ".engine"):  # the first path is the reference
+            raise InputError("the first path is the PyTorch checkpoint (.pt) the artifacts were exported from; "
+                             "this is an artifact", cfg.checkpoint)
         reference = stack.enter_context(open_runner(cfg.checkpoint, "torch", device=cfg.device))
         size, max_depth = tuple(reference.metadata.input_size), reference.metadata.max_depth
         data_range = dataset_max_depth(cfg.data, max_depth)

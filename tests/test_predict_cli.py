@@ -311,6 +311,16 @@ def test_bench_json(cli, onnx_path, tiny_export, tiny_checkpoint):
     # progress on stderr (plain lines here: not a terminal), one task per model; stdout stays JSON
     for name in ("model.onnx", "model.fp16.onnx", tiny_checkpoint.name):
         assert f"{name}: 1 warm-up + 3 timed runs" in result.err, result.err
+    assert [r["name"] for r in rows] == ["model.onnx", "model.fp16.onnx", tiny_checkpoint.name]
+
+
+def test_bench_names_two_models_of_one_file_name_by_their_paths(cli, onnx_path, tmp_path):
+    other = tmp_path / "copy" / "model.onnx"
+    other.parent.mkdir()
+    other.write_bytes(onnx_path.read_bytes())
+    result = cli("bench", onnx_path, other, "--iterations", "1", "--warmup", "0", "--threads", "1", "--json")
+    assert result.code == 0, result.err
+    assert [r["name"] for r in json.loads(result.out)["results"]] == [str(onnx_path), str(other)]
 
 
 def test_bench_table_and_errors(cli, onnx_path):

@@ -167,6 +167,8 @@ def bad(tmp_path_factory, synth_data, tiny_checkpoint, tiny_export) -> dict[str,
         golden = {name: npz[name] for name in npz.files}
     np.savez(root / "golden-bad-json.npz", **{**golden, "tolerances": np.array("{bad")})
     files["golden_bad_json"] = root / "golden-bad-json.npz"
+    np.savez(root / "golden-empty.npz", **{**golden, "image": golden["image"][:0], "depth": golden["depth"][:0]})
+    files["golden_empty"] = root / "golden-empty.npz"
     golden["depth"] = np.full_like(golden["depth"], np.nan)
     np.savez(root / "golden-nan.npz", **golden)
     files["golden_nan"] = root / "golden-nan.npz"
@@ -317,6 +319,10 @@ CASES = [
     ("parity-json-into-data", "parity {ckpt} {onnx} --data {data} --json {data}/meta.json", "inside the input folder"),
     ("parity-json-is-report", "parity {ckpt} {onnx} --data {data} --json {out}.txt --report {out}.txt",
      "out.txt: --json names a file the report writes"),
+    ("parity-golden-empty", "parity --golden {bad:golden_empty} {onnx}",
+     "golden-empty.npz: golden arrays must be N x 3 x H x W and N x 1 x H x W, N >= 1"),
+    ("parity-artifact-as-checkpoint", "parity {onnx} {onnx_fp16} --data {data}",
+     "model.onnx: the first path is the PyTorch checkpoint (.pt) the artifacts were exported from"),
     ("parity-checkpoint-as-artifact", "parity {ckpt} {ckpt} --data {data}",
      "tiny-report.pt: the checkpoint is the reference, not an artifact to check against it"),
     ("parity-json-is-worst-png", "parity {ckpt} {onnx} --data {data} --json {out}.model.worst.png --report {out}.md",
@@ -396,7 +402,7 @@ def test_bad_input_is_one_line_exit_2(case, template, names, bad, cli, tmp_path,
     monkeypatch.setenv("MDE_PWNED", str(pwned))
     out = tmp_path / "out"
     good = {"ckpt": tiny_checkpoint, "onnx": tiny_export / "model.onnx", "data": synth_data,
-            "onnx_golden": tiny_export / "golden.npz"}
+            "onnx_golden": tiny_export / "golden.npz", "onnx_fp16": tiny_export / "model.fp16.onnx"}
     result = cli(*_argv(template, bad, out, good))
 
     assert result.code == 2, f"{case}: exit {result.code}\nstderr: {result.err}\nstdout: {result.out}"

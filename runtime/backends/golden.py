@@ -33,9 +33,9 @@ def read_golden(path: str | Path) -> dict[str, Any]:
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:  # truncated, not npz
         raise InputError(f"not a golden.npz with 'image' and 'depth' arrays ({type(err).__name__}: {err})",
                          path) from None
-    if images.ndim != 4 or depth.ndim != 4 or len(images) != len(depth):
-        raise InputError(f"golden arrays must be N x 3 x H x W and N x 1 x H x W, got {images.shape}, {depth.shape}",
-                         path)
+    if images.ndim != 4 or depth.ndim != 4 or len(images) != len(depth) or not len(images):
+        raise InputError(f"golden arrays must be N x 3 x H x W and N x 1 x H x W, N >= 1, got {images.shape}, "
+                         f"{depth.shape}", path)
     if not (np.isfinite(images).all() and np.isfinite(depth).all()):
         raise InputError("golden arrays hold NaN or infinite values (a damaged file: export it again)", path)
     golden["image"], golden["depth"] = images, depth
