@@ -687,8 +687,8 @@ def test_a_run_killed_while_writing_its_first_checkpoint_starts_again_without_fo
 
 def test_force_belongs_to_the_command_that_types_it(cli, synth_data, tmp_path, monkeypatch):
     """A run started with --force, resumed into another folder, must not empty that folder unasked; a new run
-    with --force overwrites the old run whole (stopped early, never one run's best.pt beside another's), but
-    only once what it loads has loaded."""
+    with --force replaces the old run whole with its first write (stopped after it, never one run's best.pt
+    beside another's; failing before it, the old run stays)."""
     import torchvision
 
     from mde.train import trainer
@@ -704,7 +704,10 @@ def test_force_belongs_to_the_command_that_types_it(cli, synth_data, tmp_path, m
     assert (victim / "best.pt").read_bytes() == b"another run's"
     (first / "notes.txt").write_text("mine")
 
-    def stopped(*_args):
+    saved = trainer.save_checkpoint
+
+    def stopped_after_the_first_save(job, state, path, training_state=True):
+        saved(job, state, path, training_state)
         raise KeyboardInterrupt
 
     partial = tmp_path / "partial.pth"  # refused once loaded: the old run must still be there
@@ -713,10 +716,13 @@ def test_force_belongs_to_the_command_that_types_it(cli, synth_data, tmp_path, m
     res = cli("train", "--data", synth_data, "--out", first, *TINY, "--epochs", "1", "--force",
               "--backbone-weights", partial)
     assert res.code == 2 and "incomplete resnet18 weights" in res.err and (first / "last.pt").is_file()
-    monkeypatch.setattr(trainer, "train_one_epoch", stopped)
-    res = cli("train", "--data", synth_data, "--out", first, *TINY, "--epochs", "1", "--force")
+    monkeypatch.setattr(trainer, "save_checkpoint", stopped_after_the_first_save)
+    res = cli("train", "--data", synth_data, "--out", first, *TINY, "--epochs", "1", "--force",
+              "--checkpoint-every", "1")
     assert res.code == 130
-    assert sorted(p.name for p in first.iterdir()) == ["notes.txt"]  # the old run's files went, not the user's
+    # the old run's files went with the new run's first write, not the user's
+    assert sorted(p.name for p in first.iterdir()) == ["config.json", "last.pt", "notes.txt"]
+    assert torch.load(first / "last.pt", weights_only=True)["epoch_step"] == 1
 
 
 def test_a_checkpoint_carries_only_its_own_validation(tmp_path, synth_data, monkeypatch):
@@ -963,8 +969,9 @@ def test_a_diverged_run_stops_with_one_line_and_saves_no_nan_weights(cli, synth_
     result = cli("train", "--data", synth_data, "--out", run, *TINY, "--epochs", "2",
                  "--lr-max", "1e12", "--lr-min", "1e11", "--json")
     assert result.code == 1 and not result.out, result.out
-    assert result.err.strip().splitlines()[-1] == (f"mde: error: {run}: training diverged: the loss became NaN or "
-                                                   "infinite in epoch 1; lower --lr-max (1e+12) and start again")
+    assert result.err.strip().splitlines()[-1] == (
+        f"mde: error: {run}: training diverged: the loss or the weights became NaN or infinite in epoch 1; start "
+        "again with a lower --lr-max than 1e+12 (--force to reuse this folder)")
     assert not (run / "last.pt").exists() and not (run / "best.pt").exists()
 
 

@@ -145,6 +145,7 @@ class Job:
     val_set: Any
     pairs: DepthPairs
     data_range: float
+    replaces_a_run: bool = False  # --force over another run's folder: its files go with this run's first write
 
 
 @dataclass
@@ -180,10 +181,6 @@ def main(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dict[
     job = build_job(cfg, env, resume)
     state = restore(job, resume)
     cfg, out = job.cfg, job.out
-    if env.is_main and cfg.force and not (resume is not None and out.resolve() == Path(cfg.resume).resolve().parent):
-        # --force over another run, once data, model and checkpoint have loaded: all of it goes, so a stop
-        # before the first checkpoint never leaves one run's best.pt beside another's last.pt
-        report.remove_run_files(out)
     if env.is_main:
         info(f"training {job.args.backbone}/{job.args.decoder} {cfg.image_size}px on {env.device} "
              f"x{env.world_size}: {len(job.train_set)} train / {len(job.val_set)} val images, "
@@ -230,8 +227,8 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
     steps_per_epoch = len(train_set) // env.world_size // cfg.batch_size
     if resume is not None:
         check_resume(cfg, resume, steps_per_epoch)
+    own_folder = resume is not None and out.resolve() == Path(cfg.resume).resolve().parent
     if env.is_main:  # a resume writes over its own run folder; any other must be empty (or --force)
-        own_folder = resume is not None and out.resolve() == Path(cfg.resume).resolve().parent
         if out.is_dir():  # first: a run killed while writing its first checkpoint left only a temporary copy
             report.remove_partial_writes(out)
         prepare_output_dir(out, force=cfg.force or own_folder)
@@ -271,7 +268,7 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
         amp_dtype=amp_dtype, train_set=train_set, val_set=val_set,
         pairs=DepthPairs(train_set, cfg.image_size, cfg.augment, cfg.seed, scale_crop=cfg.scale_crop,
                          color_jitter=cfg.color_jitter, object_weight=cfg.object_weight),
-        data_range=data_range,
+        data_range=data_range, replaces_a_run=env.is_main and cfg.force and not own_folder,
     )
 
 
@@ -304,7 +301,14 @@ def restore(job: Job, resume: dict[str, Any] | None) -> TrainState:
 
 
 def save_checkpoint(job: Job, state: TrainState, path: Path, training_state: bool = True) -> None:
-    """Save the model and its arguments; with `training_state` (last.pt) also what `--resume` needs."""
+    """Save the model and its arguments; with `training_state` (last.pt) also what `--resume` needs.
+
+    The first save of a run given `--force` over another run's folder removes that run's files first: a run
+    that fails before it leaves the old run whole, one stopped after it never leaves a mix of the two.
+    """
+    if job.replaces_a_run:
+        report.remove_run_files(job.out)
+        job.replaces_a_run = False
     own = state.epoch_step == 0 and state.records and state.records[-1]["epoch"] == state.epoch
     checkpoint = {"model_args": vars(job.args), "model": job.model.state_dict(), "config": job.cfg.to_dict(),
                   "epoch": state.epoch, "epoch_step": state.epoch_step, "step": state.step,
