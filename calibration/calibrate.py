@@ -105,7 +105,7 @@ def load_source(path: Path) -> tuple[Any, ModelMetadata]:
 
     path = require_file(path, "ONNX model")
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), format="protobuf")  # by its suffix, .json or .onnxtxt would be parsed as text
     except onnx.checker.ValidationError as err:  # external data missing or outside the model's folder
         raise ModelError(f"cannot load ONNX model ({str(err).strip().splitlines()[0][:300]})", path) from None
     except (DecodeError, ValueError, OSError, RuntimeError) as err:
@@ -194,6 +194,7 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
     source, meta = load_source(cfg.model)
     dataset, hold_idx, calib_idx = open_train_split(cfg)
     size = tuple(meta.input_size)
+    holdout = [dataset[i] for i in hold_idx]  # first: a bad file among them is found before the calibration pass
     with tempfile.TemporaryDirectory(prefix="mde-calibrate-") as tmp, _progress(cfg.progress) as progress:
         pre_path = Path(tmp) / "pre.onnx"
         qz.pre_process(cfg.model, pre_path)
@@ -202,7 +203,6 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
             pre = rewrite_conv_transpose(pre)
             onnx.save(pre, str(pre_path))
         ranges, reused = _ranges(cfg, pre_path, dataset, calib_idx, size, progress)
-        holdout = [dataset[i] for i in hold_idx]
         inputs = np.concatenate([preprocess(s.rgb, size) for s in holdout])
         evaluator = fallback.Evaluator(source.SerializeToString(), inputs, [s.depth for s in holdout],
                                        meta.max_depth, data_range=dataset_max_depth(cfg.data, meta.max_depth))

@@ -218,6 +218,7 @@ def _no_metadata(src, dst):
     ("zero_holdout", "--holdout-images must be >= 1, got 0"),
     ("negative_seed", "--seed must be in 0..4294967295, got -1"),
     ("ranges_is_folder", "out.int8.ranges.json: the output is a folder; expected a file name"),
+    ("json_model", "meta.json: not an ONNX model"),  # onnx.load parsed a .json as text: internal error
 ])
 def test_bad_inputs_exit_2(cli, case, match, tiny_export, tiny_int8, synth_data, tmp_path):
     model, extra = tiny_export / "model.onnx", []
@@ -243,13 +244,35 @@ def test_bad_inputs_exit_2(cli, case, match, tiny_export, tiny_int8, synth_data,
         extra = ["--seed", "-1"]
     elif case == "ranges_is_folder":  # found before calibrating, not by the last write
         (tmp_path / "out.int8.ranges.json").mkdir()
+    elif case == "json_model":
+        model = synth_data / "meta.json"
     out = tmp_path / "out.int8.onnx"
     result = cli("calibrate", model, "--data", synth_data, "--out", out, *extra)
     assert result.code == 2
     assert match in result.err and result.err.startswith("mde: error:")
     assert len(result.err.strip().splitlines()) == 1
     assert "--max-float-nodes" not in result.err  # only the bad option is named
-    assert not out.exists()
+    assert not out.exists() and not (tmp_path / "out.int8.ranges.json").is_file()
+
+
+def test_a_bad_held_out_file_is_found_before_the_calibration_pass(cli, tiny_export, synth_data, tmp_path):
+    """The held-out images were read after the ranges were collected and saved: a bad one left OUT.ranges.json
+    without OUT.onnx (with --force, beside the old model it did not belong to)."""
+    from mde.calibration.calibrate import open_train_split
+    from mde.calibration.config import CalibrationConfig
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    model, out = tiny_export / "model.onnx", tmp_path / "out.int8.onnx"
+    dataset, holdout, calib = open_train_split(CalibrationConfig(model=model, data=data, out=out, allow_few=True),
+                                               notice=False)
+    held = dataset.names[holdout[0]]
+    assert holdout[0] not in calib  # not read by the calibration pass
+    (data / "train" / "depth" / f"{held}.png").write_text("not a picture")
+    result = cli("calibrate", model, "--data", data, "--out", out, "--allow-few")
+    assert result.code == 2 and result.err.strip().splitlines()[-1].endswith(f"{held}.png: not a readable image "
+                                                                             "(unknown or corrupt format)")
+    assert not out.exists() and not (tmp_path / "out.int8.ranges.json").exists()
 
 
 def test_tensorrt_int8_has_only_int8_dequantize_inputs_and_zero_points(tiny_int8):
@@ -405,7 +428,7 @@ def test_calibrate_measures_the_drop_at_the_datasets_range(tiny_export, synth_da
 
 
 @pytest.mark.parametrize("report, message", [
-    ({"quantized_nodes": 0, "target_met": True}, "no layer is left in INT8"),
+    ({"quantized_nodes": 0, "target_met": True}, "every weighted layer (convolution, matrix product) was kept float"),
     ({"quantized_nodes": 5, "target_met": False}, "SSIM drop 0.0123 is above the target 0.01 with 2 layer(s) kept float"),
 ])
 def test_a_calibration_that_misses_its_purpose_is_a_failed_check(report, message):
