@@ -96,8 +96,6 @@ def open_splits(cfg: TrainConfig, env: DistEnv):
     return train_set, val_set, float(dataset_max_depth(cfg.data, cfg.max_depth or None))
 
 
-
-
 def resolve_config(cfg: TrainConfig, given: Collection[str] = ()) -> tuple[TrainConfig, dict[str, Any] | None]:
     """The effective config (the checkpoint's when resuming) and the resume checkpoint, if any.
 
