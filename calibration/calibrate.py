@@ -104,8 +104,10 @@ def load_source(path: Path) -> tuple[Any, ModelMetadata]:
     from mde.calibration.quantize import is_quantized
 
     path = require_file(path, "ONNX model")
+    if path.suffix.lower() != ".onnx":  # onnx and its quantizer choose a text format by the suffix (.json, .onnxtxt)
+        raise ModelError(f"expected an .onnx model, got {path.suffix or 'no suffix'}", path)
     try:
-        model = onnx.load(str(path), format="protobuf")  # by its suffix, .json or .onnxtxt would be parsed as text
+        model = onnx.load(str(path))
     except onnx.checker.ValidationError as err:  # external data missing or outside the model's folder
         raise ModelError(f"cannot load ONNX model ({str(err).strip().splitlines()[0][:300]})", path) from None
     except (DecodeError, ValueError, OSError, RuntimeError) as err:

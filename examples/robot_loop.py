@@ -25,7 +25,7 @@ from mde.runtime.images import list_images
 def frames(folder: Path) -> Iterator[tuple[str, np.ndarray]]:
     """Stand-in for a camera: the images of a folder, in name order."""
     for path in list_images(folder):
-        yield path.name, read_rgb(path)
+        yield path.name, read_rgb(path, upright=True)  # as a viewer shows it (a phone's EXIF-turned JPEG)
 
 
 def field_of_view(text: str) -> float:
@@ -46,26 +46,35 @@ def main() -> None:
         parser.error(f"{opts.frames}: not a folder of images")
     if not list_images(opts.frames):
         parser.error(f"{opts.frames}: folder has no images")
+    latencies: list[float] = []
     try:
-        run(opts.model, opts.frames, opts.fov, opts.backend)
+        run(opts.model, opts.frames, opts.fov, opts.backend, latencies)
     except MdeError as err:  # a bad model or image: one line and its exit code, as the mde commands do
         print(f"robot_loop: error: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
+    except KeyboardInterrupt:  # how a camera loop ends: the figures so far, then 130 as a shell expects
+        summary(latencies)
+        print("robot_loop: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    summary(latencies)
 
 
-def run(model: Path, folder: Path, fov: float, backend: str) -> None:
-    estimator = DepthEstimator.open(model, backend=backend)
-    print(f"{model.name}: backend {estimator.backend}, precision {estimator.metadata.precision}")
-    latencies = []
-    for name, rgb in frames(folder):
-        h, w = rgb.shape[:2]
-        fx = fy = 0.5 * w / math.tan(math.radians(fov) / 2)        # pinhole intrinsics
-        start = time.perf_counter()
-        depth = estimator.predict(rgb)                            # H x W metres
-        points = estimator.to_points(depth, fx, fy, (w - 1) / 2, (h - 1) / 2)
-        latencies.append((time.perf_counter() - start) * 1e3)
-        nearest = float(np.min(points[:, 2])) if len(points) else float("nan")
-        print(f"{name}: {latencies[-1]:6.1f} ms  {len(points)} points  nearest {nearest:.2f} m")
+def run(model: Path, folder: Path, fov: float, backend: str, latencies: list[float]) -> None:
+    """Predict every frame and back-project it; each frame's milliseconds are appended to `latencies`."""
+    with DepthEstimator.open(model, backend=backend) as estimator:
+        print(f"{model.name}: backend {estimator.backend}, precision {estimator.metadata.precision}")
+        for name, rgb in frames(folder):
+            h, w = rgb.shape[:2]
+            fx = fy = 0.5 * w / math.tan(math.radians(fov) / 2)        # pinhole intrinsics
+            start = time.perf_counter()
+            depth = estimator.predict(rgb)                            # H x W metres
+            points = estimator.to_points(depth, fx, fy, (w - 1) / 2, (h - 1) / 2)
+            latencies.append((time.perf_counter() - start) * 1e3)
+            nearest = float(np.min(points[:, 2])) if len(points) else float("nan")
+            print(f"{name}: {latencies[-1]:6.1f} ms  {len(points)} points  nearest {nearest:.2f} m")
+
+
+def summary(latencies: list[float]) -> None:
     if latencies:
         print(f"{len(latencies)} frames: median {np.median(latencies):.1f} ms, "
               f"p90 {np.percentile(latencies, 90):.1f} ms")

@@ -326,8 +326,9 @@ def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
     for option, out in (("--json", cfg.json_path), ("--report", cfg.report)):
         if out is not None:
             check_output_file(out, option, inputs)
-    if cfg.json_path and cfg.report:
-        pictures = [p.resolve() for p in worst_png_paths(cfg.report, artifact_labels(cfg.artifacts)).values()]
+    if cfg.json_path and cfg.report:  # pictures are drawn against a checkpoint only
+        pictures = [] if cfg.golden else [
+            p.resolve() for p in worst_png_paths(cfg.report, artifact_labels(cfg.artifacts)).values()]
         if Path(cfg.json_path).resolve() in (Path(cfg.report).resolve(), *pictures):
             raise InputError("--json names a file the report writes (the report, or an artifact's worst-image "
                              "picture); one would replace the other", cfg.json_path)

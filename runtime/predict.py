@@ -82,7 +82,7 @@ def write_depth(depth, path: Path, fmt: str, max_depth: float) -> None:
             with open(tmp, "wb") as fh:
                 np.save(fh, depth.astype(np.float32), allow_pickle=False)
         elif fmt == "png16":
-            mm = np.where(np.isfinite(depth) & (depth > 0), depth * MM_PER_M, 0.0)
+            mm = np.where(np.isfinite(depth) & (depth > 0), depth.astype(np.float64) * MM_PER_M, 0.0)  # exact
             Image.fromarray(np.clip(np.rint(mm), 0, PNG16_MAX).astype(np.uint16)).save(tmp, format="PNG")
         else:
             Image.fromarray(colorize(depth, max_depth)).save(tmp, format="PNG")

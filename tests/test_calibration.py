@@ -218,7 +218,7 @@ def _no_metadata(src, dst):
     ("zero_holdout", "--holdout-images must be >= 1, got 0"),
     ("negative_seed", "--seed must be in 0..4294967295, got -1"),
     ("ranges_is_folder", "out.int8.ranges.json: the output is a folder; expected a file name"),
-    ("json_model", "meta.json: not an ONNX model"),  # onnx.load parsed a .json as text: internal error
+    ("json_model", "meta.json: expected an .onnx model, got .json"),  # onnx.load parsed it as text: internal error
 ])
 def test_bad_inputs_exit_2(cli, case, match, tiny_export, tiny_int8, synth_data, tmp_path):
     model, extra = tiny_export / "model.onnx", []

@@ -38,3 +38,25 @@ def test_robot_loop_bad_arguments_are_one_line_exit_2(tiny_export, synth_data, t
     for argv, says in cases:
         proc = subprocess.run([sys.executable, str(EXAMPLE), *argv], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, (argv, proc.stderr)
+
+
+def test_robot_loop_stops_on_ctrl_c_with_its_figures_and_exit_130(tiny_export, synth_data, tmp_path):
+    """A camera loop ends with Ctrl-C: the figures so far and one line, not onnxruntime's traceback."""
+    import signal
+    import time
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    first = sorted((synth_data / "val" / "rgb").iterdir())[0]
+    for i in range(5000):  # an endless camera, for this test's purpose
+        (frames / f"{i:05d}.png").symlink_to(first)
+    proc = subprocess.Popen([sys.executable, str(EXAMPLE), str(tiny_export / "model.onnx"), str(frames)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    deadline = time.monotonic() + 120
+    while len(lines) < 3 and time.monotonic() < deadline:  # the model line and two frames
+        lines.append(proc.stdout.readline())
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip() == "robot_loop: interrupted", err
+    assert out.splitlines()[-1].split(" frames: median ")[0].isdigit()

@@ -65,7 +65,16 @@ def test_png16_is_millimetres_of_npy(cli, onnx_path, images, tmp_path):
     assert cli("predict", onnx_path, images / "a.png", "--out", tmp_path / "p", "--format", "png16").code == 0
     metres = np.load(tmp_path / "n" / "a.npy")
     mm = np.asarray(Image.open(tmp_path / "p" / "a.png")).astype(np.float64)
-    np.testing.assert_allclose(mm, np.rint(metres * 1000.0), atol=0)
+    np.testing.assert_allclose(mm, np.rint(metres.astype(np.float64) * 1000.0), atol=0)
+
+
+def test_png16_rounds_to_the_nearest_millimetre(tmp_path):
+    """In float32, 6.0805 m (6080.50012 mm) became 6080 mm: the product is taken in float64."""
+    from mde.runtime.predict import write_depth
+
+    depth = np.array([[6.0805, 19.7905, 0.0004, np.nan]], np.float32)
+    write_depth(depth, tmp_path / "d.png", "png16", 20.0)
+    assert np.asarray(Image.open(tmp_path / "d.png")).tolist() == [[6081, 19791, 0, 0]]
 
 
 def test_predict_folder_plus_glob(cli, onnx_path, images, tmp_path):
@@ -395,12 +404,13 @@ def test_info_reads_a_hand_written_sidecar_and_refuses_a_malformed_one(cli, tmp_
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"engine bytes")
     meta = {key: json.loads(value) for key, value in
-            ModelMetadata(input_size=(64, 64), max_depth=20.0, precision="fp16").to_props().items()}
+            ModelMetadata(input_size=(64, 64), max_depth=20.0, precision="fp16", version="1.10").to_props().items()}
     sidecar = {"tensorrt_version": "11.4.0", "compute_capability": "9.0", "metadata": meta,
                "profile": {"image": {"min": [1, 3, 64, 64], "opt": [1, 3, 64, 64], "max": [4, 3, 64, 64]}}}
     (tmp_path / "model.engine.json").write_text(json.dumps(sidecar))
     result = cli("info", engine, "--json")
     assert result.code == 0 and json.loads(result.out)["precision"] == "fp16", result.err
+    assert json.loads(result.out)["metadata"]["version"] == "1.10"  # a plain string that JSON would read as 1.1
     for profile, metadata in (({"image": [1, 3, 64, 64]}, meta), ({"image": {"min": None}}, meta),
                               (sidecar["profile"], {**meta, "mde.calibration": [1, 2]})):
         (tmp_path / "model.engine.json").write_text(json.dumps({**sidecar, "profile": profile, "metadata": metadata}))

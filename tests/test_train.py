@@ -723,6 +723,11 @@ def test_force_belongs_to_the_command_that_types_it(cli, synth_data, tmp_path, m
     # the old run's files went with the new run's first write, not the user's
     assert sorted(p.name for p in first.iterdir()) == ["config.json", "last.pt", "notes.txt"]
     assert torch.load(first / "last.pt", weights_only=True)["epoch_step"] == 1
+    # an epoch's end whose first write is metrics.jsonl (no better val RMSE: no best.pt): it stays
+    res = cli("train", "--data", synth_data, "--out", first, *TINY, "--epochs", "2", "--force", "--val-every", "2")
+    assert res.code == 130
+    assert sorted(p.name for p in first.iterdir()) == ["config.json", "curves.png", "last.pt", "metrics.jsonl",
+                                                       "notes.txt"]
 
 
 def test_a_checkpoint_carries_only_its_own_validation(tmp_path, synth_data, monkeypatch):

@@ -198,6 +198,7 @@ def main(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dict[
                 state.best_rmse = record["val_rmse"]
             if env.is_main:  # last.pt, which holds the records, decides what a resume continues from, so it
                 # comes last: killed before it, a resume redoes this epoch and rewrites the files before it
+                replace_old_run(job)
                 if improved:
                     save_checkpoint(job, state, out / "best.pt", training_state=False)
                 report.write_records(out / "metrics.jsonl", state.records)
@@ -298,15 +299,20 @@ def restore(job: Job, resume: dict[str, Any] | None) -> TrainState:
                       loss_count=resume.get("loss_count", 0) if main_rank else 0, records=list(records))
 
 
-def save_checkpoint(job: Job, state: TrainState, path: Path, training_state: bool = True) -> None:
-    """Save the model and its arguments; with `training_state` (last.pt) also what `--resume` needs.
-
-    The first save of a run given `--force` over another run's folder removes that run's files first: a run
-    that fails before it leaves the old run whole, one stopped after it never leaves a mix of the two.
-    """
+def replace_old_run(job: Job) -> None:
+    """Before a run's first write into another run's folder (`--force`), remove that run's files: a run that
+    fails before it leaves the old run whole, and one stopped after it never leaves a mix of the two."""
     if job.replaces_a_run:
         report.remove_run_files(job.out)
         job.replaces_a_run = False
+
+
+def save_checkpoint(job: Job, state: TrainState, path: Path, training_state: bool = True) -> None:
+    """Save the model and its arguments; with `training_state` (last.pt) also what `--resume` needs.
+
+    A mid-epoch save may be the run's first write: `replace_old_run` first.
+    """
+    replace_old_run(job)
     own = state.epoch_step == 0 and state.records and state.records[-1]["epoch"] == state.epoch
     checkpoint = {"model_args": vars(job.args), "model": job.model.state_dict(), "config": job.cfg.to_dict(),
                   "epoch": state.epoch, "epoch_step": state.epoch_step, "step": state.step,

@@ -69,8 +69,8 @@ def _check_result(report: CalibrationReport) -> None:
 
     if report.quantized_nodes == 0:
         raise CheckFailed("every weighted layer (convolution, matrix product) was kept float, so the model gains "
-                          "almost nothing from INT8 (only Add/Relu/pooling stay quantized); allow a larger "
-                          "--target-ssim-drop or fewer --max-float-nodes", report.out)
+                          "almost nothing from INT8 (only unweighted operations such as Add and pooling stay "
+                          "quantized); allow a larger --target-ssim-drop or fewer --max-float-nodes", report.out)
     if not report.target_met:
         raise CheckFailed(f"SSIM drop {report.after['drop']:.3g} is above the target {report.target_ssim_drop:g} "
                           f"with {len(report.float_nodes)} layer(s) kept float (written anyway); raise "

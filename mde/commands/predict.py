@@ -12,7 +12,7 @@ from mde.runtime.predict import PredictConfig, run_predict
 
 
 def predict(
-    artifact: Path = typer.Argument(..., help="Model artifact: .onnx or .engine."),
+    artifact: Path = typer.Argument(..., help="Model artifact: .onnx or .engine (a .pt with --backend torch)."),
     inputs: list[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
     out: Path = typer.Option(PredictConfig.out, "--out", "-o", help="Output folder."),
     backend: str = typer.Option(PredictConfig.backend, help="auto, or a registered backend."),

@@ -65,18 +65,22 @@ def _profile_entry(shapes: Any) -> bool:
 
 def sidecar_metadata(sidecar: dict[str, Any], source: str | Path) -> ModelMetadata:
     """The `mde.*` metadata stored in a sidecar (same JSON strings as the ONNX props)."""
-    props = {k: v if isinstance(v, str) and _is_json(v) else json.dumps(v) for k, v in sidecar["metadata"].items()}
+    props = {key: _as_json_text(key, value) for key, value in sidecar["metadata"].items()}
     return ModelMetadata.from_props(props, source)
 
 
-def _is_json(text: str) -> bool:
-    """Whether `text` is a JSON document (as `mde export` writes each value) rather than a plain string
-    (`"fp16"`, as a hand-written sidecar may give it)."""
-    try:
-        json.loads(text)
-    except json.JSONDecodeError:
-        return False
-    return True
+# The metadata keys whose values are JSON objects; the others (mde.version, mde.precision) are strings.
+OBJECT_KEYS = ("mde.preprocess", "mde.output", "mde.model", "mde.source", "mde.metrics", "mde.calibration")
+
+
+def _as_json_text(key: str, value: Any) -> str:
+    """A sidecar metadata value as the JSON text an ONNX prop holds. `mde export` writes that text; a person
+    may write the value itself: an object, or a plain string (`"fp16"`, `"1.10"` stays "1.10")."""
+    if not isinstance(value, str):
+        return json.dumps(value)
+    if key in OBJECT_KEYS or value.startswith('"'):  # already JSON text
+        return value
+    return json.dumps(value)
 
 
 def version_numbers(version: str) -> tuple[int, ...]:
