@@ -160,12 +160,14 @@ def _check_replaceable(out: Path) -> None:
 def _check_request(train: int, val: int, size: int, seed: int) -> None:
     from mde.errors import InputError
 
-    if train < 0 or val < 0 or train + val == 0:
-        raise InputError(f"expected train >= 0, val >= 0 and some images, got train={train} val={val}")
+    if train < 0 or val < 0:
+        raise InputError(f"--train and --val must be >= 0, got {train} and {val}")
+    if train + val == 0:
+        raise InputError("--train and --val are both 0: no images to write")
     if seed < 0:
-        raise InputError(f"expected a seed >= 0, got {seed}")
+        raise InputError(f"--seed must be >= 0, got {seed}")
     if not 16 <= size <= 4096:
-        raise InputError(f"expected a size between 16 and 4096 pixels, got {size}")
+        raise InputError(f"--size must be 16 to 4096 pixels, got {size}")
 
 
 def _render_splits(tmp: Path, counts: dict[str, int], size: int, seed: int, progress: bool,

@@ -2,16 +2,20 @@
 
 Every step runs the real `mde` CLI in a subprocess (what a user would type) and is
 skipped when its output already exists, so re-running the demo reuses earlier work.
+The folder records the options it was made with (`demo.json`): a re-run with other
+options, or a folder the demo did not make, is refused rather than reused or overwritten.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from rich.table import Table
 from rich.text import Text
@@ -19,6 +23,16 @@ from rich.text import Text
 from mde.console import err_console as console  # stderr, soft-wrapped: whole lines in logs
 from mde.console import stdout_console
 from mde.export.config import ARTIFACT_NAMES, INT8_CPU_NAME
+from mde.io import write_json_atomic
+
+DEMO_FILE = "demo.json"  # the options the folder was made with
+SETTINGS = ("train_images", "val_images", "size", "backbone", "epochs", "calib_images")  # what the files depend on
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """One line on stderr and the exit code, as the mde commands end."""
+    console.print(f"demo: error: {message}", markup=False, highlight=False)
+    raise SystemExit(code)
 
 
 def step(title: str, outputs: list[Path], args: list[str], capture: bool = False) -> str:
@@ -29,31 +43,105 @@ def step(title: str, outputs: list[Path], args: list[str], capture: bool = False
     console.rule(Text(title, style="bold"))
     console.print(Text(f"$ mde {' '.join(args)}", style="dim"))
     start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "mde", *args],
-        stdout=subprocess.PIPE if capture else None,
-        text=True,
-    )
+    proc = subprocess.Popen([sys.executable, "-m", "mde", *args], stdout=subprocess.PIPE if capture else None,
+                            text=True)
+    try:
+        stdout, _ = proc.communicate()
+    except KeyboardInterrupt:
+        _stop(proc)
+        raise
     if proc.returncode not in (0, 1):
-        console.print(Text(f"✗ {title} failed (exit {proc.returncode})", style="red"))
-        raise SystemExit(proc.returncode)
+        fail(f"{title} failed (exit {proc.returncode}; its own message is above)", proc.returncode)
     console.print(Text.assemble(("✓", "green"), f" {title} ", (f"({time.perf_counter() - start:.0f} s)", "dim")))
-    return proc.stdout or ""
+    return stdout or ""
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Let a step that Ctrl-C reached clean up and exit (a terminal's Ctrl-C reaches it too; a signal sent to
+    the demo alone is passed on); only one that hangs is killed."""
+    for wait, then in ((2, lambda: proc.send_signal(signal.SIGINT)), (60, proc.kill)):
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            then()
+    proc.wait()
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m mde.demo", description=__doc__.splitlines()[0])
+    parser.error = fail  # type: ignore[method-assign]  # one line, as the mde commands
+    parser.add_argument("--out", type=Path, default=Path("demo"), help="the demo's folder (default: demo)")
+    parser.add_argument("--train-images", type=int, default=1200, help="synthetic training images (1200)")
+    parser.add_argument("--val-images", type=int, default=100, help="synthetic validation images (100)")
+    parser.add_argument("--size", type=int, default=128, help="image side, a multiple of 32 (128)")
+    parser.add_argument("--backbone", default="resnet18", help="encoder (resnet18)")
+    parser.add_argument("--epochs", type=int, default=8, help="training epochs (8)")
+    parser.add_argument("--calib-images", type=int, default=128, help="INT8 calibration images (128)")
+    parser.add_argument("--bench-iterations", type=int, default=30, help="timed runs per model (30)")
+    opts = parser.parse_args(argv)
+    from mde.train.model import BACKBONES
+
+    for name in ("train_images", "val_images", "epochs", "calib_images", "bench_iterations"):
+        if getattr(opts, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(opts, name)}")
+    if opts.size % 32 or not 32 <= opts.size <= 4096:
+        fail(f"--size must be a multiple of 32 from 32 to 4096, got {opts.size}")
+    if opts.backbone not in BACKBONES:
+        fail(f"unknown --backbone {opts.backbone!r}; choose from {', '.join(BACKBONES)}")
+    return opts
+
+
+def claim_folder(out: Path, settings: dict) -> None:
+    """Make `out` the demo's folder for `settings`, or refuse: a folder the demo did not make (the steps
+    overwrite what they write), or one made with other options (its files would be reused as if made with these)."""
+    recorded = out / DEMO_FILE
+    if out.exists() and not out.is_dir():
+        fail(f"{out}: not a folder")
+    if recorded.is_file():
+        try:
+            saved = json.loads(recorded.read_text())
+        except (OSError, ValueError):
+            saved = None
+        if saved != settings:
+            fail(f"{out}: made with other options ({recorded}); choose another --out, or remove it to start again")
+    elif out.is_dir() and any(out.iterdir()):
+        fail(f"{out}: not empty and not made by the demo (no {DEMO_FILE}; earlier versions wrote none); choose "
+             "another --out, or remove it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(recorded, settings)
+    except OSError as err:
+        fail(f"{out}: cannot write here ({err.strerror or err})")
+
+
+def train_step(data: Path, run: Path, opts: argparse.Namespace) -> list[str]:
+    """The train command: a new run, or the resume of one a stop cut short (its last.pt)."""
+    if (run / "last.pt").exists():
+        return ["train", "--resume", str(run / "last.pt")]
+    return ["train", "--data", str(data), "--out", str(run), "--backbone", opts.backbone,
+            "--image-size", str(opts.size), "--epochs", str(opts.epochs), "--no-pretrained", "--device", "auto",
+            "--force"]  # the run folder is the demo's: a stop before the first checkpoint left bits of one
+
+
+def trained(run: Path, epochs: int) -> bool:
+    """Whether the run folder holds a finished run: every epoch in metrics.jsonl, and best.pt."""
+    metrics = run / "metrics.jsonl"
+    return (run / "best.pt").is_file() and metrics.is_file() and len(metrics.read_text().splitlines()) >= epochs
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("demo"))
-    parser.add_argument("--train-images", type=int, default=1200)
-    parser.add_argument("--val-images", type=int, default=100)
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--backbone", default="resnet18")
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--calib-images", type=int, default=128)
-    parser.add_argument("--bench-iterations", type=int, default=30)
-    opts = parser.parse_args(argv)
+    opts = parse(argv)
+    try:
+        run_demo(opts)
+    except KeyboardInterrupt:  # the step's own process has said its line
+        console.print("demo: interrupted (run it again to go on from the last finished step)")
+        raise SystemExit(130) from None
 
+
+def run_demo(opts: argparse.Namespace) -> None:
     out: Path = opts.out
+    claim_folder(out, {name: getattr(opts, name) for name in SETTINGS})
     data, run, export = out / "data", out / "run", out / "export"
     ckpt = run / "best.pt"
     started = time.perf_counter()
@@ -61,20 +149,21 @@ def main(argv: list[str] | None = None) -> None:
     step("1/6 synthesize the virtual-world dataset", [data / "meta.json"],
          ["data", "synth", str(data), "--train", str(opts.train_images),
           "--val", str(opts.val_images), "--size", str(opts.size), "--seed", "0", "--force"])
-    step("2/6 train (default decoder and LR schedule, augmentation)", [ckpt],
-         ["train", "--data", str(data), "--out", str(run), "--backbone", opts.backbone,
-          "--image-size", str(opts.size), "--epochs", str(opts.epochs), "--no-pretrained",
-          "--device", "auto"])
+    if trained(run, opts.epochs):
+        console.print(Text.assemble(("✓", "green"), " 2/6 train ", (f"(reusing {ckpt})", "dim")))
+    else:
+        step("2/6 train (default decoder and LR schedule, augmentation)", [], train_step(data, run, opts))
     step("3/6 export ONNX FP32 + FP16", [export / "model.onnx", export / "model.fp16.onnx"],
          ["export", str(ckpt), "--out", str(export), "--precision", "fp32",
           "--precision", "fp16", "--force"])
     int8, int8_cpu = export / ARTIFACT_NAMES["int8"], export / INT8_CPU_NAME
+    # --allow-few: a small demo (--train-images under ~300) calibrates on what it has
     step("4a/6 calibrate INT8 (Q/DQ for TensorRT)", [int8],
          ["calibrate", str(export / "model.onnx"), "--data", str(data), "--target", "tensorrt",
-          "--out", str(int8), "--num-images", str(opts.calib_images), "--force"])
+          "--out", str(int8), "--num-images", str(opts.calib_images), "--allow-few", "--force"])
     step("4b/6 calibrate INT8 for ONNX Runtime's CPU provider", [int8_cpu],
          ["calibrate", str(export / "model.onnx"), "--data", str(data), "--target", "cpu",
-          "--out", str(int8_cpu), "--num-images", str(opts.calib_images), "--force"])
+          "--out", str(int8_cpu), "--num-images", str(opts.calib_images), "--allow-few", "--force"])
     artifacts = [export / ARTIFACT_NAMES["fp32"], export / ARTIFACT_NAMES["fp16"], int8, int8_cpu]
     parity_json = out / "parity.json"
     step("5/6 parity against PyTorch", [],

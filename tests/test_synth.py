@@ -240,8 +240,9 @@ def test_workers_are_capped_by_the_images(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"train": 0, "val": 0}, "some images"), ({"train": -1}, "train >= 0"), ({"size": 8}, "size"),
-     ({"seed": -1}, "seed >= 0")],
+    [({"train": 0, "val": 0}, "--train and --val are both 0: no images to write"),
+     ({"train": -1}, "--train and --val must be >= 0, got -1 and"), ({"size": 8}, "--size must be 16 to 4096"),
+     ({"seed": -1}, "--seed must be >= 0, got -1")],
 )
 def test_bad_arguments(tmp_path, kwargs, match):
     args = {"train": 2, "val": 1, "size": 32, "seed": 0, **kwargs}

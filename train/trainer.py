@@ -23,7 +23,7 @@ import torch
 
 from mde.console import info, make_progress
 from mde.errors import CheckFailed, DataError, InputError, ModelError
-from mde.io import no_empty_new_folder, prepare_output_dir, write_json_atomic
+from mde.io import deferred_signals, no_empty_new_folder, prepare_output_dir, write_json_atomic
 from mde.runtime.evaluate import average
 from mde.train import report
 from mde.train.checkpoint import check_training_state, load_checkpoint, model_from_checkpoint
@@ -197,13 +197,15 @@ def main(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dict[
             if improved:
                 state.best_rmse = record["val_rmse"]
             if env.is_main:  # last.pt, which holds the records, decides what a resume continues from, so it
-                # comes last: killed before it, a resume redoes this epoch and rewrites the files before it
-                replace_old_run(job)
-                if improved:
-                    save_checkpoint(job, state, out / "best.pt", training_state=False)
-                report.write_records(out / "metrics.jsonl", state.records)
-                report.write_curves(state.records, out)
-                save_checkpoint(job, state, out / "last.pt")
+                # comes last: killed before it, a resume redoes this epoch and rewrites the files before it.
+                # Ctrl-C and SIGTERM wait for the set (seconds), so a stopped run's files are one epoch's.
+                with deferred_signals():
+                    replace_old_run(job)
+                    if improved:
+                        save_checkpoint(job, state, out / "best.pt", training_state=False)
+                    report.write_records(out / "metrics.jsonl", state.records)
+                    report.write_curves(state.records, out)
+                    save_checkpoint(job, state, out / "last.pt")
                 info(f"epoch {epoch + 1}/{cfg.epochs}: {report.summary(record)}")  # also in logs without a TTY
             barrier(env)
     finally:
