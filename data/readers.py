@@ -24,6 +24,7 @@ from mde.runtime.images import (
     IMAGE_SUFFIXES,
     _decode,
     _open_checked,
+    check_plausible_depth,
     exif_orientation,
     list_files,
     list_images,
@@ -32,10 +33,6 @@ from mde.runtime.images import (
 )
 from mde.runtime.metadata import DEPTH_SCALE_RANGE, MM_PER_M
 from mde.runtime.metrics import MASK_INVALID, MASK_OBJECT, MASK_STRUCTURE
-
-# A depth beyond this many metres is an encoding mistake (a "no return" or sky code such as
-# 1e30 or float32's maximum), not a distance; its square would overflow float32 loss and metric sums.
-MAX_PLAUSIBLE_DEPTH = 1e6
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +80,7 @@ def _check_pair(name: str, rgb: np.ndarray, depth: np.ndarray, depth_file: str |
             f"{rgb.shape[1]}x{rgb.shape[0]} (width x height)", depth_file)
     if not np.any(depth > 0):
         raise DataError("depth map has no valid pixel (all 0, NaN or negative)", depth_file)
-    if (deepest := float(depth.max())) > MAX_PLAUSIBLE_DEPTH:
-        raise DataError(f"depth reaches {deepest:.3g} m, beyond any plausible distance ({MAX_PLAUSIBLE_DEPTH:g} m): "
-                        "store metres, and 0 or NaN where depth is invalid", depth_file)
+    check_plausible_depth(float(depth.max()), depth_file)
     if mask is not None and mask.shape != depth.shape:
         raise DataError(f"mask is {mask.shape[1]}x{mask.shape[0]} but its depth map is "
                         f"{depth.shape[1]}x{depth.shape[0]} (width x height)", mask_file)

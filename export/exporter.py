@@ -46,8 +46,8 @@ SCRATCH_PREFIX = ".mde-export-"  # the staging folder inside the output folder
 
 
 def _check_out(cfg: ExportConfig, checkpoint_sha: str) -> Path:
-    """Check the output folder (creating nothing; a killed export's staging folder is removed); refuse existing
-    artifacts unless `force`, and a folder where an output file goes."""
+    """Check the output folder (creating nothing); refuse existing artifacts unless `force`, and a folder where
+    an output file goes."""
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise InputError("output exists and is not a directory", out)
@@ -56,8 +56,6 @@ def _check_out(cfg: ExportConfig, checkpoint_sha: str) -> Path:
     blocked = [name for name in written if (out / name).exists() and not (out / name).is_file()]
     if blocked:  # found now: a rename onto a folder would fail only after every artifact was made
         raise InputError(f"{', '.join(blocked)} in the output folder is not a file (a folder?); remove it", out)
-    if out.is_dir():
-        remove_stale_scratch(out, SCRATCH_PREFIX)  # an export killed with SIGKILL left its staging folder
     if out.is_dir() and not cfg.force:
         existing = [name for name in planned_names(cfg) if (out / name).exists()]
         golden = out / GOLDEN_NAME
@@ -105,6 +103,7 @@ def _staging(out: Path) -> Iterator[Path]:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise InputError(f"output folder is not writable ({err.strerror or err})", out) from None
+        remove_stale_scratch(out, SCRATCH_PREFIX)  # an export killed with SIGKILL left its staging folder
         made = False
         try:
             with scratch_folder(out, SCRATCH_PREFIX) as stage:

@@ -80,13 +80,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--calib-images", type=int, default=128, help="INT8 calibration images (128)")
     parser.add_argument("--bench-iterations", type=int, default=30, help="timed runs per model (30)")
     opts = parser.parse_args(argv)
-    from mde.train.model import BACKBONES
-
     for name in ("train_images", "val_images", "epochs", "calib_images", "bench_iterations"):
         if getattr(opts, name) < 1:
             fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(opts, name)}")
     if opts.size % 32 or not 32 <= opts.size <= 4096:
         fail(f"--size must be a multiple of 32 from 32 to 4096, got {opts.size}")
+    from mde.train.model import BACKBONES  # torch: after the checks that need none
+
     if opts.backbone not in BACKBONES:
         fail(f"unknown --backbone {opts.backbone!r}; choose from {', '.join(BACKBONES)}")
     return opts

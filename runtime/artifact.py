@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +56,10 @@ def inspect_artifact(path: str | Path) -> dict[str, Any]:
         shape = tuple(int(a) if a == b else None for a, b in zip(lo, hi))
         inputs.append(TensorSpec(name, "float32", shape))
     return {"kind": "engine", "metadata": meta, "inputs": inputs, "outputs": [], "sidecar": sidecar}
+
+
+def artifact_labels(paths: Sequence[str | Path]) -> list[str]:
+    """How each artifact is named in tables, JSON and reports (`mde parity`, `mde bench`): its file name, or its
+    path where two share a name (`exp/model.int8.onnx`, `fallback/model.int8.onnx`), so no row stands for two."""
+    names = [Path(p).name for p in paths]
+    return [name if names.count(name) == 1 else str(p) for name, p in zip(names, paths)]

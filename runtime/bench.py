@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from mde.errors import InputError
+from mde.runtime.artifact import artifact_labels
 from mde.runtime.metadata import MAX_INPUT_SIDE
-from mde.runtime.parity_run import artifact_labels
 
 MAX_BATCH_BYTES = 4 << 30  # one benchmark batch's float32 input: more is a typo, not a robot's workload
 

@@ -22,6 +22,9 @@ MAX_PIXELS = MAX_INPUT_SIDE * MAX_INPUT_SIDE
 MIN_SIDE = 8
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DARK_16BIT = 4096  # a uint16 image below this uses at most 12 bits: read as 16-bit, it is 1/16 as bright
+# A depth beyond this many metres is an encoding mistake (a "no return" or sky code such as
+# 1e30 or float32's maximum), not a distance; its square would overflow float32 loss and metric sums.
+MAX_PLAUSIBLE_DEPTH = 1e6
 ORIENTATION_TAG = 0x0112  # EXIF: how the stored pixels are turned for display (1: as stored)
 
 
@@ -214,6 +217,13 @@ def read_rgb(path: str | Path, upright: bool = False) -> np.ndarray:
     return to_rgb8(array, path, by_value=True)
 
 
+def check_plausible_depth(deepest: float, path: str | Path) -> None:
+    """Refuse a depth beyond `MAX_PLAUSIBLE_DEPTH`: an encoding mistake, not a distance."""
+    if deepest > MAX_PLAUSIBLE_DEPTH:
+        raise DataError(f"depth reaches {deepest:.3g} m, beyond any plausible distance ({MAX_PLAUSIBLE_DEPTH:g} m): "
+                        "store metres, and 0 or NaN where depth is invalid", path)
+
+
 def read_depth(path: str | Path, png_scale: float = MM_PER_M) -> np.ndarray:
     """Read a depth map as H x W float32 metres; invalid pixels become 0.
 
@@ -236,10 +246,8 @@ def read_depth(path: str | Path, png_scale: float = MM_PER_M) -> np.ndarray:
             depth = depth[0]
         if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.floating):
             raise DataError(f"expected an H x W float depth map, got {depth.dtype} {depth.shape}", path)
-        deepest = float(np.max(depth, initial=0.0, where=np.isfinite(depth)))
-        if deepest > float(np.finfo(np.float32).max):  # float32 would make it inf, which reads as "invalid"
-            raise DataError(f"depth reaches {deepest:.3g} m, beyond any plausible distance: store metres, and 0 "
-                            "or NaN where depth is invalid", path)
+        # before the float32 cast, which would turn 1e300 into inf, and inf reads as "invalid"
+        check_plausible_depth(float(np.max(depth, initial=0.0, where=np.isfinite(depth))), path)
         depth = depth.astype(np.float32)
     else:
         img = _open_checked(path)

@@ -122,8 +122,9 @@ class ModelMetadata:
             precision = values["mde.precision"]
             if precision not in PRECISIONS:
                 raise ValueError(f"unknown precision {precision!r}")
-            for key in ("mde.source", "mde.metrics", "mde.calibration"):  # calibration: INT8 only, may be null
-                if not isinstance(values.get(key, {}), dict) and not (key == "mde.calibration" and values[key] is None):
+            for key in ("mde.source", "mde.metrics", "mde.calibration"):
+                allowed = (dict, type(None)) if key == "mde.calibration" else dict  # calibration: INT8 only
+                if not isinstance(values.get(key, {}), allowed):
                     raise ValueError(f"{key} must be a JSON object, got {type(values[key]).__name__}")
             return cls(
                 input_size=_input_size(pre["input_size"]),
@@ -180,6 +181,11 @@ def _max_depth(value: Any) -> float:
     return float(value)
 
 
+def shape_text(shape: tuple[int | None, ...]) -> str:
+    """A tensor shape as messages write it: `?x3x128x128` (? for a dynamic axis)."""
+    return "x".join("?" if d is None else str(d) for d in shape)
+
+
 def check_graph_input(dtype: Any, shape: tuple[int | None, ...], meta: ModelMetadata,
                       source: str | Path = "artifact") -> None:
     """Refuse a graph whose image input is not what the runtime feeds: float32 N x 3 x H x W, with H x W the
@@ -194,8 +200,7 @@ def check_graph_input(dtype: Any, shape: tuple[int | None, ...], meta: ModelMeta
     fits = (len(shape) == 4 and shape[0] in (None, 1) and shape[1] == 3  # a fixed batch of 2 cannot take 1 image
             and all(got is None or got == want for got, want in zip(shape[2:], size, strict=True)))
     if np.dtype(dtype) != np.float32 or not fits:
-        dims = "x".join("?" if d is None else str(d) for d in shape)
-        want = "x".join("?" if d is None else str(d) for d in (None, 3, *size))
+        dims, want = shape_text(shape), shape_text((None, 3, *size))
         raise ModelError(f"graph input is {np.dtype(dtype).name} {dims}; the runtime feeds float32 {want} "
                          f"(from its mde metadata)", source)
 
@@ -215,7 +220,7 @@ def check_graph_output(outputs: dict[str, tuple[Any, tuple[int | None, ...]]], s
                          f"the depth map is the output its mde metadata names", source)
     dtype, shape = outputs[OUTPUT_NAME]
     if not np.issubdtype(np.dtype(dtype), np.floating) or len(shape) != 4 or shape[1] not in (None, 1):
-        dims = "x".join("?" if d is None else str(d) for d in shape)
+        dims = shape_text(shape)
         raise ModelError(f"graph output {OUTPUT_NAME!r} is {np.dtype(dtype).name} {dims}; expected a float "
                          f"N x 1 x H x W depth map", source)
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from mde.errors import CheckFailed, DataError, InputError, ModelError
 from mde.io import sha256_file
+from mde.runtime.artifact import artifact_labels
 from mde.runtime.backends.base import Runner, open_runner
 from mde.runtime.parity import (
     DEFAULT_TOLERANCES,
@@ -115,13 +116,6 @@ def source_mismatch(runner: Runner, reference: dict[str, str], name: str) -> str
                 f"exported from another model ({key.split('_')[0]} sha256 {exported[:12]}…), not from {name} "
                 f"({expected[:12]}…)")
     return ""
-
-
-def artifact_labels(paths: Sequence[str | Path]) -> list[str]:
-    """How each artifact is named in tables, JSON and reports: its file name, or its path where two share
-    a name (`exp/model.int8.onnx`, `fallback/model.int8.onnx`), so no row or worst-image PNG stands for two."""
-    names = [Path(p).name for p in paths]
-    return [name if names.count(name) == 1 else str(p) for name, p in zip(names, paths)]
 
 
 def check_golden(

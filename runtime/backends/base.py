@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from mde.errors import InputError, ModelError
-from mde.runtime.metadata import PREPROCESS, ModelMetadata, check_graph_input, check_graph_output
+from mde.runtime.metadata import PREPROCESS, ModelMetadata, check_graph_input, check_graph_output, shape_text
 
 # Backend modules shipped with mde; importing one registers it (each imports its library lazily,
 # so listing the backends imports neither torch nor TensorRT).
@@ -39,8 +39,7 @@ class TensorSpec:
     shape: tuple[int | None, ...]
 
     def describe(self) -> str:
-        dims = "x".join("?" if d is None else str(d) for d in self.shape)
-        return f"{self.name}: {np.dtype(self.dtype).name}[{dims}]"
+        return f"{self.name}: {np.dtype(self.dtype).name}[{shape_text(self.shape)}]"
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "dtype": np.dtype(self.dtype).name, "shape": list(self.shape)}
