@@ -23,7 +23,7 @@ demo: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run.py
 
-# On a CUDA machine, after README "GPU check" steps 1-3: no venv, no network.
+# On a CUDA machine with mde installed (README "GPU check"); ORT_PATH: onnxruntime-gpu joined by wheel_parts.py
 GPU_CHECK_OUT ?= runs/gpu-check
 ORT_PATH      ?= .whl/site
 gpu-check:

@@ -227,3 +227,47 @@ def test_markdown_renders_the_gpu_only_sections(gpu_check):
     assert "Speed-up: **1.6x** (goal >= 1.5x: met)" in md and "| torch.bfloat16 autocast + channels_last | 160 |" in md
     assert "| fp16 | model.fp16.onnx | 20 | 50 |" in md and "| model.fp16.engine | fp16 | tensorrt | 16 |" in md
     assert "| fp16 | infer | 8 | 2 | 2.5 | 4000 |" in md
+
+
+OFFLINE = BENCH / "gpu_check_offline.sh"
+
+
+def _offline(tmp_path: Path, *args: str, wheels: bool, ort: bool) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run gpu_check_offline.sh with PYTHON a stand-in that logs each call (argv and PYTHONPATH)."""
+    log, fake = tmp_path / "calls.log", tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\necho "PYTHONPATH=$PYTHONPATH $*" >> {log}\n')
+    fake.chmod(0o755)
+    wheel_dir, site = tmp_path / "wheels", tmp_path / "site"
+    wheel_dir.mkdir()
+    if wheels:
+        (wheel_dir / "onnxconverter_common-1.16.0-py2.py3-none-any.whl").write_bytes(b"")
+    if ort:
+        (site / "onnxruntime").mkdir(parents=True)
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "MDE_SITE": str(site), "MDE_WHEELS": str(wheel_dir)}
+    proc = subprocess.run(["bash", str(OFFLINE), *args], capture_output=True, text=True, env=env, check=False,
+                          cwd=tmp_path, timeout=60)
+    return proc, log.read_text().splitlines() if log.exists() else []
+
+
+def test_offline_wrapper_installs_carried_wheels_first_then_mde_then_runs_the_check(tmp_path):
+    proc, calls = _offline(tmp_path, "OUTDIR", "--budget", "300", wheels=True, ort=True)
+    assert proc.returncode == 0, proc.stderr
+    site = tmp_path / "site"
+    assert len(calls) == 3, calls
+    assert "-m pip install" in calls[0] and f"--target {site}" in calls[0] and "onnxconverter_common" in calls[0]
+    assert "--no-index" in calls[1] and calls[1].endswith("-e .")  # mde itself, offline, from the checkout
+    assert calls[2].startswith(f"PYTHONPATH={site} benchmarks/gpu_check.py --out OUTDIR --ort-path {site}")
+    assert calls[2].endswith("--budget 300")
+
+
+def test_offline_wrapper_without_wheels_says_so_and_still_runs(tmp_path):
+    proc, calls = _offline(tmp_path, "OUTDIR", wheels=False, ort=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "no wheels in" in proc.stderr and "onnxconverter-common" in proc.stderr
+    assert len(calls) == 2 and "--ort-path" not in calls[1] and "benchmarks/gpu_check.py --out OUTDIR" in calls[1]
+
+
+@pytest.mark.parametrize("args", [(), ("--device", "cpu")])
+def test_offline_wrapper_without_an_out_folder_is_one_usage_line(tmp_path, args):
+    proc, calls = _offline(tmp_path, *args, wheels=True, ort=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "usage" in proc.stderr and not calls

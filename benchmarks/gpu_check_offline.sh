@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The GPU check in one command on a GPU machine with no network (README "GPU check", one call):
+# installs the wheels carried in .whl/ (at least onnxconverter-common), installs mde from this
+# checkout without touching the network, then runs benchmarks/gpu_check.py with its reports in OUT.
+#
+#   bash benchmarks/gpu_check_offline.sh OUT [gpu_check.py options...]
+#
+# PYTHON picks the interpreter (default python3: the one that holds CUDA PyTorch). The wheels in
+# MDE_WHEELS (default .whl) go to a folder of their own (MDE_SITE, default /tmp/mde-site) that
+# comes first on PYTHONPATH, so a carried onnxruntime-gpu is imported instead of a CPU-only one.
+set -euo pipefail
+if [[ $# -lt 1 || $1 == -* ]]; then
+    echo "usage: bash benchmarks/gpu_check_offline.sh OUT [gpu_check.py options...]" >&2
+    exit 2
+fi
+out=$1
+shift
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+site=${MDE_SITE:-/tmp/mde-site}
+wheels=("${MDE_WHEELS:-.whl}"/*.whl)
+if [[ -e ${wheels[0]} ]]; then
+    "$python" -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check \
+        --upgrade --target "$site" "${wheels[@]}"
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+else
+    echo "gpu_check_offline: no wheels in ${MDE_WHEELS:-.whl}/: FP16 export needs onnxconverter-common" \
+        "(README 'GPU check')" >&2
+fi
+"$python" -m pip install -q --no-index --no-deps --no-build-isolation --disable-pip-version-check -e .
+ort_path=()
+[[ -d $site/onnxruntime ]] && ort_path=(--ort-path "$site")
+exec "$python" benchmarks/gpu_check.py --out "$out" "${ort_path[@]}" "$@"
