@@ -38,7 +38,8 @@ import json
 import sys
 from pathlib import Path
 
-from bench_train import PATCHES, VARIANTS, decoders, ensure_data, load_run
+from bench_train import PATCHES, VARIANTS, decoders, ensure_data, load_run, require_masks
+from cli_common import Parser, run_main
 from error_anatomy import anatomy
 from worlds import WORLDS, make_world_data
 
@@ -317,6 +318,7 @@ def run(opts: argparse.Namespace) -> dict:
             VARIANTS[name]["backbone_weights"] = str(path)
     if opts.anatomy is not None:
         data = ensure_data(opts.data, 2000, 200, 128)
+        require_masks(data)
         world = WORLDS.get(opts.world, contextlib.nullcontext)
         return {str(run_dir): anatomy(data, run_dir, world) for run_dir in opts.anatomy}
     return decoders(opts.data, opts.quick, opts.runs, tuple(opts.variants), epochs=opts.epochs,
@@ -324,11 +326,12 @@ def run(opts: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="the synthetic set (made here when missing)")
     parser.add_argument("--runs", type=Path, default=None, help="keep (and reuse) the runs here")
     parser.add_argument("--variants", nargs="*", default=["unet-onecycle", *IDEAS], choices=list(VARIANTS))
-    parser.add_argument("--epochs", type=int, default=4, help="training epochs of every variant")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs of every variant (default 4; "
+                        "with --quick, the quick settings' 1)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     parser.add_argument("--anatomy", nargs="*", type=Path, default=None, metavar="RUN",
                         help="only the error anatomy of these trained runs")
@@ -344,8 +347,13 @@ def main() -> None:
         parser.error("--anatomy needs at least one trained run folder")
     if not opts.variants:
         parser.error("--variants needs at least one variant name")
-    if opts.epochs < 1:
+    if opts.epochs is None:
+        opts.epochs = 0 if opts.quick else 4  # 0: the settings' own
+    elif opts.epochs < 1:
         parser.error(f"--epochs must be >= 1, got {opts.epochs}")
+    taskenc = [v for v in opts.variants if v.endswith("-taskenc")]
+    if taskenc and not opts.encoder_from and opts.anatomy is None:
+        parser.error(f"{', '.join(taskenc)} start from a trained encoder: give --encoder-from RUN")
     if opts.runs is not None and opts.runs.exists() and not opts.runs.is_dir():
         parser.error(f"--runs {opts.runs}: not a folder")
     try:  # a run that is not there, a folder of another world: one line, before any work
@@ -368,4 +376,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -6,11 +6,12 @@ export time and size do not depend on the weight values.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
 from pathlib import Path
+
+from cli_common import Parser, run_main
 
 
 def run(quick: bool = False) -> dict:
@@ -61,7 +62,11 @@ def run(quick: bool = False) -> dict:
     return result
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main() -> None:
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="resnet18 at 64x64")
     print(json.dumps(run(parser.parse_args().quick), indent=2))
+
+
+if __name__ == "__main__":
+    run_main(main)

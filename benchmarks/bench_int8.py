@@ -18,7 +18,6 @@ flags and the load average are reported beside the figures.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_runtime import time_calls  # benchmarks/ is on sys.path when these scripts run
+from cli_common import Parser, run_main
 
 TARGETS = {"report": 0.60, "unet": 0.55}   # CPU INT8 / FP32 latency, batch 1 (issue 14)
 TORCH_TARGET = 0.35                        # CPU INT8 / PyTorch eager FP32
@@ -292,8 +292,8 @@ def report(result: dict) -> None:
         print("targets:", json.dumps(figures["targets"]))
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main() -> None:
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help=f"resnet18 at 128 px, fewer images and {QUICK_ROUNDS} rounds")
     parser.add_argument("--decoder", action="append", default=[], help="decoder(s) to measure (default: all)")
@@ -302,9 +302,15 @@ if __name__ == "__main__":
     opts = parser.parse_args()
     from mde.train.model import decoder_names
 
+    if len(set(opts.decoder)) < len(opts.decoder):  # each decoder's files go to one folder: a second would clash
+        parser.error(f"--decoder given twice: {' '.join(opts.decoder)}")
     unknown = sorted(set(opts.decoder) - set(decoder_names()))
     if unknown:
         parser.error(f"unknown --decoder {', '.join(unknown)}; choose from {', '.join(decoder_names())}")
     if opts.rounds is not None and opts.rounds < 1:
         parser.error(f"--rounds must be >= 1, got {opts.rounds}")
     report(run(quick=opts.quick, decoders=tuple(opts.decoder), rounds=opts.rounds))
+
+
+if __name__ == "__main__":
+    run_main(main)

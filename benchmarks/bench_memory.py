@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+from cli_common import Parser, run_main
 
 TARGET_GROWTH = 0.05
 
@@ -95,9 +96,11 @@ def run(quick: bool = False) -> dict:
     return {"estimator": calls, "predict_cli": cli}
 
 
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main() -> None:
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     run(quick=parser.parse_args().quick)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -11,7 +11,6 @@ Figures (resnet50 at 224x224, batch 1, CPU, FP32, same thread count for both):
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cli_common import Parser, run_main
 
 TARGETS = {"latency_ratio": 0.5, "gemm_efficiency": 0.9, "cold_start_ratio": 0.5,
            "peak_rss_ratio": 0.4, "pre_post_pct": 5.0}
@@ -106,7 +106,7 @@ _PEAK = (
 COLD_RUNTIME = _PEAK + """
 import sys, numpy as np
 from mde.runtime import DepthEstimator
-est = DepthEstimator.open(sys.argv[1], threads=int(sys.argv[3]))
+est = DepthEstimator.open(sys.argv[1], threads=int(sys.argv[3]), providers=["CPUExecutionProvider"])
 depth = est.predict(np.full((224, 224, 3), 127, np.uint8))
 print(PEAK_RSS_KIB(), float(depth.mean()))
 """
@@ -117,8 +117,9 @@ torch.set_num_threads(int(sys.argv[3]))
 from mde.train.checkpoint import load_model
 from mde.runtime.preprocess import postprocess, preprocess
 model, _ = load_model(sys.argv[2], "cpu")
+size = (model.args.image_size, model.args.image_size)  # the network's own size, as the runtime child runs it
 with torch.inference_mode():
-    out = model(torch.from_numpy(preprocess([np.full((224, 224, 3), 127, np.uint8)], (224, 224)))).numpy()
+    out = model(torch.from_numpy(preprocess([np.full((224, 224, 3), 127, np.uint8)], size))).numpy()
 depth = postprocess(out[0], (224, 224), model.args.max_depth)
 print(PEAK_RSS_KIB(), float(depth.mean()))
 """
@@ -221,7 +222,7 @@ def run(quick: bool = False, threads: int = 0, model: Path | None = None,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
     parser.add_argument("--threads", type=int, default=0, help="threads for both (0 = all CPUs available)")
     parser.add_argument("--model", type=Path, help="an existing model.onnx (with --checkpoint)")
@@ -233,6 +234,11 @@ def main(argv: list[str] | None = None) -> None:
     for path in (args.model, args.checkpoint):
         if path is not None and not path.is_file():
             parser.error(f"{path}: file not found")
+    if args.model is not None:  # the figures are those of an FP32 ONNX on ORT's CPU provider (GEMM FLOP/s among them)
+        from mde.runtime import read_metadata
+
+        if args.model.suffix.lower() != ".onnx" or read_metadata(args.model).precision != "fp32":
+            parser.error(f"--model {args.model}: expected the FP32 ONNX (model.onnx) exported from --checkpoint")
     if args.threads < 0:
         parser.error(f"--threads must be >= 0, got {args.threads}")
     result = run(args.quick, args.threads, args.model, args.checkpoint)
@@ -269,4 +275,4 @@ def report(result: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

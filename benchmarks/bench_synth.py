@@ -9,13 +9,13 @@ per image, from which the per-core rate follows.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
 import time
 
 import numpy as np
+from cli_common import Parser, run_main
 
 TARGET = 100.0  # images/s at 224x224 on 2 cores
 SIZE = 224
@@ -61,7 +61,7 @@ def run(quick: bool = False, verbose: bool = True) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer images")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
@@ -71,4 +71,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

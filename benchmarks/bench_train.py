@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -29,6 +28,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from cli_common import Parser, run_main
 
 # TrainConfig's defaults (unet decoder, batch 16, one-cycle 2e-4..2e-3, berHu loss, flips), from
 # scratch (so freeze auto -> 0), resnet18 at 96 px on CPU.
@@ -65,6 +65,15 @@ def ensure_data(path: Path, train: int, val: int, size: int) -> Path:
     if not (path / "meta.json").is_file():
         synthesize(path, train=train, val=val, size=size, seed=0, progress=False)
     return path
+
+
+def require_masks(data: Path) -> None:
+    """The per-region figures need the val split's region masks (`mde data synth` writes them)."""
+    from mde.errors import InputError
+
+    if not any((Path(data) / "val" / "mask").glob("*.png")):
+        raise InputError("has no region masks (val/mask/*.png, which `mde data synth` writes); the per-region "
+                         "figures need them", data)
 
 
 def baselines(data: Path) -> dict[str, float]:
@@ -210,7 +219,8 @@ def losses(data: Path, quick: bool) -> dict:
             best = train(TrainConfig(data=str(data), out=os.path.join(tmp, "r"), **settings))["best"]
         table[loss] = {k: round(best[k], 4) for k in ("rmse", "ssim", "abs_rel", "delta1")}
         print(f"  {loss:8s} {table[loss]}", flush=True)
-    return {"settings": "resnet18 64px, from scratch, 2 epochs, batch 16, CyclicLR 2e-4..2e-3 (125-step half cycle)",
+    return {"settings": f"resnet18 64px, from scratch, {settings['epochs']} epoch(s), batch 16, "
+                        "CyclicLR 2e-4..2e-3 (125-step half cycle)",
             "results": table, "best_rmse": min(table, key=lambda k: table[k]["rmse"])}
 
 
@@ -251,8 +261,12 @@ def train_variant(data: Path, run_dir: Path, overrides: dict, quick: bool, epoch
     patch = overrides.pop("patch", None)
     settings = {**QUALITY, **(QUICK if quick else {}), **overrides, **({"epochs": epochs} if epochs else {})}
     summary = run_dir / "bench.json"
+    inputs = run_inputs(data, settings)
     if summary.is_file():
         saved = json.loads(summary.read_text())
+        if saved.get("inputs", inputs) != inputs:  # summaries from before inputs were recorded: settings only
+            raise InputError(f"holds a run trained on other inputs ({saved['inputs']}, not {inputs}); use another "
+                             "--runs folder", run_dir)
         wanted = json.loads(json.dumps({**settings, "patch": patch}))  # as the summary stores them
         changed = sorted(k for k in wanted.keys() | saved["settings"].keys()
                          if wanted.get(k) != saved["settings"].get(k))
@@ -265,10 +279,21 @@ def train_variant(data: Path, run_dir: Path, overrides: dict, quick: bool, epoch
     start = time.perf_counter()
     with variant_patch(patch):  # DataLoader workers fork after the patch, so they see it too
         result = train(TrainConfig(data=str(data), out=str(run_dir), force=True, **settings))
-    out = {"settings": {**settings, "patch": patch}, "wall_s": round(time.perf_counter() - start, 1),
+    out = {"settings": {**settings, "patch": patch}, "inputs": inputs, "wall_s": round(time.perf_counter() - start, 1),
            "train_images_per_s": round(result["images_per_s"], 2), "best_epoch": result["best"]["epoch"]}
     summary.write_text(json.dumps(out, indent=2))
     return out
+
+
+def run_inputs(data: Path, settings: dict) -> dict[str, str]:
+    """What a run was trained from besides its settings: the dataset, and the start weights' content (a path
+    alone does not tell two encoders written to the same file apart)."""
+    from mde.io import sha256_file
+
+    inputs = {"data": str(Path(data).resolve())}
+    if settings.get("backbone_weights"):
+        inputs["backbone_weights_sha256"] = sha256_file(settings["backbone_weights"])
+    return inputs
 
 
 def load_run(run_dir: Path):
@@ -324,6 +349,7 @@ def decoders(data: Path, quick: bool, runs: Path | None = None,
     """Train each variant (same data, epochs and seed) and print the per-region quality table, with
     ratios to `reference` (default: the first variant)."""
     data = ensure_data(data, 120 if quick else 2000, 20 if quick else 200, 64 if quick else 128)
+    require_masks(data)
     with tempfile.TemporaryDirectory() as tmp:
         root = runs or Path(tmp)
         trained = {}
@@ -404,8 +430,8 @@ def run(quick: bool = False,
         return results
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main() -> None:
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", nargs="*", default=["throughput", "cuda_amp", "losses", "quality"],
                         choices=["throughput", "cuda_amp", "losses", "quality", "decoders", "decoder_speed"])
@@ -428,7 +454,8 @@ if __name__ == "__main__":
     from mde.errors import MdeError
 
     try:
-        if opts.data is not None and opts.data.exists() and not (opts.data / "meta.json").is_file():
+        if opts.data is not None and opts.data.exists() and not (opts.data / "meta.json").is_file() and (
+                not opts.data.is_dir() or any(opts.data.iterdir())):
             raise MdeError(f"{opts.data}: not a synthetic set (no meta.json); give a new or empty folder to make "
                            "one there")
         if opts.only == ["decoders"]:
@@ -441,3 +468,7 @@ if __name__ == "__main__":
         parser.exit(2, f"{parser.prog}: {err}\n")
     json.dump(out, sys.stdout, indent=2, default=str)
     print()
+
+
+if __name__ == "__main__":
+    run_main(main)

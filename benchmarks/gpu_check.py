@@ -212,9 +212,9 @@ def main(argv: list[str] | None = None) -> int:
             raise BadInput("mde is not installed in this Python: pip install --no-deps --no-build-isolation -e .")
         _not_a_file(args.out, "--out folder")
         _not_a_file(args.work, "--work folder")
-        out = _folder(args.out, "--out folder")
         work_ctx = (contextlib.nullcontext(str(_folder(args.work, "--work folder"))) if args.work
                     else tempfile.TemporaryDirectory(prefix="mde-gpu-check-"))
+        out = _folder(args.out, "--out folder")  # after --work: a bad --work leaves no empty --out behind
     except BadInput as err:
         print(f"gpu_check: error: {err}", file=sys.stderr)
         return 2
@@ -222,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     selected = set(args.only or SECTIONS) | {"environment"}
     for name in list(selected):
         selected |= set(NEEDS.get(name, ()))
+    for name in FILES.values():  # an earlier check's reports: this one's replace them, or are not there at all
+        (out / name).unlink(missing_ok=True)
     with work_ctx as work:
         ck = Check(args.device, profile, out, Path(work), args.ort_path and args.ort_path.resolve())
         try:

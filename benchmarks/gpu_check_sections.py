@@ -199,7 +199,8 @@ def model(ck: Check) -> dict[str, Any]:
         raise Skip("no CUDA GPU visible to PyTorch (--device cpu is the dry run)")
     p = ck.profile
     data = ck.work / "data"
-    synthesize(data, train=p.synth_train, val=p.synth_val, size=p.size, seed=0, progress=False)
+    # --work kept from an earlier check: made again (force), the same images as the seed is fixed
+    synthesize(data, train=p.synth_train, val=p.synth_val, size=p.size, seed=0, progress=False, force=True)
     images = [read_rgb(f) for f in list_images(data / "train" / "rgb")]
     ck.checkpoint = ck.work / "model.pt"
     net = save_untrained(ck.checkpoint, ModelArgs(backbone=p.backbone, image_size=p.size, max_depth=20.0),

@@ -7,7 +7,6 @@ runner collects them and prints every ratio measured in this one run, then write
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import platform
@@ -15,12 +14,16 @@ import sys
 import time
 from pathlib import Path
 
+from cli_common import Parser, can_write_in, run_main
+
+from mde.io import atomic_path
+
 HERE = Path(__file__).resolve().parent
 BENCHES = ("synth", "train", "export", "runtime", "int8", "memory")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--only", nargs="*", choices=BENCHES, default=list(BENCHES))
     parser.add_argument("--out", type=Path, default=HERE / "results.json")
@@ -29,6 +32,8 @@ def main() -> None:
         parser.error("--only needs at least one benchmark name")
     if opts.out.is_dir() or not opts.out.parent.is_dir():  # found now, not after every benchmark has run
         parser.error(f"--out {opts.out}: expected a file in an existing folder")
+    if not can_write_in(opts.out.parent):  # found now, not after the work
+        parser.error(f"--out {opts.out}: its folder is not writable")
 
     sys.path.insert(0, str(HERE))
     results: dict[str, dict] = {"machine": {"cpu": platform.processor() or platform.machine(),
@@ -41,9 +46,10 @@ def main() -> None:
         if hasattr(module, "report"):
             module.report(results[name])
         results[name]["seconds"] = round(time.perf_counter() - start, 1)
-    opts.out.write_text(json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
+    with atomic_path(opts.out) as tmp:  # a failed write keeps the last results whole
+        tmp.write_text(json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
     print(f"\nresults written to {opts.out}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -20,7 +20,7 @@ from mde.calibration.ranges import load_ranges, save_ranges
 from mde.calibration.subpixel import rewritable, rewrite_conv_transpose
 from mde.console import info, make_progress
 from mde.errors import DataError, InputError, ModelError
-from mde.io import atomic_path, check_not_under_file, require_file, sha256_file
+from mde.io import atomic_path, check_not_under_file, require_file, resolved, sha256_file
 from mde.runtime.metadata import ModelMetadata, check_graph_input, read_props, stamp
 from mde.runtime.preprocess import preprocess
 
@@ -74,11 +74,13 @@ def _check_config(cfg: CalibrationConfig) -> None:
         raise InputError(f"percentile must be in (0, 100], got {cfg.percentile}")
     if Path(cfg.out).suffix != ".onnx":
         raise InputError("expected an output file name ending in .onnx", cfg.out)
-    if Path(cfg.out).resolve() == Path(cfg.model).resolve():
-        raise InputError("the output would overwrite the input model", cfg.out)
     for path in (Path(cfg.out), cfg.ranges_path):  # found now, not after the whole calibration
         if path.is_dir():
             raise InputError("the output is a folder; expected a file name", path)
+        if path.exists() and not path.is_file():
+            raise InputError("the output is no regular file (a FIFO or a device?); expected a file name", path)
+        if resolved(path) == resolved(cfg.model):
+            raise InputError("the output would overwrite the input model", path)
     check_not_under_file(cfg.out, "--out")
     if Path(cfg.out).exists() and not cfg.force:
         raise InputError("output exists (use --force to overwrite)", cfg.out)

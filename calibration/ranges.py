@@ -15,7 +15,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from mde.io import write_json_atomic
+from mde.io import parse_json, read_small_text, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def load_ranges(path: Path, key: dict[str, Any], tensors: Collection[str]) -> di
     likewise, with a one-line warning, when it is damaged.
     """
     try:
-        doc = json.loads(path.read_text())
+        doc = parse_json(read_small_text(path))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as err:

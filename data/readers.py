@@ -10,7 +10,6 @@ valid pixel and masks holding other values on load. All raise `DataError` naming
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from mde.errors import DataError, InputError
+from mde.io import parse_json, read_small_text
 from mde.runtime.images import (
     IMAGE_SUFFIXES,
     _decode,
@@ -129,12 +129,22 @@ def _by_stem(files: list[Path], folder: Path) -> dict[str, Path]:
     return out
 
 
+NOT_A_FILE = "not a readable file (a broken link, a folder, a FIFO or a device)"
+
+
+def _refuse_odd_entries(folder: Path, suffixes: tuple[str, ...]) -> None:
+    """A mask that is no regular file would be taken for "no mask" (its image then scored without regions)."""
+    for entry in sorted(folder.iterdir()):
+        if entry.suffix.lower() in suffixes and not entry.name.startswith(".") and not entry.is_file():
+            raise DataError(NOT_A_FILE, entry)
+
+
 def _refuse_unpaired(path: Path, other: Path, stem: str, suffixes: tuple[str, ...], problem: str) -> NoReturn:
     """A file without its partner in the folder `other`: name the partner where it is there but no readable
     file (a broken link, a folder), else say what was expected."""
     for entry in sorted(other.glob(f"{glob.escape(stem)}.*")):
         if entry.suffix.lower() in suffixes and not entry.is_file():
-            raise DataError("not a readable file (a broken link or a folder)", entry)
+            raise DataError(NOT_A_FILE, entry)
     raise DataError(f"{problem} (expected {other.name}/{stem}{suffixes[0]} or {suffixes[1]})", path)
 
 
@@ -162,7 +172,10 @@ class FolderDataset(PairedFiles):
         if not rgbs and not depths:
             raise DataError(f"split {split!r} is empty: no images in rgb/ and depth/", folder)
         mask_dir = folder / "mask"
-        masks = _by_stem(list_files(mask_dir, (".png",)), mask_dir) if mask_dir.is_dir() else {}
+        masks = {}
+        if mask_dir.is_dir():
+            _refuse_odd_entries(mask_dir, (".png",))
+            masks = _by_stem(list_files(mask_dir, (".png",)), mask_dir)
         for stem, path in rgbs.items():
             if stem not in depths:
                 _refuse_unpaired(path, depth_dir, stem, DEPTH_SUFFIXES, "image has no depth map")
@@ -367,13 +380,17 @@ def dataset_max_depth(path: str | Path, model_range: float | None = None) -> flo
     """
     path = Path(path)
     meta = path / "meta.json"
-    if path.is_dir() and meta.is_file():
+    if path.is_dir() and (meta.exists() or meta.is_symlink()):  # a broken link or a FIFO is no "no meta.json"
         try:
-            value = json.loads(meta.read_text())["max_depth"]
+            text = read_small_text(meta)
+        except OSError as err:
+            raise DataError(f"cannot read meta.json ({err.strerror or err})", meta) from None
+        try:
+            value = parse_json(text)["max_depth"]
             if isinstance(value, bool):  # float(true) is 1.0
                 raise TypeError(f"max_depth is {str(value).lower()}")
             value = float(value)
-        except (ValueError, KeyError, TypeError, OSError) as err:
+        except (ValueError, KeyError, TypeError) as err:
             raise DataError(f"expected a JSON object with a numeric 'max_depth' ({err})", meta) from None
         if not np.isfinite(value) or value <= 0:
             raise DataError(f"expected a positive max_depth, found {value}", meta)

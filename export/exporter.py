@@ -36,6 +36,9 @@ from mde.io import (
     RENAME_REFUSED,
     UNWRITABLE,
     no_empty_new_folder,
+    parse_json,
+    read_small_text,
+    refuse_broken_link,
     remove_stale_scratch,
     replace_together,
     scratch_folder,
@@ -82,7 +85,7 @@ def _other_checkpoints(out: Path, checkpoint_sha: str, written: set[str]) -> lis
             continue
         try:
             if name == ENGINE_NAME:
-                props = json.loads(sidecar_path(path).read_text())["metadata"]
+                props = parse_json(read_small_text(sidecar_path(path)))["metadata"]
             else:
                 import onnx
 
@@ -98,6 +101,7 @@ def _other_checkpoints(out: Path, checkpoint_sha: str, written: set[str]) -> lis
 @contextmanager
 def _staging(out: Path) -> Iterator[Path]:
     """Create `out` and a temporary folder in it (always removed); an `out` it created and left empty goes too."""
+    refuse_broken_link(out)
     with no_empty_new_folder(out):
         try:
             out.mkdir(parents=True, exist_ok=True)

@@ -27,12 +27,25 @@ RENAME_REFUSED = {errno.EBUSY, errno.EXDEV}
 TMP_NAME_BYTES = 200  # of the output's name in its temporary copy's: `.NAME.XXXXXXXX.tmp` within 255 bytes
 
 
+def _written_in_place(path: Path) -> bool:
+    """Whether `path` is a stream to write into rather than a file to replace: /dev/stdout, /dev/fd/N (a
+    process substitution), a FIFO, a character device. A block device (a disk) is refused."""
+    try:
+        mode = path.stat().st_mode  # through links: /dev/stdout is one
+    except OSError:
+        return False
+    if stat.S_ISBLK(mode):
+        raise InputError("is a block device (a disk); expected a file to write", path)
+    return not stat.S_ISREG(mode) or str(path.absolute()).startswith(("/dev/", "/proc/"))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
-    A symlink's target is replaced, not the link; a path that is not a regular file (a device such
-    as /dev/stdout, a FIFO) is written directly.
+    A symbolic link at `path` is replaced by the new file and what it pointed to is left alone (as
+    `sed -i` and git do): a link planted in a shared folder cannot turn a write into one elsewhere. A
+    stream (/dev/stdout, a FIFO, `>(jq .)`) is written directly.
 
     A crash or SIGKILL at any moment leaves either the old complete file or the new
     complete file, never a half-written one (the rename is atomic on POSIX).
@@ -40,11 +53,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     if path.is_dir():
         raise InputError("is a folder; expected a file to write", path)
-    if path.exists() and not stat.S_ISREG(path.stat().st_mode):  # /dev/stdout, a FIFO, >(jq .): write through
+    if _written_in_place(path):
         yield path
         return
-    if path.is_symlink():  # replace the file it points to, not the link
-        path = path.resolve()
     parent = path.parent if str(path.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -89,15 +100,23 @@ def claim_output(path: str | Path) -> Iterator[None]:
     except ImportError:  # not POSIX
         yield
         return
-    key = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:20]
+    key = hashlib.sha1(str(resolved(path)).encode()).hexdigest()[:20]
     folder = Path(tempfile.gettempdir()) / f"mde-locks-{os.getuid()}"
     try:
         folder.mkdir(mode=0o700, exist_ok=True)
+        found = folder.lstat()
     except OSError as err:  # a file of that name, a full or read-only temporary folder
         raise InputError(f"cannot keep mde's output locks here ({err.strerror or err}); set TMPDIR to another "
                          "folder", folder) from None
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid() or found.st_mode & 0o022:
+        raise InputError("the output-lock folder is not a private folder of yours (a link, another user's, or "
+                         "writable by others); remove it, or set TMPDIR to another folder", folder)
     lock = folder / f"{key}.lock"
-    with open(lock, "w") as fh:
+    try:  # never through a link, never truncating: the file only carries the lock
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise InputError(f"cannot open the output lock ({err.strerror or err})", lock) from None
+    with os.fdopen(fd, "w") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -109,10 +128,52 @@ def claim_output(path: str | Path) -> Iterator[None]:
             lock.unlink(missing_ok=True)  # while still held; the lock goes with the file
 
 
+def open_regular(path: str | Path) -> Any:
+    """`open(path, "rb")` for a regular file; OSError for anything else (a FIFO would block, /dev/zero never
+    end), found without blocking."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file (a FIFO or a device?)", str(path))
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
 def starts_with(path: str | Path, magic: bytes) -> bool:
-    """Whether the file begins with `magic` (a format's signature: numpy takes any non-.npy file for a pickle)."""
-    with open(path, "rb") as fh:
+    """Whether the regular file begins with `magic` (a format's signature: numpy takes any non-.npy file for a
+    pickle); OSError for what is no regular file."""
+    with open_regular(path) as fh:
         return fh.read(len(magic)) == magic
+
+
+SMALL_FILE_BYTES = 16 * 2**20  # a sidecar, meta.json, tolerance table or ranges file is far smaller
+
+
+def read_small_text(path: str | Path, limit: int = SMALL_FILE_BYTES) -> str:
+    """The UTF-8 text of one of mde's small JSON or TOML files. OSError for what is no regular file (a FIFO
+    would block, /dev/zero never end) or is over `limit` bytes; ValueError (UnicodeDecodeError) for no text."""
+    with open_regular(path) as fh:
+        info = os.fstat(fh.fileno())
+        if info.st_size > limit:
+            raise OSError(errno.EFBIG, f"{info.st_size / 2**20:.0f} MiB, more than such a file holds", str(path))
+        return fh.read(limit + 1).decode()
+
+
+def parse_json(text: str) -> Any:
+    """`json.loads`, with nesting too deep for the parser a ValueError like any other malformed JSON."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def resolved(path: str | Path) -> Path:
+    """`Path.resolve()`, with a symbolic-link loop an `InputError` naming the path (Python raises RuntimeError)."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as err:
+        raise InputError(f"cannot follow this path (a symbolic-link loop? {getattr(err, 'strerror', None) or err})",
+                         path) from None
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
@@ -297,22 +358,28 @@ def check_output_file(path: str | Path, option: str, inputs: Iterable[str | Path
     if path.is_dir():
         raise InputError(f"{option} needs a file name; this is a folder", path)
     check_not_under_file(path, option)
-    target = path.resolve()
+    target = resolved(path)
     for source in map(Path, inputs):
-        if target == source.resolve():
+        if target == resolved(source):
             raise InputError(f"{option} would write over the input {source}; choose another file", path)
-        if source.resolve() in target.parents:
+        if resolved(source) in target.parents:
             raise InputError(f"{option} would write inside the input folder {source}; choose another file", path)
     if path.is_file() and path.name.lower().endswith(PRECIOUS_SUFFIXES):
         raise InputError(f"{option} would replace a model or data file; choose another file", path)
     return path
 
 
+def refuse_broken_link(path: str | Path) -> None:
+    """Refuse an output that is a symbolic link to nothing (or a loop): making it would fail as "File exists"."""
+    if Path(path).is_symlink() and not Path(path).exists():
+        raise InputError("is a broken symbolic link (or a loop of links); remove it or point it at a folder", path)
+
+
 def check_outside_splits(out: str | Path, data: str | Path, option: str = "--out") -> None:
     """Refuse an output folder inside `data`'s train/ or val/: its files would become the dataset's images."""
-    target = Path(out).resolve()
+    target = resolved(out)
     for split in ("train", "val"):
-        if (Path(data) / split).is_dir() and target.is_relative_to((Path(data) / split).resolve()):
+        if (Path(data) / split).is_dir() and target.is_relative_to(resolved(Path(data) / split)):
             raise InputError(f"{option} lies inside the dataset's train/ or val/ ({data}): its files would become "
                              "part of the dataset; choose a folder outside them", out)
 
@@ -327,6 +394,7 @@ def check_not_under_file(path: str | Path, what: str) -> None:
 def prepare_output_dir(path: str | Path, force: bool = False) -> Path:
     """Create `path` for writing; refuse a non-empty folder unless `force`."""
     path = Path(path)
+    refuse_broken_link(path)
     if path.exists() and not path.is_dir():
         raise InputError("output exists and is not a directory", path)
     if path.is_dir() and any(path.iterdir()) and not force:

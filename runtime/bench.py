@@ -13,6 +13,7 @@ from mde.runtime.artifact import artifact_labels
 from mde.runtime.metadata import MAX_INPUT_SIDE
 
 MAX_BATCH_BYTES = 4 << 30  # one benchmark batch's float32 input: more is a typo, not a robot's workload
+MAX_RUNS = 1_000_000  # --iterations, --warmup: more is a typo (and past what a progress bar counts)
 
 
 @dataclass
@@ -134,23 +135,43 @@ def bench_artifact(path: Path, cfg: BenchConfig) -> dict[str, Any]:
         }
 
 
+def check_inputs(cfg: BenchConfig) -> None:
+    """Every model readable, none given twice, the checkpoint a checkpoint: found before the first is timed."""
+    from mde.io import resolved
+    from mde.runtime.artifact import inspect_artifact
+
+    seen: set[Path] = set()
+    for path in map(Path, cfg.artifacts):
+        if resolved(path) in seen:
+            raise InputError("model given twice; each file is timed once", path)
+        seen.add(resolved(path))
+        if path.suffix.lower() in (".onnx", ".engine", ".plan"):
+            inspect_artifact(path)  # a truncated or foreign model is refused now
+    if cfg.torch_checkpoint is not None and Path(cfg.torch_checkpoint).suffix.lower() in (".onnx", ".engine",
+                                                                                           ".plan", ".npz"):
+        raise InputError("--torch takes a PyTorch checkpoint (.pt); give exported models as arguments",
+                         cfg.torch_checkpoint)
+
+
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Benchmark every artifact (and the checkpoint) in one process; return one JSON-able dict."""
     if not cfg.artifacts and cfg.torch_checkpoint is None:
         raise InputError("nothing to benchmark: give artifacts and/or --torch CKPT")
-    for name, value, low in (
-        ("--batch", cfg.batch, 1),
-        ("--iterations", cfg.iterations, 1),
-        ("--warmup", cfg.warmup, 0),
-        ("--threads", cfg.threads, 0),
+    for name, value, low, high in (
+        ("--batch", cfg.batch, 1, None),  # the model's own limit is checked when it opens
+        ("--iterations", cfg.iterations, 1, MAX_RUNS),
+        ("--warmup", cfg.warmup, 0, MAX_RUNS),
+        ("--threads", cfg.threads, 0, None),
     ):
-        if value < low:
-            raise InputError(f"{name} must be >= {low}, got {value}")
+        if value < low or (high is not None and value > high):
+            raise InputError(f"{name} must be in {low}..{high}, got {value}" if high is not None
+                             else f"{name} must be >= {low}, got {value}")
     from mde.runtime.backends.onnxruntime import max_threads
 
     if cfg.threads > max_threads():
         raise InputError(f"--threads must be at most {max_threads()} (4 per CPU here), got {cfg.threads}")
     parse_size(cfg.image_size, (0, 0))  # a bad --image-size fails before any model loads
+    check_inputs(cfg)
     results = [bench_artifact(Path(p), cfg) for p in cfg.artifacts]
     for row, label in zip(results, artifact_labels(cfg.artifacts)):  # two model.onnx rows name their folders
         row["name"] = label

@@ -9,6 +9,7 @@ from typing import Any
 
 from mde import __version__
 from mde.errors import ModelError
+from mde.io import parse_json
 
 PRECISIONS = ("fp32", "fp16", "int8")
 INPUT_NAME = "image"
@@ -157,8 +158,8 @@ MAX_INPUT_SIDE = 8192
 def _json_value(key: str, text: str) -> Any:
     """One `mde.*` prop's JSON document; a ValueError naming the key where it is none."""
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
+        return parse_json(text)
+    except ValueError as err:
         raise ValueError(f"{key} is not JSON: {err}") from None
 
 

@@ -25,6 +25,7 @@ except ModuleNotFoundError:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 from mde.errors import InputError
+from mde.io import read_small_text
 from mde.runtime.preprocess import postprocess
 
 
@@ -82,10 +83,10 @@ def read_tolerance_table(path: str | Path) -> dict[str, Any]:
     """A TOML file of overrides, e.g. `[int8]\\nssim_abs = 0.02`, as {precision: {field: value}}; checked."""
     path = Path(path)
     try:
-        table = tomllib.loads(path.read_text())
+        table = tomllib.loads(read_small_text(path))
     except OSError as err:
         raise InputError(f"cannot read tolerances ({err.strerror or err})", path) from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise InputError(f"not a valid TOML file ({err})", path) from None
     tolerances_from_dict(table, source=path)  # refuses unknown names and bad values now, before any work
     return table

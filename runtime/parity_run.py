@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from mde.errors import CheckFailed, DataError, InputError, ModelError
-from mde.io import sha256_file
+from mde.io import resolved, sha256_file
 from mde.runtime.artifact import artifact_labels
 from mde.runtime.backends.base import Runner, open_runner
 from mde.runtime.parity import (
@@ -309,21 +309,24 @@ def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
         if Path(artifact).suffix.lower() == ".npz":  # golden outputs compared with themselves would always pass
             raise InputError("a golden.npz holds the reference, it is not an artifact to check; give it as "
                              "--golden FILE", artifact)
-    if cfg.checkpoint is not None and Path(cfg.checkpoint).resolve() in {Path(a).resolve() for a in cfg.artifacts}:
+    if cfg.checkpoint is not None and resolved(cfg.checkpoint) in {resolved(a) for a in cfg.artifacts}:
         raise InputError("the checkpoint is the reference, not an artifact to check against it; give the models "
                          "exported from it", cfg.checkpoint)
-    resolved = [Path(a).resolve() for a in cfg.artifacts]
-    twice = next((a for a, r in zip(cfg.artifacts, resolved) if resolved.count(r) > 1), None)
+    targets = [resolved(a) for a in cfg.artifacts]
+    twice = next((a for a, r in zip(cfg.artifacts, targets) if targets.count(r) > 1), None)
     if twice is not None:
         raise InputError("artifact given twice; each file is checked once", twice)
     inputs = [*cfg.artifacts, *(p for p in (cfg.checkpoint, cfg.golden, cfg.data, cfg.tolerances) if p)]
     for option, out in (("--json", cfg.json_path), ("--report", cfg.report)):
         if out is not None:
             check_output_file(out, option, inputs)
+    if cfg.report and not cfg.golden:  # the worst-image pictures beside the report are outputs too
+        for picture in worst_png_paths(cfg.report, artifact_labels(cfg.artifacts)).values():
+            check_output_file(picture, "--report's picture", inputs)
     if cfg.json_path and cfg.report:  # pictures are drawn against a checkpoint only
         pictures = [] if cfg.golden else [
-            p.resolve() for p in worst_png_paths(cfg.report, artifact_labels(cfg.artifacts)).values()]
-        if Path(cfg.json_path).resolve() in (Path(cfg.report).resolve(), *pictures):
+            resolved(p) for p in worst_png_paths(cfg.report, artifact_labels(cfg.artifacts)).values()]
+        if resolved(cfg.json_path) in (resolved(cfg.report), *pictures):
             raise InputError("--json names a file the report writes (the report, or an artifact's worst-image "
                              "picture); one would replace the other", cfg.json_path)
     pngs: dict[str, str] = {}

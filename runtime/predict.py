@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mde.errors import InputError, MdeError, shown_path
+from mde.io import resolved
 from mde.runtime.metadata import MM_PER_M, PNG16_MAX
 
 FORMATS = ("color", "png16", "npy")
@@ -49,7 +50,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             raise InputError("input not found", path)
         paths.extend(found)
     seen: set[Path] = set()
-    return [p for p in paths if not (p.resolve() in seen or seen.add(p.resolve()))]
+    return [p for p in paths if not (resolved(p) in seen or seen.add(resolved(p)))]
 
 
 def output_names(paths: list[Path], suffix: str) -> list[str]:
@@ -105,6 +106,7 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
     if out.exists() and not out.is_dir():
         raise InputError("output exists and is not a directory", out)
     names = output_names(paths, ".npy" if cfg.format == "npy" else ".png")
+    check_outside_dataset(out)
     check_no_overwrite(paths, [out / name for name in names])
     for path, name in zip(paths, names):
         if Path(name).stem != path.stem:  # two inputs share a stem: say which file is whose
@@ -138,6 +140,17 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
     return {"images": len(paths), "written": len(paths) - failed, "failed": failed}
 
 
+def check_outside_dataset(out: Path) -> None:
+    """Refuse an output folder in a dataset's split (`DATA/val/depth`): the depth maps would replace its ground
+    truth, or join its images as samples."""
+    target = resolved(out)
+    for folder in (target, *target.parents):
+        if folder.name in ("rgb", "depth", "mask") and (folder.parent / "rgb").is_dir() \
+                and (folder.parent / "depth").is_dir():
+            raise InputError(f"--out lies inside a dataset split's {folder.name}/ ({folder.parent}): the depth maps "
+                             "would replace or join its files; choose a folder outside it", out)
+
+
 def check_no_overwrite(inputs: list[Path], outputs: list[Path]) -> None:
     """Refuse an output path that is a folder, an input image, or an existing file in the input images' own folder.
 
@@ -149,13 +162,13 @@ def check_no_overwrite(inputs: list[Path], outputs: list[Path]) -> None:
         kind = "a folder" if blocked.is_dir() else "not a regular file (a pipe?)"
         raise InputError(f"a depth map would be written here, but it is {kind}; remove it or choose another "
                          "--out", blocked)
-    sources = {path.resolve() for path in inputs}
-    clash = next((path for path in outputs if path.resolve() in sources), None)
+    sources = {resolved(path) for path in inputs}
+    clash = next((path for path in outputs if resolved(path) in sources), None)
     if clash is not None:
         raise InputError("the depth map would overwrite this input image; choose another --out "
                          "(or --format npy)", clash)
     folders = {path.parent for path in sources}
-    taken = next((path for path in outputs if path.resolve().parent in folders and path.exists()), None)
+    taken = next((path for path in outputs if resolved(path).parent in folders and path.exists()), None)
     if taken is not None:
         raise InputError("the depth map would replace this existing file in the images' own folder; "
                          "choose another --out", taken)

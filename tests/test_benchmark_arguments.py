@@ -1,4 +1,5 @@
-"""The benchmark scripts answer bad arguments with argparse's one-line error and exit 2, before any work."""
+"""The benchmark scripts answer bad arguments with one line and exit 2 (no usage block, no traceback), before any
+work; their saved runs are reused only for the same settings and inputs."""
 
 from __future__ import annotations
 
@@ -11,21 +12,28 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 CASES = [
-    ("make_sample_figure.py", ["--count", "-1", "--out", "{tmp}/x.png"], "--count must be >= 1, got -1"),
-    ("make_sample_figure.py", ["--size", "8", "--out", "{tmp}/x.png"], "--size must be >= 16"),
+    ("make_sample_figure.py", ["--count", "-1", "--out", "{tmp}/x.png"], "--count must be 1 to 16 (one figure row), got -1"),
+    ("make_sample_figure.py", ["--size", "8", "--out", "{tmp}/x.png"], "--size must be 16 to 1024 pixels"),
+    ("make_sample_figure.py", ["--seed", "-1", "--out", "{tmp}/x.png"], "--seed must be >= 0, got -1"),
+    ("make_sample_figure.py", ["--out", "/proc/x.png"], "/proc/x.png: its folder is not writable"),
+    ("make_sample_figure.py", ["--bogus", "1"], "unrecognized arguments: --bogus"),
     ("make_sample_figure.py", ["--out", "{tmp}/full"], "full: expected a .png file name in an existing folder"),
     ("bench_int8.py", ["--decoder", "nosuch"], "unknown --decoder nosuch; choose from report, unet"),
     ("bench_int8.py", ["--rounds", "0"], "--rounds must be >= 1, got 0"),
+    ("bench_int8.py", ["--decoder", "report", "--decoder", "report"], "--decoder given twice: report report"),
     ("bench_runtime.py", ["--model", "{tmp}/model.onnx"], "--model and --checkpoint go together"),
     ("bench_runtime.py", ["--model", "{tmp}/nosuch.onnx", "--checkpoint", "{tmp}/nosuch.pt"],
      "nosuch.onnx: file not found"),
     ("bench_decoder_ideas.py", ["--data", "{tmp}/full"], "full: not a synthetic set (no meta.json)"),
     ("bench_decoder_ideas.py", ["--data", "{tmp}/d", "--anatomy"], "--anatomy needs at least one trained run"),
     ("bench_decoder_ideas.py", ["--data", "{tmp}/d", "--epochs", "-1"], "--epochs must be >= 1, got -1"),
+    ("bench_decoder_ideas.py", ["--data", "{tmp}/d", "--variants", "unet-taskenc"],
+     "unet-taskenc start from a trained encoder: give --encoder-from RUN"),
     ("bench_train.py", ["--only", "decoders", "quality"], "--only decoders runs on its own"),
     ("bench_train.py", ["--only", "decoders", "--epochs", "-1"], "--epochs must be >= 0"),
     ("bench_train.py", ["--only", "quality", "--data", "{tmp}/full"], "full: not a synthetic set (no meta.json)"),
     ("run.py", ["--only", "synth", "--out", "{tmp}/nosuch/results.json"], "expected a file in an existing folder"),
+    ("run.py", ["--only", "synth", "--out", "/proc/results.json"], "its folder is not writable"),
 ]
 
 
@@ -37,7 +45,7 @@ def test_bad_arguments_are_one_line_and_exit_2(tmp_path, script, args, message):
     done = subprocess.run([sys.executable, str(BENCHMARKS / script), *argv], capture_output=True, text=True,
                           timeout=120, check=False)
     assert done.returncode == 2, done.stderr
-    assert message in done.stderr and "Traceback" not in done.stderr
+    assert message in done.stderr and done.stderr.count("\n") == 1, done.stderr  # one line: no usage block
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]  # nothing written
 
 
@@ -57,6 +65,57 @@ def test_a_saved_run_of_other_settings_is_not_reused_under_new_labels(tmp_path):
     assert bench_train.train_variant(tmp_path, run_dir, {}, quick=True, epochs=1)["settings"] == settings  # reused
     with pytest.raises(InputError, match=r"unet-flips: holds a run trained with other settings \(epochs: 1, not 2\)"):
         bench_train.train_variant(tmp_path, run_dir, {}, quick=True, epochs=2)
+
+
+def test_a_saved_run_from_another_dataset_is_not_reused(tmp_path):
+    """The same --runs folder over another --data would label the old models' figures with the new data."""
+    import json
+
+    sys.path.insert(0, str(BENCHMARKS))
+    import bench_train
+
+    from mde.errors import InputError
+
+    run_dir = tmp_path / "unet-flips"
+    run_dir.mkdir()
+    settings = {**bench_train.QUALITY, **bench_train.QUICK, "epochs": 1, "patch": None}
+    (run_dir / "bench.json").write_text(json.dumps({"settings": settings,
+                                                    "inputs": bench_train.run_inputs(tmp_path / "a", settings)}))
+    assert bench_train.train_variant(tmp_path / "a", run_dir, {}, quick=True, epochs=1)  # the same data: reused
+    with pytest.raises(InputError, match="holds a run trained on other inputs"):
+        bench_train.train_variant(tmp_path / "b", run_dir, {}, quick=True, epochs=1)
+
+
+def test_scripts_end_on_ctrl_c_and_mde_errors_in_one_line(capsys, monkeypatch):
+    sys.path.insert(0, str(BENCHMARKS))
+    from cli_common import run_main
+
+    from mde.errors import InputError
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    def refused():
+        raise InputError("bad thing", "x.onnx")
+
+    def unwritable():
+        raise FileNotFoundError(2, "No such file or directory", "/proc/results.json")
+
+    monkeypatch.setattr(sys, "argv", ["bench_x.py"])
+    for main, code, line in ((interrupted, 130, "bench_x.py: interrupted"), (refused, 2, "x.onnx: bad thing"),
+                             (unwritable, 2, "/proc/results.json: No such file or directory")):
+        with pytest.raises(SystemExit) as stop:
+            run_main(main)
+        err = capsys.readouterr().err
+        assert stop.value.code == code and line in err and err.count("\n") == 1, err
+
+
+def test_bench_runtime_takes_only_the_fp32_onnx(tmp_path, tiny_export, tiny_checkpoint):
+    for model in (tiny_export / "model.fp16.onnx", tiny_checkpoint):
+        done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_runtime.py"), "--model", str(model),
+                               "--checkpoint", str(tiny_checkpoint)], capture_output=True, text=True, timeout=120,
+                              check=False)
+        assert done.returncode == 2 and "expected the FP32 ONNX" in done.stderr, done.stderr
 
 
 def test_bench_runtime_refuses_a_model_exported_from_another_checkpoint(tmp_path, tiny_export, tiny_unet):

@@ -345,7 +345,7 @@ def _bad_rgb_broken_link(root):  # the depth map was blamed for an image that is
     _write_pair(root, "val", "b", _depth())
     (root / "val" / "rgb" / "b.png").unlink()
     (root / "val" / "rgb" / "b.png").symlink_to(root / "gone.png")
-    return lambda: FolderDataset(root, "val"), r"rgb/b.png: not a readable file \(a broken link or a folder\)"
+    return lambda: FolderDataset(root, "val"), r"rgb/b.png: not a readable file \(a broken link, a folder, a FIFO or a device\)"
 
 
 def _bad_image_turned_by_exif(root):  # a phone photo, stored sideways; its depth map upright

@@ -1,5 +1,6 @@
-"""Atomic writes: a symlink's target is replaced (not the link), a device or FIFO is written through; scratch
-folders go however a run ends."""
+"""Atomic writes: a symlink at the output is replaced (what it points to is left alone), a device or FIFO is
+written through; the output lock cannot be turned against another file; small files are read without blocking;
+scratch folders go however a run ends."""
 
 from __future__ import annotations
 
@@ -13,12 +14,84 @@ import pytest
 from mde.io import write_json_atomic
 
 
-def test_a_symlink_keeps_pointing_at_its_file(tmp_path):
+def test_a_symlink_is_replaced_and_its_target_left_alone(tmp_path):
     target, link = tmp_path / "t.json", tmp_path / "l.json"
     target.write_text("old")
     link.symlink_to(target)
     write_json_atomic(link, {"a": 1})
-    assert link.is_symlink() and json.loads(target.read_text()) == {"a": 1}
+    assert not link.is_symlink() and json.loads(link.read_text()) == {"a": 1}
+    assert target.read_text() == "old"
+
+
+def test_a_dangling_symlink_creates_nothing_where_it_points(tmp_path):
+    link, elsewhere = tmp_path / "l.json", tmp_path / "victim" / "new.onnx"
+    elsewhere.parent.mkdir()
+    link.symlink_to(elsewhere)
+    write_json_atomic(link, {"a": 1})
+    assert json.loads(link.read_text()) == {"a": 1} and not elsewhere.exists()
+
+
+def test_stdout_is_written_into_not_replaced(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "captured.json"
+    code = "from mde.io import write_json_atomic; write_json_atomic('/dev/stdout', {'a': 1})"
+    with open(out, "w") as fh:  # /dev/stdout -> /proc/self/fd/1 -> this regular file
+        subprocess.run([sys.executable, "-c", code], stdout=fh, check=True)
+    assert json.loads(out.read_text()) == {"a": 1} and Path("/dev/stdout").is_symlink()
+
+
+def test_the_lock_never_follows_a_planted_link(tmp_path, monkeypatch):
+    import hashlib
+
+    from mde.errors import InputError
+    from mde.io import claim_output
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    victim, out = tmp_path / "victim.conf", tmp_path / "out"
+    victim.write_text("IMPORTANT")
+    locks = tmp_path / "tmp" / f"mde-locks-{os.getuid()}"
+    locks.mkdir(parents=True, mode=0o700)
+    key = hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:20]
+    (locks / f"{key}.lock").symlink_to(victim)
+    with pytest.raises(InputError, match="output lock"), claim_output(out):
+        pass
+    assert victim.read_text() == "IMPORTANT"
+
+    (locks / f"{key}.lock").unlink()
+    locks.chmod(0o777)  # a folder others may write in is refused too
+    with pytest.raises(InputError, match="not a private folder"), claim_output(out):
+        pass
+    locks.chmod(0o700)
+    with claim_output(out):  # and a private one works
+        pass
+
+
+def test_small_files_refuse_fifos_and_devices_without_blocking(tmp_path):
+    from mde.io import read_small_text
+
+    fifo = tmp_path / "t.toml"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):
+        with pytest.raises(OSError, match="not a regular file"):
+            read_small_text(path)
+    big = tmp_path / "big.json"
+    big.write_bytes(b" " * 2048)
+    with pytest.raises(OSError, match="MiB"):
+        read_small_text(big, limit=1024)
+
+
+def test_a_link_loop_is_one_input_error(tmp_path):
+    from mde.errors import InputError
+    from mde.io import check_output_file, resolved
+
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    for call in (lambda: resolved(tmp_path / "a"), lambda: check_output_file(tmp_path / "a", "--json", [])):
+        with pytest.raises(InputError):
+            call()
 
 
 def test_a_fifo_is_written_through_not_replaced(tmp_path):

@@ -343,6 +343,22 @@ def test_bench_table_and_errors(cli, onnx_path):
     assert golden.code == 2 and "golden.npz: golden.npz replays the outputs saved" in golden.err
 
 
+def test_bench_checks_every_model_before_timing_the_first(cli, onnx_path, tmp_path, monkeypatch):
+    import mde.runtime.bench as bench
+
+    timed = []
+    monkeypatch.setattr(bench, "bench_artifact", lambda path, cfg: timed.append(path))
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(onnx_path.read_bytes()[:1000])
+    for args, said in (((onnx_path, broken), "broken.onnx: cannot load ONNX model"),
+                       ((onnx_path, onnx_path.parent / "." / onnx_path.name), "model given twice"),
+                       ((onnx_path, "--iterations", "99999999999999999999"), "--iterations must be in 1..1000000"),
+                       ((onnx_path, "--torch", onnx_path), "--torch takes a PyTorch checkpoint")):
+        result = cli("bench", *args)
+        assert result.code == 2 and said in result.err and result.err.count("\n") == 1, result.err
+    assert timed == []
+
+
 def test_bench_torch_checkpoint_that_is_not_there_is_refused_before_timing(cli, onnx_path, tmp_path):
     result = cli("bench", onnx_path, "--torch", tmp_path / "nosuch.pt", "--iterations", "2", "--warmup", "0")
     assert result.code == 2 and result.err.strip() == f"mde: error: {tmp_path / 'nosuch.pt'}: model file not found"

@@ -40,6 +40,17 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
                              f"{str(err).splitlines()[0]})", path) from None
 
 
+def checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """About what a run's two checkpoints take on disk: best.pt (the weights) and last.pt (the weights and the
+    optimizer's state), with a tenth for pickling's headroom."""
+    def size(tensors: Any) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
+
+    weights = size(model.state_dict().values())
+    moments = size(v for state in optimizer.state_dict()["state"].values() for v in state.values())
+    return int(1.1 * (2 * weights + moments))
+
+
 def save_untrained(path: str | Path, args: ModelArgs, images: np.ndarray | None = None, *,
                    device: str | torch.device = "cpu", config: dict[str, Any] | None = None) -> DepthNet:
     """Write a checkpoint of a random-weight DepthNet (seed 0), for tests, benchmarks and dry runs.
@@ -96,7 +107,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                          "unpickle Python objects", path) from None
     except (KeyError, IndexError, struct.error):  # the weights-only unpickler on bytes that are no pickle at all
         raise ModelError("not a PyTorch checkpoint (neither a zip archive nor a pickle)", path) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+    except OSError as err:  # the file, not its content: permissions, an I/O error
+        raise ModelError(f"cannot read the checkpoint ({err.strerror or err})", path) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ModelError(f"corrupt or truncated checkpoint ({first})", path) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:

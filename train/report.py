@@ -36,6 +36,31 @@ def remove_partial_writes(out: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def check_run_files(out: Path) -> None:
+    """Refuse a folder (or a FIFO) at one of the run's file names: found now, not at the first epoch's end."""
+    from mde.errors import InputError
+
+    for name in RUN_FILES:
+        path = out / name
+        if path.exists() and not path.is_symlink() and not path.is_file():  # a link is replaced, not followed
+            raise InputError("the run writes a file of this name, and this is no file (a folder?); remove it "
+                             "or choose another --out", path)
+
+
+def check_room(out: Path, needed: int) -> None:
+    """Before `--force` removes an old run: refuse, keeping it whole, when even its removal leaves less than
+    `needed` bytes free (the new run's checkpoints)."""
+    import shutil
+
+    from mde.errors import InputError
+
+    freed = sum(p.stat().st_size for p in (out / name for name in RUN_FILES) if p.is_file() and not p.is_symlink())
+    room = shutil.disk_usage(out).free + freed
+    if room < needed:
+        raise InputError(f"too little free space for this run's checkpoints (about {needed / 2**20:.0f} MiB; "
+                         f"{room / 2**20:.0f} MiB once the old run's files are removed); the old run is kept", out)
+
+
 def remove_run_files(out: Path) -> None:
     """Delete a run's own files (`RUN_FILES`) from `out`; anything else there stays."""
     for name in RUN_FILES:

@@ -23,10 +23,10 @@ import torch
 
 from mde.console import info, make_progress
 from mde.errors import CheckFailed, DataError, InputError, ModelError
-from mde.io import deferred_signals, no_empty_new_folder, prepare_output_dir, write_json_atomic
+from mde.io import deferred_signals, no_empty_new_folder, prepare_output_dir, resolved, write_json_atomic
 from mde.runtime.evaluate import average
 from mde.train import report
-from mde.train.checkpoint import check_training_state, load_checkpoint, model_from_checkpoint
+from mde.train.checkpoint import check_training_state, checkpoint_bytes, load_checkpoint, model_from_checkpoint
 from mde.train.checkpoint import save_checkpoint as write_checkpoint
 from mde.train.config import TrainConfig, check_resume, merge_resume
 from mde.train.distributed import DistEnv, all_reduce_sum, barrier, cleanup, setup
@@ -228,11 +228,12 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
     steps_per_epoch = len(train_set) // env.world_size // cfg.batch_size
     if resume is not None:
         check_resume(cfg, resume, steps_per_epoch)
-    own_folder = resume is not None and out.resolve() == Path(cfg.resume).resolve().parent
+    own_folder = resume is not None and resolved(out) == resolved(cfg.resume).parent
     if env.is_main:  # a resume writes over its own run folder; any other must be empty (or --force)
         if out.is_dir():  # first: a run killed while writing its first checkpoint left only a temporary copy
             report.remove_partial_writes(out)
         prepare_output_dir(out, force=cfg.force or own_folder)
+        report.check_run_files(out)
         if cfg.max_depth and cfg.max_depth < data_range and resume is None:
             info(f"note: --max-depth {cfg.max_depth:g} m is below the dataset's {data_range:g} m: the model "
                  f"cannot predict beyond {cfg.max_depth:g} m")
@@ -305,6 +306,7 @@ def replace_old_run(job: Job) -> None:
     """Before a run's first write into another run's folder (`--force`), remove that run's files: a run that
     fails before it leaves the old run whole, and one stopped after it never leaves a mix of the two."""
     if job.replaces_a_run:
+        report.check_room(job.out, checkpoint_bytes(job.model, job.optimizer))
         report.remove_run_files(job.out)
         job.replaces_a_run = False
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,12 @@ PROVIDERS_HELP = (
 def emit(report: dict[str, Any], as_json: bool, show: Callable[[dict[str, Any]], None]) -> None:
     """`--json`: the report as one JSON object on stdout; otherwise `show` it (a table on stdout)."""
     if as_json:
-        typer.echo(json_text(report))
+        if sys.stdout is None:  # started with stdout closed (`>&-`): click would drop the JSON without a word
+            raise InputError("standard output is closed; nothing takes the --json output")
+        try:
+            typer.echo(json_text(report))
+        except OSError as err:  # a full disk (/dev/full), a closed pipe
+            raise InputError(f"cannot write the --json output to standard output ({err.strerror or err})") from None
     else:
         show(report)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import zipfile
 import zlib
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from mde.errors import InputError
-from mde.io import starts_with
+from mde.io import parse_json, starts_with
 from mde.runtime.backends.base import Runner, TensorSpec, register_backend
 from mde.runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
 
@@ -41,8 +40,8 @@ def read_golden(path: str | Path) -> dict[str, Any]:
     golden["image"], golden["depth"] = images, depth
     for key in ("tolerances", "meta"):
         try:
-            golden[key] = json.loads(str(golden[key])) if key in golden else {}
-        except json.JSONDecodeError as err:
+            golden[key] = parse_json(str(golden[key])) if key in golden else {}
+        except ValueError as err:
             raise InputError(f"golden.npz field {key!r} is not JSON ({err})", path) from None
         if not isinstance(golden[key], dict):
             raise InputError(f"golden.npz field {key!r} must be a JSON object", path)

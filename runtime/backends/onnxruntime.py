@@ -148,7 +148,9 @@ def create_session(
             )
     except Exception as err:  # noqa: BLE001 - ORT raises its own pybind types for bad files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(f"cannot load ONNX model ({first[:300]})", source) from None
+        if len(first) > 300:  # ORT's reason comes last, after the C++ frame it was raised in
+            first = f"{first[:100]} ... {first[-180:]}"
+        raise ModelError(f"cannot load ONNX model ({first})", source) from None
     check_providers(wanted, session.get_providers(), explicit, printed.getvalue(), source)
     session.disable_fallback()  # a provider failing at run time raises, instead of re-running on the CPU
     return session

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from mde.errors import BackendError, InputError, ModelError
+from mde.io import parse_json, read_small_text
 from mde.runtime.backends.base import Runner, TensorSpec, register_backend
 from mde.runtime.metadata import ModelMetadata, sidecar_path
 
@@ -34,8 +35,8 @@ def read_sidecar(engine: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ModelError(f"engine sidecar {path.name} not found (written by `mde export --engine`)", path)
     try:
-        sidecar = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        sidecar = parse_json(read_small_text(path))
+    except (OSError, ValueError) as err:
         raise ModelError(f"unreadable engine sidecar ({err})", path) from None
     if not isinstance(sidecar, dict):
         raise ModelError("engine sidecar must be a JSON object", path)
