@@ -12,11 +12,13 @@ number of workers.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing
 import os
 import signal
 import threading
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from PIL import Image
 from mde.data.world import MAX_DEPTH, MIN_DEPTH, draw_scene, render_labelled, render_scene
 from mde.io import (
     claim_output,
+    deferred_signals,
     no_empty_new_folder,
     prepare_output_dir,
     remove_stale_scratch,
@@ -183,13 +186,23 @@ def _render_splits(tmp: Path, counts: dict[str, int], size: int, seed: int, prog
     workers = _default_workers(len(jobs)) if workers is None else max(1, min(workers, limit))
     cameras: dict[str, dict] = {s: {} for s in SPLITS}
     with _pool(workers) as pool:
-        results = pool.imap_unordered(_render_job, jobs, chunksize=8) if pool else map(_render_job, jobs)
+        if pool is None:
+            results = map(_render_job, jobs)
+        else:
+            with _workers_ignore_ctrl_c():  # every worker starts while the jobs are submitted
+                results = pool.map(_render_job, jobs, chunksize=8)
         if progress:
             from mde.console import track
 
             results = track(results, f"synthesizing {size}x{size}", total=len(jobs))
-        for split, name, intr in results:
-            cameras[split][name] = intr
+        try:
+            for split, name, intr in results:
+                cameras[split][name] = intr
+        except BrokenProcessPool:  # a worker killed from outside (out of memory?); a stop of mde itself is said
+            from mde.errors import MdeError  # as one (the CLI sees the SIGTERM)
+
+            raise MdeError("a rendering worker stopped unexpectedly (killed, or out of memory?); try --workers 1") \
+                from None
     return {s: dict(sorted(cameras[s].items())) for s in SPLITS}
 
 
@@ -202,26 +215,46 @@ def _publish(tmp: Path, out: Path, meta: dict) -> None:
 
 
 class _pool:
-    """A process pool context (spawn: safe after torch/OpenMP imports), or None for one worker."""
+    """A process pool (spawn: safe after torch/OpenMP imports), or None for one worker.
+
+    concurrent.futures' pool, not multiprocessing's: `timeout` and job schedulers send SIGTERM to the whole
+    process group, and a worker killed while it waits for work holds multiprocessing.Pool's queue lock, on
+    which its terminate() then waits forever. This pool notices dead workers and lets go.
+    """
 
     def __init__(self, workers: int):
         self.workers, self.pool = workers, None
 
     def __enter__(self):
         if self.workers > 1:
-            # Ctrl-C reaches the whole process group: the workers ignore it from birth (an ignored signal
-            # stays ignored across exec, and Python then installs no KeyboardInterrupt handler), and
-            # the parent stops the pool, so no worker prints a traceback.
-            ignoring = threading.current_thread() is threading.main_thread()
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if ignoring else None
-            try:
-                self.pool = multiprocessing.get_context("spawn").Pool(self.workers)
-            finally:
-                if ignoring and previous is not None:  # None: a handler installed from C, left as it is
-                    signal.signal(signal.SIGINT, previous)
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_ignore_ctrl_c)
         return self.pool
 
     def __exit__(self, *exc) -> None:
-        if self.pool is not None:
-            self.pool.terminate() if exc[0] else self.pool.close()
-            self.pool.join()
+        if self.pool is not None:  # after an error or a stop: drop the queued work, wait out what is running
+            # (a chunk), so the scratch folder goes after it; `timeout` sends its signal twice (to the process,
+            # then its group), and the copy must not cut this wait short: it comes after, as the same stop
+            with deferred_signals():
+                self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ignore_ctrl_c() -> None:
+    """In each worker: Ctrl-C reaches the whole process group, and the parent stops the pool, so no worker
+    prints a traceback of its own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _workers_ignore_ctrl_c():
+    """Around the calls that start workers: an ignored signal stays ignored across exec, so a Ctrl-C while a
+    worker starts (before its initializer runs) is ignored there too. Only from the main thread."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if threading.current_thread() is threading.main_thread() \
+        else None
+    try:
+        yield
+    finally:
+        if previous is not None:  # None: not the main thread, or a handler installed from C: left as it is
+            signal.signal(signal.SIGINT, previous)

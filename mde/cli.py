@@ -85,13 +85,29 @@ class Terminated(KeyboardInterrupt):
     runs on Ctrl-C runs too: temporary files and half-made folders are removed."""
 
 
+SAME_STOP_S = 1.0  # SIGTERMs this close together are one stop: GNU timeout signals the process, then its group
+
+
 def _raise_terminated(signum: int, _frame: object) -> None:
-    # Python runs this only between bytecodes, so a long native call (a TensorRT build) finishes first;
-    # the default action back in place lets a second SIGTERM stop the process at once.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Python runs this only between bytecodes, so a long native call (a TensorRT build) finishes first.
+    # A second SIGTERM stops the process at once, even inside native code, but not the copy of the first
+    # that `timeout` sends right after it (that one used to kill the run before it could clean up).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    timer = threading.Timer(SAME_STOP_S, _default_sigterm)
+    timer.daemon = True  # an ending process does not wait for it
+    timer.start()
     _state["terminated"] = True
     _quiet_shutdown()
     raise Terminated
+
+
+def _default_sigterm() -> None:
+    """SIGTERM's default action back, from a helper thread: at the C level, as `signal.signal` is for the main
+    thread only (which may be inside a long native call)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):  # no C library to call: a later SIGTERM stays ignored
+        ctypes.CDLL(None).signal(signal.SIGTERM, 0)  # 0: SIG_DFL
 
 
 def _quiet_shutdown() -> None:

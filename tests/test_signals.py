@@ -78,8 +78,28 @@ def test_an_error_that_sigterm_causes_is_reported_as_terminated(cli, monkeypatch
     (tmp_path / "model.onnx").write_bytes(b"x")
     result = cli("info", tmp_path / "model.onnx")
     assert result.code == 143 and result.err.strip() == "mde: terminated", result.err
-    assert handler_after_first == [signal.SIG_DFL]  # a second SIGTERM stops at once, even inside native code
+    assert handler_after_first == [signal.SIG_IGN]  # the copy `timeout` sends right after is the same stop
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # put back once the command ended
+
+
+def test_a_second_sigterm_is_the_same_stop_for_a_moment_then_stops_at_once(monkeypatch):
+    """GNU timeout sends SIGTERM to the process and then to its group: the copy must not kill the run before it
+    cleans up; a SIGTERM later than that stops the process at once, even inside native code (C-level default)."""
+    import ctypes
+    import time
+
+    from mde import cli
+
+    monkeypatch.setattr(cli, "SAME_STOP_S", 0.05)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with pytest.raises(cli.Terminated):
+            cli._raise_terminated(signal.SIGTERM, None)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        time.sleep(0.5)
+        assert ctypes.CDLL(None).signal(signal.SIGTERM, 1) == 0  # the disposition the timer left: SIG_DFL (0)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def test_what_breaks_on_the_way_out_says_nothing(monkeypatch, capsys):
@@ -167,3 +187,32 @@ def test_ctrl_c_while_the_cli_imports_is_one_line():
             "entry()\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert (done.returncode, done.stderr) == (130, "mde: interrupted\n")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_synth_stopped_like_gnu_timeout_stops_cleanly(tmp_path, sig):
+    """`timeout` signals the process and then its whole group, workers included: a worker killed while it
+    waited for work used to hang multiprocessing.Pool's terminate(), and the copy of the signal killed the run
+    before it removed its scratch folder. One line, 130/143, nothing left, in seconds."""
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "d"
+    proc = subprocess.Popen([sys.executable, "-m", "mde", "data", "synth", str(out), "--train", "4000", "--val", "0",
+                             "--size", "64", "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith(".synth-") and any(p.rglob("*.png")) for p in out.glob(".*")):
+        assert proc.poll() is None and time.monotonic() < deadline, "synth ended before it rendered"
+        time.sleep(0.05)
+    os.kill(proc.pid, sig)  # as GNU timeout does: the process, then its group (here a moment later, so that
+    time.sleep(0.05)        # the copy lands while the run cleans up, as it does when timeout's two kills race)
+    os.killpg(proc.pid, sig)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("synth hung after the signal") from None
+    assert proc.returncode == 128 + sig and err.strip().splitlines()[-1] in ("mde: terminated", "mde: interrupted")
+    assert not out.exists() or not any(out.iterdir()), sorted(p.name for p in out.iterdir())
