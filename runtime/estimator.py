@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 from collections.abc import Iterable, Sequence
@@ -15,6 +16,8 @@ from mde.runtime.backends.base import Runner, open_runner
 from mde.runtime.images import to_rgb8
 from mde.runtime.metadata import MAX_INPUT_SIDE, OUTPUT_NAME, PREPROCESS, ModelMetadata
 from mde.runtime.preprocess import postprocess, preprocess
+
+log = logging.getLogger(__name__)
 
 SIZE_MULTIPLE = PREPROCESS["size_multiple"]  # the encoder's stride: H and W of a dynamic-size model
 # `infer` takes [0, 1] pixels; values this far outside are another convention (0-255, or normalized
@@ -60,6 +63,10 @@ class DepthEstimator:
             raise InputError(f"native_resolution must be True or False, got {native_resolution!r}")
         self.runner = runner
         self.native_resolution = native_resolution and runner.metadata.dynamic_size
+        if native_resolution and not self.native_resolution:  # said once, where the estimator is made
+            h, w = runner.metadata.input_size
+            log.warning("native_resolution=True has no effect: this model takes %dx%d images only (export it "
+                        "with --dynamic-size for other sizes)", h, w)
         self.batch_size = batch_size
         self.input_name = next(iter(runner.input_specs))
         self.output_name = OUTPUT_NAME  # the runner checked that the graph has it

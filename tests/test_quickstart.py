@@ -64,3 +64,26 @@ def test_readme_quickstart_runs(tmp_path):
     precisions = {a["precision"] for a in parity["artifacts"]}
     assert precisions == {"fp32", "fp16", "int8"}
     assert all(a["passed"] for a in parity["artifacts"])
+
+
+def test_readme_runtime_example_runs_as_written(tmp_path, tiny_export, synth_data, monkeypatch):
+    """The "Python runtime" block, run with the README's own file names (a model and a frame put there)."""
+    block = re.search(r"## Python runtime \(no torch\)\s*```python\n(.*?)```", README.read_text(), re.S)
+    assert block is not None, "README has no Python runtime block"
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "model.onnx").write_bytes((tiny_export / "model.onnx").read_bytes())
+    frame = sorted((synth_data / "val" / "rgb").iterdir())[0]
+    (tmp_path / "frame.jpg").write_bytes(frame.read_bytes())  # a PNG under that name: Pillow reads by content
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(block.group(1), "README.md", "exec"), scope)  # noqa: S102 - the README's own code
+    assert scope["depth"].shape == scope["rgb"].shape[:2] and len(scope["depths"]) == 2
+    assert scope["points"].ndim == 2 and scope["points"].shape[1] == 3
+
+
+def test_native_resolution_on_a_fixed_size_model_says_it_has_no_effect(tiny_export, caplog):
+    from mde.runtime import DepthEstimator
+
+    with caplog.at_level("WARNING"), DepthEstimator.open(tiny_export / "model.onnx", native_resolution=True) as est:
+        assert est.native_resolution is False
+    assert "native_resolution=True has no effect" in caplog.text

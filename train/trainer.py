@@ -390,9 +390,10 @@ def check_finite(job: Job, loss_sum: float, epoch: int) -> None:
     weights = torch.stack([torch.isfinite(p).all() for p in job.model.parameters()]).all()
     if math.isfinite(loss_sum) and bool(weights):
         return
+    kept = job.out.is_dir() and any(job.out.iterdir())  # a checkpoint from before; else the folder goes
     raise CheckFailed(f"training diverged: the loss or the weights became NaN or infinite in epoch {epoch + 1}; "
-                      f"start again with a lower --lr-max than {job.cfg.lr_max:g} (--force to reuse this folder)",
-                      job.out)
+                      f"start again with a lower --lr-max than {job.cfg.lr_max:g}"
+                      + (" (--force to reuse this folder)" if kept else ""), job.out)
 
 
 def evaluate(job: Job) -> dict[str, float]:

@@ -39,7 +39,8 @@ def calibrate_command(
         _default("target_ssim_drop"), "--target-ssim-drop",
         help="Accepted 1 - SSIM(INT8, FP32) on held-out train images."),
     holdout_images: int = typer.Option(
-        _default("holdout_images"), "--holdout-images", help="Held-out train images for the accuracy check."),
+        _default("holdout_images"), "--holdout-images",
+        help="Held-out train images for the accuracy check (at most a quarter of the train split)."),
     allow_few: bool = typer.Option(_default("allow_few"), "--allow-few", help="Accept fewer than 32 images."),
     reuse_ranges: bool = typer.Option(
         _default("reuse_ranges"), "--reuse-ranges/--recalibrate", help="Reuse OUT.ranges.json when it matches."),

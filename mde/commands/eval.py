@@ -31,7 +31,7 @@ def eval_command(
     """Mean RMSE, SSIM, AbsRel, SqRel, RMSE log, delta1-3 and SILog over a split.
 
     Where the split has region masks, also RMSE / AbsRel / delta1 on objects and on structure,
-    and (when DIR has a train split) those of the train split's per-pixel mean depth map.
+    and (scoring a split other than train, when DIR has one) those of the train split's per-pixel mean depth map.
     """
     from mde.data.readers import dataset_max_depth, open_dataset
     from mde.io import require_file

@@ -13,6 +13,10 @@ from mde.io import claim_output, json_text
 _D = ExportConfig(checkpoint=Path("CKPT"), out=Path("DIR"))  # the defaults, for --help
 
 
+TIMING_CACHE_HELP = ("Timing cache, reused across builds; the TensorRT version and GPU architecture are added to "
+                     "its name (tensorrt-timing-11.4.0.106-sm90.cache).")
+
+
 def _engine_option(field: str, help: str):  # noqa: A002 - typer's name
     """A TensorRT build option `--field-name` defaulting to ExportConfig's value, in its own --help panel."""
     return typer.Option(getattr(_D, field), "--" + field.replace("_", "-"), help=help,
@@ -69,7 +73,7 @@ def export(
     min_size: int = _engine_option("min_size", "Profile: smallest H/W with --dynamic-size."),
     max_size: int = _engine_option("max_size", "Profile: largest H/W with --dynamic-size."),
     workspace_mib: int = _engine_option("workspace_mib", "Workspace memory-pool limit."),
-    timing_cache: Path = _engine_option("timing_cache", "Timing cache, reused across builds."),
+    timing_cache: Path = _engine_option("timing_cache", TIMING_CACHE_HELP),
     as_json: bool = typer.Option(
         False, "--json", help="Print the artifacts as one JSON object on stdout."
     ),

@@ -54,8 +54,10 @@ def check_backend(backend: str) -> None:
 
 
 def backend_help(command: Callable[..., Any]) -> None:
-    """Put the registered backend names into `command`'s --backend help (the registry is light)."""
+    """Put the registered backend names into `command`'s --backend help (the registry is light). `golden`
+    is left out: it replays a golden.npz's saved outputs, which `parity --golden` takes as its reference."""
     from mde.runtime.backends.base import backend_names
 
     option = inspect.signature(command).parameters["backend"].default
-    option.help = f"auto (from the file suffix) or one of: {', '.join(backend_names())}."
+    names = [name for name in backend_names() if name != "golden"]
+    option.help = f"auto (from the file suffix) or one of: {', '.join(names)}."
