@@ -269,6 +269,9 @@ def report(result: dict[str, Any]) -> None:
     ]
     for name, value, target, detail, met in rows:
         print(f"  {name:38s} {value:7.3f}  target {target:7s} {'met' if met else 'MISSED':6s}  {detail}")
+    if f["gemm_efficiency"] > 1.0:  # the model cannot beat the machine's own matrix product: a load change
+        print("  note: model FLOP/s above the GEMM reference means the machine's load changed between the two "
+              "timings; rerun on an idle machine")
     print(f"  (480x640 camera image: preprocess {m['preprocess_480x640_ms']:.2f} ms, "
           f"postprocess {m['postprocess_480x640_ms']:.2f} ms; max |ORT - torch| "
           f"{result['model']['max_abs_diff_ort_vs_torch_m']:.2e} m)")

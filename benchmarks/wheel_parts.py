@@ -104,7 +104,7 @@ class _PartWriter:
 def split(wheels: list[Path], out: Path, part_bytes: int, force: bool = False) -> dict:
     """Write the wheels as one stream cut into parts of at most `part_bytes`, then `out/manifest.json`."""
     if part_bytes < 1:
-        raise PartsError(f"part size must be >= 1 byte, got {part_bytes}")
+        raise PartsError(f"--part-bytes (or --max-mib) must give parts of at least 1 byte, got {part_bytes}")
     for wheel in wheels:
         _check_wheel(wheel)
     names = [w.name for w in wheels]
@@ -191,21 +191,25 @@ def join(folder: Path, wheel_dir: Path | None = None) -> list[Path]:
     for wheel in manifest["wheels"]:
         target = wheel_dir / wheel["name"]
         tmp = target.with_name(target.name + ".tmp")
+        if target.is_dir():
+            raise PartsError(f"{target}: a folder has the wheel's name; remove it")
         digest, left = hashlib.sha256(), wheel["size"]
-        with open(tmp, "wb") as dst:
-            while left:
-                if not pending:
-                    pending = next(stream, b"")
+        try:
+            with open(tmp, "wb") as dst:
+                while left:
                     if not pending:
-                        break
-                chunk, pending = pending[:left], pending[left:]
-                dst.write(chunk)
-                digest.update(chunk)
-                left -= len(chunk)
-        if left or digest.hexdigest() != wheel["sha256"]:
-            tmp.unlink()
-            raise PartsError("joined wheel's SHA-256 or size differs from the manifest", target)
-        os.replace(tmp, target)
+                        pending = next(stream, b"")
+                        if not pending:
+                            break
+                    chunk, pending = pending[:left], pending[left:]
+                    dst.write(chunk)
+                    digest.update(chunk)
+                    left -= len(chunk)
+            if left or digest.hexdigest() != wheel["sha256"]:
+                raise PartsError("joined wheel's SHA-256 or size differs from the manifest", target)
+            os.replace(tmp, target)
+        finally:  # a failed or stopped join leaves no half wheel
+            tmp.unlink(missing_ok=True)
         joined.append(target)
     return joined
 
@@ -268,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         print(f"wheel_parts: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("wheel_parts: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

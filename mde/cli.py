@@ -106,7 +106,7 @@ def _default_sigterm() -> None:
     thread only (which may be inside a long native call)."""
     import ctypes
 
-    with contextlib.suppress(OSError, AttributeError):  # no C library to call: a later SIGTERM stays ignored
+    with contextlib.suppress(OSError, AttributeError, TypeError):  # no C library (Windows): SIGTERM stays ignored
         ctypes.CDLL(None).signal(signal.SIGTERM, 0)  # 0: SIG_DFL
 
 

@@ -131,11 +131,13 @@ def claim_output(path: str | Path) -> Iterator[None]:
 def open_regular(path: str | Path) -> Any:
     """`open(path, "rb")` for a regular file; OSError for anything else (a FIFO would block, /dev/zero never
     end), found without blocking."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    nonblocking = getattr(os, "O_NONBLOCK", 0)  # POSIX; Windows has no FIFOs to block on
+    fd = os.open(path, os.O_RDONLY | nonblocking | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise OSError(errno.EINVAL, "not a regular file (a FIFO or a device?)", str(path))
-    os.set_blocking(fd, True)
+    if nonblocking:
+        os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
 
 

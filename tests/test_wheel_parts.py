@@ -151,7 +151,7 @@ def test_a_wheel_pip_refuses_is_one_line(tmp_path):
     (["split", "{wheel}", "--out", "{tmp}/full"], "not empty"),
     (["split", "{wheel}", "--out", "{tmp}/o", "--max-mib", "0"], "--max-mib must be > 0"),
     (["split", "{wheel}", "--out", "{tmp}/o", "--max-mib", "inf"], "--max-mib must be > 0 and at most 1 TiB"),
-    (["split", "{wheel}", "--out", "{tmp}/o", "--part-bytes", "0"], "must be >= 1 byte"),
+    (["split", "{wheel}", "--out", "{tmp}/o", "--part-bytes", "0"], "must give parts of at least 1 byte"),
     (["split", "{wheel}", "--out", "{tmp}/o", "--part-bytes", "10"], "more than 999 parts"),
     (["split", "{wheel}", "--out", "{tmp}/o", "--max-mib", "1", "--part-bytes", "9"], "conflict"),
     (["join", "{tmp}/nowhere"], "parts folder not found"),
@@ -175,3 +175,29 @@ def test_force_replaces_earlier_parts(tmp_path, wheel, parts):
     assert len(files) == -(-wheel.stat().st_size // (PART_BYTES * 2))
     assert run("join", parts, "--wheel-dir", tmp_path / "j").returncode == 0
     assert (tmp_path / "j" / wheel.name).read_bytes() == wheel.read_bytes()
+
+
+def test_a_stopped_join_leaves_no_half_wheel(parts, tmp_path, monkeypatch):
+    sys.path.insert(0, str(SCRIPT.parent))
+    import wheel_parts
+
+    real = wheel_parts._stream
+
+    def stopped_after_one(folder, names):
+        stream = real(folder, names)
+        yield next(stream)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(wheel_parts, "_stream", stopped_after_one)
+    out = tmp_path / "joined"
+    with pytest.raises(KeyboardInterrupt):
+        wheel_parts.join(parts, out)
+    assert list(out.iterdir()) == []
+
+
+def test_a_folder_at_the_wheels_name_is_named(parts, tmp_path):
+    manifest = json.loads((parts / "manifest.json").read_text())
+    out = tmp_path / "joined"
+    (out / manifest["wheels"][0]["name"]).mkdir(parents=True)
+    proc = run("join", parts, "--wheel-dir", out)
+    _one_line_error(proc, manifest["wheels"][0]["name"], "a folder has the wheel's name")
