@@ -286,11 +286,13 @@ def train_variant(data: Path, run_dir: Path, overrides: dict, quick: bool, epoch
 
 
 def run_inputs(data: Path, settings: dict) -> dict[str, str]:
-    """What a run was trained from besides its settings: the dataset, and the start weights' content (a path
-    alone does not tell two encoders written to the same file apart)."""
+    """What a run was trained from besides its settings, by content (a path alone does not tell two encoders
+    written to one file apart, and a set made again in a new temporary folder is the same set): the
+    dataset's meta.json (every image's camera) and the start weights."""
     from mde.io import sha256_file
 
-    inputs = {"data": str(Path(data).resolve())}
+    meta = Path(data) / "meta.json"
+    inputs = {"data": sha256_file(meta) if meta.is_file() else str(Path(data).resolve())}
     if settings.get("backbone_weights"):
         inputs["backbone_weights_sha256"] = sha256_file(settings["backbone_weights"])
     return inputs

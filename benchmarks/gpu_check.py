@@ -215,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         work_ctx = (contextlib.nullcontext(str(_folder(args.work, "--work folder"))) if args.work
                     else tempfile.TemporaryDirectory(prefix="mde-gpu-check-"))
         out = _folder(args.out, "--out folder")  # after --work: a bad --work leaves no empty --out behind
+        for name in FILES.values():
+            if (out / name).exists() and not (out / name).is_file():
+                raise BadInput(f"{out / name}: a report is written here, and this is no file (a folder?)")
     except BadInput as err:
         print(f"gpu_check: error: {err}", file=sys.stderr)
         return 2

@@ -6,7 +6,7 @@
 #   bash benchmarks/gpu_check_offline.sh OUT [gpu_check.py options...]
 #
 # PYTHON picks the interpreter (default python3: the one that holds CUDA PyTorch). The wheels in
-# MDE_WHEELS (default .whl) go to a folder of their own (MDE_SITE, default /tmp/mde-site) that
+# MDE_WHEELS (default the checkout's .whl) go to a folder of their own (MDE_SITE, default /tmp/mde-site) that
 # comes first on PYTHONPATH, so a carried onnxruntime-gpu is imported instead of a CPU-only one.
 set -euo pipefail
 if [[ $# -lt 1 || $1 == -* ]]; then
@@ -15,19 +15,20 @@ if [[ $# -lt 1 || $1 == -* ]]; then
 fi
 out=$1
 shift
-cd "$(dirname "$0")/.."
+root=$(cd "$(dirname "$0")/.." && pwd)  # relative OUT and options stay the caller's: no cd
 python=${PYTHON:-python3}
 site=${MDE_SITE:-/tmp/mde-site}
-wheels=("${MDE_WHEELS:-.whl}"/*.whl)
+wheel_dir=${MDE_WHEELS:-$root/.whl}
+wheels=("$wheel_dir"/*.whl)
 if [[ -e ${wheels[0]} ]]; then
     "$python" -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check \
         --upgrade --target "$site" "${wheels[@]}"
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 else
-    echo "gpu_check_offline: no wheels in ${MDE_WHEELS:-.whl}/: FP16 export needs onnxconverter-common" \
+    echo "gpu_check_offline: no wheels in $wheel_dir/: FP16 export needs onnxconverter-common" \
         "(README 'GPU check')" >&2
 fi
-"$python" -m pip install -q --no-index --no-deps --no-build-isolation --disable-pip-version-check -e .
+"$python" -m pip install -q --no-index --no-deps --no-build-isolation --disable-pip-version-check -e "$root"
 ort_path=()
 [[ -d $site/onnxruntime ]] && ort_path=(--ort-path "$site")
-exec "$python" benchmarks/gpu_check.py --out "$out" "${ort_path[@]}" "$@"
+exec "$python" "$root/benchmarks/gpu_check.py" --out "$out" "${ort_path[@]}" "$@"

@@ -234,11 +234,16 @@ class _pool:
         return self.pool
 
     def __exit__(self, *exc) -> None:
-        if self.pool is not None:  # after an error or a stop: drop the queued work, wait out what is running
-            # (a chunk), so the scratch folder goes after it; `timeout` sends its signal twice (to the process,
-            # then its group), and the copy must not cut this wait short: it comes after, as the same stop
-            with deferred_signals():
-                self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.pool is None:
+            return
+        # After an error or a stop, the workers are stopped at once (their chunk may take seconds at a large
+        # --size) and waited for, so the scratch folder goes after their last write; `timeout` sends its
+        # signal twice (to the process, then its group), and the copy must not cut this short: it comes after.
+        with deferred_signals():
+            if exc[0] is not None:
+                for process in list(self.pool._processes.values()):  # no public terminate() in the executor
+                    process.terminate()
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _ignore_ctrl_c() -> None:

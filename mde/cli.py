@@ -96,6 +96,7 @@ def _raise_terminated(signum: int, _frame: object) -> None:
     timer = threading.Timer(SAME_STOP_S, _default_sigterm)
     timer.daemon = True  # an ending process does not wait for it
     timer.start()
+    _state["sigterm_timer"] = timer  # cancelled when the command ends: not the embedding program's business
     _state["terminated"] = True
     _quiet_shutdown()
     raise Terminated
@@ -106,6 +107,8 @@ def _default_sigterm() -> None:
     thread only (which may be inside a long native call)."""
     import ctypes
 
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:  # the command has ended (its handler is back)
+        return
     with contextlib.suppress(OSError, AttributeError, TypeError):  # no C library (Windows): SIGTERM stays ignored
         ctypes.CDLL(None).signal(signal.SIGTERM, 0)  # 0: SIG_DFL
 
@@ -127,6 +130,9 @@ def _stop_through_python_on_sigterm() -> Iterator[None]:
     try:
         yield
     finally:
+        timer = _state.pop("sigterm_timer", None)
+        if timer is not None:
+            timer.cancel()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 

@@ -27,16 +27,24 @@ RENAME_REFUSED = {errno.EBUSY, errno.EXDEV}
 TMP_NAME_BYTES = 200  # of the output's name in its temporary copy's: `.NAME.XXXXXXXX.tmp` within 255 bytes
 
 
+# The names of this process's own streams: written into whatever they are (a terminal, a pipe, the file a
+# shell redirected them to), never replaced. Any other symbolic link is replaced by the new file.
+STREAM_NAMES = re.compile(r"/dev/(stdout|stderr|fd/\d+)|/proc/(self|\d+)/fd/\d+")
+
+
 def _written_in_place(path: Path) -> bool:
     """Whether `path` is a stream to write into rather than a file to replace: /dev/stdout, /dev/fd/N (a
-    process substitution), a FIFO, a character device. A block device (a disk) is refused."""
+    process substitution), or (not through a link) a FIFO or a character device. A block device is refused."""
+    stream = STREAM_NAMES.fullmatch(str(path.absolute())) is not None
+    if path.is_symlink() and not stream:
+        return False
     try:
-        mode = path.stat().st_mode  # through links: /dev/stdout is one
+        mode = path.stat().st_mode  # a stream's name is a link to what it is
     except OSError:
         return False
     if stat.S_ISBLK(mode):
         raise InputError("is a block device (a disk); expected a file to write", path)
-    return not stat.S_ISREG(mode) or str(path.absolute()).startswith(("/dev/", "/proc/"))
+    return stream or not stat.S_ISREG(mode)
 
 
 @contextlib.contextmanager
@@ -51,7 +59,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     complete file, never a half-written one (the rename is atomic on POSIX).
     """
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and not path.is_symlink():  # a link to a folder is replaced, as any other link
         raise InputError("is a folder; expected a file to write", path)
     if _written_in_place(path):
         yield path
@@ -280,7 +288,9 @@ def deferred_signals() -> Iterator[None]:
         yield
         return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    previous = {sig: handler for sig, handler in previous.items() if handler is not None}
+    # None: a handler installed from C, left alone; SIG_IGN: nothing to hold (and putting it back afterwards
+    # would undo a default action restored meanwhile at the C level, as mde.cli does after a SIGTERM)
+    previous = {sig: handler for sig, handler in previous.items() if handler not in (None, signal.SIG_IGN)}
     caught: list[int] = []
     for sig in previous:
         signal.signal(sig, lambda signum, _frame: caught.append(signum))

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mde.errors import InputError, MdeError, shown_path
-from mde.io import resolved
+from mde.io import refuse_broken_link, resolved
 from mde.runtime.metadata import MM_PER_M, PNG16_MAX
 
 FORMATS = ("color", "png16", "npy")
@@ -103,6 +103,7 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
     if not paths:
         raise InputError("no input images given")
     out = Path(cfg.out)
+    refuse_broken_link(out)
     if out.exists() and not out.is_dir():
         raise InputError("output exists and is not a directory", out)
     names = output_names(paths, ".npy" if cfg.format == "npy" else ".png")
@@ -144,9 +145,9 @@ def check_outside_dataset(out: Path) -> None:
     """Refuse an output folder in a dataset's split (`DATA/val/depth`): the depth maps would replace its ground
     truth, or join its images as samples."""
     target = resolved(out)
-    for folder in (target, *target.parents):
-        if folder.name in ("rgb", "depth", "mask") and (folder.parent / "rgb").is_dir() \
-                and (folder.parent / "depth").is_dir():
+    for folder in (target, *target.parents):  # DATA/train|val/rgb|depth|mask: the dataset format's own layout
+        if folder.name in ("rgb", "depth", "mask") and folder.parent.name in ("train", "val") \
+                and (folder.parent / "rgb").is_dir() and (folder.parent / "depth").is_dir():
             raise InputError(f"--out lies inside a dataset split's {folder.name}/ ({folder.parent}): the depth maps "
                              "would replace or join its files; choose a folder outside it", out)
 

@@ -84,6 +84,12 @@ def test_a_saved_run_from_another_dataset_is_not_reused(tmp_path):
     assert bench_train.train_variant(tmp_path / "a", run_dir, {}, quick=True, epochs=1)  # the same data: reused
     with pytest.raises(InputError, match="holds a run trained on other inputs"):
         bench_train.train_variant(tmp_path / "b", run_dir, {}, quick=True, epochs=1)
+    for name in ("c", "d"):  # one set made again in another (temporary) folder: the same inputs
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "meta.json").write_text('{"max_depth": 20}')
+    (run_dir / "bench.json").write_text(json.dumps({"settings": settings,
+                                                    "inputs": bench_train.run_inputs(tmp_path / "c", settings)}))
+    assert bench_train.train_variant(tmp_path / "d", run_dir, {}, quick=True, epochs=1)
 
 
 def test_scripts_end_on_ctrl_c_and_mde_errors_in_one_line(capsys, monkeypatch):

@@ -235,7 +235,7 @@ OFFLINE = BENCH / "gpu_check_offline.sh"
 def _offline(tmp_path: Path, *args: str, wheels: bool, ort: bool) -> tuple[subprocess.CompletedProcess, list[str]]:
     """Run gpu_check_offline.sh with PYTHON a stand-in that logs each call (argv and PYTHONPATH)."""
     log, fake = tmp_path / "calls.log", tmp_path / "python"
-    fake.write_text(f'#!/bin/sh\necho "PYTHONPATH=$PYTHONPATH $*" >> {log}\n')
+    fake.write_text(f'#!/bin/sh\necho "PWD=$PWD PYTHONPATH=$PYTHONPATH $*" >> {log}\n')
     fake.chmod(0o755)
     wheel_dir, site = tmp_path / "wheels", tmp_path / "site"
     wheel_dir.mkdir()
@@ -255,8 +255,9 @@ def test_offline_wrapper_installs_carried_wheels_first_then_mde_then_runs_the_ch
     site = tmp_path / "site"
     assert len(calls) == 3, calls
     assert "-m pip install" in calls[0] and f"--target {site}" in calls[0] and "onnxconverter_common" in calls[0]
-    assert "--no-index" in calls[1] and calls[1].endswith("-e .")  # mde itself, offline, from the checkout
-    assert calls[2].startswith(f"PYTHONPATH={site} benchmarks/gpu_check.py --out OUTDIR --ort-path {site}")
+    assert "--no-index" in calls[1] and calls[1].endswith(f"-e {ROOT}")  # mde itself, offline, from the checkout
+    assert calls[2].startswith(f"PWD={tmp_path} PYTHONPATH={site} {ROOT}/benchmarks/gpu_check.py --out OUTDIR "
+                               f"--ort-path {site}")  # from the caller's folder: a relative OUT stays there
     assert calls[2].endswith("--budget 300")
 
 
@@ -265,6 +266,7 @@ def test_offline_wrapper_without_wheels_says_so_and_still_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "no wheels in" in proc.stderr and "onnxconverter-common" in proc.stderr
     assert len(calls) == 2 and "--ort-path" not in calls[1] and "benchmarks/gpu_check.py --out OUTDIR" in calls[1]
+    assert calls[1].startswith(f"PWD={tmp_path} ")
 
 
 @pytest.mark.parametrize("args", [(), ("--device", "cpu")])

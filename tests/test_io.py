@@ -36,10 +36,37 @@ def test_stdout_is_written_into_not_replaced(tmp_path):
     import sys
 
     out = tmp_path / "captured.json"
+    out.write_text("")
+    inode = out.stat().st_ino
     code = "from mde.io import write_json_atomic; write_json_atomic('/dev/stdout', {'a': 1})"
-    with open(out, "w") as fh:  # /dev/stdout -> /proc/self/fd/1 -> this regular file
+    with open(out, "a") as fh:  # /dev/stdout -> /proc/self/fd/1 -> this regular file
         subprocess.run([sys.executable, "-c", code], stdout=fh, check=True)
-    assert json.loads(out.read_text()) == {"a": 1} and Path("/dev/stdout").is_symlink()
+    assert json.loads(out.read_text()) == {"a": 1}
+    assert out.stat().st_ino == inode  # the shell's file itself, not a new file renamed over it
+
+
+def test_links_to_a_fifo_or_a_folder_are_replaced_like_any_link(tmp_path):
+    os.mkfifo(tmp_path / "ff")
+    (tmp_path / "d").mkdir()
+    for target in ("ff", "d"):
+        link = tmp_path / f"to-{target}.json"
+        link.symlink_to(tmp_path / target)
+        write_json_atomic(link, {"a": 1})  # a write through the FIFO link would block here
+        assert not link.is_symlink() and json.loads(link.read_text()) == {"a": 1}
+    assert (tmp_path / "ff").is_fifo() and (tmp_path / "d").is_dir()
+
+
+def test_deferred_signals_leave_an_ignored_signal_alone():
+    import signal
+
+    from mde.io import deferred_signals
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with deferred_signals():
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def test_the_lock_never_follows_a_planted_link(tmp_path, monkeypatch):

@@ -158,3 +158,39 @@ def test_a_mask_that_is_no_file_is_refused_not_taken_for_no_mask(cli, tiny_expor
     result = cli("eval", tiny_export / "model.onnx", "--data", data)
     one_line_refusal(result, mask.name)
     assert "not a readable file" in result.err
+
+
+def test_predict_runs_again_into_its_own_depth_folder(cli, tiny_export, synth_data, tmp_path):
+    """Only a dataset split (DATA/train|val/depth) is refused: a user's rec/rgb + rec/depth is rewritten freely."""
+    rgb = tmp_path / "rec" / "rgb"
+    shutil.copytree(synth_data / "val" / "rgb", rgb)
+    for _ in range(2):
+        result = cli("predict", tiny_export / "model.onnx", rgb, "--out", tmp_path / "rec" / "depth")
+        assert result.code == 0, result.err
+
+
+def test_force_checks_the_room_before_removing_the_old_run(tmp_path, monkeypatch):
+    import shutil as sh
+    from collections import namedtuple
+    from types import SimpleNamespace
+
+    import torch
+
+    from mde.errors import InputError
+    from mde.train import trainer
+    from mde.train.checkpoint import checkpoint_bytes
+
+    model = torch.nn.Linear(64, 64)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 64)).sum().backward()
+    optimizer.step()  # AdamW's moments exist after a step
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, tmp_path / "real.pt")
+    needed = checkpoint_bytes(model, optimizer)
+    assert (tmp_path / "real.pt").stat().st_size < needed < 3 * (tmp_path / "real.pt").stat().st_size
+
+    (tmp_path / "best.pt").write_bytes(b"x" * 10)
+    monkeypatch.setattr(sh, "disk_usage", lambda _p: namedtuple("usage", "total used free")(1, 1, 100))
+    job = SimpleNamespace(replaces_a_run=True, out=tmp_path, model=model, optimizer=optimizer)
+    with pytest.raises(InputError, match="old run is kept"):
+        trainer.replace_old_run(job)
+    assert (tmp_path / "best.pt").exists()

@@ -54,8 +54,10 @@ def check_room(out: Path, needed: int) -> None:
 
     from mde.errors import InputError
 
-    freed = sum(p.stat().st_size for p in (out / name for name in RUN_FILES) if p.is_file() and not p.is_symlink())
-    room = shutil.disk_usage(out).free + freed
+    old = [p for p in (out / name for name in RUN_FILES) if p.is_file() and not p.is_symlink()]
+    if not old:  # no old run: a full disk is the first write's own one-line error, with nothing to keep
+        return
+    room = shutil.disk_usage(out).free + sum(p.stat().st_size for p in old)
     if room < needed:
         raise InputError(f"too little free space for this run's checkpoints (about {needed / 2**20:.0f} MiB; "
                          f"{room / 2**20:.0f} MiB once the old run's files are removed); the old run is kept", out)

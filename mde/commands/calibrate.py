@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import typer
 
 from mde.calibration.config import METHODS, TARGETS, CalibrationConfig
-from mde.commands.options import depth_scale_option
-from mde.io import claim_output, json_text
+from mde.commands.options import depth_scale_option, print_json
+from mde.io import claim_output
 
 if TYPE_CHECKING:  # the calibration module imports onnx: only for the annotations
     from mde.calibration.calibrate import CalibrationReport
@@ -58,7 +58,7 @@ def calibrate_command(
     with claim_output(out):
         report = calibrate(cfg)
     if as_json:
-        typer.echo(json_text(report.to_dict(), sort_keys=True))
+        print_json(report.to_dict(), sort_keys=True)
     else:
         _print(report)
     _check_result(report)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from mde.commands.options import DEPTH_SCALE_HELP, depth_scale_option
+from mde.commands.options import DEPTH_SCALE_HELP, depth_scale_option, print_json
 from mde.export.config import MAX_OPSET, MIN_OPSET, ExportConfig
-from mde.io import claim_output, json_text
+from mde.io import claim_output
 
 _D = ExportConfig(checkpoint=Path("CKPT"), out=Path("DIR"))  # the defaults, for --help
 
@@ -107,7 +107,7 @@ def export(
     with claim_output(out):
         artifacts = export_checkpoint(cfg)
     if as_json:
-        typer.echo(json_text({"artifacts": [a.to_dict() for a in artifacts]}, sort_keys=True))
+        print_json({"artifacts": [a.to_dict() for a in artifacts]}, sort_keys=True)
         return
     for a in artifacts:
         err = (

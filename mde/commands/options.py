@@ -22,14 +22,19 @@ PROVIDERS_HELP = (
 def emit(report: dict[str, Any], as_json: bool, show: Callable[[dict[str, Any]], None]) -> None:
     """`--json`: the report as one JSON object on stdout; otherwise `show` it (a table on stdout)."""
     if as_json:
-        if sys.stdout is None:  # started with stdout closed (`>&-`): click would drop the JSON without a word
-            raise InputError("standard output is closed; nothing takes the --json output")
-        try:
-            typer.echo(json_text(report))
-        except OSError as err:  # a full disk (/dev/full), a closed pipe
-            raise InputError(f"cannot write the --json output to standard output ({err.strerror or err})") from None
+        print_json(report)
     else:
         show(report)
+
+
+def print_json(obj: Any, **options: Any) -> None:
+    """`--json`: `obj` as one JSON object on stdout; a closed or full stdout is one line (exit 2), not lost."""
+    if sys.stdout is None:  # started with stdout closed (`>&-`): click would drop the JSON without a word
+        raise InputError("standard output is closed; nothing takes the --json output")
+    try:
+        typer.echo(json_text(obj, **options))
+    except OSError as err:  # a full disk (/dev/full), a closed pipe
+        raise InputError(f"cannot write the --json output to standard output ({err.strerror or err})") from None
 
 
 DEPTH_SCALE_HELP = "16-bit depth PNG units per metre (default: 1000, millimetres; KITTI's layout: 256)."

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import typer
 
-from mde.commands.options import depth_scale_option
+from mde.commands.options import depth_scale_option, print_json
 from mde.errors import InputError
-from mde.io import claim_output, json_text
+from mde.io import claim_output
 from mde.train.config import (
     BACKBONE_CHOICES,
     CYCLE_MODES,
@@ -115,7 +115,7 @@ def train_command(
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 reports
     if json_out:
-        typer.echo(json_text(result))
+        print_json(result)
     elif result.get("best"):
         best = result["best"]
         best_pt = Path(result["run"]) / "best.pt"
