@@ -265,8 +265,8 @@ def train_variant(data: Path, run_dir: Path, overrides: dict, quick: bool, epoch
     if summary.is_file():
         saved = json.loads(summary.read_text())
         if saved.get("inputs", inputs) != inputs:  # summaries from before inputs were recorded: settings only
-            raise InputError(f"holds a run trained on other inputs ({saved['inputs']}, not {inputs}); use another "
-                             "--runs folder", run_dir)
+            raise InputError("holds a run trained on another dataset or other start weights; use another --runs "
+                             "folder", run_dir)
         wanted = json.loads(json.dumps({**settings, "patch": patch}))  # as the summary stores them
         changed = sorted(k for k in wanted.keys() | saved["settings"].keys()
                          if wanted.get(k) != saved["settings"].get(k))
@@ -288,11 +288,17 @@ def train_variant(data: Path, run_dir: Path, overrides: dict, quick: bool, epoch
 def run_inputs(data: Path, settings: dict) -> dict[str, str]:
     """What a run was trained from besides its settings, by content (a path alone does not tell two encoders
     written to one file apart, and a set made again in a new temporary folder is the same set): the
-    dataset's meta.json (every image's camera) and the start weights."""
+    dataset (its meta.json, and every file's name and size) and the start weights."""
+    import hashlib
+
     from mde.io import sha256_file
 
-    meta = Path(data) / "meta.json"
-    inputs = {"data": sha256_file(meta) if meta.is_file() else str(Path(data).resolve())}
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(data).rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(data)}\0{path.stat().st_size}\0".encode())
+        if path.name == "meta.json":  # every image's camera, for `mde data synth` sets
+            digest.update(path.read_bytes())
+    inputs = {"data": digest.hexdigest()}
     if settings.get("backbone_weights"):
         inputs["backbone_weights_sha256"] = sha256_file(settings["backbone_weights"])
     return inputs

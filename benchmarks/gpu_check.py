@@ -212,12 +212,13 @@ def main(argv: list[str] | None = None) -> int:
             raise BadInput("mde is not installed in this Python: pip install --no-deps --no-build-isolation -e .")
         _not_a_file(args.out, "--out folder")
         _not_a_file(args.work, "--work folder")
+        for name in FILES.values():  # before any folder is made
+            report = args.out / name
+            if report.exists() and not report.is_symlink() and not report.is_file():
+                raise BadInput(f"{report}: a report is written here, and this is no file (a folder?)")
         work_ctx = (contextlib.nullcontext(str(_folder(args.work, "--work folder"))) if args.work
                     else tempfile.TemporaryDirectory(prefix="mde-gpu-check-"))
         out = _folder(args.out, "--out folder")  # after --work: a bad --work leaves no empty --out behind
-        for name in FILES.values():
-            if (out / name).exists() and not (out / name).is_file():
-                raise BadInput(f"{out / name}: a report is written here, and this is no file (a folder?)")
     except BadInput as err:
         print(f"gpu_check: error: {err}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ if [[ $# -lt 1 || $1 == -* ]]; then
 fi
 out=$1
 shift
-root=$(cd "$(dirname "$0")/.." && pwd)  # relative OUT and options stay the caller's: no cd
+root=$(CDPATH='' cd -P -- "$(dirname -- "$0")/.." >/dev/null && pwd)  # no cd here: a relative OUT stays the caller's
 python=${PYTHON:-python3}
 site=${MDE_SITE:-/tmp/mde-site}
 wheel_dir=${MDE_WHEELS:-$root/.whl}

@@ -241,8 +241,8 @@ class _pool:
         # signal twice (to the process, then its group), and the copy must not cut this short: it comes after.
         with deferred_signals():
             if exc[0] is not None:
-                for process in list(self.pool._processes.values()):  # no public terminate() in the executor
-                    process.terminate()
+                for process in list(self.pool._processes.values()):  # no public terminate() in the executor;
+                    process.kill()  # SIGKILL: a SIGTERM that mde was started ignoring is ignored by them too
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 

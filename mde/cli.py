@@ -131,8 +131,9 @@ def _stop_through_python_on_sigterm() -> Iterator[None]:
         yield
     finally:
         timer = _state.pop("sigterm_timer", None)
-        if timer is not None:
+        if timer is not None:  # and one already running finishes first: its C-level change must come before ours
             timer.cancel()
+            timer.join()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 

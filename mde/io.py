@@ -27,24 +27,39 @@ RENAME_REFUSED = {errno.EBUSY, errno.EXDEV}
 TMP_NAME_BYTES = 200  # of the output's name in its temporary copy's: `.NAME.XXXXXXXX.tmp` within 255 bytes
 
 
-# The names of this process's own streams: written into whatever they are (a terminal, a pipe, the file a
-# shell redirected them to), never replaced. Any other symbolic link is replaced by the new file.
-STREAM_NAMES = re.compile(r"/dev/(stdout|stderr|fd/\d+)|/proc/(self|\d+)/fd/\d+")
+def _stream_name(path: Path) -> bool:
+    """Whether `path` names one of this process's own streams (/dev/stdout, /dev/stderr, /dev/fd/N,
+    /proc/self/fd/N), however it is spelled (`//dev/stdout`, through a link to /dev): its folder is resolved."""
+    folder = os.path.realpath(path.absolute().parent)
+    return (folder == "/dev" and path.name in ("stdout", "stderr")) or (
+        re.fullmatch(r"/proc/\d+/fd", folder) is not None and path.name.isdigit())
 
 
 def _written_in_place(path: Path) -> bool:
-    """Whether `path` is a stream to write into rather than a file to replace: /dev/stdout, /dev/fd/N (a
-    process substitution), or (not through a link) a FIFO or a character device. A block device is refused."""
-    stream = STREAM_NAMES.fullmatch(str(path.absolute())) is not None
-    if path.is_symlink() and not stream:
+    """Whether `path` is a stream to write into rather than a file to replace: one of the process's own streams
+    (a terminal, a pipe, a process substitution, the file a shell redirected it to), or a FIFO or character
+    device named directly. Any other symbolic link is replaced. A block device, a closed stream, and a new
+    file in /dev or /proc are refused."""
+    if _stream_name(path):
+        try:
+            mode = path.stat().st_mode
+        except OSError:  # `>&-`: replacing the name would replace the system's /dev/stdout link
+            raise InputError("names a closed stream; nothing takes this output", path) from None
+    elif path.is_symlink():
         return False
-    try:
-        mode = path.stat().st_mode  # a stream's name is a link to what it is
-    except OSError:
-        return False
+    else:
+        try:
+            mode = path.lstat().st_mode
+        except OSError:
+            mode = None
+        if mode is None or stat.S_ISREG(mode):
+            folder = os.path.realpath(path.absolute().parent)
+            if folder in ("/dev", "/proc") or folder.startswith("/proc/"):  # (/dev/shm is a file system)
+                raise InputError("mde makes no files in /dev or /proc; expected a file elsewhere or a stream", path)
+            return False
     if stat.S_ISBLK(mode):
         raise InputError("is a block device (a disk); expected a file to write", path)
-    return stream or not stat.S_ISREG(mode)
+    return True
 
 
 @contextlib.contextmanager
@@ -53,7 +68,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     A symbolic link at `path` is replaced by the new file and what it pointed to is left alone (as
     `sed -i` and git do): a link planted in a shared folder cannot turn a write into one elsewhere. A
-    stream (/dev/stdout, a FIFO, `>(jq .)`) is written directly.
+    stream (/dev/stdout, a FIFO, `>(jq .)`) gets the content appended once the block succeeds: a
+    redirected file keeps what was written to it before.
 
     A crash or SIGKILL at any moment leaves either the old complete file or the new
     complete file, never a half-written one (the rename is atomic on POSIX).
@@ -61,8 +77,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     if path.is_dir() and not path.is_symlink():  # a link to a folder is replaced, as any other link
         raise InputError("is a folder; expected a file to write", path)
-    if _written_in_place(path):
-        yield path
+    if _written_in_place(path):  # written whole at the end, appended: what the shell's file held stays
+        with tempfile.TemporaryDirectory(prefix="mde-stream-") as folder:
+            tmp_path = Path(folder) / path.name
+            yield tmp_path
+            try:
+                with open(tmp_path, "rb") as src, open(path, "ab") as out:
+                    shutil.copyfileobj(src, out)
+            except OSError as err:
+                raise InputError(f"cannot write ({err.strerror or err})", path) from None
         return
     parent = path.parent if str(path.parent) else Path(".")
     try:

@@ -78,18 +78,24 @@ def test_a_saved_run_from_another_dataset_is_not_reused(tmp_path):
 
     run_dir = tmp_path / "unet-flips"
     run_dir.mkdir()
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "meta.json").write_text(f'{{"max_depth": 20, "seed": "{name}"}}')
     settings = {**bench_train.QUALITY, **bench_train.QUICK, "epochs": 1, "patch": None}
     (run_dir / "bench.json").write_text(json.dumps({"settings": settings,
                                                     "inputs": bench_train.run_inputs(tmp_path / "a", settings)}))
     assert bench_train.train_variant(tmp_path / "a", run_dir, {}, quick=True, epochs=1)  # the same data: reused
-    with pytest.raises(InputError, match="holds a run trained on other inputs"):
+    with pytest.raises(InputError, match="holds a run trained on another dataset"):
         bench_train.train_variant(tmp_path / "b", run_dir, {}, quick=True, epochs=1)
-    for name in ("c", "d"):  # one set made again in another (temporary) folder: the same inputs
-        (tmp_path / name).mkdir()
+    for name in ("c", "d", "e"):  # c and d: one set made again in another (temporary) folder
+        (tmp_path / name / "val" / "rgb").mkdir(parents=True)
         (tmp_path / name / "meta.json").write_text('{"max_depth": 20}')
+        (tmp_path / name / "val" / "rgb" / "a.png").write_bytes(b"x" * (3 if name == "e" else 2))
     (run_dir / "bench.json").write_text(json.dumps({"settings": settings,
                                                     "inputs": bench_train.run_inputs(tmp_path / "c", settings)}))
     assert bench_train.train_variant(tmp_path / "d", run_dir, {}, quick=True, epochs=1)
+    with pytest.raises(InputError, match="another dataset"):  # e: the same meta.json, other images
+        bench_train.train_variant(tmp_path / "e", run_dir, {}, quick=True, epochs=1)
 
 
 def test_scripts_end_on_ctrl_c_and_mde_errors_in_one_line(capsys, monkeypatch):

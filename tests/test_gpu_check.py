@@ -273,3 +273,11 @@ def test_offline_wrapper_without_wheels_says_so_and_still_runs(tmp_path):
 def test_offline_wrapper_without_an_out_folder_is_one_usage_line(tmp_path, args):
     proc, calls = _offline(tmp_path, *args, wheels=True, ort=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "usage" in proc.stderr and not calls
+
+
+def test_a_folder_at_a_report_name_is_refused_before_any_folder_is_made(tmp_path):
+    (tmp_path / "out" / "gpu_check.md").mkdir(parents=True)
+    proc = run("--out", tmp_path / "out", "--work", tmp_path / "work", "--device", "cpu", "--only", "environment",
+               timeout=120)
+    assert proc.returncode == 2 and "gpu_check.md: a report is written here" in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and not (tmp_path / "work").exists()

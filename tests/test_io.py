@@ -46,14 +46,39 @@ def test_stdout_is_written_into_not_replaced(tmp_path):
 
 
 def test_links_to_a_fifo_or_a_folder_are_replaced_like_any_link(tmp_path):
+    import subprocess
+    import sys
+
     os.mkfifo(tmp_path / "ff")
     (tmp_path / "d").mkdir()
+    code = ("import sys; from mde.io import write_json_atomic\n"
+            "for link in sys.argv[1:]: write_json_atomic(link, {'a': 1})")
+    links = []
     for target in ("ff", "d"):
-        link = tmp_path / f"to-{target}.json"
-        link.symlink_to(tmp_path / target)
-        write_json_atomic(link, {"a": 1})  # a write through the FIFO link would block here
+        links.append(tmp_path / f"to-{target}.json")
+        links[-1].symlink_to(tmp_path / target)
+    # in a process of its own: a write through the FIFO link would block for ever
+    subprocess.run([sys.executable, "-c", code, *map(str, links)], check=True, timeout=60)
+    for link in links:
         assert not link.is_symlink() and json.loads(link.read_text()) == {"a": 1}
     assert (tmp_path / "ff").is_fifo() and (tmp_path / "d").is_dir()
+
+
+def test_a_stream_keeps_what_the_shell_wrote_before_and_its_name_is_never_replaced(tmp_path):
+    import subprocess
+    import sys
+
+    log = tmp_path / "run.log"
+    log.write_text("old line\n")
+    code = "from mde.io import write_json_atomic; write_json_atomic('//dev/../dev/stdout', {'a': 1})"
+    with open(log, "a") as fh:  # `>> run.log`; and the name spelled oddly is still the stream
+        subprocess.run([sys.executable, "-c", code], stdout=fh, check=True, timeout=60)
+    assert log.read_text().startswith("old line\n") and json.loads(log.read_text()[9:]) == {"a": 1}
+    closed = subprocess.run([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, timeout=60, check=False, close_fds=True,
+                            preexec_fn=lambda: os.close(1))  # `>&-`
+    assert closed.returncode != 0 and "names a closed stream" in closed.stderr
+    assert Path("/dev/stdout").is_symlink()  # the system's link, not a file renamed over it
 
 
 def test_deferred_signals_leave_an_ignored_signal_alone():

@@ -194,3 +194,21 @@ def test_force_checks_the_room_before_removing_the_old_run(tmp_path, monkeypatch
     with pytest.raises(InputError, match="old run is kept"):
         trainer.replace_old_run(job)
     assert (tmp_path / "best.pt").exists()
+
+
+def test_a_first_force_run_needs_no_room_check(tmp_path, monkeypatch):
+    import shutil as sh
+    from collections import namedtuple
+
+    from mde.train import report
+
+    monkeypatch.setattr(sh, "disk_usage", lambda _p: namedtuple("usage", "total used free")(1, 1, 0))
+    report.check_room(tmp_path, needed=10**9)  # no old run to keep: the first write says what is wrong
+
+
+def test_predict_names_a_broken_link_as_its_output_folder(cli, tiny_export, synth_data, tmp_path):
+    (tmp_path / "brk").symlink_to(tmp_path / "nowhere" / "x")
+    image = sorted((synth_data / "val" / "rgb").iterdir())[0]
+    result = cli("predict", tiny_export / "model.onnx", image, "--out", tmp_path / "brk")
+    one_line_refusal(result, "brk")
+    assert "broken symbolic link" in result.err

@@ -262,3 +262,26 @@ def test_synths_pool_lets_go_of_workers_killed_from_outside():
     """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0 and done.stdout.strip() == "let go", done.stderr[-2000:]
+
+
+def test_synths_pool_stops_running_work_at_once_after_an_error():
+    """A stop or an error does not wait out the chunks the workers are rendering (seconds each at a large
+    --size); the workers are killed, SIGKILL, as a SIGTERM mde was started ignoring would not reach them."""
+    import subprocess
+    import sys
+
+    code = """if True:
+        import signal, time
+        from mde.data.synth import _pool
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # inherited by the workers
+        started = time.monotonic()
+        try:
+            with _pool(2) as pool:
+                pool.map(time.sleep, [60, 60])
+                time.sleep(1)  # both running
+                raise RuntimeError("stopped")
+        except RuntimeError:
+            print(round(time.monotonic() - started))
+    """
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=45, check=False)
+    assert done.returncode == 0 and int(done.stdout) < 20, done.stderr[-2000:]
