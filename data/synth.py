@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,9 +199,12 @@ def _render_splits(tmp: Path, counts: dict[str, int], size: int, seed: int, prog
         try:
             for split, name, intr in results:
                 cameras[split][name] = intr
-        except BrokenProcessPool:  # a worker killed from outside (out of memory?); a stop of mde itself is said
-            from mde.errors import MdeError  # as one (the CLI sees the SIGTERM)
+        except BrokenProcessPool:  # a worker killed from outside (out of memory?)
+            from mde.errors import MdeError
 
+            # A signal sent to the whole group (`timeout`, `kill -TERM -PGID`) kills the workers as it reaches
+            # this process: a moment for its handler to run, so the run is reported as stopped, not as failed.
+            time.sleep(0.5)
             raise MdeError("a rendering worker stopped unexpectedly (killed, or out of memory?); try --workers 1") \
                 from None
     return {s: dict(sorted(cameras[s].items())) for s in SPLITS}

@@ -285,3 +285,23 @@ def test_synths_pool_stops_running_work_at_once_after_an_error():
     """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=45, check=False)
     assert done.returncode == 0 and int(done.stdout) < 20, done.stderr[-2000:]
+
+
+def test_a_synth_worker_killed_from_outside_is_one_line(tmp_path):
+    """Not a stop of mde (only a worker died: the out-of-memory killer, say): one line naming the cause."""
+    import psutil
+
+    out = tmp_path / "set"
+    proc = subprocess.Popen([sys.executable, "-m", "mde", "data", "synth", str(out), "--train", "4000", "--val", "0",
+                             "--size", "64", "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not any(out.glob(".synth-*/train/rgb/*.png")):
+        assert proc.poll() is None and time.monotonic() < deadline, "synth ended before it rendered"
+        time.sleep(0.05)
+    for child in psutil.Process(proc.pid).children():
+        if "resource_tracker" not in " ".join(child.cmdline()):
+            child.kill()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and err.strip().splitlines()[-1].startswith("mde: error: a rendering worker stopped")
+    assert not out.exists() or not any(out.iterdir())
