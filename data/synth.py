@@ -233,8 +233,7 @@ class _pool:
         if self.workers > 1:
             from concurrent.futures import ProcessPoolExecutor
 
-            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_ignore_ctrl_c)
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         return self.pool
 
     def __exit__(self, *exc) -> None:
@@ -250,16 +249,11 @@ class _pool:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _ignore_ctrl_c() -> None:
-    """In each worker: Ctrl-C reaches the whole process group, and the parent stops the pool, so no worker
-    prints a traceback of its own."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 @contextlib.contextmanager
 def _workers_ignore_ctrl_c():
-    """Around the calls that start workers: an ignored signal stays ignored across exec, so a Ctrl-C while a
-    worker starts (before its initializer runs) is ignored there too. Only from the main thread."""
+    """Around the calls that start workers (the executor starts them as work is submitted): Ctrl-C reaches the
+    whole process group, and the parent stops the pool, so the workers ignore it from birth (an ignored signal
+    stays ignored across exec) and none prints a traceback of its own. Only from the main thread."""
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if threading.current_thread() is threading.main_thread() \
         else None
     try:

@@ -320,13 +320,13 @@ def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
     for option, out in (("--json", cfg.json_path), ("--report", cfg.report)):
         if out is not None:
             check_output_file(out, option, inputs)
-    if cfg.report and not cfg.golden:  # the worst-image pictures beside the report are outputs too
-        for picture in worst_png_paths(cfg.report, artifact_labels(cfg.artifacts)).values():
-            check_output_file(picture, "--report's picture", inputs)
-    if cfg.json_path and cfg.report:  # pictures are drawn against a checkpoint only
-        pictures = [] if cfg.golden else [
-            resolved(p) for p in worst_png_paths(cfg.report, artifact_labels(cfg.artifacts)).values()]
-        if resolved(cfg.json_path) in (resolved(cfg.report), *pictures):
+    # the worst-image pictures beside the report are outputs too; they are drawn against a checkpoint only
+    pictures = [] if not cfg.report or cfg.golden else list(
+        worst_png_paths(cfg.report, artifact_labels(cfg.artifacts)).values())
+    for picture in pictures:
+        check_output_file(picture, "--report's picture", inputs)
+    if cfg.json_path and cfg.report:
+        if resolved(cfg.json_path) in (resolved(cfg.report), *map(resolved, pictures)):
             raise InputError("--json names a file the report writes (the report, or an artifact's worst-image "
                              "picture); one would replace the other", cfg.json_path)
     pngs: dict[str, str] = {}

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from mde.errors import InputError
 from mde.io import atomic_path, write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,6 @@ def remove_partial_writes(out: Path) -> None:
 
 def check_run_files(out: Path) -> None:
     """Refuse a folder (or a FIFO) at one of the run's file names: found now, not at the first epoch's end."""
-    from mde.errors import InputError
-
     for name in RUN_FILES:
         path = out / name
         if path.exists() and not path.is_symlink() and not path.is_file():  # a link is replaced, not followed
@@ -51,8 +50,6 @@ def check_room(out: Path, needed: int) -> None:
     """Before `--force` removes an old run: refuse, keeping it whole, when even its removal leaves less than
     `needed` bytes free (the new run's checkpoints)."""
     import shutil
-
-    from mde.errors import InputError
 
     old = [p for p in (out / name for name in RUN_FILES) if p.is_file() and not p.is_symlink()]
     if not old:  # no old run: a full disk is the first write's own one-line error, with nothing to keep
