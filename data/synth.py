@@ -51,6 +51,7 @@ SPLITS = ("train", "val")
 # --- dataset writer -----------------------------------------------------------------------------
 
 
+CHUNK = 8  # images a worker renders per task: fewer round trips, still a fine progress bar
 SCRATCH_PREFIX = ".synth-"  # the folder images are rendered into, beside the splits it replaces
 
 
@@ -68,6 +69,11 @@ def _png(array: np.ndarray) -> bytes:
 def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
     """The generator that draws image `index` of `split` in the set made with `seed`."""
     return np.random.default_rng(np.random.SeedSequence([seed, SPLITS.index(split), index]))
+
+
+def _render_chunk(jobs: list[tuple]) -> list[tuple[str, str, dict]]:
+    """A worker's task: `CHUNK` image pairs."""
+    return [_render_job(job) for job in jobs]
 
 
 def _render_job(job: tuple) -> tuple[str, str, dict]:
@@ -190,8 +196,13 @@ def _render_splits(tmp: Path, counts: dict[str, int], size: int, seed: int, prog
         if pool is None:
             results = map(_render_job, jobs)
         else:
+            # submitted by hand, not with pool.map: on an error, map's results cancel the queued work, which
+            # races with the executor failing it once the workers are gone (CPython 3.11 prints an
+            # InvalidStateError from its manager thread)
+            chunks = [jobs[i:i + CHUNK] for i in range(0, len(jobs), CHUNK)]
             with _workers_ignore_ctrl_c():  # every worker starts while the jobs are submitted
-                results = pool.map(_render_job, jobs, chunksize=8)
+                futures = [pool.submit(_render_chunk, chunk) for chunk in chunks]
+            results = (result for future in futures for result in future.result())
         if progress:
             from mde.console import track
 
@@ -242,11 +253,12 @@ class _pool:
         # After an error or a stop, the workers are stopped at once (their chunk may take seconds at a large
         # --size) and waited for, so the scratch folder goes after their last write; `timeout` sends its
         # signal twice (to the process, then its group), and the copy must not cut this short: it comes after.
+        # The queued work is not cancelled: the executor fails it itself once it sees the workers gone.
         with deferred_signals():
             if exc[0] is not None:
                 for process in list(self.pool._processes.values()):  # no public terminate() in the executor;
                     process.kill()  # SIGKILL: a SIGTERM that mde was started ignoring is ignored by them too
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool.shutdown(wait=True)
 
 
 @contextlib.contextmanager
