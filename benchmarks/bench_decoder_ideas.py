@@ -317,7 +317,7 @@ def run(opts: argparse.Namespace) -> dict:
         for name in TASK_ENCODER_VARIANTS:
             VARIANTS[name]["backbone_weights"] = str(path)
     if opts.anatomy is not None:
-        data = ensure_data(opts.data, 2000, 200, 128)
+        data = ensure_data(opts.data, quick=False)
         require_masks(data)
         world = WORLDS.get(opts.world, contextlib.nullcontext)
         return {str(run_dir): anatomy(data, run_dir, world) for run_dir in opts.anatomy}
@@ -360,7 +360,7 @@ def main() -> None:
         for run_dir in [*(opts.anatomy or ()), *([opts.encoder_from] if opts.encoder_from else [])]:
             require_file(run_dir / "best.pt", "trained run's checkpoint")
         if opts.world in WORLDS:
-            make_world_data(opts.data, opts.world)
+            make_world_data(opts.data, opts.world, opts.quick)
         elif opts.data.exists() and not (opts.data / "meta.json").is_file() and (
                 not opts.data.is_dir() or any(opts.data.iterdir())):
             raise InputError("not a synthetic set (no meta.json); give a new or empty folder to make one there",

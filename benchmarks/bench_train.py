@@ -59,11 +59,42 @@ VARIANTS = {
 }
 
 
-def ensure_data(path: Path, train: int, val: int, size: int) -> Path:
+def data_settings(quick: bool) -> dict[str, int]:
+    """The benchmarks' synthetic set: 2000 / 200 images at 128 px (seed 0), or a tiny one for `--quick`."""
+    return {"train": 120, "val": 20, "size": 64} if quick else {"train": 2000, "val": 200, "size": 128}
+
+
+def check_data_settings(path: Path, quick: bool) -> None:
+    """Refuse a set at `path` made for the other budget (a `--quick` set reused for a full run, or the
+    reverse): its figures would not be the benchmark's."""
+    from mde.errors import InputError
+    from mde.io import parse_json, read_small_text
+
+    meta_path = path / "meta.json"
+    if not meta_path.is_file():
+        return
+    try:
+        meta = parse_json(read_small_text(meta_path))
+    except ValueError as err:
+        raise InputError(f"not readable JSON ({err})", meta_path) from None
+    if not isinstance(meta, dict):
+        raise InputError("not a dataset's meta.json (no JSON object)", meta_path)
+    want = data_settings(quick)
+    have = {"train": (meta.get("counts") or {}).get("train"), "val": (meta.get("counts") or {}).get("val"),
+            "size": (meta.get("size") or [None])[0]}
+    if have != want:
+        raise InputError(f"holds {have['train']} / {have['val']} images at {have['size']} px, not the "
+                         f"{want['train']} / {want['val']} at {want['size']} px this run needs"
+                         f"{'' if quick else ' (a --quick set?)'}; give another --data folder", path)
+
+
+def ensure_data(path: Path, quick: bool) -> Path:
+    """The benchmark's synthetic set at `path`, made there unless it is (of the same size)."""
     from mde.data.synth import synthesize
 
+    check_data_settings(path, quick)
     if not (path / "meta.json").is_file():
-        synthesize(path, train=train, val=val, size=size, seed=0, progress=False)
+        synthesize(path, **data_settings(quick), seed=0, progress=False)
     return path
 
 
@@ -93,7 +124,7 @@ def quality(data: Path, quick: bool) -> dict:
     from mde.train.config import TrainConfig
     from mde.train.trainer import train
 
-    data = ensure_data(data, 120 if quick else 2000, 20 if quick else 200, 64 if quick else 128)
+    data = ensure_data(data, quick)
     base = baselines(data)
     settings = {**QUALITY, **(QUICK if quick else {})}
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,7 +153,7 @@ def throughput(data: Path, quick: bool, batch: int = 16, size: int = 128) -> dic
     from mde.train.model import ModelArgs, build_model
 
     threads = torch.get_num_threads()
-    data = ensure_data(data, 120 if quick else 2000, 20 if quick else 200, 64 if quick else 128)
+    data = ensure_data(data, quick)
     # every transform on: the loader's worst case
     pairs = DepthPairs(open_dataset(data, "train"), size, augment=True, seed=0, scale_crop=True, color_jitter=True)
     indices = epoch_indices(len(pairs), 0, 0, 0, 1)[: (64 if quick else 512)]
@@ -210,7 +241,7 @@ def losses(data: Path, quick: bool) -> dict:
     from mde.train.config import LOSS_CHOICES, TrainConfig
     from mde.train.trainer import train
 
-    data = ensure_data(data, 120 if quick else 2000, 20 if quick else 200, 64 if quick else 128)
+    data = ensure_data(data, quick)
     table = {}
     for loss in LOSS_CHOICES:
         with tempfile.TemporaryDirectory() as tmp:
@@ -356,7 +387,7 @@ def decoders(data: Path, quick: bool, runs: Path | None = None,
              epochs: int = 0, reference: str | None = None) -> dict:
     """Train each variant (same data, epochs and seed) and print the per-region quality table, with
     ratios to `reference` (default: the first variant)."""
-    data = ensure_data(data, 120 if quick else 2000, 20 if quick else 200, 64 if quick else 128)
+    data = ensure_data(data, quick)
     require_masks(data)
     with tempfile.TemporaryDirectory() as tmp:
         root = runs or Path(tmp)

@@ -63,13 +63,16 @@ def small_objects() -> AbstractContextManager:
 WORLDS = {"fixed-camera": fixed_camera, "small-objects": small_objects}
 
 
-def make_world_data(path: Path, name: str) -> Path:
-    """`ensure_data`'s synthetic set drawn from world `name`, made at `path` unless it is there.
+def make_world_data(path: Path, name: str, quick: bool = False) -> Path:
+    """`ensure_data`'s synthetic set (the `--quick` one with `quick`) drawn from world `name`, made at `path`
+    unless it is there.
 
     A `bench_world.json` marks the folder (written first: a folder with it and no meta.json was
     interrupted, and is made again); a fixed-camera set made before the marker existed is
     recognised by its cameras. Made in one process: the patch does not reach spawned workers.
     """
+    from bench_train import check_data_settings, data_settings
+
     from mde.data.synth import synthesize
 
     marker = path / "bench_world.json"
@@ -82,6 +85,7 @@ def make_world_data(path: Path, name: str) -> Path:
                                                   for c in split.values() for key, value in FIXED_CAMERA.items())
         if not ours:
             raise ValueError(f"{path}: holds another dataset; --world {name} needs a new folder")
+        check_data_settings(path, quick)
         return path
     # The marker goes first, so a set interrupted before its meta.json is made again, not refused:
     # what synthesize leaves when stopped (its splits, its temporary folder) may be there with it.
@@ -91,5 +95,5 @@ def make_world_data(path: Path, name: str) -> Path:
         raise ValueError(f"{path}: holds other files and no dataset; --world {name} needs a new folder")
     marker.write_text(json.dumps({"world": name}))
     with WORLDS[name]():
-        synthesize(path, train=2000, val=200, size=128, seed=0, force=True, progress=False, workers=1)
+        synthesize(path, **data_settings(quick), seed=0, force=True, progress=False, workers=1)
     return path

@@ -16,6 +16,7 @@ import worlds as bench_worlds  # noqa: E402
 
 from mde.data import world  # noqa: E402
 from mde.data.synth import MASK_OBJECT  # noqa: E402
+from mde.errors import InputError  # noqa: E402
 
 SEEDS = range(6)
 
@@ -61,8 +62,11 @@ def test_fixed_camera_gives_every_scene_one_camera():
         assert len(fixed["objects"]) == len(plain["objects"])
 
 
+FULL_META = {"cameras": {}, "counts": {"train": 2000, "val": 200}, "size": [128, 128]}
+
+
 def test_world_data_refuses_a_folder_of_another_world(tmp_path):
-    (tmp_path / "meta.json").write_text(json.dumps({"cameras": {}}))
+    (tmp_path / "meta.json").write_text(json.dumps(FULL_META))
     (tmp_path / "bench_world.json").write_text(json.dumps({"world": "small-objects"}))
     assert bench_worlds.make_world_data(tmp_path, "small-objects") == tmp_path
     with pytest.raises(ValueError, match="--world fixed-camera needs a new folder"):
@@ -86,7 +90,7 @@ def test_world_data_interrupted_before_its_meta_is_made_again(tmp_path, monkeypa
 
     def finished(path, **kwargs):
         made.append(kwargs["force"])
-        (path / "meta.json").write_text(json.dumps({"cameras": {}}))
+        (path / "meta.json").write_text(json.dumps(FULL_META))
 
     monkeypatch.setattr(synth, "synthesize", finished)
     assert bench_worlds.make_world_data(tmp_path / "set", "small-objects") == tmp_path / "set"
@@ -99,3 +103,22 @@ def test_world_data_interrupted_before_its_meta_is_made_again(tmp_path, monkeypa
         (other / leftover).write_text("mine")
         with pytest.raises(ValueError, match="holds other files and no dataset"):
             bench_worlds.make_world_data(other, "small-objects")
+
+
+def test_world_data_quick_is_the_quick_set_and_a_set_of_the_other_size_is_refused(tmp_path, monkeypatch):
+    import mde.data.synth as synth
+
+    asked = []
+
+    def made(path, **kwargs):
+        asked.append({k: kwargs[k] for k in ("train", "val", "size")})
+        (path / "meta.json").write_text(json.dumps({"cameras": {}, "counts": {"train": kwargs["train"],
+                                                    "val": kwargs["val"]}, "size": [kwargs["size"]] * 2}))
+
+    monkeypatch.setattr(synth, "synthesize", made)
+    assert bench_worlds.make_world_data(tmp_path / "q", "fixed-camera", quick=True) == tmp_path / "q"
+    assert asked == [{"train": 120, "val": 20, "size": 64}]
+    with pytest.raises(InputError, match="holds 120 / 20 images at 64 px, not the 2000 / 200 at 128 px"):
+        bench_worlds.make_world_data(tmp_path / "q", "fixed-camera")
+    assert bench_worlds.make_world_data(tmp_path / "q", "fixed-camera", quick=True) == tmp_path / "q"
+    assert len(asked) == 1  # there: not made again
