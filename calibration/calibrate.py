@@ -267,10 +267,14 @@ def _ranges(cfg: CalibrationConfig, pre_path: Path, dataset: Any, calib_idx: lis
         info(f"reusing calibration ranges from {cfg.ranges_path}")
         return ranges, True
     task = progress.add_task("calibrate", total=len(calib_idx), info=cfg.method) if progress else None
-    ranges = qz.collect_ranges(
-        pre_path, batches, cfg.method, cfg.op_types, cfg.percentile,
-        on_batch=(lambda: progress.advance(task)) if progress else None,
-        symmetric=cfg.spec.activation_type == "int8")
+    try:
+        ranges = qz.collect_ranges(
+            pre_path, batches, cfg.method, cfg.op_types, cfg.percentile,
+            on_batch=(lambda: progress.advance(task)) if progress else None,
+            symmetric=cfg.spec.activation_type == "int8")
+    except qz.NonFiniteActivations as err:
+        raise ModelError(f"computes NaN or infinite values (tensor {err}) on the calibration images: a diverged or "
+                         "damaged model has no range to quantize with", cfg.model) from None
     save_ranges(cfg.ranges_path, key, ranges)
     return ranges, False
 

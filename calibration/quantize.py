@@ -39,6 +39,7 @@ import contextlib
 import copy
 import io
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -115,21 +116,50 @@ def collect_ranges(
     options: dict[str, Any] = {"symmetric": symmetric}
     if method == "percentile":
         options["percentile"] = percentile
-    # The histogram calibrators print progress to stdout, which belongs to results (--json).
-    with tempfile.TemporaryDirectory(prefix="mde-calib-") as tmp, contextlib.redirect_stdout(io.StringIO()):
+    # The histogram calibrators print progress to stdout, which belongs to results (--json); NaN activations
+    # make numpy warn ("All-NaN slice") before they fail: said once, below, in words of the model.
+    with tempfile.TemporaryDirectory(prefix="mde-calib-") as tmp, contextlib.redirect_stdout(io.StringIO()), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         calibrator = create_calibrator(
             model_path, list(op_types), augmented_model_path=str(Path(tmp) / "augmented.onnx"),
             calibrate_method=_method(method), providers=["CPUExecutionProvider"],
             extra_options=options,
         )
-        for start in range(0, len(batches), chunk):
-            calibrator.collect_data(Reader(batches[start:start + chunk]))
-        data = calibrator.compute_data()
+        try:
+            for start in range(0, len(batches), chunk):
+                calibrator.collect_data(Reader(batches[start:start + chunk]))
+            data = calibrator.compute_data()
+        except ValueError:  # np.histogram: "supplied range of [nan, nan] is not finite"
+            bad = _non_finite_output(model_path, batches, input_name)
+            if bad is None:
+                raise
+            raise NonFiniteActivations(bad) from None
     ranges = {}
     for name, td in data.items():
         low, high = td.range_value
         ranges[name] = (float(np.asarray(low).min()), float(np.asarray(high).max()))
+        if not (np.isfinite(ranges[name][0]) and np.isfinite(ranges[name][1])):
+            raise NonFiniteActivations(name)
     return ranges
+
+
+class NonFiniteActivations(ValueError):
+    """The model computes NaN or infinity on the calibration images (a diverged or damaged model): no range to
+    quantize with. Its argument: the first such tensor found."""
+
+
+def _non_finite_output(model_path: Path, batches: Sequence[np.ndarray], input_name: str) -> str | None:
+    """The name of the model's first output that is NaN or infinite on one of `batches`, else None."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    for batch in batches:
+        for name, value in zip(names, session.run(names, {input_name: batch})):
+            if not np.isfinite(value).all():
+                return name
+    return None
 
 
 def calibrated_tensors(model_path: Path, op_types: Sequence[str]) -> set[str]:

@@ -161,15 +161,13 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         ("--batch", cfg.batch, 1, None),  # the model's own limit is checked when it opens
         ("--iterations", cfg.iterations, 1, MAX_RUNS),
         ("--warmup", cfg.warmup, 0, MAX_RUNS),
-        ("--threads", cfg.threads, 0, None),
     ):
         if value < low or (high is not None and value > high):
             raise InputError(f"{name} must be in {low}..{high}, got {value}" if high is not None
                              else f"{name} must be >= {low}, got {value}")
-    from mde.runtime.backends.onnxruntime import max_threads
+    from mde.runtime.backends.onnxruntime import check_threads_option
 
-    if cfg.threads > max_threads():
-        raise InputError(f"--threads must be at most {max_threads()} (4 per CPU here), got {cfg.threads}")
+    check_threads_option(cfg.threads)
     parse_size(cfg.image_size, (0, 0))  # a bad --image-size fails before any model loads
     check_inputs(cfg)
     results = [bench_artifact(Path(p), cfg) for p in cfg.artifacts]

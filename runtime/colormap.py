@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import numbers
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +32,17 @@ def colorize(
     blue end); the scale is fixed by `max_depth`, so colors mean the same distance in
     every image. Invalid pixels (0, negative, NaN, inf) get `invalid_color`.
     """
-    depth = np.asarray(depth, dtype=np.float32)
+    depth = np.asarray(depth)
+    if not np.issubdtype(depth.dtype, np.floating):  # as `to_points`: millimetres are not guessed
+        hint = " (a depth camera's millimetres: divide by 1000)" if depth.dtype.kind in "ui" else ""
+        raise InputError(f"expected depth in metres as floating point, got {depth.dtype}{hint}")
+    depth = depth.astype(np.float32, copy=False)
     if depth.ndim == 3 and depth.shape[0] == 1:
         depth = depth[0]
     if depth.ndim != 2:
         raise InputError(f"expected an H x W depth map, got shape {depth.shape}")
-    if not max_depth > 0:
-        raise InputError(f"max_depth must be > 0, got {max_depth}")
+    if not (isinstance(max_depth, numbers.Real) and not isinstance(max_depth, bool) and max_depth > 0):
+        raise InputError(f"max_depth must be a number > 0, got {max_depth!r}")
     valid = np.isfinite(depth) & (depth > 0)
     scaled = np.clip(np.where(valid, depth, 0.0) / np.float32(max_depth), 0.0, 1.0)
     index = np.rint((1.0 - scaled) * 255.0).astype(np.uint8)

@@ -55,7 +55,7 @@ class DepthEstimator:
         if not isinstance(runner, Runner):
             raise InputError(f"DepthEstimator takes a Runner (or use DepthEstimator.open(path)), "
                              f"got {type(runner).__name__}")
-        if runner.metadata is None or not runner.input_specs:
+        if not runner.is_active or runner.metadata is None or not runner.input_specs:  # never opened, or closed
             raise InputError("DepthEstimator needs an activated runner", runner.path)
         if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
             raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")

@@ -197,6 +197,8 @@ def read_rgb(path: str | Path, upright: bool = False) -> np.ndarray:
     upright: turn it as its EXIF orientation says, as viewers show it (`mde predict`: the depth map
         matches the picture the user sees). Datasets are read as stored, like their depth maps.
     """
+    if not isinstance(upright, (bool, np.bool_)):  # 'no' would be true
+        raise InputError(f"upright must be True or False, got {upright!r}")
     path = as_path(path, "image")
     img = opened = _open_checked(path)
     _load(img, path)  # first: what follows works on the decoded pixels

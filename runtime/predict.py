@@ -97,8 +97,11 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
     from mde.runtime import DepthEstimator
     from mde.runtime.images import read_rgb
 
+    from mde.runtime.backends.onnxruntime import check_threads_option
+
     if cfg.format not in FORMATS:
         raise InputError(f"unknown --format {cfg.format!r}; choose from {', '.join(FORMATS)}")
+    check_threads_option(cfg.threads)
     paths = expand_inputs(cfg.inputs)
     if not paths:
         raise InputError("no input images given")

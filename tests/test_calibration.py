@@ -255,6 +255,28 @@ def test_bad_inputs_exit_2(cli, case, match, tiny_export, tiny_int8, synth_data,
     assert not out.exists() and not (tmp_path / "out.int8.ranges.json").is_file()
 
 
+@pytest.mark.parametrize("method, where", [("entropy", "tensor depth"), ("minmax", "tensor ")])
+def test_a_model_that_computes_nan_is_refused_in_one_line(cli, method, where, tiny_export, synth_data, tmp_path):
+    """A diverged model: ONNX Runtime's calibrator failed inside numpy (entropy: "supplied range of [nan, nan] is
+    not finite"; minmax: "scale issue", after writing a ranges file of nulls): one line naming the model, exit 2."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(tiny_export / "model.onnx"))
+    bias = [n for n in model.graph.node if n.op_type == "Conv"][-1].input[2]
+    for i, tensor in enumerate(model.graph.initializer):
+        if tensor.name == bias:
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(
+                np.full_like(numpy_helper.to_array(tensor), np.nan), bias))
+    nan_model, out = tmp_path / "nan.onnx", tmp_path / "out.int8.onnx"
+    onnx.save(model, str(nan_model))
+    result = cli("calibrate", nan_model, "--data", synth_data, "--out", out, "--allow-few", "--num-images", "4",
+                 "--method", method, "--holdout-images", "2")
+    assert result.code == 2, result.err
+    last = result.err.strip().splitlines()[-1]
+    assert last.startswith(f"mde: error: {nan_model}: computes NaN or infinite values ({where}") and "Warning" not in result.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.onnx"]
+
+
 def test_a_bad_held_out_file_is_found_before_the_calibration_pass(cli, tiny_export, synth_data, tmp_path):
     """The held-out images were read after the ranges were collected and saved: a bad one left OUT.ranges.json
     without OUT.onnx (with --force, beside the old model it did not belong to)."""

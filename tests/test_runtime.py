@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mde.errors import InputError, ModelError
-from mde.runtime import DepthEstimator, colorize, read_metadata
+from mde.errors import BackendError, InputError, ModelError
+from mde.runtime import DepthEstimator, colorize, read_metadata, read_rgb
 from mde.runtime.colormap import turbo_lut
 from mde.runtime.estimator import round_size
 from mde.runtime.metadata import ModelMetadata
@@ -268,11 +268,23 @@ def test_open_refuses_options_of_the_wrong_type(onnx_path):
                            ({"batch_size": "4"}, "batch_size must be an integer"),
                            ({"batch_size": True}, "batch_size must be an integer"),
                            ({"native_resolution": "no"}, "native_resolution must be True or False"),
-                           ({"threads": 1.5}, "thread counts must be in")]:
+                           ({"threads": 1.5}, "threads must be an integer 0..[0-9]+ .*got 1.5$"),
+                           ({"threads": "2"}, "threads must be an integer 0..[0-9]+ .*got '2'$")]:
         with pytest.raises(InputError, match=match):
             DepthEstimator.open(onnx_path, **options)
+    for providers, match in [([], "providers is an empty list"),
+                             ([("CPUExecutionProvider", {})], "expected provider names \\(strings\\)"),
+                             (["NoSuchExecutionProvider"], "provider\\(s\\) \\['NoSuchExecutionProvider'\\] not available")]:
+        with pytest.raises(BackendError, match=match):
+            DepthEstimator.open(onnx_path, providers=providers)
     with pytest.raises(InputError, match="DepthEstimator takes a Runner"):
         DepthEstimator(object())
+    closed = DepthEstimator.open(onnx_path)
+    closed.close()
+    with pytest.raises(InputError, match="DepthEstimator needs an activated runner"):
+        DepthEstimator(closed.runner)
+    with pytest.raises(InputError, match="upright must be True or False, got 'no'"):
+        read_rgb(onnx_path, upright="no")
 
 
 def test_an_estimator_refuses_pickling_in_one_line(est):
@@ -387,9 +399,14 @@ def test_colorize_near_red_far_blue_invalid_black():
     assert rgb[0, 0, 0] > rgb[0, 0, 2] and rgb[0, 2, 2] > rgb[0, 2, 0]
 
 
-@pytest.mark.parametrize("depth, max_depth", [(np.ones((2, 2, 2)), 1.0), (np.ones((2, 2)), 0.0)])
-def test_colorize_rejects(depth, max_depth):
-    with pytest.raises(InputError):
+@pytest.mark.parametrize("depth, max_depth, match", [
+    (np.ones((2, 2, 2)), 1.0, "expected an H x W depth map"),
+    (np.ones((2, 2)), 0.0, "max_depth must be a number > 0, got 0.0"),
+    (np.ones((2, 2)), "10", "max_depth must be a number > 0, got '10'"),
+    (np.full((2, 2), 1000, np.uint16), 10.0, "got uint16 \\(a depth camera's millimetres: divide by 1000\\)"),
+])
+def test_colorize_rejects(depth, max_depth, match):
+    with pytest.raises(InputError, match=match):
         colorize(depth, max_depth)
 
 

@@ -125,10 +125,14 @@ def create_session(
     available = ort.get_available_providers()
     explicit = providers is not None
     if explicit:
+        if not providers:
+            raise BackendError(f"providers is an empty list; name one or more of {available}, or give None "
+                               "for this machine's", source)
+        if not all(isinstance(p, str) for p in providers):  # ONNX Runtime's (name, options) pairs
+            raise BackendError(f"expected provider names (strings), got {list(providers)!r}", source)
         unknown = [p for p in providers if p not in available]
-        if unknown or not providers:
-            raise BackendError(f"provider(s) {unknown or '[]'} not available; this onnxruntime has {available}",
-                               source)
+        if unknown:
+            raise BackendError(f"provider(s) {unknown} not available; this onnxruntime has {available}", source)
         problems = [f"{p} cannot run here ({eps.provider_problem(p)})" for p in providers if eps.provider_problem(p)]
         if problems:
             raise BackendError("; ".join(problems), source)
@@ -209,6 +213,13 @@ def max_threads() -> int:
     return 4 * (os.cpu_count() or 1)
 
 
+def check_threads_option(threads: int) -> None:
+    """A command's `--threads`, refused in its own words before any model loads."""
+    if not 0 <= threads <= max_threads():
+        raise InputError(f"--threads must be in 0..{max_threads()} (0: ONNX Runtime's default; at most 4 per CPU "
+                         f"here), got {threads}")
+
+
 @register_backend("onnxruntime")
 class OnnxRuntimeRunner(Runner):
     """Runs an `.onnx` file with ONNX Runtime.
@@ -228,11 +239,11 @@ class OnnxRuntimeRunner(Runner):
         inter_op_threads: int = 0,
     ):
         super().__init__(path)
-        counts = (threads, inter_op_threads)
-        if not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and 0 <= n <= max_threads()
-                   for n in counts):
-            raise InputError(f"thread counts must be in 0..{max_threads()} (0: ONNX Runtime's default; at most "
-                             f"4 per CPU here), got {threads} and {inter_op_threads}")
+        for name, count in (("threads", threads), ("inter_op_threads", inter_op_threads)):
+            if not (isinstance(count, numbers.Integral) and not isinstance(count, bool)
+                    and 0 <= count <= max_threads()):
+                raise InputError(f"{name} must be an integer 0..{max_threads()} (0: ONNX Runtime's default; at most "
+                                 f"4 per CPU here), got {count!r}")
         if isinstance(providers, str):  # one provider's name, not its letters
             providers = [providers]
         self.requested_providers = None if providers is None else list(providers)
