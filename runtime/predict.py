@@ -95,9 +95,8 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
     from mde.console import err_console, info, track
     from mde.io import no_empty_new_folder
     from mde.runtime import DepthEstimator
-    from mde.runtime.images import read_rgb
-
     from mde.runtime.backends.onnxruntime import check_threads_option
+    from mde.runtime.images import read_rgb
 
     if cfg.format not in FORMATS:
         raise InputError(f"unknown --format {cfg.format!r}; choose from {', '.join(FORMATS)}")
