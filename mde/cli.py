@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import typer
 
 from mde import __version__
-from mde.errors import TRAIN_EXTRA, MdeError
+from mde.errors import TRAIN_EXTRA, MdeError, shown_path
 from mde.io import UNWRITABLE
 
 COMMANDS = ("data", "train", "eval", "export", "calibrate", "parity", "predict", "bench", "info")
@@ -75,9 +75,17 @@ def _setup_logging(verbose: bool) -> None:
     logger = logging.getLogger("mde")
     if not logger.handlers:
         handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("mde: %(message)s"))
+        handler.setFormatter(_OneLineFormatter("mde: %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+class _OneLineFormatter(logging.Formatter):
+    """A log line stays one line, and printable, whatever file name it shows (a newline, bytes that are not
+    UTF-8): escaped as in error messages. A traceback (`--verbose`) is added below it as it is."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        return shown_path(super().formatMessage(record))
 
 
 class Terminated(KeyboardInterrupt):

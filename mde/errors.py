@@ -8,12 +8,14 @@ from pathlib import Path
 TRAIN_EXTRA = "in the mde checkout: pip install -e '.[train]'"
 
 
-# Control characters a file name may hold (a newline, an escape), shown escaped: a message stays one line.
-_CONTROL = {i: f"\\x{i:02x}" for i in (*range(32), 127)} | {9: "\\t", 10: "\\n", 13: "\\r"}
+# Control characters a file name may hold (a newline, an escape), shown escaped: a message stays one line. So are
+# the bytes of a name that is not UTF-8 (Python holds them as lone surrogates, which no stream can print).
+_CONTROL = ({i: f"\\x{i:02x}" for i in (*range(32), 127)} | {9: "\\t", 10: "\\n", 13: "\\r"}
+            | {i: f"\\x{i - 0xDC00:02x}" for i in range(0xDC80, 0xDD00)})
 
 
 def shown_path(path: str | Path) -> str:
-    """`path` as messages show it: as given, with control characters escaped."""
+    """`path` as messages show it: as given, with control characters and bytes that are not UTF-8 escaped."""
     return str(path).translate(_CONTROL)
 
 

@@ -90,7 +90,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     parent = path.parent if str(path.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        short = path.name.encode()[:TMP_NAME_BYTES].decode(errors="ignore")  # bytes: é is two of them
+        short = os.fsencode(path.name)[:TMP_NAME_BYTES].decode(errors="ignore")  # bytes: é is two of them
         fd, tmp = tempfile.mkstemp(prefix=f".{short}.", suffix=".tmp", dir=parent)
     except OSError as err:
         raise InputError(f"cannot write here ({err.strerror or err})", parent) from None
@@ -131,7 +131,7 @@ def claim_output(path: str | Path) -> Iterator[None]:
     except ImportError:  # not POSIX
         yield
         return
-    key = hashlib.sha1(str(resolved(path)).encode()).hexdigest()[:20]
+    key = hashlib.sha1(os.fsencode(resolved(path))).hexdigest()[:20]
     folder = Path(tempfile.gettempdir()) / f"mde-locks-{os.getuid()}"
     try:
         folder.mkdir(mode=0o700, exist_ok=True)

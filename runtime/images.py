@@ -203,6 +203,9 @@ def read_rgb(path: str | Path, upright: bool = False) -> np.ndarray:
     img = opened = _open_checked(path)
     _load(img, path)  # first: what follows works on the decoded pixels
     try:
+        frames = getattr(img, "n_frames", 1)
+        if frames > 1:  # an animated GIF or WebP, a multi-page TIFF
+            log.info("%s: %d frames (an animation or a multi-page file); the first is used", path, frames)
         try:  # Pillow's calls only: what they raise on a damaged file is the file's fault
             if upright and _orientation(img) != 1:
                 with warnings.catch_warnings():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,9 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
         paths.extend(found)
     seen: set[Path] = set()
     return [p for p in paths if not (resolved(p) in seen or seen.add(resolved(p)))]
+
+
+NAME_MAX_BYTES = 255  # a file name's limit on Linux, macOS and Windows file systems alike
 
 
 def output_names(paths: list[Path], suffix: str) -> list[str]:
@@ -112,8 +116,12 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
     check_outside_dataset(out)
     check_no_overwrite(paths, [out / name for name in names])
     for path, name in zip(paths, names):
+        if len(os.fsencode(name)) > NAME_MAX_BYTES:  # found now, not after the images before it were predicted
+            raise InputError(f"its depth map's name, {shown_path(name)}, would be {len(os.fsencode(name))} bytes, "
+                             f"more than a file name may hold ({NAME_MAX_BYTES}); rename the image", path)
         if Path(name).stem != path.stem:  # two inputs share a stem: say which file is whose
-            info(f"{path}: written as {name} (another input is named {path.stem})")
+            info(f"{shown_path(path)}: written as {shown_path(name)} (the name {shown_path(path.stem)} is taken by "
+                 "another input's depth map)")
     failed = 0
     with no_empty_new_folder(out), DepthEstimator.open(cfg.artifact, backend=cfg.backend, threads=cfg.threads,
                                                        providers=cfg.providers) as est:

@@ -98,8 +98,22 @@ def test_predict_gives_every_input_its_own_output(cli, onnx_path, images, tmp_pa
     assert sorted(p.name for p in out.iterdir()) == ["img.npy", "img_1.npy", "img_1_1.npy"]
     assert [np.load(out / name).shape for name in ("img.npy", "img_1.npy", "img_1_1.npy")] == list(sizes.values())
     assert f"{tmp_path / 'img.jpg'}: written as img_1_1.npy" not in result.err  # said for the renamed only:
-    assert f"{tmp_path / 'img.jpg'}: written as img_1.npy (another input is named img)" in result.err
-    assert f"{tmp_path / 'img_1.png'}: written as img_1_1.npy (another input is named img_1)" in result.err
+    assert f"{tmp_path / 'img.jpg'}: written as img_1.npy (the name img is taken by another input's" in result.err
+    assert f"{tmp_path / 'img_1.png'}: written as img_1_1.npy (the name img_1 is taken by another" in result.err
+
+
+def test_a_depth_map_name_too_long_for_a_file_is_refused_before_predicting(cli, onnx_path, images, tmp_path):
+    """`A` x 250 in .jpg and .png: the second map's name `A…_1.png` is 256 bytes; found after the first map was
+    written, it stopped the folder there."""
+    for suffix in (".jpg", ".png", ""):
+        name = ("A" * 250 + suffix) if suffix else "zz.png"
+        (tmp_path / name).write_bytes((images / "a.png").read_bytes())
+    out = tmp_path / "out"
+    result = cli("predict", onnx_path, *sorted(tmp_path.glob("*.*")), "--out", out)
+    assert result.code == 2 and result.err.strip().splitlines()[-1] == (
+        f"mde: error: {tmp_path / ('A' * 250 + '.png')}: its depth map's name, {'A' * 250}_1.png, would be 256 "
+        "bytes, more than a file name may hold (255); rename the image")
+    assert not out.exists()
 
 
 def test_predict_skips_corrupt_image_and_exits_1(cli, onnx_path, images, tmp_path):
@@ -185,6 +199,36 @@ def test_a_file_name_with_a_newline_stays_one_line(cli, onnx_path, tmp_path):
     result = cli("predict", onnx_path, bad, "--out", tmp_path / "out")
     assert result.code == 2 and result.err.strip().splitlines()[1:] == [  # after the model's line
         f"mde: error: {tmp_path}/two\\nlines.png: not a readable image (unknown or corrupt format)"]
+
+
+def test_a_file_name_that_is_not_utf8_is_predicted(cli, onnx_path, images, tmp_path):
+    """Linux names are bytes (a camera's, a USB stick's): one that is not UTF-8 was an internal error that stopped
+    the whole folder at that image."""
+    import os
+
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    odd = os.fsdecode(b"bad\xffname.png")
+    (folder / odd).write_bytes((images / "a.png").read_bytes())
+    (folder / "zz.png").write_bytes((images / "gray.png").read_bytes())
+    out = tmp_path / os.fsdecode(b"out\xfe")
+    result = cli("predict", onnx_path, folder, "--out", out, "--format", "npy")
+    assert result.code == 0, result.err
+    assert sorted(p.name for p in out.iterdir()) == sorted([os.fsdecode(b"bad\xffname.npy"), "zz.npy"])
+    assert np.load(out / os.fsdecode(b"bad\xffname.npy")).shape == (45, 61)
+
+
+def test_log_lines_escape_the_names_they_show_and_name_a_multi_frame_file(cli, onnx_path, images, tmp_path):
+    """A gray image's "converted to RGB" line printed the newline of its name raw (two lines); an animation
+    was predicted from its first frame without a word."""
+    gray = tmp_path / "two\nlines.png"
+    gray.write_bytes((images / "gray.png").read_bytes())
+    frames = [Image.fromarray(np.full((20, 24, 3), v, np.uint8)) for v in (40, 200)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    result = cli("predict", onnx_path, gray, tmp_path / "anim.gif", "--out", tmp_path / "out")
+    assert result.code == 0, result.err
+    assert f"mde: {tmp_path}/two\\nlines.png: grayscale image converted to RGB\n" in result.err
+    assert f"mde: {tmp_path}/anim.gif: 2 frames (an animation or a multi-page file); the first is used" in result.err
 
 
 def test_predict_never_overwrites_its_inputs(cli, onnx_path, images):
