@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mde.errors import CheckFailed, InputError
+from mde.errors import CheckFailed, InputError, ModelError
 from mde.export.config import (  # noqa: F401 - ExportConfig and Artifact are this module's API too
     ARTIFACT_NAMES,
     ENGINE_NAME,
@@ -361,6 +361,9 @@ def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:
         image = golden.image
         with torch.no_grad():
             reference = model(torch.from_numpy(image)).numpy()
+        if not np.isfinite(reference).all():  # not a parity failure of the artifact: nothing to export
+            raise ModelError("PyTorch predicts NaN or infinite depth from this checkpoint (a diverged or damaged "
+                             "model); nothing to export", checkpoint)
 
         with _staging(out) as stage:
             progress.step("exporting FP32 graph (torch.onnx, dynamo)")

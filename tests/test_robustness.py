@@ -146,6 +146,16 @@ def bad(tmp_path_factory, synth_data, tiny_checkpoint, tiny_export) -> dict[str,
     other = dict(state, model_args=dict(state["model_args"], backbone="resnet50"))
     torch.save(other, root / "other-arch.pt")
     files["ckpt_other_arch"] = root / "other-arch.pt"
+    for key, change in {"ckpt_size_0": {"image_size": 0}, "ckpt_size_33": {"image_size": 33},
+                        "ckpt_size_text": {"image_size": "64"}, "ckpt_depth_negative": {"max_depth": -1.0},
+                        "ckpt_depth_nan": {"max_depth": float("nan")}}.items():  # damaged or hand-edited model_args
+        files[key] = root / f"{key.removeprefix('ckpt_').replace('_', '-')}.pt"
+        torch.save(dict(state, model_args=dict(state["model_args"], **change)), files[key])
+    files["ckpt_no_weights"] = root / "no-weights.pt"
+    torch.save(dict(state, model=None), files["ckpt_no_weights"])
+    files["ckpt_nan_weights"] = root / "nan-weights.pt"  # diverged: PyTorch itself predicts NaN
+    torch.save(dict(state, model={k: (torch.full_like(v, float("nan")) if v.is_floating_point() else v)
+                                  for k, v in state["model"].items()}), files["ckpt_nan_weights"])
     files["ckpt_pickle_code"] = root / "evil.pt"
     with open(files["ckpt_pickle_code"], "wb") as fh:
         pickle.dump({"format": "mde.checkpoint/1", "model": Evil()}, fh)
@@ -275,6 +285,18 @@ CASES = [
     ("predict-huge-text-chunk", "predict {onnx} {bad:text_chunk_png} --out {out}", "huge-text.png"),
     # export
     ("export-missing-ckpt", "export {bad:missing} --out {out}", "does-not-exist.png"),
+    ("export-ckpt-size-0", "export {bad:ckpt_size_0} --out {out}",
+     "size-0.pt: checkpoint's model_args.image_size must be a multiple of 32 in 32..8192, got 0"),
+    ("export-ckpt-size-33", "export {bad:ckpt_size_33} --out {out}", "size-33.pt: checkpoint's model_args.image_size"),
+    ("predict-ckpt-size-text", "predict {bad:ckpt_size_text} {data}/val/rgb/000000.png --out {out}",
+     "size-text.pt: checkpoint's model_args.image_size must be a multiple of 32 in 32..8192, got '64'"),
+    ("predict-ckpt-depth-negative", "predict {bad:ckpt_depth_negative} {data}/val/rgb/000000.png --out {out}",
+     "depth-negative.pt: checkpoint's model_args.max_depth must be a number of metres in (0, 10000], got -1.0"),
+    ("export-ckpt-depth-nan", "export {bad:ckpt_depth_nan} --out {out}", "depth-nan.pt: checkpoint's model_args.max_depth"),
+    ("export-ckpt-no-weights", "export {bad:ckpt_no_weights} --out {out}",
+     "no-weights.pt: checkpoint holds no weights (its 'model' is NoneType, not a state dict)"),
+    ("export-ckpt-nan-weights", "export {bad:ckpt_nan_weights} --out {out}",
+     "nan-weights.pt: PyTorch predicts NaN or infinite depth from this checkpoint"),
     ("export-truncated-ckpt", "export {bad:ckpt_truncated} --out {out}", "truncated.pt"),
     ("export-pickle-code", "export {bad:ckpt_pickle_code} --out {out}", "evil.pt"),
     ("export-unknown-precision", "export {ckpt} --out {out} --precision fp8", "fp8"),

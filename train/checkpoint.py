@@ -10,6 +10,7 @@ import shutil
 import struct
 import warnings
 import zipfile
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ import torch
 from mde import __version__
 from mde.errors import InputError, ModelError
 from mde.io import atomic_path, require_file
+from mde.runtime.metadata import MAX_INPUT_SIDE
+from mde.train.config import MAX_DEPTH_LIMIT
 from mde.train.model import BACKBONES, DECODERS, DepthNet, ModelArgs, build_model
 
 FORMAT = "mde.checkpoint/1"
@@ -158,11 +161,10 @@ def model_from_checkpoint(state: dict[str, Any], path: str | Path = "checkpoint"
         args = ModelArgs(**state["model_args"])
     except (KeyError, TypeError) as err:
         raise ModelError(f"checkpoint has no valid model_args ({err})", path) from None
-    if args.backbone not in BACKBONES:
-        raise ModelError(f"unknown backbone {args.backbone!r} in checkpoint", path)
-    if args.decoder not in DECODERS:
-        raise ModelError(f"unknown decoder {args.decoder!r} in checkpoint; this mde knows "
-                         f"{', '.join(DECODERS)}", path)
+    check_model_args(args, path)
+    if not isinstance(state.get("model"), Mapping):
+        raise ModelError(f"checkpoint holds no weights (its 'model' is {type(state.get('model')).__name__}, not "
+                         "a state dict)", path)
     model = build_model(args)
     try:
         model.load_state_dict(state["model"])
@@ -171,6 +173,23 @@ def model_from_checkpoint(state: dict[str, Any], path: str | Path = "checkpoint"
         raise ModelError(f"weights do not match a {args.backbone}/{args.decoder} DepthNet ({first})",
                          path) from None
     return model
+
+
+def check_model_args(args: ModelArgs, path: str | Path) -> None:
+    """Refuse model_args no training writes (a damaged or hand-edited checkpoint), naming the file: they would
+    fail deep inside the network's build or export, or name an option the command does not have."""
+    if args.backbone not in BACKBONES:
+        raise ModelError(f"unknown backbone {args.backbone!r} in checkpoint", path)
+    if args.decoder not in DECODERS:
+        raise ModelError(f"unknown decoder {args.decoder!r} in checkpoint; this mde knows "
+                         f"{', '.join(DECODERS)}", path)
+    size, depth = args.image_size, args.max_depth
+    if not (isinstance(size, int) and not isinstance(size, bool) and 32 <= size <= MAX_INPUT_SIDE and size % 32 == 0):
+        raise ModelError(f"checkpoint's model_args.image_size must be a multiple of 32 in 32..{MAX_INPUT_SIDE}, "
+                         f"got {size!r}", path)
+    if not (isinstance(depth, (int, float)) and not isinstance(depth, bool) and 0 < depth <= MAX_DEPTH_LIMIT):
+        raise ModelError(f"checkpoint's model_args.max_depth must be a number of metres in (0, "
+                         f"{MAX_DEPTH_LIMIT:g}], got {depth!r}", path)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[DepthNet, dict[str, Any]]:
