@@ -24,9 +24,11 @@ from mde.console import err_console as console  # stderr, soft-wrapped: whole li
 from mde.console import stdout_console
 from mde.export.config import ARTIFACT_NAMES, INT8_CPU_NAME
 from mde.io import write_json_atomic
+from mde.train.config import TrainConfig
 
 DEMO_FILE = "demo.json"  # the options the folder was made with
 SETTINGS = ("train_images", "val_images", "size", "backbone", "epochs", "calib_images")  # what the files depend on
+TRAIN_BATCH = TrainConfig.batch_size  # the train step's: fewer training images than one batch are refused
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -83,6 +85,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     for name in ("train_images", "val_images", "epochs", "calib_images", "bench_iterations"):
         if getattr(opts, name) < 1:
             fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(opts, name)}")
+    if opts.train_images < TRAIN_BATCH:  # found now, not by the train step after the data is made
+        fail(f"--train-images must be at least {TRAIN_BATCH} (one training batch), got {opts.train_images}")
+    if str(opts.out).startswith("-"):  # the steps' commands would read `-dash` as an option
+        opts.out = opts.out.absolute()
     if opts.size % 32 or not 32 <= opts.size <= 4096:
         fail(f"--size must be a multiple of 32 from 32 to 4096, got {opts.size}")
     from mde.train.model import BACKBONES  # torch: after the checks that need none

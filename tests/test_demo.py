@@ -18,7 +18,8 @@ from mde import demo
     (["--backbone", "bogus"], "unknown --backbone 'bogus'; choose from resnet18, resnet34, resnet50"),
     (["--epochs", "0"], "--epochs must be >= 1, got 0"),
     (["--size", "abc"], "argument --size: invalid int value: 'abc'"),
-])
+    (["--train-images", "15"], "--train-images must be at least 16 (one training batch), got 15"),  # the train
+])  # step refused it once the data was made, leaving the folder
 def test_bad_options_are_one_line_before_any_work(tmp_path, argv, says):
     done = subprocess.run([sys.executable, "-m", "mde.demo", "--out", str(tmp_path / "d"), *argv],
                           capture_output=True, text=True, timeout=120, check=False)
@@ -58,3 +59,11 @@ def test_a_stopped_training_is_resumed_and_a_finished_one_reused(tmp_path):
     (run / "metrics.jsonl").write_text("{}\n{}\n")
     assert demo.trained(run, 2)
     assert not demo.trained(Path(tmp_path / "none"), 2)
+
+
+def test_an_out_folder_named_like_an_option_reaches_the_steps_as_a_path(tmp_path, monkeypatch):
+    """`--out=-dash` was passed to `mde data synth` as is, which read it as an option (-d)."""
+    monkeypatch.chdir(tmp_path)
+    opts = demo.parse(["--out=-dash"])
+    assert opts.out == tmp_path / "-dash"
+    assert demo.train_step(opts.out / "data", opts.out / "run", opts)[2] == str(tmp_path / "-dash" / "data")
