@@ -571,6 +571,7 @@ def test_ddp_two_cpu_ranks_split_data_and_rank0_writes_once(tmp_path, synth_data
     (["--pretrained", "--backbone-weights", "w.pth"], "conflict"),
     (["--freeze-stages", "3"], "randomly initialised"),
     (["--image-size", "70"], "multiple of 32"),
+    (["--image-size", "99968"], "--image-size must be a multiple of 32 up to 8192, got 99968"),
     (["--object-weight", "0"], "--object-weight must be in 0.001..1000, got 0.0"),
     (["--object-weight", "nan"], "--object-weight must be in 0.001..1000"),
     (["--object-weight", "1e39"], "--object-weight must be in 0.001..1000"),
@@ -603,6 +604,12 @@ def test_out_inside_the_dataset_is_refused(cli, tmp_path, synth_data):
     res = cli("train", "--data", data, "--out", data / "train" / "rgb", "--force", *TINY, "--epochs", "1")
     assert res.code == 2 and "lies inside the dataset's train/ or val/" in res.err
     assert len(res.err.strip().splitlines()) == 1
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+    first = tmp_path / "first"  # nor may a resume move a run there
+    assert cli("train", "--data", data, "--out", first, *TINY, "--epochs", "1", "--schedule", "cyclic").code == 0
+    for into in (data / "train" / "rgb", data / "val" / "new"):
+        res = cli("train", "--resume", first / "last.pt", "--epochs", "2", "--out", into, "--force")
+        assert res.code == 2 and "lies inside the dataset's train/ or val/" in res.err, res.err
     assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
     assert cli("train", "--data", data, "--out", data / "runs" / "r", *TINY, "--epochs", "1").code == 0  # beside them
 
@@ -728,6 +735,30 @@ def test_force_belongs_to_the_command_that_types_it(cli, synth_data, tmp_path, m
     assert res.code == 130
     assert sorted(p.name for p in first.iterdir()) == ["config.json", "curves.png", "last.pt", "metrics.jsonl",
                                                        "notes.txt"]
+
+
+def test_ctrl_c_while_force_removes_the_old_run_waits_for_the_new_runs_first_checkpoint(cli, synth_data, tmp_path,
+                                                                                         monkeypatch):
+    """The first mid-epoch checkpoint removed the old run's files one by one with Ctrl-C let through: stopped
+    half-way, the folder kept the old config.json, metrics.jsonl and pictures, and no checkpoint at all."""
+    import signal
+
+    from mde.train import report
+
+    run = tmp_path / "run"
+    assert cli("train", "--data", synth_data, "--out", run, *TINY, "--epochs", "1").code == 0
+    remove = report.remove_run_files
+
+    def ctrl_c_half_way(out):
+        (out / "best.pt").unlink()
+        signal.raise_signal(signal.SIGINT)  # as a terminal sends it: the handler runs at once
+        remove(out)
+
+    monkeypatch.setattr(report, "remove_run_files", ctrl_c_half_way)
+    res = cli("train", "--data", synth_data, "--out", run, *TINY, "--epochs", "1", "--force", "--checkpoint-every", "1")
+    assert res.code == 130, res.err
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "last.pt"]  # the new run's, resumable
+    assert torch.load(run / "last.pt", weights_only=True)["epoch_step"] == 1
 
 
 def test_a_checkpoint_carries_only_its_own_validation(tmp_path, synth_data, monkeypatch):
@@ -1006,6 +1037,13 @@ def test_a_folder_without_meta_json_needs_max_depth_and_is_scored_at_the_models_
                   "--epochs", "1", "--batch-size", "4", "--no-pretrained", "--workers", "0")
     assert refused.code == 2 and "pass --max-depth METRES" in refused.err and "Traceback" not in refused.err
     assert not (tmp_path / "r0").exists()
+    (data / "meta.json").write_text('{"max_depth": 1e9}')  # a typo: it would be the model's output range
+    refused = cli("train", "--data", data, "--out", tmp_path / "r0", *TINY, "--epochs", "1")
+    assert refused.code == 2 and refused.err.strip() == (
+        f"mde: error: {data / 'meta.json'}: max_depth 1e+09 m is beyond what the model's output can hold "
+        "(10000 m); pass --max-depth METRES")
+    assert not (tmp_path / "r0").exists()
+    (data / "meta.json").unlink()
 
     from mde.train.trainer import train
 
@@ -1028,3 +1066,31 @@ def test_resume_needs_neither_data_nor_out(cli, tmp_path, synth_data):
     assert json.loads(resumed.out)["run"] == str(tmp_path / "moved")
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "moved" / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2] and not (tmp_path / "run").exists()
+
+
+def test_a_mid_epoch_resume_on_fewer_steps_per_epoch_is_refused():
+    """Stopped at step 3 of an epoch, resumed on half the data (2 steps an epoch): the epoch was counted as done
+    with no step trained (the progress bar at 3/2)."""
+    from mde.errors import InputError
+    from mde.train.config import check_resume
+
+    cfg = tiny_config("data", "run", epochs=2, resume="run/last.pt")
+    stopped = {"epoch": 0, "epoch_step": 3, "scheduler": {}}
+    check_resume(cfg, stopped, steps_per_epoch=4)  # the same data: goes on
+    with pytest.raises(InputError, match="stopped at step 3 of an epoch, and its data now gives 2 steps per epoch"):
+        check_resume(cfg, stopped, steps_per_epoch=2)
+
+
+def test_more_workers_than_cpus_is_one_note_not_torchs_warnings(cli, synth_data, tmp_path):
+    import os
+
+    import warnings
+
+    workers = (os.cpu_count() or 1) + 1
+    with warnings.catch_warnings(record=True) as caught:  # what a terminal would show (pytest keeps them)
+        warnings.simplefilter("always")
+        res = cli("train", "--data", synth_data, "--out", tmp_path / "run", *TINY, "--epochs", "1",
+                  "--workers", str(workers))
+    assert res.code == 0, res.err
+    assert f"note: --workers {workers} is more than this machine's" in res.err
+    assert not [w for w in caught if "DataLoader will create" in str(w.message)]

@@ -10,6 +10,7 @@ from typing import Any
 
 from mde.errors import InputError
 from mde.io import check_outside_splits
+from mde.runtime.metadata import MAX_INPUT_SIDE
 
 BACKBONE_CHOICES = ("resnet18", "resnet34", "resnet50")
 # The registered decoders (mde.train.model.DECODERS); kept here so `mde --help` needs no torch.
@@ -101,8 +102,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.image_size % 32:
-            raise InputError(f"--image-size must be a multiple of 32, got {self.image_size}")
+        if self.image_size % 32 or self.image_size > MAX_INPUT_SIDE:
+            raise InputError(f"--image-size must be a multiple of 32 up to {MAX_INPUT_SIDE}, got {self.image_size}")
         if self.batch_size * (self.image_size // 32) ** 2 < 2:  # the encoder's last stage sees 1 x 1 per image
             raise InputError(f"--batch-size {self.batch_size} at --image-size {self.image_size} gives BatchNorm one "
                              "value per channel at the encoder's last stage, which it cannot train on; use "
@@ -241,6 +242,10 @@ def check_resume(cfg: TrainConfig, resume: dict[str, Any], steps_per_epoch: int)
                 else "give more --epochs to train on")
         raise InputError(f"this run has already trained {resume['epoch']} of --epochs {cfg.epochs}; nothing to "
                          f"resume ({more})", cfg.resume)
+    if resume.get("epoch_step", 0) > steps_per_epoch:  # stopped mid-epoch: the rest of that epoch is gone
+        raise InputError(f"this run stopped at step {resume['epoch_step']} of an epoch, and its data now gives "
+                         f"{steps_per_epoch} steps per epoch: the dataset (or the number of processes) changed "
+                         "since; resume it on what it was trained on, or start a new run", cfg.resume)
     planned = resume["scheduler"].get("total_steps") if cfg.schedule == "onecycle" else None
     needed = steps_per_epoch * cfg.epochs
     if planned is not None and needed > planned:

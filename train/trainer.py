@@ -13,6 +13,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,12 +24,19 @@ import torch
 
 from mde.console import info, make_progress
 from mde.errors import CheckFailed, DataError, InputError, ModelError
-from mde.io import deferred_signals, no_empty_new_folder, prepare_output_dir, resolved, write_json_atomic
+from mde.io import (
+    check_outside_splits,
+    deferred_signals,
+    no_empty_new_folder,
+    prepare_output_dir,
+    resolved,
+    write_json_atomic,
+)
 from mde.runtime.evaluate import average
 from mde.train import report
 from mde.train.checkpoint import check_training_state, checkpoint_bytes, load_checkpoint, model_from_checkpoint
 from mde.train.checkpoint import save_checkpoint as write_checkpoint
-from mde.train.config import TrainConfig, check_resume, merge_resume
+from mde.train.config import MAX_DEPTH_LIMIT, TrainConfig, check_resume, merge_resume
 from mde.train.distributed import DistEnv, all_reduce_sum, barrier, cleanup, setup
 from mde.train.evaluate import model_metric_sums
 from mde.train.loader import DepthPairs, batches, epoch_indices, epoch_loader
@@ -91,9 +99,13 @@ def open_splits(cfg: TrainConfig, env: DistEnv):
     if cfg.object_weight != 1 and not getattr(train_set, "masks", None):  # NYU files carry no masks
         raise DataError(f"--object-weight {cfg.object_weight:g} needs region masks (train/mask/NAME.png); "
                         "the train split has none", cfg.data)
+    data_range = float(dataset_max_depth(cfg.data, cfg.max_depth or None))
+    if not cfg.max_depth and data_range > MAX_DEPTH_LIMIT:  # it would be the model's output range
+        raise DataError(f"max_depth {data_range:g} m is beyond what the model's output can hold "
+                        f"({MAX_DEPTH_LIMIT:g} m); pass --max-depth METRES", Path(cfg.data) / "meta.json")
     if env.is_main:  # a damaged val file found now, not after an epoch's work
         read_every_sample(val_set, "check val files")
-    return train_set, val_set, float(dataset_max_depth(cfg.data, cfg.max_depth or None))
+    return train_set, val_set, data_range
 
 
 def resolve_config(cfg: TrainConfig, given: Collection[str] = ()) -> tuple[TrainConfig, dict[str, Any] | None]:
@@ -116,6 +128,8 @@ def resolve_config(cfg: TrainConfig, given: Collection[str] = ()) -> tuple[Train
         merged.validate()
     except InputError as err:  # the saved config, or what the resume changed in it
         raise InputError(str(err), cfg.resume) from None
+    if merged.out and merged.data:  # a resume may move the run (--out): not into its dataset's splits either
+        check_outside_splits(merged.out, merged.data)
     return with_absolute_data(merged), state
 
 
@@ -167,8 +181,12 @@ def train(cfg: TrainConfig, given: Collection[str] = ()) -> dict[str, Any]:
     """
     cfg, resume_state = resolve_config(cfg, given)
     env = setup(cfg.device)
+    cpus = os.cpu_count() or 1
+    if cfg.workers > cpus and env.is_main:  # said once, in one line (torch warns in many, twice an epoch)
+        info(f"note: --workers {cfg.workers} is more than this machine's {cpus} CPUs; the workers will share them")
     try:
-        with no_empty_new_folder(cfg.out):  # bad data found mid-epoch, Ctrl-C: no empty run folder left
+        with no_empty_new_folder(cfg.out), warnings.catch_warnings():  # bad data, Ctrl-C: no empty run folder
+            warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
             return main(cfg, env, resume_state)
     finally:
         cleanup(env)
@@ -373,9 +391,10 @@ def train_one_epoch(job: Job, state: TrainState, epoch: int, progress: Any) -> d
             # every rank's running loss, summed (a collective: all ranks reach this step together)
             partial_sum, partial_count = all_reduce_sum([float(loss_sum), state.loss_count], env)
             check_finite(job, partial_sum, epoch)
-            if env.is_main:
-                save_checkpoint(job, replace(state, loss_sum=partial_sum, loss_count=int(partial_count)),
-                                job.out / "last.pt")
+            if env.is_main:  # held as the epoch's end is: the first one removes an old run (--force) before it
+                with deferred_signals():
+                    save_checkpoint(job, replace(state, loss_sum=partial_sum, loss_count=int(partial_count)),
+                                    job.out / "last.pt")
     images_per_s = seen * env.world_size / max(time.perf_counter() - t0, 1e-9)
     total, count = all_reduce_sum([float(loss_sum), state.loss_count], env)
     check_finite(job, total, epoch)
