@@ -1083,7 +1083,6 @@ def test_a_mid_epoch_resume_on_fewer_steps_per_epoch_is_refused():
 
 def test_more_workers_than_cpus_is_one_note_not_torchs_warnings(cli, synth_data, tmp_path):
     import os
-
     import warnings
 
     workers = (os.cpu_count() or 1) + 1
