@@ -317,7 +317,7 @@ def run(opts: argparse.Namespace) -> dict:
         for name in TASK_ENCODER_VARIANTS:
             VARIANTS[name]["backbone_weights"] = str(path)
     if opts.anatomy is not None:
-        data = ensure_data(opts.data, quick=False)
+        data = ensure_data(opts.data, opts.quick)
         require_masks(data)
         world = WORLDS.get(opts.world, contextlib.nullcontext)
         return {str(run_dir): anatomy(data, run_dir, world) for run_dir in opts.anatomy}

@@ -75,13 +75,15 @@ def check_data_settings(path: Path, quick: bool) -> None:
         return
     try:
         meta = parse_json(read_small_text(meta_path))
+    except OSError as err:
+        raise InputError(f"cannot read it ({err.strerror or err})", meta_path) from None
     except ValueError as err:
         raise InputError(f"not readable JSON ({err})", meta_path) from None
-    if not isinstance(meta, dict):
-        raise InputError("not a dataset's meta.json (no JSON object)", meta_path)
+    counts, size = (meta.get("counts"), meta.get("size")) if isinstance(meta, dict) else (None, None)
+    if not (isinstance(counts, dict) and isinstance(size, list) and size):
+        raise InputError("records no image counts and size (not a set `mde data synth` made)", meta_path)
     want = data_settings(quick)
-    have = {"train": (meta.get("counts") or {}).get("train"), "val": (meta.get("counts") or {}).get("val"),
-            "size": (meta.get("size") or [None])[0]}
+    have = {"train": counts.get("train"), "val": counts.get("val"), "size": size[0]}
     if have != want:
         raise InputError(f"holds {have['train']} / {have['val']} images at {have['size']} px, not the "
                          f"{want['train']} / {want['val']} at {want['size']} px this run needs"
@@ -497,6 +499,8 @@ def main() -> None:
                 not opts.data.is_dir() or any(opts.data.iterdir())):
             raise MdeError(f"{opts.data}: not a synthetic set (no meta.json); give a new or empty folder to make "
                            "one there")
+        if opts.data is not None:  # before any part runs: one refused at the end loses the others' figures
+            check_data_settings(opts.data, opts.quick)
         if opts.only == ["decoders"]:
             with tempfile.TemporaryDirectory() as tmp:
                 out = decoders(opts.data or Path(tmp) / "synth", opts.quick, opts.runs, tuple(opts.variants),

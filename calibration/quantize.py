@@ -131,7 +131,8 @@ def collect_ranges(
                 calibrator.collect_data(Reader(batches[start:start + chunk]))
             data = calibrator.compute_data()
         except ValueError:  # np.histogram: "supplied range of [nan, nan] is not finite"
-            bad = _non_finite_output(model_path, batches, input_name)
+            # the augmented model outputs every calibrated tensor: an inner inf may leave the depth finite
+            bad = _non_finite_output(Path(tmp) / "augmented.onnx", batches, input_name)
             if bad is None:
                 raise
             raise NonFiniteActivations(bad) from None
@@ -150,7 +151,8 @@ class NonFiniteActivations(ValueError):
 
 
 def _non_finite_output(model_path: Path, batches: Sequence[np.ndarray], input_name: str) -> str | None:
-    """The name of the model's first output that is NaN or infinite on one of `batches`, else None."""
+    """The name of the model's first output that is NaN or infinite on one of `batches`, else None (run on the
+    calibrator's augmented model, whose outputs are the calibrated tensors)."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])

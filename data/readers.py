@@ -261,7 +261,10 @@ class NYUDataset:
                 raise DataError(f"expected 'depths' as floating-point metres, found {depths.dtype}", self.path)
             count = images.shape[0]
             if count:  # units: NYU's Kinect reaches about 10 m; millimetres stored as floats read 1000 x too far
-                first = np.asarray(depths[0], dtype=np.float64)
+                try:
+                    first = np.asarray(depths[0], dtype=np.float64)
+                except (OSError, ValueError) as err:  # a damaged chunk, as __getitem__ says of any other image
+                    raise DataError(f"cannot read image 0 ({err})", self.path) from None
                 far = float(first[np.isfinite(first)].max(initial=0.0))
                 if far > NYU_UNIT_CHECK * NYU_MAX_DEPTH:
                     raise DataError(f"'depths' must be metres (NYU reaches {NYU_MAX_DEPTH:g} m); image 0 holds "
@@ -292,10 +295,16 @@ class NYUDataset:
         missing = [k for k in ("images", "depths") if k not in h5]
         if missing:
             raise DataError(f"expected datasets 'images' and 'depths', missing {missing}", self.path)
-        groups = [k for k in ("images", "depths") if not isinstance(h5[k], h5py.Dataset)]
+        arrays = {}
+        for key in ("images", "depths"):
+            try:
+                arrays[key] = h5[key]
+            except (KeyError, OSError) as err:  # a soft or external link to nothing
+                raise DataError(f"cannot open {key!r} ({err})", self.path) from None
+        groups = [k for k, v in arrays.items() if not isinstance(v, h5py.Dataset)]
         if groups:  # e.g. a MATLAB struct saved under that name
             raise DataError(f"expected 'images' and 'depths' to be arrays; {groups[0]!r} is an HDF5 group", self.path)
-        return h5["images"], h5["depths"]
+        return arrays["images"], arrays["depths"]
 
     @property
     def names(self) -> list[str]:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import typer
 
 from mde import __version__
-from mde.errors import TRAIN_EXTRA, MdeError, shown_path
+from mde.errors import TRAIN_EXTRA, MdeError, one_line
 from mde.io import UNWRITABLE
 
 COMMANDS = ("data", "train", "eval", "export", "calibrate", "parity", "predict", "bench", "info")
@@ -85,7 +85,7 @@ class _OneLineFormatter(logging.Formatter):
     UTF-8): escaped as in error messages. A traceback (`--verbose`) is added below it as it is."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
-        return shown_path(super().formatMessage(record))
+        return one_line(super().formatMessage(record))
 
 
 class Terminated(KeyboardInterrupt):

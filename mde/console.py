@@ -17,6 +17,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from mde.errors import one_line
+
 T = TypeVar("T")
 
 # soft_wrap: a long line (an error naming a deep path) stays one line in logs and terminals alike.
@@ -122,5 +124,5 @@ def stdout_console(width: int | None = None) -> Console:
 
 
 def info(message: str) -> None:
-    """A status line on stderr."""
-    err_console.print(message)
+    """A status line on stderr; one line, whatever file name it shows (a newline, bytes that are not UTF-8)."""
+    err_console.print(one_line(message))

@@ -14,9 +14,14 @@ _CONTROL = ({i: f"\\x{i:02x}" for i in (*range(32), 127)} | {9: "\\t", 10: "\\n"
             | {i: f"\\x{i - 0xDC00:02x}" for i in range(0xDC80, 0xDD00)})
 
 
+def one_line(text: str) -> str:
+    """`text` with control characters and bytes that are not UTF-8 escaped: one printable line."""
+    return text.translate(_CONTROL)
+
+
 def shown_path(path: str | Path) -> str:
     """`path` as messages show it: as given, with control characters and bytes that are not UTF-8 escaped."""
-    return str(path).translate(_CONTROL)
+    return one_line(str(path))
 
 
 class MdeError(Exception):

@@ -12,6 +12,7 @@ import re
 import secrets
 import shutil
 import stat
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -35,11 +36,12 @@ def _stream_name(path: Path) -> bool:
         re.fullmatch(r"/proc/\d+/fd", folder) is not None and path.name.isdigit())
 
 
-def _written_in_place(path: Path) -> bool:
+def written_in_place(path: str | Path) -> bool:
     """Whether `path` is a stream to write into rather than a file to replace: one of the process's own streams
     (a terminal, a pipe, a process substitution, the file a shell redirected it to), or a FIFO or character
     device named directly. Any other symbolic link is replaced. A block device, a closed stream, and a new
     file in /dev or /proc are refused."""
+    path = Path(path)
     if _stream_name(path):
         try:
             mode = path.stat().st_mode
@@ -62,6 +64,15 @@ def _written_in_place(path: Path) -> bool:
     return True
 
 
+def is_stdout(path: str | Path) -> bool:
+    """Whether `path` is where this process's stdout goes (/dev/stdout, /dev/fd/1, the file or terminal it was
+    redirected to): a command that writes a file there prints nothing else on stdout."""
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError, AttributeError):  # not there yet, or no real stdout (closed, captured)
+        return False
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
@@ -77,7 +88,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     if path.is_dir() and not path.is_symlink():  # a link to a folder is replaced, as any other link
         raise InputError("is a folder; expected a file to write", path)
-    if _written_in_place(path):  # written whole at the end, appended: what the shell's file held stays
+    if written_in_place(path):  # written whole at the end, appended: what the shell's file held stays
         with tempfile.TemporaryDirectory(prefix="mde-stream-") as folder:
             tmp_path = Path(folder) / path.name
             yield tmp_path
@@ -393,6 +404,7 @@ def check_output_file(path: str | Path, option: str, inputs: Iterable[str | Path
     if path.is_dir():
         raise InputError(f"{option} needs a file name; this is a folder", path)
     check_not_under_file(path, option)
+    written_in_place(path)  # a closed stream, a block device, a new file in /dev: refused now, not at the end
     target = resolved(path)
     for source in map(Path, inputs):
         if target == resolved(source):

@@ -191,6 +191,20 @@ def exif_orientation(path: str | Path) -> int:
         img.close()
 
 
+def _say_frames(img: Image.Image, path: Path) -> None:
+    """Log that an animated GIF, WebP or PNG, or a multi-page TIFF, is read as its first frame. A phone's JPEG with
+    a gain map or depth map (MPO) is one picture, not said; so is a file cut off in a later frame."""
+    if img.format == "MPO":
+        return
+    try:
+        frames = img.n_frames if getattr(img, "is_animated", False) or img.format == "TIFF" else 1
+    except CORRUPT:  # counting reads every frame: a later one is cut off, the first is whole
+        img.seek(0)  # where counting stopped is not where the picture is
+        return
+    if frames > 1:
+        log.info("%s: %d frames (an animation or a multi-page file); the first is used", path, frames)
+
+
 def read_rgb(path: str | Path, upright: bool = False) -> np.ndarray:
     """Read an image file as H x W x 3 uint8 RGB (gray, RGBA, 16-bit and float gray are converted).
 
@@ -203,10 +217,9 @@ def read_rgb(path: str | Path, upright: bool = False) -> np.ndarray:
     img = opened = _open_checked(path)
     _load(img, path)  # first: what follows works on the decoded pixels
     try:
-        frames = getattr(img, "n_frames", 1)
-        if frames > 1:  # an animated GIF or WebP, a multi-page TIFF
-            log.info("%s: %d frames (an animation or a multi-page file); the first is used", path, frames)
         try:  # Pillow's calls only: what they raise on a damaged file is the file's fault
+            if upright:  # a picture given to predict: say so of an animation (a dataset is read every epoch)
+                _say_frames(img, path)
             if upright and _orientation(img) != 1:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # it reads the EXIF again: "Corrupt EXIF data" once more

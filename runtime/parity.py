@@ -12,6 +12,7 @@ a golden file of seeded noise has none, and there the tensor statistic is the on
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -52,6 +53,18 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
 }
 
 
+def _finite_non_negative(value: Any) -> bool:
+    """A tolerance's value: an int or float, not a bool, 0 or more and finite as a float (TOML's integers have no
+    bound: 1 followed by 400 zeros overflows)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        number = float(value)
+    except OverflowError:
+        return False
+    return math.isfinite(number) and number >= 0
+
+
 def tolerances_from_dict(table: dict[str, Any], base: dict[str, Tolerance] | None = None,
                          source: str | Path = "tolerances") -> dict[str, Tolerance]:
     """Override `base` (default: `DEFAULT_TOLERANCES`) with {precision: {field: value}}; unknown names are errors."""
@@ -66,8 +79,10 @@ def tolerances_from_dict(table: dict[str, Any], base: dict[str, Tolerance] | Non
         if unknown:
             raise InputError(f"unknown tolerance {sorted(unknown)} in [{precision}]; expected {sorted(names)}", source)
         for key, value in row.items():
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < float("inf"):
-                raise InputError(f"[{precision}] {key} must be a finite number >= 0, got {value!r}", source)
+            if not _finite_non_negative(value):
+                text = repr(value)
+                shown = text if len(text) <= 40 else f"{text[:20]}… ({len(text)} characters)"
+                raise InputError(f"[{precision}] {key} must be a finite number >= 0, got {shown}", source)
         if {"rmse_abs", "rmse_rel"} <= set(row):
             raise InputError(f"[{precision}] gives rmse_abs and rmse_rel; the RMSE limit is one of them", source)
         changes: dict[str, float | None] = {k: float(v) for k, v in row.items()}

@@ -45,26 +45,31 @@ def region_rows(results: Sequence[ArtifactResult], figures: dict[str, Any]) -> l
 REGION_COLUMNS = ("region", "model", "RMSE", "AbsRel", "delta1", "images")
 
 
-def print_regions(results: Sequence[ArtifactResult], figures: dict[str, Any]) -> None:
-    """The per-region figures on stdout (information: parity gates use the whole image)."""
-    from rich.table import Table
+def _table_console(to_stderr: bool) -> Any:
+    """Where the tables go: stdout, or stderr where `--json` or `--report` sends its file to stdout."""
+    from rich.console import Console
 
     from mde.console import stdout_console
+
+    return Console(width=160, markup=False, stderr=True) if to_stderr else stdout_console(160)
+
+
+def print_regions(results: Sequence[ArtifactResult], figures: dict[str, Any], to_stderr: bool = False) -> None:
+    """The per-region figures on stdout (information: parity gates use the whole image)."""
+    from rich.table import Table
 
     table = Table(title="per region (information, not gated)")
     for col in REGION_COLUMNS:
         table.add_column(col, justify="left" if col in ("region", "model") else "right")
     for row in region_rows(results, figures):
         table.add_row(*row)
-    stdout_console(160).print(table)
+    _table_console(to_stderr).print(table)
 
 
-def print_table(results: Sequence[ArtifactResult], title: str) -> None:
+def print_table(results: Sequence[ArtifactResult], title: str, to_stderr: bool = False) -> None:
     """The parity table on stdout."""
     from rich.table import Table
     from rich.text import Text
-
-    from mde.console import stdout_console
 
     table = Table(title=title)
     for col in COLUMNS:
@@ -72,7 +77,7 @@ def print_table(results: Sequence[ArtifactResult], title: str) -> None:
     for row, r in zip(rows(results), results):
         style = "green" if r.passed else "red"
         table.add_row(*row[:-1], Text(row[-1], style=style))
-    console = stdout_console(160)
+    console = _table_console(to_stderr)
     console.print(table)
     for r in results:
         if r.reason:

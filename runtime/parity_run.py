@@ -9,6 +9,7 @@ the tolerances passed in.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
@@ -235,7 +236,7 @@ def check_checkpoint(cfg: ParityConfig, tolerances: dict[str, Tolerance]
     if any(m is not None for m in masks):  # region figures: information, not gates
         header["regions"] = _region_figures(cfg, ref_metrics, gts, masks, max_depth)
     pngs = {}
-    if cfg.report is not None:
+    if with_pictures(cfg):
         paths = worst_png_paths(cfg.report, artifact_names)
         for (i, _), outputs in zip(runners, art_outs):
             pngs[results[i].artifact] = _worst_png(paths[results[i].artifact], dataset, results[i], ref_out, outputs,
@@ -255,6 +256,13 @@ def _worst_png(path: Path, dataset: Any, result: ArtifactResult, reference: list
                   postprocess(outputs[k], shape, max_depth), max_depth)
     write_png(path, image)
     return path.name
+
+
+def with_pictures(cfg: ParityConfig) -> bool:
+    """Whether the report gets worst-image pictures: against a checkpoint, and written to a file (not a stream)."""
+    from mde.io import written_in_place
+
+    return cfg.report is not None and cfg.golden is None and not written_in_place(cfg.report)
 
 
 def worst_png_paths(report: str | Path, labels: Sequence[str]) -> dict[str, Path]:
@@ -297,7 +305,7 @@ def _region_figures(cfg: ParityConfig, reference: list[dict[str, float]], gts: l
 
 def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
     """`mde parity`: run either mode, print the table, write --json / --report; `CheckFailed` when any fails."""
-    from mde.io import check_output_file, write_json_atomic
+    from mde.io import check_output_file, is_stdout, write_json_atomic
     from mde.runtime.parity_report import print_regions, print_table, write_markdown
 
     if (cfg.golden is None) == (cfg.checkpoint is None):
@@ -312,7 +320,7 @@ def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
     if cfg.checkpoint is not None and resolved(cfg.checkpoint) in {resolved(a) for a in cfg.artifacts}:
         raise InputError("the checkpoint is the reference, not an artifact to check against it; give the models "
                          "exported from it", cfg.checkpoint)
-    targets = [resolved(a) for a in cfg.artifacts]
+    targets = [(os.stat(a).st_dev, os.stat(a).st_ino) for a in cfg.artifacts]  # one file: by links, hard ones too
     twice = next((a for a, r in zip(cfg.artifacts, targets) if targets.count(r) > 1), None)
     if twice is not None:
         raise InputError("artifact given twice; each file is checked once", twice)
@@ -320,9 +328,9 @@ def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
     for option, out in (("--json", cfg.json_path), ("--report", cfg.report)):
         if out is not None:
             check_output_file(out, option, inputs)
-    # the worst-image pictures beside the report are outputs too; they are drawn against a checkpoint only
-    pictures = [] if not cfg.report or cfg.golden else list(
-        worst_png_paths(cfg.report, artifact_labels(cfg.artifacts)).values())
+    # the worst-image pictures beside the report are outputs too; they are drawn against a checkpoint only, and
+    # not for a report sent to a stream (/dev/stdout): no folder to put them in
+    pictures = list(worst_png_paths(cfg.report, artifact_labels(cfg.artifacts)).values()) if with_pictures(cfg) else []
     for picture in pictures:
         check_output_file(picture, "--report's picture", inputs)
     if cfg.json_path and cfg.report:
@@ -336,9 +344,10 @@ def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
         header: dict[str, Any] = {"mode": "golden", "golden": str(cfg.golden)}
     else:
         results, header, pngs = check_checkpoint(cfg, tolerances_from_dict(overrides or {}))  # checked when read
-    print_table(results, f"parity vs {'golden outputs' if cfg.golden else 'PyTorch'}")
+    to_stderr = any(p is not None and is_stdout(p) for p in (cfg.json_path, cfg.report))  # stdout: one file only
+    print_table(results, f"parity vs {'golden outputs' if cfg.golden else 'PyTorch'}", to_stderr)
     if header.get("regions"):
-        print_regions(results, header["regions"])
+        print_regions(results, header["regions"], to_stderr)
     passed = all(r.passed for r in results)
     if cfg.json_path is not None:
         write_json_atomic(cfg.json_path, {**header, "passed": passed, "artifacts": [r.to_dict() for r in results]})

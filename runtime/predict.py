@@ -54,7 +54,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return [p for p in paths if not (resolved(p) in seen or seen.add(resolved(p)))]
 
 
-NAME_MAX_BYTES = 255  # a file name's limit on Linux, macOS and Windows file systems alike
+NAME_MAX_BYTES = 255  # a file name's limit in bytes on Linux file systems (ext4, XFS, Btrfs) and APFS
 
 
 def output_names(paths: list[Path], suffix: str) -> list[str]:
@@ -113,15 +113,15 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
     if out.exists() and not out.is_dir():
         raise InputError("output exists and is not a directory", out)
     names = output_names(paths, ".npy" if cfg.format == "npy" else ".png")
+    for path, name in zip(paths, names):  # found now, not after the images before it were predicted
+        if len(os.fsencode(name)) > NAME_MAX_BYTES:
+            raise InputError(f"its depth map's name, {shown_path(name)}, would be {len(os.fsencode(name))} bytes, "
+                             f"more than a file name may hold ({NAME_MAX_BYTES}); rename the image", path)
     check_outside_dataset(out)
     check_no_overwrite(paths, [out / name for name in names])
     for path, name in zip(paths, names):
-        if len(os.fsencode(name)) > NAME_MAX_BYTES:  # found now, not after the images before it were predicted
-            raise InputError(f"its depth map's name, {shown_path(name)}, would be {len(os.fsencode(name))} bytes, "
-                             f"more than a file name may hold ({NAME_MAX_BYTES}); rename the image", path)
         if Path(name).stem != path.stem:  # two inputs share a stem: say which file is whose
-            info(f"{shown_path(path)}: written as {shown_path(name)} (the name {shown_path(path.stem)} is taken by "
-                 "another input's depth map)")
+            info(f"{path}: written as {name} (the name {path.stem} is taken by another input's depth map)")
     failed = 0
     with no_empty_new_folder(out), DepthEstimator.open(cfg.artifact, backend=cfg.backend, threads=cfg.threads,
                                                        providers=cfg.providers) as est:

@@ -35,6 +35,8 @@ CASES = [
     ("bench_train.py", ["--only", "quality", "--data", "{tmp}/quickset"],
      "quickset: holds 120 / 20 images at 64 px, not the 2000 / 200 at 128 px this run needs (a --quick set?)"),
     ("bench_decoder_ideas.py", ["--data", "{tmp}/quickset", "--world", "fixed-camera"], "not the 2000 / 200 at 128 px"),
+    ("bench_train.py", ["--only", "throughput", "--data", "{tmp}/bare"],  # an AttributeError or TypeError
+     "bare/meta.json: records no image counts and size (not a set `mde data synth` made)"),
     ("run.py", ["--only", "synth", "--out", "{tmp}/nosuch/results.json"], "expected a file in an existing folder"),
     ("run.py", ["--only", "synth", "--out", "/proc/results.json"], "its folder is not writable"),
 ]
@@ -47,12 +49,14 @@ def test_bad_arguments_are_one_line_and_exit_2(tmp_path, script, args, message):
     (tmp_path / "quickset").mkdir()  # what `--quick` makes: not the benchmark's set
     (tmp_path / "quickset" / "meta.json").write_text('{"counts": {"train": 120, "val": 20}, "size": [64, 64]}')
     (tmp_path / "quickset" / "bench_world.json").write_text('{"world": "fixed-camera"}')
+    (tmp_path / "bare").mkdir()  # a dataset of one's own: a meta.json with a depth range only
+    (tmp_path / "bare" / "meta.json").write_text('{"max_depth": 20, "counts": [1, 2], "size": 64}')
     argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
     done = subprocess.run([sys.executable, str(BENCHMARKS / script), *argv], capture_output=True, text=True,
                           timeout=120, check=False)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and done.stderr.count("\n") == 1, done.stderr  # one line: no usage block
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "quickset"]  # nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bare", "full", "quickset"]  # nothing written
     assert sorted(p.name for p in (tmp_path / "quickset").iterdir()) == ["bench_world.json", "meta.json"]
 
 

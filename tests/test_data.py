@@ -329,6 +329,29 @@ def _bad_nyu_struct(root):
     return lambda: open_dataset(root / "nyu.mat"), "nyu.mat.*'depths' is an HDF5 group"
 
 
+def _bad_nyu_dangling_link(root):  # h5py's KeyError was an internal error
+    import h5py
+
+    with h5py.File(root / "nyu.mat", "w") as f:
+        f["images"] = np.zeros((2, 3, 16, 12), np.uint8)
+        f["depths"] = h5py.SoftLink("/nothere")
+    return lambda: open_dataset(root / "nyu.mat"), "nyu.mat: cannot open 'depths'"
+
+
+def _bad_nyu_damaged_first_image(root):  # read by the unit check in __init__, unguarded: an internal error
+    import h5py
+
+    with h5py.File(root / "nyu.mat", "w") as f:
+        f["images"] = np.zeros((2, 3, 16, 12), np.uint8)
+        f.create_dataset("depths", data=np.ones((2, 16, 12), np.float32), chunks=(1, 16, 12), compression="gzip")
+    with h5py.File(root / "nyu.mat", "r") as f:
+        chunk = f["depths"].id.get_chunk_info(0)
+    with open(root / "nyu.mat", "r+b") as fh:
+        fh.seek(chunk.byte_offset)
+        fh.write(b"\xff" * chunk.size)
+    return lambda: open_dataset(root / "nyu.mat"), r"nyu.mat: cannot read image 0 \("
+
+
 def _bad_not_a_dataset(root):
     (root / "notes.txt").write_text("hello")
     return lambda: open_dataset(root / "notes.txt"), "notes.txt.*expected a dataset folder"
@@ -374,8 +397,8 @@ def _bad_missing_path(root):
      _bad_no_valid_pixel, _bad_depth_absurd, _bad_npy_not_numpy,
      _bad_duplicate_stem,
      _bad_nyu_not_hdf5, _bad_nyu_missing_key, _bad_nyu_shapes, _bad_nyu_no_valid_pixel, _bad_nyu_depth_absurd,
-     _bad_nyu_millimetres, _bad_nyu_millimetres_as_floats, _bad_nyu_struct,
-     _bad_not_a_dataset, _bad_missing_path, _bad_mask_without_image, _bad_rgb_broken_link,
+     _bad_nyu_millimetres, _bad_nyu_millimetres_as_floats, _bad_nyu_struct, _bad_nyu_dangling_link,
+     _bad_nyu_damaged_first_image, _bad_not_a_dataset, _bad_missing_path, _bad_mask_without_image, _bad_rgb_broken_link,
      _bad_image_turned_by_exif, _bad_depth_beyond_float32],
     ids=lambda f: f.__name__[5:],
 )

@@ -86,3 +86,72 @@ def test_export_and_calibrate_read_depth_pngs_by_depth_scale(synth_data, tmp_pat
         reference, _, _ = open_train_split(CalibrationConfig(model=cfg.model, data=synth_data, out=cfg.out,
                                                              allow_few=True))
         np.testing.assert_allclose(dataset[0].depth, reference[0].depth, atol=1 / 256)
+
+
+def _gt_3d(g):
+    g["gt_0"] = g["gt_0"][None]
+
+
+def _gt_text(g):
+    g["gt_0"] = np.array("metres")
+
+
+def _gt_missing(g):
+    del g["gt_1"]
+
+
+def _gt_invalid(g):
+    g["gt_0"] = np.full_like(g["gt_0"], np.nan)
+
+
+def _mask_value(g):
+    g["mask_0"] = np.where(g["mask_0"] == 1, 7, g["mask_0"]).astype(np.uint8)
+
+
+def _mask_float(g):
+    g["mask_0"] = g["mask_0"].astype(np.float32)
+
+
+def _mask_shape(g):
+    g["mask_0"] = g["mask_0"][:5, :5]
+
+
+def _range_text(g):
+    meta = json.loads(str(g["meta"]))
+    g["meta"] = np.array(json.dumps({**meta, "data_range": "abc"}))
+
+
+def _range_negative(g):
+    meta = json.loads(str(g["meta"]))
+    g["meta"] = np.array(json.dumps({**meta, "data_range": -5}))
+
+
+def _depth_cut(g):
+    g["depth"] = g["depth"][:, :, :32, :32]
+
+
+@pytest.mark.parametrize("damage, says", [
+    (_gt_3d, "gt_0 must be an H x W float depth map, got float32 (1, "),
+    (_gt_text, "gt_0 must be an H x W float depth map, got <U6 ()"),
+    (_gt_missing, "holds ground truth for 2 of its 3 images (gt_1 is missing)"),
+    (_gt_invalid, "gt_0 has no valid depth (all 0, negative or NaN)"),
+    (_mask_value, "mask_0 must be uint8 region values (0, 1, 255) of gt_0's shape"),
+    (_mask_float, "mask_0 must be uint8 region values"),
+    (_mask_shape, "got uint8 (5, 5)"),
+    (_range_text, "meta.data_range must be a number > 0, got 'abc'"),
+    (_range_negative, "meta.data_range must be a number > 0, got -5"),
+    (_depth_cut, "golden arrays must be N x 3 x H x W and N x 1 x H x W"),
+])
+def test_a_damaged_golden_file_is_named_in_one_line(cli, export_with_gt, tmp_path, damage, says):
+    """Internal errors (a 3-D or text gt_0, a text data range), messages that named no file or blamed the artifact
+    (a cut depth), or a silent pass without the RMSE and SSIM gates (gt_1 gone, mask values of 7)."""
+    with np.load(export_with_gt / "golden.npz") as npz:
+        golden = {name: npz[name] for name in npz.files}
+    if "mask" in damage.__name__ and "mask_0" not in golden:
+        pytest.skip("the tiny dataset's golden images carry no masks")
+    damage(golden)
+    path = tmp_path / "golden.npz"
+    np.savez(path, **golden)
+    result = cli("parity", "--golden", path, export_with_gt / "model.onnx")
+    assert result.code == 2, result.err
+    assert result.err.strip().splitlines()[-1].startswith(f"mde: error: {path}: ") and says in result.err, result.err

@@ -192,7 +192,9 @@ def test_load_tolerances(tmp_path):
                         ("[fp16]\nssim_abs = -1\n", ">= 0"), ("[fp16\n", "not a valid TOML"),
                         ("[int8]\nssim_abs = nan\n", "finite number >= 0, got nan"),
                         ("[int8]\nrmse_rel = inf\n", "finite number >= 0, got inf"),
-                        ("[int8]\nrmse_rel = 0.1\nrmse_abs = 0.1\n", "the RMSE limit is one of them")):
+                        ("[int8]\nrmse_rel = 0.1\nrmse_abs = 0.1\n", "the RMSE limit is one of them"),
+                        ("[fp32]\nssim_abs = 1" + "0" * 400 + "\n",  # beyond float: it was an OverflowError
+                         "finite number >= 0, got 10000000000000000000… \\(401 characters\\)")):
         good.write_text(text)
         with pytest.raises(InputError, match=match):
             load_tolerances(good)
@@ -257,6 +259,14 @@ def test_parity_refuses_before_any_work(cli, tiny_checkpoint, tiny_export, tiny_
     assert tiny_int8[0].read_bytes() == before
 
 
+def test_an_artifact_given_twice_by_a_hard_link_is_refused(cli, tiny_export, tmp_path):
+    import os
+
+    os.link(tiny_export / "model.onnx", tmp_path / "same.onnx")
+    result = cli("parity", "--golden", tiny_export / "golden.npz", tiny_export / "model.onnx", tmp_path / "same.onnx")
+    assert result.code == 2 and "model.onnx: artifact given twice; each file is checked once" in result.err
+
+
 def test_golden_mode_refuses_device_and_a_golden_artifact(cli, tiny_export):
     golden = tiny_export / "golden.npz"
     result = cli("parity", "--golden", golden, tiny_export / "model.onnx", "--device", "cuda:0")
@@ -297,3 +307,26 @@ def test_every_artifact_gets_its_own_worst_image_picture():
         "parity.model.onnx.worst.png", "parity.model.engine.worst.png", "parity.x_y_m.onnx.worst.png",
         "parity.x_y_m.onnx-2.worst.png", "parity.model.int8.worst.png"]
     assert all(p.parent == Path("out") for p in paths.values())
+
+
+def test_json_and_report_sent_to_the_streams(tiny_checkpoint, tiny_export, synth_data):
+    """`--json /dev/stdout` got the table before the JSON (not one object), and `--report /dev/stderr` failed
+    at the end, after the whole run: its worst-image pictures were to be files in /dev."""
+    done = subprocess.run([sys.executable, "-m", "mde", "parity", str(tiny_checkpoint), str(tiny_export / "model.onnx"),
+                           "--data", str(synth_data), "--json", "/dev/stdout", "--report", "/dev/stderr"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["passed"] is True  # one JSON object, nothing else
+    assert "# mde parity report" in done.stderr and "parity vs PyTorch" in done.stderr
+    assert ".worst.png" not in done.stderr  # no pictures for a report with no folder
+
+
+def test_an_output_in_dev_is_refused_before_the_run(cli, tiny_export, monkeypatch):
+    from mde.runtime import parity_run
+
+    ran = []
+    monkeypatch.setattr(parity_run, "check_golden", lambda *args, **kwargs: ran.append(args))
+    result = cli("parity", "--golden", tiny_export / "golden.npz", tiny_export / "model.onnx",
+                 "--json", "/dev/mde-new.json")
+    assert result.code == 2 and "/dev/mde-new.json: mde makes no files in /dev or /proc" in result.err
+    assert not ran

@@ -109,11 +109,13 @@ def test_a_depth_map_name_too_long_for_a_file_is_refused_before_predicting(cli, 
         name = ("A" * 250 + suffix) if suffix else "zz.png"
         (tmp_path / name).write_bytes((images / "a.png").read_bytes())
     out = tmp_path / "out"
-    result = cli("predict", onnx_path, *sorted(tmp_path.glob("*.*")), "--out", out)
-    assert result.code == 2 and result.err.strip().splitlines()[-1] == (
-        f"mde: error: {tmp_path / ('A' * 250 + '.png')}: its depth map's name, {'A' * 250}_1.png, would be 256 "
-        "bytes, more than a file name may hold (255); rename the image")
-    assert not out.exists()
+    for existing in (False, True):  # a folder there: its check of the names (ENAMETOOLONG) came first
+        result = cli("predict", onnx_path, *sorted(tmp_path.glob("*.*")), "--out", out)
+        assert result.code == 2 and result.err.strip().splitlines()[-1] == (
+            f"mde: error: {tmp_path / ('A' * 250 + '.png')}: its depth map's name, {'A' * 250}_1.png, would be 256 "
+            "bytes, more than a file name may hold (255); rename the image")
+        assert out.exists() == existing and not (out.exists() and any(out.iterdir()))
+        out.mkdir(exist_ok=True)
 
 
 def test_predict_skips_corrupt_image_and_exits_1(cli, onnx_path, images, tmp_path):
@@ -223,12 +225,35 @@ def test_log_lines_escape_the_names_they_show_and_name_a_multi_frame_file(cli, o
     was predicted from its first frame without a word."""
     gray = tmp_path / "two\nlines.png"
     gray.write_bytes((images / "gray.png").read_bytes())
-    frames = [Image.fromarray(np.full((20, 24, 3), v, np.uint8)) for v in (40, 200)]
+    model = tmp_path / "m\nx.onnx"  # named by a status line (rich), not a log record
+    model.write_bytes(onnx_path.read_bytes())
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)) for _ in range(3)]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
-    result = cli("predict", onnx_path, gray, tmp_path / "anim.gif", "--out", tmp_path / "out")
+    whole = (tmp_path / "anim.gif").read_bytes()  # cut off in a later frame: counting them failed (IndexError)
+    (tmp_path / "cut.gif").write_bytes(whole[:int(len(whole) * 0.7)])
+    frames[0].save(tmp_path / "phone.jpg", format="MPO", save_all=True, append_images=frames[1:2])  # a gain map
+    result = cli("predict", model, gray, *(tmp_path / n for n in ("anim.gif", "cut.gif", "phone.jpg")),
+                 "--out", tmp_path / "out")
     assert result.code == 0, result.err
     assert f"mde: {tmp_path}/two\\nlines.png: grayscale image converted to RGB\n" in result.err
-    assert f"mde: {tmp_path}/anim.gif: 2 frames (an animation or a multi-page file); the first is used" in result.err
+    assert "m\\nx.onnx: onnxruntime on" in result.err
+    assert f"mde: {tmp_path}/anim.gif: 3 frames (an animation or a multi-page file); the first is used" in result.err
+    assert "cut.gif: " not in result.err and "phone.jpg: " not in result.err  # one picture each, predicted
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["anim.png", "cut.png", "phone.png",
+                                                                   "two\nlines.png"]
+
+
+def test_a_model_whose_path_is_not_utf8_is_refused_in_words(cli, onnx_path, images, tmp_path):
+    """ONNX Runtime takes UTF-8 text only: its pybind error blamed the model ("incompatible constructor")."""
+    import os
+
+    model = tmp_path / os.fsdecode(b"mod\xff.onnx")
+    model.write_bytes(onnx_path.read_bytes())
+    result = cli("predict", model, images / "a.png", "--out", tmp_path / "out")
+    assert result.code == 2 and result.err.strip() == (
+        f"mde: error: {tmp_path}/mod\\xff.onnx: ONNX Runtime cannot open a file whose path is not UTF-8 text; "
+        "rename it (or the folder above it that is not)")
 
 
 def test_predict_never_overwrites_its_inputs(cli, onnx_path, images):

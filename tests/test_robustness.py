@@ -322,6 +322,10 @@ CASES = [
     ("train-checkpoint-as-backbone", "train --data {data} --out {out} --no-pretrained --backbone-weights {ckpt}",
      "no torchvision ResNet weights (conv1.*, layer1.* ...) in this file (an mde checkpoint)"),
     ("eval-split-as-path", "eval {ckpt} --data {data} --split ../data/val", "unknown --split '../data/val'"),
+    ("parity-split-as-path", "parity {ckpt} {onnx} --data {data} --split ../data/val",  # it read that folder
+     "unknown --split '../data/val'"),
+    ("parity-json-new-file-in-dev", "parity --golden {onnx_golden} {onnx} --json /dev/mde-new.json",  # after the run
+     "/dev/mde-new.json: mde makes no files in /dev or /proc"),
     ("eval-backend-for-checkpoint", "eval {ckpt} --data {data} --backend tensorrt",
      "--backend tensorrt: a .pt checkpoint runs in PyTorch"),
     ("eval-depth-scale-overflows", "eval {ckpt} --data {data} --depth-scale 1e300",

@@ -1085,11 +1085,11 @@ def test_more_workers_than_cpus_is_one_note_not_torchs_warnings(cli, synth_data,
     import os
     import warnings
 
-    workers = (os.cpu_count() or 1) + 1
+    workers = len(os.sched_getaffinity(0)) + 1
     with warnings.catch_warnings(record=True) as caught:  # what a terminal would show (pytest keeps them)
         warnings.simplefilter("always")
         res = cli("train", "--data", synth_data, "--out", tmp_path / "run", *TINY, "--epochs", "1",
                   "--workers", str(workers))
     assert res.code == 0, res.err
-    assert f"note: --workers {workers} is more than this machine's" in res.err
+    assert f"note: --workers {workers} is more than the {workers - 1} CPUs this process may use" in res.err
     assert not [w for w in caught if "DataLoader will create" in str(w.message)]

@@ -181,9 +181,10 @@ def train(cfg: TrainConfig, given: Collection[str] = ()) -> dict[str, Any]:
     """
     cfg, resume_state = resolve_config(cfg, given)
     env = setup(cfg.device)
-    cpus = os.cpu_count() or 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # taskset
     if cfg.workers > cpus and env.is_main:  # said once, in one line (torch warns in many, twice an epoch)
-        info(f"note: --workers {cfg.workers} is more than this machine's {cpus} CPUs; the workers will share them")
+        info(f"note: --workers {cfg.workers} is more than the {cpus} CPUs this process may use; the workers will "
+             "share them")
     try:
         with no_empty_new_folder(cfg.out), warnings.catch_warnings():  # bad data, Ctrl-C: no empty run folder
             warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)

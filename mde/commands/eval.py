@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from mde.commands.options import depth_scale_option, emit
+from mde.commands.options import check_split, depth_scale_option, emit
 from mde.errors import InputError, ModelError
 
 METRIC_ORDER = ("rmse", "ssim", "abs_rel", "sq_rel", "rmse_log", "delta1", "delta2", "delta3",
@@ -41,8 +41,7 @@ def eval_command(
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
     if device not in ("auto", *DEVICE_PROVIDERS):
         raise InputError(f"unknown --device {device!r}; choose from auto, cpu, cuda")
-    if split not in ("train", "val", "all"):  # a split is a name, not a path into another folder
-        raise InputError(f"unknown --split {split!r}; choose from train, val (an NYU file: also all)")
+    check_split(split)
     path = require_file(model, "model")
     dataset = open_dataset(data, split=split, depth_scale=depth_scale)
     suffix = path.suffix.lower()

@@ -1,4 +1,5 @@
-"""Options shared by several commands: --backend and --providers (`predict`, `bench`, `parity`), --depth-scale."""
+"""Options shared by several commands: --backend and --providers (`predict`, `bench`, `parity`), --depth-scale,
+--split."""
 
 from __future__ import annotations
 
@@ -17,6 +18,13 @@ PROVIDERS_HELP = (
     "--providers CUDAExecutionProvider --providers CPUExecutionProvider). One that cannot run here is an "
     "error, never a silent CPU run. Default: the best this machine can run."
 )
+
+
+def check_split(split: str) -> None:
+    """`--split` (`eval`, `parity`): a split's name, not a path into another folder (`--split ../other/val` read
+    that folder, and a report written there went past the check that keeps outputs out of the dataset)."""
+    if split not in ("train", "val", "all"):
+        raise InputError(f"unknown --split {split!r}; choose from train, val (an NYU file: also all)")
 
 
 def emit(report: dict[str, Any], as_json: bool, show: Callable[[dict[str, Any]], None]) -> None:

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import typer
 
-from mde.commands.options import DEPTH_SCALE_HELP, backend_help, check_backend, depth_scale_option, providers_option
+from mde.commands.options import (
+    DEPTH_SCALE_HELP,
+    backend_help,
+    check_backend,
+    check_split,
+    depth_scale_option,
+    providers_option,
+)
 from mde.errors import InputError
 from mde.runtime.parity_run import ParityConfig, run_parity
 
@@ -56,6 +63,7 @@ def parity_command(
         cfg = ParityConfig(artifacts=tuple(paths), golden=golden)
     if limit < 0:
         raise InputError(f"--limit must be >= 0, got {limit}")
+    check_split(split)
     if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
         raise InputError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
     cfg.split, cfg.limit, cfg.tolerances, cfg.backend = split, limit, tolerances, backend

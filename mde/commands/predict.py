@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from mde.commands.options import backend_help, check_backend, providers_option
-from mde.errors import CheckFailed, shown_path
+from mde.errors import CheckFailed
 from mde.runtime.predict import PredictConfig, run_predict
 
 
@@ -29,7 +29,7 @@ def predict(
     check_backend(backend)
     cfg = PredictConfig(artifact, list(inputs), out, backend, format, threads, providers or None)
     counts = run_predict(cfg)
-    info(f"wrote {counts['written']} of {counts['images']} depth maps to {shown_path(out)}")
+    info(f"wrote {counts['written']} of {counts['images']} depth maps to {out}")
     if counts["failed"]:
         raise CheckFailed(f"{counts['failed']} of {counts['images']} images failed (listed above)")
 

@@ -14,6 +14,7 @@ from mde.errors import InputError
 from mde.io import parse_json, starts_with
 from mde.runtime.backends.base import Runner, TensorSpec, register_backend
 from mde.runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
+from mde.runtime.metrics import MASK_INVALID, MASK_OBJECT, MASK_STRUCTURE
 
 
 def read_golden(path: str | Path) -> dict[str, Any]:
@@ -32,7 +33,8 @@ def read_golden(path: str | Path) -> dict[str, Any]:
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:  # truncated, not npz
         raise InputError(f"not a golden.npz with 'image' and 'depth' arrays ({type(err).__name__}: {err})",
                          path) from None
-    if images.ndim != 4 or depth.ndim != 4 or len(images) != len(depth) or not len(images):
+    if images.ndim != 4 or images.shape[1] != 3 or not len(images) or depth.shape != (len(images), 1,
+                                                                                   *images.shape[2:]):
         raise InputError(f"golden arrays must be N x 3 x H x W and N x 1 x H x W, N >= 1, got {images.shape}, "
                          f"{depth.shape}", path)
     if not (np.isfinite(images).all() and np.isfinite(depth).all()):
@@ -45,7 +47,37 @@ def read_golden(path: str | Path) -> dict[str, Any]:
             raise InputError(f"golden.npz field {key!r} is not JSON ({err})", path) from None
         if not isinstance(golden[key], dict):
             raise InputError(f"golden.npz field {key!r} must be a JSON object", path)
+    _check_ground_truth(golden, len(images), path)
     return golden
+
+
+def _check_ground_truth(golden: dict[str, Any], count: int, path: Path) -> None:
+    """What `mde export --golden-data` saved beside the outputs, as it saved it: `gt_I` (H x W metres, some valid)
+    for every image or none, `mask_I` (uint8 region values, gt_I's shape), a positive `meta.data_range`."""
+    damaged = " (a damaged file: export it again)"
+    data_range = golden["meta"].get("data_range")
+    if data_range is not None and (not isinstance(data_range, (int, float)) or isinstance(data_range, bool)
+                                   or not 0 < data_range < float("inf")):
+        raise InputError(f"golden.npz meta.data_range must be a number > 0, got {data_range!r}{damaged}", path)
+    present = [i for i in range(count) if f"gt_{i}" in golden]
+    if golden["meta"].get("ground_truth") and len(present) != count or 0 < len(present) < count:
+        missing = next(i for i in range(count) if i not in present)
+        raise InputError(f"golden.npz holds ground truth for {len(present)} of its {count} images (gt_{missing} is "
+                         f"missing){damaged}", path)
+    for i in present:
+        gt, mask = golden[f"gt_{i}"], golden.get(f"mask_{i}")
+        if gt.ndim != 2 or not gt.size or gt.dtype.kind != "f":
+            raise InputError(f"golden.npz gt_{i} must be an H x W float depth map, got {gt.dtype} {gt.shape}"
+                             f"{damaged}", path)
+        if not (np.isfinite(gt) & (gt > 0)).any():
+            raise InputError(f"golden.npz gt_{i} has no valid depth (all 0, negative or NaN){damaged}", path)
+        if mask is None:
+            continue
+        stray = np.setdiff1d(np.unique(mask), (MASK_STRUCTURE, MASK_OBJECT, MASK_INVALID)) if mask.size else []
+        if mask.dtype != np.uint8 or mask.shape != gt.shape or len(stray):
+            raise InputError(f"golden.npz mask_{i} must be uint8 region values ({MASK_STRUCTURE}, {MASK_OBJECT}, "
+                             f"{MASK_INVALID}) of gt_{i}'s shape {gt.shape}, got {mask.dtype} {mask.shape}"
+                             f"{f' with value {stray[0]}' if len(stray) else ''}{damaged}", path)
 
 
 def _key(image: np.ndarray) -> str:
