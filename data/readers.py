@@ -22,6 +22,7 @@ from mde.errors import DataError, InputError
 from mde.io import parse_json, read_small_text
 from mde.runtime.images import (
     IMAGE_SUFFIXES,
+    MAX_PLAUSIBLE_DEPTH,
     _decode,
     _open_checked,
     check_plausible_depth,
@@ -345,6 +346,8 @@ def open_dataset(path: str | Path, split: str = "val", fmt: str = "auto",
     path = Path(path)
     if fmt not in FORMATS:
         raise InputError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if split not in NYUDataset.SPLITS:  # a split's name, never a path into another folder (`../other/val`)
+        raise InputError(f"unknown split {split!r}; expected train, val (an NYU file: also all)")
     if not path.exists():
         raise DataError("dataset not found", path)
     if fmt == "auto":
@@ -399,10 +402,11 @@ def dataset_max_depth(path: str | Path, model_range: float | None = None) -> flo
             if isinstance(value, bool):  # float(true) is 1.0
                 raise TypeError(f"max_depth is {str(value).lower()}")
             value = float(value)
-        except (ValueError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError, OverflowError) as err:
             raise DataError(f"expected a JSON object with a numeric 'max_depth' ({err})", meta) from None
-        if not np.isfinite(value) or value <= 0:
-            raise DataError(f"expected a positive max_depth, found {value}", meta)
+        if not 0 < value <= MAX_PLAUSIBLE_DEPTH:  # NaN too; beyond it SSIM's constants overflow
+            raise DataError(f"expected a positive max_depth of at most {MAX_PLAUSIBLE_DEPTH:g} m, found {value:g}",
+                            meta)
         return value
     if path.is_file() and path.suffix.lower() in NYU_SUFFIXES:
         return NYU_MAX_DEPTH

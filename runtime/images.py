@@ -197,7 +197,9 @@ def _say_frames(img: Image.Image, path: Path) -> None:
     if img.format == "MPO":
         return
     try:
-        frames = img.n_frames if getattr(img, "is_animated", False) or img.format == "TIFF" else 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a cut-off page's "Corrupt EXIF data", as `_orientation` hears it
+            frames = img.n_frames if getattr(img, "is_animated", False) or img.format == "TIFF" else 1
     except CORRUPT:  # counting reads every frame: a later one is cut off, the first is whole
         img.seek(0)  # where counting stopped is not where the picture is
         return

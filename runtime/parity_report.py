@@ -55,7 +55,7 @@ def _table_console(to_stderr: bool) -> Any:
 
 
 def print_regions(results: Sequence[ArtifactResult], figures: dict[str, Any], to_stderr: bool = False) -> None:
-    """The per-region figures on stdout (information: parity gates use the whole image)."""
+    """The per-region figures on stdout, or stderr (information: parity gates use the whole image)."""
     from rich.table import Table
 
     table = Table(title="per region (information, not gated)")
@@ -67,7 +67,7 @@ def print_regions(results: Sequence[ArtifactResult], figures: dict[str, Any], to
 
 
 def print_table(results: Sequence[ArtifactResult], title: str, to_stderr: bool = False) -> None:
-    """The parity table on stdout."""
+    """The parity table on stdout, or stderr where stdout takes `--json` or `--report`."""
     from rich.table import Table
     from rich.text import Text
 

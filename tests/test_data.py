@@ -177,7 +177,9 @@ def test_dataset_max_depth_rules(tmp_path):
     (tmp_path / "meta.json").write_text(json.dumps({"max_depth": 15.5}))
     assert dataset_max_depth(tmp_path) == 15.5
     for text, match in (("{not json", "meta.json"), ('{"max_depth": true}', "max_depth is true"),
-                        ('{"max_depth": NaN}', "positive max_depth")):
+                        ('{"max_depth": NaN}', "positive max_depth"),
+                        ('{"max_depth": 1e200}', "of at most 1e\\+06 m, found 1e\\+200"),  # SSIM overflowed
+                        ('{"max_depth": 1' + "0" * 400 + "}", "numeric 'max_depth' \\(int too large")):
         (tmp_path / "meta.json").write_text(text)
         with pytest.raises(DataError, match=match):
             dataset_max_depth(tmp_path)

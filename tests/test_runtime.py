@@ -449,3 +449,20 @@ def test_file_readers_refuse_what_is_no_path(value):
                          (inspect_artifact, "model")):
         with pytest.raises(InputError, match=f"expected a path to the {what}, got {type(value).__name__}"):
             reader(value)
+
+
+def test_a_cut_multi_page_tiff_is_its_first_page_without_pillows_warning(tmp_path):
+    """Counting the pages read the cut one: Pillow's two-line "Corrupt EXIF data" warning reached the terminal."""
+    import warnings
+
+    from PIL import Image
+
+    pages = [Image.fromarray(_rgb(64, 64, seed)) for seed in range(3)]
+    pages[0].save(tmp_path / "pages.tif", save_all=True, append_images=pages[1:])
+    whole = (tmp_path / "pages.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(whole[:len(whole) // 2])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = read_rgb(tmp_path / "cut.tif", upright=True)
+    assert not [str(w.message) for w in caught]
+    np.testing.assert_array_equal(first, _rgb(64, 64, 0))

@@ -13,6 +13,7 @@ import numpy as np
 from mde.errors import InputError
 from mde.io import parse_json, starts_with
 from mde.runtime.backends.base import Runner, TensorSpec, register_backend
+from mde.runtime.images import MAX_PLAUSIBLE_DEPTH
 from mde.runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
 from mde.runtime.metrics import MASK_INVALID, MASK_OBJECT, MASK_STRUCTURE
 
@@ -51,16 +52,27 @@ def read_golden(path: str | Path) -> dict[str, Any]:
     return golden
 
 
+def _plausible_depth(value: Any) -> bool:
+    """A JSON number of metres SSIM can square: more than 0, at most `MAX_PLAUSIBLE_DEPTH` (an int of 400 digits
+    overflows a float)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return 0 < float(value) <= MAX_PLAUSIBLE_DEPTH
+    except OverflowError:
+        return False
+
+
 def _check_ground_truth(golden: dict[str, Any], count: int, path: Path) -> None:
     """What `mde export --golden-data` saved beside the outputs, as it saved it: `gt_I` (H x W metres, some valid)
     for every image or none, `mask_I` (uint8 region values, gt_I's shape), a positive `meta.data_range`."""
     damaged = " (a damaged file: export it again)"
     data_range = golden["meta"].get("data_range")
-    if data_range is not None and (not isinstance(data_range, (int, float)) or isinstance(data_range, bool)
-                                   or not 0 < data_range < float("inf")):
-        raise InputError(f"golden.npz meta.data_range must be a number > 0, got {data_range!r}{damaged}", path)
+    if data_range is not None and not _plausible_depth(data_range):
+        raise InputError(f"golden.npz meta.data_range must be a number of metres in (0, {MAX_PLAUSIBLE_DEPTH:g}], "
+                         f"got {str(data_range)[:40]}{damaged}", path)
     present = [i for i in range(count) if f"gt_{i}" in golden]
-    if golden["meta"].get("ground_truth") and len(present) != count or 0 < len(present) < count:
+    if (golden["meta"].get("ground_truth") and len(present) != count) or 0 < len(present) < count:
         missing = next(i for i in range(count) if i not in present)
         raise InputError(f"golden.npz holds ground truth for {len(present)} of its {count} images (gt_{missing} is "
                          f"missing){damaged}", path)
@@ -77,7 +89,8 @@ def _check_ground_truth(golden: dict[str, Any], count: int, path: Path) -> None:
         if mask.dtype != np.uint8 or mask.shape != gt.shape or len(stray):
             raise InputError(f"golden.npz mask_{i} must be uint8 region values ({MASK_STRUCTURE}, {MASK_OBJECT}, "
                              f"{MASK_INVALID}) of gt_{i}'s shape {gt.shape}, got {mask.dtype} {mask.shape}"
-                             f"{f' with value {stray[0]}' if len(stray) else ''}{damaged}", path)
+                             f"{f' with value {stray[0]}' if len(stray) else ''} (damaged, or exported from a "
+                             "dataset mask of other values; export it again from masks of those values)", path)
 
 
 def _key(image: np.ndarray) -> str:
