@@ -169,6 +169,14 @@ def test_kitti_selection_layout(tmp_path):
         KittiDataset(sel)
 
 
+def test_a_split_is_a_name_not_a_path(synth_data):
+    """For API users as for `--split`: `../other/val` read another folder."""
+    from mde.errors import InputError
+
+    with pytest.raises(InputError, match="unknown split '../val'; expected train, val"):
+        open_dataset(synth_data / "train", split="../val")
+
+
 def test_dataset_max_depth_rules(tmp_path):
     _write_pair(tmp_path, "val", "a", _depth())
     with pytest.raises(DataError, match=r"no meta.json, so the depth range is unknown .*pass --max-depth METRES"):
