@@ -211,6 +211,17 @@ def parse_json(text: str) -> Any:
         raise ValueError("nested too deeply") from None
 
 
+def json_float(value: Any) -> float | None:
+    """A number read from JSON or TOML as a float; None for a bool, a string or any other non-number, and for an
+    integer past float's range (their integers have no bound: 1 followed by 400 zeros)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
 def resolved(path: str | Path) -> Path:
     """`Path.resolve()`, with a symbolic-link loop an `InputError` naming the path (Python raises RuntimeError)."""
     try:

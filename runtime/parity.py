@@ -26,7 +26,7 @@ except ModuleNotFoundError:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 from mde.errors import InputError
-from mde.io import read_small_text
+from mde.io import json_float, read_small_text
 from mde.runtime.preprocess import postprocess
 
 
@@ -53,18 +53,6 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
 }
 
 
-def _finite_non_negative(value: Any) -> bool:
-    """A tolerance's value: an int or float, not a bool, 0 or more and finite as a float (TOML's integers have no
-    bound: 1 followed by 400 zeros overflows)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
-    try:
-        number = float(value)
-    except OverflowError:
-        return False
-    return math.isfinite(number) and number >= 0
-
-
 def tolerances_from_dict(table: dict[str, Any], base: dict[str, Tolerance] | None = None,
                          source: str | Path = "tolerances") -> dict[str, Tolerance]:
     """Override `base` (default: `DEFAULT_TOLERANCES`) with {precision: {field: value}}; unknown names are errors."""
@@ -79,7 +67,8 @@ def tolerances_from_dict(table: dict[str, Any], base: dict[str, Tolerance] | Non
         if unknown:
             raise InputError(f"unknown tolerance {sorted(unknown)} in [{precision}]; expected {sorted(names)}", source)
         for key, value in row.items():
-            if not _finite_non_negative(value):
+            number = json_float(value)
+            if number is None or not (math.isfinite(number) and number >= 0):
                 text = repr(value)
                 shown = text if len(text) <= 40 else f"{text[:20]}… ({len(text)} characters)"
                 raise InputError(f"[{precision}] {key} must be a finite number >= 0, got {shown}", source)

@@ -23,7 +23,9 @@ PROVIDERS_HELP = (
 def check_split(split: str) -> None:
     """`--split` (`eval`, `parity`): a split's name, not a path into another folder (`--split ../other/val` read
     that folder, and a report written there went past the check that keeps outputs out of the dataset)."""
-    if split not in ("train", "val", "all"):
+    from mde.data.readers import NYUDataset  # the names open_dataset takes (train, val; an NYU file: also all)
+
+    if split not in NYUDataset.SPLITS:
         raise InputError(f"unknown --split {split!r}; choose from train, val (an NYU file: also all)")
 
 

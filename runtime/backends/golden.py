@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from mde.errors import InputError
-from mde.io import parse_json, starts_with
+from mde.io import json_float, parse_json, starts_with
 from mde.runtime.backends.base import Runner, TensorSpec, register_backend
 from mde.runtime.images import MAX_PLAUSIBLE_DEPTH
 from mde.runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
@@ -52,23 +52,13 @@ def read_golden(path: str | Path) -> dict[str, Any]:
     return golden
 
 
-def _plausible_depth(value: Any) -> bool:
-    """A JSON number of metres SSIM can square: more than 0, at most `MAX_PLAUSIBLE_DEPTH` (an int of 400 digits
-    overflows a float)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
-    try:
-        return 0 < float(value) <= MAX_PLAUSIBLE_DEPTH
-    except OverflowError:
-        return False
-
-
 def _check_ground_truth(golden: dict[str, Any], count: int, path: Path) -> None:
     """What `mde export --golden-data` saved beside the outputs, as it saved it: `gt_I` (H x W metres, some valid)
     for every image or none, `mask_I` (uint8 region values, gt_I's shape), a positive `meta.data_range`."""
     damaged = " (a damaged file: export it again)"
     data_range = golden["meta"].get("data_range")
-    if data_range is not None and not _plausible_depth(data_range):
+    number = json_float(data_range)
+    if data_range is not None and not (number is not None and 0 < number <= MAX_PLAUSIBLE_DEPTH):  # SSIM squares it
         raise InputError(f"golden.npz meta.data_range must be a number of metres in (0, {MAX_PLAUSIBLE_DEPTH:g}], "
                          f"got {str(data_range)[:40]}{damaged}", path)
     present = [i for i in range(count) if f"gt_{i}" in golden]

@@ -144,12 +144,12 @@ def create_session(
     opts = session_options(ort, threads, inter_op_threads, optimization, optimized_model_path)
     options = {TRT_EP: tensorrt_provider_options, CUDA_EP: cuda_provider_options}
     provider_args = [(p, options[p]()) if p in options else p for p in wanted]
-    if not isinstance(model, bytes) and not str(model).isascii():
-        try:
+    try:
+        if not isinstance(model, bytes):
             str(model).encode("utf-8")
-        except UnicodeEncodeError:  # bytes no UTF-8 decodes: ONNX Runtime takes a path as UTF-8 text only
-            raise ModelError("ONNX Runtime cannot open a file whose path is not UTF-8 text; rename it (or the "
-                             "folder above it that is not)", source) from None
+    except UnicodeEncodeError:  # bytes no UTF-8 decodes: ONNX Runtime takes a path as UTF-8 text only
+        raise ModelError("ONNX Runtime cannot open a file whose path is not UTF-8 text; rename it (or the "
+                         "folder above it that is not)", source) from None
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed):  # ORT prints "EP Error ... Falling back" on stdout
