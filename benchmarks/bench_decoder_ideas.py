@@ -322,7 +322,7 @@ def run(opts: argparse.Namespace) -> dict:
         world = WORLDS.get(opts.world, contextlib.nullcontext)
         return {str(run_dir): anatomy(data, run_dir, world) for run_dir in opts.anatomy}
     return decoders(opts.data, opts.quick, opts.runs, tuple(opts.variants), epochs=opts.epochs,
-                    reference="unet-onecycle")
+                    reference="unet-onecycle", device=opts.device)
 
 
 def main() -> None:
@@ -333,6 +333,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="training epochs of every variant (default 4; "
                         "with --quick, the quick settings' 1)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="train the variants here (cuda: bf16 autocast and 4 loader workers; compare "
+                             "ratios only between runs on one device)")
     parser.add_argument("--anatomy", nargs="*", type=Path, default=None, metavar="RUN",
                         help="only the error anatomy of these trained runs")
     parser.add_argument("--encoder-from", type=Path, default=None, metavar="RUN",
@@ -354,6 +357,11 @@ def main() -> None:
     taskenc = [v for v in opts.variants if v.endswith("-taskenc")]
     if taskenc and not opts.encoder_from and opts.anatomy is None:
         parser.error(f"{', '.join(taskenc)} start from a trained encoder: give --encoder-from RUN")
+    if opts.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: PyTorch sees no CUDA GPU on this machine")
     if opts.runs is not None and opts.runs.exists() and not opts.runs.is_dir():
         parser.error(f"--runs {opts.runs}: not a folder")
     try:  # a run that is not there, a folder of another world: one line, before any work

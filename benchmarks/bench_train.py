@@ -279,8 +279,17 @@ def variant_patch(name: str | None):
     return PATCHES[name]() if name else contextlib.nullcontext()
 
 
-def train_variant(data: Path, run_dir: Path, overrides: dict, quick: bool, epochs: int = 0) -> dict:
-    """Train one variant at the quality settings into `run_dir`; reused when its summary holds the same settings.
+def device_settings(device: str) -> dict:
+    """TrainConfig overrides that move the quality settings to `device`: none for the CPU (the benchmark's
+    own), else the device and four loader workers (one cannot feed a GPU). Ratios are comparable only
+    between runs on the same device: bf16 autocast and another data order change every figure."""
+    return {} if device == "cpu" else {"device": device, "workers": 4}
+
+
+def train_variant(data: Path, run_dir: Path, overrides: dict, quick: bool, epochs: int = 0,
+                  device: str = "cpu") -> dict:
+    """Train one variant at the quality settings (on `device`) into `run_dir`; reused when its summary
+    holds the same settings.
 
     Raises:
         InputError: `run_dir` holds a run of other settings (another --epochs): its figures would be
@@ -292,7 +301,8 @@ def train_variant(data: Path, run_dir: Path, overrides: dict, quick: bool, epoch
 
     overrides = dict(overrides)
     patch = overrides.pop("patch", None)
-    settings = {**QUALITY, **(QUICK if quick else {}), **overrides, **({"epochs": epochs} if epochs else {})}
+    settings = {**QUALITY, **(QUICK if quick else {}), **overrides, **({"epochs": epochs} if epochs else {}),
+                **device_settings(device)}
     summary = run_dir / "bench.json"
     inputs = run_inputs(data, settings)
     if summary.is_file():
@@ -386,16 +396,16 @@ def format_region_table(rows: dict[str, dict], reference: str = "report") -> str
 
 def decoders(data: Path, quick: bool, runs: Path | None = None,
              variants: tuple[str, ...] = ("report-flips", "unet-flips"), train_only: bool = False,
-             epochs: int = 0, reference: str | None = None) -> dict:
-    """Train each variant (same data, epochs and seed) and print the per-region quality table, with
-    ratios to `reference` (default: the first variant)."""
+             epochs: int = 0, reference: str | None = None, device: str = "cpu") -> dict:
+    """Train each variant (same data, epochs and seed, on `device`) and print the per-region quality
+    table, with ratios to `reference` (default: the first variant)."""
     data = ensure_data(data, quick)
     require_masks(data)
     with tempfile.TemporaryDirectory() as tmp:
         root = runs or Path(tmp)
         trained = {}
         for name in variants:
-            trained[name] = train_variant(data, root / name, VARIANTS[name], quick, epochs)
+            trained[name] = train_variant(data, root / name, VARIANTS[name], quick, epochs, device)
             print(f"  {name}: {json.dumps(trained[name])}", flush=True)
         if train_only:
             return {"runs": trained}

@@ -78,6 +78,33 @@ def test_a_saved_run_of_other_settings_is_not_reused_under_new_labels(tmp_path):
         bench_train.train_variant(tmp_path, run_dir, {}, quick=True, epochs=2)
 
 
+def test_a_saved_cpu_run_is_not_reused_for_a_gpu_run(tmp_path):
+    """`--device cuda` over CPU runs would label their figures as the GPU's (bf16, another data order)."""
+    import json
+
+    sys.path.insert(0, str(BENCHMARKS))
+    import bench_train
+
+    from mde.errors import InputError
+
+    run_dir = tmp_path / "unet-flips"
+    run_dir.mkdir()
+    settings = {**bench_train.QUALITY, **bench_train.QUICK, "epochs": 1, "patch": None}
+    (run_dir / "bench.json").write_text(json.dumps({"settings": settings}))
+    assert bench_train.device_settings("cpu") == {}  # the CPU runs keep the benchmark's own settings
+    with pytest.raises(InputError, match=r"other settings \(device, workers: cpu, 1, not cuda, 4\)"):
+        bench_train.train_variant(tmp_path, run_dir, {}, quick=True, epochs=1, device="cuda")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_device_cuda_without_a_gpu_is_refused_before_any_work(tmp_path):
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_decoder_ideas.py"), "--data", str(tmp_path / "d"),
+                           "--device", "cuda", "--quick"], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "--device cuda: PyTorch sees no CUDA GPU on this machine" in done.stderr
+    assert not (tmp_path / "d").exists()  # no set made
+
+
 def test_a_saved_run_from_another_dataset_is_not_reused(tmp_path):
     """The same --runs folder over another --data would label the old models' figures with the new data."""
     import json
