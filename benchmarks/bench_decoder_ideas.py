@@ -1,6 +1,6 @@
 """What else might make objects visible: recipe and decoder ideas beyond `--decoder unet`, and where the error is.
 
-    python benchmarks/bench_decoder_ideas.py --data D --runs R [--epochs 4] [--variants NAME ...]
+    python benchmarks/bench_decoder_ideas.py --data D --runs R [--epochs 4] [--device cuda] [--variants NAME ...]
     python benchmarks/bench_decoder_ideas.py --data D --anatomy R/report R/unet-onecycle
     python benchmarks/bench_decoder_ideas.py --world fixed-camera --data DF --runs RF --variants report unet-onecycle
     python benchmarks/bench_decoder_ideas.py --world small-objects --data DS --runs RS \\
@@ -16,6 +16,8 @@
     `*-flips-silog` (the SILog loss) start from the flips-only default too.
     The decoder and loss ideas are patched in here (none is a product option);
     `batch_size`/`lr_max`/`image_size`/`object_weight`/`seed` are ordinary `mde train` options.
+    `--device cuda` trains them on the GPU (bf16 autocast, 4 loader workers): its figures differ from
+    the CPU's, so compare ratios only between runs of one device (the saved settings keep them apart).
 (2) anatomy: for trained runs, where the val error is (error_anatomy.py says what it splits by).
 (3) --world fixed-camera: the same world with every image taken by one camera (hfov 70 deg, pitch
     10 deg down, no roll, 1.2 m up; only where it stands and looks varies), so in every image a
