@@ -231,6 +231,12 @@ def resolved(path: str | Path) -> Path:
                          path) from None
 
 
+def file_identity(path: str | Path) -> tuple[int, int]:
+    """(device, inode) of an existing file: one file however it is reached (symbolic or hard links, `..`)."""
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` atomically."""
     with atomic_path(path) as tmp:

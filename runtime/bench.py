@@ -102,27 +102,46 @@ def time_pipeline(
     }
 
 
+def _models(cfg: BenchConfig) -> list[tuple[Path, BenchConfig]]:
+    """Each model to time with the options it is timed under: the artifacts, then `--torch`'s checkpoint
+    (PyTorch eager through the torch runner, same pipeline)."""
+    models = [(Path(p), cfg) for p in cfg.artifacts]
+    if cfg.torch_checkpoint is not None:
+        models.append((Path(cfg.torch_checkpoint), replace(cfg, backend="torch")))
+    return models
+
+
+def _open(path: Path, cfg: BenchConfig):
+    from mde.runtime import DepthEstimator
+
+    return DepthEstimator.open(path, backend=cfg.backend, threads=cfg.threads, providers=cfg.providers)
+
+
+def _run_shape(est, path: Path, cfg: BenchConfig) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(the model's input size, the camera images' size), once this model can take this run's batch."""
+    if est.backend == "golden":
+        raise InputError("golden.npz replays the outputs saved for its own images, so there is nothing to "
+                         "time; bench the ONNX models or the engine next to it", path)
+    size = tuple(est.metadata.input_size)
+    h, w = parse_size(cfg.image_size, size)
+    batch_bytes = cfg.batch * 3 * max(h * w, size[0] * size[1]) * 4  # the network's float32 input at least
+    if batch_bytes > MAX_BATCH_BYTES:
+        raise InputError(f"--batch {cfg.batch} of {h}x{w} images needs {batch_bytes / 2**30:.1f} GiB of input "
+                         f"alone; at most {MAX_BATCH_BYTES // 2**30} GiB")
+    limit = est.runner.max_batch()
+    if limit is not None and limit < cfg.batch:
+        raise InputError(f"model takes batches of at most {limit}, --batch is {cfg.batch}", path)
+    return size, (h, w)
+
+
 def bench_artifact(path: Path, cfg: BenchConfig) -> dict[str, Any]:
     """Benchmark one artifact through its runner with the shared pre/postprocessing."""
     import numpy as np
 
-    from mde.runtime import DepthEstimator
-
-    with DepthEstimator.open(path, backend=cfg.backend, threads=cfg.threads, providers=cfg.providers) as est:
-        if est.backend == "golden":
-            raise InputError("golden.npz replays the outputs saved for its own images, so there is nothing to "
-                             "time; bench the ONNX models or the engine next to it", path)
-        size = tuple(est.metadata.input_size)
-        h, w = parse_size(cfg.image_size, size)
-        batch_bytes = cfg.batch * 3 * max(h * w, size[0] * size[1]) * 4  # the network's float32 input at least
-        if batch_bytes > MAX_BATCH_BYTES:
-            raise InputError(f"--batch {cfg.batch} of {h}x{w} images needs {batch_bytes / 2**30:.1f} GiB of input "
-                             f"alone; at most {MAX_BATCH_BYTES // 2**30} GiB")
+    with _open(path, cfg) as est:
+        size, (h, w) = _run_shape(est, path, cfg)
         rng = np.random.default_rng(cfg.seed)
         images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(cfg.batch)]
-        limit = est.runner.max_batch()
-        if limit is not None and limit < cfg.batch:
-            raise InputError(f"model takes batches of at most {limit}, --batch is {cfg.batch}", path)
         timing = time_pipeline(images, size, est.metadata.max_depth, est.infer, cfg.iterations, cfg.warmup,
                                progress=f"{path.name}: {cfg.warmup} warm-up + {cfg.iterations} timed runs")
         return {
@@ -136,21 +155,25 @@ def bench_artifact(path: Path, cfg: BenchConfig) -> dict[str, Any]:
 
 
 def check_inputs(cfg: BenchConfig) -> None:
-    """Every model readable, none given twice, the checkpoint a checkpoint: found before the first is timed."""
-    from mde.io import resolved
-    from mde.runtime.artifact import inspect_artifact
+    """Every model given once, and each one opened and closed again with this run's options (readable, its
+    backend installed, the batch within its limits): a refusal comes before the first model is timed, not
+    after the minutes of timing it would throw away."""
+    from mde.io import file_identity, require_file
 
-    seen: set[Path] = set()
-    for path in map(Path, cfg.artifacts):
-        if resolved(path) in seen:
-            raise InputError("model given twice; each file is timed once", path)
-        seen.add(resolved(path))
-        if path.suffix.lower() in (".onnx", ".engine", ".plan"):
-            inspect_artifact(path)  # a truncated or foreign model is refused now
     if cfg.torch_checkpoint is not None and Path(cfg.torch_checkpoint).suffix.lower() in (".onnx", ".engine",
                                                                                            ".plan", ".npz"):
         raise InputError("--torch takes a PyTorch checkpoint (.pt); give exported models as arguments",
                          cfg.torch_checkpoint)
+    seen: set[tuple[int, int]] = set()
+    for path, _ in _models(cfg):
+        key = file_identity(require_file(path, "model file"))  # one file by any name, hard links too
+        if key in seen:
+            raise InputError("model given twice (as an argument and --torch, or by two names); each file is "
+                             "timed once", path)
+        seen.add(key)
+    for path, model_cfg in _models(cfg):
+        with _open(path, model_cfg) as est:
+            _run_shape(est, path, model_cfg)
 
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
@@ -170,11 +193,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     check_threads_option(cfg.threads)
     parse_size(cfg.image_size, (0, 0))  # a bad --image-size fails before any model loads
     check_inputs(cfg)
-    results = [bench_artifact(Path(p), cfg) for p in cfg.artifacts]
+    results = [bench_artifact(path, model_cfg) for path, model_cfg in _models(cfg)]
     for row, label in zip(results, artifact_labels(cfg.artifacts)):  # two model.onnx rows name their folders
         row["name"] = label
-    if cfg.torch_checkpoint is not None:  # PyTorch eager through the torch runner, same pipeline
-        results.append(bench_artifact(Path(cfg.torch_checkpoint), replace(cfg, backend="torch")))
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     config["artifacts"] = [str(p) for p in cfg.artifacts]
     return {"config": config, "results": results}

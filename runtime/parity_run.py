@@ -9,7 +9,6 @@ the tolerances passed in.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
@@ -305,7 +304,7 @@ def _region_figures(cfg: ParityConfig, reference: list[dict[str, float]], gts: l
 
 def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
     """`mde parity`: run either mode, print the table, write --json / --report; `CheckFailed` when any fails."""
-    from mde.io import check_output_file, is_stdout, write_json_atomic
+    from mde.io import check_output_file, file_identity, is_stdout, write_json_atomic
     from mde.runtime.parity_report import print_regions, print_table, write_markdown
 
     if (cfg.golden is None) == (cfg.checkpoint is None):
@@ -320,7 +319,7 @@ def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
     if cfg.checkpoint is not None and resolved(cfg.checkpoint) in {resolved(a) for a in cfg.artifacts}:
         raise InputError("the checkpoint is the reference, not an artifact to check against it; give the models "
                          "exported from it", cfg.checkpoint)
-    targets = [(os.stat(a).st_dev, os.stat(a).st_ino) for a in cfg.artifacts]  # one file: by links, hard ones too
+    targets = [file_identity(a) for a in cfg.artifacts]  # one file: by links, hard ones too
     twice = next((a for a, r in zip(cfg.artifacts, targets) if targets.count(r) > 1), None)
     if twice is not None:
         raise InputError("artifact given twice; each file is checked once", twice)

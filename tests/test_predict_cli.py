@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -412,17 +414,39 @@ def test_bench_table_and_errors(cli, onnx_path):
     assert golden.code == 2 and "golden.npz: golden.npz replays the outputs saved" in golden.err
 
 
-def test_bench_checks_every_model_before_timing_the_first(cli, onnx_path, tmp_path, monkeypatch):
+def test_bench_checks_every_model_before_timing_the_first(cli, onnx_path, tiny_checkpoint, tmp_path, monkeypatch):
+    """Each refusal comes before any model is timed: a damaged checkpoint, a missing one, an engine without
+    TensorRT and one file given twice (by a hard link, or as an argument and --torch) were found only after
+    the models before them had been timed, and their figures thrown away."""
     import mde.runtime.bench as bench
 
     timed = []
     monkeypatch.setattr(bench, "bench_artifact", lambda path, cfg: timed.append(path))
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(onnx_path.read_bytes()[:1000])
-    for args, said in (((onnx_path, broken), "broken.onnx: cannot load ONNX model"),
-                       ((onnx_path, onnx_path.parent / "." / onnx_path.name), "model given twice"),
-                       ((onnx_path, "--iterations", "99999999999999999999"), "--iterations must be in 1..1000000"),
-                       ((onnx_path, "--torch", onnx_path), "--torch takes a PyTorch checkpoint")):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(bytes(range(256)) * 20)
+    linked = tmp_path / "linked.onnx"
+    os.link(onnx_path, linked)
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"engine bytes")
+    meta = ModelMetadata(input_size=(64, 64), max_depth=20.0, precision="fp16", backbone="resnet18")
+    (tmp_path / "model.engine.json").write_text(json.dumps({
+        "tensorrt_version": "11.0.1", "gpu_name": "H100", "compute_capability": "9.0",
+        "profile": {"image": {"min": [1, 3, 64, 64], "opt": [1, 3, 64, 64], "max": [1, 3, 64, 64]}},
+        "precision": "fp16", "onnx_sha256": "0" * 64, "build_date": "2025-01-01", "metadata": meta.to_props()}))
+    cases = [((onnx_path, broken), "broken.onnx: cannot load ONNX model"),
+             ((onnx_path, onnx_path.parent / "." / onnx_path.name), "model given twice"),
+             ((onnx_path, linked), "linked.onnx: model given twice"),
+             ((tiny_checkpoint, "--torch", tiny_checkpoint), "model given twice (as an argument and --torch"),
+             ((onnx_path, junk), "junk.pt: refused: not a plain weights checkpoint"),
+             ((onnx_path, "--torch", junk), "junk.pt: refused: not a plain weights checkpoint"),
+             ((onnx_path, tmp_path / "missing.pt"), "missing.pt: model file not found"),
+             ((onnx_path, "--iterations", "99999999999999999999"), "--iterations must be in 1..1000000"),
+             ((onnx_path, "--torch", onnx_path), "--torch takes a PyTorch checkpoint")]
+    if importlib.util.find_spec("tensorrt") is None:
+        cases.append(((onnx_path, engine), "TensorRT is not installed"))
+    for args, said in cases:
         result = cli("bench", *args)
         assert result.code == 2 and said in result.err and result.err.count("\n") == 1, result.err
     assert timed == []
