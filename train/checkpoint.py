@@ -126,6 +126,9 @@ def _unpickling_reason(err: pickle.UnpicklingError) -> str:
     found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
     if found:
         return f"it refers to {found.group(1)}, which is no tensor"
+    found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(err))
+    if found:  # torch's advice to load it with weights_only=False is no advice for mde: give the fact
+        return found.group(1).strip()
     first = str(err).splitlines()[0] if str(err) else ""
     return re.sub(r"\x1b\[[0-9;]*m", "", first) or "unsafe pickle"
 
