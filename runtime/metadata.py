@@ -112,14 +112,14 @@ class ModelMetadata:
             raise ModelError(f"no mde metadata ({', '.join(missing)} missing); export it with `mde export`", source)
         try:
             values = {key: _json_value(key, value) for key, value in props.items() if key.startswith("mde.")}
-            pre, out = values["mde.preprocess"], values["mde.output"]
+            pre, out = _json_object(values, "mde.preprocess"), _json_object(values, "mde.output")
             for what, given, implemented in (("preprocessing", pre, PREPROCESS), ("output", out, OUTPUT)):
                 unsupported = {k: given[k] for k, v in implemented.items() if k in given and given[k] != v}
                 if unsupported:
                     raise ModelError(
                         f"{what} {json.dumps(unsupported)} is not what this runtime implements "
                         f"({json.dumps({k: implemented[k] for k in unsupported})})", source)
-            model = values.get("mde.model", {})
+            model = _json_object(values, "mde.model") if "mde.model" in values else {}
             precision = values["mde.precision"]
             if precision not in PRECISIONS:
                 raise ValueError(f"unknown precision {precision!r}")
@@ -131,16 +131,16 @@ class ModelMetadata:
                 input_size=_input_size(pre["input_size"]),
                 max_depth=_max_depth(out["max_depth"]),
                 precision=precision,
-                dynamic_size=bool(pre.get("dynamic_size", False)),
-                backbone=str(model.get("backbone", "unknown")),
-                decoder=str(model.get("decoder", "report")),  # exported before decoders had names
-                parameters=int(model.get("parameters", 0)),
+                dynamic_size=_field(pre, "mde.preprocess", "dynamic_size", bool, False),
+                backbone=_field(model, "mde.model", "backbone", str, "unknown"),
+                decoder=_field(model, "mde.model", "decoder", str, "report"),  # exported before decoders had names
+                parameters=_field(model, "mde.model", "parameters", int, 0),
                 source=values.get("mde.source", {}),
                 metrics=values.get("mde.metrics", {}),
                 calibration=values.get("mde.calibration"),
-                version=str(values["mde.version"]),
+                version=_of_kind("mde.version", values["mde.version"], str),
             )
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:  # a list or string for an object
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
             raise ModelError(f"malformed mde metadata ({err})", source) from None
 
     def to_dict(self) -> dict[str, Any]:
@@ -161,6 +161,28 @@ def _json_value(key: str, text: str) -> Any:
         return parse_json(text)
     except ValueError as err:
         raise ValueError(f"{key} is not JSON: {err}") from None
+
+
+def _json_object(values: dict[str, Any], key: str) -> dict[str, Any]:
+    """The `key` prop, which must be a JSON object."""
+    value = values[key]
+    if not isinstance(value, dict):
+        raise ValueError(f"{key} must be a JSON object, got {json.dumps(value)[:60]}")
+    return value
+
+
+def _field(obj: dict[str, Any], prop: str, field: str, kind: type, default: Any) -> Any:
+    """`obj[field]` of the `prop` prop (`default` where absent), which must be a JSON value of `kind`."""
+    return _of_kind(f"{prop}.{field}", obj.get(field, default), kind)
+
+
+def _of_kind(name: str, value: Any, kind: type) -> Any:
+    """`value` where it is a JSON value of `kind` (for int: a whole number >= 0); else a ValueError naming `name`."""
+    ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool)) and not (kind is int and value < 0)
+    if not ok:
+        words = {bool: "true or false", str: "a string", int: "a whole number >= 0"}[kind]
+        raise ValueError(f"{name} must be {words}, got {json.dumps(value)[:60]}")
+    return value
 
 
 def _input_size(value: Any) -> tuple[int, int]:

@@ -48,3 +48,29 @@ def test_source_and_metrics_must_be_objects(key):
     props = {**_props(), key: json.dumps(["not", "an", "object"])}
     with pytest.raises(ModelError, match=f"model.onnx: malformed mde metadata .*{key} must be a JSON object"):
         ModelMetadata.from_props(props, "model.onnx")
+
+
+@pytest.mark.parametrize("key, value, said", [
+    # a hand-edited "false" read as true: the runtime then fed ?x?-sized input to a fixed-size graph
+    ("mde.preprocess", {"dynamic_size": "false"}, 'mde.preprocess.dynamic_size must be true or false, got "false"'),
+    ("mde.preprocess", None, "mde.preprocess must be a JSON object, got null"),
+    ("mde.preprocess", "hello", 'mde.preprocess must be a JSON object, got "hello"'),
+    ("mde.output", [1, 2], "mde.output must be a JSON object, got [1, 2]"),
+    ("mde.model", [1, 2], "mde.model must be a JSON object, got [1, 2]"),
+    ("mde.model", {"parameters": "many"}, 'mde.model.parameters must be a whole number >= 0, got "many"'),
+    ("mde.model", {"parameters": True}, "mde.model.parameters must be a whole number >= 0, got true"),
+    ("mde.model", {"backbone": 18}, "mde.model.backbone must be a string, got 18"),
+    ("mde.version", 1.5, "mde.version must be a string, got 1.5"),
+])
+def test_hand_edited_metadata_of_the_wrong_type_is_named(key, value, said):
+    """Each was an internal message ('list' object has no attribute 'get') or, for dynamic_size, a wrong value."""
+    props = _props()
+    if key == "mde.preprocess" and isinstance(value, dict):
+        props = _props(**value)
+    elif key == "mde.model" and isinstance(value, dict):
+        props["mde.model"] = json.dumps({"backbone": "resnet18", "decoder": "unet", "parameters": 1, **value})
+    else:
+        props[key] = json.dumps(value)
+    with pytest.raises(ModelError) as err:
+        ModelMetadata.from_props(props, "model.onnx")
+    assert str(err.value) == f"model.onnx: malformed mde metadata ({said})"

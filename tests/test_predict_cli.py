@@ -489,6 +489,25 @@ def test_info_table(cli, onnx_path):
     assert result.code == 0 and "resnet18" in result.out and "CPUExecutionProvider" in result.out
 
 
+def test_info_escapes_what_the_artifact_says(cli, onnx_path, tmp_path):
+    """Metadata and a file name come from whoever made the model: an escape code in them (clear the screen,
+    set the window title) reached the terminal raw."""
+    import onnx
+
+    model = onnx.load(onnx_path)
+    for prop in model.metadata_props:
+        if prop.key == "mde.version":
+            prop.value = json.dumps("0.1\x1b[2J\x1b]0;pwned\x07")
+        if prop.key == "mde.model":
+            prop.value = json.dumps({**json.loads(prop.value), "backbone": "r18\x1b[31mEVIL"})
+    path = tmp_path / "ctl\n\x1b[31m.onnx"
+    onnx.save(model, path)
+    result = cli("info", path)
+    assert result.code == 0, result.err
+    assert "\x1b" not in result.out and "\x07" not in result.out
+    assert "r18\\x1b[31mEVIL" in result.out and "ctl\\n\\x1b[31m.onnx" in result.out
+
+
 def test_info_engine_from_sidecar(cli, tmp_path):
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"engine bytes")

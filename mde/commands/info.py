@@ -52,9 +52,10 @@ def print_info(info: dict[str, Any]) -> None:
     from rich.table import Table
 
     from mde.console import stdout_console
+    from mde.errors import one_line
 
     meta = info["metadata"]
-    table = Table(title=info["path"], show_header=False)
+    table = Table(title=one_line(info["path"]), show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
     rows = [
@@ -85,8 +86,8 @@ def print_info(info: dict[str, Any]) -> None:
                 ", ".join(value) if isinstance(value, list) else ("not installed" if value is None else str(value)),
             )
         )
-    for row in rows:
-        table.add_row(*row)
+    for key, value in rows:  # names and metadata come from the artifact: no escape code reaches the terminal
+        table.add_row(one_line(key), one_line(value))
     console = stdout_console()
     if not console.is_terminal:
         console = stdout_console(160)
