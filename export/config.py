@@ -17,6 +17,7 @@ from mde.runtime.metadata import (  # noqa: F401 - the artifact names are re-exp
     EXTRAS,
     GOLDEN_NAME,
     INT8_CPU_NAME,
+    MAX_INPUT_SIDE,
     PRECISIONS,
 )
 
@@ -25,6 +26,7 @@ MAX_GOLDEN_IMAGES = 64  # golden.npz holds each input and its output: 64 at 224 
 # The newest opset exported and checked here (ONNX Runtime 1.31 loads up to 26 and refuses newer ones);
 # an older onnx or ONNX Runtime, which checks every export, lowers the bound (`max_opset`).
 MAX_OPSET = 26
+MAX_WORKSPACE_MIB = 1 << 20  # --workspace-mib: 1 TiB, past any GPU's memory (TensorRT takes bytes, MiB << 20)
 
 
 def _default_timing_cache() -> Path:
@@ -177,10 +179,14 @@ def validate(cfg: ExportConfig) -> None:
     if cfg.depth_scale is not None and not DEPTH_SCALE_RANGE[0] <= cfg.depth_scale <= DEPTH_SCALE_RANGE[1]:
         raise InputError(f"--depth-scale must be {DEPTH_SCALE_RANGE[0]:g} to {DEPTH_SCALE_RANGE[1]:g} PNG units "
                          f"per metre, got {cfg.depth_scale}")
-    if cfg.workspace_mib < 1:
-        raise InputError(f"--workspace-mib must be >= 1, got {cfg.workspace_mib}")
-    if not 32 <= cfg.min_size <= cfg.max_size:
-        raise InputError(f"--min-size/--max-size must satisfy 32 <= min <= max, got {cfg.min_size}/{cfg.max_size}")
+    if not 1 <= cfg.workspace_mib <= MAX_WORKSPACE_MIB:
+        raise InputError(f"--workspace-mib must be 1..{MAX_WORKSPACE_MIB}, got {cfg.workspace_mib}")
+    if not 32 <= cfg.min_size <= cfg.max_size <= MAX_INPUT_SIDE:
+        raise InputError(f"--min-size/--max-size must satisfy 32 <= min <= max <= {MAX_INPUT_SIDE}, got "
+                         f"{cfg.min_size}/{cfg.max_size}")
+    for option, value in (("--min-size", cfg.min_size), ("--max-size", cfg.max_size)):
+        if value % 32:  # the network's input: multiples of its stride
+            raise InputError(f"{option} must be a multiple of 32, got {value}")
     for data in (cfg.golden_data, cfg.calib_data):
         if data is not None:
             check_outside_splits(cfg.out, data)

@@ -331,7 +331,14 @@ CASES = [
     ("eval-depth-scale-overflows", "eval {ckpt} --data {data} --depth-scale 1e300",
      "--depth-scale must be a positive number of PNG units per metre, 0.001 to 1e+06"),
     ("export-golden-images-huge", "export {ckpt} --out {out} --golden-images 1000000000", "--golden-images must be 1..64"),
-    ("export-workspace-negative", "export {ckpt} --out {out} --workspace-mib -1", "--workspace-mib must be >= 1"),
+    ("export-workspace-negative", "export {ckpt} --out {out} --workspace-mib -1", "--workspace-mib must be 1..1048576"),
+    ("export-workspace-huge", "export {ckpt} --out {out} --workspace-mib 999999999999999",
+     "--workspace-mib must be 1..1048576, got 999999999999999"),
+    # profile sizes are checked without --engine too (a typo would wait for the engine), and before any export
+    ("export-min-size-not-32", "export {ckpt} --out {out} --dynamic-size --min-size 48",
+     "--min-size must be a multiple of 32, got 48"),
+    ("export-max-size-huge", "export {ckpt} --out {out} --dynamic-size --max-size 1000000",
+     "--min-size/--max-size must satisfy 32 <= min <= max <= 8192, got 32/1000000"),
     ("export-depth-scale-nan", "export {ckpt} --out {out} --depth-scale nan", "--depth-scale must be 0.001 to 1e+06"),
     ("export-out-inside-split", "export {ckpt} --out {data}/val/rgb --golden-data {data}",
      "--out lies inside the dataset's train/ or val/"),
@@ -571,3 +578,18 @@ def test_an_output_another_command_is_writing_is_refused(cli, command, tiny_chec
     assert result.code == 2 and result.err.strip().splitlines()[-1] == (
         f"mde: error: {out}: another mde command is writing this output now; let it finish, or choose another")
     assert not out.exists()
+
+
+def test_engine_profile_that_misses_the_model_size_is_refused_before_the_export(cli, tiny_checkpoint, tmp_path,
+                                                                               monkeypatch):
+    """`--engine --dynamic-size --min-size 128` for a 64 px model failed only once the ONNX was exported (20 s)."""
+    import mde.export.onnx_export as onnx_export
+    import mde.export.tensorrt_build as tensorrt_build
+
+    monkeypatch.setattr(tensorrt_build, "require_tensorrt", lambda: None)  # this machine has no TensorRT
+    monkeypatch.setattr(onnx_export, "export_fp32", lambda *a, **k: pytest.fail("exported before the check"))
+    result = cli("export", tiny_checkpoint, "--out", tmp_path / "out", "--engine", "--dynamic-size",
+                 "--min-size", "128", "--max-size", "256")
+    assert result.code == 2 and result.err.count("\n") == 1, result.err
+    assert "--min-size/--max-size 128..256 must contain the model's input size 64x64" in result.err
+    assert not (tmp_path / "out").exists()
