@@ -51,6 +51,8 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fp16": Tolerance(rmse_abs=5e-3, ssim_abs=2e-3, p99_over_range=5e-3),
     "int8": Tolerance(rmse_rel=0.02, ssim_abs=1e-2, p99_over_range=5e-2),
 }
+# golden.npz's tolerance table holds, beside one row per precision, these notes (`export.golden.write_golden`)
+GOLDEN_TABLE_NOTES = ("metric", "depth_range")
 
 
 def tolerances_from_dict(table: dict[str, Any], base: dict[str, Tolerance] | None = None,

@@ -135,6 +135,18 @@ def _depth_cut(g):
     g["depth"] = g["depth"][:, :, :32, :32]
 
 
+def _meta(**changes):
+    def damage(g):
+        g["meta"] = np.array(json.dumps({**json.loads(str(g["meta"])), **changes}))
+    return damage
+
+
+def _tolerances(**changes):
+    def damage(g):
+        g["tolerances"] = np.array(json.dumps({**json.loads(str(g["tolerances"])), **changes}))
+    return damage
+
+
 @pytest.mark.parametrize("damage, says", [
     (_gt_3d, "gt_0 must be an H x W float depth map, got float32 (1, "),
     (_gt_text, "gt_0 must be an H x W float depth map, got <U6 ()"),
@@ -147,6 +159,14 @@ def _depth_cut(g):
     (_range_negative, "meta.data_range must be a number of metres in (0, 1e+06], got -5"),
     (_range_huge, "meta.data_range must be a number of metres in (0, 1e+06], got 1.7e+308"),  # SSIM overflowed
     (_depth_cut, "golden arrays must be N x 3 x H x W and N x 1 x H x W"),
+    # a damaged max_depth was a parity failure of the artifact (exit 1, "preprocessing mismatch")
+    (_meta(max_depth=float("inf")), "meta.max_depth must be a number of metres in (0, 1e+06], got inf"),
+    (_meta(max_depth=True), "meta.max_depth must be a number of metres in (0, 1e+06], got True"),
+    # damaged tolerance rows were skipped, and the defaults used, in silence
+    (_tolerances(fp32="garbage"), "[fp32] must be a table of tolerances"),
+    (_tolerances(fp32=[1, 2]), "[fp32] must be a table of tolerances"),
+    (_tolerances(fp32={"ssim_abz": 0.5}), "unknown tolerance ['ssim_abz'] in [fp32]"),
+    (_tolerances(bf16={"ssim_abs": 1}), "unknown precision [bf16]"),
 ])
 def test_a_damaged_golden_file_is_named_in_one_line(cli, export_with_gt, tmp_path, damage, says):
     """Internal errors (a 3-D or text gt_0, a text data range), messages that named no file or blamed the artifact

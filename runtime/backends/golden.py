@@ -100,14 +100,18 @@ class GoldenRunner(Runner):
         golden = read_golden(self.path)
         images, depth = golden["image"], golden["depth"]
         h, w = images.shape[2:]
+        saved_range = golden["meta"].get("max_depth", golden["tolerances"].get("depth_range"))
+        if saved_range is None:
+            raise InputError("golden.npz records no depth range (re-export it with `mde export`)", self.path)
+        max_depth = json_float(saved_range)
+        if max_depth is None or not 0 < max_depth <= MAX_PLAUSIBLE_DEPTH:  # the model's range: it scales the gates
+            raise InputError(f"golden.npz meta.max_depth must be a number of metres in (0, {MAX_PLAUSIBLE_DEPTH:g}], "
+                             f"got {str(saved_range)[:40]} (a damaged file: export it again)", self.path)
         try:
-            max_depth = float(golden["meta"].get("max_depth") or golden["tolerances"].get("depth_range") or 0.0)
             metadata = ModelMetadata(input_size=(int(h), int(w)), max_depth=max_depth, precision="fp32",
                                      **golden["meta"].get("model", {}))
         except (TypeError, ValueError) as err:
             raise InputError(f"golden.npz has a malformed 'meta' or 'tolerances' field ({err})", self.path) from None
-        if not max_depth > 0:
-            raise InputError("golden.npz records no depth range (re-export it with `mde export`)", self.path)
         self.golden = golden
         self._outputs = {_key(image): out for image, out in zip(images, depth)}
         self.metadata = metadata
