@@ -146,7 +146,8 @@ def _refuse_unpaired(path: Path, other: Path, stem: str, suffixes: tuple[str, ..
     for entry in sorted(other.glob(f"{glob.escape(stem)}.*")):
         if entry.suffix.lower() in suffixes and not entry.is_file():
             raise DataError(NOT_A_FILE, entry)
-    raise DataError(f"{problem} (expected {other.name}/{stem}{suffixes[0]} or {suffixes[1]})", path)
+    expected = " or ".join([f"{other.name}/{stem}{suffixes[0]}", *suffixes[1:]])
+    raise DataError(f"{problem} (expected {expected})", path)
 
 
 class FolderDataset(PairedFiles):
@@ -211,18 +212,18 @@ class KittiDataset(PairedFiles):
                             "split (arrange training pairs in the folder format)", sel)
         image_dir, gt_dir = sel / "image", sel / "groundtruth_depth"
         images = list_images(image_dir)
-        gts = {p.name: p for p in list_images(gt_dir)}
+        gts = {p.stem: p for p in list_files(gt_dir, (".png",))}  # by name, the suffix in any case
         if not images and not gts:
             raise DataError("KITTI selection is empty: no images in image/", image_dir)
         pairs, used = [], set()
         for path in images:
-            gt_name = path.name.replace("_sync_image_", "_sync_groundtruth_depth_", 1)
-            if gt_name not in gts:
-                raise DataError(f"image has no depth map (expected groundtruth_depth/{gt_name})", path)
-            used.add(gt_name)
-            pairs.append((path.stem, path, gts[gt_name]))
-        for name in sorted(set(gts) - used):
-            raise DataError("depth map has no image in image/", gts[name])
+            gt_stem = path.stem.replace("_sync_image_", "_sync_groundtruth_depth_", 1)
+            if gt_stem not in gts:
+                _refuse_unpaired(path, gt_dir, gt_stem, (".png",), "image has no depth map")
+            used.add(gt_stem)
+            pairs.append((path.stem, path, gts[gt_stem]))
+        for stem in sorted(set(gts) - used):
+            raise DataError("depth map has no image in image/", gts[stem])
         super().__init__(pairs, depth_scale)
 
 

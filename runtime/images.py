@@ -240,8 +240,10 @@ def read_rgb(path: str | Path, upright: bool = False) -> np.ndarray:
 def check_plausible_depth(deepest: float, path: str | Path) -> None:
     """Refuse a depth beyond `MAX_PLAUSIBLE_DEPTH`: an encoding mistake, not a distance."""
     if deepest > MAX_PLAUSIBLE_DEPTH:
+        advice = ("store metres, and 0 or NaN where depth is invalid" if Path(path).suffix.lower() == ".npy"
+                  else "a PNG's values are divided by --depth-scale, its units per metre: too small a scale?")
         raise DataError(f"depth reaches {deepest:.3g} m, beyond any plausible distance ({MAX_PLAUSIBLE_DEPTH:g} m): "
-                        "store metres, and 0 or NaN where depth is invalid", path)
+                        f"{advice}", path)
 
 
 def read_depth(path: str | Path, png_scale: float = MM_PER_M) -> np.ndarray:
@@ -280,6 +282,7 @@ def read_depth(path: str | Path, png_scale: float = MM_PER_M) -> np.ndarray:
             raise DataError(f"expected 16-bit depth values (0..{PNG16_MAX}), found {raw.min()}..{raw.max()}: "
                             "a 32-bit image, not a depth PNG", path)
         depth = raw.astype(np.float32) / np.float32(png_scale)
+        check_plausible_depth(float(depth.max(initial=0.0)), path)  # too small a --depth-scale
     depth = np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float32)
     return depth
 

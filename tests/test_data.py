@@ -164,8 +164,18 @@ def test_kitti_selection_layout(tmp_path):
     with pytest.raises(DataError, match="val_selection_cropped: KITTI's depth-selection layout holds only "
                                         "validation images; it has no 'train' split"):
         open_dataset(tmp_path / "depth_selection", "train")  # training would pick best.pt on its own images
-    (sel / "groundtruth_depth" / stem.format("groundtruth_depth")).unlink()
-    with pytest.raises(DataError, match="no depth map"):
+    # the image's suffix in another case, or a JPEG image: paired by name with its PNG ground truth
+    image = sel / "image" / stem.format("image")
+    image.rename(image.with_suffix(".PNG"))
+    assert len(KittiDataset(sel)) == 1
+    gt = sel / "groundtruth_depth" / stem.format("groundtruth_depth")
+    gt.unlink()
+    gt.symlink_to(tmp_path / "gone.png")  # a broken link is named as such, not as a missing depth map
+    with pytest.raises(DataError, match=f"{gt.name}: not a readable file"):
+        KittiDataset(sel)
+    gt.unlink()
+    expected = "groundtruth_depth/" + stem.format("groundtruth_depth")
+    with pytest.raises(DataError, match=f"image has no depth map \\(expected {expected}\\)"):  # .png, not .PNG
         KittiDataset(sel)
 
 

@@ -466,3 +466,21 @@ def test_a_cut_multi_page_tiff_is_its_first_page_without_pillows_warning(tmp_pat
         first = read_rgb(tmp_path / "cut.tif", upright=True)
     assert not [str(w.message) for w in caught]
     np.testing.assert_array_equal(first, _rgb(64, 64, 0))
+
+
+def test_implausible_depth_names_what_to_change(tmp_path):
+    """A PNG read with too small a --depth-scale was told to 'store metres' (advice for .npy files)."""
+    from PIL import Image
+
+    from mde.errors import DataError
+    from mde.runtime.images import read_depth
+
+    png = tmp_path / "d.png"
+    Image.fromarray(np.full((8, 8), 5000, dtype=np.uint16)).save(png)
+    read_depth(png, 256.0)  # KITTI's scale: 19.5 m
+    with pytest.raises(DataError, match=r"d.png: depth reaches 5e\+06 m.*divided by --depth-scale.*too small"):
+        read_depth(png, 0.001)
+    npy = tmp_path / "d.npy"
+    np.save(npy, np.full((8, 8), 1e9, dtype=np.float64))
+    with pytest.raises(DataError, match=r"d.npy: depth reaches 1e\+09 m.*store metres"):
+        read_depth(npy)
