@@ -146,7 +146,7 @@ def _refuse_unpaired(path: Path, other: Path, stem: str, suffixes: tuple[str, ..
     for entry in sorted(other.glob(f"{glob.escape(stem)}.*")):
         if entry.suffix.lower() in suffixes and not entry.is_file():
             raise DataError(NOT_A_FILE, entry)
-    expected = " or ".join([f"{other.name}/{stem}{suffixes[0]}", *suffixes[1:]])
+    expected = f"{other.name}/{stem}{suffixes[0]}" + (f" or {suffixes[1]}" if len(suffixes) > 1 else "")
     raise DataError(f"{problem} (expected {expected})", path)
 
 
