@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mde.errors import MdeError
+from mde.errors import InputError, MdeError
 from mde.runtime import DepthEstimator, read_rgb
 from mde.runtime.images import list_images
 
@@ -30,13 +31,18 @@ def frames(folder: Path) -> Iterator[tuple[str, np.ndarray]]:
 
 def field_of_view(text: str) -> float:
     degrees = float(text)
-    if not 0 < degrees < 180:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 180 degrees, got {text}")
+    if not 1 <= degrees <= 179:  # a pinhole camera's; near 0 or 180 the focal length leaves float's range
+        raise argparse.ArgumentTypeError(f"must be between 1 and 179 degrees, got {text}")
     return degrees
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, as the mde commands answer (no usage block)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="model.onnx, model.fp16.onnx, model.int8.onnx or model.engine")
     parser.add_argument("frames", type=Path, help="a folder of RGB images")
     parser.add_argument("--fov", type=field_of_view, default=60.0, help="horizontal field of view, degrees")
@@ -56,12 +62,18 @@ def main() -> None:
         summary(latencies)
         print("robot_loop: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    except BrokenPipeError:  # the reader left (`| head`): stop quietly, with nothing more to write there
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
     summary(latencies)
 
 
 def run(model: Path, folder: Path, fov: float, backend: str, latencies: list[float]) -> None:
     """Predict every frame and back-project it; each frame's milliseconds are appended to `latencies`."""
     with DepthEstimator.open(model, backend=backend) as estimator:
+        if estimator.backend == "golden":
+            raise InputError("golden.npz replays the outputs saved for its own images, not a camera's; give the "
+                             "ONNX model or the engine next to it", model)
         print(f"{model.name}: backend {estimator.backend}, precision {estimator.metadata.precision}")
         for name, rgb in frames(folder):
             h, w = rgb.shape[:2]
