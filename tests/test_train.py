@@ -550,6 +550,10 @@ def test_ddp_two_cpu_ranks_split_data_and_rank0_writes_once(tmp_path, synth_data
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
     assert sorted(p.name for p in run.iterdir()) == [
         "best.pt", "config.json", "curves.png", "last.pt", "metrics.jsonl", "samples.png"]
+    # the progress line's running loss is over both ranks, as the epoch's line is (it was rank 0's alone)
+    progress = re.findall(r"epoch 1/1: 3/3 \(100%\).*? loss (\d+\.\d+)", done.stderr)
+    epoch_line = re.findall(r"epoch 1/1: loss (\d+\.\d+)", done.stderr)
+    assert progress and epoch_line and progress[-1] == epoch_line[-1], done.stderr[-2000:]
     # validation scored the model rank 0 saved (rank 1 held its own last batch's BatchNorm statistics)
     logged = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     scored = cli("eval", run / "best.pt", "--data", data, "--json")

@@ -383,11 +383,13 @@ def train_one_epoch(job: Job, state: TrainState, epoch: int, progress: Any) -> d
         state.step, state.epoch_step, seen = state.step + 1, state.epoch_step + 1, seen + len(x)
         loss_sum += loss.detach()
         state.loss_count += 1
-        if progress and (state.epoch_step % cfg.log_interval == 0 or state.epoch_step == steps):
-            ips = seen * env.world_size / (time.perf_counter() - t0)
-            progress.update(task, completed=state.epoch_step, info=(
-                f"loss {float(loss_sum) / state.loss_count:.4f}  lr {lr:.2e}  "
-                f"{ips:.1f} img/s"))
+        if state.epoch_step % cfg.log_interval == 0 or state.epoch_step == steps:
+            # the running loss over every rank, as the epoch's line gives it (a collective: all ranks log together)
+            shown_sum, shown_count = all_reduce_sum([float(loss_sum), state.loss_count], env)
+            if progress:
+                ips = seen * env.world_size / (time.perf_counter() - t0)
+                progress.update(task, completed=state.epoch_step, info=(
+                    f"loss {shown_sum / max(shown_count, 1):.4f}  lr {lr:.2e}  {ips:.1f} img/s"))
         if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.epoch_step < steps:
             # every rank's running loss, summed (a collective: all ranks reach this step together)
             partial_sum, partial_count = all_reduce_sum([float(loss_sum), state.loss_count], env)
