@@ -253,6 +253,10 @@ def test_read_sidecar_errors(tmp_path):
     engine = tmp_path / "model.engine"
     with pytest.raises(ModelError, match="model.engine.json not found"):
         read_sidecar(engine)
+    (tmp_path / "model.engine.json").mkdir()  # there, but no file: not "not found"
+    with pytest.raises(ModelError, match="model.engine.json: engine sidecar is not a readable file"):
+        read_sidecar(engine)
+    (tmp_path / "model.engine.json").rmdir()
     (tmp_path / "model.engine.json").write_text("{not json")
     with pytest.raises(ModelError, match="unreadable engine sidecar"):
         read_sidecar(engine)

@@ -274,6 +274,7 @@ def test_open_refuses_options_of_the_wrong_type(onnx_path):
             DepthEstimator.open(onnx_path, **options)
     for providers, match in [([], "providers is an empty list"),
                              ([("CPUExecutionProvider", {})], "expected provider names \\(strings\\)"),
+                             (["CPUExecutionProvider"] * 2, "provider CPUExecutionProvider given twice"),
                              (["NoSuchExecutionProvider"], "provider\\(s\\) \\['NoSuchExecutionProvider'\\] not available")]:
         with pytest.raises(BackendError, match=match):
             DepthEstimator.open(onnx_path, providers=providers)
@@ -344,6 +345,24 @@ def test_open_rejects_truncated_model(tmp_path, onnx_path):
     with pytest.raises(ModelError, match="cannot load ONNX model") as info:
         DepthEstimator.open(truncated)
     assert str(truncated) in str(info.value)
+
+
+def test_a_model_of_a_newer_ir_version_says_so_without_the_cpp_frame(tmp_path):
+    """ONNX Runtime's reason came after a C++ signature, cut in the middle to fit one line."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph)
+    model.ir_version = 99
+    path = tmp_path / "future.onnx"
+    onnx.save(model, path)
+    with pytest.raises(ModelError) as info:
+        DepthEstimator.open(path)
+    message = str(info.value)
+    assert "Unsupported model IR version: 99" in message and "onnxruntime_src" not in message, message
 
 
 # -- threads ------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import logging
 import math
 import numbers
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,9 @@ def create_session(
                                "for this machine's", source)
         if not all(isinstance(p, str) for p in providers):  # ONNX Runtime's (name, options) pairs
             raise BackendError(f"expected provider names (strings), got {list(providers)!r}", source)
+        twice = next((p for p in providers if list(providers).count(p) > 1), None)
+        if twice is not None:  # ONNX Runtime warns of it in a Python warning with its own source line
+            raise BackendError(f"provider {twice} given twice; name each once, in order of preference", source)
         unknown = [p for p in providers if p not in available]
         if unknown:
             raise BackendError(f"provider(s) {unknown} not available; this onnxruntime has {available}", source)
@@ -158,6 +162,7 @@ def create_session(
             )
     except Exception as err:  # noqa: BLE001 - ORT raises its own pybind types for bad files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = re.sub(r"/onnxruntime_src/\S+:\d+ .*?\) (?=[A-Z])", " ", first)  # the C++ frame before the reason
         if len(first) > 300:  # ORT's reason comes last, after the C++ frame it was raised in
             first = f"{first[:100]} ... {first[-180:]}"
         raise ModelError(f"cannot load ONNX model ({first})", source) from None

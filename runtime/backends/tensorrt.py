@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,8 @@ def read_sidecar(engine: str | Path) -> dict[str, Any]:
     """Load and check the engine's JSON sidecar; `ModelError` naming it when missing or malformed."""
     path = sidecar_path(engine)
     if not path.is_file():
+        if os.path.lexists(path):  # a folder, a FIFO, a broken link: there, but no file to read
+            raise ModelError("engine sidecar is not a readable file (a folder, a FIFO or a broken link?)", path)
         raise ModelError(f"engine sidecar {path.name} not found (written by `mde export --engine`)", path)
     try:
         sidecar = parse_json(read_small_text(path))
