@@ -50,11 +50,17 @@ def read_sidecar(engine: str | Path) -> dict[str, Any]:
     wrong = [f"{key} ({type(sidecar[key]).__name__}, expected {kind.__name__})" for key, kind in expected.items()
              if not isinstance(sidecar[key], kind)]
     wrong += [f"{key} (empty)" for key in ("tensorrt_version", "compute_capability") if sidecar[key] == ""]
-    wrong += [f"profile of {name!r} (expected {{\"min\", \"opt\", \"max\"}} lists of whole numbers)"
+    wrong += [f"profile of {name!r} (expected {{\"min\", \"opt\", \"max\"}} lists of whole numbers, "
+              "min <= opt <= max)"
               for name, shapes in (sidecar["profile"] if isinstance(sidecar["profile"], dict) else {}).items()
               if not _profile_entry(shapes)]
+    wrong += ["profile (empty)"] if sidecar["profile"] == {} else []
+    if isinstance(sidecar["tensorrt_version"], str) and sidecar["tensorrt_version"] and not version_numbers(
+            sidecar["tensorrt_version"]):
+        wrong.append(f"tensorrt_version ({sidecar['tensorrt_version'][:40]!r}, expected a version like 10.3.0)")
     if wrong:
         raise ModelError(f"engine sidecar has a malformed {', '.join(wrong)}", path)
+    sidecar_major(sidecar, path)  # a tensorrt_major that is no integer: refused here, not shown as if valid
     return sidecar
 
 
@@ -64,7 +70,8 @@ def _profile_entry(shapes: Any) -> bool:
         return False
     dims = [shapes[k] for k in ("min", "opt", "max")]
     return len({len(d) for d in dims}) == 1 and all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for d in dims for v in d)
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for d in dims for v in d) and all(
+        lo <= opt <= hi for lo, opt, hi in zip(*dims))
 
 
 def sidecar_metadata(sidecar: dict[str, Any], source: str | Path) -> ModelMetadata:
