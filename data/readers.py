@@ -211,8 +211,8 @@ class KittiDataset(PairedFiles):
             raise DataError(f"KITTI's depth-selection layout holds only validation images; it has no {split!r} "
                             "split (arrange training pairs in the folder format)", sel)
         image_dir, gt_dir = sel / "image", sel / "groundtruth_depth"
-        images = list_images(image_dir)
-        gts = {p.stem: p for p in list_files(gt_dir, (".png",))}  # by name, the suffix in any case
+        images = list(_by_stem(list_images(image_dir), image_dir).values())
+        gts = _by_stem(list_files(gt_dir, (".png",)), gt_dir)  # by name, the suffix in any case
         if not images and not gts:
             raise DataError("KITTI selection is empty: no images in image/", image_dir)
         pairs, used = [], set()

@@ -54,18 +54,20 @@ def main() -> None:
         parser.error(f"{opts.frames}: folder has no images")
     latencies: list[float] = []
     try:
-        run(opts.model, opts.frames, opts.fov, opts.backend, latencies)
-    except MdeError as err:  # a bad model or image: one line and its exit code, as the mde commands do
-        print(f"robot_loop: error: {err}", file=sys.stderr)
-        raise SystemExit(err.exit_code) from None
-    except KeyboardInterrupt:  # how a camera loop ends: the figures so far, then 130 as a shell expects
-        summary(latencies)
-        print("robot_loop: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+        try:
+            run(opts.model, opts.frames, opts.fov, opts.backend, latencies)
+        except MdeError as err:  # a bad model or image: one line and its exit code, as the mde commands do
+            print(f"robot_loop: error: {err}", file=sys.stderr)
+            raise SystemExit(err.exit_code) from None
+        except KeyboardInterrupt:  # how a camera loop ends: the figures so far, then 130 as a shell expects
+            print("robot_loop: interrupted", file=sys.stderr)
+            raise SystemExit(130) from None
+        finally:
+            summary(latencies)
+            sys.stdout.flush()  # here, not at exit, where a closed pipe is an "Exception ignored" message
     except BrokenPipeError:  # the reader left (`| head`): stop quietly, with nothing more to write there
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(1) from None
-    summary(latencies)
 
 
 def run(model: Path, folder: Path, fov: float, backend: str, latencies: list[float]) -> None:

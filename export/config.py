@@ -184,9 +184,11 @@ def validate(cfg: ExportConfig) -> None:
     if not 32 <= cfg.min_size <= cfg.max_size <= MAX_INPUT_SIDE:
         raise InputError(f"--min-size/--max-size must satisfy 32 <= min <= max <= {MAX_INPUT_SIDE}, got "
                          f"{cfg.min_size}/{cfg.max_size}")
-    for option, value in (("--min-size", cfg.min_size), ("--max-size", cfg.max_size)):
-        if value % 32:  # the network's input: multiples of its stride
-            raise InputError(f"{option} must be a multiple of 32, got {value}")
+    from mde.export.tensorrt_build import profile_size_problem
+
+    problem = profile_size_problem(cfg.min_size, cfg.max_size)
+    if problem:
+        raise InputError(f"--min-size/--max-size: {problem}")
     for data in (cfg.golden_data, cfg.calib_data):
         if data is not None:
             check_outside_splits(cfg.out, data)

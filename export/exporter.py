@@ -356,9 +356,11 @@ def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:
         model, state = load_model(checkpoint, "cpu")
         weights_sha = weights_sha256(model)
         size = (model.args.image_size, model.args.image_size)
-        if cfg.engine and cfg.dynamic_size and not cfg.min_size <= size[0] <= cfg.max_size:  # before the export
-            raise InputError(f"--min-size/--max-size {cfg.min_size}..{cfg.max_size} must contain the model's input "
-                             f"size {size[0]}x{size[1]} (the engine's profile is built around it)", checkpoint)
+        from mde.export.tensorrt_build import profile_size_problem
+
+        problem = profile_size_problem(cfg.min_size, cfg.max_size, size) if cfg.engine and cfg.dynamic_size else None
+        if problem:  # the engine's profile is built around the model's size: said before the export, not after
+            raise InputError(f"--min-size/--max-size: {problem}", checkpoint)
         golden = golden_inputs(cfg.golden_data, size, cfg.golden_images, cfg.golden_seed,
                                depth_scale=cfg.depth_scale, model_range=float(model.args.max_depth))
         image = golden.image

@@ -73,11 +73,12 @@ def write_golden(
     from dataclasses import asdict
 
     from mde.io import atomic_path
-    from mde.runtime.parity import DEFAULT_TOLERANCES
+    from mde.runtime.parity import DEFAULT_TOLERANCES, GOLDEN_TABLE_NOTES
 
+    metric, range_key = GOLDEN_TABLE_NOTES
     tolerances = {
-        "metric": "p99(|artifact - torch|) / depth_range",
-        "depth_range": depth_range,
+        metric: "p99(|artifact - torch|) / depth_range",
+        range_key: depth_range,
         **{precision: {k: v for k, v in asdict(row).items() if v is not None}
            for precision, row in DEFAULT_TOLERANCES.items()},
     }

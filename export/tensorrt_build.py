@@ -25,6 +25,17 @@ BUILD_DEVICE = 0  # engines are built on CUDA GPU 0, the one the sidecar describ
 log = logging.getLogger(__name__)
 
 
+def profile_size_problem(min_size: int, max_size: int, size: tuple[int, int] | None = None) -> str | None:
+    """What is wrong with a dynamic-size profile's bounds: each a multiple of 32 (the network's stride), and
+    containing the model's input `size` (H, W) where given; None when nothing is."""
+    for value in (min_size, max_size):
+        if value % 32:
+            return f"profile sizes must be multiples of 32, got {value}"
+    if size is not None and not min_size <= min(size) <= max(size) <= max_size:
+        return f"profile sizes {min_size}..{max_size} must contain the model size {size[0]}x{size[1]}"
+    return None
+
+
 @dataclass
 class BuildConfig:
     """Engine build settings.
@@ -61,13 +72,9 @@ class BuildConfig:
         """{input name: [min, opt, max] shapes}."""
         h, w = self.input_size
         if self.dynamic_size:
-            for value in (self.min_size, self.max_size):
-                if value % 32:
-                    raise InputError(f"profile sizes must be multiples of 32, got {value}")
-            if not self.min_size <= min(h, w) <= max(h, w) <= self.max_size:
-                raise InputError(
-                    f"profile sizes {self.min_size}..{self.max_size} must contain the model size {h}x{w}"
-                )
+            problem = profile_size_problem(self.min_size, self.max_size, self.input_size)
+            if problem:
+                raise InputError(problem)
             lo, hi = (self.min_size, self.min_size), (self.max_size, self.max_size)
         else:
             lo = hi = (h, w)

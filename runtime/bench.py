@@ -193,8 +193,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     check_threads_option(cfg.threads)
     parse_size(cfg.image_size, (0, 0))  # a bad --image-size fails before any model loads
     check_inputs(cfg)
-    results = [bench_artifact(path, model_cfg) for path, model_cfg in _models(cfg)]
-    for row, label in zip(results, artifact_labels(cfg.artifacts)):  # two model.onnx rows name their folders
+    models = _models(cfg)
+    results = [bench_artifact(path, model_cfg) for path, model_cfg in models]
+    for row, label in zip(results, artifact_labels([path for path, _ in models])):  # two best.pt: by folder
         row["name"] = label
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     config["artifacts"] = [str(p) for p in cfg.artifacts]

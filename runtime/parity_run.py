@@ -315,10 +315,10 @@ def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
         if Path(artifact).suffix.lower() == ".npz":  # golden outputs compared with themselves would always pass
             raise InputError("a golden.npz holds the reference, it is not an artifact to check; give it as "
                              "--golden FILE", artifact)
-    if cfg.checkpoint is not None and resolved(cfg.checkpoint) in {resolved(a) for a in cfg.artifacts}:
+    targets = [file_identity(a) for a in cfg.artifacts]  # one file: by links, hard ones too
+    if cfg.checkpoint is not None and Path(cfg.checkpoint).is_file() and file_identity(cfg.checkpoint) in targets:
         raise InputError("the checkpoint is the reference, not an artifact to check against it; give the models "
                          "exported from it", cfg.checkpoint)
-    targets = [file_identity(a) for a in cfg.artifacts]  # one file: by links, hard ones too
     twice = next((a for a, r in zip(cfg.artifacts, targets) if targets.count(r) > 1), None)
     if twice is not None:
         raise InputError("artifact given twice; each file is checked once", twice)

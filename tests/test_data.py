@@ -174,6 +174,13 @@ def test_kitti_selection_layout(tmp_path):
     with pytest.raises(DataError, match=f"{gt.name}: not a readable file"):
         KittiDataset(sel)
     gt.unlink()
+    # two files of one name in a folder: refused as the folder format does (one was scored twice, one ignored)
+    gt.write_bytes(b"")
+    gt.with_suffix(".PNG").write_bytes(b"")
+    with pytest.raises(DataError, match="groundtruth_depth: two files share the name"):
+        KittiDataset(sel)
+    gt.with_suffix(".PNG").unlink()
+    gt.unlink()
     expected = "groundtruth_depth/" + stem.format("groundtruth_depth")
     with pytest.raises(DataError, match=f"image has no depth map \\(expected {expected}\\)"):  # .png, not .PNG
         KittiDataset(sel)

@@ -79,3 +79,20 @@ def test_robot_loop_piped_to_head_stops_quietly(tiny_export, synth_data, tmp_pat
     proc.stdout.close()  # the reader leaves
     err = proc.communicate(timeout=120)[1].decode()
     assert proc.returncode == 1 and err == "", err
+
+
+def test_robot_loop_to_a_reader_gone_before_it_writes_stops_quietly(tiny_export, synth_data):
+    """Block-buffered stdout (no PYTHONUNBUFFERED) met the closed pipe only at the exit flush: Python's
+    'Exception ignored ... BrokenPipeError' and exit 120."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # `| true`: the reader is gone
+    try:
+        proc = subprocess.run([sys.executable, str(EXAMPLE), str(tiny_export / "model.onnx"),
+                               str(synth_data / "val" / "rgb")], stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, env=env, timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 1 and proc.stderr == "", proc.stderr

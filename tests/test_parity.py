@@ -267,6 +267,14 @@ def test_an_artifact_given_twice_by_a_hard_link_is_refused(cli, tiny_export, tmp
     assert result.code == 2 and "model.onnx: artifact given twice; each file is checked once" in result.err
 
 
+def test_the_checkpoint_given_as_an_artifact_by_a_hard_link_is_refused(cli, tiny_checkpoint, synth_data, tmp_path):
+    import os
+
+    os.link(tiny_checkpoint, tmp_path / "same.pt")
+    result = cli("parity", tiny_checkpoint, tmp_path / "same.pt", "--data", synth_data)
+    assert result.code == 2 and "the checkpoint is the reference, not an artifact" in result.err, result.err
+
+
 def test_golden_mode_refuses_device_and_a_golden_artifact(cli, tiny_export):
     golden = tiny_export / "golden.npz"
     result = cli("parity", "--golden", golden, tiny_export / "model.onnx", "--device", "cuda:0")

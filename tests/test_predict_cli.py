@@ -403,6 +403,16 @@ def test_bench_names_two_models_of_one_file_name_by_their_paths(cli, onnx_path, 
     assert [r["name"] for r in json.loads(result.out)["results"]] == [str(onnx_path), str(other)]
 
 
+def test_bench_names_a_torch_checkpoint_of_the_same_file_name_by_its_path(cli, tiny_checkpoint, tmp_path):
+    other = tmp_path / "b" / tiny_checkpoint.name
+    other.parent.mkdir()
+    other.write_bytes(tiny_checkpoint.read_bytes())
+    result = cli("bench", tiny_checkpoint, "--torch", other, "--iterations", "1", "--warmup", "0", "--threads", "1",
+                 "--json")
+    assert result.code == 0, result.err
+    assert [r["name"] for r in json.loads(result.out)["results"]] == [str(tiny_checkpoint), str(other)]
+
+
 def test_bench_table_and_errors(cli, onnx_path):
     result = cli("bench", onnx_path, "--iterations", "2", "--warmup", "0", "--threads", "1")
     assert result.code == 0 and "p99" in result.out and "model.onnx" in result.out

@@ -336,7 +336,7 @@ CASES = [
      "--workspace-mib must be 1..1048576, got 999999999999999"),
     # profile sizes are checked without --engine too (a typo would wait for the engine), and before any export
     ("export-min-size-not-32", "export {ckpt} --out {out} --dynamic-size --min-size 48",
-     "--min-size must be a multiple of 32, got 48"),
+     "--min-size/--max-size: profile sizes must be multiples of 32, got 48"),
     ("export-max-size-huge", "export {ckpt} --out {out} --dynamic-size --max-size 1000000",
      "--min-size/--max-size must satisfy 32 <= min <= max <= 8192, got 32/1000000"),
     ("export-depth-scale-nan", "export {ckpt} --out {out} --depth-scale nan", "--depth-scale must be 0.001 to 1e+06"),
@@ -591,5 +591,5 @@ def test_engine_profile_that_misses_the_model_size_is_refused_before_the_export(
     result = cli("export", tiny_checkpoint, "--out", tmp_path / "out", "--engine", "--dynamic-size",
                  "--min-size", "128", "--max-size", "256")
     assert result.code == 2 and result.err.count("\n") == 1, result.err
-    assert "--min-size/--max-size 128..256 must contain the model's input size 64x64" in result.err
+    assert "--min-size/--max-size: profile sizes 128..256 must contain the model size 64x64" in result.err
     assert not (tmp_path / "out").exists()

@@ -87,7 +87,7 @@ def print_info(info: dict[str, Any]) -> None:
             )
         )
     for key, value in rows:  # names and metadata come from the artifact: no escape code reaches the terminal
-        table.add_row(one_line(key), one_line(value))
+        table.add_row(one_line(key), one_line(str(value)))
     console = stdout_console()
     if not console.is_terminal:
         console = stdout_console(160)

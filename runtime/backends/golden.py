@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import zipfile
 import zlib
 from pathlib import Path
@@ -106,7 +107,7 @@ class GoldenRunner(Runner):
         max_depth = json_float(saved_range)
         if max_depth is None or not 0 < max_depth <= MAX_PLAUSIBLE_DEPTH:  # the model's range: it scales the gates
             raise InputError(f"golden.npz meta.max_depth must be a number of metres in (0, {MAX_PLAUSIBLE_DEPTH:g}], "
-                             f"got {str(saved_range)[:40]} (a damaged file: export it again)", self.path)
+                             f"got {json.dumps(saved_range)[:40]} (a damaged file: export it again)", self.path)
         try:
             metadata = ModelMetadata(input_size=(int(h), int(w)), max_depth=max_depth, precision="fp32",
                                      **golden["meta"].get("model", {}))

@@ -162,7 +162,8 @@ def create_session(
             )
     except Exception as err:  # noqa: BLE001 - ORT raises its own pybind types for bad files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        first = re.sub(r"/onnxruntime_src/\S+:\d+ .*?\) (?=[A-Z])", " ", first)  # the C++ frame before the reason
+        # the C++ frame before the reason (`/src/.../model.cc:256 onnxruntime::Model::Model(args) `), where it is one
+        first = re.sub(r"/\S+\.(?:cc|cpp|h):\d+ [\w:~]+\([^()]*\)(?: const)? ", " ", first)
         if len(first) > 300:  # ORT's reason comes last, after the C++ frame it was raised in
             first = f"{first[:100]} ... {first[-180:]}"
         raise ModelError(f"cannot load ONNX model ({first})", source) from None
