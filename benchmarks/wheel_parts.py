@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 MANIFEST = "manifest.json"
+WHEEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+!-]*\.whl")  # a wheel's file name: no folder, dot file or newline
 PART = "wheels.part{:03d}"
 FORMAT = "mde.wheel_parts/1"
 CHUNK = 1 << 20
@@ -144,21 +146,32 @@ def read_manifest(folder: Path) -> dict:
         manifest = json.loads(path.read_text())
         if manifest.get("format") != FORMAT:
             raise ValueError(f"format {manifest.get('format')!r}, expected {FORMAT!r}")
-        offset = 0
+        offset, names = 0, set()
+        if not manifest["wheels"]:
+            raise ValueError("it lists no wheel")
         for wheel in manifest["wheels"]:
-            if Path(wheel["name"]).name != wheel["name"] or not wheel["name"].endswith(".whl"):
+            if not (isinstance(wheel["name"], str) and WHEEL_NAME.fullmatch(wheel["name"])):
                 raise ValueError(f"bad wheel name {wheel['name']!r}")
-            if wheel["offset"] != offset or wheel["size"] < 0 or len(wheel["sha256"]) != 64:
+            if wheel["name"] in names:  # split refuses them: two would join into one file
+                raise ValueError(f"wheel {wheel['name']} listed twice")
+            names.add(wheel["name"])
+            if not (_whole(wheel["offset"]) and _whole(wheel["size"])) or wheel["offset"] != offset or len(
+                    wheel["sha256"]) != 64:
                 raise ValueError(f"bad offset, size or sha256 for {wheel['name']}")
             offset += wheel["size"]
         if offset != manifest["size"] or sum(p["size"] for p in manifest["parts"]) != offset:
             raise ValueError("the sizes of the wheels and of the parts do not add up")
         for part in manifest["parts"]:
-            if Path(part["file"]).name != part["file"] or len(part["sha256"]) != 64:
+            if Path(part["file"]).name != part["file"] or not _whole(part["size"]) or len(part["sha256"]) != 64:
                 raise ValueError(f"bad part entry {part!r}")
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise PartsError(f"unreadable manifest ({type(err).__name__}: {err})", path) from None
     return manifest
+
+
+def _whole(value: object) -> bool:
+    """A JSON whole number >= 0 (a size or an offset; 933.0 would not index bytes)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _check_parts(folder: Path, parts: list[dict]) -> None:
@@ -179,20 +192,24 @@ def _stream(folder: Path, parts: list[dict]):
                 yield block
 
 
-def join(folder: Path, wheel_dir: Path | None = None) -> list[Path]:
-    """Check every part, cut the wheels out into `wheel_dir` (default: `folder`), check each one's SHA-256."""
+def join(folder: Path, wheel_dir: Path | None = None, install_target: Path | None = None) -> list[Path]:
+    """Check every part, cut the wheels out into `wheel_dir` (default: `folder`), check each one's SHA-256.
+    `install_target`, where the wheels will be installed, is checked with the rest before anything is written."""
     manifest = read_manifest(folder)
     wheel_dir = wheel_dir or folder
     if wheel_dir.exists() and not wheel_dir.is_dir():
         raise PartsError("exists and is not a folder", wheel_dir)
+    if install_target is not None and install_target.exists() and not install_target.is_dir():
+        raise PartsError("install target exists and is not a folder", install_target)
+    for wheel in manifest["wheels"]:
+        if (wheel_dir / wheel["name"]).is_dir():
+            raise PartsError("a folder has the wheel's name; remove it", wheel_dir / wheel["name"])
     _check_parts(folder, manifest["parts"])  # before anything is written
     wheel_dir.mkdir(parents=True, exist_ok=True)
     stream, pending, joined = _stream(folder, manifest["parts"]), b"", []
     for wheel in manifest["wheels"]:
         target = wheel_dir / wheel["name"]
         tmp = target.with_name(target.name + ".tmp")
-        if target.is_dir():
-            raise PartsError(f"{target}: a folder has the wheel's name; remove it")
         digest, left = hashlib.sha256(), wheel["size"]
         try:
             with open(tmp, "wb") as dst:
@@ -260,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(manifest['parts'])} part(s) of at most {size} bytes in {args.out}; send each part and "
                   f"{MANIFEST}, then: python benchmarks/wheel_parts.py join DIR --install TARGET")
         else:
-            wheels = join(args.folder, args.wheel_dir)
+            wheels = join(args.folder, args.wheel_dir, args.install)
             for wheel in wheels:
                 print(f"joined {wheel} (sha256 verified)")
             if args.install is not None:

@@ -201,3 +201,39 @@ def test_a_folder_at_the_wheels_name_is_named(parts, tmp_path):
     (out / manifest["wheels"][0]["name"]).mkdir(parents=True)
     proc = run("join", parts, "--wheel-dir", out)
     _one_line_error(proc, manifest["wheels"][0]["name"], "a folder has the wheel's name")
+
+
+def _edited(parts: Path, tmp_path: Path, edit) -> Path:
+    """A copy of `parts` whose manifest `edit` changed."""
+    copy = tmp_path / "edited"
+    shutil.copytree(parts, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    edit(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+@pytest.mark.parametrize("edit, needle", [
+    # a size of 933.0 passed the checks and failed as a slice index: a traceback
+    (lambda m: m["wheels"][0].update(size=float(m["wheels"][0]["size"])), "bad offset, size or sha256"),
+    (lambda m: m["parts"][0].update(size=float(m["parts"][0]["size"])), "bad part entry"),
+    # one wheel listed twice joined into one file, the other lost
+    (lambda m: m["wheels"].append(dict(m["wheels"][0])), "listed twice"),
+    (lambda m: m["wheels"][0].update(name=".whl"), "bad wheel name '.whl'"),
+    (lambda m: m["wheels"][0].update(name="a\nb.whl"), "bad wheel name"),
+    (lambda m: m.update(wheels=[], parts=[], size=0), "it lists no wheel"),
+])
+def test_a_damaged_manifest_is_one_line_and_joins_nothing(parts, tmp_path, edit, needle):
+    damaged = _edited(parts, tmp_path, edit)
+    out = tmp_path / "joined"
+    proc = run("join", damaged, "--wheel-dir", out)
+    _one_line_error(proc, "manifest.json", needle)
+    assert not out.exists()
+
+
+def test_an_install_target_that_is_a_file_is_refused_before_joining(parts, tmp_path):
+    (tmp_path / "site").write_text("a file")
+    out = tmp_path / "joined"
+    proc = run("join", parts, "--wheel-dir", out, "--install", tmp_path / "site")
+    _one_line_error(proc, "site", "install target exists and is not a folder")
+    assert not out.exists()
