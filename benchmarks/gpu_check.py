@@ -47,6 +47,8 @@ from gpu_check_sections import (
     one_line,
 )
 
+WORK_MARK = ".mde-gpu-check"  # in a --work folder this check made: its data/, model.pt and export/ may be replaced
+
 
 class BadInput(Exception):
     """Bad command-line input: one line, exit 2."""
@@ -142,7 +144,17 @@ def check(ck: Check, selected: set[str], total_s: float, argv: list[str]) -> int
             results[name] = {"status": "skipped", "reason": why, "seconds": 0.0}
         else:
             scale = total_s / ck.profile.total_s  # --budget above the default gives every section more
-            results[name] = run_section(ck, name, min(ck.profile.budgets[name] * max(scale, 1.0), remaining))
+            try:
+                results[name] = run_section(ck, name, min(ck.profile.budgets[name] * max(scale, 1.0), remaining))
+            except KeyboardInterrupt:  # the reports say so: a reader of `problems` would see a clean run
+                results[name] = {"status": "error", "reason": "interrupted (Ctrl-C)", "seconds": 0.0}
+                for later in SECTIONS[SECTIONS.index(name) + 1:]:
+                    results[later] = {"status": "skipped", "reason": "not run: the check was interrupted",
+                                      "seconds": 0.0}
+                report.update(summarize(ck, results), total_s=round(time.perf_counter() - started, 1),
+                              exit_code=130)
+                write_reports(ck, report)
+                raise
         r = results[name]
         print(f"gpu_check: {name:16s} {r['status']:8s} {r['seconds']:6.1f} s  {r['reason']}", flush=True)
         report.update(summarize(ck, results), total_s=round(time.perf_counter() - started, 1))
@@ -176,6 +188,20 @@ def _folder(path: Path, what: str) -> Path:
     return path.resolve()
 
 
+def _path(text: str) -> Path:
+    """A path option's value: an empty one (`--out "$OUT"` with OUT unset) is refused, not read as "."."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path; name a folder")
+    return Path(text)
+
+
+def _work_folder(path: Path) -> Path:
+    """`--work`, made and marked as this check's, so a later check may reuse it."""
+    folder = _folder(path, "--work folder")
+    (folder / WORK_MARK).touch()
+    return folder
+
+
 def _not_a_file(path: Path | None, what: str) -> None:
     if path is not None and path.exists() and not path.is_dir():
         raise BadInput(f"{path}: {what} exists and is not a folder")
@@ -184,18 +210,19 @@ def _not_a_file(path: Path | None, what: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = _Parser(prog="gpu_check.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="folder for the reports (at most 3 files)")
+    parser.add_argument("--out", type=_path, required=True, help="folder for the reports (at most 3 files)")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
                         help="cuda: the check; cpu: a dry run at tiny sizes (default cuda)")
-    parser.add_argument("--ort-path", type=Path, default=None, metavar="DIR",
+    parser.add_argument("--ort-path", type=_path, default=None, metavar="DIR",
                         help="a `pip install --target` folder holding onnxruntime-gpu, put first on sys.path")
     parser.add_argument("--budget", type=float, default=None,
                         help="total seconds (default: 450 with cuda, 600 with cpu); above the default, every "
                         "section's own budget grows in proportion")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=None, metavar="SECTION",
                         help=f"run only these sections (and what they need): {', '.join(SECTIONS)}")
-    parser.add_argument("--work", type=Path, default=None,
-                        help="keep data, checkpoint, ONNX and engines here (default: a temporary folder)")
+    parser.add_argument("--work", type=_path, default=None,
+                        help="keep data, checkpoint, ONNX and engines here: a new or empty folder, or one an "
+                        "earlier check kept (default: a temporary folder)")
     try:
         args = parser.parse_args(argv)
         if args.budget is not None and not 30 <= args.budget <= 24 * 3600:  # NaN and inf fail too
@@ -203,20 +230,30 @@ def main(argv: list[str] | None = None) -> int:
                            f"got {args.budget:g}")
         if args.ort_path is not None:
             if not args.ort_path.is_dir():
-                raise BadInput(f"{args.ort_path}: --ort-path folder not found")
+                raise BadInput(f"{args.ort_path}: --ort-path "
+                               f"{'is not a folder' if args.ort_path.exists() else 'folder not found'}")
             if not (args.ort_path / "onnxruntime" / "__init__.py").is_file():
                 raise BadInput(f"{args.ort_path}: no onnxruntime package in this folder "
                                "(wheel_parts.py join DIR --install THIS_FOLDER puts it there)")
             sys.path.insert(0, str(args.ort_path.resolve()))  # before anything imports onnxruntime
+            try:
+                import onnxruntime  # noqa: F401 - the folder the user named must hold one that works
+            except Exception as err:  # noqa: BLE001 - whatever its __init__ raises
+                raise BadInput(f"{args.ort_path}: its onnxruntime does not import ({type(err).__name__}: "
+                               f"{str(err).splitlines()[0] if str(err) else ''})") from None
         if importlib.util.find_spec("mde") is None:
             raise BadInput("mde is not installed in this Python: pip install --no-deps --no-build-isolation -e .")
         _not_a_file(args.out, "--out folder")
         _not_a_file(args.work, "--work folder")
+        if args.work is not None and args.work.is_dir() and any(args.work.iterdir()) and not (
+                args.work / WORK_MARK).is_file():  # it writes data/, model.pt, export/ there, replacing theirs
+            raise BadInput(f"{args.work}: --work folder holds files of its own; give a new or empty folder, or "
+                           "one an earlier check kept")
         for name in FILES.values():  # before any folder is made
             report = args.out / name
             if report.exists() and not report.is_symlink() and not report.is_file():
                 raise BadInput(f"{report}: a report is written here, and this is no file (a folder?)")
-        work_ctx = (contextlib.nullcontext(str(_folder(args.work, "--work folder"))) if args.work
+        work_ctx = (contextlib.nullcontext(str(_work_folder(args.work))) if args.work
                     else tempfile.TemporaryDirectory(prefix="mde-gpu-check-"))
         out = _folder(args.out, "--out folder")  # after --work: a bad --work leaves no empty --out behind
     except BadInput as err:

@@ -9,7 +9,7 @@
 # MDE_WHEELS (default the checkout's .whl) go to a folder of their own (MDE_SITE, default /tmp/mde-site) that
 # comes first on PYTHONPATH, so a carried onnxruntime-gpu is imported instead of a CPU-only one.
 set -euo pipefail
-if [[ $# -lt 1 || $1 == -* ]]; then
+if [[ $# -lt 1 || -z $1 || $1 == -* ]]; then  # an empty OUT ("$OUT" unset) too
     echo "usage: bash benchmarks/gpu_check_offline.sh OUT [gpu_check.py options...]" >&2
     exit 2
 fi
@@ -19,16 +19,26 @@ root=$(CDPATH='' cd -P -- "$(dirname -- "$0")/.." >/dev/null && pwd)  # no cd he
 python=${PYTHON:-python3}
 site=${MDE_SITE:-/tmp/mde-site}
 wheel_dir=${MDE_WHEELS:-$root/.whl}
+if ! command -v "$python" >/dev/null; then
+    echo "gpu_check_offline: $python: no such Python (set PYTHON to the one that holds CUDA PyTorch)" >&2
+    exit 2
+fi
+if [[ -n ${MDE_WHEELS:-} && ! -d $MDE_WHEELS ]]; then  # named on purpose, so not "no wheels"
+    echo "gpu_check_offline: MDE_WHEELS $MDE_WHEELS: folder not found" >&2
+    exit 2
+fi
 wheels=("$wheel_dir"/*.whl)
+ort_path=()
 if [[ -e ${wheels[0]} ]]; then
     "$python" -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check \
         --upgrade --target "$site" "${wheels[@]}"
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+    for wheel in "${wheels[@]}"; do  # an onnxruntime(-gpu) among them: gpu_check imports it, not the machine's
+        if [[ $(basename -- "$wheel") == onnxruntime* ]]; then ort_path=(--ort-path "$site"); fi
+    done
 else
     echo "gpu_check_offline: no wheels in $wheel_dir/: FP16 export needs onnxconverter-common" \
         "(README 'GPU check')" >&2
 fi
 "$python" -m pip install -q --no-index --no-deps --no-build-isolation --disable-pip-version-check -e "$root"
-ort_path=()
-[[ -d $site/onnxruntime ]] && ort_path=(--ort-path "$site")
 exec "$python" "$root/benchmarks/gpu_check.py" --out "$out" "${ort_path[@]}" "$@"

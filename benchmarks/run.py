@@ -30,6 +30,9 @@ def main() -> None:
     opts = parser.parse_args()
     if not opts.only:
         parser.error("--only needs at least one benchmark name")
+    twice = sorted({name for name in opts.only if opts.only.count(name) > 1})
+    if twice:  # the second run's figures would replace the first's
+        parser.error(f"--only names {', '.join(twice)} twice; each benchmark runs once")
     if opts.out.is_dir() or not opts.out.parent.is_dir():  # found now, not after every benchmark has run
         parser.error(f"--out {opts.out}: expected a file in an existing folder")
     if not can_write_in(opts.out.parent):  # found now, not after the work

@@ -38,6 +38,7 @@ CASES = [
     ("bench_train.py", ["--only", "throughput", "--data", "{tmp}/bare"],  # an AttributeError or TypeError
      "bare/meta.json: records no image counts and size (not a set `mde data synth` made)"),
     ("run.py", ["--only", "synth", "--out", "{tmp}/nosuch/results.json"], "expected a file in an existing folder"),
+    ("run.py", ["--only", "synth", "synth"], "--only names synth twice; each benchmark runs once"),
     ("run.py", ["--only", "synth", "--out", "/proc/results.json"], "its folder is not writable"),
 ]
 

@@ -189,11 +189,21 @@ def test_only_runs_the_sections_it_needs(gpu_check, monkeypatch, tmp_path, capsy
     (["--out", "{tmp}/o", "--only", "bogus"], "invalid choice: 'bogus'"),
     (["--out", "{tmp}/o", "--device", "tpu"], "invalid choice: 'tpu'"),
     (["--out", "{tmp}/o", "--work", "{tmp}/file.txt"], "--work folder exists and is not a folder"),
+    # `--out "$OUT"` with OUT unset wrote the reports into the current folder
+    (["--out", ""], "argument --out: an empty path; name a folder"),
+    (["--out", "{tmp}/o", "--ort-path", "{tmp}/file.txt"], "file.txt: --ort-path is not a folder"),
+    (["--out", "{tmp}/o", "--ort-path", "{tmp}/ortbad"], "ortbad: its onnxruntime does not import (RuntimeError: boom)"),
+    # the check writes data/, model.pt and export/ into --work: a user's folder lost its files
+    (["--out", "{tmp}/o", "--work", "{tmp}/mine"], "mine: --work folder holds files of its own"),
     ([], "the following arguments are required: --out"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, args, needle):
     (tmp_path / "file.txt").write_text("x")
     (tmp_path / "empty").mkdir()
+    (tmp_path / "ortbad" / "onnxruntime").mkdir(parents=True)
+    (tmp_path / "ortbad" / "onnxruntime" / "__init__.py").write_text("raise RuntimeError('boom')")
+    (tmp_path / "mine" / "data").mkdir(parents=True)
+    (tmp_path / "mine" / "data" / "notes.txt").write_text("mine")
     proc = run(*(a.format(tmp=tmp_path) for a in args), timeout=60)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     lines = proc.stderr.strip().splitlines()
@@ -232,8 +242,10 @@ def test_markdown_renders_the_gpu_only_sections(gpu_check):
 OFFLINE = BENCH / "gpu_check_offline.sh"
 
 
-def _offline(tmp_path: Path, *args: str, wheels: bool, ort: bool) -> tuple[subprocess.CompletedProcess, list[str]]:
-    """Run gpu_check_offline.sh with PYTHON a stand-in that logs each call (argv and PYTHONPATH)."""
+def _offline(tmp_path: Path, *args: str, wheels: bool, ort: bool, stale_site: bool = False,
+             **env_changes: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run gpu_check_offline.sh with PYTHON a stand-in that logs each call (argv and PYTHONPATH); `ort`: an
+    onnxruntime wheel among the carried ones; `stale_site`: an onnxruntime an earlier run left in MDE_SITE."""
     log, fake = tmp_path / "calls.log", tmp_path / "python"
     fake.write_text(f'#!/bin/sh\necho "PWD=$PWD PYTHONPATH=$PYTHONPATH $*" >> {log}\n')
     fake.chmod(0o755)
@@ -242,8 +254,11 @@ def _offline(tmp_path: Path, *args: str, wheels: bool, ort: bool) -> tuple[subpr
     if wheels:
         (wheel_dir / "onnxconverter_common-1.16.0-py2.py3-none-any.whl").write_bytes(b"")
     if ort:
+        (wheel_dir / "onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    if stale_site:
         (site / "onnxruntime").mkdir(parents=True)
-    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "MDE_SITE": str(site), "MDE_WHEELS": str(wheel_dir)}
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "MDE_SITE": str(site), "MDE_WHEELS": str(wheel_dir),
+           **env_changes}
     proc = subprocess.run(["bash", str(OFFLINE), *args], capture_output=True, text=True, env=env, check=False,
                           cwd=tmp_path, timeout=60)
     return proc, log.read_text().splitlines() if log.exists() else []
@@ -269,7 +284,22 @@ def test_offline_wrapper_without_wheels_says_so_and_still_runs(tmp_path):
     assert calls[1].startswith(f"PWD={tmp_path} ")
 
 
-@pytest.mark.parametrize("args", [(), ("--device", "cpu")])
+def test_offline_wrapper_passes_no_ort_path_for_an_onnxruntime_an_earlier_run_left(tmp_path):
+    proc, calls = _offline(tmp_path, "OUTDIR", wheels=True, ort=False, stale_site=True)
+    assert proc.returncode == 0 and len(calls) == 3 and "--ort-path" not in calls[2], calls
+
+
+@pytest.mark.parametrize("env, says", [
+    ({"MDE_WHEELS": "/nonexistent/wheels"}, "MDE_WHEELS /nonexistent/wheels: folder not found"),
+    ({"PYTHON": "/nonexistent/python3"},
+     "/nonexistent/python3: no such Python (set PYTHON to the one that holds CUDA PyTorch)"),
+])
+def test_offline_wrapper_refuses_a_named_folder_or_python_that_is_not_there(tmp_path, env, says):
+    proc, calls = _offline(tmp_path, "OUTDIR", wheels=True, ort=False, **env)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"gpu_check_offline: {says}" and not calls, proc.stderr
+
+
+@pytest.mark.parametrize("args", [(), ("--device", "cpu"), ("",)])
 def test_offline_wrapper_without_an_out_folder_is_one_usage_line(tmp_path, args):
     proc, calls = _offline(tmp_path, *args, wheels=True, ort=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "usage" in proc.stderr and not calls
@@ -281,3 +311,35 @@ def test_a_folder_at_a_report_name_is_refused_before_any_folder_is_made(tmp_path
                timeout=120)
     assert proc.returncode == 2 and "gpu_check.md: a report is written here" in proc.stderr, proc.stderr
     assert proc.stderr.count("\n") == 1 and not (tmp_path / "work").exists()
+
+
+def test_ctrl_c_is_written_in_the_reports(gpu_check, monkeypatch, tmp_path):
+    """An interrupted check left `problems: {}` and no exit code: a reader saw a clean, unfinished run."""
+    gc, gs = gpu_check
+    calls: list[str] = []
+    fakes = _fakes(gs, calls)
+
+    def model(ck):
+        raise KeyboardInterrupt
+
+    fakes["model"] = model
+    for name, fake in fakes.items():
+        monkeypatch.setitem(gs.RUNNERS, name, fake)
+    with pytest.raises(KeyboardInterrupt):
+        gc.check(gs.Check("cpu", gs.PROFILES["cpu"], tmp_path, tmp_path, None), set(gs.SECTIONS), 600, [])
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["exit_code"] == 130 and report["problems"]["model"] == "error: interrupted (Ctrl-C)"
+    assert report["sections"]["export"]["reason"] == "not run: the check was interrupted"
+    assert "exit code 130" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_a_work_folder_an_earlier_check_kept_is_reused(gpu_check, monkeypatch, tmp_path):
+    gc, gs = gpu_check
+    for name, fake in _fakes(gs, []).items():
+        monkeypatch.setitem(gs.RUNNERS, name, fake)
+    work = tmp_path / "work"
+    for _ in range(2):  # the second run finds the first one's files and its mark
+        assert gc.main(["--out", str(tmp_path / "out"), "--device", "cpu", "--work", str(work),
+                        "--only", "environment"]) == 0
+        (work / "model.pt").write_text("kept")
+    assert (work / gc.WORK_MARK).is_file() and (tmp_path / "out" / "gpu_check.json").is_file()
