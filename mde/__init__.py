@@ -12,4 +12,16 @@ def entry() -> None:
     except KeyboardInterrupt:
         print("mde: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
-    main()
+    try:
+        main()
+    finally:
+        _outcome_is_final()
+
+
+def _outcome_is_final() -> None:
+    """The command has ended and said how: Ctrl-C or SIGTERM during the interpreter's shutdown (about a second
+    with torch loaded) would kill the process without a word and make a finished command look killed."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)

@@ -154,20 +154,36 @@ def claim_output(path: str | Path) -> Iterator[None]:
         raise InputError("the output-lock folder is not a private folder of yours (a link, another user's, or "
                          "writable by others); remove it, or set TMPDIR to another folder", folder)
     lock = folder / f"{key}.lock"
-    try:  # never through a link, never truncating: the file only carries the lock
-        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError as err:
-        raise InputError(f"cannot open the output lock ({err.strerror or err})", lock) from None
-    with os.fdopen(fd, "w") as fh:
+    while True:
+        try:  # never through a link, never truncating: the file only carries the lock
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            raise InputError(f"cannot open the output lock ({err.strerror or err})", lock) from None
+        fh = os.fdopen(fd, "w")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            fh.close()
             raise InputError("another mde command is writing this output now; let it finish, or choose "
                              "another", path) from None
+        if _same_file(fh.fileno(), lock):
+            break
+        fh.close()  # its holder removed this file as it finished, after we opened it: lock the one there now
+    with fh:
         try:
             yield
         finally:
             lock.unlink(missing_ok=True)  # while still held; the lock goes with the file
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open file `fd` is the one at `path` now (not one removed since it was opened)."""
+    try:
+        there = os.stat(path)
+    except FileNotFoundError:
+        return False
+    here = os.fstat(fd)
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def open_regular(path: str | Path) -> Any:
@@ -304,7 +320,8 @@ def scratch_folder(parent: str | Path, prefix: str) -> Iterator[Path]:
         path.mkdir()
         yield path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        with deferred_signals():  # a stop during the removal (old outputs moved aside: large) left half of it
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def remove_stale_scratch(parent: str | Path, prefix: str) -> None:

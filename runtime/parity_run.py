@@ -172,10 +172,11 @@ def check_golden(
 
 
 def check_checkpoint(cfg: ParityConfig, tolerances: dict[str, Tolerance]
-                     ) -> tuple[list[ArtifactResult], dict[str, Any], dict[str, str]]:
+                     ) -> tuple[list[ArtifactResult], dict[str, Any], dict[str, tuple[Path, np.ndarray]]]:
     """The checkpoint (torch runner) and every artifact on the same preprocessed images of `cfg.data`.
 
-    Returns (one result per artifact, the report header, worst-image PNG names for --report).
+    Returns (one result per artifact, the report header, {artifact: (path, picture)} of the worst-image
+    pictures for --report, drawn but not yet written).
     """
     from mde.data.readers import dataset_max_depth, open_dataset
     from mde.runtime.preprocess import preprocess
@@ -233,27 +234,25 @@ def check_checkpoint(cfg: ParityConfig, tolerances: dict[str, Tolerance]
     }
     if any(m is not None for m in masks):  # region figures: information, not gates
         header["regions"] = _region_figures(cfg, ref_metrics, gts, masks, max_depth)
-    pngs = {}
+    pictures = {}
     if with_pictures(cfg):
         paths = worst_png_paths(cfg.report, artifact_names)
         for (i, _), outputs in zip(runners, art_outs):
-            pngs[results[i].artifact] = _worst_png(paths[results[i].artifact], dataset, results[i], ref_out, outputs,
-                                                   gts, max_depth)
-    return [results[i] for i in range(len(cfg.artifacts))], header, pngs
+            pictures[results[i].artifact] = (paths[results[i].artifact],
+                                             _worst_panel(dataset, results[i], ref_out, outputs, gts, max_depth))
+    return [results[i] for i in range(len(cfg.artifacts))], header, pictures
 
 
-def _worst_png(path: Path, dataset: Any, result: ArtifactResult, reference: list[np.ndarray],
-               outputs: list[np.ndarray], gts: list[np.ndarray], max_depth: float) -> str:
-    """RGB | PyTorch | artifact of the artifact's worst image, written to `path`; returns its name."""
-    from mde.runtime.parity_report import panel, write_png
+def _worst_panel(dataset: Any, result: ArtifactResult, reference: list[np.ndarray],
+                 outputs: list[np.ndarray], gts: list[np.ndarray], max_depth: float) -> np.ndarray:
+    """RGB | PyTorch | artifact of the artifact's worst image, as one picture."""
+    from mde.runtime.parity_report import panel
     from mde.runtime.preprocess import postprocess
 
     k = result.worst_index
     shape = gts[k].shape
-    image = panel(dataset[k].rgb, postprocess(reference[k], shape, max_depth),
-                  postprocess(outputs[k], shape, max_depth), max_depth)
-    write_png(path, image)
-    return path.name
+    return panel(dataset[k].rgb, postprocess(reference[k], shape, max_depth),
+                 postprocess(outputs[k], shape, max_depth), max_depth)
 
 
 def with_pictures(cfg: ParityConfig) -> bool:
@@ -303,8 +302,8 @@ def _region_figures(cfg: ParityConfig, reference: list[dict[str, float]], gts: l
 
 def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
     """`mde parity`: run either mode, print the table, write --json / --report; `CheckFailed` when any fails."""
-    from mde.io import check_output_file, file_identity, is_stdout, write_json_atomic
-    from mde.runtime.parity_report import print_regions, print_table, write_markdown
+    from mde.io import check_output_file, deferred_signals, file_identity, is_stdout, write_json_atomic
+    from mde.runtime.parity_report import print_regions, print_table, write_markdown, write_png
 
     if (cfg.golden is None) == (cfg.checkpoint is None):
         raise InputError("parity needs either a checkpoint (with --data) or --golden FILE")
@@ -335,22 +334,25 @@ def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
         if resolved(cfg.json_path) in (resolved(cfg.report), *map(resolved, pictures)):
             raise InputError("--json names a file the report writes (the report, or an artifact's worst-image "
                              "picture); one would replace the other", cfg.json_path)
-    pngs: dict[str, str] = {}
+    pictures: dict[str, tuple[Path, np.ndarray]] = {}
     if cfg.golden is not None:
         results = [check_golden(cfg.golden, a, cfg.backend, overrides, cfg.providers, label)
                    for a, label in zip(cfg.artifacts, artifact_labels(cfg.artifacts))]
         header: dict[str, Any] = {"mode": "golden", "golden": str(cfg.golden)}
     else:
-        results, header, pngs = check_checkpoint(cfg, tolerances_from_dict(overrides or {}))  # checked when read
+        results, header, pictures = check_checkpoint(cfg, tolerances_from_dict(overrides or {}))  # checked when read
     to_stderr = any(p is not None and is_stdout(p) for p in (cfg.json_path, cfg.report))  # stdout: one file only
     print_table(results, f"parity vs {'golden outputs' if cfg.golden else 'PyTorch'}", to_stderr)
     if header.get("regions"):
         print_regions(results, header["regions"], to_stderr)
     passed = all(r.passed for r in results)
-    if cfg.json_path is not None:
-        write_json_atomic(cfg.json_path, {**header, "passed": passed, "artifacts": [r.to_dict() for r in results]})
-    if cfg.report is not None:
-        write_markdown(cfg.report, results, header, pngs)
+    with deferred_signals():  # one set: a stop now waits for the pictures, JSON and report (else new pictures
+        for path, picture in pictures.values():  # could stand beside an earlier run's report)
+            write_png(path, picture)
+        if cfg.json_path is not None:
+            write_json_atomic(cfg.json_path, {**header, "passed": passed, "artifacts": [r.to_dict() for r in results]})
+        if cfg.report is not None:
+            write_markdown(cfg.report, results, header, {a: path.name for a, (path, _) in pictures.items()})
     if not passed:
         failed = "; ".join(f"{r.artifact} ({', '.join(r.failed)})" for r in results if not r.passed)
         raise CheckFailed(f"parity failed: {failed}")

@@ -273,7 +273,6 @@ def test_read_sidecar_errors(tmp_path):
                               # shown by `mde info` as if valid before; the runner refused them later
                               ("tensorrt_version", "abc", r"tensorrt_version \('abc', expected a version"),
                               ("tensorrt_major", "10", r"tensorrt_major must be an integer, got '10'"),
-                              ("profile", {}, r"malformed profile \(empty\)"),
                               ("profile", {"input": {"min": [2, 3, 64, 64], "opt": [1, 3, 64, 64],
                                                      "max": [1, 3, 64, 64]}}, r"min <= opt <= max")]:
         (tmp_path / "model.engine.json").write_text(json.dumps({**good, key: value}))

@@ -275,3 +275,49 @@ def test_long_file_names_and_rename_refusing_targets_are_written(tmp_path, monke
     monkeypatch.setattr(io.os, "replace", busy)
     write_json_atomic(mounted, {"b": 2})
     assert json.loads(mounted.read_text()) == {"b": 2} and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_lock_file_removed_between_open_and_lock_is_not_the_lock(tmp_path, monkeypatch):
+    """B opened the lock file, A finished and removed it, B locked the removed file: C then made a new one and
+    locked that, and B and C wrote one output together."""
+    import fcntl
+
+    from mde.errors import InputError
+    from mde.io import claim_output
+
+    out = tmp_path / "out"
+    holder = claim_output(out)
+    holder.__enter__()  # A
+    real = fcntl.flock
+    calls = []
+
+    def flock_after_the_holder_left(fh, op):
+        if not calls:  # B, between opening the file and locking it: A ends meanwhile
+            calls.append(op)
+            holder.__exit__(None, None, None)
+        return real(fh, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_the_holder_left)
+    with claim_output(out):  # B
+        monkeypatch.setattr(fcntl, "flock", real)
+        with pytest.raises(InputError, match="another mde command is writing this output now"), claim_output(out):
+            pass  # C
+
+
+def test_a_stop_while_a_scratch_folder_is_removed_waits_for_the_removal(tmp_path, monkeypatch):
+    """Ctrl-C during the removal (an export's old models moved aside) left the hidden folder half-removed."""
+    import shutil
+    import signal
+
+    from mde import io
+
+    real = shutil.rmtree
+
+    def interrupted_rmtree(path, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+        real(path, **kwargs)
+
+    monkeypatch.setattr(io.shutil, "rmtree", interrupted_rmtree)
+    with pytest.raises(KeyboardInterrupt), io.scratch_folder(tmp_path, ".mde-x-") as folder:
+        (folder / "old").mkdir()
+    assert list(tmp_path.iterdir()) == []

@@ -210,6 +210,20 @@ def test_ctrl_c_while_the_cli_imports_is_one_line():
     assert (done.returncode, done.stderr) == (130, "mde: interrupted\n")
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_after_the_command_ended_changes_nothing(sig):
+    """Ctrl-C or SIGTERM in the second of interpreter shutdown after a finished command killed the process
+    without a word (a traceback from an exit handler, or death by the signal): it ended, so it says nothing."""
+    code = ("import atexit, os, signal, time\n"
+            "import mde.cli\n"
+            "mde.cli.main = lambda: print('done')\n"
+            f"atexit.register(lambda: (os.kill(os.getpid(), {int(sig)}), time.sleep(0.3)))\n"
+            "from mde import entry\n"
+            "entry()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "done\n", "")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_synth_stopped_like_gnu_timeout_stops_cleanly(tmp_path, sig):
     """`timeout` signals the process and then its whole group, workers included: a worker killed while it

@@ -54,7 +54,6 @@ def read_sidecar(engine: str | Path) -> dict[str, Any]:
               "min <= opt <= max)"
               for name, shapes in (sidecar["profile"] if isinstance(sidecar["profile"], dict) else {}).items()
               if not _profile_entry(shapes)]
-    wrong += ["profile (empty)"] if sidecar["profile"] == {} else []
     if isinstance(sidecar["tensorrt_version"], str) and sidecar["tensorrt_version"] and not version_numbers(
             sidecar["tensorrt_version"]):
         wrong.append(f"tensorrt_version ({sidecar['tensorrt_version'][:40]!r}, expected a version like 10.3.0)")
