@@ -338,3 +338,25 @@ def test_an_output_in_dev_is_refused_before_the_run(cli, tiny_export, monkeypatc
                  "--json", "/dev/mde-new.json")
     assert result.code == 2 and "/dev/mde-new.json: mde makes no files in /dev or /proc" in result.err
     assert not ran
+
+
+def test_a_stop_while_the_report_is_written_waits_for_the_whole_set(cli, tiny_checkpoint, tiny_export, synth_data,
+                                                                    tmp_path, monkeypatch):
+    """The pictures were written during the comparison, long before the JSON and the report: a Ctrl-C between
+    left new pictures beside an earlier run's report."""
+    import signal
+
+    import mde.runtime.parity_report as parity_report
+
+    real = parity_report.write_png
+
+    def interrupted(path, image):
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C as the first picture is written
+        real(path, image)
+
+    monkeypatch.setattr(parity_report, "write_png", interrupted)
+    out_json, report = tmp_path / "p.json", tmp_path / "p.md"
+    result = cli("parity", tiny_checkpoint, tiny_export / "model.onnx", "--data", synth_data, "--limit", 2,
+                 "--json", out_json, "--report", report)
+    assert result.code == 130, result.err
+    assert out_json.is_file() and report.is_file() and len(list(tmp_path.glob("p.*.worst.png"))) == 1
