@@ -144,10 +144,12 @@ def check(ck: Check, selected: set[str], total_s: float, argv: list[str]) -> int
             results[name] = {"status": "skipped", "reason": why, "seconds": 0.0}
         else:
             scale = total_s / ck.profile.total_s  # --budget above the default gives every section more
+            section_started = time.perf_counter()
             try:
                 results[name] = run_section(ck, name, min(ck.profile.budgets[name] * max(scale, 1.0), remaining))
             except KeyboardInterrupt:  # the reports say so: a reader of `problems` would see a clean run
-                results[name] = {"status": "error", "reason": "interrupted (Ctrl-C)", "seconds": 0.0}
+                results[name] = {"status": "error", "reason": "interrupted (Ctrl-C)", **ck.partial,
+                                 "seconds": round(time.perf_counter() - section_started, 1)}
                 for later in SECTIONS[SECTIONS.index(name) + 1:]:
                     results[later] = {"status": "skipped", "reason": "not run: the check was interrupted",
                                       "seconds": 0.0}
@@ -245,10 +247,14 @@ def main(argv: list[str] | None = None) -> int:
             raise BadInput("mde is not installed in this Python: pip install --no-deps --no-build-isolation -e .")
         _not_a_file(args.out, "--out folder")
         _not_a_file(args.work, "--work folder")
-        if args.work is not None and args.work.is_dir() and any(args.work.iterdir()) and not (
-                args.work / WORK_MARK).is_file():  # it writes data/, model.pt, export/ there, replacing theirs
-            raise BadInput(f"{args.work}: --work folder holds files of its own; give a new or empty folder, or "
-                           "one an earlier check kept")
+        if args.work is not None and args.work.is_dir() and not (args.work / WORK_MARK).is_file():
+            try:  # it writes data/, model.pt, export/ there, replacing theirs
+                taken = any(args.work.iterdir())
+            except OSError as err:
+                raise BadInput(f"{args.work}: cannot read the --work folder ({err.strerror or err})") from None
+            if taken:
+                raise BadInput(f"{args.work}: --work folder holds files of its own; give a new or empty folder, "
+                               f"or one an earlier check kept (it holds a {WORK_MARK} file)")
         for name in FILES.values():  # before any folder is made
             report = args.out / name
             if report.exists() and not report.is_symlink() and not report.is_file():

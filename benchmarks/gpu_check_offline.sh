@@ -6,8 +6,9 @@
 #   bash benchmarks/gpu_check_offline.sh OUT [gpu_check.py options...]
 #
 # PYTHON picks the interpreter (default python3: the one that holds CUDA PyTorch). The wheels in
-# MDE_WHEELS (default the checkout's .whl) go to a folder of their own (MDE_SITE, default /tmp/mde-site) that
-# comes first on PYTHONPATH, so a carried onnxruntime-gpu is imported instead of a CPU-only one.
+# MDE_WHEELS (default the checkout's .whl) go to a folder of their own (MDE_SITE, default a new folder
+# /tmp/mde-site.XXXXXX) that comes first on PYTHONPATH, so a carried onnxruntime-gpu is imported instead of
+# a CPU-only one.
 set -euo pipefail
 if [[ $# -lt 1 || -z $1 || $1 == -* ]]; then  # an empty OUT ("$OUT" unset) too
     echo "usage: bash benchmarks/gpu_check_offline.sh OUT [gpu_check.py options...]" >&2
@@ -17,7 +18,6 @@ out=$1
 shift
 root=$(CDPATH='' cd -P -- "$(dirname -- "$0")/.." >/dev/null && pwd)  # no cd here: a relative OUT stays the caller's
 python=${PYTHON:-python3}
-site=${MDE_SITE:-/tmp/mde-site}
 wheel_dir=${MDE_WHEELS:-$root/.whl}
 if ! command -v "$python" >/dev/null; then
     echo "gpu_check_offline: $python: no such Python (set PYTHON to the one that holds CUDA PyTorch)" >&2
@@ -30,11 +30,14 @@ fi
 wheels=("$wheel_dir"/*.whl)
 ort_path=()
 if [[ -e ${wheels[0]} ]]; then
+    site=${MDE_SITE:-$(mktemp -d /tmp/mde-site.XXXXXX)}  # by default a new one: nothing an earlier run installed
     "$python" -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check \
         --upgrade --target "$site" "${wheels[@]}"
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
     for wheel in "${wheels[@]}"; do  # an onnxruntime(-gpu) among them: gpu_check imports it, not the machine's
-        if [[ $(basename -- "$wheel") == onnxruntime* ]]; then ort_path=(--ort-path "$site"); fi
+        case $(basename -- "$wheel") in
+            onnxruntime-[0-9]* | onnxruntime_gpu-[0-9]*) ort_path=(--ort-path "$site") ;;
+        esac
     done
 else
     echo "gpu_check_offline: no wheels in $wheel_dir/: FP16 export needs onnxconverter-common" \

@@ -53,6 +53,8 @@ def _check_wheel(path: Path) -> None:
         raise PartsError("wheel not found" if not path.exists() else "expected a wheel file", path)
     if path.suffix != ".whl":
         raise PartsError("expected a .whl file", path)
+    if not WHEEL_NAME.fullmatch(path.name):  # join would refuse the manifest, on the other machine
+        raise PartsError("not a wheel's file name (name-version-...-platform.whl: letters, digits, . _ + ! -)", path)
     if not zipfile.is_zipfile(path):
         raise PartsError("not a wheel (not a zip archive)", path)
 

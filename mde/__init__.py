@@ -12,16 +12,33 @@ def entry() -> None:
     except KeyboardInterrupt:
         print("mde: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    status = 0
     try:
         main()
+    except SystemExit as done:
+        status = done.code if isinstance(done.code, int) else int(done.code is not None)
+        raise
     finally:
-        _outcome_is_final()
+        _outcome_is_final(status)
 
 
-def _outcome_is_final() -> None:
-    """The command has ended and said how: Ctrl-C or SIGTERM during the interpreter's shutdown (about a second
-    with torch loaded) would kill the process without a word and make a finished command look killed."""
+def _outcome_is_final(status: int) -> None:
+    """The command has ended and said how. Ctrl-C or SIGTERM during the interpreter's shutdown (about a second
+    with torch loaded) killed the process without a word, so a finished command looked killed: now either
+    ends the process at once with the command's own exit status (a shutdown that hangs can still be stopped)."""
+    import os
     import signal
+    import sys
+
+    def leave(_signum: int, _frame: object) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second one, should the flush below block, kills
+            signal.signal(sig, signal.SIG_DFL)
+        for stream in (sys.stdout, sys.stderr):  # what the command printed (`--json` into a pipe) still goes out
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(status)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
+        signal.signal(sig, leave)

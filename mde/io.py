@@ -154,7 +154,7 @@ def claim_output(path: str | Path) -> Iterator[None]:
         raise InputError("the output-lock folder is not a private folder of yours (a link, another user's, or "
                          "writable by others); remove it, or set TMPDIR to another folder", folder)
     lock = folder / f"{key}.lock"
-    while True:
+    for _ in range(LOCK_TRIES):
         try:  # never through a link, never truncating: the file only carries the lock
             fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as err:
@@ -162,18 +162,27 @@ def claim_output(path: str | Path) -> Iterator[None]:
         fh = os.fdopen(fd, "w")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if _same_file(fh.fileno(), lock):
+                break
         except BlockingIOError:
             fh.close()
             raise InputError("another mde command is writing this output now; let it finish, or choose "
                              "another", path) from None
-        if _same_file(fh.fileno(), lock):
-            break
+        except BaseException:
+            fh.close()
+            raise
         fh.close()  # its holder removed this file as it finished, after we opened it: lock the one there now
+    else:
+        raise InputError("cannot take the output lock: its file keeps changing (a file system without stable "
+                         "inodes?); set TMPDIR to a local folder", lock)
     with fh:
         try:
             yield
         finally:
             lock.unlink(missing_ok=True)  # while still held; the lock goes with the file
+
+
+LOCK_TRIES = 20  # another command removing the lock file just as this one opens it, this many times over: no
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -320,7 +329,7 @@ def scratch_folder(parent: str | Path, prefix: str) -> Iterator[Path]:
         path.mkdir()
         yield path
     finally:
-        with deferred_signals():  # a stop during the removal (old outputs moved aside: large) left half of it
+        with deferred_signals(second_stops=True):  # a stop during the removal (old outputs moved aside) left half
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -345,10 +354,11 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def deferred_signals() -> Iterator[None]:
+def deferred_signals(second_stops: bool = False) -> Iterator[None]:
     """Within the block, Ctrl-C and SIGTERM wait, and come back when it ends (SIGTERM first, where both came).
-    For a handful of renames that must all happen, or none. Only from the main thread, and only for a signal
-    whose handler is Python's (one installed from C is left alone)."""
+    For a handful of renames that must all happen, or none; with `second_stops`, for work that may take long
+    (a removal on a slow disk, a write into a pipe nobody reads), a second signal stops it at once. Only from
+    the main thread, and only for a signal whose handler is Python's (one installed from C is left alone)."""
     import signal
     import threading
 
@@ -360,13 +370,24 @@ def deferred_signals() -> Iterator[None]:
     # would undo a default action restored meanwhile at the C level, as mde.cli does after a SIGTERM)
     previous = {sig: handler for sig, handler in previous.items() if handler not in (None, signal.SIG_IGN)}
     caught: list[int] = []
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    def hold(signum: int, frame: Any) -> None:
+        caught.append(signum)
+        if second_stops and len(caught) > 1:
+            restore()
+            caught.clear()  # this one is the stop: nothing to raise again when the block ends
+            signal.raise_signal(signum)  # its own handler now, when this one returns
+
     for sig in previous:
-        signal.signal(sig, lambda signum, _frame: caught.append(signum))
+        signal.signal(sig, hold)
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        restore()
         for sig in previous:  # SIGTERM before SIGINT: stopped from outside says more than Ctrl-C
             if sig in caught:
                 signal.raise_signal(sig)

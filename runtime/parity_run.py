@@ -346,8 +346,10 @@ def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
     if header.get("regions"):
         print_regions(results, header["regions"], to_stderr)
     passed = all(r.passed for r in results)
-    with deferred_signals():  # one set: a stop now waits for the pictures, JSON and report (else new pictures
-        for path, picture in pictures.values():  # could stand beside an earlier run's report)
+    # one set: a first stop now waits for the pictures, JSON and report (new pictures could stand beside an
+    # earlier run's report); a second stops at once (a --json into a pipe nobody reads would block)
+    with deferred_signals(second_stops=True):
+        for path, picture in pictures.values():
             write_png(path, picture)
         if cfg.json_path is not None:
             write_json_atomic(cfg.json_path, {**header, "passed": passed, "artifacts": [r.to_dict() for r in results]})

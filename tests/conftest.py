@@ -34,6 +34,23 @@ def pytest_collection_modifyitems(config, items):
     for item in marked if reason else ():
         item.add_marker(pytest.mark.skip(reason=f"needs TensorRT and a CUDA GPU: {reason}"))
 
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_raises():
+    """Tests that send themselves SIGINT expect Python's handler: a pytest started in the background of a
+    non-interactive shell (`make test &`) inherits SIGINT ignored."""
+    import signal
+    import threading
+
+    ignored = (threading.current_thread() is threading.main_thread()
+               and signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if ignored:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 TINY_SIZE = 64
 TINY_BACKBONE = "resnet18"
 

@@ -320,6 +320,7 @@ def test_ctrl_c_is_written_in_the_reports(gpu_check, monkeypatch, tmp_path):
     fakes = _fakes(gs, calls)
 
     def model(ck):
+        ck.partial["synth_images"] = 48  # what the section had done by then: kept, as on a timeout
         raise KeyboardInterrupt
 
     fakes["model"] = model
@@ -330,6 +331,7 @@ def test_ctrl_c_is_written_in_the_reports(gpu_check, monkeypatch, tmp_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["exit_code"] == 130 and report["problems"]["model"] == "error: interrupted (Ctrl-C)"
     assert report["sections"]["export"]["reason"] == "not run: the check was interrupted"
+    assert report["sections"]["model"]["synth_images"] == 48
     assert "exit code 130" in (tmp_path / "gpu_check.md").read_text()
 
 

@@ -321,3 +321,26 @@ def test_a_stop_while_a_scratch_folder_is_removed_waits_for_the_removal(tmp_path
     with pytest.raises(KeyboardInterrupt), io.scratch_folder(tmp_path, ".mde-x-") as folder:
         (folder / "old").mkdir()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_second_stop_while_a_scratch_folder_is_removed_stops_at_once(tmp_path, monkeypatch):
+    """A removal on a slow disk must not swallow every Ctrl-C: the second one stops it (the next run of the
+    command removes what is left, `remove_stale_scratch`)."""
+    import shutil
+    import signal
+
+    from mde import io
+
+    real = shutil.rmtree
+    reached = []
+
+    def twice_interrupted_rmtree(path, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
+        reached.append(path)
+        real(path, **kwargs)
+
+    monkeypatch.setattr(io.shutil, "rmtree", twice_interrupted_rmtree)
+    with pytest.raises(KeyboardInterrupt), io.scratch_folder(tmp_path, ".mde-x-"):
+        pass
+    assert reached == [] and len(list(tmp_path.iterdir())) == 1

@@ -211,6 +211,27 @@ def test_ctrl_c_while_the_cli_imports_is_one_line():
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_while_the_process_exits_ends_it_at_once_with_the_commands_status(sig):
+    """A shutdown that waits (a thread that does not end) is still stopped by Ctrl-C or SIGTERM, and the
+    process ends with the command's status, not the signal's."""
+    code = ("import sys, threading, time\n"
+            "import mde.cli\n"
+            "def main():\n"
+            "    threading.Thread(target=time.sleep, args=(60,)).start()\n"
+            "    print('done', flush=True)\n"
+            "    sys.exit(3)\n"
+            "mde.cli.main = main\n"
+            "from mde import entry\n"
+            "entry()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "done\n"
+    time.sleep(0.5)  # into the interpreter's wait for the thread
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=20)
+    assert (proc.returncode, err) == (3, "")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_stop_after_the_command_ended_changes_nothing(sig):
     """Ctrl-C or SIGTERM in the second of interpreter shutdown after a finished command killed the process
     without a word (a traceback from an exit handler, or death by the signal): it ended, so it says nothing."""

@@ -147,6 +147,8 @@ def test_a_wheel_pip_refuses_is_one_line(tmp_path):
     (["split", "{tmp}/nope.whl", "--out", "{tmp}/o"], "wheel not found"),
     (["split", "{tmp}/file.txt", "--out", "{tmp}/o"], "expected a .whl file"),
     (["split", "{tmp}/fake.whl", "--out", "{tmp}/o"], "not a zip archive"),
+    # join, on the other machine, would refuse the manifest: found before the parts are carried
+    (["split", "{tmp}/renamed (1).whl", "--out", "{tmp}/o"], "not a wheel's file name"),
     (["split", "{wheel}", "--out", "{tmp}/file.txt"], "not a folder"),
     (["split", "{wheel}", "--out", "{tmp}/full"], "not empty"),
     (["split", "{wheel}", "--out", "{tmp}/o", "--max-mib", "0"], "--max-mib must be > 0"),
@@ -161,6 +163,7 @@ def test_a_wheel_pip_refuses_is_one_line(tmp_path):
 def test_bad_input_is_one_line_exit_2(tmp_path, wheel, args, needle):
     (tmp_path / "file.txt").write_text("x")
     (tmp_path / "fake.whl").write_text("not a zip")
+    shutil.copy(wheel, tmp_path / "renamed (1).whl")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "other").write_text("x")
     (tmp_path / "badmanifest").mkdir()
