@@ -438,13 +438,7 @@ def test_bench_checks_every_model_before_timing_the_first(cli, onnx_path, tiny_c
     junk.write_bytes(bytes(range(256)) * 20)
     linked = tmp_path / "linked.onnx"
     os.link(onnx_path, linked)
-    engine = tmp_path / "model.engine"
-    engine.write_bytes(b"engine bytes")
-    meta = ModelMetadata(input_size=(64, 64), max_depth=20.0, precision="fp16", backbone="resnet18")
-    (tmp_path / "model.engine.json").write_text(json.dumps({
-        "tensorrt_version": "11.0.1", "gpu_name": "H100", "compute_capability": "9.0",
-        "profile": {"image": {"min": [1, 3, 64, 64], "opt": [1, 3, 64, 64], "max": [1, 3, 64, 64]}},
-        "precision": "fp16", "onnx_sha256": "0" * 64, "build_date": "2025-01-01", "metadata": meta.to_props()}))
+    engine = _fake_engine(tmp_path, max_batch=1)
     cases = [((onnx_path, broken), "broken.onnx: cannot load ONNX model"),
              ((onnx_path, onnx_path.parent / "." / onnx_path.name), "model given twice"),
              ((onnx_path, linked), "linked.onnx: model given twice"),
@@ -518,15 +512,22 @@ def test_info_escapes_what_the_artifact_says(cli, onnx_path, tmp_path):
     assert "r18\\x1b[31mEVIL" in result.out and "ctl\\n\\x1b[31m.onnx" in result.out
 
 
-def test_info_engine_from_sidecar(cli, tmp_path):
-    engine = tmp_path / "model.engine"
+def _fake_engine(folder: Path, max_batch: int = 8) -> Path:
+    """`folder/model.engine` (bytes no TensorRT reads) and a sidecar as `mde export --engine` writes it."""
+    engine = folder / "model.engine"
     engine.write_bytes(b"engine bytes")
     meta = ModelMetadata(input_size=(64, 64), max_depth=20.0, precision="fp16", backbone="resnet18")
-    (tmp_path / "model.engine.json").write_text(json.dumps({
+    opt = min(4, max_batch)
+    (folder / "model.engine.json").write_text(json.dumps({
         "tensorrt_version": "11.0.1", "gpu_name": "H100", "compute_capability": "9.0",
-        "profile": {"image": {"min": [1, 3, 64, 64], "opt": [4, 3, 64, 64], "max": [8, 3, 64, 64]}},
+        "profile": {"image": {"min": [1, 3, 64, 64], "opt": [opt, 3, 64, 64], "max": [max_batch, 3, 64, 64]}},
         "precision": "fp16", "onnx_sha256": "0" * 64, "build_date": "2025-01-01", "metadata": meta.to_props(),
     }))
+    return engine
+
+
+def test_info_engine_from_sidecar(cli, tmp_path):
+    engine = _fake_engine(tmp_path)
     result = cli("info", engine, "--json")
     assert result.code == 0, result.err
     info = json.loads(result.out)
