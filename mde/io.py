@@ -182,7 +182,7 @@ def claim_output(path: str | Path) -> Iterator[None]:
             lock.unlink(missing_ok=True)  # while still held; the lock goes with the file
 
 
-LOCK_TRIES = 20  # another command removing the lock file just as this one opens it, this many times over: no
+LOCK_TRIES = 20  # lock files removed just as they were opened, this many times running: an odd file system
 
 
 def _same_file(fd: int, path: Path) -> bool:
