@@ -62,7 +62,8 @@ def test_bad_arguments_are_one_line_and_exit_2(tmp_path, script, args, message):
 
 
 def test_a_saved_run_of_other_settings_is_not_reused_under_new_labels(tmp_path):
-    """`--runs R --epochs 2` over 1-epoch runs would print their figures as 2-epoch ones: refused, naming R/x."""
+    """`--runs R --epochs 2` (or `--device cuda`) over 1-epoch CPU runs would print their figures as 2-epoch (or
+    GPU) ones: refused, naming R/x."""
     import json
 
     sys.path.insert(0, str(BENCHMARKS))
@@ -77,21 +78,7 @@ def test_a_saved_run_of_other_settings_is_not_reused_under_new_labels(tmp_path):
     assert bench_train.train_variant(tmp_path, run_dir, {}, quick=True, epochs=1)["settings"] == settings  # reused
     with pytest.raises(InputError, match=r"unet-flips: holds a run trained with other settings \(epochs: 1, not 2\)"):
         bench_train.train_variant(tmp_path, run_dir, {}, quick=True, epochs=2)
-
-
-def test_a_saved_cpu_run_is_not_reused_for_a_gpu_run(tmp_path):
-    """`--device cuda` over CPU runs would label their figures as the GPU's (bf16, another data order)."""
-    import json
-
-    sys.path.insert(0, str(BENCHMARKS))
-    import bench_train
-
-    from mde.errors import InputError
-
-    run_dir = tmp_path / "unet-flips"
-    run_dir.mkdir()
-    settings = {**bench_train.QUALITY, **bench_train.QUICK, "epochs": 1, "patch": None}
-    (run_dir / "bench.json").write_text(json.dumps({"settings": settings}))
+    # `--device cuda` over CPU runs would label their figures as the GPU's (bf16, another data order)
     assert bench_train.device_settings("cpu") == {}  # the CPU runs keep the benchmark's own settings
     with pytest.raises(InputError, match=r"other settings \(device, workers: cpu, 1, not cuda, 4\)"):
         bench_train.train_variant(tmp_path, run_dir, {}, quick=True, epochs=1, device="cuda")
