@@ -54,6 +54,34 @@ class BadInput(Exception):
     """Bad command-line input: one line, exit 2."""
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (what `timeout` and a machine's time limit send) taken as Ctrl-C is: the reports say which."""
+
+    reason, exit_code = "stopped (SIGTERM)", 143
+
+
+@contextlib.contextmanager
+def sigterm_stops():
+    """Within: SIGTERM raises `Stopped`, so a stopped check writes its reports as an interrupted one does.
+
+    GNU `timeout` sends its signal to the process and to its group: a copy within a second is that same stop
+    and is ignored (the reports are being written); one later ends the process at once, as `mde` does."""
+    first: list[float] = []
+
+    def stop(signum: int, frame: Any) -> None:
+        if not first:
+            first.append(time.monotonic())
+            raise Stopped
+        if time.monotonic() - first[0] >= 1.0:
+            os._exit(Stopped.exit_code)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextlib.contextmanager
 def time_limit(seconds: float):
     """Raise `SectionTimeout` in this (main) thread after `seconds` (a running C call finishes first)."""
@@ -147,14 +175,15 @@ def check(ck: Check, selected: set[str], total_s: float, argv: list[str]) -> int
             section_started = time.perf_counter()
             try:
                 results[name] = run_section(ck, name, min(ck.profile.budgets[name] * max(scale, 1.0), remaining))
-            except KeyboardInterrupt:  # the reports say so: a reader of `problems` would see a clean run
-                results[name] = {"status": "error", "reason": "interrupted (Ctrl-C)", **ck.partial,
+            except KeyboardInterrupt as err:  # the reports say so: a reader of `problems` would see a clean run
+                how = err.reason if isinstance(err, Stopped) else "interrupted (Ctrl-C)"
+                results[name] = {"status": "error", "reason": how, **ck.partial,
                                  "seconds": round(time.perf_counter() - section_started, 1)}
                 for later in SECTIONS[SECTIONS.index(name) + 1:]:
                     results[later] = {"status": "skipped", "reason": "not run: the check was interrupted",
                                       "seconds": 0.0}
                 report.update(summarize(ck, results), total_s=round(time.perf_counter() - started, 1),
-                              exit_code=130)
+                              exit_code=err.exit_code if isinstance(err, Stopped) else 130)
                 write_reports(ck, report)
                 raise
         r = results[name]
@@ -225,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=_path, default=None,
                         help="keep data, checkpoint, ONNX and engines here: a new or empty folder, or one an "
                         "earlier check kept (default: a temporary folder)")
+    parser.add_argument("--check-options", action="store_true",
+                        help="check the options, write nothing and exit (gpu_check_offline.sh does, before it "
+                        "installs anything)")
     try:
         args = parser.parse_args(argv)
         if args.budget is not None and not 30 <= args.budget <= 24 * 3600:  # NaN and inf fail too
@@ -237,14 +269,6 @@ def main(argv: list[str] | None = None) -> int:
             if not (args.ort_path / "onnxruntime" / "__init__.py").is_file():
                 raise BadInput(f"{args.ort_path}: no onnxruntime package in this folder "
                                "(wheel_parts.py join DIR --install THIS_FOLDER puts it there)")
-            sys.path.insert(0, str(args.ort_path.resolve()))  # before anything imports onnxruntime
-            try:
-                import onnxruntime  # noqa: F401 - the folder the user named must hold one that works
-            except Exception as err:  # noqa: BLE001 - whatever its __init__ raises
-                raise BadInput(f"{args.ort_path}: its onnxruntime does not import ({type(err).__name__}: "
-                               f"{str(err).splitlines()[0] if str(err) else ''})") from None
-        if importlib.util.find_spec("mde") is None:
-            raise BadInput("mde is not installed in this Python: pip install --no-deps --no-build-isolation -e .")
         _not_a_file(args.out, "--out folder")
         _not_a_file(args.work, "--work folder")
         if args.work is not None and args.work.is_dir() and not (args.work / WORK_MARK).is_file():
@@ -259,6 +283,17 @@ def main(argv: list[str] | None = None) -> int:
             report = args.out / name
             if report.exists() and not report.is_symlink() and not report.is_file():
                 raise BadInput(f"{report}: a report is written here, and this is no file (a folder?)")
+        if args.check_options:
+            return 0
+        if args.ort_path is not None:
+            sys.path.insert(0, str(args.ort_path.resolve()))  # before anything imports onnxruntime
+            try:
+                import onnxruntime  # noqa: F401 - the folder the user named must hold one that works
+            except Exception as err:  # noqa: BLE001 - whatever its __init__ raises
+                raise BadInput(f"{args.ort_path}: its onnxruntime does not import ({type(err).__name__}: "
+                               f"{str(err).splitlines()[0] if str(err) else ''})") from None
+        if importlib.util.find_spec("mde") is None:
+            raise BadInput("mde is not installed in this Python: pip install --no-deps --no-build-isolation -e .")
         work_ctx = (contextlib.nullcontext(str(_work_folder(args.work))) if args.work
                     else tempfile.TemporaryDirectory(prefix="mde-gpu-check-"))
         out = _folder(args.out, "--out folder")  # after --work: a bad --work leaves no empty --out behind
@@ -274,10 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     with work_ctx as work:
         ck = Check(args.device, profile, out, Path(work), args.ort_path and args.ort_path.resolve())
         try:
-            return check(ck, selected, args.budget or profile.total_s, argv)
-        except KeyboardInterrupt:
-            print("gpu_check: interrupted; the reports hold the sections that finished", file=sys.stderr)
-            return 130
+            with sigterm_stops():
+                return check(ck, selected, args.budget or profile.total_s, argv)
+        except KeyboardInterrupt as err:
+            how = "stopped by SIGTERM" if isinstance(err, Stopped) else "interrupted"
+            print(f"gpu_check: {how}; the reports hold the sections that finished", file=sys.stderr)
+            return err.exit_code if isinstance(err, Stopped) else 130
 
 
 if __name__ == "__main__":

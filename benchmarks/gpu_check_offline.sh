@@ -27,6 +27,8 @@ if [[ -n ${MDE_WHEELS:-} && ! -d $MDE_WHEELS ]]; then  # named on purpose, so no
     echo "gpu_check_offline: MDE_WHEELS $MDE_WHEELS: folder not found" >&2
     exit 2
 fi
+# gpu_check's own options first: a typo should not cost the minutes of the installs below
+"$python" "$root/benchmarks/gpu_check.py" --out "$out" "$@" --check-options
 wheels=("$wheel_dir"/*.whl)
 ort_path=()
 if [[ -e ${wheels[0]} ]]; then

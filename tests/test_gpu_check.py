@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -244,10 +246,12 @@ OFFLINE = BENCH / "gpu_check_offline.sh"
 
 def _offline(tmp_path: Path, *args: str, wheels: bool, ort: bool, stale_site: bool = False,
              **env_changes: str) -> tuple[subprocess.CompletedProcess, list[str]]:
-    """Run gpu_check_offline.sh with PYTHON a stand-in that logs each call (argv and PYTHONPATH); `ort`: an
-    onnxruntime wheel among the carried ones; `stale_site`: an onnxruntime an earlier run left in MDE_SITE."""
+    """Run gpu_check_offline.sh with PYTHON a stand-in that logs each call (argv and PYTHONPATH) and hands
+    `--check-options` to the real Python; `ort`: an onnxruntime wheel among the carried ones; `stale_site`: an
+    onnxruntime an earlier run left in MDE_SITE."""
     log, fake = tmp_path / "calls.log", tmp_path / "python"
-    fake.write_text(f'#!/bin/sh\necho "PWD=$PWD PYTHONPATH=$PYTHONPATH $*" >> {log}\n')
+    fake.write_text(f'#!/bin/bash\necho "PWD=$PWD PYTHONPATH=$PYTHONPATH $*" >> {log}\n'
+                    f'if [[ " $* " == *" --check-options "* ]]; then exec {sys.executable} "$@"; fi\n')
     fake.chmod(0o755)
     wheel_dir, site = tmp_path / "wheels", tmp_path / "site"
     wheel_dir.mkdir()
@@ -268,7 +272,8 @@ def test_offline_wrapper_installs_carried_wheels_first_then_mde_then_runs_the_ch
     proc, calls = _offline(tmp_path, "OUTDIR", "--budget", "300", wheels=True, ort=True)
     assert proc.returncode == 0, proc.stderr
     site = tmp_path / "site"
-    assert len(calls) == 3, calls
+    assert len(calls) == 4, calls
+    assert calls.pop(0).endswith("gpu_check.py --out OUTDIR --budget 300 --check-options")  # before installing
     assert "-m pip install" in calls[0] and f"--target {site}" in calls[0] and "onnxconverter_common" in calls[0]
     assert "--no-index" in calls[1] and calls[1].endswith(f"-e {ROOT}")  # mde itself, offline, from the checkout
     assert calls[2].startswith(f"PWD={tmp_path} PYTHONPATH={site} {ROOT}/benchmarks/gpu_check.py --out OUTDIR "
@@ -280,13 +285,13 @@ def test_offline_wrapper_without_wheels_says_so_and_still_runs(tmp_path):
     proc, calls = _offline(tmp_path, "OUTDIR", wheels=False, ort=False)
     assert proc.returncode == 0, proc.stderr
     assert "no wheels in" in proc.stderr and "onnxconverter-common" in proc.stderr
-    assert len(calls) == 2 and "--ort-path" not in calls[1] and "benchmarks/gpu_check.py --out OUTDIR" in calls[1]
-    assert calls[1].startswith(f"PWD={tmp_path} ")
+    assert len(calls) == 3 and "--ort-path" not in calls[2] and "benchmarks/gpu_check.py --out OUTDIR" in calls[2]
+    assert calls[2].startswith(f"PWD={tmp_path} ")
 
 
 def test_offline_wrapper_passes_no_ort_path_for_an_onnxruntime_an_earlier_run_left(tmp_path):
     proc, calls = _offline(tmp_path, "OUTDIR", wheels=True, ort=False, stale_site=True)
-    assert proc.returncode == 0 and len(calls) == 3 and "--ort-path" not in calls[2], calls
+    assert proc.returncode == 0 and len(calls) == 4 and "--ort-path" not in calls[3], calls
 
 
 @pytest.mark.parametrize("env, says", [
@@ -297,6 +302,20 @@ def test_offline_wrapper_passes_no_ort_path_for_an_onnxruntime_an_earlier_run_le
 def test_offline_wrapper_refuses_a_named_folder_or_python_that_is_not_there(tmp_path, env, says):
     proc, calls = _offline(tmp_path, "OUTDIR", wheels=True, ort=False, **env)
     assert proc.returncode == 2 and proc.stderr.strip() == f"gpu_check_offline: {says}" and not calls, proc.stderr
+
+
+@pytest.mark.parametrize("args, says", [
+    (("--budget", "5"), "--budget must be 30 s to 24 h"),
+    (("--only", "trainning"), "argument --only: invalid choice: 'trainning'"),
+    (("--work", "WORK"), "WORK: --work folder holds files of its own"),
+])
+def test_offline_wrapper_checks_the_checks_options_before_installing_anything(tmp_path, args, says):
+    (tmp_path / "WORK").mkdir()
+    (tmp_path / "WORK" / "notes.txt").write_text("mine")
+    proc, calls = _offline(tmp_path, "OUTDIR", *args, wheels=True, ort=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and says in proc.stderr, proc.stderr
+    assert len(calls) == 1 and calls[0].endswith("--check-options"), calls  # no pip, no check
+    assert not (tmp_path / "OUTDIR").exists() and not (tmp_path / "site").exists()
 
 
 @pytest.mark.parametrize("args", [(), ("--device", "cpu"), ("",)])
@@ -333,6 +352,47 @@ def test_ctrl_c_is_written_in_the_reports(gpu_check, monkeypatch, tmp_path):
     assert report["sections"]["export"]["reason"] == "not run: the check was interrupted"
     assert report["sections"]["model"]["synth_images"] == 48
     assert "exit code 130" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_sigterm_is_written_in_the_reports_and_exits_143(gpu_check, monkeypatch, tmp_path, capsys):
+    """A machine's time limit or `timeout` sends SIGTERM: it left no report of the section it stopped."""
+    gc, gs = gpu_check
+    fakes = _fakes(gs, [])
+
+    def model(ck):
+        ck.partial["synth_images"] = 48
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("SIGTERM did not stop the section")
+
+    fakes["model"] = model
+    for name, fake in fakes.items():
+        monkeypatch.setitem(gs.RUNNERS, name, fake)
+    before = signal.getsignal(signal.SIGTERM)
+    assert gc.main(["--out", str(tmp_path / "out"), "--device", "cpu", "--only", "model"]) == 143
+    assert signal.getsignal(signal.SIGTERM) is before  # the check's handler is gone again
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert report["exit_code"] == 143 and report["problems"]["model"] == "error: stopped (SIGTERM)"
+    assert report["sections"]["model"]["synth_images"] == 48
+    assert "stopped by SIGTERM" in capsys.readouterr().err
+
+
+def test_a_real_sigterm_mid_check_leaves_reports_naming_the_stopped_section(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--out", str(out), "--device", "cpu", "--only", "model"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "gpu_check.json").is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the environment section's report: the model section has begun
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["exit_code"] == 143 and report["problems"] == {"model": "error: stopped (SIGTERM)"}, report
+    assert "exit code 143" in (out / "gpu_check.md").read_text()
 
 
 def test_a_work_folder_an_earlier_check_kept_is_reused(gpu_check, monkeypatch, tmp_path):
