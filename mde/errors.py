@@ -10,13 +10,18 @@ TRAIN_EXTRA = "in the mde checkout: pip install -e '.[train]'"
 
 # Control characters a file name may hold (a newline, an escape), shown escaped: a message stays one line. So are
 # the bytes of a name that is not UTF-8 (Python holds them as lone surrogates, which no stream can print).
-_CONTROL = ({i: f"\\x{i:02x}" for i in (*range(32), 127)} | {9: "\\t", 10: "\\n", 13: "\\r"}
-            | {i: f"\\x{i - 0xDC00:02x}" for i in range(0xDC80, 0xDD00)})
+_NOT_UTF8 = {i: f"\\x{i - 0xDC00:02x}" for i in range(0xDC80, 0xDD00)}
+_CONTROL = {i: f"\\x{i:02x}" for i in (*range(32), 127)} | {9: "\\t", 10: "\\n", 13: "\\r"} | _NOT_UTF8
 
 
 def one_line(text: str) -> str:
     """`text` with control characters and bytes that are not UTF-8 escaped: one printable line."""
     return text.translate(_CONTROL)
+
+
+def valid_unicode(text: str) -> str:
+    """`text` with the bytes of a name that is not UTF-8 written as `\\xNN`: a string JSON and UTF-8 can carry."""
+    return text if text.isascii() else text.translate(_NOT_UTF8)
 
 
 def shown_path(path: str | Path) -> str:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from mde.errors import InputError
+from mde.errors import InputError, valid_unicode
 
 # Why a write fails that is the place's fault, not mde's: the CLI says so in one line (exit 2).
 UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG}
@@ -269,11 +269,14 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 
 
 def json_safe(obj: Any) -> Any:
-    """`obj` with NaN and infinities as None (null): strict JSON parsers refuse bare NaN."""
+    """`obj` with NaN and infinities as None (null), as strict JSON parsers refuse bare NaN, and the bytes of a
+    file name that is not UTF-8 as `\\xNN` text (a lone surrogate, `\\udcff`, is refused by strict parsers too)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
+    if isinstance(obj, str):
+        return valid_unicode(obj)
     if isinstance(obj, dict):
-        return {key: json_safe(value) for key, value in obj.items()}
+        return {json_safe(key): json_safe(value) for key, value in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [json_safe(value) for value in obj]
     return obj

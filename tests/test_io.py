@@ -344,3 +344,11 @@ def test_a_second_stop_while_a_scratch_folder_is_removed_stops_at_once(tmp_path,
     with pytest.raises(KeyboardInterrupt), io.scratch_folder(tmp_path, ".mde-x-"):
         pass
     assert reached == [] and len(list(tmp_path.iterdir())) == 1
+
+
+def test_json_text_writes_the_bytes_of_a_name_that_is_not_utf8_as_text():
+    from mde.io import json_text
+
+    text = json_text({os.fsdecode(b"a\xff.png"): [os.fsdecode(b"\xfe"), "é", 1.5, float("nan")]})
+    assert text == '{"a\\\\xff.png": ["\\\\xfe", "\\u00e9", 1.5, null]}'
+    text.encode("utf-8")  # a lone surrogate raises here

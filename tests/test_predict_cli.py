@@ -537,6 +537,17 @@ def test_info_engine_from_sidecar(cli, tmp_path):
     assert "tensorrt" in info["machine"]
 
 
+def test_info_json_of_a_folder_that_is_not_utf8_is_valid_unicode(cli, tmp_path):
+    """The name's byte came out as a lone surrogate (`\\udcff`), which strict JSON parsers refuse."""
+    import os
+
+    folder = tmp_path / os.fsdecode(b"cam\xff")
+    folder.mkdir()
+    result = cli("info", _fake_engine(folder), "--json")
+    assert result.code == 0, result.err
+    assert "\\udc" not in result.out and json.loads(result.out)["path"] == f"{tmp_path}/cam\\xff/model.engine"
+
+
 def test_info_reads_a_hand_written_sidecar_and_refuses_a_malformed_one(cli, tmp_path):
     """Plain JSON values (`"mde.precision": "fp16"`) as a person writes them are read; a profile that is not
     min/opt/max shapes, and calibration metadata that is not an object, are one line (they were AttributeErrors)."""
