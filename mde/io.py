@@ -262,6 +262,14 @@ def file_identity(path: str | Path) -> tuple[int, int]:
     return info.st_dev, info.st_ino
 
 
+@contextlib.contextmanager
+def atomic_paths(paths: Iterable[str | Path]) -> Iterator[list[Path]]:
+    """`atomic_path` for a set of files: temporary paths beside each, renamed onto them only when the whole
+    block succeeds. A write that fails (a full disk) leaves every earlier file of the set as it was."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(atomic_path(path)) for path in paths]
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` atomically."""
     with atomic_path(path) as tmp:
@@ -287,9 +295,14 @@ def json_text(obj: Any, **options: Any) -> str:
     return json.dumps(json_safe(obj), allow_nan=False, **options)
 
 
+def json_document(obj: Any) -> bytes:
+    """`obj` as a JSON file of mde holds it: indented, sorted, strict (NaN as null)."""
+    return (json_text(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     """Write `obj` as indented, strict JSON (NaN as null) to `path` atomically."""
-    write_bytes_atomic(path, (json_text(obj, indent=2, sort_keys=True) + "\n").encode())
+    write_bytes_atomic(path, json_document(obj))
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from mde.io import atomic_path, write_bytes_atomic
 from mde.runtime.parity import ArtifactResult
 
 COLUMNS = ("artifact", "precision", "backend", "RMSE", "dRMSE", "SSIM", "dSSIM", "p99 diff", "result")
@@ -98,16 +97,16 @@ def panel(rgb: np.ndarray, reference: np.ndarray, artifact: np.ndarray, max_dept
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
-    """Write an RGB uint8 array as PNG, atomically."""
+    """Write an RGB uint8 array as PNG (to a temporary path: `run_parity` writes its outputs as one set)."""
     from PIL import Image
 
-    with atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
+    Image.fromarray(image).save(path, format="PNG")
 
 
 def write_markdown(path: Path, results: Sequence[ArtifactResult], header: dict[str, Any],
                    images: dict[str, str]) -> None:
-    """The Markdown report: settings, the table, per artifact its tolerances, failures and worst image."""
+    """The Markdown report: settings, the table, per artifact its tolerances, failures and worst image (to a
+    temporary path, as `write_png`)."""
     lines = ["# mde parity report", ""]
     lines += [f"- **{k}**: {v}" for k, v in header.items() if k != "regions"]
     lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
@@ -130,4 +129,4 @@ def write_markdown(path: Path, results: Sequence[ArtifactResult], header: dict[s
                    f"delta1 {_fmt(r.delta1, '.4f')}, worst image {r.worst_image or '-'}"), ""]
         if r.artifact in images:
             lines += [f"![{r.artifact}: RGB | PyTorch | artifact | difference]({images[r.artifact]})", ""]
-    write_bytes_atomic(path, "\n".join(lines).encode())
+    path.write_bytes("\n".join(lines).encode())

@@ -9,8 +9,9 @@ the tolerances passed in.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -302,7 +303,7 @@ def _region_figures(cfg: ParityConfig, reference: list[dict[str, float]], gts: l
 
 def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
     """`mde parity`: run either mode, print the table, write --json / --report; `CheckFailed` when any fails."""
-    from mde.io import check_output_file, deferred_signals, file_identity, is_stdout, write_json_atomic
+    from mde.io import atomic_paths, check_output_file, deferred_signals, file_identity, is_stdout, json_document
     from mde.runtime.parity_report import print_regions, print_table, write_markdown, write_png
 
     if (cfg.golden is None) == (cfg.checkpoint is None):
@@ -346,15 +347,20 @@ def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
     if header.get("regions"):
         print_regions(results, header["regions"], to_stderr)
     passed = all(r.passed for r in results)
-    # one set: a first stop now waits for the pictures, JSON and report (new pictures could stand beside an
-    # earlier run's report); a second stops at once (a --json into a pipe nobody reads would block)
-    with deferred_signals(second_stops=True):
-        for path, picture in pictures.values():
-            write_png(path, picture)
-        if cfg.json_path is not None:
-            write_json_atomic(cfg.json_path, {**header, "passed": passed, "artifacts": [r.to_dict() for r in results]})
-        if cfg.report is not None:
-            write_markdown(cfg.report, results, header, {a: path.name for a, (path, _) in pictures.items()})
+    writes: list[tuple[Path, Callable[[Path], None]]] = [
+        (path, functools.partial(write_png, image=picture)) for path, picture in pictures.values()]
+    if cfg.json_path is not None:
+        document = json_document({**header, "passed": passed, "artifacts": [r.to_dict() for r in results]})
+        writes.append((cfg.json_path, lambda tmp: tmp.write_bytes(document)))
+    if cfg.report is not None:
+        names = {a: path.name for a, (path, _) in pictures.items()}
+        writes.append((cfg.report, lambda tmp: write_markdown(tmp, results, header, names)))
+    # one set: new pictures must not stand beside an earlier run's report. A first stop waits for the whole set, a
+    # failed write (a full disk) leaves the earlier set as it was; a second stop ends the wait (a --json into a
+    # pipe nobody reads would block)
+    with deferred_signals(second_stops=True), atomic_paths(path for path, _ in writes) as temporary:
+        for tmp, (_, write) in zip(temporary, writes, strict=True):
+            write(tmp)
     if not passed:
         failed = "; ".join(f"{r.artifact} ({', '.join(r.failed)})" for r in results if not r.passed)
         raise CheckFailed(f"parity failed: {failed}")

@@ -360,3 +360,30 @@ def test_a_stop_while_the_report_is_written_waits_for_the_whole_set(cli, tiny_ch
                  "--json", out_json, "--report", report)
     assert result.code == 130, result.err
     assert out_json.is_file() and report.is_file() and len(list(tmp_path.glob("p.*.worst.png"))) == 1
+
+
+def test_a_write_that_fails_leaves_the_earlier_set_whole(cli, tiny_checkpoint, tiny_export, synth_data, tmp_path,
+                                                         monkeypatch):
+    """The pictures and the JSON were in place before the report's write failed (a full disk): new pictures
+    and JSON stood beside the earlier run's report."""
+    import errno
+
+    import mde.runtime.parity_report as parity_report
+
+    out_json, report = tmp_path / "p.json", tmp_path / "p.md"
+    args = ("parity", tiny_checkpoint, tiny_export / "model.onnx", "--data", synth_data, "--json", out_json,
+            "--report", report)
+    assert cli(*args, "--limit", 2).code == 0
+    earlier = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert len(earlier) == 3, earlier  # the JSON, the report, one worst-image picture
+    (tmp_path / "p.md").write_text("earlier report")
+    earlier["p.md"] = b"earlier report"
+
+    def full_disk(path, *args):
+        path.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(parity_report, "write_markdown", full_disk)
+    result = cli(*args, "--limit", 1)  # other figures than before
+    assert result.code == 2 and result.err.strip().endswith("p.md: cannot write (No space left on device)"), result.err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == earlier  # nothing new, no temporary file
