@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     if sys.stderr is None:  # started with stderr closed (`2>&-`): print(file=None) would write to stdout
         sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the life of the process
+    # before anything imports onnxruntime: its telemetry writes a device ID under ~/.cache, and where it cannot (a
+    # service user with no home) it warns on stderr, a second line beside mde's one; the user's setting stands
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     _state["verbose"] = "--verbose" in args or "-v" in args
     _state["terminated"] = False
     _setup_logging(_state["verbose"])

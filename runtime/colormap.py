@@ -30,8 +30,10 @@ def colorize(
 
     Near is red (depth 0 -> the table's red end), far is blue (depth >= `max_depth` -> its
     blue end); the scale is fixed by `max_depth`, so colors mean the same distance in
-    every image. Invalid pixels (0, negative, NaN, inf) get `invalid_color`.
+    every image. Invalid pixels (0, negative, NaN, inf, or masked in an `np.ma.MaskedArray`, as
+    `to_points` reads them) get `invalid_color`, three integers 0-255.
     """
+    masked = np.ma.getmaskarray(depth) if isinstance(depth, np.ma.MaskedArray) else None
     depth = np.asarray(depth)
     if not np.issubdtype(depth.dtype, np.floating):  # as `to_points`: millimetres are not guessed
         hint = " (a depth camera's millimetres: divide by 1000)" if depth.dtype.kind in "ui" else ""
@@ -39,13 +41,27 @@ def colorize(
     depth = depth.astype(np.float32, copy=False)
     if depth.ndim == 3 and depth.shape[0] == 1:
         depth = depth[0]
+        masked = None if masked is None else masked[0]
     if depth.ndim != 2:
         raise InputError(f"expected an H x W depth map, got shape {depth.shape}")
-    if not (isinstance(max_depth, numbers.Real) and not isinstance(max_depth, bool) and max_depth > 0):
-        raise InputError(f"max_depth must be a number > 0, got {max_depth!r}")
+    if not (isinstance(max_depth, numbers.Real) and not isinstance(max_depth, bool)
+            and 0 < max_depth < float("inf")):
+        raise InputError(f"max_depth must be a finite number > 0, got {max_depth!r}")
+    color = _rgb(invalid_color)
     valid = np.isfinite(depth) & (depth > 0)
+    if masked is not None:
+        valid &= ~masked
     scaled = np.clip(np.where(valid, depth, 0.0) / np.float32(max_depth), 0.0, 1.0)
     index = np.rint((1.0 - scaled) * 255.0).astype(np.uint8)
     rgb = turbo_lut()[index]
-    rgb[~valid] = np.asarray(invalid_color, dtype=np.uint8)
+    rgb[~valid] = color
     return rgb
+
+
+def _rgb(color: object) -> np.ndarray:
+    """`invalid_color` as 3 uint8 values; an `InputError` where it is not three integers 0-255."""
+    values = list(color) if isinstance(color, (tuple, list, np.ndarray)) else None
+    if not (values is not None and len(values) == 3
+            and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= v <= 255 for v in values)):
+        raise InputError(f"invalid_color must be three integers 0-255 (R, G, B), got {color!r}")
+    return np.asarray(values, dtype=np.uint8)

@@ -13,7 +13,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mde.errors import DataError, InputError
 from mde.io import as_path, starts_with
-from mde.runtime.metadata import MAX_INPUT_SIDE, MM_PER_M, PNG16_MAX
+from mde.runtime.metadata import MAX_INPUT_SIDE, MAX_PLAUSIBLE_DEPTH, MM_PER_M, PNG16_MAX
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +22,11 @@ MAX_PIXELS = MAX_INPUT_SIDE * MAX_INPUT_SIDE
 MIN_SIDE = 8
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DARK_16BIT = 4096  # a uint16 image below this uses at most 12 bits: read as 16-bit, it is 1/16 as bright
-# A depth beyond this many metres is an encoding mistake (a "no return" or sky code such as
-# 1e30 or float32's maximum), not a distance; its square would overflow float32 loss and metric sums.
-MAX_PLAUSIBLE_DEPTH = 1e6
 ORIENTATION_TAG = 0x0112  # EXIF: how the stored pixels are turned for display (1: as stored)
+# Each EXIF orientation's turn to upright, as `ImageOps.exif_transpose` makes it
+TURNS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+         5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+         8: Image.Transpose.ROTATE_90}
 
 
 # What Pillow raises on a damaged file besides OSError: a text or colour-profile chunk too large to
@@ -217,24 +218,58 @@ def read_rgb(path: str | Path, upright: bool = False) -> np.ndarray:
         raise InputError(f"upright must be True or False, got {upright!r}")
     path = as_path(path, "image")
     img = opened = _open_checked(path)
+    low = _low_bytes(img, path)  # before the load: it reads how the file stores its pixels
     _load(img, path)  # first: what follows works on the decoded pixels
     try:
         try:  # Pillow's calls only: what they raise on a damaged file is the file's fault
             if upright:  # a picture given to predict: say so of an animation (a dataset is read every epoch)
                 _say_frames(img, path)
-            if upright and _orientation(img) != 1:
+            if upright and (orientation := _orientation(img)) != 1:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # it reads the EXIF again: "Corrupt EXIF data" once more
                     img = ImageOps.exif_transpose(img)
+                if low is not None and orientation in TURNS:
+                    low = np.asarray(Image.fromarray(low).transpose(TURNS[orientation]))
             if img.mode not in ("RGB", "L", "LA", "RGBA", "I;16", "I;16B", "I;16L", "I", "F"):
                 img = img.convert("RGB")  # palette, CMYK, YCbCr, 1-bit ...
         except CORRUPT as err:
             raise DataError(f"truncated, corrupt or unsupported image ({err})", path) from None
-        array = np.asarray(img)
+        array = np.array(img)  # a copy the caller may draw on (Pillow's own buffer is read-only)
     finally:
         img.close()
         opened.close()
+    if low is not None:  # 16 bits a channel: read by their values, as a 16-bit grey file is
+        array = (array.astype(np.uint16) << 8) | low
     return to_rgb8(array, path, by_value=True)
+
+
+# How Pillow decodes a PNG of 16 bits a channel: to 8 (its high byte), and with the other raw mode, the low byte.
+_COLOUR_16BIT = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
+
+
+def _low_bytes(img: Image.Image, path: Path) -> np.ndarray | None:
+    """A colour PNG of 16 bits a channel, which Pillow reads as 8 (each value's high byte: 12-bit values come out
+    dark, 8-bit ones black): each value's low byte, decoded with the raw mode that takes the other byte of each
+    pair; None for every other image. Where this Pillow cannot, the high bytes alone, said at warning level."""
+    tile = img.tile
+    if img.format != "PNG" or len(tile) != 1 or tile[0].args not in _COLOUR_16BIT:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            other = Image.open(path)
+            try:
+                other.tile = [tile[0]._replace(args=_COLOUR_16BIT[tile[0].args])]
+                other.load()
+                low = np.array(other)
+            finally:
+                other.close()
+    except (*CORRUPT, AttributeError) as err:  # AttributeError: a Pillow whose tiles are no named tuples
+        log.warning("%s: a PNG of 16 bits a channel, read from its high bytes only (%s)", path, err)
+        return None
+    if low.shape != (img.size[1], img.size[0], len(img.mode)):
+        return None
+    return low
 
 
 def check_plausible_depth(deepest: float, path: str | Path) -> None:

@@ -152,6 +152,9 @@ class ModelMetadata:
 MM_PER_M = 1000.0  # the dataset format's 16-bit depth PNGs hold millimetres (`--depth-scale` changes it)
 DEPTH_SCALE_RANGE = (1e-3, 1e6)  # --depth-scale, PNG units per metre: beyond, float32 over/underflows
 PNG16_MAX = 65535  # the largest value (millimetres, in mde's depth PNGs) a 16-bit PNG holds
+# A depth beyond this many metres is an encoding mistake (a "no return" or sky code such as
+# 1e30 or float32's maximum), not a distance; its square would overflow float32 loss and metric sums.
+MAX_PLAUSIBLE_DEPTH = 1e6
 MAX_INPUT_SIDE = 8192
 
 
@@ -198,9 +201,10 @@ def _input_size(value: Any) -> tuple[int, int]:
 
 
 def _max_depth(value: Any) -> float:
-    """`mde.output` max_depth: a finite number of metres above 0."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
-        raise ValueError(f"max_depth must be a finite number of metres above 0, got {json.dumps(value)}")
+    """`mde.output` max_depth: metres above 0, at most `MAX_PLAUSIBLE_DEPTH` (beyond, float32 depth overflows)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_PLAUSIBLE_DEPTH:
+        raise ValueError(f"max_depth must be a number of metres above 0 and at most {MAX_PLAUSIBLE_DEPTH:g}, "
+                         f"got {json.dumps(value)}")
     return float(value)
 
 

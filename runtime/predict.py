@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,9 +84,10 @@ def write_depth(depth, path: Path, fmt: str, max_depth: float) -> None:
     from mde.runtime.colormap import colorize
 
     with atomic_path(path) as tmp:
-        if fmt == "npy":
-            with open(tmp, "wb") as fh:
-                np.save(fh, depth.astype(np.float32), allow_pickle=False)
+        if fmt == "npy":  # through memory: numpy's own short write (a full disk) is an OSError with no errno
+            buffer = io.BytesIO()
+            np.save(buffer, depth.astype(np.float32), allow_pickle=False)
+            tmp.write_bytes(buffer.getvalue())
         elif fmt == "png16":
             mm = np.where(np.isfinite(depth) & (depth > 0), depth.astype(np.float64) * MM_PER_M, 0.0)  # exact
             Image.fromarray(np.clip(np.rint(mm), 0, PNG16_MAX).astype(np.uint16)).save(tmp, format="PNG")

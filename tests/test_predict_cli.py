@@ -222,6 +222,27 @@ def test_a_file_name_that_is_not_utf8_is_predicted(cli, onnx_path, images, tmp_p
     assert np.load(out / os.fsdecode(b"bad\xffname.npy")).shape == (45, 61)
 
 
+@pytest.mark.parametrize("fmt", ["npy", "png16"])
+def test_an_output_that_does_not_fit_is_one_line_naming_it(onnx_path, images, tmp_path, fmt):
+    """numpy's short write (a full disk) is an OSError with no errno: `--format npy` said "internal error",
+    exit 1. A file size limit makes the same short write here."""
+    import subprocess
+    import sys
+
+    script = ("import resource, signal, sys\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))\n"
+              "from mde.cli import main\n"
+              "main(sys.argv[1:])\n")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", script, "predict", str(onnx_path), str(images / "a.png"),
+                           "--out", str(out), "--format", fmt], capture_output=True, text=True, timeout=120)
+    name = "a.npy" if fmt == "npy" else "a.png"
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().endswith(f"{out}/{name}: cannot write (File too large)"), proc.stderr
+    assert not out.exists() or not list(out.iterdir())  # no half-written file, no temporary one
+
+
 def test_log_lines_escape_the_names_they_show_and_name_a_multi_frame_file(cli, onnx_path, images, tmp_path):
     """A gray image's "converted to RGB" line printed the newline of its name raw (two lines); an animation
     was predicted from its first frame without a word."""
@@ -591,3 +612,19 @@ def test_predict_turns_a_photo_as_its_exif_orientation_says(cli, onnx_path, tmp_
     result = cli("predict", onnx_path, tmp_path / "phone.jpg", "--out", out, "--format", "npy")
     assert result.code == 0, result.err
     assert np.load(out / "phone.npy").shape == (64, 48)
+
+
+def test_a_user_with_no_home_gets_no_onnx_runtime_telemetry_warning(onnx_path, tmp_path):
+    """onnxruntime 1.31 warned "Failed to persist telemetry device ID" on stderr where ~/.cache is not writable:
+    on every run of a robot's service user, and a second line beside an error's one."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
+    env["HOME"] = "/proc/nonexistent"
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "dark.png")
+    proc = subprocess.run([sys.executable, "-m", "mde", "predict", str(onnx_path), str(tmp_path / "dark.png"),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and (tmp_path / "out" / "dark.png").is_file(), proc.stderr
+    assert "telemetry" not in proc.stderr, proc.stderr

@@ -82,6 +82,7 @@ def _bad_artifacts(root: Path, good_onnx: Path) -> dict[str, Path]:
     restamp(onnx.load(good_onnx), "huge_size", **{"mde.preprocess": ("input_size", [100000, 100000])})
     restamp(onnx.load(good_onnx), "zero_size", **{"mde.preprocess": ("input_size", [0, 0])})
     restamp(onnx.load(good_onnx), "negative_max_depth", **{"mde.output": ("max_depth", -1.0)})
+    restamp(onnx.load(good_onnx), "huge_max_depth", **{"mde.output": ("max_depth", 1e300)})  # float32: inf
     # a graph that takes uint8 pixels (Cast, then the mean over channels as "depth")
     h, w = json.loads(props["mde.preprocess"])["input_size"]
     graph = helper.make_graph(
@@ -396,7 +397,9 @@ CASES = [
      "fixed_batch_2.onnx: graph input is float32 2x3x64x64; the runtime feeds float32 ?x3x64x64"),
     ("bench-zero-size", "bench {bad:zero_size} --iterations 2", "zero_size.onnx"),
     ("predict-negative-max-depth", "predict {bad:negative_max_depth} {data}/val/rgb/000000.png --out {out}",
-     "max_depth must be a finite number of metres above 0"),
+     "max_depth must be a number of metres above 0 and at most 1e+06, got -1.0"),
+    ("predict-huge-max-depth", "predict {bad:huge_max_depth} {data}/val/rgb/000000.png --out {out}",
+     "max_depth must be a number of metres above 0 and at most 1e+06, got 1e+300"),
     ("calibrate-missing-external", "calibrate {bad:missing_external} --data {data} --out {out}.onnx", "ext.onnx"),
     # bench / info
     ("bench-missing", "bench {bad:missing} --iterations 2", "does-not-exist.png"),

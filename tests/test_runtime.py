@@ -418,15 +418,78 @@ def test_colorize_near_red_far_blue_invalid_black():
     assert rgb[0, 0, 0] > rgb[0, 0, 2] and rgb[0, 2, 2] > rgb[0, 2, 0]
 
 
+def test_colorize_draws_masked_pixels_as_invalid_as_to_points_drops_them():
+    depth = np.ma.masked_array(np.ones((1, 2, 2), np.float32), mask=[[[True, False], [False, False]]])
+    rgb = colorize(depth, 20.0, invalid_color=(255, 0, 255))
+    np.testing.assert_array_equal(rgb[0, 0], [255, 0, 255])
+    np.testing.assert_array_equal(rgb[1, 1], turbo_lut()[round((1 - 1 / 20) * 255)])
+
+
 @pytest.mark.parametrize("depth, max_depth, match", [
     (np.ones((2, 2, 2)), 1.0, "expected an H x W depth map"),
-    (np.ones((2, 2)), 0.0, "max_depth must be a number > 0, got 0.0"),
-    (np.ones((2, 2)), "10", "max_depth must be a number > 0, got '10'"),
+    (np.ones((2, 2)), 0.0, "max_depth must be a finite number > 0, got 0.0"),
+    (np.ones((2, 2)), "10", "max_depth must be a finite number > 0, got '10'"),
+    (np.ones((2, 2)), float("inf"), "max_depth must be a finite number > 0, got inf"),
     (np.full((2, 2), 1000, np.uint16), 10.0, "got uint16 \\(a depth camera's millimetres: divide by 1000\\)"),
 ])
 def test_colorize_rejects(depth, max_depth, match):
     with pytest.raises(InputError, match=match):
         colorize(depth, max_depth)
+
+
+@pytest.mark.parametrize("color", [(300, 0, 0), (1, 2), "red", (1.5, 0, 0), (True, 0, 0), None])
+def test_colorize_refuses_an_invalid_color_that_is_no_rgb_triple(color):
+    """(300, 0, 0) was an OverflowError, (1, 2) and "red" numpy ValueErrors."""
+    with pytest.raises(InputError, match="invalid_color must be three integers 0-255"):
+        colorize(np.full((2, 2), np.nan, np.float32), 20.0, invalid_color=color)
+
+
+def _png_16bit_colour(path, values: np.ndarray, orientation: int = 1) -> None:
+    """A PNG of 16 bits a channel (RGB or RGBA), which Pillow cannot write, with an EXIF orientation."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w, c = values.shape
+    rows = b"".join(b"\x00" + values[y].astype(">u2").tobytes() for y in range(h))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, {3: 2, 4: 6}[c], 0, 0, 0))
+                     + chunk(b"eXIf", exif.tobytes()[6:]) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_read_rgb_reads_a_16bit_colour_png_by_its_values(tmp_path, caplog):
+    """Pillow reads such a file as 8-bit, keeping each value's high byte: 8-bit values came out black and 12-bit
+    ones dark, without a word (a 16-bit grey file is read by its values, and warns)."""
+    from mde.runtime.images import read_rgb
+
+    rng = np.random.default_rng(0)
+    values8 = rng.integers(0, 256, (9, 12, 3)).astype(np.uint16)
+    values16 = rng.integers(0, 65536, (9, 12, 4)).astype(np.uint16)
+    _png_16bit_colour(tmp_path / "v8.png", values8, orientation=6)
+    _png_16bit_colour(tmp_path / "v16.png", values16)
+    with caplog.at_level("WARNING", logger="mde.runtime.images"):
+        as_stored = read_rgb(tmp_path / "v8.png")
+    np.testing.assert_array_equal(as_stored, values8)
+    assert "v8.png: 8-bit values in a 16-bit image, read as 8-bit" in caplog.text
+    np.testing.assert_array_equal(read_rgb(tmp_path / "v8.png", upright=True), np.rot90(values8, k=-1))  # 6: turned
+    np.testing.assert_array_equal(read_rgb(tmp_path / "v16.png"), (values16[:, :, :3] >> 8).astype(np.uint8))
+
+
+def test_read_rgb_gives_an_array_the_caller_may_draw_on(tmp_path):
+    """An RGB PNG or JPEG came back read-only (Pillow's buffer), a grey or RGBA one writable."""
+    from PIL import Image
+
+    from mde.runtime.images import read_rgb
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "rgb.png")
+    image = read_rgb(tmp_path / "rgb.png")
+    image[0, 0] = 255
+    assert image[0, 0, 0] == 255
 
 
 def test_read_rgb_wide_gray_images_by_their_values(tmp_path):
