@@ -20,7 +20,15 @@ from mde.calibration.ranges import load_ranges, save_ranges
 from mde.calibration.subpixel import rewritable, rewrite_conv_transpose
 from mde.console import info, make_progress
 from mde.errors import DataError, InputError, ModelError
-from mde.io import atomic_path, check_not_under_file, require_file, resolved, sha256_file
+from mde.io import (
+    atomic_path,
+    check_can_write_beside,
+    check_not_under_file,
+    require_file,
+    resolved,
+    sha256_file,
+    written_in_place,
+)
 from mde.runtime.metadata import ModelMetadata, check_graph_input, read_props, stamp
 from mde.runtime.preprocess import preprocess
 
@@ -82,6 +90,10 @@ def _check_config(cfg: CalibrationConfig) -> None:
         if resolved(path) == resolved(cfg.model):
             raise InputError("the output would overwrite the input model", path)
     check_not_under_file(cfg.out, "--out")
+    for path in (Path(cfg.out), cfg.ranges_path):  # a stream or /dev, /sys, a read-only disk
+        if written_in_place(path):
+            raise InputError("the output is a stream; expected a file name", path)
+        check_can_write_beside(path)
     if Path(cfg.out).exists() and not cfg.force:
         raise InputError("output exists (use --force to overwrite)", cfg.out)
     if not 0 <= cfg.seed <= SEED_LIMIT:

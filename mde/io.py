@@ -475,7 +475,8 @@ def check_output_file(path: str | Path, option: str, inputs: Iterable[str | Path
     if path.is_dir():
         raise InputError(f"{option} needs a file name; this is a folder", path)
     check_not_under_file(path, option)
-    written_in_place(path)  # a closed stream, a block device, a new file in /dev: refused now, not at the end
+    if not written_in_place(path):  # a closed stream, a block device, a new file in /dev: refused now, not at the end
+        check_can_write_beside(path)
     target = resolved(path)
     for source in map(Path, inputs):
         if target == resolved(source):
@@ -500,6 +501,18 @@ def check_outside_splits(out: str | Path, data: str | Path, option: str = "--out
         if (Path(data) / split).is_dir() and target.is_relative_to(resolved(Path(data) / split)):
             raise InputError(f"{option} lies inside the dataset's train/ or val/ ({data}): its files would become "
                              "part of the dataset; choose a folder outside them", out)
+
+
+def check_can_write_beside(path: str | Path) -> None:
+    """Refuse an output file whose folder (or the nearest one above that exists) takes no new file: a read-only
+    file system, /sys, no permission. Found by making and removing a file there, before the work, not after it."""
+    above = next(p for p in (Path(path).absolute().parent, *Path(path).absolute().parents) if p.exists())
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mde-probe.", dir=above)
+    except OSError as err:
+        raise InputError(f"cannot write here ({err.strerror or err})", above) from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def check_not_under_file(path: str | Path, what: str) -> None:

@@ -195,6 +195,22 @@ def test_unknown_target_exit_2(cli, tiny_export, synth_data, tmp_path):
     assert len(result.err.strip().splitlines()) == 1 and not out.exists()
 
 
+@pytest.mark.parametrize("out, says", [("/sys/mde-x.onnx", "/sys: cannot write here"),
+                                       ("/dev/mde-x.onnx", "/dev/mde-x.onnx: mde makes no files in /dev or /proc")])
+def test_an_output_that_cannot_be_written_is_refused_before_the_calibration(cli, tiny_export, synth_data, out,
+                                                                            says, monkeypatch):
+    """It was found after the whole calibration pass (minutes with the default 256 images)."""
+    import mde.calibration.quantize as qz
+
+    def never(*args, **kwargs):
+        raise AssertionError("the calibration pass ran")
+
+    monkeypatch.setattr(qz, "collect_ranges", never)
+    result = cli("calibrate", tiny_export / "model.onnx", "--data", synth_data, "--out", out)
+    assert result.code == 2 and result.err.startswith(f"mde: error: {says}") and result.err.count("\n") == 1, \
+        result.err
+
+
 @pytest.mark.parametrize("kernel, stride, pad, relu", [(4, 2, 1, True), (2, 2, 0, False), (3, 3, 0, True),
                                                        (6, 2, 2, False)])
 def test_phase_conv_rewrite_is_exact_for_other_upsamplings(kernel, stride, pad, relu):

@@ -278,6 +278,7 @@ CASES = [
     ("synth-name-too-long", "data synth {out}/" + "a" * 260 + " --train 2 --val 1 --size 32", "File name too long"),
     ("parity-json-name-too-long", "parity --golden {onnx_golden} {onnx} --json {out}/" + "b" * 260 + ".json",
      "File name too long"),
+    ("parity-json-in-sys", "parity --golden {onnx_golden} {onnx} --json /sys/mde-p.json", "/sys: cannot write here"),
     ("eval-big-png", "eval {onnx} --data {bad:ds_big_png}", "000000.png: image is 10000x10000"),
     ("eval-corrupt-pixels", "eval {onnx} --data {bad:ds_corrupt_png}", "000000.png: truncated or corrupt image"),
     ("eval-huge-text-chunk", "eval {onnx} --data {bad:ds_text_chunk_png}", "000000.png: cannot read image"),
