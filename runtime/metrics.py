@@ -194,7 +194,8 @@ def region_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> dict[s
 def average_sums(sums: dict[str, float], count: int) -> dict[str, float]:
     """Means of summed per-image metrics: region metrics over `REGION_images` images, the rest over `count`.
 
-    Also returns `images` (= count) and each region's image count.
+    Also returns `images` (= count) and each region's image count. Where images had masks (`REGION_images`
+    summed, 0 included), every region has its keys: one that no image shows has NaN figures (null in JSON).
     """
     if count == 0:
         raise DataError("no images were scored")
@@ -207,6 +208,10 @@ def average_sums(sums: dict[str, float], count: int) -> dict[str, float]:
             out[key] = value / max(sums.get(f"{region}_images", 0), 1)
         else:
             out[key] = value / count
+    for region in REGIONS:
+        if f"{region}_images" in sums:
+            out.update({f"{region}_{metric}": float("nan") for metric in REGION_METRIC_NAMES
+                        if f"{region}_{metric}" not in out})
     return {**out, "images": count}
 
 
@@ -228,8 +233,8 @@ class MetricAccumulator:
         for name, value in metrics.items():
             self.sums[name] = self.sums.get(name, 0.0) + value
         for region in REGIONS:
-            if f"{region}_rmse" in metrics:
-                self.sums[f"{region}_images"] = self.sums.get(f"{region}_images", 0) + 1
+            if mask is not None:  # a region no masked image shows still has its keys, with 0 images
+                self.sums[f"{region}_images"] = self.sums.get(f"{region}_images", 0) + (f"{region}_rmse" in metrics)
         self.count += 1
         return metrics
 

@@ -159,16 +159,16 @@ def gt_metrics(raws: Sequence[np.ndarray], gts: Sequence[np.ndarray], max_depth:
 
 def region_means(per_image: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
     """{region: {rmse, abs_rel, delta1, images}} from per-image figures (`gt_metrics` with masks), each
-    the mean over the images having that region. Empty when no image has a region figure.
+    the mean over the images having that region; every region, one that no image shows with 0 images and
+    NaN figures (null in JSON).
     """
     from mde.runtime.metrics import REGION_METRIC_NAMES, REGIONS
 
     out = {}
     for region in REGIONS:
         rows = [m for m in per_image if f"{region}_rmse" in m]
-        if rows:
-            out[region] = {k: _mean([m[f"{region}_{k}"] for m in rows]) for k in REGION_METRIC_NAMES}
-            out[region]["images"] = len(rows)
+        out[region] = {k: _mean([m[f"{region}_{k}"] for m in rows]) for k in REGION_METRIC_NAMES}
+        out[region]["images"] = len(rows)
     return out
 
 

@@ -36,8 +36,8 @@ def region_rows(results: Sequence[ArtifactResult], figures: dict[str, Any]) -> l
         models = [("PyTorch", figures.get("reference", {}).get(region))]
         models += [(r.artifact, r.regions.get(region)) for r in results]
         models.append(("per-pixel mean map", figures.get("pixel_mean_map", {}).get(region)))
-        out += [[region, name, f"{m['rmse']:.4f}", f"{m['abs_rel']:.4f}", f"{m['delta1']:.4f}", str(m["images"])]
-                for name, m in models if m]
+        out += [[region, name, *(f"{m[k]:.4f}" if m["images"] else "-" for k in ("rmse", "abs_rel", "delta1")),
+                 str(m["images"])] for name, m in models if m]
     return out
 
 
@@ -103,18 +103,25 @@ def write_png(path: Path, image: np.ndarray) -> None:
     Image.fromarray(image).save(path, format="PNG")
 
 
+def _setting(value: Any) -> str:
+    """A header value as the report shows it: {"rmse": 1.77, "device": "cpu"} as `rmse 1.77, device cpu`."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_setting(v)}" for k, v in value.items())
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
 def write_markdown(path: Path, results: Sequence[ArtifactResult], header: dict[str, Any],
                    images: dict[str, str]) -> None:
     """The Markdown report: settings, the table, per artifact its tolerances, failures and worst image (to a
     temporary path, as `write_png`)."""
     lines = ["# mde parity report", ""]
-    lines += [f"- **{k}**: {v}" for k, v in header.items() if k != "regions"]
+    lines += [f"- **{k}**: {_setting(v)}" for k, v in header.items() if k != "regions"]
     lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in rows(results)]
-    if header.get("regions"):
+    if header.get("regions") or any(r.regions for r in results):
         lines += ["", "Per region (information; the gates use the whole image):", "",
                   "| " + " | ".join(REGION_COLUMNS) + " |", "|" + "---|" * len(REGION_COLUMNS)]
-        lines += ["| " + " | ".join(row) + " |" for row in region_rows(results, header["regions"])]
+        lines += ["| " + " | ".join(row) + " |" for row in region_rows(results, header.get("regions", {}))]
     lines += ["", ("p99 diff: 99th percentile of |artifact - PyTorch| at model resolution, metres "
                    "(in brackets: divided by the model's max depth)."), ""]
     for r in results:

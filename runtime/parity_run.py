@@ -344,8 +344,8 @@ def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
         results, header, pictures = check_checkpoint(cfg, tolerances_from_dict(overrides or {}))  # checked when read
     to_stderr = any(p is not None and is_stdout(p) for p in (cfg.json_path, cfg.report))  # stdout: one file only
     print_table(results, f"parity vs {'golden outputs' if cfg.golden else 'PyTorch'}", to_stderr)
-    if header.get("regions"):
-        print_regions(results, header["regions"], to_stderr)
+    if header.get("regions") or any(r.regions for r in results):  # a golden file: the artifacts' own figures
+        print_regions(results, header.get("regions", {}), to_stderr)
     passed = all(r.passed for r in results)
     writes: list[tuple[Path, Callable[[Path], None]]] = [
         (path, functools.partial(write_png, image=picture)) for path, picture in pictures.values()]

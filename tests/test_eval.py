@@ -54,6 +54,24 @@ def test_eval_region_figures_match_a_direct_computation(cli, tiny_checkpoint, sy
     assert set(json.loads(res.out)) == KEYS and "the val masks mark no object or structure pixel" in res.err
 
 
+def test_a_region_no_val_image_shows_keeps_its_keys_as_null(cli, tiny_checkpoint, synth_data, tmp_path):
+    """Masks that mark no object left the objects_* keys out of --json, which tools may rely on."""
+    import shutil
+
+    plain = tmp_path / "structure-only"
+    shutil.copytree(synth_data, plain)
+    for mask in (plain / "val" / "mask").iterdir():
+        Image.fromarray(np.where(np.asarray(Image.open(mask)) == 1, 0, np.asarray(Image.open(mask)))).save(mask)
+    res = cli("eval", tiny_checkpoint, "--data", plain, "--json", "--device", "cpu")
+    assert res.code == 0, res.err
+    metrics = json.loads(res.out)
+    assert set(metrics) == KEYS | REGION_KEYS | {"pixel_mean_map"} and metrics["structure_images"] == 8
+    assert metrics["objects_images"] == 0 and metrics["objects_rmse"] is None and metrics["objects_delta1"] is None
+    assert metrics["pixel_mean_map"]["objects_rmse"] is None and metrics["pixel_mean_map"]["objects_images"] == 0
+    table = cli("eval", tiny_checkpoint, "--data", plain, "--device", "cpu").out
+    assert "objects_rmse" in table and "nan" not in table
+
+
 def test_eval_and_parity_score_the_pixel_mean_map_alike(cli, tiny_checkpoint, tiny_export, synth_data, tmp_path):
     """Both score the image-blind map as a model of the same range would predict it (clipped to its max
     depth): with training depth beyond that range, eval's figure was unclipped and parity's clipped."""

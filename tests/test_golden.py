@@ -38,6 +38,19 @@ def test_golden_parity_reports_rmse_and_ssim_deltas(cli, export_with_gt, tmp_pat
     assert abs(row["d_rmse"]) <= 1e-4 and abs(row["d_ssim"]) <= 1e-4
 
 
+def test_golden_parity_shows_the_artifacts_region_figures_in_its_table_and_report(cli, export_with_gt, tmp_path):
+    """A golden file with masks gave the region figures in --json only: the table and the report had none."""
+    report, out = tmp_path / "g.md", tmp_path / "g.json"
+    result = cli("parity", "--golden", export_with_gt / "golden.npz", export_with_gt / "model.onnx",
+                 "--report", report, "--json", out)
+    assert result.code == 0, result.err
+    regions = json.loads(out.read_text())["artifacts"][0]["regions"]
+    assert set(regions) == {"objects", "structure"} and regions["structure"]["images"] == 3
+    row = f"| structure | model.onnx | {regions['structure']['rmse']:.4f} |"
+    assert "per region (information, not gated)" in result.out and "structure │ model.onnx" in result.out
+    assert row in report.read_text() and "| structure | PyTorch |" not in report.read_text()  # no reference here
+
+
 def test_golden_without_a_dataset_is_noise_and_says_so(tiny_export, cli, tmp_path):
     from mde.runtime.backends.golden import read_golden
 

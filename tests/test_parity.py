@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -387,3 +388,12 @@ def test_a_write_that_fails_leaves_the_earlier_set_whole(cli, tiny_checkpoint, t
     result = cli(*args, "--limit", 1)  # other figures than before
     assert result.code == 2 and result.err.strip().endswith("p.md: cannot write (No space left on device)"), result.err
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == earlier  # nothing new, no temporary file
+
+
+def test_the_report_header_shows_settings_as_words(cli, tiny_checkpoint, tiny_export, synth_data, tmp_path):
+    """The reference figures were a Python dict: `{'rmse': 1.77..., 'ssim': ..., 'device': 'cpu'}`."""
+    report = tmp_path / "p.md"
+    assert cli("parity", tiny_checkpoint, tiny_export / "model.onnx", "--data", synth_data, "--limit", 2,
+               "--report", report).code == 0
+    line = next(x for x in report.read_text().splitlines() if x.startswith("- **reference**"))
+    assert re.fullmatch(r"- \*\*reference\*\*: rmse [0-9.e-]+, ssim [0-9.e-]+, device cpu", line), line

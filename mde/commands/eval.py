@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -66,12 +67,12 @@ def eval_command(
         metrics = evaluate(predict, dataset, data_range, batch_size, progress=True)  # progress is on stderr
     except ModelError as err:  # the model's fault: name it
         raise ModelError(str(err), path) if err.path is None else err from None
-    regions = any(k in metrics for k in REGION_ORDER)
+    regions = any(metrics.get(f"{region}_images") for region in ("objects", "structure"))  # both keys, or none
     if not regions and getattr(dataset, "masks", None):
         from mde.console import info
 
         info(f"{data}: the {split} masks mark no object or structure pixel; no region figures")
-    metrics = {k: metrics[k] for k in METRIC_ORDER + REGION_ORDER if k in metrics}
+    metrics = {k: metrics[k] for k in METRIC_ORDER + (REGION_ORDER if regions else ()) if k in metrics}
     if regions and split != "train" and (Path(data) / "train").is_dir():
         metrics["pixel_mean_map"] = _pixel_mean_map_figures(data, dataset, data_range, model_range, depth_scale)
     emit(metrics, json_out, lambda m: _print_table(path, split, m))
@@ -120,7 +121,8 @@ def _print_table(path: Path, split: str, metrics: dict[str, float]) -> None:
 
 
 def _cell(name: str, value: float) -> str:
-    return str(int(value)) if name.endswith("images") else f"{value:.4f}"
+    """A figure as the table shows it: "-" for a region no image shows (null in --json)."""
+    return str(int(value)) if name.endswith("images") else "-" if math.isnan(value) else f"{value:.4f}"
 
 
 def register(app: typer.Typer) -> None:
