@@ -270,6 +270,7 @@ def _ranges(cfg: CalibrationConfig, pre_path: Path, dataset: Any, calib_idx: lis
         "images": [dataset.names[i] for i in calib_idx], "images_sha256": pixels.hexdigest(),
         "input_size": list(size), "op_types": list(cfg.op_types),
         "percentile": cfg.percentile if cfg.method == "percentile" else None,
+        "histogram": qz.HISTOGRAMS.get(cfg.method),  # entropy's was ONNX Runtime's default: ranges of another search
         "onnxruntime": onnxruntime.__version__, "target": cfg.target,
     }
     ranges = None
