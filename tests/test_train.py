@@ -1000,9 +1000,30 @@ def test_resume_into_another_folder_keeps_the_history_and_names_the_real_best(cl
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     best = min(records, key=lambda r: r["val_rmse"])
-    where = out / "best.pt" if best["epoch"] == 2 else run / "best.pt"
     assert result.out.strip().splitlines()[-1].startswith(f"best epoch {best['epoch']}: rmse {best['val_rmse']:.4f}")
-    assert result.out.strip().endswith(f"-> {where}") and where.exists()
+    assert result.out.strip().endswith(f"-> {out / 'best.pt'}") and torch.load(
+        out / "best.pt", weights_only=True)["epoch"] == best["epoch"]
+
+
+def test_a_run_resumed_into_another_folder_gets_the_best_pt_its_records_name(cli, synth_data, tmp_path):
+    """Where no new epoch beat the resumed run's best, the new folder had no best.pt, though its --json named
+    that epoch as the best (and the run folder promises one)."""
+    run, out = tmp_path / "first", tmp_path / "more"
+    assert cli("train", "--data", synth_data, "--out", run, *TINY, "--epochs", "1", "--schedule", "cyclic").code == 0
+    state = torch.load(run / "last.pt", weights_only=True)  # a first epoch no later one can beat
+    state["best_rmse"] = state["records"][0]["val_rmse"] = 1e-3
+    torch.save(state, run / "last.pt")
+    result = cli("train", "--resume", run / "last.pt", "--data", synth_data, "--out", out, "--epochs", "2", "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["best"]["epoch"] == 1
+    assert (out / "best.pt").read_bytes() == (run / "best.pt").read_bytes()
+    shutil.rmtree(out)  # a resumed run's best.pt that is not its best epoch: not copied, and said
+    best = torch.load(run / "best.pt", weights_only=True)
+    best["epoch"] = 7
+    torch.save(best, run / "best.pt")
+    result = cli("train", "--resume", run / "last.pt", "--data", synth_data, "--out", out, "--epochs", "2")
+    assert result.code == 0 and not (out / "best.pt").exists(), result.err
+    assert f"note: {run / 'best.pt'} is not the resumed run's best epoch (1)" in result.err
 
 
 def test_a_diverged_run_stops_with_one_line_and_saves_no_nan_weights(cli, synth_data, tmp_path):

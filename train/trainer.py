@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import shutil
 import time
 import warnings
 from collections.abc import Collection
@@ -23,8 +24,9 @@ import numpy as np
 import torch
 
 from mde.console import info, make_progress
-from mde.errors import CheckFailed, DataError, InputError, ModelError
+from mde.errors import CheckFailed, DataError, InputError, MdeError, ModelError
 from mde.io import (
+    atomic_path,
     check_outside_splits,
     deferred_signals,
     no_empty_new_folder,
@@ -158,6 +160,8 @@ class Job:
     pairs: DepthPairs
     data_range: float
     replaces_a_run: bool = False  # --force over another run's folder: its files go with this run's first write
+    # resumed into another folder: the resumed run's best.pt, copied at the first write unless that epoch is better
+    inherited_best: Path | None = None
 
 
 @dataclass
@@ -222,6 +226,9 @@ def main(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dict[
                     replace_old_run(job)
                     if improved:
                         save_checkpoint(job, state, out / "best.pt", training_state=False)
+                    elif job.inherited_best is not None:
+                        inherit_best(job.inherited_best, state.records, out / "best.pt")
+                    job.inherited_best = None
                     report.write_records(out / "metrics.jsonl", state.records)
                     report.write_curves(state.records, out)
                     save_checkpoint(job, state, out / "last.pt")
@@ -290,6 +297,7 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
         pairs=DepthPairs(train_set, cfg.image_size, cfg.augment, cfg.seed, scale_crop=cfg.scale_crop,
                          color_jitter=cfg.color_jitter, object_weight=cfg.object_weight),
         data_range=data_range, replaces_a_run=env.is_main and cfg.force and not own_folder,
+        inherited_best=Path(cfg.resume).parent / "best.pt" if resume is not None and not own_folder else None,
     )
 
 
@@ -319,6 +327,24 @@ def restore(job: Job, resume: dict[str, Any] | None) -> TrainState:
                       best_rmse=resume.get("best_rmse", float("inf")),
                       loss_sum=resume.get("loss_sum", 0.0) if main_rank else 0.0,
                       loss_count=resume.get("loss_count", 0) if main_rank else 0, records=list(records))
+
+
+def inherit_best(source: Path, records: list[dict[str, Any]], target: Path) -> None:
+    """A run resumed into another folder whose first epoch did not beat the resumed run's best: that run's
+    `best.pt`, where it holds the best epoch of the records (the run folder promises one; the --json names it)."""
+    best = min((r for r in records if "val_rmse" in r), key=lambda r: r["val_rmse"], default=None)
+    if best is None:
+        return
+    try:
+        epoch = load_checkpoint(source).get("epoch") if source.is_file() else None
+    except MdeError:
+        epoch = None
+    if epoch != best["epoch"]:
+        info(f"note: {source} is not the resumed run's best epoch ({best['epoch']}); {target} comes with the "
+             "next epoch that does better")
+        return
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def replace_old_run(job: Job) -> None:
