@@ -1119,3 +1119,24 @@ def test_more_workers_than_cpus_is_one_note_not_torchs_warnings(cli, synth_data,
     assert res.code == 0, res.err
     assert f"note: --workers {workers} is more than the {cpus} CPUs this process may use" in res.err
     assert not [w for w in caught if "DataLoader will create" in str(w.message)]
+
+
+def test_a_stop_while_the_samples_are_drawn_still_leaves_them(cli, synth_data, tmp_path, monkeypatch):
+    """samples.png was drawn after the final last.pt, outside the epoch's set: a stop there left a finished run
+    (nothing to resume) without it."""
+    import signal
+
+    from mde.train import report
+
+    real = report.write_samples
+
+    def stopped(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C as the picture is drawn
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(report, "write_samples", stopped)
+    run = tmp_path / "run"
+    result = cli("train", "--data", synth_data, "--out", run, *TINY, "--epochs", "1")
+    assert result.code == 130, result.err
+    assert sorted(p.name for p in run.iterdir()) == [
+        "best.pt", "config.json", "curves.png", "last.pt", "metrics.jsonl", "samples.png"]

@@ -231,14 +231,14 @@ def main(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dict[
                     job.inherited_best = None
                     report.write_records(out / "metrics.jsonl", state.records)
                     report.write_curves(state.records, out)
+                    if epoch + 1 == cfg.epochs:  # before the last.pt that ends the run: it cannot be resumed
+                        report.write_samples(job.model, job.val_set, cfg.image_size, cfg.max_depth, env.device, out)
                     save_checkpoint(job, state, out / "last.pt")
                 info(f"epoch {epoch + 1}/{cfg.epochs}: {report.summary(record)}")  # also in logs without a TTY
             barrier(env)
     finally:
         if progress:
             progress.stop()
-    if env.is_main:
-        report.write_samples(job.model, job.val_set, cfg.image_size, cfg.max_depth, env.device, out)
     records = state.records
     best = min((r for r in records if "val_rmse" in r), key=lambda r: r["val_rmse"], default={})
     return {"run": str(out), "best": _val_metrics(best) | {"epoch": best.get("epoch", 0)},
