@@ -150,6 +150,17 @@ def _refuse_unpaired(path: Path, other: Path, stem: str, suffixes: tuple[str, ..
     raise DataError(f"{problem} (expected {expected})", path)
 
 
+def _subfolders(folder: Path) -> list[str]:
+    return sorted(entry.name for entry in folder.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+
+
+def _nested_words(folders: list[Path]) -> str:
+    """What a user with one folder per sequence should hear: the format is flat."""
+    named = ", ".join(f"{f.name}/{sub}/" for f in folders for sub in _subfolders(f)[:3])
+    return (f"the files in subfolders ({named}) are not read: the format is flat, "
+            "{train,val}/{rgb,depth,mask}/NAME")
+
+
 class FolderDataset(PairedFiles):
     """`root/split/rgb/NAME.png|jpg` with `root/split/depth/NAME.png` (16-bit) or `NAME.npy` (metres).
 
@@ -171,9 +182,13 @@ class FolderDataset(PairedFiles):
                                 "found none", sub)
         rgbs = _by_stem(list_images(rgb_dir), rgb_dir)
         depths = _by_stem(list_files(depth_dir, DEPTH_SUFFIXES), depth_dir)
-        if not rgbs and not depths:
-            raise DataError(f"split {split!r} is empty: no images in rgb/ and depth/", folder)
         mask_dir = folder / "mask"
+        nested = [sub for sub in (rgb_dir, depth_dir, mask_dir) if sub.is_dir() and _subfolders(sub)]
+        if not rgbs and not depths:
+            hint = f" ({_nested_words(nested)})" if nested else ""
+            raise DataError(f"split {split!r} is empty: no images in rgb/ and depth/{hint}", folder)
+        if nested:  # a sequence per folder, as some datasets come: said, not guessed at
+            log.warning("%s: %s", folder, _nested_words(nested))
         masks = {}
         if mask_dir.is_dir():
             _refuse_odd_entries(mask_dir, (".png",))

@@ -458,3 +458,28 @@ def test_data_module_imports_no_torch():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          check=False)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def test_files_in_subfolders_are_said_not_read(synth_data, tmp_path, caplog):
+    """One folder per sequence, as some datasets come: an image moved into one vanished without a word, and a
+    split held only in subfolders was "empty"."""
+    import shutil
+
+    from mde.data.readers import FolderDataset
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    for kind in ("rgb", "depth", "mask"):
+        (data / "val" / kind / "seq01").mkdir()
+        for path in sorted((data / "val" / kind).glob("000000.*")):
+            path.rename(data / "val" / kind / "seq01" / path.name)
+    with caplog.at_level("WARNING"):
+        assert len(FolderDataset(data, "val")) == 7
+    assert "the files in subfolders (rgb/seq01/, depth/seq01/, mask/seq01/) are not read: the format is flat" \
+        in caplog.text
+    for kind in ("rgb", "depth", "mask"):
+        for path in (data / "val" / kind).glob("*.*"):
+            path.rename(data / "val" / kind / "seq01" / path.name)
+    with pytest.raises(DataError, match=r"split 'val' is empty: no images in rgb/ and depth/ \(the files in "
+                                        r"subfolders \(rgb/seq01/, depth/seq01/, mask/seq01/\) are not read"):
+        FolderDataset(data, "val")
