@@ -270,9 +270,10 @@ def _ranges(cfg: CalibrationConfig, pre_path: Path, dataset: Any, calib_idx: lis
         "images": [dataset.names[i] for i in calib_idx], "images_sha256": pixels.hexdigest(),
         "input_size": list(size), "op_types": list(cfg.op_types),
         "percentile": cfg.percentile if cfg.method == "percentile" else None,
-        "histogram": qz.HISTOGRAMS.get(cfg.method),  # entropy's was ONNX Runtime's default: ranges of another search
         "onnxruntime": onnxruntime.__version__, "target": cfg.target,
     }
+    if cfg.method in qz.HISTOGRAMS:  # entropy's was ONNX Runtime's default once: ranges of another search
+        key["histogram"] = qz.HISTOGRAMS[cfg.method]
     ranges = None
     if cfg.reuse_ranges and cfg.ranges_path.exists():  # validating it costs a shape inference
         ranges = load_ranges(cfg.ranges_path, key, qz.calibrated_tensors(pre_path, cfg.op_types))

@@ -70,7 +70,7 @@ class CalibrationConfig:
             biases) or cpu (ONNX Runtime's CPU provider: U8 activations, integer kernels throughout).
         method: activation range method: percentile (of |x|, `percentile`), minmax, or entropy (the clipping
             threshold of least KL divergence, as TensorRT's entropy calibrator; it clips more, and on the
-            decoder study's model its INT8 drop was 7x percentile's: docs/reference.md).
+            model the README measures its INT8 drop was 7x percentile's).
         num_images: calibration images drawn (seeded) from the train split.
         seed: seed of the image draw.
         allow_few: accept fewer than 32 calibration images.

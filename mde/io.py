@@ -512,7 +512,8 @@ def check_can_write_beside(path: str | Path) -> None:
     except OSError as err:
         raise InputError(f"cannot write here ({err.strerror or err})", above) from None
     os.close(fd)
-    os.unlink(probe)
+    with contextlib.suppress(OSError):  # made but not removable (an append-only folder): harmless, and rare
+        os.unlink(probe)
 
 
 def check_not_under_file(path: str | Path, what: str) -> None:

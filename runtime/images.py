@@ -218,9 +218,10 @@ def read_rgb(path: str | Path, upright: bool = False) -> np.ndarray:
         raise InputError(f"upright must be True or False, got {upright!r}")
     path = as_path(path, "image")
     img = opened = _open_checked(path)
-    low = _low_bytes(img, path)  # before the load: it reads how the file stores its pixels
+    rawmode = _png_rawmode(img)  # before the load, which clears what says it
     _load(img, path)  # first: what follows works on the decoded pixels
     try:
+        low = _low_bytes(img, rawmode, path)
         try:  # Pillow's calls only: what they raise on a damaged file is the file's fault
             if upright:  # a picture given to predict: say so of an animation (a dataset is read every epoch)
                 _say_frames(img, path)
@@ -245,26 +246,41 @@ def read_rgb(path: str | Path, upright: bool = False) -> np.ndarray:
 
 # How Pillow decodes a PNG of 16 bits a channel: to 8 (its high byte), and with the other raw mode, the low byte.
 _COLOUR_16BIT = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
+_HIGH_BYTE_ONLY = "LA;16B"  # 16-bit grey and alpha: no raw mode of Pillow's takes its low bytes
 
 
-def _low_bytes(img: Image.Image, path: Path) -> np.ndarray | None:
-    """A colour PNG of 16 bits a channel, which Pillow reads as 8 (each value's high byte: 12-bit values come out
-    dark, 8-bit ones black): each value's low byte, decoded with the raw mode that takes the other byte of each
-    pair; None for every other image. Where this Pillow cannot, the high bytes alone, said at warning level."""
+def _png_rawmode(img: Image.Image) -> str | None:
+    """How a single-tile PNG stores its pixels (`RGB;16B`: 16 bits a channel, big-endian), read before the load
+    (which clears the tiles); None for any other image. A tile is a named tuple from Pillow 11, a tuple before."""
     tile = img.tile
-    if img.format != "PNG" or len(tile) != 1 or tile[0].args not in _COLOUR_16BIT:
+    if img.format != "PNG" or len(tile) != 1 or len(tile[0]) < 4 or not isinstance(tile[0][3], str):
+        return None
+    return tile[0][3]
+
+
+def _low_bytes(img: Image.Image, rawmode: str | None, path: Path) -> np.ndarray | None:
+    """A colour PNG of 16 bits a channel, which Pillow reads as 8 (each value's high byte: 12-bit values come out
+    dark, 8-bit ones black): each value's low byte, decoded again with the raw mode that takes the other byte of
+    each pair; None for every other image. Called once the file has decoded whole (`_load`). Where this Pillow
+    cannot, the high bytes alone, said at warning level."""
+    if rawmode == _HIGH_BYTE_ONLY:
+        log.warning("%s: a grey and alpha PNG of 16 bits a channel is read from its high bytes only (values below "
+                    "256 come out black); save it as 16-bit grey, or as 8-bit", path)
+        return None
+    if rawmode not in _COLOUR_16BIT:
         return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             other = Image.open(path)
             try:
-                other.tile = [tile[0]._replace(args=_COLOUR_16BIT[tile[0].args])]
+                codec, extents, offset, _ = other.tile[0]
+                other.tile = [(codec, extents, offset, _COLOUR_16BIT[rawmode])]
                 other.load()
                 low = np.array(other)
             finally:
                 other.close()
-    except (*CORRUPT, AttributeError) as err:  # AttributeError: a Pillow whose tiles are no named tuples
+    except (*CORRUPT, AttributeError) as err:
         log.warning("%s: a PNG of 16 bits a channel, read from its high bytes only (%s)", path, err)
         return None
     if low.shape != (img.size[1], img.size[0], len(img.mode)):

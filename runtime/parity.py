@@ -212,7 +212,7 @@ def compare(
                                                                                    data_range)
         art_m = gt_metrics(artifact, gts, max_depth, data_range, masks)
         _gt_deltas(result, art_m, ref_m, tolerance)
-        if masks is not None:
+        if masks is not None and any(m is not None for m in masks):  # no mask at all: no region figures
             result.regions = region_means(art_m)
     return result
 

@@ -397,3 +397,16 @@ def test_the_report_header_shows_settings_as_words(cli, tiny_checkpoint, tiny_ex
                "--report", report).code == 0
     line = next(x for x in report.read_text().splitlines() if x.startswith("- **reference**"))
     assert re.fullmatch(r"- \*\*reference\*\*: rmse [0-9.e-]+, ssim [0-9.e-]+, device cpu", line), line
+
+
+def test_a_dataset_without_masks_has_no_region_figures(cli, tiny_checkpoint, tiny_export, synth_data, tmp_path):
+    """Every region with 0 images and null figures, and a table of dashes, where no image has a mask."""
+    plain = tmp_path / "plain"
+    shutil.copytree(synth_data, plain, ignore=shutil.ignore_patterns("mask"))
+    out, report = tmp_path / "p.json", tmp_path / "p.md"
+    result = cli("parity", tiny_checkpoint, tiny_export / "model.onnx", "--data", plain, "--limit", 2,
+                 "--json", out, "--report", report)
+    assert result.code == 0, result.err
+    saved = json.loads(out.read_text())
+    assert "regions" not in saved and saved["artifacts"][0]["regions"] == {}
+    assert "per region" not in result.out and "Per region" not in report.read_text()

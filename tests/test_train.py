@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from mde.train.augment import (
     FULL_AUGMENT,
@@ -1140,3 +1141,20 @@ def test_a_stop_while_the_samples_are_drawn_still_leaves_them(cli, synth_data, t
     assert result.code == 130, result.err
     assert sorted(p.name for p in run.iterdir()) == [
         "best.pt", "config.json", "curves.png", "last.pt", "metrics.jsonl", "samples.png"]
+
+
+def test_val_masks_without_objects_give_null_not_nan_in_metrics_jsonl(cli, synth_data, tmp_path):
+    """A region no val image shows has NaN figures: metrics.jsonl held a bare NaN (strict parsers refuse it) and
+    the epoch line said "objects rmse nan"."""
+    data = tmp_path / "structure-only"
+    shutil.copytree(synth_data, data)
+    for mask in (data / "val" / "mask").iterdir():
+        values = np.asarray(Image.open(mask))
+        Image.fromarray(np.where(values == 1, 0, values).astype(np.uint8)).save(mask)
+    run = tmp_path / "run"
+    result = cli("train", "--data", data, "--out", run, *TINY, "--epochs", "1")
+    assert result.code == 0, result.err
+    line = (run / "metrics.jsonl").read_text().splitlines()[0]
+    record = json.loads(line, parse_constant=lambda name: pytest.fail(f"bare {name} in metrics.jsonl"))
+    assert record["val_objects_images"] == 0 and record["val_objects_rmse"] is None
+    assert "objects rmse" not in result.err and "val rmse" in result.err

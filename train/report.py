@@ -6,13 +6,14 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mde.errors import InputError
-from mde.io import atomic_path, write_bytes_atomic
+from mde.io import atomic_path, json_text, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +23,9 @@ def summary(record: dict[str, Any]) -> str:
     text = f"loss {record['train_loss']:.4f}  {record['images_per_s']:.1f} img/s"
     if "val_rmse" in record:
         text += f"  val rmse {record['val_rmse']:.3f} ssim {record['val_ssim']:.3f}"
-    if "val_objects_rmse" in record:
-        text += f" objects rmse {record['val_objects_rmse']:.3f}"
+    objects = record.get("val_objects_rmse")
+    if objects is not None and math.isfinite(objects):  # NaN (null in metrics.jsonl): no val image shows one
+        text += f" objects rmse {objects:.3f}"
     return text
 
 
@@ -75,7 +77,7 @@ def read_records(path: Path, upto: int) -> list[dict[str, Any]]:
 
 
 def write_records(path: Path, records: list[dict[str, Any]]) -> None:
-    write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in records).encode())
+    write_bytes_atomic(path, "".join(json_text(r) + "\n" for r in records).encode())  # NaN as null
 
 
 @functools.cache

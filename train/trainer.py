@@ -297,7 +297,7 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
         pairs=DepthPairs(train_set, cfg.image_size, cfg.augment, cfg.seed, scale_crop=cfg.scale_crop,
                          color_jitter=cfg.color_jitter, object_weight=cfg.object_weight),
         data_range=data_range, replaces_a_run=env.is_main and cfg.force and not own_folder,
-        inherited_best=Path(cfg.resume).parent / "best.pt" if resume is not None and not own_folder else None,
+        inherited_best=resolved(cfg.resume).parent / "best.pt" if resume is not None and not own_folder else None,
     )
 
 
