@@ -366,7 +366,7 @@ def test_a_stop_while_the_report_is_written_waits_for_the_whole_set(cli, tiny_ch
 def test_a_write_that_fails_leaves_the_earlier_set_whole(cli, tiny_checkpoint, tiny_export, synth_data, tmp_path,
                                                          monkeypatch):
     """The pictures and the JSON were in place before the report's write failed (a full disk): new pictures
-    and JSON stood beside the earlier run's report."""
+    and JSON stood beside the earlier run's report. (And the report's header writes its settings as words.)"""
     import errno
 
     import mde.runtime.parity_report as parity_report
@@ -375,6 +375,9 @@ def test_a_write_that_fails_leaves_the_earlier_set_whole(cli, tiny_checkpoint, t
     args = ("parity", tiny_checkpoint, tiny_export / "model.onnx", "--data", synth_data, "--json", out_json,
             "--report", report)
     assert cli(*args, "--limit", 2).code == 0
+    # the header writes settings as words: the reference figures were a Python dict `{'rmse': 1.77..., ...}`
+    line = next(x for x in report.read_text().splitlines() if x.startswith("- **reference**"))
+    assert re.fullmatch(r"- \*\*reference\*\*: rmse [0-9.e-]+, ssim [0-9.e-]+, device cpu", line), line
     earlier = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     assert len(earlier) == 3, earlier  # the JSON, the report, one worst-image picture
     (tmp_path / "p.md").write_text("earlier report")
@@ -388,15 +391,6 @@ def test_a_write_that_fails_leaves_the_earlier_set_whole(cli, tiny_checkpoint, t
     result = cli(*args, "--limit", 1)  # other figures than before
     assert result.code == 2 and result.err.strip().endswith("p.md: cannot write (No space left on device)"), result.err
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == earlier  # nothing new, no temporary file
-
-
-def test_the_report_header_shows_settings_as_words(cli, tiny_checkpoint, tiny_export, synth_data, tmp_path):
-    """The reference figures were a Python dict: `{'rmse': 1.77..., 'ssim': ..., 'device': 'cpu'}`."""
-    report = tmp_path / "p.md"
-    assert cli("parity", tiny_checkpoint, tiny_export / "model.onnx", "--data", synth_data, "--limit", 2,
-               "--report", report).code == 0
-    line = next(x for x in report.read_text().splitlines() if x.startswith("- **reference**"))
-    assert re.fullmatch(r"- \*\*reference\*\*: rmse [0-9.e-]+, ssim [0-9.e-]+, device cpu", line), line
 
 
 def test_a_dataset_without_masks_has_no_region_figures(cli, tiny_checkpoint, tiny_export, synth_data, tmp_path):

@@ -992,8 +992,10 @@ def test_ddp_a_rank_that_dies_leaves_no_run_folder(tmp_path, synth_data):
     assert not run.exists(), sorted(p.name for p in run.iterdir())
 
 
-def test_resume_into_another_folder_keeps_the_history_and_names_the_real_best(cli, synth_data, tmp_path):
-    """The resumed run's earlier epochs come along, and the best checkpoint named is one that exists."""
+def test_resume_into_another_folder_keeps_the_history_and_the_best_pt_its_records_name(cli, synth_data, tmp_path):
+    """The resumed run's earlier epochs come along, and the best checkpoint named is one that exists. Where no
+    new epoch beat the resumed run's best, the new folder had no best.pt, though its --json named that epoch as
+    the best (and the run folder promises one): it gets that run's best.pt, where that file is the best epoch."""
     run, out = tmp_path / "first", tmp_path / "more"
     assert cli("train", "--data", synth_data, "--out", run, *TINY, "--epochs", "1", "--schedule", "cyclic").code == 0
     result = cli("train", "--resume", run / "last.pt", "--data", synth_data, "--out", out, "--epochs", "2")
@@ -1005,25 +1007,20 @@ def test_resume_into_another_folder_keeps_the_history_and_names_the_real_best(cl
     assert result.out.strip().endswith(f"-> {out / 'best.pt'}") and torch.load(
         out / "best.pt", weights_only=True)["epoch"] == best["epoch"]
 
-
-def test_a_run_resumed_into_another_folder_gets_the_best_pt_its_records_name(cli, synth_data, tmp_path):
-    """Where no new epoch beat the resumed run's best, the new folder had no best.pt, though its --json named
-    that epoch as the best (and the run folder promises one)."""
-    run, out = tmp_path / "first", tmp_path / "more"
-    assert cli("train", "--data", synth_data, "--out", run, *TINY, "--epochs", "1", "--schedule", "cyclic").code == 0
     state = torch.load(run / "last.pt", weights_only=True)  # a first epoch no later one can beat
     state["best_rmse"] = state["records"][0]["val_rmse"] = 1e-3
     torch.save(state, run / "last.pt")
-    result = cli("train", "--resume", run / "last.pt", "--data", synth_data, "--out", out, "--epochs", "2", "--json")
+    result = cli("train", "--resume", run / "last.pt", "--data", synth_data, "--out", tmp_path / "again",
+                 "--epochs", "2", "--json")
     assert result.code == 0, result.err
     assert json.loads(result.out)["best"]["epoch"] == 1
-    assert (out / "best.pt").read_bytes() == (run / "best.pt").read_bytes()
-    shutil.rmtree(out)  # a resumed run's best.pt that is not its best epoch: not copied, and said
-    best = torch.load(run / "best.pt", weights_only=True)
+    assert (tmp_path / "again" / "best.pt").read_bytes() == (run / "best.pt").read_bytes()
+    best = torch.load(run / "best.pt", weights_only=True)  # one that is not the best epoch: not copied, and said
     best["epoch"] = 7
     torch.save(best, run / "best.pt")
-    result = cli("train", "--resume", run / "last.pt", "--data", synth_data, "--out", out, "--epochs", "2")
-    assert result.code == 0 and not (out / "best.pt").exists(), result.err
+    result = cli("train", "--resume", run / "last.pt", "--data", synth_data, "--out", tmp_path / "third",
+                 "--epochs", "2")
+    assert result.code == 0 and not (tmp_path / "third" / "best.pt").exists(), result.err
     assert f"note: {run / 'best.pt'} is not the resumed run's best epoch (1)" in result.err
 
 
