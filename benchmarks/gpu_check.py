@@ -163,33 +163,34 @@ def check(ck: Check, selected: set[str], total_s: float, argv: list[str]) -> int
                               "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                               "device": ck.device, "profile": asdict(ck.profile), "budget_s": total_s,
                               "files": FILES, "sections": results}
-    started = time.perf_counter()
-    for name in SECTIONS:
-        remaining = deadline - time.monotonic()
-        why = ("not selected (--only)" if name not in selected else _requirement(ck, name, results)
-               or ("the total time budget is spent" if remaining < 5 else None))
-        if why:
-            results[name] = {"status": "skipped", "reason": why, "seconds": 0.0}
-        else:
-            scale = total_s / ck.profile.total_s  # --budget above the default gives every section more
-            section_started = time.perf_counter()
-            try:
+    started = section_started = time.perf_counter()
+    name = SECTIONS[0]
+    try:
+        for name in SECTIONS:
+            remaining = deadline - time.monotonic()
+            why = ("not selected (--only)" if name not in selected else _requirement(ck, name, results)
+                   or ("the total time budget is spent" if remaining < 5 else None))
+            if why:
+                results[name] = {"status": "skipped", "reason": why, "seconds": 0.0}
+            else:
+                scale = total_s / ck.profile.total_s  # --budget above the default gives every section more
+                section_started, ck.partial = time.perf_counter(), {}
                 results[name] = run_section(ck, name, min(ck.profile.budgets[name] * max(scale, 1.0), remaining))
-            except KeyboardInterrupt as err:  # the reports say so: a reader of `problems` would see a clean run
-                how = err.reason if isinstance(err, Stopped) else "interrupted (Ctrl-C)"
-                results[name] = {"status": "error", "reason": how, **ck.partial,
-                                 "seconds": round(time.perf_counter() - section_started, 1)}
-                for later in SECTIONS[SECTIONS.index(name) + 1:]:
-                    results[later] = {"status": "skipped", "reason": "not run: the check was interrupted",
-                                      "seconds": 0.0}
-                report.update(summarize(ck, results), total_s=round(time.perf_counter() - started, 1),
-                              exit_code=err.exit_code if isinstance(err, Stopped) else 130)
-                write_reports(ck, report)
-                raise
-        r = results[name]
-        print(f"gpu_check: {name:16s} {r['status']:8s} {r['seconds']:6.1f} s  {r['reason']}", flush=True)
-        report.update(summarize(ck, results), total_s=round(time.perf_counter() - started, 1))
+            r = results[name]
+            print(f"gpu_check: {name:16s} {r['status']:8s} {r['seconds']:6.1f} s  {r['reason']}", flush=True)
+            report.update(summarize(ck, results), total_s=round(time.perf_counter() - started, 1))
+            write_reports(ck, report)
+    except KeyboardInterrupt as err:  # the reports say so: a reader of `problems` would see a clean run
+        if name not in results:  # stopped in the section; else between sections, writing the reports
+            how = err.reason if isinstance(err, Stopped) else "interrupted (Ctrl-C)"
+            results[name] = {"status": "error", "reason": how, **ck.partial,
+                             "seconds": round(time.perf_counter() - section_started, 1)}
+        for later in SECTIONS[SECTIONS.index(name) + 1:]:
+            results[later] = {"status": "skipped", "reason": "not run: the check was interrupted", "seconds": 0.0}
+        report.update(summarize(ck, results), total_s=round(time.perf_counter() - started, 1),
+                      exit_code=err.exit_code if isinstance(err, Stopped) else 130)
         write_reports(ck, report)
+        raise
     code = 1 if report["problems"] else 0
     report["exit_code"] = code
     write_reports(ck, report)
