@@ -116,8 +116,9 @@ def _status(result: dict[str, Any]) -> tuple[str, str]:
 
 
 def run_section(ck: Check, name: str, budget: float) -> dict[str, Any]:
-    """One section under its time limit; never raises (except KeyboardInterrupt)."""
-    started, ck.partial = time.perf_counter(), {}
+    """One section under its time limit; never raises (except KeyboardInterrupt). The caller empties
+    `ck.partial` first (`check` does, so that a stop before this call reports nothing of the section before)."""
+    started = time.perf_counter()
     try:
         with time_limit(budget):
             result = RUNNERS[name](ck, budget) if name == "tests" else RUNNERS[name](ck)
@@ -180,6 +181,8 @@ def check(ck: Check, selected: set[str], total_s: float, argv: list[str]) -> int
             print(f"gpu_check: {name:16s} {r['status']:8s} {r['seconds']:6.1f} s  {r['reason']}", flush=True)
             report.update(summarize(ck, results), total_s=round(time.perf_counter() - started, 1))
             write_reports(ck, report)
+        report["exit_code"] = 1 if report["problems"] else 0
+        write_reports(ck, report)  # inside: a stop while the final reports are written is recorded too
     except KeyboardInterrupt as err:  # the reports say so: a reader of `problems` would see a clean run
         if name not in results:  # stopped in the section; else between sections, writing the reports
             how = err.reason if isinstance(err, Stopped) else "interrupted (Ctrl-C)"
@@ -191,9 +194,6 @@ def check(ck: Check, selected: set[str], total_s: float, argv: list[str]) -> int
                       exit_code=err.exit_code if isinstance(err, Stopped) else 130)
         write_reports(ck, report)
         raise
-    code = 1 if report["problems"] else 0
-    report["exit_code"] = code
-    write_reports(ck, report)
     found = ", ".join(f"{k} {'found' if v else 'not found'}" for k, v in report["found"].items())
     ran = ", ".join(f"{k} {'ran' if v else 'did not run'}" for k, v in report["ran"].items())
     print(f"gpu_check: {found}; {ran}")
@@ -201,7 +201,7 @@ def check(ck: Check, selected: set[str], total_s: float, argv: list[str]) -> int
         print(f"gpu_check: skipped {name}: {reason}")
     written = [str(ck.out / f) for f in FILES.values() if (ck.out / f).is_file()]
     print(f"gpu_check: {report['total_s']:.0f} s; wrote {', '.join(written)}")
-    return code
+    return report["exit_code"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -377,6 +377,27 @@ def test_sigterm_is_written_in_the_reports_and_exits_143(gpu_check, monkeypatch,
     assert "stopped by SIGTERM" in capsys.readouterr().err
 
 
+def test_a_stop_while_the_final_reports_are_written_is_recorded(gpu_check, monkeypatch, tmp_path):
+    """The last write (the one with the exit code) was outside the stop handling: a stop there left the
+    previous report, with no exit code."""
+    gc, gs = gpu_check
+    for name, fake in _fakes(gs, []).items():
+        monkeypatch.setitem(gs.RUNNERS, name, fake)
+    write = gc.write_reports
+
+    def stopped_at_the_final_write(ck, report):
+        if "exit_code" in report and not report.get("stopped_once"):
+            report["stopped_once"] = True
+            raise gc.Stopped
+        write(ck, report)
+
+    monkeypatch.setattr(gc, "write_reports", stopped_at_the_final_write)
+    with pytest.raises(gc.Stopped):
+        gc.check(gs.Check("cpu", gs.PROFILES["cpu"], tmp_path, tmp_path, None), {"environment"}, 600, [])
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["exit_code"] == 143 and report["sections"]["environment"]["status"] == "ok", report
+
+
 def test_a_real_sigterm_mid_check_leaves_reports_naming_the_stopped_section(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "--out", str(out), "--device", "cpu", "--only", "model"],
