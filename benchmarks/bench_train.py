@@ -15,6 +15,9 @@
     epochs and seed), then one per-region table (whole image, objects, structure: RMSE / AbsRel /
     delta1) of every variant and of the per-pixel mean map, with ratios to the first variant.
     Runs are kept in --runs and reused.
+(6) decoder_speed: per decoder, ONNX Runtime CPU latency (resnet50, 224 px) and training images/s
+    (resnet18, 96 px) on the CPU, and with a CUDA GPU training images/s there too (autocast, synthetic
+    batches: resnet18 96 px batch 16, resnet50 224 px batch 64).
 """
 
 from __future__ import annotations
@@ -193,14 +196,16 @@ def throughput(data: Path, quick: bool, batch: int = 16, size: int = 128) -> dic
             "train_to_gemm_ratio": round(flops / step_s / gemm, 3)}
 
 
-def _cuda_images_per_s(amp: bool, dtype, batch: int, size: int, steps: int) -> float:
-    """resnet50 training images/s on CUDA, FP32 or autocast(`dtype`) + channels_last."""
+def _cuda_images_per_s(amp: bool, dtype, batch: int, size: int, steps: int, backbone: str = "resnet50",
+                       decoder: str = "report") -> float:
+    """Training images/s on CUDA (resnet50 and the report decoder unless named), FP32 or autocast(`dtype`)
+    + channels_last."""
     import torch
 
     from mde.train.losses import masked_loss
     from mde.train.model import ModelArgs, build_model
 
-    model = build_model(ModelArgs("resnet50", size, 20.0)).cuda()
+    model = build_model(ModelArgs(backbone, size, 20.0, decoder)).cuda()
     x = torch.rand(batch, 3, size, size, device="cuda")
     y = torch.rand(batch, 1, size, size, device="cuda") * 20
     if amp:
@@ -416,7 +421,8 @@ def decoders(data: Path, quick: bool, runs: Path | None = None,
 
 def decoder_speed(quick: bool = False, decoders: tuple[str, ...] = ("report", "unet")) -> dict:
     """Per decoder: ONNX Runtime CPU latency of the exported FP32 resnet50 at 224 px (batch 1) and
-    training images/s of resnet18 at 96 px (batch 16), measured in turns so load changes hit both."""
+    training images/s of resnet18 at 96 px (batch 16), measured in turns so load changes hit both; with a
+    CUDA GPU, also each decoder's training images/s there (`cuda_decoder_speed`)."""
     import torch
     from bench_runtime import time_calls
 
@@ -461,6 +467,34 @@ def decoder_speed(quick: bool = False, decoders: tuple[str, ...] = ("report", "u
         out[f"{name}_vs_{decoders[0]}"] = {
             "latency_ratio": round(out[name]["ort_latency_ms_median"] / out[decoders[0]]["ort_latency_ms_median"], 3),
             "train_speed_ratio": round(out[name]["train_images_per_s"] / out[decoders[0]]["train_images_per_s"], 3)}
+    if torch.cuda.is_available():
+        out["cuda"] = cuda_decoder_speed(quick, decoders)
+    return out
+
+
+# (backbone, image size, batch): the quality benchmark's network, and the product's default at 224 px
+CUDA_TRAIN_SHAPES = (("resnet18", 96, 16), ("resnet50", 224, 64))
+
+
+def cuda_decoder_speed(quick: bool, decoders: tuple[str, ...]) -> dict:
+    """On CUDA: training images/s of each decoder (bf16/fp16 autocast + channels_last, synthetic batches, so
+    no data loading), in turns, median of the rounds; ratios to the first decoder."""
+    import torch
+
+    torch.backends.cudnn.benchmark = True
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    rounds, steps = (1, 3) if quick else (3, 20)
+    out: dict = {"device": torch.cuda.get_device_name(), "amp_dtype": str(dtype), "rounds": rounds, "steps": steps}
+    for backbone, size, batch in CUDA_TRAIN_SHAPES:
+        rates = {name: [] for name in decoders}
+        for _ in range(rounds):
+            for name in decoders:
+                rates[name].append(_cuda_images_per_s(True, dtype, batch, size, steps, backbone, name))
+        key = f"{backbone}_{size}px_batch{batch}"
+        median = {name: float(np.median(r)) for name, r in rates.items()}
+        out[key] = {name: {"train_images_per_s": round(m, 1)} for name, m in median.items()}
+        for name in decoders[1:]:
+            out[key][f"{name}_vs_{decoders[0]}"] = round(median[name] / median[decoders[0]], 3)
     return out
 
 

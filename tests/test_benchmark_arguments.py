@@ -165,3 +165,26 @@ def test_bench_runtime_refuses_a_model_exported_from_another_checkpoint(tmp_path
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 2, done.stderr
     assert "model.onnx: exported from another model" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_cuda_decoder_speed_measures_each_decoder_in_turns_and_gives_ratios(monkeypatch):
+    """bench_train's GPU training-speed comparison of the decoders (its CUDA half runs in tests/test_cuda.py)."""
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, str(BENCHMARKS))
+    import bench_train
+
+    calls = []
+
+    def fake_rate(amp, dtype, batch, size, steps, backbone, decoder):
+        calls.append((backbone, decoder))
+        return {"report": 100.0, "unet": 80.0}[decoder] * (2 if backbone == "resnet18" else 1)
+
+    monkeypatch.setattr(bench_train, "_cuda_images_per_s", fake_rate)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "fake GPU")
+    out = bench_train.cuda_decoder_speed(False, ("report", "unet"))
+    assert calls[:4] == [("resnet18", "report"), ("resnet18", "unet")] * 2  # in turns: load changes hit both
+    assert out["resnet18_96px_batch16"] == {"report": {"train_images_per_s": 200.0},
+                                            "unet": {"train_images_per_s": 160.0}, "unet_vs_report": 0.8}
+    assert out["resnet50_224px_batch64"]["unet_vs_report"] == 0.8 and out["device"] == "fake GPU"
+    assert len(calls) == 2 * len(bench_train.CUDA_TRAIN_SHAPES) * out["rounds"]

@@ -41,3 +41,17 @@ def test_cuda_inference_matches_cpu(tiny_checkpoint, synth_data):
         scores[device] = evaluate_model(model, val, 64, model.args.max_depth, device,
                                         data_range=dataset_max_depth(synth_data))
     assert scores["cuda"]["rmse"] == pytest.approx(scores["cpu"]["rmse"], abs=1e-3)
+
+
+def test_decoder_training_speed_on_cuda():
+    """bench_train.cuda_decoder_speed runs both decoders' training steps on the GPU."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_train
+
+    out = bench_train.cuda_decoder_speed(True, ("report", "unet"))
+    for backbone, size, batch in bench_train.CUDA_TRAIN_SHAPES:
+        rates = out[f"{backbone}_{size}px_batch{batch}"]
+        assert rates["report"]["train_images_per_s"] > 0 and rates["unet_vs_report"] > 0
