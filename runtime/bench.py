@@ -107,7 +107,7 @@ def _models(cfg: BenchConfig) -> list[tuple[Path, BenchConfig]]:
     (PyTorch eager through the torch runner, same pipeline)."""
     models = [(Path(p), cfg) for p in cfg.artifacts]
     if cfg.torch_checkpoint is not None:
-        models.append((Path(cfg.torch_checkpoint), replace(cfg, backend="torch")))
+        models.append((Path(cfg.torch_checkpoint), replace(cfg, backend="torch", providers=None)))
     return models
 
 
@@ -180,6 +180,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Benchmark every artifact (and the checkpoint) in one process; return one JSON-able dict."""
     if not cfg.artifacts and cfg.torch_checkpoint is None:
         raise InputError("nothing to benchmark: give artifacts and/or --torch CKPT")
+    if cfg.providers is not None and not cfg.artifacts:  # --torch alone: PyTorch on the CPU would ignore them
+        raise InputError("--providers names ONNX Runtime execution providers, for .onnx models; --torch runs "
+                         "the checkpoint in PyTorch, which takes none", cfg.torch_checkpoint)
     for name, value, low, high in (
         ("--batch", cfg.batch, 1, None),  # the model's own limit is checked when it opens
         ("--iterations", cfg.iterations, 1, MAX_RUNS),

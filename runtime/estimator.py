@@ -86,7 +86,8 @@ class DepthEstimator:
         Args:
             path: the artifact.
             backend: "auto" (from the suffix), "onnxruntime" or "tensorrt".
-            providers: ONNX Runtime providers (None: chosen for this machine).
+            providers: ONNX Runtime providers (None: chosen for this machine); refused for another backend,
+                which would run where it runs and ignore them.
             threads: ONNX Runtime intra-op threads (0: its default).
             options: `native_resolution`, `batch_size` for the estimator; the rest go to the runner.
         """
@@ -98,6 +99,9 @@ class DepthEstimator:
             runner_opts["threads"] = threads
         runner = open_runner(path, backend, **runner_opts)
         try:
+            if providers is not None and runner.name != "onnxruntime":  # else a silent run somewhere else
+                raise InputError(f"--providers names ONNX Runtime execution providers, for .onnx models; this file "
+                                 f"runs on the {runner.name} backend, which takes none", path)
             return cls(runner, **est_opts)
         except BaseException:  # a refused option: do not leave the session (or a GPU context) behind
             runner.deactivate()

@@ -388,15 +388,16 @@ def test_tensorrt_runner_never_frees_a_buffer_twice(fake_gpu, monkeypatch):
 def test_tensorrt_runner_without_driver_says_what_is_missing(fake_gpu):
     engine, _ = fake_gpu(driver=False)
     with pytest.raises(BackendError, match="TensorRT needs a CUDA GPU: no NVIDIA driver, or one older than the "
-                       r"CUDA 13\.0 runtime inside cuda-python .*cudaErrorInsufficientDriver, CUDA error 35"):
+                       r"CUDA 13\.0 runtime inside cuda-python .*cudaErrorInsufficientDriver, CUDA error 35") as err:
         open_runner(engine)
+    assert err.value.path == Path(engine)  # the message names the engine, as every refusal does
 
 
 def test_tensorrt_runner_missing_device_is_backend_error(fake_gpu):
     engine, cudart = fake_gpu(devices=1)
-    with pytest.raises(BackendError, match="no CUDA GPU 1 on this machine"):
+    with pytest.raises(BackendError, match="no CUDA GPU 1 on this machine") as err:
         open_runner(engine, device=1)
-    assert cudart.log == []
+    assert cudart.log == [] and err.value.path == Path(engine)
 
 
 def test_tensorrt_runner_unmappable_dtype_is_model_error_and_releases(fake_gpu):

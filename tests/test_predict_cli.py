@@ -163,6 +163,22 @@ def test_predict_bad_paths_exit_2(cli, onnx_path, images, tmp_path, model, input
     assert not (tmp_path / "out").exists()  # nothing opened, no folder made
 
 
+def test_providers_for_a_checkpoint_are_refused_not_ignored(cli, tiny_checkpoint, onnx_path, images, tmp_path):
+    """PyTorch ran the checkpoint on the CPU, exit 0, though --providers asked for CUDA (the help promises "never a
+    silent CPU run")."""
+    cuda = ("--providers", "CUDAExecutionProvider")
+    result = cli("predict", tiny_checkpoint, images / "a.png", "--out", tmp_path / "out", *cuda)
+    assert result.code == 2 and "runs on the torch backend, which takes none" in result.err, result.err
+    assert str(tiny_checkpoint) in result.err and not (tmp_path / "out").exists()
+    result = cli("bench", "--torch", tiny_checkpoint, "--iterations", "1", *cuda)
+    assert result.code == 2 and "--torch runs the checkpoint in PyTorch, which takes none" in result.err, result.err
+    # beside an ONNX model they are its providers, and the checkpoint keeps running in PyTorch
+    result = cli("bench", onnx_path, "--torch", tiny_checkpoint, "--iterations", "1", "--warmup", "0",
+                 "--providers", "CPUExecutionProvider", "--json")
+    assert result.code == 0, result.err
+    assert [r["backend"] for r in json.loads(result.out)["results"]] == ["onnxruntime", "torch"]
+
+
 def test_predict_refuses_an_output_that_is_a_folder_or_a_pipe_before_predicting(cli, onnx_path, images, tmp_path):
     import os
 

@@ -293,9 +293,9 @@ class TensorRTRunner(Runner):
         self.metadata = sidecar_metadata(self.sidecar, sidecar_path(self.path))
         try:
             trt, cudart = import_tensorrt(), import_cudart()
+            gpu_name, cc = gpu_info(cudart, self.device)
         except BackendError as err:  # name the engine the user asked to run
             raise BackendError(str(err), self.path) from None
-        gpu_name, cc = gpu_info(cudart, self.device)
         check_sidecar(self.sidecar, trt.__version__, cc, gpu_name, self.path)
         self._cudart = cudart
         try:
