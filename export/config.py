@@ -194,7 +194,7 @@ def validate(cfg: ExportConfig) -> None:
             check_outside_splits(cfg.out, data)
     if not 1 <= cfg.min_batch <= cfg.opt_batch <= cfg.max_batch:
         raise InputError(
-            f"batch profile must satisfy 1 <= min <= opt <= max, got "
+            f"--min-batch/--opt-batch/--max-batch must satisfy 1 <= min <= opt <= max, got "
             f"{cfg.min_batch}/{cfg.opt_batch}/{cfg.max_batch}"
         )
     if cfg.engine:

@@ -284,8 +284,13 @@ BAD = [
     ("out-is-file", ["{ckpt}", "--out", "{file}"], "notes.txt"),
     (
         "bad-profile",
-        ["{ckpt}", "--out", "{out}", "--min-batch", "4", "--max-batch", "2"],
-        "batch profile",
+        ["{ckpt}", "--out", "{out}", "--engine", "--min-batch", "4", "--max-batch", "2"],
+        "--min-batch/--opt-batch/--max-batch must satisfy 1 <= min <= opt <= max, got 4/1/2",
+    ),
+    (  # a profile for no engine: it was accepted and shaped nothing
+        "engine-options-without-engine",
+        ["{ckpt}", "--out", "{out}", "--max-batch", "2", "--timing-cache", "{out}/t.cache"],
+        "--max-batch, --timing-cache shape the TensorRT engine; add --engine (or drop them)",
     ),
 ]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from mde.commands.options import DEPTH_SCALE_HELP, depth_scale_option, print_json
+from mde.commands.options import DEPTH_SCALE_HELP, depth_scale_option, given_options, print_json
 from mde.export.config import MAX_OPSET, MIN_OPSET, ExportConfig
 from mde.io import claim_output
 
@@ -23,7 +23,22 @@ def _engine_option(field: str, help: str):  # noqa: A002 - typer's name
                         rich_help_panel="TensorRT engine")
 
 
+ENGINE_OPTIONS = ("min_batch", "opt_batch", "max_batch", "min_size", "max_size", "workspace_mib", "timing_cache")
+
+
+def refuse_unused_engine_options(ctx: typer.Context, engine: bool) -> None:
+    """TensorRT profile options given without --engine would shape nothing: say so rather than ignore them."""
+    from mde.errors import InputError
+
+    given = [name for name in ENGINE_OPTIONS if name in given_options(ctx, ENGINE_OPTIONS)]
+    if given and not engine:
+        names = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise InputError(f"{names} shape{'s' if len(given) == 1 else ''} the TensorRT engine; add --engine "
+                         f"(or drop {'it' if len(given) == 1 else 'them'})")
+
+
 def export(
+    ctx: typer.Context,
     checkpoint: Path = typer.Argument(..., help="Training checkpoint (.pt), e.g. RUN/best.pt."),
     out: Path = typer.Option(..., "--out", "-o", help="Export folder."),
     precision: list[str] = typer.Option(
@@ -82,6 +97,7 @@ def export(
     is checked against PyTorch and written only when all pass."""
     from mde.export.exporter import export_checkpoint
 
+    refuse_unused_engine_options(ctx, engine)
     cfg = ExportConfig(
         checkpoint=checkpoint,
         out=out,
@@ -109,16 +125,17 @@ def export(
     if as_json:
         print_json({"artifacts": [a.to_dict() for a in artifacts]}, sort_keys=True)
         return
+    width = max((len(str(a.path)) for a in artifacts), default=0)
     for a in artifacts:
         err = (
             (
                 f"p99 |diff| {a.p99_abs_diff:.3g} m = {a.p99_over_range:.2e} of range "
-                f"(max {a.max_abs_diff:.3g} m, tolerance {a.tolerance:g})"
+                f"(tolerance {a.tolerance:g} of range; max {a.max_abs_diff:.3g} m)"
             )
             if a.p99_abs_diff is not None
             else ""
         )
-        typer.echo(f"{a.path}  {a.precision:<4}  {a.size_bytes / 2**20:8.1f} MiB  {err}")
+        typer.echo(f"{str(a.path):<{width}}  {a.precision:<4}  {a.size_bytes / 2**20:8.1f} MiB  {err}".rstrip())
 
 
 def register(app: typer.Typer) -> None:

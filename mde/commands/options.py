@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import typer
@@ -53,6 +53,14 @@ DEPTH_SCALE_HELP = "16-bit depth PNG units per metre (default: 1000, millimetres
 def depth_scale_option(default: float | None = None, help_: str = DEPTH_SCALE_HELP) -> Any:
     """`--depth-scale`: how the dataset's 16-bit depth PNGs encode metres (None: the dataset format's own)."""
     return typer.Option(default, "--depth-scale", help=help_, show_default=False)
+
+
+USER_SOURCES = ("COMMANDLINE", "ENVIRONMENT", "PROMPT")  # click's ParameterSource names; not DEFAULT(_MAP)
+
+
+def given_options(ctx: typer.Context, names: Iterable[str]) -> set[str]:
+    """The options set on the command line or through the environment, even to their default value."""
+    return {name for name in names if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") in USER_SOURCES}
 
 
 def providers_option() -> Any:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable
 from pathlib import Path
 
 import typer
 
-from mde.commands.options import depth_scale_option, print_json
+from mde.commands.options import depth_scale_option, given_options, print_json
 from mde.errors import InputError
 from mde.io import claim_output
 from mde.train.config import (
@@ -23,7 +22,6 @@ from mde.train.config import (
 )
 
 D = TrainConfig()
-USER_SOURCES = ("COMMANDLINE", "ENVIRONMENT", "PROMPT")  # click's ParameterSource names; not DEFAULT(_MAP)
 
 
 def train_command(
@@ -125,11 +123,6 @@ def train_command(
             f"best epoch {best.get('epoch')}: rmse {best.get('rmse', float('nan')):.4f} "
             f"ssim {best.get('ssim', float('nan')):.4f} -> {best_pt}"
         )
-
-
-def given_options(ctx: typer.Context, names: Iterable[str]) -> set[str]:
-    """The options set on the command line or through the environment, even to their default value."""
-    return {name for name in names if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") in USER_SOURCES}
 
 
 def register(app: typer.Typer) -> None:
