@@ -5,10 +5,15 @@ Heavy fixtures are session-scoped: built once and shared by every test that need
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pickle
+import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,17 +88,45 @@ def cli(capsys, monkeypatch):
     return run
 
 
+def _built_once(tmp_path_factory, name: str, build: Callable[[Path], Any]) -> Any:
+    """`build(folder)`'s result, built once per test run: under pytest-xdist every worker would build the same
+    session fixture again (minutes of CPU on two cores), so the first builds it in the folder the workers share,
+    under a lock, and the others load what it returned."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return build(tmp_path_factory.mktemp(name))
+    root = tmp_path_factory.getbasetemp().parent / "shared"
+    root.mkdir(exist_ok=True)
+    folder, done = root / name, root / f"{name}.pickle"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.is_file():
+            return pickle.loads(done.read_bytes())
+        shutil.rmtree(folder, ignore_errors=True)  # a worker that failed half-way
+        folder.mkdir()
+        value = build(folder)
+        done.write_bytes(pickle.dumps(value))
+        return value
+
+
+@pytest.fixture(scope="session")
+def built_once(tmp_path_factory) -> Callable[[str, Callable[[Path], Any]], Any]:
+    """`built_once(name, build)`: `_built_once` for a test module's own heavy fixture."""
+    return lambda name, build: _built_once(tmp_path_factory, name, build)
+
+
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory) -> Path:
     """A tiny procedural dataset: 24 train + 8 val pairs at 64x64."""
     from mde.data.synth import synthesize
 
-    out = tmp_path_factory.mktemp("synth") / "data"
-    synthesize(out, train=24, val=8, size=TINY_SIZE, seed=0, progress=False)
-    return out
+    def build(folder: Path) -> Path:
+        synthesize(folder / "data", train=24, val=8, size=TINY_SIZE, seed=0, progress=False)
+        return folder / "data"
+
+    return _built_once(tmp_path_factory, "synth", build)
 
 
-def _tiny_checkpoint(tmp_path_factory, synth_data: Path, decoder: str) -> Path:
+def _tiny_checkpoint(folder: Path, synth_data: Path, decoder: str) -> Path:
     """A resnet18 64x64 checkpoint: random weights, BatchNorm statistics from the synthetic images."""
     from mde.runtime.images import list_images, read_rgb
     from mde.runtime.preprocess import preprocess
@@ -102,25 +135,26 @@ def _tiny_checkpoint(tmp_path_factory, synth_data: Path, decoder: str) -> Path:
 
     args = ModelArgs(backbone=TINY_BACKBONE, image_size=TINY_SIZE, max_depth=20.0, decoder=decoder)
     images = [read_rgb(p) for p in list_images(synth_data / "train" / "rgb")]
-    path = tmp_path_factory.mktemp("ckpt") / f"tiny-{decoder}.pt"
+    path = folder / f"tiny-{decoder}.pt"
     save_untrained(path, args, preprocess(images, (TINY_SIZE, TINY_SIZE)),
                    config={"backbone": TINY_BACKBONE, "image_size": TINY_SIZE, "decoder": decoder})
     return path
 
 
-def _tiny_export(tmp_path_factory, checkpoint: Path) -> Path:
+def _tiny_export(folder: Path, checkpoint: Path) -> Path:
     from mde.export.exporter import ExportConfig, export_checkpoint
 
-    out = tmp_path_factory.mktemp("export")
+    out = folder / "export"
     export_checkpoint(ExportConfig(checkpoint=checkpoint, out=out, precisions=("fp32", "fp16")))
     return out
 
 
-def _tiny_int8(tmp_path_factory, export: Path, synth_data: Path):
+def _tiny_int8(folder: Path, export: Path, synth_data: Path):
     from mde.calibration.calibrate import calibrate
     from mde.calibration.config import CalibrationConfig
 
-    out = tmp_path_factory.mktemp("int8") / "model.int8.onnx"
+    out = folder / "int8" / "model.int8.onnx"
+    out.parent.mkdir()
     report = calibrate(CalibrationConfig(
         model=export / "model.onnx", data=synth_data, out=out, num_images=12,
         holdout_images=6, allow_few=True, max_float_nodes=0, progress=False,
@@ -131,13 +165,13 @@ def _tiny_int8(tmp_path_factory, export: Path, synth_data: Path):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, synth_data) -> Path:
     """The tiny resnet18 64x64 checkpoint with the report's decoder (`_tiny_checkpoint`)."""
-    return _tiny_checkpoint(tmp_path_factory, synth_data, "report")
+    return _built_once(tmp_path_factory, "ckpt", lambda folder: _tiny_checkpoint(folder, synth_data, "report"))
 
 
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory, tiny_checkpoint) -> Path:
     """`model.onnx` and `model.fp16.onnx` (plus golden.npz) exported from the tiny checkpoint."""
-    return _tiny_export(tmp_path_factory, tiny_checkpoint)
+    return _built_once(tmp_path_factory, "export", lambda folder: _tiny_export(folder, tiny_checkpoint))
 
 
 @pytest.fixture
@@ -155,7 +189,7 @@ def tiny_int8(tmp_path_factory, tiny_export, synth_data):
 
     Shared by the calibration and parity tests (added by the calibration helper).
     """
-    return _tiny_int8(tmp_path_factory, tiny_export, synth_data)
+    return _built_once(tmp_path_factory, "int8", lambda folder: _tiny_int8(folder, tiny_export, synth_data))
 
 
 @dataclass
@@ -171,9 +205,12 @@ class TinyModel:
 @pytest.fixture(scope="session")
 def tiny_unet(tmp_path_factory, synth_data) -> TinyModel:
     """The tiny model with the skip-connection decoder, exported and calibrated like the report one."""
-    checkpoint = _tiny_checkpoint(tmp_path_factory, synth_data, "unet")
-    export = _tiny_export(tmp_path_factory, checkpoint)
-    return TinyModel("unet", checkpoint, export, _tiny_int8(tmp_path_factory, export, synth_data)[0])
+    def build(folder: Path) -> TinyModel:
+        checkpoint = _tiny_checkpoint(folder, synth_data, "unet")
+        export = _tiny_export(folder, checkpoint)
+        return TinyModel("unet", checkpoint, export, _tiny_int8(folder, export, synth_data)[0])
+
+    return _built_once(tmp_path_factory, "unet", build)
 
 
 @pytest.fixture(scope="session", params=["report", "unet"])

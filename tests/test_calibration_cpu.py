@@ -13,17 +13,19 @@ onnx = pytest.importorskip("onnx")
 
 
 @pytest.fixture(scope="module")
-def cpu_int8(tmp_path_factory, tiny_export, synth_data):
+def cpu_int8(built_once, tiny_export, synth_data):
     """`model.int8.cpu.onnx` calibrated from the tiny export for ONNX Runtime's CPU provider, and its report."""
     from mde.calibration.calibrate import calibrate
     from mde.calibration.config import CalibrationConfig
 
-    out = tmp_path_factory.mktemp("int8cpu") / "model.int8.cpu.onnx"
-    report = calibrate(CalibrationConfig(
-        model=tiny_export / "model.onnx", data=synth_data, out=out, target="cpu", num_images=12,
-        holdout_images=6, allow_few=True, max_float_nodes=0, progress=False,
-    ))
-    return out, report
+    def build(folder):
+        out = folder / "model.int8.cpu.onnx"
+        return out, calibrate(CalibrationConfig(
+            model=tiny_export / "model.onnx", data=synth_data, out=out, target="cpu", num_images=12,
+            holdout_images=6, allow_few=True, max_float_nodes=0, progress=False,
+        ))
+
+    return built_once("int8cpu", build)
 
 
 def _ops(model) -> dict[str, int]:

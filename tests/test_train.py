@@ -337,14 +337,16 @@ def test_default_augmentation_is_flips_only_and_the_rest_can_be_turned_on(synth_
 
 # -- a tiny run ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, synth_data):
+def tiny_run(built_once, synth_data):
     from mde.train.trainer import train
 
-    out = tmp_path_factory.mktemp("run") / "run"
+    def build(folder):
+        # every transform on, so the exact-resume test covers their random draws too
+        return folder / "run", train(tiny_config(synth_data, folder / "run", epochs=2, checkpoint_every=0,
+                                                 scale_crop=True, color_jitter=True))
+
     torch.set_num_threads(2)  # the resume test's subprocesses use 2 threads: same arithmetic
-    # every transform on, so the exact-resume test covers their random draws too
-    result = train(tiny_config(synth_data, out, epochs=2, checkpoint_every=0, scale_crop=True, color_jitter=True))
-    return out, result
+    return built_once("train-run", build)
 
 
 def test_run_folder_outputs(tiny_run):
