@@ -8,7 +8,7 @@ from typing import Any
 
 from mde.errors import InputError, ModelError
 from mde.io import as_path
-from mde.runtime.backends.base import AUTO_BACKENDS, TensorSpec
+from mde.runtime.backends.base import AUTO_BACKENDS, TensorSpec, check_graph_io
 from mde.runtime.metadata import ModelMetadata
 
 
@@ -43,6 +43,7 @@ def inspect_artifact(path: str | Path) -> dict[str, Any]:
         from mde.runtime.backends.onnxruntime import read_onnx_metadata
 
         meta, inputs, outputs = read_onnx_metadata(path)
+        check_graph_io(inputs, outputs, meta, path)  # what every runner refuses, `mde info` refuses too
         return {"kind": "onnx", "metadata": meta, "inputs": list(inputs.values()),
                 "outputs": list(outputs.values()), "sidecar": None}
     from mde.runtime.backends.tensorrt import read_sidecar, sidecar_metadata

@@ -425,6 +425,8 @@ def test_bench_json(cli, onnx_path, tiny_export, tiny_checkpoint):
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
         assert row["preprocess_ms"] > 0 and row["postprocess_ms"] > 0 and row["images_per_s"] > 0
         assert row["end_to_end_ms"]["mean"] >= lat["mean"]
+        # img/s is end to end (the table's title says so): batch 2 per end-to-end call
+        assert row["images_per_s"] == pytest.approx(2 * 1e3 / row["end_to_end_ms"]["mean"])
     # progress on stderr (plain lines here: not a terminal), one task per model; stdout stays JSON
     for name in ("model.onnx", "model.fp16.onnx", tiny_checkpoint.name):
         assert f"{name}: 1 warm-up + 3 timed runs" in result.err, result.err
@@ -473,6 +475,8 @@ def test_bench_checks_every_model_before_timing_the_first(cli, onnx_path, tiny_c
     broken.write_bytes(onnx_path.read_bytes()[:1000])
     junk = tmp_path / "junk.pt"
     junk.write_bytes(bytes(range(256)) * 20)
+    png = tmp_path / "junk.png.pt"  # an image saved under a checkpoint's name
+    Image.new("RGB", (8, 8)).save(png, format="PNG")
     linked = tmp_path / "linked.onnx"
     os.link(onnx_path, linked)
     engine = _fake_engine(tmp_path, max_batch=1)
@@ -480,8 +484,9 @@ def test_bench_checks_every_model_before_timing_the_first(cli, onnx_path, tiny_c
              ((onnx_path, onnx_path.parent / "." / onnx_path.name), "model given twice"),
              ((onnx_path, linked), "linked.onnx: model given twice"),
              ((tiny_checkpoint, "--torch", tiny_checkpoint), "model given twice (as an argument and --torch"),
-             ((onnx_path, junk), "junk.pt: refused: not a plain weights checkpoint (Unsupported operand"),
-             ((onnx_path, "--torch", junk), "junk.pt: refused: not a plain weights checkpoint"),
+             ((onnx_path, junk), "junk.pt: not a PyTorch checkpoint (neither a zip archive nor a pickle)"),
+             ((onnx_path, "--torch", junk), "junk.pt: not a PyTorch checkpoint"),
+             ((onnx_path, "--torch", png), "junk.png.pt: not a PyTorch checkpoint"),  # was "Unsupported operand 80"
              ((onnx_path, tmp_path / "missing.pt"), "missing.pt: model file not found"),
              ((onnx_path, "--iterations", "99999999999999999999"), "--iterations must be in 1..1000000"),
              ((onnx_path, "--torch", onnx_path), "--torch takes a PyTorch checkpoint")]

@@ -418,6 +418,11 @@ CASES = [
     ("info-truncated-onnx", "info {bad:onnx_truncated}", "truncated.onnx"),
     ("info-text-onnx", "info {bad:onnx_text}", "text.onnx"),
     ("info-foreign-engine", "info {bad:engine_foreign}", "model.engine.json: no mde metadata"),
+    # graphs every runtime command refuses: `info`, the command that checks an artifact, said nothing (exit 0)
+    ("info-fixed-batch-2", "info {bad:fixed_batch_2}",
+     "fixed_batch_2.onnx: graph input is float32 2x3x64x64; the runtime feeds float32 ?x3x64x64"),
+    ("info-three-channel-output", "info {bad:three_channel_output}", "graph output 'depth' is float32 ?x3x64x64"),
+    ("info-other-output-name", "info {bad:other_output_name}", "graph has no output 'depth' (its outputs: pred)"),
     ("info-engine-str-metadata", "info {bad:engine_str_meta}", "model.engine.json: engine sidecar has a malformed metadata (str, expected dict)"),
     ("predict-engine-str-metadata", "predict {bad:engine_str_meta} {bad:tiny_png} --out {out}",
      "model.engine.json: engine sidecar has a malformed metadata (str, expected dict)"),

@@ -106,10 +106,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if not _starts_like_a_checkpoint(path):  # a PNG renamed .pt: "Unsupported operand 80" says nothing
+            raise ModelError(NOT_A_CHECKPOINT, path) from None
         raise ModelError(f"refused: not a plain weights checkpoint ({_unpickling_reason(err)}); mde does not "
                          "unpickle Python objects", path) from None
     except (KeyError, IndexError, struct.error):  # the weights-only unpickler on bytes that are no pickle at all
-        raise ModelError("not a PyTorch checkpoint (neither a zip archive nor a pickle)", path) from None
+        raise ModelError(NOT_A_CHECKPOINT, path) from None
     except OSError as err:  # the file, not its content: permissions, an I/O error
         raise ModelError(f"cannot read the checkpoint ({err.strerror or err})", path) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
@@ -118,6 +120,20 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ModelError(f"not an mde checkpoint (expected format {FORMAT})", path)
     return state
+
+
+NOT_A_CHECKPOINT = "not a PyTorch checkpoint (neither a zip archive nor a pickle)"
+
+
+def _starts_like_a_checkpoint(path: Path) -> bool:
+    """Whether `path` begins as `torch.save` writes: a zip archive (`PK`), or a pickle of protocol 2 or later
+    (the PROTO opcode, 0x80)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return True  # not for this check to say; the unpickler's own reason stands
+    return head.startswith((b"PK", b"\x80"))
 
 
 def _unpickling_reason(err: pickle.UnpicklingError) -> str:

@@ -20,7 +20,8 @@ def print_table(report: dict[str, Any]) -> None:
     cfg = report["config"]
     table = Table(
         title=f"mde bench: batch {cfg['batch']}, {cfg['iterations']} iterations, "
-        f"threads {cfg['threads'] or 'default'} (inference ms; pre/post ms separate)"
+        f"threads {cfg['threads'] or 'default'} (p50 to mean: inference ms; pre, post: ms; img/s: end to end, "
+        "pre and post included)"
     )
     text_columns = ("artifact", "backend", "runs on", "precision")
     for col in (*text_columns, "p50", "p90", "p99", "mean", "pre", "post", "img/s"):

@@ -77,10 +77,10 @@ def check_backend(backend: str) -> None:
 
 
 def backend_help(command: Callable[..., Any]) -> None:
-    """Put the registered backend names into `command`'s --backend help (the registry is light). `golden`
-    is left out: it replays a golden.npz's saved outputs, which `parity --golden` takes as its reference."""
+    """Put the registered backend names into `command`'s --backend help (the registry is light), each one the
+    error for an unknown name lists; `golden` says what it is."""
     from mde.runtime.backends.base import backend_names
 
     option = inspect.signature(command).parameters["backend"].default
-    names = [name for name in backend_names() if name != "golden"]
+    names = [name if name != "golden" else "golden (a golden.npz's saved outputs)" for name in backend_names()]
     option.help = f"auto (from the file suffix) or one of: {', '.join(names)}."

@@ -78,14 +78,8 @@ class Runner(abc.ABC):
     def _check_image_input(self) -> None:
         """One input, the float32 N x 3 x H x W image the runtime feeds (`check_graph_input`), and the
         `depth` output (`check_graph_output`)."""
-        if self.metadata is None:
-            return
-        if len(self.input_specs) != 1:
-            raise ModelError(f"graph has {len(self.input_specs)} inputs ({', '.join(self.input_specs)}); "
-                             f"expected one image input", self.path)
-        spec = next(iter(self.input_specs.values()))
-        check_graph_input(spec.dtype, spec.shape, self.metadata, self.path)
-        check_graph_output({name: (out.dtype, out.shape) for name, out in self.output_specs.items()}, self.path)
+        if self.metadata is not None:
+            check_graph_io(self.input_specs, self.output_specs, self.metadata, self.path)
 
     def deactivate(self) -> None:
         """Release the model and its buffers (idempotent)."""
@@ -220,6 +214,21 @@ def resolve_backend(path: str | Path, backend: str = "auto") -> str:
             path,
         )
     return AUTO_BACKENDS[suffix]
+
+
+def check_graph_io(inputs: dict[str, TensorSpec], outputs: dict[str, TensorSpec], meta: ModelMetadata,
+                   path: str | Path) -> None:
+    """One input, the float32 N x 3 x H x W image the runtime feeds (`check_graph_input`), and the `depth` output
+    (`check_graph_output`): what every runner and `mde info` check of a graph.
+
+    Raises:
+        ModelError: naming what the graph has instead.
+    """
+    if len(inputs) != 1:
+        raise ModelError(f"graph has {len(inputs)} inputs ({', '.join(inputs)}); expected one image input", path)
+    spec = next(iter(inputs.values()))
+    check_graph_input(spec.dtype, spec.shape, meta, path)
+    check_graph_output({name: (out.dtype, out.shape) for name, out in outputs.items()}, path)
 
 
 def open_runner(path: str | Path, backend: str = "auto", **options: Any) -> Runner:
