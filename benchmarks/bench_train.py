@@ -27,6 +27,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -227,17 +228,30 @@ def _cuda_images_per_s(amp: bool, dtype, batch: int, size: int, steps: int, back
     return batch * steps / (time.perf_counter() - start)
 
 
+@contextmanager
+def cudnn_benchmark():
+    """cuDNN's autotuner on (fastest kernels for the fixed shapes timed here), and back as it was after: the
+    process may go on to compare outputs, where the tuned kernels' other rounding would count."""
+    import torch
+
+    before, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 def cuda_amp(data: Path, quick: bool, batch: int = 64, size: int = 224) -> dict:
     """On CUDA: training images/s of FP32 vs bf16/fp16 autocast + channels_last (target >= 1.5x)."""
     import torch
 
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA GPU visible to PyTorch"}
-    torch.backends.cudnn.benchmark = True
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     steps = 5 if quick else 30
-    fp32 = _cuda_images_per_s(False, dtype, batch, size, steps)
-    amp = _cuda_images_per_s(True, dtype, batch, size, steps)
+    with cudnn_benchmark():
+        fp32 = _cuda_images_per_s(False, dtype, batch, size, steps)
+        amp = _cuda_images_per_s(True, dtype, batch, size, steps)
     return {"device": torch.cuda.get_device_name(), "backbone": "resnet50", "batch": batch,
             "size": size, "amp_dtype": str(dtype), "fp32_images_per_s": round(fp32, 1),
             "amp_channels_last_images_per_s": round(amp, 1), "speedup": round(amp / fp32, 2)}
@@ -474,6 +488,7 @@ def decoder_speed(quick: bool = False, decoders: tuple[str, ...] = ("report", "u
 
 # (backbone, image size, batch): the quality benchmark's network, and the product's default at 224 px
 CUDA_TRAIN_SHAPES = (("resnet18", 96, 16), ("resnet50", 224, 64))
+CUDA_QUICK_SHAPES = (("resnet18", 64, 4),)
 
 
 def cuda_decoder_speed(quick: bool, decoders: tuple[str, ...]) -> dict:
@@ -481,15 +496,15 @@ def cuda_decoder_speed(quick: bool, decoders: tuple[str, ...]) -> dict:
     no data loading), in turns, median of the rounds; ratios to the first decoder."""
     import torch
 
-    torch.backends.cudnn.benchmark = True
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     rounds, steps = (1, 3) if quick else (3, 20)
     out: dict = {"device": torch.cuda.get_device_name(), "amp_dtype": str(dtype), "rounds": rounds, "steps": steps}
-    for backbone, size, batch in CUDA_TRAIN_SHAPES:
+    for backbone, size, batch in CUDA_QUICK_SHAPES if quick else CUDA_TRAIN_SHAPES:  # quick: any GPU's memory
         rates = {name: [] for name in decoders}
-        for _ in range(rounds):
-            for name in decoders:
-                rates[name].append(_cuda_images_per_s(True, dtype, batch, size, steps, backbone, name))
+        with cudnn_benchmark():
+            for _ in range(rounds):
+                for name in decoders:
+                    rates[name].append(_cuda_images_per_s(True, dtype, batch, size, steps, backbone, name))
         key = f"{backbone}_{size}px_batch{batch}"
         median = {name: float(np.median(r)) for name, r in rates.items()}
         out[key] = {name: {"train_images_per_s": round(m, 1)} for name, m in median.items()}

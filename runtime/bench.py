@@ -10,6 +10,7 @@ from typing import Any
 
 from mde.errors import InputError
 from mde.runtime.artifact import artifact_labels
+from mde.runtime.backends.base import providers_refused, runs_on_onnxruntime
 from mde.runtime.metadata import MAX_INPUT_SIDE
 
 MAX_BATCH_BYTES = 4 << 30  # one benchmark batch's float32 input: more is a typo, not a robot's workload
@@ -114,7 +115,8 @@ def _models(cfg: BenchConfig) -> list[tuple[Path, BenchConfig]]:
 def _open(path: Path, cfg: BenchConfig):
     from mde.runtime import DepthEstimator
 
-    return DepthEstimator.open(path, backend=cfg.backend, threads=cfg.threads, providers=cfg.providers)
+    providers = cfg.providers if runs_on_onnxruntime(path, cfg.backend) else None  # an engine beside ONNX models
+    return DepthEstimator.open(path, backend=cfg.backend, threads=cfg.threads, providers=providers)
 
 
 def _run_shape(est, path: Path, cfg: BenchConfig) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -171,7 +173,10 @@ def check_inputs(cfg: BenchConfig) -> None:
             raise InputError("model given twice (as an argument and --torch, or by two names); each file is "
                              "timed once", path)
         seen.add(key)
-    for path, model_cfg in _models(cfg):
+    models = _models(cfg)
+    if cfg.providers is not None and not any(runs_on_onnxruntime(p, c.backend) for p, c in models):
+        raise providers_refused(*next((p, c.backend) for p, c in models))  # for the ONNX models among them only
+    for path, model_cfg in models:
         with _open(path, model_cfg) as est:
             _run_shape(est, path, model_cfg)
 
@@ -180,9 +185,6 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Benchmark every artifact (and the checkpoint) in one process; return one JSON-able dict."""
     if not cfg.artifacts and cfg.torch_checkpoint is None:
         raise InputError("nothing to benchmark: give artifacts and/or --torch CKPT")
-    if cfg.providers is not None and not cfg.artifacts:  # --torch alone: PyTorch on the CPU would ignore them
-        raise InputError("--providers names ONNX Runtime execution providers, for .onnx models; --torch runs "
-                         "the checkpoint in PyTorch, which takes none", cfg.torch_checkpoint)
     for name, value, low, high in (
         ("--batch", cfg.batch, 1, None),  # the model's own limit is checked when it opens
         ("--iterations", cfg.iterations, 1, MAX_RUNS),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from mde.errors import InputError, ModelError
-from mde.runtime.backends.base import Runner, open_runner
+from mde.runtime.backends.base import Runner, open_runner, providers_refused, runs_on_onnxruntime
 from mde.runtime.images import to_rgb8
 from mde.runtime.metadata import MAX_INPUT_SIDE, OUTPUT_NAME, PREPROCESS, ModelMetadata
 from mde.runtime.preprocess import postprocess, preprocess
@@ -97,11 +98,11 @@ class DepthEstimator:
             runner_opts["providers"] = providers
         if threads:
             runner_opts["threads"] = threads
+        if (providers is not None and isinstance(path, (str, os.PathLike)) and Path(path).is_file()
+                and not runs_on_onnxruntime(path, backend)):
+            raise providers_refused(path, backend)  # before the model loads
         runner = open_runner(path, backend, **runner_opts)
         try:
-            if providers is not None and runner.name != "onnxruntime":  # else a silent run somewhere else
-                raise InputError(f"--providers names ONNX Runtime execution providers, for .onnx models; this file "
-                                 f"runs on the {runner.name} backend, which takes none", path)
             return cls(runner, **est_opts)
         except BaseException:  # a refused option: do not leave the session (or a GPU context) behind
             runner.deactivate()

@@ -21,7 +21,7 @@ import numpy as np
 from mde.errors import CheckFailed, DataError, InputError, ModelError
 from mde.io import resolved, sha256_file
 from mde.runtime.artifact import artifact_labels
-from mde.runtime.backends.base import Runner, open_runner
+from mde.runtime.backends.base import Runner, open_runner, providers_refused, runs_on_onnxruntime
 from mde.runtime.parity import (
     GOLDEN_TABLE_NOTES,
     ArtifactResult,
@@ -315,6 +315,9 @@ def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
         if Path(artifact).suffix.lower() == ".npz":  # golden outputs compared with themselves would always pass
             raise InputError("a golden.npz holds the reference, it is not an artifact to check; give it as "
                              "--golden FILE", artifact)
+    if cfg.providers is not None and cfg.artifacts and not any(runs_on_onnxruntime(a, cfg.backend)
+                                                               for a in cfg.artifacts):
+        raise providers_refused(cfg.artifacts[0], cfg.backend)  # engines only: they would be ignored
     targets = [file_identity(a) for a in cfg.artifacts]  # one file: by links, hard ones too
     if cfg.checkpoint is not None and Path(cfg.checkpoint).is_file() and file_identity(cfg.checkpoint) in targets:
         raise InputError("the checkpoint is the reference, not an artifact to check against it; give the models "

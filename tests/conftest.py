@@ -5,6 +5,7 @@ Heavy fixtures are session-scoped: built once and shared by every test that need
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import pickle
@@ -88,34 +89,37 @@ def cli(capsys, monkeypatch):
     return run
 
 
-def _built_once(tmp_path_factory, name: str, build: Callable[[Path], Any]) -> Any:
+def _built_once(config, tmp_path_factory, name: str, build: Callable[[Path], Any]) -> Any:
     """`build(folder)`'s result, built once per test run: under pytest-xdist every worker would build the same
-    session fixture again (minutes of CPU on two cores), so the first builds it in the folder the workers share,
+    session fixture again (minutes of CPU on two cores), so the first builds it in a folder of this run's workers,
     under a lock, and the others load what it returned."""
-    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+    run_id = getattr(config, "workerinput", {}).get("testrunuid")  # a worker of this run (not a pytest it started)
+    if run_id is None:
         return build(tmp_path_factory.mktemp(name))
-    root = tmp_path_factory.getbasetemp().parent / "shared"
+    root = tmp_path_factory.getbasetemp().parent / f"shared-{run_id}"
     root.mkdir(exist_ok=True)
     folder, done = root / name, root / f"{name}.pickle"
     with open(root / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if done.is_file():
+        with contextlib.suppress(OSError, pickle.UnpicklingError, EOFError):
             return pickle.loads(done.read_bytes())
         shutil.rmtree(folder, ignore_errors=True)  # a worker that failed half-way
         folder.mkdir()
         value = build(folder)
-        done.write_bytes(pickle.dumps(value))
+        partial = root / f"{name}.pickle.partial"
+        partial.write_bytes(pickle.dumps(value))
+        os.replace(partial, done)  # whole or absent: a worker killed while writing leaves no half pickle
         return value
 
 
 @pytest.fixture(scope="session")
-def built_once(tmp_path_factory) -> Callable[[str, Callable[[Path], Any]], Any]:
-    """`built_once(name, build)`: `_built_once` for a test module's own heavy fixture."""
-    return lambda name, build: _built_once(tmp_path_factory, name, build)
+def built_once(pytestconfig, tmp_path_factory) -> Callable[[str, Callable[[Path], Any]], Any]:
+    """`built_once(name, build)`: `_built_once` for a heavy fixture (the session ones here, a module's own)."""
+    return lambda name, build: _built_once(pytestconfig, tmp_path_factory, name, build)
 
 
 @pytest.fixture(scope="session")
-def synth_data(tmp_path_factory) -> Path:
+def synth_data(built_once) -> Path:
     """A tiny procedural dataset: 24 train + 8 val pairs at 64x64."""
     from mde.data.synth import synthesize
 
@@ -123,7 +127,7 @@ def synth_data(tmp_path_factory) -> Path:
         synthesize(folder / "data", train=24, val=8, size=TINY_SIZE, seed=0, progress=False)
         return folder / "data"
 
-    return _built_once(tmp_path_factory, "synth", build)
+    return built_once("synth", build)
 
 
 def _tiny_checkpoint(folder: Path, synth_data: Path, decoder: str) -> Path:
@@ -163,15 +167,15 @@ def _tiny_int8(folder: Path, export: Path, synth_data: Path):
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory, synth_data) -> Path:
+def tiny_checkpoint(built_once, synth_data) -> Path:
     """The tiny resnet18 64x64 checkpoint with the report's decoder (`_tiny_checkpoint`)."""
-    return _built_once(tmp_path_factory, "ckpt", lambda folder: _tiny_checkpoint(folder, synth_data, "report"))
+    return built_once("ckpt", lambda folder: _tiny_checkpoint(folder, synth_data, "report"))
 
 
 @pytest.fixture(scope="session")
-def tiny_export(tmp_path_factory, tiny_checkpoint) -> Path:
+def tiny_export(built_once, tiny_checkpoint) -> Path:
     """`model.onnx` and `model.fp16.onnx` (plus golden.npz) exported from the tiny checkpoint."""
-    return _built_once(tmp_path_factory, "export", lambda folder: _tiny_export(folder, tiny_checkpoint))
+    return built_once("export", lambda folder: _tiny_export(folder, tiny_checkpoint))
 
 
 @pytest.fixture
@@ -184,12 +188,12 @@ def block_torch(monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def tiny_int8(tmp_path_factory, tiny_export, synth_data):
+def tiny_int8(built_once, tiny_export, synth_data):
     """`model.int8.onnx` calibrated from the tiny export (12 images, no fallback) and its CalibrationReport.
 
     Shared by the calibration and parity tests (added by the calibration helper).
     """
-    return _built_once(tmp_path_factory, "int8", lambda folder: _tiny_int8(folder, tiny_export, synth_data))
+    return built_once("int8", lambda folder: _tiny_int8(folder, tiny_export, synth_data))
 
 
 @dataclass
@@ -203,14 +207,14 @@ class TinyModel:
 
 
 @pytest.fixture(scope="session")
-def tiny_unet(tmp_path_factory, synth_data) -> TinyModel:
+def tiny_unet(built_once, synth_data) -> TinyModel:
     """The tiny model with the skip-connection decoder, exported and calibrated like the report one."""
     def build(folder: Path) -> TinyModel:
         checkpoint = _tiny_checkpoint(folder, synth_data, "unet")
         export = _tiny_export(folder, checkpoint)
         return TinyModel("unet", checkpoint, export, _tiny_int8(folder, export, synth_data)[0])
 
-    return _built_once(tmp_path_factory, "unet", build)
+    return built_once("unet", build)
 
 
 @pytest.fixture(scope="session", params=["report", "unet"])

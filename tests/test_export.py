@@ -292,6 +292,11 @@ BAD = [
         ["{ckpt}", "--out", "{out}", "--max-batch", "2", "--timing-cache", "{out}/t.cache"],
         "--max-batch, --timing-cache shape the TensorRT engine; add --engine (or drop them)",
     ),
+    (
+        "profile-sizes-without-dynamic-size",
+        ["{ckpt}", "--out", "{out}", "--engine", "--max-size", "512"],
+        "--max-size shapes a dynamic-size engine; add --dynamic-size (or drop it)",
+    ),
 ]
 
 

@@ -171,8 +171,15 @@ def test_providers_for_a_checkpoint_are_refused_not_ignored(cli, tiny_checkpoint
     assert result.code == 2 and "runs on the torch backend, which takes none" in result.err, result.err
     assert str(tiny_checkpoint) in result.err and not (tmp_path / "out").exists()
     result = cli("bench", "--torch", tiny_checkpoint, "--iterations", "1", *cuda)
-    assert result.code == 2 and "--torch runs the checkpoint in PyTorch, which takes none" in result.err, result.err
-    # beside an ONNX model they are its providers, and the checkpoint keeps running in PyTorch
+    assert result.code == 2 and f"{tiny_checkpoint}: providers (--providers) name" in result.err, result.err
+    engine = _fake_engine(tmp_path)
+    for command in (("bench", engine), ("parity", "--golden", onnx_path.parent / "golden.npz", engine)):
+        result = cli(*command, *cuda)  # an engine alone: refused before it is opened (TensorRT is not here)
+        assert result.code == 2 and "runs on the tensorrt backend, which takes none" in result.err, result.err
+    # beside an ONNX model they are its providers; the engine and the checkpoint run where they run
+    if importlib.util.find_spec("tensorrt") is None:
+        result = cli("bench", onnx_path, engine, "--providers", "CPUExecutionProvider")
+        assert result.code == 2 and "TensorRT is not installed" in result.err, result.err  # not the providers
     result = cli("bench", onnx_path, "--torch", tiny_checkpoint, "--iterations", "1", "--warmup", "0",
                  "--providers", "CPUExecutionProvider", "--json")
     assert result.code == 0, result.err

@@ -162,6 +162,8 @@ def bad(tmp_path_factory, synth_data, tiny_checkpoint, tiny_export) -> dict[str,
         pickle.dump({"format": "mde.checkpoint/1", "model": Evil()}, fh)
     torch.save({"model": Evil()}, root / "evil-zip.pt")
     files["ckpt_pickle_code_zip"] = root / "evil-zip.pt"
+    files["ckpt_pickle_proto0"] = root / "evil0.pt"  # pickle protocol 0: text, no PROTO byte, still code
+    files["ckpt_pickle_proto0"].write_bytes(b'cos\nsystem\n(S"echo hi"\ntR.')
     files["ckpt_module"] = root / "module.pt"  # a whole nn.Module saved, as many tutorials do
     torch.save({"model": torch.nn.Linear(2, 2)}, files["ckpt_module"])
 
@@ -262,6 +264,8 @@ CASES = [
     ("eval-other-arch", "eval {bad:ckpt_other_arch} --data {data}", "other-arch.pt"),
     ("eval-pickle-code", "eval {bad:ckpt_pickle_code} --data {data}", "evil.pt"),
     ("eval-pickle-code-zip", "eval {bad:ckpt_pickle_code_zip} --data {data}", "evil-zip.pt"),
+    ("eval-pickle-code-protocol-0", "eval {bad:ckpt_pickle_proto0} --data {data}",
+     "evil0.pt: refused: not a plain weights checkpoint (it refers to os.system, which is no tensor)"),
     ("eval-pickled-module", "eval {bad:ckpt_module} --data {data}",
      "module.pt: refused: not a plain weights checkpoint (it refers to torch.nn.modules.linear.Linear, "
      "which is no tensor); mde does not unpickle Python objects"),
@@ -336,7 +340,7 @@ CASES = [
     ("export-workspace-negative", "export {ckpt} --out {out} --engine --workspace-mib -1", "--workspace-mib must be 1..1048576"),
     ("export-workspace-huge", "export {ckpt} --out {out} --engine --workspace-mib 999999999999999",
      "--workspace-mib must be 1..1048576, got 999999999999999"),
-    # profile sizes are checked without --engine too (a typo would wait for the engine), and before any export
+    # profile sizes are checked before any export (without --engine they are refused: they would shape nothing)
     ("export-min-size-not-32", "export {ckpt} --out {out} --engine --dynamic-size --min-size 48",
      "--min-size/--max-size: profile sizes must be multiples of 32, got 48"),
     ("export-max-size-huge", "export {ckpt} --out {out} --engine --dynamic-size --max-size 1000000",

@@ -106,8 +106,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if not _starts_like_a_checkpoint(path):  # a PNG renamed .pt: "Unsupported operand 80" says nothing
-            raise ModelError(NOT_A_CHECKPOINT, path) from None
+        if not _starts_like_a_checkpoint(path) and "GLOBAL" not in str(err):  # not code a pickle refers to, but
+            raise ModelError(NOT_A_CHECKPOINT, path) from None  # a PNG renamed .pt ("Unsupported operand 80")
         raise ModelError(f"refused: not a plain weights checkpoint ({_unpickling_reason(err)}); mde does not "
                          "unpickle Python objects", path) from None
     except (KeyError, IndexError, struct.error):  # the weights-only unpickler on bytes that are no pickle at all
@@ -139,9 +139,9 @@ def _starts_like_a_checkpoint(path: Path) -> bool:
 def _unpickling_reason(err: pickle.UnpicklingError) -> str:
     """What the weights-only unpickler refused, in a few words: torch's message is a paragraph of advice
     (with terminal escape codes) around the one fact, the object that is no weight."""
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)|unsupported GLOBAL ([\w.]+)", str(err))
     if found:
-        return f"it refers to {found.group(1)}, which is no tensor"
+        return f"it refers to {found.group(1) or found.group(2)}, which is no tensor"
     found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(err))
     if found:  # torch's advice to load it with weights_only=False is no advice for mde: give the fact
         return found.group(1).strip()

@@ -26,15 +26,19 @@ def _engine_option(field: str, help: str):  # noqa: A002 - typer's name
 ENGINE_OPTIONS = ("min_batch", "opt_batch", "max_batch", "min_size", "max_size", "workspace_mib", "timing_cache")
 
 
-def refuse_unused_engine_options(ctx: typer.Context, engine: bool) -> None:
-    """TensorRT profile options given without --engine would shape nothing: say so rather than ignore them."""
+def refuse_unused_engine_options(ctx: typer.Context, engine: bool, dynamic_size: bool) -> None:
+    """TensorRT profile options given without --engine (or sizes without --dynamic-size) would shape nothing: say
+    so rather than ignore them."""
     from mde.errors import InputError
 
     given = [name for name in ENGINE_OPTIONS if name in given_options(ctx, ENGINE_OPTIONS)]
-    if given and not engine:
-        names = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise InputError(f"{names} shape{'s' if len(given) == 1 else ''} the TensorRT engine; add --engine "
-                         f"(or drop {'it' if len(given) == 1 else 'them'})")
+    sizes = [name for name in given if name in ("min_size", "max_size")]
+    for unused, needs, what in ((given, engine, "the TensorRT engine"), (sizes, dynamic_size, "a dynamic-size engine")):
+        if unused and not needs:
+            names = ", ".join("--" + name.replace("_", "-") for name in unused)
+            flag = "--engine" if what == "the TensorRT engine" else "--dynamic-size"
+            raise InputError(f"{names} shape{'s' if len(unused) == 1 else ''} {what}; add {flag} "
+                             f"(or drop {'it' if len(unused) == 1 else 'them'})")
 
 
 def export(
@@ -97,7 +101,7 @@ def export(
     is checked against PyTorch and written only when all pass."""
     from mde.export.exporter import export_checkpoint
 
-    refuse_unused_engine_options(ctx, engine)
+    refuse_unused_engine_options(ctx, engine, dynamic_size)
     cfg = ExportConfig(
         checkpoint=checkpoint,
         out=out,

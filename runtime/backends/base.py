@@ -231,6 +231,18 @@ def check_graph_io(inputs: dict[str, TensorSpec], outputs: dict[str, TensorSpec]
     check_graph_output({name: (out.dtype, out.shape) for name, out in outputs.items()}, path)
 
 
+def runs_on_onnxruntime(path: str | Path, backend: str = "auto") -> bool:
+    """Whether `path` opens with the ONNX Runtime backend, the one that takes execution providers."""
+    return resolve_backend(path, backend) == "onnxruntime"
+
+
+def providers_refused(path: str | Path, backend: str = "auto") -> InputError:
+    """The refusal of ONNX Runtime providers for a model another backend runs where it runs (a checkpoint in
+    PyTorch on the CPU, an engine on its GPU): ignored, they would be a silent run somewhere else."""
+    return InputError(f"providers (--providers) name ONNX Runtime execution providers, for .onnx models; this file "
+                      f"runs on the {resolve_backend(path, backend)} backend, which takes none", path)
+
+
 def open_runner(path: str | Path, backend: str = "auto", **options: Any) -> Runner:
     """Open `path` with the named backend ("auto": `.engine` -> tensorrt, `.onnx` -> onnxruntime).
 
