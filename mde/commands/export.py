@@ -97,8 +97,9 @@ def export(
         False, "--json", help="Print the artifacts as one JSON object on stdout."
     ),
 ) -> None:
-    """Export a checkpoint to ONNX (FP32/FP16/INT8) and optionally a TensorRT engine; every artifact
-    is checked against PyTorch and written only when all pass."""
+    """Export a checkpoint to ONNX (FP32/FP16/INT8) and optionally a TensorRT engine.
+
+    Every artifact is checked against PyTorch and written only when all pass."""
     from mde.export.exporter import export_checkpoint
 
     refuse_unused_engine_options(ctx, engine, dynamic_size)
