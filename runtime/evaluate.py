@@ -83,6 +83,26 @@ def pixel_mean_map(train: Any) -> np.ndarray:
     return _depth_statistics(train)[1]
 
 
+def train_split_baseline(data: Any, split: str, depth_scale: float | None, compute: Callable[[Any], Any]) -> Any:
+    """`compute(train split)`: an image-blind baseline (the per-pixel mean map) from DATA's train split, or None
+    where there is none to take: scoring train itself (the baseline would have seen the images it is scored
+    on), no train/ folder, or one that cannot be read, which is said in a note. A baseline is information: a
+    damaged train split must not stop the scoring of val."""
+    from pathlib import Path
+
+    from mde.console import info
+    from mde.data.readers import open_dataset
+    from mde.errors import MdeError
+
+    if split == "train" or not (Path(data) / "train").is_dir():
+        return None
+    try:
+        return compute(open_dataset(data, split="train", depth_scale=depth_scale))
+    except MdeError as err:
+        info(f"note: no per-pixel mean map baseline: {err}")
+        return None
+
+
 def pixel_mean_map_metrics(train: Any, val: Any, data_range: float, max_depth: float) -> dict[str, float]:
     """`evaluate` of the image-blind per-pixel mean map of `train` on `val` (per region where val has masks),
     as a model of range `max_depth` would predict it (`fixed_map_prediction`)."""

@@ -288,13 +288,12 @@ def _region_figures(cfg: ParityConfig, reference: list[dict[str, float]], gts: l
                     max_depth: float) -> dict:
     """Per-region figures of PyTorch (from its per-image figures) and of the per-pixel mean depth map of
     the train split (when there is one)."""
-    from mde.data.readers import open_dataset
-    from mde.runtime.evaluate import fixed_map_prediction, pixel_mean_map
+    from mde.runtime.evaluate import fixed_map_prediction, pixel_mean_map, train_split_baseline
     from mde.runtime.metrics import region_metrics
 
     figures = {"reference": region_means(reference)}
-    if (Path(cfg.data) / "train").is_dir():
-        pixmap = pixel_mean_map(open_dataset(cfg.data, split="train", depth_scale=cfg.depth_scale))
+    pixmap = train_split_baseline(cfg.data, cfg.split, cfg.depth_scale, pixel_mean_map)
+    if pixmap is not None:
         figures["pixel_mean_map"] = region_means([
             region_metrics(fixed_map_prediction(pixmap, gt.shape, max_depth), gt, mask)
             for gt, mask in zip(gts, masks) if mask is not None])

@@ -97,6 +97,27 @@ def test_eval_and_parity_score_the_pixel_mean_map_alike(cli, tiny_checkpoint, ti
             assert evaluated[f"{region}_{metric}"] == pytest.approx(compared[region][metric], rel=1e-6), metric
 
 
+def test_the_baseline_never_stops_scoring_and_never_sees_the_scored_images(cli, tiny_checkpoint, tiny_export,
+                                                                          synth_data, tmp_path):
+    """A train/ folder that cannot be read stopped eval and parity of val (exit 2), though train is read only
+    for the per-pixel mean map; and parity --split train showed that map built from the images it scored."""
+    import shutil
+
+    data = tmp_path / "valonly"
+    shutil.copytree(synth_data / "val", data / "val")
+    shutil.copy(synth_data / "meta.json", data / "meta.json")
+    (data / "train").mkdir()  # empty: not a split
+    res = cli("eval", tiny_export / "model.onnx", "--data", data, "--json")
+    assert res.code == 0 and "note: no per-pixel mean map baseline:" in res.err, res.err
+    assert "pixel_mean_map" not in json.loads(res.out) and "objects_rmse" in json.loads(res.out)
+    report = tmp_path / "parity.json"
+    res = cli("parity", tiny_checkpoint, tiny_export / "model.onnx", "--data", data, "--json", report)
+    assert res.code == 0 and "pixel_mean_map" not in json.loads(report.read_text())["regions"], res.err
+    res = cli("parity", tiny_checkpoint, tiny_export / "model.onnx", "--data", synth_data, "--split", "train",
+              "--limit", "4", "--json", report)
+    assert res.code == 0 and "pixel_mean_map" not in json.loads(report.read_text())["regions"], res.err
+
+
 def test_eval_checkpoint_table(cli, tiny_checkpoint, synth_data):
     res = cli("eval", tiny_checkpoint, "--data", synth_data, "--split", "train", "--device", "cpu")
     assert res.code == 0, res.err

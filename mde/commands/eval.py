@@ -73,20 +73,23 @@ def eval_command(
 
         info(f"{data}: the {split} masks mark no object or structure pixel; no region figures")
     metrics = {k: metrics[k] for k in METRIC_ORDER + (REGION_ORDER if regions else ()) if k in metrics}
-    if regions and split != "train" and (Path(data) / "train").is_dir():
-        metrics["pixel_mean_map"] = _pixel_mean_map_figures(data, dataset, data_range, model_range, depth_scale)
+    if regions:
+        baseline = _pixel_mean_map_figures(data, split, dataset, data_range, model_range, depth_scale)
+        if baseline is not None:
+            metrics["pixel_mean_map"] = baseline
     emit(metrics, json_out, lambda m: _print_table(path, split, m))
 
 
-def _pixel_mean_map_figures(data: str, dataset, data_range: float, max_depth: float,
-                            depth_scale: float | None) -> dict[str, float]:
-    """The image-blind baseline on the same split: the train split's per-pixel mean depth map, in the model's range."""
-    from mde.data.readers import open_dataset
-    from mde.runtime.evaluate import pixel_mean_map_metrics
+def _pixel_mean_map_figures(data: str, split: str, dataset, data_range: float, max_depth: float,
+                            depth_scale: float | None) -> dict[str, float] | None:
+    """The image-blind baseline on the same split: the train split's per-pixel mean depth map, in the model's
+    range (None where there is none: `train_split_baseline`)."""
+    from mde.runtime.evaluate import pixel_mean_map_metrics, train_split_baseline
 
-    figures = pixel_mean_map_metrics(open_dataset(data, split="train", depth_scale=depth_scale), dataset, data_range,
-                                     max_depth)
-    return {k: figures[k] for k in ("rmse", "abs_rel", "delta1") + REGION_ORDER if k in figures}
+    figures = train_split_baseline(data, split, depth_scale,
+                                   lambda train: pixel_mean_map_metrics(train, dataset, data_range, max_depth))
+    return None if figures is None else {k: figures[k] for k in ("rmse", "abs_rel", "delta1") + REGION_ORDER
+                                         if k in figures}
 
 
 def _torch_predict(path: Path, device: str):
