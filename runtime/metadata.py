@@ -232,8 +232,10 @@ def check_graph_input(dtype: Any, shape: tuple[int | None, ...], meta: ModelMeta
                          f"(from its mde metadata)", source)
 
 
-def check_graph_output(outputs: dict[str, tuple[Any, tuple[int | None, ...]]], source: str | Path = "artifact") -> None:
-    """Refuse a graph without the depth output its metadata names: float N x 1 x H x W, called `depth`.
+def check_graph_output(outputs: dict[str, tuple[Any, tuple[int | None, ...]]], source: str | Path = "artifact",
+                       size: tuple[int, int] | None = None) -> None:
+    """Refuse a graph without the depth output its metadata names: float N x 1 x H x W, called `depth`, with H x W
+    the input's `size` where the graph fixes both (a smaller map would be resized without a word).
 
     `outputs`: each output's (dtype, shape) by name.
 
@@ -250,6 +252,9 @@ def check_graph_output(outputs: dict[str, tuple[Any, tuple[int | None, ...]]], s
         dims = shape_text(shape)
         raise ModelError(f"graph output {OUTPUT_NAME!r} is {np.dtype(dtype).name} {dims}; expected a float "
                          f"N x 1 x H x W depth map", source)
+    if size is not None and any(got is not None and got != want for got, want in zip(shape[2:], size)):
+        raise ModelError(f"graph output {OUTPUT_NAME!r} is {np.dtype(dtype).name} {shape_text(shape)}; expected "
+                         f"{shape_text((shape[0], 1, *size))}, the input's size", source)
 
 
 def read_props(model: Any) -> dict[str, str]:

@@ -35,8 +35,9 @@ def _edit(src: Path, dst: Path, scale_conv: bool = False, input_size: int | None
                 spec = json.loads(prop.value)
                 spec["input_size"] = [input_size, input_size]
                 prop.value = json.dumps(spec)
-        for dim, name in zip(model.graph.input[0].type.tensor_type.shape.dim[2:], "HW", strict=True):
-            dim.dim_param = name
+        for tensor in (model.graph.input[0], model.graph.output[0]):  # the depth map has the input's size
+            for dim, name in zip(tensor.type.tensor_type.shape.dim[2:], "HW", strict=True):
+                dim.dim_param = name
         del model.graph.value_info[:]
     onnx.save(model, str(dst))
     return dst

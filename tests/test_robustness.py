@@ -105,6 +105,11 @@ def _bad_artifacts(root: Path, good_onnx: Path) -> dict[str, Path]:
     float_graph("other_output_name", "n", "pred", 1)  # its metadata names `depth`
     float_graph("three_channel_output", "n", "depth", 3)
     float_graph("fixed_batch_2", 2, "depth", 1)  # the runtime feeds one image at a time
+    narrow = helper.make_graph(  # a depth map one pixel wide: the runtime resized it to the image without a word
+        [helper.make_node("ReduceMean", ["image"], ["depth"], axes=[1, 3], keepdims=1)], "narrow_output",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 3, h, w])],
+        [helper.make_tensor_value_info("depth", TensorProto.FLOAT, ["n", 1, h, 1])])
+    restamp(helper.make_model(narrow, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), "narrow_output")
     # weights in an external file that is not there
     external = root / "external"
     external.mkdir()
@@ -398,6 +403,10 @@ CASES = [
      "other_output_name.onnx: graph has no output 'depth' (its outputs: pred)"),
     ("eval-three-channel-output", "eval {bad:three_channel_output} --data {data}",
      "three_channel_output.onnx: graph output 'depth' is float32 ?x3x64x64; expected a float N x 1 x H x W"),
+    ("eval-narrow-output", "eval {bad:narrow_output} --data {data}",
+     "narrow_output.onnx: graph output 'depth' is float32 ?x1x64x1; expected ?x1x64x64, the input's size"),
+    ("predict-narrow-output", "predict {bad:narrow_output} {data}/val/rgb/000000.png --out {out}",
+     "narrow_output.onnx: graph output 'depth' is float32 ?x1x64x1"),
     ("predict-fixed-batch-2", "predict {bad:fixed_batch_2} {data}/val/rgb/000000.png --out {out}",
      "fixed_batch_2.onnx: graph input is float32 2x3x64x64; the runtime feeds float32 ?x3x64x64"),
     ("bench-zero-size", "bench {bad:zero_size} --iterations 2", "zero_size.onnx"),

@@ -228,7 +228,8 @@ def check_graph_io(inputs: dict[str, TensorSpec], outputs: dict[str, TensorSpec]
         raise ModelError(f"graph has {len(inputs)} inputs ({', '.join(inputs)}); expected one image input", path)
     spec = next(iter(inputs.values()))
     check_graph_input(spec.dtype, spec.shape, meta, path)
-    check_graph_output({name: (out.dtype, out.shape) for name, out in outputs.items()}, path)
+    check_graph_output({name: (out.dtype, out.shape) for name, out in outputs.items()}, path,
+                       None if meta.dynamic_size else tuple(meta.input_size))
 
 
 def runs_on_onnxruntime(path: str | Path, backend: str = "auto") -> bool:
