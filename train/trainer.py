@@ -269,10 +269,8 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    elif cfg.compile:  # also makes the compiled kernels deterministic (torch._inductor's config)
+    else:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    else:  # the same for eager PyTorch, without importing torch._inductor: about 5 s of every start on 2 cores
-        torch.set_deterministic_debug_mode("warn")
     if resume is not None:
         model = model_from_checkpoint(resume, cfg.resume)
         args = model.args
