@@ -292,8 +292,14 @@ TASK_ENCODER_VARIANTS = {
     "report-taskenc": {**VARIANTS["report"], **TASK_ENCODER},
     "unet-taskenc": {**UNET, **TASK_ENCODER},
 }
+# Both decoders from torchvision's ImageNet encoder (the source report's start; the first two stages and
+# the stem frozen, as `mde train --pretrained` does): torchvision downloads the weights, or finds them in
+# its cache (~/.cache/torch/hub/checkpoints), so these need network or a filled cache.
+IMAGENET_VARIANTS = {f"{name}-imagenet": {**VARIANTS[name], "pretrained": True}
+                     for name in ("report-flips", "unet-flips")}
 VARIANTS.update(IDEAS)
 VARIANTS.update(TASK_ENCODER_VARIANTS)
+VARIANTS.update(IMAGENET_VARIANTS)
 
 
 def write_task_encoder(run_dir: Path, out: Path) -> Path:
