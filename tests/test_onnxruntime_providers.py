@@ -20,6 +20,7 @@ from mde.runtime.backends.onnxruntime import CPU_EP, CUDA_EP, TRT_EP
 
 ort = pytest.importorskip("onnxruntime")
 CAPI = Path(ort.__file__).parent / "capi"
+REAL_SESSION = ort.InferenceSession
 
 
 @pytest.fixture
@@ -56,6 +57,14 @@ class FakeSession:
             print(f"EP Error libcublasLt.so.13: cannot open shared object file when using {names}")
         self._providers = [p for p in names if p in self.uses] or [CPU_EP]
         self.fallback = True
+        self._model = model
+
+    def __getattr__(self, name):
+        """Metadata and I/O specs (what a runner reads) from a real CPU session on the same model."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        real = REAL_SESSION(self._model, providers=[CPU_EP])
+        return getattr(real, name)
 
     def get_providers(self):
         return self._providers
@@ -132,6 +141,27 @@ def test_cuda_ep_computes_fp32_in_fp32(gpu_machine, fake_session, monkeypatch, t
     fake_session.uses = [CUDA_EP, CPU_EP]
     ortb.create_session(tiny_export / "model.onnx", providers=[CUDA_EP, CPU_EP])
     assert (CUDA_EP, {"use_tf32": "0"}) in fake_session.calls[-1]
+
+
+@pytest.mark.parametrize("providers", [[CUDA_EP, CPU_EP], None])
+def test_cuda_ep_allows_tf32_for_an_fp16_artifact_only(gpu_machine, fake_session, monkeypatch, tiny_export,
+                                                      providers):
+    """An FP16 graph has no FP32 convolution for TF32 to change, and without it cuDNN finds no fused FP16
+    plans (1.7x slower on an H100); FP32 artifacts keep FP32 math. Named or chosen for this machine alike."""
+    monkeypatch.setattr(eps, "load_library", _loader(set()))
+    fake_session.uses = [CUDA_EP, CPU_EP]
+    for name, precision, tf32 in (("model.fp16.onnx", "fp16", "1"), ("model.onnx", "fp32", "0")):
+        with ortb.OnnxRuntimeRunner(tiny_export / name, providers=providers) as runner:
+            assert runner.providers[0] == CUDA_EP and runner.metadata.precision == precision
+        cuda = [p for p in fake_session.calls[-1] if isinstance(p, tuple) and p[0] == CUDA_EP]
+        assert cuda == [(CUDA_EP, {"use_tf32": tf32})], name
+
+
+def test_cpu_session_reads_no_metadata_first(fake_session, tiny_export):
+    """The FP16 check opens a session of its own; where no GPU provider is wanted it is not made."""
+    with ortb.OnnxRuntimeRunner(tiny_export / "model.fp16.onnx", providers=[CPU_EP]):
+        pass
+    assert fake_session.calls == [[CPU_EP]]
 
 
 @pytest.mark.skipif(not (CAPI / "libonnxruntime_providers_cuda.so").is_file(),

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mde.errors import BackendError, InputError, ModelError
+from mde.errors import BackendError, InputError, MdeError, ModelError
 from mde.runtime.backends import ort_providers as eps
 from mde.runtime.backends.base import Runner, TensorSpec, register_backend
 from mde.runtime.backends.ort_providers import (  # noqa: F401 - the names callers import from here too
@@ -62,14 +62,17 @@ def tensorrt_provider_options(cache_dir: Path = CACHE_DIR / "ort-tensorrt") -> d
     }
 
 
-def cuda_provider_options() -> dict[str, str]:
-    """CUDA EP options: FP32 math in FP32, not TF32.
+def cuda_provider_options(allow_tf32: bool = False) -> dict[str, str]:
+    """CUDA EP options: FP32 math in FP32, not TF32, unless `allow_tf32`.
 
     ONNX Runtime's default lets FP32 convolutions run in TF32 on Ampere and later (10-bit
     mantissas): an FP32 artifact would no longer compute what its name says, nor match PyTorch
-    within the FP32 tolerance. FP16 is the fast path on a GPU.
+    within the FP32 tolerance. A graph that computes in FP16 has no FP32 convolution for TF32 to
+    change, and there `use_tf32=0` costs: on an H100 (onnxruntime-gpu 1.31.1) the FP16 artifact
+    ran 1.7x slower at batch 8 with it, and cuDNN's frontend logged "No execution plans support
+    the graph" for every fused convolution (README "GPU check"). So FP16 artifacts allow it.
     """
-    return {"use_tf32": "0"}
+    return {"use_tf32": "1" if allow_tf32 else "0"}
 
 
 def session_options(
@@ -105,6 +108,7 @@ def create_session(
     optimization: str = "all",
     optimized_model_path: str | Path | None = None,
     source: str | Path | None = None,
+    allow_tf32: bool = False,
 ) -> Any:
     """Open an ONNX Runtime session on `model` (a file or serialized bytes): the one way mde does it.
 
@@ -116,6 +120,7 @@ def create_session(
         optimization: graph optimization level: disable, basic, extended or all.
         optimized_model_path: where ONNX Runtime writes the graph it actually runs (None: nowhere).
         source: the name used in messages (default: `model` when it is a path).
+        allow_tf32: let the CUDA provider use TF32 (`cuda_provider_options`): for graphs that compute in FP16.
 
     Raises:
         BackendError: a named provider is unknown to this onnxruntime or did not load.
@@ -146,8 +151,8 @@ def create_session(
     if any(p in GPU_EPS for p in wanted):
         eps.preload_gpu_libraries()
     opts = session_options(ort, threads, inter_op_threads, optimization, optimized_model_path)
-    options = {TRT_EP: tensorrt_provider_options, CUDA_EP: cuda_provider_options}
-    provider_args = [(p, options[p]()) if p in options else p for p in wanted]
+    options = {TRT_EP: tensorrt_provider_options(), CUDA_EP: cuda_provider_options(allow_tf32)}
+    provider_args = [(p, options[p]) if p in options else p for p in wanted]
     try:
         if not isinstance(model, bytes):
             str(model).encode("utf-8")
@@ -267,7 +272,7 @@ class OnnxRuntimeRunner(Runner):
     def _activate_impl(self) -> None:
         session = create_session(
             self.path, providers=self.requested_providers, threads=self.threads,
-            inter_op_threads=self.inter_op_threads,
+            inter_op_threads=self.inter_op_threads, allow_tf32=self._computes_in_fp16(),
         )
         self.metadata, self.input_specs, self.output_specs = describe_session(session, self.path)
         self._session = session
@@ -275,6 +280,17 @@ class OnnxRuntimeRunner(Runner):
 
     def _deactivate_impl(self) -> None:
         self._session = None
+
+    def _computes_in_fp16(self) -> bool:
+        """Whether this is an FP16 artifact (`mde.precision`) that a CUDA provider may run: read first, in a
+        CPU session without optimization (about 0.1 s), only where one of the GPU providers is wanted."""
+        wanted = self.requested_providers or eps.default_providers(import_ort().get_available_providers())
+        if not any(p in GPU_EPS for p in wanted):
+            return False
+        try:
+            return read_onnx_metadata(self.path)[0].precision == "fp16"
+        except MdeError:  # opening it for real names the problem
+            return False
 
     @property
     def providers(self) -> list[str]:
