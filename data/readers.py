@@ -10,6 +10,7 @@ valid pixel and masks holding other values on load. All raise `DataError` naming
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from mde.runtime.images import (
     read_depth,
     read_rgb,
 )
-from mde.runtime.metadata import DEPTH_SCALE_RANGE, MM_PER_M
+from mde.runtime.metadata import DEPTH_SCALE_RANGE, MIN_DEPTH_RANGE, MM_PER_M
 from mde.runtime.metrics import MASK_INVALID, MASK_OBJECT, MASK_STRUCTURE
 
 log = logging.getLogger(__name__)
@@ -379,8 +380,14 @@ def open_dataset(path: str | Path, split: str = "val", fmt: str = "auto",
             raise InputError("--depth-scale reads 16-bit PNG depth; NYU's depths are float metres", path)
         return NYUDataset(path, split)
     if fmt == "kitti":
-        return KittiDataset(path, split, KITTI_DEPTH_SCALE if depth_scale is None else depth_scale)
-    return FolderDataset(path, split, MM_PER_M if depth_scale is None else depth_scale)
+        dataset: FolderDataset | KittiDataset = KittiDataset(
+            path, split, KITTI_DEPTH_SCALE if depth_scale is None else depth_scale)
+    else:
+        dataset = FolderDataset(path, split, MM_PER_M if depth_scale is None else depth_scale)
+    if depth_scale is not None and not any(d.suffix.lower() == ".png" for _, _, d in dataset.pairs):
+        raise InputError("--depth-scale reads 16-bit PNG depth; this split's depth maps are all .npy (metres)",
+                         dataset.pairs[0][2].parent)
+    return dataset
 
 
 QUIET_CHECK = 256  # samples read without a progress bar (about a second)
@@ -415,14 +422,14 @@ def dataset_max_depth(path: str | Path, model_range: float | None = None) -> flo
             raise DataError(f"cannot read meta.json ({err.strerror or err})", meta) from None
         try:
             value = parse_json(text)["max_depth"]
-            if isinstance(value, bool):  # float(true) is 1.0
-                raise TypeError(f"max_depth is {str(value).lower()}")
+            if isinstance(value, bool) or not isinstance(value, int | float):  # float(true) is 1.0, float("20") 20
+                raise TypeError(f"max_depth is {json.dumps(value)}, not a number")
             value = float(value)
         except (ValueError, KeyError, TypeError, OverflowError) as err:
             raise DataError(f"expected a JSON object with a numeric 'max_depth' ({err})", meta) from None
-        if not 0 < value <= MAX_PLAUSIBLE_DEPTH:  # NaN too; beyond it SSIM's constants overflow
-            raise DataError(f"expected a positive max_depth of at most {MAX_PLAUSIBLE_DEPTH:g} m, found {value:g}",
-                            meta)
+        if not MIN_DEPTH_RANGE <= value <= MAX_PLAUSIBLE_DEPTH:  # NaN too; beyond, SSIM's constants over/underflow
+            raise DataError(f"expected a max_depth of {MIN_DEPTH_RANGE:g} to {MAX_PLAUSIBLE_DEPTH:g} m, "
+                            f"found {value:g}", meta)
         return value
     if path.is_file() and path.suffix.lower() in NYU_SUFFIXES:
         return NYU_MAX_DEPTH

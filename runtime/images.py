@@ -291,8 +291,8 @@ def _low_bytes(img: Image.Image, rawmode: str | None, path: Path) -> np.ndarray 
 def check_plausible_depth(deepest: float, path: str | Path) -> None:
     """Refuse a depth beyond `MAX_PLAUSIBLE_DEPTH`: an encoding mistake, not a distance."""
     if deepest > MAX_PLAUSIBLE_DEPTH:
-        advice = ("store metres, and 0 or NaN where depth is invalid" if Path(path).suffix.lower() == ".npy"
-                  else "a PNG's values are divided by --depth-scale, its units per metre: too small a scale?")
+        advice = ("a PNG's values are divided by --depth-scale, its units per metre: too small a scale?"
+                  if Path(path).suffix.lower() == ".png" else "store metres, and 0 or NaN where depth is invalid")
         raise DataError(f"depth reaches {deepest:.3g} m, beyond any plausible distance ({MAX_PLAUSIBLE_DEPTH:g} m): "
                         f"{advice}", path)
 

@@ -155,6 +155,9 @@ PNG16_MAX = 65535  # the largest value (millimetres, in mde's depth PNGs) a 16-b
 # A depth beyond this many metres is an encoding mistake (a "no return" or sky code such as
 # 1e30 or float32's maximum), not a distance; its square would overflow float32 loss and metric sums.
 MAX_PLAUSIBLE_DEPTH = 1e6
+# The smallest depth range (a model's max_depth, a dataset's meta.json max_depth): SSIM's constants are
+# (0.01 x range)^2 and (0.03 x range)^2, which below this underflow toward 0 and turn flat patches into 0/0.
+MIN_DEPTH_RANGE = 1e-3
 MAX_INPUT_SIDE = 8192
 
 
@@ -201,9 +204,10 @@ def _input_size(value: Any) -> tuple[int, int]:
 
 
 def _max_depth(value: Any) -> float:
-    """`mde.output` max_depth: metres above 0, at most `MAX_PLAUSIBLE_DEPTH` (beyond, float32 depth overflows)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_PLAUSIBLE_DEPTH:
-        raise ValueError(f"max_depth must be a number of metres above 0 and at most {MAX_PLAUSIBLE_DEPTH:g}, "
+    """`mde.output` max_depth: metres in `MIN_DEPTH_RANGE`..`MAX_PLAUSIBLE_DEPTH` (beyond, float32 depth overflows)."""
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not MIN_DEPTH_RANGE <= value <= MAX_PLAUSIBLE_DEPTH):
+        raise ValueError(f"max_depth must be a number of metres from {MIN_DEPTH_RANGE:g} to {MAX_PLAUSIBLE_DEPTH:g}, "
                          f"got {json.dumps(value)}")
     return float(value)
 

@@ -20,6 +20,7 @@ from mde.data.readers import (
     open_dataset,
 )
 from mde.errors import DataError, InputError
+from mde.runtime.images import check_plausible_depth
 
 RNG = np.random.default_rng(0)
 
@@ -120,6 +121,22 @@ def test_folder_npy_jpeg_and_depth_scale(tmp_path):
     assert np.all(b.depth[0, :3] == 0) and np.allclose(b.depth[1:], d2[1:])
 
 
+def test_depth_scale_is_refused_where_no_depth_map_is_a_png(tmp_path):
+    """.npy depth is metres already: a --depth-scale given for such a split would change nothing, silently."""
+    _write_pair(tmp_path, "val", "a", _depth(), npy=True)
+    assert open_dataset(tmp_path, "val").names == ["a"]
+    with pytest.raises(InputError, match=r"val/depth: --depth-scale reads 16-bit PNG depth; this split's depth "
+                                         r"maps are all \.npy \(metres\)"):
+        open_dataset(tmp_path, "val", depth_scale=256.0)
+
+
+def test_out_of_range_depth_advice_fits_the_file(tmp_path):
+    """Only a PNG's depth is divided by --depth-scale; an NYU file's or a .npy's is float metres."""
+    for source, advice in (("d.png", "--depth-scale"), ("d.npy", "store metres"), ("nyu.mat[3]", "store metres")):
+        with pytest.raises(DataError, match=advice):
+            check_plausible_depth(2e6, source)
+
+
 def test_nyu_mat_layout_is_transposed(tmp_path):
     path = tmp_path / "nyu_depth_v2_labeled.mat"
     rgbs, depths = _write_nyu(path)
@@ -202,8 +219,10 @@ def test_dataset_max_depth_rules(tmp_path):
     (tmp_path / "meta.json").write_text(json.dumps({"max_depth": 15.5}))
     assert dataset_max_depth(tmp_path) == 15.5
     for text, match in (("{not json", "meta.json"), ('{"max_depth": true}', "max_depth is true"),
-                        ('{"max_depth": NaN}', "positive max_depth"),
-                        ('{"max_depth": 1e200}', "of at most 1e\\+06 m, found 1e\\+200"),  # SSIM overflowed
+                        ('{"max_depth": NaN}', "max_depth of 0.001 to 1e\\+06 m, found nan"),
+                        ('{"max_depth": 1e200}', "to 1e\\+06 m, found 1e\\+200"),  # SSIM overflowed
+                        ('{"max_depth": 1e-300}', "max_depth of 0.001 to 1e\\+06 m, found 1e-300"),  # underflowed
+                        ('{"max_depth": "20"}', 'max_depth is "20", not a number'),  # float("20") read it
                         ('{"max_depth": 1' + "0" * 400 + "}", "numeric 'max_depth' \\(int too large")):
         (tmp_path / "meta.json").write_text(text)
         with pytest.raises(DataError, match=match):

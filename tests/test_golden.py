@@ -168,13 +168,13 @@ def _tolerances(**changes):
     (_mask_value, "mask_0 must be uint8 region values (0, 1, 255) of gt_0's shape"),
     (_mask_float, "mask_0 must be uint8 region values"),
     (_mask_shape, "got uint8 (5, 5)"),
-    (_range_text, "meta.data_range must be a number of metres in (0, 1e+06], got abc"),
-    (_range_negative, "meta.data_range must be a number of metres in (0, 1e+06], got -5"),
-    (_range_huge, "meta.data_range must be a number of metres in (0, 1e+06], got 1.7e+308"),  # SSIM overflowed
+    (_range_text, "meta.data_range must be a number of metres in [0.001, 1e+06], got abc"),
+    (_range_negative, "meta.data_range must be a number of metres in [0.001, 1e+06], got -5"),
+    (_range_huge, "meta.data_range must be a number of metres in [0.001, 1e+06], got 1.7e+308"),  # SSIM overflowed
     (_depth_cut, "golden arrays must be N x 3 x H x W and N x 1 x H x W"),
     # a damaged max_depth was a parity failure of the artifact (exit 1, "preprocessing mismatch")
-    (_meta(max_depth=float("inf")), "meta.max_depth must be a number of metres in (0, 1e+06], got Infinity"),
-    (_meta(max_depth=True), "meta.max_depth must be a number of metres in (0, 1e+06], got true"),
+    (_meta(max_depth=float("inf")), "meta.max_depth must be a number of metres in [0.001, 1e+06], got Infinity"),
+    (_meta(max_depth=True), "meta.max_depth must be a number of metres in [0.001, 1e+06], got true"),
     # damaged tolerance rows were skipped, and the defaults used, in silence
     (_tolerances(fp32="garbage"), "[fp32] must be a table of tolerances"),
     (_tolerances(fp32=[1, 2]), "[fp32] must be a table of tolerances"),

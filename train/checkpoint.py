@@ -21,7 +21,7 @@ import torch
 from mde import __version__
 from mde.errors import InputError, ModelError
 from mde.io import atomic_path, require_file
-from mde.runtime.metadata import MAX_INPUT_SIDE
+from mde.runtime.metadata import MAX_INPUT_SIDE, MIN_DEPTH_RANGE
 from mde.train.config import MAX_DEPTH_LIMIT
 from mde.train.model import BACKBONES, DECODERS, DepthNet, ModelArgs, build_model
 
@@ -206,8 +206,9 @@ def check_model_args(args: ModelArgs, path: str | Path) -> None:
     if not (isinstance(size, int) and not isinstance(size, bool) and 32 <= size <= MAX_INPUT_SIDE and size % 32 == 0):
         raise ModelError(f"checkpoint's model_args.image_size must be a multiple of 32 in 32..{MAX_INPUT_SIDE}, "
                          f"got {size!r}", path)
-    if not (isinstance(depth, (int, float)) and not isinstance(depth, bool) and 0 < depth <= MAX_DEPTH_LIMIT):
-        raise ModelError(f"checkpoint's model_args.max_depth must be a number of metres in (0, "
+    if not (isinstance(depth, (int, float)) and not isinstance(depth, bool)
+            and MIN_DEPTH_RANGE <= depth <= MAX_DEPTH_LIMIT):
+        raise ModelError(f"checkpoint's model_args.max_depth must be a number of metres in [{MIN_DEPTH_RANGE:g}, "
                          f"{MAX_DEPTH_LIMIT:g}], got {depth!r}", path)
 
 

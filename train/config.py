@@ -10,7 +10,7 @@ from typing import Any
 
 from mde.errors import InputError
 from mde.io import check_outside_splits
-from mde.runtime.metadata import MAX_INPUT_SIDE
+from mde.runtime.metadata import MAX_INPUT_SIDE, MIN_DEPTH_RANGE
 
 BACKBONE_CHOICES = ("resnet18", "resnet34", "resnet50")
 # The registered decoders (mde.train.model.DECODERS); kept here so `mde --help` needs no torch.
@@ -118,8 +118,9 @@ class TrainConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.depth_scale is not None and self.depth_scale <= 0:
             raise InputError(f"--depth-scale must be > 0, got {self.depth_scale}")
-        if self.max_depth > MAX_DEPTH_LIMIT:
-            raise InputError(f"--max-depth must be at most {MAX_DEPTH_LIMIT:g} m, got {self.max_depth:g}")
+        if self.max_depth > MAX_DEPTH_LIMIT or 0 < self.max_depth < MIN_DEPTH_RANGE:
+            raise InputError(f"--max-depth must be {MIN_DEPTH_RANGE:g} to {MAX_DEPTH_LIMIT:g} m (0: the dataset's), "
+                             f"got {self.max_depth:g}")
         if not 0 <= self.seed <= SEED_LIMIT:
             raise InputError(f"--seed must be in 0..{SEED_LIMIT}, got {self.seed}")
         if not self.augment and (self.scale_crop or self.color_jitter):

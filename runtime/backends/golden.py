@@ -15,7 +15,7 @@ from mde.errors import InputError
 from mde.io import json_float, parse_json, starts_with
 from mde.runtime.backends.base import Runner, TensorSpec, register_backend
 from mde.runtime.images import MAX_PLAUSIBLE_DEPTH
-from mde.runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
+from mde.runtime.metadata import INPUT_NAME, MIN_DEPTH_RANGE, OUTPUT_NAME, ModelMetadata
 from mde.runtime.metrics import MASK_INVALID, MASK_OBJECT, MASK_STRUCTURE
 
 
@@ -59,8 +59,10 @@ def _check_ground_truth(golden: dict[str, Any], count: int, path: Path) -> None:
     damaged = " (a damaged file: export it again)"
     data_range = golden["meta"].get("data_range")
     number = json_float(data_range)
-    if data_range is not None and not (number is not None and 0 < number <= MAX_PLAUSIBLE_DEPTH):  # SSIM squares it
-        raise InputError(f"golden.npz meta.data_range must be a number of metres in (0, {MAX_PLAUSIBLE_DEPTH:g}], "
+    in_range = number is not None and MIN_DEPTH_RANGE <= number <= MAX_PLAUSIBLE_DEPTH  # SSIM squares it
+    if data_range is not None and not in_range:
+        raise InputError(f"golden.npz meta.data_range must be a number of metres in [{MIN_DEPTH_RANGE:g}, "
+                         f"{MAX_PLAUSIBLE_DEPTH:g}], "
                          f"got {str(data_range)[:40]}{damaged}", path)
     present = [i for i in range(count) if f"gt_{i}" in golden]
     if (golden["meta"].get("ground_truth") and len(present) != count) or 0 < len(present) < count:
@@ -105,8 +107,10 @@ class GoldenRunner(Runner):
         if saved_range is None:
             raise InputError("golden.npz records no depth range (re-export it with `mde export`)", self.path)
         max_depth = json_float(saved_range)
-        if max_depth is None or not 0 < max_depth <= MAX_PLAUSIBLE_DEPTH:  # the model's range: it scales the gates
-            raise InputError(f"golden.npz meta.max_depth must be a number of metres in (0, {MAX_PLAUSIBLE_DEPTH:g}], "
+        # the model's range: it scales the gates
+        if max_depth is None or not MIN_DEPTH_RANGE <= max_depth <= MAX_PLAUSIBLE_DEPTH:
+            raise InputError(f"golden.npz meta.max_depth must be a number of metres in [{MIN_DEPTH_RANGE:g}, "
+                             f"{MAX_PLAUSIBLE_DEPTH:g}], "
                              f"got {json.dumps(saved_range)[:40]} (a damaged file: export it again)", self.path)
         try:
             metadata = ModelMetadata(input_size=(int(h), int(w)), max_depth=max_depth, precision="fp32",
