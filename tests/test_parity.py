@@ -216,6 +216,17 @@ def test_compare_statistics_and_verdicts():
     assert bad.p99_abs_diff == pytest.approx(0.2, abs=1e-5) and bad.p99_over_range == pytest.approx(0.02, abs=1e-6)
 
 
+def test_an_artifact_that_outputs_nan_fails_without_a_numpy_warning(recwarn):
+    """Its differences are inf; numpy's interpolation toward inf (inf - inf) warned on stderr and read NaN."""
+    ref = [np.full((1, 8, 8), 3.0, np.float32) for _ in range(2)]
+    gts = [r[0] + 0.5 for r in ref]
+    out = [np.full_like(r, np.nan) for r in ref]
+    result = compare(ref, out, gts, tolerance=Tolerance(), max_depth=10, data_range=10)
+    assert {"nan", "p99"} <= set(result.failed) and not result.passed
+    assert result.p99_abs_diff == np.inf and result.max_abs_diff == np.inf
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in recwarn]
+
+
 @pytest.mark.parametrize("args, match", [
     (["parity", "missing.pt"], "expected CKPT and at least one ARTIFACT"),
     (["parity", "--golden", "nope.npz", "nope.onnx"], "artifact not found"),
