@@ -116,10 +116,25 @@ def fixed_map_prediction(depth_map: np.ndarray, size: tuple[int, int], max_depth
     return postprocess(depth_map, size, max_depth)
 
 
+class GroundTruths:
+    """A dataset's samples with their depth maps and masks but not their images (its `ground_truth(i)` where it
+    has one): image-blind baselines read no pixel of an image, only its size."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+        self._read = getattr(dataset, "ground_truth", dataset.__getitem__)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        return self._read(index)
+
+
 def _fixed_map_metrics(depth_map: np.ndarray, val: Any, data_range: float, max_depth: float) -> dict[str, float]:
     """`evaluate` of a predictor that returns `depth_map` for every image (`fixed_map_prediction`)."""
     return evaluate(lambda rgbs: [fixed_map_prediction(depth_map, r.shape[:2], max_depth) for r in rgbs],
-                    val, data_range)
+                    GroundTruths(val), data_range)
 
 
 def baselines(train: Any, val: Any, data_range: float) -> dict[str, Any]:
@@ -140,6 +155,7 @@ def baselines(train: Any, val: Any, data_range: float) -> dict[str, Any]:
 
 def _depth_statistics(train: Any) -> tuple[float, np.ndarray]:
     """The mean valid depth of a split and its per-pixel mean map."""
+    train = GroundTruths(train)
     shape = train[0].depth.shape
     total, count = 0.0, 0
     pix_sum, pix_count = np.zeros(shape, np.float64), np.zeros(shape, np.int64)

@@ -137,6 +137,22 @@ def test_out_of_range_depth_advice_fits_the_file(tmp_path):
             check_plausible_depth(2e6, source)
 
 
+def test_ground_truth_reads_depth_and_mask_but_no_image(tmp_path):
+    """What image-blind baselines score: the depth map and mask as `ds[i]` has them, and a black image of their
+    size; the folder reader does not open the image file at all."""
+    _write_pair(tmp_path, "val", "a", _depth())
+    _write_mask(tmp_path, "val", "a", RNG.choice(np.array([0, 1, 255], np.uint8), (12, 16)))
+    nyu = tmp_path / "nyu.mat"
+    _write_nyu(nyu)
+    for ds in (open_dataset(tmp_path, "val"), open_dataset(nyu, "all")):
+        full, truth = ds[0], ds.ground_truth(0)
+        np.testing.assert_array_equal(truth.depth, full.depth)
+        assert (truth.mask is None) == (full.mask is None) and truth.name == full.name
+        assert truth.rgb.shape == full.rgb.shape and not truth.rgb.any()
+    (tmp_path / "val" / "rgb" / "a.png").write_bytes(b"not a PNG")
+    assert open_dataset(tmp_path, "val").ground_truth(0).depth.shape == (12, 16)
+
+
 def test_nyu_mat_layout_is_transposed(tmp_path):
     path = tmp_path / "nyu_depth_v2_labeled.mat"
     rgbs, depths = _write_nyu(path)

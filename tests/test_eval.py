@@ -118,6 +118,23 @@ def test_the_baseline_never_stops_scoring_and_never_sees_the_scored_images(cli, 
     assert res.code == 0 and "pixel_mean_map" not in json.loads(report.read_text())["regions"], res.err
 
 
+def test_an_images_note_is_said_once_and_the_baseline_reads_no_image(cli, tiny_export, synth_data, tmp_path):
+    """The per-pixel mean map reads depth maps and masks only: it read every val image again (each note on an
+    image was printed twice) and every train image (an unreadable one would have cost the baseline)."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    first = sorted((data / "val" / "rgb").iterdir())[0]
+    grey = np.asarray(Image.open(first).convert("L")).astype(np.uint16)  # 8-bit values in a 16-bit PNG
+    Image.fromarray(grey).save(first)
+    sorted((data / "train" / "rgb").iterdir())[0].write_bytes(b"not a PNG")
+    res = cli("eval", tiny_export / "model.onnx", "--data", data, "--json")
+    assert res.code == 0, res.err
+    assert res.err.count("8-bit values in a 16-bit image") == 1, res.err
+    assert "pixel_mean_map" in json.loads(res.out) and "note:" not in res.err, res.err
+
+
 def test_eval_checkpoint_table(cli, tiny_checkpoint, synth_data):
     res = cli("eval", tiny_checkpoint, "--data", synth_data, "--split", "train", "--device", "cpu")
     assert res.code == 0, res.err
