@@ -24,6 +24,7 @@ from mde.io import parse_json, read_small_text
 from mde.runtime.images import (
     IMAGE_SUFFIXES,
     MAX_PLAUSIBLE_DEPTH,
+    MIN_SIDE,
     _decode,
     _open_checked,
     check_plausible_depth,
@@ -286,6 +287,9 @@ class NYUDataset:
             if images.ndim != 4 or images.shape[1] != 3 or images.dtype != np.uint8:
                 raise DataError(f"expected 'images' N x 3 x W x H uint8, found {images.dtype} "
                                 f"{images.shape}", self.path)
+            if min(images.shape[2:]) < MIN_SIDE:  # as for image files
+                raise DataError(f"images are {images.shape[2]}x{images.shape[3]}, smaller than {MIN_SIDE} pixels "
+                                "on a side", self.path)
             if depths.shape != (images.shape[0], images.shape[2], images.shape[3]):
                 raise DataError(f"expected 'depths' of shape {(images.shape[0], *images.shape[2:])} "
                                 f"to match 'images', found {depths.shape}", self.path)

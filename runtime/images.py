@@ -108,6 +108,8 @@ def to_rgb8(array: np.ndarray, source: str | Path = "image", by_value: bool = Fa
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
         _refuse(f"expected H x W x 3 RGB, got shape {array.shape}", source)
+    if min(array.shape[:2]) < MIN_SIDE:  # as for image files: nothing a depth model can see
+        _refuse(f"image is {array.shape[1]}x{array.shape[0]}, smaller than {MIN_SIDE} pixels on a side", source)
     array = _to_uint8(array, source, by_value)
     channels = array.shape[2]
     if channels in (1, 2):

@@ -153,6 +153,13 @@ def test_ground_truth_reads_depth_and_mask_but_no_image(tmp_path):
     assert open_dataset(tmp_path, "val").ground_truth(0).depth.shape == (12, 16)
 
 
+def test_nyu_images_under_8_pixels_are_refused_as_image_files_are(tmp_path):
+    path = tmp_path / "nyu.mat"
+    _write_nyu(path, h=6, w=16)
+    with pytest.raises(DataError, match=r"nyu.mat: images are 16x6, smaller than 8 pixels on a side"):
+        open_dataset(path, "all")
+
+
 def test_nyu_mat_layout_is_transposed(tmp_path):
     path = tmp_path / "nyu_depth_v2_labeled.mat"
     rgbs, depths = _write_nyu(path)

@@ -196,8 +196,11 @@ def test_a_dark_16_bit_image_is_converted_with_a_warning(caplog):
         (np.zeros((10, 10, 5), np.uint8), "shape"),
         (np.zeros((2, 10, 10, 3), np.uint8), "shape"),
         ([[1, 2, 3]], "numpy array"),
+        (np.zeros((1, 1, 3), np.uint8), "image is 1x1, smaller than 8 pixels on a side"),  # as for files
+        (np.zeros((40, 7), np.uint8), "image is 7x40, smaller than 8 pixels on a side"),
     ],
-    ids=["zero-size", "complex", "float-0-255", "float-over-1", "nan", "negative", "5-channels", "4d", "list"],
+    ids=["zero-size", "complex", "float-0-255", "float-over-1", "nan", "negative", "5-channels", "4d", "list",
+         "1x1", "7-wide"],
 )
 def test_predict_rejects_bad_images(est, image, match):
     with pytest.raises(InputError, match=match):
