@@ -77,12 +77,13 @@ def run_all(runners: Sequence[Runner], feeds: Iterable[np.ndarray], total: int |
     Each feed is one 1 x 3 x H x W image; each output is that image's raw 1 x h x w depth.
     """
     from mde.console import track
-    from mde.runtime.metadata import INPUT_NAME, OUTPUT_NAME
+    from mde.runtime.metadata import OUTPUT_NAME
 
+    inputs = [next(iter(runner.input_specs)) for runner in runners]  # a graph's one input, named as it likes
     outputs: list[list[np.ndarray]] = [[] for _ in runners]
     for feed in track(feeds, description, total=total):
-        for runner, out in zip(runners, outputs):
-            out.append(runner.infer({INPUT_NAME: feed})[OUTPUT_NAME][0])
+        for runner, name, out in zip(runners, inputs, outputs):
+            out.append(runner.infer({name: feed})[OUTPUT_NAME][0])
     return outputs
 
 

@@ -146,8 +146,8 @@ def test_runner_specs(runner):
 @pytest.mark.parametrize(
     "feed, match",
     [
-        ({"img": np.zeros((1, 3, 64, 64), np.float32)}, r"expected inputs \['image'\], got \['img'\]"),
-        ({"image": np.zeros((1, 3, 64, 64), np.float32), "extra": np.zeros(1)}, "expected inputs"),
+        ({"img": np.zeros((1, 3, 64, 64), np.float32)}, r"the model's inputs are \['image'\]; the feed names \['img'\]"),
+        ({"image": np.zeros((1, 3, 64, 64), np.float32), "extra": np.zeros(1)}, "the model's inputs are"),
         ({"image": np.zeros((1, 3, 64, 64), np.float64)}, "expected dtype float32, got float64"),
         ({"image": np.zeros((1, 3, 32, 32), np.float32)}, r"expected shape \(\?, 3, 64, 64\), got \(1, 3, 32, 32\)"),
         ({"image": np.zeros((3, 64, 64), np.float32)}, "expected shape"),

@@ -202,6 +202,23 @@ def test_load_tolerances(tmp_path):
             load_tolerances(good)
 
 
+def test_a_graph_whose_input_has_another_name_is_fed_by_that_name(cli, tiny_checkpoint, tiny_export, synth_data,
+                                                                  tmp_path):
+    """predict, eval and bench feed a graph's one input whatever its name; parity fed 'image' and failed with
+    a message that read backwards."""
+    import onnx
+
+    model = onnx.load(str(tiny_export / "model.onnx"))
+    old = model.graph.input[0].name
+    model.graph.input[0].name = "pixels"
+    for node in model.graph.node:
+        node.input[:] = ["pixels" if name == old else name for name in node.input]
+    renamed = tmp_path / "renamed.onnx"
+    onnx.save(model, str(renamed))
+    res = cli("parity", tiny_checkpoint, renamed, "--data", synth_data, "--limit", "2")
+    assert res.code == 0 and "PASS" in res.out, res.err
+
+
 def test_compare_statistics_and_verdicts():
     rng = np.random.default_rng(0)
     ref = [rng.uniform(1, 10, (1, 16, 16)).astype(np.float32) for _ in range(3)]

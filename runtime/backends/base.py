@@ -115,9 +115,7 @@ class Runner(abc.ABC):
             raise InputError(f"feed must be a dict of name -> numpy array, got {type(feed).__name__}")
         expected = set(self.input_specs)
         if set(feed) != expected:
-            raise InputError(
-                f"expected inputs {sorted(expected)}, got {sorted(feed)}", self.path
-            )
+            raise InputError(f"the model's inputs are {sorted(expected)}; the feed names {sorted(feed)}", self.path)
         for name, spec in self.input_specs.items():
             array = feed[name]
             if not isinstance(array, np.ndarray):
