@@ -89,6 +89,8 @@ def _check_config(cfg: CalibrationConfig) -> None:
             raise InputError("the output is no regular file (a FIFO or a device?); expected a file name", path)
         if resolved(path) == resolved(cfg.model):
             raise InputError("the output would overwrite the input model", path)
+        if resolved(cfg.data) in resolved(path).parents:  # a dataset holds data: its readers would meet these files
+            raise InputError(f"the output would lie inside the dataset {cfg.data}; choose a file outside it", path)
     check_not_under_file(cfg.out, "--out")
     for path in (Path(cfg.out), cfg.ranges_path):  # a stream or /dev, /sys, a read-only disk
         if written_in_place(path):
@@ -208,6 +210,7 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
     cfg.model, cfg.data, cfg.out = Path(cfg.model), Path(cfg.data), Path(cfg.out)
     _check_config(cfg)
     source, meta = load_source(cfg.model)
+    data_range = dataset_max_depth(cfg.data, meta.max_depth)  # a bad meta.json refused now, not after calibrating
     dataset, hold_idx, calib_idx = open_train_split(cfg)
     size = tuple(meta.input_size)
     holdout = [dataset[i] for i in hold_idx]  # first: a bad file among them is found before the calibration pass
@@ -221,7 +224,7 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
         ranges, reused = _ranges(cfg, pre_path, dataset, calib_idx, size, progress)
         inputs = np.concatenate([preprocess(s.rgb, size) for s in holdout])
         evaluator = fallback.Evaluator(source.SerializeToString(), inputs, [s.depth for s in holdout],
-                                       meta.max_depth, data_range=dataset_max_depth(cfg.data, meta.max_depth))
+                                       meta.max_depth, data_range=data_range)
         qdq = qz.quantize(pre, ranges, cfg.method, cfg.spec)
         head = float_layers.head_nodes(qdq, cfg.op_types)
         qdq = float_layers.with_float_nodes(qdq, pre, head, cfg.op_types)  # the depth head is never quantized

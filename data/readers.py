@@ -425,6 +425,9 @@ def read_every_sample(dataset: Any, description: str) -> None:
         dataset[i]
 
 
+JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", type(None): "null"}
+
+
 def dataset_max_depth(path: str | Path, model_range: float | None = None) -> float:
     """The dataset's maximum depth in metres (the SSIM data range).
 
@@ -443,12 +446,19 @@ def dataset_max_depth(path: str | Path, model_range: float | None = None) -> flo
             text = read_small_text(meta)
         except OSError as err:
             raise DataError(f"cannot read meta.json ({err.strerror or err})", meta) from None
+        except UnicodeDecodeError as err:
+            raise DataError(f"not UTF-8 text, so not JSON (byte {err.start})", meta) from None
         try:
-            value = parse_json(text)["max_depth"]
+            doc = parse_json(text)
+            if not isinstance(doc, dict):
+                raise TypeError(f"found a JSON {JSON_TYPES.get(type(doc), type(doc).__name__)}")
+            if "max_depth" not in doc:
+                raise TypeError("it has no 'max_depth'")
+            value = doc["max_depth"]
             if isinstance(value, bool) or not isinstance(value, int | float):  # float(true) is 1.0, float("20") 20
                 raise TypeError(f"max_depth is {json.dumps(value)}, not a number")
             value = float(value)
-        except (ValueError, KeyError, TypeError, OverflowError) as err:
+        except (ValueError, TypeError, OverflowError) as err:
             raise DataError(f"expected a JSON object with a numeric 'max_depth' ({err})", meta) from None
         if not MIN_DEPTH_RANGE <= value <= MAX_PLAUSIBLE_DEPTH:  # NaN too; beyond, SSIM's constants over/underflow
             raise DataError(f"expected a max_depth of {MIN_DEPTH_RANGE:g} to {MAX_PLAUSIBLE_DEPTH:g} m, "

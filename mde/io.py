@@ -200,8 +200,11 @@ def open_regular(path: str | Path) -> Any:
     end), found without blocking."""
     nonblocking = getattr(os, "O_NONBLOCK", 0)  # POSIX; Windows has no FIFOs to block on
     fd = os.open(path, os.O_RDONLY | nonblocking | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
         os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise OSError(errno.EISDIR, "a folder, not a file", str(path))
         raise OSError(errno.EINVAL, "not a regular file (a FIFO or a device?)", str(path))
     if nonblocking:
         os.set_blocking(fd, True)
@@ -462,6 +465,8 @@ def no_empty_new_folder(path: str | Path) -> Iterator[None]:
 
 # Files a report or a JSON result must never replace, even when the run does not read them.
 PRECIOUS_SUFFIXES = (".onnx", ".engine", ".plan", ".pt", ".pth", ".npz", ".npy", ".ranges.json")
+# A training run folder's own files (`mde train` writes them; `--resume` reads config.json and metrics.jsonl).
+RUN_FILES = ("best.pt", "last.pt", "config.json", "metrics.jsonl", "curves.png", "samples.png")
 
 
 def check_output_file(path: str | Path, option: str, inputs: Iterable[str | Path]) -> Path:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from mde.errors import CheckFailed, DataError, InputError, ModelError
-from mde.io import resolved, sha256_file
+from mde.io import RUN_FILES, resolved, sha256_file
 from mde.runtime.artifact import artifact_labels
 from mde.runtime.backends.base import Runner, open_runner, providers_refused, runs_on_onnxruntime
 from mde.runtime.parity import (
@@ -326,6 +326,8 @@ def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
     if twice is not None:
         raise InputError("artifact given twice; each file is checked once", twice)
     inputs = [*cfg.artifacts, *(p for p in (cfg.checkpoint, cfg.golden, cfg.data, cfg.tolerances) if p)]
+    if cfg.checkpoint is not None:  # the run it came from: `--json run/config.json` would cost its --resume
+        inputs += [Path(cfg.checkpoint).parent / name for name in RUN_FILES]
     for option, out in (("--json", cfg.json_path), ("--report", cfg.report)):
         if out is not None:
             check_output_file(out, option, inputs)

@@ -219,6 +219,10 @@ def _no_metadata(src, dst):
     ("negative_seed", "--seed must be in 0..4294967295, got -1"),
     ("ranges_is_folder", "out.int8.ranges.json: the output is a folder; expected a file name"),
     ("json_model", "meta.json: expected an .onnx model, got .json"),  # onnx.load parsed it as text: internal error
+    # refused after the calibration pass, which had saved OUT.ranges.json; not UTF-8 was an internal error
+    ("meta_text_range", "meta.json: expected a JSON object with a numeric 'max_depth' (max_depth is \"20\""),
+    ("meta_not_utf8", "meta.json: not UTF-8 text, so not JSON"),
+    ("out_in_dataset", "q.int8.onnx: the output would lie inside the dataset"),
 ])
 def test_bad_inputs_exit_2(cli, case, match, tiny_export, tiny_int8, synth_data, tmp_path):
     model, extra = tiny_export / "model.onnx", []
@@ -246,13 +250,23 @@ def test_bad_inputs_exit_2(cli, case, match, tiny_export, tiny_int8, synth_data,
         (tmp_path / "out.int8.ranges.json").mkdir()
     elif case == "json_model":
         model = synth_data / "meta.json"
-    out = tmp_path / "out.int8.onnx"
-    result = cli("calibrate", model, "--data", synth_data, "--out", out, *extra)
+    data, out = synth_data, tmp_path / "out.int8.onnx"
+    if case.startswith("meta_"):
+        data = tmp_path / "data"
+        shutil.copytree(synth_data, data)
+        (data / "meta.json").write_bytes(b'{"max_depth": "20"}' if case == "meta_text_range" else b'{"\xff": 1}')
+        extra = ["--allow-few"]
+    elif case == "out_in_dataset":
+        data = tmp_path / "data"
+        shutil.copytree(synth_data, data)
+        out = data / "q.int8.onnx"
+    result = cli("calibrate", model, "--data", data, "--out", out, *extra)
     assert result.code == 2
     assert match in result.err and result.err.startswith("mde: error:")
     assert len(result.err.strip().splitlines()) == 1
     assert "--max-float-nodes" not in result.err  # only the bad option is named
     assert not out.exists() and not (tmp_path / "out.int8.ranges.json").is_file()
+    assert not out.with_name("q.int8.ranges.json").exists()
 
 
 @pytest.mark.parametrize("value, method", [(np.nan, "entropy"), (np.nan, "minmax"), (np.inf, "percentile")])

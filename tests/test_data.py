@@ -246,10 +246,18 @@ def test_dataset_max_depth_rules(tmp_path):
                         ('{"max_depth": 1e200}', "to 1e\\+06 m, found 1e\\+200"),  # SSIM overflowed
                         ('{"max_depth": 1e-300}', "max_depth of 0.001 to 1e\\+06 m, found 1e-300"),  # underflowed
                         ('{"max_depth": "20"}', 'max_depth is "20", not a number'),  # float("20") read it
-                        ('{"max_depth": 1' + "0" * 400 + "}", "numeric 'max_depth' \\(int too large")):
+                        ('{"max_depth": 1' + "0" * 400 + "}", "numeric 'max_depth' \\(int too large"),
+                        ("[20]", "\\(found a JSON array\\)"), ('{"depth": 20}', "\\(it has no 'max_depth'\\)")):
         (tmp_path / "meta.json").write_text(text)
         with pytest.raises(DataError, match=match):
             dataset_max_depth(tmp_path)
+    (tmp_path / "meta.json").write_bytes(b'{"max_depth": 20, "note": "\xff"}')  # was an internal error, exit 1
+    with pytest.raises(DataError, match=r"meta.json: not UTF-8 text, so not JSON \(byte 27\)"):
+        dataset_max_depth(tmp_path)
+    (tmp_path / "meta.json").unlink()
+    (tmp_path / "meta.json").mkdir()
+    with pytest.raises(DataError, match=r"cannot read meta.json \(a folder, not a file\)"):
+        dataset_max_depth(tmp_path)
 
 
 def _bad_rgb_without_depth(root):

@@ -279,9 +279,13 @@ def test_two_artifacts_with_one_name_keep_their_own_rows_and_pictures(cli, tiny_
     (["{onnx}", "--report", "{int8}"], "--report would replace a model or data file"),
     (["{onnx}", "--json", "{golden}/x.json"], "--json would write under"),
     (["{onnx}", "{int8}", "{onnx}"], "model.onnx: artifact given twice; each file is checked once"),
+    # the checkpoint's run: its config.json is what `train --resume` reads
+    (["{onnx}", "--json", "{run}/config.json"], "config.json: --json would write over the input"),
+    (["{onnx}", "--report", "{run}/metrics.jsonl"], "metrics.jsonl: --report would write over the input"),
 ])
 def test_parity_refuses_before_any_work(cli, tiny_checkpoint, tiny_export, tiny_int8, synth_data, extra, match):
-    paths = {"golden": tiny_export / "golden.npz", "onnx": tiny_export / "model.onnx", "int8": tiny_int8[0]}
+    paths = {"golden": tiny_export / "golden.npz", "onnx": tiny_export / "model.onnx", "int8": tiny_int8[0],
+             "run": tiny_checkpoint.parent}
     before = tiny_int8[0].read_bytes()
     args = [a.format(**paths) for a in extra]
     result = cli("parity", tiny_checkpoint, *args, "--data", synth_data)

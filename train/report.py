@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from mde.errors import InputError
-from mde.io import atomic_path, json_text, write_bytes_atomic
+from mde.io import RUN_FILES, atomic_path, json_text, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +27,6 @@ def summary(record: dict[str, Any]) -> str:
     if objects is not None and math.isfinite(objects):  # NaN (null in metrics.jsonl): no val image shows one
         text += f" objects rmse {objects:.3f}"
     return text
-
-
-RUN_FILES = ("best.pt", "last.pt", "config.json", "metrics.jsonl", "curves.png", "samples.png")
 
 
 def remove_partial_writes(out: Path) -> None:
