@@ -43,7 +43,7 @@ def test_eval_region_figures_match_a_direct_computation(cli, tiny_checkpoint, sy
     plain = tmp_path / "plain"
     shutil.copytree(synth_data, plain, ignore=shutil.ignore_patterns("mask"))
     res = cli("eval", tiny_checkpoint, "--data", plain, "--json", "--device", "cpu")
-    assert set(json.loads(res.out)) == KEYS and "no region figures" not in res.err
+    assert set(json.loads(res.out)) == KEYS | {"pixel_mean_map"} and "no region figures" not in res.err
     # masks that mark every pixel invalid: no region figures either, and it says so
     blank = tmp_path / "blank"
     shutil.copytree(synth_data, blank)
@@ -51,7 +51,8 @@ def test_eval_region_figures_match_a_direct_computation(cli, tiny_checkpoint, sy
         Image.fromarray(np.full_like(np.asarray(Image.open(mask)), 255)).save(mask)
     res = cli("eval", tiny_checkpoint, "--data", blank, "--json", "--device", "cpu")
     assert res.code == 0, res.err
-    assert set(json.loads(res.out)) == KEYS and "the val masks mark no object or structure pixel" in res.err
+    assert set(json.loads(res.out)) == KEYS | {"pixel_mean_map"}
+    assert "the val masks mark no object or structure pixel" in res.err
 
 
 def test_a_region_no_val_image_shows_keeps_its_keys_as_null(cli, tiny_checkpoint, synth_data, tmp_path):
@@ -116,6 +117,22 @@ def test_the_baseline_never_stops_scoring_and_never_sees_the_scored_images(cli, 
     res = cli("parity", tiny_checkpoint, tiny_export / "model.onnx", "--data", synth_data, "--split", "train",
               "--limit", "4", "--json", report)
     assert res.code == 0 and "pixel_mean_map" not in json.loads(report.read_text())["regions"], res.err
+
+
+def test_the_baseline_is_shown_without_masks_and_its_absence_is_said(cli, tiny_export, synth_data, tmp_path):
+    """Without val masks eval left the per-pixel mean map out in silence (it is a whole-image figure too), and
+    without a train/ folder it said nothing of why it was missing."""
+    import shutil
+
+    data = tmp_path / "nomask"
+    shutil.copytree(synth_data, data)
+    shutil.rmtree(data / "val" / "mask")
+    res = cli("eval", tiny_export / "model.onnx", "--data", data, "--json")
+    assert res.code == 0 and set(json.loads(res.out)["pixel_mean_map"]) == {"rmse", "abs_rel", "delta1"}, res.err
+    shutil.rmtree(data / "train")
+    res = cli("eval", tiny_export / "model.onnx", "--data", data, "--json")
+    assert res.code == 0 and "pixel_mean_map" not in json.loads(res.out), res.err
+    assert "note: no per-pixel mean map baseline: " in res.err and "split 'train'" in res.err, res.err
 
 
 def test_an_images_note_is_said_once_and_the_baseline_reads_no_image(cli, tiny_export, synth_data, tmp_path):

@@ -73,10 +73,9 @@ def eval_command(
 
         info(f"{data}: the {split} masks mark no object or structure pixel; no region figures")
     metrics = {k: metrics[k] for k in METRIC_ORDER + (REGION_ORDER if regions else ()) if k in metrics}
-    if regions:
-        baseline = _pixel_mean_map_figures(data, split, dataset, data_range, model_range, depth_scale)
-        if baseline is not None:
-            metrics["pixel_mean_map"] = baseline
+    baseline = _pixel_mean_map_figures(data, split, dataset, data_range, model_range, depth_scale)
+    if baseline is not None:
+        metrics["pixel_mean_map"] = baseline
     emit(metrics, json_out, lambda m: _print_table(path, split, m))
 
 
