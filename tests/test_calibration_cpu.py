@@ -131,28 +131,6 @@ def test_metadata_records_the_target(cpu_int8, tiny_int8, cli):
     assert calibration["float_head"] == cpu_int8[1].float_head
 
 
-@pytest.mark.slow
-def test_trained_model_cpu_int8_passes_parity_at_int8_tolerances(cli, synth_data, tmp_path):
-    """A tiny trained model: train -> export -> calibrate --target cpu -> parity on the synthetic val set."""
-    run, export, out = tmp_path / "run", tmp_path / "export", tmp_path / "parity.json"
-    steps = [
-        ("train", "--data", synth_data, "--out", run, "--backbone", "resnet18", "--image-size", 64,
-         "--batch-size", 4, "--epochs", 1, "--no-pretrained", "--workers", 0, "--device", "cpu"),
-        ("export", run / "best.pt", "--out", export, "--precision", "fp32"),
-        ("calibrate", export / "model.onnx", "--data", synth_data, "--out", export / "model.int8.cpu.onnx",
-         "--target", "cpu", "--num-images", 12, "--holdout-images", 6, "--allow-few"),
-        ("parity", run / "best.pt", export / "model.onnx", export / "model.int8.cpu.onnx", "--data", synth_data,
-         "--json", out),
-    ]
-    for args in steps:
-        result = cli(*args)
-        assert result.code == 0, (args[0], result.err)
-    rows = {r["precision"]: r for r in json.loads(out.read_text())["artifacts"]}
-    assert rows["int8"]["passed"] is True, rows["int8"]
-    assert rows["int8"]["tolerance"]["ssim_abs"] == pytest.approx(1e-2)  # the INT8 row of the table
-    assert rows["int8"]["images"] == 8 and rows["int8"]["rmse"] > 0
-
-
 def test_phase_conv_rewrite_is_exact(tiny_export):
     import onnxruntime as ort
 

@@ -349,6 +349,25 @@ def tiny_run(built_once, synth_data):
     return built_once("train-run", build)
 
 
+@pytest.fixture(scope="module")
+def cyclic_run(built_once, synth_data):
+    """A finished 1-epoch cyclic run (`mde train ... --epochs 1 --schedule cyclic`) that resume tests copy
+    (`_copy_run`) before they resume or change it."""
+    from mde.train.trainer import train
+
+    def build(folder):
+        train(tiny_config(synth_data, folder / "run", schedule="cyclic", seed=0))
+        return folder / "run"
+
+    return built_once("cyclic-run", build)
+
+
+def _copy_run(run: Path, to: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(run, to))
+
+
 def test_run_folder_outputs(tiny_run):
     out, result = tiny_run
     for name in ("best.pt", "last.pt", "config.json", "metrics.jsonl", "curves.png", "samples.png"):
@@ -995,12 +1014,12 @@ def test_ddp_a_rank_that_dies_leaves_no_run_folder(tmp_path, synth_data):
     assert not run.exists(), sorted(p.name for p in run.iterdir())
 
 
-def test_resume_into_another_folder_keeps_the_history_and_the_best_pt_its_records_name(cli, synth_data, tmp_path):
+def test_resume_into_another_folder_keeps_the_history_and_the_best_pt_its_records_name(cli, synth_data, tmp_path,
+                                                                                      cyclic_run):
     """The resumed run's earlier epochs come along, and the best checkpoint named is one that exists. Where no
     new epoch beat the resumed run's best, the new folder had no best.pt, though its --json named that epoch as
     the best (and the run folder promises one): it gets that run's best.pt, where that file is the best epoch."""
-    run, out = tmp_path / "first", tmp_path / "more"
-    assert cli("train", "--data", synth_data, "--out", run, *TINY, "--epochs", "1", "--schedule", "cyclic").code == 0
+    run, out = _copy_run(cyclic_run, tmp_path / "first"), tmp_path / "more"
     result = cli("train", "--resume", run / "last.pt", "--data", synth_data, "--out", out, "--epochs", "2")
     assert result.code == 0, result.err
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -1079,19 +1098,18 @@ def test_a_folder_without_meta_json_needs_max_depth_and_is_scored_at_the_models_
     assert json.loads(scored.out)["ssim"] == pytest.approx(result["best"]["ssim"], abs=1e-5)  # range 30 both
 
 
-def test_resume_needs_neither_data_nor_out(cli, tmp_path, synth_data):
+def test_resume_needs_neither_data_nor_out(cli, tmp_path, synth_data, cyclic_run):
     """`mde train --resume RUN/last.pt` alone continues the run: the dataset from its config, the run folder
     the checkpoint is in (also after the folder was moved); without --resume both are required."""
     assert "missing option '--data'" in cli("train", "--out", tmp_path / "x", *TINY).err
     assert "missing option '--out'" in cli("train", "--data", synth_data, *TINY).err
-    first = cli("train", "--data", synth_data, "--out", tmp_path / "run", *TINY, "--epochs", "1", "--schedule", "cyclic")
-    assert first.code == 0, first.err
-    (tmp_path / "run").rename(tmp_path / "moved")
+    _copy_run(cyclic_run, tmp_path / "moved")  # a run trained in another folder, then moved
     resumed = cli("train", "--resume", tmp_path / "moved" / "last.pt", "--epochs", "2", "--json")
     assert resumed.code == 0, resumed.err
     assert json.loads(resumed.out)["run"] == str(tmp_path / "moved")
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "moved" / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == [1, 2] and not (tmp_path / "run").exists()
+    assert epochs == [1, 2]  # and the folder it was trained in was not written to:
+    assert len((cyclic_run / "metrics.jsonl").read_text().splitlines()) == 1
 
 
 def test_a_mid_epoch_resume_on_fewer_steps_per_epoch_is_refused():
