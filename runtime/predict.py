@@ -36,7 +36,9 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = list_images(path)
+            dangling = [p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+                        and p.is_symlink() and not p.exists()]  # named and skipped below, not left out in silence
+            found = sorted([*list_images(path), *dangling])
             if not found:
                 raise InputError("folder has no images", path)
         elif path.exists():
@@ -121,9 +123,8 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
                              f"more than a file name may hold ({NAME_MAX_BYTES}); rename the image", path)
     check_outside_dataset(out)
     check_no_overwrite(paths, [out / name for name in names])
-    for path, name in zip(paths, names):
-        if Path(name).stem != path.stem:  # two inputs share a stem: say which file is whose
-            info(f"{path}: written as {name} (the name {path.stem} is taken by another input's depth map)")
+    owner = {name: path for path, name in zip(paths, names)}  # an output name -> its input
+    skipped: set[Path] = set()
     failed = 0
     with no_empty_new_folder(out), DepthEstimator.open(cfg.artifact, backend=cfg.backend, threads=cfg.threads,
                                                        providers=cfg.providers) as est:
@@ -140,12 +141,18 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
             try:
                 depth = est.predict(read_rgb(path, upright=True))
                 write_depth(depth, out / name, cfg.format, est.metadata.max_depth)
+                if Path(name).stem != path.stem:  # its own name went to an input before it: say which file is whose
+                    wanted = path.stem + Path(name).suffix
+                    taker = owner[wanted]
+                    info(f"mde: {shown_path(path)}: its depth map is {name} ({wanted} is {shown_path(taker)}'s"
+                         f"{', which was skipped' if taker in skipped else ''})")
             except MdeError as err:
                 if isinstance(err, InputError) and err.path is not None and err.path != path:
                     raise  # not the image's fault (e.g. the output folder): stop
                 if len(items) == 1:  # the one image given is bad input: one line naming it, exit 2
                     raise err if err.path is not None else type(err)(str(err), path) from None
                 failed += 1
+                skipped.add(path)
                 shown = shown_path(path)
                 err_console.print(f"mde: skipped {shown}: {str(err).removeprefix(f'{shown}: ')}", markup=False)
     if failed == len(paths):  # nothing usable among the inputs: bad input, not a partial run

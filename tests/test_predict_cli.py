@@ -99,9 +99,30 @@ def test_predict_gives_every_input_its_own_output(cli, onnx_path, images, tmp_pa
     assert result.code == 0, result.err
     assert sorted(p.name for p in out.iterdir()) == ["img.npy", "img_1.npy", "img_1_1.npy"]
     assert [np.load(out / name).shape for name in ("img.npy", "img_1.npy", "img_1_1.npy")] == list(sizes.values())
-    assert f"{tmp_path / 'img.jpg'}: written as img_1_1.npy" not in result.err  # said for the renamed only:
-    assert f"{tmp_path / 'img.jpg'}: written as img_1.npy (the name img is taken by another input's" in result.err
-    assert f"{tmp_path / 'img_1.png'}: written as img_1_1.npy (the name img_1 is taken by another" in result.err
+    assert result.err.count("its depth map is") == 2, result.err  # said for the renamed only, once written:
+    assert f"mde: {tmp_path / 'img.jpg'}: its depth map is img_1.npy (img.npy is {tmp_path / 'img.png'}'s)" \
+        in result.err
+    assert f"mde: {tmp_path / 'img_1.png'}: its depth map is img_1_1.npy (img_1.npy is {tmp_path / 'img.jpg'}'s)" \
+        in result.err
+
+
+def test_a_renamed_output_is_said_only_once_written_and_a_dangling_link_is_skipped_by_name(cli, onnx_path,
+                                                                                         tmp_path):
+    """The renaming was said before any image was read: of a file then skipped, and naming an input's output
+    that a skipped file never wrote. A broken link among a folder's images was left out in silence."""
+    rng = np.random.default_rng(2)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(rng.integers(0, 256, (30, 34, 3), dtype=np.uint8)).save(folder / "a.jpg")
+    Image.fromarray(rng.integers(0, 256, (30, 34, 3), dtype=np.uint8)).save(folder / "a.png")
+    (folder / "a.jpg").write_bytes((folder / "a.jpg").read_bytes()[:100])  # a.jpg, first, is skipped
+    (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    result = cli("predict", onnx_path, folder, "--out", tmp_path / "out", "--format", "npy")
+    assert result.code == 1 and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_1.npy"], result.err
+    assert f"mde: skipped {folder / 'a.jpg'}: " in result.err and f"mde: skipped {folder / 'gone.png'}: " in result.err
+    assert f"mde: {folder / 'a.png'}: its depth map is a_1.npy (a.npy is {folder / 'a.jpg'}'s, which was skipped)" \
+        in result.err
+    assert "2 of 3 images failed" in result.err
 
 
 def test_a_depth_map_name_too_long_for_a_file_is_refused_before_predicting(cli, onnx_path, images, tmp_path):
