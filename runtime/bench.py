@@ -166,6 +166,9 @@ def check_inputs(cfg: BenchConfig) -> None:
                                                                                            ".plan", ".npz"):
         raise InputError("--torch takes a PyTorch checkpoint (.pt); give exported models as arguments",
                          cfg.torch_checkpoint)
+    if cfg.backend != "auto" and not cfg.artifacts and cfg.torch_checkpoint is not None:  # it would shape nothing
+        raise InputError(f"--backend {cfg.backend} picks how the artifacts run, and none is given; --torch's "
+                         "checkpoint runs in PyTorch", cfg.torch_checkpoint)
     seen: set[tuple[int, int]] = set()
     for path, _ in _models(cfg):
         key = file_identity(require_file(path, "model file"))  # one file by any name, hard links too

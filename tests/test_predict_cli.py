@@ -517,7 +517,9 @@ def test_bench_checks_every_model_before_timing_the_first(cli, onnx_path, tiny_c
              ((onnx_path, "--torch", png), "junk.png.pt: not a PyTorch checkpoint"),  # was "Unsupported operand 80"
              ((onnx_path, tmp_path / "missing.pt"), "missing.pt: model file not found"),
              ((onnx_path, "--iterations", "99999999999999999999"), "--iterations must be in 1..1000000"),
-             ((onnx_path, "--torch", onnx_path), "--torch takes a PyTorch checkpoint")]
+             ((onnx_path, "--torch", onnx_path), "--torch takes a PyTorch checkpoint"),
+             (("--torch", tiny_checkpoint, "--backend", "onnxruntime"),  # it was timed in PyTorch, exit 0
+              "--backend onnxruntime picks how the artifacts run, and none is given")]
     if importlib.util.find_spec("tensorrt") is None:
         cases.append(((onnx_path, engine), "TensorRT is not installed"))
     for args, said in cases:

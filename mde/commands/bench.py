@@ -45,7 +45,7 @@ def print_table(report: dict[str, Any]) -> None:
 
 
 def bench(
-    artifacts: list[Path] = typer.Argument(None, help="Artifacts (.onnx, .engine) to time."),
+    artifacts: list[Path] = typer.Argument(None, help="Models to time: .onnx, .engine, or a .pt checkpoint (PyTorch)."),
     torch_ckpt: Path = typer.Option(None, "--torch", help="Also time this checkpoint in PyTorch eager (CPU)."),
     backend: str = typer.Option(BenchConfig.backend, help="auto, or a registered backend."),
     batch: int = typer.Option(BenchConfig.batch, help="Images per call."),

@@ -22,7 +22,8 @@ def synth(
     val: int = typer.Option(_D.val, "--val", min=0, help="Validation pairs."),
     size: int = typer.Option(_D.size, "--size", min=16, max=4096, help="Image height and width (px)."),
     seed: int = typer.Option(_D.seed, "--seed", help="Dataset seed (same seed, same bytes)."),
-    workers: int = typer.Option(_D.workers, "--workers", min=0, help="Processes (0: auto, up to 2)."),
+    workers: int = typer.Option(_D.workers, "--workers", min=0,
+                                help="Processes, at most one per CPU (0: 2 for 64 images or more)."),
     force: bool = typer.Option(False, "--force", help="Replace train/, val/ and meta.json in OUT."),
 ) -> None:
     """Write a procedural RGB + metric depth dataset in the folder format, plus meta.json."""

@@ -12,7 +12,7 @@ from mde.runtime.predict import PredictConfig, run_predict
 
 
 def predict(
-    artifact: Path = typer.Argument(..., help="Model artifact: .onnx or .engine (a .pt with --backend torch)."),
+    artifact: Path = typer.Argument(..., help="Model: .onnx, .engine, or a .pt checkpoint (PyTorch)."),
     inputs: list[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
     out: Path = typer.Option(PredictConfig.out, "--out", "-o", help="Output folder."),
     backend: str = typer.Option(PredictConfig.backend, help="auto, or a registered backend."),
@@ -20,7 +20,8 @@ def predict(
         PredictConfig.format, "--format",
         help="color (turbo PNG), png16 (uint16 millimetres, up to 65.535 m) or npy (float32 metres).",
     ),
-    threads: int = typer.Option(PredictConfig.threads, help="ONNX Runtime threads (0 = its default)."),
+    threads: int = typer.Option(PredictConfig.threads,
+                                help="CPU threads for ONNX Runtime or PyTorch (0 = its default)."),
     providers: list[str] = providers_option(),
 ) -> None:
     """Write a depth map for each input image, at the image's own resolution (turned upright as its EXIF says)."""
