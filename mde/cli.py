@@ -170,7 +170,24 @@ def main(argv: list[str] | None = None) -> None:
         _run(args)
 
 
+def _empty_argument(args: list[str]) -> str:
+    """What an empty argument (`--out ""`, `--out=`, a bare "": an unset shell variable, as a rule) was given for,
+    or "" where there is none: a path read from "" is the current folder, and a command would write there."""
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return ""
+        if arg.startswith("--") and arg.endswith("=") and len(arg) > 3:
+            return arg[:-1]
+        if arg == "":
+            return args[i - 1] if i and args[i - 1].startswith("-") else "an argument"
+    return ""
+
+
 def _run(args: list[str]) -> None:
+    empty = _empty_argument(args)
+    if empty:
+        print(f"mde: error: {empty} is empty (''); give it a name (an unset shell variable?)", file=sys.stderr)
+        raise SystemExit(2)
     try:
         code = app(args=args, prog_name="mde", standalone_mode=False)  # an exit code when a command exits early
     except CommandLineError as err:  # unknown option, bad value, missing argument: one line too

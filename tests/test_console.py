@@ -44,3 +44,17 @@ def test_with_stderr_closed_error_lines_stay_off_stdout(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stdout == ""
+
+
+def test_an_empty_argument_is_refused_before_it_reads_as_the_current_folder(cli, tmp_path, monkeypatch):
+    """`--out "$OUT"` with OUT unset: the path "" is ".", and `data synth ""` wrote a dataset into the working
+    folder; every form of an empty argument is one line, exit 2, and nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    for args, named in ((["data", "synth", "", "--train", "2", "--val", "2"], "an argument"),
+                        (["predict", "model.onnx", "x.png", "--out", ""], "--out"),
+                        (["parity", "best.pt", "model.onnx", "--data="], "--data")):
+        result = cli(*args)
+        assert result.code == 2 and result.err == f"mde: error: {named} is empty (''); give it a name (an unset " \
+            "shell variable?)\n", result.err
+    assert list(tmp_path.iterdir()) == []
+    assert cli("info", "--", "").code == 2  # after --, an argument like any other: the command's own refusal
