@@ -174,12 +174,10 @@ def _empty_argument(args: list[str]) -> str:
     """What an empty argument (`--out ""`, `--out=`, a bare "": an unset shell variable, as a rule) was given for,
     or "" where there is none: a path read from "" is the current folder, and a command would write there."""
     for i, arg in enumerate(args):
-        if arg == "--":
-            return ""
         if arg.startswith("--") and arg.endswith("=") and len(arg) > 3:
             return arg[:-1]
         if arg == "":
-            return args[i - 1] if i and args[i - 1].startswith("-") else "an argument"
+            return args[i - 1] if i and args[i - 1].startswith("-") and args[i - 1] != "--" else "an argument"
     return ""
 
 
