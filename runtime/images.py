@@ -150,7 +150,8 @@ def _to_uint8(array: np.ndarray, source: str | Path, by_value: bool) -> np.ndarr
             _refuse("floating-point image with NaN or infinite values", source)
         lo, hi = float(array.min()), float(array.max())
         if lo < -HALF_STEP or hi > 1 + HALF_STEP:
-            hint = "; 0 to 255 values belong in a uint8 array" if hi > 1.5 else ""
+            hint = "" if hi <= 1.5 else ("; 0 to 255 values belong in an 8-bit image" if isinstance(source, Path)
+                                         else "; 0 to 255 values belong in a uint8 array")
             _refuse(f"floating-point image with values {lo:.7g} to {hi:.7g}; expected [0, 1]{hint}", source)
         log.info("%s: float image in [0, 1] scaled to 8-bit", source)
         return (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

@@ -135,12 +135,15 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
             out.mkdir(parents=True, exist_ok=True)  # once the model opened: a bad one leaves no folder
         except OSError as err:
             raise InputError(f"cannot create output folder ({err.strerror or err})", out) from None
-        info(f"{Path(cfg.artifact).name}: {est.backend} on {', '.join(est.providers)}")
+        runs_on = f"{Path(cfg.artifact).name}: {est.backend} on {', '.join(est.providers)}"  # said once one is written
         items = list(zip(paths, names))
         for path, name in track(items, "predict", total=len(items)) if len(items) > 1 else items:
             try:
                 depth = est.predict(read_rgb(path, upright=True))
                 write_depth(depth, out / name, cfg.format, est.metadata.max_depth)
+                if runs_on:  # not before: a run refused at its first image is one line
+                    info(runs_on)
+                    runs_on = ""
                 if Path(name).stem != path.stem:  # its own name went to an input before it: say which file is whose
                     wanted = path.stem + Path(name).suffix
                     taker = owner[wanted]
