@@ -85,14 +85,14 @@ def pixel_mean_map(train: Any) -> np.ndarray:
 
 def train_split_baseline(data: Any, split: str, depth_scale: float | None, compute: Callable[[Any], Any]) -> Any:
     """`compute(train split)`: an image-blind baseline (the per-pixel mean map) from DATA's train split, or None
-    where there is none to take: scoring train itself (the baseline would have seen the images it is scored
-    on), or no train split that can be read (none, an empty or damaged one), which is said in a note. A baseline
-    is information: a damaged train split must not stop the scoring of val."""
+    where there is none to take: scoring train itself, or NYU's "all", which holds it (the baseline would have
+    seen the images it is scored on), or no train split that can be read (none, an empty or damaged one), which
+    is said in a note. A baseline is information: a damaged train split must not stop the scoring of val."""
     from mde.console import info
     from mde.data.readers import open_dataset
     from mde.errors import MdeError
 
-    if split == "train":
+    if split in ("train", "all"):
         return None
     try:
         return compute(open_dataset(data, split="train", depth_scale=depth_scale))

@@ -135,6 +135,17 @@ def test_the_baseline_is_shown_without_masks_and_its_absence_is_said(cli, tiny_e
     assert "note: no per-pixel mean map baseline: " in res.err and "split 'train'" in res.err, res.err
 
 
+def test_no_baseline_is_built_for_a_split_that_holds_the_train_split(synth_data):
+    """NYU's "all" holds its train images: a per-pixel mean map from them would be scored on what it saw."""
+    from mde.runtime.evaluate import train_split_baseline
+
+    built = []
+    for split in ("train", "all"):
+        assert train_split_baseline(synth_data, split, None, built.append) is None
+    assert built == []
+    assert train_split_baseline(synth_data, "val", None, lambda train: len(train)) > 0
+
+
 def test_an_images_note_is_said_once_and_the_baseline_reads_no_image(cli, tiny_export, synth_data, tmp_path):
     """The per-pixel mean map reads depth maps and masks only: it read every val image again (each note on an
     image was printed twice) and every train image (an unreadable one would have cost the baseline)."""

@@ -31,8 +31,9 @@ def eval_command(
 ) -> None:
     """Mean RMSE, SSIM, AbsRel, SqRel, RMSE log, delta1-3 and SILog over a split.
 
-    Where the split has region masks, also RMSE / AbsRel / delta1 on objects and on structure,
-    and (scoring a split other than train, when DIR has one) those of the train split's per-pixel mean depth map.
+    Where the split has region masks, also RMSE / AbsRel / delta1 on objects and on structure. Scoring a
+    split other than train (and NYU's all), the train split's per-pixel mean depth map is scored beside the
+    model (RMSE / AbsRel / delta1, per region too), or a note says why there is none.
     """
     from mde.data.readers import dataset_max_depth, open_dataset
     from mde.io import require_file
