@@ -157,6 +157,19 @@ def test_cuda_ep_allows_tf32_for_an_fp16_artifact_only(gpu_machine, fake_session
         assert cuda == [(CUDA_EP, {"use_tf32": tf32})], name
 
 
+def test_a_provider_that_cannot_run_is_said_once_per_session(gpu_machine, fake_session, monkeypatch, tiny_export,
+                                                               caplog):
+    """The FP16 check chose the providers a second time, and said the TensorRT provider's problem twice."""
+    monkeypatch.setattr(eps, "missing_libraries", lambda lib: ["libnvinfer.so.10"] if "tensorrt" in lib.name else [])
+    fake_session.uses = [CUDA_EP, CPU_EP]
+    with caplog.at_level(logging.INFO, logger=eps.log.name):
+        with ortb.OnnxRuntimeRunner(tiny_export / "model.fp16.onnx") as runner:
+            assert runner.providers[0] == CUDA_EP
+    said = [r.getMessage() for r in caplog.records if "cannot run here" in r.getMessage()]
+    assert len(said) == 1 and TRT_EP in said[0], said
+    assert (CUDA_EP, {"use_tf32": "1"}) in fake_session.calls[-1]
+
+
 def test_cpu_session_reads_no_metadata_first(fake_session, tiny_export):
     """The FP16 check opens a session of its own; where no GPU provider is wanted it is not made."""
     with ortb.OnnxRuntimeRunner(tiny_export / "model.fp16.onnx", providers=[CPU_EP]):
