@@ -89,8 +89,6 @@ def _check_config(cfg: CalibrationConfig) -> None:
             raise InputError("the output is no regular file (a FIFO or a device?); expected a file name", path)
         if resolved(path) == resolved(cfg.model):
             raise InputError("the output would overwrite the input model", path)
-        if resolved(cfg.data) in resolved(path).parents:  # a dataset holds data: its readers would meet these files
-            raise InputError(f"the output would lie inside the dataset {cfg.data}; choose a file outside it", path)
     check_not_under_file(cfg.out, "--out")
     for path in (Path(cfg.out), cfg.ranges_path):  # a stream or /dev, /sys, a read-only disk
         if written_in_place(path):

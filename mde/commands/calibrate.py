@@ -49,7 +49,13 @@ def calibrate_command(
 ) -> None:
     """Calibrate and quantize an FP32 ONNX to INT8 Q/DQ for TensorRT or for ONNX Runtime's CPU provider."""
     from mde.calibration.calibrate import calibrate
+    from mde.errors import InputError
+    from mde.io import resolved
+    from mde.runtime.metadata import ranges_path
 
+    for path in (Path(out), ranges_path(out)):  # checked here: export's INT8, staged in its --out, is moved out
+        if resolved(data) in resolved(path).parents:  # a dataset holds data: its readers would meet these files
+            raise InputError(f"the output would lie inside the dataset {data}; choose a file outside it", path)
     cfg = CalibrationConfig(
         model=model, data=data, out=out, target=target, method=method, num_images=num_images, seed=seed,
         allow_few=allow_few, max_float_nodes=max_float_nodes, target_ssim_drop=target_ssim_drop,
