@@ -171,20 +171,21 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _empty_argument(args: list[str]) -> str:
-    """What an empty argument (`--out ""`, `--out=`, a bare "": an unset shell variable, as a rule) was given for,
-    or "" where there is none: a path read from "" is the current folder, and a command would write there."""
+    """What is said of an empty argument (`--out ""`, `--out=`, a bare "": an unset shell variable, as a rule), or ""
+    where there is none: a path read from "" is the current folder, and a command would write there."""
     for i, arg in enumerate(args):
-        if arg.startswith("--") and arg.endswith("=") and len(arg) > 3:
-            return arg[:-1]
-        if arg == "":
-            return args[i - 1] if i and args[i - 1].startswith("-") and args[i - 1] != "--" else "an argument"
+        if arg.startswith("--") and arg.endswith("=") and arg.count("=") == 1 and len(arg) > 3:
+            return f"{arg[:-1]} is given an empty value"
+        if arg == "":  # the option before it may take no value (--force ""): named as a place, not blamed
+            before = f" after {args[i - 1]}" if i and args[i - 1].startswith("-") and args[i - 1] != "--" else ""
+            return f"an empty argument ('') comes{before}"
     return ""
 
 
 def _run(args: list[str]) -> None:
     empty = _empty_argument(args)
     if empty:
-        print(f"mde: error: {empty} is empty (''); give it a name (an unset shell variable?)", file=sys.stderr)
+        print(f"mde: error: {empty}; give it a value (an unset shell variable?)", file=sys.stderr)
         raise SystemExit(2)
     try:
         code = app(args=args, prog_name="mde", standalone_mode=False)  # an exit code when a command exits early

@@ -166,7 +166,7 @@ def check_inputs(cfg: BenchConfig) -> None:
                                                                                            ".plan", ".npz"):
         raise InputError("--torch takes a PyTorch checkpoint (.pt); give exported models as arguments",
                          cfg.torch_checkpoint)
-    if cfg.backend != "auto" and not cfg.artifacts and cfg.torch_checkpoint is not None:  # it would shape nothing
+    if cfg.backend not in ("auto", "torch") and not cfg.artifacts and cfg.torch_checkpoint is not None:  # unused
         raise InputError(f"--backend {cfg.backend} picks how the artifacts run, and none is given; --torch's "
                          "checkpoint runs in PyTorch", cfg.torch_checkpoint)
     seen: set[tuple[int, int]] = set()

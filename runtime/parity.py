@@ -246,10 +246,11 @@ def _tensor_statistics(result: ArtifactResult, reference: Sequence[np.ndarray], 
 
 def _p99(diff: np.ndarray) -> float:
     """The 99th percentile of |diff|, where a non-finite output's difference is inf: interpolating toward
-    inf is inf - inf, NaN (and numpy's warning), so that reads inf too."""
+    inf is inf - inf, NaN (and numpy's warning), so there it is the upper of the two neighbours (inf, or a
+    finite value where the percentile falls on one)."""
     with np.errstate(invalid="ignore"):
         value = float(np.percentile(diff, 99))
-    return float("inf") if np.isnan(value) else value
+    return float(np.percentile(diff, 99, method="higher")) if np.isnan(value) else value
 
 
 def _gt_deltas(result: ArtifactResult, art: list[dict[str, float]], ref: list[dict[str, float]],

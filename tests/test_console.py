@@ -50,11 +50,13 @@ def test_an_empty_argument_is_refused_before_it_reads_as_the_current_folder(cli,
     """`--out "$OUT"` with OUT unset: the path "" is ".", and `data synth ""` wrote a dataset into the working
     folder; every form of an empty argument is one line, exit 2, and nothing is written."""
     monkeypatch.chdir(tmp_path)
-    for args, named in ((["data", "synth", "", "--train", "2", "--val", "2"], "an argument"),
-                        (["predict", "model.onnx", "x.png", "--out", ""], "--out"),
-                        (["parity", "best.pt", "model.onnx", "--data="], "--data")):
+    for args, said in ((["data", "synth", "", "--train", "2", "--val", "2"], "an empty argument ('') comes"),
+                       (["data", "synth", "--force", ""], "an empty argument ('') comes after --force"),
+                       (["predict", "model.onnx", "x.png", "--out", ""], "an empty argument ('') comes after --out"),
+                       (["parity", "best.pt", "model.onnx", "--data="], "--data is given an empty value"),
+                       (["info", "--", ""], "an empty argument ('') comes")):  # after --, as before it
         result = cli(*args)
-        assert result.code == 2 and result.err == f"mde: error: {named} is empty (''); give it a name (an unset " \
-            "shell variable?)\n", result.err
+        assert result.code == 2 and result.err == f"mde: error: {said}; give it a value (an unset shell " \
+            "variable?)\n", result.err
     assert list(tmp_path.iterdir()) == []
-    assert "an argument is empty" in cli("info", "--", "").err  # after --, as before it
+    assert "is given an empty value" not in cli("info", "--json=a=").err  # a value that ends in =: not empty

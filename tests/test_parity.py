@@ -242,6 +242,9 @@ def test_an_artifact_that_outputs_nan_fails_without_a_numpy_warning(recwarn):
     assert {"nan", "p99"} <= set(result.failed) and not result.passed
     assert result.p99_abs_diff == np.inf and result.max_abs_diff == np.inf
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in recwarn]
+    from mde.runtime.parity import _p99
+
+    assert _p99(np.r_[np.arange(100.0), np.inf]) == 99.0  # the percentile falls on a finite difference
 
 
 @pytest.mark.parametrize("args, match", [
