@@ -115,9 +115,19 @@ class PairedFiles:
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> Sample:
+        return self._read(index, with_image=True)
+
+    def ground_truth(self, index: int) -> Sample:
+        """Sample `index` without reading its image (`rgb` is a black stand-in of the depth map's size): what an
+        image-blind baseline scores, at a fraction of the reading, and without the image's notes said again."""
+        return self._read(index, with_image=False)
+
+    def _read(self, index: int, with_image: bool) -> Sample:
         name, rgb_path, depth_path = self.pairs[index]
-        rgb = read_rgb(rgb_path)
+        rgb = read_rgb(rgb_path) if with_image else None  # first, as ever: its problem is the one named
         depth = read_depth(depth_path, png_scale=self.depth_scale)
+        if rgb is None:
+            rgb = _no_image(depth.shape)
         if depth.shape != rgb.shape[:2] and depth.shape == rgb.shape[1::-1] and exif_orientation(rgb_path) >= 5:
             raise DataError(f"depth map is {depth.shape[1]}x{depth.shape[0]}, its image {rgb.shape[1]}x{rgb.shape[0]} "
                             f"as stored: the image's EXIF turns it a quarter for viewers, and datasets are read as "
@@ -125,15 +135,6 @@ class PairedFiles:
         mask_path = self.masks.get(name)
         mask = read_mask(mask_path) if mask_path is not None else None
         return _check_pair(name, rgb, depth, depth_path, mask, mask_path or "mask")
-
-    def ground_truth(self, index: int) -> Sample:
-        """Sample `index` without reading its image (`rgb` is a black stand-in of the depth map's size): what an
-        image-blind baseline scores, at a fraction of the reading, and without the image's notes said again."""
-        name, _, depth_path = self.pairs[index]
-        depth = read_depth(depth_path, png_scale=self.depth_scale)
-        mask_path = self.masks.get(name)
-        mask = read_mask(mask_path) if mask_path is not None else None
-        return _check_pair(name, _no_image(depth.shape), depth, depth_path, mask, mask_path or "mask")
 
 
 def _by_stem(files: list[Path], folder: Path) -> dict[str, Path]:

@@ -284,8 +284,7 @@ class OnnxRuntimeRunner(Runner):
     def _computes_in_fp16(self) -> bool:
         """Whether this is an FP16 artifact (`mde.precision`) that a CUDA provider may run: read first, in a
         CPU session without optimization (about 0.1 s), only where one of the GPU providers is wanted."""
-        wanted = self.requested_providers or [  # default_providers' choice, without its log (the session's says it)
-            p for p in import_ort().get_available_providers() if p in GPU_EPS and not eps.provider_problem(p)]
+        wanted = self.requested_providers or eps.default_providers(import_ort().get_available_providers(), say=False)
         if not any(p in GPU_EPS for p in wanted):
             return False
         try:

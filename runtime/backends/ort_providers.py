@@ -154,12 +154,13 @@ def provider_problem(provider: str) -> str:
     return f"{library.name} needs {', '.join(missing)}, not found" if missing else ""
 
 
-def default_providers(available: Sequence[str]) -> list[str]:
+def default_providers(available: Sequence[str], say: bool = True) -> list[str]:
     """TensorRT EP, then CUDA EP, then CPU: those built into ORT *and* able to run on this machine.
 
     onnxruntime-gpu lists the GPU providers even where there is no GPU or no CUDA/TensorRT
     library, so both are checked (`provider_problem`). On a machine with a GPU, a CUDA provider
-    that cannot run is a warning naming the reason: the model will run on the CPU.
+    that cannot run is a warning naming the reason: the model will run on the CPU (`say=False`:
+    the choice alone, for a caller whose session will say it).
     """
     chosen = []
     for provider in PREFERENCE:
@@ -168,7 +169,7 @@ def default_providers(available: Sequence[str]) -> list[str]:
         problem = provider_problem(provider)
         if not problem:
             chosen.append(provider)
-        elif cuda_device_count() > 0:
+        elif say and cuda_device_count() > 0:
             level = logging.WARNING if provider == CUDA_EP else logging.INFO
             log.log(level, "%s cannot run here: %s", provider, problem)
     return chosen or [CPU_EP]
