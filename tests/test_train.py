@@ -283,6 +283,27 @@ def test_onecycle_lr_warms_up_then_anneals_over_the_run():
     assert lrs[-1] == pytest.approx(1e-6, rel=0.05)  # lr_min / 100
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_the_optimizer_is_fused_and_steps_as_the_unfused_one(optimizer):
+    from mde.train.trainer import make_optimizer
+
+    cfg = TrainConfig(optimizer=optimizer, lr_min=1e-2)
+    models = [torch.nn.Linear(4, 3) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    fused = make_optimizer(cfg, models[0])
+    kind = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[optimizer]
+    extra = {"momentum": 0.9} if optimizer == "sgd" else {}
+    plain = kind(models[1].parameters(), lr=1e-2, weight_decay=cfg.weight_decay, foreach=False, **extra)
+    assert all(group["fused"] for group in fused.param_groups)
+    for step in range(3):
+        for model, opt in zip(models, (fused, plain)):
+            opt.zero_grad()
+            model(torch.full((2, 4), float(step + 1))).square().sum().backward()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b)
+
+
 def test_old_configs_read_with_the_recipe_they_were_trained_with():
     new_keys = ("decoder", "schedule", "scale_crop", "color_jitter")
     old = {k: v for k, v in TrainConfig(decoder="unet", schedule="onecycle").to_dict().items() if k not in new_keys}
