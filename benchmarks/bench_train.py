@@ -154,9 +154,11 @@ def throughput(data: Path, quick: bool, batch: int = 16, size: int = 128) -> dic
     from torch.utils.flop_counter import FlopCounterMode
 
     from mde.data.readers import open_dataset
+    from mde.train.config import TrainConfig
     from mde.train.loader import DepthPairs, epoch_indices, epoch_loader
     from mde.train.losses import masked_loss
     from mde.train.model import ModelArgs, build_model
+    from mde.train.trainer import make_optimizer
 
     threads = torch.get_num_threads()
     data = ensure_data(data, quick)
@@ -167,15 +169,16 @@ def throughput(data: Path, quick: bool, batch: int = 16, size: int = 128) -> dic
     n = sum(len(x) for x, *_ in epoch_loader(pairs, indices, batch, 0, False))
     loader_ips = n / (time.perf_counter() - start)
 
-    torch.manual_seed(0)
-    model = build_model(ModelArgs("resnet18", size, 20.0)).to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    torch.manual_seed(0)  # the trainer's step: its default decoder, loss and optimizer
+    cfg = TrainConfig()
+    model = build_model(ModelArgs("resnet18", size, 20.0, cfg.decoder)).to(memory_format=torch.channels_last)
+    opt = make_optimizer(cfg, model)
     x = torch.rand(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     y = torch.rand(batch, 1, size, size) * 20
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        masked_loss("l1", model(x), y).backward()
+        masked_loss(cfg.loss, model(x), y).backward()
         opt.step()
 
     with FlopCounterMode(display=False) as counter:

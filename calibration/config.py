@@ -65,7 +65,7 @@ class CalibrationConfig:
     Args:
         model: the FP32 ONNX exported by `mde export` (with `mde.*` metadata).
         data: dataset folder; calibration and held-out images come from its train split.
-        out: the INT8 Q/DQ ONNX to write; `OUT` with suffix `.ranges.json` holds the ranges.
+        out: the INT8 Q/DQ ONNX to write; `OUT` with its suffix replaced by `.ranges.json` holds the ranges.
         target: the runtime the INT8 model is written for: tensorrt (Q/DQ, symmetric INT8, float
             biases) or cpu (ONNX Runtime's CPU provider: U8 activations, integer kernels throughout).
         method: activation range method: percentile (of |x|, `percentile`), minmax, or entropy (the clipping
@@ -79,7 +79,7 @@ class CalibrationConfig:
         holdout_images: held-out train images (never used for calibration) for the accuracy check.
         percentile: the percentile of the `percentile` method.
         force: overwrite an existing output.
-        reuse_ranges: reuse `OUT.ranges.json` when it matches the model, images, seed and method.
+        reuse_ranges: reuse that ranges file when it matches the model, images, seed and method.
         depth_scale: 16-bit depth PNG units per metre in `data` (the ground truth of the report's GT
             columns); None: the format's own (1000, KITTI 256).
         progress: show progress bars on stderr.

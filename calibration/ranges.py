@@ -1,4 +1,5 @@
-"""The calibration ranges cache, `OUT.ranges.json`: computed once, reused by every quantization.
+"""The calibration ranges cache, `FILE.ranges.json` beside the output `FILE.onnx`: computed once, reused by every
+quantization.
 
 A file is reused only for the same key (model hash, images, seed, method, ONNX Runtime version,
 target) and when it holds a valid range for every tensor the calibrator covers; anything else is

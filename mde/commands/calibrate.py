@@ -25,7 +25,8 @@ def calibrate_command(
     model: Path = typer.Argument(..., help="FP32 ONNX exported by `mde export` (model.onnx)."),
     data: Path = typer.Option(..., "--data", help="Dataset folder; images come from its train split."),
     depth_scale: float | None = depth_scale_option(_default("depth_scale")),
-    out: Path = typer.Option(..., "--out", help="INT8 Q/DQ ONNX to write (ranges go to OUT.ranges.json)."),
+    out: Path = typer.Option(
+        ..., "--out", help="INT8 Q/DQ ONNX to write; its ranges go beside it (FILE.onnx -> FILE.ranges.json)."),
     target: str = typer.Option(
         _default("target"), "--target",
         help=f"Runtime the INT8 model is for: {'|'.join(TARGETS)} (tensorrt: symmetric INT8 Q/DQ, float "
@@ -43,7 +44,8 @@ def calibrate_command(
         help="Held-out train images for the accuracy check (at most a quarter of the train split)."),
     allow_few: bool = typer.Option(_default("allow_few"), "--allow-few", help="Accept fewer than 32 images."),
     reuse_ranges: bool = typer.Option(
-        _default("reuse_ranges"), "--reuse-ranges/--recalibrate", help="Reuse OUT.ranges.json when it matches."),
+        _default("reuse_ranges"), "--reuse-ranges/--recalibrate",
+        help="Reuse the ranges file beside --out (FILE.ranges.json) when it matches."),
     force: bool = typer.Option(_default("force"), "--force", help="Overwrite OUT."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
 ) -> None:
