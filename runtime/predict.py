@@ -29,27 +29,39 @@ class PredictConfig:
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files, folders (their images, not recursive) and glob patterns -> unique paths, in order."""
+    """Files, folders (their images, not recursive) and glob patterns -> unique paths, in order.
+
+    A pattern's matches are taken as if each were named: a folder gives its images, a file is kept
+    when its suffix is an image's (a GIF too, which a folder search leaves out; other files are
+    skipped, so `imgs/*` may match a README).
+    """
     from mde.runtime.images import IMAGE_SUFFIXES, list_images
+
+    pattern_suffixes = (*IMAGE_SUFFIXES, ".gif")
+
+    def folder_images(folder: Path) -> list[Path]:
+        dangling = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+                    and p.is_symlink() and not p.exists()]  # named and skipped later, not left out in silence
+        return sorted([*list_images(folder), *dangling])
 
     paths: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            dangling = [p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-                        and p.is_symlink() and not p.exists()]  # named and skipped below, not left out in silence
-            found = sorted([*list_images(path), *dangling])
+            found = folder_images(path)
             if not found:
                 raise InputError("folder has no images", path)
         elif path.exists():
             found = [path]
-        elif glob.has_magic(item):
-            found = sorted(
-                Path(p) for p in glob.glob(item, recursive=True)
-                if Path(p).suffix.lower() in IMAGE_SUFFIXES and Path(p).is_file()
-            )
+        elif glob.has_magic(item):  # each match as if named: a folder gives its images, a file its own if an image
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
+            found = [image for match in matches
+                     for image in (folder_images(match) if match.is_dir() else [match]
+                                   if match.is_file() and match.suffix.lower() in pattern_suffixes else [])]
             if not found:
-                raise InputError(f"no images match the pattern {item!r}")
+                raise InputError(f"the pattern {item!r} matches " + (
+                    f"{len(matches)} path(s), none an image ({' '.join(pattern_suffixes)}) or a folder with images"
+                    if matches else "nothing"))
         else:
             raise InputError("input not found", path)
         paths.extend(found)

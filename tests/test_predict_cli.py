@@ -88,6 +88,22 @@ def test_predict_folder_plus_glob(cli, onnx_path, images, tmp_path):
     assert np.load(out / "c.npy").shape == (50, 52)
 
 
+def test_a_pattern_takes_its_matches_as_if_named(cli, onnx_path, tmp_path):
+    """A pattern matching a GIF or folders of images said "no images match the pattern"; named, each was read."""
+    for folder in ("cams/left", "cams/right"):
+        (tmp_path / folder).mkdir(parents=True)
+        Image.fromarray(np.zeros((40, 44, 3), np.uint8)).save(tmp_path / folder / f"{folder[5:]}.png")
+    Image.fromarray(np.zeros((40, 44, 3), np.uint8)).save(tmp_path / "anim.gif")
+    (tmp_path / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    result = cli("predict", onnx_path, str(tmp_path / "cams" / "*"), str(tmp_path / "*.gif"), "--out", out)
+    assert result.code == 0, result.err
+    assert sorted(p.name for p in out.iterdir()) == ["anim.png", "left.png", "right.png"]
+    result = cli("predict", onnx_path, str(tmp_path / "*.txt"), "--out", tmp_path / "none")
+    assert result.code == 2 and "matches 1 path(s), none an image" in result.err, result.err
+    assert len(result.err.strip().splitlines()) == 1 and not (tmp_path / "none").exists()
+
+
 def test_predict_gives_every_input_its_own_output(cli, onnx_path, images, tmp_path):
     """`img.png`, `img.jpg` and `img_1.png`: the second must not take the third's name (one map lost)."""
     rng = np.random.default_rng(1)
@@ -173,7 +189,7 @@ def test_predict_bad_options_exit_2(cli, onnx_path, images, tmp_path, args, matc
     [
         ("missing.onnx", None, "model file not found"),
         (None, ["nope.png"], "input not found"),
-        (None, ["*.nothing"], "no images match"),
+        (None, ["*.nothing"], "matches nothing"),
     ],
 )
 def test_predict_bad_paths_exit_2(cli, onnx_path, images, tmp_path, model, inputs, match):
