@@ -12,8 +12,8 @@ its valid pixels, then averaged over images (`MetricAccumulator`).
   `skimage.metrics.structural_similarity(pred, gt, gaussian_weights=True, sigma=1.5,
   use_sample_covariance=False, data_range=R)` when every pixel is valid (the mean of the SSIM map
   with a 5-pixel border cropped). With invalid pixels, gt is replaced there by pred (the window
-  statistics then see no error at those pixels) and the map is averaged over the valid pixels of
-  the cropped region (over all valid pixels when the crop holds none).
+  statistics then see no error at those pixels; a NaN/inf prediction there is taken as 0) and the map
+  is averaged over the valid pixels of the cropped region (over all valid pixels when the crop holds none).
 - Regions (`region_metrics`): where the dataset has a mask (0 structure, 1 object, other values
   invalid), rmse, abs_rel and delta1 over each region's valid pixels, as `objects_rmse`, ...;
   each is averaged over the images that have pixels of that region (`objects_images` of them).
@@ -71,8 +71,9 @@ def _filter(maps: np.ndarray) -> np.ndarray:
 
 def ssim_map(pred: np.ndarray, gt: np.ndarray, data_range: float) -> np.ndarray:
     """Per-pixel SSIM of two H x W maps (same values as scikit-image's full SSIM image)."""
-    if not data_range > 0:
-        raise InputError(f"expected a positive SSIM data range, got {data_range}")
+    if isinstance(data_range, (bool, np.bool_)) or not isinstance(data_range, (int, float, np.number)) \
+            or not data_range > 0:
+        raise InputError(f"expected a positive SSIM data range, got {data_range!r}")
     x = np.asarray(pred, dtype=np.float64)
     y = np.asarray(gt, dtype=np.float64)
     ux, uy, uxx, uyy, uxy = _filter(np.stack([x, y, x * x, y * y, x * y]))
@@ -91,7 +92,8 @@ def ssim(pred: np.ndarray, gt: np.ndarray, data_range: float, mask: np.ndarray |
         mask: valid pixels (default: all).
     """
     pred, gt = _check_shapes(pred, gt)
-    if mask is not None:
+    if mask is not None:  # a non-finite prediction where gt is invalid is 0 there, not spread by the window
+        pred = np.where(mask | np.isfinite(pred), pred, 0.0)
         gt = np.where(mask, gt, pred)
     smap = ssim_map(pred, gt, data_range)
     r = RADIUS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -120,6 +121,22 @@ def test_nan_prediction_gives_nan_not_a_silent_skip():
     assert regions["structure_rmse"] == 0.0  # the region without the bad pixel keeps its figure
 
 
+def test_a_nan_prediction_where_gt_is_invalid_is_ignored_by_ssim_too():
+    """SSIM's window spread a NaN predicted at an invalid pixel: SSIM NaN beside every other metric's number."""
+    rng = np.random.default_rng(3)
+    gt = rng.uniform(1, R, (32, 32))
+    pred = gt + rng.normal(0, 0.5, gt.shape)
+    gt[16, 16] = 0.0  # invalid
+    zero_there = compute_metrics(np.where(gt > 0, pred, 0.0), gt, R)
+    for bad in (np.nan, np.inf, -np.inf):
+        pred[16, 16] = bad
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # nor a numpy warning
+            m = compute_metrics(pred, gt, R)
+        assert m == zero_there, (bad, m)
+        assert 0 < m["ssim"] < 1
+
+
 def test_a_one_row_image_is_scored_not_refused():
     gt = np.linspace(1.0, 5.0, 30)[None, :]
     m = compute_metrics(gt[None] * 1.1, gt, R)  # 1 x 1 x W against 1 x W: the leading axis only
@@ -144,7 +161,9 @@ def test_constant_maps():
      (np.ones((8, 8)), np.full((8, 8), np.nan), R, DataError, "no valid pixel"),
      (np.ones((8, 8)), np.ones((8, 9)), R, InputError, "same H x W shape"),
      (np.ones((2, 8, 8)), np.ones((2, 8, 8)), R, InputError, "same H x W shape"),
-     (np.ones((8, 8)), np.ones((8, 8)), 0.0, InputError, "positive SSIM data range")],
+     (np.ones((8, 8)), np.ones((8, 8)), 0.0, InputError, "positive SSIM data range"),
+     (np.ones((8, 8)), np.ones((8, 8)), "20", InputError, "positive SSIM data range"),  # was a TypeError
+     (np.ones((8, 8)), np.ones((8, 8)), True, InputError, "positive SSIM data range")],
 )
 def test_bad_inputs(pred, gt, data_range, error, match):
     with pytest.raises(error, match=match):
