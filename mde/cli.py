@@ -10,6 +10,7 @@ import contextlib
 import importlib
 import logging
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -176,9 +177,9 @@ def _empty_argument(args: list[str]) -> str:
     for i, arg in enumerate(args):
         if arg.startswith("--") and arg.endswith("=") and arg.count("=") == 1 and len(arg) > 3:
             return f"{arg[:-1]} is given an empty value"
-        if arg == "":  # the option before it may take no value (--force ""): named as a place, not blamed
-            before = f" after {args[i - 1]}" if i and args[i - 1].startswith("-") and args[i - 1] != "--" else ""
-            return f"an empty argument ('') comes{before}"
+        if arg == "":  # the argument before it names the place (an option there may take no value: not blamed)
+            return f"an empty argument ('') comes after {shlex.quote(args[i - 1])}" if i else \
+                "an empty argument ('') comes first"
     return ""
 
 

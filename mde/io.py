@@ -321,6 +321,8 @@ def as_path(path: Any, what: str = "file") -> Path:
     """`path` as a Path; `InputError` for what is no path (None from a failed camera read, an array, bytes)."""
     if not isinstance(path, (str, os.PathLike)):
         raise InputError(f"expected a path to the {what}, got {type(path).__name__}")
+    if os.fspath(path) in ("", b""):  # Path("") is ".": an unset variable would name the current folder
+        raise InputError(f"expected a path to the {what}, got an empty string")
     return Path(path)
 
 

@@ -218,7 +218,7 @@ class DepthEstimator:
         if not np.issubdtype(depth.dtype, np.floating):
             hint = " (a depth camera's millimetres: divide by 1000)" if depth.dtype.kind in "ui" else ""
             raise InputError(f"expected depth in metres as floating point, got {depth.dtype}{hint}")
-        if not all(isinstance(v, numbers.Real) for v in (fx, fy, cx, cy)):
+        if not all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) for v in (fx, fy, cx, cy)):
             raise InputError(f"intrinsics must be numbers, got fx={fx!r}, fy={fy!r}, cx={cx!r}, cy={cy!r}")
         try:
             with np.errstate(over="ignore"):  # beyond float32: inf, refused below

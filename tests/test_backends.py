@@ -151,7 +151,7 @@ def test_runner_specs(runner):
         ({"image": np.zeros((1, 3, 64, 64), np.float64)}, "expected dtype float32, got float64"),
         ({"image": np.zeros((1, 3, 32, 32), np.float32)}, r"expected shape \(\?, 3, 64, 64\), got \(1, 3, 32, 32\)"),
         ({"image": np.zeros((3, 64, 64), np.float32)}, "expected shape"),
-        ({"image": np.zeros((0, 3, 64, 64), np.float32)}, "expected shape"),
+        ({"image": np.zeros((0, 3, 64, 64), np.float32)}, r"got \(0, 3, 64, 64\) \(an empty batch\)"),
         ({"image": [[0.0]]}, "numpy array"),
         ([np.zeros((1, 3, 64, 64), np.float32)], "dict"),
     ],

@@ -50,11 +50,13 @@ def test_an_empty_argument_is_refused_before_it_reads_as_the_current_folder(cli,
     """`--out "$OUT"` with OUT unset: the path "" is ".", and `data synth ""` wrote a dataset into the working
     folder; every form of an empty argument is one line, exit 2, and nothing is written."""
     monkeypatch.chdir(tmp_path)
-    for args, said in ((["data", "synth", "", "--train", "2", "--val", "2"], "an empty argument ('') comes"),
+    for args, said in ((["data", "synth", "", "--train", "2", "--val", "2"], "an empty argument ('') comes after synth"),
+                       (["predict", "my model.onnx", "", "--out", "o"], "an empty argument ('') comes after 'my model.onnx'"),
+                       ([""], "an empty argument ('') comes first"),
                        (["data", "synth", "--force", ""], "an empty argument ('') comes after --force"),
                        (["predict", "model.onnx", "x.png", "--out", ""], "an empty argument ('') comes after --out"),
                        (["parity", "best.pt", "model.onnx", "--data="], "--data is given an empty value"),
-                       (["info", "--", ""], "an empty argument ('') comes")):  # after --, as before it
+                       (["info", "--", ""], "an empty argument ('') comes after --")):
         result = cli(*args)
         assert result.code == 2 and result.err == f"mde: error: {said}; give it a value (an unset shell " \
             "variable?)\n", result.err

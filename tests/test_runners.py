@@ -89,3 +89,15 @@ def test_every_torch_inference_runs_under_fp32_math(tiny_checkpoint, monkeypatch
     with runner_module.TorchRunner(tiny_checkpoint) as runner:
         runner.infer({"image": np.zeros((1, 3, 64, 64), np.float32)})
     assert devices == ["cpu"]
+
+
+def test_a_checkpoint_without_pytorch_is_said_of_its_file(tiny_checkpoint, monkeypatch):
+    """`mde predict run/best.pt` on a runtime-only install: the message named no file (the docs say every one does)."""
+    import sys
+
+    import mde.train.runner as runner_module
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    with pytest.raises(BackendError, match=r"needs PyTorch") as caught:
+        runner_module.TorchRunner(tiny_checkpoint).activate()
+    assert str(caught.value).startswith(f"{tiny_checkpoint}: ")

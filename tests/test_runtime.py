@@ -135,6 +135,7 @@ def test_to_points_hand_computed():
         (np.ones((4, 4), np.float32), {"fx": 0.0}, "focal"),
         (np.ones((4, 4), np.float32), {"fy": float("nan")}, "focal"),
         (np.ones((4, 4), np.float32), {"cx": "50"}, "must be numbers"),
+        (np.ones((4, 4), np.float32), {"fx": True, "fy": True}, "must be numbers"),  # was fx = fy = 1
     ],
 )
 def test_to_points_rejects(depth, kwargs, match):
@@ -227,6 +228,10 @@ def test_open_accepts_one_provider_name_and_refuses_a_non_path(onnx_path):
         assert est.providers == ["CPUExecutionProvider"]
     with pytest.raises(InputError, match="expected a model path, got int"):
         DepthEstimator.open(123)
+    with pytest.raises(InputError, match="got an empty string"):  # named the current folder, "."
+        DepthEstimator.open("")
+    with pytest.raises(InputError, match="path to the image, got an empty string"):
+        read_rgb("")
 
 
 def test_infer_refuses_what_is_not_0_1_pixels(est):

@@ -88,7 +88,7 @@ class TorchRunner(Runner):
         try:
             import torch
         except ImportError as err:
-            raise BackendError(f"the torch backend needs PyTorch ({err}); {TRAIN_EXTRA}") from None
+            raise BackendError(f"the torch backend needs PyTorch ({err}); {TRAIN_EXTRA}", self.path) from None
         from mde.train.checkpoint import load_model
 
         check_device(torch, self.device, self.path)

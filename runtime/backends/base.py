@@ -129,8 +129,10 @@ class Runner(abc.ABC):
                 (want is None and got > 0) or got == want for want, got in zip(spec.shape, array.shape)
             )
             if not shape_ok:
+                no_images = array.ndim == len(spec.shape) and array.ndim > 0 and array.shape[0] == 0
                 raise InputError(
-                    f"input {name!r}: expected shape {_fmt_shape(spec.shape)}, got {tuple(array.shape)}",
+                    f"input {name!r}: expected shape {_fmt_shape(spec.shape)}, got {tuple(array.shape)}"
+                    + (" (an empty batch)" if no_images else ""),
                     self.path,
                 )
             multiple = PREPROCESS["size_multiple"]  # the encoder's stride
@@ -255,6 +257,8 @@ def open_runner(path: str | Path, backend: str = "auto", **options: Any) -> Runn
     """
     if not isinstance(path, (str, os.PathLike)):
         raise InputError(f"expected a model path, got {type(path).__name__}")
+    if os.fspath(path) == "":  # Path("") is the current folder
+        raise InputError("expected a model path, got an empty string")
     if backend != "auto" and backend not in backend_names():
         resolve_backend(path, backend)  # raises the error listing the valid names
     path = Path(path)
