@@ -44,6 +44,12 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
                     and p.is_symlink() and not p.exists()]  # named and skipped later, not left out in silence
         return sorted([*list_images(folder), *dangling])
 
+    def matched_images(match: Path) -> list[Path]:  # a dangling link is kept, to be named and skipped
+        if match.is_dir():
+            return folder_images(match)
+        is_image = match.suffix.lower() in pattern_suffixes
+        return [match] if is_image and (match.is_file() or not match.exists()) else []
+
     paths: list[Path] = []
     for item in inputs:
         path = Path(item)
@@ -55,9 +61,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             found = [path]
         elif glob.has_magic(item):  # each match as if named: a folder gives its images, a file its own if an image
             matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
-            found = [image for match in matches
-                     for image in (folder_images(match) if match.is_dir() else [match]
-                                   if match.is_file() and match.suffix.lower() in pattern_suffixes else [])]
+            found = [image for match in matches for image in matched_images(match)]
             if not found:
                 raise InputError(f"the pattern {item!r} matches " + (
                     f"{len(matches)} path(s), none an image ({' '.join(pattern_suffixes)}) or a folder with images"
