@@ -232,11 +232,21 @@ def read_small_text(path: str | Path, limit: int = SMALL_FILE_BYTES) -> str:
 
 
 def parse_json(text: str) -> Any:
-    """`json.loads`, with nesting too deep for the parser a ValueError like any other malformed JSON."""
+    """`json.loads`, with nesting too deep for the parser, and a key given twice in one object (where `json` keeps
+    the last in silence: `{"max_depth": 20, "max_depth": 80}`), a ValueError like any other malformed JSON."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in doc:
+            raise ValueError(f"the key {json.dumps(key)} is given twice in one object")
+        doc[key] = value
+    return doc
 
 
 def json_float(value: Any) -> float | None:

@@ -247,7 +247,8 @@ def test_dataset_max_depth_rules(tmp_path):
                         ('{"max_depth": 1e-300}', "max_depth of 0.001 to 1e\\+06 m, found 1e-300"),  # underflowed
                         ('{"max_depth": "20"}', 'max_depth is "20", not a number'),  # float("20") read it
                         ('{"max_depth": 1' + "0" * 400 + "}", "numeric 'max_depth' \\(int too large"),
-                        ("[20]", "\\(found a JSON array\\)"), ('{"depth": 20}', "\\(it has no 'max_depth'\\)")):
+                        ("[20]", "\\(found a JSON array\\)"), ('{"depth": 20}', "\\(it has no 'max_depth'\\)"),
+                        ('{"max_depth": 20, "max_depth": 80}', 'the key "max_depth" is given twice')):  # 80 won
         (tmp_path / "meta.json").write_text(text)
         with pytest.raises(DataError, match=match):
             dataset_max_depth(tmp_path)
