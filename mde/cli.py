@@ -16,7 +16,6 @@ import sys
 import threading
 import traceback
 from collections.abc import Iterator
-from pathlib import Path
 
 import typer
 
@@ -184,26 +183,6 @@ def _empty_argument(args: list[str]) -> str:
     return ""
 
 
-def _said_by_another_rank(message: str) -> bool:
-    """Whether another torchrun process on this machine has said `message` already: every process gets the same
-    arguments, so a bad one is found by each, and N identical lines said one thing. The first to say a message
-    marks it in torchrun's folder for this attempt (shared by the local processes, removed by torchrun); a
-    message of one process's own (its shard's corrupt image) is said by it."""
-    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
-    if not error_file or os.environ.get("LOCAL_WORLD_SIZE", "1") == "1":
-        return False
-    import hashlib
-
-    mark = Path(error_file).parent.parent / f"mde-said-{hashlib.sha256(message.encode()).hexdigest()[:20]}"
-    try:
-        mark.touch(exist_ok=False)  # O_EXCL: of processes failing at once, exactly one creates it
-    except FileExistsError:
-        return True
-    except OSError:  # no such folder, read-only: say it rather than lose it
-        return False
-    return False
-
-
 def _run(args: list[str]) -> None:
     empty = _empty_argument(args)
     if empty:
@@ -226,8 +205,7 @@ def _run(args: list[str]) -> None:
             raise _stopped() from None
         if _state["verbose"]:
             traceback.print_exc()
-        if not _said_by_another_rank(str(err)):
-            print(f"mde: error: {err}", file=sys.stderr)
+        print(f"mde: error: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
     except KeyboardInterrupt:
         raise _stopped() from None

@@ -344,33 +344,3 @@ def test_a_synth_worker_killed_from_outside_is_one_line(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and err.strip().splitlines()[-1].startswith("mde: error: a rendering worker stopped")
     assert not out.exists() or not any(out.iterdir())
-
-
-def test_one_message_for_every_torchrun_process_that_finds_the_same_bad_input(tmp_path, monkeypatch, capsys):
-    """`torchrun --nproc-per-node 2 -m mde.train --data missing`: each process said the same line."""
-    from mde import cli
-    from mde.errors import InputError
-
-    def bad(message: str):
-        def refuse(**_kwargs) -> None:
-            raise InputError(message, "missing")
-        return refuse
-
-    monkeypatch.setattr(cli, "_state", {"verbose": False, "terminated": False})
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    said = []
-    for rank, message in ((0, "dataset not found"), (1, "dataset not found"), (1, "a corrupt image")):
-        attempt = tmp_path / "torchelastic" / "run_1" / "attempt_0"
-        (attempt / str(rank)).mkdir(parents=True, exist_ok=True)  # as torchrun makes them
-        monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(attempt / str(rank) / "error.json"))
-        monkeypatch.setattr(cli, "app", bad(message))
-        with pytest.raises(SystemExit) as stopped:
-            cli._run(["train"])
-        assert stopped.value.code == 2  # every process exits with its error's code, said or not
-        said.append(capsys.readouterr().err)
-    assert said == ["mde: error: missing: dataset not found\n", "", "mde: error: missing: a corrupt image\n"]
-    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / "gone" / "0" / "error.json"))  # no folder: said
-    monkeypatch.setattr(cli, "app", bad("dataset not found"))
-    with pytest.raises(SystemExit):
-        cli._run(["train"])
-    assert capsys.readouterr().err == "mde: error: missing: dataset not found\n"
