@@ -178,7 +178,7 @@ def _empty_argument(args: list[str]) -> str:
         if arg.startswith("--") and arg.endswith("=") and arg.count("=") == 1 and len(arg) > 3:
             return f"{arg[:-1]} is given an empty value"
         if arg == "":  # the argument before it names the place (an option there may take no value: not blamed)
-            return f"an empty argument ('') comes after {shlex.quote(args[i - 1])}" if i else \
+            return f"an empty argument ('') comes after {one_line(shlex.quote(args[i - 1]))}" if i else \
                 "an empty argument ('') comes first"
     return ""
 

@@ -71,9 +71,13 @@ def _filter(maps: np.ndarray) -> np.ndarray:
 
 def ssim_map(pred: np.ndarray, gt: np.ndarray, data_range: float) -> np.ndarray:
     """Per-pixel SSIM of two H x W maps (same values as scikit-image's full SSIM image)."""
-    if isinstance(data_range, (bool, np.bool_)) or not isinstance(data_range, (int, float, np.number)) \
-            or not data_range > 0:
-        raise InputError(f"expected a positive SSIM data range, got {data_range!r}")
+    try:  # a number, a numpy scalar or 0-d array; not a bool ("True" is no range) nor a string
+        value = None if isinstance(data_range, (bool, np.bool_, str, bytes)) else float(data_range)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or not 0 < value < np.inf:
+        raise InputError(f"expected a positive, finite SSIM data range, got {data_range!r}")
+    data_range = value
     x = np.asarray(pred, dtype=np.float64)
     y = np.asarray(gt, dtype=np.float64)
     ux, uy, uxx, uyy, uxy = _filter(np.stack([x, y, x * x, y * y, x * y]))
@@ -93,6 +97,7 @@ def ssim(pred: np.ndarray, gt: np.ndarray, data_range: float, mask: np.ndarray |
     """
     pred, gt = _check_shapes(pred, gt)
     if mask is not None:  # a non-finite prediction where gt is invalid is 0 there, not spread by the window
+        mask = np.asarray(mask, dtype=bool)
         pred = np.where(mask | np.isfinite(pred), pred, 0.0)
         gt = np.where(mask, gt, pred)
     smap = ssim_map(pred, gt, data_range)

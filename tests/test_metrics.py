@@ -161,13 +161,23 @@ def test_constant_maps():
      (np.ones((8, 8)), np.full((8, 8), np.nan), R, DataError, "no valid pixel"),
      (np.ones((8, 8)), np.ones((8, 9)), R, InputError, "same H x W shape"),
      (np.ones((2, 8, 8)), np.ones((2, 8, 8)), R, InputError, "same H x W shape"),
-     (np.ones((8, 8)), np.ones((8, 8)), 0.0, InputError, "positive SSIM data range"),
-     (np.ones((8, 8)), np.ones((8, 8)), "20", InputError, "positive SSIM data range"),  # was a TypeError
-     (np.ones((8, 8)), np.ones((8, 8)), True, InputError, "positive SSIM data range")],
+     (np.ones((8, 8)), np.ones((8, 8)), 0.0, InputError, "positive, finite SSIM data range"),
+     (np.ones((8, 8)), np.ones((8, 8)), "20", InputError, "positive, finite SSIM data range"),  # was a TypeError
+     (np.ones((8, 8)), np.ones((8, 8)), True, InputError, "positive, finite SSIM data range"),
+     (np.ones((8, 8)), np.ones((8, 8)), np.inf, InputError, "positive, finite SSIM data range")],  # was NaN SSIM
 )
 def test_bad_inputs(pred, gt, data_range, error, match):
     with pytest.raises(error, match=match):
         compute_metrics(pred, gt, data_range)
+
+
+def test_a_data_range_of_any_numeric_type_is_read():
+    gt = np.linspace(1.0, 5.0, 256).reshape(16, 16)
+    expected = compute_metrics(gt * 1.1, gt, 20.0)["ssim"]
+    for data_range in (20, np.float32(20), np.int64(20), np.array(20.0)):
+        assert compute_metrics(gt * 1.1, gt, data_range)["ssim"] == pytest.approx(expected)
+    assert ssim(gt * 1.1, gt, 20.0, mask=(gt > 2).astype(np.float32)) == pytest.approx(  # a 0/1 float mask
+        ssim(gt * 1.1, gt, 20.0, mask=gt > 2))
 
 
 def test_accumulator_averages_per_image():
