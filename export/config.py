@@ -179,6 +179,9 @@ def validate(cfg: ExportConfig) -> None:
     if cfg.depth_scale is not None and not DEPTH_SCALE_RANGE[0] <= cfg.depth_scale <= DEPTH_SCALE_RANGE[1]:
         raise InputError(f"--depth-scale must be {DEPTH_SCALE_RANGE[0]:g} to {DEPTH_SCALE_RANGE[1]:g} PNG units "
                          f"per metre, got {cfg.depth_scale}")
+    if cfg.depth_scale is not None and cfg.golden_data is None and cfg.calib_data is None:  # given for nothing
+        raise InputError("--depth-scale reads the depth maps of --golden-data and --calib-data; add one "
+                         "(or drop --depth-scale)")
     if not 1 <= cfg.workspace_mib <= MAX_WORKSPACE_MIB:
         raise InputError(f"--workspace-mib must be 1..{MAX_WORKSPACE_MIB}, got {cfg.workspace_mib}")
     if not 32 <= cfg.min_size <= cfg.max_size <= MAX_INPUT_SIDE:

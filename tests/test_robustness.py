@@ -355,6 +355,8 @@ CASES = [
      "--out lies inside the dataset's train/ or val/"),
     ("export-calib-data-without-int8", "export {ckpt} --out {out} --calib-data {data}",
      "--calib-data calibrates INT8; add --precision int8"),
+    ("export-depth-scale-without-data", "export {ckpt} --out {out} --depth-scale 256",  # was ignored, exit 0
+     "--depth-scale reads the depth maps of --golden-data and --calib-data; add one"),
     ("train-folder-as-backbone", "train --data {data} --out {out} --no-pretrained --backbone-weights {bad:dir}",
      "a-folder: --backbone-weights is a folder; expected a torchvision ResNet .pth file"),
     ("train-text-as-backbone", "train --data {data} --out {out} --no-pretrained --backbone-weights {bad:onnx_text}",

@@ -956,6 +956,8 @@ def test_merge_resume_keeps_the_checkpoint_config():
     assert (merged.lr_max, merged.epochs, merged.data, merged.pretrained) == (5e-3, 4, "d2", False)
     with pytest.raises(InputError, match="conflicts"):
         merge_resume(TrainConfig(data="d", out="o", backbone="resnet34", resume="x"), saved)
+    with pytest.raises(InputError, match="conflicts with the resumed checkpoint's --backbone-weights unset;"):
+        merge_resume(TrainConfig(data="d", out="o", backbone_weights="w.pth", resume="x"), saved)  # read "weights ;"
 
 
 def test_merge_resume_counts_given_options_even_at_their_default():
@@ -1197,3 +1199,37 @@ def test_val_masks_without_objects_give_null_not_nan_in_metrics_jsonl(cli, synth
     record = json.loads(line, parse_constant=lambda name: pytest.fail(f"bare {name} in metrics.jsonl"))
     assert record["val_objects_images"] == 0 and record["val_objects_rmse"] is None
     assert "objects rmse" not in result.err and "val rmse" in result.err
+
+
+def _recoded(data: Path, to: Path, scale: float | None) -> Path:
+    """A copy of `data` with its depth maps written as 16-bit PNGs of `scale` units per metre, or as .npy metres."""
+    import shutil
+
+    from mde.runtime.images import read_depth
+
+    shutil.copytree(data, to)
+    for png in sorted(to.glob("*/depth/*.png")):
+        metres = read_depth(png, png_scale=1000.0)
+        png.unlink()
+        if scale is None:
+            np.save(png.with_suffix(".npy"), metres.astype(np.float32))
+        else:
+            Image.fromarray(np.round(metres * scale).astype(np.uint16)).save(png)
+    return to
+
+
+def test_a_resume_on_data_of_another_depth_encoding_reads_it_at_its_scale(cli, synth_data, tmp_path, cyclic_run):
+    """--depth-scale belongs to the dataset: a resume onto KITTI-scaled PNGs refused it as a conflict, and without
+    it read every depth at 1000 units per metre (0.256x); a checkpoint's scale stopped a resume onto .npy depth."""
+    from mde.train.config import TrainConfig
+    from mde.train.trainer import inherited_depth_scale
+
+    kitti = _recoded(synth_data, tmp_path / "kitti", 256.0)
+    run = _copy_run(cyclic_run, tmp_path / "first")
+    resumed = cli("train", "--resume", run / "last.pt", "--data", kitti, "--depth-scale", "256",
+                  "--out", tmp_path / "more", "--epochs", "2", "--json")
+    assert resumed.code == 0, resumed.err
+    assert json.loads((tmp_path / "more" / "config.json").read_text())["depth_scale"] == 256.0
+    metres = _recoded(synth_data, tmp_path / "npy", None)
+    for data, kept in ((kitti, 256.0), (synth_data, 256.0), (metres, None)):  # a checkpoint's 256 on each
+        assert inherited_depth_scale(TrainConfig(data=str(data), depth_scale=256.0)) == kept, data

@@ -33,7 +33,7 @@ LEGACY_DEPTH_SCALE = 1000.0
 # config holds what they resolved to, so giving them again on --resume is no conflict.
 AUTO_VALUES = {"max_depth": 0.0, "freeze_stages": -1}
 # Options a resumed run may change; everything else comes from the checkpoint's config.
-RESUME_OVERRIDES = ("data", "out", "resume", "epochs", "device", "workers", "log_interval",
+RESUME_OVERRIDES = ("data", "depth_scale", "out", "resume", "epochs", "device", "workers", "log_interval",
                     "val_every", "checkpoint_every", "force", "compile")
 
 
@@ -193,7 +193,7 @@ def _as_typed(name: str, value: object) -> str:
     flag = name.replace("_", "-")
     if isinstance(value, bool):
         return f"--{flag}" if value else f"--no-{flag}"
-    if value is None:
+    if value is None or value == "":  # --backbone-weights' "" is none
         return f"--{flag} unset"
     return f"--{flag} {value:g}" if isinstance(value, float) else f"--{flag} {value}"
 
@@ -215,8 +215,6 @@ def merge_resume(cli: TrainConfig, saved: TrainConfig, given: Collection[str] = 
         if f.name in RESUME_OVERRIDES:
             continue
         mine, theirs = getattr(cli, f.name), getattr(saved, f.name)
-        if f.name == "depth_scale" and mine == LEGACY_DEPTH_SCALE and theirs is None:
-            continue  # 1000 typed again is what the saved "unset" means on the folder format
         if is_set(f.name) and mine != theirs and mine != AUTO_VALUES.get(f.name):
             raise InputError(f"{_as_typed(f.name, mine)} conflicts with the resumed checkpoint's "
                              f"{_as_typed(f.name, theirs)}; drop it when using --resume", cli.resume)

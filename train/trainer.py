@@ -113,6 +113,23 @@ def open_splits(cfg: TrainConfig, env: DistEnv):
     return train_set, val_set, data_range
 
 
+def inherited_depth_scale(cfg: TrainConfig) -> float | None:
+    """A resumed run's --depth-scale on the data its --data names now: kept where that data has PNG depth (the
+    same dataset moved, as a rule), dropped with a note where its depth maps are all .npy metres, which no scale
+    reads (refused when typed: it would change nothing)."""
+    from mde.data.readers import open_dataset
+
+    try:
+        splits = [open_dataset(cfg.data, split=split) for split in ("train", "val")]
+    except MdeError:  # opening the splits for training says what is wrong
+        return cfg.depth_scale
+    if any(depth.suffix.lower() == ".png" for split in splits for *_, depth in getattr(split, "pairs", ())):
+        return cfg.depth_scale
+    info(f"note: the resumed run's --depth-scale {cfg.depth_scale:g} is not used: {cfg.data}'s depth maps are not "
+         "16-bit PNGs")
+    return None
+
+
 def resolve_config(cfg: TrainConfig, given: Collection[str] = ()) -> tuple[TrainConfig, dict[str, Any] | None]:
     """The effective config (the checkpoint's when resuming) and the resume checkpoint, if any.
 
@@ -129,6 +146,8 @@ def resolve_config(cfg: TrainConfig, given: Collection[str] = ()) -> tuple[Train
         raise ModelError("not a training checkpoint (no optimizer state); cannot resume", cfg.resume)
     check_training_state(state, cfg.resume)
     merged = merge_resume(cfg, TrainConfig.from_dict(state["config"]), given)
+    if merged.depth_scale is not None and cfg.depth_scale is None:  # the checkpoint's, not this command's
+        merged.depth_scale = inherited_depth_scale(merged)
     try:
         merged.validate()
     except InputError as err:  # the saved config, or what the resume changed in it
