@@ -125,8 +125,9 @@ def inherited_depth_scale(cfg: TrainConfig) -> float | None:
         return cfg.depth_scale
     if any(depth.suffix.lower() == ".png" for split in splits for *_, depth in getattr(split, "pairs", ())):
         return cfg.depth_scale
-    info(f"note: the resumed run's --depth-scale {cfg.depth_scale:g} is not used: {cfg.data}'s depth maps are not "
-         "16-bit PNGs")
+    if os.environ.get("RANK", "0") == "0":  # said once under torchrun (this runs before the process group)
+        info(f"note: the resumed run's --depth-scale {cfg.depth_scale:g} is not used: {cfg.data}'s depth maps are "
+             "not 16-bit PNGs")
     return None
 
 
