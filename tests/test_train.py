@@ -944,7 +944,7 @@ def test_an_older_configs_depth_scale_of_1000_reads_as_the_formats_own():
 
     saved = TrainConfig(data="d", out="o", pretrained=False)  # depth_scale None
     cli = TrainConfig(data="d", out="o", resume="o/last.pt", depth_scale=1000.0)
-    assert merge_resume(cli, saved, given={"depth_scale"}).depth_scale is None  # the same meaning: no conflict
+    assert merge_resume(cli, saved, given={"depth_scale"}).depth_scale == 1000.0  # no conflict; typed, it stands
 
 
 def test_merge_resume_keeps_the_checkpoint_config():

@@ -226,7 +226,10 @@ def merge_resume(cli: TrainConfig, saved: TrainConfig, given: Collection[str] = 
     if "data" not in changed and saved.data and not Path(saved.data).exists():
         raise InputError(f"the run's dataset {saved.data} (its --data, saved in the checkpoint) is not found "
                          "from here; give --data", cli.resume)
-    return TrainConfig.from_dict({**saved.to_dict(), **changed})
+    merged = TrainConfig.from_dict({**saved.to_dict(), **changed})
+    if "depth_scale" in changed:  # typed now: 1000 is 1000 (from_dict reads a saved 1000 as an older config's default)
+        merged.depth_scale = changed["depth_scale"]
+    return merged
 
 
 def check_resume(cfg: TrainConfig, resume: dict[str, Any], steps_per_epoch: int) -> None:
