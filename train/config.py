@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -226,10 +226,7 @@ def merge_resume(cli: TrainConfig, saved: TrainConfig, given: Collection[str] = 
     if "data" not in changed and saved.data and not Path(saved.data).exists():
         raise InputError(f"the run's dataset {saved.data} (its --data, saved in the checkpoint) is not found "
                          "from here; give --data", cli.resume)
-    merged = TrainConfig.from_dict({**saved.to_dict(), **changed})
-    if "depth_scale" in changed:  # typed now: 1000 is 1000 (from_dict reads a saved 1000 as an older config's default)
-        merged.depth_scale = changed["depth_scale"]
-    return merged
+    return replace(saved, **changed)  # `saved` was read once (from_dict); what is typed now stands as typed
 
 
 def check_resume(cfg: TrainConfig, resume: dict[str, Any], steps_per_epoch: int) -> None:
