@@ -7,7 +7,7 @@ import hashlib
 import logging
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -286,12 +286,21 @@ def _ranges(cfg: CalibrationConfig, pre_path: Path, dataset: Any, calib_idx: lis
         ranges = qz.collect_ranges(
             pre_path, batches, cfg.method, cfg.op_types, cfg.percentile,
             on_batch=(lambda: progress.advance(task)) if progress else None,
-            symmetric=cfg.spec.activation_type == "int8")
+            symmetric=cfg.spec.activation_type == "int8",
+            on_search=_search_task(progress) if progress else None)
     except qz.NonFiniteActivations as err:
         raise ModelError(f"computes NaN or infinite values (tensor {err}) on the calibration images: a diverged or "
                          "damaged model has no range to quantize with", cfg.model) from None
     save_ranges(cfg.ranges_path, key, ranges)
     return ranges, False
+
+
+def _search_task(progress: Any) -> Callable[[int], Callable[[], None]]:
+    """The entropy method's threshold search as a task of `progress`: a bar over the calibrated tensors."""
+    def start(total: int) -> Callable[[], None]:
+        task = progress.add_task("thresholds", total=total, info="entropy")
+        return lambda: progress.advance(task)
+    return start
 
 
 def _fallback_search(cfg: CalibrationConfig, pre: Any, qdq: Any, candidates: list[str], evaluator: Any,

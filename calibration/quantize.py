@@ -92,6 +92,7 @@ def collect_ranges(
     chunk: int = 16,
     on_batch: Callable[[], None] | None = None,
     symmetric: bool = True,
+    on_search: Callable[[int], Callable[[], None]] | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Run the calibrator over `batches` (one 1x3xHxW array each); return {tensor: (low, high)}.
 
@@ -104,6 +105,8 @@ def collect_ranges(
         chunk: images per `collect_data` call (bounds the memory of histogram calibrators).
         on_batch: called after each image (progress bar).
         symmetric: ranges symmetric around 0 (int8 activations with zero point 0); False for uint8.
+        on_search: entropy only: called with the number of tensors before the threshold search (minutes on a
+            large model), returns what is called after each tensor's (progress bar).
     """
     from onnxruntime.quantization import CalibrationDataReader, create_calibrator
 
@@ -135,6 +138,8 @@ def collect_ranges(
         try:
             for start in range(0, len(batches), chunk):
                 calibrator.collect_data(Reader(batches[start:start + chunk]))
+            if on_search is not None and method == "entropy":
+                _report_thresholds(calibrator.collector, on_search)
             data = calibrator.compute_data()
         except ValueError:  # np.histogram: "supplied range of [nan, nan] is not finite"
             # the augmented model outputs every calibrated tensor: an inner inf may leave the depth finite
@@ -149,6 +154,22 @@ def collect_ranges(
         if not (np.isfinite(ranges[name][0]) and np.isfinite(ranges[name][1])):
             raise NonFiniteActivations(name)
     return ranges
+
+
+def _report_thresholds(collector: Any, on_search: Callable[[int], Callable[[], None]]) -> None:
+    """Have `collector` (ONNX Runtime's HistogramCollector) report each tensor's entropy threshold search, which
+    it runs one tensor at a time in `compute_collection_result`; a collector without that method is left as it is."""
+    search = getattr(collector, "get_entropy_threshold", None)
+    if search is None:
+        return
+    done = on_search(len(collector.histogram_dict))
+
+    def reported(*args: Any, **kwargs: Any) -> Any:
+        result = search(*args, **kwargs)
+        done()
+        return result
+
+    collector.get_entropy_threshold = reported  # the instance's: called as self.get_entropy_threshold(...)
 
 
 class NonFiniteActivations(ValueError):

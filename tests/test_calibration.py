@@ -514,7 +514,15 @@ def test_entropy_searches_a_clipping_threshold_where_minmax_takes_the_whole_rang
     pre = tmp_path / "pre.onnx"
     qz.pre_process(cfg.model, pre)
     # the stem's MaxPool tensors only: entropy's search costs about a second a tensor
-    entropy, minmax = (qz.collect_ranges(pre, batches, method, ["MaxPool"]) for method in ("entropy", "minmax"))
+    searched = {"total": None, "done": 0}
+
+    def on_search(total):  # the progress bar's: each tensor's search is reported
+        searched["total"] = total
+        return lambda: searched.update(done=searched["done"] + 1)
+
+    entropy = qz.collect_ranges(pre, batches, "entropy", ["MaxPool"], on_search=on_search)
+    minmax = qz.collect_ranges(pre, batches, "minmax", ["MaxPool"], on_search=on_search)  # no search to report
+    assert searched == {"total": len(entropy), "done": len(entropy)}, searched
     assert entropy.keys() == minmax.keys()
     clipped = [name for name in entropy if entropy[name][1] < 0.99 * minmax[name][1]]
     assert len(clipped) >= 0.9 * len(entropy), (len(clipped), len(entropy))
