@@ -85,7 +85,7 @@ def _check_config(cfg: CalibrationConfig) -> None:
     for path in (Path(cfg.out), cfg.ranges_path):  # found now, not after the whole calibration
         if path.is_dir():
             raise InputError("the output is a folder; expected a file name", path)
-        if path.exists() and not path.is_file():
+        if path.exists() and not path.is_file() and not path.is_symlink():  # a link is replaced (`written_in_place`)
             raise InputError("the output is no regular file (a FIFO or a device?); expected a file name", path)
         if resolved(path) == resolved(cfg.model):
             raise InputError("the output would overwrite the input model", path)

@@ -31,6 +31,18 @@ def test_calibrate_refuses_a_fifo_as_its_ranges_file(cli, tiny_export, synth_dat
     one_line_refusal(result, "q.ranges.json")
 
 
+def test_calibrate_replaces_a_ranges_file_that_links_to_a_fifo(cli, tiny_export, synth_data, tmp_path):
+    """A link is replaced, whatever it points to (a FIFO or /dev/zero was refused as if named directly)."""
+    fifo, link = tmp_path / "pipe", tmp_path / "q.ranges.json"
+    os.mkfifo(fifo)
+    link.symlink_to(fifo)
+    result = cli("calibrate", tiny_export / "model.onnx", "--data", synth_data, "--out", tmp_path / "q.onnx",
+                 "--num-images", 4, "--holdout-images", 2, "--allow-few", "--max-float-nodes", 0,
+                 "--target-ssim-drop", 1)
+    assert result.code == 0, result.err
+    assert not link.is_symlink() and '"ranges"' in link.read_text() and fifo.is_fifo()
+
+
 def test_parity_json_through_a_link_replaces_the_link_not_the_model(cli, tiny_export, tmp_path):
     keep = tmp_path / "keep.onnx"
     shutil.copy(tiny_export / "model.fp16.onnx", keep)
