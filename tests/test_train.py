@@ -440,7 +440,11 @@ def test_object_weight_reaches_the_loss_and_the_config(tmp_path, synth_data, mon
         return masked_loss(name, pred, target, weight)
 
     monkeypatch.setattr(trainer, "masked_loss", spy)
+    before = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
     result = trainer.train(tiny_config(synth_data, tmp_path / "run", object_weight=4.0))
+    # deterministic mode (no NaN fill) is the training's: the caller's process gets its own settings back
+    assert (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory) \
+        == before == (False, True)
     assert math.isfinite(result["best"]["rmse"])
     assert len(seen) == 6 and all(s <= {1.0, 4.0} and 1.0 in s for s in seen) and any(4.0 in s for s in seen)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["object_weight"] == 4.0

@@ -9,13 +9,15 @@ RNG states, so `--resume RUN/last.pt` continues exactly, even from the middle of
 
 from __future__ import annotations
 
+import contextlib
 import math
+import operator
 import os
 import random
 import shutil
 import time
 import warnings
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -212,12 +214,42 @@ def train(cfg: TrainConfig, given: Collection[str] = ()) -> dict[str, Any]:
     if cfg.workers > cpus and env.is_main:  # said once, in one line (torch warns in many, twice an epoch)
         info(f"note: --workers {cfg.workers} is more than the {cpus} CPUs this process may use; the workers will "
              "share them")
-    try:
-        with no_empty_new_folder(cfg.out), warnings.catch_warnings():  # bad data, Ctrl-C: no empty run folder
+    try:  # no_empty_new_folder: bad data, Ctrl-C leave no empty run folder
+        with no_empty_new_folder(cfg.out), warnings.catch_warnings(), torch_settings_restored():
             warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
             return main(cfg, env, resume_state)
     finally:
         cleanup(env)
+
+
+# The process-wide torch settings `build_job` changes besides deterministic mode: (module under torch, attribute).
+TORCH_SETTINGS = (("utils.deterministic", "fill_uninitialized_memory"), ("backends.cudnn", "benchmark"),
+                  ("backends.cudnn", "allow_tf32"), ("backends.cuda.matmul", "allow_tf32"))
+
+
+@contextlib.contextmanager
+def torch_settings_restored() -> Iterator[None]:
+    """Give the process back the torch settings training changes (deterministic mode on the CPU, cuDNN autotuning
+    and TF32 on CUDA): a program that calls `train` and then runs its own models runs them as before. Only a
+    setting that changed is set back (setting PyTorch 2.9's legacy TF32 flags warns)."""
+    deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    saved = []
+    for module, name in TORCH_SETTINGS:
+        try:
+            owner = operator.attrgetter(module)(torch)
+            saved.append((owner, name, getattr(owner, name)))
+        except (AttributeError, RuntimeError):  # not in this PyTorch, or unreadable beside its new TF32 API
+            pass
+    try:
+        yield
+    finally:
+        if (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) \
+                != deterministic:
+            torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+        for owner, name, value in saved:
+            with contextlib.suppress(AttributeError, RuntimeError):
+                if getattr(owner, name) != value:
+                    setattr(owner, name, value)
 
 
 def main(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dict[str, Any]:
