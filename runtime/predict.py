@@ -31,6 +31,9 @@ class PredictConfig:
 def expand_inputs(inputs: list[str]) -> list[Path]:
     """Files, folders (their images, not recursive) and glob patterns -> unique paths, in order.
 
+    A file given twice (`a.png` and its folder) is taken once; a link by another name (`latest.jpg ->
+    frame_42.jpg`) is an input of its own, with a depth map of its name.
+
     A pattern's matches are taken as if each were named: a folder gives its images, a file is kept
     when its suffix is an image's (a GIF too, which a folder search leaves out; other files are
     skipped, so `imgs/*` may match a README).
@@ -69,8 +72,8 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
         else:
             raise InputError("input not found", path)
         paths.extend(found)
-    seen: set[Path] = set()
-    return [p for p in paths if not (resolved(p) in seen or seen.add(resolved(p)))]
+    seen: set[tuple[Path, str]] = set()
+    return [p for p in paths if not ((key := (resolved(p), p.name)) in seen or seen.add(key))]
 
 
 NAME_MAX_BYTES = 255  # a file name's limit in bytes on Linux file systems (ext4, XFS, Btrfs) and APFS

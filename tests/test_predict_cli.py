@@ -257,6 +257,21 @@ def test_predict_skips_hidden_files_in_a_folder_and_refuses_a_pipe(cli, onnx_pat
         f"mde: error: {tmp_path / 'pipe.png'}: not a regular file (a pipe, socket or device)")
 
 
+def test_a_link_by_another_name_gets_its_own_depth_map_and_a_file_named_twice_one(cli, onnx_path, images, tmp_path):
+    """`latest.png -> frame.png` beside its target: each name is an input (the link had been taken for its
+    target, and frame.png, sorted after it, got no depth map and no word)."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    (folder / "frame.png").write_bytes((images / "a.png").read_bytes())
+    (folder / "latest.png").symlink_to("frame.png")
+    result = cli("predict", onnx_path, folder, folder / "frame.png", folder / "." / "latest.png",
+                 "--out", tmp_path / "out", "--format", "npy")
+    assert result.code == 0, result.err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["frame.npy", "latest.npy"]
+    assert "wrote 2 of 2" in result.err + result.out
+    assert np.array_equal(np.load(tmp_path / "out" / "frame.npy"), np.load(tmp_path / "out" / "latest.npy"))
+
+
 def test_a_file_name_with_a_newline_stays_one_line(cli, onnx_path, tmp_path):
     bad = tmp_path / "two\nlines.png"
     bad.write_text("not a picture")
