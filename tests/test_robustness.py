@@ -497,6 +497,36 @@ def test_pillow_warnings_do_not_reach_the_terminal(bad, tiny_export):
     assert Image.open(out / "bad-exif.png").size == (32, 48)  # turned upright
 
 
+def test_onnx_runtime_errors_are_one_line_without_its_log(tiny_export, tmp_path):
+    """ONNX Runtime logs an error it also raises (in colour, with C++ source lines) above mde's line: a model that
+    fails at load (its external data cut short) and one that fails at run time (a Reshape to batch 1, run at 2)."""
+    import subprocess
+    import sys
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(tiny_export / "model.onnx")
+    out = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = [f"{o}_pre" if o == out else o for o in node.output]
+    model.graph.initializer.append(helper.make_tensor("shape", TensorProto.INT64, [4], [1, 1, 64, 64]))
+    model.graph.node.append(helper.make_node("Reshape", [f"{out}_pre", "shape"], [out]))
+    onnx.save(model, tmp_path / "batch1.onnx")
+    onnx.save(onnx.load(tiny_export / "model.onnx"), tmp_path / "ext.onnx", save_as_external_data=True,
+              location="ext.onnx.data")
+    data = tmp_path / "ext.onnx.data"
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    mde = [sys.executable, "-m", "mde"]
+    for args, says in ((["bench", str(tmp_path / "batch1.onnx"), "--batch", "2", "--iterations", "1"],
+                        "batch1.onnx: ONNX Runtime could not run the model ("),
+                       (["info", str(tmp_path / "ext.onnx"), "--json"], "ext.onnx: cannot load ONNX model (")):
+        done = subprocess.run([*mde, *args], capture_output=True, text=True, timeout=120, check=False)
+        lines = done.stderr.splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and says in lines[0], done.stderr
+        assert "onnxruntime_src" not in lines[0] and ".cc:" not in lines[0] and ".h:" not in lines[0], lines[0]
+
+
 @pytest.mark.parametrize("key", ["bomb_png", "big_png", "tiny_png", "text_png", "truncated_png", "truncated_jpg",
                                  "corrupt_png", "text_chunk_png", "empty"])
 def test_predict_skips_a_bad_image_and_exits_1(key, bad, cli, tmp_path, synth_data, tiny_export):

@@ -36,6 +36,7 @@ from mde.runtime.backends.ort_providers import (  # noqa: F401 - the names calle
 from mde.runtime.metadata import ModelMetadata
 
 log = logging.getLogger(__name__)
+ORT_ERROR, ORT_FATAL = 3, 4  # ONNX Runtime's log severities
 
 CACHE_DIR = Path.home() / ".cache" / "mde"
 
@@ -93,7 +94,9 @@ def session_options(
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.intra_op_num_threads = int(threads)
     opts.inter_op_num_threads = int(inter_op_threads)
-    opts.log_severity_level = 3  # errors only; provider problems are reported by create_session
+    # Fatal only: each error ONNX Runtime logs it also raises, and mde says it in one line; its log (colour codes,
+    # C++ source lines) stood above that line. With --verbose (mde's debug level) its errors are shown too.
+    opts.log_severity_level = ORT_ERROR if log.isEnabledFor(logging.DEBUG) else ORT_FATAL
     if optimized_model_path is not None:
         opts.optimized_model_filepath = str(optimized_model_path)
     return opts
@@ -166,15 +169,21 @@ def create_session(
                 model if isinstance(model, bytes) else str(model), sess_options=opts, providers=provider_args
             )
     except Exception as err:  # noqa: BLE001 - ORT raises its own pybind types for bad files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        # the C++ frame before the reason (`/src/.../model.cc:256 onnxruntime::Model::Model(args) `), where it is one
-        first = re.sub(r"/\S+\.(?:cc|cpp|h):\d+ [\w:~]+\([^()]*\)(?: const)? ", " ", first)
-        if len(first) > 300:  # ORT's reason comes last, after the C++ frame it was raised in
-            first = f"{first[:100]} ... {first[-180:]}"
-        raise ModelError(f"cannot load ONNX model ({first})", source) from None
+        raise ModelError(f"cannot load ONNX model ({ort_reason(err)})", source) from None
     check_providers(wanted, session.get_providers(), explicit, printed.getvalue(), source)
     session.disable_fallback()  # a provider failing at run time raises, instead of re-running on the CPU
     return session
+
+
+def ort_reason(err: Exception) -> str:
+    """An ONNX Runtime error's first line, for a message: without the C++ frames before its reason
+    (`/onnxruntime_src/.../model.cc:256 onnxruntime::Model::Model(args) `, `tensorprotoutils.cc:1876 GetExtData `),
+    and shortened where long."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    first = re.sub(r"(?:/\S+/)?[\w.]+\.(?:cc|cpp|h):\d+ [\w:~]+(?:\([^()]*\))?(?: const)? ", " ", first)
+    if len(first) > 300:  # ORT's reason comes last, after the C++ frame it was raised in
+        first = f"{first[:100]} ... {first[-180:]}"
+    return first
 
 
 def check_providers(
@@ -190,7 +199,7 @@ def check_providers(
         return
     reasons = []
     for provider in lost:
-        reason = eps.provider_problem(provider) or _ep_error(printed) or "see ONNX Runtime's log above"
+        reason = eps.provider_problem(provider) or _ep_error(printed) or "--verbose shows ONNX Runtime's log"
         reasons.append(f"{provider} did not load ({reason})")
     message = f"{'; '.join(reasons)}; running on {', '.join(used)}"
     if explicit:
@@ -312,8 +321,7 @@ class OnnxRuntimeRunner(Runner):
         except (InputError, BackendError):
             raise
         except Exception as err:  # noqa: BLE001 - onnxruntime's pybind11 errors share no base class but Exception
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise BackendError(f"ONNX Runtime could not run the model ({first})", self.path) from None
+            raise BackendError(f"ONNX Runtime could not run the model ({ort_reason(err)})", self.path) from None
         return dict(zip(names, outputs))
 
     def _run_options(self, feed: dict[str, np.ndarray]) -> Any:
