@@ -97,4 +97,3 @@ def write_golden(
             source=np.array(inputs.source),
             **extra,
         )
-    path.chmod(0o644)  # mkstemp creates 0600; golden.npz is read by other users/tools

@@ -114,7 +114,6 @@ def write_depth(depth, path: Path, fmt: str, max_depth: float) -> None:
             Image.fromarray(np.clip(np.rint(mm), 0, PNG16_MAX).astype(np.uint16)).save(tmp, format="PNG")
         else:
             Image.fromarray(colorize(depth, max_depth)).save(tmp, format="PNG")
-        tmp.chmod(0o644)  # mkstemp makes 0600; outputs are ordinary files
 
 
 def run_predict(cfg: PredictConfig) -> dict[str, int]:

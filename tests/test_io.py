@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import threading
 from pathlib import Path
 
@@ -352,3 +353,24 @@ def test_json_text_writes_the_bytes_of_a_name_that_is_not_utf8_as_text():
     text = json_text({os.fsdecode(b"a\xff.png"): [os.fsdecode(b"\xfe"), "é", 1.5, float("nan")]})
     assert text == '{"a\\\\xff.png": ["\\\\xfe", "\\u00e9", 1.5, null]}'
     text.encode("utf-8")  # a lone surrogate raises here
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_outputs_take_the_umask(umask, mode, tmp_path):
+    """A written file has the mode any program's new file has: 0666 less the umask (predict's depth maps and
+    golden.npz were set to 0644 whatever it said, so a private umask left them readable by all)."""
+    import numpy as np
+
+    from mde.export.golden import GoldenInputs, write_golden
+    from mde.runtime.predict import write_depth
+
+    old = os.umask(umask)
+    try:
+        write_depth(np.full((4, 4), 2.0, np.float32), tmp_path / "d.png", "color", 10.0)
+        write_json_atomic(tmp_path / "r.json", {"a": 1})
+        write_golden(tmp_path / "golden.npz", GoldenInputs(np.zeros((1, 3, 4, 4), np.float32), "noise"),
+                     np.zeros((1, 1, 4, 4), np.float32), 10.0, "c", "w", {})
+    finally:
+        os.umask(old)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()} == dict.fromkeys(
+        ("d.png", "r.json", "golden.npz"), mode)
