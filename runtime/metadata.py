@@ -38,6 +38,8 @@ def ranges_path(int8_onnx: str | Path) -> Path:
 EXTRAS = {name: (extra(name).name,) for name, extra in (
     (ENGINE_NAME, sidecar_path), (ARTIFACT_NAMES["int8"], ranges_path), (INT8_CPU_NAME, ranges_path))}
 REQUIRED_KEYS = ("mde.version", "mde.preprocess", "mde.output", "mde.precision")
+# What this runtime reads; another `mde.*` prop (a later exporter's) is left alone, as ONNX's other props are.
+KNOWN_KEYS = (*REQUIRED_KEYS, "mde.model", "mde.source", "mde.metrics", "mde.calibration")
 # The preprocessing `mde.runtime.preprocess` implements: an artifact asking for anything else is refused.
 PREPROCESS: dict[str, Any] = {
     "size_multiple": 32,
@@ -111,7 +113,7 @@ class ModelMetadata:
         if missing:
             raise ModelError(f"no mde metadata ({', '.join(missing)} missing); export it with `mde export`", source)
         try:
-            values = {key: _json_value(key, value) for key, value in props.items() if key.startswith("mde.")}
+            values = {key: _json_value(key, props[key]) for key in KNOWN_KEYS if key in props}
             pre, out = _json_object(values, "mde.preprocess"), _json_object(values, "mde.output")
             for what, given, implemented in (("preprocessing", pre, PREPROCESS), ("output", out, OUTPUT)):
                 unsupported = {k: given[k] for k, v in implemented.items() if k in given and given[k] != v}
@@ -128,8 +130,8 @@ class ModelMetadata:
                 if not isinstance(values.get(key, {}), allowed):
                     raise ValueError(f"{key} must be a JSON object, got {type(values[key]).__name__}")
             return cls(
-                input_size=_input_size(pre["input_size"]),
-                max_depth=_max_depth(out["max_depth"]),
+                input_size=_input_size(_required(pre, "mde.preprocess", "input_size")),
+                max_depth=_max_depth(_required(out, "mde.output", "max_depth")),
                 precision=precision,
                 dynamic_size=_field(pre, "mde.preprocess", "dynamic_size", bool, False),
                 backbone=_field(model, "mde.model", "backbone", str, "unknown"),
@@ -175,6 +177,13 @@ def _json_object(values: dict[str, Any], key: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"{key} must be a JSON object, got {json.dumps(value)[:60]}")
     return value
+
+
+def _required(obj: dict[str, Any], prop: str, field: str) -> Any:
+    """`obj[field]` of the `prop` prop; a ValueError naming both where it is absent."""
+    if field not in obj:
+        raise ValueError(f"{prop} has no {field}")
+    return obj[field]
 
 
 def _field(obj: dict[str, Any], prop: str, field: str, kind: type, default: Any) -> Any:

@@ -50,6 +50,19 @@ def test_source_and_metrics_must_be_objects(key):
         ModelMetadata.from_props(props, "model.onnx")
 
 
+def test_a_missing_field_is_named_with_its_prop_and_an_unknown_prop_is_left_alone():
+    """A missing max_depth was said as "malformed mde metadata ('max_depth')"; a later exporter's extra `mde.*` prop,
+    not JSON, made the artifact unreadable to this runtime."""
+    props = _props()
+    output = json.loads(props["mde.output"])
+    del output["max_depth"]
+    with pytest.raises(ModelError) as err:
+        ModelMetadata.from_props({**props, "mde.output": json.dumps(output)}, "model.onnx")
+    assert str(err.value) == "model.onnx: malformed mde metadata (mde.output has no max_depth)"
+    meta = ModelMetadata.from_props({**props, "mde.notes": "hello world"}, "model.onnx")
+    assert meta == ModelMetadata.from_props(props, "model.onnx")
+
+
 @pytest.mark.parametrize("key, value, said", [
     # a hand-edited "false" read as true: the runtime then fed ?x?-sized input to a fixed-size graph
     ("mde.preprocess", {"dynamic_size": "false"}, 'mde.preprocess.dynamic_size must be true or false, got "false"'),
