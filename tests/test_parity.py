@@ -366,6 +366,15 @@ def test_json_and_report_sent_to_the_streams(tiny_checkpoint, tiny_export, synth
     assert ".worst.png" not in done.stderr  # no pictures for a report with no folder
 
 
+def test_a_dash_sends_the_json_to_standard_output(tiny_export, tmp_path):
+    """`--json -` wrote a file named '-' in the current folder."""
+    done = subprocess.run([sys.executable, "-m", "mde", "parity", "--golden", str(tiny_export / "golden.npz"),
+                           str(tiny_export / "model.onnx"), "--json", "-"],
+                          capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["passed"] is True and not (tmp_path / "-").exists()
+
+
 def test_an_output_in_dev_is_refused_before_the_run(cli, tiny_export, monkeypatch):
     from mde.runtime import parity_run
 

@@ -26,6 +26,7 @@ from mde.errors import InputError
 from mde.runtime.parity_run import ParityConfig, run_parity
 
 _D = ParityConfig.__dataclass_fields__
+STDOUT = Path("/dev/stdout")  # a stream `atomic_path` appends to once the content is whole (Linux, macOS)
 
 
 def parity_command(
@@ -34,9 +35,10 @@ def parity_command(
     split: str = typer.Option(_D["split"].default, "--split", help="Dataset split."),
     limit: int = typer.Option(_D["limit"].default, "--limit", help="At most N images (0 = all)."),
     tolerances: Path = typer.Option(None, "--tolerances", help="TOML file overriding the tolerance table."),
-    json_path: Path = typer.Option(None, "--json", help="Write the results as one JSON object to FILE."),
-    report: Path = typer.Option(None, "--report",
-                                help="Write a Markdown report (+ worst-image PNGs, checkpoint mode)."),
+    json_path: Path = typer.Option(None, "--json",
+                                   help="Write the results as one JSON object to FILE ('-': standard output)."),
+    report: Path = typer.Option(None, "--report", help="Write a Markdown report (+ worst-image PNGs, checkpoint "
+                                "mode) to FILE ('-': standard output, no pictures)."),
     backend: str = typer.Option(_D["backend"].default, "--backend", help="auto, or a registered backend."),
     golden: Path = typer.Option(None, "--golden", help="golden.npz: torch-free check of ARTIFACT..."),
     providers: list[str] = providers_option(),
@@ -67,6 +69,7 @@ def parity_command(
     if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
         raise InputError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
     cfg.split, cfg.limit, cfg.tolerances, cfg.backend = split, limit, tolerances, backend
+    json_path, report = (STDOUT if path == Path("-") else path for path in (json_path, report))  # as tools read "-"
     cfg.json_path, cfg.report, cfg.providers, cfg.device = json_path, report, providers or None, device
     run_parity(cfg)
 
