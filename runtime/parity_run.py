@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mde.errors import CheckFailed, DataError, InputError, ModelError
+from mde.errors import CheckFailed, DataError, InputError, ModelError, shown_path
 from mde.io import RUN_FILES, resolved, sha256_file
 from mde.runtime.artifact import artifact_labels
 from mde.runtime.backends.base import Runner, open_runner, providers_refused, runs_on_onnxruntime
@@ -322,9 +322,11 @@ def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
     if cfg.checkpoint is not None and Path(cfg.checkpoint).is_file() and file_identity(cfg.checkpoint) in targets:
         raise InputError("the checkpoint is the reference, not an artifact to check against it; give the models "
                          "exported from it", cfg.checkpoint)
-    twice = next((a for a, r in zip(cfg.artifacts, targets) if targets.count(r) > 1), None)
-    if twice is not None:
-        raise InputError("artifact given twice; each file is checked once", twice)
+    again = next((i for i, r in enumerate(targets) if r in targets[:i]), None)  # the second name, the one to drop
+    if again is not None:
+        first = cfg.artifacts[targets.index(targets[again])]
+        raise InputError(f"artifact given twice (it is {shown_path(first)}); each file is checked once",
+                         cfg.artifacts[again])
     inputs = [*cfg.artifacts, *(p for p in (cfg.checkpoint, cfg.golden, cfg.data, cfg.tolerances) if p)]
     if cfg.checkpoint is not None:  # the run it came from: `--json run/config.json` would cost its --resume
         inputs += [Path(cfg.checkpoint).parent / name for name in RUN_FILES]
