@@ -38,6 +38,9 @@ def colorize(
     if not np.issubdtype(depth.dtype, np.floating):  # as `to_points`: millimetres are not guessed
         hint = " (a depth camera's millimetres: divide by 1000)" if depth.dtype.kind in "ui" else ""
         raise InputError(f"expected depth in metres as floating point, got {depth.dtype}{hint}")
+    if depth.dtype.itemsize > 4:  # a float64 beyond float32's range is far, not the inf (invalid) a cast makes
+        f32_max = np.finfo(np.float32).max
+        depth = np.where(np.isfinite(depth), np.clip(depth, -f32_max, f32_max), depth)
     depth = depth.astype(np.float32, copy=False)
     if depth.ndim == 3 and depth.shape[0] == 1:
         depth = depth[0]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -424,6 +425,15 @@ def test_colorize_near_red_far_blue_invalid_black():
     np.testing.assert_array_equal(rgb[1, 0], [0, 0, 0])
     np.testing.assert_array_equal(rgb[1, 1], [0, 0, 0])
     assert rgb[0, 0, 0] > rgb[0, 0, 2] and rgb[0, 2, 2] > rgb[0, 2, 0]
+
+
+def test_colorize_draws_a_float64_depth_beyond_float32_as_far():
+    """1e300 m was cast to inf (numpy warned of the overflow) and drawn as invalid, black."""
+    depth = np.array([[1e300, np.inf, -1e300, 5.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rgb = colorize(depth, max_depth=20.0)
+    np.testing.assert_array_equal(rgb[0], [turbo_lut()[0], [0, 0, 0], [0, 0, 0], colorize(depth[:, 3:], 20.0)[0, 0]])
 
 
 def test_colorize_draws_masked_pixels_as_invalid_as_to_points_drops_them():
