@@ -152,6 +152,8 @@ def bench_artifact(path: Path, cfg: BenchConfig) -> dict[str, Any]:
             "backend": est.backend,
             "providers": est.providers,
             "precision": est.metadata.precision,
+            "image_size": [h, w],  # the camera images timed (--image-size, "model": the model's own input size)
+            "input_size": list(size),  # what the network ran at, after the resize
             **timing,
         }
 

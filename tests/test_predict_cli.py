@@ -497,9 +497,12 @@ def test_bench_names_two_models_of_one_file_name_by_their_paths(cli, onnx_path, 
     other = tmp_path / "copy" / "model.onnx"
     other.parent.mkdir()
     other.write_bytes(onnx_path.read_bytes())
-    result = cli("bench", onnx_path, other, "--iterations", "1", "--warmup", "0", "--threads", "1", "--json")
+    result = cli("bench", onnx_path, other, "--iterations", "1", "--warmup", "0", "--threads", "1", "--json",
+                 "--image-size", "48x80")
     assert result.code == 0, result.err
-    assert [r["name"] for r in json.loads(result.out)["results"]] == [str(onnx_path), str(other)]
+    results = json.loads(result.out)["results"]
+    assert [r["name"] for r in results] == [str(onnx_path), str(other)]
+    assert [(r["image_size"], r["input_size"]) for r in results] == [([48, 80], [64, 64])] * 2  # what was timed
 
 
 def test_bench_names_a_torch_checkpoint_of_the_same_file_name_by_its_path(cli, tiny_checkpoint, tmp_path):
