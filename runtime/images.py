@@ -38,7 +38,8 @@ CORRUPT = (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EO
 def _open_checked(path: Path) -> Image.Image:
     """Open an image lazily and check its header (size limits) before decoding."""
     if not path.exists():
-        raise InputError("image not found", path)
+        raise InputError("a symbolic link to nothing (or a loop of links)" if path.is_symlink() else "image not found",
+                         path)
     if path.is_dir():
         raise InputError("expected an image file, found a directory", path)
     if not path.is_file():  # reading a named pipe would wait for a writer forever
