@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import array
+import io
 import logging
 import struct
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -35,19 +38,23 @@ CORRUPT = (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EO
            struct.error)
 
 
-def _open_checked(path: Path) -> Image.Image:
-    """Open an image lazily and check its header (size limits) before decoding."""
-    if not path.exists():
-        raise InputError("a symbolic link to nothing (or a loop of links)" if path.is_symlink() else "image not found",
-                         path)
-    if path.is_dir():
-        raise InputError("expected an image file, found a directory", path)
-    if not path.is_file():  # reading a named pipe would wait for a writer forever
-        raise InputError("not a regular file (a pipe, socket or device)", path)
+# An encoded image in memory (a JPEG or PNG from a camera driver, a message's payload): `read_rgb` decodes it.
+ENCODED = (bytes, bytearray, memoryview, array.array)
+ENCODED_NAME = "<image bytes>"  # what messages name it by
+
+
+def _open_checked(path: Path, source: Callable[[], Any] | None = None) -> Image.Image:
+    """Open an image lazily and check its header (size limits) before decoding.
+
+    source: where its bytes are read from (a new binary stream at each call), `path` then only naming it in
+        messages; None: the file at `path`.
+    """
+    if source is None:
+        _check_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's own size warning: the limit below says it in one line
-            img = Image.open(path)
+            img = Image.open(path if source is None else source())
     except UnidentifiedImageError:
         raise DataError("not a readable image (unknown or corrupt format)", path) from None
     except Image.DecompressionBombError as err:  # Pillow refuses > 2x its own limit at open
@@ -62,6 +69,18 @@ def _open_checked(path: Path) -> Image.Image:
         img.close()
         raise DataError(f"image is {w}x{h}, smaller than {MIN_SIDE} pixels on a side", path)
     return img
+
+
+def _check_file(path: Path) -> None:
+    """Refuse what is no image file to open: nothing there, a folder, a FIFO (reading one would wait for a writer
+    forever)."""
+    if not path.exists():
+        raise InputError("a symbolic link to nothing (or a loop of links)" if path.is_symlink() else "image not found",
+                         path)
+    if path.is_dir():
+        raise InputError("expected an image file, found a directory", path)
+    if not path.is_file():
+        raise InputError("not a regular file (a pipe, socket or device)", path)
 
 
 def _load(img: Image.Image, path: Path) -> None:
@@ -212,20 +231,29 @@ def _say_frames(img: Image.Image, path: Path) -> None:
         log.info("%s: %d frames (an animation or a multi-page file); the first is used", path, frames)
 
 
-def read_rgb(path: str | Path, upright: bool = False) -> np.ndarray:
-    """Read an image file as H x W x 3 uint8 RGB (gray, RGBA, 16-bit and float gray are converted).
+def read_rgb(path: str | Path | bytes, upright: bool = False) -> np.ndarray:
+    """Read an image file, or an encoded image in memory, as H x W x 3 uint8 RGB (gray, RGBA, 16-bit and float
+    gray are converted).
 
+    path: the file; or the encoded image itself (bytes, bytearray, memoryview, array.array: the JPEG or PNG a
+        camera driver or a message hands over), named "<image bytes>" in messages.
     upright: turn it as its EXIF orientation says, as viewers show it (`mde predict`: the depth map
         matches the picture the user sees). Datasets are read as stored, like their depth maps.
     """
     if not isinstance(upright, (bool, np.bool_)):  # 'no' would be true
         raise InputError(f"upright must be True or False, got {upright!r}")
+    source = None
+    if isinstance(path, ENCODED):
+        data = memoryview(path).tobytes()  # a copy: the caller's buffer may be reused for the next frame
+        if not data:
+            raise InputError("expected an encoded image (JPEG, PNG ...), got 0 bytes")
+        path, source = Path(ENCODED_NAME), lambda: io.BytesIO(data)
     path = as_path(path, "image")
-    img = opened = _open_checked(path)
+    img = opened = _open_checked(path, source)
     rawmode = _png_rawmode(img)  # before the load, which clears what says it
     _load(img, path)  # first: what follows works on the decoded pixels
     try:
-        low = _low_bytes(img, rawmode, path)
+        low = _low_bytes(img, rawmode, path, source)
         try:  # Pillow's calls only: what they raise on a damaged file is the file's fault
             if upright:  # a picture given to predict: say so of an animation (a dataset is read every epoch)
                 _say_frames(img, path)
@@ -262,7 +290,8 @@ def _png_rawmode(img: Image.Image) -> str | None:
     return tile[0][3]
 
 
-def _low_bytes(img: Image.Image, rawmode: str | None, path: Path) -> np.ndarray | None:
+def _low_bytes(img: Image.Image, rawmode: str | None, path: Path,
+               source: Callable[[], Any] | None = None) -> np.ndarray | None:
     """A colour PNG of 16 bits a channel, which Pillow reads as 8 (each value's high byte: 12-bit values come out
     dark, 8-bit ones black): each value's low byte, decoded again with the raw mode that takes the other byte of
     each pair; None for every other image. Called once the file has decoded whole (`_load`). Where this Pillow
@@ -276,7 +305,7 @@ def _low_bytes(img: Image.Image, rawmode: str | None, path: Path) -> np.ndarray 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            other = Image.open(path)
+            other = Image.open(path if source is None else source())
             try:
                 codec, extents, offset, _ = other.tile[0]
                 other.tile = [(codec, extents, offset, _COLOUR_16BIT[rawmode])]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mde.errors import BackendError, InputError, ModelError
+from mde.errors import BackendError, DataError, InputError, ModelError
 from mde.runtime import DepthEstimator, colorize, read_metadata, read_rgb
 from mde.runtime.colormap import turbo_lut
 from mde.runtime.estimator import round_size
@@ -499,6 +499,33 @@ def test_read_rgb_reads_a_16bit_colour_png_by_its_values(tmp_path, caplog):
     np.testing.assert_array_equal(read_rgb(tmp_path / "v16.png"), (values16[:, :, :3] >> 8).astype(np.uint8))
 
 
+def test_read_rgb_decodes_an_image_in_memory_as_its_file(tmp_path):
+    """The JPEG or PNG a camera driver or a message hands over, as bytes, bytearray, memoryview or array.array
+    (bytes were refused: "expected a path to the image, got bytes"); messages name it "<image bytes>"."""
+    import array
+
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    _png_16bit_colour(tmp_path / "v16.png", rng.integers(0, 65536, (9, 12, 3)).astype(np.uint16), orientation=6)
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    Image.fromarray(rng.integers(0, 256, (10, 14, 3), dtype=np.uint8)).save(tmp_path / "turned.jpg", exif=exif)
+    for path in (tmp_path / "v16.png", tmp_path / "turned.jpg"):
+        data = path.read_bytes()
+        for upright in (False, True):
+            expected = read_rgb(path, upright=upright)
+            for encoded in (data, bytearray(data), memoryview(data), array.array("B", data)):
+                np.testing.assert_array_equal(read_rgb(encoded, upright=upright), expected)
+    assert read_rgb(data, upright=True).shape == (14, 10, 3)  # turned a quarter, from its EXIF
+    with pytest.raises(InputError, match=r"^expected an encoded image \(JPEG, PNG ...\), got 0 bytes$"):
+        read_rgb(b"")
+    with pytest.raises(DataError, match=r"^<image bytes>: (truncated or corrupt|cannot read) image"):
+        read_rgb(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"^<image bytes>: not a readable image"):
+        read_rgb(b"not an image" * 4)
+
+
 def test_a_16bit_png_s_storage_is_read_from_old_and_new_pillow_tiles_and_grey_alpha_is_said(tmp_path, caplog):
     """Pillow 10's tiles are plain tuples (the `.args` of Pillow 11's named tuples failed on every PNG); its
     16-bit grey and alpha has no raw mode for the low bytes: said, not silent; a truncated file is one error."""
@@ -577,6 +604,10 @@ def test_file_readers_refuse_what_is_no_path(value):
 
     for reader, what in ((read_rgb, "image"), (read_depth, "depth map"), (read_metadata, "model"),
                          (inspect_artifact, "model")):
+        if reader is read_rgb and isinstance(value, bytes):  # read_rgb decodes bytes: an image in memory
+            with pytest.raises(DataError, match="^<image bytes>: not a readable image"):
+                reader(value)
+            continue
         with pytest.raises(InputError, match=f"expected a path to the {what}, got {type(value).__name__}"):
             reader(value)
 
