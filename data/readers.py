@@ -408,10 +408,29 @@ def open_dataset(path: str | Path, split: str = "val", fmt: str = "auto",
             path, split, KITTI_DEPTH_SCALE if depth_scale is None else depth_scale)
     else:
         dataset = FolderDataset(path, split, MM_PER_M if depth_scale is None else depth_scale)
-    if depth_scale is not None and not any(d.suffix.lower() == ".png" for _, _, d in dataset.pairs):
-        raise InputError("--depth-scale reads 16-bit PNG depth; this split's depth maps are all .npy (metres)",
-                         dataset.pairs[0][2].parent)
+    if depth_scale is not None and not any(d.suffix.lower() == ".png" for _, _, d in dataset.pairs) \
+            and not has_png_depth(path):  # the option is the dataset's: a split of .npy (metres) reads as it is
+        raise InputError("--depth-scale reads 16-bit PNG depth; this dataset's depth maps are all .npy (metres)",
+                         path)
     return dataset
+
+
+def has_png_depth(path: str | Path) -> bool:
+    """Whether a dataset has 16-bit PNG depth maps, which `--depth-scale` reads, in any split (its .npy ones hold
+    metres): a folder-format dataset's train/ or val/, or KITTI's selection. False for an NYU file."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    if _kitti_selection(path) is not None:
+        return True
+    for split in ("train", "val"):
+        try:
+            with os.scandir(path / split / "depth") as entries:
+                if any(e.name.lower().endswith(".png") and not e.name.startswith(".") for e in entries):
+                    return True
+        except OSError:  # no such split
+            continue
+    return False
 
 
 QUIET_CHECK = 256  # samples read without a progress bar (about a second)

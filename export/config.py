@@ -51,8 +51,8 @@ class ExportConfig:
         golden_images: golden inputs saved in golden.npz and used for the checks.
         golden_seed: seed of the random golden inputs (when no `golden_data` is given).
         golden_data: dataset folder whose val images (and ground truth) are the golden inputs; None: noise.
-        depth_scale: 16-bit depth PNG units per metre in `golden_data` and `calib_data`; None: the
-            format's own (1000, KITTI 256).
+        depth_scale: 16-bit depth PNG units per metre in `golden_data` and `calib_data` (in the one of them that
+            has PNG depth, where the other has none: `depth_scale_for`); None: the format's own (1000, KITTI 256).
         min_batch: TensorRT profile minimum batch.
         opt_batch: TensorRT profile batch the kernels are tuned for.
         max_batch: TensorRT profile maximum batch.
@@ -137,11 +137,25 @@ def _runtime_loads(opset: int) -> bool:
     return True
 
 
+def depth_scale_for(cfg: ExportConfig, data: Path | None) -> float | None:
+    """`--depth-scale` for one of the export's datasets: as given where it has PNG depth, None where it has none
+    but the other one has (one option for two datasets, a KITTI golden set and a .npy calibration set); as given
+    where neither has, for the dataset reader to refuse."""
+    from mde.data.readers import has_png_depth
+
+    if cfg.depth_scale is None or data is None:
+        return None
+    others = [Path(d) for d in (cfg.golden_data, cfg.calib_data) if d is not None and Path(d) != Path(data)]
+    if has_png_depth(data) or not any(has_png_depth(d) for d in others):
+        return cfg.depth_scale
+    return None
+
+
 def calibration_config(cfg: ExportConfig, model: Path, out: Path) -> CalibrationConfig:
     """The calibration stage's settings for `--precision int8`: FP32 `model` in, INT8 `out` written."""
     return CalibrationConfig(model=model, data=Path(cfg.calib_data), out=out, num_images=cfg.calib_images,
                              allow_few=cfg.calib_allow_few, force=True, progress=cfg.progress,
-                             depth_scale=cfg.depth_scale)
+                             depth_scale=depth_scale_for(cfg, Path(cfg.calib_data)))
 
 
 def validate(cfg: ExportConfig) -> None:

@@ -28,6 +28,7 @@ from mde.export.config import (  # noqa: F401 - ExportConfig and Artifact are th
     Artifact,
     ExportConfig,
     calibration_config,
+    depth_scale_for,
     planned_names,
     validate,
 )
@@ -362,7 +363,8 @@ def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:
         if problem:  # the engine's profile is built around the model's size: said before the export, not after
             raise InputError(f"--min-size/--max-size: {problem}", checkpoint)
         golden = golden_inputs(cfg.golden_data, size, cfg.golden_images, cfg.golden_seed,
-                               depth_scale=cfg.depth_scale, model_range=float(model.args.max_depth))
+                               depth_scale=depth_scale_for(cfg, cfg.golden_data),
+                               model_range=float(model.args.max_depth))
         image = golden.image
         with torch.no_grad():
             reference = model(torch.from_numpy(image)).numpy()

@@ -122,12 +122,26 @@ def test_folder_npy_jpeg_and_depth_scale(tmp_path):
 
 
 def test_depth_scale_is_refused_where_no_depth_map_is_a_png(tmp_path):
-    """.npy depth is metres already: a --depth-scale given for such a split would change nothing, silently."""
+    """.npy depth is metres already: a --depth-scale given for such a dataset would change nothing, silently."""
     _write_pair(tmp_path, "val", "a", _depth(), npy=True)
     assert open_dataset(tmp_path, "val").names == ["a"]
-    with pytest.raises(InputError, match=r"val/depth: --depth-scale reads 16-bit PNG depth; this split's depth "
-                                         r"maps are all \.npy \(metres\)"):
+    with pytest.raises(InputError, match=rf"^{tmp_path}: --depth-scale reads 16-bit PNG depth; this dataset's depth "
+                                         r"maps are all \.npy \(metres\)$"):
         open_dataset(tmp_path, "val", depth_scale=256.0)
+
+
+def test_depth_scale_is_the_dataset_s_a_split_of_npy_metres_reads_as_it_is(tmp_path):
+    """PNG depth in train/, .npy in val/: --depth-scale was refused of val/ (so the PNGs could only be read as
+    millimetres, silently, without it); it applies to the PNGs, and the .npy holds metres."""
+    d = _depth()
+    _write_pair(tmp_path, "train", "a", d, scale=256.0)
+    _write_pair(tmp_path, "val", "b", d, npy=True)
+    from mde.data.readers import has_png_depth
+
+    assert has_png_depth(tmp_path) and not has_png_depth(tmp_path / "train")
+    np.testing.assert_allclose(open_dataset(tmp_path, "val", depth_scale=256.0)[0].depth, d)
+    np.testing.assert_allclose(open_dataset(tmp_path, "train", depth_scale=256.0)[0].depth, np.round(d * 256) / 256,
+                               atol=1e-6)
 
 
 def test_out_of_range_depth_advice_fits_the_file(tmp_path):

@@ -451,3 +451,28 @@ def test_int8_settings_check_leaves_the_holdout_notice_to_calibration(tiny_check
     validate(ExportConfig(checkpoint=tiny_checkpoint, out=Path("unused"), precisions=("int8",),
                           calib_data=synth_data, calib_allow_few=True))
     assert "holding out" not in capsys.readouterr().err
+
+
+def test_one_depth_scale_reads_the_png_dataset_of_two(tmp_path):
+    """A KITTI-scaled golden set (PNG) and a calibration set of .npy metres: --depth-scale was refused of the .npy
+    one, so the PNGs could only be read as millimetres. It goes to the dataset with PNG depth; with none, to both
+    (for the reader to refuse, as for one dataset)."""
+    from PIL import Image
+
+    from mde.export.config import ExportConfig, depth_scale_for
+
+    for name, png in (("kitti", True), ("metres", False), ("metres2", False)):
+        folder = tmp_path / name / "val" / "depth"
+        folder.mkdir(parents=True)
+        if png:
+            Image.fromarray(np.full((8, 8), 2560, np.uint16)).save(folder / "a.png")
+        else:
+            np.save(folder / "a.npy", np.full((8, 8), 10.0, np.float32))
+    cfg = ExportConfig(checkpoint=tmp_path / "best.pt", out=tmp_path / "out", precisions=("fp32", "int8"),
+                       golden_data=tmp_path / "kitti", calib_data=tmp_path / "metres", depth_scale=256.0)
+    assert (depth_scale_for(cfg, cfg.golden_data), depth_scale_for(cfg, cfg.calib_data)) == (256.0, None)
+    both_npy = ExportConfig(checkpoint=cfg.checkpoint, out=cfg.out, golden_data=tmp_path / "metres2",
+                            calib_data=tmp_path / "metres", depth_scale=256.0)
+    assert depth_scale_for(both_npy, both_npy.golden_data) == depth_scale_for(both_npy, both_npy.calib_data) == 256.0
+    assert depth_scale_for(ExportConfig(checkpoint=cfg.checkpoint, out=cfg.out, golden_data=tmp_path / "kitti"),
+                           tmp_path / "kitti") is None  # no --depth-scale: the format's own

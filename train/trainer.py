@@ -119,13 +119,9 @@ def inherited_depth_scale(cfg: TrainConfig) -> float | None:
     """A resumed run's --depth-scale on the data its --data names now: kept where that data has PNG depth (the
     same dataset moved, as a rule), dropped with a note where its depth maps are all .npy metres, which no scale
     reads (refused when typed: it would change nothing)."""
-    from mde.data.readers import open_dataset
+    from mde.data.readers import has_png_depth
 
-    try:
-        splits = [open_dataset(cfg.data, split=split) for split in ("train", "val")]
-    except MdeError:  # opening the splits for training says what is wrong
-        return cfg.depth_scale
-    if any(depth.suffix.lower() == ".png" for split in splits for *_, depth in getattr(split, "pairs", ())):
+    if has_png_depth(cfg.data) or not Path(cfg.data).is_dir():  # no dataset there: opening it says so
         return cfg.depth_scale
     if os.environ.get("RANK", "0") == "0":  # said once under torchrun (this runs before the process group)
         info(f"note: the resumed run's --depth-scale {cfg.depth_scale:g} is not used: {cfg.data}'s depth maps are "
