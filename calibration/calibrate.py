@@ -202,7 +202,7 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
 
     from mde.calibration import fallback, float_layers
     from mde.calibration import quantize as qz
-    from mde.data.readers import dataset_max_depth
+    from mde.data.readers import check_depth_units, dataset_max_depth
 
     started = time.perf_counter()
     cfg.model, cfg.data, cfg.out = Path(cfg.model), Path(cfg.data), Path(cfg.out)
@@ -210,6 +210,7 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
     source, meta = load_source(cfg.model)
     data_range = dataset_max_depth(cfg.data, meta.max_depth)  # a bad meta.json refused now, not after calibrating
     dataset, hold_idx, calib_idx = open_train_split(cfg)
+    check_depth_units(dataset, data_range)  # the accuracy check's ground truth
     size = tuple(meta.input_size)
     holdout = [dataset[i] for i in hold_idx]  # first: a bad file among them is found before the calibration pass
     with tempfile.TemporaryDirectory(prefix="mde-calibrate-") as tmp, _progress(cfg.progress) as progress:

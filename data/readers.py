@@ -9,6 +9,7 @@ valid pixel and masks holding other values on load. All raise `DataError` naming
 
 from __future__ import annotations
 
+import contextvars
 import glob
 import json
 import logging
@@ -39,11 +40,36 @@ from mde.runtime.metrics import MASK_INVALID, MASK_OBJECT, MASK_STRUCTURE
 
 log = logging.getLogger(__name__)
 
+
+class _OncePerFolder(logging.Filter):
+    """A dataset's image notes ("grayscale image converted to RGB", info level) once per folder and kind, not for
+    every image every epoch (hundreds of thousands of lines on a grey dataset). Reads outside a dataset, and
+    warnings, are left alone. The folder being read is a context variable: each thread's own."""
+
+    folder: contextvars.ContextVar[str | None] = contextvars.ContextVar("mde_dataset_folder", default=None)
+    said: set[tuple[str, str]] = set()  # (folder, message): a DataLoader worker inherits what was said before it
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        folder = self.folder.get()
+        if folder is None or record.levelno > logging.INFO:
+            return True
+        key = (folder, str(record.msg))
+        if key in self.said:
+            return False
+        self.said.add(key)
+        record.msg, record.args = f"{record.msg} (said once for the images of %s)", (*(record.args or ()), folder)
+        return True
+
+
+_IMAGE_NOTES = _OncePerFolder()
+logging.getLogger(read_rgb.__module__).addFilter(_IMAGE_NOTES)
+
 FORMATS = ("auto", "folder", "nyu", "kitti")
 NYU_SUFFIXES = (".mat", ".h5", ".hdf5")
 DEPTH_SUFFIXES = (".png", ".npy")
 NYU_MAX_DEPTH = 10.0
 NYU_UNIT_CHECK = 5  # an NYU depth beyond 5 x its range is another unit, not a far wall
+UNIT_CHECK = 5  # a dataset whose first depth map lies mostly beyond 5 x its range: another unit, or a wrong range
 KITTI_MAX_DEPTH = 80.0
 KITTI_DEPTH_SCALE = 256.0
 MASK_VALUES = (MASK_STRUCTURE, MASK_OBJECT, MASK_INVALID)
@@ -124,7 +150,11 @@ class PairedFiles:
 
     def _read(self, index: int, with_image: bool) -> Sample:
         name, rgb_path, depth_path = self.pairs[index]
-        rgb = read_rgb(rgb_path) if with_image else None  # first, as ever: its problem is the one named
+        token = _IMAGE_NOTES.folder.set(str(rgb_path.parent))
+        try:
+            rgb = read_rgb(rgb_path) if with_image else None  # first, as ever: its problem is the one named
+        finally:
+            _IMAGE_NOTES.folder.reset(token)
         depth = read_depth(depth_path, png_scale=self.depth_scale)
         if rgb is None:
             rgb = _no_image(depth.shape)
@@ -443,6 +473,27 @@ def read_every_sample(dataset: Any, description: str) -> None:
     indices = range(len(dataset))
     for i in track(indices, description) if len(dataset) > QUIET_CHECK else indices:
         dataset[i]
+
+
+def check_depth_units(dataset: Any, data_range: float) -> None:
+    """Refuse a dataset whose depth is not in metres of its range, judged on its first depth map (as NYU's is):
+    the median of its valid pixels beyond `UNIT_CHECK` x `data_range` (meta.json's max_depth, else the model's
+    range) is millimetres stored in a .npy, a PNG scale not given, or a max_depth far too small. Every metric
+    and the loss would be in the wrong unit, without a word."""
+    if not len(dataset):
+        return
+    depth = getattr(dataset, "ground_truth", dataset.__getitem__)(0).depth
+    valid = depth[np.isfinite(depth) & (depth > 0)]
+    typical = float(np.median(valid)) if valid.size else 0.0
+    if typical <= UNIT_CHECK * data_range:
+        return
+    pairs = getattr(dataset, "pairs", None)
+    source = pairs[0][2] if pairs else getattr(dataset, "path", None)
+    advice = ("its units per metre are --depth-scale (1000 unless given; KITTI 256)"
+              if Path(str(source)).suffix.lower() == ".png" else "a .npy holds metres (millimetres?)")
+    raise DataError(f"depth is {typical:.4g} m at the median, {typical / data_range:.0f}x the dataset's "
+                    f"{data_range:g} m range (meta.json's max_depth, else the model's): {advice}; or the range is "
+                    "too small", source)
 
 
 JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", type(None): "null"}

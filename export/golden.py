@@ -32,20 +32,22 @@ def golden_inputs(data: Path | None, size: tuple[int, int], count: int, seed: in
     if data is None:
         rng = np.random.default_rng(seed)
         return GoldenInputs(rng.random((count, 3, *size), dtype=np.float32), f"uniform noise, seed {seed}")
-    from mde.data.readers import dataset_max_depth, open_dataset
+    from mde.data.readers import check_depth_units, dataset_max_depth, open_dataset
     from mde.errors import DataError
     from mde.runtime.preprocess import preprocess
 
     dataset = open_dataset(data, split=split, depth_scale=depth_scale)
     if len(dataset) < count:
         raise DataError(f"the {split} split has {len(dataset)} images; --golden-images asks for {count}", data)
+    data_range = dataset_max_depth(data, model_range)
+    check_depth_units(dataset, data_range)
     samples = [dataset[i] for i in range(count)]
     return GoldenInputs(
         image=preprocess([s.rgb for s in samples], size),
         source=f"dataset {data}/{split} ({count} images)",
         gts=[s.depth.astype(np.float32) for s in samples],
         masks=[s.mask for s in samples],
-        data_range=dataset_max_depth(data, model_range),
+        data_range=data_range,
     )
 
 

@@ -20,7 +20,7 @@ from mde.data.readers import (
     open_dataset,
 )
 from mde.errors import DataError, InputError
-from mde.runtime.images import check_plausible_depth
+from mde.runtime.images import check_plausible_depth, read_rgb
 
 RNG = np.random.default_rng(0)
 
@@ -142,6 +142,46 @@ def test_depth_scale_is_the_dataset_s_a_split_of_npy_metres_reads_as_it_is(tmp_p
     np.testing.assert_allclose(open_dataset(tmp_path, "val", depth_scale=256.0)[0].depth, d)
     np.testing.assert_allclose(open_dataset(tmp_path, "train", depth_scale=256.0)[0].depth, np.round(d * 256) / 256,
                                atol=1e-6)
+
+
+def test_depth_in_another_unit_than_the_range_is_refused(tmp_path, cli, tiny_export):
+    """Millimetres in a .npy, or a meta.json max_depth far too small, trained and scored without a word (val RMSE
+    10647 m); NYU files were already judged so. A depth a little beyond the range (a far wall) stays."""
+    from mde.data.readers import check_depth_units
+
+    d = _depth()  # 0.5 to 15 m
+    _write_pair(tmp_path / "mm", "val", "a", d * 1000, npy=True)
+    (tmp_path / "mm" / "meta.json").write_text('{"max_depth": 20}')
+    result = cli("eval", tiny_export / "model.onnx", "--data", tmp_path / "mm")
+    assert result.code == 2 and result.err.strip().splitlines() == [
+        f"mde: error: {tmp_path / 'mm' / 'val' / 'depth' / 'a.npy'}: depth is {np.median(d) * 1000:.4g} m at the "
+        f"median, {np.median(d) * 1000 / 20:.0f}x the dataset's 20 m range (meta.json's max_depth, else the model's): "
+        "a .npy holds metres (millimetres?); or the range is too small"], result.err
+    _write_pair(tmp_path / "png", "val", "a", d)
+    with pytest.raises(DataError, match=r"a\.png: depth is .* 0\.5 m range .*: its units per metre are --depth-scale"):
+        check_depth_units(open_dataset(tmp_path / "png", "val"), 0.5)
+    check_depth_units(open_dataset(tmp_path / "png", "val"), 2.0)  # the median within 5x: a deep scene, not a unit
+
+
+def test_a_dataset_s_image_notes_are_said_once_per_folder(tmp_path, caplog):
+    """A grey dataset said "grayscale image converted to RGB" for every image, every epoch (76 lines for 32 images
+    over 2 epochs); once per folder now. A grey picture read on its own is still said."""
+    for split in ("train", "val"):
+        for name in "abc":
+            _write_pair(tmp_path, split, name, _depth(), rgb=np.full((12, 16), 90, np.uint8))
+    with caplog.at_level("INFO", logger="mde.runtime.images"):
+        for _ in range(2):  # two epochs
+            for split in ("train", "val"):
+                dataset = open_dataset(tmp_path, split)
+                for i in range(len(dataset)):
+                    dataset[i]
+        said = [r.getMessage() for r in caplog.records if "grayscale" in r.getMessage()]
+        assert said == [f"{tmp_path / split / 'rgb' / 'a.png'}: grayscale image converted to RGB (said once for the "
+                        f"images of {tmp_path / split / 'rgb'})" for split in ("train", "val")]
+        caplog.clear()
+        read_rgb(tmp_path / "val" / "rgb" / "b.png")
+        assert [r.getMessage() for r in caplog.records] == [
+            f"{tmp_path / 'val' / 'rgb' / 'b.png'}: grayscale image converted to RGB"]
 
 
 def test_out_of_range_depth_advice_fits_the_file(tmp_path):

@@ -93,7 +93,7 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
 
 def open_splits(cfg: TrainConfig, env: DistEnv):
     """(train, val) datasets and the SSIM data range; a dataset too small for a batch is an error."""
-    from mde.data.readers import dataset_max_depth, open_dataset, read_every_sample
+    from mde.data.readers import check_depth_units, dataset_max_depth, open_dataset, read_every_sample
 
     train_set = open_dataset(cfg.data, split="train", depth_scale=cfg.depth_scale)
     val_set = open_dataset(cfg.data, split="val", depth_scale=cfg.depth_scale)
@@ -110,6 +110,10 @@ def open_splits(cfg: TrainConfig, env: DistEnv):
     if not cfg.max_depth and data_range > MAX_DEPTH_LIMIT:  # it would be the model's output range
         raise DataError(f"max_depth {data_range:g} m is beyond what the model's output can hold "
                         f"({MAX_DEPTH_LIMIT:g} m); pass --max-depth METRES", Path(cfg.data) / "meta.json")
+    for split in (train_set, val_set):  # millimetres in a .npy would train a model of millimetres, silently
+        check_depth_units(split, data_range)
+    if env.is_main:  # a first train image read here: its notes (a grey dataset's) are said once, not by each
+        train_set[0]  # loader worker every epoch, as workers inherit what was said before they start
     if env.is_main:  # a damaged val file found now, not after an epoch's work
         read_every_sample(val_set, "check val files")
     return train_set, val_set, data_range

@@ -35,7 +35,7 @@ def eval_command(
     split other than train (and NYU's all), the train split's per-pixel mean depth map is scored beside the
     model (RMSE / AbsRel / delta1, per region too), or a note says why there is none.
     """
-    from mde.data.readers import dataset_max_depth, open_dataset
+    from mde.data.readers import check_depth_units, dataset_max_depth, open_dataset
     from mde.io import require_file
     from mde.runtime.evaluate import evaluate
 
@@ -64,6 +64,7 @@ def eval_command(
     else:
         raise InputError("expected a .pt, .onnx or .engine file", path)
     data_range = float(dataset_max_depth(data, model_range))
+    check_depth_units(dataset, data_range)
     try:
         metrics = evaluate(predict, dataset, data_range, batch_size, progress=True)  # progress is on stderr
     except ModelError as err:  # the model's fault: name it
