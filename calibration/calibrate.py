@@ -19,7 +19,7 @@ from mde.calibration.inspect import integer_kernel_share
 from mde.calibration.ranges import load_ranges, save_ranges
 from mde.calibration.subpixel import rewritable, rewrite_conv_transpose
 from mde.console import info, make_progress
-from mde.errors import DataError, InputError, ModelError
+from mde.errors import DataError, InputError, ModelError, counted
 from mde.io import (
     atomic_path,
     check_can_write_beside,
@@ -154,7 +154,8 @@ def select_images(names: list[str], cfg: CalibrationConfig, source: Path,
     perm = np.random.default_rng(cfg.seed).permutation(len(names)).tolist()
     n_hold = min(cfg.holdout_images, len(names) // 4)
     if n_hold == 0:
-        raise DataError(f"train split has {len(names)} images; need at least 4 (calibration + held-out)", source)
+        raise DataError(f"train split has {counted(len(names), 'image')}; need at least 4 (calibration + held-out)",
+                        source)
     holdout, calib = perm[:n_hold], perm[n_hold:n_hold + cfg.num_images]
     if len(calib) < MIN_IMAGES and not cfg.allow_few:
         raise DataError(

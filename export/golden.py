@@ -33,12 +33,13 @@ def golden_inputs(data: Path | None, size: tuple[int, int], count: int, seed: in
         rng = np.random.default_rng(seed)
         return GoldenInputs(rng.random((count, 3, *size), dtype=np.float32), f"uniform noise, seed {seed}")
     from mde.data.readers import check_depth_units, dataset_max_depth, open_dataset
-    from mde.errors import DataError
+    from mde.errors import DataError, counted
     from mde.runtime.preprocess import preprocess
 
     dataset = open_dataset(data, split=split, depth_scale=depth_scale)
     if len(dataset) < count:
-        raise DataError(f"the {split} split has {len(dataset)} images; --golden-images asks for {count}", data)
+        raise DataError(f"the {split} split has {counted(len(dataset), 'image')}; --golden-images asks for {count}",
+                        data)
     data_range = dataset_max_depth(data, model_range)
     check_depth_units(dataset, data_range)
     samples = [dataset[i] for i in range(count)]

@@ -24,6 +24,11 @@ def valid_unicode(text: str) -> str:
     return text if text.isascii() else text.translate(_NOT_UTF8)
 
 
+def counted(n: int, noun: str) -> str:
+    """`n` and `noun`, plural but for one: "1 image", "3 images"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def shown_path(path: str | Path) -> str:
     """`path` as messages show it: as given, with control characters and bytes that are not UTF-8 escaped."""
     return one_line(str(path))

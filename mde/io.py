@@ -222,13 +222,14 @@ SMALL_FILE_BYTES = 16 * 2**20  # a sidecar, meta.json, tolerance table or ranges
 
 
 def read_small_text(path: str | Path, limit: int = SMALL_FILE_BYTES) -> str:
-    """The UTF-8 text of one of mde's small JSON or TOML files. OSError for what is no regular file (a FIFO
-    would block, /dev/zero never end) or is over `limit` bytes; ValueError (UnicodeDecodeError) for no text."""
+    """The UTF-8 text of one of mde's small JSON or TOML files, without the byte-order mark an editor may put
+    first (Notepad's; JSON parsers may ignore it, and Python's refuses it). OSError for what is no regular file (a
+    FIFO would block, /dev/zero never end) or is over `limit` bytes; ValueError (UnicodeDecodeError) for no text."""
     with open_regular(path) as fh:
         info = os.fstat(fh.fileno())
         if info.st_size > limit:
             raise OSError(errno.EFBIG, f"{info.st_size / 2**20:.0f} MiB, more than such a file holds", str(path))
-        return fh.read(limit + 1).decode()
+        return fh.read(limit + 1).decode("utf-8-sig")
 
 
 def parse_json(text: str) -> Any:

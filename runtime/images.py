@@ -264,7 +264,9 @@ def read_rgb(path: str | Path | bytes, upright: bool = False) -> np.ndarray:
                 if low is not None and orientation in TURNS:
                     low = np.asarray(Image.fromarray(low).transpose(TURNS[orientation]))
             if img.mode not in ("RGB", "L", "LA", "RGBA", "I;16", "I;16B", "I;16L", "I", "F"):
-                img = img.convert("RGB")  # palette, CMYK, YCbCr, 1-bit ...
+                with warnings.catch_warnings():  # "Palette images with Transparency ...": the alpha goes, as RGBA's
+                    warnings.simplefilter("ignore")
+                    img = img.convert("RGB")  # palette, CMYK, YCbCr, 1-bit ...
         except CORRUPT as err:
             raise DataError(f"truncated, corrupt or unsupported image ({err})", path) from None
         array = np.array(img)  # a copy the caller may draw on (Pillow's own buffer is read-only)

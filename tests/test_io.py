@@ -374,3 +374,11 @@ def test_outputs_take_the_umask(umask, mode, tmp_path):
         os.umask(old)
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()} == dict.fromkeys(
         ("d.png", "r.json", "golden.npz"), mode)
+
+
+def test_a_small_file_s_byte_order_mark_is_read_past(tmp_path):
+    """meta.json saved by Windows Notepad was refused: "Unexpected UTF-8 BOM (decode using utf-8-sig)"."""
+    from mde.data.readers import dataset_max_depth
+
+    (tmp_path / "meta.json").write_bytes(b"\xef\xbb\xbf" + b'{"max_depth": 20}')
+    assert dataset_max_depth(tmp_path) == 20

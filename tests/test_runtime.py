@@ -499,6 +499,20 @@ def test_read_rgb_reads_a_16bit_colour_png_by_its_values(tmp_path, caplog):
     np.testing.assert_array_equal(read_rgb(tmp_path / "v16.png"), (values16[:, :, :3] >> 8).astype(np.uint8))
 
 
+def test_a_palette_image_with_transparency_is_read_without_pillow_s_warning(tmp_path):
+    """Pillow's two-line UserWarning ("Palette images with Transparency ...") reached the terminal."""
+    from PIL import Image
+
+    rgba = np.zeros((10, 12, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, np.arange(12, dtype=np.uint8) * 20
+    Image.fromarray(rgba).quantize(colors=8).save(tmp_path / "p.png")  # its alpha: a tRNS chunk of bytes
+    assert Image.open(tmp_path / "p.png").mode == "P"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rgb = read_rgb(tmp_path / "p.png")
+    assert rgb.shape == (10, 12, 3) and rgb.dtype == np.uint8
+
+
 def test_read_rgb_decodes_an_image_in_memory_as_its_file(tmp_path):
     """The JPEG or PNG a camera driver or a message hands over, as bytes, bytearray, memoryview or array.array
     (bytes were refused: "expected a path to the image, got bytes"); messages name it "<image bytes>"."""

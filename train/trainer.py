@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from mde.console import info, make_progress
-from mde.errors import CheckFailed, DataError, InputError, MdeError, ModelError
+from mde.errors import CheckFailed, DataError, InputError, MdeError, ModelError, counted
 from mde.io import (
     atomic_path,
     check_outside_splits,
@@ -99,7 +99,7 @@ def open_splits(cfg: TrainConfig, env: DistEnv):
     val_set = open_dataset(cfg.data, split="val", depth_scale=cfg.depth_scale)
     per_rank = len(train_set) // env.world_size
     if per_rank < cfg.batch_size:
-        raise DataError(f"{len(train_set)} training images are too few for --batch-size "
+        raise DataError(f"the train split has {counted(len(train_set), 'image')}, too few for --batch-size "
                         f"{cfg.batch_size} on {env.world_size} process(es)", cfg.data)
     if len(val_set) == 0:
         raise DataError("the val split has no images", cfg.data)
