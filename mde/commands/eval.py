@@ -50,7 +50,8 @@ def eval_command(
     if suffix == ".pt":
         if backend not in ("auto", "torch"):  # a checkpoint runs in PyTorch; another backend would be ignored
             raise InputError(f"--backend {backend}: a .pt checkpoint runs in PyTorch; export it first", path)
-        predict, model_range = _torch_predict(path, device)
+        predict, model_range, trained_scale = _torch_predict(path, device)
+        _note_trained_depth_scale(path, trained_scale, dataset, data)
     elif suffix in (".onnx", ".engine", ".plan"):
         from mde.runtime.estimator import DepthEstimator
 
@@ -99,8 +100,22 @@ def _torch_predict(path: Path, device: str):
     from mde.train.evaluate import torch_predictor
 
     dev = resolve_device(device)
-    net, _ = load_model(path, dev)
-    return torch_predictor(net, net.args.image_size, net.args.max_depth, dev), float(net.args.max_depth)
+    net, state = load_model(path, dev)
+    config = state.get("config") if isinstance(state.get("config"), dict) else {}
+    return (torch_predictor(net, net.args.image_size, net.args.max_depth, dev), float(net.args.max_depth),
+            config.get("depth_scale"))
+
+
+def _note_trained_depth_scale(path: Path, trained: object, dataset: object, data: str) -> None:
+    """A note where a checkpoint trained with one --depth-scale scores PNG depth read at another: the scale is
+    the dataset's and is not taken from the checkpoint, so the same data given without it reads wrong."""
+    from mde.console import info
+    from mde.data.readers import has_png_depth
+
+    used = getattr(dataset, "depth_scale", None)
+    if isinstance(trained, (int, float)) and used is not None and float(trained) != used and has_png_depth(data):
+        info(f"note: {path} was trained with --depth-scale {float(trained):g}; {data}'s PNG depth is read at "
+             f"{used:g} units per metre here (give --depth-scale {float(trained):g} if it is the same data)")
 
 
 def _print_table(path: Path, split: str, metrics: dict[str, float]) -> None:
