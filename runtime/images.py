@@ -257,7 +257,11 @@ def read_rgb(path: str | Path | bytes, upright: bool = False) -> np.ndarray:
         try:  # Pillow's calls only: what they raise on a damaged file is the file's fault
             if upright:  # a picture given to predict: say so of an animation (a dataset is read every epoch)
                 _say_frames(img, path)
-            if upright and (orientation := _orientation(img)) != 1:
+            orientation = _orientation(img)
+            if not upright and orientation in TURNS:  # a dataset's picture: its depth map is as stored too
+                log.info("%s: stored turned (EXIF orientation %d); read as stored, not as viewers show it", path,
+                         orientation)
+            if upright and orientation != 1:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # it reads the EXIF again: "Corrupt EXIF data" once more
                     img = ImageOps.exif_transpose(img)

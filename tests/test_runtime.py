@@ -513,6 +513,21 @@ def test_a_palette_image_with_transparency_is_read_without_pillow_s_warning(tmp_
     assert rgb.shape == (10, 12, 3) and rgb.dtype == np.uint8
 
 
+def test_an_image_read_as_stored_says_its_exif_turn(tmp_path, caplog):
+    """A dataset's sideways photo (EXIF orientation 6, square: its depth map fits either way) was read as stored
+    without a word, while `mde predict` turns the same file upright."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(tmp_path / "turned.jpg", exif=exif)
+    with caplog.at_level("INFO", logger="mde.runtime.images"):
+        read_rgb(tmp_path / "turned.jpg")
+        read_rgb(tmp_path / "turned.jpg", upright=True)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'turned.jpg'}: stored turned (EXIF orientation 6); read as stored, not as viewers show it"]
+
+
 def test_read_rgb_decodes_an_image_in_memory_as_its_file(tmp_path):
     """The JPEG or PNG a camera driver or a message hands over, as bytes, bytearray, memoryview or array.array
     (bytes were refused: "expected a path to the image, got bytes"); messages name it "<image bytes>"."""
