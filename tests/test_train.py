@@ -882,6 +882,30 @@ def test_last_pt_is_the_last_file_an_epoch_writes(tmp_path, synth_data, monkeypa
     assert (out / "curves.png").stat().st_size > 0
 
 
+def test_a_resume_onto_other_data_chooses_best_pt_again(cli, synth_data, tmp_path):
+    """best.pt was chosen by comparing val RMSEs of two val sets: an epoch on the old data, easier here, stayed
+    "best" after the resume onto other data, and best.pt held weights never validated on it."""
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(synth_data, other)
+    for path in (other / "val" / "depth").glob("*.png"):  # a deeper val set: every RMSE on it is larger
+        Image.fromarray((np.asarray(Image.open(path), dtype=np.float64) * 1.8).astype(np.uint16)).save(path)
+    run = tmp_path / "run"
+    assert cli("train", "--data", synth_data, "--out", run, *TINY, "--epochs", "1", "--schedule", "cyclic").code == 0
+    result = cli("train", "--resume", run / "last.pt", "--data", other, "--epochs", "2", "--json")
+    assert result.code == 0, result.err
+    assert f"note: the resumed run validated on other data ({synth_data}, --depth-scale unset); best.pt is " \
+        "chosen again from epoch 2 on" in result.err
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["val_rmse"] < records[1]["val_rmse"]  # the old data's figure would have stayed best
+    assert json.loads(result.out)["best"]["epoch"] == 2
+    assert torch.load(run / "best.pt", map_location="cpu", weights_only=False)["epoch"] == 2
+    result = cli("train", "--resume", run / "last.pt", "--epochs", "3", "--json")  # on the same data again
+    assert result.code == 0 and "other data" not in result.err, result.err
+    assert json.loads(result.out)["best"]["epoch"] in (2, 3)
+
+
 def test_resume_rejects_conflicting_flags_and_foreign_checkpoints(cli, tmp_path, synth_data, tiny_run,
                                                                   tiny_checkpoint):
     last = tiny_run[0] / "last.pt"

@@ -188,7 +188,7 @@ def resume_folder(out: str, resume: str) -> str:
     return out or str(Path(resume).parent)
 
 
-def _as_typed(name: str, value: object) -> str:
+def as_typed(name: str, value: object) -> str:
     """An option and its value as the command line writes them: `--no-scale-crop`, `--lr-max 0.5`."""
     flag = name.replace("_", "-")
     if isinstance(value, bool):
@@ -216,8 +216,8 @@ def merge_resume(cli: TrainConfig, saved: TrainConfig, given: Collection[str] = 
             continue
         mine, theirs = getattr(cli, f.name), getattr(saved, f.name)
         if is_set(f.name) and mine != theirs and mine != AUTO_VALUES.get(f.name):
-            raise InputError(f"{_as_typed(f.name, mine)} conflicts with the resumed checkpoint's "
-                             f"{_as_typed(f.name, theirs)}; drop it when using --resume", cli.resume)
+            raise InputError(f"{as_typed(f.name, mine)} conflicts with the resumed checkpoint's "
+                             f"{as_typed(f.name, theirs)}; drop it when using --resume", cli.resume)
     # an override applies when the user set it: a plain `--resume RUN/last.pt` continues the
     # saved run to its own number of epochs
     changed = {k: getattr(cli, k) for k in RESUME_OVERRIDES if k == "resume" or is_set(k)}  # no --data: the saved

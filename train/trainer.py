@@ -40,7 +40,7 @@ from mde.runtime.evaluate import average
 from mde.train import report
 from mde.train.checkpoint import check_training_state, checkpoint_bytes, load_checkpoint, model_from_checkpoint
 from mde.train.checkpoint import save_checkpoint as write_checkpoint
-from mde.train.config import MAX_DEPTH_LIMIT, TrainConfig, check_resume, merge_resume
+from mde.train.config import MAX_DEPTH_LIMIT, TrainConfig, as_typed, check_resume, merge_resume
 from mde.train.distributed import DistEnv, all_reduce_sum, barrier, cleanup, setup
 from mde.train.evaluate import model_metric_sums
 from mde.train.loader import DepthPairs, batches, epoch_indices, epoch_loader
@@ -197,6 +197,7 @@ class TrainState:
     epoch_step: int = 0           # batches done in the current epoch
     step: int = 0
     best_rmse: float = float("inf")
+    best_from: int = 0            # epochs before this one validated on other data: they do not compete for best.pt
     loss_sum: float = 0.0         # the current epoch's running train loss
     loss_count: int = 0
     records: list[dict[str, Any]] = field(default_factory=list)
@@ -295,7 +296,8 @@ def main(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dict[
         if progress:
             progress.stop()
     records = state.records
-    best = min((r for r in records if "val_rmse" in r), key=lambda r: r["val_rmse"], default={})
+    best = min((r for r in records if "val_rmse" in r and r["epoch"] > state.best_from), key=lambda r: r["val_rmse"],
+               default={})
     return {"run": str(out), "best": _val_metrics(best) | {"epoch": best.get("epoch", 0)},
             "final": _val_metrics(records[-1]) if records else {},
             "images_per_s": records[-1]["images_per_s"] if records else 0.0,
@@ -382,10 +384,30 @@ def restore(job: Job, resume: dict[str, Any] | None) -> TrainState:
         records = report.read_records(Path(job.cfg.resume).parent / "metrics.jsonl", upto=resume["epoch"])
     # the epoch's running loss was summed over every rank when saved: rank 0 carries it on, the others start at 0
     main_rank = job.env.is_main
+    best_from, best_rmse = resume.get("best_from", 0), resume.get("best_rmse", float("inf"))
+    saved = resume.get("config") if isinstance(resume.get("config"), dict) else {}
+    if _validates_elsewhere(saved, job.cfg):  # a val RMSE of other data is no measure to beat
+        best_from, best_rmse, job.inherited_best = resume["epoch"], float("inf"), None
+        if main_rank:
+            info(f"note: the resumed run validated on other data ({saved.get('data')}, "
+                 f"{as_typed('depth_scale', saved.get('depth_scale'))}); best.pt is chosen again from epoch "
+                 f"{resume['epoch'] + 1} on, and the earlier epochs' figures stay in metrics.jsonl")
     return TrainState(epoch=resume["epoch"], epoch_step=resume["epoch_step"], step=resume["step"],
-                      best_rmse=resume.get("best_rmse", float("inf")),
+                      best_rmse=best_rmse, best_from=best_from,
                       loss_sum=resume.get("loss_sum", 0.0) if main_rank else 0.0,
                       loss_count=resume.get("loss_count", 0) if main_rank else 0, records=list(records))
+
+
+def _validates_elsewhere(saved: dict[str, Any], cfg: TrainConfig) -> bool:
+    """Whether a resumed run's saved config validated on other data than `cfg` does: another --data folder, or the
+    same PNGs read at another --depth-scale."""
+    if "data" not in saved:
+        return False
+    try:
+        same = resolved(Path(saved["data"])) == resolved(Path(cfg.data))
+    except (OSError, TypeError, ValueError):
+        same = False
+    return not same or saved.get("depth_scale") != cfg.depth_scale
 
 
 def inherit_best(source: Path, records: list[dict[str, Any]], target: Path) -> None:
@@ -428,7 +450,8 @@ def save_checkpoint(job: Job, state: TrainState, path: Path, training_state: boo
                   # export stamps them on the model
                   "metrics": _val_metrics(state.records[-1]) if own else {}}
     if training_state:
-        checkpoint |= {"best_rmse": state.best_rmse, "loss_sum": state.loss_sum, "loss_count": state.loss_count,
+        checkpoint |= {"best_rmse": state.best_rmse, "best_from": state.best_from, "loss_sum": state.loss_sum,
+                       "loss_count": state.loss_count,
                        "optimizer": job.optimizer.state_dict(), "scheduler": job.scheduler.state_dict(),
                        "scaler": job.scaler.state_dict(), "rng": rng_state(), "records": state.records}
     write_checkpoint(path, checkpoint)
