@@ -541,7 +541,8 @@ def test_a_resumed_running_loss_is_carried_by_rank_0_only(tiny_run):
     try:
         for rank, expected in ((0, (12.0, 4)), (1, (0.0, 0))):
             job = SimpleNamespace(optimizer=noop, scheduler=noop, scaler=noop, env=SimpleNamespace(is_main=rank == 0),
-                                  cfg=SimpleNamespace(resume=str(tiny_run[0] / "last.pt")))
+                                  cfg=SimpleNamespace(resume=str(tiny_run[0] / "last.pt"), data=state["config"]["data"],
+                                                      depth_scale=state["config"]["depth_scale"]))
             resumed = restore(job, state)
             assert (resumed.loss_sum, resumed.loss_count) == expected, rank
     finally:
