@@ -29,6 +29,7 @@ from mde.io import (
     sha256_file,
     written_in_place,
 )
+from mde.runtime.images import list_images, read_rgb
 from mde.runtime.metadata import ModelMetadata, check_graph_input, read_props, stamp
 from mde.runtime.preprocess import preprocess
 
@@ -170,17 +171,56 @@ def select_images(names: list[str], cfg: CalibrationConfig, source: Path,
     return holdout, calib
 
 
+@dataclass
+class Frame:
+    """An image without a depth map."""
+
+    name: str
+    rgb: np.ndarray
+    depth: None = None
+
+
+class UnlabelledImages:
+    """A folder of images with no depth maps (a robot's own camera frames): enough to calibrate, since the ranges
+    and the accuracy check compare INT8 with FP32; RMSE and SSIM against ground truth are then not measured."""
+
+    def __init__(self, folder: Path):
+        self.paths = list_images(folder)
+        self.names = [path.name for path in self.paths]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Frame:
+        return Frame(self.names[index], read_rgb(self.paths[index]))
+
+
+def is_image_folder(data: Path) -> bool:
+    """Whether `data` is a folder of images, not a dataset (no train/ split, no rgb/ and depth/ of one)."""
+    return data.is_dir() and not (data / "train").is_dir() and not (data / "rgb").is_dir() and bool(list_images(data))
+
+
 def open_train_split(cfg: CalibrationConfig, allow_few_option: str = "--allow-few",
                      notice: bool = True) -> tuple[Any, list[int], list[int]]:
-    """The train split of `cfg.data` and its held-out and calibration indices (`select_images`).
+    """The images to calibrate on, the train split of a dataset or a folder of images (`UnlabelledImages`), and
+    their held-out and calibration indices (`select_images`).
 
     Raises:
         DataError: no usable train split, or too few images in it.
     """
     from mde.data.readers import open_dataset
 
-    dataset = open_dataset(cfg.data, split="train", depth_scale=cfg.depth_scale)
-    holdout, calib = select_images(list(dataset.names), cfg, cfg.data, allow_few_option, notice)
+    data = Path(cfg.data)
+    if is_image_folder(data):
+        if cfg.depth_scale is not None:
+            raise InputError("--depth-scale reads a dataset's PNG depth; a folder of images has none", data)
+        dataset: Any = UnlabelledImages(data)
+    else:
+        if (data / "rgb").is_dir() and (data / "depth").is_dir() and not (data / "train").is_dir():
+            raise InputError(f"a dataset split's folder; give the dataset ({data.parent}, with train/), or a folder "
+                             "of images", data)
+        dataset = open_dataset(data, split="train", depth_scale=cfg.depth_scale)
+    holdout, calib = select_images(list(dataset.names), cfg, data, allow_few_option, notice)
     return dataset, holdout, calib
 
 
@@ -209,9 +249,12 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
     cfg.model, cfg.data, cfg.out = Path(cfg.model), Path(cfg.data), Path(cfg.out)
     _check_config(cfg)
     source, meta = load_source(cfg.model)
-    data_range = dataset_max_depth(cfg.data, meta.max_depth)  # a bad meta.json refused now, not after calibrating
+    labelled = not is_image_folder(cfg.data)
+    # a bad meta.json refused now, not after calibrating; a folder of images: the FP32 predictions' own range
+    data_range = dataset_max_depth(cfg.data, meta.max_depth) if labelled else None
     dataset, hold_idx, calib_idx = open_train_split(cfg)
-    check_depth_units(dataset, data_range)  # the accuracy check's ground truth
+    if data_range is not None:
+        check_depth_units(dataset, data_range)  # the accuracy check's ground truth
     size = tuple(meta.input_size)
     holdout = [dataset[i] for i in hold_idx]  # first: a bad file among them is found before the calibration pass
     with tempfile.TemporaryDirectory(prefix="mde-calibrate-") as tmp, _progress(cfg.progress) as progress:
@@ -223,7 +266,7 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
             onnx.save(pre, str(pre_path))
         ranges, reused = _ranges(cfg, pre_path, dataset, calib_idx, size, progress)
         inputs = np.concatenate([preprocess(s.rgb, size) for s in holdout])
-        evaluator = fallback.Evaluator(source.SerializeToString(), inputs, [s.depth for s in holdout],
+        evaluator = fallback.Evaluator(source.SerializeToString(), inputs, [s.depth for s in holdout if labelled],
                                        meta.max_depth, data_range=data_range)
         qdq = qz.quantize(pre, ranges, cfg.method, cfg.spec)
         head = float_layers.head_nodes(qdq, cfg.op_types)

@@ -18,6 +18,7 @@ a few seconds on two cores), no re-calibration and no re-quantization.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -68,19 +69,20 @@ class Evaluator:
     Args:
         fp32: the FP32 model (bytes or proto).
         inputs: preprocessed held-out images, N x 3 x h x w float32.
-        gts: their ground-truth depth maps (H x W metres, 0 = invalid).
+        gts: their ground-truth depth maps (H x W metres, 0 = invalid); none for images without depth, whose
+            RMSE and SSIM against ground truth are then NaN.
         max_depth: the model's max depth, the postprocess clip.
-        data_range: SSIM's data range, the dataset's max depth. The drop is
-            1 - SSIM against FP32: with a model's range far beyond the scenes' (300 m for 20 m scenes)
-            SSIM's constants would swamp any error.
+        data_range: SSIM's data range, the dataset's max depth; None (images without depth): the deepest FP32
+            prediction, the scenes' range as the model sees them. The drop is 1 - SSIM against FP32: with a
+            model's range far beyond the scenes' (300 m for 20 m scenes) SSIM's constants would swamp any error.
         input_name: the model's input name.
     """
 
     def __init__(self, fp32: onnx.ModelProto | bytes, inputs: np.ndarray, gts: Sequence[np.ndarray],
-                 max_depth: float, data_range: float, input_name: str = "image"):
+                 max_depth: float, data_range: float | None, input_name: str = "image"):
         self.inputs, self.gts, self.max_depth, self.input_name = inputs, list(gts), max_depth, input_name
-        self.data_range = data_range
         self.reference = self.run(fp32)
+        self.data_range = data_range if data_range is not None else max(float(r.max()) for r in self.reference)
         self.fp32 = self._gt_metrics(self.reference)
 
     def run(self, model: onnx.ModelProto | bytes) -> list[np.ndarray]:
@@ -94,6 +96,8 @@ class Evaluator:
     def _gt_metrics(self, outputs: list[np.ndarray]) -> tuple[float, float]:
         from mde.runtime.metrics import compute_metrics
 
+        if not self.gts:
+            return math.nan, math.nan
         rmse, ssim = [], []
         for out, gt in zip(outputs, self.gts):
             pred = postprocess(out, gt.shape, self.max_depth)

@@ -178,6 +178,26 @@ def test_calibrate_recomputes_damaged_ranges(damage, cli, tiny_int8, tiny_export
     assert out.is_file()
 
 
+def test_a_folder_of_images_without_depth_calibrates(cli, tiny_export, synth_data, tmp_path):
+    """A robot's own frames have no depth maps: calibration and its accuracy check compare INT8 with FP32 only,
+    yet a dataset's depth was required ("image has no depth map"). RMSE/SSIM vs ground truth are then null."""
+    import shutil
+
+    frames = tmp_path / "frames"
+    shutil.copytree(synth_data / "train" / "rgb", frames)
+    out = tmp_path / "q.onnx"
+    result = cli("calibrate", tiny_export / "model.onnx", "--data", frames, "--out", out, "--num-images", 12,
+                 "--holdout-images", 6, "--allow-few", "--max-float-nodes", 0, "--target-ssim-drop", 1, "--json")
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    assert report["fp32"] == {"rmse": None, "ssim": None} and report["after"]["rmse"] is None
+    assert 0 <= report["after"]["drop"] < 1 and report["num_images"] == 12 and out.is_file()
+    for args, said in (([frames, "--depth-scale", "256"], f"{frames}: --depth-scale reads a dataset's PNG depth"),
+                       ([synth_data / "train"], f"{synth_data / 'train'}: a dataset split's folder; give the dataset")):
+        result = cli("calibrate", tiny_export / "model.onnx", "--data", *args, "--out", tmp_path / "r.onnx")
+        assert result.code == 2 and result.err.startswith(f"mde: error: {said}") and result.err.count("\n") == 1
+
+
 def test_fallback_keeps_sensitive_nodes_float(cli, tiny_export, synth_data, tmp_path):
     out = tmp_path / "fallback.int8.onnx"
     result = cli("calibrate", tiny_export / "model.onnx", "--data", synth_data, "--out", out,

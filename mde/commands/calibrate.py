@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,8 @@ def _default(name: str):
 
 def calibrate_command(
     model: Path = typer.Argument(..., help="FP32 ONNX exported by `mde export` (model.onnx)."),
-    data: Path = typer.Option(..., "--data", help="Dataset folder; images come from its train split."),
+    data: Path = typer.Option(..., "--data", help="Dataset folder (images from its train split), or a folder of "
+                              "images without depth (a robot's own frames: no RMSE/SSIM vs ground truth then)."),
     depth_scale: float | None = depth_scale_option(_default("depth_scale")),
     out: Path = typer.Option(
         ..., "--out", help="INT8 Q/DQ ONNX to write; its ranges go beside it (FILE.onnx -> FILE.ranges.json)."),
@@ -94,12 +96,15 @@ def _print(report: CalibrationReport) -> None:
     table = Table(title=f"INT8 calibration ({report.target}): {report.out}")
     for col in ("model", "float nodes", "1-SSIM vs FP32", "RMSE vs FP32 (m)", "RMSE vs GT (m)", "SSIM vs GT"):
         table.add_column(col)
-    table.add_row("FP32", "-", "0", "0", f"{report.fp32['rmse']:.4f}", f"{report.fp32['ssim']:.4f}")
+    def vs_gt(value: float) -> str:  # images without depth: not measured
+        return "-" if math.isnan(value) else f"{value:.4f}"
+
+    table.add_row("FP32", "-", "0", "0", vs_gt(report.fp32["rmse"]), vs_gt(report.fp32["ssim"]))
     head = len(report.float_head)
     for label, m, n in (("INT8 (all but the head)", report.before, head),
                         ("INT8 (written)", report.after, head + len(report.float_nodes))):
         table.add_row(label, str(n), f"{m['drop']:.2e}", f"{m['rmse_vs_fp32']:.4f}",
-                      f"{m['rmse']:.4f}", f"{m['ssim']:.4f}")
+                      vs_gt(m["rmse"]), vs_gt(m["ssim"]))
     console = stdout_console(120)
     console.print(table)
     console.print(
