@@ -541,8 +541,8 @@ def test_a_resumed_running_loss_is_carried_by_rank_0_only(tiny_run):
     try:
         for rank, expected in ((0, (12.0, 4)), (1, (0.0, 0))):
             job = SimpleNamespace(optimizer=noop, scheduler=noop, scaler=noop, env=SimpleNamespace(is_main=rank == 0),
-                                  cfg=SimpleNamespace(resume=str(tiny_run[0] / "last.pt"), data=state["config"]["data"],
-                                                      depth_scale=state["config"]["depth_scale"]))
+                                  cfg=SimpleNamespace(resume=str(tiny_run[0] / "last.pt"), data=state["config"]["data"]),
+                                  val_data=state["val_data"])
             resumed = restore(job, state)
             assert (resumed.loss_sum, resumed.loss_count) == expected, rank
     finally:
@@ -890,21 +890,31 @@ def test_a_resume_onto_other_data_chooses_best_pt_again(cli, synth_data, tmp_pat
 
     other = tmp_path / "other"
     shutil.copytree(synth_data, other)
+    first = sorted((other / "val" / "rgb").iterdir())[0]
+    first.unlink()
+    for folder in ("depth", "mask"):
+        (other / "val" / folder / f"{first.stem}.png").unlink(missing_ok=True)
     for path in (other / "val" / "depth").glob("*.png"):  # a deeper val set: every RMSE on it is larger
         Image.fromarray((np.asarray(Image.open(path), dtype=np.float64) * 1.8).astype(np.uint16)).save(path)
     run = tmp_path / "run"
     assert cli("train", "--data", synth_data, "--out", run, *TINY, "--epochs", "1", "--schedule", "cyclic").code == 0
     result = cli("train", "--resume", run / "last.pt", "--data", other, "--epochs", "2", "--json")
     assert result.code == 0, result.err
-    assert f"note: the resumed run validated on other data ({synth_data}, --depth-scale unset); best.pt is " \
-        "chosen again from epoch 2 on" in result.err
+    assert f"note: the resumed run validated on other data (its --data {synth_data}, --depth-scale unset); best.pt " \
+        "is chosen again from epoch 2 on" in result.err
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["val_rmse"] < records[1]["val_rmse"]  # the old data's figure would have stayed best
     assert json.loads(result.out)["best"]["epoch"] == 2
     assert torch.load(run / "best.pt", map_location="cpu", weights_only=False)["epoch"] == 2
-    result = cli("train", "--resume", run / "last.pt", "--epochs", "3", "--json")  # on the same data again
-    assert result.code == 0 and "other data" not in result.err, result.err
-    assert json.loads(result.out)["best"]["epoch"] in (2, 3)
+    # the same data moved (a copy elsewhere), resumed into another folder: no new choice, and a best.pt there
+    shutil.copytree(other, tmp_path / "moved")
+    result = cli("train", "--resume", run / "last.pt", "--data", tmp_path / "moved", "--out", tmp_path / "run2",
+                 "--epochs", "3", "--json")
+    assert result.code == 0 and "other data" not in result.err and "is not the resumed run's best" not in result.err, \
+        result.err
+    best = json.loads(result.out)["best"]["epoch"]
+    assert best in (2, 3) and torch.load(tmp_path / "run2" / "best.pt", map_location="cpu", weights_only=False)[
+        "epoch"] == best
 
 
 def test_resume_rejects_conflicting_flags_and_foreign_checkpoints(cli, tmp_path, synth_data, tiny_run,

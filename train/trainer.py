@@ -10,6 +10,7 @@ RNG states, so `--resume RUN/last.pt` continues exactly, even from the middle of
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import operator
 import os
@@ -125,7 +126,7 @@ def inherited_depth_scale(cfg: TrainConfig) -> float | None:
     reads (refused when typed: it would change nothing)."""
     from mde.data.readers import has_png_depth
 
-    if has_png_depth(cfg.data) or not Path(cfg.data).is_dir():  # no dataset there: opening it says so
+    if has_png_depth(cfg.data) or not Path(cfg.data).exists():  # no dataset there: opening it says so
         return cfg.depth_scale
     if os.environ.get("RANK", "0") == "0":  # said once under torchrun (this runs before the process group)
         info(f"note: the resumed run's --depth-scale {cfg.depth_scale:g} is not used: {cfg.data}'s depth maps are "
@@ -187,6 +188,7 @@ class Job:
     replaces_a_run: bool = False  # --force over another run's folder: its files go with this run's first write
     # resumed into another folder: the resumed run's best.pt, copied at the first write unless that epoch is better
     inherited_best: Path | None = None
+    val_data: str = ""            # `val_fingerprint`: saved in last.pt, so a resume knows whether it validates alike
 
 
 @dataclass
@@ -283,7 +285,8 @@ def main(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dict[
                     if improved:
                         save_checkpoint(job, state, out / "best.pt", training_state=False)
                     elif job.inherited_best is not None:
-                        inherit_best(job.inherited_best, state.records, out / "best.pt")
+                        inherit_best(job.inherited_best, [r for r in state.records if r["epoch"] > state.best_from],
+                                     out / "best.pt")
                     job.inherited_best = None
                     report.write_records(out / "metrics.jsonl", state.records)
                     report.write_curves(state.records, out)
@@ -359,6 +362,7 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
                          color_jitter=cfg.color_jitter, object_weight=cfg.object_weight),
         data_range=data_range, replaces_a_run=env.is_main and cfg.force and not own_folder,
         inherited_best=resolved(cfg.resume).parent / "best.pt" if resume is not None and not own_folder else None,
+        val_data=val_fingerprint(val_set),
     )
 
 
@@ -386,10 +390,10 @@ def restore(job: Job, resume: dict[str, Any] | None) -> TrainState:
     main_rank = job.env.is_main
     best_from, best_rmse = resume.get("best_from", 0), resume.get("best_rmse", float("inf"))
     saved = resume.get("config") if isinstance(resume.get("config"), dict) else {}
-    if _validates_elsewhere(saved, job.cfg):  # a val RMSE of other data is no measure to beat
+    if _validates_elsewhere(resume.get("val_data"), saved, job):  # a val RMSE of other data is no measure to beat
         best_from, best_rmse, job.inherited_best = resume["epoch"], float("inf"), None
         if main_rank:
-            info(f"note: the resumed run validated on other data ({saved.get('data')}, "
+            info(f"note: the resumed run validated on other data (its --data {saved.get('data')}, "
                  f"{as_typed('depth_scale', saved.get('depth_scale'))}); best.pt is chosen again from epoch "
                  f"{resume['epoch'] + 1} on, and the earlier epochs' figures stay in metrics.jsonl")
     return TrainState(epoch=resume["epoch"], epoch_step=resume["epoch_step"], step=resume["step"],
@@ -398,16 +402,34 @@ def restore(job: Job, resume: dict[str, Any] | None) -> TrainState:
                       loss_count=resume.get("loss_count", 0) if main_rank else 0, records=list(records))
 
 
-def _validates_elsewhere(saved: dict[str, Any], cfg: TrainConfig) -> bool:
-    """Whether a resumed run's saved config validated on other data than `cfg` does: another --data folder, or the
-    same PNGs read at another --depth-scale."""
-    if "data" not in saved:
+def val_fingerprint(val_set: Any) -> str:
+    """What a run validates on, to tell another val set from the same one moved: each val sample's name and
+    depth map size, and the PNG scale they are read at (an NYU file: its path, split and size)."""
+    digest = hashlib.sha256(f"{type(val_set).__name__} {getattr(val_set, 'depth_scale', None)}".encode())
+    for name, _, depth in getattr(val_set, "pairs", ()):
+        try:
+            size = depth.stat().st_size
+        except OSError:
+            size = -1
+        digest.update(f"\n{name} {size}".encode("utf-8", "surrogateescape"))
+    if not hasattr(val_set, "pairs"):
+        digest.update(f"\n{getattr(val_set, 'path', '')} {getattr(val_set, 'split', '')} {len(val_set)}".encode(
+            "utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def _validates_elsewhere(saved_fingerprint: Any, saved: dict[str, Any], job: Job) -> bool:
+    """Whether a resumed run validated on other data than this run does: another val set, or its PNGs read at
+    another --depth-scale. The same dataset moved (a resume from another machine, a copy on local scratch) is the
+    same. A checkpoint from before the fingerprint was saved: by its --data path, where that still exists."""
+    if isinstance(saved_fingerprint, str):
+        return saved_fingerprint != job.val_data
+    if "data" not in saved or not Path(str(saved["data"])).exists():  # gone: moved, as a rule
         return False
     try:
-        same = resolved(Path(saved["data"])) == resolved(Path(cfg.data))
+        return resolved(Path(saved["data"])) != resolved(Path(job.cfg.data))
     except (OSError, TypeError, ValueError):
-        same = False
-    return not same or saved.get("depth_scale") != cfg.depth_scale
+        return False
 
 
 def inherit_best(source: Path, records: list[dict[str, Any]], target: Path) -> None:
@@ -450,7 +472,8 @@ def save_checkpoint(job: Job, state: TrainState, path: Path, training_state: boo
                   # export stamps them on the model
                   "metrics": _val_metrics(state.records[-1]) if own else {}}
     if training_state:
-        checkpoint |= {"best_rmse": state.best_rmse, "best_from": state.best_from, "loss_sum": state.loss_sum,
+        checkpoint |= {"best_rmse": state.best_rmse, "best_from": state.best_from, "val_data": job.val_data,
+                       "loss_sum": state.loss_sum,
                        "loss_count": state.loss_count,
                        "optimizer": job.optimizer.state_dict(), "scheduler": job.scheduler.state_dict(),
                        "scaler": job.scaler.state_dict(), "rng": rng_state(), "records": state.records}
