@@ -42,19 +42,21 @@ log = logging.getLogger(__name__)
 
 
 class _OncePerFolder(logging.Filter):
-    """A dataset's image notes ("grayscale image converted to RGB", info level) once per folder and kind, not for
-    every image every epoch (hundreds of thousands of lines on a grey dataset). Reads outside a dataset, and
-    warnings, are left alone. The folder being read is a context variable: each thread's own."""
+    """A dataset's image notes ("grayscale image converted to RGB", info level) once per folder and kind in a
+    process, not for every image every epoch (hundreds of thousands of lines on a grey dataset); none in a
+    training loader's worker processes (`quiet_image_notes`), which start afresh every epoch. Reads outside a
+    dataset, and warnings, are left alone. The folder being read is a context variable: each thread's own."""
 
     folder: contextvars.ContextVar[str | None] = contextvars.ContextVar("mde_dataset_folder", default=None)
-    said: set[tuple[str, str]] = set()  # (folder, message): a DataLoader worker inherits what was said before it
+    said: set[tuple[str, str]] = set()  # (folder, message)
+    quiet = False
 
     def filter(self, record: logging.LogRecord) -> bool:
         folder = self.folder.get()
         if folder is None or record.levelno > logging.INFO:
             return True
         key = (folder, str(record.msg))
-        if key in self.said:
+        if self.quiet or key in self.said:
             return False
         self.said.add(key)
         record.msg, record.args = f"{record.msg} (said once for the images of %s)", (*(record.args or ()), folder)
@@ -63,6 +65,12 @@ class _OncePerFolder(logging.Filter):
 
 _IMAGE_NOTES = _OncePerFolder()
 logging.getLogger(read_rgb.__module__).addFilter(_IMAGE_NOTES)
+
+
+def quiet_image_notes(_worker_id: int = 0) -> None:
+    """No dataset image notes in this process: a DataLoader worker's `worker_init_fn`. `mde train`'s main process
+    reads the val split and the first train image before any worker starts, and says their notes."""
+    _IMAGE_NOTES.quiet = True
 
 FORMATS = ("auto", "folder", "nyu", "kitti")
 NYU_SUFFIXES = (".mat", ".h5", ".hdf5")

@@ -182,6 +182,19 @@ def test_a_dataset_s_image_notes_are_said_once_per_folder(tmp_path, caplog):
         read_rgb(tmp_path / "val" / "rgb" / "b.png")
         assert [r.getMessage() for r in caplog.records] == [
             f"{tmp_path / 'val' / 'rgb' / 'b.png'}: grayscale image converted to RGB"]
+        # a training loader's worker (a fresh process each epoch) says none: the main process spoke for them
+        from mde.data import readers
+        from mde.train.loader import epoch_loader
+
+        caplog.clear()
+        _write_pair(tmp_path / "other", "val", "a", _depth(), rgb=np.full((12, 16), 90, np.uint8))
+        assert epoch_loader(None, [], 1, 2, False).worker_init_fn is readers.quiet_image_notes
+        try:
+            readers.quiet_image_notes()
+            open_dataset(tmp_path / "other", "val")[0]
+        finally:
+            readers._IMAGE_NOTES.quiet = False
+        assert not caplog.records
 
 
 def test_out_of_range_depth_advice_fits_the_file(tmp_path):

@@ -59,8 +59,10 @@ def epoch_indices(n: int, epoch: int, seed: int, rank: int, world_size: int) -> 
 def epoch_loader(pairs: DepthPairs, indices: list[int], batch_size: int, workers: int,
                  pin_memory: bool) -> DataLoader:
     """Batches over `indices` in order (full batches only)."""
+    from mde.data.readers import quiet_image_notes  # workers start afresh each epoch: they would say them again
+
     return DataLoader(pairs, batch_size=batch_size, sampler=indices, drop_last=True,
-                      num_workers=workers, pin_memory=pin_memory,
+                      num_workers=workers, pin_memory=pin_memory, worker_init_fn=quiet_image_notes if workers else None,
                       persistent_workers=False, prefetch_factor=4 if workers else None)
 
 
