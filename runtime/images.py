@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import io
 import logging
+import os
 import struct
 import warnings
 from collections.abc import Callable
@@ -69,6 +70,17 @@ def _open_checked(path: Path, source: Callable[[], Any] | None = None) -> Image.
         img.close()
         raise DataError(f"image is {w}x{h}, smaller than {MIN_SIDE} pixels on a side", path)
     return img
+
+
+def _is_image_data(data: bytes) -> bool:
+    """Whether `data` opens as an image (its header only)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Image.open(io.BytesIO(data)).close()
+    except Exception:  # noqa: BLE001 - whatever Pillow raises on what is no image
+        return False
+    return True
 
 
 def _check_file(path: Path) -> None:
@@ -231,22 +243,27 @@ def _say_frames(img: Image.Image, path: Path) -> None:
         log.info("%s: %d frames (an animation or a multi-page file); the first is used", path, frames)
 
 
-def read_rgb(path: str | Path | bytes, upright: bool = False) -> np.ndarray:
+def read_rgb(path: str | Path | bytes | np.ndarray, upright: bool = False) -> np.ndarray:
     """Read an image file, or an encoded image in memory, as H x W x 3 uint8 RGB (gray, RGBA, 16-bit and float
     gray are converted).
 
-    path: the file; or the encoded image itself (bytes, bytearray, memoryview, array.array: the JPEG or PNG a
-        camera driver or a message hands over), named "<image bytes>" in messages.
+    path: the file; or the encoded image itself (bytes, bytearray, memoryview, array.array, a 1-D uint8 array:
+        the JPEG or PNG a camera driver, a message or `cv2.imencode` hands over), named "<image bytes>" in messages.
     upright: turn it as its EXIF orientation says, as viewers show it (`mde predict`: the depth map
         matches the picture the user sees). Datasets are read as stored, like their depth maps.
     """
     if not isinstance(upright, (bool, np.bool_)):  # 'no' would be true
         raise InputError(f"upright must be True or False, got {upright!r}")
     source = None
+    if isinstance(path, np.ndarray) and path.ndim == 1 and path.dtype == np.uint8:  # cv2.imencode's, np.frombuffer's
+        path = path.tobytes()  # a picture has two axes or three: one of bytes is a file's content
     if isinstance(path, ENCODED):
         data = memoryview(path).tobytes()  # a copy: the caller's buffer may be reused for the next frame
         if not data:
             raise InputError("expected an encoded image (JPEG, PNG ...), got 0 bytes")
+        if isinstance(path, bytes) and len(data) < 4096 and not _is_image_data(data) and os.path.isfile(data):
+            raise InputError(f"read_rgb takes bytes as the encoded image itself, and these name a file "
+                             f"({os.fsdecode(data)!r}); give its name as str or Path")
         path, source = Path(ENCODED_NAME), lambda: io.BytesIO(data)
     path = as_path(path, "image")
     img = opened = _open_checked(path, source)

@@ -544,7 +544,8 @@ def test_read_rgb_decodes_an_image_in_memory_as_its_file(tmp_path):
         data = path.read_bytes()
         for upright in (False, True):
             expected = read_rgb(path, upright=upright)
-            for encoded in (data, bytearray(data), memoryview(data), array.array("B", data)):
+            for encoded in (data, bytearray(data), memoryview(data), array.array("B", data),
+                            np.frombuffer(data, np.uint8)):  # cv2.imencode gives the last
                 np.testing.assert_array_equal(read_rgb(encoded, upright=upright), expected)
     assert read_rgb(data, upright=True).shape == (14, 10, 3)  # turned a quarter, from its EXIF
     with pytest.raises(InputError, match=r"^expected an encoded image \(JPEG, PNG ...\), got 0 bytes$"):
@@ -553,6 +554,8 @@ def test_read_rgb_decodes_an_image_in_memory_as_its_file(tmp_path):
         read_rgb(data[: len(data) // 2])
     with pytest.raises(DataError, match=r"^<image bytes>: not a readable image"):
         read_rgb(b"not an image" * 4)
+    with pytest.raises(InputError, match=r"^read_rgb takes bytes as the encoded image itself, and these name a file"):
+        read_rgb(bytes(tmp_path / "turned.jpg"))  # a file name as bytes: os.fsencode's
 
 
 def test_a_16bit_png_s_storage_is_read_from_old_and_new_pillow_tiles_and_grey_alpha_is_said(tmp_path, caplog):
