@@ -145,28 +145,31 @@ def load_source(path: Path) -> tuple[Any, ModelMetadata]:
 
 
 def select_images(names: list[str], cfg: CalibrationConfig, source: Path,
-                  allow_few_option: str = "--allow-few", notice: bool = True) -> tuple[list[int], list[int]]:
+                  allow_few_option: str = "--allow-few", notice: bool = True,
+                  pool: str = "train split") -> tuple[list[int], list[int]]:
     """Seeded draw: held-out indices first (min(holdout, N//4)), then up to `num_images` calibration indices.
 
     Args:
         allow_few_option: the option that accepts fewer images, as the command being run names it.
         notice: say when fewer images than asked are held out (off for a check before the real draw).
+        pool: what the images are, for messages: a dataset's "train split", or a "folder" of images.
     """
+    train = "train " if pool == "train split" else ""
     perm = np.random.default_rng(cfg.seed).permutation(len(names)).tolist()
     n_hold = min(cfg.holdout_images, len(names) // 4)
     if n_hold == 0:
-        raise DataError(f"train split has {counted(len(names), 'image')}; need at least 4 (calibration + held-out)",
+        raise DataError(f"{pool} has {counted(len(names), 'image')}; need at least 4 (calibration + held-out)",
                         source)
     holdout, calib = perm[:n_hold], perm[n_hold:n_hold + cfg.num_images]
     if len(calib) < MIN_IMAGES and not cfg.allow_few:
         raise DataError(
-            f"{len(calib)} calibration images (train split: {len(names)}, {n_hold} held out); "
+            f"{len(calib)} calibration images ({pool}: {len(names)}, {n_hold} held out); "
             f"expected at least {MIN_IMAGES} (use {allow_few_option} to accept fewer)", source)
     if notice and n_hold < cfg.holdout_images:
-        info(f"{source}: holding out {n_hold} of its {len(names)} train images for the accuracy check, "
+        info(f"{source}: holding out {n_hold} of its {len(names)} {train}images for the accuracy check, "
              f"not {cfg.holdout_images} (at most a quarter)")
     if notice and len(calib) < cfg.num_images:
-        info(f"{source}: calibrating on {len(calib)} images, all its train split has besides the held-out ones, "
+        info(f"{source}: calibrating on {len(calib)} images, all its {pool} has besides the held-out ones, "
              f"not {cfg.num_images}")
     return holdout, calib
 
@@ -211,7 +214,12 @@ def open_train_split(cfg: CalibrationConfig, allow_few_option: str = "--allow-fe
     from mde.data.readers import open_dataset
 
     data = Path(cfg.data)
+    pool = "train split"
+    if data.is_dir() and not any((data / name).exists() for name in ("train", "val", "rgb")) and not list_images(data):
+        raise DataError("no images here, and no train/ split of a dataset; expected a dataset folder or a folder "
+                        "of images", data)
     if is_image_folder(data):
+        pool = "folder"
         if cfg.depth_scale is not None:
             raise InputError("--depth-scale reads a dataset's PNG depth; a folder of images has none", data)
         dataset: Any = UnlabelledImages(data)
@@ -220,7 +228,7 @@ def open_train_split(cfg: CalibrationConfig, allow_few_option: str = "--allow-fe
             raise InputError(f"a dataset split's folder; give the dataset ({data.parent}, with train/), or a folder "
                              "of images", data)
         dataset = open_dataset(data, split="train", depth_scale=cfg.depth_scale)
-    holdout, calib = select_images(list(dataset.names), cfg, data, allow_few_option, notice)
+    holdout, calib = select_images(list(dataset.names), cfg, data, allow_few_option, notice, pool)
     return dataset, holdout, calib
 
 

@@ -187,13 +187,16 @@ def test_a_folder_of_images_without_depth_calibrates(cli, tiny_export, synth_dat
     shutil.copytree(synth_data / "train" / "rgb", frames)
     out = tmp_path / "q.onnx"
     result = cli("calibrate", tiny_export / "model.onnx", "--data", frames, "--out", out, "--num-images", 12,
-                 "--holdout-images", 6, "--allow-few", "--max-float-nodes", 0, "--target-ssim-drop", 1, "--json")
+                 "--holdout-images", 8, "--allow-few", "--max-float-nodes", 0, "--target-ssim-drop", 1, "--json")
     assert result.code == 0, result.err
     report = json.loads(result.out)
     assert report["fp32"] == {"rmse": None, "ssim": None} and report["after"]["rmse"] is None
     assert 0 <= report["after"]["drop"] < 1 and report["num_images"] == 12 and out.is_file()
+    assert f"{frames}: holding out 6 of its 24 images" in result.err  # not "train images": a folder has no split
+    (tmp_path / "empty").mkdir()
     for args, said in (([frames, "--depth-scale", "256"], f"{frames}: --depth-scale reads a dataset's PNG depth"),
-                       ([synth_data / "train"], f"{synth_data / 'train'}: a dataset split's folder; give the dataset")):
+                       ([synth_data / "train"], f"{synth_data / 'train'}: a dataset split's folder; give the dataset"),
+                       ([tmp_path / "empty"], f"{tmp_path / 'empty'}: no images here, and no train/ split")):
         result = cli("calibrate", tiny_export / "model.onnx", "--data", *args, "--out", tmp_path / "r.onnx")
         assert result.code == 2 and result.err.startswith(f"mde: error: {said}") and result.err.count("\n") == 1
 

@@ -375,6 +375,10 @@ def test_a_dash_sends_the_json_to_standard_output(tiny_export, tmp_path):
                           capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["passed"] is True and not (tmp_path / "-").exists()
+    done = subprocess.run([*done.args[:-1], "-", "--report", "-"], capture_output=True, text=True, timeout=300,
+                          check=False, cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr == (
+        "mde: error: --json - and --report - both name standard output; give one of them a file\n")
 
 
 def test_an_output_in_dev_is_refused_before_the_run(cli, tiny_export, monkeypatch):

@@ -69,6 +69,8 @@ def parity_command(
     if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
         raise InputError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
     cfg.split, cfg.limit, cfg.tolerances, cfg.backend = split, limit, tolerances, backend
+    if json_path == report == Path("-"):
+        raise InputError("--json - and --report - both name standard output; give one of them a file")
     json_path, report = (STDOUT if path == Path("-") else path for path in (json_path, report))  # as tools read "-"
     cfg.json_path, cfg.report, cfg.providers, cfg.device = json_path, report, providers or None, device
     run_parity(cfg)

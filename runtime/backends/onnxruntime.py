@@ -94,8 +94,9 @@ def session_options(
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.intra_op_num_threads = int(threads)
     opts.inter_op_num_threads = int(inter_op_threads)
-    # Fatal only: each error ONNX Runtime logs it also raises, and mde says it in one line; its log (colour codes,
-    # C++ source lines) stood above that line. With --verbose (mde's debug level) its errors are shown too.
+    # Fatal only: a session's failures (a model that does not load or run) are raised as well as logged, and mde
+    # says them in one line; the log (colour codes, C++ source lines) stood above that line. --verbose shows it.
+    # (A provider library that fails to load logs through ONNX Runtime's default logger, which this leaves alone.)
     opts.log_severity_level = ORT_ERROR if log.isEnabledFor(logging.DEBUG) else ORT_FATAL
     if optimized_model_path is not None:
         opts.optimized_model_filepath = str(optimized_model_path)
@@ -181,6 +182,7 @@ def ort_reason(err: Exception) -> str:
     and shortened where long."""
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     first = re.sub(r"(?:/\S+/)?[\w.]+\.(?:cc|cpp|h):\d+ [\w:~]+(?:\([^()]*\))?(?: const)? ", " ", first)
+    first = re.sub(r"\s{2,}", " ", first)  # where a frame stood
     if len(first) > 300:  # ORT's reason comes last, after the C++ frame it was raised in
         first = f"{first[:100]} ... {first[-180:]}"
     return first
@@ -199,7 +201,7 @@ def check_providers(
         return
     reasons = []
     for provider in lost:
-        reason = eps.provider_problem(provider) or _ep_error(printed) or "--verbose shows ONNX Runtime's log"
+        reason = eps.provider_problem(provider) or _ep_error(printed) or "see ONNX Runtime's log above"
         reasons.append(f"{provider} did not load ({reason})")
     message = f"{'; '.join(reasons)}; running on {', '.join(used)}"
     if explicit:
