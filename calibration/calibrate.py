@@ -211,11 +211,12 @@ def open_train_split(cfg: CalibrationConfig, allow_few_option: str = "--allow-fe
     Raises:
         DataError: no usable train split, or too few images in it.
     """
-    from mde.data.readers import open_dataset
+    from mde.data.readers import kitti_selection, open_dataset
 
     data = Path(cfg.data)
     pool = "train split"
-    if data.is_dir() and not any((data / name).exists() for name in ("train", "val", "rgb")) and not list_images(data):
+    if data.is_dir() and not any((data / name).exists() for name in ("train", "val", "rgb")) \
+            and not list_images(data) and not kitti_selection(data):  # KITTI's layout: its reader says what it lacks
         raise DataError("no images here, and no train/ split of a dataset; expected a dataset folder or a folder "
                         "of images", data)
     if is_image_folder(data):

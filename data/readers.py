@@ -272,7 +272,7 @@ class KittiDataset(PairedFiles):
 
     def __init__(self, root: str | Path, split: str = "val", depth_scale: float = KITTI_DEPTH_SCALE):
         root = Path(root)
-        sel = _kitti_selection(root)
+        sel = kitti_selection(root)
         if sel is None:
             folder = FolderDataset(root, split, depth_scale)
             super().__init__(folder.pairs, depth_scale, folder.masks)
@@ -297,7 +297,7 @@ class KittiDataset(PairedFiles):
         super().__init__(pairs, depth_scale)
 
 
-def _kitti_selection(root: Path) -> Path | None:
+def kitti_selection(root: Path) -> Path | None:
     for cand in (root, root / KITTI_SELECTION):
         if (cand / "image").is_dir() and (cand / "groundtruth_depth").is_dir():
             return cand
@@ -436,7 +436,7 @@ def open_dataset(path: str | Path, split: str = "val", fmt: str = "auto",
                                 path)
             fmt = "nyu"
         else:
-            fmt = "kitti" if _kitti_selection(path) is not None else "folder"
+            fmt = "kitti" if kitti_selection(path) is not None else "folder"
     if fmt == "nyu":
         if depth_scale is not None:  # accepted and ignored would look like it had been applied
             raise InputError("--depth-scale reads 16-bit PNG depth; NYU's depths are float metres", path)
@@ -459,7 +459,7 @@ def has_png_depth(path: str | Path) -> bool:
     path = Path(path)
     if not path.is_dir():
         return False
-    if _kitti_selection(path) is not None:
+    if kitti_selection(path) is not None:
         return True
     for split in ("train", "val"):
         try:
@@ -474,13 +474,21 @@ def has_png_depth(path: str | Path) -> bool:
 QUIET_CHECK = 256  # samples read without a progress bar (about a second)
 
 
-def read_every_sample(dataset: Any, description: str) -> None:
-    """Read every sample once, so a damaged or mismatched file raises its `DataError` now."""
+def read_every_sample(dataset: Any, description: str) -> str:
+    """Read every sample once, so a damaged or mismatched file raises its `DataError` now. Returns a digest of
+    what was read, each sample's name and depth in metres: the same for the same data moved or re-encoded,
+    another for other data or another PNG scale (`mde train` tells a resume onto other data by it)."""
+    import hashlib
+
     from mde.console import track
 
+    digest = hashlib.sha256()
     indices = range(len(dataset))
     for i in track(indices, description) if len(dataset) > QUIET_CHECK else indices:
-        dataset[i]
+        sample = dataset[i]
+        digest.update(str(sample.name).encode("utf-8", "surrogateescape"))
+        digest.update(np.ascontiguousarray(sample.depth, dtype=np.float32).tobytes())
+    return digest.hexdigest()
 
 
 def check_depth_units(dataset: Any, data_range: float) -> None:
@@ -545,7 +553,7 @@ def dataset_max_depth(path: str | Path, model_range: float | None = None) -> flo
         return value
     if path.is_file() and path.suffix.lower() in NYU_SUFFIXES:
         return NYU_MAX_DEPTH
-    if path.is_dir() and _kitti_selection(path) is not None:
+    if path.is_dir() and kitti_selection(path) is not None:
         return KITTI_MAX_DEPTH
     if model_range is not None:
         return float(model_range)

@@ -255,8 +255,9 @@ def read_rgb(path: str | Path | bytes | np.ndarray, upright: bool = False) -> np
     if not isinstance(upright, (bool, np.bool_)):  # 'no' would be true
         raise InputError(f"upright must be True or False, got {upright!r}")
     source = None
-    if isinstance(path, np.ndarray) and path.ndim == 1 and path.dtype == np.uint8:  # cv2.imencode's, np.frombuffer's
-        path = path.tobytes()  # a picture has two axes or three: one of bytes is a file's content
+    if isinstance(path, np.ndarray) and path.dtype == np.uint8 and (path.ndim == 1 or 1 in path.shape[:2]) \
+            and path.ndim <= 2 and path.size > 0:  # np.frombuffer's N, cv2.imencode's N x 1: a file's bytes
+        path = path.tobytes()  # (a picture has two axes of more than one pixel, or three)
     if isinstance(path, ENCODED):
         data = memoryview(path).tobytes()  # a copy: the caller's buffer may be reused for the next frame
         if not data:

@@ -545,7 +545,7 @@ def test_read_rgb_decodes_an_image_in_memory_as_its_file(tmp_path):
         for upright in (False, True):
             expected = read_rgb(path, upright=upright)
             for encoded in (data, bytearray(data), memoryview(data), array.array("B", data),
-                            np.frombuffer(data, np.uint8)):  # cv2.imencode gives the last
+                            np.frombuffer(data, np.uint8), np.frombuffer(data, np.uint8)[:, None]):  # cv2.imencode's
                 np.testing.assert_array_equal(read_rgb(encoded, upright=upright), expected)
     assert read_rgb(data, upright=True).shape == (14, 10, 3)  # turned a quarter, from its EXIF
     with pytest.raises(InputError, match=r"^expected an encoded image \(JPEG, PNG ...\), got 0 bytes$"):

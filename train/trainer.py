@@ -10,7 +10,6 @@ RNG states, so `--resume RUN/last.pt` continues exactly, even from the middle of
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import operator
 import os
@@ -115,9 +114,9 @@ def open_splits(cfg: TrainConfig, env: DistEnv):
         check_depth_units(split, data_range)
     if env.is_main:  # a first train image read here: its notes (a grey dataset's) are said once, not by each
         train_set[0]  # loader worker every epoch, as workers inherit what was said before they start
-    if env.is_main:  # a damaged val file found now, not after an epoch's work
-        read_every_sample(val_set, "check val files")
-    return train_set, val_set, data_range
+    # a damaged val file found now, not after an epoch's work; rank 0 alone decides what best.pt holds
+    val_data = read_every_sample(val_set, "check val files") if env.is_main else ""
+    return train_set, val_set, data_range, val_data
 
 
 def inherited_depth_scale(cfg: TrainConfig) -> float | None:
@@ -310,7 +309,7 @@ def main(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dict[
 def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> Job:
     """Data, model (from the checkpoint's arguments and weights when resuming), optimizer, schedule, AMP."""
     out = Path(cfg.out)
-    train_set, val_set, data_range = open_splits(cfg, env)  # first: bad data leaves no output folder
+    train_set, val_set, data_range, val_data = open_splits(cfg, env)  # first: bad data leaves no output folder
     steps_per_epoch = len(train_set) // env.world_size // cfg.batch_size
     if resume is not None:
         check_resume(cfg, resume, steps_per_epoch)
@@ -362,7 +361,7 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
                          color_jitter=cfg.color_jitter, object_weight=cfg.object_weight),
         data_range=data_range, replaces_a_run=env.is_main and cfg.force and not own_folder,
         inherited_best=resolved(cfg.resume).parent / "best.pt" if resume is not None and not own_folder else None,
-        val_data=val_fingerprint(val_set),
+        val_data=val_data,
     )
 
 
@@ -393,8 +392,9 @@ def restore(job: Job, resume: dict[str, Any] | None) -> TrainState:
     if _validates_elsewhere(resume.get("val_data"), saved, job):  # a val RMSE of other data is no measure to beat
         best_from, best_rmse, job.inherited_best = resume["epoch"], float("inf"), None
         if main_rank:
-            info(f"note: the resumed run validated on other data (its --data {saved.get('data')}, "
-                 f"{as_typed('depth_scale', saved.get('depth_scale'))}); best.pt is chosen again from epoch "
+            info(f"note: the resumed run validated on other val depth than this run reads (it had --data "
+                 f"{saved.get('data')}, {as_typed('depth_scale', saved.get('depth_scale'))}); best.pt is chosen "
+                 f"again from epoch "
                  f"{resume['epoch'] + 1} on, and the earlier epochs' figures stay in metrics.jsonl")
     return TrainState(epoch=resume["epoch"], epoch_step=resume["epoch_step"], step=resume["step"],
                       best_rmse=best_rmse, best_from=best_from,
@@ -402,34 +402,24 @@ def restore(job: Job, resume: dict[str, Any] | None) -> TrainState:
                       loss_count=resume.get("loss_count", 0) if main_rank else 0, records=list(records))
 
 
-def val_fingerprint(val_set: Any) -> str:
-    """What a run validates on, to tell another val set from the same one moved: each val sample's name and
-    depth map size, and the PNG scale they are read at (an NYU file: its path, split and size)."""
-    digest = hashlib.sha256(f"{type(val_set).__name__} {getattr(val_set, 'depth_scale', None)}".encode())
-    for name, _, depth in getattr(val_set, "pairs", ()):
-        try:
-            size = depth.stat().st_size
-        except OSError:
-            size = -1
-        digest.update(f"\n{name} {size}".encode("utf-8", "surrogateescape"))
-    if not hasattr(val_set, "pairs"):
-        digest.update(f"\n{getattr(val_set, 'path', '')} {getattr(val_set, 'split', '')} {len(val_set)}".encode(
-            "utf-8", "surrogateescape"))
-    return digest.hexdigest()
-
-
 def _validates_elsewhere(saved_fingerprint: Any, saved: dict[str, Any], job: Job) -> bool:
-    """Whether a resumed run validated on other data than this run does: another val set, or its PNGs read at
-    another --depth-scale. The same dataset moved (a resume from another machine, a copy on local scratch) is the
-    same. A checkpoint from before the fingerprint was saved: by its --data path, where that still exists."""
-    if isinstance(saved_fingerprint, str):
+    """Whether a resumed run validated on other data than this run does (rank 0, which writes best.pt): another
+    val set, or its PNGs read at another --depth-scale, by the digest of the val depth both read
+    (`read_every_sample`); the same dataset moved or re-encoded is the same. A checkpoint from before the digest
+    was saved: by its --data path, where that still exists, and its --depth-scale on PNG depth."""
+    if not job.env.is_main:
+        return False
+    if isinstance(saved_fingerprint, str) and saved_fingerprint:
         return saved_fingerprint != job.val_data
     if "data" not in saved or not Path(str(saved["data"])).exists():  # gone: moved, as a rule
         return False
+    from mde.data.readers import has_png_depth
+
     try:
-        return resolved(Path(saved["data"])) != resolved(Path(job.cfg.data))
+        other = resolved(Path(saved["data"])) != resolved(Path(job.cfg.data))
     except (OSError, TypeError, ValueError):
         return False
+    return other or (saved.get("depth_scale") != job.cfg.depth_scale and has_png_depth(job.cfg.data))
 
 
 def inherit_best(source: Path, records: list[dict[str, Any]], target: Path) -> None:
