@@ -75,6 +75,7 @@ def quiet_image_notes(_worker_id: int = 0) -> None:
 FORMATS = ("auto", "folder", "nyu", "kitti")
 NYU_SUFFIXES = (".mat", ".h5", ".hdf5")
 DEPTH_SUFFIXES = (".png", ".npy")
+LOSSY_SUFFIXES = (".jpg", ".jpeg", ".webp")  # a mask in one of these is not read
 NYU_MAX_DEPTH = 10.0
 NYU_UNIT_CHECK = 5  # an NYU depth beyond 5 x its range is another unit, not a far wall
 UNIT_CHECK = 5  # a dataset whose first depth map lies mostly beyond 5 x its range: another unit, or a wrong range
@@ -248,6 +249,11 @@ class FolderDataset(PairedFiles):
         if mask_dir.is_dir():
             _refuse_odd_entries(mask_dir, (".png",))
             masks = _by_stem(list_files(mask_dir, (".png",)), mask_dir)
+            lossy = list_files(mask_dir, LOSSY_SUFFIXES)  # not read: said, not left out in silence
+            if lossy:
+                log.warning("%s: %d mask(s) in a lossy format ignored (%s%s): masks are 8-bit PNGs, as a JPEG's "
+                            "compression changes the 0, 1 and 255 it holds", mask_dir, len(lossy), lossy[0].name,
+                            ", ..." if len(lossy) > 1 else "")
         for stem, path in rgbs.items():
             if stem not in depths:
                 _refuse_unpaired(path, depth_dir, stem, DEPTH_SUFFIXES, "image has no depth map")

@@ -601,3 +601,16 @@ def test_files_in_subfolders_are_said_not_read(synth_data, tmp_path, caplog):
     with pytest.raises(DataError, match=r"split 'val' is empty: no images in rgb/ and depth/ \(the files in "
                                         r"subfolders \(rgb/seq01/, depth/seq01/, mask/seq01/\) are not read"):
         FolderDataset(data, "val")
+
+
+def test_a_jpeg_mask_is_said_to_be_ignored(tmp_path, caplog):
+    """mask/NAME.jpg was skipped in silence: eval then showed no region figures and did not say why."""
+    _write_pair(tmp_path, "val", "a", _depth())
+    (tmp_path / "val" / "mask").mkdir()
+    Image.fromarray(np.ones((12, 16), np.uint8)).save(tmp_path / "val" / "mask" / "a.jpg")
+    with caplog.at_level("WARNING", logger="mde.data.readers"):
+        dataset = open_dataset(tmp_path, "val")
+    assert dataset[0].mask is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'val' / 'mask'}: 1 mask(s) in a lossy format ignored (a.jpg): masks are 8-bit PNGs, as a "
+        "JPEG's compression changes the 0, 1 and 255 it holds"]
