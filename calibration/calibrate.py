@@ -198,9 +198,13 @@ class UnlabelledImages:
         return Frame(self.names[index], read_rgb(self.paths[index]))
 
 
-def is_image_folder(data: Path) -> bool:
-    """Whether `data` is a folder of images, not a dataset (no train/ split, no rgb/ and depth/ of one)."""
-    return data.is_dir() and not (data / "train").is_dir() and not (data / "rgb").is_dir() and bool(list_images(data))
+def loose_images(data: Path) -> bool:
+    """Whether `data` is to be read as a folder of images: a folder without a dataset's layout (train/, val/, a
+    split's rgb/; KITTI's selection, whose reader says what it lacks). A look at its entries, not a listing."""
+    from mde.data.readers import kitti_selection
+
+    return data.is_dir() and not any((data / name).exists() for name in ("train", "val", "rgb")) \
+        and kitti_selection(data) is None
 
 
 def open_train_split(cfg: CalibrationConfig, allow_few_option: str = "--allow-few",
@@ -211,19 +215,17 @@ def open_train_split(cfg: CalibrationConfig, allow_few_option: str = "--allow-fe
     Raises:
         DataError: no usable train split, or too few images in it.
     """
-    from mde.data.readers import kitti_selection, open_dataset
+    from mde.data.readers import open_dataset
 
     data = Path(cfg.data)
-    pool = "train split"
-    if data.is_dir() and not any((data / name).exists() for name in ("train", "val", "rgb")) \
-            and not list_images(data) and not kitti_selection(data):  # KITTI's layout: its reader says what it lacks
-        raise DataError("no images here, and no train/ split of a dataset; expected a dataset folder or a folder "
-                        "of images", data)
-    if is_image_folder(data):
-        pool = "folder"
+    pool, dataset = "train split", None
+    if loose_images(data):
+        pool, dataset = "folder", UnlabelledImages(data)
+        if not len(dataset):
+            raise DataError("no images here, and no train/ split of a dataset; expected a dataset folder or a "
+                            "folder of images", data)
         if cfg.depth_scale is not None:
             raise InputError("--depth-scale reads a dataset's PNG depth; a folder of images has none", data)
-        dataset: Any = UnlabelledImages(data)
     else:
         if (data / "rgb").is_dir() and (data / "depth").is_dir() and not (data / "train").is_dir():
             raise InputError(f"a dataset split's folder; give the dataset ({data.parent}, with train/), or a folder "
@@ -258,7 +260,7 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
     cfg.model, cfg.data, cfg.out = Path(cfg.model), Path(cfg.data), Path(cfg.out)
     _check_config(cfg)
     source, meta = load_source(cfg.model)
-    labelled = not is_image_folder(cfg.data)
+    labelled = not loose_images(cfg.data)
     # a bad meta.json refused now, not after calibrating; a folder of images: the FP32 predictions' own range
     data_range = dataset_max_depth(cfg.data, meta.max_depth) if labelled else None
     dataset, hold_idx, calib_idx = open_train_split(cfg)

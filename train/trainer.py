@@ -187,7 +187,8 @@ class Job:
     replaces_a_run: bool = False  # --force over another run's folder: its files go with this run's first write
     # resumed into another folder: the resumed run's best.pt, copied at the first write unless that epoch is better
     inherited_best: Path | None = None
-    val_data: str = ""            # `val_fingerprint`: saved in last.pt, so a resume knows whether it validates alike
+    val_data: str = ""            # rank 0's digest of the val depth (`read_every_sample`): saved in last.pt, so a
+    #                               resume knows whether it validates alike
 
 
 @dataclass
