@@ -379,6 +379,10 @@ def test_a_dash_sends_the_json_to_standard_output(tiny_export, tmp_path):
                           check=False, cwd=tmp_path)
     assert done.returncode == 2 and done.stderr == (
         "mde: error: --json - and --report - both name standard output; give one of them a file\n")
+    done = subprocess.run([*done.args[:-3], "./-"], capture_output=True, text=True, timeout=300, check=False,
+                          cwd=tmp_path)  # a file named '-', as `cat ./-` reads one
+    assert done.returncode == 0, done.stderr
+    assert "parity vs golden" in done.stdout and json.loads((tmp_path / "-").read_text())["passed"] is True
 
 
 def test_an_output_in_dev_is_refused_before_the_run(cli, tiny_export, monkeypatch):

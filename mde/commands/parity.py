@@ -35,9 +35,9 @@ def parity_command(
     split: str = typer.Option(_D["split"].default, "--split", help="Dataset split."),
     limit: int = typer.Option(_D["limit"].default, "--limit", help="At most N images (0 = all)."),
     tolerances: Path = typer.Option(None, "--tolerances", help="TOML file overriding the tolerance table."),
-    json_path: Path = typer.Option(None, "--json",
+    json_path: str = typer.Option(None, "--json",
                                    help="Write the results as one JSON object to FILE ('-': standard output)."),
-    report: Path = typer.Option(None, "--report", help="Write a Markdown report (+ worst-image PNGs, checkpoint "
+    report: str = typer.Option(None, "--report", help="Write a Markdown report (+ worst-image PNGs, checkpoint "
                                 "mode) to FILE ('-': standard output, no pictures)."),
     backend: str = typer.Option(_D["backend"].default, "--backend", help="auto, or a registered backend."),
     golden: Path = typer.Option(None, "--golden", help="golden.npz: torch-free check of ARTIFACT..."),
@@ -69,11 +69,16 @@ def parity_command(
     if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
         raise InputError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
     cfg.split, cfg.limit, cfg.tolerances, cfg.backend = split, limit, tolerances, backend
-    if json_path == report == Path("-"):
+    if json_path == report == "-":
         raise InputError("--json - and --report - both name standard output; give one of them a file")
-    json_path, report = (STDOUT if path == Path("-") else path for path in (json_path, report))  # as tools read "-"
-    cfg.json_path, cfg.report, cfg.providers, cfg.device = json_path, report, providers or None, device
+    cfg.json_path, cfg.report = (_output_path(text) for text in (json_path, report))
+    cfg.providers, cfg.device = providers or None, device
     run_parity(cfg)
+
+
+def _output_path(text: str | None) -> Path | None:
+    """'-' is standard output, as tools read it; taken as text, since Path("./-") == Path("-") names a file."""
+    return None if text is None else STDOUT if text == "-" else Path(text)
 
 
 def register(app: typer.Typer) -> None:
