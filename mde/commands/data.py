@@ -24,7 +24,8 @@ def synth(
     seed: int = typer.Option(_D.seed, "--seed", help="Dataset seed (same seed, same bytes)."),
     workers: int = typer.Option(_D.workers, "--workers", min=0,
                                 help="Processes, at most one per CPU (0: 2 for 64 images or more)."),
-    force: bool = typer.Option(False, "--force", help="Replace train/, val/ and meta.json in OUT."),
+    force: bool = typer.Option(False, "--force", help="Replace train/ and val/ (whole: files of your own in them "
+                               "go too) and meta.json in OUT; other files in OUT are kept."),
 ) -> None:
     """Write a procedural RGB + metric depth dataset in the folder format, plus meta.json."""
     from mde.data.synth import synthesize
