@@ -9,7 +9,6 @@ valid pixel and masks holding other values on load. All raise `DataError` naming
 
 from __future__ import annotations
 
-import contextvars
 import glob
 import json
 import logging
@@ -32,6 +31,8 @@ from mde.runtime.images import (
     exif_orientation,
     list_files,
     list_images,
+    notes_once_per_folder,
+    quiet_folder_notes,
     read_depth,
     read_rgb,
 )
@@ -41,36 +42,12 @@ from mde.runtime.metrics import MASK_INVALID, MASK_OBJECT, MASK_STRUCTURE
 log = logging.getLogger(__name__)
 
 
-class _OncePerFolder(logging.Filter):
-    """A dataset's image notes ("grayscale image converted to RGB", info level) once per folder and kind in a
-    process, not for every image every epoch (hundreds of thousands of lines on a grey dataset); none in a
-    training loader's worker processes (`quiet_image_notes`), which start afresh every epoch. Reads outside a
-    dataset, and warnings, are left alone. The folder being read is a context variable: each thread's own."""
-
-    folder: contextvars.ContextVar[str | None] = contextvars.ContextVar("mde_dataset_folder", default=None)
-    said: set[tuple[str, str]] = set()  # (folder, message)
-    quiet = False
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        folder = self.folder.get()
-        if folder is None or record.levelno > logging.INFO:
-            return True
-        key = (folder, str(record.msg))
-        if self.quiet or key in self.said:
-            return False
-        self.said.add(key)
-        record.msg, record.args = f"{record.msg} (said once for the images of %s)", (*(record.args or ()), folder)
-        return True
-
-
-_IMAGE_NOTES = _OncePerFolder()
-logging.getLogger(read_rgb.__module__).addFilter(_IMAGE_NOTES)
-
-
 def quiet_image_notes(_worker_id: int = 0) -> None:
-    """No dataset image notes in this process: a DataLoader worker's `worker_init_fn`. `mde train`'s main process
-    reads the val split and the first train image before any worker starts, and says their notes."""
-    _IMAGE_NOTES.quiet = True
+    """No dataset image notes in this process: a DataLoader worker's `worker_init_fn` (a fresh process every epoch).
+    `mde train`'s main process reads the val split and the first train image before any worker starts, and says
+    their notes."""
+    quiet_folder_notes()
+
 
 FORMATS = ("auto", "folder", "nyu", "kitti")
 NYU_SUFFIXES = (".mat", ".h5", ".hdf5")
@@ -159,11 +136,8 @@ class PairedFiles:
 
     def _read(self, index: int, with_image: bool) -> Sample:
         name, rgb_path, depth_path = self.pairs[index]
-        token = _IMAGE_NOTES.folder.set(str(rgb_path.parent))
-        try:
+        with notes_once_per_folder(rgb_path.parent):  # not for every image every epoch
             rgb = read_rgb(rgb_path) if with_image else None  # first, as ever: its problem is the one named
-        finally:
-            _IMAGE_NOTES.folder.reset(token)
         depth = read_depth(depth_path, png_scale=self.depth_scale)
         if rgb is None:
             rgb = _no_image(depth.shape)

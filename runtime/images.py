@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import array
+import contextlib
+import contextvars
 import io
 import logging
 import os
 import struct
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -20,6 +22,48 @@ from mde.io import as_path, starts_with
 from mde.runtime.metadata import MAX_INPUT_SIDE, MAX_PLAUSIBLE_DEPTH, MM_PER_M, PNG16_MAX
 
 log = logging.getLogger(__name__)
+
+
+class _OncePerFolder(logging.Filter):
+    """Image notes ("grayscale image converted to RGB", info level) once per folder and kind in a process, for
+    reads inside `notes_once_per_folder`: a dataset is read every epoch and a camera's frames are all alike, so
+    a note for every image is hundreds of thousands of lines. Other reads, and warnings, are left alone. The
+    folder being read is a context variable: each thread's own."""
+
+    folder: contextvars.ContextVar[str | None] = contextvars.ContextVar("mde_image_folder", default=None)
+    said: set[tuple[str, str]] = set()  # (folder, message)
+    quiet = False  # no notes at all inside `notes_once_per_folder` (`quiet_folder_notes`)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        folder = self.folder.get()
+        if folder is None or record.levelno > logging.INFO:
+            return True
+        key = (folder, str(record.msg))
+        if self.quiet or key in self.said:
+            return False
+        self.said.add(key)
+        record.msg, record.args = f"{record.msg} (said once for the images of %s)", (*(record.args or ()), folder)
+        return True
+
+
+_FOLDER_NOTES = _OncePerFolder()
+log.addFilter(_FOLDER_NOTES)
+
+
+@contextlib.contextmanager
+def notes_once_per_folder(folder: str | Path) -> Iterator[None]:
+    """Inside: an image's notes are said for the first image of `folder` that has them, not for each."""
+    token = _FOLDER_NOTES.folder.set(str(folder))
+    try:
+        yield
+    finally:
+        _FOLDER_NOTES.folder.reset(token)
+
+
+def quiet_folder_notes(quiet: bool = True) -> None:
+    """No notes for reads inside `notes_once_per_folder` in this process (a training loader's worker, whose main
+    process has said them); warnings are still said."""
+    _FOLDER_NOTES.quiet = quiet
 
 # Images larger than this are refused from their header, before any pixel is decoded.
 MAX_PIXELS = MAX_INPUT_SIDE * MAX_INPUT_SIDE

@@ -122,7 +122,7 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
     from mde.io import no_empty_new_folder
     from mde.runtime import DepthEstimator
     from mde.runtime.backends.onnxruntime import check_threads_option
-    from mde.runtime.images import read_rgb
+    from mde.runtime.images import notes_once_per_folder, read_rgb
 
     if cfg.format not in FORMATS:
         raise InputError(f"unknown --format {cfg.format!r}; choose from {', '.join(FORMATS)}")
@@ -157,7 +157,9 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
         items = list(zip(paths, names))
         for path, name in track(items, "predict", total=len(items)) if len(items) > 1 else items:
             try:
-                depth = est.predict(read_rgb(path, upright=True))
+                with notes_once_per_folder(path.parent):  # a camera's thousand grey frames: one note
+                    rgb = read_rgb(path, upright=True)
+                depth = est.predict(rgb)
                 write_depth(depth, out / name, cfg.format, est.metadata.max_depth)
                 if runs_on:  # not before: a run refused at its first image is one line
                     info(runs_on)

@@ -20,7 +20,7 @@ from mde.data.readers import (
     open_dataset,
 )
 from mde.errors import DataError, InputError
-from mde.runtime.images import check_plausible_depth, read_rgb
+from mde.runtime.images import check_plausible_depth, quiet_folder_notes, read_rgb
 
 RNG = np.random.default_rng(0)
 
@@ -193,7 +193,7 @@ def test_a_dataset_s_image_notes_are_said_once_per_folder(tmp_path, caplog):
             readers.quiet_image_notes()
             open_dataset(tmp_path / "other", "val")[0]
         finally:
-            readers._IMAGE_NOTES.quiet = False
+            quiet_folder_notes(False)
         assert not caplog.records
 
 

@@ -319,6 +319,20 @@ def test_an_output_that_does_not_fit_is_one_line_naming_it(onnx_path, images, tm
     assert not out.exists() or not list(out.iterdir())  # no half-written file, no temporary one
 
 
+def test_a_folder_of_grey_frames_gets_one_note(cli, onnx_path, images, tmp_path):
+    """A camera's grey frames said "grayscale image converted to RGB" once for every frame; once per folder now."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for name in ("f1.png", "f2.png", "f3.png"):
+        (frames / name).write_bytes((images / "gray.png").read_bytes())
+    result = cli("predict", onnx_path, frames, images / "gray.png", "--out", tmp_path / "out")
+    assert result.code == 0, result.err
+    notes = [line for line in result.err.splitlines() if "grayscale" in line]
+    assert notes == [f"mde: {frames}/f1.png: grayscale image converted to RGB (said once for the images of {frames})",
+                     f"mde: {images}/gray.png: grayscale image converted to RGB (said once for the images of "
+                     f"{images})"]
+
+
 def test_log_lines_escape_the_names_they_show_and_name_a_multi_frame_file(cli, onnx_path, images, tmp_path):
     """A gray image's "converted to RGB" line printed the newline of its name raw (two lines); an animation
     was predicted from its first frame without a word."""
@@ -335,7 +349,8 @@ def test_log_lines_escape_the_names_they_show_and_name_a_multi_frame_file(cli, o
     result = cli("predict", model, gray, *(tmp_path / n for n in ("anim.gif", "cut.gif", "phone.jpg")),
                  "--out", tmp_path / "out")
     assert result.code == 0, result.err
-    assert f"mde: {tmp_path}/two\\nlines.png: grayscale image converted to RGB\n" in result.err
+    assert f"mde: {tmp_path}/two\\nlines.png: grayscale image converted to RGB (said once for the images of " \
+           f"{tmp_path})\n" in result.err
     assert "m\\nx.onnx: onnxruntime on" in result.err
     assert f"mde: {tmp_path}/anim.gif: 3 frames (an animation or a multi-page file); the first is used" in result.err
     assert "cut.gif: " not in result.err and "phone.jpg: " not in result.err  # one picture each, predicted
