@@ -14,6 +14,7 @@ import shlex
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Iterator
 
@@ -156,6 +157,35 @@ def _stopped(code: int = 130) -> SystemExit:
     return SystemExit(code)
 
 
+RANK_GRACE_S = 5.0  # how long a torchrun process other than rank 0 waits before it says its error
+
+
+def _torchrun_rank() -> int:
+    """This process's rank among torchrun's (0 outside torchrun)."""
+    try:
+        return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    except ValueError:
+        return 0
+
+
+def _say_error(message: str, kind: str = "error") -> None:
+    """`mde: error: MESSAGE` on stderr, in one write: torchrun's processes share one terminal, and a line written
+    in two parts came out spliced with another process's ("...not foundmde: error: ...").
+
+    Under torchrun a process other than rank 0 waits first. Bad input stops every process alike, and rank 0 says
+    it; torchrun then stops this one (SIGTERM), which ends in silence, so the error is said once. Still running
+    after the wait, the error is this process's own, and it says so with its rank."""
+    rank = _torchrun_rank()
+    if rank:
+        try:
+            time.sleep(RANK_GRACE_S)
+        except KeyboardInterrupt:  # `Terminated`: torchrun stopping the others after a failure it has reported
+            raise SystemExit(128 + signal.SIGTERM) from None
+        message = f"rank {rank}: {message}"
+    sys.stderr.write(f"mde: {kind}: {message}\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; `MdeError` becomes one line on stderr and its exit code."""
     args = sys.argv[1:] if argv is None else list(argv)
@@ -186,7 +216,7 @@ def _empty_argument(args: list[str]) -> str:
 def _run(args: list[str]) -> None:
     empty = _empty_argument(args)
     if empty:
-        print(f"mde: error: {empty}; give it a value (an unset shell variable?)", file=sys.stderr)
+        _say_error(f"{empty}; give it a value (an unset shell variable?)")
         raise SystemExit(2)
     try:
         code = app(args=args, prog_name="mde", standalone_mode=False)  # an exit code when a command exits early
@@ -195,7 +225,7 @@ def _run(args: list[str]) -> None:
             if err.format_message().strip():
                 print(err.format_message())
         else:
-            print(f"mde: error: {_command_line_message(err)}", file=sys.stderr)
+            _say_error(_command_line_message(err))
         raise SystemExit(err.exit_code) from None
     except typer.Abort:
         print("mde: aborted", file=sys.stderr)
@@ -205,7 +235,7 @@ def _run(args: list[str]) -> None:
             raise _stopped() from None
         if _state["verbose"]:
             traceback.print_exc()
-        print(f"mde: error: {err}", file=sys.stderr)
+        _say_error(str(err))
         raise SystemExit(err.exit_code) from None
     except KeyboardInterrupt:
         raise _stopped() from None
@@ -216,21 +246,18 @@ def _run(args: list[str]) -> None:
             traceback.print_exc()
         if isinstance(err, OSError) and err.errno in UNWRITABLE:  # no space left, read-only, no permission
             where = f"{err.filename}: " if err.filename else ""
-            print(f"mde: error: {where}{err.strerror or err}", file=sys.stderr)
+            _say_error(f"{where}{err.strerror or err}")
             raise SystemExit(2) from None
         msg = str(err).splitlines()[0] if str(err) else ""
         missing = _missing_module_hint(err)
         if missing:  # the runtime-only install, asked for training or export
-            print(f"mde: error: {missing}", file=sys.stderr)
+            _say_error(missing)
             raise SystemExit(2) from None
         if _lost_peer(err):  # torchrun: another training process stopped first, and said why
-            print(f"mde: error: rank {os.environ.get('RANK', '?')}: another training process stopped, so this one "
-                  "cannot go on (that process's own message says why)", file=sys.stderr)
+            _say_error("another training process stopped, so this one cannot go on (that process's own message says "
+                       "why)")
             raise SystemExit(1) from None
-        print(
-            f"mde: internal error: {type(err).__name__}: {msg} (run with --verbose for the traceback)",
-            file=sys.stderr,
-        )
+        _say_error(f"{type(err).__name__}: {msg} (run with --verbose for the traceback)", kind="internal error")
         raise SystemExit(1) from None
     if code == 130:  # typer turns Ctrl-C (and so `Terminated`) into exit code 130
         raise _stopped()

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -125,7 +126,6 @@ def test_the_sigterm_timer_ends_with_the_command(cli, monkeypatch, tmp_path):
 
 def test_what_breaks_on_the_way_out_says_nothing(monkeypatch, capsys):
     """A stopped run's DataLoader, also reached by the signal, fails in its __del__: no "Exception ignored" block."""
-    from types import SimpleNamespace
 
     from mde import cli
 
@@ -150,6 +150,7 @@ def test_a_lost_torchrun_peer_is_one_line(monkeypatch, capsys):
 
     monkeypatch.setattr(cli, "app", lambda **_kwargs: lost())
     monkeypatch.setattr(cli, "_state", {"verbose": False, "terminated": False})
+    monkeypatch.setattr(cli, "RANK_GRACE_S", 0.0)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     with pytest.raises(SystemExit) as stopped:
@@ -169,6 +170,66 @@ def test_a_lost_torchrun_peer_is_one_line(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         cli._run(["train"])
     assert "mde: internal error: RuntimeError" in capsys.readouterr().err
+
+
+def test_a_torchrun_rank_other_than_0_waits_then_says_its_error_in_one_write(monkeypatch):
+    """Every torchrun process met the same bad input and said it, in two writes each, spliced on the terminal
+    ("mde: error: D: dataset not foundmde: error: D: dataset not found"). Rank 0 says it at once; another rank
+    first waits (torchrun stops it once rank 0 has failed), then says it with its rank, in one write."""
+    from mde import cli
+    from mde.errors import InputError
+
+    writes: list[str] = []
+    waits: list[float] = []
+    monkeypatch.setattr(sys, "stderr", SimpleNamespace(write=writes.append, flush=lambda: None))
+    monkeypatch.setattr(cli.time, "sleep", waits.append)
+    monkeypatch.setattr(cli, "_state", {"verbose": False, "terminated": False})
+
+    def bad_input() -> None:
+        raise InputError("dataset not found", "D")
+
+    monkeypatch.setattr(cli, "app", lambda **_kwargs: bad_input())
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, said in (("0", "mde: error: D: dataset not found\n"), ("1", "mde: error: rank 1: D: dataset not found\n")):
+        monkeypatch.setenv("RANK", rank)
+        writes.clear()
+        with pytest.raises(SystemExit) as stopped:
+            cli._run(["train"])
+        assert stopped.value.code == 2 and writes == [said]
+    assert waits == [cli.RANK_GRACE_S]
+
+
+def test_a_torchrun_rank_stopped_while_it_waits_says_nothing(monkeypatch, capsys):
+    """torchrun stops the other processes (SIGTERM, raised as `Terminated`) once rank 0 has failed and said why:
+    they end in silence."""
+    from mde import cli
+    from mde.errors import InputError
+
+    def stopped_by_torchrun(_seconds: float) -> None:
+        raise cli.Terminated
+
+    def bad_input() -> None:
+        raise InputError("dataset not found", "D")
+
+    monkeypatch.setattr(cli.time, "sleep", stopped_by_torchrun)
+    monkeypatch.setattr(cli, "_state", {"verbose": False, "terminated": False})
+    monkeypatch.setattr(cli, "app", lambda **_kwargs: bad_input())
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SystemExit) as stopped:
+        cli._run(["train"])
+    assert stopped.value.code == 128 + signal.SIGTERM and capsys.readouterr().err == ""
+
+
+@pytest.mark.slow
+def test_under_torchrun_bad_input_is_said_once(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "mde.train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "run")],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode != 0
+    assert [line for line in done.stderr.splitlines() if "mde:" in line] == [
+        f"mde: error: {tmp_path / 'none'}: dataset not found"], done.stderr[-3000:]
 
 
 @pytest.mark.parametrize("module, installed, hint", [
