@@ -148,12 +148,12 @@ def _stop_through_python_on_sigterm() -> Iterator[None]:
 
 
 def _stopped(code: int = 130) -> SystemExit:
-    """The line and exit status of a run stopped by Ctrl-C (130) or SIGTERM (143)."""
+    """The line and exit status of a run stopped by Ctrl-C (130) or SIGTERM (143). Under torchrun, rank 0 says
+    it for the run: Ctrl-C reaches every process, and torchrun stops the others with SIGTERM."""
     _quiet_shutdown()
-    if _state.get("terminated"):
-        print("mde: terminated", file=sys.stderr)
-        return SystemExit(128 + signal.SIGTERM)
-    print("mde: interrupted", file=sys.stderr)
+    said, code = ("terminated", 128 + signal.SIGTERM) if _state.get("terminated") else ("interrupted", code)
+    if not _torchrun_rank():
+        sys.stderr.write(f"mde: {said}\n")
     return SystemExit(code)
 
 

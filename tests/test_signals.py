@@ -140,6 +140,19 @@ def test_what_breaks_on_the_way_out_says_nothing(monkeypatch, capsys):
     assert capsys.readouterr().err == "mde: interrupted\n"
 
 
+@pytest.mark.parametrize("rank, said", [("0", "mde: terminated\n"), ("1", "")])
+def test_under_torchrun_rank_0_says_the_stop(monkeypatch, capsys, rank, said):
+    """Ctrl-C reaches every torchrun process, and torchrun stops the others with SIGTERM: each said so ("mde:
+    interrupted" twice, or an "mde: terminated" under rank 0's error line)."""
+    from mde import cli
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    monkeypatch.setattr(cli, "_state", {"verbose": False, "terminated": True})
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    assert cli._stopped().code == 128 + signal.SIGTERM and capsys.readouterr().err == said
+
+
 def test_a_lost_torchrun_peer_is_one_line(monkeypatch, capsys):
     """Under torchrun, a rank whose peer went away says so in one line, not gloo's RuntimeError."""
     from mde import cli
