@@ -294,8 +294,15 @@ def _lost_peer(err: Exception) -> bool:
         sign in str(err) for sign in ("Connection closed by peer", "Connection reset by peer"))
 
 
+ROOT_OPTIONS = ("--verbose", "-v", "--version")  # `mde`'s own, before the command
+
+
 def _command_line_message(err: Exception) -> str:
     """click's message on one line, with where to look: "No such option: --x (see 'mde eval --help')"."""
     message = " ".join(err.format_message().split())
     ctx = getattr(err, "ctx", None)
+    own = getattr(err, "option_name", None)
+    if own in ROOT_OPTIONS and ctx is not None and ctx.parent is not None:  # `mde eval -v ...`
+        usage = "mde --version" if own == "--version" else ctx.command_path.replace("mde", f"mde {own}", 1) + " ..."
+        return f"{own} is mde's own option, given before the command: {usage}"
     return f"{message} (see '{ctx.command_path} --help')" if ctx is not None else message

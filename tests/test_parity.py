@@ -379,7 +379,11 @@ def test_a_dash_sends_the_json_to_standard_output(tiny_export, tmp_path):
                           check=False, cwd=tmp_path)
     assert done.returncode == 2 and done.stderr == (
         "mde: error: --json - and --report - both name standard output; give one of them a file\n")
-    done = subprocess.run([*done.args[:-3], "./-"], capture_output=True, text=True, timeout=300, check=False,
+    done = subprocess.run([*done.args[:-4], "--json", "--report", "r.md"], capture_output=True, text=True,
+                          timeout=300, check=False, cwd=tmp_path)  # `--json` as other commands take it: a flag
+    assert done.returncode == 2 and done.stderr == ("mde: error: --json takes a FILE here ('-' for standard output), "
+                                                    "not '--report' (a file of that name: ./--report)\n")
+    done = subprocess.run([*done.args[:-3], "--json", "./-"], capture_output=True, text=True, timeout=300, check=False,
                           cwd=tmp_path)  # a file named '-', as `cat ./-` reads one
     assert done.returncode == 0, done.stderr
     assert "parity vs golden" in done.stdout and json.loads((tmp_path / "-").read_text())["passed"] is True

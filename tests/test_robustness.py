@@ -546,6 +546,9 @@ def test_predict_skips_a_bad_image_and_exits_1(key, bad, cli, tmp_path, synth_da
     (["data", "synth", "/tmp/x", "--size", "0"], "Invalid value for '--size'"),
     (["eval", "m.onnx", "--frobnicate"], "No such option: --frobnicate (see 'mde eval --help')"),
     (["eval"], "Missing argument 'model'"),
+    (["eval", "m.onnx", "-v"], "-v is mde's own option, given before the command: mde -v eval ..."),
+    (["data", "synth", "D", "--verbose"], "--verbose is mde's own option, given before the command: "
+                                          "mde --verbose data synth ..."),
 ])
 def test_usage_errors_are_one_line_exit_2(argv, says, cli):
     result = cli(*argv)

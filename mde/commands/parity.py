@@ -47,6 +47,9 @@ def parity_command(
                                help="Where the PyTorch reference runs: cpu, cuda or cuda:N."),
 ) -> None:
     """Compare artifacts with PyTorch on the same images and preprocessing; exit 1 if any is out of tolerance."""
+    outputs = _output_path("--json", json_path), _output_path("--report", report)  # first: `--json --data D`
+    if json_path == report == "-":
+        raise InputError("--json - and --report - both name standard output; give one of them a file")
     check_backend(backend)
     if golden is None:
         if len(paths) < 2:
@@ -69,15 +72,16 @@ def parity_command(
     if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
         raise InputError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
     cfg.split, cfg.limit, cfg.tolerances, cfg.backend = split, limit, tolerances, backend
-    if json_path == report == "-":
-        raise InputError("--json - and --report - both name standard output; give one of them a file")
-    cfg.json_path, cfg.report = (_output_path(text) for text in (json_path, report))
+    cfg.json_path, cfg.report = outputs
     cfg.providers, cfg.device = providers or None, device
     run_parity(cfg)
 
 
-def _output_path(text: str | None) -> Path | None:
+def _output_path(option: str, text: str | None) -> Path | None:
     """'-' is standard output, as tools read it; taken as text, since Path("./-") == Path("-") names a file."""
+    if text is not None and text.startswith("-") and text != "-":  # `--json --data D`: the flag of other commands
+        raise InputError(f"{option} takes a FILE here ('-' for standard output), not {text!r} (a file of that name: "
+                         f"./{text})")
     return None if text is None else STDOUT if text == "-" else Path(text)
 
 
