@@ -60,6 +60,16 @@ for _name in COMMANDS:
     importlib.import_module(f"mde.commands.{_name}").register(app)
 
 
+def _flag_type_shown(option: typer.core.TyperOption, ctx: typer.Context) -> str | None:
+    """The help's type column: none for an on/off flag. typer shows `<bool>` there, as if the flag took a value
+    (`--json true` is then refused)."""
+    return None if option.is_flag else _typer_type_shown(option, ctx)
+
+
+_typer_type_shown = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = _flag_type_shown
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever `sys.stderr` is at the time (tests swap it)."""
 

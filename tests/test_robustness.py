@@ -564,6 +564,18 @@ def test_bare_mde_prints_its_help(rich, cli, monkeypatch):
     assert result.code == 2 and "Usage" in result.out and "train" in result.out and not result.err
 
 
+@pytest.mark.parametrize("rich", ["1", "0"])
+def test_help_shows_no_value_for_a_flag(rich, cli, monkeypatch):
+    """typer showed `<bool>` beside every on/off flag, as if it took one (`--json true` is refused)."""
+    monkeypatch.setenv("TYPER_USE_RICH", rich)
+    monkeypatch.setenv("COLUMNS", "200")
+    for argv in (["--help"], ["info", "--help"], ["train", "--help"], ["data", "synth", "--help"]):
+        result = cli(*argv)
+        assert result.code == 0 and "--help" in result.out and "<bool>" not in result.out, result.out
+    help_lines = cli("train", "--help").out.splitlines()
+    assert [line for line in help_lines if "--data " in line and "<path>" in line]  # a path, not a <str>
+
+
 def test_help_and_version_exit_0_and_ctrl_c_exits_130(cli, monkeypatch):
     assert cli("--version").code == 0 and cli("train", "--help").code == 0
 

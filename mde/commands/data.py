@@ -23,7 +23,7 @@ def synth(
     size: int = typer.Option(_D.size, "--size", min=16, max=4096, help="Image height and width (px)."),
     seed: int = typer.Option(_D.seed, "--seed", help="Dataset seed (same seed, same bytes)."),
     workers: int = typer.Option(_D.workers, "--workers", min=0,
-                                help="Processes, at most one per CPU (0: 2 for 64 images or more)."),
+                                help="Rendering processes, at most one per CPU (0: two from 64 images up, else one)."),
     force: bool = typer.Option(False, "--force", help="Replace train/ and val/ (whole: files of your own in them "
                                "go too) and meta.json in OUT; other files in OUT are kept."),
 ) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mde.commands.options import check_split, depth_scale_option, emit
+from mde.commands.options import SPLIT_HELP, check_split, depth_scale_option, emit
 from mde.errors import InputError, ModelError
 
 METRIC_ORDER = ("rmse", "ssim", "abs_rel", "sq_rel", "rmse_log", "delta1", "delta2", "delta3",
@@ -22,11 +22,12 @@ DEVICE_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvide
 def eval_command(
     model: str = typer.Argument(..., help="A .pt checkpoint, .onnx model or .engine."),
     data: str = typer.Option(..., "--data", help="Dataset folder."),
-    split: str = typer.Option("val", "--split", help="Which split to score: train or val (an NYU file: also all)."),
+    split: str = typer.Option("val", "--split", help=SPLIT_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     batch_size: int = typer.Option(8, "--batch-size", help="Images per inference call."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (an .onnx: ONNX Runtime's provider)."),
-    backend: str = typer.Option("auto", "--backend", help=".onnx/.engine: runtime backend."),
+    backend: str = typer.Option("auto", "--backend", help="An .onnx or .engine's runtime: auto (from the file suffix), "
+                                 "onnxruntime or tensorrt."),
     depth_scale: float | None = depth_scale_option(),
 ) -> None:
     """Mean RMSE, SSIM, AbsRel, SqRel, RMSE log, delta1-3 and SILog over a split.

@@ -20,6 +20,9 @@ PROVIDERS_HELP = (
 )
 
 
+SPLIT_HELP = "Which split to score: train or val (an NYU file: also all)."
+
+
 def check_split(split: str) -> None:
     """`--split` (`eval`, `parity`): a split's name, not a path into another folder (`--split ../other/val` read
     that folder, and a report written there went past the check that keeps outputs out of the dataset)."""

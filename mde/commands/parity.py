@@ -16,6 +16,7 @@ import typer
 
 from mde.commands.options import (
     DEPTH_SCALE_HELP,
+    SPLIT_HELP,
     backend_help,
     check_backend,
     check_split,
@@ -32,7 +33,7 @@ STDOUT = Path("/dev/stdout")  # a stream `atomic_path` appends to once the conte
 def parity_command(
     paths: list[Path] = typer.Argument(..., help="CKPT ARTIFACT... (with --golden: ARTIFACT... only)."),
     data: Path = typer.Option(None, "--data", help="Dataset folder (checkpoint mode)."),
-    split: str = typer.Option(_D["split"].default, "--split", help="Dataset split."),
+    split: str = typer.Option(_D["split"].default, "--split", help=SPLIT_HELP),
     limit: int = typer.Option(_D["limit"].default, "--limit", help="At most N images (0 = all)."),
     tolerances: Path = typer.Option(None, "--tolerances", help="TOML file overriding the tolerance table."),
     json_path: str = typer.Option(None, "--json",

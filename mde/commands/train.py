@@ -24,13 +24,18 @@ from mde.train.config import (
 D = TrainConfig()
 
 
+PATH = "<path>"  # as typer shows a Path option's type: these are strings, "" meaning "not given"
+
+
 def train_command(
     ctx: typer.Context,
     data: str = typer.Option(
-        "", "--data", help="Dataset folder ({train,val}/{rgb,depth}); with --resume, the run's own by default."),
+        "", "--data", metavar=PATH,
+        help="Dataset folder ({train,val}/{rgb,depth}); with --resume, the run's own by default."),
     out: str = typer.Option(
-        "", "--out", help="Run folder: best.pt, last.pt, config.json, metrics.jsonl, curves.png, samples.png; "
-                          "with --resume, the checkpoint's folder by default."
+        "", "--out", metavar=PATH,
+        help="Run folder: best.pt, last.pt, config.json, metrics.jsonl, curves.png, samples.png; with --resume, the "
+             "checkpoint's folder by default."
     ),
     backbone: str = typer.Option(D.backbone, help=f"Encoder: {', '.join(BACKBONE_CHOICES)}."),
     decoder: str = typer.Option(
@@ -59,7 +64,8 @@ def train_command(
         help="Start the encoder from torchvision ImageNet weights (downloads).",
     ),
     backbone_weights: str = typer.Option(
-        D.backbone_weights, help="Local torchvision ResNet state dict for the encoder (with --no-pretrained)."
+        D.backbone_weights, metavar=PATH,
+        help="Local torchvision ResNet state dict for the encoder (with --no-pretrained)."
     ),
     augment: bool = typer.Option(
         D.augment, "--augment/--no-augment", help="Horizontal flips (and --scale-crop, --color-jitter where on)."
@@ -86,7 +92,7 @@ def train_command(
     compile: bool = typer.Option(D.compile, "--compile/--no-compile", help="torch.compile the model."),
     workers: int = typer.Option(D.workers, help="Data loader worker processes."),
     seed: int = typer.Option(D.seed, help="Seed of initialisation, shuffling and augmentation."),
-    resume: str = typer.Option(D.resume, help="Continue from RUN/last.pt (its config is used)."),
+    resume: str = typer.Option(D.resume, metavar=PATH, help="Continue from RUN/last.pt (its config is used)."),
     force: bool = typer.Option(D.force, "--force", help="Allow a non-empty --out."),
     val_every: int = typer.Option(D.val_every, help="Validate every N epochs."),
     log_interval: int = typer.Option(D.log_interval, help="Progress update every N batches."),
