@@ -1,4 +1,5 @@
-# Two commands: `make demo` and `make test`. Both create .venv when missing.
+# The two commands a user needs: `make demo` and `make test` (both create .venv when missing); also bench, lint,
+# gpu-check and clean.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python

@@ -2,8 +2,9 @@
 
     python examples/robot_loop.py demo/export/model.onnx demo/data/val/rgb --fov 60
 
-Replace `frames()` with your camera driver; everything else stays. Frames are RGB: an OpenCV
-driver's BGR frame needs `frame[..., ::-1]` (or `cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)`) first.
+To run on a camera, replace `frames()` with your driver and drop the folder argument and its
+two checks in `main()`; `run()` stays as it is. Frames are RGB: an OpenCV driver's BGR frame
+needs `frame[..., ::-1]` (or `cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)`) first.
 """
 
 from __future__ import annotations
@@ -42,11 +43,13 @@ class Parser(argparse.ArgumentParser):
 
 
 def main() -> None:
-    parser = Parser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", type=Path, help="model.onnx, model.fp16.onnx, model.int8.onnx or model.engine")
+    parser = Parser(prog="robot_loop", description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path, help="model.onnx, model.fp16.onnx, model.int8.cpu.onnx (INT8 for a "
+                        "CPU), model.int8.onnx (INT8 for TensorRT) or model.engine")
     parser.add_argument("frames", type=Path, help="a folder of RGB images")
     parser.add_argument("--fov", type=field_of_view, default=60.0, help="horizontal field of view, degrees")
-    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--backend", default="auto",
+                        help="auto (from the file suffix), onnxruntime or tensorrt (default: auto)")
     opts = parser.parse_args()
     if not opts.frames.is_dir():
         parser.error(f"{opts.frames}: not a folder of images")

@@ -42,6 +42,7 @@ def test_robot_loop_bad_arguments_are_one_line_exit_2(tiny_export, synth_data, t
     for argv, says in cases:
         proc = subprocess.run([sys.executable, str(EXAMPLE), *argv], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and says in proc.stderr and proc.stderr.count("\n") == 1, (argv, proc.stderr)
+        assert proc.stderr.startswith("robot_loop: error: "), proc.stderr  # argparse's and the runtime's alike
 
 
 def test_robot_loop_stops_on_ctrl_c_with_its_figures_and_exit_130(tiny_export, synth_data, tmp_path):
