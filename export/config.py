@@ -98,6 +98,8 @@ class Artifact:
     p99_abs_diff: float | None = None
     p99_over_range: float | None = None
     tolerance: float | None = None
+    d_rmse: float | None = None  # RMSE against the ground truth, artifact - PyTorch (golden images from a dataset)
+    d_ssim: float | None = None
     passed: bool = True
     seconds: float = 0.0
 

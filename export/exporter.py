@@ -223,6 +223,8 @@ def _within_tolerance(path: Path, precision: str, output: np.ndarray, ctx: _Cont
         p99_abs_diff=result.p99_abs_diff,
         p99_over_range=result.p99_over_range,
         tolerance=tolerance.p99_over_range,
+        d_rmse=result.d_rmse,
+        d_ssim=result.d_ssim,
         passed=True,
         seconds=time.perf_counter() - started,
     )

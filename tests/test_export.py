@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -186,7 +187,15 @@ def test_with_golden_data_the_self_check_gates_rmse_as_parity_does(tmp_path, tin
     result = cli("export", tiny_checkpoint, "--out", tmp_path / "gt", "--golden-data", synth_data)
     assert result.code == 1 and "|dRMSE| against the ground truth" in result.err, result.err
     assert not (tmp_path / "gt").exists()
-    assert cli("export", tiny_checkpoint, "--out", tmp_path / "noise").code == 0
+    noise = cli("export", tiny_checkpoint, "--out", tmp_path / "noise", "--json")
+    assert noise.code == 0 and [(a["d_rmse"], a["d_ssim"]) for a in json.loads(noise.out)["artifacts"]] == [
+        (None, None)]
+    monkeypatch.undo()  # the gate shown: what was measured, in the table and in --json
+    shown = cli("export", tiny_checkpoint, "--out", tmp_path / "shown", "--golden-data", synth_data)
+    assert shown.code == 0 and re.search(r"dRMSE [+-]\d\.\d\de-\d\d m  dSSIM [+-]", shown.out), shown.out
+    listed = cli("export", tiny_checkpoint, "--out", tmp_path / "listed", "--golden-data", synth_data, "--json")
+    (fp32,) = json.loads(listed.out)["artifacts"]
+    assert abs(fp32["d_rmse"]) < 1e-3 and abs(fp32["d_ssim"]) < 1e-3
 
 
 def test_failed_check_leaves_nothing(tmp_path, tiny_checkpoint, monkeypatch, cli):

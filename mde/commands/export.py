@@ -132,14 +132,12 @@ def export(
         return
     width = max((len(str(a.path)) for a in artifacts), default=0)
     for a in artifacts:
-        err = (
-            (
-                f"p99 |diff| {a.p99_abs_diff:.3g} m = {a.p99_over_range:.2e} of range "
-                f"(tolerance {a.tolerance:g} of range; max {a.max_abs_diff:.3g} m)"
-            )
-            if a.p99_abs_diff is not None
-            else ""
-        )
+        err = ""
+        if a.p99_abs_diff is not None:
+            err = (f"p99 |diff| {a.p99_abs_diff:.3g} m = {a.p99_over_range:.2e} of range "
+                   f"(tolerance {a.tolerance:g} of range; max {a.max_abs_diff:.3g} m)")
+        if a.d_rmse is not None:  # golden images with ground truth: these gate too, as in `mde parity`
+            err += f"  dRMSE {a.d_rmse:+.2e} m  dSSIM {a.d_ssim:+.2e}"
         typer.echo(f"{str(a.path):<{width}}  {a.precision:<4}  {a.size_bytes / 2**20:8.1f} MiB  {err}".rstrip())
 
 
