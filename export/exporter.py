@@ -52,9 +52,17 @@ SCRATCH_PREFIX = ".mde-export-"  # the staging folder inside the output folder
 def _check_out(cfg: ExportConfig, checkpoint_sha: str) -> Path:
     """Check the output folder (creating nothing); refuse existing artifacts unless `force`, and a folder where
     an output file goes."""
+    from mde.runtime.predict import check_outside_dataset
+
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise InputError("output exists and is not a directory", out)
+    try:
+        str(out.absolute()).encode("utf-8")
+    except UnicodeEncodeError:  # found now, not by the ONNX checker after the export (an internal error, exit 1)
+        raise InputError("the ONNX tools take a path as UTF-8 text only, and this one is not; choose another "
+                         "folder name", out) from None
+    check_outside_dataset(out, "the artifacts")
     written = [*planned_names(cfg), GOLDEN_NAME]
     written += [extra for name in written for extra in EXTRAS.get(name, ())]
     blocked = [name for name in written if (out / name).exists() and not (out / name).is_file()]

@@ -183,14 +183,14 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
     return {"images": len(paths), "written": len(paths) - failed, "failed": failed}
 
 
-def check_outside_dataset(out: Path) -> None:
-    """Refuse an output folder in a dataset's split (`DATA/val/depth`): the depth maps would replace its ground
+def check_outside_dataset(out: Path, written: str = "the depth maps") -> None:
+    """Refuse an output folder in a dataset's split (`DATA/val/depth`): what is `written` would replace its ground
     truth, or join its images as samples."""
     target = resolved(out)
     for folder in (target, *target.parents):  # DATA/train|val/rgb|depth|mask: the dataset format's own layout
         if folder.name in ("rgb", "depth", "mask") and folder.parent.name in ("train", "val") \
                 and (folder.parent / "rgb").is_dir() and (folder.parent / "depth").is_dir():
-            raise InputError(f"--out lies inside a dataset split's {folder.name}/ ({folder.parent}): the depth maps "
+            raise InputError(f"--out lies inside a dataset split's {folder.name}/ ({folder.parent}): {written} "
                              "would replace or join its files; choose a folder outside it", out)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -219,6 +220,23 @@ def test_refuses_existing_artifact(tmp_path, tiny_checkpoint, cli):
     assert "model.fp16.onnx" in result.err and "--force" in result.err
     assert (out / "model.fp16.onnx").read_text() == "keep me"
     assert _files(out) == ["model.fp16.onnx"]
+
+
+def test_an_output_folder_the_onnx_tools_cannot_name_or_in_a_dataset_split_is_refused_first(
+        tmp_path, tiny_checkpoint, synth_data, cli, monkeypatch):
+    """A folder name that is not UTF-8 failed after the whole export, in the ONNX checker, as an internal error
+    (exit 1); a dataset's `val/rgb` took the artifacts in among its images."""
+    import mde.export.exporter as exporter
+
+    monkeypatch.setattr(exporter, "_Steps", None)  # refused before any work: nothing may start
+    odd = tmp_path / os.fsdecode(b"out\xff")
+    result = cli("export", tiny_checkpoint, "--out", odd)
+    assert result.code == 2 and "out\\xff: the ONNX tools take a path as UTF-8 text only" in result.err, result.err
+    split = synth_data / "val" / "rgb"
+    before = sorted(split.iterdir())
+    result = cli("export", tiny_checkpoint, "--out", split)
+    assert result.code == 2 and "--out lies inside a dataset split's rgb/" in result.err, result.err
+    assert sorted(split.iterdir()) == before and not odd.exists()
 
 
 def test_engine_without_tensorrt_says_how_to_install(tmp_path, tiny_checkpoint, cli, monkeypatch):
