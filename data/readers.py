@@ -107,14 +107,18 @@ def _no_image(shape: tuple[int, ...]) -> np.ndarray:
     return np.broadcast_to(np.zeros(3, np.uint8), (*shape[:2], 3))
 
 
+def check_depth_scale(depth_scale: float) -> None:
+    if not (DEPTH_SCALE_RANGE[0] <= depth_scale <= DEPTH_SCALE_RANGE[1]):  # NaN fails too
+        raise InputError(f"--depth-scale must be a positive number of PNG units per metre, "
+                         f"{DEPTH_SCALE_RANGE[0]:g} to {DEPTH_SCALE_RANGE[1]:g}, got {depth_scale}")
+
+
 class PairedFiles:
     """Pairs of (RGB file, depth file) read on demand; base of the folder and KITTI readers."""
 
     def __init__(self, pairs: list[tuple[str, Path, Path]], depth_scale: float,
                  masks: dict[str, Path] | None = None):
-        if not (DEPTH_SCALE_RANGE[0] <= depth_scale <= DEPTH_SCALE_RANGE[1]):  # NaN fails too
-            raise InputError(f"--depth-scale must be a positive number of PNG units per metre, "
-                             f"{DEPTH_SCALE_RANGE[0]:g} to {DEPTH_SCALE_RANGE[1]:g}, got {depth_scale}")
+        check_depth_scale(depth_scale)
         self.pairs, self.depth_scale = pairs, float(depth_scale)
         self.masks = masks or {}
 
@@ -421,11 +425,17 @@ def open_dataset(path: str | Path, split: str = "val", fmt: str = "auto",
         if depth_scale is not None:  # accepted and ignored would look like it had been applied
             raise InputError("--depth-scale reads 16-bit PNG depth; NYU's depths are float metres", path)
         return NYUDataset(path, split)
+    if depth_scale is not None:
+        check_depth_scale(depth_scale)
+    declared = declared_depth_scale(path)
+    if declared is not None and depth_scale is not None and depth_scale != declared:
+        raise InputError(f"--depth-scale {depth_scale:g} disagrees with the depth_png_scale {declared:g} that "
+                         "meta.json declares (leave the option out, or correct meta.json)", path / "meta.json")
+    scale = declared if depth_scale is None else depth_scale  # None: the format's own
     if fmt == "kitti":
-        dataset: FolderDataset | KittiDataset = KittiDataset(
-            path, split, KITTI_DEPTH_SCALE if depth_scale is None else depth_scale)
+        dataset: FolderDataset | KittiDataset = KittiDataset(path, split, KITTI_DEPTH_SCALE if scale is None else scale)
     else:
-        dataset = FolderDataset(path, split, MM_PER_M if depth_scale is None else depth_scale)
+        dataset = FolderDataset(path, split, MM_PER_M if scale is None else scale)
     if depth_scale is not None and not any(d.suffix.lower() == ".png" for _, _, d in dataset.pairs) \
             and not has_png_depth(path):  # the option is the dataset's: a split of .npy (metres) reads as it is
         raise InputError("--depth-scale reads 16-bit PNG depth; this dataset's depth maps are all .npy (metres)",
@@ -495,6 +505,52 @@ def check_depth_units(dataset: Any, data_range: float) -> None:
 JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", type(None): "null"}
 
 
+def _meta(path: Path) -> dict[str, Any] | None:
+    """A dataset folder's `meta.json` as a JSON object, or None where the folder has none."""
+    meta = path / "meta.json"
+    if not (path.is_dir() and (meta.exists() or meta.is_symlink())):  # a broken link or a FIFO is no "no meta.json"
+        return None
+    try:
+        text = read_small_text(meta)
+    except OSError as err:
+        raise DataError(f"cannot read meta.json ({err.strerror or err})", meta) from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"not UTF-8 text, so not JSON (byte {err.start})", meta) from None
+    try:
+        doc = parse_json(text)
+    except ValueError as err:
+        raise DataError(f"expected a JSON object with a numeric 'max_depth' ({err})", meta) from None
+    if not isinstance(doc, dict):
+        raise DataError(f"expected a JSON object with a numeric 'max_depth' (found a JSON "
+                        f"{JSON_TYPES.get(type(doc), type(doc).__name__)})", meta)
+    return doc
+
+
+def _meta_number(doc: dict[str, Any], key: str, meta: Path) -> float:
+    value = doc[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):  # float(true) is 1.0, float("20") 20
+        raise DataError(f"expected a JSON object with a numeric '{key}' ({key} is {json.dumps(value)}, not a "
+                        "number)", meta)
+    try:
+        return float(value)
+    except OverflowError as err:  # an integer beyond float's range
+        raise DataError(f"expected a JSON object with a numeric '{key}' ({err})", meta) from None
+
+
+def declared_depth_scale(path: str | Path) -> float | None:
+    """The PNG depth units per metre a dataset folder's `meta.json` declares (`depth_png_scale`, which `mde data
+    synth` writes), or None where it declares none."""
+    path = Path(path)
+    doc = _meta(path)
+    if doc is None or "depth_png_scale" not in doc:
+        return None
+    value = _meta_number(doc, "depth_png_scale", path / "meta.json")
+    if not DEPTH_SCALE_RANGE[0] <= value <= DEPTH_SCALE_RANGE[1]:  # NaN too
+        raise DataError(f"expected a depth_png_scale of {DEPTH_SCALE_RANGE[0]:g} to {DEPTH_SCALE_RANGE[1]:g} PNG "
+                        f"units per metre, found {value:g}", path / "meta.json")
+    return value
+
+
 def dataset_max_depth(path: str | Path, model_range: float | None = None) -> float:
     """The dataset's maximum depth in metres (the SSIM data range).
 
@@ -507,26 +563,12 @@ def dataset_max_depth(path: str | Path, model_range: float | None = None) -> flo
             a guessed range would cap every prediction of a deeper dataset without a word.
     """
     path = Path(path)
-    meta = path / "meta.json"
-    if path.is_dir() and (meta.exists() or meta.is_symlink()):  # a broken link or a FIFO is no "no meta.json"
-        try:
-            text = read_small_text(meta)
-        except OSError as err:
-            raise DataError(f"cannot read meta.json ({err.strerror or err})", meta) from None
-        except UnicodeDecodeError as err:
-            raise DataError(f"not UTF-8 text, so not JSON (byte {err.start})", meta) from None
-        try:
-            doc = parse_json(text)
-            if not isinstance(doc, dict):
-                raise TypeError(f"found a JSON {JSON_TYPES.get(type(doc), type(doc).__name__)}")
-            if "max_depth" not in doc:
-                raise TypeError("it has no 'max_depth'")
-            value = doc["max_depth"]
-            if isinstance(value, bool) or not isinstance(value, int | float):  # float(true) is 1.0, float("20") 20
-                raise TypeError(f"max_depth is {json.dumps(value)}, not a number")
-            value = float(value)
-        except (ValueError, TypeError, OverflowError) as err:
-            raise DataError(f"expected a JSON object with a numeric 'max_depth' ({err})", meta) from None
+    doc = _meta(path)
+    if doc is not None:
+        meta = path / "meta.json"
+        if "max_depth" not in doc:
+            raise DataError("expected a JSON object with a numeric 'max_depth' (it has no 'max_depth')", meta)
+        value = _meta_number(doc, "max_depth", meta)
         if not MIN_DEPTH_RANGE <= value <= MAX_PLAUSIBLE_DEPTH:  # NaN too; beyond, SSIM's constants over/underflow
             raise DataError(f"expected a max_depth of {MIN_DEPTH_RANGE:g} to {MAX_PLAUSIBLE_DEPTH:g} m, "
                             f"found {value:g}", meta)

@@ -262,5 +262,12 @@ def test_eval_notes_a_checkpoint_trained_at_another_depth_scale(cli, tiny_checkp
     note = f"note: {ckpt} was trained with --depth-scale 256; {synth_data}'s PNG depth is read at 1000 units per metre"
     result = cli("eval", ckpt, "--data", synth_data, "--json")
     assert result.code == 0 and note in result.err, result.err
-    result = cli("eval", ckpt, "--data", synth_data, "--json", "--depth-scale", "256")
+    undeclared = tmp_path / "undeclared"  # the same PNGs, with a meta.json that declares no scale
+    undeclared.mkdir()
+    for split in ("train", "val"):
+        (undeclared / split).symlink_to(synth_data / split)
+    meta = json.loads((synth_data / "meta.json").read_text())
+    del meta["depth_png_scale"]
+    (undeclared / "meta.json").write_text(json.dumps(meta))
+    result = cli("eval", ckpt, "--data", undeclared, "--json", "--depth-scale", "256")
     assert result.code == 0 and "was trained with" not in result.err, result.err

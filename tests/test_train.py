@@ -1260,6 +1260,9 @@ def _recoded(data: Path, to: Path, scale: float | None) -> Path:
             np.save(png.with_suffix(".npy"), metres.astype(np.float32))
         else:
             Image.fromarray(np.round(metres * scale).astype(np.uint16)).save(png)
+    meta = json.loads((to / "meta.json").read_text())
+    del meta["depth_png_scale"]  # as a dataset of one's own: no scale declared
+    (to / "meta.json").write_text(json.dumps(meta))
     return to
 
 
@@ -1276,5 +1279,6 @@ def test_a_resume_on_data_of_another_depth_encoding_reads_it_at_its_scale(cli, s
     assert resumed.code == 0, resumed.err
     assert json.loads((tmp_path / "more" / "config.json").read_text())["depth_scale"] == 256.0
     metres = _recoded(synth_data, tmp_path / "npy", None)
-    for data, kept in ((kitti, 256.0), (synth_data, 256.0), (metres, None)):  # a checkpoint's 256 on each
+    for data, kept in ((kitti, 256.0), (synth_data, None), (metres, None)):  # a checkpoint's 256 on each
+        # (synth_data's meta.json declares 1000, which is read)
         assert inherited_depth_scale(TrainConfig(data=str(data), depth_scale=256.0)) == kept, data

@@ -122,14 +122,19 @@ def open_splits(cfg: TrainConfig, env: DistEnv):
 def inherited_depth_scale(cfg: TrainConfig) -> float | None:
     """A resumed run's --depth-scale on the data its --data names now: kept where that data has PNG depth (the
     same dataset moved, as a rule), dropped with a note where its depth maps are all .npy metres, which no scale
-    reads (refused when typed: it would change nothing)."""
-    from mde.data.readers import has_png_depth
+    reads (refused when typed: it would change nothing), and where its meta.json declares a scale, which is then
+    read."""
+    from mde.data.readers import declared_depth_scale, has_png_depth
 
-    if has_png_depth(cfg.data) or not Path(cfg.data).exists():  # no dataset there: opening it says so
+    if not Path(cfg.data).exists():  # no dataset there: opening it says so
         return cfg.depth_scale
-    if os.environ.get("RANK", "0") == "0":  # said once under torchrun (this runs before the process group)
-        info(f"note: the resumed run's --depth-scale {cfg.depth_scale:g} is not used: {cfg.data}'s depth maps are "
-             "not 16-bit PNGs")
+    declared = declared_depth_scale(cfg.data)
+    if declared is None and has_png_depth(cfg.data):
+        return cfg.depth_scale
+    if declared != cfg.depth_scale and os.environ.get("RANK", "0") == "0":  # once under torchrun (before its group)
+        why = (f"its meta.json declares {declared:g} units per metre" if declared is not None
+               else "its depth maps are not 16-bit PNGs")
+        info(f"note: the resumed run's --depth-scale {cfg.depth_scale:g} is not used on {cfg.data}: {why}")
     return None
 
 
