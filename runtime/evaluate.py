@@ -20,6 +20,7 @@ def metric_sums(
     indices: Sequence[int] | None = None,
     batch_size: int = 8,
     progress: bool = False,
+    advance: Callable[[], None] | None = None,
 ) -> tuple[dict[str, float], int]:
     """Per-image metrics summed over `indices` of `dataset` (all when None), and the image count.
 
@@ -33,6 +34,7 @@ def metric_sums(
         indices: which items to score.
         batch_size: images per `predict_batch` call.
         progress: show a progress bar on stderr.
+        advance: called after each batch (a caller's own progress bar: training's, during validation).
     """
     from mde.runtime.metrics import MetricAccumulator
 
@@ -55,6 +57,8 @@ def metric_sums(
             if pred.shape != gt.shape:
                 pred = resize_depth(pred, gt.shape)
             acc.add(pred, gt, getattr(sample, "mask", None))
+        if advance is not None:
+            advance()
     return dict(acc.sums), acc.count
 
 

@@ -602,6 +602,7 @@ def test_ddp_two_cpu_ranks_split_data_and_rank0_writes_once(tmp_path, synth_data
     progress = re.findall(r"epoch 1/1: 3/3 \(100%\).*? loss (\d+\.\d+)", done.stderr)
     epoch_line = re.findall(r"epoch 1/1: loss (\d+\.\d+)", done.stderr)
     assert progress and epoch_line and progress[-1] == epoch_line[-1], done.stderr[-2000:]
+    assert "validate 1/1: 1/1 (100%)" in done.stderr  # rank 0's shard: 4 of the 8 val images, one batch
     # validation scored the model rank 0 saved (rank 1 held its own last batch's BatchNorm statistics)
     logged = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     scored = cli("eval", run / "best.pt", "--data", data, "--json")
@@ -690,6 +691,8 @@ def test_resume_reads_the_history_from_its_checkpoint_and_the_data_from_anywhere
     assert result.code == 0, result.err
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2] and records[0] == first
+    # validation shows its progress (minutes of silence for a few hundred images at 224 px on a CPU)
+    assert re.search(r"^validate 2/2: (\d+)/\1 \(100%\)", result.err, re.MULTILINE), result.err
     assert not list(run.glob(".*.tmp"))
     result = cli("train", "--resume", run / "last.pt", "--data", "../data", "--epochs", "3")  # given, relative
     assert result.code == 0, result.err

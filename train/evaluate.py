@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,12 +42,13 @@ def model_metric_sums(
     data_range: float = 0.0,
     indices: Sequence[int] | None = None,
     progress: bool = False,
+    advance: Callable[[], None] | None = None,
 ) -> tuple[dict[str, float], int]:
     """`metric_sums` for a PyTorch model (the model is put in eval mode and restored after)."""
     was_training = model.training
     model.eval()
     try:
         predict = torch_predictor(model, image_size, max_depth, device)
-        return metric_sums(predict, dataset, data_range or max_depth, indices, batch_size, progress)
+        return metric_sums(predict, dataset, data_range or max_depth, indices, batch_size, progress, advance)
     finally:
         model.train(was_training)

@@ -10,6 +10,7 @@ RNG states, so `--resume RUN/last.pt` continues exactly, even from the middle of
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import operator
 import os
@@ -276,7 +277,7 @@ def main(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dict[
         for epoch in range(state.epoch, cfg.epochs):
             record = train_one_epoch(job, state, epoch, progress)
             if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
-                record.update({f"val_{k}": v for k, v in evaluate(job).items()})
+                record.update({f"val_{k}": v for k, v in evaluate(job, epoch, progress).items()})
             state.records.append(record)
             state.epoch, state.epoch_step = epoch + 1, 0
             improved = "val_rmse" in record and record["val_rmse"] < state.best_rmse
@@ -545,13 +546,19 @@ def check_finite(job: Job, loss_sum: float, epoch: int) -> None:
                       + (" (--force to reuse this folder)" if kept else ""), job.out)
 
 
-def evaluate(job: Job) -> dict[str, float]:
-    """Validation metrics over the whole val split, each rank scoring its own shard of the model rank 0 saves."""
+def evaluate(job: Job, epoch: int = 0, progress: Any = None) -> dict[str, float]:
+    """Validation metrics over the whole val split, each rank scoring its own shard of the model rank 0 saves;
+    `progress` (rank 0's) shows rank 0's shard as it goes."""
     env, cfg = job.env, job.cfg
     _share_rank0_buffers(job.model, env)
     shard = range(env.rank, len(job.val_set), env.world_size)
+    advance = None
+    if progress is not None:
+        task = progress.add_task(f"validate {epoch + 1}/{cfg.epochs}", total=math.ceil(len(shard) / cfg.batch_size),
+                                 info="")
+        advance = functools.partial(progress.advance, task)
     sums, count = model_metric_sums(job.model, job.val_set, cfg.image_size, cfg.max_depth, env.device,
-                                    cfg.batch_size, job.data_range, shard)
+                                    cfg.batch_size, job.data_range, shard, advance=advance)
     names = _all_names(sorted(sums), env)
     reduced = all_reduce_sum([sums.get(n, 0.0) for n in names] + [count], env)
     return average(dict(zip(names, reduced[:-1])), int(reduced[-1]))
