@@ -746,6 +746,11 @@ def test_a_run_killed_while_writing_its_first_checkpoint_starts_again_without_fo
     result = cli("train", "--data", synth_data, "--out", run, *TINY, "--epochs", "1")
     assert result.code == 0, result.err
     assert not list(run.glob(".*.tmp")) and (run / "last.pt").is_file()
+    # the same command again (as after a Ctrl-C): the one way on it named was --force, which throws the run away
+    result = cli("train", "--data", synth_data, "--out", run, *TINY, "--epochs", "1")
+    assert result.code == 2 and result.err == (
+        f"mde: error: {run}: the folder holds a run (last.pt): continue it with --resume {run / 'last.pt'} (and more "
+        "--epochs if it finished), or start anew over it with --force\n")
 
 
 def test_force_belongs_to_the_command_that_types_it(cli, synth_data, tmp_path, monkeypatch):

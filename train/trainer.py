@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from mde.console import info, make_progress
-from mde.errors import CheckFailed, DataError, InputError, MdeError, ModelError, counted
+from mde.errors import CheckFailed, DataError, InputError, MdeError, ModelError, counted, shown_path
 from mde.io import (
     atomic_path,
     check_outside_splits,
@@ -324,6 +324,10 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
     if env.is_main:  # a resume writes over its own run folder; any other must be empty (or --force)
         if out.is_dir():  # first: a run killed while writing its first checkpoint left only a temporary copy
             report.remove_partial_writes(out)
+        if resume is None and not cfg.force and (out / "last.pt").is_file():  # a stopped run: --force would lose it
+            last = shown_path(out / "last.pt")
+            raise InputError(f"the folder holds a run (last.pt): continue it with --resume {last} (and more --epochs "
+                             "if it finished), or start anew over it with --force", out)
         prepare_output_dir(out, force=cfg.force or own_folder)
         report.check_run_files(out)
         if cfg.max_depth and cfg.max_depth < data_range and resume is None:
