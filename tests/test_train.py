@@ -1290,3 +1290,23 @@ def test_a_resume_on_data_of_another_depth_encoding_reads_it_at_its_scale(cli, s
     for data, kept in ((kitti, 256.0), (synth_data, None), (metres, None)):  # a checkpoint's 256 on each
         # (synth_data's meta.json declares 1000, which is read)
         assert inherited_depth_scale(TrainConfig(data=str(data), depth_scale=256.0)) == kept, data
+
+
+class _KillsItsWorker(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int):
+        os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer ends a worker
+
+
+def test_a_killed_loader_worker_is_one_line_naming_workers():
+    """torch's "DataLoader worker (pid 1495) is killed by signal: Killed." was an internal error (exit 1 with no
+    advice)."""
+    from mde.errors import MdeError
+    from mde.train.loader import batches
+
+    loader = torch.utils.data.DataLoader(_KillsItsWorker(), batch_size=2, num_workers=1)
+    with pytest.raises(MdeError, match=r"^a data-loader worker process was killed or crashed \(out of memory\?\): "
+                                       r"try fewer --workers, or --workers 0$"):
+        list(batches(loader))

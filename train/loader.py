@@ -6,6 +6,7 @@ with any number of workers) sees exactly the batches an uninterrupted run would.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -78,4 +79,11 @@ def batches(loader: DataLoader) -> Iterator[Any]:
         lines = str(err).strip().splitlines()
         if len(lines) > 1 and "Traceback" in str(err):
             raise type(err)(lines[-1].split(": ", 1)[-1]) from None
+        raise
+    except RuntimeError as err:
+        # torch's words when a worker process dies (the out-of-memory killer, a `kill -9`); a SIGTERM that
+        # stopped the whole run reaches the workers too, and is said as the stop by `mde.cli`
+        if re.match(r"DataLoader worker \(pid(\(s\))? [\d, ]+\) (is killed by signal|exited unexpectedly)", str(err)):
+            raise MdeError("a data-loader worker process was killed or crashed (out of memory?): try fewer "
+                           "--workers, or --workers 0") from None
         raise
