@@ -178,3 +178,17 @@ def test_checkpoint_without_decoder_loads_as_report(tmp_path, net):
     net.eval()
     with torch.no_grad():
         assert torch.equal(model(x), net(x))
+
+
+def test_damaged_cached_imagenet_weights_are_named(tmp_path, monkeypatch):
+    """A junk or cut-short file in torch.hub's cache (copied there by hand, for a machine offline) was an internal
+    error (UnpicklingError), or said "cannot download" of a file nothing had tried to download."""
+    cached = tmp_path / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir()
+    cached.write_bytes(b"junk\n")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    said = (r"cannot read the cached ImageNet weights for resnet18 \(a damaged or cut-short copy; UnpicklingError: "
+            r".*\); delete it to download them again")
+    with pytest.raises(ModelError, match=said) as err:
+        build_model(ModelArgs("resnet18", 64, 10.0), pretrained=True)
+    assert err.value.path == cached

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mde.errors import InputError, ModelError
+from mde.errors import InputError, ModelError, one_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -214,7 +215,15 @@ def build_model(
     try:
         with contextlib.redirect_stdout(sys.stderr):  # torch.hub prints "Downloading: ..." on stdout (--json)
             model = DepthNet(args, weights=weights)
-    except (OSError, RuntimeError) as err:  # URLError is an OSError
+    except Exception as err:  # noqa: BLE001 - a failed download (URLError is an OSError), or a damaged cached file
+        cached = _cached_imagenet_weights(args.backbone) if pretrained else None
+        if cached is not None:  # torch.hub reads a file in its cache as it is: the file is the fault
+            why = f"{type(err).__name__}: {one_line(str(err).splitlines()[0]) if str(err) else ''}"
+            raise ModelError(f"cannot read the cached ImageNet weights for {args.backbone} (a damaged or cut-short "
+                             f"copy; {why}); delete it to download them again, or use --backbone-weights FILE",
+                             cached) from None
+        if not isinstance(err, OSError | RuntimeError):
+            raise
         raise ModelError(
             f"cannot download ImageNet weights for {args.backbone} ({err}); "
             "use --backbone-weights FILE or --no-pretrained",
@@ -223,6 +232,15 @@ def build_model(
     if backbone_weights is not None:
         load_backbone_weights(model, Path(backbone_weights))
     return model
+
+
+def _cached_imagenet_weights(backbone: str) -> Path | None:
+    """The file in torch.hub's cache that torchvision reads `backbone`'s ImageNet weights from, where it is there."""
+    import torchvision
+
+    url = torchvision.models.get_model_weights(backbone).DEFAULT.url
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    return path if path.is_file() else None
 
 
 def load_backbone_weights(model: DepthNet, path: Path) -> None:
