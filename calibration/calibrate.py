@@ -81,7 +81,7 @@ def _check_config(cfg: CalibrationConfig) -> None:
         raise InputError(f"--target-ssim-drop must be in [0, 1], got {cfg.target_ssim_drop}")
     if not 0.0 < cfg.percentile <= 100.0:
         raise InputError(f"percentile must be in (0, 100], got {cfg.percentile}")
-    if Path(cfg.out).suffix != ".onnx":
+    if Path(cfg.out).suffix.lower() != ".onnx":  # as every reader takes it: UP.ONNX too
         raise InputError("expected an output file name ending in .onnx", cfg.out)
     for path in (Path(cfg.out), cfg.ranges_path):  # found now, not after the whole calibration
         if path.is_dir():

@@ -490,7 +490,12 @@ def test_calibrate_measures_the_drop_at_the_datasets_range(tiny_export, synth_da
 
 @pytest.mark.parametrize("report, message", [
     ({"quantized_nodes": 0, "target_met": True}, "every weighted layer (convolution, matrix product) was kept float"),
-    ({"quantized_nodes": 5, "target_met": False}, "SSIM drop 0.0123 is above the target 0.01 with 2 layer(s) kept float"),
+    ({"quantized_nodes": 5, "target_met": False}, "SSIM drop 0.0123 is above the target 0.01 with 2 layer(s) kept float"
+                                                   " (written anyway); raise --max-float-nodes or --target-ssim-drop"),
+    # every ranked layer tried (2 of 2; a --max-float-nodes of 100000 never reached): more of it cannot help
+    ({"quantized_nodes": 5, "target_met": False, "ranking": [("a", 0.1), ("b", 0.2)],
+      "steps": [(0, 0.5), (1, 0.3), (2, 0.0123)]}, "kept float (written anyway); raise --target-ssim-drop (the search "
+                                                   "tried every layer it ranked in float"),
 ])
 def test_a_calibration_that_misses_its_purpose_is_a_failed_check(report, message):
     """Exit 1: the model is written, but it is not the INT8 model asked for."""
@@ -499,8 +504,9 @@ def test_a_calibration_that_misses_its_purpose_is_a_failed_check(report, message
     from mde.commands.calibrate import _check_result
     from mde.errors import CheckFailed
 
-    result = SimpleNamespace(out="q.onnx", after={"drop": 0.0123}, target_ssim_drop=0.01, float_nodes=["a", "b"],
-                             **report)
+    result = SimpleNamespace(**{"out": "q.onnx", "after": {"drop": 0.0123}, "target_ssim_drop": 0.01,
+                                "float_nodes": ["a", "b"], "ranking": [("a", 0.1), ("b", 0.2), ("c", 0.3)],
+                                "steps": [(0, 0.5), (1, 0.3), (2, 0.0123)], **report})
     with pytest.raises(CheckFailed, match=re.escape(message)) as failed:
         _check_result(result)
     assert failed.value.exit_code == 1
@@ -550,3 +556,14 @@ def test_entropy_searches_a_clipping_threshold_where_minmax_takes_the_whole_rang
     clipped = [name for name in entropy if entropy[name][1] < 0.99 * minmax[name][1]]
     assert len(clipped) >= 0.9 * len(entropy), (len(clipped), len(entropy))
     assert all(entropy[name][1] <= minmax[name][1] * (1 + 1e-6) for name in entropy)
+
+
+def test_an_output_name_in_capitals_is_an_onnx_file_too(tmp_path):
+    """`--out C/up.ONNX` was refused as "not ending in .onnx", while every reader takes UP.ONNX."""
+    from mde.calibration.calibrate import _check_config
+    from mde.calibration.config import CalibrationConfig
+    from mde.errors import InputError
+
+    _check_config(CalibrationConfig(model=tmp_path / "m.onnx", data=tmp_path, out=tmp_path / "up.ONNX"))
+    with pytest.raises(InputError, match="expected an output file name ending in .onnx"):
+        _check_config(CalibrationConfig(model=tmp_path / "m.onnx", data=tmp_path, out=tmp_path / "up.onnx.txt"))

@@ -83,9 +83,12 @@ def _check_result(report: CalibrationReport) -> None:
                           "almost nothing from INT8 (only unweighted operations such as Add and pooling stay "
                           "quantized); allow a larger --target-ssim-drop or fewer --max-float-nodes", report.out)
     if not report.target_met:
+        tried_all = bool(report.ranking) and len(report.steps) - 1 >= len(report.ranking)  # no limit stopped it
+        more = ("raise --target-ssim-drop (the search tried every layer it ranked in float; a larger "
+                "--max-float-nodes cannot help)" if tried_all else "raise --max-float-nodes or --target-ssim-drop")
         raise CheckFailed(f"SSIM drop {report.after['drop']:.3g} is above the target {report.target_ssim_drop:g} "
-                          f"with {len(report.float_nodes)} layer(s) kept float (written anyway); raise "
-                          "--max-float-nodes or --target-ssim-drop, or calibrate on more images", report.out)
+                          f"with {len(report.float_nodes)} layer(s) kept float (written anyway); {more}, or calibrate "
+                          "on more images", report.out)
 
 
 def _print(report: CalibrationReport) -> None:
