@@ -219,6 +219,10 @@ def open_train_split(cfg: CalibrationConfig, allow_few_option: str = "--allow-fe
 
     data = Path(cfg.data)
     pool, dataset = "train split", None
+    if data.name in ("depth", "mask") and (data.parent / "rgb").is_dir():  # its PNGs would pass for grey frames
+        kind = "depth maps" if data.name == "depth" else "region masks"
+        raise InputError(f"a dataset split's {kind}, not camera images; give the dataset ({data.parent.parent}), "
+                         f"or the split's rgb/ folder", data)
     if loose_images(data):
         pool, dataset = "folder", UnlabelledImages(data)
         if not len(dataset):

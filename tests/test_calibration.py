@@ -196,7 +196,10 @@ def test_a_folder_of_images_without_depth_calibrates(cli, tiny_export, synth_dat
     (tmp_path / "empty").mkdir()
     for args, said in (([frames, "--depth-scale", "256"], f"{frames}: --depth-scale reads a dataset's PNG depth"),
                        ([synth_data / "train"], f"{synth_data / 'train'}: a dataset split's folder; give the dataset"),
-                       ([tmp_path / "empty"], f"{tmp_path / 'empty'}: no images here, and no train/ split")):
+                       ([tmp_path / "empty"], f"{tmp_path / 'empty'}: no images here, and no train/ split"),
+                       # its 16-bit PNGs passed for grey frames, and it calibrated on depth maps
+                       ([synth_data / "train" / "depth"], f"{synth_data / 'train' / 'depth'}: a dataset split's depth "
+                                                          f"maps, not camera images; give the dataset ({synth_data})")):
         result = cli("calibrate", tiny_export / "model.onnx", "--data", *args, "--out", tmp_path / "r.onnx")
         assert result.code == 2 and result.err.startswith(f"mde: error: {said}") and result.err.count("\n") == 1
 
