@@ -151,6 +151,14 @@ def _depth_cut(g):
     g["depth"] = g["depth"][:, :, :32, :32]
 
 
+def _image_uint8(g):
+    g["image"] = np.round(g["image"] * 255).astype(np.uint8)
+
+
+def _image_times_255(g):
+    g["image"] = g["image"] * np.float32(255)
+
+
 def _meta(**changes):
     def damage(g):
         g["meta"] = np.array(json.dumps({**json.loads(str(g["meta"])), **changes}))
@@ -175,6 +183,9 @@ def _tolerances(**changes):
     (_range_negative, "meta.data_range must be a number of metres in [0.001, 1e+06], got -5"),
     (_range_huge, "meta.data_range must be a number of metres in [0.001, 1e+06], got 1.7e+308"),  # SSIM overflowed
     (_depth_cut, "golden arrays must be N x 3 x H x W and N x 1 x H x W"),
+    # inputs of another scale failed every artifact ("parity failed: model.onnx (p99, rmse, ssim)", exit 1)
+    (_image_uint8, "golden 'image' must be the preprocessed float32 input in [0, 1], found uint8 from "),
+    (_image_times_255, "golden 'image' must be the preprocessed float32 input in [0, 1], found float32 from "),
     # a damaged max_depth was a parity failure of the artifact (exit 1, "preprocessing mismatch")
     (_meta(max_depth=float("inf")), "meta.max_depth must be a number of metres in [0.001, 1e+06], got Infinity"),
     (_meta(max_depth=True), "meta.max_depth must be a number of metres in [0.001, 1e+06], got true"),

@@ -31,6 +31,7 @@ def read_golden(path: str | Path) -> dict[str, Any]:
             raise InputError("not a golden.npz (not a NumPy .npz archive)", path)
         with np.load(path, allow_pickle=False) as npz:
             golden = {name: npz[name] for name in npz.files}
+        stored = golden["image"].dtype
         images, depth = golden["image"].astype(np.float32), golden["depth"].astype(np.float32)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:  # truncated, not npz
         raise InputError(f"not a golden.npz with 'image' and 'depth' arrays ({type(err).__name__}: {err})",
@@ -41,6 +42,9 @@ def read_golden(path: str | Path) -> dict[str, Any]:
                          f"{depth.shape}", path)
     if not (np.isfinite(images).all() and np.isfinite(depth).all()):
         raise InputError("golden arrays hold NaN or infinite values (a damaged file: export it again)", path)
+    if stored != np.float32 or images.min() < 0.0 or images.max() > 1.0:  # every artifact would fail, not the file
+        raise InputError(f"golden 'image' must be the preprocessed float32 input in [0, 1], found {stored} from "
+                         f"{images.min():g} to {images.max():g} (a damaged file: export it again)", path)
     golden["image"], golden["depth"] = images, depth
     for key in ("tolerances", "meta"):
         try:
