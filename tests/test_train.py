@@ -1310,3 +1310,17 @@ def test_a_killed_loader_worker_is_one_line_naming_workers():
     with pytest.raises(MdeError, match=r"^a data-loader worker process was killed or crashed \(out of memory\?\): "
                                        r"try fewer --workers, or --workers 0$"):
         list(batches(loader))
+
+
+def test_the_first_batch_shows_progress(cli, synth_data, tmp_path, monkeypatch):
+    """Progress came every --log-interval (10) batches: a log had no line before the 10th (minutes of silence with
+    --compile, and none at all for a run stopped sooner)."""
+    from mde.console import PlainProgress
+    from mde.train import trainer
+
+    lines: list[str] = []
+    monkeypatch.setattr(trainer, "make_progress", lambda: PlainProgress(interval=0, write=lines.append))
+    result = cli("train", "--data", synth_data, "--out", tmp_path / "run", *TINY, "--epochs", "1")
+    assert result.code == 0, result.err
+    epoch = [line.split(" (")[0] for line in lines if line.startswith("epoch 1/1: ")]
+    assert epoch == ["epoch 1/1: 1/6", "epoch 1/1: 6/6"], lines  # 24 images, batches of 4

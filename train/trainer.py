@@ -498,6 +498,7 @@ def train_one_epoch(job: Job, state: TrainState, epoch: int, progress: Any) -> d
     loss_sum = torch.full((), state.loss_sum, dtype=torch.float64, device=env.device)
     job.model.train()
     t0, seen, lr = time.perf_counter(), 0, job.scheduler.get_last_lr()[0]
+    first = state.epoch_step + 1  # shown too: a log has a line before the 10th batch (minutes with --compile)
     for x, y, w, _ in batches(loader):
         x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
         w = w.to(env.device, non_blocking=True) if w.numel() else None  # empty: unweighted (DepthPairs)
@@ -515,7 +516,7 @@ def train_one_epoch(job: Job, state: TrainState, epoch: int, progress: Any) -> d
         state.step, state.epoch_step, seen = state.step + 1, state.epoch_step + 1, seen + len(x)
         loss_sum += loss.detach()
         state.loss_count += 1
-        if state.epoch_step % cfg.log_interval == 0 or state.epoch_step == steps:
+        if state.epoch_step % cfg.log_interval == 0 or state.epoch_step in (first, steps):
             # the running loss over every rank, as the epoch's line gives it (a collective: all ranks log together)
             shown_sum, shown_count = all_reduce_sum([float(loss_sum), state.loss_count], env)
             if progress:
