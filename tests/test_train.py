@@ -1201,6 +1201,30 @@ def test_a_mid_epoch_resume_on_fewer_steps_per_epoch_is_refused():
         check_resume(cfg, stopped, steps_per_epoch=2)
 
 
+def test_a_one_cycle_resume_that_cannot_fit_says_why():
+    """A run trained under torchrun on 2 processes and resumed on 1 was told that "--epochs 2" (which nobody typed)
+    needs more steps than its schedule; a run stopped short by a smaller --epochs was called finished."""
+    from mde.errors import InputError
+    from mde.train.config import check_resume
+
+    cfg = tiny_config("data", "run", epochs=2, resume="run/last.pt", schedule="onecycle")
+    two_processes = {"epoch": 1, "epoch_step": 0, "scheduler": {"total_steps": 48}, "steps_per_epoch": 24,
+                     "world_size": 2}
+    check_resume(cfg, two_processes, steps_per_epoch=24)  # as it was trained: goes on
+    with pytest.raises(InputError, match=r"this one-cycle run trained at 24 steps per epoch on 2 processes, and its "
+                                         r"data now gives 48: .*number of processes \(torchrun --nproc-per-node\)"):
+        check_resume(cfg, two_processes, steps_per_epoch=48)
+    older = {k: v for k, v in two_processes.items() if k not in ("steps_per_epoch", "world_size")}
+    with pytest.raises(InputError, match=r"--epochs 2 needs 96 steps \(48 per epoch\), more than this one-cycle"):
+        check_resume(cfg, older, steps_per_epoch=48)  # a checkpoint from before the count was saved
+    shortened = tiny_config("data", "run", epochs=1, resume="run/last.pt", schedule="onecycle")  # a 2-epoch schedule resumed once with --epochs 1, then again
+    with pytest.raises(InputError, match=r"nothing to resume \(its one-cycle schedule runs to epoch 2: --epochs 2 "
+                                         r"continues it\)"):
+        check_resume(shortened, two_processes, steps_per_epoch=24)
+    with pytest.raises(InputError, match=r"a finished one-cycle run cannot go on"):
+        check_resume(cfg, {**two_processes, "epoch": 2}, steps_per_epoch=24)
+
+
 def test_more_workers_than_cpus_is_one_note_not_torchs_warnings(cli, synth_data, tmp_path):
     import os
     import warnings
@@ -1324,3 +1348,5 @@ def test_the_first_batch_shows_progress(cli, synth_data, tmp_path, monkeypatch):
     assert result.code == 0, result.err
     epoch = [line.split(" (")[0] for line in lines if line.startswith("epoch 1/1: ")]
     assert epoch == ["epoch 1/1: 1/6", "epoch 1/1: 6/6"], lines  # 24 images, batches of 4
+    last = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=True)
+    assert (last["steps_per_epoch"], last["world_size"]) == (6, 1)  # what a one-cycle resume's refusal names

@@ -195,6 +195,8 @@ class Job:
     inherited_best: Path | None = None
     val_data: str = ""            # rank 0's digest of the val depth (`read_every_sample`): saved in last.pt, so a
     #                               resume knows whether it validates alike
+    steps_per_epoch: int = 0      # saved in last.pt with the number of processes: what a one-cycle schedule was
+    #                               laid out for, named when a resume cannot fit it
 
 
 @dataclass
@@ -372,7 +374,7 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
                          color_jitter=cfg.color_jitter, object_weight=cfg.object_weight),
         data_range=data_range, replaces_a_run=env.is_main and cfg.force and not own_folder,
         inherited_best=resolved(cfg.resume).parent / "best.pt" if resume is not None and not own_folder else None,
-        val_data=val_data,
+        val_data=val_data, steps_per_epoch=steps_per_epoch,
     )
 
 
@@ -474,6 +476,7 @@ def save_checkpoint(job: Job, state: TrainState, path: Path, training_state: boo
                   "metrics": _val_metrics(state.records[-1]) if own else {}}
     if training_state:
         checkpoint |= {"best_rmse": state.best_rmse, "best_from": state.best_from, "val_data": job.val_data,
+                       "steps_per_epoch": job.steps_per_epoch, "world_size": job.env.world_size,
                        "loss_sum": state.loss_sum,
                        "loss_count": state.loss_count,
                        "optimizer": job.optimizer.state_dict(), "scheduler": job.scheduler.state_dict(),
