@@ -26,7 +26,6 @@ from mde.io import (
     check_not_under_file,
     require_file,
     resolved,
-    sha256_file,
     written_in_place,
 )
 from mde.runtime.images import list_images, read_rgb
@@ -327,7 +326,7 @@ def _ranges(cfg: CalibrationConfig, pre_path: Path, dataset: Any, calib_idx: lis
     for batch in batches:
         pixels.update(batch.tobytes())
     key = {
-        "model_sha256": sha256_file(cfg.model), "method": cfg.method, "seed": cfg.seed,
+        "model_sha256": qz.model_sha256(Path(cfg.model)), "method": cfg.method, "seed": cfg.seed,
         "images": [dataset.names[i] for i in calib_idx], "images_sha256": pixels.hexdigest(),
         "input_size": list(size), "op_types": list(cfg.op_types),
         "percentile": cfg.percentile if cfg.method == "percentile" else None,

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import io
 import tempfile
 import warnings
@@ -66,14 +67,44 @@ def is_quantized(model: onnx.ModelProto) -> bool:
     return any(n.op_type in QDQ_OPS or n.op_type.startswith("QLinear") for n in model.graph.node)
 
 
+def external_data_files(path: Path) -> list[Path]:
+    """The files beside an ONNX model that hold its weights (`FILE.onnx.data`), in name order; none for most."""
+    from onnx.external_data_helper import uses_external_data
+
+    graph = onnx.load(str(path), load_external_data=False)
+    return [path.parent / name for name in sorted({entry.value for t in graph.graph.initializer if uses_external_data(t)
+                                                    for entry in t.external_data if entry.key == "location"})]
+
+
+def model_sha256(path: Path) -> str:
+    """The SHA-256 of an ONNX model's bytes: its file's, or with weights kept beside it, of the file and theirs."""
+    from mde.io import sha256_file
+
+    weights = external_data_files(path)
+    if not weights:
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for part in (path, *weights):
+        digest.update(sha256_file(part).encode())
+    return digest.hexdigest()
+
+
 def pre_process(src: Path, dst: Path) -> None:
     """ONNX Runtime's quantization pre-processing: shape inference and graph optimization (BN folding)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    source = src
     try:
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+        if external_data_files(src):  # weights in a file beside it (FILE.onnx.data)
+            # the optimizer runs the graph from a scratch folder, where that file is not: one file, beside `dst`
+            source = dst.with_name(f"{dst.stem}.whole.onnx")
+            onnx.save(onnx.load(str(src)), str(source))
+        quant_pre_process(str(source), str(dst), skip_symbolic_shape=True)
     except Exception as err:  # noqa: BLE001 - any failure here means the graph is unusable
         raise ModelError(f"quantization pre-processing failed ({type(err).__name__}: {err})", src) from None
+    finally:
+        if source != src:
+            source.unlink(missing_ok=True)
 
 
 # The histogram of each method. entropy: TensorRT's entropy calibrator's 2048 bins, searched for the clipping

@@ -570,3 +570,29 @@ def test_an_output_name_in_capitals_is_an_onnx_file_too(tmp_path):
     _check_config(CalibrationConfig(model=tmp_path / "m.onnx", data=tmp_path, out=tmp_path / "up.ONNX"))
     with pytest.raises(InputError, match="expected an output file name ending in .onnx"):
         _check_config(CalibrationConfig(model=tmp_path / "m.onnx", data=tmp_path, out=tmp_path / "up.onnx.txt"))
+
+
+def test_a_model_with_its_weights_in_a_file_beside_it_calibrates(cli, tiny_export, synth_data, tmp_path):
+    """`onnx.save(..., save_as_external_data=True)`: the pre-processing's optimizer ran the graph from a scratch
+    folder without the weights file (refused, naming that folder); and a ranges cache keyed on the graph file alone
+    would outlive new weights."""
+    import onnx
+
+    from mde.calibration.quantize import model_sha256
+    from mde.io import sha256_file
+
+    model = tmp_path / "ext" / "model.onnx"
+    model.parent.mkdir()
+    onnx.save(onnx.load(str(tiny_export / "model.onnx")), str(model), save_as_external_data=True,
+              location="model.onnx.data")
+    result = cli("calibrate", model, "--data", synth_data, "--out", tmp_path / "q.onnx", "--num-images", 8,
+                 "--holdout-images", 4, "--allow-few", "--max-float-nodes", 0, "--target-ssim-drop", 1)
+    assert result.code == 0, result.err
+    assert (tmp_path / "q.onnx").is_file() and sorted(p.name for p in model.parent.iterdir()) == [
+        "model.onnx", "model.onnx.data"]  # nothing left beside the source
+    before = model_sha256(model)
+    weights = bytearray((model.parent / "model.onnx.data").read_bytes())
+    weights[-1] ^= 1
+    (model.parent / "model.onnx.data").write_bytes(bytes(weights))
+    assert model_sha256(model) != before
+    assert model_sha256(tiny_export / "model.onnx") == sha256_file(tiny_export / "model.onnx")  # one file: as before
