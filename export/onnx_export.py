@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +57,8 @@ def export_fp32(
         dims[2] = 32 * Dim("h32", min=1, max=256)
         dims[3] = 32 * Dim("w32", min=1, max=256)
     example = torch.rand(2, 3, *input_size)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    quiet = _quiet_loggers("torch.onnx", "onnxscript")  # --opset 17's version conversion: 2 long lines
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), quiet:
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             model,
@@ -70,8 +73,27 @@ def export_fp32(
             verbose=False,
         )
     proto = program.model_proto
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
+    if written != opset:  # the exporter converts from its lowest own opset, and keeps that where it cannot
+        from mde.console import info
+
+        info(f"note: --opset {opset}: the exporter could not convert the graph; it is opset {written}")
     _rename_dims(proto)
     onnx.save_model(proto, str(path))
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str) -> Iterator[None]:
+    """Only errors from these loggers (and their children) inside the block."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _rename_dims(proto: Any) -> None:

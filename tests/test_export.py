@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -431,6 +433,20 @@ def test_an_older_onnx_runtime_lowers_the_newest_opset(tiny_checkpoint, tmp_path
         assert not out.exists()
     finally:
         config.max_opset.cache_clear()
+
+
+def test_the_lowest_opset_is_written_without_the_exporters_log_lines(tiny_checkpoint, tmp_path):
+    """--opset 17: torch's exporter and onnxscript each logged a long line about converting from opset 18 (a
+    "W1128 ..." line above mde's progress), for a conversion that worked."""
+    import onnx
+
+    done = subprocess.run([sys.executable, "-m", "mde", "export", str(tiny_checkpoint), "--out", str(tmp_path / "o"),
+                           "--opset", "17"], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "operator set version 18" not in done.stderr and "version conversion" not in done.stderr, done.stderr
+    assert "could not convert" not in done.stderr
+    model = onnx.load(str(tmp_path / "o" / "model.onnx"), load_external_data=False)
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [17]
 
 
 def test_force_removes_artifacts_of_another_checkpoint(cli, tiny_checkpoint, tmp_path):
