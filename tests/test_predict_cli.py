@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -611,9 +612,15 @@ def test_info_onnx_json(cli, onnx_path):
     assert "CPUExecutionProvider" in info["machine"]["providers_available"]
 
 
-def test_info_table(cli, onnx_path):
+def test_info_table(cli, onnx_path, tiny_export):
     result = cli("info", onnx_path)
     assert result.code == 0 and "resnet18" in result.out and "CPUExecutionProvider" in result.out
+    # the figures export stamps are the checkpoint's validation, not the artifact's (an INT8 model scores apart):
+    # "metrics" gave them as raw JSON, with no word of whose they are
+    from mde.commands.info import _figures
+
+    assert re.search(r"checkpoint's val\W+-\W", cli("info", tiny_export / "model.onnx").out)  # never validated
+    assert _figures({"rmse": 1.80951234, "ssim": 0.82561}) == "rmse 1.8095, ssim 0.8256"
 
 
 def test_info_escapes_what_the_artifact_says(cli, onnx_path, tmp_path):
