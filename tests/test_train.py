@@ -710,6 +710,15 @@ def test_resume_reads_the_history_from_its_checkpoint_and_the_data_from_anywhere
     (lambda s: s.update(epoch="1"), "epoch"),
     (lambda s: s["optimizer"].update(param_groups=[]), "optimizer"),
     (lambda s: s.update(scheduler={"foo": 1}), "scheduler"),
+    # edited by hand or by another version: internal errors (TypeError, ValueError), or taken in silence
+    (lambda s: s["config"].update(batch_size="eight"), "config.batch_size"),
+    (lambda s: s["config"].update(lr_max=None), "config.lr_max"),
+    (lambda s: s.update(config=[1, 2]), "config"),
+    (lambda s: s.update(epoch=-5), "epoch"),
+    (lambda s: s.update(best_rmse="x"), "best_rmse"),
+    (lambda s: s.update(loss_sum="x"), "loss_sum"),
+    (lambda s: s.update(records="x"), "records"),  # was written into metrics.jsonl as a line "x"
+    (lambda s: s["config"].update(image_size=96), "config.image_size (not the network's)"),  # trained 64 px at 96
 ])
 def test_damaged_training_checkpoint_is_one_line_naming_it(cli, tmp_path, tiny_run, damage, what):
     state = torch.load(tiny_run[0] / "last.pt", map_location="cpu", weights_only=True)

@@ -10,7 +10,7 @@ import shutil
 import struct
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -154,10 +154,54 @@ TRAINING_STATE = {"epoch": int, "epoch_step": int, "step": int, "optimizer": dic
                   "scaler": dict, "rng": dict}
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# What a resume also reads where it is there (later versions added these), and what each must hold.
+OPTIONAL_STATE: dict[str, Callable[[Any], bool]] = {
+    "best_rmse": _number, "best_from": _count, "loss_sum": _number, "loss_count": _count,
+    "val_data": lambda v: isinstance(v, str), "steps_per_epoch": _count, "world_size": lambda v: _count(v) and v > 0,
+    "records": lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
+}
+
+
+def _config_problems(config: Any, model_args: Any) -> list[str]:
+    """The saved config's fields that hold another kind of value than the option (a checkpoint edited by hand, or
+    damaged), and an image size other than the network's."""
+    from mde.train.config import TrainConfig
+
+    if not isinstance(config, dict):
+        return ["config"]
+    defaults = TrainConfig().to_dict()
+    wrong = []
+    for name, value in config.items():
+        if name not in defaults:  # a newer version's option: from_dict leaves it out
+            continue
+        default = defaults[name]
+        kind_ok = (isinstance(value, bool) if isinstance(default, bool)
+                   else isinstance(value, str) if isinstance(default, str)
+                   else isinstance(value, int) and not isinstance(value, bool) if isinstance(default, int)
+                   else _number(value) or (default is None and value is None))  # depth_scale: None is unset
+        if not kind_ok:
+            wrong.append(f"config.{name}")
+    if isinstance(model_args, dict) and config.get("image_size") != model_args.get("image_size"):
+        wrong.append("config.image_size (not the network's)")
+    return wrong
+
+
 def check_training_state(state: dict[str, Any], path: str | Path) -> None:
-    """Raise `ModelError` naming `path` when a checkpoint lacks what a resume restores (damaged or foreign)."""
+    """Raise `ModelError` naming `path` when a checkpoint lacks what a resume restores, or holds it in another form
+    (damaged, edited, or foreign)."""
     wrong = [key for key, kind in TRAINING_STATE.items()
              if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool)]
+    wrong += [key for key in ("epoch", "epoch_step", "step") if key not in wrong and state[key] < 0]
+    wrong += [key for key, ok in OPTIONAL_STATE.items() if key in state and not ok(state[key])]
+    wrong += _config_problems(state.get("config"), state.get("model_args"))
     if not wrong:
         groups = state["optimizer"].get("param_groups")
         if not (isinstance(groups, list) and groups and isinstance(state["optimizer"].get("state"), dict)):
