@@ -1359,3 +1359,22 @@ def test_the_first_batch_shows_progress(cli, synth_data, tmp_path, monkeypatch):
     assert epoch == ["epoch 1/1: 1/6", "epoch 1/1: 6/6"], lines  # 24 images, batches of 4
     last = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=True)
     assert (last["steps_per_epoch"], last["world_size"]) == (6, 1)  # what a one-cycle resume's refusal names
+
+
+def test_a_run_whose_checkpoints_cannot_fit_is_refused_before_training(cli, synth_data, tmp_path, monkeypatch):
+    """A disk with room for the epoch but not its checkpoints: the whole epoch trained, then last.pt failed, leaving
+    a run folder that could neither be resumed nor started again without --force."""
+    import shutil
+    from collections import namedtuple
+
+    from mde.train import trainer
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _path: usage(2**30, 2**30 - 60 * 2**20, 60 * 2**20))
+    monkeypatch.setattr(trainer, "train_one_epoch", None)  # refused before any training
+    run = tmp_path / "run"
+    result = cli("train", "--data", synth_data, "--out", run, *TINY, "--epochs", "1")
+    assert result.code == 2 and re.fullmatch(
+        rf"mde: error: {run}: too little free space for this run's checkpoints: about \d+ MiB, and 60 MiB is free "
+        r"there\n", result.err), result.err
+    assert not run.exists()

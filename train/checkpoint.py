@@ -43,15 +43,21 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
                              f"{str(err).splitlines()[0]})", path) from None
 
 
-def checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+def checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer, replacing: bool = False) -> int:
     """About what a run's two checkpoints take on disk: best.pt (the weights) and last.pt (the weights and the
-    optimizer's state), with a tenth for pickling's headroom."""
+    optimizer's state), with a tenth for pickling's headroom; `replacing`: with the new copy of last.pt that is
+    written beside the old one before it takes its place. Before the first step, the optimizer's state is
+    counted as it will be (AdamW: two moments per trained weight; SGD: one momentum)."""
     def size(tensors: Any) -> int:
         return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
 
     weights = size(model.state_dict().values())
     moments = size(v for state in optimizer.state_dict()["state"].values() for v in state.values())
-    return int(1.1 * (2 * weights + moments))
+    if not moments:  # no step taken yet
+        per_weight = 2 if isinstance(optimizer, torch.optim.AdamW) else 1
+        moments = per_weight * size(p for group in optimizer.param_groups for p in group["params"])
+    last = weights + moments
+    return int(1.1 * (weights + last + (last if replacing else 0)))
 
 
 def save_untrained(path: str | Path, args: ModelArgs, images: np.ndarray | None = None, *,

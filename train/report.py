@@ -59,6 +59,18 @@ def check_room(out: Path, needed: int) -> None:
                          f"{room / 2**20:.0f} MiB once the old run's files are removed); the old run is kept", out)
 
 
+def check_free_space(out: Path, needed: int) -> None:
+    """Before training: refuse a run whose checkpoints (`needed` bytes, less the run files they replace) cannot
+    fit where they go; found after the first epoch, the run could not save, resume or start again unforced."""
+    import shutil
+
+    replaced = sum(p.stat().st_size for p in (out / name for name in RUN_FILES) if p.is_file() and not p.is_symlink())
+    free = shutil.disk_usage(out).free
+    if free + replaced < needed:
+        raise InputError(f"too little free space for this run's checkpoints: about {needed / 2**20:.0f} MiB, and "
+                         f"{(free + replaced) / 2**20:.0f} MiB is free there", out)
+
+
 def remove_run_files(out: Path) -> None:
     """Delete a run's own files (`RUN_FILES`) from `out`; anything else there stays."""
     for name in RUN_FILES:

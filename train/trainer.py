@@ -358,6 +358,8 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, model)
+    if env.is_main:  # found now, not when the first epoch's checkpoints do not fit
+        report.check_free_space(out, checkpoint_bytes(model, optimizer, replacing=True))
     amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
     forward = model
     if env.distributed:
