@@ -931,7 +931,7 @@ def test_a_resume_onto_other_data_chooses_best_pt_again(cli, synth_data, tmp_pat
     import mde.train.trainer as trainer
 
     validate = trainer.evaluate
-    monkeypatch.setattr(trainer, "evaluate", lambda job: {**validate(job), "rmse": 1e6})
+    monkeypatch.setattr(trainer, "evaluate", lambda job, *args: {**validate(job, *args), "rmse": 1e6})
     result = cli("train", "--resume", run / "last.pt", "--data", tmp_path / "moved", "--out", tmp_path / "run2",
                  "--epochs", "3", "--json")
     assert result.code == 0 and "other val depth" not in result.err and "is not the resumed run's best" not in \
