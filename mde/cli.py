@@ -66,8 +66,9 @@ def _flag_type_shown(option: typer.core.TyperOption, ctx: typer.Context) -> str 
     return None if option.is_flag else _typer_type_shown(option, ctx)
 
 
-_typer_type_shown = typer.core.TyperOption.display_type_rich
-typer.core.TyperOption.display_type_rich = _flag_type_shown
+_typer_type_shown = getattr(typer.core.TyperOption, "display_type_rich", None)  # typer 0.28+; older ones show none
+if _typer_type_shown is not None:
+    typer.core.TyperOption.display_type_rich = _flag_type_shown
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -167,11 +168,14 @@ def _stopped(code: int = 130) -> SystemExit:
     return SystemExit(code)
 
 
-RANK_GRACE_S = 5.0  # how long a torchrun process other than rank 0 waits before it says its error
+RANK_GRACE_S = 10.0  # how long a torchrun process other than rank 0 waits before it says its error
 
 
 def _torchrun_rank() -> int:
-    """This process's rank among torchrun's (0 outside torchrun)."""
+    """This process's rank among torchrun's training processes (0 elsewhere: another command, even one a rank's
+    script runs, speaks for itself)."""
+    if _state.get("command") != "train":
+        return 0
     try:
         return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
     except ValueError:
@@ -190,7 +194,7 @@ def _say_error(message: str, kind: str = "error") -> None:
         try:
             time.sleep(RANK_GRACE_S)
         except KeyboardInterrupt:  # `Terminated`: torchrun stopping the others after a failure it has reported
-            raise SystemExit(128 + signal.SIGTERM) from None
+            raise SystemExit(128 + signal.SIGTERM if _state.get("terminated") else 130) from None
         message = f"rank {rank}: {message}"
     sys.stderr.write(f"mde: {kind}: {message}\n")
     sys.stderr.flush()
@@ -205,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     # service user with no home) it warns on stderr, a second line beside mde's one; the user's setting stands
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     _state["verbose"] = "--verbose" in args or "-v" in args
+    _state["command"] = next((arg for arg in args if not arg.startswith("-")), "")
     _state["terminated"] = False
     _setup_logging(_state["verbose"])
     with _stop_through_python_on_sigterm():

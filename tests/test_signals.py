@@ -147,7 +147,7 @@ def test_under_torchrun_rank_0_says_the_stop(monkeypatch, capsys, rank, said):
     from mde import cli
 
     monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
-    monkeypatch.setattr(cli, "_state", {"verbose": False, "terminated": True})
+    monkeypatch.setattr(cli, "_state", {"verbose": False, "terminated": True, "command": "train"})
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", rank)
     assert cli._stopped().code == 128 + signal.SIGTERM and capsys.readouterr().err == said
@@ -162,7 +162,7 @@ def test_a_lost_torchrun_peer_is_one_line(monkeypatch, capsys):
                            "[127.0.0.1]:29500")
 
     monkeypatch.setattr(cli, "app", lambda **_kwargs: lost())
-    monkeypatch.setattr(cli, "_state", {"verbose": False, "terminated": False})
+    monkeypatch.setattr(cli, "_state", {"verbose": False, "terminated": False, "command": "train"})
     monkeypatch.setattr(cli, "RANK_GRACE_S", 0.0)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
@@ -196,7 +196,7 @@ def test_a_torchrun_rank_other_than_0_waits_then_says_its_error_in_one_write(mon
     waits: list[float] = []
     monkeypatch.setattr(sys, "stderr", SimpleNamespace(write=writes.append, flush=lambda: None))
     monkeypatch.setattr(cli.time, "sleep", waits.append)
-    monkeypatch.setattr(cli, "_state", {"verbose": False, "terminated": False})
+    monkeypatch.setattr(cli, "_state", {"verbose": False, "terminated": False, "command": "train"})
 
     def bad_input() -> None:
         raise InputError("dataset not found", "D")
@@ -219,19 +219,48 @@ def test_a_torchrun_rank_stopped_while_it_waits_says_nothing(monkeypatch, capsys
     from mde.errors import InputError
 
     def stopped_by_torchrun(_seconds: float) -> None:
+        cli._state["terminated"] = True  # as the SIGTERM handler does
         raise cli.Terminated
 
     def bad_input() -> None:
         raise InputError("dataset not found", "D")
 
     monkeypatch.setattr(cli.time, "sleep", stopped_by_torchrun)
-    monkeypatch.setattr(cli, "_state", {"verbose": False, "terminated": False})
+    monkeypatch.setattr(cli, "_state", {"verbose": False, "terminated": False, "command": "train"})
     monkeypatch.setattr(cli, "app", lambda **_kwargs: bad_input())
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     with pytest.raises(SystemExit) as stopped:
         cli._run(["train"])
     assert stopped.value.code == 128 + signal.SIGTERM and capsys.readouterr().err == ""
+
+    def ctrl_c(_seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.time, "sleep", ctrl_c)
+    monkeypatch.setattr(cli, "_state", {"verbose": False, "terminated": False, "command": "train"})
+    with pytest.raises(SystemExit) as stopped:  # Ctrl-C: the status a shell expects of it, not SIGTERM's
+        cli._run(["train"])
+    assert stopped.value.code == 130 and capsys.readouterr().err == ""
+
+
+def test_only_training_under_torchrun_waits_for_rank_0(monkeypatch, capsys):
+    """RANK and WORLD_SIZE reach whatever a rank's script starts (`mde eval` on its checkpoint): that command speaks
+    for itself, at once and without a rank."""
+    from mde import cli
+    from mde.errors import InputError
+
+    def bad_input() -> None:
+        raise InputError("model file not found", "m.onnx")
+
+    monkeypatch.setattr(cli.time, "sleep", None)  # no wait
+    monkeypatch.setattr(cli, "_state", {"verbose": False, "terminated": False, "command": "eval"})
+    monkeypatch.setattr(cli, "app", lambda **_kwargs: bad_input())
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SystemExit):
+        cli._run(["eval", "m.onnx"])
+    assert capsys.readouterr().err == "mde: error: m.onnx: model file not found\n"
 
 
 @pytest.mark.slow

@@ -956,7 +956,7 @@ def test_resume_rejects_conflicting_flags_and_foreign_checkpoints(cli, tmp_path,
     assert res.code == 2 and "already trained 2 of --epochs 2; nothing to resume" in res.err, res.err
     # into another folder: it must be empty, as for a new run (from a copy that stopped after epoch 1)
     state = torch.load(last, map_location="cpu", weights_only=True)
-    torch.save({**state, "epoch": 1}, tmp_path / "half.pt")
+    torch.save({**state, "epoch": 1, "step": state["step"] // 2}, tmp_path / "half.pt")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
     res = cli("train", "--data", synth_data, "--out", tmp_path / "full", "--resume", tmp_path / "half.pt")
@@ -1217,21 +1217,30 @@ def test_a_one_cycle_resume_that_cannot_fit_says_why():
     from mde.train.config import check_resume
 
     cfg = tiny_config("data", "run", epochs=2, resume="run/last.pt", schedule="onecycle")
-    two_processes = {"epoch": 1, "epoch_step": 0, "scheduler": {"total_steps": 48}, "steps_per_epoch": 24,
-                     "world_size": 2}
+    two_processes = {"epoch": 1, "epoch_step": 0, "step": 24, "scheduler": {"total_steps": 48},
+                     "steps_per_epoch": 24, "world_size": 2}
     check_resume(cfg, two_processes, steps_per_epoch=24)  # as it was trained: goes on
     with pytest.raises(InputError, match=r"this one-cycle run trained at 24 steps per epoch on 2 processes, and its "
-                                         r"data now gives 48: .*number of processes \(torchrun --nproc-per-node\)"):
+                                         r"data now gives 48, too many for the 24 steps its schedule has left: "
+                                         r".*number of processes \(torchrun --nproc-per-node\)"):
         check_resume(cfg, two_processes, steps_per_epoch=48)
     older = {k: v for k, v in two_processes.items() if k not in ("steps_per_epoch", "world_size")}
-    with pytest.raises(InputError, match=r"--epochs 2 needs 96 steps \(48 per epoch\), more than this one-cycle"):
+    with pytest.raises(InputError, match=r"--epochs 2 needs 48 more steps \(48 per epoch\), more than this "
+                                         r"one-cycle run's schedule has left \(24 of 48\)"):
         check_resume(cfg, older, steps_per_epoch=48)  # a checkpoint from before the count was saved
-    shortened = tiny_config("data", "run", epochs=1, resume="run/last.pt", schedule="onecycle")  # a 2-epoch schedule resumed once with --epochs 1, then again
+    # a 2-epoch schedule resumed once with --epochs 1, then again
+    shortened = tiny_config("data", "run", epochs=1, resume="run/last.pt", schedule="onecycle")
     with pytest.raises(InputError, match=r"nothing to resume \(its one-cycle schedule runs to epoch 2: --epochs 2 "
                                          r"continues it\)"):
         check_resume(shortened, two_processes, steps_per_epoch=24)
+    with pytest.raises(InputError, match=r"a finished one-cycle run cannot go on"):  # 6 steps an epoch on 2 now:
+        check_resume(shortened, {**two_processes, "step": 48}, steps_per_epoch=12)  # none left, whatever the rate
+    # trained 1 epoch of 6 steps on 1 process, resumed on 2 (3 an epoch): the hint said --epochs 2, which stepped
+    # the schedule past its end (ValueError); the steps taken count now
+    one = {"epoch": 1, "epoch_step": 0, "step": 6, "scheduler": {"total_steps": 6}, "steps_per_epoch": 6,
+           "world_size": 1}
     with pytest.raises(InputError, match=r"a finished one-cycle run cannot go on"):
-        check_resume(cfg, {**two_processes, "epoch": 2}, steps_per_epoch=24)
+        check_resume(shortened, one, steps_per_epoch=3)
 
 
 def test_more_workers_than_cpus_is_one_note_not_torchs_warnings(cli, synth_data, tmp_path):

@@ -236,27 +236,29 @@ def check_resume(cfg: TrainConfig, resume: dict[str, Any], steps_per_epoch: int)
     floor over the saved number of steps): a resume may stop earlier, not go on longer. CyclicLR
     has no end.
     """
+    changed = ("the dataset or the number of processes (torchrun --nproc-per-node) changed since; resume it as it "
+               "was trained, or start a new run")
     planned = resume["scheduler"].get("total_steps") if cfg.schedule == "onecycle" else None
+    left = None if planned is None else planned - resume["step"]  # steps the one-cycle schedule has left
     if resume["epoch"] >= cfg.epochs:
         more = "give more --epochs to train on"
-        if planned is not None:  # a run stopped short by a smaller --epochs may go on to its schedule's end
-            room = planned // max(steps_per_epoch, 1)
+        if left is not None:  # a run stopped short by a smaller --epochs may go on to its schedule's end
+            room = resume["epoch"] + left // max(steps_per_epoch, 1)
             more = (f"its one-cycle schedule runs to epoch {room}: --epochs {room} continues it"
                     if room > resume["epoch"] else "a finished one-cycle run cannot go on: start a new run")
         raise InputError(f"this run has already trained {resume['epoch']} of --epochs {cfg.epochs}; nothing to "
                          f"resume ({more})", cfg.resume)
-    changed = ("the dataset, --batch-size or the number of processes (torchrun --nproc-per-node) changed since; "
-               "resume it as it was trained, or start a new run")
     if resume.get("epoch_step", 0) > steps_per_epoch:  # stopped mid-epoch: the rest of that epoch is gone
         raise InputError(f"this run stopped at step {resume['epoch_step']} of an epoch, and its data now gives "
                          f"{steps_per_epoch} steps per epoch: {changed}", cfg.resume)
-    needed = steps_per_epoch * cfg.epochs
-    if planned is not None and needed > planned:
+    needed = (cfg.epochs - resume["epoch"]) * steps_per_epoch - resume.get("epoch_step", 0)
+    if left is not None and needed > left:
         saved, processes = resume.get("steps_per_epoch"), resume.get("world_size")  # absent from older checkpoints
         if isinstance(saved, int) and saved != steps_per_epoch:  # the schedule was laid out for other epochs
             on = f" on {processes} process{'' if processes == 1 else 'es'}" if isinstance(processes, int) else ""
             raise InputError(f"this one-cycle run trained at {saved} steps per epoch{on}, and its data now gives "
-                             f"{steps_per_epoch}: {changed}", cfg.resume)
-        raise InputError(f"--epochs {cfg.epochs} needs {needed} steps ({steps_per_epoch} per epoch), more than "
-                         f"this one-cycle run's schedule of {planned}; resume it to at most its own length, "
-                         "or start a new run", cfg.resume)
+                             f"{steps_per_epoch}, too many for the {left} steps its schedule has left: {changed}",
+                             cfg.resume)
+        raise InputError(f"--epochs {cfg.epochs} needs {needed} more steps ({steps_per_epoch} per epoch), more than "
+                         f"this one-cycle run's schedule has left ({left} of {planned}); resume it to at most its "
+                         "own length, or start a new run", cfg.resume)

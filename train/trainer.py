@@ -94,7 +94,7 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
 
 def open_splits(cfg: TrainConfig, env: DistEnv):
     """(train, val) datasets and the SSIM data range; a dataset too small for a batch is an error."""
-    from mde.data.readers import check_depth_units, dataset_max_depth, open_dataset, read_every_sample
+    from mde.data.readers import check_depth_units, dataset_max_depth, open_dataset
 
     train_set = open_dataset(cfg.data, split="train", depth_scale=cfg.depth_scale)
     val_set = open_dataset(cfg.data, split="val", depth_scale=cfg.depth_scale)
@@ -113,11 +113,21 @@ def open_splits(cfg: TrainConfig, env: DistEnv):
                         f"({MAX_DEPTH_LIMIT:g} m); pass --max-depth METRES", Path(cfg.data) / "meta.json")
     for split in (train_set, val_set):  # millimetres in a .npy would train a model of millimetres, silently
         check_depth_units(split, data_range)
-    if env.is_main:  # a first train image read here: its notes (a grey dataset's) are said once, not by each
-        train_set[0]  # loader worker every epoch, as workers inherit what was said before they start
-    # a damaged val file found now, not after an epoch's work; rank 0 alone decides what best.pt holds
-    val_data = read_every_sample(val_set, "check val files") if env.is_main else ""
-    return train_set, val_set, data_range, val_data
+    return train_set, val_set, data_range
+
+
+def read_on_rank0(train_set: Any, val_set: Any, env: DistEnv) -> str:
+    """What rank 0 alone reads before training: the first train image, whose notes (a grey dataset's) are said
+    once, not by each loader worker every epoch (workers inherit what was said before they start); and every val
+    file (a damaged one found now, not after an epoch's work), as the digest that tells a resume whether it
+    validates alike (rank 0 alone decides what best.pt holds). After the checks every rank makes: those a rank
+    meets while rank 0 reads would be said by that rank, not by rank 0 for all."""
+    from mde.data.readers import read_every_sample
+
+    if not env.is_main:
+        return ""
+    train_set[0]
+    return read_every_sample(val_set, "check val files")
 
 
 def inherited_depth_scale(cfg: TrainConfig) -> float | None:
@@ -318,10 +328,11 @@ def main(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dict[
 def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> Job:
     """Data, model (from the checkpoint's arguments and weights when resuming), optimizer, schedule, AMP."""
     out = Path(cfg.out)
-    train_set, val_set, data_range, val_data = open_splits(cfg, env)  # first: bad data leaves no output folder
+    train_set, val_set, data_range = open_splits(cfg, env)  # first: bad data leaves no output folder
     steps_per_epoch = len(train_set) // env.world_size // cfg.batch_size
     if resume is not None:
         check_resume(cfg, resume, steps_per_epoch)
+    val_data = read_on_rank0(train_set, val_set, env)
     own_folder = resume is not None and resolved(out) == resolved(cfg.resume).parent
     if env.is_main:  # a resume writes over its own run folder; any other must be empty (or --force)
         if out.is_dir():  # first: a run killed while writing its first checkpoint left only a temporary copy
