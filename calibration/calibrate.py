@@ -19,7 +19,7 @@ from mde.calibration.inspect import integer_kernel_share
 from mde.calibration.ranges import load_ranges, save_ranges
 from mde.calibration.subpixel import rewritable, rewrite_conv_transpose
 from mde.console import info, make_progress
-from mde.errors import DataError, InputError, ModelError, counted
+from mde.errors import DataError, InputError, ModelError, counted, shown_path
 from mde.io import (
     atomic_path,
     check_can_write_beside,
@@ -219,9 +219,9 @@ def open_train_split(cfg: CalibrationConfig, allow_few_option: str = "--allow-fe
     data = Path(cfg.data)
     pool, dataset = "train split", None
     if data.name in ("depth", "mask") and (data.parent / "rgb").is_dir():  # its PNGs would pass for grey frames
-        kind = "depth maps" if data.name == "depth" else "region masks"
-        raise InputError(f"a dataset split's {kind}, not camera images; give the dataset ({data.parent.parent}), "
-                         f"or the split's rgb/ folder", data)
+        kind, dataset = "depth maps" if data.name == "depth" else "region masks", shown_path(resolved(data).parents[1])
+        raise InputError(f"a dataset split's {kind}, not camera images; give the dataset ({dataset}), or the split's "
+                         "rgb/ folder", data)
     if loose_images(data):
         pool, dataset = "folder", UnlabelledImages(data)
         if not len(dataset):

@@ -141,13 +141,17 @@ def _runtime_loads(opset: int) -> bool:
 
 def depth_scale_for(cfg: ExportConfig, data: Path | None) -> float | None:
     """`--depth-scale` for one of the export's datasets: as given where it has PNG depth, None where it has none
-    but the other one has (one option for two datasets, a KITTI golden set and a .npy calibration set); as given
-    where neither has, for the dataset reader to refuse."""
-    from mde.data.readers import has_png_depth
+    but the other one has (one option for two datasets, a KITTI golden set and a .npy calibration set), or where
+    its meta.json declares its scale and the other one's PNG depth needs the option; as given where neither has,
+    for the dataset reader to refuse."""
+    from mde.data.readers import declared_depth_scale, has_png_depth
 
     if cfg.depth_scale is None or data is None:
         return None
     others = [Path(d) for d in (cfg.golden_data, cfg.calib_data) if d is not None and Path(d) != Path(data)]
+    if declared_depth_scale(data) is not None and any(has_png_depth(d) and declared_depth_scale(d) is None
+                                                      for d in others):
+        return None
     if has_png_depth(data) or not any(has_png_depth(d) for d in others):
         return cfg.depth_scale
     return None

@@ -261,7 +261,7 @@ def test_eval_notes_a_checkpoint_trained_at_another_depth_scale(cli, tiny_checkp
     torch.save(state, ckpt)
     note = f"note: {ckpt} was trained with --depth-scale 256; {synth_data}'s PNG depth is read at 1000 units per metre"
     result = cli("eval", ckpt, "--data", synth_data, "--json")
-    assert result.code == 0 and note in result.err, result.err
+    assert result.code == 0 and f"{note} here (as its meta.json declares)" in result.err, result.err
     undeclared = tmp_path / "undeclared"  # the same PNGs, with a meta.json that declares no scale
     undeclared.mkdir()
     for split in ("train", "val"):
@@ -269,5 +269,7 @@ def test_eval_notes_a_checkpoint_trained_at_another_depth_scale(cli, tiny_checkp
     meta = json.loads((synth_data / "meta.json").read_text())
     del meta["depth_png_scale"]
     (undeclared / "meta.json").write_text(json.dumps(meta))
+    result = cli("eval", ckpt, "--data", undeclared, "--json")
+    assert result.code == 0 and "(give --depth-scale 256 if it is the same data)" in result.err, result.err
     result = cli("eval", ckpt, "--data", undeclared, "--json", "--depth-scale", "256")
     assert result.code == 0 and "was trained with" not in result.err, result.err

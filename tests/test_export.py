@@ -522,3 +522,11 @@ def test_one_depth_scale_reads_the_png_dataset_of_two(tmp_path):
     assert depth_scale_for(both_npy, both_npy.golden_data) == depth_scale_for(both_npy, both_npy.calib_data) == 256.0
     assert depth_scale_for(ExportConfig(checkpoint=cfg.checkpoint, out=cfg.out, golden_data=tmp_path / "kitti"),
                            tmp_path / "kitti") is None  # no --depth-scale: the format's own
+    # a calibration set that declares its scale (meta.json, as mde data synth writes) beside a KITTI golden set that
+    # needs the option: it was given to both, and the declared one refused it, with no way out
+    (tmp_path / "synth" / "train" / "depth").mkdir(parents=True)
+    Image.fromarray(np.full((8, 8), 10000, np.uint16)).save(tmp_path / "synth" / "train" / "depth" / "a.png")
+    (tmp_path / "synth" / "meta.json").write_text('{"max_depth": 20, "depth_png_scale": 1000}')
+    mixed = ExportConfig(checkpoint=cfg.checkpoint, out=cfg.out, golden_data=tmp_path / "kitti",
+                         calib_data=tmp_path / "synth", depth_scale=256.0)
+    assert (depth_scale_for(mixed, mixed.golden_data), depth_scale_for(mixed, mixed.calib_data)) == (256.0, None)

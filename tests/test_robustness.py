@@ -366,7 +366,7 @@ CASES = [
     ("parity-json-is-report", "parity {ckpt} {onnx} --data {data} --json {out}.txt --report {out}.txt",
      "out.txt: --json names a file the report writes"),
     ("parity-golden-empty", "parity --golden {bad:golden_empty} {onnx}",
-     "golden-empty.npz: golden arrays must be N x 3 x H x W and N x 1 x H x W, N >= 1"),
+     "golden-empty.npz: golden arrays must be N x 3 x H x W and N x 1 x H x W, N, H, W >= 1"),
     ("parity-artifact-as-checkpoint", "parity {onnx} {onnx_fp16} --data {data}",
      "model.onnx: the first path is the PyTorch checkpoint (.pt) the artifacts were exported from"),
     ("parity-checkpoint-as-artifact", "parity {ckpt} {ckpt} --data {data}",

@@ -755,11 +755,17 @@ def test_a_run_killed_while_writing_its_first_checkpoint_starts_again_without_fo
     result = cli("train", "--data", synth_data, "--out", run, *TINY, "--epochs", "1")
     assert result.code == 0, result.err
     assert not list(run.glob(".*.tmp")) and (run / "last.pt").is_file()
-    # the same command again (as after a Ctrl-C): the one way on it named was --force, which throws the run away
+    # the same command again: the one way on it named was --force, which throws a stopped run away
+    result = cli("train", "--data", synth_data, "--out", run, *TINY, "--epochs", "1")
+    assert result.code == 2 and result.err == (  # one-cycle, finished: it cannot go on
+        f"mde: error: {run}: the folder holds a run (last.pt), finished; start anew over it with --force, or choose "
+        "another --out\n")
+    state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    torch.save({**state, "epoch": 0, "step": 3, "epoch_step": 3}, run / "last.pt")  # as after a Ctrl-C mid-epoch
     result = cli("train", "--data", synth_data, "--out", run, *TINY, "--epochs", "1")
     assert result.code == 2 and result.err == (
-        f"mde: error: {run}: the folder holds a run (last.pt): continue it with --resume {run / 'last.pt'} (and more "
-        "--epochs if it finished), or start anew over it with --force\n")
+        f"mde: error: {run}: the folder holds a run (last.pt), 0 of its 1 epochs trained: continue it with --resume "
+        f"{run / 'last.pt'}, or start anew over it with --force\n")
 
 
 def test_force_belongs_to_the_command_that_types_it(cli, synth_data, tmp_path, monkeypatch):
@@ -1319,6 +1325,7 @@ def _recoded(data: Path, to: Path, scale: float | None) -> Path:
 def test_a_resume_on_data_of_another_depth_encoding_reads_it_at_its_scale(cli, synth_data, tmp_path, cyclic_run):
     """--depth-scale belongs to the dataset: a resume onto KITTI-scaled PNGs refused it as a conflict, and without
     it read every depth at 1000 units per metre (0.256x); a checkpoint's scale stopped a resume onto .npy depth."""
+    from mde.errors import InputError
     from mde.train.config import TrainConfig
     from mde.train.trainer import inherited_depth_scale
 
@@ -1332,6 +1339,11 @@ def test_a_resume_on_data_of_another_depth_encoding_reads_it_at_its_scale(cli, s
     for data, kept in ((kitti, 256.0), (synth_data, None), (metres, None)):  # a checkpoint's 256 on each
         # (synth_data's meta.json declares 1000, which is read)
         assert inherited_depth_scale(TrainConfig(data=str(data), depth_scale=256.0)) == kept, data
+    # the folder the run trained on, now declaring another scale than the run read it at: its depths would change
+    # 3.9x in the middle of the run, with a note
+    with pytest.raises(InputError, match=r"the resumed run read .* PNG depth at --depth-scale 256, and its meta.json "
+                                         r"now declares 1000: correct meta.json, or start a new run"):
+        inherited_depth_scale(TrainConfig(data=str(synth_data), depth_scale=256.0), str(synth_data))
 
 
 class _KillsItsWorker(torch.utils.data.Dataset):

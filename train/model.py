@@ -217,7 +217,7 @@ def build_model(
             model = DepthNet(args, weights=weights)
     except Exception as err:  # noqa: BLE001 - a failed download (URLError is an OSError), or a damaged cached file
         cached = _cached_imagenet_weights(args.backbone) if pretrained else None
-        if cached is not None:  # torch.hub reads a file in its cache as it is: the file is the fault
+        if cached is not None and not _loads(cached):  # torch.hub reads a file in its cache as it is
             why = f"{type(err).__name__}: {one_line(str(err).splitlines()[0]) if str(err) else ''}"
             raise ModelError(f"cannot read the cached ImageNet weights for {args.backbone} (a damaged or cut-short "
                              f"copy; {why}); delete it to download them again, or use --backbone-weights FILE",
@@ -241,6 +241,15 @@ def _cached_imagenet_weights(backbone: str) -> Path | None:
     url = torchvision.models.get_model_weights(backbone).DEFAULT.url
     path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
     return path if path.is_file() else None
+
+
+def _loads(path: Path) -> bool:
+    """Whether `path` reads as a weights file: a cached copy that does is not what failed."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - whatever stops the load
+        return False
+    return True
 
 
 def load_backbone_weights(model: DepthNet, path: Path) -> None:

@@ -116,6 +116,28 @@ def open_splits(cfg: TrainConfig, env: DistEnv):
     return train_set, val_set, data_range
 
 
+def _run_in_folder(last: Path) -> str:
+    """What to say of a run folder a new run was pointed at: how its run goes on, if it can, or --force."""
+    from mde.train.config import check_resume
+
+    said, anew = "the folder holds a run (last.pt)", "or start anew over it with --force"
+    try:
+        state = load_checkpoint(last)
+        saved = TrainConfig.from_dict(state["config"])
+        per_epoch = int(state["steps_per_epoch"])
+    except Exception:  # noqa: BLE001 - an older or damaged last.pt: the general way on
+        return f"{said}: continue it with --resume {shown_path(last)}, {anew}"
+    try:
+        check_resume(replace(saved, resume=str(last)), state, per_epoch)
+    except InputError:  # nothing left: finished (a cyclic run may go on with more epochs)
+        if saved.schedule == "onecycle":
+            return f"{said}, finished; start anew over it with --force, or choose another --out"
+        further = f"--resume {shown_path(last)} --epochs N (N > {saved.epochs})"
+        return f"{said}, finished; train it further with {further}, {anew}"
+    return f"{said}, {state['epoch']} of its {saved.epochs} epochs trained: continue it with --resume " \
+           f"{shown_path(last)}, {anew}"
+
+
 def read_on_rank0(train_set: Any, val_set: Any, env: DistEnv) -> str:
     """What rank 0 alone reads before training: the first train image, whose notes (a grey dataset's) are said
     once, not by each loader worker every epoch (workers inherit what was said before they start); and every val
@@ -130,11 +152,11 @@ def read_on_rank0(train_set: Any, val_set: Any, env: DistEnv) -> str:
     return read_every_sample(val_set, "check val files")
 
 
-def inherited_depth_scale(cfg: TrainConfig) -> float | None:
+def inherited_depth_scale(cfg: TrainConfig, trained_on: str = "") -> float | None:
     """A resumed run's --depth-scale on the data its --data names now: kept where that data has PNG depth (the
     same dataset moved, as a rule), dropped with a note where its depth maps are all .npy metres, which no scale
     reads (refused when typed: it would change nothing), and where its meta.json declares a scale, which is then
-    read."""
+    read; refused where that declared scale is not the one the run read the same folder (`trained_on`) at."""
     from mde.data.readers import declared_depth_scale, has_png_depth
 
     if not Path(cfg.data).exists():  # no dataset there: opening it says so
@@ -142,6 +164,11 @@ def inherited_depth_scale(cfg: TrainConfig) -> float | None:
     declared = declared_depth_scale(cfg.data)
     if declared is None and has_png_depth(cfg.data):
         return cfg.depth_scale
+    if declared is not None and declared != cfg.depth_scale and trained_on and resolved(trained_on) == \
+            resolved(cfg.data):  # the same depth maps, read at another scale from here on
+        raise InputError(f"the resumed run read {cfg.data}'s PNG depth at --depth-scale {cfg.depth_scale:g}, and "
+                         f"its meta.json now declares {declared:g}: correct meta.json, or start a new run",
+                         cfg.resume)
     if declared != cfg.depth_scale and os.environ.get("RANK", "0") == "0":  # once under torchrun (before its group)
         why = (f"its meta.json declares {declared:g} units per metre" if declared is not None
                else "its depth maps are not 16-bit PNGs")
@@ -166,7 +193,7 @@ def resolve_config(cfg: TrainConfig, given: Collection[str] = ()) -> tuple[Train
     check_training_state(state, cfg.resume)
     merged = merge_resume(cfg, TrainConfig.from_dict(state["config"]), given)
     if merged.depth_scale is not None and cfg.depth_scale is None:  # the checkpoint's, not this command's
-        merged.depth_scale = inherited_depth_scale(merged)
+        merged.depth_scale = inherited_depth_scale(merged, str(state["config"].get("data", "")))
     try:
         merged.validate()
     except InputError as err:  # the saved config, or what the resume changed in it
@@ -338,9 +365,7 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
         if out.is_dir():  # first: a run killed while writing its first checkpoint left only a temporary copy
             report.remove_partial_writes(out)
         if resume is None and not cfg.force and (out / "last.pt").is_file():  # a stopped run: --force would lose it
-            last = shown_path(out / "last.pt")
-            raise InputError(f"the folder holds a run (last.pt): continue it with --resume {last} (and more --epochs "
-                             "if it finished), or start anew over it with --force", out)
+            raise InputError(_run_in_folder(out / "last.pt"), out)
         prepare_output_dir(out, force=cfg.force or own_folder)
         report.check_run_files(out)
         if cfg.max_depth and cfg.max_depth < data_range and resume is None:

@@ -111,12 +111,14 @@ def _note_trained_depth_scale(path: Path, trained: object, dataset: object, data
     """A note where a checkpoint trained with one --depth-scale scores PNG depth read at another: the scale is
     the dataset's and is not taken from the checkpoint, so the same data given without it reads wrong."""
     from mde.console import info
-    from mde.data.readers import has_png_depth
+    from mde.data.readers import declared_depth_scale, has_png_depth
 
     used = getattr(dataset, "depth_scale", None)
     if isinstance(trained, (int, float)) and used is not None and float(trained) != used and has_png_depth(data):
+        advice = ("as its meta.json declares" if declared_depth_scale(data) is not None  # the option would be refused
+                  else f"give --depth-scale {float(trained):g} if it is the same data")
         info(f"note: {path} was trained with --depth-scale {float(trained):g}; {data}'s PNG depth is read at "
-             f"{used:g} units per metre here (give --depth-scale {float(trained):g} if it is the same data)")
+             f"{used:g} units per metre here ({advice})")
 
 
 def _print_table(path: Path, split: str, metrics: dict[str, float]) -> None:

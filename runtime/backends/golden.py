@@ -36,9 +36,9 @@ def read_golden(path: str | Path) -> dict[str, Any]:
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:  # truncated, not npz
         raise InputError(f"not a golden.npz with 'image' and 'depth' arrays ({type(err).__name__}: {err})",
                          path) from None
-    if images.ndim != 4 or images.shape[1] != 3 or not len(images) or depth.shape != (len(images), 1,
-                                                                                   *images.shape[2:]):
-        raise InputError(f"golden arrays must be N x 3 x H x W and N x 1 x H x W, N >= 1, got {images.shape}, "
+    if images.ndim != 4 or images.shape[1] != 3 or not images.size or depth.shape != (len(images), 1,
+                                                                                    *images.shape[2:]):
+        raise InputError(f"golden arrays must be N x 3 x H x W and N x 1 x H x W, N, H, W >= 1, got {images.shape}, "
                          f"{depth.shape}", path)
     if not (np.isfinite(images).all() and np.isfinite(depth).all()):
         raise InputError("golden arrays hold NaN or infinite values (a damaged file: export it again)", path)
