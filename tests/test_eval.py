@@ -234,11 +234,33 @@ def test_eval_bad_input(cli, tmp_path, synth_data, request, kind, match):
 
 
 def test_eval_onnx_device_picks_the_provider(cli, tiny_export, synth_data):
-    """--device cpu runs an .onnx on ONNX Runtime's CPU provider; the figures are those of auto here."""
+    """--device cpu runs an .onnx on ONNX Runtime's CPU provider, and --providers names it as predict, bench and
+    parity take it; the figures are those of auto here."""
     auto = cli("eval", tiny_export / "model.onnx", "--data", synth_data, "--json")
     cpu = cli("eval", tiny_export / "model.onnx", "--data", synth_data, "--json", "--device", "cpu")
-    assert auto.code == cpu.code == 0, cpu.err
+    named = cli("eval", tiny_export / "model.onnx", "--data", synth_data, "--json",
+                "--providers", "CPUExecutionProvider")
+    assert auto.code == cpu.code == named.code == 0, cpu.err + named.err
     assert json.loads(cpu.out)["rmse"] == pytest.approx(json.loads(auto.out)["rmse"], rel=1e-6)
+    assert json.loads(named.out)["rmse"] == pytest.approx(json.loads(auto.out)["rmse"], rel=1e-6)
+
+
+@pytest.mark.parametrize("model, options, match", [
+    ("pt", ["--providers", "CPUExecutionProvider"], "a .pt checkpoint runs in PyTorch (choose where with --device)"),
+    ("pt", ["--device", "cuda:7"], "PyTorch was asked to run on cuda:7; it sees"),
+    ("pt", ["--device", "gpu"], "unknown --device 'gpu'; choose from auto, cpu, cuda, cuda:N"),
+    ("onnx", ["--device", "cpu", "--providers", "CPUExecutionProvider"],
+     "--device cpu and --providers both choose where the model runs"),
+    ("onnx", ["--device", "cuda:1"], "for an .onnx give --device cuda with CUDA_VISIBLE_DEVICES=1"),
+    ("onnx", ["--providers", "NoSuchExecutionProvider"], "NoSuchExecutionProvider"),
+])
+def test_eval_device_and_providers_refusals(cli, tiny_checkpoint, tiny_export, synth_data, model, options, match):
+    """Where the model runs, as parity and predict say it: a GPU index for PyTorch, providers for ONNX Runtime;
+    what cannot be honoured is one line before any image is read."""
+    path = tiny_checkpoint if model == "pt" else tiny_export / "model.onnx"
+    res = cli("eval", path, "--data", synth_data, "--json", *options)
+    assert res.code == 2 and match in res.err and len(res.err.strip().splitlines()) == 1, res.err
+    assert res.out == ""
 
 
 def test_eval_onnx_on_cuda_without_cuda_is_one_line(cli, tiny_export, synth_data):

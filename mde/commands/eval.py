@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import typer
 
-from mde.commands.options import SPLIT_HELP, check_split, depth_scale_option, emit
+from mde.commands.options import SPLIT_HELP, check_split, depth_scale_option, emit, providers_option
 from mde.errors import InputError, ModelError
 
 METRIC_ORDER = ("rmse", "ssim", "abs_rel", "sq_rel", "rmse_log", "delta1", "delta2", "delta3",
@@ -17,6 +18,8 @@ REGION_ORDER = tuple(f"{region}_{name}" for region in ("objects", "structure")
 
 
 DEVICE_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}  # --device for an .onnx
+DEVICE_HELP = ("Where the model runs: auto, cpu, cuda or cuda:N (a .pt: PyTorch's device; an .onnx: ONNX Runtime's "
+               "CPU or CUDA provider, or name them with --providers).")
 
 
 def eval_command(
@@ -25,7 +28,8 @@ def eval_command(
     split: str = typer.Option("val", "--split", help=SPLIT_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     batch_size: int = typer.Option(8, "--batch-size", help="Images per inference call."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (an .onnx: ONNX Runtime's provider)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    providers: list[str] = providers_option(),
     backend: str = typer.Option("auto", "--backend", help="An .onnx or .engine's runtime: auto (from the file suffix), "
                                  "onnxruntime or tensorrt."),
     depth_scale: float | None = depth_scale_option(),
@@ -42,8 +46,8 @@ def eval_command(
 
     if batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
-    if device not in ("auto", *DEVICE_PROVIDERS):
-        raise InputError(f"unknown --device {device!r}; choose from auto, cpu, cuda")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise InputError(f"unknown --device {device!r}; choose from auto, cpu, cuda, cuda:N")
     check_split(split)
     path = require_file(model, "model")
     dataset = open_dataset(data, split=split, depth_scale=depth_scale)
@@ -51,17 +55,16 @@ def eval_command(
     if suffix == ".pt":
         if backend not in ("auto", "torch"):  # a checkpoint runs in PyTorch; another backend would be ignored
             raise InputError(f"--backend {backend}: a .pt checkpoint runs in PyTorch; export it first", path)
+        if providers:
+            raise InputError("--providers names ONNX Runtime's providers; a .pt checkpoint runs in PyTorch "
+                             "(choose where with --device)", path)
         predict, model_range, trained_scale = _torch_predict(path, device)
         _note_trained_depth_scale(path, trained_scale, dataset, data)
     elif suffix in (".onnx", ".engine", ".plan"):
         from mde.runtime.estimator import DepthEstimator
 
-        providers = None  # auto: the best this machine runs
-        if device != "auto" and suffix == ".onnx":
-            providers = [DEVICE_PROVIDERS[device]]
-        elif device == "cpu":
-            raise InputError(f"--device cpu: a TensorRT {suffix} runs on the GPU it was built for", path)
-        estimator = DepthEstimator.open(path, backend=backend, batch_size=batch_size, providers=providers)
+        estimator = DepthEstimator.open(path, backend=backend, batch_size=batch_size,
+                                        providers=_artifact_providers(path, device, providers or None))
         predict, model_range = estimator.predict_batch, estimator.metadata.max_depth
     else:
         raise InputError("expected a .pt, .onnx or .engine file", path)
@@ -83,6 +86,22 @@ def eval_command(
     emit(metrics, json_out, lambda m: _print_table(path, split, m))
 
 
+def _artifact_providers(path: Path, device: str, providers: list[str] | None) -> list[str] | None:
+    """ONNX Runtime's providers for `--device` / `--providers` (None: the best this machine runs)."""
+    if device == "auto":
+        return providers
+    if providers:
+        raise InputError(f"--device {device} and --providers both choose where the model runs; give one of them")
+    if path.suffix.lower() != ".onnx":  # an engine runs on the GPU it was built for: cuda says that, no more
+        if device == "cuda":
+            return None
+        raise InputError(f"--device {device}: a TensorRT {path.suffix} runs on the GPU it was built for", path)
+    if device.startswith("cuda:"):  # ONNX Runtime's CUDA provider takes the first visible GPU
+        raise InputError(f"--device {device} picks a PyTorch GPU; for an .onnx give --device cuda with "
+                         f"CUDA_VISIBLE_DEVICES={device.partition(':')[2]}", path)
+    return [DEVICE_PROVIDERS[device]]
+
+
 def _pixel_mean_map_figures(data: str, split: str, dataset, data_range: float, max_depth: float,
                             depth_scale: float | None) -> dict[str, float] | None:
     """The image-blind baseline on the same split: the train split's per-pixel mean depth map, in the model's
@@ -100,7 +119,15 @@ def _torch_predict(path: Path, device: str):
     from mde.train.distributed import resolve_device
     from mde.train.evaluate import torch_predictor
 
-    dev = resolve_device(device)
+    if device.startswith("cuda:"):  # one GPU of several, as parity's --device takes it
+        import torch
+
+        from mde.train.runner import check_device
+
+        check_device(torch, device, path)
+        dev = torch.device(device)
+    else:
+        dev = resolve_device(device)
     net, state = load_model(path, dev)
     config = state.get("config") if isinstance(state.get("config"), dict) else {}
     return (torch_predictor(net, net.args.image_size, net.args.max_depth, dev), float(net.args.max_depth),
