@@ -7,11 +7,13 @@ Command modules import heavy libraries (torch, onnx) inside their functions, so
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import logging
 import os
 import shlex
 import signal
+import stat
 import sys
 import threading
 import time
@@ -260,8 +262,7 @@ def _run(args: list[str]) -> None:
         if _state["verbose"]:
             traceback.print_exc()
         if isinstance(err, OSError) and err.errno in UNWRITABLE:  # no space left, read-only, no permission
-            where = f"{err.filename}: " if err.filename else ""
-            _say_error(f"{where}{err.strerror or err}")
+            _say_error(_unwritable_message(err))
             raise SystemExit(2) from None
         msg = str(err).splitlines()[0] if str(err) else ""
         missing = _missing_module_hint(err)
@@ -278,6 +279,21 @@ def _run(args: list[str]) -> None:
         raise _stopped()
     if isinstance(code, int) and code:
         raise SystemExit(code)
+
+
+def _unwritable_message(err: OSError) -> str:
+    """A failed write's line, naming the file, or standard output where that is what is full (`mde info >
+    /dev/full`, or a redirect onto a full disk: a table's write carries no file name)."""
+    reason = err.strerror or str(err)
+    if err.filename:
+        return f"{err.filename}: {reason}"
+    if err.errno == errno.ENOSPC and sys.stdout is not None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # no descriptor (a captured stream)
+            fd = sys.stdout.fileno()
+            if (os.path.realpath(f"/proc/self/fd/{fd}") == "/dev/full"
+                    or stat.S_ISREG(os.fstat(fd).st_mode) and os.fstatvfs(fd).f_bavail == 0):
+                return f"cannot write to standard output ({reason})"
+    return reason
 
 
 # The optional modules commands import, and how to get them (mde installs from its checkout, not PyPI).

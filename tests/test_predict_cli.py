@@ -737,3 +737,16 @@ def test_a_user_with_no_home_gets_no_onnx_runtime_telemetry_warning(onnx_path, t
     assert proc.returncode == 0 and "resnet18" in proc.stdout, proc.stderr
     assert "telemetry" not in proc.stderr and not proc.stderr, proc.stderr
 
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_a_full_standard_output_is_named(onnx_path):
+    """`mde info > /dev/full` said "No space left on device" and no more: a table's write carries no file name."""
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "mde", "info", str(onnx_path)], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr == "mde: error: cannot write to standard output (No space left on device)\n"
