@@ -8,7 +8,9 @@ import contextvars
 import io
 import logging
 import os
+import re
 import struct
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -48,6 +50,39 @@ class _OncePerFolder(logging.Filter):
 
 _FOLDER_NOTES = _OncePerFolder()
 log.addFilter(_FOLDER_NOTES)
+
+
+# Pillow's warnings (its own size limit, "Corrupt EXIF data", a palette's transparency) are ignored while it reads:
+# every image's problem is said once, as mde's own line. `warnings.catch_warnings()` would save and restore the
+# process's whole filter list, and two threads reading at once (a robot's decode callbacks) restore each other's
+# copy: "ignore every warning" was left behind for good. One shared filter goes first instead while any thread
+# reads, and the last to leave takes it out of the list it went into.
+_IGNORE_WHILE_READING = ("ignore", re.compile(r"(?s:.*)"), Warning, None, 0)  # a pattern no user filter has
+
+
+class _Reading:
+    lock = threading.Lock()
+    threads = 0  # inside `_pillow_quiet`
+    filters: list[Any] = []  # the filter list `_IGNORE_WHILE_READING` went into
+
+
+@contextlib.contextmanager
+def _pillow_quiet() -> Iterator[None]:
+    """Inside: no Python warning is shown (in any thread: the filters are the process's)."""
+    with _Reading.lock:
+        if _Reading.threads == 0:
+            _Reading.filters = warnings.filters
+            _Reading.filters.insert(0, _IGNORE_WHILE_READING)
+        _Reading.threads += 1
+    try:
+        yield
+    finally:
+        with _Reading.lock:
+            _Reading.threads -= 1
+            if _Reading.threads == 0:  # a `catch_warnings` of the user's meanwhile may have swapped the list
+                for held in (_Reading.filters, warnings.filters):
+                    with contextlib.suppress(ValueError):
+                        held.remove(_IGNORE_WHILE_READING)
 
 
 @contextlib.contextmanager
@@ -97,8 +132,7 @@ def _open_checked(path: Path, source: Callable[[], Any] | None = None) -> Image.
     if source is None:
         _check_file(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow's own size warning: the limit below says it in one line
+        with _pillow_quiet():  # Pillow's own size warning: the limit below says it in one line
             img = Image.open(path if source is None else source())
     except UnidentifiedImageError:
         raise DataError("not a readable image (unknown or corrupt format)", path) from None
@@ -119,8 +153,7 @@ def _open_checked(path: Path, source: Callable[[], Any] | None = None) -> Image.
 def _is_image_data(data: bytes) -> bool:
     """Whether `data` opens as an image (its header only)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _pillow_quiet():
             Image.open(io.BytesIO(data)).close()
     except Exception:  # noqa: BLE001 - whatever Pillow raises on what is no image
         return False
@@ -143,8 +176,7 @@ def _load(img: Image.Image, path: Path) -> None:
     """Decode every pixel now, so a damaged file fails here; Pillow's later calls would not decode again
     (an EXIF read that loaded half a PNG left a half-black image behind, read without an error)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "Corrupt EXIF data" and the like: the pixels are what counts
+        with _pillow_quiet():  # "Corrupt EXIF data" and the like: the pixels are what counts
             img.load()
     except CORRUPT as err:
         img.close()
@@ -254,8 +286,7 @@ def _to_uint8(array: np.ndarray, source: str | Path, by_value: bool) -> np.ndarr
 
 def _orientation(img: Image.Image) -> int:
     """The EXIF orientation (1: as stored); 1 too where the EXIF is damaged or the file ends early."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Pillow warns about corrupt EXIF on stderr
+    with _pillow_quiet():  # Pillow warns about corrupt EXIF on stderr
         try:
             return int(img.getexif().get(ORIENTATION_TAG, 1))
         except Exception:  # noqa: BLE001 - any EXIF Pillow cannot parse: the pixels as stored
@@ -277,8 +308,7 @@ def _say_frames(img: Image.Image, path: Path) -> None:
     if img.format == "MPO":
         return
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a cut-off page's "Corrupt EXIF data", as `_orientation` hears it
+        with _pillow_quiet():  # a cut-off page's "Corrupt EXIF data", as `_orientation` hears it
             frames = img.n_frames if getattr(img, "is_animated", False) or img.format == "TIFF" else 1
     except CORRUPT:  # counting reads every frame: a later one is cut off, the first is whole
         img.seek(0)  # where counting stopped is not where the picture is
@@ -324,14 +354,12 @@ def read_rgb(path: str | Path | bytes | np.ndarray, upright: bool = False) -> np
                 log.info("%s: stored turned (EXIF orientation %d); read as stored, not as viewers show it", path,
                          orientation)
             if upright and orientation != 1:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # it reads the EXIF again: "Corrupt EXIF data" once more
+                with _pillow_quiet():  # it reads the EXIF again: "Corrupt EXIF data" once more
                     img = ImageOps.exif_transpose(img)
                 if low is not None and orientation in TURNS:
                     low = np.asarray(Image.fromarray(low).transpose(TURNS[orientation]))
             if img.mode not in ("RGB", "L", "LA", "RGBA", "I;16", "I;16B", "I;16L", "I", "F"):
-                with warnings.catch_warnings():  # "Palette images with Transparency ...": the alpha goes, as RGBA's
-                    warnings.simplefilter("ignore")
+                with _pillow_quiet():  # "Palette images with Transparency ...": the alpha goes, as RGBA's
                     img = img.convert("RGB")  # palette, CMYK, YCbCr, 1-bit ...
         except CORRUPT as err:
             raise DataError(f"truncated, corrupt or unsupported image ({err})", path) from None
@@ -371,8 +399,7 @@ def _low_bytes(img: Image.Image, rawmode: str | None, path: Path,
     if rawmode not in _COLOUR_16BIT:
         return None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _pillow_quiet():
             other = Image.open(path if source is None else source())
             try:
                 codec, extents, offset, _ = other.tile[0]

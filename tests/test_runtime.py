@@ -677,3 +677,29 @@ def test_implausible_depth_names_what_to_change(tmp_path):
     np.save(npy, np.full((8, 8), 1e9, dtype=np.float64))
     with pytest.raises(DataError, match=r"d.npy: depth reaches 1e\+09 m.*store metres"):
         read_depth(npy)
+
+
+def test_reading_in_threads_leaves_the_warning_filters_as_they_were(tmp_path):
+    """`read_rgb` from two threads (a robot's decode callbacks) left "ignore every warning" in the process's filters
+    for good: each read's `catch_warnings` restored the filter list another thread had saved mid-read."""
+    import io
+    import threading
+    import warnings
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    before = list(warnings.filters)
+
+    def read() -> None:
+        for _ in range(300):
+            read_rgb(data)
+
+    threads = [threading.Thread(target=read) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert warnings.filters == before
