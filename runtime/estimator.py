@@ -24,6 +24,9 @@ SIZE_MULTIPLE = PREPROCESS["size_multiple"]  # the encoder's stride: H and W of 
 # `infer` takes [0, 1] pixels; values this far outside are another convention (0-255, or normalized
 # already), not a resampling overshoot
 INPUT_SLACK = 0.5
+# the network's head is max_depth * sigmoid: depth beyond [0, max_depth] by more than this share of max_depth is
+# a broken model (a negated head read as "0 m: no obstacle anywhere"), not FP16 or INT8 rounding
+OUTPUT_SLACK = 0.01
 
 
 def round_size(height: int, width: int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
@@ -157,6 +160,11 @@ class DepthEstimator:
         depth = self.runner.infer({self.input_name: batch})[self.output_name]
         if not np.isfinite(depth).all():  # a depth map a robot would trust: never pass NaN on
             raise ModelError("the model predicts NaN or infinite depth: a diverged or broken model", self.runner.path)
+        top = self.metadata.max_depth
+        if depth.size and (depth.min() < -OUTPUT_SLACK * top or depth.max() > (1 + OUTPUT_SLACK) * top):
+            raise ModelError(f"the model predicts depth from {float(depth.min()):.4g} to {float(depth.max()):.4g} m, "
+                             f"outside the 0 to {top:g} m its metadata gives: a broken model, or metadata that is "
+                             f"not its own", self.runner.path)
         return depth
 
     def predict(self, rgb: np.ndarray) -> np.ndarray:

@@ -703,3 +703,26 @@ def test_reading_in_threads_leaves_the_warning_filters_as_they_were(tmp_path):
     for thread in threads:
         thread.join()
     assert warnings.filters == before
+
+
+def test_a_model_predicting_depth_outside_its_range_is_refused(onnx_path, tmp_path):
+    """A negated head predicts -20..0 m; clipped to 0 it reached the robot as "no obstacle anywhere", where NaN is
+    refused as a broken model."""
+    import onnx
+    from onnx import numpy_helper
+
+    from mde.errors import ModelError
+
+    model = onnx.load(onnx_path)
+    head = model.graph.node[-1]
+    assert head.op_type == "Mul"
+    scale = next(t for t in model.graph.initializer if t.name in head.input)
+    scale.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(scale), scale.name))
+    broken = tmp_path / "negated.onnx"
+    onnx.save(model, broken)
+    frame = np.full((64, 64, 3), 128, np.uint8)
+    with DepthEstimator.open(broken) as estimator, pytest.raises(ModelError, match=r"negated\.onnx: the model "
+                                                                 r"predicts depth from -.* m, outside the 0 to 20 m"):
+        estimator.predict(frame)
+    with DepthEstimator.open(onnx_path) as estimator:
+        assert estimator.predict(frame).min() >= 0
