@@ -48,9 +48,12 @@ def main() -> None:
                         "CPU), model.int8.onnx (INT8 for TensorRT) or model.engine")
     parser.add_argument("frames", type=Path, help="a folder of RGB images")
     parser.add_argument("--fov", type=field_of_view, default=60.0, help="horizontal field of view, degrees")
-    parser.add_argument("--backend", default="auto",
+    parser.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"),
                         help="auto (from the file suffix), onnxruntime or tensorrt (default: auto)")
     opts = parser.parse_args()
+    if opts.model.suffix.lower() == ".pt":  # the torch backend would run it, importing what a robot lacks
+        parser.error(f"{opts.model}: a .pt checkpoint runs in PyTorch; this loop runs on mde.runtime alone: "
+                     f"export it first (mde export {opts.model} --out DIR), then give DIR/model.onnx")
     if not opts.frames.is_dir():
         parser.error(f"{opts.frames}: not a folder of images")
     if not list_images(opts.frames):

@@ -85,11 +85,12 @@ class DepthEstimator:
         threads: int = 0,
         **options: Any,
     ) -> DepthEstimator:
-        """Open an `.onnx` or `.engine` artifact.
+        """Open an `.onnx` or `.engine` artifact (or, for checks: a `golden.npz`, and a `.pt` with PyTorch).
 
         Args:
             path: the artifact.
-            backend: "auto" (from the suffix), "onnxruntime" or "tensorrt".
+            backend: "auto" (from the suffix), "onnxruntime" or "tensorrt"; also "golden" and "torch" (which
+                imports PyTorch, not a robot's runtime).
             providers: ONNX Runtime providers (None: chosen for this machine); refused for another backend,
                 which would run where it runs and ignore them.
             threads: ONNX Runtime intra-op threads (0: its default).

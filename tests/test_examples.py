@@ -37,6 +37,8 @@ def test_robot_loop_bad_arguments_are_one_line_exit_2(tiny_export, synth_data, t
              ([str(tiny_export / "model.onnx"), str(frames), "--fov", "1e-300"], "must be between 1 and 179"),
              ([str(tiny_export / "golden.npz"), str(frames)], "golden.npz: golden.npz replays the outputs"),
              ([str(tiny_export / "model.onnx"), str(frames), "--bogus"], "unrecognized arguments: --bogus"),
+             ([str(tmp_path / "best.pt"), str(frames)], "best.pt: a .pt checkpoint runs in PyTorch"),
+             ([str(tiny_export / "model.onnx"), str(frames), "--backend", "torch"], "invalid choice: 'torch'"),
              ([str(tiny_export / "model.onnx"), str(tmp_path / "nowhere")], "nowhere: not a folder of images"),
              ([str(tiny_export / "model.onnx"), str(tmp_path)], f"{tmp_path}: folder has no images")]
     for argv, says in cases:
