@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from mde.errors import InputError
+from mde.runtime.metadata import MAX_PLAUSIBLE_DEPTH, MIN_DEPTH_RANGE
 
 LUT_PATH = Path(__file__).with_name("turbo_lut.npy")
 
@@ -38,20 +39,21 @@ def colorize(
     if not np.issubdtype(depth.dtype, np.floating):  # as `to_points`: millimetres are not guessed
         hint = " (a depth camera's millimetres: divide by 1000)" if depth.dtype.kind in "ui" else ""
         raise InputError(f"expected depth in metres as floating point, got {depth.dtype}{hint}")
-    if depth.dtype.itemsize > 4:  # a float64 beyond float32's range is far, not the inf (invalid) a cast makes
+    valid = np.isfinite(depth) & (depth > 0)  # before a cast to float32, which makes 1e-300 m 0 and 1e300 m inf
+    if depth.dtype.itemsize > 4:  # a float64 beyond float32's range is far, and one below it near
         f32_max = np.finfo(np.float32).max
         depth = np.where(np.isfinite(depth), np.clip(depth, -f32_max, f32_max), depth)
     depth = depth.astype(np.float32, copy=False)
     if depth.ndim == 3 and depth.shape[0] == 1:
-        depth = depth[0]
+        depth, valid = depth[0], valid[0]
         masked = None if masked is None else masked[0]
     if depth.ndim != 2:
         raise InputError(f"expected an H x W depth map, got shape {depth.shape}")
     if not (isinstance(max_depth, numbers.Real) and not isinstance(max_depth, bool)
-            and 0 < max_depth < float("inf")):
-        raise InputError(f"max_depth must be a finite number > 0, got {max_depth!r}")
+            and MIN_DEPTH_RANGE <= max_depth <= MAX_PLAUSIBLE_DEPTH):
+        raise InputError(f"max_depth must be a number of metres from {MIN_DEPTH_RANGE:g} to {MAX_PLAUSIBLE_DEPTH:g}, "
+                         f"got {max_depth!r:.40}")
     color = _rgb(invalid_color)
-    valid = np.isfinite(depth) & (depth > 0)
     if masked is not None:
         valid &= ~masked
     scaled = np.clip(np.where(valid, depth, 0.0) / np.float32(max_depth), 0.0, 1.0)

@@ -237,12 +237,14 @@ class DepthEstimator:
         if not (fx32 > 0 and fy32 > 0 and all(np.isfinite(v) for v in (fx32, fy32, cx32, cy32))):
             raise InputError(f"focal lengths must be finite and > 0 (and centres finite), got fx={fx}, fy={fy}, "
                              f"cx={cx}, cy={cy}")
-        depth = depth.astype(np.float32, copy=False)
-        valid = np.isfinite(depth) & (depth > 0)
+        valid = np.isfinite(depth) & (depth > 0)  # before the cast: 1e-300 m is valid, not the 0 float32 makes it
         if masked is not None:
             valid &= ~masked
         v, u = np.nonzero(valid)
-        z = depth[v, u]
+        with np.errstate(over="ignore"):
+            z = depth[v, u].astype(np.float32, copy=False)
+        if not np.isfinite(z).all():  # float64 metres past float32's 3.4e38: no point it could hold
+            raise InputError(f"depth values up to {float(depth[v, u].max()):.4g} m lie beyond float32's range")
         with np.errstate(over="ignore"):
             x = (u.astype(np.float32) - cx32) * z / fx32
             y = (v.astype(np.float32) - cy32) * z / fy32

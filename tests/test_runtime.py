@@ -428,12 +428,23 @@ def test_colorize_near_red_far_blue_invalid_black():
 
 
 def test_colorize_draws_a_float64_depth_beyond_float32_as_far():
-    """1e300 m was cast to inf (numpy warned of the overflow) and drawn as invalid, black."""
-    depth = np.array([[1e300, np.inf, -1e300, 5.0]])
+    """1e300 m was cast to inf (numpy warned of the overflow) and drawn as invalid, black; 1e-300 m was cast to 0,
+    and drawn as invalid too (to_points keeps it)."""
+    depth = np.array([[1e300, np.inf, -1e300, 5.0, 1e-300]])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         rgb = colorize(depth, max_depth=20.0)
-    np.testing.assert_array_equal(rgb[0], [turbo_lut()[0], [0, 0, 0], [0, 0, 0], colorize(depth[:, 3:], 20.0)[0, 0]])
+    np.testing.assert_array_equal(rgb[0], [turbo_lut()[0], [0, 0, 0], [0, 0, 0], colorize(depth[:, 3:4], 20.0)[0, 0],
+                                           turbo_lut()[255]])
+
+
+def test_to_points_refuses_float64_depth_beyond_float32():
+    """1e300 m was cast to inf with numpy's overflow warning, and the pixel dropped as invalid without a word."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match="depth values up to 1e\\+300 m lie beyond float32's range"):
+            DepthEstimator.to_points(np.array([[1e300, 2.0]]), 1.0, 1.0, 0.0, 0.0)
+        assert DepthEstimator.to_points(np.array([[1e-300, 2.0]]), 1.0, 1.0, 0.0, 0.0).shape == (2, 3)
 
 
 def test_colorize_draws_masked_pixels_as_invalid_as_to_points_drops_them():
@@ -445,9 +456,13 @@ def test_colorize_draws_masked_pixels_as_invalid_as_to_points_drops_them():
 
 @pytest.mark.parametrize("depth, max_depth, match", [
     (np.ones((2, 2, 2)), 1.0, "expected an H x W depth map"),
-    (np.ones((2, 2)), 0.0, "max_depth must be a finite number > 0, got 0.0"),
-    (np.ones((2, 2)), "10", "max_depth must be a finite number > 0, got '10'"),
-    (np.ones((2, 2)), float("inf"), "max_depth must be a finite number > 0, got inf"),
+    (np.ones((2, 2)), 0.0, "max_depth must be a number of metres from 0.001 to 1e\\+06, got 0.0"),
+    (np.ones((2, 2)), "10", "max_depth must be a number of metres from 0.001 to 1e\\+06, got '10'"),
+    (np.ones((2, 2)), float("inf"), "max_depth must be a number of metres from 0.001 to 1e\\+06, got inf"),
+    # beyond float32 (10**400: an OverflowError) or below it: numpy's warnings, and a map all one colour
+    (np.ones((2, 2)), 10**400, "max_depth must be a number of metres from 0.001 to 1e\\+06, got 1000000000"),
+    (np.ones((2, 2)), 1e300, "max_depth must be a number of metres from 0.001 to 1e\\+06, got 1e\\+300"),
+    (np.ones((2, 2)), 1e-45, "max_depth must be a number of metres from 0.001 to 1e\\+06, got 1e-45"),
     (np.full((2, 2), 1000, np.uint16), 10.0, "got uint16 \\(a depth camera's millimetres: divide by 1000\\)"),
 ])
 def test_colorize_rejects(depth, max_depth, match):
