@@ -210,7 +210,7 @@ def test_providers_for_a_checkpoint_are_refused_not_ignored(cli, tiny_checkpoint
     assert result.code == 2 and "runs on the torch backend, which takes none" in result.err, result.err
     assert str(tiny_checkpoint) in result.err and not (tmp_path / "out").exists()
     result = cli("bench", "--torch", tiny_checkpoint, "--iterations", "1", *cuda)
-    assert result.code == 2 and f"{tiny_checkpoint}: providers (--providers) name" in result.err, result.err
+    assert result.code == 2 and f"{tiny_checkpoint}: providers name" in result.err, result.err
     engine = _fake_engine(tmp_path)
     for command in (("bench", engine), ("parity", "--golden", onnx_path.parent / "golden.npz", engine)):
         result = cli(*command, *cuda)  # an engine alone: refused before it is opened (TensorRT is not here)

@@ -205,7 +205,7 @@ def resolve_backend(path: str | Path, backend: str = "auto") -> str:
         kind = AUTO_BACKENDS.get(suffix)
         if kind is not None and backend in AUTO_BACKENDS.values() and kind != backend:  # .onnx to golden
             wants = ", ".join(sorted(s for s, b in AUTO_BACKENDS.items() if b == backend)) or "its own files"
-            raise InputError(f"a {suffix} file is read by the {kind} backend; --backend {backend} reads {wants}", path)
+            raise InputError(f"a {suffix} file is read by the {kind} backend; the {backend} backend reads {wants}", path)
         return backend
     if suffix not in AUTO_BACKENDS:
         raise InputError(
@@ -240,7 +240,7 @@ def runs_on_onnxruntime(path: str | Path, backend: str = "auto") -> bool:
 def providers_refused(path: str | Path, backend: str = "auto") -> InputError:
     """The refusal of ONNX Runtime providers for a model another backend runs where it runs (a checkpoint in
     PyTorch on the CPU, an engine on its GPU): ignored, they would be a silent run somewhere else."""
-    return InputError(f"providers (--providers) name ONNX Runtime execution providers, for .onnx models; this file "
+    return InputError(f"providers name ONNX Runtime execution providers, for .onnx models; this file "
                       f"runs on the {resolve_backend(path, backend)} backend, which takes none", path)
 
 
