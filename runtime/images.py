@@ -237,7 +237,7 @@ def _refuse(message: str, source: str | Path) -> NoReturn:
 
 HALF_STEP = 0.5 / 255  # floats this far outside [0, 1] (resampling overshoot) still round into 0..255
 _guessed: set[str] = set()  # array sources ("image", "image 3") already warned about the 8-bit guess
-_dark: set[str] = set()  # sources (files too: a dataset is read every epoch) warned about dark 16-bit values
+_dark: set[str] = set()  # array sources and files' folders (a camera's frames are alike) warned of dark 16-bit values
 
 
 def _to_uint8(array: np.ndarray, source: str | Path, by_value: bool) -> np.ndarray:
@@ -275,11 +275,13 @@ def _to_uint8(array: np.ndarray, source: str | Path, by_value: bool) -> np.ndarr
             if not isinstance(source, Path):
                 _guessed.add(source)
             return array.astype(np.uint8)
-    if int(array.max()) < DARK_16BIT and str(source) not in _dark:  # once per file or array source
+    said = str(source.parent if isinstance(source, Path) else source)  # a folder of frames: once, not per file
+    if int(array.max()) < DARK_16BIT and said not in _dark:
         # the dtype is trusted, but a 10- or 12-bit camera frame in uint16 would come out all but black
         log.warning("%s: a 16-bit image whose values stay below %d (10- or 12-bit?) is read as 16-bit and "
-                    "comes out dark; scale it to 16 bits (or to uint8) first", source, DARK_16BIT)
-        _dark.add(str(source))
+                    "comes out dark; scale it to 16 bits (or to uint8) first%s", source, DARK_16BIT,
+                    f" (said once for the images of {said})" if isinstance(source, Path) else "")
+        _dark.add(said)
     log.info("%s: 16-bit image scaled to 8-bit", source)
     return (array.astype(np.uint16) >> 8).astype(np.uint8)
 

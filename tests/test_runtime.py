@@ -741,3 +741,23 @@ def test_a_model_predicting_depth_outside_its_range_is_refused(onnx_path, tmp_pa
         estimator.predict(frame)
     with DepthEstimator.open(onnx_path) as estimator:
         assert estimator.predict(frame).min() >= 0
+
+
+def test_dark_16_bit_files_are_said_once_per_folder(tmp_path, caplog):
+    """Each dark 16-bit file was warned of, and remembered for the life of the process: a robot's thousands of
+    uniquely named 12-bit frames, a warning and a kept path each."""
+    from PIL import Image
+
+    from mde.runtime import images
+
+    frames = tmp_path / "cam"
+    frames.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((16, 16), 4000, np.uint16)).save(frames / f"{i}.png")
+    before = len(images._dark)
+    with caplog.at_level("WARNING", logger="mde.runtime.images"):
+        for i in range(3):
+            read_rgb(frames / f"{i}.png")
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and warned[0].startswith(f"{frames / '0.png'}: a 16-bit image whose values stay below")
+    assert warned[0].endswith(f"(said once for the images of {frames})") and len(images._dark) == before + 1
