@@ -205,7 +205,8 @@ def resolve_backend(path: str | Path, backend: str = "auto") -> str:
         kind = AUTO_BACKENDS.get(suffix)
         if kind is not None and backend in AUTO_BACKENDS.values() and kind != backend:  # .onnx to golden
             wants = ", ".join(sorted(s for s, b in AUTO_BACKENDS.items() if b == backend)) or "its own files"
-            raise InputError(f"a {suffix} file is read by the {kind} backend; the {backend} backend reads {wants}", path)
+            raise InputError(f"a {suffix} file is read by the {kind} backend; the {backend} backend reads {wants}",
+                             path)
         return backend
     if suffix not in AUTO_BACKENDS:
         raise InputError(
