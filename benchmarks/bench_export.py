@@ -1,7 +1,7 @@
 """Export time and sizes: checkpoint -> model.onnx + model.fp16.onnx, resnet50 at 224x224.
 
-`python benchmarks/bench_export.py [--quick]` (quick: resnet18 at 64x64). Random weights:
-export time and size do not depend on the weight values.
+`python benchmarks/bench_export.py [--quick] [--decoder D]` (quick: resnet18 at 64x64; the decoder: `mde train`'s
+default unless named). Random weights: export time and size do not depend on the weight values.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from cli_common import Parser, run_main
+from cli_common import Parser, decoder_choices, default_decoder, run_main
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, decoder: str | None = None) -> dict:
     """Export a fresh checkpoint to FP32 and FP16 ONNX; return seconds, sizes and errors vs PyTorch."""
     import torch
 
@@ -25,7 +25,8 @@ def run(quick: bool = False) -> dict:
     backbone, size = ("resnet18", 64) if quick else ("resnet50", 224)
     with tempfile.TemporaryDirectory(prefix="mde-bench-export-") as tmp:
         ckpt = Path(tmp) / "model.pt"
-        save_untrained(ckpt, ModelArgs(backbone=backbone, image_size=size, max_depth=20.0))
+        save_untrained(ckpt, ModelArgs(backbone=backbone, image_size=size, max_depth=20.0,
+                                       decoder=decoder or default_decoder()))
         started = time.perf_counter()
         artifacts = export_checkpoint(
             ExportConfig(
@@ -38,6 +39,7 @@ def run(quick: bool = False) -> dict:
         total = time.perf_counter() - started
     result = {
         "backbone": backbone,
+        "decoder": decoder or default_decoder(),
         "image_size": size,
         "torch_threads": torch.get_num_threads(),
         "total_seconds": round(total, 2),
@@ -51,8 +53,8 @@ def run(quick: bool = False) -> dict:
             "p99_over_range": a.p99_over_range,
         }
     print(
-        f"export {backbone} {size}x{size}: total {total:.1f} s (includes checkpoint load, "
-        "golden run, checks)"
+        f"export {backbone} + {result['decoder']} decoder {size}x{size}: total {total:.1f} s (includes checkpoint "
+        "load, golden run, checks)"
     )
     for a in artifacts:
         print(
@@ -65,7 +67,9 @@ def run(quick: bool = False) -> dict:
 def main() -> None:
     parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="resnet18 at 64x64")
-    print(json.dumps(run(parser.parse_args().quick), indent=2))
+    parser.add_argument("--decoder", choices=decoder_choices(), default=None, help="default: mde train's")
+    args = parser.parse_args()
+    print(json.dumps(run(args.quick, args.decoder), indent=2))
 
 
 if __name__ == "__main__":

@@ -11,19 +11,20 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from cli_common import Parser, run_main
+from cli_common import Parser, default_decoder, run_main
 
 TARGET_GROWTH = 0.05
 
 
 def _tiny_model(workdir: Path, size: int = 64) -> Path:
-    """Export a resnet18 model (random weights) for the run; memory behaviour does not need training."""
+    """Export a resnet18 model (random weights, `mde train`'s default decoder) for the run; memory behaviour does
+    not need training."""
     from mde.export.exporter import ExportConfig, export_checkpoint
     from mde.train.checkpoint import save_untrained
     from mde.train.model import ModelArgs
 
     ckpt = workdir / "tiny.pt"
-    save_untrained(ckpt, ModelArgs(backbone="resnet18", image_size=size))
+    save_untrained(ckpt, ModelArgs(backbone="resnet18", image_size=size, decoder=default_decoder()))
     export_checkpoint(ExportConfig(checkpoint=ckpt, out=workdir / "export", precisions=("fp32",)))
     return workdir / "export" / "model.onnx"
 

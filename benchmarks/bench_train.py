@@ -32,7 +32,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from cli_common import Parser, run_main
+from cli_common import Parser, default_decoder, run_main
 
 # TrainConfig's defaults (unet decoder, batch 16, one-cycle 2e-4..2e-3, berHu loss, flips), from
 # scratch (so freeze auto -> 0), resnet18 at 96 px on CPU.
@@ -201,15 +201,15 @@ def throughput(data: Path, quick: bool, batch: int = 16, size: int = 128) -> dic
 
 
 def _cuda_images_per_s(amp: bool, dtype, batch: int, size: int, steps: int, backbone: str = "resnet50",
-                       decoder: str = "report") -> float:
-    """Training images/s on CUDA (resnet50 and the report decoder unless named), FP32 or autocast(`dtype`)
+                       decoder: str | None = None) -> float:
+    """Training images/s on CUDA (resnet50 and the default decoder unless named), FP32 or autocast(`dtype`)
     + channels_last."""
     import torch
 
     from mde.train.losses import masked_loss
     from mde.train.model import ModelArgs, build_model
 
-    model = build_model(ModelArgs(backbone, size, 20.0, decoder)).cuda()
+    model = build_model(ModelArgs(backbone, size, 20.0, decoder or default_decoder())).cuda()
     x = torch.rand(batch, 3, size, size, device="cuda")
     y = torch.rand(batch, 1, size, size, device="cuda") * 20
     if amp:
@@ -255,8 +255,8 @@ def cuda_amp(data: Path, quick: bool, batch: int = 64, size: int = 224) -> dict:
     with cudnn_benchmark():
         fp32 = _cuda_images_per_s(False, dtype, batch, size, steps)
         amp = _cuda_images_per_s(True, dtype, batch, size, steps)
-    return {"device": torch.cuda.get_device_name(), "backbone": "resnet50", "batch": batch,
-            "size": size, "amp_dtype": str(dtype), "fp32_images_per_s": round(fp32, 1),
+    return {"device": torch.cuda.get_device_name(), "backbone": "resnet50", "decoder": default_decoder(),
+            "batch": batch, "size": size, "amp_dtype": str(dtype), "fp32_images_per_s": round(fp32, 1),
             "amp_channels_last_images_per_s": round(amp, 1), "speedup": round(amp / fp32, 2)}
 
 

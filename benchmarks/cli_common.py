@@ -41,6 +41,19 @@ def run_main(main: Callable[[], Any]) -> None:
     raise SystemExit(code if isinstance(code, int) else 0)
 
 
+def default_decoder() -> str:
+    """The decoder `mde train` builds unless told otherwise: the network the speed and GPU figures are of."""
+    from mde.train.config import TrainConfig
+
+    return TrainConfig.decoder
+
+
+def decoder_choices() -> tuple[str, ...]:
+    from mde.train.config import DECODER_CHOICES
+
+    return DECODER_CHOICES
+
+
 def can_write_in(folder: Path) -> bool:
     """Whether a file can be made in `folder` (tried: root passes every permission check, not a read-only
     mount or /proc), so an output is refused before the work, not after it."""

@@ -188,6 +188,7 @@ def tests(ck: Check, budget: float) -> dict[str, Any]:
 def model(ck: Check) -> dict[str, Any]:
     """Synthetic images (`mde data synth`) and a random-weight checkpoint whose BatchNorm statistics come from them."""
     import torch
+    from cli_common import default_decoder  # benchmarks/ is sys.path[0] when this script runs
 
     from mde.data.synth import synthesize
     from mde.runtime.images import list_images, read_rgb
@@ -203,11 +204,13 @@ def model(ck: Check) -> dict[str, Any]:
     synthesize(data, train=p.synth_train, val=p.synth_val, size=p.size, seed=0, progress=False, force=True)
     images = [read_rgb(f) for f in list_images(data / "train" / "rgb")]
     ck.checkpoint = ck.work / "model.pt"
-    net = save_untrained(ck.checkpoint, ModelArgs(backbone=p.backbone, image_size=p.size, max_depth=20.0),
+    decoder = default_decoder()  # the network users deploy: the skip decoder's Resize and Concat among its layers
+    net = save_untrained(ck.checkpoint, ModelArgs(backbone=p.backbone, image_size=p.size, max_depth=20.0,
+                                                  decoder=decoder),
                          preprocess(images, (p.size, p.size)), device=ck.device,
                          config={"data": str(data), "note": "gpu_check: random weights"})
     ck.data = data
-    return {"backbone": p.backbone, "image_size": p.size, "synth_train_images": p.synth_train,
+    return {"backbone": p.backbone, "decoder": decoder, "image_size": p.size, "synth_train_images": p.synth_train,
             "synth_val_images": p.synth_val, "parameters_m": round(sum(x.numel() for x in net.parameters()) / 1e6, 2)}
 
 

@@ -22,6 +22,8 @@ CASES = [
     ("bench_int8.py", ["--rounds", "0"], "--rounds must be >= 1, got 0"),
     ("bench_int8.py", ["--decoder", "report", "--decoder", "report"], "--decoder given twice: report report"),
     ("bench_runtime.py", ["--model", "{tmp}/model.onnx"], "--model and --checkpoint go together"),
+    ("bench_runtime.py", ["--decoder", "nosuch"], "argument --decoder: invalid choice: 'nosuch'"),
+    ("bench_export.py", ["--decoder", "nosuch"], "argument --decoder: invalid choice: 'nosuch'"),
     ("bench_runtime.py", ["--model", "{tmp}/nosuch.onnx", "--checkpoint", "{tmp}/nosuch.pt"],
      "nosuch.onnx: file not found"),
     ("bench_decoder_ideas.py", ["--data", "{tmp}/full"], "full: not a synthetic set (no meta.json)"),
@@ -188,3 +190,20 @@ def test_cuda_decoder_speed_measures_each_decoder_in_turns_and_gives_ratios(monk
                                             "unet": {"train_images_per_s": 160.0}, "unet_vs_report": 0.8}
     assert out["resnet50_224px_batch64"]["unet_vs_report"] == 0.8 and out["device"] == "fake GPU"
     assert len(calls) == 2 * len(bench_train.CUDA_TRAIN_SHAPES) * out["rounds"]
+
+
+def test_the_speed_benchmarks_measure_the_default_decoder(tmp_path, monkeypatch):
+    """bench_runtime, bench_export, bench_memory and the GPU check built the report decoder (ModelArgs' default, for
+    old checkpoints) while `mde train` builds `unet`: the README's speed figures were of a network nobody trains."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import bench_runtime
+
+    from mde.runtime import read_metadata
+    from mde.train.config import TrainConfig
+
+    model, _ = bench_runtime.build_artifacts(tmp_path, backbone="resnet18", size=64)
+    assert read_metadata(model).decoder == TrainConfig(data="d", out="o").decoder == "unet"
+    model, _ = bench_runtime.build_artifacts(tmp_path / "r", backbone="resnet18", size=64, decoder="report")
+    assert read_metadata(model).decoder == "report"
+    for script in ("bench_export.py", "bench_memory.py", "gpu_check_sections.py"):  # one builder each, no run here
+        assert "default_decoder()" in (BENCHMARKS / script).read_text(), script
