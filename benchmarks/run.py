@@ -1,8 +1,9 @@
 """One entry for every benchmark: `python benchmarks/run.py [--quick] [--only NAME ...]`.
 
 Each `bench_*.py` module has `run(quick) -> dict` and prints its own figures; this
-runner collects them and prints every ratio measured in this one run, then writes
-`benchmarks/results.json`. Targets are checked here, not in timed tests.
+runner collects them and prints every ratio measured in this one run, writing
+`benchmarks/results.json` after each benchmark (`unfinished` lists those still to run: empty once all have).
+Targets are checked here, not in timed tests.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     results: dict[str, dict] = {"machine": {"cpu": platform.processor() or platform.machine(),
                                             "python": platform.python_version()}}
-    for name in opts.only:
+    for i, name in enumerate(opts.only):
         print(f"\n=== bench_{name} ===", flush=True)
         start = time.perf_counter()
         module = importlib.import_module(f"bench_{name}")
@@ -49,8 +50,10 @@ def main() -> None:
         if hasattr(module, "report"):
             module.report(results[name])
         results[name]["seconds"] = round(time.perf_counter() - start, 1)
-    with atomic_path(opts.out) as tmp:  # a failed write keeps the last results whole
-        tmp.write_text(json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
+        # after each benchmark: a later one that fails or is stopped (a full run takes hours) keeps these
+        results["unfinished"] = opts.only[i + 1:]
+        with atomic_path(opts.out) as tmp:  # a failed write keeps the last results whole
+            tmp.write_text(json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
     print(f"\nresults written to {opts.out}")
 
 

@@ -207,3 +207,24 @@ def test_the_speed_benchmarks_measure_the_default_decoder(tmp_path, monkeypatch)
     assert read_metadata(model).decoder == "report"
     for script in ("bench_export.py", "bench_memory.py", "gpu_check_sections.py"):  # one builder each, no run here
         assert "default_decoder()" in (BENCHMARKS / script).read_text(), script
+
+
+def test_run_keeps_the_figures_of_finished_benchmarks_when_a_later_one_stops(tmp_path, monkeypatch):
+    """results.json was written once all had run: Ctrl-C in the last of a run of hours lost every figure."""
+    import json
+    import types
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import run as runner
+
+    def stopped(quick: bool) -> dict:
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "bench_synth", types.SimpleNamespace(run=lambda quick: {"images_per_s": 9.0}))
+    monkeypatch.setitem(sys.modules, "bench_export", types.SimpleNamespace(run=stopped))
+    out = tmp_path / "results.json"
+    monkeypatch.setattr(sys, "argv", ["run.py", "--only", "synth", "export", "--out", str(out)])
+    with pytest.raises(KeyboardInterrupt):
+        runner.main()
+    saved = json.loads(out.read_text())
+    assert saved["synth"]["images_per_s"] == 9.0 and saved["unfinished"] == ["export"] and "export" not in saved
