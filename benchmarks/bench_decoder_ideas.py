@@ -382,11 +382,11 @@ def main() -> None:
             raise InputError("not a synthetic set (no meta.json); give a new or empty folder to make one there",
                              opts.data)
     except (ValueError, MdeError) as err:
-        parser.exit(2, f"{parser.prog}: {err}\n")
+        parser.error(str(err))
     try:
         out = run(opts)
     except MdeError as err:  # e.g. a --runs folder whose runs were trained with other settings
-        parser.exit(2, f"{parser.prog}: {err}\n")
+        parser.error(str(err))
     json.dump(out, sys.stdout, indent=2, default=str)
     print()
 

@@ -554,6 +554,8 @@ def main() -> None:
         parser.error("--variants needs at least one variant name")
     if opts.epochs < 0:
         parser.error(f"--epochs must be >= 0 (0: the quality settings' own), got {opts.epochs}")
+    if opts.runs is not None and opts.runs.exists() and not opts.runs.is_dir():  # before a set is made for it
+        parser.error(f"--runs {opts.runs}: not a folder")
     from mde.errors import MdeError
 
     try:
@@ -570,7 +572,7 @@ def main() -> None:
         else:
             out = run(opts.quick, tuple(opts.only), opts.data)
     except MdeError as err:
-        parser.exit(2, f"{parser.prog}: {err}\n")
+        parser.error(str(err))
     json.dump(out, sys.stdout, indent=2, default=str)
     print()
 

@@ -33,6 +33,8 @@ CASES = [
      "unet-taskenc start from a trained encoder: give --encoder-from RUN"),
     ("bench_train.py", ["--only", "decoders", "quality"], "--only decoders runs on its own"),
     ("bench_train.py", ["--only", "decoders", "--epochs", "-1"], "--epochs must be >= 0"),
+    ("bench_train.py", ["--only", "decoders", "--data", "{tmp}/d", "--runs", "{tmp}/full/notes.txt"],  # before the set
+     "notes.txt: not a folder"),
     ("bench_train.py", ["--only", "quality", "--data", "{tmp}/full"], "full: not a synthetic set (no meta.json)"),
     ("bench_train.py", ["--only", "quality", "--data", "{tmp}/quickset"],
      "quickset: holds 120 / 20 images at 64 px, not the 2000 / 200 at 128 px this run needs (a --quick set?)"),
@@ -59,6 +61,7 @@ def test_bad_arguments_are_one_line_and_exit_2(tmp_path, script, args, message):
                           timeout=120, check=False)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and done.stderr.count("\n") == 1, done.stderr  # one line: no usage block
+    assert done.stderr.startswith(f"{script}: error: "), done.stderr  # as cli_common.Parser promises
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bare", "full", "quickset"]  # nothing written
     assert sorted(p.name for p in (tmp_path / "quickset").iterdir()) == ["bench_world.json", "meta.json"]
 
