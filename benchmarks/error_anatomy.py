@@ -135,11 +135,13 @@ def anatomy(data: Path, run_dir: Path, world: Callable[[], AbstractContextManage
 
 
 def _binned(stats: np.ndarray, keys: list) -> list[dict]:
-    """Rows of share, RMSE, mean signed error and error share from (count, sum of squared error, sum of error)."""
+    """Rows of share, RMSE, mean signed error and error share from (count, sum of squared error, sum of error); a bin
+    no pixel falls in has null RMSE and mean error (0 would read as a perfect score)."""
     count, sse, signed = stats
     return [{"bin": key, "pixel_share": round(count[j] / count.sum(), 3),
-             "rmse": round(float(np.sqrt(sse[j] / max(count[j], 1))), 3),
-             "mean_error": round(float(signed[j] / max(count[j], 1)), 3), "error_share": round(sse[j] / sse.sum(), 3)}
+             "rmse": round(float(np.sqrt(sse[j] / count[j])), 3) if count[j] else None,
+             "mean_error": round(float(signed[j] / count[j]), 3) if count[j] else None,
+             "error_share": round(sse[j] / sse.sum(), 3)}
             for j, key in enumerate(keys)]
 
 
@@ -151,6 +153,6 @@ def _regions_table(split: dict) -> dict:
         for where in ("edge", "interior"):
             sse, n = split[(region, where)]
             out["regions"][f"{region}_{where}"] = {
-                "pixel_share": round(n / total_n, 3), "rmse": round(float(np.sqrt(sse / max(n, 1))), 3),
+                "pixel_share": round(n / total_n, 3), "rmse": round(float(np.sqrt(sse / n)), 3) if n else None,
                 "error_share": round(sse / total_sse, 3)}
     return out

@@ -67,5 +67,16 @@ def test_anatomy_of_a_run_that_is_not_there_is_one_line_and_makes_no_set(tmp_pat
                           check=False)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        f"bench_decoder_ideas.py: {tmp_path / 'no-run' / 'best.pt'}: trained run's checkpoint not found"]
+        f"bench_decoder_ideas.py: error: {tmp_path / 'no-run' / 'best.pt'}: trained run's checkpoint not found"]
     assert not (tmp_path / "set").exists()
+
+
+def test_a_bin_no_pixel_falls_in_has_no_rmse_rather_than_a_perfect_one():
+    """An empty area bin read `rmse 0.0, mean_error 0.0`: a perfect score for pixels that are not there."""
+    import numpy as np
+    from error_anatomy import _binned
+
+    stats = np.array([[4.0, 0.0], [16.0, 0.0], [-4.0, 0.0]])  # count, sum of squared error, sum of error
+    rows = _binned(stats, ["small", "large"])
+    assert rows[0] == {"bin": "small", "pixel_share": 1.0, "rmse": 2.0, "mean_error": -1.0, "error_share": 1.0}
+    assert rows[1]["pixel_share"] == 0.0 and rows[1]["rmse"] is None and rows[1]["mean_error"] is None
