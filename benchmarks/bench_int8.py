@@ -271,25 +271,32 @@ def run(quick: bool = False, decoders: tuple[str, ...] = (), rounds: int | None 
             result["decoders"][decoder] = bench_decoder(decoder, quick, rounds, Path(tmp))
     result["load_average"] = {"start": [round(v, 2) for v in load_before],
                               "end": [round(v, 2) for v in os.getloadavg()]}
-    print(json.dumps(result, indent=2, default=str))
     return result
 
 
 def report(result: dict) -> None:
     """One table per decoder: latency, ratios and integer-kernel share of every option."""
+    load = result["load_average"]
     for decoder, figures in result["decoders"].items():
         print(f"\n{figures['backbone']} + {decoder} decoder, {figures['image_size']} px, "
-              f"{figures['threads']} threads, ONNX Runtime CPU (load {result['load_average']})")
-        print(f"{'option':34s} {'b1 ms':>8s} {'/FP32':>6s} {'/torch':>7s} {'integer convs':>14s} "
-              f"{'dRMSE':>8s} {'dSSIM':>8s} parity")
+              f"{figures['threads']} threads, ONNX Runtime CPU (1-minute load average {load['start'][0]} at the "
+              f"start, {load['end'][0]} at the end)")
+        print(f"{'option':34s} {'ms':>8s} {'/FP32':>6s} {'/torch':>7s} {'integer convs':>14s} "
+              f"{'dRMSE':>9s} {'dSSIM':>9s} parity")
         for name, row in figures["batch1"].items():
             p = figures["parity"].get(name)
-            acc = (f"{p['d_rmse']:+8.4f} {p['d_ssim']:+8.4f} {'PASS' if p['passed'] else 'FAIL'}" if p else "")
+            acc = (f"{p['d_rmse']:+9.2e} {p['d_ssim']:+9.2e} {'PASS' if p['passed'] else 'FAIL'}" if p else "")
             print(f"{name:34s} {row['ms']:8.1f} {row['vs_fp32']:6.3f} {row['vs_pytorch']:7.3f} "
                   f"{row['integer_convs'] or '-':>14s} {acc}")
         for name, row in figures["batch8"].items():
             print(f"{name + ' (batch 8)':34s} {row['ms']:8.1f} {row['vs_fp32']:6.3f} {row['vs_pytorch']:7.3f}")
-        print("targets:", json.dumps(figures["targets"]))
+        for target, figure in figures["targets"].items():
+            if isinstance(figure, list):  # [measured, target, met]
+                value, goal, met = figure
+                print(f"target {target}: {value:.3f}, at most {goal}: {'met' if met else 'MISSED'}" if goal is not None
+                      else f"target {target}: {value:.3f} (none set for this decoder)")
+            else:
+                print(f"target {target}: {figure}")
 
 
 def main() -> None:
@@ -297,6 +304,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help=f"resnet18 at 128 px, fewer images and {QUICK_ROUNDS} rounds")
     parser.add_argument("--decoder", action="append", default=[], help="decoder(s) to measure (default: all)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     parser.add_argument("--rounds", type=int, help=f"interleaved timing rounds (default {ROUNDS}; "
                         f"{QUICK_ROUNDS} with --quick)")
     opts = parser.parse_args()
@@ -309,7 +317,11 @@ def main() -> None:
         parser.error(f"unknown --decoder {', '.join(unknown)}; choose from {', '.join(decoder_names())}")
     if opts.rounds is not None and opts.rounds < 1:
         parser.error(f"--rounds must be >= 1, got {opts.rounds}")
-    report(run(quick=opts.quick, decoders=tuple(opts.decoder), rounds=opts.rounds))
+    result = run(quick=opts.quick, decoders=tuple(opts.decoder), rounds=opts.rounds)
+    if opts.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        report(result)
 
 
 if __name__ == "__main__":

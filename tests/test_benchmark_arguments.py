@@ -231,3 +231,24 @@ def test_run_keeps_the_figures_of_finished_benchmarks_when_a_later_one_stops(tmp
         runner.main()
     saved = json.loads(out.read_text())
     assert saved["synth"]["images_per_s"] == 9.0 and saved["unfinished"] == ["export"] and "export" not in saved
+
+
+def test_bench_int8_tables_label_their_columns_and_targets(monkeypatch, capsys):
+    """Batch-8 latencies sat under a `b1 ms` header, a dRMSE of 3e-5 read +0.0000, the load was a Python dict and
+    the targets unlabelled JSON lists."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import bench_int8
+
+    row = {"ms": 12.5, "vs_fp32": 0.5, "vs_pytorch": 0.3}
+    result = {"load_average": {"start": [1.5, 1.0, 1.0], "end": [2.0, 1.0, 1.0]}, "decoders": {"unet": {
+        "backbone": "resnet50", "image_size": 224, "threads": 2,
+        "batch1": {"cpu": {**row, "integer_convs": "29/30"}}, "batch8": {"cpu": row},
+        "parity": {"cpu": {"d_rmse": 3e-5, "d_ssim": -2e-6, "passed": True}},
+        "targets": {"cpu_int8_over_fp32_b1": [0.5, 0.6, True], "cpu_int8_over_pytorch_b1": [0.7, 0.5, False],
+                    "parity_pass": True}}}}
+    bench_int8.report(result)
+    out = capsys.readouterr().out
+    assert "1-minute load average 1.5 at the start, 2.0 at the end" in out and "b1 ms" not in out
+    assert "+3.00e-05 -2.00e-06 PASS" in out
+    assert "target cpu_int8_over_fp32_b1: 0.500, at most 0.6: met" in out
+    assert "target cpu_int8_over_pytorch_b1: 0.700, at most 0.5: MISSED" in out and "target parity_pass: True" in out
