@@ -26,6 +26,7 @@ class PredictConfig:
     format: str = "color"
     threads: int = 0
     providers: list[str] | None = None
+    force: bool = False  # replace files of the output names in `out` (never the input images' own folder's)
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
@@ -140,7 +141,7 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
             raise InputError(f"its depth map's name, {shown_path(name)}, would be {len(os.fsencode(name))} bytes, "
                              f"more than a file name may hold ({NAME_MAX_BYTES}); rename the image", path)
     check_outside_dataset(out)
-    check_no_overwrite(paths, [out / name for name in names])
+    check_no_overwrite(paths, [out / name for name in names], cfg.force)
     owner = {name: path for path, name in zip(paths, names)}  # an output name -> its input
     skipped: set[Path] = set()
     failed = 0
@@ -194,11 +195,13 @@ def check_outside_dataset(out: Path, written: str = "the depth maps") -> None:
                              "would replace or join its files; choose a folder outside it", out)
 
 
-def check_no_overwrite(inputs: list[Path], outputs: list[Path]) -> None:
-    """Refuse an output path that is a folder, an input image, or an existing file in the input images' own folder.
+def check_no_overwrite(inputs: list[Path], outputs: list[Path], force: bool = False) -> None:
+    """Refuse an output path that is a folder, an input image, an existing file in the input images' own folder,
+    or (without `force`) any existing file.
 
-    An output folder of its own is rewritten freely (a rerun replaces its depth maps); in a folder
-    that holds the images, `photo.png` beside `photo.jpg` is the user's file, not an earlier output.
+    `--out` may be a folder of other files of the same names (another camera's `000001.png`): its files are replaced
+    only with --force, as `export` and `calibrate` replace theirs; in a folder that holds the images, `photo.png`
+    beside `photo.jpg` is the user's file, not an earlier output, even then.
     """
     blocked = next((path for path in outputs if path.exists() and not path.is_file()), None)
     if blocked is not None:  # found now, not after the images before it were predicted
@@ -215,3 +218,8 @@ def check_no_overwrite(inputs: list[Path], outputs: list[Path]) -> None:
     if taken is not None:
         raise InputError("the depth map would replace this existing file in the images' own folder; "
                          "choose another --out", taken)
+    existing = [path for path in outputs if path.exists()]
+    if existing and not force:  # found before the first image, not after it
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise InputError(f"exists{more}, and a depth map would replace it; give --force to replace the files of "
+                         "the depth maps' names (a rerun's), or choose another --out", existing[0])

@@ -391,10 +391,27 @@ def test_predict_never_replaces_a_users_file_beside_the_images(cli, onnx_path, i
         f"mde: error: {photo}: the depth map would replace this existing file in the images' own folder; "
         "choose another --out"]
     assert photo.read_bytes() == before
+    result = cli("predict", onnx_path, images / "b.jpg", "--out", images, "--force")  # not even then
+    assert result.code == 2 and "existing file in the images' own folder" in result.err and photo.read_bytes() == before
     out = tmp_path / "depth"
-    for _ in range(2):  # a rerun into an output folder of its own replaces its maps
-        result = cli("predict", onnx_path, images / "b.jpg", "--out", out)
-        assert result.code == 0, result.err
+    result = cli("predict", onnx_path, images / "b.jpg", "--out", out)
+    assert result.code == 0, result.err
+
+
+def test_predict_replaces_a_file_in_out_only_with_force(cli, onnx_path, images, tmp_path):
+    """Another camera's `b.png` in --out was replaced by a depth map without a word: --out was "rewritten freely"."""
+    out = tmp_path / "frames"
+    out.mkdir()
+    theirs = out / "b.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(theirs)
+    before = theirs.read_bytes()
+    result = cli("predict", onnx_path, images / "b.jpg", images / "a.png", "--out", out)
+    assert result.code == 2 and result.err.strip().splitlines() == [
+        f"mde: error: {theirs}: exists, and a depth map would replace it; give --force to replace the files of the "
+        "depth maps' names (a rerun's), or choose another --out"]
+    assert theirs.read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["b.png"]  # not a.png either
+    result = cli("predict", onnx_path, images / "b.jpg", "--out", out, "--force")  # a rerun, as export's
+    assert result.code == 0 and theirs.read_bytes() != before, result.err
 
 
 def test_paths_are_printed_as_they_are(cli, onnx_path, images, tmp_path):

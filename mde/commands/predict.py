@@ -23,12 +23,14 @@ def predict(
     threads: int = typer.Option(PredictConfig.threads,
                                 help="CPU threads for ONNX Runtime or PyTorch (0 = its default)."),
     providers: list[str] = providers_option(),
+    force: bool = typer.Option(PredictConfig.force, "--force",
+                               help="Replace files of the same names in --out (a rerun's depth maps)."),
 ) -> None:
     """Write a depth map for each input image, at the image's own resolution (turned upright as its EXIF says)."""
     from mde.console import info
 
     check_backend(backend)
-    cfg = PredictConfig(artifact, list(inputs), out, backend, format, threads, providers or None)
+    cfg = PredictConfig(artifact, list(inputs), out, backend, format, threads, providers or None, force)
     counts = run_predict(cfg)
     info(f"wrote {counts['written']} of {counts['images']} depth maps to {out}")
     if counts["failed"]:
