@@ -73,14 +73,14 @@ def make_world_data(path: Path, name: str, quick: bool = False) -> Path:
     """
     from bench_train import check_data_settings, data_settings
 
-    from mde.data.synth import synthesize
+    from mde.data.synth import read_cameras, synthesize
 
     marker = path / "bench_world.json"
     if (path / "meta.json").is_file():
         if marker.is_file():
             ours = json.loads(marker.read_text()).get("world") == name
         else:  # fixed-camera sets made before the marker
-            cameras = json.loads((path / "meta.json").read_text())["cameras"]
+            cameras = read_cameras(path)
             ours = name == "fixed-camera" and all(c[key] == value for split in cameras.values()
                                                   for c in split.values() for key, value in FIXED_CAMERA.items())
         if not ours:

@@ -3,9 +3,10 @@
 OUT/{train,val}/rgb/NAME.png (8-bit RGB), OUT/{train,val}/depth/NAME.png (16-bit, millimetres) and
 OUT/{train,val}/mask/NAME.png (8-bit regions: 0 structure, 1 object, 255 sky) with NAME = the
 zero-padded index, plus OUT/meta.json: generator and version, seed, counts,
-size, max/min depth, the depth PNG scale and, under cameras[split][name], each image's
+size, max/min depth and the depth PNG scale, and OUT/cameras.json: under [split][name], each image's
 intrinsics (fx, fy, cx, cy; pixel centres at integer coordinates) and camera (height_m,
-pitch_deg, hfov_deg, scene kind). Image i of a split is rendered from
+pitch_deg, hfov_deg, scene kind). Sets made before cameras.json hold that under meta.json's "cameras"
+(`read_cameras` takes both). Image i of a split is rendered from
 SeedSequence([seed, split index, i]), so files are byte-identical for a seed whatever the
 number of workers.
 """
@@ -46,6 +47,8 @@ __all__ = ["MAX_DEPTH", "MIN_DEPTH", "SPLITS", "SynthConfig", "draw_scene", "ren
 GENERATOR_VERSION = 2  # 2: region masks
 DEPTH_PNG_SCALE = MM_PER_M  # PNG units per metre
 SPLITS = ("train", "val")
+CAMERAS_FILE = "cameras.json"  # beside meta.json, which stays small: ~240 bytes an image held 70,000 images' worth
+MAX_IMAGES = 1_000_000  # one run's --train + --val: their list and cameras are held in memory until written
 
 
 # --- dataset writer -----------------------------------------------------------------------------
@@ -145,8 +148,8 @@ def synthesize(out: str | Path, train: int, val: int, size: int, seed: int, forc
                         "mask_values": {"structure": MASK_STRUCTURE, "object": MASK_OBJECT,
                                         "invalid": MASK_INVALID},
                         "intrinsics_convention": "pixel centres at integer coordinates (OpenCV)",
-                        "cameras": cameras}
-                _publish(tmp, out, meta)
+                        "cameras_file": CAMERAS_FILE}
+                _publish(tmp, out, meta, cameras)
                 return meta
         except OSError as err:
             raise InputError(f"cannot write the dataset ({err.strerror or err})", out) from None
@@ -162,9 +165,10 @@ def _check_replaceable(out: Path) -> None:
         if path.is_symlink() or (path.exists() and not path.is_dir()):
             raise InputError("expected a split folder here (or nothing), found a link or a file; move it away "
                              "first", path)
-    meta = out / "meta.json"
-    if meta.is_symlink() or (meta.exists() and not meta.is_file()):
-        raise InputError("expected meta.json to be a file (or absent); move it away first", meta)
+    for name in ("meta.json", CAMERAS_FILE):
+        path = out / name
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise InputError(f"expected {name} to be a file (or absent); move it away first", path)
 
 
 def _check_request(train: int, val: int, size: int, seed: int) -> None:
@@ -172,6 +176,8 @@ def _check_request(train: int, val: int, size: int, seed: int) -> None:
 
     if train < 0 or val < 0:
         raise InputError(f"--train and --val must be >= 0, got {train} and {val}")
+    if train + val > MAX_IMAGES:  # found now: the job list alone of 10**20 images filled the memory
+        raise InputError(f"--train and --val ask for {train + val} images; one run makes at most {MAX_IMAGES:,}")
     if train + val == 0:
         raise InputError("--train and --val are both 0: no images to write")
     if seed < 0:
@@ -221,12 +227,25 @@ def _render_splits(tmp: Path, counts: dict[str, int], size: int, seed: int, prog
     return {s: dict(sorted(cameras[s].items())) for s in SPLITS}
 
 
-def _publish(tmp: Path, out: Path, meta: dict) -> None:
-    """Swap the rendered splits and their meta.json (last: it marks a complete dataset) from `tmp` into `out`,
-    by renames that all happen or none; the old dataset goes into `tmp`, deleted with it afterwards."""
+def _publish(tmp: Path, out: Path, meta: dict, cameras: dict) -> None:
+    """Swap the rendered splits, cameras.json and meta.json (last: it marks a complete dataset) from `tmp` into
+    `out`, by renames that all happen or none; the old dataset goes into `tmp`, deleted with it afterwards."""
+    write_json_atomic(tmp / CAMERAS_FILE, cameras)
     write_json_atomic(tmp / "meta.json", meta)
     moves = [((tmp / split) if (tmp / split).exists() else None, out / split) for split in SPLITS]
-    replace_together([*moves, (tmp / "meta.json", out / "meta.json")], tmp / "old")
+    replace_together([*moves, (tmp / CAMERAS_FILE, out / CAMERAS_FILE), (tmp / "meta.json", out / "meta.json")],
+                     tmp / "old")
+
+
+def read_cameras(data: str | Path) -> dict[str, dict[str, dict]]:
+    """{split: {name: camera}} of a set `mde data synth` made: its cameras.json, or meta.json's "cameras" in a set
+    made before that file (information: no command reads it)."""
+    import json
+
+    data = Path(data)
+    if (data / CAMERAS_FILE).is_file():
+        return json.loads((data / CAMERAS_FILE).read_text())
+    return json.loads((data / "meta.json").read_text())["cameras"]
 
 
 class _pool:

@@ -19,6 +19,7 @@ from mde.data.readers import (
     dataset_max_depth,
     open_dataset,
 )
+from mde.data.synth import read_cameras
 from mde.errors import DataError, InputError
 from mde.runtime.images import check_plausible_depth, quiet_folder_notes, read_rgb
 
@@ -62,7 +63,7 @@ def test_folder_dataset_on_synthetic_data(synth_data):
     meta = json.loads((synth_data / "meta.json").read_text())
     train, val = FolderDataset(synth_data, "train"), FolderDataset(synth_data, "val")
     assert len(train) == 24 and len(val) == 8
-    assert val.names == sorted(meta["cameras"]["val"])
+    assert val.names == sorted(read_cameras(synth_data)["val"]) and meta["cameras_file"] == "cameras.json"
     s = val[3]
     assert s.name == val.names[3]
     assert s.rgb.shape == (64, 64, 3) and s.rgb.dtype == np.uint8

@@ -36,7 +36,7 @@ def test_backdrop_buildings_are_object_pixels_of_open_scenes_only(tmp_path):
     samples = _samples(tmp_path)
     buildings = backdrop_buildings(tmp_path, samples)
     assert buildings is not None and len(buildings) == len(samples)
-    scenes = json.loads((tmp_path / "meta.json").read_text())["cameras"]["val"]
+    scenes = json.loads((tmp_path / "cameras.json").read_text())["val"]
     for name, sample, b in zip(sorted(scenes), samples, buildings, strict=True):
         assert not (b & (sample.mask != MASK_OBJECT)).any()
         if scenes[name]["scene"] != "open":

@@ -110,13 +110,14 @@ def test_render_scene_outputs_and_depth_cues():
 def test_synthesize_folder_format_and_meta(tmp_path):
     out = tmp_path / "d"
     meta = synthesize(out, train=5, val=2, size=40, seed=7, progress=False)
-    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train", "val"]
+    assert sorted(p.name for p in out.iterdir()) == ["cameras.json", "meta.json", "train", "val"]
     assert json.loads((out / "meta.json").read_text()) == meta
+    cameras = json.loads((out / "cameras.json").read_text())
     assert meta["counts"] == {"train": 5, "val": 2} and meta["size"] == [40, 40]
     assert meta["max_depth"] == MAX_DEPTH and meta["seed"] == 7 and meta["version"] >= 1
     for split, n in (("train", 5), ("val", 2)):
         names = sorted(p.stem for p in (out / split / "rgb").iterdir())
-        assert names == sorted(meta["cameras"][split]) and len(names) == n
+        assert names == sorted(cameras[split]) and len(names) == n
         for name in names:
             rgb = Image.open(out / split / "rgb" / f"{name}.png")
             dep = Image.open(out / split / "depth" / f"{name}.png")
@@ -126,7 +127,7 @@ def test_synthesize_folder_format_and_meta(tmp_path):
             assert dep.mode.startswith("I") and dep.size == (40, 40)
             mm = np.asarray(dep)
             assert mm.min() >= MIN_DEPTH * 1000 and mm.max() <= MAX_DEPTH * 1000
-            cam = meta["cameras"][split][name]
+            cam = cameras[split][name]
             assert cam["fx"] == pytest.approx(20 / np.tan(np.radians(cam["hfov_deg"]) / 2), rel=1e-4)
 
 
@@ -163,7 +164,7 @@ def test_a_split_of_no_images_gets_no_folder(tmp_path):
     from mde.data.readers import open_dataset
 
     synthesize(tmp_path / "d", train=0, val=2, size=32, seed=0, progress=False)
-    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["meta.json", "val"]
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["cameras.json", "meta.json", "val"]
     assert len(open_dataset(tmp_path / "d", split="val")) == 2
 
 
@@ -204,7 +205,7 @@ def test_a_stop_while_the_new_dataset_is_swapped_in_leaves_the_old_one_whole(tmp
     assert sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file()) == before
     (out / f".synth-{2**22 + 7}-00aa11bb00aa11bb" / "train").mkdir(parents=True)  # a SIGKILLed run's (no such pid)
     synthesize(out, train=2, val=1, size=32, seed=0, progress=False, force=True)
-    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train", "val"]
+    assert sorted(p.name for p in out.iterdir()) == ["cameras.json", "meta.json", "train", "val"]
 
 
 @pytest.mark.parametrize("spoil", ["train_is_a_file", "val_is_a_link"])
@@ -242,7 +243,9 @@ def test_workers_are_capped_by_the_images(tmp_path, monkeypatch):
     ("kwargs", "match"),
     [({"train": 0, "val": 0}, "--train and --val are both 0: no images to write"),
      ({"train": -1}, "--train and --val must be >= 0, got -1 and"), ({"size": 8}, "--size must be 16 to 4096"),
-     ({"seed": -1}, "--seed must be >= 0, got -1")],
+     ({"seed": -1}, "--seed must be >= 0, got -1"),
+     # its job list alone filled 24 GiB before the first image, and the kernel killed the run
+     ({"train": 10**26}, "ask for 100000000000000000000000001 images; one run makes at most 1,000,000")],
 )
 def test_bad_arguments(tmp_path, kwargs, match):
     args = {"train": 2, "val": 1, "size": 32, "seed": 0, **kwargs}
@@ -262,3 +265,18 @@ def test_cli_data_synth(cli, tmp_path):
     assert res.err.strip().startswith("mde: error:") and "not empty" in res.err
     assert len(res.err.strip().splitlines()) == 1
     assert cli("data", "synth", out, "--train", 1, "--val", 1, "--size", 32, "--force").code == 0
+
+
+def test_meta_json_stays_small_whatever_the_count(tmp_path):
+    """Each image's camera went into meta.json, ~240 bytes an image: past ~70,000 images it outgrew the 16 MiB
+    every command reads such a file up to, and mde refused the dataset it had made. They go to cameras.json."""
+    from mde.data.readers import dataset_max_depth
+    from mde.data.synth import read_cameras
+
+    out = tmp_path / "d"
+    synthesize(out, train=30, val=2, size=16, seed=0, progress=False)
+    assert (out / "meta.json").stat().st_size < 1024 and len(read_cameras(out)["train"]) == 30
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "cameras.json").unlink()  # a set made before cameras.json: the cameras in meta.json
+    (out / "meta.json").write_text(json.dumps({**meta, "cameras": {"train": {"000000": {"fx": 1.0}}, "val": {}}}))
+    assert read_cameras(out)["train"] == {"000000": {"fx": 1.0}} and dataset_max_depth(out) == meta["max_depth"]
