@@ -537,6 +537,19 @@ def _meta_number(doc: dict[str, Any], key: str, meta: Path) -> float:
         raise DataError(f"expected a JSON object with a numeric '{key}' ({err})", meta) from None
 
 
+def note_trained_depth_scale(model: str | Path, trained: object, used: float | None, data: str | Path) -> None:
+    """A note where a checkpoint trained with one --depth-scale is scored (`eval`, `parity`, `export --golden-data`)
+    on PNG depth read at another (`used`, units per metre): the scale is the dataset's and is not taken from the
+    checkpoint, so the same data given without it reads wrong, and every figure with it."""
+    from mde.console import info
+
+    if isinstance(trained, (int, float)) and used is not None and float(trained) != used and has_png_depth(data):
+        advice = ("as its meta.json declares" if declared_depth_scale(data) is not None  # the option would be refused
+                  else f"give --depth-scale {float(trained):g} if it is the same data")
+        info(f"note: {model} was trained with --depth-scale {float(trained):g}; {data}'s PNG depth is read at "
+             f"{used:g} units per metre here ({advice})")
+
+
 def declared_depth_scale(path: str | Path) -> float | None:
     """The PNG depth units per metre a dataset folder's `meta.json` declares (`depth_png_scale`, which `mde data
     synth` writes), or None where it declares none."""

@@ -18,6 +18,7 @@ class GoldenInputs:
     gts: list[np.ndarray] = field(default_factory=list)      # metres, at each image's own resolution
     masks: list[np.ndarray | None] = field(default_factory=list)
     data_range: float | None = None               # SSIM's data range: the dataset's max depth
+    depth_scale: float | None = None              # the units per metre its PNG depth was read at
 
 
 def golden_inputs(data: Path | None, size: tuple[int, int], count: int, seed: int, split: str = "val",
@@ -49,6 +50,7 @@ def golden_inputs(data: Path | None, size: tuple[int, int], count: int, seed: in
         gts=[s.depth.astype(np.float32) for s in samples],
         masks=[s.mask for s in samples],
         data_range=data_range,
+        depth_scale=getattr(dataset, "depth_scale", None),
     )
 
 

@@ -180,7 +180,7 @@ def check_checkpoint(cfg: ParityConfig, tolerances: dict[str, Tolerance]
     Returns (one result per artifact, the report header, {artifact: (path, picture)} of the worst-image
     pictures for --report, drawn but not yet written).
     """
-    from mde.data.readers import check_depth_units, dataset_max_depth, open_dataset
+    from mde.data.readers import check_depth_units, dataset_max_depth, note_trained_depth_scale, open_dataset
     from mde.runtime.preprocess import preprocess
 
     dataset = open_dataset(cfg.data, split=cfg.split, depth_scale=cfg.depth_scale)
@@ -198,6 +198,8 @@ def check_checkpoint(cfg: ParityConfig, tolerances: dict[str, Tolerance]
                              "this is an artifact", cfg.checkpoint)
         reference = stack.enter_context(open_runner(cfg.checkpoint, "torch", device=cfg.device))
         size, max_depth = tuple(reference.metadata.input_size), reference.metadata.max_depth
+        note_trained_depth_scale(cfg.checkpoint, getattr(reference, "trained_depth_scale", None),
+                                 getattr(dataset, "depth_scale", None), cfg.data)
         data_range = dataset_max_depth(cfg.data, max_depth)
         check_depth_units(dataset, data_range)
         reference_source = {"checkpoint_sha256": sha256_file(cfg.checkpoint),

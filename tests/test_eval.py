@@ -272,6 +272,27 @@ def test_eval_onnx_on_cuda_without_cuda_is_one_line(cli, tiny_export, synth_data
     assert res.code == 2 and res.err.count("\n") == 1 and "CUDAExecutionProvider" in res.err, res.err
 
 
+def test_parity_and_golden_export_note_a_checkpoint_trained_at_another_depth_scale(cli, tiny_checkpoint, tiny_export,
+                                                                                   synth_data, tmp_path):
+    """eval said it; parity scored the reference on the misread depth (RMSE 30.98 against 22.90, PASS) and export
+    --golden-data saved the misread ground truth into golden.npz, each without a word."""
+    import torch
+
+    state = torch.load(tiny_checkpoint, map_location="cpu", weights_only=False)
+    state["config"]["depth_scale"] = 256.0
+    ckpt = tmp_path / "kitti.pt"
+    torch.save(state, ckpt)
+    note = (f"note: {ckpt} was trained with --depth-scale 256; {synth_data}'s PNG depth is read at 1000 units per "
+            "metre here (as its meta.json declares)")
+    result = cli("parity", ckpt, tiny_export / "model.onnx", "--data", synth_data, "--limit", "2")
+    assert note in result.err, result.err
+    result = cli("export", ckpt, "--out", tmp_path / "e", "--precision", "fp32", "--golden-data", synth_data,
+                 "--golden-images", "2")
+    assert result.code == 0 and note in result.err, result.err
+    result = cli("parity", tiny_checkpoint, tiny_export / "model.onnx", "--data", synth_data, "--limit", "2")
+    assert result.code == 0 and "was trained with" not in result.err, result.err
+
+
 def test_eval_notes_a_checkpoint_trained_at_another_depth_scale(cli, tiny_checkpoint, synth_data, tmp_path):
     """The scale is the dataset's, not the checkpoint's: a run trained with --depth-scale 256 scored on the same
     PNGs without it read them at 1000 units a metre, with no word (RMSE 39.8 against 31.1)."""

@@ -83,6 +83,7 @@ class TorchRunner(Runner):
         self._torch: Any = None
         self._model: Any = None
         self._saved_threads = 0
+        self.trained_depth_scale: object = None
 
     def _activate_impl(self) -> None:
         try:
@@ -98,6 +99,8 @@ class TorchRunner(Runner):
         model, state = load_model(self.path, self.device)
         self._torch, self._model = torch, model
         self.metadata = checkpoint_metadata(model, state)
+        config = state.get("config") if isinstance(state.get("config"), dict) else {}
+        self.trained_depth_scale = config.get("depth_scale")  # the --depth-scale it trained with, if any
         h, w = self.metadata.input_size
         self.input_specs = {INPUT_NAME: TensorSpec(INPUT_NAME, np.dtype(np.float32), (None, 3, h, w))}
         self.output_specs = {OUTPUT_NAME: TensorSpec(OUTPUT_NAME, np.dtype(np.float32), (None, 1, h, w))}

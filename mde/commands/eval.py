@@ -40,7 +40,7 @@ def eval_command(
     split other than train (and NYU's all), the train split's per-pixel mean depth map is scored beside the
     model (RMSE / AbsRel / delta1, per region too), or a note says why there is none.
     """
-    from mde.data.readers import check_depth_units, dataset_max_depth, open_dataset
+    from mde.data.readers import check_depth_units, dataset_max_depth, note_trained_depth_scale, open_dataset
     from mde.io import require_file
     from mde.runtime.evaluate import evaluate
 
@@ -59,7 +59,7 @@ def eval_command(
             raise InputError("--providers names ONNX Runtime's providers; a .pt checkpoint runs in PyTorch "
                              "(choose where with --device)", path)
         predict, model_range, trained_scale = _torch_predict(path, device)
-        _note_trained_depth_scale(path, trained_scale, dataset, data)
+        note_trained_depth_scale(path, trained_scale, getattr(dataset, "depth_scale", None), data)
     elif suffix in (".onnx", ".engine", ".plan"):
         from mde.runtime.estimator import DepthEstimator
 
@@ -132,20 +132,6 @@ def _torch_predict(path: Path, device: str):
     config = state.get("config") if isinstance(state.get("config"), dict) else {}
     return (torch_predictor(net, net.args.image_size, net.args.max_depth, dev), float(net.args.max_depth),
             config.get("depth_scale"))
-
-
-def _note_trained_depth_scale(path: Path, trained: object, dataset: object, data: str) -> None:
-    """A note where a checkpoint trained with one --depth-scale scores PNG depth read at another: the scale is
-    the dataset's and is not taken from the checkpoint, so the same data given without it reads wrong."""
-    from mde.console import info
-    from mde.data.readers import declared_depth_scale, has_png_depth
-
-    used = getattr(dataset, "depth_scale", None)
-    if isinstance(trained, (int, float)) and used is not None and float(trained) != used and has_png_depth(data):
-        advice = ("as its meta.json declares" if declared_depth_scale(data) is not None  # the option would be refused
-                  else f"give --depth-scale {float(trained):g} if it is the same data")
-        info(f"note: {path} was trained with --depth-scale {float(trained):g}; {data}'s PNG depth is read at "
-             f"{used:g} units per metre here ({advice})")
 
 
 def _print_table(path: Path, split: str, metrics: dict[str, float]) -> None:
