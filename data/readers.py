@@ -567,7 +567,7 @@ def declared_depth_scale(path: str | Path) -> float | None:
 def dataset_max_depth(path: str | Path, model_range: float | None = None) -> float:
     """The dataset's maximum depth in metres (the SSIM data range).
 
-    `meta.json`'s `max_depth` when the folder has one (the synthetic world writes 20);
+    `meta.json`'s `max_depth` when the folder has one that gives it (the synthetic world writes 20);
     10 for an NYU file, 80 for KITTI's selection layout; else `model_range`, the output range
     of the model being trained or scored (the range its predictions can take).
 
@@ -577,10 +577,8 @@ def dataset_max_depth(path: str | Path, model_range: float | None = None) -> flo
     """
     path = Path(path)
     doc = _meta(path)
-    if doc is not None:
+    if doc is not None and "max_depth" in doc:  # one that declares only depth_png_scale leaves the range open
         meta = path / "meta.json"
-        if "max_depth" not in doc:
-            raise DataError("expected a JSON object with a numeric 'max_depth' (it has no 'max_depth')", meta)
         value = _meta_number(doc, "max_depth", meta)
         if not MIN_DEPTH_RANGE <= value <= MAX_PLAUSIBLE_DEPTH:  # NaN too; beyond, SSIM's constants over/underflow
             raise DataError(f"expected a max_depth of {MIN_DEPTH_RANGE:g} to {MAX_PLAUSIBLE_DEPTH:g} m, "
@@ -592,5 +590,6 @@ def dataset_max_depth(path: str | Path, model_range: float | None = None) -> flo
         return KITTI_MAX_DEPTH
     if model_range is not None:
         return float(model_range)
-    raise DataError("no meta.json, so the depth range is unknown (the model's output range and the SSIM data "
-                    "range): pass --max-depth METRES, or write {\"max_depth\": METRES} to meta.json", path)
+    raise DataError(f"{'meta.json gives no max_depth' if doc is not None else 'no meta.json'}, so the depth range is "
+                    "unknown (the model's output range and the SSIM data range): pass --max-depth METRES, or write "
+                    "{\"max_depth\": METRES} to meta.json", path)

@@ -315,11 +315,15 @@ def test_dataset_max_depth_rules(tmp_path):
                         ('{"max_depth": 1e-300}', "max_depth of 0.001 to 1e\\+06 m, found 1e-300"),  # underflowed
                         ('{"max_depth": "20"}', 'max_depth is "20", not a number'),  # float("20") read it
                         ('{"max_depth": 1' + "0" * 400 + "}", "numeric 'max_depth' \\(int too large"),
-                        ("[20]", "\\(found a JSON array\\)"), ('{"depth": 20}', "\\(it has no 'max_depth'\\)"),
+                        ("[20]", "\\(found a JSON array\\)"),
                         ('{"max_depth": 20, "max_depth": 80}', 'the key "max_depth" is given twice')):  # 80 won
         (tmp_path / "meta.json").write_text(text)
         with pytest.raises(DataError, match=match):
             dataset_max_depth(tmp_path)
+    (tmp_path / "meta.json").write_text('{"depth_png_scale": 256}')  # a KITTI set that declares only its scale
+    with pytest.raises(DataError, match=r"meta.json gives no max_depth, so the depth range is unknown"):
+        dataset_max_depth(tmp_path)  # was refused even with --max-depth: "it has no 'max_depth'"
+    assert dataset_max_depth(tmp_path, model_range=80.0) == 80.0
     (tmp_path / "meta.json").write_bytes(b'{"max_depth": 20, "note": "\xff"}')  # was an internal error, exit 1
     with pytest.raises(DataError, match=r"meta.json: not UTF-8 text, so not JSON \(byte 27\)"):
         dataset_max_depth(tmp_path)
