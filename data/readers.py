@@ -168,7 +168,9 @@ NOT_A_FILE = "not a readable file (a broken link, a folder, a FIFO or a device)"
 
 
 def _refuse_odd_entries(folder: Path, suffixes: tuple[str, ...]) -> None:
-    """A mask that is no regular file would be taken for "no mask" (its image then scored without regions)."""
+    """An entry named like a file the folder holds that is no regular file (a broken link, a folder): an image or
+    depth map left out of the split without a word, a mask taken for "no mask" (its image scored without
+    regions)."""
     for entry in sorted(folder.iterdir()):
         if entry.suffix.lower() in suffixes and not entry.name.startswith(".") and not entry.is_file():
             raise DataError(NOT_A_FILE, entry)
@@ -214,6 +216,8 @@ class FolderDataset(PairedFiles):
             if not sub.is_dir():
                 raise DataError(f"expected a folder with rgb/ and depth/ for split {split!r}, "
                                 "found none", sub)
+        _refuse_odd_entries(rgb_dir, IMAGE_SUFFIXES)  # a broken link was left out of the split without a word
+        _refuse_odd_entries(depth_dir, DEPTH_SUFFIXES)
         rgbs = _by_stem(list_images(rgb_dir), rgb_dir)
         depths = _by_stem(list_files(depth_dir, DEPTH_SUFFIXES), depth_dir)
         mask_dir = folder / "mask"

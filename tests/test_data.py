@@ -436,6 +436,18 @@ def _bad_duplicate_stem(root):
     return lambda: FolderDataset(root, "val"), "two files share the name 'a'"
 
 
+def _bad_broken_link_among_images(root):  # left out of the split without a word; a mask's was refused
+    _write_pair(root, "val", "a", _depth())
+    (root / "val" / "rgb" / "zzz.png").symlink_to(root / "nowhere.png")
+    return lambda: FolderDataset(root, "val"), "zzz.png: not a readable file \\(a broken link"
+
+
+def _bad_folder_named_like_a_depth_map(root):
+    _write_pair(root, "val", "a", _depth())
+    (root / "val" / "depth" / "zzz.png").mkdir()
+    return lambda: FolderDataset(root, "val"), "depth/zzz.png: not a readable file"
+
+
 def _bad_nyu_not_hdf5(root):
     path = root / "nyu.mat"
     path.write_bytes(b"MATLAB 5.0 MAT-file, not HDF5" * 10)
@@ -546,6 +558,8 @@ def _bad_missing_path(root):
      _bad_depth_8bit, _bad_depth_32bit,
      _bad_no_valid_pixel, _bad_depth_absurd, _bad_npy_not_numpy,
      _bad_duplicate_stem,
+     _bad_broken_link_among_images,
+     _bad_folder_named_like_a_depth_map,
      _bad_nyu_not_hdf5, _bad_nyu_missing_key, _bad_nyu_shapes, _bad_nyu_no_valid_pixel, _bad_nyu_depth_absurd,
      _bad_nyu_millimetres, _bad_nyu_millimetres_as_floats, _bad_nyu_struct, _bad_nyu_dangling_link,
      _bad_nyu_damaged_first_image, _bad_not_a_dataset, _bad_missing_path, _bad_mask_without_image, _bad_rgb_broken_link,
