@@ -48,7 +48,8 @@ class ExportConfig:
         opset: ONNX opset (MIN_OPSET to `max_opset()`).
         dynamic_size: make H and W dynamic (multiples of 32) besides the batch.
         force: overwrite existing artifacts.
-        golden_images: golden inputs saved in golden.npz and used for the checks.
+        golden_images: golden inputs saved in golden.npz and used for the checks (None: `DEFAULT_GOLDEN_IMAGES`,
+            or all of `golden_data`'s val split where it holds fewer).
         golden_seed: seed of the random golden inputs (when no `golden_data` is given).
         golden_data: dataset folder whose val images (and ground truth) are the golden inputs; None: noise.
         depth_scale: 16-bit depth PNG units per metre in `golden_data` and `calib_data` (in the one of them that
@@ -73,7 +74,7 @@ class ExportConfig:
     opset: int = 18
     dynamic_size: bool = False
     force: bool = False
-    golden_images: int = 4
+    golden_images: int | None = None
     golden_seed: int = 0
     golden_data: Path | None = None
     depth_scale: float | None = None
@@ -191,7 +192,7 @@ def validate(cfg: ExportConfig) -> None:
     if not MIN_OPSET <= cfg.opset <= max_opset():
         why = "" if max_opset() == MAX_OPSET else ", the newest the installed onnx and ONNX Runtime load"
         raise InputError(f"--opset must be in {MIN_OPSET}..{max_opset()}{why}, got {cfg.opset}")
-    if not 1 <= cfg.golden_images <= MAX_GOLDEN_IMAGES:  # each is an input and an output saved in golden.npz
+    if cfg.golden_images is not None and not 1 <= cfg.golden_images <= MAX_GOLDEN_IMAGES:  # each: an input and output
         raise InputError(f"--golden-images must be 1..{MAX_GOLDEN_IMAGES}, got {cfg.golden_images}")
     # options of the steps they shape, checked even when that step is not asked for (a typo would wait for it)
     if cfg.calib_images < 1:

@@ -21,23 +21,30 @@ class GoldenInputs:
     depth_scale: float | None = None              # the units per metre its PNG depth was read at
 
 
-def golden_inputs(data: Path | None, size: tuple[int, int], count: int, seed: int, split: str = "val",
+DEFAULT_GOLDEN_IMAGES = 4
+
+
+def golden_inputs(data: Path | None, size: tuple[int, int], count: int | None, seed: int, split: str = "val",
                   depth_scale: float | None = None, model_range: float | None = None) -> GoldenInputs:
     """`count` golden inputs: the first images of `data`'s `split` with their depth (and masks), or, only
     when no dataset is given, seeded uniform noise. `model_range` is the SSIM data range of a dataset
-    without one (`dataset_max_depth`).
+    without one (`dataset_max_depth`). `count` None: `DEFAULT_GOLDEN_IMAGES`, or the whole split where it holds
+    fewer (asked for, more than the split holds is refused).
 
     Raises:
         DataError: the dataset cannot be read, or has fewer than `count` images in `split`.
     """
     if data is None:
         rng = np.random.default_rng(seed)
-        return GoldenInputs(rng.random((count, 3, *size), dtype=np.float32), f"uniform noise, seed {seed}")
+        return GoldenInputs(rng.random((count or DEFAULT_GOLDEN_IMAGES, 3, *size), dtype=np.float32),
+                            f"uniform noise, seed {seed}")
     from mde.data.readers import check_depth_units, dataset_max_depth, open_dataset
     from mde.errors import DataError, counted
     from mde.runtime.preprocess import preprocess
 
     dataset = open_dataset(data, split=split, depth_scale=depth_scale)
+    if count is None:
+        count = min(DEFAULT_GOLDEN_IMAGES, len(dataset)) or DEFAULT_GOLDEN_IMAGES  # an empty split: refused below
     if len(dataset) < count:
         raise DataError(f"the {split} split has {counted(len(dataset), 'image')}; --golden-images asks for {count}",
                         data)

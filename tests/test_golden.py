@@ -212,3 +212,22 @@ def test_a_damaged_golden_file_is_named_in_one_line(cli, export_with_gt, tmp_pat
     result = cli("parity", "--golden", path, export_with_gt / "model.onnx")
     assert result.code == 2, result.err
     assert result.err.strip().splitlines()[-1].startswith(f"mde: error: {path}: ") and says in result.err, result.err
+
+
+def test_golden_images_default_to_a_small_val_split_whole(tmp_path, synth_data):
+    """A val split of 2 images was refused by default: "--golden-images asks for 4", an option nobody gave."""
+    import shutil
+
+    from mde.errors import DataError
+    from mde.export.golden import golden_inputs
+
+    small = tmp_path / "small"
+    shutil.copytree(synth_data, small)
+    for sub in ("rgb", "depth", "mask"):
+        for extra in sorted((small / "val" / sub).iterdir())[2:]:
+            extra.unlink()
+    assert len(golden_inputs(small, (64, 64), None, 0).gts) == 2
+    assert len(golden_inputs(synth_data, (64, 64), None, 0).gts) == 4 and golden_inputs(None, (64, 64), None, 0)\
+        .image.shape[0] == 4
+    with pytest.raises(DataError, match="the val split has 2 images; --golden-images asks for 4"):
+        golden_inputs(small, (64, 64), 4, 0)  # asked for: not cut down

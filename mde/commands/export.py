@@ -78,7 +78,9 @@ def export(
     ),
     force: bool = typer.Option(_D.force, "--force", help="Overwrite existing artifacts."),
     golden_images: int = typer.Option(
-        _D.golden_images, "--golden-images", help="Golden inputs checked and saved in golden.npz."
+        _D.golden_images, "--golden-images", show_default=False,
+        help="Golden inputs checked and saved in golden.npz (default: 4, or all of --golden-data's val split "
+             "where it holds fewer).",
     ),
     golden_data: Path = typer.Option(
         _D.golden_data, "--golden-data",
