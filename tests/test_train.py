@@ -1399,3 +1399,25 @@ def test_a_run_whose_checkpoints_cannot_fit_is_refused_before_training(cli, synt
         rf"mde: error: {run}: too little free space for this run's checkpoints: about \d+ MiB, and 60 MiB is free "
         r"there\n", result.err), result.err
     assert not run.exists()
+
+
+def test_an_epoch_with_no_valid_depth_pixel_is_refused(cli, synth_data, tmp_path):
+    """Depth maps so sparse that none of their pixels survives the resize trained at `loss 0.0000` for every epoch,
+    exit 0, and wrote checkpoints of a model that had learned nothing."""
+    import shutil
+
+    data = tmp_path / "sparse"
+    shutil.copytree(synth_data, data, ignore=shutil.ignore_patterns("mask"))
+    for png in (data / "train" / "depth").iterdir():
+        depth = np.zeros((64, 64), np.uint16)
+        depth[0, 1] = 5000  # one valid pixel, at an odd column: a resize to 32 px keeps none
+        Image.fromarray(depth).save(png)
+    run = tmp_path / "run"
+    args = [a if a != "64" else "32" for a in TINY]
+    result = cli("train", "--data", data, "--out", run, *args, "--epochs", "1", "--no-augment")
+    assert result.code == 2, result.err
+    assert result.err.strip().splitlines()[-1] == (
+        f"mde: error: {data}: epoch 1 had no valid depth pixel to learn from in 24 train images at --image-size 32: "
+        "the depth maps are empty, or too sparse to keep one after the resize (use a larger --image-size, or "
+        "denser depth)")
+    assert not run.exists()

@@ -45,7 +45,7 @@ from mde.train.config import MAX_DEPTH_LIMIT, TrainConfig, as_typed, check_resum
 from mde.train.distributed import DistEnv, all_reduce_sum, barrier, cleanup, setup
 from mde.train.evaluate import model_metric_sums
 from mde.train.loader import DepthPairs, batches, epoch_indices, epoch_loader
-from mde.train.losses import masked_loss
+from mde.train.losses import masked_loss, valid_mask
 from mde.train.model import ModelArgs, build_model
 
 
@@ -537,6 +537,7 @@ def train_one_epoch(job: Job, state: TrainState, epoch: int, progress: Any) -> d
                              info="") if progress else None
     # the running loss stays on the device: no host sync per step
     loss_sum = torch.full((), state.loss_sum, dtype=torch.float64, device=env.device)
+    supervised = torch.zeros((), dtype=torch.float64, device=env.device)  # valid target pixels this epoch
     job.model.train()
     t0, seen, lr = time.perf_counter(), 0, job.scheduler.get_last_lr()[0]
     first = state.epoch_step + 1  # shown too: a log has a line before the 10th batch (minutes with --compile)
@@ -556,6 +557,7 @@ def train_one_epoch(job: Job, state: TrainState, epoch: int, progress: Any) -> d
         job.scheduler.step()
         state.step, state.epoch_step, seen = state.step + 1, state.epoch_step + 1, seen + len(x)
         loss_sum += loss.detach()
+        supervised += valid_mask(y).sum()
         state.loss_count += 1
         if state.epoch_step % cfg.log_interval == 0 or state.epoch_step in (first, steps):
             # the running loss over every rank, as the epoch's line gives it (a collective: all ranks log together)
@@ -573,8 +575,12 @@ def train_one_epoch(job: Job, state: TrainState, epoch: int, progress: Any) -> d
                     save_checkpoint(job, replace(state, loss_sum=partial_sum, loss_count=int(partial_count)),
                                     job.out / "last.pt")
     images_per_s = seen * env.world_size / max(time.perf_counter() - t0, 1e-9)
-    total, count = all_reduce_sum([float(loss_sum), state.loss_count], env)
+    total, count, pixels = all_reduce_sum([float(loss_sum), state.loss_count, float(supervised)], env)
     check_finite(job, total, epoch)
+    if seen and not pixels:  # a loss of 0.0000 and checkpoints of a model that learned nothing
+        raise DataError(f"epoch {epoch + 1} had no valid depth pixel to learn from in {seen * env.world_size} "
+                        f"train images at --image-size {cfg.image_size}: the depth maps are empty, or too sparse "
+                        "to keep one after the resize (use a larger --image-size, or denser depth)", cfg.data)
     state.loss_sum, state.loss_count = 0.0, 0
     return {"epoch": epoch + 1, "step": state.step, "train_loss": total / max(count, 1),
             "lr": lr, "images_per_s": images_per_s}
