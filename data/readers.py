@@ -13,6 +13,7 @@ import glob
 import json
 import logging
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -182,6 +183,12 @@ def _refuse_unpaired(path: Path, other: Path, stem: str, suffixes: tuple[str, ..
     for entry in sorted(other.glob(f"{glob.escape(stem)}.*")):
         if entry.suffix.lower() in suffixes and not entry.is_file():
             raise DataError(NOT_A_FILE, entry)
+    same = unicodedata.normalize("NFC", stem)  # `café` composed in one folder, decomposed (macOS) in the other
+    twin = next((e for e in sorted(other.iterdir()) if e.suffix.lower() in suffixes and e.stem != stem
+                 and unicodedata.normalize("NFC", e.stem) == same), None)
+    if twin is not None:
+        raise DataError(f"{problem}: {other.name}/{twin.name} looks the same but is written in another Unicode form "
+                        "(composed or decomposed accents, as macOS writes them); give both the same form", path)
     expected = f"{other.name}/{stem}{suffixes[0]}" + (f" or {suffixes[1]}" if len(suffixes) > 1 else "")
     raise DataError(f"{problem} (expected {expected})", path)
 

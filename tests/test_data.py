@@ -448,6 +448,15 @@ def _bad_folder_named_like_a_depth_map(root):
     return lambda: FolderDataset(root, "val"), "depth/zzz.png: not a readable file"
 
 
+def _bad_names_in_two_unicode_forms(root):  # "image has no depth map (expected depth/café.png)": it was there
+    import unicodedata
+
+    _write_pair(root, "val", unicodedata.normalize("NFC", "café"), _depth())
+    depth = root / "val" / "depth"
+    (depth / unicodedata.normalize("NFC", "café.png")).rename(depth / unicodedata.normalize("NFD", "café.png"))
+    return lambda: FolderDataset(root, "val"), "looks the same but is written in another Unicode form"
+
+
 def _bad_nyu_not_hdf5(root):
     path = root / "nyu.mat"
     path.write_bytes(b"MATLAB 5.0 MAT-file, not HDF5" * 10)
@@ -559,6 +568,7 @@ def _bad_missing_path(root):
      _bad_no_valid_pixel, _bad_depth_absurd, _bad_npy_not_numpy,
      _bad_duplicate_stem,
      _bad_broken_link_among_images,
+     _bad_names_in_two_unicode_forms,
      _bad_folder_named_like_a_depth_map,
      _bad_nyu_not_hdf5, _bad_nyu_missing_key, _bad_nyu_shapes, _bad_nyu_no_valid_pixel, _bad_nyu_depth_absurd,
      _bad_nyu_millimetres, _bad_nyu_millimetres_as_floats, _bad_nyu_struct, _bad_nyu_dangling_link,
