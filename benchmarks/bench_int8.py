@@ -259,7 +259,7 @@ QUICK_ROUNDS, ROUNDS = 3, 7
 
 
 def run(quick: bool = False, decoders: tuple[str, ...] = (), rounds: int | None = None) -> dict:
-    """Benchmark every decoder; print and return the figures. `rounds`: 3 with `quick`, else 7."""
+    """Benchmark every decoder; return the figures (`report` prints them). `rounds`: 3 with `quick`, else 7."""
     from mde.train.model import decoder_names
 
     rounds = rounds or (QUICK_ROUNDS if quick else ROUNDS)

@@ -361,7 +361,7 @@ def run_inputs(data: Path, settings: dict) -> dict[str, str]:
     digest = hashlib.sha256()
     for path in sorted(p for p in Path(data).rglob("*") if p.is_file()):
         digest.update(f"{path.relative_to(data)}\0{path.stat().st_size}\0".encode())
-        if path.name == "meta.json":  # every image's camera, for `mde data synth` sets
+        if path.name in ("meta.json", "cameras.json"):  # the seed and every image's camera (older sets: in meta)
             digest.update(path.read_bytes())
     inputs = {"data": digest.hexdigest()}
     if settings.get("backbone_weights"):

@@ -113,7 +113,7 @@ def synthesize(out: str | Path, train: int, val: int, size: int, seed: int, forc
     Files are written into a temporary folder inside OUT and swapped into place at the end by
     renames that all happen or none (`mde.io.replace_together`), so an interrupted run leaves the
     old dataset or the new one, never a mix, and a folder with meta.json is complete. With `force`,
-    existing train/, val/ and meta.json in OUT are replaced; other files there are left alone.
+    existing train/, val/, cameras.json and meta.json in OUT are replaced; other files there are left alone.
     Another mde command writing OUT meanwhile is refused. With workers > 1 the pool uses the "spawn" start
     method (safe after torch is imported): call it from a `__main__`-guarded script.
 

@@ -372,14 +372,11 @@ def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:
         problem = profile_size_problem(cfg.min_size, cfg.max_size, size) if cfg.engine and cfg.dynamic_size else None
         if problem:  # the engine's profile is built around the model's size: said before the export, not after
             raise InputError(f"--min-size/--max-size: {problem}", checkpoint)
+        config = state.get("config") if isinstance(state.get("config"), dict) else {}
         golden = golden_inputs(cfg.golden_data, size, cfg.golden_images, cfg.golden_seed,
                                depth_scale=depth_scale_for(cfg, cfg.golden_data),
-                               model_range=float(model.args.max_depth))
-        if cfg.golden_data is not None:  # its ground truth goes into golden.npz: read at the scale it trained with?
-            from mde.data.readers import note_trained_depth_scale
-
-            config = state.get("config") if isinstance(state.get("config"), dict) else {}
-            note_trained_depth_scale(checkpoint, config.get("depth_scale"), golden.depth_scale, cfg.golden_data)
+                               model_range=float(model.args.max_depth),
+                               trained=(checkpoint, config.get("depth_scale")))
         image = golden.image
         with torch.no_grad():
             reference = model(torch.from_numpy(image)).numpy()

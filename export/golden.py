@@ -18,18 +18,19 @@ class GoldenInputs:
     gts: list[np.ndarray] = field(default_factory=list)      # metres, at each image's own resolution
     masks: list[np.ndarray | None] = field(default_factory=list)
     data_range: float | None = None               # SSIM's data range: the dataset's max depth
-    depth_scale: float | None = None              # the units per metre its PNG depth was read at
 
 
 DEFAULT_GOLDEN_IMAGES = 4
 
 
 def golden_inputs(data: Path | None, size: tuple[int, int], count: int | None, seed: int, split: str = "val",
-                  depth_scale: float | None = None, model_range: float | None = None) -> GoldenInputs:
+                  depth_scale: float | None = None, model_range: float | None = None,
+                  trained: tuple[Path, object] | None = None) -> GoldenInputs:
     """`count` golden inputs: the first images of `data`'s `split` with their depth (and masks), or, only
     when no dataset is given, seeded uniform noise. `model_range` is the SSIM data range of a dataset
     without one (`dataset_max_depth`). `count` None: `DEFAULT_GOLDEN_IMAGES`, or the whole split where it holds
-    fewer (asked for, more than the split holds is refused).
+    fewer (asked for, more than the split holds is refused). `trained`: the checkpoint and the --depth-scale it
+    trained with, noted before the units check where the dataset is read at another (`note_trained_depth_scale`).
 
     Raises:
         DataError: the dataset cannot be read, or has fewer than `count` images in `split`.
@@ -38,7 +39,7 @@ def golden_inputs(data: Path | None, size: tuple[int, int], count: int | None, s
         rng = np.random.default_rng(seed)
         return GoldenInputs(rng.random((count or DEFAULT_GOLDEN_IMAGES, 3, *size), dtype=np.float32),
                             f"uniform noise, seed {seed}")
-    from mde.data.readers import check_depth_units, dataset_max_depth, open_dataset
+    from mde.data.readers import check_depth_units, dataset_max_depth, note_trained_depth_scale, open_dataset
     from mde.errors import DataError, counted
     from mde.runtime.preprocess import preprocess
 
@@ -48,6 +49,8 @@ def golden_inputs(data: Path | None, size: tuple[int, int], count: int | None, s
     if len(dataset) < count:
         raise DataError(f"the {split} split has {counted(len(dataset), 'image')}; --golden-images asks for {count}",
                         data)
+    if trained is not None:  # its ground truth goes into golden.npz: read at the scale it trained with?
+        note_trained_depth_scale(trained[0], trained[1], getattr(dataset, "depth_scale", None), data)
     data_range = dataset_max_depth(data, model_range)
     check_depth_units(dataset, data_range)
     samples = [dataset[i] for i in range(count)]
@@ -57,7 +60,6 @@ def golden_inputs(data: Path | None, size: tuple[int, int], count: int | None, s
         gts=[s.depth.astype(np.float32) for s in samples],
         masks=[s.mask for s in samples],
         data_range=data_range,
-        depth_scale=getattr(dataset, "depth_scale", None),
     )
 
 

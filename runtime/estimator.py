@@ -241,10 +241,12 @@ class DepthEstimator:
         if masked is not None:
             valid &= ~masked
         v, u = np.nonzero(valid)
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", under="ignore"):
             z = depth[v, u].astype(np.float32, copy=False)
         if not np.isfinite(z).all():  # float64 metres past float32's 3.4e38: no point it could hold
             raise InputError(f"depth values up to {float(depth[v, u].max()):.4g} m lie beyond float32's range")
+        if not z.all():  # below float32's 1e-45: 0, a point at the camera's centre; dropped as a 0 depth is
+            v, u, z = v[z > 0], u[z > 0], z[z > 0]
         with np.errstate(over="ignore"):
             x = (u.astype(np.float32) - cx32) * z / fx32
             y = (v.astype(np.float32) - cy32) * z / fy32

@@ -8,7 +8,6 @@ import contextvars
 import io
 import logging
 import os
-import re
 import struct
 import threading
 import warnings
@@ -55,34 +54,44 @@ log.addFilter(_FOLDER_NOTES)
 # Pillow's warnings (its own size limit, "Corrupt EXIF data", a palette's transparency) are ignored while it reads:
 # every image's problem is said once, as mde's own line. `warnings.catch_warnings()` would save and restore the
 # process's whole filter list, and two threads reading at once (a robot's decode callbacks) restore each other's
-# copy: "ignore every warning" was left behind for good. One shared filter goes first instead while any thread
-# reads, and the last to leave takes it out of the list it went into.
-_IGNORE_WHILE_READING = ("ignore", re.compile(r"(?s:.*)"), Warning, None, 0)  # a pattern no user filter has
+# copy: "ignore every warning" was left behind for good. Instead one filter stays first in the list, and its message
+# pattern matches only while a thread reads: a copy of the list that a `catch_warnings` of the user's holds and
+# restores later carries it inert.
+class _WhileReading:
+    """A warnings filter's message pattern: every message while any thread is inside `_pillow_quiet`, else none."""
 
-
-class _Reading:
     lock = threading.Lock()
-    threads = 0  # inside `_pillow_quiet`
-    filters: list[Any] = []  # the filter list `_IGNORE_WHILE_READING` went into
+    threads = 0
+
+    def match(self, _message: str) -> bool:  # what warnings calls on a filter's compiled pattern
+        return _WhileReading.threads > 0
+
+
+_IGNORE_WHILE_READING = ("ignore", _WhileReading(), Warning, None, 0)
+
+
+def _after_fork_in_child() -> None:  # a fork while another thread read: that thread and its lock are not there
+    _WhileReading.lock, _WhileReading.threads = threading.Lock(), 0
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @contextlib.contextmanager
 def _pillow_quiet() -> Iterator[None]:
     """Inside: no Python warning is shown (in any thread: the filters are the process's)."""
-    with _Reading.lock:
-        if _Reading.threads == 0:
-            _Reading.filters = warnings.filters
-            _Reading.filters.insert(0, _IGNORE_WHILE_READING)
-        _Reading.threads += 1
+    with _WhileReading.lock:
+        _WhileReading.threads += 1
+        filters = warnings.filters
+        if not filters or filters[0] is not _IGNORE_WHILE_READING:  # first, before a user's "error" filter
+            with contextlib.suppress(ValueError):
+                filters.remove(_IGNORE_WHILE_READING)
+            filters.insert(0, _IGNORE_WHILE_READING)
     try:
         yield
     finally:
-        with _Reading.lock:
-            _Reading.threads -= 1
-            if _Reading.threads == 0:  # a `catch_warnings` of the user's meanwhile may have swapped the list
-                for held in (_Reading.filters, warnings.filters):
-                    with contextlib.suppress(ValueError):
-                        held.remove(_IGNORE_WHILE_READING)
+        with _WhileReading.lock:
+            _WhileReading.threads -= 1
 
 
 @contextlib.contextmanager

@@ -247,7 +247,7 @@ def test_eval_onnx_device_picks_the_provider(cli, tiny_export, synth_data):
 
 @pytest.mark.parametrize("model, options, match", [
     ("pt", ["--providers", "CPUExecutionProvider"], "a .pt checkpoint runs in PyTorch (choose where with --device)"),
-    ("pt", ["--device", "cuda:7"], "PyTorch was asked to run on cuda:7; it sees"),
+    ("pt", ["--device", "cuda:999"], "PyTorch was asked to run on cuda:999; it sees"),
     ("pt", ["--device", "gpu"], "unknown --device 'gpu'; choose from auto, cpu, cuda, cuda:N"),
     ("onnx", ["--device", "cpu", "--providers", "CPUExecutionProvider"],
      "--device cpu and --providers both choose where the model runs"),

@@ -444,7 +444,8 @@ def test_to_points_refuses_float64_depth_beyond_float32():
         warnings.simplefilter("error")
         with pytest.raises(InputError, match="depth values up to 1e\\+300 m lie beyond float32's range"):
             DepthEstimator.to_points(np.array([[1e300, 2.0]]), 1.0, 1.0, 0.0, 0.0)
-        assert DepthEstimator.to_points(np.array([[1e-300, 2.0]]), 1.0, 1.0, 0.0, 0.0).shape == (2, 3)
+        points = DepthEstimator.to_points(np.array([[1e-300, 2.0]]), 1.0, 1.0, 0.0, 0.0)  # 0 in float32: dropped
+        np.testing.assert_array_equal(points, [[2.0, 0.0, 2.0]])
 
 
 def test_colorize_draws_masked_pixels_as_invalid_as_to_points_drops_them():
@@ -717,7 +718,22 @@ def test_reading_in_threads_leaves_the_warning_filters_as_they_were(tmp_path):
         thread.start()
     for thread in threads:
         thread.join()
-    assert warnings.filters == before
+    from mde.runtime.images import _IGNORE_WHILE_READING, _pillow_quiet
+
+    assert [f for f in warnings.filters if f is not _IGNORE_WHILE_READING] == before  # and that one is inert:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.warn("heard after the reads", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["heard after the reads"]
+    # a user's catch_warnings that copies the list mid-read, and restores it once the read is over (the copy holds
+    # the read's filter): the warnings of the user's block are heard
+    with warnings.catch_warnings(record=True) as caught:
+        quiet = _pillow_quiet()
+        quiet.__enter__()
+        with warnings.catch_warnings():
+            warnings.warn("ignored mid-read", UserWarning, stacklevel=1)
+            quiet.__exit__(None, None, None)
+            warnings.warn("heard once the read is over", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["heard once the read is over"]
 
 
 def test_a_model_predicting_depth_outside_its_range_is_refused(onnx_path, tmp_path):

@@ -537,7 +537,8 @@ def train_one_epoch(job: Job, state: TrainState, epoch: int, progress: Any) -> d
                              info="") if progress else None
     # the running loss stays on the device: no host sync per step
     loss_sum = torch.full((), state.loss_sum, dtype=torch.float64, device=env.device)
-    supervised = torch.zeros((), dtype=torch.float64, device=env.device)  # valid target pixels this epoch
+    supervised = torch.zeros((), dtype=torch.float64, device=env.device)  # valid target pixels from here on
+    whole = state.epoch_step == 0  # not a resumed epoch's rest, whose first part may have had them
     job.model.train()
     t0, seen, lr = time.perf_counter(), 0, job.scheduler.get_last_lr()[0]
     first = state.epoch_step + 1  # shown too: a log has a line before the 10th batch (minutes with --compile)
@@ -577,7 +578,7 @@ def train_one_epoch(job: Job, state: TrainState, epoch: int, progress: Any) -> d
     images_per_s = seen * env.world_size / max(time.perf_counter() - t0, 1e-9)
     total, count, pixels = all_reduce_sum([float(loss_sum), state.loss_count, float(supervised)], env)
     check_finite(job, total, epoch)
-    if seen and not pixels:  # a loss of 0.0000 and checkpoints of a model that learned nothing
+    if whole and seen and not pixels:  # a loss of 0.0000 and checkpoints of a model that learned nothing
         raise DataError(f"epoch {epoch + 1} had no valid depth pixel to learn from in {seen * env.world_size} "
                         f"train images at --image-size {cfg.image_size}: the depth maps are empty, or too sparse "
                         "to keep one after the resize (use a larger --image-size, or denser depth)", cfg.data)
