@@ -68,6 +68,8 @@ def test_predict_writes_no_depth_map_through_a_link(cli, tiny_export, synth_data
     preds.mkdir()
     (preds / f"{image.stem}.png").symlink_to(victim)
     result = cli("predict", tiny_export / "model.onnx", image, "--out", preds)
+    assert result.code == 2 and "exists, and a depth map would replace it" in result.err, result.err
+    result = cli("predict", tiny_export / "model.onnx", image, "--out", preds, "--force")  # the link goes, not mine
     assert result.code == 0, result.err
     assert victim.read_text() == "mine" and not (preds / f"{image.stem}.png").is_symlink()
 
@@ -173,11 +175,11 @@ def test_a_mask_that_is_no_file_is_refused_not_taken_for_no_mask(cli, tiny_expor
 
 
 def test_predict_runs_again_into_its_own_depth_folder(cli, tiny_export, synth_data, tmp_path):
-    """Only a dataset split (DATA/train|val/depth) is refused: a user's rec/rgb + rec/depth is rewritten freely."""
+    """Only a dataset split (DATA/train|val/depth) is refused: a user's rec/rgb + rec/depth is rewritten (--force)."""
     rgb = tmp_path / "rec" / "rgb"
     shutil.copytree(synth_data / "val" / "rgb", rgb)
-    for _ in range(2):
-        result = cli("predict", tiny_export / "model.onnx", rgb, "--out", tmp_path / "rec" / "depth")
+    for force in ([], ["--force"]):
+        result = cli("predict", tiny_export / "model.onnx", rgb, "--out", tmp_path / "rec" / "depth", *force)
         assert result.code == 0, result.err
 
 
