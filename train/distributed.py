@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from mde.errors import BackendError, InputError
+from mde.train.runner import check_device
 
 
 @dataclass
@@ -29,10 +31,14 @@ class DistEnv:
         return self.world_size > 1
 
 
-def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
-    """"auto" -> CUDA when available, else CPU; "cuda" without a GPU is a `BackendError`."""
+def resolve_device(choice: str, local_rank: int = 0, source: Path | None = None) -> torch.device:
+    """"auto" -> CUDA when available, else CPU; "cuda" without a GPU, or "cuda:N" (one GPU of several, as
+    `eval` and parity's reference take it) without that GPU, is a `BackendError` (naming `source`)."""
+    if choice.startswith("cuda:") and choice[5:].isdigit():
+        check_device(torch, choice, source)
+        return torch.device(choice)
     if choice not in ("auto", "cpu", "cuda"):
-        raise InputError(f"unknown --device {choice!r}; choose from auto, cpu, cuda")
+        raise InputError(f"unknown --device {choice!r}; choose from auto, cpu, cuda, cuda:N")
     if choice == "cpu":
         return torch.device("cpu")
     if torch.cuda.is_available():

@@ -33,7 +33,7 @@ def checkpoint_metadata(model: Any, state: dict[str, Any], **fields: Any) -> Mod
     })
 
 
-def check_device(torch: Any, device: str, source: Path) -> None:
+def check_device(torch: Any, device: str, source: Path | None) -> None:
     """Raise `BackendError` naming `source` when `device` ("cuda", "cuda:N") is not a CUDA GPU here."""
     if not str(device).startswith("cuda"):
         return

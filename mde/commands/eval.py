@@ -119,15 +119,7 @@ def _torch_predict(path: Path, device: str):
     from mde.train.distributed import resolve_device
     from mde.train.evaluate import torch_predictor
 
-    if device.startswith("cuda:"):  # one GPU of several, as parity's --device takes it
-        import torch
-
-        from mde.train.runner import check_device
-
-        check_device(torch, device, path)
-        dev = torch.device(device)
-    else:
-        dev = resolve_device(device)
+    dev = resolve_device(device, source=path)
     net, state = load_model(path, dev)
     config = state.get("config") if isinstance(state.get("config"), dict) else {}
     return (torch_predictor(net, net.args.image_size, net.args.max_depth, dev), float(net.args.max_depth),
