@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -16,7 +18,7 @@ from mde.train.checkpoint import (
 from mde.train.config import DECODER_CHOICES
 from mde.train.model import DECODERS, ModelArgs, build_model
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # conftest's share of the cores
 
 
 @pytest.fixture(scope="module")

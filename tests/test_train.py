@@ -32,7 +32,7 @@ from mde.train.augment import (
 from mde.train.config import TrainConfig
 from mde.train.losses import LOSSES, get_loss, masked_loss
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # conftest's share of the cores
 TINY = ["--backbone", "resnet18", "--image-size", "64", "--batch-size", "4", "--no-pretrained",
         "--workers", "0", "--device", "cpu", "--seed", "0"]
 
@@ -366,7 +366,7 @@ def tiny_run(built_once, synth_data):
         return folder / "run", train(tiny_config(synth_data, folder / "run", epochs=2, checkpoint_every=0,
                                                  scale_crop=True, color_jitter=True))
 
-    torch.set_num_threads(2)  # the resume test's subprocesses use 2 threads: same arithmetic
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # as the resume test's subprocesses: same arithmetic
     return built_once("train-run", build)
 
 
@@ -499,7 +499,7 @@ def _train_cmd(data: Path, out: Path, *extra: str) -> list[str]:
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, synth_data, tiny_run):
     run = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    env = dict(os.environ)  # conftest's OMP_NUM_THREADS, as tiny_run's
     proc = subprocess.Popen(_train_cmd(synth_data, run, "--checkpoint-every", "2"), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run / "last.pt"
