@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mde.calibration.config import METHODS, MIN_IMAGES, SEED_LIMIT, TARGETS, CalibrationConfig
+from mde.calibration.config import METHODS, MIN_IMAGES, SEED_LIMIT, TARGETS, WEIGHTED_OPS, CalibrationConfig
 from mde.calibration.inspect import integer_kernel_share
 from mde.calibration.ranges import load_ranges, save_ranges
 from mde.calibration.subpixel import rewritable, rewrite_conv_transpose
@@ -28,11 +28,13 @@ from mde.io import (
     resolved,
     written_in_place,
 )
-from mde.runtime.images import list_images, read_rgb
+from mde.runtime.backends.onnxruntime import create_session
+from mde.runtime.images import IMAGE_SUFFIXES, list_images, notes_once_per_folder, read_rgb
 from mde.runtime.metadata import ModelMetadata, check_graph_input, read_props, stamp
 from mde.runtime.preprocess import preprocess
 
 log = logging.getLogger(__name__)
+QUANTIZER_PROPS = ("onnx.infer", "onnx.quant.pre_process")  # ONNX Runtime's notes in the models it writes
 
 
 @dataclass
@@ -140,7 +142,32 @@ def load_source(path: Path) -> tuple[Any, ModelMetadata]:
                          "calibrate the FP32 model.onnx", path)
     if meta.precision != "fp32":
         raise ModelError(f"expected an FP32 model, found precision {meta.precision}", path)
+    half = sum(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    if half:  # an FP16 conversion that kept model.onnx's metadata: the quantizer would leave its weights half
+        raise ModelError(f"its metadata says fp32, but {counted(half, 'weight tensor')} in the graph are float16; "
+                         "calibrate the FP32 model.onnx", path)
+    if not any(n.op_type in WEIGHTED_OPS for n in model.graph.node):
+        raise ModelError(f"nothing to quantize: the graph has no {', '.join(WEIGHTED_OPS[:-1])} or "
+                         f"{WEIGHTED_OPS[-1]} layer", path)
+    # what the quantizer's own sessions would fail on later, inside a scratch copy, with a traceback: said now
+    create_session(path, providers=["CPUExecutionProvider"], optimization="disable")
     return model, meta
+
+
+def name_nodes(model: Any) -> int:
+    """Give each unnamed node of `model` a name of its own (ONNX allows none; the float fallback finds layers by
+    name, and two unnamed nodes would be taken for one). Returns how many were named."""
+    taken = {n.name for n in model.graph.node}
+    named = 0
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{index}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+            named += 1
+    return named
 
 
 def select_images(names: list[str], cfg: CalibrationConfig, source: Path,
@@ -187,6 +214,11 @@ class UnlabelledImages:
     and the accuracy check compare INT8 with FP32; RMSE and SSIM against ground truth are then not measured."""
 
     def __init__(self, folder: Path):
+        broken = sorted(p for p in folder.iterdir()
+                        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and not p.exists())
+        if broken:  # as a dataset's split says it: an image left out in silence changes the calibration
+            raise DataError("not a readable file (a broken link, or a file removed while it was read)", broken[0])
+        self.folder = folder
         self.paths = list_images(folder)
         self.names = [path.name for path in self.paths]
 
@@ -194,7 +226,8 @@ class UnlabelledImages:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Frame:
-        return Frame(self.names[index], read_rgb(self.paths[index]))
+        with notes_once_per_folder(self.folder):  # a camera's grey frames: one note, as for a dataset's
+            return Frame(self.names[index], read_rgb(self.paths[index]))
 
 
 def loose_images(data: Path) -> bool:
@@ -219,7 +252,8 @@ def open_train_split(cfg: CalibrationConfig, allow_few_option: str = "--allow-fe
     data = Path(cfg.data)
     pool, dataset = "train split", None
     if data.name in ("depth", "mask") and (data.parent / "rgb").is_dir():  # its PNGs would pass for grey frames
-        kind, dataset = "depth maps" if data.name == "depth" else "region masks", shown_path(resolved(data).parents[1])
+        kind = "depth maps" if data.name == "depth" else "region masks"
+        dataset = shown_path(data.parents[1] if len(data.parts) > 2 else resolved(data).parents[1])  # as typed
         raise InputError(f"a dataset split's {kind}, not camera images; give the dataset ({dataset}), or the split's "
                          "rgb/ folder", data)
     if loose_images(data):
@@ -270,10 +304,13 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
     if data_range is not None:
         check_depth_units(dataset, data_range)  # the accuracy check's ground truth
     size = tuple(meta.input_size)
-    holdout = [dataset[i] for i in hold_idx]  # first: a bad file among them is found before the calibration pass
     with tempfile.TemporaryDirectory(prefix="mde-calibrate-") as tmp, _progress(cfg.progress) as progress:
-        pre_path = Path(tmp) / "pre.onnx"
-        qz.pre_process(cfg.model, pre_path)
+        # first: a bad file among them is found before the calibration pass
+        holdout = _read(dataset, hold_idx, lambda frame: frame, progress, "read held-out")
+        pre_path, named = Path(tmp) / "pre.onnx", Path(tmp) / "named.onnx"
+        if name_nodes(source):  # what the float fallback can tell apart: the named graph is quantized
+            onnx.save(source, str(named))
+        qz.pre_process(named if named.exists() else cfg.model, pre_path, shown=cfg.model)
         pre = onnx.load(str(pre_path))
         if cfg.spec.phase_convs and rewritable(pre):
             pre = rewrite_conv_transpose(pre)
@@ -321,7 +358,7 @@ def _ranges(cfg: CalibrationConfig, pre_path: Path, dataset: Any, calib_idx: lis
 
     onnxruntime = _quiet_onnxruntime()
 
-    batches = [preprocess(dataset[i].rgb, size) for i in calib_idx]
+    batches = _read(dataset, calib_idx, lambda frame: preprocess(frame.rgb, size), progress, "read")
     pixels = hashlib.sha256()  # the images themselves: another dataset's files may have the same names
     for batch in batches:
         pixels.update(batch.tobytes())
@@ -352,6 +389,17 @@ def _ranges(cfg: CalibrationConfig, pre_path: Path, dataset: Any, calib_idx: lis
                          "damaged model has no range to quantize with", cfg.model) from None
     save_ranges(cfg.ranges_path, key, ranges)
     return ranges, False
+
+
+def _read(dataset: Any, indices: list[int], keep: Callable[[Any], Any], progress: Any, label: str) -> list[Any]:
+    """`keep(dataset[i])` for each of `indices`, with a bar: a few hundred camera frames take a minute to decode."""
+    task = progress.add_task(label, total=len(indices), info="") if progress else None
+    kept = []
+    for index in indices:
+        kept.append(keep(dataset[index]))  # one image at a time: a frame's full resolution is not held
+        if progress:
+            progress.advance(task)
+    return kept
 
 
 def _search_task(progress: Any) -> Callable[[int], Callable[[], None]]:
@@ -403,12 +451,26 @@ def _write(cfg: CalibrationConfig, final: Any, meta: ModelMetadata, record: dict
     calibration = {
         "target": cfg.target, "method": cfg.method, "seed": cfg.seed, **record,
         "target_ssim_drop": cfg.target_ssim_drop,
-        "drop_definition": "1 - SSIM(int8 prediction, fp32 prediction) on held-out train images",
+        "drop_definition": "1 - SSIM(int8 prediction, fp32 prediction) on held-out "
+                           + ("train images" if not loose_images(cfg.data) else "images of the folder"),
         "tool": f"onnxruntime.quantization {onnxruntime.__version__} ({cfg.spec.describe()})",
     }
     if kernels:
         calibration["integer_kernel_share"] = kernels["share"]
+    _drop_quantizer_leftovers(final)
     stamp(final, replace(meta, precision="int8", calibration=calibration))
     with atomic_path(cfg.out) as tmp_out:
         onnx.save(final, str(tmp_out))
     return kernels
+
+
+def _drop_quantizer_leftovers(model: Any) -> None:
+    """Remove what ONNX Runtime's pre-processing and quantizer leave that the INT8 model does not use: their own
+    metadata entries (`onnx.infer`, `onnx.quant.pre_process`) and the opset imports of domains no node is in."""
+    for index in reversed(range(len(model.metadata_props))):
+        if model.metadata_props[index].key in QUANTIZER_PROPS:
+            del model.metadata_props[index]
+    used = {node.domain for node in model.graph.node} | {"", "ai.onnx"}
+    for index in reversed(range(len(model.opset_import))):
+        if model.opset_import[index].domain not in used:
+            del model.opset_import[index]

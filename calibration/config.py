@@ -8,6 +8,7 @@ from pathlib import Path
 METHODS = ("percentile", "minmax", "entropy")  # the first is the default
 SEED_LIMIT = 2**32 - 1  # numpy's seeds (the image draw)
 MIN_IMAGES = 32
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the layers INT8 is for: a model without one has nothing
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ class CalibrationConfig:
     progress: bool = True
     depth_scale: float | None = None
     # Ops the sensitivity search may keep in float (the weighted layers).
-    fallback_op_types: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+    fallback_op_types: tuple[str, ...] = WEIGHTED_OPS
 
     @property
     def spec(self) -> Target:

@@ -89,8 +89,9 @@ def model_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def pre_process(src: Path, dst: Path) -> None:
-    """ONNX Runtime's quantization pre-processing: shape inference and graph optimization (BN folding)."""
+def pre_process(src: Path, dst: Path, shown: Path | None = None) -> None:
+    """ONNX Runtime's quantization pre-processing: shape inference and graph optimization (BN folding). `shown`:
+    the model to name in a message (the user's, where `src` is a copy of it)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     source = src
@@ -101,7 +102,7 @@ def pre_process(src: Path, dst: Path) -> None:
             onnx.save(onnx.load(str(src)), str(source))
         quant_pre_process(str(source), str(dst), skip_symbolic_shape=True)
     except Exception as err:  # noqa: BLE001 - any failure here means the graph is unusable
-        raise ModelError(f"quantization pre-processing failed ({type(err).__name__}: {err})", src) from None
+        raise ModelError(f"quantization pre-processing failed ({type(err).__name__}: {err})", shown or src) from None
     finally:
         if source != src:
             source.unlink(missing_ok=True)

@@ -16,7 +16,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from mde.io import parse_json, read_small_text, write_json_atomic
+from mde.io import json_safe, parse_json, read_small_text, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ def load_ranges(path: Path, key: dict[str, Any], tensors: Collection[str]) -> di
     except (OSError, ValueError) as err:
         log.warning("%s: ignoring the saved ranges (unreadable: %s); calibrating again", path, type(err).__name__)
         return None
-    if not isinstance(doc, dict) or doc.get("format") != RANGES_FORMAT or doc.get("key") != key:
+    # the key as the file holds it: a file name that is not UTF-8 is written as \xNN text, and must still match
+    if not isinstance(doc, dict) or doc.get("format") != RANGES_FORMAT or doc.get("key") != json_safe(key):
         return None
     problem = _ranges_problem(doc.get("ranges"), tensors)
     if problem:

@@ -342,8 +342,11 @@ def require_file(path: str | Path, what: str = "file") -> Path:
     path = as_path(path, what)
     if not path.exists():
         raise InputError(f"{what} not found", path)
+    article = "an" if what[:1].lower() in "aeiou" else "a"
     if path.is_dir():
-        raise InputError(f"expected a {what}, found a directory", path)
+        raise InputError(f"expected {article} {what}, found a directory", path)
+    if not path.is_file():  # read twice (a format check, then the load), and its size says nothing
+        raise InputError(f"expected {article} {what}, found a pipe, socket or device; give the file itself", path)
     if path.stat().st_size == 0:
         raise InputError(f"{what} is empty (0 bytes)", path)
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 
@@ -185,14 +186,30 @@ def test_a_folder_of_images_without_depth_calibrates(cli, tiny_export, synth_dat
 
     frames = tmp_path / "frames"
     shutil.copytree(synth_data / "train" / "rgb", frames)
+    for path in frames.iterdir():  # a grey camera's frames, one named in bytes no UTF-8 decodes
+        Image.open(path).convert("L").save(path)
+    first = sorted(frames.iterdir())[0]
+    first.rename(os.fsdecode(bytes(frames) + b"/x\xff.png"))
     out = tmp_path / "q.onnx"
-    result = cli("calibrate", tiny_export / "model.onnx", "--data", frames, "--out", out, "--num-images", 12,
-                 "--holdout-images", 8, "--allow-few", "--max-float-nodes", 0, "--target-ssim-drop", 1, "--json")
+    argv = ["calibrate", tiny_export / "model.onnx", "--data", frames, "--out", out, "--num-images", 20,
+            "--holdout-images", 8, "--allow-few", "--max-float-nodes", 0, "--target-ssim-drop", 1, "--json"]
+    result = cli(*argv)
     assert result.code == 0, result.err
     report = json.loads(result.out)
     assert report["fp32"] == {"rmse": None, "ssim": None} and report["after"]["rmse"] is None
-    assert 0 <= report["after"]["drop"] < 1 and report["num_images"] == 12 and out.is_file()
+    assert 0 <= report["after"]["drop"] < 1 and report["num_images"] == 18 and out.is_file()
     assert f"{frames}: holding out 6 of its 24 images" in result.err  # not "train images": a folder has no split
+    assert result.err.count("grayscale image converted to RGB") == 1, result.err  # was one line per frame
+    # the reading has its bar (a few hundred camera frames: half a minute of silence before the first)
+    assert re.search(r"^read held-out: 6/6 .*\n(.*\n)*read: 18/18 ", result.err, re.MULTILINE), result.err
+    calibration = json.loads(_props(out)["mde.calibration"])
+    assert calibration["drop_definition"].endswith("on held-out images of the folder")
+    model = onnx.load(str(out))  # the quantizer's notes and opset imports are not the model's
+    assert not {"onnx.infer", "onnx.quant.pre_process"} & {p.key for p in model.metadata_props}
+    assert {o.domain for o in model.opset_import} <= {n.domain for n in model.graph.node} | {""}
+    # the key held the name as \xff text, which never matched: every run calibrated again
+    result = cli(*argv, "--force")
+    assert result.code == 0 and "reusing calibration ranges" in result.err, result.err
     (tmp_path / "empty").mkdir()
     for args, said in (([frames, "--depth-scale", "256"], f"{frames}: --depth-scale reads a dataset's PNG depth"),
                        ([synth_data / "train"], f"{synth_data / 'train'}: a dataset split's folder; give the dataset"),
@@ -249,6 +266,13 @@ def _no_metadata(src, dst):
     ("meta_text_range", "meta.json: expected a JSON object with a numeric 'max_depth' (max_depth is \"20\""),
     ("meta_not_utf8", "meta.json: not UTF-8 text, so not JSON"),
     ("out_in_dataset", "q.int8.onnx: the output would lie inside the dataset"),
+    # ONNX Runtime's pre-processing printed its traceback, then the calibrator's failure on a scratch copy: exit 1
+    ("opset_too_new", "model.onnx: cannot load ONNX model ("),
+    # a user's own FP16 conversion keeping model.onnx's metadata: the "INT8" model kept float16 weights
+    ("fp16_weights", "fp16lie.onnx: its metadata says fp32, but "),
+    ("nothing_to_quantize", "identity.onnx: nothing to quantize: the graph has no Conv, ConvTranspose, Gemm or MatMul layer"),
+    ("fifo", "pipe.onnx: expected an ONNX model, found a pipe, socket or device"),  # was "empty (0 bytes)"
+    ("broken_link_in_folder", "zz.png: not a readable file (a broken link"),  # left out in silence
 ])
 def test_bad_inputs_exit_2(cli, case, match, tiny_export, tiny_int8, synth_data, tmp_path):
     model, extra = tiny_export / "model.onnx", []
@@ -276,7 +300,29 @@ def test_bad_inputs_exit_2(cli, case, match, tiny_export, tiny_int8, synth_data,
         (tmp_path / "out.int8.ranges.json").mkdir()
     elif case == "json_model":
         model = synth_data / "meta.json"
+    elif case in ("opset_too_new", "fp16_weights"):
+        graph = onnx.load(str(tiny_export / ("model.onnx" if case == "opset_too_new" else "model.fp16.onnx")))
+        if case == "opset_too_new":
+            graph.opset_import[0].version = 99
+            model = tmp_path / "model.onnx"
+        else:
+            next(p for p in graph.metadata_props if p.key == "mde.precision").value = '"fp32"'
+            model = tmp_path / "fp16lie.onnx"
+        onnx.save(graph, str(model))
+    elif case == "nothing_to_quantize":
+        graph = onnx.load(str(tiny_export / "model.onnx"))
+        del graph.graph.node[:], graph.graph.initializer[:]
+        graph.graph.node.append(onnx.helper.make_node("Identity", ["image"], [graph.graph.output[0].name]))
+        model = tmp_path / "identity.onnx"
+        onnx.save(graph, str(model))
+    elif case == "fifo":
+        model = tmp_path / "pipe.onnx"
+        os.mkfifo(model)
     data, out = synth_data, tmp_path / "out.int8.onnx"
+    if case == "broken_link_in_folder":
+        data = tmp_path / "frames"
+        shutil.copytree(synth_data / "train" / "rgb", data)
+        (data / "zz.png").symlink_to(tmp_path / "gone.png")
     if case.startswith("meta_"):
         data = tmp_path / "data"
         shutil.copytree(synth_data, data)
@@ -596,3 +642,18 @@ def test_a_model_with_its_weights_in_a_file_beside_it_calibrates(cli, tiny_expor
     (model.parent / "model.onnx.data").write_bytes(bytes(weights))
     assert model_sha256(model) != before
     assert model_sha256(tiny_export / "model.onnx") == sha256_file(tiny_export / "model.onnx")  # one file: as before
+
+
+def test_a_model_whose_nodes_have_no_names_calibrates(cli, tiny_export, synth_data, tmp_path):
+    """ONNX allows unnamed nodes; the float fallback finds layers by name, took every unnamed one for the head and
+    built a cyclic graph: "the graph is not acyclic", after the whole calibration, naming no file."""
+    graph = onnx.load(str(tiny_export / "model.onnx"))
+    for node in graph.graph.node:
+        node.name = ""
+    model, out = tmp_path / "unnamed.onnx", tmp_path / "q.onnx"
+    onnx.save(graph, str(model))
+    result = cli("calibrate", model, "--data", synth_data, "--out", out, "--num-images", 12, "--holdout-images", 4,
+                 "--allow-few", "--max-float-nodes", 0, "--target-ssim-drop", 1)
+    assert result.code == 0, result.err
+    names = [node.name for node in onnx.load(str(out)).graph.node]
+    assert all(names) and len(set(names)) == len(names)

@@ -31,9 +31,9 @@ def calibrate_command(
         ..., "--out", help="INT8 Q/DQ ONNX to write; its ranges go beside it (FILE.onnx -> FILE.ranges.json)."),
     target: str = typer.Option(
         _default("target"), "--target",
-        help=f"Runtime the INT8 model is for: {'|'.join(TARGETS)} (tensorrt: symmetric INT8 Q/DQ, float "
+        help=f"Runtime the INT8 model is for: {', '.join(TARGETS)} (tensorrt: symmetric INT8 Q/DQ, float "
              "biases; cpu: the fastest form for ONNX Runtime's CPU provider)."),
-    method: str = typer.Option(_default("method"), "--method", help=f"Range method: {'|'.join(METHODS)}."),
+    method: str = typer.Option(_default("method"), "--method", help=f"Range method: {', '.join(METHODS)}."),
     num_images: int = typer.Option(_default("num_images"), "--num-images", help="Calibration images."),
     seed: int = typer.Option(_default("seed"), "--seed", help="Seed of the image draw."),
     max_float_nodes: int = typer.Option(
