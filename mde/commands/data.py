@@ -25,7 +25,7 @@ def synth(
     workers: int = typer.Option(_D.workers, "--workers", min=0,
                                 help="Rendering processes, at most one per CPU (0: two from 64 images up, else one)."),
     force: bool = typer.Option(False, "--force", help="Replace train/ and val/ (whole: files of your own in them "
-                               "go too) and meta.json in OUT; other files in OUT are kept."),
+                               "go too), meta.json and cameras.json in OUT; other files in OUT are kept."),
 ) -> None:
     """Write a procedural RGB + metric depth dataset in the folder format, plus meta.json."""
     from mde.data.synth import synthesize
