@@ -1201,6 +1201,17 @@ def test_resume_needs_neither_data_nor_out(cli, tmp_path, synth_data, cyclic_run
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "moved" / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]  # and the folder it was trained in was not written to:
     assert len((cyclic_run / "metrics.jsonl").read_text().splitlines()) == 1
+    # a checkpoint copied under another name into another run's folder: that run's best.pt was replaced unasked
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "best.pt").write_bytes(b"another run's")
+    shutil.copyfile(cyclic_run / "last.pt", other / "runB.pt")
+    result = cli("train", "--resume", other / "runB.pt", "--epochs", "2")
+    assert result.code == 2 and result.err == (
+        f"mde: error: {other}: the resumed checkpoint runB.pt is not this folder's last.pt or best.pt, so its best.pt "
+        "may be another run's; resume with --out NEW_FOLDER, or with --force to replace them\n")
+    assert sorted(p.name for p in other.iterdir()) == ["best.pt", "runB.pt"]
+    assert (other / "best.pt").read_bytes() == b"another run's"
 
 
 def test_a_mid_epoch_resume_on_fewer_steps_per_epoch_is_refused():

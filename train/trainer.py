@@ -29,6 +29,7 @@ import torch
 from mde.console import info, make_progress
 from mde.errors import CheckFailed, DataError, InputError, MdeError, ModelError, counted, shown_path
 from mde.io import (
+    RUN_FILES,
     atomic_path,
     check_outside_splits,
     deferred_signals,
@@ -136,6 +137,26 @@ def _run_in_folder(last: Path) -> str:
         return f"{said}, finished; train it further with {further}, {anew}"
     return f"{said}, {state['epoch']} of its {saved.epochs} epochs trained: continue it with --resume " \
            f"{shown_path(last)}, {anew}"
+
+
+def _own_run_folder(out: Path, checkpoint: Path, force: bool) -> bool:
+    """Whether a resume writing into `out` writes over its own run's files: `out` is the folder of `checkpoint`
+    and that is the run's last.pt or best.pt (or the folder holds no run file to lose). A checkpoint copied or
+    renamed into another run's folder would have replaced that run's best.pt and metrics.jsonl unasked.
+
+    Raises:
+        InputError: `out` is the checkpoint's folder, holding run files that may be another run's (not `force`).
+    """
+    if resolved(out) != resolved(checkpoint).parent:
+        return False
+    others = [name for name in RUN_FILES if (out / name).exists() and name != checkpoint.name]
+    if checkpoint.name in ("last.pt", "best.pt") or not others:
+        return True
+    if not force:
+        raise InputError(f"the resumed checkpoint {checkpoint.name} is not this folder's last.pt or best.pt, so its "
+                         f"{', '.join(others)} may be another run's; resume with --out NEW_FOLDER, or with --force "
+                         "to replace them", out)
+    return False
 
 
 def read_on_rank0(train_set: Any, val_set: Any, env: DistEnv) -> str:
@@ -360,7 +381,7 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
     if resume is not None:
         check_resume(cfg, resume, steps_per_epoch)
     val_data = read_on_rank0(train_set, val_set, env)
-    own_folder = resume is not None and resolved(out) == resolved(cfg.resume).parent
+    own_folder = resume is not None and _own_run_folder(out, Path(cfg.resume), cfg.force)
     if env.is_main:  # a resume writes over its own run folder; any other must be empty (or --force)
         if out.is_dir():  # first: a run killed while writing its first checkpoint left only a temporary copy
             report.remove_partial_writes(out)
@@ -411,7 +432,9 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
         pairs=DepthPairs(train_set, cfg.image_size, cfg.augment, cfg.seed, scale_crop=cfg.scale_crop,
                          color_jitter=cfg.color_jitter, object_weight=cfg.object_weight),
         data_range=data_range, replaces_a_run=env.is_main and cfg.force and not own_folder,
-        inherited_best=resolved(cfg.resume).parent / "best.pt" if resume is not None and not own_folder else None,
+        # the resumed run's best.pt, beside its checkpoint in another folder (in this one, --force replaces it)
+        inherited_best=resolved(cfg.resume).parent / "best.pt"
+        if resume is not None and resolved(out) != resolved(cfg.resume).parent else None,
         val_data=val_data, steps_per_epoch=steps_per_epoch,
     )
 
