@@ -882,6 +882,19 @@ def test_partial_backbone_weights_are_refused(cli, synth_data, tmp_path):
     assert res.code == 2 and res.err.strip() == (
         f"mde: error: {partial}: incomplete resnet18 weights: 95 encoder tensors missing "
         "(e.g. layer1.0.conv1.weight)"), res.err
+    weights = torchvision.models.resnet18().state_dict()
+    weights["layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    nan, deeper, pipe = tmp_path / "nan.pth", tmp_path / "r34.pth", tmp_path / "pipe.pth"
+    torch.save(weights, nan)  # trained from, it diverged after an epoch, blamed on --lr-max (exit 1)
+    torch.save(torchvision.models.resnet34().state_dict(), deeper)
+    os.mkfifo(pipe)  # was "not found"
+    for weights_file, said in ((nan, "non-finite weights (NaN or infinity) in layer2.0.conv1.weight"),
+                               (deeper, "not a torchvision resnet18 state dict (96 mismatched keys, e.g. layer1.2."),
+                               (pipe, "expected a torchvision ResNet .pth file, found a pipe")):
+        res = cli("train", "--data", synth_data, "--out", tmp_path / "run", *TINY, "--epochs", "1",
+                  "--backbone-weights", weights_file)
+        assert res.code == 2 and res.err.startswith(f"mde: error: {weights_file}: {said}"), res.err
+        assert res.err.count("\n") == 1 and not (tmp_path / "run").exists()
 
 
 def test_last_pt_is_the_last_file_an_epoch_writes(tmp_path, synth_data, monkeypatch):

@@ -256,8 +256,10 @@ def load_backbone_weights(model: DepthNet, path: Path) -> None:
     """Load a torchvision ResNet state dict (e.g. resnet50-*.pth) into the encoder."""
     if path.is_dir():
         raise InputError("--backbone-weights is a folder; expected a torchvision ResNet .pth file", path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError("backbone weights file not found", path)
+    if not path.is_file():
+        raise InputError("expected a torchvision ResNet .pth file, found a pipe, socket or device", path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - any unpickling failure is a bad file
@@ -280,12 +282,15 @@ def load_backbone_weights(model: DepthNet, path: Path) -> None:
         raise ModelError(f"no torchvision ResNet weights (conv1.*, layer1.* ...) in this file{kind}", path)
     if bad:
         raise ModelError(f"not a torchvision {model.args.backbone} state dict ({len(bad)} mismatched keys, "
-                         f"e.g. {bad[0]})", path)
+                         f"e.g. {_torchvision_name(bad[0], mapping)})", path)
     missing = [k for k in own if k.startswith(("stem.", "stages.")) and k not in renamed
                and not k.endswith("num_batches_tracked")]  # a counter older ImageNet files do not have
     if missing:  # the layers it lacks would start random, and be frozen so by --freeze-stages
         raise ModelError(f"incomplete {model.args.backbone} weights: {len(missing)} encoder tensors missing "
                          f"(e.g. {_torchvision_name(missing[0], mapping)})", path)
+    broken = next((k for k, v in renamed.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if broken is not None:  # trained from, they diverge in the first steps, blamed on --lr-max
+        raise ModelError(f"non-finite weights (NaN or infinity) in {_torchvision_name(broken, mapping)}", path)
     model.load_state_dict(renamed, strict=False)
 
 
