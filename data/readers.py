@@ -24,12 +24,14 @@ from mde.errors import DataError, InputError
 from mde.io import parse_json, read_small_text
 from mde.runtime.images import (
     IMAGE_SUFFIXES,
+    MAX_PIXELS,
     MAX_PLAUSIBLE_DEPTH,
     MIN_SIDE,
     _decode,
     _open_checked,
     check_plausible_depth,
     exif_orientation,
+    image_header,
     list_files,
     list_images,
     notes_once_per_folder,
@@ -153,6 +155,34 @@ class PairedFiles:
         mask_path = self.masks.get(name)
         mask = read_mask(mask_path) if mask_path is not None else None
         return _check_pair(name, rgb, depth, depth_path, mask, mask_path or "mask")
+
+
+    def check_headers(self, description: str) -> None:
+        """Check each pair's sizes and depth / mask formats from the files' headers, no pixel decoded: a train
+        split's mismatched pair raises its `DataError` before a run starts, not mid-epoch with the run folder
+        written (and, with --force, the old run gone). A pair its headers find wrong is read whole, so the
+        message is the reader's own."""
+        from mde.console import track
+
+        indices = range(len(self.pairs))
+        for index in track(indices, description) if len(self.pairs) > QUIET_CHECK else indices:
+            name, rgb_path, depth_path = self.pairs[index]
+            mask_path = self.masks.get(name)
+            try:
+                size, _ = image_header(rgb_path)
+                fine = size[0] * size[1] <= MAX_PIXELS
+                if depth_path.suffix.lower() == ".npy":
+                    fine = fine and np.load(depth_path, mmap_mode="r").shape == size[::-1]
+                else:
+                    depth_size, mode = image_header(depth_path)
+                    fine = fine and depth_size == size and mode in ("I;16", "I;16B", "I;16L", "I")
+                if mask_path is not None:
+                    mask_size, mode = image_header(mask_path)
+                    fine = fine and mask_size == size and mode in ("L", "P")
+            except Exception:  # noqa: BLE001 - an unreadable header: the reader names what is wrong
+                fine = False
+            if not fine:
+                self[index]
 
 
 def _by_stem(files: list[Path], folder: Path) -> dict[str, Path]:

@@ -477,6 +477,16 @@ def read_depth(path: str | Path, png_scale: float = MM_PER_M) -> np.ndarray:
     return depth
 
 
+def image_header(path: str | Path) -> tuple[tuple[int, int], str]:
+    """An image file's (width, height) and Pillow mode, from its header: no pixel decoded, no warning shown.
+
+    Raises:
+        OSError, and what else Pillow raises on a damaged header (`CORRUPT`).
+    """
+    with _pillow_quiet(), Image.open(path) as img:
+        return img.size, img.mode
+
+
 def list_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     """Regular files in `folder` (not recursive) with one of `suffixes` (any case), sorted by name. Hidden
     files are left out: macOS's `._NAME.png` companions and editors' copies are not the user's images."""

@@ -1017,6 +1017,24 @@ def test_bad_data_found_mid_epoch_leaves_no_folder_and_spares_an_old_run(cli, tm
     assert {p.name: p.read_bytes() for p in old.iterdir()} == before  # config.json, metrics.jsonl untouched
 
 
+def test_a_mismatched_train_pair_is_found_before_the_run_folder(cli, tmp_path, synth_data, tiny_run):
+    """Found mid-epoch, after a mid-epoch checkpoint, it left a new run folder behind, or with --force had
+    already replaced the old run by a 0-epoch one. The headers of every train pair are read first."""
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    depth = sorted((data / "train" / "depth").iterdir())[-1]  # the last pair: read last, if at all, by an epoch
+    Image.open(depth).resize((32, 32)).save(depth)
+    old = tmp_path / "old"
+    shutil.copytree(tiny_run[0], old)
+    before = {p.name: p.read_bytes() for p in old.iterdir()}
+    for out, force in ((tmp_path / "new", []), (old, ["--force"])):
+        res = cli("train", "--data", data, "--out", out, *force, *TINY, "--epochs", "1", "--checkpoint-every", "1")
+        assert res.code == 2 and res.err.endswith(
+            f"mde: error: {depth}: depth map is 32x32 but its image is 64x64 (width x height)\n"), res.err
+    assert not (tmp_path / "new").exists()
+    assert {p.name: p.read_bytes() for p in old.iterdir()} == before
+
+
 def test_an_older_configs_depth_scale_of_1000_reads_as_the_formats_own():
     """Configs written before --depth-scale could be unset saved 1000 for "the default": an NYU run resumes."""
     assert TrainConfig.from_dict({"data": "nyu.mat", "depth_scale": 1000.0}).depth_scale is None

@@ -170,6 +170,8 @@ def read_on_rank0(train_set: Any, val_set: Any, env: DistEnv) -> str:
     if not env.is_main:
         return ""
     train_set[0]
+    if hasattr(train_set, "check_headers"):  # a pair whose sizes or formats differ, found before the run folder
+        train_set.check_headers("check train files")
     return read_every_sample(val_set, "check val files")
 
 
