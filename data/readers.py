@@ -536,8 +536,11 @@ def check_depth_units(dataset: Any, data_range: float) -> None:
         return
     pairs = getattr(dataset, "pairs", None)
     source = pairs[0][2] if pairs else getattr(dataset, "path", None)
-    advice = ("its units per metre are --depth-scale (1000 unless given; KITTI 256)"
-              if Path(str(source)).suffix.lower() == ".png" else "a .npy holds metres (millimetres?)")
+    scale = getattr(dataset, "depth_scale", None)
+    read_at = f"read at {scale:g} units per metre; " if scale else ""
+    advice = (f"its PNG depth is {read_at}the units per metre are --depth-scale, else meta.json's depth_png_scale, "
+              "else 1000 (KITTI 256)" if Path(str(source)).suffix.lower() == ".png"
+              else "a .npy holds metres (millimetres?)")
     raise DataError(f"depth is {typical:.4g} m at the median, {typical / data_range:.0f}x the dataset's "
                     f"{data_range:g} m range (meta.json's max_depth, else the model's): {advice}; or the range is "
                     "too small", source)

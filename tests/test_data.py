@@ -159,9 +159,13 @@ def test_depth_in_another_unit_than_the_range_is_refused(tmp_path, cli, tiny_exp
         f"median, {np.median(d) * 1000 / 20:.0f}x the dataset's 20 m range (meta.json's max_depth, else the model's): "
         "a .npy holds metres (millimetres?); or the range is too small"], result.err
     _write_pair(tmp_path / "png", "val", "a", d)
-    with pytest.raises(DataError, match=r"a\.png: depth is .* 0\.5 m range .*: its units per metre are --depth-scale"):
+    with pytest.raises(DataError, match=r"a\.png: depth is .* 0\.5 m range .*: its PNG depth is read at 1000 units per "
+                       r"metre; the units per metre are --depth-scale, else meta\.json's depth_png_scale, else 1000"):
         check_depth_units(open_dataset(tmp_path / "png", "val"), 0.5)
     check_depth_units(open_dataset(tmp_path / "png", "val"), 2.0)  # the median within 5x: a deep scene, not a unit
+    (tmp_path / "png" / "meta.json").write_text('{"max_depth": 0.5, "depth_png_scale": 1}')  # the scale in force
+    with pytest.raises(DataError, match=r"is read at 1 units per metre"):  # was "1000 unless given": none was
+        check_depth_units(open_dataset(tmp_path / "png", "val"), 0.5)
 
 
 def test_a_dataset_s_image_notes_are_said_once_per_folder(tmp_path, caplog):

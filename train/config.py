@@ -31,6 +31,7 @@ LEGACY_DEFAULTS = {"decoder": "report", "schedule": "cyclic", "scale_crop": True
 LEGACY_DEPTH_SCALE = 1000.0
 # Values that mean "work it out" (the dataset's maximum depth; 3 or 0 frozen stages): a saved
 # config holds what they resolved to, so giving them again on --resume is no conflict.
+MAX_EPOCHS = 100_000
 AUTO_VALUES = {"max_depth": 0.0, "freeze_stages": -1}
 # Options a resumed run may change; everything else comes from the checkpoint's config.
 RESUME_OVERRIDES = ("data", "depth_scale", "out", "resume", "epochs", "device", "workers", "log_interval",
@@ -116,6 +117,10 @@ class TrainConfig:
         for name in ("workers", "checkpoint_every", "max_depth", "weight_decay"):
             if getattr(self, name) < 0:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.weight_decay > 1:  # AdamW shrinks each weight by lr x weight decay a step: above 1, no sense
+            raise InputError(f"--weight-decay must be in [0, 1], got {self.weight_decay:g}")
+        if self.epochs > MAX_EPOCHS:  # one-cycle spreads its warm-up over them: it would never leave --lr-min
+            raise InputError(f"--epochs must be at most {MAX_EPOCHS}, got {self.epochs}")
         if self.depth_scale is not None and self.depth_scale <= 0:
             raise InputError(f"--depth-scale must be > 0, got {self.depth_scale}")
         if self.max_depth > MAX_DEPTH_LIMIT or 0 < self.max_depth < MIN_DEPTH_RANGE:

@@ -621,6 +621,8 @@ def check_finite(job: Job, loss_sum: float, epoch: int) -> None:
     kept = job.out.is_dir() and any(job.out.iterdir())  # a checkpoint from before; else the folder goes
     raise CheckFailed(f"training diverged: the loss or the weights became NaN or infinite in epoch {epoch + 1}; "
                       f"start again with a lower --lr-max than {job.cfg.lr_max:g}"
+                      + (f" or a lower --weight-decay than {job.cfg.weight_decay:g}"
+                         if job.cfg.weight_decay > TrainConfig().weight_decay else "")
                       + (" (--force to reuse this folder)" if kept else ""), job.out)
 
 

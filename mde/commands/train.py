@@ -94,7 +94,7 @@ def train_command(
     seed: int = typer.Option(D.seed, help="Seed of initialisation, shuffling and augmentation."),
     resume: str = typer.Option(D.resume, metavar=PATH, help="Continue from RUN/last.pt (its config is used)."),
     force: bool = typer.Option(D.force, "--force", help="Allow a non-empty --out."),
-    val_every: int = typer.Option(D.val_every, help="Validate every N epochs."),
+    val_every: int = typer.Option(D.val_every, help="Validate every N epochs (and always after the last)."),
     log_interval: int = typer.Option(D.log_interval, help="Progress update every N batches."),
     checkpoint_every: int = typer.Option(
         D.checkpoint_every, help="Also save last.pt every N batches (0 = epoch ends only)."
