@@ -265,6 +265,11 @@ def _run(args: list[str]) -> None:
             _say_error(_unwritable_message(err))
             raise SystemExit(2) from None
         msg = str(err).splitlines()[0] if str(err) else ""
+        if _out_of_memory(err):  # what the options ask of this machine: a smaller batch or size asks less
+            _say_error(f"out of memory ({'CUDA' if 'CUDA' in msg else 'CPU'}): this command's options ask for more "
+                       "memory than this machine has; a smaller --batch-size or --image-size (or smaller inputs, "
+                       "fewer --workers) needs less")
+            raise SystemExit(2) from None
         missing = _missing_module_hint(err)
         if missing:  # the runtime-only install, asked for training or export
             _say_error(missing)
@@ -279,6 +284,16 @@ def _run(args: list[str]) -> None:
         raise _stopped()
     if isinstance(code, int) and code:
         raise SystemExit(code)
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """Whether `err` is an allocation that failed: Python's MemoryError, torch's CPU allocator ("can't allocate
+    memory"), CUDA's out of memory (torch.OutOfMemoryError, a RuntimeError), ONNX Runtime's failed allocation."""
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and any(
+        sign in text for sign in ("can't allocate memory", "CUDA out of memory", "Failed to allocate memory"))
 
 
 def _unwritable_message(err: OSError) -> str:

@@ -630,6 +630,24 @@ def test_an_unwritable_place_anywhere_is_one_line_exit_2(cli, monkeypatch, tmp_p
     assert result.code == 2 and result.err.strip() == f"mde: error: {tmp_path / 'x.json'}: Read-only file system"
 
 
+@pytest.mark.parametrize("error", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: you tried "
+                 "to allocate 275012567040 bytes. Error code 12 (Cannot allocate memory)"),  # torch, on the CPU
+    MemoryError(),
+])
+def test_running_out_of_memory_is_one_line_naming_what_asks_less(cli, monkeypatch, tmp_path, error):
+    """`mde train --image-size 4096` on a small machine: "internal error: RuntimeError: [enforce fail ...", exit 1."""
+    def allocate(_path):
+        raise error
+
+    monkeypatch.setattr("mde.runtime.artifact.inspect_artifact", allocate)
+    (tmp_path / "model.onnx").write_bytes(b"x")
+    result = cli("info", tmp_path / "model.onnx")
+    assert result.code == 2 and result.err == (
+        "mde: error: out of memory (CPU): this command's options ask for more memory than this machine has; a smaller "
+        "--batch-size or --image-size (or smaller inputs, fewer --workers) needs less\n")
+
+
 # -- two commands writing one output at once: the second is refused --------------------------------
 @pytest.mark.parametrize("command", ["export", "calibrate", "train"])
 def test_an_output_another_command_is_writing_is_refused(cli, command, tiny_checkpoint, tiny_export, synth_data,
