@@ -150,7 +150,8 @@ def load_source(path: Path) -> tuple[Any, ModelMetadata]:
         raise ModelError(f"nothing to quantize: the graph has no {', '.join(WEIGHTED_OPS[:-1])} or "
                          f"{WEIGHTED_OPS[-1]} layer", path)
     # what the quantizer's own sessions would fail on later, inside a scratch copy, with a traceback: said now
-    create_session(path, providers=["CPUExecutionProvider"], optimization="disable")
+    # its bytes (weights beside it loaded already): a path that is not UTF-8 ONNX Runtime cannot open, the rest can
+    create_session(model.SerializeToString(), source=path, providers=["CPUExecutionProvider"], optimization="disable")
     return model, meta
 
 
@@ -331,7 +332,9 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
             after = evaluator.measure(final)
     record = {"images": len(calib_idx), "holdout_images": len(hold_idx), "float_nodes": search.float_nodes,
               "float_head": head, "ssim_drop": fallback.significant(after.drop),
-              "ssim_drop_all_int8": fallback.significant(before.drop)}  # every layer INT8 but the head's
+              "ssim_drop_all_int8": fallback.significant(before.drop),  # every layer INT8 but the head's
+              "drop_definition": "1 - SSIM(int8 prediction, fp32 prediction) on held-out "
+                                 + ("train images" if labelled else "images of the folder")}
     kernels = _write(cfg, final, meta, record)
     return CalibrationReport(
         model=str(cfg.model), out=str(cfg.out), target=cfg.target, ranges=str(cfg.ranges_path),
@@ -396,7 +399,7 @@ def _read(dataset: Any, indices: list[int], keep: Callable[[Any], Any], progress
     task = progress.add_task(label, total=len(indices), info="") if progress else None
     kept = []
     for index in indices:
-        kept.append(keep(dataset[index]))  # one image at a time: a frame's full resolution is not held
+        kept.append(keep(dataset[index]))  # what `keep` takes of it: calibration images are kept preprocessed
         if progress:
             progress.advance(task)
     return kept
@@ -451,8 +454,6 @@ def _write(cfg: CalibrationConfig, final: Any, meta: ModelMetadata, record: dict
     calibration = {
         "target": cfg.target, "method": cfg.method, "seed": cfg.seed, **record,
         "target_ssim_drop": cfg.target_ssim_drop,
-        "drop_definition": "1 - SSIM(int8 prediction, fp32 prediction) on held-out "
-                           + ("train images" if not loose_images(cfg.data) else "images of the folder"),
         "tool": f"onnxruntime.quantization {onnxruntime.__version__} ({cfg.spec.describe()})",
     }
     if kernels:
@@ -470,7 +471,25 @@ def _drop_quantizer_leftovers(model: Any) -> None:
     for index in reversed(range(len(model.metadata_props))):
         if model.metadata_props[index].key in QUANTIZER_PROPS:
             del model.metadata_props[index]
-    used = {node.domain for node in model.graph.node} | {"", "ai.onnx"}
+    used = _domains(model.graph) | {"", "ai.onnx"}
+    for function in model.functions:
+        used |= {function.domain, *_domains(function)}
     for index in reversed(range(len(model.opset_import))):
         if model.opset_import[index].domain not in used:
             del model.opset_import[index]
+
+
+def _domains(graph: Any) -> set[str]:
+    """The operator domains of `graph`'s nodes (a GraphProto or FunctionProto), subgraphs (If, Loop, Scan) too."""
+    import onnx
+
+    found = set()
+    for node in graph.node:
+        found.add(node.domain)
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                found |= _domains(attribute.g)
+            elif attribute.type == onnx.AttributeProto.GRAPHS:
+                for body in attribute.graphs:
+                    found |= _domains(body)
+    return found

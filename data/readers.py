@@ -156,7 +156,6 @@ class PairedFiles:
         mask = read_mask(mask_path) if mask_path is not None else None
         return _check_pair(name, rgb, depth, depth_path, mask, mask_path or "mask")
 
-
     def check_headers(self, description: str) -> None:
         """Check each pair's sizes and depth / mask formats from the files' headers, no pixel decoded: a train
         split's mismatched pair raises its `DataError` before a run starts, not mid-epoch with the run folder
@@ -172,7 +171,8 @@ class PairedFiles:
                 size, _ = image_header(rgb_path)
                 fine = size[0] * size[1] <= MAX_PIXELS
                 if depth_path.suffix.lower() == ".npy":
-                    fine = fine and np.load(depth_path, mmap_mode="r").shape == size[::-1]
+                    shape = np.load(depth_path, mmap_mode="r").shape  # H x W, or 1 x H x W
+                    fine = fine and shape[-2:] == size[::-1] and (len(shape) == 2 or shape[:-2] == (1,))
                 else:
                     depth_size, mode = image_header(depth_path)
                     fine = fine and depth_size == size and mode in ("I;16", "I;16B", "I;16L", "I")

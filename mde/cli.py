@@ -265,10 +265,10 @@ def _run(args: list[str]) -> None:
             _say_error(_unwritable_message(err))
             raise SystemExit(2) from None
         msg = str(err).splitlines()[0] if str(err) else ""
-        if _out_of_memory(err):  # what the options ask of this machine: a smaller batch or size asks less
-            _say_error(f"out of memory ({'CUDA' if 'CUDA' in msg else 'CPU'}): this command's options ask for more "
-                       "memory than this machine has; a smaller --batch-size or --image-size (or smaller inputs, "
-                       "fewer --workers) needs less")
+        if _out_of_memory(err):  # what this command asks of this machine; the allocator's own line says how much
+            said = msg if len(msg) <= 160 else f"{msg[:150]} ..."
+            less = LESS_MEMORY.get(_state.get("command", ""), LESS_MEMORY[""])
+            _say_error(f"out of memory ({said or type(err).__name__}); {less}")
             raise SystemExit(2) from None
         missing = _missing_module_hint(err)
         if missing:  # the runtime-only install, asked for training or export
@@ -286,14 +286,23 @@ def _run(args: list[str]) -> None:
         raise SystemExit(code)
 
 
+# What asks for less memory, by command (out of memory is exit 2, like any input this machine cannot take)
+LESS_MEMORY = {
+    "train": "a smaller --batch-size or --image-size, or fewer --workers, needs less",
+    "eval": "a smaller --batch-size, or smaller images, needs less",
+    "": "smaller images or a smaller model need less",
+}
+
+
 def _out_of_memory(err: BaseException) -> bool:
     """Whether `err` is an allocation that failed: Python's MemoryError, torch's CPU allocator ("can't allocate
-    memory"), CUDA's out of memory (torch.OutOfMemoryError, a RuntimeError), ONNX Runtime's failed allocation."""
+    memory") and CUDA's (torch.OutOfMemoryError; "CUDA error: out of memory" at its start), ONNX Runtime's
+    (its own exception types, "Failed to allocate memory")."""
     if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
         return True
     text = str(err)
-    return isinstance(err, RuntimeError) and any(
-        sign in text for sign in ("can't allocate memory", "CUDA out of memory", "Failed to allocate memory"))
+    return any(sign in text for sign in ("can't allocate memory", "CUDA out of memory", "CUDA error: out of memory",
+                                         "Failed to allocate memory"))
 
 
 def _unwritable_message(err: OSError) -> str:

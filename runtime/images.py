@@ -451,9 +451,10 @@ def read_depth(path: str | Path, png_scale: float = MM_PER_M) -> np.ndarray:
         try:
             if not starts_with(path, b"\x93NUMPY"):
                 raise DataError("not a NumPy .npy file", path)
-            depth = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as err:
-            raise DataError(f"cannot read depth .npy ({err})", path) from None
+            # mapped first: a header that promises more than the file holds is refused, not allocated (terabytes)
+            depth = np.array(np.load(path, mmap_mode="r", allow_pickle=False))
+        except (ValueError, OSError, EOFError, MemoryError) as err:
+            raise DataError(f"cannot read depth .npy ({str(err) or type(err).__name__})", path) from None
         if depth.ndim == 3 and depth.shape[0] == 1:
             depth = depth[0]
         if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.floating):

@@ -21,8 +21,8 @@ import pytest
 # Torch threads per test process: the cores shared among pytest-xdist's workers. Two workers of two threads each
 # on two cores made OpenMP's waiting threads spin against each other: a tiny training ran 5-9 times slower than
 # alone. Tests whose subprocesses must do the same arithmetic as the test pass this on.
-os.environ.setdefault("OMP_NUM_THREADS",
-                      str(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # as xdist's auto
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _CORES // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
 
 
 def _tensorrt_gpu_missing() -> str:

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -650,10 +651,36 @@ def test_a_model_whose_nodes_have_no_names_calibrates(cli, tiny_export, synth_da
     graph = onnx.load(str(tiny_export / "model.onnx"))
     for node in graph.graph.node:
         node.name = ""
-    model, out = tmp_path / "unnamed.onnx", tmp_path / "q.onnx"
+    folder = Path(os.fsdecode(bytes(tmp_path) + b"/m\xff"))  # and a path that is not UTF-8, as before
+    folder.mkdir()
+    model, out = folder / "unnamed.onnx", tmp_path / "q.onnx"
     onnx.save(graph, str(model))
     result = cli("calibrate", model, "--data", synth_data, "--out", out, "--num-images", 12, "--holdout-images", 4,
                  "--allow-few", "--max-float-nodes", 0, "--target-ssim-drop", 1)
     assert result.code == 0, result.err
     names = [node.name for node in onnx.load(str(out)).graph.node]
     assert all(names) and len(set(names)) == len(names)
+
+
+def test_the_quantizers_leftovers_go_and_the_opsets_of_subgraphs_stay():
+    """Only the opset imports no node uses are removed: a domain used inside an If's branch stays (onnx.checker
+    refuses the model without it)."""
+    from onnx import TensorProto, helper
+
+    from mde.calibration.calibrate import _drop_quantizer_leftovers
+
+    branch = helper.make_graph([helper.make_node("Binarizer", ["x"], ["y"], domain="ai.onnx.ml")], "then", [],
+                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["z"])], "else", [],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph([helper.make_node("If", ["c"], ["out"], then_branch=branch, else_branch=other)], "g",
+                              [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+                               helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    helper.set_model_props(model, {"onnx.infer": "onnxruntime.quant", "mde.version": '"0"'})
+    _drop_quantizer_leftovers(model)
+    assert [o.domain for o in model.opset_import] == ["", "ai.onnx.ml"]
+    assert [p.key for p in model.metadata_props] == ["mde.version"]
+    onnx.checker.check_model(model)

@@ -434,6 +434,14 @@ def _bad_npy_not_numpy(root):  # numpy would call any such file a pickle
     return lambda: FolderDataset(root, "val")[0], "depth/a.npy: not a NumPy .npy file"
 
 
+def _bad_npy_header_promises_terabytes(root):  # np.load allocated it: MemoryError, "out of memory"
+    _write_pair(root, "val", "a", _depth(), npy=True)
+    with open(root / "val" / "depth" / "a.npy", "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6)})
+        fh.write(bytes(1000))
+    return lambda: FolderDataset(root, "val")[0], r"depth/a.npy: cannot read depth .npy \(mmap length is greater"
+
+
 def _bad_duplicate_stem(root):
     rgb = _write_pair(root, "val", "a", _depth())
     Image.fromarray(rgb).save(root / "val" / "rgb" / "a.jpg")
@@ -569,7 +577,7 @@ def _bad_missing_path(root):
     [_bad_rgb_without_depth, _bad_depth_without_rgb, _bad_empty_split, _bad_missing_split,
      _bad_truncated_image, _bad_size_mismatch, _bad_mask_size, _bad_mask_mode, _bad_mask_value,
      _bad_depth_8bit, _bad_depth_32bit,
-     _bad_no_valid_pixel, _bad_depth_absurd, _bad_npy_not_numpy,
+     _bad_no_valid_pixel, _bad_depth_absurd, _bad_npy_not_numpy, _bad_npy_header_promises_terabytes,
      _bad_duplicate_stem,
      _bad_broken_link_among_images,
      _bad_names_in_two_unicode_forms,
@@ -647,3 +655,22 @@ def test_a_jpeg_mask_is_said_to_be_ignored(tmp_path, caplog):
     assert [r.getMessage() for r in caplog.records] == [
         f"{tmp_path / 'val' / 'mask'}: 1 mask(s) in a lossy format ignored (a.jpg): masks are 8-bit PNGs, as a "
         "JPEG's compression changes the 0, 1 and 255 it holds"]
+
+
+def test_check_headers_reads_whole_only_the_pairs_whose_headers_disagree(tmp_path, monkeypatch):
+    """`mde train` checks every train pair from its headers before the run folder is made; a pair they find
+    wrong is read whole, for the reader's own message. A 1 x H x W .npy the reader takes is no disagreement."""
+    from mde.data.readers import FolderDataset, open_dataset
+
+    for name in ("a", "b"):
+        _write_pair(tmp_path, "train", name, _depth(), npy=name == "b")
+    np.save(tmp_path / "train" / "depth" / "b.npy", _depth()[None])  # 1 x 12 x 16
+    (tmp_path / "meta.json").write_text('{"max_depth": 20}')
+    dataset = open_dataset(tmp_path, "train")
+    read = []
+    monkeypatch.setattr(FolderDataset, "__getitem__", lambda self, index: read.append(index))
+    dataset.check_headers("check train files")
+    assert read == []
+    Image.fromarray(np.zeros((6, 8), np.uint16)).save(tmp_path / "train" / "depth" / "a.png")  # half the size
+    dataset.check_headers("check train files")
+    assert read == [0]

@@ -29,9 +29,9 @@ CYCLIC_ONLY = ("cycle_mode", "step_size_up")  # options that shape CyclicLR and 
 # What a config written before an option existed meant (an absent key is not today's default).
 LEGACY_DEFAULTS = {"decoder": "report", "schedule": "cyclic", "scale_crop": True, "color_jitter": True}
 LEGACY_DEPTH_SCALE = 1000.0
+MAX_EPOCHS = 100_000  # one-cycle spreads its warm-up over the run: beyond, it would never leave --lr-min
 # Values that mean "work it out" (the dataset's maximum depth; 3 or 0 frozen stages): a saved
 # config holds what they resolved to, so giving them again on --resume is no conflict.
-MAX_EPOCHS = 100_000
 AUTO_VALUES = {"max_depth": 0.0, "freeze_stages": -1}
 # Options a resumed run may change; everything else comes from the checkpoint's config.
 RESUME_OVERRIDES = ("data", "depth_scale", "out", "resume", "epochs", "device", "workers", "log_interval",
@@ -117,9 +117,7 @@ class TrainConfig:
         for name in ("workers", "checkpoint_every", "max_depth", "weight_decay"):
             if getattr(self, name) < 0:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if self.weight_decay > 1:  # AdamW shrinks each weight by lr x weight decay a step: above 1, no sense
-            raise InputError(f"--weight-decay must be in [0, 1], got {self.weight_decay:g}")
-        if self.epochs > MAX_EPOCHS:  # one-cycle spreads its warm-up over them: it would never leave --lr-min
+        if self.epochs > MAX_EPOCHS:
             raise InputError(f"--epochs must be at most {MAX_EPOCHS}, got {self.epochs}")
         if self.depth_scale is not None and self.depth_scale <= 0:
             raise InputError(f"--depth-scale must be > 0, got {self.depth_scale}")
@@ -152,6 +150,10 @@ class TrainConfig:
                 flag = f"--{unused[0].replace('_', '-')}"
                 raise InputError(f"{flag} shapes the cyclic schedule; with --schedule {self.schedule} it would do "
                                  f"nothing: drop it, or add --schedule cyclic")
+        if self.lr_max * self.weight_decay >= 1:  # AdamW shrinks each weight by their product a step: all of it
+            raise InputError(f"--weight-decay {self.weight_decay:g} at --lr-max {self.lr_max:g} would take each weight "
+                             "to zero or past it every step; their product must be below 1 (weight decay is "
+                             "typically 1e-4 to 0.1)")
         if self.out and self.data:
             check_outside_splits(self.out, self.data)
 
