@@ -180,7 +180,9 @@ def validate(cfg: ExportConfig) -> None:
         if cfg.calib_data is None:
             raise InputError("--precision int8 needs calibration images: pass --calib-data DIR")
         if not Path(cfg.calib_data).is_dir():
-            raise InputError("calibration data folder not found", cfg.calib_data)
+            raise InputError("calibration data folder not found" if not Path(cfg.calib_data).exists()
+                             else "--calib-data is a file; expected a dataset folder or a folder of images",
+                             cfg.calib_data)
         if cfg.calib_images < 1:
             raise InputError(f"--calib-images must be >= 1, got {cfg.calib_images}")
         from mde.calibration.calibrate import open_train_split

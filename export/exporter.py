@@ -36,6 +36,8 @@ from mde.export.golden import GoldenInputs, golden_checkpoint, golden_inputs, wr
 from mde.io import (
     RENAME_REFUSED,
     UNWRITABLE,
+    check_can_write_beside,
+    check_not_under_file,
     no_empty_new_folder,
     parse_json,
     read_small_text,
@@ -63,6 +65,8 @@ def _check_out(cfg: ExportConfig, checkpoint_sha: str) -> Path:
         raise InputError("the ONNX tools take a path as UTF-8 text only, and this one is not; choose another "
                          "folder name", out) from None
     check_outside_dataset(out, "the artifacts")
+    check_not_under_file(out, "--out")  # found now, not after the checkpoint was loaded and run
+    check_can_write_beside(out / GOLDEN_NAME)
     written = [*planned_names(cfg), GOLDEN_NAME]
     written += [extra for name in written for extra in EXTRAS.get(name, ())]
     blocked = [name for name in written if (out / name).exists() and not (out / name).is_file()]
@@ -73,9 +77,10 @@ def _check_out(cfg: ExportConfig, checkpoint_sha: str) -> Path:
         golden = out / GOLDEN_NAME
         if golden.exists() and golden_checkpoint(golden) != checkpoint_sha:
             existing.append(f"{GOLDEN_NAME} (from another checkpoint)")
-        if existing:
-            raise InputError(f"would overwrite {', '.join(existing)} (use --force)", out)
         others = _other_checkpoints(out, checkpoint_sha, set(planned_names(cfg)))
+        if existing:  # and what --force removes besides: it is said before, not only after
+            also = f", which also removes {', '.join(others)}, made from another checkpoint" if others else ""
+            raise InputError(f"would overwrite {', '.join(existing)} (use --force{also})", out)
         if others:
             raise InputError(f"would leave {', '.join(others)}, made from another checkpoint, beside this one's "
                              f"{GOLDEN_NAME} (use --force to remove them)", out)

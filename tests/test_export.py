@@ -467,6 +467,9 @@ def test_force_removes_artifacts_of_another_checkpoint(cli, tiny_checkpoint, tmp
     assert same.code == 0, same.err
     assert (out / "model.fp16.onnx").is_file() and "removed" not in same.err
     (out / "golden.npz").unlink()  # without it, only the models tell which checkpoint made them
+    refused = cli("export", other, "--out", out, "--precision", "fp32")  # what --force would remove, said before
+    assert refused.code == 2 and refused.err == f"mde: error: {out}: would overwrite model.onnx (use --force, which " \
+        "also removes model.fp16.onnx, made from another checkpoint)\n"
     (out / "model.onnx").unlink()
     refused = cli("export", other, "--out", out, "--precision", "fp32")
     assert refused.code == 2 and "would leave model.fp16.onnx, made from another checkpoint" in refused.err
@@ -475,6 +478,29 @@ def test_force_removes_artifacts_of_another_checkpoint(cli, tiny_checkpoint, tmp
     assert result.code == 0, result.err
     assert "removed model.fp16.onnx" in result.err
     assert sorted(p.name for p in out.iterdir()) == ["golden.npz", "model.onnx"]
+
+
+def test_bad_places_and_mismatched_weights_are_one_line_before_any_work(cli, tiny_checkpoint, tmp_path, monkeypatch):
+    """--out under a file was found after the checkpoint was loaded and run ("not writable (Not a directory)");
+    --calib-data a file was "not found"; mismatched weights gave PyTorch's heading with no key in it."""
+    import torch
+
+    from mde.export import onnx_export
+
+    monkeypatch.setattr(onnx_export, "export_fp32", lambda *a, **k: pytest.fail("exported before the check"))
+    (tmp_path / "afile").write_text("x")
+    result = cli("export", tiny_checkpoint, "--out", tmp_path / "afile" / "sub")
+    assert result.code == 2 and result.err == (
+        f"mde: error: {tmp_path / 'afile' / 'sub'}: --out would write under {tmp_path / 'afile'}, which is a file\n")
+    result = cli("export", tiny_checkpoint, "--out", tmp_path / "o", "-p", "int8", "--calib-data", tiny_checkpoint)
+    assert result.code == 2 and result.err == (
+        f"mde: error: {tiny_checkpoint}: --calib-data is a file; expected a dataset folder or a folder of images\n")
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    state["model_args"]["decoder"] = "report" if state["model_args"]["decoder"] == "unet" else "unet"
+    torch.save(state, tmp_path / "edited.pt")
+    result = cli("export", tmp_path / "edited.pt", "--out", tmp_path / "o")
+    assert result.code == 2 and re.search(r"weights do not match a resnet18/\w+ DepthNet \(\d+ missing \(e\.g\. decoder\."
+                                          r"[\w.]+\), \d+ unexpected \(e\.g\. decoder\.", result.err), result.err
 
 
 def test_force_onto_a_folder_named_like_an_output_is_refused_before_any_work(cli, tiny_checkpoint, tmp_path):

@@ -238,10 +238,21 @@ def model_from_checkpoint(state: dict[str, Any], path: str | Path = "checkpoint"
     try:
         model.load_state_dict(state["model"])
     except (KeyError, RuntimeError) as err:
-        first = str(err).splitlines()[0]
-        raise ModelError(f"weights do not match a {args.backbone}/{args.decoder} DepthNet ({first})",
+        raise ModelError(f"weights do not match a {args.backbone}/{args.decoder} DepthNet "
+                         f"({_mismatch(model.state_dict(), state['model']) or str(err).splitlines()[0]})",
                          path) from None
     return model
+
+
+def _mismatch(own: Mapping[str, Any], given: Mapping[str, Any]) -> str:
+    """How `given` weights differ from a model's `own`, in a few words: counts and a first example of the tensors
+    missing, unexpected and of another shape (PyTorch's message lists them all, over many lines)."""
+    missing = [k for k in own if k not in given]
+    unexpected = [k for k in given if k not in own]
+    shaped = [k for k in own if k in given and hasattr(given[k], "shape") and tuple(given[k].shape) != own[k].shape]
+    parts = [f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in
+             ((missing, "missing"), (unexpected, "unexpected"), (shaped, "of another shape")) if keys]
+    return ", ".join(parts)
 
 
 def check_model_args(args: ModelArgs, path: str | Path) -> None:
