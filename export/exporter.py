@@ -167,6 +167,25 @@ class _Steps:
             self._progress.update(self._task, completed=self.total, description="export done")
 
 
+def _checked_record(state: dict[str, Any], image_size: int, checkpoint: Path) -> dict[str, Any]:
+    """The checkpoint's training config ({} when it has none), after checking what the metadata copies from it:
+    an edited or damaged `epoch` or `config` went into every artifact's `mde.source` as it was.
+
+    Raises:
+        ModelError: `epoch` is not a count, `config` not an object, or its image_size not the network's.
+    """
+    epoch, config = state.get("epoch"), state.get("config")
+    if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0):
+        raise ModelError(f"damaged checkpoint: its epoch is {epoch!r}, not a count of epochs", checkpoint)
+    if config is not None and not isinstance(config, dict):
+        raise ModelError(f"damaged checkpoint: its config is a {type(config).__name__}, not an object", checkpoint)
+    trained = (config or {}).get("image_size", image_size)
+    if trained != image_size:
+        raise ModelError(f"damaged checkpoint: its config.image_size {trained!r} is not its network's {image_size}",
+                         checkpoint)
+    return config or {}
+
+
 def _metadata(
     cfg: ExportConfig, state: dict[str, Any], model: Any, checkpoint_sha: str, weights_sha: str, precision: str
 ) -> Any:
@@ -377,7 +396,7 @@ def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:
         problem = profile_size_problem(cfg.min_size, cfg.max_size, size) if cfg.engine and cfg.dynamic_size else None
         if problem:  # the engine's profile is built around the model's size: said before the export, not after
             raise InputError(f"--min-size/--max-size: {problem}", checkpoint)
-        config = state.get("config") if isinstance(state.get("config"), dict) else {}
+        config = _checked_record(state, model.args.image_size, checkpoint)
         golden = golden_inputs(cfg.golden_data, size, cfg.golden_images, cfg.golden_seed,
                                depth_scale=depth_scale_for(cfg, cfg.golden_data),
                                model_range=float(model.args.max_depth),

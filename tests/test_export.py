@@ -503,6 +503,23 @@ def test_bad_places_and_mismatched_weights_are_one_line_before_any_work(cli, tin
                                           r"[\w.]+\), \d+ unexpected \(e\.g\. decoder\.", result.err), result.err
 
 
+@pytest.mark.parametrize("edit, said", [
+    (lambda s: s.update(epoch="x"), "its epoch is 'x', not a count of epochs"),  # was copied into mde.source
+    (lambda s: s.update(config="garbage"), "its config is a str, not an object"),  # silently became {}
+    (lambda s: s["config"].update(image_size=96), "its config.image_size 96 is not its network's 64"),
+])
+def test_a_damaged_training_record_is_refused_naming_the_checkpoint(cli, tiny_checkpoint, tmp_path, edit, said):
+    import torch
+
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    edit(state)
+    torch.save(state, tmp_path / "edited.pt")
+    result = cli("export", tmp_path / "edited.pt", "--out", tmp_path / "o")
+    assert result.code == 2 and result.err.endswith(
+        f"mde: error: {tmp_path / 'edited.pt'}: damaged checkpoint: {said}\n"), result.err
+    assert not (tmp_path / "o").exists()
+
+
 def test_force_onto_a_folder_named_like_an_output_is_refused_before_any_work(cli, tiny_checkpoint, tmp_path):
     """The rename onto it would fail after model.onnx was published beside the old golden.npz."""
     out = tmp_path / "out"
