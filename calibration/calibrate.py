@@ -149,8 +149,8 @@ def load_source(path: Path) -> tuple[Any, ModelMetadata]:
     if not any(n.op_type in WEIGHTED_OPS for n in model.graph.node):
         raise ModelError(f"nothing to quantize: the graph has no {', '.join(WEIGHTED_OPS[:-1])} or "
                          f"{WEIGHTED_OPS[-1]} layer", path)
-    # what the quantizer's own sessions would fail on later, inside a scratch copy, with a traceback: said now
-    # its bytes (weights beside it loaded already): a path that is not UTF-8 ONNX Runtime cannot open, the rest can
+    # found now, not by the quantizer's sessions on a scratch copy (with a traceback); opened from its bytes, as
+    # ONNX Runtime opens no path that is not UTF-8 (weights kept beside the model are in `model` already)
     create_session(model.SerializeToString(), source=path, providers=["CPUExecutionProvider"], optimization="disable")
     return model, meta
 

@@ -290,6 +290,7 @@ def _run(args: list[str]) -> None:
 LESS_MEMORY = {
     "train": "a smaller --batch-size or --image-size, or fewer --workers, needs less",
     "eval": "a smaller --batch-size, or smaller images, needs less",
+    "bench": "a smaller --image-size needs less",
     "": "smaller images or a smaller model need less",
 }
 
