@@ -472,6 +472,11 @@ def restore(job: Job, resume: dict[str, Any] | None) -> TrainState:
                  f"{saved.get('data')}, {as_typed('depth_scale', saved.get('depth_scale'))}); best.pt is chosen "
                  f"again from epoch "
                  f"{resume['epoch'] + 1} on, and the earlier epochs' figures stay in metrics.jsonl")
+    trained_range = resume.get("data_range")  # absent from checkpoints before it was saved
+    if main_rank and isinstance(trained_range, float) and trained_range != job.data_range:
+        info(f"note: this data's depth range (its meta.json's max_depth, else the model's) is {job.data_range:g} m, "
+             f"the resumed run's was {trained_range:g} m: SSIM from epoch {resume['epoch'] + 1} on is on another "
+             "scale than the earlier epochs' in metrics.jsonl (RMSE and best.pt's choice are not)")
     return TrainState(epoch=resume["epoch"], epoch_step=resume["epoch_step"], step=resume["step"],
                       best_rmse=best_rmse, best_from=best_from,
                       loss_sum=resume.get("loss_sum", 0.0) if main_rank else 0.0,
@@ -539,6 +544,7 @@ def save_checkpoint(job: Job, state: TrainState, path: Path, training_state: boo
                   "metrics": _val_metrics(state.records[-1]) if own else {}}
     if training_state:
         checkpoint |= {"best_rmse": state.best_rmse, "best_from": state.best_from, "val_data": job.val_data,
+                       "data_range": job.data_range,  # SSIM's: a resume onto another is said
                        "steps_per_epoch": job.steps_per_epoch, "world_size": job.env.world_size,
                        "loss_sum": state.loss_sum,
                        "loss_count": state.loss_count,
