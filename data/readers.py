@@ -470,7 +470,7 @@ def open_dataset(path: str | Path, split: str = "val", fmt: str = "auto",
         check_depth_scale(depth_scale)
     declared = declared_depth_scale(path)
     if declared is not None and depth_scale is not None and depth_scale != declared:
-        raise InputError(f"--depth-scale {depth_scale:g} disagrees with the depth_png_scale {declared:g} that "
+        raise InputError(f"--depth-scale {depth_scale:.15g} disagrees with the depth_png_scale {declared:.15g} that "
                          "meta.json declares (leave the option out, or correct meta.json)", path / "meta.json")
     scale = declared if depth_scale is None else depth_scale  # None: the format's own
     if fmt == "kitti":

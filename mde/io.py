@@ -279,9 +279,17 @@ def file_identity(path: str | Path) -> tuple[int, int]:
 @contextlib.contextmanager
 def atomic_paths(paths: Iterable[str | Path]) -> Iterator[list[Path]]:
     """`atomic_path` for a set of files: temporary paths beside each, renamed onto them only when the whole
-    block succeeds. A write that fails (a full disk) leaves every earlier file of the set as it was."""
+    block succeeds. A write that fails (a full disk) leaves every earlier file of the set as it was.
+
+    The streams among them (`--json /dev/stdout`, /dev/full) are written first at the end: appended, they cannot
+    be taken back, and one that fails (a full device) must leave no file of the set renamed (the stack finishes
+    the last entered first)."""
+    paths = [Path(path) for path in paths]
+    temporary: list[Path] = [Path()] * len(paths)
     with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(atomic_path(path)) for path in paths]
+        for index in sorted(range(len(paths)), key=lambda i: written_in_place(paths[i])):  # files, then streams
+            temporary[index] = stack.enter_context(atomic_path(paths[index]))
+        yield temporary
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

@@ -267,7 +267,9 @@ def _gt_deltas(result: ArtifactResult, art: list[dict[str, float]], ref: list[di
         result.failed.append("ssim")
 
 
-def mismatch(label: str, precision: str, backend: str, reason: str, check: str = "preprocess") -> ArtifactResult:
+def mismatch(label: str, precision: str, backend: str, reason: str, check: str = "preprocess",
+             tolerance: Tolerance | None = None) -> ArtifactResult:
     """A failed result for an artifact that cannot be compared (`check`: preprocess, or source: another
-    checkpoint's export)."""
-    return ArtifactResult(label, precision, backend, failed=[check], reason=reason)
+    checkpoint's export); `tolerance`: its precision's, reported as for any artifact."""
+    return ArtifactResult(label, precision, backend, failed=[check], reason=reason,
+                          tolerance=asdict(tolerance) if tolerance is not None else {})

@@ -154,13 +154,14 @@ def check_golden(
         if meta is None:
             raise ModelError("artifact has no mde metadata", artifact)
         reason = size_mismatch(runner, reference)
+        tolerance = tolerances.get(meta.precision)
         if reason:
-            return mismatch(label, meta.precision, runner.label, reason)
+            return mismatch(label, meta.precision, runner.label, reason, tolerance=tolerance)
         reason = source_mismatch(runner, {"checkpoint_sha256": str(saved.get("checkpoint_sha256", "")),
                                           "weights_sha256": str(saved["meta"].get("weights_sha256", ""))},
                                  Path(golden).name)
         if reason:
-            return mismatch(label, meta.precision, runner.label, reason, check="source")
+            return mismatch(label, meta.precision, runner.label, reason, check="source", tolerance=tolerance)
         images = saved["image"]
         ref_out, art_out = run_all([reference, runner], [images[i:i + 1] for i in range(len(images))],
                                    len(images))
@@ -211,7 +212,8 @@ def check_checkpoint(cfg: ParityConfig, tolerances: dict[str, Tolerance]
             source = "" if reason else source_mismatch(runner, reference_source, Path(cfg.checkpoint).name)
             if reason or source:
                 results[i] = mismatch(artifact_names[i], runner.metadata.precision, runner.label, reason or source,
-                                      check="preprocess" if reason else "source")
+                                      check="preprocess" if reason else "source",
+                                      tolerance=tolerances.get(runner.metadata.precision))
             else:
                 runners.append((i, runner))
 
@@ -314,7 +316,10 @@ def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
     overrides = read_tolerance_table(cfg.tolerances) if cfg.tolerances else None
     for artifact in cfg.artifacts:
         if not Path(artifact).is_file():
-            raise ModelError("artifact not found", artifact)
+            raise ModelError("artifact not found" if not Path(artifact).exists() else
+                             "a folder, not an artifact; give its model files (model.onnx, model.engine ...)"
+                             if Path(artifact).is_dir() else "not a regular file (a pipe, socket or device)",
+                             artifact)
         if Path(artifact).suffix.lower() == ".npz":  # golden outputs compared with themselves would always pass
             raise InputError("a golden.npz holds the reference, it is not an artifact to check; give it as "
                              "--golden FILE", artifact)

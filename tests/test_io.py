@@ -382,3 +382,21 @@ def test_a_small_file_s_byte_order_mark_is_read_past(tmp_path):
 
     (tmp_path / "meta.json").write_bytes(b"\xef\xbb\xbf" + b'{"max_depth": 20}')
     assert dataset_max_depth(tmp_path) == 20
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+@pytest.mark.parametrize("stream_first", [True, False])
+def test_a_set_whose_stream_fails_renames_none_of_its_files(tmp_path, stream_first):
+    """`mde parity --report new.md --json /dev/full`: exit 2, yet new.md was written, linking pictures never made.
+    The stream is written before any file of the set is renamed, wherever it stands in the set."""
+    from mde.errors import InputError
+    from mde.io import atomic_paths
+
+    (tmp_path / "old.md").write_text("the old report")
+    names = ["/dev/full", tmp_path / "new.md", tmp_path / "old.md"]
+    with pytest.raises(InputError, match="/dev/full: cannot write"):
+        with atomic_paths(names if stream_first else names[::-1]) as temporary:
+            for path in temporary:
+                path.write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.md"]
+    assert (tmp_path / "old.md").read_text() == "the old report"

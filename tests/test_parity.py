@@ -110,6 +110,9 @@ def test_depth_scale_reads_another_png_convention(cli, tiny_checkpoint, tiny_exp
     assert result.code == 2 and result.err == (
         f"mde: error: {synth_data / 'meta.json'}: --depth-scale 256 disagrees with the depth_png_scale 1000 that "
         "meta.json declares (leave the option out, or correct meta.json)\n")
+    result = cli("parity", tiny_checkpoint, tiny_export / "model.onnx", "--data", synth_data,
+                 "--depth-scale", "1000.0000001")  # was "--depth-scale 1000 disagrees with ... 1000"
+    assert result.code == 2 and "--depth-scale 1000.0000001 disagrees with the depth_png_scale 1000 " in result.err
 
 
 def test_perturbed_weights_fail_by_name_while_others_pass(cli, tiny_checkpoint, tiny_export, synth_data, tmp_path):
@@ -157,6 +160,7 @@ def test_another_models_export_fails_as_source(cli, tiny_checkpoint, tiny_export
     row = json.loads(out_json.read_text())["artifacts"][0]
     assert row["failed"] == ["source"] and "exported from another model (weights sha256" in row["reason"]
     assert "not from other.pt" in row["reason"]
+    assert set(row["tolerance"]) >= {"rmse_abs", "rmse_rel", "ssim_abs", "p99_over_range"}  # was {} when not compared
 
     model = onnx.load(str(tiny_export / "model.onnx"))
     for prop in model.metadata_props:
@@ -265,6 +269,7 @@ def test_an_artifact_that_outputs_nan_fails_without_a_numpy_warning(recwarn):
 @pytest.mark.parametrize("args, match", [
     (["parity", "missing.pt"], "expected CKPT and at least one ARTIFACT"),
     (["parity", "--golden", "nope.npz", "nope.onnx"], "artifact not found"),
+    (["parity", "--golden", "nope.npz", "."], ".: a folder, not an artifact; give its model files"),  # "not found"
 ])
 def test_bad_input_exit_2(cli, args, match):
     result = cli(*args)
