@@ -542,7 +542,7 @@ def test_a_resumed_running_loss_is_carried_by_rank_0_only(tiny_run):
         for rank, expected in ((0, (12.0, 4)), (1, (0.0, 0))):
             job = SimpleNamespace(optimizer=noop, scheduler=noop, scaler=noop, env=SimpleNamespace(is_main=rank == 0),
                                   cfg=SimpleNamespace(resume=str(tiny_run[0] / "last.pt"), data=state["config"]["data"]),
-                                  val_data=state["val_data"])
+                                  val_data=state["val_data"], data_range=state["data_range"])
             resumed = restore(job, state)
             assert (resumed.loss_sum, resumed.loss_count) == expected, rank
     finally:
@@ -631,7 +631,7 @@ def test_ddp_two_cpu_ranks_split_data_and_rank0_writes_once(tmp_path, synth_data
     (["--no-augment", "--color-jitter"], "--scale-crop and --color-jitter add to --augment"),
     (["--weight-decay", "-1"], "--weight-decay must be >= 0, got -1.0"),
     # it trained an epoch, diverged, and blamed --lr-max
-    (["--weight-decay", "1e30"], "--weight-decay 1e+30 at --lr-max 0.002 would take each weight to zero or past it"),
+    (["--weight-decay", "1e30"], "--lr-max 0.002 x --weight-decay 1e+30 = 2e+27: AdamW would shrink each weight by"),
     (["--epochs", "99999999999999999999"], "--epochs must be at most 100000"),  # one-cycle stayed at --lr-min
     (["--max-depth", "nan"], "--max-depth must be a finite number, got nan"),
     (["--depth-scale", "inf"], "--depth-scale must be a finite number, got inf"),
@@ -865,7 +865,7 @@ def test_a_checkpoint_carries_only_its_own_validation(tmp_path, synth_data, monk
 def test_a_diverging_run_saves_no_nan_weights(cli, synth_data, tmp_path):
     run = tmp_path / "run"
     res = cli("train", "--data", synth_data, "--out", run, *TINY, "--epochs", "1", "--schedule", "cyclic",
-              "--lr-min", "1e11", "--lr-max", "1e12", "--checkpoint-every", "1")
+              "--lr-min", "1e11", "--lr-max", "1e12", "--weight-decay", "0", "--checkpoint-every", "1")
     assert res.code == 1 and "training diverged" in res.err
     assert ("--force to reuse this folder" in res.err) == (run.is_dir() and any(run.iterdir())), res.err
     if (run / "last.pt").exists():  # one written before the weights went bad
@@ -1174,7 +1174,7 @@ def test_resume_into_another_folder_keeps_the_history_and_the_best_pt_its_record
 def test_a_diverged_run_stops_with_one_line_and_saves_no_nan_weights(cli, synth_data, tmp_path):
     run = tmp_path / "run"
     result = cli("train", "--data", synth_data, "--out", run, *TINY, "--epochs", "2",
-                 "--lr-max", "1e12", "--lr-min", "1e11", "--json")
+                 "--lr-max", "1e12", "--lr-min", "1e11", "--weight-decay", "0", "--json")  # diverges, not refused
     assert result.code == 1 and not result.out, result.out
     assert result.err.strip().splitlines()[-1] == (
         f"mde: error: {run}: training diverged: the loss or the weights became NaN or infinite in epoch 1; start "

@@ -151,9 +151,10 @@ class TrainConfig:
                 raise InputError(f"{flag} shapes the cyclic schedule; with --schedule {self.schedule} it would do "
                                  f"nothing: drop it, or add --schedule cyclic")
         if self.lr_max * self.weight_decay >= 1:  # AdamW shrinks each weight by their product a step: all of it
-            raise InputError(f"--weight-decay {self.weight_decay:g} at --lr-max {self.lr_max:g} would take each weight "
-                             "to zero or past it every step; their product must be below 1 (weight decay is "
-                             "typically 1e-4 to 0.1)")
+            raise InputError(f"--lr-max {self.lr_max:g} x --weight-decay {self.weight_decay:g} = "
+                             f"{self.lr_max * self.weight_decay:g}: AdamW would shrink each weight by all of itself "
+                             "or more every step; their product must be below 1 (weight decay is typically 1e-4 to "
+                             "0.1, --lr-max 1e-4 to 1e-2)")
         if self.out and self.data:
             check_outside_splits(self.out, self.data)
 
