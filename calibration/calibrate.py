@@ -215,10 +215,9 @@ class UnlabelledImages:
     and the accuracy check compare INT8 with FP32; RMSE and SSIM against ground truth are then not measured."""
 
     def __init__(self, folder: Path):
-        broken = sorted(p for p in folder.iterdir()
-                        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and not p.exists())
-        if broken:  # as a dataset's split says it: an image left out in silence changes the calibration
-            raise DataError("not a readable file (a broken link, or a file removed while it was read)", broken[0])
+        from mde.data.readers import refuse_odd_entries
+
+        refuse_odd_entries(folder, IMAGE_SUFFIXES)  # as a dataset's split: an image left out changes the calibration
         self.folder = folder
         self.paths = list_images(folder)
         self.names = [path.name for path in self.paths]

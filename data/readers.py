@@ -23,6 +23,7 @@ import numpy as np
 from mde.errors import DataError, InputError
 from mde.io import parse_json, read_small_text
 from mde.runtime.images import (
+    DEPTH_PNG_MODES,
     IMAGE_SUFFIXES,
     MAX_PIXELS,
     MAX_PLAUSIBLE_DEPTH,
@@ -62,6 +63,7 @@ UNIT_CHECK = 5  # a dataset whose first depth map lies mostly beyond 5 x its ran
 KITTI_MAX_DEPTH = 80.0
 KITTI_DEPTH_SCALE = 256.0
 MASK_VALUES = (MASK_STRUCTURE, MASK_OBJECT, MASK_INVALID)
+MASK_MODES = ("L", "P")  # 8-bit single-channel PNGs (a palette's indices are the values)
 # KITTI depth-completion "depth_selection/val_selection_cropped" layout.
 KITTI_SELECTION = "val_selection_cropped"
 
@@ -79,7 +81,7 @@ class Sample:
 def read_mask(path: Path) -> np.ndarray:
     """Read an 8-bit single-channel region mask PNG as H x W uint8; a value other than 0, 1, 255 is a `DataError`."""
     img = _open_checked(path)
-    if img.mode not in ("L", "P"):
+    if img.mode not in MASK_MODES:
         img.close()
         raise DataError(f"expected an 8-bit single-channel mask PNG, got mode {img.mode}", path)
     mask = np.ascontiguousarray(_decode(img, path), dtype=np.uint8)
@@ -175,10 +177,10 @@ class PairedFiles:
                     fine = fine and shape[-2:] == size[::-1] and (len(shape) == 2 or shape[:-2] == (1,))
                 else:
                     depth_size, mode = image_header(depth_path)
-                    fine = fine and depth_size == size and mode in ("I;16", "I;16B", "I;16L", "I")
+                    fine = fine and depth_size == size and mode in DEPTH_PNG_MODES
                 if mask_path is not None:
                     mask_size, mode = image_header(mask_path)
-                    fine = fine and mask_size == size and mode in ("L", "P")
+                    fine = fine and mask_size == size and mode in MASK_MODES
             except Exception:  # noqa: BLE001 - an unreadable header: the reader names what is wrong
                 fine = False
             if not fine:
@@ -198,7 +200,7 @@ def _by_stem(files: list[Path], folder: Path) -> dict[str, Path]:
 NOT_A_FILE = "not a readable file (a broken link, a folder, a FIFO or a device)"
 
 
-def _refuse_odd_entries(folder: Path, suffixes: tuple[str, ...]) -> None:
+def refuse_odd_entries(folder: Path, suffixes: tuple[str, ...]) -> None:
     """An entry named like a file the folder holds that is no regular file (a broken link, a folder): an image or
     depth map left out of the split without a word, a mask taken for "no mask" (its image scored without
     regions)."""
@@ -253,8 +255,8 @@ class FolderDataset(PairedFiles):
             if not sub.is_dir():
                 raise DataError(f"expected a folder with rgb/ and depth/ for split {split!r}, "
                                 "found none", sub)
-        _refuse_odd_entries(rgb_dir, IMAGE_SUFFIXES)  # a broken link was left out of the split without a word
-        _refuse_odd_entries(depth_dir, DEPTH_SUFFIXES)
+        refuse_odd_entries(rgb_dir, IMAGE_SUFFIXES)  # a broken link was left out of the split without a word
+        refuse_odd_entries(depth_dir, DEPTH_SUFFIXES)
         rgbs = _by_stem(list_images(rgb_dir), rgb_dir)
         depths = _by_stem(list_files(depth_dir, DEPTH_SUFFIXES), depth_dir)
         mask_dir = folder / "mask"
@@ -266,7 +268,7 @@ class FolderDataset(PairedFiles):
             log.warning("%s: %s", folder, _nested_words(nested))
         masks = {}
         if mask_dir.is_dir():
-            _refuse_odd_entries(mask_dir, (".png",))
+            refuse_odd_entries(mask_dir, (".png",))
             masks = _by_stem(list_files(mask_dir, (".png",)), mask_dir)
             lossy = list_files(mask_dir, LOSSY_SUFFIXES)  # not read: said, not left out in silence
             if lossy:

@@ -113,6 +113,7 @@ def quiet_folder_notes(quiet: bool = True) -> None:
 MAX_PIXELS = MAX_INPUT_SIDE * MAX_INPUT_SIDE
 MIN_SIDE = 8
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+DEPTH_PNG_MODES = ("I;16", "I;16B", "I;16L", "I")  # Pillow's 16-bit single-channel modes (32-bit "I": checked)
 DARK_16BIT = 4096  # a uint16 image below this uses at most 12 bits: read as 16-bit, it is 1/16 as bright
 ORIENTATION_TAG = 0x0112  # EXIF: how the stored pixels are turned for display (1: as stored)
 # Each EXIF orientation's turn to upright, as `ImageOps.exif_transpose` makes it
@@ -464,7 +465,7 @@ def read_depth(path: str | Path, png_scale: float = MM_PER_M) -> np.ndarray:
         depth = depth.astype(np.float32)
     else:
         img = _open_checked(path)
-        if img.mode not in ("I;16", "I;16B", "I;16L", "I"):  # 8-bit "L" would cap depth at 0.255 m
+        if img.mode not in DEPTH_PNG_MODES:  # 8-bit "L" would cap depth at 0.255 m
             img.close()
             raise DataError(f"expected a 16-bit single-channel depth PNG, got mode {img.mode}"
                             f"{' (8-bit: a picture of depth, not depth?)' if img.mode == 'L' else ''}", path)
