@@ -117,7 +117,7 @@ def load_source(path: Path) -> tuple[Any, ModelMetadata]:
     import onnx
     from google.protobuf.message import DecodeError
 
-    from mde.calibration.quantize import is_quantized
+    from mde.runtime.artifact import graph_precision
 
     path = require_file(path, "ONNX model")
     if path.suffix.lower() != ".onnx":  # onnx and its quantizer choose a text format by the suffix (.json, .onnxtxt)
@@ -137,13 +137,14 @@ def load_source(path: Path) -> tuple[Any, ModelMetadata]:
     tensor = inputs[0].type.tensor_type
     check_graph_input(np.float32 if tensor.elem_type == onnx.TensorProto.FLOAT else np.void,
                       tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim), meta, path)
-    if is_quantized(model):
-        raise ModelError("already quantized (has QuantizeLinear/DequantizeLinear nodes); "
+    found = graph_precision(model)
+    if found == "int8":
+        raise ModelError("already quantized (has QuantizeLinear/DequantizeLinear or integer nodes); "
                          "calibrate the FP32 model.onnx", path)
     if meta.precision != "fp32":
         raise ModelError(f"expected an FP32 model, found precision {meta.precision}", path)
-    half = sum(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
-    if half:  # an FP16 conversion that kept model.onnx's metadata: the quantizer would leave its weights half
+    if found == "fp16":  # an FP16 conversion that kept model.onnx's metadata: the quantizer would keep them half
+        half = sum(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
         raise ModelError(f"its metadata says fp32, but {counted(half, 'weight tensor')} in the graph are float16; "
                          "calibrate the FP32 model.onnx", path)
     if not any(n.op_type in WEIGHTED_OPS for n in model.graph.node):

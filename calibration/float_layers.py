@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 import onnx
 
-from mde.calibration.quantize import BYTE_MOVES, QDQ_OPS
+from mde.calibration.quantize import BYTE_MOVES
+from mde.runtime.artifact import QDQ_OPS
 
 HEAD_OUTPUT = "Sigmoid"  # the depth head: max_depth * sigmoid(logits)
 # Ops that only gather values between the last convolutions and the head (the report decoder's

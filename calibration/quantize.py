@@ -50,8 +50,8 @@ import onnx
 
 from mde.calibration.config import Target
 from mde.errors import ModelError
+from mde.runtime.artifact import QDQ_OPS
 
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 BYTE_MOVES = ("DepthToSpace",)  # ops that only move elements: their output keeps the input's quantization
 
 
@@ -60,11 +60,6 @@ def _method(name: str):
 
     return {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile,
             "minmax": CalibrationMethod.MinMax}[name]
-
-
-def is_quantized(model: onnx.ModelProto) -> bool:
-    """True when the graph already holds QuantizeLinear/DequantizeLinear (or QLinear*) nodes."""
-    return any(n.op_type in QDQ_OPS or n.op_type.startswith("QLinear") for n in model.graph.node)
 
 
 def external_data_files(path: Path) -> list[Path]:

@@ -64,3 +64,42 @@ def artifact_labels(paths: Sequence[str | Path]) -> list[str]:
     path where two share a name (`exp/model.int8.onnx`, `fallback/model.int8.onnx`), so no row stands for two."""
     names = [Path(p).name for p in paths]
     return [name if names.count(name) == 1 else str(p) for name, p in zip(names, paths)]
+
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+def is_quantized(graph: Any) -> bool:
+    """True when an ONNX graph holds QuantizeLinear/DequantizeLinear nodes, or the integer kernels
+    (QLinear*, *Integer) that ONNX Runtime's quantizer writes in operator-oriented form."""
+    return any(n.op_type in QDQ_OPS or n.op_type.startswith("QLinear") or n.op_type.endswith("Integer")
+               for n in graph.node)
+
+
+def graph_precision(model: Any) -> str:
+    """What an ONNX model computes in, read from its graph: int8 (quantized, `is_quantized`), fp16 (float16
+    weights, as `mde export --precision fp16` writes), or fp32."""
+    from onnx import TensorProto
+
+    if is_quantized(model.graph):
+        return "int8"
+    if any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
+def precision_mismatch(path: str | Path, declared: str) -> str:
+    """Why the ONNX at `path` does not compute in the precision its metadata declares, or "" (engines are
+    not read: TensorRT records what it built in the sidecar). Parity gates each artifact by its declared
+    precision, so an FP32 graph labelled int8 would pass as a checked INT8 model. Reading the graph takes the
+    onnx package (the `train` extra); the runtime alone has none, and there the label is trusted."""
+    if Path(path).suffix.lower() != ".onnx":
+        return ""
+    try:
+        import onnx
+    except ImportError:
+        return ""
+    found = graph_precision(onnx.load(str(path), load_external_data=False))
+    if found == declared:
+        return ""
+    return f"its metadata says {declared}, but the graph computes in {found}; each precision has its own tolerances"

@@ -20,7 +20,7 @@ import numpy as np
 
 from mde.errors import CheckFailed, DataError, InputError, ModelError, shown_path
 from mde.io import RUN_FILES, resolved, sha256_file
-from mde.runtime.artifact import artifact_labels
+from mde.runtime.artifact import artifact_labels, precision_mismatch
 from mde.runtime.backends.base import Runner, open_runner, providers_refused, runs_on_onnxruntime
 from mde.runtime.parity import (
     GOLDEN_TABLE_NOTES,
@@ -120,6 +120,18 @@ def source_mismatch(runner: Runner, reference: dict[str, str], name: str) -> str
     return ""
 
 
+def refusal(runner: Runner, path: str | Path, reference: Runner, source: dict[str, str], source_name: str
+            ) -> tuple[str, str] | None:
+    """The first check that keeps the artifact at `path` (open in `runner`) from being compared with the
+    reference, as (check, reason): `preprocess` (`size_mismatch`), `source` (`source_mismatch` against the
+    reference's `source` digests, from the file `source_name`) or `precision` (`precision_mismatch`); None
+    when it may be compared."""
+    checks = (("preprocess", lambda: size_mismatch(runner, reference)),
+              ("source", lambda: source_mismatch(runner, source, source_name)),
+              ("precision", lambda: precision_mismatch(path, runner.metadata.precision)))
+    return next(((check, reason) for check, find in checks if (reason := find())), None)
+
+
 def check_golden(
     golden: str | Path,
     artifact: str | Path,
@@ -153,15 +165,12 @@ def check_golden(
         meta, label, backend_label = runner.metadata, label or Path(artifact).name, runner.label
         if meta is None:
             raise ModelError("artifact has no mde metadata", artifact)
-        reason = size_mismatch(runner, reference)
-        tolerance = tolerances.get(meta.precision)
-        if reason:
-            return mismatch(label, meta.precision, runner.label, reason, tolerance=tolerance)
-        reason = source_mismatch(runner, {"checkpoint_sha256": str(saved.get("checkpoint_sha256", "")),
-                                          "weights_sha256": str(saved["meta"].get("weights_sha256", ""))},
-                                 Path(golden).name)
-        if reason:
-            return mismatch(label, meta.precision, runner.label, reason, check="source", tolerance=tolerance)
+        source = {"checkpoint_sha256": str(saved.get("checkpoint_sha256", "")),
+                  "weights_sha256": str(saved["meta"].get("weights_sha256", ""))}
+        refused = refusal(runner, artifact, reference, source, Path(golden).name)
+        if refused:
+            return mismatch(label, meta.precision, runner.label, refused[1], check=refused[0],
+                            tolerance=tolerances.get(meta.precision))
         images = saved["image"]
         ref_out, art_out = run_all([reference, runner], [images[i:i + 1] for i in range(len(images))],
                                    len(images))
@@ -208,12 +217,10 @@ def check_checkpoint(cfg: ParityConfig, tolerances: dict[str, Tolerance]
         runners = []
         for i, path in enumerate(cfg.artifacts):
             runner = stack.enter_context(open_runner(path, cfg.backend, providers=cfg.providers))
-            reason = size_mismatch(runner, reference)
-            source = "" if reason else source_mismatch(runner, reference_source, Path(cfg.checkpoint).name)
-            if reason or source:
-                results[i] = mismatch(artifact_names[i], runner.metadata.precision, runner.label, reason or source,
-                                      check="preprocess" if reason else "source",
-                                      tolerance=tolerances.get(runner.metadata.precision))
+            refused = refusal(runner, path, reference, reference_source, Path(cfg.checkpoint).name)
+            if refused:
+                results[i] = mismatch(artifact_names[i], runner.metadata.precision, runner.label, refused[1],
+                                      check=refused[0], tolerance=tolerances.get(runner.metadata.precision))
             else:
                 runners.append((i, runner))
 

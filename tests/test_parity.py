@@ -171,6 +171,38 @@ def test_another_models_export_fails_as_source(cli, tiny_checkpoint, tiny_export
     assert golden.code == 1 and "foreign.onnx (source)" in golden.err, golden.err
 
 
+def _relabel(src: Path, dst: Path, precision: str) -> Path:
+    model = onnx.load(str(src))
+    next(p for p in model.metadata_props if p.key == "mde.precision").value = json.dumps(precision)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_mislabelled_precision_fails_as_precision(cli, tiny_checkpoint, tiny_export, tiny_int8, synth_data, tmp_path):
+    """Each artifact is gated by its declared precision's row, so the graph must compute in that precision: an
+    FP32 graph labelled int8 would otherwise pass as a checked INT8 model, an FP16 one labelled fp32 fail
+    for a reason nobody could see."""
+    from mde.runtime.artifact import graph_precision
+
+    found = {p: graph_precision(onnx.load(str(p), load_external_data=False))
+             for p in (tiny_export / "model.onnx", tiny_export / "model.fp16.onnx", tiny_int8[0])}
+    assert list(found.values()) == ["fp32", "fp16", "int8"]
+    fake_int8 = _relabel(tiny_export / "model.onnx", tmp_path / "fake.int8.onnx", "int8")
+    fake_fp32 = _relabel(tiny_export / "model.fp16.onnx", tmp_path / "half.onnx", "fp32")
+    out_json = tmp_path / "p.json"
+    result = cli("parity", tiny_checkpoint, fake_int8, fake_fp32, tiny_export / "model.onnx", "--data", synth_data,
+                 "--limit", 2, "--json", out_json)
+    assert result.code == 1 and "fake.int8.onnx (precision)" in result.err, result.err
+    rows = {a["artifact"]: a for a in json.loads(out_json.read_text())["artifacts"]}
+    assert rows["fake.int8.onnx"]["failed"] == ["precision"]
+    assert "metadata says int8, but the graph computes in fp32;" in rows["fake.int8.onnx"]["reason"]
+    assert rows["half.onnx"]["failed"] == ["precision"] and "computes in fp16" in rows["half.onnx"]["reason"]
+    assert rows["model.onnx"]["passed"]
+    golden = cli("parity", "--golden", tiny_export / "golden.npz", fake_int8, tiny_export / "model.fp16.onnx")
+    assert golden.code == 1 and "fake.int8.onnx (precision)" in golden.err, golden.err
+    assert "model.fp16.onnx" not in golden.err.split("parity failed:")[-1]
+
+
 def test_golden_mode_without_torch(tiny_export, tiny_int8, tmp_path):
     out_json = tmp_path / "golden.json"
     code = (

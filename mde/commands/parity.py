@@ -4,7 +4,8 @@ Options only; the work is `mde.runtime.parity_run.run_parity`. A preprocessing m
 artifact whose metadata gives another input size or max depth than the checkpoint) is a FAILED
 check for that artifact (exit 1, failing metric "preprocess", the reason printed), not bad input:
 the other artifacts are still checked in the same run. So is an artifact exported from another
-checkpoint (failing metric "source").
+checkpoint (failing metric "source"), and one whose graph computes in another precision than its
+metadata declares (failing metric "precision").
 """
 
 from __future__ import annotations
