@@ -172,6 +172,12 @@ def region_means(per_image: Sequence[dict[str, float]]) -> dict[str, dict[str, f
     return out
 
 
+def shown_regions(means: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """`region_means` as reported: none at all where no image shows either region (masks of sky only), as
+    `mde eval` reports none; otherwise every region, one that no image shows with 0 images."""
+    return means if any(row["images"] for row in means.values()) else {}
+
+
 def compare(
     reference: Sequence[np.ndarray],
     artifact: Sequence[np.ndarray],
@@ -213,7 +219,7 @@ def compare(
         art_m = gt_metrics(artifact, gts, max_depth, data_range, masks)
         _gt_deltas(result, art_m, ref_m, tolerance)
         if masks is not None and any(m is not None for m in masks):  # no mask at all: no region figures
-            result.regions = region_means(art_m)
+            result.regions = shown_regions(region_means(art_m))
     return result
 
 

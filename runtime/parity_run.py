@@ -31,6 +31,7 @@ from mde.runtime.parity import (
     mismatch,
     read_tolerance_table,
     region_means,
+    shown_regions,
     tolerances_from_dict,
 )
 
@@ -247,7 +248,13 @@ def check_checkpoint(cfg: ParityConfig, tolerances: dict[str, Tolerance]
                       "ssim": float(np.mean([m["ssim"] for m in ref_metrics])), "device": cfg.device},
     }
     if any(m is not None for m in masks):  # region figures: information, not gates
-        header["regions"] = _region_figures(cfg, ref_metrics, gts, masks, max_depth)
+        figures = _region_figures(cfg, ref_metrics, gts, masks, max_depth)
+        if figures["reference"]:
+            header["regions"] = figures
+        else:
+            from mde.console import info
+
+            info(f"{cfg.data}: the {cfg.split} masks mark no object or structure pixel; no region figures")
     pictures = {}
     if with_pictures(cfg):
         paths = worst_png_paths(cfg.report, artifact_names)
@@ -304,7 +311,9 @@ def _region_figures(cfg: ParityConfig, reference: list[dict[str, float]], gts: l
     from mde.runtime.evaluate import fixed_map_prediction, pixel_mean_map, train_split_baseline
     from mde.runtime.metrics import region_metrics
 
-    figures = {"reference": region_means(reference)}
+    figures = {"reference": shown_regions(region_means(reference))}
+    if not figures["reference"]:
+        return figures
     pixmap = train_split_baseline(cfg.data, cfg.split, cfg.depth_scale, pixel_mean_map)
     if pixmap is not None:
         figures["pixel_mean_map"] = region_means([

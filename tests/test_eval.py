@@ -22,9 +22,9 @@ def test_eval_checkpoint_json(cli, tiny_checkpoint, synth_data):
     assert set(metrics["pixel_mean_map"]) == {"rmse", "abs_rel", "delta1"} | REGION_KEYS
 
 
-def test_eval_region_figures_match_a_direct_computation(cli, tiny_checkpoint, synth_data, tmp_path):
+def test_eval_region_figures_match_a_direct_computation(cli, tiny_checkpoint, tiny_export, synth_data, tmp_path):
     """Region figures are per-image region metrics averaged over the images having the region;
-    without mask/ folders they are absent."""
+    without mask/ folders, or with masks that mark no region, they are absent (from parity too)."""
     import shutil
 
     from mde.data.readers import open_dataset
@@ -51,8 +51,17 @@ def test_eval_region_figures_match_a_direct_computation(cli, tiny_checkpoint, sy
         Image.fromarray(np.full_like(np.asarray(Image.open(mask)), 255)).save(mask)
     res = cli("eval", tiny_checkpoint, "--data", blank, "--json", "--device", "cpu")
     assert res.code == 0, res.err
-    assert set(json.loads(res.out)) == KEYS | {"pixel_mean_map"}
+    metrics = json.loads(res.out)
+    assert set(metrics) == KEYS | {"pixel_mean_map"}
+    assert set(metrics["pixel_mean_map"]) == {"rmse", "abs_rel", "delta1"}  # the baseline's regions left out too
     assert "the val masks mark no object or structure pixel" in res.err
+    # and parity, on the same data, as eval: no region figures, and it says so (it showed rows of 0 images)
+    report = tmp_path / "parity.json"
+    res = cli("parity", tiny_checkpoint, tiny_export / "model.onnx", "--data", blank, "--json", report)
+    assert res.code == 0, res.err
+    compared = json.loads(report.read_text())
+    assert "regions" not in compared and compared["artifacts"][0]["regions"] == {}
+    assert "the val masks mark no object or structure pixel" in res.err and "per region" not in res.out
 
 
 def test_a_region_no_val_image_shows_keeps_its_keys_as_null(cli, tiny_checkpoint, synth_data, tmp_path):

@@ -80,7 +80,7 @@ def eval_command(
 
         info(f"{data}: the {split} masks mark no object or structure pixel; no region figures")
     metrics = {k: metrics[k] for k in METRIC_ORDER + (REGION_ORDER if regions else ()) if k in metrics}
-    baseline = _pixel_mean_map_figures(data, split, dataset, data_range, model_range, depth_scale)
+    baseline = _pixel_mean_map_figures(data, split, dataset, data_range, model_range, depth_scale, regions)
     if baseline is not None:
         metrics["pixel_mean_map"] = baseline
     emit(metrics, json_out, lambda m: _print_table(path, split, m))
@@ -103,15 +103,15 @@ def _artifact_providers(path: Path, device: str, providers: list[str] | None) ->
 
 
 def _pixel_mean_map_figures(data: str, split: str, dataset, data_range: float, max_depth: float,
-                            depth_scale: float | None) -> dict[str, float] | None:
+                            depth_scale: float | None, regions: bool) -> dict[str, float] | None:
     """The image-blind baseline on the same split: the train split's per-pixel mean depth map, in the model's
-    range (None where there is none: `train_split_baseline`)."""
+    range (None where there is none: `train_split_baseline`), with region figures where the model has them."""
     from mde.runtime.evaluate import pixel_mean_map_metrics, train_split_baseline
 
     figures = train_split_baseline(data, split, depth_scale,
                                    lambda train: pixel_mean_map_metrics(train, dataset, data_range, max_depth))
-    return None if figures is None else {k: figures[k] for k in ("rmse", "abs_rel", "delta1") + REGION_ORDER
-                                         if k in figures}
+    keys = ("rmse", "abs_rel", "delta1") + (REGION_ORDER if regions else ())
+    return None if figures is None else {k: figures[k] for k in keys if k in figures}
 
 
 def _torch_predict(path: Path, device: str):
