@@ -1060,6 +1060,14 @@ def test_merge_resume_keeps_the_checkpoint_config():
         merge_resume(TrainConfig(data="d", out="o", backbone="resnet34", resume="x"), saved)
     with pytest.raises(InputError, match="conflicts with the resumed checkpoint's --backbone-weights unset;"):
         merge_resume(TrainConfig(data="d", out="o", backbone_weights="w.pth", resume="x"), saved)  # read "weights ;"
+    # a value no run could use is said as a new run says it, not as a conflict ("--object-weight nan conflicts")
+    for name, value, said in (("object_weight", float("nan"), "--object-weight must be in"),
+                              ("lr_max", float("inf"), "--lr-max must be a finite number"),
+                              ("decoder", "foo", "unknown --decoder 'foo'")):
+        with pytest.raises(InputError, match=said):
+            merge_resume(TrainConfig(data="d", out="o", resume="x", **{name: value}), saved)
+    with pytest.raises(InputError, match="--pretrained conflicts with the resumed checkpoint's --no-pretrained"):
+        merge_resume(TrainConfig(data="d", out="o", resume="x", pretrained=True), saved, given={"pretrained"})
 
 
 def test_merge_resume_counts_given_options_even_at_their_default():

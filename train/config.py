@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -206,6 +207,17 @@ def as_typed(name: str, value: object) -> str:
     return f"--{flag} {value:g}" if isinstance(value, float) else f"--{flag} {value}"
 
 
+def _refuse_unusable(saved: TrainConfig, name: str, value: object) -> None:
+    """Raise `validate`'s own error for an option value no run could use (`--object-weight nan`), as a new run
+    says it, rather than call it a conflict with the checkpoint; what only clashes with the checkpoint's other
+    options is left to the conflict message."""
+    try:
+        replace(saved, **{name: value}).validate()
+    except InputError as err:
+        if re.match(rf"(unknown )?--{name.replace('_', '-')} ", str(err)):
+            raise InputError(str(err)) from None
+
+
 def merge_resume(cli: TrainConfig, saved: TrainConfig, given: Collection[str] = ()) -> TrainConfig:
     """The config of a resumed run: the checkpoint's, with the few options a resume may change.
 
@@ -224,6 +236,7 @@ def merge_resume(cli: TrainConfig, saved: TrainConfig, given: Collection[str] = 
             continue
         mine, theirs = getattr(cli, f.name), getattr(saved, f.name)
         if is_set(f.name) and mine != theirs and mine != AUTO_VALUES.get(f.name):
+            _refuse_unusable(saved, f.name, mine)
             raise InputError(f"{as_typed(f.name, mine)} conflicts with the resumed checkpoint's "
                              f"{as_typed(f.name, theirs)}; drop it when using --resume", cli.resume)
     # an override applies when the user set it: a plain `--resume RUN/last.pt` continues the
