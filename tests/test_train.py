@@ -1488,3 +1488,23 @@ def test_an_epoch_with_no_valid_depth_pixel_is_refused(cli, synth_data, tmp_path
         "the depth maps are empty, or too sparse to keep one after the resize (use a larger --image-size, or "
         "denser depth)")
     assert not run.exists()
+
+
+def test_compile_on_a_cpu_does_not_leak_a_cuda_home_warning(cli, synth_data, tmp_path, monkeypatch):
+    """`--compile` on a CPU printed torch's "No CUDA runtime is found, using CUDA_HOME=..." (inductor's C++ toolchain
+    lookup) among the run's lines; the logger is quieted for the run, then given back. Here torch.compile warns as
+    inductor does, without its minutes of compiling."""
+    import logging
+
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    before = logger.level
+
+    def compile_that_warns(module, *args, **kwargs):
+        logger.warning("No CUDA runtime is found, using CUDA_HOME='/usr/local'")
+        return module
+
+    monkeypatch.setattr(torch, "compile", compile_that_warns)
+    result = cli("train", "--data", synth_data, "--out", tmp_path / "run", *TINY, "--epochs", "1", "--compile")
+    assert result.code == 0, result.err
+    assert "No CUDA runtime" not in result.err + result.out
+    assert logger.level == before

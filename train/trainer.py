@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import operator
 import os
@@ -296,14 +297,18 @@ def train(cfg: TrainConfig, given: Collection[str] = ()) -> dict[str, Any]:
 # The process-wide torch settings `build_job` changes besides deterministic mode: (module under torch, attribute).
 TORCH_SETTINGS = (("utils.deterministic", "fill_uninitialized_memory"), ("backends.cudnn", "benchmark"),
                   ("backends.cudnn", "allow_tf32"), ("backends.cuda.matmul", "allow_tf32"))
+# Loggers `build_job` quiets: inductor's C++ toolchain lookup (`--compile` on a CPU) warns of a CUDA_HOME
+# without a CUDA runtime, which a CPU run does not need.
+QUIETED_LOGGERS = ("torch.utils.cpp_extension",)
 
 
 @contextlib.contextmanager
 def torch_settings_restored() -> Iterator[None]:
     """Give the process back the torch settings training changes (deterministic mode on the CPU, cuDNN autotuning
-    and TF32 on CUDA): a program that calls `train` and then runs its own models runs them as before. Only a
+    and TF32 on CUDA, the loggers it quiets): a program that calls `train` and then runs its own models runs them as before. Only a
     setting that changed is set back (setting PyTorch 2.9's legacy TF32 flags warns)."""
     deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    quieted = {name: logging.getLogger(name).level for name in QUIETED_LOGGERS}
     saved = []
     for module, name in TORCH_SETTINGS:
         try:
@@ -321,6 +326,8 @@ def torch_settings_restored() -> Iterator[None]:
             with contextlib.suppress(AttributeError, RuntimeError):
                 if getattr(owner, name) != value:
                     setattr(owner, name, value)
+        for name, level in quieted.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def main(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dict[str, Any]:
@@ -424,6 +431,9 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
     if env.distributed:
         forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[env.device.index] if cuda else None)
     if cfg.compile:
+        if not cuda:
+            for name in QUIETED_LOGGERS:
+                logging.getLogger(name).setLevel(logging.ERROR)
         forward = torch.compile(forward)
     return Job(
         cfg=replace(cfg, max_depth=float(args.max_depth), freeze_stages=cfg.frozen_stages), env=env, out=out,
