@@ -305,8 +305,8 @@ QUIETED_LOGGERS = ("torch.utils.cpp_extension",)
 @contextlib.contextmanager
 def torch_settings_restored() -> Iterator[None]:
     """Give the process back the torch settings training changes (deterministic mode on the CPU, cuDNN autotuning
-    and TF32 on CUDA, the loggers it quiets): a program that calls `train` and then runs its own models runs them as before. Only a
-    setting that changed is set back (setting PyTorch 2.9's legacy TF32 flags warns)."""
+    and TF32 on CUDA, the loggers it quiets): a program that calls `train` and then runs its own models runs them
+    as before. Only a setting that changed is set back (setting PyTorch 2.9's legacy TF32 flags warns)."""
     deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     quieted = {name: logging.getLogger(name).level for name in QUIETED_LOGGERS}
     saved = []
