@@ -35,10 +35,8 @@ convolution became an integer kernel.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
-import io
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
@@ -50,6 +48,7 @@ import onnx
 
 from mde.calibration.config import Target
 from mde.errors import ModelError
+from mde.printed import printed_by_this_thread
 from mde.runtime.artifact import QDQ_OPS
 
 BYTE_MOVES = ("DepthToSpace",)  # ops that only move elements: their output keeps the input's quantization
@@ -154,7 +153,7 @@ def collect_ranges(
         options["percentile"] = percentile
     # The histogram calibrators print progress to stdout, which belongs to results (--json); NaN activations
     # make numpy warn ("All-NaN slice") before they fail: said once, below, in words of the model.
-    with tempfile.TemporaryDirectory(prefix="mde-calib-") as tmp, contextlib.redirect_stdout(io.StringIO()), \
+    with tempfile.TemporaryDirectory(prefix="mde-calib-") as tmp, printed_by_this_thread(), \
             warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         calibrator = create_calibrator(

@@ -15,7 +15,6 @@ torch maintains (TorchScript export is deprecated), and its `dynamic_shapes` can
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import warnings
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from mde.errors import CheckFailed
+from mde.printed import printed_by_this_thread
 from mde.runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata, stamp
 
 # ONNX ops the FP32 graph may contain: anything else means the exporter changed behaviour
@@ -58,7 +58,7 @@ def export_fp32(
         dims[3] = 32 * Dim("w32", min=1, max=256)
     example = torch.rand(2, 3, *input_size)
     quiet = _quiet_loggers("torch.onnx", "onnxscript")  # --opset 17's version conversion: 2 long lines
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), quiet:
+    with warnings.catch_warnings(), printed_by_this_thread(), quiet:
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             model,

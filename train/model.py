@@ -6,7 +6,6 @@ report's five transposed convs) or `unet` (skip connections from every encoder s
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import sys
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mde.errors import InputError, ModelError, one_line
+from mde.printed import printed_by_this_thread
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -213,7 +213,7 @@ def build_model(
     if pretrained:
         weights = "DEFAULT"
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # torch.hub prints "Downloading: ..." on stdout (--json)
+        with printed_by_this_thread(into=sys.stderr):  # torch.hub prints "Downloading: ..." on stdout (--json)
             model = DepthNet(args, weights=weights)
     except Exception as err:  # noqa: BLE001 - a failed download (URLError is an OSError), or a damaged cached file
         cached = _cached_imagenet_weights(args.backbone) if pretrained else None

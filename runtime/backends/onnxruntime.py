@@ -9,8 +9,6 @@ named by the user), never a silent CPU run; nothing ONNX Runtime prints reaches 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import math
 import numbers
@@ -23,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mde.errors import BackendError, InputError, MdeError, ModelError
+from mde.printed import printed_by_this_thread
 from mde.runtime.backends import ort_providers as eps
 from mde.runtime.backends.base import Runner, TensorSpec, register_backend
 from mde.runtime.backends.ort_providers import (  # noqa: F401 - the names callers import from here too
@@ -163,9 +162,8 @@ def create_session(
     except UnicodeEncodeError:  # bytes no UTF-8 decodes: ONNX Runtime takes a path as UTF-8 text only
         raise ModelError("ONNX Runtime cannot open a file whose path is not UTF-8 text; rename it (or the "
                          "folder above it that is not)", source) from None
-    printed = io.StringIO()
     try:
-        with contextlib.redirect_stdout(printed):  # ORT prints "EP Error ... Falling back" on stdout
+        with printed_by_this_thread() as printed:  # ORT prints "EP Error ... Falling back" on stdout
             session = ort.InferenceSession(
                 model if isinstance(model, bytes) else str(model), sess_options=opts, providers=provider_args
             )

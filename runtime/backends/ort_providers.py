@@ -8,10 +8,8 @@ links is missing, read from its ELF header), and `default_providers` picks those
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
-import io
 import logging
 import struct
 from collections.abc import Callable, Sequence
@@ -19,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mde.errors import BackendError, ModelError
+from mde.printed import printed_by_this_thread
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +121,7 @@ def preload_gpu_libraries() -> str:
     preload = getattr(ort, "preload_dlls", None)  # onnxruntime-gpu >= 1.21
     if preload is None:
         return ""
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    with printed_by_this_thread() as printed:
         try:
             preload()
         except Exception as err:  # noqa: BLE001 - a failed preload shows up as a provider that did not load
