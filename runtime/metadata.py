@@ -59,6 +59,10 @@ OUTPUT: dict[str, Any] = {
     "min_depth": 0.0,
 }
 
+# Besides those, each artifact's own fields of `mde.preprocess` and `mde.output` (`preprocess_spec`, `output_spec`).
+PREPROCESS_OWN = ("input_name", "input_size", "dynamic_size")
+OUTPUT_OWN = ("max_depth", "postprocess")
+
 
 @dataclass
 class ModelMetadata:
@@ -115,12 +119,9 @@ class ModelMetadata:
         try:
             values = {key: _json_value(key, props[key]) for key in KNOWN_KEYS if key in props}
             pre, out = _json_object(values, "mde.preprocess"), _json_object(values, "mde.output")
-            for what, given, implemented in (("preprocessing", pre, PREPROCESS), ("output", out, OUTPUT)):
-                unsupported = {k: given[k] for k, v in implemented.items() if k in given and given[k] != v}
-                if unsupported:
-                    raise ModelError(
-                        f"{what} {json.dumps(unsupported)} is not what this runtime implements "
-                        f"({json.dumps({k: implemented[k] for k in unsupported})})", source)
+            for what, given, implemented, own in (("preprocessing", pre, PREPROCESS, PREPROCESS_OWN),
+                                                  ("output", out, OUTPUT, OUTPUT_OWN)):
+                _check_implemented(what, given, implemented, own, source)
             model = _json_object(values, "mde.model") if "mde.model" in values else {}
             precision = values["mde.precision"]
             if precision not in PRECISIONS:
@@ -161,6 +162,26 @@ MAX_PLAUSIBLE_DEPTH = 1e6
 # (0.01 x range)^2 and (0.03 x range)^2, which below this underflow toward 0 and turn flat patches into 0/0.
 MIN_DEPTH_RANGE = 1e-3
 MAX_INPUT_SIDE = 8192
+
+
+def _check_implemented(what: str, given: dict[str, Any], implemented: dict[str, Any], own: tuple[str, ...],
+                       source: str | Path) -> None:
+    """Refuse `mde.preprocess` / `mde.output` (`given`) unless it states each of `implemented`'s fields at the value
+    this runtime implements, and nothing else but the artifact's `own` fields: a field left out (its units) or one
+    this runtime does not know (a mean and std to apply outside the graph) would be taken as the default."""
+    prop = "mde.preprocess" if what == "preprocessing" else "mde.output"
+    absent = [k for k in implemented if k not in given]
+    if absent:
+        raise ModelError(f"{what} does not say its {', '.join(absent)} ({prop} has no such field); this runtime "
+                         f"implements {json.dumps({k: implemented[k] for k in absent})}", source)
+    unsupported = {k: given[k] for k, v in implemented.items() if given[k] != v}
+    if unsupported:
+        raise ModelError(f"{what} {json.dumps(unsupported)} is not what this runtime implements "
+                         f"({json.dumps({k: implemented[k] for k in unsupported})})", source)
+    unknown = sorted(set(given) - set(implemented) - set(own))
+    if unknown:
+        raise ModelError(f"{what} field(s) {', '.join(unknown)} ({prop}) are not known to this runtime, which "
+                         "would ignore them; export the model with this version of mde", source)
 
 
 def _json_value(key: str, text: str) -> Any:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mde.errors import ModelError
-from mde.runtime.metadata import PREPROCESS, ModelMetadata
+from mde.runtime.metadata import OUTPUT, PREPROCESS, ModelMetadata
 
 
 def _props(**preprocess: object) -> dict[str, str]:
@@ -40,6 +40,28 @@ def test_preprocessing_the_runtime_does_not_implement_is_refused(key, value):
     assert key in PREPROCESS
     with pytest.raises(ModelError, match=f"model.onnx: preprocessing .*{key}.* is not what this runtime implements"):
         ModelMetadata.from_props(_props(**{key: value}), "model.onnx")
+
+
+@pytest.mark.parametrize("prop, field", [("mde.preprocess", k) for k in PREPROCESS] + [("mde.output", k) for k in OUTPUT])
+def test_a_field_left_out_is_refused_not_taken_as_the_default(prop, field):
+    """An artifact that no longer said its output is in metres, or how its input is normalised, was run as if it
+    said what this runtime implements."""
+    props = _props()
+    spec = json.loads(props[prop])
+    del spec[field]
+    with pytest.raises(ModelError, match=f"model.onnx: .* does not say its {field} \\({prop} has no such field\\)"):
+        ModelMetadata.from_props({**props, prop: json.dumps(spec)}, "model.onnx")
+
+
+@pytest.mark.parametrize("prop, extra", [("mde.preprocess", {"mean": [0.5] * 3, "std": [0.2] * 3}),
+                                         ("mde.output", {"scale": 0.001})])
+def test_a_field_this_runtime_does_not_know_is_refused(prop, extra):
+    """A mean and std to apply outside the graph, or a scale for the output, would be ignored: the runtime would feed
+    raw [0, 1] pixels and read the output as metres."""
+    props = _props()
+    props[prop] = json.dumps({**json.loads(props[prop]), **extra})
+    with pytest.raises(ModelError, match=f"field\\(s\\) {', '.join(sorted(extra))} \\({prop}\\) are not known"):
+        ModelMetadata.from_props(props, "model.onnx")
 
 
 @pytest.mark.parametrize("key", ["mde.source", "mde.metrics"])
