@@ -423,3 +423,18 @@ def test_tensorrt_engine_runs(tiny_checkpoint, tmp_path):
         with pytest.raises(InputError, match="outside the engine's profile"):
             limit = est.runner.max_batch()
             est.infer(np.zeros((limit + 1, 3, 64, 64), np.float32))
+
+
+@pytest.mark.parametrize("backend, suffix", [("golden", ".npz"), ("tensorrt", ".engine"), ("torch", ".pt"),
+                                             ("onnxruntime", ".onnx")])
+def test_a_mistyped_option_is_refused_by_every_backend(backend, suffix, tmp_path):
+    """The engine, golden and torch runners took any keyword and dropped it: `devcie=1` ran on GPU 0 unsaid."""
+    from mde.runtime.backends.base import open_runner
+
+    path = tmp_path / f"model{suffix}"
+    path.write_bytes(b"not read: the option is refused first")
+    with pytest.raises(InputError, match=rf"^bad option for the {backend} backend \(.*'devcie'\)"):
+        open_runner(path, backend, devcie=1)
+    if backend != "onnxruntime":  # ONNX Runtime's own providers, elsewhere a silent run somewhere else
+        with pytest.raises(InputError, match=f"runs on the {backend} backend, which takes none"):
+            open_runner(path, backend, providers=["CPUExecutionProvider"])

@@ -7,14 +7,14 @@ when it lists backends, and torch is imported only when a runner is activated.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mde.errors import TRAIN_EXTRA, BackendError
-from mde.runtime.backends.base import Runner, TensorSpec, register_backend
+from mde.runtime.backends.base import Runner, TensorSpec, providers_refused, register_backend
 from mde.runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
 
 
@@ -75,8 +75,10 @@ class TorchRunner(Runner):
         threads: torch intra-op threads while active (0 = leave torch's setting); restored on deactivate.
     """
 
-    def __init__(self, path: str | Path, device: str = "cpu", threads: int = 0, **_ignored: Any):
-        # providers are ONNX Runtime options: accepted and ignored so one CLI works for every backend.
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int = 0,
+                 providers: Sequence[str] | None = None):
+        if providers is not None:  # ONNX Runtime's: ignored, they would be a silent run somewhere else
+            raise providers_refused(path, "torch")
         super().__init__(path)
         self.device = device
         self.threads = threads

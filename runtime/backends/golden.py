@@ -6,6 +6,7 @@ import hashlib
 import json
 import zipfile
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from mde.errors import InputError
 from mde.io import json_float, parse_json, starts_with
-from mde.runtime.backends.base import Runner, TensorSpec, register_backend
+from mde.runtime.backends.base import Runner, TensorSpec, providers_refused, register_backend
 from mde.runtime.images import MAX_PLAUSIBLE_DEPTH
 from mde.runtime.metadata import INPUT_NAME, MIN_DEPTH_RANGE, OUTPUT_NAME, ModelMetadata
 from mde.runtime.metrics import MASK_INVALID, MASK_OBJECT, MASK_STRUCTURE
@@ -98,7 +99,10 @@ def _key(image: np.ndarray) -> str:
 class GoldenRunner(Runner):
     """Answers each golden input with PyTorch's saved output for it; any other input is an error."""
 
-    def __init__(self, path: str | Path, **_ignored: Any):
+    def __init__(self, path: str | Path, threads: int = 0, providers: Sequence[str] | None = None):
+        # it computes nothing: `threads` is taken and unused, as by an engine; providers would be a silent no-op
+        if providers is not None:
+            raise providers_refused(path, "golden")
         super().__init__(path)
         self._outputs: dict[str, np.ndarray] = {}
         self.golden: dict[str, Any] = {}

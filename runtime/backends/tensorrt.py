@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import numpy as np
 
 from mde.errors import BackendError, InputError, ModelError
 from mde.io import parse_json, read_small_text
-from mde.runtime.backends.base import Runner, TensorSpec, register_backend
+from mde.runtime.backends.base import Runner, TensorSpec, providers_refused, register_backend
 from mde.runtime.metadata import ModelMetadata, sidecar_path
 
 INSTALL_HINT = ("in the mde checkout: pip install -e '.[tensorrt]' (beside PyPI's CUDA 13 PyTorch: "
@@ -274,8 +274,11 @@ class TensorRTRunner(Runner):
     current CUDA device is per thread). Device buffers grow on demand and are reused.
     """
 
-    def __init__(self, path: str | Path, device: int = 0, **_ignored: Any):
-        # providers/threads are onnxruntime options; accepted and ignored so one CLI works for both.
+    def __init__(self, path: str | Path, device: int = 0, threads: int = 0, providers: Sequence[str] | None = None):
+        # `threads` (CPU threads of ONNX Runtime and PyTorch) is taken and unused, so one `mde bench --threads` times
+        # engines beside ONNX models; ONNX Runtime's providers would be a silent run elsewhere: refused.
+        if providers is not None:
+            raise providers_refused(path, "tensorrt")
         super().__init__(path)
         self.device = device
         self.sidecar: dict[str, Any] = {}
