@@ -28,6 +28,8 @@ its valid pixels, then averaged over images (`MetricAccumulator`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from mde.errors import DataError, InputError
@@ -69,15 +71,21 @@ def _filter(maps: np.ndarray) -> np.ndarray:
     return out
 
 
-def ssim_map(pred: np.ndarray, gt: np.ndarray, data_range: float) -> np.ndarray:
-    """Per-pixel SSIM of two H x W maps (same values as scikit-image's full SSIM image)."""
-    try:  # a number, a numpy scalar or 0-d array; not a bool ("True" is no range) nor a string
+def checked_data_range(data_range: Any) -> float:
+    """SSIM's data range as a float, or `InputError`: a positive, finite number (a numpy scalar or 0-d array
+    too), not a bool ("True" is no range) nor a string."""
+    try:
         value = None if isinstance(data_range, (bool, np.bool_, str, bytes)) else float(data_range)
     except (TypeError, ValueError):
         value = None
     if value is None or not 0 < value < np.inf:
         raise InputError(f"expected a positive, finite SSIM data range, got {data_range!r}")
-    data_range = value
+    return value
+
+
+def ssim_map(pred: np.ndarray, gt: np.ndarray, data_range: float) -> np.ndarray:
+    """Per-pixel SSIM of two H x W maps (same values as scikit-image's full SSIM image)."""
+    data_range = checked_data_range(data_range)
     x = np.asarray(pred, dtype=np.float64)
     y = np.asarray(gt, dtype=np.float64)
     ux, uy, uxx, uyy, uxy = _filter(np.stack([x, y, x * x, y * y, x * y]))
@@ -226,9 +234,7 @@ class MetricAccumulator:
     """Per-image metrics, averaged over images: `add(pred, gt[, mask])` per image, then `result()`."""
 
     def __init__(self, data_range: float):
-        if not data_range > 0:
-            raise InputError(f"expected a positive data range, got {data_range}")
-        self.data_range = float(data_range)
+        self.data_range = checked_data_range(data_range)  # at once, not at the first image
         self.sums = dict.fromkeys(METRIC_NAMES, 0.0)
         self.count = 0
 

@@ -193,8 +193,11 @@ def test_accumulator_averages_per_image():
         assert res[name] == pytest.approx(np.mean([p[name] for p in per]))
     with pytest.raises(DataError, match="no images"):
         MetricAccumulator(R).result()
-    with pytest.raises(InputError, match="positive"):
-        MetricAccumulator(0.0)
+    # refused at once, as ssim refuses them: "20" and None were TypeErrors, True a 1 m range, inf an error only
+    # at the first image
+    for bad in (0.0, "20", None, True, float("inf"), float("nan")):
+        with pytest.raises(InputError, match="positive, finite SSIM data range"):
+            MetricAccumulator(bad)
 
 
 
