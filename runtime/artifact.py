@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mde.errors import InputError, ModelError
 from mde.io import as_path
 from mde.runtime.backends.base import AUTO_BACKENDS, TensorSpec, check_graph_io
@@ -55,7 +57,7 @@ def inspect_artifact(path: str | Path) -> dict[str, Any]:
     for name, prof in (sidecar.get("profile") or {}).items():
         lo, hi = prof.get("min", []), prof.get("max", [])
         shape = tuple(int(a) if a == b else None for a, b in zip(lo, hi))
-        inputs.append(TensorSpec(name, "float32", shape))
+        inputs.append(TensorSpec(name, np.dtype(np.float32), shape))  # as an ONNX input reads: a numpy dtype
     return {"kind": "engine", "metadata": meta, "inputs": inputs, "outputs": [], "sidecar": sidecar}
 
 

@@ -679,9 +679,13 @@ def test_info_engine_from_sidecar(cli, tmp_path):
     assert result.code == 0, result.err
     info = json.loads(result.out)
     assert info["kind"] == "engine" and info["precision"] == "fp16"
-    assert info["inputs"][0]["shape"] == [None, 3, 64, 64]
+    assert info["inputs"][0]["shape"] == [None, 3, 64, 64] and info["inputs"][0]["dtype"] == "float32"
     assert info["engine"]["tensorrt_version"] == "11.0.1"
     assert "tensorrt" in info["machine"]
+    from mde.runtime import inspect_artifact
+
+    spec = inspect_artifact(engine)["inputs"][0]  # a numpy dtype, as an ONNX input's: it was the string "float32"
+    assert spec.dtype == np.float32 and spec.dtype.itemsize == 4
 
 
 def test_info_json_of_a_folder_that_is_not_utf8_is_valid_unicode(cli, tmp_path):
