@@ -74,7 +74,16 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             raise InputError("input not found", path)
         paths.extend(found)
     seen: set[tuple[Path, str]] = set()
-    return [p for p in paths if not ((key := (resolved(p), p.name)) in seen or seen.add(key))]
+    return [p for p in paths if not ((key := (input_location(p), p.name)) in seen or seen.add(key))]
+
+
+def input_location(path: Path) -> Path:
+    """Where an input image is: its resolved path, or for a link that cannot be followed (a loop of links) its own,
+    made absolute; such an input is skipped by name when read, as a link to nothing is."""
+    try:
+        return resolved(path)
+    except InputError:
+        return Path(os.path.abspath(path))
 
 
 NAME_MAX_BYTES = 255  # a file name's limit in bytes on Linux file systems (ext4, XFS, Btrfs) and APFS
@@ -171,8 +180,8 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
                     info(f"mde: {shown_path(path)}: its depth map is {name} ({wanted} is {shown_path(taker)}'s"
                          f"{', which was skipped' if taker in skipped else ''})")
             except MdeError as err:
-                if isinstance(err, InputError) and err.path is not None and err.path != path:
-                    raise  # not the image's fault (e.g. the output folder): stop
+                if err.path is not None and err.path != path:
+                    raise  # not the image's fault (the output folder, a model that fails to run): stop
                 if len(items) == 1:  # the one image given is bad input: one line naming it, exit 2
                     raise err if err.path is not None else type(err)(str(err), path) from None
                 failed += 1
@@ -208,7 +217,7 @@ def check_no_overwrite(inputs: list[Path], outputs: list[Path], force: bool = Fa
         kind = "a folder" if blocked.is_dir() else "not a regular file (a pipe?)"
         raise InputError(f"a depth map would be written here, but it is {kind}; remove it or choose another "
                          "--out", blocked)
-    sources = {resolved(path) for path in inputs}
+    sources = {input_location(path) for path in inputs}
     clash = next((path for path in outputs if resolved(path) in sources), None)
     if clash is not None:
         raise InputError("the depth map would overwrite this input image; choose another --out "

@@ -141,6 +141,11 @@ def test_a_renamed_output_is_said_only_once_written_and_a_dangling_link_is_skipp
     assert f"mde: {folder / 'a.png'}: its depth map is a_1.npy (a.npy is {folder / 'a.jpg'}'s, which was skipped)" \
         in result.err
     assert "2 of 3 images failed" in result.err
+    # a loop of links is skipped by name too: it stopped the whole run ("cannot follow this path")
+    (folder / "loop.png").symlink_to("loop.png")
+    result = cli("predict", onnx_path, folder, "--out", tmp_path / "out2", "--format", "npy")
+    assert result.code == 1 and sorted(p.name for p in (tmp_path / "out2").iterdir()) == ["a_1.npy"], result.err
+    assert f"mde: skipped {folder / 'loop.png'}: a symbolic link to nothing (or a loop of links)" in result.err
 
 
 def test_a_depth_map_name_too_long_for_a_file_is_refused_before_predicting(cli, onnx_path, images, tmp_path):
@@ -771,3 +776,21 @@ def test_a_full_standard_output_is_named(onnx_path):
                               stderr=subprocess.PIPE, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr == "mde: error: cannot write to standard output (No space left on device)\n"
+
+
+def test_a_model_that_fails_to_run_stops_predict_at_once_naming_the_model(cli, onnx_path, images, tmp_path,
+                                                                          monkeypatch):
+    """A model that loads but fails when run was blamed on every image in turn ("skipped a.png: model.onnx: ..."),
+    ending in a line that named no file."""
+    from mde.errors import BackendError
+    from mde.runtime.estimator import DepthEstimator
+
+    def fails(self, rgb):
+        raise BackendError("ONNX Runtime could not run the model (Reshape)", onnx_path)
+
+    monkeypatch.setattr(DepthEstimator, "predict", fails)
+    result = cli("predict", onnx_path, images, "--out", tmp_path / "out")
+    assert result.code == 2 and "skipped" not in result.err, result.err
+    assert result.err.strip().splitlines()[-1] == f"mde: error: {onnx_path}: ONNX Runtime could not run the model " \
+                                                  "(Reshape)"
+    assert not (tmp_path / "out").exists()
