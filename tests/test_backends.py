@@ -135,6 +135,20 @@ def test_onnx_without_metadata_is_model_error(tmp_path, onnx_path):
         open_runner(bare)
 
 
+def test_a_tensor_of_an_unsupported_type_is_refused_naming_the_file(tmp_path, onnx_path):
+    """The message named the tensor only: with several models (`mde bench a.onnx b.onnx`) nobody knew whose."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(onnx_path))
+    model.graph.node.append(helper.make_node("Cast", ["depth"], ["extra"], to=TensorProto.INT16))
+    model.graph.output.append(helper.make_tensor_value_info("extra", TensorProto.INT16, None))
+    path = tmp_path / "extra.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ModelError, match=r"extra\.onnx: unsupported tensor type tensor\(int16\) for 'extra'"):
+        open_runner(path)
+
+
 # -- input validation -----------------------------------------------------------------
 def test_runner_specs(runner):
     spec = runner.input_specs["image"]

@@ -218,10 +218,10 @@ def _ep_error(printed: str) -> str:
 Specs = dict[str, TensorSpec]
 
 
-def _spec(node: Any) -> TensorSpec:
+def _spec(node: Any, source: str | Path) -> TensorSpec:
     dtype = ORT_DTYPES.get(node.type)
     if dtype is None:
-        raise ModelError(f"unsupported tensor type {node.type} for {node.name!r}")
+        raise ModelError(f"unsupported tensor type {node.type} for {node.name!r}", source)
     shape = tuple(d if isinstance(d, int) and d > 0 else None for d in node.shape)
     return TensorSpec(node.name, np.dtype(dtype), shape)
 
@@ -229,8 +229,8 @@ def _spec(node: Any) -> TensorSpec:
 def describe_session(session: Any, source: str | Path) -> tuple[ModelMetadata, Specs, Specs]:
     """The `mde.*` metadata and the input/output specs of an open session."""
     meta = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map, source)
-    inputs = {n.name: _spec(n) for n in session.get_inputs()}
-    outputs = {n.name: _spec(n) for n in session.get_outputs()}
+    inputs = {n.name: _spec(n, source) for n in session.get_inputs()}
+    outputs = {n.name: _spec(n, source) for n in session.get_outputs()}
     return meta, inputs, outputs
 
 
