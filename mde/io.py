@@ -476,15 +476,23 @@ def replace_together(moves: list[tuple[Path | None, Path]], aside: Path) -> None
 
 @contextlib.contextmanager
 def no_empty_new_folder(path: str | Path) -> Iterator[None]:
-    """When the block ends, remove `path` if the block created it and left it empty (it failed or wrote nothing)."""
+    """When the block ends, remove `path` if the block created it and left it empty (it failed or wrote nothing),
+    and each folder above it that did not exist either (`mkdir(parents=True)` made them) and is left empty."""
     path = Path(path)
-    existed = path.exists()
+    missing = []  # path, then each missing folder above it: deepest first
+    for folder in (path, *path.parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        missing.append(folder)
     try:
         yield
     finally:
-        if not existed:
-            with contextlib.suppress(OSError):  # not empty (the usual case), or already gone: leave it
-                path.rmdir()
+        for folder in missing:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (the usual case), or never made or already gone: nothing above to remove
+                if folder.exists():
+                    break
 
 
 # Files a report or a JSON result must never replace, even when the run does not read them.

@@ -400,3 +400,23 @@ def test_a_set_whose_stream_fails_renames_none_of_its_files(tmp_path, stream_fir
                 path.write_text("new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old.md"]
     assert (tmp_path / "old.md").read_text() == "the old report"
+
+
+def test_a_failed_block_leaves_none_of_the_folders_it_made(tmp_path):
+    """`--out n1/n2/n3` of a failed run left n1/n2: only the last folder was removed, not those `mkdir(parents=True)`
+    made above it."""
+    from mde.io import no_empty_new_folder
+
+    with pytest.raises(RuntimeError), no_empty_new_folder(tmp_path / "n1" / "n2" / "n3"):
+        (tmp_path / "n1" / "n2" / "n3").mkdir(parents=True)
+        raise RuntimeError("stopped")
+    assert not (tmp_path / "n1").exists()
+    (tmp_path / "kept").mkdir()  # a folder that was there before is left, as is one the block wrote into
+    with no_empty_new_folder(tmp_path / "kept" / "a" / "b"):
+        (tmp_path / "kept" / "a" / "b").mkdir(parents=True)
+        (tmp_path / "kept" / "a" / "note.txt").write_text("written")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "kept").rglob("*")) == ["kept/a",
+                                                                                                  "kept/a/note.txt"]
+    with no_empty_new_folder(tmp_path / "never" / "made"):  # the block failed before making any
+        pass
+    assert not (tmp_path / "never").exists()
