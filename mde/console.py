@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -17,7 +19,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from mde.errors import one_line
+from mde.errors import InputError, one_line
 
 T = TypeVar("T")
 
@@ -118,9 +120,23 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
             progress.advance(task)
 
 
+class _StdoutConsole(Console):
+    """A console on stdout whose broken pipe (`mde info M | true`) is one line and exit 2, as `--json`'s is: rich's
+    own handler exits 1, which says a check failed."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # the interpreter's last flush: nowhere to fail
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise InputError("cannot write the results to standard output (Broken pipe: its reader stopped)")
+
+
 def stdout_console(width: int | None = None) -> Console:
-    """A console for tables and results on stdout; text is printed as it is (no markup)."""
-    return Console(width=width, markup=False)
+    """A console for tables and results on stdout; text is printed as it is (no markup). A stdout closed at start
+    (`>&-`) is refused: rich would print the table nowhere, and exit 0."""
+    if sys.stdout is None:
+        raise InputError("standard output is closed; nothing takes the results (redirect it, or give --json)")
+    return _StdoutConsole(width=width, markup=False)
 
 
 def info(message: str) -> None:

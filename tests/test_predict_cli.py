@@ -794,3 +794,26 @@ def test_a_model_that_fails_to_run_stops_predict_at_once_naming_the_model(cli, o
     assert result.err.strip().splitlines()[-1] == f"mde: error: {onnx_path}: ONNX Runtime could not run the model " \
                                                   "(Reshape)"
     assert not (tmp_path / "out").exists()
+
+
+def test_a_table_to_a_gone_reader_or_a_closed_stdout_is_one_line_and_exit_2(onnx_path):
+    """`mde info M | true` exited 1 (rich's broken-pipe exit, which says a check failed) without a word, and
+    `mde info M >&-` exited 0 having shown nothing; `--json` already said both, exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone
+    try:
+        proc = subprocess.run([sys.executable, "-m", "mde", "info", str(onnx_path)], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == "mde: error: cannot write the results to standard output (Broken pipe: its reader " \
+                          "stopped)\n"
+    proc = subprocess.run(["bash", "-c", 'exec "$0" -m mde info "$1" >&-', sys.executable, str(onnx_path)],
+                          stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 2 and "standard output is closed; nothing takes the results" in proc.stderr, \
+        proc.stderr

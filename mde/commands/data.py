@@ -28,16 +28,18 @@ def synth(
                                "go too), meta.json and cameras.json in OUT; other files in OUT are kept."),
 ) -> None:
     """Write a procedural RGB + metric depth dataset in the folder format, plus meta.json."""
+    from mde.console import info
     from mde.data.synth import synthesize
+    from mde.errors import shown_path
 
     start = time.perf_counter()
     meta = synthesize(out, train=train, val=val, size=size, seed=seed, force=force,
                       workers=workers or None)
     elapsed = time.perf_counter() - start
     total = train + val
-    typer.echo(
+    info(  # a status line on stderr, as other commands' are: a stdout nobody reads cannot fail a finished dataset
         f"wrote {meta['counts']['train']} train + {meta['counts']['val']} val pairs "
-        f"({size}x{size}, seed {seed}, max depth {meta['max_depth']:g} m) to {out} "
+        f"({size}x{size}, seed {seed}, max depth {meta['max_depth']:g} m) to {shown_path(out)} "
         f"in {elapsed:.1f} s ({total / max(elapsed, 1e-9):.0f} images/s)"
     )
 
