@@ -114,7 +114,7 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
     with make_progress() as progress:
-        task = progress.add_task(description, total=total, info="")
+        task = progress.add_task(one_line(description), total=total, info="")  # it may hold a file's name
         for item in items:
             yield item
             progress.advance(task)

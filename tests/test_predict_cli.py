@@ -544,6 +544,17 @@ def test_bench_names_two_models_of_one_file_name_by_their_paths(cli, onnx_path, 
     assert [(r["image_size"], r["input_size"]) for r in results] == [([48, 80], [64, 64])] * 2  # what was timed
 
 
+def test_bench_shows_a_name_with_a_newline_or_an_escape_on_one_line(cli, onnx_path, tmp_path):
+    """The table row and the progress line were split by a newline in a file's name, and its escape sequence
+    reached the terminal."""
+    odd = tmp_path / "n\nl\x1b[31m.onnx"
+    odd.write_bytes(onnx_path.read_bytes())
+    result = cli("bench", odd, "--iterations", "1", "--warmup", "0", "--threads", "1")
+    assert result.code == 0, result.err
+    assert "\x1b" not in result.out + result.err and "n\\nl\\x1b[31m.onnx" in result.out
+    assert not any(line.startswith("l") for line in (result.out + result.err).splitlines())
+
+
 def test_bench_names_a_torch_checkpoint_of_the_same_file_name_by_its_path(cli, tiny_checkpoint, tmp_path):
     other = tmp_path / "b" / tiny_checkpoint.name
     other.parent.mkdir()

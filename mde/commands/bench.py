@@ -16,6 +16,7 @@ def print_table(report: dict[str, Any]) -> None:
     from rich.table import Table
 
     from mde.console import stdout_console
+    from mde.errors import one_line
 
     cfg = report["config"]
     table = Table(
@@ -29,7 +30,7 @@ def print_table(report: dict[str, Any]) -> None:
     for r in report["results"]:
         lat = r["latency_ms"]
         table.add_row(
-            r["name"],
+            one_line(r["name"]),  # a file's name: one printable line, whatever its bytes
             r["backend"],
             r["providers"][0].removesuffix("ExecutionProvider") if r["providers"] else "?",
             r["precision"],
