@@ -828,3 +828,11 @@ def test_a_table_to_a_gone_reader_or_a_closed_stdout_is_one_line_and_exit_2(onnx
                           stderr=subprocess.PIPE, text=True, timeout=120)
     assert proc.returncode == 2 and "standard output is closed; nothing takes the results" in proc.stderr, \
         proc.stderr
+
+
+def test_bench_offers_no_backend_it_refuses(cli, onnx_path):
+    """`bench --help` and the unknown-backend error offered `golden`, which bench always refuses (nothing to time)."""
+    result = cli("bench", onnx_path, "--backend", "tflite")
+    assert result.code == 2 and "choose from: auto, onnxruntime, tensorrt, torch" in result.err, result.err
+    assert "golden" not in cli("bench", "--help").out
+    assert "golden" in cli("predict", "--help").out

@@ -11,6 +11,8 @@ import typer
 from mde.commands.options import backend_help, check_backend, emit, providers_option
 from mde.runtime.bench import BenchConfig, run_bench
 
+NOT_TIMED = ("golden",)  # saved outputs: nothing to time (refused, saying so, when a golden.npz is given)
+
 
 def print_table(report: dict[str, Any]) -> None:
     from rich.table import Table
@@ -58,7 +60,7 @@ def bench(
     providers: list[str] = providers_option(),
 ) -> None:
     """Time artifacts side by side: latency p50/p90/p99/mean, images/s, pre/postprocessing."""
-    check_backend(backend)
+    check_backend(backend, leave_out=NOT_TIMED)
     if torch_ckpt is not None:  # before timing anything: a missing checkpoint, a runtime-only install
         import importlib.util
 
@@ -74,5 +76,5 @@ def bench(
 
 
 def register(app: typer.Typer) -> None:
-    backend_help(bench)
+    backend_help(bench, leave_out=NOT_TIMED)
     app.command("bench")(bench)

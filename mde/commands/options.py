@@ -71,19 +71,22 @@ def providers_option() -> Any:
     return typer.Option(None, "--providers", help=PROVIDERS_HELP)
 
 
-def check_backend(backend: str) -> None:
-    """Raise `InputError` listing the registered backends unless `backend` is "auto" or one of them."""
+def check_backend(backend: str, leave_out: tuple[str, ...] = ()) -> None:
+    """Raise `InputError` listing the registered backends (but `leave_out`, those the command refuses with a
+    message of its own) unless `backend` is "auto" or one of them."""
     from mde.runtime.backends.base import backend_names
 
     if backend != "auto" and backend not in backend_names():
-        raise InputError(f"unknown --backend {backend!r}; choose from: auto, {', '.join(backend_names())}")
+        names = [name for name in backend_names() if name not in leave_out]
+        raise InputError(f"unknown --backend {backend!r}; choose from: auto, {', '.join(names)}")
 
 
-def backend_help(command: Callable[..., Any]) -> None:
+def backend_help(command: Callable[..., Any], leave_out: tuple[str, ...] = ()) -> None:
     """Put the registered backend names into `command`'s --backend help (the registry is light), each one the
-    error for an unknown name lists; `golden` says what it is."""
+    error for an unknown name lists, but those the command refuses (`leave_out`); `golden` says what it is."""
     from mde.runtime.backends.base import backend_names
 
     option = inspect.signature(command).parameters["backend"].default
-    names = [name if name != "golden" else "golden (a golden.npz's saved outputs)" for name in backend_names()]
+    names = [name if name != "golden" else "golden (a golden.npz's saved outputs)" for name in backend_names()
+             if name not in leave_out]
     option.help = f"auto (from the file suffix) or one of: {', '.join(names)}."
