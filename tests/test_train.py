@@ -1508,3 +1508,18 @@ def test_compile_on_a_cpu_does_not_leak_a_cuda_home_warning(cli, synth_data, tmp
     assert result.code == 0, result.err
     assert "No CUDA runtime" not in result.err + result.out
     assert logger.level == before
+
+
+def test_a_worker_death_raised_outside_the_loader_is_the_same_one_line(cli, synth_data, tmp_path, monkeypatch):
+    """torch's SIGCHLD handler raises a worker's death wherever the main thread is (in `backward`), outside `batches`:
+    it was "internal error", exit 1, where `batches` says it in one line, exit 2."""
+    from mde.train import trainer
+
+    def dies(*args, **kwargs):
+        raise RuntimeError("DataLoader worker (pid 6033) is killed by signal: Killed. ")
+
+    monkeypatch.setattr(trainer, "train_one_epoch", dies)
+    result = cli("train", "--data", synth_data, "--out", tmp_path / "run", *TINY, "--epochs", "1")
+    assert result.code == 2, result.err
+    assert result.err.strip().splitlines()[-1] == ("mde: error: a data-loader worker process was killed or crashed "
+                                                   "(out of memory?): try fewer --workers, or --workers 0")

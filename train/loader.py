@@ -81,9 +81,19 @@ def batches(loader: DataLoader) -> Iterator[Any]:
             raise type(err)(lines[-1].split(": ", 1)[-1]) from None
         raise
     except RuntimeError as err:
-        # torch's words when a worker process dies (the out-of-memory killer, a `kill -9`); a SIGTERM that
-        # stopped the whole run reaches the workers too, and is said as the stop by `mde.cli`
-        if re.match(r"DataLoader worker \(pid(\(s\))? [\d, ]+\) (is killed by signal|exited unexpectedly)", str(err)):
-            raise MdeError("a data-loader worker process was killed or crashed (out of memory?): try fewer "
-                           "--workers, or --workers 0") from None
-        raise
+        death = worker_death(err)
+        if death is None:
+            raise
+        raise death from None
+
+
+def worker_death(err: BaseException) -> MdeError | None:
+    """The one-line error for torch's words when a data-loader worker process dies (the out-of-memory killer, a
+    `kill -9`), or None for another error. torch raises them where the loader is iterated, or from its SIGCHLD
+    handler wherever the main thread is (in `backward`, say): `batches` and the trainer both ask. A SIGTERM that
+    stopped the whole run reaches the workers too, and is said as the stop by `mde.cli`."""
+    if isinstance(err, RuntimeError) and re.match(
+            r"DataLoader worker \(pid(\(s\))? [\d, ]+\) (is killed by signal|exited unexpectedly)", str(err)):
+        return MdeError("a data-loader worker process was killed or crashed (out of memory?): try fewer --workers, "
+                        "or --workers 0")
+    return None

@@ -46,7 +46,7 @@ from mde.train.checkpoint import save_checkpoint as write_checkpoint
 from mde.train.config import MAX_DEPTH_LIMIT, TrainConfig, as_typed, check_resume, merge_resume
 from mde.train.distributed import DistEnv, all_reduce_sum, barrier, cleanup, setup
 from mde.train.evaluate import model_metric_sums
-from mde.train.loader import DepthPairs, batches, epoch_indices, epoch_loader
+from mde.train.loader import DepthPairs, batches, epoch_indices, epoch_loader, worker_death
 from mde.train.losses import masked_loss, valid_mask
 from mde.train.model import ModelArgs, build_model
 
@@ -290,6 +290,11 @@ def train(cfg: TrainConfig, given: Collection[str] = ()) -> dict[str, Any]:
         with no_empty_new_folder(cfg.out), warnings.catch_warnings(), torch_settings_restored():
             warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
             return main(cfg, env, resume_state)
+    except RuntimeError as err:  # a worker's death torch's SIGCHLD handler raised outside the loader's iteration
+        death = worker_death(err)
+        if death is None:
+            raise
+        raise death from None
     finally:
         cleanup(env)
 
