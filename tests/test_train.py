@@ -1523,3 +1523,18 @@ def test_a_worker_death_raised_outside_the_loader_is_the_same_one_line(cli, synt
     assert result.code == 2, result.err
     assert result.err.strip().splitlines()[-1] == ("mde: error: a data-loader worker process was killed or crashed "
                                                    "(out of memory?): try fewer --workers, or --workers 0")
+
+
+def test_every_ranks_checks_come_before_what_rank_0_alone_reads(cli, synth_data, tmp_path, monkeypatch):
+    """Under torchrun, rank 1 met a bad --backbone-weights at once while rank 0 was still reading every val file
+    (minutes on a real dataset): rank 1 said it, then rank 0 again. The weights are checked before that reading."""
+    from mde.train import trainer
+
+    read: list[bool] = []
+    monkeypatch.setattr(trainer, "read_on_rank0", lambda *args: read.append(True) or "")
+    junk = tmp_path / "junk.pth"
+    junk.write_text("junk")
+    result = cli("train", "--data", synth_data, "--out", tmp_path / "run", *TINY, "--epochs", "1",
+                 "--backbone-weights", junk)
+    assert result.code == 2 and "cannot read backbone weights" in result.err, result.err
+    assert not read

@@ -394,18 +394,6 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
     steps_per_epoch = len(train_set) // env.world_size // cfg.batch_size
     if resume is not None:
         check_resume(cfg, resume, steps_per_epoch)
-    val_data = read_on_rank0(train_set, val_set, env)
-    own_folder = resume is not None and _own_run_folder(out, Path(cfg.resume), cfg.force)
-    if env.is_main:  # a resume writes over its own run folder; any other must be empty (or --force)
-        if out.is_dir():  # first: a run killed while writing its first checkpoint left only a temporary copy
-            report.remove_partial_writes(out)
-        if resume is None and not cfg.force and (out / "last.pt").is_file():  # a stopped run: --force would lose it
-            raise InputError(_run_in_folder(out / "last.pt"), out)
-        prepare_output_dir(out, force=cfg.force or own_folder)
-        report.check_run_files(out)
-        if cfg.max_depth and cfg.max_depth < data_range and resume is None:
-            info(f"note: --max-depth {cfg.max_depth:g} m is below the dataset's {data_range:g} m: the model "
-                 f"cannot predict beyond {cfg.max_depth:g} m")
     cuda = env.device.type == "cuda"
     torch.manual_seed(cfg.seed + env.rank)
     if cuda:
@@ -424,6 +412,20 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
     else:
         args = ModelArgs(cfg.backbone, cfg.image_size, float(cfg.max_depth or data_range), cfg.decoder)
         model = build_model(args, pretrained=cfg.pretrained, backbone_weights=cfg.backbone_weights or None)
+    own_folder = resume is not None and _own_run_folder(out, Path(cfg.resume), cfg.force)
+    # what every rank checks (the weights above, the run folder) comes before what rank 0 alone reads, which may
+    # take minutes: a check a rank met meanwhile would be said by that rank, and then by rank 0 again
+    val_data = read_on_rank0(train_set, val_set, env)
+    if env.is_main:  # a resume writes over its own run folder; any other must be empty (or --force)
+        if out.is_dir():  # first: a run killed while writing its first checkpoint left only a temporary copy
+            report.remove_partial_writes(out)
+        if resume is None and not cfg.force and (out / "last.pt").is_file():  # a stopped run: --force would lose it
+            raise InputError(_run_in_folder(out / "last.pt"), out)
+        prepare_output_dir(out, force=cfg.force or own_folder)
+        report.check_run_files(out)
+        if cfg.max_depth and cfg.max_depth < data_range and resume is None:
+            info(f"note: --max-depth {cfg.max_depth:g} m is below the dataset's {data_range:g} m: the model "
+                 f"cannot predict beyond {cfg.max_depth:g} m")
     model.freeze(cfg.frozen_stages)
     model.to(env.device)
     if cfg.channels_last:
