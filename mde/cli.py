@@ -15,6 +15,7 @@ import shlex
 import signal
 import stat
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -165,9 +166,45 @@ def _stopped(code: int = 130) -> SystemExit:
     it for the run: Ctrl-C reaches every process, and torchrun stops the others with SIGTERM."""
     _quiet_shutdown()
     said, code = ("terminated", 128 + signal.SIGTERM) if _state.get("terminated") else ("interrupted", code)
-    if not _torchrun_rank():
+    if not _torchrun_rank() and not (said == "terminated" and _a_peer_said_its_error()):
         sys.stderr.write(f"mde: {said}\n")
     return SystemExit(code)
+
+
+_STARTED = time.time()
+
+
+def _peer_failure_note() -> str:
+    """Where a torchrun process that says its own error notes it for rank 0 ("" outside torchrun): torchrun then
+    stops rank 0 with SIGTERM too, which is no user's stop to say. One file per user and rendezvous, in the temporary
+    folder, so processes of one machine share it (on another machine rank 0 still says `terminated`)."""
+    run = os.environ.get("TORCHELASTIC_RUN_ID", "")  # torchrun sets it; WORLD_SIZE alone is no torchrun of ours
+    if not run or int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or _state.get("command") != "train":
+        return ""
+    rendezvous = f"{run}-{os.environ.get('MASTER_PORT', '')}"
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in rendezvous)
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return os.path.join(tempfile.gettempdir(), f"mde-torchrun-{uid}-{name}.failed")
+
+
+def _note_own_failure() -> None:
+    note = _peer_failure_note()
+    if note:
+        with contextlib.suppress(OSError):
+            with open(note, "w", encoding="utf-8"):
+                pass
+
+
+def _a_peer_said_its_error() -> bool:
+    """Whether another process of this torchrun run said its error since this one started (`_note_own_failure`)."""
+    note = _peer_failure_note()
+    try:
+        said = bool(note) and os.stat(note).st_mtime >= _STARTED - 1  # an older run's note is not this run's
+    except OSError:
+        return False
+    with contextlib.suppress(OSError):  # read once, by rank 0: not left behind
+        os.remove(note)
+    return said
 
 
 RANK_GRACE_S = 10.0  # how long a torchrun process other than rank 0 waits before it says its error
@@ -184,6 +221,18 @@ def _torchrun_rank() -> int:
         return 0
 
 
+def _wait_for_torchrun_to_stop_us() -> None:
+    """Wait `RANK_GRACE_S` for torchrun to stop this process (SIGTERM) after another one failed and said why: then
+    exit in silence. Returns when no stop came."""
+    try:
+        time.sleep(RANK_GRACE_S)
+    except KeyboardInterrupt:  # `Terminated`: torchrun stopping the others after a failure it has reported
+        _quiet_shutdown()
+        if not _torchrun_rank():
+            _a_peer_said_its_error()  # read, so removed: its stop is said by now, in silence
+        raise SystemExit(128 + signal.SIGTERM if _state.get("terminated") else 130) from None
+
+
 def _say_error(message: str, kind: str = "error") -> None:
     """`mde: error: MESSAGE` on stderr, in one write: torchrun's processes share one terminal, and a line written
     in two parts came out spliced with another process's ("...not foundmde: error: ...").
@@ -193,11 +242,9 @@ def _say_error(message: str, kind: str = "error") -> None:
     after the wait, the error is this process's own, and it says so with its rank."""
     rank = _torchrun_rank()
     if rank:
-        try:
-            time.sleep(RANK_GRACE_S)
-        except KeyboardInterrupt:  # `Terminated`: torchrun stopping the others after a failure it has reported
-            raise SystemExit(128 + signal.SIGTERM if _state.get("terminated") else 130) from None
+        _wait_for_torchrun_to_stop_us()
         message = f"rank {rank}: {message}"
+        _note_own_failure()  # the stop torchrun now sends rank 0 is this error's, said here
     sys.stderr.write(f"mde: {kind}: {message}\n")
     sys.stderr.flush()
 
@@ -275,6 +322,8 @@ def _run(args: list[str]) -> None:
             _say_error(missing)
             raise SystemExit(2) from None
         if _lost_peer(err):  # torchrun: another training process stopped first, and said why
+            if not _torchrun_rank():  # rank 0 waits as the others do (`_say_error`): the other's line is the run's
+                _wait_for_torchrun_to_stop_us()
             _say_error("another training process stopped, so this one cannot go on (that process's own message says "
                        "why)")
             raise SystemExit(1) from None

@@ -185,6 +185,64 @@ def test_a_lost_torchrun_peer_is_one_line(monkeypatch, capsys):
     assert "mde: internal error: RuntimeError" in capsys.readouterr().err
 
 
+def test_rank_0_that_lost_the_rank_which_failed_ends_in_silence_when_torchrun_stops_it(monkeypatch, capsys):
+    """A file only rank 1 read was bad: rank 1 said so, and rank 0, whose collective then failed, added "another
+    training process stopped" at once, two lines for one error. Rank 0 now waits as the others do; torchrun's
+    SIGTERM ends it in silence. Never stopped, it still says why it ends."""
+    from mde import cli
+
+    def lost() -> None:
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer")
+
+    def stopped_by_torchrun(_seconds: float) -> None:
+        cli._state["terminated"] = True  # as the SIGTERM handler does
+        raise cli.Terminated
+
+    monkeypatch.setattr(cli, "app", lambda **_kwargs: lost())
+    monkeypatch.setattr(cli, "_state", {"verbose": False, "terminated": False, "command": "train"})
+    monkeypatch.setattr(cli.time, "sleep", stopped_by_torchrun)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit) as stopped:
+        cli._run(["train"])
+    assert stopped.value.code == 128 + signal.SIGTERM and capsys.readouterr().err == ""
+    monkeypatch.setattr(cli.time, "sleep", lambda _seconds: None)  # no stop came
+    monkeypatch.setattr(cli, "_state", {"verbose": False, "terminated": False, "command": "train"})
+    with pytest.raises(SystemExit) as stopped:
+        cli._run(["train"])
+    assert stopped.value.code == 1 and "mde: error: another training process stopped" in capsys.readouterr().err
+
+
+def test_rank_0_stopped_after_another_rank_said_its_error_says_nothing(monkeypatch, capsys, tmp_path):
+    """Rank 1 said its own error (a file only it read), then torchrun stopped rank 0 with SIGTERM, which said
+    "mde: terminated": a second line, and a stop no user made. A stop with no such error is still said."""
+    import tempfile
+
+    from mde import cli
+    from mde.errors import InputError
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(cli.time, "sleep", lambda _seconds: None)  # rank 1's wait: not stopped
+    monkeypatch.setattr(cli, "_state", {"verbose": False, "terminated": False, "command": "train"})
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "run-1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+
+    def bad_file() -> None:
+        raise InputError("truncated or corrupt image", "train/rgb/000041.png")
+
+    monkeypatch.setattr(cli, "app", lambda **_kwargs: bad_file())
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SystemExit):
+        cli._run(["train"])
+    assert capsys.readouterr().err == "mde: error: rank 1: train/rgb/000041.png: truncated or corrupt image\n"
+    monkeypatch.setenv("RANK", "0")
+    cli._state["terminated"] = True
+    assert cli._stopped().code == 128 + signal.SIGTERM and capsys.readouterr().err == ""
+    assert not list(tmp_path.iterdir())  # the note is read once and removed
+    assert cli._stopped().code == 128 + signal.SIGTERM and capsys.readouterr().err == "mde: terminated\n"
+
+
 def test_a_torchrun_rank_other_than_0_waits_then_says_its_error_in_one_write(monkeypatch):
     """Every torchrun process met the same bad input and said it, in two writes each, spliced on the terminal
     ("mde: error: D: dataset not foundmde: error: D: dataset not found"). Rank 0 says it at once; another rank
