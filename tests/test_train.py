@@ -1267,6 +1267,14 @@ def test_a_mid_epoch_resume_on_fewer_steps_per_epoch_is_refused():
     check_resume(cfg, stopped, steps_per_epoch=4)  # the same data: goes on
     with pytest.raises(InputError, match="stopped at step 3 of an epoch, and its data now gives 2 steps per epoch"):
         check_resume(cfg, stopped, steps_per_epoch=2)
+    # stopped mid-epoch under torchrun on 2 processes, resumed on 1: the rest of the epoch went on in silence over
+    # the one process's shuffle, training some images twice and skipping others
+    on_two = {**stopped, "world_size": 2}
+    check_resume(cfg, on_two, steps_per_epoch=4, world_size=2)
+    with pytest.raises(InputError, match=r"stopped at step 3 of an epoch on 2 processes, .* resume it on 2 "
+                                         r"\(torchrun --nproc-per-node 2; 1: plain mde train\), not 1"):
+        check_resume(cfg, on_two, steps_per_epoch=4, world_size=1)
+    check_resume(cfg, {**on_two, "epoch_step": 0}, steps_per_epoch=4, world_size=1)  # at an epoch's end: any number
 
 
 def test_a_one_cycle_resume_that_cannot_fit_says_why():

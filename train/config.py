@@ -250,12 +250,15 @@ def merge_resume(cli: TrainConfig, saved: TrainConfig, given: Collection[str] = 
     return replace(saved, **changed)  # `saved` was read once (from_dict); what is typed now stands as typed
 
 
-def check_resume(cfg: TrainConfig, resume: dict[str, Any], steps_per_epoch: int) -> None:
-    """Refuse a resume with nothing left to train, or one that runs past a one-cycle schedule's end.
+def check_resume(cfg: TrainConfig, resume: dict[str, Any], steps_per_epoch: int, world_size: int | None = None
+                 ) -> None:
+    """Refuse a resume with nothing left to train, one that runs past a one-cycle schedule's end, or one stopped
+    mid-epoch and resumed on another number of processes than `world_size` (None: not known yet).
 
     A one-cycle schedule's length is fixed when its run starts (its learning rate anneals to the
     floor over the saved number of steps): a resume may stop earlier, not go on longer. CyclicLR
-    has no end.
+    has no end. An epoch's batches are dealt to the processes it started on: on another number,
+    the rest of the epoch would train some images twice and skip others.
     """
     changed = ("the dataset or the number of processes (torchrun --nproc-per-node) changed since; resume it as it "
                "was trained, or start a new run")
@@ -272,6 +275,13 @@ def check_resume(cfg: TrainConfig, resume: dict[str, Any], steps_per_epoch: int)
     if resume.get("epoch_step", 0) > steps_per_epoch:  # stopped mid-epoch: the rest of that epoch is gone
         raise InputError(f"this run stopped at step {resume['epoch_step']} of an epoch, and its data now gives "
                          f"{steps_per_epoch} steps per epoch: {changed}", cfg.resume)
+    trained_on = resume.get("world_size")  # absent from older checkpoints
+    if resume.get("epoch_step", 0) and isinstance(trained_on, int) and world_size is not None \
+            and trained_on != world_size:
+        raise InputError(f"this run stopped at step {resume['epoch_step']} of an epoch on {trained_on} "
+                         f"process{'' if trained_on == 1 else 'es'}, whose batches the rest of that epoch is; resume "
+                         f"it on {trained_on} (torchrun --nproc-per-node {trained_on}; 1: plain mde train), not "
+                         f"{world_size}", cfg.resume)
     needed = (cfg.epochs - resume["epoch"]) * steps_per_epoch - resume.get("epoch_step", 0)
     if left is not None and needed > left:
         saved, processes = resume.get("steps_per_epoch"), resume.get("world_size")  # absent from older checkpoints

@@ -393,7 +393,7 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
     train_set, val_set, data_range = open_splits(cfg, env)  # first: bad data leaves no output folder
     steps_per_epoch = len(train_set) // env.world_size // cfg.batch_size
     if resume is not None:
-        check_resume(cfg, resume, steps_per_epoch)
+        check_resume(cfg, resume, steps_per_epoch, env.world_size)
     cuda = env.device.type == "cuda"
     torch.manual_seed(cfg.seed + env.rank)
     if cuda:
