@@ -157,6 +157,8 @@ def bad(tmp_path_factory, synth_data, tiny_checkpoint, tiny_export) -> dict[str,
                         "ckpt_depth_nan": {"max_depth": float("nan")}}.items():  # damaged or hand-edited model_args
         files[key] = root / f"{key.removeprefix('ckpt_').replace('_', '-')}.pt"
         torch.save(dict(state, model_args=dict(state["model_args"], **change)), files[key])
+    files["ckpt_named_onnx"] = root / "model.onnx"  # a checkpoint saved under an artifact's name
+    files["ckpt_named_onnx"].write_bytes(tiny_checkpoint.read_bytes())
     files["ckpt_no_weights"] = root / "no-weights.pt"
     torch.save(dict(state, model=None), files["ckpt_no_weights"])
     files["ckpt_nan_weights"] = root / "nan-weights.pt"  # diverged: PyTorch itself predicts NaN
@@ -314,6 +316,8 @@ CASES = [
     ("export-int8-no-calib", "export {ckpt} --out {out} --precision int8", "calib"),
     ("export-out-is-file", "export {ckpt} --out {bad:text_png}", "notes.png"),
     ("export-onnx-as-ckpt", "export {onnx} --out {out}", "expected a PyTorch checkpoint (.pt)"),
+    ("export-ckpt-named-onnx", "export {bad:ckpt_named_onnx} --out {out}",  # said it was an exported model
+     "model.onnx: this is a PyTorch checkpoint named .onnx; rename it to .pt"),
     # calibrate
     ("calibrate-not-onnx", "calibrate {bad:onnx_text} --data {data} --out {out}.onnx", "text.onnx"),
     ("calibrate-no-meta", "calibrate {bad:onnx_no_meta} --data {data} --out {out}.onnx", "no-meta.onnx"),

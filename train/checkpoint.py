@@ -106,6 +106,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint with `weights_only=True` (no pickled code runs); raise `ModelError` if unusable."""
     path = require_file(path, "checkpoint")
     if path.suffix.lower() in ARTIFACT_SUFFIXES:
+        if _starts_like_a_checkpoint(path, unreadable=False):  # a checkpoint saved under an artifact's name
+            raise ModelError(f"this is a PyTorch checkpoint named {path.suffix}; rename it to .pt (an {path.suffix} "
+                             "is an exported model, which mde never reads as a checkpoint)", path)
         raise ModelError(f"this is an exported model ({path.suffix}); expected a PyTorch checkpoint (.pt)", path)
     try:
         with warnings.catch_warnings():  # a stray first byte reads as "pickle protocol 222", a warning before the error
@@ -131,14 +134,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 NOT_A_CHECKPOINT = "not a PyTorch checkpoint (neither a zip archive nor a pickle)"
 
 
-def _starts_like_a_checkpoint(path: Path) -> bool:
+def _starts_like_a_checkpoint(path: Path, unreadable: bool = True) -> bool:
     """Whether `path` begins as `torch.save` writes: a zip archive (`PK`), or a pickle of protocol 2 or later
-    (the PROTO opcode, 0x80)."""
+    (the PROTO opcode, 0x80); `unreadable` where it cannot be read (not for this check to say)."""
     try:
         with open(path, "rb") as f:
             head = f.read(2)
     except OSError:
-        return True  # not for this check to say; the unpickler's own reason stands
+        return unreadable
     return head.startswith((b"PK", b"\x80"))
 
 
