@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from mde.errors import InputError, valid_unicode
+from mde.errors import InputError, shown_path, valid_unicode
 
 # Why a write fails that is the place's fault, not mde's: the CLI says so in one line (exit 2).
 UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG}
@@ -555,9 +555,9 @@ def check_can_write_beside(path: str | Path) -> None:
 
 def check_not_under_file(path: str | Path, what: str) -> None:
     """Refuse an output `path` below a regular file (`export/golden.npz/x.json`): found now, not at the last write."""
-    above = next((p for p in Path(path).absolute().parents if p.exists()), None)
-    if above is not None and not above.is_dir():
-        raise InputError(f"{what} would write under {above}, which is a file", path)
+    above = next((p for p in Path(path).parents if p.exists()), None)  # as given (relative stays relative); "."
+    if above is not None and not above.is_dir():  # is the last of a relative path's parents, and a folder
+        raise InputError(f"{what} would write under {shown_path(above)}, which is a file", path)
 
 
 def prepare_output_dir(path: str | Path, force: bool = False) -> Path:

@@ -492,6 +492,9 @@ def test_bad_places_and_mismatched_weights_are_one_line_before_any_work(cli, tin
     result = cli("export", tiny_checkpoint, "--out", tmp_path / "afile" / "sub")
     assert result.code == 2 and result.err == (
         f"mde: error: {tmp_path / 'afile' / 'sub'}: --out would write under {tmp_path / 'afile'}, which is a file\n")
+    monkeypatch.chdir(tmp_path)  # a relative --out is named as given, not made absolute
+    result = cli("export", tiny_checkpoint, "--out", "afile/sub")
+    assert result.code == 2 and result.err == "mde: error: afile/sub: --out would write under afile, which is a file\n"
     result = cli("export", tiny_checkpoint, "--out", tmp_path / "o", "-p", "int8", "--calib-data", tiny_checkpoint)
     assert result.code == 2 and result.err == (
         f"mde: error: {tiny_checkpoint}: --calib-data is a file; expected a dataset folder or a folder of images\n")
