@@ -158,6 +158,7 @@ def check_golden(
     """
     from mde.runtime.backends.golden import GoldenRunner
 
+    providers = providers if runs_on_onnxruntime(artifact, backend) else None  # an engine beside ONNX models
     with GoldenRunner(golden) as reference, open_runner(artifact, backend, providers=providers) as runner:
         saved = reference.golden
         # every row is checked, as a --tolerances file is: a damaged one was skipped for the defaults
@@ -217,7 +218,8 @@ def check_checkpoint(cfg: ParityConfig, tolerances: dict[str, Tolerance]
                             "weights_sha256": reference.weights_sha256()}
         runners = []
         for i, path in enumerate(cfg.artifacts):
-            runner = stack.enter_context(open_runner(path, cfg.backend, providers=cfg.providers))
+            providers = cfg.providers if runs_on_onnxruntime(path, cfg.backend) else None  # an engine beside them
+            runner = stack.enter_context(open_runner(path, cfg.backend, providers=providers))
             refused = refusal(runner, path, reference, reference_source, Path(cfg.checkpoint).name)
             if refused:
                 results[i] = mismatch(artifact_names[i], runner.metadata.precision, runner.label, refused[1],

@@ -511,3 +511,14 @@ def test_a_dataset_without_masks_has_no_region_figures(cli, tiny_checkpoint, tin
     saved = json.loads(out.read_text())
     assert "regions" not in saved and saved["artifacts"][0]["regions"] == {}
     assert "per region" not in result.out and "Per region" not in report.read_text()
+
+
+def test_providers_apply_to_the_onnx_models_beside_an_engine(cli, tiny_checkpoint, tiny_export, synth_data, tmp_path):
+    """The runners refuse providers given to an engine; parity passed --providers to every artifact, so an engine
+    listed beside ONNX models was refused for them, where they apply to the .onnx models only (as in bench)."""
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"opened after the providers are given to the .onnx models alone")
+    for args in ((tiny_checkpoint, "--data", synth_data, "--limit", 1), ("--golden", tiny_export / "golden.npz")):
+        result = cli("parity", *args, tiny_export / "model.onnx", engine, "--providers", "CPUExecutionProvider")
+        assert "providers name ONNX Runtime execution providers" not in result.err, result.err
+        assert result.code == 0 or "model.engine" in result.err  # where no TensorRT is, the engine itself is refused
