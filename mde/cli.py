@@ -179,7 +179,7 @@ def _peer_failure_note() -> str:
     stops rank 0 with SIGTERM too, which is no user's stop to say. One file per user and rendezvous, in the temporary
     folder, so processes of one machine share it (on another machine rank 0 still says `terminated`)."""
     run = os.environ.get("TORCHELASTIC_RUN_ID", "")  # torchrun sets it; WORLD_SIZE alone is no torchrun of ours
-    if not run or int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or _state.get("command") != "train":
+    if not run or not _torchrun_world():
         return ""
     rendezvous = f"{run}-{os.environ.get('MASTER_PORT', '')}"
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in rendezvous)
@@ -190,16 +190,18 @@ def _peer_failure_note() -> str:
 def _note_own_failure() -> None:
     note = _peer_failure_note()
     if note:
-        with contextlib.suppress(OSError):
-            with open(note, "w", encoding="utf-8"):
-                pass
+        with contextlib.suppress(OSError):  # never through a link planted at that name in a shared folder
+            os.close(os.open(note, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600))
+            os.utime(note)  # a note left by an earlier run of the same name is this run's now
 
 
 def _a_peer_said_its_error() -> bool:
     """Whether another process of this torchrun run said its error since this one started (`_note_own_failure`)."""
     note = _peer_failure_note()
+    if not note:
+        return False
     try:
-        said = bool(note) and os.stat(note).st_mtime >= _STARTED - 1  # an older run's note is not this run's
+        said = os.stat(note, follow_symlinks=False).st_mtime >= _STARTED - 1  # an older run's is not this run's
     except OSError:
         return False
     with contextlib.suppress(OSError):  # read once, by rank 0: not left behind
@@ -213,24 +215,35 @@ RANK_GRACE_S = 10.0  # how long a torchrun process other than rank 0 waits befor
 def _torchrun_rank() -> int:
     """This process's rank among torchrun's training processes (0 elsewhere: another command, even one a rank's
     script runs, speaks for itself)."""
-    if _state.get("command") != "train":
+    if not _torchrun_world():
         return 0
     try:
-        return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+        return int(os.environ.get("RANK", "0"))
     except ValueError:
         return 0
 
 
-def _wait_for_torchrun_to_stop_us() -> None:
-    """Wait `RANK_GRACE_S` for torchrun to stop this process (SIGTERM) after another one failed and said why: then
-    exit in silence. Returns when no stop came."""
+def _torchrun_world() -> bool:
+    """Whether this is `mde train` in one of several torchrun processes."""
+    try:
+        return _state.get("command") == "train" and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    except ValueError:
+        return False
+
+
+def _stopped_within_grace() -> bool:
+    """Wait `RANK_GRACE_S` for torchrun to stop this process (SIGTERM, raised as `Terminated`), as it does once
+    another process has failed; True when it did (the process is ending: nothing it breaks on the way out is said)."""
     try:
         time.sleep(RANK_GRACE_S)
-    except KeyboardInterrupt:  # `Terminated`: torchrun stopping the others after a failure it has reported
+    except KeyboardInterrupt:
         _quiet_shutdown()
-        if not _torchrun_rank():
-            _a_peer_said_its_error()  # read, so removed: its stop is said by now, in silence
-        raise SystemExit(128 + signal.SIGTERM if _state.get("terminated") else 130) from None
+        return True
+    return False
+
+
+def _stop_status() -> int:
+    return 128 + signal.SIGTERM if _state.get("terminated") else 130
 
 
 def _say_error(message: str, kind: str = "error") -> None:
@@ -242,7 +255,8 @@ def _say_error(message: str, kind: str = "error") -> None:
     after the wait, the error is this process's own, and it says so with its rank."""
     rank = _torchrun_rank()
     if rank:
-        _wait_for_torchrun_to_stop_us()
+        if _stopped_within_grace():  # torchrun stopping the others after a failure rank 0 has said
+            raise SystemExit(_stop_status()) from None
         message = f"rank {rank}: {message}"
         _note_own_failure()  # the stop torchrun now sends rank 0 is this error's, said here
     sys.stderr.write(f"mde: {kind}: {message}\n")
@@ -321,11 +335,12 @@ def _run(args: list[str]) -> None:
         if missing:  # the runtime-only install, asked for training or export
             _say_error(missing)
             raise SystemExit(2) from None
-        if _lost_peer(err):  # torchrun: another training process stopped first, and said why
-            if not _torchrun_rank():  # rank 0 waits as the others do (`_say_error`): the other's line is the run's
-                _wait_for_torchrun_to_stop_us()
-            _say_error("another training process stopped, so this one cannot go on (that process's own message says "
-                       "why)")
+        if _lost_peer(err):  # torchrun: another training process stopped first
+            # rank 0 waits as the others do (`_say_error`): where that process said its error, that line is the run's
+            if not _torchrun_rank() and _stopped_within_grace() and _a_peer_said_its_error():
+                raise SystemExit(_stop_status()) from None
+            _say_error("another training process stopped, so this one cannot go on (its own line, or torchrun's "
+                       "summary where it was killed, says why)")
             raise SystemExit(1) from None
         _say_error(f"{type(err).__name__}: {msg} (run with --verbose for the traceback)", kind="internal error")
         raise SystemExit(1) from None

@@ -170,7 +170,8 @@ def test_a_lost_torchrun_peer_is_one_line(monkeypatch, capsys):
         cli._run(["train"])
     assert stopped.value.code == 1
     assert capsys.readouterr().err.strip() == ("mde: error: rank 1: another training process stopped, so this one "
-                                               "cannot go on (that process's own message says why)")
+                                               "cannot go on (its own line, or torchrun's summary where it was "
+                                               "killed, says why)")
     def broken_pipe() -> None:
         raise BrokenPipeError(32, "Broken pipe")  # stdout piped to `head`: no peer of ours
 
@@ -185,10 +186,13 @@ def test_a_lost_torchrun_peer_is_one_line(monkeypatch, capsys):
     assert "mde: internal error: RuntimeError" in capsys.readouterr().err
 
 
-def test_rank_0_that_lost_the_rank_which_failed_ends_in_silence_when_torchrun_stops_it(monkeypatch, capsys):
+def test_rank_0_that_lost_the_rank_which_failed_ends_in_silence_when_torchrun_stops_it(monkeypatch, capsys, tmp_path):
     """A file only rank 1 read was bad: rank 1 said so, and rank 0, whose collective then failed, added "another
-    training process stopped" at once, two lines for one error. Rank 0 now waits as the others do; torchrun's
-    SIGTERM ends it in silence. Never stopped, it still says why it ends."""
+    training process stopped" at once, two lines for one error. Rank 0 now waits as the others do; stopped by
+    torchrun after the other said its error, it ends in silence. A peer that died without a word (killed), or no
+    stop at all, still gets rank 0's line."""
+    import tempfile
+
     from mde import cli
 
     def lost() -> None:
@@ -198,19 +202,22 @@ def test_rank_0_that_lost_the_rank_which_failed_ends_in_silence_when_torchrun_st
         cli._state["terminated"] = True  # as the SIGTERM handler does
         raise cli.Terminated
 
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setattr(cli, "app", lambda **_kwargs: lost())
-    monkeypatch.setattr(cli, "_state", {"verbose": False, "terminated": False, "command": "train"})
-    monkeypatch.setattr(cli.time, "sleep", stopped_by_torchrun)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    with pytest.raises(SystemExit) as stopped:
-        cli._run(["train"])
-    assert stopped.value.code == 128 + signal.SIGTERM and capsys.readouterr().err == ""
-    monkeypatch.setattr(cli.time, "sleep", lambda _seconds: None)  # no stop came
-    monkeypatch.setattr(cli, "_state", {"verbose": False, "terminated": False, "command": "train"})
-    with pytest.raises(SystemExit) as stopped:
-        cli._run(["train"])
-    assert stopped.value.code == 1 and "mde: error: another training process stopped" in capsys.readouterr().err
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "run-2")
+    for peer_spoke, stopped, code in ((True, True, 128 + signal.SIGTERM), (False, True, 1), (False, False, 1)):
+        monkeypatch.setattr(cli, "_state", {"verbose": False, "terminated": False, "command": "train"})
+        if peer_spoke:
+            cli._note_own_failure()  # as rank 1 does when it says its error
+        monkeypatch.setattr(cli.time, "sleep", stopped_by_torchrun if stopped else (lambda _seconds: None))
+        with pytest.raises(SystemExit) as ended:
+            cli._run(["train"])
+        said = capsys.readouterr().err
+        assert ended.value.code == code, (peer_spoke, stopped, said)
+        assert (said == "") == peer_spoke and ("another training process stopped" in said) == (not peer_spoke)
+    assert not list(tmp_path.iterdir())
 
 
 def test_rank_0_stopped_after_another_rank_said_its_error_says_nothing(monkeypatch, capsys, tmp_path):
