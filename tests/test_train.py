@@ -1068,6 +1068,10 @@ def test_merge_resume_keeps_the_checkpoint_config():
             merge_resume(TrainConfig(data="d", out="o", resume="x", **{name: value}), saved)
     with pytest.raises(InputError, match="--pretrained conflicts with the resumed checkpoint's --no-pretrained"):
         merge_resume(TrainConfig(data="d", out="o", resume="x", pretrained=True), saved, given={"pretrained"})
+    # a value that only clashes with the checkpoint's other options is a conflict: "pass --freeze-stages 0" (a new
+    # run's advice) was refused in turn as a conflict
+    with pytest.raises(InputError, match="--freeze-stages 2 conflicts with the resumed checkpoint's --freeze-stages"):
+        merge_resume(TrainConfig(data="d", out="o", resume="x", freeze_stages=2), saved)
 
 
 def test_merge_resume_counts_given_options_even_at_their_default():

@@ -209,10 +209,11 @@ def as_typed(name: str, value: object) -> str:
 
 def _refuse_unusable(saved: TrainConfig, name: str, value: object) -> None:
     """Raise `validate`'s own error for an option value no run could use (`--object-weight nan`), as a new run
-    says it, rather than call it a conflict with the checkpoint; what only clashes with the checkpoint's other
-    options is left to the conflict message."""
+    says it, rather than call it a conflict with the checkpoint. The value is tried beside the defaults, not the
+    checkpoint's options: what only clashes with those (`--freeze-stages 2` on a run from scratch) is left to the
+    conflict message, whose advice a resume can follow."""
     try:
-        replace(saved, **{name: value}).validate()
+        replace(TrainConfig(data=saved.data or "data", out=saved.out or "run"), **{name: value}).validate()
     except InputError as err:
         if re.match(rf"(unknown )?--{name.replace('_', '-')} ", str(err)):
             raise InputError(str(err)) from None
