@@ -10,7 +10,7 @@ import numpy as np
 
 from mde.errors import InputError, ModelError
 from mde.io import as_path
-from mde.runtime.backends.base import AUTO_BACKENDS, TensorSpec, check_graph_io
+from mde.runtime.backends.base import AUTO_BACKENDS, TensorSpec, check_graph_io, runs_on_onnxruntime
 from mde.runtime.metadata import ModelMetadata
 
 
@@ -90,12 +90,13 @@ def graph_precision(model: Any) -> str:
     return "fp32"
 
 
-def precision_mismatch(path: str | Path, declared: str) -> str:
-    """Why the ONNX at `path` does not compute in the precision its metadata declares, or "" (engines are
-    not read: TensorRT records what it built in the sidecar). Parity gates each artifact by its declared
-    precision, so an FP32 graph labelled int8 would pass as a checked INT8 model. Reading the graph takes the
-    onnx package (the `train` extra); the runtime alone has none, and there the label is trusted."""
-    if Path(path).suffix.lower() != ".onnx":
+def precision_mismatch(path: str | Path, declared: str, backend: str = "auto") -> str:
+    """Why the ONNX at `path` (what ONNX Runtime runs, whatever its suffix) does not compute in the precision its
+    metadata declares, or "" (engines are not read: TensorRT records what it built in the sidecar). Parity gates
+    each artifact by its declared precision, so an FP32 graph labelled int8 would pass as a checked INT8 model.
+    Reading the graph takes the onnx package (the `train` extra); the runtime alone has none, and there the label
+    is trusted."""
+    if not runs_on_onnxruntime(path, backend):
         return ""
     try:
         import onnx

@@ -121,15 +121,15 @@ def source_mismatch(runner: Runner, reference: dict[str, str], name: str) -> str
     return ""
 
 
-def refusal(runner: Runner, path: str | Path, reference: Runner, source: dict[str, str], source_name: str
-            ) -> tuple[str, str] | None:
-    """The first check that keeps the artifact at `path` (open in `runner`) from being compared with the
-    reference, as (check, reason): `preprocess` (`size_mismatch`), `source` (`source_mismatch` against the
-    reference's `source` digests, from the file `source_name`) or `precision` (`precision_mismatch`); None
-    when it may be compared."""
+def refusal(runner: Runner, path: str | Path, backend: str, reference: Runner, source: dict[str, str],
+            source_name: str) -> tuple[str, str] | None:
+    """The first check that keeps the artifact at `path` (open in `runner`, by the `backend` named) from being
+    compared with the reference, as (check, reason): `preprocess` (`size_mismatch`), `source` (`source_mismatch`
+    against the reference's `source` digests, from the file `source_name`) or `precision` (`precision_mismatch`);
+    None when it may be compared."""
     checks = (("preprocess", lambda: size_mismatch(runner, reference)),
               ("source", lambda: source_mismatch(runner, source, source_name)),
-              ("precision", lambda: precision_mismatch(path, runner.metadata.precision)))
+              ("precision", lambda: precision_mismatch(path, runner.metadata.precision, backend)))
     return next(((check, reason) for check, find in checks if (reason := find())), None)
 
 
@@ -169,7 +169,7 @@ def check_golden(
             raise ModelError("artifact has no mde metadata", artifact)
         source = {"checkpoint_sha256": str(saved.get("checkpoint_sha256", "")),
                   "weights_sha256": str(saved["meta"].get("weights_sha256", ""))}
-        refused = refusal(runner, artifact, reference, source, Path(golden).name)
+        refused = refusal(runner, artifact, backend, reference, source, Path(golden).name)
         if refused:
             return mismatch(label, meta.precision, runner.label, refused[1], check=refused[0],
                             tolerance=tolerances.get(meta.precision))
@@ -220,7 +220,7 @@ def check_checkpoint(cfg: ParityConfig, tolerances: dict[str, Tolerance]
         for i, path in enumerate(cfg.artifacts):
             providers = cfg.providers if runs_on_onnxruntime(path, cfg.backend) else None  # an engine beside them
             runner = stack.enter_context(open_runner(path, cfg.backend, providers=providers))
-            refused = refusal(runner, path, reference, reference_source, Path(cfg.checkpoint).name)
+            refused = refusal(runner, path, cfg.backend, reference, reference_source, Path(cfg.checkpoint).name)
             if refused:
                 results[i] = mismatch(artifact_names[i], runner.metadata.precision, runner.label, refused[1],
                                       check=refused[0], tolerance=tolerances.get(runner.metadata.precision))

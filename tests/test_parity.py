@@ -200,6 +200,10 @@ def test_mislabelled_precision_fails_as_precision(cli, tiny_checkpoint, tiny_exp
     assert rows["model.onnx"]["passed"]
     golden = cli("parity", "--golden", tiny_export / "golden.npz", fake_int8, tiny_export / "model.fp16.onnx")
     assert golden.code == 1 and "fake.int8.onnx (precision)" in golden.err, golden.err
+    renamed = fake_int8.with_suffix(".bin")  # what ONNX Runtime runs is read, whatever its name: it passed as int8
+    renamed.write_bytes(fake_int8.read_bytes())
+    golden = cli("parity", "--golden", tiny_export / "golden.npz", renamed, "--backend", "onnxruntime")
+    assert golden.code == 1 and "fake.int8.bin (precision)" in golden.err, golden.err
     assert "model.fp16.onnx" not in golden.err.split("parity failed:")[-1]
 
 
