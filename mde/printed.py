@@ -11,6 +11,7 @@ and every other thread's to the stream it replaced.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import sys
@@ -55,16 +56,27 @@ class _PerThreadStdout(io.TextIOBase):
     def encoding(self) -> str:  # type: ignore[override]
         return getattr(self.stream, "encoding", None) or "utf-8"
 
-    def __getattr__(self, name: str) -> Any:  # buffer, errors, reconfigure, ...: the replaced stream's
+    @property
+    def errors(self) -> str | None:  # type: ignore[override]
+        return getattr(self.stream, "errors", None)
+
+    @property
+    def closed(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.stream, "closed", False))
+
+    def __getattr__(self, name: str) -> Any:  # buffer, reconfigure, ...: the replaced stream's (bytes written to
+        # `buffer` or `fileno()` bypass the catch, as they bypass any replaced `sys.stdout`)
         if name in ("stream", "buffers"):  # not set yet: not the replaced stream's either
             raise AttributeError(name)
         return getattr(self.stream, name)
 
 
-# Every proxy made, kept for the life of the process (one per stream replaced: one in a program that keeps its
-# stdout). CPython 3.11's `print` holds `sys.stdout` without a reference of its own, so a proxy freed when the
-# last catch puts the replaced stream back, while another thread is printing through it, crashed the process.
-_made: list[_PerThreadStdout] = []
+# The last proxies made, kept alive (one per stream replaced: one in a program that keeps its stdout). CPython
+# 3.11's `print` holds `sys.stdout` without a reference of its own, so a proxy freed when the last catch puts the
+# replaced stream back, while another thread is printing through it, crashed the process. Only a proxy that was
+# `sys.stdout` a moment ago can be in such a print; a program that swaps its stdout often (a test runner's capture
+# per test) does not keep every stream it ever had.
+_made: collections.deque[_PerThreadStdout] = collections.deque(maxlen=32)
 
 
 def _proxy_for(stream: TextIO | None) -> _PerThreadStdout:
