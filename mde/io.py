@@ -490,9 +490,9 @@ def no_empty_new_folder(path: str | Path) -> Iterator[None]:
         for folder in missing:
             try:
                 folder.rmdir()
-            except OSError:  # not empty (the usual case), or never made or already gone: nothing above to remove
+            except OSError:  # not empty (the usual case): nothing above it is empty either
                 if folder.exists():
-                    break
+                    break  # never made, or already gone: the one above may still be the block's, and empty
 
 
 # Files a report or a JSON result must never replace, even when the run does not read them.

@@ -119,9 +119,10 @@ class ModelMetadata:
         try:
             values = {key: _json_value(key, props[key]) for key in KNOWN_KEYS if key in props}
             pre, out = _json_object(values, "mde.preprocess"), _json_object(values, "mde.output")
-            for what, given, implemented, own in (("preprocessing", pre, PREPROCESS, PREPROCESS_OWN),
-                                                  ("output", out, OUTPUT, OUTPUT_OWN)):
-                _check_implemented(what, given, implemented, own, source)
+            for what, prop, given, implemented, own in (
+                    ("preprocessing", "mde.preprocess", pre, PREPROCESS, PREPROCESS_OWN),
+                    ("output", "mde.output", out, OUTPUT, OUTPUT_OWN)):
+                _check_implemented(what, prop, given, implemented, own, source)
             model = _json_object(values, "mde.model") if "mde.model" in values else {}
             precision = values["mde.precision"]
             if precision not in PRECISIONS:
@@ -164,12 +165,12 @@ MIN_DEPTH_RANGE = 1e-3
 MAX_INPUT_SIDE = 8192
 
 
-def _check_implemented(what: str, given: dict[str, Any], implemented: dict[str, Any], own: tuple[str, ...],
-                       source: str | Path) -> None:
-    """Refuse `mde.preprocess` / `mde.output` (`given`) unless it states each of `implemented`'s fields at the value
-    this runtime implements, and nothing else but the artifact's `own` fields: a field left out (its units) or one
-    this runtime does not know (a mean and std to apply outside the graph) would be taken as the default."""
-    prop = "mde.preprocess" if what == "preprocessing" else "mde.output"
+def _check_implemented(what: str, prop: str, given: dict[str, Any], implemented: dict[str, Any],
+                       own: tuple[str, ...], source: str | Path) -> None:
+    """Refuse `prop` (`mde.preprocess` / `mde.output`, read as `given`) unless it states each of `implemented`'s
+    fields at the value this runtime implements, and nothing else but the artifact's `own` fields: a field left out
+    (its units) or one this runtime does not know (a mean and std to apply outside the graph) would be taken as the
+    default."""
     absent = [k for k in implemented if k not in given]
     if absent:
         raise ModelError(f"{what} does not say its {', '.join(absent)} ({prop} has no such field); this runtime "
