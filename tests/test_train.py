@@ -765,7 +765,13 @@ def test_a_run_killed_while_writing_its_first_checkpoint_starts_again_without_fo
         "another --out\n")
     state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
     torch.save({**state, "epoch": 0, "step": 3, "epoch_step": 3}, run / "last.pt")  # as after a Ctrl-C mid-epoch
-    result = cli("train", "--data", synth_data, "--out", run, *TINY, "--epochs", "1")
+    from mde.train import trainer
+
+    built = []  # said before a model is built: with --pretrained, its weights were downloaded first
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trainer, "build_model", lambda *args, **kwargs: built.append(1) or pytest.fail("built"))
+        result = cli("train", "--data", synth_data, "--out", run, *TINY, "--epochs", "1")
+    assert not built
     assert result.code == 2 and result.err == (
         f"mde: error: {run}: the folder holds a run (last.pt), 0 of its 1 epochs trained: continue it with --resume "
         f"{run / 'last.pt'}, or start anew over it with --force\n")

@@ -394,6 +394,8 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
     steps_per_epoch = len(train_set) // env.world_size // cfg.batch_size
     if resume is not None:
         check_resume(cfg, resume, steps_per_epoch, env.world_size)
+    elif env.is_main and not cfg.force and (out / "last.pt").is_file():  # a stopped run: --force would lose it; said
+        raise InputError(_run_in_folder(out / "last.pt"), out)  # before a model is built (or its weights downloaded)
     cuda = env.device.type == "cuda"
     torch.manual_seed(cfg.seed + env.rank)
     if cuda:
@@ -419,8 +421,6 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
     if env.is_main:  # a resume writes over its own run folder; any other must be empty (or --force)
         if out.is_dir():  # first: a run killed while writing its first checkpoint left only a temporary copy
             report.remove_partial_writes(out)
-        if resume is None and not cfg.force and (out / "last.pt").is_file():  # a stopped run: --force would lose it
-            raise InputError(_run_in_folder(out / "last.pt"), out)
         prepare_output_dir(out, force=cfg.force or own_folder)
         report.check_run_files(out)
         if cfg.max_depth and cfg.max_depth < data_range and resume is None:
