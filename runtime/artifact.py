@@ -49,7 +49,7 @@ def inspect_artifact(path: str | Path) -> dict[str, Any]:
         return {"kind": "onnx", "metadata": meta, "inputs": list(inputs.values()),
                 "outputs": list(outputs.values()), "sidecar": None}
     from mde.runtime.backends.tensorrt import read_sidecar, sidecar_metadata
-    from mde.runtime.metadata import sidecar_path
+    from mde.runtime.metadata import check_graph_input, sidecar_path
 
     sidecar = read_sidecar(path)
     meta = sidecar_metadata(sidecar, sidecar_path(path))
@@ -58,6 +58,10 @@ def inspect_artifact(path: str | Path) -> dict[str, Any]:
         lo, hi = prof.get("min", []), prof.get("max", [])
         shape = tuple(int(a) if a == b else None for a, b in zip(lo, hi))
         inputs.append(TensorSpec(name, np.dtype(np.float32), shape))  # as an ONNX input reads: a numpy dtype
+    if len(inputs) != 1:  # what the runner refuses of the engine itself, `mde info` refuses of its sidecar
+        raise ModelError(f"the engine's profile has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
+                         "expected one image input", sidecar_path(path))
+    check_graph_input(inputs[0].dtype, inputs[0].shape, meta, sidecar_path(path))
     return {"kind": "engine", "metadata": meta, "inputs": inputs, "outputs": [], "sidecar": sidecar}
 
 

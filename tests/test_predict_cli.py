@@ -704,6 +704,23 @@ def test_info_engine_from_sidecar(cli, tmp_path):
     assert spec.dtype == np.float32 and spec.dtype.itemsize == 4
 
 
+@pytest.mark.parametrize("profile, said", [
+    ({"a": {"min": [1, 3, 64, 64], "opt": [1, 3, 64, 64], "max": [1, 3, 64, 64]},
+      "b": {"min": [1, 3, 64, 64], "opt": [1, 3, 64, 64], "max": [1, 3, 64, 64]}}, "profile has 2 inputs (a, b)"),
+    ({}, "profile has 0 inputs"),
+    ({"image": {"min": [1, 3, 96, 96], "opt": [1, 3, 96, 96], "max": [1, 3, 96, 96]}},
+     "graph input is float32 1x3x96x96; the runtime feeds float32 ?x3x64x64"),
+])
+def test_info_refuses_an_engine_sidecar_whose_profile_is_not_its_metadatas(cli, tmp_path, profile, said):
+    """For an ONNX, info refuses what a runner would; for an engine it listed whatever inputs the sidecar's profile
+    named (two, none, another size than the metadata's)."""
+    engine = _fake_engine(tmp_path)
+    sidecar = json.loads((tmp_path / "model.engine.json").read_text())
+    (tmp_path / "model.engine.json").write_text(json.dumps({**sidecar, "profile": profile}))
+    result = cli("info", engine)
+    assert result.code == 2 and "model.engine.json: " in result.err and said in result.err, result.err
+
+
 def test_info_json_of_a_folder_that_is_not_utf8_is_valid_unicode(cli, tmp_path):
     """The name's byte came out as a lone surrogate (`\\udcff`), which strict JSON parsers refuse."""
     import os
