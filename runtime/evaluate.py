@@ -87,19 +87,23 @@ def pixel_mean_map(train: Any) -> np.ndarray:
     return _depth_statistics(train)[1]
 
 
-def train_split_baseline(data: Any, split: str, depth_scale: float | None, compute: Callable[[Any], Any]) -> Any:
+def train_split_baseline(data: Any, split: str, depth_scale: float | None, data_range: float,
+                         compute: Callable[[Any], Any]) -> Any:
     """`compute(train split)`: an image-blind baseline (the per-pixel mean map) from DATA's train split, or None
     where there is none to take: scoring train itself, or NYU's "all", which holds it (the baseline would have
-    seen the images it is scored on), or no train split that can be read (none, an empty or damaged one), which
+    seen the images it is scored on), or no train split that can be read (none, an empty or damaged one, one whose
+    depth is in another unit than metres of `data_range`, as `check_depth_units` judges the scored split), which
     is said in a note. A baseline is information: a damaged train split must not stop the scoring of val."""
     from mde.console import info
-    from mde.data.readers import open_dataset
+    from mde.data.readers import check_depth_units, open_dataset
     from mde.errors import MdeError
 
     if split in ("train", "all"):
         return None
     try:
-        return compute(open_dataset(data, split="train", depth_scale=depth_scale))
+        train = open_dataset(data, split="train", depth_scale=depth_scale)
+        check_depth_units(train, data_range)  # millimetres in its .npy would make a baseline far off, unsaid
+        return compute(train)
     except MdeError as err:
         info(f"note: no per-pixel mean map baseline: {err}")
         return None

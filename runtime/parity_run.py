@@ -250,7 +250,7 @@ def check_checkpoint(cfg: ParityConfig, tolerances: dict[str, Tolerance]
                       "ssim": float(np.mean([m["ssim"] for m in ref_metrics])), "device": cfg.device},
     }
     if any(m is not None for m in masks):  # region figures: information, not gates
-        figures = _region_figures(cfg, ref_metrics, gts, masks, max_depth)
+        figures = _region_figures(cfg, ref_metrics, gts, masks, max_depth, data_range)
         if figures["reference"]:
             header["regions"] = figures
         else:
@@ -307,7 +307,7 @@ def worst_png_paths(report: str | Path, labels: Sequence[str]) -> dict[str, Path
 
 
 def _region_figures(cfg: ParityConfig, reference: list[dict[str, float]], gts: list, masks: list,
-                    max_depth: float) -> dict:
+                    max_depth: float, data_range: float) -> dict:
     """Per-region figures of PyTorch (from its per-image figures) and of the per-pixel mean depth map of
     the train split (when there is one)."""
     from mde.runtime.evaluate import fixed_map_prediction, pixel_mean_map, train_split_baseline
@@ -316,7 +316,7 @@ def _region_figures(cfg: ParityConfig, reference: list[dict[str, float]], gts: l
     figures = {"reference": shown_regions(region_means(reference))}
     if not figures["reference"]:
         return figures
-    pixmap = train_split_baseline(cfg.data, cfg.split, cfg.depth_scale, pixel_mean_map)
+    pixmap = train_split_baseline(cfg.data, cfg.split, cfg.depth_scale, data_range, pixel_mean_map)
     if pixmap is not None:
         figures["pixel_mean_map"] = region_means([
             region_metrics(fixed_map_prediction(pixmap, gt.shape, max_depth), gt, mask)

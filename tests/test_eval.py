@@ -150,9 +150,9 @@ def test_no_baseline_is_built_for_a_split_that_holds_the_train_split(synth_data)
 
     built = []
     for split in ("train", "all"):
-        assert train_split_baseline(synth_data, split, None, built.append) is None
+        assert train_split_baseline(synth_data, split, None, 20.0, built.append) is None
     assert built == []
-    assert train_split_baseline(synth_data, "val", None, lambda train: len(train)) > 0
+    assert train_split_baseline(synth_data, "val", None, 20.0, lambda train: len(train)) > 0
 
 
 def test_an_images_note_is_said_once_and_the_baseline_reads_no_image(cli, tiny_export, synth_data, tmp_path):
@@ -323,3 +323,19 @@ def test_eval_notes_a_checkpoint_trained_at_another_depth_scale(cli, tiny_checkp
     assert result.code == 0 and "(give --depth-scale 256 if it is the same data)" in result.err, result.err
     result = cli("eval", ckpt, "--data", undeclared, "--json", "--depth-scale", "256")
     assert result.code == 0 and "was trained with" not in result.err, result.err
+
+
+def test_a_train_split_in_another_unit_gives_no_baseline_but_a_note(cli, tiny_export, synth_data, tmp_path):
+    """Train depth saved as .npy millimetres: eval scored the per-pixel mean map built from it (14.9 m RMSE against
+    5.0) without a word, where train refuses that split. Its baseline is now refused as the scored split would be."""
+    import shutil
+
+    data = tmp_path / "train-mm"
+    shutil.copytree(synth_data, data)
+    for png in (data / "train" / "depth").glob("*.png"):
+        np.save(png.with_suffix(".npy"), np.asarray(Image.open(png), np.float32))  # millimetres, as metres
+        png.unlink()
+    res = cli("eval", tiny_export / "model.onnx", "--data", data, "--json")
+    assert res.code == 0, res.err
+    assert "pixel_mean_map" not in json.loads(res.out)
+    assert "note: no per-pixel mean map baseline: " in res.err and "(millimetres?)" in res.err, res.err

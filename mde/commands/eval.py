@@ -108,7 +108,7 @@ def _pixel_mean_map_figures(data: str, split: str, dataset, data_range: float, m
     range (None where there is none: `train_split_baseline`), with region figures where the model has them."""
     from mde.runtime.evaluate import pixel_mean_map_metrics, train_split_baseline
 
-    figures = train_split_baseline(data, split, depth_scale,
+    figures = train_split_baseline(data, split, depth_scale, data_range,
                                    lambda train: pixel_mean_map_metrics(train, dataset, data_range, max_depth))
     keys = ("rmse", "abs_rel", "delta1") + (REGION_ORDER if regions else ())
     return None if figures is None else {k: figures[k] for k in keys if k in figures}
