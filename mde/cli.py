@@ -259,7 +259,7 @@ def _say_error(message: str, kind: str = "error") -> None:
             raise SystemExit(_stop_status()) from None
         message = f"rank {rank}: {message}"
         _note_own_failure()  # the stop torchrun now sends rank 0 is this error's, said here
-    sys.stderr.write(f"mde: {kind}: {message}\n")
+    sys.stderr.write(f"mde: {kind}: {one_line(message)}\n")  # a file's name in it, raw, could break the line
     sys.stderr.flush()
 
 

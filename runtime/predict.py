@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mde.errors import InputError, MdeError, shown_path
+from mde.errors import InputError, MdeError, one_line, shown_path
 from mde.io import refuse_broken_link, resolved
 from mde.runtime.metadata import MM_PER_M, PNG16_MAX
 
@@ -187,7 +187,8 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
                 failed += 1
                 skipped.add(path)
                 shown = shown_path(path)
-                err_console.print(f"mde: skipped {shown}: {str(err).removeprefix(f'{shown}: ')}", markup=False)
+                err_console.print(one_line(f"mde: skipped {shown}: {str(err).removeprefix(f'{shown}: ')}"),
+                                  markup=False)
     if failed == len(paths):  # nothing usable among the inputs: bad input, not a partial run
         raise InputError(f"none of the {len(paths)} images could be predicted (each is listed above)")
     return {"images": len(paths), "written": len(paths) - failed, "failed": failed}

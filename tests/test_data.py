@@ -674,3 +674,23 @@ def test_check_headers_reads_whole_only_the_pairs_whose_headers_disagree(tmp_pat
     Image.fromarray(np.zeros((6, 8), np.uint16)).save(tmp_path / "train" / "depth" / "a.png")  # half the size
     dataset.check_headers("check train files")
     assert read == [0]
+
+
+def test_a_file_name_in_an_error_is_escaped_on_its_one_line(cli, tiny_export, synth_data, tmp_path):
+    """The error's path was escaped, but names inside its words were not: "expected depth/a<newline>b<ESC>[31m.png"
+    split the line and sent an escape sequence to the terminal, and a name that is not UTF-8 came out as
+    '\\udcff'."""
+    import os
+    import shutil
+
+    data = tmp_path / "names"
+    shutil.copytree(synth_data, data)
+    for name in ("a\nb\x1b[31m", os.fsdecode(b"\xff\xfe")):
+        for sub in ("rgb", "mask"):
+            (data / "val" / sub / "000003.png").rename(data / "val" / sub / f"{name}.png")
+        (data / "val" / "depth" / "000003.png").unlink()
+        result = cli("eval", tiny_export / "model.onnx", "--data", data)
+        assert result.code == 2 and result.err.count("\n") == 1 and "\x1b" not in result.err, result.err
+        assert "image has no depth map (expected depth/" in result.err and "\\udc" not in result.err
+        shutil.rmtree(data)
+        shutil.copytree(synth_data, data)
