@@ -173,8 +173,10 @@ class PairedFiles:
                 size, _ = image_header(rgb_path)
                 fine = size[0] * size[1] <= MAX_PIXELS
                 if depth_path.suffix.lower() == ".npy":
-                    shape = np.load(depth_path, mmap_mode="r").shape  # H x W, or 1 x H x W
-                    fine = fine and shape[-2:] == size[::-1] and (len(shape) == 2 or shape[:-2] == (1,))
+                    depth = np.load(depth_path, mmap_mode="r")  # its header: H x W, or 1 x H x W, of floats
+                    shape = depth.shape
+                    fine = (fine and shape[-2:] == size[::-1] and (len(shape) == 2 or shape[:-2] == (1,))
+                            and np.issubdtype(depth.dtype, np.floating))
                 else:
                     depth_size, mode = image_header(depth_path)
                     fine = fine and depth_size == size and mode in DEPTH_PNG_MODES

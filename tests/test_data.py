@@ -694,3 +694,19 @@ def test_a_file_name_in_an_error_is_escaped_on_its_one_line(cli, tiny_export, sy
         assert "image has no depth map (expected depth/" in result.err and "\\udc" not in result.err
         shutil.rmtree(data)
         shutil.copytree(synth_data, data)
+
+
+def test_the_header_check_refuses_a_depth_npy_that_is_not_float(synth_data, tmp_path):
+    """A train .npy of int32 passed the header check (only its shape was read) and was found when an epoch read it,
+    after whole epochs and checkpoints where `drop_last` had left it out of the first."""
+    import shutil
+
+    from mde.data.readers import open_dataset
+
+    data = tmp_path / "npy-int"
+    shutil.copytree(synth_data, data)
+    png = sorted((data / "train" / "depth").glob("*.png"))[-1]
+    np.save(png.with_suffix(".npy"), np.asarray(Image.open(png), np.int32))
+    png.unlink()
+    with pytest.raises(DataError, match=r"expected an H x W float depth map, got int32"):
+        open_dataset(data, split="train").check_headers("check train files")
