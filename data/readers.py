@@ -269,6 +269,9 @@ class FolderDataset(PairedFiles):
         if nested:  # a sequence per folder, as some datasets come: said, not guessed at
             log.warning("%s: %s", folder, _nested_words(nested))
         masks = {}
+        if (mask_dir.exists() or mask_dir.is_symlink()) and not mask_dir.is_dir():  # not "no masks" in silence
+            raise DataError(f"mask/ is {'a broken link' if not mask_dir.exists() else 'not a folder'}; the optional "
+                            "region masks are a folder of 8-bit PNGs (remove it where there are none)", mask_dir)
         if mask_dir.is_dir():
             refuse_odd_entries(mask_dir, (".png",))
             masks = _by_stem(list_files(mask_dir, (".png",)), mask_dir)
@@ -280,7 +283,7 @@ class FolderDataset(PairedFiles):
         for stem, path in rgbs.items():
             if stem not in depths:
                 _refuse_unpaired(path, depth_dir, stem, DEPTH_SUFFIXES, "image has no depth map")
-        for stem, path in {**depths, **masks}.items():
+        for stem, path in {**masks, **depths}.items():  # a depth map and a mask without an image: the depth map's
             if stem not in rgbs:
                 _refuse_unpaired(path, rgb_dir, stem, IMAGE_SUFFIXES,
                                  f"{'mask' if path.parent == mask_dir else 'depth map'} has no image")

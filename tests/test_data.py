@@ -710,3 +710,35 @@ def test_the_header_check_refuses_a_depth_npy_that_is_not_float(synth_data, tmp_
     png.unlink()
     with pytest.raises(DataError, match=r"expected an H x W float depth map, got int32"):
         open_dataset(data, split="train").check_headers("check train files")
+
+
+@pytest.mark.parametrize("kind", ["broken link", "file"])
+def test_a_mask_entry_that_is_no_folder_is_refused_not_taken_for_no_masks(synth_data, tmp_path, kind):
+    """val/mask as a broken link or a plain file: eval reported no region figures and said nothing."""
+    import shutil
+
+    from mde.data.readers import open_dataset
+
+    data = tmp_path / "maskdir"
+    shutil.copytree(synth_data, data)
+    shutil.rmtree(data / "val" / "mask")
+    if kind == "file":
+        (data / "val" / "mask").write_text("not a folder")
+    else:
+        (data / "val" / "mask").symlink_to(tmp_path / "nowhere")
+    said = "a broken link" if kind != "file" else "not a folder"
+    with pytest.raises(DataError, match=f"mask/ is {said}; the optional region masks are a folder"):
+        open_dataset(data, split="val")
+
+
+def test_an_orphan_depth_map_is_named_before_its_mask(synth_data, tmp_path):
+    """A depth map and a mask with no image: the error named the mask ("mask has no image")."""
+    import shutil
+
+    from mde.data.readers import open_dataset
+
+    data = tmp_path / "orphan"
+    shutil.copytree(synth_data, data)
+    (data / "val" / "rgb" / "000003.png").unlink()
+    with pytest.raises(DataError, match=r"depth/000003\.png: depth map has no image"):
+        open_dataset(data, split="val")
