@@ -17,7 +17,7 @@ import numpy as np
 from mde.calibration.config import METHODS, MIN_IMAGES, SEED_LIMIT, TARGETS, WEIGHTED_OPS, CalibrationConfig
 from mde.calibration.inspect import integer_kernel_share
 from mde.calibration.ranges import load_ranges, save_ranges
-from mde.calibration.subpixel import rewritable, rewrite_conv_transpose
+from mde.calibration.subpixel import one_per_layer, phase_layers, rewritable, rewrite_conv_transpose
 from mde.console import info, make_progress
 from mde.errors import DataError, InputError, ModelError, counted, shown_path
 from mde.io import (
@@ -324,7 +324,7 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
         head = float_layers.head_nodes(qdq, cfg.op_types)
         qdq = float_layers.with_float_nodes(qdq, pre, head, cfg.op_types)  # the depth head is never quantized
         before = evaluator.measure(qdq)
-        candidates = qz.quantizable_nodes(qdq, cfg.fallback_op_types)
+        candidates = one_per_layer(qz.quantizable_nodes(qdq, cfg.fallback_op_types), phase_layers(qdq.graph))
         search = _fallback_search(cfg, pre, qdq, candidates, evaluator, before.drop, progress)
         final, after = qdq, before
         if search.float_nodes:  # the very graph the search measured

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import onnx
 
 from mde.calibration.quantize import BYTE_MOVES
+from mde.calibration.subpixel import phase_layers
 from mde.runtime.artifact import QDQ_OPS
 
 HEAD_OUTPUT = "Sigmoid"  # the depth head: max_depth * sigmoid(logits)
@@ -51,7 +52,8 @@ def with_float_nodes(
 ) -> onnx.ModelProto:
     """`qdq` with those nodes in float: the model the fallback search measures, and the one written.
 
-    Each named node reads its original float inputs again (the activation before its Q/DQ pair,
+    Each named node (with the rest of its layer, where it is a phase Conv of a rewritten ConvTranspose:
+    `subpixel.phase_layers`) reads its original float inputs again (the activation before its Q/DQ pair,
     the float weight and bias copied from `fp32`); Q/DQ on its outputs stays only where a
     quantized node (`op_types`, not float) reads it. Re-quantizing with
     `QDQQuantizer(nodes_to_exclude=...)` is not the same: an excluded node whose input activation
@@ -63,7 +65,8 @@ def with_float_nodes(
     float_nodes = {n.name: n for n in fp32.graph.node}
     float_inits = {i.name: i for i in fp32.graph.initializer}
     present = {i.name for i in model.graph.initializer}
-    wanted = set(nodes)
+    layers = phase_layers(model.graph)  # a rewritten ConvTranspose's phase Convs and Concat: float together
+    wanted = {member for name in nodes for member in layers.get(name, [name])}
     for node in model.graph.node:
         if node.name not in wanted:
             continue

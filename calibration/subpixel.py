@@ -16,6 +16,8 @@ quantizer folds it into the Convs' output ranges. The rewrite is exact in float.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -130,3 +132,32 @@ def rewrite_conv_transpose(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.initializer[:]
     graph.initializer.extend(kept)
     return out
+
+
+def phase_layers(graph: onnx.GraphProto) -> dict[str, list[str]]:
+    """Each node of a rewritten ConvTranspose (`rewrite_conv_transpose`: its phase Convs, their Relus and the Concat
+    that gathers them) -> the names of all of them, in graph order. They are one layer: a phase Conv kept float
+    whose Concat stays quantized has its output quantized again, so the fallback keeps them float together."""
+    layers: dict[str, list[str]] = {}
+    for node in graph.node:
+        base = node.name.removesuffix("/concat")
+        if node.op_type != "Concat" or base == node.name:
+            continue
+        phase = re.compile(rf"{re.escape(base)}/phase\d+(/relu)?")  # not the quantizer's nodes named after them
+        members = [n.name for n in graph.node if n.op_type in ("Conv", "Relu") and phase.fullmatch(n.name)]
+        members.append(node.name)
+        if len(members) > 1:
+            layers.update(dict.fromkeys(members, members))
+    return layers
+
+
+def one_per_layer(names: list[str], layers: dict[str, list[str]]) -> list[str]:
+    """`names` with one name (the first) for each rewritten ConvTranspose's nodes (`phase_layers`)."""
+    seen: set[str] = set()
+    kept = []
+    for name in names:
+        layer = layers.get(name, [name])[-1]  # its Concat: the same for all of a layer's nodes
+        if layer not in seen:
+            seen.add(layer)
+            kept.append(name)
+    return kept
