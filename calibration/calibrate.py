@@ -316,10 +316,12 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
         if cfg.spec.phase_convs and rewritable(pre):
             pre = rewrite_conv_transpose(pre)
             onnx.save(pre, str(pre_path))
-        ranges, reused = _ranges(cfg, pre_path, dataset, calib_idx, size, progress)
+        initializers = {t.name for t in source.graph.initializer}
+        input_name = next(i.name for i in source.graph.input if i.name not in initializers)  # as it likes: "x" too
+        ranges, reused = _ranges(cfg, pre_path, dataset, calib_idx, size, progress, input_name)
         inputs = np.concatenate([preprocess(s.rgb, size) for s in holdout])
         evaluator = fallback.Evaluator(source.SerializeToString(), inputs, [s.depth for s in holdout if labelled],
-                                       meta.max_depth, data_range=data_range)
+                                       meta.max_depth, data_range=data_range, input_name=input_name)
         qdq = qz.quantize(pre, ranges, cfg.method, cfg.spec)
         head = float_layers.head_nodes(qdq, cfg.op_types)
         qdq = float_layers.with_float_nodes(qdq, pre, head, cfg.op_types)  # the depth head is never quantized
@@ -352,7 +354,7 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
 
 
 def _ranges(cfg: CalibrationConfig, pre_path: Path, dataset: Any, calib_idx: list[int], size: tuple[int, int],
-            progress: Any) -> tuple[dict[str, tuple[float, float]], bool]:
+            progress: Any, input_name: str) -> tuple[dict[str, tuple[float, float]], bool]:
     """The activation ranges: the saved ones when they were computed for this very key, else calibrated and saved.
 
     Returns (ranges, whether they were reused).
@@ -383,7 +385,7 @@ def _ranges(cfg: CalibrationConfig, pre_path: Path, dataset: Any, calib_idx: lis
     task = progress.add_task("calibrate", total=len(calib_idx), info=cfg.method) if progress else None
     try:
         ranges = qz.collect_ranges(
-            pre_path, batches, cfg.method, cfg.op_types, cfg.percentile,
+            pre_path, batches, cfg.method, cfg.op_types, cfg.percentile, input_name=input_name,
             on_batch=(lambda: progress.advance(task)) if progress else None,
             symmetric=cfg.spec.activation_type == "int8",
             on_search=_search_task(progress) if progress else None)

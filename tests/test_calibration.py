@@ -684,3 +684,21 @@ def test_the_quantizers_leftovers_go_and_the_opsets_of_subgraphs_stay():
     assert [o.domain for o in model.opset_import] == ["", "ai.onnx.ml"]
     assert [p.key for p in model.metadata_props] == ["mde.version"]
     onnx.checker.check_model(model)
+
+
+def test_a_model_whose_input_is_not_named_image_calibrates(cli, tiny_export, synth_data, tmp_path):
+    """The runtime feeds a graph's one input by whatever name it has; calibrate fed "image" and died with an internal
+    error ("Required inputs (['x']) are missing from input feed (['image'])")."""
+    model = onnx.load(str(tiny_export / "model.onnx"))
+    old = model.graph.input[0].name
+    model.graph.input[0].name = "x"
+    for node in model.graph.node:
+        node.input[:] = ["x" if name == old else name for name in node.input]
+    for prop in model.metadata_props:
+        if prop.key == "mde.preprocess":
+            prop.value = json.dumps({**json.loads(prop.value), "input_name": "x"})
+    onnx.save(model, str(tmp_path / "x.onnx"))
+    out = tmp_path / "x.int8.onnx"
+    result = cli("calibrate", tmp_path / "x.onnx", "--data", synth_data, "--out", out, "--num-images", 4,
+                 "--holdout-images", 4, "--allow-few")
+    assert result.code in (0, 1) and "internal error" not in result.err and out.is_file(), result.err
