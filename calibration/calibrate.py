@@ -156,6 +156,14 @@ def load_source(path: Path) -> tuple[Any, ModelMetadata]:
     return model, meta
 
 
+def _utf8(path: Path) -> bool:
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def name_nodes(model: Any) -> int:
     """Give each unnamed node of `model` a name of its own (ONNX allows none; the float fallback finds layers by
     name, and two unnamed nodes would be taken for one). Returns how many were named."""
@@ -309,7 +317,9 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
         # first: a bad file among them is found before the calibration pass
         holdout = _read(dataset, hold_idx, lambda frame: frame, progress, "read held-out")
         pre_path, named = Path(tmp) / "pre.onnx", Path(tmp) / "named.onnx"
-        if name_nodes(source):  # what the float fallback can tell apart: the named graph is quantized
+        # what the float fallback can tell apart: the named graph is quantized; and ONNX Runtime's pre-processing
+        # opens no path that is not UTF-8 (it logged a traceback and skipped its optimization): a copy is given
+        if name_nodes(source) or not _utf8(cfg.model):
             onnx.save(source, str(named))
         qz.pre_process(named if named.exists() else cfg.model, pre_path, shown=cfg.model)
         pre = onnx.load(str(pre_path))

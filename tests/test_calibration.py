@@ -702,3 +702,20 @@ def test_a_model_whose_input_is_not_named_image_calibrates(cli, tiny_export, syn
     result = cli("calibrate", tmp_path / "x.onnx", "--data", synth_data, "--out", out, "--num-images", 4,
                  "--holdout-images", 4, "--allow-few")
     assert result.code in (0, 1) and "internal error" not in result.err and out.is_file(), result.err
+
+
+def test_a_model_path_that_is_not_utf8_is_pre_processed_from_a_copy(tiny_export, synth_data, tmp_path):
+    """ONNX Runtime's pre-processing opens the model by path, and no path that is not UTF-8: it printed its own
+    traceback ("Model Optimization Failed!") and skipped the optimization, and the run went on to exit 0."""
+    import os
+
+    model = tmp_path / os.fsdecode(b"\xffbad.onnx")
+    model.write_bytes((tiny_export / "model.onnx").read_bytes())
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "mde", "calibrate", os.fsencode(model), "--data", str(synth_data),
+                           "--out", str(tmp_path / "q.onnx"), "--num-images", "4", "--holdout-images", "4",
+                           "--allow-few"], capture_output=True, text=True, timeout=300)
+    assert done.returncode in (0, 1) and (tmp_path / "q.onnx").is_file(), done.stderr
+    assert "Traceback" not in done.stderr and "Optimization Failed" not in done.stderr, done.stderr
