@@ -51,6 +51,13 @@ from mde.runtime.metadata import read_props, sidecar_path
 SCRATCH_PREFIX = ".mde-export-"  # the staging folder inside the output folder
 
 
+def folder_files(out: Path) -> list[Path]:
+    """Every file an export into `out` may write or remove (`--force` removes another checkpoint's artifacts):
+    `mde export` holds each, beside the folder, against a `mde calibrate --out` into the folder meanwhile."""
+    names = [*ARTIFACT_NAMES.values(), INT8_CPU_NAME, ENGINE_NAME, GOLDEN_NAME]
+    return [out / name for name in [*names, *(extra for name in names for extra in EXTRAS.get(name, ()))]]
+
+
 def _check_out(cfg: ExportConfig, checkpoint_sha: str) -> Path:
     """Check the output folder (creating nothing); refuse existing artifacts unless `force`, and a folder where
     an output file goes."""

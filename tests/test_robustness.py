@@ -670,6 +670,19 @@ def test_an_output_another_command_is_writing_is_refused(cli, command, tiny_chec
     assert not out.exists()
 
 
+def test_an_export_and_a_calibrate_into_its_folder_hold_each_other_off(cli, tiny_checkpoint, tiny_export, synth_data,
+                                                                          tmp_path):
+    """`export --out DIR` and `calibrate --out DIR/model.int8.onnx` at once both ran: the folder and the file had
+    locks of their own, and DIR ended with another checkpoint's model.int8.onnx beside the export's golden.npz."""
+    from mde.io import claim_output
+
+    out = tmp_path / "export"
+    with claim_output(out / "model.int8.onnx"):  # a calibrate writing into the folder
+        result = cli("export", tiny_checkpoint, "--out", out)
+    assert result.code == 2 and "another mde command is writing this output now" in result.err, result.err
+    assert not out.exists()
+
+
 def test_engine_profile_that_misses_the_model_size_is_refused_before_the_export(cli, tiny_checkpoint, tmp_path,
                                                                                monkeypatch):
     """`--engine --dynamic-size --min-size 128` for a 64 px model failed only once the ONNX was exported (20 s)."""

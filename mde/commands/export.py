@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
@@ -102,7 +103,7 @@ def export(
     """Export a checkpoint to ONNX (FP32/FP16/INT8) and optionally a TensorRT engine.
 
     Every artifact is checked against PyTorch and written only when all pass."""
-    from mde.export.exporter import export_checkpoint
+    from mde.export.exporter import export_checkpoint, folder_files
 
     refuse_unused_engine_options(ctx, engine, dynamic_size)
     cfg = ExportConfig(
@@ -127,7 +128,9 @@ def export(
         workspace_mib=workspace_mib,
         timing_cache=timing_cache,
     )
-    with claim_output(out):
+    with contextlib.ExitStack() as claims:  # the folder, and each file in it an export writes or removes, which a
+        for path in (out, *folder_files(out)):  # calibrate may be writing (`--out OUT/model.int8.onnx`)
+            claims.enter_context(claim_output(path))
         artifacts = export_checkpoint(cfg)
     if as_json:
         print_json({"artifacts": [a.to_dict() for a in artifacts]}, sort_keys=True)
