@@ -84,13 +84,20 @@ def _check_config(cfg: CalibrationConfig) -> None:
         raise InputError(f"percentile must be in (0, 100], got {cfg.percentile}")
     if Path(cfg.out).suffix.lower() != ".onnx":  # as every reader takes it: UP.ONNX too
         raise InputError("expected an output file name ending in .onnx", cfg.out)
+    from mde.calibration.quantize import external_data_files
+
+    inputs = {resolved(cfg.model)}  # the model, and the files beside it that hold its weights
+    if Path(cfg.model).is_file() and Path(cfg.model).suffix.lower() == ".onnx":
+        with contextlib.suppress(Exception):  # a model ONNX cannot read is refused by its own check, later
+            inputs.update(resolved(p) for p in external_data_files(Path(cfg.model)))
     for path in (Path(cfg.out), cfg.ranges_path):  # found now, not after the whole calibration
         if path.is_dir():
             raise InputError("the output is a folder; expected a file name", path)
         if path.exists() and not path.is_file() and not path.is_symlink():  # a link is replaced (`written_in_place`)
             raise InputError("the output is no regular file (a FIFO or a device?); expected a file name", path)
-        if resolved(path) == resolved(cfg.model):
-            raise InputError("the output would overwrite the input model", path)
+        if resolved(path) in inputs:
+            raise InputError("the output would overwrite the input model" if resolved(path) == resolved(cfg.model)
+                             else "the output would overwrite the input model's weights file", path)
     check_not_under_file(cfg.out, "--out")
     for path in (Path(cfg.out), cfg.ranges_path):  # a stream or /dev, /sys, a read-only disk
         if written_in_place(path):

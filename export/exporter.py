@@ -44,6 +44,7 @@ from mde.io import (
     refuse_broken_link,
     remove_stale_scratch,
     replace_together,
+    resolved,
     scratch_folder,
 )
 from mde.runtime.metadata import read_props, sidecar_path
@@ -72,6 +73,9 @@ def _check_out(cfg: ExportConfig, checkpoint_sha: str) -> Path:
         raise InputError("the ONNX tools take a path as UTF-8 text only, and this one is not; choose another "
                          "folder name", out) from None
     check_outside_dataset(out, "the artifacts")
+    if resolved(cfg.checkpoint) in {resolved(p) for p in folder_files(out)}:  # --force would replace what it reads
+        raise InputError("the checkpoint is in --out under the name of a file export writes or removes; move it "
+                         "or rename it to .pt", cfg.checkpoint)
     check_not_under_file(out, "--out")  # found now, not after the checkpoint was loaded and run
     check_can_write_beside(out / GOLDEN_NAME)
     written = [*planned_names(cfg), GOLDEN_NAME]

@@ -643,6 +643,15 @@ def test_a_model_with_its_weights_in_a_file_beside_it_calibrates(cli, tiny_expor
     (model.parent / "model.onnx.data").write_bytes(bytes(weights))
     assert model_sha256(model) != before
     assert model_sha256(tiny_export / "model.onnx") == sha256_file(tiny_export / "model.onnx")  # one file: as before
+    # an output over the weights file (as --out, or as the ranges file beside it) replaced what the model reads
+    for case, (location, out) in enumerate((("weights.onnx", "weights.onnx"), ("q.ranges.json", "q.onnx"))):
+        other = tmp_path / f"case{case}" / "model.onnx"
+        other.parent.mkdir()
+        onnx.save(onnx.load(str(tiny_export / "model.onnx")), str(other), save_as_external_data=True,
+                  location=location)
+        result = cli("calibrate", other, "--data", synth_data, "--out", other.parent / out, "--force")
+        assert result.code == 2 and result.err.strip().endswith(
+            f"{location}: the output would overwrite the input model's weights file"), result.err
 
 
 def test_a_model_whose_nodes_have_no_names_calibrates(cli, tiny_export, synth_data, tmp_path):

@@ -157,6 +157,10 @@ def bad(tmp_path_factory, synth_data, tiny_checkpoint, tiny_export) -> dict[str,
                         "ckpt_depth_nan": {"max_depth": float("nan")}}.items():  # damaged or hand-edited model_args
         files[key] = root / f"{key.removeprefix('ckpt_').replace('_', '-')}.pt"
         torch.save(dict(state, model_args=dict(state["model_args"], **change)), files[key])
+    files["ckpt_as_golden"] = root / "export-here" / "golden.npz"  # a checkpoint in --out, named as export's file
+    files["ckpt_as_golden"].parent.mkdir()
+    files["ckpt_as_golden"].write_bytes(tiny_checkpoint.read_bytes())
+    files["ckpt_as_golden_folder"] = files["ckpt_as_golden"].parent
     files["ckpt_named_onnx"] = root / "model.onnx"  # a checkpoint saved under an artifact's name
     files["ckpt_named_onnx"].write_bytes(tiny_checkpoint.read_bytes())
     files["ckpt_no_weights"] = root / "no-weights.pt"
@@ -318,6 +322,8 @@ CASES = [
     ("export-onnx-as-ckpt", "export {onnx} --out {out}", "expected a PyTorch checkpoint (.pt)"),
     ("export-ckpt-named-onnx", "export {bad:ckpt_named_onnx} --out {out}",  # said it was an exported model
      "model.onnx: this is a PyTorch checkpoint named .onnx; rename it to .pt"),
+    ("export-ckpt-in-out-as-golden", "export {bad:ckpt_as_golden} --out {bad:ckpt_as_golden_folder} --force",
+     "golden.npz: the checkpoint is in --out under the name of a file export writes or removes"),  # was replaced
     # calibrate
     ("calibrate-not-onnx", "calibrate {bad:onnx_text} --data {data} --out {out}.onnx", "text.onnx"),
     ("calibrate-no-meta", "calibrate {bad:onnx_no_meta} --data {data} --out {out}.onnx", "no-meta.onnx"),
