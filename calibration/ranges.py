@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -52,15 +51,18 @@ def load_ranges(path: Path, key: dict[str, Any], tensors: Collection[str]) -> di
     return {str(k): (float(lo), float(hi)) for k, (lo, hi) in doc["ranges"].items()}
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # a range beyond it makes an infinite float32 scale
+
+
 def _ranges_problem(ranges: Any, tensors: Collection[str]) -> str | None:
     """What is wrong with a saved file's "ranges" for `tensors`; None when nothing is."""
     if not isinstance(ranges, dict):
         return f"expected an object of ranges, found {type(ranges).__name__}"
     for name, value in ranges.items():
         numbers = isinstance(value, list) and len(value) == 2 and all(
-            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)
-        if not (numbers and value[0] <= value[1]):
-            return f"{name} has {json.dumps(value)}, expected two finite numbers low <= high"
+            isinstance(v, int | float) and not isinstance(v, bool) and abs(v) <= FLOAT32_MAX for v in value)
+        if not (numbers and value[0] <= value[1]):  # NaN fails the comparison too
+            return f"{name} has {json.dumps(value)}, expected two numbers low <= high within float32's range"
     missing = sorted(set(tensors) - set(ranges))
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""

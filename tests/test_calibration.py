@@ -131,6 +131,8 @@ def _damage(doc: dict, damage: str) -> str:
         del doc["ranges"][first]
     elif damage == "string":
         doc["ranges"][first] = "x"
+    elif damage == "huge":
+        doc["ranges"][first] = [-1e300, 1e300]
     elif damage == "list":
         doc["ranges"] = []
     elif damage == "truncated":
@@ -139,10 +141,11 @@ def _damage(doc: dict, damage: str) -> str:
 
 
 @pytest.mark.parametrize("damage, match", [
-    ("nan", "has [NaN, 1.0], expected two finite numbers low <= high"),
-    ("inverted", "has [5.0, -5.0], expected two finite numbers low <= high"),
+    ("nan", "has [NaN, 1.0], expected two numbers low <= high within float32's range"),
+    ("inverted", "has [5.0, -5.0], expected two numbers low <= high"),
+    ("huge", "has [-1e+300, 1e+300], expected two numbers low <= high within float32's range"),  # an inf scale
     ("missing", "no range for "),
-    ("string", 'has "x", expected two finite numbers'),
+    ("string", 'has "x", expected two numbers'),
     ("list", "expected an object of ranges, found list"),
     ("truncated", "unreadable: JSONDecodeError"),
 ])
