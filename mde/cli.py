@@ -291,10 +291,18 @@ def _empty_argument(args: list[str]) -> str:
     return ""
 
 
+# Commands whose results go to stdout whatever their options (`train` and `parity` only with `--json` / `--json -`,
+# which they check): refused at once where stdout is closed, not after minutes of work whose outputs are then written
+RESULTS_ON_STDOUT = ("eval", "export", "calibrate", "bench", "info")
+
+
 def _run(args: list[str]) -> None:
     empty = _empty_argument(args)
     if empty:
         _say_error(f"{empty}; give it a value (an unset shell variable?)")
+        raise SystemExit(2)
+    if sys.stdout is None and _state.get("command") in RESULTS_ON_STDOUT and not {"-h", "--help"} & set(args):
+        _say_error("standard output is closed; nothing takes the results (redirect it: > FILE, or > /dev/null)")
         raise SystemExit(2)
     try:
         code = app(args=args, prog_name="mde", standalone_mode=False)  # an exit code when a command exits early

@@ -555,8 +555,10 @@ def check_can_write_beside(path: str | Path) -> None:
 
 def check_not_under_file(path: str | Path, what: str) -> None:
     """Refuse an output `path` below a regular file (`export/golden.npz/x.json`): found now, not at the last write."""
-    above = next((p for p in Path(path).parents if p.exists()), None)  # as given (relative stays relative); "."
-    if above is not None and not above.is_dir():  # is the last of a relative path's parents, and a folder
+    above = next((p for p in Path(path).parents if p.exists() or p.is_symlink()), None)  # as given (relative
+    if above is not None and not above.exists():  # stays relative); "." is a relative path's last parent
+        raise InputError(f"{what} would write under {shown_path(above)}, a link to nothing", path)
+    if above is not None and not above.is_dir():
         raise InputError(f"{what} would write under {shown_path(above)}, which is a file", path)
 
 

@@ -731,3 +731,22 @@ def test_a_model_path_that_is_not_utf8_is_pre_processed_from_a_copy(tiny_export,
                            "--allow-few"], capture_output=True, text=True, timeout=300)
     assert done.returncode in (0, 1) and (tmp_path / "q.onnx").is_file(), done.stderr
     assert "Traceback" not in done.stderr and "Optimization Failed" not in done.stderr, done.stderr
+
+
+def test_a_closed_stdout_or_a_dangling_folder_is_refused_before_the_calibration(cli, tiny_export, synth_data,
+                                                                                 tmp_path):
+    """Both were found only after the whole calibration: `>&-` ended in "standard output is closed" with the model
+    written, and an --out under a link to nothing in "cannot write here (File exists)"."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "q.onnx"
+    done = subprocess.run(["bash", "-c", 'exec "$0" -m mde calibrate "$1" --data "$2" --out "$3" >&-', sys.executable,
+                           str(tiny_export / "model.onnx"), str(synth_data), str(out)],
+                          stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 2 and "standard output is closed" in done.stderr and not out.exists(), done.stderr
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    result = cli("calibrate", tiny_export / "model.onnx", "--data", synth_data, "--out", tmp_path / "gone" / "q.onnx")
+    assert result.code == 2 and result.err == (f"mde: error: {tmp_path / 'gone' / 'q.onnx'}: --out would write under "
+                                               f"{tmp_path / 'gone'}, a link to nothing\n"), result.err
+    assert "read" not in result.err
