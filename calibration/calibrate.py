@@ -24,6 +24,7 @@ from mde.io import (
     atomic_path,
     check_can_write_beside,
     check_not_under_file,
+    is_utf8,
     require_file,
     resolved,
     written_in_place,
@@ -69,6 +70,8 @@ class CalibrationReport:
 
 
 def _check_config(cfg: CalibrationConfig) -> None:
+    from mde.calibration.quantize import external_data_files
+
     if cfg.target not in TARGETS:
         raise InputError(f"--target must be one of {', '.join(TARGETS)}, got {cfg.target!r}")
     if cfg.method not in METHODS:
@@ -84,8 +87,6 @@ def _check_config(cfg: CalibrationConfig) -> None:
         raise InputError(f"percentile must be in (0, 100], got {cfg.percentile}")
     if Path(cfg.out).suffix.lower() != ".onnx":  # as every reader takes it: UP.ONNX too
         raise InputError("expected an output file name ending in .onnx", cfg.out)
-    from mde.calibration.quantize import external_data_files
-
     inputs = {resolved(cfg.model)}  # the model, and the files beside it that hold its weights
     if Path(cfg.model).is_file() and Path(cfg.model).suffix.lower() == ".onnx":
         with contextlib.suppress(Exception):  # a model ONNX cannot read is refused by its own check, later
@@ -161,14 +162,6 @@ def load_source(path: Path) -> tuple[Any, ModelMetadata]:
     # ONNX Runtime opens no path that is not UTF-8 (weights kept beside the model are in `model` already)
     create_session(model.SerializeToString(), source=path, providers=["CPUExecutionProvider"], optimization="disable")
     return model, meta
-
-
-def _utf8(path: Path) -> bool:
-    try:
-        str(path).encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def name_nodes(model: Any) -> int:
@@ -326,7 +319,7 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
         pre_path, named = Path(tmp) / "pre.onnx", Path(tmp) / "named.onnx"
         # what the float fallback can tell apart: the named graph is quantized; and ONNX Runtime's pre-processing
         # opens no path that is not UTF-8 (it logged a traceback and skipped its optimization): a copy is given
-        if name_nodes(source) or not _utf8(cfg.model):
+        if name_nodes(source) or not is_utf8(cfg.model):
             onnx.save(source, str(named))
         qz.pre_process(named if named.exists() else cfg.model, pre_path, shown=cfg.model)
         pre = onnx.load(str(pre_path))

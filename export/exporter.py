@@ -38,6 +38,7 @@ from mde.io import (
     UNWRITABLE,
     check_can_write_beside,
     check_not_under_file,
+    is_utf8,
     no_empty_new_folder,
     parse_json,
     read_small_text,
@@ -67,11 +68,9 @@ def _check_out(cfg: ExportConfig, checkpoint_sha: str) -> Path:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise InputError("output exists and is not a directory", out)
-    try:
-        str(out.absolute()).encode("utf-8")
-    except UnicodeEncodeError:  # found now, not by the ONNX checker after the export (an internal error, exit 1)
+    if not is_utf8(out.absolute()):  # found now, not by the ONNX checker after the export (an internal error)
         raise InputError("the ONNX tools take a path as UTF-8 text only, and this one is not; choose another "
-                         "folder name", out) from None
+                         "folder name", out)
     check_outside_dataset(out, "the artifacts")
     if resolved(cfg.checkpoint) in {resolved(p) for p in folder_files(out)}:  # --force would replace what it reads
         raise InputError("the checkpoint is in --out under the name of a file export writes or removes; move it "

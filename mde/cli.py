@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import typer
 
 from mde import __version__
-from mde.errors import TRAIN_EXTRA, MdeError, one_line
+from mde.errors import STDOUT_CLOSED, TRAIN_EXTRA, MdeError, one_line
 from mde.io import UNWRITABLE
 
 COMMANDS = ("data", "train", "eval", "export", "calibrate", "parity", "predict", "bench", "info")
@@ -302,7 +302,7 @@ def _run(args: list[str]) -> None:
         _say_error(f"{empty}; give it a value (an unset shell variable?)")
         raise SystemExit(2)
     if sys.stdout is None and _state.get("command") in RESULTS_ON_STDOUT and not {"-h", "--help"} & set(args):
-        _say_error("standard output is closed; nothing takes the results (redirect it: > FILE, or > /dev/null)")
+        _say_error(STDOUT_CLOSED)
         raise SystemExit(2)
     try:
         code = app(args=args, prog_name="mde", standalone_mode=False)  # an exit code when a command exits early

@@ -19,7 +19,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from mde.errors import InputError, one_line
+from mde.errors import STDOUT_CLOSED, InputError, one_line
 
 T = TypeVar("T")
 
@@ -135,7 +135,7 @@ def stdout_console(width: int | None = None) -> Console:
     """A console for tables and results on stdout; text is printed as it is (no markup). A stdout closed at start
     (`>&-`) is refused: rich would print the table nowhere, and exit 0."""
     if sys.stdout is None:
-        raise InputError("standard output is closed; nothing takes the results (redirect it: > FILE, or > /dev/null)")
+        raise InputError(STDOUT_CLOSED)
     return _StdoutConsole(width=width, markup=False)
 
 

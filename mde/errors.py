@@ -34,6 +34,11 @@ def shown_path(path: str | Path) -> str:
     return one_line(str(path))
 
 
+# What a command whose results go to stdout says where stdout is closed (`>&-`): `mde.cli` before the work,
+# `mde.console.stdout_console` for those that print a table only with some options.
+STDOUT_CLOSED = "standard output is closed; nothing takes the results (redirect it: > FILE, or > /dev/null)"
+
+
 class MdeError(Exception):
     """A failure the user can act on. The CLI prints it as one line and exits `exit_code`."""
 

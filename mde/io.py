@@ -261,6 +261,16 @@ def json_float(value: Any) -> float | None:
         return None
 
 
+def is_utf8(path: str | Path) -> bool:
+    """Whether `path` is UTF-8 text: ONNX Runtime and the onnx tools take no other path (a name's bytes that are
+    not UTF-8 reach Python as lone surrogates)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def resolved(path: str | Path) -> Path:
     """`Path.resolve()`, with a symbolic-link loop an `InputError` naming the path (Python raises RuntimeError)."""
     try:

@@ -75,19 +75,14 @@ def artifact_labels(paths: Sequence[str | Path]) -> list[str]:
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
-def is_quantized(graph: Any) -> bool:
-    """True when an ONNX graph holds QuantizeLinear/DequantizeLinear nodes, or the integer kernels
-    (QLinear*, *Integer) that ONNX Runtime's quantizer writes in operator-oriented form."""
-    return any(n.op_type in QDQ_OPS or n.op_type.startswith("QLinear") or n.op_type.endswith("Integer")
-               for n in graph.node)
-
-
 def graph_precision(model: Any) -> str:
-    """What an ONNX model computes in, read from its graph: int8 (quantized, `is_quantized`), fp16 (float16
-    weights, as `mde export --precision fp16` writes), or fp32."""
+    """What an ONNX model computes in, read from its graph: int8 (QuantizeLinear/DequantizeLinear nodes, or the
+    integer kernels, QLinear* and *Integer, of ONNX Runtime's operator-oriented form), fp16 (float16 weights, as
+    `mde export --precision fp16` writes), or fp32."""
     from onnx import TensorProto
 
-    if is_quantized(model.graph):
+    if any(n.op_type in QDQ_OPS or n.op_type.startswith("QLinear") or n.op_type.endswith("Integer")
+           for n in model.graph.node):
         return "int8"
     if any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer):
         return "fp16"

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mde.errors import BackendError, InputError, MdeError, ModelError
+from mde.io import is_utf8
 from mde.printed import printed_by_this_thread
 from mde.runtime.backends import ort_providers as eps
 from mde.runtime.backends.base import Runner, TensorSpec, register_backend
@@ -156,12 +157,9 @@ def create_session(
     opts = session_options(ort, threads, inter_op_threads, optimization, optimized_model_path)
     options = {TRT_EP: tensorrt_provider_options(), CUDA_EP: cuda_provider_options(allow_tf32)}
     provider_args = [(p, options[p]) if p in options else p for p in wanted]
-    try:
-        if not isinstance(model, bytes):
-            str(model).encode("utf-8")
-    except UnicodeEncodeError:  # bytes no UTF-8 decodes: ONNX Runtime takes a path as UTF-8 text only
+    if not isinstance(model, bytes) and not is_utf8(model):  # ONNX Runtime takes a path as UTF-8 text only
         raise ModelError("ONNX Runtime cannot open a file whose path is not UTF-8 text; rename it (or the "
-                         "folder above it that is not)", source) from None
+                         "folder above it that is not)", source)
     try:
         with printed_by_this_thread() as printed:  # ORT prints "EP Error ... Falling back" on stdout
             session = ort.InferenceSession(
