@@ -139,6 +139,15 @@ def test_preprocessing_mismatch_is_caught(cli, tiny_checkpoint, tiny_export, syn
     assert rows["model.onnx"]["passed"]
 
 
+def test_info_warns_of_a_mislabelled_precision(cli, tiny_export, tmp_path):
+    """`mde info` shows the label parity gates by; one that the graph contradicts is said beside it."""
+    fake_int8 = _relabel(tiny_export / "model.onnx", tmp_path / "fake.int8.onnx", "int8")
+    doc = json.loads(cli("info", fake_int8, "--json").out)
+    assert doc["precision"] == "int8" and "the graph computes in fp32" in doc["precision_mismatch"]
+    assert "graph computes in fp32" in cli("info", fake_int8).out
+    assert json.loads(cli("info", tiny_export / "model.onnx", "--json").out)["precision_mismatch"] is None
+
+
 def test_another_models_export_fails_as_source(cli, tiny_checkpoint, tiny_export, synth_data, tmp_path):
     """An artifact records the model it was exported from: compared with another model (or another export's
     golden.npz) it fails by name, where loose INT8 tolerances could have passed two different models. The

@@ -14,7 +14,7 @@ from mde.commands.options import emit
 def artifact_info(path: Path) -> dict[str, Any]:
     """A JSON-able description of an `.onnx` or `.engine` artifact and of this machine's backends."""
     from mde.io import sha256_file
-    from mde.runtime.artifact import inspect_artifact
+    from mde.runtime.artifact import inspect_artifact, precision_mismatch
 
     desc = inspect_artifact(path)
     meta = desc["metadata"]
@@ -24,6 +24,8 @@ def artifact_info(path: Path) -> dict[str, Any]:
         "size_bytes": path.stat().st_size,
         "sha256": sha256_file(path),
         "precision": meta.precision,
+        # The label checked against the graph, as parity does: an FP32 graph labelled int8 is said so here too.
+        "precision_mismatch": precision_mismatch(path, meta.precision) or None,
         "target": (meta.calibration or {}).get("target"),  # INT8: the runtime it was calibrated for
         "metadata": meta.to_dict(),
         "inputs": [s.to_dict() for s in desc["inputs"]],
@@ -61,6 +63,7 @@ def print_info(info: dict[str, Any]) -> None:
     rows = [
         ("kind", info["kind"]),
         ("precision", info["precision"]),
+        *([("warning", f"precision: {info['precision_mismatch']}")] if info.get("precision_mismatch") else []),
         *([("target", info["target"])] if info.get("target") else []),
         ("backbone", f"{meta['backbone']} ({meta['parameters']:,} parameters)"),
         ("decoder", meta.get("decoder", "report")),
