@@ -246,8 +246,23 @@ def _refuse(message: str, source: str | Path) -> NoReturn:
 
 
 HALF_STEP = 0.5 / 255  # floats this far outside [0, 1] (resampling overshoot) still round into 0..255
-_guessed: set[str] = set()  # array sources ("image", "image 3") already warned about the 8-bit guess
-_dark: set[str] = set()  # array sources and files' folders (a camera's frames are alike) warned of dark 16-bit values
+# Array sources ("image", "image 3") and files' folders (a camera's frames, a dataset's split, are alike) already
+# warned of: a training run reads each file every epoch, and one warning per image would bury the log.
+_guessed: set[str] = set()  # ... of the 8-bit guess for integers that record no bit depth
+_dark: set[str] = set()  # ... of dark 16-bit values
+
+
+def _said_once(said: set[str], source: str | Path) -> bool:
+    """Whether `source` (its folder, for a file) has not been warned of yet into `said`; marks it as now warned."""
+    key = str(source.parent if isinstance(source, Path) else source)
+    if key in said:
+        return False
+    said.add(key)
+    return True
+
+
+def _once_for(source: str | Path) -> str:
+    return f" (said once for the images of {source.parent})" if isinstance(source, Path) else ""
 
 
 def _to_uint8(array: np.ndarray, source: str | Path, by_value: bool) -> np.ndarray:
@@ -279,19 +294,15 @@ def _to_uint8(array: np.ndarray, source: str | Path, by_value: bool) -> np.ndarr
         lo, hi = int(array.min()), int(array.max())
         if lo < 0 or hi > 65535:
             _refuse(f"integer image with values {lo} to {hi}; expected 8- or 16-bit values", source)
-        if hi <= 255:  # a guess: say so louder than the other conversions (once for an array source)
-            if isinstance(source, Path) or source not in _guessed:  # a file names itself each time
-                log.warning("%s: 8-bit values in a %d-bit image, read as 8-bit", source, bits)
-            if not isinstance(source, Path):
-                _guessed.add(source)
+        if hi <= 255:  # a guess: say so louder than the other conversions, once for a source or folder
+            if _said_once(_guessed, source):
+                log.warning("%s: 8-bit values in a %d-bit image, read as 8-bit%s", source, bits, _once_for(source))
             return array.astype(np.uint8)
-    said = str(source.parent if isinstance(source, Path) else source)  # a folder of frames: once, not per file
-    if int(array.max()) < DARK_16BIT and said not in _dark:
+    if int(array.max()) < DARK_16BIT and _said_once(_dark, source):
         # the dtype is trusted, but a 10- or 12-bit camera frame in uint16 would come out all but black
         log.warning("%s: a 16-bit image whose values stay below %d (10- or 12-bit?) is read as 16-bit and "
                     "comes out dark; scale it to 16 bits (or to uint8) first%s", source, DARK_16BIT,
-                    f" (said once for the images of {said})" if isinstance(source, Path) else "")
-        _dark.add(said)
+                    _once_for(source))
     log.info("%s: 16-bit image scaled to 8-bit", source)
     return (array.astype(np.uint16) >> 8).astype(np.uint8)
 

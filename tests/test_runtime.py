@@ -515,6 +515,22 @@ def test_read_rgb_reads_a_16bit_colour_png_by_its_values(tmp_path, caplog):
     np.testing.assert_array_equal(read_rgb(tmp_path / "v16.png"), (values16[:, :, :3] >> 8).astype(np.uint8))
 
 
+def test_the_8bit_guess_is_said_once_for_a_folder(tmp_path, caplog):
+    """A training run reads every image each epoch: the guess was said for each file, every time it was read."""
+    from PIL import Image
+
+    from mde.runtime.images import read_rgb
+
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.full((9, 12), 100, np.uint16)).save(tmp_path / name)  # 8-bit values in 16-bit grey
+    with caplog.at_level("WARNING", logger="mde.runtime.images"):
+        for _ in range(2):
+            for name in ("a.png", "b.png"):
+                assert read_rgb(tmp_path / name).max() == 100
+    assert caplog.text.count("8-bit values in a 16-bit image") == 1, caplog.text
+    assert f"(said once for the images of {tmp_path})" in caplog.text
+
+
 def test_a_palette_image_with_transparency_is_read_without_pillow_s_warning(tmp_path):
     """Pillow's two-line UserWarning ("Palette images with Transparency ...") reached the terminal."""
     from PIL import Image
