@@ -490,6 +490,15 @@ def test_trained_model_evaluates_like_the_run(tiny_run, synth_data):
     assert metrics["images"] == 8
 
 
+def test_python_m_mde_train_takes_mde_s_own_options_anywhere(tmp_path):
+    """`python -m mde.train --verbose ...` (torchrun's form) was refused with "given before the command: mde
+    --verbose train ...", a form `-m mde.train` cannot take; the internal-error line advises --verbose."""
+    done = subprocess.run([sys.executable, "-m", "mde.train", "--data", str(tmp_path / "none"), "--verbose",
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" in done.stderr and done.stderr.endswith(f"mde: error: {tmp_path / 'none'}: dataset not found\n")
+
+
 # -- resume after SIGKILL -----------------------------------------------------------------------
 def _train_cmd(data: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "mde.train", "--data", str(data), "--out", str(out), *TINY,
