@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -27,6 +26,7 @@ from mde.io import (
     is_utf8,
     require_file,
     resolved,
+    temp_scratch,
     written_in_place,
 )
 from mde.runtime.backends.onnxruntime import create_session
@@ -313,10 +313,11 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
     if data_range is not None:
         check_depth_units(dataset, data_range)  # the accuracy check's ground truth
     size = tuple(meta.input_size)
-    with tempfile.TemporaryDirectory(prefix="mde-calibrate-") as tmp, _progress(cfg.progress) as progress:
+    # ONNX Runtime's own temporary folders within ours, so that a Ctrl-C anywhere leaves none of them behind
+    with temp_scratch("mde-calibrate-") as tmp, _progress(cfg.progress) as progress:
         # first: a bad file among them is found before the calibration pass
         holdout = _read(dataset, hold_idx, lambda frame: frame, progress, "read held-out")
-        pre_path, named = Path(tmp) / "pre.onnx", Path(tmp) / "named.onnx"
+        pre_path, named = tmp / "pre.onnx", tmp / "named.onnx"
         # what the float fallback can tell apart: the named graph is quantized; and ONNX Runtime's pre-processing
         # opens no path that is not UTF-8 (it logged a traceback and skipped its optimization): a copy is given
         if name_nodes(source) or not is_utf8(cfg.model):

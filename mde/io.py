@@ -386,6 +386,22 @@ def scratch_folder(parent: str | Path, prefix: str) -> Iterator[Path]:
             shutil.rmtree(path, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def temp_scratch(prefix: str) -> Iterator[Path]:
+    """A `scratch_folder` in the system's temporary folder that, for the block, also holds what libraries make
+    through `tempfile` (ONNX Runtime's quantization makes its own folders there, and a Ctrl-C between its making
+    one and entering its `with` left that behind): all of it goes when the block ends. The folders a SIGKILL left
+    of earlier runs go first. `tempfile`'s default folder is the process's: for a command's own thread."""
+    parent = tempfile.gettempdir()
+    remove_stale_scratch(parent, prefix)
+    with scratch_folder(parent, prefix) as folder:
+        saved, tempfile.tempdir = tempfile.tempdir, str(folder)
+        try:
+            yield folder
+        finally:
+            tempfile.tempdir = saved
+
+
 def remove_stale_scratch(parent: str | Path, prefix: str) -> None:
     """Remove `scratch_folder`s in `parent` whose process is gone (killed with SIGKILL, it removed nothing):
     folders named exactly as `scratch_folder` names them, of a process id no process of this machine has."""

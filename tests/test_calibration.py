@@ -750,3 +750,31 @@ def test_a_closed_stdout_or_a_dangling_folder_is_refused_before_the_calibration(
     assert result.code == 2 and result.err == (f"mde: error: {tmp_path / 'gone' / 'q.onnx'}: --out would write under "
                                                f"{tmp_path / 'gone'}, a link to nothing\n"), result.err
     assert "read" not in result.err
+
+
+def test_a_ctrl_c_inside_onnxruntime_leaves_no_temporary_folder(tiny_export, synth_data, tmp_path, monkeypatch):
+    """ONNX Runtime's pre-processing makes its own folder under the system's temporary one: a Ctrl-C between
+    its making it and entering its `with` left it there (3 in 20 tries). Now it lies within calibrate's own."""
+    import tempfile
+
+    from onnxruntime.quantization import shape_inference
+
+    from mde.calibration.calibrate import calibrate
+    from mde.calibration.config import CalibrationConfig
+
+    system_temp = tmp_path / "tmp"
+    system_temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_temp))
+    made = []
+
+    def stopped_after_mkdtemp(*args, **kwargs):
+        made.append(Path(tempfile.mkdtemp(prefix="pre.quant.")))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shape_inference, "quant_pre_process", stopped_after_mkdtemp)
+    with pytest.raises(KeyboardInterrupt):
+        calibrate(CalibrationConfig(model=tiny_export / "model.onnx", data=synth_data, out=tmp_path / "q.onnx",
+                                    num_images=8, holdout_images=4, allow_few=True, progress=False))
+    assert made and not made[0].exists()
+    assert list(system_temp.iterdir()) == [] and tempfile.tempdir == str(system_temp)
+    assert not (tmp_path / "q.onnx").exists()
