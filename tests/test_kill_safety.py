@@ -95,8 +95,10 @@ def test_calibrate_killed_at_random_moments(tmp_path, tiny_export, synth_data):
         else:
             assert not existed, "the previous INT8 model vanished after a kill"
     assert landed >= 1, "no kill landed while calibrate was working"
-    assert _kill_after(argv, 120)[0] == 0
+    assert _kill_after(argv, 120, env={"TMPDIR": str(scratch)})[0] == 0
     assert _complete_onnx(out)
+    # what the kills left the last run removed, ONNX Runtime's folders too (the per-user lock folder stays)
+    assert [p.name for p in scratch.iterdir() if not p.name.startswith("mde-locks-")] == []
 
 
 @pytest.mark.slow
