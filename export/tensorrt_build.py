@@ -220,17 +220,20 @@ def _build(trt: Any, onnx_path: Path, cfg: BuildConfig, shapes: dict[str, list[l
     for name, (lo, opt, hi) in shapes.items():
         try:
             profile.set_shape(name, lo, opt, hi)
-        except (ValueError, TypeError) as err:  # TensorRT's own check of min <= opt <= max
+        except (RuntimeError, ValueError, TypeError) as err:  # TensorRT's own check of min <= opt <= max
+            # (the bindings raise RuntimeError: "Shape provided for min is inconsistent with other shapes.")
             raise InputError(f"TensorRT refused the profile of {name!r} (min {lo}, opt {opt}, max {hi}): {err}",
                              onnx_path) from None
     if config.add_optimization_profile(profile) < 0:
         raise InputError(f"TensorRT refused the optimization profile {shapes}", onnx_path)
     attach_timing_cache(config, cache_path)
 
-    serialized = builder.build_serialized_network(network, config)
+    try:
+        serialized = builder.build_serialized_network(network, config)
+    finally:  # the tactics timed so far, even of a failed or stopped build: the next try starts from them
+        save_timing_cache(config, cache_path)
     if serialized is None:
         raise CheckFailed("TensorRT failed to build the engine (see the TensorRT log above)", onnx_path)
-    save_timing_cache(config, cache_path)
     return serialized
 
 

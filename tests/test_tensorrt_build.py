@@ -165,9 +165,22 @@ def test_failed_build_writes_nothing(fake_trt, tiny_export, tmp_path):
         build_engine(
             tiny_export / "model.onnx",
             tmp_path / "model.engine",
-            BuildConfig(input_size=(64, 64), timing_cache=tmp_path / "c"),
+            BuildConfig(input_size=(64, 64), timing_cache=tmp_path / "cache" / "c"),
         )
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["cache"]  # no engine, no sidecar
+    # the tactics it timed are kept: a retry (the GPU check's, after its time ran out) starts from them
+    assert [p.read_bytes()[:6] for p in (tmp_path / "cache").iterdir()] == [b"CACHE<"]
+
+
+def test_a_profile_tensorrt_refuses_is_one_line(fake_trt, tiny_export, tmp_path):
+    """The bindings' set_shape raises RuntimeError on min > opt (a caller's BuildConfig: the CLI checks its own)."""
+    from mde.export.tensorrt_build import build_engine
+
+    fake_trt()
+    with pytest.raises(InputError, match=r"TensorRT refused the profile of 'image' \(min \[4, 3, 64, 64\], opt "):
+        build_engine(tiny_export / "model.onnx", tmp_path / "model.engine",
+                     _cfg(tmp_path, min_batch=4, opt_batch=1, max_batch=8))
+    assert not (tmp_path / "model.engine").exists()
 
 
 def test_engine_is_built_on_gpu_0_and_the_callers_device_is_restored(fake_trt, tiny_export, tmp_path, monkeypatch):

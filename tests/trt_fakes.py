@@ -87,6 +87,8 @@ def fake_tensorrt(
     class IOptimizationProfile:
         def set_shape(self, input, min, opt, max):  # noqa: A002 - the real parameter names
             rec.calls.append(("set_shape", input, list(min), list(opt), list(max)))
+            if not all(lo <= mid <= hi for lo, mid, hi in zip(min, opt, max)):  # the bindings' PY_ASSERT_RUNTIME_ERROR
+                raise RuntimeError("Shape provided for min is inconsistent with other shapes.")
 
     class IBuilderConfig:
         def __init__(self):
