@@ -2,8 +2,9 @@
 
     python benchmarks/gpu_check.py --out DIR [--device cuda|cpu] [--ort-path DIR] [--budget S] [--only NAME...]
 
-Sections, in order (gpu_check_sections.py), each with a time budget (`PROFILES`); an exception or a
-spent budget in one is recorded with its one-line reason and the others still run:
+Sections, in order (gpu_check_sections.py), each with a time budget (`PROFILES`; the last one run takes
+all that is left); an exception or a spent budget in one is recorded with its one-line reason and the
+others still run:
   environment      GPU, driver-side versions, which of PyTorch CUDA / onnxruntime-gpu / TensorRT are here
   tests            `pytest tests -m "gpu or tensorrt"` (tests/test_cuda.py and every CUDA-only test) in a subprocess
   model            `mde data synth` images and a random-weight checkpoint (BatchNorm statistics from those images)
@@ -42,6 +43,7 @@ from gpu_check_sections import (
     RUNNERS,
     SECTIONS,
     Check,
+    Profile,
     SectionTimeout,
     Skip,
     one_line,
@@ -156,6 +158,16 @@ def write_reports(ck: Check, report: dict[str, Any]) -> None:
     write_bytes_atomic(ck.out / FILES["markdown"], render(report).encode())
 
 
+def section_budget(profile: Profile, name: str, selected: set[str], total_s: float, remaining: float) -> float:
+    """`name`'s seconds: its own budget (scaled up with a --budget above the default), or, for the last selected
+    section, all that is left: TensorRT's cold builds come last and take what the others did not spend (the
+    builder holds no GIL, so a section stopped by its alarm loses the engine it had just built)."""
+    if name == [n for n in SECTIONS if n in selected][-1]:
+        return remaining
+    scale = max(total_s / profile.total_s, 1.0)  # --budget above the default gives every section more
+    return min(profile.budgets[name] * scale, remaining)
+
+
 def check(ck: Check, selected: set[str], total_s: float, argv: list[str]) -> int:
     """Run the selected sections, rewriting the reports after each; return the exit code."""
     deadline = time.monotonic() + total_s
@@ -174,9 +186,8 @@ def check(ck: Check, selected: set[str], total_s: float, argv: list[str]) -> int
             if why:
                 results[name] = {"status": "skipped", "reason": why, "seconds": 0.0}
             else:
-                scale = total_s / ck.profile.total_s  # --budget above the default gives every section more
                 section_started, ck.partial = time.perf_counter(), {}
-                results[name] = run_section(ck, name, min(ck.profile.budgets[name] * max(scale, 1.0), remaining))
+                results[name] = run_section(ck, name, section_budget(ck.profile, name, selected, total_s, remaining))
             r = results[name]
             print(f"gpu_check: {name:16s} {r['status']:8s} {r['seconds']:6.1f} s  {r['reason']}", flush=True)
             report.update(summarize(ck, results), total_s=round(time.perf_counter() - started, 1))

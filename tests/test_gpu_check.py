@@ -178,6 +178,9 @@ def test_only_runs_the_sections_it_needs(gpu_check, monkeypatch, tmp_path, capsy
     assert report["sections"]["tensorrt"] == {"status": "skipped", "reason": "TensorRT is not installed (fake)",
                                               "seconds": 0.0, "budget_s": report["sections"]["tensorrt"]["budget_s"]}
     assert report["skipped"]["tensorrt"] == "TensorRT is not installed (fake)" and report["exit_code"] == 0
+    # each section has its own budget but the last, which takes what is left: TensorRT's cold builds
+    assert report["sections"]["onnxruntime"]["budget_s"] == gs.PROFILES["cpu"].budgets["onnxruntime"]
+    assert report["sections"]["tensorrt"]["budget_s"] > gs.PROFILES["cpu"].total_s - 30
     assert "skipped tensorrt: TensorRT is not installed (fake)" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu_check.json", "gpu_check.md"]
 
