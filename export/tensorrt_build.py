@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,8 @@ class BuildConfig:
         max_size: largest H and W (multiple of 32) with dynamic_size.
         workspace_mib: the WORKSPACE memory-pool limit.
         timing_cache: timing cache file, read before and written after every build; the TensorRT
-            version and compute capability are added to its name (`timing_cache_file`), so caches of
-            different GPUs and TensorRT versions never mix.
+            version, compute capability and GPU model are added to its name (`timing_cache_file`), so caches
+            of different GPUs and TensorRT versions never mix.
     """
 
     precision: str = "fp32"
@@ -138,13 +139,17 @@ def parse_onnx(trt: Any, network: Any, logger: Any, onnx_path: Path) -> None:
     )
 
 
-def timing_cache_file(base: Path, trt_version: str, cc: str) -> Path:
-    """`base` with the TensorRT version and compute capability in its name.
+def timing_cache_file(base: Path, trt_version: str, cc: str, gpu_name: str = "") -> Path:
+    """`base` with the TensorRT version, compute capability and GPU model in its name: TensorRT rejects a cache
+    of another device (an H100's on an H200, both sm_90), and two such GPUs sharing a home folder would each
+    reject and replace the other's at every build.
 
-    `~/.cache/mde/tensorrt-timing.cache` -> `~/.cache/mde/tensorrt-timing-11.4.0.106-sm90.cache`.
+    `~/.cache/mde/tensorrt-timing.cache` -> `~/.cache/mde/tensorrt-timing-11.4.0.106-sm90-NVIDIA-H100.cache`.
     """
     base = Path(base).expanduser()
-    return base.with_name(f"{base.stem}-{trt_version}-sm{cc.replace('.', '')}{base.suffix}")
+    model = re.sub(r"[^A-Za-z0-9.]+", "-", gpu_name).strip("-.")
+    return base.with_name(f"{base.stem}-{trt_version}-sm{cc.replace('.', '')}{'-' + model if model else ''}"
+                          f"{base.suffix}")
 
 
 def attach_timing_cache(config: Any, path: Path) -> None:
@@ -252,7 +257,7 @@ def build_engine(onnx_path: Path, engine_path: Path, cfg: BuildConfig) -> dict[s
     shapes = cfg.profile()
     # the builder builds on this thread's current device: make it the one the sidecar describes
     with on_device(import_cudart(), BUILD_DEVICE):
-        serialized = _build(trt, onnx_path, cfg, shapes, timing_cache_file(cfg.timing_cache, trt_version, cc))
+        serialized = _build(trt, onnx_path, cfg, shapes, timing_cache_file(cfg.timing_cache, trt_version, cc, gpu_name))
     write_bytes_atomic(engine_path, bytes(serialized))
 
     sidecar = {

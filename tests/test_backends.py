@@ -213,6 +213,15 @@ def test_check_sidecar_accepts_same_version_and_arch():
     check_sidecar(_sidecar("11.0.1.5", "9.0"), "11.0.1", "9.0")  # build number not significant
 
 
+def test_check_sidecar_warns_of_another_gpu_of_the_same_architecture(caplog):
+    """An sm_90 engine built on an H100 loads on an H200 (TensorRT only warns, in its own log): said in mde's."""
+    with caplog.at_level("WARNING", logger="mde.runtime.backends.tensorrt"):
+        check_sidecar(_sidecar(), "11.0.1.5", "9.0", gpu_name="NVIDIA H100 80GB HBM3", source="m.engine")
+        assert caplog.text == ""
+        check_sidecar(_sidecar(), "11.0.1.5", "9.0", gpu_name="NVIDIA H200", source="m.engine")
+    assert "m.engine: engine built on NVIDIA H100 80GB HBM3, running on NVIDIA H200 (both sm_90)" in caplog.text
+
+
 def test_check_sidecar_tells_prereleases_apart():
     with pytest.raises(BackendError, match=r"TensorRT 11\.0rc1 for sm_90.*this machine has TensorRT 11\.1rc1"):
         check_sidecar(_sidecar("11.0rc1", "9.0"), "11.1rc1", "9.0")

@@ -85,7 +85,7 @@ def test_timing_cache_is_keyed_by_version_and_gpu_and_checked(fake_trt, tiny_exp
 
     rec = fake_trt()
     build_engine(tiny_export / "model.onnx", tmp_path / "model.engine", _cfg(tmp_path))
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["timing-11.4.0.106-sm90.cache"]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["timing-11.4.0.106-sm90-Fake-GPU.cache"]
     assert ("set_timing_cache", b"", False) in rec.calls  # the mismatch check stays on
     assert not any(call[0] == "set_timing_cache" and call[2] for call in rec.calls)
 
@@ -96,14 +96,26 @@ def test_timing_cache_is_keyed_by_version_and_gpu_and_checked(fake_trt, tiny_exp
     # another TensorRT version reads and writes its own file
     fake_trt(version="11.5.0.1")
     build_engine(tiny_export / "model.onnx", tmp_path / "model.engine", _cfg(tmp_path))
-    assert (tmp_path / "cache" / "timing-11.5.0.1-sm90.cache").read_bytes() == b"CACHE<>"
+    assert (tmp_path / "cache" / "timing-11.5.0.1-sm90-Fake-GPU.cache").read_bytes() == b"CACHE<>"
+
+
+def test_timing_cache_file_names_the_gpu_model():
+    """TensorRT rejects another device's cache, of the same architecture too: an H100 and an H200 sharing a home
+    folder each replaced the other's at every build."""
+    from mde.export.tensorrt_build import timing_cache_file
+
+    base = Path("/c/tensorrt-timing.cache")
+    h100, h200 = (timing_cache_file(base, "11.4.0.106", "9.0", name) for name in ("NVIDIA H100 80GB HBM3", "NVIDIA H200"))
+    assert h100.name == "tensorrt-timing-11.4.0.106-sm90-NVIDIA-H100-80GB-HBM3.cache" and h100 != h200
+    assert timing_cache_file(base, "10.3.0", "8.7", "Orin (nvgpu)/").name == "tensorrt-timing-10.3.0-sm87-Orin-nvgpu.cache"
+    assert timing_cache_file(base, "10.3.0", "8.7").name == "tensorrt-timing-10.3.0-sm87.cache"
 
 
 def test_rejected_timing_cache_starts_empty_and_says_so(fake_trt, tiny_export, tmp_path, caplog):
     from mde.export.tensorrt_build import build_engine
 
     rec = fake_trt()
-    stored = tmp_path / "cache" / "timing-11.4.0.106-sm90.cache"
+    stored = tmp_path / "cache" / "timing-11.4.0.106-sm90-Fake-GPU.cache"
     stored.parent.mkdir()
     stored.write_bytes(FOREIGN_CACHE)
     with caplog.at_level(logging.WARNING, logger="mde"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -16,6 +17,8 @@ from mde.errors import BackendError, InputError, ModelError
 from mde.io import parse_json, read_small_text
 from mde.runtime.backends.base import Runner, TensorSpec, providers_refused, register_backend
 from mde.runtime.metadata import ModelMetadata, sidecar_path
+
+log = logging.getLogger(__name__)
 
 INSTALL_HINT = ("in the mde checkout: pip install -e '.[tensorrt]' (beside PyPI's CUDA 13 PyTorch: "
                 "'.[tensorrt-cu13]'; on a Jetson: JetPack's own TensorRT, see the README)")
@@ -163,6 +166,10 @@ def check_sidecar(
     # Engines are tied to TensorRT's major.minor.patch ("11.0.1.5" -> "11.0.1", compared as written, so
     # "11.0rc1" and "11.1rc1" differ) and to the GPU architecture.
     if built_version.split(".")[:3] == str(installed_version).split(".")[:3] and built_cc == str(compute_capability):
+        if gpu_name and sidecar.get("gpu_name") and sidecar["gpu_name"] != gpu_name:  # an H100's engine on an H200
+            log.warning("%s: engine built on %s, running on %s (both %s): TensorRT runs it, with tactics timed on "
+                        "the other GPU; rebuild it here (`mde export --engine`) for this one's best speed",
+                        source, built_gpu, gpu_name, sm(built_cc))
         return
     raise BackendError(
         f"engine built with TensorRT {built_version} for {sm(built_cc)} ({built_gpu}); "
