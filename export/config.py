@@ -30,7 +30,9 @@ MAX_WORKSPACE_MIB = 1 << 20  # --workspace-mib: 1 TiB, past any GPU's memory (Te
 
 
 def _default_timing_cache() -> Path:
-    return Path.home() / ".cache" / "mde" / "tensorrt-timing.cache"
+    from mde.io import user_cache_dir
+
+    return user_cache_dir() / "tensorrt-timing.cache"
 
 
 @dataclass

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from mde.errors import BackendError, CheckFailed, InputError, ModelError
+from mde.io import user_cache_dir
 from mde.runtime.metadata import INPUT_NAME, sidecar_path
 
 BUILD_DEVICE = 0  # engines are built on CUDA GPU 0, the one the sidecar describes
@@ -65,9 +66,7 @@ class BuildConfig:
     min_size: int = 32
     max_size: int = 1024
     workspace_mib: int = 4096
-    timing_cache: Path = field(
-        default_factory=lambda: Path.home() / ".cache" / "mde" / "tensorrt-timing.cache"
-    )
+    timing_cache: Path = field(default_factory=lambda: user_cache_dir() / "tensorrt-timing.cache")
 
     def profile(self) -> dict[str, list[list[int]]]:
         """{input name: [min, opt, max] shapes}."""

@@ -64,6 +64,28 @@ def written_in_place(path: str | Path) -> bool:
     return True
 
 
+def user_cache_dir() -> Path:
+    """mde's cache folder, `~/.cache/mde` (TensorRT timing caches, ONNX Runtime's TensorRT engines). A process
+    with no home (HOME unset and a user id without a passwd entry: `env -i`, some containers) gets one of its
+    own under the system's temporary folder, so that a robot running the ONNX on its CPU needs none."""
+    try:
+        home = Path.home()
+    except (RuntimeError, KeyError):  # "Could not determine home directory."
+        home = Path()
+    if home.is_absolute():  # HOME="" reads as the current folder
+        return home / ".cache" / "mde"
+    uid = os.getuid() if hasattr(os, "getuid") else -1
+    shared = Path(tempfile.gettempdir()) / f"mde-cache-{uid}"
+    try:
+        info = shared.lstat()
+    except OSError:
+        return shared
+    if stat.S_ISDIR(info.st_mode) and info.st_uid == uid:
+        return shared
+    # another user's (or a link): its engines are not to be loaded; this process's own, unshared
+    return shared.with_name(f"{shared.name}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
 def is_stdout(path: str | Path) -> bool:
     """Whether `path` is where this process's stdout goes (/dev/stdout, /dev/fd/1, the file or terminal it was
     redirected to): a command that writes a file there prints nothing else on stdout."""

@@ -793,3 +793,51 @@ def test_dark_16_bit_files_are_said_once_per_folder(tmp_path, caplog):
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warned) == 1 and warned[0].startswith(f"{frames / '0.png'}: a 16-bit image whose values stay below")
     assert warned[0].endswith(f"(said once for the images of {frames})") and len(images._dark) == before + 1
+
+
+def test_a_process_with_no_home_runs_the_onnx_and_the_cli(tiny_export, tmp_path):
+    """HOME unset and a user id with no passwd entry (`env -i`, some containers): `Path.home()` at import raised
+    "Could not determine home directory", a traceback before `DepthEstimator.open` or even `mde --help`."""
+    import os
+
+    script = textwrap.dedent(f"""
+        import pwd, sys
+        def no_entry(uid):
+            raise KeyError(uid)
+        pwd.getpwuid = no_entry
+        import numpy as np
+        from mde.runtime import DepthEstimator
+        from mde.io import user_cache_dir
+        with DepthEstimator.open({str(tiny_export / "model.onnx")!r}) as est:
+            assert est.predict(np.zeros((40, 50, 3), np.uint8)).shape == (40, 50)
+        print(user_cache_dir())
+        from mde.cli import main
+        main(["--help"])
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "HOME"}
+    done = subprocess.run([sys.executable, "-c", script], env={**env, "TMPDIR": str(tmp_path)}, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stdout.startswith(str(tmp_path / "mde-cache-")) and "Usage: mde" in done.stdout
+
+
+def test_with_no_home_the_cache_folder_is_never_another_users(tmp_path, monkeypatch):
+    import os
+    import tempfile
+
+    from mde.io import user_cache_dir
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    shared = tmp_path / f"mde-cache-{os.getuid()}"
+    assert user_cache_dir() == shared
+    shared.mkdir()
+    assert user_cache_dir() == shared  # its own, made earlier
+    shared.rmdir()
+    (tmp_path / "elsewhere").mkdir()
+    shared.symlink_to(tmp_path / "elsewhere")  # planted: engines loaded from there would be another's
+    mine = user_cache_dir()
+    assert mine.parent == tmp_path and mine.name.startswith(f"{shared.name}-") and not mine.exists()

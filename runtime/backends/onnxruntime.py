@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from mde.errors import BackendError, InputError, MdeError, ModelError
-from mde.io import is_utf8
+from mde.io import is_utf8, user_cache_dir
 from mde.printed import printed_by_this_thread
 from mde.runtime.backends import ort_providers as eps
 from mde.runtime.backends.base import Runner, TensorSpec, register_backend
@@ -38,8 +38,6 @@ from mde.runtime.metadata import ModelMetadata
 log = logging.getLogger(__name__)
 ORT_ERROR, ORT_FATAL = 3, 4  # ONNX Runtime's log severities
 
-CACHE_DIR = Path.home() / ".cache" / "mde"
-
 ORT_DTYPES = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
@@ -52,9 +50,10 @@ ORT_DTYPES = {
 }
 
 
-def tensorrt_provider_options(cache_dir: Path = CACHE_DIR / "ort-tensorrt") -> dict[str, str]:
-    """TensorRT EP options: engine and timing caches on disk, so a session start does not rebuild engines."""
-    path = str(cache_dir.expanduser())
+def tensorrt_provider_options(cache_dir: Path | None = None) -> dict[str, str]:
+    """TensorRT EP options: engine and timing caches on disk (by default in mde's `user_cache_dir`), so a session
+    start does not rebuild engines."""
+    path = str((cache_dir or user_cache_dir() / "ort-tensorrt").expanduser())
     return {
         "trt_engine_cache_enable": "True",
         "trt_engine_cache_path": path,
