@@ -19,15 +19,22 @@ from pathlib import Path
 
 import numpy as np
 
-from mde.errors import InputError, MdeError
+from mde.errors import STDOUT_CLOSED, DataError, InputError, MdeError, one_line
 from mde.runtime import DepthEstimator, read_rgb
 from mde.runtime.images import list_images
 
 
-def frames(folder: Path) -> Iterator[tuple[str, np.ndarray]]:
-    """Stand-in for a camera: the images of a folder, in name order."""
+def frames(folder: Path, dropped: list[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """Stand-in for a camera: the images of a folder, in name order. A file that cannot be read is dropped, as a
+    camera driver drops a damaged frame: said on stderr and added to `dropped`, and the loop goes on."""
     for path in list_images(folder):
-        yield path.name, read_rgb(path, upright=True)  # as a viewer shows it (a phone's EXIF-turned JPEG)
+        try:
+            rgb = read_rgb(path, upright=True)  # as a viewer shows it (a phone's EXIF-turned JPEG)
+        except DataError as err:
+            print(f"robot_loop: dropped: {err}", file=sys.stderr)
+            dropped.append(path.name)
+            continue
+        yield path.name, rgb
 
 
 def field_of_view(text: str) -> float:
@@ -58,11 +65,14 @@ def main() -> None:
         parser.error(f"{opts.frames}: not a folder of images")
     if not list_images(opts.frames):
         parser.error(f"{opts.frames}: folder has no images")
+    if sys.stdout is None:  # `>&-`: every frame's line would be lost, and the run with it
+        parser.error(STDOUT_CLOSED)
     latencies: list[float] = []
+    dropped: list[str] = []
     try:
         try:
-            run(opts.model, opts.frames, opts.fov, opts.backend, latencies)
-        except MdeError as err:  # a bad model or image: one line and its exit code, as the mde commands do
+            run(opts.model, opts.frames, opts.fov, opts.backend, latencies, dropped)
+        except MdeError as err:  # a bad model: one line and its exit code, as the mde commands do
             print(f"robot_loop: error: {err}", file=sys.stderr)
             raise SystemExit(err.exit_code) from None
         except KeyboardInterrupt:  # how a camera loop ends: the figures so far, then 130 as a shell expects
@@ -74,16 +84,24 @@ def main() -> None:
     except BrokenPipeError:  # the reader left (`| head`): stop quietly, with nothing more to write there
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(1) from None
+    except OSError as err:  # stdout on a full disk, or /dev/full: nothing more can be written there
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"robot_loop: error: cannot write to standard output ({err.strerror or err})", file=sys.stderr)
+        raise SystemExit(2) from None
+    if dropped:  # as `mde predict` ends when some of its images failed
+        print(f"robot_loop: {len(dropped)} of {len(dropped) + len(latencies)} frames dropped", file=sys.stderr)
+        raise SystemExit(1)
 
 
-def run(model: Path, folder: Path, fov: float, backend: str, latencies: list[float]) -> None:
-    """Predict every frame and back-project it; each frame's milliseconds are appended to `latencies`."""
+def run(model: Path, folder: Path, fov: float, backend: str, latencies: list[float], dropped: list[str]) -> None:
+    """Predict every frame and back-project it; each frame's milliseconds are appended to `latencies`, the names of
+    frames that could not be read to `dropped`."""
     with DepthEstimator.open(model, backend=backend) as estimator:
         if estimator.backend == "golden":
             raise InputError("golden.npz replays the outputs saved for its own images, not a camera's; give the "
                              "ONNX model or the engine next to it", model)
-        print(f"{model.name}: backend {estimator.backend}, precision {estimator.metadata.precision}")
-        for name, rgb in frames(folder):
+        print(f"{one_line(model.name)}: backend {estimator.backend}, precision {estimator.metadata.precision}")
+        for name, rgb in frames(folder, dropped):
             h, w = rgb.shape[:2]
             fx = fy = 0.5 * w / math.tan(math.radians(fov) / 2)        # pinhole intrinsics
             start = time.perf_counter()
@@ -91,7 +109,8 @@ def run(model: Path, folder: Path, fov: float, backend: str, latencies: list[flo
             points = estimator.to_points(depth, fx, fy, (w - 1) / 2, (h - 1) / 2)
             latencies.append((time.perf_counter() - start) * 1e3)
             nearest = float(np.min(points[:, 2])) if len(points) else float("nan")
-            print(f"{name}: {latencies[-1]:6.1f} ms  {len(points)} points  nearest {nearest:.2f} m")
+            # a file's name, escaped: a byte that is not UTF-8 or a newline in it would break the line (or the print)
+            print(f"{one_line(name)}: {latencies[-1]:6.1f} ms  {len(points)} points  nearest {nearest:.2f} m")
 
 
 def summary(latencies: list[float]) -> None:

@@ -7,6 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "robot_loop.py"
 
 
@@ -99,3 +101,40 @@ def test_robot_loop_to_a_reader_gone_before_it_writes_stops_quietly(tiny_export,
     finally:
         os.close(write_end)
     assert proc.returncode == 1 and proc.stderr == "", proc.stderr
+
+
+def test_robot_loop_drops_a_damaged_frame_and_goes_on(tiny_export, synth_data, tmp_path):
+    """One truncated file stopped the whole loop (a camera drops such a frame); a name that is not UTF-8 ended
+    in a UnicodeEncodeError traceback under a strict UTF-8 stdout."""
+    import os
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    first = sorted((synth_data / "val" / "rgb").iterdir())[0]
+    (frames / "a.png").write_bytes(first.read_bytes())
+    (frames / "b.png").write_bytes(first.read_bytes()[:100])
+    (frames / os.fsdecode(b"caf\xe9.png")).write_bytes(first.read_bytes())
+    proc = subprocess.run([sys.executable, str(EXAMPLE), str(tiny_export / "model.onnx"), str(frames)],
+                          capture_output=True, timeout=120, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    out, err = proc.stdout.decode(), proc.stderr.decode()
+    assert proc.returncode == 1, err
+    assert err.splitlines() == [f"robot_loop: dropped: {frames / 'b.png'}: truncated or corrupt image (image file is "
+                                "truncated)", "robot_loop: 1 of 3 frames dropped"], err
+    assert out.splitlines()[1].startswith("a.png: ") and out.splitlines()[2].startswith("caf\\xe9.png: ")
+    assert out.splitlines()[-1].startswith("2 frames: median ")
+
+
+@pytest.mark.parametrize("redirect, says", [
+    ("closed", "robot_loop: error: standard output is closed;"),
+    ("/dev/full", "robot_loop: error: cannot write to standard output (No space left on device)"),
+])
+def test_robot_loop_with_nowhere_to_write_is_one_line_exit_2(tiny_export, synth_data, redirect, says):
+    import os
+
+    if redirect == "/dev/full" and not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    argv = [sys.executable, str(EXAMPLE), str(tiny_export / "model.onnx"), str(synth_data / "val" / "rgb")]
+    with open(os.devnull if redirect == "closed" else redirect, "w") as sink:
+        proc = subprocess.run(argv, stdout=sink, stderr=subprocess.PIPE, text=True, timeout=120,
+                              **({"preexec_fn": lambda: os.close(1)} if redirect == "closed" else {}))
+    assert proc.returncode == 2 and proc.stderr.startswith(says) and proc.stderr.count("\n") == 1, proc.stderr
