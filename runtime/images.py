@@ -252,9 +252,14 @@ _guessed: set[str] = set()  # ... of the 8-bit guess for integers that record no
 _dark: set[str] = set()  # ... of dark 16-bit values
 
 
+def _is_file(source: str | Path) -> bool:
+    """Whether `source` names a file (not an array, nor the encoded bytes `read_rgb` names ENCODED_NAME)."""
+    return isinstance(source, Path) and str(source) != ENCODED_NAME
+
+
 def _said_once(said: set[str], source: str | Path) -> bool:
     """Whether `source` (its folder, for a file) has not been warned of yet into `said`; marks it as now warned."""
-    key = str(source.parent if isinstance(source, Path) else source)
+    key = str(source.parent) if _is_file(source) else f"<{source}>"  # a folder named "image" is not an array
     if key in said:
         return False
     said.add(key)
@@ -262,7 +267,7 @@ def _said_once(said: set[str], source: str | Path) -> bool:
 
 
 def _once_for(source: str | Path) -> str:
-    return f" (said once for the images of {source.parent})" if isinstance(source, Path) else ""
+    return f" (said once for the images of {source.parent})" if _is_file(source) else ""
 
 
 def _to_uint8(array: np.ndarray, source: str | Path, by_value: bool) -> np.ndarray:

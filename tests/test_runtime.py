@@ -793,6 +793,14 @@ def test_dark_16_bit_files_are_said_once_per_folder(tmp_path, caplog):
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warned) == 1 and warned[0].startswith(f"{frames / '0.png'}: a 16-bit image whose values stay below")
     assert warned[0].endswith(f"(said once for the images of {frames})") and len(images._dark) == before + 1
+    # encoded bytes are no file of the current folder: said once for themselves, naming no folder
+    caplog.clear()
+    images._dark.discard("<<image bytes>>")
+    with caplog.at_level("WARNING", logger="mde.runtime.images"):
+        for _ in range(2):
+            read_rgb((frames / "0.png").read_bytes())
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and warned[0].startswith("<image bytes>: a 16-bit image") and "said once" not in warned[0]
 
 
 def test_a_process_with_no_home_runs_the_onnx_and_the_cli(tiny_export, tmp_path):
