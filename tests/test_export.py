@@ -139,7 +139,7 @@ def test_golden_npz(tiny_export, tiny_checkpoint):
     assert _p99_over_range(_ort(tiny_export / "model.fp16.onnx", image), depth) <= 5e-3
 
 
-def test_dynamic_size_and_force(tmp_path, tiny_checkpoint):
+def test_dynamic_size_and_force(tmp_path, tiny_checkpoint, tiny_export, cli):
     """--dynamic-size runs at two sizes; --force replaces an existing artifact."""
     from mde.export.exporter import ExportConfig, export_checkpoint
     from mde.runtime.metadata import ModelMetadata
@@ -178,6 +178,23 @@ def test_dynamic_size_and_force(tmp_path, tiny_checkpoint):
         assert est.predict(np.full((70, 100, 3), 100, np.uint8)).shape == (70, 100)  # run at 64x96
         with pytest.raises(InputError, match=r"a 9000x8 image would run at 8992x32 .* beyond the 8192 pixel side"):
             est.predict(np.zeros((8, 9000, 3), np.uint8))  # a 2 x 33M frame would have asked for 12 GB
+        from PIL import Image
+
+        rgb = np.random.default_rng(1).integers(0, 256, (70, 100, 3), dtype=np.uint8)
+        Image.fromarray(rgb).save(tmp_path / "frame.png")
+        native = est.predict(rgb)
+
+    # `mde predict --native-resolution`: the CLI ran a dynamic-size model at its exported size only
+    for flag, folder in (("--native-resolution", "native"), (None, "exported")):
+        done = cli("predict", out / "model.onnx", tmp_path / "frame.png", "-o", tmp_path / folder, "--format", "npy",
+                   *([flag] if flag else []))
+        assert done.code == 0, done.err
+    np.testing.assert_allclose(np.load(tmp_path / "native" / "frame.npy"), native, rtol=1e-6, atol=1e-6)
+    assert np.abs(np.load(tmp_path / "exported" / "frame.npy") - native).max() > 1e-3
+    fixed = cli("predict", tiny_export / "model.onnx", tmp_path / "frame.png", "-o", tmp_path / "no", "--native-resolution")
+    assert fixed.code == 2 and fixed.err.strip() == (f"mde: error: {tiny_export / 'model.onnx'}: --native-resolution needs "
+                                                     "a model exported with --dynamic-size; this one takes 64x64 images only")
+    assert not (tmp_path / "no").exists()
 
 
 def test_with_golden_data_the_self_check_gates_rmse_as_parity_does(tmp_path, tiny_checkpoint, synth_data,

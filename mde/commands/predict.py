@@ -25,12 +25,17 @@ def predict(
     providers: list[str] = providers_option(),
     force: bool = typer.Option(PredictConfig.force, "--force",
                                help="Replace files of the same names in --out (a rerun's depth maps)."),
+    native_resolution: bool = typer.Option(
+        PredictConfig.native_resolution, "--native-resolution",
+        help="Run each image at its own size, rounded to multiples of 32, instead of the model's input size: "
+             "sharper, slower, and outside the size parity checked. Needs a model exported with --dynamic-size."),
 ) -> None:
     """Write a depth map for each input image, at the image's own resolution (turned upright as its EXIF says)."""
     from mde.console import info
 
     check_backend(backend)
-    cfg = PredictConfig(artifact, list(inputs), out, backend, format, threads, providers or None, force)
+    cfg = PredictConfig(artifact, list(inputs), out, backend, format, threads, providers or None, force,
+                        native_resolution)
     counts = run_predict(cfg)
     info(f"wrote {counts['written']} of {counts['images']} depth maps to {out}")
     if counts["failed"]:
