@@ -318,6 +318,7 @@ def train_variant(data: Path, run_dir: Path, overrides: dict, quick: bool, epoch
             labelled with these.
     """
     from mde.errors import InputError
+    from mde.io import write_json_atomic
     from mde.train.config import TrainConfig
     from mde.train.trainer import train
 
@@ -328,7 +329,7 @@ def train_variant(data: Path, run_dir: Path, overrides: dict, quick: bool, epoch
     summary = run_dir / "bench.json"
     inputs = run_inputs(data, settings)
     if summary.is_file():
-        saved = json.loads(summary.read_text())
+        saved = read_summary(summary)
         if saved.get("inputs", inputs) != inputs:  # summaries from before inputs were recorded: settings only
             raise InputError("holds a run trained on another dataset or other start weights; use another --runs "
                              "folder", run_dir)
@@ -346,8 +347,24 @@ def train_variant(data: Path, run_dir: Path, overrides: dict, quick: bool, epoch
         result = train(TrainConfig(data=str(data), out=str(run_dir), force=True, **settings))
     out = {"settings": {**settings, "patch": patch}, "inputs": inputs, "wall_s": round(time.perf_counter() - start, 1),
            "train_images_per_s": round(result["images_per_s"], 2), "best_epoch": result["best"]["epoch"]}
-    summary.write_text(json.dumps(out, indent=2))
+    write_json_atomic(summary, out)  # whole or not at all: a cut one would stop every later run of the folder
     return out
+
+
+def read_summary(path: Path) -> dict:
+    """A run's `bench.json` (its settings, inputs and figures); `InputError` where it is no such record."""
+    from mde.errors import InputError
+    from mde.io import parse_json, read_small_text
+
+    try:
+        saved = parse_json(read_small_text(path))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InputError(f"not a run summary (not readable JSON: {err}); remove the run's folder to train it "
+                         "again", path) from None
+    if not (isinstance(saved, dict) and isinstance(saved.get("settings"), dict)):
+        raise InputError("not a run summary (no \"settings\" object); remove the run's folder to train it again",
+                         path)
+    return saved
 
 
 def run_inputs(data: Path, settings: dict) -> dict[str, str]:
@@ -374,7 +391,7 @@ def load_run(run_dir: Path):
     from mde.train.checkpoint import load_model
 
     summary = run_dir / "bench.json"
-    patch = json.loads(summary.read_text())["settings"].get("patch") if summary.is_file() else None
+    patch = read_summary(summary)["settings"].get("patch") if summary.is_file() else None
     with variant_patch(patch):
         model, _ = load_model(run_dir / "best.pt")
     return model.eval()

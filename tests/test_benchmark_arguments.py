@@ -89,6 +89,25 @@ def test_a_saved_run_of_other_settings_is_not_reused_under_new_labels(tmp_path):
         bench_train.train_variant(tmp_path, run_dir, {}, quick=True, epochs=1, device="cuda")
 
 
+@pytest.mark.parametrize("content, says", [("", "not readable JSON"), ('{"settings": 1', "not readable JSON"),
+                                            ("[]", 'no "settings" object')])
+def test_a_damaged_run_summary_is_one_line(tmp_path, content, says):
+    """A cut bench.json (it was written in place: a stop or a full disk) was a JSONDecodeError traceback, a list
+    an AttributeError, for training over the folder and for loading its model (--anatomy, --encoder-from)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    import bench_train
+
+    from mde.errors import InputError
+
+    run_dir = tmp_path / "unet-flips"
+    run_dir.mkdir()
+    (run_dir / "bench.json").write_text(content)
+    for use in (lambda: bench_train.train_variant(tmp_path, run_dir, {}, quick=True, epochs=1),
+                lambda: bench_train.load_run(run_dir)):
+        with pytest.raises(InputError, match=f"bench.json: not a run summary .*{says}.*remove the run's folder"):
+            use()
+
+
 def test_device_cuda_without_a_gpu_is_refused_before_any_work(tmp_path):
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
