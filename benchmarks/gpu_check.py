@@ -318,11 +318,16 @@ def main(argv: list[str] | None = None) -> int:
         selected |= set(NEEDS.get(name, ()))
     for name in FILES.values():  # an earlier check's reports: this one's replace them, or are not there at all
         (out / name).unlink(missing_ok=True)
+    from mde.errors import MdeError  # mde is there: checked above
+
     with work_ctx as work:
         ck = Check(args.device, profile, out, Path(work), args.ort_path and args.ort_path.resolve())
         try:
             with sigterm_stops():
                 return check(ck, selected, args.budget or profile.total_s, argv)
+        except MdeError as err:  # a report that cannot be written (a full disk): exit 1 would say a section failed
+            print(f"gpu_check: error: {err}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt as err:
             how = "stopped by SIGTERM" if isinstance(err, Stopped) else "interrupted"
             print(f"gpu_check: {how}; the reports hold the sections that finished", file=sys.stderr)

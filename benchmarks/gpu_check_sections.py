@@ -196,8 +196,8 @@ def model(ck: Check) -> dict[str, Any]:
     from mde.train.checkpoint import save_untrained
     from mde.train.model import ModelArgs
 
-    if ck.cuda and not torch.cuda.is_available():
-        raise Skip("no CUDA GPU visible to PyTorch (--device cpu is the dry run)")
+    if ck.cuda and not torch.cuda.is_available():  # an error, not a skip: a GPU check that ran nothing did not pass
+        raise RuntimeError("no CUDA GPU visible to PyTorch, so nothing can run on one (--device cpu is the dry run)")
     p = ck.profile
     data = ck.work / "data"
     # --work kept from an earlier check: made again (force), the same images as the seed is fixed

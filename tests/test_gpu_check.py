@@ -431,3 +431,32 @@ def test_a_work_folder_an_earlier_check_kept_is_reused(gpu_check, monkeypatch, t
                         "--only", "environment"]) == 0
         (work / "model.pt").write_text("kept")
     assert (work / gc.WORK_MARK).is_file() and (tmp_path / "out" / "gpu_check.json").is_file()
+
+
+def test_a_cuda_check_without_a_gpu_is_no_pass(gpu_check, monkeypatch, tmp_path):
+    """Every section skipped for want of a GPU reported exit 0: a check against CPU-only PyTorch looked passed."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("checks a machine without CUDA")
+    gc, gs = gpu_check
+    monkeypatch.setitem(gs.RUNNERS, "environment", _fakes(gs, [])["environment"])
+    assert gc.main(["--out", str(tmp_path / "out"), "--only", "model"]) == 1
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert report["problems"] == {"model": "error: RuntimeError: no CUDA GPU visible to PyTorch, so nothing can run "
+                                           "on one (--device cpu is the dry run)"}
+
+
+def test_a_report_that_cannot_be_written_is_one_line_exit_2(gpu_check, monkeypatch, tmp_path, capsys):
+    """A full disk under --out was a traceback and exit 1, which the check's own codes read as a failed section."""
+    from mde.errors import InputError
+
+    gc, gs = gpu_check
+    monkeypatch.setitem(gs.RUNNERS, "environment", _fakes(gs, [])["environment"])
+
+    def full(ck, report):
+        raise InputError("cannot write (No space left on device)", ck.out / "gpu_check.md")
+
+    monkeypatch.setattr(gc, "write_reports", full)
+    assert gc.main(["--out", str(tmp_path / "out"), "--device", "cpu", "--only", "environment"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"gpu_check: error: {tmp_path / 'out' / 'gpu_check.md'}: cannot write (No space left on device)\n"
