@@ -329,8 +329,9 @@ def run(opts: argparse.Namespace) -> dict:
         require_masks(data)
         world = WORLDS.get(opts.world, contextlib.nullcontext)
         return {str(run_dir): anatomy(data, run_dir, world) for run_dir in opts.anatomy}
+    reference = "unet-onecycle" if "unet-onecycle" in opts.variants else None  # else the first variant
     return decoders(opts.data, opts.quick, opts.runs, tuple(opts.variants), epochs=opts.epochs,
-                    reference="unet-onecycle", device=opts.device)
+                    reference=reference, device=opts.device)
 
 
 def main() -> None:

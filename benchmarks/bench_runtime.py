@@ -240,16 +240,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if (args.model is None) != (args.checkpoint is None):
         parser.error("--model and --checkpoint go together (the model is compared with the checkpoint it came from)")
-    for path in (args.model, args.checkpoint):
+    for path, expected in ((args.model, "model.onnx"), (args.checkpoint, "best.pt")):
         if path is not None and not path.is_file():
-            parser.error(f"{path}: file not found")
+            said = f"is a folder; expected a file ({expected})" if path.is_dir() else "file not found"
+            parser.error(f"{path}: {said}")
     if args.model is not None:  # the figures are those of an FP32 ONNX on ORT's CPU provider (GEMM FLOP/s among them)
         from mde.runtime import read_metadata
 
         if args.model.suffix.lower() != ".onnx" or read_metadata(args.model).precision != "fp32":
             parser.error(f"--model {args.model}: expected the FP32 ONNX (model.onnx) exported from --checkpoint")
-    if args.threads < 0:
-        parser.error(f"--threads must be >= 0, got {args.threads}")
+    from mde.errors import InputError
+    from mde.runtime.backends.onnxruntime import check_threads_option
+
+    try:  # before any model is built: torch.set_num_threads(100000) crashed the process
+        check_threads_option(args.threads)
+    except InputError as err:
+        parser.error(str(err))
     if args.decoder is not None and args.model is not None:
         parser.error("--decoder picks the random-weight model's; --model brings its own")
     result = run(args.quick, args.threads, args.model, args.checkpoint, args.decoder)

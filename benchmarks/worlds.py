@@ -76,9 +76,15 @@ def make_world_data(path: Path, name: str, quick: bool = False) -> Path:
     from mde.data.synth import read_cameras, synthesize
 
     marker = path / "bench_world.json"
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path}: not a folder; --world {name} makes its set in a new folder")
     if (path / "meta.json").is_file():
         if marker.is_file():
-            ours = json.loads(marker.read_text()).get("world") == name
+            try:
+                ours = json.loads(marker.read_text()).get("world") == name
+            except (ValueError, AttributeError) as err:  # JSON that is cut, or no object
+                raise ValueError(f"{marker}: not readable ({err}); remove the folder to make the set again") \
+                    from None
         else:  # fixed-camera sets made before the marker
             cameras = read_cameras(path)
             ours = name == "fixed-camera" and all(c[key] == value for split in cameras.values()

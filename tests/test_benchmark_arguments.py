@@ -26,7 +26,14 @@ CASES = [
     ("bench_export.py", ["--decoder", "nosuch"], "argument --decoder: invalid choice: 'nosuch'"),
     ("bench_runtime.py", ["--model", "{tmp}/nosuch.onnx", "--checkpoint", "{tmp}/nosuch.pt"],
      "nosuch.onnx: file not found"),
+    ("bench_runtime.py", ["--model", "{tmp}/full", "--checkpoint", "{tmp}/nosuch.pt"],
+     "full: is a folder; expected a file (model.onnx)"),
+    ("bench_runtime.py", ["--threads", "100000"], "--threads must be in 0.."),  # torch.set_num_threads crashed
     ("bench_decoder_ideas.py", ["--data", "{tmp}/full"], "full: not a synthetic set (no meta.json)"),
+    ("bench_decoder_ideas.py", ["--data", "{tmp}/full/notes.txt", "--world", "fixed-camera"],
+     "notes.txt: not a folder; --world fixed-camera makes its set in a new folder"),  # was "File exists"
+    ("bench_decoder_ideas.py", ["--data", "{tmp}/cutworld", "--world", "fixed-camera"],
+     "cutworld/bench_world.json: not readable (Unterminated string"),
     ("bench_decoder_ideas.py", ["--data", "{tmp}/d", "--anatomy"], "--anatomy needs at least one trained run"),
     ("bench_decoder_ideas.py", ["--data", "{tmp}/d", "--epochs", "-1"], "--epochs must be >= 1, got -1"),
     ("bench_decoder_ideas.py", ["--data", "{tmp}/d", "--variants", "unet-taskenc"],
@@ -54,6 +61,9 @@ def test_bad_arguments_are_one_line_and_exit_2(tmp_path, script, args, message):
     (tmp_path / "quickset").mkdir()  # what `--quick` makes: not the benchmark's set
     (tmp_path / "quickset" / "meta.json").write_text('{"counts": {"train": 120, "val": 20}, "size": [64, 64]}')
     (tmp_path / "quickset" / "bench_world.json").write_text('{"world": "fixed-camera"}')
+    (tmp_path / "cutworld").mkdir()  # a --world set whose marker was cut short
+    (tmp_path / "cutworld" / "meta.json").write_text('{"counts": {"train": 2000, "val": 200}, "size": [128, 128]}')
+    (tmp_path / "cutworld" / "bench_world.json").write_text('{"wor')
     (tmp_path / "bare").mkdir()  # a dataset of one's own: a meta.json with a depth range only
     (tmp_path / "bare" / "meta.json").write_text('{"max_depth": 20, "counts": [1, 2], "size": 64}')
     argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
@@ -62,7 +72,7 @@ def test_bad_arguments_are_one_line_and_exit_2(tmp_path, script, args, message):
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and done.stderr.count("\n") == 1, done.stderr  # one line: no usage block
     assert done.stderr.startswith(f"{script}: error: "), done.stderr  # as cli_common.Parser promises
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bare", "full", "quickset"]  # nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bare", "cutworld", "full", "quickset"]  # nothing written
     assert sorted(p.name for p in (tmp_path / "quickset").iterdir()) == ["bench_world.json", "meta.json"]
 
 
@@ -285,3 +295,18 @@ def test_bench_int8_tables_label_their_columns_and_targets(monkeypatch, capsys):
     assert "+3.00e-05 -2.00e-06 PASS" in out
     assert "target cpu_int8_over_fp32_b1: 0.500, at most 0.6: met" in out
     assert "target cpu_int8_over_pytorch_b1: 0.700, at most 0.5: MISSED" in out and "target parity_pass: True" in out
+
+
+def test_decoder_ideas_compares_with_the_first_variant_without_unet_onecycle(monkeypatch, tmp_path):
+    """The README's `--variants unet-flips report-flips` printed no ratio at all: they were to unet-onecycle only."""
+    import argparse
+
+    sys.path.insert(0, str(BENCHMARKS))
+    import bench_decoder_ideas
+
+    seen = []
+    monkeypatch.setattr(bench_decoder_ideas, "decoders", lambda *a, reference=None, **k: seen.append(reference))
+    for variants in (["unet-flips", "report-flips"], ["report", "unet-onecycle"]):
+        bench_decoder_ideas.run(argparse.Namespace(encoder_from=None, anatomy=None, data=tmp_path, quick=True,
+                                                   runs=None, variants=variants, epochs=1, device="cpu"))
+    assert seen == [None, "unet-onecycle"]  # None: decoders' own default, the first variant
