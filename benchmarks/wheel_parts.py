@@ -83,11 +83,15 @@ class _PartWriter:
 
     def write(self, data: bytes) -> None:
         while data:
+            path = self.out / PART.format(len(self.parts))
             if self._fh is None:
-                self._fh = open(self.out / PART.format(len(self.parts)), "wb")  # noqa: SIM115 - closed in _close
+                self._fh = open(path, "wb")  # noqa: SIM115 - closed in _close
             room = self.part_bytes - self._size
             chunk, data = data[:room], data[room:]
-            self._fh.write(chunk)
+            try:
+                self._fh.write(chunk)
+            except OSError as err:  # a full disk: the file's write names no file
+                raise OSError(err.errno, err.strerror, str(path)) from None
             self._digest.update(chunk)
             self._size += len(chunk)
             if self._size == self.part_bytes:
@@ -104,6 +108,14 @@ class _PartWriter:
         self._close()
         return self.parts
 
+    def discard(self) -> None:
+        """Remove every part written so far (a failed or stopped split leaves no half set)."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        for i in range(len(self.parts) + 1):
+            (self.out / PART.format(i)).unlink(missing_ok=True)
+
 
 def split(wheels: list[Path], out: Path, part_bytes: int, force: bool = False) -> dict:
     """Write the wheels as one stream cut into parts of at most `part_bytes`, then `out/manifest.json`."""
@@ -119,21 +131,26 @@ def split(wheels: list[Path], out: Path, part_bytes: int, force: bool = False) -
         raise PartsError(f"more than {MAX_PARTS} parts of {part_bytes} bytes; use a larger part size")
     _prepare_out(out, force)
     writer, stream, entries, offset = _PartWriter(out, part_bytes), hashlib.sha256(), [], 0
-    for wheel in wheels:
-        digest, size = hashlib.sha256(), 0
-        with open(wheel, "rb") as src:
-            while block := src.read(CHUNK):
-                digest.update(block)
-                stream.update(block)
-                writer.write(block)
-                size += len(block)
-        entries.append({"name": wheel.name, "offset": offset, "size": size, "sha256": digest.hexdigest()})
-        offset += size
-    manifest = {"format": FORMAT, "part_bytes": part_bytes, "size": offset, "sha256": stream.hexdigest(),
-                "parts": writer.finish(), "wheels": entries}
     tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out / MANIFEST)  # last: a manifest means a complete set of parts
+    try:
+        for wheel in wheels:
+            digest, size = hashlib.sha256(), 0
+            with open(wheel, "rb") as src:
+                while block := src.read(CHUNK):
+                    digest.update(block)
+                    stream.update(block)
+                    writer.write(block)
+                    size += len(block)
+            entries.append({"name": wheel.name, "offset": offset, "size": size, "sha256": digest.hexdigest()})
+            offset += size
+        manifest = {"format": FORMAT, "part_bytes": part_bytes, "size": offset, "sha256": stream.hexdigest(),
+                    "parts": writer.finish(), "wheels": entries}
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        os.replace(tmp, out / MANIFEST)  # last: a manifest means a complete set of parts
+    except BaseException:  # a full disk or a Ctrl-C: no half part is left to be sent
+        writer.discard()
+        tmp.unlink(missing_ok=True)
+        raise
     return manifest
 
 
@@ -201,12 +218,17 @@ def join(folder: Path, wheel_dir: Path | None = None, install_target: Path | Non
     wheel_dir = wheel_dir or folder
     if wheel_dir.exists() and not wheel_dir.is_dir():
         raise PartsError("exists and is not a folder", wheel_dir)
-    if install_target is not None and install_target.exists() and not install_target.is_dir():
-        raise PartsError("install target exists and is not a folder", install_target)
     for wheel in manifest["wheels"]:
         if (wheel_dir / wheel["name"]).is_dir():
             raise PartsError("a folder has the wheel's name; remove it", wheel_dir / wheel["name"])
     _check_parts(folder, manifest["parts"])  # before anything is written
+    if install_target is not None:  # made now (pip would make it): one that cannot be is said before the join
+        if install_target.exists() and not install_target.is_dir():
+            raise PartsError("install target exists and is not a folder", install_target)
+        try:
+            install_target.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise PartsError(f"cannot create the install target ({err.strerror or err})", install_target) from None
     wheel_dir.mkdir(parents=True, exist_ok=True)
     stream, pending, joined = _stream(folder, manifest["parts"]), b"", []
     for wheel in manifest["wheels"]:
@@ -221,7 +243,10 @@ def join(folder: Path, wheel_dir: Path | None = None, install_target: Path | Non
                         if not pending:
                             break
                     chunk, pending = pending[:left], pending[left:]
-                    dst.write(chunk)
+                    try:
+                        dst.write(chunk)
+                    except OSError as err:  # a full disk: the file's write names no file
+                        raise OSError(err.errno, err.strerror, str(target)) from None
                     digest.update(chunk)
                     left -= len(chunk)
             if left or digest.hexdigest() != wheel["sha256"]:

@@ -240,3 +240,41 @@ def test_an_install_target_that_is_a_file_is_refused_before_joining(parts, tmp_p
     proc = run("join", parts, "--wheel-dir", out, "--install", tmp_path / "site")
     _one_line_error(proc, "site", "install target exists and is not a folder")
     assert not out.exists()
+
+
+def test_an_install_target_that_cannot_be_made_is_named_before_joining(parts, tmp_path):
+    """`--install afile/x` joined the wheels, then said "pip install failed (exit 2): ERROR: Exception:"."""
+    (tmp_path / "afile").write_text("a file")
+    out = tmp_path / "joined"
+    proc = run("join", parts, "--wheel-dir", out, "--install", tmp_path / "afile" / "x")
+    _one_line_error(proc, "afile/x", "cannot create the install target (Not a directory)")
+    assert not out.exists()
+
+
+def test_a_split_onto_a_full_disk_names_the_part_and_leaves_none(tmp_path, wheel, monkeypatch, capsys):
+    """A full disk: "wheel_parts: error: : No space left on device", and a half part left to be sent."""
+    import errno
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import wheel_parts
+
+    class FullDisk:  # the second part's file takes no byte
+        def __init__(self, path):
+            self.path, self.name = path, Path(path).name
+
+        def write(self, data):
+            if self.name != "wheels.part000":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            with open(self.path, "ab") as fh:
+                fh.write(data)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(wheel_parts, "open", lambda path, mode="r": FullDisk(path) if mode == "wb" else open(path, mode),
+                        raising=False)
+    out = tmp_path / "p"
+    part = str(wheel.stat().st_size // 3 + 1)  # three parts
+    assert wheel_parts.main(["split", str(wheel), "--out", str(out), "--part-bytes", part]) == 2
+    assert capsys.readouterr().err == f"wheel_parts: error: {out / 'wheels.part001'}: No space left on device\n"
+    assert list(out.iterdir()) == []
