@@ -195,6 +195,13 @@ def test_dynamic_size_and_force(tmp_path, tiny_checkpoint, tiny_export, cli):
     assert fixed.code == 2 and fixed.err.strip() == (f"mde: error: {tiny_export / 'model.onnx'}: --native-resolution needs "
                                                      "a model exported with --dynamic-size; this one takes 64x64 images only")
     assert not (tmp_path / "no").exists()
+    # `mde bench --native-resolution`: the latency at the camera's size, which --image-size alone resized away
+    runs = {flag: json.loads(cli("bench", out / "model.onnx", "--image-size", "100x130", "--iterations", 2,
+                                 "--warmup", 0, "--json", *([flag] if flag else [])).out)["results"][0]
+            for flag in ("--native-resolution", None)}
+    assert runs["--native-resolution"]["input_size"] == [96, 128] and runs[None]["input_size"] == [64, 64]
+    refused = cli("bench", tiny_export / "model.onnx", "--native-resolution")
+    assert refused.code == 2 and "--native-resolution needs a model exported with --dynamic-size" in refused.err
 
 
 def test_with_golden_data_the_self_check_gates_rmse_as_parity_does(tmp_path, tiny_checkpoint, synth_data,

@@ -21,8 +21,10 @@ def print_table(report: dict[str, Any]) -> None:
     from mde.errors import one_line
 
     cfg = report["config"]
+    sizes = sorted({f"{r['image_size'][0]}x{r['image_size'][1]} run at {r['input_size'][0]}x{r['input_size'][1]}"
+                    for r in report["results"]})
     table = Table(
-        title=f"mde bench: batch {cfg['batch']}, {cfg['iterations']} iterations, "
+        title=f"mde bench: batch {cfg['batch']}, {'; '.join(sizes)} (HxW), {cfg['iterations']} iterations, "
         f"threads {cfg['threads'] or 'default'} (p50 to mean: inference ms; pre, post: ms; img/s: end to end, "
         "pre and post included)"
     )
@@ -56,6 +58,10 @@ def bench(
     warmup: int = typer.Option(BenchConfig.warmup, help="Untimed warm-up iterations."),
     threads: int = typer.Option(BenchConfig.threads, help="CPU threads for ORT and torch (0 = default)."),
     image_size: str = typer.Option(BenchConfig.image_size, help="Synthetic image size HxW, or 'model'."),
+    native_resolution: bool = typer.Option(
+        BenchConfig.native_resolution, "--native-resolution",
+        help="Run dynamic-size models at --image-size itself (rounded to multiples of 32), as predict "
+             "--native-resolution does, not at their input size."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     providers: list[str] = providers_option(),
 ) -> None:
@@ -71,7 +77,7 @@ def bench(
         if importlib.util.find_spec("torch") is None:
             raise BackendError(f"--torch needs PyTorch, which is not installed; {TRAIN_EXTRA}", torch_ckpt)
     cfg = BenchConfig(list(artifacts or []), torch_ckpt, backend, batch, iterations, warmup, threads, image_size,
-                      providers=providers or None)
+                      providers=providers or None, native_resolution=native_resolution)
     emit(run_bench(cfg), as_json, print_table)
 
 
