@@ -65,25 +65,33 @@ def written_in_place(path: str | Path) -> bool:
 
 
 def user_cache_dir() -> Path:
-    """mde's cache folder, `~/.cache/mde` (TensorRT timing caches, ONNX Runtime's TensorRT engines). A process
-    with no home (HOME unset and a user id without a passwd entry: `env -i`, some containers) gets one of its
-    own under the system's temporary folder, so that a robot running the ONNX on its CPU needs none."""
+    """mde's cache folder, `~/.cache/mde` (TensorRT timing caches, ONNX Runtime's TensorRT engines), asked for
+    only where one is used. A process with no home (HOME unset or empty, with a user id that has no passwd
+    entry: `env -i`, some containers) keeps its caches in a private folder of the system's temporary one."""
+    home = os.environ.get("HOME")
+    if home == "":  # Path.home() would read it as the file system's root
+        return private_temp_folder("cache", "caches")
     try:
-        home = Path.home()
+        return Path.home() / ".cache" / "mde"
     except (RuntimeError, KeyError):  # "Could not determine home directory."
-        home = Path()
-    if home.is_absolute():  # HOME="" reads as the current folder
-        return home / ".cache" / "mde"
-    uid = os.getuid() if hasattr(os, "getuid") else -1
-    shared = Path(tempfile.gettempdir()) / f"mde-cache-{uid}"
+        return private_temp_folder("cache", "caches")
+
+
+def private_temp_folder(name: str, what: str) -> Path:
+    """`TMP/mde-NAME-UID`, made if missing and checked to be this user's alone (not a link, not another user's,
+    not writable by others: what is kept there, output locks or loadable engines, is trusted). `what` names it
+    in the refusal, an `InputError`."""
+    folder = Path(tempfile.gettempdir()) / f"mde-{name}-{os.getuid()}"
     try:
-        info = shared.lstat()
-    except OSError:
-        return shared
-    if stat.S_ISDIR(info.st_mode) and info.st_uid == uid:
-        return shared
-    # another user's (or a link): its engines are not to be loaded; this process's own, unshared
-    return shared.with_name(f"{shared.name}-{os.getpid()}-{secrets.token_hex(4)}")
+        folder.mkdir(mode=0o700, exist_ok=True)
+        found = folder.lstat()
+    except OSError as err:  # a file of that name, a full or read-only temporary folder
+        raise InputError(f"cannot keep mde's {what} here ({err.strerror or err}); set TMPDIR to another "
+                         "folder", folder) from None
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid() or found.st_mode & 0o022:
+        raise InputError(f"the folder of mde's {what} is not a private folder of yours (a link, another user's, "
+                         "or writable by others); remove it, or set TMPDIR to another folder", folder)
+    return folder
 
 
 def is_stdout(path: str | Path) -> bool:
@@ -165,17 +173,7 @@ def claim_output(path: str | Path) -> Iterator[None]:
         yield
         return
     key = hashlib.sha1(os.fsencode(resolved(path))).hexdigest()[:20]
-    folder = Path(tempfile.gettempdir()) / f"mde-locks-{os.getuid()}"
-    try:
-        folder.mkdir(mode=0o700, exist_ok=True)
-        found = folder.lstat()
-    except OSError as err:  # a file of that name, a full or read-only temporary folder
-        raise InputError(f"cannot keep mde's output locks here ({err.strerror or err}); set TMPDIR to another "
-                         "folder", folder) from None
-    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid() or found.st_mode & 0o022:
-        raise InputError("the output-lock folder is not a private folder of yours (a link, another user's, or "
-                         "writable by others); remove it, or set TMPDIR to another folder", folder)
-    lock = folder / f"{key}.lock"
+    lock = private_temp_folder("locks", "output locks") / f"{key}.lock"
     for _ in range(LOCK_TRIES):
         try:  # never through a link, never truncating: the file only carries the lock
             fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -413,10 +411,11 @@ def temp_scratch(prefix: str) -> Iterator[Path]:
     """A `scratch_folder` in the system's temporary folder that, for the block, also holds what libraries make
     through `tempfile` (ONNX Runtime's quantization makes its own folders there, and a Ctrl-C between its making
     one and entering its `with` left that behind): all of it goes when the block ends. The folders a SIGKILL left
-    of earlier runs go first. `tempfile`'s default folder is the process's: for a command's own thread."""
+    of earlier runs go first. `tempfile`'s default folder is the whole process's, so what other threads make
+    through it meanwhile lands here too and is removed with it: for a command, which works on one thread."""
     parent = tempfile.gettempdir()
     remove_stale_scratch(parent, prefix)
-    with scratch_folder(parent, prefix) as folder:
+    with scratch_folder(parent, prefix) as folder, _held_owner_lock(folder):
         saved, tempfile.tempdir = tempfile.tempdir, str(folder)
         try:
             yield folder
@@ -424,13 +423,51 @@ def temp_scratch(prefix: str) -> Iterator[Path]:
             tempfile.tempdir = saved
 
 
+OWNER_LOCK = ".owner.lock"  # in a shared temporary folder, what tells a live scratch folder from a dead one's
+
+
+@contextlib.contextmanager
+def _held_owner_lock(folder: Path) -> Iterator[None]:
+    """An advisory lock on `folder/OWNER_LOCK`, held for the block: a process id does not say whether its
+    owner lives where processes of another PID namespace (containers sharing /tmp) make such folders too."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: the process id alone
+        yield
+        return
+    fd = os.open(folder / OWNER_LOCK, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _owner_gone(path: Path, pid: int) -> bool:
+    """Whether the process that made scratch folder `path` has ended: its owner lock, where it holds one, can
+    be taken; else its process id is no process's."""
+    try:
+        import fcntl
+
+        fd = os.open(path / OWNER_LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (ImportError, OSError):  # none: an export's staging folder, or made a moment ago
+        return not _alive(pid)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:  # held: its owner runs, in this PID namespace or another
+        return False
+    finally:
+        os.close(fd)
+
+
 def remove_stale_scratch(parent: str | Path, prefix: str) -> None:
     """Remove `scratch_folder`s in `parent` whose process is gone (killed with SIGKILL, it removed nothing):
-    folders named exactly as `scratch_folder` names them, of a process id no process of this machine has."""
+    folders named exactly as `scratch_folder` names them whose owner has ended (`_owner_gone`)."""
     pattern = re.compile(rf"{re.escape(prefix)}(\d{{1,7}})-[0-9a-f]{{16}}")  # pids stay below 2**22
     for path in Path(parent).glob(f"{prefix}*"):
         found = pattern.fullmatch(path.name)
-        if found and path.is_dir() and not path.is_symlink() and not _alive(int(found.group(1))):
+        if found and path.is_dir() and not path.is_symlink() and _owner_gone(path, int(found.group(1))):
             shutil.rmtree(path, ignore_errors=True)
 
 

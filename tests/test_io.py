@@ -259,6 +259,31 @@ def test_stale_scratch_folders_of_dead_processes_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
 
 
+def test_a_scratch_folder_whose_owner_holds_its_lock_is_kept_whatever_its_pid(tmp_path, monkeypatch):
+    """Containers sharing /tmp see each other's scratch folders but not their processes: a live calibration's
+    folder, named by a pid this namespace does not have, was removed by the next run's sweep."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from mde.io import remove_stale_scratch, temp_scratch
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    elsewhere = tmp_path / f"mde-x-{dead}-0123456789abcdef"  # as another namespace's process would name it
+    with temp_scratch("mde-x-") as folder:
+        folder.rename(elsewhere)  # its lock goes with it
+        remove_stale_scratch(tmp_path, "mde-x-")
+        assert elsewhere.is_dir(), "a folder whose owner runs was removed"
+        elsewhere.rename(folder)
+    assert not folder.exists()
+    elsewhere.mkdir()
+    (elsewhere / ".owner.lock").touch()  # its owner was killed: the lock is free
+    with temp_scratch("mde-x-"):
+        assert not elsewhere.exists()
+
+
 def test_long_file_names_and_rename_refusing_targets_are_written(tmp_path, monkeypatch):
     """A 250-byte name is legal: its temporary copy's name must be too. A bind-mounted file refuses a rename
     onto it (EBUSY): the content is copied over it instead."""

@@ -829,23 +829,26 @@ def test_a_process_with_no_home_runs_the_onnx_and_the_cli(tiny_export, tmp_path)
     assert done.stdout.startswith(str(tmp_path / "mde-cache-")) and "Usage: mde" in done.stdout
 
 
-def test_with_no_home_the_cache_folder_is_never_another_users(tmp_path, monkeypatch):
+def test_with_no_home_the_cache_folder_is_a_private_one(tmp_path, monkeypatch):
     import os
     import tempfile
 
+    from mde.errors import InputError
     from mde.io import user_cache_dir
 
     def no_home():
         raise RuntimeError("Could not determine home directory.")
 
-    monkeypatch.setattr(Path, "home", staticmethod(no_home))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    shared = tmp_path / f"mde-cache-{os.getuid()}"
-    assert user_cache_dir() == shared
-    shared.mkdir()
-    assert user_cache_dir() == shared  # its own, made earlier
-    shared.rmdir()
+    monkeypatch.setenv("HOME", "")  # set but empty: Path.home() read it as "/", and the cache went to /.cache/mde
+    own = tmp_path / f"mde-cache-{os.getuid()}"
+    assert user_cache_dir() == own and own.is_dir()
+    assert user_cache_dir() == own  # one per user: the engines it holds are found again
+    monkeypatch.delenv("HOME")
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    assert user_cache_dir() == own
+    own.rmdir()
     (tmp_path / "elsewhere").mkdir()
-    shared.symlink_to(tmp_path / "elsewhere")  # planted: engines loaded from there would be another's
-    mine = user_cache_dir()
-    assert mine.parent == tmp_path and mine.name.startswith(f"{shared.name}-") and not mine.exists()
+    own.symlink_to(tmp_path / "elsewhere")  # planted: engines loaded from there would be another's
+    with pytest.raises(InputError, match="mde's caches is not a private folder of yours"):
+        user_cache_dir()

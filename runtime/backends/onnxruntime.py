@@ -154,7 +154,9 @@ def create_session(
     if any(p in GPU_EPS for p in wanted):
         eps.preload_gpu_libraries()
     opts = session_options(ort, threads, inter_op_threads, optimization, optimized_model_path)
-    options = {TRT_EP: tensorrt_provider_options(), CUDA_EP: cuda_provider_options(allow_tf32)}
+    options = {CUDA_EP: cuda_provider_options(allow_tf32)}
+    if TRT_EP in wanted:  # its cache folder is looked for only where it is used
+        options[TRT_EP] = tensorrt_provider_options()
     provider_args = [(p, options[p]) if p in options else p for p in wanted]
     if not isinstance(model, bytes) and not is_utf8(model):  # ONNX Runtime takes a path as UTF-8 text only
         raise ModelError("ONNX Runtime cannot open a file whose path is not UTF-8 text; rename it (or the "
