@@ -497,6 +497,11 @@ def test_python_m_mde_train_takes_mde_s_own_options_anywhere(tmp_path):
                            "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 2, done.stderr
     assert "Traceback" in done.stderr and done.stderr.endswith(f"mde: error: {tmp_path / 'none'}: dataset not found\n")
+    from mde.train.__main__ import own_options_first
+
+    # an option's value stays the option's: `--out -v` is a folder named -v, as `mde train` reads it
+    assert own_options_first(["--data", "-v", "--out", "-v", "-v", "--", "--verbose"]) == [
+        "-v", "train", "--data", "-v", "--out", "-v", "--", "--verbose"]
 
 
 # -- resume after SIGKILL -----------------------------------------------------------------------
