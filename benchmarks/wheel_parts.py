@@ -15,6 +15,7 @@ Bad input is one line on stderr and exit 2. Standard library only: it runs befor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -99,7 +100,10 @@ class _PartWriter:
 
     def _close(self) -> None:
         if self._fh is not None:
-            self._fh.close()
+            try:
+                self._fh.close()  # the buffer's last bytes are written here
+            except OSError as err:
+                raise OSError(err.errno, err.strerror, str(self.out / PART.format(len(self.parts)))) from None
             self.parts.append({"file": PART.format(len(self.parts)), "size": self._size,
                                "sha256": self._digest.hexdigest()})
             self._fh, self._digest, self._size = None, hashlib.sha256(), 0
@@ -111,7 +115,8 @@ class _PartWriter:
     def discard(self) -> None:
         """Remove every part written so far (a failed or stopped split leaves no half set)."""
         if self._fh is not None:
-            self._fh.close()
+            with contextlib.suppress(OSError):  # a full disk fails the flush of what it buffered again
+                self._fh.close()
             self._fh = None
         for i in range(len(self.parts) + 1):
             (self.out / PART.format(i)).unlink(missing_ok=True)

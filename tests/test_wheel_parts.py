@@ -261,6 +261,7 @@ def test_a_split_onto_a_full_disk_names_the_part_and_leaves_none(tmp_path, wheel
     class FullDisk:  # the second part's file takes no byte
         def __init__(self, path):
             self.path, self.name = path, Path(path).name
+            Path(path).touch()  # made, as open(path, "wb") makes it
 
         def write(self, data):
             if self.name != "wheels.part000":
@@ -268,8 +269,9 @@ def test_a_split_onto_a_full_disk_names_the_part_and_leaves_none(tmp_path, wheel
             with open(self.path, "ab") as fh:
                 fh.write(data)
 
-        def close(self):
-            pass
+        def close(self):  # a real file's close flushes its buffer: on a full disk, it fails again
+            if self.name != "wheels.part000":
+                raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(wheel_parts, "open", lambda path, mode="r": FullDisk(path) if mode == "wb" else open(path, mode),
                         raising=False)
