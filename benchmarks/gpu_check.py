@@ -2,8 +2,8 @@
 
     python benchmarks/gpu_check.py --out DIR [--device cuda|cpu] [--ort-path DIR] [--budget S] [--only NAME...]
 
-Sections, in order (gpu_check_sections.py), each with a time budget (`PROFILES`; the last one run takes
-all that is left); an exception or a spent budget in one is recorded with its one-line reason and the
+Sections, in order (gpu_check_sections.py), each with a time budget (`PROFILES`; the last one selected
+takes all that is left); an exception or a spent budget in one is recorded with its one-line reason and the
 others still run:
   environment      GPU, driver-side versions, which of PyTorch CUDA / onnxruntime-gpu / TensorRT are here
   tests            `pytest tests -m "gpu or tensorrt"` (tests/test_cuda.py and every CUDA-only test) in a subprocess

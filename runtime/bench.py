@@ -128,11 +128,8 @@ def _run_shape(est, path: Path, cfg: BenchConfig) -> tuple[tuple[int, int], tupl
     size = tuple(est.metadata.input_size)
     h, w = parse_size(cfg.image_size, size)
     if cfg.native_resolution:
-        if not est.metadata.dynamic_size:
-            raise InputError(f"--native-resolution needs a model exported with --dynamic-size; this one takes "
-                             f"{size[0]}x{size[1]} images only", path)
-        est.native_resolution = True
-        size = est.network_size(h, w)  # the limit on the rounded side checked here, before any timing
+        est.require_native_resolution()
+        size = est.check_size(h, w, cfg.batch)  # an engine's profile, the side limit: refused before any timing
     batch_bytes = cfg.batch * 3 * max(h * w, size[0] * size[1]) * 4  # the network's float32 input at least
     if batch_bytes > MAX_BATCH_BYTES:
         raise InputError(f"--batch {cfg.batch} of {h}x{w} images needs {batch_bytes / 2**30:.1f} GiB of input "
@@ -171,10 +168,9 @@ def check_inputs(cfg: BenchConfig) -> None:
     after the minutes of timing it would throw away."""
     from mde.io import file_identity, require_file
 
-    if cfg.native_resolution and cfg.torch_checkpoint is not None:
-        raise InputError("--native-resolution times dynamic-size models at the images' own size, and a "
-                         "checkpoint runs at its training size only: time its dynamic-size ONNX instead",
-                         cfg.torch_checkpoint)
+    if cfg.native_resolution and cfg.image_size == "model":  # the model's own size: nothing would change
+        raise InputError("--native-resolution times the images of --image-size HxW (a camera's) at that size; "
+                         "give it")
     if cfg.torch_checkpoint is not None and Path(cfg.torch_checkpoint).suffix.lower() in (".onnx", ".engine",
                                                                                            ".plan", ".npz"):
         raise InputError("--torch takes a PyTorch checkpoint (.pt); give exported models as arguments",

@@ -136,6 +136,28 @@ class DepthEstimator:
             return size
         return tuple(self.metadata.input_size)  # type: ignore[return-value]
 
+    def require_native_resolution(self, option: str = "--native-resolution") -> None:
+        """Turn `native_resolution` on, or refuse, naming why (`InputError`), where it cannot apply: a model of
+        one input size, a checkpoint (run at its training size), a golden file (outputs saved at that size).
+        `DepthEstimator(..., native_resolution=True)` only warns: a command's option is refused instead."""
+        h, w = self.metadata.input_size
+        if self.backend == "golden":
+            raise InputError(f"{option} runs each image at its own size; a golden file replays the outputs saved "
+                             f"at {h}x{w}: give the ONNX model or the engine", self.runner.path)
+        if not self.metadata.dynamic_size:
+            what = "a checkpoint runs" if self.backend == "torch" else "this model takes"
+            raise InputError(f"{option} needs a model exported with --dynamic-size; {what} {h}x{w} images only",
+                             self.runner.path)
+        self.native_resolution = True
+
+    def check_size(self, height: int, width: int, batch: int = 1) -> tuple[int, int]:
+        """The size an image of `height` x `width` runs at, in batches of `batch`, refused now (`InputError`)
+        where the model would refuse it when run (an engine's profile, the side limit)."""
+        size = self.network_size(height, width)
+        dtype = next(iter(self.runner.input_specs.values())).dtype
+        self.runner.check_feed({self.input_name: np.broadcast_to(np.zeros((), dtype), (batch, 3, *size))})
+        return size
+
     # -- inference ----------------------------------------------------------------
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Raw model call: N x 3 x h x w float32 in [0, 1] -> N x 1 x h x w depth in metres.

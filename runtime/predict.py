@@ -157,12 +157,8 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
     failed = 0
     with no_empty_new_folder(out), DepthEstimator.open(cfg.artifact, backend=cfg.backend, threads=cfg.threads,
                                                        providers=cfg.providers) as est:
-        if cfg.native_resolution:  # refused where it cannot apply: the estimator's own warning, then exit 0, hid it
-            if not est.metadata.dynamic_size:
-                h, w = est.metadata.input_size
-                raise InputError(f"--native-resolution needs a model exported with --dynamic-size; this one takes "
-                                 f"{h}x{w} images only", cfg.artifact)
-            est.native_resolution = True
+        if cfg.native_resolution:
+            est.require_native_resolution()
         if cfg.format == "png16" and est.metadata.max_depth * MM_PER_M > PNG16_MAX:
             raise InputError(f"--format png16 holds depths up to {PNG16_MAX / MM_PER_M:g} m; this model predicts up "
                              f"to {est.metadata.max_depth:g} m (use --format npy)", cfg.artifact)

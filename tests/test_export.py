@@ -176,6 +176,7 @@ def test_dynamic_size_and_force(tmp_path, tiny_checkpoint, tiny_export, cli):
         assert est.runner._run_options({"image": small}) is None  # the exported size: ORT's arena as it is
         assert est.runner._run_options({"image": large}) is not None  # larger: its memory is given back after
         assert est.predict(np.full((70, 100, 3), 100, np.uint8)).shape == (70, 100)  # run at 64x96
+        assert est.check_size(100, 130, batch=2) == (96, 128)  # what bench checks before timing (an engine's profile)
         with pytest.raises(InputError, match=r"a 9000x8 image would run at 8992x32 .* beyond the 8192 pixel side"):
             est.predict(np.zeros((8, 9000, 3), np.uint8))  # a 2 x 33M frame would have asked for 12 GB
         from PIL import Image
@@ -193,15 +194,22 @@ def test_dynamic_size_and_force(tmp_path, tiny_checkpoint, tiny_export, cli):
     assert np.abs(np.load(tmp_path / "exported" / "frame.npy") - native).max() > 1e-3
     fixed = cli("predict", tiny_export / "model.onnx", tmp_path / "frame.png", "-o", tmp_path / "no", "--native-resolution")
     assert fixed.code == 2 and fixed.err.strip() == (f"mde: error: {tiny_export / 'model.onnx'}: --native-resolution needs "
-                                                     "a model exported with --dynamic-size; this one takes 64x64 images only")
+                                                     "a model exported with --dynamic-size; this model takes 64x64 images only")
     assert not (tmp_path / "no").exists()
     # `mde bench --native-resolution`: the latency at the camera's size, which --image-size alone resized away
     runs = {flag: json.loads(cli("bench", out / "model.onnx", "--image-size", "100x130", "--iterations", 2,
                                  "--warmup", 0, "--json", *([flag] if flag else [])).out)["results"][0]
             for flag in ("--native-resolution", None)}
     assert runs["--native-resolution"]["input_size"] == [96, 128] and runs[None]["input_size"] == [64, 64]
-    refused = cli("bench", tiny_export / "model.onnx", "--native-resolution")
-    assert refused.code == 2 and "--native-resolution needs a model exported with --dynamic-size" in refused.err
+    for argv, says in (
+            ((tiny_export / "model.onnx", "--image-size", "100x130"), "this model takes 64x64 images only"),
+            (("--torch", tiny_checkpoint, "--image-size", "100x130"), "a checkpoint runs 64x64 images only"),
+            ((out / "golden.npz", "--backend", "onnxruntime", "--image-size", "100x130"), None),
+            ((out / "model.onnx",), "--native-resolution times the images of --image-size HxW")):
+        refused = cli("bench", *argv, "--native-resolution")
+        assert refused.code == 2 and (says is None or says in refused.err), refused.err
+    golden = cli("predict", out / "golden.npz", tmp_path / "frame.png", "-o", tmp_path / "g", "--native-resolution")
+    assert golden.code == 2 and "a golden file replays the outputs saved at 64x64" in golden.err, golden.err
 
 
 def test_with_golden_data_the_self_check_gates_rmse_as_parity_does(tmp_path, tiny_checkpoint, synth_data,

@@ -82,7 +82,7 @@ def test_calibrate_killed_at_random_moments(tmp_path, tiny_export, synth_data):
     argv = ["calibrate", str(tiny_export / "model.onnx"), "--data", str(synth_data), "--out", str(out),
             "--num-images", "12", "--holdout-images", "4", "--allow-few", "--max-float-nodes", "0",
             "--recalibrate", "--force"]
-    scratch = tmp_path / "tmp"  # calibrate stages its work in a TemporaryDirectory: watch for it there
+    scratch = tmp_path / "tmp"  # calibrate stages its work in a scratch folder of TMPDIR: watch for it there
     scratch.mkdir()
     landed = 0
     for _ in range(3):
