@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mde.errors import STDOUT_CLOSED, DataError, InputError, MdeError, one_line
+from mde.errors import STDOUT_CLOSED, InputError, MdeError, one_line
 from mde.runtime import DepthEstimator, read_rgb
 from mde.runtime.images import list_images
 
@@ -30,7 +30,9 @@ def frames(folder: Path, dropped: list[str]) -> Iterator[tuple[str, np.ndarray]]
     for path in list_images(folder):
         try:
             rgb = read_rgb(path, upright=True)  # as a viewer shows it (a phone's EXIF-turned JPEG)
-        except DataError as err:
+        except MdeError as err:  # damaged, gone since the listing, not an image after all
+            if err.path is not None and Path(err.path) != path:
+                raise
             print(f"robot_loop: dropped: {err}", file=sys.stderr)
             dropped.append(path.name)
             continue
@@ -88,9 +90,9 @@ def main() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         print(f"robot_loop: error: cannot write to standard output ({err.strerror or err})", file=sys.stderr)
         raise SystemExit(2) from None
-    if dropped:  # as `mde predict` ends when some of its images failed
+    if dropped:  # as `mde predict` ends: 1 when some of its images failed, 2 when all did
         print(f"robot_loop: {len(dropped)} of {len(dropped) + len(latencies)} frames dropped", file=sys.stderr)
-        raise SystemExit(1)
+        raise SystemExit(1 if latencies else 2)
 
 
 def run(model: Path, folder: Path, fov: float, backend: str, latencies: list[float], dropped: list[str]) -> None:

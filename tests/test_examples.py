@@ -122,6 +122,11 @@ def test_robot_loop_drops_a_damaged_frame_and_goes_on(tiny_export, synth_data, t
                                 "truncated)", "robot_loop: 1 of 3 frames dropped"], err
     assert out.splitlines()[1].startswith("a.png: ") and out.splitlines()[2].startswith("caf\\xe9.png: ")
     assert out.splitlines()[-1].startswith("2 frames: median ")
+    for name in ("a.png", os.fsdecode(b"caf\xe9.png")):  # nothing left to run: bad input, as for mde predict
+        (frames / name).unlink()
+    proc = subprocess.run([sys.executable, str(EXAMPLE), str(tiny_export / "model.onnx"), str(frames)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.endswith("robot_loop: 1 of 1 frames dropped\n"), proc.stderr
 
 
 @pytest.mark.parametrize("redirect, says", [
