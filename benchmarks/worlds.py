@@ -74,6 +74,7 @@ def make_world_data(path: Path, name: str, quick: bool = False) -> Path:
     from bench_train import check_data_settings, data_settings
 
     from mde.data.synth import read_cameras, synthesize
+    from mde.io import parse_json, read_small_text
 
     marker = path / "bench_world.json"
     if path.exists() and not path.is_dir():
@@ -81,10 +82,11 @@ def make_world_data(path: Path, name: str, quick: bool = False) -> Path:
     if (path / "meta.json").is_file():
         if marker.is_file():
             try:
-                ours = json.loads(marker.read_text()).get("world") == name
-            except (ValueError, AttributeError) as err:  # JSON that is cut, or no object
+                saved = parse_json(read_small_text(marker))
+            except ValueError as err:  # JSON that is cut short
                 raise ValueError(f"{marker}: not readable ({err}); remove the folder to make the set again") \
                     from None
+            ours = isinstance(saved, dict) and saved.get("world") == name
         else:  # fixed-camera sets made before the marker
             cameras = read_cameras(path)
             ours = name == "fixed-camera" and all(c[key] == value for split in cameras.values()

@@ -9,6 +9,7 @@ from typing import Any
 
 from mde.calibration.config import CalibrationConfig
 from mde.errors import InputError
+from mde.export.tensorrt_build import default_timing_cache
 from mde.io import check_outside_splits
 from mde.runtime.metadata import (  # noqa: F401 - the artifact names are re-exported for the export stage
     ARTIFACT_NAMES,
@@ -27,12 +28,6 @@ MAX_GOLDEN_IMAGES = 64  # golden.npz holds each input and its output: 64 at 224 
 # an older onnx or ONNX Runtime, which checks every export, lowers the bound (`max_opset`).
 MAX_OPSET = 26
 MAX_WORKSPACE_MIB = 1 << 20  # --workspace-mib: 1 TiB, past any GPU's memory (TensorRT takes bytes, MiB << 20)
-
-
-def _default_timing_cache() -> Path:
-    from mde.io import user_cache_dir
-
-    return user_cache_dir() / "tensorrt-timing.cache"
 
 
 @dataclass
@@ -86,7 +81,7 @@ class ExportConfig:
     min_size: int = 32
     max_size: int = 1024
     workspace_mib: int = 4096
-    timing_cache: Path = field(default_factory=_default_timing_cache)
+    timing_cache: Path = field(default_factory=default_timing_cache)
     progress: bool = True
 
 

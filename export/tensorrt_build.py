@@ -38,6 +38,11 @@ def profile_size_problem(min_size: int, max_size: int, size: tuple[int, int] | N
     return None
 
 
+def default_timing_cache() -> Path:
+    """Where timing caches are kept unless `--timing-cache` says: mde's cache folder (`user_cache_dir`)."""
+    return user_cache_dir() / "tensorrt-timing.cache"
+
+
 @dataclass
 class BuildConfig:
     """Engine build settings.
@@ -66,7 +71,7 @@ class BuildConfig:
     min_size: int = 32
     max_size: int = 1024
     workspace_mib: int = 4096
-    timing_cache: Path = field(default_factory=lambda: user_cache_dir() / "tensorrt-timing.cache")
+    timing_cache: Path = field(default_factory=default_timing_cache)
 
     def profile(self) -> dict[str, list[list[int]]]:
         """{input name: [min, opt, max] shapes}."""
