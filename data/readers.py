@@ -533,24 +533,58 @@ def check_depth_units(dataset: Any, data_range: float) -> None:
     """Refuse a dataset whose depth is not in metres of its range, judged on its first depth map (as NYU's is):
     the median of its valid pixels beyond `UNIT_CHECK` x `data_range` (meta.json's max_depth, else the model's
     range) is millimetres stored in a .npy, a PNG scale not given, or a max_depth far too small. Every metric
-    and the loss would be in the wrong unit, without a word."""
+    and the loss would be in the wrong unit, without a word. A PNG scale a few times off (KITTI's 256 read at
+    the default 1000, TUM's 5000 read at 1000) passes that test; `_warn_of_png_scale` says what it suggests."""
     if not len(dataset):
         return
     depth = getattr(dataset, "ground_truth", dataset.__getitem__)(0).depth
     valid = depth[np.isfinite(depth) & (depth > 0)]
     typical = float(np.median(valid)) if valid.size else 0.0
-    if typical <= UNIT_CHECK * data_range:
-        return
     pairs = getattr(dataset, "pairs", None)
     source = pairs[0][2] if pairs else getattr(dataset, "path", None)
+    png = Path(str(source)).suffix.lower() == ".png"
     scale = getattr(dataset, "depth_scale", None)
     read_at = f"read at {scale:g} units per metre; " if scale else ""
     advice = (f"its PNG depth is {read_at}the units per metre are --depth-scale, else meta.json's depth_png_scale, "
-              "else 1000 (KITTI 256)" if Path(str(source)).suffix.lower() == ".png"
-              else "a .npy holds metres (millimetres?)")
-    raise DataError(f"depth is {typical:.4g} m at the median, {typical / data_range:.0f}x the dataset's "
-                    f"{data_range:g} m range (meta.json's max_depth, else the model's): {advice}; or the range is "
-                    "too small", source)
+              "else 1000 (KITTI 256)" if png else "a .npy holds metres (millimetres?)")
+    if typical > UNIT_CHECK * data_range:
+        raise DataError(f"depth is {typical:.4g} m at the median, {typical / data_range:.0f}x the dataset's "
+                        f"{data_range:g} m range (meta.json's max_depth, else the model's): {advice}; or the range is "
+                        "too small", source)
+    if png:
+        _warn_of_png_scale(dataset, data_range, advice)
+
+
+SCALE_SAMPLE = 8  # depth maps read, spread over a split, to judge its PNG scale
+_scale_warned: set[str] = set()  # depth folders already warned of (train and eval read a split more than once)
+
+
+def _warn_of_png_scale(dataset: Any, data_range: float, advice: str) -> None:
+    """Warn, once per split, where a split's PNG depth looks read at the wrong scale: over a quarter of the valid
+    depths of `SCALE_SAMPLE` maps beyond the range (a scale too small: TUM's 5000 read at 1000), or the deepest of
+    them under a third of it (too large: KITTI's 256 read at 1000 puts an 80 m LiDAR's farthest return at 20 m). A
+    warning, not a refusal: a shallow scene under a generous range looks the same."""
+    pairs = getattr(dataset, "pairs", None)
+    folder = str(Path(pairs[0][2]).parent if pairs else getattr(dataset, "path", "dataset"))
+    if folder in _scale_warned:
+        return
+    read = getattr(dataset, "ground_truth", dataset.__getitem__)
+    picks = sorted({round(i * (len(dataset) - 1) / max(SCALE_SAMPLE - 1, 1)) for i in range(SCALE_SAMPLE)})
+    depths = [d[np.isfinite(d) & (d > 0)] for d in (read(i).depth for i in picks)]
+    valid = np.concatenate(depths) if depths else np.zeros(0)
+    if not valid.size:
+        return
+    beyond, deepest = float(np.mean(valid > data_range)), float(valid.max())
+    if beyond > 0.25:
+        said, range_is = f"{beyond:.0%} of the valid depths of {len(picks)} maps lie beyond the {data_range:g} m " \
+                         "range", "too small"
+    elif deepest < data_range / 3:
+        said, range_is = f"the deepest valid depth of {len(picks)} maps is {deepest:.3g} m, under a third of the " \
+                         f"{data_range:g} m range", "too large"
+    else:
+        return
+    _scale_warned.add(folder)
+    log.warning("%s: %s: is the PNG scale right? %s; or is max_depth %s?", folder, said, advice, range_is)
 
 
 JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", type(None): "null"}

@@ -168,6 +168,34 @@ def test_depth_in_another_unit_than_the_range_is_refused(tmp_path, cli, tiny_exp
         check_depth_units(open_dataset(tmp_path / "png", "val"), 0.5)
 
 
+@pytest.mark.parametrize("stored_scale, max_depth, says", [
+    (256, 80.0, "the deepest valid depth of 3 maps is 19.2 m, under a third of the 80 m range"),  # KITTI read as mm
+    (5000, 10.0, "of the valid depths of 3 maps lie beyond the 10 m range"),  # TUM's 5000 per metre read as mm
+])
+def test_a_png_scale_a_few_times_off_is_warned_of(tmp_path, caplog, stored_scale, max_depth, says):
+    """KITTI's 256 units per metre read at the default 1000 (or TUM's 5000) passed the 5x median test: every
+    command trained and scored in the wrong unit, without a word."""
+    from mde.data.readers import check_depth_units, open_dataset
+
+    for root in ("d", "declared"):
+        for name in "abc":
+            depth = np.zeros((12, 16), np.float32)
+            depth[6:] = np.linspace(3.0, 75.0 if max_depth == 80 else 9.5, 16)  # sparse: the lower half only
+            _write_pair(tmp_path / root, "val", name, depth, scale=stored_scale)
+    (tmp_path / "d" / "meta.json").write_text(f'{{"max_depth": {max_depth}}}')
+    with caplog.at_level("WARNING", logger="mde.data.readers"):
+        check_depth_units(open_dataset(tmp_path / "d", "val"), max_depth)
+        check_depth_units(open_dataset(tmp_path / "d", "val"), max_depth)  # said once for the folder
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and warned[0].startswith(f"{tmp_path / 'd' / 'val' / 'depth'}: ") and says in warned[0]
+    assert "is the PNG scale right? its PNG depth is read at 1000 units per metre" in warned[0]
+    caplog.clear()
+    (tmp_path / "declared" / "meta.json").write_text(f'{{"max_depth": {max_depth}, "depth_png_scale": {stored_scale}}}')
+    with caplog.at_level("WARNING", logger="mde.data.readers"):
+        check_depth_units(open_dataset(tmp_path / "declared", "val"), max_depth)  # declared: nothing to say
+    assert caplog.records == []
+
+
 def test_a_dataset_s_image_notes_are_said_once_per_folder(tmp_path, caplog):
     """A grey dataset said "grayscale image converted to RGB" for every image, every epoch (76 lines for 32 images
     over 2 epochs); once per folder now. A grey picture read on its own is still said."""
