@@ -300,7 +300,7 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
 
     from mde.calibration import fallback, float_layers
     from mde.calibration import quantize as qz
-    from mde.data.readers import check_depth_units, dataset_max_depth
+    from mde.data.readers import check_depth_units, dataset_max_depth, note_trained_depth_scale, trained_png_scale
 
     started = time.perf_counter()
     cfg.model, cfg.data, cfg.out = Path(cfg.model), Path(cfg.data), Path(cfg.out)
@@ -311,6 +311,8 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
     data_range = dataset_max_depth(cfg.data, meta.max_depth) if labelled else None
     dataset, hold_idx, calib_idx = open_train_split(cfg)
     if data_range is not None:
+        note_trained_depth_scale(cfg.model, trained_png_scale(meta.source.get("config")),
+                                 getattr(dataset, "depth_scale", None), cfg.data)
         check_depth_units(dataset, data_range)  # the accuracy check's ground truth
     size = tuple(meta.input_size)
     # ONNX Runtime's own temporary folders within ours, so that a Ctrl-C anywhere leaves none of them behind

@@ -622,17 +622,32 @@ def _meta_number(doc: dict[str, Any], key: str, meta: Path) -> float:
         raise DataError(f"expected a JSON object with a numeric '{key}' ({err})", meta) from None
 
 
-def note_trained_depth_scale(model: str | Path, trained: object, used: float | None, data: str | Path) -> None:
-    """A note where a checkpoint trained with one --depth-scale is scored (`eval`, `parity`, `export --golden-data`)
-    on PNG depth read at another (`used`, units per metre): the scale is the dataset's and is not taken from the
-    checkpoint, so the same data given without it reads wrong, and every figure with it."""
+def trained_png_scale(config: Any) -> float | None:
+    """The units per metre a model's training PNG depth was read at, from its training config (a checkpoint's, or
+    the `mde.source` an export copies): its --depth-scale, else the scale its dataset declared or defaulted to
+    (`png_depth_scale`, recorded since the option alone missed a meta.json's); None where neither is known."""
+    if not isinstance(config, dict):
+        return None
+    for key in ("depth_scale", "png_depth_scale"):
+        value = config.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+def note_trained_depth_scale(model: str | Path, trained: float | None, used: float | None,
+                             data: str | Path) -> None:
+    """A note where a model whose training PNG depth was read at one scale (`trained_png_scale`) is scored (`eval`,
+    `parity`, `calibrate`, `export --golden-data`) on PNG depth read at another (`used`, units per metre): the scale
+    is the dataset's and is not taken from the model, so the same data given without it reads wrong, and every
+    figure with it."""
     from mde.console import info
 
-    if isinstance(trained, (int, float)) and used is not None and float(trained) != used and has_png_depth(data):
+    if trained is not None and used is not None and trained != used and has_png_depth(data):
         advice = ("as its meta.json declares" if declared_depth_scale(data) is not None  # the option would be refused
-                  else f"give --depth-scale {float(trained):g} if it is the same data")
-        info(f"note: {model} was trained with --depth-scale {float(trained):g}; {data}'s PNG depth is read at "
-             f"{used:g} units per metre here ({advice})")
+                  else f"give --depth-scale {trained:g} if it is the same data")
+        info(f"note: {model} was trained on PNG depth read at {trained:g} units per metre; {data}'s is read at "
+             f"{used:g} here ({advice})")
 
 
 def declared_depth_scale(path: str | Path) -> float | None:

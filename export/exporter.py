@@ -385,6 +385,7 @@ def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:
         CheckFailed: an artifact failed a check or is out of tolerance (exit 1); nothing is written.
     """
     validate(cfg)
+    from mde.data.readers import trained_png_scale
     from mde.io import require_file, sha256_file
 
     checkpoint = require_file(cfg.checkpoint, "checkpoint")
@@ -410,7 +411,7 @@ def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:
         golden = golden_inputs(cfg.golden_data, size, cfg.golden_images, cfg.golden_seed,
                                depth_scale=depth_scale_for(cfg, cfg.golden_data),
                                model_range=float(model.args.max_depth),
-                               trained=(checkpoint, config.get("depth_scale")))
+                               trained=(checkpoint, trained_png_scale(config)))
         image = golden.image
         with torch.no_grad():
             reference = model(torch.from_numpy(image)).numpy()

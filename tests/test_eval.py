@@ -291,8 +291,8 @@ def test_parity_and_golden_export_note_a_checkpoint_trained_at_another_depth_sca
     state["config"]["depth_scale"] = 256.0
     ckpt = tmp_path / "kitti.pt"
     torch.save(state, ckpt)
-    note = (f"note: {ckpt} was trained with --depth-scale 256; {synth_data}'s PNG depth is read at 1000 units per "
-            "metre here (as its meta.json declares)")
+    note = (f"note: {ckpt} was trained on PNG depth read at 256 units per metre; {synth_data}'s is read at 1000 "
+            "here (as its meta.json declares)")
     result = cli("parity", ckpt, tiny_export / "model.onnx", "--data", synth_data, "--limit", "2")
     assert note in result.err, result.err
     result = cli("export", ckpt, "--out", tmp_path / "e", "--precision", "fp32", "--golden-data", synth_data,
@@ -309,7 +309,7 @@ def test_eval_notes_a_checkpoint_trained_at_another_depth_scale(cli, tiny_checkp
     state["config"]["depth_scale"] = 256.0
     ckpt = tmp_path / "kitti.pt"
     torch.save(state, ckpt)
-    note = f"note: {ckpt} was trained with --depth-scale 256; {synth_data}'s PNG depth is read at 1000 units per metre"
+    note = f"note: {ckpt} was trained on PNG depth read at 256 units per metre; {synth_data}'s is read at 1000"
     result = cli("eval", ckpt, "--data", synth_data, "--json")
     assert result.code == 0 and f"{note} here (as its meta.json declares)" in result.err, result.err
     undeclared = tmp_path / "undeclared"  # the same PNGs, with a meta.json that declares no scale
@@ -322,7 +322,35 @@ def test_eval_notes_a_checkpoint_trained_at_another_depth_scale(cli, tiny_checkp
     result = cli("eval", ckpt, "--data", undeclared, "--json")
     assert result.code == 0 and "(give --depth-scale 256 if it is the same data)" in result.err, result.err
     result = cli("eval", ckpt, "--data", undeclared, "--json", "--depth-scale", "256")
-    assert result.code == 0 and "was trained with" not in result.err, result.err
+    assert result.code == 0 and "was trained on" not in result.err, result.err
+
+
+def test_the_scale_a_run_read_its_pngs_at_is_noted_from_meta_json_and_from_an_onnx(cli, tiny_export, synth_data,
+                                                                                    tmp_path):
+    """A run whose KITTI meta.json declared 256 recorded no scale (only --depth-scale was saved), and an exported
+    model's never was looked at: the same PNGs without the meta.json's scale were scored at 1000, unsaid."""
+    import onnx
+
+    from mde.data.readers import trained_png_scale
+    from mde.runtime.metadata import read_props
+
+    model = onnx.load(str(tiny_export / "model.onnx"))
+    source = json.loads(read_props(model)["mde.source"])
+    source["config"]["png_depth_scale"] = 1000.0  # what a run on the synth set records (tests/test_train.py)
+    next(p for p in model.metadata_props if p.key == "mde.source").value = json.dumps(source)
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    assert trained_png_scale({"depth_scale": None, "png_depth_scale": 256}) == 256.0
+    assert trained_png_scale({"depth_scale": 5000, "png_depth_scale": 5000}) == 5000.0
+    assert trained_png_scale({"depth_scale": None}) is None and trained_png_scale(None) is None
+    other = tmp_path / "at256"  # the same PNGs, declared at another scale
+    other.mkdir()
+    for split in ("train", "val"):
+        (other / split).symlink_to(synth_data / split)
+    meta = json.loads((synth_data / "meta.json").read_text())
+    (other / "meta.json").write_text(json.dumps({**meta, "depth_png_scale": 256, "max_depth": meta["max_depth"] * 4}))
+    result = cli("eval", tmp_path / "model.onnx", "--data", other, "--json")
+    assert (f"note: {tmp_path / 'model.onnx'} was trained on PNG depth read at 1000 units per metre; {other}'s "
+            "is read at 256 here (as its meta.json declares)") in result.err, result.err
 
 
 def test_a_train_split_in_another_unit_gives_no_baseline_but_a_note(cli, tiny_export, synth_data, tmp_path):

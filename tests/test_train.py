@@ -419,6 +419,8 @@ def test_defaults_are_unet_onecycle_and_the_report_recipe_stays_selectable(tiny_
     state = load_checkpoint(tiny_run[0] / "last.pt")  # the tiny run uses the defaults
     assert state["model_args"]["decoder"] == "unet" and state["config"]["schedule"] == "onecycle"
     assert state["scheduler"]["total_steps"] == 12  # 24 images / batch 4, two epochs
+    # the scale its PNGs were read at, from the synth set's meta.json (no --depth-scale given): eval's note needs it
+    assert state["config"]["depth_scale"] is None and state["config"]["png_depth_scale"] == 1000.0
     out = tmp_path / "report"
     result = train(tiny_config(synth_data, out, decoder="report", schedule="cyclic", scale_crop=True, color_jitter=True))
     assert math.isfinite(result["best"]["rmse"])

@@ -92,6 +92,7 @@ class TorchRunner(Runner):
             import torch
         except ImportError as err:
             raise BackendError(f"the torch backend needs PyTorch ({err}); {TRAIN_EXTRA}", self.path) from None
+        from mde.data.readers import trained_png_scale
         from mde.train.checkpoint import load_model
 
         check_device(torch, self.device, self.path)
@@ -102,7 +103,7 @@ class TorchRunner(Runner):
         self._torch, self._model = torch, model
         self.metadata = checkpoint_metadata(model, state)
         config = state.get("config") if isinstance(state.get("config"), dict) else {}
-        self.trained_depth_scale = config.get("depth_scale")  # the --depth-scale it trained with, if any
+        self.trained_depth_scale = trained_png_scale(config)  # what its training PNG depth was read at, if known
         h, w = self.metadata.input_size
         self.input_specs = {INPUT_NAME: TensorSpec(INPUT_NAME, np.dtype(np.float32), (None, 3, h, w))}
         self.output_specs = {OUTPUT_NAME: TensorSpec(OUTPUT_NAME, np.dtype(np.float32), (None, 1, h, w))}

@@ -554,7 +554,10 @@ def save_checkpoint(job: Job, state: TrainState, path: Path, training_state: boo
     """
     replace_old_run(job)
     own = state.epoch_step == 0 and state.records and state.records[-1]["epoch"] == state.epoch
-    checkpoint = {"model_args": vars(job.args), "model": job.model.state_dict(), "config": job.cfg.to_dict(),
+    # png_depth_scale: the units per metre the train PNGs were read at, whether from --depth-scale, meta.json or
+    # the default (the option alone left a meta.json's unknown to eval's note on other data)
+    config = {**job.cfg.to_dict(), "png_depth_scale": getattr(job.train_set, "depth_scale", None)}
+    checkpoint = {"model_args": vars(job.args), "model": job.model.state_dict(), "config": config,
                   "epoch": state.epoch, "epoch_step": state.epoch_step, "step": state.step,
                   # the validation of these weights, or none (mid-epoch, or an epoch --val-every skipped):
                   # export stamps them on the model

@@ -40,7 +40,7 @@ def eval_command(
     split other than train (and NYU's all), the train split's per-pixel mean depth map is scored beside the
     model (RMSE / AbsRel / delta1, per region too), or a note says why there is none.
     """
-    from mde.data.readers import check_depth_units, dataset_max_depth, note_trained_depth_scale, open_dataset
+    from mde.data import readers
     from mde.io import require_file
     from mde.runtime.evaluate import evaluate
 
@@ -50,7 +50,7 @@ def eval_command(
         raise InputError(f"unknown --device {device!r}; choose from auto, cpu, cuda, cuda:N")
     check_split(split)
     path = require_file(model, "model")
-    dataset = open_dataset(data, split=split, depth_scale=depth_scale)
+    dataset = readers.open_dataset(data, split=split, depth_scale=depth_scale)
     suffix = path.suffix.lower()
     if suffix == ".pt":
         if backend not in ("auto", "torch"):  # a checkpoint runs in PyTorch; another backend would be ignored
@@ -59,17 +59,19 @@ def eval_command(
             raise InputError("--providers names ONNX Runtime's providers; a .pt checkpoint runs in PyTorch "
                              "(choose where with --device)", path)
         predict, model_range, trained_scale = _torch_predict(path, device)
-        note_trained_depth_scale(path, trained_scale, getattr(dataset, "depth_scale", None), data)
+        readers.note_trained_depth_scale(path, trained_scale, getattr(dataset, "depth_scale", None), data)
     elif suffix in (".onnx", ".engine", ".plan"):
         from mde.runtime.estimator import DepthEstimator
 
         estimator = DepthEstimator.open(path, backend=backend, batch_size=batch_size,
                                         providers=_artifact_providers(path, device, providers or None))
         predict, model_range = estimator.predict_batch, estimator.metadata.max_depth
+        readers.note_trained_depth_scale(path, readers.trained_png_scale(estimator.metadata.source.get("config")),
+                                         getattr(dataset, "depth_scale", None), data)
     else:
         raise InputError("expected a .pt, .onnx or .engine file", path)
-    data_range = float(dataset_max_depth(data, model_range))
-    check_depth_units(dataset, data_range)
+    data_range = float(readers.dataset_max_depth(data, model_range))
+    readers.check_depth_units(dataset, data_range)
     try:
         metrics = evaluate(predict, dataset, data_range, batch_size, progress=True)  # progress is on stderr
     except ModelError as err:  # the model's fault: name it
@@ -115,6 +117,7 @@ def _pixel_mean_map_figures(data: str, split: str, dataset, data_range: float, m
 
 
 def _torch_predict(path: Path, device: str):
+    from mde.data.readers import trained_png_scale
     from mde.train.checkpoint import load_model
     from mde.train.distributed import resolve_device
     from mde.train.evaluate import torch_predictor
@@ -123,7 +126,7 @@ def _torch_predict(path: Path, device: str):
     net, state = load_model(path, dev)
     config = state.get("config") if isinstance(state.get("config"), dict) else {}
     return (torch_predictor(net, net.args.image_size, net.args.max_depth, dev), float(net.args.max_depth),
-            config.get("depth_scale"))
+            trained_png_scale(config))
 
 
 def _print_table(path: Path, split: str, metrics: dict[str, float]) -> None:
