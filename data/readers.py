@@ -93,13 +93,13 @@ def read_mask(path: Path) -> np.ndarray:
 
 
 def _check_pair(name: str, rgb: np.ndarray, depth: np.ndarray, depth_file: str | Path,
-                mask: np.ndarray | None = None, mask_file: str | Path = "mask") -> Sample:
+                mask: np.ndarray | None = None, mask_file: str | Path = "mask", empty_ok: bool = False) -> Sample:
     if depth.shape != rgb.shape[:2]:
         raise DataError(
             f"depth map is {depth.shape[1]}x{depth.shape[0]} but its image is "
             f"{rgb.shape[1]}x{rgb.shape[0]} (width x height)", depth_file)
-    if not np.any(depth > 0):
-        raise DataError("depth map has no valid pixel (all 0, NaN or negative)", depth_file)
+    if not empty_ok and not np.any(depth > 0):
+        raise DataError("depth map has no valid pixel (all 0, NaN or negative): it cannot be scored", depth_file)
     check_plausible_depth(float(depth.max()), depth_file)
     if mask is not None and mask.shape != depth.shape:
         raise DataError(f"mask is {mask.shape[1]}x{mask.shape[0]} but its depth map is "
@@ -119,7 +119,14 @@ def check_depth_scale(depth_scale: float) -> None:
 
 
 class PairedFiles:
-    """Pairs of (RGB file, depth file) read on demand; base of the folder and KITTI readers."""
+    """Pairs of (RGB file, depth file) read on demand; base of the folder and KITTI readers.
+
+    `empty_depth_ok`: a depth map with no valid pixel is read, not refused. Training sets it for its train split
+    (a sparse LiDAR frame with no return in view: the loss leaves its pixels out, as it does every invalid one);
+    a split that is scored refuses such a map, naming it, as there is nothing to score it on.
+    """
+
+    empty_depth_ok = False
 
     def __init__(self, pairs: list[tuple[str, Path, Path]], depth_scale: float,
                  masks: dict[str, Path] | None = None):
@@ -156,7 +163,7 @@ class PairedFiles:
                             f"stored; save the image upright (PIL.ImageOps.exif_transpose)", depth_path)
         mask_path = self.masks.get(name)
         mask = read_mask(mask_path) if mask_path is not None else None
-        return _check_pair(name, rgb, depth, depth_path, mask, mask_path or "mask")
+        return _check_pair(name, rgb, depth, depth_path, mask, mask_path or "mask", self.empty_depth_ok)
 
     def check_headers(self, description: str) -> None:
         """Check each pair's sizes and depth / mask formats from the files' headers, no pixel decoded: a train
@@ -345,6 +352,7 @@ class NYUDataset:
     """
 
     SPLITS = ("train", "val", "all")
+    empty_depth_ok = False  # as `PairedFiles.empty_depth_ok`
 
     def __init__(self, path: str | Path, split: str = "all"):
         self.path = Path(path)
@@ -432,7 +440,8 @@ class NYUDataset:
         except (OSError, ValueError) as err:
             raise DataError(f"cannot read image {i} ({err})", self.path) from None
         depth = np.where(np.isfinite(depth) & (depth > 0), depth, 0).astype(np.float32)
-        return _check_pair(f"{i:05d}", rgb, np.ascontiguousarray(depth), f"{self.path}[{i}]")
+        return _check_pair(f"{i:05d}", rgb, np.ascontiguousarray(depth), f"{self.path}[{i}]",
+                           empty_ok=self.empty_depth_ok)
 
     def ground_truth(self, index: int) -> Sample:
         """Sample `index` with a black stand-in for its image (`PairedFiles.ground_truth`)."""

@@ -1042,6 +1042,26 @@ def test_bad_data_found_mid_epoch_leaves_no_folder_and_spares_an_old_run(cli, tm
     assert {p.name: p.read_bytes() for p in old.iterdir()} == before  # config.json, metrics.jsonl untouched
 
 
+def test_a_train_depth_map_with_no_valid_pixel_is_trained_past_and_a_val_one_refused(cli, tmp_path, synth_data):
+    """A sparse LiDAR frame with no return in view stopped training mid-epoch ("depth map has no valid pixel"),
+    and eval's per-pixel mean map too; the loss leaves invalid pixels out. A scored (val) one is still refused."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    empty = sorted((data / "train" / "depth").iterdir())[3]
+    Image.fromarray(np.zeros((64, 64), np.uint16)).save(empty)
+    res = cli("train", "--data", data, "--out", tmp_path / "run", *TINY, "--epochs", "1")
+    assert res.code == 0 and empty.name not in res.err, res.err
+    scored = cli("eval", tmp_path / "run" / "best.pt", "--data", data, "--json")
+    assert scored.code == 0 and "pixel_mean_map" in json.loads(scored.out), scored.err
+    val_empty = sorted((data / "val" / "depth").iterdir())[0]
+    Image.fromarray(np.zeros((64, 64), np.uint16)).save(val_empty)
+    refused = cli("eval", tmp_path / "run" / "best.pt", "--data", data)
+    assert refused.code == 2 and refused.err.strip() == (f"mde: error: {val_empty}: depth map has no valid pixel (all "
+                                                         "0, NaN or negative): it cannot be scored"), refused.err
+
+
 def test_a_mismatched_train_pair_is_found_before_the_run_folder(cli, tmp_path, synth_data, tiny_run):
     """Found mid-epoch, after a mid-epoch checkpoint, it left a new run folder behind, or with --force had
     already replaced the old run by a 0-epoch one. The headers of every train pair are read first."""

@@ -99,6 +99,7 @@ def open_splits(cfg: TrainConfig, env: DistEnv):
     from mde.data.readers import check_depth_units, dataset_max_depth, open_dataset
 
     train_set = open_dataset(cfg.data, split="train", depth_scale=cfg.depth_scale)
+    train_set.empty_depth_ok = True  # a LiDAR frame with no return in view: the loss leaves it out (val is scored)
     val_set = open_dataset(cfg.data, split="val", depth_scale=cfg.depth_scale)
     per_rank = len(train_set) // env.world_size
     if per_rank < cfg.batch_size:
