@@ -574,12 +574,15 @@ def _warn_of_png_scale(dataset: Any, data_range: float, advice: str) -> None:
     them under a third of it (too large: KITTI's 256 read at 1000 puts an 80 m LiDAR's farthest return at 20 m). A
     warning, not a refusal: a shallow scene under a generous range looks the same."""
     pairs = getattr(dataset, "pairs", None)
-    folder = str(Path(pairs[0][2]).parent if pairs else getattr(dataset, "path", "dataset"))
+    if not pairs:  # PNG depth comes in pairs of files
+        return
+    folder = str(Path(pairs[0][2]).parent)
     if folder in _scale_warned:
         return
-    read = getattr(dataset, "ground_truth", dataset.__getitem__)
-    picks = sorted({round(i * (len(dataset) - 1) / max(SCALE_SAMPLE - 1, 1)) for i in range(SCALE_SAMPLE)})
-    depths = [d[np.isfinite(d) & (d > 0)] for d in (read(i).depth for i in picks)]
+    picks = sorted({round(i * (len(pairs) - 1) / max(SCALE_SAMPLE - 1, 1)) for i in range(SCALE_SAMPLE)})
+    # the depth files alone: a pair's other problems are the reader's to name, when the pair is read
+    depths = [d[np.isfinite(d) & (d > 0)] for d in (read_depth(pairs[i][2], png_scale=dataset.depth_scale)
+                                                      for i in picks)]
     valid = np.concatenate(depths) if depths else np.zeros(0)
     if not valid.size:
         return

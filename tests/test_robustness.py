@@ -223,7 +223,7 @@ def bad(tmp_path_factory, synth_data, tiny_checkpoint, tiny_export) -> dict[str,
     victim = sorted((root / "ds_wrong_size" / "train" / "depth").iterdir())[0]
     Image.fromarray(np.full((10, 12), 1000, np.uint16)).save(victim)
     files["ds_wrong_size"] = root / "ds_wrong_size"
-    nan_dir = root / "ds_all_nan" / "train" / "depth"
+    nan_dir = root / "ds_all_nan" / "val" / "depth"  # scored: a train map with no valid pixel is trained past
     first = sorted(nan_dir.iterdir())[0]
     h, w = np.asarray(Image.open(first)).shape
     first.unlink()
