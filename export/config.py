@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mde.calibration.config import CalibrationConfig
 from mde.errors import InputError
-from mde.export.tensorrt_build import default_timing_cache
 from mde.io import check_outside_splits
 from mde.runtime.metadata import (  # noqa: F401 - the artifact names are re-exported for the export stage
     ARTIFACT_NAMES,
@@ -57,7 +56,7 @@ class ExportConfig:
         min_size: TensorRT profile smallest H/W with dynamic_size.
         max_size: TensorRT profile largest H/W with dynamic_size.
         workspace_mib: TensorRT workspace memory-pool limit.
-        timing_cache: TensorRT timing cache file, reused across builds.
+        timing_cache: TensorRT timing cache file, reused across builds (None: ~/.cache/mde's).
         progress: show a progress display on stderr.
     """
 
@@ -81,7 +80,7 @@ class ExportConfig:
     min_size: int = 32
     max_size: int = 1024
     workspace_mib: int = 4096
-    timing_cache: Path = field(default_factory=default_timing_cache)
+    timing_cache: Path | None = None  # None: the builder's default_timing_cache, found only when a build needs it
     progress: bool = True
 
 

@@ -12,7 +12,7 @@ import datetime as _dt
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,8 @@ class BuildConfig:
         min_size: smallest H and W (multiple of 32) with dynamic_size.
         max_size: largest H and W (multiple of 32) with dynamic_size.
         workspace_mib: the WORKSPACE memory-pool limit.
-        timing_cache: timing cache file, read before and written after every build; the TensorRT
+        timing_cache: timing cache file (None: `default_timing_cache`, found when a build needs it), read
+            before and written after every build; the TensorRT
             version, compute capability and GPU model are added to its name (`timing_cache_file`), so caches
             of different GPUs and TensorRT versions never mix.
     """
@@ -71,7 +72,7 @@ class BuildConfig:
     min_size: int = 32
     max_size: int = 1024
     workspace_mib: int = 4096
-    timing_cache: Path = field(default_factory=default_timing_cache)
+    timing_cache: Path | None = None
 
     def profile(self) -> dict[str, list[list[int]]]:
         """{input name: [min, opt, max] shapes}."""
@@ -259,9 +260,10 @@ def build_engine(onnx_path: Path, engine_path: Path, cfg: BuildConfig) -> dict[s
     import tensorrt as trt
 
     shapes = cfg.profile()
+    cache = timing_cache_file(cfg.timing_cache or default_timing_cache(), trt_version, cc, gpu_name)
     # the builder builds on this thread's current device: make it the one the sidecar describes
     with on_device(import_cudart(), BUILD_DEVICE):
-        serialized = _build(trt, onnx_path, cfg, shapes, timing_cache_file(cfg.timing_cache, trt_version, cc, gpu_name))
+        serialized = _build(trt, onnx_path, cfg, shapes, cache)
     write_bytes_atomic(engine_path, bytes(serialized))
 
     sidecar = {

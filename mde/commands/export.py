@@ -14,8 +14,9 @@ from mde.io import claim_output
 _D = ExportConfig(checkpoint=Path("CKPT"), out=Path("DIR"))  # the defaults, for --help
 
 
-TIMING_CACHE_HELP = ("Timing cache, reused across builds; the TensorRT version, GPU architecture and model are added "
-                     "to its name (tensorrt-timing-11.4.0.106-sm90-NVIDIA-H100.cache).")
+TIMING_CACHE_HELP = ("Timing cache, reused across builds (default ~/.cache/mde/tensorrt-timing.cache); the TensorRT "
+                     "version, GPU architecture and model are added to its name "
+                     "(tensorrt-timing-11.4.0.106-sm90-NVIDIA-H100.cache).")
 
 
 def _engine_option(field: str, help: str):  # noqa: A002 - typer's name
