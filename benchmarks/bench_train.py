@@ -250,7 +250,9 @@ def cuda_amp(data: Path, quick: bool, batch: int = 64, size: int = 224) -> dict:
 
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA GPU visible to PyTorch"}
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    from mde.train.trainer import autocast_dtype
+
+    dtype = autocast_dtype(torch)
     steps = 5 if quick else 30
     with cudnn_benchmark():
         fp32 = _cuda_images_per_s(False, dtype, batch, size, steps)
@@ -516,7 +518,9 @@ def cuda_decoder_speed(quick: bool, decoders: tuple[str, ...]) -> dict:
     no data loading), in turns, median of the rounds; ratios to the first decoder."""
     import torch
 
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    from mde.train.trainer import autocast_dtype
+
+    dtype = autocast_dtype(torch)
     rounds, steps = (1, 3) if quick else (3, 20)
     out: dict = {"device": torch.cuda.get_device_name(), "amp_dtype": str(dtype), "rounds": rounds, "steps": steps}
     for backbone, size, batch in CUDA_QUICK_SHAPES if quick else CUDA_TRAIN_SHAPES:  # quick: any GPU's memory

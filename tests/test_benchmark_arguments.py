@@ -214,7 +214,7 @@ def test_cuda_decoder_speed_measures_each_decoder_in_turns_and_gives_ratios(monk
         return {"report": 100.0, "unet": 80.0}[decoder] * (2 if backbone == "resnet18" else 1)
 
     monkeypatch.setattr(bench_train, "_cuda_images_per_s", fake_rate)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: not including_emulation)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "fake GPU")
     out = bench_train.cuda_decoder_speed(False, ("report", "unet"))
     assert calls[:4] == [("resnet18", "report"), ("resnet18", "unet")] * 2  # in turns: load changes hit both

@@ -44,19 +44,24 @@ def _loader(missing: set[str]):
 
 
 class FakeSession:
-    """Stands in for InferenceSession: records its providers, uses only `uses`, prints like ORT's fallback."""
+    """Stands in for InferenceSession: records its providers, uses only `uses`; a provider it cannot use fails
+    the session as ORT's does with its fallback off (with it on: printed, and the CPU taken, as ORT's fallback)."""
 
     uses: list[str] = [CPU_EP]
     calls: list = []
+    fallbacks: list = []
 
-    def __init__(self, model, sess_options=None, providers=None):
+    def __init__(self, model, sess_options=None, providers=None, enable_fallback=1):
         FakeSession.calls.append(providers)
+        FakeSession.fallbacks.append(enable_fallback)
         names = [p[0] if isinstance(p, tuple) else p for p in providers]
         if any(p not in self.uses for p in names):
+            if not enable_fallback:
+                raise RuntimeError(f"EP Error libcublasLt.so.13: cannot open shared object file when using {names}")
             print("*************** EP Error ***************")
             print(f"EP Error libcublasLt.so.13: cannot open shared object file when using {names}")
         self._providers = [p for p in names if p in self.uses] or [CPU_EP]
-        self.fallback = True
+        self.fallback = bool(enable_fallback)  # ORT's _enable_fallback: a provider failing at run time re-runs
         self._model = model
 
     def __getattr__(self, name):
@@ -75,7 +80,7 @@ class FakeSession:
 
 @pytest.fixture
 def fake_session(monkeypatch):
-    FakeSession.calls = []
+    FakeSession.calls, FakeSession.fallbacks = [], []
     FakeSession.uses = [CPU_EP]
     monkeypatch.setattr(ort, "InferenceSession", FakeSession)
     monkeypatch.setattr(ort, "get_available_providers", lambda: [TRT_EP, CUDA_EP, CPU_EP])
@@ -124,15 +129,26 @@ def test_provider_problem_needs_a_gpu_first(monkeypatch):
         eps.provider_problem.cache_clear()
 
 
-def test_tensorrt_ep_gets_engine_and_timing_caches(gpu_machine, fake_session, monkeypatch, tiny_export):
+def test_tensorrt_ep_gets_engine_and_timing_caches(gpu_machine, fake_session, monkeypatch, tiny_export, tmp_path):
+    """One cache folder per model, by content: ORT keys an engine by file and tensor names, never weights, so a
+    re-export's model.onnx loaded the first one's engine; made beforehand (the provider makes one level only)."""
+    from mde.io import sha256_file
+
     monkeypatch.setattr(eps, "load_library", _loader(set()))
+    monkeypatch.setenv("HOME", str(tmp_path))
     fake_session.uses = [TRT_EP, CUDA_EP, CPU_EP]
-    ortb.create_session(tiny_export / "model.onnx")
-    trt = [p for p in fake_session.calls[-1] if isinstance(p, tuple)]
-    assert trt and trt[0][0] == TRT_EP
-    options = trt[0][1]
-    assert options["trt_engine_cache_enable"] == "True" and options["trt_timing_cache_enable"] == "True"
-    assert options["trt_engine_cache_path"] and options["trt_timing_cache_path"]
+    folders = []
+    for model in ("model.onnx", "model.fp16.onnx"):
+        ortb.create_session(tiny_export / model)
+        trt = [p for p in fake_session.calls[-1] if isinstance(p, tuple)]
+        assert trt and trt[0][0] == TRT_EP
+        options = trt[0][1]
+        assert options["trt_engine_cache_enable"] == "True" and options["trt_timing_cache_enable"] == "True"
+        folder = Path(options["trt_engine_cache_path"])
+        assert folder == Path(options["trt_timing_cache_path"]) and folder.is_dir()
+        assert folder == tmp_path / ".cache" / "mde" / "ort-tensorrt" / sha256_file(tiny_export / model)[:16]
+        folders.append(folder)
+    assert folders[0] != folders[1]
 
 
 def test_cuda_ep_computes_fp32_in_fp32(gpu_machine, fake_session, monkeypatch, tiny_export):
@@ -199,9 +215,14 @@ def test_gpu_libraries_are_preloaded_before_a_gpu_session(gpu_machine, fake_sess
     assert session.fallback is False, "a run-time provider failure would silently re-run on the CPU"
 
 
+def test_the_real_session_takes_the_fallback_off(tiny_export):
+    """The fake's enable_fallback is the real InferenceSession's keyword: its fallback is off from the start."""
+    assert ortb.create_session(tiny_export / "model.onnx", providers=[CPU_EP])._enable_fallback is False
+
+
 def test_named_provider_that_did_not_load_is_an_error(gpu_machine, fake_session, monkeypatch, tiny_export, capsys):
     monkeypatch.setattr(eps, "load_library", _loader(set()))  # the probe passes, the session still falls back
-    with pytest.raises(BackendError, match="CUDAExecutionProvider did not load .*libcublasLt"):
+    with pytest.raises(BackendError, match="CUDAExecutionProvider did not start with this model .*libcublasLt"):
         ortb.create_session(tiny_export / "model.onnx", providers=[CUDA_EP, CPU_EP])
     assert capsys.readouterr().out == "", "ONNX Runtime's fallback notice reached stdout"
 
@@ -216,14 +237,19 @@ def test_named_provider_that_cannot_run_is_refused_before_onnxruntime_tries(
 
 
 def test_automatic_providers_warn_when_a_gpu_provider_did_not_load(
-    gpu_machine, fake_session, monkeypatch, tiny_export, caplog, capsys
+    gpu_machine, fake_session, monkeypatch, tiny_export, caplog, capsys, tmp_path
 ):
     monkeypatch.setattr(eps, "load_library", _loader(set()))
     fake_session.uses = [CPU_EP]
+    monkeypatch.setenv("HOME", str(tmp_path))  # the TensorRT provider's cache folder
     with caplog.at_level(logging.WARNING, logger="mde"):
         session = ortb.create_session(tiny_export / "model.onnx")
     assert session.get_providers() == [CPU_EP]
-    assert any("did not load" in r.getMessage() and CUDA_EP in r.getMessage() for r in caplog.records)
+    said = [r.getMessage() for r in caplog.records]
+    assert any(f"{TRT_EP} did not start" in m and f"trying {CUDA_EP}" in m for m in said), said
+    assert any(f"{CUDA_EP} did not start" in m and f"trying {CPU_EP}" in m for m in said), said
+    # ORT's own fallback is never used: it retried without any provider's options (CUDA's use_tf32=0 lost)
+    assert fake_session.fallbacks == [0, 0, 0] and (CUDA_EP, {"use_tf32": "0"}) in fake_session.calls[1]
     assert capsys.readouterr().out == ""
 
 

@@ -10,6 +10,7 @@ import torch
 
 from mde.runtime.evaluate import PredictBatch, average, metric_sums
 from mde.runtime.preprocess import postprocess, preprocess
+from mde.train.runner import fp32_math
 
 
 def torch_predictor(model: torch.nn.Module, image_size: int, max_depth: float,
@@ -18,7 +19,7 @@ def torch_predictor(model: torch.nn.Module, image_size: int, max_depth: float,
 
     def predict(images: list[np.ndarray]) -> list[np.ndarray]:
         x = torch.from_numpy(preprocess(images, (image_size, image_size))).to(device)
-        with torch.inference_mode():
+        with torch.inference_mode(), fp32_math(torch, str(device)):  # FP32 as the artifacts are held to, not TF32
             out = model(x).float().cpu().numpy()
         return [postprocess(o, img.shape[:2], max_depth) for o, img in zip(out, images)]
 

@@ -94,6 +94,12 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
     return torch.optim.AdamW(params, lr=cfg.lr_min, weight_decay=cfg.weight_decay, fused=True)
 
 
+def autocast_dtype(torch: Any) -> Any:
+    """bf16 where the GPU computes it natively (compute capability 8.0+, Ampere on), else fp16 with a GradScaler:
+    `is_bf16_supported()` also says yes where bf16 is only emulated (a T4, a V100), slow and without cuDNN."""
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+
+
 def open_splits(cfg: TrainConfig, env: DistEnv):
     """(train, val) datasets and the SSIM data range; a dataset too small for a batch is an error."""
     from mde.data.readers import check_depth_units, dataset_max_depth, open_dataset
@@ -434,7 +440,7 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
     optimizer = make_optimizer(cfg, model)
     if env.is_main:  # found now, not when the first epoch's checkpoints do not fit
         report.check_free_space(out, checkpoint_bytes(model, optimizer, replacing=True))
-    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = autocast_dtype(torch) if cuda else torch.float16
     forward = model
     if env.distributed:
         forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[env.device.index] if cuda else None)

@@ -9,6 +9,7 @@ named by the user), never a silent CPU run; nothing ONNX Runtime prints reaches 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import numbers
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from mde.errors import BackendError, InputError, MdeError, ModelError
-from mde.io import is_utf8, user_cache_dir
+from mde.io import is_utf8, sha256_file, user_cache_dir
 from mde.printed import printed_by_this_thread
 from mde.runtime.backends import ort_providers as eps
 from mde.runtime.backends.base import Runner, TensorSpec, register_backend
@@ -50,10 +51,19 @@ ORT_DTYPES = {
 }
 
 
-def tensorrt_provider_options(cache_dir: Path | None = None) -> dict[str, str]:
-    """TensorRT EP options: engine and timing caches on disk (by default in mde's `user_cache_dir`), so a session
-    start does not rebuild engines."""
-    path = str((cache_dir or user_cache_dir() / "ort-tensorrt").expanduser())
+def tensorrt_provider_options(model: str | Path | bytes, cache_dir: Path | None = None) -> dict[str, str]:
+    """TensorRT EP options: engine and timing caches on disk, so a session start does not rebuild engines. Each
+    model has a folder of its own (by default under mde's `user_cache_dir`), named by its content: ONNX Runtime
+    keys a cached engine by the file's name and its tensors' names, never its weights, so every re-export's
+    `model.onnx` would have loaded the first one's engine. The folder is made here: the provider makes one level
+    only, and failed on a new home's missing ~/.cache/mde."""
+    content = hashlib.sha256(model).hexdigest() if isinstance(model, bytes) else sha256_file(model)
+    folder = (cache_dir or user_cache_dir() / "ort-tensorrt").expanduser() / content[:16]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BackendError(f"cannot make the TensorRT engine cache folder ({err.strerror or err})", folder) from None
+    path = str(folder)
     return {
         "trt_engine_cache_enable": "True",
         "trt_engine_cache_path": path,
@@ -156,20 +166,40 @@ def create_session(
     opts = session_options(ort, threads, inter_op_threads, optimization, optimized_model_path)
     options = {CUDA_EP: cuda_provider_options(allow_tf32)}
     if TRT_EP in wanted:  # its cache folder is looked for only where it is used
-        options[TRT_EP] = tensorrt_provider_options()
-    provider_args = [(p, options[p]) if p in options else p for p in wanted]
+        options[TRT_EP] = tensorrt_provider_options(model)
     if not isinstance(model, bytes) and not is_utf8(model):  # ONNX Runtime takes a path as UTF-8 text only
         raise ModelError("ONNX Runtime cannot open a file whose path is not UTF-8 text; rename it (or the "
                          "folder above it that is not)", source)
-    try:
-        with printed_by_this_thread() as printed:  # ORT prints "EP Error ... Falling back" on stdout
-            session = ort.InferenceSession(
-                model if isinstance(model, bytes) else str(model), sess_options=opts, providers=provider_args
-            )
-    except Exception as err:  # noqa: BLE001 - ORT raises its own pybind types for bad files
-        raise ModelError(f"cannot load ONNX model ({ort_reason(err)})", source) from None
-    check_providers(wanted, session.get_providers(), explicit, printed.getvalue(), source)
-    session.disable_fallback()  # a provider failing at run time raises, instead of re-running on the CPU
+
+    def open_on(chosen: list[str]) -> tuple[Any, str]:
+        # ORT's own fallback is off: it retried with every provider's options dropped, so a CUDA provider
+        # after a TensorRT one that failed to start lost use_tf32=0 and ran FP32 models in TF32
+        args = [(p, options[p]) if p in options else p for p in chosen]
+        with printed_by_this_thread() as printed:  # ORT prints "EP Error ..." on stdout
+            session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), sess_options=opts,
+                                           providers=args, enable_fallback=0)
+        return session, printed.getvalue()
+
+    chosen = list(wanted)
+    while True:
+        try:
+            session, printed = open_on(chosen)
+            break
+        except Exception as err:  # noqa: BLE001 - ORT raises its own pybind types for bad files
+            reason = ort_reason(err)
+            failed = next((p for p in chosen if p in GPU_EPS), None)
+            if failed is None:
+                raise ModelError(f"cannot load ONNX model ({reason})", source) from None
+            if explicit:  # the provider named, or the model: the CPU tells them apart
+                try:
+                    open_on([CPU_EP])
+                except Exception:  # noqa: BLE001
+                    raise ModelError(f"cannot load ONNX model ({reason})", source) from None
+                raise BackendError(f"{failed} did not start with this model ({reason})", source) from None
+            chosen = [p for p in chosen if p != failed]  # this machine's choice: the next one, and say so
+            log.warning("%s: %s did not start (%s); trying %s", source if source is not None else "onnxruntime",
+                        failed, reason, chosen[0])
+    check_providers(chosen, session.get_providers(), explicit, printed, source)
     return session
 
 
