@@ -317,8 +317,9 @@ def export(ck: Check) -> dict[str, Any]:
     return {"artifacts": rows, "not_run": not_run, "errors": errors}
 
 
-def _parity(ck: Check, artifacts: list[Path], name: str) -> list[dict[str, Any]]:
-    """`mde parity CKPT ARTIFACT... --data DIR --limit N --json FILE` (the library call behind the command)."""
+def _parity(ck: Check, artifacts: list[Path], name: str, providers: list[str] | None = None) -> list[dict[str, Any]]:
+    """`mde parity CKPT ARTIFACT... --data DIR --limit N --json FILE [--providers P]` (the library call behind the
+    command)."""
     from mde.errors import CheckFailed
     from mde.runtime.parity_run import ParityConfig
     from mde.runtime.parity_run import run_parity as parity_run
@@ -326,7 +327,7 @@ def _parity(ck: Check, artifacts: list[Path], name: str) -> list[dict[str, Any]]
     path = ck.work / f"parity-{name}.json"
     with contextlib.suppress(CheckFailed):  # a FAIL is a result, read back below
         parity_run(ParityConfig(checkpoint=ck.checkpoint, artifacts=tuple(artifacts), data=ck.data,
-                                limit=ck.profile.parity_images, json_path=path))
+                                limit=ck.profile.parity_images, json_path=path, providers=providers))
     keys = ("artifact", "precision", "backend", "images", "rmse", "ssim", "d_rmse", "d_ssim", "max_abs_diff",
             "p99_over_range", "passed", "failed")
     return [{k: r.get(k) for k in keys} for r in json.loads(path.read_text())["artifacts"]]
@@ -369,9 +370,12 @@ def onnxruntime(ck: Check) -> dict[str, Any]:
     result.update(onnxruntime=ort.__version__, requested_provider=wanted, runs={}, latency=[], errors={})
     if not ck.cuda:
         result["not_run"] = {"CUDAExecutionProvider": "--device cpu: the CUDA provider is a GPU path"}
-    with open_runner(ck.onnx["fp32"], "onnxruntime") as runner:  # what `mde parity` picks by default
+    # the CUDA provider by name: with TensorRT 10 installed, this machine's choice would be ORT's TensorRT
+    # provider, three engine builds in this section's minute (and, mde's own engines aside, a path of its own)
+    providers = [wanted, CPU_EP] if ck.cuda else None
+    with open_runner(ck.onnx["fp32"], "onnxruntime", providers=providers) as runner:
         result["parity_providers"] = runner.providers
-    result["parity"] = _parity(ck, list(ck.onnx.values()), "onnxruntime")  # correctness first, then speed
+    result["parity"] = _parity(ck, list(ck.onnx.values()), "onnxruntime", providers)  # correctness first
     if ck.cuda and result["parity_providers"][:1] != [CUDA_EP]:
         result["errors"]["parity"] = f"mde parity ran on {result['parity_providers']}, not the CUDA provider"
     for precision, path in ck.onnx.items():

@@ -298,3 +298,15 @@ def test_runner_label_names_what_it_runs_on(tiny_export):
         assert runner.label == "onnxruntime (CPU)"
         out = runner.infer({"image": np.zeros((1, 3, 64, 64), np.float32)})
     assert out["depth"].shape[-2:] == (64, 64)
+
+
+def test_a_missing_cudnn_is_found_before_the_session(gpu_machine, monkeypatch, caplog):
+    """The CUDA provider's ELF header lists no cuDNN (it opens it at the first convolution): without the
+    nvidia-cudnn wheel it was chosen, and the first run failed instead of the documented warning and CPU run."""
+    if not (CAPI / "libonnxruntime_providers_cuda.so").is_file():
+        pytest.skip("this onnxruntime has no CUDA provider library")
+    monkeypatch.setattr(eps, "load_library", _loader({"libcudnn.so.9"}))
+    with caplog.at_level(logging.WARNING, logger="mde"):
+        chosen = eps.default_providers([CUDA_EP, CPU_EP])
+    assert chosen == [CPU_EP]
+    assert any("libcudnn.so.9, not found" in r.getMessage() for r in caplog.records), caplog.text

@@ -31,6 +31,9 @@ PROVIDER_LIBRARIES = {
     TRT_EP: "libonnxruntime_providers_tensorrt.so",
     CUDA_EP: "libonnxruntime_providers_cuda.so",
 }
+# Loaded by the providers when they run, so not among their ELF needed entries: onnxruntime-gpu 1.31's CUDA
+# provider opens cuDNN 9 at its first convolution ("cuDNN library was not found"), after the session was made
+RUNTIME_LOADED = ("libcudnn.so.9",)
 
 
 def import_ort() -> Any:
@@ -99,10 +102,12 @@ def load_library(soname: str) -> Any:
 
 
 def missing_libraries(library: str | Path, load: Callable[[str], Any] | None = None) -> list[str]:
-    """The sonames `library` needs that cannot be loaded here ([] when it can load)."""
+    """The sonames `library` needs that cannot be loaded here ([] when it can load): its ELF needed entries, and
+    for a provider library the ones it opens when it runs (`RUNTIME_LOADED`)."""
     load = load or load_library
     missing = []
-    for soname in elf_needed(library):
+    provider = Path(library).name in PROVIDER_LIBRARIES.values()
+    for soname in [*elf_needed(library), *(RUNTIME_LOADED if provider else ())]:
         try:
             load(soname)
         except OSError:
