@@ -276,7 +276,8 @@ def open_train_split(cfg: CalibrationConfig, allow_few_option: str = "--allow-fe
         if (data / "rgb").is_dir() and (data / "depth").is_dir() and not (data / "train").is_dir():
             raise InputError(f"a dataset split's folder; give the dataset ({data.parent}, with train/), or a folder "
                              "of images", data)
-        dataset = open_dataset(data, split="train", depth_scale=cfg.depth_scale)
+        # as training reads it: the calibration images need no depth, and the held-out check skips a map of none
+        dataset = open_dataset(data, split="train", depth_scale=cfg.depth_scale, empty_depth_ok=True)
     holdout, calib = select_images(list(dataset.names), cfg, data, allow_few_option, notice, pool)
     return dataset, holdout, calib
 

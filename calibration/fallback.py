@@ -100,10 +100,14 @@ class Evaluator:
             return math.nan, math.nan
         rmse, ssim = [], []
         for out, gt in zip(outputs, self.gts):
+            if not np.any(np.isfinite(gt) & (gt > 0)):  # a train map with no valid pixel: nothing to score it on
+                continue
             pred = postprocess(out, gt.shape, self.max_depth)
             metrics = compute_metrics(pred, gt, self.data_range)
             rmse.append(metrics["rmse"])
             ssim.append(metrics["ssim"])
+        if not rmse:
+            return math.nan, math.nan
         return float(np.mean(rmse)), float(np.mean(ssim))
 
     def measure(self, model: onnx.ModelProto | bytes) -> Measurement:

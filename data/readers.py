@@ -452,8 +452,8 @@ class NYUDataset:
         return {**self.__dict__, "_h5": None, "_pid": -1}
 
 
-def open_dataset(path: str | Path, split: str = "val", fmt: str = "auto",
-                 depth_scale: float | None = None) -> FolderDataset | KittiDataset | NYUDataset:
+def open_dataset(path: str | Path, split: str = "val", fmt: str = "auto", depth_scale: float | None = None,
+                 empty_depth_ok: bool = False) -> FolderDataset | KittiDataset | NYUDataset:
     """Open a dataset by what is on disk.
 
     Args:
@@ -462,7 +462,15 @@ def open_dataset(path: str | Path, split: str = "val", fmt: str = "auto",
         fmt: "auto" (detect), "folder", "nyu" or "kitti".
         depth_scale: PNG depth units per metre; None: the format's own (1000 for the folder
             format, 256 for KITTI). A value given is used as given, KITTI's layout included.
+        empty_depth_ok: read a depth map with no valid pixel rather than refuse it (`PairedFiles.empty_depth_ok`).
     """
+    dataset = _open_dataset(path, split, fmt, depth_scale)
+    dataset.empty_depth_ok = empty_depth_ok
+    return dataset
+
+
+def _open_dataset(path: str | Path, split: str, fmt: str,
+                  depth_scale: float | None) -> FolderDataset | KittiDataset | NYUDataset:
     path = Path(path)
     if fmt not in FORMATS:
         raise InputError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
@@ -546,11 +554,16 @@ def check_depth_units(dataset: Any, data_range: float) -> None:
     the default 1000, TUM's 5000 read at 1000) passes that test; `_warn_of_png_scale` says what it suggests."""
     if not len(dataset):
         return
-    depth = getattr(dataset, "ground_truth", dataset.__getitem__)(0).depth
-    valid = depth[np.isfinite(depth) & (depth > 0)]
+    read = getattr(dataset, "ground_truth", dataset.__getitem__)
+    valid = np.zeros(0)
+    for index in range(min(len(dataset), SCALE_SAMPLE)):  # a train split may begin with maps of no valid pixel
+        depth = read(index).depth
+        valid = depth[np.isfinite(depth) & (depth > 0)]
+        if valid.size:
+            break
     typical = float(np.median(valid)) if valid.size else 0.0
     pairs = getattr(dataset, "pairs", None)
-    source = pairs[0][2] if pairs else getattr(dataset, "path", None)
+    source = pairs[index][2] if pairs else getattr(dataset, "path", None)
     png = Path(str(source)).suffix.lower() == ".png"
     scale = getattr(dataset, "depth_scale", None)
     read_at = f"read at {scale:g} units per metre; " if scale else ""
@@ -634,12 +647,20 @@ def _meta_number(doc: dict[str, Any], key: str, meta: Path) -> float:
         raise DataError(f"expected a JSON object with a numeric '{key}' ({err})", meta) from None
 
 
+def png_scale_read(dataset: Any) -> float | None:
+    """The units per metre `dataset`'s PNG depth maps are read at, or None where it has none (all .npy, NYU)."""
+    pairs = getattr(dataset, "pairs", None) or ()
+    return getattr(dataset, "depth_scale", None) if any(d.suffix.lower() == ".png" for _, _, d in pairs) else None
+
+
 def trained_png_scale(config: Any) -> float | None:
     """The units per metre a model's training PNG depth was read at, from its training config (a checkpoint's, or
     the `mde.source` an export copies): its --depth-scale, else the scale its dataset declared or defaulted to
     (`png_depth_scale`, recorded since the option alone missed a meta.json's); None where neither is known."""
     if not isinstance(config, dict):
         return None
+    if "png_depth_scale" not in config and config.get("depth_scale") == MM_PER_M:
+        return None  # an older run, which saved the folder default as if given: not known to be the option
     for key in ("depth_scale", "png_depth_scale"):
         value = config.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):

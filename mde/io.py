@@ -437,26 +437,32 @@ def _held_owner_lock(folder: Path) -> Iterator[None]:
         return
     fd = os.open(folder / OWNER_LOCK, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        with contextlib.suppress(OSError):  # a file system without locks (NFS without lockd): the pid alone
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
 
 
 def _owner_gone(path: Path, pid: int) -> bool:
-    """Whether the process that made scratch folder `path` has ended: its owner lock, where it holds one, can
-    be taken; else its process id is no process's."""
+    """Whether the process that made scratch folder `path` has ended: its process id is no process's here, and
+    its owner lock, where it has one, is held by none (an owner in another PID namespace holds it; one that
+    has just made the folder and not yet locked it is still a live process of its id)."""
+    if _alive(pid):
+        return False
     try:
         import fcntl
 
         fd = os.open(path / OWNER_LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except (ImportError, OSError):  # none: an export's staging folder, or made a moment ago
-        return not _alive(pid)
+    except (ImportError, OSError):  # none: an export's staging folder, or an older mde's
+        return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
-    except OSError:  # held: its owner runs, in this PID namespace or another
+    except BlockingIOError:  # held: its owner runs, in another PID namespace
         return False
+    except OSError:  # a file system without locks: the process id alone
+        return True
     finally:
         os.close(fd)
 

@@ -101,8 +101,8 @@ def train_split_baseline(data: Any, split: str, depth_scale: float | None, data_
     if split in ("train", "all"):
         return None
     try:
-        train = open_dataset(data, split="train", depth_scale=depth_scale)
-        train.empty_depth_ok = True  # as training reads it: a map with no valid pixel adds nothing to the mean
+        # as training reads it: a map with no valid pixel adds nothing to the mean
+        train = open_dataset(data, split="train", depth_scale=depth_scale, empty_depth_ok=True)
         check_depth_units(train, data_range)  # millimetres in its .npy would make a baseline far off, unsaid
         return compute(train)
     except MdeError as err:

@@ -770,3 +770,18 @@ def test_an_orphan_depth_map_is_named_before_its_mask(synth_data, tmp_path):
     (data / "val" / "rgb" / "000003.png").unlink()
     with pytest.raises(DataError, match=r"depth/000003\.png: depth map has no image"):
         open_dataset(data, split="val")
+
+
+def test_units_are_judged_on_the_first_map_with_depth_and_npy_runs_record_no_png_scale(tmp_path):
+    """A train split may begin with a map of no valid pixel (it is trained past): its millimetres in .npy passed
+    the units check, judged on that empty first map. Such a split records no PNG scale for eval's note."""
+    from mde.data.readers import check_depth_units, open_dataset, png_scale_read
+
+    _write_pair(tmp_path / "mm", "train", "a", np.zeros((12, 16), np.float32), npy=True)
+    _write_pair(tmp_path / "mm", "train", "b", _depth() * 1000, npy=True)
+    train = open_dataset(tmp_path / "mm", "train", empty_depth_ok=True)
+    with pytest.raises(DataError, match=r"b\.npy: depth is .* a \.npy holds metres"):
+        check_depth_units(train, 20.0)
+    assert png_scale_read(train) is None
+    _write_pair(tmp_path / "png", "train", "a", _depth())
+    assert png_scale_read(open_dataset(tmp_path / "png", "train")) == 1000.0

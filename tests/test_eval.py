@@ -342,6 +342,7 @@ def test_the_scale_a_run_read_its_pngs_at_is_noted_from_meta_json_and_from_an_on
     assert trained_png_scale({"depth_scale": None, "png_depth_scale": 256}) == 256.0
     assert trained_png_scale({"depth_scale": 5000, "png_depth_scale": 5000}) == 5000.0
     assert trained_png_scale({"depth_scale": None}) is None and trained_png_scale(None) is None
+    assert trained_png_scale({"depth_scale": 1000.0}) is None  # an older run's saved default: not known as given
     other = tmp_path / "at256"  # the same PNGs, declared at another scale
     other.mkdir()
     for split in ("train", "val"):

@@ -280,8 +280,31 @@ def test_a_scratch_folder_whose_owner_holds_its_lock_is_kept_whatever_its_pid(tm
     assert not folder.exists()
     elsewhere.mkdir()
     (elsewhere / ".owner.lock").touch()  # its owner was killed: the lock is free
+    starting = tmp_path / f"mde-x-{os.getpid()}-fedcba9876543210"  # made, not yet locked: a live pid's
+    starting.mkdir()
+    (starting / ".owner.lock").touch()
     with temp_scratch("mde-x-"):
-        assert not elsewhere.exists()
+        assert not elsewhere.exists() and starting.is_dir()
+
+
+def test_scratch_folders_work_where_the_file_system_has_no_locks(tmp_path, monkeypatch):
+    """NFS without lockd: flock raises ENOLCK. The scratch folder is made all the same, and judged by pid."""
+    import errno
+    import fcntl
+    import tempfile
+
+    from mde.io import remove_stale_scratch, temp_scratch
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with temp_scratch("mde-y-") as folder:
+        assert folder.is_dir()
+        remove_stale_scratch(tmp_path, "mde-y-")
+        assert folder.is_dir()  # its pid is alive
+    assert not folder.exists()
 
 
 def test_long_file_names_and_rename_refusing_targets_are_written(tmp_path, monkeypatch):

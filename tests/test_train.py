@@ -1042,7 +1042,8 @@ def test_bad_data_found_mid_epoch_leaves_no_folder_and_spares_an_old_run(cli, tm
     assert {p.name: p.read_bytes() for p in old.iterdir()} == before  # config.json, metrics.jsonl untouched
 
 
-def test_a_train_depth_map_with_no_valid_pixel_is_trained_past_and_a_val_one_refused(cli, tmp_path, synth_data):
+def test_a_train_depth_map_with_no_valid_pixel_is_trained_past_and_a_val_one_refused(cli, tmp_path, synth_data,
+                                                                                     tiny_export):
     """A sparse LiDAR frame with no return in view stopped training mid-epoch ("depth map has no valid pixel"),
     and eval's per-pixel mean map too; the loss leaves invalid pixels out. A scored (val) one is still refused."""
     import shutil
@@ -1055,6 +1056,10 @@ def test_a_train_depth_map_with_no_valid_pixel_is_trained_past_and_a_val_one_ref
     assert res.code == 0 and empty.name not in res.err, res.err
     scored = cli("eval", tmp_path / "run" / "best.pt", "--data", data, "--json")
     assert scored.code == 0 and "pixel_mean_map" in json.loads(scored.out), scored.err
+    for holdout in (4, 16):  # the map among the calibration images, then among the held-out ones (their check skips it)
+        calibrated = cli("calibrate", tiny_export / "model.onnx", "--data", data, "--out", tmp_path / f"q{holdout}.onnx",
+                         "--num-images", 8, "--holdout-images", holdout, "--allow-few", "--max-float-nodes", 0)
+        assert calibrated.code == 0, calibrated.err
     val_empty = sorted((data / "val" / "depth").iterdir())[0]
     Image.fromarray(np.zeros((64, 64), np.uint16)).save(val_empty)
     refused = cli("eval", tmp_path / "run" / "best.pt", "--data", data)

@@ -104,8 +104,8 @@ def open_splits(cfg: TrainConfig, env: DistEnv):
     """(train, val) datasets and the SSIM data range; a dataset too small for a batch is an error."""
     from mde.data.readers import check_depth_units, dataset_max_depth, open_dataset
 
-    train_set = open_dataset(cfg.data, split="train", depth_scale=cfg.depth_scale)
-    train_set.empty_depth_ok = True  # a LiDAR frame with no return in view: the loss leaves it out (val is scored)
+    # a LiDAR frame with no return in view: the loss leaves its pixels out (val, which is scored, refuses one)
+    train_set = open_dataset(cfg.data, split="train", depth_scale=cfg.depth_scale, empty_depth_ok=True)
     val_set = open_dataset(cfg.data, split="val", depth_scale=cfg.depth_scale)
     per_rank = len(train_set) // env.world_size
     if per_rank < cfg.batch_size:
@@ -559,11 +559,13 @@ def save_checkpoint(job: Job, state: TrainState, path: Path, training_state: boo
 
     A mid-epoch save may be the run's first write: `replace_old_run` first.
     """
+    from mde.data.readers import png_scale_read
+
     replace_old_run(job)
     own = state.epoch_step == 0 and state.records and state.records[-1]["epoch"] == state.epoch
     # png_depth_scale: the units per metre the train PNGs were read at, whether from --depth-scale, meta.json or
     # the default (the option alone left a meta.json's unknown to eval's note on other data)
-    config = {**job.cfg.to_dict(), "png_depth_scale": getattr(job.train_set, "depth_scale", None)}
+    config = {**job.cfg.to_dict(), "png_depth_scale": png_scale_read(job.train_set)}
     checkpoint = {"model_args": vars(job.args), "model": job.model.state_dict(), "config": config,
                   "epoch": state.epoch, "epoch_step": state.epoch_step, "step": state.step,
                   # the validation of these weights, or none (mid-epoch, or an epoch --val-every skipped):
