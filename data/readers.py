@@ -36,6 +36,7 @@ from mde.runtime.images import (
     list_files,
     list_images,
     notes_once_per_folder,
+    npy_depth_size,
     quiet_folder_notes,
     read_depth,
     read_rgb,
@@ -182,7 +183,7 @@ class PairedFiles:
                 if depth_path.suffix.lower() == ".npy":
                     depth = np.load(depth_path, mmap_mode="r")  # its header: H x W, or 1 x H x W, of floats
                     shape = depth.shape
-                    fine = (fine and shape[-2:] == size[::-1] and (len(shape) == 2 or shape[:-2] == (1,))
+                    fine = (fine and npy_depth_size(shape) == size[::-1]
                             and np.issubdtype(depth.dtype, np.floating))
                 else:
                     depth_size, mode = image_header(depth_path)

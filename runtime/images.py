@@ -453,6 +453,13 @@ def check_plausible_depth(deepest: float, path: str | Path) -> None:
                         f"{advice}", path)
 
 
+def npy_depth_size(shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """(H, W) of a depth `.npy` of shape H x W, 1 x H x W or H x W x 1 (a channel axis either side), else None."""
+    if len(shape) == 3 and 1 in (shape[0], shape[-1]):
+        shape = shape[1:] if shape[0] == 1 else shape[:2]
+    return (int(shape[0]), int(shape[1])) if len(shape) == 2 else None
+
+
 def read_depth(path: str | Path, png_scale: float = MM_PER_M) -> np.ndarray:
     """Read a depth map as H x W float32 metres; invalid pixels become 0.
 
@@ -472,10 +479,13 @@ def read_depth(path: str | Path, png_scale: float = MM_PER_M) -> np.ndarray:
             depth = np.array(np.load(path, mmap_mode="r", allow_pickle=False))
         except (ValueError, OSError, EOFError, MemoryError) as err:
             raise DataError(f"cannot read depth .npy ({str(err) or type(err).__name__})", path) from None
-        if depth.ndim == 3 and depth.shape[0] == 1:
-            depth = depth[0]
+        if npy_depth_size(depth.shape) is not None:
+            depth = depth.reshape(npy_depth_size(depth.shape))
         if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.floating):
-            raise DataError(f"expected an H x W float depth map, got {depth.dtype} {depth.shape}", path)
+            hint = ("; integers are a unit other than metres (millimetres? save depth / 1000 as float32)"
+                    if depth.ndim == 2 and np.issubdtype(depth.dtype, np.integer) else "")
+            raise DataError(f"expected an H x W float depth map in metres, got {depth.dtype} {depth.shape}{hint}",
+                            path)
         # before the float32 cast, which would turn 1e300 into inf, and inf reads as "invalid"
         check_plausible_depth(float(np.max(depth, initial=0.0, where=np.isfinite(depth))), path)
         depth = depth.astype(np.float32)

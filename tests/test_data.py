@@ -736,8 +736,27 @@ def test_the_header_check_refuses_a_depth_npy_that_is_not_float(synth_data, tmp_
     png = sorted((data / "train" / "depth").glob("*.png"))[-1]
     np.save(png.with_suffix(".npy"), np.asarray(Image.open(png), np.int32))
     png.unlink()
-    with pytest.raises(DataError, match=r"expected an H x W float depth map, got int32"):
+    with pytest.raises(DataError, match=r"expected an H x W float depth map in metres, got int32 \(64, 64\); "
+                                         r"integers are a unit other than metres \(millimetres\? save depth / 1000"):
         open_dataset(data, split="train").check_headers("check train files")
+
+
+def test_a_depth_npy_with_its_channel_axis_last_is_read(synth_data, tmp_path):
+    """H x W x 1 (as a channel-last tool saves it) was refused, where 1 x H x W was read."""
+    import shutil
+
+    from mde.data.readers import open_dataset
+    from mde.runtime.images import read_depth
+
+    data = tmp_path / "hw1"
+    shutil.copytree(synth_data, data)
+    png = sorted((data / "train" / "depth").glob("*.png"))[-1]
+    metres = read_depth(png)
+    np.save(png.with_suffix(".npy"), metres[:, :, None])
+    png.unlink()
+    train = open_dataset(data, split="train")
+    train.check_headers("check train files")
+    np.testing.assert_array_equal(train[len(train) - 1].depth, metres)
 
 
 @pytest.mark.parametrize("kind", ["broken link", "file"])
