@@ -552,7 +552,7 @@ def test_a_resumed_running_loss_is_carried_by_rank_0_only(tiny_run):
 
     state = torch.load(tiny_run[0] / "last.pt", map_location="cpu", weights_only=True)
     state |= {"loss_sum": 12.0, "loss_count": 4}
-    noop = SimpleNamespace(load_state_dict=lambda _state: None)
+    noop = SimpleNamespace(load_state_dict=lambda _state: None, is_enabled=lambda: False)
     before = rng_state()
     try:
         for rank, expected in ((0, (12.0, 4)), (1, (0.0, 0))):
@@ -1597,3 +1597,29 @@ def test_every_ranks_checks_come_before_what_rank_0_alone_reads(cli, synth_data,
                  "--backbone-weights", junk)
     assert result.code == 2 and "cannot read backbone weights" in result.err, result.err
     assert not read
+
+
+def test_a_scaler_saved_off_is_not_a_damaged_checkpoint_where_one_is_on():
+    """A bf16 (or CPU) run saves its GradScaler off, as {}; resumed on a GPU without native bf16, the fp16 run's
+    enabled scaler refused it, and the resume called the checkpoint damaged."""
+    from mde.train.trainer import restore_scaler
+
+    class Scaler:
+        def __init__(self, enabled):
+            self.enabled, self.loaded = enabled, None
+
+        def is_enabled(self):
+            return self.enabled
+
+        def load_state_dict(self, state):  # torch's own check
+            if self.enabled and not state:
+                raise RuntimeError("The source state dict is empty, possibly because it was saved from a disabled "
+                                   "instance of GradScaler.")
+            self.loaded = state
+
+    on, off = Scaler(True), Scaler(False)
+    restore_scaler(on, {})
+    restore_scaler(off, {"scale": 2.0})
+    assert on.loaded is None and off.loaded == {"scale": 2.0}
+    restore_scaler(on, {"scale": 4.0})
+    assert on.loaded == {"scale": 4.0}

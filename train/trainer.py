@@ -94,6 +94,14 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
     return torch.optim.AdamW(params, lr=cfg.lr_min, weight_decay=cfg.weight_decay, fused=True)
 
 
+def restore_scaler(scaler: Any, state: dict[str, Any]) -> None:
+    """Load a GradScaler's saved state. A run saved with it off (bf16 autocast, or the CPU) saved an empty one,
+    which an enabled scaler refuses ("The source state dict is empty"): resumed on a GPU that takes fp16 with a
+    scaler, it starts a fresh scale rather than calling the checkpoint damaged."""
+    if state or not scaler.is_enabled():
+        scaler.load_state_dict(state)
+
+
 def autocast_dtype(torch: Any) -> Any:
     """bf16 where the GPU computes it natively (compute capability 8.0+, Ampere on), else fp16 with a GradScaler:
     `is_bf16_supported()` also says yes where bf16 is only emulated (a T4, a V100), slow and without cuDNN."""
@@ -472,7 +480,7 @@ def restore(job: Job, resume: dict[str, Any] | None) -> TrainState:
     try:
         job.optimizer.load_state_dict(resume["optimizer"])
         job.scheduler.load_state_dict(resume["scheduler"])
-        job.scaler.load_state_dict(resume["scaler"])
+        restore_scaler(job.scaler, resume["scaler"])
         set_rng_state(resume["rng"])
     except torch.cuda.OutOfMemoryError:  # the GPU's fault, not the checkpoint's
         raise
