@@ -479,8 +479,9 @@ def read_depth(path: str | Path, png_scale: float = MM_PER_M) -> np.ndarray:
             depth = np.array(np.load(path, mmap_mode="r", allow_pickle=False))
         except (ValueError, OSError, EOFError, MemoryError) as err:
             raise DataError(f"cannot read depth .npy ({str(err) or type(err).__name__})", path) from None
-        if npy_depth_size(depth.shape) is not None:
-            depth = depth.reshape(npy_depth_size(depth.shape))
+        size = npy_depth_size(depth.shape)
+        if size is not None:
+            depth = depth.reshape(size)
         if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.floating):
             hint = ("; integers are a unit other than metres (millimetres? save depth / 1000 as float32)"
                     if depth.ndim == 2 and np.issubdtype(depth.dtype, np.integer) else "")

@@ -59,17 +59,16 @@ def eval_command(
             raise InputError("--providers names ONNX Runtime's providers; a .pt checkpoint runs in PyTorch "
                              "(choose where with --device)", path)
         predict, model_range, trained_scale = _torch_predict(path, device)
-        readers.note_trained_depth_scale(path, trained_scale, getattr(dataset, "depth_scale", None), data)
     elif suffix in (".onnx", ".engine", ".plan"):
         from mde.runtime.estimator import DepthEstimator
 
         estimator = DepthEstimator.open(path, backend=backend, batch_size=batch_size,
                                         providers=_artifact_providers(path, device, providers or None))
         predict, model_range = estimator.predict_batch, estimator.metadata.max_depth
-        readers.note_trained_depth_scale(path, readers.trained_png_scale(estimator.metadata.source.get("config")),
-                                         getattr(dataset, "depth_scale", None), data)
+        trained_scale = readers.trained_png_scale(estimator.metadata.source.get("config"))
     else:
         raise InputError("expected a .pt, .onnx or .engine file", path)
+    readers.note_trained_depth_scale(path, trained_scale, getattr(dataset, "depth_scale", None), data)
     data_range = float(readers.dataset_max_depth(data, model_range))
     readers.check_depth_units(dataset, data_range)
     try:
