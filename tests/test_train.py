@@ -107,6 +107,45 @@ def test_weighted_losses_reduce_to_unweighted_and_follow_the_weights():
         assert masked_loss(name, pred, target, weight).item() == pytest.approx(once, rel=1e-5), name
 
 
+def _indexed_reference(name: str, pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> float:
+    """The losses as first written, on the valid pixels picked out by boolean indexing."""
+    mask = torch.isfinite(target) & (target > 0)
+    p, t, w = pred[mask], target[mask], weight[mask]
+    mean = lambda v: float((w * v).sum() / w.sum())  # noqa: E731
+    e = (p - t).abs()
+    c = 0.2 * float(e.max())
+    d = torch.log(p) - torch.log(t)
+    return {"l1": mean(e), "berhu": mean(torch.where(e <= c, e, (e**2 + c**2) / (2 * c))),
+            "silog": 10 * math.sqrt(mean(d**2) - 0.85 * mean(d) ** 2 + 1e-8)}[name]
+
+
+def test_losses_match_indexing_without_a_data_dependent_shape():
+    """The losses are sums over a mask, not means over `x[mask]`: the same values and gradients, and nothing
+    whose shape or branch depends on the data, so a GPU step waits for no copy to the host. `fullgraph=True`
+    refuses a graph break, which `if mask.any()` and boolean indexing both are."""
+    gen = torch.Generator().manual_seed(3)
+    target = torch.rand(2, 1, 16, 16, generator=gen) * 9 + 1
+    target[0, 0, 0, :4] = torch.tensor([0.0, -1.0, float("nan"), float("inf")])  # invalid, each kind
+    pred = (torch.rand(2, 1, 16, 16, generator=gen) * 9 + 1).requires_grad_()
+    weight = torch.where(torch.rand(2, 1, 16, 16, generator=gen) < 0.3, 4.0, 1.0)
+    for name in ("l1", "berhu", "silog"):
+        assert masked_loss(name, pred, target, weight).item() == pytest.approx(
+            _indexed_reference(name, pred.detach(), target, weight), rel=1e-5), name
+    torch._dynamo.reset()
+    for name in LOSSES:
+        compiled = torch.compile(lambda p, t, w, name=name: masked_loss(name, p, t, w), fullgraph=True,
+                                 backend="eager")
+        pred.grad = None
+        loss = compiled(pred, target, weight)
+        loss.backward()
+        assert loss.item() == pytest.approx(masked_loss(name, pred, target, weight).item(), rel=1e-6), name
+        assert torch.isfinite(pred.grad).all(), name  # a NaN target's pixel gives no NaN gradient
+        if name != "ssim_l1":  # whose windows see the prediction around a valid pixel, as designed
+            assert (pred.grad[0, 0, 0, :4] == 0).all(), name  # per-pixel losses: invalid pixels do not pull
+        empty = compiled(pred, torch.zeros_like(target), weight)
+        assert empty.item() == 0.0 and empty.requires_grad, name
+
+
 def test_weighted_ssim_l1_is_the_weighted_mean_of_its_map():
     from mde.train.losses import ssim_map
 

@@ -17,9 +17,13 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | Non
 EPS = 1e-3
 
 
-def weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    """The mean of `values`, weighted by `weight` (same shape) when given."""
-    return values.mean() if weight is None else (weight * values).sum() / weight.sum()
+def weighted_mean(values: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """The mean of `values` over the pixels of `mask`, weighted by `weight` (same shape) when given; 0 where
+    `mask` has no pixel. A product and a sum, not `values[mask]`: no shape hangs on the data, so a step on a GPU
+    waits for no copy to the host (boolean indexing does, and so does `if mask.any()`)."""
+    w = mask.to(values.dtype) if weight is None else torch.where(mask, weight, 0.0)
+    total = w.sum()
+    return (w * values).sum() / torch.where(total > 0, total, 1.0)
 
 
 def valid_mask(target: torch.Tensor) -> torch.Tensor:
@@ -27,25 +31,32 @@ def valid_mask(target: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(target) & (target > 0)
 
 
+def _error(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """|pred - target| on valid pixels, 0 elsewhere. The target is filled before the difference, not the difference
+    after: a NaN or inf target would give NaN gradients through `where`'s unchosen side."""
+    return torch.where(mask, (pred - torch.where(mask, target, pred.detach())).abs(), 0.0)
+
+
 def l1_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
             weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean absolute error (metres) over valid pixels."""
-    return weighted_mean((pred - target).abs()[mask], weight)
+    return weighted_mean(_error(pred, target, mask), mask, weight)
 
 
 def berhu_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                weight: torch.Tensor | None = None) -> torch.Tensor:
     """Reverse Huber (Laina et al. 2016): L1 below c, scaled L2 above; c = 0.2 * max |error| in the batch."""
-    diff = (pred - target).abs()[mask]
+    diff = _error(pred, target, mask)  # 0 off the mask: the max is the valid pixels'
     c = (0.2 * diff.max().detach()).clamp_min(1e-6)
-    return weighted_mean(torch.where(diff <= c, diff, (diff**2 + c**2) / (2 * c)), weight)
+    return weighted_mean(torch.where(diff <= c, diff, (diff**2 + c**2) / (2 * c)), mask, weight)
 
 
 def silog_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                weight: torch.Tensor | None = None, variance_focus: float = 0.85) -> torch.Tensor:
     """Scale-invariant log loss (Eigen et al. 2014, BTS form): 10 * sqrt(E[d^2] - lambda E[d]^2)."""
-    d = torch.log(pred[mask].clamp_min(EPS)) - torch.log(target[mask])
-    return 10.0 * torch.sqrt(weighted_mean(d**2, weight) - variance_focus * weighted_mean(d, weight) ** 2 + 1e-8)
+    d = torch.where(mask, torch.log(pred.clamp_min(EPS)) - torch.log(torch.where(mask, target, 1.0)), 0.0)
+    mean_d = weighted_mean(d, mask, weight)
+    return 10.0 * torch.sqrt(weighted_mean(d**2, mask, weight) - variance_focus * mean_d**2 + 1e-8)
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5, device=None) -> torch.Tensor:
@@ -55,7 +66,7 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5, device=None) -> torch.T
     return (g[:, None] * g[None, :]).view(1, 1, size, size)
 
 
-def ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float) -> torch.Tensor:
+def ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float | torch.Tensor) -> torch.Tensor:
     """SSIM map (N x 1 x H x W, 11x11 Gaussian, sigma 1.5, 'same' padding by reflection)."""
     window = _gaussian_window(device=x.device).to(x.dtype)
     pad = window.shape[-1] // 2
@@ -73,9 +84,11 @@ def ssim_l1_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                  weight: torch.Tensor | None = None) -> torch.Tensor:
     """DenseDepth-style: (1 - SSIM) / 2 plus 0.1 * L1 (metres); invalid pixels take the prediction."""
     filled = torch.where(mask, target, pred.detach())
-    data_range = float(target[mask].max().detach()) if mask.any() else 1.0
-    structure = weighted_mean(((1 - ssim_map(pred, filled, data_range)) / 2).clamp(0, 1)[mask], weight)
-    return structure + 0.1 * l1_loss(pred, target, mask, weight)
+    deepest = torch.where(mask, target, 0.0).amax().detach()
+    data_range = torch.where(deepest > 0, deepest, 1.0)  # a tensor: float() would wait for the device
+    structure = ((1 - ssim_map(pred, filled, data_range)) / 2).clamp(0, 1)
+    return weighted_mean(structure, mask, weight) + 0.1 * l1_loss(pred, target, mask, weight)
+
 
 
 LOSSES: dict[str, LossFn] = {
@@ -97,9 +110,9 @@ def masked_loss(name: str, pred: torch.Tensor, target: torch.Tensor,
                 weight: torch.Tensor | None = None) -> torch.Tensor:
     """Apply loss `name` on valid pixels, weighted per pixel by `weight` (target's shape) when given.
 
-    A batch with no valid pixel gives a zero (with gradient).
+    A batch with no valid pixel gives a zero (with gradient). Nothing here copies to the host: no shape or branch
+    depends on the data.
     """
     mask = valid_mask(target)
-    if not mask.any():
-        return pred.sum() * 0.0
-    return get_loss(name)(pred.float(), target.float(), mask, None if weight is None else weight.float()[mask])
+    loss = get_loss(name)(pred.float(), target.float(), mask, None if weight is None else weight.float())
+    return torch.where(mask.any(), loss, pred.sum() * 0.0)
