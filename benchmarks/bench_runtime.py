@@ -48,8 +48,8 @@ def build_artifacts(folder: Path, backbone: str = "resnet50", size: int = SIZE,
     return artifacts[0].path, ckpt
 
 
-def count_flops(model: Any, size: int = SIZE) -> int:
-    """FLOPs (2 x multiply-adds) of the convolutions, transposed convolutions and linear layers."""
+def count_flops(model: Any, size: tuple[int, int] = (SIZE, SIZE)) -> int:
+    """FLOPs (2 x multiply-adds) of the convolutions, transposed convolutions and linear layers at `size` (H, W)."""
     import torch
     from torch import nn
 
@@ -69,7 +69,7 @@ def count_flops(model: Any, size: int = SIZE) -> int:
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
     with torch.inference_mode():
-        model(torch.rand(1, 3, size, size))
+        model(torch.rand(1, 3, *size))
     for h in handles:
         h.remove()
     return 2 * macs[0]
@@ -123,7 +123,7 @@ torch.set_num_threads(int(sys.argv[3]))
 from mde.train.checkpoint import load_model
 from mde.runtime.preprocess import postprocess, preprocess
 model, _ = load_model(sys.argv[2], "cpu")
-size = (model.args.image_size, model.args.image_size)  # the network's own size, as the runtime child runs it
+size = model.args.input_hw  # the network's own size, as the runtime child runs it
 with torch.inference_mode():
     out = model(torch.from_numpy(preprocess([np.full((224, 224, 3), 127, np.uint8)], size))).numpy()
 depth = postprocess(out[0], (224, 224), model.args.max_depth)
@@ -164,8 +164,8 @@ def run(quick: bool = False, threads: int = 0, model: Path | None = None,
             model, checkpoint = build_artifacts(Path(tmp), decoder=decoder)
         torch.set_num_threads(threads)
         net, _ = load_model(checkpoint, "cpu")
-        size = net.args.image_size
-        rgb = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+        size = net.args.input_hw  # (H, W)
+        rgb = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
         est = DepthEstimator.open(model, providers=["CPUExecutionProvider"], threads=threads)
         torch_est = DepthEstimator.open(checkpoint, threads=threads)  # the torch runner: same pre/post
         mismatch = source_mismatch(est.runner, {"checkpoint_sha256": sha256_file(checkpoint),
@@ -184,13 +184,13 @@ def run(quick: bool = False, threads: int = 0, model: Path | None = None,
         for _ in range(3):
             ort_t += time_calls(lambda: est.predict(rgb), iterations // 3 + 1, warmup)
             torch_t += time_calls(torch_predict, iterations // 3 + 1, warmup)
-        batch = preprocess([rgb], (size, size))
+        batch = preprocess([rgb], size)
         infer_t = time_calls(lambda: est.infer(batch), iterations, warmup)
         out = est.infer(batch)
-        pre_t = time_calls(lambda: preprocess([rgb], (size, size)), iterations * 5, warmup)
-        post_t = time_calls(lambda: postprocess(out[0], (size, size), est.metadata.max_depth), iterations * 5, warmup)
+        pre_t = time_calls(lambda: preprocess([rgb], size), iterations * 5, warmup)
+        post_t = time_calls(lambda: postprocess(out[0], size, est.metadata.max_depth), iterations * 5, warmup)
         cam = np.random.default_rng(1).integers(0, 256, (*CAMERA, 3), dtype=np.uint8)
-        pre_cam = time_calls(lambda: preprocess([cam], (size, size)), iterations * 5, warmup)
+        pre_cam = time_calls(lambda: preprocess([cam], size), iterations * 5, warmup)
         post_cam = time_calls(lambda: postprocess(out[0], CAMERA, est.metadata.max_depth), iterations * 5, warmup)
         flops = count_flops(net, size)
         gemm = gemm_rate(threads, seconds=1.0 if quick else 3.0)
@@ -212,7 +212,7 @@ def run(quick: bool = False, threads: int = 0, model: Path | None = None,
     return {
         "machine": {"cpus": len(os.sched_getaffinity(0)), "threads": threads, "torch": torch.__version__,
                     "onnxruntime": __import__("onnxruntime").__version__, "platform": sys.platform},
-        "model": {"backbone": net.args.backbone, "decoder": net.args.decoder, "size": size, "gflops": flops / 1e9,
+        "model": {"backbone": net.args.backbone, "decoder": net.args.decoder, "size": list(size), "gflops": flops / 1e9,
                   "max_abs_diff_ort_vs_torch_m": diff},
         "measured": {
             "ort_predict_ms": ort_ms, "torch_predict_ms": torch_ms, "ort_infer_ms": infer_ms,
@@ -269,7 +269,7 @@ def report(result: dict[str, Any]) -> None:
     """Print the figures of `run` against their targets."""
     m, f, t, ok = result["measured"], result["figures"], result["targets"], result["met"]
     print(f"mde runtime benchmark: {result['model']['backbone']} + {result['model']['decoder']} decoder "
-          f"{result['model']['size']}x{result['model']['size']}, "
+          f"{result['model']['size'][0]}x{result['model']['size'][1]}, "
           f"batch 1, FP32, {result['machine']['threads']} threads ({result['machine']['cpus']} CPUs), "
           f"ORT {result['machine']['onnxruntime']} CPU vs torch {result['machine']['torch']} eager")
     rows = [

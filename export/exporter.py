@@ -49,6 +49,7 @@ from mde.io import (
     scratch_folder,
 )
 from mde.runtime.metadata import read_props, sidecar_path
+from mde.train.config import same_size, size_text
 
 SCRATCH_PREFIX = ".mde-export-"  # the staging folder inside the output folder
 
@@ -177,7 +178,7 @@ class _Steps:
             self._progress.update(self._task, completed=self.total, description="export done")
 
 
-def _checked_record(state: dict[str, Any], image_size: int, checkpoint: Path) -> dict[str, Any]:
+def _checked_record(state: dict[str, Any], image_size: int | tuple[int, int], checkpoint: Path) -> dict[str, Any]:
     """The checkpoint's training config ({} when it has none), after checking what the metadata copies from it:
     an edited or damaged `epoch` or `config` went into every artifact's `mde.source` as it was.
 
@@ -190,9 +191,9 @@ def _checked_record(state: dict[str, Any], image_size: int, checkpoint: Path) ->
     if config is not None and not isinstance(config, dict):
         raise ModelError(f"damaged checkpoint: its config is a {type(config).__name__}, not an object", checkpoint)
     trained = (config or {}).get("image_size", image_size)
-    if trained != image_size:
-        raise ModelError(f"damaged checkpoint: its config.image_size {trained!r} is not its network's {image_size}",
-                         checkpoint)
+    if not same_size(trained, image_size):
+        raise ModelError(f"damaged checkpoint: its config.image_size {trained!r} is not its network's "
+                         f"{size_text(image_size)}", checkpoint)
     return config or {}
 
 
@@ -401,7 +402,7 @@ def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:
 
         model, state = load_model(checkpoint, "cpu")
         weights_sha = weights_sha256(model)
-        size = (model.args.image_size, model.args.image_size)
+        size = model.args.input_hw
         from mde.export.tensorrt_build import profile_size_problem
 
         problem = profile_size_problem(cfg.min_size, cfg.max_size, size) if cfg.engine and cfg.dynamic_size else None

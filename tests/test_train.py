@@ -210,12 +210,12 @@ def test_region_mask_moves_with_depth_and_weights_land_on_objects():
         seen |= {"crop" if s < 1 else "full", "flip" if col[0, 0] > col[0, -1] else "same",
                  "moved" if row[0, 0] > 0 else "top"}
         assert np.array_equal(m_mask == 1, is_object(m_depth, s))
-        _, y = to_training_pair(m_rgb, m_depth, 16)
-        weights = object_weights(m_mask, 16, 4.0)
+        _, y = to_training_pair(m_rgb, m_depth, (16, 16))
+        weights = object_weights(m_mask, (16, 16), 4.0)
         assert set(np.unique(weights).tolist()) == {1.0, 4.0}
         assert np.array_equal(weights[0] == 4.0, is_object(y[0], s))
     assert seen == {"crop", "full", "flip", "same", "moved", "top"}
-    assert np.array_equal(object_weights(None, 8, 4.0), np.ones((1, 8, 8), np.float32))
+    assert np.array_equal(object_weights(None, (8, 8), 4.0), np.ones((1, 8, 8), np.float32))
 
 
 def test_depth_pairs_weigh_object_pixels_only_when_asked(synth_data):
@@ -240,7 +240,7 @@ def test_augmentation_is_seeded_and_depth_stays_clean():
     one = augment_pair(rgb, depth, np.random.default_rng(3))
     two = augment_pair(rgb, depth, np.random.default_rng(3))
     assert all(np.array_equal(a, b) for a, b in zip(one, two))
-    x, y = to_training_pair(*one[:2], 16)
+    x, y = to_training_pair(*one[:2], (16, 16))
     assert x.shape == (3, 16, 16) and y.shape == (1, 16, 16)
     assert 0 <= x.min() and x.max() <= 1
     s = one[1].shape[1] / depth.shape[1]  # the crop's scale (1 without a crop)
@@ -267,7 +267,7 @@ def test_scale_crop_matches_a_longer_focal_length_rendering():
     side = round(size * s)
     off = (size - side) // 2
     c_rgb, c_depth, c_k = crop_window(wide_rgb, wide_depth, off, off, side, side, wide_k)
-    rgb, depth = resize_rgb(c_rgb, (size, size)), to_training_pair(c_rgb, c_depth, size)[1][0]
+    rgb, depth = resize_rgb(c_rgb, (size, size)), to_training_pair(c_rgb, c_depth, (size, size))[1][0]
     k = resize_intrinsics(c_k, (side, side), (size, size))
     assert k["fx"] == pytest.approx(wide_k["fx"]) and k["fy"] == pytest.approx(wide_k["fy"])  # the camera's
     assert (k["cx"], k["cy"]) == pytest.approx((narrow_k["cx"], narrow_k["cy"]))
@@ -679,7 +679,7 @@ def test_ddp_two_cpu_ranks_split_data_and_rank0_writes_once(tmp_path, synth_data
     (["--pretrained", "--backbone-weights", "w.pth"], "conflict"),
     (["--freeze-stages", "3"], "randomly initialised"),
     (["--image-size", "70"], "multiple of 32"),
-    (["--image-size", "99968"], "--image-size must be a multiple of 32 up to 8192, got 99968"),
+    (["--image-size", "99968"], "--image-size must be multiples of 32 from 32 to 8192 (N, or HxW), got 99968"),
     (["--object-weight", "0"], "--object-weight must be in 0.001..1000, got 0.0"),
     (["--object-weight", "nan"], "--object-weight must be in 0.001..1000"),
     (["--object-weight", "1e39"], "--object-weight must be in 0.001..1000"),

@@ -117,23 +117,23 @@ def augment_pair(rgb: np.ndarray, depth: np.ndarray, rng: np.random.Generator,
     return np.ascontiguousarray(rgb), np.ascontiguousarray(depth), None if mask is None else np.ascontiguousarray(mask)
 
 
-def object_weights(mask: np.ndarray | None, size: int, object_weight: float) -> np.ndarray:
-    """1 x size x size per-pixel loss weights: `object_weight` on the object pixels of `mask`, 1 elsewhere.
+def object_weights(mask: np.ndarray | None, size: tuple[int, int], object_weight: float) -> np.ndarray:
+    """1 x H x W per-pixel loss weights at `size` (H, W): `object_weight` on the object pixels of `mask`, 1 elsewhere.
 
     The mask is resized like the depth map in `to_training_pair` (nearest), so each weight
     belongs to the depth value beside it; no mask means all ones.
     """
-    weights = np.ones((1, size, size), np.float32)
+    weights = np.ones((1, *size), np.float32)
     if mask is not None:
-        small = resize_depth(mask.astype(np.float32), (size, size), nearest=True)
+        small = resize_depth(mask.astype(np.float32), size, nearest=True)
         weights[0][small == MASK_OBJECT] = object_weight
     return weights
 
 
-def to_training_pair(rgb: np.ndarray, depth: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Resize to the square model input: RGB bilinear (as `preprocess`), depth nearest; float RGB in [0,1]."""
-    rgb = resize_rgb(np.ascontiguousarray(rgb), (size, size))
-    depth = resize_depth(np.ascontiguousarray(depth), (size, size), nearest=True)
+def to_training_pair(rgb: np.ndarray, depth: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Resize to the model input `size` (H, W): RGB bilinear (as `preprocess`), depth nearest; float RGB in [0,1]."""
+    rgb = resize_rgb(np.ascontiguousarray(rgb), size)
+    depth = resize_depth(np.ascontiguousarray(depth), size, nearest=True)
     depth = np.where(np.isfinite(depth) & (depth > 0), depth, 0).astype(np.float32)
     x = rgb.transpose(2, 0, 1).astype(np.float32) * np.float32(1.0 / 255.0)
     return x, depth[None]

@@ -182,7 +182,7 @@ OPTIONAL_STATE: dict[str, Callable[[Any], bool]] = {
 def _config_problems(config: Any, model_args: Any) -> list[str]:
     """The saved config's fields that hold another kind of value than the option (a checkpoint edited by hand, or
     damaged), and an image size other than the network's."""
-    from mde.train.config import TrainConfig
+    from mde.train.config import TrainConfig, same_size
 
     if not isinstance(config, dict):
         return ["config"]
@@ -192,13 +192,18 @@ def _config_problems(config: Any, model_args: Any) -> list[str]:
         if name not in defaults:  # a newer version's option: from_dict leaves it out
             continue
         default = defaults[name]
+        if name == "image_size":  # N, or [height, width]
+            sides = value if isinstance(value, (list, tuple)) and len(value) == 2 else (value,)
+            if not all(_count(side) for side in sides):
+                wrong.append(f"config.{name}")
+            continue
         kind_ok = (isinstance(value, bool) if isinstance(default, bool)
                    else isinstance(value, str) if isinstance(default, str)
                    else isinstance(value, int) and not isinstance(value, bool) if isinstance(default, int)
                    else _number(value) or (default is None and value is None))  # depth_scale: None is unset
         if not kind_ok:
             wrong.append(f"config.{name}")
-    if isinstance(model_args, dict) and config.get("image_size") != model_args.get("image_size"):
+    if isinstance(model_args, dict) and not same_size(config.get("image_size"), model_args.get("image_size")):
         wrong.append("config.image_size (not the network's)")
     return wrong
 
@@ -267,9 +272,11 @@ def check_model_args(args: ModelArgs, path: str | Path) -> None:
         raise ModelError(f"unknown decoder {args.decoder!r} in checkpoint; this mde knows "
                          f"{', '.join(DECODERS)}", path)
     size, depth = args.image_size, args.max_depth
-    if not (isinstance(size, int) and not isinstance(size, bool) and 32 <= size <= MAX_INPUT_SIDE and size % 32 == 0):
-        raise ModelError(f"checkpoint's model_args.image_size must be a multiple of 32 in 32..{MAX_INPUT_SIDE}, "
-                         f"got {size!r}", path)
+    sides = size if isinstance(size, tuple) and len(size) == 2 else (size,)
+    if not all(isinstance(side, int) and not isinstance(side, bool) and 32 <= side <= MAX_INPUT_SIDE
+               and side % 32 == 0 for side in sides):
+        raise ModelError(f"checkpoint's model_args.image_size must be a multiple of 32 in 32..{MAX_INPUT_SIDE}, or "
+                         f"[height, width] of them, got {size!r}", path)
     if not (isinstance(depth, (int, float)) and not isinstance(depth, bool)
             and MIN_DEPTH_RANGE <= depth <= MAX_DEPTH_LIMIT):
         raise ModelError(f"checkpoint's model_args.max_depth must be a number of metres in [{MIN_DEPTH_RANGE:g}, "

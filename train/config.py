@@ -39,6 +39,40 @@ RESUME_OVERRIDES = ("data", "depth_scale", "out", "resume", "epochs", "device", 
                     "val_every", "checkpoint_every", "force", "compile")
 
 
+def input_hw(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """An `--image-size` as (height, width)."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def as_image_size(size: int | tuple[int, int] | list[int]) -> int | tuple[int, int]:
+    """The one form of an input size: an int when square, else (height, width) (a JSON config holds a list)."""
+    h, w = input_hw(size)
+    return h if h == w else (h, w)
+
+
+def size_text(size: int | tuple[int, int] | list[int]) -> str:
+    """An input size as `--image-size` takes it: `224`, or `352x1216` (height x width)."""
+    size = as_image_size(size)
+    return str(size) if isinstance(size, int) else f"{size[0]}x{size[1]}"
+
+
+def same_size(a: Any, b: Any) -> bool:
+    """Whether two saved input sizes are one: N and [N, N] alike, a tuple (a checkpoint) and a list (JSON) alike;
+    a damaged value only equals itself."""
+    try:
+        return input_hw(a) == input_hw(b)
+    except (TypeError, ValueError, IndexError):
+        return a == b
+
+
+def parse_image_size(text: str) -> int | tuple[int, int]:
+    """`--image-size`: N for a square input, or HxW (height x width, as the image arrays are)."""
+    parts = text.strip().lower().split("x")
+    if len(parts) > 2 or not all(p.strip().isdigit() for p in parts):
+        raise InputError(f"--image-size must be N (square) or HxW like 352x1216, multiples of 32, got {text!r}")
+    return as_image_size((int(parts[0]), int(parts[-1])))
+
+
 @dataclass
 class TrainConfig:
     """One training run. Defaults follow the source report where it says something, except the
@@ -55,7 +89,7 @@ class TrainConfig:
     out: str = ""
     backbone: str = "resnet50"
     decoder: str = "unet"  # better than the report's on every benchmark figure (README, issue 13)
-    image_size: int = 224
+    image_size: int | tuple[int, int] = 224  # N (square) or (height, width): `parse_image_size`
     epochs: int = 20
     batch_size: int = 16
     lr_min: float = 2e-4
@@ -100,16 +134,18 @@ class TrainConfig:
             raise InputError("--data is required")
         if not self.out:
             raise InputError("--out is required")
-        positive = ("epochs", "batch_size", "image_size", "step_size_up", "val_every", "log_interval")
+        positive = ("epochs", "batch_size", "step_size_up", "val_every", "log_interval")
         for name in positive:
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.image_size % 32 or self.image_size > MAX_INPUT_SIDE:
-            raise InputError(f"--image-size must be a multiple of 32 up to {MAX_INPUT_SIDE}, got {self.image_size}")
-        if self.batch_size * (self.image_size // 32) ** 2 < 2:  # the encoder's last stage sees 1 x 1 per image
-            raise InputError(f"--batch-size {self.batch_size} at --image-size {self.image_size} gives BatchNorm one "
-                             "value per channel at the encoder's last stage, which it cannot train on; use "
-                             "--batch-size 2 or more, or --image-size 64 or more")
+        h, w = input_hw(self.image_size)
+        if any(side < 32 or side % 32 or side > MAX_INPUT_SIDE for side in (h, w)):
+            raise InputError(f"--image-size must be multiples of 32 from 32 to {MAX_INPUT_SIDE} (N, or HxW), got "
+                             f"{size_text(self.image_size)}")
+        if self.batch_size * (h // 32) * (w // 32) < 2:  # the encoder's last stage sees 1 x 1 per image
+            raise InputError(f"--batch-size {self.batch_size} at --image-size {size_text(self.image_size)} gives "
+                             "BatchNorm one value per channel at the encoder's last stage, which it cannot train on; "
+                             "use --batch-size 2 or more, or --image-size 64 or more")
         if not 0 < self.lr_min <= self.lr_max:
             raise InputError(f"need 0 < --lr-min <= --lr-max, got {self.lr_min} and {self.lr_max}")
         for name in ("lr_min", "lr_max", "weight_decay", "max_depth", "depth_scale"):  # object_weight: its range
@@ -184,6 +220,8 @@ class TrainConfig:
         """
         names = {f.name for f in fields(cls)}
         merged = {k: v for k, v in {**LEGACY_DEFAULTS, **values}.items() if k in names}
+        if isinstance(merged.get("image_size"), (list, tuple)):  # HxW: a list once through config.json
+            merged["image_size"] = as_image_size(merged["image_size"])
         if merged.get("depth_scale") == LEGACY_DEPTH_SCALE:  # older configs saved the folder default as 1000
             merged["depth_scale"] = None  # what it meant: the format's own (the same 1000 on folders; NYU has none)
         if not merged.get("augment", True):
@@ -204,6 +242,8 @@ def as_typed(name: str, value: object) -> str:
         return f"--{flag}" if value else f"--no-{flag}"
     if value is None or value == "":  # --backbone-weights' "" is none
         return f"--{flag} unset"
+    if name == "image_size":
+        return f"--{flag} {size_text(value)}"
     return f"--{flag} {value:g}" if isinstance(value, float) else f"--{flag} {value}"
 
 

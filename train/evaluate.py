@@ -10,15 +10,18 @@ import torch
 
 from mde.runtime.evaluate import PredictBatch, average, metric_sums
 from mde.runtime.preprocess import postprocess, preprocess
+from mde.train.config import input_hw
 from mde.train.runner import fp32_math
 
 
-def torch_predictor(model: torch.nn.Module, image_size: int, max_depth: float,
+def torch_predictor(model: torch.nn.Module, image_size: int | tuple[int, int], max_depth: float,
                     device: str | torch.device = "cpu") -> PredictBatch:
-    """A `predict_batch` callable for an eval-mode model: RGB images -> depth at each image's resolution."""
+    """A `predict_batch` callable for an eval-mode model run at `image_size` (N, or (H, W)): RGB images -> depth at
+    each image's resolution."""
+    size = input_hw(image_size)
 
     def predict(images: list[np.ndarray]) -> list[np.ndarray]:
-        x = torch.from_numpy(preprocess(images, (image_size, image_size))).to(device)
+        x = torch.from_numpy(preprocess(images, size)).to(device)
         with torch.inference_mode(), fp32_math(torch, str(device)):  # FP32 as the artifacts are held to, not TF32
             out = model(x).float().cpu().numpy()
         return [postprocess(o, img.shape[:2], max_depth) for o, img in zip(out, images)]
@@ -26,7 +29,7 @@ def torch_predictor(model: torch.nn.Module, image_size: int, max_depth: float,
     return predict
 
 
-def evaluate_model(model: torch.nn.Module, dataset: Any, image_size: int, max_depth: float,
+def evaluate_model(model: torch.nn.Module, dataset: Any, image_size: int | tuple[int, int], max_depth: float,
                    device: str | torch.device = "cpu", **options: Any) -> dict[str, float]:
     """Mean metrics of `model` on `dataset`, plus `images`; `options` are `model_metric_sums`'s
     (batch_size, data_range — 0 uses `max_depth` —, indices, progress)."""
@@ -36,7 +39,7 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, image_size: int, max_de
 def model_metric_sums(
     model: torch.nn.Module,
     dataset: Any,
-    image_size: int,
+    image_size: int | tuple[int, int],
     max_depth: float,
     device: str | torch.device = "cpu",
     batch_size: int = 8,

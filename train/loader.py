@@ -16,19 +16,20 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mde.errors import MdeError
 from mde.train.augment import augment_config, augment_pair, object_weights, to_training_pair
+from mde.train.config import input_hw
 
 
 class DepthPairs(Dataset):
     """Training items: (image, depth, loss weights, index), seeded and augmented.
 
-    The image is 3 x S x S float in [0, 1], depth 1 x S x S metres with 0 = invalid. The
-    weights are 1 x S x S, `object_weight` on the object pixels of the sample's region mask
+    The image is 3 x H x W float in [0, 1] (`image_size` N, or (H, W)), depth 1 x H x W metres with 0 = invalid.
+    The weights are 1 x H x W, `object_weight` on the object pixels of the sample's region mask
     and 1 elsewhere; with `object_weight` 1 they are an empty tensor, as nothing reads them.
     """
 
-    def __init__(self, base: Any, image_size: int, augment: bool, seed: int, scale_crop: bool = False,
-                 color_jitter: bool = False, object_weight: float = 1.0):
-        self.base, self.image_size, self.augment, self.seed = base, image_size, augment, seed
+    def __init__(self, base: Any, image_size: int | tuple[int, int], augment: bool, seed: int,
+                 scale_crop: bool = False, color_jitter: bool = False, object_weight: float = 1.0):
+        self.base, self.size, self.augment, self.seed = base, input_hw(image_size), augment, seed
         self.augment_cfg = augment_config(scale_crop, color_jitter)
         self.object_weight = object_weight
         self.epoch = 0
@@ -44,8 +45,8 @@ class DepthPairs(Dataset):
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             rgb, depth, mask = augment_pair(rgb, depth, rng, self.augment_cfg, mask)
-        x, y = to_training_pair(rgb, depth, self.image_size)
-        weights = object_weights(mask, self.image_size, self.object_weight) if weighted else np.empty(0, np.float32)
+        x, y = to_training_pair(rgb, depth, self.size)
+        weights = object_weights(mask, self.size, self.object_weight) if weighted else np.empty(0, np.float32)
         return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(weights), index
 
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from mde.errors import InputError, ModelError, one_line
 from mde.printed import printed_by_this_thread
+from mde.train.config import input_hw, size_text
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,9 +40,18 @@ class ModelArgs:
     """
 
     backbone: str = "resnet50"
-    image_size: int = 224
+    image_size: int | tuple[int, int] = 224  # N (square) or (height, width)
     max_depth: float = 20.0
     decoder: str = "report"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.image_size, list):  # (height, width) through JSON; check_model_args checks the rest
+            self.image_size = tuple(self.image_size)
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """The network's input size as (height, width)."""
+        return input_hw(self.image_size)
 
 
 # -- building blocks --------------------------------------------------------------------------
@@ -207,8 +217,8 @@ def build_model(
     args: ModelArgs, pretrained: bool = False, backbone_weights: str | Path | None = None
 ) -> DepthNet:
     """Build the network; `pretrained` downloads torchvision ImageNet weights, `backbone_weights` loads a file."""
-    if args.image_size % 32:
-        raise InputError(f"--image-size must be a multiple of 32, got {args.image_size}")
+    if any(side % 32 for side in args.input_hw):
+        raise InputError(f"--image-size must be multiples of 32, got {size_text(args.image_size)}")
     weights = None
     if pretrained:
         weights = "DEFAULT"

@@ -106,7 +106,7 @@ def write_curves(records: list[dict[str, Any]], out: Path) -> None:
         plot_curves(records, out / "curves.png")
 
 
-def write_samples(model: Any, val_set: Any, image_size: int, max_depth: float, device: Any, out: Path,
+def write_samples(model: Any, val_set: Any, image_size: int | tuple[int, int], max_depth: float, device: Any, out: Path,
                   count: int = 4) -> None:
     """OUT/samples.png of the first `count` validation images, where matplotlib is installed."""
     from mde.train.evaluate import torch_predictor

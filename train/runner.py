@@ -23,7 +23,7 @@ def checkpoint_metadata(model: Any, state: dict[str, Any], **fields: Any) -> Mod
     args = model.args
     metrics = state.get("metrics") or {}
     return ModelMetadata(**{
-        "input_size": (args.image_size, args.image_size),
+        "input_size": args.input_hw,
         "max_depth": float(args.max_depth),
         "backbone": args.backbone,
         "decoder": args.decoder,

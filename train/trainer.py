@@ -43,7 +43,7 @@ from mde.runtime.evaluate import average
 from mde.train import report
 from mde.train.checkpoint import check_training_state, checkpoint_bytes, load_checkpoint, model_from_checkpoint
 from mde.train.checkpoint import save_checkpoint as write_checkpoint
-from mde.train.config import MAX_DEPTH_LIMIT, TrainConfig, as_typed, check_resume, merge_resume
+from mde.train.config import MAX_DEPTH_LIMIT, TrainConfig, as_typed, check_resume, merge_resume, size_text
 from mde.train.distributed import DistEnv, all_reduce_sum, barrier, cleanup, setup
 from mde.train.evaluate import model_metric_sums
 from mde.train.loader import DepthPairs, batches, epoch_indices, epoch_loader, worker_death
@@ -356,7 +356,7 @@ def main(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dict[
     state = restore(job, resume)
     cfg, out = job.cfg, job.out
     if env.is_main:
-        info(f"training {job.args.backbone}/{job.args.decoder} {cfg.image_size}px on {env.device} "
+        info(f"training {job.args.backbone}/{job.args.decoder} {size_text(cfg.image_size)} px on {env.device} "
              f"x{env.world_size}: {len(job.train_set)} train / {len(job.val_set)} val images, "
              f"max depth {cfg.max_depth:g} m")
     progress = make_progress() if env.is_main else None
@@ -648,8 +648,8 @@ def train_one_epoch(job: Job, state: TrainState, epoch: int, progress: Any) -> d
     check_finite(job, total, epoch)
     if whole and seen and not pixels:  # a loss of 0.0000 and checkpoints of a model that learned nothing
         raise DataError(f"epoch {epoch + 1} had no valid depth pixel to learn from in {seen * env.world_size} "
-                        f"train images at --image-size {cfg.image_size}: the depth maps are empty, or too sparse "
-                        "to keep one after the resize (use a larger --image-size, or denser depth)", cfg.data)
+                        f"train images at --image-size {size_text(cfg.image_size)}: the depth maps are empty, or too "
+                        "sparse to keep one after the resize (use a larger --image-size, or denser depth)", cfg.data)
     state.loss_sum, state.loss_count = 0.0, 0
     return {"epoch": epoch + 1, "step": state.step, "train_loss": total / max(count, 1),
             "lr": lr, "images_per_s": images_per_s}

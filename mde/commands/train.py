@@ -18,6 +18,7 @@ from mde.train.config import (
     LOSS_CHOICES,
     SCHEDULES,
     TrainConfig,
+    parse_image_size,
     resume_folder,
 )
 
@@ -41,7 +42,8 @@ def train_command(
     decoder: str = typer.Option(
         D.decoder, help=f"Decoder: {', '.join(DECODER_CHOICES)} (report: the source report's transposed convs)."
     ),
-    image_size: int = typer.Option(D.image_size, help="Square network input size (multiple of 32)."),
+    image_size: str = typer.Option(
+        str(D.image_size), help="Network input size: N (square) or HxW (height x width), multiples of 32."),
     epochs: int = typer.Option(D.epochs, help="Training epochs."),
     batch_size: int = typer.Option(D.batch_size, help="Images per batch per process."),
     lr_min: float = typer.Option(D.lr_min, help="Learning-rate floor (CyclicLR lower bound, one-cycle start)."),
@@ -108,7 +110,7 @@ def train_command(
         for name in ("data", "out"):
             if not values[name]:
                 raise InputError(f"missing option '--{name}' (only --resume may leave it out)")
-    cfg = TrainConfig(**values)
+    cfg = TrainConfig(**{**values, "image_size": parse_image_size(image_size)})
     if not resume:
         cfg.validate()  # before importing torch: bad flags fail fast
     from mde.train.trainer import train
