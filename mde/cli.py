@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import typer
 
 from mde import __version__
-from mde.errors import STDOUT_CLOSED, TRAIN_EXTRA, MdeError, one_line
+from mde.errors import STDOUT_CLOSED, TRAIN_EXTRA, MdeError, OutOfMemory, allocation_failed, one_line
 from mde.io import UNWRITABLE
 
 COMMANDS = ("data", "train", "eval", "export", "calibrate", "parity", "predict", "bench", "info")
@@ -321,7 +321,7 @@ def _run(args: list[str]) -> None:
             raise _stopped() from None
         if _state["verbose"]:
             traceback.print_exc()
-        _say_error(str(err))
+        _say_error(f"{err}; {_less_memory()}" if isinstance(err, OutOfMemory) else str(err))
         raise SystemExit(err.exit_code) from None
     except KeyboardInterrupt:
         raise _stopped() from None
@@ -334,10 +334,9 @@ def _run(args: list[str]) -> None:
             _say_error(_unwritable_message(err))
             raise SystemExit(2) from None
         msg = str(err).splitlines()[0] if str(err) else ""
-        if _out_of_memory(err):  # what this command asks of this machine; the allocator's own line says how much
+        if allocation_failed(err):  # what this command asks of this machine; the allocator's own line says how much
             said = msg if len(msg) <= 160 else f"{msg[:150]} ..."
-            less = LESS_MEMORY.get(_state.get("command", ""), LESS_MEMORY[""])
-            _say_error(f"out of memory ({said or type(err).__name__}); {less}")
+            _say_error(f"out of memory ({said or type(err).__name__}); {_less_memory()}")
             raise SystemExit(2) from None
         missing = _missing_module_hint(err)
         if missing:  # the runtime-only install, asked for training or export
@@ -362,20 +361,15 @@ def _run(args: list[str]) -> None:
 LESS_MEMORY = {
     "train": "a smaller --batch-size or --image-size, or fewer --workers, needs less",
     "eval": "a smaller --batch-size, or smaller images, needs less",
-    "bench": "a smaller --image-size needs less",
+    "bench": "a smaller --batch or --image-size needs less",
+    "predict": "smaller images, or predict without --native-resolution, need less",
     "": "smaller images or a smaller model need less",
 }
 
 
-def _out_of_memory(err: BaseException) -> bool:
-    """Whether `err` is an allocation that failed: Python's MemoryError, torch's CPU allocator ("can't allocate
-    memory") and CUDA's (torch.OutOfMemoryError; "CUDA error: out of memory" at its start), ONNX Runtime's
-    (its own exception types, "Failed to allocate memory")."""
-    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
-        return True
-    text = str(err)
-    return any(sign in text for sign in ("can't allocate memory", "CUDA out of memory", "CUDA error: out of memory",
-                                         "Failed to allocate memory"))
+def _less_memory() -> str:
+    """What asks for less memory in the command that ran out (`LESS_MEMORY`)."""
+    return LESS_MEMORY.get(_state.get("command", ""), LESS_MEMORY[""])
 
 
 def _unwritable_message(err: OSError) -> str:

@@ -65,6 +65,25 @@ class BackendError(MdeError):
     """A backend that cannot be used here: not installed, no GPU, incompatible engine."""
 
 
+class OutOfMemory(BackendError):
+    """An allocation the machine or its GPU could not make: the input's size or the batch asked too much, not the
+    model. The CLI adds what asks for less."""
+
+
+# How allocators say they failed: torch's CPU allocator, CUDA through torch and through ONNX Runtime's CUDA
+# provider, ONNX Runtime's own arena.
+ALLOCATION_FAILED = ("can't allocate memory", "CUDA out of memory", "CUDA error: out of memory",
+                     "CUDA failure 2: out of memory", "Failed to allocate memory")
+
+
+def allocation_failed(err: BaseException) -> bool:
+    """Whether `err` is an allocation that failed (`ALLOCATION_FAILED`, Python's MemoryError, torch's
+    OutOfMemoryError)."""
+    if isinstance(err, (MemoryError, OutOfMemory)) or type(err).__name__ == "OutOfMemoryError":
+        return True
+    return any(sign in str(err) for sign in ALLOCATION_FAILED)
+
+
 class CheckFailed(MdeError):
     """A check ran and failed (parity or export accuracy out of tolerance): exit 1."""
 

@@ -659,6 +659,28 @@ def test_running_out_of_memory_is_one_line_naming_what_asks_less(cli, monkeypatc
     assert ("you tried to allocate 275012567040 bytes" in result.err) == bool(str(error))  # how much: kept
 
 
+def test_onnx_runtime_out_of_memory_is_said_as_such_with_what_asks_less(cli, monkeypatch, tiny_export, tmp_path):
+    """`mde predict --native-resolution` on a 12 MP photo with too little memory: ONNX Runtime's failed allocation
+    was "could not run the model", sending the user to the model file; it is the image's size."""
+    import onnxruntime
+
+    def allocate(*_args, **_kwargs):
+        raise onnxruntime.capi.onnxruntime_pybind11_state.RuntimeException(
+            "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running Concat node. "
+            "Name:'/decoder/Concat' Status Message: Failed to allocate memory for requested buffer of size 1540096000")
+
+    monkeypatch.setattr(onnxruntime.InferenceSession, "run", allocate)
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (90, 120, 150)).save(tmp_path / "photo.png")
+    result = cli("predict", tiny_export / "model.onnx", tmp_path / "photo.png", "--out", tmp_path / "out")
+    assert result.code == 2 and result.err.startswith(
+        f"mde: error: {tiny_export / 'model.onnx'}: out of memory running the model in ONNX Runtime ("), result.err
+    assert "Failed to allocate memory for requested buffer of size 1540096000" in result.err
+    assert result.err.endswith("); smaller images, or predict without --native-resolution, need less\n"), result.err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 # -- two commands writing one output at once: the second is refused --------------------------------
 @pytest.mark.parametrize("command", ["export", "calibrate", "train"])
 def test_an_output_another_command_is_writing_is_refused(cli, command, tiny_checkpoint, tiny_export, synth_data,

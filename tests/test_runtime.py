@@ -307,7 +307,7 @@ def test_an_estimator_refuses_pickling_in_one_line(est):
 def test_a_close_that_overtakes_a_call_and_a_failed_run_are_mde_errors(onnx_path):
     """Another thread's close() between the active check and the run, and a run ONNX Runtime fails
     (a GPU out of memory), both surface as one-line mde errors, not AttributeError or a pybind11 error."""
-    from mde.errors import BackendError
+    from mde.errors import BackendError, OutOfMemory
 
     image = np.full((32, 32, 3), 100, np.uint8)
     with DepthEstimator.open(onnx_path) as est:
@@ -321,9 +321,14 @@ def test_a_close_that_overtakes_a_call_and_a_failed_run_are_mde_errors(onnx_path
                 raise RuntimeError("CUDA failure 2: out of memory\nstack trace ...")
 
         est.runner._session = Failing()
-        with pytest.raises(BackendError, match=r"ONNX Runtime could not run the model \(CUDA failure 2: out of "
-                                               r"memory\)$"):
-            est.predict(image)
+        with pytest.raises(OutOfMemory, match=r"out of memory running the model in ONNX Runtime \(CUDA failure 2: "
+                                              r"out of memory\)$"):
+            est.predict(image)  # an OutOfMemory is a BackendError, and so an MdeError
+        Failing.run = lambda *args: (_ for _ in ()).throw(RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : "
+                                                                       "Non-zero status code returned while running "
+                                                                       "Conv node. Name:'conv1'"))
+        with pytest.raises(BackendError, match=r"ONNX Runtime could not run the model \(\[ONNXRuntimeError\]"):
+            est.predict(image)  # another failure is the model's
         est.runner._session = session
 
 

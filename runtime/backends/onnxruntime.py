@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from mde.errors import BackendError, InputError, MdeError, ModelError
+from mde.errors import BackendError, InputError, MdeError, ModelError, OutOfMemory, allocation_failed
 from mde.io import is_utf8, sha256_file, user_cache_dir
 from mde.printed import printed_by_this_thread
 from mde.runtime.backends import ort_providers as eps
@@ -350,6 +350,9 @@ class OnnxRuntimeRunner(Runner):
         except (InputError, BackendError):
             raise
         except Exception as err:  # noqa: BLE001 - onnxruntime's pybind11 errors share no base class but Exception
+            if allocation_failed(err):  # the input's size or the batch, not the model
+                raise OutOfMemory(f"out of memory running the model in ONNX Runtime ({ort_reason(err)})",
+                                  self.path) from None
             raise BackendError(f"ONNX Runtime could not run the model ({ort_reason(err)})", self.path) from None
         return dict(zip(names, outputs))
 
