@@ -108,6 +108,16 @@ def _check_pair(name: str, rgb: np.ndarray, depth: np.ndarray, depth_file: str |
     return Sample(name, rgb, depth, mask)
 
 
+def _stored_size(path: Path) -> tuple[int, int] | None:
+    """An image's (height, width) as stored, from its header; None where the header cannot be read (reading the
+    image names its problem)."""
+    try:
+        (width, height), _ = image_header(path)
+    except Exception:  # noqa: BLE001 - Pillow's errors on a damaged header are of many kinds (`CORRUPT`)
+        return None
+    return height, width
+
+
 def _no_image(shape: tuple[int, ...]) -> np.ndarray:
     """A black H x W x 3 image that takes no memory: the `rgb` of a `ground_truth` sample, which only has a size."""
     return np.broadcast_to(np.zeros(3, np.uint8), (*shape[:2], 3))
@@ -156,8 +166,8 @@ class PairedFiles:
         with notes_once_per_folder(rgb_path.parent):  # not for every image every epoch
             rgb = read_rgb(rgb_path) if with_image else None  # first, as ever: its problem is the one named
         depth = read_depth(depth_path, png_scale=self.depth_scale)
-        if rgb is None:
-            rgb = _no_image(depth.shape)
+        if rgb is None:  # the image's own size, from its header: a depth map of another size is the one named
+            rgb = _no_image(_stored_size(rgb_path) or depth.shape)
         if depth.shape != rgb.shape[:2] and depth.shape == rgb.shape[1::-1] and exif_orientation(rgb_path) >= 5:
             raise DataError(f"depth map is {depth.shape[1]}x{depth.shape[0]}, its image {rgb.shape[1]}x{rgb.shape[0]} "
                             f"as stored: the image's EXIF turns it a quarter for viewers, and datasets are read as "

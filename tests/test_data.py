@@ -238,8 +238,8 @@ def test_out_of_range_depth_advice_fits_the_file(tmp_path):
 
 
 def test_ground_truth_reads_depth_and_mask_but_no_image(tmp_path):
-    """What image-blind baselines score: the depth map and mask as `ds[i]` has them, and a black image of their
-    size; the folder reader does not open the image file at all."""
+    """What image-blind baselines score: the depth map and mask as `ds[i]` has them, and a black image of the
+    image's size; the folder reader reads the image file's header only."""
     _write_pair(tmp_path, "val", "a", _depth())
     _write_mask(tmp_path, "val", "a", RNG.choice(np.array([0, 1, 255], np.uint8), (12, 16)))
     nyu = tmp_path / "nyu.mat"
@@ -251,6 +251,17 @@ def test_ground_truth_reads_depth_and_mask_but_no_image(tmp_path):
         assert truth.rgb.shape == full.rgb.shape and not truth.rgb.any()
     (tmp_path / "val" / "rgb" / "a.png").write_bytes(b"not a PNG")
     assert open_dataset(tmp_path, "val").ground_truth(0).depth.shape == (12, 16)
+
+
+def test_ground_truth_names_a_depth_map_of_another_size_than_its_image(tmp_path):
+    """The image-blind baseline took the depth map's size for the image's: a depth map of the wrong size was
+    measured against its mask, and `mde eval` told the user to fix the mask."""
+    _write_pair(tmp_path, "val", "a", _depth())
+    _write_mask(tmp_path, "val", "a", np.zeros((12, 16), np.uint8))
+    Image.fromarray((_depth(10, 16) * 1000).astype(np.uint16)).save(tmp_path / "val" / "depth" / "a.png")
+    for read in (lambda ds: ds[0], lambda ds: ds.ground_truth(0)):
+        with pytest.raises(DataError, match=r"val/depth/a.png: depth map is 16x10 but its image is 16x12"):
+            read(open_dataset(tmp_path, "val"))
 
 
 def test_nyu_images_under_8_pixels_are_refused_as_image_files_are(tmp_path):
