@@ -27,7 +27,7 @@ from mde.runtime.images import list_images
 def frames(folder: Path, dropped: list[str]) -> Iterator[tuple[str, np.ndarray]]:
     """Stand-in for a camera: the images of a folder, in name order. A file that cannot be read is dropped, as a
     camera driver drops a damaged frame: said on stderr and added to `dropped`, and the loop goes on."""
-    for path in list_images(folder):
+    for path in list_images(folder, broken_links=True):  # a broken link is a dropped frame, not a silent one
         try:
             rgb = read_rgb(path, upright=True)  # as a viewer shows it (a phone's EXIF-turned JPEG)
         except MdeError as err:  # damaged, gone since the listing, not an image after all

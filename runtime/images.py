@@ -112,7 +112,8 @@ def quiet_folder_notes(quiet: bool = True) -> None:
 # Images larger than this are refused from their header, before any pixel is decoded.
 MAX_PIXELS = MAX_INPUT_SIDE * MAX_INPUT_SIDE
 MIN_SIDE = 8
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# Every photo format Pillow decodes that a camera or phone writes (HEIC needs a plugin Pillow does not ship)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".tif", ".tiff", ".webp", ".avif", ".jp2")
 DEPTH_PNG_MODES = ("I;16", "I;16B", "I;16L", "I")  # Pillow's 16-bit single-channel modes (32-bit "I": checked)
 DARK_16BIT = 4096  # a uint16 image below this uses at most 12 bits: read as 16-bit, it is 1/16 as bright
 ORIENTATION_TAG = 0x0112  # EXIF: how the stored pixels are turned for display (1: as stored)
@@ -523,6 +524,12 @@ def list_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
                   if p.suffix.lower() in suffixes and not p.name.startswith(".") and p.is_file())
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files in `folder` (not recursive, hidden files left out), sorted by name."""
-    return list_files(folder, IMAGE_SUFFIXES)
+def list_images(folder: Path, broken_links: bool = False) -> list[Path]:
+    """Image files in `folder` (not recursive, hidden files left out), sorted by name; with `broken_links`, also the
+    links named like images that lead nowhere (or round in a loop), for a caller that names what it skips rather
+    than leave it out in silence."""
+    images = list_files(folder, IMAGE_SUFFIXES)
+    if broken_links:
+        images += [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+                   and p.is_symlink() and not p.exists()]
+    return sorted(images)

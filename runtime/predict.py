@@ -44,14 +44,9 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
     pattern_suffixes = (*IMAGE_SUFFIXES, ".gif")
 
-    def folder_images(folder: Path) -> list[Path]:
-        dangling = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-                    and p.is_symlink() and not p.exists()]  # named and skipped later, not left out in silence
-        return sorted([*list_images(folder), *dangling])
-
     def matched_images(match: Path) -> list[Path]:  # a dangling link is kept, to be named and skipped
         if match.is_dir():
-            return folder_images(match)
+            return list_images(match, broken_links=True)
         is_image = match.suffix.lower() in pattern_suffixes
         return [match] if is_image and (match.is_file() or not match.exists()) else []
 
@@ -59,9 +54,9 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = folder_images(path)
+            found = list_images(path, broken_links=True)  # a broken link is named and skipped later
             if not found:
-                raise InputError("folder has no images", path)
+                raise InputError(f"folder has no images ({' '.join(IMAGE_SUFFIXES)})", path)
         elif path.exists():
             found = [path]
         elif glob.has_magic(item):  # each match as if named: a folder gives its images, a file its own if an image

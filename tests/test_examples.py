@@ -113,16 +113,18 @@ def test_robot_loop_drops_a_damaged_frame_and_goes_on(tiny_export, synth_data, t
     first = sorted((synth_data / "val" / "rgb").iterdir())[0]
     (frames / "a.png").write_bytes(first.read_bytes())
     (frames / "b.png").write_bytes(first.read_bytes()[:100])
+    (frames / "c.png").symlink_to("gone.png")  # a broken link was left out without a word
     (frames / os.fsdecode(b"caf\xe9.png")).write_bytes(first.read_bytes())
     proc = subprocess.run([sys.executable, str(EXAMPLE), str(tiny_export / "model.onnx"), str(frames)],
                           capture_output=True, timeout=120, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
     out, err = proc.stdout.decode(), proc.stderr.decode()
     assert proc.returncode == 1, err
     assert err.splitlines() == [f"robot_loop: dropped: {frames / 'b.png'}: truncated or corrupt image (image file is "
-                                "truncated)", "robot_loop: 1 of 3 frames dropped"], err
+                                "truncated)", f"robot_loop: dropped: {frames / 'c.png'}: a symbolic link to nothing "
+                                "(or a loop of links)", "robot_loop: 2 of 4 frames dropped"], err
     assert out.splitlines()[1].startswith("a.png: ") and out.splitlines()[2].startswith("caf\\xe9.png: ")
     assert out.splitlines()[-1].startswith("2 frames: median ")
-    for name in ("a.png", os.fsdecode(b"caf\xe9.png")):  # nothing left to run: bad input, as for mde predict
+    for name in ("a.png", "c.png", os.fsdecode(b"caf\xe9.png")):  # nothing left to run: bad input, as for predict
         (frames / name).unlink()
     proc = subprocess.run([sys.executable, str(EXAMPLE), str(tiny_export / "model.onnx"), str(frames)],
                           capture_output=True, text=True, timeout=120)

@@ -105,6 +105,25 @@ def test_a_pattern_takes_its_matches_as_if_named(cli, onnx_path, tmp_path):
     assert len(result.err.strip().splitlines()) == 1 and not (tmp_path / "none").exists()
 
 
+def test_every_photo_format_pillow_reads_is_an_image_in_a_folder_and_a_pattern(cli, onnx_path, tmp_path):
+    """A phone's IMG_0001.jfif, a .jpe, an AVIF or a JPEG 2000 predicted when named, but a folder left them out
+    without a word and a pattern said it matched "none an image"."""
+    photos = tmp_path / "phone"
+    photos.mkdir()
+    rgb = Image.fromarray(np.full((40, 44, 3), 120, np.uint8))
+    for name, fmt in (("a.jfif", "JPEG"), ("b.JPE", "JPEG"), ("c.avif", "AVIF"), ("d.jp2", "JPEG2000")):
+        rgb.save(photos / name, format=fmt)
+    result = cli("predict", onnx_path, photos, "--out", tmp_path / "out")
+    assert result.code == 0, result.err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png", "c.png", "d.png"]
+    result = cli("predict", onnx_path, str(photos / "*.jfif"), "--out", tmp_path / "out2")
+    assert result.code == 0 and [p.name for p in (tmp_path / "out2").iterdir()] == ["a.png"], result.err
+    (tmp_path / "heic").mkdir()
+    (tmp_path / "heic" / "IMG_0002.HEIC").write_bytes(b"ftypheic")
+    result = cli("predict", onnx_path, tmp_path / "heic", "--out", tmp_path / "out3")
+    assert result.code == 2 and "heic: folder has no images (.png .jpg" in result.err, result.err
+
+
 def test_predict_gives_every_input_its_own_output(cli, onnx_path, images, tmp_path):
     """`img.png`, `img.jpg` and `img_1.png`: the second must not take the third's name (one map lost)."""
     rng = np.random.default_rng(1)
