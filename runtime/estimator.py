@@ -67,6 +67,7 @@ class DepthEstimator:
             raise InputError(f"native_resolution must be True or False, got {native_resolution!r}")
         self.runner = runner
         self.native_resolution = native_resolution and runner.metadata.dynamic_size
+        self._native_option = "native_resolution"  # what turned it on, as its messages name it
         if native_resolution and not self.native_resolution:  # said once, where the estimator is made
             h, w = runner.metadata.input_size
             log.warning("native_resolution=True has no effect: this model takes %dx%d images only (export it "
@@ -131,8 +132,8 @@ class DepthEstimator:
             size = round_size(height, width)
             if max(size) > MAX_INPUT_SIDE:
                 raise InputError(f"a {width}x{height} image would run at {size[1]}x{size[0]} at native resolution, "
-                                 f"beyond the {MAX_INPUT_SIDE} pixel side limit; resize it first, or open the "
-                                 f"model without native_resolution")
+                                 f"beyond the {MAX_INPUT_SIDE} pixel side limit; resize it first, or run it without "
+                                 f"{self._native_option}")
             return size
         return tuple(self.metadata.input_size)  # type: ignore[return-value]
 
@@ -149,6 +150,7 @@ class DepthEstimator:
             raise InputError(f"{option} needs a model exported with --dynamic-size; {what} {h}x{w} images only",
                              self.runner.path)
         self.native_resolution = True
+        self._native_option = option
 
     def check_size(self, height: int, width: int, batch: int = 1) -> tuple[int, int]:
         """The size an image of `height` x `width` runs at, in batches of `batch`, refused now (`InputError`)

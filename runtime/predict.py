@@ -57,7 +57,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             found = list_images(path, broken_links=True)  # a broken link is named and skipped later
             if not found:
                 raise InputError(f"folder has no images ({' '.join(IMAGE_SUFFIXES)})", path)
-        elif path.exists():
+        elif path.exists() or path.is_symlink():  # a broken link: skipped by name, as one in a folder is
             found = [path]
         elif glob.has_magic(item):  # each match as if named: a folder gives its images, a file its own if an image
             matches = sorted(Path(p) for p in glob.glob(item, recursive=True))

@@ -177,7 +177,8 @@ def test_dynamic_size_and_force(tmp_path, tiny_checkpoint, tiny_export, cli):
         assert est.runner._run_options({"image": large}) is not None  # larger: its memory is given back after
         assert est.predict(np.full((70, 100, 3), 100, np.uint8)).shape == (70, 100)  # run at 64x96
         assert est.check_size(100, 130, batch=2) == (96, 128)  # what bench checks before timing (an engine's profile)
-        with pytest.raises(InputError, match=r"a 9000x8 image would run at 8992x32 .* beyond the 8192 pixel side"):
+        with pytest.raises(InputError, match=r"a 9000x8 image would run at 8992x32 .* beyond the 8192 pixel side "
+                                             r"limit; resize it first, or run it without native_resolution$"):
             est.predict(np.zeros((8, 9000, 3), np.uint8))  # a 2 x 33M frame would have asked for 12 GB
         from PIL import Image
 
@@ -196,6 +197,11 @@ def test_dynamic_size_and_force(tmp_path, tiny_checkpoint, tiny_export, cli):
     assert fixed.code == 2 and fixed.err.strip() == (f"mde: error: {tiny_export / 'model.onnx'}: --native-resolution needs "
                                                      "a model exported with --dynamic-size; this model takes 64x64 images only")
     assert not (tmp_path / "no").exists()
+    from PIL import Image
+
+    Image.new("RGB", (9000, 8)).save(tmp_path / "wide.png")
+    wide = cli("predict", out / "model.onnx", tmp_path / "wide.png", "-o", tmp_path / "w", "--native-resolution")
+    assert wide.code == 2 and wide.err.rstrip().endswith("or run it without --native-resolution"), wide.err  # the CLI's
     # `mde bench --native-resolution`: the latency at the camera's size, which --image-size alone resized away
     runs = {flag: json.loads(cli("bench", out / "model.onnx", "--image-size", "100x130", "--iterations", 2,
                                  "--warmup", 0, "--json", *([flag] if flag else [])).out)["results"][0]

@@ -165,6 +165,9 @@ def test_a_renamed_output_is_said_only_once_written_and_a_dangling_link_is_skipp
     result = cli("predict", onnx_path, folder, "--out", tmp_path / "out2", "--format", "npy")
     assert result.code == 1 and sorted(p.name for p in (tmp_path / "out2").iterdir()) == ["a_1.npy"], result.err
     assert f"mde: skipped {folder / 'loop.png'}: a symbolic link to nothing (or a loop of links)" in result.err
+    result = cli("predict", onnx_path, folder / "loop.png", "--out", tmp_path / "out3")  # named: "input not found"
+    assert result.code == 2 and result.err.strip().endswith(
+        f"mde: error: {folder / 'loop.png'}: a symbolic link to nothing (or a loop of links)"), result.err
 
 
 def test_a_depth_map_name_too_long_for_a_file_is_refused_before_predicting(cli, onnx_path, images, tmp_path):
