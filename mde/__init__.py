@@ -5,8 +5,10 @@ __version__ = "0.1.0"
 
 def entry() -> None:
     """The `mde` console script: Ctrl-C while the CLI is still importing says so in one line, like later."""
+    import atexit
     import sys
 
+    atexit.register(_ignore_late_stops)  # registered first, so it runs last
     try:
         from mde.cli import main
     except KeyboardInterrupt:
@@ -20,6 +22,9 @@ def entry() -> None:
         raise
     finally:
         _outcome_is_final(status)
+
+
+_ended = False  # the command has said how it ended (`_outcome_is_final`)
 
 
 def _outcome_is_final(status: int) -> None:
@@ -40,5 +45,19 @@ def _outcome_is_final(status: int) -> None:
                 pass
         os._exit(status)
 
+    global _ended
+    _ended = True
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, leave)
+
+
+def _ignore_late_stops() -> None:
+    """The last exit handler: Ctrl-C and SIGTERM are ignored for the rest of the shutdown, once the command has
+    ended. Python gives the signals their default action back after the exit handlers, before it tears down its
+    modules (torch's and ONNX Runtime's take a second), so `leave` above no longer ran: a stop then killed the
+    finished command without a word, 130 or 143. Python leaves an ignored signal ignored."""
+    import signal
+
+    if _ended:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
