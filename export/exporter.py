@@ -32,7 +32,7 @@ from mde.export.config import (  # noqa: F401 - ExportConfig and Artifact are th
     planned_names,
     validate,
 )
-from mde.export.golden import GoldenInputs, golden_checkpoint, golden_inputs, write_golden
+from mde.export.golden import GoldenInputs, golden_checkpoint, golden_inputs, kept_golden_inputs, write_golden
 from mde.io import (
     RENAME_REFUSED,
     UNWRITABLE,
@@ -409,10 +409,16 @@ def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:
         if problem:  # the engine's profile is built around the model's size: said before the export, not after
             raise InputError(f"--min-size/--max-size: {problem}", checkpoint)
         config = _checked_record(state, model.args.image_size, checkpoint)
-        golden = golden_inputs(cfg.golden_data, size, cfg.golden_images, cfg.golden_seed,
-                               depth_scale=depth_scale_for(cfg, cfg.golden_data),
-                               model_range=float(model.args.max_depth),
-                               trained=(checkpoint, trained_png_scale(config)))
+        kept = None if cfg.golden_data is not None or cfg.golden_images is not None else \
+            kept_golden_inputs(out / GOLDEN_NAME, checkpoint_sha, size)
+        if kept is not None:  # a noise golden.npz would take the torch-free check's RMSE/SSIM gates away
+            from mde.console import info
+
+            info(f"{GOLDEN_NAME}: keeping its {kept.source} with their ground truth (--golden-data chooses others)")
+        golden = kept or golden_inputs(cfg.golden_data, size, cfg.golden_images, cfg.golden_seed,
+                                       depth_scale=depth_scale_for(cfg, cfg.golden_data),
+                                       model_range=float(model.args.max_depth),
+                                       trained=(checkpoint, trained_png_scale(config)))
         image = golden.image
         with torch.no_grad():
             reference = model(torch.from_numpy(image)).numpy()

@@ -63,6 +63,29 @@ def golden_inputs(data: Path | None, size: tuple[int, int], count: int | None, s
     )
 
 
+def kept_golden_inputs(path: Path, checkpoint_sha: str, size: tuple[int, int]) -> GoldenInputs | None:
+    """The dataset inputs and ground truth of the `golden.npz` at `path` where it is this checkpoint's and carries
+    ground truth (an earlier `--golden-data` export into this folder), to keep, not replace with noise: a
+    precision added later would take the torch-free check's RMSE/SSIM gates away. None otherwise (no such file,
+    noise inputs, another checkpoint or size, unreadable)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as data:
+            meta = json.loads(str(data["meta"]))
+            image = data["image"]
+            if str(data["checkpoint_sha256"]) != checkpoint_sha or not meta.get("ground_truth") \
+                    or image.ndim != 4 or tuple(image.shape[2:]) != tuple(size):
+                return None
+            count = image.shape[0]
+            return GoldenInputs(image=image.astype(np.float32), source=str(data["source"]),
+                                gts=[data[f"gt_{i}"].astype(np.float32) for i in range(count)],
+                                masks=[data[f"mask_{i}"] if f"mask_{i}" in data else None for i in range(count)],
+                                data_range=float(meta["data_range"]))
+    except Exception:  # noqa: BLE001 - a damaged or foreign file is not kept: the export writes its own
+        return None
+
+
 def golden_checkpoint(path: Path) -> str:
     try:
         with np.load(path) as data:

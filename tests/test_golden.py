@@ -231,3 +231,27 @@ def test_golden_images_default_to_a_small_val_split_whole(tmp_path, synth_data):
         .image.shape[0] == 4
     with pytest.raises(DataError, match="the val split has 2 images; --golden-images asks for 4"):
         golden_inputs(small, (64, 64), 4, 0)  # asked for: not cut down
+
+
+def test_a_precision_added_later_keeps_the_folders_dataset_golden(cli, export_with_gt, tiny_checkpoint, tmp_path):
+    """`mde export CKPT -o DIR -p fp16` into a folder exported with --golden-data replaced its golden.npz with
+    noise inputs, without a word: the torch-free check on the robot lost its RMSE/SSIM gates."""
+    import shutil
+
+    from mde.runtime.backends.golden import read_golden
+
+    folder = tmp_path / "export"
+    shutil.copytree(export_with_gt, folder)
+    before = read_golden(folder / "golden.npz")
+    result = cli("export", tiny_checkpoint, "-o", folder, "-p", "fp16")
+    assert result.code == 0, result.err
+    assert "golden.npz: keeping its dataset " in result.err and "(3 images) with their ground truth" in result.err
+    after = read_golden(folder / "golden.npz")
+    assert after["meta"]["ground_truth"] is True and after["meta"]["inputs"] == before["meta"]["inputs"]
+    np.testing.assert_array_equal(after["image"], before["image"])
+    np.testing.assert_array_equal(after["gt_2"], before["gt_2"])
+    checked = cli("parity", "--golden", folder / "golden.npz", folder / "model.fp16.onnx", "--json", tmp_path / "p")
+    assert checked.code == 0 and json.loads((tmp_path / "p").read_text())["artifacts"][0]["d_rmse"] is not None
+    result = cli("export", tiny_checkpoint, "-o", folder, "-p", "fp16", "--golden-images", "2", "--force")
+    assert result.code == 0 and "keeping" not in result.err, result.err  # asked for other inputs: noise, as asked
+    assert read_golden(folder / "golden.npz")["meta"]["ground_truth"] is False
