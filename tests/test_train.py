@@ -678,7 +678,7 @@ def test_ddp_two_cpu_ranks_split_data_and_rank0_writes_once(tmp_path, synth_data
     (["--resume", "missing/last.pt"], "not found"),
     (["--pretrained", "--backbone-weights", "w.pth"], "conflict"),
     (["--freeze-stages", "3"], "randomly initialised"),
-    (["--image-size", "70"], "multiple of 32"),
+    (["--image-size", "70"], "--image-size must be multiples of 32"),
     (["--image-size", "99968"], "--image-size must be multiples of 32 from 32 to 8192 (N, or HxW), got 99968"),
     (["--object-weight", "0"], "--object-weight must be in 0.001..1000, got 0.0"),
     (["--object-weight", "nan"], "--object-weight must be in 0.001..1000"),
