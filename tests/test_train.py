@@ -830,6 +830,10 @@ def test_a_run_killed_while_writing_its_first_checkpoint_starts_again_without_fo
     assert result.code == 2 and result.err == (
         f"mde: error: {run}: the folder holds a run (last.pt), 0 of its 1 epochs trained: continue it with --resume "
         f"{run / 'last.pt'}, or start anew over it with --force\n")
+    torch.save({**state, "epoch": 0, "step": 3, "epoch_step": 1, "world_size": 2, "steps_per_epoch": 3},
+               run / "last.pt")  # stopped under torchrun: plain `mde train --resume` was refused, on 1 process
+    result = cli("train", "--data", synth_data, "--out", run, *TINY, "--epochs", "1")
+    assert result.code == 2 and "continue it with torchrun --nproc-per-node 2 -m mde.train --resume " in result.err
 
 
 def test_force_belongs_to_the_command_that_types_it(cli, synth_data, tmp_path, monkeypatch):
@@ -1398,6 +1402,21 @@ def test_a_one_cycle_resume_that_cannot_fit_says_why():
            "world_size": 1}
     with pytest.raises(InputError, match=r"a finished one-cycle run cannot go on"):
         check_resume(shortened, one, steps_per_epoch=3)
+    # 1 of 3 epochs of 6 steps on 1 process, resumed on 2 processes (or on half the data): 3 steps an epoch ended
+    # the run at step 12 of its 18, the learning rate near its peak, without a word
+    three = tiny_config("data", "run", epochs=3, resume="run/last.pt", schedule="onecycle")
+    one_of_three = {**one, "scheduler": {"total_steps": 18}}
+    check_resume(three, one_of_three, steps_per_epoch=6)
+    with pytest.raises(InputError, match=r"this one-cycle run trained at 6 steps per epoch on 1 process, and its data "
+                                         r"now gives 3, so its epochs would end 6 steps before its schedule does"):
+        check_resume(three, one_of_three, steps_per_epoch=3)
+    # stopped mid-epoch at step 3 of 6, resumed on data of 3 steps: an epoch of no step
+    cyclic = tiny_config("data", "run", epochs=3, resume="run/last.pt", schedule="cyclic")
+    mid = {"epoch": 1, "epoch_step": 3, "step": 9, "scheduler": {}, "steps_per_epoch": 6, "world_size": 1}
+    check_resume(cyclic, mid, steps_per_epoch=6)
+    with pytest.raises(InputError, match=r"this run stopped at step 3 of an epoch of 6 steps on 1 process, and its "
+                                         r"data now gives 3: the dataset or the number of processes"):
+        check_resume(cyclic, mid, steps_per_epoch=3)
 
 
 def test_more_workers_than_cpus_is_one_note_not_torchs_warnings(cli, synth_data, tmp_path):

@@ -293,13 +293,16 @@ def merge_resume(cli: TrainConfig, saved: TrainConfig, given: Collection[str] = 
 
 def check_resume(cfg: TrainConfig, resume: dict[str, Any], steps_per_epoch: int, world_size: int | None = None
                  ) -> None:
-    """Refuse a resume with nothing left to train, one that runs past a one-cycle schedule's end, or one stopped
-    mid-epoch and resumed on another number of processes than `world_size` (None: not known yet).
+    """Refuse a resume with nothing left to train, one that runs past a one-cycle schedule's end or, at another
+    number of steps per epoch, stops before it, or one stopped mid-epoch and resumed on other data or another
+    number of processes than `world_size` (None: not known yet).
 
     A one-cycle schedule's length is fixed when its run starts (its learning rate anneals to the
-    floor over the saved number of steps): a resume may stop earlier, not go on longer. CyclicLR
-    has no end. An epoch's batches are dealt to the processes it started on: on another number,
-    the rest of the epoch would train some images twice and skip others.
+    floor over the saved number of steps): a resume may stop earlier by a smaller --epochs, not go on longer,
+    and not lay its epochs out anew (more data or fewer processes: past the end; less or more: cut short, the
+    rate still high). CyclicLR has no end. An epoch's batches are dealt to the processes it started on, from
+    its data: on another number or other data, the rest of the epoch would train some images twice and skip
+    others.
     """
     changed = ("the dataset or the number of processes (torchrun --nproc-per-node) changed since; resume it as it "
                "was trained, or start a new run")
@@ -324,13 +327,20 @@ def check_resume(cfg: TrainConfig, resume: dict[str, Any], steps_per_epoch: int,
                          f"it on {trained_on} (torchrun --nproc-per-node {trained_on}; 1: plain mde train), not "
                          f"{world_size}", cfg.resume)
     needed = (cfg.epochs - resume["epoch"]) * steps_per_epoch - resume.get("epoch_step", 0)
+    saved, processes = resume.get("steps_per_epoch"), resume.get("world_size")  # absent from older checkpoints
+    on = f" on {processes} process{'' if processes == 1 else 'es'}" if isinstance(processes, int) else ""
+    if resume.get("epoch_step", 0) and isinstance(saved, int) and saved != steps_per_epoch:
+        # the rest of the epoch is its order's, dealt for another count: some images twice, others never
+        raise InputError(f"this run stopped at step {resume['epoch_step']} of an epoch of {saved} steps{on}, and its "
+                         f"data now gives {steps_per_epoch}: {changed}", cfg.resume)
+    if left is not None and isinstance(saved, int) and saved != steps_per_epoch and needed != left:
+        # the schedule was laid out for other epochs: it would be cut short, or run past its end
+        why = (f"too many for the {left} steps its schedule has left" if needed > left else
+               f"so its epochs would end {left - needed} steps before its schedule does, the learning rate not yet "
+               "annealed")
+        raise InputError(f"this one-cycle run trained at {saved} steps per epoch{on}, and its data now gives "
+                         f"{steps_per_epoch}, {why}: {changed}", cfg.resume)
     if left is not None and needed > left:
-        saved, processes = resume.get("steps_per_epoch"), resume.get("world_size")  # absent from older checkpoints
-        if isinstance(saved, int) and saved != steps_per_epoch:  # the schedule was laid out for other epochs
-            on = f" on {processes} process{'' if processes == 1 else 'es'}" if isinstance(processes, int) else ""
-            raise InputError(f"this one-cycle run trained at {saved} steps per epoch{on}, and its data now gives "
-                             f"{steps_per_epoch}, too many for the {left} steps its schedule has left: {changed}",
-                             cfg.resume)
         raise InputError(f"--epochs {cfg.epochs} needs {needed} more steps ({steps_per_epoch} per epoch), more than "
                          f"this one-cycle run's schedule has left ({left} of {planned}); resume it to at most its "
                          "own length, or start a new run", cfg.resume)

@@ -151,8 +151,11 @@ def _run_in_folder(last: Path) -> str:
             return f"{said}, finished; start anew over it with --force, or choose another --out"
         further = f"--resume {shown_path(last)} --epochs N (N > {saved.epochs})"
         return f"{said}, finished; train it further with {further}, {anew}"
-    return f"{said}, {state['epoch']} of its {saved.epochs} epochs trained: continue it with --resume " \
-           f"{shown_path(last)}, {anew}"
+    processes = state.get("world_size")
+    how = f"--resume {shown_path(last)}"  # on the number of processes it trained on: its batches were dealt for it
+    if isinstance(processes, int) and processes > 1:
+        how = f"torchrun --nproc-per-node {processes} -m mde.train {how}"
+    return f"{said}, {state['epoch']} of its {saved.epochs} epochs trained: continue it with {how}, {anew}"
 
 
 def _own_run_folder(out: Path, checkpoint: Path, force: bool) -> bool:
