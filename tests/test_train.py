@@ -927,6 +927,20 @@ def test_a_checkpoint_carries_only_its_own_validation(tmp_path, synth_data, monk
     assert skipped["epoch"] == 1 and skipped["metrics"] == {}
 
 
+def test_a_run_whose_output_saturates_at_one_depth_is_warned_of_once(cli, synth_data, tmp_path):
+    """--lr-max 100 drives the sigmoid head to 0 m or its maximum at nearly every pixel: the run ended as a success
+    with a model of one or two depths, which export and predict then took. A trained model is not warned of."""
+    res = cli("train", "--data", synth_data, "--out", tmp_path / "hot", *TINY, "--epochs", "2", "--lr-min", "100",
+              "--lr-max", "100", "--weight-decay", "0")
+    assert res.code == 0, res.err
+    assert res.err.count("warning: ") == 1 and re.search(r"warning: epoch 1: the model predicts (0 m|20 m|0 m or 20 m), "
+                                                         r"(an end|the ends) of its range, at \d+% of the pixels of the first "
+                                                         r"val images: its output has saturated", res.err), res.err
+    assert "smaller --lr-max (now 100)" in res.err
+    res = cli("train", "--data", synth_data, "--out", tmp_path / "fine", *TINY, "--epochs", "1")
+    assert res.code == 0 and "warning" not in res.err, res.err
+
+
 def test_a_diverging_run_saves_no_nan_weights(cli, synth_data, tmp_path):
     run = tmp_path / "run"
     res = cli("train", "--data", synth_data, "--out", run, *TINY, "--epochs", "1", "--schedule", "cyclic",

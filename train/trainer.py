@@ -272,6 +272,7 @@ class Job:
     replaces_a_run: bool = False  # --force over another run's folder: its files go with this run's first write
     # resumed into another folder: the resumed run's best.pt, copied at the first write unless that epoch is better
     inherited_best: Path | None = None
+    collapse_said: bool = False   # `say_collapse` has warned: once a run
     val_data: str = ""            # rank 0's digest of the val depth (`read_every_sample`): saved in last.pt, so a
     #                               resume knows whether it validates alike
     steps_per_epoch: int = 0      # saved in last.pt with the number of processes: what a one-cycle schedule was
@@ -370,6 +371,8 @@ def main(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> dict[
             record = train_one_epoch(job, state, epoch, progress)
             if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
                 record.update({f"val_{k}": v for k, v in evaluate(job, epoch, progress).items()})
+                if env.is_main and not job.collapse_said:
+                    job.collapse_said = say_collapse(job, epoch)
             state.records.append(record)
             state.epoch, state.epoch_step = epoch + 1, 0
             improved = "val_rmse" in record and record["val_rmse"] < state.best_rmse
@@ -688,6 +691,39 @@ def evaluate(job: Job, epoch: int = 0, progress: Any = None) -> dict[str, float]
     names = _all_names(sorted(sums), env)
     reduced = all_reduce_sum([sums.get(n, 0.0) for n in names] + [count], env)
     return average(dict(zip(names, reduced[:-1])), int(reduced[-1]))
+
+
+COLLAPSE_IMAGES = 4  # the first val images a saturated output is looked for on
+SATURATED_AT = 1e-4  # of the depth range: a prediction this close to 0 or the range is at the head's end
+SATURATED_SHARE = 0.9  # of the pixels: the output has saturated
+
+
+def say_collapse(job: Job, epoch: int) -> bool:
+    """Say, and return True, where the model predicts the ends of its range (0 or `max_depth`) at nearly every
+    pixel of the first val images: its sigmoid head saturated (a learning rate too high drives it there, and no
+    gradient flows back from it). Its figures are then those of a map of one or two values, and the run would
+    end as a success with an unusable model."""
+    from mde.train.evaluate import torch_predictor
+
+    images = [job.val_set[i].rgb for i in range(min(COLLAPSE_IMAGES, len(job.val_set)))]
+    was_training = job.model.training
+    job.model.eval()
+    try:
+        preds = torch_predictor(job.model, job.cfg.image_size, job.cfg.max_depth, job.env.device)(images)
+    finally:
+        job.model.train(was_training)
+    values = np.concatenate([p.ravel() for p in preds])
+    near = SATURATED_AT * job.cfg.max_depth
+    low, high = values <= near, values >= job.cfg.max_depth - near
+    share = float(np.mean(low | high)) if values.size else 0.0
+    if share < SATURATED_SHARE:
+        return False
+    ends = [f"{end:g} m" for end, hit in ((0, low.any()), (job.cfg.max_depth, high.any())) if hit]
+    which = "the ends of its range" if len(ends) == 2 else "an end of its range"
+    info(f"warning: epoch {epoch + 1}: the model predicts {' or '.join(ends)}, {which}, at {share:.0%} of the "
+         f"pixels of the first val images: its output has saturated, and training rarely recovers from that; "
+         f"train again with a smaller --lr-max (now {job.cfg.lr_max:g})")
+    return True
 
 
 def _share_rank0_buffers(model: torch.nn.Module, env: DistEnv) -> None:
