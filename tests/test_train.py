@@ -1695,3 +1695,30 @@ def test_a_scaler_saved_off_is_not_a_damaged_checkpoint_where_one_is_on():
     assert on.loaded is None and off.loaded == {"scale": 2.0}
     restore_scaler(on, {"scale": 4.0})
     assert on.loaded == {"scale": 4.0}
+
+
+def test_a_compiler_torch_compile_cannot_find_is_one_line_naming_the_way_on():
+    """`--compile` on a machine without g++ ended in "internal error: BackendCompilerFailed: backend='inductor'
+    raised:" (the cause cut off), exit 1, after the model was traced."""
+    from torch._dynamo.exc import BackendCompilerFailed
+    from torch._inductor.exc import InductorError, InvalidCxxCompiler
+
+    from mde.errors import BackendError
+    from mde.train.trainer import said_compile_failures
+
+    def failing(err: Exception):
+        def call(*_args):
+            raise err
+        return said_compile_failures(call)
+
+    no_cxx = InvalidCxxCompiler()
+    for err in (BackendCompilerFailed(lambda: None, no_cxx, None), InductorError(no_cxx, "")):
+        with pytest.raises(BackendError, match=r"^--compile: torch.compile could not compile the model: it found no "
+                                               r"working C\+\+ compiler \(install g\+\+, or set CXX to one\); train "
+                                               r"without --compile$"):
+            failing(err)(1)
+    with pytest.raises(BackendError, match=r"could not compile the model: RuntimeError: unsupported op; train"):
+        failing(BackendCompilerFailed(lambda: None, RuntimeError("unsupported op"), None))(1)
+    with pytest.raises(ValueError, match="the data's own"):  # raised through the compiled call: as it is
+        failing(ValueError("the data's own"))(1)
+    assert said_compile_failures(lambda x: x + 1)(1) == 2

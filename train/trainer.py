@@ -19,7 +19,7 @@ import random
 import shutil
 import time
 import warnings
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,17 @@ import numpy as np
 import torch
 
 from mde.console import info, make_progress
-from mde.errors import CheckFailed, DataError, InputError, MdeError, ModelError, counted, shown_path
+from mde.errors import (
+    BackendError,
+    CheckFailed,
+    DataError,
+    InputError,
+    MdeError,
+    ModelError,
+    counted,
+    one_line,
+    shown_path,
+)
 from mde.io import (
     RUN_FILES,
     atomic_path,
@@ -462,7 +472,7 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
         if not cuda:
             for name in QUIETED_LOGGERS:
                 logging.getLogger(name).setLevel(logging.ERROR)
-        forward = torch.compile(forward)
+        forward = said_compile_failures(torch.compile(forward))
     return Job(
         cfg=replace(cfg, max_depth=float(args.max_depth), freeze_stages=cfg.frozen_stages), env=env, out=out,
         args=args, model=model, forward=forward, optimizer=optimizer,
@@ -477,6 +487,26 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
         if resume is not None and resolved(out) != resolved(cfg.resume).parent else None,
         val_data=val_data, steps_per_epoch=steps_per_epoch,
     )
+
+
+def said_compile_failures(compiled: Callable[..., Any]) -> Callable[..., Any]:
+    """`compiled` (torch.compile's), whose compiler failing at the first call is one line naming its cause and
+    the way on, not an internal error: inductor needs a working C++ compiler, which a slim image lacks."""
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return compiled(*args, **kwargs)
+        except Exception as err:
+            if not type(err).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                raise  # the model's or the data's own error, raised through the compiled call
+            inner = getattr(err, "inner_exception", None) or err  # BackendCompilerFailed wraps it, InductorError not
+            cause = ("it found no working C++ compiler (install g++, or set CXX to one)"
+                     if "InvalidCxxCompiler" in f"{type(inner).__name__} {inner}" else
+                     f"{type(inner).__name__}: {one_line(str(inner))[:200]}")
+            raise BackendError(f"--compile: torch.compile could not compile the model: {cause}; train without "
+                               "--compile") from None
+
+    return forward
 
 
 def restore(job: Job, resume: dict[str, Any] | None) -> TrainState:
