@@ -1055,6 +1055,8 @@ def test_resume_rejects_conflicting_flags_and_foreign_checkpoints(cli, tmp_path,
     # tiny_run has trained all of its 2 epochs
     res = cli("train", "--data", synth_data, "--out", tiny_run[0], "--resume", last)
     assert res.code == 2 and "already trained 2 of --epochs 2; nothing to resume" in res.err, res.err
+    res = cli("train", "--resume", last, "--epochs", "0")  # the option's fault, not the checkpoint's
+    assert res.code == 2 and res.err == "mde: error: --epochs must be >= 1, got 0\n", res.err
     # into another folder: it must be empty, as for a new run (from a copy that stopped after epoch 1)
     state = torch.load(last, map_location="cpu", weights_only=True)
     torch.save({**state, "epoch": 1, "step": state["step"] // 2}, tmp_path / "half.pt")

@@ -283,6 +283,9 @@ def merge_resume(cli: TrainConfig, saved: TrainConfig, given: Collection[str] = 
     # an override applies when the user set it: a plain `--resume RUN/last.pt` continues the
     # saved run to its own number of epochs
     changed = {k: getattr(cli, k) for k in RESUME_OVERRIDES if k == "resume" or is_set(k)}  # no --data: the saved
+    for name, value in changed.items():  # a typed value no run can use is the option's fault, not the checkpoint's
+        if name not in ("resume", "data", "out"):
+            _refuse_unusable(saved, name, value)
     changed.setdefault("out", resume_folder(cli.out, cli.resume))
     changed["force"] = cli.force  # this command's choice: the saved run's --force must not empty another folder
     if "data" not in changed and saved.data and not Path(saved.data).exists():
