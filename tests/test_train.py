@@ -1724,3 +1724,20 @@ def test_a_compiler_torch_compile_cannot_find_is_one_line_naming_the_way_on():
     with pytest.raises(ValueError, match="the data's own"):  # raised through the compiled call: as it is
         failing(ValueError("the data's own"))(1)
     assert said_compile_failures(lambda x: x + 1)(1) == 2
+
+
+def test_backbone_weights_of_a_whole_pickled_model_say_to_save_its_state_dict(tmp_path):
+    """`torch.save(model)` was told it is "not a PyTorch weights file (... saved with torch.save)": it was."""
+    from mde.errors import ModelError
+    from mde.train.model import ModelArgs, build_model, load_backbone_weights
+
+    whole = tmp_path / "r18full.pth"
+    torch.save(torch.nn.Linear(2, 2), whole)
+    model = build_model(ModelArgs(backbone="resnet18", image_size=64))
+    with pytest.raises(ModelError, match=r"r18full.pth: cannot read backbone weights: the file holds pickled objects "
+                                         r"\(a whole model saved with torch.save\(model\)\?\).*torch.save\("
+                                         r"model.state_dict\(\), PATH\)"):
+        load_backbone_weights(model, whole)
+    (tmp_path / "text.pth").write_text("not weights")
+    with pytest.raises(ModelError, match=r"not a PyTorch weights file"):
+        load_backbone_weights(model, tmp_path / "text.pth")

@@ -272,7 +272,11 @@ def load_backbone_weights(model: DepthNet, path: Path) -> None:
         raise InputError("expected a torchvision ResNet .pth file, found a pipe, socket or device", path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - any unpickling failure is a bad file
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
+        if "Unsupported global" in str(err):  # a torch.save of objects the weights-only loader refuses: a model
+            raise ModelError("cannot read backbone weights: the file holds pickled objects (a whole model saved "
+                             "with torch.save(model)?), which are not loaded, as they could run code; save its "
+                             "weights with torch.save(model.state_dict(), PATH)", path) from None
         raise ModelError("cannot read backbone weights: not a PyTorch weights file (a torchvision ResNet .pth, "
                          "saved with torch.save)", path) from None
     if not isinstance(state, dict):
