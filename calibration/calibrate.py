@@ -31,7 +31,7 @@ from mde.io import (
 )
 from mde.runtime.backends.onnxruntime import create_session
 from mde.runtime.images import IMAGE_SUFFIXES, list_images, notes_once_per_folder, read_rgb
-from mde.runtime.metadata import ModelMetadata, check_graph_input, read_props, stamp
+from mde.runtime.metadata import ModelMetadata, check_graph_input, check_graph_output, read_props, stamp
 from mde.runtime.preprocess import preprocess
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,9 @@ def _check_config(cfg: CalibrationConfig) -> None:
         raise InputError(f"percentile must be in (0, 100], got {cfg.percentile}")
     if Path(cfg.out).suffix.lower() != ".onnx":  # as every reader takes it: UP.ONNX too
         raise InputError("expected an output file name ending in .onnx", cfg.out)
+    if not is_utf8(Path(cfg.out).absolute()):  # ONNX Runtime opens no such path: every later command would refuse it
+        raise InputError("ONNX Runtime opens a path as UTF-8 text only, and this one is not; choose another name",
+                         cfg.out)
     inputs = {resolved(cfg.model)}  # the model, and the files beside it that hold its weights
     if Path(cfg.model).is_file() and Path(cfg.model).suffix.lower() == ".onnx":
         with contextlib.suppress(Exception):  # a model ONNX cannot read is refused by its own check, later
@@ -120,6 +123,21 @@ def _quiet_onnxruntime() -> Any:
     return ort
 
 
+def _dims(tensor: Any) -> tuple[int | None, ...]:
+    """An ONNX tensor type's shape, None for a dimension without a fixed value."""
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+
+
+def _np_dtype(elem_type: int) -> Any:
+    """An ONNX element type as numpy's (void where numpy has none)."""
+    from onnx import helper
+
+    try:
+        return helper.tensor_dtype_to_np_dtype(elem_type)
+    except (KeyError, ValueError, TypeError):
+        return np.void
+
+
 def load_source(path: Path) -> tuple[Any, ModelMetadata]:
     """Load the FP32 ONNX and its `mde.*` metadata; refuse non-ONNX, metadata-less, FP16 or quantized models."""
     import onnx
@@ -143,8 +161,10 @@ def load_source(path: Path) -> tuple[Any, ModelMetadata]:
     if len(inputs) != 1:
         raise ModelError(f"graph has {len(inputs)} inputs; expected one image input", path)
     tensor = inputs[0].type.tensor_type
-    check_graph_input(np.float32 if tensor.elem_type == onnx.TensorProto.FLOAT else np.void,
-                      tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim), meta, path)
+    check_graph_input(np.float32 if tensor.elem_type == onnx.TensorProto.FLOAT else np.void, _dims(tensor), meta, path)
+    # as the runtime opens the model: an INT8 file every other command refuses is not written
+    check_graph_output({o.name: (_np_dtype(o.type.tensor_type.elem_type), _dims(o.type.tensor_type))
+                        for o in model.graph.output}, path, None if meta.dynamic_size else tuple(meta.input_size))
     found = graph_precision(model)
     if found == "int8":
         raise ModelError("already quantized (has QuantizeLinear/DequantizeLinear or integer nodes); "
@@ -332,10 +352,12 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
             onnx.save(pre, str(pre_path))
         initializers = {t.name for t in source.graph.initializer}
         input_name = next(i.name for i in source.graph.input if i.name not in initializers)  # as it likes: "x" too
-        ranges, reused = _ranges(cfg, pre_path, dataset, calib_idx, size, progress, input_name)
         inputs = np.concatenate([preprocess(s.rgb, size) for s in holdout])
+        # first: it checks the FP32 model's outputs, so a broken model leaves no ranges file either
         evaluator = fallback.Evaluator(source.SerializeToString(), inputs, [s.depth for s in holdout if labelled],
-                                       meta.max_depth, data_range=data_range, input_name=input_name)
+                                       meta.max_depth, data_range=data_range, input_name=input_name,
+                                       source=cfg.model)
+        ranges, reused = _ranges(cfg, pre_path, dataset, calib_idx, size, progress, input_name)
         qdq = qz.quantize(pre, ranges, cfg.method, cfg.spec)
         head = float_layers.head_nodes(qdq, cfg.op_types)
         qdq = float_layers.with_float_nodes(qdq, pre, head, cfg.op_types)  # the depth head is never quantized

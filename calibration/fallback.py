@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -79,9 +80,15 @@ class Evaluator:
     """
 
     def __init__(self, fp32: onnx.ModelProto | bytes, inputs: np.ndarray, gts: Sequence[np.ndarray],
-                 max_depth: float, data_range: float | None, input_name: str = "image"):
+                 max_depth: float, data_range: float | None, input_name: str = "image",
+                 source: str | Path = "calibration model"):
+        from mde.runtime.estimator import check_depth_output
+
         self.inputs, self.gts, self.max_depth, self.input_name = inputs, list(gts), max_depth, input_name
         self.reference = self.run(fp32)
+        for depth in self.reference:  # as the runtime checks it: an INT8 copy of a broken model is not written
+            if np.isfinite(depth).all():  # NaN: the ranges pass names the tensor it starts in
+                check_depth_output(depth, max_depth, source)
         self.data_range = data_range if data_range is not None else max(float(r.max()) for r in self.reference)
         self.fp32 = self._gt_metrics(self.reference)
 

@@ -29,6 +29,21 @@ INPUT_SLACK = 0.5
 OUTPUT_SLACK = 0.01
 
 
+def check_depth_output(depth: np.ndarray, max_depth: float, source: str | Path | None) -> None:
+    """Refuse a model output no robot should trust: NaN or infinite depth, or depth outside 0..`max_depth` (the
+    metadata's range) by more than `OUTPUT_SLACK` of it.
+
+    Raises:
+        ModelError: naming `source` and what the model predicted.
+    """
+    if not np.isfinite(depth).all():  # a depth map a robot would trust: never pass NaN on
+        raise ModelError("the model predicts NaN or infinite depth: a diverged or broken model", source)
+    if depth.size and (depth.min() < -OUTPUT_SLACK * max_depth or depth.max() > (1 + OUTPUT_SLACK) * max_depth):
+        raise ModelError(f"the model predicts depth from {float(depth.min()):.4g} to {float(depth.max()):.4g} m, "
+                         f"outside the 0 to {max_depth:g} m its metadata gives: a broken model, or metadata that is "
+                         f"not its own", source)
+
+
 def round_size(height: int, width: int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
     """Round an image size to the nearest multiples of `multiple` (at least one multiple)."""
     return (
@@ -183,13 +198,7 @@ class DepthEstimator:
         if batch.dtype != self.input_dtype:
             batch = batch.astype(self.input_dtype)
         depth = self.runner.infer({self.input_name: batch})[self.output_name]
-        if not np.isfinite(depth).all():  # a depth map a robot would trust: never pass NaN on
-            raise ModelError("the model predicts NaN or infinite depth: a diverged or broken model", self.runner.path)
-        top = self.metadata.max_depth
-        if depth.size and (depth.min() < -OUTPUT_SLACK * top or depth.max() > (1 + OUTPUT_SLACK) * top):
-            raise ModelError(f"the model predicts depth from {float(depth.min()):.4g} to {float(depth.max()):.4g} m, "
-                             f"outside the 0 to {top:g} m its metadata gives: a broken model, or metadata that is "
-                             f"not its own", self.runner.path)
+        check_depth_output(depth, self.metadata.max_depth, self.runner.path)
         return depth
 
     def predict(self, rgb: np.ndarray) -> np.ndarray:

@@ -277,6 +277,9 @@ def _no_metadata(src, dst):
     ("nothing_to_quantize", "identity.onnx: nothing to quantize: the graph has no Conv, ConvTranspose, Gemm or MatMul layer"),
     ("fifo", "pipe.onnx: expected an ONNX model, found a pipe, socket or device"),  # was "empty (0 bytes)"
     ("broken_link_in_folder", "zz.png: not a readable file (a broken link"),  # left out in silence
+    # calibrated, exit 0, into INT8 files info, parity and predict then refused
+    ("output_renamed", "renamed.onnx: graph has no output 'depth' (its outputs: out)"),
+    ("out_not_utf8", "ONNX Runtime opens a path as UTF-8 text only"),
 ])
 def test_bad_inputs_exit_2(cli, case, match, tiny_export, tiny_int8, synth_data, tmp_path):
     model, extra = tiny_export / "model.onnx", []
@@ -322,7 +325,16 @@ def test_bad_inputs_exit_2(cli, case, match, tiny_export, tiny_int8, synth_data,
     elif case == "fifo":
         model = tmp_path / "pipe.onnx"
         os.mkfifo(model)
+    elif case == "output_renamed":
+        graph = onnx.load(str(tiny_export / "model.onnx"))
+        old_name = graph.graph.output[0].name
+        graph.graph.output[0].name = "out"
+        next(n for n in graph.graph.node if old_name in n.output).output[0] = "out"
+        model = tmp_path / "renamed.onnx"
+        onnx.save(graph, str(model))
     data, out = synth_data, tmp_path / "out.int8.onnx"
+    if case == "out_not_utf8":
+        out = tmp_path / os.fsdecode(b"\xfe.int8.onnx")
     if case == "broken_link_in_folder":
         data = tmp_path / "frames"
         shutil.copytree(synth_data / "train" / "rgb", data)
@@ -343,6 +355,23 @@ def test_bad_inputs_exit_2(cli, case, match, tiny_export, tiny_int8, synth_data,
     assert "--max-float-nodes" not in result.err  # only the bad option is named
     assert not out.exists() and not (tmp_path / "out.int8.ranges.json").is_file()
     assert not out.with_name("q.int8.ranges.json").exists()
+
+
+def test_a_model_predicting_beyond_its_metadatas_range_is_refused_before_any_file(cli, tiny_export, synth_data,
+                                                                                  tmp_path):
+    """Metadata whose max_depth is not the model's (1 m for a model of 20): calibrate wrote, exit 0, an INT8 file
+    that predict then refused; the ranges file is not written either."""
+    graph = onnx.load(str(tiny_export / "model.onnx"))
+    output = next(p for p in graph.metadata_props if p.key == "mde.output")
+    output.value = json.dumps({**json.loads(output.value), "max_depth": 1.0})
+    onnx.save(graph, str(tmp_path / "small.onnx"))
+    result = cli("calibrate", tmp_path / "small.onnx", "--data", synth_data, "--out", tmp_path / "out.int8.onnx",
+                 "--allow-few", "--num-images", "4", "--holdout-images", "2")
+    assert result.code == 2 and re.fullmatch(
+        rf"mde: error: {re.escape(str(tmp_path / 'small.onnx'))}: the model predicts depth from [\d.]+ to [\d.]+ m, "
+        r"outside the 0 to 1 m its metadata gives: a broken model, or metadata that is not its own",
+        result.err.strip().splitlines()[-1]), result.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.onnx"]
 
 
 @pytest.mark.parametrize("value, method", [(np.nan, "entropy"), (np.nan, "minmax"), (np.inf, "percentile")])
