@@ -123,6 +123,23 @@ def _quiet_onnxruntime() -> Any:
     return ort
 
 
+def _check_golden_beside(cfg: CalibrationConfig, meta: ModelMetadata) -> None:
+    """Refuse, without --force, an output beside a golden.npz of another checkpoint than the model's (as export
+    refuses such a mix): `mde parity --golden` on the folder would fail it, named only then."""
+    from mde.export.golden import golden_checkpoint
+    from mde.runtime.metadata import GOLDEN_NAME
+
+    golden = Path(cfg.out).parent / GOLDEN_NAME
+    ours = meta.source.get("checkpoint_sha256")
+    if cfg.force or not ours or not golden.is_file():
+        return
+    theirs = golden_checkpoint(golden)
+    if theirs and theirs != ours:
+        raise InputError(f"would put a model of checkpoint {ours[:12]} beside {GOLDEN_NAME} of checkpoint "
+                         f"{theirs[:12]}, whose torch-free parity check it would fail; choose another folder, or "
+                         "use --force", cfg.out)
+
+
 def _dims(tensor: Any) -> tuple[int | None, ...]:
     """An ONNX tensor type's shape, None for a dimension without a fixed value."""
     return tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
@@ -327,6 +344,7 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
     cfg.model, cfg.data, cfg.out = Path(cfg.model), Path(cfg.data), Path(cfg.out)
     _check_config(cfg)
     source, meta = load_source(cfg.model)
+    _check_golden_beside(cfg, meta)
     labelled = not loose_images(cfg.data)
     # a bad meta.json refused now, not after calibrating; a folder of images: the FP32 predictions' own range
     data_range = dataset_max_depth(cfg.data, meta.max_depth) if labelled else None

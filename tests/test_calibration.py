@@ -807,3 +807,26 @@ def test_a_ctrl_c_inside_onnxruntime_leaves_no_temporary_folder(tiny_export, syn
     assert made and not made[0].exists()
     assert list(system_temp.iterdir()) == [] and tempfile.tempdir == str(system_temp)
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_an_int8_beside_another_checkpoints_golden_is_refused_without_force(cli, tiny_export, tiny_unet, synth_data,
+                                                                           tmp_path):
+    """Export refuses to mix checkpoints in a folder; calibrate put another checkpoint's INT8 beside a golden.npz,
+    and only `mde parity --golden` found it later (FAIL, source)."""
+    from mde.calibration.calibrate import _check_golden_beside, load_source
+    from mde.calibration.config import CalibrationConfig
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    shutil.copy(tiny_export / "golden.npz", folder)
+    out = folder / "model.int8.cpu.onnx"
+    result = cli("calibrate", tiny_unet.export / "model.onnx", "--data", synth_data, "--out", out, "--target", "cpu")
+    assert result.code == 2 and re.search(r"model.int8.cpu.onnx: would put a model of checkpoint \w{12} beside "
+                                          r"golden.npz of checkpoint \w{12}, whose torch-free parity check it would "
+                                          r"fail; choose another folder, or use --force", result.err), result.err
+    assert sorted(p.name for p in folder.iterdir()) == ["golden.npz"]
+    _, meta = load_source(tiny_unet.export / "model.onnx")
+    _check_golden_beside(CalibrationConfig(model=tiny_unet.export / "model.onnx", data=synth_data, out=out,
+                                           force=True), meta)  # --force: as asked
+    _, own = load_source(tiny_export / "model.onnx")  # the golden's own checkpoint: fine
+    _check_golden_beside(CalibrationConfig(model=tiny_export / "model.onnx", data=synth_data, out=out), own)
