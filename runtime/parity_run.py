@@ -285,6 +285,23 @@ def with_pictures(cfg: ParityConfig) -> bool:
     return cfg.report is not None and cfg.golden is None and not written_in_place(cfg.report)
 
 
+def _stale_pictures(report: str | Path, kept: Sequence[Path]) -> list[Path]:
+    """The worst-image pictures the report now at `report` shows beside it that this run does not write again:
+    left, they stood beside a report that no longer names them."""
+    from mde.io import written_in_place
+
+    report = Path(report)
+    if written_in_place(report) or not report.is_file():
+        return []
+    try:
+        text = report.read_text(errors="replace")
+    except OSError:
+        return []
+    names = set(re.findall(r"\]\(([^()/\\]+\.worst\.png)\)", text))
+    return [report.parent / name for name in sorted(names - {path.name for path in kept})
+            if (report.parent / name).is_file()]
+
+
 def worst_png_paths(report: str | Path, labels: Sequence[str]) -> dict[str, Path]:
     """Where each artifact's worst-image picture goes, beside the Markdown report, one file each: `model.onnx`
     gives `REPORT.model.worst.png`; where two labels make one name (`model.onnx` and `model.engine`, or
@@ -391,9 +408,13 @@ def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
     # one set: new pictures must not stand beside an earlier run's report. A first stop waits for the whole set, a
     # failed write (a full disk) leaves the earlier set as it was; a second stop ends the wait (a --json into a
     # pipe nobody reads would block)
+    stale = _stale_pictures(cfg.report, [path for path, _ in pictures.values()]) if cfg.report is not None else []
     with deferred_signals(second_stops=True), atomic_paths(path for path, _ in writes) as temporary:
         for tmp, (_, write) in zip(temporary, writes, strict=True):
             write(tmp)
+    for picture in stale:  # the earlier report's, which the new one does not show
+        with contextlib.suppress(OSError):
+            picture.unlink()
     if not passed:
         failed = "; ".join(f"{r.artifact} ({', '.join(r.failed)})" for r in results if not r.passed)
         raise CheckFailed(f"parity failed: {failed}")

@@ -338,6 +338,12 @@ def test_two_artifacts_with_one_name_keep_their_own_rows_and_pictures(cli, tiny_
     assert labels == [str(p) for p in artifacts]
     pngs = sorted(p.name for p in report.parent.glob("*.worst.png"))
     assert len(pngs) == 2 and all(name in report.read_text() for name in pngs)
+    (report.parent / "mine.worst.png").write_bytes(b"a picture the report never named")
+    # the same report of one artifact: the other's picture stood beside it, named by nothing
+    result = cli("parity", tiny_checkpoint, copy / "model.onnx", "--data", synth_data, "--limit", 2, "--report", report)
+    assert result.code == 0, result.err
+    pngs = sorted(p.name for p in report.parent.glob("*.worst.png"))
+    assert pngs == ["mine.worst.png", "p.model.worst.png"] and "p.model.worst.png" in report.read_text(), pngs
 
 
 @pytest.mark.parametrize("extra, match", [
