@@ -89,19 +89,43 @@ def graph_precision(model: Any) -> str:
     return "fp32"
 
 
-def precision_mismatch(path: str | Path, declared: str, backend: str = "auto") -> str:
+def int8_target(model: Any) -> str:
+    """Which INT8 form an ONNX model's graph is (`mde calibrate --target`): cpu where its activations are uint8
+    (asymmetric, as ONNX Runtime's integer kernels take them) or it holds QLinear operators, else tensorrt
+    (symmetric int8 activations)."""
+    from onnx import TensorProto
+
+    if any(n.op_type.startswith("QLinear") for n in model.graph.node):
+        return "cpu"
+    zero_points = {t.name: t.data_type for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear":  # no zero point: uint8, ONNX's default
+            kind = zero_points.get(node.input[2]) if len(node.input) > 2 and node.input[2] else TensorProto.UINT8
+            if kind == TensorProto.UINT8:
+                return "cpu"
+    return "tensorrt"
+
+
+def precision_mismatch(path: str | Path, declared: str, backend: str = "auto", target: str | None = None) -> str:
     """Why the ONNX at `path` (what ONNX Runtime runs, whatever its suffix) does not compute in the precision its
-    metadata declares, or "" (engines are not read: TensorRT records what it built in the sidecar). Parity gates
-    each artifact by its declared precision, so an FP32 graph labelled int8 would pass as a checked INT8 model.
-    Reading the graph takes the onnx package (the `train` extra); the runtime alone has none, and there the label
-    is trusted."""
+    metadata declares, or is not the INT8 form of its declared calibration `target`; "" where it is (engines are
+    not read: TensorRT records what it built in the sidecar). Parity gates each artifact by its declared
+    precision, so an FP32 graph labelled int8 would pass as a checked INT8 model; and a TensorRT-form INT8 labelled
+    cpu runs slower than FP32 on the CPU provider. Reading the graph takes the onnx package (the `train` extra); the
+    runtime alone has none, and there the label is trusted."""
     if not runs_on_onnxruntime(path, backend):
         return ""
     try:
         import onnx
     except ImportError:
         return ""
-    found = graph_precision(onnx.load(str(path), load_external_data=False))
-    if found == declared:
-        return ""
-    return f"its metadata says {declared}, but the graph computes in {found}; each precision has its own tolerances"
+    model = onnx.load(str(path), load_external_data=False)
+    found = graph_precision(model)
+    if found != declared:
+        return (f"its metadata says {declared}, but the graph computes in {found}; each precision has its own "
+                "tolerances")
+    if found == "int8" and target in ("tensorrt", "cpu") and int8_target(model) != target:
+        form = int8_target(model)
+        return (f"its metadata says it was calibrated for {target}, but the graph is the {form} form "
+                f"({'uint8' if form == 'cpu' else 'symmetric int8'} activations); calibrate it with --target {target}")
+    return ""

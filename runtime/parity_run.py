@@ -129,7 +129,8 @@ def refusal(runner: Runner, path: str | Path, backend: str, reference: Runner, s
     None when it may be compared."""
     checks = (("preprocess", lambda: size_mismatch(runner, reference)),
               ("source", lambda: source_mismatch(runner, source, source_name)),
-              ("precision", lambda: precision_mismatch(path, runner.metadata.precision, backend)))
+              ("precision", lambda: precision_mismatch(path, runner.metadata.precision, backend,
+                                                       (runner.metadata.calibration or {}).get("target"))))
     return next(((check, reason) for check, find in checks if (reason := find())), None)
 
 

@@ -541,3 +541,23 @@ def test_providers_apply_to_the_onnx_models_beside_an_engine(cli, tiny_checkpoin
         result = cli("parity", *args, tiny_export / "model.onnx", engine, "--providers", "CPUExecutionProvider")
         assert "providers name ONNX Runtime execution providers" not in result.err, result.err
         assert result.code == 0 or "model.engine" in result.err  # where no TensorRT is, the engine itself is refused
+
+
+def test_an_int8_labelled_for_another_target_is_said_by_info_and_failed_by_parity(cli, tiny_int8, tiny_checkpoint,
+                                                                                  synth_data, tmp_path):
+    """`model.int8.onnx` (the TensorRT form) relabelled `"target": "cpu"`: info showed target cpu and parity passed
+    it, so an integrator picked the form that runs slower than FP32 on the CPU provider."""
+    import onnx
+
+    model = onnx.load(str(tiny_int8[0]))
+    calibration = next(p for p in model.metadata_props if p.key == "mde.calibration")
+    calibration.value = json.dumps({**json.loads(calibration.value), "target": "cpu"})
+    relabelled = tmp_path / "model.int8.cpu.onnx"
+    onnx.save(model, str(relabelled))
+    doc = json.loads(cli("info", relabelled, "--json").out)
+    assert doc["target"] == "cpu" and doc["precision_mismatch"] == (
+        "its metadata says it was calibrated for cpu, but the graph is the tensorrt form (symmetric int8 activations); "
+        "calibrate it with --target cpu")
+    assert json.loads(cli("info", tiny_int8[0], "--json").out)["precision_mismatch"] is None
+    result = cli("parity", tiny_checkpoint, relabelled, "--data", synth_data, "--limit", 2)
+    assert result.code == 1 and "model.int8.cpu.onnx (precision)" in result.err, result.err

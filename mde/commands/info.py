@@ -25,7 +25,8 @@ def artifact_info(path: Path) -> dict[str, Any]:
         "sha256": sha256_file(path),
         "precision": meta.precision,
         # The label checked against the graph, as parity does: an FP32 graph labelled int8 is said so here too.
-        "precision_mismatch": precision_mismatch(path, meta.precision) or None,
+        "precision_mismatch": precision_mismatch(path, meta.precision,
+                                                 target=(meta.calibration or {}).get("target")) or None,
         "target": (meta.calibration or {}).get("target"),  # INT8: the runtime it was calibrated for
         "metadata": meta.to_dict(),
         "inputs": [s.to_dict() for s in desc["inputs"]],
