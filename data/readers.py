@@ -157,8 +157,9 @@ class PairedFiles:
         return self._read(index, with_image=True)
 
     def ground_truth(self, index: int) -> Sample:
-        """Sample `index` without reading its image (`rgb` is a black stand-in of the depth map's size): what an
-        image-blind baseline scores, at a fraction of the reading, and without the image's notes said again."""
+        """Sample `index` without reading its image (`rgb` is a black stand-in of the image's size, from its header):
+        what an image-blind baseline scores, at a fraction of the reading, and without the image's notes said
+        again. An image whose size is not its depth map's is read whole, so the problem named is the reader's."""
         return self._read(index, with_image=False)
 
     def _read(self, index: int, with_image: bool) -> Sample:
@@ -167,7 +168,12 @@ class PairedFiles:
             rgb = read_rgb(rgb_path) if with_image else None  # first, as ever: its problem is the one named
         depth = read_depth(depth_path, png_scale=self.depth_scale)
         if rgb is None:  # the image's own size, from its header: a depth map of another size is the one named
-            rgb = _no_image(_stored_size(rgb_path) or depth.shape)
+            stored = _stored_size(rgb_path) or depth.shape
+            if stored != depth.shape:  # read whole, so that the image's own problem (too large) comes first
+                with notes_once_per_folder(rgb_path.parent):
+                    rgb = read_rgb(rgb_path)
+            else:
+                rgb = _no_image(stored)
         if depth.shape != rgb.shape[:2] and depth.shape == rgb.shape[1::-1] and exif_orientation(rgb_path) >= 5:
             raise DataError(f"depth map is {depth.shape[1]}x{depth.shape[0]}, its image {rgb.shape[1]}x{rgb.shape[0]} "
                             f"as stored: the image's EXIF turns it a quarter for viewers, and datasets are read as "

@@ -410,7 +410,7 @@ def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:
             raise InputError(f"--min-size/--max-size: {problem}", checkpoint)
         config = _checked_record(state, model.args.image_size, checkpoint)
         kept = None if cfg.golden_data is not None or cfg.golden_images is not None else \
-            kept_golden_inputs(out / GOLDEN_NAME, checkpoint_sha, size)
+            kept_golden_inputs(out / GOLDEN_NAME, size)
         if kept is not None:  # a noise golden.npz would take the torch-free check's RMSE/SSIM gates away
             from mde.console import info
 

@@ -63,19 +63,19 @@ def golden_inputs(data: Path | None, size: tuple[int, int], count: int | None, s
     )
 
 
-def kept_golden_inputs(path: Path, checkpoint_sha: str, size: tuple[int, int]) -> GoldenInputs | None:
-    """The dataset inputs and ground truth of the `golden.npz` at `path` where it is this checkpoint's and carries
-    ground truth (an earlier `--golden-data` export into this folder), to keep, not replace with noise: a
-    precision added later would take the torch-free check's RMSE/SSIM gates away. None otherwise (no such file,
-    noise inputs, another checkpoint or size, unreadable)."""
+def kept_golden_inputs(path: Path, size: tuple[int, int]) -> GoldenInputs | None:
+    """The dataset inputs and ground truth of the `golden.npz` at `path` where it carries ground truth (an earlier
+    `--golden-data` export into this folder), to keep, not replace with noise: a precision added later, or a
+    retrained checkpoint exported over it with --force, would take the torch-free check's RMSE/SSIM gates away.
+    The inputs are the dataset's, whatever checkpoint ran them; the outputs are made again. None otherwise (no
+    such file, noise inputs, another input size, unreadable)."""
     if not path.is_file():
         return None
     try:
         with np.load(path) as data:
             meta = json.loads(str(data["meta"]))
             image = data["image"]
-            if str(data["checkpoint_sha256"]) != checkpoint_sha or not meta.get("ground_truth") \
-                    or image.ndim != 4 or tuple(image.shape[2:]) != tuple(size):
+            if not meta.get("ground_truth") or image.ndim != 4 or tuple(image.shape[2:]) != tuple(size):
                 return None
             count = image.shape[0]
             return GoldenInputs(image=image.astype(np.float32), source=str(data["source"]),
@@ -84,6 +84,15 @@ def kept_golden_inputs(path: Path, checkpoint_sha: str, size: tuple[int, int]) -
                                 data_range=float(meta["data_range"]))
     except Exception:  # noqa: BLE001 - a damaged or foreign file is not kept: the export writes its own
         return None
+
+
+def golden_weights(path: Path) -> str:
+    """The SHA-256 of the weights whose outputs the golden.npz at `path` holds, or "" (older, unreadable)."""
+    try:
+        with np.load(path) as data:
+            return str(json.loads(str(data["meta"])).get("weights_sha256") or "")
+    except Exception:  # noqa: BLE001 - an unreadable golden file has no digest to match
+        return ""
 
 
 def golden_checkpoint(path: Path) -> str:

@@ -8,7 +8,7 @@ def entry() -> None:
     import atexit
     import sys
 
-    atexit.register(_ignore_late_stops)  # registered first, so it runs last
+    atexit.register(_exit_when_ended)  # registered first, so it runs last
     try:
         from mde.cli import main
     except KeyboardInterrupt:
@@ -24,40 +24,43 @@ def entry() -> None:
         _outcome_is_final(status)
 
 
-_ended = False  # the command has said how it ended (`_outcome_is_final`)
+_status: int | None = None  # the exit status of a command that has ended (`_outcome_is_final`), else None
 
 
 def _outcome_is_final(status: int) -> None:
     """The command has ended and said how. Ctrl-C or SIGTERM during the interpreter's shutdown (about a second
     with torch loaded) killed the process without a word, so a finished command looked killed: now either
     ends the process at once with the command's own exit status (a shutdown that hangs can still be stopped)."""
-    import os
     import signal
-    import sys
 
     def leave(_signum: int, _frame: object) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):  # a second one, should the flush below block, kills
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second one, should the flush block, kills
             signal.signal(sig, signal.SIG_DFL)
-        for stream in (sys.stdout, sys.stderr):  # what the command printed (`--json` into a pipe) still goes out
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(status)
+        _flush_and_exit(status)
 
-    global _ended
-    _ended = True
+    global _status
+    _status = status
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, leave)
 
 
-def _ignore_late_stops() -> None:
-    """The last exit handler: Ctrl-C and SIGTERM are ignored for the rest of the shutdown, once the command has
-    ended. Python gives the signals their default action back after the exit handlers, before it tears down its
-    modules (torch's and ONNX Runtime's take a second), so `leave` above no longer ran: a stop then killed the
-    finished command without a word, 130 or 143. Python leaves an ignored signal ignored."""
-    import signal
+def _exit_when_ended() -> None:
+    """The last exit handler: a command that has ended leaves here, with its own status, rather than through the
+    interpreter's teardown of its modules (torch's and ONNX Runtime's take a second). Python gives the signals their
+    default action back before that teardown, so `leave` no longer ran there: a stop then killed the finished
+    command without a word, 130 or 143. The teardown does nothing a finished command needs."""
+    if _status is not None:
+        _flush_and_exit(_status)
 
-    if _ended:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
+
+def _flush_and_exit(status: int) -> None:
+    """End the process at once with `status`, after what the command printed (`--json` into a pipe) goes out."""
+    import os
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):  # closed, or None (started with it closed)
+            pass
+    os._exit(status)

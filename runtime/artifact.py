@@ -99,8 +99,9 @@ def int8_target(model: Any) -> str:
         return "cpu"
     zero_points = {t.name: t.data_type for t in model.graph.initializer}
     for node in model.graph.node:
-        if node.op_type == "QuantizeLinear":  # no zero point: uint8, ONNX's default
-            kind = zero_points.get(node.input[2]) if len(node.input) > 2 and node.input[2] else TensorProto.UINT8
+        if node.op_type == "QuantizeLinear":  # its output_dtype (opset 21), its zero point's, or ONNX's default
+            kind = next((a.i for a in node.attribute if a.name == "output_dtype" and a.i), 0) or (
+                zero_points.get(node.input[2]) if len(node.input) > 2 and node.input[2] else TensorProto.UINT8)
             if kind == TensorProto.UINT8:
                 return "cpu"
     return "tensorrt"

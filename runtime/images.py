@@ -112,8 +112,22 @@ def quiet_folder_notes(quiet: bool = True) -> None:
 # Images larger than this are refused from their header, before any pixel is decoded.
 MAX_PIXELS = MAX_INPUT_SIDE * MAX_INPUT_SIDE
 MIN_SIDE = 8
+
+
+def _decoded_here(suffix: str, feature: str) -> tuple[str, ...]:
+    """(`suffix`,) where this Pillow decodes `feature` (AVIF since Pillow 11.2; JPEG 2000 where built with
+    OpenJPEG), else (): a file Pillow cannot read here is not taken for an image."""
+    from PIL import features
+
+    try:
+        return (suffix,) if features.check(feature) else ()
+    except Exception:  # noqa: BLE001 - an older Pillow that does not know the feature's name
+        return ()
+
+
 # Every photo format Pillow decodes that a camera or phone writes (HEIC needs a plugin Pillow does not ship)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".tif", ".tiff", ".webp", ".avif", ".jp2")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".tif", ".tiff", ".webp",
+                  *_decoded_here(".avif", "avif"), *_decoded_here(".jp2", "jpg_2000"))
 DEPTH_PNG_MODES = ("I;16", "I;16B", "I;16L", "I")  # Pillow's 16-bit single-channel modes (32-bit "I": checked)
 DARK_16BIT = 4096  # a uint16 image below this uses at most 12 bits: read as 16-bit, it is 1/16 as bright
 ORIENTATION_TAG = 0x0112  # EXIF: how the stored pixels are turned for display (1: as stored)

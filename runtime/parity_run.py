@@ -298,7 +298,8 @@ def _stale_pictures(report: str | Path, kept: Sequence[Path]) -> list[Path]:
         text = report.read_text(errors="replace")
     except OSError:
         return []
-    names = set(re.findall(r"\]\(([^()/\\]+\.worst\.png)\)", text))
+    names = {name for name in re.findall(r"^!\[.*\]\((.+\.worst\.png)\)$", text, re.MULTILINE)
+             if "/" not in name and "\\" not in name}  # a picture beside the report, as `worst_png_paths` puts it
     return [report.parent / name for name in sorted(names - {path.name for path in kept})
             if (report.parent / name).is_file()]
 

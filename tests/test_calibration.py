@@ -830,3 +830,20 @@ def test_an_int8_beside_another_checkpoints_golden_is_refused_without_force(cli,
                                            force=True), meta)  # --force: as asked
     _, own = load_source(tiny_export / "model.onnx")  # the golden's own checkpoint: fine
     _check_golden_beside(CalibrationConfig(model=tiny_export / "model.onnx", data=synth_data, out=out), own)
+
+
+def test_a_golden_of_the_same_weights_from_another_checkpoint_file_is_no_mix(tiny_export, synth_data, tmp_path):
+    """best.pt and last.pt of one epoch hold the same weights in two files: parity's source check matches the
+    weights first, so calibrate must not refuse what `mde parity --golden` passes."""
+    from mde.calibration.calibrate import _check_golden_beside, load_source
+    from mde.calibration.config import CalibrationConfig
+    from mde.errors import InputError
+
+    shutil.copy(tiny_export / "golden.npz", tmp_path)
+    _, meta = load_source(tiny_export / "model.onnx")
+    meta.source["checkpoint_sha256"] = "0" * 64  # another file
+    cfg = CalibrationConfig(model=tiny_export / "model.onnx", data=synth_data, out=tmp_path / "m.int8.onnx")
+    _check_golden_beside(cfg, meta)
+    meta.source["weights_sha256"] = "1" * 64  # and other weights: a mix
+    with pytest.raises(InputError, match="would put a model of checkpoint 000000000000 beside golden.npz"):
+        _check_golden_beside(cfg, meta)

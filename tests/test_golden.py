@@ -233,7 +233,8 @@ def test_golden_images_default_to_a_small_val_split_whole(tmp_path, synth_data):
         golden_inputs(small, (64, 64), 4, 0)  # asked for: not cut down
 
 
-def test_a_precision_added_later_keeps_the_folders_dataset_golden(cli, export_with_gt, tiny_checkpoint, tmp_path):
+def test_a_precision_added_later_keeps_the_folders_dataset_golden(cli, export_with_gt, tiny_checkpoint, tiny_unet,
+                                                                  tmp_path):
     """`mde export CKPT -o DIR -p fp16` into a folder exported with --golden-data replaced its golden.npz with
     noise inputs, without a word: the torch-free check on the robot lost its RMSE/SSIM gates."""
     import shutil
@@ -252,6 +253,12 @@ def test_a_precision_added_later_keeps_the_folders_dataset_golden(cli, export_wi
     np.testing.assert_array_equal(after["gt_2"], before["gt_2"])
     checked = cli("parity", "--golden", folder / "golden.npz", folder / "model.fp16.onnx", "--json", tmp_path / "p")
     assert checked.code == 0 and json.loads((tmp_path / "p").read_text())["artifacts"][0]["d_rmse"] is not None
+    # a retrained checkpoint over the folder: the dataset's inputs and ground truth stay, its outputs are made anew
+    result = cli("export", tiny_unet.checkpoint, "-o", folder, "-p", "fp32", "--force")
+    assert result.code == 0 and "golden.npz: keeping its dataset " in result.err, result.err
+    retrained = read_golden(folder / "golden.npz")
+    np.testing.assert_array_equal(retrained["image"], before["image"])
+    assert retrained["meta"]["ground_truth"] is True and not np.array_equal(retrained["depth"], before["depth"])
     result = cli("export", tiny_checkpoint, "-o", folder, "-p", "fp16", "--golden-images", "2", "--force")
     assert result.code == 0 and "keeping" not in result.err, result.err  # asked for other inputs: noise, as asked
     assert read_golden(folder / "golden.npz")["meta"]["ground_truth"] is False

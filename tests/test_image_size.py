@@ -19,7 +19,7 @@ def test_image_size_is_n_or_height_x_width():
     assert as_typed("image_size", (32, 64)) == "--image-size 32x64"
     assert same_size((32, 64), [32, 64]) and same_size(64, [64, 64]) and not same_size((32, 64), (64, 32))
     assert not same_size("abc", 64) and same_size("abc", "abc")
-    for bad in ("", "x", "32x", "-32", "3x2x1", "32.0", "64 px"):
+    for bad in ("", "x", "32x", "-32", "3x2x1", "32.0", "64 px", "²", "٣٢"):  # digits int() refuses, or reads
         with pytest.raises(InputError, match="--image-size must be N"):
             parse_image_size(bad)
     for bad in ((32, 48), (0, 64), (64, 16384), 48):

@@ -111,7 +111,7 @@ def test_freeze_zero_and_out_of_range():
 
 @pytest.mark.parametrize("args, match", [
     (ModelArgs("resnet99", 64, 10.0), "unknown backbone"),
-    (ModelArgs("resnet18", 70, 10.0), "multiple of 32"),
+    (ModelArgs("resnet18", 70, 10.0), "--image-size must be multiples of 32"),
 ])
 def test_bad_model_args(args, match):
     with pytest.raises(InputError, match=match):

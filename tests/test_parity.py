@@ -561,3 +561,32 @@ def test_an_int8_labelled_for_another_target_is_said_by_info_and_failed_by_parit
     assert json.loads(cli("info", tiny_int8[0], "--json").out)["precision_mismatch"] is None
     result = cli("parity", tiny_checkpoint, relabelled, "--data", synth_data, "--limit", 2)
     assert result.code == 1 and "model.int8.cpu.onnx (precision)" in result.err, result.err
+
+
+def test_stale_pictures_are_found_beside_a_report_whose_name_has_parentheses(tmp_path):
+    """`r (1).md` shows `r (1).model.worst.png`: the parentheses hid it from the clean-up."""
+    from mde.runtime.parity_run import _stale_pictures, worst_png_paths
+
+    report = tmp_path / "r (1).md"
+    picture = worst_png_paths(report, ["model.onnx"])["model.onnx"]
+    picture.write_bytes(b"png")
+    report.write_text(f"# mde parity report\n\n![model.onnx: RGB | PyTorch | artifact | difference]({picture.name})\n")
+    assert _stale_pictures(report, []) == [picture]
+    assert _stale_pictures(report, [picture]) == []
+
+
+def test_the_int8_form_is_read_from_output_dtype_too():
+    """An opset-21 QuantizeLinear says int8 by its output_dtype, with no zero point: the TensorRT form."""
+    from onnx import TensorProto, helper
+
+    from mde.runtime.artifact import int8_target
+
+    def graph(**attrs):
+        node = helper.make_node("QuantizeLinear", ["x", "s"], ["q"], **attrs)
+        return helper.make_model(helper.make_graph(
+            [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+            [helper.make_tensor_value_info("q", TensorProto.INT8, [1])],
+            [helper.make_tensor("s", TensorProto.FLOAT, [], [0.1])]), opset_imports=[helper.make_opsetid("", 21)])
+
+    assert int8_target(graph(output_dtype=TensorProto.INT8)) == "tensorrt"
+    assert int8_target(graph()) == "cpu"  # no zero point, no output_dtype: uint8, ONNX's default

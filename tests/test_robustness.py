@@ -303,10 +303,10 @@ CASES = [
     # export
     ("export-missing-ckpt", "export {bad:missing} --out {out}", "does-not-exist.png"),
     ("export-ckpt-size-0", "export {bad:ckpt_size_0} --out {out}",
-     "size-0.pt: checkpoint's model_args.image_size must be a multiple of 32 in 32..8192, got 0"),
+     "size-0.pt: checkpoint's model_args.image_size must be a multiple of 32 in 32..8192, or [height, width] of them, got 0"),
     ("export-ckpt-size-33", "export {bad:ckpt_size_33} --out {out}", "size-33.pt: checkpoint's model_args.image_size"),
     ("predict-ckpt-size-text", "predict {bad:ckpt_size_text} {data}/val/rgb/000000.png --out {out}",
-     "size-text.pt: checkpoint's model_args.image_size must be a multiple of 32 in 32..8192, got '64'"),
+     "size-text.pt: checkpoint's model_args.image_size must be a multiple of 32 in 32..8192, or [height, width] of them, got '64'"),
     ("predict-ckpt-depth-negative", "predict {bad:ckpt_depth_negative} {data}/val/rgb/000000.png --out {out}",
      "depth-negative.pt: checkpoint's model_args.max_depth must be a number of metres in [0.001, 10000], got -1.0"),
     ("export-ckpt-depth-nan", "export {bad:ckpt_depth_nan} --out {out}", "depth-nan.pt: checkpoint's model_args.max_depth"),

@@ -27,6 +27,7 @@ from trt_fakes import FakeCudart, Recorder, fake_tensorrt
 
 import mde.export.tensorrt_build as build_module
 import mde.runtime.backends.tensorrt as runtime_module
+from mde.errors import OutOfMemory
 
 # one pytest-xdist worker downloads and imports the binding wheels (they share a cache folder)
 pytestmark = pytest.mark.xdist_group("tensorrt-bindings")
@@ -563,5 +564,9 @@ def test_cuda_error_codes_the_runner_explains_are_real(cudart):
     """The runner's words for CUDA errors 35, 100, 101 belong to the real cudaError_t members of those numbers."""
     names = {code: cudart.cudaError_t(code).name for code in runtime_module.CUDA_MISSING}
     assert names == {35: "cudaErrorInsufficientDriver", 100: "cudaErrorNoDevice", 101: "cudaErrorInvalidDevice"}
+    assert cudart.cudaError_t(runtime_module.CUDA_OUT_OF_MEMORY).name == "cudaErrorMemoryAllocation"
+    with pytest.raises(OutOfMemory, match=r"^out of memory on the GPU: CUDA error in cudaMalloc: "
+                                          r"cudaErrorMemoryAllocation \(2\)$"):  # a frame too large: not the engine's
+        runtime_module._check((cudart.cudaError_t(2), 0), "cudaMalloc")
     err, version = cudart.cudaRuntimeGetVersion()
     assert int(err) == 0 and version >= 12000  # what the no-driver message names, asked without a driver

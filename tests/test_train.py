@@ -1723,6 +1723,9 @@ def test_a_compiler_torch_compile_cannot_find_is_one_line_naming_the_way_on():
         failing(BackendCompilerFailed(lambda: None, RuntimeError("unsupported op"), None))(1)
     with pytest.raises(ValueError, match="the data's own"):  # raised through the compiled call: as it is
         failing(ValueError("the data's own"))(1)
+    oom = RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")  # while it benchmarked kernels
+    with pytest.raises(RuntimeError, match="^CUDA out of memory"):  # said as out of memory, with its own advice
+        failing(BackendCompilerFailed(lambda: None, oom, None))(1)
     assert said_compile_failures(lambda x: x + 1)(1) == 2
 
 

@@ -68,7 +68,7 @@ def same_size(a: Any, b: Any) -> bool:
 def parse_image_size(text: str) -> int | tuple[int, int]:
     """`--image-size`: N for a square input, or HxW (height x width, as the image arrays are)."""
     parts = text.strip().lower().split("x")
-    if len(parts) > 2 or not all(p.strip().isdigit() for p in parts):
+    if len(parts) > 2 or not all(re.fullmatch(r"[0-9]+", p.strip()) for p in parts):  # not "²", which int() refuses
         raise InputError(f"--image-size must be N (square) or HxW like 352x1216, multiples of 32, got {text!r}")
     return as_image_size((int(parts[0]), int(parts[-1])))
 

@@ -35,6 +35,7 @@ from mde.errors import (
     InputError,
     MdeError,
     ModelError,
+    allocation_failed,
     counted,
     one_line,
     shown_path,
@@ -500,6 +501,8 @@ def said_compile_failures(compiled: Callable[..., Any]) -> Callable[..., Any]:
             if not type(err).__module__.startswith(("torch._dynamo", "torch._inductor")):
                 raise  # the model's or the data's own error, raised through the compiled call
             inner = getattr(err, "inner_exception", None) or err  # BackendCompilerFailed wraps it, InductorError not
+            if allocation_failed(inner):  # out of memory while it compiled: the batch's size, said as such
+                raise inner from None
             cause = ("it found no working C++ compiler (install g++, or set CXX to one)"
                      if "InvalidCxxCompiler" in f"{type(inner).__name__} {inner}" else
                      f"{type(inner).__name__}: {one_line(str(inner))[:200]}")

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from mde.errors import BackendError, InputError, ModelError
+from mde.errors import BackendError, InputError, ModelError, OutOfMemory
 from mde.io import parse_json, read_small_text
 from mde.runtime.backends.base import Runner, TensorSpec, providers_refused, register_backend
 from mde.runtime.metadata import ModelMetadata, sidecar_path
@@ -31,6 +31,7 @@ CUDA_MISSING = {
     100: "no CUDA GPU",
     101: "no such CUDA device",
 }
+CUDA_OUT_OF_MEMORY = 2  # cudaErrorMemoryAllocation
 
 
 def read_sidecar(engine: str | Path) -> dict[str, Any]:
@@ -228,6 +229,8 @@ def _check(result: Any, what: str, cudart: Any = None) -> Any:
             runtime = _cuda_runtime_version(cudart) if cudart is not None else "?"
             reason = CUDA_MISSING[code].format(runtime=runtime)
             raise BackendError(f"TensorRT needs a CUDA GPU: {reason} ({what}: {name}, CUDA error {code})")
+        if code == CUDA_OUT_OF_MEMORY:  # a larger frame on a dynamic engine, say: the input's size, not the engine
+            raise OutOfMemory(f"out of memory on the GPU: CUDA error in {what}: {name} ({code})")
         raise BackendError(f"CUDA error in {what}: {name} ({code})")
     return values[0] if len(values) == 1 else values
 
