@@ -126,16 +126,15 @@ def _quiet_onnxruntime() -> Any:
 def _check_golden_beside(cfg: CalibrationConfig, meta: ModelMetadata) -> None:
     """Refuse, without --force, an output beside a golden.npz of another checkpoint than the model's (as export
     refuses such a mix): `mde parity --golden` on the folder would fail it, named only then."""
-    from mde.export.golden import golden_checkpoint, golden_weights
+    from mde.export.golden import golden_digests
     from mde.runtime.metadata import GOLDEN_NAME
 
     golden = Path(cfg.out).parent / GOLDEN_NAME
     ours = meta.source.get("checkpoint_sha256")
     if cfg.force or not ours or not golden.is_file():
         return
-    theirs = golden_checkpoint(golden)
-    same_weights = meta.source.get("weights_sha256") and \
-        meta.source.get("weights_sha256") == golden_weights(golden)  # best.pt and last.pt of one epoch, say
+    theirs, their_weights = golden_digests(golden)
+    same_weights = bool(their_weights) and meta.source.get("weights_sha256") == their_weights  # best.pt, last.pt
     if theirs and theirs != ours and not same_weights:
         raise InputError(f"would put a model of checkpoint {ours[:12]} beside {GOLDEN_NAME} of checkpoint "
                          f"{theirs[:12]}, whose torch-free parity check it would fail; choose another folder, or "

@@ -32,7 +32,7 @@ from mde.export.config import (  # noqa: F401 - ExportConfig and Artifact are th
     planned_names,
     validate,
 )
-from mde.export.golden import GoldenInputs, golden_checkpoint, golden_inputs, kept_golden_inputs, write_golden
+from mde.export.golden import GoldenInputs, golden_digests, golden_inputs, kept_golden_inputs, write_golden
 from mde.io import (
     RENAME_REFUSED,
     UNWRITABLE,
@@ -86,7 +86,7 @@ def _check_out(cfg: ExportConfig, checkpoint_sha: str) -> Path:
     if out.is_dir() and not cfg.force:
         existing = [name for name in planned_names(cfg) if (out / name).exists()]
         golden = out / GOLDEN_NAME
-        if golden.exists() and golden_checkpoint(golden) != checkpoint_sha:
+        if golden.exists() and golden_digests(golden)[0] != checkpoint_sha:
             existing.append(f"{GOLDEN_NAME} (from another checkpoint)")
         others = _other_checkpoints(out, checkpoint_sha, set(planned_names(cfg)))
         if existing:  # and what --force removes besides: it is said before, not only after

@@ -68,39 +68,34 @@ def kept_golden_inputs(path: Path, size: tuple[int, int]) -> GoldenInputs | None
     `--golden-data` export into this folder), to keep, not replace with noise: a precision added later, or a
     retrained checkpoint exported over it with --force, would take the torch-free check's RMSE/SSIM gates away.
     The inputs are the dataset's, whatever checkpoint ran them; the outputs are made again. None otherwise (no
-    such file, noise inputs, another input size, unreadable)."""
+    such file, noise inputs, another input size, a file the runtime's reader refuses)."""
+    from mde.errors import MdeError
+    from mde.runtime.backends.golden import read_golden
+
     if not path.is_file():
         return None
     try:
-        with np.load(path) as data:
-            meta = json.loads(str(data["meta"]))
-            image = data["image"]
-            if not meta.get("ground_truth") or image.ndim != 4 or tuple(image.shape[2:]) != tuple(size):
-                return None
-            count = image.shape[0]
-            return GoldenInputs(image=image.astype(np.float32), source=str(data["source"]),
-                                gts=[data[f"gt_{i}"].astype(np.float32) for i in range(count)],
-                                masks=[data[f"mask_{i}"] if f"mask_{i}" in data else None for i in range(count)],
-                                data_range=float(meta["data_range"]))
-    except Exception:  # noqa: BLE001 - a damaged or foreign file is not kept: the export writes its own
+        golden = read_golden(path)
+    except MdeError:  # a damaged or foreign file is not kept: the export writes its own
         return None
+    image = golden["image"]
+    if not golden["meta"].get("ground_truth") or tuple(image.shape[2:]) != tuple(size):
+        return None
+    return GoldenInputs(image=image, source=str(golden.get("source", golden["meta"].get("inputs", ""))),
+                        gts=[golden[f"gt_{i}"].astype(np.float32) for i in range(len(image))],
+                        masks=[golden.get(f"mask_{i}") for i in range(len(image))],
+                        data_range=float(golden["meta"]["data_range"]))
 
 
-def golden_weights(path: Path) -> str:
-    """The SHA-256 of the weights whose outputs the golden.npz at `path` holds, or "" (older, unreadable)."""
+def golden_digests(path: Path) -> tuple[str, str]:
+    """The SHA-256 of the checkpoint and of the weights whose outputs the golden.npz at `path` holds; "" for what
+    it does not say (an older file) or cannot be read (a damaged file is simply "another one")."""
     try:
         with np.load(path) as data:
-            return str(json.loads(str(data["meta"])).get("weights_sha256") or "")
-    except Exception:  # noqa: BLE001 - an unreadable golden file has no digest to match
-        return ""
-
-
-def golden_checkpoint(path: Path) -> str:
-    try:
-        with np.load(path) as data:
-            return str(data["checkpoint_sha256"])
+            weights = json.loads(str(data["meta"])).get("weights_sha256") if "meta" in data else None
+            return str(data["checkpoint_sha256"]), str(weights or "")
     except Exception:  # noqa: BLE001 - an unreadable golden file is simply "another one"
-        return ""
+        return "", ""
 
 
 def write_golden(

@@ -125,8 +125,8 @@ def precision_mismatch(path: str | Path, declared: str, backend: str = "auto", t
     if found != declared:
         return (f"its metadata says {declared}, but the graph computes in {found}; each precision has its own "
                 "tolerances")
-    if found == "int8" and target in ("tensorrt", "cpu") and int8_target(model) != target:
-        form = int8_target(model)
+    form = int8_target(model) if found == "int8" and target in ("tensorrt", "cpu") else target
+    if form != target:
         return (f"its metadata says it was calibrated for {target}, but the graph is the {form} form "
                 f"({'uint8' if form == 'cpu' else 'symmetric int8'} activations); calibrate it with --target {target}")
     return ""
