@@ -1,6 +1,17 @@
 """mde: monocular depth estimation from training to a depth map on a robot."""
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# In a checkout, mde's subpackages are the folders beside this one (runtime/, train/, ...: pyproject's package-dir).
+# An editable install maps them; but `python -m mde` or `import mde.runtime` run from the checkout's root, with a
+# regular install in the environment, imports this folder and then found no mde.runtime. Look beside it there too.
+_here = _os.path.dirname(_os.path.abspath(__file__))
+if not _os.path.isdir(_os.path.join(_here, "runtime")) and \
+        _os.path.isfile(_os.path.join(_os.path.dirname(_here), "runtime", "__init__.py")):
+    __path__.append(_os.path.dirname(_here))  # noqa: F821 - a package's own __path__
+del _here
 
 
 def entry() -> None:

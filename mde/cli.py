@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import typer
 
 from mde import __version__
-from mde.errors import STDOUT_CLOSED, TRAIN_EXTRA, MdeError, OutOfMemory, allocation_failed, one_line
+from mde.errors import STDOUT_CLOSED, MdeError, OutOfMemory, allocation_failed, missing_module_hint, one_line
 from mde.io import UNWRITABLE
 
 COMMANDS = ("data", "train", "eval", "export", "calibrate", "parity", "predict", "bench", "info")
@@ -338,7 +338,7 @@ def _run(args: list[str]) -> None:
             said = msg if len(msg) <= 160 else f"{msg[:150]} ..."
             _say_error(f"out of memory ({said or type(err).__name__}); {_less_memory()}")
             raise SystemExit(2) from None
-        missing = _missing_module_hint(err)
+        missing = missing_module_hint(err)
         if missing:  # the runtime-only install, asked for training or export
             _say_error(missing)
             raise SystemExit(2) from None
@@ -385,27 +385,6 @@ def _unwritable_message(err: OSError) -> str:
                     or stat.S_ISREG(os.fstat(fd).st_mode) and os.fstatvfs(fd).f_bavail == 0):
                 return f"cannot write to standard output ({reason})"
     return reason
-
-
-# The optional modules commands import, and how to get them (mde installs from its checkout, not PyPI).
-OPTIONAL_MODULES = {"torch": TRAIN_EXTRA, "torchvision": TRAIN_EXTRA, "onnxscript": TRAIN_EXTRA,
-                    "onnxconverter_common": TRAIN_EXTRA, "h5py": TRAIN_EXTRA, "matplotlib": TRAIN_EXTRA,
-                    "onnx": f"pip install onnx (or {TRAIN_EXTRA})"}
-
-
-def _missing_module_hint(err: Exception) -> str:
-    """For a missing optional module (a runtime-only install asked to train or export), what to install."""
-    import importlib.util
-
-    if not isinstance(err, ModuleNotFoundError) or not err.name:
-        return ""
-    name = err.name.split(".")[0]
-    if name not in OPTIONAL_MODULES:
-        return ""
-    if importlib.util.find_spec(name) is not None:  # there, without the part asked for: too old
-        return (f"{err.name} is missing from the installed {name} (too old?); in the mde checkout: "
-                "pip install -U -e '.[train]'")
-    return f"this command needs {name}, which is not installed; {OPTIONAL_MODULES[name]}"
 
 
 def _lost_peer(err: Exception) -> bool:

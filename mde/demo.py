@@ -23,6 +23,7 @@ from rich.text import Text
 from mde.console import err_console as console  # stderr, soft-wrapped: whole lines in logs
 from mde.console import stdout_console
 from mde.export.config import ARTIFACT_NAMES, INT8_CPU_NAME
+from mde.errors import missing_module_hint
 from mde.io import write_json_atomic
 from mde.train.config import TrainConfig
 
@@ -91,7 +92,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         opts.out = opts.out.absolute()
     if opts.size % 32 or not 32 <= opts.size <= 4096:
         fail(f"--size must be a multiple of 32 from 32 to 4096, got {opts.size}")
-    from mde.train.model import BACKBONES  # torch: after the checks that need none
+    try:
+        from mde.train.model import BACKBONES  # torch: after the checks that need none
+    except ModuleNotFoundError as err:  # a runtime-only install: what to install, as the mde commands say it
+        fail(missing_module_hint(err) or f"cannot import {err.name}: {err}")
 
     if opts.backbone not in BACKBONES:
         fail(f"unknown --backbone {opts.backbone!r}; choose from {', '.join(BACKBONES)}")

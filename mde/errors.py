@@ -8,6 +8,27 @@ from pathlib import Path
 TRAIN_EXTRA = "in the mde checkout: pip install -e '.[train]'"
 
 
+# The optional modules commands import, and how to get them (mde installs from its checkout, not PyPI).
+OPTIONAL_MODULES = {"torch": TRAIN_EXTRA, "torchvision": TRAIN_EXTRA, "onnxscript": TRAIN_EXTRA,
+                    "onnxconverter_common": TRAIN_EXTRA, "h5py": TRAIN_EXTRA, "matplotlib": TRAIN_EXTRA,
+                    "onnx": f"pip install onnx (or {TRAIN_EXTRA})"}
+
+
+def missing_module_hint(err: Exception) -> str:
+    """For a missing optional module (a runtime-only install asked to train or export), what to install."""
+    import importlib.util
+
+    if not isinstance(err, ModuleNotFoundError) or not err.name:
+        return ""
+    name = err.name.split(".")[0]
+    if name not in OPTIONAL_MODULES:
+        return ""
+    if importlib.util.find_spec(name) is not None:  # there, without the part asked for: too old
+        return (f"{err.name} is missing from the installed {name} (too old?); in the mde checkout: "
+                "pip install -U -e '.[train]'")
+    return f"this command needs {name}, which is not installed; {OPTIONAL_MODULES[name]}"
+
+
 # Control characters a file name may hold (a newline, an escape), shown escaped: a message stays one line. So are
 # the bytes of a name that is not UTF-8 (Python holds them as lone surrogates, which no stream can print).
 _NOT_UTF8 = {i: f"\\x{i - 0xDC00:02x}" for i in range(0xDC80, 0xDD00)}

@@ -104,6 +104,8 @@ def export(
     """Export a checkpoint to ONNX (FP32/FP16/INT8) and optionally a TensorRT engine.
 
     Every artifact is checked against PyTorch and written only when all pass."""
+    import torch  # noqa: F401 - first: a runtime-only install hears it needs the train extra, not onnx alone
+
     from mde.export.exporter import export_checkpoint, folder_files
 
     refuse_unused_engine_options(ctx, engine, dynamic_size)

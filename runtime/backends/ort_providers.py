@@ -41,8 +41,17 @@ def import_ort() -> Any:
     try:
         import onnxruntime
     except ImportError as err:
-        raise BackendError(f"onnxruntime is not installed ({err}); pip install onnxruntime") from None
+        raise BackendError(f"onnxruntime is not installed ({err}); pip install {onnxruntime_package()}") from None
     return onnxruntime
+
+
+def onnxruntime_package() -> str:
+    """The ONNX Runtime package mde depends on on this machine, as pyproject.toml chooses it: PyPI has
+    onnxruntime-gpu for x86_64 Linux only (where the CPU build, installed beside it, would replace its module)."""
+    import platform
+    import sys
+
+    return "onnxruntime-gpu" if sys.platform == "linux" and platform.machine() == "x86_64" else "onnxruntime"
 
 
 @functools.lru_cache(maxsize=1)
