@@ -22,8 +22,8 @@ from rich.text import Text
 
 from mde.console import err_console as console  # stderr, soft-wrapped: whole lines in logs
 from mde.console import stdout_console
-from mde.export.config import ARTIFACT_NAMES, INT8_CPU_NAME
 from mde.errors import missing_module_hint
+from mde.export.config import ARTIFACT_NAMES, INT8_CPU_NAME
 from mde.io import write_json_atomic
 from mde.train.config import TrainConfig
 
