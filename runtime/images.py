@@ -55,23 +55,24 @@ log.addFilter(_FOLDER_NOTES)
 # every image's problem is said once, as mde's own line. `warnings.catch_warnings()` would save and restore the
 # process's whole filter list, and two threads reading at once (a robot's decode callbacks) restore each other's
 # copy: "ignore every warning" was left behind for good. Instead one filter stays first in the list, and its message
-# pattern matches only while a thread reads: a copy of the list that a `catch_warnings` of the user's holds and
-# restores later carries it inert.
+# pattern matches only in a thread that is reading (a warning is filtered in the thread that warns): another
+# thread's warnings, a planner's under its `simplefilter("error")`, are its own; and a copy of the list that a
+# `catch_warnings` of the user's holds and restores later carries it inert.
 class _WhileReading:
-    """A warnings filter's message pattern: every message while any thread is inside `_pillow_quiet`, else none."""
+    """A warnings filter's message pattern: every message of a thread inside `_pillow_quiet`, else none."""
 
-    lock = threading.Lock()
-    threads = 0
+    lock = threading.Lock()  # the filter list's insertion, from threads reading at once
+    reading = threading.local()  # .depth: this thread's `_pillow_quiet` nesting
 
     def match(self, _message: str) -> bool:  # what warnings calls on a filter's compiled pattern
-        return _WhileReading.threads > 0
+        return getattr(_WhileReading.reading, "depth", 0) > 0
 
 
 _IGNORE_WHILE_READING = ("ignore", _WhileReading(), Warning, None, 0)
 
 
-def _after_fork_in_child() -> None:  # a fork while another thread read: that thread and its lock are not there
-    _WhileReading.lock, _WhileReading.threads = threading.Lock(), 0
+def _after_fork_in_child() -> None:  # a fork while another thread held the lock: that thread is not there
+    _WhileReading.lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -79,19 +80,19 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 @contextlib.contextmanager
 def _pillow_quiet() -> Iterator[None]:
-    """Inside: no Python warning is shown (in any thread: the filters are the process's)."""
+    """Inside: no Python warning of this thread is shown (other threads' are)."""
     with _WhileReading.lock:
-        _WhileReading.threads += 1
         filters = warnings.filters
         if not filters or filters[0] is not _IGNORE_WHILE_READING:  # first, before a user's "error" filter
             with contextlib.suppress(ValueError):
                 filters.remove(_IGNORE_WHILE_READING)
             filters.insert(0, _IGNORE_WHILE_READING)
+    reading = _WhileReading.reading
+    reading.depth = getattr(reading, "depth", 0) + 1
     try:
         yield
     finally:
-        with _WhileReading.lock:
-            _WhileReading.threads -= 1
+        reading.depth -= 1
 
 
 @contextlib.contextmanager

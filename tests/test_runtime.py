@@ -757,6 +757,36 @@ def test_reading_in_threads_leaves_the_warning_filters_as_they_were(tmp_path):
     assert [str(w.message) for w in caught] == ["heard once the read is over"]
 
 
+def test_a_thread_reading_an_image_does_not_silence_another_threads_warnings():
+    """The filter that quiets Pillow while it reads matched every thread's warnings: a camera thread decoding
+    frames hid a planner thread's, and beat its `simplefilter("error")`."""
+    import threading
+    import warnings
+
+    from mde.runtime.images import _pillow_quiet
+
+    inside, done = threading.Event(), threading.Event()
+
+    def camera() -> None:
+        with _pillow_quiet():
+            inside.set()
+            done.wait(30)
+
+    thread = threading.Thread(target=camera)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # the planner's filter, set before the camera's first read
+        thread.start()
+        try:
+            assert inside.wait(30)
+            warnings.warn("the planner's own", UserWarning, stacklevel=1)
+            with _pillow_quiet():  # this thread reading: Pillow's go unheard
+                warnings.warn("Corrupt EXIF data", UserWarning, stacklevel=1)
+        finally:
+            done.set()
+            thread.join()
+    assert [str(w.message) for w in caught] == ["the planner's own"]
+
+
 def test_a_model_predicting_depth_outside_its_range_is_refused(onnx_path, tmp_path):
     """A negated head predicts -20..0 m; clipped to 0 it reached the robot as "no obstacle anywhere", where NaN is
     refused as a broken model."""
