@@ -204,7 +204,8 @@ class DepthEstimator:
     def predict(self, rgb: np.ndarray) -> np.ndarray:
         """H x W x 3 uint8 RGB -> H x W float32 depth in metres, at the image's resolution.
 
-        Grayscale, RGBA, 16-bit and float [0, 1] images are converted first.
+        Grayscale, RGBA, 16-bit and float [0, 1] images are converted first; a PIL image is taken as its pixels,
+        converted as `read_rgb` converts a file's (palette, CMYK ...).
         """
         rgb = to_rgb8(rgb, "image")
         size = rgb.shape[:2]

@@ -147,6 +147,9 @@ CORRUPT = (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EO
 # An encoded image in memory (a JPEG or PNG from a camera driver, a message's payload): `read_rgb` decodes it.
 ENCODED = (bytes, bytearray, memoryview, array.array)
 ENCODED_NAME = "<image bytes>"  # what messages name it by
+PIL_NAME = "<PIL image>"
+# The modes whose pixels `np.asarray` gives as they look; any other (palette, CMYK, YCbCr, 1-bit ...) is converted
+ARRAY_MODES = ("RGB", "L", "LA", "RGBA", "I;16", "I;16B", "I;16L", "I", "F")
 
 
 def _open_checked(path: Path, source: Callable[[], Any] | None = None) -> Image.Image:
@@ -221,7 +224,7 @@ def to_rgb8(array: np.ndarray, source: str | Path = "image", by_value: bool = Fa
     """Convert gray, gray+alpha, RGBA and 16-bit/float images to H x W x 3 uint8 RGB.
 
     Args:
-        array: the image.
+        array: the image: a numpy array, or a PIL image (its pixels converted as `read_rgb` converts a file's).
         source: what to name in messages; a `Path` (an image file) makes refusals `DataError`s.
         by_value: read 16-bit integers by their values (`_to_uint8`): a file's 16-bit grey may hold
             8-bit values; an array's dtype is trusted.
@@ -229,8 +232,10 @@ def to_rgb8(array: np.ndarray, source: str | Path = "image", by_value: bool = Fa
     Conversions are logged (info level; a guess at warning level, once per source) so a user knows
     the input was changed.
     """
+    if isinstance(array, Image.Image):  # its pixels as a file's are read: by their values
+        array, by_value = _pil_pixels(array, source), True
     if not isinstance(array, np.ndarray):
-        _refuse(f"expected a numpy array, got {type(array).__name__}", source)
+        _refuse(f"expected a numpy array or a PIL image, got {type(array).__name__}", source)
     if isinstance(array, np.ma.MaskedArray):
         _refuse("a masked array; fill the masked pixels first (np.ma.filled)", source)
     array = np.asarray(array)  # a subclass (np.matrix, memmap) as a plain array: numpy's own routines from here
@@ -253,6 +258,21 @@ def to_rgb8(array: np.ndarray, source: str | Path = "image", by_value: bool = Fa
         log.info("%s: RGBA image, alpha channel dropped", source)
         array = array[:, :, :3]
     return np.ascontiguousarray(array)
+
+
+def _pil_pixels(img: Image.Image, source: str | Path, upright: bool = False) -> np.ndarray:
+    """A PIL image's pixels, as `read_rgb` reads a file's: `np.asarray` gave a palette image's indices (read as grey)
+    and CMYK's four channels (read as RGBA); such modes are converted to RGB. `upright`: turned as its EXIF says."""
+    try:
+        with _pillow_quiet():  # "Palette images with Transparency ...", "Corrupt EXIF data"
+            img.load()  # one opened lazily (`Image.open`): a damaged file fails here
+            if upright and _orientation(img) != 1:
+                img = ImageOps.exif_transpose(img)
+            if img.mode not in ARRAY_MODES:
+                img = img.convert("RGB")
+            return np.array(img)  # a copy: the image may be drawn on after
+    except CORRUPT as err:
+        _refuse(f"truncated, corrupt or unsupported image ({err})", source)
 
 
 def _refuse(message: str, source: str | Path) -> NoReturn:
@@ -361,17 +381,20 @@ def _say_frames(img: Image.Image, path: Path) -> None:
         log.info("%s: %d frames (an animation or a multi-page file); the first is used", path, frames)
 
 
-def read_rgb(path: str | Path | bytes | np.ndarray, upright: bool = False) -> np.ndarray:
+def read_rgb(path: str | Path | bytes | np.ndarray | Image.Image, upright: bool = False) -> np.ndarray:
     """Read an image file, or an encoded image in memory, as H x W x 3 uint8 RGB (gray, RGBA, 16-bit and float
     gray are converted).
 
     path: the file; or the encoded image itself (bytes, bytearray, memoryview, array.array, a 1-D uint8 array:
-        the JPEG or PNG a camera driver, a message or `cv2.imencode` hands over), named "<image bytes>" in messages.
+        the JPEG or PNG a camera driver, a message or `cv2.imencode` hands over), named "<image bytes>" in messages;
+        or a PIL image (palette, CMYK ... converted as a file's), named "<PIL image>".
     upright: turn it as its EXIF orientation says, as viewers show it (`mde predict`: the depth map
         matches the picture the user sees). Datasets are read as stored, like their depth maps.
     """
     if not isinstance(upright, (bool, np.bool_)):  # 'no' would be true
         raise InputError(f"upright must be True or False, got {upright!r}")
+    if isinstance(path, Image.Image):  # decoded already (`Image.open`): its pixels, converted as a file's are
+        return to_rgb8(_pil_pixels(path, PIL_NAME, upright), PIL_NAME, by_value=True)
     source = None
     if isinstance(path, np.ndarray) and path.dtype == np.uint8 and (path.ndim == 1 or 1 in path.shape[:2]) \
             and path.ndim <= 2 and path.size > 0:  # np.frombuffer's N, cv2.imencode's N x 1: a file's bytes
@@ -402,7 +425,7 @@ def read_rgb(path: str | Path | bytes | np.ndarray, upright: bool = False) -> np
                     img = ImageOps.exif_transpose(img)
                 if low is not None and orientation in TURNS:
                     low = np.asarray(Image.fromarray(low).transpose(TURNS[orientation]))
-            if img.mode not in ("RGB", "L", "LA", "RGBA", "I;16", "I;16B", "I;16L", "I", "F"):
+            if img.mode not in ARRAY_MODES:
                 with _pillow_quiet():  # "Palette images with Transparency ...": the alpha goes, as RGBA's
                     img = img.convert("RGB")  # palette, CMYK, YCbCr, 1-bit ...
         except CORRUPT as err:

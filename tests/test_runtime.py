@@ -892,3 +892,29 @@ def test_with_no_home_the_cache_folder_is_a_private_one(tmp_path, monkeypatch):
     own.symlink_to(tmp_path / "elsewhere")  # planted: engines loaded from there would be another's
     with pytest.raises(InputError, match="mde's caches is not a private folder of yours"):
         user_cache_dir()
+
+
+def test_a_pil_image_is_read_as_its_file_is(onnx_path, tmp_path):
+    """`predict` refused a PIL image, and the obvious `np.asarray(img)` read a palette image's indices as grey and
+    CMYK's K as alpha: a depth map metres off, without a word. Now the image's pixels are converted as a file's."""
+    from PIL import Image
+
+    from mde.errors import InputError
+
+    rng = np.random.default_rng(0)
+    rgb = np.repeat(np.repeat(rng.integers(0, 256, (8, 8, 3), np.uint8), 8, 0), 8, 1)
+    palette = Image.fromarray(rgb).quantize(16)
+    palette.save(tmp_path / "p.png")
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "c.jpg", quality=95)
+    with DepthEstimator.open(onnx_path, threads=1) as est:
+        for name in ("p.png", "c.jpg"):
+            with Image.open(tmp_path / name) as img:
+                assert img.mode in ("P", "CMYK")
+                expected = read_rgb(tmp_path / name)
+                np.testing.assert_array_equal(read_rgb(img), expected)
+                np.testing.assert_array_equal(est.predict(img), est.predict(expected))
+                np.testing.assert_array_equal(est.predict_batch([img])[0], est.predict(expected))
+        (tmp_path / "cut.png").write_bytes((tmp_path / "p.png").read_bytes()[:200])
+        with Image.open(tmp_path / "cut.png") as cut, \
+                pytest.raises(InputError, match=r"^<PIL image>: truncated, corrupt or unsupported image"):
+            read_rgb(cut)
