@@ -176,6 +176,15 @@ def test_runner_rejects_bad_feeds(runner, feed, match):
         runner.infer(feed)
 
 
+def test_runner_takes_a_big_endian_feed_as_its_numbers(runner):
+    """float32 stored big-endian (`np.load` of another machine's file) was refused as "expected dtype float32, got
+    float32"; it is the same numbers, run in this machine's byte order. A check of it names the order."""
+    x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
+    np.testing.assert_array_equal(runner.infer({"image": x.astype(">f4")})["depth"], runner.infer({"image": x})["depth"])
+    with pytest.raises(InputError, match=r"expected dtype float32, got float64 \(>f8: other byte order\)"):
+        runner.check_feed({"image": x.astype(">f8")})
+
+
 def test_runner_infers_batches(runner):
     x = np.random.default_rng(0).random((3, 3, 64, 64), dtype=np.float32)
     out = runner.infer({"image": x})["depth"]
