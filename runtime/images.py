@@ -252,10 +252,10 @@ def to_rgb8(array: np.ndarray, source: str | Path = "image", by_value: bool = Fa
     array = _to_uint8(array, source, by_value)
     channels = array.shape[2]
     if channels in (1, 2):
-        log.info("%s: grayscale image converted to RGB", source)
+        _note("grayscale image converted to RGB", source)
         array = np.repeat(array[:, :, :1], 3, axis=2)
     elif channels == 4:
-        log.info("%s: RGBA image, alpha channel dropped", source)
+        _note("RGBA image, alpha channel dropped", source)
         array = array[:, :, :3]
     return np.ascontiguousarray(array)
 
@@ -302,6 +302,20 @@ def _said_once(said: set[str], source: str | Path) -> bool:
     return True
 
 
+_noted: set[str] = set()  # the conversion notes said of images in memory
+
+
+def _note(message: str, source: str | Path) -> None:
+    """An info note of a conversion: of a file, each time (a folder's reads say it once: `notes_once_per_folder`);
+    of an image in memory (an array, bytes, a PIL image: a camera's frames, 30 a second), once in this process."""
+    if not _is_file(source):
+        if message in _noted:
+            return
+        _noted.add(message)
+        message += " (said once for images in memory)"
+    log.info("%s: %s", source, message)
+
+
 def _once_for(source: str | Path) -> str:
     return f" (said once for the images of {source.parent})" if _is_file(source) else ""
 
@@ -327,7 +341,7 @@ def _to_uint8(array: np.ndarray, source: str | Path, by_value: bool) -> np.ndarr
             hint = "" if hi <= 1.5 else ("; 0 to 255 values belong in an 8-bit image" if isinstance(source, Path)
                                          else "; 0 to 255 values belong in a uint8 array")
             _refuse(f"floating-point image with values {lo:.7g} to {hi:.7g}; expected [0, 1]{hint}", source)
-        log.info("%s: float image in [0, 1] scaled to 8-bit", source)
+        _note("float image in [0, 1] scaled to 8-bit", source)
         return (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     if kind not in "iu":
         _refuse(f"unsupported dtype {array.dtype} (expected uint8)", source)
@@ -344,7 +358,7 @@ def _to_uint8(array: np.ndarray, source: str | Path, by_value: bool) -> np.ndarr
         log.warning("%s: a 16-bit image whose values stay below %d (10- or 12-bit?) is read as 16-bit and "
                     "comes out dark; scale it to 16 bits (or to uint8) first%s", source, DARK_16BIT,
                     _once_for(source))
-    log.info("%s: 16-bit image scaled to 8-bit", source)
+    _note("16-bit image scaled to 8-bit", source)
     return (array.astype(np.uint16) >> 8).astype(np.uint8)
 
 

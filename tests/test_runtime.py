@@ -918,3 +918,19 @@ def test_a_pil_image_is_read_as_its_file_is(onnx_path, tmp_path):
         with Image.open(tmp_path / "cut.png") as cut, \
                 pytest.raises(InputError, match=r"^<PIL image>: truncated, corrupt or unsupported image"):
             read_rgb(cut)
+
+
+def test_conversion_notes_of_images_in_memory_are_said_once(onnx_path, caplog, monkeypatch):
+    """A grey camera's frames, given as arrays, logged "grayscale image converted to RGB" at every predict: 30 lines a
+    second at INFO. Files keep theirs (a folder's reads say them once per folder)."""
+    from mde.runtime import images
+
+    monkeypatch.setattr(images, "_noted", set())
+    grey = np.full((16, 16), 100, np.uint8)
+    with caplog.at_level("INFO", logger="mde.runtime.images"):
+        for _ in range(3):
+            images.to_rgb8(grey, "image")
+            images.to_rgb8(grey.astype(np.float32) / 255, "image 2")
+    assert [r.getMessage() for r in caplog.records] == [
+        "image: grayscale image converted to RGB (said once for images in memory)",
+        "image 2: float image in [0, 1] scaled to 8-bit (said once for images in memory)"]
