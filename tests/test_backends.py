@@ -470,3 +470,23 @@ def test_a_mistyped_option_is_refused_by_every_backend(backend, suffix, tmp_path
     if backend != "onnxruntime":  # ONNX Runtime's own providers, elsewhere a silent run somewhere else
         with pytest.raises(InputError, match=f"runs on the {backend} backend, which takes none"):
             open_runner(path, backend, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("raw, said", [
+    ("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running Conv node. "
+     "Name:'/encoder/conv1/Conv' Status Message: /onnxruntime_src/onnxruntime/core/framework/bfc_arena.cc:360 void* "
+     "onnxruntime::BFCArena::AllocateRawInternal(size_t, bool, onnxruntime::Stream*) Failed to allocate memory for "
+     "requested buffer of size 4294967296",
+     "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running Conv node. "
+     "Name:'/encoder/conv1/Conv' Status Message: Failed to allocate memory for requested buffer of size 4294967296"),
+    ("[ONNXRuntimeError] : 1 : FAIL : Load model from m.onnx failed:/onnxruntime_src/onnxruntime/core/graph/model.cc:"
+     "256 onnxruntime::Model::Model(args) Unsupported model IR version: 13",
+     "[ONNXRuntimeError] : 1 : FAIL : Load model from m.onnx failed: Unsupported model IR version: 13"),
+    ("tensorprotoutils.cc:1876 GetExtData External data path does not exist", "External data path does not exist"),
+], ids=["return-type", "qualified", "plain"])
+def test_ort_reason_drops_the_cpp_frame(raw, said):
+    """An out-of-memory message kept `bfc_arena.cc:360 void* onnxruntime::BFCArena::AllocateRawInternal(...)`: a
+    frame with a return type before its name was not recognised."""
+    from mde.runtime.backends.onnxruntime import ort_reason
+
+    assert ort_reason(RuntimeError(raw)) == said

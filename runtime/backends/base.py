@@ -102,7 +102,7 @@ class Runner(abc.ABC):
         """
         if not self.is_active:
             raise self.not_active()
-        if isinstance(feed, dict):  # a big-endian float32 (read from a file) is the same numbers: in this machine's order
+        if isinstance(feed, dict):  # big-endian float32 (read from a file) is the same numbers: run in native order
             feed = {name: array.astype(array.dtype.newbyteorder("="))
                     if isinstance(array, np.ndarray) and not array.dtype.isnative else array
                     for name, array in feed.items()}
@@ -125,7 +125,9 @@ class Runner(abc.ABC):
             if not isinstance(array, np.ndarray):
                 raise InputError(f"input {name!r}: expected a numpy array, got {type(array).__name__}")
             if array.dtype != spec.dtype:
-                got = array.dtype.name if array.dtype.isnative else f"{array.dtype.name} ({array.dtype.str}: other byte order)"
+                got = array.dtype.name
+                if not array.dtype.isnative:
+                    got += f" ({array.dtype.str}: other byte order)"
                 raise InputError(f"input {name!r}: expected dtype {np.dtype(spec.dtype).name}, got {got}", self.path)
             shape_ok = array.ndim == len(spec.shape) and all(
                 (want is None and got > 0) or got == want for want, got in zip(spec.shape, array.shape)

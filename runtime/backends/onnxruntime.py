@@ -205,11 +205,14 @@ def create_session(
 
 def ort_reason(err: Exception) -> str:
     """An ONNX Runtime error's first line, for a message: without the C++ frames before its reason
-    (`/onnxruntime_src/.../model.cc:256 onnxruntime::Model::Model(args) `, `tensorprotoutils.cc:1876 GetExtData `),
+    (`/onnxruntime_src/.../model.cc:256 onnxruntime::Model::Model(args) `, `tensorprotoutils.cc:1876 GetExtData `,
+    `bfc_arena.cc:360 void* onnxruntime::BFCArena::AllocateRawInternal(size_t, bool, onnxruntime::Stream*) `),
     and shortened where long."""
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    first = re.sub(r"(?:/\S+/)?[\w.]+\.(?:cc|cpp|h):\d+ [\w:~]+(?:\([^()]*\))?(?: const)? ", " ", first)
-    first = re.sub(r"\s{2,}", " ", first)  # where a frame stood
+    frame = r"(?:/\S+/)?[\w.]+\.(?:cc|cpp|h):\d+ "  # where: `/onnxruntime_src/.../bfc_arena.cc:360 `
+    name = r"(?:[\w:<>]+[*&]* (?=[\w~]+::))?[\w:~]+(?:\([^()]*\))?(?: const)? "  # a return type before a qualified name
+    first = re.sub(frame + name, " ", first)
+    first = re.sub(r"\s{2,}", " ", first).strip()  # where a frame stood
     if len(first) > 300:  # ORT's reason comes last, after the C++ frame it was raised in
         first = f"{first[:100]} ... {first[-180:]}"
     return first
