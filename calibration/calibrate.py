@@ -303,6 +303,9 @@ def open_train_split(cfg: CalibrationConfig, allow_few_option: str = "--allow-fe
         dataset = shown_path(data.parents[1] if len(data.parts) > 2 else resolved(data).parents[1])  # as typed
         raise InputError(f"a dataset split's {kind}, not camera images; give the dataset ({dataset}), or the split's "
                          "rgb/ folder", data)
+    if data.name in ("groundtruth_depth", "velodyne_raw") and (data.parent / "image").is_dir():  # KITTI's, alike
+        raise InputError(f"KITTI's {data.name}/ holds depth maps, not camera images; give its image/ folder "
+                         f"({shown_path(data.parent / 'image')})", data)
     if loose_images(data):
         pool, dataset = "folder", UnlabelledImages(data)
         if not len(dataset):

@@ -196,11 +196,16 @@ def check_outside_dataset(out: Path, written: str = "the depth maps") -> None:
     """Refuse an output folder in a dataset's split (`DATA/val/depth`): what is `written` would replace its ground
     truth, or join its images as samples."""
     target = resolved(out)
-    for folder in (target, *target.parents):  # DATA/train|val/rgb|depth|mask: the dataset format's own layout
-        if folder.name in ("rgb", "depth", "mask") and folder.parent.name in ("train", "val") \
-                and (folder.parent / "rgb").is_dir() and (folder.parent / "depth").is_dir():
-            raise InputError(f"--out lies inside a dataset split's {folder.name}/ ({folder.parent}): {written} "
+    for folder in (target, *target.parents):
+        split = folder.parent
+        if folder.name in ("rgb", "depth", "mask") and split.name in ("train", "val") \
+                and (split / "rgb").is_dir() and (split / "depth").is_dir():  # DATA/train|val/rgb|depth|mask
+            raise InputError(f"--out lies inside a dataset split's {folder.name}/ ({split}): {written} "
                              "would replace or join its files; choose a folder outside it", out)
+        if folder.name in ("image", "groundtruth_depth", "velodyne_raw", "intrinsics") \
+                and (split / "image").is_dir() and (split / "groundtruth_depth").is_dir():  # KITTI's selection
+            raise InputError(f"--out lies inside KITTI's {folder.name}/ ({split}): {written} would replace or "
+                             "join its files; choose a folder outside it", out)
 
 
 def check_no_overwrite(inputs: list[Path], outputs: list[Path], force: bool = False) -> None:

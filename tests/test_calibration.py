@@ -215,7 +215,12 @@ def test_a_folder_of_images_without_depth_calibrates(cli, tiny_export, synth_dat
     result = cli(*argv, "--force")
     assert result.code == 0 and "reusing calibration ranges" in result.err, result.err
     (tmp_path / "empty").mkdir()
+    kitti = tmp_path / "val_selection_cropped"  # KITTI's 16-bit depth PNGs passed for grey frames as well
+    for folder in ("image", "groundtruth_depth"):
+        (kitti / folder).mkdir(parents=True)
     for args, said in (([frames, "--depth-scale", "256"], f"{frames}: --depth-scale reads a dataset's PNG depth"),
+                       ([kitti / "groundtruth_depth"], f"{kitti / 'groundtruth_depth'}: KITTI's groundtruth_depth/ "
+                                                       f"holds depth maps, not camera images; give its image/ folder"),
                        ([synth_data / "train"], f"{synth_data / 'train'}: a dataset split's folder; give the dataset"),
                        ([tmp_path / "empty"], f"{tmp_path / 'empty'}: no images here, and no train/ split"),
                        # its 16-bit PNGs passed for grey frames, and it calibrated on depth maps

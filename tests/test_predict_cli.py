@@ -414,6 +414,20 @@ def test_predict_never_overwrites_its_inputs(cli, onnx_path, images):
     assert result.code == 0 and (images / "a.npy").is_file()
 
 
+def test_predict_never_writes_into_kittis_selection(cli, onnx_path, images, tmp_path):
+    """`--out .../groundtruth_depth --format png16` replaced KITTI's ground truth with the model's own maps (the
+    folder format's split folders were guarded, KITTI's were not): its next eval scored the model against itself."""
+    selection = tmp_path / "depth_selection" / "val_selection_cropped"
+    for folder in ("image", "groundtruth_depth"):
+        (selection / folder).mkdir(parents=True)
+    for folder in ("groundtruth_depth", "image"):
+        result = cli("predict", onnx_path, images / "a.png", "--out", selection / folder, "--format", "png16")
+        assert result.code == 2 and result.err.strip() == (
+            f"mde: error: {selection / folder}: --out lies inside KITTI's {folder}/ ({selection}): the depth maps "
+            "would replace or join its files; choose a folder outside it"), result.err
+        assert not any((selection / folder).iterdir())
+
+
 def test_predict_never_replaces_a_users_file_beside_the_images(cli, onnx_path, images, tmp_path):
     """`b.png` beside the input `b.jpg` is the user's photo, not an earlier depth map; `--out` of its own is rewritten."""
     photo = images / "b.png"
