@@ -175,10 +175,8 @@ def validate(cfg: ExportConfig) -> None:
     if "int8" in cfg.precisions:
         if cfg.calib_data is None:
             raise InputError("--precision int8 needs calibration images: pass --calib-data DIR")
-        if not Path(cfg.calib_data).is_dir():
-            raise InputError("calibration data folder not found" if not Path(cfg.calib_data).exists()
-                             else "--calib-data is a file; expected a dataset folder or a folder of images",
-                             cfg.calib_data)
+        if not Path(cfg.calib_data).exists():  # a folder, or an NYU file, as `mde calibrate --data` takes
+            raise InputError("calibration data not found", cfg.calib_data)
         if cfg.calib_images < 1:
             raise InputError(f"--calib-images must be >= 1, got {cfg.calib_images}")
         from mde.calibration.calibrate import open_train_split

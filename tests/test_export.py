@@ -534,7 +534,7 @@ def test_bad_places_and_mismatched_weights_are_one_line_before_any_work(cli, tin
     assert result.code == 2 and result.err == "mde: error: afile/sub: --out would write under afile, which is a file\n"
     result = cli("export", tiny_checkpoint, "--out", tmp_path / "o", "-p", "int8", "--calib-data", tiny_checkpoint)
     assert result.code == 2 and result.err == (
-        f"mde: error: {tiny_checkpoint}: --calib-data is a file; expected a dataset folder or a folder of images\n")
+        f"mde: error: {tiny_checkpoint}: expected a dataset folder or an NYU .mat/.h5/.hdf5 file\n")
     state = torch.load(tiny_checkpoint, weights_only=True)
     state["model_args"]["decoder"] = "report" if state["model_args"]["decoder"] == "unet" else "unet"
     torch.save(state, tmp_path / "edited.pt")
@@ -580,6 +580,25 @@ def test_int8_settings_check_leaves_the_holdout_notice_to_calibration(tiny_check
     validate(ExportConfig(checkpoint=tiny_checkpoint, out=Path("unused"), precisions=("int8",),
                           calib_data=synth_data, calib_allow_few=True))
     assert "holding out" not in capsys.readouterr().err
+
+
+def test_int8_calibrates_from_an_nyu_file_as_calibrate_does(tiny_checkpoint, tmp_path):
+    """`mde calibrate --data nyu.mat` calibrates on its train images; `export --calib-data nyu.mat` refused the file
+    ("--calib-data is a file")."""
+    import h5py
+
+    from mde.calibration.calibrate import open_train_split
+    from mde.export.config import ExportConfig, calibration_config, validate
+
+    nyu = tmp_path / "nyu_depth_v2_labeled.mat"
+    with h5py.File(nyu, "w") as f:  # NYU's layout: N x 3 x W x H images, N x W x H depths
+        f["images"] = np.zeros((20, 3, 16, 12), np.uint8)
+        f["depths"] = np.ones((20, 16, 12), np.float32)
+    cfg = ExportConfig(checkpoint=tiny_checkpoint, out=Path("unused"), precisions=("int8",), calib_data=nyu,
+                       calib_allow_few=True)
+    validate(cfg)
+    dataset, holdout, calib = open_train_split(calibration_config(cfg, Path("m.onnx"), Path("m.int8.onnx")))
+    assert len(dataset) == 18 and len(holdout) + len(calib) == 18  # train: every index but each tenth's last
 
 
 def test_one_depth_scale_reads_the_png_dataset_of_two(tmp_path):
