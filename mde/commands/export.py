@@ -59,7 +59,8 @@ def export(
         help="Also build model.engine (TensorRT 10.3+ or 11, needs a GPU) from the first --precision.",
     ),
     calib_data: Path | None = typer.Option(
-        None, "--calib-data", help="Dataset for int8 calibration (its train split: a folder, or an NYU .mat), or a folder of images."
+        None, "--calib-data",
+        help="Dataset for int8 calibration (its train split: a folder, or an NYU .mat), or a folder of images."
     ),
     calib_images: int = typer.Option(
         _D.calib_images, "--calib-images", help="Calibration images for int8."
