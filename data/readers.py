@@ -360,6 +360,9 @@ def kitti_selection(root: Path) -> Path | None:
     return None
 
 
+_portrait_said: set[str] = set()  # NYU files whose portrait frames were warned of (train and val open it)
+
+
 class NYUDataset:
     """NYU Depth v2 labeled `.mat` (MATLAB v7.3 = HDF5): `images` N x 3 x W x H uint8,
     `depths` N x W x H float32 metres (MATLAB's column-major order, so both are transposed here).
@@ -386,6 +389,14 @@ class NYUDataset:
             if min(images.shape[2:]) < MIN_SIDE:  # as for image files
                 raise DataError(f"images are {images.shape[2]}x{images.shape[3]}, smaller than {MIN_SIDE} pixels "
                                 "on a side", self.path)
+            if images.shape[2] * images.shape[3] > MAX_PIXELS:  # from the shape, as a file's from its header
+                raise DataError(f"images are {images.shape[2]}x{images.shape[3]}, larger than the {MAX_PIXELS} pixel "
+                                "limit", self.path)
+            if images.shape[3] > images.shape[2] and str(self.path) not in _portrait_said:
+                _portrait_said.add(str(self.path))  # NYU's frames are landscape: the file may be in the other order
+                log.warning("%s: its images read as %dx%d portrait frames (W x H); NYU's labeled file stores them N x "
+                            "3 x W x H, MATLAB's order, so one written N x 3 x H x W (numpy's) is read transposed",
+                            self.path, images.shape[2], images.shape[3])
             if depths.shape != (images.shape[0], images.shape[2], images.shape[3]):
                 raise DataError(f"expected 'depths' of shape {(images.shape[0], *images.shape[2:])} "
                                 f"to match 'images', found {depths.shape}", self.path)
@@ -416,8 +427,8 @@ class NYUDataset:
             import h5py
         except ImportError:
             raise InputError("reading NYU Depth v2 .mat files needs h5py (pip install h5py)") from None
-        try:
-            return h5py.File(self.path, "r")
+        try:  # read only, without HDF5's file lock: a notebook holding the file open (or NFS) refused it
+            return h5py.File(self.path, "r", locking=False)
         except OSError as err:
             raise DataError(f"not a readable HDF5 / MATLAB v7.3 file ({err})", self.path) from None
 

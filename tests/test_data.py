@@ -271,6 +271,45 @@ def test_nyu_images_under_8_pixels_are_refused_as_image_files_are(tmp_path):
         open_dataset(path, "all")
 
 
+def test_nyu_images_past_the_pixel_limit_are_refused_from_the_shape(tmp_path):
+    """Refused only once image 0 was read (1.4 GB for a 9000 x 9000 file of 1.6 KB), as "image 0", no file named."""
+    import h5py
+
+    path = tmp_path / "huge.mat"
+    with h5py.File(path, "w") as f:  # chunked and never written: nothing of it is stored
+        f.create_dataset("images", (2, 3, 9000, 9000), np.uint8, chunks=(1, 1, 1000, 1000))
+        f.create_dataset("depths", (2, 9000, 9000), np.float32, chunks=(1, 1000, 1000))
+    with pytest.raises(DataError, match=r"huge.mat: images are 9000x9000, larger than the 67108864 pixel limit"):
+        open_dataset(path, "all")
+
+
+def test_nyu_portrait_frames_are_warned_of_once(tmp_path, caplog):
+    """An NYU-layout file written from numpy (N x 3 x H x W) was read transposed, each landscape frame a portrait
+    one, without a word."""
+    path = tmp_path / "rowmajor.h5"
+    _write_nyu(path, h=16, w=12)  # stored N x 3 x 12 x 16: read as 16 rows of 12
+    with caplog.at_level("WARNING", logger="mde.data.readers"):
+        open_dataset(path, "train"), open_dataset(path, "val")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: its images read as 12x16 portrait frames (W x H); NYU's labeled file stores them N x 3 x W x H, "
+        "MATLAB's order, so one written N x 3 x H x W (numpy's) is read transposed"]
+
+
+def test_an_nyu_file_another_process_holds_open_is_read(tmp_path):
+    """Another process's handle (a notebook's `h5py.File(path, 'r+')`) locks the file: it was "not a readable HDF5
+    file". mde only reads it, without the lock."""
+    path = tmp_path / "nyu.mat"
+    _write_nyu(path)
+    holder = subprocess.Popen([sys.executable, "-c", "import h5py, sys, time; f = h5py.File(sys.argv[1], 'r+'); "
+                               "print('open', flush=True); time.sleep(60)", str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        assert len(open_dataset(path, "all")) == 12 and open_dataset(path, "all")[3].depth.shape == (12, 16)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_nyu_mat_layout_is_transposed(tmp_path):
     path = tmp_path / "nyu_depth_v2_labeled.mat"
     rgbs, depths = _write_nyu(path)
