@@ -275,12 +275,14 @@ class FolderDataset(PairedFiles):
     """
 
     def __init__(self, root: str | Path, split: str = "val", depth_scale: float = MM_PER_M):
+        if split == "all":  # `--split all`: it named a folder all/ that is no part of the format
+            raise InputError("split 'all' (every image) is an NYU file's; a dataset folder has train/ and val/", root)
         folder = Path(root) / split
         rgb_dir, depth_dir = folder / "rgb", folder / "depth"
         for sub in (folder, rgb_dir, depth_dir):
             if not sub.is_dir():
-                raise DataError(f"expected a folder with rgb/ and depth/ for split {split!r}, "
-                                "found none", sub)
+                raise DataError(f"expected a folder with rgb/ and depth/ for split {split!r}, found none"
+                                f"{_kitti_hint(Path(root))}", sub)
         refuse_odd_entries(rgb_dir, IMAGE_SUFFIXES)  # a broken link was left out of the split without a word
         refuse_odd_entries(depth_dir, DEPTH_SUFFIXES)
         rgbs = _by_stem(list_images(rgb_dir), rgb_dir)
@@ -351,6 +353,23 @@ class KittiDataset(PairedFiles):
         for stem in sorted(set(gts) - used):
             raise DataError("depth map has no image in image/", gts[stem])
         super().__init__(pairs, depth_scale)
+
+
+# Names in KITTI's downloads besides the depth-selection layout that is read (its annotated and raw sets, its tests)
+KITTI_NAMES = ("depth_selection", "data_depth_annotated", "proj_depth", "groundtruth", "image_02", "image_03",
+               "velodyne_raw", "test_depth_completion_anonymous", "test_depth_prediction_anonymous")
+
+
+def _kitti_hint(root: Path) -> str:
+    """For a folder of KITTI's that is not its selection layout (told it was no folder-format dataset): what is read."""
+    try:
+        names = {root.name, *(entry.name for entry in root.iterdir())} if root.is_dir() else {root.name}
+    except OSError:
+        return ""
+    if not names & set(KITTI_NAMES) and not any(name.endswith("_sync") for name in names):
+        return ""
+    return (f"; of KITTI, the depth-selection layout is read (depth_selection/{KITTI_SELECTION}, with image/ and "
+            "groundtruth_depth/); arrange other sets in the folder format")
 
 
 def kitti_selection(root: Path) -> Path | None:
@@ -706,6 +725,7 @@ def note_trained_depth_scale(model: str | Path, trained: float | None, used: flo
 
     if trained is not None and used is not None and trained != used and has_png_depth(data):
         advice = ("as its meta.json declares" if declared_depth_scale(data) is not None  # the option would be refused
+                  else "KITTI's own scale: the model was trained on other data" if kitti_selection(Path(data))
                   else f"give --depth-scale {trained:g} if it is the same data")
         info(f"note: {model} was trained on PNG depth read at {trained:g} units per metre; {data}'s is read at "
              f"{used:g} here ({advice})")

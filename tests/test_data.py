@@ -310,6 +310,42 @@ def test_an_nyu_file_another_process_holds_open_is_read(tmp_path):
         holder.wait()
 
 
+def test_a_folder_dataset_is_told_what_split_all_and_kittis_other_sets_are(synth_data, tmp_path):
+    """`--split all` named a folder all/ the format has not; KITTI's annotated set was told only that rgb/ and depth/
+    were missing."""
+    with pytest.raises(InputError, match=rf"^{synth_data}: split 'all' \(every image\) is an NYU file's; a dataset "
+                                         r"folder has train/ and val/$"):
+        open_dataset(synth_data, "all")
+    annotated = tmp_path / "data_depth_annotated"
+    (annotated / "val" / "2011_09_26_drive_0002_sync" / "proj_depth" / "groundtruth" / "image_02").mkdir(parents=True)
+    for root in (annotated, annotated / "val" / "2011_09_26_drive_0002_sync"):
+        with pytest.raises(DataError, match=r"found none; of KITTI, the depth-selection layout is read "
+                                            r"\(depth_selection/val_selection_cropped, with image/ and "
+                                            r"groundtruth_depth/\); arrange other sets in the folder format$"):
+            open_dataset(root, "val")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(DataError, match=r"found none$"):  # no KITTI name: the folder format's message alone
+        open_dataset(tmp_path / "plain", "val")
+
+
+def test_kittis_own_scale_is_not_advised_against(tmp_path, capsys):
+    """A model trained on millimetre PNGs, scored on KITTI's selection (256 per metre, its format's own), was told to
+    "give --depth-scale 1000 if it is the same data"."""
+    from PIL import Image
+
+    from mde.data.readers import note_trained_depth_scale
+
+    selection = tmp_path / "val_selection_cropped"
+    for folder in ("image", "groundtruth_depth"):
+        (selection / folder).mkdir(parents=True)
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(selection / "image" / "d_sync_image_0000000005_image_02.png")
+    Image.fromarray(np.full((16, 16), 2560, np.uint16)).save(
+        selection / "groundtruth_depth" / "d_sync_groundtruth_depth_0000000005_image_02.png")
+    note_trained_depth_scale("m.onnx", 1000.0, 256.0, selection)
+    assert capsys.readouterr().err.endswith("is read at 256 here (KITTI's own scale: the model was trained on other "
+                                            "data)\n")
+
+
 def test_nyu_mat_layout_is_transposed(tmp_path):
     path = tmp_path / "nyu_depth_v2_labeled.mat"
     rgbs, depths = _write_nyu(path)

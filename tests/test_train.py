@@ -499,8 +499,16 @@ def test_object_weight_needs_masks(cli, tmp_path, synth_data):
     shutil.rmtree(data / "train" / "mask")
     res = cli("train", "--data", data, "--out", tmp_path / "run", *TINY, "--epochs", "1", "--object-weight", "2")
     assert res.code == 2 and len(res.err.strip().splitlines()) == 1
-    assert "--object-weight 2 needs region masks" in res.err and str(data) in res.err
+    assert "--object-weight 2 needs region masks, and the train split has none" in res.err and str(data) in res.err
     assert not (tmp_path / "run").exists()  # refused before the output folder is made
+    import h5py  # an NYU file has none at all: "train/mask/NAME.png" named a folder it cannot have
+
+    with h5py.File(tmp_path / "nyu.mat", "w") as f:
+        f["images"] = np.zeros((20, 3, 64, 64), np.uint8)
+        f["depths"] = np.ones((20, 64, 64), np.float32)
+    res = cli("train", "--data", tmp_path / "nyu.mat", "--out", tmp_path / "run", *TINY, "--object-weight", "2")
+    assert res.code == 2 and res.err == (f"mde: error: {tmp_path / 'nyu.mat'}: --object-weight 2 needs region masks, "
+                                         "which an NYU file does not hold\n"), res.err
 
 
 def test_checkpoint_carries_training_state(tiny_run):

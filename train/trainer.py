@@ -133,8 +133,9 @@ def open_splits(cfg: TrainConfig, env: DistEnv):
     if len(val_set) == 0:
         raise DataError("the val split has no images", cfg.data)
     if cfg.object_weight != 1 and not getattr(train_set, "masks", None):  # NYU files carry no masks
-        raise DataError(f"--object-weight {cfg.object_weight:g} needs region masks (train/mask/NAME.png); "
-                        "the train split has none", cfg.data)
+        raise DataError(f"--object-weight {cfg.object_weight:g} needs region masks, " + (
+            "which an NYU file does not hold" if Path(cfg.data).is_file()
+            else "and the train split has none (train/mask/NAME.png)"), cfg.data)
     data_range = float(dataset_max_depth(cfg.data, cfg.max_depth or None))
     if not cfg.max_depth and data_range > MAX_DEPTH_LIMIT:  # it would be the model's output range
         raise DataError(f"max_depth {data_range:g} m is beyond what the model's output can hold "

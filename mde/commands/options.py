@@ -20,7 +20,7 @@ PROVIDERS_HELP = (
 )
 
 
-SPLIT_HELP = "Which split to score: train or val (an NYU file: also all)."
+SPLIT_HELP = "Which split to score: train or val (an NYU file, or KITTI's selection: also all)."
 
 
 def check_split(split: str) -> None:
@@ -29,7 +29,8 @@ def check_split(split: str) -> None:
     from mde.data.readers import NYUDataset  # the names open_dataset takes (train, val; an NYU file: also all)
 
     if split not in NYUDataset.SPLITS:
-        raise InputError(f"unknown --split {split!r}; choose from train, val (an NYU file: also all)")
+        raise InputError(f"unknown --split {split!r}; choose from train, val (an NYU file, or KITTI's selection: "
+                         "also all)")
 
 
 def emit(report: dict[str, Any], as_json: bool, show: Callable[[dict[str, Any]], None]) -> None:
