@@ -118,6 +118,18 @@ def test_tensorrt_ep_probe_wants_the_sonames_its_library_links(gpu_machine, monk
     assert TRT_EP not in eps.default_providers([TRT_EP, CUDA_EP, CPU_EP])
 
 
+def test_a_cuda_provider_without_its_libraries_says_how_to_get_them(gpu_machine, monkeypatch):
+    """A torch-free install with a GPU ran on the CPU, the warning naming libcublasLt.so.13 and the like but not
+    where they come from (torch's install brings them; onnxruntime-gpu's extras alone lack cuBLAS)."""
+    needed = eps.elf_needed(CAPI / "libonnxruntime_providers_cuda.so")
+    monkeypatch.setattr(eps, "load_library", _loader({n for n in needed if n.startswith("libcublas")}))
+    problem = eps.provider_problem(CUDA_EP)
+    assert "libcublas" in problem and problem.endswith(f"({eps.CUDA_LIBRARIES_HINT})"), problem
+    eps.provider_problem.cache_clear()
+    monkeypatch.setattr(eps, "load_library", _loader({"libcuda.so.1"}))  # no driver: no wheel gives it
+    assert eps.provider_problem(CUDA_EP) == "libonnxruntime_providers_cuda.so needs libcuda.so.1, not found"
+
+
 def test_provider_problem_needs_a_gpu_first(monkeypatch):
     eps.provider_problem.cache_clear()
     monkeypatch.setattr(eps, "cuda_device_count", lambda: 0)

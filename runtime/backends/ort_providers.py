@@ -31,6 +31,10 @@ PROVIDER_LIBRARIES = {
     TRT_EP: "libonnxruntime_providers_tensorrt.so",
     CUDA_EP: "libonnxruntime_providers_cuda.so",
 }
+# The CUDA 13 and cuDNN 9 libraries onnxruntime-gpu 1.31's CUDA provider links, from PyPI (torch's install brings them;
+# onnxruntime-gpu's `cuda` extra lacks cuBLAS), for a torch-free install
+CUDA_LIBRARIES_HINT = ("without torch, pip install 'onnxruntime-gpu[cuda,cudnn]' 'nvidia-cublas>=13,<14'; or install "
+                       "the CUDA toolkit and cuDNN this onnxruntime was built for")
 # Loaded by the providers when they run, so not among their ELF needed entries: onnxruntime-gpu 1.31's CUDA
 # provider opens cuDNN 9 at its first convolution ("cuDNN library was not found"), after the session was made
 RUNTIME_LOADED = ("libcudnn.so.9",)
@@ -163,7 +167,12 @@ def provider_problem(provider: str) -> str:
     if not library.is_file():
         return f"{library.name} is not part of this onnxruntime"
     missing = missing_libraries(library)
-    return f"{library.name} needs {', '.join(missing)}, not found" if missing else ""
+    if not missing:
+        return ""
+    problem = f"{library.name} needs {', '.join(missing)}, not found"
+    if provider == CUDA_EP and set(missing) - {"libcuda.so.1"}:  # the driver's own is not a wheel's
+        problem += f" ({CUDA_LIBRARIES_HINT})"
+    return problem
 
 
 def default_providers(available: Sequence[str], say: bool = True) -> list[str]:
