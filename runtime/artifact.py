@@ -12,6 +12,7 @@ from mde.errors import InputError, ModelError
 from mde.io import as_path
 from mde.runtime.backends.base import AUTO_BACKENDS, TensorSpec, check_graph_io, runs_on_onnxruntime
 from mde.runtime.metadata import ModelMetadata
+from mde.runtime.onnx_outline import FLOAT16, UINT8, read_outline
 
 
 def _require_model(path: str | Path) -> Path:
@@ -76,15 +77,13 @@ QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
 def graph_precision(model: Any) -> str:
-    """What an ONNX model computes in, read from its graph: int8 (QuantizeLinear/DequantizeLinear nodes, or the
-    integer kernels, QLinear* and *Integer, of ONNX Runtime's operator-oriented form), fp16 (float16 weights, as
-    `mde export --precision fp16` writes), or fp32."""
-    from onnx import TensorProto
-
+    """What an ONNX model (`onnx.load`'s, or `read_outline`'s) computes in, read from its graph: int8
+    (QuantizeLinear/DequantizeLinear nodes, or the integer kernels, QLinear* and *Integer, of ONNX Runtime's
+    operator-oriented form), fp16 (float16 weights, as `mde export --precision fp16` writes), or fp32."""
     if any(n.op_type in QDQ_OPS or n.op_type.startswith("QLinear") or n.op_type.endswith("Integer")
            for n in model.graph.node):
         return "int8"
-    if any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer):
+    if any(t.data_type == FLOAT16 for t in model.graph.initializer):
         return "fp16"
     return "fp32"
 
@@ -93,16 +92,14 @@ def int8_target(model: Any) -> str:
     """Which INT8 form an ONNX model's graph is (`mde calibrate --target`): cpu where its activations are uint8
     (asymmetric, as ONNX Runtime's integer kernels take them) or it holds QLinear operators, else tensorrt
     (symmetric int8 activations)."""
-    from onnx import TensorProto
-
     if any(n.op_type.startswith("QLinear") for n in model.graph.node):
         return "cpu"
     zero_points = {t.name: t.data_type for t in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "QuantizeLinear":  # its output_dtype (opset 21), its zero point's, or ONNX's default
             kind = next((a.i for a in node.attribute if a.name == "output_dtype" and a.i), 0) or (
-                zero_points.get(node.input[2]) if len(node.input) > 2 and node.input[2] else TensorProto.UINT8)
-            if kind == TensorProto.UINT8:
+                zero_points.get(node.input[2]) if len(node.input) > 2 and node.input[2] else UINT8)
+            if kind == UINT8:
                 return "cpu"
     return "tensorrt"
 
@@ -112,15 +109,11 @@ def precision_mismatch(path: str | Path, declared: str, backend: str = "auto", t
     metadata declares, or is not the INT8 form of its declared calibration `target`; "" where it is (engines are
     not read: TensorRT records what it built in the sidecar). Parity gates each artifact by its declared
     precision, so an FP32 graph labelled int8 would pass as a checked INT8 model; and a TensorRT-form INT8 labelled
-    cpu runs slower than FP32 on the CPU provider. Reading the graph takes the onnx package (the `train` extra); the
-    runtime alone has none, and there the label is trusted."""
+    cpu runs slower than FP32 on the CPU provider. The graph is read without the onnx package (`read_outline`): the
+    runtime alone, a robot's install, checks it too."""
     if not runs_on_onnxruntime(path, backend):
         return ""
-    try:
-        import onnx
-    except ImportError:
-        return ""
-    model = onnx.load(str(path), load_external_data=False)
+    model = read_outline(path)
     found = graph_precision(model)
     if found != declared:
         return (f"its metadata says {declared}, but the graph computes in {found}; each precision has its own "
