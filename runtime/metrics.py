@@ -3,7 +3,7 @@
 A pixel is valid when the ground truth is finite and > 0. Metrics are computed per image over
 its valid pixels, then averaged over images (`MetricAccumulator`).
 
-- rmse, abs_rel, sq_rel in metres; rmse_log on natural logs; delta1..3 = share of pixels with
+- rmse and sq_rel in metres, abs_rel a fraction; rmse_log on natural logs; delta1..3 = share of pixels with
   max(pred/gt, gt/pred) < 1.25, 1.25^2, 1.25^3. Predictions are clipped to `EPS` for the logs
   and ratios only.
 - silog = 100 * sqrt(mean(d^2) - mean(d)^2), d = log(pred) - log(gt) (KITTI benchmark).
