@@ -70,6 +70,37 @@ def test_losses_are_zero_for_a_perfect_prediction_and_ignore_invalid():
     assert worse.item() > 0.05
 
 
+def test_no_loss_trains_pixels_without_ground_truth():
+    """ssim_l1 compared the prediction at invalid pixels with itself, but kept its gradient: windows over a hole
+    trained the map where nothing is known (mean |grad| 2e-5 there against 2e-4 at valid pixels)."""
+    target = torch.rand(1, 1, 32, 32) * 9 + 1
+    target[:, :, 10:20, 10:20] = 0
+    for name in LOSSES:
+        pred = (torch.rand(1, 1, 32, 32) * 9 + 1).requires_grad_()
+        masked_loss(name, pred, target).backward()
+        assert pred.grad[:, :, 10:20, 10:20].abs().max() == 0 and pred.grad.abs().sum() > 0, name
+
+
+def test_color_jitter_clips_after_each_adjustment_as_torchvision_does():
+    """Values brightness pushed past 255 were carried into the contrast's mean and the saturation's blend: up to 21
+    grey levels from torchvision's adjust_brightness/contrast/saturation with the same factors."""
+    import torchvision.transforms.functional as TF
+
+    from mde.train.augment import AugmentConfig, color_jitter
+
+    rgb = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    cfg = AugmentConfig(brightness=0.4, contrast=0.4, saturation=0.4)
+    for seed in range(4):
+        ours = color_jitter(rgb, np.random.default_rng(seed), cfg)
+        draw = np.random.default_rng(seed)
+        factors = [draw.uniform(1 - 0.4, 1 + 0.4) for _ in range(3)]
+        theirs = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
+        for adjust, factor in zip((TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation), factors):
+            theirs = adjust(theirs, factor)
+        theirs = (theirs * 255).permute(1, 2, 0).numpy()
+        assert np.abs(ours.astype(np.float32) - theirs).max() <= 3, seed  # rounding (torchvision's grey is uint8's)
+
+
 def test_losses_have_gradients_and_unknown_name():
     pred = (torch.rand(1, 1, 16, 16) * 5 + 1).requires_grad_()
     target = torch.rand(1, 1, 16, 16) * 5 + 1
@@ -322,6 +353,23 @@ def test_onecycle_lr_warms_up_then_anneals_over_the_run():
     assert lrs[-1] == pytest.approx(1e-6, rel=0.05)  # lr_min / 100
 
 
+@pytest.mark.parametrize("total", [1, 2, 3])
+def test_a_onecycle_run_of_a_few_steps_starts_at_lr_min(total):
+    """The warm-up ends at step 0.3 x steps - 1, before the first for 3 steps or fewer: such a run began near
+    --lr-max (1.99e-3 of 2e-3) instead of at --lr-min."""
+    from mde.train.trainer import make_optimizer, make_scheduler
+
+    cfg = TrainConfig(lr_min=2e-4, lr_max=2e-3, schedule="onecycle")
+    opt = make_optimizer(cfg, torch.nn.Linear(2, 1))
+    sched = make_scheduler(cfg, opt, total_steps=total)
+    lrs = []
+    for _ in range(total):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([2e-4, 2e-3, 2e-6][:total])
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
 def test_the_optimizer_is_fused_and_steps_as_the_unfused_one(optimizer):
     from mde.train.trainer import make_optimizer
@@ -469,6 +517,19 @@ def test_defaults_are_unet_onecycle_and_the_report_recipe_stays_selectable(tiny_
     model, state = load_model(out / "best.pt")
     assert state["model_args"]["decoder"] == "report" and type(model.decoder).__name__ == "ReportDecoder"
     assert "base_lrs" in load_checkpoint(out / "last.pt")["scheduler"]
+
+
+def test_the_same_seed_trains_the_same_run_on_the_cpu(tmp_path, synth_data):
+    """What the README promises: on the CPU a --seed gives the same run (its augmentation, batch order and weights)."""
+    import mde.train.trainer as trainer
+
+    records = []
+    for name in ("a", "b"):
+        trainer.train(tiny_config(synth_data, tmp_path / name, color_jitter=True, scale_crop=True, seed=3))
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        records.append([{k: v for k, v in json.loads(line).items() if "per_s" not in k and "time" not in k}
+                        for line in lines])
+    assert records[0] == records[1] and len(records[0]) == 1
 
 
 def test_object_weight_reaches_the_loss_and_the_config(tmp_path, synth_data, monkeypatch):

@@ -86,11 +86,11 @@ def resize_intrinsics(intrinsics: dict, src_hw: tuple[int, int], dst_hw: tuple[i
 
 
 def color_jitter(rgb: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
-    """Random brightness, contrast and saturation (torchvision ColorJitter's definitions)."""
-    img = rgb.astype(np.float32)
-    img *= rng.uniform(1 - cfg.brightness, 1 + cfg.brightness)
+    """Random brightness, contrast and saturation, in that order, each as torchvision's `adjust_*` defines it
+    (clipped to 0..255 after each: what brightness pushed past white is white for the contrast's mean)."""
+    img = np.clip(rgb.astype(np.float32) * rng.uniform(1 - cfg.brightness, 1 + cfg.brightness), 0, 255)
     gray = img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    img = (img - gray.mean()) * rng.uniform(1 - cfg.contrast, 1 + cfg.contrast) + gray.mean()
+    img = np.clip((img - gray.mean()) * rng.uniform(1 - cfg.contrast, 1 + cfg.contrast) + gray.mean(), 0, 255)
     gray = img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     sat = rng.uniform(1 - cfg.saturation, 1 + cfg.saturation)
     img = (img - gray[..., None]) * sat + gray[..., None]

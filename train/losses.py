@@ -82,11 +82,14 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float | torch.Tensor)
 
 def ssim_l1_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                  weight: torch.Tensor | None = None) -> torch.Tensor:
-    """DenseDepth-style: (1 - SSIM) / 2 plus 0.1 * L1 (metres); invalid pixels take the prediction."""
-    filled = torch.where(mask, target, pred.detach())
+    """DenseDepth-style: (1 - SSIM) / 2 plus 0.1 * L1 (metres). Invalid pixels take the prediction on both sides,
+    held constant: a window over a hole compares what it can, and no gradient reaches a pixel without ground truth
+    (the prediction itself there trained the map where nothing is known)."""
+    held = pred.detach()
+    filled = torch.where(mask, target, held)
     deepest = torch.where(mask, target, 0.0).amax().detach()
     data_range = torch.where(deepest > 0, deepest, 1.0)  # a tensor: float() would wait for the device
-    structure = ((1 - ssim_map(pred, filled, data_range)) / 2).clamp(0, 1)
+    structure = ((1 - ssim_map(torch.where(mask, pred, held), filled, data_range)) / 2).clamp(0, 1)
     return weighted_mean(structure, mask, weight) + 0.1 * l1_loss(pred, target, mask, weight)
 
 

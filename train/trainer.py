@@ -86,8 +86,11 @@ def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_ste
     lr_min to lr_max over the first 30 % of the `total_steps`, then cosine annealing to lr_min / 100.
     """
     if cfg.schedule == "onecycle":
+        # The warm-up ends at step 0.3 x steps - 1: before the first for 3 steps or fewer, which then ran at --lr-max
+        # from the first. There, lr_min, lr_max, then the end (a run of fewer steps stops on the way).
+        steps = max(total_steps, 3)
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr_max, total_steps=max(total_steps, 2), pct_start=0.3,
+            optimizer, max_lr=cfg.lr_max, total_steps=steps, pct_start=0.3 if steps > 3 else 2 / 3,
             div_factor=cfg.lr_max / cfg.lr_min, final_div_factor=100.0,
             cycle_momentum=cfg.optimizer == "sgd")
     return torch.optim.lr_scheduler.CyclicLR(
