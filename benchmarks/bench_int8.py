@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_runtime import time_calls  # benchmarks/ is on sys.path when these scripts run
-from cli_common import Parser, run_main
+from cli_common import CPU_FLAGS, Parser, machine, run_main
 
 TARGETS = {"report": 0.60, "unet": 0.55}   # CPU INT8 / FP32 latency, batch 1 (issue 14)
 TORCH_TARGET = 0.35                        # CPU INT8 / PyTorch eager FP32
@@ -34,11 +34,8 @@ TORCH_TARGET = 0.35                        # CPU INT8 / PyTorch eager FP32
 
 def cpu_int8_flags() -> dict[str, bool]:
     """Which 8-bit dot-product instruction sets this CPU advertises (Linux /proc/cpuinfo)."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        flags = set()
-    return {name: name in flags for name in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")}
+    flags = machine()["cpu_flags"]
+    return {name: name in flags for name in CPU_FLAGS}
 
 
 def _checkpoint(path: Path, data: Path, backbone: str, size: int, decoder: str) -> None:

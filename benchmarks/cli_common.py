@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import sys
 import tempfile
 from collections.abc import Callable
@@ -64,3 +65,24 @@ def can_write_in(folder: Path) -> bool:
     os.close(fd)
     os.unlink(name)
     return True
+
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")  # what 8-bit and float kernels use
+
+
+def machine() -> dict[str, Any]:
+    """The CPU a benchmark ran on: its model name, cores and the vector extensions that set its figures (Linux's
+    /proc/cpuinfo; `platform.processor()` says only "x86_64" there)."""
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            cpu = value.strip()
+        elif key.strip() == "flags":
+            flags |= set(value.split())
+    return {"cpu": cpu, "cores": os.cpu_count(), "cpu_flags": [f for f in CPU_FLAGS if f in flags],
+            "python": platform.python_version()}

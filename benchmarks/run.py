@@ -3,19 +3,19 @@
 Each `bench_*.py` module has `run(quick) -> dict` and prints its own figures; this
 runner collects them and prints every ratio measured in this one run, writing
 `benchmarks/results.json` after each benchmark (`unfinished` lists those still to run: empty once all have).
-Targets are checked here, not in timed tests.
+Each benchmark's entry says the machine it ran on and whether it was `--quick`; the entries of an earlier run
+that this one does not re-measure (`--only`) are kept, and named. Targets are checked here, not in timed tests.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
-from cli_common import Parser, can_write_in, run_main
+from cli_common import Parser, can_write_in, machine, run_main
 
 from mde.io import atomic_path
 
@@ -40,8 +40,12 @@ def main() -> None:
         parser.error(f"--out {opts.out}: its folder is not writable")
 
     sys.path.insert(0, str(HERE))
-    results: dict[str, dict] = {"machine": {"cpu": platform.processor() or platform.machine(),
-                                            "python": platform.python_version()}}
+    here = machine()
+    kept = earlier_results(opts.out, skip=opts.only)  # `--only runtime` after a full run: the rest stay
+    if kept:
+        print(f"kept from {opts.out}: " + ", ".join(f"{name}{' (quick)' if entry.get('quick') else ''}"
+                                                   for name, entry in kept.items()))
+    results: dict[str, dict] = {**kept, "machine": here}
     for i, name in enumerate(opts.only):
         print(f"\n=== bench_{name} ===", flush=True)
         start = time.perf_counter()
@@ -49,12 +53,24 @@ def main() -> None:
         results[name] = module.run(quick=opts.quick)
         if hasattr(module, "report"):
             module.report(results[name])
-        results[name]["seconds"] = round(time.perf_counter() - start, 1)
+        results[name].update(seconds=round(time.perf_counter() - start, 1), quick=opts.quick, machine=here)
         # after each benchmark: a later one that fails or is stopped (a full run takes hours) keeps these
         results["unfinished"] = opts.only[i + 1:]
         with atomic_path(opts.out) as tmp:  # a failed write keeps the last results whole
             tmp.write_text(json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
     print(f"\nresults written to {opts.out}")
+
+
+def earlier_results(path: Path, skip: list[str]) -> dict[str, dict]:
+    """The benchmarks' entries of the results file at `path` but those in `skip`; {} where there is none."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    return {name: entry for name, entry in doc.items() if name in BENCHES and name not in skip
+            and isinstance(entry, dict)}
 
 
 if __name__ == "__main__":

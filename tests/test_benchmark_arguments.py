@@ -276,6 +276,28 @@ def test_run_keeps_the_figures_of_finished_benchmarks_when_a_later_one_stops(tmp
     assert saved["synth"]["images_per_s"] == 9.0 and saved["unfinished"] == ["export"] and "export" not in saved
 
 
+def test_run_only_one_benchmark_keeps_the_others_and_says_where_each_ran(tmp_path, monkeypatch, capsys):
+    """`run.py --only synth` after a full run wrote a results.json of synth alone: hours of figures gone. And no
+    entry said whether it was a --quick smoke run, or on which CPU ("x86_64")."""
+    import json
+    import types
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import run as runner
+
+    out = tmp_path / "results.json"
+    out.write_text(json.dumps({"machine": {"cpu": "x86_64"}, "synth": {"images_per_s": 1.0},
+                               "memory": {"peak_mb": 5.0, "quick": True}, "unfinished": []}))
+    monkeypatch.setitem(sys.modules, "bench_synth", types.SimpleNamespace(run=lambda quick: {"images_per_s": 9.0}))
+    monkeypatch.setattr(sys, "argv", ["run.py", "--only", "synth", "--quick", "--out", str(out)])
+    runner.main()
+    saved = json.loads(out.read_text())
+    assert saved["memory"] == {"peak_mb": 5.0, "quick": True} and saved["synth"]["images_per_s"] == 9.0
+    assert saved["synth"]["quick"] is True and saved["synth"]["machine"] == saved["machine"]
+    assert saved["machine"]["cpu"] != "x86_64" and "cores" in saved["machine"] and "cpu_flags" in saved["machine"]
+    assert f"kept from {out}: memory (quick)" in capsys.readouterr().out
+
+
 def test_bench_int8_tables_label_their_columns_and_targets(monkeypatch, capsys):
     """Batch-8 latencies sat under a `b1 ms` header, a dRMSE of 3e-5 read +0.0000, the load was a Python dict and
     the targets unlabelled JSON lists."""
