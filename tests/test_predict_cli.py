@@ -563,7 +563,7 @@ def test_bench_json(cli, onnx_path, tiny_export, tiny_checkpoint):
     for row in rows:
         lat = row["latency_ms"]
         assert set(lat) == {"p50", "p90", "p99", "mean"}
-        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+        assert 0 < lat["p50"] <= lat["mean"] * 2 and lat["p90"] is lat["p99"] is None  # 3 runs: no tail figure
         assert row["preprocess_ms"] > 0 and row["postprocess_ms"] > 0 and row["images_per_s"] > 0
         assert row["end_to_end_ms"]["mean"] >= lat["mean"]
         # img/s is end to end (the table's title says so): batch 2 per end-to-end call
@@ -895,3 +895,22 @@ def test_bench_offers_no_backend_it_refuses(cli, onnx_path):
     assert result.code == 2 and "choose from: auto, onnxruntime, tensorrt, torch" in result.err, result.err
     assert "golden" not in cli("bench", "--help").out
     assert "golden" in cli("predict", "--help").out
+
+
+def test_bench_gives_a_percentile_only_from_enough_runs():
+    """p99 of 3 runs was numpy's interpolation between the two slowest: a tail figure no run measured."""
+    from mde.runtime.bench import latency_stats
+
+    few, some, many = (latency_stats([i / 1000 for i in range(1, n + 1)]) for n in (9, 10, 100))
+    assert few["p90"] is few["p99"] is None and few["p50"] == pytest.approx(5.0) and few["mean"] == pytest.approx(5.0)
+    assert some["p90"] == pytest.approx(9.1) and some["p99"] is None
+    assert many["p90"] == pytest.approx(90.1) and many["p99"] == pytest.approx(99.01)
+
+
+def test_bench_takes_the_image_sizes_predict_takes(cli, onnx_path):
+    """A 64 x 10000 panorama, which predict takes (at most 8192 x 8192 pixels in all, a side may be longer), was
+    refused by --image-size ("at most 8192x8192")."""
+    result = cli("bench", onnx_path, "--image-size", "64x10000", "--iterations", "1", "--warmup", "0", "--threads", "1",
+                 "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["results"][0]["image_size"] == [64, 10000]

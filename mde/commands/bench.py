@@ -25,8 +25,8 @@ def print_table(report: dict[str, Any]) -> None:
                     for r in report["results"]})
     table = Table(
         title=f"mde bench: batch {cfg['batch']}, {'; '.join(sizes)} (HxW), {cfg['iterations']} iterations, "
-        f"threads {cfg['threads'] or 'default'} (p50 to mean: inference ms; pre, post: ms; img/s: end to end, "
-        "pre and post included)"
+        f"threads {cfg['threads'] or 'default'} (p50 to mean: inference ms per call; pre, post: ms per call; img/s: "
+        "end to end, pre and post included; p90 needs 10 iterations and p99 100, '-' where fewer)"
     )
     text_columns = ("artifact", "backend", "runs on", "precision")
     for col in (*text_columns, "p50", "p90", "p99", "mean", "pre", "post", "img/s"):
@@ -38,7 +38,7 @@ def print_table(report: dict[str, Any]) -> None:
             r["backend"],
             r["providers"][0].removesuffix("ExecutionProvider") if r["providers"] else "?",
             r["precision"],
-            *(f"{lat[k]:.2f}" for k in ("p50", "p90", "p99", "mean")),
+            *("-" if lat[k] is None else f"{lat[k]:.2f}" for k in ("p50", "p90", "p99", "mean")),
             f"{r['preprocess_ms']:.2f}",
             f"{r['postprocess_ms']:.2f}",
             f"{r['images_per_s']:.1f}",
