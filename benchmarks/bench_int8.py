@@ -271,6 +271,17 @@ def run(quick: bool = False, decoders: tuple[str, ...] = (), rounds: int | None 
     return result
 
 
+def unsteady_rows(rows: dict, tolerance: float = 0.25) -> dict[str, tuple[float, float]]:
+    """Rows whose `ms` (a median over rounds) over FP32's disagrees with their `vs_fp32` (a median of each round's
+    ratio) by more than `tolerance`: with a steady load the two agree; under a changing one they told opposite
+    stories (1.52x in ms, 0.73x as the ratio) without a word. {name: (ms ratio, vs_fp32)}."""
+    fp32 = next((row["ms"] for name, row in rows.items() if name.startswith("fp32")), None)
+    if not fp32:
+        return {}
+    return {name: (row["ms"] / fp32, row["vs_fp32"]) for name, row in rows.items()
+            if row["vs_fp32"] and abs(row["ms"] / fp32 / row["vs_fp32"] - 1) > tolerance}
+
+
 def report(result: dict) -> None:
     """One table per decoder: latency, ratios and integer-kernel share of every option."""
     load = result["load_average"]
@@ -287,6 +298,11 @@ def report(result: dict) -> None:
                   f"{row['integer_convs'] or '-':>14s} {acc}")
         for name, row in figures["batch8"].items():
             print(f"{name + ' (batch 8)':34s} {row['ms']:8.1f} {row['vs_fp32']:6.3f} {row['vs_pytorch']:7.3f}")
+        for batch in ("batch1", "batch8"):
+            for name, (from_ms, ratio) in unsteady_rows(figures[batch]).items():
+                print(f"note: {name} ({batch.replace('batch', 'batch ')}): its ms over FP32's is {from_ms:.2f}, its "
+                      f"/FP32 {ratio:.2f}; the load changed between rounds (the ratio, taken within each round, is "
+                      "the steadier figure): rerun on an idle machine")
         for target, figure in figures["targets"].items():
             if isinstance(figure, list):  # [measured, target, met]
                 value, goal, met = figure

@@ -355,3 +355,14 @@ def test_bench_runtime_says_when_the_bare_model_call_timed_slower_than_predict(m
         capsys.readouterr().out
     bench_runtime.report({**result, "measured": {**measured, "ort_infer_ms": 8.0}})
     assert "bare model call" not in capsys.readouterr().out
+
+
+def test_bench_int8_says_when_its_ms_and_ratio_columns_disagree(monkeypatch):
+    """Under a changing load the ms column (a median over rounds) said 1.52x FP32 and the ratio column (a median of
+    each round's ratio) 0.73x, side by side, without a word."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import bench_int8
+
+    rows = {"fp32": {"ms": 85.1, "vs_fp32": 1.0}, "int8 cpu": {"ms": 129.6, "vs_fp32": 0.726},
+            "int8 tensorrt": {"ms": 90.0, "vs_fp32": 1.02}}
+    assert bench_int8.unsteady_rows(rows) == {"int8 cpu": (pytest.approx(129.6 / 85.1), 0.726)}
