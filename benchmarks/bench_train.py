@@ -573,6 +573,11 @@ def main() -> None:
         parser.error("--only decoders runs on its own (its runs and table differ from the others')")
     if opts.only == ["decoders"] and not opts.variants:
         parser.error("--variants needs at least one variant name")
+    given = [flag for flag, used in (("--runs", opts.runs is not None), ("--train-only", opts.train_only),
+                                     ("--epochs", opts.epochs != 0), ("--variants", "--variants" in sys.argv))
+             if used]
+    if given and opts.only != ["decoders"]:  # each shapes --only decoders alone: ignored, it misled
+        parser.error(f"{given[0]} is for --only decoders; drop it, or run --only decoders")
     if opts.epochs < 0:
         parser.error(f"--epochs must be >= 0 (0: the quality settings' own), got {opts.epochs}")
     if opts.runs is not None and opts.runs.exists() and not opts.runs.is_dir():  # before a set is made for it

@@ -156,3 +156,11 @@ def _regions_table(split: dict) -> dict:
                 "pixel_share": round(n / total_n, 3), "rmse": round(float(np.sqrt(sse / n)), 3) if n else None,
                 "error_share": round(sse / total_sse, 3)}
     return out
+
+
+if __name__ == "__main__":  # a library of bench_decoder_ideas.py, beside the scripts: say where it runs
+    import sys
+
+    print("error_anatomy.py: error: it is run through bench_decoder_ideas.py: python benchmarks/bench_decoder_ideas.py "
+          "--data D --anatomy RUN [RUN ...]", file=sys.stderr)
+    sys.exit(2)

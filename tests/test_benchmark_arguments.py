@@ -39,6 +39,9 @@ CASES = [
     ("bench_decoder_ideas.py", ["--data", "{tmp}/d", "--variants", "unet-taskenc"],
      "unet-taskenc start from a trained encoder: give --encoder-from RUN"),
     ("bench_train.py", ["--only", "decoders", "quality"], "--only decoders runs on its own"),
+    ("bench_train.py", ["--only", "throughput", "--epochs", "3"], "--epochs is for --only decoders"),  # was ignored
+    ("bench_train.py", ["--only", "quality", "--runs", "{tmp}/r"], "--runs is for --only decoders"),
+    ("error_anatomy.py", ["--help", "--anatomy"], "it is run through bench_decoder_ideas.py"),  # said nothing, exit 0
     ("bench_train.py", ["--only", "decoders", "--epochs", "-1"], "--epochs must be >= 0"),
     ("bench_train.py", ["--only", "decoders", "--data", "{tmp}/d", "--runs", "{tmp}/full/notes.txt"],  # before the set
      "notes.txt: not a folder"),
