@@ -1,17 +1,37 @@
 """mde: monocular depth estimation from training to a depth map on a robot."""
 
-import os as _os
-
 __version__ = "0.1.0"
 
-# In a checkout, mde's subpackages are the folders beside this one (runtime/, train/, ...: pyproject's package-dir).
-# An editable install maps them; but `python -m mde` or `import mde.runtime` run from the checkout's root, with a
-# regular install in the environment, imports this folder and then found no mde.runtime. Look beside it there too.
-_here = _os.path.dirname(_os.path.abspath(__file__))
-if not _os.path.isdir(_os.path.join(_here, "runtime")) and \
-        _os.path.isfile(_os.path.join(_os.path.dirname(_here), "runtime", "__init__.py")):
-    __path__.append(_os.path.dirname(_here))  # noqa: F821 - a package's own __path__
-del _here
+
+def _find_checkout_subpackages() -> None:
+    """In a checkout, mde's subpackages are the folders beside this one (runtime/, train/, ...: pyproject's
+    package-dir), which an editable install maps. `python -m mde` or `import mde.runtime` run from the checkout's
+    root with a regular install in the environment imports this folder instead, and found no mde.runtime there: map
+    those five folders then, and nothing else (the checkout's tests/ or benchmarks/ are no part of mde)."""
+    import importlib.abc
+    import importlib.util
+    import os
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    folders = {f"mde.{name}": os.path.join(os.path.dirname(here), name)
+               for name in ("data", "train", "export", "calibration", "runtime")}
+    if os.path.isdir(os.path.join(here, "runtime")) or not os.path.isfile(os.path.join(folders["mde.runtime"],
+                                                                                       "__init__.py")):
+        return  # an installed mde (its subpackages inside it), or no checkout around it
+    if importlib.util.find_spec("mde.runtime") is not None:
+        return  # an editable install's finder maps them
+
+    class CheckoutFolders(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, path: object = None, target: object = None) -> object:
+            folder = folders.get(name)
+            return None if folder is None else importlib.util.spec_from_file_location(
+                name, os.path.join(folder, "__init__.py"), submodule_search_locations=[folder])
+
+    sys.meta_path.append(CheckoutFolders())
+
+
+_find_checkout_subpackages()
 
 
 def entry() -> None:

@@ -48,6 +48,17 @@ def test_the_checkout_imports_its_subpackages_without_an_editable_install(runtim
     done = _python(runtime_only, "-c", "import mde.runtime, mde.data, mde.export.config; print(mde.runtime.__file__)")
     assert done.returncode == 0, done.stderr
     assert Path(done.stdout.strip()) == REPO / "runtime" / "__init__.py"
+    for other in ("mde.tests", "mde.benchmarks", "mde.mde"):  # the checkout's other folders are no part of mde
+        done = _python(runtime_only, "-c", f"import {other}")
+        assert done.returncode == 1 and f"No module named '{other}'" in done.stderr, (other, done.stderr)
+
+
+def test_an_editable_install_maps_mde_as_it_did():
+    """Its own finder maps the subpackages: mde's path stays its folder alone, with no second finder."""
+    import mde
+
+    assert mde.__path__ == [str(REPO / "mde")]
+    assert not [finder for finder in sys.meta_path if type(finder).__name__ == "CheckoutFolders"]
 
 
 def test_a_runtime_only_install_runs_the_robot_commands(runtime_only, tiny_export):

@@ -124,7 +124,11 @@ def test_a_cuda_provider_without_its_libraries_says_how_to_get_them(gpu_machine,
     needed = eps.elf_needed(CAPI / "libonnxruntime_providers_cuda.so")
     monkeypatch.setattr(eps, "load_library", _loader({n for n in needed if n.startswith("libcublas")}))
     problem = eps.provider_problem(CUDA_EP)
-    assert "libcublas" in problem and problem.endswith(f"({eps.CUDA_LIBRARIES_HINT})"), problem
+    assert "libcublas" in problem and problem.endswith(f"({eps.cuda_libraries_hint(needed)})"), problem
+    major = next(n for n in needed if n.startswith("libcublas")).rsplit(".so.", 1)[1]  # this onnxruntime's CUDA
+    assert eps.CUBLAS_WHEELS[major] in problem  # a CUDA 12 build's hint named CUDA 13's cuBLAS
+    assert "nvidia-cublas-cu12" in eps.cuda_libraries_hint(["libcublasLt.so.12", "libcudnn.so.9"])
+    assert "'nvidia-cublas>=13,<14'" in eps.cuda_libraries_hint(["libcublasLt.so.13"])
     eps.provider_problem.cache_clear()
     monkeypatch.setattr(eps, "load_library", _loader({"libcuda.so.1"}))  # no driver: no wheel gives it
     assert eps.provider_problem(CUDA_EP) == "libonnxruntime_providers_cuda.so needs libcuda.so.1, not found"

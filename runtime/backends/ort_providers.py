@@ -31,10 +31,18 @@ PROVIDER_LIBRARIES = {
     TRT_EP: "libonnxruntime_providers_tensorrt.so",
     CUDA_EP: "libonnxruntime_providers_cuda.so",
 }
-# The CUDA 13 and cuDNN 9 libraries onnxruntime-gpu 1.31's CUDA provider links, from PyPI (torch's install brings them;
-# onnxruntime-gpu's `cuda` extra lacks cuBLAS), for a torch-free install
-CUDA_LIBRARIES_HINT = ("without torch, pip install 'onnxruntime-gpu[cuda,cudnn]' 'nvidia-cublas>=13,<14'; or install "
-                       "the CUDA toolkit and cuDNN this onnxruntime was built for")
+# The cuBLAS wheel of each CUDA major, which onnxruntime-gpu's `cuda` extra lacks (torch's install brings it)
+CUBLAS_WHEELS = {"12": "nvidia-cublas-cu12", "13": "'nvidia-cublas>=13,<14'"}
+
+
+def cuda_libraries_hint(missing: Sequence[str]) -> str:
+    """Where a torch-free install gets the CUDA and cuDNN libraries the CUDA provider links, by the CUDA major its
+    sonames name (`libcublasLt.so.13`: onnxruntime-gpu 1.31's; `.so.12`: the 1.19-1.2x builds')."""
+    major = next((name.rsplit(".so.", 1)[1].split(".")[0] for name in missing
+                  if name.startswith(("libcublas", "libcudart", "libcurand", "libcufft")) and ".so." in name), None)
+    wheels = f"'onnxruntime-gpu[cuda,cudnn]' {CUBLAS_WHEELS[major]}" if major in CUBLAS_WHEELS \
+        else "'onnxruntime-gpu[cuda,cudnn]'"
+    return f"without torch, pip install {wheels}; or install the CUDA toolkit and cuDNN this onnxruntime was built for"
 # Loaded by the providers when they run, so not among their ELF needed entries: onnxruntime-gpu 1.31's CUDA
 # provider opens cuDNN 9 at its first convolution ("cuDNN library was not found"), after the session was made
 RUNTIME_LOADED = ("libcudnn.so.9",)
@@ -171,7 +179,7 @@ def provider_problem(provider: str) -> str:
         return ""
     problem = f"{library.name} needs {', '.join(missing)}, not found"
     if provider == CUDA_EP and set(missing) - {"libcuda.so.1"}:  # the driver's own is not a wheel's
-        problem += f" ({CUDA_LIBRARIES_HINT})"
+        problem += f" ({cuda_libraries_hint(missing)})"
     return problem
 
 
