@@ -554,6 +554,9 @@ def run(quick: bool = False,
         return results
 
 
+DEFAULT_VARIANTS = ["report-flips", "unet-flips"]  # --only decoders: the default decoder and the report's, same recipe
+
+
 def main() -> None:
     parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -562,8 +565,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None,
                         help="the synthetic set (made here when missing)")
     parser.add_argument("--runs", type=Path, default=None, help="decoders: keep (and reuse) the runs here")
-    parser.add_argument("--variants", nargs="*", default=["report-flips", "unet-flips"], choices=list(VARIANTS),
-                        help="decoders: what to train and compare; ratios are to the first")
+    parser.add_argument("--variants", nargs="*", default=None, choices=list(VARIANTS),
+                        help="decoders: what to train and compare; ratios are to the first "
+                             f"(default: {' '.join(DEFAULT_VARIANTS)})")
     parser.add_argument("--train-only", action="store_true", help="decoders: train, skip the table")
     parser.add_argument("--epochs", type=int, default=0, help="decoders: override the quality epochs (0: keep)")
     opts = parser.parse_args()
@@ -571,11 +575,12 @@ def main() -> None:
         parser.error("--only needs at least one benchmark name")
     if "decoders" in opts.only and opts.only != ["decoders"]:
         parser.error("--only decoders runs on its own (its runs and table differ from the others')")
-    if opts.only == ["decoders"] and not opts.variants:
+    if opts.only == ["decoders"] and opts.variants == []:
         parser.error("--variants needs at least one variant name")
     given = [flag for flag, used in (("--runs", opts.runs is not None), ("--train-only", opts.train_only),
-                                     ("--epochs", opts.epochs != 0), ("--variants", "--variants" in sys.argv))
+                                     ("--epochs", opts.epochs != 0), ("--variants", opts.variants is not None))
              if used]
+    opts.variants = DEFAULT_VARIANTS if opts.variants is None else opts.variants
     if given and opts.only != ["decoders"]:  # each shapes --only decoders alone: ignored, it misled
         parser.error(f"{given[0]} is for --only decoders; drop it, or run --only decoders")
     if opts.epochs < 0:

@@ -43,8 +43,10 @@ def main() -> None:
     here = machine()
     kept = earlier_results(opts.out, skip=opts.only)  # `--only runtime` after a full run: the rest stay
     if kept:
-        print(f"kept from {opts.out}: " + ", ".join(f"{name}{' (quick)' if entry.get('quick') else ''}"
-                                                   for name, entry in kept.items()))
+        print(f"kept from {opts.out}: " + ", ".join(
+            name + "".join(f" ({note})" for note, said in (("quick", entry.get("quick")),
+                                                          ("another machine", entry.get("machine") != here)) if said)
+            for name, entry in kept.items()))
     results: dict[str, dict] = {**kept, "machine": here}
     for i, name in enumerate(opts.only):
         print(f"\n=== bench_{name} ===", flush=True)
@@ -69,8 +71,11 @@ def earlier_results(path: Path, skip: list[str]) -> dict[str, dict]:
         return {}
     if not isinstance(doc, dict):
         return {}
-    return {name: entry for name, entry in doc.items() if name in BENCHES and name not in skip
+    kept = {name: entry for name, entry in doc.items() if name in BENCHES and name not in skip
             and isinstance(entry, dict)}
+    for entry in kept.values():  # an earlier version's entries: the file's one machine was theirs
+        entry.setdefault("machine", doc.get("machine"))
+    return kept
 
 
 if __name__ == "__main__":

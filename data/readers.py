@@ -276,7 +276,8 @@ class FolderDataset(PairedFiles):
 
     def __init__(self, root: str | Path, split: str = "val", depth_scale: float = MM_PER_M):
         if split == "all":  # `--split all`: it named a folder all/ that is no part of the format
-            raise InputError("split 'all' (every image) is an NYU file's; a dataset folder has train/ and val/", root)
+            raise InputError("split 'all' (every image) is an NYU file's or KITTI's selection's; a dataset folder has "
+                             "train/ and val/", root)
         folder = Path(root) / split
         rgb_dir, depth_dir = folder / "rgb", folder / "depth"
         for sub in (folder, rgb_dir, depth_dir):
@@ -522,7 +523,7 @@ def _open_dataset(path: str | Path, split: str, fmt: str,
     if fmt not in FORMATS:
         raise InputError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if split not in NYUDataset.SPLITS:  # a split's name, never a path into another folder (`../other/val`)
-        raise InputError(f"unknown split {split!r}; expected train, val (an NYU file: also all)")
+        raise InputError(f"unknown split {split!r}; expected train, val (an NYU file or KITTI's selection: also all)")
     if not path.exists():
         raise DataError("dataset not found", path)
     if fmt == "auto":
@@ -725,7 +726,8 @@ def note_trained_depth_scale(model: str | Path, trained: float | None, used: flo
 
     if trained is not None and used is not None and trained != used and has_png_depth(data):
         advice = ("as its meta.json declares" if declared_depth_scale(data) is not None  # the option would be refused
-                  else "KITTI's own scale: the model was trained on other data" if kitti_selection(Path(data))
+                  else "KITTI's own scale: the model was trained on other data"
+                  if used == KITTI_DEPTH_SCALE and kitti_selection(Path(data))
                   else f"give --depth-scale {trained:g} if it is the same data")
         info(f"note: {model} was trained on PNG depth read at {trained:g} units per metre; {data}'s is read at "
              f"{used:g} here ({advice})")

@@ -38,7 +38,7 @@ class ExportConfig:
         out: the export folder.
         precisions: ONNX artifacts to write, from fp32, fp16, int8.
         engine: also build `model.engine` (TensorRT 11) from the first precision's ONNX.
-        calib_data: dataset folder for INT8 calibration (needed by int8).
+        calib_data: dataset for INT8 calibration, a folder or an NYU file, or a folder of images (needed by int8).
         calib_images: calibration images drawn from it.
         calib_allow_few: accept fewer than the calibration stage's minimum number of images.
         opset: ONNX opset (MIN_OPSET to `max_opset()`).
@@ -174,7 +174,7 @@ def validate(cfg: ExportConfig) -> None:
         raise InputError(f"--precision repeated: {', '.join(cfg.precisions)}")
     if "int8" in cfg.precisions:
         if cfg.calib_data is None:
-            raise InputError("--precision int8 needs calibration images: pass --calib-data DIR")
+            raise InputError("--precision int8 needs calibration images: pass --calib-data DATASET")
         if not Path(cfg.calib_data).exists():  # a folder, or an NYU file, as `mde calibrate --data` takes
             raise InputError("calibration data not found", cfg.calib_data)
         if cfg.calib_images < 1:

@@ -8,7 +8,7 @@ import numbers
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from mde.runtime.backends.base import Runner, open_runner, providers_refused, ru
 from mde.runtime.images import to_rgb8
 from mde.runtime.metadata import MAX_INPUT_SIDE, OUTPUT_NAME, PREPROCESS, ModelMetadata
 from mde.runtime.preprocess import postprocess, preprocess
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +204,7 @@ class DepthEstimator:
         check_depth_output(depth, self.metadata.max_depth, self.runner.path)
         return depth
 
-    def predict(self, rgb: np.ndarray) -> np.ndarray:
+    def predict(self, rgb: np.ndarray | Image) -> np.ndarray:
         """H x W x 3 uint8 RGB -> H x W float32 depth in metres, at the image's resolution.
 
         Grayscale, RGBA, 16-bit and float [0, 1] images are converted first; a PIL image is taken as its pixels,
@@ -212,7 +215,7 @@ class DepthEstimator:
         out = self.infer(preprocess([rgb], self.network_size(*size)))
         return postprocess(out[0], size, self.metadata.max_depth)
 
-    def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def predict_batch(self, images: Sequence[np.ndarray | Image]) -> list[np.ndarray]:
         """Several images of any sizes -> their depth maps, in order.
 
         Images that run at the same network size go through the model together, in chunks

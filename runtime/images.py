@@ -220,7 +220,7 @@ def _decode(img: Image.Image, path: Path) -> np.ndarray:
         img.close()
 
 
-def to_rgb8(array: np.ndarray, source: str | Path = "image", by_value: bool = False) -> np.ndarray:
+def to_rgb8(array: np.ndarray | Image.Image, source: str | Path = "image", by_value: bool = False) -> np.ndarray:
     """Convert gray, gray+alpha, RGBA and 16-bit/float images to H x W x 3 uint8 RGB.
 
     Args:
@@ -262,7 +262,21 @@ def to_rgb8(array: np.ndarray, source: str | Path = "image", by_value: bool = Fa
 
 def _pil_pixels(img: Image.Image, source: str | Path, upright: bool = False) -> np.ndarray:
     """A PIL image's pixels, as `read_rgb` reads a file's: `np.asarray` gave a palette image's indices (read as grey)
-    and CMYK's four channels (read as RGBA); such modes are converted to RGB. `upright`: turned as its EXIF says."""
+    and CMYK's four channels (read as RGBA); such modes are converted to RGB. `upright`: turned as its EXIF says.
+
+    One opened lazily (`Image.open`) is checked as a file is before it decodes (the pixel limit); a PNG of 16 bits a
+    channel, which Pillow decodes to its high bytes (8-bit values black), is read from its file where it has one."""
+    closed = "the PIL image is closed (its `with Image.open(...)` block has ended); pass it open, or its file"
+    if img.tile and getattr(img, "fp", None) is None:  # opened lazily, then closed: nothing left to decode from
+        _refuse(closed, source)
+    if img.width * img.height > MAX_PIXELS:
+        _refuse(f"image is {img.width}x{img.height}, larger than the {MAX_PIXELS} pixel limit", source)
+    if _png_rawmode(img) in (*_COLOUR_16BIT, _HIGH_BYTE_ONLY):  # not decoded yet, so as its file holds it
+        name = getattr(img, "filename", "")
+        if name and os.path.isfile(name):
+            return read_rgb(name, upright=upright)
+        log.warning("%s: a PNG of 16 bits a channel, read from its high bytes only (values below 256 come out black); "
+                    "give read_rgb the file or its bytes", source)
     try:
         with _pillow_quiet():  # "Palette images with Transparency ...", "Corrupt EXIF data"
             img.load()  # one opened lazily (`Image.open`): a damaged file fails here
@@ -272,6 +286,8 @@ def _pil_pixels(img: Image.Image, source: str | Path, upright: bool = False) -> 
                 img = img.convert("RGB")
             return np.array(img)  # a copy: the image may be drawn on after
     except CORRUPT as err:
+        if "closed image" in str(err):  # Pillow's "Operation on closed image": decoded, then closed
+            _refuse(closed, source)
         _refuse(f"truncated, corrupt or unsupported image ({err})", source)
 
 

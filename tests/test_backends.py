@@ -182,7 +182,7 @@ def test_runner_takes_a_big_endian_feed_as_its_numbers(runner):
     x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
     np.testing.assert_array_equal(runner.infer({"image": x.astype(">f4")})["depth"], runner.infer({"image": x})["depth"])
     with pytest.raises(InputError, match=r"expected dtype float32, got float64 \(>f8: other byte order\)"):
-        runner.check_feed({"image": x.astype(">f8")})
+        runner.infer({"image": x.astype(">f8")})
 
 
 def test_runner_infers_batches(runner):
@@ -483,7 +483,12 @@ def test_a_mistyped_option_is_refused_by_every_backend(backend, suffix, tmp_path
      "256 onnxruntime::Model::Model(args) Unsupported model IR version: 13",
      "[ONNXRuntimeError] : 1 : FAIL : Load model from m.onnx failed: Unsupported model IR version: 13"),
     ("tensorprotoutils.cc:1876 GetExtData External data path does not exist", "External data path does not exist"),
-], ids=["return-type", "qualified", "plain"])
+    ("Status Message: conv.cc:123 virtual onnxruntime::common::Status onnxruntime::Conv<float>::Compute(onnxruntime::"
+     "OpKernelContext*) const X num_dims does not match W num_dims", "Status Message: X num_dims does not match W num_dims"),
+    ("expr=cudaMalloc; /onnxruntime_src/onnxruntime/core/providers/cuda/cuda_call.cc:123 std::conditional_t<THRW, void, "
+     "onnxruntime::common::Status> onnxruntime::CudaCall(ERRTYPE, const char*, int) [with ERRTYPE = cudaError; bool "
+     "THRW = true] out of memory", "expr=cudaMalloc; out of memory"),
+], ids=["return-type", "qualified", "plain", "virtual", "template"])
 def test_ort_reason_drops_the_cpp_frame(raw, said):
     """An out-of-memory message kept `bfc_arena.cc:360 void* onnxruntime::BFCArena::AllocateRawInternal(...)`: a
     frame with a return type before its name was not recognised."""

@@ -41,6 +41,7 @@ CASES = [
     ("bench_train.py", ["--only", "decoders", "quality"], "--only decoders runs on its own"),
     ("bench_train.py", ["--only", "throughput", "--epochs", "3"], "--epochs is for --only decoders"),  # was ignored
     ("bench_train.py", ["--only", "quality", "--runs", "{tmp}/r"], "--runs is for --only decoders"),
+    ("bench_train.py", ["--only", "quality", "--var=unet-flips"], "--variants is for --only decoders"),
     ("error_anatomy.py", ["--help", "--anatomy"], "it is run through bench_decoder_ideas.py"),  # said nothing, exit 0
     ("bench_train.py", ["--only", "decoders", "--epochs", "-1"], "--epochs must be >= 0"),
     ("bench_train.py", ["--only", "decoders", "--data", "{tmp}/d", "--runs", "{tmp}/full/notes.txt"],  # before the set
@@ -295,10 +296,11 @@ def test_run_only_one_benchmark_keeps_the_others_and_says_where_each_ran(tmp_pat
     monkeypatch.setattr(sys, "argv", ["run.py", "--only", "synth", "--quick", "--out", str(out)])
     runner.main()
     saved = json.loads(out.read_text())
-    assert saved["memory"] == {"peak_mb": 5.0, "quick": True} and saved["synth"]["images_per_s"] == 9.0
+    assert saved["memory"] == {"peak_mb": 5.0, "quick": True, "machine": {"cpu": "x86_64"}}  # the file's machine
+    assert saved["synth"]["images_per_s"] == 9.0
     assert saved["synth"]["quick"] is True and saved["synth"]["machine"] == saved["machine"]
     assert saved["machine"]["cpu"] != "x86_64" and "cores" in saved["machine"] and "cpu_flags" in saved["machine"]
-    assert f"kept from {out}: memory (quick)" in capsys.readouterr().out
+    assert f"kept from {out}: memory (quick) (another machine)" in capsys.readouterr().out
 
 
 def test_bench_int8_tables_label_their_columns_and_targets(monkeypatch, capsys):

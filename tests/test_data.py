@@ -313,8 +313,8 @@ def test_an_nyu_file_another_process_holds_open_is_read(tmp_path):
 def test_a_folder_dataset_is_told_what_split_all_and_kittis_other_sets_are(synth_data, tmp_path):
     """`--split all` named a folder all/ the format has not; KITTI's annotated set was told only that rgb/ and depth/
     were missing."""
-    with pytest.raises(InputError, match=rf"^{synth_data}: split 'all' \(every image\) is an NYU file's; a dataset "
-                                         r"folder has train/ and val/$"):
+    with pytest.raises(InputError, match=rf"^{synth_data}: split 'all' \(every image\) is an NYU file's or KITTI's "
+                                         r"selection's; a dataset folder has train/ and val/$"):
         open_dataset(synth_data, "all")
     annotated = tmp_path / "data_depth_annotated"
     (annotated / "val" / "2011_09_26_drive_0002_sync" / "proj_depth" / "groundtruth" / "image_02").mkdir(parents=True)
@@ -344,6 +344,8 @@ def test_kittis_own_scale_is_not_advised_against(tmp_path, capsys):
     note_trained_depth_scale("m.onnx", 1000.0, 256.0, selection)
     assert capsys.readouterr().err.endswith("is read at 256 here (KITTI's own scale: the model was trained on other "
                                             "data)\n")
+    note_trained_depth_scale("m.onnx", 256.0, 1000.0, selection)  # --depth-scale 1000 given on KITTI: the usual advice
+    assert capsys.readouterr().err.endswith("is read at 1000 here (give --depth-scale 256 if it is the same data)\n")
 
 
 def test_nyu_mat_layout_is_transposed(tmp_path):

@@ -918,6 +918,33 @@ def test_a_pil_image_is_read_as_its_file_is(onnx_path, tmp_path):
         with Image.open(tmp_path / "cut.png") as cut, \
                 pytest.raises(InputError, match=r"^<PIL image>: truncated, corrupt or unsupported image"):
             read_rgb(cut)
+        with Image.open(tmp_path / "p.png") as closed:  # never decoded: its file is gone with the block
+            pass
+        decoded = Image.open(tmp_path / "p.png")
+        decoded.load()
+        decoded.close()  # its pixels too (a `with` block's end keeps a decoded image's)
+        for image in (closed, decoded):
+            with pytest.raises(InputError, match=r"^image: the PIL image is closed \(its `with Image.open"):
+                est.predict(image)
+    # 16 bits a channel holding 8-bit values: Pillow decodes the high bytes (black); its file is read as a file is
+    deep = tmp_path / "deep.png"
+    with open(deep, "wb") as out:  # Pillow writes no 16-bit colour PNG: a minimal one, by hand
+        import struct
+        import zlib
+
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+        rows = b"".join(b"\0" + rgb[y].astype(">u2").tobytes() for y in range(64))
+        out.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 64, 64, 16, 2, 0, 0, 0))
+                  + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    with Image.open(deep) as img:
+        np.testing.assert_array_equal(read_rgb(img), rgb)
+    # one opened lazily is refused from its size, as a file is, before it decodes
+    big = tmp_path / "big.png"
+    Image.new("L", (9000, 8000)).save(big)
+    with Image.open(big) as img, pytest.raises(InputError, match=r"image is 9000x8000, larger than the 67108864"):
+        read_rgb(img)
 
 
 def test_conversion_notes_of_images_in_memory_are_said_once(onnx_path, caplog, monkeypatch):

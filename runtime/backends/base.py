@@ -103,8 +103,9 @@ class Runner(abc.ABC):
         if not self.is_active:
             raise self.not_active()
         if isinstance(feed, dict):  # big-endian float32 (read from a file) is the same numbers: run in native order
-            feed = {name: array.astype(array.dtype.newbyteorder("="))
-                    if isinstance(array, np.ndarray) and not array.dtype.isnative else array
+            feed = {name: array.astype(array.dtype.newbyteorder("=")) if isinstance(array, np.ndarray)
+                    and not array.dtype.isnative and name in self.input_specs
+                    and array.dtype.newbyteorder("=") == self.input_specs[name].dtype else array
                     for name, array in feed.items()}
         self.check_feed(feed)
         return self._infer_impl(feed)

@@ -210,7 +210,9 @@ def ort_reason(err: Exception) -> str:
     and shortened where long."""
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     frame = r"(?:/\S+/)?[\w.]+\.(?:cc|cpp|h):\d+ "  # where: `/onnxruntime_src/.../bfc_arena.cc:360 `
-    name = r"(?:[\w:<>]+[*&]* (?=[\w~]+::))?[\w:~]+(?:\([^()]*\))?(?: const)? "  # a return type before a qualified name
+    # a function: its return type's words (`void* `, `virtual onnxruntime::common::Status `, a template's), its name and
+    # parameters, `const`, a template's `[with ...]`; or a bare name (`GetExtData `)
+    name = r"(?:(?:[\w:<>,*&]+ )*?[\w:~<>]+\([^()]*\)(?: const)?(?: \[with [^\]]*\])?|[\w:~]+) "
     first = re.sub(frame + name, " ", first)
     first = re.sub(r"\s{2,}", " ", first).strip()  # where a frame stood
     if len(first) > 300:  # ORT's reason comes last, after the C++ frame it was raised in
@@ -342,7 +344,7 @@ class OnnxRuntimeRunner(Runner):
         return list(self.requested_providers or [])
 
     def _infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        # InferenceSession.run is thread-safe; nothing here mutates the runner.
+        # InferenceSession.run is thread-safe; of the runner, only `_run_options`'s last run size changes here.
         session = self._session  # one read: a `deactivate` from another thread may clear it meanwhile
         if session is None:
             raise self.not_active()
