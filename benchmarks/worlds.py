@@ -30,7 +30,7 @@ def fixed_camera() -> AbstractContextManager:
         forward = scene["rot"][:, 2]  # the camera's z axis in the world
         pitch = float(np.radians(FIXED_CAMERA["pitch_deg"]))
         scene["hfov"], scene["pitch"] = float(np.radians(FIXED_CAMERA["hfov_deg"])), pitch
-        scene["rot"] = world._rot(float(np.arctan2(forward[0], forward[2])), pitch, 0.0)
+        scene["rot"], scene["roll"] = world._rot(float(np.arctan2(forward[0], forward[2])), pitch, 0.0), 0.0
         scene["origin"][1] = FIXED_CAMERA["height_m"]
         return scene
 

@@ -4,9 +4,9 @@ OUT/{train,val}/rgb/NAME.png (8-bit RGB), OUT/{train,val}/depth/NAME.png (16-bit
 OUT/{train,val}/mask/NAME.png (8-bit regions: 0 structure, 1 object, 255 sky) with NAME = the
 zero-padded index, plus OUT/meta.json: generator and version, seed, counts,
 size, max/min depth and the depth PNG scale, and OUT/cameras.json: under [split][name], each image's
-intrinsics (fx, fy, cx, cy; pixel centres at integer coordinates) and camera (height_m,
-pitch_deg, hfov_deg, scene kind). Sets made before cameras.json hold that under meta.json's "cameras"
-(`read_cameras` takes both). Image i of a split is rendered from
+intrinsics (fx, fy, cx, cy; pixel centres at integer coordinates) and camera (height_m, pitch_deg, positive
+looking down, roll_deg, hfov_deg, scene kind). Sets made before cameras.json hold that under meta.json's
+"cameras" (`read_cameras` takes both). Image i of a split is rendered from
 SeedSequence([seed, split index, i]), so files are byte-identical for a seed whatever the
 number of workers.
 """
@@ -180,8 +180,8 @@ def _check_request(train: int, val: int, size: int, seed: int) -> None:
         raise InputError(f"--train and --val ask for {train + val} images; one run makes at most {MAX_IMAGES:,}")
     if train + val == 0:
         raise InputError("--train and --val are both 0: no images to write")
-    if seed < 0:
-        raise InputError(f"--seed must be >= 0, got {seed}")
+    if not 0 <= seed < 2**32:  # numpy's SeedSequence drops trailing zero words: 2**32 + k drew seed k's images
+        raise InputError(f"--seed must be 0 to {2**32 - 1}, got {seed}")
     if not 16 <= size <= 4096:
         raise InputError(f"--size must be 16 to 4096 pixels, got {size}")
 
@@ -263,7 +263,8 @@ class _pool:
         if self.workers > 1:
             from concurrent.futures import ProcessPoolExecutor
 
-            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_die_with_parent, initargs=(os.getpid(),))
         return self.pool
 
     def __exit__(self, *exc) -> None:
@@ -278,6 +279,25 @@ class _pool:
                 for process in list(self.pool._processes.values()):  # no public terminate() in the executor;
                     process.kill()  # SIGKILL: a SIGTERM that mde was started ignoring is ignored by them too
             self.pool.shutdown(wait=True)
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a worker: end with the parent. Killed alone (SIGKILL, the OOM killer), it left its workers waiting for work
+    for good, each holding both ends of the job pipe, so none ever read its end. Linux's parent-death signal; where
+    there is none (or the parent is gone already), nothing, or an exit now."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux
+        return
+    if os.getppid() != parent:  # it died before the signal was asked for
+        os._exit(1)
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @contextlib.contextmanager

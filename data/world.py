@@ -192,7 +192,7 @@ def _sample_scene(rng: np.random.Generator) -> dict:
     hfov = float(np.radians(rng.uniform(50, 90)))
     pitch = float(np.radians(rng.uniform(-5, 30)))
     roll = float(np.radians(rng.uniform(-4, 4)))
-    scene: dict = {"kind": kind, "hfov": hfov, "pitch": pitch, "objects": []}
+    scene: dict = {"kind": kind, "hfov": hfov, "pitch": pitch, "roll": roll, "objects": []}
     mats = {"floor": _random_material(rng)}
     if kind == "open":
         height, cam_xz, yaw = rng.uniform(0.6, 3.0), np.zeros(2), float(rng.uniform(-np.pi, np.pi))
@@ -336,7 +336,8 @@ def render_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nd
 
     Returns:
         (rgb H x W x 3 uint8, depth H x W float32 metres along the optical axis, intrinsics dict
-        with fx, fy, cx, cy and the camera's height_m, pitch_deg, hfov_deg, scene kind).
+        with fx, fy, cx, cy and the camera's height_m, pitch_deg (positive: looking down), roll_deg,
+        hfov_deg, scene kind).
     """
     return draw_scene(_sample_scene(rng), size)
 
@@ -408,6 +409,7 @@ def _draw(scene: dict, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, d
     mask = np.where(sky, MASK_INVALID, np.where(oid >= 0, MASK_OBJECT, MASK_STRUCTURE)).astype(np.uint8)
     intr = {"fx": float(f), "fy": float(f), "cx": float(c), "cy": float(c),
             "height_m": round(float(o[1]), 4), "pitch_deg": round(float(np.degrees(scene["pitch"])), 3),
+            "roll_deg": round(float(np.degrees(scene.get("roll", 0.0))), 3),
             "hfov_deg": round(float(np.degrees(scene["hfov"])), 3),
             "scene": scene["kind"]}
     return rgb8, depth, mask, intr

@@ -56,7 +56,7 @@ def test_small_objects_halves_each_placed_object_where_it_stood():
 
 def test_fixed_camera_gives_every_scene_one_camera():
     for plain, fixed in zip(_scenes(), _scenes(bench_worlds.fixed_camera), strict=True):
-        assert fixed["hfov"] == pytest.approx(np.radians(bench_worlds.FIXED_CAMERA["hfov_deg"]))
+        assert fixed["hfov"] == pytest.approx(np.radians(bench_worlds.FIXED_CAMERA["hfov_deg"])) and fixed["roll"] == 0
         assert fixed["origin"][1] == pytest.approx(bench_worlds.FIXED_CAMERA["height_m"])
         np.testing.assert_allclose(fixed["origin"][[0, 2]], plain["origin"][[0, 2]])
         assert len(fixed["objects"]) == len(plain["objects"])

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +134,7 @@ def test_synthesize_folder_format_and_meta(tmp_path):
             assert mm.min() >= MIN_DEPTH * 1000 and mm.max() <= MAX_DEPTH * 1000
             cam = cameras[split][name]
             assert cam["fx"] == pytest.approx(20 / np.tan(np.radians(cam["hfov_deg"]) / 2), rel=1e-4)
+            assert -4 <= cam["roll_deg"] <= 4 and -5 <= cam["pitch_deg"] <= 30  # the world's draws
 
 
 def test_written_pngs_decode_to_the_rendered_arrays(tmp_path):
@@ -243,7 +249,8 @@ def test_workers_are_capped_by_the_images(tmp_path, monkeypatch):
     ("kwargs", "match"),
     [({"train": 0, "val": 0}, "--train and --val are both 0: no images to write"),
      ({"train": -1}, "--train and --val must be >= 0, got -1 and"), ({"size": 8}, "--size must be 16 to 4096"),
-     ({"seed": -1}, "--seed must be >= 0, got -1"),
+     ({"seed": -1}, "--seed must be 0 to 4294967295, got -1"),
+     ({"seed": 2**32}, "--seed must be 0 to 4294967295, got 4294967296"),  # it drew seed 0's images
      # its job list alone filled 24 GiB before the first image, and the kernel killed the run
      ({"train": 10**26}, "ask for 100000000000000000000000001 images; one run makes at most 1,000,000")],
 )
@@ -280,3 +287,29 @@ def test_meta_json_stays_small_whatever_the_count(tmp_path):
     (out / "cameras.json").unlink()  # a set made before cameras.json: the cameras in meta.json
     (out / "meta.json").write_text(json.dumps({**meta, "cameras": {"train": {"000000": {"fx": 1.0}}, "val": {}}}))
     assert read_cameras(out)["train"] == {"000000": {"fx": 1.0}} and dataset_max_depth(out) == meta["max_depth"]
+
+
+def test_rendering_workers_end_with_a_parent_killed_alone(tmp_path):
+    """SIGKILL to `mde data synth --workers 2` alone (the OOM killer) left both workers waiting for work for good."""
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-m", "mde", "data", "synth", str(tmp_path / "d"), "--train", "4000",
+                             "--val", "1", "--size", "64", "--workers", "2"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        workers: list = []
+        while time.monotonic() < deadline and len(workers) < 2:
+            time.sleep(0.2)
+            workers = [c for c in psutil.Process(proc.pid).children() if "resource_tracker" not in " ".join(c.cmdline())]
+        assert len(workers) >= 2, "no workers started"
+        time.sleep(2)  # at work on their first chunks
+        proc.kill()
+        proc.wait()
+        gone, alive = psutil.wait_procs(workers, timeout=15)
+        assert not alive, [p.pid for p in alive]
+    finally:
+        proc.kill()
+        for worker in workers:  # what the test found alive is not left behind
+            with contextlib.suppress(psutil.Error):
+                worker.kill()

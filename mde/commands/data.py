@@ -21,7 +21,8 @@ def synth(
     train: int = typer.Option(_D.train, "--train", min=0, help="Training pairs."),
     val: int = typer.Option(_D.val, "--val", min=0, help="Validation pairs."),
     size: int = typer.Option(_D.size, "--size", min=16, max=4096, help="Image height and width (px)."),
-    seed: int = typer.Option(_D.seed, "--seed", help="Dataset seed (same seed, same bytes)."),
+    seed: int = typer.Option(_D.seed, "--seed",
+                             help="Dataset seed, 0 to 2^32-1 (same seed, same bytes on one machine)."),
     workers: int = typer.Option(_D.workers, "--workers", min=0,
                                 help="Rendering processes, at most one per CPU (0: two from 64 images up, else one)."),
     force: bool = typer.Option(False, "--force", help="Replace train/ and val/ (whole: files of your own in them "
