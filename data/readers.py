@@ -247,6 +247,10 @@ def _refuse_unpaired(path: Path, other: Path, stem: str, suffixes: tuple[str, ..
     if twin is not None:
         raise DataError(f"{problem}: {other.name}/{twin.name} looks the same but is written in another Unicode form "
                         "(composed or decomposed accents, as macOS writes them); give both the same form", path)
+    unread = next((e for e in sorted(other.glob(f"{glob.escape(stem)}.*")) if e.is_file()), None)
+    if unread is not None:  # `img001.gif` or `.heic` beside `depth/img001.png`: the format is the problem
+        raise DataError(f"a file of a format the dataset reader does not take here ({' '.join(suffixes)}); "
+                        "convert it", unread)
     expected = f"{other.name}/{stem}{suffixes[0]}" + (f" or {suffixes[1]}" if len(suffixes) > 1 else "")
     raise DataError(f"{problem} (expected {expected})", path)
 

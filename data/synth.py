@@ -134,6 +134,7 @@ def synthesize(out: str | Path, train: int, val: int, size: int, seed: int, forc
     from mde.errors import InputError
 
     _check_request(train, val, size, seed)
+    _check_outside_a_split(Path(out))
     with claim_output(out), no_empty_new_folder(out):  # a run that fails or is stopped leaves no folder it made
         if Path(out).is_dir():  # first: a run killed with SIGKILL left its scratch folder, nothing else
             remove_stale_scratch(out, SCRATCH_PREFIX)
@@ -169,6 +170,18 @@ def _check_replaceable(out: Path) -> None:
         path = out / name
         if path.is_symlink() or (path.exists() and not path.is_file()):
             raise InputError(f"expected {name} to be a file (or absent); move it away first", path)
+
+
+def _check_outside_a_split(out: Path) -> None:
+    """Refuse an output in (or that is) another dataset's split folder: its images would join that split, whose
+    every later read then warns of subfolders, or (`d1/train --force`) a dataset would be written into a split."""
+    from mde.errors import InputError
+    from mde.io import resolved
+
+    target = resolved(out)
+    for folder in (target, *target.parents):
+        if folder.name in SPLITS and (folder / "rgb").is_dir() and (folder / "depth").is_dir():
+            raise InputError(f"lies inside the dataset split {folder}; write the new dataset outside it", out)
 
 
 def _check_request(train: int, val: int, size: int, seed: int) -> None:

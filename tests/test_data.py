@@ -348,6 +348,20 @@ def test_kittis_own_scale_is_not_advised_against(tmp_path, capsys):
     assert capsys.readouterr().err.endswith("is read at 1000 here (give --depth-scale 256 if it is the same data)\n")
 
 
+def test_an_image_of_a_format_not_read_is_named_not_its_depth_map(tmp_path):
+    """`val/rgb/img001.gif` beside `val/depth/img001.png` was said as "depth map has no image": the .gif is there,
+    in a format the reader does not take."""
+    from PIL import Image
+
+    for sub in ("rgb", "depth"):
+        (tmp_path / "val" / sub).mkdir(parents=True)
+    Image.new("RGB", (16, 16)).save(tmp_path / "val" / "rgb" / "img001.gif")
+    Image.fromarray(np.full((16, 16), 1000, np.uint16)).save(tmp_path / "val" / "depth" / "img001.png")
+    with pytest.raises(DataError, match=r"val/rgb/img001.gif: a file of a format the dataset reader does not take "
+                                        r"here \(.png .jpg"):
+        open_dataset(tmp_path, "val")
+
+
 def test_nyu_mat_layout_is_transposed(tmp_path):
     path = tmp_path / "nyu_depth_v2_labeled.mat"
     rgbs, depths = _write_nyu(path)

@@ -313,3 +313,14 @@ def test_rendering_workers_end_with_a_parent_killed_alone(tmp_path):
         for worker in workers:  # what the test found alive is not left behind
             with contextlib.suppress(psutil.Error):
                 worker.kill()
+
+
+def test_a_dataset_is_not_written_into_another_datasets_split(tmp_path):
+    """`mde data synth d1/train/rgb/sub` and `mde data synth d1/train --force` wrote a dataset into d1's split: its
+    images joined it, and every later read of d1 warned of subfolders."""
+    synthesize(tmp_path / "d1", train=1, val=1, size=16, seed=0, progress=False)
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "d1").rglob("*"))
+    for out, force in ((tmp_path / "d1" / "train" / "rgb" / "sub", False), (tmp_path / "d1" / "train", True)):
+        with pytest.raises(InputError, match=rf"lies inside the dataset split {tmp_path / 'd1' / 'train'}; write"):
+            synthesize(out, train=1, val=1, size=16, seed=0, progress=False, force=force)
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "d1").rglob("*")) == before
