@@ -654,12 +654,13 @@ def check_not_under_file(path: str | Path, what: str) -> None:
 
 
 def prepare_output_dir(path: str | Path, force: bool = False) -> Path:
-    """Create `path` for writing; refuse a non-empty folder unless `force`."""
+    """Create `path` for writing; refuse a folder with files in it unless `force` (hidden ones, a file manager's
+    `.DS_Store`, do not count: no command reads or replaces them)."""
     path = Path(path)
     refuse_broken_link(path)
     if path.exists() and not path.is_dir():
         raise InputError("output exists and is not a directory", path)
-    if path.is_dir() and any(path.iterdir()) and not force:
+    if path.is_dir() and any(not entry.name.startswith(".") for entry in path.iterdir()) and not force:
         raise InputError("output folder is not empty (use --force to overwrite)", path)
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -182,6 +182,11 @@ def test_refuses_non_empty_output_unless_force(tmp_path):
     (out / "notes.txt").write_text("keep me")
     synthesize(out, train=2, val=1, size=32, seed=0, progress=False, force=True)
     assert len(list((out / "train" / "rgb").iterdir())) == 2  # old split replaced, not merged
+    finder = tmp_path / "made-in-finder"  # hidden files only: a file manager's, which no command reads or replaces
+    finder.mkdir()
+    (finder / ".DS_Store").write_bytes(b"\0")
+    synthesize(finder, train=1, val=1, size=16, seed=0, progress=False)
+    assert (finder / "meta.json").is_file() and (finder / ".DS_Store").read_bytes() == b"\0"
     assert (out / "notes.txt").read_text() == "keep me"
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp folder left
 
