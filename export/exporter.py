@@ -101,9 +101,15 @@ def _check_out(cfg: ExportConfig, checkpoint_sha: str) -> Path:
 def _other_checkpoints(out: Path, checkpoint_sha: str, written: set[str]) -> list[str]:
     """The artifacts in `out` (by this project's names) that an export writing `written` leaves, made
     from another checkpoint than `checkpoint_sha`. Files whose metadata cannot be read are not counted."""
+    return [name for name, sha in _left_sources(out, written).items() if sha is not None and sha != checkpoint_sha]
+
+
+def _left_sources(out: Path, written: set[str]) -> dict[str, str | None]:
+    """{name: its checkpoint's SHA-256, or None where its metadata cannot be read} of the artifacts in `out` (by
+    this project's names) that an export writing `written` leaves."""
     import json
 
-    found = []
+    found: dict[str, str | None] = {}
     for name in (*ARTIFACT_NAMES.values(), INT8_CPU_NAME, ENGINE_NAME):
         path = out / name
         if name in written or not path.is_file():
@@ -115,11 +121,9 @@ def _other_checkpoints(out: Path, checkpoint_sha: str, written: set[str]) -> lis
                 import onnx
 
                 props = read_props(onnx.load(str(path), load_external_data=False))
-            sha = json.loads(props["mde.source"])["checkpoint_sha256"]
-        except Exception:  # noqa: BLE001 - not readable as an mde artifact: not ours to judge
-            continue
-        if sha != checkpoint_sha:
-            found.append(name)
+            found[name] = str(json.loads(props["mde.source"])["checkpoint_sha256"])
+        except Exception:  # noqa: BLE001 - not readable as an mde artifact: not ours to judge, but said
+            found[name] = None
     return found
 
 
@@ -183,11 +187,15 @@ def _checked_record(state: dict[str, Any], image_size: int | tuple[int, int], ch
     an edited or damaged `epoch` or `config` went into every artifact's `mde.source` as it was.
 
     Raises:
-        ModelError: `epoch` is not a count, `config` not an object, or its image_size not the network's.
+        ModelError: `epoch` is not a count, `metrics` not an object of numbers, `config` not an object, or its
+            image_size not the network's.
     """
-    epoch, config = state.get("epoch"), state.get("config")
+    epoch, config, metrics = state.get("epoch"), state.get("config"), state.get("metrics")
     if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0):
         raise ModelError(f"damaged checkpoint: its epoch is {epoch!r}, not a count of epochs", checkpoint)
+    if metrics is not None and not (isinstance(metrics, dict) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) or v is None for v in metrics.values())):
+        raise ModelError("damaged checkpoint: its metrics are not an object of numbers", checkpoint)
     if config is not None and not isinstance(config, dict):
         raise ModelError(f"damaged checkpoint: its config is a {type(config).__name__}, not an object", checkpoint)
     trained = (config or {}).get("image_size", image_size)
@@ -401,6 +409,9 @@ def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:
         from mde.train.checkpoint import load_model, weights_sha256
 
         model, state = load_model(checkpoint, "cpu")
+        if sha256_file(checkpoint) != checkpoint_sha:  # replaced meanwhile: the digest would name other weights
+            raise InputError("the checkpoint changed while it was read (a training run still writing it?); export "
+                             "it once it is done", checkpoint)
         weights_sha = weights_sha256(model)
         size = model.args.input_hw
         from mde.export.tensorrt_build import profile_size_problem
@@ -455,11 +466,17 @@ def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:
             write_golden(stage / GOLDEN_NAME, golden, reference, ctx.depth_range, checkpoint_sha, weights_sha,
                          {"backbone": model.args.backbone, "decoder": model.args.decoder})
             # --force: what this export does not rewrite and another checkpoint made would not match golden.npz
-            stale = _other_checkpoints(out, checkpoint_sha, {a.path.name for a in staged}) if cfg.force else []
+            left = _left_sources(out, {a.path.name for a in staged})
+            stale = [name for name, sha in left.items() if sha is not None and sha != checkpoint_sha] \
+                if cfg.force else []
             artifacts = _publish(staged, stage, out, stale)  # renames only: a full disk cannot split them
             progress.finish()
-    if stale:
-        from mde.console import info
+    from mde.console import info
 
+    if stale:
         info(f"--force: removed {', '.join(stale)} from {out}, made from another checkpoint")
+    unknown = [name for name, sha in left.items() if sha is None]
+    if unknown:  # kept, and said: whether it matches the new golden.npz cannot be told
+        info(f"note: kept {', '.join(unknown)} in {out}: its metadata cannot be read, so whether it is this "
+             f"checkpoint's, as {GOLDEN_NAME} is, is unknown; remove it if it is not")
     return artifacts

@@ -56,7 +56,9 @@ def export_fp32(
     if dynamic_size:
         dims[2] = 32 * Dim("h32", min=1, max=256)
         dims[3] = 32 * Dim("w32", min=1, max=256)
-    example = torch.rand(2, 3, *input_size)
+    # torch.export fixes a dimension whose example is 1 (`32 * 1`): a dynamic model traced at a side of 32 px failed
+    # ("Not all values of 32*h32 ... satisfy the generated guard"); its example is at least 64 a side, as the batch 2
+    example = torch.rand(2, 3, *(max(side, 64) if dynamic_size else side for side in input_size))
     quiet = _quiet_loggers("torch.onnx", "onnxscript")  # --opset 17's version conversion: 2 long lines
     with warnings.catch_warnings(), printed_by_this_thread(), quiet:
         warnings.simplefilter("ignore")

@@ -550,6 +550,8 @@ def test_bad_places_and_mismatched_weights_are_one_line_before_any_work(cli, tin
     (lambda s: s.update(epoch="x"), "its epoch is 'x', not a count of epochs"),  # was copied into mde.source
     (lambda s: s.update(config="garbage"), "its config is a str, not an object"),  # silently became {}
     (lambda s: s["config"].update(image_size=96), "its config.image_size 96 is not its network's 64"),
+    (lambda s: s.update(metrics="bad"), "its metrics are not an object of numbers"),  # an internal error
+    (lambda s: s.update(metrics={"rmse": "x"}), "its metrics are not an object of numbers"),
 ])
 def test_a_damaged_training_record_is_refused_naming_the_checkpoint(cli, tiny_checkpoint, tmp_path, edit, said):
     import torch
@@ -561,6 +563,70 @@ def test_a_damaged_training_record_is_refused_naming_the_checkpoint(cli, tiny_ch
     assert result.code == 2 and result.err.endswith(
         f"mde: error: {tmp_path / 'edited.pt'}: damaged checkpoint: {said}\n"), result.err
     assert not (tmp_path / "o").exists()
+
+
+def test_export_metadata_is_strict_json_and_names_its_source(cli, tiny_checkpoint, tmp_path):
+    """A diverged run's NaN val RMSE went into mde.metrics as `NaN`, which no strict JSON parser (a robot's C++ or
+    Rust) reads; and the info table did not say which checkpoint an artifact came from."""
+    import torch
+
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    state["metrics"] = {"rmse": float("nan"), "ssim": float("inf")}
+    torch.save(state, tmp_path / "diverged.pt")
+    assert cli("export", tmp_path / "diverged.pt", "--out", tmp_path / "o").code == 0
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "o" / "model.onnx")).metadata_props}
+    assert json.loads(props["mde.metrics"], parse_constant=pytest.fail) == {"rmse": None, "ssim": None}
+    shown = cli("info", tmp_path / "o" / "model.onnx")
+    assert "rmse -, ssim -" in shown.out and re.search(r"source +│ diverged\.pt, epoch \d+, opset \d+, sha256 [0-9a-f]{12}…",
+                                                      shown.out), shown.out
+
+
+def test_a_file_of_zeros_is_no_checkpoint_not_a_legacy_one(cli, tmp_path):
+    """torch said "Cannot use weights_only=True with files saved in the legacy .tar format ... Re-running torch.load
+    with weights_only set to False will likely succeed": wrong for 1000 zero bytes, and advice that runs code."""
+    (tmp_path / "junk.pt").write_bytes(bytes(1000))
+    result = cli("export", tmp_path / "junk.pt", "--out", tmp_path / "o")
+    assert result.code == 2 and result.err == (f"mde: error: {tmp_path / 'junk.pt'}: not a PyTorch checkpoint "
+                                               "(neither a zip archive nor a pickle)\n")
+
+
+def test_a_checkpoint_replaced_while_it_is_read_is_refused(cli, tiny_checkpoint, tmp_path, monkeypatch):
+    """A training run rewriting best.pt between the digest and the load gave one checkpoint's sha256 with
+    another's weights in mde.source."""
+    import shutil
+
+    from mde.train import checkpoint
+
+    moving = tmp_path / "best.pt"
+    shutil.copy(tiny_checkpoint, moving)
+    real = checkpoint.load_model
+
+    def load_then_replace(path, *args, **kwargs):
+        loaded = real(path, *args, **kwargs)
+        moving.write_bytes(moving.read_bytes() + b"\0")  # the run's next save
+        return loaded
+
+    monkeypatch.setattr(checkpoint, "load_model", load_then_replace)
+    result = cli("export", moving, "--out", tmp_path / "o")
+    assert result.code == 2 and "the checkpoint changed while it was read (a training run still writing it?)" in \
+        result.err, result.err
+    assert not (tmp_path / "o").exists()
+
+
+def test_force_keeps_an_artifact_it_cannot_read_and_says_so(cli, tiny_checkpoint, tmp_path):
+    """A model.int8.onnx without metadata was kept beside the new golden.npz without a word."""
+    import onnx
+
+    out = tmp_path / "out"
+    assert cli("export", tiny_checkpoint, "--out", out).code == 0
+    model = onnx.load(str(out / "model.onnx"))
+    del model.metadata_props[:]
+    onnx.save(model, str(out / "model.int8.onnx"))
+    result = cli("export", tiny_checkpoint, "--out", out, "--force")
+    assert result.code == 0 and f"note: kept model.int8.onnx in {out}: its metadata cannot be read" in result.err
+    assert (out / "model.int8.onnx").is_file()
 
 
 def test_force_onto_a_folder_named_like_an_output_is_refused_before_any_work(cli, tiny_checkpoint, tmp_path):

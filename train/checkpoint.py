@@ -124,6 +124,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except OSError as err:  # the file, not its content: permissions, an I/O error
         raise ModelError(f"cannot read the checkpoint ({err.strerror or err})", path) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        if not _starts_like_a_checkpoint(path):  # zeros: torch blamed a "legacy .tar format", with its unsafe advice
+            raise ModelError(NOT_A_CHECKPOINT, path) from None
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ModelError(f"corrupt or truncated checkpoint ({first})", path) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:

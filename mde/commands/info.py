@@ -71,6 +71,7 @@ def print_info(info: dict[str, Any]) -> None:
         ("input size", f"{meta['input_size'][0]}x{meta['input_size'][1]} (dynamic H/W: {meta['dynamic_size']})"),
         ("max depth", f"{meta['max_depth']} m"),
         ("checkpoint's val", _figures(meta["metrics"])),  # what the source scored, not this artifact
+        *([("source", _source(meta["source"]))] if meta.get("source") else []),
         ("mde version", meta["version"]),
         ("size", f"{info['size_bytes']:,} bytes"),
         ("sha256", info["sha256"]),
@@ -100,8 +101,18 @@ def print_info(info: dict[str, Any]) -> None:
 
 def _figures(metrics: dict) -> str:
     """`rmse 1.8095, ssim 0.8256` (the checkpoint's validation, which export stamps on every artifact), or -."""
-    return ", ".join(f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}"
+    return ", ".join(f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {'-' if value is None else value}"
                      for name, value in metrics.items()) or "-"
+
+
+def _source(source: dict) -> str:
+    """`best.pt, epoch 8, opset 18, sha256 61563e13593b…`: which checkpoint the artifact was exported from (`best.pt`
+    or `last.pt`, and which golden.npz is its), where the table said nothing of it."""
+    parts = [str(source.get("checkpoint", "?"))]
+    parts += [f"{key} {source[key]}" for key in ("epoch", "opset") if source.get(key) is not None]
+    if source.get("checkpoint_sha256"):
+        parts.append(f"sha256 {str(source['checkpoint_sha256'])[:12]}…")
+    return ", ".join(parts)
 
 
 def _shape(shape: list) -> str:
