@@ -101,7 +101,12 @@ def _check_out(cfg: ExportConfig, checkpoint_sha: str) -> Path:
 def _other_checkpoints(out: Path, checkpoint_sha: str, written: set[str]) -> list[str]:
     """The artifacts in `out` (by this project's names) that an export writing `written` leaves, made
     from another checkpoint than `checkpoint_sha`. Files whose metadata cannot be read are not counted."""
-    return [name for name, sha in _left_sources(out, written).items() if sha is not None and sha != checkpoint_sha]
+    return _made_elsewhere(_left_sources(out, written), checkpoint_sha)
+
+
+def _made_elsewhere(sources: dict[str, str | None], checkpoint_sha: str) -> list[str]:
+    """The names among `_left_sources`' whose metadata says another checkpoint than `checkpoint_sha`."""
+    return [name for name, sha in sources.items() if sha is not None and sha != checkpoint_sha]
 
 
 def _left_sources(out: Path, written: set[str]) -> dict[str, str | None]:
@@ -467,8 +472,7 @@ def export_checkpoint(cfg: ExportConfig) -> list[Artifact]:
                          {"backbone": model.args.backbone, "decoder": model.args.decoder})
             # --force: what this export does not rewrite and another checkpoint made would not match golden.npz
             left = _left_sources(out, {a.path.name for a in staged})
-            stale = [name for name, sha in left.items() if sha is not None and sha != checkpoint_sha] \
-                if cfg.force else []
+            stale = _made_elsewhere(left, checkpoint_sha) if cfg.force else []
             artifacts = _publish(staged, stage, out, stale)  # renames only: a full disk cannot split them
             progress.finish()
     from mde.console import info

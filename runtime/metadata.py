@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mde import __version__
 from mde.errors import ModelError
-from mde.io import parse_json
+from mde.io import json_text, parse_json
 
 PRECISIONS = ("fp32", "fp16", "int8")
 INPUT_NAME = "image"
@@ -65,18 +64,6 @@ PREPROCESS_OWN = ("input_name", "input_size", "dynamic_size")
 OUTPUT_OWN = ("max_depth", "postprocess")
 
 
-def _finite_or_null(value: Any) -> Any:
-    """`value` with NaN and infinite numbers as None: JSON has no NaN (Python writes one, a robot's C++ or Rust
-    parser refuses the document), and a diverged run's val RMSE is not known, not a number."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite_or_null(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_null(v) for v in value]
-    return value
-
-
 @dataclass
 class ModelMetadata:
     """What a runtime needs to use an artifact; nothing is guessed from file names."""
@@ -121,8 +108,7 @@ class ModelMetadata:
         }
         if self.calibration is not None:
             props["mde.calibration"] = self.calibration
-        return {key: json.dumps(_finite_or_null(value), sort_keys=True, allow_nan=False)
-                for key, value in props.items()}
+        return {key: json_text(value, sort_keys=True) for key, value in props.items()}  # strict: NaN as null
 
     @classmethod
     def from_props(cls, props: dict[str, str], source: str | Path = "artifact") -> ModelMetadata:
