@@ -217,8 +217,11 @@ def onnx_metadata(onnx_path: Path, cfg: BuildConfig) -> dict[str, str]:
 def _build(trt: Any, onnx_path: Path, cfg: BuildConfig, shapes: dict[str, list[list[int]]],
            cache_path: Path) -> Any:
     """Parse `onnx_path`, set the profile and the timing cache, and build: the serialized engine."""
+    from mde.runtime.backends.tensorrt import starting_tensorrt
+
     logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
+    with starting_tensorrt(onnx_path):
+        builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt))
     parse_onnx(trt, network, logger, onnx_path)
 
@@ -231,7 +234,8 @@ def _build(trt: Any, onnx_path: Path, cfg: BuildConfig, shapes: dict[str, list[l
         try:
             profile.set_shape(name, lo, opt, hi)
         except (RuntimeError, ValueError, TypeError) as err:  # TensorRT's own check of min <= opt <= max
-            # (the bindings raise RuntimeError: "Shape provided for min is inconsistent with other shapes.")
+            # (TensorRT 10's bindings raise RuntimeError: "Shape provided for min is inconsistent with other
+            # shapes."; TensorRT 11's set_shape returns quietly and add_optimization_profile answers -1, below)
             raise InputError(f"TensorRT refused the profile of {name!r} (min {lo}, opt {opt}, max {hi}): {err}",
                              onnx_path) from None
     if config.add_optimization_profile(profile) < 0:
@@ -253,7 +257,7 @@ def build_engine(onnx_path: Path, engine_path: Path, cfg: BuildConfig) -> dict[s
     Both files are written atomically. Returns the sidecar dict.
     """
     from mde.io import sha256_file, write_bytes_atomic, write_json_atomic
-    from mde.runtime.backends.tensorrt import import_cudart, on_device, tensorrt_major
+    from mde.runtime.backends.tensorrt import import_cudart, machine_platform, on_device, tensorrt_major
 
     props = onnx_metadata(onnx_path, cfg)
     trt_version, gpu_name, cc = require_tensorrt()
@@ -271,6 +275,7 @@ def build_engine(onnx_path: Path, engine_path: Path, cfg: BuildConfig) -> dict[s
         "tensorrt_major": tensorrt_major(trt_version),
         "gpu_name": gpu_name,
         "compute_capability": cc,
+        "platform": machine_platform(),
         "profile": {
             name: {"min": lo, "opt": opt, "max": hi} for name, (lo, opt, hi) in shapes.items()
         },

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from trt_fakes import FakeCudart, Recorder, fake_tensorrt
+from trt_fakes import FakeCudaDriver, FakeCudart, Recorder, fake_tensorrt
 
 from mde.errors import BackendError, InputError, ModelError
 from mde.runtime.backends import base
@@ -231,6 +231,17 @@ def test_check_sidecar_warns_of_another_gpu_of_the_same_architecture(caplog):
     assert "m.engine: engine built on NVIDIA H100 80GB HBM3, running on NVIDIA H200 (both sm_90)" in caplog.text
 
 
+def test_check_sidecar_refuses_another_platform():
+    """An x86-64 machine's engine on an Arm one of the same GPU architecture (an H100's on a GH200) is refused by
+    name, not left to fail in deserialization as "truncated or corrupt"; a sidecar from before `platform` passes."""
+    built = {**_sidecar("11.4.0.106", "9.0"), "platform": "linux-x86_64"}
+    check_sidecar(built, "11.4.0.106", "9.0", here_platform="linux-x86_64")
+    check_sidecar(_sidecar("11.4.0.106", "9.0"), "11.4.0.106", "9.0", here_platform="linux-aarch64")
+    with pytest.raises(BackendError, match="engine built on linux-x86_64, and this machine is linux-aarch64") as err:
+        check_sidecar(built, "11.4.0.106", "9.0", source="m.engine", here_platform="linux-aarch64")
+    assert err.value.path == Path("m.engine")
+
+
 def test_check_sidecar_tells_prereleases_apart():
     with pytest.raises(BackendError, match=r"TensorRT 11\.0rc1 for sm_90.*this machine has TensorRT 11\.1rc1"):
         check_sidecar(_sidecar("11.0rc1", "9.0"), "11.1rc1", "9.0")
@@ -343,6 +354,7 @@ def fake_gpu(monkeypatch, tmp_path):
         cudart = FakeCudart(devices=devices, driver=driver)
         monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(Recorder(), output_dtype=output_dtype))
         monkeypatch.setattr(trt_backend, "import_cudart", lambda: cudart)
+        monkeypatch.setattr(trt_backend, "import_cuda_driver", lambda: FakeCudaDriver(cudart))
         engine = tmp_path / "model.engine"
         engine.write_bytes(b"\x7fSERIALIZED-ENGINE")
         sidecar = {**_sidecar("11.4.0.106", "9.0"), "tensorrt_major": 11}
@@ -384,6 +396,7 @@ def test_tensorrt_runner_sets_its_device_on_every_calling_thread(fake_gpu):
 def test_tensorrt_runner_gives_the_callers_device_back(fake_gpu):
     """A runner on GPU 1 leaves the calling thread's current device (shared with PyTorch) as it found it."""
     engine, cudart = fake_gpu(devices=2)
+    cudart.cudaSetDevice(0)  # the caller works on GPU 0 (PyTorch, say): its context exists
     assert cudart.cudaGetDevice()[1] == 0
     runner = open_runner(engine, device=1)
     assert cudart.cudaGetDevice()[1] == 0
@@ -392,6 +405,27 @@ def test_tensorrt_runner_gives_the_callers_device_back(fake_gpu):
     runner.deactivate()
     assert cudart.cudaGetDevice()[1] == 0
     assert ("cudaMalloc", 1) in [(call, device) for call, device, _ in cudart.log]
+
+
+def test_tensorrt_runner_on_gpu_1_starts_no_context_on_gpu_0(fake_gpu):
+    """In a process that never used GPU 0, a runner on GPU 1 does not choose GPU 0 on its way out: since CUDA 12
+    that would create GPU 0's context (hundreds of MiB) for nothing."""
+    engine, cudart = fake_gpu(devices=2)
+    with open_runner(engine, device=1) as runner:
+        runner.infer({"image": np.ones((1, 3, 64, 64), np.float32)})
+    assert cudart.contexts == {1}
+
+
+def test_a_runtime_tensorrt_cannot_start_is_backend_error(fake_gpu, monkeypatch):
+    engine, _ = fake_gpu()
+
+    def refuse(logger):
+        raise TypeError("pybind11::init(): factory function returned nullptr")
+
+    monkeypatch.setattr(sys.modules["tensorrt"], "Runtime", refuse)
+    with pytest.raises(BackendError, match="TensorRT could not start on this GPU") as err:
+        open_runner(engine)
+    assert err.value.path == Path(engine)
 
 
 def test_tensorrt_runner_frees_even_when_its_device_cannot_be_chosen(fake_gpu, monkeypatch):
@@ -419,8 +453,9 @@ def test_tensorrt_runner_never_frees_a_buffer_twice(fake_gpu, monkeypatch):
 
 def test_tensorrt_runner_without_driver_says_what_is_missing(fake_gpu):
     engine, _ = fake_gpu(driver=False)
-    with pytest.raises(BackendError, match="TensorRT needs a CUDA GPU: no NVIDIA driver, or one older than the "
-                       r"CUDA 13\.0 runtime inside cuda-python .*cudaErrorInsufficientDriver, CUDA error 35") as err:
+    with pytest.raises(BackendError, match=r"TensorRT needs a CUDA GPU: no NVIDIA driver, or one older than CUDA "
+                       r"13\.0, which the CUDA 13\.0 runtime inside cuda-python needs .*cudaErrorInsufficientDriver, "
+                       "CUDA error 35") as err:
         open_runner(engine)
     assert err.value.path == Path(engine)  # the message names the engine, as every refusal does
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import trt_standin
-from trt_fakes import FakeCudart, Recorder, fake_tensorrt
+from trt_fakes import FakeCudaDriver, FakeCudart, Recorder, fake_tensorrt
 
 import mde.export.tensorrt_build as build_module
 import mde.runtime.backends.tensorrt as runtime_module
@@ -516,6 +516,19 @@ def test_fake_cudart_offers_only_real_names(cudart):
     assert int(cudart.cudaStream_t(init_value=7)) == 7  # the fake's init_value keyword is the real one
 
 
+def test_fake_cuda_driver_offers_only_real_names():
+    """The runner asks the driver module one thing (whether a device has its primary context); the fake's call and
+    result codes are the real ones, and the real call answers (err, flags, active) even without a driver."""
+    driver = pytest.importorskip("cuda.bindings.driver", reason="cuda-bindings is not installed")
+    fake = FakeCudaDriver(FakeCudart())
+    real = driver.cuDevicePrimaryCtxGetState
+    assert list(inspect.signature(fake.cuDevicePrimaryCtxGetState).parameters) == \
+        list(inspect.signature(real).parameters) == ["dev"]
+    assert {name: int(getattr(driver.CUresult, name)) for name in FakeCudaDriver.CUresult.__members__} == \
+        {name: int(value) for name, value in FakeCudaDriver.CUresult.__members__.items()}
+    assert runtime_module.primary_context_active(0)  # no driver here: it cannot say, so the device is given back
+
+
 # -- cuda-python: names and the (err, *values) convention --------------------------------------------------
 def test_cudart_names_the_runner_uses_exist(cudart):
     uses = used_api({"module": {}, "classes": {}})
@@ -563,7 +576,8 @@ def test_cudart_calls_return_err_value_tuples(cudart):
 def test_cuda_error_codes_the_runner_explains_are_real(cudart):
     """The runner's words for CUDA errors 35, 100, 101 belong to the real cudaError_t members of those numbers."""
     names = {code: cudart.cudaError_t(code).name for code in runtime_module.CUDA_MISSING}
-    assert names == {35: "cudaErrorInsufficientDriver", 100: "cudaErrorNoDevice", 101: "cudaErrorInvalidDevice"}
+    assert names == {34: "cudaErrorStubLibrary", 35: "cudaErrorInsufficientDriver", 100: "cudaErrorNoDevice",
+                     101: "cudaErrorInvalidDevice"}
     assert cudart.cudaError_t(runtime_module.CUDA_OUT_OF_MEMORY).name == "cudaErrorMemoryAllocation"
     with pytest.raises(OutOfMemory, match=r"^out of memory on the GPU: CUDA error in cudaMalloc: "
                                           r"cudaErrorMemoryAllocation \(2\)$"):  # a frame too large: not the engine's

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import platform
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from trt_fakes import FOREIGN_CACHE, FakeCudart, Recorder, fake_tensorrt
+from trt_fakes import FOREIGN_CACHE, FakeCudaDriver, FakeCudart, Recorder, fake_tensorrt
 
 from mde.errors import BackendError, CheckFailed, InputError, ModelError
 from mde.export.tensorrt_build import BuildConfig
@@ -25,7 +26,9 @@ def fake_trt(monkeypatch):
         rec = Recorder()
         monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(rec, version=version, **kwargs))
         monkeypatch.setattr(tensorrt_build, "require_tensorrt", lambda: (version, "Fake GPU", "9.0"))
-        monkeypatch.setattr(trt_backend, "import_cudart", lambda: cudart or FakeCudart(devices=2))
+        fake_cudart = cudart or FakeCudart(devices=2)
+        monkeypatch.setattr(trt_backend, "import_cudart", lambda: fake_cudart)
+        monkeypatch.setattr(trt_backend, "import_cuda_driver", lambda: FakeCudaDriver(fake_cudart))
         return rec
 
     return install
@@ -56,6 +59,7 @@ def test_build_engine_api_sequence_and_sidecar(fake_trt, tiny_export, tmp_path):
     sidecar = json.loads((tmp_path / "model.engine.json").read_text())
     assert sidecar["tensorrt_version"] == "11.4.0.106" and sidecar["tensorrt_major"] == 11
     assert sidecar["compute_capability"] == "9.0" and sidecar["gpu_name"] == "Fake GPU"
+    assert sidecar["platform"] == f"{platform.system().lower()}-{platform.machine().lower()}"  # "linux-x86_64"
     assert "precision" not in sidecar  # one record of the precision: the metadata
     assert json.loads(sidecar["metadata"]["mde.precision"]) == "fp16"
     assert sidecar["onnx_sha256"] == sha256_file(onnx_path)
@@ -210,6 +214,22 @@ def test_engine_is_built_on_gpu_0_and_the_callers_device_is_restored(fake_trt, t
     build_engine(tiny_export / "model.onnx", tmp_path / "model.engine", _cfg(tmp_path))
     assert built_on == [0]
     assert cudart.cudaGetDevice()[1] == 1
+
+
+def test_a_builder_tensorrt_cannot_start_is_one_line(fake_trt, tiny_export, tmp_path, monkeypatch):
+    """TensorRT that cannot start CUDA (a driver older than its CUDA) makes trt.Builder raise a bare TypeError."""
+    from mde.export.tensorrt_build import build_engine
+
+    fake_trt()
+
+    def refuse(logger):
+        raise TypeError("pybind11::init(): factory function returned nullptr")
+
+    monkeypatch.setattr(sys.modules["tensorrt"], "Builder", refuse)
+    with pytest.raises(BackendError, match="TensorRT could not start on this GPU .*factory function returned "
+                                           "nullptr") as err:
+        build_engine(tiny_export / "model.onnx", tmp_path / "model.engine", _cfg(tmp_path))
+    assert err.value.path == tiny_export / "model.onnx" and not (tmp_path / "model.engine").exists()
 
 
 def test_refused_profile_is_input_error_and_writes_nothing(fake_trt, tiny_export, tmp_path, monkeypatch):

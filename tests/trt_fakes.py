@@ -279,10 +279,12 @@ class FakeCudart:
         def __init__(self):
             self.name, self.major, self.minor = b"Fake GPU\x00\x00", 9, 0
 
-    BOOKKEEPING = ("devices", "driver", "local", "log", "memory", "streams")  # the fake's own state, not cudart API
+    # the fake's own state, not cudart API
+    BOOKKEEPING = ("contexts", "devices", "driver", "local", "log", "memory", "streams")
 
     def __init__(self, devices: int = 2, driver: bool = True):
         self.devices, self.driver = devices, driver
+        self.contexts: set[int] = set()  # devices with a primary context: since CUDA 12 cudaSetDevice makes one
         self.local = threading.local()
         self.log: list[tuple] = []  # (call, device current on the calling thread, value)
         self.memory: dict[int, ctypes.Array] = {}
@@ -319,6 +321,7 @@ class FakeCudart:
         if device >= self.devices:
             return (self.cudaError_t.cudaErrorInvalidDevice,)
         self.local.device = device
+        self.contexts.add(device)
         return (self.cudaError_t.cudaSuccess,)
 
     def cudaStreamCreate(self):  # noqa: N802
@@ -340,6 +343,7 @@ class FakeCudart:
         block = (ctypes.c_char * size)()
         ptr = ctypes.addressof(block)
         self.memory[ptr] = block
+        self.contexts.add(self._device())  # work on the current device starts its context
         self.log.append(("cudaMalloc", self._device(), ptr))
         return self.cudaError_t.cudaSuccess, ptr
 
@@ -353,3 +357,22 @@ class FakeCudart:
             return (self.cudaError_t.cudaErrorInvalidValue,)
         ctypes.memmove(int(dst), int(src), count)
         return (self.cudaError_t.cudaSuccess,)
+
+
+class FakeCudaDriver:
+    """cuda-python's driver module, as far as the runner asks it: whether a device has its primary context
+    (the `FakeCudart`'s `contexts`)."""
+
+    class CUresult(enum.IntEnum):  # noqa: N801 - the real name
+        CUDA_SUCCESS = 0
+        CUDA_ERROR_NOT_INITIALIZED = 3
+
+    BOOKKEEPING = ("cudart",)
+
+    def __init__(self, cudart: FakeCudart):
+        self.cudart = cudart
+
+    def cuDevicePrimaryCtxGetState(self, dev):  # noqa: N802 - the real name
+        if not self.cudart.driver:
+            return self.CUresult.CUDA_ERROR_NOT_INITIALIZED, None, None
+        return self.CUresult.CUDA_SUCCESS, 0, int(int(dev) in self.cudart.contexts)

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import platform
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,8 +27,9 @@ MIN_TENSORRT = (10, 3)
 SIDECAR_KEYS = ("tensorrt_version", "compute_capability", "profile", "metadata")
 # cudaError_t values that mean "this machine cannot run CUDA at all", and what to tell the user.
 CUDA_MISSING = {
-    35: "no NVIDIA driver, or one older than the CUDA {runtime} runtime inside cuda-python "
-    "(on a CUDA 12 driver use cuda-python 12.x)",
+    34: "the CUDA driver found is a stub (a CUDA toolkit's lib64/stubs/libcuda.so on LD_LIBRARY_PATH?); put the "
+    "NVIDIA driver's libcuda.so first, or take the stubs folder off the path",
+    35: "no NVIDIA driver, or one older than {needs} (on an older driver use the cuda-python of its CUDA major)",
     100: "no CUDA GPU",
     101: "no such CUDA device",
 }
@@ -128,24 +130,40 @@ def sidecar_major(sidecar: dict[str, Any], source: str | Path = "engine") -> int
     return major
 
 
+def machine_platform() -> str:
+    """This machine's operating system and CPU architecture, as the sidecar records them ("linux-x86_64")."""
+    return f"{platform.system().lower()}-{platform.machine().lower()}"
+
+
 def check_sidecar(
     sidecar: dict[str, Any],
     installed_version: str,
     compute_capability: str,
     gpu_name: str = "",
     source: str | Path = "engine",
+    here_platform: str | None = None,
 ) -> None:
-    """Raise `BackendError` unless the engine was built by this TensorRT for this GPU architecture.
+    """Raise `BackendError` unless the engine was built by this TensorRT for this GPU architecture, on a
+    machine of this operating system and CPU architecture (engines are not portable across platforms: an
+    x86-64 H100's engine does not load on an Arm GH200, both sm_90).
 
     Pure: no TensorRT or GPU needed, so it is tested everywhere.
 
     Args:
-        sidecar: the engine's `model.engine.json`.
+        sidecar: the engine's `model.engine.json` (one written before `platform` was recorded is not
+            checked for it).
         installed_version: `tensorrt.__version__` here.
         compute_capability: this GPU's, as "major.minor" (e.g. "8.7").
         gpu_name: this GPU's name, for the message.
         source: the engine path, for the message.
+        here_platform: this machine's `machine_platform()` (the default).
     """
+    built_platform = sidecar.get("platform")
+    here_platform = here_platform or machine_platform()
+    if isinstance(built_platform, str) and built_platform and built_platform != here_platform:
+        raise BackendError(f"engine built on {built_platform}, and this machine is {here_platform}: TensorRT engines "
+                           "do not move between operating systems or CPU architectures. Rebuild it here with `mde "
+                           "export --engine`, or run the .onnx with --backend onnxruntime", source)
     built_version = str(sidecar.get("tensorrt_version", "?"))
     built_major = sidecar_major(sidecar, source)
     here_major = tensorrt_major(installed_version)
@@ -227,7 +245,9 @@ def _check(result: Any, what: str, cudart: Any = None) -> Any:
         name = getattr(err, "name", str(err))
         if code in CUDA_MISSING:
             runtime = _cuda_runtime_version(cudart) if cudart is not None else "?"
-            reason = CUDA_MISSING[code].format(runtime=runtime)
+            needs = ("the CUDA runtime inside cuda-python" if runtime == "?" else  # any driver of its major will do
+                     f"CUDA {runtime.split('.')[0]}.0, which the CUDA {runtime} runtime inside cuda-python needs")
+            reason = CUDA_MISSING[code].format(needs=needs)
             raise BackendError(f"TensorRT needs a CUDA GPU: {reason} ({what}: {name}, CUDA error {code})")
         if code == CUDA_OUT_OF_MEMORY:  # a larger frame on a dynamic engine, say: the input's size, not the engine
             raise OutOfMemory(f"out of memory on the GPU: CUDA error in {what}: {name} ({code})")
@@ -235,12 +255,37 @@ def _check(result: Any, what: str, cudart: Any = None) -> Any:
     return values[0] if len(values) == 1 else values
 
 
+def import_cuda_driver() -> Any:
+    """cuda-python's driver bindings, or None where this cuda-python has none under that name."""
+    try:
+        from cuda.bindings import driver
+    except ImportError:
+        return None
+    return driver
+
+
+def primary_context_active(device: int) -> bool:
+    """Whether CUDA device `device` has its primary context in this process already; True when the driver
+    cannot say (then the caller's device is given back as before)."""
+    driver = import_cuda_driver()
+    if driver is None:
+        return True
+    try:
+        err, _flags, active = driver.cuDevicePrimaryCtxGetState(device)
+    except (AttributeError, TypeError, ValueError, RuntimeError, OSError):
+        return True
+    return int(err) != 0 or bool(active)
+
+
 @contextlib.contextmanager
 def on_device(cudart: Any, device: int) -> Iterator[None]:
     """Make CUDA device `device` current on this thread for the block, then give back the one that was.
 
     The current device is per thread and shared with whatever else the caller runs (PyTorch
-    among them), so a runner must not leave its own device selected behind it.
+    among them), so a runner must not leave its own device selected behind it. A device that nothing in
+    this process has used yet (GPU 0, which `cudaGetDevice` names before any choice) is not chosen again
+    on the way out: since CUDA 12 choosing a device creates its context at once, hundreds of MiB on a
+    GPU the process never runs on (PyTorch's device guard skips it for the same reason).
     """
     previous = _check(cudart.cudaGetDevice(), "cudaGetDevice", cudart)
     if previous != device:
@@ -248,8 +293,21 @@ def on_device(cudart: Any, device: int) -> Iterator[None]:
     try:
         yield
     finally:
-        if previous != device:
+        if previous != device and primary_context_active(previous):
             cudart.cudaSetDevice(previous)
+
+
+@contextlib.contextmanager
+def starting_tensorrt(source: str | Path) -> Iterator[None]:
+    """Around `trt.Builder(logger)` or `trt.Runtime(logger)` alone: where TensorRT cannot start on this GPU the
+    bindings raise a bare TypeError ("factory function returned nullptr"), said here as `BackendError` naming
+    `source`."""
+    try:
+        yield
+    except TypeError as err:
+        raise BackendError(f"TensorRT could not start on this GPU ({err}; the TensorRT log above says why: a "
+                           "driver older than this TensorRT's CUDA, or a GPU in prohibited compute mode?)",
+                           source) from None
 
 
 def gpu_info(cudart: Any, device: int = 0) -> tuple[str, str]:
@@ -324,7 +382,8 @@ class TensorRTRunner(Runner):
 
     def _open_on_device(self, trt: Any, cudart: Any) -> None:
         logger = trt.Logger(trt.Logger.WARNING)
-        runtime = trt.Runtime(logger)
+        with starting_tensorrt(self.path):
+            runtime = trt.Runtime(logger)
         engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
         if engine is None:
             raise ModelError("TensorRT could not deserialize the engine (truncated or corrupt?)", self.path)
