@@ -66,7 +66,7 @@ class MdeError(Exception):
     exit_code = 2
 
     def __init__(self, message: str, path: str | Path | None = None):
-        self.path = None if path is None else Path(path)
+        self.message, self.path = message, None if path is None else Path(path)
         super().__init__(f"{shown_path(path)}: {message}" if path is not None else message)
 
 

@@ -47,7 +47,12 @@ def metric_sums(
     acc = MetricAccumulator(data_range)
     for chunk in chunks:
         samples = [dataset[i] for i in chunk]
-        preds = predict_batch([s.rgb for s in samples])
+        try:
+            preds = predict_batch([s.rgb for s in samples])
+        except ModelError as err:  # the runtime refused the model's output (NaN, out of range): say where
+            which = (f"image {samples[0].name}" if len(samples) == 1
+                     else f"one of images {samples[0].name} to {samples[-1].name}")
+            raise ModelError(f"{err.message} ({which})", err.path) from None
         for sample, pred in zip(samples, preds):
             gt = np.asarray(sample.depth, dtype=np.float32)
             pred = np.asarray(pred, dtype=np.float32)

@@ -22,8 +22,10 @@ its valid pixels, then averaged over images (`MetricAccumulator`).
   `DataError`; mismatched shapes or data_range <= 0 raise `InputError`.
 - Images smaller than the 11 x 11 window: SSIM is the mean of the whole map (edges reflected), as
   no border can be cropped; scikit-image refuses such images.
-- Sparse ground truth (KITTI's LiDAR) raises SSIM: the replaced pixels agree perfectly, so with few
-  valid pixels most of each window sees no error. Compare SSIM only between models on the same data.
+- Sparse ground truth (KITTI's LiDAR) changes SSIM, either way: the replaced pixels agree perfectly, so
+  with few valid pixels most of each window sees no error (SSIM rises), while the border between a hole
+  and a measured pixel where the model is wrong is a new edge (SSIM falls). Compare SSIM only between
+  models on the same data.
 """
 
 from __future__ import annotations

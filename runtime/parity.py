@@ -61,6 +61,9 @@ def tolerances_from_dict(table: dict[str, Any], base: dict[str, Tolerance] | Non
     result = dict(DEFAULT_TOLERANCES if base is None else base)
     names = {f.name for f in fields(Tolerance)}
     for precision, row in table.items():
+        if precision in names:  # `ssim_abs = 1` above every table: which precision is it for?
+            raise InputError(f"{precision} stands outside a precision's table; put it under one of "
+                             f"{', '.join(f'[{p}]' for p in DEFAULT_TOLERANCES)}", source)
         if precision not in DEFAULT_TOLERANCES:
             raise InputError(f"unknown precision [{precision}]; expected {', '.join(DEFAULT_TOLERANCES)}", source)
         if not isinstance(row, dict):

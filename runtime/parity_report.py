@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import numpy as np
 
 from mde.runtime.parity import ArtifactResult
 
+REPORT_TITLE = "# mde parity report"
 COLUMNS = ("artifact", "precision", "backend", "RMSE", "dRMSE", "SSIM", "dSSIM", "p99 diff", "result")
 
 
@@ -84,16 +86,30 @@ def print_table(results: Sequence[ArtifactResult], title: str, to_stderr: bool =
 
 
 def panel(rgb: np.ndarray, reference: np.ndarray, artifact: np.ndarray, max_depth: float) -> np.ndarray:
-    """RGB | PyTorch | artifact | |difference| side by side (H x 4W x 3 uint8), all at the RGB's size."""
+    """RGB | PyTorch | artifact | |difference| side by side (H x 4W x 3 uint8), all at the RGB's size.
+
+    The difference is grey from black (none) to white (the image's largest finite difference,
+    `difference_scale`); a NaN or infinite pixel of either map is white too, as large as a difference gets."""
     from mde.runtime.colormap import colorize
     from mde.runtime.preprocess import resize_rgb
 
     h, w = reference.shape
-    diff = np.abs(artifact - reference)
-    scale = max(float(diff.max()), 1e-12)
-    gray = np.rint(255.0 * diff / scale).astype(np.uint8)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(artifact.astype(np.float64) - reference)
+    broken = ~np.isfinite(diff)
+    scale = difference_scale(reference, artifact)
+    gray = np.where(broken, 255, np.rint(255.0 * np.where(broken, 0.0, diff) / max(scale, 1e-12))).astype(np.uint8)
     return np.concatenate([resize_rgb(rgb, (h, w)), colorize(reference, max_depth),
                            colorize(artifact, max_depth), np.repeat(gray[..., None], 3, axis=2)], axis=1)
+
+
+def difference_scale(reference: np.ndarray, artifact: np.ndarray) -> float:
+    """The |artifact − PyTorch| in metres that the picture's difference panel shows as white: the largest finite
+    one (0.0 where none is)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(artifact.astype(np.float64) - reference)
+    finite = diff[np.isfinite(diff)]
+    return float(finite.max()) if finite.size else 0.0
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
@@ -110,22 +126,37 @@ def _setting(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
+def _markdown_text(text: str) -> str:
+    """`text` shown as itself in Markdown: the characters that would end a table cell, a link's text or start
+    code or emphasis are escaped (an artifact named `a|b].onnx`)."""
+    return re.sub(r"([\\`*\[\]|])", r"\\\1", text)
+
+
+def _markdown_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(map(_markdown_text, cells)) + " |"
+
+
 def write_markdown(path: Path, results: Sequence[ArtifactResult], header: dict[str, Any],
-                   images: dict[str, str]) -> None:
+                   images: dict[str, tuple[str, float]]) -> None:
     """The Markdown report: settings, the table, per artifact its tolerances, failures and worst image (to a
-    temporary path, as `write_png`)."""
-    lines = ["# mde parity report", ""]
+    temporary path, as `write_png`).
+
+    Args:
+        images: per artifact, its worst-image picture's file name and the difference in metres that the picture
+            shows as white."""
+    lines = [REPORT_TITLE, ""]
     lines += [f"- **{k}**: {_setting(v)}" for k, v in header.items() if k != "regions"]
     lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows(results)]
+    lines += [_markdown_row(row) for row in rows(results)]
     if header.get("regions") or any(r.regions for r in results):
         lines += ["", "Per region (information; the gates use the whole image):", "",
                   "| " + " | ".join(REGION_COLUMNS) + " |", "|" + "---|" * len(REGION_COLUMNS)]
-        lines += ["| " + " | ".join(row) + " |" for row in region_rows(results, header.get("regions", {}))]
+        lines += [_markdown_row(row) for row in region_rows(results, header.get("regions", {}))]
     lines += ["", ("p99 diff: 99th percentile of |artifact - PyTorch| at model resolution, metres "
                    "(in brackets: divided by the model's max depth)."), ""]
     for r in results:
-        lines += [f"## {r.artifact} ({r.precision}, {r.backend}): {'PASS' if r.passed else 'FAIL'}", ""]
+        lines += [f"## {_markdown_text(r.artifact)} ({r.precision}, {r.backend}): {'PASS' if r.passed else 'FAIL'}",
+                  ""]
         if r.reason:
             lines += [f"Reason: {r.reason}", ""]
         if r.failed:
@@ -135,5 +166,8 @@ def write_markdown(path: Path, results: Sequence[ArtifactResult], header: dict[s
                    f"mean |diff| {_fmt(r.mean_abs_diff, '.3e')} m, AbsRel {_fmt(r.abs_rel, '.4f')}, "
                    f"delta1 {_fmt(r.delta1, '.4f')}, worst image {r.worst_image or '-'}"), ""]
         if r.artifact in images:
-            lines += [f"![{r.artifact}: RGB | PyTorch | artifact | difference]({images[r.artifact]})", ""]
+            name, white = images[r.artifact]
+            lines += [f"![{_markdown_text(r.artifact)}: RGB, PyTorch, artifact, difference]({name})", "",
+                      f"Difference panel: black 0, white {white:.3g} m (the image's largest finite difference; "
+                      "NaN or infinite pixels white too).", ""]
     path.write_bytes("\n".join(lines).encode())

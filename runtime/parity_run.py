@@ -109,15 +109,19 @@ def source_mismatch(runner: Runner, reference: dict[str, str], name: str) -> str
     Its `mde.source` records the checkpoint it came from: the SHA-256 of the model's weights
     (`train.checkpoint.weights_sha256`: best.pt and last.pt of one epoch agree) and of the file.
     Comparing another model's export measures the difference between two models, which loose
-    (INT8) tolerances may call a PASS. Where either side records neither, it is compared as before.
+    (INT8) tolerances may call a PASS. A checkpoint given as an artifact is its own source: its weights'
+    digest. Where either side records neither, it is compared as before.
     """
     source = runner.metadata.source if runner.metadata is not None else {}
+    checkpoint = not source and callable(getattr(runner, "weights_sha256", None))  # a .pt among the artifacts
+    if checkpoint:
+        source = {"weights_sha256": runner.weights_sha256()}
     for key in SOURCE_KEYS:
         exported, expected = str(source.get(key) or ""), str(reference.get(key) or "")
         if exported and expected:
+            what = "the checkpoint of another model" if checkpoint else "exported from another model"
             return "" if exported == expected else (
-                f"exported from another model ({key.split('_')[0]} sha256 {exported[:12]}…), not from {name} "
-                f"({expected[:12]}…)")
+                f"{what} ({key.split('_')[0]} sha256 {exported[:12]}…), not from {name} ({expected[:12]}…)")
     return ""
 
 
@@ -263,20 +267,22 @@ def check_checkpoint(cfg: ParityConfig, tolerances: dict[str, Tolerance]
         paths = worst_png_paths(cfg.report, artifact_names)
         for (i, _), outputs in zip(runners, art_outs):
             pictures[results[i].artifact] = (paths[results[i].artifact],
-                                             _worst_panel(dataset, results[i], ref_out, outputs, gts, max_depth))
+                                             *_worst_panel(dataset, results[i], ref_out, outputs, gts, max_depth))
     return [results[i] for i in range(len(cfg.artifacts))], header, pictures
 
 
 def _worst_panel(dataset: Any, result: ArtifactResult, reference: list[np.ndarray],
-                 outputs: list[np.ndarray], gts: list[np.ndarray], max_depth: float) -> np.ndarray:
-    """RGB | PyTorch | artifact of the artifact's worst image, as one picture."""
-    from mde.runtime.parity_report import panel
+                 outputs: list[np.ndarray], gts: list[np.ndarray], max_depth: float) -> tuple[np.ndarray, float]:
+    """RGB | PyTorch | artifact | difference of the artifact's worst image, as one picture, and the difference
+    in metres that its last panel shows as white."""
+    from mde.runtime.parity_report import difference_scale, panel
     from mde.runtime.preprocess import postprocess
 
     k = result.worst_index
     shape = gts[k].shape
-    return panel(dataset[k].rgb, postprocess(reference[k], shape, max_depth),
-                 postprocess(outputs[k], shape, max_depth), max_depth)
+    reference_map, artifact_map = postprocess(reference[k], shape, max_depth), postprocess(outputs[k], shape, max_depth)
+    return (panel(dataset[k].rgb, reference_map, artifact_map, max_depth),
+            difference_scale(reference_map, artifact_map))
 
 
 def with_pictures(cfg: ParityConfig) -> bool:
@@ -288,8 +294,11 @@ def with_pictures(cfg: ParityConfig) -> bool:
 
 def _stale_pictures(report: str | Path, kept: Sequence[Path]) -> list[Path]:
     """The worst-image pictures the report now at `report` shows beside it that this run does not write again:
-    left, they stood beside a report that no longer names them."""
+    left, they stood beside a report that no longer names them. Only an earlier parity report's own are taken
+    (the file starts as `write_markdown` starts it, and the picture is named as `worst_png_paths` names it): a
+    `--report notes.md` over the user's own Markdown removes none of the pictures that it links."""
     from mde.io import written_in_place
+    from mde.runtime.parity_report import REPORT_TITLE
 
     report = Path(report)
     if written_in_place(report) or not report.is_file():
@@ -298,8 +307,11 @@ def _stale_pictures(report: str | Path, kept: Sequence[Path]) -> list[Path]:
         text = report.read_text(errors="replace")
     except OSError:
         return []
+    if not text.startswith(REPORT_TITLE + "\n"):
+        return []
     names = {name for name in re.findall(r"^!\[.*\]\((.+\.worst\.png)\)$", text, re.MULTILINE)
-             if "/" not in name and "\\" not in name}  # a picture beside the report, as `worst_png_paths` puts it
+             if "/" not in name and "\\" not in name  # a picture beside the report, as `worst_png_paths` puts it
+             and name.startswith(f"{report.stem}.")}
     return [report.parent / name for name in sorted(names - {path.name for path in kept})
             if (report.parent / name).is_file()]
 
@@ -387,7 +399,7 @@ def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
         if resolved(cfg.json_path) in (resolved(cfg.report), *map(resolved, pictures)):
             raise InputError("--json names a file the report writes (the report, or an artifact's worst-image "
                              "picture); one would replace the other", cfg.json_path)
-    pictures: dict[str, tuple[Path, np.ndarray]] = {}
+    pictures: dict[str, tuple[Path, np.ndarray, float]] = {}  # artifact: path, picture, white in metres
     if cfg.golden is not None:
         results = [check_golden(cfg.golden, a, cfg.backend, overrides, cfg.providers, label)
                    for a, label in zip(cfg.artifacts, artifact_labels(cfg.artifacts))]
@@ -400,17 +412,17 @@ def run_parity(cfg: ParityConfig) -> list[ArtifactResult]:
         print_regions(results, header.get("regions", {}), to_stderr)
     passed = all(r.passed for r in results)
     writes: list[tuple[Path, Callable[[Path], None]]] = [
-        (path, functools.partial(write_png, image=picture)) for path, picture in pictures.values()]
+        (path, functools.partial(write_png, image=picture)) for path, picture, _ in pictures.values()]
     if cfg.json_path is not None:
         document = json_document({**header, "passed": passed, "artifacts": [r.to_dict() for r in results]})
         writes.append((cfg.json_path, lambda tmp: tmp.write_bytes(document)))
     if cfg.report is not None:
-        names = {a: path.name for a, (path, _) in pictures.items()}
+        names = {a: (path.name, white) for a, (path, _, white) in pictures.items()}
         writes.append((cfg.report, lambda tmp: write_markdown(tmp, results, header, names)))
     # one set: new pictures must not stand beside an earlier run's report. A first stop waits for the whole set, a
     # failed write (a full disk) leaves the earlier set as it was; a second stop ends the wait (a --json into a
     # pipe nobody reads would block)
-    stale = _stale_pictures(cfg.report, [path for path, _ in pictures.values()]) if cfg.report is not None else []
+    stale = _stale_pictures(cfg.report, [path for path, *_ in pictures.values()]) if cfg.report is not None else []
     with deferred_signals(second_stops=True), atomic_paths(path for path, _ in writes) as temporary:
         for tmp, (_, write) in zip(temporary, writes, strict=True):
             write(tmp)

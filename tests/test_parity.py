@@ -170,6 +170,12 @@ def test_another_models_export_fails_as_source(cli, tiny_checkpoint, tiny_export
     assert row["failed"] == ["source"] and "exported from another model (weights sha256" in row["reason"]
     assert "not from other.pt" in row["reason"]
     assert set(row["tolerance"]) >= {"rmse_abs", "rmse_rel", "ssim_abs", "p99_over_range"}  # was {} when not compared
+    # a checkpoint among the artifacts is its own source: its weights (it used to pass as any model)
+    result = cli("parity", tiny_checkpoint, tmp_path / "other.pt", tmp_path / "same.pt", "--data", synth_data,
+                 "--limit", 2, "--json", out_json)
+    assert result.code == 1 and "other.pt (source)" in result.err and "same.pt (source)" not in result.err, result.err
+    rows = json.loads(out_json.read_text())["artifacts"]
+    assert "the checkpoint of another model (weights sha256" in rows[0]["reason"] and rows[1]["failed"] == []
 
     model = onnx.load(str(tiny_export / "model.onnx"))
     for prop in model.metadata_props:
@@ -255,6 +261,8 @@ def test_load_tolerances(tmp_path):
     assert table["int8"].rmse_limit(reference_rmse=2.0) == 1e-6 and table["int8"].rmse_rel is None
     assert table["fp16"].rmse_limit(reference_rmse=2.0) == 1.0 and table["fp16"].rmse_abs is None
     for text, match in (("[int4]\nssim_abs = 1\n", "unknown precision"), ("[fp16]\nrmse = 1\n", "unknown tolerance"),
+                        ("ssim_abs = 1\n[fp16]\nrmse_abs = 1\n",
+                         r"ssim_abs stands outside a precision's table; put it under one of \[fp32\], \[fp16\]"),
                         ("[fp16]\nssim_abs = -1\n", ">= 0"), ("[fp16\n", "not a valid TOML"),
                         ("[int8]\nssim_abs = nan\n", "finite number >= 0, got nan"),
                         ("[int8]\nrmse_rel = inf\n", "finite number >= 0, got inf"),
@@ -573,6 +581,54 @@ def test_stale_pictures_are_found_beside_a_report_whose_name_has_parentheses(tmp
     report.write_text(f"# mde parity report\n\n![model.onnx: RGB | PyTorch | artifact | difference]({picture.name})\n")
     assert _stale_pictures(report, []) == [picture]
     assert _stale_pictures(report, [picture]) == []
+
+
+def test_a_report_over_the_users_own_markdown_removes_none_of_its_pictures(tmp_path):
+    """Only an earlier parity report's own pictures go: `--report notes.md` over the user's notes, which link their
+    own `*.worst.png`, removes none of them (it used to remove each one the notes linked)."""
+    from mde.runtime.parity_run import _stale_pictures, worst_png_paths
+
+    notes = tmp_path / "readme.md"
+    mine, named_like_ours = tmp_path / "mine.worst.png", worst_png_paths(notes, ["model.onnx"])["model.onnx"]
+    for picture in (mine, named_like_ours):
+        picture.write_bytes(b"png")
+    notes.write_text(f"# my notes\n\n![diagram]({mine.name})\n![ours?]({named_like_ours.name})\n")
+    assert _stale_pictures(notes, []) == []
+    notes.write_text(f"# mde parity report\n\n![diagram]({mine.name})\n![model.onnx: x]({named_like_ours.name})\n")
+    assert _stale_pictures(notes, []) == [named_like_ours]  # a parity report's, and named as parity names them
+
+
+def test_the_difference_panel_shows_nan_as_the_largest_difference_and_says_its_scale():
+    """A model that predicts NaN is no 'no difference': its NaN pixels are white, without numpy's cast warning."""
+    import warnings
+
+    from mde.runtime.parity_report import difference_scale, panel
+
+    reference = np.full((4, 4), 5.0, np.float32)
+    artifact = reference.copy()
+    artifact[0, 0], artifact[1, 1], artifact[2, 2] = np.nan, np.inf, 5.5
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        picture = panel(rgb, reference, artifact, max_depth=20.0)
+    diff = picture[:, 12:, 0]
+    assert diff[0, 0] == diff[1, 1] == diff[2, 2] == 255 and diff[3, 3] == 0
+    assert difference_scale(reference, artifact) == pytest.approx(0.5)
+    assert difference_scale(reference, np.full_like(reference, np.nan)) == 0.0
+
+
+def test_the_markdown_report_escapes_artifact_names_and_says_the_panels_scale(tmp_path):
+    from mde.runtime.parity import ArtifactResult
+    from mde.runtime.parity_report import write_markdown
+
+    result = ArtifactResult(artifact="weird/a|b].onnx", precision="fp32", backend="onnxruntime")
+    report = tmp_path / "r.md"
+    write_markdown(report, [result], {}, {"weird/a|b].onnx": ("r.a_b.worst.png", 3.8e-6)})
+    text = report.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| weird"))
+    assert row.startswith("| weird/a\\|b\\].onnx | fp32 |") and row.count(" | ") == 8, row
+    assert "![weird/a\\|b\\].onnx: RGB, PyTorch, artifact, difference](r.a_b.worst.png)" in text
+    assert "Difference panel: black 0, white 3.8e-06 m" in text
 
 
 def test_the_int8_form_is_read_from_output_dtype_too():

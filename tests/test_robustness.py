@@ -584,6 +584,25 @@ def test_help_shows_no_value_for_a_flag(cli, monkeypatch):
     assert [line for line in help_lines if "--data " in line and "<path>" in line]  # a path, not a <str>
 
 
+def test_no_command_help_breaks_a_paragraph_mid_sentence():
+    """typer's help keeps a docstring's line breaks: a paragraph wrapped in the source printed as 'Scoring a' on a
+    line of its own. Every paragraph of every command's help is one line in the source."""
+    import inspect
+
+    import typer
+
+    from mde.cli import app
+
+    def commands(command, path: str):
+        yield path, command
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from commands(sub, f"{path} {name}")
+
+    broken = [(path, paragraph.split("\n")[0]) for path, command in commands(typer.main.get_command(app), "mde")
+              for paragraph in inspect.cleandoc(command.help or "").split("\n\n") if "\n" in paragraph.strip()]
+    assert not broken, broken
+
+
 def test_help_and_version_exit_0_and_ctrl_c_exits_130(cli, monkeypatch):
     assert cli("--version").code == 0 and cli("train", "--help").code == 0
 

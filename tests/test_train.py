@@ -1382,6 +1382,25 @@ def test_eval_of_a_nan_model_is_refused_naming_it(cli, tiny_checkpoint, synth_da
     assert good.code == 0 and "evaluate" in good.err and json.loads(good.out)["images"] == 8  # progress on stderr
 
 
+def test_eval_of_an_onnx_that_predicts_nan_names_the_images(cli, tiny_export, synth_data, tmp_path):
+    """The runtime refuses the output of the batch; eval says which images it held, as for a checkpoint."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(tiny_export / "model.onnx"))
+    bias = [n for n in model.graph.node if n.op_type == "Conv"][-1].input[2]
+    for i, tensor in enumerate(model.graph.initializer):
+        if tensor.name == bias:
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(
+                np.full_like(numpy_helper.to_array(tensor), np.nan), bias))
+    broken = tmp_path / "nan.onnx"
+    onnx.save(model, str(broken))
+    result = cli("eval", broken, "--data", synth_data, "--batch-size", 4)
+    assert result.code == 2, result.err
+    assert re.fullmatch(rf"mde: error: {re.escape(str(broken))}: the model predicts NaN or infinite depth: a diverged "
+                        r"or broken model \(one of images \S+ to \S+\)", result.err.strip().splitlines()[-1]), result.err
+
+
 def test_a_folder_without_meta_json_needs_max_depth_and_is_scored_at_the_models_range(tmp_path, synth_data, cli):
     """A folder of one's own data (no meta.json) has no known depth range: training asks for --max-depth
     instead of capping the model at a guessed 20 m, and eval takes the model's range as the SSIM range."""

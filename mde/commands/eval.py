@@ -36,9 +36,11 @@ def eval_command(
 ) -> None:
     """Mean RMSE, SSIM, AbsRel, SqRel, RMSE log, delta1-3 and SILog over a split.
 
-    Where the split has region masks, also RMSE / AbsRel / delta1 on objects and on structure. Scoring a
-    split other than train (and NYU's all), the train split's per-pixel mean depth map is scored beside the
-    model (RMSE / AbsRel / delta1, per region too), or a note says why there is none.
+    Where the split has region masks, also RMSE / AbsRel / delta1 on objects and on structure.
+
+    Beside the model, the train split's per-pixel mean depth map is scored (RMSE / AbsRel / delta1, per region too).
+
+    Scoring the train split itself (or NYU's all), or without one to read, a note says why there is no such map.
     """
     from mde.data import readers
     from mde.io import require_file
