@@ -39,7 +39,8 @@ class _OncePerFolder(logging.Filter):
         folder = self.folder.get()
         if folder is None or record.levelno > logging.INFO:
             return True
-        key = (folder, str(record.msg))
+        key = (folder, getattr(record, "note", None) or str(record.msg))  # the kind: `_note`'s message, else the
+        # format (every `_note` record's is "%s: %s": keyed by it, a folder's first note silenced all other kinds)
         if self.quiet or key in self.said:
             return False
         self.said.add(key)
@@ -329,7 +330,7 @@ def _note(message: str, source: str | Path) -> None:
             return
         _noted.add(message)
         message += " (said once for images in memory)"
-    log.info("%s: %s", source, message)
+    log.info("%s: %s", source, message, extra={"note": message})
 
 
 def _once_for(source: str | Path) -> str:

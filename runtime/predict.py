@@ -227,11 +227,19 @@ def check_no_overwrite(inputs: list[Path], outputs: list[Path], force: bool = Fa
         raise InputError("the depth map would overwrite this input image; choose another --out "
                          "(or --format npy)", clash)
     folders = {path.parent for path in sources}
-    taken = next((path for path in outputs if resolved(path).parent in folders and path.exists()), None)
+    taken = next((path for path in outputs if resolved(path).parent in folders and os.path.lexists(path)), None)
     if taken is not None:
         raise InputError("the depth map would replace this existing file in the images' own folder; "
                          "choose another --out", taken)
-    existing = [path for path in outputs if path.exists()]
+    from mde.runtime.images import IMAGE_SUFFIXES
+
+    joins = next((path for path in outputs if resolved(path).parent in folders
+                  and path.suffix.lower() in IMAGE_SUFFIXES), None)
+    if joins is not None:  # the next run over the folder would take the depth pictures for camera frames
+        raise InputError("--out is the images' own folder: the depth pictures would join the images there (and be "
+                         "read as images by the next run over it); choose another --out, or --format npy",
+                         joins.parent)
+    existing = [path for path in outputs if os.path.lexists(path)]  # a broken link of that name too
     if existing and not force:  # found before the first image, not after it
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
         raise InputError(f"exists{more}, and a depth map would replace it; give --force to replace the files of "

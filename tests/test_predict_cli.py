@@ -367,6 +367,22 @@ def test_a_folder_of_grey_frames_gets_one_note(cli, onnx_path, images, tmp_path)
                      f"{images})"]
 
 
+def test_each_kind_of_note_is_said_once_per_folder(cli, onnx_path, images, tmp_path):
+    """Once per folder and kind: the folder's first note (a grey image) silenced every other kind (an RGBA image's
+    dropped alpha) for the rest of the folder."""
+    from PIL import Image
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "a_gray.png").write_bytes((images / "gray.png").read_bytes())
+    (mixed / "b_gray.png").write_bytes((images / "gray.png").read_bytes())
+    Image.new("RGBA", (40, 40), (10, 20, 30, 0)).save(mixed / "c_rgba.png")
+    result = cli("predict", onnx_path, mixed, "--out", tmp_path / "out")
+    assert result.code == 0, result.err
+    notes = [line for line in result.err.splitlines() if "said once" in line]
+    assert len(notes) == 2 and "a_gray.png: grayscale" in notes[0] and "c_rgba.png: RGBA image" in notes[1], notes
+
+
 def test_log_lines_escape_the_names_they_show_and_name_a_multi_frame_file(cli, onnx_path, images, tmp_path):
     """A gray image's "converted to RGB" line printed the newline of its name raw (two lines); an animation
     was predicted from its first frame without a word."""
@@ -443,6 +459,27 @@ def test_predict_never_replaces_a_users_file_beside_the_images(cli, onnx_path, i
     out = tmp_path / "depth"
     result = cli("predict", onnx_path, images / "b.jpg", "--out", out)
     assert result.code == 0, result.err
+
+
+def test_depth_pictures_never_join_the_images_in_their_folder(cli, onnx_path, tmp_path):
+    """`--out` the images' folder writes `b.png` beside `b.jpg` only as `--format npy`: a picture there was read as a
+    camera frame by the next run over the folder (the docs said so; the code took any new name). A broken link of
+    a depth map's name in --out is an existing file too."""
+    folder = tmp_path / "cam"
+    folder.mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(folder / "b.jpg")
+    for fmt in ("color", "png16"):
+        result = cli("predict", onnx_path, folder, "--out", folder, "--format", fmt)
+        assert result.code == 2 and result.err.strip() == (
+            f"mde: error: {folder}: --out is the images' own folder: the depth pictures would join the images there "
+            "(and be read as images by the next run over it); choose another --out, or --format npy"), result.err
+    assert sorted(p.name for p in folder.iterdir()) == ["b.jpg"]
+    assert cli("predict", onnx_path, folder, "--out", folder, "--format", "npy").code == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b.png").symlink_to(tmp_path / "gone.png")
+    result = cli("predict", onnx_path, folder / "b.jpg", "--out", out)
+    assert result.code == 2 and "exists, and a depth map would replace it" in result.err, result.err
 
 
 def test_predict_replaces_a_file_in_out_only_with_force(cli, onnx_path, images, tmp_path):
