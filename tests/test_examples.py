@@ -49,8 +49,11 @@ def test_robot_loop_bad_arguments_are_one_line_exit_2(tiny_export, synth_data, t
         assert proc.stderr.startswith("robot_loop: error: "), proc.stderr  # argparse's and the runtime's alike
 
 
-def test_robot_loop_stops_on_ctrl_c_with_its_figures_and_exit_130(tiny_export, synth_data, tmp_path):
-    """A camera loop ends with Ctrl-C: the figures so far and one line, not onnxruntime's traceback."""
+@pytest.mark.parametrize("stop, code, said", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
+def test_robot_loop_stops_on_ctrl_c_with_its_figures_and_exit_130(tiny_export, synth_data, tmp_path, stop, code,
+                                                                    said):
+    """A camera loop ends with Ctrl-C, or with SIGTERM from a service manager (systemd, docker stop, roslaunch):
+    the figures so far and one line, not onnxruntime's traceback (SIGTERM killed it, its figures unsaid)."""
     import signal
     import time
 
@@ -65,10 +68,27 @@ def test_robot_loop_stops_on_ctrl_c_with_its_figures_and_exit_130(tiny_export, s
     deadline = time.monotonic() + 120
     while len(lines) < 3 and time.monotonic() < deadline:  # the model line and two frames
         lines.append(proc.stdout.readline())
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, stop))
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and err.strip() == "robot_loop: interrupted", err
+    assert proc.returncode == code and err.strip() == f"robot_loop: {said}", err
     assert out.splitlines()[-1].split(" frames: median ")[0].isdigit()
+
+
+def test_robot_loop_keeps_the_latencies_of_a_window_of_frames(capsys, monkeypatch):
+    """A camera runs for days: the loop keeps the last WINDOW frames' latencies, not every frame's, and says so."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("robot_loop", EXAMPLE)
+    loop = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "robot_loop", loop)  # where its dataclass looks itself up
+    spec.loader.exec_module(loop)
+    tally = loop.Tally()
+    for i in range(loop.WINDOW + 500):
+        tally.latencies.append(1000.0 if i < 500 else 2.0)  # the first 500 frames were slow
+        tally.frames += 1
+    assert len(tally.latencies) == loop.WINDOW
+    loop.summary(tally)
+    assert capsys.readouterr().out == f"{loop.WINDOW + 500} frames: median 2.0 ms, p90 2.0 ms (the last {loop.WINDOW})\n"
 
 
 def test_robot_loop_piped_to_head_stops_quietly(tiny_export, synth_data, tmp_path):
