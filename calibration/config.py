@@ -53,8 +53,12 @@ TARGETS: dict[str, Target] = {
                        activation_type="int8", quantize_bias=False, keep_relu=True, phase_convs=False),
     # ONNX Runtime CPU: only ops with integer kernels (QLinearConv, QLinearAdd, QLinearConcat,
     # uint8 MaxPool, Resize and DepthToSpace); ConvTranspose has none, so it is rewritten into
-    # Convs first. The head stays float here too.
-    "cpu": Target("cpu", ("Conv", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool", "Concat", "Resize"),
+    # Convs first. Relu is among them so that the quantizer folds it into the convolution before it
+    # (its output takes the convolution's quantization): a Relu left out stayed float before a Resize, and
+    # the MaxPool after the stem's ran in float between two scales. A bilinear Resize still runs in float
+    # between its Q/DQ pair: ONNX Runtime keeps them on purpose, as interpolating the bytes rounds
+    # otherwise. The head stays float here too.
+    "cpu": Target("cpu", ("Conv", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool", "Concat", "Resize", "Relu"),
                   activation_type="uint8", quantize_bias=True, keep_relu=False, phase_convs=True),
 }
 

@@ -44,8 +44,33 @@ def _dequantized(name: str, producers: dict[str, onnx.NodeProto], depth: int = 4
     return False
 
 
+def _requantized(name: str, readers: dict[str, list[onnx.NodeProto]], depth: int = 4) -> bool:
+    """True when every reader of `name` is a QuantizeLinear, possibly through layout-only nodes."""
+    nodes = readers.get(name, [])
+    return bool(nodes) and depth > 0 and all(
+        node.op_type == "QuantizeLinear" or (node.op_type in _LAYOUT and node.output
+                                             and _requantized(node.output[0], readers, depth - 1))
+        for node in nodes)
+
+
+def float_islands(graph: onnx.GraphProto) -> list[str]:
+    """Nodes other than convolutions that run in float on quantized data: they read a DequantizeLinear output and
+    all they write goes to a QuantizeLinear (a Relu, MaxPool or Resize between a dequantize and a quantize step
+    that ONNX Runtime could not drop), each "op_type name"."""
+    producers = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    skip = ("DequantizeLinear", "QuantizeLinear", *_LAYOUT, *INTEGER_CONVS, *FLOAT_CONVS)
+    return [f"{node.op_type} {node.name}" for node in graph.node
+            if node.op_type not in skip and node.input and node.output
+            and _dequantized(node.input[0], producers) and _requantized(node.output[0], readers)]
+
+
 def conv_kernels(graph: onnx.GraphProto) -> dict[str, Any]:
-    """Classify the convolutions of an optimized graph: integer kernels, float ones, and unfused quantized ones.
+    """Classify the convolutions of an optimized graph: integer kernels, float ones, and unfused quantized ones;
+    and list the other nodes that run in float on quantized data (`float_islands`).
 
     A float convolution is "unfused" when its weight is a DequantizeLinear output: it was
     quantized, but runs in float between dequantize and quantize steps. A float convolution
@@ -68,6 +93,7 @@ def conv_kernels(graph: onnx.GraphProto) -> dict[str, Any]:
         "share": round(len(integer) / total, 4) if total else 0.0,
         "float_nodes": floats,
         "unfused": unfused,
+        "float_islands": float_islands(graph),
         "op_counts": dict(sorted(Counter(
             f"{n.domain}.{n.op_type}" if n.domain else n.op_type for n in graph.node).items())),
     }

@@ -54,6 +54,26 @@ def test_every_convolution_runs_as_an_integer_kernel(cpu_int8, tiny_export, tmp_
     assert report.integer_kernels["unfused"] == []
 
 
+def test_the_skip_decoders_relu_and_maxpool_run_on_bytes(tiny_unet, synth_data, tmp_path):
+    """In ONNX Runtime's optimized `unet` CPU form nothing but the bilinear Resizes runs in float between a dequantize
+    and a quantize step (ONNX Runtime keeps Q/DQ around a linear Resize on purpose: interpolating the bytes would
+    round otherwise). Before, the Relus before each Resize stayed float (Relu was not among the ops quantized), and
+    the stem's MaxPool ran in float between two scales, with re-layout Transposes around it: 0.50x FP32 against
+    0.41x (resnet50, 224 px)."""
+    from mde.calibration.calibrate import calibrate
+    from mde.calibration.config import CalibrationConfig
+    from mde.calibration.inspect import integer_kernel_share
+
+    out = tmp_path / "model.int8.cpu.onnx"
+    calibrate(CalibrationConfig(model=tiny_unet.export / "model.onnx", data=synth_data, out=out, target="cpu",
+                                num_images=12, holdout_images=6, allow_few=True, max_float_nodes=0, progress=False))
+    kernels = integer_kernel_share(out)
+    assert {island.split()[0] for island in kernels["float_islands"]} <= {"Resize"}, kernels["float_islands"]
+    ops = kernels["op_counts"]
+    assert "Relu" not in ops and "com.microsoft.nchwc.MaxPool" not in ops and "MaxPool" not in ops, ops
+    assert kernels["unfused"] == [] and kernels["float"] == 1  # the head's convolution alone
+
+
 def test_tensorrt_form_is_caught_running_float_convolutions(tiny_int8):
     """The TensorRT Q/DQ model (symmetric INT8, float biases) is what the CPU check exists to catch."""
     from mde.calibration.inspect import integer_kernel_share
