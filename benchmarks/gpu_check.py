@@ -110,8 +110,9 @@ def _requirement(ck: Check, name: str, results: dict[str, dict]) -> str | None:
 
 
 def _status(result: dict[str, Any]) -> tuple[str, str]:
-    if result.get("errors"):
-        return "error", "; ".join(f"{k}: {v}" for k, v in result["errors"].items())
+    errors = result.get("errors")
+    if isinstance(errors, dict) and errors:  # {part: why}; the tests section's "errors" is pytest's count
+        return "error", "; ".join(f"{k}: {v}" for k, v in errors.items())
     if result.get("failed_checks"):
         return "failed", "; ".join(result["failed_checks"])
     return "ok", ""

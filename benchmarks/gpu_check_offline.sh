@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The GPU check in one command on a GPU machine with no network (README "GPU check", one call):
-# installs the wheels carried in .whl/ (at least onnxconverter-common), installs mde from this
-# checkout without touching the network, then runs benchmarks/gpu_check.py with its reports in OUT.
+# installs the wheels carried in .whl/ (README "GPU check" lists them: onnxconverter-common, setuptools,
+# wheel, rich, typer, pytest and theirs), installs mde from this checkout without touching the network,
+# then runs benchmarks/gpu_check.py with its reports in OUT. An install that fails is said and the check
+# goes on: a wheel for another Python is left out alone, and mde uninstalled runs from the checkout
+# (on PYTHONPATH), so the sections that need neither still report.
 #
 #   bash benchmarks/gpu_check_offline.sh OUT [gpu_check.py options...]
 #
@@ -33,11 +36,14 @@ wheels=("$wheel_dir"/*.whl)
 ort_path=()
 if [[ -e ${wheels[0]} ]]; then
     site=${MDE_SITE:-$(mktemp -d /tmp/mde-site.XXXXXX)}  # by default a new one: nothing an earlier run installed
-    "$python" -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check \
-        --upgrade --target "$site" "${wheels[@]}"
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
-    for wheel in "${wheels[@]}"; do  # an onnxruntime(-gpu) among them: gpu_check imports it, not the machine's
-        case $(basename -- "$wheel") in
+    for wheel in "${wheels[@]}"; do  # one at a time: a wheel for another Python costs that wheel, not the run
+        if ! "$python" -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check \
+                --upgrade --target "$site" "$wheel"; then
+            echo "gpu_check_offline: $(basename -- "$wheel"): not installed (above); going on without it" >&2
+            continue
+        fi
+        case $(basename -- "$wheel") in  # an onnxruntime(-gpu): gpu_check imports it, not the machine's
             onnxruntime-[0-9]* | onnxruntime_gpu-[0-9]*) ort_path=(--ort-path "$site") ;;
         esac
     done
@@ -45,5 +51,9 @@ else
     echo "gpu_check_offline: no wheels in $wheel_dir/: FP16 export needs onnxconverter-common" \
         "(README 'GPU check')" >&2
 fi
-"$python" -m pip install -q --no-index --no-deps --no-build-isolation --disable-pip-version-check -e "$root"
-exec "$python" "$root/benchmarks/gpu_check.py" --out "$out" "${ort_path[@]}" "$@"
+if ! "$python" -m pip install -q --no-index --no-deps --no-build-isolation --disable-pip-version-check -e "$root"
+then  # an old setuptools without wheel, none at all, a read-only site-packages: mde runs from the checkout
+    echo "gpu_check_offline: mde not installed (above); running it from $root on PYTHONPATH" >&2
+    export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+fi
+exec "$python" "$root/benchmarks/gpu_check.py" --out "$out" ${ort_path[@]+"${ort_path[@]}"} "$@"

@@ -98,9 +98,9 @@ def _fakes(gs, calls: list[str]) -> dict:
 
     def tests(ck, budget):
         calls.append("tests")
-        return {"selection": "x", "exit_code": 1, "passed": 1, "failed": 1, "errors": 0, "skipped": 0,
+        return {"selection": "x", "exit_code": 1, "passed": 1, "failed": 1, "errors": 1, "skipped": 0,
                 "not_passed": [{"test": "t::a", "outcome": "failed", "message": "boom"}], "log": "l",
-                "failed_checks": ["1 failed"]}
+                "failed_checks": ["1 failed"]}  # pytest's error count: read as a {part: why}, it lost the counts
 
     def model(ck):
         calls.append("model")
@@ -140,6 +140,7 @@ def test_sections_fail_soft_within_their_budgets(gpu_check, monkeypatch, tmp_pat
     assert s["training"]["status"] == "error" and "exceeded its 1 s budget" in s["training"]["reason"]
     assert s["training"]["fp32_images_per_s"] == 123.0 and s["training"]["seconds"] < 5
     assert s["tests"]["status"] == "failed" and s["tests"]["reason"] == "1 failed"
+    assert (s["tests"]["passed"], s["tests"]["errors"]) == (1, 1)
     for name in ("torch_inference", "export", "onnxruntime", "tensorrt"):
         assert s[name]["status"] == "skipped" and "needs the model section" in s[name]["reason"], s[name]
     assert set(report["problems"]) == {"tests", "model", "training"} and report["exit_code"] == 1
@@ -147,6 +148,17 @@ def test_sections_fail_soft_within_their_budgets(gpu_check, monkeypatch, tmp_pat
     assert "exceeded its 1 s budget" in md and "| t::a | failed | boom |" in md
     out = capsys.readouterr().out
     assert "skipped export: needs the model section's checkpoint (RuntimeError: cannot build the model)" in out
+
+
+def test_the_tests_section_collects_exactly_the_files_of_the_cuda_tests(gpu_check):
+    """Only the files that hold `gpu` or `tensorrt` tests are collected (an error in any other module stopped pytest
+    before the CUDA tests ran): the same files as pytest's own selection."""
+    _, gs = gpu_check
+    proc = subprocess.run([sys.executable, "-m", "pytest", "tests", "-m", gs.TEST_SELECTION, "--collect-only", "-q",
+                           "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          check=False)
+    selected = {line.split("::")[0] for line in proc.stdout.splitlines() if "::" in line}
+    assert selected and selected == {str(path) for path in gs.marked_test_files()}, proc.stdout[-2000:]
 
 
 def test_only_runs_the_sections_it_needs(gpu_check, monkeypatch, tmp_path, capsys):
@@ -247,14 +259,17 @@ def test_markdown_renders_the_gpu_only_sections(gpu_check):
 OFFLINE = BENCH / "gpu_check_offline.sh"
 
 
-def _offline(tmp_path: Path, *args: str, wheels: bool, ort: bool, stale_site: bool = False,
+def _offline(tmp_path: Path, *args: str, wheels: bool, ort: bool, stale_site: bool = False, foreign: bool = False,
              **env_changes: str) -> tuple[subprocess.CompletedProcess, list[str]]:
     """Run gpu_check_offline.sh with PYTHON a stand-in that logs each call (argv and PYTHONPATH) and hands
     `--check-options` to the real Python; `ort`: an onnxruntime wheel among the carried ones; `stale_site`: an
     onnxruntime an earlier run left in MDE_SITE."""
     log, fake = tmp_path / "calls.log", tmp_path / "python"
     fake.write_text(f'#!/bin/bash\necho "PWD=$PWD PYTHONPATH=$PYTHONPATH $*" >> {log}\n'
-                    f'if [[ " $* " == *" --check-options "* ]]; then exec {sys.executable} "$@"; fi\n')
+                    f'if [[ " $* " == *" --check-options "* ]]; then exec {sys.executable} "$@"; fi\n'
+                    # pip refuses a wheel for another Python; FAIL_EDITABLE: mde's own install fails
+                    'if [[ " $* " == *"-cp39-"* ]]; then exit 1; fi\n'
+                    'if [[ -n $FAIL_EDITABLE && " $* " == *" -e "* ]]; then exit 1; fi\n')
     fake.chmod(0o755)
     wheel_dir, site = tmp_path / "wheels", tmp_path / "site"
     wheel_dir.mkdir()
@@ -262,6 +277,8 @@ def _offline(tmp_path: Path, *args: str, wheels: bool, ort: bool, stale_site: bo
         (wheel_dir / "onnxconverter_common-1.16.0-py2.py3-none-any.whl").write_bytes(b"")
     if ort:
         (wheel_dir / "onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    if foreign:
+        (wheel_dir / "rich-14.0.0-cp39-cp39-linux_x86_64.whl").write_bytes(b"")
     if stale_site:
         (site / "onnxruntime").mkdir(parents=True)
     env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "MDE_SITE": str(site), "MDE_WHEELS": str(wheel_dir),
@@ -275,13 +292,26 @@ def test_offline_wrapper_installs_carried_wheels_first_then_mde_then_runs_the_ch
     proc, calls = _offline(tmp_path, "OUTDIR", "--budget", "300", wheels=True, ort=True)
     assert proc.returncode == 0, proc.stderr
     site = tmp_path / "site"
-    assert len(calls) == 4, calls
+    assert len(calls) == 5, calls
     assert calls.pop(0).endswith("gpu_check.py --out OUTDIR --budget 300 --check-options")  # before installing
-    assert "-m pip install" in calls[0] and f"--target {site}" in calls[0] and "onnxconverter_common" in calls[0]
-    assert "--no-index" in calls[1] and calls[1].endswith(f"-e {ROOT}")  # mde itself, offline, from the checkout
-    assert calls[2].startswith(f"PWD={tmp_path} PYTHONPATH={site} {ROOT}/benchmarks/gpu_check.py --out OUTDIR "
+    for call, wheel in zip(calls, ("onnxconverter_common", "onnxruntime_gpu")):  # one pip call each
+        assert "-m pip install" in call and f"--target {site}" in call and call.count(".whl") == 1 and wheel in call
+    assert "--no-index" in calls[2] and calls[2].endswith(f"-e {ROOT}")  # mde itself, offline, from the checkout
+    assert calls[3].startswith(f"PWD={tmp_path} PYTHONPATH={site} {ROOT}/benchmarks/gpu_check.py --out OUTDIR "
                                f"--ort-path {site}")  # from the caller's folder: a relative OUT stays there
-    assert calls[2].endswith("--budget 300")
+    assert calls[3].endswith("--budget 300")
+
+
+def test_offline_wrapper_goes_on_past_a_wheel_or_an_install_that_fails(tmp_path):
+    """One wheel for another Python, then mde's own install failing (an old setuptools without wheel): each is
+    said and the check still runs, mde from the checkout on PYTHONPATH. Either used to end the run with no report."""
+    proc, calls = _offline(tmp_path, "OUTDIR", wheels=True, ort=False, foreign=True, FAIL_EDITABLE="1")
+    assert proc.returncode == 0, proc.stderr
+    assert "gpu_check_offline: rich-14.0.0-cp39-cp39-linux_x86_64.whl: not installed (above); going on without it" \
+        in proc.stderr
+    assert f"gpu_check_offline: mde not installed (above); running it from {ROOT} on PYTHONPATH" in proc.stderr
+    site = tmp_path / "site"
+    assert calls[-1].startswith(f"PWD={tmp_path} PYTHONPATH={ROOT}:{site} {ROOT}/benchmarks/gpu_check.py --out OUTDIR")
 
 
 def test_offline_wrapper_without_wheels_says_so_and_still_runs(tmp_path):
