@@ -888,6 +888,14 @@ def test_a_run_killed_while_writing_its_first_checkpoint_starts_again_without_fo
         f"mde: error: {run}: the folder holds a run (last.pt), finished; start anew over it with --force, or choose "
         "another --out\n")
     state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    # stopped short of its schedule by a smaller --epochs (`--resume --epochs 1` of a 3-epoch one-cycle run): it
+    # can go on, and --force, the one way named, threw it away
+    steps = state["steps_per_epoch"]
+    torch.save({**state, "scheduler": {**state["scheduler"], "total_steps": 3 * steps}}, run / "last.pt")
+    result = cli("train", "--data", synth_data, "--out", run, *TINY, "--epochs", "1")
+    assert result.code == 2 and result.err == (
+        f"mde: error: {run}: the folder holds a run (last.pt), 1 of its one-cycle schedule's 3 epochs trained: "
+        f"continue it with --resume {run / 'last.pt'} --epochs 3, or start anew over it with --force\n"), result.err
     torch.save({**state, "epoch": 0, "step": 3, "epoch_step": 3}, run / "last.pt")  # as after a Ctrl-C mid-epoch
     from mde.train import trainer
 

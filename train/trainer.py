@@ -159,17 +159,22 @@ def _run_in_folder(last: Path) -> str:
         per_epoch = int(state["steps_per_epoch"])
     except Exception:  # noqa: BLE001 - an older or damaged last.pt: the general way on
         return f"{said}: continue it with --resume {shown_path(last)}, {anew}"
-    try:
-        check_resume(replace(saved, resume=str(last)), state, per_epoch)
-    except InputError:  # nothing left: finished (a cyclic run may go on with more epochs)
-        if saved.schedule == "onecycle":
-            return f"{said}, finished; start anew over it with --force, or choose another --out"
-        further = f"--resume {shown_path(last)} --epochs N (N > {saved.epochs})"
-        return f"{said}, finished; train it further with {further}, {anew}"
     processes = state.get("world_size")
     how = f"--resume {shown_path(last)}"  # on the number of processes it trained on: its batches were dealt for it
     if isinstance(processes, int) and processes > 1:
         how = f"torchrun --nproc-per-node {processes} -m mde.train {how}"
+    try:
+        check_resume(replace(saved, resume=str(last)), state, per_epoch)
+    except InputError:  # its --epochs trained: finished, unless its schedule goes further
+        if saved.schedule == "onecycle":
+            planned = state.get("scheduler", {}).get("total_steps")
+            room = int(state["epoch"]) + (int(planned) - int(state["step"])) // max(per_epoch, 1) \
+                if isinstance(planned, int) else int(state["epoch"])
+            if room > int(state["epoch"]):  # stopped short by a smaller --epochs: its schedule runs to `room`
+                return (f"{said}, {state['epoch']} of its one-cycle schedule's {room} epochs trained: continue it "
+                        f"with {how} --epochs {room}, {anew}")
+            return f"{said}, finished; start anew over it with --force, or choose another --out"
+        return f"{said}, finished; train it further with {how} --epochs N (N > {saved.epochs}), {anew}"
     return f"{said}, {state['epoch']} of its {saved.epochs} epochs trained: continue it with {how}, {anew}"
 
 
