@@ -1,12 +1,14 @@
 """Export time and sizes: checkpoint -> model.onnx + model.fp16.onnx, resnet50 at 224x224.
 
 `python benchmarks/bench_export.py [--quick] [--decoder D]` (quick: resnet18 at 64x64; the decoder: `mde train`'s
-default unless named). Random weights: export time and size do not depend on the weight values.
+default unless named). Random weights: export time and size do not depend on the weight values. The figures
+are one JSON object on stdout; the lines said on the way go to stderr.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -52,14 +54,14 @@ def run(quick: bool = False, decoder: str | None = None) -> dict:
             "max_abs_diff_m": a.max_abs_diff,
             "p99_over_range": a.p99_over_range,
         }
-    print(
+    print(  # stderr: stdout is the JSON alone (`| jq`)
         f"export {backbone} + {result['decoder']} decoder {size}x{size}: total {total:.1f} s (includes checkpoint "
-        "load, golden run, checks)"
+        "load, golden run, checks)", file=sys.stderr
     )
     for a in artifacts:
         print(
             f"  {a.precision}: {a.seconds:6.1f} s  {a.size_bytes / 2**20:7.1f} MiB  "
-            f"p99 |diff| {a.p99_abs_diff:.2e} m  max {a.max_abs_diff:.2e} m"
+            f"p99 |diff| {a.p99_abs_diff:.2e} m  max {a.max_abs_diff:.2e} m", file=sys.stderr
         )
     return result
 

@@ -275,7 +275,7 @@ def losses(data: Path, quick: bool) -> dict:
                         "step_size_up": 125}
             best = train(TrainConfig(data=str(data), out=os.path.join(tmp, "r"), **settings))["best"]
         table[loss] = {k: round(best[k], 4) for k in ("rmse", "ssim", "abs_rel", "delta1")}
-        print(f"  {loss:8s} {table[loss]}", flush=True)
+        print(f"  {loss:8s} {table[loss]}", file=sys.stderr, flush=True)
     return {"settings": f"resnet18 64px, from scratch, {settings['epochs']} epoch(s), batch 16, "
                         "CyclicLR 2e-4..2e-3 (125-step half cycle)",
             "results": table, "best_rmse": min(table, key=lambda k: table[k]["rmse"])}
@@ -447,11 +447,11 @@ def decoders(data: Path, quick: bool, runs: Path | None = None,
         trained = {}
         for name in variants:
             trained[name] = train_variant(data, root / name, VARIANTS[name], quick, epochs, device)
-            print(f"  {name}: {json.dumps(trained[name])}", flush=True)
+            print(f"  {name}: {json.dumps(trained[name])}", file=sys.stderr, flush=True)
         if train_only:
             return {"runs": trained}
         rows = region_rows(data, {name: root / name for name in variants})
-    print(format_region_table(rows, reference or variants[0]), flush=True)
+    print(format_region_table(rows, reference or variants[0]), file=sys.stderr, flush=True)
     return {"runs": trained, "metrics": rows}
 
 
@@ -550,7 +550,7 @@ def run(quick: bool = False,
             start = time.perf_counter()
             results[name] = parts[name](root, quick)
             results[name]["seconds"] = round(time.perf_counter() - start, 1)
-            print(name, json.dumps(results[name], default=str), flush=True)
+            print(name, json.dumps(results[name], default=str), file=sys.stderr, flush=True)
         return results
 
 

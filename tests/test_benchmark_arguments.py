@@ -371,3 +371,32 @@ def test_bench_int8_says_when_its_ms_and_ratio_columns_disagree(monkeypatch):
     rows = {"fp32": {"ms": 85.1, "vs_fp32": 1.0}, "int8 cpu": {"ms": 129.6, "vs_fp32": 0.726},
             "int8 tensorrt": {"ms": 90.0, "vs_fp32": 1.02}}
     assert bench_int8.unsteady_rows(rows) == {"int8 cpu": (pytest.approx(129.6 / 85.1), 0.726)}
+
+
+def test_bench_export_and_bench_train_print_json_alone_on_stdout(capsys, monkeypatch):
+    """Their figures are one JSON object on stdout (`| jq`, `> out.json`); what they say on the way goes to stderr
+    (it came first on stdout, so the JSON did not parse)."""
+    import json
+    from types import SimpleNamespace
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import bench_export
+    import bench_train
+
+    import mde.export.exporter as exporter
+    import mde.train.checkpoint as checkpoint
+
+    artifact = SimpleNamespace(precision="fp32", seconds=1.0, size_bytes=2**20, p99_abs_diff=1e-6, max_abs_diff=2e-6,
+                               p99_over_range=5e-8)
+    monkeypatch.setattr(checkpoint, "save_untrained", lambda *args, **kwargs: None)
+    monkeypatch.setattr(exporter, "export_checkpoint", lambda cfg: [artifact])
+    monkeypatch.setattr(sys, "argv", ["bench_export.py", "--quick"])
+    bench_export.main()
+    out, err = capsys.readouterr()
+    assert json.loads(out)["fp32"]["size_mib"] == 1.0 and "fp32:" in err
+
+    monkeypatch.setattr(bench_train, "throughput", lambda root, quick: {"ratio": 3.0})
+    monkeypatch.setattr(sys, "argv", ["bench_train.py", "--quick", "--only", "throughput"])
+    bench_train.main()
+    out, err = capsys.readouterr()
+    assert json.loads(out)["throughput"]["ratio"] == 3.0 and "throughput" in err
