@@ -294,6 +294,16 @@ def merge_resume(cli: TrainConfig, saved: TrainConfig, given: Collection[str] = 
     return replace(saved, **changed)  # `saved` was read once (from_dict); what is typed now stands as typed
 
 
+def one_cycle_end(resume: dict[str, Any], steps_per_epoch: int) -> int | None:
+    """The epoch a one-cycle run's schedule, saved in its checkpoint `resume`, runs to (a run stopped short of it by a
+    smaller --epochs may go on to it); None where the checkpoint holds no such schedule."""
+    scheduler = resume.get("scheduler")
+    planned = scheduler.get("total_steps") if isinstance(scheduler, dict) else None
+    if not isinstance(planned, int) or isinstance(planned, bool):
+        return None
+    return int(resume["epoch"]) + (planned - int(resume["step"])) // max(steps_per_epoch, 1)
+
+
 def check_resume(cfg: TrainConfig, resume: dict[str, Any], steps_per_epoch: int, world_size: int | None = None
                  ) -> None:
     """Refuse a resume with nothing left to train, one that runs past a one-cycle schedule's end or, at another
@@ -313,8 +323,8 @@ def check_resume(cfg: TrainConfig, resume: dict[str, Any], steps_per_epoch: int,
     left = None if planned is None else planned - resume["step"]  # steps the one-cycle schedule has left
     if resume["epoch"] >= cfg.epochs:
         more = "give more --epochs to train on"
-        if left is not None:  # a run stopped short by a smaller --epochs may go on to its schedule's end
-            room = resume["epoch"] + left // max(steps_per_epoch, 1)
+        room = one_cycle_end(resume, steps_per_epoch) if left is not None else None
+        if room is not None:  # a run stopped short by a smaller --epochs may go on to its schedule's end
             more = (f"its one-cycle schedule runs to epoch {room}: --epochs {room} continues it"
                     if room > resume["epoch"] else "a finished one-cycle run cannot go on: start a new run")
         raise InputError(f"this run has already trained {resume['epoch']} of --epochs {cfg.epochs}; nothing to "

@@ -150,7 +150,7 @@ def open_splits(cfg: TrainConfig, env: DistEnv):
 
 def _run_in_folder(last: Path) -> str:
     """What to say of a run folder a new run was pointed at: how its run goes on, if it can, or --force."""
-    from mde.train.config import check_resume
+    from mde.train.config import check_resume, one_cycle_end
 
     said, anew = "the folder holds a run (last.pt)", "or start anew over it with --force"
     try:
@@ -167,10 +167,8 @@ def _run_in_folder(last: Path) -> str:
         check_resume(replace(saved, resume=str(last)), state, per_epoch)
     except InputError:  # its --epochs trained: finished, unless its schedule goes further
         if saved.schedule == "onecycle":
-            planned = state.get("scheduler", {}).get("total_steps")
-            room = int(state["epoch"]) + (int(planned) - int(state["step"])) // max(per_epoch, 1) \
-                if isinstance(planned, int) else int(state["epoch"])
-            if room > int(state["epoch"]):  # stopped short by a smaller --epochs: its schedule runs to `room`
+            room = one_cycle_end(state, per_epoch)
+            if room is not None and room > int(state["epoch"]):  # stopped short by a smaller --epochs
                 return (f"{said}, {state['epoch']} of its one-cycle schedule's {room} epochs trained: continue it "
                         f"with {how} --epochs {room}, {anew}")
             return f"{said}, finished; start anew over it with --force, or choose another --out"
