@@ -30,8 +30,8 @@ def eval_command(
     batch_size: int = typer.Option(8, "--batch-size", help="Images per inference call."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     providers: list[str] = providers_option(),
-    backend: str = typer.Option("auto", "--backend", help="An .onnx or .engine's runtime: auto (from the file suffix), "
-                                 "onnxruntime or tensorrt."),
+    backend: str = typer.Option("auto", "--backend", help="The model's runtime: auto (from the file suffix), "
+                                 "onnxruntime or tensorrt (an .onnx or .engine), torch (a .pt) or golden."),
     depth_scale: float | None = depth_scale_option(),
 ) -> None:
     """Mean RMSE, SSIM, AbsRel, SqRel, RMSE log, delta1-3 and SILog over a split.
@@ -40,7 +40,7 @@ def eval_command(
 
     Beside the model, the train split's per-pixel mean depth map is scored (RMSE / AbsRel / delta1, per region too).
 
-    Scoring the train split itself (or NYU's all), or without one to read, a note says why there is no such map.
+    Not when scoring the train split itself (or NYU's all); where the train split cannot be read, a note says why.
     """
     from mde.data import readers
     from mde.io import require_file
