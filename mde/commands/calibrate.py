@@ -37,7 +37,10 @@ def calibrate_command(
     num_images: int = typer.Option(_default("num_images"), "--num-images", help="Calibration images."),
     seed: int = typer.Option(_default("seed"), "--seed", help="Seed of the image draw."),
     max_float_nodes: int = typer.Option(
-        _default("max_float_nodes"), "--max-float-nodes", help="Most nodes the fallback keeps float."),
+        _default("max_float_nodes"), "--max-float-nodes",
+        help="Most layers the fallback keeps float (a weighted layer each; on --target cpu a rewritten "
+             "ConvTranspose is one, its four phase convolutions together; the depth head, always float, is not "
+             "counted)."),
     target_ssim_drop: float = typer.Option(
         _default("target_ssim_drop"), "--target-ssim-drop",
         help="Accepted 1 - SSIM(INT8, FP32) on held-out train images."),
