@@ -268,7 +268,8 @@ def _pil_pixels(img: Image.Image, source: str | Path, upright: bool = False) -> 
     One opened lazily (`Image.open`) is checked as a file is before it decodes (the pixel limit); a PNG of 16 bits a
     channel, which Pillow decodes to its high bytes (8-bit values black), is read from its file where it has one."""
     closed = "the PIL image is closed (its `with Image.open(...)` block has ended); pass it open, or its file"
-    if img.tile and getattr(img, "fp", None) is None:  # opened lazily, then closed: nothing left to decode from
+    # `tile` belongs to an image opened from a file (Pillow 13 has it on ImageFile only, not on an image made in memory)
+    if getattr(img, "tile", None) and getattr(img, "fp", None) is None:  # opened lazily, then closed
         _refuse(closed, source)
     if img.width * img.height > MAX_PIXELS:
         _refuse(f"image is {img.width}x{img.height}, larger than the {MAX_PIXELS} pixel limit", source)
@@ -478,7 +479,7 @@ _HIGH_BYTE_ONLY = "LA;16B"  # 16-bit grey and alpha: no raw mode of Pillow's tak
 def _png_rawmode(img: Image.Image) -> str | None:
     """How a single-tile PNG stores its pixels (`RGB;16B`: 16 bits a channel, big-endian), read before the load
     (which clears the tiles); None for any other image. A tile is a named tuple from Pillow 11, a tuple before."""
-    tile = img.tile
+    tile = getattr(img, "tile", None) or ()  # none on an image made in memory (Pillow 13: ImageFile's alone)
     if img.format != "PNG" or len(tile) != 1 or len(tile[0]) < 4 or not isinstance(tile[0][3], str):
         return None
     return tile[0][3]

@@ -88,6 +88,7 @@ def checked_data_range(data_range: Any) -> float:
 def ssim_map(pred: np.ndarray, gt: np.ndarray, data_range: float) -> np.ndarray:
     """Per-pixel SSIM of two H x W maps (same values as scikit-image's full SSIM image)."""
     data_range = checked_data_range(data_range)
+    pred, gt = _check_shapes(pred, gt)
     x = np.asarray(pred, dtype=np.float64)
     y = np.asarray(gt, dtype=np.float64)
     ux, uy, uxx, uyy, uxy = _filter(np.stack([x, y, x * x, y * y, x * y]))
@@ -107,7 +108,9 @@ def ssim(pred: np.ndarray, gt: np.ndarray, data_range: float, mask: np.ndarray |
     """
     pred, gt = _check_shapes(pred, gt)
     if mask is not None:  # a non-finite prediction where gt is invalid is 0 there, not spread by the window
-        mask = np.asarray(mask, dtype=bool)
+        mask = _as_map(np.asarray(mask, dtype=bool))
+        if mask.shape != gt.shape:
+            raise InputError(f"expected a mask of the maps' H x W shape {gt.shape}, got {mask.shape}")
         pred = np.where(mask | np.isfinite(pred), pred, 0.0)
         gt = np.where(mask, gt, pred)
     smap = ssim_map(pred, gt, data_range)

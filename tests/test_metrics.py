@@ -234,3 +234,17 @@ def test_accumulator_averages_regions_over_the_images_having_them():
     structure = [region_metrics(p, g, m)["structure_rmse"] for p, g, m in zip(preds[:2], gts[:2], masks[:2])]
     assert res["structure_rmse"] == pytest.approx(np.mean(structure))
     assert res["rmse"] == pytest.approx(np.mean([compute_metrics(p, g, R)["rmse"] for p, g in zip(preds, gts)]))
+
+
+def test_ssim_refuses_a_mask_or_maps_of_other_shapes_as_input_errors():
+    """The module promises InputError for mismatched shapes: a mask of another shape, and ssim_map's two maps, were
+    numpy's broadcast ValueError."""
+    from mde.errors import InputError
+    from mde.runtime.metrics import ssim, ssim_map
+
+    ones = np.ones((48, 64))
+    with pytest.raises(InputError, match=r"mask of the maps' H x W shape \(48, 64\), got \(3, 3\)"):
+        ssim(ones, ones, 20.0, mask=np.ones((3, 3), bool))
+    with pytest.raises(InputError, match="same H x W shape"):
+        ssim_map(ones, np.ones((10, 64)), 20.0)
+    assert ssim(ones, ones, 20.0, mask=np.ones((1, 48, 64), bool)) == pytest.approx(1.0)  # as the maps are taken

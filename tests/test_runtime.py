@@ -914,6 +914,15 @@ def test_a_pil_image_is_read_as_its_file_is(onnx_path, tmp_path):
                 np.testing.assert_array_equal(read_rgb(img), expected)
                 np.testing.assert_array_equal(est.predict(img), est.predict(expected))
                 np.testing.assert_array_equal(est.predict_batch([img])[0], est.predict(expected))
+        # made in memory (a ROS bridge's, `fromarray`, `convert`): Pillow 13 gives such an image no `tile`, which
+        # was read as if every image had one (AttributeError)
+        for made in (Image.fromarray(rgb), palette, Image.fromarray(rgb).convert("CMYK"), Image.new("RGB", (64, 48))):
+            assert not hasattr(made, "fp")
+            pixels = read_rgb(made)
+            assert pixels.shape == (made.height, made.width, 3) and pixels.dtype == np.uint8
+            np.testing.assert_array_equal(est.predict(made), est.predict(pixels))
+            assert est.predict_batch([made])[0].shape == (made.height, made.width)
+        np.testing.assert_array_equal(read_rgb(Image.fromarray(rgb)), rgb)
         (tmp_path / "cut.png").write_bytes((tmp_path / "p.png").read_bytes()[:200])
         with Image.open(tmp_path / "cut.png") as cut, \
                 pytest.raises(InputError, match=r"^<PIL image>: truncated, corrupt or unsupported image"):
