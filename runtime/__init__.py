@@ -18,6 +18,7 @@ _EXPORTS = {
     "backend_names": "mde.runtime.backends.base",
     "register_backend": "mde.runtime.backends.base",
     "Runner": "mde.runtime.backends.base",
+    "TensorSpec": "mde.runtime.backends.base",  # what a Runner of one's own declares its inputs and outputs with
     "ModelMetadata": "mde.runtime.metadata",
     "read_metadata": "mde.runtime.artifact",
     "inspect_artifact": "mde.runtime.artifact",

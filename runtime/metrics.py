@@ -19,7 +19,8 @@ its valid pixels, then averaged over images (`MetricAccumulator`).
   each is averaged over the images that have pixels of that region (`objects_images` of them).
 - A prediction containing NaN/inf at a valid pixel gives NaN for every metric of that image (and
   region); never a number, never silently skipped. Ground truth without any valid pixel raises
-  `DataError`; mismatched shapes or data_range <= 0 raise `InputError`.
+  `DataError`; mismatched shapes, data_range <= 0 and integer maps (millimetres, not metres) raise
+  `InputError`.
 - Images smaller than the 11 x 11 window: SSIM is the mean of the whole map (edges reflected), as
   no border can be cropped; scikit-image refuses such images.
 - Sparse ground truth (KITTI's LiDAR) changes SSIM, either way: the replaced pixels agree perfectly, so
@@ -153,6 +154,10 @@ def compute_metrics(pred: np.ndarray, gt: np.ndarray, data_range: float) -> dict
         data_range: SSIM data range, the dataset's max depth.
     """
     pred, gt = _check_shapes(pred, gt)
+    for name, array in (("prediction", pred), ("ground truth", gt)):  # as to_points and colorize refuse them
+        if array.dtype.kind in "uib":
+            raise InputError(f"expected the {name} in floating-point metres, got {array.dtype} values (a depth "
+                             "camera's millimetres: divide by 1000)")
     pred = pred.astype(np.float64)
     gt = gt.astype(np.float64)
     with np.errstate(invalid="ignore"):

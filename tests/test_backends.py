@@ -101,6 +101,15 @@ def test_register_backend_adds_a_runner(monkeypatch, tmp_path):
         r.infer({"x": x})
 
 
+def test_what_a_runner_of_ones_own_needs_is_in_mde_runtime():
+    """`register_backend`, `Runner` and `TensorSpec` (each runner declares its tensors with it) from the package
+    itself; TensorSpec had to be found in mde.runtime.backends.base."""
+    import mde.runtime
+
+    assert {"register_backend", "Runner", "TensorSpec"} <= set(mde.runtime.__all__)
+    assert mde.runtime.TensorSpec is TensorSpec and mde.runtime.Runner is Runner
+
+
 def test_unknown_backend_lists_valid_names(onnx_path):
     with pytest.raises(InputError, match="unknown backend 'tflite'; choose from: auto, golden, onnxruntime, tensorrt, torch"):
         open_runner(onnx_path, backend="tflite")

@@ -248,3 +248,14 @@ def test_ssim_refuses_a_mask_or_maps_of_other_shapes_as_input_errors():
     with pytest.raises(InputError, match="same H x W shape"):
         ssim_map(ones, np.ones((10, 64)), 20.0)
     assert ssim(ones, ones, 20.0, mask=np.ones((1, 48, 64), bool)) == pytest.approx(1.0)  # as the maps are taken
+
+
+def test_integer_maps_are_refused_as_to_points_refuses_them():
+    """Millimetres from a depth camera as ground truth scored an RMSE of thousands of 'metres' without a word."""
+    from mde.errors import InputError
+    from mde.runtime.metrics import compute_metrics
+
+    gt_mm = np.full((16, 16), 2500, np.uint16)
+    with pytest.raises(InputError, match=r"ground truth in floating-point metres, got uint16 values .*divide by 1000"):
+        compute_metrics(np.full((16, 16), 2.5, np.float32), gt_mm, 20.0)
+    assert compute_metrics(np.full((16, 16), 2.5, np.float32), gt_mm / 1000.0, 20.0)["rmse"] == pytest.approx(0.0)
