@@ -274,6 +274,8 @@ def main(argv: list[str] | None = None) -> None:
     _state["verbose"] = "--verbose" in args or "-v" in args
     _state["command"] = next((arg for arg in args if not arg.startswith("-")), "")
     _state["terminated"] = False
+    if _torchrun_rank():  # only rank 0 reports (train's result, --help, --version): N processes printed N copies
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the life of the process
     _setup_logging(_state["verbose"])
     with _stop_through_python_on_sigterm():
         _run(args)

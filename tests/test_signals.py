@@ -328,6 +328,24 @@ def test_only_training_under_torchrun_waits_for_rank_0(monkeypatch, capsys):
     assert capsys.readouterr().err == "mde: error: m.onnx: model file not found\n"
 
 
+@pytest.mark.parametrize("rank", ["0", "1"])
+@pytest.mark.parametrize("args", [["train", "--help"], ["--version", "train"]])
+def test_under_torchrun_only_rank_0_prints_help_and_version(monkeypatch, capsys, rank, args):
+    """`torchrun --nproc-per-node N -m mde.train --help` printed the help N times over."""
+    from mde import cli
+
+    monkeypatch.setattr(sys, "stdout", sys.stdout)  # main() points a rank's at os.devnull for good: restored
+    monkeypatch.setattr(cli, "_state", {})
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    try:
+        cli.main(args)
+    except SystemExit as done:
+        assert done.code in (0, None)
+    out = capsys.readouterr().out
+    assert ("Usage" in out or "mde" in out) if rank == "0" else out == "", out[:200]
+
+
 @pytest.mark.slow
 def test_under_torchrun_bad_input_is_said_once(tmp_path):
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

@@ -486,6 +486,7 @@ def test_run_folder_outputs(tiny_run):
         assert all(math.isfinite(r[key]) for r in records), key
     config = json.loads((out / "config.json").read_text())
     assert config["freeze_stages"] == 0 and config["max_depth"] > 0  # resolved values
+    assert (config["world_size"], config["global_batch_size"]) == (1, config["batch_size"])  # one process
     # `lr` is the rate the epoch's last step used: one-cycle's last step anneals to lr_min / 100
     assert records[-1]["lr"] == pytest.approx(config["lr_min"] / 100, rel=1e-6)
     assert result["final"]["rmse"] == pytest.approx(records[-1]["val_rmse"])
@@ -722,6 +723,8 @@ def test_ddp_two_cpu_ranks_split_data_and_rank0_writes_once(tmp_path, synth_data
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
     assert sorted(p.name for p in run.iterdir()) == [
         "best.pt", "config.json", "curves.png", "last.pt", "metrics.jsonl", "samples.png"]
+    config = json.loads((run / "config.json").read_text())  # --batch-size is per process
+    assert (config["batch_size"], config["world_size"], config["global_batch_size"]) == (4, 2, 8)
     # the progress line's running loss is over both ranks, as the epoch's line is (it was rank 0's alone)
     progress = re.findall(r"epoch 1/1: 3/3 \(100%\).*? loss (\d+\.\d+)", done.stderr)
     epoch_line = re.findall(r"epoch 1/1: loss (\d+\.\d+)", done.stderr)

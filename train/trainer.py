@@ -635,7 +635,11 @@ def save_checkpoint(job: Job, state: TrainState, path: Path, training_state: boo
                        "scaler": job.scaler.state_dict(), "rng": rng_state(), "records": state.records}
     write_checkpoint(path, checkpoint)
     if training_state:  # the run's config beside its first checkpoint: a run that fails before one leaves none
-        write_json_atomic(path.parent / "config.json", job.cfg.to_dict())
+        # --batch-size is per process: the processes and the batch they make together are what a reader needs
+        # to repeat the run (TrainConfig.from_dict ignores both keys)
+        write_json_atomic(path.parent / "config.json", {
+            **job.cfg.to_dict(), "world_size": job.env.world_size,
+            "global_batch_size": job.cfg.batch_size * job.env.world_size})
 
 
 def train_one_epoch(job: Job, state: TrainState, epoch: int, progress: Any) -> dict[str, Any]:
