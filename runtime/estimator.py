@@ -119,8 +119,8 @@ class DepthEstimator:
         runner_opts: dict[str, Any] = dict(options)
         if providers is not None:
             runner_opts["providers"] = providers
-        if threads:
-            runner_opts["threads"] = threads
+        if not (type(threads) is int and threads == 0):  # anything but the default goes to the runner to check
+            runner_opts["threads"] = threads                 # (`if threads:` let 0.0 and False through as it)
         if (providers is not None and isinstance(path, (str, os.PathLike)) and Path(path).is_file()
                 and not runs_on_onnxruntime(path, backend)):
             raise providers_refused(path, backend)  # before the model loads

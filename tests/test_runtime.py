@@ -278,7 +278,9 @@ def test_open_refuses_options_of_the_wrong_type(onnx_path):
                            ({"batch_size": True}, "batch_size must be an integer"),
                            ({"native_resolution": "no"}, "native_resolution must be True or False"),
                            ({"threads": 1.5}, "threads must be an integer 0..[0-9]+ .*got 1.5$"),
-                           ({"threads": "2"}, "threads must be an integer 0..[0-9]+ .*got '2'$")]:
+                           ({"threads": "2"}, "threads must be an integer 0..[0-9]+ .*got '2'$"),
+                           ({"threads": 0.0}, "threads must be an integer 0..[0-9]+ .*got 0.0$"),
+                           ({"threads": False}, "threads must be an integer 0..[0-9]+ .*got False$")]:
         with pytest.raises(InputError, match=match):
             DepthEstimator.open(onnx_path, **options)
     for providers, match in [([], "providers is an empty list"),
