@@ -1465,6 +1465,26 @@ def test_resume_needs_neither_data_nor_out(cli, tmp_path, synth_data, cyclic_run
     assert (other / "best.pt").read_bytes() == b"another run's"
 
 
+def test_more_torchrun_processes_than_gpus_are_refused_before_the_process_group(monkeypatch):
+    """`torchrun --nproc-per-node 2 -m mde.train --device cuda` on a one-GPU machine put both ranks on cuda:0,
+    which NCCL fails in its first collective ("Duplicate GPU detected"), after the data had loaded."""
+    from mde.errors import BackendError
+    from mde.train import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(distributed.dist, "init_process_group", None)  # reached: a TypeError, not the refusal
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(BackendError, match=r"torchrun starts 2 processes on this machine, and it has 1 CUDA GPU\(s\)"
+                                           r".*use --nproc-per-node 1, or --device cpu"):
+        distributed.setup("cuda")
+    distributed.check_one_gpu_per_process(2)  # one GPU each: goes on
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # two machines, one process and one GPU each
+    distributed.check_one_gpu_per_process(1)
+
+
 def test_a_mid_epoch_resume_on_fewer_steps_per_epoch_is_refused():
     """Stopped at step 3 of an epoch, resumed on half the data (2 steps an epoch): the epoch was counted as done
     with no step trained (the progress bar at 3/2)."""

@@ -61,9 +61,23 @@ def setup(device_choice: str) -> DistEnv:
         # Python until torchrun's later SIGKILL.
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
+            check_one_gpu_per_process(torch.cuda.device_count())
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
     return DistEnv(rank, world, local_rank, device)
+
+
+def check_one_gpu_per_process(gpus: int) -> None:
+    """NCCL takes one GPU per process: two ranks on one GPU fail in its first collective ("Duplicate GPU
+    detected"), after the data has loaded. Refused before the process group forms, in torchrun's own terms."""
+    try:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    except ValueError:
+        return
+    if local > gpus:
+        raise BackendError(f"torchrun starts {local} processes on this machine, and it has {gpus} CUDA GPU(s); "
+                           f"DDP on CUDA (NCCL) needs one GPU per process: use --nproc-per-node {gpus}, or "
+                           "--device cpu")
 
 
 def cleanup(env: DistEnv) -> None:
