@@ -89,7 +89,7 @@ def checked_data_range(data_range: Any) -> float:
 def ssim_map(pred: np.ndarray, gt: np.ndarray, data_range: float) -> np.ndarray:
     """Per-pixel SSIM of two H x W maps (same values as scikit-image's full SSIM image)."""
     data_range = checked_data_range(data_range)
-    pred, gt = _check_shapes(pred, gt)
+    pred, gt = _check_maps(pred, gt)
     x = np.asarray(pred, dtype=np.float64)
     y = np.asarray(gt, dtype=np.float64)
     ux, uy, uxx, uyy, uxy = _filter(np.stack([x, y, x * x, y * y, x * y]))
@@ -107,7 +107,7 @@ def ssim(pred: np.ndarray, gt: np.ndarray, data_range: float, mask: np.ndarray |
         data_range: the dataset's depth range (max depth).
         mask: valid pixels (default: all).
     """
-    pred, gt = _check_shapes(pred, gt)
+    pred, gt = _check_maps(pred, gt)
     if mask is not None:  # a non-finite prediction where gt is invalid is 0 there, not spread by the window
         mask = _as_map(np.asarray(mask, dtype=bool))
         if mask.shape != gt.shape:
@@ -137,11 +137,16 @@ def _as_map(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _check_shapes(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _check_maps(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two H x W maps of one shape, in floating-point metres (every public metric checks its maps here)."""
     pred, gt = _as_map(pred), _as_map(gt)
     if pred.shape != gt.shape or pred.ndim != 2:
         raise InputError(f"expected prediction and ground truth of the same H x W shape, got "
                          f"{pred.shape} and {gt.shape}")
+    for name, array in (("prediction", pred), ("ground truth", gt)):  # as to_points and colorize refuse them
+        if array.dtype.kind in "uib":
+            raise InputError(f"expected the {name} in floating-point metres, got {array.dtype} values (a depth "
+                             "camera's millimetres: divide by 1000)")
     return pred, gt
 
 
@@ -153,11 +158,7 @@ def compute_metrics(pred: np.ndarray, gt: np.ndarray, data_range: float) -> dict
         gt: H x W ground-truth depth in metres (0, negative or NaN = invalid).
         data_range: SSIM data range, the dataset's max depth.
     """
-    pred, gt = _check_shapes(pred, gt)
-    for name, array in (("prediction", pred), ("ground truth", gt)):  # as to_points and colorize refuse them
-        if array.dtype.kind in "uib":
-            raise InputError(f"expected the {name} in floating-point metres, got {array.dtype} values (a depth "
-                             "camera's millimetres: divide by 1000)")
+    pred, gt = _check_maps(pred, gt)
     pred = pred.astype(np.float64)
     gt = gt.astype(np.float64)
     with np.errstate(invalid="ignore"):
@@ -194,7 +195,7 @@ def region_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> dict[s
         gt: H x W ground-truth depth in metres.
         mask: H x W region mask (`REGIONS` values; anything else is ignored).
     """
-    pred, gt = _check_shapes(pred, gt)
+    pred, gt = _check_maps(pred, gt)
     mask = _as_map(mask)
     if mask.shape != gt.shape:
         raise InputError(f"expected a region mask of shape {gt.shape}, got {mask.shape}")

@@ -253,9 +253,18 @@ def test_ssim_refuses_a_mask_or_maps_of_other_shapes_as_input_errors():
 def test_integer_maps_are_refused_as_to_points_refuses_them():
     """Millimetres from a depth camera as ground truth scored an RMSE of thousands of 'metres' without a word."""
     from mde.errors import InputError
-    from mde.runtime.metrics import compute_metrics
+    from mde.runtime.metrics import compute_metrics, region_metrics, ssim, ssim_map
 
     gt_mm = np.full((16, 16), 2500, np.uint16)
-    with pytest.raises(InputError, match=r"ground truth in floating-point metres, got uint16 values .*divide by 1000"):
-        compute_metrics(np.full((16, 16), 2.5, np.float32), gt_mm, 20.0)
+    metres = np.full((16, 16), 2.5, np.float32)
+    scorers = {"compute_metrics": lambda p, g: compute_metrics(p, g, 20.0),  # region_metrics, ssim and ssim_map
+               "region_metrics": lambda p, g: region_metrics(p, g, np.zeros((16, 16), np.uint8)),  # scored them
+               "ssim": lambda p, g: ssim(p, g, 20.0), "ssim_map": lambda p, g: ssim_map(p, g, 20.0)}
+    for name, score in scorers.items():
+        with pytest.raises(InputError, match=r"ground truth in floating-point metres, got uint16 values .*divide by "
+                                             r"1000"):
+            score(metres, gt_mm)
+        with pytest.raises(InputError, match=r"the prediction in floating-point metres, got int64 values"):
+            score(np.full((16, 16), 2, np.int64), metres)
+        score(metres, gt_mm / 1000.0)  # in metres: scored, name
     assert compute_metrics(np.full((16, 16), 2.5, np.float32), gt_mm / 1000.0, 20.0)["rmse"] == pytest.approx(0.0)

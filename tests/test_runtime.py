@@ -66,6 +66,16 @@ def test_import_and_cpu_predict_without_torch(onnx_path, tmp_path):
                       "providers": ["CPUExecutionProvider"]}
 
 
+def test_every_public_name_is_documented_in_the_reference():
+    """Eight of mde.runtime's eleven names (open_runner, Runner, TensorSpec, ...) appeared in no document."""
+    import mde.runtime
+
+    reference = (Path(__file__).resolve().parents[1] / "docs" / "reference.md").read_text(encoding="utf-8")
+    section = reference.split("## `mde.runtime`: the public names", 1)[-1]
+    missing = [name for name in mde.runtime.__all__ if f"`{name}" not in section]
+    assert not missing, f"not in docs/reference.md's mde.runtime table: {missing}"
+
+
 def test_cli_help_does_not_import_torch():
     proc = _run_python("""
         import sys
