@@ -260,11 +260,11 @@ def test_integer_maps_are_refused_as_to_points_refuses_them():
     scorers = {"compute_metrics": lambda p, g: compute_metrics(p, g, 20.0),  # region_metrics, ssim and ssim_map
                "region_metrics": lambda p, g: region_metrics(p, g, np.zeros((16, 16), np.uint8)),  # scored them
                "ssim": lambda p, g: ssim(p, g, 20.0), "ssim_map": lambda p, g: ssim_map(p, g, 20.0)}
-    for name, score in scorers.items():
+    for score in scorers.values():
         with pytest.raises(InputError, match=r"ground truth in floating-point metres, got uint16 values .*divide by "
                                              r"1000"):
             score(metres, gt_mm)
         with pytest.raises(InputError, match=r"the prediction in floating-point metres, got int64 values"):
             score(np.full((16, 16), 2, np.int64), metres)
-        score(metres, gt_mm / 1000.0)  # in metres: scored, name
+        score(metres, gt_mm / 1000.0)  # in metres: scored
     assert compute_metrics(np.full((16, 16), 2.5, np.float32), gt_mm / 1000.0, 20.0)["rmse"] == pytest.approx(0.0)
