@@ -86,7 +86,44 @@ def with_float_nodes(
         node.input.extend(inputs)
     _drop_orphan_output_qdq(model, wanted, op_types)
     _prune(model)
+    _restore_folded_relus(model, fp32)
     return model
+
+
+def _restore_folded_relus(model: onnx.ModelProto, fp32: onnx.ModelProto) -> None:
+    """Put back each Relu the quantizer folded away (the CPU form) whose output a float node now reads unquantized.
+
+    The CPU form folds a Relu into the layer before it: that layer's output takes the Relu's name, and its
+    uint8 QuantizeLinear, whose range starts at 0, is the clamp. A float layer reading that tensor, or a float
+    layer's output whose Q/DQ pair `_drop_orphan_output_qdq` bypassed, skips the clamp: every layer put back in
+    float lost a ReLU, and the fallback search made the model worse the more layers it kept float.
+    """
+    graph = model.graph
+    kept = {n.name for n in graph.node}
+    producers = {o: i for i, n in enumerate(graph.node) for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    restored: dict[int, onnx.NodeProto] = {}  # after the node at this index: the Relu it had
+    for relu in fp32.graph.node:
+        if relu.op_type != "Relu" or relu.name in kept:
+            continue
+        tensor = relu.output[0]
+        at = producers.get(tensor)
+        if at is None or graph.node[at].op_type == "Relu":
+            continue
+        if all(r.op_type == "QuantizeLinear" for r in readers.get(tensor, [])):  # clamped by its Q: as quantized
+            continue
+        folded_into = graph.node[at]
+        raw = f"{tensor}_mde_prerelu"
+        folded_into.output[list(folded_into.output).index(tensor)] = raw
+        restored[at] = onnx.helper.make_node("Relu", [raw], [tensor], name=f"{relu.name}_mde_float")
+    if not restored:
+        return
+    nodes = [n for i, node in enumerate(graph.node) for n in (node, *([restored[i]] if i in restored else []))]
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def _prune(model: onnx.ModelProto) -> None:
