@@ -61,6 +61,8 @@ class CalibrationReport:
     after: dict[str, float]              # with `float_nodes` kept float (the written model)
     ranking: list[tuple[str, float]] = field(default_factory=list)
     steps: list[tuple[int, float]] = field(default_factory=list)
+    rejected: list[tuple[str, float]] = field(default_factory=list)  # tried float, no lower drop: left INT8
+    search_exhausted: bool = False  # no layer left that could lower the drop: more --max-float-nodes cannot help
     seconds: float = 0.0
     integer_kernels: dict[str, Any] = field(default_factory=dict)  # cpu: `inspect.integer_kernel_share`
     float_head: list[str] = field(default_factory=list)  # the depth head's nodes, never quantized (`head_nodes`)
@@ -406,6 +408,7 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
         fp32={"rmse": fallback.significant(evaluator.fp32[0]), "ssim": fallback.significant(evaluator.fp32[1])},
         before=before.to_dict(), after=after.to_dict(),
         ranking=[(n, fallback.significant(d)) for n, d in search.ranking], steps=search.steps,
+        rejected=[(n, fallback.significant(d)) for n, d in search.rejected], search_exhausted=search.exhausted,
         seconds=round(time.perf_counter() - started, 2),
         integer_kernels={k: v for k, v in kernels.items() if k != "op_counts"}, float_head=head,
     )

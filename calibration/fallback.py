@@ -10,8 +10,8 @@ RMSE/SSIM against ground truth are reported beside it.
 Sensitivity: for each quantized weighted node, the node alone is put back in float (its
 inputs rewired to the float tensors, see `float_layers.with_float_nodes`) and the drop is
 re-measured; the nodes whose float version lowers the drop most are the most sensitive.
-Greedy search then keeps the top-ranked nodes float one at a time, re-checking the drop,
-until it meets the target or `max_float_nodes` is reached. Cost: one ONNX Runtime session
+Greedy search then tries the top-ranked nodes float one at a time, re-checking the drop and keeping
+each that lowers it, until it meets the target or `max_float_nodes` is reached. Cost: one ONNX Runtime session
 and one pass over the held-out images per candidate (resnet18 at 64 px: ~25 candidates,
 a few seconds on two cores), no re-calibration and no re-quantization.
 """
@@ -50,11 +50,13 @@ class Measurement:
 
 @dataclass
 class SearchResult:
-    """The fallback's outcome: the ranking, the nodes kept float, the drop after each step."""
+    """The fallback's outcome: the ranking, the nodes kept float, the drop after each step that kept one."""
 
     ranking: list[tuple[str, float]] = field(default_factory=list)   # (node, drop with it float)
     float_nodes: list[str] = field(default_factory=list)
     steps: list[tuple[int, float]] = field(default_factory=list)      # (float node count, drop)
+    rejected: list[tuple[str, float]] = field(default_factory=list)   # (node, drop with it added): left INT8
+    exhausted: bool = False  # stopped with no candidate left that could lower the drop (not by target or limit)
 
 
 def _session(model: onnx.ModelProto | bytes, threads: int = 0):
@@ -164,16 +166,25 @@ def greedy_fallback(
     max_nodes: int,
     initial_drop: float,
 ) -> SearchResult:
-    """Keep the top-ranked nodes float, one more per step, until the drop meets `target` or `max_nodes`."""
+    """Keep the top-ranked nodes float, one more per step, until the drop meets `target` or `max_nodes` are float.
+
+    A node whose step does not lower the drop is left INT8 (`rejected`): it was kept before, and the model
+    written held a float layer that made it no better. The search ends at the first node that, float alone,
+    did not lower the all-INT8 drop: the ranking is by that figure, so none after it would either.
+    """
     result = SearchResult(ranking=list(ranking), steps=[(0, initial_drop)])
     drop = initial_drop
-    for node, _ in ranking[:max_nodes]:
-        if drop <= target:
+    for node, alone in ranking:
+        if drop <= target or len(result.float_nodes) >= max_nodes:
+            return result
+        if alone >= initial_drop:
             break
-        result.float_nodes.append(node)
-        drop = evaluator.measure(build(result.float_nodes)).drop
-        result.steps.append((len(result.float_nodes), drop))
-    best = min(result.steps, key=lambda step: step[1])
-    # Never keep more float nodes than the best step needed.
-    result.float_nodes = result.float_nodes[: best[0]] if drop > target else result.float_nodes
+        trial = [*result.float_nodes, node]
+        trial_drop = evaluator.measure(build(trial)).drop
+        if trial_drop < drop:
+            result.float_nodes, drop = trial, trial_drop
+            result.steps.append((len(trial), trial_drop))
+        else:
+            result.rejected.append((node, trial_drop))
+    result.exhausted = drop > target
     return result

@@ -161,3 +161,9 @@ def one_per_layer(names: list[str], layers: dict[str, list[str]]) -> list[str]:
             seen.add(layer)
             kept.append(name)
     return kept
+
+
+def count_layers(names: list[str]) -> int:
+    """How many layers `names` make: a rewritten ConvTranspose's phase Convs, Relus and Concat (named after it by
+    `rewrite_conv_transpose`) count once, as `--max-float-nodes` counts them."""
+    return len({re.sub(r"/(phase\d+(/relu)?|concat)$", "", name) for name in names})

@@ -575,14 +575,39 @@ def test_calibrate_measures_the_drop_at_the_datasets_range(tiny_export, synth_da
     assert seen == {"max_depth": 20.0, "data_range": 12.0}
 
 
+def test_the_greedy_search_keeps_only_layers_that_lower_the_drop():
+    """A layer whose step did not lower the drop was kept float all the same (the file held a float layer that
+    made it no better), and layers that, float alone, raised the drop were still tried."""
+    from types import SimpleNamespace
+
+    from mde.calibration.fallback import greedy_fallback
+
+    drops = {("a",): 0.5, ("a", "b"): 0.55, ("a", "c"): 0.3}
+    measured: list[tuple[str, ...]] = []
+
+    def measure(nodes):
+        measured.append(nodes)
+        return SimpleNamespace(drop=drops[nodes])
+
+    evaluator = SimpleNamespace(measure=measure)
+    ranking = [("a", 0.5), ("b", 0.6), ("c", 0.7), ("d", 1.2)]  # d alone: worse than all INT8 (1.0)
+    result = greedy_fallback(tuple, ranking, evaluator, target=0.1, max_nodes=10, initial_drop=1.0)
+    assert result.float_nodes == ["a", "c"] and result.rejected == [("b", 0.55)]
+    assert result.steps == [(0, 1.0), (1, 0.5), (2, 0.3)] and result.exhausted
+    assert ("a", "c", "d") not in measured  # not tried: it did not help alone
+    met = greedy_fallback(tuple, ranking, evaluator, target=0.4, max_nodes=10, initial_drop=1.0)
+    assert met.float_nodes == ["a", "c"] and not met.exhausted  # stopped at the target
+    limited = greedy_fallback(tuple, ranking, evaluator, target=0.1, max_nodes=1, initial_drop=1.0)
+    assert limited.float_nodes == ["a"] and not limited.exhausted  # stopped by --max-float-nodes
+
+
 @pytest.mark.parametrize("report, message", [
     ({"quantized_nodes": 0, "target_met": True}, "every weighted layer (convolution, matrix product) was kept float"),
     ({"quantized_nodes": 5, "target_met": False}, "SSIM drop 0.0123 is above the target 0.01 with 2 layer(s) kept float"
                                                    " (written anyway); raise --max-float-nodes or --target-ssim-drop"),
-    # every ranked layer tried (2 of 2; a --max-float-nodes of 100000 never reached): more of it cannot help
-    ({"quantized_nodes": 5, "target_met": False, "ranking": [("a", 0.1), ("b", 0.2)],
-      "steps": [(0, 0.5), (1, 0.3), (2, 0.0123)]}, "kept float (written anyway); raise --target-ssim-drop (the search "
-                                                   "tried every layer it ranked in float"),
+    # every layer that could help tried (a --max-float-nodes of 100000 never reached): more of it cannot help
+    ({"quantized_nodes": 5, "target_met": False, "search_exhausted": True},
+     "kept float (written anyway); raise --target-ssim-drop (the search tried every layer that could lower the drop"),
 ])
 def test_a_calibration_that_misses_its_purpose_is_a_failed_check(report, message):
     """Exit 1: the model is written, but it is not the INT8 model asked for."""
@@ -593,7 +618,7 @@ def test_a_calibration_that_misses_its_purpose_is_a_failed_check(report, message
 
     result = SimpleNamespace(**{"out": "q.onnx", "after": {"drop": 0.0123}, "target_ssim_drop": 0.01,
                                 "float_nodes": ["a", "b"], "ranking": [("a", 0.1), ("b", 0.2), ("c", 0.3)],
-                                "steps": [(0, 0.5), (1, 0.3), (2, 0.0123)], **report})
+                                "steps": [(0, 0.5), (1, 0.3), (2, 0.0123)], "search_exhausted": False, **report})
     with pytest.raises(CheckFailed, match=re.escape(message)) as failed:
         _check_result(result)
     assert failed.value.exit_code == 1

@@ -86,9 +86,9 @@ def _check_result(report: CalibrationReport) -> None:
                           "almost nothing from INT8 (only unweighted operations such as Add and pooling stay "
                           "quantized); allow a larger --target-ssim-drop or fewer --max-float-nodes", report.out)
     if not report.target_met:
-        tried_all = bool(report.ranking) and len(report.steps) - 1 >= len(report.ranking)  # no limit stopped it
-        more = ("raise --target-ssim-drop (the search tried every layer it ranked in float; a larger "
-                "--max-float-nodes cannot help)" if tried_all else "raise --max-float-nodes or --target-ssim-drop")
+        more = ("raise --target-ssim-drop (the search tried every layer that could lower the drop; a larger "
+                "--max-float-nodes cannot help)" if report.search_exhausted else
+                "raise --max-float-nodes or --target-ssim-drop")
         raise CheckFailed(f"SSIM drop {report.after['drop']:.3g} is above the target {report.target_ssim_drop:g} "
                           f"with {len(report.float_nodes)} layer(s) kept float (written anyway); {more}, or calibrate "
                           "on more images", report.out)
@@ -97,16 +97,17 @@ def _check_result(report: CalibrationReport) -> None:
 def _print(report: CalibrationReport) -> None:
     from rich.table import Table
 
+    from mde.calibration.subpixel import count_layers
     from mde.console import stdout_console
 
     table = Table(title=f"INT8 calibration ({report.target}): {report.out}")
-    for col in ("model", "float nodes", "1-SSIM vs FP32", "RMSE vs FP32 (m)", "RMSE vs GT (m)", "SSIM vs GT"):
+    for col in ("model", "float layers", "1-SSIM vs FP32", "RMSE vs FP32 (m)", "RMSE vs GT (m)", "SSIM vs GT"):
         table.add_column(col)
     def vs_gt(value: float) -> str:  # images without depth: not measured
         return "-" if math.isnan(value) else f"{value:.4f}"
 
     table.add_row("FP32", "-", "0", "0", vs_gt(report.fp32["rmse"]), vs_gt(report.fp32["ssim"]))
-    head = len(report.float_head)
+    head = count_layers(report.float_head)  # layers, as the search counts its own: a rewritten ConvTranspose is one
     for label, m, n in (("INT8 (all but the head)", report.before, head),
                         ("INT8 (written)", report.after, head + len(report.float_nodes))):
         table.add_row(label, str(n), f"{m['drop']:.2e}", f"{m['rmse_vs_fp32']:.4f}",
@@ -117,8 +118,9 @@ def _print(report: CalibrationReport) -> None:
         f"{report.num_images} images ({report.method}, seed {report.seed}), ranges "
         f"{'reused from' if report.ranges_reused else 'saved to'} {report.ranges}; "
         f"target {report.target_ssim_drop:g} {'met' if report.target_met else 'NOT met'}; "
-        f"kept float by the search: {', '.join(report.float_nodes) or 'none'}; the head's "
-        f"{len(report.float_head)} node(s) are always float"
+        f"kept float by the search: {', '.join(report.float_nodes) or 'none'}"
+        f"{f' (tried and left INT8, no lower drop: {len(report.rejected)})' if report.rejected else ''}; the head's "
+        f"{head} layer(s) are always float"
     )
     kernels = report.integer_kernels
     if kernels:
