@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from mde.errors import one_line
 from mde.runtime.parity import ArtifactResult
 
 REPORT_TITLE = "# mde parity report"
@@ -164,10 +165,12 @@ def write_markdown(path: Path, results: Sequence[ArtifactResult], header: dict[s
         tol = ", ".join(f"{k} {v:g}" for k, v in r.tolerance.items() if v is not None)
         lines += [(f"Tolerance: {tol or '-'}; max |diff| {_fmt(r.max_abs_diff, '.3e')} m, "
                    f"mean |diff| {_fmt(r.mean_abs_diff, '.3e')} m, AbsRel {_fmt(r.abs_rel, '.4f')}, "
-                   f"delta1 {_fmt(r.delta1, '.4f')}, worst image {r.worst_image or '-'}"), ""]
+                   f"delta1 {_fmt(r.delta1, '.4f')}, worst image {_markdown_text(r.worst_image or '-')}"), ""]
         if r.artifact in images:
             name, white = images[r.artifact]
             lines += [f"![{_markdown_text(r.artifact)}: RGB, PyTorch, artifact, difference]({name})", "",
                       f"Difference panel: black 0, white {white:.3g} m (the image's largest finite difference; "
                       "NaN or infinite pixels white too).", ""]
-    path.write_bytes("\n".join(lines).encode())
+    # a name that is not UTF-8 (a dataset's `img\xff.png`) or holds a control character, shown as `\xNN`, as the
+    # JSON and the messages show it: strict encoding raised on the first, the second broke its line
+    path.write_bytes("\n".join(map(one_line, lines)).encode())

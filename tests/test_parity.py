@@ -631,6 +631,22 @@ def test_the_markdown_report_escapes_artifact_names_and_says_the_panels_scale(tm
     assert "Difference panel: black 0, white 3.8e-06 m" in text
 
 
+def test_the_markdown_report_shows_names_that_are_not_utf8_as_the_json_does(tmp_path):
+    """A dataset image named `img\\xff.png` as the worst one (or a dataset folder so named, in the header) stopped
+    `parity --report` with an internal UnicodeEncodeError, exit 1: read by CI as a parity failure. A newline in a
+    name broke its line."""
+    from mde.runtime.parity import ArtifactResult
+    from mde.runtime.parity_report import write_markdown
+
+    worst = os.fsdecode(b"img\xff\xfe")
+    result = ArtifactResult(artifact="m.onnx", precision="fp32", backend="onnxruntime", worst_image=worst)
+    report = tmp_path / "r.md"
+    write_markdown(report, [result], {"data": os.fsdecode(b"/data/dir\xff"), "note": "a\nb"}, {})
+    text = report.read_text(encoding="utf-8")
+    assert "worst image img\\xff\\xfe\n" in text and "- **data**: /data/dir\\xff" in text, text
+    assert "- **note**: a\\nb" in text
+
+
 def test_the_int8_form_is_read_from_output_dtype_too():
     """An opset-21 QuantizeLinear says int8 by its output_dtype, with no zero point: the TensorRT form."""
     from onnx import TensorProto, helper
