@@ -9,6 +9,7 @@ import io
 import logging
 import os
 import struct
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -471,23 +472,46 @@ def read_rgb(path: str | Path | bytes | np.ndarray | Image.Image, upright: bool 
     return to_rgb8(array, path, by_value=True)
 
 
-# How Pillow decodes a PNG of 16 bits a channel: to 8 (its high byte), and with the other raw mode, the low byte.
-_COLOUR_16BIT = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
+# How Pillow decodes a PNG or TIFF of 16 bits a channel: to 8 (its high byte), and with the other raw mode, the low
+# byte (a PNG is big-endian; a TIFF either)
+_COLOUR_16BIT = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L", "RGB;16L": "RGB;16B", "RGBA;16L": "RGBA;16B"}
+_NATIVE = "L" if sys.byteorder == "little" else "B"  # a compressed TIFF, which libtiff decodes to this machine's order
+_COLOUR_16BIT |= {f"{mode};16N": _COLOUR_16BIT[f"{mode};16{_NATIVE}"] for mode in ("RGB", "RGBA")}
 _HIGH_BYTE_ONLY = "LA;16B"  # 16-bit grey and alpha: no raw mode of Pillow's takes its low bytes
+_RAW_FORMATS = ("PNG", "TIFF")
+
+
+def _tile_rawmode(tile: Any) -> str | None:
+    """A tile's raw mode: a PNG's args are the raw mode, a TIFF's a tuple that starts with it."""
+    args = tile[3] if len(tile) >= 4 else None
+    if isinstance(args, tuple) and args and isinstance(args[0], str):
+        return args[0]
+    return args if isinstance(args, str) else None
 
 
 def _png_rawmode(img: Image.Image) -> str | None:
-    """How a single-tile PNG stores its pixels (`RGB;16B`: 16 bits a channel, big-endian), read before the load
-    (which clears the tiles); None for any other image. A tile is a named tuple from Pillow 11, a tuple before."""
+    """How a PNG or TIFF stores its pixels (`RGB;16B`: 16 bits a channel, big-endian), read before the load (which
+    clears the tiles); None for any other image, or tiles of several raw modes. A tile is a named tuple from
+    Pillow 11, a tuple before."""
     tile = getattr(img, "tile", None) or ()  # none on an image made in memory (Pillow 13: ImageFile's alone)
-    if img.format != "PNG" or len(tile) != 1 or len(tile[0]) < 4 or not isinstance(tile[0][3], str):
+    if img.format not in _RAW_FORMATS or not tile:
         return None
-    return tile[0][3]
+    modes = {_tile_rawmode(t) for t in tile}
+    return modes.pop() if len(modes) == 1 else None
+
+
+def _swapped_tile(tile: Any, rawmode: str) -> Any:
+    """`tile` decoding its values' other byte (`_COLOUR_16BIT`)."""
+    args = tile[3]
+    args = (rawmode, *args[1:]) if isinstance(args, tuple) else rawmode
+    if hasattr(tile, "_replace"):  # Pillow 11's named tuple: its load sorts several tiles by `.offset`
+        return tile._replace(args=args)
+    return (*tile[:3], args)
 
 
 def _low_bytes(img: Image.Image, rawmode: str | None, path: Path,
                source: Callable[[], Any] | None = None) -> np.ndarray | None:
-    """A colour PNG of 16 bits a channel, which Pillow reads as 8 (each value's high byte: 12-bit values come out
+    """A colour PNG or TIFF of 16 bits a channel, which Pillow reads as 8 (each value's high byte: 12-bit values come out
     dark, 8-bit ones black): each value's low byte, decoded again with the raw mode that takes the other byte of
     each pair; None for every other image. Called once the file has decoded whole (`_load`). Where this Pillow
     cannot, the high bytes alone, said at warning level."""
@@ -501,14 +525,13 @@ def _low_bytes(img: Image.Image, rawmode: str | None, path: Path,
         with _pillow_quiet():
             other = Image.open(path if source is None else source())
             try:
-                codec, extents, offset, _ = other.tile[0]
-                other.tile = [(codec, extents, offset, _COLOUR_16BIT[rawmode])]
+                other.tile = [_swapped_tile(t, _COLOUR_16BIT[rawmode]) for t in other.tile]
                 other.load()
                 low = np.array(other)
             finally:
                 other.close()
     except (*CORRUPT, AttributeError) as err:
-        log.warning("%s: a PNG of 16 bits a channel, read from its high bytes only (%s)", path, err)
+        log.warning("%s: an image of 16 bits a channel, read from its high bytes only (%s)", path, err)
         return None
     if low.shape != (img.size[1], img.size[0], len(img.mode)):
         return None

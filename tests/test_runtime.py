@@ -636,6 +636,21 @@ def test_a_16bit_png_s_storage_is_read_from_old_and_new_pillow_tiles_and_grey_al
     assert "high bytes" not in caplog.text
 
 
+@pytest.mark.parametrize("options", [{}, {"byteorder": ">"}, {"compression": "zlib"}, {"rowsperstrip": 3}])
+@pytest.mark.parametrize("channels", [3, 4])
+def test_a_16bit_colour_tiff_is_read_by_its_values_as_a_png_is(tmp_path, options, channels):
+    """Pillow decodes a TIFF of 16 bits a channel to its high bytes, as a PNG: 8-bit values in it came out black,
+    12-bit ones dark, without a word (eval scored a dataset of them as a darker one)."""
+    tifffile = pytest.importorskip("tifffile")  # scikit-image's dependency (the dev extra)
+    from mde.runtime.images import read_rgb
+
+    rgb8 = np.random.default_rng(0).integers(0, 256, (12, 10, channels)).astype(np.uint16)
+    for values, expected in ((rgb8, rgb8), (rgb8 * 257, rgb8)):  # 8-bit values, full 16-bit ones
+        tifffile.imwrite(tmp_path / "x.tif", values, photometric="rgb", **options)
+        np.testing.assert_array_equal(read_rgb(tmp_path / "x.tif"), expected[..., :3].astype(np.uint8))
+        np.testing.assert_array_equal(read_rgb((tmp_path / "x.tif").read_bytes()), expected[..., :3])
+
+
 def test_read_rgb_gives_an_array_the_caller_may_draw_on(tmp_path):
     """An RGB PNG or JPEG came back read-only (Pillow's buffer), a grey or RGBA one writable."""
     from PIL import Image
