@@ -512,8 +512,8 @@ def _swapped_tile(tile: Any, rawmode: str) -> Any:
 def _low_bytes(img: Image.Image, rawmode: str | None, path: Path,
                source: Callable[[], Any] | None = None) -> np.ndarray | None:
     """A colour PNG or TIFF of 16 bits a channel, which Pillow reads as 8 (each value's high byte: 12-bit values
-    come out dark, 8-bit ones black): each value's low byte, decoded again with the raw mode that takes the other byte of
-    each pair; None for every other image. Called once the file has decoded whole (`_load`). Where this Pillow
+    come out dark, 8-bit ones black): each value's low byte, decoded again with the raw mode that takes the other
+    byte of each pair; None for every other image. Called once the file has decoded whole (`_load`). Where this Pillow
     cannot, the high bytes alone, said at warning level."""
     if rawmode == _HIGH_BYTE_ONLY:
         log.warning("%s: a grey and alpha PNG of 16 bits a channel is read from its high bytes only (values below "
