@@ -311,6 +311,11 @@ class FolderDataset(PairedFiles):
                 log.warning("%s: %d mask(s) in a lossy format ignored (%s%s): masks are 8-bit PNGs, as a JPEG's "
                             "compression changes the 0, 1 and 255 it holds", mask_dir, len(lossy), lossy[0].name,
                             ", ..." if len(lossy) > 1 else "")
+            other = [p for p in list_files(mask_dir, IMAGE_SUFFIXES + DEPTH_SUFFIXES)  # a BMP, TIFF or .npy mask
+                     if p.suffix.lower() not in (".png", *LOSSY_SUFFIXES)]   # was left out without a word
+            if other:
+                log.warning("%s: %d mask(s) not read (%s%s): masks are 8-bit PNGs; save them as such",
+                            mask_dir, len(other), other[0].name, ", ..." if len(other) > 1 else "")
         for stem, path in rgbs.items():
             if stem not in depths:
                 _refuse_unpaired(path, depth_dir, stem, DEPTH_SUFFIXES, "image has no depth map")

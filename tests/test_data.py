@@ -787,6 +787,22 @@ def test_a_jpeg_mask_is_said_to_be_ignored(tmp_path, caplog):
         "JPEG's compression changes the 0, 1 and 255 it holds"]
 
 
+def test_a_bmp_tiff_or_npy_mask_is_said_to_be_ignored(tmp_path, caplog):
+    """A lossless mask in another format than PNG was left out without a word (eval counted one image fewer for
+    the objects; --object-weight weighed its objects as 1)."""
+    for name in ("a", "b", "c"):
+        _write_pair(tmp_path, "val", name, _depth())
+    (tmp_path / "val" / "mask").mkdir()
+    Image.fromarray(np.ones((12, 16), np.uint8)).save(tmp_path / "val" / "mask" / "a.bmp")
+    Image.fromarray(np.ones((12, 16), np.uint8)).save(tmp_path / "val" / "mask" / "b.tif")
+    np.save(tmp_path / "val" / "mask" / "c.npy", np.ones((12, 16), np.uint8))
+    with caplog.at_level("WARNING", logger="mde.data.readers"):
+        dataset = open_dataset(tmp_path, "val")
+    assert dataset[0].mask is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'val' / 'mask'}: 3 mask(s) not read (a.bmp, ...): masks are 8-bit PNGs; save them as such"]
+
+
 def test_check_headers_reads_whole_only_the_pairs_whose_headers_disagree(tmp_path, monkeypatch):
     """`mde train` checks every train pair from its headers before the run folder is made; a pair they find
     wrong is read whole, for the reader's own message. A 1 x H x W .npy the reader takes is no disagreement."""
