@@ -94,7 +94,8 @@ class OutOfMemory(BackendError):
 # How allocators say they failed: torch's CPU allocator, CUDA through torch and through ONNX Runtime's CUDA
 # provider, ONNX Runtime's own arena.
 ALLOCATION_FAILED = ("can't allocate memory", "CUDA out of memory", "CUDA error: out of memory",
-                     "CUDA failure 2: out of memory", "Failed to allocate memory", "cudaErrorMemoryAllocation")
+                     "CUDA failure 2: out of memory", "Failed to allocate memory", "cudaErrorMemoryAllocation",
+                     "std::bad_alloc")
 
 
 def allocation_failed(err: BaseException) -> bool:

@@ -743,3 +743,46 @@ def test_engine_profile_that_misses_the_model_size_is_refused_before_the_export(
     assert result.code == 2 and result.err.count("\n") == 1, result.err
     assert "--min-size/--max-size: profile sizes 128..256 must contain the model size 64x64" in result.err
     assert not (tmp_path / "out").exists()
+
+
+def test_bench_past_the_machines_memory_ends_in_one_line_not_the_oom_killer(tiny_export):
+    """`mde bench artd/model.onnx --native-resolution --image-size 8192x8192` needed 23 GB on a 23 GB machine: the
+    kernel's out-of-memory killer ended it (exit 137, no word). Under the memory ceiling (here made small: the
+    address space held at the start and 300 MiB; a fresh process, as a test worker's freed memory would serve the
+    run) ONNX Runtime's allocation fails, said in one line, exit 2."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import resource, sys
+        from mde import memory
+        from mde.cli import main
+        memory.ceiling = lambda: memory._kib_field("/proc/self/status", "VmSize") + (300 << 20)
+        before = resource.getrlimit(resource.RLIMIT_AS)
+        try:
+            main(sys.argv[1:])
+        finally:
+            assert resource.getrlimit(resource.RLIMIT_AS) == before  # the ceiling is the command's alone
+    """)
+    done = subprocess.run([sys.executable, "-c", script, "bench", str(tiny_export / "model.onnx"), "--batch", "512",
+                           "--iterations", "1", "--warmup", "0", "--threads", "1"],
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2 and done.stderr.startswith(
+        f"mde: error: {tiny_export / 'model.onnx'}: out of memory "), done.stderr
+    assert done.stderr.endswith("; a smaller --batch or --image-size needs less\n") and done.stderr.count("\n") == 1
+
+
+def test_the_memory_ceiling_is_what_the_machine_can_give_and_not_for_gpu_runs(monkeypatch, tmp_path):
+    from mde import memory
+
+    held, available = memory._kib_field("/proc/self/status", "VmSize"), memory.available_memory()
+    assert held and available and memory.ceiling() >= held + available
+    monkeypatch.setattr(memory, "_kib_field", lambda path, key: 2048 << 20 if key == "MemAvailable" else held)
+    monkeypatch.setattr(memory, "_cgroup_room", lambda: 512 << 20)  # a container's --memory: the smaller room
+    assert memory.available_memory() == 512 << 20
+    assert not memory.runs_on_cpu_only([tmp_path / "m.engine"], None)
+    assert not memory.runs_on_cpu_only([tmp_path / "m.pt"], None)  # PyTorch takes a GPU where there is one
+    assert not memory.runs_on_cpu_only([tmp_path / "m.onnx"], ["CUDAExecutionProvider"])
+    assert memory.runs_on_cpu_only([tmp_path / "m.onnx"], ["CPUExecutionProvider"])

@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from mde.commands.options import backend_help, check_backend, emit, providers_option
+from mde.memory import memory_ceiling, runs_on_cpu_only
 from mde.runtime.bench import BenchConfig, run_bench
 
 NOT_TIMED = ("golden",)  # saved outputs: nothing to time (refused, saying so, when a golden.npz is given)
@@ -78,7 +79,9 @@ def bench(
             raise BackendError(f"--torch needs PyTorch, which is not installed; {TRAIN_EXTRA}", torch_ckpt)
     cfg = BenchConfig(list(artifacts or []), torch_ckpt, backend, batch, iterations, warmup, threads, image_size,
                       providers=providers or None, native_resolution=native_resolution)
-    emit(run_bench(cfg), as_json, print_table)
+    with memory_ceiling(runs_on_cpu_only(cfg.artifacts, cfg.providers)):  # a size too large: exit 2, not killed
+        report = run_bench(cfg)
+    emit(report, as_json, print_table)
 
 
 def register(app: typer.Typer) -> None:

@@ -8,6 +8,7 @@ import typer
 
 from mde.commands.options import backend_help, check_backend, providers_option
 from mde.errors import CheckFailed
+from mde.memory import memory_ceiling, runs_on_cpu_only
 from mde.runtime.predict import PredictConfig, run_predict
 
 
@@ -36,7 +37,8 @@ def predict(
     check_backend(backend)
     cfg = PredictConfig(artifact, list(inputs), out, backend, format, threads, providers or None, force,
                         native_resolution)
-    counts = run_predict(cfg)
+    with memory_ceiling(runs_on_cpu_only([artifact], cfg.providers)):  # a huge image: exit 2, not killed
+        counts = run_predict(cfg)
     info(f"wrote {counts['written']} of {counts['images']} depth maps to {out}")
     if counts["failed"]:
         raise CheckFailed(f"{counts['failed']} of {counts['images']} images failed (listed above)")

@@ -188,6 +188,8 @@ def create_session(
         except Exception as err:  # noqa: BLE001 - ORT raises its own pybind types for bad files
             reason = ort_reason(err)
             failed = next((p for p in chosen if p in GPU_EPS), None)
+            if failed is None and allocation_failed(err):  # the machine's memory, not the model
+                raise OutOfMemory(f"out of memory loading the model in ONNX Runtime ({reason})", source) from None
             if failed is None:
                 raise ModelError(f"cannot load ONNX model ({reason})", source) from None
             if explicit:  # the provider named, or the model: the CPU tells them apart
