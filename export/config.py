@@ -183,8 +183,12 @@ def validate(cfg: ExportConfig) -> None:
 
         open_train_split(calibration_config(cfg, Path("model.onnx"), Path("model.int8.onnx")),
                          allow_few_option="--calib-allow-few", notice=False)
-    elif cfg.calib_data is not None:  # given for nothing: say so rather than ignore it
-        raise InputError("--calib-data calibrates INT8; add --precision int8 (or drop --calib-data)")
+    else:  # given for nothing: say so rather than ignore it
+        given = [option for option, used in (("--calib-data", cfg.calib_data is not None),
+                                             ("--calib-images", cfg.calib_images != ExportConfig.calib_images),
+                                             ("--calib-allow-few", cfg.calib_allow_few)) if used]
+        if given:
+            raise InputError(f"{given[0]} calibrates INT8; add --precision int8 (or drop {given[0]})")
     if not MIN_OPSET <= cfg.opset <= max_opset():
         why = "" if max_opset() == MAX_OPSET else ", the newest the installed onnx and ONNX Runtime load"
         raise InputError(f"--opset must be in {MIN_OPSET}..{max_opset()}{why}, got {cfg.opset}")

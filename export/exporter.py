@@ -86,8 +86,9 @@ def _check_out(cfg: ExportConfig, checkpoint_sha: str) -> Path:
     if out.is_dir() and not cfg.force:
         existing = [name for name in planned_names(cfg) if (out / name).exists()]
         golden = out / GOLDEN_NAME
-        if golden.exists() and golden_digests(golden)[0] != checkpoint_sha:
-            existing.append(f"{GOLDEN_NAME} (from another checkpoint)")
+        digest = golden_digests(golden)[0] if golden.exists() else checkpoint_sha
+        if digest != checkpoint_sha:  # "": it names no checkpoint (damaged, or an older mde's)
+            existing.append(f"{GOLDEN_NAME} ({'from another checkpoint' if digest else 'unreadable, or an older mde'})")
         others = _other_checkpoints(out, checkpoint_sha, set(planned_names(cfg)))
         if existing:  # and what --force removes besides: it is said before, not only after
             also = f", which also removes {', '.join(others)}, made from another checkpoint" if others else ""

@@ -520,6 +520,15 @@ def test_force_removes_artifacts_of_another_checkpoint(cli, tiny_checkpoint, tmp
     assert sorted(p.name for p in out.iterdir()) == ["golden.npz", "model.onnx"]
 
 
+def test_a_damaged_golden_file_in_out_is_not_called_another_checkpoints(cli, tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "golden.npz").write_text("junk\n")
+    refused = cli("export", tiny_checkpoint, "--out", out, "--precision", "fp32")
+    assert refused.code == 2 and refused.err == (
+        f"mde: error: {out}: would overwrite golden.npz (unreadable, or an older mde) (use --force)\n"), refused.err
+
+
 def test_bad_places_and_mismatched_weights_are_one_line_before_any_work(cli, tiny_checkpoint, tmp_path, monkeypatch):
     """--out under a file was found after the checkpoint was loaded and run ("not writable (Not a directory)");
     --calib-data a file was "not found"; mismatched weights gave PyTorch's heading with no key in it."""

@@ -320,6 +320,8 @@ CASES = [
     ("export-int8-no-calib", "export {ckpt} --out {out} --precision int8", "calib"),
     ("export-out-is-file", "export {ckpt} --out {bad:text_png}", "notes.png"),
     ("export-onnx-as-ckpt", "export {onnx} --out {out}", "expected a PyTorch checkpoint (.pt)"),
+    ("export-golden-as-ckpt", "export {onnx_golden} --out {out}",  # was "corrupt or truncated checkpoint"
+     "golden.npz: this is a numpy archive (.npz: export's golden.npz holds PyTorch's outputs"),
     ("export-ckpt-named-onnx", "export {bad:ckpt_named_onnx} --out {out}",  # said it was an exported model
      "model.onnx: this is a PyTorch checkpoint named .onnx; rename it to .pt"),
     ("export-ckpt-in-out-as-golden", "export {bad:ckpt_as_golden} --out {bad:ckpt_as_golden_folder} --force",
@@ -365,6 +367,10 @@ CASES = [
      "--out lies inside the dataset's train/ or val/"),
     ("export-calib-data-without-int8", "export {ckpt} --out {out} --calib-data {data}",
      "--calib-data calibrates INT8; add --precision int8"),
+    ("export-calib-images-without-int8", "export {ckpt} --out {out} --calib-images 8",  # was ignored, exit 0
+     "--calib-images calibrates INT8; add --precision int8"),
+    ("export-calib-allow-few-without-int8", "export {ckpt} --out {out} --calib-allow-few",
+     "--calib-allow-few calibrates INT8; add --precision int8"),
     ("export-depth-scale-without-data", "export {ckpt} --out {out} --depth-scale 256",  # was ignored, exit 0
      "--depth-scale reads the depth maps of --golden-data and --calib-data; add one"),
     ("train-folder-as-backbone", "train --data {data} --out {out} --no-pretrained --backbone-weights {bad:dir}",

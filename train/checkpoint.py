@@ -110,6 +110,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             raise ModelError(f"this is a PyTorch checkpoint named {path.suffix}; rename it to .pt (an {path.suffix} "
                              "is an exported model, which mde never reads as a checkpoint)", path)
         raise ModelError(f"this is an exported model ({path.suffix}); expected a PyTorch checkpoint (.pt)", path)
+    if _is_numpy_archive(path):  # export's golden.npz beside the models: torch.load called it a corrupt checkpoint
+        raise ModelError("this is a numpy archive (.npz: export's golden.npz holds PyTorch's outputs, not its "
+                         "weights); expected a PyTorch checkpoint (.pt)", path)
     try:
         with warnings.catch_warnings():  # a stray first byte reads as "pickle protocol 222", a warning before the error
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
@@ -134,6 +137,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 NOT_A_CHECKPOINT = "not a PyTorch checkpoint (neither a zip archive nor a pickle)"
+
+
+def _is_numpy_archive(path: Path) -> bool:
+    """Whether `path` is numpy's `.npz` (a zip of `.npy` members), which `torch.save`'s zip never is."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+    return bool(names) and all(name.endswith(".npy") for name in names)
 
 
 def _starts_like_a_checkpoint(path: Path, unreadable: bool = True) -> bool:
