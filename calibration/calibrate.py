@@ -269,6 +269,10 @@ class UnlabelledImages:
         refuse_odd_entries(folder, IMAGE_SUFFIXES)  # as a dataset's split: an image left out changes the calibration
         self.folder = folder
         self.paths = list_images(folder)
+        nested = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if nested:  # a sequence per folder: not read, and said (the dataset reader says it too)
+            log.warning("%s: the images in subfolders (%s/%s) are not read: calibration reads the folder's own "
+                        "images", folder, "/, ".join(nested[:3]), ", ..." if len(nested) > 3 else "")
         self.names = [path.name for path in self.paths]
 
     def __len__(self) -> int:

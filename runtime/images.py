@@ -569,8 +569,13 @@ def read_depth(path: str | Path, png_scale: float = MM_PER_M) -> np.ndarray:
         try:
             if not starts_with(path, b"\x93NUMPY"):
                 raise DataError("not a NumPy .npy file", path)
-            # mapped first: a header that promises more than the file holds is refused, not allocated (terabytes)
-            depth = np.array(np.load(path, mmap_mode="r", allow_pickle=False))
+            # mapped first: a header that promises more than the file holds is refused, not allocated (terabytes),
+            # and a map larger than any image is refused before it is read whole (60000 x 60000: 14 GB)
+            mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+            if mapped.size > MAX_PIXELS:
+                raise DataError(f"depth map of shape {mapped.shape} is larger than the {MAX_PIXELS} pixel limit of "
+                                "images", path)
+            depth = np.array(mapped)
         except (ValueError, OSError, EOFError, MemoryError) as err:
             raise DataError(f"cannot read depth .npy ({str(err) or type(err).__name__})", path) from None
         size = npy_depth_size(depth.shape)

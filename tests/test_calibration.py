@@ -521,6 +521,22 @@ def test_every_tensorrt_int8_written_is_checked(tiny_int8, tiny_export, synth_da
     assert not out.exists()
 
 
+def test_a_folder_of_images_says_its_subfolders_are_not_read(synth_data, tmp_path, caplog):
+    """A camera's frames with one more sequence in a subfolder: its images were left out without a word."""
+    import shutil
+
+    from mde.calibration.calibrate import UnlabelledImages
+
+    frames = tmp_path / "frames"
+    shutil.copytree(synth_data / "train" / "rgb", frames)
+    shutil.copytree(synth_data / "val" / "rgb", frames / "seq02")
+    with caplog.at_level("WARNING", logger="mde.calibration.calibrate"):
+        images = UnlabelledImages(frames)
+    assert len(images) == len(list((synth_data / "train" / "rgb").iterdir()))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{frames}: the images in subfolders (seq02/) are not read: calibration reads the folder's own images"]
+
+
 def test_select_images_says_when_it_holds_out_fewer_than_asked(tmp_path, capsys):
     from mde.calibration.calibrate import CalibrationConfig, select_images
 

@@ -859,6 +859,21 @@ def test_the_header_check_refuses_a_depth_npy_that_is_not_float(synth_data, tmp_
         open_dataset(data, split="train").check_headers("check train files")
 
 
+def test_a_depth_npy_larger_than_any_image_is_refused_before_it_is_read(tmp_path):
+    """An .npy whose header said 60000 x 60000 was read whole (14 GB) before its shape met the image's."""
+    from numpy.lib import format as npy_format
+
+    from mde.errors import DataError
+    from mde.runtime.images import read_depth
+
+    path = tmp_path / "huge.npy"
+    with open(path, "wb") as f:  # sparse: the header and a hole the size of its data
+        npy_format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (8193, 8193)})
+        f.truncate(f.tell() + 8193 * 8193 * 4)
+    with pytest.raises(DataError, match=r"huge.npy: depth map of shape \(8193, 8193\) is larger than the 67108864 "):
+        read_depth(path)
+
+
 def test_a_depth_npy_with_its_channel_axis_last_is_read(synth_data, tmp_path):
     """H x W x 1 (as a channel-last tool saves it) was refused, where 1 x H x W was read."""
     import shutil
