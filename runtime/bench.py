@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -9,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from mde.errors import InputError
-from mde.runtime.artifact import artifact_labels
+from mde.runtime.artifact import artifact_labels, precision_mismatch
 from mde.runtime.backends.base import providers_refused, runs_on_onnxruntime
 from mde.runtime.metadata import MAX_INPUT_SIDE
+
+log = logging.getLogger(__name__)
 
 MAX_BATCH_BYTES = 4 << 30  # one benchmark batch's float32 input: more is a typo, not a robot's workload
 MAX_RUNS = 1_000_000  # --iterations, --warmup: more is a typo (and past what a progress bar counts)
@@ -154,6 +157,10 @@ def bench_artifact(path: Path, cfg: BenchConfig) -> dict[str, Any]:
 
     with _open(path, cfg) as est:
         size, (h, w) = _run_shape(est, path, cfg)
+        mismatch = precision_mismatch(path, est.metadata.precision, cfg.backend,
+                                      target=(est.metadata.calibration or {}).get("target"))
+        if mismatch:  # the table's precision column is the label: said, as `mde info` says it
+            log.warning("%s: %s", path, mismatch)
         rng = np.random.default_rng(cfg.seed)
         images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(cfg.batch)]
         timing = time_pipeline(images, size, est.metadata.max_depth, est.infer, cfg.iterations, cfg.warmup,

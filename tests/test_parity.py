@@ -146,6 +146,10 @@ def test_info_warns_of_a_mislabelled_precision(cli, tiny_export, tmp_path):
     assert doc["precision"] == "int8" and "the graph computes in fp32" in doc["precision_mismatch"]
     assert "graph computes in fp32" in cli("info", fake_int8).out
     assert json.loads(cli("info", tiny_export / "model.onnx", "--json").out)["precision_mismatch"] is None
+    # bench's table shows the label too: timed, with the same warning (it said nothing)
+    timed = cli("bench", fake_int8, tiny_export / "model.onnx", "--iterations", 1, "--warmup", 0, "--json")
+    assert timed.code == 0 and f"{fake_int8}: its metadata says int8, but the graph computes in fp32" in timed.err
+    assert timed.err.count("graph computes in") == 1, timed.err  # of the mislabelled one alone
 
 
 def test_another_models_export_fails_as_source(cli, tiny_checkpoint, tiny_export, synth_data, tmp_path):
