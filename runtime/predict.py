@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mde.errors import InputError, MdeError, one_line, shown_path
+from mde.errors import InputError, MdeError, OutOfMemory, one_line, shown_path
 from mde.io import refuse_broken_link, resolved
 from mde.runtime.metadata import MM_PER_M, PNG16_MAX
 
@@ -178,15 +178,17 @@ def run_predict(cfg: PredictConfig) -> dict[str, int]:
                     info(f"mde: {shown_path(path)}: its depth map is {name} ({wanted} is {shown_path(taker)}'s"
                          f"{', which was skipped' if taker in skipped else ''})")
             except MdeError as err:
-                if err.path is not None and err.path != path:
+                # at its own size, an image too large for this machine's memory is the image's fault: skipped
+                too_large = isinstance(err, OutOfMemory) and cfg.native_resolution and len(items) > 1
+                if err.path is not None and err.path != path and not too_large:
                     raise  # not the image's fault (the output folder, a model that fails to run): stop
                 if len(items) == 1:  # the one image given is bad input: one line naming it, exit 2
                     raise err if err.path is not None else type(err)(str(err), path) from None
                 failed += 1
                 skipped.add(path)
                 shown = shown_path(path)
-                err_console.print(one_line(f"mde: skipped {shown}: {str(err).removeprefix(f'{shown}: ')}"),
-                                  markup=False)
+                said = f"at its own size, {err.message}" if too_large else str(err).removeprefix(f"{shown}: ")
+                err_console.print(one_line(f"mde: skipped {shown}: {said}"), markup=False)
     if failed == len(paths):  # nothing usable among the inputs: bad input, not a partial run
         raise InputError(f"none of the {len(paths)} images could be predicted (each is listed above)")
     return {"images": len(paths), "written": len(paths) - failed, "failed": failed}
@@ -226,8 +228,12 @@ def check_no_overwrite(inputs: list[Path], outputs: list[Path], force: bool = Fa
     if clash is not None:
         raise InputError("the depth map would overwrite this input image; choose another --out "
                          "(or --format npy)", clash)
-    folders = {path.parent for path in sources}
-    taken = next((path for path in outputs if resolved(path).parent in folders and os.path.lexists(path)), None)
+    # the folders the images are in, and those their names are in (a camera's folder of links to a store)
+    folders = {path.parent for path in sources} | {input_location(path.parent) for path in inputs}
+    # an existing .npy there is a depth map of an earlier `--format npy` run into this folder, or the user's own
+    # file: replaced with --force only, as in any --out (it was refused even then: that run could not be repeated)
+    taken = next((path for path in outputs if resolved(path).parent in folders and os.path.lexists(path)
+                  and path.suffix.lower() != ".npy"), None)
     if taken is not None:
         raise InputError("the depth map would replace this existing file in the images' own folder; "
                          "choose another --out", taken)

@@ -475,6 +475,15 @@ def test_depth_pictures_never_join_the_images_in_their_folder(cli, onnx_path, tm
             "(and be read as images by the next run over it); choose another --out, or --format npy"), result.err
     assert sorted(p.name for p in folder.iterdir()) == ["b.jpg"]
     assert cli("predict", onnx_path, folder, "--out", folder, "--format", "npy").code == 0
+    rerun = cli("predict", onnx_path, folder, "--out", folder, "--format", "npy")  # the way the message offers
+    assert rerun.code == 2 and "exists, and a depth map would replace it; give --force" in rerun.err, rerun.err
+    assert cli("predict", onnx_path, folder, "--out", folder, "--format", "npy", "--force").code == 0  # was refused
+    links = tmp_path / "links"  # a camera's folder of links to a store: depth pictures were written beside them
+    links.mkdir()
+    (links / "f1.jpg").symlink_to(folder / "b.jpg")
+    result = cli("predict", onnx_path, links, "--out", links)
+    assert result.code == 2 and f"{links}: --out is the images' own folder" in result.err, result.err
+    assert sorted(p.name for p in links.iterdir()) == ["f1.jpg"]
     out = tmp_path / "out"
     out.mkdir()
     (out / "b.png").symlink_to(tmp_path / "gone.png")
@@ -951,3 +960,27 @@ def test_bench_takes_the_image_sizes_predict_takes(cli, onnx_path):
                  "--json")
     assert result.code == 0, result.err
     assert json.loads(result.out)["results"][0]["image_size"] == [64, 10000]
+
+
+def test_an_image_too_large_for_memory_at_its_own_size_is_skipped(cli, onnx_path, images, tmp_path, monkeypatch):
+    """`predict --native-resolution` over a folder with one 12 MP photo too large for the machine stopped the whole
+    run at it (out of memory names the model), though the message blamed the image's size."""
+    from mde.errors import OutOfMemory
+    from mde.runtime import estimator
+
+    real = estimator.DepthEstimator.predict
+
+    def predict(self, rgb):
+        if rgb.shape[:2] == (70, 33):  # b.jpg
+            raise OutOfMemory("out of memory running the model in ONNX Runtime (Failed to allocate memory)",
+                              onnx_path)
+        return real(self, rgb)
+
+    monkeypatch.setattr(estimator.DepthEstimator, "predict", predict)
+    monkeypatch.setattr(estimator.DepthEstimator, "require_native_resolution", lambda self: None)
+    result = cli("predict", onnx_path, images, "--out", tmp_path / "out", "--native-resolution")
+    assert result.code == 1, result.err
+    assert f"mde: skipped {images / 'b.jpg'}: at its own size, out of memory running the model" in result.err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "deep.png", "gray.png"]
+    result = cli("predict", onnx_path, images, "--out", tmp_path / "out2")  # at the model's size: not the image's
+    assert result.code == 2 and result.err.splitlines()[-1].startswith(f"mde: error: {onnx_path}: out of memory")
