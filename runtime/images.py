@@ -435,7 +435,7 @@ def read_rgb(path: str | Path | bytes | np.ndarray | Image.Image, upright: bool 
     if isinstance(path, ENCODED):
         data = memoryview(path).tobytes()  # a copy: the caller's buffer may be reused for the next frame
         if not data:
-            raise InputError("expected an encoded image (JPEG, PNG ...), got 0 bytes")
+            raise InputError("expected an encoded image (JPEG, PNG ...), got 0 bytes", ENCODED_NAME)
         if isinstance(path, bytes) and len(data) < 4096 and os.path.isfile(data) and not _is_image_data(data):
             raise InputError(f"read_rgb takes bytes as the encoded image itself, and these name a file "
                              f"({os.fsdecode(data)!r}); give its name as str or Path")

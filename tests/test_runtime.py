@@ -597,7 +597,7 @@ def test_read_rgb_decodes_an_image_in_memory_as_its_file(tmp_path):
                             np.frombuffer(data, np.uint8), np.frombuffer(data, np.uint8)[:, None]):  # cv2.imencode's
                 np.testing.assert_array_equal(read_rgb(encoded, upright=upright), expected)
     assert read_rgb(data, upright=True).shape == (14, 10, 3)  # turned a quarter, from its EXIF
-    with pytest.raises(InputError, match=r"^expected an encoded image \(JPEG, PNG ...\), got 0 bytes$"):
+    with pytest.raises(InputError, match=r"^<image bytes>: expected an encoded image \(JPEG, PNG ...\), got 0 bytes$"):
         read_rgb(b"")
     with pytest.raises(DataError, match=r"^<image bytes>: (truncated or corrupt|cannot read) image"):
         read_rgb(data[: len(data) // 2])
