@@ -316,6 +316,10 @@ class FolderDataset(PairedFiles):
             if other:
                 log.warning("%s: %d mask(s) not read (%s%s): masks are 8-bit PNGs; save them as such",
                             mask_dir, len(other), other[0].name, ", ..." if len(other) > 1 else "")
+        unmasked = len(set(rgbs) - set(masks))
+        if masks and unmasked:  # optional per image: said, as the region figures are over fewer images
+            log.info("%s: %d of %d images have no mask; the objects / structure figures are over the other %d",
+                     mask_dir, unmasked, len(rgbs), len(rgbs) - unmasked)
         for stem, path in rgbs.items():
             if stem not in depths:
                 _refuse_unpaired(path, depth_dir, stem, DEPTH_SUFFIXES, "image has no depth map")

@@ -611,8 +611,11 @@ def check_output_file(path: str | Path, option: str, inputs: Iterable[str | Path
             raise InputError(f"{option} would write over the input {source}; choose another file", path)
         if resolved(source) in target.parents:
             raise InputError(f"{option} would write inside the input folder {source}; choose another file", path)
-    if path.is_file() and path.name.lower().endswith(PRECIOUS_SUFFIXES):
-        raise InputError(f"{option} would replace a model or data file; choose another file", path)
+    if path.name.lower().endswith(PRECIOUS_SUFFIXES):  # a new one too: the same run again would refuse it
+        if path.is_file():
+            raise InputError(f"{option} would replace a model or data file; choose another file", path)
+        raise InputError(f"{option} is named as a model or data file ({', '.join(PRECIOUS_SUFFIXES)}), which no "
+                         "run replaces once written; choose another name", path)
     return path
 
 

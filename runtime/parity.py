@@ -95,7 +95,8 @@ def read_tolerance_table(path: str | Path) -> dict[str, Any]:
         table = tomllib.loads(read_small_text(path))
     except OSError as err:
         raise InputError(f"cannot read tolerances ({err.strerror or err})", path) from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as err:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError, ValueError) as err:  # ValueError: an
+        # integer past Python's 4300 digits
         raise InputError(f"not a valid TOML file ({err})", path) from None
     tolerances_from_dict(table, source=path)  # refuses unknown names and bad values now, before any work
     return table

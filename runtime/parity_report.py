@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
@@ -168,7 +169,8 @@ def write_markdown(path: Path, results: Sequence[ArtifactResult], header: dict[s
                    f"delta1 {_fmt(r.delta1, '.4f')}, worst image {_markdown_text(r.worst_image or '-')}"), ""]
         if r.artifact in images:
             name, white = images[r.artifact]
-            lines += [f"![{_markdown_text(r.artifact)}: RGB, PyTorch, artifact, difference]({name})", "",
+            # percent-encoded: a space, parenthesis or # in the report's name ended the link (no picture shown)
+            lines += [f"![{_markdown_text(r.artifact)}: RGB, PyTorch, artifact, difference]({quote(name)})", "",
                       f"Difference panel: black 0, white {white:.3g} m (the image's largest finite difference; "
                       "NaN or infinite pixels white too).", ""]
     # a name that is not UTF-8 (a dataset's `img\xff.png`) or holds a control character, shown as `\xNN`, as the

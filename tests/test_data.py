@@ -803,6 +803,18 @@ def test_a_bmp_tiff_or_npy_mask_is_said_to_be_ignored(tmp_path, caplog):
         f"{tmp_path / 'val' / 'mask'}: 3 mask(s) not read (a.bmp, ...): masks are 8-bit PNGs; save them as such"]
 
 
+def test_images_without_a_mask_beside_masked_ones_are_said(tmp_path, caplog):
+    """mask/ holding masks for some images only: the region figures were over fewer images, without a word."""
+    for name in ("a", "b", "c"):
+        _write_pair(tmp_path, "val", name, _depth())
+    (tmp_path / "val" / "mask").mkdir()
+    Image.fromarray(np.ones((12, 16), np.uint8)).save(tmp_path / "val" / "mask" / "a.png")
+    with caplog.at_level("INFO", logger="mde.data.readers"):
+        open_dataset(tmp_path, "val")
+    assert f"{tmp_path / 'val' / 'mask'}: 2 of 3 images have no mask; the objects / structure figures are over " \
+        "the other 1" in caplog.text
+
+
 def test_check_headers_reads_whole_only_the_pairs_whose_headers_disagree(tmp_path, monkeypatch):
     """`mde train` checks every train pair from its headers before the run folder is made; a pair they find
     wrong is read whole, for the reader's own message. A 1 x H x W .npy the reader takes is no disagreement."""

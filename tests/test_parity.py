@@ -633,6 +633,8 @@ def test_the_markdown_report_escapes_artifact_names_and_says_the_panels_scale(tm
     assert row.startswith("| weird/a\\|b\\].onnx | fp32 |") and row.count(" | ") == 8, row
     assert "![weird/a\\|b\\].onnx: RGB, PyTorch, artifact, difference](r.a_b.worst.png)" in text
     assert "Difference panel: black 0, white 3.8e-06 m" in text
+    write_markdown(report, [result], {}, {"weird/a|b].onnx": ("my report (v2).a_b.worst.png", 1.0)})
+    assert "](my%20report%20%28v2%29.a_b.worst.png)" in report.read_text()  # the link ended at the space: no picture
 
 
 def test_the_markdown_report_shows_names_that_are_not_utf8_as_the_json_does(tmp_path):

@@ -190,6 +190,8 @@ def bad(tmp_path_factory, synth_data, tiny_checkpoint, tiny_export) -> dict[str,
     with np.load(tiny_export / "golden.npz") as npz:
         golden = {name: npz[name] for name in npz.files}
     np.savez(root / "golden-bad-json.npz", **{**golden, "tolerances": np.array("{bad")})
+    files["toml_huge_int"] = root / "huge-int.toml"  # past Python's 4300-digit int conversion
+    files["toml_huge_int"].write_text("[fp32]\nssim_abs = " + "9" * 5000 + "\n")
     files["golden_bad_json"] = root / "golden-bad-json.npz"
     np.savez(root / "golden-empty.npz", **{**golden, "image": golden["image"][:0], "depth": golden["depth"][:0]})
     files["golden_empty"] = root / "golden-empty.npz"
@@ -335,6 +337,14 @@ CASES = [
     ("parity-truncated-onnx", "parity {ckpt} {bad:onnx_truncated} --data {data}", "truncated.onnx"),
     ("parity-no-meta", "parity {ckpt} {bad:onnx_no_meta} --data {data}", "no-meta.onnx"),
     ("parity-pickle-code", "parity {bad:ckpt_pickle_code} {onnx} --data {data}", "evil.pt"),
+    ("parity-tolerances-huge-int", "parity --golden {onnx_golden} {onnx} --tolerances {bad:toml_huge_int}",
+     "huge-int.toml: not a valid TOML file"),  # an internal error, exit 1: a parity failure to CI
+    ("parity-report-named-npz", "parity --golden {onnx_golden} {onnx} --report {out}/r.npz",  # refused by its rerun
+     "r.npz: --report is named as a model or data file"),
+    ("parity-backend-golden", "parity --golden {onnx_golden} {onnx} --backend golden",  # offered, refused for all
+     "--backend golden is the reference's, not an artifact's: give the golden.npz as --golden"),
+    ("eval-backend-golden", "eval {onnx} --data {data} --backend golden",
+     "--backend golden replays a golden.npz's saved outputs"),
     ("parity-missing-artifact", "parity {ckpt} {bad:missing} --data {data}", "does-not-exist.png"),
     ("parity-truncated-golden", "parity --golden {bad:golden_truncated} {onnx}", "golden.npz"),
     ("parity-golden-bad-json", "parity --golden {bad:golden_bad_json} {onnx}",

@@ -31,7 +31,7 @@ def eval_command(
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     providers: list[str] = providers_option(),
     backend: str = typer.Option("auto", "--backend", help="The model's runtime: auto (from the file suffix), "
-                                 "onnxruntime or tensorrt (an .onnx or .engine), torch (a .pt) or golden."),
+                                 "onnxruntime or tensorrt (an .onnx or .engine), or torch (a .pt)."),
     depth_scale: float | None = depth_scale_option(),
 ) -> None:
     """Mean RMSE, SSIM, AbsRel, SqRel, RMSE log, delta1-3 and SILog over a split.
@@ -51,6 +51,9 @@ def eval_command(
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise InputError(f"unknown --device {device!r}; choose from auto, cpu, cuda, cuda:N")
     check_split(split)
+    if backend == "golden":  # offered by the help once: nothing it runs has depth to score
+        raise InputError("--backend golden replays a golden.npz's saved outputs, for its own images only; score "
+                         "the model itself, or check an artifact against it with mde parity --golden")
     path = require_file(model, "model")
     dataset = readers.open_dataset(data, split=split, depth_scale=depth_scale)
     suffix = path.suffix.lower()

@@ -52,7 +52,9 @@ def parity_command(
     outputs = _output_path("--json", json_path), _output_path("--report", report)  # first: `--json --data D`
     if json_path == report == "-":
         raise InputError("--json - and --report - both name standard output; give one of them a file")
-    check_backend(backend)
+    check_backend(backend, leave_out=("golden",))
+    if backend == "golden":  # it was offered, and refused whatever the artifact
+        raise InputError("--backend golden is the reference's, not an artifact's: give the golden.npz as --golden")
     if golden is None:
         if len(paths) < 2:
             raise InputError("expected CKPT and at least one ARTIFACT (or --golden FILE ARTIFACT...)")
@@ -88,5 +90,5 @@ def _output_path(option: str, text: str | None) -> Path | None:
 
 
 def register(app: typer.Typer) -> None:
-    backend_help(parity_command)
+    backend_help(parity_command, leave_out=("golden",))
     app.command("parity")(parity_command)
