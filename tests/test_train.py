@@ -1246,6 +1246,12 @@ def test_merge_resume_keeps_the_checkpoint_config():
         merge_resume(TrainConfig(data="d", out="o", backbone="resnet34", resume="x"), saved)
     with pytest.raises(InputError, match="conflicts with the resumed checkpoint's --backbone-weights unset;"):
         merge_resume(TrainConfig(data="d", out="o", backbone_weights="w.pth", resume="x"), saved)  # read "weights ;"
+    # recorded absolute, typed relative (or the other way, in an older run): one file, no conflict
+    from_weights = TrainConfig(data="d", out="o", pretrained=False, backbone_weights=os.path.abspath("w.pth"))
+    assert merge_resume(TrainConfig(data="d", out="o", backbone_weights="w.pth", resume="x"),
+                        from_weights).backbone_weights == os.path.abspath("w.pth")
+    with pytest.raises(InputError, match="conflicts"):
+        merge_resume(TrainConfig(data="d", out="o", backbone_weights="v.pth", resume="x"), from_weights)
     # a value no run could use is said as a new run says it, not as a conflict ("--object-weight nan conflicts")
     for name, value, said in (("object_weight", float("nan"), "--object-weight must be in"),
                               ("lr_max", float("inf"), "--lr-max must be a finite number"),

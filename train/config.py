@@ -276,6 +276,8 @@ def merge_resume(cli: TrainConfig, saved: TrainConfig, given: Collection[str] = 
         if f.name in RESUME_OVERRIDES:
             continue
         mine, theirs = getattr(cli, f.name), getattr(saved, f.name)
+        if f.name == "backbone_weights" and mine and theirs and _same_file(mine, theirs):  # as typed, and absolute
+            continue
         if is_set(f.name) and mine != theirs and mine != AUTO_VALUES.get(f.name):
             _refuse_unusable(saved, f.name, mine)
             raise InputError(f"{as_typed(f.name, mine)} conflicts with the resumed checkpoint's "
@@ -292,6 +294,14 @@ def merge_resume(cli: TrainConfig, saved: TrainConfig, given: Collection[str] = 
         raise InputError(f"the run's dataset {saved.data} (its --data, saved in the checkpoint) is not found "
                          "from here; give --data", cli.resume)
     return replace(saved, **changed)  # `saved` was read once (from_dict); what is typed now stands as typed
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file from here (a run records --backbone-weights absolute; older ones as typed)."""
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except (OSError, RuntimeError):
+        return False
 
 
 def one_cycle_end(resume: dict[str, Any], steps_per_epoch: int) -> int | None:

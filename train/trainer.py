@@ -264,8 +264,10 @@ def resolve_config(cfg: TrainConfig, given: Collection[str] = ()) -> tuple[Train
 
 
 def with_absolute_data(cfg: TrainConfig) -> TrainConfig:
-    """`cfg` with `--data` as an absolute path (symlinks kept): a resume from another folder reads the same data."""
-    return replace(cfg, data=os.path.abspath(cfg.data))
+    """`cfg` with `--data` and `--backbone-weights` as absolute paths (symlinks kept): a resume from another folder
+    reads the same files, and the same command with --resume added matches what was recorded."""
+    weights = os.path.abspath(cfg.backbone_weights) if cfg.backbone_weights else cfg.backbone_weights
+    return replace(cfg, data=os.path.abspath(cfg.data), backbone_weights=weights)
 
 
 # -- the run ----------------------------------------------------------------------------------
