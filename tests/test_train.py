@@ -1373,6 +1373,27 @@ def test_resume_into_another_folder_keeps_the_history_and_the_best_pt_its_record
                  "--epochs", "2")
     assert result.code == 0 and not (tmp_path / "third" / "best.pt").exists(), result.err
     assert f"note: {run / 'best.pt'} is not the resumed run's best epoch (1)" in result.err
+    # only last.pt carried to another machine, resumed in its folder: exit 0, no best.pt, and its path printed
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.copyfile(run / "last.pt", moved / "last.pt")  # epoch 1, the best: its weights become best.pt
+    result = cli("train", "--resume", moved / "last.pt", "--data", synth_data, "--epochs", "2")
+    assert result.code == 0 and result.out.strip().endswith(f"-> {moved / 'best.pt'}"), result.out + result.err
+    kept = torch.load(moved / "best.pt", weights_only=True)
+    assert kept["epoch"] == 1 and "optimizer" not in kept
+    assert all(torch.equal(kept["model"][k], state["model"][k]) for k in state["model"])
+
+
+def test_a_resume_at_an_epoch_end_on_another_number_of_processes_is_said(cli, synth_data, tmp_path, cyclic_run):
+    """Trained under torchrun on 2 processes, resumed with plain mde train: the batch of each step halved, the steps
+    per epoch doubled, without a word."""
+    run = _copy_run(cyclic_run, tmp_path / "run")
+    state = torch.load(run / "last.pt", weights_only=True)
+    torch.save({**state, "world_size": 2}, run / "last.pt")
+    result = cli("train", "--resume", run / "last.pt", "--epochs", "2")
+    assert result.code == 0, result.err
+    assert f"note: {run / 'last.pt'} trained on 2 process(es), batches of 8; it goes on on 1, batches of 4" \
+        in result.err
 
 
 def test_a_diverged_run_stops_with_one_line_and_saves_no_nan_weights(cli, synth_data, tmp_path):

@@ -435,6 +435,11 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
     steps_per_epoch = len(train_set) // env.world_size // cfg.batch_size
     if resume is not None:
         check_resume(cfg, resume, steps_per_epoch, env.world_size)
+        trained_on = resume.get("world_size")
+        if isinstance(trained_on, int) and trained_on != env.world_size and env.is_main:  # at an epoch's end: allowed
+            info(f"note: {cfg.resume} trained on {trained_on} process(es), batches of {trained_on * cfg.batch_size}; "
+                 f"it goes on on {env.world_size}, batches of {env.world_size * cfg.batch_size} (--batch-size is per "
+                 "process)")
     elif env.is_main and not cfg.force and (out / "last.pt").is_file():  # a stopped run: --force would lose it; said
         raise InputError(_run_in_folder(out / "last.pt"), out)  # before a model is built (or its weights downloaded)
     cuda = env.device.type == "cuda"
@@ -492,9 +497,7 @@ def build_job(cfg: TrainConfig, env: DistEnv, resume: dict[str, Any] | None) -> 
         pairs=DepthPairs(train_set, cfg.image_size, cfg.augment, cfg.seed, scale_crop=cfg.scale_crop,
                          color_jitter=cfg.color_jitter, object_weight=cfg.object_weight),
         data_range=data_range, replaces_a_run=env.is_main and cfg.force and not own_folder,
-        # the resumed run's best.pt, beside its checkpoint in another folder (in this one, --force replaces it)
-        inherited_best=resolved(cfg.resume).parent / "best.pt"
-        if resume is not None and resolved(out) != resolved(cfg.resume).parent else None,
+        inherited_best=_inherited_best(cfg, out) if resume is not None else None,
         val_data=val_data, steps_per_epoch=steps_per_epoch,
     )
 
@@ -583,19 +586,37 @@ def _validates_elsewhere(saved_fingerprint: Any, saved: dict[str, Any], job: Job
     return other or (saved.get("depth_scale") != job.cfg.depth_scale and has_png_depth(job.cfg.data))
 
 
+def _inherited_best(cfg: TrainConfig, out: Path) -> Path | None:
+    """Where a resumed run's best weights so far are: its best.pt, beside its checkpoint in another folder (in this
+    one, --force replaces it); or, with no best.pt in this folder (only last.pt was copied to another machine), the
+    resumed checkpoint itself, which holds them when its epoch was the best."""
+    resumed = resolved(cfg.resume)
+    if resolved(out) != resumed.parent:
+        return resumed.parent / "best.pt"
+    return None if (out / "best.pt").exists() else resumed
+
+
+# what best.pt holds of a last.pt: its weights and what they are, not the state to train on from
+BEST_KEYS = ("format", "mde_version", "model_args", "model", "config", "epoch", "epoch_step", "step", "metrics")
+
+
 def inherit_best(source: Path, records: list[dict[str, Any]], target: Path) -> None:
-    """A run resumed into another folder whose first epoch did not beat the resumed run's best: that run's
-    `best.pt`, where it holds the best epoch of the records (the run folder promises one; the --json names it)."""
+    """A resumed run whose first epoch did not beat the resumed run's best: that run's `best.pt` (or the resumed
+    last.pt's weights), where it holds the best epoch of the records (the run folder promises one; the --json names
+    it)."""
     best = min((r for r in records if "val_rmse" in r), key=lambda r: r["val_rmse"], default=None)
     if best is None:
         return
     try:
-        epoch = load_checkpoint(source).get("epoch") if source.is_file() else None
+        state = load_checkpoint(source) if source.is_file() else {}
     except MdeError:
-        epoch = None
-    if epoch != best["epoch"]:
+        state = {}
+    if state.get("epoch") != best["epoch"] or state.get("epoch_step"):  # mid-epoch: not an epoch's weights
         info(f"note: {source} is not the resumed run's best epoch ({best['epoch']}); {target} comes with the "
              "next epoch that does better")
+        return
+    if "optimizer" in state:  # the resumed last.pt, from an epoch's end
+        write_checkpoint(target, {k: v for k, v in state.items() if k in BEST_KEYS})
         return
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)

@@ -127,9 +127,11 @@ def train_command(
         best_pt = Path(result["run"]) / "best.pt"
         if not best_pt.exists() and resume:  # resumed into another folder, and no later epoch did better
             best_pt = Path(resume).parent / "best.pt"
+        kept = f"-> {best_pt}" if best_pt.exists() else \
+            "(its weights are in no best.pt: the resumed run's was not found)"
         typer.echo(
             f"best epoch {best.get('epoch')}: rmse {best.get('rmse', float('nan')):.4f} "
-            f"ssim {best.get('ssim', float('nan')):.4f} -> {best_pt}"
+            f"ssim {best.get('ssim', float('nan')):.4f} {kept}"
         )
 
 
