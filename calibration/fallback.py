@@ -168,9 +168,9 @@ def greedy_fallback(
 ) -> SearchResult:
     """Keep the top-ranked nodes float, one more per step, until the drop meets `target` or `max_nodes` are float.
 
-    A node whose step does not lower the drop is left INT8 (`rejected`): it was kept before, and the model
-    written held a float layer that made it no better. The search ends at the first node that, float alone,
-    did not lower the all-INT8 drop: the ranking is by that figure, so none after it would either.
+    A node whose step does not lower the drop is left INT8 (`rejected`; such nodes used to be kept, so the model
+    written held float layers that made it no better). The search ends at the first node that, float alone, did
+    not lower the all-INT8 drop: the ranking is by that figure, so none after it would either.
     """
     result = SearchResult(ranking=list(ranking), steps=[(0, initial_drop)])
     drop = initial_drop
