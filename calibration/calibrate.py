@@ -264,12 +264,12 @@ class UnlabelledImages:
     and the accuracy check compare INT8 with FP32; RMSE and SSIM against ground truth are then not measured."""
 
     def __init__(self, folder: Path):
-        from mde.data.readers import refuse_odd_entries
+        from mde.data.readers import refuse_odd_entries, subfolders
 
         refuse_odd_entries(folder, IMAGE_SUFFIXES)  # as a dataset's split: an image left out changes the calibration
         self.folder = folder
         self.paths = list_images(folder)
-        nested = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        nested = subfolders(folder)
         if nested:  # a sequence per folder: not read, and said (the dataset reader says it too)
             log.warning("%s: the images in subfolders (%s/%s) are not read: calibration reads the folder's own "
                         "images", folder, "/, ".join(nested[:3]), ", ..." if len(nested) > 3 else "")

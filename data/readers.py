@@ -255,13 +255,14 @@ def _refuse_unpaired(path: Path, other: Path, stem: str, suffixes: tuple[str, ..
     raise DataError(f"{problem} (expected {expected})", path)
 
 
-def _subfolders(folder: Path) -> list[str]:
+def subfolders(folder: Path) -> list[str]:
+    """The names of `folder`'s visible subfolders, sorted: their files are not read (the formats are flat)."""
     return sorted(entry.name for entry in folder.iterdir() if entry.is_dir() and not entry.name.startswith("."))
 
 
 def _nested_words(folders: list[Path]) -> str:
     """What a user with one folder per sequence should hear: the format is flat."""
-    named = ", ".join(f"{f.name}/{sub}/" for f in folders for sub in _subfolders(f)[:3])
+    named = ", ".join(f"{f.name}/{sub}/" for f in folders for sub in subfolders(f)[:3])
     return (f"the files in subfolders ({named}) are not read: the format is flat, "
             "{train,val}/{rgb,depth,mask}/NAME")
 
@@ -293,7 +294,7 @@ class FolderDataset(PairedFiles):
         rgbs = _by_stem(list_images(rgb_dir), rgb_dir)
         depths = _by_stem(list_files(depth_dir, DEPTH_SUFFIXES), depth_dir)
         mask_dir = folder / "mask"
-        nested = [sub for sub in (rgb_dir, depth_dir, mask_dir) if sub.is_dir() and _subfolders(sub)]
+        nested = [sub for sub in (rgb_dir, depth_dir, mask_dir) if sub.is_dir() and subfolders(sub)]
         if not rgbs and not depths:
             hint = f" ({_nested_words(nested)})" if nested else ""
             raise DataError(f"split {split!r} is empty: no images in rgb/ and depth/{hint}", folder)
